@@ -1,0 +1,123 @@
+"""PASCAL VOC XML with polygons as Labelbox writes them (the seed's format).
+
+    <annotation>
+      <filename>street_001.jpg</filename>
+      <size><width>640</width><height>480</height><depth>3</depth></size>
+      <object><name>road</name><polygon><x1>0</x1><y1>300</y1><x2>640</x2><y2>310</y2>...</polygon></object>
+    </annotation>
+
+Objects come in drawing order (later ones on top); an object may hold several <polygon> elements; coordinates are
+pixel coordinates from the image's top-left corner, integers or floats. A <bndbox> without a polygon is read as a
+rectangle. Parsed with defusedxml: exports come from other people, and entity expansion is refused.
+"""
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import defusedxml.ElementTree as SafeET
+import numpy as np
+from defusedxml import DefusedXmlException
+
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+
+_XY = re.compile(r"^([xy])(\d+)$")
+
+
+def read_voc(path: str | Path) -> Annotation:
+    path = Path(path)
+    root = _parse(path)
+    if root.tag != "annotation":
+        raise LabelFormatError(f"{path}: root element is <{root.tag}>, expected <annotation>")
+    width, height = _size(root, path)
+    shapes = []
+    for i, obj in enumerate(root.findall("object")):
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise LabelFormatError(f"{path}: object {i + 1} has no <name>")
+        shapes.extend(Shape(name, np.asarray(ring, np.float64).reshape(-1, 2))
+                      for ring in _object_rings(obj, path, i))
+    return Annotation(path, (root.findtext("filename") or "").strip(), width, height, shapes)
+
+
+def write_voc(path: str | Path, file_name: str, width: int, height: int,
+              objects: list[tuple[str, list]]) -> None:
+    """Write objects [(name, [polygon, ...]), ...] in drawing order; a polygon is a sequence of (x, y)."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = file_name
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(value)
+    for name, polygons in objects:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = name
+        for polygon in polygons:
+            poly = ET.SubElement(obj, "polygon")
+            for k, (x, y) in enumerate(polygon, start=1):
+                ET.SubElement(poly, f"x{k}").text = _number(x)
+                ET.SubElement(poly, f"y{k}").text = _number(y)
+    ET.indent(root)
+    Path(path).write_bytes(ET.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n")
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{float(v):.2f}"
+
+
+def _parse(path: Path) -> ET.Element:
+    try:
+        return SafeET.parse(path, forbid_dtd=True).getroot()
+    except DefusedXmlException as e:
+        raise LabelFormatError(f"{path}: refused unsafe XML ({type(e).__name__})") from None
+    except ET.ParseError as e:
+        raise LabelFormatError(f"{path}: malformed XML ({e})") from None
+    except OSError as e:
+        raise LabelFormatError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _size(root: ET.Element, path: Path) -> tuple[int, int]:
+    size = root.find("size")
+    try:
+        width, height = int(float(size.findtext("width"))), int(float(size.findtext("height")))
+    except (AttributeError, TypeError, ValueError):
+        raise LabelFormatError(f"{path}: missing or non-numeric <size><width>/<height>") from None
+    if width <= 0 or height <= 0:
+        raise LabelFormatError(f"{path}: image size {width}x{height} is not positive")
+    return width, height
+
+
+def _object_rings(obj: ET.Element, path: Path, index: int):
+    polygons = obj.findall("polygon")
+    if polygons:
+        return [_polygon_points(p, path, index) for p in polygons]
+    box = obj.find("bndbox")
+    if box is not None:
+        x0, y0, x1, y1 = (_float(box.findtext(t), path, index, t) for t in ("xmin", "ymin", "xmax", "ymax"))
+        return [[(x0, y0), (x1, y0), (x1, y1), (x0, y1)]]
+    raise LabelFormatError(f"{path}: object {index + 1} has neither <polygon> nor <bndbox>")
+
+
+def _polygon_points(poly: ET.Element, path: Path, index: int):
+    coords: dict[int, dict[str, float]] = {}
+    for child in poly:
+        m = _XY.match(child.tag)
+        if not m:
+            raise LabelFormatError(f"{path}: object {index + 1}: unexpected <{child.tag}> in <polygon>")
+        coords.setdefault(int(m.group(2)), {})[m.group(1)] = _float(child.text, path, index, child.tag)
+    points = []
+    for k in sorted(coords):
+        if set(coords[k]) != {"x", "y"}:
+            raise LabelFormatError(f"{path}: object {index + 1}: point {k} lacks its x or y")
+        points.append((coords[k]["x"], coords[k]["y"]))
+    return points
+
+
+def _float(text, path: Path, index: int, tag: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise LabelFormatError(f"{path}: object {index + 1}: <{tag}> is not a number: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise LabelFormatError(f"{path}: object {index + 1}: <{tag}> is not finite: {text!r}")
+    return value

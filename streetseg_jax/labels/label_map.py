@@ -1,0 +1,166 @@
+"""The label schema that travels with the data: class ids, names, colours, aliases, the ignore id and the fill id.
+
+JSON shape (written by us, read from users):
+    {"classes": [{"id": 3, "name": "road", "color": [128, 64, 128], "aliases": ["street"]}, ...],
+     "ignore_id": 255, "fill_id": 0}
+Ids run 0..K-1 without gaps and stay below the ignore id; names are lowercase snake_case; `fill_id` is the class
+of pixels that no shape covers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+_SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+
+
+class LabelMapError(ValueError):
+    """A label map that cannot be used, with a message saying what is wrong."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassInfo:
+    id: int
+    name: str
+    color: tuple[int, int, int]
+    aliases: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelMap:
+    classes: tuple[ClassInfo, ...]
+    ignore_id: int = 255
+    fill_id: int = 0
+
+    def __post_init__(self):
+        _validate(self)
+
+    # --- lookups -------------------------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def id_of(self, source_name: str) -> int | None:
+        """Class id for a name as a labelling tool wrote it (name or alias, any case); None when unknown."""
+        return self._lookup().get(_normalise(source_name))
+
+    def palette(self) -> np.ndarray:
+        """(256, 3) uint8 colours indexed by class id; the ignore id is white, unused entries black."""
+        pal = np.zeros((256, 3), np.uint8)
+        for c in self.classes:
+            pal[c.id] = c.color
+        pal[self.ignore_id] = (255, 255, 255)
+        return pal
+
+    def _lookup(self) -> dict[str, int]:
+        table = {}
+        for c in self.classes:
+            for key in (c.name, *c.aliases):
+                table[_normalise(key)] = c.id
+        return table
+
+    # --- (de)serialisation --------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "classes": [{"id": c.id, "name": c.name, "color": list(c.color), "aliases": list(c.aliases)}
+                        for c in self.classes],
+            "ignore_id": self.ignore_id,
+            "fill_id": self.fill_id,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "label map") -> "LabelMap":
+        try:
+            classes = tuple(_class_from_dict(c) for c in data["classes"])
+            return cls(classes, int(data.get("ignore_id", 255)), int(data.get("fill_id", 0)))
+        except LabelMapError as e:
+            raise LabelMapError(f"{source}: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise LabelMapError(f"{source}: malformed label map ({type(e).__name__}: {e}); expected "
+                                '{"classes": [{"id": 0, "name": "road", "color": [r, g, b]}, ...], '
+                                '"ignore_id": 255, "fill_id": 0}') from None
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "label map") -> "LabelMap":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise LabelMapError(f"{source}: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise LabelMapError(f"{source}: the top level must be a JSON object with a 'classes' list")
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LabelMap":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise LabelMapError(f"cannot read label map {path}: {e.strerror}") from None
+        return cls.from_json(text, str(path))
+
+
+def _normalise(name: str) -> str:
+    return " ".join(str(name).strip().lower().replace("_", " ").replace("-", " ").split())
+
+
+def _class_from_dict(c: dict) -> ClassInfo:
+    color = tuple(int(v) for v in c["color"])
+    if len(color) != 3 or not all(0 <= v <= 255 for v in color):
+        raise LabelMapError(f"class {c.get('name')!r}: color must be three integers 0..255, got {c['color']}")
+    aliases = c.get("aliases", [])
+    if isinstance(aliases, str) or not all(isinstance(a, str) for a in aliases):
+        raise LabelMapError(f"class {c.get('name')!r}: aliases must be a list of strings")
+    return ClassInfo(int(c["id"]), str(c["name"]), color, tuple(aliases))
+
+
+def _validate(lm: LabelMap) -> None:
+    if not lm.classes:
+        raise LabelMapError("no classes")
+    ids = sorted(c.id for c in lm.classes)
+    if ids != list(range(len(ids))):
+        raise LabelMapError(f"class ids must run 0..{len(ids) - 1} without gaps or repeats, got {ids}")
+    if not 0 <= lm.ignore_id <= 255 or lm.ignore_id < len(ids):
+        raise LabelMapError(f"ignore_id {lm.ignore_id} must be in {len(ids)}..255 (above every class id)")
+    if not 0 <= lm.fill_id < len(ids) and lm.fill_id != lm.ignore_id:
+        raise LabelMapError(f"fill_id {lm.fill_id} is neither a class id nor the ignore id")
+    for c in lm.classes:
+        if not _SNAKE.match(c.name):
+            raise LabelMapError(f"class name {c.name!r} must be lowercase snake_case (like 'sign_symbol')")
+    seen: dict[str, str] = {}
+    for c in lm.classes:
+        for key in (c.name, *c.aliases):
+            owner = seen.setdefault(_normalise(key), c.name)
+            if owner != c.name:
+                raise LabelMapError(f"name or alias {key!r} is used by both {owner!r} and {c.name!r}")
+    if lm.classes != tuple(sorted(lm.classes, key=lambda c: c.id)):
+        object.__setattr__(lm, "classes", tuple(sorted(lm.classes, key=lambda c: c.id)))
+
+
+def _seed_classes() -> tuple[ClassInfo, ...]:
+    return (
+        ClassInfo(0, "background", (0, 0, 0), ("_background_", "unlabeled", "unlabelled", "other")),
+        ClassInfo(1, "tree", (34, 139, 34), ("trees", "vegetation")),
+        ClassInfo(2, "landscaping", (152, 251, 152), ("grass", "lawn", "terrain")),
+        ClassInfo(3, "road", (128, 64, 128), ("street", "roadway")),
+        ClassInfo(4, "sidewalk", (244, 35, 232), ("pavement", "footpath")),
+        ClassInfo(5, "building", (70, 70, 70), ("buildings", "house")),
+        ClassInfo(6, "sky", (70, 130, 180), ()),
+        ClassInfo(7, "concrete", (190, 153, 153), ("bridge", "barrier", "median", "wall")),
+    )
+
+
+def default_label_map() -> LabelMap:
+    """The seed's 8 classes: 0 background, 1 tree, 2 landscaping, 3 road, 4 sidewalk, 5 building, 6 sky, 7 concrete."""
+    return LabelMap(_seed_classes())

@@ -1,0 +1,55 @@
+"""Benchmarks: `python tools/benchmark.py {train,input,eval,predict,rasterize,import,scaling,build} [--json] ...`.
+
+Each sub-command lives in tools/bench/<name>.py with `add_arguments(parser)` and `run(args) -> dict`, plus a
+module-level UNITS dict. Figures print as `name: value unit` lines; `--json` prints one JSON object instead.
+Nested dicts (e.g. `peers`) print as `peers.<name>: value unit`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from streetseg_jax.cli import normalise_argv  # noqa: E402
+
+COMMANDS = ("train", "input", "eval", "predict", "rasterize", "import", "scaling", "build")
+
+
+def print_figures(result: dict, units: dict, prefix: str = "") -> None:
+    for key, value in result.items():
+        if isinstance(value, dict):
+            print_figures(value, units, f"{prefix}{key}.")
+            continue
+        unit = units.get(prefix + key, units.get(key, ""))
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        print(f"{prefix}{key}: {shown} {unit}".rstrip())
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    subs = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name in COMMANDS:
+        path = Path(__file__).parent / "bench" / f"{name}.py"
+        if not path.exists():
+            continue
+        modules[name] = importlib.import_module(f"bench.{name}")
+        sub = subs.add_parser(name, help=(modules[name].__doc__ or "").splitlines()[0])
+        sub.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+        modules[name].add_arguments(sub)
+    args = parser.parse_args(normalise_argv(argv))
+    module = modules[args.command]
+    result = module.run(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_figures(result, getattr(module, "UNITS", {}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
