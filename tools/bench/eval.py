@@ -1,0 +1,95 @@
+"""eval: our jitted confusion matrix on device vs the seed's numpy bincount mIoU, on the same random labels.
+
+Both sides get the same int32 labels and predictions (default 64 x 360 x 480, 12 classes, as the peer script).
+Ours is timed on arrays already on the device (in the eval loop the batch is there anyway); the first call
+(compilation) is excluded and each figure is the median over --repeats calls. `--with_onehot` also times a
+one-hot matmul formulation, the alternative that lost to bincount on XLA:CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from peers import miou_numpy
+from streetseg_jax.metrics import confusion_matrix
+
+UNITS = {
+    "pixels": "pixel",
+    "pixels_per_second": "pixel/s",
+    "peers.numpy": "pixel/s",
+    "ratio_numpy": "x",
+    "alternatives.onehot_matmul": "pixel/s",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num_images", type=int, default=64)
+    parser.add_argument("--height", type=int, default=360)
+    parser.add_argument("--width", type=int, default=480)
+    parser.add_argument("--num_classes", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per method (median reported)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--with_onehot", action="store_true", help="also time the one-hot matmul formulation")
+
+
+def run(args: argparse.Namespace) -> dict:
+    k = args.num_classes
+    rng = np.random.default_rng(args.seed)
+    shape = (args.num_images, args.height, args.width)
+    labels = rng.integers(0, k, shape).astype(np.int32)
+    preds = rng.integers(0, k, shape).astype(np.int32)
+    labels_on_device, preds_on_device = jax.device_put(labels), jax.device_put(preds)
+
+    def ours():
+        return confusion_matrix(labels_on_device, preds_on_device, num_classes=k, ignore_id=255).block_until_ready()
+
+    # Check both sides count the same thing before timing them.
+    np.testing.assert_array_equal(np.asarray(ours()), miou_numpy.confusion(labels, preds, k))
+    pixels = labels.size
+    result = {
+        "device": str(jax.devices()[0].platform),
+        "pixels": pixels,
+        "pixels_per_second": pixels / median_seconds(ours, args.repeats),
+        "peers": {"numpy": pixels / median_seconds(lambda: miou_numpy.miou(labels, preds, k), args.repeats)},
+    }
+    result["ratio_numpy"] = result["pixels_per_second"] / result["peers"]["numpy"]
+    if args.with_onehot:
+        onehot = lambda: onehot_confusion(labels_on_device, preds_on_device, k).block_until_ready()  # noqa: E731
+        np.testing.assert_array_equal(np.asarray(onehot()), miou_numpy.confusion(labels, preds, k))
+        result["alternatives"] = {"onehot_matmul": pixels / median_seconds(onehot, args.repeats)}
+    return result
+
+
+def median_seconds(call, repeats: int) -> float:
+    """Median wall time of `repeats` calls after one untimed warm-up call (compilation, caches)."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "chunk"))
+def onehot_confusion(labels, preds, num_classes: int, chunk: int = 4096):
+    """one_hot(labels).T @ one_hot(preds), chunk by chunk: float32 partial sums stay exact (chunk < 2**24)."""
+    k = num_classes
+    valid = (labels >= 0) & (labels < k)
+    labels = jnp.where(valid, labels, k).ravel()  # class k has no one-hot column, so it counts nowhere
+    pad = (-labels.size) % chunk
+    labels = jnp.pad(labels, (0, pad), constant_values=k).reshape(-1, chunk)
+    preds = jnp.pad(preds.ravel(), (0, pad)).reshape(-1, chunk)
+
+    def add_chunk(total, chunk_pair):
+        chunk_labels, chunk_preds = chunk_pair
+        counts = jax.nn.one_hot(chunk_labels, k).T @ jax.nn.one_hot(chunk_preds, k)
+        return total + counts.astype(jnp.int32), None
+
+    total, _ = jax.lax.scan(add_chunk, jnp.zeros((k, k), jnp.int32), (labels, preds))
+    return total
