@@ -1,0 +1,172 @@
+"""grain input pipelines: infinite shuffled, augmented train batches and one exact pass for evaluation.
+
+A source is any random-access sequence (`len`, `__getitem__`) of records
+`{"image": uint8 (H, W, 3), "segmentation_mask": uint8 (H, W, 1) or (H, W), "file_name": ...}`,
+such as what `tfds.data_source` returns.
+
+Both pipelines yield LOCAL batches: with P processes and a global batch of B, process p gets rows
+[p*b, (p+1)*b) of every global batch, b = B // P, and reads only the records behind those rows. The
+global batches themselves never depend on P, so a run gives the same batches (and the same model) on
+one host or many, and a checkpoint taken with P processes resumes with any other P.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Iterator, Sequence
+
+import grain
+import numpy as np
+
+from streetseg_jax.data.augment import AugmentConfig, augment
+
+
+# --- train ---------------------------------------------------------------------------------------------------------
+
+def train_batches(source: Sequence[dict], *, global_batch: int, seed: int, process_index: int = 0,
+                  process_count: int = 1, augment_cfg: AugmentConfig, ignore_id: int, num_threads: int = 8,
+                  prefetch_batches: int | None = None) -> grain.DatasetIterator:
+    """Endless local batches `{"image": uint8 (b, h, w, 3), "label": uint8 (b, h, w)}`, (h, w) = crop size.
+
+    Global batch s holds positions [s*B, (s+1)*B) of an endless sequence that visits the source in a
+    fresh seeded permutation each epoch; the example at position g is augmented with a generator
+    seeded by (seed, g). So everything is a function of (seed, step) alone. Labels stay uint8 (a
+    quarter of int32's host-to-device traffic); widen them on the device.
+
+    The returned iterator has `get_state()` / `set_state(state)`; the state is `{"next_index": step}`,
+    the same on every process. `num_threads` local batches are built in parallel (PIL releases the
+    GIL); up to `prefetch_batches` (default num_threads + 2, 0 = read on demand) wait ready.
+    """
+    local_batch = _local_batch_size(global_batch, process_count, process_index)
+    if len(source) == 0:
+        raise ValueError("the training split is empty")
+    examples = (grain.MapDataset.source(source)
+                .shuffle(seed=_shuffle_seed(seed))
+                .repeat()  # grain reshuffles every epoch with a seed derived from `seed` and the epoch
+                .map_with_index(_TrainExample(seed, augment_cfg, ignore_id)))
+    # Cut the endless sequence into blocks of b; global batch s is blocks s*P .. s*P + P-1.
+    local = examples.batch(local_batch)[process_index::process_count]
+    buffer = num_threads + 2 if prefetch_batches is None else prefetch_batches
+    return iter(local.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=buffer)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainExample:
+    """Augments the record at global position `position` with a generator seeded by (seed, position)."""
+    seed: int
+    cfg: AugmentConfig
+    ignore_id: int
+
+    def __call__(self, position: int, record: dict) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, position])
+        image, label = augment(record["image"], record["segmentation_mask"], rng, self.cfg, self.ignore_id)
+        return {"image": image, "label": label}
+
+
+def _shuffle_seed(seed: int) -> int:
+    # grain shuffles epoch e with seed + e; hashing first keeps run `seed` from replaying run `seed + 1`
+    # one epoch late.
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    return int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0])
+
+
+def _local_batch_size(global_batch: int, process_count: int, process_index: int) -> int:
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is outside 0..{process_count - 1}")
+    if global_batch <= 0 or global_batch % process_count:
+        raise ValueError(f"global batch {global_batch} must be a positive multiple of the process count "
+                         f"{process_count}")
+    return global_batch // process_count
+
+
+# --- eval ----------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class EvalBatches:
+    """One pass over a split in order, as local batches `{"image": uint8 (b, H, W, 3), "label": uint8 (b, H, W)}`.
+
+    The last global batch is filled up with padding rows (zero image, label all `ignore_id`) so that
+    every process yields `num_batches` batches and padding counts nowhere; `num_examples` is the number
+    of real examples. Within a batch, images of different sizes are padded at the bottom and right to
+    the largest H and W (zero image, `ignore_id` label), or to `pad_to` when it is given. Several
+    processes must agree on the shape of a batch without reading each other's records, so with
+    P > 1 and images of more than one size pass `pad_to` (at least the largest size in the split);
+    without it a batch that would differ from the first example's size raises ValueError.
+    Iterate as often as you like; each iteration is a fresh pass.
+    """
+    source: Sequence[dict]
+    global_batch: int
+    ignore_id: int
+    process_index: int = 0
+    process_count: int = 1
+    pad_to: tuple[int, int] | None = None
+    num_threads: int = 4
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.source)
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(self.num_examples / self.global_batch)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        local_batch = _local_batch_size(self.global_batch, self.process_count, self.process_index)
+        positions = grain.MapDataset.range(self.num_batches * self.global_batch).batch(local_batch)
+        local = positions[self.process_index::self.process_count].map(self._load_batch)
+        options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.num_threads + 2)
+        return iter(local.to_iter_dataset(options))
+
+    def _load_batch(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        records = [self._load(int(p)) for p in positions]
+        real = [r for r in records if r is not None]
+        height, width = self._batch_size_hw(real)
+        images = np.zeros((len(records), height, width, 3), np.uint8)
+        labels = np.full((len(records), height, width), self.ignore_id, np.uint8)
+        for row, record in enumerate(records):
+            if record is not None:
+                image, label = record
+                images[row, :image.shape[0], :image.shape[1]] = image
+                labels[row, :label.shape[0], :label.shape[1]] = label
+        return {"image": images, "label": labels}
+
+    def _load(self, position: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(image, label) of the example at `position`; None for a padding row past the end."""
+        if position >= self.num_examples:
+            return None
+        record = self.source[position]
+        mask = record["segmentation_mask"]
+        return record["image"], mask.reshape(mask.shape[:2])
+
+    def _batch_size_hw(self, real: list[tuple[np.ndarray, Any]]) -> tuple[int, int]:
+        sizes = [image.shape[:2] for image, _ in real]
+        if self.pad_to is not None:
+            if any(h > self.pad_to[0] or w > self.pad_to[1] for h, w in sizes):
+                raise ValueError(f"an eval image of size {max(sizes)} exceeds pad_to {self.pad_to}")
+            return tuple(self.pad_to)
+        reference = self._reference_size
+        if self.process_count > 1 and any(size != reference for size in sizes):
+            raise ValueError(f"eval images differ in size ({reference} and {sizes}); with several processes "
+                             "pass pad_to=(H, W) so that every process pads its batch to the same shape")
+        if not sizes:  # only padding rows: the size the other processes' rows have
+            return reference
+        return max(h for h, _ in sizes), max(w for _, w in sizes)
+
+    @functools.cached_property  # one decode of the first record, not one per batch
+    def _reference_size(self) -> tuple[int, int]:
+        return tuple(self.source[0]["image"].shape[:2])
+
+
+def eval_batches(source: Sequence[dict], *, global_batch: int, ignore_id: int, process_index: int = 0,
+                 process_count: int = 1, pad_to: tuple[int, int] | None = None,
+                 num_threads: int = 4) -> EvalBatches:
+    """One deterministic pass over `source`; see `EvalBatches` (it carries `num_examples`, `num_batches`)."""
+    _local_batch_size(global_batch, process_count, process_index)  # fail now, not at the first batch
+    if len(source) == 0:
+        raise ValueError("the evaluation split is empty")
+    return EvalBatches(source, global_batch, ignore_id, process_index, process_count, pad_to, num_threads)
