@@ -10,7 +10,7 @@ def normalise_argv(argv: list[str]) -> list[str]:
     for arg in argv:
         if arg.startswith("--") and not arg.startswith("--config."):
             name, eq, value = arg.partition("=")
-            arg = name.replace("-", "_") + eq + value
+            arg = "--" + name[2:].replace("-", "_") + eq + value
         out.append(arg)
     return out
 

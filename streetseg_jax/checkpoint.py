@@ -1,0 +1,135 @@
+"""Orbax checkpoints that survive preemption: the latest N steps plus the best by eval mIoU, and a stop signal.
+
+Layout under WORKDIR/checkpoints/:
+    latest/<step>/{state,data,meta}   the last `keep` saves (interval, preemption, end of training)
+    best/<step>/{state,data,meta}     the save with the highest eval mIoU
+`state` holds params, optimiser state, BatchNorm statistics, step and RNG (StandardSave); `data` the input
+iterator's state; `meta` the label map and the config (JSON). Orbax writes into a temporary folder and renames it
+when complete, so a process killed mid-save leaves nothing that restore would pick up.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+
+class Checkpoints:
+    def __init__(self, workdir: str | Path, keep: int = 3, async_save: bool = True):
+        root = Path(workdir).absolute() / "checkpoints"
+        options = dict(create=True, enable_async_checkpointing=async_save)
+        self.latest = ocp.CheckpointManager(
+            root / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options),
+            item_names=("state", "data", "meta"))
+        self.best = ocp.CheckpointManager(
+            root / "best", options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, best_fn=lambda m: m["miou"], best_mode="max", **options),
+            item_names=("state", "data", "meta"))
+
+    def save(self, step: int, state, data_state: dict, meta: dict, force: bool = True) -> None:
+        self.latest.save(step, args=_save_args(state, data_state, meta), force=force)
+
+    def save_best(self, step: int, state, data_state: dict, meta: dict, miou: float) -> bool:
+        """Keep this step as the best one if its mIoU beats the best so far; returns whether it did."""
+        if miou <= self.best_miou():
+            return False
+        self.best.save(step, args=_save_args(state, data_state, meta), metrics={"miou": float(miou)}, force=True)
+        return True
+
+    def best_miou(self) -> float:
+        metrics = [self.best.metrics(s) for s in self.best.all_steps()]
+        return max((m["miou"] for m in metrics if m), default=float("-inf"))
+
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
+
+    def restore(self, which: str | int, state_template):
+        """(state, data_state, meta) from 'latest', 'best' or a step number; state restored onto the template's
+        shapes and shardings."""
+        manager, step = self._resolve(which)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(state_template),
+            data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+        return restored["state"], restored["data"], restored["meta"]
+
+    def read_meta(self, which: str | int = "latest") -> dict:
+        manager, step = self._resolve(which)
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def _resolve(self, which: str | int):
+        if which == "best":
+            manager, step = self.best, self.best.latest_step()
+        elif which == "latest":
+            manager, step = self.latest, self.latest.latest_step()
+        else:
+            step = int(which)
+            manager = self.latest if step in self.latest.all_steps() else self.best
+            if step not in manager.all_steps():
+                raise FileNotFoundError(f"no checkpoint for step {step}; have {self.all_steps()}")
+        if step is None:
+            raise FileNotFoundError(f"no {which} checkpoint in {self.latest.directory.parent}")
+        return manager, step
+
+    def all_steps(self) -> list[int]:
+        return sorted(set(self.latest.all_steps()) | set(self.best.all_steps()))
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def _save_args(state, data_state: dict, meta: dict):
+    return ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+                              meta=ocp.args.JsonSave(meta))
+
+
+class StopSignal:
+    """Turns SIGTERM / SIGINT (a spot preemption, a Ctrl-C) into a flag the training loop checks between steps.
+
+    Under `jax.distributed`, JAX's preemption service owns SIGTERM and `should_stop(step)` asks orbax's sync point,
+    so every process stops (and saves) at the same step. A single process handles the signals itself.
+    """
+
+    AGREE_EVERY = 10
+
+    def __init__(self):
+        self.received: str | None = None
+        self._distributed = jax.process_count() > 1
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signals = (signal.SIGINT,) if self._distributed else (signal.SIGINT, signal.SIGTERM)
+        self._previous = {s: signal.signal(s, self._handle) for s in signals}
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def should_stop(self, step: int) -> bool:
+        if self._distributed:
+            if _reached_preemption(step):
+                self.received = self.received or "SIGTERM"
+                return True
+            # A Ctrl-C on one process: agree on it (every few steps, same steps everywhere), so no process
+            # waits for the others forever.
+            if step % self.AGREE_EVERY == 0:
+                return bool(multihost_utils.process_allgather(int(self.received is not None)).max())
+            return False
+        return self.received is not None
+
+    def restore_handlers(self) -> None:
+        for s, handler in getattr(self, "_previous", {}).items():
+            signal.signal(s, handler)
+
+
+def _reached_preemption(step: int) -> bool:
+    try:
+        return multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError:  # the preemption service is disabled
+        return False

@@ -1,0 +1,59 @@
+"""Train and evaluate: `python -m streetseg_jax.main --config configs/X.py --workdir DIR [--config.key=value ...]`.
+
+Multi-host: `--coordinator_address HOST:PORT --num_processes N --process_id I`, or `--multihost` to let JAX
+detect the cluster (SLURM and friends). Running the same command again resumes from the latest checkpoint.
+"""
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from streetseg_jax import sharding
+from streetseg_jax.cli import normalise_argv
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Join jax.distributed with cluster auto-detection.")
+
+
+def main(argv):
+    del argv
+    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
+    from streetseg_jax import train
+    from streetseg_jax.data.source import DatasetNotFoundError
+    from streetseg_jax.run import RunError
+
+    config = _CONFIG.value
+    config.data_dir = os.path.expanduser(config.data_dir)
+    try:
+        _build_synthetic_if_missing(config.dataset, config.data_dir)
+        train.train_and_evaluate(config, _WORKDIR.value)
+    except (DatasetNotFoundError, RunError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _build_synthetic_if_missing(dataset: str, data_dir: str) -> None:
+    """The embedded default builds itself on first use; any other missing dataset is an error naming its build
+    command (raised when it is opened)."""
+    import jax
+    from jax.experimental import multihost_utils
+    from streetseg_jax.data import source
+
+    if dataset != "street_seg/synthetic" or source.is_built(dataset, data_dir):
+        return
+    if jax.process_index() == 0:
+        print(f"{dataset} is not in {data_dir}: building it first "
+              f"(python -m streetseg_jax.data build --config synthetic --data_dir {data_dir})", flush=True)
+        source.build("synthetic", data_dir)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("street_seg/synthetic built")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main, flags_parser=lambda argv: flags.FLAGS(normalise_argv(argv)))

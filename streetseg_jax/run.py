@@ -1,0 +1,242 @@
+"""A training run's surroundings: the work directory, its data, its checkpoints, its log and its end products.
+
+`prepare_run` opens everything a run needs and refuses what cannot work (a missing dataset, a work directory
+holding another model or label map); `RunSetup` saves and restores; `RunLog` writes `metrics.jsonl` and the
+progress line; `finish_run` draws the curves and a few prediction overlays.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from streetseg_jax import checkpoint, sharding
+from streetseg_jax.data import augment
+from streetseg_jax.data.source import dataset_dir, load_split
+from streetseg_jax.data.stats import class_pixel_counts, median_frequency_weights
+from streetseg_jax.labels.label_map import LabelMap
+from streetseg_jax.visualize import plot_curves, read_metrics
+
+# Config sections that must match for a work directory to be resumed (anything else may change between runs).
+_COMPATIBLE_KEYS = ("model", "dataset")
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class RunSetup:
+    config: Any
+    workdir: Path
+    mesh: Any
+    label_map: LabelMap
+    train_source: Any
+    eval_source: Any
+    augment_cfg: augment.AugmentConfig
+    class_weights: np.ndarray
+    checkpoints: checkpoint.Checkpoints
+    log: "RunLog"
+    meta: dict
+
+    # --- saving ---------------------------------------------------------------------------------------------------
+    def save(self, step: int, state, data_iter) -> None:
+        self.checkpoints.save(step, state, _iter_state(data_iter), self.meta)
+
+    def save_best(self, step: int, state, data_iter, miou: float) -> None:
+        if self.checkpoints.save_best(step, state, _iter_state(data_iter), self.meta, miou):
+            self.log.say(f"step {step}: new best eval mIoU {miou:.4f}, saved")
+
+    def stop(self, step: int, signal_name: str | None) -> None:
+        self.checkpoints.wait()
+        self.log.say(f"received {signal_name}: saved step {step} to {self.workdir / 'checkpoints'}; "
+                     "run the same command again to resume from it")
+        raise SystemExit(130 if signal_name == "SIGINT" else 143)
+
+    def fail(self, message: str) -> None:
+        self.checkpoints.wait()
+        raise RunError(message)
+
+    # --- restoring ------------------------------------------------------------------------------------------------
+    def restore_or_init(self, state, data_iter, graphdef):
+        """Resume from the latest checkpoint, else warm-start from `init_from`, else keep the fresh state."""
+        step = self.checkpoints.latest_step()
+        if step is not None:
+            _check_compatible(self.checkpoints.read_meta("latest"), self.meta, self.workdir)
+            state, data_state, _ = self.checkpoints.restore("latest", state)
+            data_iter.set_state(data_state["iterator"])
+            self.log.say(f"resuming from step {step} in {self.workdir / 'checkpoints'}")
+            return state
+        if self.config.init_from:
+            from streetseg_jax.warm_start import warm_start
+            return warm_start(state, self.config.init_from, self.label_map, self.log.say)
+        return state
+
+
+def _iter_state(data_iter) -> dict:
+    return {"iterator": data_iter.get_state()}
+
+
+def _check_compatible(saved: dict, current: dict, workdir: Path) -> None:
+    problems = []
+    for key in _COMPATIBLE_KEYS:
+        if saved["config"].get(key) != current["config"].get(key):
+            problems.append(f"config.{key} differs: checkpoint has {saved['config'].get(key)!r}, "
+                            f"this run has {current['config'].get(key)!r}")
+    if saved["label_map"] != current["label_map"]:
+        problems.append("the label map differs from the one the checkpoint was trained with")
+    if problems:
+        raise RunError(f"{workdir} holds a run with an incompatible config, refusing to resume:\n  - "
+                       + "\n  - ".join(problems) + "\nUse another --workdir (or --config.init_from to warm-start).")
+
+
+# -------------------------------------------------------------------------------------------------------------------
+def prepare_run(config, workdir: str | Path) -> RunSetup:
+    workdir = Path(workdir).absolute()
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(config.batch_size, mesh)
+    train_source, label_map, info = load_split(config.dataset, config.train_split, config.data_dir)
+    eval_source, _, _ = load_split(config.dataset, config.eval_split, config.data_dir)
+    meta = {"label_map": label_map.to_dict(), "config": config.to_dict()}
+    log = RunLog(workdir, config.num_train_steps, config.batch_size)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _write_json(workdir / "config.json", {**meta["config"], "provenance": provenance(config, info)})
+    return RunSetup(config, workdir, mesh, label_map, train_source, eval_source, augment_config(config),
+                    class_weights(config, train_source, label_map, log), checkpoint.Checkpoints(
+                        workdir, keep=config.keep_checkpoints), log, meta)
+
+
+def augment_config(config) -> augment.AugmentConfig:
+    a = config.augment
+    return augment.AugmentConfig(base_scale=a.base_scale, scale_range=tuple(a.scale_range),
+                                 crop_size=tuple(a.crop_size), flip=a.flip, brightness=a.brightness,
+                                 contrast=a.contrast, saturation=a.saturation, hue=a.hue)
+
+
+def class_weights(config, source, label_map: LabelMap, log: "RunLog") -> np.ndarray:
+    if config.class_weights == "none":
+        return np.ones(label_map.num_classes, np.float32)
+    if config.class_weights != "median_frequency":
+        raise RunError(f"class_weights must be 'none' or 'median_frequency', got {config.class_weights!r}")
+    masks = (source[i]["segmentation_mask"] for i in range(len(source)))
+    weights = median_frequency_weights(*class_pixel_counts(masks, label_map.num_classes))
+    log.say("median-frequency class weights: " + ", ".join(
+        f"{n} {w:.3f}" for n, w in zip(label_map.names, weights)))
+    return weights
+
+
+def provenance(config, info) -> dict:
+    packages = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "grain", "numpy"):
+        try:
+            from importlib.metadata import version
+            packages[name] = version(name)
+        except Exception:  # noqa: BLE001 - a missing package is simply not listed
+            pass
+    return {"packages": packages, "python": sys.version.split()[0], "git_commit": _git_commit(),
+            "dataset": {"name": config.dataset, "version": str(info.version),
+                        "fingerprint": dataset_fingerprint(dataset_dir(config.dataset, config.data_dir))},
+            "devices": {"count": jax.device_count(), "kind": jax.devices()[0].device_kind,
+                        "processes": jax.process_count()}}
+
+
+def dataset_fingerprint(directory: Path) -> str:
+    """sha256 over the names and bytes of every file of the prepared dataset version."""
+    import hashlib
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+# -------------------------------------------------------------------------------------------------------------------
+class RunLog:
+    """metrics.jsonl (one JSON object per line with `step` and `time`) and a progress line with ETA on screen.
+
+    Only process 0 writes or prints.
+    """
+
+    def __init__(self, workdir: Path, num_steps: int, batch_size: int):
+        self.path = workdir / "metrics.jsonl"
+        self.num_steps, self.batch_size = num_steps, batch_size
+        self.primary = jax.process_index() == 0
+        self.t0, self.step0 = time.time(), 0
+
+    def start(self, step: int, num_steps: int) -> None:
+        self.t0, self.step0 = time.time(), step
+        self.say(f"training steps {step}..{num_steps} on {jax.device_count()} device(s), "
+                 f"{jax.process_count()} process(es)")
+
+    def write(self, step: int, row: dict) -> None:
+        if not self.primary:
+            return
+        record = {"step": step, "time": time.time(), **{k: _plain(v) for k, v in row.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.say(self._progress(step, row))
+
+    def _progress(self, step: int, row: dict) -> str:
+        done = step - self.step0
+        rate = done / max(time.time() - self.t0, 1e-9)
+        eta = (self.num_steps - step) / rate if rate > 0 else float("nan")
+        shown = "  ".join(f"{k.split('/', 1)[-1] if k.startswith('train/') else k} {v:.4g}"
+                          for k, v in row.items() if isinstance(v, float) and "/iou/" not in k)
+        return f"step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%)  {shown}  ETA {_hms(eta)}"
+
+    def say(self, message: str) -> None:
+        if self.primary:
+            print(message, flush=True)
+
+
+def _plain(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return v
+
+
+def _hms(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+# -------------------------------------------------------------------------------------------------------------------
+def finish_run(config, setup: RunSetup, evaluator, state) -> None:
+    """Curves and a few prediction overlays of eval images (process 0)."""
+    if jax.process_index() != 0:
+        return
+    plot_curves(read_metrics(setup.log.path), setup.workdir / "curves.png")
+    evaluator.write_overlays(state.params, state.model_state, setup.eval_source,
+                             setup.workdir / "overlays", config.num_overlays)
+    setup.log.say(f"done: {setup.workdir} (metrics.jsonl, curves.png, overlays/, checkpoints/)")

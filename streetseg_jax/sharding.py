@@ -1,0 +1,64 @@
+"""Devices and hosts: one `data` mesh axis over every device of every process, global batches from local data.
+
+Data parallelism through jit + NamedSharding (not pmap): parameters are replicated, batches are split along their
+leading axis over the `data` axis, and XLA inserts the gradient all-reduce. BatchNorm statistics are then
+computed over the global batch.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, multihost: bool = False) -> None:
+    """Join JAX's distributed runtime when asked to (explicit addresses, or `multihost` to let JAX detect SLURM &c.)."""
+    if not (multihost or coordinator_address):
+        return
+    if jax.default_backend() == "cpu" or _cpu_only():
+        # CPU devices need a collectives implementation to reduce across processes.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+
+
+def _cpu_only() -> bool:
+    import os
+    return os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu"
+
+
+def make_mesh(devices=None) -> Mesh:
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(global_batch: int, mesh: Mesh) -> None:
+    devices, processes = mesh.devices.size, jax.process_count()
+    if global_batch % devices:
+        raise ValueError(f"batch_size {global_batch} must divide by the number of devices ({devices}); "
+                         f"try {max(devices, global_batch // devices * devices)}")
+    if global_batch % processes:
+        raise ValueError(f"batch_size {global_batch} must divide by the number of processes ({processes})")
+
+
+def global_batch(local: dict, mesh: Mesh) -> dict:
+    """Assemble global arrays, sharded over `data`, from this process's rows of the global batch."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+
+
+def local_rows(global_batch_size: int) -> tuple[int, int]:
+    """(first row, row count) of the global batch that this process reads."""
+    rows = global_batch_size // jax.process_count()
+    return jax.process_index() * rows, rows

@@ -1,0 +1,225 @@
+"""Training: the train state, the loss, the jitted data-parallel train step, and the loop around them.
+
+The loop owns no cleverness of its own: data comes from `data.pipeline`, evaluation from `evaluate.Evaluator`,
+saving and the stop signal from `checkpoint`, and everything it reports goes to `metrics.jsonl` through `RunLog`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from streetseg_jax import checkpoint, sharding
+from streetseg_jax.data import pipeline
+from streetseg_jax.data.source import load_split
+from streetseg_jax.evaluate import Evaluator
+from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
+from streetseg_jax.models.unet import build_model, preprocess
+from streetseg_jax.run import RunLog, RunSetup, prepare_run, finish_run
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    step: jax.Array              # int32 scalar: optimiser steps taken
+    params: Any                  # pure dict of parameters
+    model_state: Any             # pure dict of everything else the model holds (BatchNorm statistics)
+    opt_state: Any
+    rng: jax.Array               # uint32 key data; step keys are fold_in(rng, step), so no RNG state advances
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model, optimiser, state
+# ---------------------------------------------------------------------------------------------------------------
+def split_model(model: nnx.Module):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+
+def make_schedule(config) -> optax.Schedule:
+    steps, warmup = config.num_train_steps, min(config.warmup_steps, max(config.num_train_steps - 1, 0))
+    peak, end = config.learning_rate, config.learning_rate * config.end_learning_rate_factor
+    if config.lr_schedule == "cosine":
+        decay = optax.cosine_decay_schedule(peak, max(steps - warmup, 1), alpha=config.end_learning_rate_factor)
+    elif config.lr_schedule == "polynomial":
+        decay = optax.polynomial_schedule(peak, end, power=0.9, transition_steps=max(steps - warmup, 1))
+    else:
+        raise ValueError(f"lr_schedule must be 'cosine' or 'polynomial', got {config.lr_schedule!r}")
+    warm = optax.linear_schedule(0.0, peak, max(warmup, 1))
+    return optax.join_schedules([warm, decay], [warmup])
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    schedule = make_schedule(config)
+    if config.optimizer == "adamw":
+        opt = optax.adamw(schedule, weight_decay=config.weight_decay)
+    elif config.optimizer == "adam":
+        opt = optax.adam(schedule)
+    else:
+        raise ValueError(f"optimizer must be 'adam' or 'adamw', got {config.optimizer!r}")
+    clip = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm > 0 else []
+    return optax.chain(*clip, opt)
+
+
+def init_state(config, num_classes: int, tx, mesh):
+    """(graphdef, TrainState) with parameters created directly in their (replicated) sharding."""
+    abstract = nnx.eval_shape(lambda: build_model(config.model, num_classes, seed=config.seed))
+    graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
+
+    def init():
+        _, params, rest = split_model(build_model(config.model, num_classes, seed=config.seed))
+        rng = jax.random.key_data(jax.random.PRNGKey(config.seed))
+        return TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params), rng)
+
+    state = jax.jit(init, out_shardings=sharding.replicated(mesh))()
+    return graphdef, state
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loss and step
+# ---------------------------------------------------------------------------------------------------------------
+def cross_entropy_sums(logits, labels, class_weights, ignore_id: int):
+    """(weighted sum of per-pixel cross-entropy, sum of weights) over valid pixels; ignore pixels weigh 0.
+
+    The mean is sum / weight, PyTorch's weighted-mean convention; sums (not means) so they add across batches.
+    """
+    num_classes = logits.shape[-1]
+    labels = labels.astype(jnp.int32)
+    valid = (labels != ignore_id) & (labels >= 0) & (labels < num_classes)
+    safe = jnp.where(valid, labels, 0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+    weights = jnp.where(valid, class_weights[safe], 0.0)
+    return jnp.sum(weights * ce), jnp.sum(weights)
+
+
+def make_train_step(graphdef, tx, class_weights, ignore_id: int, mesh):
+    """The jitted `(state, batch) -> (state, metrics)`; the state is donated, the batch sharded over `data`."""
+    class_weights = jnp.asarray(class_weights, jnp.float32)
+    num_classes = class_weights.shape[0]
+
+    def loss_fn(params, state: TrainState, batch):
+        model = nnx.merge(graphdef, params, state.model_state)
+        model.train()
+        logits = model(preprocess(batch["image"], model_dtype(model)))
+        loss_sum, weight = cross_entropy_sums(logits, batch["label"], class_weights, ignore_id)
+        _, _, rest = split_model(model)
+        return loss_sum / jnp.maximum(weight, 1e-6), (logits, rest)
+
+    def step(state: TrainState, batch):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (logits, rest)), grads = grad_fn(state.params, state, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        preds = jnp.argmax(logits, axis=-1)
+        metrics = {"loss": loss, "confusion": confusion_matrix(batch["label"], preds, num_classes, ignore_id)}
+        return TrainState(state.step + 1, params, rest, opt_state, state.rng), metrics
+
+    replicated, batched = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    return jax.jit(step, donate_argnums=0, in_shardings=(replicated, batched),
+                   out_shardings=(replicated, replicated))
+
+
+def model_dtype(model) -> Any:
+    return getattr(model, "dtype", jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------------
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class TrainMetrics:
+    """Per-step metrics kept on the device and fetched only when logged (no per-step host round trip)."""
+
+    def __init__(self, first_step: int):
+        self.losses, self.confusion, self.first_step = [], None, first_step
+        self.start_time = time.time()
+
+    def add(self, metrics: dict) -> None:
+        self.losses.append(metrics["loss"])
+        self.confusion = metrics["confusion"] if self.confusion is None else self.confusion + metrics["confusion"]
+
+    def summary(self, class_names, batch_size: int) -> dict:
+        losses = np.asarray(jax.device_get(jnp.stack(self.losses)))
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            raise NonFiniteLoss(f"loss became {losses[bad[0]]} at step {self.first_step + bad[0] + 1}")
+        scores = metrics_from_confusion(np.asarray(jax.device_get(self.confusion)), class_names)
+        seconds = max(time.time() - self.start_time, 1e-9)
+        return {"train/loss": float(losses.mean()), "train/miou": scores["miou"],
+                "train/images_per_second": len(losses) * batch_size / seconds}
+
+
+def train_and_evaluate(config, workdir: str | Path) -> dict:
+    """Train `config` in `workdir`, resuming from its latest checkpoint; returns the last eval metrics."""
+    setup: RunSetup = prepare_run(config, workdir)
+    mesh, label_map = setup.mesh, setup.label_map
+    tx = make_optimizer(config)
+    graphdef, state = init_state(config, label_map.num_classes, tx, mesh)
+    train_iter = pipeline.train_batches(
+        setup.train_source, global_batch=config.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        augment_cfg=setup.augment_cfg, ignore_id=label_map.ignore_id, num_threads=config.input_threads)
+    state = setup.restore_or_init(state, train_iter, graphdef)
+    train_step = make_train_step(graphdef, tx, setup.class_weights, label_map.ignore_id, mesh)
+    evaluator = Evaluator(graphdef, mesh, label_map, config)
+    return _loop(config, setup, state, train_iter, train_step, evaluator, tx)
+
+
+def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator, tx) -> dict:
+    log: RunLog = setup.log
+    step = int(jax.device_get(state.step))
+    stop = checkpoint.StopSignal()
+    window, last_eval = TrainMetrics(step), {}
+    log.start(step, config.num_train_steps)
+    try:
+        while step < config.num_train_steps:
+            if stop.should_stop(step):
+                setup.save(step, state, train_iter)
+                setup.stop(step, stop.received)
+            batch = sharding.global_batch(next(train_iter), setup.mesh)
+            state, metrics = train_step(state, batch)
+            step += 1
+            window.add(metrics)
+            due = _due(step, config)
+            if due:
+                row = window.summary(setup.label_map.names, config.batch_size)
+                row["train/learning_rate"] = float(make_schedule(config)(step - 1))
+                log.write(step, row)
+                window = TrainMetrics(step)
+            if "eval" in due:
+                last_eval = evaluator.run(state.params, state.model_state, setup.eval_source)
+                log.write(step, last_eval)
+                setup.save_best(step, state, train_iter, last_eval["eval/miou"])
+            if "checkpoint" in due:
+                setup.save(step, state, train_iter)
+    except NonFiniteLoss as e:
+        setup.fail(f"{e}; stopped. The last good checkpoint is kept (step {setup.checkpoints.latest_step()}).")
+    finally:
+        stop.restore_handlers()
+        setup.checkpoints.wait()
+    finish_run(config, setup, evaluator, state)
+    return last_eval
+
+
+def _due(step: int, config) -> set[str]:
+    """What happens after `step`: logging, evaluation, saving (always all three at the last step)."""
+    last = step == config.num_train_steps
+    due = set()
+    if last or step % config.log_every_steps == 0:
+        due.add("log")
+    if last or (config.eval_every_steps and step % config.eval_every_steps == 0):
+        due.add("eval")
+    if last or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0):
+        due.add("checkpoint")
+    return due

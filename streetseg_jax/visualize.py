@@ -1,0 +1,72 @@
+"""Pictures people look at: coloured masks, overlays with a legend, loss and mIoU curves."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from streetseg_jax.labels.label_map import LabelMap
+
+
+def colorize(mask: np.ndarray, label_map: LabelMap) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 colours."""
+    return label_map.palette()[mask]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, label_map: LabelMap, alpha: float = 0.5,
+            legend: bool = True) -> Image.Image:
+    """The image blended with the mask's colours; a legend of the classes present along the bottom."""
+    blend = (1 - alpha) * image.astype(np.float32) + alpha * colorize(mask, label_map).astype(np.float32)
+    out = Image.fromarray(blend.round().clip(0, 255).astype(np.uint8))
+    if legend:
+        out = _with_legend(out, [c for c in label_map.classes if (mask == c.id).any()])
+    return out
+
+
+def _with_legend(image: Image.Image, classes) -> Image.Image:
+    row, pad = 16, 4
+    per_line = max(1, image.width // 120)
+    lines = max(1, -(-len(classes) // per_line))
+    canvas = Image.new("RGB", (image.width, image.height + lines * row + pad), (255, 255, 255))
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, c in enumerate(classes):
+        x, y = (i % per_line) * 120 + pad, image.height + (i // per_line) * row + pad
+        draw.rectangle([x, y, x + 10, y + 10], fill=tuple(c.color), outline=(0, 0, 0))
+        draw.text((x + 14, y - 1), c.name, fill=(0, 0, 0))
+    return canvas
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
+    """Loss and mIoU against step, train and eval, as one PNG (written atomically)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, ax, style in (("train/loss", ax_loss, "-"), ("eval/loss", ax_loss, "o-"),
+                           ("train/miou", ax_miou, "-"), ("eval/miou", ax_miou, "o-")):
+        points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), style, label=key, markersize=3)
+    for ax, title in ((ax_loss, "loss"), (ax_miou, "mean IoU")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax_miou.set_ylim(0, 1)
+    fig.tight_layout()
+    tmp = Path(out_path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out_path)

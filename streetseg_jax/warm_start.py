@@ -1,0 +1,57 @@
+"""`--config.init_from=WORKDIR`: start from another run's best checkpoint (its latest when it has no best).
+
+Every parameter and BatchNorm statistic whose path and shape match is loaded. With a different label map the
+classifier head cannot carry over: it keeps its fresh initialisation, and the run says so. The optimiser state
+and the step start afresh.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from streetseg_jax.checkpoint import Checkpoints
+
+
+def warm_start(state, init_from: str, label_map, say):
+    source = Checkpoints(init_from, async_save=False)
+    which = "best" if source.best.latest_step() is not None else "latest"
+    try:
+        meta = source.read_meta(which)
+        saved = source.best if which == "best" else source.latest
+        raw = saved.restore(saved.latest_step(), args=_raw_args())["state"]
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"init_from={init_from}: {e}") from None
+    finally:
+        source.close()
+    if meta["label_map"] != label_map.to_dict():
+        say(f"init_from {init_from}: its label map differs from this run's; the classifier head is "
+            "re-initialised and the rest loaded")
+    params, loaded_p, skipped_p = _merge(state.params, raw["params"])
+    model_state, loaded_s, skipped_s = _merge(state.model_state, raw["model_state"])
+    say(f"init_from {init_from} ({which} checkpoint): loaded {loaded_p + loaded_s} arrays"
+        + (f", kept fresh: {', '.join(skipped_p + skipped_s)}" if skipped_p + skipped_s else ""))
+    return dataclasses.replace(state, params=params, model_state=model_state)
+
+
+def _raw_args():
+    import orbax.checkpoint as ocp
+    return ocp.args.Composite(state=ocp.args.StandardRestore())
+
+
+def _merge(fresh: dict, saved: dict):
+    """fresh with every leaf that `saved` has at the same path and shape replaced; (tree, loaded, skipped)."""
+    flat_fresh = traverse_util.flatten_dict(fresh, sep="/")
+    flat_saved = traverse_util.flatten_dict(saved, sep="/")
+    out, loaded, skipped = {}, 0, []
+    for path, value in flat_fresh.items():
+        old = flat_saved.get(path)
+        if old is not None and np.shape(old) == np.shape(value):
+            out[path] = jax.device_put(np.asarray(old, dtype=value.dtype), value.sharding)
+            loaded += 1
+        else:
+            out[path] = value
+            skipped.append(path)
+    return traverse_util.unflatten_dict(out, sep="/"), loaded, skipped

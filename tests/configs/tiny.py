@@ -1,0 +1,27 @@
+"""A tiny variant of the default config for tests: a small network on small synthetic scenes, a few steps."""
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("default_config", Path(__file__).parents[2] / "configs" / "default.py")
+_default = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_default)
+
+
+def get_config():
+    c = _default.get_config()
+    c.input_threads = 1
+    c.augment.base_scale = 1.0
+    c.augment.crop_size = (48, 64)
+    c.model.base_width = 4
+    c.model.depth = 2
+    c.batch_size = 4
+    c.num_train_steps = 6
+    c.learning_rate = 1e-2
+    c.warmup_steps = 2
+    c.eval_batch_size = 4
+    c.eval_scale = 1.0
+    c.eval_every_steps = 3
+    c.log_every_steps = 1
+    c.checkpoint_every_steps = 3
+    c.num_overlays = 2
+    return c

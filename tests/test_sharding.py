@@ -1,0 +1,62 @@
+"""Data parallelism on 8 forced CPU devices: the 8-device train step equals the 1-device step on the same global
+batch, and the evaluation confusion matrix has identical integer counts. Runs in a subprocess, since the device
+count is fixed when JAX starts."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from conftest import tiny_config
+    from test_train import tiny_batch
+    from streetseg_jax import sharding, train
+    from streetseg_jax.evaluate import Evaluator
+    from streetseg_jax.labels.label_map import default_label_map
+
+    assert jax.device_count() == 8, jax.devices()
+    config = tiny_config()
+    config.batch_size = config.eval_batch_size = 8
+    batch = tiny_batch(batch=8, height=40, width=56)
+    source = [{"image": batch["image"][i], "segmentation_mask": batch["label"][i, :, :, None].astype(np.uint8),
+               "file_name": str(i)} for i in range(5)]
+
+    def run(devices):
+        mesh = sharding.make_mesh(devices)
+        tx = train.make_optimizer(config)
+        graphdef, state = train.init_state(config, 8, tx, mesh)
+        step = train.make_train_step(graphdef, tx, np.ones(8, np.float32), 255, mesh)
+        for _ in range(2):
+            state, metrics = step(state, sharding.global_batch(batch, mesh))
+        evaluator = Evaluator(graphdef, mesh, default_label_map(), config)
+        sums = evaluator.sums(state.params, state.model_state, source)
+        return jax.device_get(state), jax.device_get(metrics), sums
+
+    one, eight = run(jax.devices()[:1]), run(jax.devices())
+    for a, b in zip(jax.tree.leaves(one[0]), jax.tree.leaves(eight[0]), strict=True):
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(one[1]["loss"], eight[1]["loss"], rtol=1e-5)
+    np.testing.assert_array_equal(one[1]["confusion"], eight[1]["confusion"])
+    np.testing.assert_array_equal(one[2]["confusion"], eight[2]["confusion"])
+    assert one[2]["confusion"].sum() == 5 * 40 * 56 - 56 * 2  # rows 0-1 of example 0 are ignore
+    try:
+        sharding.check_batch_size(12, sharding.make_mesh())
+        raise AssertionError("batch 12 on 8 devices was accepted")
+    except ValueError as e:
+        assert "must divide by the number of devices (8)" in str(e), e
+    print("SHARDING-OK")
+""")
+
+
+def test_eight_device_step_and_eval_equal_one_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(ROOT / "tests")}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT / "tests", env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert "SHARDING-OK" in proc.stdout, proc.stdout + proc.stderr
+

@@ -1,0 +1,202 @@
+"""Training end to end on the tiny synthetic dataset: outputs, exact resume after SIGTERM, SIGKILL during saves,
+refusals of bad input, the NaN guard, warm starts; and the train step itself on small arrays."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import run_main, run_main_to_end, tiny_config
+
+STEPS = 8
+
+
+def final_state(workdir: Path, step: int | None = None) -> dict:
+    manager = ocp.CheckpointManager(workdir / "checkpoints" / "latest", item_names=("state", "data", "meta"))
+    step = manager.latest_step() if step is None else step
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    manager.close()
+    return state
+
+
+def wait_for_step(workdir: Path, step: int, proc, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = workdir / "metrics.jsonl"
+        if path.exists() and any(json.loads(l).get("step", 0) >= step for l in path.read_text().splitlines()):
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    raise TimeoutError(f"step {step} not reached")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_data_dir):
+    workdir = tmp_path_factory.mktemp("run") / "reference"
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS}")
+    assert code == 0, out
+    return workdir, out
+
+
+def test_main_writes_config_metrics_checkpoints_and_pictures(finished_run):
+    workdir, out = finished_run
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["num_train_steps"] == STEPS and config["dataset"] == "street_seg/synthetic"
+    provenance = config["provenance"]
+    assert {"jax", "flax", "optax"} <= set(provenance["packages"])
+    assert provenance["dataset"]["version"] and len(provenance["dataset"]["fingerprint"]) == 64
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "train/loss" in r]
+    eval_rows = [r for r in rows if "eval/miou" in r]
+    assert [r["step"] for r in train_rows] == list(range(1, STEPS + 1))
+    for r in train_rows:
+        assert {"time", "train/loss", "train/miou", "train/learning_rate", "train/images_per_second"} <= set(r)
+    assert [r["step"] for r in eval_rows] == [3, 6, 8]
+    for key in ("eval/miou", "eval/pixel_accuracy", "eval/mean_class_accuracy"):
+        assert 0.0 <= eval_rows[-1][key] <= 1.0
+    assert eval_rows[-1]["eval/loss"] > 0 and "eval/iou/road" in eval_rows[-1]
+    assert (workdir / "checkpoints" / "latest" / str(STEPS)).is_dir()
+    assert any((workdir / "checkpoints" / "best").iterdir())
+    assert (workdir / "curves.png").stat().st_size > 1000
+    assert len(list((workdir / "overlays").glob("*.jpg"))) == 2
+    assert "ETA" in out
+
+
+def test_resume_after_sigterm_is_bitwise_exact(finished_run, tiny_data_dir, tmp_path):
+    reference, _ = finished_run
+    workdir = tmp_path / "interrupted"
+    proc = run_main(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS}")
+    wait_for_step(workdir, 4, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    assert "received SIGTERM" in out and "resume" in out
+    stopped_at = ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step()
+    assert 4 <= stopped_at < STEPS, out
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS}")
+    assert code == 0 and f"resuming from step {stopped_at}" in out, out
+    expected, got = final_state(reference, STEPS), final_state(workdir, STEPS)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sigkill_during_saves_resumes_from_last_complete_checkpoint(tiny_data_dir, tmp_path):
+    workdir = tmp_path / "killed"
+    overrides = ("--config.num_train_steps=12", "--config.checkpoint_every_steps=1")
+    proc = run_main(workdir, tiny_data_dir, *overrides)
+    wait_for_step(workdir, 5, proc)
+    proc.kill()  # SIGKILL, almost certainly while an asynchronous save is being written
+    proc.communicate(timeout=60)
+    code, out = run_main_to_end(workdir, tiny_data_dir, *overrides)
+    assert code == 0, out
+    assert "resuming from step" in out
+    assert ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step() == 12
+
+
+def test_incompatible_workdir_is_refused(finished_run, tiny_data_dir):
+    workdir, _ = finished_run
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS + 2}",
+                                "--config.model.base_width=8")
+    assert code == 2, out
+    assert "incompatible" in out and "config.model differs" in out
+
+
+def test_unknown_config_key_is_an_error(tiny_data_dir, tmp_path):
+    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--config.no_such_key=1")
+    assert code != 0 and "no_such_key" in out
+
+
+def test_missing_dataset_names_the_build_command(tmp_path):
+    code, out = run_main_to_end(tmp_path / "w", tmp_path / "empty", "--config.dataset=street_seg/voc_polygons")
+    assert code == 2, out
+    assert "python -m streetseg_jax.data build" in out and "Traceback" not in out
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir, tmp_path):
+    workdir = tmp_path / "nan"
+    code, out = run_main_to_end(workdir, tiny_data_dir, "--config.learning_rate=1e30", "--config.grad_clip_norm=0",
+                                "--config.warmup_steps=0", "--config.checkpoint_every_steps=1")
+    assert code == 2, out
+    assert "loss became" in out and "at step" in out and "Traceback" not in out
+    bad_step = int(out.split("at step")[1].split()[0].strip(";"))
+    latest = ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step()
+    assert latest == bad_step - 1
+    state = final_state(workdir)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_warm_start_with_other_label_map_reinitialises_the_head(finished_run):
+    from streetseg_jax import sharding, train
+    from streetseg_jax.labels.label_map import ClassInfo, LabelMap
+    from streetseg_jax.warm_start import warm_start
+
+    workdir, _ = finished_run
+    config = tiny_config()
+    label_map = LabelMap(tuple(ClassInfo(i, f"class_{i}", (i, i, i)) for i in range(5)))
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    _, fresh = train.init_state(config, 5, train.make_optimizer(config), mesh)
+    said = []
+    state = warm_start(fresh, str(workdir), label_map, said.append)
+    assert any("classifier head is re-initialised" in s for s in said)
+    saved = final_state(workdir, STEPS)["params"]
+    flat_new = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    flat_fresh = dict(jax.tree_util.tree_flatten_with_path(fresh.params)[0])
+    flat_saved = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    loaded = kept = 0
+    for path, value in flat_new:
+        old = flat_saved[jax.tree_util.keystr(path)]
+        if np.shape(old) == np.shape(value):
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(old))
+            loaded += 1
+        else:
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_fresh[path]))
+            kept += 1
+    assert loaded > 10 and kept == 2  # the head's kernel and bias
+
+
+# --- the train step on small arrays ---------------------------------------------------------------------------------
+def tiny_batch(seed=0, batch=4, height=32, width=48, classes=8):
+    rng = np.random.default_rng(seed)
+    label = np.zeros((batch, height, width), np.int32)
+    label[:, height // 2:] = 3
+    label[:, :, : width // 3] = 5
+    label[0, :2] = 255
+    image = (np.stack([label * 30 % 255] * 3, -1) + rng.integers(0, 20, label.shape + (3,))).astype(np.uint8)
+    return {"image": image, "label": label}
+
+
+def test_train_step_learns_and_ignores_the_ignore_id():
+    from streetseg_jax import sharding, train
+
+    config = tiny_config()
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    tx = train.make_optimizer(config)
+    graphdef, state = train.init_state(config, 8, tx, mesh)
+    step = train.make_train_step(graphdef, tx, np.ones(8, np.float32), 255, mesh)
+    batch = sharding.global_batch(tiny_batch(), mesh)
+    losses = []
+    for _ in range(6):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < losses[0]
+    conf = np.asarray(metrics["confusion"])
+    assert conf.sum() == (np.asarray(batch["label"]) != 255).sum()
+    assert int(state.step) == 6
+
+
+def test_cross_entropy_weights_and_ignore():
+    from streetseg_jax.train import cross_entropy_sums
+
+    logits = jnp.array([[[0.0, 1.0], [2.0, 0.0], [0.0, 0.0]]])
+    labels = jnp.array([[1, 0, 255]])
+    total, weight = cross_entropy_sums(logits, labels, jnp.array([2.0, 1.0]), 255)
+    ce = lambda z, y: float(jax.nn.logsumexp(z) - z[y])
+    assert weight == pytest.approx(3.0)
+    assert total == pytest.approx(1 * ce(logits[0, 0], 1) + 2 * ce(logits[0, 1], 0), rel=1e-6)
