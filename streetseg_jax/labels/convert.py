@@ -1,0 +1,130 @@
+"""Annotations to masks: class names through the label map, unknown names collected, masks written as palette PNGs.
+
+Used by `python -m streetseg_jax.labels to-masks` and by the dataset builder. Unknown class names are a user
+error worth stopping for: all of them are collected first, across every file, so one run names them all.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image
+
+from streetseg_jax.labels.label_map import LabelMap
+from streetseg_jax.labels.rasterize import RasterResult, rasterize
+from streetseg_jax.labels.shapes import Annotation
+
+UNKNOWN_CHOICES = ("error", "ignore")
+_FILES_SHOWN = 10   # per unknown name, in error messages
+
+
+class UnknownLabelsError(ValueError):
+    """Class names the label map does not know; `.unknown` maps each name to the files it occurs in."""
+
+    def __init__(self, unknown: dict[str, list[str]], label_map: LabelMap | None = None):
+        self.unknown = unknown
+        lines = [f"  {name!r} in {_file_list(files)}" for name, files in unknown.items()]
+        known = f"\nknown classes: {', '.join(label_map.names)}" if label_map is not None else ""
+        super().__init__(f"{len(unknown)} class name(s) not in the label map:\n" + "\n".join(lines) + known +
+                         "\nadd them to the label map (as classes or as aliases of one), or map them to the ignore "
+                         "id (unknown='ignore', --unknown ignore)")
+
+
+def _file_list(files: list[str]) -> str:
+    shown = ", ".join(files[:_FILES_SHOWN])
+    more = len(files) - _FILES_SHOWN
+    return shown + (f" and {more} more file(s)" if more > 0 else "")
+
+
+def find_unknown_labels(annotations: Iterable[Annotation], label_map: LabelMap) -> dict[str, list[str]]:
+    """Every class name the label map cannot resolve, with the files it occurs in (first-seen order)."""
+    unknown: dict[str, list[str]] = {}
+    for annotation in annotations:
+        for shape in annotation.shapes:
+            if shape.ignore or label_map.id_of(shape.label) is not None:
+                continue
+            files = unknown.setdefault(shape.label, [])
+            if str(annotation.source) not in files:
+                files.append(str(annotation.source))
+    return unknown
+
+
+def annotation_to_mask(annotation: Annotation, label_map: LabelMap, unknown: str = "error") -> RasterResult:
+    """Rasterize one annotation; unknown names raise UnknownLabelsError, or with unknown="ignore" get ignore_id.
+
+    Problems (degenerate or off-image shapes) come back in the result, each prefixed with the annotation file.
+    """
+    if unknown not in UNKNOWN_CHOICES:
+        raise ValueError(f"unknown must be one of {UNKNOWN_CHOICES}, got {unknown!r}")
+    if unknown == "error":
+        missing = find_unknown_labels([annotation], label_map)
+        if missing:
+            raise UnknownLabelsError(missing, label_map)
+    items = []
+    for shape in annotation.shapes:
+        class_id = label_map.id_of(shape.label)
+        items.append((label_map.ignore_id if class_id is None else class_id, shape))
+    result = rasterize(items, annotation.height, annotation.width, label_map.fill_id, label_map.ignore_id)
+    result.problems = [f"{annotation.source}: {p}" for p in result.problems]
+    return result
+
+
+@dataclasses.dataclass
+class ConversionSummary:
+    files: int = 0
+    shapes: int = 0
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+
+def write_masks(annotations: list[Annotation], label_map: LabelMap, output_dir: str | Path,
+                unknown: str = "error", progress: Callable[[Iterable], Iterable] = iter) -> ConversionSummary:
+    """Write `<annotation file stem>.png` for each annotation into output_dir.
+
+    Unknown names are checked across all annotations before any mask is written (unless unknown="ignore").
+    `progress` wraps the loop over annotations (e.g. tqdm).
+    """
+    if unknown == "error":
+        missing = find_unknown_labels(annotations, label_map)
+        if missing:
+            raise UnknownLabelsError(missing, label_map)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = ConversionSummary()
+    for annotation in progress(annotations):
+        result = annotation_to_mask(annotation, label_map, unknown="ignore")
+        write_mask_png(output_dir / f"{Path(annotation.source).stem}.png", result.mask, label_map)
+        summary.files += 1
+        summary.shapes += len(annotation.shapes)
+        summary.problems.extend(result.problems)
+    return summary
+
+
+def write_mask_png(path: str | Path, mask: np.ndarray, label_map: LabelMap) -> None:
+    """8-bit palette PNG in the label map's colours, written atomically (temporary file, then os.replace)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise ValueError(f"mask must be a 2-D uint8 array, got {mask.dtype} {mask.shape}")
+    image = Image.fromarray(mask)                          # mode "L"; putpalette turns it into "P", same values
+    image.putpalette(label_map.palette().reshape(-1).tolist())
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_mask_png(path: str | Path) -> np.ndarray:
+    """The class ids of a mask PNG (palette or 8-bit grey) as an (H, W) uint8 array."""
+    with Image.open(path) as image:
+        if image.mode not in ("P", "L"):
+            raise ValueError(f"{path}: mask PNG must be 8-bit palette or greyscale (class ids as pixel values), "
+                             f"got mode {image.mode}")
+        return np.asarray(image, dtype=np.uint8).copy()
