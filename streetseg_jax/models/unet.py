@@ -1,0 +1,212 @@
+"""The U-Net (Flax NNX) used for street-scene segmentation.
+
+Images are NHWC. With `depth=4`, `base_width=16`, `upsample="transpose"` the layers match the peers in
+`shared/peers/` (torch, Keras, linen) one for one: encoder blocks of (conv3x3 without bias -> BatchNorm -> ReLU) x 2
+at widths 16..128, each followed by a 2x2 max-pool; a middle block at 256; per level a 2x2 stride-2 transposed
+conv with bias, a concat with the skip and a block; a 1x1 conv head with bias. 1,942,696 parameters for 8 classes,
+as torch counts them (BatchNorm running statistics are state, not parameters).
+
+The model takes preprocessed images (`preprocess`); it pads any input size up to a multiple of 2**depth and crops
+the logits back, so callers never think about strides. Train/eval behaviour follows nnx: `model.train()` (the
+default after construction) updates BatchNorm statistics and applies dropout; `model.eval()` uses the running
+statistics and no dropout.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+UPSAMPLE_MODES = ("transpose", "resize", "depth_to_space")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# torch's BatchNorm2d defaults: running = 0.9 * running + 0.1 * batch (flax counts momentum the other way round).
+_BN_MOMENTUM = 0.9
+_BN_EPSILON = 1e-5
+
+
+def preprocess(images, dtype=jnp.float32) -> jnp.ndarray:
+    """uint8 (B, H, W, 3) images -> `dtype` values in [-1, 1] (0 -> -1, 255 -> 1)."""
+    return (jnp.asarray(images, jnp.float32) / 127.5 - 1.0).astype(dtype)
+
+
+class ConvBlock(nnx.Module):
+    """(conv3x3 without bias -> BatchNorm -> ReLU) x 2; no bias because BatchNorm's shift replaces it."""
+
+    def __init__(self, in_width: int, out_width: int, *, dtype, rngs: nnx.Rngs):
+        self.conv1 = _conv(in_width, out_width, 3, use_bias=False, dtype=dtype, rngs=rngs)
+        self.norm1 = _batch_norm(out_width, dtype, rngs)
+        self.conv2 = _conv(out_width, out_width, 3, use_bias=False, dtype=dtype, rngs=rngs)
+        self.norm2 = _batch_norm(out_width, dtype, rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.norm1(self.conv1(x)))
+        return nnx.relu(self.norm2(self.conv2(x)))
+
+
+class TransposeUp(nnx.Module):
+    """2x2 stride-2 transposed conv with bias, as torch's ConvTranspose2d(in, out, 2, 2).
+
+    The 2x2 windows of a stride-2 transposed conv do not overlap, so it is one matmul to 4 * out channels and a
+    depth-to-space: the same layer, but its backward pass avoids the dilated convolution that XLA:CPU runs slowly.
+    kernel[i, j] maps an input pixel to output sub-pixel (i, j), torch's convention (its weight (in, out, i, j)).
+    """
+
+    def __init__(self, in_width: int, out_width: int, *, dtype, rngs: nnx.Rngs):
+        # fan_in = 4 * in, as nnx.ConvTranspose's default lecun_normal init would see it.
+        init = nnx.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3)
+        self.kernel = nnx.Param(init(rngs.params(), (2, 2, in_width, out_width), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_width,), jnp.float32))
+        self.dtype = dtype
+
+    def __call__(self, x):
+        kernel = self.kernel[...].astype(self.dtype)
+        y = jnp.einsum("bhwc,ijco->bhwijo", x.astype(self.dtype), kernel)
+        b, h, w, _, _, o = y.shape
+        y = y.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, o)
+        return y + self.bias[...].astype(self.dtype)
+
+
+class ResizeUp(nnx.Module):
+    """Nearest-neighbour x2 then conv3x3 to the lower width: no checkerboard artefacts by construction."""
+
+    def __init__(self, in_width: int, out_width: int, *, dtype, rngs: nnx.Rngs):
+        self.conv = _conv(in_width, out_width, 3, use_bias=True, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        # broadcast + reshape is an exact nearest resize and cheaper on CPU than jax.image.resize.
+        x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+        return self.conv(x)
+
+
+class DepthToSpaceUp(nnx.Module):
+    """conv3x3 to 4 * out channels, then depth-to-space (pixel shuffle) x2.
+
+    A sub-pixel conv: each output pixel sees a 3x3 neighbourhood of the coarse map, where a 2x2 stride-2 transposed
+    conv sees one pixel. Its backward pass is plain convolutions, but it holds 9x the upsampling parameters.
+    """
+
+    def __init__(self, in_width: int, out_width: int, *, dtype, rngs: nnx.Rngs):
+        self.conv = _conv(in_width, 4 * out_width, 3, use_bias=True, dtype=dtype, rngs=rngs,
+                          kernel_init=_icnr_init)
+
+    def __call__(self, x):
+        return depth_to_space(self.conv(x))
+
+
+def depth_to_space(x):
+    """(B, H, W, 4C) -> (B, 2H, 2W, C); channel k*C + c lands at sub-pixel (k // 2, k % 2)."""
+    b, h, w, c4 = x.shape
+    c = c4 // 4
+    x = x.reshape(b, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, 2 * h, 2 * w, c)
+
+
+def _icnr_init(key, shape, dtype=jnp.float32):
+    # ICNR: the four sub-pixel kernels start equal, so depth_to_space starts as a nearest upsample of one conv and
+    # shows no checkerboard at initialisation.
+    base = nnx.initializers.lecun_normal()(key, (*shape[:-1], shape[-1] // 4), dtype)
+    return jnp.tile(base, 4)
+
+
+_UPSAMPLERS = {"transpose": TransposeUp, "resize": ResizeUp, "depth_to_space": DepthToSpaceUp}
+
+
+class UNet(nnx.Module):
+    """U-Net: NHWC images in the compute dtype -> float32 logits (B, H, W, num_classes), any H and W."""
+
+    def __init__(self, num_classes: int, *, base_width: int = 16, depth: int = 4, upsample: str = "transpose",
+                 dropout: float = 0.0, dtype=jnp.float32, pad_mode: str = "edge", rngs: nnx.Rngs):
+        _check_arguments(num_classes, base_width, depth, upsample, dropout, pad_mode)
+        widths = [base_width * 2**i for i in range(depth + 1)]
+        self.depth = depth
+        self.dtype = dtype
+        self.pad_mode = pad_mode
+        self.down = nnx.List([ConvBlock(i, o, dtype=dtype, rngs=rngs) for i, o in zip([3] + widths[:-2], widths[:-1])])
+        self.middle = ConvBlock(widths[-2], widths[-1], dtype=dtype, rngs=rngs)
+        # dropout on the bottleneck only: the widest, lowest-resolution features are where a U-Net overfits.
+        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+        up_class = _UPSAMPLERS[upsample]
+        levels = list(reversed(range(depth)))
+        self.up = nnx.List([up_class(widths[i + 1], widths[i], dtype=dtype, rngs=rngs) for i in levels])
+        self.decode = nnx.List([ConvBlock(2 * widths[i], widths[i], dtype=dtype, rngs=rngs) for i in levels])
+        # the head runs in float32 so the logits feeding softmax/cross-entropy are not rounded to bfloat16.
+        self.head = _conv(widths[0], num_classes, 1, use_bias=True, dtype=jnp.float32, rngs=rngs)
+
+    def __call__(self, x):
+        height, width = x.shape[1:3]
+        x = pad_to_multiple(x.astype(self.dtype), 2**self.depth, self.pad_mode)
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = max_pool_2x2(x)
+        x = self.middle(x)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        for up, block in zip(self.up, self.decode):
+            x = block(jnp.concatenate([up(x), skips.pop()], axis=-1))
+        logits = self.head(x.astype(jnp.float32))
+        return logits[:, :height, :width, :]
+
+
+def pad_to_multiple(x, multiple: int, mode: str = "edge"):
+    """Pad H and W at the bottom/right up to a multiple; the caller crops [:H, :W] afterwards.
+
+    "edge" works for any size; "reflect" needs the padding to be smaller than the image; "constant" pads zeros.
+    """
+    height, width = x.shape[1:3]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+
+
+def max_pool_2x2(x):
+    """2x2 stride-2 max-pool on even H, W; reshape + max measured a little faster on XLA:CPU than reduce_window."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def param_count(model: nnx.Module) -> int:
+    """Trainable parameters (nnx.Param leaves), the figure torch's `sum(p.numel() for p in m.parameters())` gives."""
+    return sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def build_model(config_model: Mapping, num_classes: int, seed: int) -> UNet:
+    """UNet from a config mapping with keys base_width, depth, upsample, dropout, dtype ("float32" | "bfloat16")."""
+    dtype_name = config_model.get("dtype", "float32")
+    if dtype_name not in DTYPES:
+        raise ValueError(f"model dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
+    return UNet(num_classes,
+                base_width=int(config_model.get("base_width", 16)),
+                depth=int(config_model.get("depth", 4)),
+                upsample=config_model.get("upsample", "transpose"),
+                dropout=float(config_model.get("dropout", 0.0)),
+                dtype=DTYPES[dtype_name],
+                rngs=nnx.Rngs(seed))
+
+
+def _conv(in_width, out_width, size, *, use_bias, dtype, rngs, **kwargs):
+    # SAME padding on a 3x3 stride-1 conv is torch's padding=1; parameters stay float32 whatever the compute dtype.
+    return nnx.Conv(in_width, out_width, (size, size), padding="SAME", use_bias=use_bias,
+                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs, **kwargs)
+
+
+def _batch_norm(width, dtype, rngs):
+    return nnx.BatchNorm(width, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype=dtype,
+                         param_dtype=jnp.float32, rngs=rngs)
+
+
+def _check_arguments(num_classes, base_width, depth, upsample, dropout, pad_mode):
+    if num_classes < 1 or base_width < 1 or depth < 1:
+        raise ValueError(f"num_classes, base_width and depth must be >= 1, got {num_classes}, {base_width}, {depth}")
+    if upsample not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if pad_mode not in ("edge", "reflect", "constant"):
+        raise ValueError(f"pad_mode must be 'edge', 'reflect' or 'constant', got {pad_mode!r}")
