@@ -1,0 +1,248 @@
+"""The street_seg builder and data/source.py: features, metadata, masks, determinism, splits, errors, and reading the
+built dataset from a process that has never heard of streetseg_jax."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streetseg_jax.data import source
+from streetseg_jax.data.builder import BuildError, UnknownLabelsError, _stem_fraction
+from streetseg_jax.data.synthetic import write_synthetic
+from streetseg_jax.labels.convert import annotation_to_mask
+from streetseg_jax.labels.formats.voc import read_voc, write_voc
+from streetseg_jax.labels.label_map import LabelMap, default_label_map
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = dict(height=96, width=128)
+NUM_IMAGES = 10
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory) -> Path:
+    data_dir = tmp_path_factory.mktemp("tfds")
+    source.build("synthetic", data_dir, num_images=NUM_IMAGES, **SIZE)
+    return data_dir
+
+
+def records(data_dir: Path, split: str, dataset: str = "street_seg/synthetic") -> list[dict]:
+    split_source, _, _ = source.load_split(dataset, split, data_dir)
+    return [split_source[i] for i in range(len(split_source))]
+
+
+# --- synthetic ---------------------------------------------------------------------------------------------------
+def test_synthetic_features_metadata_and_splits(synthetic_dir):
+    train, label_map, info = source.load_split("street_seg/synthetic", "train", synthetic_dir)
+    assert {name: split.num_examples for name, split in info.splits.items()} == {"train": 8, "test": 2}
+    assert label_map == default_label_map()
+    assert info.metadata["label_map"] == default_label_map().to_dict()
+    assert info.features["segmentation_mask"].names == default_label_map().names
+    record = train[0]
+    assert record["image"].dtype == np.uint8 and record["image"].shape == (96, 128, 3)
+    assert record["segmentation_mask"].dtype == np.uint8 and record["segmentation_mask"].shape == (96, 128, 1)
+    assert record["file_name"].decode().startswith("street_")
+
+
+def test_synthetic_masks_and_images_match_the_source_files(synthetic_dir, tmp_path):
+    write_synthetic(tmp_path, num_images=NUM_IMAGES, seed=0, **SIZE)
+    label_map = default_label_map()
+    stored = records(synthetic_dir, "train") + records(synthetic_dir, "test")
+    assert len(stored) == NUM_IMAGES
+    for record in stored:
+        name = record["file_name"].decode()
+        annotation = read_voc(tmp_path / "annotations" / Path(name).with_suffix(".xml"))
+        expected = annotation_to_mask(annotation, label_map).mask
+        np.testing.assert_array_equal(record["segmentation_mask"][..., 0], expected)
+        np.testing.assert_array_equal(record["image"], np.asarray(Image.open(tmp_path / "images" / name)))
+
+
+def test_synthetic_split_is_the_first_80_percent(synthetic_dir):
+    names = sorted(r["file_name"].decode() for r in records(synthetic_dir, "test"))
+    assert names == ["street_0009.png", "street_0010.png"]
+
+
+def test_building_twice_gives_identical_examples(synthetic_dir, tmp_path):
+    source.build("synthetic", tmp_path, num_images=NUM_IMAGES, **SIZE)
+    for split in ("train", "test"):
+        for first, second in zip(records(synthetic_dir, split), records(tmp_path, split), strict=True):
+            assert first["file_name"] == second["file_name"]
+            np.testing.assert_array_equal(first["image"], second["image"])
+            np.testing.assert_array_equal(first["segmentation_mask"], second["segmentation_mask"])
+
+
+def test_reuse_is_reported_and_other_options_are_refused(synthetic_dir):
+    assert source.build("synthetic", synthetic_dir, num_images=NUM_IMAGES, **SIZE).reused
+    with pytest.raises(BuildError, match="--overwrite"):
+        source.build("synthetic", synthetic_dir, num_images=NUM_IMAGES + 1, **SIZE)
+
+
+# --- voc_polygons ------------------------------------------------------------------------------------------------
+def street_label_map() -> LabelMap:
+    return LabelMap.from_dict({"classes": [
+        {"id": 0, "name": "void", "color": [0, 0, 0]},
+        {"id": 1, "name": "road", "color": [128, 64, 128], "aliases": ["street"]},
+        {"id": 2, "name": "sky", "color": [70, 130, 180]},
+    ], "ignore_id": 255, "fill_id": 0})
+
+
+def make_voc_folder(folder: Path, stems: list[str], subfolders: bool, labels=("sky", "street")) -> None:
+    """Tiny images (one JPEG) with a sky polygon over a road polygon."""
+    image_dir, xml_dir = (folder / "images", folder / "annotations") if subfolders else (folder, folder)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    xml_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i, stem in enumerate(stems):
+        suffix = ".jpg" if i == 0 else ".png"
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(image_dir / f"{stem}{suffix}")
+        horizon = 8.5 + i
+        write_voc(xml_dir / f"{stem}.xml", f"{stem}{suffix}", 32, 24, [
+            (labels[0], [[(0, 0), (32, 0), (32, horizon), (0, horizon + 2)]]),
+            (labels[1], [[(0, 14), (32, 12.3), (32, 24), (0, 24)]]),
+        ])
+
+
+@pytest.mark.parametrize("subfolders", [True, False])
+def test_voc_polygons_masks_labels_and_hash_split(tmp_path, subfolders):
+    stems = [f"frame_{i:02d}" for i in range(8)]
+    make_voc_folder(tmp_path / "export", stems, subfolders)
+    (tmp_path / "labels.json").write_text(street_label_map().to_json())
+    result = source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export", test_fraction=0.4,
+                          label_map=str(tmp_path / "labels.json"))
+    expected_test = {s for s in stems if _stem_fraction(s) < 0.4}
+    assert 0 < len(expected_test) < len(stems), "pick stems that land in both splits"
+    assert result.splits == {"train": len(stems) - len(expected_test), "test": len(expected_test)}
+    _, label_map, info = source.load_split("street_seg/voc_polygons", "test", tmp_path / "tfds")
+    assert label_map == street_label_map() and info.features["segmentation_mask"].names == ["void", "road", "sky"]
+    stored = {r["file_name"].decode(): r for split in ("train", "test")
+              for r in records(tmp_path / "tfds", split, "street_seg/voc_polygons")}
+    assert {Path(n).stem for n in records_names(tmp_path / "tfds", "test")} == expected_test
+    xml_dir = tmp_path / "export" / ("annotations" if subfolders else "")
+    image_dir = tmp_path / "export" / ("images" if subfolders else "")
+    for name, record in stored.items():
+        expected = annotation_to_mask(read_voc(xml_dir / Path(name).with_suffix(".xml")), label_map).mask
+        np.testing.assert_array_equal(record["segmentation_mask"][..., 0], expected)
+        np.testing.assert_array_equal(record["image"], np.asarray(Image.open(image_dir / name).convert("RGB")))
+    assert set(np.unique(stored["frame_03.png"]["segmentation_mask"])) == {0, 1, 2}
+
+
+def records_names(data_dir: Path, split: str) -> list[str]:
+    return [r["file_name"].decode() for r in records(data_dir, split, "street_seg/voc_polygons")]
+
+
+def test_unknown_labels_are_named_with_their_files_before_writing(tmp_path):
+    make_voc_folder(tmp_path / "export", ["a"], subfolders=False, labels=("unicorn", "road"))
+    make_voc_folder(tmp_path / "export2", ["b"], subfolders=False, labels=("sky", "dragon"))
+    for path in (tmp_path / "export2").iterdir():
+        path.rename(tmp_path / "export" / path.name)
+    with pytest.raises(UnknownLabelsError) as caught:
+        source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
+    message = str(caught.value)
+    assert all(part in message for part in ("unicorn", "dragon", "a.xml", "b.xml"))
+    assert not source.is_built("street_seg/voc_polygons", tmp_path / "tfds")
+
+
+def test_image_size_mismatch_is_a_clear_error(tmp_path):
+    make_voc_folder(tmp_path / "export", ["a", "b"], subfolders=True)
+    Image.new("RGB", (40, 24)).save(tmp_path / "export" / "images" / "b.png")
+    with pytest.raises(BuildError, match=r"b.png is 40x24 but b.xml says 32x24"):
+        source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
+
+
+# --- opening -----------------------------------------------------------------------------------------------------
+def test_missing_dataset_names_the_build_command(tmp_path):
+    with pytest.raises(source.DatasetNotFoundError) as caught:
+        source.load_split("street_seg/synthetic", "train", tmp_path)
+    assert f"python -m streetseg_jax.data build --config synthetic --data_dir {tmp_path}" in str(caught.value)
+    assert not source.is_built("street_seg/synthetic", tmp_path)
+
+
+def test_unknown_split_lists_the_available_ones(synthetic_dir):
+    with pytest.raises(source.UnknownSplitError, match="it has: train, test"):
+        source.load_split("street_seg/synthetic", "validation", synthetic_dir)
+    split_source, _, _ = source.load_split("street_seg/synthetic", "train[:3]+test", synthetic_dir)
+    assert len(split_source) == 5
+
+
+# --- without streetseg_jax, without TensorFlow ------------------------------------------------------------------
+OTHER_PROJECT = textwrap.dedent("""
+    import json, sys
+    import tensorflow_datasets as tfds
+    data_dir, version_dir = sys.argv[1], sys.argv[2]
+    builder = tfds.builder_from_directory(version_dir)
+    record = builder.as_data_source(split="test")[0]
+    train = tfds.data_source("street_seg/synthetic", split="train", data_dir=data_dir)
+    print(json.dumps({
+        "label_map": builder.info.metadata["label_map"],
+        "names": builder.info.features["segmentation_mask"].names,
+        "train": len(train), "image": [record["image"].dtype.name, *record["image"].shape],
+        "mask": [record["segmentation_mask"].dtype.name, *record["segmentation_mask"].shape],
+        "file_name": record["file_name"].decode(),
+        "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "streetseg_jax")),
+    }))
+""")
+
+
+def test_other_projects_read_it_without_streetseg_jax_or_tensorflow(synthetic_dir, tmp_path):
+    version_dir = source.dataset_dir("street_seg/synthetic", synthetic_dir)
+    out = subprocess.run([sys.executable, "-c", OTHER_PROJECT, str(synthetic_dir), str(version_dir)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["label_map"] == default_label_map().to_dict() and seen["names"] == default_label_map().names
+    assert seen["train"] == 8 and seen["image"] == ["uint8", 96, 128, 3] and seen["mask"] == ["uint8", 96, 128, 1]
+    assert seen["file_name"].startswith("street_") and seen["modules"] == []
+
+
+CLI = textwrap.dedent("""
+    import runpy, sys
+    sys.argv = ["streetseg_jax.data", *sys.argv[1:]]
+    try:
+        runpy.run_module("streetseg_jax.data", run_name="__main__")
+    finally:
+        print("tensorflow imported:", "tensorflow" in sys.modules)
+""")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_builds_without_tensorflow(tmp_path):
+    out = run_cli("build", "--config", "synthetic", f"--data-dir={tmp_path}", "--num-images", "4",
+                  "--height", "64", "--width", "80")
+    assert out.returncode == 0, out.stderr
+    assert "street_seg/synthetic built in" in out.stdout and "train: 3 examples" in out.stdout
+    assert "test: 1 examples" in out.stdout and str(tmp_path / "street_seg" / "synthetic") in out.stdout
+    assert "tensorflow imported: False" in out.stdout
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = run_cli("build", "--config", "voc_polygons", "--data_dir", str(tmp_path), "--manual_dir",
+                  str(tmp_path / "empty"))
+    assert out.returncode == 2 and "error: voc_polygons reads your images + VOC XML" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_worker_processes_give_the_same_examples(tmp_path):
+    small = dict(num_images=32, height=48, width=64)    # 32: enough for the builder to start worker processes
+    source.build("synthetic", tmp_path / "pool", num_workers=2, **small)
+    source.build("synthetic", tmp_path / "inline", num_workers=1, **small)
+    for split in ("train", "test"):
+        for first, second in zip(records(tmp_path / "pool", split), records(tmp_path / "inline", split), strict=True):
+            assert first["file_name"] == second["file_name"]
+            np.testing.assert_array_equal(first["segmentation_mask"], second["segmentation_mask"])
+            np.testing.assert_array_equal(first["image"], second["image"])
+
+
+def test_rasterizer_problems_are_printed_as_warnings(tmp_path, capsys):
+    make_voc_folder(tmp_path / "export", ["a", "b"], subfolders=False)
+    write_voc(tmp_path / "export" / "b.xml", "b.png", 32, 24, [("road", [[(1, 1), (5, 5)]])])   # two points
+    source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
+    assert "b.xml" in capsys.readouterr().err.split("warning: ", 1)[1]
