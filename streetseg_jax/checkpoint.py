@@ -29,20 +29,19 @@ class Checkpoints:
             root / "best", options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, best_fn=lambda m: m["miou"], best_mode="max", **options),
             item_names=("state", "data", "meta"))
+        self._best_miou = max((m["miou"] for m in map(self.best.metrics, self.best.all_steps()) if m),
+                              default=float("-inf"))
 
     def save(self, step: int, state, data_state: dict, meta: dict, force: bool = True) -> None:
         self.latest.save(step, args=_save_args(state, data_state, meta), force=force)
 
     def save_best(self, step: int, state, data_state: dict, meta: dict, miou: float) -> bool:
         """Keep this step as the best one if its mIoU beats the best so far; returns whether it did."""
-        if miou <= self.best_miou():
+        if miou <= self._best_miou:
             return False
         self.best.save(step, args=_save_args(state, data_state, meta), metrics={"miou": float(miou)}, force=True)
+        self._best_miou = float(miou)
         return True
-
-    def best_miou(self) -> float:
-        metrics = [self.best.metrics(s) for s in self.best.all_steps()]
-        return max((m["miou"] for m in metrics if m), default=float("-inf"))
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()

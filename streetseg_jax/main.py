@@ -6,7 +6,7 @@ detect the cluster (SLURM and friends). Running the same command again resumes f
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from streetseg_jax import sharding
@@ -22,6 +22,7 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Join jax.distributed with cl
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.ERROR)  # orbax and TFDS log every save and read; we print what matters
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
     from streetseg_jax import train
     from streetseg_jax.data.source import DatasetNotFoundError

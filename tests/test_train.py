@@ -3,6 +3,7 @@ refusals of bad input, the NaN guard, warm starts; and the train step itself on 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -125,7 +126,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir, tmp
                                 "--config.warmup_steps=0", "--config.checkpoint_every_steps=1")
     assert code == 2, out
     assert "loss became" in out and "at step" in out and "Traceback" not in out
-    bad_step = int(out.split("at step")[1].split()[0].strip(";"))
+    bad_step = int(re.search(r"loss became \S+ at step (\d+)", out).group(1))
     latest = ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step()
     assert latest == bad_step - 1
     state = final_state(workdir)
