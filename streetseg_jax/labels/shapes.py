@@ -31,6 +31,7 @@ class Annotation:
     height: int
     shapes: list[Shape]
     image_path: Path | None = None            # resolved image file, when known
+    image_bytes: bytes | None = None          # the image itself, when the export embeds it (LabelMe imageData)
 
 
 class LabelFormatError(ValueError):

@@ -41,6 +41,26 @@ def read_voc(path: str | Path) -> Annotation:
     return Annotation(path, (root.findtext("filename") or "").strip(), width, height, shapes)
 
 
+def read(path: Path, label_map=None) -> list[Annotation]:
+    """Every `*.xml` under a folder (sorted), or one file."""
+    path = Path(path)
+    files = sorted(path.rglob("*.xml")) if path.is_dir() else [path]
+    return [read_voc(f) for f in files]
+
+
+def looks_like(path: Path) -> bool:
+    """An XML file (or a folder's first one) with <annotation> and Labelbox-style <polygon><x1>."""
+    path = Path(path)
+    first = next(iter(sorted(path.rglob("*.xml"))), None) if path.is_dir() else path
+    if first is None or first.suffix.lower() != ".xml":
+        return False
+    try:
+        root = _parse(first)
+    except LabelFormatError:
+        return False
+    return root.tag == "annotation" and root.find("object/polygon/x1") is not None
+
+
 def write_voc(path: str | Path, file_name: str, width: int, height: int,
               objects: list[tuple[str, list]]) -> None:
     """Write objects [(name, [polygon, ...]), ...] in drawing order; a polygon is a sequence of (x, y)."""
