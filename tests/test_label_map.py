@@ -1,0 +1,75 @@
+"""The label schema: the seed's classes, JSON round trip, aliases, and clear errors for bad files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from streetseg_jax.data.stats import class_pixel_counts, median_frequency_weights
+from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map
+
+
+def test_default_is_the_seeds_eight_classes():
+    lm = default_label_map()
+    assert lm.names == ["background", "tree", "landscaping", "road", "sidewalk", "building", "sky", "concrete"]
+    assert (lm.ignore_id, lm.fill_id, lm.num_classes) == (255, 0, 8)
+
+
+def test_json_round_trip_and_the_documented_shape(tmp_path):
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"classes": [
+        {"id": 1, "name": "road", "color": [128, 64, 128], "aliases": ["street", "Road Surface"]},
+        {"id": 0, "name": "sign_symbol", "color": [192, 128, 128]}], "ignore_id": 200, "fill_id": 0}))
+    lm = LabelMap.load(path)
+    assert lm.names == ["sign_symbol", "road"]  # ordered by id
+    assert lm.ignore_id == 200
+    assert LabelMap.from_json(lm.to_json()) == lm
+    assert lm.palette()[1].tolist() == [128, 64, 128]
+
+
+@pytest.mark.parametrize("name, expected", [("STREET", 1), ("road_surface", 1), ("road-surface", 1),
+                                            (" Sign Symbol ", 0), ("car", None)])
+def test_aliases_are_case_and_separator_insensitive(name, expected):
+    lm = LabelMap.from_dict({"classes": [
+        {"id": 0, "name": "sign_symbol", "color": [1, 2, 3]},
+        {"id": 1, "name": "road", "color": [4, 5, 6], "aliases": ["street", "road surface"]}]})
+    assert lm.id_of(name) == expected
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}, {"id": 2, "name": "b", "color": [0, 0, 0]}]},
+     "without gaps"),
+    ({"classes": [{"id": 0, "name": "Road", "color": [0, 0, 0]}]}, "snake_case"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0]}]}, "three integers"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 300]}]}, "three integers"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}], "ignore_id": 0}, "ignore_id"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}], "fill_id": 3}, "fill_id"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0], "aliases": ["x"]},
+                  {"id": 1, "name": "b", "color": [0, 0, 0], "aliases": ["X"]}]}, "used by both"),
+    ({"classes": []}, "no classes"),
+    ({"klasses": []}, "malformed"),
+])
+def test_bad_label_maps_say_what_is_wrong(data, message):
+    with pytest.raises(LabelMapError, match=message):
+        LabelMap.from_dict(data, "labels.json")
+
+
+def test_bad_files_name_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(LabelMapError, match="bad.json: not valid JSON"):
+        LabelMap.load(bad)
+    with pytest.raises(LabelMapError, match="cannot read label map"):
+        LabelMap.load(tmp_path / "missing.json")
+
+
+def test_median_frequency_weights_follow_segnet():
+    masks = [np.array([[0, 0, 0, 1]]), np.array([[0, 2, 2, 255]])]
+    pixels, image_pixels = class_pixel_counts(masks, 4)
+    assert pixels.tolist() == [4, 1, 2, 0]
+    assert image_pixels.tolist() == [7, 4, 3, 0]  # pixels of the images each class appears in (ignore excluded)
+    weights = median_frequency_weights(pixels, image_pixels)
+    freq = np.array([4 / 7, 1 / 4, 2 / 3])
+    np.testing.assert_allclose(weights[:3], np.median(freq) / freq, rtol=1e-6)
+    assert weights[3] == 0.0

@@ -1,0 +1,59 @@
+"""Several hosts, simulated by local processes under jax.distributed (CPU collectives over gloo).
+
+2 processes x 2 CPU devices train the tiny config and end with the same parameters as 1 process x 4 devices: the
+global sample order depends on (seed, step) only. The checkpoint the 2-process run wrote then resumes in a
+1-process run."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from conftest import ROOT, TINY_CONFIG
+from test_train import final_state
+
+STEPS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(workdir, data_dir, devices: int, steps: int, process_id=None, num_processes=None, port=None):
+    cmd = [sys.executable, "-m", "streetseg_jax.main", f"--config={TINY_CONFIG}", f"--workdir={workdir}",
+           f"--config.data_dir={data_dir}", f"--config.num_train_steps={steps}", "--config.eval_every_steps=2"]
+    if num_processes:
+        cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
+                f"--process_id={process_id}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(procs, timeout=400):
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out
+    return outs
+
+
+def test_two_processes_match_one_process_and_resume_on_one(tiny_data_dir, tmp_path):
+    port = free_port()
+    multi = tmp_path / "two_processes"
+    outs = finish([launch(multi, tiny_data_dir, 2, STEPS, i, 2, port) for i in range(2)])
+    assert "training steps 0..4 on 4 device(s), 2 process(es)" in outs[0]
+    assert "training steps" not in outs[1]  # only process 0 logs
+    single = tmp_path / "one_process"
+    finish([launch(single, tiny_data_dir, 4, STEPS)])
+    a, b = final_state(multi, STEPS), final_state(single, STEPS)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=1e-4, atol=1e-5)
+
+    out, = finish([launch(multi, tiny_data_dir, 4, STEPS + 2)])
+    assert f"resuming from step {STEPS}" in out
+    assert int(final_state(multi, STEPS + 2)["step"]) == STEPS + 2

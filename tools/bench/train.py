@@ -1,0 +1,66 @@
+"""train: our jitted train step vs PyTorch and Keras U-Nets of the same architecture, same shapes, same batch.
+
+Keys: images_per_second (ours, `--upsample`), peers {torch, keras} (img/s, where installed), ratio_<peer>,
+peak_rss_mib (host memory of this process after the timed steps). Peers run in subprocesses, in the same run.
+"""
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+
+from bench.common import installed, median_rate, peak_rss_mib, run_peer
+
+UNITS = {"images_per_second": "img/s", "peers": "img/s", "peak_rss_mib": "MiB", "step_ms": "ms"}
+
+
+def add_arguments(parser) -> None:
+    for name, default in (("batch", 8), ("height", 192), ("width", 256), ("classes", 8), ("base_width", 16)):
+        parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--upsample", default="transpose", help="transpose is the peers' architecture")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed repetition")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no_peers", action="store_true")
+
+
+def run(args) -> dict:
+    ours = our_rate(args)
+    result = {"images_per_second": ours, "step_ms": 1000 * args.batch / ours, "peak_rss_mib": peak_rss_mib(),
+              "settings": f"B={args.batch} {args.height}x{args.width} C={args.classes} F={args.base_width} "
+                          f"upsample={args.upsample} {args.dtype} on {jax.devices()[0].device_kind}",
+              "peers": {}}
+    shape = (args.batch, args.height, args.width, args.classes, args.base_width)
+    for peer, module, script in (("torch", "torch", "unet_torch.py"), ("keras", "tensorflow", "unet_keras.py")):
+        if args.no_peers or not installed(module):
+            continue
+        rate = run_peer(script, *shape, "train")
+        if rate:
+            result["peers"][peer] = rate
+            result[f"ratio_{peer}"] = ours / rate
+    return result
+
+
+def our_rate(args) -> float:
+    from streetseg_jax import sharding, train
+
+    config = ml_collections.ConfigDict(dict(
+        seed=0, num_train_steps=10_000, learning_rate=1e-3, warmup_steps=0, lr_schedule="cosine",
+        end_learning_rate_factor=1.0, optimizer="adam", weight_decay=0.0, grad_clip_norm=0.0,
+        model=dict(base_width=args.base_width, depth=4, upsample=args.upsample, dropout=0.0, dtype=args.dtype)))
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    tx = train.make_optimizer(config)
+    graphdef, state = train.init_state(config, args.classes, tx, mesh)
+    step = train.make_train_step(graphdef, tx, np.ones(args.classes, np.float32), 255, mesh)
+    rng = np.random.default_rng(0)
+    batch = sharding.global_batch({
+        "image": rng.integers(0, 256, (args.batch, args.height, args.width, 3), dtype=np.uint8),
+        "label": rng.integers(0, args.classes, (args.batch, args.height, args.width)).astype(np.uint8)}, mesh)
+    holder = {"state": state}
+
+    def steps():
+        for _ in range(args.steps):
+            holder["state"], metrics = step(holder["state"], batch)
+        jax.block_until_ready(metrics["loss"])
+
+    return median_rate(steps, args.steps * args.batch, warmup=1, repeats=args.repeats)
