@@ -1,0 +1,274 @@
+"""Mask folders: images in one folder, one mask per image in another, matched by file stem.
+
+Layouts recognised in the export folder (or in each of its direct subfolders, e.g. train/ and val/):
+    images/ or JPEGImages/  +  masks/, labels/, annotations/, SegmentationClassPNG/ or SegmentationClass/
+    <name>/ + <name>annot/                       (SegNet's CamVid: train/ + trainannot/)
+Passing a mask folder itself (or one mask file) works too; its images are then looked for in the sibling folders
+above. Masks and images are matched by their path below their folders without the suffix (`masks/a/b.png` goes with
+`images/a/b.jpg`); a mask named `<stem>_mask`, `_label`, `_labels` or `_L` also matches `<stem>` (CamVid's original
+masks are `<stem>_L.png`).
+
+What the pixel values mean, by the mask's PNG mode:
+- greyscale (L, 1, 16-bit I): class ids of the label map;
+- palette (P): the palette INDEX is the class id (as VOC and labelme2voc write them); the palette's colours are
+  not looked at;
+- RGB: colours, mapped to ids through the label map's class colours. White (255, 255, 255) is the ignore colour, as
+  the label map's own palette draws it, unless a class has that colour. RGBA: fully transparent pixels are ignore,
+  any other alpha but opaque is an error.
+In id masks, 255 and the label map's ignore id mean ignore; any other value outside the label map is an error that
+names the value and the file, and so is an unmapped colour. JPEG masks are refused: compression changes the values.
+Masks are taken as stored (no EXIF rotation): labelling tools write mask pixels upright.
+
+Each mask becomes one raster Shape per class present (label = the class name) and one `ignore` raster Shape; they
+cover every pixel exactly once, so convert.annotation_to_mask gives back exactly the mask.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from streetseg_jax.labels.images import MAX_PIXELS, resolve_inside
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+
+IMAGE_DIRS = ("images", "JPEGImages")
+MASK_DIRS = ("masks", "labels", "annotations", "SegmentationClassPNG", "SegmentationClass")
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+_MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".gif"}
+_LOSSY_SUFFIXES = {".jpg", ".jpeg"}
+_MASK_NAME_ENDINGS = ("_mask", "_labels", "_label", "_L")
+_ID_MODES = ("L", "1", "I", "I;16", "I;16L", "I;16B", "P")
+_IGNORE_LABEL = "__ignore__"
+_WHITE = (255, 255, 255)
+_TRANSPARENT = 1 << 24          # no packed RGB colour reaches this: marks fully transparent pixels
+
+
+def read(path: Path, label_map) -> list[Annotation]:
+    """One annotation per mask file of every image/mask folder pair found under `path` (see the docstring)."""
+    path = Path(path)
+    if path.is_file():
+        return [read_mask(path, label_map, _image_for_file(path))]
+    pairs = find_pairs(path)
+    if not pairs:
+        raise LabelFormatError(f"{path}: no mask folder found; expected images/ (or JPEGImages/) beside one of "
+                               f"{', '.join(d + '/' for d in MASK_DIRS)}, or <name>/ beside <name>annot/")
+    annotations = []
+    for image_dir, mask_dir in pairs:
+        images = _files(image_dir, _IMAGE_SUFFIXES) if image_dir else {}
+        for key, mask in sorted(_files(mask_dir, _MASK_SUFFIXES | _LOSSY_SUFFIXES).items()):
+            annotations.append(read_mask(mask, label_map, _match(key, images, mask, image_dir)))
+    if not annotations:
+        raise LabelFormatError(f"{path}: the mask folders ({', '.join(str(m) for _, m in pairs)}) hold no masks")
+    return annotations
+
+
+def looks_like(path: Path) -> bool:
+    """An image/mask folder pair (both present) with at least one mask, and no JSON or XML annotation file at the
+    top or in the mask folder (a COCO panoptic export also has images and PNG masks, but its segments are in JSON)."""
+    path = Path(path)
+    if not path.is_dir() or _has_annotation_files(path):
+        return False
+    return any(i is not None and _has_masks(m, _MASK_SUFFIXES) and not _has_annotation_files(m)
+               for i, m in find_pairs(path))
+
+
+def find_pairs(path: Path) -> list[tuple[Path | None, Path]]:
+    """(image folder or None, mask folder) pairs in `path`, else in its direct subfolders; `path` may be a mask
+    folder itself."""
+    path = Path(path)
+    if _is_mask_dir(path):
+        return [(_sibling_images(path), path)]
+    pairs = _pairs_in(path)
+    if not pairs:
+        for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+            pairs.extend(_pairs_in(sub))
+    return pairs
+
+
+def read_mask(path: str | Path, label_map, image: tuple[Path, Path] | None = None) -> Annotation:
+    """One mask file; `image` is (its path relative to the images folder, the file) when known."""
+    path = Path(path)
+    ids = mask_ids(path, label_map)
+    height, width = ids.shape
+    shapes = []
+    for value in np.unique(ids).tolist():
+        ignore = value == label_map.ignore_id
+        name = _IGNORE_LABEL if ignore else label_map.classes[value].name
+        shapes.append(Shape(name, np.zeros((0, 2)), ignore=ignore, raster=ids == value))
+    annotation = Annotation(path, image[0].as_posix() if image else "", width, height, shapes)
+    annotation.image_path = image[1] if image else None
+    return annotation
+
+
+def mask_ids(path: Path, label_map) -> np.ndarray:
+    """(H, W) uint8 class ids of a mask file, ignore pixels set to the label map's ignore id."""
+    if path.suffix.lower() in _LOSSY_SUFFIXES:
+        raise LabelFormatError(f"{path}: JPEG masks are refused: JPEG compression changes pixel values near every "
+                               "edge; save masks as PNG")
+    mode, pixels = _pixels(path)
+    if mode in _ID_MODES:
+        return _ids_from_values(pixels.astype(np.int64), path, label_map, mode)
+    if mode in ("RGB", "RGBA"):
+        return _ids_from_colours(pixels, path, label_map)
+    raise LabelFormatError(f"{path}: mask mode {mode} is not supported; use 8-bit greyscale or palette PNGs (class "
+                           "ids) or RGB PNGs (class colours)")
+
+
+# --- folders ---------------------------------------------------------------------------------------------------------
+
+def _pairs_in(folder: Path) -> list[tuple[Path | None, Path]]:
+    children = {p.name: p for p in folder.iterdir() if p.is_dir()}
+    image_dir = next((children[n] for n in IMAGE_DIRS if n in children), None)
+    mask_dirs = [children[n] for n in MASK_DIRS if n in children and _has_masks(children[n])]
+    pairs = [(image_dir, mask_dirs[0])] if mask_dirs else []          # image_dir None: an export without images
+    for name in sorted(children):
+        if name.endswith("annot") and name[:-len("annot")] in children:
+            pairs.append((children[name[:-len("annot")]], children[name]))
+    return pairs
+
+
+def _is_mask_dir(path: Path) -> bool:
+    return path.name in MASK_DIRS or (path.name.endswith("annot") and len(path.name) > len("annot"))
+
+
+def _sibling_images(mask_dir: Path) -> Path | None:
+    names = IMAGE_DIRS + ((mask_dir.name[:-len("annot")],) if mask_dir.name.endswith("annot") else ())
+    return next((mask_dir.parent / n for n in names if (mask_dir.parent / n).is_dir()), None)
+
+
+def _has_masks(folder: Path, suffixes: set[str] = _MASK_SUFFIXES | _LOSSY_SUFFIXES) -> bool:
+    return any(p.suffix.lower() in suffixes for p in folder.rglob("*"))
+
+
+def _has_annotation_files(folder: Path) -> bool:
+    return any(p.suffix.lower() in (".json", ".xml", ".ndjson") and not _is_label_list(p) for p in folder.iterdir())
+
+
+def _is_label_list(path: Path) -> bool:
+    """Class lists people keep beside masks (label_map.json, labels.json, classes.json) are no annotations."""
+    return any(word in path.stem.lower() for word in ("label", "class", "palette", "color", "colour"))
+
+
+def _files(folder: Path, suffixes: set[str]) -> dict[str, Path]:
+    """Files below `folder` keyed by their relative path without suffix; a key taken twice is an error."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in suffixes or not path.is_file():
+            continue
+        key = path.relative_to(folder).with_suffix("").as_posix()
+        if key in found:
+            raise LabelFormatError(f"{folder}: {found[key].name} and {path.name} share a name; which one is meant?")
+        found[key] = path
+    return found
+
+
+def _match(key: str, images: dict[str, Path], mask: Path, image_dir: Path | None) -> tuple[Path, Path] | None:
+    """(relative path, resolved file) of the image for a mask key (exactly, or without a mask-name ending);
+    an image that is a symlink out of its folder is refused."""
+    candidates = [key] + [key[:-len(end)] for end in _MASK_NAME_ENDINGS if key.endswith(end)]
+    image = next((images[k] for k in candidates if k in images), None)
+    if image is None:
+        return None
+    relative = image.relative_to(image_dir)
+    return relative, resolve_inside(image_dir, relative.as_posix(), "image", mask)
+
+
+def _image_for_file(mask: Path) -> tuple[Path, Path] | None:
+    image_dir = _sibling_images(mask.parent)
+    return image_dir and _match(mask.stem, _files(image_dir, _IMAGE_SUFFIXES), mask, image_dir)
+
+
+# --- pixel values ----------------------------------------------------------------------------------------------------
+
+def _pixels(path: Path) -> tuple[str, np.ndarray]:
+    """The mask's mode and pixels, as stored (a palette image gives its indices); too large (Pillow's bomb limit)
+    or unreadable files are LabelFormatErrors."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(f"{image.width}x{image.height}")
+                return image.mode, np.asarray(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise LabelFormatError(f"{path}: mask too large (decompression bomb?) {e}; refused") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise LabelFormatError(f"{path}: unreadable mask image ({e})") from None
+
+
+def _ids_from_values(values: np.ndarray, path: Path, label_map, mode: str) -> np.ndarray:
+    ignore = (values == 255) | (values == label_map.ignore_id)
+    bad = ~ignore & ((values < 0) | (values >= label_map.num_classes))
+    if bad.any():
+        value = int(values[bad].min())
+        count = int((values == value).sum())
+        row, col = (int(v[0]) for v in np.nonzero(values == value))
+        raise LabelFormatError(
+            f"{path}: pixel value {value} (mode {mode} mask, {count} pixels, first at row {row}, column {col}) is "
+            f"neither a class id of the label map (0..{label_map.num_classes - 1}) nor an ignore value "
+            f"({', '.join(str(v) for v in sorted({label_map.ignore_id, 255}))})")
+    return np.where(ignore, label_map.ignore_id, values).astype(np.uint8)
+
+
+def _ids_from_colours(pixels: np.ndarray, path: Path, label_map) -> np.ndarray:
+    rgb = pixels[..., :3].astype(np.uint32)
+    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    if pixels.shape[-1] == 4:
+        packed[_transparent(pixels, path)] = _TRANSPARENT
+    table = _colour_table(label_map)
+    colours, inverse = np.unique(packed, return_inverse=True)
+    for colour in colours.tolist():
+        if colour not in table:
+            _unmapped_colour(colour, packed, pixels, path, label_map)
+    ids = np.array([table[c] for c in colours.tolist()], np.uint8)
+    return ids[inverse.reshape(packed.shape)]
+
+
+def _transparent(pixels: np.ndarray, path: Path) -> np.ndarray:
+    alpha = pixels[..., 3]
+    partial = (alpha > 0) & (alpha < 255)
+    if partial.any():
+        row, col = (int(v[0]) for v in np.nonzero(partial))
+        raise LabelFormatError(f"{path}: semi-transparent pixels (first at row {row}, column {col}, alpha "
+                               f"{int(alpha[row, col])}) have no single colour; use opaque colours, or alpha 0 for "
+                               "ignore")
+    return alpha == 0
+
+
+def _colour_owners(label_map) -> dict[tuple[int, ...], list[str]]:
+    owners: dict[tuple[int, ...], list[str]] = {}
+    for c in label_map.classes:
+        owners.setdefault(tuple(c.color), []).append(c.name)
+    return owners
+
+
+def _colour_table(label_map) -> dict[int, int]:
+    """Packed colour -> class id. Colours two classes share are left out (an error when a mask uses them); white
+    and transparency mean ignore."""
+    owners = _colour_owners(label_map)
+    table = {_pack(c.color): c.id for c in label_map.classes if len(owners[tuple(c.color)]) == 1}
+    if _WHITE not in owners:
+        table[_pack(_WHITE)] = label_map.ignore_id
+    table[_TRANSPARENT] = label_map.ignore_id
+    return table
+
+
+def _unmapped_colour(colour: int, packed: np.ndarray, pixels: np.ndarray, path: Path, label_map) -> None:
+    rgb = ((colour >> 16) & 255, (colour >> 8) & 255, colour & 255)
+    row, col = (int(v[0]) for v in np.nonzero(packed == colour))
+    where = f"{path}: colour {rgb} ({int((packed == colour).sum())} pixels, first at row {row}, column {col})"
+    owners = _colour_owners(label_map).get(rgb, [])
+    if len(owners) > 1:
+        raise LabelFormatError(f"{where} belongs to several classes of the label map ({', '.join(owners)}); give "
+                               "each class its own colour")
+    grey = bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
+    hint = ("; every pixel is grey: if the values are class ids, save the mask as 8-bit greyscale (mode L)"
+            if grey else "")
+    raise LabelFormatError(f"{where} is not the colour of any class in the label map (nor white for ignore){hint}")
+
+
+def _pack(colour) -> int:
+    r, g, b = (int(v) for v in colour)
+    return (r << 16) | (g << 8) | b

@@ -1,0 +1,273 @@
+"""Tests for labels/formats/masks.py: mask folders (class-id, palette and colour PNGs) read back exactly.
+
+The round trip mask file -> Annotation -> convert.annotation_to_mask must give back exactly the stored ids (ignore
+values as the label map's ignore id). Real samples: labelme2voc's palette masks (VOC class indices, 255 = ignore) and
+SegNet's CamVid greyscale masks (11 = void).
+"""
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streetseg_jax.labels.convert import annotation_to_mask
+from streetseg_jax.labels.formats import masks
+from streetseg_jax.labels.label_map import ClassInfo, LabelMap, default_label_map
+from streetseg_jax.labels.shapes import LabelFormatError
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+LABELME = DATA / "annotation-samples" / "labelme" / "semantic_segmentation"
+CAMVID = DATA / "camvid"
+COCO = DATA / "annotation-samples" / "coco" / "coco2017_subset"
+
+LABEL_MAP = default_label_map()          # 0 background .. 7 concrete, ignore 255
+
+
+def random_ids(seed: int, height: int = 12, width: int = 16, ignore: bool = True) -> np.ndarray:
+    ids = np.random.default_rng(seed).integers(0, LABEL_MAP.num_classes, (height, width)).astype(np.uint8)
+    if ignore:
+        ids[0, :3] = 255
+    return ids
+
+
+def save(path: Path, image: Image.Image) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def export(root: Path, ids: np.ndarray, stem: str = "frame_001", mask_dir: str = "masks",
+           image_dir: str = "images", mode: str = "L") -> Path:
+    """root/<image_dir>/<stem>.jpg and root/<mask_dir>/<stem>.png holding `ids` in the given PNG mode."""
+    height, width = ids.shape
+    save(root / image_dir / f"{stem}.jpg", Image.new("RGB", (width, height), (90, 90, 90)))
+    return save(root / mask_dir / f"{stem}.png", encode(ids, mode))
+
+
+def encode(ids: np.ndarray, mode: str) -> Image.Image:
+    if mode == "L":
+        return Image.fromarray(ids, "L")
+    if mode == "P":                       # a palette unrelated to the label map's colours: only indices count
+        image = Image.fromarray(ids, "L").convert("P")
+        image.putpalette([v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 13) % 256)])
+        return image
+    return Image.fromarray(LABEL_MAP.palette()[ids], "RGB")      # the ignore id's colour is white
+
+
+def round_trip(annotation) -> np.ndarray:
+    return annotation_to_mask(annotation, LABEL_MAP).mask
+
+
+# --- the three kinds of mask ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGB"])
+def test_round_trip_is_exact(tmp_path, mode):
+    ids = random_ids(1)
+    mask_path = export(tmp_path, ids, mode=mode)
+    (annotation,) = masks.read(tmp_path, LABEL_MAP)
+    assert annotation.source == mask_path
+    assert (annotation.width, annotation.height) == (16, 12)
+    assert annotation.file_name == "frame_001.jpg"
+    assert annotation.image_path == (tmp_path / "images" / "frame_001.jpg").resolve()
+    present = [LABEL_MAP.names[i] for i in np.unique(ids) if i != 255]
+    assert [s.label for s in annotation.shapes] == present + ["__ignore__"]
+    assert annotation.shapes[-1].ignore
+    np.testing.assert_array_equal(round_trip(annotation), ids)
+
+
+def test_ignore_id_and_255_both_mean_ignore(tmp_path):
+    label_map = LabelMap(LABEL_MAP.classes, ignore_id=200)
+    ids = random_ids(2, ignore=False)
+    ids[1, 1], ids[2, 2] = 200, 255
+    export(tmp_path, ids)
+    (annotation,) = masks.read(tmp_path, label_map)
+    expected = np.where(ids == 255, 200, ids)
+    np.testing.assert_array_equal(annotation_to_mask(annotation, label_map).mask, expected)
+
+
+def test_rgba_transparent_is_ignore_and_bilevel_masks(tmp_path):
+    ids = random_ids(3, ignore=False)
+    rgba = np.dstack([LABEL_MAP.palette()[ids], np.full(ids.shape, 255, np.uint8)])
+    rgba[5, 5, 3] = 0
+    save(tmp_path / "masks" / "a.png", Image.fromarray(rgba, "RGBA"))
+    save(tmp_path / "masks" / "b.png", Image.fromarray(ids % 2 == 1).convert("1"))
+    a, b = masks.read(tmp_path / "masks", LABEL_MAP)
+    expected = ids.copy()
+    expected[5, 5] = 255
+    np.testing.assert_array_equal(round_trip(a), expected)
+    np.testing.assert_array_equal(round_trip(b), ids % 2)
+
+
+def test_sixteen_bit_class_ids(tmp_path):
+    ids = random_ids(4, ignore=False)
+    save(tmp_path / "masks" / "a.png", Image.fromarray(ids.astype(np.uint16)))
+    (annotation,) = masks.read(tmp_path / "masks" / "a.png", LABEL_MAP)
+    np.testing.assert_array_equal(round_trip(annotation), ids)
+
+
+# --- errors ----------------------------------------------------------------------------------------------------------
+
+def test_value_outside_the_label_map_is_named(tmp_path):
+    ids = random_ids(5)
+    ids[3, 4] = 9
+    path = export(tmp_path, ids)
+    with pytest.raises(LabelFormatError) as error:
+        masks.read(tmp_path, LABEL_MAP)
+    message = str(error.value)
+    assert str(path) in message and "pixel value 9" in message and "row 3, column 4" in message
+
+
+def test_unmapped_colour_is_named(tmp_path):
+    rgb = LABEL_MAP.palette()[random_ids(6)]
+    rgb[2, 7] = (1, 2, 3)
+    path = save(tmp_path / "masks" / "a.png", Image.fromarray(rgb, "RGB"))
+    with pytest.raises(LabelFormatError) as error:
+        masks.read(tmp_path, LABEL_MAP)
+    assert str(path) in str(error.value) and "colour (1, 2, 3)" in str(error.value)
+
+
+def test_grey_rgb_mask_gets_a_hint(tmp_path):
+    ids = random_ids(7, ignore=False)
+    path = save(tmp_path / "masks" / "a.png", Image.fromarray(ids, "L").convert("RGB"))
+    with pytest.raises(LabelFormatError, match="save the mask as 8-bit greyscale") as error:
+        masks.read(tmp_path, LABEL_MAP)
+    assert str(path) in str(error.value)
+
+
+def test_shared_colour_is_ambiguous(tmp_path):
+    classes = LABEL_MAP.classes[:-1] + (ClassInfo(7, "concrete", LABEL_MAP.classes[6].color),)
+    rgb = LABEL_MAP.palette()[random_ids(8, ignore=False)]
+    path = save(tmp_path / "masks" / "a.png", Image.fromarray(rgb, "RGB"))
+    with pytest.raises(LabelFormatError, match="several classes") as error:
+        masks.read(tmp_path, LabelMap(classes))
+    assert str(path) in str(error.value) and "sky, concrete" in str(error.value)
+
+
+@pytest.mark.parametrize("name, image, problem", [
+    ("a.jpg", Image.new("L", (4, 4)), "JPEG masks are refused"),
+    ("a.png", Image.new("LA", (4, 4)), "mode LA"),
+    ("a.png", Image.fromarray(np.full((4, 4, 4), 128, np.uint8), "RGBA"), "semi-transparent"),
+])
+def test_unusable_mask_files(tmp_path, name, image, problem):
+    path = save(tmp_path / "masks" / name, image)
+    with pytest.raises(LabelFormatError, match=problem) as error:
+        masks.read(tmp_path, LABEL_MAP)
+    assert str(path) in str(error.value)
+
+
+def test_unreadable_and_missing(tmp_path):
+    path = tmp_path / "masks" / "a.png"
+    path.parent.mkdir()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(LabelFormatError, match="unreadable") as error:
+        masks.read(tmp_path, LABEL_MAP)
+    assert str(path) in str(error.value)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(LabelFormatError, match="no mask folder"):
+        masks.read(tmp_path / "other", LABEL_MAP)
+
+
+def test_image_symlinked_out_of_the_export_is_refused(tmp_path):
+    outside = save(tmp_path / "elsewhere" / "secret.png", Image.new("RGB", (16, 12)))
+    export(tmp_path / "export", random_ids(9))
+    target = tmp_path / "export" / "images" / "frame_001.jpg"
+    target.unlink()
+    os.symlink(outside, target)
+    with pytest.raises(LabelFormatError, match="outside"):
+        masks.read(tmp_path / "export", LABEL_MAP)
+
+
+# --- layouts ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("image_dir, mask_dir", [
+    ("images", "masks"), ("images", "labels"), ("images", "annotations"), ("JPEGImages", "SegmentationClass"),
+    ("JPEGImages", "SegmentationClassPNG"), ("train", "trainannot"),
+])
+def test_layouts(tmp_path, image_dir, mask_dir):
+    export(tmp_path, random_ids(10), image_dir=image_dir, mask_dir=mask_dir)
+    assert masks.looks_like(tmp_path)
+    for path in (tmp_path, tmp_path / mask_dir, tmp_path / mask_dir / "frame_001.png"):
+        (annotation,) = masks.read(path, LABEL_MAP)
+        assert annotation.image_path == (tmp_path / image_dir / "frame_001.jpg").resolve()
+
+
+def test_split_folders_nested_names_and_mask_suffixes(tmp_path):
+    export(tmp_path / "train", random_ids(11), stem="seq1/frame_001")
+    export(tmp_path / "val", random_ids(12), stem="frame_009")
+    (tmp_path / "val" / "masks" / "frame_009.png").rename(tmp_path / "val" / "masks" / "frame_009_L.png")
+    annotations = masks.read(tmp_path, LABEL_MAP)
+    assert [a.file_name for a in annotations] == ["seq1/frame_001.jpg", "frame_009.jpg"]
+    assert all(a.image_path.is_file() for a in annotations)
+
+
+def test_mask_without_image_and_duplicate_names(tmp_path):
+    save(tmp_path / "masks" / "lonely.png", Image.fromarray(random_ids(13)))
+    (tmp_path / "images").mkdir()
+    (annotation,) = masks.read(tmp_path, LABEL_MAP)
+    assert annotation.image_path is None and annotation.file_name == ""
+    save(tmp_path / "images" / "lonely.jpg", Image.new("RGB", (16, 12)))
+    save(tmp_path / "images" / "lonely.png", Image.new("RGB", (16, 12)))
+    with pytest.raises(LabelFormatError, match="share a name"):
+        masks.read(tmp_path, LABEL_MAP)
+
+
+def test_looks_like_refuses_other_exports(tmp_path):
+    assert not masks.looks_like(tmp_path)
+    export(tmp_path, random_ids(14))
+    (tmp_path / "label_map.json").write_text("{}")
+    assert masks.looks_like(tmp_path)                   # a label list beside the masks is fine
+    (tmp_path / "panoptic.json").write_text("{}")
+    assert not masks.looks_like(tmp_path)               # COCO panoptic: images/ + masks/ + its JSON
+
+
+@pytest.mark.skipif(not COCO.is_dir(), reason=f"COCO sample not found at {COCO}")
+def test_looks_like_is_false_for_the_coco_panoptic_sample():
+    assert not masks.looks_like(COCO)
+
+
+# --- real samples ----------------------------------------------------------------------------------------------------
+
+def voc_label_map() -> LabelMap:
+    names = ("background aeroplane bicycle bird boat bottle bus car cat chair cow dining_table dog horse motorbike "
+             "person potted_plant sheep sofa train tv_monitor").split()
+    return LabelMap(tuple(ClassInfo(i, n, (i, i, i)) for i, n in enumerate(names)))
+
+
+@pytest.mark.skipif(not LABELME.is_dir(), reason=f"labelme sample not found at {LABELME}")
+def test_labelme2voc_palette_masks(tmp_path):
+    """labelme2voc's own reference masks (palette PNGs, 255 = __ignore__) laid out as VOC: JPEGImages/ +
+    SegmentationClass/."""
+    references = sorted((LABELME / "reference_labelme2voc" / "SegmentationClass").glob("*.png"))
+    for folder in ("JPEGImages", "SegmentationClass"):
+        (tmp_path / folder).mkdir()
+    for reference in references:
+        shutil.copy(LABELME / "data_annotated" / f"{reference.stem}.jpg", tmp_path / "JPEGImages")
+        shutil.copy(reference, tmp_path / "SegmentationClass")
+    label_map = voc_label_map()
+    assert masks.looks_like(tmp_path)
+    annotations = masks.read(tmp_path, label_map)
+    assert len(annotations) == len(references) == 3
+    for annotation, reference in zip(annotations, references):
+        expected = np.asarray(Image.open(reference))
+        assert annotation.image_path.stem == reference.stem
+        np.testing.assert_array_equal(annotation_to_mask(annotation, label_map).mask, expected)
+    assert [s.label for s in annotations[0].shapes] == ["background", "bottle", "person", "__ignore__"]
+
+
+@pytest.mark.skipif(not CAMVID.is_dir(), reason=f"CamVid not found at {CAMVID}")
+def test_camvid_greyscale_masks(tmp_path):
+    """SegNet's CamVid layout (train/ + trainannot/), 11 = void as the label map's ignore id."""
+    stems = ["0001TP_006690", "0016E5_00390"]
+    for stem in stems:
+        for folder in ("train", "trainannot"):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            shutil.copy(CAMVID / folder / f"{stem}.png", tmp_path / folder)
+    names = "sky building pole road pavement tree sign_symbol fence car pedestrian bicyclist".split()
+    label_map = LabelMap(tuple(ClassInfo(i, n, (i, i, i)) for i, n in enumerate(names)), ignore_id=11)
+    annotations = masks.read(tmp_path, label_map)
+    assert [a.image_path.name for a in annotations] == [f"{s}.png" for s in stems]
+    for annotation in annotations:
+        np.testing.assert_array_equal(annotation_to_mask(annotation, label_map).mask,
+                                      np.asarray(Image.open(annotation.source)))
