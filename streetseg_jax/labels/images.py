@@ -59,13 +59,18 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def image_size(path: Path) -> tuple[int, int]:
+def image_size(source: Path | bytes, name: str = "") -> tuple[int, int]:
     """(width, height) after EXIF orientation, read from the header only."""
+    label = name or str(source)
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise Image.DecompressionBombError(f"{width}x{height}")
             if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
                 return height, width
             return width, height
+    except Image.DecompressionBombError as e:
+        raise LabelFormatError(f"{label}: image too large (decompression bomb?) {e}; refused") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise LabelFormatError(f"{path}: unreadable image ({e})") from None
+        raise LabelFormatError(f"{label}: unreadable image ({e})") from None
