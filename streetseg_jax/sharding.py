@@ -18,16 +18,11 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     """Join JAX's distributed runtime when asked to (explicit addresses, or `multihost` to let JAX detect SLURM &c.)."""
     if not (multihost or coordinator_address):
         return
-    if jax.default_backend() == "cpu" or _cpu_only():
-        # CPU devices need a collectives implementation to reduce across processes.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU devices need a collectives implementation to reduce across processes; the setting only touches the CPU
+    # backend, and asking which backend is in use would start it too early.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
-
-
-def _cpu_only() -> bool:
-    import os
-    return os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu"
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -20,9 +20,13 @@ STEPS = 8
 
 
 def final_state(workdir: Path, step: int | None = None) -> dict:
+    """The saved train state as arrays on this process's first device, whatever topology wrote it."""
     manager = ocp.CheckpointManager(workdir / "checkpoints" / "latest", item_names=("state", "data", "meta"))
     step = manager.latest_step() if step is None else step
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          manager.item_metadata(step)["state"])
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     manager.close()
     return state
 
