@@ -21,7 +21,7 @@ import numpy as np
 from streetseg_jax import checkpoint, sharding
 from streetseg_jax.data import augment
 from streetseg_jax.data.source import dataset_dir, load_split
-from streetseg_jax.data.stats import class_pixel_counts, median_frequency_weights
+from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.visualize import plot_curves, read_metrics
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from streetseg_jax.data.stats import class_pixel_counts, median_frequency_weights
+from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
 from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map
 
 

@@ -9,6 +9,7 @@ of pixels that no shape covers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from pathlib import Path
@@ -50,7 +51,7 @@ class LabelMap:
 
     def id_of(self, source_name: str) -> int | None:
         """Class id for a name as a labelling tool wrote it (name or alias, any case); None when unknown."""
-        return self._lookup().get(_normalise(source_name))
+        return self._lookup.get(_normalise(source_name))
 
     def palette(self) -> np.ndarray:
         """(256, 3) uint8 colours indexed by class id; the ignore id is white, unused entries black."""
@@ -60,6 +61,7 @@ class LabelMap:
         pal[self.ignore_id] = (255, 255, 255)
         return pal
 
+    @functools.cached_property
     def _lookup(self) -> dict[str, int]:
         table = {}
         for c in self.classes:
