@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from streetseg_jax.data import source
-from streetseg_jax.data.builder import BuildError, UnknownLabelsError, _stem_fraction
+from streetseg_jax.data.builder import BuildError, UnknownLabelsError
+from streetseg_jax.data.inputs import stem_fraction as _stem_fraction
 from streetseg_jax.data.synthetic import write_synthetic
 from streetseg_jax.labels.convert import annotation_to_mask
 from streetseg_jax.labels.formats.voc import read_voc, write_voc
@@ -246,3 +247,34 @@ def test_rasterizer_problems_are_printed_as_warnings(tmp_path, capsys):
     write_voc(tmp_path / "export" / "b.xml", "b.png", 32, 24, [("road", [[(1, 1), (5, 5)]])])   # two points
     source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
     assert "b.xml" in capsys.readouterr().err.split("warning: ", 1)[1]
+
+
+# --- voc_polygons goes through the export checks of from_annotations ----------------------------------------------
+def test_voc_polygons_records_its_inputs_and_names_what_changed(tmp_path, capsys):
+    make_voc_folder(tmp_path / "export", ["a", "b"], subfolders=True)
+    source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
+    assert "validation report: 2 image(s) of voc" in capsys.readouterr().err
+    assert source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export").reused
+    write_voc(tmp_path / "export" / "annotations" / "b.xml", "b.png", 32, 24, [("road", [[(0, 0), (32, 0), (32, 24)]])])
+    with pytest.raises(BuildError, match=r"1 file\(s\) modified: annotations/b.xml"):
+        source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
+    result = source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export", overwrite=True)
+    assert not result.reused and sum(result.splits.values()) == 2
+
+
+def test_missing_user_dataset_names_the_from_annotations_command(tmp_path):
+    with pytest.raises(source.DatasetNotFoundError) as caught:
+        source.load_split("street_seg/my_streets", "train", tmp_path)
+    assert "--config from_annotations --name my_streets" in str(caught.value)
+
+
+def test_the_builder_used_directly_reads_checks_and_fingerprints_the_export(tmp_path):
+    import tensorflow_datasets as tfds
+
+    from streetseg_jax.data.builder import StreetSeg
+    make_voc_folder(tmp_path / "export", ["a", "b", "c"], subfolders=False)
+    builder = StreetSeg(config="voc_polygons", data_dir=str(tmp_path / "tfds"), test_fraction=0.0)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "export")))
+    info = source.load_split("street_seg/voc_polygons", "train", tmp_path / "tfds")[2]
+    assert info.splits["train"].num_examples == 3
+    assert sorted(info.metadata["fingerprint"]["files"]) == ["a.jpg", "a.xml", "b.png", "b.xml", "c.png", "c.xml"]

@@ -131,7 +131,7 @@ def test_missing_input_and_empty_folder_are_clear_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
         main(["to-masks", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "masks")])
-    assert "no *.xml files" in capsys.readouterr().err
+    assert "no voc annotations found" in capsys.readouterr().err
 
 
 def test_module_entry_point_runs(xml_dir, tmp_path):
@@ -177,3 +177,107 @@ def test_read_mask_png_refuses_colour_images(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match="mode RGB"):
         read_mask_png(tmp_path / "rgb.png")
+
+
+# --- every format, --format auto, image stems ----------------------------------------------------------------------
+sys.path.insert(0, str(ROOT / "tools"))
+import sample_exports  # noqa: E402
+
+
+@pytest.mark.parametrize("fmt", sample_exports.FORMATS)
+def test_every_format_gives_the_same_mask_named_after_the_image(fmt, tmp_path, capsys):
+    export = sample_exports.write_export(fmt, tmp_path / "export")
+    main(["to-masks", "--format", fmt, "--input", str(export), "--output", str(tmp_path / "masks")])
+    stem = "street_1_leftImg8bit" if fmt == "cityscapes" else "street_1"     # Cityscapes' image file name
+    assert [p.name for p in (tmp_path / "masks").iterdir()] == [f"{stem}.png"]
+    np.testing.assert_array_equal(read_mask_png(tmp_path / "masks" / f"{stem}.png"), sample_exports.expected_mask())
+    assert "wrote 1 masks" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fmt", sample_exports.FORMATS)
+def test_auto_detects_every_format_and_says_so(fmt, tmp_path, capsys):
+    export = sample_exports.write_export(fmt, tmp_path / "export")
+    main(["to-masks", "--format", "auto", "--input", str(export), "--output", str(tmp_path / "masks")])
+    assert f"detected format: {fmt}" in capsys.readouterr().out
+
+
+def test_auto_refuses_to_guess(tmp_path, capsys, monkeypatch):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("nothing a labelling tool wrote")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["to-masks", "--format", "auto", "--input", str(tmp_path / "notes"), "--output", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "cannot tell which labelling tool" in err and "--format" in err
+    from streetseg_jax.labels import formats
+    monkeypatch.setattr(formats, "_looks_like", lambda name, path: name in ("coco", "labelme"))
+    with pytest.raises(SystemExit):
+        main(["check", "--format", "auto", "--input", str(tmp_path / "notes")])
+    assert "look like several formats (labelme, coco)" in capsys.readouterr().err
+
+
+def test_masks_take_the_image_stem_and_clashes_are_refused(tmp_path, capsys):
+    folder = tmp_path / "xml"
+    folder.mkdir()
+    write_voc(folder / "export_17.xml", "IMG_0042.jpg", 40, 30, [("road", [rect(0, 0, 40, 30)])])
+    main(["to-masks", "--input", str(folder), "--output", str(tmp_path / "masks")])
+    assert [p.name for p in (tmp_path / "masks").iterdir()] == ["IMG_0042.png"]
+    write_voc(folder / "export_18.xml", "other/IMG_0042.png", 40, 30, [("sky", [rect(0, 0, 40, 30)])])
+    with pytest.raises(SystemExit):
+        main(["to-masks", "--input", str(folder), "--output", str(tmp_path / "masks2")])
+    err = capsys.readouterr().err
+    assert "would write the same mask file" in err and "export_17.xml" in err and "export_18.xml" in err
+    assert not (tmp_path / "masks2").exists()
+
+
+# --- check ---------------------------------------------------------------------------------------------------------
+def test_check_prints_the_report_and_writes_json(tmp_path, capsys):
+    export = sample_exports.write_export("labelme", tmp_path / "export")
+    main(["check", "--format", "labelme", "--input", str(export), "--json", str(tmp_path / "report.json")])
+    out = capsys.readouterr().out
+    assert "validation report: 1 image(s) of labelme" in out and "0 error(s), 0 warning(s)" in out
+    assert "building" in out and "unlabelled pixels" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["errors"] == 0 and report["images"] == 1 and report["files"][0]["key"] == "street_1"
+    shares = {c["name"]: c["pixel_share"] for c in report["classes"]}
+    expected = sample_exports.expected_mask()
+    assert shares["road"] == pytest.approx((expected == ROAD).mean())
+
+
+def test_check_exit_codes_errors_warnings_and_strict(tmp_path, capsys):
+    export = sample_exports.write_export("labelme", tmp_path / "export")
+    document = json.loads((export / "street_1.json").read_text())
+    document["shapes"].append({"label": "road", "points": [[0, 0], [9, 9], [9, 0], [0, 9]],
+                               "shape_type": "polygon"})
+    (export / "street_1.json").write_text(json.dumps(document))
+    main(["check", "--format", "labelme", "--input", str(export)])          # a warning: still exit 0
+    assert "warning: " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check", "--format", "labelme", "--input", str(export), "--strict"])
+    assert exit_info.value.code == 1 and "1 warning(s) (--strict)" in capsys.readouterr().err
+    Image.new("RGB", (41, 30)).save(export / "street_1.png")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check", "--format", "labelme", "--input", str(export)])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 1 and "street_1.png is 41x30 but street_1.json says 40x30" in captured.out
+    assert "check failed: 1 error(s)" in captured.err and "Traceback" not in captured.err
+
+
+def test_check_unknown_labels(xml_dir, capsys):
+    write_scene(xml_dir / "street_3.xml", ("car", rect(0, 0, 5, 5)))
+    with pytest.raises(SystemExit):
+        main(["check", "--input", str(xml_dir)])
+    assert "unknown class name(s) 'car'" in capsys.readouterr().out
+    with pytest.raises(SystemExit):     # the images of the VOC scenes are missing: errors either way
+        main(["check", "--input", str(xml_dir), "--unknown", "ignore"])
+    out = capsys.readouterr().out
+    assert "'car' painted with the ignore id" in out and "no image named" in out
+
+
+def test_absurd_image_sizes_are_refused_with_a_message(tmp_path, capsys):
+    folder = tmp_path / "xml"
+    folder.mkdir()
+    write_voc(folder / "huge.xml", "huge.jpg", 10 ** 6, 10 ** 6, [("road", [rect(0, 0, 5, 5)])])
+    with pytest.raises(SystemExit):
+        main(["to-masks", "--input", str(folder), "--output", str(tmp_path / "masks")])
+    err = capsys.readouterr().err
+    assert "huge.xml: the annotation gives the image size 1000000x1000000" in err and "Traceback" not in err

@@ -2,8 +2,13 @@
 
     python -m streetseg_jax.data build --config synthetic --data_dir DIR [--num_images N] [--height H --width W]
     python -m streetseg_jax.data build --config voc_polygons --data_dir DIR --manual_dir FOLDER [--label_map FILE]
+    python -m streetseg_jax.data build --config from_annotations --name NAME --manual_dir EXPORT_DIR
+        --format {voc,mit_xml,labelme,coco,coco_panoptic,cvat,labelbox,cityscapes,mapillary,masks,auto}
+        --label_map FILE --data_dir DIR [--val_fraction F | --split_file FILE] [--unknown error|ignore]
 
-An existing build is reused (and checked against the options asked for); --overwrite rebuilds it.
+from_annotations builds street_seg/NAME from a labelling tool's export: it prints the validation report first and
+stops on its errors. An existing build is reused when its inputs (files, label map, options) are unchanged, and
+refused with what changed otherwise; --overwrite rebuilds it. A build that fails leaves no half-built dataset.
 """
 from __future__ import annotations
 
@@ -11,8 +16,12 @@ import argparse
 import sys
 
 from streetseg_jax.cli import fail, normalise_argv
+from streetseg_jax.labels.convert import UNKNOWN_CHOICES
+from streetseg_jax.labels.formats import AUTO, FORMATS
 
-CONFIGS = ("synthetic", "voc_polygons")
+CONFIGS = ("synthetic", "voc_polygons", "from_annotations")
+_EXPORT_ONLY = ("name", "format", "val_fraction", "split_file", "unknown")
+_SYNTHETIC_ONLY = ("num_images", "height", "width", "seed")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -21,13 +30,15 @@ def make_parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="build street_seg/<config> as array_record (no TensorFlow)")
     build.add_argument("--config", choices=CONFIGS, required=True, help="which street_seg config to build")
     build.add_argument("--data_dir", help="where datasets live (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    build.add_argument("--manual_dir", help="voc_polygons: your folder of images + VOC XML")
+    build.add_argument("--manual_dir", help="voc_polygons, from_annotations: your export folder")
     build.add_argument("--label_map", help="label map JSON (default: the seed's 8 classes)")
+    _export_arguments(build)
     build.add_argument("--num_images", type=int, help="synthetic: scenes to generate (default 100)")
     build.add_argument("--height", type=int, help="synthetic: image height (default 360)")
     build.add_argument("--width", type=int, help="synthetic: image width (default 480)")
     build.add_argument("--seed", type=int, help="synthetic: scene seed (default 0)")
-    build.add_argument("--test_fraction", type=float, help="share of images in the test split (default 0.2)")
+    build.add_argument("--test_fraction", type=float, help="synthetic, voc_polygons: share of images in the test "
+                       "split (default 0.2)")
     build.add_argument("--num_workers", type=int, help="processes for the per-image work (default: all cores)")
     build.add_argument("--file_format", choices=("array_record", "tfrecord"), default="array_record",
                        help="tfrecord needs TensorFlow installed")
@@ -35,25 +46,57 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _export_arguments(build: argparse.ArgumentParser) -> None:
+    build.add_argument("--name", help="from_annotations: the dataset's name (it becomes street_seg/NAME)")
+    build.add_argument("--format", choices=(*FORMATS, AUTO), help="from_annotations: the export's format")
+    split = build.add_mutually_exclusive_group()
+    split.add_argument("--val_fraction", type=float, help="from_annotations: share of images in the validation "
+                       "split, by a hash of the image's file stem (default 0.2)")
+    split.add_argument("--split_file", help="from_annotations: `split<TAB>file stem` lines (train, validation, "
+                       "test), e.g. to keep a video's frames in one split")
+    build.add_argument("--unknown", choices=UNKNOWN_CHOICES, help="from_annotations: class names not in the label "
+                       "map are an error (default) or painted with the ignore id")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Flags that the chosen config would silently ignore are refused."""
+    given = lambda names: [f"--{n}" for n in names if getattr(args, n) is not None]  # noqa: E731
+    if args.config == "from_annotations":
+        missing = [f"--{n}" for n in ("name", "manual_dir", "format", "label_map") if getattr(args, n) is None]
+        if missing:
+            fail(f"--config from_annotations needs {', '.join(missing)}")
+        wrong = given(_SYNTHETIC_ONLY + ("test_fraction",))
+    else:
+        wrong = given(_EXPORT_ONLY)
+        if args.config == "synthetic" and args.manual_dir:
+            wrong.append("--manual_dir")
+        if args.config == "voc_polygons":
+            wrong += given(_SYNTHETIC_ONLY)
+    if wrong:
+        fail(f"{', '.join(wrong)}: not read by --config {args.config}")
+
+
 def run_build(args: argparse.Namespace) -> None:
     # Imported after parsing so --help stays fast (TFDS takes a moment to import).
     from streetseg_jax.data import builder, source
     from streetseg_jax.labels.label_map import LabelMapError
 
-    if args.manual_dir and args.config != "voc_polygons":
-        fail(f"--manual_dir is only read by --config voc_polygons, not {args.config}")
-    options = {name: getattr(args, name) for name in
-               ("label_map", "num_images", "height", "width", "seed", "test_fraction", "num_workers")}
+    check_flags(args)
+    names = ("label_map", "num_images", "height", "width", "seed", "test_fraction", "num_workers")
+    if args.config == "from_annotations":
+        names = ("label_map", "format", "val_fraction", "split_file", "unknown", "num_workers")
+    options = {name: getattr(args, name) for name in names}
     try:
         result = source.build(args.config, args.data_dir, args.manual_dir, overwrite=args.overwrite,
-                              file_format=args.file_format, **options)
+                              file_format=args.file_format, name=args.name, log=print, **options)
     except (builder.BuildError, builder.UnknownLabelsError, LabelMapError, source.DatasetNotFoundError) as e:
         fail(str(e))
-    print_result(f"street_seg/{args.config}", result)
+    print_result(f"street_seg/{args.name or args.config}", result)
 
 
 def print_result(dataset: str, result) -> None:
-    verb = "already built (nothing written; --overwrite rebuilds it)" if result.reused else "built"
+    verb = "already built, inputs unchanged (nothing written; --overwrite rebuilds it)" if result.reused \
+        else "built"
     print(f"{dataset} {verb} in {result.seconds:.1f} s")
     print(f"  path: {result.path}")
     for name, count in result.splits.items():

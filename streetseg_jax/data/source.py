@@ -16,16 +16,20 @@ and label map then come from the files on disk alone, as they do for any other p
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
 import re
 import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import tensorflow_datasets as tfds
+from tqdm import tqdm
 
 from streetseg_jax.labels.label_map import LabelMap
 
@@ -102,30 +106,196 @@ def label_map_of(info, path: Path) -> LabelMap:
 
 
 def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str | os.PathLike | None = None, *,
-          overwrite: bool = False, file_format: str = "array_record", **options) -> BuildResult:
+          overwrite: bool = False, file_format: str = "array_record", name: str | None = None,
+          log: Callable[[str], None] | None = None, **options) -> BuildResult:
     """Build street_seg/<config_name> into data_dir (TFDS shows progress bars); reuse it when already built.
 
+    config_name "from_annotations" builds street_seg/<name> from the export in manual_dir; its options: format
+    (labels/formats, or "auto"), label_map, val_fraction or split_file, unknown, num_workers. The other configs'
     options: num_images, height, width, seed, test_fraction, label_map, num_workers (see data/builder.py).
+    Builds from an export print the validation report through `log` (default: stderr) before writing anything,
+    and are refused when the inputs changed since the dataset was built (unless overwrite).
     Raises builder.BuildError / UnknownLabelsError / LabelMapError for bad input, with messages for users.
     """
-    from streetseg_jax.data.builder import BuildError, StreetSeg   # only building needs the builder class
+    from streetseg_jax.data.builder import BuildError   # only building needs the builder module (and TFDS)
 
     _check_file_format(file_format, BuildError)
     data_dir = Path(data_dir or default_data_dir())
+    if config_name == "synthetic":
+        return _build_synthetic(data_dir, overwrite, file_format, options)
+    return _build_export(config_name, data_dir, manual_dir, overwrite=overwrite, file_format=file_format, name=name,
+                         log=log or _to_stderr, options=options)
+
+
+def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options: dict) -> BuildResult:
+    from streetseg_jax.data.builder import BuildError, StreetSeg
+
     if overwrite:
-        _remove_built(f"street_seg/{config_name}", data_dir)
+        _remove_built("street_seg/synthetic", data_dir)
     start = time.perf_counter()
-    builder = StreetSeg(config=config_name, data_dir=os.fspath(data_dir), file_format=file_format,
+    builder = StreetSeg(config="synthetic", data_dir=os.fspath(data_dir), file_format=file_format,
                         **{k: v for k, v in options.items() if v is not None})
     reused = builder.is_prepared()
     if reused:
         _check_reuse(builder, BuildError)
-    elif config_name == "voc_polygons":
-        _check_manual_dir(Path(manual_dir) if manual_dir else data_dir / "downloads" / "manual", BuildError)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=os.fspath(manual_dir) if manual_dir else None, try_download_gcs=False))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     splits = {name: split.num_examples for name, split in builder.info.splits.items()}
     return BuildResult(Path(builder.data_dir), splits, time.perf_counter() - start, reused)
+
+
+def _build_export(config_name: str, data_dir: Path, manual_dir, *, overwrite: bool, file_format: str,
+                  name: str | None, log: Callable[[str], None], options: dict) -> BuildResult:
+    """voc_polygons and from_annotations: fingerprint, report, then an all-or-nothing build."""
+    from streetseg_jax.data import inputs
+
+    start = time.perf_counter()
+    num_workers = options.pop("num_workers", None)
+    config, builder_kwargs, folder, label_map = _export_inputs(config_name, name, manual_dir, data_dir, options, log)
+    dataset = f"street_seg/{config.name}"
+    fingerprint = inputs.fingerprint(folder, label_map, config.options(), exclude=(data_dir,))
+    if is_built(dataset, data_dir) and not overwrite:
+        _check_unchanged(dataset, data_dir, fingerprint)
+        return _result(dataset, data_dir, start, reused=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with inputs.Workers(num_workers) as workers, tempfile.TemporaryDirectory(prefix=".street_seg_masks_",
+                                                                            dir=data_dir) as masks:
+        plan = _checked_plan(folder, config, label_map, workers, Path(masks), log)
+        plan.fingerprint = fingerprint
+        with _all_or_nothing(dataset, data_dir, replace=overwrite):
+            _prepare(builder_kwargs, data_dir, folder, file_format, plan, workers)
+    return _result(dataset, data_dir, start, reused=False)
+
+
+def _export_inputs(config_name: str, name: str | None, manual_dir, data_dir: Path, options: dict, log):
+    """(config with its format detected, StreetSeg kwargs, export folder, label map)."""
+    from streetseg_jax.data import inputs
+    from streetseg_jax.data.builder import BuildError
+
+    config, builder_kwargs = _export_config(config_name, name, options)
+    folder = Path(manual_dir) if manual_dir else data_dir / "downloads" / "manual"
+    _check_manual_dir(folder, BuildError, config.name)
+    label_map = _load_label_map(config.label_map)
+    if config.format == "auto":
+        config = dataclasses.replace(config, format=inputs.detect_format(folder))
+        builder_kwargs["config"] = config
+        log(f"detected format: {config.format} ({folder})")
+    return config, builder_kwargs, folder, label_map
+
+
+def _checked_plan(folder: Path, config, label_map: LabelMap, workers, masks: Path, log):
+    """Read and validate the export (workers draw the masks into `masks`); the report is logged, then errors
+    raise."""
+    from streetseg_jax.data import inputs
+
+    def checking(fn, jobs):
+        return list(tqdm(workers.imap(fn, jobs), total=len(jobs), desc="checking", unit="image", disable=None,
+                         leave=False))
+    plan = inputs.collect(folder, config.format or "voc", label_map, config.split_rule(), unknown=config.unknown,
+                          map_fn=checking, mask_dir=masks)
+    log(plan.report.text())
+    for note in plan.notes:
+        log(f"warning: {note}")
+    plan.raise_for_errors()
+    return plan
+
+
+def _export_config(config_name: str, name: str | None, options: dict):
+    """(the StreetSegConfig, what to pass to StreetSeg for it): a registered config is named, with overrides;
+    a from_annotations config is made here."""
+    from streetseg_jax.data.builder import BuildError, StreetSeg, _check_options, from_annotations_config
+
+    if config_name == "from_annotations":
+        if not name:
+            raise BuildError("from_annotations needs a dataset name (--name NAME): it builds street_seg/NAME")
+        unknown = {k: v for k, v in options.items() if v is not None and k not in _EXPORT_OPTIONS}
+        if unknown:
+            raise BuildError(f"{', '.join(sorted(unknown))}: not an option of from_annotations")
+        config = from_annotations_config(name, options.get("format") or "auto", label_map=options.get("label_map"),
+                                         val_fraction=options.get("val_fraction"),
+                                         split_file=options.get("split_file"),
+                                         unknown=options.get("unknown") or "error")
+        return config, {"config": config}
+    if config_name not in StreetSeg.builder_configs:
+        raise BuildError(f"no config {config_name!r}; choose synthetic, voc_polygons or from_annotations")
+    overrides = {k: v for k, v in options.items() if v is not None}
+    config = StreetSeg.builder_configs[config_name]
+    _check_options(config, overrides)
+    return dataclasses.replace(config, **overrides), {"config": config_name, **overrides}
+
+
+_EXPORT_OPTIONS = ("format", "label_map", "val_fraction", "split_file", "unknown")
+
+
+def _load_label_map(path: str | None) -> LabelMap:
+    from streetseg_jax.labels.label_map import default_label_map
+    return LabelMap.load(path) if path else default_label_map()
+
+
+def _check_unchanged(dataset: str, data_dir: Path, fingerprint: dict) -> None:
+    """Nothing to do when the inputs are those of the build on disk; otherwise say what changed."""
+    from streetseg_jax.data import inputs
+    from streetseg_jax.data.builder import BuildError
+
+    path = dataset_dir(dataset, data_dir)
+    metadata = tfds.builder_from_directory(os.fspath(path)).info.metadata
+    stored = metadata["fingerprint"] if metadata is not None and "fingerprint" in metadata.keys() else None
+    what = inputs.changes(stored, fingerprint) if stored else ["it was built without a record of its inputs"]
+    if what:
+        raise BuildError(f"{dataset} in {data_dir} was built from other inputs; pass --overwrite to rebuild it. "
+                    "What changed:\n  " + "\n  ".join(what))
+
+
+def _prepare(builder_kwargs: dict, data_dir: Path, folder: Path, file_format: str, plan, workers) -> None:
+    from absl import logging as absl_logging
+
+    from streetseg_jax.data.builder import StreetSeg
+
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)      # TFDS warns that a config made at run time is "custom"
+    try:
+        builder = StreetSeg(data_dir=os.fspath(data_dir), file_format=file_format, plan=plan, workers=workers,
+                            **builder_kwargs)
+    finally:
+        absl_logging.set_verbosity(level)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=os.fspath(folder), try_download_gcs=False))
+
+
+def _result(dataset: str, data_dir: Path, start: float, reused: bool) -> BuildResult:
+    path = dataset_dir(dataset, data_dir)
+    info = tfds.builder_from_directory(os.fspath(path)).info
+    splits = {name: split.num_examples for name, split in info.splits.items()}
+    return BuildResult(path, splits, time.perf_counter() - start, reused)
+
+
+@contextlib.contextmanager
+def _all_or_nothing(dataset: str, data_dir: Path, replace: bool):
+    """A failed build leaves what was there before: TFDS writes into an `incomplete.*` folder that it renames into
+    place at the end (and deletes on failure); a build being replaced is moved aside until the new one is done,
+    and put back if it fails. The config folder is removed again when the failure left it empty."""
+    name, config, _ = _parse_name(dataset)
+    config_dir = data_dir / name / config
+    aside = []
+    if replace and config_dir.is_dir():
+        for version in _built_versions(config_dir):
+            moved = config_dir / f".replaced-{version}-{os.getpid()}"
+            (config_dir / version).rename(moved)
+            aside.append((config_dir / version, moved))
+    try:
+        yield
+    except BaseException:
+        for original, moved in aside:
+            if not original.exists():
+                moved.rename(original)
+        if config_dir.is_dir() and not any(config_dir.iterdir()):
+            config_dir.rmdir()
+        raise
+    for _, moved in aside:
+        shutil.rmtree(moved, ignore_errors=True)
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr)
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
@@ -151,8 +321,12 @@ def _not_found_message(dataset, config, data_dir, config_dir, built) -> str:
     where = f" --data_dir {data_dir}" if data_dir else ""
     manual = " --manual_dir YOUR_IMAGES_AND_XML" if config == "voc_polygons" else ""
     found = f" (built versions there: {', '.join(sorted(built))})" if built else ""
+    command = f"--config {config}{where}{manual}"
+    if config not in ("synthetic", "voc_polygons"):     # a dataset named by its user, built from an export
+        command = (f"--config from_annotations --name {config}{where} --manual_dir EXPORT_FOLDER --format FORMAT "
+                   "--label_map LABEL_MAP.json")
     return (f"dataset {dataset} is not built in {config_dir}{found}. Build it with:\n"
-            f"  python -m streetseg_jax.data build --config {config}{where}{manual}")
+            f"  python -m streetseg_jax.data build {command}")
 
 
 def _check_split(split: str, available: list[str], dataset: str) -> None:
@@ -170,11 +344,14 @@ def _check_file_format(file_format: str, error) -> None:
         raise error("tfrecord output needs TensorFlow, which is not installed; use array_record (the default)")
 
 
-def _check_manual_dir(folder: Path, error) -> None:
+def _check_manual_dir(folder: Path, error, config_name: str = "voc_polygons") -> None:
     if not folder.is_dir() or not any(folder.iterdir()):
         state = "is empty" if folder.is_dir() else "does not exist"
-        raise error(f"voc_polygons reads your images + VOC XML from a folder, and {folder} {state}; pass "
-                    "--manual_dir FOLDER (with images/ + annotations/ subfolders, or the files side by side)")
+        if config_name == "voc_polygons":
+            raise error(f"voc_polygons reads your images + VOC XML from a folder, and {folder} {state}; pass "
+                        "--manual_dir FOLDER (with images/ + annotations/ subfolders, or the files side by side)")
+        raise error(f"{config_name} reads a labelling tool's export from a folder, and {folder} {state}; pass "
+                    "--manual_dir EXPORT_FOLDER")
 
 
 def _remove_built(dataset: str, data_dir: Path) -> None:

@@ -1,70 +1,76 @@
-"""Label tools: `python -m streetseg_jax.labels to-masks --format voc --input XML_DIR --output MASK_DIR`.
+"""Label tools: turn a labelling tool's export into masks, or check it first.
 
-to-masks reads every annotation first, stops on unreadable files or unknown class names before writing anything
-(unless --unknown ignore), then writes one palette PNG mask per annotation, named after the annotation file.
+    python -m streetseg_jax.labels to-masks --format FORMAT --input PATH --output DIR [--label_map FILE]
+                                            [--unknown error|ignore]
+    python -m streetseg_jax.labels check --format FORMAT --input PATH [--label_map FILE] [--json OUT.json]
+                                         [--strict] [--unknown error|ignore]
+
+FORMAT is one of voc, mit_xml, labelme, coco, coco_panoptic, cvat, labelbox, cityscapes, mapillary, masks, or auto
+(detected from the files, and said). to-masks reads every annotation first and stops on unreadable files, unknown
+class names (unless --unknown ignore) or two annotations of one image stem before writing anything; it then writes
+one palette PNG mask per image, named after the image's file stem. check prints the validation report
+(labels/validate.py) and exits non-zero when it finds errors, or warnings with --strict.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
 from streetseg_jax.cli import fail, normalise_argv
-from streetseg_jax.labels.convert import UNKNOWN_CHOICES, UnknownLabelsError, write_masks
-from streetseg_jax.labels.formats.voc import read_voc
+from streetseg_jax.labels import formats
+from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, annotation_to_mask,
+                                          find_unknown_labels, write_mask_png)
 from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError
+from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, image_key, size_problem, validate,
+                                           write_json)
 
-
-def _one_file_per_image(read: Callable[[Path], Annotation], pattern: str) -> Callable[[Path], list[Annotation]]:
-    """A reader for formats with one annotation file per image: a folder of `pattern` files, or one file."""
-    def read_all(path: Path) -> list[Annotation]:
-        files = sorted(path.glob(pattern)) if path.is_dir() else [path]
-        if not files:
-            fail(f"no {pattern} files in {path}")
-        return [read(f) for f in tqdm(files, desc="reading", unit="file", disable=None, leave=False)]
-    return read_all
-
-
-# --format name -> function(input path) -> annotations. Formats with one file for many images (COCO) plug in here
-# with a reader that returns all of that file's annotations.
-READERS: dict[str, Callable[[Path], list[Annotation]]] = {
-    "voc": _one_file_per_image(read_voc, "*.xml"),
-}
+FORMAT_CHOICES = (*formats.FORMATS, formats.AUTO)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m streetseg_jax.labels", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     to_masks = commands.add_parser("to-masks", help="rasterize annotations into palette PNG class-id masks")
-    to_masks.add_argument("--format", choices=sorted(READERS), default="voc", help="annotation format")
-    to_masks.add_argument("--input", required=True, type=Path, help="annotation folder (or one annotation file)")
-    to_masks.add_argument("--output", required=True, type=Path, help="folder for the masks (<stem>.png)")
-    to_masks.add_argument("--label_map", type=Path, help="label map JSON (default: the built-in 8 street classes)")
-    to_masks.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
-                          help="class names not in the label map: stop with an error, or paint them ignore_id")
+    _common_arguments(to_masks)
+    to_masks.add_argument("--output", required=True, type=Path, help="folder for the masks (<image stem>.png)")
+    check = commands.add_parser("check", help="validation report: problems per file, class shares, weights")
+    _common_arguments(check)
+    check.add_argument("--json", type=Path, help="also write the report as JSON to this file")
+    check.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
     return parser
 
 
-def to_masks(args: argparse.Namespace) -> None:
-    label_map = _label_map(args.label_map)
-    if not args.input.exists():
-        fail(f"input {args.input} does not exist")
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMAT_CHOICES, default="voc",
+                        help="the labelling tool's export format, or auto to detect it (default: voc)")
+    parser.add_argument("--input", required=True, type=Path, help="the export folder (or one export file)")
+    parser.add_argument("--label_map", type=Path, help="label map JSON (default: the built-in 8 street classes)")
+    parser.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
+                        help="class names not in the label map: an error, or painted with the ignore id")
+
+
+# --- reading -----------------------------------------------------------------------------------------------------
+def read_export(fmt: str, path: Path, label_map: LabelMap) -> tuple[str, list[Annotation]]:
+    """(the format, every annotation in the export); a clear exit for a missing, unreadable or empty export."""
+    if not path.exists():
+        fail(f"input {path} does not exist")
     try:
-        annotations = READERS[args.format](args.input)
-        progress = lambda items: tqdm(items, desc="writing masks", unit="mask", disable=None)  # noqa: E731
-        summary = write_masks(annotations, label_map, args.output, args.unknown, progress)
+        if fmt == formats.AUTO:
+            fmt = formats.detect(path)
+            print(f"detected format: {fmt} ({path})")
+        annotations = formats.read(fmt, path, label_map)
     except (LabelFormatError, UnknownLabelsError) as e:
         fail(str(e))
-    except OSError as e:
-        fail(f"cannot write masks to {args.output}: {e.strerror or e}")
-    for problem in summary.problems:
-        print(f"warning: {problem}", file=sys.stderr)
-    print(f"wrote {summary.files} masks to {args.output} ({summary.shapes} shapes, "
-          f"{len(summary.problems)} problems)")
+    except Exception as e:  # noqa: BLE001 - a reader bug still reaches the user as a message, not a traceback
+        fail(f"the {fmt} reader failed on {path} ({type(e).__name__}: {e}); this is a bug in streetseg_jax, "
+             "please report it with the file")
+    if not annotations:
+        fail(f"no {fmt} annotations found in {path}")
+    return fmt, annotations
 
 
 def _label_map(path: Path | None) -> LabelMap:
@@ -76,10 +82,67 @@ def _label_map(path: Path | None) -> LabelMap:
         fail(str(e))
 
 
+# --- to-masks ----------------------------------------------------------------------------------------------------
+def to_masks(args: argparse.Namespace) -> None:
+    label_map = _label_map(args.label_map)
+    fmt, annotations = read_export(args.format, args.input, label_map)
+    sizes = [f"{a.source}: {problem}" for a in annotations if (problem := size_problem(a.width, a.height))]
+    if sizes:
+        fail("cannot draw masks of these sizes:\n  " + "\n  ".join(sizes[:20]))
+    clashes = duplicate_keys(annotations)
+    if clashes:
+        fail("two or more annotations would write the same mask file:\n  " +
+             "\n  ".join(sorted(set(clashes.values()))))
+    if args.unknown == "error":
+        unknown = find_unknown_labels(annotations, label_map)
+        if unknown:
+            fail(str(UnknownLabelsError(unknown, label_map)))
+    try:
+        problems = write_masks(annotations, label_map, args.output)
+    except OSError as e:
+        fail(f"cannot write masks to {args.output}: {e.strerror or e}")
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    shapes = sum(len(a.shapes) for a in annotations)
+    print(f"wrote {len(annotations)} masks to {args.output} ({shapes} shapes, {len(problems)} problems)")
+
+
+def write_masks(annotations: list[Annotation], label_map: LabelMap, output: Path) -> list[str]:
+    """One `<image stem>.png` per annotation (unknown names get the ignore id); the rasterizer's problems."""
+    output.mkdir(parents=True, exist_ok=True)
+    problems = []
+    for annotation in tqdm(annotations, desc="writing masks", unit="mask", disable=None):
+        result = annotation_to_mask(annotation, label_map, unknown="ignore")
+        write_mask_png(output / f"{image_key(annotation)}.png", result.mask, label_map)
+        problems.extend(result.problems)
+    return problems
+
+
+# --- check -------------------------------------------------------------------------------------------------------
+def check(args: argparse.Namespace) -> None:
+    label_map = _label_map(args.label_map)
+    fmt, annotations = read_export(args.format, args.input, label_map)
+    root = args.input if args.input.is_dir() else args.input.parent
+    options = CheckOptions(unknown=args.unknown, check_images=True, decode_images=True)
+    progress = lambda fn, jobs: tqdm(map(fn, jobs), total=len(jobs), desc="checking", unit="file",  # noqa: E731
+                                     disable=None, leave=False)
+    report = validate(annotations, label_map, fmt=fmt, source=args.input, root=root, options=options,
+                      map_fn=progress)
+    print(report.text())
+    if args.json:
+        try:
+            write_json(report, args.json)
+        except OSError as e:
+            fail(f"cannot write {args.json}: {e.strerror or e}")
+    errors, warnings = len(report.errors), len(report.warnings)
+    if errors or (args.strict and warnings):
+        because = f"{errors} error(s)" if errors else f"{warnings} warning(s) (--strict)"
+        fail(f"check failed: {because} in {args.input}", code=1)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else list(argv)))
-    if args.command == "to-masks":
-        to_masks(args)
+    {"to-masks": to_masks, "check": check}[args.command](args)
 
 
 if __name__ == "__main__":

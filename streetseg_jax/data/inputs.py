@@ -1,0 +1,352 @@
+"""What a street_seg build reads from a labelling-tool export, and what it checks and records before TFDS writes.
+
+    collect()        read the export with its format's reader (labels/formats), find every image, validate
+                     everything (labels/validate.py) and assign the splits
+    fingerprint()    the build's inputs: every file of the export folder (name, size, content hash), the label map
+                     and the options; `changes()` says in words what differs between two fingerprints
+    encode_example() the per-image work, run in worker processes: the mask, the image as RGB PNG
+
+Content hashes, not modification times: copying an export (cp, unzip, a cloud sync) changes every mtime without
+changing a pixel, and an edit that keeps a file's size and mtime (rsync -t, a tool restoring timestamps) would go
+unnoticed. Hashing reads the export once, which is cheap next to decoding its images. Every file under the
+folder counts (hidden ones excepted), not only those a reader opened: some readers consult side files
+(Mapillary's config, Labelbox masks), and a file that changes without mattering costs one rebuild, not a stale
+dataset.
+
+Splits: by a hash of the image key (the image's file stem, labels/validate.image_key), so an image keeps its split
+when others are added; or from a split file of `split<TAB>key` lines, which keeps consecutive video frames
+together.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from streetseg_jax.labels import formats
+from streetseg_jax.labels.convert import UnknownLabelsError, annotation_to_mask, find_unknown_labels
+from streetseg_jax.labels.images import MAX_PIXELS, open_rgb
+from streetseg_jax.labels.label_map import LabelMap
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError
+from streetseg_jax.labels.validate import (EMBEDDED, CheckOptions, Report, base_name, error_listing, mask_png,
+                                           validate)
+
+SPLIT_NAMES = ("train", "validation", "test")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_POOL_MIN_ITEMS = 32        # below this, starting worker processes costs more than it saves
+_LISTED = 10                # names listed per kind of change
+
+
+class BuildError(ValueError):
+    """Input that cannot be built into the dataset; the message says what is wrong and where."""
+
+
+@dataclasses.dataclass
+class ExportPlan:
+    """An export read and checked: what the builder turns into examples."""
+    format: str
+    folder: Path
+    annotations: list[Annotation]
+    report: Report
+    splits: dict[str, list[int]]        # split name -> indices into annotations, by key order
+    notes: list[str] = dataclasses.field(default_factory=list)   # e.g. a split left out
+    fingerprint: dict | None = None     # of the inputs, when the caller made one already
+    mask_dir: Path | None = None        # the masks the validation drew, `<key>.png`
+
+    def keys(self) -> list[str]:
+        return [f.key for f in self.report.files]
+
+    def split_items(self, split: str) -> list[tuple[Annotation, str]]:
+        return [(self.annotations[i], self.report.files[i].key) for i in self.splits[split]]
+
+    def raise_for_errors(self) -> None:
+        """Unknown class names first (one message naming every file), then every other error."""
+        if any("unknown class name" in e for _, e in self.report.errors):
+            unknown = find_unknown_labels(self.annotations, self.report.label_map)
+            raise UnknownLabelsError(unknown, self.report.label_map)
+        if self.report.errors:
+            raise BuildError(error_listing(self.report))
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitRule:
+    holdout: str = "validation"         # the split that `fraction` of the images go to
+    fraction: float = 0.2
+    split_file: Path | None = None      # overrides fraction when given
+    by_order: list[str] | None = None   # keys in order: hold out the last images (synthetic scenes) not a hash
+
+
+# --- collecting --------------------------------------------------------------------------------------------------
+def collect(folder: Path, fmt: str, label_map: LabelMap, rule: SplitRule, *, unknown: str = "error",
+            map_fn: Callable = map, mask_dir: Path | None = None) -> ExportPlan:
+    """Read the export in `folder`, validate it and assign splits; errors are left in the report (see
+    ExportPlan.raise_for_errors), so the report can be shown first. With `mask_dir`, the masks the validation
+    draws are kept there for the build."""
+    if fmt == formats.AUTO:
+        fmt = detect_format(folder)
+    annotations = read_export(fmt, Path(folder), label_map)
+    options = CheckOptions(unknown=unknown, mask_dir=None if mask_dir is None else str(mask_dir))
+    report = validate(annotations, label_map, fmt=fmt, source=folder, root=Path(folder), options=options,
+                      map_fn=map_fn)
+    splits, notes = assign_splits([f.key for f in report.files], rule)
+    return ExportPlan(fmt, Path(folder), annotations, report, splits, notes, mask_dir=mask_dir)
+
+
+def detect_format(path: Path) -> str:
+    try:
+        return formats.detect(path)
+    except LabelFormatError as e:
+        raise BuildError(str(e)) from None
+
+
+def read_export(fmt: str, path: Path, label_map: LabelMap) -> list[Annotation]:
+    try:
+        annotations = formats.read(fmt, path, label_map)
+    except LabelFormatError as e:
+        raise BuildError(str(e)) from None
+    if not annotations:
+        raise BuildError(f"no {fmt} annotations found in {path}")
+    return annotations
+
+
+# --- splits ------------------------------------------------------------------------------------------------------
+def assign_splits(keys: list[str], rule: SplitRule) -> tuple[dict[str, list[int]], list[str]]:
+    """(split -> indices in key order, notes about splits left out because no image falls in them)."""
+    if rule.split_file is not None:
+        chosen = read_split_file(Path(rule.split_file), keys)
+    elif rule.by_order is not None:
+        chosen = _order_split(keys, rule)
+    else:
+        chosen = {key: rule.holdout if stem_fraction(key) < rule.fraction else "train" for key in keys}
+    splits: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
+    for i in sorted(range(len(keys)), key=lambda i: keys[i]):
+        splits[chosen[keys[i]]].append(i)
+    splits = {name: indices for name, indices in splits.items() if indices}
+    notes = []
+    expected = {"train", rule.holdout} if rule.split_file is None and rule.fraction > 0 else set()
+    for name in sorted(expected - set(splits)):
+        notes.append(f"no image falls in the {name} split ({len(keys)} images, {rule.holdout} fraction "
+                     f"{rule.fraction}); building without it")
+    return splits, notes
+
+
+def _order_split(keys: list[str], rule: SplitRule) -> dict[str, str]:
+    position = {key: i for i, key in enumerate(rule.by_order)}
+    ordered = sorted(keys, key=lambda key: position[key])
+    held = int(np.floor(len(keys) * rule.fraction + 0.5))
+    return {key: rule.holdout if i >= len(keys) - held else "train" for i, key in enumerate(ordered)}
+
+
+def stem_fraction(stem: str) -> float:
+    """A number in [0, 1) fixed by the stem alone (not Python's hash(), which changes per process)."""
+    digest = hashlib.sha256(stem.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
+def read_split_file(path: Path, keys: list[str]) -> dict[str, str]:
+    """{key: split} from `split<TAB>file stem` lines (a file name with its suffix works too; blank lines and
+    lines starting with # are skipped). Every key must be listed; names that match no image are an error too,
+    since they usually mean the file was written for another export."""
+    chosen: dict[str, str] = {}
+    problems: list[str] = []
+    known = set(keys)
+    for number, line in enumerate(_lines(path), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        entry = _split_entry(line, known)
+        if isinstance(entry, str):
+            problems.append(f"line {number}: {entry}")
+            continue
+        split, key = entry
+        if chosen.setdefault(key, split) != split:
+            problems.append(f"line {number}: {key!r} is in both {chosen[key]} and {split}")
+    missing = [key for key in sorted(known) if key not in chosen]
+    if missing:
+        problems.append(f"{len(missing)} image(s) are in no split: {_names(missing)}")
+    if problems:
+        raise BuildError(f"split file {path}:\n  " + "\n  ".join(problems[:20]))
+    return chosen
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BuildError(f"cannot read the split file {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _split_entry(line: str, known: set[str]) -> tuple[str, str] | str:
+    parts = line.rstrip("\r\n").split("\t")
+    if len(parts) != 2:
+        return f"expected 'split<TAB>file stem', got {line.strip()!r}"
+    split, name = parts[0].strip(), parts[1].strip()
+    if split not in SPLIT_NAMES:
+        return f"split {split!r} is not one of {', '.join(SPLIT_NAMES)}"
+    key = name if name in known else Path(name).stem
+    if key not in known:
+        return f"no image with the stem {name!r} in the export"
+    return split, key
+
+
+def _names(names: list[str]) -> str:
+    more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+    return ", ".join(names[:_LISTED]) + more
+
+
+# --- fingerprints ------------------------------------------------------------------------------------------------
+def fingerprint(folder: Path, label_map: LabelMap, options: dict, exclude: tuple[Path, ...] = ()) -> dict:
+    """{"files": {relative path: [size, sha256 prefix]}, "label_map": ..., "options": ...} (JSON-ready)."""
+    folder = Path(folder)
+    skip = [Path(p).resolve() for p in exclude]
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        if any(path.resolve().is_relative_to(s) for s in skip):
+            continue
+        files[relative.as_posix()] = [path.stat().st_size, file_hash(path)]
+    return {"files": files, "label_map": label_map.to_dict(), "options": options}
+
+
+def file_hash(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:32]
+
+
+def changes(old: dict, new: dict) -> list[str]:
+    """What differs between two fingerprints, in words (empty when they are the same)."""
+    found = _file_changes(old.get("files", {}), new.get("files", {}))
+    if old.get("label_map") != new.get("label_map"):
+        found.append("the label map changed" + _label_map_change(old.get("label_map"), new.get("label_map")))
+    old_options, new_options = old.get("options", {}), new.get("options", {})
+    for key in sorted(set(old_options) | set(new_options)):
+        if old_options.get(key) != new_options.get(key):
+            found.append(f"option {key}: {old_options.get(key)!r} before, {new_options.get(key)!r} now")
+    return found
+
+
+def _file_changes(old: dict, new: dict) -> list[str]:
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    modified = sorted(name for name in set(old) & set(new) if list(old[name]) != list(new[name]))
+    return [f"{len(names)} file(s) {verb}: {_names(names)}"
+            for verb, names in (("added", added), ("removed", removed), ("modified", modified)) if names]
+
+
+def _label_map_change(old: dict | None, new: dict | None) -> str:
+    if not old or not new:
+        return ""
+    names = lambda lm: [c.get("name") for c in lm.get("classes", [])]  # noqa: E731
+    if names(old) != names(new):
+        return f" (classes {', '.join(names(old))} before, {', '.join(names(new))} now)"
+    return " (colours, aliases, ignore or fill id)"
+
+
+# --- per-example work (runs in worker processes) -----------------------------------------------------------------
+def encode_example(job: tuple[Annotation, str, LabelMap, str, str | None]) -> tuple[str, dict]:
+    """(key, TFDS example of PNG bytes) for one annotation; the mask is the one the validation drew into
+    `mask_dir` when given."""
+    annotation, key, label_map, unknown, mask_dir = job
+    if mask_dir is not None:
+        mask = (Path(mask_dir) / f"{key}.png").read_bytes()
+    else:
+        mask = mask_png(annotation_to_mask(annotation, label_map, unknown=unknown).mask)
+    image, size = image_png(annotation)
+    if size != (annotation.width, annotation.height):
+        raise BuildError(f"{annotation.source}: its image is {size[0]}x{size[1]} once decoded (EXIF orientation "
+                         f"applied) but the annotation says {annotation.width}x{annotation.height}")
+    return key, {"image": image, "segmentation_mask": mask, "file_name": example_file_name(annotation, key)}
+
+
+def example_file_name(annotation: Annotation, key: str) -> str:
+    if annotation.image_path is not None:
+        return Path(annotation.image_path).name
+    return base_name(annotation.file_name) or f"{key}.png"
+
+
+def image_png(annotation: Annotation) -> tuple[bytes, tuple[int, int]]:
+    """The image as 8-bit RGB PNG bytes and its (width, height). A plain RGB PNG is stored byte for byte (after
+    its checksums are verified); anything else is decoded defensively (labels/images.open_rgb) and re-encoded."""
+    name = EMBEDDED if annotation.image_bytes is not None else str(annotation.image_path)
+    try:
+        data = annotation.image_bytes if annotation.image_bytes is not None else \
+            Path(annotation.image_path).read_bytes()
+    except (OSError, TypeError) as e:
+        raise BuildError(f"{annotation.source}: cannot read the image {name} "
+                         f"({getattr(e, 'strerror', None) or e})") from None
+    size = _plain_png_size(data)
+    if size is not None:
+        return data, size
+    try:
+        pixels = open_rgb(data, f"{annotation.source}: image {name}")
+    except LabelFormatError as e:
+        raise BuildError(str(e)) from None
+    return rgb_png(pixels), (pixels.shape[1], pixels.shape[0])
+
+
+def _plain_png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an 8-bit RGB PNG without EXIF and with intact checksums, else None."""
+    # IHDR comes first: bytes 16-24 width and height, 24 bit depth, 25 colour type (2 = RGB).
+    if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR" or data[24:26] != b"\x08\x02":
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if "exif" in image.info or image.width * image.height > MAX_PIXELS:
+                return None
+            size = image.size
+            image.verify()          # every chunk's CRC: a truncated or damaged file is refused now, not in training
+        return size
+    except (OSError, SyntaxError, ValueError):
+        return None                 # open_rgb then says what is wrong
+
+
+def rgb_png(pixels: np.ndarray) -> bytes:
+    # The synthetic writer's fast PNG encoder (one fixed filter, Huffman-only deflate): PIL's takes ~10x longer.
+    from streetseg_jax.data.synthetic import png_bytes
+    return png_bytes(np.ascontiguousarray(pixels))
+
+
+# --- worker processes --------------------------------------------------------------------------------------------
+class Workers:
+    """A process pool, started on the first map over enough items and closed on exit (a context manager)."""
+
+    def __init__(self, num_workers: int | None = None):
+        self.num_workers = num_workers or os.cpu_count() or 1
+        self._pool = None
+
+    def imap(self, fn: Callable, jobs: list, chunksize: int = 4):
+        if self._pool is None and self.num_workers > 1 and len(jobs) >= _POOL_MIN_ITEMS:
+            self._pool = _context().Pool(min(self.num_workers, len(jobs)))
+        return self._pool.imap(fn, jobs, chunksize) if self._pool is not None else map(fn, jobs)
+
+    def map_fn(self, fn: Callable, jobs: list) -> list:
+        return list(self.imap(fn, jobs))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _context():
+    # fork starts workers in milliseconds, but forking a process that already runs JAX's threads can deadlock:
+    # such a process gets spawn.
+    if "fork" in multiprocessing.get_all_start_methods() and "jax" not in sys.modules:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")

@@ -1,0 +1,659 @@
+"""The validation report: everything wrong with an export, found before anything is written.
+
+Per file: unknown class names, degenerate or self-intersecting polygons, points outside the image, the image
+missing or unreadable, and the image's size (after EXIF orientation) disagreeing with the annotation. Over the
+export: each class's share of the pixels and the number of images it appears in, the unlabelled share per image
+(pixels no shape claims, which get the label map's fill class), and suggested median-frequency class weights.
+
+Errors make an export unusable as it stands (a build refuses it, `check` exits non-zero); warnings are worth a
+look but the masks are still made (`check --strict` exits non-zero on them too).
+
+Images are found for each annotation by `locate_images`: the image the export embeds, else the file the reader
+resolved, else a file under the export folder with the annotation file's stem or the file name the annotation
+gives. Each image is known by its key, the image's file stem: masks are named after it, splits hash it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image
+
+from streetseg_jax.labels.convert import UNKNOWN_CHOICES
+from streetseg_jax.labels.images import MAX_PIXELS, open_rgb, resolve_inside
+from streetseg_jax.labels.label_map import LabelMap
+from streetseg_jax.labels.rasterize import rasterize
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError
+from streetseg_jax.labels.stats import median_frequency_weights
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+EMBEDDED = "<embedded in the annotation>"
+_EXIF_ORIENTATION = 0x0112
+_PAIRS_PER_CHUNK = 1 << 20        # segment pairs tested at once by the self-intersection check
+_SHOWN = 30                       # problems listed on screen (all of them are in the JSON)
+
+
+@dataclasses.dataclass
+class FileReport:
+    """What was found in one annotation (one image)."""
+    annotation: str                       # the annotation file
+    key: str                              # the image's file stem: mask file name, split key
+    image: str | None = None              # the image file, EMBEDDED, or None when there is none
+    width: int = 0
+    height: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    class_pixels: list[int] = dataclasses.field(default_factory=list)   # per class id
+    ignore_pixels: int = 0
+    unlabelled_pixels: int | None = None  # pixels no shape claims; None when not measured
+
+    @property
+    def unlabelled_share(self) -> float | None:
+        pixels = self.width * self.height
+        return None if self.unlabelled_pixels is None or not pixels else self.unlabelled_pixels / pixels
+
+
+# --- keys and images ---------------------------------------------------------------------------------------------
+def image_key(annotation: Annotation) -> str:
+    """The image's file stem: from the file the reader resolved, else the name the annotation gives, else the
+    annotation file's own stem."""
+    if annotation.image_path is not None:
+        return Path(annotation.image_path).stem
+    name = base_name(annotation.file_name)
+    return Path(name).stem if name else Path(annotation.source).stem
+
+
+def base_name(file_name: str | None) -> str:
+    """The last part of a file name that may be a path (either slash) or a URL with a query."""
+    name = (file_name or "").split("?")[0].split("#")[0].replace("\\", "/")
+    return name.rstrip("/").split("/")[-1]
+
+
+class ImageIndex:
+    """Every image file under an export folder (hidden folders skipped), by file name and by stem."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.by_name: dict[str, list[Path]] = {}
+        self.by_stem: dict[str, list[Path]] = {}
+        files = self.root.rglob("*") if self.root.is_dir() else []
+        for path in sorted(files):
+            parts = path.relative_to(self.root).parts
+            if path.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in parts) \
+                    and path.is_file():
+                self.by_name.setdefault(path.name, []).append(path)
+                self.by_stem.setdefault(path.stem, []).append(path)
+
+    def find(self, annotation: Annotation, one_per_file: bool) -> Path | str:
+        """The image of `annotation`, or a message saying why there is none. For formats with one annotation
+        file per image the file's stem is tried first (file names inside annotations are often stale)."""
+        source = Path(annotation.source)
+        name = base_name(annotation.file_name)
+        tries = [lambda: self._by_stem(source.stem, source)] if one_per_file else []
+        tries += [lambda: self._by_path(annotation.file_name, source), lambda: self._unique(self.by_name, name),
+                  lambda: self._by_stem(Path(name).stem, source)]
+        for attempt in tries:
+            found = attempt()
+            if found is not None:
+                return found
+        looked_for = " or ".join(filter(None, [f"{source.stem}.*" if one_per_file else "",
+                                                repr(annotation.file_name) if annotation.file_name else ""]))
+        return f"no image named {looked_for or '(no name given)'} under {self.root}"
+
+    def _by_path(self, file_name: str | None, source: Path) -> Path | str | None:
+        if not file_name or "://" in file_name:
+            return None
+        for base in (source.parent, self.root, self.root / "images"):
+            try:
+                candidate = resolve_inside(self.root, os.path.relpath(base / file_name, self.root), "image",
+                                           source)
+            except LabelFormatError as e:
+                return str(e).split(": ", 1)[-1]
+            except ValueError:          # a NUL byte in the name, or another drive on Windows: no such file
+                continue
+            if _is_file(candidate):
+                return candidate
+        return None
+
+    def _by_stem(self, stem: str, source: Path) -> Path | str | None:
+        candidates = self.by_stem.get(stem) if stem else None
+        if candidates and len(candidates) > 1:       # prefer the annotation's own folder
+            near = [p for p in candidates if p.parent == source.parent]
+            candidates = near or candidates
+        return self._one(candidates, f"several images share the stem {stem!r}")
+
+    def _unique(self, table: dict[str, list[Path]], name: str) -> Path | str | None:
+        return self._one(table.get(name) if name else None, f"several images are named {name!r}")
+
+    def _one(self, candidates: list[Path] | None, why: str) -> Path | str | None:
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        return f"{why}: {', '.join(str(p.relative_to(self.root)) for p in candidates)}"
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):       # a name too long for the file system, a NUL byte: no such file
+        return False
+
+
+def locate_images(annotations: list[Annotation], root: Path) -> dict[int, str]:
+    """Set `image_path` on every annotation whose image is found (unless the reader did, or the image is
+    embedded); returns {index: why not} for the others."""
+    index = ImageIndex(root)
+    per_source: dict[str, int] = {}
+    for annotation in annotations:
+        per_source[str(annotation.source)] = per_source.get(str(annotation.source), 0) + 1
+    missing = {}
+    for i, annotation in enumerate(annotations):
+        if annotation.image_bytes is not None:
+            continue
+        if annotation.image_path is not None:
+            if not _is_file(Path(annotation.image_path)):
+                missing[i] = f"image {annotation.image_path} does not exist"
+            continue
+        found = index.find(annotation, per_source[str(annotation.source)] == 1)
+        if isinstance(found, Path):
+            annotation.image_path = found
+        else:
+            missing[i] = found
+    return missing
+
+
+def duplicate_keys(annotations: list[Annotation]) -> dict[int, str]:
+    """{index: message} for annotations whose mask file name (image stem) another annotation also has."""
+    owners: dict[str, list[int]] = {}
+    for i, annotation in enumerate(annotations):
+        owners.setdefault(image_key(annotation), []).append(i)
+    clashes = {}
+    for key, indices in owners.items():
+        if len(indices) > 1:
+            sources = list(dict.fromkeys(str(annotations[i].source) for i in indices))
+            for i in indices:
+                clashes[i] = (f"{len(indices)} annotations are for images with the stem {key!r}, and each would "
+                              f"become {key}.png (in {', '.join(sources)}); rename the images or build the "
+                              "exports separately")
+    return clashes
+
+
+# --- one file ----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class CheckOptions:
+    unknown: str = "error"                # "error": unknown class names are errors; "ignore": warnings
+    check_images: bool = True             # look at the image (size, readable)
+    decode_images: bool = False           # decode it fully (catches truncated files; slower)
+    mask_dir: str | None = None           # keep each mask there as `<key>.png` (a build then need not draw again)
+
+
+def check_file(annotation: Annotation, label_map: LabelMap, options: CheckOptions,
+               known_problems: Iterable[str] = (), key: str | None = None) -> FileReport:
+    """The report of one annotation; never raises for bad input (a problem is reported instead)."""
+    key = image_key(annotation) if key is None else key
+    report = FileReport(str(annotation.source), key, _image_label(annotation),
+                        int(annotation.width), int(annotation.height), errors=list(known_problems))
+    _check_labels(annotation, label_map, options.unknown, report)
+    if options.check_images and report.image is not None:
+        _check_image(annotation, options.decode_images, report)
+    if not _size_problem(report):
+        report.warnings.extend(shape_warnings(annotation))
+        _measure(annotation, label_map, report, options.mask_dir)
+    return report
+
+
+def _image_label(annotation: Annotation) -> str | None:
+    if annotation.image_bytes is not None:
+        return EMBEDDED
+    return str(annotation.image_path) if annotation.image_path is not None else None
+
+
+def _check_labels(annotation: Annotation, label_map: LabelMap, unknown: str, report: FileReport) -> None:
+    if unknown not in UNKNOWN_CHOICES:
+        raise ValueError(f"unknown must be one of {UNKNOWN_CHOICES}, got {unknown!r}")
+    ids = class_ids(annotation, label_map)
+    names = sorted({s.label for s in annotation.shapes if not s.ignore and ids[s.label] is None})
+    if names and unknown == "error":
+        report.errors.append(f"unknown class name(s) {', '.join(map(repr, names))}: not in the label map "
+                             "(add them as classes or aliases, or use --unknown ignore)")
+    elif names:
+        report.warnings.append(f"unknown class name(s) {', '.join(map(repr, names))} painted with the ignore id")
+    if not annotation.shapes:
+        report.warnings.append("no shapes: the whole image gets the fill class")
+
+
+def _size_problem(report: FileReport) -> bool:
+    """True (and an error) when the annotation's own image size cannot be drawn."""
+    problem = size_problem(report.width, report.height)
+    if problem:
+        report.errors.append(problem)
+    return problem is not None
+
+
+def size_problem(width: int, height: int) -> str | None:
+    """Why a mask of this size cannot be drawn (not positive, or more pixels than an image may have), or None."""
+    if width <= 0 or height <= 0:
+        return f"the annotation gives the image size {width}x{height}"
+    if width * height > MAX_PIXELS:
+        return f"the annotation gives the image size {width}x{height}, more than {MAX_PIXELS} pixels; refused"
+    return None
+
+
+def _check_image(annotation: Annotation, decode: bool, report: FileReport) -> None:
+    source = annotation.image_bytes if annotation.image_bytes is not None else Path(annotation.image_path)
+    name = EMBEDDED if annotation.image_bytes is not None else Path(annotation.image_path).name
+    try:
+        width, height = _decoded_size(source, name) if decode else header_size(source, name)
+    except LabelFormatError as e:
+        report.errors.append(str(e))
+        return
+    if (width, height) != (annotation.width, annotation.height):
+        oriented = " (after its EXIF orientation)" if _rotated(source) else ""
+        report.errors.append(f"{name} is {width}x{height}{oriented} but {Path(annotation.source).name} says "
+                             f"{annotation.width}x{annotation.height}")
+
+
+def _decoded_size(source: Path | bytes, name: str) -> tuple[int, int]:
+    height, width = open_rgb(source, name).shape[:2]
+    return width, height
+
+
+def header_size(source: Path | bytes, name: str = "") -> tuple[int, int]:
+    """(width, height) as a viewer shows the image (EXIF orientation applied), from the file's header.
+
+    A PNG's EXIF counts only when it comes before the pixels: Pillow would decode the whole file to look for it
+    after them (the build's full decode still catches a size that changes then)."""
+    label = name or str(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(f"{width}x{height}")
+                turned = _orientation(image) in (5, 6, 7, 8)
+        return (height, width) if turned else (width, height)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise LabelFormatError(f"{label}: image too large (decompression bomb?) {e}; refused") from None
+    except FileNotFoundError:
+        raise LabelFormatError(f"{label}: image does not exist") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise LabelFormatError(f"{label}: unreadable image ({e})") from None
+
+
+def _orientation(image: Image.Image) -> int:
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except (OSError, ValueError, SyntaxError, TypeError):   # a broken EXIF block: show it as stored
+        return 1
+
+
+def _rotated(source: Path | bytes) -> bool:
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            return _orientation(image) != 1
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+# --- geometry ----------------------------------------------------------------------------------------------------
+def shape_warnings(annotation: Annotation) -> list[str]:
+    """Self-intersecting rings and points outside the image (the rasterizer reports degenerate shapes)."""
+    rings, names, outside = [], [], {}
+    for i, shape in enumerate(annotation.shapes):
+        if shape.raster is not None:
+            continue
+        name = f"shape {i} ({shape.label!r})"
+        for k, points in enumerate([shape.exterior, *shape.holes]):
+            ring = _usable_ring(points)
+            if ring is None:
+                continue
+            rings.append(ring)
+            names.append(name if k == 0 else f"{name} hole {k - 1}")
+            if k == 0:
+                outside[len(rings) - 1] = _outside(ring, annotation.width, annotation.height, name)
+    found = []
+    for r, crossing in enumerate(self_intersections(rings)):
+        if crossing is not None:
+            a, b, (x, y) = crossing
+            found.append(f"{names[r]}: self-intersecting (edges {a} and {b} cross near ({x:.1f}, {y:.1f}))")
+        found.extend(outside.get(r, []))
+    return found
+
+
+def _usable_ring(points) -> np.ndarray | None:
+    try:
+        ring = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if ring.ndim != 2 or ring.shape[1] != 2 or len(ring) < 3 or not np.isfinite(ring).all():
+        return None
+    return ring
+
+
+def _outside(ring: np.ndarray, width: int, height: int, name: str) -> list[str]:
+    low, high = ring.min(axis=0), ring.max(axis=0)
+    if high[0] <= 0 or high[1] <= 0 or low[0] >= width or low[1] >= height:
+        return []                       # wholly outside: the rasterizer says so
+    out = (ring[:, 0] < 0) | (ring[:, 1] < 0) | (ring[:, 0] > width) | (ring[:, 1] > height)
+    if not out.any():
+        return []
+    return [f"{name}: {int(out.sum())} of {len(ring)} points outside the {width}x{height} image (clipped)"]
+
+
+def self_intersection(ring: np.ndarray) -> tuple[int, int, tuple[float, float]] | None:
+    """The first pair of non-adjacent edges that cross (edge i joins point i to the next), with the crossing
+    point; None for a simple ring. Edges that only touch (a shared point, collinear overlap) are not counted."""
+    return self_intersections([ring])[0]
+
+
+def self_intersections(rings: list[np.ndarray]) -> list[tuple[int, int, tuple[float, float]] | None]:
+    """self_intersection of every ring, all rings tested together.
+
+    Candidate pairs are edges whose x-extents overlap: edges sorted by their left end, each edge's candidates are
+    a contiguous run, tested in vectorised chunks with the orientation test. Each ring is moved along x (for the
+    sorting only) into a range of its own, so that no pair spans two rings."""
+    edges = _ring_edges(rings)
+    if edges is None:
+        return [None] * len(rings)
+    start, end, ring, local, count, number, shifted = edges
+    left, right = np.minimum(shifted[0], shifted[1]), np.maximum(shifted[0], shifted[1])
+    order = np.argsort(left, kind="stable")
+    stop = np.searchsorted(left[order], right[order], side="right")
+    pairs = np.maximum(stop - np.arange(len(order)) - 1, 0)
+    found: list = [None] * len(rings)
+    for first, last in _chunks(pairs):
+        i, j = _candidate_pairs(order, pairs, first, last)
+        far = np.abs(local[i] - local[j])
+        keep = (far != 1) & (far != count[i] - 1)      # neighbours share a point: not a crossing
+        with np.errstate(over="ignore", invalid="ignore"):     # absurd coordinates: no crossing found, no noise
+            _record_crossings(start, end, ring, number, i[keep], j[keep], found)
+    return found
+
+
+def _ring_edges(rings: list[np.ndarray]):
+    """Every edge of non-zero length of the rings with at least 4 of them, as flat arrays: start and end points,
+    ring, position among its ring's edges, its ring's edge count, its number in the input ring, and the start and
+    end x moved into the ring's own x range."""
+    parts = []
+    offset = 0.0
+    for r, points in enumerate(rings):
+        following = np.roll(points, -1, axis=0)
+        kept = np.flatnonzero(np.any(points != following, axis=1))
+        if len(kept) < 4:
+            continue
+        xs = points[:, 0]
+        shift = offset - xs.min()
+        offset += float(xs.max() - xs.min()) + 1.0
+        parts.append((points[kept], following[kept], np.full(len(kept), r), np.arange(len(kept)),
+                      np.full(len(kept), len(kept)), kept, shift))
+    if not parts:
+        return None
+    start, end, ring, local, count, number = (np.concatenate([p[k] for p in parts]) for k in range(6))
+    shift = np.concatenate([np.full(len(p[0]), p[6]) for p in parts])
+    return start, end, ring, local, count, number, (start[:, 0] + shift, end[:, 0] + shift)
+
+
+def _candidate_pairs(order, pairs, first, last):
+    runs = pairs[first:last]
+    mine = np.repeat(np.arange(first, last), runs)
+    offset = np.arange(len(mine)) - np.repeat(np.cumsum(runs) - runs, runs)
+    return order[mine], order[mine + 1 + offset]
+
+
+def _record_crossings(start, end, ring, number, i, j, found: list) -> None:
+    """Keep, per ring, the crossing pair with the lowest edge number."""
+    a, b, c, d = start[i], end[i], start[j], end[j]
+    o1, o2 = _orient(a, b, c), _orient(a, b, d)
+    o3, o4 = _orient(c, d, a), _orient(c, d, b)
+    for k in np.flatnonzero((o1 * o2 < 0) & (o3 * o4 < 0)).tolist():
+        e1, e2 = sorted((int(number[i[k]]), int(number[j[k]])))
+        r = int(ring[i[k]])
+        if found[r] is None or (e1, e2) < found[r][:2]:
+            t = o1[k] / (o1[k] - o2[k])                   # where c->d crosses the line through a, b
+            point = c[k] + t * (d[k] - c[k])
+            found[r] = (e1, e2, (float(point[0]), float(point[1])))
+
+
+def _chunks(counts: np.ndarray):
+    """(first, last) ranges of sorted edges whose candidate pairs add up to about _PAIRS_PER_CHUNK."""
+    total = np.cumsum(counts)
+    first = 0
+    while first < len(counts):
+        base = total[first - 1] if first else 0
+        last = int(np.searchsorted(total, base + _PAIRS_PER_CHUNK, side="right"))
+        last = max(last, first + 1)
+        yield first, min(last, len(counts))
+        first = last
+
+
+def _orient(p, q, r) -> np.ndarray:
+    """Twice the signed area of triangle p, q, r (per row): > 0 when r lies left of p -> q."""
+    return (q[:, 0] - p[:, 0]) * (r[:, 1] - p[:, 1]) - (q[:, 1] - p[:, 1]) * (r[:, 0] - p[:, 0])
+
+
+# --- pixels ------------------------------------------------------------------------------------------------------
+def _measure(annotation: Annotation, label_map: LabelMap, report: FileReport, mask_dir: str | None) -> None:
+    """Rasterize once for the class statistics; the rasterizer's own problems become warnings."""
+    try:
+        mask, unlabelled, problems = rasterize_with_unlabelled(annotation, label_map)
+    except (ValueError, MemoryError) as e:
+        report.errors.append(f"cannot rasterize: {e}")
+        return
+    report.warnings.extend(problems)
+    if mask_dir is not None:
+        (Path(mask_dir) / f"{report.key}.png").write_bytes(mask_png(mask))
+    counts = np.bincount(mask.ravel(), minlength=256)
+    report.class_pixels = counts[:label_map.num_classes].tolist()
+    report.ignore_pixels = int(counts[label_map.ignore_id])
+    report.unlabelled_pixels = unlabelled
+
+
+def rasterize_with_unlabelled(annotation: Annotation, label_map: LabelMap) -> tuple[np.ndarray, int | None, list]:
+    """(the mask annotation_to_mask(unknown="ignore") makes, pixels no shape claims, the rasterizer's problems).
+
+    The pixels nobody claims are found by drawing with a free id as the fill. When no shape has the fill's own
+    class, that drawing is the mask itself with the free id standing for the fill (the fill's claim on a pixel
+    is then the same in both); otherwise the mask is drawn a second time."""
+    ids = class_ids(annotation, label_map)
+    items = [(_drawn_id(shape, ids[shape.label], label_map), shape) for shape in annotation.shapes]
+    height, width, fill = annotation.height, annotation.width, label_map.fill_id
+    free = next((v for v in range(255, label_map.num_classes - 1, -1) if v != label_map.ignore_id), None)
+    result = rasterize(items, height, width, fill if free is None else free, label_map.ignore_id)
+    if free is None:
+        return result.mask, None, result.problems
+    unclaimed = result.mask == free
+    if any(class_id == fill for class_id, _ in items):
+        mask = rasterize(items, height, width, fill, label_map.ignore_id).mask
+    else:
+        mask = np.where(unclaimed, np.uint8(fill), result.mask)
+    return mask, int(unclaimed.sum()), result.problems
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A class-id mask as 8-bit greyscale PNG (fast zlib level: masks compress well anyway)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(mask, np.uint8)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def class_ids(annotation: Annotation, label_map: LabelMap) -> dict[str, int | None]:
+    """{class name as written: id or None}, each name looked up once (a lookup normalises every alias)."""
+    return {label: label_map.id_of(label) for label in {shape.label for shape in annotation.shapes}}
+
+
+def _drawn_id(shape, class_id: int | None, label_map: LabelMap) -> int:
+    return label_map.ignore_id if shape.ignore or class_id is None else class_id
+
+
+# --- the whole export --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Report:
+    format: str
+    source: str
+    label_map: LabelMap
+    files: list[FileReport]
+
+    @property
+    def errors(self) -> list[tuple[str, str]]:
+        return [(f.annotation, e) for f in self.files for e in f.errors]
+
+    @property
+    def warnings(self) -> list[tuple[str, str]]:
+        return [(f.annotation, w) for f in self.files for w in f.warnings]
+
+    def class_pixels(self) -> np.ndarray:
+        totals = np.zeros(self.label_map.num_classes, np.int64)
+        for f in self.files:
+            if f.class_pixels:
+                totals += np.asarray(f.class_pixels, np.int64)
+        return totals
+
+    def class_images(self) -> np.ndarray:
+        """Per class, the images it appears in (and the pixels of those images, for the weights)."""
+        images = np.zeros(self.label_map.num_classes, np.int64)
+        for f in self.files:
+            if f.class_pixels:
+                images += np.asarray(f.class_pixels) > 0
+        return images
+
+    def class_weights(self) -> np.ndarray:
+        image_pixels = np.zeros(self.label_map.num_classes, np.int64)
+        for f in self.files:
+            if f.class_pixels:
+                image_pixels += np.where(np.asarray(f.class_pixels) > 0, f.width * f.height, 0)
+        return median_frequency_weights(self.class_pixels(), image_pixels)
+
+    def to_dict(self) -> dict:
+        return _report_dict(self)
+
+    def text(self, shown: int = _SHOWN) -> str:
+        return _report_text(self, shown)
+
+
+def validate(annotations: list[Annotation], label_map: LabelMap, *, fmt: str = "", source: str | Path = "",
+             root: Path | None = None, options: CheckOptions | None = None,
+             map_fn: Callable = map) -> Report:
+    """Check every annotation (`map_fn` may be a process pool's imap over `check_job`); when `root` is given, the
+    images are looked for under it first (locate_images)."""
+    options = options or CheckOptions()
+    keys = [image_key(a) for a in annotations]      # before images are located: a key must not depend on them
+    known: dict[int, list[str]] = {}
+    for i, message in duplicate_keys(annotations).items():
+        known.setdefault(i, []).append(message)
+    if root is not None and options.check_images:
+        for i, message in locate_images(annotations, Path(root)).items():
+            known.setdefault(i, []).append(message)
+    jobs = [(a, label_map, options, known.get(i, []), keys[i]) for i, a in enumerate(annotations)]
+    return Report(fmt, str(source), label_map, list(map_fn(check_job, jobs)))
+
+
+def check_job(job) -> FileReport:
+    """check_file on one (annotation, label_map, options, known problems, key) tuple: what a pool maps."""
+    return check_file(*job)
+
+
+# --- output ------------------------------------------------------------------------------------------------------
+def _report_dict(report: Report) -> dict:
+    pixels, images, weights = report.class_pixels(), report.class_images(), report.class_weights()
+    all_pixels = sum(f.width * f.height for f in report.files if f.class_pixels) or 1
+    measured = [f for f in report.files if f.unlabelled_pixels is not None]
+    return {
+        "format": report.format, "source": report.source, "images": len(report.files),
+        "errors": len(report.errors), "warnings": len(report.warnings),
+        "problems": [{"file": f.annotation, "key": f.key, "severity": severity, "message": m}
+                     for f in report.files for severity, messages in (("error", f.errors), ("warning", f.warnings))
+                     for m in messages],
+        "classes": [{"id": c.id, "name": c.name, "pixel_share": float(pixels[c.id] / all_pixels),
+                     "images": int(images[c.id]), "weight": float(weights[c.id])}
+                    for c in report.label_map.classes],
+        "ignore_pixel_share": sum(f.ignore_pixels for f in report.files) / all_pixels,
+        "unlabelled_pixel_share": (sum(f.unlabelled_pixels for f in measured) /
+                                   (sum(f.width * f.height for f in measured) or 1)) if measured else None,
+        "fill_class": _fill_name(report.label_map),
+        "files": [{"annotation": f.annotation, "image": f.image, "key": f.key, "width": f.width,
+                   "height": f.height, "unlabelled_share": f.unlabelled_share, "errors": f.errors,
+                   "warnings": f.warnings} for f in report.files],
+        "label_map": report.label_map.to_dict(),
+    }
+
+
+def _fill_name(label_map: LabelMap) -> str:
+    if label_map.fill_id == label_map.ignore_id:
+        return "ignore"
+    return label_map.classes[label_map.fill_id].name
+
+
+def _report_text(report: Report, shown: int) -> str:
+    data = report.to_dict()
+    lines = [f"validation report: {data['images']} image(s) of {report.format or 'annotations'} from "
+             f"{report.source}: {data['errors']} error(s), {data['warnings']} warning(s)"]
+    problems = data["problems"]
+    shared = _shared_sources(report.files)     # files holding several images: name the image too
+    lines += [f"{p['severity']}: {p['file']}" + (f" [{p['key']}]" if p["file"] in shared else "") +
+              f": {p['message']}" for p in problems[:shown]]
+    if len(problems) > shown:
+        lines.append(f"... and {len(problems) - shown} more problem(s) (all of them are in the --json report)")
+    lines += _class_table(data)
+    lines += _unlabelled_lines(data, report.files)
+    return "\n".join(lines)
+
+
+def _shared_sources(files: list[FileReport]) -> set[str]:
+    seen, shared = set(), set()
+    for f in files:
+        (shared if f.annotation in seen else seen).add(f.annotation)
+    return shared
+
+
+def _class_table(data: dict) -> list[str]:
+    width = max([len(c["name"]) for c in data["classes"]] + [6])
+    lines = ["classes:", f"  {'id':>3} {'name':<{width}} {'pixels':>8} {'images':>7} {'weight':>8}"]
+    for c in data["classes"]:
+        lines.append(f"  {c['id']:>3} {c['name']:<{width}} {100 * c['pixel_share']:>7.2f}% {c['images']:>7} "
+                     f"{c['weight']:>8.3f}")
+    lines.append(f"  {'':>3} {'ignore':<{width}} {100 * data['ignore_pixel_share']:>7.2f}%")
+    lines.append("  (weight: suggested median-frequency class weight; 0 for a class no image has)")
+    return lines
+
+
+def _unlabelled_lines(data: dict, files: list[FileReport]) -> list[str]:
+    measured = sorted((f for f in files if f.unlabelled_share is not None), key=lambda f: -f.unlabelled_share)
+    if not measured:
+        return []
+    top = ", ".join(f"{f.key} {100 * f.unlabelled_share:.1f}%" for f in measured[:5])
+    return [f"unlabelled pixels (no shape; they get the fill class {data['fill_class']!r}): "
+            f"{100 * data['unlabelled_pixel_share']:.2f}% overall; most: {top}"]
+
+
+def write_json(report: Report, path: str | Path) -> None:
+    """The report as JSON, written atomically (temporary file in the same folder, then os.replace)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(report.to_dict(), f, indent=1, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def error_listing(report: Report, limit: int = 20) -> str:
+    """The errors as one message (for a build that refuses the export)."""
+    errors = report.errors
+    lines = [f"  {file}: {message}" for file, message in errors[:limit]]
+    if len(errors) > limit:
+        lines.append(f"  ... and {len(errors) - limit} more")
+    return "\n".join([f"{len(errors)} problem(s) in the annotations stop the build:", *lines])
+

@@ -1,0 +1,271 @@
+"""`build --config from_annotations`: every format to a street_seg dataset, splits, the report printed first,
+the input fingerprint (no-op, refusal naming the change, --overwrite), and all-or-nothing writing."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streetseg_jax.data import source
+from streetseg_jax.data.builder import BuildError, UnknownLabelsError
+from streetseg_jax.data.inputs import stem_fraction
+from streetseg_jax.labels import formats
+from streetseg_jax.labels.convert import annotation_to_mask
+from streetseg_jax.labels.label_map import default_label_map
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import sample_exports  # noqa: E402
+
+W, H = 40, 30
+
+
+def labelme_export(folder: Path, stems: list[str], embed: bool = False, labels=("sky", "road")) -> Path:
+    """One PNG + LabelMe JSON per stem: a sky band over a road whose edge moves with the image's index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(stems))
+    for i, stem in enumerate(stems):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(buffer, format="PNG")
+        if not embed:
+            (folder / f"{stem}.png").write_bytes(buffer.getvalue())
+        shapes = [{"label": labels[0], "points": [[0, 0], [40, 0], [40, 8.5 + i % 5], [0, 10]],
+                   "shape_type": "polygon"},
+                  {"label": labels[1], "points": [[0, 18], [40, 17.25], [40, 30], [0, 30]], "shape_type": "polygon"}]
+        document = {"version": "5.5.0", "shapes": shapes, "imagePath": f"{stem}.png", "imageHeight": H,
+                    "imageWidth": W, "imageData": base64.b64encode(buffer.getvalue()).decode() if embed else None}
+        (folder / f"{stem}.json").write_text(json.dumps(document))
+    return folder
+
+
+def label_map_file(tmp_path: Path) -> str:
+    path = tmp_path / "labels.json"
+    path.write_text(default_label_map().to_json())
+    return str(path)
+
+
+def build(tmp_path: Path, export: Path, name: str = "streets", fmt: str = "labelme", **options):
+    logged: list[str] = []
+    result = source.build("from_annotations", tmp_path / "tfds", export, name=name, format=fmt,
+                          label_map=options.pop("label_map", label_map_file(tmp_path)), log=logged.append,
+                          **options)
+    return result, "\n".join(logged)
+
+
+def records(tmp_path: Path, split: str, name: str = "streets") -> dict[str, dict]:
+    split_source, _, _ = source.load_split(f"street_seg/{name}", split, tmp_path / "tfds")
+    return {r["file_name"].decode(): r for r in (split_source[i] for i in range(len(split_source)))}
+
+
+# --- building ----------------------------------------------------------------------------------------------------
+def test_labelme_export_to_dataset_with_validation_split(tmp_path):
+    stems = [f"frame_{i:03d}" for i in range(12)]
+    export = labelme_export(tmp_path / "export", stems)
+    result, log = build(tmp_path, export, val_fraction=0.3)
+    held_out = {s for s in stems if stem_fraction(s) < 0.3}
+    assert 0 < len(held_out) < len(stems), "pick stems that land in both splits"
+    assert result.splits == {"train": 12 - len(held_out), "validation": len(held_out)} and not result.reused
+    assert log.startswith("validation report: 12 image(s) of labelme") and "0 error(s)" in log
+    label_map = default_label_map()
+    for split in ("train", "validation"):
+        for name, record in records(tmp_path, split).items():
+            assert (Path(name).stem in held_out) == (split == "validation")
+            annotation = formats.read("labelme", export / f"{Path(name).stem}.json", label_map)[0]
+            np.testing.assert_array_equal(record["segmentation_mask"][..., 0],
+                                          annotation_to_mask(annotation, label_map).mask)
+            np.testing.assert_array_equal(record["image"], np.asarray(Image.open(export / name)))
+    info = source.load_split("street_seg/streets", "train", tmp_path / "tfds")[2]
+    assert info.metadata["options"]["format"] == "labelme" and info.metadata["label_map"] == label_map.to_dict()
+    assert sorted(info.metadata["fingerprint"]["files"]) == sorted(p.name for p in export.iterdir())
+
+
+@pytest.mark.parametrize("fmt", sample_exports.FORMATS)
+def test_every_format_builds(fmt, tmp_path):
+    export = sample_exports.write_export(fmt, tmp_path / "export")
+    result, log = build(tmp_path, export, name=f"from_{fmt}", fmt="auto", val_fraction=0.0)
+    assert result.splits == {"train": 1} and f"detected format: {fmt}" in log
+    (record,) = records(tmp_path, "train", f"from_{fmt}").values()
+    np.testing.assert_array_equal(record["segmentation_mask"][..., 0], sample_exports.expected_mask())
+    assert record["image"].shape == (H, W, 3)
+
+
+def test_embedded_images_and_image_conversions(tmp_path):
+    export = labelme_export(tmp_path / "export", ["a", "b", "c", "d", "e"], embed=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6                                  # stored 30 wide, 40 high; shown turned by 90 degrees
+    rotated = np.random.default_rng(1).integers(0, 256, (W, H, 3), dtype=np.uint8)
+    Image.fromarray(rotated).save(export / "b.jpg", exif=exif.tobytes(), quality=100)
+    Image.fromarray(np.arange(H * W, dtype=np.uint16).reshape(H, W) * 50).save(export / "c.png")   # 16-bit grey
+    Image.new("RGBA", (W, H), (200, 100, 50, 255)).save(export / "d.png")
+    Image.new("P", (W, H), 3).save(export / "e.png")
+    for stem, image in (("b", "b.jpg"), ("c", "c.png"), ("d", "d.png"), ("e", "e.png")):
+        document = json.loads((export / f"{stem}.json").read_text())
+        document.update(imagePath=image, imageData=None)
+        (export / f"{stem}.json").write_text(json.dumps(document))
+    build(tmp_path, export, val_fraction=0.0)
+    stored = records(tmp_path, "train")
+    assert sorted(stored) == ["a.png", "b.jpg", "c.png", "d.png", "e.png"]
+    for record in stored.values():
+        assert record["image"].dtype == np.uint8 and record["image"].shape == (H, W, 3)
+    upright = np.asarray(Image.open(export / "b.jpg").transpose(Image.Transpose.ROTATE_270))
+    assert np.abs(stored["b.jpg"]["image"].astype(int) - upright).max() <= 0   # decoded once, stored losslessly
+    assert (stored["d.png"]["image"] == (200, 100, 50)).all()
+    assert stored["c.png"]["image"][..., 0].max() > 0
+
+
+# --- splits ------------------------------------------------------------------------------------------------------
+def test_split_file_assigns_splits_and_is_checked(tmp_path):
+    stems = [f"video_{i:02d}" for i in range(6)]
+    export = labelme_export(tmp_path / "export", stems)
+    split_file = tmp_path / "splits.tsv"
+    split_file.write_text("# frames of one drive stay together\ntrain\tvideo_00\ntrain\tvideo_01\ntrain\tvideo_02\n"
+                          "validation\tvideo_03.png\nvalidation\tvideo_04\ntest\tvideo_05\n")
+    result, _ = build(tmp_path, export, split_file=str(split_file))
+    assert result.splits == {"train": 3, "validation": 2, "test": 1}
+    assert sorted(records(tmp_path, "test")) == ["video_05.png"]
+    for text, message in [("train\tvideo_00\n", "5 image(s) are in no split: video_01, video_02"),
+                          ("train video_00\n", "line 1: expected 'split<TAB>file stem'"),
+                          ("holdout\tvideo_00\n", "line 1: split 'holdout' is not one of"),
+                          ("train\tvideo_77\n", "line 1: no image with the stem 'video_77'"),
+                          ("train\tvideo_00\ntest\tvideo_00\n", "line 2: 'video_00' is in both train and test")]:
+        split_file.write_text(text)
+        with pytest.raises(BuildError, match=re.escape(message)):
+            build(tmp_path, export, name="other", split_file=str(split_file))
+        assert not source.is_built("street_seg/other", tmp_path / "tfds")
+
+
+# --- fingerprint -------------------------------------------------------------------------------------------------
+def test_unchanged_inputs_are_a_no_op_and_changes_are_named(tmp_path):
+    export = labelme_export(tmp_path / "export", ["a", "b", "c"])
+    build(tmp_path, export)
+    again, log = build(tmp_path, export)
+    assert again.reused and log == ""
+    changes = [
+        (lambda: (export / "b.json").write_text((export / "b.json").read_text().replace("17.25", "17.5")),
+         "1 file(s) modified: b.json"),
+        (lambda: labelme_export(tmp_path / "extra", ["d"]) and [p.rename(export / p.name)
+                                                                for p in (tmp_path / "extra").iterdir()],
+         "2 file(s) added: d.json, d.png"),
+        (lambda: [(export / name).unlink() for name in ("a.json", "a.png")], "2 file(s) removed: a.json, a.png"),
+    ]
+    for change, message in changes:
+        change()
+        with pytest.raises(BuildError, match="--overwrite") as caught:
+            build(tmp_path, export)
+        assert message in str(caught.value), str(caught.value)
+        build(tmp_path, export, overwrite=True)
+        assert build(tmp_path, export)[0].reused
+    with pytest.raises(BuildError, match="option val_fraction: 0.2 before, 0.5 now"):
+        build(tmp_path, export, val_fraction=0.5)
+    other_map = default_label_map().to_dict()
+    other_map["classes"][6]["aliases"] = ["heaven"]
+    (tmp_path / "other.json").write_text(json.dumps(other_map))
+    with pytest.raises(BuildError, match="the label map changed"):
+        build(tmp_path, export, label_map=str(tmp_path / "other.json"))
+
+
+# --- errors and atomic writing -----------------------------------------------------------------------------------
+def test_errors_stop_the_build_after_the_report(tmp_path):
+    export = labelme_export(tmp_path / "export", ["a", "b"], labels=("sky", "lamppost"))
+    logged = []
+    with pytest.raises(UnknownLabelsError, match="lamppost"):
+        source.build("from_annotations", tmp_path / "tfds", export, name="streets", format="labelme",
+                     label_map=label_map_file(tmp_path), log=logged.append)
+    assert "unknown class name(s) 'lamppost'" in logged[0]
+    Image.new("RGB", (W + 1, H)).save(export / "b.png")
+    with pytest.raises(BuildError, match="b.png is 41x30 but b.json says 40x30"):
+        build(tmp_path, export, unknown="ignore")
+    assert not source.is_built("street_seg/streets", tmp_path / "tfds")
+
+
+def truncate_pixels(path: Path) -> None:
+    """Keep the header (size still readable) but cut the pixel data: only a full decode notices."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_a_failure_found_late_leaves_no_dataset(tmp_path):
+    stems = [f"frame_{i:02d}" for i in range(8)]
+    export = labelme_export(tmp_path / "export", stems)
+    truncate_pixels(export / "frame_06.png")
+    with pytest.raises(BuildError, match="frame_06"):
+        build(tmp_path, export, val_fraction=0.0)
+    assert not source.is_built("street_seg/streets", tmp_path / "tfds")
+    assert not (tmp_path / "tfds" / "street_seg" / "streets").exists()
+    assert not [p for p in (tmp_path / "tfds").rglob("*") if "incomplete" in p.name or "masks" in p.name]
+
+
+def test_a_failed_overwrite_keeps_the_previous_dataset(tmp_path):
+    export = labelme_export(tmp_path / "export", ["a", "b", "c"])
+    build(tmp_path, export, val_fraction=0.0)
+    before = records(tmp_path, "train")
+    truncate_pixels(export / "c.png")
+    with pytest.raises(BuildError, match="c.png"):
+        build(tmp_path, export, val_fraction=0.0, overwrite=True)
+    after = records(tmp_path, "train")
+    assert sorted(after) == sorted(before)
+    np.testing.assert_array_equal(after["c.png"]["image"], before["c.png"]["image"])
+    assert [p.name for p in (tmp_path / "tfds" / "street_seg" / "streets").iterdir()] == ["1.0.0"]
+
+
+def test_names_and_options_are_checked(tmp_path):
+    export = labelme_export(tmp_path / "export", ["a"])
+    for name in ("synthetic", "voc_polygons", "../up", ""):
+        with pytest.raises(BuildError, match="dataset name"):
+            build(tmp_path, export, name=name)
+    with pytest.raises(BuildError, match="not both"):
+        build(tmp_path, export, val_fraction=0.1, split_file="x.tsv")
+    with pytest.raises(BuildError, match="val_fraction must be in"):
+        build(tmp_path, export, val_fraction=1.5)
+
+
+def test_many_images_through_worker_processes(tmp_path):
+    stems = [f"f{i:03d}" for i in range(40)]      # enough for the build to start worker processes
+    export = labelme_export(tmp_path / "export", stems)
+    build(tmp_path, export, name="pooled", num_workers=2, val_fraction=0.0)
+    label_map = default_label_map()
+    stored = records(tmp_path, "train", "pooled")
+    assert len(stored) == 40
+    for name, record in stored.items():
+        annotation = formats.read("labelme", export / f"{Path(name).stem}.json", label_map)[0]
+        np.testing.assert_array_equal(record["segmentation_mask"][..., 0],
+                                      annotation_to_mask(annotation, label_map).mask)
+
+
+# --- the command line --------------------------------------------------------------------------------------------
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streetseg_jax.data", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_prints_the_report_then_builds_then_reuses(tmp_path):
+    export = labelme_export(tmp_path / "export", ["a", "b", "c"])
+    args = ["build", "--config", "from_annotations", "--name", "cli", "--manual_dir", str(export), "--format",
+            "auto", "--label_map", label_map_file(tmp_path), "--data_dir", str(tmp_path / "tfds")]
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.index("detected format: labelme") < out.stdout.index("validation report") \
+        < out.stdout.index("street_seg/cli built in")
+    again = run_cli(*args)
+    assert again.returncode == 0 and "already built, inputs unchanged" in again.stdout
+    (export / "a.json").write_text((export / "a.json").read_text().replace("17.25", "16"))
+    changed = run_cli(*args)
+    assert changed.returncode == 2 and "1 file(s) modified: a.json" in changed.stderr
+    assert "Traceback" not in changed.stderr
+
+
+def test_cli_flag_errors(tmp_path):
+    out = run_cli("build", "--config", "from_annotations", "--data_dir", str(tmp_path))
+    assert out.returncode == 2 and "needs --name, --manual_dir, --format, --label_map" in out.stderr
+    out = run_cli("build", "--config", "synthetic", "--data_dir", str(tmp_path), "--name", "x")
+    assert out.returncode == 2 and "--name: not read by --config synthetic" in out.stderr
+    out = run_cli("build", "--config", "from_annotations", "--val_fraction", "0.1", "--split_file", "s.tsv")
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr

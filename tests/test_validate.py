@@ -1,0 +1,259 @@
+"""The validation report (labels/validate.py): geometry checks, images, labels, class statistics, output."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streetseg_jax.labels.stats import median_frequency_weights
+from streetseg_jax.labels.convert import annotation_to_mask
+from streetseg_jax.labels.label_map import LabelMap, default_label_map
+from streetseg_jax.labels.shapes import Annotation, Shape
+from streetseg_jax.labels.validate import (CheckOptions, check_file, duplicate_keys, image_key, locate_images,
+                                           rasterize_with_unlabelled, self_intersection, self_intersections,
+                                           validate, write_json)
+
+ROAD, SKY, BUILDING = 3, 6, 5
+
+
+def ring(*points) -> np.ndarray:
+    return np.asarray(points, np.float64)
+
+
+def rect(x0, y0, x1, y1) -> np.ndarray:
+    return ring((x0, y0), (x1, y0), (x1, y1), (x0, y1))
+
+
+def annotation(*shapes, width=40, height=30, source="a.xml", file_name="a.png", **kwargs) -> Annotation:
+    return Annotation(Path(source), file_name, width, height, list(shapes), **kwargs)
+
+
+def save_png(path: Path, width: int, height: int, **save) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (width, height), (10, 20, 30)).save(path, **save)
+    return path
+
+
+# --- self-intersection -------------------------------------------------------------------------------------------
+def brute_force_first_crossing(points: np.ndarray):
+    """Every pair of non-adjacent edges, the plain way (the reference for the vectorised check)."""
+    n = len(points)
+    orient = lambda p, q, r: (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])  # noqa: E731
+    for i in range(n):
+        for j in range(i + 2, n):
+            if i == 0 and j == n - 1:
+                continue
+            a, b, c, d = points[i], points[(i + 1) % n], points[j], points[(j + 1) % n]
+            if orient(a, b, c) * orient(a, b, d) < 0 and orient(c, d, a) * orient(c, d, b) < 0:
+                return i, j
+    return None
+
+
+def test_simple_rings_do_not_self_intersect():
+    assert self_intersection(rect(0, 0, 10, 10)) is None
+    assert self_intersection(np.vstack([rect(0, 0, 10, 10), [[0, 0]]])) is None     # closed explicitly
+    assert self_intersection(ring((0, 0), (10, 0), (10, 0), (10, 10), (0, 10))) is None   # repeated point
+    # A vertex touching another edge (a keyhole) is not a crossing.
+    assert self_intersection(ring((0, 0), (10, 0), (10, 10), (5, 0), (0, 10))) is None
+
+
+def test_bow_tie_crossing_and_where():
+    edges_a, edges_b, (x, y) = self_intersection(ring((0, 0), (10, 10), (10, 0), (0, 10)))
+    assert (edges_a, edges_b) == (0, 2) and (x, y) == pytest.approx((5, 5))
+
+
+def test_vectorised_check_matches_brute_force_on_random_rings():
+    rng = np.random.default_rng(0)
+    rings = []
+    for _ in range(300):
+        points = rng.integers(0, 15, (rng.integers(4, 11), 2)).astype(np.float64)
+        points = points[np.any(points != np.roll(points, -1, axis=0), axis=1)]
+        if len(points) >= 4:
+            rings.append(points)
+    found = self_intersections(rings)
+    for points, crossing in zip(rings, found):
+        expected = brute_force_first_crossing(points)
+        assert (crossing[:2] if crossing else None) == expected, points.tolist()
+    assert 0 < sum(c is not None for c in found) < len(rings)
+
+
+# --- one file ----------------------------------------------------------------------------------------------------
+def test_clean_annotation_has_no_problems(tmp_path):
+    image = save_png(tmp_path / "a.png", 40, 30)
+    report = check_file(annotation(Shape("road", rect(0, 15, 40, 30)), image_path=image), default_label_map(),
+                        CheckOptions())
+    assert report.errors == [] and report.warnings == []
+    assert report.class_pixels[ROAD] == 600 and report.class_pixels[0] == 600 and report.unlabelled_pixels == 600
+
+
+def test_geometry_warnings(tmp_path):
+    image = save_png(tmp_path / "a.png", 40, 30)
+    shapes = [Shape("road", rect(-5, 15, 40, 35)),                         # partly outside
+              Shape("sky", ring((0, 0), (10, 10), (10, 0), (0, 10))),      # bow tie
+              Shape("sky", ring((1, 1), (5, 5))),                          # two points
+              Shape("sky", rect(50, 50, 60, 60))]                          # wholly outside
+    report = check_file(annotation(*shapes, image_path=image), default_label_map(), CheckOptions())
+    text = "\n".join(report.warnings)
+    assert "shape 0 ('road'): 3 of 4 points outside the 40x30 image (clipped)" in text
+    assert "shape 1 ('sky'): self-intersecting (edges 0 and 2 cross near (5.0, 5.0))" in text
+    assert "shape 2 ('sky'): has fewer than 3 distinct points" in text
+    assert "shape 3 ('sky'): lies entirely outside" in text and "shape 3 ('sky'): 4 of" not in text
+    assert report.errors == []
+
+
+def test_unknown_labels_are_errors_or_warnings():
+    shapes = [Shape("car", rect(0, 0, 5, 5)), Shape("road", rect(0, 5, 40, 30)), Shape("truck", rect(5, 5, 9, 9))]
+    options = CheckOptions(check_images=False)
+    report = check_file(annotation(*shapes), default_label_map(), options)
+    assert report.errors == ["unknown class name(s) 'car', 'truck': not in the label map (add them as classes or "
+                             "aliases, or use --unknown ignore)"]
+    report = check_file(annotation(*shapes), default_label_map(), CheckOptions(unknown="ignore", check_images=False))
+    assert report.errors == [] and "painted with the ignore id" in report.warnings[0]
+    assert report.ignore_pixels == 25 + 16       # the car's and the truck's squares
+
+
+def test_empty_annotation_is_a_warning():
+    report = check_file(annotation(), default_label_map(), CheckOptions(check_images=False))
+    assert report.warnings == ["no shapes: the whole image gets the fill class"]
+    assert report.unlabelled_pixels == 1200
+
+
+def test_image_size_must_match_after_exif_orientation(tmp_path):
+    label_map = default_label_map()
+    wrong = save_png(tmp_path / "wrong.png", 41, 30)
+    report = check_file(annotation(source="w.xml", image_path=wrong), label_map, CheckOptions())
+    assert report.errors == ["wrong.png is 41x30 but w.xml says 40x30"]
+    # A JPEG stored 30 wide and 40 high with orientation 6 (rotate 90) shows 40x30: fine for a 40x30 annotation.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = save_png(tmp_path / "turned.jpg", 30, 40, exif=exif.tobytes())
+    assert check_file(annotation(image_path=turned), label_map, CheckOptions()).errors == []
+    for decode in (False, True):
+        report = check_file(annotation(width=30, height=40, source="t.xml", image_path=turned), label_map,
+                            CheckOptions(decode_images=decode))
+        assert report.errors == ["turned.jpg is 40x30 (after its EXIF orientation) but t.xml says 30x40"]
+
+
+def test_missing_unreadable_and_truncated_images(tmp_path):
+    label_map = default_label_map()
+    report = check_file(annotation(image_path=tmp_path / "gone.png"), label_map, CheckOptions())
+    assert "image does not exist" in report.errors[0]
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    report = check_file(annotation(image_path=tmp_path / "junk.png"), label_map, CheckOptions())
+    assert "unreadable image" in report.errors[0]
+    data = save_png(tmp_path / "full.png", 40, 30).read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
+    # The header is intact, so only a full decode notices that the pixels are missing.
+    assert check_file(annotation(image_path=tmp_path / "cut.png"), label_map, CheckOptions()).errors == []
+    report = check_file(annotation(image_path=tmp_path / "cut.png"), label_map, CheckOptions(decode_images=True))
+    assert "unreadable image" in report.errors[0]
+
+
+def test_embedded_image_bytes_are_checked():
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 31)).save(buffer, format="PNG")
+    report = check_file(annotation(image_bytes=buffer.getvalue()), default_label_map(), CheckOptions())
+    assert report.image == "<embedded in the annotation>" and "is 40x31 but a.xml says 40x30" in report.errors[0]
+
+
+def test_absurd_annotation_sizes_are_errors_not_crashes():
+    for width, height in ((0, 30), (-4, 30), (100_000, 100_000)):
+        report = check_file(annotation(Shape("road", rect(0, 0, 5, 5)), width=width, height=height),
+                            default_label_map(), CheckOptions(check_images=False))
+        assert report.errors and "the annotation gives the image size" in report.errors[0]
+
+
+# --- masks and unlabelled pixels ---------------------------------------------------------------------------------
+def random_scene(rng, labels=("road", "sky", "building", "car")) -> Annotation:
+    shapes = []
+    for _ in range(6):
+        centre, radius = rng.uniform(0, 40, 2), rng.uniform(3, 15)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 7))
+        points = centre + radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+        shapes.append(Shape(str(rng.choice(labels)), points, ignore=bool(rng.random() < 0.1)))
+    return annotation(*shapes)
+
+
+@pytest.mark.parametrize("fill_id, ignore_id", [(0, 255), (2, 255), (255, 255), (0, 3)])
+def test_mask_with_unlabelled_is_exactly_annotation_to_mask(fill_id, ignore_id):
+    classes = [{"id": i, "name": n, "color": [i, i, i]} for i, n in enumerate(("background", "road", "sky"))]
+    label_map = LabelMap.from_dict({"classes": classes, "ignore_id": ignore_id, "fill_id": fill_id})
+    rng = np.random.default_rng(fill_id + ignore_id)
+    for _ in range(20):
+        scene = random_scene(rng, labels=("background", "road", "sky", "car"))
+        mask, unlabelled, _ = rasterize_with_unlabelled(scene, label_map)
+        np.testing.assert_array_equal(mask, annotation_to_mask(scene, label_map, unknown="ignore").mask)
+        assert 0 <= unlabelled <= int((mask == fill_id).sum())
+
+
+def test_unlabelled_pixels_are_those_no_shape_claims():
+    scene = annotation(Shape("background", rect(0, 0, 40, 10)), Shape("road", rect(0, 20, 40, 30)))
+    mask, unlabelled, _ = rasterize_with_unlabelled(scene, default_label_map())
+    assert unlabelled == 400 and (mask == 0).sum() == 800      # drawn background is labelled, the gap is not
+
+
+# --- images, keys ------------------------------------------------------------------------------------------------
+def test_image_keys():
+    assert image_key(annotation(file_name="https://x.org/a/b/IMG_1.jpg?token=REDACTED")) == "IMG_1"
+    assert image_key(annotation(file_name="C:\\labels\\frame_7.png")) == "frame_7"
+    assert image_key(annotation(file_name="", source="dir/x.json")) == "x"
+    assert image_key(annotation(image_path=Path("/e/images/real.png"))) == "real"
+
+
+def test_locate_images_by_stem_by_name_and_refusals(tmp_path):
+    save_png(tmp_path / "images" / "a.jpg", 4, 4)
+    save_png(tmp_path / "images" / "from_coco.png", 4, 4)
+    save_png(tmp_path / "x" / "twin.png", 4, 4)
+    save_png(tmp_path / "y" / "twin.png", 4, 4)
+    save_png(tmp_path.parent / "outside.png", 4, 4)
+    annotations = [
+        annotation(source=str(tmp_path / "annotations" / "a.xml"), file_name="stale_name.jpg"),   # by stem
+        annotation(source=str(tmp_path / "coco.json"), file_name="from_coco.png"),               # by name
+        annotation(source=str(tmp_path / "coco.json"), file_name="twin.png"),                    # ambiguous
+        annotation(source=str(tmp_path / "b.json"), file_name="../outside.png"),                 # outside
+    ]
+    missing = locate_images(annotations, tmp_path)
+    assert annotations[0].image_path == tmp_path / "images" / "a.jpg"
+    assert annotations[1].image_path == tmp_path / "images" / "from_coco.png"
+    assert "several images are named 'twin.png': x/twin.png, y/twin.png" in missing[2]
+    assert "points outside the export folder" in missing[3] and annotations[3].image_path is None
+
+
+def test_duplicate_keys_are_named():
+    clashes = duplicate_keys([annotation(source="t/a.xml", file_name="a.jpg"),
+                              annotation(source="v/a.xml", file_name="a.png"), annotation(file_name="b.png")])
+    assert set(clashes) == {0, 1} and "each would become a.png (in t/a.xml, v/a.xml)" in clashes[0]
+
+
+# --- the whole report --------------------------------------------------------------------------------------------
+def test_report_statistics_text_and_json(tmp_path):
+    for stem in ("a", "b"):
+        save_png(tmp_path / f"{stem}.png", 40, 30)
+    annotations = [
+        annotation(Shape("sky", rect(0, 0, 40, 10)), Shape("road", rect(0, 20, 40, 30)),
+                   source=str(tmp_path / "a.xml"), file_name="a.png"),
+        annotation(Shape("road", rect(0, 0, 40, 30)), Shape("road", rect(0, 0, 2, 1)),
+                   Shape("road", ring((0, 0), (9, 9), (9, 0), (0, 9))), Shape("Buildings", rect(0, 0, 20, 30)),
+                   source=str(tmp_path / "b.xml"), file_name="b.png"),
+    ]
+    report = validate(annotations, default_label_map(), fmt="voc", source=tmp_path, root=tmp_path)
+    assert report.errors == [] and len(report.warnings) == 1
+    pixels = report.class_pixels()
+    assert pixels[SKY] == 400 and pixels[BUILDING] == 600 and pixels.sum() == 2400
+    assert report.class_images()[ROAD] == 2 and report.class_images()[SKY] == 1
+    expected = median_frequency_weights(pixels, np.array([1200, 0, 0, 2400, 0, 1200, 1200, 0]))
+    np.testing.assert_allclose(report.class_weights(), expected)
+    data = json.loads(json.dumps(report.to_dict()))
+    road = next(c for c in data["classes"] if c["name"] == "road")
+    assert road["pixel_share"] == pytest.approx((400 + 600) / 2400) and road["images"] == 2
+    assert [f["unlabelled_share"] for f in data["files"]] == [pytest.approx(1 / 3), 0.0]
+    text = report.text()
+    assert "2 image(s) of voc" in text and "0 error(s), 1 warning(s)" in text
+    assert "self-intersecting" in text and "road" in text and "unlabelled pixels" in text
+    write_json(report, tmp_path / "report.json")
+    assert json.loads((tmp_path / "report.json").read_text())["images"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json") == ["report.json"]
