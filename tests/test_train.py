@@ -21,7 +21,8 @@ STEPS = 8
 
 def final_state(workdir: Path, step: int | None = None) -> dict:
     """The saved train state as arrays on this process's first device, whatever topology wrote it."""
-    manager = ocp.CheckpointManager(workdir / "checkpoints" / "latest", item_names=("state", "data", "meta"))
+    manager = ocp.CheckpointManager(workdir / "checkpoints" / "latest",
+                                    item_handlers={"state": ocp.StandardCheckpointHandler()})
     step = manager.latest_step() if step is None else step
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
