@@ -6,12 +6,14 @@ global sample order depends on (seed, step) only. The checkpoint the 2-process r
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from conftest import ROOT, TINY_CONFIG
 from test_train import final_state
@@ -25,9 +27,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(workdir, data_dir, devices: int, steps: int, process_id=None, num_processes=None, port=None):
+def launch(workdir, data_dir, devices: int, steps: int, process_id=None, num_processes=None, port=None,
+           *overrides: str):
     cmd = [sys.executable, "-m", "streetseg_jax.main", f"--config={TINY_CONFIG}", f"--workdir={workdir}",
-           f"--config.data_dir={data_dir}", f"--config.num_train_steps={steps}", "--config.eval_every_steps=2"]
+           f"--config.data_dir={data_dir}", f"--config.num_train_steps={steps}", "--config.eval_every_steps=2",
+           *overrides]
     if num_processes:
         cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
                 f"--process_id={process_id}"]
@@ -57,3 +61,21 @@ def test_two_processes_match_one_process_and_resume_on_one(tiny_data_dir, tmp_pa
     out, = finish([launch(multi, tiny_data_dir, 4, STEPS + 2)])
     assert f"resuming from step {STEPS}" in out
     assert int(final_state(multi, STEPS + 2)["step"]) == STEPS + 2
+
+
+def test_sigterm_to_one_process_saves_the_same_step_everywhere(tiny_data_dir, tmp_path):
+    """A spot preemption notice reaches one host: orbax's preemption sync point makes every process save the
+    same step and stop, and the same command resumes from it."""
+    from test_train import wait_for_step
+
+    port = free_port()
+    workdir = tmp_path / "preempted"
+    procs = [launch(workdir, tiny_data_dir, 2, 200, i, 2, port, "--config.checkpoint_every_steps=1000",
+                    "--config.eval_every_steps=1000") for i in range(2)]
+    wait_for_step(workdir, 3, procs[0])
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], outs
+    saved = ocp.CheckpointManager(workdir / "checkpoints" / "latest").all_steps()
+    assert len(saved) == 1 and 3 <= saved[0] < 200, (saved, outs)
+    assert f"saved step {saved[0]}" in outs[0]
