@@ -1,0 +1,182 @@
+"""Serve the model elsewhere: `python -m streetseg_jax.export --workdir DIR --output FILE`.
+
+Serialises the inference function with `jax.export` (StableHLO with the weights inside) so it runs with nothing but
+jax installed: no model code, no checkpoint, no flax. FILE is a zip archive holding
+    model.jaxexport   the serialised function: uint8 RGB images (batch, height, width, 3) -> a dict of
+                      "classes" uint8 (batch, height, width), "confidence" float32 (batch, height, width),
+                      "logits" float32 (batch, height, width, classes), as chosen with --outputs
+    label_map.json    class ids, names and colours
+    info.json         input and output shapes, the checkpoint it came from, the training config
+Load and run it:
+    import json, zipfile, jax
+    with zipfile.ZipFile(FILE) as archive:
+        exported = jax.export.deserialize(archive.read("model.jaxexport"))
+        label_map = json.loads(archive.read("label_map.json"))
+    classes = exported.call(images)["classes"]        # images: uint8 numpy array (B, H, W, 3)
+
+Batch, height and width are symbolic, so one file serves any image size, when the model runs at the images' own
+scale (config.eval_scale == 1). A model trained to see images resized by eval_scale needs --height and --width:
+the resized size cannot be written symbolically (jax.export shape polymorphism has no rounding of a product).
+The function runs an image whole, without tiling: for very large photos give fixed, moderate shapes or tile them
+before the call (as `python -m streetseg_jax.predict` does).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax import export as jax_export
+
+from streetseg_jax.cli import fail, normalise_argv
+from streetseg_jax.evaluate import predict_logits
+from streetseg_jax.inference import TrainedModel, load_model, model_logits, scaled_logits
+
+OUTPUTS = ("classes", "confidence", "logits")
+ARCHIVE_MODEL, ARCHIVE_LABELS, ARCHIVE_INFO = "model.jaxexport", "label_map.json", "info.json"
+
+
+def serving_function(trained: TrainedModel, outputs=("classes", "confidence"), flip_tta: bool = False):
+    """uint8 (B, H, W, 3) -> dict of the chosen outputs, with the weights closed over (they become constants)."""
+    model, scale = trained.model(), float(trained.config.get("eval_scale", 1.0))
+    stride = 2 ** int(trained.config.model.get("depth", 4))
+
+    def logits_fn(model, images, scale):
+        if scale != 1.0:
+            return scaled_logits(model, images, scale)
+        height, width = images.shape[1:3]
+        return predict_logits(model, pad_to_stride(images, stride), scale)[:, :height, :width]
+
+    def serve(images):
+        logits = model_logits(model, images, scale, flip_tta, logits_fn)
+        every = {"classes": lambda: jnp.argmax(logits, axis=-1).astype(jnp.uint8),
+                 "confidence": lambda: jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1),
+                 "logits": lambda: logits}
+        return {name: every[name]() for name in outputs}
+
+    return serve
+
+
+def pad_to_stride(images, stride: int):
+    """Edge-pad H and W at the bottom/right to a multiple of the stride, as the U-Net itself does.
+
+    Written as stride * ceil(size / stride) rather than the U-Net's `-size % stride`, because with symbolic sizes
+    jax.export can then prove that the padded size halves evenly at every level (it cannot from a modulo), and the
+    model's own padding becomes a no-op.
+    """
+    height, width = images.shape[1:3]
+    padded_h = (height + stride - 1) // stride * stride
+    padded_w = (width + stride - 1) // stride * stride
+    return jnp.pad(images, ((0, 0), (0, padded_h - height), (0, padded_w - width), (0, 0)), mode="edge")
+
+
+def input_spec(batch: int | None, height: int | None, width: int | None) -> jax.ShapeDtypeStruct:
+    """uint8 (batch, height, width, 3); every size not given is a symbolic dimension."""
+    names = [str(v) if v else name for v, name in ((batch, "batch"), (height, "height"), (width, "width"))]
+    return jax.ShapeDtypeStruct(jax_export.symbolic_shape(", ".join(names) + ", 3"), jnp.uint8)
+
+
+def export_model(trained: TrainedModel, path: str | Path, *, batch: int | None = None, height: int | None = None,
+                 width: int | None = None, outputs=("classes", "confidence"), flip_tta: bool = False,
+                 platforms=("cpu", "cuda")) -> dict:
+    """Write the archive at `path` (atomically); returns its info.json contents."""
+    scale = float(trained.config.get("eval_scale", 1.0))
+    if scale != 1.0 and not (height and width):
+        raise ValueError(f"this model sees images at eval_scale={scale}: give a fixed --height and --width "
+                         "(symbolic sizes work only for models evaluated at scale 1)")
+    spec = input_spec(batch, height, width)
+    exported = jax_export.export(jax.jit(serving_function(trained, outputs, flip_tta)),
+                                 platforms=tuple(platforms))(spec)
+    info = _info(trained, spec, outputs, flip_tta, exported.platforms)
+    _write_archive(Path(path), exported.serialize(), trained.label_map.to_json(), json.dumps(info, indent=1))
+    return info
+
+
+def _info(trained: TrainedModel, spec, outputs, flip_tta: bool, platforms) -> dict:
+    shape = [d if isinstance(d, int) else str(d) for d in spec.shape]
+    k = trained.label_map.num_classes
+    described = {"classes": ("uint8", shape[:3]), "confidence": ("float32", shape[:3]),
+                 "logits": ("float32", shape[:3] + [k])}
+    return {
+        "format": "streetseg_jax export 1",
+        "input": {"dtype": "uint8", "shape": shape, "channels": "RGB, 0-255"},
+        "outputs": {name: {"dtype": described[name][0], "shape": described[name][1]} for name in outputs},
+        "checkpoint": {"source": trained.source, "step": trained.step},
+        "eval_scale": float(trained.config.get("eval_scale", 1.0)), "flip_tta": flip_tta,
+        "platforms": list(platforms), "jax_version": jax.__version__, "config": trained.config.to_dict(),
+    }
+
+
+def _write_archive(path: Path, model_bytes: bytes, label_map_json: str, info_json: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(ARCHIVE_MODEL, model_bytes)
+        archive.writestr(ARCHIVE_LABELS, label_map_json)
+        archive.writestr(ARCHIVE_INFO, info_json)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
+    parser.add_argument("--output", required=True, help="archive to write (a zip; see the module docstring)")
+    parser.add_argument("--checkpoint", default="best", help="best (default; latest if none), latest or a step")
+    parser.add_argument("--height", type=int, help="fixed image height (default: symbolic)")
+    parser.add_argument("--width", type=int, help="fixed image width (default: symbolic)")
+    parser.add_argument("--batch_size", type=int, help="fixed batch size (default: symbolic)")
+    parser.add_argument("--outputs", default="classes,confidence",
+                        help=f"comma-separated, from {','.join(OUTPUTS)} (default classes,confidence)")
+    parser.add_argument("--flip_tta", action="store_true", help="average with the mirror image's logits")
+    parser.add_argument("--platforms", default="cpu,cuda", help="platforms to lower for (default cpu,cuda)")
+    return parser.parse_args(argv)
+
+
+def _check_args(args) -> tuple[str, ...]:
+    outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
+    if not outputs or set(outputs) - set(OUTPUTS):
+        fail(f"--outputs must name some of {', '.join(OUTPUTS)}, got {args.outputs!r}")
+    if (args.height is None) != (args.width is None):
+        fail("give both --height and --width, or neither (symbolic sizes)")
+    for name in ("height", "width", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            fail(f"--{name} must be positive, got {value}")
+    return outputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    outputs = _check_args(args)
+    try:
+        trained = load_model(args.workdir, args.checkpoint, say=lambda m: print(m, file=sys.stderr))
+        info = export_model(trained, args.output, batch=args.batch_size, height=args.height, width=args.width,
+                            outputs=outputs, flip_tta=args.flip_tta, platforms=args.platforms.split(","))
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    except ImportError as e:      # jax serialises through flatbuffers, an optional dependency of jax
+        fail(f"cannot serialise: {e}")
+    size = Path(args.output).stat().st_size / 2**20
+    print(f"wrote {args.output} ({size:.1f} MiB): {trained.source} checkpoint, step {trained.step}; "
+          f"input {info['input']['shape']} uint8, outputs {', '.join(outputs)}; "
+          f"platforms {', '.join(info['platforms'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""Inference with a trained model: load it from a work directory, predict images of any size.
+
+`load_model(workdir)` rebuilds the U-Net from the config saved in the checkpoint and restores its weights.
+`Predictor` runs it: an image larger than the window is cut into overlapping windows whose logits are blended
+with weights that fade out towards the window edges; smaller images run whole. Windows of many images share
+fixed-size batches, so one compiled function serves a whole folder of photos of one size (each new window shape,
+e.g. each size of image smaller than the window, compiles once more). The network sees every window at
+`config.eval_scale`, as evaluation does (`scaled_logits`), and its logits come back at the image's own resolution.
+
+Blending runs on the device, one band of window rows at a time: rows no later window touches are finished, turned
+into class ids and confidences and handed to the host, so a 4000x3000 photo needs one band of logits on the
+device, not the whole (H, W, classes) array, and window logits never travel to the host.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from streetseg_jax import train
+from streetseg_jax.checkpoint import Checkpoints
+from streetseg_jax.evaluate import predict_logits
+from streetseg_jax.labels.label_map import LabelMap
+from streetseg_jax.models.unet import build_model, preprocess
+
+DEFAULT_WINDOW = (512, 512)   # network pixels: what the model sees of one window
+DEFAULT_OVERLAP = 0.25        # of the window, on each side that has a neighbour
+MAX_PARTIAL_BATCHES = 4       # window shapes waiting for a full batch at once
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainedModel:
+    graphdef: Any
+    params: Any                  # pure dict
+    model_state: Any             # pure dict (BatchNorm statistics)
+    label_map: LabelMap
+    config: ml_collections.ConfigDict
+    step: int
+    source: str                  # which checkpoint: "best", "latest" or "step N"
+
+    @classmethod
+    def untrained(cls, config, label_map: LabelMap) -> "TrainedModel":
+        """A freshly initialised model (for benchmarks and tests: speed does not depend on the weights)."""
+        graphdef, params, model_state = train.split_model(
+            build_model(config.model, label_map.num_classes, seed=config.seed))
+        return cls(graphdef, params, model_state, label_map, config, 0, "untrained")
+
+    def model(self) -> nnx.Module:
+        """The nnx model in eval mode (running BatchNorm statistics, no dropout)."""
+        model = nnx.merge(self.graphdef, self.params, self.model_state)
+        model.eval()
+        return model
+
+
+def load_model(workdir: str | Path, checkpoint: str | int = "best",
+               say: Callable[[str], None] = print) -> TrainedModel:
+    """The model saved in `workdir`/checkpoints: 'best' (falls back to 'latest', saying so), 'latest' or a step.
+
+    Raises FileNotFoundError with a message fit for the user when there is nothing to load.
+    """
+    workdir = Path(workdir)
+    if not (workdir / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{workdir} holds no checkpoints/ folder; is it a training work directory?")
+    checkpoints = Checkpoints(workdir, async_save=False)
+    try:
+        which = _choose_checkpoint(checkpoints, checkpoint, say)
+        meta = checkpoints.read_meta(which)
+        config = ml_collections.ConfigDict(meta["config"])
+        label_map = LabelMap.from_dict(meta["label_map"], "checkpoint label map")
+        graphdef, template = _abstract_state(config, label_map.num_classes)
+        state, _, _ = checkpoints.restore(which, template)
+        step = {"best": checkpoints.best.latest_step(), "latest": checkpoints.latest_step()}.get(which, which)
+    finally:
+        checkpoints.close()
+    source = which if isinstance(which, str) else f"step {which}"
+    return TrainedModel(graphdef, state.params, state.model_state, label_map, config, int(step), source)
+
+
+def _choose_checkpoint(checkpoints: Checkpoints, wanted: str | int, say) -> str | int:
+    if str(wanted).isdigit():
+        return int(wanted)
+    if wanted not in ("best", "latest"):
+        raise ValueError(f"checkpoint must be 'best', 'latest' or a step number, got {wanted!r}")
+    if wanted == "best" and checkpoints.best.latest_step() is None:
+        # A run stopped before its first evaluation has no best checkpoint; its latest one is what there is.
+        say("no best checkpoint (the run has not been evaluated yet); using the latest one")
+        return "latest"
+    return wanted
+
+
+def _abstract_state(config, num_classes: int):
+    """(graphdef, TrainState of ShapeDtypeStructs on one device): the shapes a checkpoint is restored onto.
+
+    The optimiser state comes along because the checkpoint holds the whole TrainState; it is a few times the
+    size of the parameters and is dropped right after loading.
+    """
+    abstract = nnx.eval_shape(lambda: build_model(config.model, num_classes, seed=config.seed))
+    graphdef, params, model_state = train.split_model(abstract)
+    opt_state = jax.eval_shape(train.make_optimizer(config).init, params)
+    state = train.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, model_state, opt_state,
+                             jax.ShapeDtypeStruct((2,), jnp.uint32))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return graphdef, jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), state)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Network logits
+# ---------------------------------------------------------------------------------------------------------------
+def scaled_logits(model, images, scale: float):
+    """`evaluate.predict_logits`: logits at the images' own size, the network seeing them resized by `scale`.
+
+    When the network runs smaller than the image (scale < 1), its logits are enlarged by `upsample_bilinear`,
+    which gives jax.image.resize's values (within float rounding) at a tenth of its cost on CPU: jax.image.resize
+    contracts with dense (input x output) weight matrices, which for 11 classes at 1024x1024 outweighs the U-Net.
+    """
+    if scale >= 1.0:
+        return predict_logits(model, images, scale)
+    b, h, w, _ = images.shape
+    x = preprocess(images, getattr(model, "dtype", jnp.float32))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    x = jax.image.resize(x, (b, *size, 3), "bilinear", antialias=True)
+    return upsample_bilinear(model(x).astype(jnp.float32), h, w)
+
+
+def upsample_bilinear(x, height: int, width: int):
+    """(B, h, w, C) -> (B, height, width, C), height >= h and width >= w: bilinear with half-pixel centres and
+    clamped edges, as jax.image.resize(..., "bilinear") computes it, by two gathers and a lerp per axis."""
+    rows = _lerp_table(x.shape[1], height)
+    x = x[:, rows[0]] * rows[2][None, :, None, None] + x[:, rows[1]] * rows[3][None, :, None, None]
+    cols = _lerp_table(x.shape[2], width)
+    return x[:, :, cols[0]] * cols[2][None, None, :, None] + x[:, :, cols[1]] * cols[3][None, None, :, None]
+
+
+def _lerp_table(in_size: int, out_size: int):
+    """(low index, high index, low weight, high weight) per output position."""
+    centres = np.clip((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0, in_size - 1)
+    low = np.floor(centres).astype(np.int32)
+    high = np.minimum(low + 1, in_size - 1)
+    frac = (centres - low).astype(np.float32)
+    return low, high, 1.0 - frac, frac
+
+
+def model_logits(model, images, scale: float, flip_tta: bool = False, logits_fn=scaled_logits):
+    """Logits of uint8 (B, H, W, 3) images at their own size, as evaluation computes them; with flip_tta the
+    average of the images' and their mirror images' logits (one model call on a doubled batch)."""
+    if not flip_tta:
+        return logits_fn(model, images, scale)
+    n = images.shape[0]
+    both = logits_fn(model, jnp.concatenate([images, images[:, :, ::-1]]), scale)
+    return (both[:n] + both[n:, :, ::-1]) / 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Window layout
+# ---------------------------------------------------------------------------------------------------------------
+def window_origins(length: int, tile: int, overlap: float) -> list[int]:
+    """Start positions of windows of `tile` pixels covering [0, length), neighbours overlapping by at least
+    `overlap` * tile, spread evenly, the last ending exactly at `length`."""
+    if length <= tile:
+        return [0]
+    stride = max(1, tile - int(round(overlap * tile)))
+    count = math.ceil((length - tile) / stride) + 1
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def edge_weights(origins: list[int], tile: int) -> list[np.ndarray]:
+    """Per window, 1-D blending weights: 1 inside, a linear ramp across the overlap with each neighbour.
+
+    A side at the image border keeps weight 1, and where two windows overlap their ramps add up to 1, so the blend
+    is a cross-fade; a single window gets weight 1 everywhere and its logits come through unchanged.
+    """
+    weights = []
+    for i, start in enumerate(origins):
+        w = np.ones(tile, np.float32)
+        if i > 0:
+            shared = origins[i - 1] + tile - start
+            w[:shared] = np.minimum(w[:shared], (np.arange(shared) + 0.5) / shared)
+        if i < len(origins) - 1:
+            shared = start + tile - origins[i + 1]
+            w[tile - shared:] = np.minimum(w[tile - shared:], (shared - np.arange(shared) - 0.5) / shared)
+        weights.append(w)
+    return weights
+
+
+def tile_size(height: int, width: int, window: tuple[int, int], scale: float) -> tuple[int, int]:
+    """A window in image pixels: `window` network pixels at `scale`, no larger than the image."""
+    return min(height, math.ceil(window[0] / scale)), min(width, math.ceil(window[1] / scale))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Blending (on the device: window logits never travel to the host, only finished masks do)
+# ---------------------------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _add_window(total, weight, batch_logits, index, x, weight_y, weight_x):
+    """Add window `index` of a batch, weighted, at column x of the band (every window of a band row starts at its
+    top row)."""
+    logits = jax.lax.dynamic_index_in_dim(batch_logits, index, keepdims=False)
+    window_weight = weight_y[:, None] * weight_x[None, :]
+    old = jax.lax.dynamic_slice(total, (0, x, 0), logits.shape)
+    total = jax.lax.dynamic_update_slice(total, old + logits * window_weight[..., None], (0, x, 0))
+    old_weight = jax.lax.dynamic_slice(weight, (0, x), window_weight.shape)
+    return total, jax.lax.dynamic_update_slice(weight, old_weight + window_weight, (0, x))
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _drop_rows(total, weight, n):
+    """The band moved up by n rows, zeros coming in at the bottom."""
+    keep = jnp.arange(total.shape[0]) < total.shape[0] - n
+    return (jnp.where(keep[:, None, None], jnp.roll(total, -n, axis=0), 0.0),
+            jnp.where(keep[:, None], jnp.roll(weight, -n, axis=0), 0.0))
+
+
+def _normalised(total, weight):
+    # rows no window has reached yet have weight 0; they are cut off on the host, but must not divide by 0
+    return total / jnp.where(weight > 0, weight, 1.0)[..., None]
+
+
+@jax.jit
+def band_classes(total, weight):
+    """(class ids uint8, winning class's softmax probability float32) of a band."""
+    logits = _normalised(total, weight)
+    return jnp.argmax(logits, axis=-1).astype(jnp.uint8), jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
+
+
+@jax.jit
+def band_logits(total, weight):
+    return (_normalised(total, weight),)
+
+
+class Blender:
+    """Blends one image's window logits, added in row-major window order, into a band of rows on the device.
+
+    The band is one window high: after a row of windows, the rows above the next row's first window are final (no
+    later window reaches them), so `reduce` (band_classes or band_logits) turns them into outputs and they drop out
+    of the band. Memory is one band of logits, whatever the image's height.
+    """
+
+    def __init__(self, height: int, width: int, tile: tuple[int, int], overlap: float, num_classes: int,
+                 reduce: Callable = band_classes):
+        self.height, self.width, self.tile, self.reduce = height, width, tile, reduce
+        self.ys, self.xs = window_origins(height, tile[0], overlap), window_origins(width, tile[1], overlap)
+        self.weight_y = [jnp.asarray(w) for w in edge_weights(self.ys, tile[0])]
+        self.weight_x = [jnp.asarray(w) for w in edge_weights(self.xs, tile[1])]
+        self.band_shape = (tile[0], width, num_classes)
+        self.total = self.weight = None           # allocated with the first window
+        self.row = self.col = self.top = 0
+        self.pieces: list = []                    # (device outputs of a band, rows of it that are final)
+
+    def windows(self) -> list[tuple[int, int]]:
+        return [(y, x) for y in self.ys for x in self.xs]
+
+    @property
+    def done(self) -> bool:
+        return self.row == len(self.ys)
+
+    def add(self, batch_logits: jax.Array, index: int) -> None:
+        """Window `index` of (B, tile_h, tile_w, K) device logits is the next window of this image."""
+        if self.total is None:
+            self.total = jnp.zeros(self.band_shape, jnp.float32)
+            self.weight = jnp.zeros(self.band_shape[:2], jnp.float32)
+        self.total, self.weight = _add_window(self.total, self.weight, batch_logits, index, self.xs[self.col],
+                                              self.weight_y[self.row], self.weight_x[self.col])
+        self.col += 1
+        if self.col == len(self.xs):
+            self.row, self.col = self.row + 1, 0
+            self._release()
+
+    def _release(self) -> None:
+        next_top = self.ys[self.row] if self.row < len(self.ys) else self.height
+        rows = next_top - self.top
+        self.pieces.append((self.reduce(self.total, self.weight), rows))
+        if self.done:
+            self.total = self.weight = None
+        else:
+            self.total, self.weight = _drop_rows(self.total, self.weight, rows)
+        self.top = next_top
+
+    def outputs(self) -> tuple[np.ndarray, ...]:
+        """The reduced outputs of the whole image, on the host (waits for the device)."""
+        parts = [[np.asarray(out)[:rows] for out in outs] for outs, rows in self.pieces]
+        return tuple(np.concatenate(column) for column in zip(*parts))
+
+
+@dataclasses.dataclass
+class Prediction:
+    mask: np.ndarray             # (H, W) uint8 class ids
+    confidence: np.ndarray       # (H, W) float32, the winning class's softmax probability
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The predictor
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Job:
+    key: Any
+    image: np.ndarray
+    blender: Blender
+    windows: list
+
+
+class Predictor:
+    """Tiled, batched, jitted prediction with a trained model.
+
+    window: (height, width) in network pixels; overlap: fraction of the window shared with each neighbour;
+    batch_size: windows per call; flip_tta: also predict the mirror image and average the logits.
+    """
+
+    def __init__(self, trained: TrainedModel, window: tuple[int, int] = DEFAULT_WINDOW,
+                 overlap: float = DEFAULT_OVERLAP, batch_size: int = 8, flip_tta: bool = False):
+        if not 0.0 <= overlap < 0.5:
+            raise ValueError(f"overlap must be in [0, 0.5), got {overlap}")
+        if batch_size < 1 or min(window) < 1:
+            raise ValueError(f"batch_size and window must be positive, got {batch_size}, {window}")
+        self.trained, self.window, self.overlap = trained, tuple(window), overlap
+        self.batch_size, self.flip_tta = batch_size, flip_tta
+        self.scale = float(trained.config.get("eval_scale", 1.0))
+        self.num_classes = trained.label_map.num_classes
+        self._forward = jax.jit(self._logits)
+
+    def _logits(self, params, model_state, tiles):
+        model = nnx.merge(self.trained.graphdef, params, model_state)
+        model.eval()
+        return model_logits(model, tiles, self.scale, self.flip_tta)
+
+    def run_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        """(N, h, w, K) float32 logits of N uint8 tiles of one shape."""
+        return np.asarray(self._dispatch(tiles))[:len(tiles)]
+
+    def _dispatch(self, tiles: np.ndarray) -> jax.Array:
+        """Start the compiled function on the tiles, padded to the next power of two up to batch_size (so at most
+        log2(batch_size) + 1 batch shapes compile per window shape); returns without waiting for the device."""
+        n = len(tiles)
+        batch = np.zeros((min(self.batch_size, 1 << (n - 1).bit_length()), *tiles.shape[1:]), np.uint8)
+        batch[:n] = tiles
+        return self._forward(self.trained.params, self.trained.model_state, batch)
+
+    # --- one image ---------------------------------------------------------------------------------------------
+    def logits(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, K) float32 blended logits of one uint8 (H, W, 3) image (the whole array on the host: for moderate
+        sizes; `predict` keeps one band of logits)."""
+        (_, blender), = self._stream([(None, image)], reduce=band_logits)
+        return blender.outputs()[0]
+
+    def predict_one(self, image: np.ndarray) -> Prediction:
+        (_, prediction), = self.predict([(None, image)])
+        return prediction
+
+    # --- many images -------------------------------------------------------------------------------------------
+    def predict(self, items: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, Prediction]]:
+        """(key, Prediction) for each (key, uint8 image) as soon as its last window is blended (not necessarily in
+        input order: windows wait in a batch per window shape)."""
+        for key, blender in self._stream(items, reduce=band_classes):
+            yield key, Prediction(*blender.outputs())
+
+    def _stream(self, items, reduce) -> Iterator[tuple[Any, Blender]]:
+        waiting: dict[tuple, list] = {}         # window shape -> [(job, (y, x))] not yet run
+        running: collections.deque = collections.deque()
+        for key, image in items:
+            job = self._job(key, image, reduce)
+            for origin in job.windows:
+                batch = waiting.setdefault(job.blender.tile, [])
+                batch.append((job, origin))
+                if len(batch) == self.batch_size:
+                    yield from self._run(waiting.pop(job.blender.tile), running)
+            # Images of many different sizes would each wait in a batch of their own until the end (all held in
+            # memory); beyond a few partial batches, run the oldest one short.
+            while len(waiting) > MAX_PARTIAL_BATCHES:
+                yield from self._run(waiting.pop(next(iter(waiting))), running)
+        for batch in waiting.values():
+            yield from self._run(batch, running)
+
+    def _job(self, key, image: np.ndarray, reduce) -> _Job:
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+        height, width = image.shape[:2]
+        tile = tile_size(height, width, self.window, self.scale)
+        blender = Blender(height, width, tile, self.overlap, self.num_classes, reduce)
+        return _Job(key, image, blender, blender.windows())
+
+    def _run(self, batch: list, running: collections.deque) -> Iterator[tuple[Any, Blender]]:
+        """Dispatch a batch and its blending; both run asynchronously, but before going on, wait for the batch
+        before it, so at most two batches of window logits are alive on the device."""
+        h, w = batch[0][0].blender.tile
+        logits = self._dispatch(np.stack([job.image[y:y + h, x:x + w] for job, (y, x) in batch]))
+        for index, (job, _) in enumerate(batch):
+            job.blender.add(logits, index)
+            if job.blender.done:
+                yield job.key, job.blender
+        running.append(logits)
+        if len(running) > 1:
+            running.popleft().block_until_ready()

@@ -1,0 +1,293 @@
+"""Predict masks for your own photos: `python -m streetseg_jax.predict --workdir DIR --input PATH... --output OUT`.
+
+PATH may be an image file, a folder (searched recursively for JPEG and PNG files) or a glob. For each image it
+writes, at the image's own resolution and orientation (EXIF applied):
+    OUT/<name>.png             class ids as an 8-bit palette PNG in the label map's colours
+    OUT/<name>_overlay.jpg     the image blended with the class colours, with a legend
+    OUT/<name>_confidence.png  (--save_confidence) the winning class's softmax probability, 0-255
+where <name> is the file's stem, or its path relative to the folder it was found in. Two inputs that would write
+the same file stop the run before any work. Unreadable images are listed at the end and skipped; the exit status
+is 1 when any failed. --export labelme|coco|cvat also writes the masks as editable polygons under OUT/<format>/.
+
+Images larger than --window (network pixels, default 512x512) are predicted in overlapping windows whose logits
+are blended (--overlap, default 0.25); --flip_tta averages with the mirror image; the network sees images at the
+training config's eval_scale, as evaluation does. See streetseg_jax.inference.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import glob
+import importlib
+import itertools
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from streetseg_jax.cli import fail, normalise_argv
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+EXPORT_FORMATS = ("labelme", "coco", "cvat")
+_READ_AHEAD = 4        # images decoded ahead of the model
+_WRITES_PENDING = 4    # images being encoded and written behind it
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    source: Path
+    name: str          # output path under OUT without suffix, e.g. "street/img_001"
+
+    def outputs(self, confidence: bool) -> list[str]:
+        names = [f"{self.name}.png", f"{self.name}_overlay.jpg"]
+        return names + [f"{self.name}_confidence.png"] if confidence else names
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------------------
+def collect_inputs(paths: Iterable[str], out_dir: Path) -> list[Item]:
+    """Items for files, folders (recursive, JPEG/PNG, skipping anything inside OUT) and globs, first-seen order."""
+    items, missing = [], []
+    for text in paths:
+        path = Path(text)
+        matches = [path] if path.exists() else [Path(m) for m in sorted(glob.glob(text, recursive=True))]
+        if not matches:
+            missing.append(text)
+        for match in matches:
+            items.extend(_folder_items(match, out_dir) if match.is_dir() else [Item(match, match.stem)])
+    if missing:
+        fail("no such file or folder, and no glob match: " + ", ".join(missing))
+    unique = list(dict.fromkeys(Item(i.source.resolve(), i.name) for i in items))
+    if not unique:
+        fail(f"no JPEG or PNG images found in {', '.join(paths)}")
+    return unique
+
+
+def _folder_items(folder: Path, out_dir: Path) -> list[Item]:
+    out_dir = out_dir.resolve()
+    found = []
+    for path in sorted(folder.rglob("*")):
+        # a previous run's OUT inside the input folder must not become input
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not path.resolve().is_relative_to(out_dir):
+            found.append(Item(path, path.relative_to(folder).with_suffix("").as_posix()))
+    return found
+
+
+def check_collisions(items: list[Item], confidence: bool) -> None:
+    """Refuse, before any work, two different inputs that would write the same output file."""
+    writer: dict[str, Path] = {}
+    clashes = []
+    for item in items:
+        for name in item.outputs(confidence):
+            first = writer.setdefault(name, item.source)
+            if first != item.source:
+                clashes.append(f"  {name}: {first} and {item.source}")
+    if clashes:
+        fail(f"{len(clashes)} output file(s) would be written by two inputs:\n" + "\n".join(clashes[:10]) +
+             ("\n  ..." if len(clashes) > 10 else "") + "\nrename the inputs or predict them into separate outputs")
+
+
+def read_images(items: list[Item], failures: list) -> Iterator[tuple[Item, np.ndarray]]:
+    """(item, uint8 RGB image) in order, decoded a few images ahead in threads; unreadable ones go to failures."""
+    from streetseg_jax.labels.images import open_rgb
+    from streetseg_jax.labels.shapes import LabelFormatError
+
+    remaining = iter(items)
+    with ThreadPoolExecutor(2) as pool:
+        first = itertools.islice(remaining, _READ_AHEAD)
+        queue = collections.deque((i, pool.submit(open_rgb, i.source)) for i in first)
+        while queue:
+            item, future = queue.popleft()
+            following = next(remaining, None)
+            if following is not None:
+                queue.append((following, pool.submit(open_rgb, following.source)))
+            try:
+                yield item, future.result()
+            except (LabelFormatError, OSError) as e:
+                failures.append((item.source, str(e)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------------------
+def write_outputs(item: Item, image: np.ndarray, prediction, out_dir: Path, label_map, confidence: bool) -> None:
+    from streetseg_jax.labels.convert import write_mask_png
+    from streetseg_jax.visualize import overlay
+
+    base = out_dir / item.name
+    base.parent.mkdir(parents=True, exist_ok=True)
+    write_mask_png(f"{base}.png", prediction.mask, label_map)
+    save_atomic(overlay(image, prediction.mask, label_map), Path(f"{base}_overlay.jpg"), quality=90)
+    if confidence:
+        grey = np.round(prediction.confidence * 255).clip(0, 255).astype(np.uint8)
+        save_atomic(Image.fromarray(grey), Path(f"{base}_confidence.png"))
+
+
+def save_atomic(image: Image.Image, path: Path, **params) -> None:
+    """Save through a temporary file in the same folder, so a reader never sees a half-written image."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=Image.registered_extensions()[path.suffix.lower()], **params)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RunResult:
+    written: int
+    seconds: float
+    failures: list               # (source, reason)
+    masks: dict                  # name -> mask, kept only for --export
+
+
+def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, keep_masks: bool,
+                progress=None) -> RunResult:
+    """Predict every item and write its files; reading, the model and writing overlap."""
+    failures, masks, written = [], {}, 0
+    start = time.perf_counter()
+    stream = ((pair, pair[1]) for pair in read_images(items, failures))
+    with ThreadPoolExecutor(2) as pool:
+        pending = collections.deque()
+        for (item, image), prediction in predictor.predict(stream):
+            if keep_masks:
+                masks[item.name] = prediction.mask
+            pending.append((item, pool.submit(write_outputs, item, image, prediction, out_dir,
+                                              predictor.trained.label_map, confidence)))
+            while len(pending) > _WRITES_PENDING:
+                written += _finish_write(*pending.popleft(), failures, progress)
+        while pending:
+            written += _finish_write(*pending.popleft(), failures, progress)
+    if progress is not None:
+        progress.update(len(items) - progress.n)
+    return RunResult(written, time.perf_counter() - start, failures, masks)
+
+
+def _finish_write(item: Item, future, failures: list, progress) -> int:
+    try:
+        future.result()
+        return 1
+    except OSError as e:
+        failures.append((item.source, f"could not write outputs: {e}"))
+        return 0
+    finally:
+        if progress is not None:
+            progress.update(1)
+
+
+def export_polygons(result: RunResult, items: list[Item], label_map, fmt: str, out_dir: Path, tolerance) -> Path:
+    """The masks as polygons in OUT/<fmt>/ (a folder of its own: LabelMe lists every image in the folder it opens,
+    and the export copies the images beside their annotations)."""
+    polygonize = _polygonize_module()
+    info = {i.name: {"path": str(i.source)} for i in items if i.name in result.masks}
+    kwargs = {} if tolerance is None else {"tolerance": tolerance}
+    polygonize.export_predictions(result.masks, info, label_map, fmt, out_dir / fmt, **kwargs)
+    return out_dir / fmt
+
+
+def _polygonize_module():
+    try:
+        module = importlib.import_module("streetseg_jax.labels.polygonize")
+    except ModuleNotFoundError:
+        module = None
+    if module is None or not hasattr(module, "export_predictions"):
+        fail("--export is not available yet: streetseg_jax.labels.polygonize (export_predictions) is missing")
+    return module
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
+    parser.add_argument("--input", required=True, nargs="+", help="image files, folders or globs")
+    parser.add_argument("--output", required=True, help="folder for masks, overlays and confidence maps")
+    parser.add_argument("--checkpoint", default="best", help="best (default; latest if none), latest or a step")
+    parser.add_argument("--save_confidence", action="store_true", help="also write <name>_confidence.png")
+    parser.add_argument("--flip_tta", action="store_true", help="average with the mirror image's prediction")
+    parser.add_argument("--batch_size", type=int, default=8, help="windows per model call (default 8)")
+    parser.add_argument("--window", type=_window, default=None,
+                        help="window in network pixels, N or HxW (default 512x512)")
+    parser.add_argument("--overlap", type=float, default=None, help="window overlap fraction, 0..0.5 (default 0.25)")
+    parser.add_argument("--export", choices=EXPORT_FORMATS, help="also write the masks as polygons for this tool")
+    parser.add_argument("--tolerance", type=float, default=None, help="polygon simplification in pixels (--export)")
+    return parser.parse_args(argv)
+
+
+def _window(text: str) -> tuple[int, int]:
+    try:
+        sides = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) < 16:
+        raise argparse.ArgumentTypeError(f"window must be N or HxW with sides of at least 16, got {text!r}")
+    return (sides[0], sides[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    out_dir = Path(args.output)
+    items = collect_inputs(args.input, out_dir)
+    check_collisions(items, args.save_confidence)
+    if args.export:
+        _polygonize_module()              # refuse now rather than after an hour of predicting
+    predictor = _predictor(args)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = _run(predictor, items, out_dir, args)
+    if args.export and result.masks:
+        folder = export_polygons(result, items, predictor.trained.label_map, args.export, out_dir, args.tolerance)
+        print(f"polygons for {len(result.masks)} image(s) in {args.export} format: {folder}")
+    return _summary(result, out_dir)
+
+
+def _predictor(args):
+    from streetseg_jax import inference
+
+    if args.batch_size < 1:
+        fail(f"--batch_size must be at least 1, got {args.batch_size}")
+    try:
+        trained = inference.load_model(args.workdir, args.checkpoint, say=lambda m: print(m, file=sys.stderr))
+        return inference.Predictor(trained, window=args.window or inference.DEFAULT_WINDOW,
+                                   overlap=inference.DEFAULT_OVERLAP if args.overlap is None else args.overlap,
+                                   batch_size=args.batch_size, flip_tta=args.flip_tta)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+
+
+def _run(predictor, items: list[Item], out_dir: Path, args) -> RunResult:
+    from tqdm import tqdm
+
+    t = predictor.trained
+    print(f"model: {args.workdir} ({t.source} checkpoint, step {t.step}), {len(items)} image(s)", file=sys.stderr)
+    with tqdm(total=len(items), unit="image", file=sys.stderr) as progress:
+        return predict_all(predictor, items, out_dir, args.save_confidence, bool(args.export), progress)
+
+
+def _summary(result: RunResult, out_dir: Path) -> int:
+    rate = result.written / max(result.seconds, 1e-9)
+    print(f"predicted {result.written} image(s) in {result.seconds:.1f} s ({rate:.2f} images/s) into {out_dir}")
+    if not result.failures:
+        return 0
+    print(f"{len(result.failures)} input(s) failed and were skipped:", file=sys.stderr)
+    for source, reason in result.failures:
+        shown = reason if reason.startswith(str(source)) else f"{source}: {reason}"
+        print(f"  {shown}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

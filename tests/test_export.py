@@ -1,0 +1,114 @@
+"""Export: the serialised inference function runs in a process that cannot import this package (nor flax), and
+gives the masks `predict` gives."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_predict import make_workdir, random_image, save
+
+from streetseg_jax import export, predict
+
+LOADER = textwrap.dedent("""
+    import sys
+    sys.modules["streetseg_jax"] = None     # importing the package (or flax) now fails
+    sys.modules["flax"] = None
+    import json, zipfile
+    import jax, numpy as np
+    from PIL import Image
+
+    archive_path, out_path, *image_paths = sys.argv[1:]
+    with zipfile.ZipFile(archive_path) as archive:
+        exported = jax.export.deserialize(archive.read("model.jaxexport"))
+        label_map = json.loads(archive.read("label_map.json"))
+    results = {"num_classes": len(label_map["classes"])}
+    for path in image_paths:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        out = exported.call(np.stack([image, image]))      # a batch of two
+        results[path] = {"classes": np.asarray(out["classes"]).tolist(),
+                         "confidence": np.asarray(out["confidence"]).tolist()}
+    json.dump(results, open(out_path, "w"))
+""")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return make_workdir(tmp_path_factory.mktemp("export") / "run")
+
+
+def run_cli(module, *args) -> int:
+    try:
+        return module.main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+
+
+def test_exported_function_matches_predict_without_the_package(workdir, tmp_path):
+    images = [save(tmp_path / "in" / "odd.png", random_image(45, 67, seed=5)),
+              save(tmp_path / "in" / "wide.png", random_image(32, 96, seed=6))]
+    out = tmp_path / "out"
+    assert run_cli(predict, "--workdir", workdir, "--input", tmp_path / "in", "--output", out,
+                   "--save_confidence") == 0
+    archive = tmp_path / "model.zip"
+    assert run_cli(export, "--workdir", workdir, "--output", archive) == 0
+    with zipfile.ZipFile(archive) as z:
+        assert sorted(z.namelist()) == ["info.json", "label_map.json", "model.jaxexport"]
+        info = json.loads(z.read("info.json"))
+    assert info["input"]["shape"] == ["batch", "height", "width", 3] and info["checkpoint"]["step"] == 1
+
+    results_path = tmp_path / "results.json"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", LOADER, archive, results_path, *images], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(results_path.read_text())
+    assert results["num_classes"] == 8
+    for image in images:
+        classes, confidence = np.asarray(results[str(image)]["classes"]), results[str(image)]["confidence"]
+        want = np.asarray(Image.open(out / f"{image.stem}.png"))
+        np.testing.assert_array_equal(classes[0], want)
+        np.testing.assert_array_equal(classes[1], want)
+        want_confidence = np.asarray(Image.open(out / f"{image.stem}_confidence.png"), np.int32)
+        assert np.abs(np.round(np.asarray(confidence[0]) * 255) - want_confidence).max() <= 1
+
+
+def test_a_model_evaluated_at_another_scale_needs_fixed_shapes(tmp_path, capsys):
+    import jax
+
+    from streetseg_jax.inference import Predictor, load_model
+
+    workdir = make_workdir(tmp_path / "half", eval_scale=0.5)
+    archive = tmp_path / "half.zip"
+    assert run_cli(export, "--workdir", workdir, "--output", archive) == 2
+    assert "--height and --width" in capsys.readouterr().err
+    assert run_cli(export, "--workdir", workdir, "--output", archive, "--height", 40, "--width", 56,
+                   "--outputs", "classes,logits", "--platforms", "cpu") == 0
+    with zipfile.ZipFile(archive) as z:
+        exported = jax.export.deserialize(z.read("model.jaxexport"))
+    image = random_image(40, 56, seed=7)
+    out = exported.call(image[None])
+    assert set(out) == {"classes", "logits"} and out["logits"].shape == (1, 40, 56, 8)
+    predictor = Predictor(load_model(workdir))
+    np.testing.assert_array_equal(np.asarray(out["classes"][0]), predictor.predict_one(image).mask)
+    np.testing.assert_allclose(np.asarray(out["logits"][0]), predictor.logits(image), atol=1e-5)
+    with pytest.raises(ValueError, match="Shape mismatch"):
+        exported.call(random_image(48, 56)[None])
+
+
+def test_bad_arguments_fail_cleanly(workdir, tmp_path, capsys):
+    archive = tmp_path / "x.zip"
+    assert run_cli(export, "--workdir", workdir, "--output", archive, "--height", 64) == 2
+    assert run_cli(export, "--workdir", workdir, "--output", archive, "--outputs", "classes,colours") == 2
+    assert run_cli(export, "--workdir", tmp_path / "none", "--output", archive) == 2
+    err = capsys.readouterr().err
+    assert "both --height and --width" in err and "--outputs" in err and "no checkpoints" in err
+    assert not archive.exists()

@@ -1,0 +1,317 @@
+"""Prediction: loading a work directory, tiled and batched inference, and the predict command's files and errors.
+
+The work directories are written directly through `checkpoint.Checkpoints` from a freshly initialised tiny model
+(the same files training writes), so these tests need neither a dataset nor a training run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_config
+
+from streetseg_jax import predict
+from streetseg_jax.labels.label_map import default_label_map
+
+
+def make_workdir(path: Path, best: bool = True, **config_overrides) -> Path:
+    """A work directory holding a latest checkpoint (step 2) and, with `best`, a best one (step 1).
+
+    Overrides may change anything but config.model (the state is made once per session: compiling its
+    initialisation is the slow part on a loaded machine)."""
+    from streetseg_jax.checkpoint import Checkpoints
+
+    config = tiny_config()
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    label_map = default_label_map()
+    meta = {"label_map": label_map.to_dict(), "config": config.to_dict()}
+    checkpoints = Checkpoints(path, async_save=False)
+    if best:
+        checkpoints.save_best(1, fresh_state(), {"iterator": {}}, meta, miou=0.5)
+    checkpoints.save(2, fresh_state(), {"iterator": {}}, meta)
+    checkpoints.close()
+    return path
+
+
+@functools.cache
+def fresh_state():
+    from streetseg_jax import sharding, train
+
+    config = tiny_config()
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    return train.init_state(config, default_label_map().num_classes, train.make_optimizer(config), mesh)[1]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return make_workdir(tmp_path_factory.mktemp("predict") / "run")
+
+
+@pytest.fixture(scope="module")
+def trained(workdir):
+    from streetseg_jax.inference import load_model
+    return load_model(workdir, "best")
+
+
+def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth-ish random colours, so the model's outputs vary across the image."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR))
+
+
+def save(path: Path, array: np.ndarray, **params) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **params)
+    return path
+
+
+def run_predict(*args) -> int:
+    try:
+        return predict.main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+
+
+# --- loading ------------------------------------------------------------------------------------------------------
+def test_load_model_best_latest_step_and_fallback(tmp_path, workdir, capsys):
+    from streetseg_jax.inference import load_model
+
+    assert load_model(workdir, "best").step == 1
+    assert load_model(workdir, "latest").step == 2
+    assert load_model(workdir, "2").step == 2
+    said = []
+    no_best = tmp_path / "no_best"
+    shutil.copytree(workdir / "checkpoints" / "latest", no_best / "checkpoints" / "latest")
+    loaded = load_model(no_best, "best", say=said.append)
+    assert loaded.step == 2 and loaded.source == "latest" and "no best checkpoint" in said[0]
+    assert loaded.label_map == default_label_map() and loaded.config.model.depth == 2
+    with pytest.raises(FileNotFoundError, match="step 7"):
+        load_model(workdir, 7)
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        load_model(tmp_path, "best")
+
+
+# --- windows and blending -----------------------------------------------------------------------------------------
+def test_windows_cover_the_image_and_weights_cross_fade():
+    from streetseg_jax.inference import edge_weights, window_origins
+
+    assert window_origins(100, 128, 0.25) == [0]
+    for length, tile in ((131, 64), (1500, 96), (1024, 512)):
+        origins = window_origins(length, tile, 0.25)
+        assert origins[0] == 0 and origins[-1] + tile == length
+        assert all(b - a <= tile - 0.25 * tile for a, b in zip(origins, origins[1:]))
+        total = np.zeros(length)
+        for start, weight in zip(origins, edge_weights(origins, tile)):
+            total[start:start + tile] += weight
+        np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    assert (edge_weights([0], 64)[0] == 1).all()
+
+
+def test_one_window_equals_whole_image_prediction(trained):
+    from streetseg_jax.evaluate import predict_logits
+    from streetseg_jax.inference import Predictor
+
+    image = random_image(97, 131)
+    whole = np.asarray(jax.jit(lambda x: predict_logits(trained.model(), x))(image[None]))[0]
+    tiled = Predictor(trained, window=(256, 256)).logits(image)
+    assert tiled.shape == (97, 131, trained.label_map.num_classes)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(40, 56), (37, 53)])
+def test_prediction_at_eval_scale_matches_evaluation(trained, size):
+    from streetseg_jax.evaluate import predict_logits
+    from streetseg_jax.inference import Predictor, upsample_bilinear
+
+    config = trained.config.copy_and_resolve_references()
+    config.eval_scale = 0.5
+    half = dataclasses.replace(trained, config=config)
+    image = random_image(*size, seed=8)
+    want = np.asarray(predict_logits(half.model(), image[None], 0.5))[0]
+    np.testing.assert_allclose(Predictor(half).logits(image), want, atol=1e-4)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 19, 27, 5))
+    for height, width in ((38, 54), (41, 60), (19, 27)):
+        np.testing.assert_allclose(upsample_bilinear(x, height, width),
+                                   jax.image.resize(x, (2, height, width, 5), "bilinear"), atol=1e-4)
+
+
+def test_large_image_runs_in_tiles_and_window_interiors_equal_the_whole_image(trained):
+    from streetseg_jax.evaluate import predict_logits
+    from streetseg_jax.inference import Blender, Predictor
+
+    image = random_image(1100, 1500, seed=1)
+    predictor = Predictor(trained, window=(192, 192), batch_size=8)
+    prediction = predictor.predict_one(image)
+    assert prediction.mask.shape == prediction.confidence.shape == (1100, 1500)
+    assert prediction.mask.max() < trained.label_map.num_classes
+    assert 0 < prediction.confidence.min() and prediction.confidence.max() <= 1
+    blender = Blender(1100, 1500, (192, 192), 0.25, 8)
+    assert len(blender.windows()) == 88 and blender.band_shape == (192, 1500, 8)   # one band, not the image
+    tiled = predictor.logits(image)
+    whole = np.asarray(predict_logits(trained.model(), image[None]))[0]
+    np.testing.assert_array_equal(tiled.argmax(-1), prediction.mask)
+    # The tiny U-Net sees about 27 pixels each way: farther than that from a window's inner edges, a window's
+    # logits are the whole image's, and blending must keep them so.
+    far = ~near_inner_edges(1100, 192, 40)[:, None] & ~near_inner_edges(1500, 192, 40)[None, :]
+    assert far.sum() > 20_000
+    np.testing.assert_allclose(tiled[far], whole[far], atol=1e-4)
+    assert np.abs(tiled - whole).mean() < 0.2 * np.abs(whole).mean()
+
+
+def near_inner_edges(length: int, tile: int, margin: int) -> np.ndarray:
+    from streetseg_jax.inference import window_origins
+
+    near = np.zeros(length, bool)
+    for start in window_origins(length, tile, 0.25):
+        for edge in (start, start + tile):
+            if 0 < edge < length:
+                near[max(0, edge - margin):edge + margin] = True
+    return near
+
+
+def test_batches_across_images_match_one_by_one(trained):
+    from streetseg_jax.inference import Predictor
+
+    images = {f"im{i}": random_image(40 + 7 * (i % 2), 64, seed=i) for i in range(5)}
+    predictor = Predictor(trained, window=(256, 256), batch_size=4)
+    together = dict(predictor.predict(images.items()))
+    assert sorted(together) == sorted(images)
+    for key, image in images.items():
+        alone = predictor.predict_one(image)
+        np.testing.assert_array_equal(together[key].mask, alone.mask)
+        np.testing.assert_allclose(together[key].confidence, alone.confidence, atol=1e-5)
+
+
+def test_images_of_many_sizes_do_not_all_wait_for_the_end(trained):
+    from streetseg_jax.inference import MAX_PARTIAL_BATCHES, Predictor
+
+    read = []
+
+    def images():
+        for i in range(MAX_PARTIAL_BATCHES + 2):     # each its own window shape, none fills a batch
+            read.append(i)
+            yield i, random_image(20 + i, 30, seed=i)
+
+    returned_after = {}
+    for key, prediction in Predictor(trained, window=(256, 256), batch_size=8).predict(images()):
+        returned_after[key] = len(read)
+        assert prediction.mask.shape == (20 + key, 30)
+    assert sorted(returned_after) == list(range(MAX_PARTIAL_BATCHES + 2))
+    assert returned_after[0] < len(read)
+
+
+def test_flip_tta_averages_the_mirror(trained):
+    from streetseg_jax.inference import Predictor
+
+    image = random_image(48, 72, seed=3)
+    plain = Predictor(trained, window=(256, 256))
+    mirrored = plain.logits(np.ascontiguousarray(image[:, ::-1]))[:, ::-1]
+    tta = Predictor(trained, window=(256, 256), flip_tta=True).logits(image)
+    np.testing.assert_allclose(tta, (plain.logits(image) + mirrored) / 2, atol=1e-5)
+    assert not np.allclose(tta, plain.logits(image), atol=1e-3)
+
+
+# --- the command --------------------------------------------------------------------------------------------------
+def test_outputs_at_input_resolution_for_odd_sizes_and_exif(workdir, tmp_path):
+    inputs = tmp_path / "in"
+    save(inputs / "odd.jpg", random_image(37, 53))
+    save(inputs / "tall.png", random_image(61, 29, seed=2))
+    exif = Image.Exif()
+    exif[0x0112] = 6                        # stored 40 high x 70 wide; shown rotated: 70 high x 40 wide
+    save(inputs / "rotated.jpg", random_image(40, 70, seed=4), exif=exif)
+    out = tmp_path / "out"
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--save-confidence") == 0
+    palette = default_label_map().palette()
+    for name, (height, width) in {"odd": (37, 53), "tall": (61, 29), "rotated": (70, 40)}.items():
+        mask = Image.open(out / f"{name}.png")
+        assert mask.mode == "P" and mask.size == (width, height)
+        assert np.asarray(mask).max() < 8
+        np.testing.assert_array_equal(np.asarray(mask.getpalette()[:24]).reshape(8, 3), palette[:8])
+        overlay = Image.open(out / f"{name}_overlay.jpg")
+        assert overlay.format == "JPEG" and overlay.width == width and overlay.height > height   # legend below
+        confidence = Image.open(out / f"{name}_confidence.png")
+        assert confidence.mode == "L" and confidence.size == (width, height)
+
+
+def test_folders_keep_their_structure_and_outputs_inside_are_skipped(workdir, tmp_path):
+    inputs = tmp_path / "photos"
+    for rel in ("a.jpg", "street/b.JPG", "street/night/c.png"):
+        save(inputs / rel, random_image(32, 48))
+    (inputs / "notes.txt").write_text("not an image, not picked up from a folder")
+    out = inputs / "predicted"
+    for _ in range(2):                      # the second run must not read the first run's outputs
+        assert run_predict("--workdir", workdir, "--input", inputs, "--output", out) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["a.png", "a_overlay.jpg", "street/b.png", "street/b_overlay.jpg",
+                       "street/night/c.png", "street/night/c_overlay.jpg"]
+
+
+def test_globs_and_duplicate_output_names(workdir, tmp_path, capsys):
+    save(tmp_path / "one" / "x.jpg", random_image(32, 32))
+    save(tmp_path / "two" / "x.png", random_image(32, 32))
+    out = tmp_path / "out"
+    code = run_predict("--workdir", workdir, "--input", tmp_path / "one" / "x.jpg", tmp_path / "two" / "*.png",
+                       "--output", out)
+    assert code == 2 and "written by two inputs" in capsys.readouterr().err
+    assert not out.exists()
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "t*" / "*.png", "--output", out) == 0
+    assert (out / "x.png").exists()
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "nothing*.jpg", "--output", out) == 2
+    assert "no glob match" in capsys.readouterr().err
+
+
+def test_unreadable_inputs_are_listed_and_the_rest_written(workdir, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    save(inputs / "good.jpg", random_image(30, 40))
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    (inputs / "empty.png").write_bytes(b"")
+    out = tmp_path / "out"
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--batch_size", "2") == 1
+    err = capsys.readouterr().err
+    assert "2 input(s) failed" in err and "broken.jpg" in err and "empty.png" in err and "Traceback" not in err
+    assert (out / "good.png").exists() and not (out / "broken.png").exists()
+
+
+def test_missing_workdir_and_bad_flags_fail_cleanly(tmp_path, capsys):
+    save(tmp_path / "a.jpg", random_image(16, 16))
+    assert run_predict("--workdir", tmp_path / "nope", "--input", tmp_path / "a.jpg", "--output", tmp_path) == 2
+    assert "no checkpoints" in capsys.readouterr().err
+    assert run_predict("--workdir", tmp_path, "--input", tmp_path, "--output", tmp_path, "--window", "3") == 2
+
+
+def test_export_flag_hands_the_masks_to_polygonize(workdir, tmp_path, monkeypatch):
+    calls = []
+    fake = types.ModuleType("streetseg_jax.labels.polygonize")
+    fake.export_predictions = lambda masks, info, label_map, fmt, out_dir, **kw: calls.append(
+        (dict(masks), info, label_map, fmt, Path(out_dir), kw))
+    monkeypatch.setitem(sys.modules, "streetseg_jax.labels.polygonize", fake)
+    save(tmp_path / "in" / "sub" / "a.jpg", random_image(24, 40))
+    out = tmp_path / "out"
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "labelme") == 0
+    (masks, info, label_map, fmt, out_dir, kwargs), = calls
+    assert list(masks) == ["sub/a"] and masks["sub/a"].shape == (24, 40) and masks["sub/a"].dtype == np.uint8
+    assert info["sub/a"]["path"].endswith("a.jpg") and fmt == "labelme" and out_dir == out / "labelme"
+    assert kwargs == {}
+    monkeypatch.setitem(sys.modules, "streetseg_jax.labels.polygonize", None)
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "coco") == 2
+
+
+def test_export_flag_writes_an_annotation_file(workdir, tmp_path):
+    pytest.importorskip("streetseg_jax.labels.polygonize")
+    save(tmp_path / "in" / "a.jpg", random_image(48, 64))
+    out = tmp_path / "out"
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "coco") == 0
+    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    assert [image["file_name"] for image in coco["images"]] == ["a.jpg"]

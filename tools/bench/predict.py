@@ -1,0 +1,161 @@
+"""predict: inference images/second of the U-Net beside the PyTorch peer, and the time to predict a 4000x3000 photo.
+
+    python tools/benchmark.py predict [--batch 8 --height 368 --width 480 --num_classes 11] [--upsample transpose]
+
+images_per_second: our compiled function (uint8 images on the device -> class ids) on a batch of --batch images
+of --height x --width at full resolution, the default config's network (base width 16, depth 4) with
+--upsample (default transpose, the peer's architecture; the default config trains depth_to_space, timed as
+alternatives.depth_to_space). peers.torch: tools/peers/unet_torch.py, the same architecture, eval mode,
+inference_mode, channels_last, same shape, forward and argmax; skipped when torch is not importable.
+ratio_torch = images_per_second / peers.torch. seconds_4000x3000: `Predictor.predict_one` on a 4000x3000
+photo with the default config's eval_scale and window: tiling, logits to the host, blending, argmax, confidence.
+Each figure is the median over --repeats timed runs after one untimed warm-up run (compilation); ours and the
+peer take turns, so a change in the machine's load during the run slows both alike.
+Weights are freshly initialised: speed does not depend on them.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+UNITS = {
+    "images_per_second": "images/s",
+    "peers.torch": "images/s",
+    "ratio_torch": "x",
+    "alternatives.depth_to_space": "images/s",
+    "seconds_4000x3000": "s",
+    "windows_4000x3000": "windows",
+    "load_average_1min": "",
+}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--height", type=int, default=368)
+    parser.add_argument("--width", type=int, default=480)
+    parser.add_argument("--num_classes", type=int, default=11)
+    parser.add_argument("--upsample", default="transpose", help="our upsampling layer (the peer's: transpose)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
+    parser.add_argument("--photo_repeats", type=int, default=3, help="timed 4000x3000 predictions")
+    parser.add_argument("--skip_photo", action="store_true", help="leave out the 4000x3000 timing")
+    parser.add_argument("--skip_peer", action="store_true", help="leave out the PyTorch peer")
+
+
+def run(args: argparse.Namespace) -> dict:
+    result = {"device": jax.devices()[0].device_kind, "shape": f"{args.batch}x{args.height}x{args.width}",
+              "upsample": args.upsample}
+    calls = {"ours": ours_call(args, args.upsample)}
+    peer = None if args.skip_peer else torch_call(args)
+    if peer is not None:
+        calls["torch"] = peer
+    if args.upsample != "depth_to_space":
+        calls["depth_to_space"] = ours_call(args, "depth_to_space")
+    rates = {name: args.batch / seconds for name, seconds in interleaved_medians(calls, args.repeats).items()}
+    result["images_per_second"] = rates["ours"]
+    if "torch" in rates:
+        result["peers"] = {"torch": rates["torch"]}
+        result["ratio_torch"] = rates["ours"] / rates["torch"]
+    if "depth_to_space" in rates:
+        result["alternatives"] = {"depth_to_space": rates["depth_to_space"]}
+    if not args.skip_photo:
+        result["seconds_4000x3000"], result["windows_4000x3000"] = photo_seconds(args)
+    result["load_average_1min"] = os.getloadavg()[0]
+    return result
+
+
+def interleaved_medians(calls: dict, repeats: int) -> dict:
+    """Median seconds per call, the calls taking turns (after one untimed warm-up each), so that a machine whose
+    load changes during the run slows every contender alike."""
+    times = {name: [] for name in calls}
+    for call in calls.values():
+        call()
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def default_config(upsample: str):
+    spec = importlib.util.spec_from_file_location("default_config", ROOT / "configs" / "default.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model.upsample = upsample
+    return config
+
+
+def untrained(upsample: str, num_classes: int):
+    from streetseg_jax.inference import TrainedModel
+    from streetseg_jax.labels.label_map import ClassInfo, LabelMap
+
+    label_map = LabelMap(tuple(ClassInfo(i, f"class_{i}", (i, i, i)) for i in range(num_classes)))
+    return TrainedModel.untrained(default_config(upsample), label_map)
+
+
+def ours_call(args, upsample: str):
+    """One batch through our compiled function: uint8 images already on the device -> class ids."""
+    from streetseg_jax.inference import model_logits
+
+    trained = untrained(upsample, args.num_classes)
+
+    @jax.jit
+    def classes(params, model_state, images):
+        model = nnx.merge(trained.graphdef, params, model_state)
+        model.eval()
+        return jnp.argmax(model_logits(model, images, 1.0), axis=-1).astype(jnp.uint8)
+
+    images = jax.device_put(np.random.default_rng(0).integers(0, 256, (args.batch, args.height, args.width, 3),
+                                                              np.uint8))
+    return lambda: classes(trained.params, trained.model_state, images).block_until_ready()
+
+
+def torch_call(args):
+    try:
+        from peers import unet_torch
+    except ImportError as e:
+        print(f"peer skipped: {e} (pip install '.[peers]')", file=sys.stderr)
+        return None
+    print(f"peer: {unet_torch.version()}", file=sys.stderr)
+    return unet_torch.make_inference(args.batch, args.height, args.width, args.num_classes)
+
+
+def photo_seconds(args) -> tuple[float, int]:
+    from streetseg_jax.inference import Blender, Predictor, tile_size
+
+    trained = untrained(args.upsample, args.num_classes)
+    predictor = Predictor(trained, batch_size=args.batch)
+    photo = smooth_photo(3000, 4000)
+    seconds = median_seconds(lambda: predictor.predict_one(photo), args.photo_repeats)
+    tile = tile_size(3000, 4000, predictor.window, predictor.scale)
+    return seconds, len(Blender(3000, 4000, tile, predictor.overlap, 1).windows())
+
+
+def smooth_photo(height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    coarse = np.random.default_rng(1).integers(0, 256, (height // 16, width // 16, 3), np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR))
+
+
+def median_seconds(call, repeats: int) -> float:
+    """Median wall time of `repeats` calls after one untimed warm-up call (compilation, caches)."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

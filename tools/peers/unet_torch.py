@@ -1,0 +1,84 @@
+"""Peer: the U-Net of models/unet.py (upsample="transpose") in PyTorch, for the inference benchmark.
+
+Layer for layer what shared/peers/unet_torch.py builds: per encoder level two (3x3 conv without bias, BatchNorm,
+ReLU) at widths F, 2F, 4F, 8F, each level followed by a 2x2 max-pool; a middle block at 16F; per decoder level a
+2x2 stride-2 transposed conv with bias, a concat with the skip and a block; a 1x1 conv head. Inference runs the
+way a PyTorch user serves it: eval mode, torch.inference_mode, channels_last tensors, argmax over classes.
+tools/bench/predict.py imports it when torch is installed (`pip install .[peers]`) and skips it otherwise.
+
+usage: python tools/peers/unet_torch.py [BATCH HEIGHT WIDTH CLASSES BASE_WIDTH]
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+
+def conv_block(in_width: int, out_width: int) -> nn.Sequential:
+    layers = []
+    for width in (in_width, out_width):
+        layers += [nn.Conv2d(width, out_width, 3, padding=1, bias=False), nn.BatchNorm2d(out_width),
+                   nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    def __init__(self, num_classes: int, base_width: int = 16, depth: int = 4):
+        super().__init__()
+        widths = [base_width * 2**i for i in range(depth + 1)]
+        self.encoder = nn.ModuleList(conv_block(i, o) for i, o in zip([3] + widths[:-2], widths[:-1]))
+        self.middle = conv_block(widths[-2], widths[-1])
+        levels = list(reversed(range(depth)))
+        self.upsample = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in levels)
+        self.decoder = nn.ModuleList(conv_block(2 * widths[i], widths[i]) for i in levels)
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
+
+    def forward(self, x):
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+            x = nn.functional.max_pool2d(x, 2)
+        x = self.middle(x)
+        for up, block in zip(self.upsample, self.decoder):
+            x = block(torch.cat([up(x), skips.pop()], dim=1))
+        return self.head(x)
+
+
+def make_inference(batch: int, height: int, width: int, num_classes: int, base_width: int = 16):
+    """A function that runs one batch through the model: forward and argmax, as a PyTorch user serves it."""
+    model = UNet(num_classes, base_width).eval().to(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, height, width).contiguous(memory_format=torch.channels_last)
+
+    def infer():
+        with torch.inference_mode():
+            return model(images).argmax(dim=1)
+
+    return infer
+
+
+def inference_images_per_second(batch: int, height: int, width: int, num_classes: int, base_width: int = 16,
+                                repeats: int = 5, warmup: int = 2) -> float:
+    """Median images/second of `repeats` timed batches after `warmup` untimed ones."""
+    infer = make_inference(batch, height, width, num_classes, base_width)
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        infer()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def version() -> str:
+    return f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+if __name__ == "__main__":
+    b, h, w, k, f = (int(v) for v in (sys.argv[1:6] if len(sys.argv) > 5 else (8, 368, 480, 11, 16)))
+    print(f"{version()}: inference B={b} {h}x{w} K={k} F={f}: "
+          f"{inference_images_per_second(b, h, w, k, f):.2f} images/s")
