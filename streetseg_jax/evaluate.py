@@ -3,9 +3,19 @@
 Scored at the labels' native resolution: when `config.eval_scale` is not 1 the network sees the image resized by
 that factor and its logits are resized back (bilinear) before the argmax. The last partial batch is padded with
 all-ignore examples, so every real pixel counts exactly once and padding counts nowhere.
+
+Command line: `python -m streetseg_jax.evaluate --workdir DIR [--split S] [--data_dir D]
+[--checkpoint best|latest|STEP]` scores a trained run's checkpoint on a split (default: its config's `eval_split`),
+prints the per-class IoU table, mIoU, pixel accuracy and per-image mIoU (summary and worst images), and writes them
+to DIR/eval/<split>.json with the row-normalised confusion matrix as DIR/eval/<split>_confusion.png.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import re
+import sys
 from pathlib import Path
 
 import jax
@@ -15,6 +25,7 @@ from flax import nnx
 from PIL import Image
 
 from streetseg_jax import sharding
+from streetseg_jax.cli import fail, normalise_argv
 from streetseg_jax.data import pipeline
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
@@ -100,6 +111,44 @@ class Evaluator:
             name = Path(_text(example.get("file_name", f"example_{i}"))).stem
             strip.save(out_dir / f"{name}.jpg", quality=90)
 
+    # --- per-image figures, for reports that rank images -----------------------------------------------------------
+    def per_image(self, params, model_state, source) -> dict:
+        """Sums of every example, in source order: `confusion` int64 (N, K, K), `loss_sum` and `pixels` float64 (N,).
+
+        Summed over N they are `sums`. Each batch's rows stay on the device until the pass ends (they are small:
+        K*K counts per image), so the loop never waits for a host round trip; padding rows are dropped at the end.
+        """
+        batches = pipeline.eval_batches(source, global_batch=self.batch_size, process_index=jax.process_index(),
+                                        process_count=jax.process_count(), ignore_id=self.label_map.ignore_id)
+        step = self._per_image_step()
+        outs = jax.device_get([step(params, model_state, sharding.global_batch(b, self.mesh)) for b in batches])
+        n = len(source)
+        return {"confusion": np.concatenate([o["confusion"] for o in outs]).astype(np.int64)[:n],
+                "loss_sum": np.concatenate([o["loss_sum"] for o in outs]).astype(np.float64)[:n],
+                "pixels": np.concatenate([o["pixels"] for o in outs]).astype(np.float64)[:n]}
+
+    def predict(self, params, model_state, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W) class ids for uint8 (B, H, W, 3) images of one size, at `eval_scale` like `run`."""
+        return np.asarray(self._predict(params, model_state, images)).astype(np.uint8)
+
+    def _per_image_step(self):
+        # Built on first use (and cached), so evaluators that never rank images compile nothing extra.
+        if getattr(self, "_per_image_jit", None) is None:
+            self._per_image_jit = jax.jit(self._per_image_sums, out_shardings=sharding.replicated(self.mesh))
+        return self._per_image_jit
+
+    def _per_image_sums(self, params, model_state, batch):
+        logits = predict_logits(self._model(params, model_state), batch["image"], self.scale)
+        labels = batch["label"].astype(jnp.int32)
+        k, ignore = self.label_map.num_classes, self.label_map.ignore_id
+        valid = (labels != ignore) & (labels < k)
+        log_p = jax.nn.log_softmax(logits, axis=-1)
+        nll = -jnp.take_along_axis(log_p, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+        one_image = lambda y, p: confusion_matrix(y, p, num_classes=k, ignore_id=ignore)  # noqa: E731
+        return {"confusion": jax.vmap(one_image)(labels, jnp.argmax(logits, -1)),
+                "loss_sum": jnp.sum(jnp.where(valid, nll, 0.0), axis=(1, 2)),
+                "pixels": jnp.sum(valid.astype(jnp.float32), axis=(1, 2))}
+
 
 def _zero_sums(num_classes: int) -> dict:
     return {"confusion": np.zeros((num_classes, num_classes), np.int64), "loss_sum": 0.0, "pixels": 0.0}
@@ -115,3 +164,144 @@ def _add_to_host(host: dict, device: dict | None) -> dict:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Command line
+# -------------------------------------------------------------------------------------------------------------------
+WORST_SHOWN = 5     # images listed by name as the worst of a split
+
+
+def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: str | None = None,
+                     checkpoint: str | int = "best") -> tuple[dict, Path, Path]:
+    """Score a run's checkpoint on `split`; (the result as written to JSON, its JSON path, the confusion PNG path)."""
+    # The report already loads a checkpoint into an Evaluator and makes one per-image pass; the CLI shares both
+    # (imported here: report sits above evaluate, and only the command line needs it).
+    from streetseg_jax import report
+    from streetseg_jax.data.source import load_split
+
+    workdir = Path(workdir).absolute()
+    run = report.load_run(workdir, checkpoint)
+    split = split or run.config.eval_split
+    source, data_label_map, _ = load_split(run.config.dataset, split, data_dir or run.config.data_dir)
+    if data_label_map.to_dict() != run.label_map.to_dict():
+        fail(f"the label map of {run.config.dataset} differs from the one the checkpoint was trained with")
+    evaluation = report.evaluate_split(run, source, split)
+    file_names, sizes = _names_and_sizes(source)
+    result = result_dict(run, evaluation, file_names, workdir)
+    result["label_sizes"] = sizes
+    result["per_image"]["worst"] = _worst(result["per_image"]["images"], report.rank_images)
+    out_dir = workdir / "eval"
+    stem = re.sub(r"[^\w.+-]", "_", split)     # "validation[:10]" makes a file name too
+    json_path = _write_atomically(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
+    png_path = _write_atomically(out_dir / f"{stem}_confusion.png",
+                                 report.confusion_png(evaluation.confusion, run.label_map.names))
+    return result, json_path, png_path
+
+
+def result_dict(run, evaluation, file_names: list[str], workdir: Path) -> dict:
+    """The JSON-ready result: overall figures, per-class IoU, the confusion matrix and per-image figures."""
+    names, scores = run.label_map.names, evaluation.scores
+    return {
+        "workdir": str(workdir), "dataset": run.config.dataset, "split": evaluation.split,
+        "checkpoint": run.checkpoint, "step": run.step, "num_images": len(file_names),
+        "eval_scale": float(run.config.eval_scale),
+        "miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"],
+        "mean_class_accuracy": scores["mean_class_accuracy"], "loss": scores["loss"],
+        "iou": {name: scores[f"iou/{name}"] for name in names},
+        "class_pixels": dict(zip(names, evaluation.confusion.sum(axis=1).tolist())),
+        "confusion": evaluation.confusion.tolist(),
+        "per_image": per_image_summary(evaluation.per_image, names, file_names),
+    }
+
+
+def per_image_summary(confusions: np.ndarray, names: list[str], file_names: list[str]) -> dict:
+    """Per image: mIoU over the classes in its labels or its prediction, and pixel accuracy; their spread."""
+    images = []
+    for file_name, confusion in zip(file_names, confusions):
+        scores = metrics_from_confusion(confusion, names)
+        images.append({"file_name": file_name, "miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"]})
+    values = np.array([row["miou"] for row in images if row["miou"] is not None])
+    spread = {f"{what}_miou": float(fn(values)) if values.size else None
+              for what, fn in (("mean", np.mean), ("median", np.median), ("min", np.min), ("max", np.max))}
+    return {**spread, "images": images}
+
+
+def _worst(images: list[dict], rank_images) -> list[dict]:
+    _, worst = rank_images([row["miou"] for row in images], WORST_SHOWN)
+    return [{"index": i, **images[i]} for i in worst]
+
+
+def _names_and_sizes(source) -> tuple[list[str], list[str]]:
+    """File names in source order, and the distinct label sizes ("HxW") the split is scored at."""
+    names, sizes = [], {}
+    for i in range(len(source)):
+        record = source[i]
+        names.append(_text(record.get("file_name", f"example_{i}")))
+        height, width = record["segmentation_mask"].shape[:2]
+        sizes[f"{height}x{width}"] = None
+    return names, list(sizes)
+
+
+def _write_atomically(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def format_result(result: dict) -> str:
+    """The table a person reads: per-class IoU, the overall figures, per-image mIoU."""
+    lines = [_heading(result), "", f"{'class':<20} {'IoU':>7}"]
+    lines += [f"{name:<20} {_pct(iou):>7}" for name, iou in result["iou"].items()]
+    lines.append("")
+    for label, key in (("mIoU", "miou"), ("pixel accuracy", "pixel_accuracy"),
+                       ("mean class accuracy", "mean_class_accuracy")):
+        lines.append(f"{label:<20} {_pct(result[key]):>7}")
+    per_image = result["per_image"]
+    spread = ", ".join(f"{what} {_pct(per_image[f'{what}_miou'])}" for what in ("mean", "median", "min", "max"))
+    worst = ", ".join(f"{row['file_name']} {_pct(row['miou'])}" for row in per_image["worst"])
+    return "\n".join(lines + ["", f"per-image mIoU: {spread}", f"worst images: {worst or '-'}"])
+
+
+def _heading(result: dict) -> str:
+    return (f"{result['dataset']} {result['split']}: {result['num_images']} images, checkpoint {result['checkpoint']} "
+            f"(step {result['step']}); scored at the labels' native resolution ({', '.join(result['label_sizes'])}) "
+            f"with the network at eval_scale {result['eval_scale']:g}; ignore pixels count nowhere")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.evaluate",
+                                     description="Score a trained run on a split at the labels' native resolution.")
+    parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
+    parser.add_argument("--split", help="split to evaluate (default: the config's eval_split); TFDS slices work")
+    parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
+    parser.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    if args.checkpoint not in ("best", "latest") and not args.checkpoint.isdigit():
+        fail(f"--checkpoint must be best, latest or a step number, got {args.checkpoint!r}")
+    if not Path(args.workdir).is_dir():
+        fail(f"--workdir {args.workdir} does not exist")
+    from absl import logging
+    from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError
+    logging.set_verbosity(logging.ERROR)    # orbax and TFDS log every read; the table says what matters
+    checkpoint = args.checkpoint if args.checkpoint in ("best", "latest") else int(args.checkpoint)
+    try:
+        result, json_path, png_path = evaluate_workdir(args.workdir, args.split, args.data_dir, checkpoint)
+    except (DatasetNotFoundError, UnknownSplitError) as e:
+        fail(str(e))
+    print(format_result(result))
+    print(f"\nwrote {json_path} and {png_path}")
+
+
+if __name__ == "__main__":
+    main()

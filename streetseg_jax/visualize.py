@@ -70,3 +70,18 @@ def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, out_path)
+
+
+# Error maps: what a reader should see at a glance is where the model is wrong, so everything else recedes.
+ERROR_COLOR = (255, 40, 90)     # wrong pixels
+IGNORE_GREY = (205, 205, 205)   # pixels that count nowhere: lighter than any dimmed pixel, so never mistaken
+_DIM, _LIFT = 0.45, 20          # correct pixels: grey * _DIM + _LIFT, dark enough to recede, light enough to read
+
+
+def error_map(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, ignore_id: int) -> np.ndarray:
+    """(H, W, 3) uint8: correct pixels as the image dimmed to grey, wrong ones in ERROR_COLOR, ignore in grey."""
+    grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    out = np.repeat((grey * _DIM + _LIFT).round().astype(np.uint8)[..., None], 3, axis=-1)
+    out[(truth != pred) & (truth != ignore_id)] = ERROR_COLOR
+    out[truth == ignore_id] = IGNORE_GREY
+    return out

@@ -1,0 +1,589 @@
+"""Run report: `python -m streetseg_jax.report --workdir DIR [--split S] [--checkpoint best|latest|STEP] [--k 4]`.
+
+Writes DIR/report.html, one self-contained file that opens offline: images are embedded as base64 data URIs, the
+CSS is inline, and there is no JavaScript and no external request. It holds the loss and mIoU curves (from
+metrics.jsonl), a fresh evaluation of the chosen checkpoint on the split (per-class IoU table, confusion-matrix
+heatmap), the class pixel frequencies of the train and evaluated splits, the k best and k worst images by
+per-image mIoU as image / ground truth / prediction / error panels, and the run's provenance (config.json).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import datetime
+import html
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streetseg_jax.cli import fail, normalise_argv
+
+MAX_PANEL_WIDTH = 480   # pixels of an embedded example panel: enough to see errors, small enough to keep files light
+SHOWN_PANEL_WIDTH = 280  # about how wide a panel shows on the page (a quarter of it): narrower images are enlarged
+ANNOTATE_UP_TO = 24     # classes; beyond this the confusion-matrix cells are too small to carry numbers
+SECTIONS = ("summary", "curves", "classes", "confusion", "frequencies", "best", "worst", "provenance")
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Loading the run and evaluating it
+# -------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class LoadedRun:
+    config: Any                 # ml_collections.ConfigDict the checkpoint was trained with
+    label_map: Any              # LabelMap
+    evaluator: Any              # evaluate.Evaluator
+    params: Any
+    model_state: Any
+    step: int
+    checkpoint: str             # which one was loaded: "best", "latest" or "step N"
+
+
+def load_run(workdir: Path, which: str | int) -> LoadedRun:
+    """The model of a checkpoint ('best', 'latest' or a step), with an Evaluator around it."""
+    import jax
+    from streetseg_jax import sharding
+    from streetseg_jax.evaluate import Evaluator
+    from streetseg_jax.inference import load_model
+
+    try:
+        trained = load_model(workdir, which)
+    except FileNotFoundError as e:
+        fail(str(e))
+    mesh = sharding.make_mesh()
+    # The model comes back on one device; the evaluator's batches span the mesh, so the weights must too.
+    params, model_state = jax.device_put((trained.params, trained.model_state), sharding.replicated(mesh))
+    config = trained.config
+    # The split is scored exactly whatever the batch, so fit the batch to the devices of this machine.
+    devices = mesh.devices.size
+    config.eval_batch_size = -(-config.eval_batch_size // devices) * devices
+    evaluator = Evaluator(trained.graphdef, mesh, trained.label_map, config)
+    return LoadedRun(config, trained.label_map, evaluator, params, model_state, trained.step, trained.source)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    split: str
+    confusion: np.ndarray       # int64 (K, K), rows true, columns predicted
+    per_image: np.ndarray       # int64 (N, K, K)
+    scores: dict                # metrics.metrics_from_confusion of `confusion`, plus "loss"
+    image_miou: list            # per image: mIoU, or None for an image with no labelled pixel
+
+
+def evaluate_split(run: LoadedRun, source, split: str) -> Evaluation:
+    """One pass over the split: per-image confusion matrices on the device; every total is their sum."""
+    from streetseg_jax.metrics import metrics_from_confusion
+
+    sums = run.evaluator.per_image(run.params, run.model_state, source)
+    names = run.label_map.names
+    confusion = sums["confusion"].sum(axis=0)
+    scores = metrics_from_confusion(confusion, names)
+    scores["loss"] = float(sums["loss_sum"].sum() / max(sums["pixels"].sum(), 1.0))
+    image_miou = [metrics_from_confusion(c, names)["miou"] for c in sums["confusion"]]
+    return Evaluation(split, confusion, sums["confusion"], scores, image_miou)
+
+
+def rank_images(image_miou: list, k: int) -> tuple[list[int], list[int]]:
+    """(best first, worst first) indices, at most k each and never the same image in both lists.
+
+    Images without an mIoU (nothing labelled) are left out; ties keep source order.
+    """
+    scored = [i for i, m in enumerate(image_miou) if m is not None]
+    n_best, n_worst = min(k, math.ceil(len(scored) / 2)), min(k, len(scored) // 2)
+    best = sorted(scored, key=lambda i: (-image_miou[i], i))[:n_best]
+    worst = [i for i in sorted(scored, key=lambda i: (image_miou[i], i)) if i not in best][:n_worst]
+    return best, worst
+
+
+def train_pixel_counts(source, num_classes: int) -> np.ndarray:
+    from streetseg_jax.labels.stats import class_pixel_counts
+    return class_pixel_counts(_Masks(source), num_classes, progress=True)[0]
+
+
+class _Masks:
+    """The masks of a source, with a length so that the progress bar can say how far it is."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self):
+        return (self.source[i]["segmentation_mask"] for i in range(len(self.source)))
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Pictures
+# -------------------------------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _figure_png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def curves_png(metrics_path: Path) -> bytes | None:
+    """visualize.plot_curves' loss and mIoU figure as PNG bytes; None without metrics."""
+    from streetseg_jax.visualize import plot_curves, read_metrics
+    metrics = read_metrics(metrics_path)
+    if not metrics:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "curves.png"
+        plot_curves(metrics, path)
+        return path.read_bytes()
+
+
+def confusion_png(confusion: np.ndarray, names: list[str]) -> bytes:
+    """Row-normalised heatmap: each row is where that true class's pixels went. Empty rows stay blank."""
+    plt = _pyplot()
+    rows = confusion.sum(axis=1, keepdims=True)
+    share = np.where(rows > 0, confusion / np.maximum(rows, 1), np.nan)
+    k = len(names)
+    side = max(4.0, 0.55 * k + 1.5)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(np.ma.masked_invalid(share), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), names, rotation=40, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if k <= ANNOTATE_UP_TO:
+        _annotate_cells(ax, share)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="share of the true class's pixels")
+    return _figure_png(fig)
+
+
+def _annotate_cells(ax, share: np.ndarray) -> None:
+    for (r, c), value in np.ndenumerate(share):
+        if np.isnan(value):
+            ax.text(c, r, "–", ha="center", va="center", fontsize=8, color="#999")
+        elif value >= 0.005:  # a wall of 0.00 hides the cells that matter
+            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if value > 0.55 else "#222")
+
+
+def frequency_png(series: list[tuple[str, np.ndarray]], label_map) -> bytes:
+    """Each class's share of the labelled pixels, one bar per (split name, pixel counts): solid, then hatched."""
+    from matplotlib.patches import Patch
+    plt = _pyplot()
+    k = label_map.num_classes
+    colors = [np.array(c.color) / 255 for c in label_map.classes]
+    styles = ({}, {"alpha": 0.55, "hatch": "///"})
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.21 * len(series) * k + 1)))
+    y, h = np.arange(k), 0.8 / len(series)
+    for j, ((_, counts), style) in enumerate(zip(series, styles)):
+        share = 100 * counts / max(counts.sum(), 1)
+        offset = (j - (len(series) - 1) / 2) * h
+        ax.barh(y + offset, share, h, color=colors, edgecolor="#333", linewidth=0.6, **style)
+        for yi, value in zip(y + offset, share):
+            ax.text(value, yi, f" {value:.1f}%", va="center", fontsize=8)
+    ax.set_yticks(y, label_map.names)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of labelled pixels (%)")
+    ax.set_xlim(0, ax.get_xlim()[1] * 1.12)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(handles=[Patch(facecolor="#bbb", edgecolor="#333", label=f"{name} split", **style)
+                       for (name, _), style in zip(series, styles)],
+              loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
+    return _figure_png(fig)
+
+
+@dataclasses.dataclass
+class Example:
+    index: int
+    name: str
+    miou: float
+    pixel_accuracy: float | None
+    panels: dict                # title -> data URI
+    enlarged: bool              # shown larger than it is: masks then keep square pixels instead of blurring
+
+
+def example(run: LoadedRun, source, index: int, miou: float, confusion: np.ndarray) -> Example:
+    """Image, ground truth, prediction and error map of one example, ready to embed."""
+    from streetseg_jax.visualize import colorize, error_map
+
+    record = source[index]
+    image = record["image"]
+    truth = record["segmentation_mask"].reshape(image.shape[:2])
+    pred = run.evaluator.predict(run.params, run.model_state, image[None])[0]
+    lm = run.label_map
+    panels = {"image": _data_uri(image, "JPEG"), "ground truth": _data_uri(colorize(truth, lm), "PNG"),
+              "prediction": _data_uri(colorize(pred, lm), "PNG"),
+              "errors": _data_uri(error_map(image, truth, pred, lm.ignore_id), "JPEG")}
+    total = confusion.sum()
+    accuracy = float(np.trace(confusion) / total) if total else None
+    return Example(index, _text(record.get("file_name", f"example {index}")), miou, accuracy, panels,
+                   enlarged=image.shape[1] < SHOWN_PANEL_WIDTH)
+
+
+def _data_uri(pixels: np.ndarray, fmt: str) -> str:
+    from PIL import Image
+    image = Image.fromarray(pixels)
+    if image.width > MAX_PANEL_WIDTH:
+        # Masks keep hard edges (nearest); photo-like panels are resampled smoothly.
+        resample = Image.Resampling.LANCZOS if fmt == "JPEG" else Image.Resampling.NEAREST
+        image = image.resize((MAX_PANEL_WIDTH, round(image.height * MAX_PANEL_WIDTH / image.width)), resample)
+    buffer = io.BytesIO()
+    # JPEG without chroma subsampling: thin red error lines stay sharp at a fraction of a PNG's size.
+    image.save(buffer, format=fmt, **({"quality": 90, "subsampling": 0} if fmt == "JPEG" else {"optimize": True}))
+    return f"data:image/{fmt.lower()};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def _png_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# HTML
+# -------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ReportData:
+    title: str
+    checkpoint: str
+    step: int
+    label_map: Any
+    evaluation: Evaluation
+    train_split: str
+    train_counts: np.ndarray
+    best: list                  # [Example]
+    worst: list                 # [Example]
+    k: int
+    curves: bytes | None
+    confusion_png: bytes
+    frequency_png: bytes
+    config: dict                # config.json (with its "provenance") or the checkpoint's config
+
+
+def render_html(d: ReportData) -> str:
+    parts = [_header(d), _summary(d), _curves(d), _class_table(d), _confusion(d), _frequencies(d),
+             _examples(d, "best"), _examples(d, "worst"), _provenance(d)]
+    generated = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{_e(d.title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
+            + "\n".join(parts)
+            + f'\n<footer>Generated by <code>python -m streetseg_jax.report</code> on {generated}.</footer>\n'
+              "</main>\n</body>\n</html>\n")
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _header(d: ReportData) -> str:
+    n = len(d.evaluation.image_miou)
+    return (f"<header><h1>{_e(d.title)}</h1><p class=\"sub\">checkpoint <b>{_e(d.checkpoint)}</b> (step {d.step})"
+            f" · evaluated on split <b>{_e(d.evaluation.split)}</b> ({n} image{'s' * (n != 1)})"
+            f" · {d.label_map.num_classes} classes</p></header>")
+
+
+def _summary(d: ReportData) -> str:
+    s = d.evaluation.scores
+    cards = [("miou", "mean IoU", _pct(s["miou"]) + " %", s["miou"]),
+             ("pixel_accuracy", "pixel accuracy", _pct(s["pixel_accuracy"]) + " %", s["pixel_accuracy"]),
+             ("mean_class_accuracy", "mean class accuracy", _pct(s["mean_class_accuracy"]) + " %",
+              s["mean_class_accuracy"]),
+             ("loss", "eval loss", f"{s['loss']:.4f}", s["loss"])]
+    html_cards = "".join(f'<div class="card" data-metric="{key}" data-value="{_e(repr(value))}">'
+                         f'<div class="value">{text}</div><div class="label">{label}</div></div>'
+                         for key, label, text, value in cards)
+    return _section("summary", "Summary", f'<div class="cards">{html_cards}</div>')
+
+
+def _curves(d: ReportData) -> str:
+    if d.curves is None:
+        body = '<p class="note">No metrics.jsonl in the work directory, so no curves.</p>'
+    else:
+        body = (f'<img class="figure" src="{_png_uri(d.curves)}" alt="loss and mean IoU against training step">'
+                '<p class="note">Lines: training (mean over each logging window); dots: evaluation.</p>')
+    return _section("curves", "Training curves", body)
+
+
+def _class_table(d: ReportData) -> str:
+    s, lm = d.evaluation.scores, d.label_map
+    recall = _recall(d.evaluation.confusion)
+    train_share = d.train_counts / max(d.train_counts.sum(), 1)
+    eval_counts = d.evaluation.confusion.sum(axis=1)
+    eval_share = eval_counts / max(eval_counts.sum(), 1)
+    shares = [train_share] if d.evaluation.split == d.train_split else [train_share, eval_share]
+    rows = "".join(_class_row(c, s[f"iou/{c.name}"], recall[c.id], [share[c.id] for share in shares])
+                   for c in lm.classes)
+    splits = [d.train_split, d.evaluation.split][:len(shares)]
+    head = ("<tr><th>class</th><th class=\"num\">id</th><th>IoU (%)</th><th class=\"num\">accuracy (%)</th>"
+            + "".join(f"<th class=\"num\">{_e(split)} pixels (%)</th>" for split in splits) + "</tr>")
+    foot = (f"<tr><td>mean</td><td></td><td>{_iou_cell(s['miou'])}</td>"
+            f"<td class=\"num\">{_pct(s['mean_class_accuracy'])}</td>" + "<td></td>" * len(shares) + "</tr>")
+    note = ('<p class="note">Accuracy is the share of a class\'s pixels predicted as that class (recall). '
+            "A class absent from both the labels and the predictions of this split has no IoU (–) and is left "
+            "out of the mean.</p>")
+    return _section("classes", "Per-class results",
+                    f'<table class="classes"><thead>{head}</thead><tbody>{rows}</tbody>'
+                    f"<tfoot>{foot}</tfoot></table>{note}")
+
+
+def _recall(confusion: np.ndarray) -> list:
+    labelled = confusion.sum(axis=1)
+    return [float(confusion[i, i] / n) if n else None for i, n in enumerate(labelled)]
+
+
+def _class_row(c, iou, recall, shares: list) -> str:
+    r, g, b = c.color
+    return (f'<tr data-class="{_e(c.name)}" data-iou="{_e(repr(iou))}">'
+            f'<td><span class="swatch" style="background:rgb({r},{g},{b})"></span>{_e(c.name)}</td>'
+            f'<td class="num">{c.id}</td><td>{_iou_cell(iou)}</td><td class="num">{_pct(recall)}</td>'
+            + "".join(f'<td class="num">{100 * share:.1f}</td>' for share in shares) + "</tr>")
+
+
+def _iou_cell(iou: float | None) -> str:
+    width = 0 if iou is None else round(100 * iou, 1)
+    return f'<div class="iou"><span class="bar"><span style="width:{width}%"></span></span>{_pct(iou)}</div>'
+
+
+def _confusion(d: ReportData) -> str:
+    body = (f'<img class="figure square" src="{_png_uri(d.confusion_png)}" alt="normalised confusion matrix">'
+            '<p class="note">Rows are the true class, columns the predicted class; each row is normalised to 1 '
+            "(the diagonal is the class accuracy). Ignored pixels count nowhere.</p>")
+    return _section("confusion", "Confusion matrix", body)
+
+
+def _frequencies(d: ReportData) -> str:
+    splits = f"<b>{_e(d.train_split)}</b> split"
+    if d.evaluation.split != d.train_split:
+        splits += f" (solid) and of the <b>{_e(d.evaluation.split)}</b> split (hatched)"
+    body = (f'<img class="figure" src="{_png_uri(d.frequency_png)}" alt="class pixel frequencies">'
+            f'<p class="note">Share of the labelled pixels of the {splits}. Rare classes are usually the hard '
+            "ones.</p>")
+    return _section("frequencies", "Class pixel frequencies", body)
+
+
+def _examples(d: ReportData, which: str) -> str:
+    shown = d.best if which == "best" else d.worst
+    title = f"{which.capitalize()} {len(shown)} image{'s' * (len(shown) != 1)} by mean IoU"
+    if not shown:
+        why = "None asked for (--k 0)." if d.k == 0 else "Not enough evaluated images to show any."
+        return _section(which, title, f'<p class="note">{why}</p>')
+    order = "best first" if which == "best" else "worst first"
+    fewer = f" ({d.k} asked for; the split has too few images for both lists)" if len(shown) < d.k else ""
+    intro = (f'<p class="note">Ranked by the mean IoU of each image alone, {order}{fewer}. Errors panel: wrong '
+             "pixels in red, correct ones dimmed, ignored ones light grey.</p>")
+    return _section(which, title, intro + _legend(d.label_map)
+                    + "".join(_example_html(e, rank) for rank, e in enumerate(shown, 1)))
+
+
+def _legend(label_map) -> str:
+    from streetseg_jax.visualize import ERROR_COLOR, IGNORE_GREY
+    items = [(c.name, c.color) for c in label_map.classes]
+    items += [("wrong (errors panel)", ERROR_COLOR), ("ignored", IGNORE_GREY)]
+    return '<div class="legend">' + "".join(
+        f'<span><i class="swatch" style="background:rgb{tuple(color)}"></i>{_e(name)}</span>'
+        for name, color in items) + "</div>"
+
+
+def _example_html(e: Example, rank: int) -> str:
+    panels = "".join(f'<figure><img class="{_panel_class(title, e.enlarged)}" src="{uri}" alt="{_e(title)}">'
+                     f"<figcaption>{_e(title)}</figcaption></figure>" for title, uri in e.panels.items())
+    return (f'<div class="example" data-rank="{rank}" data-index="{e.index}" data-miou="{_e(repr(e.miou))}">'
+            f'<div class="caption"><span class="rank">#{rank}</span> <code>{_e(e.name)}</code>'
+            f' <span class="stat">mIoU <b>{_pct(e.miou)} %</b></span>'
+            f' <span class="stat">pixel accuracy <b>{_pct(e.pixel_accuracy)} %</b></span></div>'
+            f'<div class="panels">{panels}</div></div>')
+
+
+def _panel_class(title: str, enlarged: bool) -> str:
+    if title == "image":
+        return "photo"
+    return "mask sharp" if enlarged else "mask"
+
+
+def _provenance(d: ReportData) -> str:
+    config = dict(d.config)
+    prov = config.pop("provenance", {}) or {}
+    dataset = prov.get("dataset", {})
+    devices = prov.get("devices", {})
+    facts = [("dataset", f"{config.get('dataset', '?')} (version {dataset.get('version', '?')})"),
+             ("dataset fingerprint", dataset.get("fingerprint", "?")),
+             ("git commit", prov.get("git_commit", "?")),
+             ("python", prov.get("python", "?")),
+             ("packages", ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items()) or "?"),
+             ("devices", f"{devices.get('count', '?')} × {devices.get('kind', '?')}, "
+                         f"{devices.get('processes', '?')} process(es)" if devices else "?"),
+             ("model", ", ".join(f"{k}={v}" for k, v in config.get("model", {}).items())),
+             ("training", f"{config.get('num_train_steps', '?')} steps, batch {config.get('batch_size', '?')}, "
+                          f"{config.get('optimizer', '?')} lr {config.get('learning_rate', '?')} "
+                          f"({config.get('lr_schedule', '?')})")]
+    rows = "".join(f"<tr><th>{_e(k)}</th><td><code>{_e(v)}</code></td></tr>" for k, v in facts)
+    source = "config.json" if prov else "the checkpoint (no config.json in the work directory)"
+    body = (f'<table class="facts">{rows}</table><details><summary>Full config (from {_e(source)})</summary>'
+            f"<pre>{_e(json.dumps(config, indent=1, sort_keys=True))}</pre></details>")
+    return _section("provenance", "Provenance", body)
+
+
+def _section(key: str, title: str, body: str) -> str:
+    return f'<section id="{key}"><h2>{_e(title)}</h2>{body}</section>'
+
+
+CSS = """
+:root { --ink:#1d2433; --muted:#5b6477; --line:#e3e6ee; --bg:#f5f6fa; --card:#fff; --accent:#2f6fde; }
+* { box-sizing: border-box; }
+body { margin:0; background:var(--bg); color:var(--ink);
+  font:15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width:1180px; margin:0 auto; padding:28px 24px 40px; }
+header h1 { margin:0 0 4px; font-size:28px; letter-spacing:-0.01em; }
+.sub { margin:0 0 18px; color:var(--muted); }
+section { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:18px 22px 20px;
+  margin:0 0 18px; box-shadow:0 1px 2px rgba(20,30,60,.05); }
+h2 { margin:0 0 12px; font-size:19px; padding-bottom:8px; border-bottom:1px solid var(--line); }
+.note { color:var(--muted); font-size:13px; margin:8px 0 0; }
+code { font:12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+.cards { display:grid; grid-template-columns:repeat(4, 1fr); gap:14px; }
+.card { border:1px solid var(--line); border-radius:8px; padding:12px 16px; background:#fafbfd; }
+.card .value { font-size:28px; font-weight:650; color:var(--accent); font-variant-numeric:tabular-nums; }
+.card .label { color:var(--muted); font-size:13px; }
+img.figure { display:block; max-width:100%; height:auto; margin:0 auto; }
+img.figure.square { max-width:min(100%, 720px); }
+table { border-collapse:collapse; width:100%; font-variant-numeric:tabular-nums; }
+th, td { padding:6px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:middle; }
+thead th { font-size:13px; font-weight:600; color:var(--muted);
+  border-bottom:2px solid var(--line); }
+tbody tr:nth-child(even) { background:#fafbfd; }
+tfoot td { font-weight:650; border-top:2px solid var(--line); border-bottom:none; }
+.num { text-align:right; }
+.swatch { display:inline-block; width:14px; height:14px; border-radius:3px; margin-right:8px;
+  vertical-align:-2px; border:1px solid rgba(0,0,0,.35); }
+.iou { display:flex; align-items:center; gap:10px; min-width:210px; }
+.iou .bar { flex:1; height:10px; background:#edf0f6; border-radius:5px; overflow:hidden; }
+.iou .bar span { display:block; height:100%; background:var(--accent); border-radius:5px; }
+.legend { display:flex; flex-wrap:wrap; gap:6px 16px; font-size:13px; color:var(--muted); margin:10px 0 6px; }
+.legend i.swatch { margin-right:5px; }
+.example { border-top:1px solid var(--line); padding:12px 0 4px; }
+.example .caption { margin-bottom:8px; }
+.example .rank { font-weight:700; color:var(--accent); }
+.example .stat { margin-left:14px; color:var(--muted); }
+.panels { display:grid; grid-template-columns:repeat(4, 1fr); gap:10px; }
+figure { margin:0; }
+figure img { display:block; width:100%; height:auto; border-radius:4px; border:1px solid var(--line); }
+figure img.sharp { image-rendering:pixelated; }
+figcaption { text-align:center; font-size:12.5px; color:var(--muted); margin-top:3px; }
+table.facts th { width:190px; color:var(--muted); font-weight:500; }
+table.facts td code { overflow-wrap:anywhere; }
+details { margin-top:12px; }
+summary { cursor:pointer; color:var(--accent); }
+pre { background:#fafbfd; border:1px solid var(--line); border-radius:6px; padding:10px; overflow:auto;
+  font-size:12px; max-height:480px; }
+footer { color:var(--muted); font-size:12.5px; text-align:center; margin-top:8px; }
+@media (max-width:760px) { .cards, .panels { grid-template-columns:repeat(2, 1fr); } }
+"""
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Putting it together
+# -------------------------------------------------------------------------------------------------------------------
+def build_report(workdir: str | Path, split: str | None = None, checkpoint: str | int = "best", k: int = 4,
+                 data_dir: str | None = None) -> Path:
+    """Evaluate `checkpoint` of the run in `workdir` on `split` and write workdir/report.html; returns its path."""
+    from streetseg_jax.data.source import load_split
+
+    workdir = Path(workdir).absolute()
+    run = load_run(workdir, checkpoint)
+    config = run.config
+    split, data_dir = split or config.eval_split, data_dir or config.data_dir
+    eval_source, data_label_map, _ = load_split(config.dataset, split, data_dir)
+    _check_label_map(data_label_map, run.label_map, config.dataset)
+    train_source, _, _ = load_split(config.dataset, config.train_split, data_dir)
+    evaluation = evaluate_split(run, eval_source, split)
+    data = _report_data(workdir, run, k, evaluation, eval_source, train_source)
+    return _write_atomically(workdir / "report.html", render_html(data))
+
+
+def _report_data(workdir, run, k, evaluation, eval_source, train_source) -> ReportData:
+    best, worst = rank_images(evaluation.image_miou, k)
+    shown = {which: [example(run, eval_source, i, evaluation.image_miou[i], evaluation.per_image[i])
+                     for i in indices] for which, indices in (("best", best), ("worst", worst))}
+    lm, config = run.label_map, run.config
+    train_counts = train_pixel_counts(train_source, lm.num_classes)
+    config_json = workdir / "config.json"
+    return ReportData(
+        title=f"Run report: {workdir.name}", checkpoint=run.checkpoint, step=run.step, label_map=lm,
+        evaluation=evaluation, train_split=config.train_split, train_counts=train_counts,
+        best=shown["best"], worst=shown["worst"], k=k, curves=curves_png(workdir / "metrics.jsonl"),
+        confusion_png=confusion_png(evaluation.confusion, lm.names),
+        frequency_png=frequency_png(_frequency_series(config.train_split, train_counts, evaluation), lm),
+        config=json.loads(config_json.read_text()) if config_json.exists() else config.to_dict())
+
+
+def _frequency_series(train_split: str, train_counts: np.ndarray, evaluation: Evaluation) -> list:
+    """The train split's pixel counts, and the evaluated split's (its confusion rows: the same labelled pixels that
+    labels.stats.class_pixel_counts would count, without reading the split again) when it is another split."""
+    series = [(train_split, train_counts)]
+    if evaluation.split != train_split:
+        series.append((evaluation.split, evaluation.confusion.sum(axis=1)))
+    return series
+
+
+def _check_label_map(data_label_map, model_label_map, dataset: str) -> None:
+    if data_label_map.to_dict() != model_label_map.to_dict():
+        fail(f"the label map of {dataset} differs from the one the checkpoint was trained with, "
+             "so its scores would be meaningless")
+
+
+def _write_atomically(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
+    parser.add_argument("--split", help="split to evaluate (default: the config's eval_split)")
+    parser.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
+    parser.add_argument("--k", type=int, default=4, help="how many best and worst images to show (default 4)")
+    parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    if args.checkpoint not in ("best", "latest") and not args.checkpoint.isdigit():
+        fail(f"--checkpoint must be best, latest or a step number, got {args.checkpoint!r}")
+    if args.k < 0:
+        fail(f"--k must be 0 or more, got {args.k}")
+    if not Path(args.workdir).is_dir():
+        fail(f"--workdir {args.workdir} does not exist")
+    from absl import logging
+    from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError
+    logging.set_verbosity(logging.ERROR)  # orbax and TFDS log every read; the report says what matters
+    checkpoint = args.checkpoint if args.checkpoint in ("best", "latest") else int(args.checkpoint)
+    try:
+        path = build_report(args.workdir, args.split, checkpoint, args.k, args.data_dir)
+    except (DatasetNotFoundError, UnknownSplitError) as e:
+        fail(str(e))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""`python -m streetseg_jax.evaluate` on a tiny trained run: the table, DIR/eval/<split>.json with the same numbers as
+Evaluator.run, the confusion-matrix picture, --split and --checkpoint, and clear refusals."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_main_to_end
+
+# Trained on 48x64 crops, scored at the labels' 96x128 with the network at half of that: full-size frames must work
+# whatever the training resolution was.
+EVAL_SCALE = 0.5
+KEYS = {"workdir", "dataset", "split", "checkpoint", "step", "num_images", "eval_scale", "label_sizes", "miou",
+        "pixel_accuracy", "mean_class_accuracy", "loss", "iou", "class_pixels", "confusion", "per_image"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_data_dir) -> Path:
+    workdir = tmp_path_factory.mktemp("evaluate") / "run"
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.eval_scale={EVAL_SCALE}")
+    assert code == 0, out
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def cli_result(workdir):
+    """The command line run as a user runs it: default split (the config's eval_split) and checkpoint (best)."""
+    cmd = [sys.executable, "-m", "streetseg_jax.evaluate", f"--workdir={workdir}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, json.loads((workdir / "eval" / "test.json").read_text())
+
+
+def expected_scores(workdir: Path, split: str, checkpoint="best") -> tuple[dict, dict]:
+    """Evaluator.run and Evaluator.sums of the checkpoint on the split, computed here."""
+    from streetseg_jax import report
+    from streetseg_jax.data.source import load_split
+
+    run = report.load_run(workdir, checkpoint)
+    source, _, _ = load_split(run.config.dataset, split, run.config.data_dir)
+    return (run.evaluator.run(run.params, run.model_state, source),
+            run.evaluator.sums(run.params, run.model_state, source))
+
+
+def test_json_holds_the_numbers_of_evaluator_run(workdir, cli_result):
+    out, result = cli_result
+    assert set(result) == KEYS
+    assert result["split"] == "test" and result["checkpoint"] == "best" and result["eval_scale"] == EVAL_SCALE
+    assert result["label_sizes"] == ["96x128"]
+    scores, sums = expected_scores(workdir, "test")
+    for key in ("miou", "pixel_accuracy", "mean_class_accuracy"):
+        assert result[key] == pytest.approx(scores[f"eval/{key}"], abs=1e-12), key
+    assert result["loss"] == pytest.approx(scores["eval/loss"], rel=1e-5)
+    for name, iou in result["iou"].items():
+        assert iou == pytest.approx(scores[f"eval/iou/{name}"], abs=1e-12), name
+    np.testing.assert_array_equal(np.array(result["confusion"]), sums["confusion"])
+    assert sum(result["class_pixels"].values()) == sums["pixels"]
+    assert f"{100 * result['miou']:.2f}%" in out and "per-image mIoU" in out and "(96x128)" in out
+
+
+def test_per_image_figures_and_the_confusion_picture(workdir, cli_result):
+    _, result = cli_result
+    per_image = result["per_image"]
+    images = per_image["images"]
+    assert len(images) == result["num_images"] > 0
+    mious = [row["miou"] for row in images]
+    assert per_image["mean_miou"] == pytest.approx(np.mean(mious))
+    assert per_image["min_miou"] == min(mious) and per_image["max_miou"] == max(mious)
+    assert per_image["worst"][0]["miou"] == min(mious)
+    assert images[per_image["worst"][0]["index"]]["file_name"] == per_image["worst"][0]["file_name"]
+    png = (workdir / "eval" / "test_confusion.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 2000
+
+
+def test_split_and_checkpoint_flags(workdir, capsys):
+    from streetseg_jax import evaluate
+
+    evaluate.main(["--workdir", str(workdir), "--split", "train", "--checkpoint", "latest"])
+    result = json.loads((workdir / "eval" / "train.json").read_text())
+    assert (result["split"], result["checkpoint"], result["step"]) == ("train", "latest", 6)
+    assert (workdir / "eval" / "train_confusion.png").is_file()
+    scores, _ = expected_scores(workdir, "train", "latest")
+    assert result["miou"] == pytest.approx(scores["eval/miou"], abs=1e-12)
+    evaluate.main(["--workdir", str(workdir), "--split", "test[:2]", "--checkpoint", "3"])
+    result = json.loads((workdir / "eval" / "test__2_.json").read_text())
+    assert (result["step"], result["num_images"]) == (3, 2)
+    assert "worst images:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workdir", "/nonexistent/run"], "--workdir /nonexistent/run does not exist"),
+    (["--checkpoint", "newest"], "--checkpoint must be best, latest or a step number"),
+    (["--checkpoint", "99"], "no checkpoint for step 99"),
+    (["--split", "nosuch"], "has no split 'nosuch'"),
+])
+def test_refusals_are_clear(workdir, argv, message, capsys):
+    from streetseg_jax import evaluate
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--workdir", str(workdir), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_workdir_without_checkpoints_is_refused(tmp_path, capsys):
+    from streetseg_jax import evaluate
+
+    with pytest.raises(SystemExit):
+        evaluate.main(["--workdir", str(tmp_path)])
+    assert "no checkpoints/ folder" in capsys.readouterr().err

@@ -1,0 +1,293 @@
+"""The run report: one self-contained HTML file for a tiny trained run, its numbers checked against Evaluator.run and
+an independent per-image evaluation, and a render in headless Chromium without console errors.
+
+How the render is checked. The report has no JavaScript, and Chromium does not print failed resource loads (a
+broken data URI, a missing file) as console messages, so a clean console alone proves little. The test therefore
+renders a copy of the report with a small probe script appended: on `load` it counts the images that did not decode
+and writes the counts into the DOM (read back with --dump-dom), and every page error or failed resource load,
+caught in the capture phase, goes to console.error. Chromium runs with --enable-logging=stderr --v=0, which prints
+each console message as a line containing ":CONSOLE"; the test asserts there is none. A negative control page (a
+broken image and a console.error) must be caught by the same code, so a Chromium whose logging format changed fails
+the test instead of passing it silently. --screenshot in the same run gives the PNG.
+"""
+from __future__ import annotations
+
+import html.parser
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_main_to_end
+
+K = 3                       # best and worst images asked for
+SPLIT = "train"             # 9-10 images in the tiny dataset (its test split has 2-3), enough to rank
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--enable-logging=stderr", "--v=0"]
+PROBE = """<script>
+addEventListener("error", e => console.error("probe: " + (e.message || "failed to load " +
+  (e.target.alt || e.target.src || e.target.href || e.target.tagName))), true);
+addEventListener("load", () => {
+  const broken = [...document.images].filter(i => !(i.complete && i.naturalWidth > 0));
+  broken.forEach(i => console.error("probe: image did not decode: " + (i.alt || i.src.slice(0, 40))));
+  document.body.dataset.probeImages = document.images.length;
+  document.body.dataset.probeBroken = broken.length;
+});
+</script>"""
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Fixtures: a tiny run, its report, and the report parsed
+# -------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tiny_data_dir) -> Path:
+    workdir = tmp_path_factory.mktemp("report") / "run"
+    code, out = run_main_to_end(workdir, tiny_data_dir)
+    assert code == 0, out
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def report_path(workdir) -> Path:
+    """The report made through the command line, as a user makes it."""
+    cmd = [sys.executable, "-m", "streetseg_jax.report", f"--workdir={workdir}", f"--split={SPLIT}", f"--k={K}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {workdir / 'report.html'}" in proc.stdout
+    return workdir / "report.html"
+
+
+@pytest.fixture(scope="module")
+def page(report_path) -> "Page":
+    parsed = Page()
+    parsed.feed(report_path.read_text(encoding="utf-8"))
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def loaded(workdir, tiny_data_dir):
+    """The report's own view of the run (model, evaluator) and the split it evaluated."""
+    from streetseg_jax import report
+    from streetseg_jax.data.source import load_split
+
+    run = report.load_run(workdir, "best")
+    source, _, _ = load_split(run.config.dataset, SPLIT, tiny_data_dir)
+    return run, source
+
+
+class Page(html.parser.HTMLParser):
+    """Tags with their attributes, in document order, and every section's id."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def with_attr(self, name: str) -> list[dict]:
+        return [attrs for _, attrs in self.tags if name in attrs]
+
+    def examples(self, section: str) -> list[dict]:
+        """The example blocks inside <section id=section>, in order."""
+        out, inside = [], None
+        for tag, attrs in self.tags:
+            if tag == "section":
+                inside = attrs.get("id")
+            elif inside == section and "data-rank" in attrs:
+                out.append(attrs)
+        return out
+
+
+def value(text: str):
+    return None if text == "None" else float(text)
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# The HTML itself
+# -------------------------------------------------------------------------------------------------------------------
+def test_report_is_self_contained(report_path, page):
+    text = report_path.read_text(encoding="utf-8")
+    references = [attrs[key] for _, attrs in page.tags for key in ("src", "href") if key in attrs]
+    assert references and all(ref.startswith("data:image/") for ref in references), references[:3]
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
+    assert not any(tag in ("script", "link", "iframe", "object", "embed") for tag, _ in page.tags)
+    assert "@import" not in text and "url(" not in text
+
+
+def test_report_has_every_section(page):
+    from streetseg_jax.report import SECTIONS
+    ids = [attrs["id"] for tag, attrs in page.tags if tag == "section"]
+    assert ids == list(SECTIONS)
+    figures = [attrs for tag, attrs in page.tags if tag == "img" and "figure" in attrs.get("class", "")]
+    assert len(figures) == 3  # curves, confusion matrix, class frequencies
+    panels = [attrs["alt"] for tag, attrs in page.tags
+              if tag == "img" and attrs.get("class", "").split()[:1] in (["photo"], ["mask"])]
+    assert panels == ["image", "ground truth", "prediction", "errors"] * (2 * K)
+
+
+def test_class_table_matches_evaluator_run(page, loaded):
+    run, source = loaded
+    expected = run.evaluator.run(run.params, run.model_state, source)
+    rows = {attrs["data-class"]: value(attrs["data-iou"]) for attrs in page.with_attr("data-class")}
+    assert list(rows) == run.label_map.names
+    for name, iou in rows.items():
+        assert iou == pytest.approx(expected[f"eval/iou/{name}"], abs=1e-12), name
+    cards = {attrs["data-metric"]: value(attrs["data-value"]) for attrs in page.with_attr("data-metric")}
+    for key in ("miou", "pixel_accuracy", "mean_class_accuracy"):
+        assert cards[key] == pytest.approx(expected[f"eval/{key}"], abs=1e-12), key
+    assert cards["loss"] == pytest.approx(expected["eval/loss"], rel=1e-5)
+
+
+def test_best_and_worst_are_the_extremes_in_order(page, loaded):
+    """Checked against per-image mIoU computed here without the report's code: a prediction per image and a numpy
+    confusion matrix."""
+    from streetseg_jax.metrics import metrics_from_confusion
+    run, source = loaded
+    k, ignore = run.label_map.num_classes, run.label_map.ignore_id
+    mious = []
+    for i in range(len(source)):
+        image, mask = source[i]["image"], source[i]["segmentation_mask"][..., 0].astype(np.int64)
+        pred = run.evaluator.predict(run.params, run.model_state, image[None])[0].astype(np.int64)
+        valid = mask != ignore
+        conf = np.bincount(k * mask[valid] + pred[valid], minlength=k * k).reshape(k, k)
+        mious.append(metrics_from_confusion(conf, run.label_map.names)["miou"])
+    best, worst = page.examples("best"), page.examples("worst")
+    assert [int(e["data-rank"]) for e in best] == list(range(1, K + 1))
+    assert [int(e["data-index"]) for e in best] == sorted(range(len(mious)), key=lambda i: (-mious[i], i))[:K]
+    assert [int(e["data-index"]) for e in worst] == sorted(range(len(mious)), key=lambda i: (mious[i], i))[:K]
+    for e in best + worst:
+        assert float(e["data-miou"]) == pytest.approx(mious[int(e["data-index"])], abs=1e-12)
+
+
+def test_per_image_sums_add_up_to_the_split_sums(loaded):
+    run, source = loaded
+    per_image = run.evaluator.per_image(run.params, run.model_state, source)
+    total = run.evaluator.sums(run.params, run.model_state, source)
+    assert per_image["confusion"].shape == (len(source), run.label_map.num_classes, run.label_map.num_classes)
+    np.testing.assert_array_equal(per_image["confusion"].sum(axis=0), total["confusion"])
+    assert per_image["pixels"].sum() == total["pixels"]
+    assert per_image["loss_sum"].sum() == pytest.approx(total["loss_sum"], rel=1e-5)
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Small parts
+# -------------------------------------------------------------------------------------------------------------------
+def test_rank_images_keeps_lists_apart_and_skips_unscored_images():
+    from streetseg_jax.report import rank_images
+    assert rank_images([0.5, None, 0.9, 0.1, 0.5], k=4) == ([2, 0], [3, 4])   # 4 scored: 2 best, 2 worst
+    assert rank_images([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], k=2) == ([5, 4], [0, 1])
+    assert rank_images([0.2, 0.7], k=4) == ([1], [0])
+    assert rank_images([0.2], k=4) == ([0], [])
+    assert rank_images([None], k=4) == ([], [])
+    assert rank_images([0.3, 0.3, 0.3], k=1) == ([0], [1])   # ties keep source order, never one image twice
+
+
+def test_render_html_without_metrics_config_json_or_examples():
+    """A work directory holding only checkpoints: no curves, the config from the checkpoint, k = 0; a class with no
+    pixels anywhere shows no IoU."""
+    from streetseg_jax.labels.label_map import default_label_map
+    from streetseg_jax.metrics import metrics_from_confusion
+    from streetseg_jax.report import Evaluation, ReportData, render_html
+
+    label_map = default_label_map()
+    k = label_map.num_classes
+    confusion = np.diag(np.arange(k, dtype=np.int64) * 10) + 1
+    confusion[0], confusion[:, 0] = 0, 0   # class 0: neither labelled nor predicted
+    scores = {**metrics_from_confusion(confusion, label_map.names), "loss": 0.5}
+    evaluation = Evaluation("test", confusion, confusion[None], scores, [scores["miou"]])
+    data = ReportData("Run report: x", "latest", 7, label_map, evaluation, "train", np.ones(k, np.int64), [], [], 0,
+                      None, b"png", b"png", {"model": {"depth": 2}, "dataset": "street_seg/synthetic"})
+    page = Page()
+    page.feed(render_html(data))
+    rows = {attrs["data-class"]: value(attrs["data-iou"]) for attrs in page.with_attr("data-class")}
+    assert rows[label_map.names[0]] is None
+    assert rows == {name: scores[f"iou/{name}"] for name in label_map.names}
+    assert page.examples("best") == [] and page.examples("worst") == []
+    text = render_html(data)
+    assert "No metrics.jsonl" in text and "None asked for (--k 0)" in text and "from the checkpoint" in text
+
+
+def test_error_map_dims_correct_pixels_and_marks_wrong_and_ignored_ones():
+    from streetseg_jax.visualize import ERROR_COLOR, IGNORE_GREY, error_map
+    image = np.full((2, 2, 3), 200, np.uint8)
+    truth = np.array([[1, 2], [255, 0]], np.uint8)
+    pred = np.array([[1, 3], [0, 0]], np.uint8)
+    out = error_map(image, truth, pred, ignore_id=255)
+    assert tuple(out[0, 1]) == ERROR_COLOR and tuple(out[1, 0]) == IGNORE_GREY
+    assert out[0, 0, 0] == out[0, 0, 1] == out[0, 0, 2] < min(200, IGNORE_GREY[0])  # dimmed grey, darker than ignore
+    np.testing.assert_array_equal(out[0, 0], out[1, 1])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workdir", "/nonexistent/run"], "does not exist"),
+    (["--workdir", "/tmp", "--checkpoint", "newest"], "--checkpoint must be best, latest or a step number"),
+    (["--workdir", "/tmp", "--k", "-1"], "--k must be 0 or more"),
+])
+def test_command_line_refusals(argv, message, capsys):
+    from streetseg_jax import report
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_workdir_without_checkpoints_is_refused(tmp_path, capsys):
+    from streetseg_jax import report
+    with pytest.raises(SystemExit):
+        report.main(["--workdir", str(tmp_path)])
+    assert "no checkpoints/ folder" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Headless Chromium
+# -------------------------------------------------------------------------------------------------------------------
+def chromium_binary() -> str | None:
+    return shutil.which("chromium") or (Path("/usr/bin/chromium").is_file() and "/usr/bin/chromium") or None
+
+
+needs_chromium = pytest.mark.skipif(
+    chromium_binary() is None,
+    reason="chromium is not installed (Debian: apt-get install -y chromium; .ci/run installs it for CI)")
+
+
+def render(page_html: str, folder: Path, height: int = 2400) -> dict:
+    """Render `page_html` with the probe appended: console lines, the probe's counts, the screenshot path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe_page, shot = folder / "probe.html", folder / "screenshot.png"
+    probe_page.write_text(page_html.replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    cmd = [chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={folder / 'profile'}",
+           f"--window-size=1280,{height}", f"--screenshot={shot}", "--dump-dom", probe_page.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = [line for line in proc.stderr.splitlines() if re.search(r":CONSOLE\b", line)]
+    counts = {key: int(v) for key, v in re.findall(r'data-probe-(images|broken)="(\d+)"', proc.stdout)}
+    return {"console": console, "images": counts.get("images"), "broken": counts.get("broken"), "screenshot": shot}
+
+
+@needs_chromium
+def test_probe_catches_console_errors_and_broken_images(tmp_path):
+    broken = ('<!DOCTYPE html><html><body><img alt="bad" src="data:image/png;base64,AAAA">'
+              '<script>console.error("deliberate")</script></body></html>')
+    result = render(broken, tmp_path, height=200)
+    assert result["images"] == 1 and result["broken"] == 1
+    assert any("deliberate" in line for line in result["console"]), result["console"]
+    assert any("probe:" in line for line in result["console"]), result["console"]
+
+
+@needs_chromium
+def test_report_renders_in_chromium_without_console_errors(report_path, page, tmp_path):
+    from PIL import Image
+    result = render(report_path.read_text(encoding="utf-8"), tmp_path)
+    assert result["console"] == []
+    assert result["images"] == len([1 for tag, _ in page.tags if tag == "img"]) and result["broken"] == 0
+    shot = Image.open(result["screenshot"])
+    assert shot.size == (1280, 2400)
+    assert np.asarray(shot.convert("L")).std() > 10  # not a blank page
