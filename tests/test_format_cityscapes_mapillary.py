@@ -128,6 +128,12 @@ def test_cityscapes_looks_like(tmp_path):
     ('{"imgWidth": 16, "imgHeight": 8, "objects": [{"label": "road", "polygon": [[1e999, 1]]}]}', "not finite"),
     ('{"imgWidth": 16, "imgHeight": 8, "objects": [{"label": "road", "polygon": [[1' + "0" * 400 + ', 1]]}]}',
      "not finite"),
+    # found by tools/fuzz_readers.py: Python's json raises a plain ValueError past 4300 digits
+    ('{"imgWidth": 16, "imgHeight": 8, "objects": [{"label": "road", "polygon": [[1' + "0" * 5000 + ', 1]]}]}',
+     "not valid JSON (an integer has more than 4300 digits"),
+    ('{"imgWidth": 1' + "0" * 5000 + ', "imgHeight": 8, "objects": []}', "4300 digits"),
+    ('{"imgWidth": 1e308, "imgHeight": 1e308, "objects": []}', "too large"),
+    ('{"imgWidth": 16, "imgHeight": 8, "objects": [' + "[" * 100_000, "nested too deeply"),
 ])
 def test_cityscapes_bad_files_name_the_file(tmp_path, content, problem):
     path = tmp_path / f"{STEM}_gtFine_polygons.json"
@@ -212,6 +218,9 @@ def test_vistas_without_config_or_images(tmp_path):
     ('{"width": 4, "height": 4, "objects": [{"label": "road", "polygon": "0 0 1 0 1 1"}]}', "x, y numbers"),
     ('{"width": 4, "height": 4, "objects": [{"label": "road", "polygon": [[0, 0, 1], [1, 0]]}]}', "x, y numbers"),
     ('{"width": 4, "height": 4, "objects": [{"label": "road", "polygon": [[0, "a"], [1, 0]]}]}', "[x, y]"),
+    ('{"width": 4, "height": 4, "objects": [{"label": "road", "polygon": [0, 1' + "0" * 5000 + ']}]}', "4300 digits"),
+    ('{"width": 4, "heigth": 4' + "0" * 9 + ', "objects": []}', "too large"),
+    ('{"width": 4, "height": Infinity, "objects": []}', "Infinity is not a number JSON allows"),
 ])
 def test_vistas_bad_files_name_the_file(tmp_path, content, problem):
     path = tmp_path / "polygons" / "a.json"

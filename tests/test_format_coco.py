@@ -368,6 +368,42 @@ def test_bad_json_and_no_coco_file(tmp_path):
         coco.read(tmp_path / "empty_folder_or_missing", None)
 
 
+@pytest.mark.parametrize("text, message", [
+    ('{"images": [{"id": 1, "width": 1' + "0" * 5000 + '}]}', "an integer has more than 4300 digits"),
+    ('{"images": [], "annotations": [], "categories": [], "x": NaN}', "NaN is not a number JSON allows"),
+    ('{"images": ' + "[" * 100_000, "nested too deeply"),
+    (b'{"images": "\xff"}', "can't decode byte 0xff"),
+])
+def test_unusable_json_is_our_error(tmp_path, text, message):
+    """Python's json raises ValueError (not JSONDecodeError) for integers past 4300 digits, and RecursionError for
+    deep nesting; the shared loader (labels/jsonio.py) turns every such failure into our error."""
+    path = tmp_path / "bad.json"
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    for read in (coco.read_coco, coco_panoptic.read_panoptic):
+        with pytest.raises(LabelFormatError, match=rf"{re.escape(str(path))}: not valid JSON.*{re.escape(message)}"):
+            read(path)
+
+
+def test_polygon_coordinates_must_be_finite(tmp_path):
+    path = tmp_path / "inf.json"
+    path.write_text(json.dumps(_one()).replace("[0, 0, 2, 0", "[1e999, 0, 2, 0"))
+    with pytest.raises(LabelFormatError, match="polygon 0 must be a flat list of numbers"):
+        coco.read_coco(path)
+
+
+@pytest.mark.parametrize("name, problem", [("a.jpg" * 100, "too long"), ("a\0.jpg", "embedded null byte")])
+def test_unusable_file_names_are_our_error(tmp_path, name, problem):
+    """A file_name no file system takes (a part past 255 bytes, a NUL byte) used to escape as OSError/ValueError
+    from the image lookup; images.resolve_inside refuses it for every reader."""
+    image = {"id": 1, "file_name": name, "width": 10, "height": 8}
+    path = _write(tmp_path / "bad.json", _coco([], images=[image]))
+    with pytest.raises(LabelFormatError, match=rf"bad.json: image file_name .* is not a usable file name.*{problem}"):
+        coco.read_coco(path)
+    panoptic = _coco([{"image_id": 1, "file_name": name, "segments_info": []}])
+    with pytest.raises(LabelFormatError, match=f"panoptic PNG file_name .* is not a usable file name.*{problem}"):
+        coco_panoptic.read_panoptic(_write(tmp_path / "panoptic.json", panoptic))
+
+
 def test_mutated_files_give_masks_or_our_error(tmp_path):
     """A small fuzz run (the benchmark-style script runs many more): any outcome but a mask or LabelFormatError
     is a bug."""

@@ -62,6 +62,25 @@ def test_sample_project_export_reads_every_subset():
 
 
 @needs_sample
+def test_sample_project_export_keys_keep_subsets_apart(tmp_path, capsys):
+    """The project export has img0.jpg and img1.jpg in each of Test, Train and Validation: keyed by their stems,
+    the masks would overwrite each other; keyed `<subset>/<stem>` they land in one folder per subset."""
+    from streetseg_jax.labels.__main__ import main
+    from streetseg_jax.labels.validate import duplicate_keys, image_key
+    annotations = cvat.read(SAMPLE / "export_project", None)
+    keys = [image_key(a) for a in annotations]
+    assert keys == ["Test/img0", "Test/img1", "Train/img0", "Train/img1", "Validation/img0", "Validation/img1"]
+    assert duplicate_keys(annotations) == {}
+    assert all(image_key(a) == Path(a.file_name).stem for a in cvat.read(SAMPLE / "export_task", None))
+    label_map = tmp_path / "labels.json"
+    label_map.write_text(fixture_label_map().to_json())
+    main(["to-masks", "--format", "cvat", "--input", str(SAMPLE / "export_project"), "--output",
+          str(tmp_path / "masks"), "--label_map", str(label_map)])
+    written = sorted(p.relative_to(tmp_path / "masks").as_posix() for p in (tmp_path / "masks").rglob("*.png"))
+    assert written == [f"{key}.png" for key in keys]
+
+
+@needs_sample
 def test_looks_like_on_samples():
     assert cvat.looks_like(SAMPLE / "export_task")
     assert cvat.looks_like(SAMPLE / "export_project")
@@ -182,6 +201,10 @@ def test_folder_reads_every_cvat_file_and_skips_other_xml(tmp_path):
     ('<image id="0" name="a.png" width="0" height="4"/>', "not positive"),
     ('<image id="0" name="a.png" width="100000" height="100000"/>', "too large"),
     ('<image id="0" name="../../outside.png" width="4" height="4"/>', "outside the export folder"),
+    ('<image id="0" name="a.png" width="1e309" height="4"/>', "is not an integer"),
+    ('<image id="0" name="a.png" width="99999999999999999999" height="4"/>', "too large"),
+    ('<image id="0" name="' + "a" * 300 + '.png" width="4" height="4"/>', "not a usable file name (too long)"),
+    ('<image id="0" name="a.png" subset="../up" width="4" height="4"/>', "cannot be part of an image key"),
     ('<track id="0" label="car"><box frame="0" xtl="0" ytl="0" xbr="1" ybr="1" outside="0"/></track>', "video"),
 ])
 def test_bad_content_names_the_file(tmp_path, images, problem):

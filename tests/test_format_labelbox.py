@@ -251,6 +251,27 @@ def test_wrong_sizes_and_escaping_names_are_refused(tmp_path):
         labelbox.read(path, None)
 
 
+def test_fuzz_findings_are_our_errors(tmp_path):
+    """What tools/fuzz_readers.py found: a 5000-digit integer (Python's json raises a plain ValueError), an
+    external_id too long for a file name (OSError from the image lookup), sizes past the pixel limit."""
+    v2 = _v2_export(tmp_path / "digits", [_v2_row("street_001.jpg", [])])
+    v2.write_text(v2.read_text().replace('"height": 8', '"height": 8' + "0" * 5000))
+    with pytest.raises(LabelFormatError, match=rf"{re.escape(str(v2))} line 1: not valid JSON .*4300 digits"):
+        labelbox.read(v2, None)
+    v1 = _v1_export(tmp_path / "digits_v1")
+    v1.write_text(v1.read_text().replace('"top": 3', '"top": 3' + "0" * 5000))
+    with pytest.raises(LabelFormatError, match=rf"{re.escape(str(v1))}: not valid JSON .*4300 digits"):
+        labelbox.read(v1, None)
+    for name, problem in (("street_001.jpg" * 30, "too long"), ("street\0.jpg", "embedded null byte"),
+                          ("9" * 400, "too long")):
+        path = _v2_export(tmp_path / "names", [_v2_row(name, [])])
+        with pytest.raises(LabelFormatError, match=rf"line 1 \(.*\): image .* is not a usable file name .*{problem}"):
+            labelbox.read(path, None)
+    path = _v2_export(tmp_path / "huge", [_v2_row("street_001.jpg", [], width=10 ** 6, height=10 ** 6)])
+    with pytest.raises(LabelFormatError, match="line 1 .*image size 1000000x1000000: too large"):
+        labelbox.read(path, None)
+
+
 def test_mutated_exports_give_masks_or_our_error(tmp_path):
     """A small fuzz run over both formats: any outcome but a mask or LabelFormatError is a bug."""
     rng = random.Random(0)

@@ -329,6 +329,10 @@ BAD_FILES = [
     (labelme_file([shape("road", [[True, 1]])]), "'points' must hold numbers"),
     (json.dumps(labelme_file([shape("road", [[0, 1]])])).replace("[[0, 1]]", "[[1e999, 1]]"), "non-finite"),
     (labelme_file([shape("road", [[10 ** 400, 1]])]), "non-finite"),
+    # found by tools/fuzz_readers.py: past 4300 digits Python's json raises a plain ValueError
+    (json.dumps(labelme_file([shape("road", [[0, 1]])])).replace("[[0, 1]]", "[[1" + "0" * 5000 + ", 1]]"),
+     r"not valid JSON \(an integer has more than 4300 digits"),
+    (labelme_file([], imagePath="a" * 300 + ".jpg"), "imagePath .* is not a usable file name"),
     (labelme_file([shape("road", [[0, 0]], "ellipse")]), "unknown shape_type 'ellipse'"),
     (labelme_file([shape("road", [[0, 0], [1, 1], [2, 2]], "rectangle")]), "a rectangle needs 2 points"),
     (labelme_file([shape("road", [[0, 0]], "circle")]), "a circle needs 2 points"),
@@ -352,6 +356,22 @@ def test_broken_files_raise_an_error_naming_the_file_and_the_problem(tmp_path, c
 def test_unreadable_file(tmp_path):
     with pytest.raises(LabelFormatError, match=r"missing\.json: cannot read"):
         labelme.read(tmp_path / "missing.json")
+
+
+def test_coordinates_out_of_range_are_refused_for_every_format(tmp_path):
+    """formats.read refuses coordinates no tool writes (beyond rasterize.coordinate_limit): near 1e308 the
+    rasterizer's edge arithmetic would overflow, and far below that lose whole pixels of precision."""
+    from streetseg_jax.labels import formats
+    from streetseg_jax.labels.rasterize import coordinate_limit
+    far = coordinate_limit(20, 30) * 1.01
+    path = write_json(tmp_path, labelme_file([shape("road", [[0, 0], [4, 0], [4, 4]]),
+                                              shape("car", [[-1e308, 0], [far, 0], [1e308, 1e308]])]))
+    assert len(labelme.read(path)[0].shapes) == 2            # the reader itself only checks that they are numbers
+    with pytest.raises(LabelFormatError, match=re.escape(str(path)) + r" \(a.jpg\): shape 1 \('car'\): "
+                                               r"coordinate -1e\+308 is out of range"):
+        formats.read("labelme", path, default_label_map())
+    within = write_json(tmp_path / "ok", labelme_file([shape("road", [[-1e6, 0], [30, 0], [30, 20]])]))
+    assert formats.read("labelme", within, default_label_map())[0].shapes[0].exterior[0, 0] == -1e6
 
 
 def test_deeply_nested_json(tmp_path):

@@ -16,6 +16,7 @@ from streetseg_jax.labels.convert import annotation_to_mask
 from streetseg_jax.labels.formats import masks
 from streetseg_jax.labels.label_map import ClassInfo, LabelMap, default_label_map
 from streetseg_jax.labels.shapes import LabelFormatError
+from streetseg_jax.labels.validate import duplicate_keys, image_key
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LABELME = DATA / "annotation-samples" / "labelme" / "semantic_segmentation"
@@ -200,6 +201,24 @@ def test_split_folders_nested_names_and_mask_suffixes(tmp_path):
     annotations = masks.read(tmp_path, LABEL_MAP)
     assert [a.file_name for a in annotations] == ["seq1/frame_001.jpg", "frame_009.jpg"]
     assert all(a.image_path.is_file() for a in annotations)
+
+
+def test_keys_keep_nested_and_split_folders_apart(tmp_path):
+    """Stems repeat across subfolders (seq1/frame_001, seq2/frame_001) and split folders (a in train/ and val/):
+    each image's key is its path below the mask folder, after the folders above the pair, so no two masks of the
+    export are written to one file. A mask at the top of a single pair keeps its plain stem."""
+    for folder in ("seq1", "seq2"):
+        export(tmp_path / "nested", random_ids(20), stem=f"{folder}/frame_001")
+    export(tmp_path / "nested", random_ids(21), stem="top")
+    keys = [image_key(a) for a in masks.read(tmp_path / "nested", LABEL_MAP)]
+    assert keys == ["seq1/frame_001", "seq2/frame_001", "top"]
+    export(tmp_path / "splits" / "train", random_ids(22), stem="a")
+    export(tmp_path / "splits" / "val", random_ids(23), stem="a")
+    (tmp_path / "splits" / "val" / "masks" / "a.png").rename(tmp_path / "splits" / "val" / "masks" / "a_L.png")
+    annotations = masks.read(tmp_path / "splits", LABEL_MAP)
+    assert [image_key(a) for a in annotations] == ["train/a", "val/a"] and duplicate_keys(annotations) == {}
+    (annotation,) = masks.read(tmp_path / "splits" / "val" / "masks", LABEL_MAP)     # the mask folder itself
+    assert image_key(annotation) == "a"
 
 
 def test_mask_without_image_and_duplicate_names(tmp_path):

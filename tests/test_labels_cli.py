@@ -1,7 +1,9 @@
 """Tests for `python -m streetseg_jax.labels to-masks` and the conversion helpers behind it (labels/convert.py)."""
 import json
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from streetseg_jax.labels.convert import (UnknownLabelsError, annotation_to_mask
                                           read_mask_png, write_mask_png)
 from streetseg_jax.labels.formats.voc import read_voc, write_voc
 from streetseg_jax.labels.label_map import default_label_map
+from streetseg_jax.labels.shapes import LabelFormatError
 
 ROOT = Path(__file__).resolve().parents[1]
 ROAD, BUILDING, SKY = 3, 5, 6
@@ -281,3 +284,34 @@ def test_absurd_image_sizes_are_refused_with_a_message(tmp_path, capsys):
         main(["to-masks", "--input", str(folder), "--output", str(tmp_path / "masks")])
     err = capsys.readouterr().err
     assert "huge.xml: the annotation gives the image size 1000000x1000000" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("width, problem", [
+    ("1e309", "<size><width>/<height> must be whole numbers, got '1e309', '30'"),     # was an OverflowError
+    ("40.5", "must be whole numbers"),
+    ("99999999999999999999", "x30: too large"),
+    ("-40", "image size -40x30, which is not positive"),
+])
+def test_voc_sizes_are_checked(tmp_path, width, problem):
+    path = tmp_path / "a.xml"
+    write_scene(path, ("road", rect(0, 0, 40, 30)))
+    path.write_text(path.read_text().replace("<width>40</width>", f"<width>{width}</width>"))
+    with pytest.raises(LabelFormatError, match=re.escape(f"{path}: ") + ".*" + re.escape(problem)):
+        read_voc(path)
+
+
+def test_coordinates_out_of_range_are_an_error_not_a_wrong_mask(tmp_path, capsys):
+    """Near 1e308 the rasterizer's arithmetic overflowed into a wrong mask (with only a numpy warning); such
+    coordinates are now refused by formats.read, and skipped with a problem by the rasterizer itself."""
+    folder = tmp_path / "xml"
+    folder.mkdir()
+    write_scene(folder / "far.xml", ("road", [(-1e308, 0), (1e308, 0), (1e308, 1e308)]))
+    with pytest.raises(SystemExit):
+        main(["to-masks", "--input", str(folder), "--output", str(tmp_path / "masks")])
+    err = capsys.readouterr().err
+    assert "far.xml (far.jpg): shape 0 ('road'): coordinate -1e+308 is out of range" in err
+    assert "Traceback" not in err and not (tmp_path / "masks").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # no overflow on the way
+        result = annotation_to_mask(read_voc(folder / "far.xml"), default_label_map())
+    assert (result.mask == 0).all() and "out of range" in result.problems[0]

@@ -1,10 +1,12 @@
 """Tests for streetseg_jax.labels.rasterize: exact coverage, majority by area, stacking order, holes, clipping."""
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streetseg_jax.labels.rasterize import coverage, rasterize
+from streetseg_jax.labels.rasterize import coordinate_limit, coverage, rasterize
 from streetseg_jax.labels.shapes import Shape
 
 ROAD, SIDEWALK, BUILDING = 3, 4, 5
@@ -246,6 +248,21 @@ def test_degenerate_polygons_are_reported_and_skipped():
     for index, (_, shape) in enumerate(items[:5]):
         assert any(p.startswith(f"shape {index} ({shape.label!r})") for p in result.problems)
     assert "zero area" in result.problems[0] and "fewer than 3 distinct points" in result.problems[1]
+
+
+def test_coordinates_out_of_range_are_skipped_without_overflow():
+    """Near 1e308 the edge cuts overflowed (inf, then a wrong mask with a numpy warning); beyond coordinate_limit
+    a ring is skipped and reported, as a non-finite one is. Far outside but within the limit still draws exactly."""
+    limit = coordinate_limit(10, 10)
+    huge = np.array([[-1e308, -1e308], [1e308, 1e308], [0, 5]])
+    items = [(1, Shape("huge", huge)), (2, Shape("past", box(0, 0, 5, limit * 1.01))),
+             (3, Shape("hole", box(0, 0, 10, 10), holes=(huge,))), (4, Shape("far", box(-limit, 6, 10, 10)))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = rasterize(items, 10, 10)
+    assert (result.mask[:6] == 3).all() and (result.mask[6:] == 4).all()
+    assert [p.split(":")[0] for p in result.problems] == ["shape 0 ('huge')", "shape 1 ('past')", "shape 2 ('hole')"]
+    assert all("out of range" in p for p in result.problems)
 
 
 def test_degenerate_hole_is_reported_and_the_shape_still_drawn():

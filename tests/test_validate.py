@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +203,29 @@ def test_image_keys():
     assert image_key(annotation(file_name="C:\\labels\\frame_7.png")) == "frame_7"
     assert image_key(annotation(file_name="", source="dir/x.json")) == "x"
     assert image_key(annotation(image_path=Path("/e/images/real.png"))) == "real"
+
+
+def test_reader_keys_win_and_masks_are_kept_in_their_folders(tmp_path):
+    """A reader that knows stems repeat (CVAT subsets, mask subfolders) sets Annotation.key; the key names the
+    kept mask, in subfolders, and two images of one stem in different subsets no longer clash."""
+    train = annotation(Shape("road", rect(0, 0, 40, 30)), file_name="img0.jpg", key="Train/img0")
+    test = annotation(Shape("sky", rect(0, 0, 40, 30)), file_name="img0.jpg", key="Test/img0")
+    assert [image_key(a) for a in (train, test)] == ["Train/img0", "Test/img0"]
+    assert duplicate_keys([train, test]) == {} and set(duplicate_keys([train, annotation(file_name="img0.png"),
+                                                                        annotation(file_name="x/img0.jpg")])) == {1, 2}
+    options = CheckOptions(check_images=False, mask_dir=str(tmp_path / "masks"))
+    report = validate([train, test], default_label_map(), options=options)
+    assert [f.key for f in report.files] == ["Train/img0", "Test/img0"] and report.errors == []
+    assert sorted(p.relative_to(tmp_path / "masks").as_posix() for p in (tmp_path / "masks").rglob("*.png")) == \
+        ["Test/img0.png", "Train/img0.png"]
+
+
+def test_absurd_coordinates_are_left_to_the_rasterizer(tmp_path):
+    far = annotation(Shape("road", np.array([[-1e308, 0], [1e308, 0], [1e308, 1e308], [0, 1e308]])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # no overflow in the self-intersection test
+        report = validate([far], default_label_map(), options=CheckOptions(check_images=False))
+    assert [w for _, w in report.warnings if "out of range" in w] and report.errors == []
 
 
 def test_locate_images_by_stem_by_name_and_refusals(tmp_path):

@@ -283,9 +283,11 @@ def _worker(connection) -> None:
         original = Path(file).read_bytes()
         Path(file).write_bytes(data)
         try:
-            connection.send(run_case(fmt, Path(export)))
+            outcome = run_case(fmt, Path(export))
         finally:
             Path(file).write_bytes(original)
+        # Only now: the campaign reads the next seed file as soon as it has the answer, and must not see this one.
+        connection.send(outcome)
 
 
 class Worker:
@@ -345,14 +347,17 @@ def fuzz(formats: list[str], iterations: int, seed: int = 0, time_limit: float =
 def _fuzz_format(fmt, seeds, iterations, seed, time_limit, out, worker, progress) -> dict:
     outcomes: collections.Counter = collections.Counter()
     failures, warned, slowest = [], [], (0.0, "")
+    pristine: dict[Path, bytes] = {}       # every mutation starts from the seed as written: inputs follow the seed
     for i in range(iterations):
         rng = random.Random(f"{seed}:{fmt}:{i}")
         export = rng.choice(seeds)
         files = mutable_files(export)
         file = files[0] if rng.random() < 0.7 else rng.choice(files)
-        data, what = mutate(file.read_bytes(), file.suffix.lower(), rng)
+        original = pristine.setdefault(file, file.read_bytes())
+        data, what = mutate(original, file.suffix.lower(), rng)
         start = time.perf_counter()
         outcome, detail = worker.run((fmt, str(export), str(file), data), time_limit)
+        file.write_bytes(original)         # a worker killed mid-case left the mutated file behind
         if time.perf_counter() - start > slowest[0]:
             slowest = (time.perf_counter() - start, f"case {i} ({what})")
         outcomes[outcome] += 1

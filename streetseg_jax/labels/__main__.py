@@ -7,9 +7,11 @@
 
 FORMAT is one of voc, mit_xml, labelme, coco, coco_panoptic, cvat, labelbox, cityscapes, mapillary, masks, or auto
 (detected from the files, and said). to-masks reads every annotation first and stops on unreadable files, unknown
-class names (unless --unknown ignore) or two annotations of one image stem before writing anything; it then writes
-one palette PNG mask per image, named after the image's file stem. check prints the validation report
-(labels/validate.py) and exits non-zero when it finds errors, or warnings with --strict.
+class names (unless --unknown ignore) or two annotations of one image key before writing anything; it then writes
+one palette PNG mask per image, named after the image's key: its file stem, or where stems repeat in an export a
+path such as Train/img0 (a CVAT project's subset) or seq1/frame_001 (a mask folder's subfolder), written in
+subfolders of the output. check prints the validation report (labels/validate.py) and exits non-zero when it finds
+errors, or warnings with --strict.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     to_masks = commands.add_parser("to-masks", help="rasterize annotations into palette PNG class-id masks")
     _common_arguments(to_masks)
-    to_masks.add_argument("--output", required=True, type=Path, help="folder for the masks (<image stem>.png)")
+    to_masks.add_argument("--output", required=True, type=Path, help="folder for the masks (<image key>.png)")
     check = commands.add_parser("check", help="validation report: problems per file, class shares, weights")
     _common_arguments(check)
     check.add_argument("--json", type=Path, help="also write the report as JSON to this file")
@@ -99,8 +101,8 @@ def to_masks(args: argparse.Namespace) -> None:
             fail(str(UnknownLabelsError(unknown, label_map)))
     try:
         problems = write_masks(annotations, label_map, args.output)
-    except OSError as e:
-        fail(f"cannot write masks to {args.output}: {e.strerror or e}")
+    except (OSError, ValueError) as e:     # ValueError: a key no file system takes (a NUL byte in a stem)
+        fail(f"cannot write masks to {args.output}: {getattr(e, 'strerror', None) or e}")
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     shapes = sum(len(a.shapes) for a in annotations)
@@ -108,12 +110,14 @@ def to_masks(args: argparse.Namespace) -> None:
 
 
 def write_masks(annotations: list[Annotation], label_map: LabelMap, output: Path) -> list[str]:
-    """One `<image stem>.png` per annotation (unknown names get the ignore id); the rasterizer's problems."""
+    """One `<image key>.png` per annotation (unknown names get the ignore id); the rasterizer's problems."""
     output.mkdir(parents=True, exist_ok=True)
     problems = []
     for annotation in tqdm(annotations, desc="writing masks", unit="mask", disable=None):
         result = annotation_to_mask(annotation, label_map, unknown="ignore")
-        write_mask_png(output / f"{image_key(annotation)}.png", result.mask, label_map)
+        path = output / f"{image_key(annotation)}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)      # nested keys ("Train/img0") get their folders
+        write_mask_png(path, result.mask, label_map)
         problems.extend(result.problems)
     return problems
 

@@ -3,6 +3,7 @@ bombs are refused, EXIF orientation is applied, and every mode (16-bit, grayscal
 explicitly."""
 from __future__ import annotations
 
+import errno
 import io
 import warnings
 from pathlib import Path
@@ -17,13 +18,70 @@ from streetseg_jax.labels.shapes import LabelFormatError
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 178_956_970
 
 
-def resolve_inside(root: Path, relative: str, what: str, source: Path) -> Path:
-    """`root / relative`, refusing a path that escapes `root` (absolute paths, `..`, symlinks out)."""
-    root = Path(root).resolve()
-    candidate = (root / relative).resolve()
+class OutsideExportError(LabelFormatError):
+    """A file name from an export that leads out of the export folder."""
+
+
+def resolve_inside(root: Path, relative: str, what: str, source: Path | str) -> Path:
+    """`root / relative`, refusing a path that escapes `root` (absolute paths, `..`, symlinks out) with
+    OutsideExportError, and a name no file can have (a NUL byte, a part too long for the file system) with
+    LabelFormatError: both come from files other people wrote, and must not reach the user as an OSError."""
+    try:
+        root = Path(root).resolve()
+        candidate = (root / relative).resolve()
+    except (OSError, ValueError) as e:
+        raise LabelFormatError(f"{source}: {what} {_short(relative)} is not a usable file name ({_reason(e)})") \
+            from None
     if not candidate.is_relative_to(root):
-        raise LabelFormatError(f"{source}: {what} {relative!r} points outside the export folder {root}; refused")
+        raise OutsideExportError(f"{source}: {what} {_short(relative)} points outside the export folder {root}; "
+                                 "refused")
+    if _too_long(candidate):
+        raise LabelFormatError(f"{source}: {what} {_short(relative)} is not a usable file name (too long)")
     return candidate
+
+
+def is_file(path: Path) -> bool:
+    """Path.is_file that says False, not raises, for any path the file system cannot even look up."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _too_long(path: Path) -> bool:
+    # resolve() does not mind a part longer than the file system allows; the first stat of it raises ENAMETOOLONG.
+    try:
+        path.stat()
+    except OSError as e:
+        return e.errno == errno.ENAMETOOLONG
+    return False
+
+
+def _reason(error: Exception) -> str:
+    return getattr(error, "strerror", None) or str(error)
+
+
+def _short(text, limit: int = 80) -> str:
+    text = repr(text)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
+
+
+def check_size(width: int, height: int, where: str) -> tuple[int, int]:
+    """(width, height) of the image an annotation describes, refused unless both are positive and the mask (which
+    is allocated before anything else is looked at) stays within MAX_PIXELS; readers parse the numbers first."""
+    size = f"{_number(width)}x{_number(height)}"
+    if width <= 0 or height <= 0:
+        raise LabelFormatError(f"{where}: the annotation gives the image size {size}, which is not positive")
+    if width * height > MAX_PIXELS:
+        raise LabelFormatError(f"{where}: the annotation gives the image size {size}: too large, beyond the pixel "
+                               f"limit of {MAX_PIXELS} pixels; refused")
+    return width, height
+
+
+def _number(value: int) -> str:
+    # A JSON integer may have thousands of digits; a message needs only to say it is huge.
+    text = str(value)
+    return text if len(text) <= 20 else f"{text[:6]}...({len(text)} digits)"
 
 
 def open_rgb(source: Path | bytes, name: str = "") -> np.ndarray:

@@ -18,7 +18,12 @@ How a pixel gets its class:
 Only pixels that some shape covers partly need steps 2-3 in full: fully covered pixels are painted back to front,
 and the partly covered ones (a few percent of a street scene) are then settled from sparse lists.
 
-Nothing outside the image counts: coordinates may lie outside it and are clipped.
+Nothing outside the image counts: coordinates may lie outside it and are clipped. Coordinates further out than
+`coordinate_limit` (a million pixels beyond any image) are refused as "out of range" and their shape skipped: no
+labelling tool writes them, and the edge arithmetic below, exact to about 1e-10 px inside that range, would lose
+whole pixels of precision beyond it and overflow near 1e308. Clipping such rings first would need exact arithmetic
+to stay correct, for coordinates that only a corrupt file holds; the readers refuse them before they get here
+(formats.read), so this is the rasterizer's own guard for callers that build Shapes themselves.
 """
 from __future__ import annotations
 
@@ -58,8 +63,9 @@ def rasterize(items: Sequence[tuple[int, Shape]], height: int, width: int,
               fill_id: int = 0, ignore_id: int = 255) -> RasterResult:
     """Draw (class_id, Shape) items into an (height, width) uint8 mask; shapes marked `ignore` get ignore_id.
 
-    Degenerate shapes (fewer than 3 distinct points, zero area, non-finite coordinates) and shapes wholly outside
-    the image are skipped and reported in `problems`; nothing here raises for bad geometry.
+    Degenerate shapes (fewer than 3 distinct points, zero area, non-finite coordinates), shapes with coordinates
+    beyond coordinate_limit and shapes wholly outside the image are skipped and reported in `problems`; nothing
+    here raises for bad geometry.
     """
     _check_ids(height, width, fill_id, ignore_id, items)
     problems: list[str] = []
@@ -75,6 +81,12 @@ def coverage(shape: Shape, height: int, width: int) -> np.ndarray:
         x0, y0, x1, y1 = d.box
         out[y0:y1, x0:x1] = d.raster if d.raster is not None else _view(_coverage_buffer([d]), d) / _ONE
     return out
+
+
+def coordinate_limit(height: int, width: int) -> float:
+    """The largest |x| or |y| drawn for an image of this size: far beyond any outline a tool makes, and small enough
+    that every cut of an edge along a pixel row or column stays exact to about 1e-10 px."""
+    return 16.0 * max(height, width) + 1e6
 
 
 def _check_ids(height: int, width: int, fill_id: int, ignore_id: int, items) -> None:
@@ -99,7 +111,7 @@ def _drawables(items, height: int, width: int, ignore_id: int, problems: list[st
         else:
             d.exterior, d.holes = shape.exterior, list(shape.holes)
             candidates.append(d)
-    bounds = _check_rings([d for d in candidates if d.raster is None], problems)
+    bounds = _check_rings([d for d in candidates if d.raster is None], coordinate_limit(height, width), problems)
     kept = []
     for d in candidates:
         if d.raster is None and d.exterior is not None and not _set_box(d, bounds[id(d)], height, width, problems):
@@ -109,14 +121,14 @@ def _drawables(items, height: int, width: int, ignore_id: int, problems: list[st
     return kept
 
 
-def _check_rings(drawables: list[_Drawable], problems: list[str]) -> dict:
+def _check_rings(drawables: list[_Drawable], limit: float, problems: list[str]) -> dict:
     """Replace every ring by a float64 array, or drop it (exterior -> None) with a message saying why.
 
     Returns the exteriors' bounds (xmin, ymin, xmax, ymax) keyed by id() of their drawable.
     """
     checked = [(d, k, *_as_ring(points)) for d in drawables for k, points in enumerate([d.exterior, *d.holes])]
     rings = [ring for _, _, ring, why in checked if not why]
-    measured = iter(_ring_problems(rings) if rings else [])
+    measured = iter(_ring_problems(rings, limit) if rings else [])
     bounds = {}
     for d, k, ring, why in checked:                    # in drawing order, so the messages are too
         ring_bounds = None
@@ -153,20 +165,27 @@ def _as_ring(points) -> tuple[np.ndarray | None, str]:
     return ring, ""
 
 
-def _ring_problems(rings: list[np.ndarray]) -> list[tuple[str, list[float]]]:
+def _ring_problems(rings: list[np.ndarray], limit: float) -> list[tuple[str, list[float]]]:
     """Per ring, why it cannot be drawn ('' when it can) and its bounds; all rings are measured at once."""
     lengths = np.array([len(r) for r in rings])
     points = np.concatenate(rings)
     starts = np.cumsum(lengths) - lengths
     finite = np.logical_and.reduceat(np.isfinite(points).all(axis=1), starts)
+    far = np.maximum.reduceat(np.abs(points).max(axis=1), starts)       # NaN (not finite) is reported first
     nxt = points[_following(lengths)]
     with np.errstate(invalid="ignore", over="ignore"):
         area = np.add.reduceat(points[:, 0] * nxt[:, 1] - nxt[:, 0] * points[:, 1], starts)
     bounds = np.concatenate([np.minimum.reduceat(points, starts), np.maximum.reduceat(points, starts)], axis=1)
-    out = []
-    for ring, ok, a, b in zip(rings, finite.tolist(), area.tolist(), bounds.tolist()):
-        out.append(("has non-finite coordinates" if not ok else _flat_problem(ring) if a == 0.0 else "", b))
-    return out
+    return [(_ring_problem(ring, ok, f, a, limit), b)
+            for ring, ok, f, a, b in zip(rings, finite.tolist(), far.tolist(), area.tolist(), bounds.tolist())]
+
+
+def _ring_problem(ring: np.ndarray, finite: bool, far: float, area: float, limit: float) -> str:
+    if not finite:
+        return "has non-finite coordinates"
+    if far > limit:
+        return f"has a coordinate out of range ({far:g}; at most {limit:g} is drawn)"
+    return _flat_problem(ring) if area == 0.0 else ""
 
 
 def _flat_problem(ring: np.ndarray) -> str:

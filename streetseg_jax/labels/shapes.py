@@ -32,7 +32,30 @@ class Annotation:
     shapes: list[Shape]
     image_path: Path | None = None            # resolved image file, when known
     image_bytes: bytes | None = None          # the image itself, when the export embeds it (LabelMe imageData)
+    key: str | None = None                    # the image's key when its stem alone is not unique ("Train/img0",
+                                              # "seq1/frame_001"): see labels/validate.image_key and make_key
 
 
 class LabelFormatError(ValueError):
     """An annotation file that cannot be read; the message names the file and the problem."""
+
+
+_MAX_KEY_PART = 200     # bytes of one folder or file name in a key (file systems allow 255, and ".png" follows)
+
+
+def make_key(parts: list[str], where: str) -> str:
+    """An image key from folder and file names ("Train", "img0" -> "Train/img0").
+
+    Keys become relative paths of mask files (`<output>/<key>.png`), so every part must be a plain name: not
+    empty, not `.` or `..`, without slashes or NUL bytes, and short enough for a file system. Parts come from
+    other people's files (a CVAT subset is free text), so anything else is a LabelFormatError naming `where`."""
+    for part in parts:
+        if part in ("", ".", "..") or any(c in part for c in "/\\\0") or _too_long(part):
+            preview = part if len(part) <= 60 else part[:57] + "..."
+            raise LabelFormatError(f"{where}: {preview!r} cannot be part of an image key (a folder or file name "
+                                   "of the masks written for it)")
+    return "/".join(parts)
+
+
+def _too_long(part: str) -> bool:
+    return len(part.encode("utf-8", "replace")) > _MAX_KEY_PART

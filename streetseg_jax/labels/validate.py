@@ -10,7 +10,9 @@ look but the masks are still made (`check --strict` exits non-zero on them too).
 
 Images are found for each annotation by `locate_images`: the image the export embeds, else the file the reader
 resolved, else a file under the export folder with the annotation file's stem or the file name the annotation
-gives. Each image is known by its key, the image's file stem: masks are named after it, splits hash it.
+gives. Each image is known by its key (image_key): the image's file stem, or the key its reader gave it where stems
+repeat within an export (a CVAT project's `Train/img0`, a mask folder's `seq1/frame_001`). Masks are named after
+it (`<key>.png`, in subfolders for keys with a `/`), splits hash it.
 """
 from __future__ import annotations
 
@@ -27,9 +29,9 @@ import numpy as np
 from PIL import Image
 
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES
-from streetseg_jax.labels.images import MAX_PIXELS, open_rgb, resolve_inside
+from streetseg_jax.labels.images import MAX_PIXELS, OutsideExportError, is_file, open_rgb, resolve_inside
 from streetseg_jax.labels.label_map import LabelMap
-from streetseg_jax.labels.rasterize import rasterize
+from streetseg_jax.labels.rasterize import coordinate_limit, rasterize
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError
 from streetseg_jax.labels.stats import median_frequency_weights
 
@@ -44,7 +46,7 @@ _SHOWN = 30                       # problems listed on screen (all of them are i
 class FileReport:
     """What was found in one annotation (one image)."""
     annotation: str                       # the annotation file
-    key: str                              # the image's file stem: mask file name, split key
+    key: str                              # image_key: mask file name (without .png), split key
     image: str | None = None              # the image file, EMBEDDED, or None when there is none
     width: int = 0
     height: int = 0
@@ -62,8 +64,10 @@ class FileReport:
 
 # --- keys and images ---------------------------------------------------------------------------------------------
 def image_key(annotation: Annotation) -> str:
-    """The image's file stem: from the file the reader resolved, else the name the annotation gives, else the
-    annotation file's own stem."""
+    """The key the reader gave the image (Annotation.key), else the image's file stem: from the file the reader
+    resolved, else the name the annotation gives, else the annotation file's own stem."""
+    if annotation.key:
+        return annotation.key
     if annotation.image_path is not None:
         return Path(annotation.image_path).stem
     name = base_name(annotation.file_name)
@@ -114,11 +118,11 @@ class ImageIndex:
             try:
                 candidate = resolve_inside(self.root, os.path.relpath(base / file_name, self.root), "image",
                                            source)
-            except LabelFormatError as e:
+            except OutsideExportError as e:
                 return str(e).split(": ", 1)[-1]
-            except ValueError:          # a NUL byte in the name, or another drive on Windows: no such file
+            except ValueError:          # a name no file has (NUL byte, too long), another drive on Windows
                 continue
-            if _is_file(candidate):
+            if is_file(candidate):
                 return candidate
         return None
 
@@ -140,13 +144,6 @@ class ImageIndex:
         return f"{why}: {', '.join(str(p.relative_to(self.root)) for p in candidates)}"
 
 
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except (OSError, ValueError):       # a name too long for the file system, a NUL byte: no such file
-        return False
-
-
 def locate_images(annotations: list[Annotation], root: Path) -> dict[int, str]:
     """Set `image_path` on every annotation whose image is found (unless the reader did, or the image is
     embedded); returns {index: why not} for the others."""
@@ -159,7 +156,7 @@ def locate_images(annotations: list[Annotation], root: Path) -> dict[int, str]:
         if annotation.image_bytes is not None:
             continue
         if annotation.image_path is not None:
-            if not _is_file(Path(annotation.image_path)):
+            if not is_file(Path(annotation.image_path)):
                 missing[i] = f"image {annotation.image_path} does not exist"
             continue
         found = index.find(annotation, per_source[str(annotation.source)] == 1)
@@ -171,7 +168,7 @@ def locate_images(annotations: list[Annotation], root: Path) -> dict[int, str]:
 
 
 def duplicate_keys(annotations: list[Annotation]) -> dict[int, str]:
-    """{index: message} for annotations whose mask file name (image stem) another annotation also has."""
+    """{index: message} for annotations whose mask file name (image key) another annotation also has."""
     owners: dict[str, list[int]] = {}
     for i, annotation in enumerate(annotations):
         owners.setdefault(image_key(annotation), []).append(i)
@@ -180,7 +177,7 @@ def duplicate_keys(annotations: list[Annotation]) -> dict[int, str]:
         if len(indices) > 1:
             sources = list(dict.fromkeys(str(annotations[i].source) for i in indices))
             for i in indices:
-                clashes[i] = (f"{len(indices)} annotations are for images with the stem {key!r}, and each would "
+                clashes[i] = (f"{len(indices)} annotations are for images with the key {key!r}, and each would "
                               f"become {key}.png (in {', '.join(sources)}); rename the images or build the "
                               "exports separately")
     return clashes
@@ -315,7 +312,7 @@ def shape_warnings(annotation: Annotation) -> list[str]:
             continue
         name = f"shape {i} ({shape.label!r})"
         for k, points in enumerate([shape.exterior, *shape.holes]):
-            ring = _usable_ring(points)
+            ring = _usable_ring(points, coordinate_limit(annotation.height, annotation.width))
             if ring is None:
                 continue
             rings.append(ring)
@@ -331,12 +328,14 @@ def shape_warnings(annotation: Annotation) -> list[str]:
     return found
 
 
-def _usable_ring(points) -> np.ndarray | None:
+def _usable_ring(points, limit: float) -> np.ndarray | None:
+    """The ring as floats, or None for one the rasterizer skips (and says why): not an (N, 2) list, fewer than 3
+    points, or coordinates that are not finite or out of range (which would overflow the tests below)."""
     try:
         ring = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    if ring.ndim != 2 or ring.shape[1] != 2 or len(ring) < 3 or not np.isfinite(ring).all():
+    if ring.ndim != 2 or ring.shape[1] != 2 or len(ring) < 3 or not (np.abs(ring) <= limit).all():
         return None
     return ring
 
@@ -451,12 +450,24 @@ def _measure(annotation: Annotation, label_map: LabelMap, report: FileReport, ma
         report.errors.append(f"cannot rasterize: {e}")
         return
     report.warnings.extend(problems)
-    if mask_dir is not None:
-        (Path(mask_dir) / f"{report.key}.png").write_bytes(mask_png(mask))
+    if mask_dir is not None and not _keep_mask(mask, Path(mask_dir), report):
+        return
     counts = np.bincount(mask.ravel(), minlength=256)
     report.class_pixels = counts[:label_map.num_classes].tolist()
     report.ignore_pixels = int(counts[label_map.ignore_id])
     report.unlabelled_pixels = unlabelled
+
+
+def _keep_mask(mask: np.ndarray, mask_dir: Path, report: FileReport) -> bool:
+    """Write the mask as `<key>.png` under mask_dir; False (and an error) when the key is no usable file name."""
+    path = mask_dir / f"{report.key}.png"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(mask_png(mask))
+    except (OSError, ValueError) as e:
+        report.errors.append(f"cannot keep the mask as {path} ({getattr(e, 'strerror', None) or e})")
+        return False
+    return True
 
 
 def rasterize_with_unlabelled(annotation: Annotation, label_map: LabelMap) -> tuple[np.ndarray, int | None, list]:

@@ -4,14 +4,18 @@
     looks_like(path: Path) -> bool                               # for --format auto
 
 and raises `LabelFormatError` naming the file and the problem for anything it cannot read. The label map is
-passed for formats whose files hold ids or colours rather than names (mask PNGs).
+passed for formats whose files hold ids or colours rather than names (mask PNGs). `read` below also refuses
+coordinates no tool writes (not finite, or beyond rasterize.coordinate_limit) for every format in one place.
 """
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
 
-from streetseg_jax.labels.shapes import LabelFormatError
+import numpy as np
+
+from streetseg_jax.labels.rasterize import coordinate_limit
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError
 
 FORMATS = ("voc", "mit_xml", "labelme", "coco", "coco_panoptic", "cvat", "labelbox", "cityscapes", "mapillary",
            "masks")
@@ -26,7 +30,25 @@ def reader(name: str):
 
 
 def read(name: str, path: Path, label_map) -> list:
-    return reader(name).read(Path(path), label_map)
+    annotations = reader(name).read(Path(path), label_map)
+    for annotation in annotations:
+        check_coordinates(annotation)
+    return annotations
+
+
+def check_coordinates(annotation: Annotation) -> None:
+    """LabelFormatError for a ring with a coordinate that is not finite or lies beyond coordinate_limit: such a
+    shape cannot be drawn, and leaving it out would change the mask without anyone being told."""
+    limit = coordinate_limit(annotation.height, annotation.width)
+    for i, shape in enumerate(annotation.shapes):
+        for ring in () if shape.raster is not None else (shape.exterior, *shape.holes):
+            points = np.asarray(ring, np.float64)
+            bad = ~(np.abs(points) <= limit)                    # NaN compares False: caught as well
+            if bad.any():
+                image = f" ({annotation.file_name})" if annotation.file_name else ""
+                raise LabelFormatError(f"{annotation.source}{image}: shape {i} ({shape.label!r}): coordinate "
+                                       f"{points[bad][0]:g} is out of range (a {annotation.width}x"
+                                       f"{annotation.height} image allows at most +-{limit:g})")
 
 
 def available() -> list[str]:

@@ -19,13 +19,13 @@ also have fine ones); a folder with only gtCoarse files is read as such. Images 
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 
-from streetseg_jax.labels.images import MAX_PIXELS, resolve_inside
+from streetseg_jax.labels.images import check_size, resolve_inside
+from streetseg_jax.labels.jsonio import load_json
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
 
 _NAME = re.compile(r"^(?P<stem>.+)_(?P<kind>gtFine|gtCoarse)_polygons\.json$")
@@ -112,13 +112,7 @@ def _image_path(path: Path, stem: str) -> Path | None:
 # --- helpers shared with the Mapillary reader (both are polygon JSON) -------------------------------------------------
 
 def load_json_object(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise LabelFormatError(f"{path}: cannot read ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise LabelFormatError(f"{path}: not valid JSON ({e})") from None
+    data = load_json(path)
     if not isinstance(data, dict):
         raise LabelFormatError(f"{path}: the top level must be a JSON object")
     return data
@@ -133,10 +127,7 @@ def image_size(data: dict, path: Path, width_key: str, height_keys: tuple[str, .
         if not is_number(value) or (isinstance(value, float) and not value.is_integer()):
             raise LabelFormatError(f"{path}: '{key}' is missing or not an integer (got {value!r})")
         values.append(int(value))
-    width, height = values
-    if width <= 0 or height <= 0 or width * height > MAX_PIXELS:
-        raise LabelFormatError(f"{path}: image size {width}x{height} is not positive or is too large")
-    return width, height
+    return check_size(*values, str(path))
 
 
 def point_list(polygon, where: str) -> np.ndarray:

@@ -30,7 +30,7 @@ Conventions (see `read`):
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from streetseg_jax.labels.images import MAX_PIXELS, resolve_inside
+from streetseg_jax.labels import jsonio
+from streetseg_jax.labels.images import check_size, is_file, resolve_inside
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
 
 CROWD_CHOICES = ("ignore", "class")
@@ -141,14 +142,7 @@ def scan_json_keys(path: Path, required: tuple[str, ...], decisive: tuple[str, .
 
 
 def load_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_bytes())
-    except OSError as e:
-        raise LabelFormatError(f"{path}: cannot read ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LabelFormatError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise LabelFormatError(f"{path}: not usable JSON (nested too deeply)") from None
+    data = jsonio.load_json(path)
     if not isinstance(data, dict):
         raise LabelFormatError(f"{path}: the top level must be a JSON object with images, annotations, categories")
     return data
@@ -189,9 +183,7 @@ def image_size_of(entry: dict, where: str) -> tuple[int, int]:
     width, height = entry.get("width"), entry.get("height")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
         raise LabelFormatError(f"{where}: width and height must be positive integers, got {width!r}, {height!r}")
-    if width * height > MAX_PIXELS:
-        raise LabelFormatError(f"{where}: image size {width}x{height} is beyond the {MAX_PIXELS} pixel limit; refused")
-    return width, height
+    return check_size(width, height, where)
 
 
 def find_file(root: Path, json_path: Path, name: str, what: str, folders: tuple[str, ...]) -> Path | None:
@@ -208,7 +200,7 @@ def find_file(root: Path, json_path: Path, name: str, what: str, folders: tuple[
     for folder in candidates:
         relative = os.path.relpath(folder.resolve(), root_resolved)
         candidate = resolve_inside(root, os.path.join(relative, name), what, json_path)
-        if candidate.is_file():
+        if is_file(candidate):
             return candidate
     return None
 
@@ -338,4 +330,10 @@ def entry_id(value, where: str, key: str) -> int | str:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (not bool): 1e999 parses to inf, and an integer past float range is no coordinate."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False

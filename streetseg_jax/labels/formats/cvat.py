@@ -27,8 +27,10 @@ background and foreground and starting with background (a mask whose first pixel
 The runs must add up to width * height.
 
 Images: a task export keeps them in `images/<name>`, a project export in `images/<subset>/<name>`. Names that point
-outside the export folder are refused. Parsed with defusedxml, DTDs and entities refused: exports come from other
-people.
+outside the export folder are refused. A project export repeats image names across its subsets (the same img0.jpg
+in Train and Test), so an image with a `subset` gets the key `<subset>/<stem>` (Annotation.key: its mask is
+written as `<subset>/<stem>.png`); images of task exports keep their stem. Parsed with defusedxml, DTDs and
+entities refused: exports come from other people.
 """
 from __future__ import annotations
 
@@ -41,8 +43,8 @@ import defusedxml.ElementTree as SafeET
 import numpy as np
 from defusedxml import DefusedXmlException
 
-from streetseg_jax.labels.images import MAX_PIXELS, resolve_inside
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+from streetseg_jax.labels.images import MAX_PIXELS, check_size, is_file, resolve_inside
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, make_key
 
 _NO_AREA = ("polyline", "points", "skeleton", "tag", "cuboid")
 _HEAD = re.compile(rb"<annotations[\s>]")
@@ -118,9 +120,7 @@ def _read_image(image: ET.Element, path: Path) -> Annotation:
     where = f"{path}: <image id={image.get('id')!r} name={name!r}>"
     if not name:
         raise LabelFormatError(f"{where}: has no name")
-    width, height = _int(image, "width", where), _int(image, "height", where)
-    if width <= 0 or height <= 0 or width * height > MAX_PIXELS:
-        raise LabelFormatError(f"{where}: image size {width}x{height} is not positive or is too large")
+    width, height = check_size(_int(image, "width", where), _int(image, "height", where), where)
     shapes = []
     for k, element in enumerate(image):
         if element.tag in _NO_AREA:
@@ -129,7 +129,10 @@ def _read_image(image: ET.Element, path: Path) -> Annotation:
         if shape is not None:
             shapes.append(shape)
     annotation = Annotation(path, name, width, height, shapes)
-    annotation.image_path = _image_path(path.parent, name, image.get("subset"), path)
+    subset = image.get("subset")
+    annotation.image_path = _image_path(path.parent, name, subset, path)
+    if subset:
+        annotation.key = make_key([subset, Path(name.replace("\\", "/")).stem], f"{where}: subset and name")
     return annotation
 
 
@@ -139,7 +142,7 @@ def _image_path(root: Path, name: str, subset: str | None, source: Path) -> Path
     candidates += [f"images/{name}", name]
     for relative in candidates:
         resolved = resolve_inside(root, relative, "image name", source)   # refuses names escaping the export
-        if resolved.is_file():
+        if is_file(resolved):
             return resolved
     return None
 

@@ -35,7 +35,6 @@ Conventions:
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import urllib.parse
@@ -43,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streetseg_jax.labels.images import MAX_PIXELS, image_size, open_rgb, resolve_inside
+from streetseg_jax.labels.images import check_size, image_size, is_file, open_rgb, resolve_inside
+from streetseg_jax.labels.jsonio import load_json, parse_json
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
 
 IMAGE_DIRS = ("", "images")
@@ -73,7 +73,7 @@ def looks_like(path: Path) -> bool:
 def read_v1(path: Path, root: Path | None = None) -> list[Annotation]:
     path = Path(path)
     root = path.parent if root is None else Path(root)
-    data = _load_json(path)
+    data = load_json(path)
     rows = [data] if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise LabelFormatError(f"{path}: a Labelbox v1 export must be a JSON list of data rows")
@@ -136,17 +136,6 @@ def _why_not_export(path: Path) -> str:
     return "no Labelbox export found (a v1 JSON list with 'Label' and 'Labeled Data', or an Export v2 NDJSON)"
 
 
-def _load_json(path: Path):
-    try:
-        return json.loads(path.read_bytes())
-    except OSError as e:
-        raise LabelFormatError(f"{path}: cannot read ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LabelFormatError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise LabelFormatError(f"{path}: not usable JSON (nested too deeply)") from None
-
-
 def _ndjson_rows(path: Path):
     """(line number, parsed object) for every non-blank line."""
     try:
@@ -154,14 +143,8 @@ def _ndjson_rows(path: Path):
     except OSError as e:
         raise LabelFormatError(f"{path}: cannot read ({e.strerror or e})") from None
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LabelFormatError(f"{path} line {number}: not valid JSON ({e})") from None
-        except RecursionError:
-            raise LabelFormatError(f"{path} line {number}: not usable JSON (nested too deeply)") from None
+        if line.strip():
+            yield number, parse_json(line, f"{path} line {number}")
 
 
 def _guarded(convert, row, where: str, *args):
@@ -183,8 +166,8 @@ def _v1_annotation(row: dict, where: str, path: Path, root: Path) -> Annotation 
     if row.get("Skipped") is True or not isinstance(label, dict) or not label:
         return None                                    # skipped, or never labelled
     name = _image_name(row.get("External ID"), row.get("Labeled Data"), where)
-    where = f"{where} ({name})"
-    image_path = _find_image(root, name, path)
+    where = f"{where} ({_short(name)})"
+    image_path = _find_image(root, name, where)
     width, height = _v1_size(row.get("Media Attributes"), image_path, name, root, where)
     objects = label.get("objects", [])
     if not isinstance(objects, list):
@@ -231,8 +214,8 @@ def _v2_annotation(row: dict, where: str, path: Path, root: Path, project: str |
         raise LabelFormatError(f"{where}: has no data_row object")
     external = data_row.get("external_id") or data_row.get("global_key")
     name = _image_name(external, data_row.get("row_data"), where)
-    where = f"{where} ({name})"
-    image_path = _find_image(root, name, path)
+    where = f"{where} ({_short(name)})"
+    image_path = _find_image(root, name, where)
     width, height = _v2_size(row.get("media_attributes"), image_path, where)
     annotation = Annotation(path, name, width, height, [], image_path=image_path)
     for k, obj in enumerate(objects):
@@ -329,9 +312,7 @@ def _size(width, height, where: str) -> tuple[int, int]:
         raise LabelFormatError(f"{where}: image width/height must be numbers, got {width!r}, {height!r}") from None
     if w <= 0 or h <= 0 or w != width or h != height:
         raise LabelFormatError(f"{where}: image size must be positive whole numbers, got {width!r}x{height!r}")
-    if w * h > MAX_PIXELS:
-        raise LabelFormatError(f"{where}: image size {w}x{h} is beyond the {MAX_PIXELS} pixel limit; refused")
-    return w, h
+    return check_size(w, h, where)
 
 
 def _image_name(external, url, where: str) -> str:
@@ -352,30 +333,39 @@ def _url_name(url) -> str | None:
     return name if name not in ("", ".", "..") else None
 
 
-def _find_image(root: Path, name: str, source: Path) -> Path | None:
+def _find_image(root: Path, name: str, source: str) -> Path | None:
     found = _find_local(root, IMAGE_DIRS, [name], "image", source)
     if found is None and not Path(name).suffix:
         for folder in IMAGE_DIRS:                       # an External ID without extension: match the stem
-            matches = sorted(p for p in (Path(root) / folder).glob(f"{_glob_safe(name)}.*") if p.is_file())
+            matches = _matching_files(Path(root) / folder, name)
             if matches:
                 return resolve_inside(root, os.path.relpath(matches[0], root), "image", source)
     return found
 
 
-def _find_local(root: Path, folders, names, what: str, source: Path) -> Path | None:
+def _find_local(root: Path, folders, names, what: str, source: str) -> Path | None:
+    """The first existing `folder/name` under root; `source` (the file and data row) starts error messages."""
     for name in names:
         for folder in folders:
             candidate = resolve_inside(root, os.path.join(folder, name.replace("\\", "/")), what, source)
-            if candidate.is_file():
+            if is_file(candidate):
                 return candidate
     return None
+
+
+def _matching_files(folder: Path, stem: str) -> list[Path]:
+    """The files `folder/<stem>.*`, none when the stem cannot be a file name (a NUL byte, far too long)."""
+    try:
+        return sorted(p for p in folder.glob(f"{_glob_safe(stem)}.*") if is_file(p))
+    except (OSError, ValueError):
+        return []
 
 
 def _mask(root: Path, annotation: Annotation, names: list, colour, where: str) -> np.ndarray:
     """(H, W) bool mask from the first local file of `names` (each tried as is and with .png) in masks/."""
     names = [n for n in names if isinstance(n, str) and n.strip()]
     tries = [t for n in names for t in (n, f"{n}.png")]
-    found = _find_local(root, (MASK_DIR,), tries, "mask", annotation.source)
+    found = _find_local(root, (MASK_DIR,), tries, "mask", where)
     if found is None:
         wanted = f"{names[0]}.png" if names else "<feature id>.png"
         raise LabelFormatError(f"{where}: the segmentation mask could not be loaded: Labelbox mask URLs need "
@@ -387,6 +377,11 @@ def _mask(root: Path, annotation: Annotation, names: list, colour, where: str) -
     if colour is not None:
         return (rgb == np.asarray(colour, np.uint8)).all(axis=-1)
     return rgb.max(axis=-1) >= 128
+
+
+def _short(name: str, limit: int = 80) -> str:
+    # Names come from the export and may be thousands of characters long; a message needs only their start.
+    return name if len(name) <= limit else name[:limit - 3] + "..."
 
 
 def _glob_safe(name: str) -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import math
 import os
 from pathlib import Path
@@ -42,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from streetseg_jax.labels import images
+from streetseg_jax.labels.jsonio import load_json
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
 
 IGNORE_LABEL = "__ignore__"
@@ -65,7 +65,7 @@ def looks_like(path: Path) -> bool:
     path = Path(path)
     try:
         candidates = _json_files(path)[:_LOOKS_LIKE_FILES] if path.is_dir() else [path]
-        return any(f.suffix.lower() == ".json" and _is_labelme(_load(f)) for f in candidates)
+        return any(f.suffix.lower() == ".json" and _is_labelme(load_json(f)) for f in candidates)
     except (LabelFormatError, OSError):
         return False
 
@@ -73,7 +73,7 @@ def looks_like(path: Path) -> bool:
 def read_file(path: Path, export_root: Path | None = None) -> Annotation:
     """One LabelMe JSON file; `export_root` (default: the file's folder) bounds where imagePath may point."""
     path = Path(path)
-    data = _load(path)
+    data = load_json(path)
     if not _is_labelme(data):
         raise LabelFormatError(f"{path}: not a LabelMe file (expected a JSON object with a 'shapes' list and "
                                "'imagePath' or 'imageData')")
@@ -93,24 +93,6 @@ def _json_files(folder: Path) -> list[Path]:
     # Hidden folders hold editor and notebook copies (.ipynb_checkpoints), not annotations.
     return [f for f in sorted(folder.rglob("*.json"))
             if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts)]
-
-
-def _load(path: Path):
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise LabelFormatError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        return json.loads(raw, parse_constant=_refuse_constant)
-    except ValueError as e:                                # bad syntax, bad UTF-8, or NaN/Infinity
-        raise LabelFormatError(f"{path}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise LabelFormatError(f"{path}: not valid JSON (nested too deeply)") from None
-
-
-def _refuse_constant(name: str):
-    # Python's json accepts NaN and Infinity, which are not JSON and are no coordinates.
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _is_labelme(data) -> bool:
@@ -136,9 +118,9 @@ def _image_source(data: dict, path: Path, export_root: Path) -> tuple[str, Path 
     relative = os.path.relpath(path.parent.resolve() / file_name, root)
     try:
         return file_name, images.resolve_inside(root, relative, "imagePath", path), None
-    except LabelFormatError:
-        raise LabelFormatError(f"{path}: imagePath {file_name!r} points outside the export folder {root}; "
-                               "refused") from None
+    except images.OutsideExportError:
+        raise images.OutsideExportError(f"{path}: imagePath {file_name!r} points outside the export folder "
+                                        f"{root}; refused") from None
 
 
 def _base64(text, what: str, where: str) -> bytes:
@@ -161,9 +143,7 @@ def _image_size(data: dict, path: Path, image_path: Path | None, image_bytes: by
             why = str(e).split(": ", 1)[-1]                  # drop image_size's own (file object) prefix
             raise LabelFormatError(f"{path}: no imageWidth/imageHeight, and the image gives no size ({why})") \
                 from None
-    if width * height > images.MAX_PIXELS:
-        raise LabelFormatError(f"{path}: image size {width}x{height} is beyond {images.MAX_PIXELS} pixels; refused")
-    return width, height
+    return images.check_size(width, height, str(path))
 
 
 def _positive_int(value, key: str, path: Path) -> int:

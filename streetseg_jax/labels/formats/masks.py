@@ -8,6 +8,11 @@ above. Masks and images are matched by their path below their folders without th
 `images/a/b.jpg`); a mask named `<stem>_mask`, `_label`, `_labels` or `_L` also matches `<stem>` (CamVid's original
 masks are `<stem>_L.png`).
 
+Each image's key (Annotation.key: its mask's name, its split hash) is that path below the folders, prefixed with
+the folders above the pair inside the export: `masks/seq1/frame_001.png` -> `seq1/frame_001`, and with split folders
+`train/masks/a.png` -> `train/a`, so that `seq1/frame_001` and `seq2/frame_001`, or `a` in train/ and in val/, stay
+apart. A mask at the top of its folder, in an export without split folders, keeps its plain stem.
+
 What the pixel values mean, by the mask's PNG mode:
 - greyscale (L, 1, 16-bit I): class ids of the label map;
 - palette (P): the palette INDEX is the class id (as VOC and labelme2voc write them); the palette's colours are
@@ -31,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from streetseg_jax.labels.images import MAX_PIXELS, resolve_inside
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, make_key
 
 IMAGE_DIRS = ("images", "JPEGImages")
 MASK_DIRS = ("masks", "labels", "annotations", "SegmentationClassPNG", "SegmentationClass")
@@ -57,8 +62,13 @@ def read(path: Path, label_map) -> list[Annotation]:
     annotations = []
     for image_dir, mask_dir in pairs:
         images = _files(image_dir, _IMAGE_SUFFIXES) if image_dir else {}
+        above = _folders_above(mask_dir, path)
         for key, mask in sorted(_files(mask_dir, _MASK_SUFFIXES | _LOSSY_SUFFIXES).items()):
-            annotations.append(read_mask(mask, label_map, _match(key, images, mask, image_dir)))
+            image = _match(key, images, mask, image_dir)
+            annotation = read_mask(mask, label_map, image)
+            below = image[0].with_suffix("").as_posix() if image else key
+            annotation.key = make_key([*above, *below.split("/")], str(mask))
+            annotations.append(annotation)
     if not annotations:
         raise LabelFormatError(f"{path}: the mask folders ({', '.join(str(m) for _, m in pairs)}) hold no masks")
     return annotations
@@ -127,6 +137,12 @@ def _pairs_in(folder: Path) -> list[tuple[Path | None, Path]]:
         if name.endswith("annot") and name[:-len("annot")] in children:
             pairs.append((children[name[:-len("annot")]], children[name]))
     return pairs
+
+
+def _folders_above(mask_dir: Path, export: Path) -> tuple[str, ...]:
+    """The folders between the export and the mask folder's parent (a split folder such as train/), if any."""
+    parent = mask_dir.parent
+    return parent.relative_to(export).parts if parent.is_relative_to(export) else ()
 
 
 def _is_mask_dir(path: Path) -> bool:

@@ -130,15 +130,15 @@ class _Places:
             candidates.append(Path(self.root, kind, self.folder, name))
         candidates += [self.beside / name, self.beside / kind / name]
         resolved = [self._inside(c, name, what) for c in candidates]
-        return next((c for c in resolved if c.is_file()), resolved[0])
+        return next((c for c in resolved if images.is_file(c)), resolved[0])
 
     def _inside(self, candidate: Path, name: str, what: str) -> Path:
         try:
             return images.resolve_inside(self.root, os.path.relpath(candidate, self.root), what, self.xml_path)
-        except LabelFormatError:
+        except images.OutsideExportError:
             folder = f" in <folder> {self.folder!r}" if self.folder else ""
-            raise LabelFormatError(f"{self.xml_path}: {what} {name!r}{folder} points outside the export folder "
-                                   f"{self.root}; refused") from None
+            raise images.OutsideExportError(f"{self.xml_path}: {what} {name!r}{folder} points outside the export "
+                                            f"folder {self.root}; refused") from None
 
 
 def _image_size(root: ET.Element, path: Path, image_path: Path) -> tuple[int, int]:
@@ -152,9 +152,7 @@ def _image_size(root: ET.Element, path: Path, image_path: Path) -> tuple[int, in
             width, height = images.image_size(image_path)
         except (LabelFormatError, Image.DecompressionBombError) as e:
             raise LabelFormatError(f"{path}: no <imagesize>, and the image gives no size ({e})") from None
-    if width * height > images.MAX_PIXELS:
-        raise LabelFormatError(f"{path}: image size {width}x{height} is beyond {images.MAX_PIXELS} pixels; refused")
-    return width, height
+    return images.check_size(width, height, str(path))
 
 
 def _positive_int(text: str, tag: str, path: Path) -> int:

@@ -12,6 +12,7 @@ rectangle. Parsed with defusedxml: exports come from other people, and entity ex
 """
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -20,6 +21,7 @@ import defusedxml.ElementTree as SafeET
 import numpy as np
 from defusedxml import DefusedXmlException
 
+from streetseg_jax.labels.images import check_size
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
 
 _XY = re.compile(r"^([xy])(\d+)$")
@@ -98,13 +100,15 @@ def _parse(path: Path) -> ET.Element:
 
 def _size(root: ET.Element, path: Path) -> tuple[int, int]:
     size = root.find("size")
+    texts = [size.findtext(tag) if size is not None else None for tag in ("width", "height")]
     try:
-        width, height = int(float(size.findtext("width"))), int(float(size.findtext("height")))
-    except (AttributeError, TypeError, ValueError):
+        values = [float(text) for text in texts]
+    except (TypeError, ValueError):
         raise LabelFormatError(f"{path}: missing or non-numeric <size><width>/<height>") from None
-    if width <= 0 or height <= 0:
-        raise LabelFormatError(f"{path}: image size {width}x{height} is not positive")
-    return width, height
+    if not all(math.isfinite(v) and v.is_integer() for v in values):     # 1e309 is inf: no int() of it
+        raise LabelFormatError(f"{path}: <size><width>/<height> must be whole numbers, got {texts[0]!r}, "
+                               f"{texts[1]!r}")
+    return check_size(int(values[0]), int(values[1]), str(path))
 
 
 def _object_rings(obj: ET.Element, path: Path, index: int):
