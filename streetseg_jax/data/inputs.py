@@ -13,9 +13,10 @@ folder counts (hidden ones excepted), not only those a reader opened: some reade
 (Mapillary's config, Labelbox masks), and a file that changes without mattering costs one rebuild, not a stale
 dataset.
 
-Splits: by a hash of the image key (the image's file stem, labels/validate.image_key), so an image keeps its split
-when others are added; or from a split file of `split<TAB>key` lines, which keeps consecutive video frames
-together.
+Splits: by a hash of the image key (labels/validate.image_key: the image's file stem, or `<subset>/<stem>` and
+the like where a reader knows stems repeat), so an image keeps its split when others are added; or from a split
+file of `split<TAB>key` lines (a plain stem will do for a nested key when no other image has that stem), which keeps
+consecutive video frames together.
 """
 from __future__ import annotations
 
@@ -158,10 +159,11 @@ def read_split_file(path: Path, keys: list[str]) -> dict[str, str]:
     chosen: dict[str, str] = {}
     problems: list[str] = []
     known = set(keys)
+    by_stem = _keys_by_stem(keys)
     for number, line in enumerate(_lines(path), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        entry = _split_entry(line, known)
+        entry = _split_entry(line, known, by_stem)
         if isinstance(entry, str):
             problems.append(f"line {number}: {entry}")
             continue
@@ -183,17 +185,37 @@ def _lines(path: Path) -> list[str]:
         raise BuildError(f"cannot read the split file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
-def _split_entry(line: str, known: set[str]) -> tuple[str, str] | str:
+def _split_entry(line: str, known: set[str], by_stem: dict[str, list[str]]) -> tuple[str, str] | str:
     parts = line.rstrip("\r\n").split("\t")
     if len(parts) != 2:
         return f"expected 'split<TAB>file stem', got {line.strip()!r}"
     split, name = parts[0].strip(), parts[1].strip()
     if split not in SPLIT_NAMES:
         return f"split {split!r} is not one of {', '.join(SPLIT_NAMES)}"
-    key = name if name in known else Path(name).stem
+    key = _key_for(name, known, by_stem)
     if key not in known:
         return f"no image with the stem {name!r} in the export"
     return split, key
+
+
+def _keys_by_stem(keys: list[str]) -> dict[str, list[str]]:
+    """The nested keys ("Train/img0") under their last part ("img0")."""
+    found: dict[str, list[str]] = {}
+    for key in keys:
+        if "/" in key:
+            found.setdefault(key.rsplit("/", 1)[1], []).append(key)
+    return found
+
+
+def _key_for(name: str, known: set[str], by_stem: dict[str, list[str]]) -> str:
+    """The key a split file line names: the key itself, or its file name (suffix dropped), or a plain stem when
+    exactly one nested key ends in it."""
+    suffix = Path(name).suffix
+    for candidate in (name, name[:len(name) - len(suffix)], Path(name).stem):
+        if candidate in known:
+            return candidate
+    nested = by_stem.get(Path(name).stem, [])
+    return nested[0] if len(nested) == 1 else name
 
 
 def _names(names: list[str]) -> str:
@@ -268,9 +290,13 @@ def encode_example(job: tuple[Annotation, str, LabelMap, str, str | None]) -> tu
 
 
 def example_file_name(annotation: Annotation, key: str) -> str:
+    """The image's file name, under the folders of a nested key ("Train/img0" -> "Train/img0.jpg"): names repeat
+    across a CVAT project's subsets or a mask export's folders, and the dataset's file names should not."""
     if annotation.image_path is not None:
-        return Path(annotation.image_path).name
-    return base_name(annotation.file_name) or f"{key}.png"
+        name = Path(annotation.image_path).name
+    else:
+        name = base_name(annotation.file_name) or f"{key.rsplit('/', 1)[-1]}.png"
+    return f"{key.rsplit('/', 1)[0]}/{name}" if "/" in key else name
 
 
 def image_png(annotation: Annotation) -> tuple[bytes, tuple[int, int]]:
@@ -283,11 +309,17 @@ def image_png(annotation: Annotation) -> tuple[bytes, tuple[int, int]]:
     except (OSError, TypeError) as e:
         raise BuildError(f"{annotation.source}: cannot read the image {name} "
                          f"({getattr(e, 'strerror', None) or e})") from None
+    return rgb_png_bytes(data, f"{annotation.source}: image {name}")
+
+
+def rgb_png_bytes(data: bytes, name: str) -> tuple[bytes, tuple[int, int]]:
+    """Image file bytes as 8-bit RGB PNG bytes and the image's (width, height): a plain RGB PNG as it is, anything
+    else decoded (upright by its EXIF orientation) and re-encoded. `name` says which file in errors."""
     size = _plain_png_size(data)
     if size is not None:
         return data, size
     try:
-        pixels = open_rgb(data, f"{annotation.source}: image {name}")
+        pixels = open_rgb(data, name)
     except LabelFormatError as e:
         raise BuildError(str(e)) from None
     return rgb_png(pixels), (pixels.shape[1], pixels.shape[0])

@@ -111,7 +111,8 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
     """Build street_seg/<config_name> into data_dir (TFDS shows progress bars); reuse it when already built.
 
     config_name "from_annotations" builds street_seg/<name> from the export in manual_dir; its options: format
-    (labels/formats, or "auto"), label_map, val_fraction or split_file, unknown, num_workers. The other configs'
+    (labels/formats, or "auto"), label_map, val_fraction or split_file, unknown, num_workers. "camvid" builds
+    CamVid from SegNet's CamVid/ folder in manual_dir (data/camvid.py; option: num_workers). The other configs'
     options: num_images, height, width, seed, test_fraction, label_map, num_workers (see data/builder.py).
     Builds from an export print the validation report through `log` (default: stderr) before writing anything,
     and are refused when the inputs changed since the dataset was built (unless overwrite).
@@ -123,6 +124,9 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
     data_dir = Path(data_dir or default_data_dir())
     if config_name == "synthetic":
         return _build_synthetic(data_dir, overwrite, file_format, options)
+    if config_name == "camvid":
+        return _build_camvid(data_dir, manual_dir, overwrite=overwrite, file_format=file_format,
+                             log=log or _to_stderr, options=options)
     return _build_export(config_name, data_dir, manual_dir, overwrite=overwrite, file_format=file_format, name=name,
                          log=log or _to_stderr, options=options)
 
@@ -164,6 +168,33 @@ def _build_export(config_name: str, data_dir: Path, manual_dir, *, overwrite: bo
         with _all_or_nothing(dataset, data_dir, replace=overwrite):
             _prepare(builder_kwargs, data_dir, folder, file_format, plan, workers)
     return _result(dataset, data_dir, start, reused=False)
+
+
+def _build_camvid(data_dir: Path, manual_dir, *, overwrite: bool, file_format: str, log: Callable[[str], None],
+                  options: dict) -> BuildResult:
+    """CamVid: fingerprint (reuse when unchanged), read and check every pair, then an all-or-nothing build."""
+    from streetseg_jax.data import camvid, inputs
+    from streetseg_jax.data.builder import BuildError, StreetSeg, _check_options
+
+    start = time.perf_counter()
+    num_workers = options.pop("num_workers", None)
+    config = StreetSeg.builder_configs["camvid"]
+    _check_options(config, {k: v for k, v in options.items() if v is not None})
+    folder = Path(manual_dir) if manual_dir else data_dir / "downloads" / "manual"
+    _check_manual_dir(folder, BuildError, "camvid")
+    fingerprint = inputs.fingerprint(folder, camvid.label_map(), config.options(), exclude=(data_dir,))
+    if is_built("street_seg/camvid", data_dir) and not overwrite:
+        _check_unchanged("street_seg/camvid", data_dir, fingerprint)
+        return _result("street_seg/camvid", data_dir, start, reused=True)
+    layout = camvid.read_layout(folder)
+    layout.fingerprint = fingerprint
+    log(f"camvid in {folder}: {layout.summary()} images")
+    for note in layout.notes:
+        log(f"warning: {note}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with inputs.Workers(num_workers) as workers, _all_or_nothing("street_seg/camvid", data_dir, replace=overwrite):
+        _prepare({"config": "camvid"}, data_dir, folder, file_format, layout, workers)
+    return _result("street_seg/camvid", data_dir, start, reused=False)
 
 
 def _export_inputs(config_name: str, name: str | None, manual_dir, data_dir: Path, options: dict, log):
@@ -319,10 +350,11 @@ def _built_versions(config_dir: Path) -> list[str]:
 
 def _not_found_message(dataset, config, data_dir, config_dir, built) -> str:
     where = f" --data_dir {data_dir}" if data_dir else ""
-    manual = " --manual_dir YOUR_IMAGES_AND_XML" if config == "voc_polygons" else ""
+    manual = {"voc_polygons": " --manual_dir YOUR_IMAGES_AND_XML",
+              "camvid": " --manual_dir SEGNET_CAMVID_FOLDER"}.get(config, "")
     found = f" (built versions there: {', '.join(sorted(built))})" if built else ""
     command = f"--config {config}{where}{manual}"
-    if config not in ("synthetic", "voc_polygons"):     # a dataset named by its user, built from an export
+    if config not in ("synthetic", "voc_polygons", "camvid"):   # a dataset named by its user, from an export
         command = (f"--config from_annotations --name {config}{where} --manual_dir EXPORT_FOLDER --format FORMAT "
                    "--label_map LABEL_MAP.json")
     return (f"dataset {dataset} is not built in {config_dir}{found}. Build it with:\n"
@@ -350,6 +382,9 @@ def _check_manual_dir(folder: Path, error, config_name: str = "voc_polygons") ->
         if config_name == "voc_polygons":
             raise error(f"voc_polygons reads your images + VOC XML from a folder, and {folder} {state}; pass "
                         "--manual_dir FOLDER (with images/ + annotations/ subfolders, or the files side by side)")
+        if config_name == "camvid":
+            raise error(f"camvid reads SegNet's CamVid folder (train/, trainannot/, val/, valannot/), and {folder} "
+                        f"{state}; pass --manual_dir CAMVID_FOLDER")
         raise error(f"{config_name} reads a labelling tool's export from a folder, and {folder} {state}; pass "
                     "--manual_dir EXPORT_FOLDER")
 

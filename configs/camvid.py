@@ -1,0 +1,53 @@
+"""CamVid (street_seg/camvid) on a 2-core CPU, from scratch, within a 60-minute budget.
+
+Budget: 5,000 steps of batch 8 (40,000 crops, about 109 epochs of the 367 train frames), trained at half resolution
+(frames 360x480 scaled by 0.5, then randomly by 0.75..1.5, random 176x240 crops, horizontal flips, colour jitter),
+evaluated on `validation` every 500 steps at the labels' native 360x480 (the network sees 180x240, eval_scale 0.5,
+and its logits are resized back before the argmax; void is ignored). Median-frequency class weights against the
+imbalance (SegNet's recipe: pole, sign_symbol, pedestrian and bicyclist are each about 1% of the pixels or less).
+The step count assumes about 12 img/s for the train step (40,000 crops in about 55 minutes, plus evaluations);
+it is not yet timed end to end on this machine: `train/images_per_second` in metrics.jsonl says what a machine
+does, so set num_train_steps to fit the 60 minutes there.
+
+Build the data first (see README, "CamVid"):
+    python -m streetseg_jax.data build --config camvid --manual_dir CamVid --data_dir ~/tensorflow_datasets
+    python -m streetseg_jax.main --config configs/camvid.py --workdir runs/camvid
+"""
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+_spec = importlib.util.spec_from_file_location("default_config", Path(__file__).with_name("default.py"))
+_default = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_default)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = _default.get_config()
+    # --- data
+    c.dataset = "street_seg/camvid"
+    c.train_split = "train"
+    c.eval_split = "validation"
+    c.input_threads = 2
+    c.augment = ml_collections.ConfigDict(dict(
+        base_scale=0.5, scale_range=(0.75, 1.5), crop_size=(176, 240), flip=True,
+        brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03))
+    # --- model: the peers' U-Net (base width 16, 4 levels)
+    c.model = ml_collections.ConfigDict(dict(
+        base_width=16, depth=4, upsample="depth_to_space", dropout=0.0, dtype="float32"))
+    # --- optimisation: the budget
+    c.batch_size = 8
+    c.num_train_steps = 5000
+    c.learning_rate = 3e-3
+    c.warmup_steps = 100
+    c.lr_schedule = "cosine"
+    c.class_weights = "median_frequency"
+    # --- evaluation at native resolution, network at the training resolution
+    c.eval_batch_size = 8
+    c.eval_scale = 0.5
+    c.eval_every_steps = 500
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 500
+    c.num_overlays = 6
+    return c
