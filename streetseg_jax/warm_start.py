@@ -43,8 +43,8 @@ def _raw_args():
 
 def _merge(fresh: dict, saved: dict):
     """fresh with every leaf that `saved` has at the same path and shape replaced; (tree, loaded, skipped)."""
-    flat_fresh = traverse_util.flatten_dict(fresh, sep="/")
-    flat_saved = traverse_util.flatten_dict(saved, sep="/")
+    flat_fresh = traverse_util.flatten_dict(fresh)
+    flat_saved = traverse_util.flatten_dict(_str_keys(saved))
     out, loaded, skipped = {}, 0, []
     for path, value in flat_fresh.items():
         old = flat_saved.get(path)
@@ -54,4 +54,15 @@ def _merge(fresh: dict, saved: dict):
         else:
             out[path] = value
             skipped.append(path)
-    return traverse_util.unflatten_dict(out, sep="/"), loaded, skipped
+    return traverse_util.unflatten_dict(out), loaded, ["/".join(map(str, p)) for p in skipped]
+
+
+def _str_keys(tree):
+    """Saved trees come back with string keys where the model has integer ones (its lists of blocks)."""
+    if not isinstance(tree, dict):
+        return tree
+    return {_int_or_str(k): _str_keys(v) for k, v in tree.items()}
+
+
+def _int_or_str(key):
+    return int(key) if isinstance(key, str) and key.isdigit() else key

@@ -19,9 +19,9 @@ from conftest import run_main, run_main_to_end, tiny_config
 STEPS = 8
 
 
-def final_state(workdir: Path, step: int | None = None) -> dict:
+def final_state(workdir: Path, step: int | None = None, which: str = "latest") -> dict:
     """The saved train state as arrays on this process's first device, whatever topology wrote it."""
-    manager = ocp.CheckpointManager(workdir / "checkpoints" / "latest",
+    manager = ocp.CheckpointManager(workdir / "checkpoints" / which,
                                     item_handlers={"state": ocp.StandardCheckpointHandler()})
     step = manager.latest_step() if step is None else step
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -151,13 +151,15 @@ def test_warm_start_with_other_label_map_reinitialises_the_head(finished_run):
     said = []
     state = warm_start(fresh, str(workdir), label_map, said.append)
     assert any("classifier head is re-initialised" in s for s in said)
-    saved = final_state(workdir, STEPS)["params"]
-    flat_new = jax.tree_util.tree_flatten_with_path(state.params)[0]
-    flat_fresh = dict(jax.tree_util.tree_flatten_with_path(fresh.params)[0])
-    flat_saved = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+    saved = final_state(workdir, which="best")["params"]  # init_from takes the best checkpoint
+    def flat(tree):  # paths as "decode/0/conv1/kernel": saved trees have string keys where the model has ints
+        return {"/".join(str(getattr(k, "key", k)) for k in path): v
+                for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    flat_new, flat_fresh, flat_saved = flat(state.params), flat(fresh.params), flat(saved)
     loaded = kept = 0
-    for path, value in flat_new:
-        old = flat_saved[jax.tree_util.keystr(path)]
+    for path, value in flat_new.items():
+        old = flat_saved[path]
         if np.shape(old) == np.shape(value):
             np.testing.assert_array_equal(np.asarray(value), np.asarray(old))
             loaded += 1
