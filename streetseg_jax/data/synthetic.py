@@ -706,7 +706,7 @@ def _add_hedge_or_wall(scene: _Scene, side: _Side) -> None:
 def _add_barriers(scene: _Scene, road: _Road) -> None:
     cam, rng = scene.cam, scene.rng
     chance = {"highway": 0.85, "urban": 0.15, "suburban": 0.05}[scene.kind]
-    borrowed = rng.random() < 0.3                      # as grey as the road: only shape tells them apart
+    borrowed = rng.random() < 0.05                     # as grey as the road: only shape tells them apart
     color = scene.styles[scene.road_style].color * rng.uniform(1.0, 1.4) if borrowed else scene.color("concrete")
     for sign, edge in ((-1, road.left), (1, road.right)):
         if rng.random() > chance:
@@ -848,9 +848,9 @@ def _shared_colors(scene: _Scene) -> dict:
     """Per scene, some classes borrow another's colour: a sidewalk as grey as the road, a verge like the trees."""
     rng, shared = scene.rng, {}
     road = scene.styles[scene.road_style].color
-    if rng.random() < 0.2:
+    if rng.random() < 0.05:
         shared["sidewalk"] = road * rng.uniform(0.95, 1.3)
-    if rng.random() < 0.3:
+    if rng.random() < 0.05:
         shared["grass"] = scene.color("tree")
     return shared
 

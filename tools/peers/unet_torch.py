@@ -1,4 +1,4 @@
-"""Peer: the U-Net of models/unet.py (upsample="transpose") in PyTorch, for the inference benchmark.
+"""Peer: the U-Net of models/unet.py (upsample="transpose") in PyTorch, for the inference and train benchmarks.
 
 Layer for layer what shared/peers/unet_torch.py builds: per encoder level two (3x3 conv without bias, BatchNorm,
 ReLU) at widths F, 2F, 4F, 8F, each level followed by a 2x2 max-pool; a middle block at 16F; per decoder level a
@@ -6,10 +6,13 @@ ReLU) at widths F, 2F, 4F, 8F, each level followed by a 2x2 max-pool; a middle b
 way a PyTorch user serves it: eval mode, torch.inference_mode, channels_last tensors, argmax over classes.
 tools/bench/predict.py imports it when torch is installed (`pip install .[peers]`) and skips it otherwise.
 
-usage: python tools/peers/unet_torch.py [BATCH HEIGHT WIDTH CLASSES BASE_WIDTH]
+usage: python tools/peers/unet_torch.py [BATCH HEIGHT WIDTH CLASSES BASE_WIDTH [train]]
+With `train` it times the train step (Adam 1e-3, cross-entropy, eager mode, channels_last) and prints one JSON
+line {"images_per_second": ...} for tools/bench/train.py.
 """
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -74,11 +77,38 @@ def inference_images_per_second(batch: int, height: int, width: int, num_classes
     return batch / statistics.median(times)
 
 
+def train_images_per_second(batch: int, height: int, width: int, num_classes: int, base_width: int = 16,
+                            steps: int = 5, repeats: int = 5) -> float:
+    """Median images/second over `repeats` rounds of `steps` train steps, after 3 untimed steps."""
+    model = UNet(num_classes, base_width).train().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    images = torch.randn(batch, 3, height, width).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, num_classes, (batch, height, width))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        rates.append(steps * batch / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
 def version() -> str:
     return f"torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 if __name__ == "__main__":
     b, h, w, k, f = (int(v) for v in (sys.argv[1:6] if len(sys.argv) > 5 else (8, 368, 480, 11, 16)))
+    if sys.argv[6:7] == ["train"]:
+        print(json.dumps({"images_per_second": train_images_per_second(b, h, w, k, f), "framework": version()}))
+        sys.exit()
     print(f"{version()}: inference B={b} {h}x{w} K={k} F={f}: "
           f"{inference_images_per_second(b, h, w, k, f):.2f} images/s")
