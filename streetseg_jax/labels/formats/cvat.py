@@ -39,12 +39,11 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import defusedxml.ElementTree as SafeET
 import numpy as np
-from defusedxml import DefusedXmlException
 
 from streetseg_jax.labels.images import MAX_PIXELS, check_size, is_file, resolve_inside
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, make_key
+from streetseg_jax.labels.xmlio import parse_xml
 
 _NO_AREA = ("polyline", "points", "skeleton", "tag", "cuboid")
 _HEAD = re.compile(rb"<annotations[\s>]")
@@ -59,7 +58,7 @@ def read(path: Path, label_map=None) -> list[Annotation]:
         return read_cvat(path)
     annotations, found = [], False
     for file in sorted(path.rglob("*.xml")):
-        root = _parse(file)
+        root = parse_xml(file)
         if root.tag == "annotations":
             found = True
             annotations.extend(_read_root(root, file))
@@ -71,7 +70,7 @@ def read(path: Path, label_map=None) -> list[Annotation]:
 def read_cvat(path: str | Path) -> list[Annotation]:
     """All images of one CVAT for images XML file."""
     path = Path(path)
-    root = _parse(path)
+    root = parse_xml(path)
     if root.tag != "annotations":
         raise LabelFormatError(f"{path}: root element is <{root.tag}>, expected <annotations> (CVAT for images 1.1)")
     return _read_root(root, path)
@@ -94,18 +93,6 @@ def looks_like(path: Path) -> bool:
 
 
 # --- the document ----------------------------------------------------------------------------------------------------
-
-def _parse(path: Path) -> ET.Element:
-    try:
-        return SafeET.parse(path, forbid_dtd=True).getroot()
-    except DefusedXmlException as e:
-        raise LabelFormatError(f"{path}: refused unsafe XML ({type(e).__name__}: DTDs and entities are not "
-                               "allowed)") from None
-    except ET.ParseError as e:
-        raise LabelFormatError(f"{path}: malformed XML ({e})") from None
-    except OSError as e:
-        raise LabelFormatError(f"{path}: cannot read ({e.strerror})") from None
-
 
 def _read_root(root: ET.Element, path: Path) -> list[Annotation]:
     if root.find("track") is not None:

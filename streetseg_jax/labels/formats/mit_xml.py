@@ -31,13 +31,12 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
-import defusedxml.ElementTree as SafeET
 import numpy as np
-from defusedxml import DefusedXmlException
 from PIL import Image
 
 from streetseg_jax.labels import images
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+from streetseg_jax.labels.xmlio import parse_xml
 
 _LOOKS_LIKE_FILES = 3       # how many XML files --format auto opens before deciding
 
@@ -65,7 +64,7 @@ def looks_like(path: Path) -> bool:
     path = Path(path)
     try:
         candidates = _xml_files(path)[:_LOOKS_LIKE_FILES] if path.is_dir() else [path]
-        return any(f.suffix.lower() == ".xml" and _is_mit(_parse(f)) for f in candidates)
+        return any(f.suffix.lower() == ".xml" and _is_mit(parse_xml(f)) for f in candidates)
     except (LabelFormatError, OSError):
         return False
 
@@ -74,7 +73,7 @@ def read_file(path: Path, export_root: Path | None = None) -> Annotation:
     """One annotation file; `export_root` (default: the file's folder) is used when no `Annotations` folder is above
     the file, and bounds where <folder>, <filename> and masks may point."""
     path = Path(path)
-    root = _parse(path)
+    root = parse_xml(path)
     if root.tag != "annotation":
         raise LabelFormatError(f"{path}: root element is <{root.tag}>, expected <annotation>")
     file_name = (root.findtext("filename") or "").strip()
@@ -93,18 +92,6 @@ def _xml_files(folder: Path) -> list[Path]:
     # Hidden folders hold editor copies and version-control files, not annotations.
     return [f for f in sorted(folder.rglob("*.xml"))
             if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts)]
-
-
-def _parse(path: Path) -> ET.Element:
-    try:
-        return SafeET.parse(path, forbid_dtd=True).getroot()
-    except DefusedXmlException as e:
-        raise LabelFormatError(f"{path}: refused unsafe XML ({type(e).__name__}: DTDs and entities are not "
-                               "allowed)") from None
-    except ET.ParseError as e:
-        raise LabelFormatError(f"{path}: malformed XML ({e})") from None
-    except OSError as e:
-        raise LabelFormatError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def _is_mit(root: ET.Element) -> bool:

@@ -17,19 +17,18 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import defusedxml.ElementTree as SafeET
 import numpy as np
-from defusedxml import DefusedXmlException
 
 from streetseg_jax.labels.images import check_size
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+from streetseg_jax.labels.xmlio import parse_xml
 
 _XY = re.compile(r"^([xy])(\d+)$")
 
 
 def read_voc(path: str | Path) -> Annotation:
     path = Path(path)
-    root = _parse(path)
+    root = parse_xml(path)
     if root.tag != "annotation":
         raise LabelFormatError(f"{path}: root element is <{root.tag}>, expected <annotation>")
     width, height = _size(root, path)
@@ -57,7 +56,7 @@ def looks_like(path: Path) -> bool:
     if first is None or first.suffix.lower() != ".xml":
         return False
     try:
-        root = _parse(first)
+        root = parse_xml(first)
     except LabelFormatError:
         return False
     return root.tag == "annotation" and root.find("object/polygon/x1") is not None
@@ -85,17 +84,6 @@ def write_voc(path: str | Path, file_name: str, width: int, height: int,
 
 def _number(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{float(v):.2f}"
-
-
-def _parse(path: Path) -> ET.Element:
-    try:
-        return SafeET.parse(path, forbid_dtd=True).getroot()
-    except DefusedXmlException as e:
-        raise LabelFormatError(f"{path}: refused unsafe XML ({type(e).__name__})") from None
-    except ET.ParseError as e:
-        raise LabelFormatError(f"{path}: malformed XML ({e})") from None
-    except OSError as e:
-        raise LabelFormatError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def _size(root: ET.Element, path: Path) -> tuple[int, int]:
