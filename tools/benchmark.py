@@ -20,12 +20,12 @@ from streetseg_jax.cli import normalise_argv  # noqa: E402
 COMMANDS = ("train", "input", "eval", "predict", "rasterize", "import", "scaling", "build")
 
 
-def print_figures(result: dict, units: dict, prefix: str = "") -> None:
+def print_figures(result: dict, units: dict, prefix: str = "", default_unit: str = "") -> None:
     for key, value in result.items():
         if isinstance(value, dict):
-            print_figures(value, units, f"{prefix}{key}.")
+            print_figures(value, units, f"{prefix}{key}.", units.get(key, default_unit))
             continue
-        unit = units.get(prefix + key, units.get(key, ""))
+        unit = units.get(prefix + key, units.get(key, default_unit))
         shown = f"{value:.4g}" if isinstance(value, float) else value
         print(f"{prefix}{key}: {shown} {unit}".rstrip())
 
