@@ -1,6 +1,9 @@
-"""The embedded default: the synthetic street scenes (built on first use), a small U-Net, about 10 minutes on 2 CPU
-cores. Scenes are 360x480; training sees crops of the scenes at 0.375 scale (135x180), evaluation runs the network
-at the same scale and scores at the native 360x480."""
+"""The embedded default: the synthetic street scenes (built on first use) and a small U-Net.
+
+Budget: 800 steps of batch 8 at about 10 images/s, about 12 minutes on 2 idle CPU cores; eval mIoU 0.67-0.70
+measured, short of the 0.80 aimed for. Scenes are 360x480; training sees crops of the scenes at 0.375 scale
+(135x180); evaluation runs the network at the same scale and scores at the native 360x480.
+"""
 import ml_collections
 
 
