@@ -63,16 +63,19 @@ class Evaluator:
         model.eval()
         return model
 
-    def _sums(self, params, model_state, batch):
+    def _pixel_terms(self, params, model_state, batch):
+        """(labels, predictions, per-pixel negative log-likelihood with ignore pixels at 0, valid mask)."""
         logits = predict_logits(self._model(params, model_state), batch["image"], self.scale)
         labels = batch["label"].astype(jnp.int32)
-        k, ignore = self.label_map.num_classes, self.label_map.ignore_id
-        valid = (labels != ignore) & (labels < k)
+        valid = (labels != self.label_map.ignore_id) & (labels < self.label_map.num_classes)
         log_p = jax.nn.log_softmax(logits, axis=-1)
         nll = -jnp.take_along_axis(log_p, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
-        conf = confusion_matrix(labels, jnp.argmax(logits, -1), k, ignore)
-        return {"confusion": conf, "loss_sum": jnp.sum(jnp.where(valid, nll, 0.0)),
-                "pixels": jnp.sum(valid.astype(jnp.float32))}
+        return labels, jnp.argmax(logits, -1), jnp.where(valid, nll, 0.0), valid.astype(jnp.float32)
+
+    def _sums(self, params, model_state, batch):
+        labels, preds, nll, valid = self._pixel_terms(params, model_state, batch)
+        conf = confusion_matrix(labels, preds, self.label_map.num_classes, self.label_map.ignore_id)
+        return {"confusion": conf, "loss_sum": jnp.sum(nll), "pixels": jnp.sum(valid)}
 
     def _argmax(self, params, model_state, images):
         return jnp.argmax(predict_logits(self._model(params, model_state), images, self.scale), -1)
@@ -138,16 +141,11 @@ class Evaluator:
         return self._per_image_jit
 
     def _per_image_sums(self, params, model_state, batch):
-        logits = predict_logits(self._model(params, model_state), batch["image"], self.scale)
-        labels = batch["label"].astype(jnp.int32)
+        labels, preds, nll, valid = self._pixel_terms(params, model_state, batch)
         k, ignore = self.label_map.num_classes, self.label_map.ignore_id
-        valid = (labels != ignore) & (labels < k)
-        log_p = jax.nn.log_softmax(logits, axis=-1)
-        nll = -jnp.take_along_axis(log_p, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
         one_image = lambda y, p: confusion_matrix(y, p, num_classes=k, ignore_id=ignore)  # noqa: E731
-        return {"confusion": jax.vmap(one_image)(labels, jnp.argmax(logits, -1)),
-                "loss_sum": jnp.sum(jnp.where(valid, nll, 0.0), axis=(1, 2)),
-                "pixels": jnp.sum(valid.astype(jnp.float32), axis=(1, 2))}
+        return {"confusion": jax.vmap(one_image)(labels, preds), "loss_sum": jnp.sum(nll, axis=(1, 2)),
+                "pixels": jnp.sum(valid, axis=(1, 2))}
 
 
 def _zero_sums(num_classes: int) -> dict:
