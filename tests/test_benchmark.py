@@ -1,0 +1,45 @@
+"""tools/benchmark.py runs end to end: each sub-command on tiny shapes prints one JSON object with its keys, and the
+plain output is `name: value unit` lines. (Speed targets are met in the benchmarks themselves, never here.)"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+CASES = {
+    "rasterize": (["--masks", "3", "--repeats", "1", "--height", "60", "--width", "80"], "masks_per_second"),
+    "eval": (["--num_images", "2", "--height", "24", "--width", "32", "--repeats", "1"], "pixels_per_second"),
+    "train": (["--no_peers", "--batch", "2", "--height", "32", "--width", "32", "--steps", "1", "--repeats", "1"],
+              "images_per_second"),
+}
+
+
+def run_benchmark(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run([sys.executable, "benchmark.py", *args], cwd=TOOLS, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.parametrize("command", sorted(CASES))
+def test_sub_command_prints_its_figures_as_json(command):
+    args, key = CASES[command]
+    proc = run_benchmark(command, "--json", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result[key] > 0
+
+
+def test_plain_output_is_name_value_unit_lines():
+    args, _ = CASES["rasterize"]
+    proc = run_benchmark("rasterize", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("masks_per_second:"))
+    name, value, unit = line.replace(":", "").split()
+    assert float(value) > 0 and unit == "masks/s"
