@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from streetseg_jax import checkpoint, sharding
 from streetseg_jax.data import augment
@@ -233,10 +234,12 @@ def _hms(seconds: float) -> str:
 
 # -------------------------------------------------------------------------------------------------------------------
 def finish_run(config, setup: RunSetup, evaluator, state) -> None:
-    """Curves and a few prediction overlays of eval images (process 0)."""
-    if jax.process_index() != 0:
-        return
-    plot_curves(read_metrics(setup.log.path), setup.workdir / "curves.png")
-    evaluator.write_overlays(state.params, state.model_state, setup.eval_source,
-                             setup.workdir / "overlays", config.num_overlays)
-    setup.log.say(f"done: {setup.workdir} (metrics.jsonl, curves.png, overlays/, checkpoints/)")
+    """Curves and a few prediction overlays of eval images (process 0); the other processes wait for it."""
+    if jax.process_index() == 0:
+        plot_curves(read_metrics(setup.log.path), setup.workdir / "curves.png")
+        evaluator.write_overlays(state.params, state.model_state, setup.eval_source,
+                                 setup.workdir / "overlays", config.num_overlays)
+        setup.log.say(f"done: {setup.workdir} (metrics.jsonl, curves.png, overlays/, checkpoints/)")
+    if jax.process_count() > 1:
+        # A process that reaches JAX's shutdown barrier long before process 0 times out there and kills the job.
+        multihost_utils.sync_global_devices("run finished")
