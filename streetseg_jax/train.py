@@ -6,7 +6,6 @@ saving and the stop signal from `checkpoint`, and everything it reports goes to 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from flax import nnx
 
 from streetseg_jax import checkpoint, sharding
 from streetseg_jax.data import pipeline
-from streetseg_jax.data.source import load_split
 from streetseg_jax.evaluate import Evaluator
 from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
 from streetseg_jax.models.unet import build_model, preprocess
