@@ -32,13 +32,21 @@ class Checkpoints:
         self._best_miou = max((m["miou"] for m in map(self.best.metrics, self.best.all_steps()) if m),
                               default=float("-inf"))
 
+    def _one_save_at_a_time(self) -> None:
+        # Across processes, orbax's background commits meet at barriers; two managers committing at once let the
+        # processes reach them in different orders (seen as a shutdown-barrier timeout under load).
+        if jax.process_count() > 1:
+            self.wait()
+
     def save(self, step: int, state, data_state: dict, meta: dict, force: bool = True) -> None:
+        self._one_save_at_a_time()
         self.latest.save(step, args=_save_args(state, data_state, meta), force=force)
 
     def save_best(self, step: int, state, data_state: dict, meta: dict, miou: float) -> bool:
         """Keep this step as the best one if its mIoU beats the best so far; returns whether it did."""
         if miou <= self._best_miou:
             return False
+        self._one_save_at_a_time()
         self.best.save(step, args=_save_args(state, data_state, meta), metrics={"miou": float(miou)}, force=True)
         self._best_miou = float(miou)
         return True
