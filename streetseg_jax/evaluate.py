@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     from absl import logging
     from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError
     logging.set_verbosity(logging.ERROR)    # orbax and TFDS log every read; the table says what matters
+    sharding.split_cpu_into_cores()         # evaluation fits its batch to the devices
     checkpoint = args.checkpoint if args.checkpoint in ("best", "latest") else int(args.checkpoint)
     try:
         result, json_path, png_path = evaluate_workdir(args.workdir, args.split, args.data_dir, checkpoint)

@@ -18,17 +18,21 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Join jax.distributed with cluster auto-detection.")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices per process (0: one per core, for a "
+                                    "single-process run; see sharding.split_cpu_into_cores).")
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)  # orbax and TFDS log every save and read; we print what matters
+    config = _CONFIG.value
+    if _CPU_DEVICES.value or not (_COORDINATOR.value or _MULTIHOST.value):
+        sharding.split_cpu_into_cores(config.batch_size, config.eval_batch_size, requested=_CPU_DEVICES.value)
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
     from streetseg_jax import train
     from streetseg_jax.data.source import DatasetNotFoundError
     from streetseg_jax.run import RunError
 
-    config = _CONFIG.value
     config.data_dir = os.path.expanduser(config.data_dir)
     try:
         _build_synthetic_if_missing(config.dataset, config.data_dir)

@@ -255,10 +255,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _predictor(args):
-    from streetseg_jax import inference
+    from streetseg_jax import inference, sharding
 
     if args.batch_size < 1:
         fail(f"--batch_size must be at least 1, got {args.batch_size}")
+    sharding.split_cpu_into_cores(args.batch_size)
     try:
         trained = inference.load_model(args.workdir, args.checkpoint, say=lambda m: print(m, file=sys.stderr))
         return inference.Predictor(trained, window=args.window or inference.DEFAULT_WINDOW,

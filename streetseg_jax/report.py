@@ -575,8 +575,10 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(args.workdir).is_dir():
         fail(f"--workdir {args.workdir} does not exist")
     from absl import logging
+    from streetseg_jax import sharding
     from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError
     logging.set_verbosity(logging.ERROR)  # orbax and TFDS log every read; the report says what matters
+    sharding.split_cpu_into_cores()         # evaluation fits its batch to the devices
     checkpoint = args.checkpoint if args.checkpoint in ("best", "latest") else int(args.checkpoint)
     try:
         path = build_report(args.workdir, args.split, checkpoint, args.k, args.data_dir)

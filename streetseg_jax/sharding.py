@@ -6,6 +6,8 @@ computed over the global batch.
 """
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -23,6 +25,26 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
+
+
+def split_cpu_into_cores(*batch_sizes: int, requested: int = 0) -> int:
+    """Give XLA one CPU device per core (or `requested` devices); returns the count asked for, 0 if left alone.
+
+    XLA:CPU runs most convolutions of one program on a single thread, so a 2-core machine trains about 1.3x faster
+    as two devices, each with half the batch, than as one device. The automatic count is the largest that is at
+    most the cores this process may use and divides every batch size. Only the CPU backend is affected (a GPU run
+    is unchanged), and an explicit `--xla_force_host_platform_device_count` in XLA_FLAGS wins. Once JAX has started
+    its backends (a program that used JAX already) the devices stay as they are.
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return 0
+    count = requested or max(n for n in range(1, len(os.sched_getaffinity(0)) + 1)
+                             if all(size % n == 0 for size in batch_sizes))
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:        # "should be updated before backends are initialized"
+        return 0
+    return count
 
 
 def make_mesh(devices=None) -> Mesh:

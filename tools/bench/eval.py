@@ -1,7 +1,8 @@
 """eval: our jitted confusion matrix on device vs the seed's numpy bincount mIoU, on the same random labels.
 
 Both sides get the same int32 labels and predictions (default 64 x 360 x 480, 12 classes, as the peer script).
-Ours is timed on arrays already on the device (in the eval loop the batch is there anyway); the first call
+Ours is timed on arrays already on the device(s), sharded over the images as the eval loop shards its batches (one
+XLA device per core on a CPU); the first call
 (compilation) is excluded and each figure is the median over --repeats calls. `--with_onehot` also times a
 one-hot matmul formulation, the alternative that lost to bincount on XLA:CPU.
 """
@@ -38,12 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from streetseg_jax import sharding
+
+    sharding.split_cpu_into_cores(args.num_images)     # as evaluation does: one XLA device per core on a CPU
     k = args.num_classes
     rng = np.random.default_rng(args.seed)
     shape = (args.num_images, args.height, args.width)
     labels = rng.integers(0, k, shape).astype(np.int32)
     preds = rng.integers(0, k, shape).astype(np.int32)
-    labels_on_device, preds_on_device = jax.device_put(labels), jax.device_put(preds)
+    # Sharded over the images as the eval loop's batches are: each device counts its share, XLA adds the counts.
+    batched = sharding.batch_sharding(sharding.make_mesh())
+    labels_on_device, preds_on_device = jax.device_put(labels, batched), jax.device_put(preds, batched)
 
     def ours():
         return confusion_matrix(labels_on_device, preds_on_device, num_classes=k, ignore_id=255).block_until_ready()
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> dict:
     pixels = labels.size
     result = {
         "device": str(jax.devices()[0].platform),
+        "devices": jax.device_count(),
         "pixels": pixels,
         "pixels_per_second": pixels / median_seconds(ours, args.repeats),
         "peers": {"numpy": pixels / median_seconds(lambda: miou_numpy.miou(labels, preds, k), args.repeats)},

@@ -16,6 +16,7 @@ Weights are freshly initialised: speed does not depend on them.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import statistics
@@ -53,8 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    result = {"device": jax.devices()[0].device_kind, "shape": f"{args.batch}x{args.height}x{args.width}",
-              "upsample": args.upsample}
+    from streetseg_jax import sharding
+
+    sharding.split_cpu_into_cores(args.batch)
+    result = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+              "shape": f"{args.batch}x{args.height}x{args.width}", "upsample": args.upsample}
     calls = {"ours": ours_call(args, args.upsample)}
     peer = None if args.skip_peer else torch_call(args)
     if peer is not None:
@@ -109,17 +113,21 @@ def ours_call(args, upsample: str):
     """One batch through our compiled function: uint8 images already on the device -> class ids."""
     from streetseg_jax.inference import model_logits
 
-    trained = untrained(upsample, args.num_classes)
+    from streetseg_jax import sharding
 
-    @jax.jit
-    def classes(params, model_state, images):
-        model = nnx.merge(trained.graphdef, params, model_state)
+    trained = untrained(upsample, args.num_classes)
+    mesh = sharding.make_mesh()     # as Predictor does: the batch split over every device, the weights on each
+    weights = jax.device_put((trained.params, trained.model_state), sharding.replicated(mesh))
+
+    @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh))
+    def classes(weights, images):
+        model = nnx.merge(trained.graphdef, *weights)
         model.eval()
         return jnp.argmax(model_logits(model, images, 1.0), axis=-1).astype(jnp.uint8)
 
     images = jax.device_put(np.random.default_rng(0).integers(0, 256, (args.batch, args.height, args.width, 3),
-                                                              np.uint8))
-    return lambda: classes(trained.params, trained.model_state, images).block_until_ready()
+                                                              np.uint8), sharding.batch_sharding(mesh))
+    return lambda: classes(weights, images).block_until_ready()
 
 
 def torch_call(args):

@@ -25,10 +25,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> dict:
+    from streetseg_jax import sharding
+
+    sharding.split_cpu_into_cores(args.batch)      # as training does: one XLA device per core on a CPU
     ours = our_rate(args)
     result = {"images_per_second": ours, "step_ms": 1000 * args.batch / ours, "peak_rss_mib": peak_rss_mib(),
               "settings": f"B={args.batch} {args.height}x{args.width} C={args.classes} F={args.base_width} "
-                          f"upsample={args.upsample} {args.dtype} on {jax.devices()[0].device_kind}",
+                          f"upsample={args.upsample} {args.dtype} on {jax.device_count()} x "
+                          f"{jax.devices()[0].device_kind}",
               "peers": {}}
     shape = (args.batch, args.height, args.width, args.classes, args.base_width)
     for peer, module, script in (("torch", "torch", "unet_torch.py"), ("keras", "tensorflow", "unet_keras.py")):
@@ -48,7 +52,7 @@ def our_rate(args) -> float:
         seed=0, num_train_steps=10_000, learning_rate=1e-3, warmup_steps=0, lr_schedule="cosine",
         end_learning_rate_factor=1.0, optimizer="adam", weight_decay=0.0, grad_clip_norm=0.0,
         model=dict(base_width=args.base_width, depth=4, upsample=args.upsample, dropout=0.0, dtype=args.dtype)))
-    mesh = sharding.make_mesh(jax.devices()[:1])
+    mesh = sharding.make_mesh()
     tx = train.make_optimizer(config)
     graphdef, state = train.init_state(config, args.classes, tx, mesh)
     step = train.make_train_step(graphdef, tx, np.ones(args.classes, np.float32), 255, mesh)
