@@ -24,11 +24,11 @@ class Checkpoints:
         options = dict(create=True, enable_async_checkpointing=async_save)
         self.latest = ocp.CheckpointManager(
             root / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options),
-            item_names=("state", "data", "meta"))
+            item_handlers=_handlers())
         self.best = ocp.CheckpointManager(
             root / "best", options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, best_fn=lambda m: m["miou"], best_mode="max", **options),
-            item_names=("state", "data", "meta"))
+            item_handlers=_handlers())
         self._best_miou = max((m["miou"] for m in map(self.best.metrics, self.best.all_steps()) if m),
                               default=float("-inf"))
 
@@ -63,6 +63,15 @@ class Checkpoints:
             data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
         return restored["state"], restored["data"], restored["meta"]
 
+    def restore_as_saved(self, which: str | int) -> dict:
+        """The saved state in its own structure, as arrays on this process's first device whatever devices wrote
+        it (for reading another run's weights, where no template of the right shape exists)."""
+        manager, step = self._resolve(which)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              manager.item_metadata(step)["state"])
+        return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+
     def read_meta(self, which: str | int = "latest") -> dict:
         manager, step = self._resolve(which)
         return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -91,6 +100,13 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _handlers() -> dict:
+    # Registered up front (not inferred from the first save or restore) so that item_metadata can read the state's
+    # shapes before anything is restored.
+    return {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler()}
 
 
 def _save_args(state, data_state: dict, meta: dict):

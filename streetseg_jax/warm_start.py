@@ -20,8 +20,7 @@ def warm_start(state, init_from: str, label_map, say):
     which = "best" if source.best.latest_step() is not None else "latest"
     try:
         meta = source.read_meta(which)
-        saved = source.best if which == "best" else source.latest
-        raw = saved.restore(saved.latest_step(), args=_raw_args())["state"]
+        raw = source.restore_as_saved(which)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"init_from={init_from}: {e}") from None
     finally:
@@ -34,11 +33,6 @@ def warm_start(state, init_from: str, label_map, say):
     say(f"init_from {init_from} ({which} checkpoint): loaded {loaded_p + loaded_s} arrays"
         + (f", kept fresh: {', '.join(skipped_p + skipped_s)}" if skipped_p + skipped_s else ""))
     return dataclasses.replace(state, params=params, model_state=model_state)
-
-
-def _raw_args():
-    import orbax.checkpoint as ocp
-    return ocp.args.Composite(state=ocp.args.StandardRestore())
 
 
 def _merge(fresh: dict, saved: dict):
