@@ -85,7 +85,8 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
     finally:
         checkpoints.close()
     source = which if isinstance(which, str) else f"step {which}"
-    return TrainedModel(graphdef, state.params, state.model_state, label_map, config, int(step), source)
+    return TrainedModel(graphdef, train.eval_params(state, config), state.model_state, label_map, config, int(step),
+                        source)
 
 
 def _choose_checkpoint(checkpoints: Checkpoints, wanted: str | int, say) -> str | int:

@@ -233,11 +233,11 @@ def _hms(seconds: float) -> str:
 
 
 # -------------------------------------------------------------------------------------------------------------------
-def finish_run(config, setup: RunSetup, evaluator, state) -> None:
+def finish_run(config, setup: RunSetup, evaluator, params, model_state) -> None:
     """Curves and a few prediction overlays of eval images (process 0); the other processes wait for it."""
     if jax.process_index() == 0:
         plot_curves(read_metrics(setup.log.path), setup.workdir / "curves.png")
-        evaluator.write_overlays(state.params, state.model_state, setup.eval_source,
+        evaluator.write_overlays(params, model_state, setup.eval_source,
                                  setup.workdir / "overlays", config.num_overlays)
         setup.log.say(f"done: {setup.workdir} (metrics.jsonl, curves.png, overlays/, checkpoints/)")
     if jax.process_count() > 1:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +64,39 @@ def make_optimizer(config) -> optax.GradientTransformation:
     else:
         raise ValueError(f"optimizer must be 'adam' or 'adamw', got {config.optimizer!r}")
     clip = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm > 0 else []
-    return optax.chain(*clip, opt)
+    ema = [track_ema(config.ema_decay)] if config.get("ema_decay", 0.0) else []
+    return optax.chain(*clip, opt, *ema)
+
+
+class EmaState(NamedTuple):
+    count: jax.Array
+    ema: Any
+
+
+def track_ema(decay: float) -> optax.GradientTransformation:
+    """Keeps an exponential moving average of the updated parameters in the optimiser state; updates pass through.
+
+    The decay ramps up as min(decay, (1 + t) / (10 + t)) over the first updates, so the average does not drag the
+    random initialisation along for ~1 / (1 - decay) steps.
+    """
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema_decay must be in (0, 1) (0 switches it off), got {decay}")
+
+    def init(params):
+        return EmaState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.array, params))
+
+    def update(updates, state, params):
+        count = state.count + 1
+        rate = 1.0 - jnp.minimum(decay, count / (count + 9.0))
+        ema = optax.incremental_update(optax.apply_updates(params, updates), state.ema, rate)
+        return updates, EmaState(count, ema)
+
+    return optax.GradientTransformation(init, update)
+
+
+def eval_params(state: TrainState, config) -> Any:
+    """The weights to evaluate, save as best and predict with: the moving average with `ema_decay`, else params."""
+    return state.opt_state[-1].ema if config.get("ema_decay", 0.0) else state.params
 
 
 def init_state(config, num_classes: int, tx, mesh):
@@ -194,19 +226,20 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator, tx)
                 row = window.summary(setup.label_map.names, config.batch_size)
                 row["train/learning_rate"] = float(make_schedule(config)(step - 1))
                 log.write(step, row)
-                window = TrainMetrics(step)
             if "eval" in due:
-                last_eval = evaluator.run(state.params, state.model_state, setup.eval_source)
+                last_eval = evaluator.run(eval_params(state, config), state.model_state, setup.eval_source)
                 log.write(step, last_eval)
                 setup.save_best(step, state, train_iter, last_eval["eval/miou"])
             if "checkpoint" in due:
                 setup.save(step, state, train_iter)
+            if due:     # after evaluating and saving, so train/images_per_second times training alone
+                window = TrainMetrics(step)
     except NonFiniteLoss as e:
         setup.fail(f"{e}; stopped. The last good checkpoint is kept (step {setup.checkpoints.latest_step()}).")
     finally:
         stop.restore_handlers()
         setup.checkpoints.wait()
-    finish_run(config, setup, evaluator, state)
+    finish_run(config, setup, evaluator, eval_params(state, config), state.model_state)
     return last_eval
 
 

@@ -208,3 +208,25 @@ def test_cross_entropy_weights_and_ignore():
     ce = lambda z, y: float(jax.nn.logsumexp(z) - z[y])
     assert weight == pytest.approx(3.0)
     assert total == pytest.approx(1 * ce(logits[0, 0], 1) + 2 * ce(logits[0, 1], 0), rel=1e-6)
+
+
+def test_ema_follows_the_parameters_and_is_what_evaluation_uses():
+    from streetseg_jax import sharding, train
+
+    config = tiny_config()
+    config.ema_decay = 0.5
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    tx = train.make_optimizer(config)
+    graphdef, state = train.init_state(config, 8, tx, mesh)
+    step = train.make_train_step(graphdef, tx, np.ones(8, np.float32), 255, mesh)
+    batch = sharding.global_batch(tiny_batch(), mesh)
+    expected = jax.tree.map(np.asarray, state.params)
+    for t in range(1, 5):
+        state, _ = step(state, batch)
+        rate = 1 - min(0.5, t / (t + 9))      # the decay ramps up: 0.1, 0.18, 0.25, 0.31, then 0.5
+        expected = jax.tree.map(lambda e, p: (1 - rate) * e + rate * np.asarray(p), expected, state.params)
+    ema = train.eval_params(state, config)
+    jax.tree.map(lambda e, a: np.testing.assert_allclose(np.asarray(a), e, rtol=1e-5, atol=1e-6), expected, ema)
+    assert not np.allclose(np.asarray(ema["head"]["kernel"]), np.asarray(state.params["head"]["kernel"]))
+    config.ema_decay = 0.0
+    assert train.eval_params(state, config) is state.params
