@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.weight_decay = 1e-4
     c.grad_clip_norm = 1.0
     c.class_weights = "median_frequency"
+    c.loss = "cross_entropy"          # or "cross_entropy+dice", "cross_entropy+lovasz" (streetseg_jax/losses.py)
     c.ema_decay = 0.0                 # > 0: evaluate, keep as best and predict with a moving average of the weights
     # --- evaluation, logging, checkpoints
     c.eval_batch_size = 8

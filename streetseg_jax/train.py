@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from streetseg_jax import checkpoint, sharding
+from streetseg_jax import checkpoint, losses, sharding
 from streetseg_jax.data import pipeline
 from streetseg_jax.evaluate import Evaluator
 from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
@@ -116,32 +116,19 @@ def init_state(config, num_classes: int, tx, mesh):
 # ---------------------------------------------------------------------------------------------------------------
 # Loss and step
 # ---------------------------------------------------------------------------------------------------------------
-def cross_entropy_sums(logits, labels, class_weights, ignore_id: int):
-    """(weighted sum of per-pixel cross-entropy, sum of weights) over valid pixels; ignore pixels weigh 0.
+def make_train_step(graphdef, tx, class_weights, ignore_id: int, mesh, loss: str = "cross_entropy"):
+    """The jitted `(state, batch) -> (state, metrics)`; the state is donated, the batch sharded over `data`.
 
-    The mean is sum / weight, PyTorch's weighted-mean convention; sums (not means) so they add across batches.
-    """
-    num_classes = logits.shape[-1]
-    labels = labels.astype(jnp.int32)
-    valid = (labels != ignore_id) & (labels >= 0) & (labels < num_classes)
-    safe = jnp.where(valid, labels, 0)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
-    weights = jnp.where(valid, class_weights[safe], 0.0)
-    return jnp.sum(weights * ce), jnp.sum(weights)
-
-
-def make_train_step(graphdef, tx, class_weights, ignore_id: int, mesh):
-    """The jitted `(state, batch) -> (state, metrics)`; the state is donated, the batch sharded over `data`."""
-    class_weights = jnp.asarray(class_weights, jnp.float32)
-    num_classes = class_weights.shape[0]
+    `loss` is one of losses.LOSSES, with `class_weights` weighting its cross-entropy term."""
+    num_classes = len(class_weights)
+    objective = losses.loss_fn(loss, class_weights, ignore_id)
 
     def loss_fn(params, state: TrainState, batch):
         model = nnx.merge(graphdef, params, state.model_state)
         model.train()
         logits = model(preprocess(batch["image"], model_dtype(model)))
-        loss_sum, weight = cross_entropy_sums(logits, batch["label"], class_weights, ignore_id)
         _, _, rest = split_model(model)
-        return loss_sum / jnp.maximum(weight, 1e-6), (logits, rest)
+        return objective(logits, batch["label"]), (logits, rest)
 
     def step(state: TrainState, batch):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -201,7 +188,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         process_index=jax.process_index(), process_count=jax.process_count(),
         augment_cfg=setup.augment_cfg, ignore_id=label_map.ignore_id, num_threads=config.input_threads)
     state = setup.restore_or_init(state, train_iter, graphdef)
-    train_step = make_train_step(graphdef, tx, setup.class_weights, label_map.ignore_id, mesh)
+    train_step = make_train_step(graphdef, tx, setup.class_weights, label_map.ignore_id, mesh,
+                                 config.get("loss", "cross_entropy"))
     evaluator = Evaluator(graphdef, mesh, label_map, config)
     return _loop(config, setup, state, train_iter, train_step, evaluator, tx)
 

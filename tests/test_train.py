@@ -180,14 +180,15 @@ def tiny_batch(seed=0, batch=4, height=32, width=48, classes=8):
     return {"image": image, "label": label}
 
 
-def test_train_step_learns_and_ignores_the_ignore_id():
+@pytest.mark.parametrize("loss", ["cross_entropy", "cross_entropy+lovasz"])
+def test_train_step_learns_and_ignores_the_ignore_id(loss):
     from streetseg_jax import sharding, train
 
     config = tiny_config()
     mesh = sharding.make_mesh(jax.devices()[:1])
     tx = train.make_optimizer(config)
     graphdef, state = train.init_state(config, 8, tx, mesh)
-    step = train.make_train_step(graphdef, tx, np.ones(8, np.float32), 255, mesh)
+    step = train.make_train_step(graphdef, tx, np.ones(8, np.float32), 255, mesh, loss)
     batch = sharding.global_batch(tiny_batch(), mesh)
     losses = []
     for _ in range(6):
@@ -200,7 +201,7 @@ def test_train_step_learns_and_ignores_the_ignore_id():
 
 
 def test_cross_entropy_weights_and_ignore():
-    from streetseg_jax.train import cross_entropy_sums
+    from streetseg_jax.losses import cross_entropy_sums
 
     logits = jnp.array([[[0.0, 1.0], [2.0, 0.0], [0.0, 0.0]]])
     labels = jnp.array([[1, 0, 255]])
