@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --- evaluation, logging, checkpoints
     c.eval_batch_size = 8
     c.eval_scale = 0.375
+    c.eval_flip_tta = False           # average each eval image's logits with its mirror image's
     c.eval_every_steps = 400
     c.log_every_steps = 50
     c.checkpoint_every_steps = 200

@@ -4,10 +4,14 @@ Scored at the labels' native resolution: when `config.eval_scale` is not 1 the n
 that factor and its logits are resized back (bilinear) before the argmax. The last partial batch is padded with
 all-ignore examples, so every real pixel counts exactly once and padding counts nowhere.
 
+With `config.eval_flip_tta` each image's logits are averaged with those of its mirror image (flip test-time
+augmentation).
+
 Command line: `python -m streetseg_jax.evaluate --workdir DIR [--split S] [--data_dir D]
-[--checkpoint best|latest|STEP]` scores a trained run's checkpoint on a split (default: its config's `eval_split`),
-prints the per-class IoU table, mIoU, pixel accuracy and per-image mIoU (summary and worst images), and writes them
-to DIR/eval/<split>.json with the row-normalised confusion matrix as DIR/eval/<split>_confusion.png.
+[--checkpoint best|latest|STEP] [--flip_tta]` scores a trained run's checkpoint on a split (default: its config's
+`eval_split`), prints the per-class IoU table, mIoU, pixel accuracy and per-image mIoU (summary and worst images),
+and writes them to DIR/eval/<split>.json with the row-normalised confusion matrix as DIR/eval/<split>_confusion.png
+(<split>_flip_tta.json and <split>_flip_tta_confusion.png with --flip_tta).
 """
 from __future__ import annotations
 
@@ -48,15 +52,30 @@ def predict_logits(model, images, scale: float = 1.0):
     return logits
 
 
+def flip_averaged(logits_fn, model, images, scale: float):
+    """Flip test-time augmentation: the mean of `logits_fn` on the images and, mirrored back, on their mirror
+    images (one call on a doubled batch)."""
+    n = images.shape[0]
+    both = logits_fn(model, jnp.concatenate([images, images[:, :, ::-1]]), scale)
+    return (both[:n] + both[n:, :, ::-1]) / 2
+
+
 class Evaluator:
     """One cached jitted function over (params, model_state, batch) returning sums; metrics only at the end."""
 
     def __init__(self, graphdef, mesh, label_map: LabelMap, config):
         self.graphdef, self.mesh, self.label_map = graphdef, mesh, label_map
         self.batch_size, self.scale = config.eval_batch_size, config.eval_scale
+        self.flip_tta = bool(config.get("eval_flip_tta", False))
         sharding.check_batch_size(self.batch_size, mesh)
         self._step = jax.jit(self._sums, out_shardings=sharding.replicated(mesh))
         self._predict = jax.jit(self._argmax)
+
+    def _logits(self, params, model_state, images):
+        model = self._model(params, model_state)
+        if self.flip_tta:
+            return flip_averaged(predict_logits, model, images, self.scale)
+        return predict_logits(model, images, self.scale)
 
     def _model(self, params, model_state):
         model = nnx.merge(self.graphdef, params, model_state)
@@ -65,7 +84,7 @@ class Evaluator:
 
     def _pixel_terms(self, params, model_state, batch):
         """(labels, predictions, per-pixel negative log-likelihood with ignore pixels at 0, valid mask)."""
-        logits = predict_logits(self._model(params, model_state), batch["image"], self.scale)
+        logits = self._logits(params, model_state, batch["image"])
         labels = batch["label"].astype(jnp.int32)
         valid = (labels != self.label_map.ignore_id) & (labels < self.label_map.num_classes)
         log_p = jax.nn.log_softmax(logits, axis=-1)
@@ -78,7 +97,7 @@ class Evaluator:
         return {"confusion": conf, "loss_sum": jnp.sum(nll), "pixels": jnp.sum(valid)}
 
     def _argmax(self, params, model_state, images):
-        return jnp.argmax(predict_logits(self._model(params, model_state), images, self.scale), -1)
+        return jnp.argmax(self._logits(params, model_state, images), -1)
 
     def sums(self, params, model_state, source) -> dict:
         """Confusion matrix (int64), loss sum and valid-pixel count over the split. Sums stay on the device and
@@ -171,15 +190,16 @@ WORST_SHOWN = 5     # images listed by name as the worst of a split
 
 
 def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: str | None = None,
-                     checkpoint: str | int = "best") -> tuple[dict, Path, Path]:
-    """Score a run's checkpoint on `split`; (the result as written to JSON, its JSON path, the confusion PNG path)."""
+                     checkpoint: str | int = "best", flip_tta: bool = False) -> tuple[dict, Path, Path]:
+    """Score a run's checkpoint on `split`; (the result as written to JSON, its JSON path, the confusion PNG path).
+    With `flip_tta` the files are named <split>_flip_tta so they sit beside the plain figures."""
     # The report already loads a checkpoint into an Evaluator and makes one per-image pass; the CLI shares both
     # (imported here: report sits above evaluate, and only the command line needs it).
     from streetseg_jax import report
     from streetseg_jax.data.source import load_split
 
     workdir = Path(workdir).absolute()
-    run = report.load_run(workdir, checkpoint)
+    run = report.load_run(workdir, checkpoint, flip_tta)
     split = split or run.config.eval_split
     source, data_label_map, _ = load_split(run.config.dataset, split, data_dir or run.config.data_dir)
     if data_label_map.to_dict() != run.label_map.to_dict():
@@ -190,7 +210,7 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     result["label_sizes"] = sizes
     result["per_image"]["worst"] = _worst(result["per_image"]["images"], report.rank_images)
     out_dir = workdir / "eval"
-    stem = re.sub(r"[^\w.+-]", "_", split)     # "validation[:10]" makes a file name too
+    stem = re.sub(r"[^\w.+-]", "_", split) + ("_flip_tta" if flip_tta else "")  # "validation[:10]" is a name too
     json_path = _write_atomically(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
     png_path = _write_atomically(out_dir / f"{stem}_confusion.png",
                                  report.confusion_png(evaluation.confusion, run.label_map.names))
@@ -203,7 +223,7 @@ def result_dict(run, evaluation, file_names: list[str], workdir: Path) -> dict:
     return {
         "workdir": str(workdir), "dataset": run.config.dataset, "split": evaluation.split,
         "checkpoint": run.checkpoint, "step": run.step, "num_images": len(file_names),
-        "eval_scale": float(run.config.eval_scale),
+        "eval_scale": float(run.config.eval_scale), "flip_tta": bool(run.config.eval_flip_tta),
         "miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"],
         "mean_class_accuracy": scores["mean_class_accuracy"], "loss": scores["loss"],
         "iou": {name: scores[f"iou/{name}"] for name in names},
@@ -266,7 +286,8 @@ def format_result(result: dict) -> str:
 def _heading(result: dict) -> str:
     return (f"{result['dataset']} {result['split']}: {result['num_images']} images, checkpoint {result['checkpoint']} "
             f"(step {result['step']}); scored at the labels' native resolution ({', '.join(result['label_sizes'])}) "
-            f"with the network at eval_scale {result['eval_scale']:g}; ignore pixels count nowhere")
+            f"with the network at eval_scale {result['eval_scale']:g}{' with flip TTA' if result['flip_tta'] else ''}; "
+            "ignore pixels count nowhere")
 
 
 def _pct(value: float | None) -> str:
@@ -280,6 +301,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split); TFDS slices work")
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
     parser.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
+    parser.add_argument("--flip_tta", action="store_true", help="average each image's logits with its mirror "
+                        "image's (written as <split>_flip_tta.json)")
     return parser
 
 
@@ -295,7 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     sharding.split_cpu_into_cores()         # evaluation fits its batch to the devices
     checkpoint = args.checkpoint if args.checkpoint in ("best", "latest") else int(args.checkpoint)
     try:
-        result, json_path, png_path = evaluate_workdir(args.workdir, args.split, args.data_dir, checkpoint)
+        result, json_path, png_path = evaluate_workdir(args.workdir, args.split, args.data_dir, checkpoint,
+                                                       args.flip_tta)
     except (DatasetNotFoundError, UnknownSplitError) as e:
         fail(str(e))
     print(format_result(result))

@@ -46,8 +46,9 @@ class LoadedRun:
     checkpoint: str             # which one was loaded: "best", "latest" or "step N"
 
 
-def load_run(workdir: Path, which: str | int) -> LoadedRun:
-    """The model of a checkpoint ('best', 'latest' or a step), with an Evaluator around it."""
+def load_run(workdir: Path, which: str | int, flip_tta: bool = False) -> LoadedRun:
+    """The model of a checkpoint ('best', 'latest' or a step), with an Evaluator around it (averaging the logits of
+    each image and its mirror image with `flip_tta`)."""
     import jax
     from streetseg_jax import sharding
     from streetseg_jax.evaluate import Evaluator
@@ -64,6 +65,7 @@ def load_run(workdir: Path, which: str | int) -> LoadedRun:
     # The split is scored exactly whatever the batch, so fit the batch to the devices of this machine.
     devices = mesh.devices.size
     config.eval_batch_size = -(-config.eval_batch_size // devices) * devices
+    config.eval_flip_tta = flip_tta
     evaluator = Evaluator(trained.graphdef, mesh, trained.label_map, config)
     return LoadedRun(config, trained.label_map, evaluator, params, model_state, trained.step, trained.source)
 

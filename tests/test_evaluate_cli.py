@@ -16,7 +16,7 @@ from conftest import ROOT, run_main_to_end
 # Trained on 48x64 crops, scored at the labels' 96x128 with the network at half of that: full-size frames must work
 # whatever the training resolution was.
 EVAL_SCALE = 0.5
-KEYS = {"workdir", "dataset", "split", "checkpoint", "step", "num_images", "eval_scale", "label_sizes", "miou",
+KEYS = {"workdir", "dataset", "split", "checkpoint", "step", "num_images", "eval_scale", "flip_tta", "label_sizes", "miou",
         "pixel_accuracy", "mean_class_accuracy", "loss", "iou", "class_pixels", "confusion", "per_image"}
 
 
@@ -115,3 +115,22 @@ def test_workdir_without_checkpoints_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate.main(["--workdir", str(tmp_path)])
     assert "no checkpoints/ folder" in capsys.readouterr().err
+
+
+def test_flip_tta_is_mirror_symmetric_and_written_beside_the_plain_figures(workdir, cli_result, capsys):
+    from streetseg_jax import evaluate, report
+    from streetseg_jax.data.source import load_split
+
+    evaluate.main(["--workdir", str(workdir), "--flip_tta"])
+    assert "with flip TTA" in capsys.readouterr().out
+    result = json.loads((workdir / "eval" / "test_flip_tta.json").read_text())
+    assert result["flip_tta"] is True and cli_result[1]["flip_tta"] is False
+    assert (workdir / "eval" / "test_flip_tta_confusion.png").exists()
+    # The flip-averaged prediction of a mirrored image is the mirrored prediction (the plain one need not be).
+    run = report.load_run(workdir, "best", flip_tta=True)
+    source, _, _ = load_split(run.config.dataset, "test", run.config.data_dir)
+    images = np.stack([source[i]["image"] for i in range(2)])
+    plain = run.evaluator.predict(run.params, run.model_state, images)
+    mirrored = run.evaluator.predict(run.params, run.model_state, images[:, :, ::-1].copy())
+    np.testing.assert_array_equal(mirrored, plain[:, :, ::-1])
+    assert np.asarray(result["confusion"]).sum() == np.asarray(cli_result[1]["confusion"]).sum()
