@@ -1,4 +1,5 @@
-"""`--config.init_from=WORKDIR`: start from another run's best checkpoint (its latest when it has no best).
+"""`--config.init_from=WORKDIR`: start from another run's best checkpoint (its latest when it has no best), taking its
+moving average of the weights when it kept one (`ema_decay`).
 
 Every parameter and BatchNorm statistic whose path and shape match is loaded. With a different label map the
 classifier head cannot carry over: it keeps its fresh initialisation, and the run says so. The optimiser state
@@ -28,7 +29,9 @@ def warm_start(state, init_from: str, label_map, say):
     if meta["label_map"] != label_map.to_dict():
         say(f"init_from {init_from}: its label map differs from this run's; the classifier head is "
             "re-initialised and the rest loaded")
-    params, loaded_p, skipped_p = _merge(state.params, raw["params"])
+    # A run with an EMA of the weights evaluated (and chose its best checkpoint by) the average: start from that.
+    saved_params = raw["opt_state"][-1]["ema"] if meta["config"].get("ema_decay") else raw["params"]
+    params, loaded_p, skipped_p = _merge(state.params, saved_params)
     model_state, loaded_s, skipped_s = _merge(state.model_state, raw["model_state"])
     say(f"init_from {init_from} ({which} checkpoint): loaded {loaded_p + loaded_s} arrays"
         + (f", kept fresh: {', '.join(skipped_p + skipped_s)}" if skipped_p + skipped_s else ""))
