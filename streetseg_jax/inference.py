@@ -349,7 +349,8 @@ class Predictor:
         rows = -(-min(self.batch_size, 1 << (n - 1).bit_length()) // self._devices) * self._devices
         batch = np.zeros((rows, *tiles.shape[1:]), np.uint8)
         batch[:n] = tiles
-        return self._forward(self._weights, batch)
+        # Gathered on one device: blending there beats running every blend step on all of them.
+        return jax.device_put(self._forward(self._weights, batch), jax.local_devices()[0])
 
     # --- one image ---------------------------------------------------------------------------------------------
     def logits(self, image: np.ndarray) -> np.ndarray:
