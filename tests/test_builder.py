@@ -15,10 +15,12 @@ from PIL import Image
 from streetseg_jax.data import source
 from streetseg_jax.data.builder import BuildError, UnknownLabelsError
 from streetseg_jax.data.inputs import stem_fraction as _stem_fraction
-from streetseg_jax.data.synthetic import write_synthetic
+from streetseg_jax.data.synthetic import png_bytes, write_synthetic
 from streetseg_jax.labels.convert import annotation_to_mask
 from streetseg_jax.labels.formats.voc import read_voc, write_voc
+from streetseg_jax.labels.images import open_rgb
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
+from streetseg_jax.labels.validate import mask_png
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = dict(height=96, width=128)
@@ -43,7 +45,6 @@ def test_synthetic_features_metadata_and_splits(synthetic_dir):
     assert {name: split.num_examples for name, split in info.splits.items()} == {"train": 8, "test": 2}
     assert label_map == default_label_map()
     assert info.metadata["label_map"] == default_label_map().to_dict()
-    assert info.features["segmentation_mask"].names == default_label_map().names
     record = train[0]
     assert record["image"].dtype == np.uint8 and record["image"].shape == (96, 128, 3)
     assert record["segmentation_mask"].dtype == np.uint8 and record["segmentation_mask"].shape == (96, 128, 1)
@@ -119,7 +120,7 @@ def test_voc_polygons_masks_labels_and_hash_split(tmp_path, subfolders):
     assert 0 < len(expected_test) < len(stems), "pick stems that land in both splits"
     assert result.splits == {"train": len(stems) - len(expected_test), "test": len(expected_test)}
     _, label_map, info = source.load_split("street_seg/voc_polygons", "test", tmp_path / "tfds")
-    assert label_map == street_label_map() and info.features["segmentation_mask"].names == ["void", "road", "sky"]
+    assert label_map == street_label_map() and label_map.names == ["void", "road", "sky"]
     stored = {r["file_name"].decode(): r for split in ("train", "test")
               for r in records(tmp_path / "tfds", split, "street_seg/voc_polygons")}
     assert {Path(n).stem for n in records_names(tmp_path / "tfds", "test")} == expected_test
@@ -170,6 +171,84 @@ def test_unknown_split_lists_the_available_ones(synthetic_dir):
     assert len(split_source) == 5
 
 
+# --- on disk: raw pixels since 2.0.0; 1.0.0 (PNG) datasets still read ------------------------------------------
+def test_images_and_masks_round_trip_exactly_as_raw_pixels(tmp_path):
+    """Noise (incompressible) of an odd size, an RGBA PNG and a JPEG: the stored pixels are the decoded file's to the
+    bit, and the features are raw uint8 bytes, not PNG."""
+    rng = np.random.default_rng(7)
+    export, height, width = tmp_path / "export", 23, 37
+    export.mkdir()
+    written = {}
+    for name, mode in (("noise.png", "RGB"), ("alpha.png", "RGBA"), ("photo.jpg", "RGB")):
+        written[name] = rng.integers(0, 256, (height, width, len(mode)), dtype=np.uint8)
+        Image.fromarray(written[name], mode).save(export / name)
+        write_voc(export / f"{Path(name).stem}.xml", name, width, height, [
+            ("sky", [[(0, 0), (width, 0), (width, 9.3), (0, 11.7)]]), ("road", [[(3, 14), (30, 12.5), (20, 23)]])])
+    source.build("voc_polygons", tmp_path / "tfds", export, test_fraction=0.0)
+    path = source.dataset_dir("street_seg/voc_polygons", tmp_path / "tfds")
+    features = json.loads((path / "features.json").read_text())["featuresDict"]["features"]
+    for feature, channels in (("image", "3"), ("segmentation_mask", "1")):
+        assert features[feature]["pythonClassName"] == "tensorflow_datasets.core.features.tensor_feature.Tensor"
+        assert features[feature]["tensor"] == {"dtype": "uint8", "encoding": "bytes",
+                                               "shape": {"dimensions": ["-1", "-1", channels]}}
+    stored = {r["file_name"].decode(): r for r in records(tmp_path / "tfds", "train", "street_seg/voc_polygons")}
+    assert sorted(stored) == sorted(written) and path.name == "2.0.0"
+    np.testing.assert_array_equal(stored["noise.png"]["image"], written["noise.png"])
+    for name, record in stored.items():
+        assert record["image"].dtype == np.uint8 and record["image"].shape == (height, width, 3)
+        np.testing.assert_array_equal(record["image"], open_rgb(export / name))
+        expected = annotation_to_mask(read_voc(export / f"{Path(name).stem}.xml"), default_label_map()).mask
+        assert set(np.unique(expected)) == {0, 3, 6}
+        np.testing.assert_array_equal(record["segmentation_mask"], expected[..., None])
+
+
+def legacy_features(label_map: LabelMap):
+    """The features of version 1.0.0: PNG, the mask a LabeledImage carrying the class names."""
+    import tensorflow_datasets as tfds
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8, encoding_format="png"),
+        "segmentation_mask": tfds.features.LabeledImage(labels=label_map.names, shape=(None, None, 1),
+                                                        dtype=np.uint8, encoding_format="png"),
+        "file_name": tfds.features.Text(),
+    })
+
+
+def as_png(encode_example):
+    """The per-image work of version 1.0.0: PNG bytes (what tfds.features.Image stores without TensorFlow)."""
+    def encode_as_png(job):
+        key, example = encode_example(job)
+        return key, {**example, "image": png_bytes(example["image"]),
+                     "segmentation_mask": mask_png(example["segmentation_mask"][..., 0])}
+    return encode_as_png
+
+
+def test_a_version_1_png_dataset_still_reads_and_a_build_writes_version_2_beside_it(tmp_path):
+    import tensorflow_datasets as tfds
+
+    from streetseg_jax.data import builder, inputs
+    make_voc_folder(tmp_path / "export", ["a", "b", "c"], subfolders=False)
+    data_dir = tmp_path / "tfds"
+    with pytest.MonkeyPatch.context() as patch:     # the builder as it was at 1.0.0 (one process: nothing pickled)
+        patch.setattr(builder.StreetSeg, "VERSION", tfds.core.Version("1.0.0"))
+        patch.setattr(builder, "_features", legacy_features)
+        patch.setattr(inputs, "encode_example", as_png(inputs.encode_example))
+        source.build("voc_polygons", data_dir, tmp_path / "export", test_fraction=0.0, num_workers=1)
+    old_dir = source.dataset_dir("street_seg/voc_polygons", data_dir)
+    assert old_dir.name == "1.0.0" and '"png"' in (old_dir / "features.json").read_text()
+    old = {r["file_name"].decode(): r for r in records(data_dir, "train", "street_seg/voc_polygons")}
+    result = source.build("voc_polygons", data_dir, tmp_path / "export", test_fraction=0.0)
+    assert not result.reused and result.path.name == "2.0.0"        # the 1.0.0 build is not reused
+    new = {r["file_name"].decode(): r for r in records(data_dir, "train", "street_seg/voc_polygons")}
+    still = {r["file_name"].decode(): r for r in records(data_dir, "train", "street_seg/voc_polygons:1.0.0")}
+    assert sorted(old) == sorted(new) == sorted(still) == ["a.jpg", "b.png", "c.png"]
+    for name, record in new.items():
+        for before in (old[name], still[name]):
+            for feature in ("image", "segmentation_mask"):
+                assert before[feature].dtype == record[feature].dtype == np.uint8
+                np.testing.assert_array_equal(before[feature], record[feature])
+    assert source.build("voc_polygons", data_dir, tmp_path / "export", test_fraction=0.0).reused
+
+
 # --- without streetseg_jax, without TensorFlow ------------------------------------------------------------------
 OTHER_PROJECT = textwrap.dedent("""
     import json, sys
@@ -180,7 +259,7 @@ OTHER_PROJECT = textwrap.dedent("""
     train = tfds.data_source("street_seg/synthetic", split="train", data_dir=data_dir)
     print(json.dumps({
         "label_map": builder.info.metadata["label_map"],
-        "names": builder.info.features["segmentation_mask"].names,
+        "names": [c["name"] for c in builder.info.metadata["label_map"]["classes"]],
         "train": len(train), "image": [record["image"].dtype.name, *record["image"].shape],
         "mask": [record["segmentation_mask"].dtype.name, *record["segmentation_mask"].shape],
         "file_name": record["file_name"].decode(),

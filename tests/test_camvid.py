@@ -49,7 +49,7 @@ def test_splits_class_names_and_void_remapped_to_ignore(tmp_path):
     _, label_map, info = source.load_split("street_seg/camvid", "train", tmp_path / "tfds")
     assert label_map.names == NAMES and label_map.ignore_id == 255
     assert label_map.classes[4].color == (60, 40, 222) and label_map.id_of("SignSymbol") == 6
-    assert info.features["segmentation_mask"].names == NAMES
+    assert [c["name"] for c in info.metadata["label_map"]["classes"]] == NAMES     # the names live there
     for split, name in (("train", "train"), ("validation", "val"), ("test", "test")):
         for record in stored(tmp_path / "tfds", split):
             file_name = record["file_name"].decode()

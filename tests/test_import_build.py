@@ -249,7 +249,7 @@ def test_a_failed_overwrite_keeps_the_previous_dataset(tmp_path):
     after = records(tmp_path, "train")
     assert sorted(after) == sorted(before)
     np.testing.assert_array_equal(after["c.png"]["image"], before["c.png"]["image"])
-    assert [p.name for p in (tmp_path / "tfds" / "street_seg" / "streets").iterdir()] == ["1.0.0"]
+    assert [p.name for p in (tmp_path / "tfds" / "street_seg" / "streets").iterdir()] == ["2.0.0"]
 
 
 def test_names_and_options_are_checked(tmp_path):

@@ -21,9 +21,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from streetseg_jax.data.inputs import BuildError, rgb_png_bytes
+from streetseg_jax.data.inputs import BuildError, rgb_pixels
 from streetseg_jax.labels.label_map import ClassInfo, LabelMap
-from streetseg_jax.labels.validate import mask_png
 
 # (split, folder name): the annotation folder is the folder name + "annot", the list file the folder name + ".txt".
 SPLIT_FOLDERS = (("train", "train"), ("validation", "val"), ("test", "test"))
@@ -214,14 +213,15 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def encode_pair(pair: Pair) -> tuple[str, dict]:
-    """(key, TFDS example of PNG bytes) for one pair; runs in worker processes."""
+    """(key, TFDS example) for one pair, as builder._features stores it: the image as uint8 (H, W, 3) RGB pixels,
+    the mask as uint8 (H, W, 1) class ids; runs in worker processes."""
     mask = read_mask(pair.annotation)
     try:
         data = pair.image.read_bytes()
     except OSError as e:
         raise BuildError(f"cannot read {pair.image}: {e.strerror}") from None
-    image, size = rgb_png_bytes(data, str(pair.image))
-    if size != (mask.shape[1], mask.shape[0]):
+    image = rgb_pixels(data, str(pair.image))
+    if image.shape[:2] != mask.shape:
         raise BuildError(f"{pair.annotation}: annotation is {mask.shape[1]}x{mask.shape[0]} but its image "
-                         f"{pair.image} is {size[0]}x{size[1]}")
-    return pair.key, {"image": image, "segmentation_mask": mask_png(mask), "file_name": pair.image.name}
+                         f"{pair.image} is {image.shape[1]}x{image.shape[0]}")
+    return pair.key, {"image": image, "segmentation_mask": mask[..., None], "file_name": pair.image.name}

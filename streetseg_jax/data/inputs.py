@@ -4,7 +4,7 @@
                      everything (labels/validate.py) and assign the splits
     fingerprint()    the build's inputs: every file of the export folder (name, size, content hash), the label map
                      and the options; `changes()` says in words what differs between two fingerprints
-    encode_example() the per-image work, run in worker processes: the mask, the image as RGB PNG
+    encode_example() the per-image work, run in worker processes: the mask and the image's RGB pixels
 
 Content hashes, not modification times: copying an export (cp, unzip, a cloud sync) changes every mtime without
 changing a pixel, and an edit that keeps a file's size and mtime (rsync -t, a tool restoring timestamps) would go
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import multiprocessing
 import os
 import sys
@@ -34,14 +33,12 @@ from PIL import Image
 
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import UnknownLabelsError, annotation_to_mask, find_unknown_labels
-from streetseg_jax.labels.images import MAX_PIXELS, open_rgb
+from streetseg_jax.labels.images import open_rgb
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError
-from streetseg_jax.labels.validate import (EMBEDDED, CheckOptions, Report, base_name, error_listing, mask_png,
-                                           validate)
+from streetseg_jax.labels.validate import EMBEDDED, CheckOptions, Report, base_name, error_listing, validate
 
 SPLIT_NAMES = ("train", "validation", "test")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _POOL_MIN_ITEMS = 32        # below this, starting worker processes costs more than it saves
 _LISTED = 10                # names listed per kind of change
 
@@ -275,18 +272,27 @@ def _label_map_change(old: dict | None, new: dict | None) -> str:
 
 # --- per-example work (runs in worker processes) -----------------------------------------------------------------
 def encode_example(job: tuple[Annotation, str, LabelMap, str, str | None]) -> tuple[str, dict]:
-    """(key, TFDS example of PNG bytes) for one annotation; the mask is the one the validation drew into
-    `mask_dir` when given."""
+    """(key, TFDS example) for one annotation: the image as uint8 (H, W, 3) RGB pixels and the mask as uint8
+    (H, W, 1) class ids, as builder._features stores them; the mask is the one the validation drew into `mask_dir`
+    when given."""
     annotation, key, label_map, unknown, mask_dir = job
     if mask_dir is not None:
-        mask = (Path(mask_dir) / f"{key}.png").read_bytes()
+        mask = read_mask(Path(mask_dir) / f"{key}.png")
     else:
-        mask = mask_png(annotation_to_mask(annotation, label_map, unknown=unknown).mask)
-    image, size = image_png(annotation)
-    if size != (annotation.width, annotation.height):
-        raise BuildError(f"{annotation.source}: its image is {size[0]}x{size[1]} once decoded (EXIF orientation "
+        mask = annotation_to_mask(annotation, label_map, unknown=unknown).mask
+    image = image_pixels(annotation)
+    height, width = image.shape[:2]
+    if (width, height) != (annotation.width, annotation.height):
+        raise BuildError(f"{annotation.source}: its image is {width}x{height} once decoded (EXIF orientation "
                          f"applied) but the annotation says {annotation.width}x{annotation.height}")
-    return key, {"image": image, "segmentation_mask": mask, "file_name": example_file_name(annotation, key)}
+    return key, {"image": image, "segmentation_mask": mask[..., None],
+                 "file_name": example_file_name(annotation, key)}
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask the validation wrote (labels/validate.mask_png: 8-bit greyscale PNG) as uint8 (H, W)."""
+    with Image.open(path) as image:
+        return np.asarray(image, np.uint8)
 
 
 def example_file_name(annotation: Annotation, key: str) -> str:
@@ -299,9 +305,8 @@ def example_file_name(annotation: Annotation, key: str) -> str:
     return f"{key.rsplit('/', 1)[0]}/{name}" if "/" in key else name
 
 
-def image_png(annotation: Annotation) -> tuple[bytes, tuple[int, int]]:
-    """The image as 8-bit RGB PNG bytes and its (width, height). A plain RGB PNG is stored byte for byte (after
-    its checksums are verified); anything else is decoded defensively (labels/images.open_rgb) and re-encoded."""
+def image_pixels(annotation: Annotation) -> np.ndarray:
+    """The annotation's image (its file, or the bytes embedded in the annotation) as uint8 (H, W, 3) RGB."""
     name = EMBEDDED if annotation.image_bytes is not None else str(annotation.image_path)
     try:
         data = annotation.image_bytes if annotation.image_bytes is not None else \
@@ -309,42 +314,16 @@ def image_png(annotation: Annotation) -> tuple[bytes, tuple[int, int]]:
     except (OSError, TypeError) as e:
         raise BuildError(f"{annotation.source}: cannot read the image {name} "
                          f"({getattr(e, 'strerror', None) or e})") from None
-    return rgb_png_bytes(data, f"{annotation.source}: image {name}")
+    return rgb_pixels(data, f"{annotation.source}: image {name}")
 
 
-def rgb_png_bytes(data: bytes, name: str) -> tuple[bytes, tuple[int, int]]:
-    """Image file bytes as 8-bit RGB PNG bytes and the image's (width, height): a plain RGB PNG as it is, anything
-    else decoded (upright by its EXIF orientation) and re-encoded. `name` says which file in errors."""
-    size = _plain_png_size(data)
-    if size is not None:
-        return data, size
+def rgb_pixels(data: bytes, name: str) -> np.ndarray:
+    """Image file bytes decoded fully (so a truncated or damaged file is refused now, not in training) as uint8
+    (H, W, 3) RGB, upright by its EXIF orientation (labels/images.open_rgb). `name` says which file in errors."""
     try:
-        pixels = open_rgb(data, name)
+        return open_rgb(data, name)
     except LabelFormatError as e:
         raise BuildError(str(e)) from None
-    return rgb_png(pixels), (pixels.shape[1], pixels.shape[0])
-
-
-def _plain_png_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of an 8-bit RGB PNG without EXIF and with intact checksums, else None."""
-    # IHDR comes first: bytes 16-24 width and height, 24 bit depth, 25 colour type (2 = RGB).
-    if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR" or data[24:26] != b"\x08\x02":
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if "exif" in image.info or image.width * image.height > MAX_PIXELS:
-                return None
-            size = image.size
-            image.verify()          # every chunk's CRC: a truncated or damaged file is refused now, not in training
-        return size
-    except (OSError, SyntaxError, ValueError):
-        return None                 # open_rgb then says what is wrong
-
-
-def rgb_png(pixels: np.ndarray) -> bytes:
-    # The synthetic writer's fast PNG encoder (one fixed filter, Huffman-only deflate): PIL's takes ~10x longer.
-    from streetseg_jax.data.synthetic import png_bytes
-    return png_bytes(np.ascontiguousarray(pixels))
 
 
 # --- worker processes --------------------------------------------------------------------------------------------

@@ -1,15 +1,20 @@
 """Open and build prepared `street_seg` datasets, without TensorFlow.
 
-A dataset is named like TFDS names it: "street_seg/synthetic" or "street_seg/voc_polygons:1.0.0" (the newest version
-on disk when none is given); it lives in DATA_DIR/street_seg/<config>/<version>/.
+A dataset is named like TFDS names it: "street_seg/synthetic" or "street_seg/voc_polygons:2.0.0" (the newest version
+on disk when none is given); it lives in DATA_DIR/street_seg/<config>/<version>/. `build` writes the builder's current
+version (data/builder.py); a build of an older version left beside it is still read when asked for by version.
 
 What a split's source gives (tfds 4.9.10 `as_data_source`, array_record, no TensorFlow): `len(source)` and
 `source[i]` (also `source[[i, j]]`) -> a dict
     image              numpy uint8 (H, W, 3)
     segmentation_mask  numpy uint8 (H, W, 1): class ids and the label map's ignore id
     file_name          bytes (UTF-8): tfds.features.Text decodes to bytes without TensorFlow; `.decode()` it
-PNG decoding is done by OpenCV when installed, else by PIL (TFDS logs a one-time note recommending OpenCV).
-The source is TFDS's ArrayRecordDataSource: picklable, so grain workers can read it.
+The same from every version. Version 2.0.0 stores raw pixels (tfds.features.Tensor, BYTES): nothing to decode, the
+arrays are read-only `np.frombuffer` views of the record (as PIL's decodes were; copy one before changing it in
+place). Version 1.0.0 stored PNG, decoded by OpenCV when installed, else by PIL (TFDS logs a one-time note
+recommending OpenCV).
+The source is TFDS's ArrayRecordDataSource: picklable, so grain workers can read it. The class names of the mask are
+in the label map (`info.metadata["label_map"]`, returned by load_split), not in the features.
 
 Reading goes through `tfds.builder_from_directory`, never through this package's builder class: the split, features
 and label map then come from the files on disk alone, as they do for any other project that reads the dataset.
@@ -155,7 +160,7 @@ def _build_export(config_name: str, data_dir: Path, manual_dir, *, overwrite: bo
     start = time.perf_counter()
     num_workers = options.pop("num_workers", None)
     config, builder_kwargs, folder, label_map = _export_inputs(config_name, name, manual_dir, data_dir, options, log)
-    dataset = f"street_seg/{config.name}"
+    dataset = _current_version(f"street_seg/{config.name}")
     fingerprint = inputs.fingerprint(folder, label_map, config.options(), exclude=(data_dir,))
     if is_built(dataset, data_dir) and not overwrite:
         _check_unchanged(dataset, data_dir, fingerprint)
@@ -183,9 +188,10 @@ def _build_camvid(data_dir: Path, manual_dir, *, overwrite: bool, file_format: s
     folder = Path(manual_dir) if manual_dir else data_dir / "downloads" / "manual"
     _check_manual_dir(folder, BuildError, "camvid")
     fingerprint = inputs.fingerprint(folder, camvid.label_map(), config.options(), exclude=(data_dir,))
-    if is_built("street_seg/camvid", data_dir) and not overwrite:
-        _check_unchanged("street_seg/camvid", data_dir, fingerprint)
-        return _result("street_seg/camvid", data_dir, start, reused=True)
+    dataset = _current_version("street_seg/camvid")
+    if is_built(dataset, data_dir) and not overwrite:
+        _check_unchanged(dataset, data_dir, fingerprint)
+        return _result(dataset, data_dir, start, reused=True)
     layout = camvid.read_layout(folder)
     layout.fingerprint = fingerprint
     log(f"camvid in {folder}: {layout.summary()} images")
@@ -194,7 +200,14 @@ def _build_camvid(data_dir: Path, manual_dir, *, overwrite: bool, file_format: s
     data_dir.mkdir(parents=True, exist_ok=True)
     with inputs.Workers(num_workers) as workers, _all_or_nothing("street_seg/camvid", data_dir, replace=overwrite):
         _prepare({"config": "camvid"}, data_dir, folder, file_format, layout, workers)
-    return _result("street_seg/camvid", data_dir, start, reused=False)
+    return _result(dataset, data_dir, start, reused=False)
+
+
+def _current_version(dataset: str) -> str:
+    """`dataset` at the version the builder writes now: a build of an older version is not reused (a new one is
+    written beside it), since its on-disk format differs."""
+    from streetseg_jax.data.builder import StreetSeg
+    return f"{dataset}:{StreetSeg.VERSION}"
 
 
 def _export_inputs(config_name: str, name: str | None, manual_dir, data_dir: Path, options: dict, log):
@@ -334,7 +347,7 @@ def _parse_name(dataset: str) -> tuple[str, str, str | None]:
     match = _NAME.match(dataset)
     if not match:
         raise DatasetNotFoundError(f"dataset name {dataset!r} should look like 'street_seg/synthetic' "
-                                   "or 'street_seg/voc_polygons:1.0.0'")
+                                   "or 'street_seg/voc_polygons:2.0.0'")
     return match["name"], match["config"], match["version"]
 
 
