@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --- evaluation at native resolution, network at the training resolution
     c.eval_batch_size = 8
     c.eval_scale = 0.5
+    c.eval_flip_tta = False
     c.eval_every_steps = 500
     c.log_every_steps = 50
     c.checkpoint_every_steps = 500

@@ -35,7 +35,7 @@ def make_parser() -> argparse.ArgumentParser:
                        "CamVid folder")
     build.add_argument("--label_map", help="label map JSON (default: the seed's 8 classes)")
     _export_arguments(build)
-    build.add_argument("--num_images", type=int, help="synthetic: scenes to generate (default 100)")
+    build.add_argument("--num_images", type=int, help="synthetic: scenes to generate (default 500)")
     build.add_argument("--height", type=int, help="synthetic: image height (default 360)")
     build.add_argument("--width", type=int, help="synthetic: image width (default 480)")
     build.add_argument("--seed", type=int, help="synthetic: scene seed (default 0)")
