@@ -8,10 +8,11 @@ With `config.eval_flip_tta` each image's logits are averaged with those of its m
 augmentation).
 
 Command line: `python -m streetseg_jax.evaluate --workdir DIR [--split S] [--data_dir D]
-[--checkpoint best|latest|STEP] [--flip_tta]` scores a trained run's checkpoint on a split (default: its config's
+[--checkpoint best|latest|STEP] [--[no_]flip_tta]` scores a trained run's checkpoint on a split (default: its config's
 `eval_split`), prints the per-class IoU table, mIoU, pixel accuracy and per-image mIoU (summary and worst images),
 and writes them to DIR/eval/<split>.json with the row-normalised confusion matrix as DIR/eval/<split>_confusion.png
-(<split>_flip_tta.json and <split>_flip_tta_confusion.png with --flip_tta).
+(<split>_flip_tta.json and <split>_flip_tta_confusion.png with flip TTA, which follows the run's eval_flip_tta unless
+--flip_tta or --no_flip_tta says otherwise).
 """
 from __future__ import annotations
 
@@ -190,9 +191,10 @@ WORST_SHOWN = 5     # images listed by name as the worst of a split
 
 
 def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: str | None = None,
-                     checkpoint: str | int = "best", flip_tta: bool = False) -> tuple[dict, Path, Path]:
+                     checkpoint: str | int = "best", flip_tta: bool | None = None) -> tuple[dict, Path, Path]:
     """Score a run's checkpoint on `split`; (the result as written to JSON, its JSON path, the confusion PNG path).
-    With `flip_tta` the files are named <split>_flip_tta so they sit beside the plain figures."""
+    `flip_tta` None scores as the run evaluated (its config's eval_flip_tta); with flip TTA the files are named
+    <split>_flip_tta so they sit beside the plain figures."""
     # The report already loads a checkpoint into an Evaluator and makes one per-image pass; the CLI shares both
     # (imported here: report sits above evaluate, and only the command line needs it).
     from streetseg_jax import report
@@ -210,7 +212,7 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     result["label_sizes"] = sizes
     result["per_image"]["worst"] = _worst(result["per_image"]["images"], report.rank_images)
     out_dir = workdir / "eval"
-    stem = re.sub(r"[^\w.+-]", "_", split) + ("_flip_tta" if flip_tta else "")  # "validation[:10]" is a name too
+    stem = re.sub(r"[^\w.+-]", "_", split) + ("_flip_tta" if run.config.eval_flip_tta else "")  # "validation[:10]" is a name too
     json_path = _write_atomically(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
     png_path = _write_atomically(out_dir / f"{stem}_confusion.png",
                                  report.confusion_png(evaluation.confusion, run.label_map.names))
@@ -301,8 +303,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split); TFDS slices work")
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
     parser.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
-    parser.add_argument("--flip_tta", action="store_true", help="average each image's logits with its mirror "
-                        "image's (written as <split>_flip_tta.json)")
+    parser.add_argument("--flip_tta", action=argparse.BooleanOptionalAction,
+                        help="average each image's logits with its mirror image's (written as "
+                        "<split>_flip_tta.json); default: as the run evaluated (its config's eval_flip_tta)")
     return parser
 
 
@@ -315,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     from absl import logging
     from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError
     logging.set_verbosity(logging.ERROR)    # orbax and TFDS log every read; the table says what matters
-    sharding.split_cpu_into_cores()         # evaluation fits its batch to the devices
+    sharding.split_cpu_into_cores(8)        # at most 8 devices: evaluation rounds its batch up to a multiple
     checkpoint = args.checkpoint if args.checkpoint in ("best", "latest") else int(args.checkpoint)
     try:
         result, json_path, png_path = evaluate_workdir(args.workdir, args.split, args.data_dir, checkpoint,

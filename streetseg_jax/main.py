@@ -49,7 +49,8 @@ def _build_synthetic_if_missing(dataset: str, data_dir: str) -> None:
     from jax.experimental import multihost_utils
     from streetseg_jax.data import source
 
-    if dataset != "street_seg/synthetic" or source.is_built(dataset, data_dir):
+    # The version the builder writes now: an older build (another format, fewer scenes) is not reused.
+    if dataset != "street_seg/synthetic" or source.is_built(source.current_version(dataset), data_dir):
         return
     if jax.process_index() == 0:
         print(f"{dataset} is not in {data_dir}: building it first "

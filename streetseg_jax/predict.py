@@ -10,8 +10,9 @@ the same file stop the run before any work. Unreadable images are listed at the 
 is 1 when any failed. --export labelme|coco|cvat also writes the masks as editable polygons under OUT/<format>/.
 
 Images larger than --window (network pixels, default 512x512) are predicted in overlapping windows whose logits
-are blended (--overlap, default 0.25); --flip_tta averages with the mirror image; the network sees images at the
-training config's eval_scale, as evaluation does. See streetseg_jax.inference.
+are blended (--overlap, default 0.25); flip TTA (averaging with the mirror image) follows the run's eval_flip_tta
+unless --flip_tta or --no_flip_tta says otherwise; the network sees images at the training config's eval_scale, as
+evaluation does. See streetseg_jax.inference.
 """
 from __future__ import annotations
 
@@ -218,7 +219,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="folder for masks, overlays and confidence maps")
     parser.add_argument("--checkpoint", default="best", help="best (default; latest if none), latest or a step")
     parser.add_argument("--save_confidence", action="store_true", help="also write <name>_confidence.png")
-    parser.add_argument("--flip_tta", action="store_true", help="average with the mirror image's prediction")
+    parser.add_argument("--flip_tta", action=argparse.BooleanOptionalAction,
+                        help="average with the mirror image's prediction (default: as the run evaluated, its "
+                        "config's eval_flip_tta)")
     parser.add_argument("--batch_size", type=int, default=8, help="windows per model call (default 8)")
     parser.add_argument("--window", type=_window, default=None,
                         help="window in network pixels, N or HxW (default 512x512)")
@@ -254,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     return _summary(result, out_dir)
 
 
+def _flip_tta(args, trained) -> bool:
+    return bool(trained.config.get("eval_flip_tta", False) if args.flip_tta is None else args.flip_tta)
+
+
 def _predictor(args):
     from streetseg_jax import inference, sharding
 
@@ -264,7 +271,7 @@ def _predictor(args):
         trained = inference.load_model(args.workdir, args.checkpoint, say=lambda m: print(m, file=sys.stderr))
         return inference.Predictor(trained, window=args.window or inference.DEFAULT_WINDOW,
                                    overlap=inference.DEFAULT_OVERLAP if args.overlap is None else args.overlap,
-                                   batch_size=args.batch_size, flip_tta=args.flip_tta)
+                                   batch_size=args.batch_size, flip_tta=_flip_tta(args, trained))
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
 

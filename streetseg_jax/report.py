@@ -46,9 +46,9 @@ class LoadedRun:
     checkpoint: str             # which one was loaded: "best", "latest" or "step N"
 
 
-def load_run(workdir: Path, which: str | int, flip_tta: bool = False) -> LoadedRun:
+def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None) -> LoadedRun:
     """The model of a checkpoint ('best', 'latest' or a step), with an Evaluator around it (averaging the logits of
-    each image and its mirror image with `flip_tta`)."""
+    each image and its mirror image with `flip_tta`; None: as the run evaluated, its config's eval_flip_tta)."""
     import jax
     from streetseg_jax import sharding
     from streetseg_jax.evaluate import Evaluator
@@ -65,7 +65,7 @@ def load_run(workdir: Path, which: str | int, flip_tta: bool = False) -> LoadedR
     # The split is scored exactly whatever the batch, so fit the batch to the devices of this machine.
     devices = mesh.devices.size
     config.eval_batch_size = -(-config.eval_batch_size // devices) * devices
-    config.eval_flip_tta = flip_tta
+    config.eval_flip_tta = bool(config.get("eval_flip_tta", False) if flip_tta is None else flip_tta)
     evaluator = Evaluator(trained.graphdef, mesh, trained.label_map, config)
     return LoadedRun(config, trained.label_map, evaluator, params, model_state, trained.step, trained.source)
 
@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     from streetseg_jax import sharding
     from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError
     logging.set_verbosity(logging.ERROR)  # orbax and TFDS log every read; the report says what matters
-    sharding.split_cpu_into_cores()         # evaluation fits its batch to the devices
+    sharding.split_cpu_into_cores(8)        # at most 8 devices: evaluation rounds its batch up to a multiple
     checkpoint = args.checkpoint if args.checkpoint in ("best", "latest") else int(args.checkpoint)
     try:
         path = build_report(args.workdir, args.split, checkpoint, args.k, args.data_dir)

@@ -92,11 +92,23 @@ def _check_compatible(saved: dict, current: dict, workdir: Path) -> None:
         if saved["config"].get(key) != current["config"].get(key):
             problems.append(f"config.{key} differs: checkpoint has {saved['config'].get(key)!r}, "
                             f"this run has {current['config'].get(key)!r}")
+    saved_opt, current_opt = _optimiser_layout(saved["config"]), _optimiser_layout(current["config"])
+    for key in saved_opt:
+        if saved_opt[key] != current_opt[key]:
+            problems.append(f"{key} differs (the optimiser state has another layout): checkpoint has "
+                            f"{saved_opt[key]!r}, this run has {current_opt[key]!r}")
     if saved["label_map"] != current["label_map"]:
         problems.append("the label map differs from the one the checkpoint was trained with")
     if problems:
         raise RunError(f"{workdir} holds a run with an incompatible config, refusing to resume:\n  - "
                        + "\n  - ".join(problems) + "\nUse another --workdir (or --config.init_from to warm-start).")
+
+
+def _optimiser_layout(config: dict) -> dict:
+    """What shapes the optimiser state (train.make_optimizer): its values may change on resume, these may not."""
+    return {"config.optimizer": config.get("optimizer"),
+            "gradient clipping (config.grad_clip_norm > 0)": config.get("grad_clip_norm", 0) > 0,
+            "EMA of the weights (config.ema_decay > 0)": bool(config.get("ema_decay", 0))}
 
 
 # -------------------------------------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
                                process_id=process_id)
 
 
-def split_cpu_into_cores(*batch_sizes: int, requested: int = 0) -> int:
-    """Give XLA one CPU device per core (or `requested` devices); returns the count asked for, 0 if left alone.
+def split_cpu_into_cores(*batch_sizes: int, requested: int = 0) -> None:
+    """Give XLA one CPU device per core (or `requested` devices).
 
     XLA:CPU runs most convolutions of one program on a single thread, so a 2-core machine trains about 1.3x faster
     as two devices, each with half the batch, than as one device. The automatic count is the largest that is at
@@ -37,14 +37,13 @@ def split_cpu_into_cores(*batch_sizes: int, requested: int = 0) -> int:
     its backends (a program that used JAX already) the devices stay as they are.
     """
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-        return 0
-    count = requested or max(n for n in range(1, len(os.sched_getaffinity(0)) + 1)
-                             if all(size % n == 0 for size in batch_sizes))
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    count = requested or max(n for n in range(1, cores + 1) if all(size % n == 0 for size in batch_sizes))
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:        # "should be updated before backends are initialized"
-        return 0
-    return count
+        pass
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -3,13 +3,14 @@ moving average of the weights when it kept one (`ema_decay`).
 
 Every parameter and BatchNorm statistic whose path and shape match is loaded. With a different label map the
 classifier head cannot carry over: it keeps its fresh initialisation, and the run says so. The optimiser state
-and the step start afresh.
+and the step start afresh (a moving average of the weights, when this run keeps one, starts at the loaded weights).
 """
 from __future__ import annotations
 
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -35,7 +36,16 @@ def warm_start(state, init_from: str, label_map, say):
     model_state, loaded_s, skipped_s = _merge(state.model_state, raw["model_state"])
     say(f"init_from {init_from} ({which} checkpoint): loaded {loaded_p + loaded_s} arrays"
         + (f", kept fresh: {', '.join(skipped_p + skipped_s)}" if skipped_p + skipped_s else ""))
-    return dataclasses.replace(state, params=params, model_state=model_state)
+    return dataclasses.replace(state, params=params, model_state=model_state,
+                               opt_state=_restart_ema(state.opt_state, params))
+
+
+def _restart_ema(opt_state, params):
+    """A run keeping an EMA of its weights (train.track_ema, last in the chain) averages from the loaded weights."""
+    last = opt_state[-1] if isinstance(opt_state, tuple) and opt_state else None
+    if not hasattr(last, "ema"):
+        return opt_state
+    return (*opt_state[:-1], last._replace(ema=jax.tree.map(jnp.copy, params)))  # copies: the step donates both
 
 
 def _merge(fresh: dict, saved: dict):

@@ -134,3 +134,20 @@ def test_flip_tta_is_mirror_symmetric_and_written_beside_the_plain_figures(workd
     mirrored = run.evaluator.predict(run.params, run.model_state, images[:, :, ::-1].copy())
     np.testing.assert_array_equal(mirrored, plain[:, :, ::-1])
     assert np.asarray(result["confusion"]).sum() == np.asarray(cli_result[1]["confusion"]).sum()
+
+
+def test_flip_tta_follows_the_runs_config_unless_told(workdir, monkeypatch):
+    from streetseg_jax import inference, report
+
+    load_model = inference.load_model
+
+    def load_model_evaluated_with_tta(*args, **kwargs):
+        trained = load_model(*args, **kwargs)
+        trained.config.eval_flip_tta = True
+        return trained
+
+    monkeypatch.setattr(inference, "load_model", load_model_evaluated_with_tta)
+    assert report.load_run(workdir, "best").config.eval_flip_tta is True
+    assert report.load_run(workdir, "best", flip_tta=False).config.eval_flip_tta is False
+    monkeypatch.undo()
+    assert report.load_run(workdir, "best").config.eval_flip_tta is False

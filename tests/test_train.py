@@ -114,6 +114,14 @@ def test_incompatible_workdir_is_refused(finished_run, tiny_data_dir):
     assert "incompatible" in out and "config.model differs" in out
 
 
+def test_switching_ema_on_when_resuming_is_refused(finished_run, tiny_data_dir):
+    workdir, _ = finished_run
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS + 2}",
+                                "--config.ema_decay=0.9")
+    assert code == 2, out
+    assert "EMA of the weights" in out and "Traceback" not in out
+
+
 def test_unknown_config_key_is_an_error(tiny_data_dir, tmp_path):
     code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--config.no_such_key=1")
     assert code != 0 and "no_such_key" in out
@@ -138,6 +146,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir, tmp
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
 
 
+def flat(tree) -> dict:
+    """Leaves by path ("decode/0/conv1/kernel"): saved trees have string keys where the model has integers."""
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
+            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def test_warm_start_with_other_label_map_reinitialises_the_head(finished_run):
     from streetseg_jax import sharding, train
     from streetseg_jax.labels.label_map import ClassInfo, LabelMap
@@ -152,10 +166,6 @@ def test_warm_start_with_other_label_map_reinitialises_the_head(finished_run):
     state = warm_start(fresh, str(workdir), label_map, said.append)
     assert any("classifier head is re-initialised" in s for s in said)
     saved = final_state(workdir, which="best")["params"]  # init_from takes the best checkpoint
-    def flat(tree):  # paths as "decode/0/conv1/kernel": saved trees have string keys where the model has ints
-        return {"/".join(str(getattr(k, "key", k)) for k in path): v
-                for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
     flat_new, flat_fresh, flat_saved = flat(state.params), flat(fresh.params), flat(saved)
     loaded = kept = 0
     for path, value in flat_new.items():
@@ -167,6 +177,29 @@ def test_warm_start_with_other_label_map_reinitialises_the_head(finished_run):
             np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_fresh[path]))
             kept += 1
     assert loaded > 10 and kept == 2  # the head's kernel and bias
+
+
+def test_warm_start_takes_the_sources_ema_weights_and_restarts_its_own(tiny_data_dir, tmp_path):
+    from streetseg_jax import sharding, train
+    from streetseg_jax.labels.label_map import default_label_map
+    from streetseg_jax.warm_start import warm_start
+
+    source = tmp_path / "ema_source"
+    code, out = run_main_to_end(source, tiny_data_dir, "--config.num_train_steps=4", "--config.ema_decay=0.5")
+    assert code == 0, out
+    config = tiny_config()
+    config.ema_decay = 0.9
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    _, fresh = train.init_state(config, 8, train.make_optimizer(config), mesh)
+    state = warm_start(fresh, str(source), default_label_map(), lambda _: None)
+    saved = final_state(source, which="best")
+    saved_ema, saved_params = flat(saved["opt_state"][-1]["ema"]), flat(saved["params"])
+    assert any(not np.array_equal(saved_ema[p], saved_params[p]) for p in saved_params)
+    got, own_ema = flat(state.params), flat(state.opt_state[-1].ema)
+    assert set(got) == set(saved_ema) == set(own_ema)
+    for path, value in saved_ema.items():
+        np.testing.assert_array_equal(got[path], value)
+        np.testing.assert_array_equal(own_ema[path], value)
 
 
 # --- the train step on small arrays ---------------------------------------------------------------------------------

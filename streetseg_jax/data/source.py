@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from streetseg_jax.labels.label_map import LabelMap
 
-__all__ = ["DatasetNotFoundError", "UnknownSplitError", "BuildResult", "dataset_dir", "is_built", "load_split",
-           "build", "default_data_dir"]
+__all__ = ["DatasetNotFoundError", "UnknownSplitError", "BuildResult", "current_version", "dataset_dir", "is_built",
+           "load_split", "build", "default_data_dir"]
 
 _NAME = re.compile(r"^(?P<name>[\w-]+)/(?P<config>[\w-]+)(?::(?P<version>\d+\.\d+\.\d+))?$")
 
@@ -160,7 +160,7 @@ def _build_export(config_name: str, data_dir: Path, manual_dir, *, overwrite: bo
     start = time.perf_counter()
     num_workers = options.pop("num_workers", None)
     config, builder_kwargs, folder, label_map = _export_inputs(config_name, name, manual_dir, data_dir, options, log)
-    dataset = _current_version(f"street_seg/{config.name}")
+    dataset = current_version(f"street_seg/{config.name}")
     fingerprint = inputs.fingerprint(folder, label_map, config.options(), exclude=(data_dir,))
     if is_built(dataset, data_dir) and not overwrite:
         _check_unchanged(dataset, data_dir, fingerprint)
@@ -188,7 +188,7 @@ def _build_camvid(data_dir: Path, manual_dir, *, overwrite: bool, file_format: s
     folder = Path(manual_dir) if manual_dir else data_dir / "downloads" / "manual"
     _check_manual_dir(folder, BuildError, "camvid")
     fingerprint = inputs.fingerprint(folder, camvid.label_map(), config.options(), exclude=(data_dir,))
-    dataset = _current_version("street_seg/camvid")
+    dataset = current_version("street_seg/camvid")
     if is_built(dataset, data_dir) and not overwrite:
         _check_unchanged(dataset, data_dir, fingerprint)
         return _result(dataset, data_dir, start, reused=True)
@@ -203,7 +203,7 @@ def _build_camvid(data_dir: Path, manual_dir, *, overwrite: bool, file_format: s
     return _result(dataset, data_dir, start, reused=False)
 
 
-def _current_version(dataset: str) -> str:
+def current_version(dataset: str) -> str:
     """`dataset` at the version the builder writes now: a build of an older version is not reused (a new one is
     written beside it), since its on-disk format differs."""
     from streetseg_jax.data.builder import StreetSeg

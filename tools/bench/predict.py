@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from streetseg_jax import sharding
+
 UNITS = {
     "images_per_second": "images/s",
     "peers.torch": "images/s",
@@ -54,8 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from streetseg_jax import sharding
-
     sharding.split_cpu_into_cores(args.batch)
     result = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
               "shape": f"{args.batch}x{args.height}x{args.width}", "upsample": args.upsample}
@@ -112,8 +112,6 @@ def untrained(upsample: str, num_classes: int):
 def ours_call(args, upsample: str):
     """One batch through our compiled function: uint8 images already on the device -> class ids."""
     from streetseg_jax.inference import model_logits
-
-    from streetseg_jax import sharding
 
     trained = untrained(upsample, args.num_classes)
     mesh = sharding.make_mesh()     # as Predictor does: the batch split over every device, the weights on each
