@@ -26,6 +26,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from PIL import Image
 
@@ -33,6 +34,7 @@ from streetseg_jax import sharding
 from streetseg_jax.cli import fail, normalise_argv
 from streetseg_jax.data import pipeline
 from streetseg_jax.labels.label_map import LabelMap
+from streetseg_jax.losses import valid_labels
 from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
 from streetseg_jax.models.unet import preprocess
 
@@ -87,9 +89,8 @@ class Evaluator:
         """(labels, predictions, per-pixel negative log-likelihood with ignore pixels at 0, valid mask)."""
         logits = self._logits(params, model_state, batch["image"])
         labels = batch["label"].astype(jnp.int32)
-        valid = (labels != self.label_map.ignore_id) & (labels < self.label_map.num_classes)
-        log_p = jax.nn.log_softmax(logits, axis=-1)
-        nll = -jnp.take_along_axis(log_p, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+        safe, valid = valid_labels(labels, self.label_map.num_classes, self.label_map.ignore_id)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
         return labels, jnp.argmax(logits, -1), jnp.where(valid, nll, 0.0), valid.astype(jnp.float32)
 
     def _sums(self, params, model_state, batch):
