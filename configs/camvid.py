@@ -1,13 +1,13 @@
 """CamVid (street_seg/camvid) on a 2-core CPU, from scratch, within a 60-minute budget.
 
-Budget: 5,000 steps of batch 8 (40,000 crops, about 109 epochs of the 367 train frames), trained at half resolution
-(frames 360x480 scaled by 0.5, then randomly by 0.75..1.5, random 176x240 crops, horizontal flips, colour jitter),
-evaluated on `validation` every 500 steps at the labels' native 360x480 (the network sees 180x240, eval_scale 0.5,
-and its logits are resized back before the argmax; void is ignored). Median-frequency class weights against the
-imbalance (SegNet's recipe: pole, sign_symbol, pedestrian and bicyclist are each about 1% of the pixels or less).
-The step count assumes about 12 img/s for the train step (40,000 crops in about 55 minutes, plus evaluations);
-it is not yet timed end to end on this machine: `train/images_per_second` in metrics.jsonl says what a machine
-does, so set num_train_steps to fit the 60 minutes there.
+Budget: 2,600 steps of batch 8 (20,800 crops, about 57 epochs of the 367 train frames), about 60 minutes of wall
+time on 2 idle cores (about 7 img/s for the train step, plus start-up and six evaluations). Trained at half
+resolution (frames 360x480 scaled by 0.5, then randomly by 0.75..1.5, random 176x240 crops, horizontal flips,
+colour jitter), evaluated on `validation` every 500 steps at the labels' native 360x480 (the network sees 180x240,
+eval_scale 0.5, and its logits are resized back before the argmax; void is ignored). Median-frequency class weights
+against the imbalance (SegNet's recipe: pole, sign_symbol, pedestrian and bicyclist are each about 1% of the pixels
+or less). What each choice gave on val is in docs/camvid.md; `train/images_per_second` in metrics.jsonl says what
+another machine does, so set num_train_steps to fit the 60 minutes there.
 
 Build the data first (see README, "CamVid"):
     python -m streetseg_jax.data build --config camvid --manual_dir CamVid --data_dir ~/tensorflow_datasets
@@ -35,10 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
         brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03))
     # --- model: the peers' U-Net (base width 16, 4 levels)
     c.model = ml_collections.ConfigDict(dict(
-        base_width=16, depth=4, upsample="depth_to_space", dropout=0.0, dtype="float32"))
+        base_width=16, depth=4, upsample="transpose", dropout=0.0, dtype="float32"))
     # --- optimisation: the budget
     c.batch_size = 8
-    c.num_train_steps = 5000
+    c.num_train_steps = 2600
     c.learning_rate = 3e-3
     c.warmup_steps = 100
     c.lr_schedule = "cosine"

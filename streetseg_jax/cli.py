@@ -19,3 +19,12 @@ def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
     """Print a user-facing error (no traceback) and exit."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def add_flip_tta_flags(parser, help_text: str) -> None:
+    """--flip_tta / --no_flip_tta (dest flip_tta); neither leaves None: as the run evaluated (its eval_flip_tta)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--flip_tta", dest="flip_tta", action="store_true",
+                       help=f"{help_text} (default: as the run evaluated, its config's eval_flip_tta)")
+    group.add_argument("--no_flip_tta", dest="flip_tta", action="store_false", help="never flip TTA")
+    parser.set_defaults(flip_tta=None)

@@ -31,7 +31,7 @@ from flax import nnx
 from PIL import Image
 
 from streetseg_jax import sharding
-from streetseg_jax.cli import fail, normalise_argv
+from streetseg_jax.cli import add_flip_tta_flags, fail, normalise_argv
 from streetseg_jax.data import pipeline
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.losses import valid_labels
@@ -304,9 +304,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split); TFDS slices work")
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
     parser.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
-    parser.add_argument("--flip_tta", action=argparse.BooleanOptionalAction,
-                        help="average each image's logits with its mirror image's (written as "
-                        "<split>_flip_tta.json); default: as the run evaluated (its config's eval_flip_tta)")
+    add_flip_tta_flags(parser, "average each image's logits with its mirror image's (written as "
+                       "<split>_flip_tta.json)")
     return parser
 
 

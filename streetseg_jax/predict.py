@@ -33,7 +33,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from streetseg_jax.cli import fail, normalise_argv
+from streetseg_jax.cli import add_flip_tta_flags, fail, normalise_argv
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 EXPORT_FORMATS = ("labelme", "coco", "cvat")
@@ -219,9 +219,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="folder for masks, overlays and confidence maps")
     parser.add_argument("--checkpoint", default="best", help="best (default; latest if none), latest or a step")
     parser.add_argument("--save_confidence", action="store_true", help="also write <name>_confidence.png")
-    parser.add_argument("--flip_tta", action=argparse.BooleanOptionalAction,
-                        help="average with the mirror image's prediction (default: as the run evaluated, its "
-                        "config's eval_flip_tta)")
+    add_flip_tta_flags(parser, "average with the mirror image's prediction")
     parser.add_argument("--batch_size", type=int, default=8, help="windows per model call (default 8)")
     parser.add_argument("--window", type=_window, default=None,
                         help="window in network pixels, N or HxW (default 512x512)")

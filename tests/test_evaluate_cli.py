@@ -151,3 +151,14 @@ def test_flip_tta_follows_the_runs_config_unless_told(workdir, monkeypatch):
     assert report.load_run(workdir, "best", flip_tta=False).config.eval_flip_tta is False
     monkeypatch.undo()
     assert report.load_run(workdir, "best").config.eval_flip_tta is False
+
+
+@pytest.mark.parametrize("argv, expected", [([], None), (["--flip_tta"], True), (["--no-flip-tta"], False),
+                                            (["--no_flip_tta"], False)])
+def test_flip_tta_flags(argv, expected):
+    from streetseg_jax import evaluate, predict
+    from streetseg_jax.cli import normalise_argv
+
+    args = normalise_argv(["--workdir", "w", *argv])
+    assert evaluate.make_parser().parse_args(args).flip_tta is expected
+    assert predict.parse_args([*args, "--input", "x", "--output", "y"]).flip_tta is expected
