@@ -55,12 +55,19 @@ def predict_logits(model, images, scale: float = 1.0):
     return logits
 
 
-def flip_averaged(logits_fn, model, images, scale: float):
-    """Flip test-time augmentation: the mean of `logits_fn` on the images and, mirrored back, on their mirror
-    images (one call on a doubled batch)."""
+def tta_logits(logits_fn, model, images, scale: float, flip_tta: bool):
+    """`logits_fn(model, images, scale)`; with flip_tta (test-time augmentation) the mean of it on the images and,
+    mirrored back, on their mirror images (one call on a doubled batch)."""
+    if not flip_tta:
+        return logits_fn(model, images, scale)
     n = images.shape[0]
     both = logits_fn(model, jnp.concatenate([images, images[:, :, ::-1]]), scale)
     return (both[:n] + both[n:, :, ::-1]) / 2
+
+
+def flip_tta_setting(config, requested: bool | None) -> bool:
+    """Whether to flip-average: as `requested`, or when None as the run evaluated (its config's eval_flip_tta)."""
+    return bool(config.get("eval_flip_tta", False) if requested is None else requested)
 
 
 class Evaluator:
@@ -69,16 +76,13 @@ class Evaluator:
     def __init__(self, graphdef, mesh, label_map: LabelMap, config):
         self.graphdef, self.mesh, self.label_map = graphdef, mesh, label_map
         self.batch_size, self.scale = config.eval_batch_size, config.eval_scale
-        self.flip_tta = bool(config.get("eval_flip_tta", False))
+        self.flip_tta = flip_tta_setting(config, None)
         sharding.check_batch_size(self.batch_size, mesh)
         self._step = jax.jit(self._sums, out_shardings=sharding.replicated(mesh))
         self._predict = jax.jit(self._argmax)
 
     def _logits(self, params, model_state, images):
-        model = self._model(params, model_state)
-        if self.flip_tta:
-            return flip_averaged(predict_logits, model, images, self.scale)
-        return predict_logits(model, images, self.scale)
+        return tta_logits(predict_logits, self._model(params, model_state), images, self.scale, self.flip_tta)
 
     def _model(self, params, model_state):
         model = nnx.merge(self.graphdef, params, model_state)
@@ -213,7 +217,8 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     result["label_sizes"] = sizes
     result["per_image"]["worst"] = _worst(result["per_image"]["images"], report.rank_images)
     out_dir = workdir / "eval"
-    stem = re.sub(r"[^\w.+-]", "_", split) + ("_flip_tta" if run.config.eval_flip_tta else "")  # "validation[:10]" is a name too
+    # "validation[:10]" makes a file name too
+    stem = re.sub(r"[^\w.+-]", "_", split) + ("_flip_tta" if run.config.eval_flip_tta else "")
     json_path = _write_atomically(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
     png_path = _write_atomically(out_dir / f"{stem}_confusion.png",
                                  report.confusion_png(evaluation.confusion, run.label_map.names))

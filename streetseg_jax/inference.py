@@ -28,7 +28,7 @@ from flax import nnx
 
 from streetseg_jax import sharding, train
 from streetseg_jax.checkpoint import Checkpoints
-from streetseg_jax.evaluate import flip_averaged, predict_logits
+from streetseg_jax.evaluate import predict_logits, tta_logits
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.models.unet import build_model, preprocess
 
@@ -156,7 +156,7 @@ def _lerp_table(in_size: int, out_size: int):
 def model_logits(model, images, scale: float, flip_tta: bool = False, logits_fn=scaled_logits):
     """Logits of uint8 (B, H, W, 3) images at their own size, as evaluation computes them; with flip_tta the
     average of the images' and their mirror images' logits (one model call on a doubled batch)."""
-    return flip_averaged(logits_fn, model, images, scale) if flip_tta else logits_fn(model, images, scale)
+    return tta_logits(logits_fn, model, images, scale, flip_tta)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -255,12 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     return _summary(result, out_dir)
 
 
-def _flip_tta(args, trained) -> bool:
-    return bool(trained.config.get("eval_flip_tta", False) if args.flip_tta is None else args.flip_tta)
-
-
 def _predictor(args):
     from streetseg_jax import inference, sharding
+    from streetseg_jax.evaluate import flip_tta_setting
 
     if args.batch_size < 1:
         fail(f"--batch_size must be at least 1, got {args.batch_size}")
@@ -269,7 +266,7 @@ def _predictor(args):
         trained = inference.load_model(args.workdir, args.checkpoint, say=lambda m: print(m, file=sys.stderr))
         return inference.Predictor(trained, window=args.window or inference.DEFAULT_WINDOW,
                                    overlap=inference.DEFAULT_OVERLAP if args.overlap is None else args.overlap,
-                                   batch_size=args.batch_size, flip_tta=_flip_tta(args, trained))
+                                   batch_size=args.batch_size, flip_tta=flip_tta_setting(trained.config, args.flip_tta))
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
 

@@ -51,7 +51,7 @@ def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None) -> L
     each image and its mirror image with `flip_tta`; None: as the run evaluated, its config's eval_flip_tta)."""
     import jax
     from streetseg_jax import sharding
-    from streetseg_jax.evaluate import Evaluator
+    from streetseg_jax.evaluate import Evaluator, flip_tta_setting
     from streetseg_jax.inference import load_model
 
     try:
@@ -65,7 +65,7 @@ def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None) -> L
     # The split is scored exactly whatever the batch, so fit the batch to the devices of this machine.
     devices = mesh.devices.size
     config.eval_batch_size = -(-config.eval_batch_size // devices) * devices
-    config.eval_flip_tta = bool(config.get("eval_flip_tta", False) if flip_tta is None else flip_tta)
+    config.eval_flip_tta = flip_tta_setting(config, flip_tta)
     evaluator = Evaluator(trained.graphdef, mesh, trained.label_map, config)
     return LoadedRun(config, trained.label_map, evaluator, params, model_state, trained.step, trained.source)
 
