@@ -61,6 +61,30 @@ def test_lovasz_is_zero_for_a_perfect_prediction_and_has_gradients():
     assert np.all(np.asarray(grad)[ignored] == 0)
 
 
+def test_descending_order_is_argsort_up_to_the_quantisation_step():
+    rng = np.random.default_rng(0)
+    errors = rng.random((3, 8960)).astype(np.float32)      # an 80x112 crop: 17 bits of error in the key
+    errors[:, :50] = 0.0                                     # ties (ignored pixels) keep index order
+    order = np.asarray(losses.descending_order(jnp.asarray(errors)))
+    assert all(sorted(row) == list(range(8960)) for row in order)           # a permutation of every row
+    ranked = np.take_along_axis(errors, order, axis=1)
+    assert np.all(np.diff(ranked, axis=1) <= 1.0 / (2**17 - 1))             # decreasing, but for one step
+    assert np.array_equal(order[:, -50:], np.tile(np.arange(50), (3, 1)))
+    big = np.concatenate([np.zeros((1, 2**20 + 1), np.float32), [[0.0]]], axis=1)
+    big[0, 7] = 0.5
+    assert np.asarray(losses.descending_order(jnp.asarray(big)))[0, :2].tolist() == [7, 0]   # exact path
+
+
+def test_lovasz_gradient_matches_the_exactly_sorted_loss(monkeypatch):
+    logits, labels = random_case(3, height=20, width=30)
+    args = (jnp.asarray(logits), jnp.asarray(labels), IGNORE)
+    value, grad = jax.value_and_grad(losses.lovasz_softmax_loss)(*args)
+    monkeypatch.setattr(losses, "descending_order", lambda e: jnp.argsort(-e, axis=-1, stable=True))
+    exact_value, exact_grad = jax.value_and_grad(losses.lovasz_softmax_loss)(*args)
+    assert float(value) == pytest.approx(float(exact_value), rel=1e-6)
+    np.testing.assert_allclose(grad, exact_grad, atol=1e-6)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_dice_matches_the_definition(seed):
     logits, labels = random_case(seed)
