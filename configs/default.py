@@ -1,12 +1,13 @@
 """The embedded default: the synthetic street scenes (built on first use, 500 scenes: 400 train, 100 test) and a
 small U-Net (base width 16, 4 levels, the peers' shape).
 
-Budget: 1,800 steps of batch 8, 10-14 minutes on 2 idle CPU cores with the first build (the train step runs at
-20-30 img/s on this machine from one run to the next); test mIoU 0.782 measured.
+Budget: 2,100 steps of batch 8: 9 minutes on 2 idle CPU cores with the first build, test mIoU 0.808 measured
+(training at 34 img/s; this machine's speed varies by a third from one run to the next, so allow up to 12 minutes).
 Scenes are 360x480; training sees random crops of 80x112 of the scenes scaled by 0.25 (x 0.8..1.25), evaluation runs
 the network at the same 0.25 scale with flip test-time augmentation and scores at the native 360x480. Measured on
 this recipe (docs/performance.md, "The default run"): more steps at 0.25 scale beat fewer at 0.375 or a wider net,
-and plain cross-entropy beat median-frequency class weights on mIoU.
+no class weights beat median-frequency weights, and cross-entropy + Lovasz-softmax beat cross-entropy alone at equal
+time (0.808 against 0.782).
 """
 import ml_collections
 
@@ -28,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --- optimisation
     c.seed = 0
     c.batch_size = 8
-    c.num_train_steps = 1800
+    c.num_train_steps = 2100
     c.learning_rate = 3e-3
     c.warmup_steps = 50
     c.lr_schedule = "cosine"
@@ -37,15 +38,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.weight_decay = 1e-4
     c.grad_clip_norm = 1.0
     c.class_weights = "none"          # or "median_frequency" (SegNet's)
-    c.loss = "cross_entropy"          # or "cross_entropy+dice", "cross_entropy+lovasz" (streetseg_jax/losses.py)
+    c.loss = "cross_entropy+lovasz"   # or "cross_entropy", "cross_entropy+dice" (streetseg_jax/losses.py)
     c.ema_decay = 0.0                 # > 0: evaluate, keep as best and predict with a moving average of the weights
     # --- evaluation, logging, checkpoints
     c.eval_batch_size = 8
     c.eval_scale = 0.25
     c.eval_flip_tta = True            # average each eval image's logits with its mirror image's
-    c.eval_every_steps = 600
+    c.eval_every_steps = 700
     c.log_every_steps = 50
-    c.checkpoint_every_steps = 600
+    c.checkpoint_every_steps = 700
     c.keep_checkpoints = 3
     c.num_overlays = 4
     c.init_from = ""
