@@ -98,8 +98,7 @@ def descending_order(errors):
     levels = (1 << min(31 - index_bits, 23)) - 1
     rank = jnp.round((1.0 - jnp.clip(errors, 0.0, 1.0)) * levels).astype(jnp.int32)  # small rank = large error
     keys = (rank << index_bits) | jnp.arange(n, dtype=jnp.int32)
-    return jax.lax.sort(keys, dimension=keys.ndim - 1) & ((1 << index_bits) - 1)   # (lax.sort under vmap
-    # mistakes dimension=-1 for the batch axis)
+    return jax.lax.sort(keys, dimension=keys.ndim - 1) & ((1 << index_bits) - 1)
 
 
 def _jaccard_steps(fg_sorted):
