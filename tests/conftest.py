@@ -1,9 +1,12 @@
 """Shared fixtures: a tiny synthetic street_seg dataset built once per test session."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "tests" / "configs" / "tiny.py"
 TINY_IMAGES = 12
+
+# The end-to-end tests start `main` (and the multi-process tests several workers) on the same tiny config many times,
+# and compiling its train and eval steps was most of each start on a slow CPU (a run of 8 steps: 59 s, 17 s with the
+# programs cached). One persistent compilation cache for the session, this process and its children, removed at exit.
+_COMPILE_CACHE = tempfile.mkdtemp(prefix="streetseg-jax-test-cache-")
+atexit.register(shutil.rmtree, _COMPILE_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILE_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 @pytest.fixture(scope="session")
