@@ -18,9 +18,10 @@ TINY_IMAGES = 12
 # The end-to-end tests start `main` (and the multi-process tests several workers) on the same tiny config many times,
 # and compiling its train and eval steps was most of each start on a slow CPU (a run of 8 steps: 59 s, 17 s with the
 # programs cached). One persistent compilation cache for the session, this process and its children, removed at exit.
-_COMPILE_CACHE = tempfile.mkdtemp(prefix="streetseg-jax-test-cache-")
-atexit.register(shutil.rmtree, _COMPILE_CACHE, ignore_errors=True)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILE_CACHE)
+# A cache directory the caller set is used as it is.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="streetseg-jax-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
