@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_main_to_end
+from conftest import ROOT, run_main_to_end, tiny_config
 
 # Trained on 48x64 crops, scored at the labels' 96x128 with the network at half of that: full-size frames must work
 # whatever the training resolution was.
@@ -84,7 +84,7 @@ def test_split_and_checkpoint_flags(workdir, capsys):
 
     evaluate.main(["--workdir", str(workdir), "--split", "train", "--checkpoint", "latest"])
     result = json.loads((workdir / "eval" / "train.json").read_text())
-    assert (result["split"], result["checkpoint"], result["step"]) == ("train", "latest", 6)
+    assert (result["split"], result["checkpoint"], result["step"]) == ("train", "latest", tiny_config().num_train_steps)
     assert (workdir / "eval" / "train_confusion.png").is_file()
     scores, _ = expected_scores(workdir, "train", "latest")
     assert result["miou"] == pytest.approx(scores["eval/miou"], abs=1e-12)

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import run_main, run_main_to_end, tiny_config
 
-STEPS = 8
+STEPS = tiny_config().num_train_steps  # 8
 
 
 def final_state(workdir: Path, step: int | None = None, which: str = "latest") -> dict:
@@ -46,7 +46,7 @@ def wait_for_step(workdir: Path, step: int, proc, timeout: float = 240) -> None:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_data_dir):
     workdir = tmp_path_factory.mktemp("run") / "reference"
-    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS}")
+    code, out = run_main_to_end(workdir, tiny_data_dir)
     assert code == 0, out
     return workdir, out
 
@@ -78,7 +78,7 @@ def test_main_writes_config_metrics_checkpoints_and_pictures(finished_run):
 def test_resume_after_sigterm_is_bitwise_exact(finished_run, tiny_data_dir, tmp_path):
     reference, _ = finished_run
     workdir = tmp_path / "interrupted"
-    proc = run_main(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS}")
+    proc = run_main(workdir, tiny_data_dir)
     wait_for_step(workdir, 4, proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -86,7 +86,7 @@ def test_resume_after_sigterm_is_bitwise_exact(finished_run, tiny_data_dir, tmp_
     assert "received SIGTERM" in out and "resume" in out
     stopped_at = ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step()
     assert 4 <= stopped_at < STEPS, out
-    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS}")
+    code, out = run_main_to_end(workdir, tiny_data_dir)
     assert code == 0 and f"resuming from step {stopped_at}" in out, out
     expected, got = final_state(reference, STEPS), final_state(workdir, STEPS)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
@@ -95,15 +95,15 @@ def test_resume_after_sigterm_is_bitwise_exact(finished_run, tiny_data_dir, tmp_
 
 def test_sigkill_during_saves_resumes_from_last_complete_checkpoint(tiny_data_dir, tmp_path):
     workdir = tmp_path / "killed"
-    overrides = ("--config.num_train_steps=12", "--config.checkpoint_every_steps=1")
+    overrides = ("--config.checkpoint_every_steps=1",)
     proc = run_main(workdir, tiny_data_dir, *overrides)
-    wait_for_step(workdir, 5, proc)
+    wait_for_step(workdir, 4, proc)
     proc.kill()  # SIGKILL, almost certainly while an asynchronous save is being written
     proc.communicate(timeout=60)
     code, out = run_main_to_end(workdir, tiny_data_dir, *overrides)
     assert code == 0, out
     assert "resuming from step" in out
-    assert ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step() == 12
+    assert ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step() == STEPS
 
 
 def test_incompatible_workdir_is_refused(finished_run, tiny_data_dir):
@@ -185,7 +185,7 @@ def test_warm_start_takes_the_sources_ema_weights_and_restarts_its_own(tiny_data
     from streetseg_jax.warm_start import warm_start
 
     source = tmp_path / "ema_source"
-    code, out = run_main_to_end(source, tiny_data_dir, "--config.num_train_steps=4", "--config.ema_decay=0.5")
+    code, out = run_main_to_end(source, tiny_data_dir, "--config.ema_decay=0.5")
     assert code == 0, out
     config = tiny_config()
     config.ema_decay = 0.9
