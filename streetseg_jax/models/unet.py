@@ -121,15 +121,15 @@ class UNet(nnx.Module):
     def __init__(self, num_classes: int, *, base_width: int = 16, depth: int = 4, upsample: str = "transpose",
                  dropout: float = 0.0, dtype=jnp.float32, pad_mode: str = "edge", rngs: nnx.Rngs):
         _check_arguments(num_classes, base_width, depth, upsample, dropout, pad_mode)
+        widths = [base_width * 2**i for i in range(depth + 1)]
+        self.depth = depth
+        self.dtype = dtype
+        self.pad_mode = pad_mode
         # Parameters are drawn with the non-partitionable threefry: XLA:CPU compiles the partitionable one (JAX's
         # default) slowly, 1-3 s per random draw on a 2-core AMD EPYC against 0.3 s, which made the jitted
         # initialisation of even a tiny U-Net a 25-30 s compile. Parameters are created replicated, so being
         # partitionable buys nothing here.
         with jax.threefry_partitionable(False):
-            widths = [base_width * 2**i for i in range(depth + 1)]
-            self.depth = depth
-            self.dtype = dtype
-            self.pad_mode = pad_mode
             self.down = nnx.List([ConvBlock(i, o, dtype=dtype, rngs=rngs)
                                   for i, o in zip([3] + widths[:-2], widths[:-1])])
             self.middle = ConvBlock(widths[-2], widths[-1], dtype=dtype, rngs=rngs)
