@@ -16,7 +16,7 @@ TINY_CONFIG = ROOT / "tests" / "configs" / "tiny.py"
 TINY_IMAGES = 12
 
 # The end-to-end tests start `main` (and the multi-process tests several workers) on the same tiny config many times,
-# and compiling its train and eval steps was most of each start on a slow CPU (a run of 8 steps: 59 s, 17 s with the
+# and compiling its programs was most of each start on a slow CPU (a run of 8 steps: 59 s, 17 s with the
 # programs cached). One persistent compilation cache for the session, this process and its children, removed at exit.
 # A cache directory the caller set is used as it is.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
