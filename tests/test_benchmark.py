@@ -43,3 +43,17 @@ def test_plain_output_is_name_value_unit_lines():
     line = next(l for l in proc.stdout.splitlines() if l.startswith("masks_per_second:"))
     name, value, unit = line.replace(":", "").split()
     assert float(value) > 0 and unit == "masks/s"
+
+
+def test_bfloat16_train_runs_the_torch_peer_under_autocast_and_leaves_keras_out():
+    pytest.importorskip("torch", reason="the torch peer needs the peers extra: pip install -e '.[peers]'")
+    peer = subprocess.run([sys.executable, "peers/unet_torch.py", "2", "32", "32", "4", "4", "train", "amp"],
+                          cwd=TOOLS, capture_output=True, text=True, timeout=300)
+    assert peer.returncode == 0, peer.stderr[-3000:]
+    assert json.loads(peer.stdout.splitlines()[-1])["amp"] is True
+
+    proc = run_benchmark("train", "--json", "--dtype", "bfloat16", "--batch", "2", "--height", "32", "--width", "32",
+                         "--base_width", "4", "--steps", "1", "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["peers"]) == {"torch"} and result["ratio_torch"] > 0

@@ -1,7 +1,10 @@
 """train: our jitted train step vs PyTorch and Keras U-Nets of the same architecture, same shapes, same batch.
 
 Keys: images_per_second (ours, `--upsample`), peers {torch, keras} (img/s, where installed), ratio_<peer>,
-peak_rss_mib (host memory of this process after the timed steps). Peers run in subprocesses, in the same run.
+peak_rss_mib (host memory of this process after the timed steps), peak_device_mib (on a GPU: the most device
+memory JAX held). Peers run in subprocesses, in the same run, on the GPU where torch sees one. With
+`--dtype bfloat16` the torch peer runs under bfloat16 autocast (PyTorch AMP, float32 weights, as ours) and the
+Keras peer, which has no mixed-precision mode here, is left out.
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import numpy as np
 
 from bench.common import installed, median_rate, peak_rss_mib, run_peer
 
-UNITS = {"images_per_second": "img/s", "peers": "img/s", "peak_rss_mib": "MiB", "step_ms": "ms"}
+UNITS = {"images_per_second": "img/s", "peers": "img/s", "peak_rss_mib": "MiB", "peak_device_mib": "MiB",
+         "step_ms": "ms"}
 
 
 def add_arguments(parser) -> None:
@@ -34,11 +38,15 @@ def run(args) -> dict:
                           f"upsample={args.upsample} {args.dtype} on {jax.device_count()} x "
                           f"{jax.devices()[0].device_kind}",
               "peers": {}}
+    memory = jax.devices()[0].memory_stats()         # None on a CPU
+    if memory and "peak_bytes_in_use" in memory:
+        result["peak_device_mib"] = memory["peak_bytes_in_use"] / 2**20
     shape = (args.batch, args.height, args.width, args.classes, args.base_width)
+    amp = args.dtype == "bfloat16"
     for peer, module, script in (("torch", "torch", "unet_torch.py"), ("keras", "tensorflow", "unet_keras.py")):
-        if args.no_peers or not installed(module):
+        if args.no_peers or not installed(module) or (amp and peer == "keras"):
             continue
-        rate = run_peer(script, *shape, "train")
+        rate = run_peer(script, *shape, "train", *(["amp"] if amp else []))
         if rate:
             result["peers"][peer] = rate
             result[f"ratio_{peer}"] = ours / rate

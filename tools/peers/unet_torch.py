@@ -6,9 +6,12 @@ ReLU) at widths F, 2F, 4F, 8F, each level followed by a 2x2 max-pool; a middle b
 way a PyTorch user serves it: eval mode, torch.inference_mode, channels_last tensors, argmax over classes.
 tools/bench/predict.py imports it when torch is installed (`pip install .[peers]`) and skips it otherwise.
 
-usage: python tools/peers/unet_torch.py [BATCH HEIGHT WIDTH CLASSES BASE_WIDTH [train]]
+usage: python tools/peers/unet_torch.py [BATCH HEIGHT WIDTH CLASSES BASE_WIDTH [train [amp]]]
 With `train` it times the train step (Adam 1e-3, cross-entropy, eager mode, channels_last) and prints one JSON
-line {"images_per_second": ...} for tools/bench/train.py.
+line {"images_per_second": ...} for tools/bench/train.py; with `amp` the forward pass and loss run under
+`torch.autocast` in bfloat16 (PyTorch's mixed precision: float32 weights and optimiser), the peer of our
+bfloat16 compute. Everything runs on the GPU when torch sees one (CUDA), else on the CPU; GPU timings wait for
+the device (`torch.cuda.synchronize`).
 """
 from __future__ import annotations
 
@@ -19,6 +22,14 @@ import time
 
 import torch
 from torch import nn
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronize() -> None:
+    """Wait for the device's queued work: CUDA runs asynchronously, so a timer must wait before it reads."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def conv_block(in_width: int, out_width: int) -> nn.Sequential:
@@ -54,12 +65,14 @@ class UNet(nn.Module):
 
 def make_inference(batch: int, height: int, width: int, num_classes: int, base_width: int = 16):
     """A function that runs one batch through the model: forward and argmax, as a PyTorch user serves it."""
-    model = UNet(num_classes, base_width).eval().to(memory_format=torch.channels_last)
-    images = torch.randn(batch, 3, height, width).contiguous(memory_format=torch.channels_last)
+    model = UNet(num_classes, base_width).eval().to(DEVICE, memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, height, width, device=DEVICE).contiguous(memory_format=torch.channels_last)
 
     def infer():
         with torch.inference_mode():
-            return model(images).argmax(dim=1)
+            classes = model(images).argmax(dim=1)
+        synchronize()
+        return classes
 
     return infer
 
@@ -78,37 +91,44 @@ def inference_images_per_second(batch: int, height: int, width: int, num_classes
 
 
 def train_images_per_second(batch: int, height: int, width: int, num_classes: int, base_width: int = 16,
-                            steps: int = 5, repeats: int = 5) -> float:
+                            steps: int = 5, repeats: int = 5, amp: bool = False) -> float:
     """Median images/second over `repeats` rounds of `steps` train steps, after 3 untimed steps."""
-    model = UNet(num_classes, base_width).train().to(memory_format=torch.channels_last)
+    model = UNet(num_classes, base_width).train().to(DEVICE, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    images = torch.randn(batch, 3, height, width).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, num_classes, (batch, height, width))
+    images = torch.randn(batch, 3, height, width, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, num_classes, (batch, height, width), device=DEVICE)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(images), labels).backward()
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=amp):
+            loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
         optimizer.step()
 
     for _ in range(3):
         step()
+    synchronize()
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(steps):
             step()
+        synchronize()
         rates.append(steps * batch / (time.perf_counter() - start))
     return statistics.median(rates)
 
 
 def version() -> str:
-    return f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name() if DEVICE == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    return f"torch {torch.__version__}, {where}"
 
 
 if __name__ == "__main__":
     b, h, w, k, f = (int(v) for v in (sys.argv[1:6] if len(sys.argv) > 5 else (8, 368, 480, 11, 16)))
     if sys.argv[6:7] == ["train"]:
-        print(json.dumps({"images_per_second": train_images_per_second(b, h, w, k, f), "framework": version()}))
+        amp = sys.argv[7:8] == ["amp"]
+        print(json.dumps({"images_per_second": train_images_per_second(b, h, w, k, f, amp=amp),
+                          "framework": version(), "amp": amp}))
         sys.exit()
     print(f"{version()}: inference B={b} {h}x{w} K={k} F={f}: "
           f"{inference_images_per_second(b, h, w, k, f):.2f} images/s")
