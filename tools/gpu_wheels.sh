@@ -11,7 +11,8 @@ pure="googleapis-common-protos immutabledict ml-collections portpicker promise s
       tensorflow-metadata toml"              # one wheel for every Python (promise is built here from its sdist)
 freeze=$("$python" -m pip list --format=freeze 2>/dev/null | tr '[:upper:]_' '[:lower:]-')
 pin() { for name in "$@"; do echo "$freeze" | grep -E "^$name==" || { echo "$name is not installed in $python" >&2; exit 1; }; done; }
-compiled_pins=$(pin $compiled) pure_pins=$(pin $pure)
+compiled_pins=$(pin $compiled)     # two lines: set -e sees only the last substitution of one line
+pure_pins=$(pin $pure)
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 rm -rf .whl && mkdir .whl
 # shellcheck disable=SC2086
