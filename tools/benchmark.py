@@ -20,13 +20,17 @@ from streetseg_jax.cli import normalise_argv  # noqa: E402
 COMMANDS = ("train", "input", "eval", "predict", "rasterize", "import", "scaling", "build")
 
 
+def _number(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def print_figures(result: dict, units: dict, prefix: str = "", default_unit: str = "") -> None:
     for key, value in result.items():
         if isinstance(value, dict):
             print_figures(value, units, f"{prefix}{key}.", units.get(key, default_unit))
             continue
         unit = units.get(prefix + key, units.get(key, default_unit))
-        shown = f"{value:.4g}" if isinstance(value, float) else value
+        shown = " ".join(map(_number, value)) if isinstance(value, list) else _number(value)
         print(f"{prefix}{key}: {shown} {unit}".rstrip())
 
 

@@ -2,9 +2,11 @@
 
 Keys: images_per_second (ours, `--upsample`), peers {torch, keras} (img/s, where installed), ratio_<peer>,
 peak_rss_mib (host memory of this process after the timed steps), peak_device_mib (on a GPU: the most device
-memory JAX held). Peers run in subprocesses, in the same run, on the GPU where torch sees one. With
-`--dtype bfloat16` the torch peer runs under bfloat16 autocast (PyTorch AMP, float32 weights, as ours) and the
-Keras peer, which has no mixed-precision mode here, is left out.
+memory JAX held), ours_before_after (where peers ran: our img/s timed before and after them; a shared machine's
+speed drifts, and images_per_second is their mean, so a drift during the run biases the ratios less). Peers run
+in subprocesses, in the same run, on the GPU where torch sees one. With `--dtype bfloat16` the torch peer runs
+under bfloat16 autocast (PyTorch AMP, float32 weights, as ours) and the Keras peer, which has no mixed-precision
+mode here, is left out.
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ import numpy as np
 
 from bench.common import installed, median_rate, peak_rss_mib, run_peer
 
-UNITS = {"images_per_second": "img/s", "peers": "img/s", "peak_rss_mib": "MiB", "peak_device_mib": "MiB",
-         "step_ms": "ms"}
+UNITS = {"images_per_second": "img/s", "peers": "img/s", "ours_before_after": "img/s", "peak_rss_mib": "MiB",
+         "peak_device_mib": "MiB", "step_ms": "ms"}
 
 
 def add_arguments(parser) -> None:
@@ -32,8 +34,9 @@ def run(args) -> dict:
     from streetseg_jax import sharding
 
     sharding.split_cpu_into_cores(args.batch)      # as training does: one XLA device per core on a CPU
-    ours = our_rate(args)
-    result = {"images_per_second": ours, "step_ms": 1000 * args.batch / ours, "peak_rss_mib": peak_rss_mib(),
+    time_ours = our_timer(args)
+    before = time_ours()
+    result = {"peak_rss_mib": peak_rss_mib(),
               "settings": f"B={args.batch} {args.height}x{args.width} C={args.classes} F={args.base_width} "
                           f"upsample={args.upsample} {args.dtype} on {jax.device_count()} x "
                           f"{jax.devices()[0].device_kind}",
@@ -49,11 +52,18 @@ def run(args) -> dict:
         rate = run_peer(script, *shape, "train", *(["amp"] if amp else []))
         if rate:
             result["peers"][peer] = rate
-            result[f"ratio_{peer}"] = ours / rate
+    ours = before
+    if result["peers"]:
+        result["ours_before_after"] = [before, time_ours()]
+        ours = sum(result["ours_before_after"]) / 2
+    result.update(images_per_second=ours, step_ms=1000 * args.batch / ours)
+    for peer, rate in result["peers"].items():
+        result[f"ratio_{peer}"] = ours / rate
     return result
 
 
-def our_rate(args) -> float:
+def our_timer(args):
+    """A function that times our compiled train step (median images/second) each time it is called."""
     from streetseg_jax import sharding, train
 
     config = ml_collections.ConfigDict(dict(
@@ -75,4 +85,4 @@ def our_rate(args) -> float:
             holder["state"], metrics = step(holder["state"], batch)
         jax.block_until_ready(metrics["loss"])
 
-    return median_rate(steps, args.steps * args.batch, warmup=1, repeats=args.repeats)
+    return lambda: median_rate(steps, args.steps * args.batch, warmup=1, repeats=args.repeats)
