@@ -14,6 +14,7 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 CASES = {
     "rasterize": (["--masks", "3", "--repeats", "1", "--height", "60", "--width", "80"], "masks_per_second"),
+    "polygonize": (["--repeats", "1"], "masks_per_second"),
     "eval": (["--num_images", "2", "--height", "24", "--width", "32", "--repeats", "1"], "pixels_per_second"),
     "train": (["--no_peers", "--batch", "2", "--height", "32", "--width", "32", "--steps", "1", "--repeats", "1"],
               "images_per_second"),

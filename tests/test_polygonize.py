@@ -6,7 +6,6 @@ The round trip measured everywhere: mask -> mask_to_shapes -> rasterize (the sam
 import json
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -241,18 +240,6 @@ def test_round_trip_emulated_noisy_prediction():
     salt = rng.random(mask.shape) < 0.01
     mask[salt] = rng.integers(0, 8, salt.sum())
     assert agreement(mask) >= 0.98
-
-
-def test_polygonize_speed():
-    mask = read_mask_png(sorted(PREDICTED.glob("*.png"))[0])     # 480x360, ~600 regions before cleaning
-    best = min(_timed(mask_to_shapes, mask, LM) for _ in range(3))
-    assert best < 1.0, f"{best:.3f} s"
-
-
-def _timed(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
 
 
 # --- writers --------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Benchmarks: `python tools/benchmark.py {train,input,eval,predict,rasterize,import,scaling,build} [--json] ...`.
+"""Benchmarks: `python tools/benchmark.py {train,input,eval,predict,rasterize,polygonize,import,scaling,build}
+[--json] ...`.
 
 Each sub-command lives in tools/bench/<name>.py with `add_arguments(parser)` and `run(args) -> dict`, plus a
 module-level UNITS dict. Figures print as `name: value unit` lines; `--json` prints one JSON object instead.
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streetseg_jax.cli import normalise_argv  # noqa: E402
 
-COMMANDS = ("train", "input", "eval", "predict", "rasterize", "import", "scaling", "build")
+COMMANDS = ("train", "input", "eval", "predict", "rasterize", "polygonize", "import", "scaling", "build")
 
 
 def _number(value) -> str:

@@ -1,0 +1,53 @@
+"""polygonize: predicted masks per second turned into editable polygons (labels.polygonize.mask_to_shapes).
+
+Reads the class-id mask PNGs in --masks (default: tests/data/predicted_masks, real U-Net predictions at 480x360
+with a few hundred regions each before small ones are absorbed) with the default label map, and times
+mask_to_shapes at its default tolerance and minimum area: one untimed warm-up pass, then the median of --repeats
+timed passes over all masks. `cpu_masks_per_second` divides by this process's CPU time, as in `rasterize`.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+from streetseg_jax.labels.convert import read_mask_png
+from streetseg_jax.labels.label_map import default_label_map
+from streetseg_jax.labels.polygonize import mask_to_shapes
+
+PREDICTED = Path(__file__).resolve().parents[2] / "tests" / "data" / "predicted_masks"
+UNITS = {"masks_per_second": "masks/s", "cpu_masks_per_second": "masks/s", "ms_per_mask": "ms",
+         "shapes_per_mask": "shapes"}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--masks", type=Path, default=PREDICTED, help="folder of class-id mask PNGs")
+    parser.add_argument("--repeats", type=int, default=5)
+
+
+def _time_pass(masks, label_map) -> tuple[float, float, int]:
+    """Wall-clock and CPU seconds to polygonize every mask once, and the number of shapes made."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    shapes = sum(len(mask_to_shapes(mask, label_map)) for mask in masks)
+    return time.perf_counter() - wall, time.process_time() - cpu, shapes
+
+
+def run(args) -> dict:
+    paths = sorted(args.masks.glob("*.png"))
+    if not paths:
+        raise SystemExit(f"no mask PNGs in {args.masks}")
+    masks, label_map = [read_mask_png(p) for p in paths], default_label_map()
+    _, _, shapes = _time_pass(masks, label_map)           # warm-up
+    timings = [_time_pass(masks, label_map) for _ in range(args.repeats)]
+    seconds = statistics.median(t[0] for t in timings)
+    cpu_seconds = statistics.median(t[1] for t in timings)
+    height, width = masks[0].shape
+    return {
+        "masks_per_second": len(masks) / seconds,
+        "cpu_masks_per_second": len(masks) / cpu_seconds,
+        "ms_per_mask": 1000 * seconds / len(masks),
+        "shapes_per_mask": shapes / len(masks),
+        "masks": len(masks), "height": height, "width": width, "repeats": args.repeats,
+        "load_average_1min": os.getloadavg()[0],
+    }
