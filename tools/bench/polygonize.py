@@ -1,7 +1,7 @@
 """polygonize: predicted masks per second turned into editable polygons (labels.polygonize.mask_to_shapes).
 
-Reads the class-id mask PNGs in --masks (default: tests/data/predicted_masks, real U-Net predictions at 480x360
-with a few hundred regions each before small ones are absorbed) with the default label map, and times
+Reads the class-id mask PNGs in --masks (default: tests/data/predicted_masks, a barely trained U-Net's 480x360
+predictions of 400-650 regions each before small ones are absorbed) with the default label map, and times
 mask_to_shapes at its default tolerance and minimum area: one untimed warm-up pass, then the median of --repeats
 timed passes over all masks. `cpu_masks_per_second` divides by this process's CPU time, as in `rasterize`.
 """
