@@ -25,6 +25,20 @@ def median_rate(run_once, items_per_run: int, warmup: int = 2, repeats: int = 5)
     return statistics.median(rates)
 
 
+def median_wall_and_cpu_seconds(run_once, repeats: int):
+    """(median wall-clock seconds, median CPU seconds of this process, the warm-up's result) over `repeats` timed
+    calls of `run_once` after one untimed warm-up call. CPU time shows a single-process tool's own speed on a
+    machine shared with other work."""
+    result = run_once()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        run_once()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus), result
+
+
 def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 

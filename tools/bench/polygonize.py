@@ -8,13 +8,13 @@ timed passes over all masks. `cpu_masks_per_second` divides by this process's CP
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from pathlib import Path
 
 from streetseg_jax.labels.convert import read_mask_png
 from streetseg_jax.labels.label_map import default_label_map
 from streetseg_jax.labels.polygonize import mask_to_shapes
+
+from bench.common import median_wall_and_cpu_seconds
 
 PREDICTED = Path(__file__).resolve().parents[2] / "tests" / "data" / "predicted_masks"
 UNITS = {"masks_per_second": "masks/s", "cpu_masks_per_second": "masks/s", "ms_per_mask": "ms",
@@ -26,22 +26,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=5)
 
 
-def _time_pass(masks, label_map) -> tuple[float, float, int]:
-    """Wall-clock and CPU seconds to polygonize every mask once, and the number of shapes made."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    shapes = sum(len(mask_to_shapes(mask, label_map)) for mask in masks)
-    return time.perf_counter() - wall, time.process_time() - cpu, shapes
-
-
 def run(args) -> dict:
     paths = sorted(args.masks.glob("*.png"))
     if not paths:
         raise SystemExit(f"no mask PNGs in {args.masks}")
     masks, label_map = [read_mask_png(p) for p in paths], default_label_map()
-    _, _, shapes = _time_pass(masks, label_map)           # warm-up
-    timings = [_time_pass(masks, label_map) for _ in range(args.repeats)]
-    seconds = statistics.median(t[0] for t in timings)
-    cpu_seconds = statistics.median(t[1] for t in timings)
+    seconds, cpu_seconds, shapes = median_wall_and_cpu_seconds(
+        lambda: sum(len(mask_to_shapes(mask, label_map)) for mask in masks), args.repeats)
     height, width = masks[0].shape
     return {
         "masks_per_second": len(masks) / seconds,

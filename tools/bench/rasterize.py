@@ -10,13 +10,13 @@ instead of wall time: on a machine shared with other work it shows the rasterize
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import numpy as np
 
 from streetseg_jax.labels.rasterize import rasterize
 from streetseg_jax.labels.shapes import Shape
+
+from bench.common import median_wall_and_cpu_seconds
 
 UNITS = {"masks_per_second": "masks/s", "cpu_masks_per_second": "masks/s", "ms_per_mask": "ms",
          "height": "px", "width": "px",
@@ -48,21 +48,11 @@ def random_scene(rng: np.random.Generator, args) -> list[tuple[int, Shape]]:
             for _ in range(args.polygons)]
 
 
-def _time_pass(scenes, args) -> tuple[float, float]:
-    """Wall-clock and CPU seconds to rasterize every scene once."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    for scene in scenes:
-        rasterize(scene, args.height, args.width)
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def run(args) -> dict:
     rng = np.random.default_rng(args.seed)
     scenes = [random_scene(rng, args) for _ in range(args.masks)]
-    _time_pass(scenes, args)                       # warm-up: imports, allocator, caches
-    timings = [_time_pass(scenes, args) for _ in range(args.repeats)]
-    seconds = statistics.median(wall for wall, _ in timings)
-    cpu_seconds = statistics.median(cpu for _, cpu in timings)
+    seconds, cpu_seconds, _ = median_wall_and_cpu_seconds(
+        lambda: [rasterize(scene, args.height, args.width) for scene in scenes], args.repeats)
     vertices = np.mean([len(shape.exterior) for scene in scenes for _, shape in scene])
     return {
         "masks_per_second": args.masks / seconds,
