@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 8
     c.eval_scale = 0.25
     c.eval_flip_tta = True            # average each eval image's logits with its mirror image's
+    c.eval_extra_scales = ()          # multi-scale TTA: also run the network at these scales, average the logits
     c.eval_every_steps = 700
     c.log_every_steps = 50
     c.checkpoint_every_steps = 700

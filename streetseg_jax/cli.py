@@ -28,3 +28,24 @@ def add_flip_tta_flags(parser, help_text: str) -> None:
                        help=f"{help_text} (default: as the run evaluated, its config's eval_flip_tta)")
     group.add_argument("--no_flip_tta", dest="flip_tta", action="store_false", help="never flip TTA")
     parser.set_defaults(flip_tta=None)
+
+
+def add_extra_scales_flag(parser) -> None:
+    """--extra_scales S[,S...] (dest extra_scales, a tuple; `none` gives ()); absent leaves None: as the run
+    evaluated (its config's eval_extra_scales)."""
+    parser.add_argument("--extra_scales", type=_scales, default=None, metavar="S[,S...]|none",
+                        help="multi-scale TTA: also run the network at these scales and average the logits "
+                             "(default: as the run evaluated, its config's eval_extra_scales; none: off)")
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    import argparse
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        scales = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected scales like 0.3125,0.5 or none, got {text!r}") from None
+    if not all(0 < s <= 8 for s in scales):
+        raise argparse.ArgumentTypeError(f"scales must be in (0, 8], got {text!r}")
+    return scales

@@ -5,14 +5,16 @@ that factor and its logits are resized back (bilinear) before the argmax. The la
 all-ignore examples, so every real pixel counts exactly once and padding counts nowhere.
 
 With `config.eval_flip_tta` each image's logits are averaged with those of its mirror image (flip test-time
-augmentation).
+augmentation); with `config.eval_extra_scales` the network also sees the image at those scales, and the logits of
+every scale (resized back to the labels) are averaged too (multi-scale test-time augmentation).
 
 Command line: `python -m streetseg_jax.evaluate --workdir DIR [--split S] [--data_dir D]
-[--checkpoint best|latest|STEP] [--[no_]flip_tta]` scores a trained run's checkpoint on a split (default: its config's
-`eval_split`), prints the per-class IoU table, mIoU, pixel accuracy and per-image mIoU (summary and worst images),
-and writes them to DIR/eval/<split>.json with the row-normalised confusion matrix as DIR/eval/<split>_confusion.png
-(<split>_flip_tta.json and <split>_flip_tta_confusion.png with flip TTA, which follows the run's eval_flip_tta unless
---flip_tta or --no_flip_tta says otherwise).
+[--checkpoint best|latest|STEP] [--[no_]flip_tta] [--extra_scales S,...|none]` scores a trained run's checkpoint
+on a split (default: its config's `eval_split`), prints the per-class IoU table, mIoU, pixel accuracy and per-image
+mIoU (summary and worst images), and writes them to DIR/eval/<split>.json with the row-normalised confusion matrix
+as DIR/eval/<split>_confusion.png (<split>_flip_tta.json and <split>_flip_tta_confusion.png with flip TTA, which
+follows the run's eval_flip_tta unless --flip_tta or --no_flip_tta says otherwise; likewise _multiscale with
+multi-scale TTA, which follows the run's eval_extra_scales unless --extra_scales says otherwise).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from flax import nnx
 from PIL import Image
 
 from streetseg_jax import sharding
-from streetseg_jax.cli import add_flip_tta_flags, fail, normalise_argv
+from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, fail, normalise_argv
 from streetseg_jax.data import pipeline
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.losses import valid_labels
@@ -55,14 +57,26 @@ def predict_logits(model, images, scale: float = 1.0):
     return logits
 
 
-def tta_logits(logits_fn, model, images, scale: float, flip_tta: bool):
-    """`logits_fn(model, images, scale)`; with flip_tta (test-time augmentation) the mean of it on the images and,
-    mirrored back, on their mirror images (one call on a doubled batch)."""
-    if not flip_tta:
-        return logits_fn(model, images, scale)
+def network_scales(config) -> tuple[float, ...]:
+    """The scales the network sees evaluation images at: `eval_scale`, then any `eval_extra_scales` (multi-scale
+    test-time augmentation: the logits of every scale, each resized to the image, are averaged)."""
+    return (float(config.get("eval_scale", 1.0)), *(float(s) for s in config.get("eval_extra_scales", ())))
+
+
+def tta_logits(logits_fn, model, images, scales, flip_tta: bool):
+    """The mean over `scales` (one float or several) of `logits_fn(model, images, scale)`; with flip_tta
+    (test-time augmentation) each is the mean of it on the images and, mirrored back, on their mirror images (one
+    call per scale on a doubled batch)."""
+    scales = (scales,) if isinstance(scales, (int, float)) else tuple(scales)
     n = images.shape[0]
-    both = logits_fn(model, jnp.concatenate([images, images[:, :, ::-1]]), scale)
-    return (both[:n] + both[n:, :, ::-1]) / 2
+    batch = jnp.concatenate([images, images[:, :, ::-1]]) if flip_tta else images
+    total = None
+    for scale in scales:
+        logits = logits_fn(model, batch, scale)
+        if flip_tta:
+            logits = (logits[:n] + logits[n:, :, ::-1]) / 2
+        total = logits if total is None else total + logits
+    return total if len(scales) == 1 else total / len(scales)
 
 
 def flip_tta_setting(config, requested: bool | None) -> bool:
@@ -75,14 +89,14 @@ class Evaluator:
 
     def __init__(self, graphdef, mesh, label_map: LabelMap, config):
         self.graphdef, self.mesh, self.label_map = graphdef, mesh, label_map
-        self.batch_size, self.scale = config.eval_batch_size, config.eval_scale
+        self.batch_size, self.scales = config.eval_batch_size, network_scales(config)
         self.flip_tta = flip_tta_setting(config, None)
         sharding.check_batch_size(self.batch_size, mesh)
         self._step = jax.jit(self._sums, out_shardings=sharding.replicated(mesh))
         self._predict = jax.jit(self._argmax)
 
     def _logits(self, params, model_state, images):
-        return tta_logits(predict_logits, self._model(params, model_state), images, self.scale, self.flip_tta)
+        return tta_logits(predict_logits, self._model(params, model_state), images, self.scales, self.flip_tta)
 
     def _model(self, params, model_state):
         model = nnx.merge(self.graphdef, params, model_state)
@@ -196,17 +210,19 @@ WORST_SHOWN = 5     # images listed by name as the worst of a split
 
 
 def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: str | None = None,
-                     checkpoint: str | int = "best", flip_tta: bool | None = None) -> tuple[dict, Path, Path]:
+                     checkpoint: str | int = "best", flip_tta: bool | None = None,
+                     extra_scales: tuple | None = None) -> tuple[dict, Path, Path]:
     """Score a run's checkpoint on `split`; (the result as written to JSON, its JSON path, the confusion PNG path).
-    `flip_tta` None scores as the run evaluated (its config's eval_flip_tta); with flip TTA the files are named
-    <split>_flip_tta so they sit beside the plain figures."""
+    `flip_tta` and `extra_scales` None score as the run evaluated (its config's eval_flip_tta, eval_extra_scales);
+    with flip or multi-scale TTA the files are named <split>_flip_tta, <split>_multiscale or
+    <split>_flip_tta_multiscale, so they sit beside the plain figures."""
     # The report already loads a checkpoint into an Evaluator and makes one per-image pass; the CLI shares both
     # (imported here: report sits above evaluate, and only the command line needs it).
     from streetseg_jax import report
     from streetseg_jax.data.source import load_split
 
     workdir = Path(workdir).absolute()
-    run = report.load_run(workdir, checkpoint, flip_tta)
+    run = report.load_run(workdir, checkpoint, flip_tta, extra_scales)
     split = split or run.config.eval_split
     source, data_label_map, _ = load_split(run.config.dataset, split, data_dir or run.config.data_dir)
     if data_label_map.to_dict() != run.label_map.to_dict():
@@ -218,7 +234,8 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     result["per_image"]["worst"] = _worst(result["per_image"]["images"], report.rank_images)
     out_dir = workdir / "eval"
     # "validation[:10]" makes a file name too
-    stem = re.sub(r"[^\w.+-]", "_", split) + ("_flip_tta" if run.config.eval_flip_tta else "")
+    stem = (re.sub(r"[^\w.+-]", "_", split) + ("_flip_tta" if run.config.eval_flip_tta else "")
+            + ("_multiscale" if len(network_scales(run.config)) > 1 else ""))
     json_path = _write_atomically(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
     png_path = _write_atomically(out_dir / f"{stem}_confusion.png",
                                  report.confusion_png(evaluation.confusion, run.label_map.names))
@@ -231,7 +248,8 @@ def result_dict(run, evaluation, file_names: list[str], workdir: Path) -> dict:
     return {
         "workdir": str(workdir), "dataset": run.config.dataset, "split": evaluation.split,
         "checkpoint": run.checkpoint, "step": run.step, "num_images": len(file_names),
-        "eval_scale": float(run.config.eval_scale), "flip_tta": bool(run.config.eval_flip_tta),
+        "eval_scale": float(run.config.eval_scale), "eval_extra_scales": list(network_scales(run.config)[1:]),
+        "flip_tta": bool(run.config.eval_flip_tta),
         "miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"],
         "mean_class_accuracy": scores["mean_class_accuracy"], "loss": scores["loss"],
         "iou": {name: scores[f"iou/{name}"] for name in names},
@@ -291,10 +309,16 @@ def format_result(result: dict) -> str:
     return "\n".join(lines + ["", f"per-image mIoU: {spread}", f"worst images: {worst or '-'}"])
 
 
+def _extra(result: dict) -> str:
+    extra = result.get("eval_extra_scales") or []
+    return f" (and {', '.join(f'{s:g}' for s in extra)}, logits averaged)" if extra else ""
+
+
 def _heading(result: dict) -> str:
     return (f"{result['dataset']} {result['split']}: {result['num_images']} images, checkpoint {result['checkpoint']} "
             f"(step {result['step']}); scored at the labels' native resolution ({', '.join(result['label_sizes'])}) "
-            f"with the network at eval_scale {result['eval_scale']:g}{' with flip TTA' if result['flip_tta'] else ''}; "
+            f"with the network at eval_scale {result['eval_scale']:g}{_extra(result)}"
+            f"{' with flip TTA' if result['flip_tta'] else ''}; "
             "ignore pixels count nowhere")
 
 
@@ -311,6 +335,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's (written as "
                        "<split>_flip_tta.json)")
+    add_extra_scales_flag(parser)
     return parser
 
 
@@ -327,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = args.checkpoint if args.checkpoint in ("best", "latest") else int(args.checkpoint)
     try:
         result, json_path, png_path = evaluate_workdir(args.workdir, args.split, args.data_dir, checkpoint,
-                                                       args.flip_tta)
+                                                       args.flip_tta, args.extra_scales)
     except (DatasetNotFoundError, UnknownSplitError) as e:
         fail(str(e))
     print(format_result(result))

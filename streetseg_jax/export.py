@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax import export as jax_export
 
 from streetseg_jax.cli import fail, normalise_argv
-from streetseg_jax.evaluate import predict_logits
+from streetseg_jax.evaluate import network_scales, predict_logits
 from streetseg_jax.inference import TrainedModel, load_model, model_logits, scaled_logits
 
 OUTPUTS = ("classes", "confidence", "logits")
@@ -45,7 +45,7 @@ ARCHIVE_MODEL, ARCHIVE_LABELS, ARCHIVE_INFO = "model.jaxexport", "label_map.json
 
 def serving_function(trained: TrainedModel, outputs=("classes", "confidence"), flip_tta: bool = False):
     """uint8 (B, H, W, 3) -> dict of the chosen outputs, with the weights closed over (they become constants)."""
-    model, scale = trained.model(), float(trained.config.get("eval_scale", 1.0))
+    model, scales = trained.model(), network_scales(trained.config)
     stride = 2 ** int(trained.config.model.get("depth", 4))
 
     def logits_fn(model, images, scale):
@@ -55,7 +55,7 @@ def serving_function(trained: TrainedModel, outputs=("classes", "confidence"), f
         return predict_logits(model, pad_to_stride(images, stride), scale)[:, :height, :width]
 
     def serve(images):
-        logits = model_logits(model, images, scale, flip_tta, logits_fn)
+        logits = model_logits(model, images, scales, flip_tta, logits_fn)
         every = {"classes": lambda: jnp.argmax(logits, axis=-1).astype(jnp.uint8),
                  "confidence": lambda: jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1),
                  "logits": lambda: logits}
@@ -87,9 +87,10 @@ def export_model(trained: TrainedModel, path: str | Path, *, batch: int | None =
                  width: int | None = None, outputs=("classes", "confidence"), flip_tta: bool = False,
                  platforms=("cpu", "cuda")) -> dict:
     """Write the archive at `path` (atomically); returns its info.json contents."""
-    scale = float(trained.config.get("eval_scale", 1.0))
-    if scale != 1.0 and not (height and width):
-        raise ValueError(f"this model sees images at eval_scale={scale}: give a fixed --height and --width "
+    scales = network_scales(trained.config)
+    if scales != (1.0,) and not (height and width):
+        raise ValueError(f"this model sees images at scales {', '.join(f'{s:g}' for s in scales)} (eval_scale, "
+                         "eval_extra_scales): give a fixed --height and --width "
                          "(symbolic sizes work only for models evaluated at scale 1)")
     spec = input_spec(batch, height, width)
     exported = jax_export.export(jax.jit(serving_function(trained, outputs, flip_tta)),
@@ -109,7 +110,8 @@ def _info(trained: TrainedModel, spec, outputs, flip_tta: bool, platforms) -> di
         "input": {"dtype": "uint8", "shape": shape, "channels": "RGB, 0-255"},
         "outputs": {name: {"dtype": described[name][0], "shape": described[name][1]} for name in outputs},
         "checkpoint": {"source": trained.source, "step": trained.step},
-        "eval_scale": float(trained.config.get("eval_scale", 1.0)), "flip_tta": flip_tta,
+        "eval_scale": float(trained.config.get("eval_scale", 1.0)),
+        "eval_extra_scales": list(network_scales(trained.config)[1:]), "flip_tta": flip_tta,
         "platforms": list(platforms), "jax_version": jax.__version__, "config": trained.config.to_dict(),
     }
 

@@ -28,7 +28,7 @@ from flax import nnx
 
 from streetseg_jax import sharding, train
 from streetseg_jax.checkpoint import Checkpoints
-from streetseg_jax.evaluate import predict_logits, tta_logits
+from streetseg_jax.evaluate import network_scales, predict_logits, tta_logits
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.models.unet import build_model, preprocess
 
@@ -153,10 +153,11 @@ def _lerp_table(in_size: int, out_size: int):
     return low, high, 1.0 - frac, frac
 
 
-def model_logits(model, images, scale: float, flip_tta: bool = False, logits_fn=scaled_logits):
-    """Logits of uint8 (B, H, W, 3) images at their own size, as evaluation computes them; with flip_tta the
-    average of the images' and their mirror images' logits (one model call on a doubled batch)."""
-    return tta_logits(logits_fn, model, images, scale, flip_tta)
+def model_logits(model, images, scales, flip_tta: bool = False, logits_fn=scaled_logits):
+    """Logits of uint8 (B, H, W, 3) images at their own size, as evaluation computes them: averaged over `scales`
+    (one float or several, `evaluate.network_scales`) and, with flip_tta, over the images and their mirror images
+    (one model call per scale on a doubled batch)."""
+    return tta_logits(logits_fn, model, images, scales, flip_tta)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -322,7 +323,9 @@ class Predictor:
             raise ValueError(f"batch_size and window must be positive, got {batch_size}, {window}")
         self.trained, self.window, self.overlap = trained, tuple(window), overlap
         self.batch_size, self.flip_tta = batch_size, flip_tta
-        self.scale = float(trained.config.get("eval_scale", 1.0))
+        # Windows are sized for eval_scale (the first); extra scales (multi-scale TTA) see the same windows.
+        self.scales = network_scales(trained.config)
+        self.scale = self.scales[0]
         self.num_classes = trained.label_map.num_classes
         # Windows are split over every local device (XLA:CPU runs a convolution on one core, so a CPU split into
         # one device per core predicts about 1.5x as fast on 2 cores); the weights are copied to each.
@@ -335,7 +338,7 @@ class Predictor:
     def _logits(self, weights, tiles):
         model = nnx.merge(self.trained.graphdef, *weights)
         model.eval()
-        return model_logits(model, tiles, self.scale, self.flip_tta)
+        return model_logits(model, tiles, self.scales, self.flip_tta)
 
     def run_tiles(self, tiles: np.ndarray) -> np.ndarray:
         """(N, h, w, K) float32 logits of N uint8 tiles of one shape."""

@@ -12,7 +12,8 @@ is 1 when any failed. --export labelme|coco|cvat also writes the masks as editab
 Images larger than --window (network pixels, default 512x512) are predicted in overlapping windows whose logits
 are blended (--overlap, default 0.25); flip TTA (averaging with the mirror image) follows the run's eval_flip_tta
 unless --flip_tta or --no_flip_tta says otherwise; the network sees images at the training config's eval_scale, as
-evaluation does. See streetseg_jax.inference.
+evaluation does, and at its eval_extra_scales too (multi-scale TTA) unless --extra_scales says otherwise. See
+streetseg_jax.inference.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from streetseg_jax.cli import add_flip_tta_flags, fail, normalise_argv
+from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, fail, normalise_argv
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 EXPORT_FORMATS = ("labelme", "coco", "cvat")
@@ -220,6 +221,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--checkpoint", default="best", help="best (default; latest if none), latest or a step")
     parser.add_argument("--save_confidence", action="store_true", help="also write <name>_confidence.png")
     add_flip_tta_flags(parser, "average with the mirror image's prediction")
+    add_extra_scales_flag(parser)
     parser.add_argument("--batch_size", type=int, default=8, help="windows per model call (default 8)")
     parser.add_argument("--window", type=_window, default=None,
                         help="window in network pixels, N or HxW (default 512x512)")
@@ -264,6 +266,8 @@ def _predictor(args):
     sharding.split_cpu_into_cores(args.batch_size)
     try:
         trained = inference.load_model(args.workdir, args.checkpoint, say=lambda m: print(m, file=sys.stderr))
+        if args.extra_scales is not None:
+            trained.config.eval_extra_scales = args.extra_scales
         return inference.Predictor(trained, window=args.window or inference.DEFAULT_WINDOW,
                                    overlap=inference.DEFAULT_OVERLAP if args.overlap is None else args.overlap,
                                    batch_size=args.batch_size, flip_tta=flip_tta_setting(trained.config, args.flip_tta))

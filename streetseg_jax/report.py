@@ -46,9 +46,11 @@ class LoadedRun:
     checkpoint: str             # which one was loaded: "best", "latest" or "step N"
 
 
-def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None) -> LoadedRun:
+def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None,
+             extra_scales: tuple | None = None) -> LoadedRun:
     """The model of a checkpoint ('best', 'latest' or a step), with an Evaluator around it (averaging the logits of
-    each image and its mirror image with `flip_tta`; None: as the run evaluated, its config's eval_flip_tta)."""
+    each image and its mirror image with `flip_tta`, and those of the network at `extra_scales` too; None: as the
+    run evaluated, its config's eval_flip_tta and eval_extra_scales)."""
     import jax
     from streetseg_jax import sharding
     from streetseg_jax.evaluate import Evaluator, flip_tta_setting
@@ -66,6 +68,8 @@ def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None) -> L
     devices = mesh.devices.size
     config.eval_batch_size = -(-config.eval_batch_size // devices) * devices
     config.eval_flip_tta = flip_tta_setting(config, flip_tta)
+    if extra_scales is not None:
+        config.eval_extra_scales = tuple(extra_scales)
     evaluator = Evaluator(trained.graphdef, mesh, trained.label_map, config)
     return LoadedRun(config, trained.label_map, evaluator, params, model_state, trained.step, trained.source)
 

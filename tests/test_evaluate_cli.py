@@ -16,8 +16,9 @@ from conftest import ROOT, run_main_to_end, tiny_config
 # Trained on 48x64 crops, scored at the labels' 96x128 with the network at half of that: full-size frames must work
 # whatever the training resolution was.
 EVAL_SCALE = 0.5
-KEYS = {"workdir", "dataset", "split", "checkpoint", "step", "num_images", "eval_scale", "flip_tta", "label_sizes", "miou",
-        "pixel_accuracy", "mean_class_accuracy", "loss", "iou", "class_pixels", "confusion", "per_image"}
+KEYS = {"workdir", "dataset", "split", "checkpoint", "step", "num_images", "eval_scale", "eval_extra_scales", "flip_tta",
+        "label_sizes", "miou", "pixel_accuracy", "mean_class_accuracy", "loss", "iou", "class_pixels", "confusion",
+        "per_image"}
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,7 @@ def test_json_holds_the_numbers_of_evaluator_run(workdir, cli_result):
     out, result = cli_result
     assert set(result) == KEYS
     assert result["split"] == "test" and result["checkpoint"] == "best" and result["eval_scale"] == EVAL_SCALE
+    assert result["eval_extra_scales"] == []
     assert result["label_sizes"] == ["96x128"]
     scores, sums = expected_scores(workdir, "test")
     for key in ("miou", "pixel_accuracy", "mean_class_accuracy"):
@@ -162,3 +164,38 @@ def test_flip_tta_flags(argv, expected):
     args = normalise_argv(["--workdir", "w", *argv])
     assert evaluate.make_parser().parse_args(args).flip_tta is expected
     assert predict.parse_args([*args, "--input", "x", "--output", "y"]).flip_tta is expected
+
+
+def test_multi_scale_tta_on_request_is_written_beside_the_plain_figures(workdir, cli_result, capsys):
+    from streetseg_jax import evaluate, report
+    from streetseg_jax.data.source import load_split
+
+    evaluate.main(["--workdir", str(workdir), "--extra_scales", "1.0"])
+    assert f"eval_scale {EVAL_SCALE:g} (and 1, logits averaged)" in capsys.readouterr().out
+    result = json.loads((workdir / "eval" / "test_multiscale.json").read_text())
+    assert result["eval_extra_scales"] == [1.0] and result["flip_tta"] is False
+    run = report.load_run(workdir, "best", extra_scales=(1.0,))
+    source, _, _ = load_split(run.config.dataset, "test", run.config.data_dir)
+    assert result["miou"] == pytest.approx(run.evaluator.run(run.params, run.model_state, source)["eval/miou"])
+    assert np.asarray(result["confusion"]).sum() == np.asarray(cli_result[1]["confusion"]).sum()
+    assert evaluate.network_scales(report.load_run(workdir, "best").config) == (EVAL_SCALE,)   # as trained
+
+
+@pytest.mark.parametrize("argv, expected", [([], None), (["--extra_scales", "0.25,0.5"], (0.25, 0.5)),
+                                            (["--extra-scales=none"], ())])
+def test_extra_scales_flag(argv, expected):
+    from streetseg_jax import evaluate, predict
+    from streetseg_jax.cli import normalise_argv
+
+    args = normalise_argv(["--workdir", "w", *argv])
+    assert evaluate.make_parser().parse_args(args).extra_scales == expected
+    assert predict.parse_args([*args, "--input", "x", "--output", "y"]).extra_scales == expected
+
+
+@pytest.mark.parametrize("bad", ["0.5,x", "0", "-1"])
+def test_extra_scales_flag_rejects_what_is_not_a_scale(bad, capsys):
+    from streetseg_jax import evaluate
+
+    with pytest.raises(SystemExit):
+        evaluate.make_parser().parse_args(["--workdir", "w", "--extra_scales", bad])
+    assert "--extra_scales" in capsys.readouterr().err

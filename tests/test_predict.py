@@ -147,6 +147,26 @@ def test_prediction_at_eval_scale_matches_evaluation(trained, size):
                                    jax.image.resize(x, (2, height, width, 5), "bilinear"), atol=1e-4)
 
 
+def test_multi_scale_tta_averages_the_logits_of_every_scale_in_prediction_and_evaluation(trained):
+    from streetseg_jax import sharding
+    from streetseg_jax.evaluate import Evaluator, predict_logits
+    from streetseg_jax.inference import Predictor
+
+    config = trained.config.copy_and_resolve_references()
+    config.eval_scale, config.eval_extra_scales, config.eval_batch_size = 0.5, (1.0,), 1
+    both = dataclasses.replace(trained, config=config)
+    model, image = both.model(), random_image(40, 56, seed=9)[None]
+    logits = {s: np.asarray(predict_logits(model, image, s))[0] for s in (0.5, 1.0)}
+    mirrored = {s: np.asarray(predict_logits(model, image[:, :, ::-1], s))[0, :, ::-1] for s in (0.5, 1.0)}
+    want = (logits[0.5] + logits[1.0]) / 2
+    np.testing.assert_allclose(Predictor(both).logits(image[0]), want, atol=1e-4)
+    np.testing.assert_allclose(Predictor(both, flip_tta=True).logits(image[0]),
+                               sum(logits.values()) / 4 + sum(mirrored.values()) / 4, atol=1e-4)
+    # evaluation predicts what prediction does
+    evaluator = Evaluator(both.graphdef, sharding.make_mesh(jax.local_devices()[:1]), both.label_map, config)
+    np.testing.assert_array_equal(evaluator.predict(both.params, both.model_state, image)[0], want.argmax(-1))
+
+
 def test_large_image_runs_in_tiles_and_window_interiors_equal_the_whole_image(trained):
     from streetseg_jax.evaluate import predict_logits
     from streetseg_jax.inference import Blender, Predictor
