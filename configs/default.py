@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.weight_decay = 1e-4
     c.grad_clip_norm = 1.0
     c.class_weights = "none"          # or "median_frequency" (SegNet's)
+    c.class_weight_power = 1.0        # median-frequency weights ** power: 0.5 softens them
     c.loss = "cross_entropy+lovasz"   # or "cross_entropy", "cross_entropy+dice" (streetseg_jax/losses.py)
     c.ema_decay = 0.0                 # > 0: evaluate, keep as best and predict with a moving average of the weights
     # --- evaluation, logging, checkpoints

@@ -140,11 +140,14 @@ def class_weights(config, source, label_map: LabelMap, log: "RunLog") -> np.ndar
         return np.ones(label_map.num_classes, np.float32)
     if config.class_weights != "median_frequency":
         raise RunError(f"class_weights must be 'none' or 'median_frequency', got {config.class_weights!r}")
+    power = float(config.get("class_weight_power", 1.0))
+    if power < 0:
+        raise RunError(f"class_weight_power must be >= 0, got {power}")
     masks = (source[i]["segmentation_mask"] for i in range(len(source)))
-    weights = median_frequency_weights(*class_pixel_counts(masks, label_map.num_classes))
-    log.say("median-frequency class weights: " + ", ".join(
+    weights = median_frequency_weights(*class_pixel_counts(masks, label_map.num_classes)) ** power
+    log.say(f"median-frequency class weights{f' to the power {power:g}' if power != 1 else ''}: " + ", ".join(
         f"{n} {w:.3f}" for n, w in zip(label_map.names, weights)))
-    return weights
+    return weights.astype(np.float32)
 
 
 def provenance(config, info) -> dict:

@@ -264,3 +264,27 @@ def test_ema_follows_the_parameters_and_is_what_evaluation_uses():
     assert not np.allclose(np.asarray(ema["head"]["kernel"]), np.asarray(state.params["head"]["kernel"]))
     config.ema_decay = 0.0
     assert train.eval_params(state, config) is state.params
+
+
+def test_class_weight_power_softens_the_median_frequency_weights():
+    from streetseg_jax import run
+    from streetseg_jax.labels.label_map import default_label_map
+
+    label_map = default_label_map()
+    rng = np.random.default_rng(0)
+    # class 0 common, class 1 rare, the rest in between; 255 (ignore) counts nowhere
+    masks = [rng.choice([0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 255], size=(16, 20, 1)).astype(np.uint8) for _ in range(3)]
+    source = [{"segmentation_mask": m} for m in masks]
+    said = []
+    log = type("Log", (), {"say": lambda self, message: said.append(message)})()
+    config = tiny_config()
+    config.class_weights = "median_frequency"
+    full = run.class_weights(config, source, label_map, log)
+    config.class_weight_power = 0.5
+    soft = run.class_weights(config, source, label_map, log)
+    assert full[0] < 1 < full.max() and soft.dtype == np.float32
+    np.testing.assert_allclose(soft, np.sqrt(full), rtol=1e-6)
+    assert "to the power 0.5" in said[-1] and "power" not in said[0]
+    config.class_weight_power = -1.0
+    with pytest.raises(run.RunError, match="class_weight_power"):
+        run.class_weights(config, source, label_map, log)
