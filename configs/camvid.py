@@ -2,8 +2,9 @@
 
 Budget: 5,200 steps of batch 8 (41,600 crops, about 113 epochs of the 367 train frames), 57-63 minutes of wall
 time on 2 idle Xeon cores, by the day's speed (11.3-12 img/s for the train step, plus start-up and four
-evaluations; the best checkpoint, 0.667, came at step 3,900, 48 minutes in). Trained at 0.375 scale (frames 360x480 scaled to 135x180, then randomly by 0.75..1.5, random 128x176 crops, horizontal flips, colour
-jitter), evaluated on `validation` every 1,300 steps at the labels' native 360x480 (the network sees 135x180,
+evaluations; the best checkpoint, 0.667, came at step 3,900, 48 minutes in). Trained at 0.375 scale (frames
+360x480 scaled to 135x180, then randomly by 0.75..1.5, random 128x176 crops, horizontal flips, colour jitter),
+evaluated on `validation` every 1,300 steps at the labels' native 360x480 (the network sees 135x180,
 eval_scale 0.375, and its logits are resized back before the argmax; void is ignored). On two CPU cores the smaller
 frames' extra steps pay more than the resolution: at 0.5 scale (176x240 crops) the same 57 minutes give 2,600 steps
 and val mIoU 0.600, at 0.375 scale 0.634, 0.650 with flip test-time augmentation (each eval image's logits averaged
