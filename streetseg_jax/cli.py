@@ -1,6 +1,7 @@
 """Command-line conventions shared by every entry point: flags are spelled with underscores, hyphens are aliases."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 
@@ -39,7 +40,6 @@ def add_extra_scales_flag(parser) -> None:
 
 
 def _scales(text: str) -> tuple[float, ...]:
-    import argparse
     if text.strip().lower() in ("", "none"):
         return ()
     try:

@@ -244,12 +244,11 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
 
 def result_dict(run, evaluation, file_names: list[str], workdir: Path) -> dict:
     """The JSON-ready result: overall figures, per-class IoU, the confusion matrix and per-image figures."""
-    names, scores = run.label_map.names, evaluation.scores
+    names, scores, scales = run.label_map.names, evaluation.scores, network_scales(run.config)
     return {
         "workdir": str(workdir), "dataset": run.config.dataset, "split": evaluation.split,
         "checkpoint": run.checkpoint, "step": run.step, "num_images": len(file_names),
-        "eval_scale": float(run.config.eval_scale), "eval_extra_scales": list(network_scales(run.config)[1:]),
-        "flip_tta": bool(run.config.eval_flip_tta),
+        "eval_scale": scales[0], "eval_extra_scales": list(scales[1:]), "flip_tta": bool(run.config.eval_flip_tta),
         "miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"],
         "mean_class_accuracy": scores["mean_class_accuracy"], "loss": scores["loss"],
         "iou": {name: scores[f"iou/{name}"] for name in names},
@@ -310,7 +309,7 @@ def format_result(result: dict) -> str:
 
 
 def _extra(result: dict) -> str:
-    extra = result.get("eval_extra_scales") or []
+    extra = result["eval_extra_scales"]
     return f" (and {', '.join(f'{s:g}' for s in extra)}, logits averaged)" if extra else ""
 
 

@@ -102,7 +102,7 @@ def export_model(trained: TrainedModel, path: str | Path, *, batch: int | None =
 
 def _info(trained: TrainedModel, spec, outputs, flip_tta: bool, platforms) -> dict:
     shape = [d if isinstance(d, int) else str(d) for d in spec.shape]
-    k = trained.label_map.num_classes
+    k, scales = trained.label_map.num_classes, network_scales(trained.config)
     described = {"classes": ("uint8", shape[:3]), "confidence": ("float32", shape[:3]),
                  "logits": ("float32", shape[:3] + [k])}
     return {
@@ -110,8 +110,7 @@ def _info(trained: TrainedModel, spec, outputs, flip_tta: bool, platforms) -> di
         "input": {"dtype": "uint8", "shape": shape, "channels": "RGB, 0-255"},
         "outputs": {name: {"dtype": described[name][0], "shape": described[name][1]} for name in outputs},
         "checkpoint": {"source": trained.source, "step": trained.step},
-        "eval_scale": float(trained.config.get("eval_scale", 1.0)),
-        "eval_extra_scales": list(network_scales(trained.config)[1:]), "flip_tta": flip_tta,
+        "eval_scale": scales[0], "eval_extra_scales": list(scales[1:]), "flip_tta": flip_tta,
         "platforms": list(platforms), "jax_version": jax.__version__, "config": trained.config.to_dict(),
     }
 

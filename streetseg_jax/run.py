@@ -147,7 +147,7 @@ def class_weights(config, source, label_map: LabelMap, log: "RunLog") -> np.ndar
     weights = median_frequency_weights(*class_pixel_counts(masks, label_map.num_classes)) ** power
     log.say(f"median-frequency class weights{f' to the power {power:g}' if power != 1 else ''}: " + ", ".join(
         f"{n} {w:.3f}" for n, w in zip(label_map.names, weights)))
-    return weights.astype(np.float32)
+    return weights
 
 
 def provenance(config, info) -> dict:
