@@ -170,6 +170,21 @@ def test_rotated_box_and_ellipse(tmp_path):
     assert coverage(ellipse, 40, 40).sum() == pytest.approx(np.pi * 12 * 6, rel=1e-9)
 
 
+@pytest.mark.parametrize("rx", ["1e300", "1.7e308"])
+def test_an_ellipse_of_huge_radius_gives_a_mask_or_our_error(tmp_path, rx):
+    # the vertex count once overflowed: ceil() of an infinite count
+    path = write_xml(tmp_path, f'''
+  <image id="0" name="a.png" width="40" height="40">
+    <ellipse label="road" cx="20" cy="20" rx="{rx}" ry="6"/>
+  </image>''')
+    try:
+        annotation = cvat.read(path, None)[0]
+    except LabelFormatError as e:
+        assert str(path) in str(e)
+        return
+    assert annotation_to_mask(annotation, default_label_map()).mask.shape == (40, 40)
+
+
 def test_folder_reads_every_cvat_file_and_skips_other_xml(tmp_path):
     write_xml(tmp_path, '<image id="0" name="a.png" width="4" height="4"/>', "one.xml")
     write_xml(tmp_path, '<image id="0" name="b.png" width="4" height="4"/>', "two.xml")

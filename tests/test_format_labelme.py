@@ -184,6 +184,18 @@ def test_circle_becomes_a_polygon_of_the_circles_area(tmp_path):
 def test_circle_vertices_grow_with_the_radius():
     assert labelme.circle_vertices(0.0) == 16
     assert labelme.circle_vertices(10) < labelme.circle_vertices(100) < labelme.circle_vertices(1000) <= 4096
+    assert labelme.circle_vertices(3.6e306) == labelme.circle_vertices(1e300) == 4096   # no overflow
+
+
+def test_a_circle_of_huge_radius_gives_a_mask_or_our_error(tmp_path):
+    # found by the fuzz test below: a rim point at 3.6e306 made the vertex count infinite
+    path = write_json(tmp_path, labelme_file([shape("road", [[3.6e306, 10], [15, 14]], "circle")]))
+    try:
+        annotation = read_one(path)
+    except LabelFormatError as e:
+        assert str(path) in str(e)
+        return
+    assert annotation_to_mask(annotation, default_label_map()).mask.shape == (annotation.height, annotation.width)
 
 
 def test_mask_shape_is_placed_at_its_first_point(tmp_path):

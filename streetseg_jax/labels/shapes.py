@@ -6,6 +6,7 @@ so pixel (row r, column c) is the unit square [c, c+1) x [r, r+1) and its centre
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +60,14 @@ def make_key(parts: list[str], where: str) -> str:
 
 def _too_long(part: str) -> bool:
     return len(part.encode("utf-8", "replace")) > _MAX_KEY_PART
+
+
+CIRCLE_TOLERANCE = 0.01     # px between a circle or ellipse and the polygon standing in for it
+
+
+def circle_vertices(radius: float, fewest: int = 16, most: int = 4096) -> int:
+    """Vertices for a polygon within CIRCLE_TOLERANCE px of a circle of `radius` (for an ellipse, its larger
+    radius): the sagitta r (1 - cos(pi/n)) ~ r pi^2 / 2n^2, clamped to [fewest, most]."""
+    needed = math.pi * math.sqrt(max(radius, 0.0) / (2 * CIRCLE_TOLERANCE))
+    # min first: a huge radius makes `needed` infinite, which ceil cannot turn into an int
+    return int(max(math.ceil(min(needed, most)), fewest))

@@ -8,7 +8,7 @@ Shapes are kept in file order, which is LabelMe's drawing order (later shapes on
   polygon    the points as one ring (a missing shape_type, as in old files, means polygon)
   rectangle  two opposite corners
   circle     centre and one point on the circle -> a polygon of enough vertices that it strays from the true circle
-             by at most _CIRCLE_TOLERANCE px, with the radius scaled so the polygon's area equals the circle's
+             by at most shapes.CIRCLE_TOLERANCE px, with the radius scaled so the polygon's area equals the circle's
   mask       a base64 PNG of the shape's box, its top-left pixel at the first point -> a full-image raster
   line, linestrip, point, points: no area, skipped (not an error); labelme2voc would paint lines 10 px wide and
              points as discs of radius 5, which are drawing artefacts rather than regions
@@ -42,13 +42,11 @@ from PIL import Image
 
 from streetseg_jax.labels import images
 from streetseg_jax.labels.jsonio import load_json
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, circle_vertices
 
 IGNORE_LABEL = "__ignore__"
 AREA_TYPES = ("polygon", "rectangle", "circle", "mask")
 NO_AREA_TYPES = ("line", "linestrip", "point", "points")
-_CIRCLE_TOLERANCE = 0.01    # px between the circle and the polygon standing in for it
-_CIRCLE_VERTICES = (16, 4096)
 _LOOKS_LIKE_FILES = 3       # how many JSON files --format auto opens before deciding
 
 
@@ -214,13 +212,6 @@ def _circle(points: np.ndarray, where: str) -> np.ndarray:
     # The inscribed polygon loses area; scaling its radius gives back exactly the circle's area.
     scaled = radius * math.sqrt(2 * math.pi / (count * math.sin(2 * math.pi / count)))
     return centre + scaled * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-
-
-def circle_vertices(radius: float) -> int:
-    """Vertices for a polygon within _CIRCLE_TOLERANCE px of a circle: the sagitta r (1 - cos(pi/n)) ~ r pi^2 / 2n^2."""
-    needed = math.pi * math.sqrt(max(radius, 0.0) / (2 * _CIRCLE_TOLERANCE))
-    low, high = _CIRCLE_VERTICES
-    return int(min(max(math.ceil(needed), low), high))
 
 
 def _expect_points(points: np.ndarray, count: int, kind: str, meaning: str, where: str) -> None:
