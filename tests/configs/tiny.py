@@ -27,6 +27,7 @@ def get_config():
     c.eval_batch_size = 4
     c.eval_scale = 1.0
     c.eval_flip_tta = False
+    c.eval_extra_scales = ()
     c.eval_every_steps = 3
     c.log_every_steps = 1
     c.checkpoint_every_steps = 3
