@@ -18,6 +18,7 @@ from streetseg_jax.labels.convert import annotation_to_mask
 from streetseg_jax.labels.formats import labelme
 from streetseg_jax.labels.label_map import ClassInfo, LabelMap, default_label_map
 from streetseg_jax.labels.rasterize import coverage
+from streetseg_jax.labels import shapes
 from streetseg_jax.labels.shapes import LabelFormatError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "annotation-samples" / "labelme"
@@ -176,15 +177,15 @@ def test_rectangle_from_corners_in_any_order(tmp_path):
 def test_circle_becomes_a_polygon_of_the_circles_area(tmp_path):
     annotation = read_one(write_json(tmp_path, labelme_file([shape("road", [[15, 10], [15, 16]], "circle")])))
     ring = annotation.shapes[0].exterior
-    assert len(ring) == labelme.circle_vertices(6.0) >= 16
+    assert len(ring) == shapes.circle_vertices(6.0) >= 16
     assert coverage(annotation.shapes[0], 20, 30).sum() == pytest.approx(np.pi * 36, rel=1e-9)
     assert np.abs(np.hypot(*(ring - [15, 10]).T) - 6).max() < 0.02
 
 
 def test_circle_vertices_grow_with_the_radius():
-    assert labelme.circle_vertices(0.0) == 16
-    assert labelme.circle_vertices(10) < labelme.circle_vertices(100) < labelme.circle_vertices(1000) <= 4096
-    assert labelme.circle_vertices(3.6e306) == labelme.circle_vertices(1e300) == 4096   # no overflow
+    assert shapes.circle_vertices(0.0) == 16
+    assert shapes.circle_vertices(10) < shapes.circle_vertices(100) < shapes.circle_vertices(1000) <= 4096
+    assert shapes.circle_vertices(3.6e306) == shapes.circle_vertices(1e300) == 4096   # no overflow
 
 
 def test_a_circle_of_huge_radius_gives_a_mask_or_our_error(tmp_path):

@@ -71,3 +71,13 @@ def circle_vertices(radius: float, fewest: int = 16, most: int = 4096) -> int:
     needed = math.pi * math.sqrt(max(radius, 0.0) / (2 * CIRCLE_TOLERANCE))
     # min first: a huge radius makes `needed` infinite, which ceil cannot turn into an int
     return int(max(math.ceil(min(needed, most)), fewest))
+
+
+def ellipse_ring(cx: float, cy: float, rx: float, ry: float, fewest: int = 16) -> np.ndarray:
+    """(n, 2) polygon standing in for an axis-aligned ellipse (a circle when rx == ry): n = circle_vertices of the
+    larger radius, each vertex pushed out so the polygon's area is exactly pi * rx * ry (the inscribed n-gon loses
+    area; an affine image of a regular n-gon keeps its area ratio)."""
+    n = circle_vertices(max(abs(rx), abs(ry)), fewest=fewest)
+    scale = math.sqrt(2 * math.pi / (n * math.sin(2 * math.pi / n)))
+    angle = np.arange(n) * (2 * np.pi / n)
+    return np.stack([cx + scale * rx * np.cos(angle), cy + scale * ry * np.sin(angle)], axis=1)

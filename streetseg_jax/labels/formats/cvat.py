@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from streetseg_jax.labels.images import MAX_PIXELS, check_size, is_file, resolve_inside
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, circle_vertices, make_key
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, ellipse_ring, make_key
 from streetseg_jax.labels.xmlio import parse_xml
 
 _NO_AREA = ("polyline", "points", "skeleton", "tag", "cuboid")
@@ -162,12 +162,7 @@ def _box(element: ET.Element, where: str) -> np.ndarray:
 
 def _ellipse(element: ET.Element, where: str) -> np.ndarray:
     cx, cy, rx, ry = (_float(element, name, where) for name in ("cx", "cy", "rx", "ry"))
-    # n vertices keep the chord sag under shapes.CIRCLE_TOLERANCE; pushing them out by `scale` makes the polygon's
-    # area exactly pi * rx * ry (an affine image of a regular n-gon keeps its area ratio).
-    n = circle_vertices(max(abs(rx), abs(ry)), fewest=32)
-    scale = math.sqrt(2 * math.pi / (n * math.sin(2 * math.pi / n)))
-    angle = np.arange(n) * (2 * np.pi / n)
-    ring = np.stack([cx + scale * rx * np.cos(angle), cy + scale * ry * np.sin(angle)], axis=1)
+    ring = ellipse_ring(cx, cy, rx, ry, fewest=32)
     return _rotate(ring, _float(element, "rotation", where, 0.0), (cx, cy))
 
 

@@ -42,7 +42,7 @@ from PIL import Image
 
 from streetseg_jax.labels import images
 from streetseg_jax.labels.jsonio import load_json
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, circle_vertices
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, ellipse_ring
 
 IGNORE_LABEL = "__ignore__"
 AREA_TYPES = ("polygon", "rectangle", "circle", "mask")
@@ -207,11 +207,7 @@ def _circle(points: np.ndarray, where: str) -> np.ndarray:
     radius = float(np.hypot(*(rim - centre)))
     if not math.isfinite(radius):
         raise LabelFormatError(f"{where}: the circle's radius is not finite")
-    count = circle_vertices(radius)
-    angles = 2 * np.pi * np.arange(count) / count
-    # The inscribed polygon loses area; scaling its radius gives back exactly the circle's area.
-    scaled = radius * math.sqrt(2 * math.pi / (count * math.sin(2 * math.pi / count)))
-    return centre + scaled * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return ellipse_ring(*centre, radius, radius)
 
 
 def _expect_points(points: np.ndarray, count: int, kind: str, meaning: str, where: str) -> None:
