@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from streetseg_jax.models.unet import (UPSAMPLE_MODES, DepthToSpaceUp, TransposeUp, UNet, build_model,
-                                       depth_to_space, param_count, preprocess)
+                                       depth_to_space, param_count, preprocess, subpixel_matmul)
 
 
 def tiny(upsample="transpose", depth=2, dtype=jnp.float32, dropout=0.0, seed=0):
@@ -101,6 +101,22 @@ def test_transpose_up_is_a_stride_two_transposed_conv_in_torch_convention():
     reference.kernel[...] = up.kernel[...][::-1, ::-1]
     reference.bias[...] = up.bias[...]
     np.testing.assert_allclose(y, reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_transpose_up_gradients_equal_those_of_flax_conv_transpose():
+    # subpixel_matmul writes its own backward pass; the reference is autodiff through flax's ConvTranspose.
+    x, dy = images((2, 3, 4, 6)), images((2, 6, 8, 5), seed=1)
+    kernel = jax.random.normal(jax.random.key(2), (2, 2, 6, 5))
+
+    def reference(x, kernel):
+        return jax.lax.conv_transpose(x, kernel[::-1, ::-1], (2, 2), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    ours = jax.vjp(subpixel_matmul, x, kernel)
+    theirs = jax.vjp(reference, x, kernel)
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-5, atol=1e-5)
+    for mine, expected in zip(ours[1](dy), theirs[1](dy)):
+        np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_depth_to_space_places_channel_groups_on_sub_pixels():
