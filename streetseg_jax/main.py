@@ -6,11 +6,15 @@ detect the cluster (SLURM and friends). Running the same command again resumes f
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+if __name__ == "__main__":     # before JAX loads: the command may run itself again once, see hugepages.py
+    from streetseg_jax import hugepages
+    hugepages.reexec_with_huge_pages()
 
-from streetseg_jax import sharding
-from streetseg_jax.cli import normalise_argv
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from streetseg_jax import sharding  # noqa: E402
+from streetseg_jax.cli import normalise_argv  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")

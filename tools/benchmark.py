@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from streetseg_jax import hugepages  # noqa: E402
 from streetseg_jax.cli import normalise_argv  # noqa: E402
 
 COMMANDS = ("train", "input", "eval", "predict", "rasterize", "polygonize", "import", "scaling", "build")
@@ -57,4 +58,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    hugepages.reexec_with_huge_pages()      # as training runs: see streetseg_jax/hugepages.py
     main(sys.argv[1:])
