@@ -20,6 +20,8 @@ from streetseg_jax import hugepages  # noqa: E402
 from streetseg_jax.cli import normalise_argv  # noqa: E402
 
 COMMANDS = ("train", "input", "eval", "predict", "rasterize", "polygonize", "import", "scaling", "build")
+# These time what `python -m streetseg_jax.main` runs, so they run as it does: with huge pages (hugepages.py).
+AS_TRAINING = ("train", "input", "scaling")
 
 
 def _number(value) -> str:
@@ -58,5 +60,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    hugepages.reexec_with_huge_pages()      # as training runs: see streetseg_jax/hugepages.py
+    if sys.argv[1:2] and sys.argv[1] in AS_TRAINING:
+        hugepages.reexec_with_huge_pages()
     main(sys.argv[1:])
