@@ -17,6 +17,7 @@ import platform
 import sys
 
 TUNABLE = "glibc.malloc.hugetlb=1"
+_NAME = TUNABLE.split("=")[0] + "="
 OPT_OUT = "STREETSEG_HUGE_PAGES"
 THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
@@ -28,7 +29,7 @@ def reexec_with_huge_pages() -> None:
 
 
 def wanted(environ=os.environ, thp_mode_file: str = THP_MODE) -> bool:
-    if environ.get(OPT_OUT) == "0" or TUNABLE.split("=")[0] in environ.get("GLIBC_TUNABLES", ""):
+    if environ.get(OPT_OUT) == "0" or _NAME in environ.get("GLIBC_TUNABLES", ""):
         return False
     return _glibc_with_hugetlb() and _thp_mode(thp_mode_file) == "madvise"
 
@@ -37,6 +38,13 @@ def environment_with_tunable(environ) -> dict:
     """A copy of `environ` whose GLIBC_TUNABLES also holds the huge-page tunable (tunables are ':'-separated)."""
     tunables = [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t]
     return {**environ, "GLIBC_TUNABLES": ":".join([*tunables, TUNABLE])}
+
+
+def environment_without_tunable(environ) -> dict:
+    """A copy of `environ` without the huge-page tunable (for peers timed beside us: they run as shipped)."""
+    tunables = [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith(_NAME)]
+    env = {k: v for k, v in environ.items() if k != "GLIBC_TUNABLES"}
+    return {**env, "GLIBC_TUNABLES": ":".join(tunables)} if tunables else env
 
 
 def _glibc_with_hugetlb() -> bool:

@@ -40,6 +40,13 @@ def test_the_tunable_is_added_to_those_already_set():
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
 
 
+def test_peers_get_the_environment_without_it():
+    env = hugepages.environment_without_tunable({"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})
+    assert env == {"A": "1"}
+    env = hugepages.environment_without_tunable({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"})
+    assert env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+
+
 @pytest.mark.skipif(not hugepages.wanted(), reason="huge pages by tunable do not apply on this machine "
                                                    "(needs Linux, glibc 2.35+ and THP in madvise mode)")
 def test_a_command_runs_itself_again_once_with_the_tunable(tmp_path):

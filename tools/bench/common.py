@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from streetseg_jax import hugepages
 
 PEERS = Path(__file__).resolve().parents[1] / "peers"
 
@@ -44,9 +47,10 @@ def installed(module: str) -> bool:
 
 
 def run_peer(script: str, *args, timeout: float = 900) -> float | None:
-    """Run tools/peers/<script> with positional args; it prints one JSON line with images_per_second."""
+    """Run tools/peers/<script> with positional args; it prints one JSON line with images_per_second. The peer runs
+    as its users run it: without the huge-page tunable our training process sets for itself."""
     proc = subprocess.run([sys.executable, str(PEERS / script), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=hugepages.environment_without_tunable(os.environ))
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)["images_per_second"]
