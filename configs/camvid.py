@@ -2,7 +2,8 @@
 
 Budget: 4,600 steps of batch 8 (36,800 crops, about 100 epochs of the 367 train frames): 56 min 18 s of wall time on
 2 idle Xeon cores (a median 11.3 img/s for the train step, plus start-up and four evaluations), val mIoU 0.673 at
-the last step, which was also the best (a second seed: 0.678 in 54 min 11 s). Trained at 0.375 scale (frames 360x480
+the last step, which was also the best (a second seed: 0.678 in 54 min 11 s; with huge pages and the up layers'
+own backward pass, 2026-12-05: 0.670 in 44 min 52 s at 14.3 img/s). Trained at 0.375 scale (frames 360x480
 scaled to 135x180, then randomly by 0.75..1.5, random 128x176 crops, horizontal flips, colour jitter), evaluated on
 `validation` every 1,150 steps at the labels' native 360x480 (the network sees 135x180, eval_scale 0.375, and its
 logits are resized back before the argmax; void is ignored). On two CPU cores the smaller frames' extra steps pay
