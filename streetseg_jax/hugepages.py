@@ -35,16 +35,20 @@ def wanted(environ=os.environ, thp_mode_file: str = THP_MODE) -> bool:
 
 
 def environment_with_tunable(environ) -> dict:
-    """A copy of `environ` whose GLIBC_TUNABLES also holds the huge-page tunable (tunables are ':'-separated)."""
-    tunables = [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t]
-    return {**environ, "GLIBC_TUNABLES": ":".join([*tunables, TUNABLE])}
+    """A copy of `environ` whose GLIBC_TUNABLES also holds the huge-page tunable."""
+    return {**environ, "GLIBC_TUNABLES": ":".join([*_other_tunables(environ), TUNABLE])}
 
 
 def environment_without_tunable(environ) -> dict:
     """A copy of `environ` without the huge-page tunable (for peers timed beside us: they run as shipped)."""
-    tunables = [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith(_NAME)]
     env = {k: v for k, v in environ.items() if k != "GLIBC_TUNABLES"}
-    return {**env, "GLIBC_TUNABLES": ":".join(tunables)} if tunables else env
+    others = _other_tunables(environ)
+    return {**env, "GLIBC_TUNABLES": ":".join(others)} if others else env
+
+
+def _other_tunables(environ) -> list[str]:
+    """GLIBC_TUNABLES (':'-separated) without the huge-page one."""
+    return [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith(_NAME)]
 
 
 def _glibc_with_hugetlb() -> bool:

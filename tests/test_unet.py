@@ -103,8 +103,8 @@ def test_transpose_up_is_a_stride_two_transposed_conv_in_torch_convention():
     np.testing.assert_allclose(y, reference(x), rtol=1e-5, atol=1e-5)
 
 
-def test_transpose_up_gradients_equal_those_of_flax_conv_transpose():
-    # subpixel_matmul writes its own backward pass; the reference is autodiff through flax's ConvTranspose.
+def test_transpose_up_gradients_equal_autodiff_through_conv_transpose():
+    # subpixel_matmul writes its own backward pass; the reference is autodiff through lax.conv_transpose.
     x, dy = images((2, 3, 4, 6)), images((2, 6, 8, 5), seed=1)
     kernel = jax.random.normal(jax.random.key(2), (2, 2, 6, 5))
 
