@@ -135,7 +135,9 @@ def make_train_step(graphdef, tx, class_weights, ignore_id: int, mesh, loss: str
 
     def step(state: TrainState, batch):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (logits, rest)), grads = grad_fn(state.params, state, batch)
+        # The mesh tells kernels that see whole arrays (models/conv.py) how the batch is split.
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            (loss, (logits, rest)), grads = grad_fn(state.params, state, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         preds = jnp.argmax(logits, axis=-1)

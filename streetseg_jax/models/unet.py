@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from streetseg_jax.models import conv
+
 UPSAMPLE_MODES = ("transpose", "resize", "depth_to_space")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -223,8 +225,10 @@ def build_model(config_model: Mapping, num_classes: int, seed: int) -> UNet:
 
 def _conv(in_width, out_width, size, *, use_bias, dtype, rngs, **kwargs):
     # SAME padding on a 3x3 stride-1 conv is torch's padding=1; parameters stay float32 whatever the compute dtype.
+    # conv.conv_general_dilated: lax's, with a faster weight gradient for the 3x3 convs on CPU.
     return nnx.Conv(in_width, out_width, (size, size), padding="SAME", use_bias=use_bias,
-                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs, **kwargs)
+                    dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
+                    conv_general_dilated=conv.conv_general_dilated, **kwargs)
 
 
 def _batch_norm(width, dtype, rngs):

@@ -1,0 +1,130 @@
+// The weight gradient of a 3x3, stride-1, zero-padded ("SAME") float32 convolution in NHWC / HWIO layout:
+//
+//   dkernel[i, j, c, o] = sum over n, h, w of  x[n, h + i - 1, w + j - 1, c] * dy[n, h, w, o]
+//
+// (x outside the image is zero). XLA:CPU computes this as a convolution whose window is the whole feature map and
+// whose "features" are the batch, after transposing both operands; on the U-Net's layers that ran at 5-35 GFLOP/s
+// where its forward convolution runs at about 110. Here it is an outer-product accumulation: a tile of input
+// channels x output channels stays in vector registers while the pixels of a band of rows stream past, and the
+// band (small enough to stay in the core's cache) is swept once per kernel tap and tile.
+//
+// Called through XLA's FFI (see native.py, which compiles this file on first use for the machine it runs on).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace {
+
+namespace ffi = xla::ffi;
+
+constexpr int kLanes = 16;  // floats per vector; GCC and Clang lower this to what the target has (AVX-512: one)
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), aligned(alignof(float))));
+
+struct Shape {
+  int64_t n, h, w, c, o;
+};
+
+// Adds to d[c_tile x o_tile] (row stride o) the products of `rows` rows of x and dy, x shifted by dw columns.
+template <int kIn, int kOut>
+void Tile(const float* x, const float* dy, float* d, const Shape& s, int64_t rows, int64_t w0, int64_t w1,
+          int64_t dw) {
+  Vec acc[kIn][kOut];
+  for (int i = 0; i < kIn; ++i)
+    for (int j = 0; j < kOut; ++j) acc[i][j] = *reinterpret_cast<const Vec*>(d + i * s.o + kLanes * j);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * s.w * s.c;
+    const float* gr = dy + r * s.w * s.o;
+    for (int64_t w = w0; w < w1; ++w) {
+      const float* xp = xr + (w + dw) * s.c;
+      Vec g[kOut];
+      for (int j = 0; j < kOut; ++j) g[j] = *reinterpret_cast<const Vec*>(gr + w * s.o + kLanes * j);
+      for (int i = 0; i < kIn; ++i) {
+        const float xi = xp[i];
+        for (int j = 0; j < kOut; ++j) acc[i][j] += xi * g[j];
+      }
+    }
+  }
+  for (int i = 0; i < kIn; ++i)
+    for (int j = 0; j < kOut; ++j) *reinterpret_cast<Vec*>(d + i * s.o + kLanes * j) = acc[i][j];
+}
+
+// Input channels left over after the full tiles of kIn: one tile of `left` (< kIn) channels.
+template <int kIn, int kOut>
+void Remainder(int64_t left, const float* x, const float* dy, float* d, const Shape& s, int64_t rows, int64_t w0,
+               int64_t w1, int64_t dw) {
+  if constexpr (kIn > 1) {
+    if (left == kIn - 1) return Tile<kIn - 1, kOut>(x, dy, d, s, rows, w0, w1, dw);
+    Remainder<kIn - 1, kOut>(left, x, dy, d, s, rows, w0, w1, dw);
+  }
+}
+
+// One kernel tap (dh, dw in -1..1) over a band of rows, every channel tile.
+template <int kIn, int kOut>
+void Tap(const float* x, const float* dy, float* d, const Shape& s, int64_t rows, int64_t dw) {
+  const int64_t w0 = std::max<int64_t>(0, -dw), w1 = std::min<int64_t>(s.w, s.w - dw);
+  for (int64_t o = 0; o < s.o; o += kOut * kLanes) {
+    int64_t c = 0;
+    for (; c + kIn <= s.c; c += kIn) Tile<kIn, kOut>(x + c, dy + o, d + c * s.o + o, s, rows, w0, w1, dw);
+    if (c < s.c) Remainder<kIn, kOut>(s.c - c, x + c, dy + o, d + c * s.o + o, s, rows, w0, w1, dw);
+  }
+}
+
+// Any channel count (o not a multiple of the vector width): plain loops.
+void Scalar(const float* x, const float* dy, float* d, const Shape& s, int64_t rows, int64_t dw) {
+  const int64_t w0 = std::max<int64_t>(0, -dw), w1 = std::min<int64_t>(s.w, s.w - dw);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t w = w0; w < w1; ++w) {
+      const float* xp = x + (r * s.w + w + dw) * s.c;
+      const float* gp = dy + (r * s.w + w) * s.o;
+      for (int64_t c = 0; c < s.c; ++c)
+        for (int64_t o = 0; o < s.o; ++o) d[c * s.o + o] += xp[c] * gp[o];
+    }
+}
+
+void WeightGradient(const float* x, const float* dy, float* dkernel, const Shape& s) {
+  std::memset(dkernel, 0, sizeof(float) * 9 * s.c * s.o);
+  // Bands of rows of about 256 KiB of x and dy: swept 9 times per channel tile, so they should stay in L2.
+  const int64_t band = std::max<int64_t>(1, (int64_t{256} << 10) / (s.w * (s.c + s.o) * int64_t{sizeof(float)}));
+  for (int64_t n = 0; n < s.n; ++n)
+    for (int64_t h0 = 0; h0 < s.h; h0 += band) {
+      const int64_t h1 = std::min(s.h, h0 + band);
+      for (int64_t dh = -1; dh <= 1; ++dh) {
+        // rows h of dy whose row h + dh of x is inside the image
+        const int64_t a = std::max(h0, -dh), b = std::min(h1, s.h - dh);
+        if (a >= b) continue;
+        const float* xs = x + (n * s.h + a + dh) * s.w * s.c;
+        const float* gs = dy + (n * s.h + a) * s.w * s.o;
+        for (int64_t dw = -1; dw <= 1; ++dw) {
+          float* d = dkernel + ((dh + 1) * 3 + dw + 1) * s.c * s.o;
+          if (s.o % (2 * kLanes) == 0) {
+            Tap<8, 2>(xs, gs, d, s, b - a, dw);
+          } else if (s.o % kLanes == 0) {
+            Tap<16, 1>(xs, gs, d, s, b - a, dw);
+          } else {
+            Scalar(xs, gs, d, s, b - a, dw);
+          }
+        }
+      }
+    }
+}
+
+ffi::Error Run(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dkernel) {
+  const auto xs = x.dimensions(), gs = dy.dimensions(), ks = dkernel->dimensions();
+  if (xs.size() != 4 || gs.size() != 4 || ks.size() != 4)
+    return ffi::Error::InvalidArgument("conv3x3 weight gradient: x, dy and the kernel must be rank 4");
+  const Shape s{xs[0], xs[1], xs[2], xs[3], gs[3]};
+  if (gs[0] != s.n || gs[1] != s.h || gs[2] != s.w || ks[0] != 3 || ks[1] != 3 || ks[2] != s.c || ks[3] != s.o)
+    return ffi::Error::InvalidArgument("conv3x3 weight gradient: shapes do not match (N,H,W,C), (N,H,W,O), (3,3,C,O)");
+  WeightGradient(x.typed_data(), dy.typed_data(), dkernel->typed_data(), s);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StreetsegConv3x3WeightGradient, Run,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

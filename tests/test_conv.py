@@ -1,0 +1,152 @@
+"""The 3x3 convolution with our own weight-gradient kernel: XLA's gradients, per device under sharding, fallbacks."""
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from streetseg_jax.models import conv, native
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def native_or_skip():
+    target = native.conv3x3_weight_gradient_target()
+    if target is None:
+        pytest.skip("the native kernel could not be compiled here (no C++ compiler?); XLA's gradient is used")
+    return target
+
+
+def normal(shape, seed):
+    return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+# (B, H, W, C, O): full channel tiles of 8 and 16, remainders (3, 17 channels), output widths that are not a multiple
+# of 16 (plain loops), 1-pixel and 1-row maps where only some taps see the image.
+@pytest.mark.parametrize("shape", [(2, 9, 13, 3, 16), (1, 6, 5, 17, 64), (2, 7, 11, 32, 32), (3, 5, 4, 5, 8),
+                                   (2, 1, 1, 16, 48), (1, 1, 9, 24, 16), (2, 8, 1, 9, 20)])
+def test_gradients_equal_xla_autodiff(shape):
+    native_or_skip()
+    b, h, w, c, o = shape
+    x, kernel, dy = normal((b, h, w, c), 0), normal((3, 3, c, o), 1), normal((b, h, w, o), 2)
+    y, ours = jax.vjp(jax.jit(conv.conv3x3), x, kernel)
+    y_ref, xla = jax.vjp(conv._xla_conv, x, kernel)
+    np.testing.assert_array_equal(y, y_ref)
+    for mine, expected in zip(ours(dy), xla(dy)):
+        np.testing.assert_allclose(mine, expected, rtol=1e-4, atol=1e-4 * float(jnp.abs(expected).max()))
+
+
+def gradient_program(conv_fn, x, kernel):
+    return str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(conv_fn(x, k) ** 2)))(kernel))
+
+
+def test_only_plain_float32_3x3_convolutions_take_the_kernel():
+    native_or_skip()
+    x = normal((2, 8, 8, 4), 0)
+
+    def program(size=3, dtype=jnp.float32, strides=(1, 1), padding="SAME"):
+        def layer(x, kernel):
+            return conv.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), strides, padding,
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return gradient_program(layer, x, normal((size, size, 4, 16), 1))
+
+    assert native.TARGET in program()
+    for other in (dict(size=5), dict(size=1), dict(strides=(2, 2)), dict(padding="VALID"),
+                  dict(dtype=jnp.bfloat16)):
+        assert native.TARGET not in program(**other), other
+
+
+def test_the_unet_convolutions_use_it():
+    native_or_skip()
+    from streetseg_jax.models.unet import UNet
+
+    model = UNet(3, base_width=4, depth=2, rngs=nnx.Rngs(0))
+    model.eval()  # running BatchNorm statistics: the same layers, no state to update under the trace
+
+    def loss(model, x):
+        return jnp.mean(model(x) ** 2)
+
+    jaxpr = str(jax.make_jaxpr(nnx.grad(loss))(model, normal((2, 16, 16, 3), 0)))
+    assert jaxpr.count(native.TARGET) == 10  # two per block: 2 down, the middle, 2 up
+
+
+def test_switched_off_or_without_a_compiler_xla_computes_the_gradient(monkeypatch, tmp_path):
+    x, kernel, dy = normal((2, 6, 6, 4), 0), normal((3, 3, 4, 16), 1), normal((2, 6, 6, 16), 2)
+    expected = jax.vjp(conv._xla_conv, x, kernel)[1](dy)
+    try:
+        monkeypatch.setenv("STREETSEG_NATIVE", "0")
+        native.conv3x3_weight_gradient_target.cache_clear()
+        assert native.conv3x3_weight_gradient_target() is None
+        assert native.TARGET not in gradient_program(conv.conv3x3, x, kernel)
+
+        monkeypatch.delenv("STREETSEG_NATIVE")
+        monkeypatch.setenv("STREETSEG_NATIVE_CACHE", str(tmp_path))   # nothing compiled there
+        monkeypatch.setenv("PATH", "")
+        monkeypatch.delenv("CXX", raising=False)
+        native.conv3x3_weight_gradient_target.cache_clear()
+        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
+            assert native.conv3x3_weight_gradient_target() is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per process, not once per layer
+            ours = jax.vjp(conv.conv3x3, x, kernel)[1](dy)
+        for mine, reference in zip(ours, expected):
+            np.testing.assert_array_equal(mine, reference)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        native.conv3x3_weight_gradient_target.cache_clear()
+
+
+def test_a_failed_compile_leaves_nothing_half_written(monkeypatch, tmp_path):
+    monkeypatch.setenv("STREETSEG_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # found on PATH, fails
+    with pytest.raises(RuntimeError, match="failed"):
+        native.build()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
+    native_or_skip()
+    monkeypatch.setenv("STREETSEG_NATIVE_CACHE", str(tmp_path))
+    path = native.build()
+    built = path.stat().st_mtime_ns
+    assert native.build() == path and path.stat().st_mtime_ns == built
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from streetseg_jax import sharding
+from streetseg_jax.models import conv, native
+assert native.conv3x3_weight_gradient_target() is not None
+mesh = sharding.make_mesh()
+x = jax.random.normal(jax.random.key(0), (16, 12, 10, 8))
+kernel = jax.random.normal(jax.random.key(1), (3, 3, 8, 32))
+weights = jax.random.normal(jax.random.key(2), (16, 12, 10, 32))
+
+def gradient(x, kernel, conv_fn=conv.conv3x3):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        return jax.grad(lambda k: jnp.sum(conv_fn(x, k) * weights))(kernel)
+
+step = jax.jit(gradient, in_shardings=(sharding.batch_sharding(mesh), sharding.replicated(mesh)))
+program = step.lower(x, kernel).compile().as_text()
+assert program.count(native.TARGET) >= 1 and "all-gather" not in program and "all-reduce" in program, program
+ours = step(x, kernel)
+reference = jax.jit(lambda x, k: gradient(x, k, conv._xla_conv))(x, kernel)
+np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-3)
+print("PER-DEVICE-OK")
+"""
+
+
+def test_under_data_parallelism_each_device_computes_its_share_and_they_are_summed():
+    native_or_skip()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert "PER-DEVICE-OK" in proc.stdout, proc.stdout + proc.stderr
