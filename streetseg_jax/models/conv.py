@@ -1,21 +1,23 @@
-"""The U-Net's 3x3 convolutions, with their weight gradient computed by our own kernel on CPU.
+"""The U-Net's 3x3 convolutions, trained with our own CPU kernels where XLA:CPU's are slow.
 
-XLA:CPU computes the forward pass and the input gradient of a 3x3 convolution well, but its weight gradient three
-times slower than both together: it treats the gradient as a convolution whose window is the whole feature map and
-whose features are the few images of the batch, and transposes both operands to feed it. `conv_general_dilated`
-here is `lax.conv_general_dilated` with the same forward pass and input gradient, and on CPU, for float32 3x3
-stride-1 SAME convolutions in NHWC / HWIO layout, the weight gradient from `conv3x3_weight_gradient.cc` (`native`):
-the U-Net's 18 weight gradients at B=4 192x256 on one core, 450 -> 142 ms. Anywhere else (GPU, bfloat16, other
-shapes, no compiler) it is XLA's.
+`conv_general_dilated` is `lax.conv_general_dilated`; for float32 3x3 stride-1 SAME convolutions in NHWC / HWIO
+layout it is `conv3x3`, whose value is XLA's and whose training passes on CPU take kernels from `conv3x3.cc`
+(`native`), per layer, one core, B=4 192x256 (docs/performance.md):
 
-The kernel sees whole arrays, so under data parallelism it runs per device inside `shard_map` on the batch and the
-partial gradients are summed across devices, as XLA's own gradient would be. The mesh is the one set with
+- the weight gradient, always: XLA:CPU computes it as a convolution whose window is the whole feature map and whose
+  features are the batch's few images, after transposing both operands; the U-Net's 18 took 450 ms, ours 142;
+- the forward pass (under differentiation) and the input gradient of the narrow layers, 16 output channels from at
+  most 16: XLA:CPU's ran at 16-60 GFLOP/s there (the first layer 10.7 ms, ours 1.9; 16 -> 16 channels 14.8, ours
+  8.0) and at about 140 on wider layers, where it is kept.
+
+Anywhere else (GPU, bfloat16, other shapes, no compiler, inference) XLA computes everything.
+
+The kernels see whole arrays, so under data parallelism they run per device inside `shard_map` on the batch (the
+weight gradients then summed across devices, as XLA's own would be). The mesh is the one set with
 `jax.sharding.use_abstract_mesh` (the train step sets it); without one, or with a batch the mesh does not divide,
-the kernel runs on the whole batch (correct, but XLA gathers the batch to every device first).
+they run on the whole batch (correct, but XLA gathers the batch to every device first).
 """
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +31,7 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """`lax.conv_general_dilated`, with the native weight gradient where it applies (see the module docstring)."""
+    """`lax.conv_general_dilated`, trained with the native kernels where they apply (see the module docstring)."""
     if _plain_3x3(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                   feature_group_count, precision, kwargs):
         return conv3x3(lhs, rhs)
@@ -58,39 +60,61 @@ def conv3x3(x, kernel):
     return _xla_conv(x, kernel)
 
 
+def _targets():
+    return native.conv3x3_targets() if jax.default_backend() == "cpu" else None
+
+
+def _narrow(in_channels: int, out_channels: int) -> bool:
+    """Where the native forward kernel beats XLA:CPU's (measured: 3 -> 16 and 16 -> 16, not 32 -> 16 or 16 -> 32)."""
+    return out_channels == 16 and in_channels <= 16
+
+
+def _native_forward(targets, x, kernel):
+    def call(x, kernel):
+        shape = jax.ShapeDtypeStruct((*x.shape[:-1], kernel.shape[-1]), jnp.float32)
+        return jax.ffi.ffi_call(targets.forward, shape)(x, kernel)
+
+    return _per_device(call, x, kernel, sum_over_devices=False)
+
+
 def _conv3x3_forward(x, kernel):
+    targets = _targets()
+    if targets is not None and _narrow(*kernel.shape[2:]):
+        return _native_forward(targets, x, kernel), (x, kernel)
     return _xla_conv(x, kernel), (x, kernel)
 
 
 def _conv3x3_backward(saved, dy):
     x, kernel = saved
-    _, input_vjp = jax.vjp(lambda x: _xla_conv(x, kernel), x)
-    (dx,) = input_vjp(dy)
-    target = native.conv3x3_weight_gradient_target() if jax.default_backend() == "cpu" else None
-    if target is None:
-        _, kernel_vjp = jax.vjp(lambda k: _xla_conv(x, k), kernel)
-        (dkernel,) = kernel_vjp(dy)
+    targets = _targets()
+    if targets is not None and _narrow(*kernel.shape[2:][::-1]):
+        # the forward convolution of dy with the kernel turned round and its channels swapped
+        dx = _native_forward(targets, dy, kernel[::-1, ::-1].transpose(0, 1, 3, 2))
     else:
-        dkernel = _per_device(functools.partial(_native_weight_gradient, target), x, dy)
+        (dx,) = jax.vjp(lambda x: _xla_conv(x, kernel), x)[1](dy)
+    if targets is None:
+        (dkernel,) = jax.vjp(lambda k: _xla_conv(x, k), kernel)[1](dy)
+    else:
+        call = jax.ffi.ffi_call(targets.weight_gradient, jax.ShapeDtypeStruct(kernel.shape, jnp.float32))
+        dkernel = _per_device(call, x, dy, sum_over_devices=True)
     return dx, dkernel
 
 
 conv3x3.defvjp(_conv3x3_forward, _conv3x3_backward)
 
 
-def _native_weight_gradient(target, x, dy):
-    shape = jax.ShapeDtypeStruct((3, 3, x.shape[-1], dy.shape[-1]), jnp.float32)
-    return jax.ffi.ffi_call(target, shape)(x, dy)
-
-
-def _per_device(weight_gradient, x, dy):
-    """The batch's weight gradient: per device on its rows of the batch, summed over the mesh."""
+def _per_device(kernel_call, x, other, *, sum_over_devices: bool):
+    """kernel_call(x, other) on each device's rows of the batch x (other: its rows too where the results are summed
+    over the mesh, else whole; the results are then each device's rows of the output)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1 or x.shape[0] % mesh.size:
-        return weight_gradient(x, dy)
-    axes = tuple(mesh.axis_names)
+        return kernel_call(x, other)
+    rows = P(tuple(mesh.axis_names))
 
-    def local(x, dy):
-        return lax.psum(weight_gradient(x, dy), axes)
+    def local(x, other):
+        result = kernel_call(x, other)
+        return lax.psum(result, rows[0]) if sum_over_devices else result
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(axes)), out_specs=P(), check_vma=False)(x, dy)
+    specs = (rows, rows if sum_over_devices else P())
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P() if sum_over_devices else rows,
+                         check_vma=False)(x, other)

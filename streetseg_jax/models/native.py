@@ -1,13 +1,13 @@
 """Our own CPU kernels, compiled on first use for the machine they run on and called through XLA's FFI.
 
-One kernel so far, the weight gradient of a 3x3 convolution (`conv3x3_weight_gradient.cc`; why it exists is in
-`conv.py`). The first process that needs it compiles it with the system's C++ compiler (`$CXX`, else `c++`, `g++`
+Two kernels so far, the forward pass and the weight gradient of a 3x3 convolution (`conv3x3.cc`; when and why
+they are used is in `conv.py`). The first process that needs it compiles it with the system's C++ compiler (`$CXX`, else `c++`, `g++`
 or `clang++`), optimised for this CPU, into a cache directory (`$STREETSEG_NATIVE_CACHE`, else
 `$XDG_CACHE_HOME/streetseg_jax` or `~/.cache/streetseg_jax`); the library's name carries a hash of the source, the
 compiler, jaxlib's FFI headers and the CPU, so a change to any of them builds a new one and a cache shared between
 machines never hands one a library built for another. About 2 s, once.
 
-Where no compiler is found, or it fails, `conv3x3_weight_gradient_target()` warns once and returns None and the
+Where no compiler is found, or it fails, `conv3x3_targets()` warns once and returns None and the
 callers fall back to XLA's own computation: slower on CPU, the same result. `STREETSEG_NATIVE=0` turns the kernels
 off.
 """
@@ -24,13 +24,21 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jaxlib
 
-SOURCE = Path(__file__).with_name("conv3x3_weight_gradient.cc")
-TARGET = "streetseg_conv3x3_weight_gradient"
-_SYMBOL = "StreetsegConv3x3WeightGradient"
+SOURCE = Path(__file__).with_name("conv3x3.cc")
+
+
+class Conv3x3Targets(NamedTuple):
+    """FFI target names, registered for the CPU platform."""
+    forward: str = "streetseg_conv3x3_forward"
+    weight_gradient: str = "streetseg_conv3x3_weight_gradient"
+
+
+_SYMBOLS = Conv3x3Targets(forward="StreetsegConv3x3Forward", weight_gradient="StreetsegConv3x3WeightGradient")
 _FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
 
 
@@ -39,8 +47,8 @@ def enabled() -> bool:
 
 
 @functools.cache
-def conv3x3_weight_gradient_target() -> str | None:
-    """The FFI target name of the compiled kernel, registered for the CPU platform; None where it cannot be had."""
+def conv3x3_targets() -> Conv3x3Targets | None:
+    """The compiled kernels' FFI targets, registered for the CPU platform; None where they cannot be had."""
     if not enabled():
         return None
     try:
@@ -50,8 +58,10 @@ def conv3x3_weight_gradient_target() -> str | None:
                       f"(slower on CPU; set STREETSEG_NATIVE=0 to silence this): {error}", RuntimeWarning,
                       stacklevel=2)
         return None
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(getattr(library, _SYMBOL)), platform="cpu")
-    return TARGET
+    targets = Conv3x3Targets()
+    for target, symbol in zip(targets, _SYMBOLS):
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    return targets
 
 
 def build() -> Path:
@@ -62,7 +72,7 @@ def build() -> Path:
     for part in (SOURCE.read_bytes(), " ".join(_FLAGS).encode(), _compiler_version(compiler).encode(),
                  jaxlib.__version__.encode(), _cpu_signature().encode()):
         key.update(part)
-    path = cache_dir() / f"conv3x3_weight_gradient-{key.hexdigest()[:16]}.so"
+    path = cache_dir() / f"{SOURCE.stem}-{key.hexdigest()[:16]}.so"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,16 @@
-// The weight gradient of a 3x3, stride-1, zero-padded ("SAME") float32 convolution in NHWC / HWIO layout:
+// Two kernels of a 3x3, stride-1, zero-padded ("SAME") float32 convolution in NHWC / HWIO layout, where XLA:CPU's
+// own are slow (conv.py says when each is used):
 //
-//   dkernel[i, j, c, o] = sum over n, h, w of  x[n, h + i - 1, w + j - 1, c] * dy[n, h, w, o]
+//   forward:          y[n, h, w, o]        = sum over i, j, c     of x[n, h + i - 1, w + j - 1, c] * k[i, j, c, o]
+//   weight gradient:  dkernel[i, j, c, o]  = sum over n, h, w     of x[n, h + i - 1, w + j - 1, c] * dy[n, h, w, o]
 //
-// (x outside the image is zero). XLA:CPU computes this as a convolution whose window is the whole feature map and
-// whose "features" are the batch, after transposing both operands; on the U-Net's layers that ran at 5-35 GFLOP/s
-// where its forward convolution runs at about 110. Here it is an outer-product accumulation: a tile of input
+// (x outside the image is zero). XLA:CPU computes the weight gradient as a convolution whose window is the whole
+// feature map and whose "features" are the batch, after transposing both operands: 5-35 GFLOP/s on the U-Net's
+// layers, where its forward convolution runs at about 140. Here it is an outer-product accumulation: a tile of input
 // channels x output channels stays in vector registers while the pixels of a band of rows stream past, and the
-// band (small enough to stay in the core's cache) is swept once per kernel tap and tile.
+// band (small enough to stay in the core's cache) is swept once per kernel tap and tile. The forward kernel is for
+// the narrow layers (16 output channels, few input channels) where XLA:CPU's runs at 16-60 GFLOP/s: a row of 14
+// output pixels x 16 channels stays in registers while the 9 taps x input channels are added in.
 //
 // Called through XLA's FFI (see native.py, which compiles this file on first use for the machine it runs on).
 #include <algorithm>
@@ -110,7 +114,8 @@ void WeightGradient(const float* x, const float* dy, float* dkernel, const Shape
     }
 }
 
-ffi::Error Run(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dkernel) {
+ffi::Error RunWeightGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                             ffi::ResultBuffer<ffi::F32> dkernel) {
   const auto xs = x.dimensions(), gs = dy.dimensions(), ks = dkernel->dimensions();
   if (xs.size() != 4 || gs.size() != 4 || ks.size() != 4)
     return ffi::Error::InvalidArgument("conv3x3 weight gradient: x, dy and the kernel must be rank 4");
@@ -121,9 +126,79 @@ ffi::Error Run(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuf
   return ffi::Error::Success();
 }
 
+// Output pixels w0 .. w0 + kPixels - 1 of row (n, h), output channels o .. o + kLanes - 1; every tap of these
+// pixels lies inside the image along w (rows outside it are skipped).
+template <int kPixels>
+void ForwardTile(const float* x, const float* k, float* y, const Shape& s, int64_t n, int64_t h, int64_t w0,
+                 int64_t o) {
+  Vec acc[kPixels] = {};
+  for (int64_t dh = -1; dh <= 1; ++dh) {
+    if (h + dh < 0 || h + dh >= s.h) continue;
+    const float* xr = x + (n * s.h + h + dh) * s.w * s.c;
+    for (int64_t dw = -1; dw <= 1; ++dw) {
+      const float* xp = xr + (w0 + dw) * s.c;
+      const float* kp = k + ((dh + 1) * 3 + dw + 1) * s.c * s.o + o;
+      for (int64_t c = 0; c < s.c; ++c) {
+        const Vec kv = *reinterpret_cast<const Vec*>(kp + c * s.o);
+        for (int p = 0; p < kPixels; ++p) acc[p] += xp[p * s.c + c] * kv;
+      }
+    }
+  }
+  float* yp = y + ((n * s.h + h) * s.w + w0) * s.o + o;
+  for (int p = 0; p < kPixels; ++p) *reinterpret_cast<Vec*>(yp + p * s.o) = acc[p];
+}
+
+// One output pixel anywhere (the image's first and last columns, the ends of rows): taps outside are skipped.
+void ForwardPixel(const float* x, const float* k, float* y, const Shape& s, int64_t n, int64_t h, int64_t w,
+                  int64_t o) {
+  Vec acc = {};
+  for (int64_t dh = -1; dh <= 1; ++dh) {
+    if (h + dh < 0 || h + dh >= s.h) continue;
+    for (int64_t dw = -1; dw <= 1; ++dw) {
+      if (w + dw < 0 || w + dw >= s.w) continue;
+      const float* xp = x + ((n * s.h + h + dh) * s.w + w + dw) * s.c;
+      const float* kp = k + ((dh + 1) * 3 + dw + 1) * s.c * s.o + o;
+      for (int64_t c = 0; c < s.c; ++c) acc += xp[c] * *reinterpret_cast<const Vec*>(kp + c * s.o);
+    }
+  }
+  *reinterpret_cast<Vec*>(y + ((n * s.h + h) * s.w + w) * s.o + o) = acc;
+}
+
+// s.o must be a multiple of kLanes (conv.py checks).
+void Forward(const float* x, const float* k, float* y, const Shape& s) {
+  constexpr int kPixels = 14;
+  for (int64_t n = 0; n < s.n; ++n)
+    for (int64_t h = 0; h < s.h; ++h)
+      for (int64_t o = 0; o < s.o; o += kLanes) {
+        ForwardPixel(x, k, y, s, n, h, 0, o);
+        int64_t w = 1;
+        for (; w + kPixels < s.w; w += kPixels) ForwardTile<kPixels>(x, k, y, s, n, h, w, o);
+        for (; w < s.w; ++w) ForwardPixel(x, k, y, s, n, h, w, o);
+      }
+}
+
+ffi::Error RunForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> y) {
+  const auto xs = x.dimensions(), ks = kernel.dimensions(), ys = y->dimensions();
+  if (xs.size() != 4 || ks.size() != 4 || ys.size() != 4)
+    return ffi::Error::InvalidArgument("conv3x3 forward: x, the kernel and y must be rank 4");
+  const Shape s{xs[0], xs[1], xs[2], xs[3], ks[3]};
+  if (ks[0] != 3 || ks[1] != 3 || ks[2] != s.c || ys[0] != s.n || ys[1] != s.h || ys[2] != s.w || ys[3] != s.o)
+    return ffi::Error::InvalidArgument("conv3x3 forward: shapes do not match (N,H,W,C), (3,3,C,O), (N,H,W,O)");
+  if (s.o % kLanes != 0)
+    return ffi::Error::InvalidArgument("conv3x3 forward: the output channels must be a multiple of 16");
+  Forward(x.typed_data(), kernel.typed_data(), y->typed_data(), s);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(StreetsegConv3x3WeightGradient, Run,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StreetsegConv3x3Forward, RunForward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StreetsegConv3x3WeightGradient, RunWeightGradient,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
