@@ -162,3 +162,17 @@ def test_under_data_parallelism_each_device_computes_its_share_and_they_are_summ
     proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert "PER-DEVICE-OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_one_by_one_convolutions_are_a_matmul_with_the_same_values_and_gradients():
+    x, kernel, dy = normal((2, 5, 7, 16), 0), normal((1, 1, 16, 8), 1), normal((2, 5, 7, 8), 2)
+
+    def ours(x, kernel):
+        return conv.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(x, kernel))
+    y, vjp = jax.vjp(ours, x, kernel)
+    y_ref, vjp_ref = jax.vjp(conv._xla_conv, x, kernel)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    for mine, expected in zip(vjp(dy), vjp_ref(dy)):
+        np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-4)

@@ -32,20 +32,24 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """`lax.conv_general_dilated`, trained with the native kernels where they apply (see the module docstring)."""
-    if _plain_3x3(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                  feature_group_count, precision, kwargs):
+    plain = _plain(lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                   precision, kwargs)
+    if plain and rhs.shape[:2] == (3, 3) and padding == "SAME" and lhs.dtype == rhs.dtype == jnp.float32:
         return conv3x3(lhs, rhs)
+    if plain and rhs.shape[:2] == (1, 1) and padding in ("SAME", "VALID"):
+        # one matmul over the pixels (the head): its kernel gradient too, where XLA:CPU's 1x1 convolution transposed
+        # both operands first (head forward and backward 8.3 -> 5.3 ms at B=4 192x256, one core)
+        return (lhs.reshape(-1, lhs.shape[-1]) @ rhs[0, 0]).reshape(*lhs.shape[:-1], rhs.shape[-1])
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, precision=precision, **kwargs)
 
 
-def _plain_3x3(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, groups, precision,
-               kwargs) -> bool:
+def _plain(lhs, rhs, strides, lhs_dilation, rhs_dilation, dimension_numbers, groups, precision, kwargs) -> bool:
+    """A stride-1 NHWC / HWIO convolution without dilation, groups, precision or other options."""
     ones = (None, 1, (1, 1))
-    return (lhs.ndim == 4 and rhs.shape[:2] == (3, 3) and tuple(strides) == (1, 1) and padding == "SAME"
-            and lhs_dilation in ones and rhs_dilation in ones and groups == 1 and precision is None
+    return (lhs.ndim == 4 and tuple(strides) == (1, 1) and lhs_dilation in ones and rhs_dilation in ones
+            and groups == 1 and precision is None
             and all(value is None for value in kwargs.values())  # nnx passes out_sharding=None
-            and lhs.dtype == rhs.dtype == jnp.float32
             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
             == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
 
