@@ -1,8 +1,9 @@
-"""The U-Net's 3x3 convolutions, trained with our own CPU kernels where XLA:CPU's are slow.
+"""The U-Net's convolutions, trained with our own CPU kernels where XLA:CPU's are slow.
 
-`conv_general_dilated` is `lax.conv_general_dilated`; for float32 3x3 stride-1 SAME convolutions in NHWC / HWIO
-layout it is `conv3x3`, whose value is XLA's and whose training passes on CPU take kernels from `conv3x3.cc`
-(`native`), per layer, one core, B=4 192x256 (docs/performance.md):
+`conv_general_dilated` is `lax.conv_general_dilated`, except for stride-1 NHWC / HWIO convolutions: a 1x1 kernel (the
+head) is one matmul over the pixels, and a float32 3x3 SAME one is `conv3x3`, whose value is XLA's (up to rounding)
+and whose training passes on CPU take kernels from `conv3x3.cc` (`native`), per layer, one core, B=4 192x256
+(docs/performance.md):
 
 - the weight gradient, always: XLA:CPU computes it as a convolution whose window is the whole feature map and whose
   features are the batch's few images, after transposing both operands; the U-Net's 18 took 450 ms, ours 142;
