@@ -39,6 +39,8 @@ class Checkpoints:
             self.wait()
 
     def save(self, step: int, state, data_state: dict, meta: dict, force: bool = True) -> None:
+        if step in self.latest.all_steps():
+            return  # saved already: a stop signal that came right after this step's periodic save
         self._one_save_at_a_time()
         self.latest.save(step, args=_save_args(state, data_state, meta), force=force)
 
