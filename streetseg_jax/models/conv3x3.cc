@@ -64,10 +64,10 @@ void Remainder(int64_t left, const float* x, const float* dy, float* d, const Sh
   }
 }
 
-// One kernel tap (dh, dw in -1..1) over a band of rows, every channel tile.
+// One kernel tap (dh, dw in -1..1) over a band of rows, every channel tile; columns w0 .. w1 - 1 of dy see x.
 template <int kIn, int kOut>
-void Tap(const float* x, const float* dy, float* d, const Shape& s, int64_t rows, int64_t dw) {
-  const int64_t w0 = std::max<int64_t>(0, -dw), w1 = std::min<int64_t>(s.w, s.w - dw);
+void Tap(const float* x, const float* dy, float* d, const Shape& s, int64_t rows, int64_t w0, int64_t w1,
+         int64_t dw) {
   for (int64_t o = 0; o < s.o; o += kOut * kLanes) {
     int64_t c = 0;
     for (; c + kIn <= s.c; c += kIn) Tile<kIn, kOut>(x + c, dy + o, d + c * s.o + o, s, rows, w0, w1, dw);
@@ -76,8 +76,8 @@ void Tap(const float* x, const float* dy, float* d, const Shape& s, int64_t rows
 }
 
 // Any channel count (o not a multiple of the vector width): plain loops.
-void Scalar(const float* x, const float* dy, float* d, const Shape& s, int64_t rows, int64_t dw) {
-  const int64_t w0 = std::max<int64_t>(0, -dw), w1 = std::min<int64_t>(s.w, s.w - dw);
+void Scalar(const float* x, const float* dy, float* d, const Shape& s, int64_t rows, int64_t w0, int64_t w1,
+            int64_t dw) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t w = w0; w < w1; ++w) {
       const float* xp = x + (r * s.w + w + dw) * s.c;
@@ -102,12 +102,14 @@ void WeightGradient(const float* x, const float* dy, float* dkernel, const Shape
         const float* gs = dy + (n * s.h + a) * s.w * s.o;
         for (int64_t dw = -1; dw <= 1; ++dw) {
           float* d = dkernel + ((dh + 1) * 3 + dw + 1) * s.c * s.o;
+          // columns w of dy whose column w + dw of x is inside the image
+          const int64_t w0 = std::max<int64_t>(0, -dw), w1 = std::min(s.w, s.w - dw);
           if (s.o % (2 * kLanes) == 0) {
-            Tap<8, 2>(xs, gs, d, s, b - a, dw);
+            Tap<8, 2>(xs, gs, d, s, b - a, w0, w1, dw);
           } else if (s.o % kLanes == 0) {
-            Tap<16, 1>(xs, gs, d, s, b - a, dw);
+            Tap<16, 1>(xs, gs, d, s, b - a, w0, w1, dw);
           } else {
-            Scalar(xs, gs, d, s, b - a, dw);
+            Scalar(xs, gs, d, s, b - a, w0, w1, dw);
           }
         }
       }
@@ -164,7 +166,7 @@ void ForwardPixel(const float* x, const float* k, float* y, const Shape& s, int6
   *reinterpret_cast<Vec*>(y + ((n * s.h + h) * s.w + w) * s.o + o) = acc;
 }
 
-// s.o must be a multiple of kLanes (conv.py checks).
+// s.o must be a multiple of kLanes (RunForward checks).
 void Forward(const float* x, const float* k, float* y, const Shape& s) {
   constexpr int kPixels = 14;
   for (int64_t n = 0; n < s.n; ++n)

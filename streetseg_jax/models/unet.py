@@ -225,7 +225,7 @@ def build_model(config_model: Mapping, num_classes: int, seed: int) -> UNet:
 
 def _conv(in_width, out_width, size, *, use_bias, dtype, rngs, **kwargs):
     # SAME padding on a 3x3 stride-1 conv is torch's padding=1; parameters stay float32 whatever the compute dtype.
-    # conv.conv_general_dilated: lax's, with a faster weight gradient for the 3x3 convs on CPU.
+    # conv.conv_general_dilated: lax's, trained with our CPU kernels where XLA:CPU's are slow, 1x1 as a matmul.
     return nnx.Conv(in_width, out_width, (size, size), padding="SAME", use_bias=use_bias,
                     dtype=dtype, param_dtype=jnp.float32, rngs=rngs,
                     conv_general_dilated=conv.conv_general_dilated, **kwargs)
