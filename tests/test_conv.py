@@ -176,3 +176,15 @@ def test_one_by_one_convolutions_are_a_matmul_with_the_same_values_and_gradients
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     for mine, expected in zip(vjp(dy), vjp_ref(dy)):
         np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_a_compile_that_hangs_is_a_failure_too(monkeypatch, tmp_path):
+    def too_slow(command, **kwargs):
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+
+    monkeypatch.setenv("STREETSEG_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_compiler_version", lambda compiler: "some compiler")
+    monkeypatch.setattr(native.subprocess, "run", too_slow)
+    with pytest.raises(RuntimeError, match="took over 300 s"):
+        native.build()
+    assert list(tmp_path.iterdir()) == []

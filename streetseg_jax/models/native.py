@@ -81,7 +81,10 @@ def build() -> Path:
     os.close(fd)
     command = [compiler, *_FLAGS, f"-I{include}", str(SOURCE), "-o", partial]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired as error:
+            raise RuntimeError(f"{' '.join(command)} took over {error.timeout:.0f} s") from error
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
         os.replace(partial, path)
