@@ -16,11 +16,13 @@ from streetseg_jax.models import conv, native
 ROOT = Path(__file__).resolve().parents[1]
 
 
-FORWARD, WEIGHT_GRADIENT = native.Conv3x3Targets()
+NAMES = native.Targets()
+FORWARD, INPUT_GRADIENT, WEIGHT_GRADIENT = (NAMES.conv3x3_forward, NAMES.conv3x3_input_gradient,
+                                            NAMES.conv3x3_weight_gradient)
 
 
 def native_or_skip():
-    if native.conv3x3_targets() is None:
+    if native.targets() is None:
         pytest.skip("the native kernels could not be compiled here (no C++ compiler?); XLA computes their part")
 
 
@@ -29,11 +31,13 @@ def normal(shape, seed):
 
 
 # (B, H, W, C, O): weight-gradient tiles of 8 and 16 channels and their remainders (3, 17), output widths that are
-# not a multiple of 16 (plain loops), 1-pixel and 1-row maps where only some taps see the image; the narrow layers
-# (16 from <= 16 channels) whose forward pass and input gradient are ours too, with rows of 14 pixels and the rest.
+# not a multiple of 16 (plain loops), 1-pixel and 1-row maps where only some taps see the image; forward passes and
+# input gradients (ours where the result has a multiple of 16 channels, see conv._forward_wins) in tiles of 6 pixels
+# x 64 channels, 14 x 32 and 14 x 16, several blocks of channels, and the shorter tiles that end a row.
 @pytest.mark.parametrize("shape", [(2, 9, 13, 3, 16), (1, 6, 5, 17, 64), (2, 7, 11, 32, 32), (3, 5, 4, 5, 8),
                                    (2, 1, 1, 16, 48), (1, 1, 9, 24, 16), (2, 8, 1, 9, 20), (2, 7, 33, 16, 16),
-                                   (1, 3, 2, 16, 16), (2, 1, 1, 16, 16), (1, 4, 16, 1, 16)])
+                                   (1, 3, 2, 16, 16), (2, 1, 1, 16, 16), (1, 4, 16, 1, 16), (2, 4, 20, 64, 32),
+                                   (1, 5, 17, 48, 128), (1, 3, 10, 256, 64)])
 def test_values_and_gradients_equal_xla_autodiff(shape):
     native_or_skip()
     b, h, w, c, o = shape
@@ -46,24 +50,27 @@ def test_values_and_gradients_equal_xla_autodiff(shape):
 
 
 def gradient_program(conv_fn, x, kernel):
-    return str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(conv_fn(x, k) ** 2)))(kernel))
+    return str(jax.make_jaxpr(jax.grad(lambda x, k: jnp.sum(conv_fn(x, k) ** 2), argnums=(0, 1)))(x, kernel))
 
 
-def test_only_plain_float32_3x3_convolutions_take_the_kernel():
+def test_only_plain_float32_3x3_convolutions_take_the_kernels():
     native_or_skip()
-    x = normal((2, 8, 8, 4), 0)
 
-    def program(size=3, dtype=jnp.float32, strides=(1, 1), padding="SAME", out=16):
+    def program(size=3, dtype=jnp.float32, strides=(1, 1), padding="SAME", channels=(16, 16)):
         def layer(x, kernel):
             return conv.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), strides, padding,
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return gradient_program(layer, x, normal((size, size, 4, out), 1))
+        return gradient_program(layer, normal((2, 8, 8, channels[0]), 0), normal((size, size, *channels), 1))
 
-    assert FORWARD in program() and WEIGHT_GRADIENT in program()
-    assert FORWARD not in program(out=32) and WEIGHT_GRADIENT in program(out=32)  # XLA's forward is fast there
+    assert all(target in program() for target in (FORWARD, INPUT_GRADIENT, WEIGHT_GRADIENT))
+    # XLA's forward where the result has 16 channels from more (about as fast), or a number that is not a multiple
+    # of 16 (the input gradient of a layer from 4 channels)
+    wide_to_narrow, from_four = program(channels=(32, 16)), program(channels=(4, 16))
+    assert FORWARD not in wide_to_narrow and INPUT_GRADIENT in wide_to_narrow and WEIGHT_GRADIENT in wide_to_narrow
+    assert FORWARD in from_four and INPUT_GRADIENT not in from_four and WEIGHT_GRADIENT in from_four
     for other in (dict(size=5), dict(size=1), dict(strides=(2, 2)), dict(padding="VALID"),
                   dict(dtype=jnp.bfloat16)):
-        assert FORWARD not in program(**other) and WEIGHT_GRADIENT not in program(**other), other
+        assert not any(target in program(**other) for target in (FORWARD, INPUT_GRADIENT, WEIGHT_GRADIENT)), other
 
 
 def test_the_unet_convolutions_use_it():
@@ -78,8 +85,9 @@ def test_the_unet_convolutions_use_it():
 
     jaxpr = str(jax.make_jaxpr(nnx.grad(loss))(model, normal((2, 16, 16, 3), 0)))
     assert jaxpr.count(WEIGHT_GRADIENT) == 6  # all of them: two per block, down, middle and up
-    # forward: 3 -> 16 and 16 -> 16 down, 16 -> 16 up; input gradient: the two 16 -> 16
-    assert jaxpr.count(FORWARD) == 5
+    # forward: all but 32 -> 16 up (3 -> 16, 16 -> 16 down, 16 -> 32, 32 -> 32 middle, 16 -> 16 up); input gradient:
+    # all whose input has a multiple of 16 channels, but 16 -> 32 (16 -> 16 down, 32 -> 32, 32 -> 16, 16 -> 16 up)
+    assert jaxpr.count(FORWARD) == 5 and jaxpr.count(INPUT_GRADIENT) == 4
 
 
 def test_switched_off_or_without_a_compiler_xla_computes_the_gradient(monkeypatch, tmp_path):
@@ -87,18 +95,18 @@ def test_switched_off_or_without_a_compiler_xla_computes_the_gradient(monkeypatc
     expected = jax.vjp(conv._xla_conv, x, kernel)[1](dy)
     try:
         monkeypatch.setenv("STREETSEG_NATIVE", "0")
-        native.conv3x3_targets.cache_clear()
-        assert native.conv3x3_targets() is None
+        native.targets.cache_clear()
+        assert native.targets() is None
         program = gradient_program(conv.conv3x3, x, kernel)
-        assert FORWARD not in program and WEIGHT_GRADIENT not in program
+        assert not any(target in program for target in NAMES)
 
         monkeypatch.delenv("STREETSEG_NATIVE")
         monkeypatch.setenv("STREETSEG_NATIVE_CACHE", str(tmp_path))   # nothing compiled there
         monkeypatch.setenv("PATH", "")
         monkeypatch.delenv("CXX", raising=False)
-        native.conv3x3_targets.cache_clear()
+        native.targets.cache_clear()
         with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
-            assert native.conv3x3_targets() is None
+            assert native.targets() is None
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # once per process, not once per layer
             y, vjp = jax.vjp(conv.conv3x3, x, kernel)
@@ -107,7 +115,7 @@ def test_switched_off_or_without_a_compiler_xla_computes_the_gradient(monkeypatc
             np.testing.assert_array_equal(mine, reference)
         assert list(tmp_path.iterdir()) == []
     finally:
-        native.conv3x3_targets.cache_clear()
+        native.targets.cache_clear()
 
 
 def test_a_failed_compile_leaves_nothing_half_written(monkeypatch, tmp_path):
@@ -132,7 +140,8 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from streetseg_jax import sharding
 from streetseg_jax.models import conv, native
-targets = native.conv3x3_targets()
+targets = native.targets()
+conv_targets = [t for t in targets if 'conv3x3' in t]
 mesh = sharding.make_mesh()
 x = jax.random.normal(jax.random.key(0), (16, 12, 10, 8))
 kernels = [jax.random.normal(jax.random.key(1), (3, 3, 8, 16)), jax.random.normal(jax.random.key(2), (3, 3, 16, 16))]
@@ -146,7 +155,7 @@ def gradient(x, kernels, conv_fn=conv.conv3x3):
 
 step = jax.jit(gradient, in_shardings=(sharding.batch_sharding(mesh), sharding.replicated(mesh)))
 program = step.lower(x, kernels).compile().as_text()
-assert targets.forward in program and targets.weight_gradient in program, program
+assert all(target in program for target in conv_targets), program
 assert "all-gather" not in program and "all-reduce" in program, program
 ours = step(x, kernels)
 reference = jax.jit(lambda x, k: gradient(x, k, conv._xla_conv))(x, kernels)

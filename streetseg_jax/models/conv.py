@@ -23,7 +23,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import PartitionSpec as P
 
 from streetseg_jax.models import native
 
@@ -65,61 +64,47 @@ def conv3x3(x, kernel):
     return _xla_conv(x, kernel)
 
 
-def _targets():
-    return native.conv3x3_targets() if jax.default_backend() == "cpu" else None
+def _forward_wins(in_channels: int, out_channels: int) -> bool:
+    """Where the native forward kernel beats XLA:CPU's: results in vectors of 16 channels, and not the 16 from many
+    (32 -> 16: one input value per multiply-add, about as fast as XLA's)."""
+    return out_channels % 16 == 0 and (out_channels >= 32 or in_channels <= 16)
 
 
-def _narrow(in_channels: int, out_channels: int) -> bool:
-    """Where the native forward kernel beats XLA:CPU's (measured: 3 -> 16 and 16 -> 16, not 32 -> 16 or 16 -> 32)."""
-    return out_channels == 16 and in_channels <= 16
+def _native(target, x, kernel, channels):
+    """The native forward convolution or input gradient of x: `channels` result channels, per device."""
+    def call(_, x, kernel):
+        return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((*x.shape[:-1], channels), jnp.float32))(x, kernel)
 
-
-def _native_forward(targets, x, kernel):
-    def call(x, kernel):
-        shape = jax.ShapeDtypeStruct((*x.shape[:-1], kernel.shape[-1]), jnp.float32)
-        return jax.ffi.ffi_call(targets.forward, shape)(x, kernel)
-
-    return _per_device(call, x, kernel, sum_over_devices=False)
+    return native.per_device(call, (x, kernel), (True, False), True)
 
 
 def _conv3x3_forward(x, kernel):
-    targets = _targets()
-    if targets is not None and _narrow(*kernel.shape[2:]):
-        return _native_forward(targets, x, kernel), (x, kernel)
+    targets = native.cpu_targets()
+    in_channels, out_channels = kernel.shape[2:]
+    if targets is not None and _forward_wins(in_channels, out_channels):
+        return _native(targets.conv3x3_forward, x, kernel, out_channels), (x, kernel)
     return _xla_conv(x, kernel), (x, kernel)
 
 
 def _conv3x3_backward(saved, dy):
     x, kernel = saved
-    targets = _targets()
-    if targets is not None and _narrow(*kernel.shape[2:][::-1]):
-        # the forward convolution of dy with the kernel turned round and its channels swapped
-        dx = _native_forward(targets, dy, kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+    targets = native.cpu_targets()
+    in_channels, out_channels = kernel.shape[2:]
+    if targets is not None and _forward_wins(out_channels, in_channels):
+        # the forward convolution of dy with the kernel turned round and its channels swapped, done in the kernel
+        dx = _native(targets.conv3x3_input_gradient, dy, kernel, in_channels)
     else:
         (dx,) = jax.vjp(lambda x: _xla_conv(x, kernel), x)[1](dy)
     if targets is None:
         (dkernel,) = jax.vjp(lambda k: _xla_conv(x, k), kernel)[1](dy)
     else:
-        call = jax.ffi.ffi_call(targets.weight_gradient, jax.ShapeDtypeStruct(kernel.shape, jnp.float32))
-        dkernel = _per_device(call, x, dy, sum_over_devices=True)
+        def call(axes, x, dy):
+            shape = jax.ShapeDtypeStruct(kernel.shape, jnp.float32)
+            part = jax.ffi.ffi_call(targets.conv3x3_weight_gradient, shape)(x, dy)
+            return part if axes is None else lax.psum(part, axes)
+
+        dkernel = native.per_device(call, (x, dy), (True, True), False)
     return dx, dkernel
 
 
 conv3x3.defvjp(_conv3x3_forward, _conv3x3_backward)
-
-
-def _per_device(kernel_call, x, other, *, sum_over_devices: bool):
-    """kernel_call(x, other) on each device's rows of the batch x (other: its rows too where the results are summed
-    over the mesh, else whole; the results are then each device's rows of the output)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1 or x.shape[0] % mesh.size:
-        return kernel_call(x, other)
-    rows = P(tuple(mesh.axis_names))
-
-    def local(x, other):
-        result = kernel_call(x, other)
-        return lax.psum(result, rows[0]) if sum_over_devices else result
-
-    specs = (rows, rows if sum_over_devices else P())
-    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P() if sum_over_devices else rows,
-                         check_vma=False)(x, other)

@@ -15,7 +15,9 @@
 // Called through XLA's FFI (see native.py, which compiles this file on first use for the machine it runs on).
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -128,79 +130,162 @@ ffi::Error RunWeightGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   return ffi::Error::Success();
 }
 
-// Output pixels w0 .. w0 + kPixels - 1 of row (n, h), output channels o .. o + kLanes - 1; every tap of these
+// The forward pass and the input gradient are the same loop: a forward convolution with a kernel packed per block of
+// output channels (kBlocks vectors): packed[tap][c][kBlocks * kLanes], 64-byte aligned, swept once per block. The
+// packing is where the input gradient's kernel is turned round (tap 8 - t) with its channels swapped.
+struct Packed {
+  float* data;
+  explicit Packed(int64_t floats)
+      : data(static_cast<float*>(std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64))) {}
+  Packed(const Packed&) = delete;
+  Packed& operator=(const Packed&) = delete;
+  ~Packed() { std::free(data); }
+};
+
+// kernel (3, 3, c, o) -> packed taps t of output channels o0 .. o0 + width - 1; `turned`: from the kernel
+// (3, 3, o, c) of the convolution whose input gradient this is, tap 8 - t with the two channel axes swapped.
+void Pack(const float* kernel, float* packed, const Shape& s, int64_t o0, int64_t width, bool turned) {
+  for (int64_t t = 0; t < 9; ++t)
+    for (int64_t c = 0; c < s.c; ++c) {
+      float* to = packed + (t * s.c + c) * width;
+      if (!turned) {
+        std::memcpy(to, kernel + (t * s.c + c) * s.o + o0, width * sizeof(float));
+      } else {
+        const float* from = kernel + (8 - t) * s.o * s.c + o0 * s.c + c;
+        for (int64_t o = 0; o < width; ++o) to[o] = from[o * s.c];
+      }
+    }
+}
+
+// Output pixels w0 .. w0 + kPixels - 1 of row (n, h), kBlocks vectors of output channels from o; every tap of these
 // pixels lies inside the image along w (rows outside it are skipped).
-template <int kPixels>
+template <int kPixels, int kBlocks>
 void ForwardTile(const float* x, const float* k, float* y, const Shape& s, int64_t n, int64_t h, int64_t w0,
                  int64_t o) {
-  Vec acc[kPixels] = {};
+  constexpr int64_t kWidth = kBlocks * kLanes;
+  Vec acc[kPixels][kBlocks] = {};
   for (int64_t dh = -1; dh <= 1; ++dh) {
     if (h + dh < 0 || h + dh >= s.h) continue;
     const float* xr = x + (n * s.h + h + dh) * s.w * s.c;
     for (int64_t dw = -1; dw <= 1; ++dw) {
       const float* xp = xr + (w0 + dw) * s.c;
-      const float* kp = k + ((dh + 1) * 3 + dw + 1) * s.c * s.o + o;
+      const float* kp = k + ((dh + 1) * 3 + dw + 1) * s.c * kWidth;
       for (int64_t c = 0; c < s.c; ++c) {
-        const Vec kv = *reinterpret_cast<const Vec*>(kp + c * s.o);
-        for (int p = 0; p < kPixels; ++p) acc[p] += xp[p * s.c + c] * kv;
+        Vec kv[kBlocks];
+        for (int j = 0; j < kBlocks; ++j) kv[j] = *reinterpret_cast<const Vec*>(kp + c * kWidth + kLanes * j);
+        for (int p = 0; p < kPixels; ++p) {
+          const float xi = xp[p * s.c + c];
+          for (int j = 0; j < kBlocks; ++j) acc[p][j] += xi * kv[j];
+        }
       }
     }
   }
   float* yp = y + ((n * s.h + h) * s.w + w0) * s.o + o;
-  for (int p = 0; p < kPixels; ++p) *reinterpret_cast<Vec*>(yp + p * s.o) = acc[p];
+  for (int p = 0; p < kPixels; ++p)
+    for (int j = 0; j < kBlocks; ++j) *reinterpret_cast<Vec*>(yp + p * s.o + kLanes * j) = acc[p][j];
 }
 
-// One output pixel anywhere (the image's first and last columns, the ends of rows): taps outside are skipped.
+// The last `left` (< kPixels) pixels before the row's last one: one tile of that many.
+template <int kPixels, int kBlocks>
+void ForwardRemainder(int64_t left, const float* x, const float* k, float* y, const Shape& s, int64_t n, int64_t h,
+                      int64_t w0, int64_t o) {
+  if constexpr (kPixels > 1) {
+    if (left == kPixels - 1) return ForwardTile<kPixels - 1, kBlocks>(x, k, y, s, n, h, w0, o);
+    ForwardRemainder<kPixels - 1, kBlocks>(left, x, k, y, s, n, h, w0, o);
+  }
+}
+
+// One output pixel anywhere (the image's first and last columns): taps outside the image are skipped.
+template <int kBlocks>
 void ForwardPixel(const float* x, const float* k, float* y, const Shape& s, int64_t n, int64_t h, int64_t w,
                   int64_t o) {
-  Vec acc = {};
+  constexpr int64_t kWidth = kBlocks * kLanes;
+  Vec acc[kBlocks] = {};
   for (int64_t dh = -1; dh <= 1; ++dh) {
     if (h + dh < 0 || h + dh >= s.h) continue;
     for (int64_t dw = -1; dw <= 1; ++dw) {
       if (w + dw < 0 || w + dw >= s.w) continue;
       const float* xp = x + ((n * s.h + h + dh) * s.w + w + dw) * s.c;
-      const float* kp = k + ((dh + 1) * 3 + dw + 1) * s.c * s.o + o;
-      for (int64_t c = 0; c < s.c; ++c) acc += xp[c] * *reinterpret_cast<const Vec*>(kp + c * s.o);
+      const float* kp = k + ((dh + 1) * 3 + dw + 1) * s.c * kWidth;
+      for (int64_t c = 0; c < s.c; ++c)
+        for (int j = 0; j < kBlocks; ++j) acc[j] += xp[c] * *reinterpret_cast<const Vec*>(kp + c * kWidth + kLanes * j);
     }
   }
-  *reinterpret_cast<Vec*>(y + ((n * s.h + h) * s.w + w) * s.o + o) = acc;
+  for (int j = 0; j < kBlocks; ++j)
+    *reinterpret_cast<Vec*>(y + ((n * s.h + h) * s.w + w) * s.o + o + kLanes * j) = acc[j];
 }
 
-// s.o must be a multiple of kLanes (RunForward checks).
-void Forward(const float* x, const float* k, float* y, const Shape& s) {
-  constexpr int kPixels = 14;
-  for (int64_t n = 0; n < s.n; ++n)
-    for (int64_t h = 0; h < s.h; ++h)
-      for (int64_t o = 0; o < s.o; o += kLanes) {
-        ForwardPixel(x, k, y, s, n, h, 0, o);
+// Block by block of output channels: pack the block's kernel, then every row in tiles of kPixels pixels.
+template <int kPixels, int kBlocks>
+bool ForwardBlocks(const float* x, const float* kernel, float* y, const Shape& s, bool turned) {
+  constexpr int64_t kWidth = kBlocks * kLanes;
+  Packed packed(9 * s.c * kWidth);
+  if (packed.data == nullptr) return false;
+  for (int64_t o = 0; o < s.o; o += kWidth) {
+    Pack(kernel, packed.data, s, o, kWidth, turned);
+    for (int64_t n = 0; n < s.n; ++n)
+      for (int64_t h = 0; h < s.h; ++h) {
+        ForwardPixel<kBlocks>(x, packed.data, y, s, n, h, 0, o);
         int64_t w = 1;
-        for (; w + kPixels < s.w; w += kPixels) ForwardTile<kPixels>(x, k, y, s, n, h, w, o);
-        for (; w < s.w; ++w) ForwardPixel(x, k, y, s, n, h, w, o);
+        for (; w + kPixels < s.w; w += kPixels) ForwardTile<kPixels, kBlocks>(x, packed.data, y, s, n, h, w, o);
+        if (w < s.w - 1) ForwardRemainder<kPixels, kBlocks>(s.w - 1 - w, x, packed.data, y, s, n, h, w, o);
+        if (s.w > 1) ForwardPixel<kBlocks>(x, packed.data, y, s, n, h, s.w - 1, o);
       }
+  }
+  return true;
 }
 
-ffi::Error RunForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> y) {
+// s.o must be a multiple of kLanes (RunForward checks). Tiles of 24-28 accumulators: 6 pixels x 64 channels,
+// 14 x 32 or 14 x 16.
+bool Forward(const float* x, const float* kernel, float* y, const Shape& s, bool turned) {
+  if (s.o % (4 * kLanes) == 0) return ForwardBlocks<6, 4>(x, kernel, y, s, turned);
+  if (s.o % (2 * kLanes) == 0) return ForwardBlocks<14, 2>(x, kernel, y, s, turned);
+  return ForwardBlocks<14, 1>(x, kernel, y, s, turned);
+}
+
+// y = the convolution of x with the kernel (3, 3, C, O), or with `turned`, dx = the input gradient of the
+// convolution with the kernel (3, 3, C, O) (x is then dy, of O channels, and y is dx, of C).
+ffi::Error RunForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> y,
+                      bool turned) {
+  const char* name = turned ? "conv3x3 input gradient" : "conv3x3 forward";
   const auto xs = x.dimensions(), ks = kernel.dimensions(), ys = y->dimensions();
   if (xs.size() != 4 || ks.size() != 4 || ys.size() != 4)
-    return ffi::Error::InvalidArgument("conv3x3 forward: x, the kernel and y must be rank 4");
-  const Shape s{xs[0], xs[1], xs[2], xs[3], ks[3]};
-  if (ks[0] != 3 || ks[1] != 3 || ks[2] != s.c || ys[0] != s.n || ys[1] != s.h || ys[2] != s.w || ys[3] != s.o)
-    return ffi::Error::InvalidArgument("conv3x3 forward: shapes do not match (N,H,W,C), (3,3,C,O), (N,H,W,O)");
+    return ffi::Error::InvalidArgument(std::string(name) + ": both inputs and the result must be rank 4");
+  const int64_t in = turned ? ks[3] : ks[2], out = turned ? ks[2] : ks[3];
+  const Shape s{xs[0], xs[1], xs[2], xs[3], out};
+  if (ks[0] != 3 || ks[1] != 3 || in != s.c || ys[0] != s.n || ys[1] != s.h || ys[2] != s.w || ys[3] != s.o)
+    return ffi::Error::InvalidArgument(std::string(name) + ": shapes do not match the 3x3 kernel's channels");
   if (s.o % kLanes != 0)
-    return ffi::Error::InvalidArgument("conv3x3 forward: the output channels must be a multiple of 16");
-  Forward(x.typed_data(), kernel.typed_data(), y->typed_data(), s);
+    return ffi::Error::InvalidArgument(std::string(name) + ": the result's channels must be a multiple of 16");
+  if (!Forward(x.typed_data(), kernel.typed_data(), y->typed_data(), s, turned))
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string(name) + ": out of memory packing the kernel");
   return ffi::Error::Success();
+}
+
+ffi::Error RunConvolution(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> y) {
+  return RunForward(x, kernel, y, false);
+}
+
+ffi::Error RunInputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
+                            ffi::ResultBuffer<ffi::F32> dx) {
+  return RunForward(dy, kernel, dx, true);
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(StreetsegConv3x3Forward, RunForward,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StreetsegConv3x3Forward, RunConvolution,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StreetsegConv3x3WeightGradient, RunWeightGradient,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StreetsegConv3x3InputGradient, RunInputGradient,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -1,15 +1,15 @@
 """Our own CPU kernels, compiled on first use for the machine they run on and called through XLA's FFI.
 
-Two kernels so far, the forward pass and the weight gradient of a 3x3 convolution (`conv3x3.cc`; when and why
-they are used is in `conv.py`). The first process that needs it compiles it with the system's C++ compiler (`$CXX`, else `c++`, `g++`
-or `clang++`), optimised for this CPU, into a cache directory (`$STREETSEG_NATIVE_CACHE`, else
-`$XDG_CACHE_HOME/streetseg_jax` or `~/.cache/streetseg_jax`); the library's name carries a hash of the source, the
-compiler, jaxlib's FFI headers and the CPU, so a change to any of them builds a new one and a cache shared between
-machines never hands one a library built for another. About 2 s, once.
+The 3x3 convolution's forward pass, input gradient and weight gradient (`conv3x3.cc`, used by `conv.py`) and
+BatchNorm + ReLU in training (`batchnorm_relu.cc`, used by `batchnorm.py`), in one library. The first process that
+needs it compiles it with the system's C++ compiler (`$CXX`, else `c++`, `g++` or `clang++`), optimised for this
+CPU, into a cache directory (`$STREETSEG_NATIVE_CACHE`, else `$XDG_CACHE_HOME/streetseg_jax` or
+`~/.cache/streetseg_jax`); the library's name carries a hash of the sources, the compiler, jaxlib's FFI headers and
+the CPU, so a change to any of them builds a new one and a cache shared between machines never hands one a library
+built for another. About 3 s, once.
 
-Where no compiler is found, or it fails, `conv3x3_targets()` warns once and returns None and the
-callers fall back to XLA's own computation: slower on CPU, the same result. `STREETSEG_NATIVE=0` turns the kernels
-off.
+Where no compiler is found, or it fails, `targets()` warns once and returns None and the callers fall back to XLA's
+own computation: slower on CPU, the same result. `STREETSEG_NATIVE=0` turns the kernels off.
 """
 from __future__ import annotations
 
@@ -28,17 +28,22 @@ from typing import NamedTuple
 
 import jax
 import jaxlib
+from jax.sharding import PartitionSpec as P
 
-SOURCE = Path(__file__).with_name("conv3x3.cc")
-
-
-class Conv3x3Targets(NamedTuple):
-    """FFI target names, registered for the CPU platform."""
-    forward: str = "streetseg_conv3x3_forward"
-    weight_gradient: str = "streetseg_conv3x3_weight_gradient"
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("conv3x3.cc", "batchnorm_relu.cc"))
 
 
-_SYMBOLS = Conv3x3Targets(forward="StreetsegConv3x3Forward", weight_gradient="StreetsegConv3x3WeightGradient")
+class Targets(NamedTuple):
+    """FFI target names, registered for the CPU platform; each library symbol is its name in CamelCase."""
+    conv3x3_forward: str = "streetseg_conv3x3_forward"
+    conv3x3_input_gradient: str = "streetseg_conv3x3_input_gradient"
+    conv3x3_weight_gradient: str = "streetseg_conv3x3_weight_gradient"
+    batchnorm_relu_statistics: str = "streetseg_batchnorm_relu_statistics"
+    batchnorm_relu_apply: str = "streetseg_batchnorm_relu_apply"
+    batchnorm_relu_gradient_statistics: str = "streetseg_batchnorm_relu_gradient_statistics"
+    batchnorm_relu_gradient: str = "streetseg_batchnorm_relu_gradient"
+
+
 _FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]
 
 
@@ -46,8 +51,13 @@ def enabled() -> bool:
     return os.environ.get("STREETSEG_NATIVE", "1") != "0"
 
 
+def cpu_targets() -> Targets | None:
+    """The kernels' targets where XLA runs on the CPU and they could be had, else None (callers use XLA's own)."""
+    return targets() if jax.default_backend() == "cpu" else None
+
+
 @functools.cache
-def conv3x3_targets() -> Conv3x3Targets | None:
+def targets() -> Targets | None:
     """The compiled kernels' FFI targets, registered for the CPU platform; None where they cannot be had."""
     if not enabled():
         return None
@@ -58,10 +68,30 @@ def conv3x3_targets() -> Conv3x3Targets | None:
                       f"(slower on CPU; set STREETSEG_NATIVE=0 to silence this): {error}", RuntimeWarning,
                       stacklevel=2)
         return None
-    targets = Conv3x3Targets()
-    for target, symbol in zip(targets, _SYMBOLS):
+    names = Targets()
+    for target in names:
+        symbol = "".join(part.capitalize() for part in target.split("_"))
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-    return targets
+    return names
+
+
+def per_device(local, args, batched, batched_out):
+    """`local(axes, *args)` on each device's rows of the batch, under the mesh set with
+    `jax.sharding.use_abstract_mesh` (the train step sets it): args and results flagged in `batched` and
+    `batched_out` (one flag where `local` returns one array) are split along their first axis, the others whole on
+    every device. `axes` are the mesh axes to
+    `lax.psum` a per-device part over, or None where `local` sees the whole batch (no mesh, one device, or a batch
+    the mesh does not divide: correct, but XLA gathers the batch to every device first)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or args[0].shape[0] % mesh.size:
+        return local(None, *args)
+    axes = tuple(mesh.axis_names)
+
+    def specs(flags):
+        return P(axes) if flags is True else P() if flags is False else tuple(map(specs, flags))
+
+    return jax.shard_map(functools.partial(local, axes), mesh=mesh, in_specs=specs(batched),
+                         out_specs=specs(batched_out), check_vma=False)(*args)
 
 
 def build() -> Path:
@@ -69,17 +99,17 @@ def build() -> Path:
     compiler = _compiler()
     include = jax.ffi.include_dir()
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(_FLAGS).encode(), _compiler_version(compiler).encode(),
-                 jaxlib.__version__.encode(), _cpu_signature().encode()):
+    for part in (*(source.read_bytes() for source in SOURCES), " ".join(_FLAGS).encode(),
+                 _compiler_version(compiler).encode(), jaxlib.__version__.encode(), _cpu_signature().encode()):
         key.update(part)
-    path = cache_dir() / f"{SOURCE.stem}-{key.hexdigest()[:16]}.so"
+    path = cache_dir() / f"streetseg_kernels-{key.hexdigest()[:16]}.so"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     # Compiled under a temporary name and renamed: processes compiling at once never load a half-written file.
     fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=path.parent)
     os.close(fd)
-    command = [compiler, *_FLAGS, f"-I{include}", str(SOURCE), "-o", partial]
+    command = [compiler, *_FLAGS, f"-I{include}", *map(str, SOURCES), "-o", partial]
     try:
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -91,7 +121,7 @@ def build() -> Path:
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-    logging.info("compiled %s into %s", SOURCE.name, path)
+    logging.info("compiled %s into %s", ", ".join(source.name for source in SOURCES), path)
     return path
 
 

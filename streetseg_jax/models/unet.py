@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from streetseg_jax.models import conv
+from streetseg_jax.models import batchnorm, conv
 
 UPSAMPLE_MODES = ("transpose", "resize", "depth_to_space")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -44,8 +44,9 @@ class ConvBlock(nnx.Module):
         self.norm2 = _batch_norm(out_width, dtype, rngs)
 
     def __call__(self, x):
-        x = nnx.relu(self.norm1(self.conv1(x)))
-        return nnx.relu(self.norm2(self.conv2(x)))
+        # batchnorm.norm_relu: nnx.relu(norm(x)), trained with our CPU kernels
+        x = batchnorm.norm_relu(self.norm1, self.conv1(x))
+        return batchnorm.norm_relu(self.norm2, self.conv2(x))
 
 
 class TransposeUp(nnx.Module):
