@@ -2,20 +2,22 @@
 
 Budget: 4,600 steps of batch 8 (36,800 crops, about 100 epochs of the 367 train frames): 56 min 18 s of wall time on
 2 idle Xeon cores (a median 11.3 img/s for the train step, plus start-up and four evaluations), val mIoU 0.673 at
-the last step, which was also the best (a second seed: 0.678 in 54 min 11 s; with huge pages and the up layers'
-own backward pass, 2026-12-05: 0.670 in 44 min 52 s at 14.3 img/s). Trained at 0.375 scale (frames 360x480
-scaled to 135x180, then randomly by 0.75..1.5, random 128x176 crops, horizontal flips, colour jitter), evaluated on
-`validation` every 1,150 steps at the labels' native 360x480 (the network sees 135x180, eval_scale 0.375, and its
-logits are resized back before the argmax; void is ignored). On two CPU cores the smaller frames' extra steps pay
-more than the resolution: at 0.5 scale (176x240 crops) 57 minutes give 2,600 steps and val mIoU 0.600, at 0.375
-scale 5,200 steps and 0.634, 0.650 with flip test-time augmentation (each eval image's logits averaged with its
-mirror image's) and 0.657 with multi-scale TTA as well (the network also at 0.3125 and 0.5 scale, logits averaged:
-about 20 s an evaluation). Loss: cross-entropy with median-frequency class weights against the imbalance (SegNet's
-recipe: pole, sign_symbol, pedestrian and bicyclist are each about 1% of the pixels or less), softened to their
-square root (SegNet's own over-predict the rare classes: 0.657 with them, 0.666 with the root, both in 5,200 steps),
-plus Lovasz-softmax, which costs 15% a step here but gave 0.650 against 0.619 for cross-entropy alone given the same
-wall time. What each choice gave on val is in docs/camvid.md; `train/images_per_second` in metrics.jsonl says what
-another machine does, so set num_train_steps to fit the 60 minutes there.
+the last step, which was also the best (a second seed: 0.678 in 54 min 11 s; with huge pages and the up layers' own
+backward pass, 2026-12-05: 0.670 in 44 min 52 s at 14.3 img/s; with our BatchNorm and convolution kernels: 0.667 in
+34 min 1 s at 19.1 img/s, so more steps would fit the hour now: not yet measured). Trained at 0.375 scale (frames
+360x480 scaled to 135x180, then randomly by 0.75..1.5, random 128x176 crops, horizontal flips, colour jitter),
+evaluated on `validation` every 1,150 steps at the labels' native 360x480 (the network sees 135x180, eval_scale
+0.375, and its logits are resized back before the argmax; void is ignored). On two CPU cores the smaller frames'
+extra steps pay more than the resolution: at 0.5 scale (176x240 crops) 57 minutes give 2,600 steps and val mIoU
+0.600, at 0.375 scale 5,200 steps and 0.634, 0.650 with flip test-time augmentation (each eval image's logits
+averaged with its mirror image's) and 0.657 with multi-scale TTA as well (the network also at 0.3125 and 0.5 scale,
+logits averaged: about 20 s an evaluation). Loss: cross-entropy with median-frequency class weights against the
+imbalance (SegNet's recipe: pole, sign_symbol, pedestrian and bicyclist are each about 1% of the pixels or less),
+softened to their square root (SegNet's own over-predict the rare classes: 0.657 with them, 0.666 with the root,
+both in 5,200 steps), plus Lovasz-softmax, which costs 15% a step here but gave 0.650 against 0.619 for
+cross-entropy alone given the same wall time. What each choice gave on val is in docs/camvid.md;
+`train/images_per_second` in metrics.jsonl says what another machine does, so set num_train_steps to fit the 60
+minutes there.
 
 Build the data first (see README, "CamVid"):
     python -m streetseg_jax.data build --config camvid --manual_dir CamVid --data_dir ~/tensorflow_datasets

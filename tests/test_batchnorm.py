@@ -104,6 +104,21 @@ def test_only_batch_statistics_of_float32_maps_of_16_channels_take_the_kernels()
         np.testing.assert_array_equal(batchnorm.norm_relu(norm, x), reference(norm, x))
 
 
+def test_switched_off_it_is_nnx_batchnorm_exactly(monkeypatch):
+    x, weights = normal((2, 4, 4, 16), 0), normal((2, 4, 4, 16), 1)
+    expected = gradients(reference, make_norm(16), x, weights)
+    try:
+        monkeypatch.setenv("STREETSEG_NATIVE", "0")
+        native.targets.cache_clear()
+        assert not any(target in program(make_norm(16), x) for target in KERNEL_TARGETS)
+        for mine, theirs in zip(jax.tree.leaves(gradients(batchnorm.norm_relu, make_norm(16), x, weights)),
+                                jax.tree.leaves(expected)):
+            np.testing.assert_array_equal(mine, theirs)
+    finally:
+        monkeypatch.undo()
+        native.targets.cache_clear()
+
+
 def test_the_unet_blocks_use_it():
     native_or_skip()
     from streetseg_jax.models.unet import UNet

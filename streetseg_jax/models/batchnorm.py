@@ -3,7 +3,7 @@
 `norm_relu(norm, x)` is `nnx.relu(norm(x))` for an `nnx.BatchNorm`: the same parameters and running statistics, the
 same values to rounding. In training on CPU (batch statistics, float32 feature maps whose channels are a multiple of
 16, the kernels at hand) it is four passes over the pixels: the per-channel sums of x and x^2; y = max(x * a + b, 0);
-in the backward pass the per-channel sums of g and g * x (g the output gradient where y > 0); and dx = g * k1 +
+in the backward pass the per-channel sums of g and g * x (g the output gradient where y > 0); and dx = g * a +
 x * k2 + k3. XLA:CPU made about nine passes of the same layer (its elementwise and reduction fusions took 30% of the
 train step; docs/performance.md). Anywhere else (running statistics, GPU, bfloat16) it is nnx's BatchNorm.
 
@@ -47,8 +47,8 @@ def batch_norm_relu(x, scale, bias, epsilon: float):
     return _forward(x, scale, bias, epsilon)[0]
 
 
-def _vectors(channels, count=2):
-    return (jax.ShapeDtypeStruct((channels,), jnp.float32),) * count
+def _two_vectors(channels):
+    return (jax.ShapeDtypeStruct((channels,), jnp.float32),) * 2
 
 
 def _forward(x, scale, bias, epsilon):
@@ -56,7 +56,7 @@ def _forward(x, scale, bias, epsilon):
     channels = x.shape[-1]
 
     def local(axes, x, scale, bias):
-        sums = (*jax.ffi.ffi_call(targets.batchnorm_relu_statistics, _vectors(channels))(x),
+        sums = (*jax.ffi.ffi_call(targets.batchnorm_relu_statistics, _two_vectors(channels))(x),
                 jnp.float32(x.size // channels))
         total, squares, count = sums if axes is None else lax.psum(sums, axes)
         mean = total / count
@@ -79,7 +79,7 @@ def _backward(epsilon, saved, cotangents):
     channels = x.shape[-1]
 
     def local(axes, x, dy, mean, inverse_std, a, b, count, dmean, dvar):
-        sums = jax.ffi.ffi_call(targets.batchnorm_relu_gradient_statistics, _vectors(channels))(x, dy, a, b)
+        sums = jax.ffi.ffi_call(targets.batchnorm_relu_gradient_statistics, _two_vectors(channels))(x, dy, a, b)
         dbias, g_times_x = sums if axes is None else lax.psum(sums, axes)
         dscale = inverse_std * (g_times_x - mean * dbias)
         # dx = a * (g - dbias / n - xhat * dscale / n), xhat = (x - mean) * inverse_std, plus what the batch mean
@@ -87,7 +87,7 @@ def _backward(epsilon, saved, cotangents):
         k2 = (2 * dvar - a * inverse_std * dscale) / count
         k3 = (dmean - a * dbias) / count - mean * k2
         dx = jax.ffi.ffi_call(targets.batchnorm_relu_gradient, jax.ShapeDtypeStruct(x.shape, jnp.float32))(
-            x, dy, a, b, a, k2, k3)
+            x, dy, a, b, k2, k3)
         return dx, dscale, dbias
 
     return native.per_device(local, (x, dy, mean, inverse_std, a, b, count, dmean, dvar), (True, True) + (False,) * 7,

@@ -4,7 +4,7 @@
 //   statistics:           (sum x, sum x^2) per channel
 //   apply:                y = max(x * a + b, 0)                       (a, b: scale and shift from the statistics)
 //   gradient statistics:  (sum g, sum g * x) per channel              g = dy where x * a + b > 0, else 0
-//   gradient:             dx = g * k1 + x * k2 + k3                   (k1, k2, k3 per channel, from those sums)
+//   gradient:             dx = g * a + x * k2 + k3                    (k2, k3 per channel, from those sums)
 //
 // Sums run in float32 vectors over runs of 256 pixels and in double across runs. Called through XLA's FFI (native.py).
 #include <algorithm>
@@ -98,8 +98,8 @@ ffi::Error GradientStatistics(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 }
 
 ffi::Error Gradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> a,
-                    ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> k1, ffi::Buffer<ffi::F32> k2,
-                    ffi::Buffer<ffi::F32> k3, ffi::ResultBuffer<ffi::F32> dx) {
+                    ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> k2, ffi::Buffer<ffi::F32> k3,
+                    ffi::ResultBuffer<ffi::F32> dx) {
   Pixels p;
   if (auto error = Check(x, p); error.failure()) return error;
   const float *xs = x.typed_data(), *gs = dy.typed_data(), *as = a.typed_data(), *bs = b.typed_data();
@@ -107,9 +107,9 @@ ffi::Error Gradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Buff
   for (int64_t i = 0; i < p.count; ++i)
     for (int64_t c = 0; c < p.channels; c += kLanes) {
       const int64_t at = i * p.channels + c;
-      const Vec v = Load(xs + at);
-      const Vec g = WherePositive(v, Load(as + c), Load(bs + c), Load(gs + at));
-      Store(out + at, g * Load(k1.typed_data() + c) + v * Load(k2.typed_data() + c) + Load(k3.typed_data() + c));
+      const Vec v = Load(xs + at), av = Load(as + c);
+      const Vec g = WherePositive(v, av, Load(bs + c), Load(gs + at));
+      Store(out + at, g * av + v * Load(k2.typed_data() + c) + Load(k3.typed_data() + c));
     }
   return ffi::Error::Success();
 }
@@ -136,7 +136,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(StreetsegBatchnormReluGradientStatistics, Gradient
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StreetsegBatchnormReluGradient, Gradient,
                               ffi::Ffi::Bind()
-                                  .Arg<Buffer>()
                                   .Arg<Buffer>()
                                   .Arg<Buffer>()
                                   .Arg<Buffer>()

@@ -14,10 +14,8 @@ and whose training passes on CPU take kernels from `conv3x3.cc` (`native`), per 
 Anywhere else (GPU, bfloat16, other shapes, no compiler) XLA computes everything, and in inference too: there XLA
 fuses BatchNorm and ReLU into its convolutions, and our forward kernel made the predict benchmark 9.2 -> 5.4 img/s.
 
-The kernels see whole arrays, so under data parallelism they run per device inside `shard_map` on the batch (the
-weight gradients then summed across devices, as XLA's own would be). The mesh is the one set with
-`jax.sharding.use_abstract_mesh` (the train step sets it); without one, or with a batch the mesh does not divide,
-they run on the whole batch (correct, but XLA gathers the batch to every device first).
+Under data parallelism the kernels run per device (`native.per_device`), the weight gradients then summed across
+devices, as XLA's own would be.
 """
 from __future__ import annotations
 

@@ -77,11 +77,11 @@ def targets() -> Targets | None:
 
 def per_device(local, args, batched, batched_out):
     """`local(axes, *args)` on each device's rows of the batch, under the mesh set with
-    `jax.sharding.use_abstract_mesh` (the train step sets it): args and results flagged in `batched` and
-    `batched_out` (one flag where `local` returns one array) are split along their first axis, the others whole on
-    every device. `axes` are the mesh axes to
-    `lax.psum` a per-device part over, or None where `local` sees the whole batch (no mesh, one device, or a batch
-    the mesh does not divide: correct, but XLA gathers the batch to every device first)."""
+    `jax.sharding.use_abstract_mesh` (the train step sets it). The kernels see whole arrays, so under data
+    parallelism they run inside `shard_map`: args and results flagged in `batched` and `batched_out` (one flag where
+    `local` returns one array) are split along their first axis, the others whole on every device. `axes` are the
+    mesh axes to `lax.psum` a per-device part over, or None where `local` sees the whole batch (no mesh, one device,
+    or a batch the mesh does not divide: correct, but XLA gathers the batch to every device first)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1 or args[0].shape[0] % mesh.size:
         return local(None, *args)
