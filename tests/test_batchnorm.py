@@ -1,8 +1,4 @@
 """BatchNorm + ReLU trained with our kernels: nnx's values, gradients and running statistics, per device, fallbacks."""
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +8,9 @@ from flax import nnx
 
 from streetseg_jax.models import batchnorm, native
 
-ROOT = Path(__file__).resolve().parents[1]
+from cpu_devices import run_on_cpu_devices
+
+
 NAMES = native.Targets()
 KERNEL_TARGETS = (NAMES.batchnorm_relu_statistics, NAMES.batchnorm_relu_apply,
                   NAMES.batchnorm_relu_gradient_statistics, NAMES.batchnorm_relu_gradient)
@@ -162,7 +160,5 @@ print("PER-DEVICE-OK")
 
 def test_under_data_parallelism_each_device_sums_its_rows_and_the_sums_are_added():
     native_or_skip()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = run_on_cpu_devices(SHARDED)
     assert "PER-DEVICE-OK" in proc.stdout, proc.stdout + proc.stderr

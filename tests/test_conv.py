@@ -1,9 +1,6 @@
 """The 3x3 convolution trained with our own kernels: XLA's values and gradients, per device under sharding, fallbacks."""
-import os
 import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +10,7 @@ from flax import nnx
 
 from streetseg_jax.models import conv, native
 
-ROOT = Path(__file__).resolve().parents[1]
+from cpu_devices import run_on_cpu_devices
 
 
 NAMES = native.Targets()
@@ -167,9 +164,7 @@ print("PER-DEVICE-OK")
 
 def test_under_data_parallelism_each_device_computes_its_share_and_they_are_summed():
     native_or_skip()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = run_on_cpu_devices(SHARDED)
     assert "PER-DEVICE-OK" in proc.stdout, proc.stdout + proc.stderr
 
 

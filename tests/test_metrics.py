@@ -1,15 +1,13 @@
 """Tests for streetseg_jax.metrics: the on-device confusion matrix against numpy, and the figures from it."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from streetseg_jax.metrics import confusion_matrix, logits_to_confusion, metrics_from_confusion
+
+from cpu_devices import run_on_cpu_devices
 
 
 def numpy_confusion(labels, preds, num_classes, ignore_id):
@@ -159,10 +157,6 @@ print("ok")
 
 
 def test_confusion_matrix_on_batch_sharded_over_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    repo_root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(
-        [sys.executable, "-c", SHARDED_SCRIPT], env=env, cwd=repo_root, capture_output=True, text=True, timeout=120
-    )
+    done = run_on_cpu_devices(SHARDED_SCRIPT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"

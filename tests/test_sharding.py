@@ -3,11 +3,10 @@ batch, and the evaluation confusion matrix has identical integer counts. Runs in
 count is fixed when JAX starts."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
+
+from cpu_devices import run_on_cpu_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,9 +68,6 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_eight_device_step_and_eval_equal_one_device():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": str(ROOT / "tests")}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT / "tests", env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = run_on_cpu_devices(SCRIPT, cwd=ROOT / "tests", PYTHONPATH=str(ROOT / "tests"))
     assert "SHARDING-OK" in proc.stdout, proc.stdout + proc.stderr
 

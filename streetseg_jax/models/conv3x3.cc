@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -57,13 +58,13 @@ void Tile(const float* x, const float* dy, float* d, const Shape& s, int64_t row
     for (int j = 0; j < kOut; ++j) *reinterpret_cast<Vec*>(d + i * s.o + kLanes * j) = acc[i][j];
 }
 
-// Input channels left over after the full tiles of kIn: one tile of `left` (< kIn) channels.
-template <int kIn, int kOut>
-void Remainder(int64_t left, const float* x, const float* dy, float* d, const Shape& s, int64_t rows, int64_t w0,
-               int64_t w1, int64_t dw) {
-  if constexpr (kIn > 1) {
-    if (left == kIn - 1) return Tile<kIn - 1, kOut>(x, dy, d, s, rows, w0, w1, dw);
-    Remainder<kIn - 1, kOut>(left, x, dy, d, s, rows, w0, w1, dw);
+// f(std::integral_constant<int, n>{}) for a count n in 1 .. kMax known only at run time: the tiles of the channels or
+// pixels left over after the full ones.
+template <int kMax, typename F>
+void WithCount(int64_t n, F&& f) {
+  if constexpr (kMax > 0) {
+    if (n == kMax) return f(std::integral_constant<int, kMax>{});
+    WithCount<kMax - 1>(n, f);
   }
 }
 
@@ -74,7 +75,9 @@ void Tap(const float* x, const float* dy, float* d, const Shape& s, int64_t rows
   for (int64_t o = 0; o < s.o; o += kOut * kLanes) {
     int64_t c = 0;
     for (; c + kIn <= s.c; c += kIn) Tile<kIn, kOut>(x + c, dy + o, d + c * s.o + o, s, rows, w0, w1, dw);
-    if (c < s.c) Remainder<kIn, kOut>(s.c - c, x + c, dy + o, d + c * s.o + o, s, rows, w0, w1, dw);
+    WithCount<kIn - 1>(s.c - c, [&](auto left) {
+      Tile<decltype(left)::value, kOut>(x + c, dy + o, d + c * s.o + o, s, rows, w0, w1, dw);
+    });
   }
 }
 
@@ -186,16 +189,6 @@ void ForwardTile(const float* x, const float* k, float* y, const Shape& s, int64
     for (int j = 0; j < kBlocks; ++j) *reinterpret_cast<Vec*>(yp + p * s.o + kLanes * j) = acc[p][j];
 }
 
-// The last `left` (< kPixels) pixels before the row's last one: one tile of that many.
-template <int kPixels, int kBlocks>
-void ForwardRemainder(int64_t left, const float* x, const float* k, float* y, const Shape& s, int64_t n, int64_t h,
-                      int64_t w0, int64_t o) {
-  if constexpr (kPixels > 1) {
-    if (left == kPixels - 1) return ForwardTile<kPixels - 1, kBlocks>(x, k, y, s, n, h, w0, o);
-    ForwardRemainder<kPixels - 1, kBlocks>(left, x, k, y, s, n, h, w0, o);
-  }
-}
-
 // One output pixel anywhere (the image's first and last columns): taps outside the image are skipped.
 template <int kBlocks>
 void ForwardPixel(const float* x, const float* k, float* y, const Shape& s, int64_t n, int64_t h, int64_t w,
@@ -229,7 +222,9 @@ bool ForwardBlocks(const float* x, const float* kernel, float* y, const Shape& s
         ForwardPixel<kBlocks>(x, packed.data, y, s, n, h, 0, o);
         int64_t w = 1;
         for (; w + kPixels < s.w; w += kPixels) ForwardTile<kPixels, kBlocks>(x, packed.data, y, s, n, h, w, o);
-        if (w < s.w - 1) ForwardRemainder<kPixels, kBlocks>(s.w - 1 - w, x, packed.data, y, s, n, h, w, o);
+        WithCount<kPixels - 1>(s.w - 1 - w, [&](auto left) {
+          ForwardTile<decltype(left)::value, kBlocks>(x, packed.data, y, s, n, h, w, o);
+        });
         if (s.w > 1) ForwardPixel<kBlocks>(x, packed.data, y, s, n, h, s.w - 1, o);
       }
   }
