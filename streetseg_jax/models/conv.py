@@ -11,8 +11,9 @@ and whose training passes on CPU take kernels from `conv3x3.cc` (`native`), per 
   except 16 from more (`_forward_wins`): 150-169 GFLOP/s against XLA:CPU's 126-145 on the U-Net's layers, and on
   the first two (3 -> 16, 16 -> 16) 1.8 and 7.5 ms against 10.8 and 14.7.
 
-Anywhere else (GPU, bfloat16, other shapes, no compiler) XLA computes everything, and in inference too: there XLA
-fuses BatchNorm and ReLU into its convolutions, and our forward kernel made the predict benchmark 9.2 -> 5.4 img/s.
+Anywhere else (GPU, bfloat16, other shapes, no compiler) XLA computes everything, and in inference too: our forward
+kernel made the predict benchmark 9.2 -> 5.4 img/s there (probably: XLA fuses the eval-mode BatchNorm and ReLU
+into its own).
 
 Under data parallelism the kernels run per device (`native.per_device`), the weight gradients then summed across
 devices, as XLA's own would be.
