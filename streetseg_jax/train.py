@@ -135,7 +135,7 @@ def make_train_step(graphdef, tx, class_weights, ignore_id: int, mesh, loss: str
 
     def step(state: TrainState, batch):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        # The mesh tells kernels that see whole arrays (models/conv.py) how the batch is split.
+        # The mesh tells our kernels, which see whole arrays, how the batch is split (models/native.py, per_device).
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             (loss, (logits, rest)), grads = grad_fn(state.params, state, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -58,7 +58,7 @@ def _forward(x, scale, bias, epsilon):
     def local(axes, x, scale, bias):
         sums = (*jax.ffi.ffi_call(targets.batchnorm_relu_statistics, _two_vectors(channels))(x),
                 jnp.float32(x.size // channels))
-        total, squares, count = sums if axes is None else lax.psum(sums, axes)
+        total, squares, count = native.sum_over_devices(sums, axes)
         mean = total / count
         var = jnp.maximum(squares / count - mean * mean, 0.0)
         inverse_std = lax.rsqrt(var + epsilon)
@@ -80,7 +80,7 @@ def _backward(epsilon, saved, cotangents):
 
     def local(axes, x, dy, mean, inverse_std, a, b, count, dmean, dvar):
         sums = jax.ffi.ffi_call(targets.batchnorm_relu_gradient_statistics, _two_vectors(channels))(x, dy, a, b)
-        dbias, g_times_x = sums if axes is None else lax.psum(sums, axes)
+        dbias, g_times_x = native.sum_over_devices(sums, axes)
         dscale = inverse_std * (g_times_x - mean * dbias)
         # dx = a * (g - dbias / n - xhat * dscale / n), xhat = (x - mean) * inverse_std, plus what the batch mean
         # and variance returned receive (dmean / n, and 2 (x - mean) dvar / n): per channel, g * a + x * k2 + k3.

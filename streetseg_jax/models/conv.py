@@ -100,8 +100,7 @@ def _conv3x3_backward(saved, dy):
     else:
         def call(axes, x, dy):
             shape = jax.ShapeDtypeStruct(kernel.shape, jnp.float32)
-            part = jax.ffi.ffi_call(targets.conv3x3_weight_gradient, shape)(x, dy)
-            return part if axes is None else lax.psum(part, axes)
+            return native.sum_over_devices(jax.ffi.ffi_call(targets.conv3x3_weight_gradient, shape)(x, dy), axes)
 
         dkernel = native.per_device(call, (x, dy), (True, True), False)
     return dx, dkernel

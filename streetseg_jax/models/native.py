@@ -80,8 +80,9 @@ def per_device(local, args, batched, batched_out):
     `jax.sharding.use_abstract_mesh` (the train step sets it). The kernels see whole arrays, so under data
     parallelism they run inside `shard_map`: args and results flagged in `batched` and `batched_out` (one flag where
     `local` returns one array) are split along their first axis, the others whole on every device. `axes` are the
-    mesh axes to `lax.psum` a per-device part over, or None where `local` sees the whole batch (no mesh, one device,
-    or a batch the mesh does not divide: correct, but XLA gathers the batch to every device first)."""
+    mesh axes to sum a per-device part over (`sum_over_devices`), or None where `local` sees the whole batch (no
+    mesh, one device, or a batch the mesh does not divide: correct, but XLA gathers the batch to every device
+    first)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1 or args[0].shape[0] % mesh.size:
         return local(None, *args)
@@ -92,6 +93,12 @@ def per_device(local, args, batched, batched_out):
 
     return jax.shard_map(functools.partial(local, axes), mesh=mesh, in_specs=specs(batched),
                          out_specs=specs(batched_out), check_vma=False)(*args)
+
+
+def sum_over_devices(value, axes):
+    """`lax.psum` of a per-device part over the `axes` that `per_device` gave `local`, or the value where they are
+    None (`local` saw the whole batch)."""
+    return value if axes is None else jax.lax.psum(value, axes)
 
 
 def build() -> Path:
