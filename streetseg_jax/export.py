@@ -17,8 +17,10 @@ Load and run it:
 Batch, height and width are symbolic, so one file serves any image size, when the model runs at the images' own
 scale (config.eval_scale == 1). A model trained to see images resized by eval_scale needs --height and --width:
 the resized size cannot be written symbolically (jax.export shape polymorphism has no rounding of a product).
-The function runs an image whole, without tiling: for very large photos give fixed, moderate shapes or tile them
-before the call (as `python -m streetseg_jax.predict` does).
+Test-time augmentation follows the run, as in `predict`: the network also at its eval_extra_scales and, with its
+eval_flip_tta, on the mirror images, unless --extra_scales or --[no_]flip_tta say otherwise (info.json records
+what went in). The function runs an image whole, without tiling: for very large photos give fixed, moderate shapes
+or tile them before the call (as `python -m streetseg_jax.predict` does).
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ import jax
 import jax.numpy as jnp
 from jax import export as jax_export
 
-from streetseg_jax.cli import fail, normalise_argv
-from streetseg_jax.evaluate import network_scales, predict_logits
+from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, fail, normalise_argv
+from streetseg_jax.evaluate import flip_tta_setting, network_scales, predict_logits
 from streetseg_jax.inference import TrainedModel, load_model, model_logits, scaled_logits
 
 OUTPUTS = ("classes", "confidence", "logits")
@@ -143,7 +145,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, help="fixed batch size (default: symbolic)")
     parser.add_argument("--outputs", default="classes,confidence",
                         help=f"comma-separated, from {','.join(OUTPUTS)} (default classes,confidence)")
-    parser.add_argument("--flip_tta", action="store_true", help="average with the mirror image's logits")
+    add_flip_tta_flags(parser, "average with the mirror image's logits")
+    add_extra_scales_flag(parser)
     parser.add_argument("--platforms", default="cpu,cuda", help="platforms to lower for (default cpu,cuda)")
     return parser.parse_args(argv)
 
@@ -152,6 +155,8 @@ def _check_args(args) -> tuple[str, ...]:
     outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
     if not outputs or set(outputs) - set(OUTPUTS):
         fail(f"--outputs must name some of {', '.join(OUTPUTS)}, got {args.outputs!r}")
+    if Path(args.output).is_dir():
+        fail(f"--output {args.output} is a folder: name the archive to write, e.g. {Path(args.output) / 'model.zip'}")
     if (args.height is None) != (args.width is None):
         fail("give both --height and --width, or neither (symbolic sizes)")
     for name in ("height", "width", "batch_size"):
@@ -166,9 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     outputs = _check_args(args)
     try:
         trained = load_model(args.workdir, args.checkpoint, say=lambda m: print(m, file=sys.stderr))
+        if args.extra_scales is not None:
+            trained.config.eval_extra_scales = args.extra_scales
         info = export_model(trained, args.output, batch=args.batch_size, height=args.height, width=args.width,
-                            outputs=outputs, flip_tta=args.flip_tta, platforms=args.platforms.split(","))
-    except (FileNotFoundError, ValueError) as e:
+                            outputs=outputs, flip_tta=flip_tta_setting(trained.config, args.flip_tta),
+                            platforms=args.platforms.split(","))
+    except (OSError, ValueError) as e:
         fail(str(e))
     except ImportError as e:      # jax serialises through flatbuffers, an optional dependency of jax
         fail(f"cannot serialise: {e}")

@@ -1,4 +1,5 @@
-"""Run report: `python -m streetseg_jax.report --workdir DIR [--split S] [--checkpoint best|latest|STEP] [--k 4]`.
+"""Run report: `python -m streetseg_jax.report --workdir DIR [--split S] [--checkpoint best|latest|STEP] [--k 4]
+[--[no_]flip_tta] [--extra_scales S,...|none]` (test-time augmentation as the run evaluated unless told).
 
 Writes DIR/report.html, one self-contained file that opens offline: images are embedded as base64 data URIs, the
 CSS is inline, and there is no JavaScript and no external request. It holds the loss and mIoU curves (from
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from streetseg_jax.cli import fail, normalise_argv
+from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, fail, normalise_argv
 
 MAX_PANEL_WIDTH = 480   # pixels of an embedded example panel: enough to see errors, small enough to keep files light
 SHOWN_PANEL_WIDTH = 280  # about how wide a panel shows on the page (a quarter of it): narrower images are enlarged
@@ -277,6 +278,7 @@ class ReportData:
     confusion_png: bytes
     frequency_png: bytes
     config: dict                # config.json (with its "provenance") or the checkpoint's config
+    inference: str              # how the network saw the images: its scales, and whether flip-averaged
 
 
 def render_html(d: ReportData) -> str:
@@ -303,7 +305,7 @@ def _header(d: ReportData) -> str:
     n = len(d.evaluation.image_miou)
     return (f"<header><h1>{_e(d.title)}</h1><p class=\"sub\">checkpoint <b>{_e(d.checkpoint)}</b> (step {d.step})"
             f" · evaluated on split <b>{_e(d.evaluation.split)}</b> ({n} image{'s' * (n != 1)})"
-            f" · {d.label_map.num_classes} classes</p></header>")
+            f" · {d.label_map.num_classes} classes · {_e(d.inference)}</p></header>")
 
 
 def _summary(d: ReportData) -> str:
@@ -508,12 +510,13 @@ footer { color:var(--muted); font-size:12.5px; text-align:center; margin-top:8px
 # Putting it together
 # -------------------------------------------------------------------------------------------------------------------
 def build_report(workdir: str | Path, split: str | None = None, checkpoint: str | int = "best", k: int = 4,
-                 data_dir: str | None = None) -> Path:
-    """Evaluate `checkpoint` of the run in `workdir` on `split` and write workdir/report.html; returns its path."""
+                 data_dir: str | None = None, flip_tta: bool | None = None, extra_scales: tuple | None = None) -> Path:
+    """Evaluate `checkpoint` of the run in `workdir` on `split` and write workdir/report.html; returns its path.
+    Test-time augmentation as the run evaluated unless `flip_tta` / `extra_scales` say otherwise (see load_run)."""
     from streetseg_jax.data.source import load_split
 
     workdir = Path(workdir).absolute()
-    run = load_run(workdir, checkpoint)
+    run = load_run(workdir, checkpoint, flip_tta, extra_scales)
     config = run.config
     split, data_dir = split or config.eval_split, data_dir or config.data_dir
     eval_source, data_label_map, _ = load_split(config.dataset, split, data_dir)
@@ -537,7 +540,16 @@ def _report_data(workdir, run, k, evaluation, eval_source, train_source) -> Repo
         best=shown["best"], worst=shown["worst"], k=k, curves=curves_png(workdir / "metrics.jsonl"),
         confusion_png=confusion_png(evaluation.confusion, lm.names),
         frequency_png=frequency_png(_frequency_series(config.train_split, train_counts, evaluation), lm),
-        config=json.loads(config_json.read_text()) if config_json.exists() else config.to_dict())
+        config=json.loads(config_json.read_text()) if config_json.exists() else config.to_dict(),
+        inference=_inference_setting(config))
+
+
+def _inference_setting(config) -> str:
+    from streetseg_jax.evaluate import network_scales
+
+    scales = network_scales(config)
+    return (f"network at scale{'s' * (len(scales) > 1)} {', '.join(f'{s:g}' for s in scales)}"
+            + (", flip-averaged" if config.get("eval_flip_tta", False) else ""))
 
 
 def _frequency_series(train_split: str, train_counts: np.ndarray, evaluation: Evaluation) -> list:
@@ -569,6 +581,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
     parser.add_argument("--k", type=int, default=4, help="how many best and worst images to show (default 4)")
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
+    add_flip_tta_flags(parser, "average each image's logits with its mirror image's")
+    add_extra_scales_flag(parser)
     return parser
 
 
@@ -587,7 +601,8 @@ def main(argv: list[str] | None = None) -> None:
     sharding.split_cpu_into_cores(8)        # at most 8 devices: evaluation rounds its batch up to a multiple
     checkpoint = args.checkpoint if args.checkpoint in ("best", "latest") else int(args.checkpoint)
     try:
-        path = build_report(args.workdir, args.split, checkpoint, args.k, args.data_dir)
+        path = build_report(args.workdir, args.split, checkpoint, args.k, args.data_dir, args.flip_tta,
+                            args.extra_scales)
     except (DatasetNotFoundError, UnknownSplitError) as e:
         fail(str(e))
     print(f"wrote {path}")

@@ -104,11 +104,31 @@ def test_a_model_evaluated_at_another_scale_needs_fixed_shapes(tmp_path, capsys)
         exported.call(random_image(48, 56)[None])
 
 
+def test_test_time_augmentation_follows_the_run_unless_told(tmp_path):
+    import jax
+
+    from streetseg_jax.inference import Predictor, load_model
+
+    workdir = make_workdir(tmp_path / "flip", eval_flip_tta=True)
+    image = random_image(32, 48, seed=8)
+    masks = {flip: Predictor(load_model(workdir), flip_tta=flip).predict_one(image).mask for flip in (True, False)}
+    assert (masks[True] != masks[False]).any()      # else the test could not tell whether the flip went in
+    for flags, flip in (((), True), (("--no_flip_tta",), False)):
+        archive = tmp_path / f"flip{flip}.zip"
+        assert run_cli(export, "--workdir", workdir, "--output", archive, "--platforms", "cpu", *flags) == 0
+        with zipfile.ZipFile(archive) as z:
+            assert json.loads(z.read("info.json"))["flip_tta"] is flip
+            exported = jax.export.deserialize(z.read("model.jaxexport"))
+        np.testing.assert_array_equal(np.asarray(exported.call(image[None])["classes"][0]), masks[flip])
+
+
 def test_bad_arguments_fail_cleanly(workdir, tmp_path, capsys):
     archive = tmp_path / "x.zip"
     assert run_cli(export, "--workdir", workdir, "--output", archive, "--height", 64) == 2
     assert run_cli(export, "--workdir", workdir, "--output", archive, "--outputs", "classes,colours") == 2
     assert run_cli(export, "--workdir", tmp_path / "none", "--output", archive) == 2
+    assert run_cli(export, "--workdir", workdir, "--output", tmp_path) == 2
     err = capsys.readouterr().err
     assert "both --height and --width" in err and "--outputs" in err and "no checkpoints" in err
+    assert "is a folder" in err
     assert not archive.exists()

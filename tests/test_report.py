@@ -204,7 +204,8 @@ def test_render_html_without_metrics_config_json_or_examples():
     scores = {**metrics_from_confusion(confusion, label_map.names), "loss": 0.5}
     evaluation = Evaluation("test", confusion, confusion[None], scores, [scores["miou"]])
     data = ReportData("Run report: x", "latest", 7, label_map, evaluation, "train", np.ones(k, np.int64), [], [], 0,
-                      None, b"png", b"png", {"model": {"depth": 2}, "dataset": "street_seg/synthetic"})
+                      None, b"png", b"png", {"model": {"depth": 2}, "dataset": "street_seg/synthetic"},
+                      "network at scale 1")
     page = Page()
     page.feed(render_html(data))
     rows = {attrs["data-class"]: value(attrs["data-iou"]) for attrs in page.with_attr("data-class")}
@@ -213,6 +214,28 @@ def test_render_html_without_metrics_config_json_or_examples():
     assert page.examples("best") == [] and page.examples("worst") == []
     text = render_html(data)
     assert "No metrics.jsonl" in text and "None asked for (--k 0)" in text and "from the checkpoint" in text
+
+
+def test_test_time_augmentation_as_the_run_evaluated_unless_told(workdir, report_path, loaded, tmp_path):
+    """The tiny run evaluated at scale 1 without flips, and so does its report; --flip_tta and --extra_scales change
+    what the report scores (its IoU table is the evaluator's with those settings) and its header says so."""
+    import shutil
+
+    from streetseg_jax import report
+
+    assert "· network at scale 1</p>" in report_path.read_text(encoding="utf-8")
+    copy = shutil.copytree(workdir, tmp_path / "run")
+    report.main(["--workdir", str(copy), "--split", SPLIT, "--k", "0", "--flip_tta", "--extra_scales", "0.5"])
+    text = (copy / "report.html").read_text(encoding="utf-8")
+    assert "· network at scales 1, 0.5, flip-averaged</p>" in text
+    run, source = loaded
+    told = report.load_run(copy, "best", flip_tta=True, extra_scales=(0.5,))
+    expected = told.evaluator.run(told.params, told.model_state, source)
+    assert expected["eval/miou"] != run.evaluator.run(run.params, run.model_state, source)["eval/miou"]
+    page = Page()
+    page.feed(text)
+    rows = {attrs["data-class"]: value(attrs["data-iou"]) for attrs in page.with_attr("data-class")}
+    assert rows == {name: pytest.approx(expected[f"eval/iou/{name}"], abs=1e-12) for name in run.label_map.names}
 
 
 def test_error_map_dims_correct_pixels_and_marks_wrong_and_ignored_ones():
