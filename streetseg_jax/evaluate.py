@@ -91,7 +91,7 @@ class Evaluator:
         self.graphdef, self.mesh, self.label_map = graphdef, mesh, label_map
         self.batch_size, self.scales = config.eval_batch_size, network_scales(config)
         self.flip_tta = flip_tta_setting(config, None)
-        sharding.check_batch_size(self.batch_size, mesh)
+        sharding.check_batch_size(self.batch_size, mesh, "eval_batch_size")
         self._step = jax.jit(self._sums, out_shardings=sharding.replicated(mesh))
         self._predict = jax.jit(self._argmax)
 
@@ -333,7 +333,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
     parser.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's (written as "
-                       "<split>_flip_tta.json)")
+                       "<split>_flip_tta.json; _multiscale is added with extra scales)")
     add_extra_scales_flag(parser)
     return parser
 

@@ -41,7 +41,7 @@ def main(argv):
     try:
         _build_synthetic_if_missing(config.dataset, config.data_dir)
         train.train_and_evaluate(config, _WORKDIR.value)
-    except (DatasetNotFoundError, RunError, FileNotFoundError, ValueError) as e:
+    except (DatasetNotFoundError, RunError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

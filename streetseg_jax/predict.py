@@ -225,9 +225,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=8, help="windows per model call (default 8)")
     parser.add_argument("--window", type=_window, default=None,
                         help="window in network pixels, N or HxW (default 512x512)")
-    parser.add_argument("--overlap", type=float, default=None, help="window overlap fraction, 0..0.5 (default 0.25)")
+    parser.add_argument("--overlap", type=_overlap, default=None,
+                        help="window overlap fraction, at least 0 and below 0.5 (default 0.25)")
     parser.add_argument("--export", choices=EXPORT_FORMATS, help="also write the masks as polygons for this tool")
-    parser.add_argument("--tolerance", type=float, default=None, help="polygon simplification in pixels (--export)")
+    parser.add_argument("--tolerance", type=_tolerance, default=None,
+                        help="polygon simplification in pixels, 0 or more (--export; default 0.5)")
     return parser.parse_args(argv)
 
 
@@ -239,6 +241,27 @@ def _window(text: str) -> tuple[int, int]:
     if len(sides) not in (1, 2) or min(sides) < 16:
         raise argparse.ArgumentTypeError(f"window must be N or HxW with sides of at least 16, got {text!r}")
     return (sides[0], sides[-1])
+
+
+def _overlap(text: str) -> float:
+    value = _number(text, "overlap")
+    if not 0 <= value < 0.5:
+        raise argparse.ArgumentTypeError(f"overlap must be at least 0 and below 0.5, got {text!r}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    value = _number(text, "tolerance")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"tolerance must be 0 or more pixels, got {text!r}")
+    return value
+
+
+def _number(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 
 from streetseg_jax import checkpoint, sharding
 from streetseg_jax.data import augment
-from streetseg_jax.data.source import dataset_dir, load_split
+from streetseg_jax.data.source import UnknownSplitError, dataset_dir, load_split
 from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.visualize import plot_curves, read_metrics
@@ -116,8 +116,8 @@ def prepare_run(config, workdir: str | Path) -> RunSetup:
     workdir = Path(workdir).absolute()
     mesh = sharding.make_mesh()
     sharding.check_batch_size(config.batch_size, mesh)
-    train_source, label_map, info = load_split(config.dataset, config.train_split, config.data_dir)
-    eval_source, _, _ = load_split(config.dataset, config.eval_split, config.data_dir)
+    train_source, label_map, info = _load(config, "train_split")
+    eval_source, _, _ = _load(config, "eval_split")
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict()}
     log = RunLog(workdir, config.num_train_steps, config.batch_size)
     if jax.process_index() == 0:
@@ -126,6 +126,14 @@ def prepare_run(config, workdir: str | Path) -> RunSetup:
     return RunSetup(config, workdir, mesh, label_map, train_source, eval_source, augment_config(config),
                     class_weights(config, train_source, label_map, log), checkpoint.Checkpoints(
                         workdir, keep=config.keep_checkpoints), log, meta)
+
+
+def _load(config, key: str):
+    """load_split of the split config[key]; a split the dataset lacks names the key to set."""
+    try:
+        return load_split(config.dataset, config[key], config.data_dir)
+    except UnknownSplitError as e:
+        raise UnknownSplitError(f"{e} (set --config.{key})") from None
 
 
 def augment_config(config) -> augment.AugmentConfig:

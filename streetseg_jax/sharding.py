@@ -59,13 +59,14 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(global_batch: int, mesh: Mesh) -> None:
+def check_batch_size(global_batch: int, mesh: Mesh, name: str = "batch_size") -> None:
+    """Refuse a global batch that does not split evenly; `name` is the config key the user would change."""
     devices, processes = mesh.devices.size, jax.process_count()
     if global_batch % devices:
-        raise ValueError(f"batch_size {global_batch} must divide by the number of devices ({devices}); "
+        raise ValueError(f"{name} {global_batch} must divide by the number of devices ({devices}); "
                          f"try {max(devices, global_batch // devices * devices)}")
     if global_batch % processes:
-        raise ValueError(f"batch_size {global_batch} must divide by the number of processes ({processes})")
+        raise ValueError(f"{name} {global_batch} must divide by the number of processes ({processes})")
 
 
 def global_batch(local: dict, mesh: Mesh) -> dict:

@@ -309,6 +309,11 @@ def test_missing_workdir_and_bad_flags_fail_cleanly(tmp_path, capsys):
     assert run_predict("--workdir", tmp_path / "nope", "--input", tmp_path / "a.jpg", "--output", tmp_path) == 2
     assert "no checkpoints" in capsys.readouterr().err
     assert run_predict("--workdir", tmp_path, "--input", tmp_path, "--output", tmp_path, "--window", "3") == 2
+    for flag, value, message in (("--overlap", "0.5", "overlap must be at least 0 and below 0.5"),
+                                 ("--overlap", "a", "overlap must be a number"),
+                                 ("--tolerance", "-1", "tolerance must be 0 or more pixels")):
+        assert run_predict("--workdir", tmp_path, "--input", tmp_path, "--output", tmp_path, flag, value) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_export_flag_hands_the_masks_to_polygonize(workdir, tmp_path, monkeypatch):

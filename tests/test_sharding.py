@@ -58,11 +58,12 @@ SCRIPT = textwrap.dedent("""
     np.testing.assert_array_equal(one[2]["confusion"], eight[2]["confusion"])
     np.testing.assert_array_equal(one[3]["confusion"], eight[3]["confusion"])
     assert one[3]["confusion"].sum() == 5 * 40 * 56 - 56 * 2  # rows 0-1 of example 0 are ignore
-    try:
-        sharding.check_batch_size(12, sharding.make_mesh())
-        raise AssertionError("batch 12 on 8 devices was accepted")
-    except ValueError as e:
-        assert "must divide by the number of devices (8)" in str(e), e
+    for name in ("batch_size", "eval_batch_size"):
+        try:
+            sharding.check_batch_size(12, sharding.make_mesh(), name)
+            raise AssertionError("batch 12 on 8 devices was accepted")
+        except ValueError as e:
+            assert str(e).startswith(f"{name} 12 must divide by the number of devices (8); try 8"), e
     print("SHARDING-OK")
 """)
 

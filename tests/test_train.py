@@ -148,6 +148,21 @@ def test_missing_dataset_names_the_build_command(tmp_path):
     assert "python -m streetseg_jax.data build" in out and "Traceback" not in out
 
 
+@pytest.mark.parametrize("override, message", [
+    ("--config.eval_split=validation", "has no split 'validation'; it has: train, test (set --config.eval_split)"),
+    ("--config.eval_batch_size=3", "eval_batch_size 3 must divide by the number of devices (2)"),
+])
+def test_bad_settings_name_the_key_to_change(tiny_data_dir, tmp_path, override, message):
+    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, override, "--cpu_devices=2")
+    assert code == 2 and message in out and "Traceback" not in out, out
+
+
+def test_a_workdir_that_is_a_file_is_an_error_not_a_traceback(tiny_data_dir, tmp_path):
+    (tmp_path / "w").write_text("not a folder")
+    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir)
+    assert code == 2 and out.startswith("error:") and "Traceback" not in out, out
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir, tmp_path):
     workdir = tmp_path / "nan"
     code, out = run_main_to_end(workdir, tiny_data_dir, "--config.learning_rate=1e30", "--config.grad_clip_norm=0",
