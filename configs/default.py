@@ -1,16 +1,18 @@
 """The embedded default: the synthetic street scenes (built on first use, 500 scenes: 400 train, 100 test) and a
 small U-Net (base width 16, 4 levels, the peers' shape).
 
-Budget: 1,950 steps of batch 8: 9 min 42 s on 2 idle Xeon cores with the first build, test mIoU 0.811 measured
-(training at a median 30.3 img/s, a slow day for that machine: the same step ran at 34 img/s on another day, and
-2,100 steps, the budget before, took 10 min 19 s on the same day against 9 min 3 s then). Scenes are 360x480;
-training sees random crops of 80x112 of the scenes scaled by 0.25 (x 0.8..1.25), evaluation runs the network at the
-same 0.25 scale and at 0.3125, averaging the logits, with flip test-time augmentation, and scores at the native
-360x480 (the extra scale gave 0.811 against 0.802 for 0.25 alone, on the test split, at about 4 s an evaluation).
+Budget: 1,950 steps of batch 8: 6 min 50 s on 2 idle Xeon cores with the first build, test mIoU 0.817 measured
+(training at a median 45.9 img/s with our CPU kernels, 2026-12-05; 9 min 42 s and 0.811 at 30.3 img/s before them).
+Scenes are 360x480; training sees random crops of 80x112 of the scenes scaled by 0.25 (x 0.8..1.25), evaluation runs
+the network at the same 0.25 scale and at 0.3125, averaging the logits, with flip test-time augmentation, and scores
+at the native 360x480 (the extra scale gave 0.811 against 0.802 for 0.25 alone, on the test split, at about 4 s an
+evaluation).
 Measured on this recipe (docs/performance.md, "The default run"): more steps at 0.25 scale beat fewer at 0.375 or a
 wider net, no class weights beat median-frequency weights, and cross-entropy + Lovasz-softmax beat cross-entropy
 alone at equal time (0.808 against 0.782).
 """
+import os
+
 import ml_collections
 
 
@@ -18,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # --- data
     c.dataset = "street_seg/synthetic"
-    c.data_dir = "~/tensorflow_datasets"
+    c.data_dir = os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"   # where `data build` puts it too
     c.train_split = "train"
     c.eval_split = "test"
     c.input_threads = 2
