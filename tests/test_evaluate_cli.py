@@ -101,6 +101,9 @@ def test_split_and_checkpoint_flags(workdir, capsys):
     (["--checkpoint", "newest"], "--checkpoint must be best, latest or a step number"),
     (["--checkpoint", "99"], "no checkpoint for step 99"),
     (["--split", "nosuch"], "has no split 'nosuch'"),
+    (["--split", "train[:abc]"], "cannot read split 'train[:abc]': a slice must be well-formed"),
+    (["--split", "train[5:2]"], "cannot read split 'train[5:2]'"),
+    (["--split", "train[3:3]"], "cannot read split 'train[3:3]'"),
 ])
 def test_refusals_are_clear(workdir, argv, message, capsys):
     from streetseg_jax import evaluate

@@ -93,7 +93,13 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None) -> 
     path = dataset_dir(dataset, data_dir)
     builder = tfds.builder_from_directory(os.fspath(path))
     _check_split(split, list(builder.info.splits.keys()), dataset)
-    source = builder.as_data_source(split=split)
+    try:
+        source = builder.as_data_source(split=split)
+        len(source)             # TFDS finds a reversed slice ("train[5:2]") only here
+    except ValueError as e:     # malformed ("train[:abc]", "train[:200%]") or empty ("train[3:3]")
+        raise UnknownSplitError(f"{dataset}: cannot read split {split!r}: a slice must be well-formed and hold at "
+                                f"least one example, like train[:100], train[:90%], train+test (TFDS: "
+                                f"{str(e).splitlines()[-1]})") from None
     return source, label_map_of(builder.info, path), builder.info
 
 
