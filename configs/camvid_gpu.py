@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmup_steps = 200
     c.eval_batch_size = 16
     c.eval_scale = 1.0
-    c.eval_extra_scales = ()          # the CPU recipe's multi-scale TTA is for its 0.375 scale
+    c.eval_extra_scales = ()          # the CPU recipe's extra TTA scales are for its half-scale network
     c.eval_every_steps = 500
     c.checkpoint_every_steps = 500
     return c
