@@ -84,6 +84,15 @@ def flip_tta_setting(config, requested: bool | None) -> bool:
     return bool(config.get("eval_flip_tta", False) if requested is None else requested)
 
 
+def apply_tta_flags(config, flip_tta: bool | None, extra_scales: tuple | None) -> bool:
+    """Set a loaded run's config to the test-time augmentation the command line asked for (`--[no_]flip_tta`,
+    `--extra_scales`; None: as the run evaluated); returns whether to flip-average."""
+    config.eval_flip_tta = flip_tta_setting(config, flip_tta)
+    if extra_scales is not None:
+        config.eval_extra_scales = tuple(extra_scales)
+    return config.eval_flip_tta
+
+
 class Evaluator:
     """One cached jitted function over (params, model_state, batch) returning sums; metrics only at the end."""
 

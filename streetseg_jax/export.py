@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jax import export as jax_export
 
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, fail, normalise_argv
-from streetseg_jax.evaluate import flip_tta_setting, network_scales, predict_logits
+from streetseg_jax.evaluate import apply_tta_flags, network_scales, predict_logits
 from streetseg_jax.inference import TrainedModel, load_model, model_logits, scaled_logits
 
 OUTPUTS = ("classes", "confidence", "logits")
@@ -171,11 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     outputs = _check_args(args)
     try:
         trained = load_model(args.workdir, args.checkpoint, say=lambda m: print(m, file=sys.stderr))
-        if args.extra_scales is not None:
-            trained.config.eval_extra_scales = args.extra_scales
+        flip_tta = apply_tta_flags(trained.config, args.flip_tta, args.extra_scales)
         info = export_model(trained, args.output, batch=args.batch_size, height=args.height, width=args.width,
-                            outputs=outputs, flip_tta=flip_tta_setting(trained.config, args.flip_tta),
-                            platforms=args.platforms.split(","))
+                            outputs=outputs, flip_tta=flip_tta, platforms=args.platforms.split(","))
     except (OSError, ValueError) as e:
         fail(str(e))
     except ImportError as e:      # jax serialises through flatbuffers, an optional dependency of jax

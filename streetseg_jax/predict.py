@@ -282,18 +282,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _predictor(args):
     from streetseg_jax import inference, sharding
-    from streetseg_jax.evaluate import flip_tta_setting
+    from streetseg_jax.evaluate import apply_tta_flags
 
     if args.batch_size < 1:
         fail(f"--batch_size must be at least 1, got {args.batch_size}")
     sharding.split_cpu_into_cores(args.batch_size)
     try:
         trained = inference.load_model(args.workdir, args.checkpoint, say=lambda m: print(m, file=sys.stderr))
-        if args.extra_scales is not None:
-            trained.config.eval_extra_scales = args.extra_scales
+        flip_tta = apply_tta_flags(trained.config, args.flip_tta, args.extra_scales)
         return inference.Predictor(trained, window=args.window or inference.DEFAULT_WINDOW,
                                    overlap=inference.DEFAULT_OVERLAP if args.overlap is None else args.overlap,
-                                   batch_size=args.batch_size, flip_tta=flip_tta_setting(trained.config, args.flip_tta))
+                                   batch_size=args.batch_size, flip_tta=flip_tta)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
 

@@ -54,7 +54,7 @@ def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None,
     run evaluated, its config's eval_flip_tta and eval_extra_scales)."""
     import jax
     from streetseg_jax import sharding
-    from streetseg_jax.evaluate import Evaluator, flip_tta_setting
+    from streetseg_jax.evaluate import Evaluator, apply_tta_flags
     from streetseg_jax.inference import load_model
 
     try:
@@ -68,9 +68,7 @@ def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None,
     # The split is scored exactly whatever the batch, so fit the batch to the devices of this machine.
     devices = mesh.devices.size
     config.eval_batch_size = -(-config.eval_batch_size // devices) * devices
-    config.eval_flip_tta = flip_tta_setting(config, flip_tta)
-    if extra_scales is not None:
-        config.eval_extra_scales = tuple(extra_scales)
+    apply_tta_flags(config, flip_tta, extra_scales)
     evaluator = Evaluator(trained.graphdef, mesh, trained.label_map, config)
     return LoadedRun(config, trained.label_map, evaluator, params, model_state, trained.step, trained.source)
 
