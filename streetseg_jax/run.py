@@ -216,16 +216,17 @@ class RunLog:
         self.t0, self.step0 = time.time(), 0
 
     def start(self, step: int, num_steps: int) -> None:
+        """Marks where this (re)start begins in metrics.jsonl, so readers can tell lost steps and downtime."""
         self.t0, self.step0 = time.time(), step
+        if self.primary:
+            _append_record(self.path, {"step": step, "time": self.t0, "run/start": True})
         self.say(f"training steps {step}..{num_steps} on {jax.device_count()} device(s), "
                  f"{jax.process_count()} process(es)")
 
     def write(self, step: int, row: dict) -> None:
         if not self.primary:
             return
-        record = {"step": step, "time": time.time(), **{k: _plain(v) for k, v in row.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        _append_record(self.path, {"step": step, "time": time.time(), **{k: _plain(v) for k, v in row.items()}})
         self.say(self._progress(step, row))
 
     def _progress(self, step: int, row: dict) -> str:
@@ -239,6 +240,17 @@ class RunLog:
     def say(self, message: str) -> None:
         if self.primary:
             print(message, flush=True)
+
+
+def _append_record(path: Path, record: dict) -> None:
+    """One JSON line at the end of `path`; a line that a killed run left unfinished is ended first."""
+    with open(path, "a+b") as f:    # appends go to the end wherever the reads seek
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(json.dumps(record).encode() + b"\n")
 
 
 def _plain(v):

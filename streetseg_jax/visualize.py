@@ -41,10 +41,45 @@ def _with_legend(image: Image.Image, classes) -> Image.Image:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """metrics.jsonl's records in file order; [] without the file. A line a killed run left half-written is
+    skipped."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
+
+
+def run_history(records: list[dict]) -> list[dict]:
+    """The run as it stands: one row per step (its train and eval records merged), in step order.
+
+    A run killed without saving resumes from an earlier checkpoint and redoes steps: their new records replace the
+    lost ones. Each row gets `elapsed`, the seconds of training up to it, start-up and evaluation included, the
+    time between a stop and its resume and the lost steps' time left out. Runs log a `run/start` record when they
+    (re)start; in older logs a step that goes back marks the restart, and its record adds no time.
+    """
+    rows: dict[int, dict] = {}
+    elapsed, last_time, last_step = 0.0, None, -1
+    for record in records:
+        step, now = record["step"], record.get("time")
+        if record.get("run/start") or step < last_step:
+            rows = {s: row for s, row in rows.items() if s < step or (s == step and record.get("run/start"))}
+            elapsed = max((row["elapsed"] for row in rows.values()), default=0.0)
+            last_time = now if record.get("run/start") else None
+        if not record.get("run/start"):
+            if last_time is not None and now is not None:
+                elapsed += now - last_time
+            last_time = now
+            rows.setdefault(step, {}).update(record, elapsed=elapsed)
+        last_step = step
+    return [rows[s] for s in sorted(rows)]
 
 
 def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
@@ -53,6 +88,7 @@ def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metrics = run_history(metrics)
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 3.6))
     for key, ax, style in (("train/loss", ax_loss, "-"), ("eval/loss", ax_loss, "o-"),
                            ("train/miou", ax_miou, "-"), ("eval/miou", ax_miou, "o-")):

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import run_main, run_main_to_end, tiny_config
+from streetseg_jax.visualize import read_metrics, run_history
 
 STEPS = tiny_config().num_train_steps  # 8
 
@@ -119,6 +120,10 @@ def test_sigkill_during_saves_resumes_from_last_complete_checkpoint(tiny_data_di
     assert code == 0, out
     assert "resuming from step" in out
     assert ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step() == STEPS
+    # The log holds the killed steps and their redone ones; the run's history has each step once, in order.
+    history = run_history(read_metrics(workdir / "metrics.jsonl"))
+    assert [row["step"] for row in history if "train/loss" in row] == list(range(1, STEPS + 1))
+    assert all(a["elapsed"] <= b["elapsed"] for a, b in zip(history, history[1:]))
 
 
 def test_incompatible_workdir_is_refused(finished_run, tiny_data_dir):

@@ -1,0 +1,278 @@
+"""Compare training runs side by side: `python -m streetseg_jax.compare RUN RUN... [--output compare.html]`.
+
+Reads only each work directory's metrics.jsonl and config.json (no checkpoint, no dataset, no JAX), so it also works
+while the runs train. Prints a table (steps, training time, images/second, best and final eval mIoU) and the config
+keys whose values differ, and writes one self-contained HTML page (as the run report: images embedded, CSS inline,
+no JavaScript): every run's eval mIoU against step and against training time, its train loss, the per-class IoU at
+each run's best evaluation, and the config differences. Runs evaluated on different data are flagged, since their
+mIoUs do not compare.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from streetseg_jax.cli import fail, normalise_argv
+from streetseg_jax.report import CSS, _e, _figure_png, _png_uri, _pyplot, _section, _write_atomically
+from streetseg_jax.visualize import read_metrics, run_history
+
+MISSING = "–"   # a config key one run lacks, or a figure it has not logged
+# Keys whose differences make the runs' eval mIoUs incomparable (scored on other images or other labels).
+SAME_DATA_KEYS = ("dataset", "provenance.dataset.fingerprint", "eval_split")
+
+
+@dataclasses.dataclass
+class Run:
+    name: str
+    path: Path
+    config: dict            # config.json flattened to dotted keys ({} without one)
+    history: list[dict]     # visualize.run_history: one row per step
+
+    @property
+    def evals(self) -> list[dict]:
+        return [row for row in self.history if "eval/miou" in row]
+
+    @property
+    def best(self) -> dict | None:
+        return max(self.evals, key=lambda row: row["eval/miou"], default=None)
+
+    @property
+    def final(self) -> dict | None:
+        return self.evals[-1] if self.evals else None
+
+    @property
+    def steps(self) -> str:
+        return f"{self.history[-1]['step']}/{self.config.get('num_train_steps', '?')}"
+
+    @property
+    def images_per_second(self) -> float | None:
+        rates = [row["train/images_per_second"] for row in self.history if "train/images_per_second" in row]
+        return statistics.median(rates) if rates else None
+
+
+def load_runs(paths: list[Path]) -> list[Run]:
+    resolved = [p.resolve() for p in paths]
+    for p, r in zip(paths, resolved):
+        if not p.is_dir():
+            fail(f"{p} is not a directory (expected a training work directory)")
+        if resolved.count(r) > 1:
+            fail(f"{p} is given twice")
+    return [_load(path, name) for path, name in zip(paths, run_names(resolved))]
+
+
+def _load(path: Path, name: str) -> Run:
+    history = run_history(read_metrics(path / "metrics.jsonl"))
+    if not history:
+        fail(f"{path} has no logged steps in metrics.jsonl: not a training work directory, or it has not logged "
+             "its first step yet")
+    config_path = path / "config.json"
+    try:
+        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    except (OSError, json.JSONDecodeError) as e:
+        fail(f"cannot read {config_path}: {e}")
+    return Run(name, path, flatten(config), history)
+
+
+def run_names(paths: list[Path]) -> list[str]:
+    """Each run's shortest trailing path that no other run shares: runs/a/seed0, runs/b/seed0 -> a/seed0, b/seed0."""
+    parts = [p.parts for p in paths]
+    for n in range(1, max(map(len, parts)) + 1):
+        names = ["/".join(p[-n:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def differences(runs: list[Run]) -> dict[str, list[str]]:
+    """Config keys (nested ones dotted, provenance's among them) whose values differ, each with every run's value."""
+    keys = list(dict.fromkeys(key for run in runs for key in run.config))
+    out = {}
+    for key in keys:
+        values = [_value(run.config.get(key, MISSING)) for run in runs]
+        if len(set(values)) > 1:
+            out[key] = values
+    return out
+
+
+def _value(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def data_warning(runs: list[Run]) -> str | None:
+    differ = [key for key in SAME_DATA_KEYS if key in differences(runs)]
+    if not differ:
+        return None
+    return (f"these runs were evaluated on different data ({', '.join(differ)} differ{'s' * (len(differ) == 1)}): "
+            "their mIoUs do not compare")
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# What is shown
+# -------------------------------------------------------------------------------------------------------------------
+def summary_rows(runs: list[Run]) -> list[list[str]]:
+    header = ["run", "steps", "training time", "images/s", "best eval mIoU", "at step", "final eval mIoU"]
+    rows = [header]
+    for run in runs:
+        best, final, rate = run.best, run.final, run.images_per_second
+        rows.append([run.name, run.steps, _duration(run.history[-1]["elapsed"]),
+                     MISSING if rate is None else f"{rate:.1f}",
+                     _miou(best), MISSING if best is None else str(best["step"]), _miou(final)])
+    return rows
+
+
+def class_ious(runs: list[Run]) -> dict[str, list[float | None]]:
+    """Per class, every run's IoU at its best evaluation (None where that run has no such class)."""
+    names = list(dict.fromkeys(key[len("eval/iou/"):] for run in runs if run.best
+                               for key in run.best if key.startswith("eval/iou/")))
+    return {name: [run.best.get(f"eval/iou/{name}") if run.best else None for run in runs] for name in names}
+
+
+def _miou(row: dict | None) -> str:
+    return MISSING if row is None else f"{row['eval/miou']:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}:{m:02d}:{s:02d}"
+
+
+def text_report(runs: list[Run]) -> str:
+    lines = _columns(summary_rows(runs))
+    diff = differences(runs)
+    if diff:
+        lines += ["", "config keys that differ:"] + _columns([["key"] + [run.name for run in runs]]
+                                                               + [[key] + values for key, values in diff.items()])
+    warning = data_warning(runs)
+    return "\n".join(lines + ([f"\nwarning: {warning}"] if warning else []))
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def curves_png(runs: list[Run]) -> bytes:
+    """Eval mIoU against step and against hours of training, and train loss against step, one colour per run."""
+    plt = _pyplot()
+    fig, (by_step, by_time, loss) = plt.subplots(1, 3, figsize=(15, 4))
+    for run in runs:
+        evals = run.evals
+        line, = by_step.plot([r["step"] for r in evals], [r["eval/miou"] for r in evals], "o-", markersize=3,
+                             label=run.name)
+        by_time.plot([r["elapsed"] / 3600 for r in evals], [r["eval/miou"] for r in evals], "o-", markersize=3,
+                     color=line.get_color())
+        train = [r for r in run.history if "train/loss" in r]
+        loss.plot([r["step"] for r in train], [r["train/loss"] for r in train], color=line.get_color(), lw=1)
+    for ax, title, xlabel in ((by_step, "eval mean IoU", "step"), (by_time, "eval mean IoU", "hours of training"),
+                              (loss, "train loss", "step")):
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    by_step.legend(fontsize=9)
+    fig.tight_layout()
+    png = _figure_png(fig)
+    plt.close(fig)
+    return png
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# The page
+# -------------------------------------------------------------------------------------------------------------------
+def render_html(runs: list[Run]) -> str:
+    title = f"Comparing {len(runs)} runs"
+    warning = data_warning(runs)
+    parts = [f'<header><h1>{_e(title)}</h1><p class="sub">{_e(", ".join(str(r.path) for r in runs))}</p></header>',
+             _section("warning", "Warning", f"<p><b>{_e(warning)}</b></p>") if warning else "",
+             _section("summary", "Summary", _summary_table(runs)),
+             _section("curves", "Curves", f'<img class="figure" src="{_png_uri(curves_png(runs))}" alt="eval mean '
+                      'IoU against step and hours of training, train loss against step, one colour per run">'
+                      '<p class="note">Training time includes start-up and evaluation; the time between a stop and '
+                      "its resume, and steps redone after one, are left out.</p>"),
+             _section("classes", "IoU per class at each run's best evaluation", _class_table(runs)),
+             _section("config", "Config keys that differ", _config_table(runs))]
+    generated = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
+            + "\n".join(p for p in parts if p)
+            + f'\n<footer>Generated by <code>python -m streetseg_jax.compare</code> on {generated}.</footer>\n'
+              "</main>\n</body>\n</html>\n")
+
+
+def _table(rows: list[list[str]], bold: set = frozenset()) -> str:
+    """rows[0] is the header; cells at the (row, column) positions in `bold` are bold."""
+    head = "".join(f"<th>{_e(cell)}</th>" for cell in rows[0])
+    body = "".join("<tr>" + "".join(f"<td><b>{_e(c)}</b></td>" if (i, j) in bold else f"<td>{_e(c)}</td>"
+                                    for j, c in enumerate(row)) + "</tr>" for i, row in enumerate(rows[1:], 1))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _top(rows: list[list[str]], cells: list[tuple[int, int]]) -> set:
+    """Which of these cells hold the largest number (none when fewer than two hold one)."""
+    numbers = {(i, j): float(rows[i][j]) for i, j in cells if rows[i][j] != MISSING}
+    if len(numbers) < 2:
+        return set()
+    return {cell for cell, value in numbers.items() if value == max(numbers.values())}
+
+
+def _summary_table(runs: list[Run]) -> str:
+    rows = summary_rows(runs)
+    return _table(rows, _top(rows, [(i, 4) for i in range(1, len(rows))]))
+
+
+def _class_table(runs: list[Run]) -> str:
+    ious = class_ious(runs)
+    if not ious:
+        return '<p class="note">No run has evaluated yet.</p>'
+    rows = [["class"] + [run.name for run in runs]]
+    rows += [[name] + [MISSING if v is None else f"{100 * v:.1f}" for v in values] for name, values in ious.items()]
+    rows.append(["mean IoU"] + [MISSING if run.best is None else f"{100 * run.best['eval/miou']:.1f}" for run in runs])
+    bold = set().union(*(_top(rows, [(i, j) for j in range(1, len(runs) + 1)]) for i in range(1, len(rows))))
+    return (_table(rows, bold) + '<p class="note">IoU in percent at the step of each run\'s best eval mIoU; the '
+            "best of each row is bold.</p>")
+
+
+def _config_table(runs: list[Run]) -> str:
+    diff = differences(runs)
+    if not diff:
+        return '<p class="note">The runs share every config key.</p>'
+    return _table([["key"] + [run.name for run in runs]] + [[key] + values for key, values in diff.items()])
+
+
+# -------------------------------------------------------------------------------------------------------------------
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="training work directories")
+    parser.add_argument("--output", type=Path, default=Path("compare.html"),
+                        help="the HTML page to write (default: compare.html here)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    if args.output.is_dir():
+        fail(f"--output {args.output} is a folder; give a file name such as {args.output / 'compare.html'}")
+    runs = load_runs(args.runs)
+    print(text_report(runs))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    print(f"wrote {_write_atomically(args.output, render_html(runs))}")
+
+
+if __name__ == "__main__":
+    main()

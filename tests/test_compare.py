@@ -1,0 +1,156 @@
+"""Comparing runs: the history a metrics.jsonl holds after kills and resumes, and `python -m streetseg_jax.compare`
+on work directories written by the run's own logger (RunLog), checked against the numbers written into them."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from streetseg_jax import compare
+from streetseg_jax.run import RunLog
+from streetseg_jax.visualize import read_metrics, run_history
+
+
+def train(step: int, time: float, loss: float = 1.0) -> dict:
+    return {"step": step, "time": time, "train/loss": loss}
+
+
+def evaluation(step: int, time: float, miou: float) -> dict:
+    return {"step": step, "time": time, "eval/miou": miou}
+
+
+def start(step: int, time: float) -> dict:
+    return {"step": step, "time": time, "run/start": True}
+
+
+def test_history_after_a_kill_keeps_the_redone_steps_and_leaves_out_downtime_and_lost_steps():
+    first = [start(0, 100), train(1, 110), train(2, 120), train(3, 130), train(4, 140, loss=9.0),
+             evaluation(4, 145, 0.1)]
+    # Killed after step 4; the last checkpoint was step 2. An hour later the run resumes there.
+    second = [start(2, 3700), train(3, 3712, loss=0.5), train(4, 3722, loss=0.4)]
+    rows = run_history(first + second)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["elapsed"] for r in rows] == [10, 20, 32, 42]      # 20 s to step 2, then the resumed segment's own
+    assert rows[3]["train/loss"] == 0.4 and "eval/miou" not in rows[3]  # the lost step 4's eval is gone with it
+    assert rows[2]["train/loss"] == 0.5
+
+
+def test_history_of_a_stop_that_saved_keeps_every_step_and_leaves_out_the_pause():
+    records = [start(0, 0), train(1, 10), evaluation(1, 12, 0.3), start(1, 5000), train(2, 5010)]
+    rows = run_history(records)
+    assert [(r["step"], r["elapsed"]) for r in rows] == [(1, 12), (2, 22)]
+    assert rows[0]["eval/miou"] == 0.3 and rows[0]["train/loss"] == 1.0    # train and eval of a step merged
+
+
+def test_history_of_an_older_log_without_start_records_sees_the_restart_where_steps_go_back():
+    records = [train(1, 10), train(2, 20), train(3, 30), train(2, 900, loss=0.2), train(3, 910)]
+    rows = run_history(records)
+    # Where the redone step 2 began is not in the log: its record adds no time, the next one its own 10 s.
+    assert [(r["step"], r["elapsed"]) for r in rows] == [(1, 0), (2, 0), (3, 10)]
+    assert rows[1]["train/loss"] == 0.2
+
+
+def test_a_line_a_killed_run_left_unfinished_is_skipped_and_ended_before_the_next_record(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps(train(1, 1.0)) + "\n" + '{"step": 2, "time": 2.0, "train/lo')
+    log = RunLog(tmp_path, num_steps=4, batch_size=2)
+    log.start(1, 4)
+    log.write(2, {"train/loss": 0.5})
+    records = read_metrics(path)
+    assert [r["step"] for r in records] == [1, 1, 2]
+    assert records[1]["run/start"] is True and records[2]["train/loss"] == 0.5
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# The command
+# -------------------------------------------------------------------------------------------------------------------
+CLASSES = ("road", "sky")
+
+
+def make_run(workdir: Path, evals: dict[int, dict[str, float]], rates: list[float], fingerprint: str = "f" * 64,
+             **config) -> Path:
+    """A work directory as a training run leaves it: config.json, and metrics.jsonl written by RunLog."""
+    workdir.mkdir(parents=True)
+    config = {"batch_size": 8, "learning_rate": 0.003, "model": {"base_width": 16, "depth": 4},
+              "dataset": "street_seg/synthetic", "eval_split": "test", "num_train_steps": len(rates),
+              "provenance": {"dataset": {"fingerprint": fingerprint}}} | config
+    (workdir / "config.json").write_text(json.dumps(config))
+    log = RunLog(workdir, num_steps=len(rates), batch_size=8)
+    log.start(0, len(rates))
+    for step, rate in enumerate(rates, 1):
+        log.write(step, {"train/loss": 2.0 / step, "train/images_per_second": rate})
+        if step in evals:
+            ious = evals[step]
+            log.write(step, {"eval/miou": sum(ious.values()) / len(ious),
+                             **{f"eval/iou/{name}": iou for name, iou in ious.items()}})
+    return workdir
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    a = make_run(tmp_path / "runs" / "a" / "seed0", {2: {"road": 0.8, "sky": 0.6}, 4: {"road": 0.7, "sky": 0.5}},
+                 rates=[10.0, 12.0, 11.0, 30.0])
+    b = make_run(tmp_path / "runs" / "b" / "seed0", {2: {"road": 0.5, "sky": 0.5}, 4: {"road": 0.75, "sky": 0.95}},
+                 rates=[5.0, 6.0, 7.0, 8.0], learning_rate=0.001, model={"base_width": 32, "depth": 4})
+    return a, b
+
+
+def run_compare(capsys, *argv) -> tuple[str, str]:
+    capsys.readouterr()     # what RunLog printed
+    compare.main([str(a) for a in argv])
+    out = capsys.readouterr().out
+    return out, Path(out.strip().splitlines()[-1].removeprefix("wrote ")).read_text()
+
+
+def test_compare_prints_and_pages_the_runs_figures_and_only_the_config_keys_that_differ(two_runs, tmp_path, capsys):
+    out, page = run_compare(capsys, *two_runs, "--output", tmp_path / "out" / "cmp.html")
+    table = {line.split()[0]: line.split() for line in out.splitlines() if line}
+    # Same trailing name (seed0): the runs are told apart by the folder above. Median rate, best eval and its step.
+    assert table["a/seed0"][1:7] == ["4/4", table["a/seed0"][2], "11.5", "0.7000", "2", "0.6000"]
+    assert table["b/seed0"][1:7] == ["4/4", table["b/seed0"][2], "6.5", "0.8500", "4", "0.8500"]
+    assert table["learning_rate"][1:] == ["0.003", "0.001"] and table["model.base_width"][1:] == ["16", "32"]
+    assert "batch_size" not in table and "model.depth" not in table and "warning" not in out
+    # The page: the best mIoU in bold, each class's IoU at each run's best evaluation with the row's best in bold.
+    assert "<td><b>0.8500</b></td>" in page and "<td>0.7000</td>" in page
+    assert re.search(r"<td>road</td><td><b>80.0</b></td><td>75.0</td>", page)
+    assert re.search(r"<td>sky</td><td>60.0</td><td><b>95.0</b></td>", page)
+    assert "<td>model.base_width</td><td>16</td><td>32</td>" in page and "<td>batch_size</td>" not in page
+    png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1))
+    assert Image.open(io.BytesIO(png)).size[0] > 1000
+
+
+def test_runs_scored_on_other_data_are_flagged(tmp_path, capsys):
+    a = make_run(tmp_path / "a", {1: {"road": 0.5}}, rates=[1.0])
+    b = make_run(tmp_path / "b", {1: {"road": 0.6}}, rates=[1.0], fingerprint="0" * 64)
+    out, page = run_compare(capsys, a, b, "--output", tmp_path / "cmp.html")
+    assert "warning: these runs were evaluated on different data (provenance.dataset.fingerprint differs)" in out
+    assert 'id="warning"' in page and "their mIoUs do not compare" in page
+
+
+def test_a_run_that_has_not_evaluated_yet_still_compares(tmp_path, capsys):
+    a = make_run(tmp_path / "a", {}, rates=[1.0, 3.0])
+    b = make_run(tmp_path / "b", {1: {"road": 0.5}}, rates=[2.0])
+    out, page = run_compare(capsys, a, b, "--output", tmp_path / "cmp.html")
+    assert out.splitlines()[1].split()[1:] == ["2/2", out.splitlines()[1].split()[2], "2.0", "–", "–", "–"]
+    assert "<td>road</td><td>–</td><td>50.0</td>" in page
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "is not a directory"),
+    ("empty", "has no logged steps in metrics.jsonl"),
+    ("twice", "is given twice"),
+    ("output_folder", "is a folder"),
+])
+def test_refusals_name_the_problem(two_runs, tmp_path, capsys, case, message):
+    a, b = two_runs
+    (tmp_path / "empty").mkdir()
+    argv = {"missing": [a, tmp_path / "nope"], "empty": [a, tmp_path / "empty"], "twice": [a, b, a / ".." / "seed0"],
+            "output_folder": [a, b, "--output", tmp_path]}[case]
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main([str(x) for x in argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
