@@ -24,7 +24,7 @@ from streetseg_jax.data import augment
 from streetseg_jax.data.source import UnknownSplitError, dataset_dir, load_split
 from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
 from streetseg_jax.labels.label_map import LabelMap
-from streetseg_jax.visualize import plot_curves, read_metrics
+from streetseg_jax.visualize import plot_curves, read_metrics, run_history
 
 # Config sections that must match for a work directory to be resumed (anything else may change between runs).
 _COMPATIBLE_KEYS = ("model", "dataset")
@@ -253,6 +253,17 @@ def _append_record(path: Path, record: dict) -> None:
         f.write(json.dumps(record).encode() + b"\n")
 
 
+def _outcome(history: list[dict], workdir: Path) -> str:
+    """What the run reached, and where to look next."""
+    evals = [row for row in history if "eval/miou" in row]
+    look = f"look at it: python -m streetseg_jax.report --workdir {workdir}"
+    if not evals:
+        return look
+    best = max(evals, key=lambda row: row["eval/miou"])
+    return (f"eval mIoU {evals[-1]['eval/miou']:.4f} at the end, best {best['eval/miou']:.4f} at step {best['step']} "
+            f"(the best checkpoint); {_hms(history[-1]['elapsed'])} of training; {look}")
+
+
 def _plain(v):
     if isinstance(v, (np.floating, np.integer)):
         return v.item()
@@ -271,10 +282,12 @@ def _hms(seconds: float) -> str:
 def finish_run(config, setup: RunSetup, evaluator, params, model_state) -> None:
     """Curves and a few prediction overlays of eval images (process 0); the other processes wait for it."""
     if jax.process_index() == 0:
-        plot_curves(read_metrics(setup.log.path), setup.workdir / "curves.png")
+        history = run_history(read_metrics(setup.log.path))
+        plot_curves(history, setup.workdir / "curves.png")
         evaluator.write_overlays(params, model_state, setup.eval_source,
                                  setup.workdir / "overlays", config.num_overlays)
         setup.log.say(f"done: {setup.workdir} (metrics.jsonl, curves.png, overlays/, checkpoints/)")
+        setup.log.say(_outcome(history, setup.workdir))
     if jax.process_count() > 1:
         # A process that reaches JAX's shutdown barrier long before process 0 times out there and kills the job.
         multihost_utils.sync_global_devices("run finished")

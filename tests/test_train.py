@@ -74,6 +74,9 @@ def test_main_writes_config_metrics_checkpoints_and_pictures(finished_run):
     assert (workdir / "curves.png").stat().st_size > 1000
     assert len(list((workdir / "overlays").glob("*.jpg"))) == 2
     assert "ETA" in out
+    best = max(eval_rows, key=lambda r: r["eval/miou"])
+    assert f"eval mIoU {eval_rows[-1]['eval/miou']:.4f} at the end, best {best['eval/miou']:.4f} at step " \
+           f"{best['step']}" in out and f"report --workdir {workdir}" in out
 
 
 def test_resume_after_sigterm_is_bitwise_exact(finished_run, tiny_data_dir, tmp_path):
