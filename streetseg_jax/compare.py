@@ -4,7 +4,8 @@ Reads only each work directory's metrics.jsonl and config.json (no checkpoint, n
 while the runs train. Prints a table (steps, training time, images/second, best and final eval mIoU) and the config
 keys whose values differ, and writes one self-contained HTML page (as the run report: images embedded, CSS inline,
 no JavaScript): every run's eval mIoU against step and against training time, its train loss, the per-class IoU at
-each run's best evaluation, and the config differences. Runs evaluated on different data are flagged, since their
+each run's best evaluation, what `python -m streetseg_jax.evaluate` wrote into its eval/ folder (test-split scores,
+TTA variants), and the config differences. Runs evaluated on different data are flagged, since their
 mIoUs do not compare.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Run:
     path: Path
     config: dict            # config.json flattened to dotted keys ({} without one)
     history: list[dict]     # visualize.run_history: one row per step
+    evaluations: dict       # eval/<name>.json written by `evaluate` -> its mIoU, step and checkpoint
 
     @property
     def evals(self) -> list[dict]:
@@ -75,7 +77,21 @@ def _load(path: Path, name: str) -> Run:
         config = json.loads(config_path.read_text()) if config_path.exists() else {}
     except (OSError, json.JSONDecodeError) as e:
         fail(f"cannot read {config_path}: {e}")
-    return Run(name, path, flatten(config), history)
+    return Run(name, path, flatten(config), history, _evaluations(path / "eval"))
+
+
+def _evaluations(folder: Path) -> dict[str, dict]:
+    """`python -m streetseg_jax.evaluate`'s results, by file name (<split>[_flip_tta][_multiscale]); unreadable ones
+    left out."""
+    out = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(result, dict) and isinstance(result.get("miou"), float):
+            out[path.stem] = result
+    return out
 
 
 def run_names(paths: list[Path]) -> list[str]:
@@ -142,6 +158,16 @@ def class_ious(runs: list[Run]) -> dict[str, list[float | None]]:
     return {name: [run.best.get(f"eval/iou/{name}") if run.best else None for run in runs] for name in names}
 
 
+def evaluation_rows(runs: list[Run]) -> list[list[str]]:
+    """One row per evaluate result any run has (e.g. test_flip_tta), its mIoU in each run with the step scored."""
+    names = list(dict.fromkeys(name for run in runs for name in run.evaluations))
+    rows = [["evaluate result"] + [run.name for run in runs]]
+    for name in names:
+        rows.append([name] + [f"{run.evaluations[name]['miou']:.4f} (step {run.evaluations[name].get('step', '?')})"
+                              if name in run.evaluations else MISSING for run in runs])
+    return rows
+
+
 def _miou(row: dict | None) -> str:
     return MISSING if row is None else f"{row['eval/miou']:.4f}"
 
@@ -154,6 +180,9 @@ def _duration(seconds: float) -> str:
 
 def text_report(runs: list[Run]) -> str:
     lines = _columns(summary_rows(runs))
+    evaluations = evaluation_rows(runs)
+    if len(evaluations) > 1:
+        lines += [""] + _columns(evaluations)
     diff = differences(runs)
     if diff:
         lines += ["", "config keys that differ:"] + _columns([["key"] + [run.name for run in runs]]
@@ -205,6 +234,7 @@ def render_html(runs: list[Run]) -> str:
                       '<p class="note">Training time includes start-up and evaluation; the time between a stop and '
                       "its resume, and steps redone after one, are left out.</p>"),
              _section("classes", "IoU per class at each run's best evaluation", _class_table(runs)),
+             _evaluations_section(runs),
              _section("config", "Config keys that differ", _config_table(runs))]
     generated = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -246,6 +276,15 @@ def _class_table(runs: list[Run]) -> str:
     bold = set().union(*(_top(rows, [(i, j) for j in range(1, len(runs) + 1)]) for i in range(1, len(rows))))
     return (_table(rows, bold) + '<p class="note">IoU in percent at the step of each run\'s best eval mIoU; the '
             "best of each row is bold.</p>")
+
+
+def _evaluations_section(runs: list[Run]) -> str:
+    rows = evaluation_rows(runs)
+    if len(rows) == 1:
+        return ""
+    return _section("evaluations", "Results of python -m streetseg_jax.evaluate", _table(rows) +
+                    '<p class="note">From each run\'s <code>eval/&lt;split&gt;[_flip_tta][_multiscale].json</code>: '
+                    "mean IoU at the labels' resolution, with the step of the checkpoint scored.</p>")
 
 
 def _config_table(runs: list[Run]) -> str:

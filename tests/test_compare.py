@@ -108,6 +108,9 @@ def run_compare(capsys, *argv) -> tuple[str, str]:
 
 
 def test_compare_prints_and_pages_the_runs_figures_and_only_the_config_keys_that_differ(two_runs, tmp_path, capsys):
+    (two_runs[1] / "eval").mkdir()
+    (two_runs[1] / "eval" / "test_flip_tta.json").write_text(json.dumps({"miou": 0.625, "step": 4}))
+    (two_runs[1] / "eval" / "test.json").write_text('{"miou": 0.6')    # cut short: left out
     out, page = run_compare(capsys, *two_runs, "--output", tmp_path / "out" / "cmp.html")
     table = {line.split()[0]: line.split() for line in out.splitlines() if line}
     # Same trailing name (seed0): the runs are told apart by the folder above. Median rate, best eval and its step.
@@ -115,11 +118,13 @@ def test_compare_prints_and_pages_the_runs_figures_and_only_the_config_keys_that
     assert table["b/seed0"][1:7] == ["4/4", table["b/seed0"][2], "6.5", "0.8500", "4", "0.8500"]
     assert table["learning_rate"][1:] == ["0.003", "0.001"] and table["model.base_width"][1:] == ["16", "32"]
     assert "batch_size" not in table and "model.depth" not in table and "warning" not in out
+    assert table["test_flip_tta"][1:] == ["–", "0.6250", "(step", "4)"] and "test" not in table
     # The page: the best mIoU in bold, each class's IoU at each run's best evaluation with the row's best in bold.
     assert "<td><b>0.8500</b></td>" in page and "<td>0.7000</td>" in page
     assert re.search(r"<td>road</td><td><b>80.0</b></td><td>75.0</td>", page)
     assert re.search(r"<td>sky</td><td>60.0</td><td><b>95.0</b></td>", page)
     assert "<td>model.base_width</td><td>16</td><td>32</td>" in page and "<td>batch_size</td>" not in page
+    assert "<td>test_flip_tta</td><td>–</td><td>0.6250 (step 4)</td>" in page
     png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1))
     assert Image.open(io.BytesIO(png)).size[0] > 1000
 
@@ -130,6 +135,7 @@ def test_runs_scored_on_other_data_are_flagged(tmp_path, capsys):
     out, page = run_compare(capsys, a, b, "--output", tmp_path / "cmp.html")
     assert "warning: these runs were evaluated on different data (provenance.dataset.fingerprint differs)" in out
     assert 'id="warning"' in page and "their mIoUs do not compare" in page
+    assert 'id="evaluations"' not in page and "evaluate result" not in out     # neither run has eval/*.json
 
 
 def test_a_run_that_has_not_evaluated_yet_still_compares(tmp_path, capsys):
