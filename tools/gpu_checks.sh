@@ -25,6 +25,10 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   "$python" -c "import jax, torch; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__)"; } \
   >> "$log" 2>&1
+# Every benchmark imports these: fail here, once, with the versions, rather than six times after 100 s each.
+"$python" -c "import flax, flax.nnx, optax, orbax.checkpoint as o, numpy, grain
+print('flax', flax.__version__, '| optax', optax.__version__, '| orbax', o.__version__, '| numpy', numpy.__version__)" \
+  >> "$log" 2>&1 || { tail -n 5 "$log"; echo "the packages above do not import: see $log" >&2; exit 1; }
 
 bench() {   # NAME SUB-COMMAND [ARGS...]
   local name=$1 command=$2 start=$SECONDS status

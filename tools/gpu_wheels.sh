@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Fetch, here, the wheels that the GPU machine lacks (its Python 3.12 has jax, flax, optax, orbax and torch, but
 # not tensorflow-datasets, grain, array_record or ml_collections) into .whl/, which git ignores; tools/gpu_checks.sh
-# installs them there. The versions are the ones installed in this checkout's environment.
+# installs them there. The versions are the ones installed in this checkout's environment, except flax: the GPU
+# machine's jax is 0.11.2, whose jax.experimental.hijax renamed what flax <= 0.12.8 imports at `import flax.nnx`, and
+# the image's flax version is not known; flax 0.12.12 with jax 0.11.2 passed our kernel, model and benchmark tests
+# on this CPU (a Python 3.12 venv, 2026-12-06), so that pair travels.
 # usage: bash tools/gpu_wheels.sh [PYTHON]   (PYTHON: the environment whose versions to take; default .venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +23,5 @@ rm -rf .whl && mkdir .whl
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $compiled_pins
 "$python" -m pip wheel --quiet --no-deps -w .whl $pure_pins
+"$python" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 -d .whl flax==0.12.12
 du -sh .whl

@@ -104,7 +104,7 @@ def _roofline(args, step_ms: float) -> dict:
     """XLA's FLOP and byte counts for the 1-device step, against the device's peak and memory bandwidth."""
     step, state, batch_arrays = _setup(args, 1, args.global_batch)
     cost = step.lower(state, batch_arrays).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}    # None where the backend has none
     flops, moved = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
     known = next((v for k, v in KNOWN.items() if k in jax.devices()[0].device_kind), {})
     peak = args.peak_tflops or known.get(args.dtype)
