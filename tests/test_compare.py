@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from streetseg_jax import compare
+from test_report import needs_chromium, render
 from streetseg_jax.run import RunLog
 from streetseg_jax.visualize import read_metrics, run_history
 
@@ -160,3 +161,10 @@ def test_refusals_name_the_problem(two_runs, tmp_path, capsys, case, message):
     with pytest.raises(SystemExit) as exit_info:
         compare.main([str(x) for x in argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@needs_chromium
+def test_the_page_renders_in_chromium_with_its_figure_and_no_console_errors(two_runs, tmp_path, capsys):
+    _, page = run_compare(capsys, *two_runs, "--output", tmp_path / "cmp.html")
+    result = render(page, tmp_path / "render", height=1400)
+    assert result["console"] == [] and result["images"] == 1 and result["broken"] == 0
