@@ -1,12 +1,12 @@
 """Compare training runs side by side: `python -m streetseg_jax.compare RUN RUN... [--output compare.html]`.
 
-Reads only each work directory's metrics.jsonl and config.json (no checkpoint, no dataset, no JAX), so it also works
-while the runs train. Prints a table (steps, training time, images/second, best and final eval mIoU) and the config
-keys whose values differ, and writes one self-contained HTML page (as the run report: images embedded, CSS inline,
-no JavaScript): every run's eval mIoU against step and against training time, its train loss, the per-class IoU at
-each run's best evaluation, what `python -m streetseg_jax.evaluate` wrote into its eval/ folder (test-split scores,
-TTA variants), and the config differences. Runs evaluated on different data are flagged, since their
-mIoUs do not compare.
+A RUN is a work directory, or a folder of them (runs/). Reads only each work directory's metrics.jsonl and config.json
+(no checkpoint, no dataset, no JAX), so it also works while the runs train. Prints a table (steps, training time,
+images/second, best and final eval mIoU) and the config keys whose values differ, and writes one self-contained HTML
+page (as the run report: images embedded, CSS inline, no JavaScript): every run's eval mIoU against step and against
+training time, its train loss, the per-class IoU at each run's best evaluation, what `python -m
+streetseg_jax.evaluate` wrote into its eval/ folder (test-split scores, TTA variants), and the config differences.
+Runs evaluated on different data are flagged, since their mIoUs do not compare.
 """
 from __future__ import annotations
 
@@ -58,13 +58,22 @@ class Run:
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
+    paths = [run for path in paths for run in _work_directories(path)]
     resolved = [p.resolve() for p in paths]
     for p, r in zip(paths, resolved):
-        if not p.is_dir():
-            fail(f"{p} is not a directory (expected a training work directory)")
         if resolved.count(r) > 1:
             fail(f"{p} is given twice")
     return [_load(path, name) for path, name in zip(paths, run_names(resolved))]
+
+
+def _work_directories(path: Path) -> list[Path]:
+    """`path` itself when it is a work directory (or no folder of them), else the work directories in it."""
+    if not path.is_dir():
+        fail(f"{path} is not a directory (expected a training work directory, or a folder of them)")
+    if (path / "metrics.jsonl").exists():
+        return [path]
+    inside = sorted(p for p in path.iterdir() if (p / "metrics.jsonl").is_file())
+    return inside or [path]
 
 
 def _load(path: Path, name: str) -> Run:
@@ -297,7 +306,8 @@ def _config_table(runs: list[Run]) -> str:
 # -------------------------------------------------------------------------------------------------------------------
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m streetseg_jax.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="training work directories")
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                        help="training work directories, or folders of them (runs/ compares every run in it)")
     parser.add_argument("--output", type=Path, default=Path("compare.html"),
                         help="the HTML page to write (default: compare.html here)")
     return parser

@@ -130,6 +130,12 @@ def test_compare_prints_and_pages_the_runs_figures_and_only_the_config_keys_that
     assert Image.open(io.BytesIO(png)).size[0] > 1000
 
 
+def test_a_folder_of_runs_compares_every_run_in_it(two_runs, tmp_path, capsys):
+    (tmp_path / "runs" / "a" / "notes").mkdir()       # not a work directory: left out
+    out, _ = run_compare(capsys, tmp_path / "runs" / "a", tmp_path / "runs" / "b", "--output", tmp_path / "cmp.html")
+    assert [line.split()[0] for line in out.splitlines()[1:3]] == ["a/seed0", "b/seed0"]
+
+
 def test_runs_scored_on_other_data_are_flagged(tmp_path, capsys):
     a = make_run(tmp_path / "a", {1: {"road": 0.5}}, rates=[1.0])
     b = make_run(tmp_path / "b", {1: {"road": 0.6}}, rates=[1.0], fingerprint="0" * 64)
