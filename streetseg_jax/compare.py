@@ -106,11 +106,11 @@ def _evaluations(folder: Path) -> dict[str, dict]:
 def run_names(paths: list[Path]) -> list[str]:
     """Each run's shortest trailing path that no other run shares: runs/a/seed0, runs/b/seed0 -> a/seed0, b/seed0."""
     parts = [p.parts for p in paths]
-    for n in range(1, max(map(len, parts)) + 1):
+    for n in range(1, max(map(len, parts))):
         names = ["/".join(p[-n:]) for p in parts]
         if len(set(names)) == len(names):
             return names
-    return [str(p) for p in paths]
+    return [str(p) for p in paths]     # only the whole paths differ
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
