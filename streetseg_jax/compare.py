@@ -6,7 +6,9 @@ images/second, best and final eval mIoU) and the config keys whose values differ
 page (as the run report: images embedded, CSS inline, no JavaScript): every run's eval mIoU against step and against
 training time, its train loss, the per-class IoU at each run's best evaluation, what `python -m
 streetseg_jax.evaluate` wrote into its eval/ folder (test-split scores, TTA variants), and the config differences.
-Runs evaluated on different data are flagged, since their mIoUs do not compare.
+Runs of one recipe with different seeds (configs equal but for the seed) are summarised together: mean, standard
+deviation and range of their eval mIoU. Runs evaluated on different data are flagged, since their mIoUs do not
+compare.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from streetseg_jax.visualize import read_metrics, run_history
 MISSING = "–"   # a config key one run lacks, or a figure it has not logged
 # Keys whose differences make the runs' eval mIoUs incomparable (scored on other images or other labels).
 SAME_DATA_KEYS = ("dataset", "provenance.dataset.fingerprint", "eval_split")
+# Keys that may differ between runs of one recipe with different seeds (where the data lives, which code and machine).
+NOT_THE_RECIPE = ("seed", "data_dir", "provenance.")
 
 
 @dataclasses.dataclass
@@ -146,6 +150,35 @@ def data_warning(runs: list[Run]) -> str | None:
             "their mIoUs do not compare")
 
 
+def seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """Runs of one recipe with different seeds: equal configs but for the seed, data_dir and provenance (the dataset's
+    fingerprint excepted), in groups of two or more."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        recipe = {k: v for k, v in run.config.items() if not k.startswith(NOT_THE_RECIPE)
+                  or k == "provenance.dataset.fingerprint"}
+        groups.setdefault(json.dumps(recipe, sort_keys=True), []).append(run)
+    return [g for g in groups.values() if len(g) > 1 and len({_value(r.config.get("seed")) for r in g}) == len(g)]
+
+
+def seed_rows(runs: list[Run]) -> list[list[str]]:
+    """Per seed group, the final and the best eval mIoU: mean, sample standard deviation, lowest..highest."""
+    rows = [["runs (one recipe, other seeds)", "seeds", "final eval mIoU", "best eval mIoU"]]
+    for group in seed_groups(runs):
+        evaluated = [run for run in group if run.final]
+        rows.append([", ".join(run.name for run in group), str(len(group)),
+                     _spread([run.final["eval/miou"] for run in evaluated]),
+                     _spread([run.best["eval/miou"] for run in evaluated])])
+    return rows
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) < 2:
+        return MISSING
+    return (f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} "
+            f"({min(values):.4f}..{max(values):.4f})")
+
+
 # -------------------------------------------------------------------------------------------------------------------
 # What is shown
 # -------------------------------------------------------------------------------------------------------------------
@@ -189,6 +222,9 @@ def _duration(seconds: float) -> str:
 
 def text_report(runs: list[Run]) -> str:
     lines = _columns(summary_rows(runs))
+    seeds = seed_rows(runs)
+    if len(seeds) > 1:
+        lines += [""] + _columns(seeds)
     evaluations = evaluation_rows(runs)
     if len(evaluations) > 1:
         lines += [""] + _columns(evaluations)
@@ -238,6 +274,7 @@ def render_html(runs: list[Run]) -> str:
     parts = [f'<header><h1>{_e(title)}</h1><p class="sub">{_e(", ".join(str(r.path) for r in runs))}</p></header>',
              _section("warning", "Warning", f"<p><b>{_e(warning)}</b></p>") if warning else "",
              _section("summary", "Summary", _summary_table(runs)),
+             _seeds_section(runs),
              _section("curves", "Curves", f'<img class="figure" src="{_png_uri(curves_png(runs))}" alt="eval mean '
                       'IoU against step and hours of training, train loss against step, one colour per run">'
                       '<p class="note">Training time includes start-up and evaluation; the time between a stop and '
@@ -287,6 +324,15 @@ def _class_table(runs: list[Run]) -> str:
             "best of each row is bold.</p>")
 
 
+def _seeds_section(runs: list[Run]) -> str:
+    rows = seed_rows(runs)
+    if len(rows) == 1:
+        return ""
+    return _section("seeds", "Seeds", _table(rows) + '<p class="note">Runs whose configs differ only in the seed '
+                    "(and where the data lives, and provenance): the mean ± standard deviation of their eval mIoU, "
+                    "and its range. The spread is how far apart two runs of one recipe can land.</p>")
+
+
 def _evaluations_section(runs: list[Run]) -> str:
     rows = evaluation_rows(runs)
     if len(rows) == 1:
@@ -318,9 +364,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.output.is_dir():
         fail(f"--output {args.output} is a folder; give a file name such as {args.output / 'compare.html'}")
     runs = load_runs(args.runs)
-    print(text_report(runs))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    print(f"wrote {_write_atomically(args.output, render_html(runs))}")
+    path = _write_atomically(args.output, render_html(runs))    # first: the page is there even if stdout is cut off
+    print(text_report(runs))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

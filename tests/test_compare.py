@@ -136,6 +136,18 @@ def test_a_folder_of_runs_compares_every_run_in_it(two_runs, tmp_path, capsys):
     assert [line.split()[0] for line in out.splitlines()[1:3]] == ["a/seed0", "b/seed0"]
 
 
+def test_runs_of_one_recipe_with_other_seeds_are_summarised_together(tmp_path, capsys):
+    a = make_run(tmp_path / "s0", {2: {"road": 0.6}}, rates=[1.0, 1.0], seed=0)
+    b = make_run(tmp_path / "s1", {1: {"road": 0.9}, 2: {"road": 0.7}}, rates=[1.0, 1.0], seed=1, data_dir="/other")
+    c = make_run(tmp_path / "lr", {2: {"road": 0.8}}, rates=[1.0, 1.0], seed=2, learning_rate=0.1)
+    out, page = run_compare(capsys, a, b, c, "--output", tmp_path / "cmp.html")
+    # final: 0.6 and 0.7 (mean 0.65, sample sd 0.0707); best: 0.6 and 0.9 (0.75, 0.2121); the other recipe alone.
+    line = next(line for line in out.splitlines() if line.startswith("s0, s1"))
+    assert line.split()[2:] == ["2", "0.6500", "±", "0.0707", "(0.6000..0.7000)", "0.7500", "±", "0.2121",
+                                "(0.6000..0.9000)"]
+    assert 'id="seeds"' in page and "<td>s0, s1</td><td>2</td>" in page and "lr," not in out
+
+
 def test_runs_scored_on_other_data_are_flagged(tmp_path, capsys):
     a = make_run(tmp_path / "a", {1: {"road": 0.5}}, rates=[1.0])
     b = make_run(tmp_path / "b", {1: {"road": 0.6}}, rates=[1.0], fingerprint="0" * 64)
@@ -143,6 +155,7 @@ def test_runs_scored_on_other_data_are_flagged(tmp_path, capsys):
     assert "warning: these runs were evaluated on different data (provenance.dataset.fingerprint differs)" in out
     assert 'id="warning"' in page and "their mIoUs do not compare" in page
     assert 'id="evaluations"' not in page and "evaluate result" not in out     # neither run has eval/*.json
+    assert 'id="seeds"' not in page     # same seed: not a seed group
 
 
 def test_a_run_that_has_not_evaluated_yet_still_compares(tmp_path, capsys):
