@@ -54,6 +54,10 @@ class Run:
         return self.evals[-1] if self.evals else None
 
     @property
+    def finished(self) -> bool:
+        return self.history[-1]["step"] >= self.config.get("num_train_steps", float("inf"))
+
+    @property
     def steps(self) -> str:
         return f"{self.history[-1]['step']}/{self.config.get('num_train_steps', '?')}"
 
@@ -164,13 +168,15 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
 
 
 def seed_rows(runs: list[Run]) -> list[list[str]]:
-    """Per seed group, the final and the best eval mIoU: mean, sample standard deviation, lowest..highest."""
+    """Per seed group, the final and the best eval mIoU of its finished runs (a run still training would pull the
+    mean down): mean, sample standard deviation, lowest..highest."""
     rows = [["runs (one recipe, other seeds)", "seeds", "final eval mIoU", "best eval mIoU"]]
     for group in seed_groups(runs):
-        evaluated = [run for run in group if run.final]
-        rows.append([", ".join(run.name for run in group), str(len(group)),
-                     _spread([run.final["eval/miou"] for run in evaluated]),
-                     _spread([run.best["eval/miou"] for run in evaluated])])
+        done = [run for run in group if run.finished and run.final]
+        count = str(len(group)) if len(done) == len(group) else f"{len(group)} ({len(done)} finished)"
+        rows.append([", ".join(run.name for run in group), count,
+                     _spread([run.final["eval/miou"] for run in done]),
+                     _spread([run.best["eval/miou"] for run in done])])
     return rows
 
 
@@ -331,8 +337,8 @@ def _seeds_section(runs: list[Run]) -> str:
     if len(rows) == 1:
         return ""
     return _section("seeds", "Seeds", _table(rows) + '<p class="note">Runs whose configs differ only in the seed '
-                    "(and where the data lives, and provenance): the mean ± standard deviation of their eval mIoU, "
-                    "and its range. The spread is how far apart two runs of one recipe can land.</p>")
+                    "(and where the data lives, and provenance): the mean ± standard deviation of the finished runs' "
+                    "eval mIoU, and its range. The spread is how far apart two runs of one recipe can land.</p>")
 
 
 def _evaluations_section(runs: list[Run]) -> str:

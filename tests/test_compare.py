@@ -146,6 +146,11 @@ def test_runs_of_one_recipe_with_other_seeds_are_summarised_together(tmp_path, c
     assert line.split()[2:] == ["2", "0.6500", "±", "0.0707", "(0.6000..0.7000)", "0.7500", "±", "0.2121",
                                 "(0.6000..0.9000)"]
     assert 'id="seeds"' in page and "<td>s0, s1</td><td>2</td>" in page and "lr," not in out
+    # A third seed still training is counted but left out of the figures, which it would pull down.
+    make_run(tmp_path / "s2", {1: {"road": 0.1}}, rates=[1.0], seed=2, num_train_steps=2)
+    out, _ = run_compare(capsys, a, b, tmp_path / "s2", "--output", tmp_path / "cmp.html")
+    line = next(line for line in out.splitlines() if line.startswith("s0, s1, s2"))
+    assert line.split()[3:8] == ["3", "(2", "finished)", "0.6500", "±"]
 
 
 def test_runs_scored_on_other_data_are_flagged(tmp_path, capsys):
