@@ -24,7 +24,7 @@ from streetseg_jax.data import augment
 from streetseg_jax.data.source import UnknownSplitError, dataset_dir, load_split
 from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
 from streetseg_jax.labels.label_map import LabelMap
-from streetseg_jax.visualize import plot_curves, read_metrics, run_history
+from streetseg_jax.visualize import hms, plot_curves, read_metrics, run_history
 
 # Config sections that must match for a work directory to be resumed (anything else may change between runs).
 _COMPATIBLE_KEYS = ("model", "dataset")
@@ -235,7 +235,7 @@ class RunLog:
         eta = (self.num_steps - step) / rate if rate > 0 else float("nan")
         shown = "  ".join(f"{k.split('/', 1)[-1] if k.startswith('train/') else k} {v:.4g}"
                           for k, v in row.items() if isinstance(v, float) and "/iou/" not in k)
-        return f"step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%)  {shown}  ETA {_hms(eta)}"
+        return f"step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%)  {shown}  ETA {hms(eta)}"
 
     def say(self, message: str) -> None:
         if self.primary:
@@ -261,21 +261,13 @@ def _outcome(history: list[dict], workdir: Path) -> str:
         return look
     best = max(evals, key=lambda row: row["eval/miou"])
     return (f"eval mIoU {evals[-1]['eval/miou']:.4f} at the end, best {best['eval/miou']:.4f} at step {best['step']} "
-            f"(the best checkpoint); {_hms(history[-1]['elapsed'])} of training; {look}")
+            f"(the best checkpoint); {hms(history[-1]['elapsed'])} of training; {look}")
 
 
 def _plain(v):
     if isinstance(v, (np.floating, np.integer)):
         return v.item()
     return v
-
-
-def _hms(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}"
 
 
 # -------------------------------------------------------------------------------------------------------------------

@@ -82,6 +82,15 @@ def run_history(records: list[dict]) -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
+def hms(seconds: float) -> str:
+    """A duration as h:mm:ss (whole seconds); "?" when unknown (not finite)."""
+    if not np.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
 def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
     """Loss and mIoU against step, train and eval, as one PNG (written atomically)."""
     import matplotlib
