@@ -6,8 +6,9 @@ writes, at the image's own resolution and orientation (EXIF applied):
     OUT/<name>_overlay.jpg     the image blended with the class colours, with a legend
     OUT/<name>_confidence.png  (--save_confidence) the winning class's softmax probability, 0-255
 where <name> is the file's stem, or its path relative to the folder it was found in. Two inputs that would write
-the same file stop the run before any work. Unreadable images are listed at the end and skipped; the exit status
-is 1 when any failed. --export labelme|coco|cvat also writes the masks as editable polygons under OUT/<format>/.
+the same file, or an output that would overwrite an input, stop the run before any work. Unreadable images are
+listed at the end and skipped; the exit status is 1 when any failed. --export labelme|coco|cvat also writes the
+masks as editable polygons under OUT/<format>/.
 
 Images larger than --window (network pixels, default 512x512) are predicted in overlapping windows whose logits
 are blended (--overlap, default 0.25); flip TTA (averaging with the mirror image) follows the run's eval_flip_tta
@@ -75,20 +76,29 @@ def collect_inputs(paths: Iterable[str], out_dir: Path) -> list[Item]:
 
 def _folder_items(folder: Path, out_dir: Path) -> list[Item]:
     out_dir = out_dir.resolve()
+    if folder.resolve() == out_dir:
+        fail(f"the input folder {folder} is the output folder: its photos could not be told from the predictions "
+             "written there; give another --output")
+    skipped = out_dir if out_dir.is_relative_to(folder.resolve()) else None
     found = []
     for path in sorted(folder.rglob("*")):
         # a previous run's OUT inside the input folder must not become input
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not path.resolve().is_relative_to(out_dir):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and \
+                not (skipped and path.resolve().is_relative_to(skipped)):
             found.append(Item(path, path.relative_to(folder).with_suffix("").as_posix()))
     return found
 
 
-def check_collisions(items: list[Item], confidence: bool) -> None:
-    """Refuse, before any work, two different inputs that would write the same output file."""
+def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None:
+    """Refuse, before any work, an output file that is one of the inputs (x.png's mask is OUT/x.png) and two
+    different inputs that would write the same output file."""
+    sources = {item.source for item in items}
     writer: dict[str, Path] = {}
     clashes = []
     for item in items:
         for name in item.outputs(confidence):
+            if (out_dir / name).resolve() in sources:
+                fail(f"{out_dir / name} is an input: its prediction would overwrite it; give another --output")
             first = writer.setdefault(name, item.source)
             if first != item.source:
                 clashes.append(f"  {name}: {first} and {item.source}")
@@ -267,12 +277,17 @@ def _number(text: str, name: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
     out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"--output {out_dir} is a file, not a folder")
     items = collect_inputs(args.input, out_dir)
-    check_collisions(items, args.save_confidence)
+    check_collisions(items, args.save_confidence, out_dir)
     if args.export:
         _polygonize_module()              # refuse now rather than after an hour of predicting
     predictor = _predictor(args)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"cannot create --output {out_dir}: {e.strerror or e}")
     result = _run(predictor, items, out_dir, args)
     if args.export and result.masks:
         folder = export_polygons(result, items, predictor.trained.label_map, args.export, out_dir, args.tolerance)

@@ -308,12 +308,28 @@ def test_missing_workdir_and_bad_flags_fail_cleanly(tmp_path, capsys):
     save(tmp_path / "a.jpg", random_image(16, 16))
     assert run_predict("--workdir", tmp_path / "nope", "--input", tmp_path / "a.jpg", "--output", tmp_path) == 2
     assert "no checkpoints" in capsys.readouterr().err
-    assert run_predict("--workdir", tmp_path, "--input", tmp_path, "--output", tmp_path, "--window", "3") == 2
+    out = tmp_path / "out"
+    assert run_predict("--workdir", tmp_path, "--input", tmp_path, "--output", out, "--window", "3") == 2
     for flag, value, message in (("--overlap", "0.5", "overlap must be at least 0 and below 0.5"),
                                  ("--overlap", "a", "overlap must be a number"),
                                  ("--tolerance", "-1", "tolerance must be 0 or more pixels")):
-        assert run_predict("--workdir", tmp_path, "--input", tmp_path, "--output", tmp_path, flag, value) == 2
+        assert run_predict("--workdir", tmp_path, "--input", tmp_path, "--output", out, flag, value) == 2
         assert message in capsys.readouterr().err
+
+
+def test_inputs_are_never_overwritten_and_the_output_must_be_a_folder(workdir, tmp_path, capsys):
+    photo = save(tmp_path / "photos" / "street.png", random_image(24, 32))
+    before = photo.read_bytes()
+    assert run_predict("--workdir", workdir, "--input", photo, "--output", photo.parent) == 2
+    assert "street.png is an input: its prediction would overwrite it" in capsys.readouterr().err
+    assert run_predict("--workdir", workdir, "--input", photo.parent, "--output", photo.parent) == 2
+    assert "is the output folder" in capsys.readouterr().err
+    assert photo.read_bytes() == before and sorted(photo.parent.iterdir()) == [photo]
+    assert run_predict("--workdir", workdir, "--input", photo.parent, "--output", tmp_path) == 0   # OUT above
+    assert (tmp_path / "street.png").exists() and photo.read_bytes() == before
+    assert run_predict("--workdir", workdir, "--input", photo, "--output", photo) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err
 
 
 def test_export_flag_hands_the_masks_to_polygonize(workdir, tmp_path, monkeypatch):
