@@ -232,6 +232,19 @@ def test_masks_take_the_image_stem_and_clashes_are_refused(tmp_path, capsys):
     assert not (tmp_path / "masks2").exists()
 
 
+@pytest.mark.parametrize("fmt", ["labelme", "coco"])
+def test_masks_never_overwrite_the_exports_png_photos(fmt, tmp_path, capsys):
+    export = sample_exports.write_export(fmt, tmp_path / "export")
+    photo = next(export.rglob("street_1.png"))
+    before = photo.read_bytes()
+    with pytest.raises(SystemExit):
+        main(["to-masks", "--format", fmt, "--input", str(export), "--output", str(photo.parent)])
+    assert "would overwrite the export's own images" in capsys.readouterr().err and photo.read_bytes() == before
+    for _ in range(2):                       # masks beside the export, written again over themselves
+        main(["to-masks", "--format", fmt, "--input", str(export), "--output", str(export / "masks")])
+    np.testing.assert_array_equal(read_mask_png(export / "masks" / "street_1.png"), sample_exports.expected_mask())
+
+
 # --- check ---------------------------------------------------------------------------------------------------------
 def test_check_prints_the_report_and_writes_json(tmp_path, capsys):
     export = sample_exports.write_export("labelme", tmp_path / "export")

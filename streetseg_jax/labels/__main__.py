@@ -16,6 +16,7 @@ errors, or warnings with --strict.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -27,8 +28,8 @@ from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, a
                                           find_unknown_labels, write_mask_png)
 from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError
-from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, image_key, size_problem, validate,
-                                           write_json)
+from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, image_key, locate_images, size_problem,
+                                           validate, write_json)
 
 FORMAT_CHOICES = (*formats.FORMATS, formats.AUTO)
 
@@ -95,6 +96,10 @@ def to_masks(args: argparse.Namespace) -> None:
     if clashes:
         fail("two or more annotations would write the same mask file:\n  " +
              "\n  ".join(sorted(set(clashes.values()))))
+    overwritten = images_overwritten(annotations, args.output, args.input if args.input.is_dir() else args.input.parent)
+    if overwritten:
+        fail("these masks would overwrite the export's own images (a PNG photo's mask has its name); give another "
+             "--output:\n  " + "\n  ".join(overwritten[:20]))
     if args.unknown == "error":
         unknown = find_unknown_labels(annotations, label_map)
         if unknown:
@@ -107,6 +112,17 @@ def to_masks(args: argparse.Namespace) -> None:
         print(f"warning: {problem}", file=sys.stderr)
     shapes = sum(len(a.shapes) for a in annotations)
     print(f"wrote {len(annotations)} masks to {args.output} ({shapes} shapes, {len(problems)} problems)")
+
+
+def images_overwritten(annotations: list[Annotation], output: Path, root: Path) -> list[str]:
+    """The mask paths that are an image of one of the annotations (looked for only when a mask path exists)."""
+    targets = {(output / f"{image_key(a)}.png").resolve() for a in annotations}
+    if not any(target.exists() for target in targets):
+        return []
+    located = [dataclasses.replace(a) for a in annotations]     # keys above came from the annotations as read
+    locate_images(located, root)
+    images = {Path(a.image_path).resolve() for a in located if a.image_path is not None}
+    return sorted(str(path) for path in targets & images)
 
 
 def write_masks(annotations: list[Annotation], label_map: LabelMap, output: Path) -> list[str]:
