@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -274,6 +276,45 @@ def test_many_images_through_worker_processes(tmp_path):
         annotation = formats.read("labelme", export / f"{Path(name).stem}.json", label_map)[0]
         np.testing.assert_array_equal(record["segmentation_mask"][..., 0],
                                       annotation_to_mask(annotation, label_map).mask)
+
+
+_CTRL_C_SCRIPT = """
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)      # a test runner's child may have inherited SIG_IGN
+from streetseg_jax.data.inputs import Workers
+with Workers(2) as workers:
+    for i, _ in enumerate(workers.imap(abs, list(range(10**6)), chunksize=1)):   # workers busy on the task queue
+        if i == 2000:
+            print("running", flush=True)
+"""
+
+
+def test_ctrl_c_stops_the_worker_processes_promptly():
+    """Ctrl-C reaches the terminal's whole process group; a worker that died of it holding the task queue's lock
+    made closing the pool wait forever."""
+    for _ in range(3):
+        process = subprocess.Popen([sys.executable, "-c", _CTRL_C_SCRIPT], cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            assert process.stdout.readline() == "running\n", process.stderr.read()
+            os.killpg(process.pid, signal.SIGINT)
+            _, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        assert process.returncode != 0 and err.rstrip().endswith("KeyboardInterrupt")
+
+
+def test_cli_reports_ctrl_c_in_one_line(monkeypatch, tmp_path, capsys):
+    from streetseg_jax.data.__main__ import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(source, "build", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build", "--config", "synthetic", "--data_dir", str(tmp_path)])
+    assert exit_info.value.code == 130 and capsys.readouterr().err == \
+        "error: interrupted: the dataset was not built (an earlier build of it is as it was)\n"
 
 
 # --- the command line --------------------------------------------------------------------------------------------

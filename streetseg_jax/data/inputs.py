@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import multiprocessing
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
@@ -336,7 +337,7 @@ class Workers:
 
     def imap(self, fn: Callable, jobs: list, chunksize: int = 4):
         if self._pool is None and self.num_workers > 1 and len(jobs) >= _POOL_MIN_ITEMS:
-            self._pool = _context().Pool(min(self.num_workers, len(jobs)))
+            self._pool = _context().Pool(min(self.num_workers, len(jobs)), _ignore_ctrl_c)
         return self._pool.imap(fn, jobs, chunksize) if self._pool is not None else map(fn, jobs)
 
     def map_fn(self, fn: Callable, jobs: list) -> list:
@@ -353,6 +354,12 @@ class Workers:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _ignore_ctrl_c() -> None:
+    # Ctrl-C reaches every process of the terminal's group. A worker that died of it while holding the task
+    # queue's lock made Pool.terminate wait for that lock forever; the parent alone stops, and terminates them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _context():
