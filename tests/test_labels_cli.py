@@ -232,6 +232,30 @@ def test_masks_take_the_image_stem_and_clashes_are_refused(tmp_path, capsys):
     assert not (tmp_path / "masks2").exists()
 
 
+def test_images_of_one_name_in_different_folders_keep_their_folders(tmp_path, capsys):
+    export = tmp_path / "export"
+    for folder in ("cam1", "cam2", "cam3/day2", "cam4"):
+        sample_exports.write_export("labelme", export / folder)
+    solo = export / "cam4" / "street_1.json"                  # a stem of its own: its mask keeps the stem alone
+    solo.with_name("solo.json").write_text(solo.read_text().replace("street_1.png", "solo.png"))
+    solo.unlink()
+    (export / "cam4" / "street_1.png").rename(export / "cam4" / "solo.png")
+    main(["to-masks", "--format", "labelme", "--input", str(export), "--output", str(tmp_path / "masks")])
+    written = sorted(p.relative_to(tmp_path / "masks").as_posix() for p in (tmp_path / "masks").rglob("*.png"))
+    assert written == ["cam1/street_1.png", "cam2/street_1.png", "cam3/day2/street_1.png", "solo.png"]
+    coco = json.loads((sample_exports.write_export("coco", tmp_path / "coco") / "annotations.json").read_text())
+    second = json.loads(json.dumps(coco["images"][0]))
+    coco["images"][0]["file_name"], second["file_name"], second["id"] = "a\\street_1.png", "b/street_1.png", 2
+    coco["images"].append(second)
+    coco["annotations"] += [{**a, "id": a["id"] + 100, "image_id": 2} for a in coco["annotations"]]
+    (tmp_path / "coco" / "annotations.json").write_text(json.dumps(coco))
+    main(["to-masks", "--format", "coco", "--input", str(tmp_path / "coco"), "--output", str(tmp_path / "m2")])
+    assert sorted(p.relative_to(tmp_path / "m2").as_posix() for p in (tmp_path / "m2").rglob("*.png")) == \
+        ["a/street_1.png", "b/street_1.png"]
+    np.testing.assert_array_equal(read_mask_png(tmp_path / "m2" / "b" / "street_1.png"),
+                                  sample_exports.expected_mask())
+
+
 @pytest.mark.parametrize("fmt", ["labelme", "coco"])
 def test_masks_never_overwrite_the_exports_png_photos(fmt, tmp_path, capsys):
     export = sample_exports.write_export(fmt, tmp_path / "export")

@@ -356,3 +356,22 @@ def test_export_flag_writes_an_annotation_file(workdir, tmp_path):
     assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "coco") == 0
     coco = json.loads((out / "coco" / "annotations.json").read_text())
     assert [image["file_name"] for image in coco["images"]] == ["a.jpg"]
+
+
+@pytest.mark.parametrize("fmt", predict.EXPORT_FORMATS)
+def test_exports_of_one_name_in_two_folders_read_back_as_the_masks(fmt, workdir, tmp_path):
+    from streetseg_jax.labels.__main__ import main as labels_main
+    from streetseg_jax.labels.convert import read_mask_png
+    from streetseg_jax.labels.polygonize import DEFAULT_MIN_AREA, absorb_small_regions
+
+    for folder, seed in (("cam1", 1), ("cam2", 2)):
+        save(tmp_path / "in" / folder / "x.jpg", random_image(48, 64, seed))
+    out = tmp_path / "out"
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", fmt,
+                       "--tolerance", "0") == 0
+    labels_main(["to-masks", "--format", fmt, "--input", str(out / fmt), "--output", str(tmp_path / "back")])
+    shown = [absorb_small_regions(np.asarray(Image.open(out / folder / "x.png")), DEFAULT_MIN_AREA)
+             for folder in ("cam1", "cam2")]
+    assert not np.array_equal(*shown)
+    for folder, expected in zip(("cam1", "cam2"), shown):     # at tolerance 0 the exact outlines of what is shown
+        np.testing.assert_array_equal(read_mask_png(tmp_path / "back" / folder / "x.png"), expected)

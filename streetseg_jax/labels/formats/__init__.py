@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from streetseg_jax.labels.rasterize import coordinate_limit
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, make_key
+from streetseg_jax.labels.validate import image_key
 
 FORMATS = ("voc", "mit_xml", "labelme", "coco", "coco_panoptic", "cvat", "labelbox", "cityscapes", "mapillary",
            "masks")
@@ -30,10 +31,47 @@ def reader(name: str):
 
 
 def read(name: str, path: Path, label_map) -> list:
-    annotations = reader(name).read(Path(path), label_map)
+    path = Path(path)
+    annotations = reader(name).read(path, label_map)
     for annotation in annotations:
         check_coordinates(annotation)
+    add_folders_to_clashing_keys(annotations, path if path.is_dir() else path.parent)
     return annotations
+
+
+def add_folders_to_clashing_keys(annotations: list[Annotation], root: Path) -> None:
+    """Images of one stem in different folders (cam1/0001.jpg, cam2/0001.jpg) get their folders in their keys
+    ("cam1/0001": the paths of their masks); an image whose stem is unique keeps the stem alone. The folders are
+    the annotation files' under the export where each image has a file of its own (LabelMe, VOC), else those of the
+    image names (COCO, CVAT). A clash the folders do not settle is left for validate.duplicate_keys to refuse."""
+    groups: dict[str, list[Annotation]] = {}
+    for annotation in annotations:
+        groups.setdefault(image_key(annotation), []).append(annotation)
+    for group in groups.values():
+        if len(group) < 2 or any(a.key for a in group):      # a reader's own keys (CVAT subsets) stay as given
+            continue
+        own_files = len({str(a.source) for a in group}) == len(group)
+        keys = [_key_with_folders(a, root, own_files) for a in group]
+        if None not in keys and len(set(keys)) == len(keys):
+            for annotation, key in zip(group, keys):
+                annotation.key = key
+
+
+def _key_with_folders(annotation: Annotation, root: Path, from_source: bool) -> str | None:
+    if from_source:
+        try:
+            folders = Path(annotation.source).parent.relative_to(root).parts
+        except ValueError:
+            return None
+    else:
+        name = (annotation.file_name or "").replace("\\", "/")
+        if "://" in name:
+            return None
+        folders = tuple(part for part in name.split("/")[:-1] if part not in ("", "."))
+    try:
+        return make_key([*folders, image_key(annotation)], str(annotation.source))
+    except LabelFormatError:                                 # ".." or a name no file system takes
+        return None
 
 
 def check_coordinates(annotation: Annotation) -> None:
