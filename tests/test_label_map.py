@@ -47,6 +47,13 @@ def test_aliases_are_case_and_separator_insensitive(name, expected):
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}], "fill_id": 3}, "fill_id"),
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0], "aliases": ["x"]},
                   {"id": 1, "name": "b", "color": [0, 0, 0], "aliases": ["X"]}]}, "used by both"),
+    ({"classes": [{"id": 0, "name": "car", "color": [0, 0, 0]}, {"id": 1, "name": "car", "color": [1, 1, 1]}]},
+     r"'car' is used by both class 0 \('car'\) and class 1 \('car'\)"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}, {"id": 1.7, "name": "b", "color": [1, 1, 1]}]},
+     "class 'b': id must be a whole number, got 1.7"),
+    ({"classes": [{"id": "0", "name": "a", "color": [0, 0, 0]}]}, "id must be a whole number, got '0'"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0.5, 0]}]}, "color must be a whole number, got 0.5"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}], "ignore_id": True}, "ignore_id must be a whole"),
     ({"classes": []}, "no classes"),
     ({"klasses": []}, "malformed"),
 ])
@@ -62,6 +69,11 @@ def test_bad_files_name_the_file(tmp_path):
         LabelMap.load(bad)
     with pytest.raises(LabelMapError, match="cannot read label map"):
         LabelMap.load(tmp_path / "missing.json")
+    text = '{"classes": [{"id": 0, "name": "a", "color": [0, 0, 0], "aliases": ["caf\xe9"]}]}'
+    bad.write_bytes(text.encode("latin-1"))
+    with pytest.raises(LabelMapError, match="bad.json is not UTF-8 text"):
+        LabelMap.load(bad)
+    assert LabelMap.from_dict({"classes": [{"id": 0.0, "name": "a", "color": [0, 0, 0]}]}).classes[0].id == 0
 
 
 def test_median_frequency_weights_follow_segnet():

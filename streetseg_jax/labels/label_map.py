@@ -85,7 +85,8 @@ class LabelMap:
     def from_dict(cls, data: dict, source: str = "label map") -> "LabelMap":
         try:
             classes = tuple(_class_from_dict(c) for c in data["classes"])
-            return cls(classes, int(data.get("ignore_id", 255)), int(data.get("fill_id", 0)))
+            return cls(classes, _integer(data.get("ignore_id", 255), "ignore_id"),
+                       _integer(data.get("fill_id", 0), "fill_id"))
         except LabelMapError as e:
             raise LabelMapError(f"{source}: {e}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -107,9 +108,11 @@ class LabelMap:
     def load(cls, path: str | Path) -> "LabelMap":
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise LabelMapError(f"cannot read label map {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise LabelMapError(f"label map {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
         return cls.from_json(text, str(path))
 
 
@@ -117,14 +120,21 @@ def _normalise(name: str) -> str:
     return " ".join(str(name).strip().lower().replace("_", " ").replace("-", " ").split())
 
 
+def _integer(value, what: str) -> int:
+    """A JSON whole number (1 or 1.0); anything else (1.7, "2", true) is refused rather than rounded."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise LabelMapError(f"{what} must be a whole number, got {value!r}")
+    return int(value)
+
+
 def _class_from_dict(c: dict) -> ClassInfo:
-    color = tuple(int(v) for v in c["color"])
+    color = tuple(_integer(v, f"class {c.get('name')!r}: color") for v in c["color"])
     if len(color) != 3 or not all(0 <= v <= 255 for v in color):
         raise LabelMapError(f"class {c.get('name')!r}: color must be three integers 0..255, got {c['color']}")
     aliases = c.get("aliases", [])
     if isinstance(aliases, str) or not all(isinstance(a, str) for a in aliases):
         raise LabelMapError(f"class {c.get('name')!r}: aliases must be a list of strings")
-    return ClassInfo(int(c["id"]), str(c["name"]), color, tuple(aliases))
+    return ClassInfo(_integer(c["id"], f"class {c.get('name')!r}: id"), str(c["name"]), color, tuple(aliases))
 
 
 def _validate(lm: LabelMap) -> None:
@@ -140,12 +150,13 @@ def _validate(lm: LabelMap) -> None:
     for c in lm.classes:
         if not _SNAKE.match(c.name):
             raise LabelMapError(f"class name {c.name!r} must be lowercase snake_case (like 'sign_symbol')")
-    seen: dict[str, str] = {}
+    seen: dict[str, ClassInfo] = {}
     for c in lm.classes:
         for key in (c.name, *c.aliases):
-            owner = seen.setdefault(_normalise(key), c.name)
-            if owner != c.name:
-                raise LabelMapError(f"name or alias {key!r} is used by both {owner!r} and {c.name!r}")
+            owner = seen.setdefault(_normalise(key), c)
+            if owner.id != c.id:
+                raise LabelMapError(f"name or alias {key!r} is used by both class {owner.id} ({owner.name!r}) and "
+                                    f"class {c.id} ({c.name!r})")
     if lm.classes != tuple(sorted(lm.classes, key=lambda c: c.id)):
         object.__setattr__(lm, "classes", tuple(sorted(lm.classes, key=lambda c: c.id)))
 
