@@ -304,6 +304,18 @@ def test_folder_is_read_recursively_in_sorted_order_skipping_hidden_folders(tmp_
         ["a/1.json", "b/2.json", "c.json"]
 
 
+def test_other_json_in_the_folder_is_left_out_but_a_broken_labelme_file_is_not(tmp_path):
+    write_json(tmp_path, labelme_file([]), "a.json")
+    write_json(tmp_path, {"classes": [{"id": 0, "name": "road", "color": [0, 0, 0]}]}, "label_map.json")
+    write_json(tmp_path, {"format": "labelme", "files": []}, "check_report.json")
+    write_json(tmp_path, [1, 2], "list.json")
+    write_json(tmp_path, {"name": "street_seg", "splits": []}, "tfds/street_seg/x/2.0.0/dataset_info.json")
+    assert [a.source.name for a in labelme.read(tmp_path)] == ["a.json"]
+    write_json(tmp_path, {"imagePath": "b.jpg"}, "b.json")       # a LabelMe key, but no shapes: an error
+    with pytest.raises(LabelFormatError, match=r"b\.json: not a LabelMe file"):
+        labelme.read(tmp_path)
+
+
 def test_looks_like(tmp_path):
     assert labelme.looks_like(write_json(tmp_path / "yes", labelme_file([])))
     assert labelme.looks_like(tmp_path / "yes")

@@ -51,10 +51,13 @@ _LOOKS_LIKE_FILES = 3       # how many JSON files --format auto opens before dec
 
 
 def read(path: Path, label_map=None) -> list[Annotation]:
-    """Every `*.json` under a folder (recursively, sorted, hidden folders skipped), or one file."""
+    """Every `*.json` under a folder (recursively, sorted, hidden folders skipped), or one file. In a folder, JSON
+    with none of LabelMe's keys (a label map, a check report, a dataset built inside the export) is left out; a file
+    with some of them but not a LabelMe file's shape is an error."""
     path = Path(path)
     if path.is_dir():
-        return [read_file(f, path) for f in _json_files(path)]
+        return [read_file(f, path, data) for f in _json_files(path)
+                if _has_labelme_keys(data := load_json(f))]
     return [read_file(path, path.parent)]
 
 
@@ -68,10 +71,11 @@ def looks_like(path: Path) -> bool:
         return False
 
 
-def read_file(path: Path, export_root: Path | None = None) -> Annotation:
-    """One LabelMe JSON file; `export_root` (default: the file's folder) bounds where imagePath may point."""
+def read_file(path: Path, export_root: Path | None = None, data=None) -> Annotation:
+    """One LabelMe JSON file (`data`: its contents, when already loaded); `export_root` (default: the file's folder)
+    bounds where imagePath may point."""
     path = Path(path)
-    data = load_json(path)
+    data = load_json(path) if data is None else data
     if not _is_labelme(data):
         raise LabelFormatError(f"{path}: not a LabelMe file (expected a JSON object with a 'shapes' list and "
                                "'imagePath' or 'imageData')")
@@ -91,6 +95,10 @@ def _json_files(folder: Path) -> list[Path]:
     # Hidden folders hold editor and notebook copies (.ipynb_checkpoints), not annotations.
     return [f for f in sorted(folder.rglob("*.json"))
             if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts)]
+
+
+def _has_labelme_keys(data) -> bool:
+    return isinstance(data, dict) and not data.keys().isdisjoint(("shapes", "imagePath", "imageData"))
 
 
 def _is_labelme(data) -> bool:
