@@ -256,6 +256,12 @@ def test_a_failed_overwrite_keeps_the_previous_dataset(tmp_path):
 
 def test_names_and_options_are_checked(tmp_path):
     export = labelme_export(tmp_path / "export", ["a"])
+    with pytest.raises(BuildError, match=r"a\.json is a file; pass --manual_dir EXPORT_FOLDER"):
+        build(tmp_path, export / "a.json")
+    (tmp_path / "tfds").write_text("")
+    with pytest.raises(BuildError, match="--data_dir .*tfds is a file, not a folder"):
+        build(tmp_path, export)
+    (tmp_path / "tfds").unlink()
     for name in ("synthetic", "voc_polygons", "../up", ""):
         with pytest.raises(BuildError, match="dataset name"):
             build(tmp_path, export, name=name)

@@ -133,6 +133,8 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
 
     _check_file_format(file_format, BuildError)
     data_dir = Path(data_dir or default_data_dir())
+    if data_dir.exists() and not data_dir.is_dir():
+        raise BuildError(f"--data_dir {data_dir} is a file, not a folder")
     if config_name == "synthetic":
         return _build_synthetic(data_dir, overwrite, file_format, options)
     if config_name == "camvid":
@@ -397,7 +399,7 @@ def _check_file_format(file_format: str, error) -> None:
 
 def _check_manual_dir(folder: Path, error, config_name: str = "voc_polygons") -> None:
     if not folder.is_dir() or not any(folder.iterdir()):
-        state = "is empty" if folder.is_dir() else "does not exist"
+        state = "is empty" if folder.is_dir() else "is a file" if folder.exists() else "does not exist"
         if config_name == "voc_polygons":
             raise error(f"voc_polygons reads your images + VOC XML from a folder, and {folder} {state}; pass "
                         "--manual_dir FOLDER (with images/ + annotations/ subfolders, or the files side by side)")
