@@ -210,6 +210,15 @@ def export_polygons(result: RunResult, items: list[Item], label_map, fmt: str, o
     return out_dir / fmt
 
 
+def _check_export_names(items: list[Item], fmt: str) -> None:
+    from streetseg_jax.labels.writers import is_utf8
+
+    names = [item.source.name for item in items if not is_utf8(item.name + item.source.suffix)]
+    if fmt == "cvat" and names:
+        fail(f"--export cvat: CVAT's XML cannot hold file names that are not UTF-8, such as {names[0]!r}; rename "
+             "them, or export labelme or coco")
+
+
 def _polygonize_module():
     try:
         module = importlib.import_module("streetseg_jax.labels.polygonize")
@@ -283,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     check_collisions(items, args.save_confidence, out_dir)
     if args.export:
         _polygonize_module()              # refuse now rather than after an hour of predicting
+        _check_export_names(items, args.export)
     predictor = _predictor(args)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -327,6 +327,9 @@ def test_cvat_document_and_round_trip(tmp_path):
     assert max(s.z_order for s in shapes) >= 2                        # concrete in a hole in a hole
     (annotation,) = cvat.read_cvat(path)
     assert (annotation_to_mask(annotation, LM).mask == mask).all()
+    with pytest.raises(ValueError, match="CVAT's XML cannot hold file names that are not UTF-8"):
+        writers.write_cvat(tmp_path / "latin1.xml", [("caf\udce9.jpg", 60, 80, shapes)], LM)
+    assert not (tmp_path / "latin1.xml").exists()
 
 
 @pytest.mark.parametrize("fmt", writers.EXPORT_FORMATS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import shutil
 import sys
 import types
@@ -375,3 +376,15 @@ def test_exports_of_one_name_in_two_folders_read_back_as_the_masks(fmt, workdir,
     assert not np.array_equal(*shown)
     for folder, expected in zip(("cam1", "cam2"), shown):     # at tolerance 0 the exact outlines of what is shown
         np.testing.assert_array_equal(read_mask_png(tmp_path / "back" / folder / "x.png"), expected)
+
+
+def test_cvat_export_refuses_file_names_that_are_not_utf8_before_predicting(workdir, tmp_path, capsys):
+    name = os.fsdecode(b"caf\xe9.jpg")                # a Latin-1 name, kept by Python as a lone surrogate
+    try:
+        save(tmp_path / "in" / name, random_image(24, 32))
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    out = tmp_path / "out"
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "cvat") == 2
+    assert "CVAT's XML cannot hold file names that are not UTF-8" in capsys.readouterr().err and not out.exists()
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "labelme") == 0

@@ -120,6 +120,10 @@ def _polygon_area(ring: np.ndarray) -> float:
 
 def write_cvat(path: str | Path, images: list[ImageShapes], label_map: LabelMap) -> None:
     """One CVAT for images 1.1 XML for `images` [(name, height, width, shapes), ...]; image ids count from 0."""
+    unwritable = [name for name, *_ in images if not is_utf8(name)]
+    if unwritable:
+        raise ValueError(f"CVAT's XML cannot hold file names that are not UTF-8, such as {unwritable[0]!r}: rename "
+                         "them, or export labelme or coco")
     root = ET.Element("annotations")
     ET.SubElement(root, "version").text = "1.1"
     has_ignore = any(shape.ignore for *_, shapes in images for shape in shapes)
@@ -132,6 +136,15 @@ def write_cvat(path: str | Path, images: list[ImageShapes], label_map: LabelMap)
                           occluded="0", points=_cvat_points(shape.exterior), z_order=str(int(shape.z_order)))
     ET.indent(root)
     write_atomic(path, b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n")
+
+
+def is_utf8(name: str) -> bool:
+    """False for a file name holding bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _cvat_meta(root: ET.Element, label_map: LabelMap, size: int, has_ignore: bool) -> None:
