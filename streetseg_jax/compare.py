@@ -72,7 +72,14 @@ def load_runs(paths: list[Path]) -> list[Run]:
     for p, r in zip(paths, resolved):
         if resolved.count(r) > 1:
             fail(f"{p} is given twice")
-    return [_load(path, name) for path, name in zip(paths, run_names(resolved))]
+    runs = [_load(path, name) for path, name in zip(paths, run_names(resolved))]
+    empty = [path for path, run in zip(paths, runs) if run is None]
+    if len(empty) == len(paths):
+        fail(f"{', '.join(map(str, empty))}: no logged steps in metrics.jsonl: not a training work directory, or it "
+             "has not logged its first step yet")
+    for path in empty:      # a run that has just started, or was stopped before its first log
+        print(f"left out {path}: no logged steps in metrics.jsonl yet", file=sys.stderr)
+    return [run for run in runs if run is not None]
 
 
 def _work_directories(path: Path) -> list[Path]:
@@ -85,11 +92,11 @@ def _work_directories(path: Path) -> list[Path]:
     return inside or [path]
 
 
-def _load(path: Path, name: str) -> Run:
+def _load(path: Path, name: str) -> Run | None:
+    """The run in `path`; None when it has logged no step."""
     history = run_history(read_metrics(path / "metrics.jsonl"))
     if not history:
-        fail(f"{path} has no logged steps in metrics.jsonl: not a training work directory, or it has not logged "
-             "its first step yet")
+        return None
     config_path = path / "config.json"
     try:
         config = json.loads(config_path.read_text()) if config_path.exists() else {}

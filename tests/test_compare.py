@@ -132,8 +132,14 @@ def test_compare_prints_and_pages_the_runs_figures_and_only_the_config_keys_that
 
 def test_a_folder_of_runs_compares_every_run_in_it(two_runs, tmp_path, capsys):
     (tmp_path / "runs" / "a" / "notes").mkdir()       # not a work directory: left out
-    out, _ = run_compare(capsys, tmp_path / "runs" / "a", tmp_path / "runs" / "b", "--output", tmp_path / "cmp.html")
-    assert [line.split()[0] for line in out.splitlines()[1:3]] == ["a/seed0", "b/seed0"]
+    started = tmp_path / "runs" / "a" / "started"      # started a moment ago: no step logged yet
+    started.mkdir()
+    (started / "metrics.jsonl").write_text(json.dumps({"step": 0, "time": 1.0, "run/start": True}) + "\n")
+    capsys.readouterr()
+    compare.main([str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b"), "--output", str(tmp_path / "c.html")])
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()[1:3]] == ["a/seed0", "b/seed0"] and "started" not in out
+    assert err == f"left out {started}: no logged steps in metrics.jsonl yet\n"
 
 
 def test_runs_of_one_recipe_with_other_seeds_are_summarised_together(tmp_path, capsys):
@@ -173,14 +179,14 @@ def test_a_run_that_has_not_evaluated_yet_still_compares(tmp_path, capsys):
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "is not a directory"),
-    ("empty", "has no logged steps in metrics.jsonl"),
+    ("empty", "empty: no logged steps in metrics.jsonl: not a training work directory"),
     ("twice", "is given twice"),
     ("output_folder", "is a folder"),
 ])
 def test_refusals_name_the_problem(two_runs, tmp_path, capsys, case, message):
     a, b = two_runs
     (tmp_path / "empty").mkdir()
-    argv = {"missing": [a, tmp_path / "nope"], "empty": [a, tmp_path / "empty"], "twice": [a, b, a / ".." / "seed0"],
+    argv = {"missing": [a, tmp_path / "nope"], "empty": [tmp_path / "empty"], "twice": [a, b, a / ".." / "seed0"],
             "output_folder": [a, b, "--output", tmp_path]}[case]
     with pytest.raises(SystemExit) as exit_info:
         compare.main([str(x) for x in argv])
