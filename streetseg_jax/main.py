@@ -3,6 +3,7 @@
 Multi-host: `--coordinator_address HOST:PORT --num_processes N --process_id I`, or `--multihost` to let JAX
 detect the cluster (SLURM and friends). Running the same command again resumes from the latest checkpoint.
 """
+import ast
 import os
 import sys
 
@@ -29,7 +30,11 @@ _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices per proce
 def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)  # orbax and TFDS log every save and read; we print what matters
-    config = _CONFIG.value
+    try:
+        config = _CONFIG.value
+        config.keys()                         # a config file that failed to load says so on first use
+    except OSError as e:
+        _usage_error(e)
     if _CPU_DEVICES.value or not (_COORDINATOR.value or _MULTIHOST.value):
         sharding.split_cpu_into_cores(config.batch_size, config.eval_batch_size, requested=_CPU_DEVICES.value)
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
@@ -64,6 +69,25 @@ def _build_synthetic_if_missing(dataset: str, data_dir: str) -> None:
         multihost_utils.sync_global_devices("street_seg/synthetic built")
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parse, with a message instead of a traceback for a mistyped flag, config key or value (ml_collections
+    raises AttributeError, KeyError or ValueError for those, not flags.Error, and OSError for a config file given
+    twice whose second does not load; a single one is loaded on first use, in main)."""
+    try:
+        return flags.FLAGS(normalise_argv(argv))
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+        _usage_error(e)
+
+
+def _usage_error(e: Exception) -> None:
+    e = e.__cause__ or e                  # a config file's own error, under "Configuration is not available"
+    text = str(e.args[0]) if isinstance(e, (AttributeError, KeyError)) and e.args else str(e)
+    if text[:1] == text[-1:] == "'":      # a KeyError's repr, carried in an AttributeError's message
+        text = ast.literal_eval(text)
+    print(f"error: {text}\n(python -m streetseg_jax.main --help lists the flags)", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main, flags_parser=lambda argv: flags.FLAGS(normalise_argv(argv)))
+    app.run(main, flags_parser=_parse_flags)

@@ -47,6 +47,7 @@ class RunSetup:
     checkpoints: checkpoint.Checkpoints
     log: "RunLog"
     meta: dict
+    lock: Any = None       # the work directory's lock file, held open while the run lives (process 0)
 
     # --- saving ---------------------------------------------------------------------------------------------------
     def save(self, step: int, state, data_iter) -> None:
@@ -70,8 +71,7 @@ class RunSetup:
     def restore_or_init(self, state, data_iter, graphdef):
         """Resume from the latest checkpoint, else warm-start from `init_from`, else keep the fresh state."""
         step = self.checkpoints.latest_step()
-        if step is not None:
-            _check_compatible(self.checkpoints.read_meta("latest"), self.meta, self.workdir)
+        if step is not None:       # prepare_run checked that it is compatible
             state, data_state, _ = self.checkpoints.restore("latest", state)
             data_iter.set_state(data_state["iterator"])
             self.log.say(f"resuming from step {step} in {self.workdir / 'checkpoints'}")
@@ -113,19 +113,85 @@ def _optimiser_layout(config: dict) -> dict:
 
 # -------------------------------------------------------------------------------------------------------------------
 def prepare_run(config, workdir: str | Path) -> RunSetup:
+    """Everything is checked before anything is written: config.json says what the checkpoints beside it hold."""
+    check_config(config)
     workdir = Path(workdir).absolute()
+    _check_workdir(workdir)
     mesh = sharding.make_mesh()
     sharding.check_batch_size(config.batch_size, mesh)
     train_source, label_map, info = _load(config, "train_split")
     eval_source, _, _ = _load(config, "eval_split")
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict()}
     log = RunLog(workdir, config.num_train_steps, config.batch_size)
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
+    weights = class_weights(config, train_source, label_map, log)
+    lock = _lock(workdir) if jax.process_index() == 0 else None
+    checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        _check_compatible(checkpoints.read_meta("latest"), meta, workdir)
+    elif config.init_from:
+        from streetseg_jax.warm_start import check_init_from
+        check_init_from(config.init_from)
+    if jax.process_index() == 0 and (latest or 0) < config.num_train_steps:    # else nothing is trained
         _write_json(workdir / "config.json", {**meta["config"], "provenance": provenance(config, info)})
-    return RunSetup(config, workdir, mesh, label_map, train_source, eval_source, augment_config(config),
-                    class_weights(config, train_source, label_map, log), checkpoint.Checkpoints(
-                        workdir, keep=config.keep_checkpoints), log, meta)
+    return RunSetup(config, workdir, mesh, label_map, train_source, eval_source, augment_config(config), weights,
+                    checkpoints, log, meta, lock)
+
+
+def check_config(config) -> None:
+    """RunError for values a run cannot use, before it starts (they would fail later, or silently do nothing)."""
+    problems = [f"{key} must be at least {least}, got {config[key]!r}" for key, least in (
+        ("num_train_steps", 1), ("log_every_steps", 1), ("eval_every_steps", 0), ("checkpoint_every_steps", 0),
+        ("keep_checkpoints", 1), ("batch_size", 1), ("eval_batch_size", 1)) if not config[key] >= least]
+    if config.class_weights not in ("none", "median_frequency"):
+        problems.append(f"class_weights must be 'none' or 'median_frequency', got {config.class_weights!r}")
+    if not config.get("class_weight_power", 1.0) >= 0:
+        problems.append(f"class_weight_power must be >= 0, got {config.class_weight_power!r}")
+    for key in ("crop_size", "scale_range"):
+        value = config.augment[key]
+        if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(v > 0 for v in value)):
+            problems.append(f"augment.{key} must be two positive numbers, e.g. '--config.augment.{key}=(a,b)', "
+                            f"got {value!r}")
+    if problems:
+        raise RunError("the config cannot be trained:\n  - " + "\n  - ".join(problems))
+
+
+def _check_workdir(workdir: Path) -> None:
+    if workdir.exists() and not workdir.is_dir():
+        raise RunError(f"--workdir {workdir} is a file, not a folder")
+    config_file = workdir / "config.json"
+    if config_file.exists() and "provenance" not in _read_json_object(config_file):
+        raise RunError(f"{workdir} holds a config.json that no training run wrote (it has no provenance); "
+                       "give another --workdir rather than overwrite it")
+
+
+def _read_json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _lock(workdir: Path):
+    """An exclusive lock on WORKDIR/.lock for as long as this process lives: a second run in the same work directory
+    would interleave its log and checkpoints with this one's."""
+    import fcntl
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle = open(workdir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip()
+        handle.close()
+        raise RunError(f"another run is training in {workdir} ({owner or 'its process id unknown'}); wait for it "
+                       "to end or give another --workdir") from None
+    handle.truncate(0)
+    handle.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+    handle.flush()
+    return handle
 
 
 def _load(config, key: str):
@@ -144,13 +210,10 @@ def augment_config(config) -> augment.AugmentConfig:
 
 
 def class_weights(config, source, label_map: LabelMap, log: "RunLog") -> np.ndarray:
+    """Per-class loss weights (check_config has checked the settings)."""
     if config.class_weights == "none":
         return np.ones(label_map.num_classes, np.float32)
-    if config.class_weights != "median_frequency":
-        raise RunError(f"class_weights must be 'none' or 'median_frequency', got {config.class_weights!r}")
     power = float(config.get("class_weight_power", 1.0))
-    if power < 0:
-        raise RunError(f"class_weight_power must be >= 0, got {power}")
     masks = (source[i]["segmentation_mask"] for i in range(len(source)))
     weights = median_frequency_weights(*class_pixel_counts(masks, label_map.num_classes)) ** power
     log.say(f"median-frequency class weights{f' to the power {power:g}' if power != 1 else ''}: " + ", ".join(

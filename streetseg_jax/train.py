@@ -204,7 +204,10 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator, tx)
     step = int(jax.device_get(state.step))
     stop = checkpoint.StopSignal()
     window, last_eval = TrainMetrics(step), {}
-    log.start(step, config.num_train_steps)
+    if step < config.num_train_steps:
+        log.start(step, config.num_train_steps)
+    else:
+        log.say(f"already at step {step}, num_train_steps is {config.num_train_steps}: nothing to train")
     try:
         while step < config.num_train_steps:
             if stop.should_stop(step):

@@ -8,6 +8,7 @@ and the step start afresh (a moving average of the weights, when this run keeps 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,12 @@ import numpy as np
 from flax import traverse_util
 
 from streetseg_jax.checkpoint import Checkpoints
+
+
+def check_init_from(init_from: str) -> None:
+    """FileNotFoundError unless `init_from` is a work directory with checkpoints (opening one creates folders)."""
+    if not (Path(init_from) / "checkpoints").is_dir():
+        raise FileNotFoundError(f"init_from={init_from}: not a training work directory (it has no checkpoints/)")
 
 
 def warm_start(state, init_from: str, label_map, say):

@@ -3,6 +3,7 @@ refusals of bad input, the NaN guard, warm starts; and the train step itself on 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import time
@@ -131,10 +132,22 @@ def test_sigkill_during_saves_resumes_from_last_complete_checkpoint(tiny_data_di
 
 def test_incompatible_workdir_is_refused(finished_run, tiny_data_dir):
     workdir, _ = finished_run
+    before = (workdir / "config.json").read_text()
     code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS + 2}",
                                 "--config.model.base_width=8")
     assert code == 2, out
     assert "incompatible" in out and "config.model differs" in out
+    assert (workdir / "config.json").read_text() == before     # still says what the checkpoints hold
+
+
+def test_a_finished_run_asked_for_fewer_steps_trains_nothing_and_says_so(finished_run, tiny_data_dir):
+    workdir, _ = finished_run
+    before = {name: (workdir / name).read_text() for name in ("config.json", "metrics.jsonl")}
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS - 2}")
+    assert code == 0, out
+    assert f"already at step {STEPS}, num_train_steps is {STEPS - 2}: nothing to train" in out
+    assert "training steps" not in out and "best checkpoint" in out
+    assert {name: (workdir / name).read_text() for name in before} == before
 
 
 def test_switching_ema_on_when_resuming_is_refused(finished_run, tiny_data_dir):
@@ -145,9 +158,55 @@ def test_switching_ema_on_when_resuming_is_refused(finished_run, tiny_data_dir):
     assert "EMA of the weights" in out and "Traceback" not in out
 
 
-def test_unknown_config_key_is_an_error(tiny_data_dir, tmp_path):
-    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--config.no_such_key=1")
-    assert code != 0 and "no_such_key" in out
+def test_mistyped_flags_keys_and_values_are_one_message(tiny_data_dir, tmp_path):
+    for flag, message in (("--config.num_train_step=1", 'Did you mean "num_train_steps"'),
+                          ("--config.num_train_steps=abc", "flag --config.num_train_steps=abc: invalid literal"),
+                          ("--no_such_flag", "Unknown command line flag 'no_such_flag'"),
+                          ("--config=configs/nope.py", "No such file or directory: 'configs/nope.py'")):
+        code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, flag)
+        assert code == 2 and out.startswith("error: ") and message in out and "Traceback" not in out, out
+    assert not (tmp_path / "w").exists()
+
+
+def test_values_a_run_cannot_use_are_refused_before_anything_is_written(tiny_data_dir, tmp_path):
+    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--config.log_every_steps=0",
+                                "--config.keep_checkpoints=0", "--config.num_train_steps=-5",
+                                "--config.augment.crop_size=5", "--config.class_weights=inverse")
+    assert code == 2 and "Traceback" not in out, out
+    for message in ("log_every_steps must be at least 1, got 0", "keep_checkpoints must be at least 1, got 0",
+                    "num_train_steps must be at least 1, got -5", "augment.crop_size must be two positive numbers",
+                    "class_weights must be 'none' or 'median_frequency', got 'inverse'"):
+        assert message in out, out
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_folder_that_is_not_a_run_keeps_its_config_json(tiny_data_dir, tmp_path):
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "config.json").write_text('{"mine": true}')
+    code, out = run_main_to_end(tmp_path / "project", tiny_data_dir)
+    assert code == 2 and "holds a config.json that no training run wrote" in out, out
+    assert (tmp_path / "project" / "config.json").read_text() == '{"mine": true}'
+
+
+def test_a_mistyped_init_from_creates_nothing_there(tiny_data_dir, tmp_path):
+    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, f"--config.init_from={tmp_path / 'typo'}")
+    assert code == 2 and "not a training work directory" in out and "Traceback" not in out, out
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "w" / "config.json").exists()
+
+
+def test_a_second_run_in_the_same_workdir_is_refused(tiny_data_dir, tmp_path):
+    from streetseg_jax import run
+
+    held = run._lock(tmp_path / "w")           # as a run training there holds it
+    try:
+        with pytest.raises(run.RunError, match=f"another run is training in .* \\(process {os.getpid()} on "):
+            run._lock(tmp_path / "w")
+        code, out = run_main_to_end(tmp_path / "w", tiny_data_dir)
+        assert code == 2 and "another run is training in" in out and "Traceback" not in out, out
+        assert not (tmp_path / "w" / "metrics.jsonl").exists()
+    finally:
+        held.close()
+    run._lock(tmp_path / "w").close()          # free again once that run has ended
 
 
 def test_missing_dataset_names_the_build_command(tmp_path):
@@ -324,5 +383,5 @@ def test_class_weight_power_softens_the_median_frequency_weights():
     np.testing.assert_allclose(soft, np.sqrt(full), rtol=1e-6)
     assert "to the power 0.5" in said[-1] and "power" not in said[0]
     config.class_weight_power = -1.0
-    with pytest.raises(run.RunError, match="class_weight_power"):
-        run.class_weights(config, source, label_map, log)
+    with pytest.raises(run.RunError, match="class_weight_power must be >= 0, got -1.0"):
+        run.check_config(config)
