@@ -46,6 +46,15 @@ def test_plain_output_is_name_value_unit_lines():
     assert float(value) > 0 and unit == "masks/s"
 
 
+def test_help_shows_whole_summaries_and_counts_below_one_are_refused():
+    proc = run_benchmark("--help")
+    assert proc.returncode == 0 and "global batch fixed and per-device batch fixed" in " ".join(proc.stdout.split())
+    for command in ("train", "scaling"):
+        proc = run_benchmark(command, "--steps", "0")
+        assert proc.returncode == 2 and "--steps must be at least 1, got 0" in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
 def test_bfloat16_train_runs_the_torch_peer_under_autocast_and_leaves_keras_out():
     pytest.importorskip("torch", reason="the torch peer needs the peers extra: pip install -e '.[peers]'")
     peer = subprocess.run([sys.executable, "peers/unet_torch.py", "2", "32", "32", "4", "4", "train", "amp"],

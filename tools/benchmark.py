@@ -22,6 +22,9 @@ from streetseg_jax.cli import normalise_argv  # noqa: E402
 COMMANDS = ("train", "input", "eval", "predict", "rasterize", "polygonize", "import", "scaling", "build")
 # These time what `python -m streetseg_jax.main` runs, so they run as it does: with huge pages (hugepages.py).
 AS_TRAINING = ("train", "input", "scaling")
+# Counts and sizes the sub-commands take: none means anything at 0 or below.
+POSITIVE = ("batch", "batches", "height", "width", "classes", "num_classes", "base_width", "steps", "repeats",
+            "global_batch", "per_device_batch", "num_images", "crop", "masks", "polygons", "photo_repeats", "distinct")
 
 
 def _number(value) -> str:
@@ -38,8 +41,12 @@ def print_figures(result: dict, units: dict, prefix: str = "", default_unit: str
         print(f"{prefix}{key}: {shown} {unit}".rstrip())
 
 
+def first_paragraph(doc: str | None) -> str:
+    return " ".join((doc or "").split("\n\n")[0].split())
+
+
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_paragraph(__doc__))
     subs = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name in COMMANDS:
@@ -47,10 +54,13 @@ def main(argv: list[str]) -> None:
         if not path.exists():
             continue
         modules[name] = importlib.import_module(f"bench.{name}")
-        sub = subs.add_parser(name, help=(modules[name].__doc__ or "").splitlines()[0])
+        sub = subs.add_parser(name, help=first_paragraph(modules[name].__doc__))
         sub.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
         modules[name].add_arguments(sub)
     args = parser.parse_args(normalise_argv(argv))
+    for name in POSITIVE:
+        if getattr(args, name, 1) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     module = modules[args.command]
     result = module.run(args)
     if args.json:
