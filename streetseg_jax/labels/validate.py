@@ -200,7 +200,11 @@ def check_file(annotation: Annotation, label_map: LabelMap, options: CheckOption
                         int(annotation.width), int(annotation.height), errors=list(known_problems))
     _check_labels(annotation, label_map, options.unknown, report)
     if options.check_images and report.image is not None:
-        _check_image(annotation, options.decode_images, report)
+        if annotation.image_bytes is None and not is_file(Path(annotation.image_path)):
+            missing = f"image {annotation.image_path} does not exist"      # said once, also when locate_images did
+            report.errors.extend([] if missing in report.errors else [missing])
+        else:
+            _check_image(annotation, options.decode_images, report)
     if not _size_problem(report):
         report.warnings.extend(shape_warnings(annotation))
         _measure(annotation, label_map, report, options.mask_dir)
