@@ -28,6 +28,8 @@ from streetseg_jax.visualize import hms, plot_curves, read_metrics, run_history
 
 # Config sections that must match for a work directory to be resumed (anything else may change between runs).
 _COMPATIBLE_KEYS = ("model", "dataset")
+# Config keys that decide how evaluation scores: they may change on resume, with a warning.
+_EVAL_KEYS = ("eval_split", "eval_scale", "eval_flip_tta", "eval_extra_scales")
 
 
 class RunError(RuntimeError):
@@ -104,6 +106,17 @@ def _check_compatible(saved: dict, current: dict, workdir: Path) -> None:
                        + "\n  - ".join(problems) + "\nUse another --workdir (or --config.init_from to warm-start).")
 
 
+def _warn_of_eval_changes(saved: dict, current: dict, log: "RunLog") -> None:
+    def plain(value):          # the checkpoint's config went through JSON: tuples came back as lists
+        return json.loads(json.dumps(value))
+
+    changes = [f"{key} {plain(saved.get(key))} -> {plain(current.get(key))}" for key in _EVAL_KEYS
+               if plain(saved.get(key)) != plain(current.get(key))]
+    if changes:
+        log.say(f"warning: evaluation differs from the checkpoint's ({', '.join(changes)}): the eval mIoUs logged "
+                "from now on are not scored as the earlier ones, yet the best checkpoint is picked across both")
+
+
 def _optimiser_layout(config: dict) -> dict:
     """What shapes the optimiser state (train.make_optimizer): its values may change on resume, these may not."""
     return {"config.optimizer": config.get("optimizer"),
@@ -128,7 +141,9 @@ def prepare_run(config, workdir: str | Path) -> RunSetup:
     checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
     latest = checkpoints.latest_step()
     if latest is not None:
-        _check_compatible(checkpoints.read_meta("latest"), meta, workdir)
+        saved = checkpoints.read_meta("latest")
+        _check_compatible(saved, meta, workdir)
+        _warn_of_eval_changes(saved["config"], meta["config"], log)
     elif config.init_from:
         from streetseg_jax.warm_start import check_init_from
         check_init_from(config.init_from)

@@ -143,9 +143,12 @@ def test_incompatible_workdir_is_refused(finished_run, tiny_data_dir):
 def test_a_finished_run_asked_for_fewer_steps_trains_nothing_and_says_so(finished_run, tiny_data_dir):
     workdir, _ = finished_run
     before = {name: (workdir / name).read_text() for name in ("config.json", "metrics.jsonl")}
-    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS - 2}")
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS - 2}",
+                                "--config.eval_flip_tta=True", "--config.eval_extra_scales=(0.5,)")
     assert code == 0, out
     assert f"already at step {STEPS}, num_train_steps is {STEPS - 2}: nothing to train" in out
+    assert "warning: evaluation differs from the checkpoint's (eval_flip_tta False -> True, eval_extra_scales " \
+           "[] -> [0.5])" in out
     assert "training steps" not in out and "best checkpoint" in out
     assert {name: (workdir / name).read_text() for name in before} == before
 
