@@ -22,6 +22,15 @@ def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
     raise SystemExit(code)
 
 
+def check_workdir(workdir) -> None:
+    """Exit with a message unless `workdir` is a folder (what is in it, the command that reads it checks)."""
+    from pathlib import Path
+
+    if not Path(workdir).is_dir():
+        fail(f"--workdir {workdir} " + ("is a file, not a training work directory" if Path(workdir).exists()
+                                        else "does not exist"))
+
+
 def add_flip_tta_flags(parser, help_text: str) -> None:
     """--flip_tta / --no_flip_tta (dest flip_tta); neither leaves None: as the run evaluated (its eval_flip_tta)."""
     group = parser.add_mutually_exclusive_group()

@@ -33,7 +33,7 @@ from flax import nnx
 from PIL import Image
 
 from streetseg_jax import sharding
-from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, fail, normalise_argv
+from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, check_workdir, fail, normalise_argv
 from streetseg_jax.data import pipeline
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.losses import valid_labels
@@ -351,8 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
     if args.checkpoint not in ("best", "latest") and not args.checkpoint.isdigit():
         fail(f"--checkpoint must be best, latest or a step number, got {args.checkpoint!r}")
-    if not Path(args.workdir).is_dir():
-        fail(f"--workdir {args.workdir} does not exist")
+    check_workdir(args.workdir)
     from absl import logging
     from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError
     logging.set_verbosity(logging.ERROR)    # orbax and TFDS log every read; the table says what matters

@@ -42,6 +42,7 @@ from streetseg_jax.evaluate import apply_tta_flags, network_scales, predict_logi
 from streetseg_jax.inference import TrainedModel, load_model, model_logits, scaled_logits
 
 OUTPUTS = ("classes", "confidence", "logits")
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")       # what jax.export lowers for
 ARCHIVE_MODEL, ARCHIVE_LABELS, ARCHIVE_INFO = "model.jaxexport", "label_map.json", "info.json"
 
 
@@ -159,6 +160,9 @@ def _check_args(args) -> tuple[str, ...]:
         fail(f"--output {args.output} is a folder: name the archive to write, e.g. {Path(args.output) / 'model.zip'}")
     if (args.height is None) != (args.width is None):
         fail("give both --height and --width, or neither (symbolic sizes)")
+    unknown = set(args.platforms.split(",")) - set(PLATFORMS)
+    if unknown:
+        fail(f"--platforms: {', '.join(sorted(unknown))} is not one of {', '.join(PLATFORMS)}")
     for name in ("height", "width", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:

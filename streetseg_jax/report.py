@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, fail, normalise_argv
+from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, check_workdir, fail, normalise_argv
 
 MAX_PANEL_WIDTH = 480   # pixels of an embedded example panel: enough to see errors, small enough to keep files light
 SHOWN_PANEL_WIDTH = 280  # about how wide a panel shows on the page (a quarter of it): narrower images are enlarged
@@ -595,8 +595,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--checkpoint must be best, latest or a step number, got {args.checkpoint!r}")
     if args.k < 0:
         fail(f"--k must be 0 or more, got {args.k}")
-    if not Path(args.workdir).is_dir():
-        fail(f"--workdir {args.workdir} does not exist")
+    check_workdir(args.workdir)
     from absl import logging
     from streetseg_jax import sharding
     from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError

@@ -98,6 +98,7 @@ def test_split_and_checkpoint_flags(workdir, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--workdir", "/nonexistent/run"], "--workdir /nonexistent/run does not exist"),
+    (["--workdir", __file__], f"--workdir {__file__} is a file, not a training work directory"),
     (["--checkpoint", "newest"], "--checkpoint must be best, latest or a step number"),
     (["--checkpoint", "99"], "no checkpoint for step 99"),
     (["--split", "nosuch"], "has no split 'nosuch'"),

@@ -128,7 +128,9 @@ def test_bad_arguments_fail_cleanly(workdir, tmp_path, capsys):
     assert run_cli(export, "--workdir", workdir, "--output", archive, "--outputs", "classes,colours") == 2
     assert run_cli(export, "--workdir", tmp_path / "none", "--output", archive) == 2
     assert run_cli(export, "--workdir", workdir, "--output", tmp_path) == 2
+    assert run_cli(export, "--workdir", workdir, "--output", archive, "--platforms", "cpu,gpu") == 2
     err = capsys.readouterr().err
     assert "both --height and --width" in err and "--outputs" in err and "no checkpoints" in err
+    assert "--platforms: gpu is not one of cpu, cuda, rocm, tpu" in err
     assert "is a folder" in err
     assert not archive.exists()
