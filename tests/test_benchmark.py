@@ -49,10 +49,12 @@ def test_plain_output_is_name_value_unit_lines():
 def test_help_shows_whole_summaries_and_counts_below_one_are_refused():
     proc = run_benchmark("--help")
     assert proc.returncode == 0 and "global batch fixed and per-device batch fixed" in " ".join(proc.stdout.split())
-    for command in ("train", "scaling"):
-        proc = run_benchmark(command, "--steps", "0")
-        assert proc.returncode == 2 and "--steps must be at least 1, got 0" in proc.stderr
-        assert "Traceback" not in proc.stderr
+    for args, message in ((["train", "--steps", "0"], "--steps must be at least 1, got 0"),
+                          (["scaling", "--steps", "-1"], "--steps must be at least 1, got -1"),
+                          (["input", "--crop", "192", "0"], "--crop must be at least 1, got 192 0"),
+                          (["rasterize", "--masks", "0"], "--masks must be at least 1, got 0")):
+        proc = run_benchmark(*args)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bfloat16_train_runs_the_torch_peer_under_autocast_and_leaves_keras_out():

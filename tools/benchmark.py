@@ -59,8 +59,10 @@ def main(argv: list[str]) -> None:
         modules[name].add_arguments(sub)
     args = parser.parse_args(normalise_argv(argv))
     for name in POSITIVE:
-        if getattr(args, name, 1) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+        value = getattr(args, name, None)
+        numbers = value if isinstance(value, (tuple, list)) else [value]     # --crop H W
+        if any(isinstance(v, int) and v < 1 for v in numbers):              # polygonize's --masks is a folder
+            parser.error(f"--{name} must be at least 1, got {' '.join(map(str, numbers))}")
     module = modules[args.command]
     result = module.run(args)
     if args.json:
