@@ -92,12 +92,14 @@ def _folder_items(folder: Path, out_dir: Path) -> list[Item]:
 def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None:
     """Refuse, before any work, an output file that is one of the inputs (x.png's mask is OUT/x.png) and two
     different inputs that would write the same output file."""
-    sources = {item.source for item in items}
+    from streetseg_jax.labels.images import file_ids
+
+    sources = file_ids(item.source for item in items)
     writer: dict[str, Path] = {}
     clashes = []
     for item in items:
         for name in item.outputs(confidence):
-            if (out_dir / name).resolve() in sources:
+            if file_ids([out_dir / name]) & sources:     # by file, not name: IMG.PNG is img.png on some disks
                 fail(f"{out_dir / name} is an input: its prediction would overwrite it; give another --output")
             first = writer.setdefault(name, item.source)
             if first != item.source:
@@ -210,9 +212,15 @@ def export_polygons(result: RunResult, items: list[Item], label_map, fmt: str, o
     return out_dir / fmt
 
 
-def _check_export_names(items: list[Item], fmt: str) -> None:
+def _check_export(items: list[Item], fmt: str, out_dir: Path) -> None:
+    """Refuse inputs in the folder the export rewrites, and names CVAT's XML cannot hold."""
     from streetseg_jax.labels.writers import is_utf8
 
+    folder = (out_dir / fmt).resolve()
+    inside = [str(item.source) for item in items if item.source.is_relative_to(folder)]
+    if inside:
+        fail(f"{inside[0]} is in {out_dir / fmt}, which --export {fmt} rewrites; copy the images elsewhere to "
+             "predict them, or give another --output")
     names = [item.source.name for item in items if not is_utf8(item.name + item.source.suffix)]
     if fmt == "cvat" and names:
         fail(f"--export cvat: CVAT's XML cannot hold file names that are not UTF-8, such as {names[0]!r}; rename "
@@ -292,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     check_collisions(items, args.save_confidence, out_dir)
     if args.export:
         _polygonize_module()              # refuse now rather than after an hour of predicting
-        _check_export_names(items, args.export)
+        _check_export(items, args.export, out_dir)
     predictor = _predictor(args)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

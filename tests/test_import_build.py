@@ -271,6 +271,19 @@ def test_names_and_options_are_checked(tmp_path):
         build(tmp_path, export, val_fraction=1.5)
 
 
+def test_images_of_one_name_in_two_folders_share_the_split_of_their_name(tmp_path):
+    stems = [f"frame_{i:02d}" for i in range(12)]
+    for camera in ("cam1", "cam2"):
+        labelme_export(tmp_path / "export" / camera, stems)
+    build(tmp_path, tmp_path / "export", val_fraction=0.5)
+    split_of = {name: split for split in ("train", "validation") for name in records(tmp_path, split)}
+    assert len(split_of) == 24
+    for stem in stems:          # as the stem alone would be: a namesake arriving later moves nothing
+        expected = "validation" if stem_fraction(stem) < 0.5 else "train"
+        assert split_of[f"cam1/{stem}.png"] == split_of[f"cam2/{stem}.png"] == expected
+    assert set(split_of.values()) == {"train", "validation"}
+
+
 def test_many_images_through_worker_processes(tmp_path):
     stems = [f"f{i:03d}" for i in range(40)]      # enough for the build to start worker processes
     export = labelme_export(tmp_path / "export", stems)
@@ -320,7 +333,7 @@ def test_cli_reports_ctrl_c_in_one_line(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["build", "--config", "synthetic", "--data_dir", str(tmp_path)])
     assert exit_info.value.code == 130 and capsys.readouterr().err == \
-        "error: interrupted: the dataset was not built (an earlier build of it is as it was)\n"
+        "error: interrupted: the dataset was not built\n"
 
 
 # --- the command line --------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Tests for `python -m streetseg_jax.labels to-masks` and the conversion helpers behind it (labels/convert.py)."""
 import json
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -243,12 +244,22 @@ def test_images_of_one_name_in_different_folders_keep_their_folders(tmp_path, ca
     main(["to-masks", "--format", "labelme", "--input", str(export), "--output", str(tmp_path / "masks")])
     written = sorted(p.relative_to(tmp_path / "masks").as_posix() for p in (tmp_path / "masks").rglob("*.png"))
     assert written == ["cam1/street_1.png", "cam2/street_1.png", "cam3/day2/street_1.png", "solo.png"]
+    backup = export / "cam1" / "backup" / "street_1.json"     # a second annotation of cam1's image: refused
+    backup.parent.mkdir()
+    backup.write_text((export / "cam1" / "street_1.json").read_text().replace('"street_1.png"', '"../street_1.png"'))
+    with pytest.raises(SystemExit):
+        main(["to-masks", "--format", "labelme", "--input", str(export), "--output", str(tmp_path / "again")])
+    assert "4 annotations are for images with the key 'street_1'" in capsys.readouterr().err
+    backup.unlink()
     coco = json.loads((sample_exports.write_export("coco", tmp_path / "coco") / "annotations.json").read_text())
     second = json.loads(json.dumps(coco["images"][0]))
     coco["images"][0]["file_name"], second["file_name"], second["id"] = "a\\street_1.png", "b/street_1.png", 2
     coco["images"].append(second)
     coco["annotations"] += [{**a, "id": a["id"] + 100, "image_id": 2} for a in coco["annotations"]]
     (tmp_path / "coco" / "annotations.json").write_text(json.dumps(coco))
+    for folder in ("a", "b"):                  # images found where the names say: told apart by their folders
+        (tmp_path / "coco" / "images" / folder).mkdir()
+        shutil.copy(tmp_path / "coco" / "images" / "street_1.png", tmp_path / "coco" / "images" / folder)
     main(["to-masks", "--format", "coco", "--input", str(tmp_path / "coco"), "--output", str(tmp_path / "m2")])
     assert sorted(p.relative_to(tmp_path / "m2").as_posix() for p in (tmp_path / "m2").rglob("*.png")) == \
         ["a/street_1.png", "b/street_1.png"]

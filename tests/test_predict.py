@@ -376,6 +376,9 @@ def test_exports_of_one_name_in_two_folders_read_back_as_the_masks(fmt, workdir,
     assert not np.array_equal(*shown)
     for folder, expected in zip(("cam1", "cam2"), shown):     # at tolerance 0 the exact outlines of what is shown
         np.testing.assert_array_equal(read_mask_png(tmp_path / "back" / folder / "x.png"), expected)
+    exported = sorted((out / fmt).rglob("*"))      # predicting the export's images into it again would rewrite it
+    assert run_predict("--workdir", workdir, "--input", out / fmt, "--output", out, "--export", fmt) == 2
+    assert sorted((out / fmt).rglob("*")) == exported
 
 
 def test_cvat_export_refuses_file_names_that_are_not_utf8_before_predicting(workdir, tmp_path, capsys):

@@ -14,9 +14,9 @@ folder counts (hidden ones excepted), not only those a reader opened: some reade
 dataset.
 
 Splits: by a hash of the image key (labels/validate.image_key: the image's file stem, or `<subset>/<stem>` and
-the like where a reader knows stems repeat), so an image keeps its split when others are added; or from a split
-file of `split<TAB>key` lines (a plain stem will do for a nested key when no other image has that stem), which keeps
-consecutive video frames together.
+the like where a reader knows stems repeat; the stem where formats.read added folders), so an image keeps its split
+when others are added; or from a split file of `split<TAB>key` lines (a plain stem will do for a nested key when no
+other image has that stem), which keeps consecutive video frames together.
 """
 from __future__ import annotations
 
@@ -95,7 +95,8 @@ def collect(folder: Path, fmt: str, label_map: LabelMap, rule: SplitRule, *, unk
     options = CheckOptions(unknown=unknown, mask_dir=None if mask_dir is None else str(mask_dir))
     report = validate(annotations, label_map, fmt=fmt, source=folder, root=Path(folder), options=options,
                       map_fn=map_fn)
-    splits, notes = assign_splits([f.key for f in report.files], rule)
+    splits, notes = assign_splits([f.key for f in report.files], rule,
+                                  [a.split_key or f.key for a, f in zip(annotations, report.files)])
     return ExportPlan(fmt, Path(folder), annotations, report, splits, notes, mask_dir=mask_dir)
 
 
@@ -117,14 +118,17 @@ def read_export(fmt: str, path: Path, label_map: LabelMap) -> list[Annotation]:
 
 
 # --- splits ------------------------------------------------------------------------------------------------------
-def assign_splits(keys: list[str], rule: SplitRule) -> tuple[dict[str, list[int]], list[str]]:
-    """(split -> indices in key order, notes about splits left out because no image falls in them)."""
+def assign_splits(keys: list[str], rule: SplitRule, hashed: list[str] | None = None,
+                  ) -> tuple[dict[str, list[int]], list[str]]:
+    """(split -> indices in key order, notes about splits left out because no image falls in them); `hashed`: what
+    each key's split is hashed on (default: the key)."""
     if rule.split_file is not None:
         chosen = read_split_file(Path(rule.split_file), keys)
     elif rule.by_order is not None:
         chosen = _order_split(keys, rule)
     else:
-        chosen = {key: rule.holdout if stem_fraction(key) < rule.fraction else "train" for key in keys}
+        chosen = {key: rule.holdout if stem_fraction(text) < rule.fraction else "train"
+                  for key, text in zip(keys, hashed or keys)}
     splits: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
     for i in sorted(range(len(keys)), key=lambda i: keys[i]):
         splits[chosen[keys[i]]].append(i)

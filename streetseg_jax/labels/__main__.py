@@ -26,6 +26,7 @@ from streetseg_jax.cli import fail, normalise_argv
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, annotation_to_mask,
                                           find_unknown_labels, write_mask_png)
+from streetseg_jax.labels.images import file_ids
 from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError
 from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, image_key, locate_images, size_problem,
@@ -116,13 +117,13 @@ def to_masks(args: argparse.Namespace) -> None:
 
 def images_overwritten(annotations: list[Annotation], output: Path, root: Path) -> list[str]:
     """The mask paths that are an image of one of the annotations (looked for only when a mask path exists)."""
-    targets = {(output / f"{image_key(a)}.png").resolve() for a in annotations}
-    if not any(target.exists() for target in targets):
+    targets = [output / f"{image_key(a)}.png" for a in annotations]
+    if not file_ids(targets):
         return []
     located = [dataclasses.replace(a) for a in annotations]     # keys above came from the annotations as read
     locate_images(located, root)
-    images = {Path(a.image_path).resolve() for a in located if a.image_path is not None}
-    return sorted(str(path) for path in targets & images)
+    images = file_ids(a.image_path for a in located if a.image_path is not None)
+    return sorted(str(path) for path in targets if file_ids([path]) & images)
 
 
 def write_masks(annotations: list[Annotation], label_map: LabelMap, output: Path) -> list[str]:

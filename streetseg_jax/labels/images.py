@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -46,6 +47,19 @@ def is_file(path: Path) -> bool:
         return Path(path).is_file()
     except (OSError, ValueError):
         return False
+
+
+def file_ids(paths) -> set[tuple[int, int]]:
+    """(device, inode) of each path that is a file: one file under two names (a case-insensitive file system, a
+    link) has one id. Paths that are not files are left out."""
+    ids = set()
+    for path in paths:
+        try:
+            status = os.stat(path)
+        except (OSError, TypeError, ValueError):
+            continue
+        ids.add((status.st_dev, status.st_ino))
+    return ids
 
 
 def _too_long(path: Path) -> bool:

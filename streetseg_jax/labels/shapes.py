@@ -35,6 +35,7 @@ class Annotation:
     image_bytes: bytes | None = None          # the image itself, when the export embeds it (LabelMe imageData)
     key: str | None = None                    # the image's key when its stem alone is not unique ("Train/img0",
                                               # "seq1/frame_001"): see labels/validate.image_key and make_key
+    split_key: str | None = None              # what its split is hashed on, when not its key (formats.read)
 
 
 class LabelFormatError(ValueError):

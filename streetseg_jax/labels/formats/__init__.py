@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streetseg_jax.labels.images import file_ids
 from streetseg_jax.labels.rasterize import coordinate_limit
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, make_key
 from streetseg_jax.labels.validate import image_key
@@ -41,20 +42,23 @@ def read(name: str, path: Path, label_map) -> list:
 
 def add_folders_to_clashing_keys(annotations: list[Annotation], root: Path) -> None:
     """Images of one stem in different folders (cam1/0001.jpg, cam2/0001.jpg) get their folders in their keys
-    ("cam1/0001": the paths of their masks); an image whose stem is unique keeps the stem alone. The folders are
-    the annotation files' under the export where each image has a file of its own (LabelMe, VOC), else those of the
-    image names (COCO, CVAT). A clash the folders do not settle is left for validate.duplicate_keys to refuse."""
+    ("cam1/0001": the paths of their masks); an image whose stem is unique keeps the stem alone, and the split is
+    still hashed on the stem (Annotation.split_key), so an image keeps its split when a namesake arrives. The folders
+    are the annotation files' under the export where each image has a file of its own (LabelMe), else those of the
+    image names (COCO, CVAT). Only images the reader found, each a different file, are told apart so: two
+    annotations of one image (a backup copy of its file) are left for validate.duplicate_keys to refuse."""
     groups: dict[str, list[Annotation]] = {}
     for annotation in annotations:
         groups.setdefault(image_key(annotation), []).append(annotation)
-    for group in groups.values():
-        if len(group) < 2 or any(a.key for a in group):      # a reader's own keys (CVAT subsets) stay as given
-            continue
+    for stem, group in groups.items():
+        paths = [a.image_path for a in group]
+        if len(group) < 2 or any(a.key for a in group) or None in paths or len(file_ids(paths)) < len(group):
+            continue                                          # a reader's own keys (CVAT subsets) stay as given
         own_files = len({str(a.source) for a in group}) == len(group)
         keys = [_key_with_folders(a, root, own_files) for a in group]
         if None not in keys and len(set(keys)) == len(keys):
             for annotation, key in zip(group, keys):
-                annotation.key = key
+                annotation.key, annotation.split_key = key, stem
 
 
 def _key_with_folders(annotation: Annotation, root: Path, from_source: bool) -> str | None:
