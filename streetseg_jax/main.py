@@ -83,7 +83,10 @@ def _usage_error(e: Exception) -> None:
     e = e.__cause__ or e                  # a config file's own error, under "Configuration is not available"
     text = str(e.args[0]) if isinstance(e, (AttributeError, KeyError)) and e.args else str(e)
     if text[:1] == text[-1:] == "'":      # a KeyError's repr, carried in an AttributeError's message
-        text = ast.literal_eval(text)
+        try:
+            text = ast.literal_eval(text)
+        except (SyntaxError, ValueError):
+            pass
     print(f"error: {text}\n(python -m streetseg_jax.main --help lists the flags)", file=sys.stderr)
     sys.exit(2)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -65,6 +66,11 @@ class RunSetup:
                      "run the same command again to resume from it")
         raise SystemExit(130 if signal_name == "SIGINT" else 143)
 
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
     def fail(self, message: str) -> None:
         self.checkpoints.wait()
         raise RunError(message)
@@ -110,8 +116,8 @@ def _warn_of_eval_changes(saved: dict, current: dict, log: "RunLog") -> None:
     def plain(value):          # the checkpoint's config went through JSON: tuples came back as lists
         return json.loads(json.dumps(value))
 
-    changes = [f"{key} {plain(saved.get(key))} -> {plain(current.get(key))}" for key in _EVAL_KEYS
-               if plain(saved.get(key)) != plain(current.get(key))]
+    changes = [f"{key} {plain(saved[key])} -> {plain(current[key])}" for key in _EVAL_KEYS
+               if key in saved and key in current and plain(saved[key]) != plain(current[key])]
     if changes:
         log.say(f"warning: evaluation differs from the checkpoint's ({', '.join(changes)}): the eval mIoUs logged "
                 "from now on are not scored as the earlier ones, yet the best checkpoint is picked across both")
@@ -137,20 +143,32 @@ def prepare_run(config, workdir: str | Path) -> RunSetup:
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict()}
     log = RunLog(workdir, config.num_train_steps, config.batch_size)
     weights = class_weights(config, train_source, label_map, log)
-    lock = _lock(workdir) if jax.process_index() == 0 else None
+    if config.init_from and not (workdir / "checkpoints").is_dir():    # nothing to resume: it will be read
+        from streetseg_jax.warm_start import check_init_from
+        check_init_from(config.init_from)
+    lock = _lock(workdir, log)
+    try:
+        checkpoints, latest = _checkpoints_to_resume(config, workdir, meta, log)
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+    if jax.process_index() == 0 and (latest or 0) < config.num_train_steps:    # else nothing is trained
+        _write_json(workdir / "config.json", {**meta["config"], "provenance": provenance(config, info)})
+    return RunSetup(config, workdir, mesh, label_map, train_source, eval_source, augment_config(config), weights,
+                    checkpoints, log, meta, lock)
+
+
+def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog"):
+    """(the work directory's Checkpoints, its latest step or None); RunError when that cannot be resumed."""
     checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
     latest = checkpoints.latest_step()
     if latest is not None:
         saved = checkpoints.read_meta("latest")
         _check_compatible(saved, meta, workdir)
-        _warn_of_eval_changes(saved["config"], meta["config"], log)
-    elif config.init_from:
-        from streetseg_jax.warm_start import check_init_from
-        check_init_from(config.init_from)
-    if jax.process_index() == 0 and (latest or 0) < config.num_train_steps:    # else nothing is trained
-        _write_json(workdir / "config.json", {**meta["config"], "provenance": provenance(config, info)})
-    return RunSetup(config, workdir, mesh, label_map, train_source, eval_source, augment_config(config), weights,
-                    checkpoints, log, meta, lock)
+        if latest < config.num_train_steps:
+            _warn_of_eval_changes(saved["config"], meta["config"], log)
+    return checkpoints, latest
 
 
 def check_config(config) -> None:
@@ -162,10 +180,12 @@ def check_config(config) -> None:
         problems.append(f"class_weights must be 'none' or 'median_frequency', got {config.class_weights!r}")
     if not config.get("class_weight_power", 1.0) >= 0:
         problems.append(f"class_weight_power must be >= 0, got {config.class_weight_power!r}")
-    for key in ("crop_size", "scale_range"):
+    for key, kind in (("crop_size", int), ("scale_range", (int, float))):
         value = config.augment[key]
-        if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(v > 0 for v in value)):
-            problems.append(f"augment.{key} must be two positive numbers, e.g. '--config.augment.{key}=(a,b)', "
+        if not (isinstance(value, (tuple, list)) and len(value) == 2
+                and all(isinstance(v, kind) and not isinstance(v, bool) and v > 0 for v in value)):
+            what = "whole numbers" if kind is int else "numbers"
+            problems.append(f"augment.{key} must be two positive {what}, e.g. '--config.augment.{key}=(a,b)', "
                             f"got {value!r}")
     if problems:
         raise RunError("the config cannot be trained:\n  - " + "\n  - ".join(problems))
@@ -188,25 +208,39 @@ def _read_json_object(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _lock(workdir: Path):
-    """An exclusive lock on WORKDIR/.lock for as long as this process lives: a second run in the same work directory
-    would interleave its log and checkpoints with this one's."""
-    import fcntl
+def _lock(workdir: Path, log: "RunLog"):
+    """An exclusive lock on WORKDIR/.lock, taken by process 0 and held while the run lives: a second run in the same
+    work directory would interleave its log and checkpoints with this one's. Every process learns the outcome (the
+    others would otherwise wait in their first collective for a process 0 that has left). Where the file system
+    or the platform cannot lock (NFS without lockd, Windows), the run says so and goes on without."""
+    handle, refusal = _take_lock(workdir, log) if jax.process_index() == 0 else (None, "")
+    if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(np.int32(bool(refusal))) and not refusal:
+        refusal = f"another run is training in {workdir}"
+    if refusal:
+        raise RunError(f"{refusal}; wait for it to end or give another --workdir")
+    return handle
 
+
+def _take_lock(workdir: Path, log: "RunLog"):
+    """(the open lock file or None, why the run may not start or "")."""
     workdir.mkdir(parents=True, exist_ok=True)
     handle = open(workdir / ".lock", "a+")
     try:
+        import fcntl
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         handle.seek(0)
-        owner = handle.read().strip()
+        owner = handle.read().strip() or "its process unknown"
         handle.close()
-        raise RunError(f"another run is training in {workdir} ({owner or 'its process id unknown'}); wait for it "
-                       "to end or give another --workdir") from None
+        return None, f"another run is training in {workdir} ({owner})"
+    except (ImportError, OSError) as e:
+        handle.close()
+        log.say(f"warning: cannot lock {workdir / '.lock'} ({e}): nothing stops a second run in this work directory")
+        return None, ""
     handle.truncate(0)
-    handle.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+    handle.write(f"process {os.getpid()} on {platform.node()}\n")
     handle.flush()
-    return handle
+    return handle, ""
 
 
 def _load(config, key: str):

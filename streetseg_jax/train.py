@@ -185,6 +185,13 @@ class TrainMetrics:
 def train_and_evaluate(config, workdir: str | Path) -> dict:
     """Train `config` in `workdir`, resuming from its latest checkpoint; returns the last eval metrics."""
     setup: RunSetup = prepare_run(config, workdir)
+    try:
+        return _run(config, setup)
+    finally:        # the work directory is free again (in a notebook the setup outlives a failed run)
+        setup.release()
+
+
+def _run(config, setup: RunSetup) -> dict:
     mesh, label_map = setup.mesh, setup.label_map
     tx = make_optimizer(config)
     graphdef, state = init_state(config, label_map.num_classes, tx, mesh)

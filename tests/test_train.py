@@ -147,10 +147,24 @@ def test_a_finished_run_asked_for_fewer_steps_trains_nothing_and_says_so(finishe
                                 "--config.eval_flip_tta=True", "--config.eval_extra_scales=(0.5,)")
     assert code == 0, out
     assert f"already at step {STEPS}, num_train_steps is {STEPS - 2}: nothing to train" in out
-    assert "warning: evaluation differs from the checkpoint's (eval_flip_tta False -> True, eval_extra_scales " \
-           "[] -> [0.5])" in out
+    assert "warning: evaluation differs" not in out       # nothing will be evaluated
     assert "training steps" not in out and "best checkpoint" in out
     assert {name: (workdir / name).read_text() for name in before} == before
+
+
+def test_a_resume_that_scores_otherwise_is_warned_of():
+    from streetseg_jax import run
+
+    said = []
+    log = type("Log", (), {"say": lambda self, message: said.append(message)})()
+    saved = {"eval_flip_tta": False, "eval_extra_scales": [], "eval_scale": 0.5}     # as JSON gave it back
+    run._warn_of_eval_changes(saved, {"eval_flip_tta": False, "eval_extra_scales": (), "eval_scale": 0.5,
+                                      "eval_split": "test"}, log)       # a key the checkpoint's config lacks
+    assert said == []
+    run._warn_of_eval_changes(saved, {"eval_flip_tta": True, "eval_extra_scales": (0.5,), "eval_scale": 0.5}, log)
+    assert said == ["warning: evaluation differs from the checkpoint's (eval_flip_tta False -> True, "
+                    "eval_extra_scales [] -> [0.5]): the eval mIoUs logged from now on are not scored as the earlier "
+                    "ones, yet the best checkpoint is picked across both"]
 
 
 def test_switching_ema_on_when_resuming_is_refused(finished_run, tiny_data_dir):
@@ -177,7 +191,7 @@ def test_values_a_run_cannot_use_are_refused_before_anything_is_written(tiny_dat
                                 "--config.augment.crop_size=5", "--config.class_weights=inverse")
     assert code == 2 and "Traceback" not in out, out
     for message in ("log_every_steps must be at least 1, got 0", "keep_checkpoints must be at least 1, got 0",
-                    "num_train_steps must be at least 1, got -5", "augment.crop_size must be two positive numbers",
+                    "num_train_steps must be at least 1, got -5", "augment.crop_size must be two positive whole numbers",
                     "class_weights must be 'none' or 'median_frequency', got 'inverse'"):
         assert message in out, out
     assert not (tmp_path / "w").exists()
@@ -194,22 +208,40 @@ def test_a_folder_that_is_not_a_run_keeps_its_config_json(tiny_data_dir, tmp_pat
 def test_a_mistyped_init_from_creates_nothing_there(tiny_data_dir, tmp_path):
     code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, f"--config.init_from={tmp_path / 'typo'}")
     assert code == 2 and "not a training work directory" in out and "Traceback" not in out, out
-    assert not (tmp_path / "typo").exists() and not (tmp_path / "w" / "config.json").exists()
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "w").exists()
 
 
 def test_a_second_run_in_the_same_workdir_is_refused(tiny_data_dir, tmp_path):
     from streetseg_jax import run
 
-    held = run._lock(tmp_path / "w")           # as a run training there holds it
+    said = []
+    log = type("Log", (), {"say": lambda self, message: said.append(message)})()
+    held = run._lock(tmp_path / "w", log)      # as a run training there holds it
     try:
         with pytest.raises(run.RunError, match=f"another run is training in .* \\(process {os.getpid()} on "):
-            run._lock(tmp_path / "w")
+            run._lock(tmp_path / "w", log)
         code, out = run_main_to_end(tmp_path / "w", tiny_data_dir)
         assert code == 2 and "another run is training in" in out and "Traceback" not in out, out
         assert not (tmp_path / "w" / "metrics.jsonl").exists()
     finally:
         held.close()
-    run._lock(tmp_path / "w").close()          # free again once that run has ended
+    run._lock(tmp_path / "w", log).close()     # free again once that run has ended
+    assert said == []
+
+
+def test_a_file_system_that_cannot_lock_warns_and_trains_on(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+    from streetseg_jax import run
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    said = []
+    log = type("Log", (), {"say": lambda self, message: said.append(message)})()
+    assert run._lock(tmp_path / "w", log) is None
+    assert said == [f"warning: cannot lock {tmp_path / 'w' / '.lock'} ([Errno {errno.ENOLCK}] No locks available): "
+                    "nothing stops a second run in this work directory"]
 
 
 def test_missing_dataset_names_the_build_command(tmp_path):

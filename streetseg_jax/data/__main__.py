@@ -98,7 +98,7 @@ def run_build(args: argparse.Namespace) -> None:
     except (builder.BuildError, builder.UnknownLabelsError, LabelMapError, source.DatasetNotFoundError) as e:
         fail(str(e))
     except KeyboardInterrupt:
-        fail("interrupted: the dataset was not built (an earlier build of it is as it was)", code=130)
+        fail("interrupted: the dataset was not built", code=130)
     print_result(f"street_seg/{args.name or args.config}", result)
 
 
