@@ -2,7 +2,8 @@
 
 Budget: 4,300 steps of batch 8 at 0.5 scale (34,400 crops, about 94 epochs of the 367 train frames): 55 min 17 s of
 wall time on 2 idle Xeon cores with our CPU kernels (a median 10.9 img/s for the train step, plus start-up and four
-evaluations), val mIoU 0.703 at the last step, which was also the best (2026-12-06; 0.685 with --config.seed=1).
+evaluations), val mIoU 0.703 at the last step, which was also the best (2026-12-06; 0.685 and 0.677 with
+--config.seed=1 and 2).
 Trained at 0.5 scale (frames 360x480 scaled to 180x240, then randomly by 0.75..1.5, random 176x240 crops, horizontal
 flips, colour jitter), evaluated on `validation` every 1,075 steps at the labels' native 360x480 (the network sees
 180x240, eval_scale 0.5, and its logits are resized back before the argmax; void is ignored), with flip and
