@@ -326,10 +326,11 @@ class RunLog:
         self.num_steps, self.batch_size = num_steps, batch_size
         self.primary = jax.process_index() == 0
         self.t0, self.step0 = time.time(), 0
+        self.warm: tuple[int, float] | None = None     # (step, time) of the first progress line since the start
 
     def start(self, step: int, num_steps: int) -> None:
         """Marks where this (re)start begins in metrics.jsonl, so readers can tell lost steps and downtime."""
-        self.t0, self.step0 = time.time(), step
+        self.t0, self.step0, self.warm = time.time(), step, None
         if self.primary:
             _append_record(self.path, {"step": step, "time": self.t0, "run/start": True})
         self.say(f"training steps {step}..{num_steps} on {jax.device_count()} device(s), "
@@ -342,8 +343,11 @@ class RunLog:
         self.say(self._progress(step, row))
 
     def _progress(self, step: int, row: dict) -> str:
-        done = step - self.step0
-        rate = done / max(time.time() - self.t0, 1e-9)
+        # The ETA counts from the first progress line on: the steps before it include compiling, which is over.
+        now = time.time()
+        since_step, since = self.warm if self.warm and step > self.warm[0] else (self.step0, self.t0)
+        self.warm = self.warm or (step, now)
+        rate = (step - since_step) / max(now - since, 1e-9)
         eta = (self.num_steps - step) / rate if rate > 0 else float("nan")
         shown = "  ".join(f"{k.split('/', 1)[-1] if k.startswith('train/') else k} {v:.4g}"
                           for k, v in row.items() if isinstance(v, float) and "/iou/" not in k)

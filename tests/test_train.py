@@ -420,3 +420,21 @@ def test_class_weight_power_softens_the_median_frequency_weights():
     config.class_weight_power = -1.0
     with pytest.raises(run.RunError, match="class_weight_power must be >= 0, got -1.0"):
         run.check_config(config)
+
+
+def test_the_eta_leaves_out_the_compilation_before_the_first_progress_line(tmp_path, monkeypatch, capsys):
+    from streetseg_jax import run
+
+    now = [0.0]
+    monkeypatch.setattr(run.time, "time", lambda: now[0])
+    log = run.RunLog(tmp_path, num_steps=100, batch_size=8)
+    log.start(0, 100)
+    train, evaluation = {"train/loss": 1.0}, {"eval/miou": 0.5}
+    for seconds, step, row in ((100.0, 10, train), (105.0, 10, evaluation),    # 90 s of the first 100 compiling
+                               (110.0, 20, train), (130.0, 20, evaluation)):
+        now[0] = seconds
+        log.write(step, row)
+    lines = capsys.readouterr().out.splitlines()[1:]
+    # From the start while no step has passed since the first line (90 steps at 10 per 100 s, then per 105 s);
+    # then from the first line: 80 steps at 10 per 10 s (from the start it would be 7:20), then per 30 s.
+    assert [line.split("ETA ")[1] for line in lines] == ["0:15:00", "0:15:45", "0:01:20", "0:04:00"]
