@@ -43,7 +43,9 @@ def split_model(model: nnx.Module):
 
 
 def make_schedule(config) -> optax.Schedule:
-    steps, warmup = config.num_train_steps, min(config.warmup_steps, max(config.num_train_steps - 1, 0))
+    """Linear warm-up, then cosine or polynomial decay to the end factor; the warm-up takes at most half a short
+    run, so that its rate still comes down."""
+    steps, warmup = config.num_train_steps, min(config.warmup_steps, config.num_train_steps // 2)
     peak, end = config.learning_rate, config.learning_rate * config.end_learning_rate_factor
     if config.lr_schedule == "cosine":
         decay = optax.cosine_decay_schedule(peak, max(steps - warmup, 1), alpha=config.end_learning_rate_factor)

@@ -438,3 +438,18 @@ def test_the_eta_leaves_out_the_compilation_before_the_first_progress_line(tmp_p
     # From the start while no step has passed since the first line (90 steps at 10 per 100 s, then per 105 s);
     # then from the first line: 80 steps at 10 per 10 s (from the start it would be 7:20), then per 30 s.
     assert [line.split("ETA ")[1] for line in lines] == ["0:15:00", "0:15:45", "0:01:20", "0:04:00"]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "polynomial"])
+def test_a_run_shorter_than_its_warmup_still_decays(schedule):
+    from streetseg_jax import train
+
+    config = tiny_config()
+    config.num_train_steps, config.warmup_steps, config.lr_schedule = 30, 50, schedule
+    rate = train.make_schedule(config)
+    peak, end = config.learning_rate, config.learning_rate * config.end_learning_rate_factor
+    assert float(rate(0)) == 0 and float(rate(15)) == pytest.approx(peak)      # warm-up over half the run
+    assert float(rate(30)) == pytest.approx(end, rel=1e-5)                        # and down to the end factor
+    config.num_train_steps = 1950                                                 # a long run: the full warm-up
+    assert float(train.make_schedule(config)(50)) == pytest.approx(peak)
+    assert float(train.make_schedule(config)(25)) == pytest.approx(peak / 2)
