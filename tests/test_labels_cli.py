@@ -135,7 +135,12 @@ def test_missing_input_and_empty_folder_are_clear_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
         main(["to-masks", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "masks")])
-    assert "no voc annotations found" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"error: no voc annotations found in {tmp_path / 'empty'}\n"
+    coco = sample_exports.write_export("coco", tmp_path / "coco")       # the wrong --format: the right one named
+    with pytest.raises(SystemExit):
+        main(["to-masks", "--format", "labelme", "--input", str(coco), "--output", str(tmp_path / "masks")])
+    assert capsys.readouterr().err == \
+        f"error: no labelme annotations found in {coco}; the files look like coco (--format coco)\n"
 
 
 def test_module_entry_point_runs(xml_dir, tmp_path):

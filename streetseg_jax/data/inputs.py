@@ -113,7 +113,7 @@ def read_export(fmt: str, path: Path, label_map: LabelMap) -> list[Annotation]:
     except LabelFormatError as e:
         raise BuildError(str(e)) from None
     if not annotations:
-        raise BuildError(f"no {fmt} annotations found in {path}")
+        raise BuildError(formats.nothing_read(fmt, path))
     return annotations
 
 

@@ -73,7 +73,7 @@ def read_export(fmt: str, path: Path, label_map: LabelMap) -> tuple[str, list[An
         fail(f"the {fmt} reader failed on {path} ({type(e).__name__}: {e}); this is a bug in streetseg_jax, "
              "please report it with the file")
     if not annotations:
-        fail(f"no {fmt} annotations found in {path}")
+        fail(formats.nothing_read(fmt, path))
     return fmt, annotations
 
 

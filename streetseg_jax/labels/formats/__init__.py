@@ -115,6 +115,13 @@ def detect(path: Path) -> str:
                            "with the one you exported")
 
 
+def nothing_read(fmt: str, path: Path) -> str:
+    """The message for a read that found no annotations, naming the format the files look like when another."""
+    others = [name for name in available() if name != fmt and _looks_like(name, Path(path))]
+    hint = f"; the files look like {' or '.join(others)} (--format {others[0]})" if others else ""
+    return f"no {fmt} annotations found in {path}{hint}"
+
+
 def _looks_like(name: str, path: Path) -> bool:
     # A reader's guess must never stop detection: files from other people can upset any parser, and a reader
     # that cannot even be imported simply does not claim the files.
