@@ -210,6 +210,22 @@ def test_unchanged_inputs_are_a_no_op_and_changes_are_named(tmp_path):
         build(tmp_path, export, label_map=str(tmp_path / "other.json"))
 
 
+def test_the_fingerprint_follows_linked_folders_once(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "0001.png").write_bytes(b"mask one")
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "trainannot").symlink_to(tmp_path / "real", target_is_directory=True)    # as CamVid copies are kept
+    (export / "loop").symlink_to(export, target_is_directory=True)                    # a cycle: read once
+    (export / ".hidden").mkdir()
+    (export / ".hidden" / "x").write_bytes(b"left out")
+    before = inputs.fingerprint(export, default_label_map(), {})
+    assert sorted(before["files"]) == ["trainannot/0001.png"]
+    (tmp_path / "real" / "0001.png").write_bytes(b"mask two")
+    after = inputs.fingerprint(export, default_label_map(), {})
+    assert inputs.changes(before, after) == ["1 file(s) modified: trainannot/0001.png"]
+
+
 # --- errors and atomic writing -----------------------------------------------------------------------------------
 def test_errors_stop_the_build_after_the_report(tmp_path):
     export = labelme_export(tmp_path / "export", ["a", "b"], labels=("sky", "lamppost"))

@@ -231,14 +231,25 @@ def fingerprint(folder: Path, label_map: LabelMap, options: dict, exclude: tuple
     folder = Path(folder)
     skip = [Path(p).resolve() for p in exclude]
     files = {}
-    for path in sorted(folder.rglob("*")):
+    for path in _files_under(folder):
         relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
         if any(path.resolve().is_relative_to(s) for s in skip):
             continue
         files[relative.as_posix()] = [path.stat().st_size, file_hash(path)]
     return {"files": files, "label_map": label_map.to_dict(), "options": options}
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every file below `folder` (hidden ones and hidden folders left out), sorted; folders that are links are
+    followed (Path.rglob does not, so a change inside them went unnoticed), each real folder once."""
+    found, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        dirs[:] = [] if real in seen else [d for d in dirs if not d.startswith(".")]
+        if real not in seen:
+            seen.add(real)
+            found.extend(Path(root) / name for name in names if not name.startswith("."))
+    return sorted(path for path in found if path.is_file())
 
 
 def file_hash(path: Path) -> str:
