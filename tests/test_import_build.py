@@ -210,6 +210,16 @@ def test_unchanged_inputs_are_a_no_op_and_changes_are_named(tmp_path):
         build(tmp_path, export, label_map=str(tmp_path / "other.json"))
 
 
+def test_a_data_dir_given_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    export = labelme_export(tmp_path / "home" / "export", ["a", "b"])
+    result = source.build("from_annotations", "~/tfds", "~/export", name="tilde", format="labelme",
+                          label_map=label_map_file(tmp_path), val_fraction=0.0, log=lambda message: None)
+    assert result.path.is_relative_to(tmp_path / "home" / "tfds") and not (tmp_path / "~").exists()
+    assert export.is_dir()
+
+
 def test_the_fingerprint_follows_linked_folders_once(tmp_path):
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "0001.png").write_bytes(b"mask one")

@@ -132,7 +132,7 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
     from streetseg_jax.data.builder import BuildError   # only building needs the builder module (and TFDS)
 
     _check_file_format(file_format, BuildError)
-    data_dir = Path(data_dir or default_data_dir())
+    data_dir = Path(data_dir or default_data_dir()).expanduser()     # --data_dir=~/x reaches us unexpanded
     if data_dir.exists() and not data_dir.is_dir():
         raise BuildError(f"--data_dir {data_dir} is a file, not a folder")
     if config_name == "synthetic":
@@ -193,7 +193,7 @@ def _build_camvid(data_dir: Path, manual_dir, *, overwrite: bool, file_format: s
     num_workers = options.pop("num_workers", None)
     config = StreetSeg.builder_configs["camvid"]
     _check_options(config, {k: v for k, v in options.items() if v is not None})
-    folder = Path(manual_dir) if manual_dir else data_dir / "downloads" / "manual"
+    folder = Path(manual_dir).expanduser() if manual_dir else data_dir / "downloads" / "manual"
     _check_manual_dir(folder, BuildError, "camvid")
     fingerprint = inputs.fingerprint(folder, camvid.label_map(), config.options(), exclude=(data_dir,))
     dataset = current_version("street_seg/camvid")
@@ -224,7 +224,7 @@ def _export_inputs(config_name: str, name: str | None, manual_dir, data_dir: Pat
     from streetseg_jax.data.builder import BuildError
 
     config, builder_kwargs = _export_config(config_name, name, options)
-    folder = Path(manual_dir) if manual_dir else data_dir / "downloads" / "manual"
+    folder = Path(manual_dir).expanduser() if manual_dir else data_dir / "downloads" / "manual"
     _check_manual_dir(folder, BuildError, config.name)
     label_map = _load_label_map(config.label_map)
     if config.format == "auto":
