@@ -250,32 +250,34 @@ def test_a_version_1_png_dataset_still_reads_and_a_build_writes_version_2_beside
 
 
 # --- without streetseg_jax, without TensorFlow ------------------------------------------------------------------
-OTHER_PROJECT = textwrap.dedent("""
+def readme_snippet(data_dir: Path) -> str:
+    """README's "Using the dataset from another project" code, reading `data_dir` for ~/tensorflow_datasets."""
+    text = (ROOT / "README.md").read_text().split("## Using the dataset from another project", 1)[1]
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    return code.replace("~/tensorflow_datasets", str(data_dir))
+
+
+CHECKS = textwrap.dedent("""
     import json, sys
-    import tensorflow_datasets as tfds
-    data_dir, version_dir = sys.argv[1], sys.argv[2]
-    builder = tfds.builder_from_directory(version_dir)
-    record = builder.as_data_source(split="test")[0]
-    train = tfds.data_source("street_seg/synthetic", split="train", data_dir=data_dir)
+    other = tfds.data_source("street_seg/synthetic:2.0.0", split="train", data_dir=sys.argv[1])   # README's "or"
     print(json.dumps({
-        "label_map": builder.info.metadata["label_map"],
-        "names": [c["name"] for c in builder.info.metadata["label_map"]["classes"]],
-        "train": len(train), "image": [record["image"].dtype.name, *record["image"].shape],
-        "mask": [record["segmentation_mask"].dtype.name, *record["segmentation_mask"].shape],
-        "file_name": record["file_name"].decode(),
+        "label_map": label_map, "names": [c["name"] for c in label_map["classes"]], "train": len(train),
+        "other": len(other), "image": [example["image"].dtype.name, *example["image"].shape],
+        "mask": [example["segmentation_mask"].dtype.name, *example["segmentation_mask"].shape],
+        "file_name": example["file_name"].decode(),
         "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "streetseg_jax")),
     }))
 """)
 
 
 def test_other_projects_read_it_without_streetseg_jax_or_tensorflow(synthetic_dir, tmp_path):
-    version_dir = source.dataset_dir("street_seg/synthetic", synthetic_dir)
-    out = subprocess.run([sys.executable, "-c", OTHER_PROJECT, str(synthetic_dir), str(version_dir)],
+    out = subprocess.run([sys.executable, "-c", readme_snippet(synthetic_dir) + CHECKS, str(synthetic_dir)],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["label_map"] == default_label_map().to_dict() and seen["names"] == default_label_map().names
-    assert seen["train"] == 8 and seen["image"] == ["uint8", 96, 128, 3] and seen["mask"] == ["uint8", 96, 128, 1]
+    assert seen["train"] == seen["other"] == 8
+    assert seen["image"] == ["uint8", 96, 128, 3] and seen["mask"] == ["uint8", 96, 128, 1]
     assert seen["file_name"].startswith("street_") and seen["modules"] == []
 
 
