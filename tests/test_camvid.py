@@ -99,6 +99,9 @@ BROKEN = {
     "listed file missing": (lambda f: (f / "val.txt").write_text("a/0001TP_val_000.png b/0001TP_val_000.png\n"
                                                                    "a/gone.png b/gone.png\n"),
                             "val.txt line 2 names gone.png"),
+    "listed with another frame's annotation": (
+        lambda f: (f / "val.txt").write_text("a/0001TP_val_000.png b/0001TP_val_001.png\n"),
+        "val.txt line 1 pairs the frame 0001TP_val_000.png with the annotation 0001TP_val_001.png"),
 }
 
 

@@ -136,6 +136,9 @@ def _listed_pairs(list_file: Path, image_dir: Path, mask_dir: Path) -> list[Pair
     """Pairs in the list's order; every file it names must exist, and no image may be named twice."""
     pairs, seen = [], set()
     for number, (image_name, mask_name) in _list_entries(list_file):
+        if mask_name != image_name:       # an annotation carries its frame's name: another is another frame's
+            raise BuildError(f"{list_file} line {number} pairs the frame {image_name} with the annotation "
+                             f"{mask_name}; each frame's annotation has the frame's name")
         pair = Pair(image_dir / image_name, mask_dir / mask_name)
         for path in (pair.image, pair.annotation):
             if not path.is_file():
