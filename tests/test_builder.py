@@ -84,6 +84,21 @@ def test_reuse_is_reported_and_other_options_are_refused(synthetic_dir):
         source.build("synthetic", synthetic_dir, num_images=NUM_IMAGES + 1, **SIZE)
 
 
+def test_a_failed_synthetic_overwrite_keeps_the_build_it_was_to_replace(tmp_path, monkeypatch):
+    from streetseg_jax.data.builder import StreetSeg
+
+    source.build("synthetic", tmp_path, num_images=NUM_IMAGES, **SIZE)
+    before = [r["file_name"] for r in records(tmp_path, "train")]
+
+    def interrupted(self, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(StreetSeg, "download_and_prepare", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        source.build("synthetic", tmp_path, overwrite=True, num_images=NUM_IMAGES + 2, **SIZE)
+    assert [r["file_name"] for r in records(tmp_path, "train")] == before
+    assert sorted(p.name for p in (tmp_path / "street_seg" / "synthetic").iterdir()) == ["2.0.0"]
+
+
 # --- voc_polygons ------------------------------------------------------------------------------------------------
 def street_label_map() -> LabelMap:
     return LabelMap.from_dict({"classes": [

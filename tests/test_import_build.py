@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -278,6 +279,15 @@ def test_a_failed_overwrite_keeps_the_previous_dataset(tmp_path):
     assert sorted(after) == sorted(before)
     np.testing.assert_array_equal(after["c.png"]["image"], before["c.png"]["image"])
     assert [p.name for p in (tmp_path / "tfds" / "street_seg" / "streets").iterdir()] == ["2.0.0"]
+
+
+def test_an_overwrite_replaces_only_the_version_it_builds(tmp_path):
+    export = labelme_export(tmp_path / "export", ["a", "b"])
+    build(tmp_path, export, val_fraction=0.0)
+    config_dir = tmp_path / "tfds" / "street_seg" / "streets"
+    shutil.copytree(config_dir / "2.0.0", config_dir / "1.0.0")         # as a build of an older version stays
+    build(tmp_path, export, val_fraction=0.0, overwrite=True)
+    assert sorted(p.name for p in config_dir.iterdir()) == ["1.0.0", "2.0.0"]
 
 
 def test_names_and_options_are_checked(tmp_path):

@@ -147,15 +147,16 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
 def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options: dict) -> BuildResult:
     from streetseg_jax.data.builder import BuildError, StreetSeg
 
-    if overwrite:
-        _remove_built("street_seg/synthetic", data_dir)
     start = time.perf_counter()
-    builder = StreetSeg(config="synthetic", data_dir=os.fspath(data_dir), file_format=file_format,
-                        **{k: v for k, v in options.items() if v is not None})
-    reused = builder.is_prepared()
-    if reused:
-        _check_reuse(builder, BuildError)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    # The build being replaced is moved aside before the builder is made (a builder opened on old files would
+    # carry their class names forward), and put back if the new one fails.
+    with _all_or_nothing(current_version("street_seg/synthetic"), data_dir, replace=overwrite):
+        builder = StreetSeg(config="synthetic", data_dir=os.fspath(data_dir), file_format=file_format,
+                            **{k: v for k, v in options.items() if v is not None})
+        reused = builder.is_prepared()
+        if reused:
+            _check_reuse(builder, BuildError)
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     splits = {name: split.num_examples for name, split in builder.info.splits.items()}
     return BuildResult(Path(builder.data_dir), splits, time.perf_counter() - start, reused)
 
@@ -206,7 +207,7 @@ def _build_camvid(data_dir: Path, manual_dir, *, overwrite: bool, file_format: s
     for note in layout.notes:
         log(f"warning: {note}")
     data_dir.mkdir(parents=True, exist_ok=True)
-    with inputs.Workers(num_workers) as workers, _all_or_nothing("street_seg/camvid", data_dir, replace=overwrite):
+    with inputs.Workers(num_workers) as workers, _all_or_nothing(dataset, data_dir, replace=overwrite):
         _prepare({"config": "camvid"}, data_dir, folder, file_format, layout, workers)
     return _result(dataset, data_dir, start, reused=False)
 
@@ -325,14 +326,13 @@ def _all_or_nothing(dataset: str, data_dir: Path, replace: bool):
     """A failed build leaves what was there before: TFDS writes into an `incomplete.*` folder that it renames into
     place at the end (and deletes on failure); a build being replaced is moved aside until the new one is done,
     and put back if it fails. The config folder is removed again when the failure left it empty."""
-    name, config, _ = _parse_name(dataset)
+    name, config, version = _parse_name(dataset)       # only this version: builds of others stay, and are read
     config_dir = data_dir / name / config
     aside = []
-    if replace and config_dir.is_dir():
-        for version in _built_versions(config_dir):
-            moved = config_dir / f".replaced-{version}-{os.getpid()}"
-            (config_dir / version).rename(moved)
-            aside.append((config_dir / version, moved))
+    if replace and version in _built_versions(config_dir):
+        moved = config_dir / f".replaced-{version}-{os.getpid()}"
+        (config_dir / version).rename(moved)
+        aside.append((config_dir / version, moved))
     try:
         yield
     except BaseException:
@@ -408,12 +408,6 @@ def _check_manual_dir(folder: Path, error, config_name: str = "voc_polygons") ->
                         f"{state}; pass --manual_dir CAMVID_FOLDER")
         raise error(f"{config_name} reads a labelling tool's export from a folder, and {folder} {state}; pass "
                     "--manual_dir EXPORT_FOLDER")
-
-
-def _remove_built(dataset: str, data_dir: Path) -> None:
-    # Deleted before the builder is made: a builder opened on old files would carry their class names forward.
-    while is_built(dataset, data_dir):
-        shutil.rmtree(dataset_dir(dataset, data_dir))
 
 
 def _check_reuse(builder, error) -> None:
