@@ -281,6 +281,13 @@ def test_a_failed_overwrite_keeps_the_previous_dataset(tmp_path):
     assert [p.name for p in (tmp_path / "tfds" / "street_seg" / "streets").iterdir()] == ["2.0.0"]
 
 
+def test_a_build_in_another_file_format_is_not_handed_back(tmp_path):
+    export = labelme_export(tmp_path / "export", ["a", "b"])
+    build(tmp_path, export, val_fraction=0.0)
+    with pytest.raises(BuildError, match="file format: array_record on disk, tfrecord asked for"):
+        build(tmp_path, export, val_fraction=0.0, file_format="tfrecord")
+
+
 def test_an_overwrite_replaces_only_the_version_it_builds(tmp_path):
     export = labelme_export(tmp_path / "export", ["a", "b"])
     build(tmp_path, export, val_fraction=0.0)

@@ -151,8 +151,13 @@ def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options:
     # The build being replaced is moved aside before the builder is made (a builder opened on old files would
     # carry their class names forward), and put back if the new one fails.
     with _all_or_nothing(current_version("street_seg/synthetic"), data_dir, replace=overwrite):
-        builder = StreetSeg(config="synthetic", data_dir=os.fspath(data_dir), file_format=file_format,
-                            **{k: v for k, v in options.items() if v is not None})
+        try:
+            builder = StreetSeg(config="synthetic", data_dir=os.fspath(data_dir), file_format=file_format,
+                                **{k: v for k, v in options.items() if v is not None})
+        except ValueError as e:
+            if "File format is already set" not in str(e):     # TFDS's words when the build on disk has another
+                raise
+            raise BuildError(f"{data_dir}: {e}; pass --overwrite to rebuild it as {file_format}") from None
         reused = builder.is_prepared()
         if reused:
             _check_reuse(builder, BuildError)
@@ -172,7 +177,7 @@ def _build_export(config_name: str, data_dir: Path, manual_dir, *, overwrite: bo
     dataset = current_version(f"street_seg/{config.name}")
     fingerprint = inputs.fingerprint(folder, label_map, config.options(), exclude=(data_dir,))
     if is_built(dataset, data_dir) and not overwrite:
-        _check_unchanged(dataset, data_dir, fingerprint)
+        _check_unchanged(dataset, data_dir, fingerprint, file_format)
         return _result(dataset, data_dir, start, reused=True)
     data_dir.mkdir(parents=True, exist_ok=True)
     with inputs.Workers(num_workers) as workers, tempfile.TemporaryDirectory(prefix=".street_seg_masks_",
@@ -199,7 +204,7 @@ def _build_camvid(data_dir: Path, manual_dir, *, overwrite: bool, file_format: s
     fingerprint = inputs.fingerprint(folder, camvid.label_map(), config.options(), exclude=(data_dir,))
     dataset = current_version("street_seg/camvid")
     if is_built(dataset, data_dir) and not overwrite:
-        _check_unchanged(dataset, data_dir, fingerprint)
+        _check_unchanged(dataset, data_dir, fingerprint, file_format)
         return _result(dataset, data_dir, start, reused=True)
     layout = camvid.read_layout(folder)
     layout.fingerprint = fingerprint
@@ -284,15 +289,19 @@ def _load_label_map(path: str | None) -> LabelMap:
     return LabelMap.load(path) if path else default_label_map()
 
 
-def _check_unchanged(dataset: str, data_dir: Path, fingerprint: dict) -> None:
-    """Nothing to do when the inputs are those of the build on disk; otherwise say what changed."""
+def _check_unchanged(dataset: str, data_dir: Path, fingerprint: dict, file_format: str) -> None:
+    """Nothing to do when the inputs and the file format are those of the build on disk; otherwise say what
+    changed."""
     from streetseg_jax.data import inputs
     from streetseg_jax.data.builder import BuildError
 
     path = dataset_dir(dataset, data_dir)
-    metadata = tfds.builder_from_directory(os.fspath(path)).info.metadata
+    info = tfds.builder_from_directory(os.fspath(path)).info
+    metadata = info.metadata
     stored = metadata["fingerprint"] if metadata is not None and "fingerprint" in metadata.keys() else None
     what = inputs.changes(stored, fingerprint) if stored else ["it was built without a record of its inputs"]
+    if info.file_format is not None and info.file_format.value != file_format:
+        what.append(f"file format: {info.file_format.value} on disk, {file_format} asked for")
     if what:
         raise BuildError(f"{dataset} in {data_dir} was built from other inputs; pass --overwrite to rebuild it. "
                     "What changed:\n  " + "\n  ".join(what))
