@@ -408,3 +408,5 @@ def test_cli_flag_errors(tmp_path):
     assert out.returncode == 2 and "--name: not read by --config synthetic" in out.stderr
     out = run_cli("build", "--config", "from_annotations", "--val_fraction", "0.1", "--split_file", "s.tsv")
     assert out.returncode == 2 and "not allowed with argument" in out.stderr
+    out = run_cli("build", "--config", "synthetic", "--data_dir", str(tmp_path), "--num_workers", "-3")
+    assert out.returncode == 2 and "--num_workers must be 1 or more, got -3" in out.stderr

@@ -33,7 +33,8 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--data_dir", help="where datasets live (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     build.add_argument("--manual_dir", help="voc_polygons, from_annotations: your export folder; camvid: SegNet's "
                        "CamVid folder")
-    build.add_argument("--label_map", help="label map JSON (default: the seed's 8 classes)")
+    build.add_argument("--label_map", help="label map JSON (synthetic and voc_polygons: default the seed's 8 "
+                       "classes; from_annotations: required; camvid: its own 11 classes, not read)")
     _export_arguments(build)
     build.add_argument("--num_images", type=int, help="synthetic: scenes to generate (default 500)")
     build.add_argument("--height", type=int, help="synthetic: image height (default 360)")
@@ -41,7 +42,8 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, help="synthetic: scene seed (default 0)")
     build.add_argument("--test_fraction", type=float, help="synthetic, voc_polygons: share of images in the test "
                        "split (default 0.2)")
-    build.add_argument("--num_workers", type=int, help="processes for the per-image work (default: all cores)")
+    build.add_argument("--num_workers", type=int, help="processes for the per-image work, 1 or more (default: one "
+                       "per core)")
     build.add_argument("--file_format", choices=("array_record", "tfrecord"), default="array_record",
                        help="tfrecord needs TensorFlow installed")
     build.add_argument("--overwrite", action="store_true", help="delete an existing build and build again")
@@ -78,6 +80,8 @@ def check_flags(args: argparse.Namespace) -> None:
             wrong += given(_SYNTHETIC_ONLY + ("test_fraction", "label_map"))
     if wrong:
         fail(f"{', '.join(wrong)}: not read by --config {args.config}")
+    if args.num_workers is not None and args.num_workers < 1:
+        fail(f"--num_workers must be 1 or more, got {args.num_workers}")
 
 
 def run_build(args: argparse.Namespace) -> None:
