@@ -35,6 +35,7 @@ def main(argv):
         config.keys()                         # a config file that failed to load says so on first use
     except OSError as e:
         _usage_error(e)
+    _check_process_flags()
     if _CPU_DEVICES.value or not (_COORDINATOR.value or _MULTIHOST.value):
         sharding.split_cpu_into_cores(config.batch_size, config.eval_batch_size, requested=_CPU_DEVICES.value)
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
@@ -51,15 +52,35 @@ def main(argv):
         sys.exit(2)
 
 
+def _check_process_flags() -> None:
+    """The multi-host flags make sense together or not at all (JAX would raise, or train alone, or wait 5 minutes)."""
+    given = [f"--{f.name}" for f in (_NUM_PROCESSES, _PROCESS_ID) if f.value is not None]
+    if _CPU_DEVICES.value < 0:
+        _usage_error(ValueError(f"--cpu_devices must be 0 (one per core) or more, got {_CPU_DEVICES.value}"))
+    if given and not (_COORDINATOR.value or _MULTIHOST.value):
+        _usage_error(ValueError(f"{' and '.join(given)} need --coordinator_address HOST:PORT (or --multihost)"))
+    if _COORDINATOR.value and len(given) < 2:
+        _usage_error(ValueError("--coordinator_address needs --num_processes N and --process_id I"))
+    if _COORDINATOR.value and not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
+        _usage_error(ValueError(f"--process_id must be 0..{_NUM_PROCESSES.value - 1} with --num_processes "
+                                f"{_NUM_PROCESSES.value}, got {_PROCESS_ID.value}"))
+
+
 def _build_synthetic_if_missing(dataset: str, data_dir: str) -> None:
     """The embedded default builds itself on first use; any other missing dataset is an error naming its build
     command (raised when it is opened)."""
     import jax
+    import numpy as np
     from jax.experimental import multihost_utils
     from streetseg_jax.data import source
 
+    if dataset != "street_seg/synthetic":
+        return
     # The version the builder writes now: an older build (another format, fewer scenes) is not reused.
-    if dataset != "street_seg/synthetic" or source.is_built(source.current_version(dataset), data_dir):
+    missing = not source.is_built(source.current_version(dataset), data_dir)
+    if jax.process_count() > 1:     # process 0 decides for all: processes that disagreed waited for each other forever
+        missing = bool(multihost_utils.broadcast_one_to_all(np.int32(missing)))
+    if not missing:
         return
     if jax.process_index() == 0:
         print(f"{dataset} is not in {data_dir}: building it first "

@@ -138,6 +138,7 @@ def prepare_run(config, workdir: str | Path) -> RunSetup:
     _check_workdir(workdir)
     mesh = sharding.make_mesh()
     sharding.check_batch_size(config.batch_size, mesh)
+    sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     train_source, label_map, info = _load(config, "train_split")
     eval_source, _, _ = _load(config, "eval_split")
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict()}

@@ -185,6 +185,21 @@ def test_mistyped_flags_keys_and_values_are_one_message(tiny_data_dir, tmp_path)
     assert not (tmp_path / "w").exists()
 
 
+def test_multi_host_flags_that_do_not_go_together_are_one_message(tiny_data_dir, tmp_path):
+    address = "--coordinator_address=127.0.0.1:1"
+    for flags, message in ((["--num_processes=2", "--process_id=1"], "--num_processes and --process_id need "
+                             "--coordinator_address HOST:PORT (or --multihost)"),
+                           ([address, "--num_processes=2"], "--coordinator_address needs --num_processes N and "
+                            "--process_id I"),
+                           ([address, "--num_processes=2", "--process_id=2"], "--process_id must be 0..1"),
+                           (["--cpu_devices=-1"], "--cpu_devices must be 0 (one per core) or more, got -1")):
+        code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, *flags)
+        assert code == 2 and out.startswith(f"error: {message}") and "Traceback" not in out, out
+    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--cpu_devices=2", "--config.eval_batch_size=3")
+    assert code == 2 and "eval_batch_size 3 must divide by the number of devices (2)" in out, out
+    assert not (tmp_path / "w").exists()
+
+
 def test_values_a_run_cannot_use_are_refused_before_anything_is_written(tiny_data_dir, tmp_path):
     code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--config.log_every_steps=0",
                                 "--config.keep_checkpoints=0", "--config.num_train_steps=-5",
