@@ -329,7 +329,9 @@ def _curves(d: ReportData) -> str:
         body = '<p class="note">No metrics.jsonl in the work directory, so no curves.</p>'
     else:
         body = (f'<img class="figure" src="{_png_uri(d.curves)}" alt="loss and mean IoU against training step">'
-                '<p class="note">Lines: training (mean over each logging window); dots: evaluation.</p>')
+                '<p class="note">Lines: training (mean over each logging window); dots: evaluation. The training '
+                'loss is the configured objective (class weights, Dice or Lovasz terms), the evaluation loss plain '
+                'cross-entropy: the two do not compare.</p>')
     return _section("curves", "Training curves", body)
 
 

@@ -99,11 +99,15 @@ def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
 
     metrics = run_history(metrics)
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, ax, style in (("train/loss", ax_loss, "-"), ("eval/loss", ax_loss, "o-"),
-                           ("train/miou", ax_miou, "-"), ("eval/miou", ax_miou, "o-")):
+    # The two losses are not one quantity: training's is the configured objective (class weights, Dice or Lovasz
+    # terms), evaluation's the plain cross-entropy of the (test-time augmented) logits.
+    for key, label, ax, style in (("train/loss", "train/loss (objective)", ax_loss, "-"),
+                                  ("eval/loss", "eval/loss (cross-entropy)", ax_loss, "o-"),
+                                  ("train/miou", "train/miou", ax_miou, "-"),
+                                  ("eval/miou", "eval/miou", ax_miou, "o-")):
         points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
         if points:
-            ax.plot(*zip(*points), style, label=key, markersize=3)
+            ax.plot(*zip(*points), style, label=label, markersize=3)
     for ax, title in ((ax_loss, "loss"), (ax_miou, "mean IoU")):
         ax.set_title(title)
         ax.set_xlabel("step")
