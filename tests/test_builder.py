@@ -86,7 +86,7 @@ def test_reuse_is_reported_and_other_options_are_refused(synthetic_dir):
 
 def test_a_synthetic_build_in_another_file_format_is_a_message(synthetic_dir, monkeypatch):
     monkeypatch.setattr(source, "_check_file_format", lambda *args: None)    # tfrecord needs TensorFlow to write
-    with pytest.raises(BuildError, match="File format is already set .*; pass --overwrite to rebuild it as tfrecord"):
+    with pytest.raises(BuildError, match="file format: array_record on disk, tfrecord asked for; pass --overwrite"):
         source.build("synthetic", synthetic_dir, num_images=NUM_IMAGES, file_format="tfrecord", **SIZE)
 
 

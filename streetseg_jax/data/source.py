@@ -148,16 +148,17 @@ def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options:
     from streetseg_jax.data.builder import BuildError, StreetSeg
 
     start = time.perf_counter()
+    dataset = current_version("street_seg/synthetic")
+    if is_built(dataset, data_dir) and not overwrite:
+        change = _file_format_change(tfds.builder_from_directory(os.fspath(dataset_dir(dataset, data_dir))).info,
+                                     file_format)
+        if change:     # TFDS would refuse to open the builder with a ValueError
+            raise BuildError(f"{dataset} in {data_dir}: {change[0]}; pass --overwrite to rebuild it")
     # The build being replaced is moved aside before the builder is made (a builder opened on old files would
     # carry their class names forward), and put back if the new one fails.
-    with _all_or_nothing(current_version("street_seg/synthetic"), data_dir, replace=overwrite):
-        try:
-            builder = StreetSeg(config="synthetic", data_dir=os.fspath(data_dir), file_format=file_format,
-                                **{k: v for k, v in options.items() if v is not None})
-        except ValueError as e:
-            if "File format is already set" not in str(e):     # TFDS's words when the build on disk has another
-                raise
-            raise BuildError(f"{data_dir}: {e}; pass --overwrite to rebuild it as {file_format}") from None
+    with _all_or_nothing(dataset, data_dir, replace=overwrite):
+        builder = StreetSeg(config="synthetic", data_dir=os.fspath(data_dir), file_format=file_format,
+                            **{k: v for k, v in options.items() if v is not None})
         reused = builder.is_prepared()
         if reused:
             _check_reuse(builder, BuildError)
@@ -300,11 +301,16 @@ def _check_unchanged(dataset: str, data_dir: Path, fingerprint: dict, file_forma
     metadata = info.metadata
     stored = metadata["fingerprint"] if metadata is not None and "fingerprint" in metadata.keys() else None
     what = inputs.changes(stored, fingerprint) if stored else ["it was built without a record of its inputs"]
-    if info.file_format is not None and info.file_format.value != file_format:
-        what.append(f"file format: {info.file_format.value} on disk, {file_format} asked for")
+    what += _file_format_change(info, file_format)
     if what:
         raise BuildError(f"{dataset} in {data_dir} was built from other inputs; pass --overwrite to rebuild it. "
                     "What changed:\n  " + "\n  ".join(what))
+
+
+def _file_format_change(info, file_format: str) -> list[str]:
+    if info.file_format is None or info.file_format.value == file_format:
+        return []
+    return [f"file format: {info.file_format.value} on disk, {file_format} asked for"]
 
 
 def _prepare(builder_kwargs: dict, data_dir: Path, folder: Path, file_format: str, plan, workers) -> None:
