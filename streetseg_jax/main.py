@@ -5,7 +5,6 @@ detect the cluster (SLURM and friends). Running the same command again resumes f
 """
 import ast
 import os
-import sys
 
 if __name__ == "__main__":     # before JAX loads: the command may run itself again once, see hugepages.py
     from streetseg_jax import hugepages
@@ -15,7 +14,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from streetseg_jax import sharding  # noqa: E402
-from streetseg_jax.cli import normalise_argv  # noqa: E402
+from streetseg_jax.cli import fail, normalise_argv  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
@@ -48,8 +47,7 @@ def main(argv):
         _build_synthetic_if_missing(config.dataset, config.data_dir)
         train.train_and_evaluate(config, _WORKDIR.value)
     except (DatasetNotFoundError, RunError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
 
 
 def _check_process_flags() -> None:
@@ -108,8 +106,7 @@ def _usage_error(e: Exception) -> None:
             text = ast.literal_eval(text)
         except (SyntaxError, ValueError):
             pass
-    print(f"error: {text}\n(python -m streetseg_jax.main --help lists the flags)", file=sys.stderr)
-    sys.exit(2)
+    fail(f"{text}\n(python -m streetseg_jax.main --help lists the flags)")
 
 
 if __name__ == "__main__":

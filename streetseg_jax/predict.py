@@ -214,17 +214,18 @@ def export_polygons(result: RunResult, items: list[Item], label_map, fmt: str, o
 
 def _check_export(items: list[Item], fmt: str, out_dir: Path) -> None:
     """Refuse inputs in the folder the export rewrites, and names CVAT's XML cannot hold."""
-    from streetseg_jax.labels.writers import is_utf8
+    from streetseg_jax.labels.writers import check_cvat_names
 
     folder = (out_dir / fmt).resolve()
     inside = [str(item.source) for item in items if item.source.is_relative_to(folder)]
     if inside:
         fail(f"{inside[0]} is in {out_dir / fmt}, which --export {fmt} rewrites; copy the images elsewhere to "
              "predict them, or give another --output")
-    names = [item.source.name for item in items if not is_utf8(item.name + item.source.suffix)]
-    if fmt == "cvat" and names:
-        fail(f"--export cvat: CVAT's XML cannot hold file names that are not UTF-8, such as {names[0]!r}; rename "
-             "them, or export labelme or coco")
+    if fmt == "cvat":
+        try:
+            check_cvat_names([item.name + item.source.suffix for item in items])
+        except ValueError as e:
+            fail(f"--export cvat: {e}")
 
 
 def _polygonize_module():

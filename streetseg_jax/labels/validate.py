@@ -157,7 +157,7 @@ def locate_images(annotations: list[Annotation], root: Path) -> dict[int, str]:
             continue
         if annotation.image_path is not None:
             if not is_file(Path(annotation.image_path)):
-                missing[i] = f"image {annotation.image_path} does not exist"
+                missing[i] = _missing_image(annotation)
             continue
         found = index.find(annotation, per_source[str(annotation.source)] == 1)
         if isinstance(found, Path):
@@ -165,6 +165,10 @@ def locate_images(annotations: list[Annotation], root: Path) -> dict[int, str]:
         else:
             missing[i] = found
     return missing
+
+
+def _missing_image(annotation: Annotation) -> str:
+    return f"image {annotation.image_path} does not exist"
 
 
 def duplicate_keys(annotations: list[Annotation]) -> dict[int, str]:
@@ -201,7 +205,7 @@ def check_file(annotation: Annotation, label_map: LabelMap, options: CheckOption
     _check_labels(annotation, label_map, options.unknown, report)
     if options.check_images and report.image is not None:
         if annotation.image_bytes is None and not is_file(Path(annotation.image_path)):
-            missing = f"image {annotation.image_path} does not exist"      # said once, also when locate_images did
+            missing = _missing_image(annotation)              # said once, also when locate_images has said it
             report.errors.extend([] if missing in report.errors else [missing])
         else:
             _check_image(annotation, options.decode_images, report)

@@ -120,10 +120,7 @@ def _polygon_area(ring: np.ndarray) -> float:
 
 def write_cvat(path: str | Path, images: list[ImageShapes], label_map: LabelMap) -> None:
     """One CVAT for images 1.1 XML for `images` [(name, height, width, shapes), ...]; image ids count from 0."""
-    unwritable = [name for name, *_ in images if not is_utf8(name)]
-    if unwritable:
-        raise ValueError(f"CVAT's XML cannot hold file names that are not UTF-8, such as {unwritable[0]!r}: rename "
-                         "them, or export labelme or coco")
+    check_cvat_names([name for name, *_ in images])
     root = ET.Element("annotations")
     ET.SubElement(root, "version").text = "1.1"
     has_ignore = any(shape.ignore for *_, shapes in images for shape in shapes)
@@ -138,13 +135,15 @@ def write_cvat(path: str | Path, images: list[ImageShapes], label_map: LabelMap)
     write_atomic(path, b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n")
 
 
-def is_utf8(name: str) -> bool:
-    """False for a file name holding bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def check_cvat_names(names: list[str]) -> None:
+    """ValueError for a file name holding bytes that are not UTF-8 (Python keeps them as lone surrogates): XML
+    cannot hold them."""
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"CVAT's XML cannot hold file names that are not UTF-8, such as {name!r}: rename them, "
+                             "or export labelme or coco") from None
 
 
 def _cvat_meta(root: ET.Element, label_map: LabelMap, size: int, has_ignore: bool) -> None:
