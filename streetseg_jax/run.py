@@ -2,7 +2,7 @@
 
 `prepare_run` opens everything a run needs and refuses what cannot work (a missing dataset, a work directory
 holding another model or label map); `RunSetup` saves and restores; `RunLog` writes `metrics.jsonl` and the
-progress line; `finish_run` draws the curves and a few prediction overlays.
+progress line; `finish_run` draws the curves (drawn after every evaluation too) and a few prediction overlays.
 """
 from __future__ import annotations
 
@@ -59,6 +59,15 @@ class RunSetup:
     def save_best(self, step: int, state, data_iter, miou: float) -> None:
         if self.checkpoints.save_best(step, state, _iter_state(data_iter), self.meta, miou):
             self.log.say(f"step {step}: new best eval mIoU {miou:.4f}, saved")
+
+    def draw_curves(self) -> list[dict]:
+        """curves.png from metrics.jsonl so far (process 0), after every evaluation: a long run can be looked at
+        while it trains. Returns the run's history."""
+        if not self.log.primary:
+            return []
+        history = run_history(read_metrics(self.log.path))
+        plot_curves(history, self.workdir / "curves.png")
+        return history
 
     def stop(self, step: int, signal_name: str | None) -> None:
         self.checkpoints.wait()
@@ -391,8 +400,7 @@ def _plain(v):
 def finish_run(config, setup: RunSetup, evaluator, params, model_state) -> None:
     """Curves and a few prediction overlays of eval images (process 0); the other processes wait for it."""
     if jax.process_index() == 0:
-        history = run_history(read_metrics(setup.log.path))
-        plot_curves(history, setup.workdir / "curves.png")
+        history = setup.draw_curves()
         evaluator.write_overlays(params, model_state, setup.eval_source,
                                  setup.workdir / "overlays", config.num_overlays)
         setup.log.say(f"done: {setup.workdir} (metrics.jsonl, curves.png, overlays/, checkpoints/)")

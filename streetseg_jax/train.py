@@ -234,6 +234,7 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator, tx)
             if "eval" in due:
                 last_eval = evaluator.run(eval_params(state, config), state.model_state, setup.eval_source)
                 log.write(step, last_eval)
+                setup.draw_curves()
                 setup.save_best(step, state, train_iter, last_eval["eval/miou"])
             if "checkpoint" in due:
                 setup.save(step, state, train_iter)

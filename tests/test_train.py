@@ -89,6 +89,7 @@ def test_resume_after_sigterm_is_bitwise_exact(finished_run, tiny_data_dir, tmp_
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out
     assert "received SIGTERM" in out and "resume" in out
+    assert (workdir / "curves.png").stat().st_size > 1000     # drawn at step 3's evaluation, not only at the end
     stopped_at = ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step()
     assert 4 <= stopped_at < STEPS, out
     code, out = run_main_to_end(workdir, tiny_data_dir)
