@@ -102,6 +102,12 @@ def test_load_model_best_latest_step_and_fallback(tmp_path, workdir, capsys):
         load_model(workdir, 7)
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         load_model(tmp_path, "best")
+    said.clear()      # a run that has not saved yet: one message saying so, for every choice of checkpoint
+    (tmp_path / "unsaved" / "checkpoints").mkdir(parents=True)
+    for which in ("best", "latest"):
+        with pytest.raises(FileNotFoundError, match="holds no checkpoint yet"):
+            load_model(tmp_path / "unsaved", which, say=said.append)
+    assert said == []
 
 
 # --- windows and blending -----------------------------------------------------------------------------------------
