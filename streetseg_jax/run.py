@@ -336,15 +336,19 @@ class RunLog:
         self.num_steps, self.batch_size = num_steps, batch_size
         self.primary = jax.process_index() == 0
         self.t0, self.step0 = time.time(), 0
-        self.warm: tuple[int, float] | None = None     # (step, time) of the first progress line since the start
+        self.compiled: tuple[int, float] | None = None     # (step, time) when the first step of this start was done
 
     def start(self, step: int, num_steps: int) -> None:
         """Marks where this (re)start begins in metrics.jsonl, so readers can tell lost steps and downtime."""
-        self.t0, self.step0, self.warm = time.time(), step, None
+        self.t0, self.step0, self.compiled = time.time(), step, None
         if self.primary:
             _append_record(self.path, {"step": step, "time": self.t0, "run/start": True})
         self.say(f"training steps {step}..{num_steps} on {jax.device_count()} device(s), "
                  f"{jax.process_count()} process(es)")
+
+    def first_step_done(self, step: int) -> None:
+        """The ETA counts from here on: the first step of a start includes compiling it."""
+        self.compiled = (step, time.time())
 
     def write(self, step: int, row: dict) -> None:
         if not self.primary:
@@ -353,10 +357,8 @@ class RunLog:
         self.say(self._progress(step, row))
 
     def _progress(self, step: int, row: dict) -> str:
-        # The ETA counts from the first progress line on: the steps before it include compiling, which is over.
         now = time.time()
-        since_step, since = self.warm if self.warm and step > self.warm[0] else (self.step0, self.t0)
-        self.warm = self.warm or (step, now)
+        since_step, since = self.compiled if self.compiled and step > self.compiled[0] else (self.step0, self.t0)
         rate = (step - since_step) / max(now - since, 1e-9)
         eta = (self.num_steps - step) / rate if rate > 0 else float("nan")
         shown = "  ".join(f"{k.split('/', 1)[-1] if k.startswith('train/') else k} {v:.4g}"

@@ -167,7 +167,12 @@ class TrainMetrics:
 
     def __init__(self, first_step: int):
         self.losses, self.confusion, self.first_step = [], None, first_step
-        self.start_time = time.time()
+        self.created = self.clock_start = time.time()
+        self.untimed = 0        # steps at the start that images/second leaves out
+
+    def exclude_so_far(self) -> None:
+        """Images/second counts the steps from now on (when there are any by the summary)."""
+        self.untimed, self.clock_start = len(self.losses), time.time()
 
     def add(self, metrics: dict) -> None:
         self.losses.append(metrics["loss"])
@@ -179,9 +184,11 @@ class TrainMetrics:
         if bad.size:
             raise NonFiniteLoss(f"loss became {losses[bad[0]]} at step {self.first_step + bad[0] + 1}")
         scores = metrics_from_confusion(np.asarray(jax.device_get(self.confusion)), class_names)
-        seconds = max(time.time() - self.start_time, 1e-9)
+        timed, since = len(losses) - self.untimed, self.clock_start
+        if timed == 0:      # a window of untimed steps only (log_every_steps 1): timed as it is
+            timed, since = len(losses), self.created
         return {"train/loss": float(losses.mean()), "train/miou": scores["miou"],
-                "train/images_per_second": len(losses) * batch_size / seconds}
+                "train/images_per_second": timed * batch_size / max(time.time() - since, 1e-9)}
 
 
 def train_and_evaluate(config, workdir: str | Path) -> dict:
@@ -226,6 +233,10 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator, tx)
             state, metrics = train_step(state, batch)
             step += 1
             window.add(metrics)
+            if not log.compiled:     # the first step of a start compiles: its time counts in neither speed nor ETA
+                jax.block_until_ready(metrics["loss"])
+                window.exclude_so_far()
+                log.first_step_done(step)
             due = _due(step, config)
             if due:
                 row = window.summary(setup.label_map.names, config.batch_size)

@@ -438,22 +438,44 @@ def test_class_weight_power_softens_the_median_frequency_weights():
         run.check_config(config)
 
 
-def test_the_eta_leaves_out_the_compilation_before_the_first_progress_line(tmp_path, monkeypatch, capsys):
+def test_the_eta_leaves_out_the_compilation_of_the_first_step(tmp_path, monkeypatch, capsys):
     from streetseg_jax import run
 
     now = [0.0]
     monkeypatch.setattr(run.time, "time", lambda: now[0])
     log = run.RunLog(tmp_path, num_steps=100, batch_size=8)
     log.start(0, 100)
+    now[0] = 91.0
+    log.first_step_done(1)          # 91 s for step 1: compiling it
     train, evaluation = {"train/loss": 1.0}, {"eval/miou": 0.5}
-    for seconds, step, row in ((100.0, 10, train), (105.0, 10, evaluation),    # 90 s of the first 100 compiling
-                               (110.0, 20, train), (130.0, 20, evaluation)):
+    for seconds, step, row in ((100.0, 10, train), (105.0, 10, evaluation),
+                               (110.0, 20, train), (129.0, 20, evaluation)):
         now[0] = seconds
         log.write(step, row)
     lines = capsys.readouterr().out.splitlines()[1:]
-    # From the start while no step has passed since the first line (90 steps at 10 per 100 s, then per 105 s);
-    # then from the first line: 80 steps at 10 per 10 s (from the start it would be 7:20), then per 30 s.
-    assert [line.split("ETA ")[1] for line in lines] == ["0:15:00", "0:15:45", "0:01:20", "0:04:00"]
+    # From step 1 on: 9 steps in 9 s, 90 left (from the start it would be 16:40); then in 14 s; 19 in 19 s; in 38 s.
+    assert [line.split("ETA ")[1] for line in lines] == ["0:01:30", "0:02:20", "0:01:20", "0:02:40"]
+
+
+def test_images_per_second_leaves_out_the_first_step(monkeypatch):
+    from streetseg_jax import train
+
+    now = [0.0]
+    monkeypatch.setattr(train.time, "time", lambda: now[0])
+    step = {"loss": jnp.float32(1.0), "confusion": jnp.eye(2, dtype=jnp.int32)}
+    window = train.TrainMetrics(0)
+    window.add(step)
+    now[0] = 30.0                   # step 1 compiled for 30 s
+    window.exclude_so_far()
+    for _ in range(4):
+        window.add(step)
+    now[0] = 32.0                   # then 4 steps of 8 images in 2 s
+    assert window.summary(["a", "b"], batch_size=8)["train/images_per_second"] == 16.0
+    only_first = train.TrainMetrics(0)  # a window with no step after the first (log_every_steps 1): as it is
+    only_first.add(step)
+    now[0] = 62.0
+    only_first.exclude_so_far()
+    assert only_first.summary(["a", "b"], batch_size=8)["train/images_per_second"] == 8 / 30.0
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "polynomial"])
