@@ -411,3 +411,12 @@ def test_cli_flag_errors(tmp_path):
     assert out.returncode == 2 and "not allowed with argument" in out.stderr
     out = run_cli("build", "--config", "synthetic", "--data_dir", str(tmp_path), "--num_workers", "-3")
     assert out.returncode == 2 and "--num_workers must be 1 or more, got -3" in out.stderr
+    out = run_cli("build", "--config", "voc_polygons", "--manual_dir", str(tmp_path), "--unknown", "ignore")
+    assert out.returncode == 2 and "--config from_annotations --name NAME --format voc --unknown ignore" in out.stderr
+    # The synthetic scenes' classes are fixed: a label map lacking some is refused before any scene is drawn.
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]},
+                                               {"id": 1, "name": "street", "color": [9, 9, 9], "aliases": ["road"]}]}))
+    out = run_cli("build", "--config", "synthetic", "--data_dir", str(tmp_path / "tfds"), "--label_map", str(partial))
+    assert out.returncode == 2 and f"{partial} lacks tree, landscaping, sidewalk, building, sky, concrete" in out.stderr
+    assert not (tmp_path / "tfds").exists()

@@ -79,7 +79,11 @@ def check_flags(args: argparse.Namespace) -> None:
         if args.config == "camvid":
             wrong += given(_SYNTHETIC_ONLY + ("test_fraction", "label_map"))
     if wrong:
-        fail(f"{', '.join(wrong)}: not read by --config {args.config}")
+        hint = ""
+        if args.config == "voc_polygons" and args.unknown:
+            hint = (" (a VOC export with classes the label map lacks: --config from_annotations --name NAME "
+                    "--format voc --unknown ignore)")
+        fail(f"{', '.join(wrong)}: not read by --config {args.config}{hint}")
     if args.num_workers is not None and args.num_workers < 1:
         fail(f"--num_workers must be 1 or more, got {args.num_workers}")
 

@@ -260,6 +260,7 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         masks = self._scratch_folder(Path(dl_manager.download_dir), "street_seg_masks_")
         if config.synthetic:
+            check_synthetic_label_map(config.label_map)
             folder, order = self._synthetic_folder(dl_manager)
             plan = inputs.collect(folder, "voc", self.label_map, config.split_rule(order),
                                   map_fn=self._workers.map_fn, mask_dir=masks)
@@ -324,6 +325,17 @@ def _check_options(config: StreetSegConfig, options: dict) -> None:
             raise BuildError(f"{name} must be a whole number >= {least}, got {value!r}")
     if not 0 <= options.get("test_fraction", 0) < 1:
         raise BuildError(f"test_fraction must be in [0, 1), got {options['test_fraction']}")
+
+
+def check_synthetic_label_map(path: str | None) -> None:
+    """The scenes are drawn in the seed's classes: a label map for them must name each (or have it as an alias)."""
+    if path:
+        label_map = LabelMap.load(path)
+        missing = [name for name in default_label_map().names if label_map.id_of(name) is None]
+        if missing:
+            raise BuildError(f"{path} lacks {', '.join(missing)}: the synthetic scenes are drawn in the seed's "
+                             f"classes ({', '.join(default_label_map().names)}), so its label map must have each, "
+                             "as a class or as an alias of one")
 
 
 def _manual_folder(dl_manager, config_name: str) -> Path:

@@ -145,9 +145,10 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
 
 
 def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options: dict) -> BuildResult:
-    from streetseg_jax.data.builder import BuildError, StreetSeg
+    from streetseg_jax.data.builder import BuildError, StreetSeg, check_synthetic_label_map
 
     start = time.perf_counter()
+    check_synthetic_label_map(options.get("label_map"))     # before anything is written
     dataset = current_version("street_seg/synthetic")
     if is_built(dataset, data_dir) and not overwrite:
         change = _file_format_change(tfds.builder_from_directory(os.fspath(dataset_dir(dataset, data_dir))).info,
