@@ -157,7 +157,7 @@ def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options:
             raise BuildError(f"{dataset} in {data_dir}: {change[0]}; pass --overwrite to rebuild it")
     # The build being replaced is moved aside before the builder is made (a builder opened on old files would
     # carry their class names forward), and put back if the new one fails.
-    with _all_or_nothing(dataset, data_dir, replace=overwrite):
+    with _no_scaffolding_left(dataset, data_dir), _all_or_nothing(dataset, data_dir, replace=overwrite):
         builder = StreetSeg(config="synthetic", data_dir=os.fspath(data_dir), file_format=file_format,
                             **{k: v for k, v in options.items() if v is not None})
         reused = builder.is_prepared()
@@ -181,13 +181,14 @@ def _build_export(config_name: str, data_dir: Path, manual_dir, *, overwrite: bo
     if is_built(dataset, data_dir) and not overwrite:
         _check_unchanged(dataset, data_dir, fingerprint, file_format)
         return _result(dataset, data_dir, start, reused=True)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with inputs.Workers(num_workers) as workers, tempfile.TemporaryDirectory(prefix=".street_seg_masks_",
-                                                                            dir=data_dir) as masks:
-        plan = _checked_plan(folder, config, label_map, workers, Path(masks), log)
-        plan.fingerprint = fingerprint
-        with _all_or_nothing(dataset, data_dir, replace=overwrite):
-            _prepare(builder_kwargs, data_dir, folder, file_format, plan, workers)
+    with _no_scaffolding_left(dataset, data_dir):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with inputs.Workers(num_workers) as workers, tempfile.TemporaryDirectory(prefix=".street_seg_masks_",
+                                                                                dir=data_dir) as masks:
+            plan = _checked_plan(folder, config, label_map, workers, Path(masks), log)
+            plan.fingerprint = fingerprint
+            with _all_or_nothing(dataset, data_dir, replace=overwrite):
+                _prepare(builder_kwargs, data_dir, folder, file_format, plan, workers)
     return _result(dataset, data_dir, start, reused=False)
 
 
@@ -213,8 +214,8 @@ def _build_camvid(data_dir: Path, manual_dir, *, overwrite: bool, file_format: s
     log(f"camvid in {folder}: {layout.summary()} images")
     for note in layout.notes:
         log(f"warning: {note}")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with inputs.Workers(num_workers) as workers, _all_or_nothing(dataset, data_dir, replace=overwrite):
+    with _no_scaffolding_left(dataset, data_dir), inputs.Workers(num_workers) as workers, \
+            _all_or_nothing(dataset, data_dir, replace=overwrite):
         _prepare({"config": "camvid"}, data_dir, folder, file_format, layout, workers)
     return _result(dataset, data_dir, start, reused=False)
 
@@ -341,7 +342,7 @@ def _result(dataset: str, data_dir: Path, start: float, reused: bool) -> BuildRe
 def _all_or_nothing(dataset: str, data_dir: Path, replace: bool):
     """A failed build leaves what was there before: TFDS writes into an `incomplete.*` folder that it renames into
     place at the end (and deletes on failure); a build being replaced is moved aside until the new one is done,
-    and put back if it fails. The config folder is removed again when the failure left it empty."""
+    and put back if it fails."""
     name, config, version = _parse_name(dataset)       # only this version: builds of others stay, and are read
     config_dir = data_dir / name / config
     aside = []
@@ -355,11 +356,34 @@ def _all_or_nothing(dataset: str, data_dir: Path, replace: bool):
         for original, moved in aside:
             if not original.exists():
                 moved.rename(original)
-        if config_dir.is_dir() and not any(config_dir.iterdir()):
-            config_dir.rmdir()
         raise
     for _, moved in aside:
         shutil.rmtree(moved, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _no_scaffolding_left(dataset: str, data_dir: Path):
+    """The folders a failed build made on the way (the data dir, downloads/, TFDS's .config/, the config folder)
+    are removed again when the failure left them empty."""
+    name, config, _ = _parse_name(dataset)
+    # Parents before children: removed in reverse.
+    made = [data_dir, data_dir / "downloads", data_dir / "downloads" / "extracted", data_dir / name,
+            data_dir / name / ".config", data_dir / name / config]
+    new = [path for path in made if not path.exists()]
+    try:
+        yield
+    except BaseException:
+        _remove_if_empty(new[::-1])
+        raise
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Each folder in turn, when empty (a .config/ holding only TFDS's metadata.json counts as empty)."""
+    for folder in folders:
+        if folder.name == ".config" and folder.is_dir() and {f.name for f in folder.iterdir()} <= {"metadata.json"}:
+            shutil.rmtree(folder, ignore_errors=True)
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _to_stderr(text: str) -> None:
