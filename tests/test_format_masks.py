@@ -176,7 +176,7 @@ def test_image_symlinked_out_of_the_export_is_refused(tmp_path):
     target = tmp_path / "export" / "images" / "frame_001.jpg"
     target.unlink()
     os.symlink(outside, target)
-    with pytest.raises(LabelFormatError, match="outside"):
+    with pytest.raises(LabelFormatError, match="outside the export folder .* through a link .*copy the files"):
         masks.read(tmp_path / "export", LABEL_MAP)
 
 

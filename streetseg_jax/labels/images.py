@@ -34,8 +34,12 @@ def resolve_inside(root: Path, relative: str, what: str, source: Path | str) -> 
         raise LabelFormatError(f"{source}: {what} {_short(relative)} is not a usable file name ({_reason(e)})") \
             from None
     if not candidate.is_relative_to(root):
-        raise OutsideExportError(f"{source}: {what} {_short(relative)} points outside the export folder {root}; "
-                                 "refused")
+        through_link = Path(os.path.normpath(root / relative)).is_relative_to(root)
+        why = (f" through a link (to {candidate}): links out of an export are not followed, so that an export made "
+               "elsewhere cannot pull other files of this machine into a dataset; copy the files into the export"
+               if through_link else "")
+        raise OutsideExportError(f"{source}: {what} {_short(relative)} points outside the export folder {root}"
+                                 f"{why}; refused")
     if _too_long(candidate):
         raise LabelFormatError(f"{source}: {what} {_short(relative)} is not a usable file name (too long)")
     return candidate
