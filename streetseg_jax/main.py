@@ -22,6 +22,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Join jax.distributed with cluster auto-detection.")
+_STARTUP_TIMEOUT = flags.DEFINE_integer("startup_timeout", 300, "Seconds every process waits for all of them to "
+                                       "join (multi-host; JAX ends a process that waits longer).")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices per process (0: one per core, for a "
                                     "single-process run; see sharding.split_cpu_into_cores).")
 
@@ -37,7 +39,11 @@ def main(argv):
     _check_process_flags()
     if _CPU_DEVICES.value or not (_COORDINATOR.value or _MULTIHOST.value):
         sharding.split_cpu_into_cores(config.batch_size, config.eval_batch_size, requested=_CPU_DEVICES.value)
-    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
+    try:
+        sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value,
+                                        _STARTUP_TIMEOUT.value)
+    except ValueError as e:
+        fail(str(e))
     from streetseg_jax import train
     from streetseg_jax.data.source import DatasetNotFoundError
     from streetseg_jax.run import RunError
@@ -53,6 +59,8 @@ def main(argv):
 def _check_process_flags() -> None:
     """The multi-host flags make sense together or not at all (JAX would raise, or train alone, or wait 5 minutes)."""
     given = [f"--{f.name}" for f in (_NUM_PROCESSES, _PROCESS_ID) if f.value is not None]
+    if _STARTUP_TIMEOUT.value < 1:
+        _usage_error(ValueError(f"--startup_timeout must be 1 second or more, got {_STARTUP_TIMEOUT.value}"))
     if _CPU_DEVICES.value < 0:
         _usage_error(ValueError(f"--cpu_devices must be 0 (one per core) or more, got {_CPU_DEVICES.value}"))
     if given and not (_COORDINATOR.value or _MULTIHOST.value):

@@ -7,6 +7,7 @@ computed over the global batch.
 from __future__ import annotations
 
 import os
+import socket
 
 import jax
 import numpy as np
@@ -16,15 +17,39 @@ DATA_AXIS = "data"
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, multihost: bool = False) -> None:
-    """Join JAX's distributed runtime when asked to (explicit addresses, or `multihost` to let JAX detect SLURM &c.)."""
+                           process_id: int | None = None, multihost: bool = False, timeout_s: int = 300) -> None:
+    """Join JAX's distributed runtime when asked to (explicit addresses, or `multihost` to let JAX detect SLURM &c.).
+
+    Every process waits up to `timeout_s` for all of them to join. JAX aborts the process (no Python exception)
+    when that runs out, so the wait is announced first; a coordinator port already taken on process 0's machine
+    (which crashes JAX) is refused here with ValueError.
+    """
     if not (multihost or coordinator_address):
         return
+    if coordinator_address and process_id == 0:
+        _check_port_free(coordinator_address)
+    if coordinator_address:
+        print(f"process {process_id} of {num_processes}: joining through {coordinator_address}, waiting up to "
+              f"{timeout_s} s for every process to start", flush=True)
     # CPU devices need a collectives implementation to reduce across processes; the setting only touches the CPU
     # backend, and asking which backend is in use would start it too early.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, initialization_timeout=timeout_s)
+
+
+def _check_port_free(coordinator_address: str) -> None:
+    host, _, port = coordinator_address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--coordinator_address {coordinator_address!r}: expected HOST:PORT, e.g. 10.0.0.1:12345")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As a server binds: a port left in TIME_WAIT by an earlier run is free, one something listens on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", int(port)))
+        except OSError as e:
+            raise ValueError(f"--coordinator_address {coordinator_address}: process 0 cannot listen on port {port} "
+                             f"({e.strerror}; another run's coordinator?): choose another port") from None
 
 
 def split_cpu_into_cores(*batch_sizes: int, requested: int = 0) -> None:

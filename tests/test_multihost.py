@@ -79,3 +79,20 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere(tiny_data_dir, tm
     saved = ocp.CheckpointManager(workdir / "checkpoints" / "latest").all_steps()
     assert len(saved) == 1 and 3 <= saved[0] < 200, (saved, outs)
     assert f"saved step {saved[0]}" in outs[0]
+
+
+def test_a_coordinator_port_in_use_is_refused(tiny_data_dir, tmp_path):
+    with socket.socket() as taken:          # JAX's coordinator crashed the process on a taken port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out, _ = launch(tmp_path / "w", tiny_data_dir, 2, STEPS, 0, 2, port).communicate(timeout=120)
+    assert out.startswith(f"error: --coordinator_address 127.0.0.1:{port}: process 0 cannot listen on port {port}"), out
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_process_left_alone_ends_after_the_startup_timeout(tiny_data_dir, tmp_path):
+    proc = launch(tmp_path / "w", tiny_data_dir, 2, STEPS, 0, 2, free_port(), "--startup_timeout=2")
+    out, _ = proc.communicate(timeout=120)     # JAX's default is 5 minutes
+    assert proc.returncode != 0 and "process 0 of 2: joining through 127.0.0.1:" in out, out
+    assert "waiting up to 2 s for every process to start" in out

@@ -193,7 +193,8 @@ def test_multi_host_flags_that_do_not_go_together_are_one_message(tiny_data_dir,
                            ([address, "--num_processes=2"], "--coordinator_address needs --num_processes N and "
                             "--process_id I"),
                            ([address, "--num_processes=2", "--process_id=2"], "--process_id must be 0..1"),
-                           (["--cpu_devices=-1"], "--cpu_devices must be 0 (one per core) or more, got -1")):
+                           (["--cpu_devices=-1"], "--cpu_devices must be 0 (one per core) or more, got -1"),
+                           (["--startup_timeout=0"], "--startup_timeout must be 1 second or more, got 0")):
         code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, *flags)
         assert code == 2 and out.startswith(f"error: {message}") and "Traceback" not in out, out
     code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--cpu_devices=2", "--config.eval_batch_size=3")
