@@ -19,8 +19,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from streetseg_jax import atomic
 from streetseg_jax.cli import fail, normalise_argv
-from streetseg_jax.report import _e, _figure_png, _png_uri, _pyplot, _section, _write_atomically, html_page
+from streetseg_jax.report import _e, _figure_png, _png_uri, _pyplot, _section, html_page
 from streetseg_jax.visualize import hms, read_metrics, run_history
 
 MISSING = "–"   # a config key one run lacks, or a figure it has not logged
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--output {args.output} is a folder; give a file name such as {args.output / 'compare.html'}")
     runs = load_runs(args.runs)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    path = _write_atomically(args.output, render_html(runs))    # first: the page is there even if stdout is cut off
+    path = atomic.write_text(args.output, render_html(runs))    # first: the page is there even if stdout is cut off
     print(text_report(runs))
     print(f"wrote {path}")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ import optax
 from flax import nnx
 from PIL import Image
 
-from streetseg_jax import sharding
+from streetseg_jax import atomic, sharding
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, check_workdir, fail, normalise_argv
 from streetseg_jax.data import pipeline
 from streetseg_jax.labels.label_map import LabelMap
@@ -245,8 +244,8 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     # "validation[:10]" makes a file name too
     stem = (re.sub(r"[^\w.+-]", "_", split) + ("_flip_tta" if run.config.eval_flip_tta else "")
             + ("_multiscale" if len(network_scales(run.config)) > 1 else ""))
-    json_path = _write_atomically(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
-    png_path = _write_atomically(out_dir / f"{stem}_confusion.png",
+    json_path = atomic.write_bytes(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
+    png_path = atomic.write_bytes(out_dir / f"{stem}_confusion.png",
                                  report.confusion_png(evaluation.confusion, run.label_map.names))
     return result, json_path, png_path
 
@@ -295,12 +294,6 @@ def _names_and_sizes(source) -> tuple[list[str], list[str]]:
     return names, list(sizes)
 
 
-def _write_atomically(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
 
 
 def format_result(result: dict) -> str:

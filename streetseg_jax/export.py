@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -37,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import export as jax_export
 
+from streetseg_jax import atomic
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, fail, normalise_argv
 from streetseg_jax.evaluate import apply_tta_flags, network_scales, predict_logits
 from streetseg_jax.inference import TrainedModel, load_model, model_logits, scaled_logits
@@ -125,14 +124,7 @@ def _write_archive(path: Path, model_bytes: bytes, label_map_json: str, info_jso
         archive.writestr(ARCHIVE_MODEL, model_bytes)
         archive.writestr(ARCHIVE_LABELS, label_map_json)
         archive.writestr(ARCHIVE_INFO, info_json)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------------------------

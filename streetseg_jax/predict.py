@@ -22,11 +22,8 @@ import argparse
 import collections
 import dataclasses
 import glob
-import importlib
 import itertools
-import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +32,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from streetseg_jax.atomic import atomic_file
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, fail, normalise_argv
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -146,15 +144,9 @@ def write_outputs(item: Item, image: np.ndarray, prediction, out_dir: Path, labe
 
 
 def save_atomic(image: Image.Image, path: Path, **params) -> None:
-    """Save through a temporary file in the same folder, so a reader never sees a half-written image."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=Image.registered_extensions()[path.suffix.lower()], **params)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Save atomically (streetseg_jax.atomic), so a reader never sees a half-written image."""
+    with atomic_file(path) as f:
+        image.save(f, format=Image.registered_extensions()[path.suffix.lower()], **params)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -205,7 +197,8 @@ def _finish_write(item: Item, future, failures: list, progress) -> int:
 def export_polygons(result: RunResult, items: list[Item], label_map, fmt: str, out_dir: Path, tolerance) -> Path:
     """The masks as polygons in OUT/<fmt>/ (a folder of its own: LabelMe lists every image in the folder it opens,
     and the export copies the images beside their annotations)."""
-    polygonize = _polygonize_module()
+    from streetseg_jax.labels import polygonize
+
     info = {i.name: {"path": str(i.source)} for i in items if i.name in result.masks}
     kwargs = {} if tolerance is None else {"tolerance": tolerance}
     polygonize.export_predictions(result.masks, info, label_map, fmt, out_dir / fmt, **kwargs)
@@ -226,16 +219,6 @@ def _check_export(items: list[Item], fmt: str, out_dir: Path) -> None:
             check_cvat_names([item.name + item.source.suffix for item in items])
         except ValueError as e:
             fail(f"--export cvat: {e}")
-
-
-def _polygonize_module():
-    try:
-        module = importlib.import_module("streetseg_jax.labels.polygonize")
-    except ModuleNotFoundError:
-        module = None
-    if module is None or not hasattr(module, "export_predictions"):
-        fail("--export is not available yet: streetseg_jax.labels.polygonize (export_predictions) is missing")
-    return module
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -300,7 +283,6 @@ def main(argv: list[str] | None = None) -> int:
     items = collect_inputs(args.input, out_dir)
     check_collisions(items, args.save_confidence, out_dir)
     if args.export:
-        _polygonize_module()              # refuse now rather than after an hour of predicting
         _check_export(items, args.export, out_dir)
     predictor = _predictor(args)
     try:

@@ -17,7 +17,6 @@ import html
 import io
 import json
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from streetseg_jax import atomic
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, check_workdir, fail, normalise_argv
 
 MAX_PANEL_WIDTH = 480   # pixels of an embedded example panel: enough to see errors, small enough to keep files light
@@ -529,7 +529,7 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     train_source, _, _ = load_split(config.dataset, config.train_split, data_dir)
     evaluation = evaluate_split(run, eval_source, split)
     data = _report_data(workdir, run, k, evaluation, eval_source, train_source)
-    return _write_atomically(workdir / "report.html", render_html(data))
+    return atomic.write_text(workdir / "report.html", render_html(data))
 
 
 def _report_data(workdir, run, k, evaluation, eval_source, train_source) -> ReportData:
@@ -572,11 +572,6 @@ def _check_label_map(data_label_map, model_label_map, dataset: str) -> None:
              "so its scores would be meaningless")
 
 
-def _write_atomically(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def make_parser() -> argparse.ArgumentParser:

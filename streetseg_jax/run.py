@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from streetseg_jax import checkpoint, sharding
+from streetseg_jax import atomic, checkpoint, sharding
 from streetseg_jax.data import augment
 from streetseg_jax.data.source import UnknownSplitError, dataset_dir, load_split
 from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
@@ -319,9 +319,7 @@ def _git_commit() -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, indent=1, default=str))
 
 
 # -------------------------------------------------------------------------------------------------------------------

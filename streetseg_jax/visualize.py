@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from streetseg_jax.atomic import atomic_file
 from streetseg_jax.labels.label_map import LabelMap
 
 
@@ -115,10 +115,9 @@ def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
         ax.legend()
     ax_miou.set_ylim(0, 1)
     fig.tight_layout()
-    tmp = Path(out_path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(out_path) as f:
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, out_path)
 
 
 # Error maps: what a reader should see at a glance is where the model is wrong, so everything else recedes.

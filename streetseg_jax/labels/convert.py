@@ -6,14 +6,13 @@ error worth stopping for: all of them are collected first, across every file, so
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
 
+from streetseg_jax.atomic import atomic_file
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.labels.rasterize import RasterResult, rasterize
 from streetseg_jax.labels.shapes import Annotation
@@ -104,21 +103,14 @@ def write_masks(annotations: list[Annotation], label_map: LabelMap, output_dir: 
 
 
 def write_mask_png(path: str | Path, mask: np.ndarray, label_map: LabelMap) -> None:
-    """8-bit palette PNG in the label map's colours, written atomically (temporary file, then os.replace)."""
+    """8-bit palette PNG in the label map's colours, written atomically (streetseg_jax.atomic)."""
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise ValueError(f"mask must be a 2-D uint8 array, got {mask.dtype} {mask.shape}")
     image = Image.fromarray(mask)                          # mode "L"; putpalette turns it into "P", same values
     image.putpalette(label_map.palette().reshape(-1).tolist())
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        image.save(f, format="PNG")
 
 
 def read_mask_png(path: str | Path) -> np.ndarray:

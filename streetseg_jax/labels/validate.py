@@ -20,7 +20,6 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
@@ -28,6 +27,7 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
+from streetseg_jax.atomic import atomic_file
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES
 from streetseg_jax.labels.images import MAX_PIXELS, OutsideExportError, is_file, open_rgb, resolve_inside
 from streetseg_jax.labels.label_map import LabelMap
@@ -656,16 +656,9 @@ def _unlabelled_lines(data: dict, files: list[FileReport]) -> list[str]:
 
 
 def write_json(report: Report, path: str | Path) -> None:
-    """The report as JSON, written atomically (temporary file in the same folder, then os.replace)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report.to_dict(), f, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The report as JSON, written atomically (streetseg_jax.atomic)."""
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        json.dump(report.to_dict(), f, indent=1, allow_nan=False)
 
 
 def error_listing(report: Report, limit: int = 20) -> str:

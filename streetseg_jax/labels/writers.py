@@ -19,7 +19,7 @@ readable by our own reader for that format (`python -m streetseg_jax.labels to-m
   document order for stacking, holes left out as for LabelMe; `source="auto"` marks them as machine-made.
   Ignore regions are polygons labelled `__ignore__`; our CVAT reader needs `--unknown ignore` to read that label.
 
-Files are written atomically (a temporary file in the same folder, then os.replace).
+Files are written atomically (streetseg_jax.atomic).
 """
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ import filecmp
 import json
 import os
 import shutil
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from streetseg_jax.atomic import atomic_file, write_bytes
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.labels.polygonize import DEFAULT_MIN_AREA, DEFAULT_TOLERANCE, IGNORE_LABEL, mask_to_shapes
 from streetseg_jax.labels.rasterize import rasterize
@@ -60,7 +60,7 @@ def write_labelme(path: str | Path, image_path_relative: str, height: int, width
         "imageHeight": int(height),
         "imageWidth": int(width),
     }
-    write_atomic(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
+    write_bytes(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
 
 
 def _labelme_shape(shape: Shape) -> dict:
@@ -92,7 +92,7 @@ def write_coco(path: str | Path, images: list[ImageShapes], label_map: LabelMap)
         "categories": categories,
         "annotations": annotations,
     }
-    write_atomic(path, (json.dumps(document) + "\n").encode("utf-8"))
+    write_bytes(path, (json.dumps(document) + "\n").encode("utf-8"))
 
 
 def _coco_annotation(shape: Shape, height: int, width: int) -> dict:
@@ -132,7 +132,7 @@ def write_cvat(path: str | Path, images: list[ImageShapes], label_map: LabelMap)
             ET.SubElement(element, "polygon", label=IGNORE_LABEL if shape.ignore else shape.label, source="auto",
                           occluded="0", points=_cvat_points(shape.exterior), z_order=str(int(shape.z_order)))
     ET.indent(root)
-    write_atomic(path, b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n")
+    write_bytes(path, b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n")
 
 
 def check_cvat_names(names: list[str]) -> None:
@@ -250,20 +250,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, so no reader sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def copy_atomic(source: str | Path, target: Path) -> None:
     """Copy an image into the export; a different file already at the target (a predicted mask PNG of the same
     name, say) is never overwritten."""
@@ -274,12 +260,5 @@ def copy_atomic(source: str | Path, target: Path) -> None:
         if target.resolve() == source.resolve() or filecmp.cmp(source, target, shallow=False):
             return
         raise FileExistsError(f"{target} exists and is not the image {source}; export into another folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as f, open(source, "rb") as original:
+        shutil.copyfileobj(original, f)
