@@ -34,8 +34,8 @@ from PIL import Image
 
 from streetseg_jax.atomic import atomic_file
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, fail, normalise_argv
+from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 EXPORT_FORMATS = ("labelme", "coco", "cvat")
 _READ_AHEAD = 4        # images decoded ahead of the model
 _WRITES_PENDING = 4    # images being encoded and written behind it
@@ -55,7 +55,8 @@ class Item:
 # Inputs
 # ---------------------------------------------------------------------------------------------------------------
 def collect_inputs(paths: Iterable[str], out_dir: Path) -> list[Item]:
-    """Items for files, folders (recursive, JPEG/PNG, skipping anything inside OUT) and globs, first-seen order."""
+    """Items for files, folders (recursive: the image files, leaving out hidden ones and anything inside OUT) and
+    globs, first-seen order."""
     items, missing = [], []
     for text in paths:
         path = Path(text)
@@ -68,7 +69,7 @@ def collect_inputs(paths: Iterable[str], out_dir: Path) -> list[Item]:
         fail("no such file or folder, and no glob match: " + ", ".join(missing))
     unique = list(dict.fromkeys(Item(i.source.resolve(), i.name) for i in items))
     if not unique:
-        fail(f"no JPEG or PNG images found in {', '.join(paths)}")
+        fail(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(paths)}")
     return unique
 
 
@@ -78,12 +79,17 @@ def _folder_items(folder: Path, out_dir: Path) -> list[Item]:
         fail(f"the input folder {folder} is the output folder: its photos could not be told from the predictions "
              "written there; give another --output")
     skipped = out_dir if out_dir.is_relative_to(folder.resolve()) else None
-    found = []
-    for path in sorted(folder.rglob("*")):
-        # a previous run's OUT inside the input folder must not become input
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and \
-                not (skipped and path.resolve().is_relative_to(skipped)):
+    found, others = [], collections.Counter()
+    for path in files_under(folder):
+        if skipped and path.resolve().is_relative_to(skipped):   # a previous run's OUT must not become input
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES:
             found.append(Item(path, path.relative_to(folder).with_suffix("").as_posix()))
+        else:
+            others[path.suffix.lower() or "(no suffix)"] += 1
+    if others:
+        print(f"note: {folder}: {sum(others.values())} file(s) that are not images left out ("
+              + ", ".join(f"{n} {suffix}" for suffix, n in others.most_common()) + ")", file=sys.stderr)
     return found
 
 

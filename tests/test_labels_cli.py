@@ -203,6 +203,27 @@ def test_every_format_gives_the_same_mask_named_after_the_image(fmt, tmp_path, c
     assert "wrote 1 masks" in capsys.readouterr().out
 
 
+def copied_from_a_mac(export: Path) -> None:
+    """What a Mac leaves in a copied or zipped folder: ._ companions beside every file, .DS_Store, and an editor's
+    hidden copies."""
+    for path in [p for p in export.rglob("*") if p.is_file()]:
+        (path.parent / f"._{path.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+        (path.parent / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+        hidden = path.parent / ".ipynb_checkpoints"
+        hidden.mkdir(exist_ok=True)
+        (hidden / path.name).write_bytes(b"broken copy")
+
+
+@pytest.mark.parametrize("fmt", sample_exports.FORMATS)
+def test_hidden_files_are_left_out_of_every_format(fmt, tmp_path, capsys):
+    export = sample_exports.write_export(fmt, tmp_path / "export")
+    copied_from_a_mac(export)
+    main(["to-masks", "--format", "auto", "--input", str(export), "--output", str(tmp_path / "masks")])
+    assert f"detected format: {fmt}" in capsys.readouterr().out
+    (mask,) = (tmp_path / "masks").iterdir()
+    np.testing.assert_array_equal(read_mask_png(mask), sample_exports.expected_mask())
+
+
 @pytest.mark.parametrize("fmt", sample_exports.FORMATS)
 def test_auto_detects_every_format_and_says_so(fmt, tmp_path, capsys):
     export = sample_exports.write_export(fmt, tmp_path / "export")

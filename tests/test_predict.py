@@ -270,17 +270,22 @@ def test_outputs_at_input_resolution_for_odd_sizes_and_exif(workdir, tmp_path):
         assert confidence.mode == "L" and confidence.size == (width, height)
 
 
-def test_folders_keep_their_structure_and_outputs_inside_are_skipped(workdir, tmp_path):
+def test_folders_keep_their_structure_and_outputs_inside_are_skipped(workdir, tmp_path, capsys):
     inputs = tmp_path / "photos"
-    for rel in ("a.jpg", "street/b.JPG", "street/night/c.png"):
+    for rel in ("a.jpg", "street/b.JPG", "street/night/c.png", "d.webp", "e.tif"):
         save(inputs / rel, random_image(32, 48))
+    # Not photos: a text file, a macOS ._ companion and .DS_Store, an editor's hidden copy of a photo.
     (inputs / "notes.txt").write_text("not an image, not picked up from a folder")
+    (inputs / "._a.jpg").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    (inputs / ".DS_Store").write_bytes(b"Bud1")
+    save(inputs / ".ipynb_checkpoints" / "a-checkpoint.png", random_image(32, 48))
     out = inputs / "predicted"
     for _ in range(2):                      # the second run must not read the first run's outputs
         assert run_predict("--workdir", workdir, "--input", inputs, "--output", out) == 0
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == ["a.png", "a_overlay.jpg", "street/b.png", "street/b_overlay.jpg",
-                       "street/night/c.png", "street/night/c_overlay.jpg"]
+    assert written == ["a.png", "a_overlay.jpg", "d.png", "d_overlay.jpg", "e.png", "e_overlay.jpg", "street/b.png",
+                       "street/b_overlay.jpg", "street/night/c.png", "street/night/c_overlay.jpg"]
+    assert f"note: {inputs}: 1 file(s) that are not images left out (1 .txt)" in capsys.readouterr().err
 
 
 def test_globs_and_duplicate_output_names(workdir, tmp_path, capsys):

@@ -34,7 +34,7 @@ from PIL import Image
 
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import UnknownLabelsError, annotation_to_mask, find_unknown_labels
-from streetseg_jax.labels.images import open_rgb
+from streetseg_jax.labels.images import files_under, open_rgb
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError
 from streetseg_jax.labels.validate import EMBEDDED, CheckOptions, Report, base_name, error_listing, validate
@@ -231,25 +231,12 @@ def fingerprint(folder: Path, label_map: LabelMap, options: dict, exclude: tuple
     folder = Path(folder)
     skip = [Path(p).resolve() for p in exclude]
     files = {}
-    for path in _files_under(folder):
+    for path in files_under(folder, follow_links=True):   # CamVid copies are often linked folders
         relative = path.relative_to(folder)
         if any(path.resolve().is_relative_to(s) for s in skip):
             continue
         files[relative.as_posix()] = [path.stat().st_size, file_hash(path)]
     return {"files": files, "label_map": label_map.to_dict(), "options": options}
-
-
-def _files_under(folder: Path) -> list[Path]:
-    """Every file below `folder` (hidden ones and hidden folders left out), sorted; folders that are links are
-    followed (Path.rglob does not, so a change inside them went unnoticed), each real folder once."""
-    found, seen = [], set()
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        dirs[:] = [] if real in seen else [d for d in dirs if not d.startswith(".")]
-        if real not in seen:
-            seen.add(real)
-            found.extend(Path(root) / name for name in names if not name.startswith("."))
-    return sorted(path for path in found if path.is_file())
 
 
 def file_hash(path: Path) -> str:

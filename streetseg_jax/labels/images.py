@@ -4,6 +4,7 @@ explicitly."""
 from __future__ import annotations
 
 import errno
+import fnmatch
 import io
 import os
 import warnings
@@ -17,6 +18,8 @@ from streetseg_jax.labels.shapes import LabelFormatError
 # Pillow's default bomb limit (~179 Mpx warns, twice that errors); we refuse at the warning level: a street photo of
 # 178 megapixels is already far beyond any camera a labeller uses.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 178_956_970
+# Photo files we look for in folders (an image named explicitly may be any format Pillow reads).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class OutsideExportError(LabelFormatError):
@@ -43,6 +46,21 @@ def resolve_inside(root: Path, relative: str, what: str, source: Path | str) -> 
     if _too_long(candidate):
         raise LabelFormatError(f"{source}: {what} {_short(relative)} is not a usable file name (too long)")
     return candidate
+
+
+def files_under(folder: Path, pattern: str = "*", follow_links: bool = False) -> list[Path]:
+    """The files below `folder` whose names match `pattern` (case-sensitive, like Path.rglob), sorted. Hidden
+    files and folders are left out: macOS's ._IMG.jpg companions and .DS_Store, editors' .ipynb_checkpoints,
+    version control. With `follow_links`, folders that are links are followed too, each real folder once."""
+    found, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=follow_links):
+        real = os.path.realpath(root)
+        dirs[:] = [] if real in seen else [d for d in dirs if not d.startswith(".")]
+        if real not in seen:
+            seen.add(real)
+            found.extend(Path(root) / name for name in names
+                         if not name.startswith(".") and fnmatch.fnmatchcase(name, pattern))
+    return sorted(path for path in found if path.is_file())
 
 
 def is_file(path: Path) -> bool:

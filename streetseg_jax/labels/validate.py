@@ -29,13 +29,13 @@ from PIL import Image
 
 from streetseg_jax.atomic import atomic_file
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES
-from streetseg_jax.labels.images import MAX_PIXELS, OutsideExportError, is_file, open_rgb, resolve_inside
+from streetseg_jax.labels.images import (IMAGE_SUFFIXES, MAX_PIXELS, OutsideExportError, files_under, is_file,
+                                         open_rgb, resolve_inside)
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.labels.rasterize import coordinate_limit, rasterize
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError
 from streetseg_jax.labels.stats import median_frequency_weights
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 EMBEDDED = "<embedded in the annotation>"
 _EXIF_ORIENTATION = 0x0112
 _PAIRS_PER_CHUNK = 1 << 20        # segment pairs tested at once by the self-intersection check
@@ -87,11 +87,8 @@ class ImageIndex:
         self.root = Path(root)
         self.by_name: dict[str, list[Path]] = {}
         self.by_stem: dict[str, list[Path]] = {}
-        files = self.root.rglob("*") if self.root.is_dir() else []
-        for path in sorted(files):
-            parts = path.relative_to(self.root).parts
-            if path.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in parts) \
-                    and path.is_file():
+        for path in files_under(self.root) if self.root.is_dir() else []:
+            if path.suffix.lower() in IMAGE_SUFFIXES:
                 self.by_name.setdefault(path.name, []).append(path)
                 self.by_stem.setdefault(path.stem, []).append(path)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streetseg_jax.labels.images import check_size, resolve_inside
+from streetseg_jax.labels.images import check_size, files_under, resolve_inside
 from streetseg_jax.labels.jsonio import load_json
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
 
@@ -45,7 +45,7 @@ def looks_like(path: Path) -> bool:
     """A `*_gtFine_polygons.json` (or gtCoarse) file, or a folder holding one: Cityscapes' own file naming."""
     path = Path(path)
     if path.is_dir():
-        return next(path.rglob("*_gt*_polygons.json"), None) is not None
+        return bool(files_under(path, "*_gt*_polygons.json"))
     return _NAME.match(path.name) is not None
 
 
@@ -64,8 +64,8 @@ def read_cityscapes(path: str | Path, label_map=None) -> Annotation:
 
 
 def _polygon_files(folder: Path) -> list[Path]:
-    fine = sorted(folder.rglob("*_gtFine_polygons.json"))
-    return fine or sorted(folder.rglob("*_gtCoarse_polygons.json"))
+    fine = files_under(folder, "*_gtFine_polygons.json")
+    return fine or files_under(folder, "*_gtCoarse_polygons.json")
 
 
 def _shape(obj, where: str, label_map) -> Shape | None:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streetseg_jax.labels.images import MAX_PIXELS, check_size, is_file, resolve_inside
+from streetseg_jax.labels.images import MAX_PIXELS, check_size, files_under, is_file, resolve_inside
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, ellipse_ring, make_key
 from streetseg_jax.labels.xmlio import parse_xml
 
@@ -57,7 +57,7 @@ def read(path: Path, label_map=None) -> list[Annotation]:
     if not path.is_dir():
         return read_cvat(path)
     annotations, found = [], False
-    for file in sorted(path.rglob("*.xml")):
+    for file in files_under(path, "*.xml"):
         root = parse_xml(file)
         if root.tag == "annotations":
             found = True
@@ -81,7 +81,7 @@ def looks_like(path: Path) -> bool:
     path = Path(path)
     if path.is_dir():
         named = path / "annotations.xml"
-        path = named if named.is_file() else next(iter(sorted(path.rglob("*.xml"))), None)
+        path = named if named.is_file() else next(iter(files_under(path, "*.xml")), None)
     if path is None or path.suffix.lower() != ".xml":
         return False
     try:

@@ -92,9 +92,7 @@ def read_file(path: Path, export_root: Path | None = None, data=None) -> Annotat
 # --- files -------------------------------------------------------------------------------------------------------
 
 def _json_files(folder: Path) -> list[Path]:
-    # Hidden folders hold editor and notebook copies (.ipynb_checkpoints), not annotations.
-    return [f for f in sorted(folder.rglob("*.json"))
-            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts)]
+    return images.files_under(folder, "*.json")
 
 
 def _has_labelme_keys(data) -> bool:

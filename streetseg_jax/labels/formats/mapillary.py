@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from streetseg_jax.labels.formats.cityscapes import image_size, is_number, load_json_object, point_list
-from streetseg_jax.labels.images import resolve_inside
+from streetseg_jax.labels.images import files_under, resolve_inside
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -69,8 +69,8 @@ def read_mapillary(path: str | Path, label_map=None, configs: dict | None = None
 
 def _polygon_files(folder: Path) -> list[Path]:
     if folder.name == "polygons":
-        return sorted(folder.rglob("*.json"))
-    return sorted(f for f in folder.rglob("*.json") if "polygons" in f.relative_to(folder).parts[:-1])
+        return files_under(folder, "*.json")
+    return [f for f in files_under(folder, "*.json") if "polygons" in f.relative_to(folder).parts[:-1]]
 
 
 def _shape(obj, where: str, label_map, readable: dict[str, str]) -> Shape:

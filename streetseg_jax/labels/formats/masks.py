@@ -35,12 +35,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from streetseg_jax.labels.images import MAX_PIXELS, resolve_inside
+from streetseg_jax.labels.images import IMAGE_SUFFIXES, MAX_PIXELS, files_under, resolve_inside
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, make_key
 
 IMAGE_DIRS = ("images", "JPEGImages")
 MASK_DIRS = ("masks", "labels", "annotations", "SegmentationClassPNG", "SegmentationClass")
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 _MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".gif"}
 _LOSSY_SUFFIXES = {".jpg", ".jpeg"}
 _MASK_NAME_ENDINGS = ("_mask", "_labels", "_label", "_L")
@@ -61,7 +60,7 @@ def read(path: Path, label_map) -> list[Annotation]:
                                f"{', '.join(d + '/' for d in MASK_DIRS)}, or <name>/ beside <name>annot/")
     annotations = []
     for image_dir, mask_dir in pairs:
-        images = _files(image_dir, _IMAGE_SUFFIXES) if image_dir else {}
+        images = _files(image_dir, IMAGE_SUFFIXES) if image_dir else {}
         above = _folders_above(mask_dir, path)
         for key, mask in sorted(_files(mask_dir, _MASK_SUFFIXES | _LOSSY_SUFFIXES).items()):
             image = _match(key, images, mask, image_dir)
@@ -155,7 +154,7 @@ def _sibling_images(mask_dir: Path) -> Path | None:
 
 
 def _has_masks(folder: Path, suffixes: set[str] = _MASK_SUFFIXES | _LOSSY_SUFFIXES) -> bool:
-    return any(p.suffix.lower() in suffixes for p in folder.rglob("*"))
+    return any(p.suffix.lower() in suffixes for p in files_under(folder))
 
 
 def _has_annotation_files(folder: Path) -> bool:
@@ -170,8 +169,8 @@ def _is_label_list(path: Path) -> bool:
 def _files(folder: Path, suffixes: set[str]) -> dict[str, Path]:
     """Files below `folder` keyed by their relative path without suffix; a key taken twice is an error."""
     found: dict[str, Path] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in suffixes or not path.is_file():
+    for path in files_under(folder):
+        if path.suffix.lower() not in suffixes:
             continue
         key = path.relative_to(folder).with_suffix("").as_posix()
         if key in found:
@@ -193,7 +192,7 @@ def _match(key: str, images: dict[str, Path], mask: Path, image_dir: Path | None
 
 def _image_for_file(mask: Path) -> tuple[Path, Path] | None:
     image_dir = _sibling_images(mask.parent)
-    return image_dir and _match(mask.stem, _files(image_dir, _IMAGE_SUFFIXES), mask, image_dir)
+    return image_dir and _match(mask.stem, _files(image_dir, IMAGE_SUFFIXES), mask, image_dir)
 
 
 # --- pixel values ----------------------------------------------------------------------------------------------------

@@ -89,9 +89,7 @@ def read_file(path: Path, export_root: Path | None = None) -> Annotation:
 # --- files ----------------------------------------------------------------------------------------------------------
 
 def _xml_files(folder: Path) -> list[Path]:
-    # Hidden folders hold editor copies and version-control files, not annotations.
-    return [f for f in sorted(folder.rglob("*.xml"))
-            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts)]
+    return images.files_under(folder, "*.xml")
 
 
 def _is_mit(root: ET.Element) -> bool:

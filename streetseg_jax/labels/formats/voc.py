@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streetseg_jax.labels.images import check_size
+from streetseg_jax.labels.images import check_size, files_under
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
 from streetseg_jax.labels.xmlio import parse_xml
 
@@ -45,14 +45,14 @@ def read_voc(path: str | Path) -> Annotation:
 def read(path: Path, label_map=None) -> list[Annotation]:
     """Every `*.xml` under a folder (sorted), or one file."""
     path = Path(path)
-    files = sorted(path.rglob("*.xml")) if path.is_dir() else [path]
+    files = files_under(path, "*.xml") if path.is_dir() else [path]
     return [read_voc(f) for f in files]
 
 
 def looks_like(path: Path) -> bool:
     """An XML file (or a folder's first one) with <annotation> and Labelbox-style <polygon><x1>."""
     path = Path(path)
-    first = next(iter(sorted(path.rglob("*.xml"))), None) if path.is_dir() else path
+    first = next(iter(files_under(path, "*.xml")), None) if path.is_dir() else path
     if first is None or first.suffix.lower() != ".xml":
         return False
     try:
