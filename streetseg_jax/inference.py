@@ -95,8 +95,9 @@ def _choose_checkpoint(checkpoints: Checkpoints, wanted: str | int, say) -> str 
     if wanted not in ("best", "latest"):
         raise ValueError(f"checkpoint must be 'best', 'latest' or a step number, got {wanted!r}")
     if checkpoints.latest_step() is None and checkpoints.best.latest_step() is None:
-        raise FileNotFoundError(f"{checkpoints.latest.directory.parent.parent} holds no checkpoint yet: a run saves its "
-                                "first at its first evaluation or checkpoint_every_steps (or when stopped)")
+        workdir = checkpoints.latest.directory.parent.parent
+        raise FileNotFoundError(f"{workdir} holds no checkpoint yet: a run saves its first at its first evaluation "
+                                "or checkpoint_every_steps (or when stopped)")
     if wanted == "best" and checkpoints.best.latest_step() is None:
         # A run stopped before its first evaluation has no best checkpoint; its latest one is what there is.
         say("no best checkpoint (the run has not been evaluated yet); using the latest one")

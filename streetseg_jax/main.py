@@ -5,6 +5,8 @@ detect the cluster (SLURM and friends). Running the same command again resumes f
 """
 import ast
 import os
+import traceback
+from pathlib import Path
 
 if __name__ == "__main__":     # before JAX loads: the command may run itself again once, see hugepages.py
     from streetseg_jax import hugepages
@@ -53,7 +55,7 @@ def main(argv):
         _build_synthetic_if_missing(config.dataset, config.data_dir)
         train.train_and_evaluate(config, _WORKDIR.value)
     except (DatasetNotFoundError, RunError, OSError, ValueError) as e:
-        fail(str(e))
+        fail(_message(e))
 
 
 def _check_process_flags() -> None:
@@ -94,6 +96,29 @@ def _build_synthetic_if_missing(dataset: str, data_dir: str) -> None:
         source.build("synthetic", data_dir)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("street_seg/synthetic built")
+
+
+def _message(e: Exception) -> str:
+    """The error's own words; one raised outside this package (a library's ValueError, a bug of ours it reveals)
+    also says where, so that a report of it can be traced without a traceback."""
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames or _ours(frames[-1]):
+        return str(e)
+    ours = next((frame for frame in reversed(frames) if _ours(frame)), None)
+    return (f"{e} ({type(e).__name__} in {_where(frames[-1])}"
+            + (f", called from {_where(ours)}" if ours else "") + ")")
+
+
+def _ours(frame: traceback.FrameSummary) -> bool:
+    return f"{os.sep}streetseg_jax{os.sep}" in frame.filename
+
+
+def _where(frame: traceback.FrameSummary) -> str:
+    parts = Path(frame.filename).parts
+    package = max((i for i, part in enumerate(parts) if part in ("streetseg_jax", "site-packages")), default=-1)
+    if package < 0:
+        return f"{'/'.join(parts[-2:])}:{frame.lineno}"
+    return f"{'/'.join(parts[package + (parts[package] == 'site-packages'):])}:{frame.lineno}"
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

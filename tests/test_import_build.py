@@ -257,6 +257,22 @@ def truncate_pixels(path: Path) -> None:
     path.write_bytes(data[:len(data) // 2])
 
 
+def test_images_a_side_of_one_pixel_are_refused(tmp_path):
+    # TFDS writes a 1xN image, then fails to read it back ("Shapes (2,) and (3,) are incompatible" in training).
+    export = tmp_path / "export"
+    for name, (w, h) in {"thin": (2, 1), "small": (2, 2)}.items():
+        for folder, image in (("images", Image.new("RGB", (w, h), (9, 9, 9))),
+                              ("masks", Image.fromarray(np.full((h, w), 3, np.uint8)))):
+            (export / folder).mkdir(parents=True, exist_ok=True)
+            image.save(export / folder / f"{name}.png")
+    with pytest.raises(BuildError, match="thin.png is 2x1: too small for a dataset"):
+        build(tmp_path, export, fmt="masks", val_fraction=0.0)
+    (export / "images" / "thin.png").unlink()
+    (export / "masks" / "thin.png").unlink()
+    build(tmp_path, export, fmt="masks", val_fraction=0.0)
+    assert records(tmp_path, "train")["small.png"]["image"].shape == (2, 2, 3)     # the smallest that reads back
+
+
 def test_a_failure_found_late_leaves_no_dataset(tmp_path):
     stems = [f"frame_{i:02d}" for i in range(8)]
     export = labelme_export(tmp_path / "export", stems)

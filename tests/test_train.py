@@ -202,6 +202,23 @@ def test_multi_host_flags_that_do_not_go_together_are_one_message(tiny_data_dir,
     assert not (tmp_path / "w").exists()
 
 
+def test_an_error_from_a_library_says_where_it_came_from():
+    import json as json_module
+
+    from streetseg_jax import main, sharding
+
+    def read_config_json():        # as if a file of ours were read by a library that refuses it
+        return json_module.loads("{broken")
+
+    with pytest.raises(ValueError) as library:
+        read_config_json()
+    assert re.fullmatch(r"Expecting property name .* \(JSONDecodeError in json/decoder\.py:\d+\)",
+                        main._message(library.value))
+    with pytest.raises(ValueError) as ours:        # our own messages are said as they are
+        sharding._check_port_free("no-port")
+    assert main._message(ours.value) == str(ours.value)
+
+
 def test_values_a_run_cannot_use_are_refused_before_anything_is_written(tiny_data_dir, tmp_path):
     code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--config.log_every_steps=0",
                                 "--config.keep_checkpoints=0", "--config.num_train_steps=-5",

@@ -261,6 +261,8 @@ def _check_image(annotation: Annotation, decode: bool, report: FileReport) -> No
         oriented = " (after its EXIF orientation)" if _rotated(source) else ""
         report.errors.append(f"{name} is {width}x{height}{oriented} but {Path(annotation.source).name} says "
                              f"{annotation.width}x{annotation.height}")
+    elif min(width, height) < 2:        # TFDS stores such images, then cannot read them back
+        report.errors.append(f"{name} is {width}x{height}: too small for a dataset (2x2 pixels at least)")
 
 
 def _decoded_size(source: Path | bytes, name: str) -> tuple[int, int]:
