@@ -281,6 +281,22 @@ def test_figure_eight_is_drawn_not_reported():
     np.testing.assert_array_equal(result.mask == 1, cover >= 0.5)
 
 
+@pytest.mark.parametrize("inner_reversed", [False, True])
+def test_a_keyhole_leaves_its_hole_whichever_way_the_hole_runs(inner_reversed):
+    # LabelMe users draw a hole by a slit: out round the square, in to the hole, round it, back. Run the same way
+    # as the outside it has winding number 2: PIL (labelme2voc), pycocotools and Qt all leave it a hole.
+    outer, inner = box(10, 10, 40, 40), box(20, 20, 30, 30)
+    inner = inner[::-1] if inner_reversed else inner
+    ring = np.concatenate([outer, outer[:1], inner, inner[:1]])
+    mask = rasterize([(ROAD, Shape("road", ring))], 50, 50).mask
+    assert (mask[20:30, 20:30] == 0).all()
+    assert (mask[10:40, 10:40] == ROAD).sum() == 30 * 30 - 10 * 10
+    from PIL import Image, ImageDraw
+    drawn = Image.new("L", (50, 50))
+    ImageDraw.Draw(drawn).polygon([tuple(p) for p in ring], fill=ROAD)
+    assert (np.asarray(drawn)[21:29, 21:29] == 0).all()      # PIL's own fill, away from its edge convention
+
+
 def test_ignore_shapes_get_the_ignore_id():
     items = [(ROAD, Shape("road", box(0, 0, 20, 10))), (BUILDING, Shape("__ignore__", box(5, 0, 10, 10), ignore=True))]
     mask = rasterize(items, 10, 20, ignore_id=250).mask

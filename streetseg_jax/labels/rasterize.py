@@ -7,8 +7,10 @@ How a pixel gets its class:
   1. Each shape's exact coverage of each pixel (the fraction of the pixel's area inside the shape, holes cut out)
      is computed analytically: every ring edge is cut where it crosses a pixel row or column, each piece adds its
      signed trapezoid area to an accumulation buffer, and a running sum along each row turns that into coverage
-     (the method font rasterizers use). Inside means a non-zero winding number, which for the simple polygons
-     labelling tools produce is the same as even-odd.
+     (the method font rasterizers use). Inside means an odd winding number (the even-odd rule of PIL, which
+     labelme2voc and Cityscapes' scripts draw with, of pycocotools and of Qt's canvas in LabelMe): a polygon that
+     runs round a region twice, as a hole drawn through a slit (a keyhole) does, leaves it out. A pixel partly
+     covered twice and partly not at all is approximated, as in font rasterizers.
   2. Shapes are stacked in drawing order: a stable sort by z_order (higher on top), ties keep list order (later on
      top). Going from the top shape down, each shape claims min(its coverage, what is still unclaimed) of a pixel;
      that is exact when the shapes above a pixel either cover all of it or none of what this shape covers there
@@ -243,8 +245,11 @@ def _coverage_buffer(drawables: list[_Drawable]) -> np.ndarray:
     flat = np.zeros(int(offsets[-1]) + 1, np.int64)    # + 1: pieces right of the last box spill a zero there
     np.add.at(flat, index, weight)
     np.cumsum(flat, out=flat)
-    np.abs(flat, out=flat)             # the winding sign depends on the ring's orientation
-    np.minimum(flat, _ONE, out=flat)   # self-overlapping rings (winding 2) still cover a pixel once
+    # Even-odd: coverage folds the winding number w into [0, 1] (|w| mod 2, mirrored), so a ring that loops
+    # twice round a region (a keyhole drawn without reversing) leaves it a hole, as PIL, pycocotools and Qt fill it.
+    np.abs(flat, out=flat)
+    np.remainder(flat, 2 * _ONE, out=flat)
+    np.minimum(flat, 2 * _ONE - flat, out=flat)
     for d, start in zip(polygons, offsets.tolist()):
         d.block = start
     _cut_holes([d for d in polygons if d.holes], flat, offsets[len(polygons):].tolist())
