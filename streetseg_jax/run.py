@@ -197,8 +197,42 @@ def check_config(config) -> None:
             what = "whole numbers" if kind is int else "numbers"
             problems.append(f"augment.{key} must be two positive {what}, e.g. '--config.augment.{key}=(a,b)', "
                             f"got {value!r}")
+        elif key == "scale_range" and value[0] > value[1]:
+            problems.append(f"augment.scale_range must be (low, high), got {tuple(value)!r}")
+    problems += _range_problems(config) + _builder_problems(config)
     if problems:
         raise RunError("the config cannot be trained:\n  - " + "\n  - ".join(problems))
+
+
+def _range_problems(config) -> list[str]:
+    rules = (("learning_rate", lambda v: v > 0, "> 0"), ("warmup_steps", lambda v: v >= 0, ">= 0"),
+             ("weight_decay", lambda v: v >= 0, ">= 0"), ("grad_clip_norm", lambda v: v >= 0, ">= 0 (0: off)"),
+             ("end_learning_rate_factor", lambda v: 0 <= v <= 1, "in [0, 1]"), ("eval_scale", lambda v: v > 0, "> 0"),
+             ("eval_extra_scales", lambda v: all(s > 0 for s in v), "a tuple of numbers > 0"))
+    problems = []
+    for key, ok, wanted in rules:
+        try:
+            fine = ok(config[key])
+        except TypeError:
+            fine = False
+        if not fine:
+            problems.append(f"{key} must be {wanted}, got {config[key]!r}")
+    return problems
+
+
+def _builder_problems(config) -> list[str]:
+    """What the optimiser, loss and model builders would refuse once the run had started."""
+    from streetseg_jax import losses, train
+    from streetseg_jax.models.unet import check_model_config
+
+    problems = []
+    for check in (lambda: train.make_optimizer(config), lambda: check_model_config(config.model),
+                  lambda: losses.loss_fn(config.get("loss", "cross_entropy"), [1.0], 255)):
+        try:
+            check()
+        except (ValueError, TypeError) as e:
+            problems.append(str(e))
+    return problems
 
 
 def _check_workdir(workdir: Path) -> None:

@@ -212,16 +212,23 @@ def param_count(model: nnx.Module) -> int:
 
 def build_model(config_model: Mapping, num_classes: int, seed: int) -> UNet:
     """UNet from a config mapping with keys base_width, depth, upsample, dropout, dtype ("float32" | "bfloat16")."""
-    dtype_name = config_model.get("dtype", "float32")
-    if dtype_name not in DTYPES:
-        raise ValueError(f"model dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
+    check_model_config(config_model)
     return UNet(num_classes,
                 base_width=int(config_model.get("base_width", 16)),
                 depth=int(config_model.get("depth", 4)),
                 upsample=config_model.get("upsample", "transpose"),
                 dropout=float(config_model.get("dropout", 0.0)),
-                dtype=DTYPES[dtype_name],
+                dtype=DTYPES[config_model.get("dtype", "float32")],
                 rngs=nnx.Rngs(seed))
+
+
+def check_model_config(config_model: Mapping) -> None:
+    """ValueError for a model config build_model cannot use (checked before a run writes anything)."""
+    dtype_name = config_model.get("dtype", "float32")
+    if dtype_name not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
+    _check_arguments(1, config_model.get("base_width", 16), config_model.get("depth", 4),
+                     config_model.get("upsample", "transpose"), config_model.get("dropout", 0.0), "edge")
 
 
 def _conv(in_width, out_width, size, *, use_bias, dtype, rngs, **kwargs):
