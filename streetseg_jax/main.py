@@ -48,10 +48,11 @@ def main(argv):
         fail(str(e))
     from streetseg_jax import train
     from streetseg_jax.data.source import DatasetNotFoundError
-    from streetseg_jax.run import RunError
+    from streetseg_jax.run import RunError, check_settings
 
     config.data_dir = os.path.expanduser(config.data_dir)
     try:
+        check_settings(config, _WORKDIR.value)         # before a dataset is built for a run that cannot start
         _build_synthetic_if_missing(config.dataset, config.data_dir)
         train.train_and_evaluate(config, _WORKDIR.value)
     except (DatasetNotFoundError, RunError, OSError, ValueError) as e:

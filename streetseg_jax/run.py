@@ -142,9 +142,7 @@ def _optimiser_layout(config: dict) -> dict:
 # -------------------------------------------------------------------------------------------------------------------
 def prepare_run(config, workdir: str | Path) -> RunSetup:
     """Everything is checked before anything is written: config.json says what the checkpoints beside it hold."""
-    check_config(config)
-    workdir = Path(workdir).absolute()
-    _check_workdir(workdir)
+    workdir = check_settings(config, workdir)
     mesh = sharding.make_mesh()
     sharding.check_batch_size(config.batch_size, mesh)
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
@@ -179,6 +177,15 @@ def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog"):
         if latest < config.num_train_steps:
             _warn_of_eval_changes(saved["config"], meta["config"], log)
     return checkpoints, latest
+
+
+def check_settings(config, workdir: str | Path) -> Path:
+    """RunError for a config or work directory no run can use (main asks before it builds a missing dataset);
+    returns the work directory as an absolute path."""
+    check_config(config)
+    workdir = Path(workdir).absolute()
+    _check_workdir(workdir)
+    return workdir
 
 
 def check_config(config) -> None:

@@ -219,6 +219,16 @@ def test_an_error_from_a_library_says_where_it_came_from():
     assert main._message(ours.value) == str(ours.value)
 
 
+def test_a_run_that_cannot_start_builds_no_dataset_first(tmp_path):
+    (tmp_path / "model.zip").write_bytes(b"PK")      # --workdir names a file: refused before the scenes are drawn
+    code, out = run_main_to_end(tmp_path / "model.zip", tmp_path / "tfds", "--config.dataset=street_seg/synthetic")
+    assert code == 2 and "is a file, not a folder" in out and "building it first" not in out, out
+    code, out = run_main_to_end(tmp_path / "w", tmp_path / "tfds", "--config.dataset=street_seg/synthetic",
+                                "--config.loss=focal")
+    assert code == 2 and "loss must be one of" in out and "building it first" not in out, out
+    assert not (tmp_path / "tfds").exists() and not (tmp_path / "w").exists()
+
+
 def test_values_a_run_cannot_use_are_refused_before_anything_is_written(tiny_data_dir, tmp_path):
     code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--config.log_every_steps=0",
                                 "--config.keep_checkpoints=0", "--config.num_train_steps=-5",
