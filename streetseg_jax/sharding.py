@@ -65,6 +65,10 @@ def split_cpu_into_cores(*batch_sizes: int, requested: int = 0) -> None:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     count = requested or max(n for n in range(1, cores + 1) if all(size % n == 0 for size in batch_sizes))
+    if count < cores and not requested:
+        sizes = " and ".join(str(size) for size in batch_sizes)
+        print(f"note: {count} CPU device(s) for {cores} cores: the batch sizes ({sizes}) do not divide by more "
+              f"(a batch size that is a multiple of {cores} trains faster here)", flush=True)
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:        # "should be updated before backends are initialized"

@@ -72,3 +72,18 @@ def test_eight_device_step_and_eval_equal_one_device():
     proc = run_on_cpu_devices(SCRIPT, cwd=ROOT / "tests", PYTHONPATH=str(ROOT / "tests"))
     assert "SHARDING-OK" in proc.stdout, proc.stdout + proc.stderr
 
+
+
+def test_a_batch_that_splits_over_fewer_devices_than_cores_says_so(monkeypatch, capsys):
+    from streetseg_jax import sharding
+
+    updates = {}
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setattr(sharding.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.setattr(sharding.jax.config, "update", lambda key, value: updates.update({key: value}))
+    sharding.split_cpu_into_cores(6, 8)
+    assert updates == {"jax_num_cpu_devices": 2}
+    said = capsys.readouterr().out
+    assert "note: 2 CPU device(s) for 4 cores: the batch sizes (6 and 8) do not divide by more" in said
+    sharding.split_cpu_into_cores(8, 8)
+    assert updates == {"jax_num_cpu_devices": 4} and capsys.readouterr().out == ""
