@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from PIL import Image
 
 from streetseg_jax import atomic, sharding
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, check_workdir, fail, normalise_argv
@@ -147,19 +146,18 @@ class Evaluator:
         scores["loss"] = float(sums["loss_sum"] / max(float(sums["pixels"]), 1.0))
         return {f"eval/{k}": v for k, v in scores.items()}
 
-    def write_overlays(self, params, model_state, source, out_dir: Path, count: int) -> None:
-        """image | ground truth | prediction, side by side, for the first `count` examples (one process)."""
-        from streetseg_jax.visualize import colorize, overlay
+    def write_overlays(self, params, model_state, source, out_dir: Path, count: int, caption: str) -> None:
+        """image | ground truth | prediction (visualize.comparison), PNG, for the first `count` examples (one
+        process)."""
+        from streetseg_jax.visualize import comparison
         out_dir.mkdir(parents=True, exist_ok=True)
         for i in range(min(count, len(source))):
             example = source[i]
             image, truth = example["image"], example["segmentation_mask"][..., 0]
             pred = np.asarray(self._predict(params, model_state, image[None]))[0].astype(np.uint8)
-            panels = [image, colorize(truth, self.label_map), np.asarray(overlay(image, pred, self.label_map,
-                                                                                  legend=False))]
-            strip = Image.fromarray(np.concatenate(panels, axis=1))
             name = Path(_text(example.get("file_name", f"example_{i}"))).stem
-            strip.save(out_dir / f"{name}.jpg", quality=90)
+            with atomic.atomic_file(out_dir / f"{name}.png") as f:
+                comparison(image, truth, pred, self.label_map, caption).save(f, format="PNG")
 
     # --- per-image figures, for reports that rank images -----------------------------------------------------------
     def per_image(self, params, model_state, source) -> dict:

@@ -438,12 +438,12 @@ def _plain(v):
 
 
 # -------------------------------------------------------------------------------------------------------------------
-def finish_run(config, setup: RunSetup, evaluator, params, model_state) -> None:
-    """Curves and a few prediction overlays of eval images (process 0); the other processes wait for it."""
+def finish_run(config, setup: RunSetup, evaluator, params, model_state, step: int) -> None:
+    """Curves and a few predictions of eval images (process 0); the other processes wait for it."""
     if jax.process_index() == 0:
         history = setup.draw_curves()
         evaluator.write_overlays(params, model_state, setup.eval_source,
-                                 setup.workdir / "overlays", config.num_overlays)
+                                 setup.workdir / "overlays", config.num_overlays, f"step {step}")
         setup.log.say(f"done: {setup.workdir} (metrics.jsonl, curves.png, overlays/, checkpoints/)")
         setup.log.say(_outcome(history, setup.workdir))
     if jax.process_count() > 1:

@@ -256,7 +256,7 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator, tx)
     finally:
         stop.restore_handlers()
         setup.checkpoints.wait()
-    finish_run(config, setup, evaluator, eval_params(state, config), state.model_state)
+    finish_run(config, setup, evaluator, eval_params(state, config), state.model_state, step)
     return last_eval
 
 

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from streetseg_jax.atomic import atomic_file
 from streetseg_jax.labels.label_map import LabelMap
@@ -26,18 +26,50 @@ def overlay(image: np.ndarray, mask: np.ndarray, label_map: LabelMap, alpha: flo
     return out
 
 
+_LEGEND_MIN_WIDTH = 240     # px: a narrower image gets a wider canvas, so the class names stay whole
+
+
+def _font(width: int):
+    """Text that reads at the picture's own scale: about 1/60 of its width, 11 to 48 px."""
+    size = int(min(48, max(11, width / 60)))
+    try:
+        return ImageFont.load_default(size=size), size
+    except (TypeError, OSError):    # Pillow without FreeType: its fixed bitmap font
+        return ImageFont.load_default(), 11
+
+
 def _with_legend(image: Image.Image, classes) -> Image.Image:
-    row, pad = 16, 4
-    per_line = max(1, image.width // 120)
+    """The image above a legend of `classes` (swatch and name), sized to the image."""
+    width = max(image.width, _LEGEND_MIN_WIDTH)
+    font, size = _font(width)
+    pad, row = size // 3, int(size * 1.5)
+    slot = max((ImageDraw.Draw(image).textlength(c.name, font=font) for c in classes), default=0) + 2 * size
+    per_line = max(1, int((width - pad) // slot))
     lines = max(1, -(-len(classes) // per_line))
-    canvas = Image.new("RGB", (image.width, image.height + lines * row + pad), (255, 255, 255))
+    canvas = Image.new("RGB", (width, image.height + lines * row + pad), (255, 255, 255))
     canvas.paste(image, (0, 0))
     draw = ImageDraw.Draw(canvas)
     for i, c in enumerate(classes):
-        x, y = (i % per_line) * 120 + pad, image.height + (i // per_line) * row + pad
-        draw.rectangle([x, y, x + 10, y + 10], fill=tuple(c.color), outline=(0, 0, 0))
-        draw.text((x + 14, y - 1), c.name, fill=(0, 0, 0))
+        x, y = pad + (i % per_line) * slot, image.height + pad + (i // per_line) * row
+        draw.rectangle([x, y, x + size * 0.8, y + size * 0.8], fill=tuple(c.color), outline=(0, 0, 0))
+        draw.text((x + size, y), c.name, fill=(0, 0, 0), font=font, anchor="lt")
     return canvas
+
+
+def comparison(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, label_map: LabelMap,
+               caption: str) -> Image.Image:
+    """image | ground truth | prediction, titled, with a legend of the classes in either; pixels of the ignore id
+    are white in the ground truth."""
+    panels = [image, colorize(truth, label_map), colorize(pred, label_map)]
+    strip = Image.fromarray(np.concatenate(panels, axis=1))
+    font, size = _font(strip.width)
+    titled = Image.new("RGB", (strip.width, strip.height + int(size * 1.6)), (255, 255, 255))
+    titled.paste(strip, (0, int(size * 1.6)))
+    draw = ImageDraw.Draw(titled)
+    for k, title in enumerate(("image", "ground truth", f"prediction, {caption}")):
+        draw.text((k * image.shape[1] + size // 2, size // 3), title, fill=(0, 0, 0), font=font, anchor="lt")
+    present = [c for c in label_map.classes if (truth == c.id).any() or (pred == c.id).any()]
+    return _with_legend(titled, present)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

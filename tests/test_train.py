@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
 
 from conftest import run_main, run_main_to_end, tiny_config
 from streetseg_jax.visualize import read_metrics, run_history
@@ -73,7 +74,10 @@ def test_main_writes_config_metrics_checkpoints_and_pictures(finished_run):
     assert (workdir / "checkpoints" / "latest" / str(STEPS)).is_dir()
     assert any((workdir / "checkpoints" / "best").iterdir())
     assert (workdir / "curves.png").stat().st_size > 1000
-    assert len(list((workdir / "overlays").glob("*.jpg"))) == 2
+    overlays = sorted((workdir / "overlays").glob("*.png"))
+    assert len(overlays) == 2
+    with Image.open(overlays[0]) as strip:      # three panels side by side, titles above and a legend below
+        assert strip.width == 3 * 128 and strip.height > 96 + 20
     assert "ETA" in out
     best = max(eval_rows, key=lambda r: r["eval/miou"])
     assert f"eval mIoU {eval_rows[-1]['eval/miou']:.4f} at the end, best {best['eval/miou']:.4f} at step " \
