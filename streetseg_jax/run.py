@@ -153,7 +153,7 @@ def prepare_run(config, workdir: str | Path) -> RunSetup:
     weights = class_weights(config, train_source, label_map, log)
     if config.init_from and not (workdir / "checkpoints").is_dir():    # nothing to resume: it will be read
         from streetseg_jax.warm_start import check_init_from
-        check_init_from(config.init_from)
+        check_init_from(config.init_from, config.model.to_dict())
     lock = _lock(workdir, log)
     try:
         checkpoints, latest = _checkpoints_to_resume(config, workdir, meta, log)

@@ -18,10 +18,28 @@ from flax import traverse_util
 from streetseg_jax.checkpoint import Checkpoints
 
 
-def check_init_from(init_from: str) -> None:
-    """FileNotFoundError unless `init_from` is a work directory with checkpoints (opening one creates folders)."""
+# The model config keys that shape the parameters (dropout and the compute dtype do not).
+_SHAPING_KEYS = ("base_width", "depth", "upsample")
+
+
+def check_init_from(init_from: str, model: dict) -> None:
+    """Before a run writes anything: FileNotFoundError unless `init_from` is a work directory with checkpoints
+    (opening one creates folders), ValueError when its model's parameters have other shapes than `model`'s."""
     if not (Path(init_from) / "checkpoints").is_dir():
         raise FileNotFoundError(f"init_from={init_from}: not a training work directory (it has no checkpoints/)")
+    source = Checkpoints(init_from, async_save=False)
+    try:
+        which = "best" if source.best.latest_step() is not None else "latest"
+        saved = source.read_meta(which)["config"]["model"]
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"init_from={init_from}: {e}") from None
+    finally:
+        source.close()
+    differ = [f"{key} {saved.get(key)!r} there, {model.get(key)!r} here" for key in _SHAPING_KEYS
+              if saved.get(key) != model.get(key)]
+    if differ:
+        raise ValueError(f"init_from {init_from}: its model has other layers ({'; '.join(differ)}), so nothing but "
+                         "a fresh start would come of it; train with its config.model, or without init_from")
 
 
 def warm_start(state, init_from: str, label_map, say):
@@ -41,10 +59,22 @@ def warm_start(state, init_from: str, label_map, say):
     saved_params = raw["opt_state"][-1]["ema"] if meta["config"].get("ema_decay") else raw["params"]
     params, loaded_p, skipped_p = _merge(state.params, saved_params)
     model_state, loaded_s, skipped_s = _merge(state.model_state, raw["model_state"])
+    _check_only_the_head_differs(skipped_p + skipped_s, loaded_p + loaded_s, init_from, meta["config"]["model"])
     say(f"init_from {init_from} ({which} checkpoint): loaded {loaded_p + loaded_s} arrays"
         + (f", kept fresh: {', '.join(skipped_p + skipped_s)}" if skipped_p + skipped_s else ""))
     return dataclasses.replace(state, params=params, model_state=model_state,
                                opt_state=_restart_ema(state.opt_state, params))
+
+
+def _check_only_the_head_differs(skipped: list[str], loaded: int, init_from: str, saved_model: dict) -> None:
+    """A warm start that would keep more than the head fresh is a fresh start in disguise: refused."""
+    body = [path for path in skipped if not path.startswith("head/")]
+    if body:
+        shown = ", ".join(body[:3]) + (f" and {len(body) - 3} more" if len(body) > 3 else "")
+        raise ValueError(f"init_from {init_from}: its model differs from this run's ({len(body)} of "
+                         f"{loaded + len(skipped)} arrays have other shapes or are missing: {shown}); only the "
+                         f"classifier head may differ. Its config.model is {saved_model}: train with that, or "
+                         "without init_from")
 
 
 def _restart_ema(opt_state, params):

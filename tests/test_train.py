@@ -264,6 +264,15 @@ def test_a_mistyped_init_from_creates_nothing_there(tiny_data_dir, tmp_path):
     assert not (tmp_path / "typo").exists() and not (tmp_path / "w").exists()
 
 
+def test_init_from_a_model_of_other_layers_is_refused_before_anything_is_written(finished_run, tiny_data_dir,
+                                                                                tmp_path):
+    source, _ = finished_run
+    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, f"--config.init_from={source}",
+                                "--config.model.base_width=8")       # it trained a 4 wide: it would load nothing
+    assert code == 2 and f"init_from {source}: its model has other layers (base_width 4 there, 8 here)" in out, out
+    assert not (tmp_path / "w").exists()
+
+
 def test_a_second_run_in_the_same_workdir_is_refused(tiny_data_dir, tmp_path):
     from streetseg_jax import run
 
@@ -362,6 +371,14 @@ def test_warm_start_with_other_label_map_reinitialises_the_head(finished_run):
             np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_fresh[path]))
             kept += 1
     assert loaded > 10 and kept == 2  # the head's kernel and bias
+
+
+def test_a_warm_start_that_would_keep_more_than_the_head_fresh_is_refused():
+    from streetseg_jax.warm_start import _check_only_the_head_differs
+
+    _check_only_the_head_differs(["head/kernel", "head/bias"], 40, "runs/a", {})      # another label map: fine
+    with pytest.raises(ValueError, match=r"1 of 42 arrays have other shapes or are missing: down/0/conv1/kernel"):
+        _check_only_the_head_differs(["head/kernel", "down/0/conv1/kernel"], 40, "runs/a", {"base_width": 4})
 
 
 def test_warm_start_takes_the_sources_ema_weights_and_restarts_its_own(tiny_data_dir, tmp_path):
