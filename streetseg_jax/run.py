@@ -31,6 +31,8 @@ from streetseg_jax.visualize import hms, plot_curves, read_metrics, run_history
 _COMPATIBLE_KEYS = ("model", "dataset")
 # Config keys that decide how evaluation scores: they may change on resume, with a warning.
 _EVAL_KEYS = ("eval_split", "eval_scale", "eval_flip_tta", "eval_extra_scales")
+# Config keys the learning-rate schedule is computed from (train.make_schedule).
+_SCHEDULE_KEYS = {"num_train_steps", "learning_rate", "warmup_steps", "lr_schedule", "end_learning_rate_factor"}
 
 
 class RunError(RuntimeError):
@@ -65,9 +67,9 @@ class RunSetup:
         while it trains. Returns the run's history."""
         if not self.log.primary:
             return []
-        history = run_history(read_metrics(self.log.path))
-        plot_curves(history, self.workdir / "curves.png")
-        return history
+        records = read_metrics(self.log.path)
+        plot_curves(records, self.workdir / "curves.png")
+        return run_history(records)
 
     def stop(self, step: int, signal_name: str | None) -> None:
         self.checkpoints.wait()
@@ -121,15 +123,30 @@ def _check_compatible(saved: dict, current: dict, workdir: Path) -> None:
                        + "\n  - ".join(problems) + "\nUse another --workdir (or --config.init_from to warm-start).")
 
 
-def _warn_of_eval_changes(saved: dict, current: dict, log: "RunLog") -> None:
-    def plain(value):          # the checkpoint's config went through JSON: tuples came back as lists
-        return json.loads(json.dumps(value))
+def _warn_of_changes(saved: dict, current: dict, step: int, log: "RunLog") -> dict:
+    """The config keys that differ from the checkpoint's ({key: [then, now]}), said when the run resumes with
+    them; changes to how evaluation scores and to the learning rate get a warning of what they do."""
+    def flat(tree: dict, prefix: str = "") -> dict:  # the checkpoint's config went through JSON: so does this one
+        out = {}
+        for key, value in json.loads(json.dumps(tree, default=str)).items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
 
-    changes = [f"{key} {plain(saved[key])} -> {plain(current[key])}" for key in _EVAL_KEYS
-               if key in saved and key in current and plain(saved[key]) != plain(current[key])]
-    if changes:
-        log.say(f"warning: evaluation differs from the checkpoint's ({', '.join(changes)}): the eval mIoUs logged "
-                "from now on are not scored as the earlier ones, yet the best checkpoint is picked across both")
+    then, now = flat(saved), flat(current)
+    changed = {key: [then[key], now[key]] for key in sorted(set(then) & set(now))   # keys of older versions: left
+               if then[key] != now[key]}
+    if changed:
+        log.say("resuming with changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+    if set(changed) & set(_EVAL_KEYS):
+        log.say("warning: evaluation differs from the checkpoint's: the eval mIoUs logged from now on are not "
+                "scored as the earlier ones, yet the best checkpoint is picked across both")
+    if set(changed) & _SCHEDULE_KEYS:
+        from ml_collections import ConfigDict
+        from streetseg_jax.train import make_schedule
+        before, after = make_schedule(ConfigDict(saved))(step - 1), make_schedule(ConfigDict(current))(step)
+        log.say(f"warning: the learning-rate schedule is recomputed for the new settings: the rate goes from "
+                f"{float(before):.3g} at step {step} to {float(after):.3g}")
+    return changed
 
 
 def _optimiser_layout(config: dict) -> dict:
@@ -175,7 +192,7 @@ def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog"):
         saved = checkpoints.read_meta("latest")
         _check_compatible(saved, meta, workdir)
         if latest < config.num_train_steps:
-            _warn_of_eval_changes(saved["config"], meta["config"], log)
+            log.changed = _warn_of_changes(saved["config"], meta["config"], latest, log)
     return checkpoints, latest
 
 
@@ -376,12 +393,14 @@ class RunLog:
         self.primary = jax.process_index() == 0
         self.t0, self.step0 = time.time(), 0
         self.compiled: tuple[int, float] | None = None     # (step, time) when the first step of this start was done
+        self.changed: dict = {}     # config keys a resume changed: kept in its run/start record
 
     def start(self, step: int, num_steps: int) -> None:
         """Marks where this (re)start begins in metrics.jsonl, so readers can tell lost steps and downtime."""
         self.t0, self.step0, self.compiled = time.time(), step, None
         if self.primary:
-            _append_record(self.path, {"step": step, "time": self.t0, "run/start": True})
+            changed = {"run/changed": self.changed} if self.changed else {}
+            _append_record(self.path, {"step": step, "time": self.t0, "run/start": True, **changed})
         self.say(f"training steps {step}..{num_steps} on {jax.device_count()} device(s), "
                  f"{jax.process_count()} process(es)")
 

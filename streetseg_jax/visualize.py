@@ -124,11 +124,13 @@ def hms(seconds: float) -> str:
 
 
 def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
-    """Loss and mIoU against step, train and eval, as one PNG (written atomically)."""
+    """Loss and mIoU against step, train and eval, as one PNG (written atomically); from metrics.jsonl's records,
+    whose restarts (resumes) are marked by dashed lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    resumes = sorted({r["step"] for r in metrics if r.get("run/start") and r["step"] > 0})
     metrics = run_history(metrics)
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 3.6))
     # The two losses are not one quantity: training's is the configured objective (class weights, Dice or Lovasz
@@ -141,6 +143,8 @@ def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
         if points:
             ax.plot(*zip(*points), style, label=label, markersize=3)
     for ax, title in ((ax_loss, "loss"), (ax_miou, "mean IoU")):
+        for k, step in enumerate(resumes):
+            ax.axvline(step, color="grey", linestyle="--", linewidth=0.8, label="resumed" if k == 0 else None)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

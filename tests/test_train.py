@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -157,19 +158,37 @@ def test_a_finished_run_asked_for_fewer_steps_trains_nothing_and_says_so(finishe
     assert {name: (workdir / name).read_text() for name in before} == before
 
 
-def test_a_resume_that_scores_otherwise_is_warned_of():
+def test_a_resume_with_changed_settings_says_what_they_change():
     from streetseg_jax import run
 
     said = []
     log = type("Log", (), {"say": lambda self, message: said.append(message)})()
-    saved = {"eval_flip_tta": False, "eval_extra_scales": [], "eval_scale": 0.5}     # as JSON gave it back
-    run._warn_of_eval_changes(saved, {"eval_flip_tta": False, "eval_extra_scales": (), "eval_scale": 0.5,
-                                      "eval_split": "test"}, log)       # a key the checkpoint's config lacks
-    assert said == []
-    run._warn_of_eval_changes(saved, {"eval_flip_tta": True, "eval_extra_scales": (0.5,), "eval_scale": 0.5}, log)
-    assert said == ["warning: evaluation differs from the checkpoint's (eval_flip_tta False -> True, "
-                    "eval_extra_scales [] -> [0.5]): the eval mIoUs logged from now on are not scored as the earlier "
-                    "ones, yet the best checkpoint is picked across both"]
+    saved = json.loads(json.dumps(tiny_config().to_dict()))      # as the checkpoint's JSON gives it back
+    del saved["eval_split"]                                       # a key an older version's config lacked
+    assert run._warn_of_changes(saved, tiny_config().to_dict(), 4, log) == {} and said == []
+    current = tiny_config()
+    current.eval_flip_tta, current.eval_extra_scales, current.augment.flip = True, (0.5,), False
+    current.num_train_steps, current.loss = 20, "cross_entropy+dice"
+    changed = run._warn_of_changes(saved, current.to_dict(), 4, log)
+    assert changed == {"augment.flip": [True, False], "eval_extra_scales": [[], [0.5]],
+                       "eval_flip_tta": [False, True], "loss": ["cross_entropy", "cross_entropy+dice"],
+                       "num_train_steps": [8, 20]}
+    assert said[0] == ("resuming with changed settings: augment.flip True -> False, eval_extra_scales [] -> [0.5], "
+                       "eval_flip_tta False -> True, loss cross_entropy -> cross_entropy+dice, num_train_steps 8 -> 20")
+    assert said[1].startswith("warning: evaluation differs from the checkpoint's")
+    assert re.fullmatch(r"warning: the learning-rate schedule is recomputed for the new settings: the rate goes "
+                        r"from \S+ at step 4 to \S+", said[2])
+
+
+def test_a_resume_with_more_steps_records_what_changed(finished_run, tiny_data_dir, tmp_path):
+    workdir = tmp_path / "longer"
+    shutil.copytree(finished_run[0], workdir)
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS + 1}")
+    assert code == 0, out
+    assert f"resuming with changed settings: num_train_steps {STEPS} -> {STEPS + 1}" in out
+    assert "the learning-rate schedule is recomputed" in out
+    starts = [r for r in read_metrics(workdir / "metrics.jsonl") if r.get("run/start")]
+    assert starts[-1]["step"] == STEPS and starts[-1]["run/changed"] == {"num_train_steps": [STEPS, STEPS + 1]}
 
 
 def test_switching_ema_on_when_resuming_is_refused(finished_run, tiny_data_dir):
