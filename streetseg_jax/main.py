@@ -130,16 +130,22 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(normalise_argv(argv))
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
         _usage_error(e)
+    except SystemExit as e:     # absl exits 1 after printing the help it was asked for
+        if e.code == 1 and {"--help", "-h", "--helpshort", "--helpfull", "-?"} & set(argv[1:]):
+            raise SystemExit(0) from None
+        raise
 
 
 def _usage_error(e: Exception) -> None:
     e = e.__cause__ or e                  # a config file's own error, under "Configuration is not available"
     text = str(e.args[0]) if isinstance(e, (AttributeError, KeyError)) and e.args else str(e)
-    if text[:1] == text[-1:] == "'":      # a KeyError's repr, carried in an AttributeError's message
+    while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":     # a KeyError's repr, perhaps repr'd again
         try:
-            text = ast.literal_eval(text)
+            text = str(ast.literal_eval(text))
         except (SyntaxError, ValueError):
-            pass
+            break
+    if text.isidentifier():               # all that is left of a key ml_collections does not know
+        text = f"unknown config key {text!r}: see the config file for the keys there are"
     fail(f"{text}\n(python -m streetseg_jax.main --help lists the flags)")
 
 

@@ -283,6 +283,8 @@ def _number(text: str, name: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    if args.tolerance is not None and not args.export:
+        fail("--tolerance simplifies the polygons of --export; give --export labelme|coco|cvat too")
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--output {out_dir} is a file, not a folder")

@@ -575,7 +575,8 @@ def _check_label_map(data_label_map, model_label_map, dataset: str) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.report",
+                                     description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split)")
     parser.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")

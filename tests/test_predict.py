@@ -358,6 +358,14 @@ def test_export_flag_hands_the_masks_to_polygonize(workdir, tmp_path, monkeypatc
     assert kwargs == {}
 
 
+def test_tolerance_without_export_is_refused(workdir, tmp_path, capsys):
+    save(tmp_path / "in" / "a.jpg", random_image(24, 40))
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", tmp_path / "out",
+                       "--tolerance", "1") == 2
+    assert "--tolerance simplifies the polygons of --export" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_flag_writes_an_annotation_file(workdir, tmp_path):
     save(tmp_path / "in" / "a.jpg", random_image(48, 64))
     out = tmp_path / "out"

@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from conftest import run_main, run_main_to_end, tiny_config
+from conftest import ROOT, run_main, run_main_to_end, tiny_config
 from streetseg_jax.visualize import read_metrics, run_history
 
 STEPS = tiny_config().num_train_steps  # 8
@@ -199,11 +201,18 @@ def test_switching_ema_on_when_resuming_is_refused(finished_run, tiny_data_dir):
     assert "EMA of the weights" in out and "Traceback" not in out
 
 
+def test_help_exits_with_zero():
+    out = subprocess.run([sys.executable, "-m", "streetseg_jax.main", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "--workdir" in out.stdout + out.stderr
+
+
 def test_mistyped_flags_keys_and_values_are_one_message(tiny_data_dir, tmp_path):
     for flag, message in (("--config.num_train_step=1", 'Did you mean "num_train_steps"'),
                           ("--config.num_train_steps=abc", "flag --config.num_train_steps=abc: invalid literal"),
                           ("--no_such_flag", "Unknown command line flag 'no_such_flag'"),
-                          ("--config=configs/nope.py", "No such file or directory: 'configs/nope.py'")):
+                          ("--config=configs/nope.py", "No such file or directory: 'configs/nope.py'"),
+                          ("--config.nonexistent=3", "unknown config key 'nonexistent'")):
         code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, flag)
         assert code == 2 and out.startswith("error: ") and message in out and "Traceback" not in out, out
     assert not (tmp_path / "w").exists()
