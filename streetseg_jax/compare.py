@@ -30,7 +30,7 @@ SAME_DATA_KEYS = ("dataset", "provenance.dataset.fingerprint", "eval_split")
 # Keys that may differ between runs of one recipe with different seeds (where the data lives, which code and machine).
 NOT_THE_RECIPE = ("seed", "data_dir", "provenance.")
 # Long values (commits, paths) wrap rather than widen the page; the first column (keys, names) stays whole.
-EXTRA_CSS = "td { overflow-wrap:anywhere; }\ntd:first-child { overflow-wrap:normal; white-space:nowrap; }\n"
+EXTRA_CSS = ".wide { overflow-x:auto; }\n.wide td { white-space:nowrap; }\n"     # wide tables scroll, cells stay whole
 
 
 @dataclasses.dataclass
@@ -251,24 +251,30 @@ def _columns(rows: list[list[str]]) -> list[str]:
 
 
 def curves_png(runs: list[Run]) -> bytes:
-    """Eval mIoU against step and against hours of training, and train loss against step, one colour per run."""
+    """Eval mIoU against step and against training time, and train loss against step; one colour and line style
+    per run (ten colours, then dashed, then dotted), the legend beside the plots."""
     plt = _pyplot()
-    fig, (by_step, by_time, loss) = plt.subplots(1, 3, figsize=(15, 4))
-    for run in runs:
+    fig, (by_step, by_time, loss) = plt.subplots(1, 3, figsize=(17, 4.2), layout="constrained")
+    hours = max((r["elapsed"] for run in runs for r in run.evals), default=0) >= 2 * 3600
+    unit, seconds = ("hours", 3600) if hours else ("minutes", 60)
+    losses = {run.config.get("loss", "?") for run in runs}
+    for i, run in enumerate(runs):
+        style = {"color": plt.get_cmap("tab10")(i % 10), "linestyle": ("-", "--", ":")[i // 10 % 3]}
+        label = run.name + (f" ({run.config.get('loss', '?')})" if len(losses) > 1 else "")
         evals = run.evals
-        line, = by_step.plot([r["step"] for r in evals], [r["eval/miou"] for r in evals], "o-", markersize=3,
-                             label=run.name)
-        by_time.plot([r["elapsed"] / 3600 for r in evals], [r["eval/miou"] for r in evals], "o-", markersize=3,
-                     color=line.get_color())
+        by_step.plot([r["step"] for r in evals], [r["eval/miou"] for r in evals], marker="o", markersize=3,
+                     label=label, **style)
+        by_time.plot([r["elapsed"] / seconds for r in evals], [r["eval/miou"] for r in evals], marker="o",
+                     markersize=3, **style)
         train = [r for r in run.history if "train/loss" in r]
-        loss.plot([r["step"] for r in train], [r["train/loss"] for r in train], color=line.get_color(), lw=1)
-    for ax, title, xlabel in ((by_step, "eval mean IoU", "step"), (by_time, "eval mean IoU", "hours of training"),
-                              (loss, "train loss", "step")):
-        ax.set_title(title)
+        loss.plot([r["step"] for r in train], [r["train/loss"] for r in train], lw=1, **style)
+    loss_title = "train loss (objectives differ: not comparable)" if len(losses) > 1 else f"train loss ({losses.pop()})"
+    for ax, title, xlabel in ((by_step, "eval mean IoU", "step"), (by_time, "eval mean IoU", f"{unit} of training"),
+                              (loss, loss_title, "step")):
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    by_step.legend(fontsize=9)
-    fig.tight_layout()
+    fig.legend(loc="outside right upper", fontsize=9)
     png = _figure_png(fig)
     plt.close(fig)
     return png
@@ -299,7 +305,7 @@ def _table(rows: list[list[str]], bold: set = frozenset()) -> str:
     head = "".join(f"<th>{_e(cell)}</th>" for cell in rows[0])
     body = "".join("<tr>" + "".join(f"<td><b>{_e(c)}</b></td>" if (i, j) in bold else f"<td>{_e(c)}</td>"
                                     for j, c in enumerate(row)) + "</tr>" for i, row in enumerate(rows[1:], 1))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _top(rows: list[list[str]], cells: list[tuple[int, int]]) -> set:
