@@ -74,6 +74,8 @@ def test_bad_files_name_the_file(tmp_path):
     with pytest.raises(LabelMapError, match="bad.json is not UTF-8 text"):
         LabelMap.load(bad)
     assert LabelMap.from_dict({"classes": [{"id": 0.0, "name": "a", "color": [0, 0, 0]}]}).classes[0].id == 0
+    bad.write_text("\ufeff" + default_label_map().to_json(), encoding="utf-8")   # a BOM, as Notepad saves it
+    assert LabelMap.load(bad) == default_label_map()
 
 
 def test_median_frequency_weights_follow_segnet():

@@ -153,7 +153,7 @@ def _listed_pairs(list_file: Path, image_dir: Path, mask_dir: Path) -> list[Pair
 def _list_entries(list_file: Path) -> list[tuple[int, tuple[str, str]]]:
     """(line number, (image base name, annotation base name)) of `image [annotation]` lines; blank lines skipped."""
     try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
+        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise BuildError(f"cannot read {list_file}: {getattr(e, 'strerror', None) or e}") from None
     entries = []

@@ -182,7 +182,7 @@ def read_split_file(path: Path, keys: list[str]) -> dict[str, str]:
 
 def _lines(path: Path) -> list[str]:
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig").splitlines()     # a BOM is not part of the first name
     except (OSError, UnicodeDecodeError) as e:
         raise BuildError(f"cannot read the split file {path}: {getattr(e, 'strerror', None) or e}") from None
 

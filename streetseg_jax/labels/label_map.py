@@ -108,7 +108,7 @@ class LabelMap:
     def load(cls, path: str | Path) -> "LabelMap":
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")     # Notepad writes a BOM
         except OSError as e:
             raise LabelMapError(f"cannot read label map {path}: {e.strerror}") from None
         except UnicodeDecodeError as e:
