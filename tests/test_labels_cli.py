@@ -224,6 +224,17 @@ def test_hidden_files_are_left_out_of_every_format(fmt, tmp_path, capsys):
     np.testing.assert_array_equal(read_mask_png(mask), sample_exports.expected_mask())
 
 
+def test_images_without_annotations_are_named_in_the_check(tmp_path, capsys):
+    export = sample_exports.write_export("labelme", tmp_path / "export")
+    for name in ("forgotten.jpg", "later/also.png"):
+        (export / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 6)).save(export / name)
+    main(["check", "--format", "labelme", "--input", str(export), "--json", str(tmp_path / "check.json")])
+    assert "note: 2 image(s) with no annotation, left out: forgotten.jpg, later/also.png" in capsys.readouterr().out
+    assert json.loads((tmp_path / "check.json").read_text())["unannotated_images"] == ["forgotten.jpg",
+                                                                                      "later/also.png"]
+
+
 @pytest.mark.parametrize("fmt", sample_exports.FORMATS)
 def test_auto_detects_every_format_and_says_so(fmt, tmp_path, capsys):
     export = sample_exports.write_export(fmt, tmp_path / "export")

@@ -521,6 +521,7 @@ class Report:
     source: str
     label_map: LabelMap
     files: list[FileReport]
+    unannotated: list[str] = dataclasses.field(default_factory=list)    # images under the export no file labels
 
     @property
     def errors(self) -> list[tuple[str, str]]:
@@ -573,7 +574,20 @@ def validate(annotations: list[Annotation], label_map: LabelMap, *, fmt: str = "
         for i, message in locate_images(annotations, Path(root)).items():
             known.setdefault(i, []).append(message)
     jobs = [(a, label_map, options, known.get(i, []), keys[i]) for i, a in enumerate(annotations)]
-    return Report(fmt, str(source), label_map, list(map_fn(check_job, jobs)))
+    unannotated = _unannotated(annotations, Path(root)) if root is not None and fmt in _IMAGES_BESIDE else []
+    return Report(fmt, str(source), label_map, list(map_fn(check_job, jobs)), unannotated)
+
+
+# Formats whose exports hold the photos and the annotations only (others keep masks or renders beside them).
+_IMAGES_BESIDE = ("voc", "labelme", "coco", "cvat")
+
+
+def _unannotated(annotations: list[Annotation], root: Path) -> list[str]:
+    """Images under `root` that no annotation is of: left out of masks and datasets, so the report names them."""
+    used = {Path(a.image_path).resolve() for a in annotations if a.image_path is not None}
+    index = ImageIndex(root)
+    return [path.relative_to(root).as_posix() for paths in index.by_name.values() for path in paths
+            if path.resolve() not in used]
 
 
 def check_job(job) -> FileReport:
@@ -603,6 +617,7 @@ def _report_dict(report: Report) -> dict:
                    "height": f.height, "unlabelled_share": f.unlabelled_share, "errors": f.errors,
                    "warnings": f.warnings} for f in report.files],
         "label_map": report.label_map.to_dict(),
+        "unannotated_images": report.unannotated,
     }
 
 
@@ -622,6 +637,10 @@ def _report_text(report: Report, shown: int) -> str:
               f": {p['message']}" for p in problems[:shown]]
     if len(problems) > shown:
         lines.append(f"... and {len(problems) - shown} more problem(s) (all of them are in the --json report)")
+    if report.unannotated:
+        names = report.unannotated
+        lines.append(f"note: {len(names)} image(s) with no annotation, left out: {', '.join(names[:shown])}"
+                     + (f" and {len(names) - shown} more" if len(names) > shown else ""))
     lines += _class_table(data)
     lines += _unlabelled_lines(data, report.files)
     return "\n".join(lines)
