@@ -1,9 +1,9 @@
 """Run report: `python -m streetseg_jax.report --workdir DIR [--split S] [--checkpoint best|latest|STEP] [--k 4]
 [--[no_]flip_tta] [--extra_scales S,...|none]` (test-time augmentation as the run evaluated unless told).
 
-Writes DIR/report.html, one self-contained file that opens offline: images are embedded as base64 data URIs, the
-CSS is inline, and there is no JavaScript and no external request. It holds the loss and mIoU curves (from
-metrics.jsonl), a fresh evaluation of the chosen checkpoint on the split (per-class IoU table, confusion-matrix
+Writes DIR/report.html (report_<split>.html for a split other than the run's eval split), one self-contained file
+that opens offline: images are embedded as base64 data URIs, the CSS is inline, and there is no JavaScript and no
+external request. It holds the loss and mIoU curves (from metrics.jsonl), a fresh evaluation of the chosen checkpoint on the split (per-class IoU table, confusion-matrix
 heatmap), the class pixel frequencies of the train and evaluated splits, the k best and k worst images by
 per-image mIoU as image / ground truth / prediction / error panels, and the run's provenance (config.json).
 """
@@ -17,6 +17,7 @@ import html
 import io
 import json
 import math
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -516,7 +517,8 @@ footer { color:var(--muted); font-size:12.5px; text-align:center; margin-top:8px
 # -------------------------------------------------------------------------------------------------------------------
 def build_report(workdir: str | Path, split: str | None = None, checkpoint: str | int = "best", k: int = 4,
                  data_dir: str | None = None, flip_tta: bool | None = None, extra_scales: tuple | None = None) -> Path:
-    """Evaluate `checkpoint` of the run in `workdir` on `split` and write workdir/report.html; returns its path.
+    """Evaluate `checkpoint` of the run in `workdir` on `split` and write workdir/report.html (report_<split>.html
+    for a split other than the run's eval split, so that one report does not replace the other); returns its path.
     Test-time augmentation as the run evaluated unless `flip_tta` / `extra_scales` say otherwise (see load_run)."""
     from streetseg_jax.data.source import load_split
 
@@ -529,7 +531,9 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     train_source, _, _ = load_split(config.dataset, config.train_split, data_dir)
     evaluation = evaluate_split(run, eval_source, split)
     data = _report_data(workdir, run, k, evaluation, eval_source, train_source)
-    return atomic.write_text(workdir / "report.html", render_html(data))
+    safe = re.sub(r"[^\w.+-]", "_", split)       # "validation[:10]" makes a file name too
+    name = "report.html" if split == config.eval_split else f"report_{safe}.html"
+    return atomic.write_text(workdir / name, render_html(data))
 
 
 def _report_data(workdir, run, k, evaluation, eval_source, train_source) -> ReportData:

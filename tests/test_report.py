@@ -60,8 +60,8 @@ def report_path(workdir) -> Path:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr
-    assert f"wrote {workdir / 'report.html'}" in proc.stdout
-    return workdir / "report.html"
+    assert f"wrote {workdir / 'report_train.html'}" in proc.stdout     # not the eval split's report.html
+    return workdir / "report_train.html"
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,7 @@ def test_test_time_augmentation_as_the_run_evaluated_unless_told(workdir, report
     assert "· network at scale 1</p>" in report_path.read_text(encoding="utf-8")
     copy = shutil.copytree(workdir, tmp_path / "run")
     report.main(["--workdir", str(copy), "--split", SPLIT, "--k", "0", "--flip_tta", "--extra_scales", "0.5"])
-    text = (copy / "report.html").read_text(encoding="utf-8")
+    text = (copy / "report_train.html").read_text(encoding="utf-8")
     assert "· network at scales 1, 0.5, flip-averaged</p>" in text
     run, source = loaded
     told = report.load_run(copy, "best", flip_tta=True, extra_scales=(0.5,))
