@@ -108,9 +108,9 @@ def _iter_state(data_iter) -> dict:
 def _check_compatible(saved: dict, current: dict, workdir: Path) -> None:
     problems = []
     for key in _COMPATIBLE_KEYS:
-        if saved["config"].get(key) != current["config"].get(key):
-            problems.append(f"config.{key} differs: checkpoint has {saved['config'].get(key)!r}, "
-                            f"this run has {current['config'].get(key)!r}")
+        then, now = _layout(saved["config"].get(key)), _layout(current["config"].get(key))
+        if then != now:
+            problems.append(f"config.{key} differs: {_difference(then, now)}")
     saved_opt, current_opt = _optimiser_layout(saved["config"]), _optimiser_layout(current["config"])
     for key in saved_opt:
         if saved_opt[key] != current_opt[key]:
@@ -120,7 +120,23 @@ def _check_compatible(saved: dict, current: dict, workdir: Path) -> None:
         problems.append("the label map differs from the one the checkpoint was trained with")
     if problems:
         raise RunError(f"{workdir} holds a run with an incompatible config, refusing to resume:\n  - "
-                       + "\n  - ".join(problems) + "\nUse another --workdir (or --config.init_from to warm-start).")
+                       + "\n  - ".join(problems) + "\nResume with the run's own settings (its config.json has the "
+                       "overrides it was started with), or use another --workdir (--config.init_from=" + str(workdir)
+                       + " warm-starts from it).")
+
+
+def _difference(then, now) -> str:
+    if not (isinstance(then, dict) and isinstance(now, dict)):
+        return f"{then!r} there, {now!r} here"
+    return ", ".join(f"{k} {then.get(k)!r} there, {now.get(k)!r} here" for k in sorted(set(then) | set(now))
+                     if then.get(k) != now.get(k))
+
+
+def _layout(section):
+    """A config section as far as the checkpoint's arrays depend on it: dropout may change on resume."""
+    if isinstance(section, dict) and "dropout" in section:
+        return {k: v for k, v in section.items() if k != "dropout"}
+    return section
 
 
 def _warn_of_changes(saved: dict, current: dict, step: int, log: "RunLog") -> dict:

@@ -193,6 +193,20 @@ def test_a_resume_with_more_steps_records_what_changed(finished_run, tiny_data_d
     assert starts[-1]["step"] == STEPS and starts[-1]["run/changed"] == {"num_train_steps": [STEPS, STEPS + 1]}
 
 
+def test_a_refused_resume_says_what_differs_and_dropout_may_change(tmp_path):
+    from streetseg_jax import run
+
+    saved = {"config": {"model": {"base_width": 4, "depth": 2, "dropout": 0.0}, "dataset": "a", "optimizer": "adamw"},
+             "label_map": {}}
+    current = json.loads(json.dumps(saved))
+    current["config"]["model"]["dropout"] = 0.1           # no array depends on it
+    run._check_compatible(saved, current, tmp_path)
+    current["config"]["model"]["base_width"] = 8
+    with pytest.raises(run.RunError, match=r"config.model differs: base_width 4 there, 8 here\n.*its config.json has "
+                                           r"the overrides it was started with"):
+        run._check_compatible(saved, current, tmp_path)
+
+
 def test_switching_ema_on_when_resuming_is_refused(finished_run, tiny_data_dir):
     workdir, _ = finished_run
     code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS + 2}",
