@@ -182,7 +182,7 @@ def prepare_run(config, workdir: str | Path) -> RunSetup:
     train_source, label_map, info = _load(config, "train_split")
     eval_source, _, _ = _load(config, "eval_split")
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict()}
-    log = RunLog(workdir, config.num_train_steps, config.batch_size)
+    log = RunLog(workdir, config.num_train_steps, config.batch_size, config.eval_every_steps)
     weights = class_weights(config, train_source, label_map, log)
     if config.init_from and not (workdir / "checkpoints").is_dir():    # nothing to resume: it will be read
         from streetseg_jax.warm_start import check_init_from
@@ -403,17 +403,19 @@ class RunLog:
     Only process 0 writes or prints.
     """
 
-    def __init__(self, workdir: Path, num_steps: int, batch_size: int):
+    def __init__(self, workdir: Path, num_steps: int, batch_size: int, eval_every: int = 0):
         self.path = workdir / "metrics.jsonl"
-        self.num_steps, self.batch_size = num_steps, batch_size
+        self.num_steps, self.batch_size, self.eval_every = num_steps, batch_size, eval_every
         self.primary = jax.process_index() == 0
         self.t0, self.step0 = time.time(), 0
         self.compiled: tuple[int, float] | None = None     # (step, time) when the first step of this start was done
+        self.eval_seconds, self.last_eval = 0.0, 0.0       # evaluations of this start: all of them, the latest
         self.changed: dict = {}     # config keys a resume changed: kept in its run/start record
 
     def start(self, step: int, num_steps: int) -> None:
         """Marks where this (re)start begins in metrics.jsonl, so readers can tell lost steps and downtime."""
         self.t0, self.step0, self.compiled = time.time(), step, None
+        self.eval_seconds = self.last_eval = 0.0
         if self.primary:
             changed = {"run/changed": self.changed} if self.changed else {}
             _append_record(self.path, {"step": step, "time": self.t0, "run/start": True, **changed})
@@ -424,6 +426,11 @@ class RunLog:
         """The ETA counts from here on: the first step of a start includes compiling it."""
         self.compiled = (step, time.time())
 
+    def evaluated(self, seconds: float) -> None:
+        """The ETA counts evaluations apart from steps: each one left is taken to last as long as the latest."""
+        self.eval_seconds += seconds
+        self.last_eval = seconds
+
     def write(self, step: int, row: dict) -> None:
         if not self.primary:
             return
@@ -433,11 +440,19 @@ class RunLog:
     def _progress(self, step: int, row: dict) -> str:
         now = time.time()
         since_step, since = self.compiled if self.compiled and step > self.compiled[0] else (self.step0, self.t0)
-        rate = (step - since_step) / max(now - since, 1e-9)
-        eta = (self.num_steps - step) / rate if rate > 0 else float("nan")
+        per_step = max(now - since - self.eval_seconds, 0.0) / max(step - since_step, 1e-9)
+        eta = (self.num_steps - step) * per_step + self._evals_after(step) * self.last_eval
         shown = "  ".join(f"{k.split('/', 1)[-1] if k.startswith('train/') else k} {v:.4g}"
                           for k, v in row.items() if isinstance(v, float) and "/iou/" not in k)
         return f"step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%)  {shown}  ETA {hms(eta)}"
+
+    def _evals_after(self, step: int) -> int:
+        """Evaluations still to come after `step`: every eval_every steps, and always at the last one."""
+        if step >= self.num_steps:
+            return 0
+        every = self.eval_every
+        regular = self.num_steps // every - step // every if every else 0
+        return regular + (0 if every and self.num_steps % every == 0 else 1)
 
     def say(self, message: str) -> None:
         if self.primary:

@@ -534,23 +534,28 @@ def test_class_weight_power_softens_the_median_frequency_weights():
         run.check_config(config)
 
 
-def test_the_eta_leaves_out_the_compilation_of_the_first_step(tmp_path, monkeypatch, capsys):
+def test_the_eta_counts_steps_and_evaluations_apart_and_leaves_out_the_compilation(tmp_path, monkeypatch, capsys):
     from streetseg_jax import run
 
     now = [0.0]
     monkeypatch.setattr(run.time, "time", lambda: now[0])
-    log = run.RunLog(tmp_path, num_steps=100, batch_size=8)
+    log = run.RunLog(tmp_path, num_steps=100, batch_size=8, eval_every=10)
     log.start(0, 100)
     now[0] = 91.0
     log.first_step_done(1)          # 91 s for step 1: compiling it
     train, evaluation = {"train/loss": 1.0}, {"eval/miou": 0.5}
-    for seconds, step, row in ((100.0, 10, train), (105.0, 10, evaluation),
-                               (110.0, 20, train), (129.0, 20, evaluation)):
+    for seconds, step, row, evaluated in ((100.0, 10, train, 0), (105.0, 10, evaluation, 5.0),
+                                          (115.0, 20, train, 0), (121.0, 20, evaluation, 6.0)):
         now[0] = seconds
+        if evaluated:
+            log.evaluated(evaluated)
         log.write(step, row)
     lines = capsys.readouterr().out.splitlines()[1:]
-    # From step 1 on: 9 steps in 9 s, 90 left (from the start it would be 16:40); then in 14 s; 19 in 19 s; in 38 s.
-    assert [line.split("ETA ")[1] for line in lines] == ["0:01:30", "0:02:20", "0:01:20", "0:02:40"]
+    # A second a step from step 1 on (16:40 from the start); 90 steps left, then with 9 evaluations of 5 s;
+    # 80 steps and 8 evaluations, of 5 s and then of 6 s (an evaluation line no longer counts as slow steps).
+    assert [line.split("ETA ")[1] for line in lines] == ["0:01:30", "0:02:15", "0:02:00", "0:02:08"]
+    assert [run.RunLog(tmp_path, 95, 8, every)._evals_after(step) for every, step in
+            ((10, 0), (10, 90), (10, 95), (0, 50), (5, 95), (5, 94))] == [10, 1, 0, 1, 0, 1]
 
 
 def test_images_per_second_leaves_out_the_first_step(monkeypatch):
