@@ -69,3 +69,26 @@ def test_bfloat16_train_runs_the_torch_peer_under_autocast_and_leaves_keras_out(
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result["peers"]) == {"torch"} and result["ratio_torch"] > 0
+
+
+ROOFLINE = """
+import argparse, json, sys
+sys.path.insert(0, ".")
+from bench import scaling
+args = argparse.Namespace(height=32, width=32, base_width=8, upsample="transpose", dtype="float32", classes=4,
+                          global_batch=2, peak_tflops=None, bandwidth_gbs=None)
+print(json.dumps(scaling._roofline(args, 1.0)))
+"""
+
+
+def test_the_roofline_counts_the_flops_our_cpu_kernels_compute():
+    # XLA's cost analysis cannot see into our CPU kernels: with them in the step it counted a tenth of the FLOPs.
+    counts = []
+    for native in ("1", "0"):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "STREETSEG_NATIVE": native}
+        env.pop("XLA_FLAGS", None)
+        proc = subprocess.run([sys.executable, "-c", ROOFLINE], cwd=TOOLS, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        counts.append(json.loads(proc.stdout.strip().splitlines()[-1])["flops_per_step"])
+    assert counts[0] == pytest.approx(counts[1], rel=1e-6) and counts[0] > 0
