@@ -1,6 +1,7 @@
 """Every reader on mutated exports (tools/fuzz_readers.py, a small seeded run): only a mask or our own error."""
 from __future__ import annotations
 
+import mmap
 import sys
 from pathlib import Path
 
@@ -16,8 +17,11 @@ PER_FORMAT = 50
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    return fuzz_readers.fuzz(list(sample_exports.FORMATS), PER_FORMAT, seed=0, time_limit=60,
-                             out=tmp_path_factory.mktemp("fuzz_failures"))
+    # As from a test process that has loaded JAX and compiled for a while: gigabytes of address space mapped (not
+    # used). The workers' memory limit once counted that in, and a deep JSON then overflowed their stack.
+    with mmap.mmap(-1, 5 << 30):
+        return fuzz_readers.fuzz(list(sample_exports.FORMATS), PER_FORMAT, seed=0, time_limit=60,
+                                 out=tmp_path_factory.mktemp("fuzz_failures"))
 
 
 @pytest.mark.parametrize("fmt", sample_exports.FORMATS)

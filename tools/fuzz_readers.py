@@ -272,8 +272,20 @@ def run_case(fmt: str, export: Path, validation: bool = True) -> tuple[str, str]
         return "crash", traceback.format_exc()
 
 
+def _mapped_bytes() -> int:
+    """This process's virtual memory size (Linux's VmSize; 0 where there is no /proc)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmSize:")), 0)
+
+
 def _worker(connection) -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+    # On top of what the forked process has mapped already: a parent that loaded JAX or TensorFlow maps gigabytes
+    # of address space, and a fixed limit below that left no room to grow the stack (a segfault, not a finding).
+    limit = _mapped_bytes() + ADDRESS_SPACE
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sys.setrecursionlimit(10_000)   # as deep as a user's Python would go; a RecursionError is a finding
     while True:
         job = connection.recv()
