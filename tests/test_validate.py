@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -249,6 +250,21 @@ def test_locate_images_by_stem_by_name_and_refusals(tmp_path):
     assert annotations[1].image_path == tmp_path / "images" / "from_coco.png"
     assert "several images are named 'twin.png': x/twin.png, y/twin.png" in missing[2]
     assert "points outside the export folder" in missing[3] and annotations[3].image_path is None
+
+
+def test_an_image_named_in_another_case_or_unicode_form_is_found(tmp_path):
+    # Exports made on Windows name IMG_1.JPG what is img_1.jpg here; macOS zips store café in decomposed form.
+    save_png(tmp_path / "img_1.jpg", 4, 4)
+    save_png(tmp_path / unicodedata.normalize("NFD", "café.png"), 4, 4)
+    annotations = [annotation(source=str(tmp_path / "label_1.json"), file_name="IMG_1.JPG"),
+                   annotation(source=str(tmp_path / "label_2.json"), file_name=unicodedata.normalize("NFC", "café.png"),
+                              image_path=tmp_path / unicodedata.normalize("NFC", "café.png")),   # as LabelMe's reader
+                   annotation(source=str(tmp_path / "label_3.json"), file_name="gone.jpg",
+                              image_path=tmp_path / "gone.jpg")]
+    missing = locate_images(annotations, tmp_path)
+    assert annotations[0].image_path == tmp_path / "img_1.jpg"
+    assert annotations[1].image_path == tmp_path / unicodedata.normalize("NFD", "café.png")
+    assert list(missing) == [2] and missing[2] == f"image {tmp_path / 'gone.jpg'} does not exist"
 
 
 def test_duplicate_keys_are_named():

@@ -20,6 +20,7 @@ import dataclasses
 import io
 import json
 import os
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
@@ -87,10 +88,12 @@ class ImageIndex:
         self.root = Path(root)
         self.by_name: dict[str, list[Path]] = {}
         self.by_stem: dict[str, list[Path]] = {}
+        self.by_folded_name: dict[str, list[Path]] = {}     # case and Unicode form aside (Windows, macOS zips)
         for path in files_under(self.root) if self.root.is_dir() else []:
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 self.by_name.setdefault(path.name, []).append(path)
                 self.by_stem.setdefault(path.stem, []).append(path)
+                self.by_folded_name.setdefault(_fold(path.name), []).append(path)
 
     def find(self, annotation: Annotation, one_per_file: bool) -> Path | str:
         """The image of `annotation`, or a message saying why there is none. For formats with one annotation
@@ -99,7 +102,8 @@ class ImageIndex:
         name = base_name(annotation.file_name)
         tries = [lambda: self._by_stem(source.stem, source)] if one_per_file else []
         tries += [lambda: self._by_path(annotation.file_name, source), lambda: self._unique(self.by_name, name),
-                  lambda: self._by_stem(Path(name).stem, source)]
+                  lambda: self._by_stem(Path(name).stem, source),
+                  lambda: self._unique(self.by_folded_name, _fold(name))]
         for attempt in tries:
             found = attempt()
             if found is not None:
@@ -141,6 +145,10 @@ class ImageIndex:
         return f"{why}: {', '.join(str(p.relative_to(self.root)) for p in candidates)}"
 
 
+def _fold(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def locate_images(annotations: list[Annotation], root: Path) -> dict[int, str]:
     """Set `image_path` on every annotation whose image is found (unless the reader did, or the image is
     embedded); returns {index: why not} for the others."""
@@ -152,15 +160,14 @@ def locate_images(annotations: list[Annotation], root: Path) -> dict[int, str]:
     for i, annotation in enumerate(annotations):
         if annotation.image_bytes is not None:
             continue
-        if annotation.image_path is not None:
-            if not is_file(Path(annotation.image_path)):
-                missing[i] = _missing_image(annotation)
+        if annotation.image_path is not None and is_file(Path(annotation.image_path)):
             continue
+        # Not named, or named but not there as written (another case, another Unicode form): looked for.
         found = index.find(annotation, per_source[str(annotation.source)] == 1)
         if isinstance(found, Path):
             annotation.image_path = found
         else:
-            missing[i] = found
+            missing[i] = _missing_image(annotation) if annotation.image_path is not None else found
     return missing
 
 
