@@ -258,6 +258,16 @@ def test_windows_backslashes_in_image_path(tmp_path):
     assert labelme.read(tmp_path)[0].image_path == (tmp_path / "images" / "a.jpg").resolve()
 
 
+def test_the_annotations_folder_given_alone_points_to_the_folder_holding_both(tmp_path):
+    # LabelMe's --output layout: annotations/a.json names ..\\images\\a.jpg
+    write_json(tmp_path, labelme_file([], imagePath="..\\images\\a.jpg"), "annotations/a.json")
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (4, 3)).save(tmp_path / "images" / "a.jpg")
+    with pytest.raises(LabelFormatError, match=f"give the folder holding both, {re.escape(str(tmp_path.resolve()))}, "
+                                                "as --input"):
+        labelme.read(tmp_path / "annotations")
+
+
 @pytest.mark.parametrize("image_path", ["../../secret.jpg", "/etc/passwd", "sub/../../../x.jpg"])
 def test_image_path_outside_the_export_folder_is_refused(tmp_path, image_path):
     write_json(tmp_path / "export", labelme_file([], imagePath=image_path), "annotations/a.json")

@@ -123,8 +123,12 @@ def _image_source(data: dict, path: Path, export_root: Path) -> tuple[str, Path 
     try:
         return file_name, images.resolve_inside(root, relative, "imagePath", path), None
     except images.OutsideExportError:
+        target = Path(os.path.normpath(path.parent.resolve() / file_name))
+        common = Path(os.path.commonpath([root, target]))
+        hint = (f" (LabelMe keeps images beside the annotations' folder: give the folder holding both, {common}, "
+                "as --input)" if common != Path(common.anchor) and images.is_file(target) else "")
         raise images.OutsideExportError(f"{path}: imagePath {file_name!r} points outside the export folder "
-                                        f"{root}; refused") from None
+                                        f"{root}; refused{hint}") from None
 
 
 def _base64(text, what: str, where: str) -> bytes:
