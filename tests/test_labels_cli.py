@@ -385,6 +385,20 @@ def test_voc_sizes_are_checked(tmp_path, width, problem):
         read_voc(path)
 
 
+@pytest.mark.parametrize("size", ["", "<size><width>0</width><height>0</height></size>"])
+def test_a_voc_file_without_its_size_takes_the_images(tmp_path, size):
+    path = tmp_path / "Annotations" / "a.xml"
+    path.parent.mkdir()
+    write_scene(path, ("road", rect(0, 0, 40, 30)))
+    path.write_text(re.sub(r"<size>.*</size>", size, path.read_text(), flags=re.S))
+    with pytest.raises(LabelFormatError, match=r"no <size><width>/<height>, and no image a\.jpg beside it"):
+        read_voc(path)
+    (tmp_path / "JPEGImages").mkdir()
+    Image.new("RGB", (52, 31)).save(tmp_path / "JPEGImages" / "a.png")    # VOC layout; by the XML stem
+    annotation = read_voc(path)
+    assert (annotation.width, annotation.height) == (52, 31)
+
+
 def test_coordinates_out_of_range_are_an_error_not_a_wrong_mask(tmp_path, capsys):
     """Near 1e308 the rasterizer's arithmetic overflowed into a wrong mask (with only a numpy warning); such
     coordinates are now refused by formats.read, and skipped with a problem by the rasterizer itself."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streetseg_jax.labels.images import check_size, files_under
+from streetseg_jax.labels.images import IMAGE_SUFFIXES, check_size, files_under, image_size, is_file
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
 from streetseg_jax.labels.xmlio import parse_xml
 
@@ -31,7 +31,8 @@ def read_voc(path: str | Path) -> Annotation:
     root = parse_xml(path)
     if root.tag != "annotation":
         raise LabelFormatError(f"{path}: root element is <{root.tag}>, expected <annotation>")
-    width, height = _size(root, path)
+    file_name = (root.findtext("filename") or "").strip()
+    width, height = _size(root, path, file_name)
     shapes = []
     for i, obj in enumerate(root.findall("object")):
         name = (obj.findtext("name") or "").strip()
@@ -39,7 +40,7 @@ def read_voc(path: str | Path) -> Annotation:
             raise LabelFormatError(f"{path}: object {i + 1} has no <name>")
         shapes.extend(Shape(name, np.asarray(ring, np.float64).reshape(-1, 2))
                       for ring in _object_rings(obj, path, i))
-    return Annotation(path, (root.findtext("filename") or "").strip(), width, height, shapes)
+    return Annotation(path, file_name, width, height, shapes)
 
 
 def read(path: Path, label_map=None) -> list[Annotation]:
@@ -86,9 +87,15 @@ def _number(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{float(v):.2f}"
 
 
-def _size(root: ET.Element, path: Path) -> tuple[int, int]:
+def _size(root: ET.Element, path: Path, file_name: str) -> tuple[int, int]:
     size = root.find("size")
     texts = [size.findtext(tag) if size is not None else None for tag in ("width", "height")]
+    if all(text is None or text.strip() in ("", "0") for text in texts):     # some exporters leave it out, or 0x0
+        image = _image_beside(path, file_name)
+        if image is not None:
+            return image_size(image)
+        raise LabelFormatError(f"{path}: no <size><width>/<height>, and no image {file_name or path.stem + '.*'} "
+                               "beside it (or in a sibling JPEGImages/ or images/) to take the size from")
     try:
         values = [float(text) for text in texts]
     except (TypeError, ValueError):
@@ -97,6 +104,15 @@ def _size(root: ET.Element, path: Path) -> tuple[int, int]:
         raise LabelFormatError(f"{path}: <size><width>/<height> must be whole numbers, got {texts[0]!r}, "
                                f"{texts[1]!r}")
     return check_size(int(values[0]), int(values[1]), str(path))
+
+
+def _image_beside(path: Path, file_name: str) -> Path | None:
+    """The image of an XML that gives no size: by its <filename>, else by the XML's stem, beside the XML or in the
+    sibling folders VOC layouts keep images in."""
+    folders = [path.parent] + [path.parent.parent / name for name in ("JPEGImages", "images", "Images")]
+    names = ([Path(file_name.replace("\\", "/")).name] if file_name else []) + \
+        [path.stem + suffix for suffix in IMAGE_SUFFIXES]
+    return next((folder / name for name in names for folder in folders if is_file(folder / name)), None)
 
 
 def _object_rings(obj: ET.Element, path: Path, index: int):
