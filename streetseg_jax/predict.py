@@ -1,10 +1,11 @@
 """Predict masks for your own photos: `python -m streetseg_jax.predict --workdir DIR --input PATH... --output OUT`.
 
-PATH may be an image file, a folder (searched recursively for JPEG and PNG files) or a glob. For each image it
-writes, at the image's own resolution and orientation (EXIF applied):
+PATH may be an image file, a folder (searched recursively for JPEG, PNG, WebP, TIFF and BMP files; hidden ones
+left out) or a glob. For each image it writes, at the image's own resolution and orientation (EXIF applied):
     OUT/<name>.png             class ids as an 8-bit palette PNG in the label map's colours
     OUT/<name>_overlay.jpg     the image blended with the class colours, with a legend
-    OUT/<name>_confidence.png  (--save_confidence) the winning class's softmax probability, 0-255
+    OUT/<name>_confidence.png  (--save_confidence) the winning class's softmax probability x 255 (white: sure;
+                               the floor is 255/K for K classes)
 where <name> is the file's stem, or its path relative to the folder it was found in. Two inputs that would write
 the same file, or an output that would overwrite an input, stop the run before any work. Unreadable images are
 listed at the end and skipped; the exit status is 1 when any failed. --export labelme|coco|cvat also writes the
@@ -236,7 +237,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--input", required=True, nargs="+", help="image files, folders or globs")
     parser.add_argument("--output", required=True, help="folder for masks, overlays and confidence maps")
     parser.add_argument("--checkpoint", default="best", help="best (default; latest if none), latest or a step")
-    parser.add_argument("--save_confidence", action="store_true", help="also write <name>_confidence.png")
+    parser.add_argument("--save_confidence", action="store_true",
+                        help="also write <name>_confidence.png: greyscale, the predicted class's softmax probability "
+                             "times 255 (white: certain; never darker than 255/K for K classes, where the model "
+                             "cannot tell them apart)")
     add_flip_tta_flags(parser, "average with the mirror image's prediction")
     add_extra_scales_flag(parser)
     parser.add_argument("--batch_size", type=int, default=8, help="windows per model call (default 8)")
