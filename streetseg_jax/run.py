@@ -157,12 +157,20 @@ def _warn_of_changes(saved: dict, current: dict, step: int, log: "RunLog") -> di
         log.say("warning: evaluation differs from the checkpoint's: the eval mIoUs logged from now on are not "
                 "scored as the earlier ones, yet the best checkpoint is picked across both")
     if set(changed) & _SCHEDULE_KEYS:
-        from ml_collections import ConfigDict
-        from streetseg_jax.train import make_schedule
-        before, after = make_schedule(ConfigDict(saved))(step - 1), make_schedule(ConfigDict(current))(step)
-        log.say(f"warning: the learning-rate schedule is recomputed for the new settings: the rate goes from "
-                f"{float(before):.3g} at step {step} to {float(after):.3g}")
+        jump = _rate_jump(saved, current, step)
+        log.say(f"warning: the learning-rate schedule is recomputed for the new settings{jump}")
     return changed
+
+
+def _rate_jump(saved: dict, current: dict, step: int) -> str:
+    """": the rate goes from A at step N to B", or "" where the checkpoint's config is too old to say."""
+    from ml_collections import ConfigDict
+    from streetseg_jax.train import make_schedule
+    try:
+        before, after = make_schedule(ConfigDict(saved))(step - 1), make_schedule(ConfigDict(current))(step)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return ""
+    return f": the rate goes from {float(before):.3g} at step {step} to {float(after):.3g}"
 
 
 def _optimiser_layout(config: dict) -> dict:

@@ -180,6 +180,7 @@ def test_a_resume_with_changed_settings_says_what_they_change():
     assert said[1].startswith("warning: evaluation differs from the checkpoint's")
     assert re.fullmatch(r"warning: the learning-rate schedule is recomputed for the new settings: the rate goes "
                         r"from \S+ at step 4 to \S+", said[2])
+    assert run._rate_jump({"num_train_steps": 8}, current.to_dict(), 4) == ""     # a checkpoint's config too old
 
 
 def test_a_resume_with_more_steps_records_what_changed(finished_run, tiny_data_dir, tmp_path):
