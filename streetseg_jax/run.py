@@ -119,10 +119,13 @@ def _check_compatible(saved: dict, current: dict, workdir: Path) -> None:
     if saved["label_map"] != current["label_map"]:
         problems.append("the label map differs from the one the checkpoint was trained with")
     if problems:
+        from streetseg_jax.warm_start import SHAPING_KEYS
+        then, now = saved["config"].get("model", {}), current["config"].get("model", {})
+        warm = ("" if any(then.get(k) != now.get(k) for k in SHAPING_KEYS)
+                else f" (--config.init_from={workdir} warm-starts from it)")
         raise RunError(f"{workdir} holds a run with an incompatible config, refusing to resume:\n  - "
                        + "\n  - ".join(problems) + "\nResume with the run's own settings (its config.json has the "
-                       "overrides it was started with), or use another --workdir (--config.init_from=" + str(workdir)
-                       + " warm-starts from it).")
+                       f"overrides it was started with), or use another --workdir{warm}.")
 
 
 def _difference(then, now) -> str:
@@ -133,9 +136,10 @@ def _difference(then, now) -> str:
 
 
 def _layout(section):
-    """A config section as far as the checkpoint's arrays depend on it: dropout may change on resume."""
+    """A config section as far as the checkpoint's arrays depend on it: the dropout rate may change on resume, but
+    not whether there is dropout (its random-number state is saved with the model)."""
     if isinstance(section, dict) and "dropout" in section:
-        return {k: v for k, v in section.items() if k != "dropout"}
+        return {**section, "dropout": "on" if section["dropout"] > 0 else "off"}
     return section
 
 

@@ -19,7 +19,7 @@ from streetseg_jax.checkpoint import Checkpoints
 
 
 # The model config keys that shape the parameters (dropout and the compute dtype do not).
-_SHAPING_KEYS = ("base_width", "depth", "upsample")
+SHAPING_KEYS = ("base_width", "depth", "upsample")
 
 
 def check_init_from(init_from: str, model: dict) -> None:
@@ -35,7 +35,7 @@ def check_init_from(init_from: str, model: dict) -> None:
         raise FileNotFoundError(f"init_from={init_from}: {e}") from None
     finally:
         source.close()
-    differ = [f"{key} {saved.get(key)!r} there, {model.get(key)!r} here" for key in _SHAPING_KEYS
+    differ = [f"{key} {saved.get(key)!r} there, {model.get(key)!r} here" for key in SHAPING_KEYS
               if saved.get(key) != model.get(key)]
     if differ:
         raise ValueError(f"init_from {init_from}: its model has other layers ({'; '.join(differ)}), so nothing but "
@@ -59,7 +59,8 @@ def warm_start(state, init_from: str, label_map, say):
     saved_params = raw["opt_state"][-1]["ema"] if meta["config"].get("ema_decay") else raw["params"]
     params, loaded_p, skipped_p = _merge(state.params, saved_params)
     model_state, loaded_s, skipped_s = _merge(state.model_state, raw["model_state"])
-    _check_only_the_head_differs(skipped_p + skipped_s, loaded_p + loaded_s, init_from, meta["config"]["model"])
+    # Parameters only: the model state also holds dropout's random-number state, which a run may add or drop.
+    _check_only_the_head_differs(skipped_p, loaded_p, init_from, meta["config"]["model"])
     say(f"init_from {init_from} ({which} checkpoint): loaded {loaded_p + loaded_s} arrays"
         + (f", kept fresh: {', '.join(skipped_p + skipped_s)}" if skipped_p + skipped_s else ""))
     return dataclasses.replace(state, params=params, model_state=model_state,

@@ -194,18 +194,22 @@ def test_a_resume_with_more_steps_records_what_changed(finished_run, tiny_data_d
     assert starts[-1]["step"] == STEPS and starts[-1]["run/changed"] == {"num_train_steps": [STEPS, STEPS + 1]}
 
 
-def test_a_refused_resume_says_what_differs_and_dropout_may_change(tmp_path):
+def test_a_refused_resume_says_what_differs_and_the_dropout_rate_may_change(tmp_path):
     from streetseg_jax import run
 
-    saved = {"config": {"model": {"base_width": 4, "depth": 2, "dropout": 0.0}, "dataset": "a", "optimizer": "adamw"},
+    saved = {"config": {"model": {"base_width": 4, "depth": 2, "dropout": 0.1}, "dataset": "a", "optimizer": "adamw"},
              "label_map": {}}
     current = json.loads(json.dumps(saved))
-    current["config"]["model"]["dropout"] = 0.1           # no array depends on it
+    current["config"]["model"]["dropout"] = 0.2           # the same arrays
     run._check_compatible(saved, current, tmp_path)
-    current["config"]["model"]["base_width"] = 8
-    with pytest.raises(run.RunError, match=r"config.model differs: base_width 4 there, 8 here\n.*its config.json has "
-                                           r"the overrides it was started with"):
+    current["config"]["model"]["dropout"] = 0.0           # no dropout: no random-number state in the model state
+    with pytest.raises(run.RunError, match=r"config.model differs: dropout 'on' there, 'off' here\n.*its config.json "
+                                           r"has the overrides it was started with.*--config.init_from="):
         run._check_compatible(saved, current, tmp_path)
+    current["config"]["model"]["base_width"] = 8          # a warm start from it would be refused: not suggested
+    with pytest.raises(run.RunError, match=r"(?s)base_width 4 there, 8 here.*another --workdir\.$") as refused:
+        run._check_compatible(saved, current, tmp_path)
+    assert "init_from" not in str(refused.value)
 
 
 def test_switching_ema_on_when_resuming_is_refused(finished_run, tiny_data_dir):
@@ -396,6 +400,7 @@ def test_warm_start_with_other_label_map_reinitialises_the_head(finished_run):
 
     workdir, _ = finished_run
     config = tiny_config()
+    config.model.dropout = 0.1      # the source had none: its random-number state is this run's own (not refused)
     label_map = LabelMap(tuple(ClassInfo(i, f"class_{i}", (i, i, i)) for i in range(5)))
     mesh = sharding.make_mesh(jax.devices()[:1])
     _, fresh = train.init_state(config, 5, train.make_optimizer(config), mesh)
