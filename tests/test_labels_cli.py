@@ -1,4 +1,5 @@
 """Tests for `python -m streetseg_jax.labels to-masks` and the conversion helpers behind it (labels/convert.py)."""
+import base64
 import json
 import re
 import shutil
@@ -233,6 +234,12 @@ def test_images_without_annotations_are_named_in_the_check(tmp_path, capsys):
     assert "note: 2 image(s) with no annotation, left out: forgotten.jpg, later/also.png" in capsys.readouterr().out
     assert json.loads((tmp_path / "check.json").read_text())["unannotated_images"] == ["forgotten.jpg",
                                                                                       "later/also.png"]
+    embedded = sample_exports.write_export("labelme", tmp_path / "embedded")     # LabelMe's default: imageData
+    document = json.loads((embedded / "street_1.json").read_text())
+    document["imageData"] = base64.b64encode((embedded / "street_1.png").read_bytes()).decode()
+    (embedded / "street_1.json").write_text(json.dumps(document))
+    main(["check", "--format", "labelme", "--input", str(embedded)])
+    assert "no annotation" not in capsys.readouterr().out      # the file it was made from is its image
 
 
 @pytest.mark.parametrize("fmt", sample_exports.FORMATS)

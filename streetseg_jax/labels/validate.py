@@ -16,6 +16,7 @@ it (`<key>.png`, in subfolders for keys with a `/`), splits hash it.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import json
@@ -149,13 +150,11 @@ def _fold(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
-def locate_images(annotations: list[Annotation], root: Path) -> dict[int, str]:
+def locate_images(annotations: list[Annotation], root: Path, index: ImageIndex | None = None) -> dict[int, str]:
     """Set `image_path` on every annotation whose image is found (unless the reader did, or the image is
     embedded); returns {index: why not} for the others."""
-    index = ImageIndex(root)
-    per_source: dict[str, int] = {}
-    for annotation in annotations:
-        per_source[str(annotation.source)] = per_source.get(str(annotation.source), 0) + 1
+    index = index or ImageIndex(root)
+    per_source = collections.Counter(str(a.source) for a in annotations)
     missing = {}
     for i, annotation in enumerate(annotations):
         if annotation.image_bytes is not None:
@@ -577,11 +576,12 @@ def validate(annotations: list[Annotation], label_map: LabelMap, *, fmt: str = "
     known: dict[int, list[str]] = {}
     for i, message in duplicate_keys(annotations).items():
         known.setdefault(i, []).append(message)
-    if root is not None and options.check_images:
-        for i, message in locate_images(annotations, Path(root)).items():
+    index = ImageIndex(Path(root)) if root is not None else None
+    if index is not None and options.check_images:
+        for i, message in locate_images(annotations, Path(root), index).items():
             known.setdefault(i, []).append(message)
     jobs = [(a, label_map, options, known.get(i, []), keys[i]) for i, a in enumerate(annotations)]
-    unannotated = _unannotated(annotations, Path(root)) if root is not None and fmt in _IMAGES_BESIDE else []
+    unannotated = _unannotated(annotations, index) if index is not None and fmt in _IMAGES_BESIDE else []
     return Report(fmt, str(source), label_map, list(map_fn(check_job, jobs)), unannotated)
 
 
@@ -589,11 +589,19 @@ def validate(annotations: list[Annotation], label_map: LabelMap, *, fmt: str = "
 _IMAGES_BESIDE = ("voc", "labelme", "coco", "cvat")
 
 
-def _unannotated(annotations: list[Annotation], root: Path) -> list[str]:
-    """Images under `root` that no annotation is of: left out of masks and datasets, so the report names them."""
-    used = {Path(a.image_path).resolve() for a in annotations if a.image_path is not None}
-    index = ImageIndex(root)
-    return [path.relative_to(root).as_posix() for paths in index.by_name.values() for path in paths
+def _unannotated(annotations: list[Annotation], index: ImageIndex) -> list[str]:
+    """Images in the index that no annotation is of: left out of masks and datasets, so the report names them.
+    An annotation that embeds its image (LabelMe's imageData) still names the file it was made from."""
+    per_source = collections.Counter(str(a.source) for a in annotations)
+    used = set()
+    for annotation in annotations:
+        path = annotation.image_path
+        if path is None and annotation.image_bytes is not None:
+            found = index.find(annotation, per_source[str(annotation.source)] == 1)
+            path = found if isinstance(found, Path) else None
+        if path is not None:
+            used.add(Path(path).resolve())
+    return [path.relative_to(index.root).as_posix() for paths in index.by_name.values() for path in paths
             if path.resolve() not in used]
 
 
