@@ -29,8 +29,8 @@ MISSING = "–"   # a config key one run lacks, or a figure it has not logged
 SAME_DATA_KEYS = ("dataset", "provenance.dataset.fingerprint", "eval_split")
 # Keys that may differ between runs of one recipe with different seeds (where the data lives, which code and machine).
 NOT_THE_RECIPE = ("seed", "data_dir", "provenance.")
-# Long values (commits, paths) wrap rather than widen the page; the first column (keys, names) stays whole.
-EXTRA_CSS = ".wide { overflow-x:auto; }\n.wide td { white-space:nowrap; }\n"     # wide tables scroll, cells stay whole
+# Tables wider than the page (many runs, long paths) scroll sideways; no value is broken mid-word.
+EXTRA_CSS = ".wide { overflow-x:auto; }\n.wide td { white-space:nowrap; }\n"
 
 
 @dataclasses.dataclass
@@ -257,10 +257,10 @@ def curves_png(runs: list[Run]) -> bytes:
     fig, (by_step, by_time, loss) = plt.subplots(1, 3, figsize=(17, 4.2), layout="constrained")
     hours = max((r["elapsed"] for run in runs for r in run.evals), default=0) >= 2 * 3600
     unit, seconds = ("hours", 3600) if hours else ("minutes", 60)
-    losses = {run.config.get("loss", "?") for run in runs}
+    losses = {run.config.get("loss", "cross_entropy") for run in runs}
     for i, run in enumerate(runs):
         style = {"color": plt.get_cmap("tab10")(i % 10), "linestyle": ("-", "--", ":")[i // 10 % 3]}
-        label = run.name + (f" ({run.config.get('loss', '?')})" if len(losses) > 1 else "")
+        label = run.name + (f" ({run.config.get('loss', 'cross_entropy')})" if len(losses) > 1 else "")
         evals = run.evals
         by_step.plot([r["step"] for r in evals], [r["eval/miou"] for r in evals], marker="o", markersize=3,
                      label=label, **style)

@@ -110,16 +110,21 @@ def _message(e: Exception) -> str:
             + (f", called from {_where(ours)}" if ours else "") + ")")
 
 
+_PACKAGE = Path(__file__).resolve().parent
+
+
 def _ours(frame: traceback.FrameSummary) -> bool:
-    return f"{os.sep}streetseg_jax{os.sep}" in frame.filename
+    """A frame of this package's own code (a checkout named streetseg_jax holding a virtual environment is not)."""
+    return Path(frame.filename).resolve().is_relative_to(_PACKAGE)
 
 
 def _where(frame: traceback.FrameSummary) -> str:
-    parts = Path(frame.filename).parts
-    package = max((i for i, part in enumerate(parts) if part in ("streetseg_jax", "site-packages")), default=-1)
-    if package < 0:
-        return f"{'/'.join(parts[-2:])}:{frame.lineno}"
-    return f"{'/'.join(parts[package + (parts[package] == 'site-packages'):])}:{frame.lineno}"
+    path = Path(frame.filename).resolve()
+    if _ours(frame):
+        return f"streetseg_jax/{path.relative_to(_PACKAGE).as_posix()}:{frame.lineno}"
+    parts = path.parts
+    below = max((i for i, part in enumerate(parts) if part == "site-packages"), default=len(parts) - 3)
+    return f"{'/'.join(parts[below + 1:])}:{frame.lineno}"
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -297,6 +297,14 @@ def test_a_keyhole_leaves_its_hole_whichever_way_the_hole_runs(inner_reversed):
     assert (np.asarray(drawn)[21:29, 21:29] == 0).all()      # PIL's own fill, away from its edge convention
 
 
+def test_overlapping_holes_and_a_hole_listed_twice_cut_their_union():
+    holes = [box(10, 10, 30, 30), box(20, 20, 40, 40), box(10, 10, 30, 30)]
+    mask = rasterize([(ROAD, Shape("road", box(0, 0, 50, 50), holes=holes))], 50, 50).mask
+    union = np.zeros((50, 50), bool)
+    union[10:30, 10:30] = union[20:40, 20:40] = True
+    np.testing.assert_array_equal(mask == ROAD, ~union)
+
+
 def test_ignore_shapes_get_the_ignore_id():
     items = [(ROAD, Shape("road", box(0, 0, 20, 10))), (BUILDING, Shape("__ignore__", box(5, 0, 10, 10), ignore=True))]
     mask = rasterize(items, 10, 20, ignore_id=250).mask

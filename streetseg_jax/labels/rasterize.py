@@ -245,11 +245,14 @@ def _coverage_buffer(drawables: list[_Drawable]) -> np.ndarray:
     flat = np.zeros(int(offsets[-1]) + 1, np.int64)    # + 1: pieces right of the last box spill a zero there
     np.add.at(flat, index, weight)
     np.cumsum(flat, out=flat)
-    # Even-odd: coverage folds the winding number w into [0, 1] (|w| mod 2, mirrored), so a ring that loops
-    # twice round a region (a keyhole drawn without reversing) leaves it a hole, as PIL, pycocotools and Qt fill it.
     np.abs(flat, out=flat)
-    np.remainder(flat, 2 * _ONE, out=flat)
-    np.minimum(flat, 2 * _ONE - flat, out=flat)
+    # Even-odd for each shape's outline: coverage folds the winding number w into [0, 1] (|w| mod 2, mirrored),
+    # so a ring that loops twice round a region (a keyhole drawn without reversing) leaves it a hole, as PIL,
+    # pycocotools and Qt fill it. Holes stay a union: two that overlap, or one listed twice, cut once.
+    shapes = flat[:offsets[len(polygons)]]
+    np.remainder(shapes, 2 * _ONE, out=shapes)
+    np.minimum(shapes, 2 * _ONE - shapes, out=shapes)
+    np.minimum(flat, _ONE, out=flat)
     for d, start in zip(polygons, offsets.tolist()):
         d.block = start
     _cut_holes([d for d in polygons if d.holes], flat, offsets[len(polygons):].tolist())

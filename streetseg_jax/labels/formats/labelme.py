@@ -126,7 +126,7 @@ def _image_source(data: dict, path: Path, export_root: Path) -> tuple[str, Path 
         target = Path(os.path.normpath(path.parent.resolve() / file_name))
         common = Path(os.path.commonpath([root, target]))
         hint = (f" (LabelMe keeps images beside the annotations' folder: give the folder holding both, {common}, "
-                "as --input)" if common != Path(common.anchor) and images.is_file(target) else "")
+                "as --input)" if common == root.parent and images.is_file(target) else "")
         raise images.OutsideExportError(f"{path}: imagePath {file_name!r} points outside the export folder "
                                         f"{root}; refused{hint}") from None
 

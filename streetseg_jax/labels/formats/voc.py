@@ -93,9 +93,9 @@ def _size(root: ET.Element, path: Path, file_name: str) -> tuple[int, int]:
     if all(text is None or text.strip() in ("", "0") for text in texts):     # some exporters leave it out, or 0x0
         image = _image_beside(path, file_name)
         if image is not None:
-            return image_size(image)
+            return check_size(*image_size(image), str(path))
         raise LabelFormatError(f"{path}: no <size><width>/<height>, and no image {file_name or path.stem + '.*'} "
-                               "beside it (or in a sibling JPEGImages/ or images/) to take the size from")
+                               "beside it (or in a sibling JPEGImages/, images/ or Images/) to take the size from")
     try:
         values = [float(text) for text in texts]
     except (TypeError, ValueError):
@@ -111,7 +111,7 @@ def _image_beside(path: Path, file_name: str) -> Path | None:
     sibling folders VOC layouts keep images in."""
     folders = [path.parent] + [path.parent.parent / name for name in ("JPEGImages", "images", "Images")]
     names = ([Path(file_name.replace("\\", "/")).name] if file_name else []) + \
-        [path.stem + suffix for suffix in IMAGE_SUFFIXES]
+        [path.stem + suffix for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES)]
     return next((folder / name for name in names for folder in folders if is_file(folder / name)), None)
 
 
