@@ -195,6 +195,8 @@ def prepare_run(config, workdir: str | Path) -> RunSetup:
     eval_source, _, _ = _load(config, "eval_split")
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict()}
     log = RunLog(workdir, config.num_train_steps, config.batch_size, config.eval_every_steps)
+    if sharding.fewer_devices_note():
+        log.say(sharding.fewer_devices_note())
     weights = class_weights(config, train_source, label_map, log)
     if config.init_from and not (workdir / "checkpoints").is_dir():    # nothing to resume: it will be read
         from streetseg_jax.warm_start import check_init_from
@@ -453,7 +455,9 @@ class RunLog:
         now = time.time()
         since_step, since = self.compiled if self.compiled and step > self.compiled[0] else (self.step0, self.t0)
         per_step = max(now - since - self.eval_seconds, 0.0) / max(step - since_step, 1e-9)
-        eta = (self.num_steps - step) * per_step + self._evals_after(step) * self.last_eval
+        # A train line at an evaluation step comes before that step's evaluation: it is still to run.
+        evals = self._evals_after(step - 1) if "eval/miou" not in row else self._evals_after(step)
+        eta = (self.num_steps - step) * per_step + evals * self.last_eval
         shown = "  ".join(f"{k.split('/', 1)[-1] if k.startswith('train/') else k} {v:.4g}"
                           for k, v in row.items() if isinstance(v, float) and "/iou/" not in k)
         return f"step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%)  {shown}  ETA {hms(eta)}"

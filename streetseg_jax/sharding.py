@@ -52,6 +52,14 @@ def _check_port_free(coordinator_address: str) -> None:
                              f"({e.strerror}; another run's coordinator?): choose another port") from None
 
 
+_FEWER_DEVICES = ""     # split_cpu_into_cores' note, said by a run once it knows it runs on the CPU
+
+
+def fewer_devices_note() -> str:
+    """Why the CPU has fewer devices than cores ("" when it has not, or the run is on a GPU)."""
+    return _FEWER_DEVICES if _FEWER_DEVICES and jax.default_backend() == "cpu" else ""
+
+
 def split_cpu_into_cores(*batch_sizes: int, requested: int = 0) -> None:
     """Give XLA one CPU device per core (or `requested` devices).
 
@@ -65,10 +73,12 @@ def split_cpu_into_cores(*batch_sizes: int, requested: int = 0) -> None:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     count = requested or max(n for n in range(1, cores + 1) if all(size % n == 0 for size in batch_sizes))
+    global _FEWER_DEVICES
+    _FEWER_DEVICES = ""
     if count < cores and not requested:
         sizes = " and ".join(str(size) for size in batch_sizes)
-        print(f"note: {count} CPU device(s) for {cores} cores: the batch sizes ({sizes}) do not divide by more "
-              f"(a batch size that is a multiple of {cores} trains faster here)", flush=True)
+        _FEWER_DEVICES = (f"note: {count} CPU device(s) for {cores} cores: the batch sizes ({sizes}) do not divide "
+                          f"by more (a batch size that is a multiple of {cores} trains faster here)")
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:        # "should be updated before backends are initialized"

@@ -74,16 +74,20 @@ def test_eight_device_step_and_eval_equal_one_device():
 
 
 
-def test_a_batch_that_splits_over_fewer_devices_than_cores_says_so(monkeypatch, capsys):
+def test_a_batch_that_splits_over_fewer_devices_than_cores_says_so(monkeypatch):
     from streetseg_jax import sharding
 
     updates = {}
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     monkeypatch.setattr(sharding.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
     monkeypatch.setattr(sharding.jax.config, "update", lambda key, value: updates.update({key: value}))
+    monkeypatch.setattr(sharding, "_FEWER_DEVICES", "")
     sharding.split_cpu_into_cores(6, 8)
     assert updates == {"jax_num_cpu_devices": 2}
-    said = capsys.readouterr().out
-    assert "note: 2 CPU device(s) for 4 cores: the batch sizes (6 and 8) do not divide by more" in said
+    note = sharding.fewer_devices_note()        # said by the run, on the CPU only (a GPU run never hears of it)
+    assert note.startswith("note: 2 CPU device(s) for 4 cores: the batch sizes (6 and 8) do not divide by more")
     sharding.split_cpu_into_cores(8, 8)
-    assert updates == {"jax_num_cpu_devices": 4} and capsys.readouterr().out == ""
+    assert updates == {"jax_num_cpu_devices": 4} and sharding.fewer_devices_note() == ""
+    sharding.split_cpu_into_cores(6, 8)
+    monkeypatch.setattr(sharding.jax, "default_backend", lambda: "gpu")
+    assert sharding.fewer_devices_note() == ""

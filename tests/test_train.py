@@ -558,8 +558,9 @@ def test_the_eta_counts_steps_and_evaluations_apart_and_leaves_out_the_compilati
         log.write(step, row)
     lines = capsys.readouterr().out.splitlines()[1:]
     # A second a step from step 1 on (16:40 from the start); 90 steps left, then with 9 evaluations of 5 s;
-    # 80 steps and 8 evaluations, of 5 s and then of 6 s (an evaluation line no longer counts as slow steps).
-    assert [line.split("ETA ")[1] for line in lines] == ["0:01:30", "0:02:15", "0:02:00", "0:02:08"]
+    # 80 steps and 9 evaluations of 5 s (step 20's is still to come), then 8 of 6 s (an evaluation line no longer
+    # counts as slow steps).
+    assert [line.split("ETA ")[1] for line in lines] == ["0:01:30", "0:02:15", "0:02:05", "0:02:08"]
     assert [run.RunLog(tmp_path, 95, 8, every)._evals_after(step) for every, step in
             ((10, 0), (10, 90), (10, 95), (0, 50), (5, 95), (5, 94))] == [10, 1, 0, 1, 0, 1]
 
