@@ -13,12 +13,15 @@ from pathlib import Path
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)      # the only way to read it is to set it: read once, at import, before any threads
-    os.umask(mask)
-    return mask
-
-
-_NEW_FILE_MODE = 0o666 & ~_umask()
+    """The process's umask, read where the system shows it (Linux), else by setting it and back (the only way
+    elsewhere: a thread creating a file in between would get 022)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 @contextlib.contextmanager
@@ -30,7 +33,7 @@ def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None)
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
-        os.chmod(tmp, _NEW_FILE_MODE)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -2,32 +2,36 @@
 temporary file: teammates, web servers and containers running as another user must read our outputs)."""
 from __future__ import annotations
 
-import os
-import stat
+import subprocess
+import sys
+from pathlib import Path
 
-import numpy as np
 import pytest
 
 from streetseg_jax import atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+WRITE = """
+import os, stat, sys
+import numpy as np
+os.umask(int(sys.argv[2], 8))
+from streetseg_jax import atomic
 from streetseg_jax.labels.convert import write_mask_png
 from streetseg_jax.labels.label_map import default_label_map
+atomic.write_text(sys.argv[1] + "/sub/a.json", "{}")
+write_mask_png(sys.argv[1] + "/m.png", np.zeros((4, 5), np.uint8), default_label_map())   # to-masks, predict
+print(*(oct(stat.S_IMODE(os.stat(sys.argv[1] + name).st_mode)) for name in ("/sub/a.json", "/m.png")))
+"""
 
 
-def mode(path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
-
-
-def current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def test_a_new_file_gets_the_umask_permissions(tmp_path):
-    path = atomic.write_text(tmp_path / "sub" / "a.json", "{}")
-    assert path.read_text() == "{}" and mode(path) == 0o666 & ~current_umask()
-    write_mask_png(tmp_path / "m.png", np.zeros((4, 5), np.uint8), default_label_map())   # to-masks, predict's masks
-    assert mode(tmp_path / "m.png") == 0o666 & ~current_umask()
+@pytest.mark.parametrize("umask, mode", [("022", "0o644"), ("002", "0o664"), ("077", "0o600")])
+def test_a_new_file_gets_the_umask_permissions(tmp_path, umask, mode):
+    out = subprocess.run([sys.executable, "-c", WRITE, str(tmp_path), umask], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [mode, mode]          # mkstemp's own is 0o600 whatever the umask
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):

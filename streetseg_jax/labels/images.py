@@ -9,6 +9,7 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -52,15 +53,20 @@ def files_under(folder: Path, pattern: str = "*", follow_links: bool = False) ->
     """The files below `folder` whose names match `pattern` (case-sensitive, like Path.rglob), sorted. Hidden
     files and folders are left out: macOS's ._IMG.jpg companions and .DS_Store, editors' .ipynb_checkpoints,
     version control. With `follow_links`, folders that are links are followed too, each real folder once."""
-    found, seen = [], set()
+    return sorted(iter_files(folder, pattern, follow_links))
+
+
+def iter_files(folder: Path, pattern: str = "*", follow_links: bool = False) -> Iterator[Path]:
+    """files_under's files as the walk finds them, unsorted: for a question the first match answers."""
+    seen = set()
     for root, dirs, names in os.walk(folder, followlinks=follow_links):
         real = os.path.realpath(root)
         dirs[:] = [] if real in seen else [d for d in dirs if not d.startswith(".")]
         if real not in seen:
             seen.add(real)
-            found.extend(Path(root) / name for name in names
-                         if not name.startswith(".") and fnmatch.fnmatchcase(name, pattern))
-    return sorted(path for path in found if path.is_file())
+            yield from (path for path in (Path(root) / name for name in names
+                                          if not name.startswith(".") and fnmatch.fnmatchcase(name, pattern))
+                        if path.is_file())
 
 
 def is_file(path: Path) -> bool:

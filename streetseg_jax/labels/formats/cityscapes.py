@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streetseg_jax.labels.images import check_size, files_under, resolve_inside
+from streetseg_jax.labels.images import check_size, files_under, iter_files, resolve_inside
 from streetseg_jax.labels.jsonio import load_json
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
 
@@ -45,7 +45,7 @@ def looks_like(path: Path) -> bool:
     """A `*_gtFine_polygons.json` (or gtCoarse) file, or a folder holding one: Cityscapes' own file naming."""
     path = Path(path)
     if path.is_dir():
-        return bool(files_under(path, "*_gt*_polygons.json"))
+        return next(iter_files(path, "*_gt*_polygons.json"), None) is not None
     return _NAME.match(path.name) is not None
 
 

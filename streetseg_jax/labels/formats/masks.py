@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from streetseg_jax.labels.images import IMAGE_SUFFIXES, MAX_PIXELS, files_under, resolve_inside
+from streetseg_jax.labels.images import IMAGE_SUFFIXES, MAX_PIXELS, files_under, iter_files, resolve_inside
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, make_key
 
 IMAGE_DIRS = ("images", "JPEGImages")
@@ -154,7 +154,7 @@ def _sibling_images(mask_dir: Path) -> Path | None:
 
 
 def _has_masks(folder: Path, suffixes: set[str] = _MASK_SUFFIXES | _LOSSY_SUFFIXES) -> bool:
-    return any(p.suffix.lower() in suffixes for p in files_under(folder))
+    return any(p.suffix.lower() in suffixes for p in iter_files(folder))
 
 
 def _has_annotation_files(folder: Path) -> bool:
