@@ -239,8 +239,7 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     result["label_sizes"] = sizes
     result["per_image"]["worst"] = _worst(result["per_image"]["images"], report.rank_images)
     out_dir = workdir / "eval"
-    # "validation[:10]" makes a file name too
-    stem = (re.sub(r"[^\w.+-]", "_", split) + ("_flip_tta" if run.config.eval_flip_tta else "")
+    stem = (split_file_name(split) + ("_flip_tta" if run.config.eval_flip_tta else "")
             + ("_multiscale" if len(network_scales(run.config)) > 1 else ""))
     json_path = atomic.write_bytes(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
     png_path = atomic.write_bytes(out_dir / f"{stem}_confusion.png",
@@ -292,8 +291,6 @@ def _names_and_sizes(source) -> tuple[list[str], list[str]]:
     return names, list(sizes)
 
 
-
-
 def format_result(result: dict) -> str:
     """The table a person reads: per-class IoU, the overall figures, per-image mIoU."""
     lines = [_heading(result), "", f"{'class':<20} {'IoU':>7}"]
@@ -336,6 +333,11 @@ def make_parser() -> argparse.ArgumentParser:
                        "<split>_flip_tta.json; _multiscale is added with extra scales)")
     add_extra_scales_flag(parser)
     return parser
+
+
+def split_file_name(split: str) -> str:
+    """A split as part of a file name ("validation[:10]" makes one too)."""
+    return re.sub(r"[^\w.+-]", "_", split)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,8 +3,8 @@
 
 Writes DIR/report.html (report_<split>.html for a split other than the run's eval split), one self-contained file
 that opens offline: images are embedded as base64 data URIs, the CSS is inline, and there is no JavaScript and no
-external request. It holds the loss and mIoU curves (from metrics.jsonl), a fresh evaluation of the chosen checkpoint on the split (per-class IoU table, confusion-matrix
-heatmap), the class pixel frequencies of the train and evaluated splits, the k best and k worst images by
+external request. It holds the loss and mIoU curves (from metrics.jsonl), a fresh evaluation of the chosen
+checkpoint on the split (per-class IoU table, confusion-matrix heatmap), the class pixel frequencies of the train and evaluated splits, the k best and k worst images by
 per-image mIoU as image / ground truth / prediction / error panels, and the run's provenance (config.json).
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ import html
 import io
 import json
 import math
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -521,6 +520,7 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     for a split other than the run's eval split, so that one report does not replace the other); returns its path.
     Test-time augmentation as the run evaluated unless `flip_tta` / `extra_scales` say otherwise (see load_run)."""
     from streetseg_jax.data.source import load_split
+    from streetseg_jax.evaluate import split_file_name
 
     workdir = Path(workdir).absolute()
     run = load_run(workdir, checkpoint, flip_tta, extra_scales)
@@ -531,8 +531,7 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     train_source, _, _ = load_split(config.dataset, config.train_split, data_dir)
     evaluation = evaluate_split(run, eval_source, split)
     data = _report_data(workdir, run, k, evaluation, eval_source, train_source)
-    safe = re.sub(r"[^\w.+-]", "_", split)       # "validation[:10]" makes a file name too
-    name = "report.html" if split == config.eval_split else f"report_{safe}.html"
+    name = "report.html" if split == config.eval_split else f"report_{split_file_name(split)}.html"
     return atomic.write_text(workdir / name, render_html(data))
 
 
@@ -574,8 +573,6 @@ def _check_label_map(data_label_map, model_label_map, dataset: str) -> None:
     if data_label_map.to_dict() != model_label_map.to_dict():
         fail(f"the label map of {dataset} differs from the one the checkpoint was trained with, "
              "so its scores would be meaningless")
-
-
 
 
 def make_parser() -> argparse.ArgumentParser:

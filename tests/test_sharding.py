@@ -73,7 +73,6 @@ def test_eight_device_step_and_eval_equal_one_device():
     assert "SHARDING-OK" in proc.stdout, proc.stdout + proc.stderr
 
 
-
 def test_a_batch_that_splits_over_fewer_devices_than_cores_says_so(monkeypatch):
     from streetseg_jax import sharding
 

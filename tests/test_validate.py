@@ -257,8 +257,9 @@ def test_an_image_named_in_another_case_or_unicode_form_is_found(tmp_path):
     save_png(tmp_path / "img_1.jpg", 4, 4)
     save_png(tmp_path / unicodedata.normalize("NFD", "café.png"), 4, 4)
     annotations = [annotation(source=str(tmp_path / "label_1.json"), file_name="IMG_1.JPG"),
-                   annotation(source=str(tmp_path / "label_2.json"), file_name=unicodedata.normalize("NFC", "café.png"),
-                              image_path=tmp_path / unicodedata.normalize("NFC", "café.png")),   # as LabelMe's reader
+                   annotation(source=str(tmp_path / "label_2.json"),                       # as LabelMe's reader
+                              file_name=unicodedata.normalize("NFC", "café.png"),
+                              image_path=tmp_path / unicodedata.normalize("NFC", "café.png")),
                    annotation(source=str(tmp_path / "label_3.json"), file_name="gone.jpg",
                               image_path=tmp_path / "gone.jpg")]
     missing = locate_images(annotations, tmp_path)
