@@ -21,6 +21,7 @@ other image has that stem), which keeps consecutive video frames together.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -340,7 +341,11 @@ class Workers:
     def imap(self, fn: Callable, jobs: list, chunksize: int = 4):
         if self._pool is None and self.num_workers > 1 and len(jobs) >= _POOL_MIN_ITEMS:
             self._pool = _context().Pool(min(self.num_workers, len(jobs)), _ignore_ctrl_c)
-        return self._pool.imap(fn, jobs, chunksize) if self._pool is not None else map(fn, jobs)
+        if self._pool is None:
+            return map(fn, jobs)
+        # Chunked here, so that the pool's iterator is the one that can wait with a timeout (chunksize 1).
+        chunks = [jobs[i:i + chunksize] for i in range(0, len(jobs), chunksize)]
+        return _interrupted_between_results(self._pool.imap(functools.partial(_apply_to_each, fn), chunks))
 
     def map_fn(self, fn: Callable, jobs: list) -> list:
         return list(self.imap(fn, jobs))
@@ -356,6 +361,35 @@ class Workers:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _apply_to_each(fn: Callable, chunk: list) -> list:
+    return [fn(job) for job in chunk]
+
+
+def _interrupted_between_results(results):
+    """The pool's results, with Ctrl-C raised between them rather than inside the pool's own code: a
+    KeyboardInterrupt raised while the main thread held one of the pool's locks (its condition in IMapIterator.next)
+    left the result thread waiting for it, and Pool.terminate then waited forever (1 Ctrl-C in 3 or so)."""
+    try:
+        received = []
+        previous = signal.signal(signal.SIGINT, lambda *args: received.append(True))
+    except ValueError:          # not the main thread: signals are not ours to handle here
+        yield from results
+        return
+    try:
+        while True:
+            if received:
+                raise KeyboardInterrupt
+            try:
+                chunk = results.next(timeout=0.1)
+            except multiprocessing.TimeoutError:
+                continue
+            except StopIteration:
+                return
+            yield from chunk
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _ignore_ctrl_c() -> None:
