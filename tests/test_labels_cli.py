@@ -225,6 +225,21 @@ def test_hidden_files_are_left_out_of_every_format(fmt, tmp_path, capsys):
     np.testing.assert_array_equal(read_mask_png(mask), sample_exports.expected_mask())
 
 
+def test_to_masks_warns_of_an_annotation_whose_image_shows_another_size(tmp_path, capsys):
+    export = sample_exports.write_export("labelme", tmp_path / "export")     # 40x30, says the JSON
+    exif = Image.Exif()
+    exif[0x0112] = 6                      # stored 40x30 but shown turned: 30x40, as the labelling tool showed it
+    Image.new("RGB", (40, 30)).save(export / "street_1.jpg", exif=exif)
+    (export / "street_1.png").unlink()
+    document = json.loads((export / "street_1.json").read_text())
+    document["imagePath"] = "street_1.jpg"
+    (export / "street_1.json").write_text(json.dumps(document))
+    main(["to-masks", "--format", "labelme", "--input", str(export), "--output", str(tmp_path / "masks")])
+    out = capsys.readouterr()
+    assert "says 40x30, but its image street_1.jpg shows as 30x40: the mask will not fit it" in out.err
+    assert "wrote 1 masks" in out.out
+
+
 def test_images_without_annotations_are_named_in_the_check(tmp_path, capsys):
     export = sample_exports.write_export("labelme", tmp_path / "export")
     for name in ("forgotten.jpg", "later/also.png"):

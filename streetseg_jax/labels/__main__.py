@@ -29,8 +29,8 @@ from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, a
 from streetseg_jax.labels.images import file_ids
 from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError
-from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, image_key, locate_images, size_problem,
-                                           validate, write_json)
+from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, header_size, image_key, locate_images,
+                                           size_problem, validate, write_json)
 
 FORMAT_CHOICES = (*formats.FORMATS, formats.AUTO)
 
@@ -97,7 +97,8 @@ def to_masks(args: argparse.Namespace) -> None:
     if clashes:
         fail("two or more annotations would write the same mask file:\n  " +
              "\n  ".join(sorted(set(clashes.values()))))
-    overwritten = images_overwritten(annotations, args.output, args.input if args.input.is_dir() else args.input.parent)
+    root = args.input if args.input.is_dir() else args.input.parent
+    overwritten = images_overwritten(annotations, args.output, root)
     if overwritten:
         fail("these masks would overwrite the export's own images (a PNG photo's mask has its name); give another "
              "--output:\n  " + "\n  ".join(overwritten[:20]))
@@ -105,6 +106,8 @@ def to_masks(args: argparse.Namespace) -> None:
         unknown = find_unknown_labels(annotations, label_map)
         if unknown:
             fail(str(UnknownLabelsError(unknown, label_map)))
+    for mismatch in sizes_unlike_the_images(annotations, root):
+        print(f"warning: {mismatch}", file=sys.stderr)
     try:
         problems = write_masks(annotations, label_map, args.output)
     except (OSError, ValueError) as e:     # ValueError: a key no file system takes (a NUL byte in a stem)
@@ -124,6 +127,26 @@ def images_overwritten(annotations: list[Annotation], output: Path, root: Path) 
     locate_images(located, root)
     images = file_ids(a.image_path for a in located if a.image_path is not None)
     return sorted(str(path) for path in targets if file_ids([path]) & images)
+
+
+def sizes_unlike_the_images(annotations: list[Annotation], root: Path) -> list[str]:
+    """Annotations whose size is not their image's as a viewer shows it (a tool that ignored EXIF orientation, an
+    image resized after labelling): their masks are drawn at the annotation's size, which does not fit the photo."""
+    located = [dataclasses.replace(a) for a in annotations]
+    locate_images(located, root)
+    found = []
+    for annotation in located:
+        if annotation.image_path is None:
+            continue
+        try:
+            width, height = header_size(Path(annotation.image_path))
+        except LabelFormatError:
+            continue                        # `labels check` says what is wrong with the image
+        if (width, height) != (annotation.width, annotation.height):
+            found.append(f"{annotation.source}: says {annotation.width}x{annotation.height}, but its image "
+                         f"{Path(annotation.image_path).name} shows as {width}x{height}: the mask will not fit it "
+                         "(a tool that ignored EXIF orientation, or an image resized after labelling?)")
+    return found
 
 
 def write_masks(annotations: list[Annotation], label_map: LabelMap, output: Path) -> list[str]:
