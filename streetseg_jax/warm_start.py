@@ -27,14 +27,8 @@ def check_init_from(init_from: str, model: dict) -> None:
     (opening one creates folders), ValueError when its model's parameters have other shapes than `model`'s."""
     if not (Path(init_from) / "checkpoints").is_dir():
         raise FileNotFoundError(f"init_from={init_from}: not a training work directory (it has no checkpoints/)")
-    source = Checkpoints(init_from, async_save=False)
-    try:
-        which = "best" if source.best.latest_step() is not None else "latest"
-        saved = source.read_meta(which)["config"]["model"]
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"init_from={init_from}: {e}") from None
-    finally:
-        source.close()
+    _, meta, _ = _read_source(init_from, weights=False)
+    saved = meta["config"]["model"]
     differ = [f"{key} {saved.get(key)!r} there, {model.get(key)!r} here" for key in SHAPING_KEYS
               if saved.get(key) != model.get(key)]
     if differ:
@@ -43,15 +37,7 @@ def check_init_from(init_from: str, model: dict) -> None:
 
 
 def warm_start(state, init_from: str, label_map, say):
-    source = Checkpoints(init_from, async_save=False)
-    which = "best" if source.best.latest_step() is not None else "latest"
-    try:
-        meta = source.read_meta(which)
-        raw = source.restore_as_saved(which)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"init_from={init_from}: {e}") from None
-    finally:
-        source.close()
+    which, meta, raw = _read_source(init_from, weights=True)
     if meta["label_map"] != label_map.to_dict():
         say(f"init_from {init_from}: its label map differs from this run's; the classifier head is "
             "re-initialised and the rest loaded")
@@ -76,6 +62,18 @@ def _check_only_the_head_differs(skipped: list[str], loaded: int, init_from: str
                          f"{loaded + len(skipped)} arrays have other shapes or are missing: {shown}); only the "
                          f"classifier head may differ. Its config.model is {saved_model}: train with that, or "
                          "without init_from")
+
+
+def _read_source(init_from: str, weights: bool):
+    """(which checkpoint: its best, else its latest; its meta; its arrays as saved, when `weights`)."""
+    source = Checkpoints(init_from, async_save=False)
+    try:
+        which = "best" if source.best.latest_step() is not None else "latest"
+        return which, source.read_meta(which), source.restore_as_saved(which) if weights else None
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"init_from={init_from}: {e}") from None
+    finally:
+        source.close()
 
 
 def _restart_ema(opt_state, params):
