@@ -4,8 +4,9 @@
 Writes DIR/report.html (report_<split>.html for a split other than the run's eval split), one self-contained file
 that opens offline: images are embedded as base64 data URIs, the CSS is inline, and there is no JavaScript and no
 external request. It holds the loss and mIoU curves (from metrics.jsonl), a fresh evaluation of the chosen
-checkpoint on the split (per-class IoU table, confusion-matrix heatmap), the class pixel frequencies of the train and evaluated splits, the k best and k worst images by
-per-image mIoU as image / ground truth / prediction / error panels, and the run's provenance (config.json).
+checkpoint on the split (per-class IoU table, confusion-matrix heatmap), the class pixel frequencies of the train
+and evaluated splits, the k best and k worst images by per-image mIoU as image / ground truth / prediction / error
+panels, and the run's provenance (config.json).
 """
 from __future__ import annotations
 

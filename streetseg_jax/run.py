@@ -195,8 +195,9 @@ def prepare_run(config, workdir: str | Path) -> RunSetup:
     eval_source, _, _ = _load(config, "eval_split")
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict()}
     log = RunLog(workdir, config.num_train_steps, config.batch_size, config.eval_every_steps)
-    if sharding.fewer_devices_note():
-        log.say(sharding.fewer_devices_note())
+    note = sharding.fewer_devices_note()
+    if note:
+        log.say(note)
     weights = class_weights(config, train_source, label_map, log)
     if config.init_from and not (workdir / "checkpoints").is_dir():    # nothing to resume: it will be read
         from streetseg_jax.warm_start import check_init_from

@@ -97,8 +97,9 @@ def to_masks(args: argparse.Namespace) -> None:
     if clashes:
         fail("two or more annotations would write the same mask file:\n  " +
              "\n  ".join(sorted(set(clashes.values()))))
-    root = args.input if args.input.is_dir() else args.input.parent
-    overwritten = images_overwritten(annotations, args.output, root)
+    located = [dataclasses.replace(a) for a in annotations]     # keys are the annotations' as read: copies
+    locate_images(located, args.input if args.input.is_dir() else args.input.parent)
+    overwritten = images_overwritten(annotations, located, args.output)
     if overwritten:
         fail("these masks would overwrite the export's own images (a PNG photo's mask has its name); give another "
              "--output:\n  " + "\n  ".join(overwritten[:20]))
@@ -106,7 +107,7 @@ def to_masks(args: argparse.Namespace) -> None:
         unknown = find_unknown_labels(annotations, label_map)
         if unknown:
             fail(str(UnknownLabelsError(unknown, label_map)))
-    for mismatch in sizes_unlike_the_images(annotations, root):
+    for mismatch in sizes_unlike_the_images(located):
         print(f"warning: {mismatch}", file=sys.stderr)
     try:
         problems = write_masks(annotations, label_map, args.output)
@@ -118,22 +119,20 @@ def to_masks(args: argparse.Namespace) -> None:
     print(f"wrote {len(annotations)} masks to {args.output} ({shapes} shapes, {len(problems)} problems)")
 
 
-def images_overwritten(annotations: list[Annotation], output: Path, root: Path) -> list[str]:
-    """The mask paths that are an image of one of the annotations (looked for only when a mask path exists)."""
+def images_overwritten(annotations: list[Annotation], located: list[Annotation], output: Path) -> list[str]:
+    """The mask paths (from `annotations` as read) that are an image of one of them (`located`: with their images
+    found, locate_images)."""
     targets = [output / f"{image_key(a)}.png" for a in annotations]
     if not file_ids(targets):
         return []
-    located = [dataclasses.replace(a) for a in annotations]     # keys above came from the annotations as read
-    locate_images(located, root)
     images = file_ids(a.image_path for a in located if a.image_path is not None)
     return sorted(str(path) for path in targets if file_ids([path]) & images)
 
 
-def sizes_unlike_the_images(annotations: list[Annotation], root: Path) -> list[str]:
-    """Annotations whose size is not their image's as a viewer shows it (a tool that ignored EXIF orientation, an
-    image resized after labelling): their masks are drawn at the annotation's size, which does not fit the photo."""
-    located = [dataclasses.replace(a) for a in annotations]
-    locate_images(located, root)
+def sizes_unlike_the_images(located: list[Annotation]) -> list[str]:
+    """Annotations (with their images found, locate_images) whose size is not their image's as a viewer shows it (a
+    tool that ignored EXIF orientation, an image resized after labelling): their masks are drawn at the
+    annotation's size, which does not fit the photo."""
     found = []
     for annotation in located:
         if annotation.image_path is None:

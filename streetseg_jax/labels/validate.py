@@ -576,12 +576,14 @@ def validate(annotations: list[Annotation], label_map: LabelMap, *, fmt: str = "
     known: dict[int, list[str]] = {}
     for i, message in duplicate_keys(annotations).items():
         known.setdefault(i, []).append(message)
-    index = ImageIndex(Path(root)) if root is not None else None
-    if index is not None and options.check_images:
+    unannotated = []
+    if root is not None and options.check_images:
+        index = ImageIndex(Path(root))      # one walk of the export, for both
         for i, message in locate_images(annotations, Path(root), index).items():
             known.setdefault(i, []).append(message)
+        if fmt in _IMAGES_BESIDE:
+            unannotated = _unannotated(annotations, index)
     jobs = [(a, label_map, options, known.get(i, []), keys[i]) for i, a in enumerate(annotations)]
-    unannotated = _unannotated(annotations, index) if index is not None and fmt in _IMAGES_BESIDE else []
     return Report(fmt, str(source), label_map, list(map_fn(check_job, jobs)), unannotated)
 
 
