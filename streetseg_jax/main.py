@@ -51,11 +51,11 @@ def main(argv):
     from streetseg_jax.run import RunError, check_settings
 
     config.data_dir = os.path.expanduser(config.data_dir)
-    try:
-        check_settings(config, _WORKDIR.value)         # before a dataset is built for a run that cannot start
+    try:      # before a dataset is built for a run that cannot start
+        sharding.all_succeed(lambda: check_settings(config, _WORKDIR.value))
         _build_synthetic_if_missing(config.dataset, config.data_dir)
         train.train_and_evaluate(config, _WORKDIR.value)
-    except (DatasetNotFoundError, RunError, OSError, ValueError) as e:
+    except (DatasetNotFoundError, RunError, sharding.OtherProcessFailed, OSError, ValueError) as e:
         fail(_message(e))
 
 
@@ -91,12 +91,15 @@ def _build_synthetic_if_missing(dataset: str, data_dir: str) -> None:
         missing = bool(multihost_utils.broadcast_one_to_all(np.int32(missing)))
     if not missing:
         return
-    if jax.process_index() == 0:
-        print(f"{dataset} is not in {data_dir}: building it first "
-              f"(python -m streetseg_jax.data build --config synthetic --data_dir {data_dir})", flush=True)
-        source.build("synthetic", data_dir)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("street_seg/synthetic built")
+    sharding.all_succeed(lambda: _build_synthetic(dataset, data_dir) if jax.process_index() == 0 else None)
+
+
+def _build_synthetic(dataset: str, data_dir: str) -> None:
+    from streetseg_jax.data import source
+
+    print(f"{dataset} is not in {data_dir}: building it first "
+          f"(python -m streetseg_jax.data build --config synthetic --data_dir {data_dir})", flush=True)
+    source.build("synthetic", data_dir)
 
 
 def _message(e: Exception) -> str:

@@ -186,22 +186,11 @@ def _optimiser_layout(config: dict) -> dict:
 
 # -------------------------------------------------------------------------------------------------------------------
 def prepare_run(config, workdir: str | Path) -> RunSetup:
-    """Everything is checked before anything is written: config.json says what the checkpoints beside it hold."""
-    workdir = check_settings(config, workdir)
-    mesh = sharding.make_mesh()
-    sharding.check_batch_size(config.batch_size, mesh)
-    sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-    train_source, label_map, info = _load(config, "train_split")
-    eval_source, _, _ = _load(config, "eval_split")
+    """Everything is checked before anything is written: config.json says what the checkpoints beside it hold.
+    What each process checks alone (its data, its view of the work directory), every process agrees on."""
+    workdir, mesh, (train_source, label_map, info), eval_source, log, weights = sharding.all_succeed(
+        lambda: _open(config, workdir))
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict()}
-    log = RunLog(workdir, config.num_train_steps, config.batch_size, config.eval_every_steps)
-    note = sharding.fewer_devices_note()
-    if note:
-        log.say(note)
-    weights = class_weights(config, train_source, label_map, log)
-    if config.init_from and not (workdir / "checkpoints").is_dir():    # nothing to resume: it will be read
-        from streetseg_jax.warm_start import check_init_from
-        check_init_from(config.init_from, config.model.to_dict())
     lock = _lock(workdir, log)
     try:
         checkpoints, latest = _checkpoints_to_resume(config, workdir, meta, log)
@@ -213,6 +202,25 @@ def prepare_run(config, workdir: str | Path) -> RunSetup:
         _write_json(workdir / "config.json", {**meta["config"], "provenance": provenance(config, info)})
     return RunSetup(config, workdir, mesh, label_map, train_source, eval_source, augment_config(config), weights,
                     checkpoints, log, meta, lock)
+
+
+def _open(config, workdir: str | Path):
+    """(work directory, mesh, (train source, label map, dataset info), eval source, RunLog, class weights)."""
+    workdir = check_settings(config, workdir)
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(config.batch_size, mesh)
+    sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    train = _load(config, "train_split")
+    eval_source, _, _ = _load(config, "eval_split")
+    log = RunLog(workdir, config.num_train_steps, config.batch_size, config.eval_every_steps)
+    note = sharding.fewer_devices_note()
+    if note:
+        log.say(note)
+    weights = class_weights(config, train[0], train[1], log)
+    if config.init_from and not (workdir / "checkpoints").is_dir():    # nothing to resume: it will be read
+        from streetseg_jax.warm_start import check_init_from
+        check_init_from(config.init_from, config.model.to_dict())
+    return workdir, mesh, train, eval_source, log, weights
 
 
 def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog"):

@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import socket
 
+from typing import Callable, TypeVar
+
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -50,6 +53,44 @@ def _check_port_free(coordinator_address: str) -> None:
         except OSError as e:
             raise ValueError(f"--coordinator_address {coordinator_address}: process 0 cannot listen on port {port} "
                              f"({e.strerror}; another run's coordinator?): choose another port") from None
+
+
+class OtherProcessFailed(RuntimeError):
+    """Another process of a multi-process run failed; the message is its error."""
+
+
+T = TypeVar("T")
+_MESSAGE_BYTES = 2048
+
+
+def all_succeed(work: Callable[[], T]) -> T:
+    """`work()` here; in a multi-process run every process then learns whether it succeeded everywhere, and where
+    it failed, every process raises: the failed ones their own error, the others OtherProcessFailed with the first
+    failed process's message. A process that stopped alone left the others waiting in their next collective until
+    JAX aborted all of them, five minutes later, with a stack dump of its own."""
+    if jax.process_count() == 1:
+        return work()
+    try:
+        result, error = work(), None
+    except Exception as e:  # noqa: BLE001 - every process must reach the gather below
+        result, error = None, e
+    messages = _gather_text("" if error is None else str(error) or type(error).__name__)
+    if error is not None:
+        raise error
+    failed = [(i, text) for i, text in enumerate(messages) if text]
+    if failed:
+        index, text = failed[0]
+        raise OtherProcessFailed(f"process {index} of {len(messages)} stopped: {text}")
+    return result
+
+
+def _gather_text(text: str) -> list[str]:
+    """Every process's `text` (its first _MESSAGE_BYTES bytes of UTF-8), in process order."""
+    data = text.encode()[:_MESSAGE_BYTES]
+    buffer = np.zeros(_MESSAGE_BYTES, np.uint8)
+    buffer[:len(data)] = np.frombuffer(data, np.uint8)
+    rows = np.asarray(multihost_utils.process_allgather(buffer))
+    return [bytes(row).rstrip(b"\0").decode(errors="ignore") for row in rows]
 
 
 _FEWER_DEVICES = ""     # split_cpu_into_cores' note, said by a run once it knows it runs on the CPU

@@ -96,3 +96,19 @@ def test_a_process_left_alone_ends_after_the_startup_timeout(tiny_data_dir, tmp_
     out, _ = proc.communicate(timeout=120)     # JAX's default is 5 minutes
     assert proc.returncode != 0 and "process 0 of 2: joining through 127.0.0.1:" in out, out
     assert "waiting up to 2 s for every process to start" in out
+
+
+def test_a_process_that_cannot_start_stops_every_process_with_its_reason(tiny_data_dir, tmp_path):
+    """One host lacks the dataset: it says so and every other process says which process stopped and why, within
+    seconds (the others waited in their first collective until JAX aborted all of them, 5 minutes later, with a
+    stack dump)."""
+    port, workdir = free_port(), tmp_path / "w"
+    procs = [launch(workdir, data_dir, 2, STEPS, i, 2, port)
+             for i, data_dir in enumerate((tiny_data_dir, tmp_path / "no_data_here"))]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outs
+    reason = f"dataset street_seg/synthetic is not built in {tmp_path / 'no_data_here'}"
+    assert f"error: {reason}" in outs[1], outs[1]
+    assert f"error: process 1 of 2 stopped: {reason}" in outs[0], outs[0]
+    assert not any("Fatal Python error" in out for out in outs), outs
+    assert not (workdir / "checkpoints").exists()
