@@ -38,11 +38,11 @@ class Checkpoints:
         if jax.process_count() > 1:
             self.wait()
 
-    def save(self, step: int, state, data_state: dict, meta: dict, force: bool = True) -> None:
+    def save(self, step: int, state, data_state: dict, meta: dict) -> None:
         if step in self.latest.all_steps():
             return  # saved already: a stop signal that came right after this step's periodic save
         self._one_save_at_a_time()
-        self.latest.save(step, args=_save_args(state, data_state, meta), force=force)
+        self.latest.save(step, args=_save_args(state, data_state, meta), force=True)
 
     def save_best(self, step: int, state, data_state: dict, meta: dict, miou: float) -> bool:
         """Keep this step as the best one if its mIoU beats the best so far; returns whether it did."""

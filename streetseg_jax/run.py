@@ -87,7 +87,7 @@ class RunSetup:
         raise RunError(message)
 
     # --- restoring ------------------------------------------------------------------------------------------------
-    def restore_or_init(self, state, data_iter, graphdef):
+    def restore_or_init(self, state, data_iter):
         """Resume from the latest checkpoint, else warm-start from `init_from`, else keep the fresh state."""
         step = self.checkpoints.latest_step()
         if step is not None:       # prepare_run checked that it is compatible

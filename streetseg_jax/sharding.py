@@ -153,9 +153,3 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
     """Assemble global arrays, sharded over `data`, from this process's rows of the global batch."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
-
-
-def local_rows(global_batch_size: int) -> tuple[int, int]:
-    """(first row, row count) of the global batch that this process reads."""
-    rows = global_batch_size // jax.process_count()
-    return jax.process_index() * rows, rows

@@ -208,14 +208,14 @@ def _run(config, setup: RunSetup) -> dict:
         setup.train_source, global_batch=config.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count(),
         augment_cfg=setup.augment_cfg, ignore_id=label_map.ignore_id, num_threads=config.input_threads)
-    state = setup.restore_or_init(state, train_iter, graphdef)
+    state = setup.restore_or_init(state, train_iter)
     train_step = make_train_step(graphdef, tx, setup.class_weights, label_map.ignore_id, mesh,
                                  config.get("loss", "cross_entropy"))
     evaluator = Evaluator(graphdef, mesh, label_map, config)
-    return _loop(config, setup, state, train_iter, train_step, evaluator, tx)
+    return _loop(config, setup, state, train_iter, train_step, evaluator)
 
 
-def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator, tx) -> dict:
+def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> dict:
     log: RunLog = setup.log
     step = int(jax.device_get(state.step))
     stop = checkpoint.StopSignal()

@@ -243,10 +243,14 @@ def test_eval_pads_mixed_sizes_to_the_batch_maximum_with_ignore():
     assert (batch["label"][2, :, 26:] == IGNORE).all() and (batch["image"][2, :, 26:] == 0).all()
 
 
-def test_eval_with_several_processes_needs_pad_to_for_mixed_sizes():
+def test_eval_with_several_processes_pads_every_batch_to_the_largest_size_in_the_split():
+    """Processes cannot see each other's rows: each padded its batch to its own rows' size (or raised, asking for
+    an option no command could pass), and a process whose batch had another shape left the others waiting."""
     source = constant_source(2, 20, 30) + constant_source(2, 24, 26)
-    with pytest.raises(ValueError, match="pad_to"):
-        list(eval_batches(source, global_batch=2, ignore_id=IGNORE, process_index=1, process_count=2))
-    shapes = {b["image"].shape for p in range(2) for b in eval_batches(
-        source, global_batch=2, ignore_id=IGNORE, process_index=p, process_count=2, pad_to=(24, 32))}
-    assert shapes == {(1, 24, 32, 3)}
+    batches = {p: list(eval_batches(source, global_batch=2, ignore_id=IGNORE, process_index=p, process_count=2))
+               for p in range(2)}
+    assert {b["image"].shape for p in range(2) for b in batches[p]} == {(1, 24, 30, 3)}
+    first = batches[0][0]
+    assert (first["label"][0, :20, :30] == 0).all() and (first["label"][0, 20:] == IGNORE).all()
+    single = list(eval_batches(source, global_batch=2, ignore_id=IGNORE))    # one process: each batch its own size
+    assert [b["image"].shape for b in single] == [(2, 20, 30, 3), (2, 24, 26, 3)]

@@ -90,18 +90,14 @@ class EvalBatches:
     The last global batch is filled up with padding rows (zero image, label all `ignore_id`) so that
     every process yields `num_batches` batches and padding counts nowhere; `num_examples` is the number
     of real examples. Within a batch, images of different sizes are padded at the bottom and right to
-    the largest H and W (zero image, `ignore_id` label), or to `pad_to` when it is given. Several
-    processes must agree on the shape of a batch without reading each other's records, so with
-    P > 1 and images of more than one size pass `pad_to` (at least the largest size in the split);
-    without it a batch that would differ from the first example's size raises ValueError.
-    Iterate as often as you like; each iteration is a fresh pass.
+    the largest H and W (zero image, `ignore_id` label). Several processes must agree on the shape of a batch
+    without reading each other's rows, so with P > 1 every batch is padded to the largest size in the split. Iterate as often as you like; each iteration is a fresh pass.
     """
     source: Sequence[dict]
     global_batch: int
     ignore_id: int
     process_index: int = 0
     process_count: int = 1
-    pad_to: tuple[int, int] | None = None
     num_threads: int = 4
 
     @property
@@ -144,29 +140,20 @@ class EvalBatches:
         return record["image"], mask.reshape(mask.shape[:2])
 
     def _batch_size_hw(self, real: list[tuple[np.ndarray, Any]]) -> tuple[int, int]:
-        sizes = [image.shape[:2] for image, _ in real]
-        if self.pad_to is not None:
-            if any(h > self.pad_to[0] or w > self.pad_to[1] for h, w in sizes):
-                raise ValueError(f"an eval image of size {max(sizes)} exceeds pad_to {self.pad_to}")
-            return tuple(self.pad_to)
-        reference = self._reference_size
-        if self.process_count > 1 and any(size != reference for size in sizes):
-            raise ValueError(f"eval images differ in size ({reference} and {sizes}); with several processes "
-                             "pass pad_to=(H, W) so that every process pads its batch to the same shape")
-        if not sizes:  # only padding rows: the size the other processes' rows have
-            return reference
-        return max(h for h, _ in sizes), max(w for _, w in sizes)
+        if self.process_count > 1 or not real:    # a batch of padding rows only: the shape of the others
+            return self._largest_size
+        return max(image.shape[0] for image, _ in real), max(image.shape[1] for image, _ in real)
 
-    @functools.cached_property  # one decode of the first record, not one per batch
-    def _reference_size(self) -> tuple[int, int]:
-        return tuple(self.source[0]["image"].shape[:2])
+    @functools.cached_property  # read once, not per batch
+    def _largest_size(self) -> tuple[int, int]:
+        sizes = [self.source[i]["image"].shape[:2] for i in range(self.num_examples)]
+        return max(h for h, _ in sizes), max(w for _, w in sizes)
 
 
 def eval_batches(source: Sequence[dict], *, global_batch: int, ignore_id: int, process_index: int = 0,
-                 process_count: int = 1, pad_to: tuple[int, int] | None = None,
-                 num_threads: int = 4) -> EvalBatches:
+                 process_count: int = 1, num_threads: int = 4) -> EvalBatches:
     """One deterministic pass over `source`; see `EvalBatches` (it carries `num_examples`, `num_batches`)."""
     _local_batch_size(global_batch, process_count, process_index)  # fail now, not at the first batch
     if len(source) == 0:
         raise ValueError("the evaluation split is empty")
-    return EvalBatches(source, global_batch, ignore_id, process_index, process_count, pad_to, num_threads)
+    return EvalBatches(source, global_batch, ignore_id, process_index, process_count, num_threads)

@@ -5,9 +5,8 @@ error worth stopping for: all of them are collected first, across every file, so
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -70,36 +69,6 @@ def annotation_to_mask(annotation: Annotation, label_map: LabelMap, unknown: str
     result = rasterize(items, annotation.height, annotation.width, label_map.fill_id, label_map.ignore_id)
     result.problems = [f"{annotation.source}: {p}" for p in result.problems]
     return result
-
-
-@dataclasses.dataclass
-class ConversionSummary:
-    files: int = 0
-    shapes: int = 0
-    problems: list[str] = dataclasses.field(default_factory=list)
-
-
-def write_masks(annotations: list[Annotation], label_map: LabelMap, output_dir: str | Path,
-                unknown: str = "error", progress: Callable[[Iterable], Iterable] = iter) -> ConversionSummary:
-    """Write `<annotation file stem>.png` for each annotation into output_dir.
-
-    Unknown names are checked across all annotations before any mask is written (unless unknown="ignore").
-    `progress` wraps the loop over annotations (e.g. tqdm).
-    """
-    if unknown == "error":
-        missing = find_unknown_labels(annotations, label_map)
-        if missing:
-            raise UnknownLabelsError(missing, label_map)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    summary = ConversionSummary()
-    for annotation in progress(annotations):
-        result = annotation_to_mask(annotation, label_map, unknown="ignore")
-        write_mask_png(output_dir / f"{Path(annotation.source).stem}.png", result.mask, label_map)
-        summary.files += 1
-        summary.shapes += len(annotation.shapes)
-        summary.problems.extend(result.problems)
-    return summary
 
 
 def write_mask_png(path: str | Path, mask: np.ndarray, label_map: LabelMap) -> None:
