@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streetseg_jax.labels.stats import median_frequency_weights
+from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
 from streetseg_jax.labels.convert import annotation_to_mask
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
 from streetseg_jax.labels.shapes import Annotation, Shape
@@ -266,6 +266,23 @@ def test_an_image_named_in_another_case_or_unicode_form_is_found(tmp_path):
     assert annotations[0].image_path == tmp_path / "img_1.jpg"
     assert annotations[1].image_path == tmp_path / unicodedata.normalize("NFD", "café.png")
     assert list(missing) == [2] and missing[2] == f"image {tmp_path / 'gone.jpg'} does not exist"
+
+
+def test_suggested_class_weights_are_the_ones_training_computes_from_the_masks(tmp_path):
+    """Ignore pixels count nowhere: the check report counted them in the images' size, and suggested weights
+    training does not use."""
+    label_map = default_label_map()
+    annotations = [annotation(Shape("road", rect(0, 0, 40, 10)), Shape("x", rect(0, 10, 40, 20), ignore=True),
+                              source=str(tmp_path / "a.xml"), file_name="a.png"),
+                   annotation(Shape("road", rect(0, 0, 40, 5)), Shape("sky", rect(0, 5, 40, 30)),
+                              source=str(tmp_path / "b.xml"), file_name="b.png")]
+    for stem in ("a", "b"):
+        save_png(tmp_path / f"{stem}.png", 40, 30)
+    report = validate(annotations, label_map, fmt="voc", source=tmp_path, root=tmp_path)
+    masks = [annotation_to_mask(a, label_map, unknown="ignore").mask for a in annotations]
+    assert (masks[0] == label_map.ignore_id).sum() == 400
+    np.testing.assert_allclose(report.class_weights(), median_frequency_weights(
+        *class_pixel_counts(masks, label_map.num_classes)), rtol=1e-6)
 
 
 def test_duplicate_keys_are_named():

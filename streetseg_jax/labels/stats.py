@@ -10,12 +10,18 @@ def class_pixel_counts(masks, num_classes: int, progress: bool = False) -> tuple
 
     Values outside 0..num_classes-1 (the ignore id) are not counted.
     """
+    masks = tqdm(masks, desc="class statistics", disable=not progress, leave=False)
+    return sum_image_counts((np.bincount(np.asarray(m).ravel(), minlength=256)[:num_classes] for m in masks),
+                            num_classes)
+
+
+def sum_image_counts(per_image, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """class_pixel_counts from each image's pixel count per class (labelled pixels only)."""
     pixels = np.zeros(num_classes, np.int64)
     image_pixels = np.zeros(num_classes, np.int64)
-    for mask in tqdm(masks, desc="class statistics", disable=not progress, leave=False):
-        counts = np.bincount(np.asarray(mask).ravel(), minlength=256)[:num_classes]
+    for counts in per_image:
         pixels += counts
-        image_pixels += np.where(counts > 0, counts[:num_classes].sum(), 0)
+        image_pixels += np.where(counts > 0, counts.sum(), 0)
     return pixels, image_pixels
 
 

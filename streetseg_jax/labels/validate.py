@@ -36,7 +36,7 @@ from streetseg_jax.labels.images import (IMAGE_SUFFIXES, MAX_PIXELS, OutsideExpo
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.labels.rasterize import coordinate_limit, rasterize
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError
-from streetseg_jax.labels.stats import median_frequency_weights
+from streetseg_jax.labels.stats import median_frequency_weights, sum_image_counts
 
 EMBEDDED = "<embedded in the annotation>"
 _EXIF_ORIENTATION = 0x0112
@@ -553,11 +553,9 @@ class Report:
         return images
 
     def class_weights(self) -> np.ndarray:
-        image_pixels = np.zeros(self.label_map.num_classes, np.int64)
-        for f in self.files:
-            if f.class_pixels:
-                image_pixels += np.where(np.asarray(f.class_pixels) > 0, f.width * f.height, 0)
-        return median_frequency_weights(self.class_pixels(), image_pixels)
+        """The weights training computes from the same masks (`labels.stats`: ignore pixels count nowhere)."""
+        counts = (np.asarray(f.class_pixels, np.int64) for f in self.files if f.class_pixels)
+        return median_frequency_weights(*sum_image_counts(counts, self.label_map.num_classes))
 
     def to_dict(self) -> dict:
         return _report_dict(self)
