@@ -26,10 +26,10 @@ from streetseg_jax.cli import fail, normalise_argv
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, annotation_to_mask,
                                           find_unknown_labels, write_mask_png)
-from streetseg_jax.labels.images import file_ids
+from streetseg_jax.labels.images import file_ids, image_size
 from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError
-from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, header_size, image_key, locate_images,
+from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, image_key, locate_images,
                                            size_problem, validate, write_json)
 
 FORMAT_CHOICES = (*formats.FORMATS, formats.AUTO)
@@ -138,7 +138,7 @@ def sizes_unlike_the_images(located: list[Annotation]) -> list[str]:
         if annotation.image_path is None:
             continue
         try:
-            width, height = header_size(Path(annotation.image_path))
+            width, height = image_size(Path(annotation.image_path))
         except LabelFormatError:
             continue                        # `labels check` says what is wrong with the image
         if (width, height) != (annotation.width, annotation.height):

@@ -159,18 +159,44 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def image_size(source: Path | bytes, name: str = "") -> tuple[int, int]:
-    """(width, height) after EXIF orientation, read from the header only."""
+def image_size(source, name: str = "") -> tuple[int, int]:
+    """(width, height) as a viewer shows the image (EXIF orientation applied), from the file's header; `source` is
+    a path, bytes or a binary file.
+
+    A PNG's EXIF counts only when it comes before the pixels: Pillow would decode the whole file to look for it
+    after them (a dataset build's full decode still catches a size that changes then)."""
     label = name or str(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise Image.DecompressionBombError(f"{width}x{height}")
-            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
-                return height, width
-            return width, height
-    except Image.DecompressionBombError as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(f"{width}x{height}")
+                turned = orientation(image) in (5, 6, 7, 8)     # rotated by 90 or 270 degrees
+        return (height, width) if turned else (width, height)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise LabelFormatError(f"{label}: image too large (decompression bomb?) {e}; refused") from None
+    except FileNotFoundError:
+        raise LabelFormatError(f"{label}: image does not exist") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise LabelFormatError(f"{label}: unreadable image ({e})") from None
+
+
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1: as stored); a broken EXIF block reads as 1, as viewers show such a file."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except (OSError, ValueError, SyntaxError, TypeError):
+        return 1
+
+
+def is_rotated(source) -> bool:
+    """Whether a viewer shows the image turned or flipped from how it is stored (False for unreadable files)."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            return orientation(image) != 1
+    except (OSError, ValueError, SyntaxError):
+        return False

@@ -22,7 +22,6 @@ import io
 import json
 import os
 import unicodedata
-import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -31,15 +30,14 @@ from PIL import Image
 
 from streetseg_jax.atomic import atomic_file
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES
-from streetseg_jax.labels.images import (IMAGE_SUFFIXES, MAX_PIXELS, OutsideExportError, files_under, is_file,
-                                         open_rgb, resolve_inside)
+from streetseg_jax.labels.images import (IMAGE_SUFFIXES, MAX_PIXELS, OutsideExportError, files_under, image_size,
+                                         is_file, is_rotated, open_rgb, resolve_inside)
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.labels.rasterize import coordinate_limit, rasterize
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError
 from streetseg_jax.labels.stats import median_frequency_weights, sum_image_counts
 
 EMBEDDED = "<embedded in the annotation>"
-_EXIF_ORIENTATION = 0x0112
 _PAIRS_PER_CHUNK = 1 << 20        # segment pairs tested at once by the self-intersection check
 _SHOWN = 30                       # problems listed on screen (all of them are in the JSON)
 
@@ -259,12 +257,12 @@ def _check_image(annotation: Annotation, decode: bool, report: FileReport) -> No
     source = annotation.image_bytes if annotation.image_bytes is not None else Path(annotation.image_path)
     name = EMBEDDED if annotation.image_bytes is not None else Path(annotation.image_path).name
     try:
-        width, height = _decoded_size(source, name) if decode else header_size(source, name)
+        width, height = _decoded_size(source, name) if decode else image_size(source, name)
     except LabelFormatError as e:
         report.errors.append(str(e))
         return
     if (width, height) != (annotation.width, annotation.height):
-        oriented = " (after its EXIF orientation)" if _rotated(source) else ""
+        oriented = " (after its EXIF orientation)" if is_rotated(source) else ""
         report.errors.append(f"{name} is {width}x{height}{oriented} but {Path(annotation.source).name} says "
                              f"{annotation.width}x{annotation.height}")
     elif min(width, height) < 2:        # TFDS stores such images, then cannot read them back
@@ -274,46 +272,6 @@ def _check_image(annotation: Annotation, decode: bool, report: FileReport) -> No
 def _decoded_size(source: Path | bytes, name: str) -> tuple[int, int]:
     height, width = open_rgb(source, name).shape[:2]
     return width, height
-
-
-def header_size(source: Path | bytes, name: str = "") -> tuple[int, int]:
-    """(width, height) as a viewer shows the image (EXIF orientation applied), from the file's header.
-
-    A PNG's EXIF counts only when it comes before the pixels: Pillow would decode the whole file to look for it
-    after them (the build's full decode still catches a size that changes then)."""
-    label = name or str(source)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise Image.DecompressionBombError(f"{width}x{height}")
-                turned = _orientation(image) in (5, 6, 7, 8)
-        return (height, width) if turned else (width, height)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise LabelFormatError(f"{label}: image too large (decompression bomb?) {e}; refused") from None
-    except FileNotFoundError:
-        raise LabelFormatError(f"{label}: image does not exist") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise LabelFormatError(f"{label}: unreadable image ({e})") from None
-
-
-def _orientation(image: Image.Image) -> int:
-    if image.format == "PNG" and "exif" not in image.info:
-        return 1
-    try:
-        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
-    except (OSError, ValueError, SyntaxError, TypeError):   # a broken EXIF block: show it as stored
-        return 1
-
-
-def _rotated(source: Path | bytes) -> bool:
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            return _orientation(image) != 1
-    except (OSError, ValueError, SyntaxError):
-        return False
 
 
 # --- geometry ----------------------------------------------------------------------------------------------------
