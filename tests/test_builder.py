@@ -20,7 +20,7 @@ from streetseg_jax.labels.convert import annotation_to_mask
 from streetseg_jax.labels.formats.voc import read_voc, write_voc
 from streetseg_jax.labels.images import open_rgb
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
-from streetseg_jax.labels.validate import mask_png
+from streetseg_jax.labels.convert import mask_png
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = dict(height=96, width=128)

@@ -66,7 +66,8 @@ def test_sample_project_export_keys_keep_subsets_apart(tmp_path, capsys):
     """The project export has img0.jpg and img1.jpg in each of Test, Train and Validation: keyed by their stems,
     the masks would overwrite each other; keyed `<subset>/<stem>` they land in one folder per subset."""
     from streetseg_jax.labels.__main__ import main
-    from streetseg_jax.labels.validate import duplicate_keys, image_key
+    from streetseg_jax.labels.shapes import image_key
+    from streetseg_jax.labels.validate import duplicate_keys
     annotations = cvat.read(SAMPLE / "export_project", None)
     keys = [image_key(a) for a in annotations]
     assert keys == ["Test/img0", "Test/img1", "Train/img0", "Train/img1", "Validation/img0", "Validation/img1"]

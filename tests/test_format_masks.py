@@ -16,7 +16,8 @@ from streetseg_jax.labels.convert import annotation_to_mask
 from streetseg_jax.labels.formats import masks
 from streetseg_jax.labels.label_map import ClassInfo, LabelMap, default_label_map
 from streetseg_jax.labels.shapes import LabelFormatError
-from streetseg_jax.labels.validate import duplicate_keys, image_key
+from streetseg_jax.labels.shapes import image_key
+from streetseg_jax.labels.validate import duplicate_keys
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LABELME = DATA / "annotation-samples" / "labelme" / "semantic_segmentation"

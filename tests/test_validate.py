@@ -12,12 +12,11 @@ import pytest
 from PIL import Image
 
 from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
-from streetseg_jax.labels.convert import annotation_to_mask
+from streetseg_jax.labels.convert import annotation_to_mask, rasterize_with_unlabelled
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
-from streetseg_jax.labels.shapes import Annotation, Shape
-from streetseg_jax.labels.validate import (CheckOptions, check_file, duplicate_keys, image_key, locate_images,
-                                           rasterize_with_unlabelled, self_intersection, self_intersections,
-                                           validate, write_json)
+from streetseg_jax.labels.shapes import Annotation, Shape, image_key
+from streetseg_jax.labels.validate import (CheckOptions, check_file, duplicate_keys, locate_images,
+                                           self_intersection, self_intersections, validate, write_json)
 
 ROAD, SKY, BUILDING = 3, 6, 5
 

@@ -13,7 +13,7 @@ folder counts (hidden ones excepted), not only those a reader opened: some reade
 (Mapillary's config, Labelbox masks), and a file that changes without mattering costs one rebuild, not a stale
 dataset.
 
-Splits: by a hash of the image key (labels/validate.image_key: the image's file stem, or `<subset>/<stem>` and
+Splits: by a hash of the image key (labels/shapes.image_key: the image's file stem, or `<subset>/<stem>` and
 the like where a reader knows stems repeat; the stem where formats.read added folders), so an image keeps its split
 when others are added; or from a split file of `split<TAB>key` lines (a plain stem will do for a nested key when no
 other image has that stem), which keeps consecutive video frames together.
@@ -37,8 +37,8 @@ from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import UnknownLabelsError, annotation_to_mask, find_unknown_labels
 from streetseg_jax.labels.images import files_under, open_rgb
 from streetseg_jax.labels.label_map import LabelMap
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError
-from streetseg_jax.labels.validate import EMBEDDED, CheckOptions, Report, base_name, error_listing, validate
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, base_name
+from streetseg_jax.labels.validate import EMBEDDED, CheckOptions, Report, error_listing, validate
 
 SPLIT_NAMES = ("train", "validation", "test")
 _POOL_MIN_ITEMS = 32        # below this, starting worker processes costs more than it saves
@@ -294,7 +294,7 @@ def encode_example(job: tuple[Annotation, str, LabelMap, str, str | None]) -> tu
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A mask the validation wrote (labels/validate.mask_png: 8-bit greyscale PNG) as uint8 (H, W)."""
+    """A mask the validation wrote (labels/convert.mask_png: 8-bit greyscale PNG) as uint8 (H, W)."""
     with Image.open(path) as image:
         return np.asarray(image, np.uint8)
 

@@ -28,9 +28,9 @@ from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, a
                                           find_unknown_labels, write_mask_png)
 from streetseg_jax.labels.images import file_ids, image_size
 from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError
-from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, image_key, locate_images,
-                                           size_problem, validate, write_json)
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key
+from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, locate_images, size_problem, validate,
+                                           write_json)
 
 FORMAT_CHOICES = (*formats.FORMATS, formats.AUTO)
 

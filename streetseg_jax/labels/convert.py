@@ -5,6 +5,7 @@ error worth stopping for: all of them are collected first, across every file, so
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Iterable
 
@@ -62,13 +63,49 @@ def annotation_to_mask(annotation: Annotation, label_map: LabelMap, unknown: str
         missing = find_unknown_labels([annotation], label_map)
         if missing:
             raise UnknownLabelsError(missing, label_map)
-    items = []
-    for shape in annotation.shapes:
-        class_id = label_map.id_of(shape.label)
-        items.append((label_map.ignore_id if class_id is None else class_id, shape))
-    result = rasterize(items, annotation.height, annotation.width, label_map.fill_id, label_map.ignore_id)
+    result = rasterize(drawing_items(annotation, label_map), annotation.height, annotation.width, label_map.fill_id, label_map.ignore_id)
     result.problems = [f"{annotation.source}: {p}" for p in result.problems]
     return result
+
+
+def drawing_items(annotation: Annotation, label_map: LabelMap) -> list[tuple[int, object]]:
+    """(class id, shape) in drawing order, the ignore id for a name the label map does not know (the rasterizer
+    paints a shape the tool marked "ignore" with the ignore id itself)."""
+    ids = class_ids(annotation, label_map)
+    return [(label_map.ignore_id if ids[shape.label] is None else ids[shape.label], shape)
+            for shape in annotation.shapes]
+
+
+def rasterize_with_unlabelled(annotation: Annotation, label_map: LabelMap) -> tuple[np.ndarray, int | None, list]:
+    """(the mask annotation_to_mask(unknown="ignore") makes, pixels no shape claims, the rasterizer's problems).
+
+    The pixels nobody claims are found by drawing with a free id as the fill. When no shape has the fill's own
+    class, that drawing is the mask itself with the free id standing for the fill (the fill's claim on a pixel
+    is then the same in both); otherwise the mask is drawn a second time."""
+    items = drawing_items(annotation, label_map)
+    height, width, fill = annotation.height, annotation.width, label_map.fill_id
+    free = next((v for v in range(255, label_map.num_classes - 1, -1) if v != label_map.ignore_id), None)
+    result = rasterize(items, height, width, fill if free is None else free, label_map.ignore_id)
+    if free is None:
+        return result.mask, None, result.problems
+    unclaimed = result.mask == free
+    if any(class_id == fill for class_id, _ in items):
+        mask = rasterize(items, height, width, fill, label_map.ignore_id).mask
+    else:
+        mask = np.where(unclaimed, np.uint8(fill), result.mask)
+    return mask, int(unclaimed.sum()), result.problems
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A class-id mask as 8-bit greyscale PNG (fast zlib level: masks compress well anyway)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(mask, np.uint8)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def class_ids(annotation: Annotation, label_map: LabelMap) -> dict[str, int | None]:
+    """{class name as written: id or None}, each name looked up once (a lookup normalises every alias)."""
+    return {label: label_map.id_of(label) for label in {shape.label for shape in annotation.shapes}}
 
 
 def write_mask_png(path: str | Path, mask: np.ndarray, label_map: LabelMap) -> None:

@@ -34,7 +34,7 @@ class Annotation:
     image_path: Path | None = None            # resolved image file, when known
     image_bytes: bytes | None = None          # the image itself, when the export embeds it (LabelMe imageData)
     key: str | None = None                    # the image's key when its stem alone is not unique ("Train/img0",
-                                              # "seq1/frame_001"): see labels/validate.image_key and make_key
+                                              # "seq1/frame_001"): see image_key and make_key
     split_key: str | None = None              # what its split is hashed on, when not its key (formats.read)
 
 
@@ -82,3 +82,20 @@ def ellipse_ring(cx: float, cy: float, rx: float, ry: float, fewest: int = 16) -
     scale = math.sqrt(2 * math.pi / (n * math.sin(2 * math.pi / n)))
     angle = np.arange(n) * (2 * np.pi / n)
     return np.stack([cx + scale * rx * np.cos(angle), cy + scale * ry * np.sin(angle)], axis=1)
+
+
+def image_key(annotation: Annotation) -> str:
+    """The key the reader gave the image (Annotation.key), else the image's file stem: from the file the reader
+    resolved, else the name the annotation gives, else the annotation file's own stem."""
+    if annotation.key:
+        return annotation.key
+    if annotation.image_path is not None:
+        return Path(annotation.image_path).stem
+    name = base_name(annotation.file_name)
+    return Path(name).stem if name else Path(annotation.source).stem
+
+
+def base_name(file_name: str | None) -> str:
+    """The last part of a file name that may be a path (either slash) or a URL with a query."""
+    name = (file_name or "").split("?")[0].split("#")[0].replace("\\", "/")
+    return name.rstrip("/").split("/")[-1]

@@ -10,7 +10,7 @@ look but the masks are still made (`check --strict` exits non-zero on them too).
 
 Images are found for each annotation by `locate_images`: the image the export embeds, else the file the reader
 resolved, else a file under the export folder with the annotation file's stem or the file name the annotation
-gives. Each image is known by its key (image_key): the image's file stem, or the key its reader gave it where stems
+gives. Each image is known by its key (shapes.image_key): the image's file stem, or the key its reader gave it where stems
 repeat within an export (a CVAT project's `Train/img0`, a mask folder's `seq1/frame_001`). Masks are named after
 it (`<key>.png`, in subfolders for keys with a `/`), splits hash it.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import io
 import json
 import os
 import unicodedata
@@ -26,15 +25,13 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-from PIL import Image
-
 from streetseg_jax.atomic import atomic_file
-from streetseg_jax.labels.convert import UNKNOWN_CHOICES
+from streetseg_jax.labels.convert import UNKNOWN_CHOICES, class_ids, mask_png, rasterize_with_unlabelled
 from streetseg_jax.labels.images import (IMAGE_SUFFIXES, MAX_PIXELS, OutsideExportError, files_under, image_size,
                                          is_file, is_rotated, open_rgb, resolve_inside)
 from streetseg_jax.labels.label_map import LabelMap
-from streetseg_jax.labels.rasterize import coordinate_limit, rasterize
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError
+from streetseg_jax.labels.rasterize import coordinate_limit
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, base_name, image_key
 from streetseg_jax.labels.stats import median_frequency_weights, sum_image_counts
 
 EMBEDDED = "<embedded in the annotation>"
@@ -63,23 +60,6 @@ class FileReport:
 
 
 # --- keys and images ---------------------------------------------------------------------------------------------
-def image_key(annotation: Annotation) -> str:
-    """The key the reader gave the image (Annotation.key), else the image's file stem: from the file the reader
-    resolved, else the name the annotation gives, else the annotation file's own stem."""
-    if annotation.key:
-        return annotation.key
-    if annotation.image_path is not None:
-        return Path(annotation.image_path).stem
-    name = base_name(annotation.file_name)
-    return Path(name).stem if name else Path(annotation.source).stem
-
-
-def base_name(file_name: str | None) -> str:
-    """The last part of a file name that may be a path (either slash) or a URL with a query."""
-    name = (file_name or "").split("?")[0].split("#")[0].replace("\\", "/")
-    return name.rstrip("/").split("/")[-1]
-
-
 class ImageIndex:
     """Every image file under an export folder (hidden folders skipped), by file name and by stem."""
 
@@ -439,43 +419,6 @@ def _keep_mask(mask: np.ndarray, mask_dir: Path, report: FileReport) -> bool:
         report.errors.append(f"cannot keep the mask as {path} ({getattr(e, 'strerror', None) or e})")
         return False
     return True
-
-
-def rasterize_with_unlabelled(annotation: Annotation, label_map: LabelMap) -> tuple[np.ndarray, int | None, list]:
-    """(the mask annotation_to_mask(unknown="ignore") makes, pixels no shape claims, the rasterizer's problems).
-
-    The pixels nobody claims are found by drawing with a free id as the fill. When no shape has the fill's own
-    class, that drawing is the mask itself with the free id standing for the fill (the fill's claim on a pixel
-    is then the same in both); otherwise the mask is drawn a second time."""
-    ids = class_ids(annotation, label_map)
-    items = [(_drawn_id(shape, ids[shape.label], label_map), shape) for shape in annotation.shapes]
-    height, width, fill = annotation.height, annotation.width, label_map.fill_id
-    free = next((v for v in range(255, label_map.num_classes - 1, -1) if v != label_map.ignore_id), None)
-    result = rasterize(items, height, width, fill if free is None else free, label_map.ignore_id)
-    if free is None:
-        return result.mask, None, result.problems
-    unclaimed = result.mask == free
-    if any(class_id == fill for class_id, _ in items):
-        mask = rasterize(items, height, width, fill, label_map.ignore_id).mask
-    else:
-        mask = np.where(unclaimed, np.uint8(fill), result.mask)
-    return mask, int(unclaimed.sum()), result.problems
-
-
-def mask_png(mask: np.ndarray) -> bytes:
-    """A class-id mask as 8-bit greyscale PNG (fast zlib level: masks compress well anyway)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(mask, np.uint8)).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def class_ids(annotation: Annotation, label_map: LabelMap) -> dict[str, int | None]:
-    """{class name as written: id or None}, each name looked up once (a lookup normalises every alias)."""
-    return {label: label_map.id_of(label) for label in {shape.label for shape in annotation.shapes}}
-
-
-def _drawn_id(shape, class_id: int | None, label_map: LabelMap) -> int:
-    return label_map.ignore_id if shape.ignore or class_id is None else class_id
 
 
 # --- the whole export --------------------------------------------------------------------------------------------

@@ -16,8 +16,7 @@ import numpy as np
 
 from streetseg_jax.labels.images import file_ids
 from streetseg_jax.labels.rasterize import coordinate_limit
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, make_key
-from streetseg_jax.labels.validate import image_key
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key, make_key
 
 FORMATS = ("voc", "mit_xml", "labelme", "coco", "coco_panoptic", "cvat", "labelbox", "cityscapes", "mapillary",
            "masks")
