@@ -320,16 +320,11 @@ def _lock(workdir: Path, log: "RunLog"):
     work directory would interleave its log and checkpoints with this one's. Every process learns the outcome (the
     others would otherwise wait in their first collective for a process 0 that has left). Where the file system
     or the platform cannot lock (NFS without lockd, Windows), the run says so and goes on without."""
-    handle, refusal = _take_lock(workdir, log) if jax.process_index() == 0 else (None, "")
-    if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(np.int32(bool(refusal))) and not refusal:
-        refusal = f"another run is training in {workdir}"
-    if refusal:
-        raise RunError(f"{refusal}; wait for it to end or give another --workdir")
-    return handle
+    return sharding.all_succeed(lambda: _take_lock(workdir, log) if jax.process_index() == 0 else None)
 
 
 def _take_lock(workdir: Path, log: "RunLog"):
-    """(the open lock file or None, why the run may not start or "")."""
+    """The open lock file, or None where locks are not available; RunError when another run holds it."""
     workdir.mkdir(parents=True, exist_ok=True)
     handle = open(workdir / ".lock", "a+")
     try:
@@ -339,15 +334,20 @@ def _take_lock(workdir: Path, log: "RunLog"):
         handle.seek(0)
         owner = handle.read().strip() or "its process unknown"
         handle.close()
-        return None, f"another run is training in {workdir} ({owner})"
+        raise RunError(f"another run is training in {workdir} ({owner}); wait for it to end or give another "
+                       "--workdir") from None
     except (ImportError, OSError) as e:
         handle.close()
         log.say(f"warning: cannot lock {workdir / '.lock'} ({e}): nothing stops a second run in this work directory")
-        return None, ""
-    handle.truncate(0)
-    handle.write(f"process {os.getpid()} on {platform.node()}\n")
-    handle.flush()
-    return handle, ""
+        return None
+    try:
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()} on {platform.node()}\n")
+        handle.flush()
+    except OSError:
+        handle.close()
+        raise
+    return handle
 
 
 def _load(config, key: str):
