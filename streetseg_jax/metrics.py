@@ -36,13 +36,6 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int, igno
     return counts.reshape(k, k).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("ignore_id",))
-def logits_to_confusion(logits: jax.Array, labels: jax.Array, ignore_id: int) -> jax.Array:
-    """Confusion matrix of argmax(logits) (classes on the last axis) against `labels`."""
-    preds = jnp.argmax(logits, axis=-1)
-    return confusion_matrix(labels, preds, num_classes=logits.shape[-1], ignore_id=ignore_id)
-
-
 def metrics_from_confusion(conf: np.ndarray, class_names: Sequence[str]) -> dict:
     """IoU and accuracy figures (fractions in [0, 1]) from a (K, K) confusion matrix (rows true, cols predicted).
 

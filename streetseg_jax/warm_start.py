@@ -87,7 +87,7 @@ def _restart_ema(opt_state, params):
 def _merge(fresh: dict, saved: dict):
     """fresh with every leaf that `saved` has at the same path and shape replaced; (tree, loaded, skipped)."""
     flat_fresh = traverse_util.flatten_dict(fresh)
-    flat_saved = traverse_util.flatten_dict(_str_keys(saved))
+    flat_saved = traverse_util.flatten_dict(_int_keys(saved))
     out, loaded, skipped = {}, 0, []
     for path, value in flat_fresh.items():
         old = flat_saved.get(path)
@@ -100,11 +100,11 @@ def _merge(fresh: dict, saved: dict):
     return traverse_util.unflatten_dict(out), loaded, ["/".join(map(str, p)) for p in skipped]
 
 
-def _str_keys(tree):
+def _int_keys(tree):
     """Saved trees come back with string keys where the model has integer ones (its lists of blocks)."""
     if not isinstance(tree, dict):
         return tree
-    return {_int_or_str(k): _str_keys(v) for k, v in tree.items()}
+    return {_int_or_str(k): _int_keys(v) for k, v in tree.items()}
 
 
 def _int_or_str(key):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from streetseg_jax.metrics import confusion_matrix, logits_to_confusion, metrics_from_confusion
+from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
 
 from cpu_devices import run_on_cpu_devices
 
@@ -76,14 +76,6 @@ def test_confusion_matrix_exact_beyond_float32_precision():
     conf = np.asarray(confusion_matrix(labels, labels, num_classes=2, ignore_id=255))
     assert conf[0, 0] == count
     assert conf.sum() == count
-
-
-def test_logits_to_confusion_uses_argmax_over_last_axis():
-    labels = np.array([[0, 1], [2, 255]], dtype=np.uint8)
-    logits = np.zeros((2, 2, 3), dtype=np.float32)
-    logits[0, 0, 0] = logits[0, 1, 2] = logits[1, 0, 2] = logits[1, 1, 1] = 5.0
-    conf = np.asarray(logits_to_confusion(jnp.asarray(logits), jnp.asarray(labels), ignore_id=255))
-    np.testing.assert_array_equal(conf, [[1, 0, 0], [0, 0, 1], [0, 0, 1]])
 
 
 def test_metrics_hand_computed():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from streetseg_jax.data.augment import AugmentConfig, augment, resize_for_eval
+from streetseg_jax.data.augment import AugmentConfig, augment
 from streetseg_jax.data.pipeline import eval_batches, train_batches
 
 IGNORE = 255
@@ -127,12 +127,6 @@ def test_jitter_changes_colours_but_not_the_mask():
     out_image, out_mask = augment(image, mask, np.random.default_rng(3), cfg, IGNORE)
     np.testing.assert_array_equal(out_mask, mask)
     assert not np.array_equal(out_image, image)
-
-
-def test_resize_for_eval():
-    image, _ = block_scene(48, 64)
-    assert resize_for_eval(image, 0.5).shape == (24, 32, 3)
-    assert resize_for_eval(image, 1.0) is image
 
 
 # --- train pipeline ------------------------------------------------------------------------------------------------

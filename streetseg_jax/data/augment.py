@@ -128,12 +128,3 @@ def _hue_rotation(angle: float) -> np.ndarray:
     cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]], np.float32)
     return (np.cos(angle) * np.eye(3) + np.sin(angle) * cross
             + (1 - np.cos(angle)) * np.outer(axis, axis)).astype(np.float32)
-
-
-def resize_for_eval(image: np.ndarray, scale: float) -> np.ndarray:
-    """Bilinear resize of a uint8 (H, W, 3) image by `scale` (the image only; labels stay full size)."""
-    if scale == 1.0:
-        return image
-    height, width = image.shape[:2]
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
