@@ -236,7 +236,8 @@ def test_to_masks_warns_of_an_annotation_whose_image_shows_another_size(tmp_path
     (export / "street_1.json").write_text(json.dumps(document))
     main(["to-masks", "--format", "labelme", "--input", str(export), "--output", str(tmp_path / "masks")])
     out = capsys.readouterr()
-    assert "says 40x30, but its image street_1.jpg shows as 30x40: the mask will not fit it" in out.err
+    assert "street_1.jpg is 30x40 (after its EXIF orientation) but street_1.json says 40x30: the mask will not fit it" \
+        in out.err
     assert "wrote 1 masks" in out.out
 
 

@@ -29,8 +29,8 @@ from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, a
 from streetseg_jax.labels.images import file_ids, image_size
 from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key
-from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, locate_images, size_problem, validate,
-                                           write_json)
+from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, locate_images, size_mismatch, size_problem,
+                                           validate, write_json)
 
 FORMAT_CHOICES = (*formats.FORMATS, formats.AUTO)
 
@@ -137,14 +137,14 @@ def sizes_unlike_the_images(located: list[Annotation]) -> list[str]:
     for annotation in located:
         if annotation.image_path is None:
             continue
+        image = Path(annotation.image_path)
         try:
-            width, height = image_size(Path(annotation.image_path))
+            mismatch = size_mismatch(annotation, image, image.name, image_size(image))
         except LabelFormatError:
             continue                        # `labels check` says what is wrong with the image
-        if (width, height) != (annotation.width, annotation.height):
-            found.append(f"{annotation.source}: says {annotation.width}x{annotation.height}, but its image "
-                         f"{Path(annotation.image_path).name} shows as {width}x{height}: the mask will not fit it "
-                         "(a tool that ignored EXIF orientation, or an image resized after labelling?)")
+        if mismatch:
+            found.append(f"{annotation.source}: {mismatch}: the mask will not fit it (a tool that ignored EXIF orientation, or an image "
+                         "resized after labelling?)")
     return found
 
 

@@ -241,12 +241,21 @@ def _check_image(annotation: Annotation, decode: bool, report: FileReport) -> No
     except LabelFormatError as e:
         report.errors.append(str(e))
         return
-    if (width, height) != (annotation.width, annotation.height):
-        oriented = " (after its EXIF orientation)" if is_rotated(source) else ""
-        report.errors.append(f"{name} is {width}x{height}{oriented} but {Path(annotation.source).name} says "
-                             f"{annotation.width}x{annotation.height}")
+    mismatch = size_mismatch(annotation, source, name, (width, height))
+    if mismatch:
+        report.errors.append(mismatch)
     elif min(width, height) < 2:        # TFDS stores such images, then cannot read them back
         report.errors.append(f"{name} is {width}x{height}: too small for a dataset (2x2 pixels at least)")
+
+
+def size_mismatch(annotation: Annotation, image, name: str, size: tuple[int, int]) -> str | None:
+    """How the image's size as a viewer shows it (`size`, of `image`: a path or bytes) differs from the one the
+    annotation gives, or None."""
+    if size == (annotation.width, annotation.height):
+        return None
+    oriented = " (after its EXIF orientation)" if is_rotated(image) else ""
+    return (f"{name} is {size[0]}x{size[1]}{oriented} but {Path(annotation.source).name} says "
+            f"{annotation.width}x{annotation.height}")
 
 
 def _decoded_size(source: Path | bytes, name: str) -> tuple[int, int]:
