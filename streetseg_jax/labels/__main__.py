@@ -143,8 +143,8 @@ def sizes_unlike_the_images(located: list[Annotation]) -> list[str]:
         except LabelFormatError:
             continue                        # `labels check` says what is wrong with the image
         if mismatch:
-            found.append(f"{annotation.source}: {mismatch}: the mask will not fit it (a tool that ignored EXIF orientation, or an image "
-                         "resized after labelling?)")
+            found.append(f"{annotation.source}: {mismatch}: the mask will not fit it (a tool that ignored EXIF "
+                         "orientation, or an image resized after labelling?)")
     return found
 
 
