@@ -91,7 +91,8 @@ class EvalBatches:
     every process yields `num_batches` batches and padding counts nowhere; `num_examples` is the number
     of real examples. Within a batch, images of different sizes are padded at the bottom and right to
     the largest H and W (zero image, `ignore_id` label). Several processes must agree on the shape of a batch
-    without reading each other's rows, so with P > 1 every batch is padded to the largest size in the split. Iterate as often as you like; each iteration is a fresh pass.
+    without reading each other's rows, so with P > 1 every batch is padded to the largest size in the split.
+    Iterate as often as you like; each iteration is a fresh pass.
     """
     source: Sequence[dict]
     global_batch: int

@@ -63,7 +63,8 @@ def annotation_to_mask(annotation: Annotation, label_map: LabelMap, unknown: str
         missing = find_unknown_labels([annotation], label_map)
         if missing:
             raise UnknownLabelsError(missing, label_map)
-    result = rasterize(drawing_items(annotation, label_map), annotation.height, annotation.width, label_map.fill_id, label_map.ignore_id)
+    result = rasterize(drawing_items(annotation, label_map), annotation.height, annotation.width,
+                       label_map.fill_id, label_map.ignore_id)
     result.problems = [f"{annotation.source}: {p}" for p in result.problems]
     return result
 
