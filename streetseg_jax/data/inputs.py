@@ -340,7 +340,7 @@ class Workers:
 
     def imap(self, fn: Callable, jobs: list, chunksize: int = 4):
         if self._pool is None and self.num_workers > 1 and len(jobs) >= _POOL_MIN_ITEMS:
-            self._pool = _context().Pool(min(self.num_workers, len(jobs)), _ignore_ctrl_c)
+            self._pool = pool_context().Pool(min(self.num_workers, len(jobs)), _ignore_ctrl_c)
         if self._pool is None:
             return map(fn, jobs)
         # Chunked here, so that the pool's iterator is the one that can wait with a timeout (chunksize 1).
@@ -398,9 +398,12 @@ def _ignore_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _context():
-    # fork starts workers in milliseconds, but forking a process that already runs JAX's threads can deadlock:
-    # such a process gets spawn.
+def pool_context():
+    """fork unless JAX is loaded, else spawn (write_synthetic's pool uses it too).
+
+    fork starts workers in milliseconds and needs no `if __name__ == "__main__"` guard in the caller, but forking
+    a process that already runs JAX's threads can deadlock, so such a process gets spawn instead (and then a script
+    that builds needs the guard, as every spawn user does)."""
     if "fork" in multiprocessing.get_all_start_methods() and "jax" not in sys.modules:
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")

@@ -21,10 +21,8 @@ from __future__ import annotations
 import colorsys
 import dataclasses
 import functools
-import multiprocessing
 import os
 import struct
-import sys
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -33,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from streetseg_jax.data.inputs import pool_context
 from streetseg_jax.labels.formats.voc import write_voc
 
 Objects = list[tuple[str, list[np.ndarray]]]
@@ -1051,7 +1050,7 @@ def write_synthetic(out_dir, num_images: int = 100, seed: int = 0, height: int =
     if workers <= 1:
         return [_write_one(job) for job in jobs]
     # An executor, not multiprocessing.Pool: if workers cannot start it raises BrokenProcessPool instead of hanging.
-    context = _pool_context()
+    context = pool_context()
     try:
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             return list(pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
@@ -1096,11 +1095,3 @@ def png_bytes(image: np.ndarray) -> bytes:
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
-
-def _pool_context():
-    # fork starts workers in milliseconds and needs no `if __name__ == "__main__"` guard in the caller, but forking
-    # a process that already runs JAX's threads can deadlock, so such a process gets spawn instead (and then a
-    # script that calls write_synthetic needs the guard, as every spawn user does).
-    if "fork" in multiprocessing.get_all_start_methods() and "jax" not in sys.modules:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
