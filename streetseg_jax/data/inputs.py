@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from streetseg_jax.labels import formats
-from streetseg_jax.labels.convert import UnknownLabelsError, annotation_to_mask, find_unknown_labels
+from streetseg_jax.labels.convert import UnknownLabelsError, annotation_to_mask, find_unknown_labels, read_mask_png
 from streetseg_jax.labels.images import files_under, open_rgb
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, base_name
@@ -281,7 +280,7 @@ def encode_example(job: tuple[Annotation, str, LabelMap, str, str | None]) -> tu
     when given."""
     annotation, key, label_map, unknown, mask_dir = job
     if mask_dir is not None:
-        mask = read_mask(Path(mask_dir) / f"{key}.png")
+        mask = read_mask_png(Path(mask_dir) / f"{key}.png")
     else:
         mask = annotation_to_mask(annotation, label_map, unknown=unknown).mask
     image = image_pixels(annotation)
@@ -291,12 +290,6 @@ def encode_example(job: tuple[Annotation, str, LabelMap, str, str | None]) -> tu
                          f"applied) but the annotation says {annotation.width}x{annotation.height}")
     return key, {"image": image, "segmentation_mask": mask[..., None],
                  "file_name": example_file_name(annotation, key)}
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """A mask the validation wrote (labels/convert.mask_png: 8-bit greyscale PNG) as uint8 (H, W)."""
-    with Image.open(path) as image:
-        return np.asarray(image, np.uint8)
 
 
 def example_file_name(annotation: Annotation, key: str) -> str:
