@@ -60,9 +60,6 @@ class ExportPlan:
     fingerprint: dict | None = None     # of the inputs, when the caller made one already
     mask_dir: Path | None = None        # the masks the validation drew, `<key>.png`
 
-    def keys(self) -> list[str]:
-        return [f.key for f in self.report.files]
-
     def split_items(self, split: str) -> list[tuple[Annotation, str]]:
         return [(self.annotations[i], self.report.files[i].key) for i in self.splits[split]]
 
