@@ -81,12 +81,12 @@ def _build_synthetic_if_missing(dataset: str, data_dir: str) -> None:
     import jax
     import numpy as np
     from jax.experimental import multihost_utils
-    from streetseg_jax.data import source
+    from streetseg_jax.data import build, source
 
     if dataset != "street_seg/synthetic":
         return
     # The version the builder writes now: an older build (another format, fewer scenes) is not reused.
-    missing = not source.is_built(source.current_version(dataset), data_dir)
+    missing = not source.is_built(build.current_version(dataset), data_dir)
     if jax.process_count() > 1:     # process 0 decides for all: processes that disagreed waited for each other forever
         missing = bool(multihost_utils.broadcast_one_to_all(np.int32(missing)))
     if not missing:
@@ -95,11 +95,11 @@ def _build_synthetic_if_missing(dataset: str, data_dir: str) -> None:
 
 
 def _build_synthetic(dataset: str, data_dir: str) -> None:
-    from streetseg_jax.data import source
+    from streetseg_jax.data.build import build
 
     print(f"{dataset} is not in {data_dir}: building it first "
           f"(python -m streetseg_jax.data build --config synthetic --data_dir {data_dir})", flush=True)
-    source.build("synthetic", data_dir)
+    build("synthetic", data_dir)
 
 
 def _message(e: Exception) -> str:

@@ -32,10 +32,10 @@ if "STREETSEG_NATIVE_CACHE" not in os.environ:
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
     """street_seg/synthetic with 12 scenes of 96x128 (train 9-10 / test 2-3), built through the public API."""
-    from streetseg_jax.data import source
+    from streetseg_jax.data.build import build
 
     data_dir = tmp_path_factory.mktemp("tfds")
-    source.build("synthetic", data_dir, num_images=TINY_IMAGES, height=96, width=128)
+    build("synthetic", data_dir, num_images=TINY_IMAGES, height=96, width=128)
     return data_dir
 
 

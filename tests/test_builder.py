@@ -1,5 +1,5 @@
-"""The street_seg builder and data/source.py: features, metadata, masks, determinism, splits, errors, and reading the
-built dataset from a process that has never heard of streetseg_jax."""
+"""The street_seg builder, data/build.py and data/source.py: features, metadata, masks, determinism, splits,
+errors, and reading the built dataset from a process that has never heard of streetseg_jax."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from streetseg_jax.data import source
+from streetseg_jax.data.build import build
 from streetseg_jax.data.builder import BuildError, UnknownLabelsError
 from streetseg_jax.data.inputs import stem_fraction as _stem_fraction
 from streetseg_jax.data.synthetic import png_bytes, write_synthetic
@@ -30,7 +31,7 @@ NUM_IMAGES = 10
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory) -> Path:
     data_dir = tmp_path_factory.mktemp("tfds")
-    source.build("synthetic", data_dir, num_images=NUM_IMAGES, **SIZE)
+    build("synthetic", data_dir, num_images=NUM_IMAGES, **SIZE)
     return data_dir
 
 
@@ -70,7 +71,7 @@ def test_synthetic_split_is_the_first_80_percent(synthetic_dir):
 
 
 def test_building_twice_gives_identical_examples(synthetic_dir, tmp_path):
-    source.build("synthetic", tmp_path, num_images=NUM_IMAGES, **SIZE)
+    build("synthetic", tmp_path, num_images=NUM_IMAGES, **SIZE)
     for split in ("train", "test"):
         for first, second in zip(records(synthetic_dir, split), records(tmp_path, split), strict=True):
             assert first["file_name"] == second["file_name"]
@@ -79,28 +80,29 @@ def test_building_twice_gives_identical_examples(synthetic_dir, tmp_path):
 
 
 def test_reuse_is_reported_and_other_options_are_refused(synthetic_dir):
-    assert source.build("synthetic", synthetic_dir, num_images=NUM_IMAGES, **SIZE).reused
+    assert build("synthetic", synthetic_dir, num_images=NUM_IMAGES, **SIZE).reused
     with pytest.raises(BuildError, match="--overwrite"):
-        source.build("synthetic", synthetic_dir, num_images=NUM_IMAGES + 1, **SIZE)
+        build("synthetic", synthetic_dir, num_images=NUM_IMAGES + 1, **SIZE)
 
 
 def test_a_synthetic_build_in_another_file_format_is_a_message(synthetic_dir, monkeypatch):
-    monkeypatch.setattr(source, "_check_file_format", lambda *args: None)    # tfrecord needs TensorFlow to write
+    # tfrecord needs TensorFlow to write
+    monkeypatch.setattr("streetseg_jax.data.build._check_file_format", lambda *args: None)
     with pytest.raises(BuildError, match="file format: array_record on disk, tfrecord asked for; pass --overwrite"):
-        source.build("synthetic", synthetic_dir, num_images=NUM_IMAGES, file_format="tfrecord", **SIZE)
+        build("synthetic", synthetic_dir, num_images=NUM_IMAGES, file_format="tfrecord", **SIZE)
 
 
 def test_a_failed_synthetic_overwrite_keeps_the_build_it_was_to_replace(tmp_path, monkeypatch):
     from streetseg_jax.data.builder import StreetSeg
 
-    source.build("synthetic", tmp_path, num_images=NUM_IMAGES, **SIZE)
+    build("synthetic", tmp_path, num_images=NUM_IMAGES, **SIZE)
     before = [r["file_name"] for r in records(tmp_path, "train")]
 
     def interrupted(self, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(StreetSeg, "download_and_prepare", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        source.build("synthetic", tmp_path, overwrite=True, num_images=NUM_IMAGES + 2, **SIZE)
+        build("synthetic", tmp_path, overwrite=True, num_images=NUM_IMAGES + 2, **SIZE)
     assert [r["file_name"] for r in records(tmp_path, "train")] == before
     assert sorted(p.name for p in (tmp_path / "street_seg" / "synthetic").iterdir()) == ["2.0.0"]
 
@@ -135,7 +137,7 @@ def test_voc_polygons_masks_labels_and_hash_split(tmp_path, subfolders):
     stems = [f"frame_{i:02d}" for i in range(8)]
     make_voc_folder(tmp_path / "export", stems, subfolders)
     (tmp_path / "labels.json").write_text(street_label_map().to_json())
-    result = source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export", test_fraction=0.4,
+    result = build("voc_polygons", tmp_path / "tfds", tmp_path / "export", test_fraction=0.4,
                           label_map=str(tmp_path / "labels.json"))
     expected_test = {s for s in stems if _stem_fraction(s) < 0.4}
     assert 0 < len(expected_test) < len(stems), "pick stems that land in both splits"
@@ -164,7 +166,7 @@ def test_unknown_labels_are_named_with_their_files_before_writing(tmp_path):
     for path in (tmp_path / "export2").iterdir():
         path.rename(tmp_path / "export" / path.name)
     with pytest.raises(UnknownLabelsError) as caught:
-        source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
+        build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
     message = str(caught.value)
     assert all(part in message for part in ("unicorn", "dragon", "a.xml", "b.xml"))
     assert not source.is_built("street_seg/voc_polygons", tmp_path / "tfds")
@@ -174,7 +176,7 @@ def test_image_size_mismatch_is_a_clear_error(tmp_path):
     make_voc_folder(tmp_path / "export", ["a", "b"], subfolders=True)
     Image.new("RGB", (40, 24)).save(tmp_path / "export" / "images" / "b.png")
     with pytest.raises(BuildError, match=r"b.png is 40x24 but b.xml says 32x24"):
-        source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
+        build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
 
 
 # --- opening -----------------------------------------------------------------------------------------------------
@@ -205,7 +207,7 @@ def test_images_and_masks_round_trip_exactly_as_raw_pixels(tmp_path):
         Image.fromarray(written[name], mode).save(export / name)
         write_voc(export / f"{Path(name).stem}.xml", name, width, height, [
             ("sky", [[(0, 0), (width, 0), (width, 9.3), (0, 11.7)]]), ("road", [[(3, 14), (30, 12.5), (20, 23)]])])
-    source.build("voc_polygons", tmp_path / "tfds", export, test_fraction=0.0)
+    build("voc_polygons", tmp_path / "tfds", export, test_fraction=0.0)
     path = source.dataset_dir("street_seg/voc_polygons", tmp_path / "tfds")
     features = json.loads((path / "features.json").read_text())["featuresDict"]["features"]
     for feature, channels in (("image", "3"), ("segmentation_mask", "1")):
@@ -253,11 +255,11 @@ def test_a_version_1_png_dataset_still_reads_and_a_build_writes_version_2_beside
         patch.setattr(builder.StreetSeg, "VERSION", tfds.core.Version("1.0.0"))
         patch.setattr(builder, "_features", legacy_features)
         patch.setattr(inputs, "encode_example", as_png(inputs.encode_example))
-        source.build("voc_polygons", data_dir, tmp_path / "export", test_fraction=0.0, num_workers=1)
+        build("voc_polygons", data_dir, tmp_path / "export", test_fraction=0.0, num_workers=1)
     old_dir = source.dataset_dir("street_seg/voc_polygons", data_dir)
     assert old_dir.name == "1.0.0" and '"png"' in (old_dir / "features.json").read_text()
     old = {r["file_name"].decode(): r for r in records(data_dir, "train", "street_seg/voc_polygons")}
-    result = source.build("voc_polygons", data_dir, tmp_path / "export", test_fraction=0.0)
+    result = build("voc_polygons", data_dir, tmp_path / "export", test_fraction=0.0)
     assert not result.reused and result.path.name == "2.0.0"        # the 1.0.0 build is not reused
     new = {r["file_name"].decode(): r for r in records(data_dir, "train", "street_seg/voc_polygons")}
     still = {r["file_name"].decode(): r for r in records(data_dir, "train", "street_seg/voc_polygons:1.0.0")}
@@ -267,7 +269,7 @@ def test_a_version_1_png_dataset_still_reads_and_a_build_writes_version_2_beside
             for feature in ("image", "segmentation_mask"):
                 assert before[feature].dtype == record[feature].dtype == np.uint8
                 np.testing.assert_array_equal(before[feature], record[feature])
-    assert source.build("voc_polygons", data_dir, tmp_path / "export", test_fraction=0.0).reused
+    assert build("voc_polygons", data_dir, tmp_path / "export", test_fraction=0.0).reused
 
 
 # --- without streetseg_jax, without TensorFlow ------------------------------------------------------------------
@@ -335,8 +337,8 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path):
 
 def test_worker_processes_give_the_same_examples(tmp_path):
     small = dict(num_images=32, height=48, width=64)    # 32: enough for the builder to start worker processes
-    source.build("synthetic", tmp_path / "pool", num_workers=2, **small)
-    source.build("synthetic", tmp_path / "inline", num_workers=1, **small)
+    build("synthetic", tmp_path / "pool", num_workers=2, **small)
+    build("synthetic", tmp_path / "inline", num_workers=1, **small)
     for split in ("train", "test"):
         for first, second in zip(records(tmp_path / "pool", split), records(tmp_path / "inline", split), strict=True):
             assert first["file_name"] == second["file_name"]
@@ -347,20 +349,20 @@ def test_worker_processes_give_the_same_examples(tmp_path):
 def test_rasterizer_problems_are_printed_as_warnings(tmp_path, capsys):
     make_voc_folder(tmp_path / "export", ["a", "b"], subfolders=False)
     write_voc(tmp_path / "export" / "b.xml", "b.png", 32, 24, [("road", [[(1, 1), (5, 5)]])])   # two points
-    source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
+    build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
     assert "b.xml" in capsys.readouterr().err.split("warning: ", 1)[1]
 
 
 # --- voc_polygons goes through the export checks of from_annotations ----------------------------------------------
 def test_voc_polygons_records_its_inputs_and_names_what_changed(tmp_path, capsys):
     make_voc_folder(tmp_path / "export", ["a", "b"], subfolders=True)
-    source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
+    build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
     assert "validation report: 2 image(s) of voc" in capsys.readouterr().err
-    assert source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export").reused
+    assert build("voc_polygons", tmp_path / "tfds", tmp_path / "export").reused
     write_voc(tmp_path / "export" / "annotations" / "b.xml", "b.png", 32, 24, [("road", [[(0, 0), (32, 0), (32, 24)]])])
     with pytest.raises(BuildError, match=r"1 file\(s\) modified: annotations/b.xml"):
-        source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
-    result = source.build("voc_polygons", tmp_path / "tfds", tmp_path / "export", overwrite=True)
+        build("voc_polygons", tmp_path / "tfds", tmp_path / "export")
+    result = build("voc_polygons", tmp_path / "tfds", tmp_path / "export", overwrite=True)
     assert not result.reused and sum(result.splits.values()) == 2
 
 

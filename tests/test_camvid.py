@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from streetseg_jax.data import source
+from streetseg_jax.data.build import build
 from streetseg_jax.data.__main__ import main as data_main
 from streetseg_jax.data.builder import BuildError
 
@@ -44,7 +45,7 @@ def stored(data_dir: Path, split: str) -> list[dict]:
 # --- building ----------------------------------------------------------------------------------------------------
 def test_splits_class_names_and_void_remapped_to_ignore(tmp_path):
     folder = make_segnet_folder(tmp_path / "CamVid")
-    result = source.build("camvid", tmp_path / "tfds", folder)
+    result = build("camvid", tmp_path / "tfds", folder)
     assert result.splits == {"train": 3, "validation": 2, "test": 2}
     _, label_map, info = source.load_split("street_seg/camvid", "train", tmp_path / "tfds")
     assert label_map.names == NAMES and label_map.ignore_id == 255
@@ -66,7 +67,7 @@ def test_no_test_folder_no_test_split_and_lists_pick_and_order(tmp_path, capsys)
     (folder / "train.txt").write_text("/SegNet/CamVid/train/0001TP_train_002.png /SegNet/CamVid/trainannot/"
                                       "0001TP_train_002.png\n\n/SegNet/CamVid/train/0001TP_train_000.png "
                                       "/SegNet/CamVid/trainannot/0001TP_train_000.png\n")
-    result = source.build("camvid", tmp_path / "tfds", folder)
+    result = build("camvid", tmp_path / "tfds", folder)
     assert result.splits == {"train": 2, "validation": 2}
     names = [r["file_name"].decode() for r in stored(tmp_path / "tfds", "train")]
     assert names == ["0001TP_train_002.png", "0001TP_train_000.png"]
@@ -75,10 +76,10 @@ def test_no_test_folder_no_test_split_and_lists_pick_and_order(tmp_path, capsys)
 
 def test_rebuild_is_reused_and_options_are_refused(tmp_path):
     folder = make_segnet_folder(tmp_path / "CamVid", splits=(("train", 1), ("val", 1)))
-    source.build("camvid", tmp_path / "tfds", folder)
-    assert source.build("camvid", tmp_path / "tfds", folder).reused
+    build("camvid", tmp_path / "tfds", folder)
+    assert build("camvid", tmp_path / "tfds", folder).reused
     with pytest.raises(BuildError, match="camvid takes no options"):
-        source.build("camvid", tmp_path / "other", folder, test_fraction=0.3)
+        build("camvid", tmp_path / "other", folder, test_fraction=0.3)
 
 
 # --- errors name the file ----------------------------------------------------------------------------------------
@@ -111,7 +112,7 @@ def test_broken_pairs_are_errors_naming_the_file(tmp_path, case):
     breaks, message = BROKEN[case]
     breaks(folder)
     with pytest.raises(BuildError, match=message.replace(".", r"\.")):
-        source.build("camvid", tmp_path / "tfds", folder)
+        build("camvid", tmp_path / "tfds", folder)
     assert not source.is_built("street_seg/camvid", tmp_path / "tfds")
 
 
@@ -119,7 +120,7 @@ def test_mask_values_beyond_void_are_refused(tmp_path):
     folder = make_segnet_folder(tmp_path / "CamVid", splits=(("train", 1), ("val", 1)))
     Image.fromarray(np.full(SIZE, 12, np.uint8)).save(folder / "trainannot" / "0001TP_train_000.png")
     with pytest.raises(BuildError, match=r"0001TP_train_000\.png: mask values \[12\]"):
-        source.build("camvid", tmp_path / "tfds", folder)
+        build("camvid", tmp_path / "tfds", folder)
     assert not source.is_built("street_seg/camvid", tmp_path / "tfds")
 
 
@@ -139,7 +140,7 @@ def test_command_line_reports_errors_without_a_traceback(tmp_path, capsys):
 @pytest.mark.skipif(not (REAL_CAMVID / "train").is_dir(), reason=f"CamVid is not at {REAL_CAMVID} (see README: CamVid)")
 def test_real_camvid_builds_with_segnet_counts_and_classes(tmp_path):
     # Building all 468 frames takes about 5 s here: cheap enough to test the real thing end to end.
-    result = source.build("camvid", tmp_path, REAL_CAMVID)
+    result = build("camvid", tmp_path, REAL_CAMVID)
     assert result.splits == {"train": 367, "validation": 101}
     val, label_map, _ = source.load_split("street_seg/camvid", "validation", tmp_path)
     assert label_map.names == NAMES and label_map.palette()[3].tolist() == [128, 64, 128]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streetseg_jax.data import source
+from streetseg_jax.data import build as data_build, source
 from streetseg_jax.data.builder import BuildError, UnknownLabelsError
 from streetseg_jax.data import inputs
 from streetseg_jax.data.inputs import stem_fraction
@@ -59,9 +59,9 @@ def label_map_file(tmp_path: Path) -> str:
 
 def build(tmp_path: Path, export: Path, name: str = "streets", fmt: str = "labelme", **options):
     logged: list[str] = []
-    result = source.build("from_annotations", tmp_path / "tfds", export, name=name, format=fmt,
-                          label_map=options.pop("label_map", label_map_file(tmp_path)), log=logged.append,
-                          **options)
+    result = data_build.build("from_annotations", tmp_path / "tfds", export, name=name, format=fmt,
+                              label_map=options.pop("label_map", label_map_file(tmp_path)), log=logged.append,
+                              **options)
     return result, "\n".join(logged)
 
 
@@ -215,8 +215,8 @@ def test_a_data_dir_given_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     export = labelme_export(tmp_path / "home" / "export", ["a", "b"])
-    result = source.build("from_annotations", "~/tfds", "~/export", name="tilde", format="labelme",
-                          label_map=label_map_file(tmp_path), val_fraction=0.0, log=lambda message: None)
+    result = data_build.build("from_annotations", "~/tfds", "~/export", name="tilde", format="labelme",
+                              label_map=label_map_file(tmp_path), val_fraction=0.0, log=lambda message: None)
     assert result.path.is_relative_to(tmp_path / "home" / "tfds") and not (tmp_path / "~").exists()
     assert export.is_dir()
 
@@ -242,8 +242,8 @@ def test_errors_stop_the_build_after_the_report(tmp_path):
     export = labelme_export(tmp_path / "export", ["a", "b"], labels=("sky", "lamppost"))
     logged = []
     with pytest.raises(UnknownLabelsError, match="lamppost"):
-        source.build("from_annotations", tmp_path / "tfds", export, name="streets", format="labelme",
-                     label_map=label_map_file(tmp_path), log=logged.append)
+        data_build.build("from_annotations", tmp_path / "tfds", export, name="streets", format="labelme",
+                         label_map=label_map_file(tmp_path), log=logged.append)
     assert "unknown class name(s) 'lamppost'" in logged[0]
     Image.new("RGB", (W + 1, H)).save(export / "b.png")
     with pytest.raises(BuildError, match="b.png is 41x30 but b.json says 40x30"):
@@ -299,7 +299,7 @@ def test_a_failed_overwrite_keeps_the_previous_dataset(tmp_path):
 def test_a_build_in_another_file_format_is_not_handed_back(tmp_path, monkeypatch):
     export = labelme_export(tmp_path / "export", ["a", "b"])
     build(tmp_path, export, val_fraction=0.0)
-    monkeypatch.setattr(source, "_check_file_format", lambda *args: None)    # tfrecord needs TensorFlow to write
+    monkeypatch.setattr(data_build, "_check_file_format", lambda *args: None)    # tfrecord needs TensorFlow to write
     with pytest.raises(BuildError, match="file format: array_record on disk, tfrecord asked for"):
         build(tmp_path, export, val_fraction=0.0, file_format="tfrecord")
 
@@ -389,7 +389,7 @@ def test_cli_reports_ctrl_c_in_one_line(monkeypatch, tmp_path, capsys):
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(source, "build", interrupted)
+    monkeypatch.setattr(data_build, "build", interrupted)
     with pytest.raises(SystemExit) as exit_info:
         main(["build", "--config", "synthetic", "--data_dir", str(tmp_path)])
     assert exit_info.value.code == 130 and capsys.readouterr().err == \

@@ -90,7 +90,7 @@ def check_flags(args: argparse.Namespace) -> None:
 
 def run_build(args: argparse.Namespace) -> None:
     # Imported after parsing so --help stays fast (TFDS takes a moment to import).
-    from streetseg_jax.data import builder, source
+    from streetseg_jax.data import build, builder, source
     from streetseg_jax.labels.label_map import LabelMapError
 
     check_flags(args)
@@ -101,8 +101,8 @@ def run_build(args: argparse.Namespace) -> None:
         names = ("num_workers",)
     options = {name: getattr(args, name) for name in names}
     try:
-        result = source.build(args.config, args.data_dir, args.manual_dir, overwrite=args.overwrite,
-                              file_format=args.file_format, name=args.name, log=print, **options)
+        result = build.build(args.config, args.data_dir, args.manual_dir, overwrite=args.overwrite,
+                             file_format=args.file_format, name=args.name, log=print, **options)
     except (builder.BuildError, builder.UnknownLabelsError, LabelMapError, source.DatasetNotFoundError) as e:
         fail(str(e))
     except KeyboardInterrupt:

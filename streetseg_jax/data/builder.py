@@ -49,7 +49,7 @@ reader gets the same numpy arrays from either (data/source.py).
 Options are builder kwargs, e.g. `StreetSeg(config="synthetic", num_images=1000)` or
 `tfds.builder("street_seg/synthetic/num_images=1000")`: num_images, height, width, seed (synthetic only),
 test_fraction, label_map (path to a label map JSON; default: the seed's 8 classes), num_workers (processes for the
-per-image work; default: all cores). data/source.py's `build` checks a dataset already built against the options
+per-image work; default: all cores). data/build.py's `build` checks a dataset already built against the options
 and inputs asked for.
 """
 from __future__ import annotations
@@ -181,7 +181,7 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
     def __init__(self, *, file_format=None, num_workers: int | None = None,
                  plan: ExportPlan | camvid.Layout | None = None,
                  workers: inputs.Workers | None = None, **kwargs):
-        """`plan` (an export already read and validated, data/source.py) and `workers` (a process pool to share)
+        """`plan` (an export already read and validated, data/build.py) and `workers` (a process pool to share)
         save reading and checking the export twice; without them the builder does both itself."""
         options = {name: kwargs.pop(name, None) for name in OPTION_NAMES}
         self._overrides = {k: v for k, v in options.items() if v is not None}
@@ -194,7 +194,7 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
     def _create_builder_config(self, builder_config, version):
         config = super()._create_builder_config(builder_config, version)
         if self._overrides:
-            _check_options(config, self._overrides)
+            check_options(config, self._overrides)
             config = dataclasses.replace(config, **self._overrides)
         return config
 
@@ -311,7 +311,7 @@ def _features(label_map: LabelMap) -> tfds.features.FeaturesDict:
 
 
 # --- options -----------------------------------------------------------------------------------------------------
-def _check_options(config: StreetSegConfig, options: dict) -> None:
+def check_options(config: StreetSegConfig, options: dict) -> None:
     if config.layout and options:
         raise BuildError(f"{', '.join(sorted(options))}: {config.name} takes no options (its classes and splits "
                          "are the dataset's own)")

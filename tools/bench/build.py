@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from streetseg_jax.data.source import build
+    from streetseg_jax.data.build import build
 
     with tempfile.TemporaryDirectory(prefix="bench_build_") as data_dir:
         result = build("synthetic", data_dir, num_images=args.num_images, height=args.height, width=args.width,

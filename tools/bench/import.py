@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from streetseg_jax.data.source import build
+    from streetseg_jax.data.build import build
 
     with tempfile.TemporaryDirectory(prefix="bench_import_") as tmp:
         export, label_map = Path(tmp) / "export", Path(tmp) / "labels.json"

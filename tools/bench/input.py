@@ -27,12 +27,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> dict:
     from streetseg_jax.data import source
+    from streetseg_jax.data.build import build
 
     data_dir = Path(args.data_dir).expanduser()
     dataset = args.dataset or ("street_seg/camvid" if source.is_built("street_seg/camvid", data_dir)
                                else "street_seg/synthetic")
     if dataset == "street_seg/synthetic" and not source.is_built(dataset, data_dir):
-        source.build("synthetic", data_dir)
+        build("synthetic", data_dir)
     ours = our_rate(args, dataset, data_dir)
     folder = source.dataset_dir(dataset, data_dir)
     result = {"dataset": dataset, "images_per_second": ours,

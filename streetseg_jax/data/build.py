@@ -1,0 +1,317 @@
+"""Build `street_seg` datasets into a data dir, all or nothing (data/source.py opens them).
+
+`build` checks the options and inputs, reuses a build made from the same ones, and otherwise has the TFDS builder
+(data/builder.py) write the dataset: a failed build leaves what was there before and no empty folders behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import tensorflow_datasets as tfds
+from absl import logging as absl_logging
+from tqdm import tqdm
+
+from streetseg_jax.data import camvid, inputs
+from streetseg_jax.data.builder import (BuildError, StreetSeg, check_options, check_synthetic_label_map,
+                                        from_annotations_config)
+from streetseg_jax.data.source import built_versions, dataset_dir, default_data_dir, is_built, parse_name
+from streetseg_jax.labels.label_map import LabelMap, default_label_map
+
+__all__ = ["BuildResult", "build", "current_version"]
+
+
+@dataclasses.dataclass
+class BuildResult:
+    path: Path                  # DATA_DIR/street_seg/<config>/<version>
+    splits: dict[str, int]      # split name -> examples
+    seconds: float
+    reused: bool                # already built: nothing was written
+
+
+def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str | os.PathLike | None = None, *,
+          overwrite: bool = False, file_format: str = "array_record", name: str | None = None,
+          log: Callable[[str], None] | None = None, **options) -> BuildResult:
+    """Build street_seg/<config_name> into data_dir (TFDS shows progress bars); reuse it when already built.
+
+    config_name "from_annotations" builds street_seg/<name> from the export in manual_dir; its options: format
+    (labels/formats, or "auto"), label_map, val_fraction or split_file, unknown, num_workers. "camvid" builds
+    CamVid from SegNet's CamVid/ folder in manual_dir (data/camvid.py; option: num_workers). The other configs'
+    options: num_images, height, width, seed, test_fraction, label_map, num_workers (see data/builder.py).
+    Builds from an export print the validation report through `log` (default: stderr) before writing anything,
+    and are refused when the inputs changed since the dataset was built (unless overwrite).
+    Raises builder.BuildError / UnknownLabelsError / LabelMapError for bad input, with messages for users.
+    """
+    _check_file_format(file_format, BuildError)
+    data_dir = Path(data_dir or default_data_dir()).expanduser()     # --data_dir=~/x reaches us unexpanded
+    if data_dir.exists() and not data_dir.is_dir():
+        raise BuildError(f"--data_dir {data_dir} is a file, not a folder")
+    if config_name == "synthetic":
+        return _build_synthetic(data_dir, overwrite, file_format, options)
+    if config_name == "camvid":
+        return _build_camvid(data_dir, manual_dir, overwrite=overwrite, file_format=file_format,
+                             log=log or _to_stderr, options=options)
+    return _build_export(config_name, data_dir, manual_dir, overwrite=overwrite, file_format=file_format, name=name,
+                         log=log or _to_stderr, options=options)
+
+
+def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options: dict) -> BuildResult:
+    start = time.perf_counter()
+    check_synthetic_label_map(options.get("label_map"))     # before anything is written
+    dataset = current_version("street_seg/synthetic")
+    if is_built(dataset, data_dir) and not overwrite:
+        change = _file_format_change(tfds.builder_from_directory(os.fspath(dataset_dir(dataset, data_dir))).info,
+                                     file_format)
+        if change:     # TFDS would refuse to open the builder with a ValueError
+            raise BuildError(f"{dataset} in {data_dir}: {change[0]}; pass --overwrite to rebuild it")
+    # The build being replaced is moved aside before the builder is made (a builder opened on old files would
+    # carry their class names forward), and put back if the new one fails.
+    with _no_scaffolding_left(dataset, data_dir), _all_or_nothing(dataset, data_dir, replace=overwrite):
+        builder = StreetSeg(config="synthetic", data_dir=os.fspath(data_dir), file_format=file_format,
+                            **{k: v for k, v in options.items() if v is not None})
+        reused = builder.is_prepared()
+        if reused:
+            _check_reuse(builder, BuildError)
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    splits = {name: split.num_examples for name, split in builder.info.splits.items()}
+    return BuildResult(Path(builder.data_dir), splits, time.perf_counter() - start, reused)
+
+
+def _build_export(config_name: str, data_dir: Path, manual_dir, *, overwrite: bool, file_format: str,
+                  name: str | None, log: Callable[[str], None], options: dict) -> BuildResult:
+    """voc_polygons and from_annotations: fingerprint, report, then an all-or-nothing build."""
+    start = time.perf_counter()
+    num_workers = options.pop("num_workers", None)
+    config, builder_kwargs, folder, label_map = _export_inputs(config_name, name, manual_dir, data_dir, options, log)
+    dataset = current_version(f"street_seg/{config.name}")
+    fingerprint = inputs.fingerprint(folder, label_map, config.options(), exclude=(data_dir,))
+    if is_built(dataset, data_dir) and not overwrite:
+        _check_unchanged(dataset, data_dir, fingerprint, file_format)
+        return _result(dataset, data_dir, start, reused=True)
+    with _no_scaffolding_left(dataset, data_dir):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with inputs.Workers(num_workers) as workers, tempfile.TemporaryDirectory(prefix=".street_seg_masks_",
+                                                                                dir=data_dir) as masks:
+            plan = _checked_plan(folder, config, label_map, workers, Path(masks), log)
+            plan.fingerprint = fingerprint
+            with _all_or_nothing(dataset, data_dir, replace=overwrite):
+                _prepare(builder_kwargs, data_dir, folder, file_format, plan, workers)
+    return _result(dataset, data_dir, start, reused=False)
+
+
+def _build_camvid(data_dir: Path, manual_dir, *, overwrite: bool, file_format: str, log: Callable[[str], None],
+                  options: dict) -> BuildResult:
+    """CamVid: fingerprint (reuse when unchanged), read and check every pair, then an all-or-nothing build."""
+    start = time.perf_counter()
+    num_workers = options.pop("num_workers", None)
+    config = StreetSeg.builder_configs["camvid"]
+    check_options(config, {k: v for k, v in options.items() if v is not None})
+    folder = Path(manual_dir).expanduser() if manual_dir else data_dir / "downloads" / "manual"
+    _check_manual_dir(folder, BuildError, "camvid")
+    fingerprint = inputs.fingerprint(folder, camvid.label_map(), config.options(), exclude=(data_dir,))
+    dataset = current_version("street_seg/camvid")
+    if is_built(dataset, data_dir) and not overwrite:
+        _check_unchanged(dataset, data_dir, fingerprint, file_format)
+        return _result(dataset, data_dir, start, reused=True)
+    layout = camvid.read_layout(folder)
+    layout.fingerprint = fingerprint
+    log(f"camvid in {folder}: {layout.summary()} images")
+    for note in layout.notes:
+        log(f"warning: {note}")
+    with _no_scaffolding_left(dataset, data_dir), inputs.Workers(num_workers) as workers, \
+            _all_or_nothing(dataset, data_dir, replace=overwrite):
+        _prepare({"config": "camvid"}, data_dir, folder, file_format, layout, workers)
+    return _result(dataset, data_dir, start, reused=False)
+
+
+def current_version(dataset: str) -> str:
+    """`dataset` at the version the builder writes now: a build of an older version is not reused (a new one is
+    written beside it), since its on-disk format differs."""
+    return f"{dataset}:{StreetSeg.VERSION}"
+
+
+def _export_inputs(config_name: str, name: str | None, manual_dir, data_dir: Path, options: dict, log):
+    """(config with its format detected, StreetSeg kwargs, export folder, label map)."""
+    config, builder_kwargs = _export_config(config_name, name, options)
+    folder = Path(manual_dir).expanduser() if manual_dir else data_dir / "downloads" / "manual"
+    _check_manual_dir(folder, BuildError, config.name)
+    label_map = _load_label_map(config.label_map)
+    if config.format == "auto":
+        config = dataclasses.replace(config, format=inputs.detect_format(folder))
+        builder_kwargs["config"] = config
+        log(f"detected format: {config.format} ({folder})")
+    return config, builder_kwargs, folder, label_map
+
+
+def _checked_plan(folder: Path, config, label_map: LabelMap, workers, masks: Path, log):
+    """Read and validate the export (workers draw the masks into `masks`); the report is logged, then errors
+    raise."""
+    def checking(fn, jobs):
+        return list(tqdm(workers.imap(fn, jobs), total=len(jobs), desc="checking", unit="image", disable=None,
+                         leave=False))
+    plan = inputs.collect(folder, config.format or "voc", label_map, config.split_rule(), unknown=config.unknown,
+                          map_fn=checking, mask_dir=masks)
+    log(plan.report.text())
+    for note in plan.notes:
+        log(f"warning: {note}")
+    plan.raise_for_errors()
+    return plan
+
+
+def _export_config(config_name: str, name: str | None, options: dict):
+    """(the StreetSegConfig, what to pass to StreetSeg for it): a registered config is named, with overrides;
+    a from_annotations config is made here."""
+    if config_name == "from_annotations":
+        if not name:
+            raise BuildError("from_annotations needs a dataset name (--name NAME): it builds street_seg/NAME")
+        unknown = {k: v for k, v in options.items() if v is not None and k not in _EXPORT_OPTIONS}
+        if unknown:
+            raise BuildError(f"{', '.join(sorted(unknown))}: not an option of from_annotations")
+        config = from_annotations_config(name, options.get("format") or "auto", label_map=options.get("label_map"),
+                                         val_fraction=options.get("val_fraction"),
+                                         split_file=options.get("split_file"),
+                                         unknown=options.get("unknown") or "error")
+        return config, {"config": config}
+    if config_name not in StreetSeg.builder_configs:
+        raise BuildError(f"no config {config_name!r}; choose synthetic, voc_polygons or from_annotations")
+    overrides = {k: v for k, v in options.items() if v is not None}
+    config = StreetSeg.builder_configs[config_name]
+    check_options(config, overrides)
+    return dataclasses.replace(config, **overrides), {"config": config_name, **overrides}
+
+
+_EXPORT_OPTIONS = ("format", "label_map", "val_fraction", "split_file", "unknown")
+
+
+def _load_label_map(path: str | None) -> LabelMap:
+    return LabelMap.load(path) if path else default_label_map()
+
+
+def _check_unchanged(dataset: str, data_dir: Path, fingerprint: dict, file_format: str) -> None:
+    """Nothing to do when the inputs and the file format are those of the build on disk; otherwise say what
+    changed."""
+    path = dataset_dir(dataset, data_dir)
+    info = tfds.builder_from_directory(os.fspath(path)).info
+    metadata = info.metadata
+    stored = metadata["fingerprint"] if metadata is not None and "fingerprint" in metadata.keys() else None
+    what = inputs.changes(stored, fingerprint) if stored else ["it was built without a record of its inputs"]
+    what += _file_format_change(info, file_format)
+    if what:
+        raise BuildError(f"{dataset} in {data_dir} was built from other inputs; pass --overwrite to rebuild it. "
+                    "What changed:\n  " + "\n  ".join(what))
+
+
+def _file_format_change(info, file_format: str) -> list[str]:
+    if info.file_format is None or info.file_format.value == file_format:
+        return []
+    return [f"file format: {info.file_format.value} on disk, {file_format} asked for"]
+
+
+def _prepare(builder_kwargs: dict, data_dir: Path, folder: Path, file_format: str, plan, workers) -> None:
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)      # TFDS warns that a config made at run time is "custom"
+    try:
+        builder = StreetSeg(data_dir=os.fspath(data_dir), file_format=file_format, plan=plan, workers=workers,
+                            **builder_kwargs)
+    finally:
+        absl_logging.set_verbosity(level)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=os.fspath(folder), try_download_gcs=False))
+
+
+def _result(dataset: str, data_dir: Path, start: float, reused: bool) -> BuildResult:
+    path = dataset_dir(dataset, data_dir)
+    info = tfds.builder_from_directory(os.fspath(path)).info
+    splits = {name: split.num_examples for name, split in info.splits.items()}
+    return BuildResult(path, splits, time.perf_counter() - start, reused)
+
+
+@contextlib.contextmanager
+def _all_or_nothing(dataset: str, data_dir: Path, replace: bool):
+    """A failed build leaves what was there before: TFDS writes into an `incomplete.*` folder that it renames into
+    place at the end (and deletes on failure); a build being replaced is moved aside until the new one is done,
+    and put back if it fails."""
+    name, config, version = parse_name(dataset)       # only this version: builds of others stay, and are read
+    config_dir = data_dir / name / config
+    aside = []
+    if replace and version in built_versions(config_dir):
+        moved = config_dir / f".replaced-{version}-{os.getpid()}"
+        (config_dir / version).rename(moved)
+        aside.append((config_dir / version, moved))
+    try:
+        yield
+    except BaseException:
+        for original, moved in aside:
+            if not original.exists():
+                moved.rename(original)
+        raise
+    for _, moved in aside:
+        shutil.rmtree(moved, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _no_scaffolding_left(dataset: str, data_dir: Path):
+    """The folders a failed build made on the way (the data dir, downloads/, TFDS's .config/, the config folder)
+    are removed again when the failure left them empty."""
+    name, config, _ = parse_name(dataset)
+    # Parents before children: removed in reverse.
+    made = [data_dir, data_dir / "downloads", data_dir / "downloads" / "extracted", data_dir / name,
+            data_dir / name / ".config", data_dir / name / config]
+    new = [path for path in made if not path.exists()]
+    try:
+        yield
+    except BaseException:
+        _remove_if_empty(new[::-1])
+        raise
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Each folder in turn, when empty (a .config/ holding only TFDS's metadata.json counts as empty)."""
+    for folder in folders:
+        if folder.name == ".config" and folder.is_dir() and {f.name for f in folder.iterdir()} <= {"metadata.json"}:
+            shutil.rmtree(folder, ignore_errors=True)
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _check_file_format(file_format: str, error) -> None:
+    if file_format not in ("array_record", "tfrecord"):
+        raise error(f"file format must be array_record or tfrecord, got {file_format!r}")
+    if file_format == "tfrecord" and importlib.util.find_spec("tensorflow") is None:
+        raise error("tfrecord output needs TensorFlow, which is not installed; use array_record (the default)")
+
+
+def _check_manual_dir(folder: Path, error, config_name: str = "voc_polygons") -> None:
+    if not folder.is_dir() or not any(folder.iterdir()):
+        state = "is empty" if folder.is_dir() else "is a file" if folder.exists() else "does not exist"
+        if config_name == "voc_polygons":
+            raise error(f"voc_polygons reads your images + VOC XML from a folder, and {folder} {state}; pass "
+                        "--manual_dir FOLDER (with images/ + annotations/ subfolders, or the files side by side)")
+        if config_name == "camvid":
+            raise error(f"camvid reads SegNet's CamVid folder (train/, trainannot/, val/, valannot/), and {folder} "
+                        f"{state}; pass --manual_dir CAMVID_FOLDER")
+        raise error(f"{config_name} reads a labelling tool's export from a folder, and {folder} {state}; pass "
+                    "--manual_dir EXPORT_FOLDER")
+
+
+def _check_reuse(builder, error) -> None:
+    """Refuse to quietly hand back a build made with other options than the ones asked for."""
+    metadata = builder.info.metadata
+    stored = {key: metadata[key] if key in metadata.keys() else None for key in ("options", "label_map")}
+    if stored["options"] != builder.builder_config.options():
+        raise error(f"{builder.data_dir} was built with {stored['options']}, not "
+                    f"{builder.builder_config.options()}; pass --overwrite to rebuild it")
+    if stored["label_map"] != builder.label_map.to_dict():
+        raise error(f"{builder.data_dir} was built with another label map; pass --overwrite to rebuild it")
