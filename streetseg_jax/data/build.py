@@ -23,7 +23,7 @@ from tqdm import tqdm
 from streetseg_jax.data import camvid, inputs
 from streetseg_jax.data.builder import (BuildError, StreetSeg, check_options, check_synthetic_label_map,
                                         from_annotations_config)
-from streetseg_jax.data.source import built_versions, dataset_dir, default_data_dir, is_built, parse_name
+from streetseg_jax.data.source import built_versions, default_data_dir, is_built, open_built, parse_name
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
 
 __all__ = ["BuildResult", "build", "current_version"]
@@ -68,8 +68,7 @@ def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options:
     check_synthetic_label_map(options.get("label_map"))     # before anything is written
     dataset = current_version("street_seg/synthetic")
     if is_built(dataset, data_dir) and not overwrite:
-        change = _file_format_change(tfds.builder_from_directory(os.fspath(dataset_dir(dataset, data_dir))).info,
-                                     file_format)
+        change = _file_format_change(open_built(dataset, data_dir).info, file_format)
         if change:     # TFDS would refuse to open the builder with a ValueError
             raise BuildError(f"{dataset} in {data_dir}: {change[0]}; pass --overwrite to rebuild it")
     # The build being replaced is moved aside before the builder is made (a builder opened on old files would
@@ -81,8 +80,7 @@ def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options:
         if reused:
             _check_reuse(builder, BuildError)
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    splits = {name: split.num_examples for name, split in builder.info.splits.items()}
-    return BuildResult(Path(builder.data_dir), splits, time.perf_counter() - start, reused)
+    return _result(dataset, data_dir, start, reused)
 
 
 def _build_export(config_name: str, data_dir: Path, manual_dir, *, overwrite: bool, file_format: str,
@@ -114,8 +112,7 @@ def _build_camvid(data_dir: Path, manual_dir, *, overwrite: bool, file_format: s
     num_workers = options.pop("num_workers", None)
     config = StreetSeg.builder_configs["camvid"]
     check_options(config, {k: v for k, v in options.items() if v is not None})
-    folder = Path(manual_dir).expanduser() if manual_dir else data_dir / "downloads" / "manual"
-    _check_manual_dir(folder, BuildError, "camvid")
+    folder = _manual_folder(manual_dir, data_dir, "camvid")
     fingerprint = inputs.fingerprint(folder, camvid.label_map(), config.options(), exclude=(data_dir,))
     dataset = current_version("street_seg/camvid")
     if is_built(dataset, data_dir) and not overwrite:
@@ -141,8 +138,7 @@ def current_version(dataset: str) -> str:
 def _export_inputs(config_name: str, name: str | None, manual_dir, data_dir: Path, options: dict, log):
     """(config with its format detected, StreetSeg kwargs, export folder, label map)."""
     config, builder_kwargs = _export_config(config_name, name, options)
-    folder = Path(manual_dir).expanduser() if manual_dir else data_dir / "downloads" / "manual"
-    _check_manual_dir(folder, BuildError, config.name)
+    folder = _manual_folder(manual_dir, data_dir, config.name)
     label_map = _load_label_map(config.label_map)
     if config.format == "auto":
         config = dataclasses.replace(config, format=inputs.detect_format(folder))
@@ -198,8 +194,7 @@ def _load_label_map(path: str | None) -> LabelMap:
 def _check_unchanged(dataset: str, data_dir: Path, fingerprint: dict, file_format: str) -> None:
     """Nothing to do when the inputs and the file format are those of the build on disk; otherwise say what
     changed."""
-    path = dataset_dir(dataset, data_dir)
-    info = tfds.builder_from_directory(os.fspath(path)).info
+    info = open_built(dataset, data_dir).info
     metadata = info.metadata
     stored = metadata["fingerprint"] if metadata is not None and "fingerprint" in metadata.keys() else None
     what = inputs.changes(stored, fingerprint) if stored else ["it was built without a record of its inputs"]
@@ -228,10 +223,9 @@ def _prepare(builder_kwargs: dict, data_dir: Path, folder: Path, file_format: st
 
 
 def _result(dataset: str, data_dir: Path, start: float, reused: bool) -> BuildResult:
-    path = dataset_dir(dataset, data_dir)
-    info = tfds.builder_from_directory(os.fspath(path)).info
+    info = open_built(dataset, data_dir).info
     splits = {name: split.num_examples for name, split in info.splits.items()}
-    return BuildResult(path, splits, time.perf_counter() - start, reused)
+    return BuildResult(Path(info.data_dir), splits, time.perf_counter() - start, reused)
 
 
 @contextlib.contextmanager
@@ -291,6 +285,14 @@ def _check_file_format(file_format: str, error) -> None:
         raise error(f"file format must be array_record or tfrecord, got {file_format!r}")
     if file_format == "tfrecord" and importlib.util.find_spec("tensorflow") is None:
         raise error("tfrecord output needs TensorFlow, which is not installed; use array_record (the default)")
+
+
+def _manual_folder(manual_dir, data_dir: Path, config_name: str) -> Path:
+    """The folder the config reads (TFDS's default: DATA_DIR/downloads/manual); BuildError when it is empty or
+    missing."""
+    folder = Path(manual_dir).expanduser() if manual_dir else data_dir / "downloads" / "manual"
+    _check_manual_dir(folder, BuildError, config_name)
+    return folder
 
 
 def _check_manual_dir(folder: Path, error, config_name: str = "voc_polygons") -> None:

@@ -30,8 +30,8 @@ import tensorflow_datasets as tfds
 
 from streetseg_jax.labels.label_map import LabelMap
 
-__all__ = ["DatasetNotFoundError", "UnknownSplitError", "dataset_dir", "is_built", "load_split", "default_data_dir",
-           "parse_name", "built_versions"]
+__all__ = ["DatasetNotFoundError", "UnknownSplitError", "dataset_dir", "is_built", "load_split", "open_built",
+           "default_data_dir", "parse_name", "built_versions"]
 
 _NAME = re.compile(r"^(?P<name>[\w-]+)/(?P<config>[\w-]+)(?::(?P<version>\d+\.\d+\.\d+))?$")
 
@@ -74,8 +74,7 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None) -> 
 
     `split` may use TFDS's slicing ("train[:100]", "train[:90%]", "train+test").
     """
-    path = dataset_dir(dataset, data_dir)
-    builder = tfds.builder_from_directory(os.fspath(path))
+    builder = open_built(dataset, data_dir)
     _check_split(split, list(builder.info.splits.keys()), dataset)
     try:
         source = builder.as_data_source(split=split)
@@ -84,10 +83,15 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None) -> 
         raise UnknownSplitError(f"{dataset}: cannot read split {split!r}: a slice must be well-formed and hold at "
                                 f"least one example, like train[:100], train[:90%], train+test (TFDS: "
                                 f"{str(e).splitlines()[-1]})") from None
-    return source, label_map_of(builder.info, path), builder.info
+    return source, label_map_of(builder.info, builder.data_dir), builder.info
 
 
-def label_map_of(info, path: Path) -> LabelMap:
+def open_built(dataset: str, data_dir: str | os.PathLike | None):
+    """TFDS's reader of a prepared dataset (`.info`, `.as_data_source`), made from its files alone."""
+    return tfds.builder_from_directory(os.fspath(dataset_dir(dataset, data_dir)))
+
+
+def label_map_of(info, path: str | os.PathLike) -> LabelMap:
     """The LabelMap stored in a dataset's metadata."""
     metadata = info.metadata
     try:
