@@ -50,7 +50,7 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
     and are refused when the inputs changed since the dataset was built (unless overwrite).
     Raises builder.BuildError / UnknownLabelsError / LabelMapError for bad input, with messages for users.
     """
-    _check_file_format(file_format, BuildError)
+    _check_file_format(file_format)
     data_dir = Path(data_dir or default_data_dir()).expanduser()     # --data_dir=~/x reaches us unexpanded
     if data_dir.exists() and not data_dir.is_dir():
         raise BuildError(f"--data_dir {data_dir} is a file, not a folder")
@@ -78,7 +78,7 @@ def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options:
                             **{k: v for k, v in options.items() if v is not None})
         reused = builder.is_prepared()
         if reused:
-            _check_reuse(builder, BuildError)
+            _check_reuse(builder)
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return _result(dataset, data_dir, start, reused)
 
@@ -280,40 +280,36 @@ def _to_stderr(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def _check_file_format(file_format: str, error) -> None:
+def _check_file_format(file_format: str) -> None:
     if file_format not in ("array_record", "tfrecord"):
-        raise error(f"file format must be array_record or tfrecord, got {file_format!r}")
+        raise BuildError(f"file format must be array_record or tfrecord, got {file_format!r}")
     if file_format == "tfrecord" and importlib.util.find_spec("tensorflow") is None:
-        raise error("tfrecord output needs TensorFlow, which is not installed; use array_record (the default)")
+        raise BuildError("tfrecord output needs TensorFlow, which is not installed; use array_record (the default)")
 
 
 def _manual_folder(manual_dir, data_dir: Path, config_name: str) -> Path:
     """The folder the config reads (TFDS's default: DATA_DIR/downloads/manual); BuildError when it is empty or
     missing."""
     folder = Path(manual_dir).expanduser() if manual_dir else data_dir / "downloads" / "manual"
-    _check_manual_dir(folder, BuildError, config_name)
-    return folder
+    if folder.is_dir() and any(folder.iterdir()):
+        return folder
+    state = "is empty" if folder.is_dir() else "is a file" if folder.exists() else "does not exist"
+    if config_name == "voc_polygons":
+        raise BuildError(f"voc_polygons reads your images + VOC XML from a folder, and {folder} {state}; pass "
+                         "--manual_dir FOLDER (with images/ + annotations/ subfolders, or the files side by side)")
+    if config_name == "camvid":
+        raise BuildError(f"camvid reads SegNet's CamVid folder (train/, trainannot/, val/, valannot/), and {folder} "
+                         f"{state}; pass --manual_dir CAMVID_FOLDER")
+    raise BuildError(f"{config_name} reads a labelling tool's export from a folder, and {folder} {state}; pass "
+                     "--manual_dir EXPORT_FOLDER")
 
 
-def _check_manual_dir(folder: Path, error, config_name: str = "voc_polygons") -> None:
-    if not folder.is_dir() or not any(folder.iterdir()):
-        state = "is empty" if folder.is_dir() else "is a file" if folder.exists() else "does not exist"
-        if config_name == "voc_polygons":
-            raise error(f"voc_polygons reads your images + VOC XML from a folder, and {folder} {state}; pass "
-                        "--manual_dir FOLDER (with images/ + annotations/ subfolders, or the files side by side)")
-        if config_name == "camvid":
-            raise error(f"camvid reads SegNet's CamVid folder (train/, trainannot/, val/, valannot/), and {folder} "
-                        f"{state}; pass --manual_dir CAMVID_FOLDER")
-        raise error(f"{config_name} reads a labelling tool's export from a folder, and {folder} {state}; pass "
-                    "--manual_dir EXPORT_FOLDER")
-
-
-def _check_reuse(builder, error) -> None:
+def _check_reuse(builder) -> None:
     """Refuse to quietly hand back a build made with other options than the ones asked for."""
     metadata = builder.info.metadata
     stored = {key: metadata[key] if key in metadata.keys() else None for key in ("options", "label_map")}
     if stored["options"] != builder.builder_config.options():
-        raise error(f"{builder.data_dir} was built with {stored['options']}, not "
-                    f"{builder.builder_config.options()}; pass --overwrite to rebuild it")
+        raise BuildError(f"{builder.data_dir} was built with {stored['options']}, not "
+                         f"{builder.builder_config.options()}; pass --overwrite to rebuild it")
     if stored["label_map"] != builder.label_map.to_dict():
-        raise error(f"{builder.data_dir} was built with another label map; pass --overwrite to rebuild it")
+        raise BuildError(f"{builder.data_dir} was built with another label map; pass --overwrite to rebuild it")
