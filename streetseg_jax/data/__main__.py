@@ -17,12 +17,11 @@ import argparse
 import sys
 
 from streetseg_jax.cli import fail, normalise_argv
+from streetseg_jax.data.configs import CONFIG_OPTIONS, CONFIGS
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES
 from streetseg_jax.labels.formats import AUTO, FORMATS
 
-CONFIGS = ("synthetic", "voc_polygons", "camvid", "from_annotations")
-_EXPORT_ONLY = ("name", "format", "val_fraction", "split_file", "unknown")
-_SYNTHETIC_ONLY = ("num_images", "height", "width", "seed")
+_ALL_OPTIONS = tuple(dict.fromkeys(name for names in CONFIG_OPTIONS.values() for name in names))
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -69,15 +68,10 @@ def check_flags(args: argparse.Namespace) -> None:
         missing = [f"--{n}" for n in ("name", "manual_dir", "format", "label_map") if getattr(args, n) is None]
         if missing:
             fail(f"--config from_annotations needs {', '.join(missing)}")
-        wrong = given(_SYNTHETIC_ONLY + ("test_fraction",))
-    else:
-        wrong = given(_EXPORT_ONLY)
-        if args.config == "synthetic" and args.manual_dir:
-            wrong.append("--manual_dir")
-        if args.config == "voc_polygons":
-            wrong += given(_SYNTHETIC_ONLY)
-        if args.config == "camvid":
-            wrong += given(_SYNTHETIC_ONLY + ("test_fraction", "label_map"))
+    refused = [name for name in _ALL_OPTIONS if name not in CONFIG_OPTIONS[args.config]]
+    wrong = given(refused if args.config == "from_annotations" else ["name", *refused])
+    if args.config == "synthetic" and args.manual_dir:
+        wrong.append("--manual_dir")
     if wrong:
         hint = ""
         if args.config == "voc_polygons" and args.unknown:
@@ -94,12 +88,7 @@ def run_build(args: argparse.Namespace) -> None:
     from streetseg_jax.labels.label_map import LabelMapError
 
     check_flags(args)
-    names = ("label_map", "num_images", "height", "width", "seed", "test_fraction", "num_workers")
-    if args.config == "from_annotations":
-        names = ("label_map", "format", "val_fraction", "split_file", "unknown", "num_workers")
-    if args.config == "camvid":
-        names = ("num_workers",)
-    options = {name: getattr(args, name) for name in names}
+    options = {name: getattr(args, name) for name in (*CONFIG_OPTIONS[args.config], "num_workers")}
     try:
         result = build.build(args.config, args.data_dir, args.manual_dir, overwrite=args.overwrite,
                              file_format=args.file_format, name=args.name, log=print, **options)

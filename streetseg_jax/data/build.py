@@ -23,6 +23,7 @@ from tqdm import tqdm
 from streetseg_jax.data import camvid, inputs
 from streetseg_jax.data.builder import (BuildError, StreetSeg, check_options, check_synthetic_label_map,
                                         from_annotations_config)
+from streetseg_jax.data.configs import CONFIG_OPTIONS
 from streetseg_jax.data.source import built_versions, default_data_dir, is_built, open_built, parse_name
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
 
@@ -168,7 +169,7 @@ def _export_config(config_name: str, name: str | None, options: dict):
     if config_name == "from_annotations":
         if not name:
             raise BuildError("from_annotations needs a dataset name (--name NAME): it builds street_seg/NAME")
-        unknown = {k: v for k, v in options.items() if v is not None and k not in _EXPORT_OPTIONS}
+        unknown = {k: v for k, v in options.items() if v is not None and k not in CONFIG_OPTIONS["from_annotations"]}
         if unknown:
             raise BuildError(f"{', '.join(sorted(unknown))}: not an option of from_annotations")
         config = from_annotations_config(name, options.get("format") or "auto", label_map=options.get("label_map"),
@@ -182,9 +183,6 @@ def _export_config(config_name: str, name: str | None, options: dict):
     config = StreetSeg.builder_configs[config_name]
     check_options(config, overrides)
     return dataclasses.replace(config, **overrides), {"config": config_name, **overrides}
-
-
-_EXPORT_OPTIONS = ("format", "label_map", "val_fraction", "split_file", "unknown")
 
 
 def _load_label_map(path: str | None) -> LabelMap:

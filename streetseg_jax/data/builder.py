@@ -67,17 +67,16 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from streetseg_jax.data import camvid, inputs
+from streetseg_jax.data.configs import CONFIG_OPTIONS, CONFIGS, SYNTHETIC_ONLY
 from streetseg_jax.data.inputs import BuildError, ExportPlan, SplitRule
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES, UnknownLabelsError
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
 
 __all__ = ["StreetSeg", "StreetSegConfig", "BuildError", "UnknownLabelsError", "OPTION_NAMES",
-           "from_annotations_config", "RESERVED_NAMES"]
+           "from_annotations_config"]
 
-OPTION_NAMES = ("num_images", "height", "width", "seed", "test_fraction", "label_map")
-RESERVED_NAMES = ("synthetic", "voc_polygons", "from_annotations", "camvid")
-_SYNTHETIC_ONLY = ("num_images", "height", "width", "seed")
+OPTION_NAMES = CONFIG_OPTIONS["synthetic"]     # the registered configs' overrides: synthetic takes all of them
 _NAME = re.compile(r"^[A-Za-z0-9][\w-]*$")
 DEFAULT_VAL_FRACTION = 0.2
 
@@ -110,7 +109,8 @@ class StreetSegConfig(tfds.core.BuilderConfig):
     def options(self) -> dict:
         """What the built examples depend on (stored in the metadata so a reuse can be checked)."""
         if self.synthetic:
-            return {name: getattr(self, name) for name in OPTION_NAMES[:-1]}
+            # The label map is stored whole beside the options (metadata["label_map"]), not as its path.
+            return {name: getattr(self, name) for name in OPTION_NAMES if name != "label_map"}
         if self.layout:
             return {"layout": self.layout}
         if not self.from_annotations:
@@ -131,9 +131,9 @@ def from_annotations_config(name: str, format: str, *, label_map: str | None = N
                             val_fraction: float | None = None, split_file: str | None = None,
                             unknown: str = "error") -> StreetSegConfig:
     """The config of `street_seg/<name>`, built from an export in `format` (one of labels/formats, or "auto")."""
-    if not _NAME.match(name or "") or name in RESERVED_NAMES:
+    if not _NAME.match(name or "") or name in CONFIGS:
         raise BuildError(f"dataset name {name!r}: use letters, digits, _ and - (not starting with - or _), and "
-                         f"none of {', '.join(RESERVED_NAMES)}")
+                         f"none of {', '.join(CONFIGS)}")
     if format not in (*formats.FORMATS, formats.AUTO):
         raise BuildError(f"format {format!r}: choose one of {', '.join(formats.FORMATS)} or auto")
     if val_fraction is not None and split_file is not None:
@@ -316,7 +316,7 @@ def check_options(config: StreetSegConfig, options: dict) -> None:
         raise BuildError(f"{', '.join(sorted(options))}: {config.name} takes no options (its classes and splits "
                          "are the dataset's own)")
     if not config.synthetic:
-        wrong = sorted(set(options) & set(_SYNTHETIC_ONLY))
+        wrong = sorted(set(options) & set(SYNTHETIC_ONLY))
         if wrong:
             raise BuildError(f"{', '.join(wrong)}: only the synthetic config takes this, not {config.name}")
     for name, least in (("num_images", 1), ("height", 8), ("width", 8), ("seed", 0)):
