@@ -106,12 +106,9 @@ def detect_format(path: Path) -> str:
 
 def read_export(fmt: str, path: Path, label_map: LabelMap) -> list[Annotation]:
     try:
-        annotations = formats.read(fmt, path, label_map)
+        return formats.read(fmt, path, label_map)
     except LabelFormatError as e:
         raise BuildError(str(e)) from None
-    if not annotations:
-        raise BuildError(formats.nothing_read(fmt, path))
-    return annotations
 
 
 # --- splits ------------------------------------------------------------------------------------------------------

@@ -72,8 +72,6 @@ def read_export(fmt: str, path: Path, label_map: LabelMap) -> tuple[str, list[An
     except Exception as e:  # noqa: BLE001 - a reader bug still reaches the user as a message, not a traceback
         fail(f"the {fmt} reader failed on {path} ({type(e).__name__}: {e}); this is a bug in streetseg_jax, "
              "please report it with the file")
-    if not annotations:
-        fail(formats.nothing_read(fmt, path))
     return fmt, annotations
 
 

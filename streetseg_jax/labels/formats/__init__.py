@@ -31,8 +31,11 @@ def reader(name: str):
 
 
 def read(name: str, path: Path, label_map) -> list:
+    """Every annotation of the export at `path`, in format `name`; LabelFormatError when there is none."""
     path = Path(path)
     annotations = reader(name).read(path, label_map)
+    if not annotations:
+        raise LabelFormatError(_nothing_read(name, path))
     for annotation in annotations:
         check_coordinates(annotation)
     add_folders_to_clashing_keys(annotations, path if path.is_dir() else path.parent)
@@ -114,7 +117,7 @@ def detect(path: Path) -> str:
                            "with the one you exported")
 
 
-def nothing_read(fmt: str, path: Path) -> str:
+def _nothing_read(fmt: str, path: Path) -> str:
     """The message for a read that found no annotations, naming the format the files look like when another."""
     others = [name for name in available() if name != fmt and _looks_like(name, Path(path))]
     hint = f"; the files look like {' or '.join(others)} (--format {others[0]})" if others else ""
