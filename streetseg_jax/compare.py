@@ -21,8 +21,8 @@ from pathlib import Path
 
 from streetseg_jax import atomic
 from streetseg_jax.cli import fail, normalise_argv
-from streetseg_jax.report import _e, _figure_png, _png_uri, _pyplot, _section, html_page
-from streetseg_jax.visualize import hms, read_metrics, run_history
+from streetseg_jax.report import _e, _figure_png, _png_uri, _section, html_page
+from streetseg_jax.visualize import hms, pyplot, read_metrics, run_history
 
 MISSING = "–"   # a config key one run lacks, or a figure it has not logged
 # Keys whose differences make the runs' eval mIoUs incomparable (scored on other images or other labels).
@@ -253,7 +253,7 @@ def _columns(rows: list[list[str]]) -> list[str]:
 def curves_png(runs: list[Run]) -> bytes:
     """Eval mIoU against step and against training time, and train loss against step; one colour and line style
     per run (ten colours, then dashed, then dotted), the legend beside the plots."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (by_step, by_time, loss) = plt.subplots(1, 3, figsize=(17, 4.2), layout="constrained")
     hours = max((r["elapsed"] for run in runs for r in run.evals), default=0) >= 2 * 3600
     unit, seconds = ("hours", 3600) if hours else ("minutes", 60)

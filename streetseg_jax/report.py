@@ -19,7 +19,6 @@ import io
 import json
 import math
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from streetseg_jax import atomic
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, check_workdir, fail, normalise_argv
+from streetseg_jax.visualize import curves_figure, pyplot, read_metrics
 
 MAX_PANEL_WIDTH = 480   # pixels of an embedded example panel: enough to see errors, small enough to keep files light
 SHOWN_PANEL_WIDTH = 280  # about how wide a panel shows on the page (a quarter of it): narrower images are enlarged
@@ -129,35 +129,22 @@ class _Masks:
 # -------------------------------------------------------------------------------------------------------------------
 # Pictures
 # -------------------------------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _figure_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
 
 
 def curves_png(metrics_path: Path) -> bytes | None:
-    """visualize.plot_curves' loss and mIoU figure as PNG bytes; None without metrics."""
-    from streetseg_jax.visualize import plot_curves, read_metrics
+    """visualize.curves_figure's loss and mIoU figure as PNG bytes; None without metrics."""
     metrics = read_metrics(metrics_path)
-    if not metrics:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "curves.png"
-        plot_curves(metrics, path)
-        return path.read_bytes()
+    return _figure_png(curves_figure(metrics)) if metrics else None
 
 
 def confusion_png(confusion: np.ndarray, names: list[str]) -> bytes:
     """Row-normalised heatmap: each row is where that true class's pixels went. Empty rows stay blank."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = confusion.sum(axis=1, keepdims=True)
     share = np.where(rows > 0, confusion / np.maximum(rows, 1), np.nan)
     k = len(names)
@@ -186,7 +173,7 @@ def _annotate_cells(ax, share: np.ndarray) -> None:
 def frequency_png(series: list[tuple[str, np.ndarray]], label_map) -> bytes:
     """Each class's share of the labelled pixels, one bar per (split name, pixel counts): solid, then hatched."""
     from matplotlib.patches import Patch
-    plt = _pyplot()
+    plt = pyplot()
     k = label_map.num_classes
     colors = [np.array(c.color) / 255 for c in label_map.classes]
     styles = ({}, {"alpha": 0.55, "hatch": "///"})

@@ -123,16 +123,20 @@ def hms(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
-def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
-    """Loss and mIoU against step, train and eval, as one PNG (written atomically); from metrics.jsonl's records,
-    whose restarts (resumes) are marked by dashed lines."""
+def pyplot():
+    """matplotlib.pyplot drawing off-screen (Agg): training machines and report runs have no display."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def curves_figure(metrics: list[dict]):
+    """Loss and mIoU against step, train and eval, from metrics.jsonl's records, whose restarts (resumes) are
+    marked by dashed lines; the caller saves and closes the figure."""
     resumes = sorted({r["step"] for r in metrics if r.get("run/start") and r["step"] > 0})
     metrics = run_history(metrics)
-    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax_loss, ax_miou) = pyplot().subplots(1, 2, figsize=(10, 3.6))
     # The two losses are not one quantity: training's is the configured objective (class weights, Dice or Lovasz
     # terms), evaluation's the plain cross-entropy of the (test-time augmented) logits.
     for key, label, ax, style in (("train/loss", "train/loss (objective)", ax_loss, "-"),
@@ -151,9 +155,15 @@ def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
         ax.legend()
     ax_miou.set_ylim(0, 1)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
+    """curves_figure as one PNG, written atomically."""
+    fig = curves_figure(metrics)
     with atomic_file(out_path) as f:
         fig.savefig(f, dpi=100, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 # Error maps: what a reader should see at a glance is where the model is wrong, so everything else recedes.
