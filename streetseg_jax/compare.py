@@ -21,8 +21,8 @@ from pathlib import Path
 
 from streetseg_jax import atomic
 from streetseg_jax.cli import fail, normalise_argv
-from streetseg_jax.report import _e, _figure_png, _png_uri, _section, html_page
-from streetseg_jax.visualize import hms, pyplot, read_metrics, run_history
+from streetseg_jax.page import escape, html_page, png_uri, section
+from streetseg_jax.visualize import figure_png, hms, pyplot, read_metrics, run_history
 
 MISSING = "–"   # a config key one run lacks, or a figure it has not logged
 # Keys whose differences make the runs' eval mIoUs incomparable (scored on other images or other labels).
@@ -275,9 +275,7 @@ def curves_png(runs: list[Run]) -> bytes:
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=9)
-    png = _figure_png(fig)
-    plt.close(fig)
-    return png
+    return figure_png(fig)
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -286,24 +284,25 @@ def curves_png(runs: list[Run]) -> bytes:
 def render_html(runs: list[Run]) -> str:
     title = f"Comparing {len(runs)} runs"
     warning = data_warning(runs)
-    parts = [f'<header><h1>{_e(title)}</h1><p class="sub">{_e(", ".join(str(r.path) for r in runs))}</p></header>',
-             _section("warning", "Warning", f"<p><b>{_e(warning)}</b></p>") if warning else "",
-             _section("summary", "Summary", _summary_table(runs)),
+    paths = ", ".join(str(r.path) for r in runs)
+    parts = [f'<header><h1>{escape(title)}</h1><p class="sub">{escape(paths)}</p></header>',
+             section("warning", "Warning", f"<p><b>{escape(warning)}</b></p>") if warning else "",
+             section("summary", "Summary", _summary_table(runs)),
              _seeds_section(runs),
-             _section("curves", "Curves", f'<img class="figure" src="{_png_uri(curves_png(runs))}" alt="eval mean '
-                      'IoU against step and hours of training, train loss against step, one colour per run">'
-                      '<p class="note">Training time includes start-up and evaluation; the time between a stop and '
-                      "its resume, and steps redone after one, are left out.</p>"),
-             _section("classes", "IoU per class at each run's best evaluation", _class_table(runs)),
+             section("curves", "Curves", f'<img class="figure" src="{png_uri(curves_png(runs))}" alt="eval mean '
+                     'IoU against step and hours of training, train loss against step, one colour per run">'
+                     '<p class="note">Training time includes start-up and evaluation; the time between a stop and '
+                     "its resume, and steps redone after one, are left out.</p>"),
+             section("classes", "IoU per class at each run's best evaluation", _class_table(runs)),
              _evaluations_section(runs),
-             _section("config", "Config keys that differ", _config_table(runs))]
+             section("config", "Config keys that differ", _config_table(runs))]
     return html_page(title, [p for p in parts if p], "streetseg_jax.compare", EXTRA_CSS)
 
 
 def _table(rows: list[list[str]], bold: set = frozenset()) -> str:
     """rows[0] is the header; cells at the (row, column) positions in `bold` are bold."""
-    head = "".join(f"<th>{_e(cell)}</th>" for cell in rows[0])
-    body = "".join("<tr>" + "".join(f"<td><b>{_e(c)}</b></td>" if (i, j) in bold else f"<td>{_e(c)}</td>"
+    head = "".join(f"<th>{escape(cell)}</th>" for cell in rows[0])
+    body = "".join("<tr>" + "".join(f"<td><b>{escape(c)}</b></td>" if (i, j) in bold else f"<td>{escape(c)}</td>"
                                     for j, c in enumerate(row)) + "</tr>" for i, row in enumerate(rows[1:], 1))
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
@@ -337,18 +336,18 @@ def _seeds_section(runs: list[Run]) -> str:
     rows = seed_rows(runs)
     if len(rows) == 1:
         return ""
-    return _section("seeds", "Seeds", _table(rows) + '<p class="note">Runs whose configs differ only in the seed '
-                    "(and where the data lives, and provenance): the mean ± standard deviation of the finished runs' "
-                    "eval mIoU, and its range. The spread is how far apart two runs of one recipe can land.</p>")
+    return section("seeds", "Seeds", _table(rows) + '<p class="note">Runs whose configs differ only in the seed '
+                   "(and where the data lives, and provenance): the mean ± standard deviation of the finished runs' "
+                   "eval mIoU, and its range. The spread is how far apart two runs of one recipe can land.</p>")
 
 
 def _evaluations_section(runs: list[Run]) -> str:
     rows = evaluation_rows(runs)
     if len(rows) == 1:
         return ""
-    return _section("evaluations", "Results of python -m streetseg_jax.evaluate", _table(rows) +
-                    '<p class="note">From each run\'s <code>eval/&lt;split&gt;[_flip_tta][_multiscale].json</code>: '
-                    "mean IoU at the labels' resolution, with the step of the checkpoint scored.</p>")
+    return section("evaluations", "Results of python -m streetseg_jax.evaluate", _table(rows) +
+                   '<p class="note">From each run\'s <code>eval/&lt;split&gt;[_flip_tta][_multiscale].json</code>: '
+                   "mean IoU at the labels' resolution, with the step of the checkpoint scored.</p>")
 
 
 def _config_table(runs: list[Run]) -> str:

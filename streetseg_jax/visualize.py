@@ -1,6 +1,7 @@
 """Pictures people look at: coloured masks, overlays with a legend, loss and mIoU curves."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -129,6 +130,14 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def figure_png(fig) -> bytes:
+    """The figure as PNG bytes, trimmed to what is drawn; the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    pyplot().close(fig)
+    return buffer.getvalue()
 
 
 def curves_figure(metrics: list[dict]):
