@@ -19,10 +19,13 @@ multi-scale TTA, which follows the run's eval_extra_scales unless --extra_scales
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +43,7 @@ from streetseg_jax.models.unet import preprocess
 
 # 64 batches of 8 full-HD images stay far below 2**31 pixels per confusion cell.
 FLUSH_EVERY = 64
+ANNOTATE_UP_TO = 24     # classes; beyond this the confusion-matrix cells are too small to carry numbers
 
 
 def predict_logits(model, images, scale: float = 1.0):
@@ -155,7 +159,7 @@ class Evaluator:
             example = source[i]
             image, truth = example["image"], example["segmentation_mask"][..., 0]
             pred = np.asarray(self._predict(params, model_state, image[None]))[0].astype(np.uint8)
-            name = Path(_text(example.get("file_name", f"example_{i}"))).stem
+            name = Path(as_text(example.get("file_name", f"example_{i}"))).stem
             with atomic.atomic_file(out_dir / f"{name}.png") as f:
                 comparison(image, truth, pred, self.label_map, caption).save(f, format="PNG")
 
@@ -205,7 +209,118 @@ def _add_to_host(host: dict, device: dict | None) -> dict:
             "loss_sum": host["loss_sum"] + float(got["loss_sum"]), "pixels": host["pixels"] + float(got["pixels"])}
 
 
-def _text(value) -> str:
+# -------------------------------------------------------------------------------------------------------------------
+# A trained run, loaded and scored (the command line below, and the report)
+# -------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class LoadedRun:
+    config: Any                 # ml_collections.ConfigDict the checkpoint was trained with
+    label_map: Any              # LabelMap
+    evaluator: Evaluator
+    params: Any
+    model_state: Any
+    step: int
+    checkpoint: str             # which one was loaded: "best", "latest" or "step N"
+
+
+def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None,
+             extra_scales: tuple | None = None) -> LoadedRun:
+    """The model of a checkpoint ('best', 'latest' or a step), with an Evaluator around it (averaging the logits of
+    each image and its mirror image with `flip_tta`, and those of the network at `extra_scales` too; None: as the
+    run evaluated, its config's eval_flip_tta and eval_extra_scales)."""
+    from streetseg_jax.inference import load_model    # here: inference imports this module
+
+    try:
+        trained = load_model(workdir, which)
+    except FileNotFoundError as e:
+        fail(str(e))
+    mesh = sharding.make_mesh()
+    # The model comes back on one device; the evaluator's batches span the mesh, so the weights must too.
+    params, model_state = jax.device_put((trained.params, trained.model_state), sharding.replicated(mesh))
+    config = trained.config
+    # The split is scored exactly whatever the batch, so fit the batch to the devices of this machine.
+    devices = mesh.devices.size
+    config.eval_batch_size = -(-config.eval_batch_size // devices) * devices
+    apply_tta_flags(config, flip_tta, extra_scales)
+    evaluator = Evaluator(trained.graphdef, mesh, trained.label_map, config)
+    return LoadedRun(config, trained.label_map, evaluator, params, model_state, trained.step, trained.source)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    split: str
+    confusion: np.ndarray       # int64 (K, K), rows true, columns predicted
+    per_image: np.ndarray       # int64 (N, K, K)
+    scores: dict                # metrics.metrics_from_confusion of `confusion`, plus "loss"
+    image_miou: list            # per image: mIoU, or None for an image with no labelled pixel
+
+
+def load_checked_split(run: LoadedRun, split: str, data_dir: str | None):
+    """The split of the run's dataset, from `data_dir` (None: the run's config.data_dir); exits when the dataset's
+    label map is not the one the checkpoint was trained with."""
+    from streetseg_jax.data.source import load_split
+
+    source, label_map, _ = load_split(run.config.dataset, split, data_dir or run.config.data_dir)
+    if label_map.to_dict() != run.label_map.to_dict():
+        fail(f"the label map of {run.config.dataset} differs from the one the checkpoint was trained with, "
+             "so its scores would be meaningless")
+    return source
+
+
+def evaluate_split(run: LoadedRun, source, split: str) -> Evaluation:
+    """One pass over the split: per-image confusion matrices on the device; every total is their sum."""
+    sums = run.evaluator.per_image(run.params, run.model_state, source)
+    names = run.label_map.names
+    confusion = sums["confusion"].sum(axis=0)
+    scores = metrics_from_confusion(confusion, names)
+    scores["loss"] = float(sums["loss_sum"].sum() / max(sums["pixels"].sum(), 1.0))
+    image_miou = [metrics_from_confusion(c, names)["miou"] for c in sums["confusion"]]
+    return Evaluation(split, confusion, sums["confusion"], scores, image_miou)
+
+
+def rank_images(image_miou: list, k: int) -> tuple[list[int], list[int]]:
+    """(best first, worst first) indices, at most k each and never the same image in both lists.
+
+    Images without an mIoU (nothing labelled) are left out; ties keep source order.
+    """
+    scored = [i for i, m in enumerate(image_miou) if m is not None]
+    n_best, n_worst = min(k, math.ceil(len(scored) / 2)), min(k, len(scored) // 2)
+    best = sorted(scored, key=lambda i: (-image_miou[i], i))[:n_best]
+    worst = [i for i in sorted(scored, key=lambda i: (image_miou[i], i)) if i not in best][:n_worst]
+    return best, worst
+
+
+def confusion_png(confusion: np.ndarray, names: list[str]) -> bytes:
+    """Row-normalised heatmap: each row is where that true class's pixels went. Empty rows stay blank."""
+    from streetseg_jax.visualize import figure_png, pyplot
+    plt = pyplot()
+    rows = confusion.sum(axis=1, keepdims=True)
+    share = np.where(rows > 0, confusion / np.maximum(rows, 1), np.nan)
+    k = len(names)
+    side = max(4.0, 0.55 * k + 1.5)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(np.ma.masked_invalid(share), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), names, rotation=40, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if k <= ANNOTATE_UP_TO:
+        _annotate_cells(ax, share)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="share of the true class's pixels")
+    return figure_png(fig)
+
+
+def _annotate_cells(ax, share: np.ndarray) -> None:
+    for (r, c), value in np.ndenumerate(share):
+        if np.isnan(value):
+            ax.text(c, r, "–", ha="center", va="center", fontsize=8, color="#999")
+        elif value >= 0.005:  # a wall of 0.00 hides the cells that matter
+            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if value > 0.55 else "#222")
+
+
+def as_text(value) -> str:
+    """A dataset string (TFDS Text comes as bytes without TensorFlow) as str."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -222,28 +337,21 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     `flip_tta` and `extra_scales` None score as the run evaluated (its config's eval_flip_tta, eval_extra_scales);
     with flip or multi-scale TTA the files are named <split>_flip_tta, <split>_multiscale or
     <split>_flip_tta_multiscale, so they sit beside the plain figures."""
-    # The report already loads a checkpoint into an Evaluator and makes one per-image pass; the CLI shares both
-    # (imported here: report sits above evaluate, and only the command line needs it).
-    from streetseg_jax import report
-    from streetseg_jax.data.source import load_split
-
     workdir = Path(workdir).absolute()
-    run = report.load_run(workdir, checkpoint, flip_tta, extra_scales)
+    run = load_run(workdir, checkpoint, flip_tta, extra_scales)
     split = split or run.config.eval_split
-    source, data_label_map, _ = load_split(run.config.dataset, split, data_dir or run.config.data_dir)
-    if data_label_map.to_dict() != run.label_map.to_dict():
-        fail(f"the label map of {run.config.dataset} differs from the one the checkpoint was trained with")
-    evaluation = report.evaluate_split(run, source, split)
+    source = load_checked_split(run, split, data_dir)
+    evaluation = evaluate_split(run, source, split)
     file_names, sizes = _names_and_sizes(source)
     result = result_dict(run, evaluation, file_names, workdir)
     result["label_sizes"] = sizes
-    result["per_image"]["worst"] = _worst(result["per_image"]["images"], report.rank_images)
+    result["per_image"]["worst"] = _worst(result["per_image"]["images"])
     out_dir = workdir / "eval"
     stem = (split_file_name(split) + ("_flip_tta" if run.config.eval_flip_tta else "")
             + ("_multiscale" if len(network_scales(run.config)) > 1 else ""))
     json_path = atomic.write_bytes(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
     png_path = atomic.write_bytes(out_dir / f"{stem}_confusion.png",
-                                 report.confusion_png(evaluation.confusion, run.label_map.names))
+                                 confusion_png(evaluation.confusion, run.label_map.names))
     return result, json_path, png_path
 
 
@@ -275,7 +383,7 @@ def per_image_summary(confusions: np.ndarray, names: list[str], file_names: list
     return {**spread, "images": images}
 
 
-def _worst(images: list[dict], rank_images) -> list[dict]:
+def _worst(images: list[dict]) -> list[dict]:
     _, worst = rank_images([row["miou"] for row in images], WORST_SHOWN)
     return [{"index": i, **images[i]} for i in worst]
 
@@ -285,7 +393,7 @@ def _names_and_sizes(source) -> tuple[list[str], list[str]]:
     names, sizes = [], {}
     for i in range(len(source)):
         record = source[i]
-        names.append(_text(record.get("file_name", f"example_{i}")))
+        names.append(as_text(record.get("file_name", f"example_{i}")))
         height, width = record["segmentation_mask"].shape[:2]
         sizes[f"{height}x{width}"] = None
     return names, list(sizes)

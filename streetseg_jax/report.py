@@ -15,7 +15,6 @@ import base64
 import dataclasses
 import io
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,89 +23,19 @@ import numpy as np
 
 from streetseg_jax import atomic
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, check_workdir, fail, normalise_argv
+from streetseg_jax.evaluate import (Evaluation, LoadedRun, as_text, confusion_png, evaluate_split, load_checked_split,
+                                    load_run, network_scales, rank_images, split_file_name)
 from streetseg_jax.page import escape, html_page, png_uri, section
 from streetseg_jax.visualize import curves_figure, figure_png, pyplot, read_metrics
 
 MAX_PANEL_WIDTH = 480   # pixels of an embedded example panel: enough to see errors, small enough to keep files light
 SHOWN_PANEL_WIDTH = 280  # about how wide a panel shows on the page (a quarter of it): narrower images are enlarged
-ANNOTATE_UP_TO = 24     # classes; beyond this the confusion-matrix cells are too small to carry numbers
 SECTIONS = ("summary", "curves", "classes", "confusion", "frequencies", "best", "worst", "provenance")
 
 
 # -------------------------------------------------------------------------------------------------------------------
-# Loading the run and evaluating it
+# The train split's class frequencies
 # -------------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class LoadedRun:
-    config: Any                 # ml_collections.ConfigDict the checkpoint was trained with
-    label_map: Any              # LabelMap
-    evaluator: Any              # evaluate.Evaluator
-    params: Any
-    model_state: Any
-    step: int
-    checkpoint: str             # which one was loaded: "best", "latest" or "step N"
-
-
-def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None,
-             extra_scales: tuple | None = None) -> LoadedRun:
-    """The model of a checkpoint ('best', 'latest' or a step), with an Evaluator around it (averaging the logits of
-    each image and its mirror image with `flip_tta`, and those of the network at `extra_scales` too; None: as the
-    run evaluated, its config's eval_flip_tta and eval_extra_scales)."""
-    import jax
-    from streetseg_jax import sharding
-    from streetseg_jax.evaluate import Evaluator, apply_tta_flags
-    from streetseg_jax.inference import load_model
-
-    try:
-        trained = load_model(workdir, which)
-    except FileNotFoundError as e:
-        fail(str(e))
-    mesh = sharding.make_mesh()
-    # The model comes back on one device; the evaluator's batches span the mesh, so the weights must too.
-    params, model_state = jax.device_put((trained.params, trained.model_state), sharding.replicated(mesh))
-    config = trained.config
-    # The split is scored exactly whatever the batch, so fit the batch to the devices of this machine.
-    devices = mesh.devices.size
-    config.eval_batch_size = -(-config.eval_batch_size // devices) * devices
-    apply_tta_flags(config, flip_tta, extra_scales)
-    evaluator = Evaluator(trained.graphdef, mesh, trained.label_map, config)
-    return LoadedRun(config, trained.label_map, evaluator, params, model_state, trained.step, trained.source)
-
-
-@dataclasses.dataclass
-class Evaluation:
-    split: str
-    confusion: np.ndarray       # int64 (K, K), rows true, columns predicted
-    per_image: np.ndarray       # int64 (N, K, K)
-    scores: dict                # metrics.metrics_from_confusion of `confusion`, plus "loss"
-    image_miou: list            # per image: mIoU, or None for an image with no labelled pixel
-
-
-def evaluate_split(run: LoadedRun, source, split: str) -> Evaluation:
-    """One pass over the split: per-image confusion matrices on the device; every total is their sum."""
-    from streetseg_jax.metrics import metrics_from_confusion
-
-    sums = run.evaluator.per_image(run.params, run.model_state, source)
-    names = run.label_map.names
-    confusion = sums["confusion"].sum(axis=0)
-    scores = metrics_from_confusion(confusion, names)
-    scores["loss"] = float(sums["loss_sum"].sum() / max(sums["pixels"].sum(), 1.0))
-    image_miou = [metrics_from_confusion(c, names)["miou"] for c in sums["confusion"]]
-    return Evaluation(split, confusion, sums["confusion"], scores, image_miou)
-
-
-def rank_images(image_miou: list, k: int) -> tuple[list[int], list[int]]:
-    """(best first, worst first) indices, at most k each and never the same image in both lists.
-
-    Images without an mIoU (nothing labelled) are left out; ties keep source order.
-    """
-    scored = [i for i, m in enumerate(image_miou) if m is not None]
-    n_best, n_worst = min(k, math.ceil(len(scored) / 2)), min(k, len(scored) // 2)
-    best = sorted(scored, key=lambda i: (-image_miou[i], i))[:n_best]
-    worst = [i for i in sorted(scored, key=lambda i: (image_miou[i], i)) if i not in best][:n_worst]
-    return best, worst
-
-
 def train_pixel_counts(source, num_classes: int) -> np.ndarray:
     from streetseg_jax.labels.stats import class_pixel_counts
     return class_pixel_counts(_Masks(source), num_classes, progress=True)[0]
@@ -132,34 +61,6 @@ def curves_png(metrics_path: Path) -> bytes | None:
     """visualize.curves_figure's loss and mIoU figure as PNG bytes; None without metrics."""
     metrics = read_metrics(metrics_path)
     return figure_png(curves_figure(metrics)) if metrics else None
-
-
-def confusion_png(confusion: np.ndarray, names: list[str]) -> bytes:
-    """Row-normalised heatmap: each row is where that true class's pixels went. Empty rows stay blank."""
-    plt = pyplot()
-    rows = confusion.sum(axis=1, keepdims=True)
-    share = np.where(rows > 0, confusion / np.maximum(rows, 1), np.nan)
-    k = len(names)
-    side = max(4.0, 0.55 * k + 1.5)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
-    image = ax.imshow(np.ma.masked_invalid(share), cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), names, rotation=40, ha="right")
-    ax.set_yticks(range(k), names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    if k <= ANNOTATE_UP_TO:
-        _annotate_cells(ax, share)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="share of the true class's pixels")
-    return figure_png(fig)
-
-
-def _annotate_cells(ax, share: np.ndarray) -> None:
-    for (r, c), value in np.ndenumerate(share):
-        if np.isnan(value):
-            ax.text(c, r, "–", ha="center", va="center", fontsize=8, color="#999")
-        elif value >= 0.005:  # a wall of 0.00 hides the cells that matter
-            ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
-                    color="white" if value > 0.55 else "#222")
 
 
 def frequency_png(series: list[tuple[str, np.ndarray]], label_map) -> bytes:
@@ -212,7 +113,7 @@ def example(run: LoadedRun, source, index: int, miou: float, confusion: np.ndarr
               "errors": _data_uri(error_map(image, truth, pred, lm.ignore_id), "JPEG")}
     total = confusion.sum()
     accuracy = float(np.trace(confusion) / total) if total else None
-    return Example(index, _text(record.get("file_name", f"example {index}")), miou, accuracy, panels,
+    return Example(index, as_text(record.get("file_name", f"example {index}")), miou, accuracy, panels,
                    enlarged=image.shape[1] < SHOWN_PANEL_WIDTH)
 
 
@@ -227,10 +128,6 @@ def _data_uri(pixels: np.ndarray, fmt: str) -> str:
     # JPEG without chroma subsampling: thin red error lines stay sharp at a fraction of a PNG's size.
     image.save(buffer, format=fmt, **({"quality": 90, "subsampling": 0} if fmt == "JPEG" else {"optimize": True}))
     return f"data:image/{fmt.lower()};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -424,16 +321,12 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     """Evaluate `checkpoint` of the run in `workdir` on `split` and write workdir/report.html (report_<split>.html
     for a split other than the run's eval split, so that one report does not replace the other); returns its path.
     Test-time augmentation as the run evaluated unless `flip_tta` / `extra_scales` say otherwise (see load_run)."""
-    from streetseg_jax.data.source import load_split
-    from streetseg_jax.evaluate import split_file_name
-
     workdir = Path(workdir).absolute()
     run = load_run(workdir, checkpoint, flip_tta, extra_scales)
     config = run.config
-    split, data_dir = split or config.eval_split, data_dir or config.data_dir
-    eval_source, data_label_map, _ = load_split(config.dataset, split, data_dir)
-    _check_label_map(data_label_map, run.label_map, config.dataset)
-    train_source, _, _ = load_split(config.dataset, config.train_split, data_dir)
+    split = split or config.eval_split
+    eval_source = load_checked_split(run, split, data_dir)
+    train_source = load_checked_split(run, config.train_split, data_dir)
     evaluation = evaluate_split(run, eval_source, split)
     data = _report_data(workdir, run, k, evaluation, eval_source, train_source)
     name = "report.html" if split == config.eval_split else f"report_{split_file_name(split)}.html"
@@ -458,8 +351,6 @@ def _report_data(workdir, run, k, evaluation, eval_source, train_source) -> Repo
 
 
 def _inference_setting(config) -> str:
-    from streetseg_jax.evaluate import network_scales
-
     scales = network_scales(config)
     return (f"network at scale{'s' * (len(scales) > 1)} {', '.join(f'{s:g}' for s in scales)}"
             + (", flip-averaged" if config.get("eval_flip_tta", False) else ""))
@@ -472,12 +363,6 @@ def _frequency_series(train_split: str, train_counts: np.ndarray, evaluation: Ev
     if evaluation.split != train_split:
         series.append((evaluation.split, evaluation.confusion.sum(axis=1)))
     return series
-
-
-def _check_label_map(data_label_map, model_label_map, dataset: str) -> None:
-    if data_label_map.to_dict() != model_label_map.to_dict():
-        fail(f"the label map of {dataset} differs from the one the checkpoint was trained with, "
-             "so its scores would be meaningless")
 
 
 def make_parser() -> argparse.ArgumentParser:

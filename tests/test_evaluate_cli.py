@@ -41,10 +41,10 @@ def cli_result(workdir):
 
 def expected_scores(workdir: Path, split: str, checkpoint="best") -> tuple[dict, dict]:
     """Evaluator.run and Evaluator.sums of the checkpoint on the split, computed here."""
-    from streetseg_jax import report
     from streetseg_jax.data.source import load_split
+    from streetseg_jax.evaluate import load_run
 
-    run = report.load_run(workdir, checkpoint)
+    run = load_run(workdir, checkpoint)
     source, _, _ = load_split(run.config.dataset, split, run.config.data_dir)
     return (run.evaluator.run(run.params, run.model_state, source),
             run.evaluator.sums(run.params, run.model_state, source))
@@ -124,7 +124,7 @@ def test_workdir_without_checkpoints_is_refused(tmp_path, capsys):
 
 
 def test_flip_tta_is_mirror_symmetric_and_written_beside_the_plain_figures(workdir, cli_result, capsys):
-    from streetseg_jax import evaluate, report
+    from streetseg_jax import evaluate
     from streetseg_jax.data.source import load_split
 
     evaluate.main(["--workdir", str(workdir), "--flip_tta"])
@@ -133,7 +133,7 @@ def test_flip_tta_is_mirror_symmetric_and_written_beside_the_plain_figures(workd
     assert result["flip_tta"] is True and cli_result[1]["flip_tta"] is False
     assert (workdir / "eval" / "test_flip_tta_confusion.png").exists()
     # The flip-averaged prediction of a mirrored image is the mirrored prediction (the plain one need not be).
-    run = report.load_run(workdir, "best", flip_tta=True)
+    run = evaluate.load_run(workdir, "best", flip_tta=True)
     source, _, _ = load_split(run.config.dataset, "test", run.config.data_dir)
     images = np.stack([source[i]["image"] for i in range(2)])
     plain = run.evaluator.predict(run.params, run.model_state, images)
@@ -143,7 +143,7 @@ def test_flip_tta_is_mirror_symmetric_and_written_beside_the_plain_figures(workd
 
 
 def test_flip_tta_follows_the_runs_config_unless_told(workdir, monkeypatch):
-    from streetseg_jax import inference, report
+    from streetseg_jax import evaluate, inference
 
     load_model = inference.load_model
 
@@ -153,10 +153,10 @@ def test_flip_tta_follows_the_runs_config_unless_told(workdir, monkeypatch):
         return trained
 
     monkeypatch.setattr(inference, "load_model", load_model_evaluated_with_tta)
-    assert report.load_run(workdir, "best").config.eval_flip_tta is True
-    assert report.load_run(workdir, "best", flip_tta=False).config.eval_flip_tta is False
+    assert evaluate.load_run(workdir, "best").config.eval_flip_tta is True
+    assert evaluate.load_run(workdir, "best", flip_tta=False).config.eval_flip_tta is False
     monkeypatch.undo()
-    assert report.load_run(workdir, "best").config.eval_flip_tta is False
+    assert evaluate.load_run(workdir, "best").config.eval_flip_tta is False
 
 
 @pytest.mark.parametrize("argv, expected", [([], None), (["--flip_tta"], True), (["--no-flip-tta"], False),
@@ -171,18 +171,18 @@ def test_flip_tta_flags(argv, expected):
 
 
 def test_multi_scale_tta_on_request_is_written_beside_the_plain_figures(workdir, cli_result, capsys):
-    from streetseg_jax import evaluate, report
+    from streetseg_jax import evaluate
     from streetseg_jax.data.source import load_split
 
     evaluate.main(["--workdir", str(workdir), "--extra_scales", "1.0"])
     assert f"eval_scale {EVAL_SCALE:g} (and 1, logits averaged)" in capsys.readouterr().out
     result = json.loads((workdir / "eval" / "test_multiscale.json").read_text())
     assert result["eval_extra_scales"] == [1.0] and result["flip_tta"] is False
-    run = report.load_run(workdir, "best", extra_scales=(1.0,))
+    run = evaluate.load_run(workdir, "best", extra_scales=(1.0,))
     source, _, _ = load_split(run.config.dataset, "test", run.config.data_dir)
     assert result["miou"] == pytest.approx(run.evaluator.run(run.params, run.model_state, source)["eval/miou"])
     assert np.asarray(result["confusion"]).sum() == np.asarray(cli_result[1]["confusion"]).sum()
-    assert evaluate.network_scales(report.load_run(workdir, "best").config) == (EVAL_SCALE,)   # as trained
+    assert evaluate.network_scales(evaluate.load_run(workdir, "best").config) == (EVAL_SCALE,)   # as trained
 
 
 @pytest.mark.parametrize("argv, expected", [([], None), (["--extra_scales", "0.25,0.5"], (0.25, 0.5)),

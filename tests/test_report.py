@@ -74,10 +74,10 @@ def page(report_path) -> "Page":
 @pytest.fixture(scope="module")
 def loaded(workdir, tiny_data_dir):
     """The report's own view of the run (model, evaluator) and the split it evaluated."""
-    from streetseg_jax import report
     from streetseg_jax.data.source import load_split
+    from streetseg_jax.evaluate import load_run
 
-    run = report.load_run(workdir, "best")
+    run = load_run(workdir, "best")
     source, _, _ = load_split(run.config.dataset, SPLIT, tiny_data_dir)
     return run, source
 
@@ -181,7 +181,7 @@ def test_per_image_sums_add_up_to_the_split_sums(loaded):
 # Small parts
 # -------------------------------------------------------------------------------------------------------------------
 def test_rank_images_keeps_lists_apart_and_skips_unscored_images():
-    from streetseg_jax.report import rank_images
+    from streetseg_jax.evaluate import rank_images
     assert rank_images([0.5, None, 0.9, 0.1, 0.5], k=4) == ([2, 0], [3, 4])   # 4 scored: 2 best, 2 worst
     assert rank_images([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], k=2) == ([5, 4], [0, 1])
     assert rank_images([0.2, 0.7], k=4) == ([1], [0])
@@ -195,7 +195,8 @@ def test_render_html_without_metrics_config_json_or_examples():
     pixels anywhere shows no IoU."""
     from streetseg_jax.labels.label_map import default_label_map
     from streetseg_jax.metrics import metrics_from_confusion
-    from streetseg_jax.report import Evaluation, ReportData, render_html
+    from streetseg_jax.evaluate import Evaluation
+    from streetseg_jax.report import ReportData, render_html
 
     label_map = default_label_map()
     k = label_map.num_classes
@@ -221,7 +222,7 @@ def test_test_time_augmentation_as_the_run_evaluated_unless_told(workdir, report
     what the report scores (its IoU table is the evaluator's with those settings) and its header says so."""
     import shutil
 
-    from streetseg_jax import report
+    from streetseg_jax import evaluate, report
 
     assert "· network at scale 1</p>" in report_path.read_text(encoding="utf-8")
     copy = shutil.copytree(workdir, tmp_path / "run")
@@ -229,7 +230,7 @@ def test_test_time_augmentation_as_the_run_evaluated_unless_told(workdir, report
     text = (copy / "report_train.html").read_text(encoding="utf-8")
     assert "· network at scales 1, 0.5, flip-averaged</p>" in text
     run, source = loaded
-    told = report.load_run(copy, "best", flip_tta=True, extra_scales=(0.5,))
+    told = evaluate.load_run(copy, "best", flip_tta=True, extra_scales=(0.5,))
     expected = told.evaluator.run(told.params, told.model_state, source)
     assert expected["eval/miou"] != run.evaluator.run(run.params, run.model_state, source)["eval/miou"]
     page = Page()
