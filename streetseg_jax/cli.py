@@ -32,6 +32,15 @@ def check_workdir(workdir) -> None:
                                         else "does not exist"))
 
 
+def checkpoint_arg(text: str) -> str | int:
+    """argparse type of --checkpoint: best, latest, or a step number (as an int)."""
+    if text in ("best", "latest"):
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be best, latest or a step number, got {text!r}")
+    return int(text)
+
+
 def add_flip_tta_flags(parser, help_text: str) -> None:
     """--flip_tta / --no_flip_tta (dest flip_tta); neither leaves None: as the run evaluated (its eval_flip_tta)."""
     group = parser.add_mutually_exclusive_group()

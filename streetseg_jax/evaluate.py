@@ -34,7 +34,8 @@ import optax
 from flax import nnx
 
 from streetseg_jax import atomic, sharding
-from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, check_workdir, fail, normalise_argv
+from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, check_workdir, checkpoint_arg, fail,
+                               normalise_argv)
 from streetseg_jax.data import pipeline
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.losses import valid_labels
@@ -436,7 +437,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split); TFDS slices work")
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
-    parser.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
+    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
+                        help="best (default), latest, or a step number")
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's (written as "
                        "<split>_flip_tta.json; _multiscale is added with extra scales)")
     add_extra_scales_flag(parser)
@@ -448,21 +450,24 @@ def split_file_name(split: str) -> str:
     return re.sub(r"[^\w.+-]", "_", split)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = make_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
-    if args.checkpoint not in ("best", "latest") and not args.checkpoint.isdigit():
-        fail(f"--checkpoint must be best, latest or a step number, got {args.checkpoint!r}")
-    check_workdir(args.workdir)
+def score_command(workdir: str, score):
+    """score() as the commands that score a checkpoint (this one, the report) run it: the work directory checked
+    first, orbax's and TFDS's logging quiet, and a missing dataset or split said in a line."""
+    check_workdir(workdir)
     from absl import logging
     from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError
-    logging.set_verbosity(logging.ERROR)    # orbax and TFDS log every read; the table says what matters
+    logging.set_verbosity(logging.ERROR)    # orbax and TFDS log every read; the command's output says what matters
     sharding.split_cpu_into_cores(8)        # at most 8 devices: evaluation rounds its batch up to a multiple
-    checkpoint = args.checkpoint if args.checkpoint in ("best", "latest") else int(args.checkpoint)
     try:
-        result, json_path, png_path = evaluate_workdir(args.workdir, args.split, args.data_dir, checkpoint,
-                                                       args.flip_tta, args.extra_scales)
+        return score()
     except (DatasetNotFoundError, UnknownSplitError) as e:
         fail(str(e))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    result, json_path, png_path = score_command(args.workdir, lambda: evaluate_workdir(
+        args.workdir, args.split, args.data_dir, args.checkpoint, args.flip_tta, args.extra_scales))
     print(format_result(result))
     print(f"\nwrote {json_path} and {png_path}")
 

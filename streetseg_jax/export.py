@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax import export as jax_export
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, fail, normalise_argv
+from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv
 from streetseg_jax.evaluate import apply_tta_flags, network_scales, predict_logits
 from streetseg_jax.inference import TrainedModel, load_model, model_logits, scaled_logits
 
@@ -132,7 +132,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m streetseg_jax.export", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
     parser.add_argument("--output", required=True, help="archive to write (a zip; see the module docstring)")
-    parser.add_argument("--checkpoint", default="best", help="best (default; latest if none), latest or a step")
+    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
+                        help="best (default; latest if none), latest or a step")
     parser.add_argument("--height", type=int, help="fixed image height (default: symbolic)")
     parser.add_argument("--width", type=int, help="fixed image width (default: symbolic)")
     parser.add_argument("--batch_size", type=int, help="fixed batch size (default: symbolic)")

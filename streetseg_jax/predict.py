@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from streetseg_jax.atomic import atomic_file
-from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, fail, normalise_argv
+from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
 
 EXPORT_FORMATS = ("labelme", "coco", "cvat")
@@ -236,7 +236,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
     parser.add_argument("--input", required=True, nargs="+", help="image files, folders or globs")
     parser.add_argument("--output", required=True, help="folder for masks, overlays and confidence maps")
-    parser.add_argument("--checkpoint", default="best", help="best (default; latest if none), latest or a step")
+    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
+                        help="best (default; latest if none), latest or a step")
     parser.add_argument("--save_confidence", action="store_true",
                         help="also write <name>_confidence.png: greyscale, the predicted class's softmax probability "
                              "times 255 (white: certain; never darker than 255/K for K classes, where the model "

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, check_workdir, fail, normalise_argv
+from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv
 from streetseg_jax.evaluate import (Evaluation, LoadedRun, as_text, confusion_png, evaluate_split, load_checked_split,
-                                    load_run, network_scales, rank_images, split_file_name)
+                                    load_run, network_scales, rank_images, score_command, split_file_name)
 from streetseg_jax.page import escape, html_page, png_uri, section
 from streetseg_jax.visualize import curves_figure, figure_png, pyplot, read_metrics
 
@@ -370,7 +370,8 @@ def make_parser() -> argparse.ArgumentParser:
                                      description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split)")
-    parser.add_argument("--checkpoint", default="best", help="best (default), latest, or a step number")
+    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
+                        help="best (default), latest, or a step number")
     parser.add_argument("--k", type=int, default=4, help="how many best and worst images to show (default 4)")
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's")
@@ -380,22 +381,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
-    if args.checkpoint not in ("best", "latest") and not args.checkpoint.isdigit():
-        fail(f"--checkpoint must be best, latest or a step number, got {args.checkpoint!r}")
     if args.k < 0:
         fail(f"--k must be 0 or more, got {args.k}")
-    check_workdir(args.workdir)
-    from absl import logging
-    from streetseg_jax import sharding
-    from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError
-    logging.set_verbosity(logging.ERROR)  # orbax and TFDS log every read; the report says what matters
-    sharding.split_cpu_into_cores(8)        # at most 8 devices: evaluation rounds its batch up to a multiple
-    checkpoint = args.checkpoint if args.checkpoint in ("best", "latest") else int(args.checkpoint)
-    try:
-        path = build_report(args.workdir, args.split, checkpoint, args.k, args.data_dir, args.flip_tta,
-                            args.extra_scales)
-    except (DatasetNotFoundError, UnknownSplitError) as e:
-        fail(str(e))
+    path = score_command(args.workdir, lambda: build_report(
+        args.workdir, args.split, args.checkpoint, args.k, args.data_dir, args.flip_tta, args.extra_scales))
     print(f"wrote {path}")
 
 

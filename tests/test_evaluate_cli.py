@@ -99,7 +99,7 @@ def test_split_and_checkpoint_flags(workdir, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--workdir", "/nonexistent/run"], "--workdir /nonexistent/run does not exist"),
     (["--workdir", __file__], f"--workdir {__file__} is a file, not a training work directory"),
-    (["--checkpoint", "newest"], "--checkpoint must be best, latest or a step number"),
+    (["--checkpoint", "newest"], "argument --checkpoint: must be best, latest or a step number"),
     (["--checkpoint", "99"], "no checkpoint for step 99"),
     (["--split", "nosuch"], "has no split 'nosuch'"),
     (["--split", "train[:abc]"], "cannot read split 'train[:abc]': a slice must be well-formed"),
@@ -203,3 +203,19 @@ def test_extra_scales_flag_rejects_what_is_not_a_scale(bad, capsys):
     with pytest.raises(SystemExit):
         evaluate.make_parser().parse_args(["--workdir", "w", "--extra_scales", bad])
     assert "--extra_scales" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, expected", [("best", "best"), ("latest", "latest"), ("3", 3), ("newest", None)])
+def test_checkpoint_flag_is_one_type_for_every_command(value, expected, capsys):
+    from streetseg_jax import evaluate, export, predict, report
+
+    parsers = [evaluate.make_parser().parse_args, report.make_parser().parse_args,
+               lambda a: predict.parse_args([*a, "--input", "x", "--output", "y"]),
+               lambda a: export.parse_args([*a, "--output", "y"])]
+    for parse in parsers:
+        if expected is None:
+            with pytest.raises(SystemExit):
+                parse(["--workdir", "w", "--checkpoint", value])
+            assert "argument --checkpoint: must be best, latest or a step number" in capsys.readouterr().err
+        else:
+            assert parse(["--workdir", "w", "--checkpoint", value]).checkpoint == expected

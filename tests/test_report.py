@@ -253,7 +253,7 @@ def test_error_map_dims_correct_pixels_and_marks_wrong_and_ignored_ones():
 @pytest.mark.parametrize("argv, message", [
     (["--workdir", "/nonexistent/run"], "does not exist"),
     (["--workdir", __file__], "is a file, not a training work directory"),
-    (["--workdir", "/tmp", "--checkpoint", "newest"], "--checkpoint must be best, latest or a step number"),
+    (["--workdir", "/tmp", "--checkpoint", "newest"], "argument --checkpoint: must be best, latest or a step number"),
     (["--workdir", "/tmp", "--k", "-1"], "--k must be 0 or more"),
 ])
 def test_command_line_refusals(argv, message, capsys):
