@@ -153,15 +153,17 @@ class Evaluator:
 
     def write_overlays(self, params, model_state, source, out_dir: Path, count: int, caption: str) -> None:
         """image | ground truth | prediction (visualize.comparison), PNG, for the first `count` examples (one
-        process)."""
+        process), as out_dir/<file name without its suffix>.png, under the file name's folders."""
         from streetseg_jax.visualize import comparison
         out_dir.mkdir(parents=True, exist_ok=True)
         for i in range(min(count, len(source))):
             example = source[i]
             image, truth = example["image"], example["segmentation_mask"][..., 0]
-            pred = np.asarray(self._predict(params, model_state, image[None]))[0].astype(np.uint8)
-            name = Path(as_text(example.get("file_name", f"example_{i}"))).stem
-            with atomic.atomic_file(out_dir / f"{name}.png") as f:
+            pred = self.predict(params, model_state, image[None])[0]
+            # The file name's folders are kept: nested keys repeat names (Train/img0.jpg, Test/img0.jpg).
+            path = out_dir / Path(as_text(example.get("file_name", f"example_{i}"))).with_suffix(".png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic.atomic_file(path) as f:
                 comparison(image, truth, pred, self.label_map, caption).save(f, format="PNG")
 
     # --- per-image figures, for reports that rank images -----------------------------------------------------------

@@ -172,6 +172,24 @@ def test_multi_scale_tta_averages_the_logits_of_every_scale_in_prediction_and_ev
     np.testing.assert_array_equal(evaluator.predict(both.params, both.model_state, image)[0], want.argmax(-1))
 
 
+def test_overlays_keep_the_folders_of_nested_file_names(trained, tmp_path):
+    """Images of one name in two folders (Train/img0.jpg, Test/img0.jpg: nested keys) get an overlay each."""
+    from streetseg_jax import sharding
+    from streetseg_jax.evaluate import Evaluator
+
+    config = trained.config.copy_and_resolve_references()
+    config.eval_batch_size = 1
+    evaluator = Evaluator(trained.graphdef, sharding.make_mesh(jax.local_devices()[:1]), trained.label_map, config)
+    mask = np.zeros((32, 48, 1), np.uint8)
+    source = [{"image": random_image(32, 48, seed=i), "segmentation_mask": mask, "file_name": name.encode()}
+              for i, name in enumerate(["Train/img0.jpg", "Test/img0.jpg", "plain.png"])]
+    out = tmp_path / "overlays"
+    evaluator.write_overlays(trained.params, trained.model_state, source, out, 3, "step 2")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "Test/img0.png", "Train/img0.png", "plain.png"]
+
+
+
 def test_large_image_runs_in_tiles_and_window_interiors_equal_the_whole_image(trained):
     from streetseg_jax.evaluate import predict_logits
     from streetseg_jax.inference import Blender, Predictor
