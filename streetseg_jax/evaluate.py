@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from streetseg_jax import atomic, sharding
 from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, check_workdir, checkpoint_arg, fail,
@@ -40,7 +39,7 @@ from streetseg_jax.data import pipeline
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.losses import valid_labels
 from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
-from streetseg_jax.models.unet import preprocess
+from streetseg_jax.models.unet import eval_model, preprocess
 
 # 64 batches of 8 full-HD images stay far below 2**31 pixels per confusion cell.
 FLUSH_EVERY = 64
@@ -108,12 +107,14 @@ class Evaluator:
         self._predict = jax.jit(self._argmax)
 
     def _logits(self, params, model_state, images):
-        return tta_logits(predict_logits, self._model(params, model_state), images, self.scales, self.flip_tta)
+        model = eval_model(self.graphdef, params, model_state)
+        return tta_logits(predict_logits, model, images, self.scales, self.flip_tta)
 
-    def _model(self, params, model_state):
-        model = nnx.merge(self.graphdef, params, model_state)
-        model.eval()
-        return model
+    def _batches(self, source):
+        """The split in global batches of eval_batch_size, padded with all-ignore examples (this process's share)."""
+        local = pipeline.eval_batches(source, global_batch=self.batch_size, process_index=jax.process_index(),
+                                      process_count=jax.process_count(), ignore_id=self.label_map.ignore_id)
+        return (sharding.global_batch(batch, self.mesh) for batch in local)
 
     def _pixel_terms(self, params, model_state, batch):
         """(labels, predictions, per-pixel negative log-likelihood with ignore pixels at 0, valid mask)."""
@@ -135,10 +136,8 @@ class Evaluator:
         """Confusion matrix (int64), loss sum and valid-pixel count over the split. Sums stay on the device and
         move to the host only every FLUSH_EVERY batches, before an int32 count could overflow."""
         host, device = _zero_sums(self.label_map.num_classes), None
-        batches = pipeline.eval_batches(source, global_batch=self.batch_size, process_index=jax.process_index(),
-                                        process_count=jax.process_count(), ignore_id=self.label_map.ignore_id)
-        for i, local in enumerate(batches):
-            out = self._step(params, model_state, sharding.global_batch(local, self.mesh))
+        for i, batch in enumerate(self._batches(source)):
+            out = self._step(params, model_state, batch)
             device = out if device is None else jax.tree.map(jnp.add, device, out)
             if (i + 1) % FLUSH_EVERY == 0:
                 host, device = _add_to_host(host, device), None
@@ -173,10 +172,8 @@ class Evaluator:
         Summed over N they are `sums`. Each batch's rows stay on the device until the pass ends (they are small:
         K*K counts per image), so the loop never waits for a host round trip; padding rows are dropped at the end.
         """
-        batches = pipeline.eval_batches(source, global_batch=self.batch_size, process_index=jax.process_index(),
-                                        process_count=jax.process_count(), ignore_id=self.label_map.ignore_id)
         step = self._per_image_step()
-        outs = jax.device_get([step(params, model_state, sharding.global_batch(b, self.mesh)) for b in batches])
+        outs = jax.device_get([step(params, model_state, batch) for batch in self._batches(source)])
         n = len(source)
         return {"confusion": np.concatenate([o["confusion"] for o in outs]).astype(np.int64)[:n],
                 "loss_sum": np.concatenate([o["loss_sum"] for o in outs]).astype(np.float64)[:n],

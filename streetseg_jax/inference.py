@@ -30,7 +30,7 @@ from streetseg_jax import sharding, train
 from streetseg_jax.checkpoint import Checkpoints
 from streetseg_jax.evaluate import network_scales, predict_logits, tta_logits
 from streetseg_jax.labels.label_map import LabelMap
-from streetseg_jax.models.unet import build_model, preprocess
+from streetseg_jax.models.unet import build_model, eval_model, preprocess
 
 DEFAULT_WINDOW = (512, 512)   # network pixels: what the model sees of one window
 DEFAULT_OVERLAP = 0.25        # of the window, on each side that has a neighbour
@@ -59,9 +59,7 @@ class TrainedModel:
 
     def model(self) -> nnx.Module:
         """The nnx model in eval mode (running BatchNorm statistics, no dropout)."""
-        model = nnx.merge(self.graphdef, self.params, self.model_state)
-        model.eval()
-        return model
+        return eval_model(self.graphdef, self.params, self.model_state)
 
 
 def load_model(workdir: str | Path, checkpoint: str | int = "best",
@@ -340,9 +338,7 @@ class Predictor:
         self._forward = jax.jit(self._logits, in_shardings=(replicated, batched), out_shardings=batched)
 
     def _logits(self, weights, tiles):
-        model = nnx.merge(self.trained.graphdef, *weights)
-        model.eval()
-        return model_logits(model, tiles, self.scales, self.flip_tta)
+        return model_logits(eval_model(self.trained.graphdef, *weights), tiles, self.scales, self.flip_tta)
 
     def run_tiles(self, tiles: np.ndarray) -> np.ndarray:
         """(N, h, w, K) float32 logits of N uint8 tiles of one shape."""

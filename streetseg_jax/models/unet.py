@@ -222,6 +222,14 @@ def build_model(config_model: Mapping, num_classes: int, seed: int) -> UNet:
                 rngs=nnx.Rngs(seed))
 
 
+def eval_model(graphdef, params, model_state) -> nnx.Module:
+    """The model from its split parts (pure dicts or states), in eval mode: running BatchNorm statistics, no
+    dropout."""
+    model = nnx.merge(graphdef, params, model_state)
+    model.eval()
+    return model
+
+
 def check_model_config(config_model: Mapping) -> None:
     """ValueError for a model config build_model cannot use (checked before a run writes anything)."""
     dtype_name = config_model.get("dtype", "float32")

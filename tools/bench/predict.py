@@ -27,7 +27,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from streetseg_jax import sharding
 
@@ -113,6 +112,7 @@ def untrained(upsample: str, num_classes: int):
 def ours_call(args, upsample: str):
     """One batch through our compiled function: uint8 images already on the device -> class ids."""
     from streetseg_jax.inference import model_logits
+    from streetseg_jax.models.unet import eval_model
 
     trained = untrained(upsample, args.num_classes)
     mesh = sharding.make_mesh()     # as Predictor does: the batch split over every device, the weights on each
@@ -120,9 +120,7 @@ def ours_call(args, upsample: str):
 
     @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh))
     def classes(weights, images):
-        model = nnx.merge(trained.graphdef, *weights)
-        model.eval()
-        return jnp.argmax(model_logits(model, images, 1.0), axis=-1).astype(jnp.uint8)
+        return jnp.argmax(model_logits(eval_model(trained.graphdef, *weights), images, 1.0), axis=-1).astype(jnp.uint8)
 
     images = jax.device_put(np.random.default_rng(0).integers(0, 256, (args.batch, args.height, args.width, 3),
                                                               np.uint8), sharding.batch_sharding(mesh))
