@@ -39,7 +39,7 @@ from streetseg_jax.data import pipeline
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.losses import valid_labels
 from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
-from streetseg_jax.models.unet import eval_model, preprocess
+from streetseg_jax.models.unet import eval_model, model_dtype, preprocess
 
 # 64 batches of 8 full-HD images stay far below 2**31 pixels per confusion cell.
 FLUSH_EVERY = 64
@@ -49,7 +49,7 @@ ANNOTATE_UP_TO = 24     # classes; beyond this the confusion-matrix cells are to
 def predict_logits(model, images, scale: float = 1.0):
     """Logits at the images' own size for uint8 (B, H, W, 3) images, the network running at `scale` x size."""
     b, h, w, _ = images.shape
-    x = preprocess(images, getattr(model, "dtype", jnp.float32))
+    x = preprocess(images, model_dtype(model))
     if scale != 1.0:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         x = jax.image.resize(x, (b, *size, 3), "bilinear", antialias=scale < 1)

@@ -37,8 +37,8 @@ from jax import export as jax_export
 
 from streetseg_jax import atomic
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv
-from streetseg_jax.evaluate import apply_tta_flags, network_scales, predict_logits
-from streetseg_jax.inference import TrainedModel, load_model, model_logits, scaled_logits
+from streetseg_jax.evaluate import apply_tta_flags, network_scales, predict_logits, tta_logits
+from streetseg_jax.inference import TrainedModel, load_model, scaled_logits
 
 OUTPUTS = ("classes", "confidence", "logits")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")       # what jax.export lowers for
@@ -57,7 +57,7 @@ def serving_function(trained: TrainedModel, outputs=("classes", "confidence"), f
         return predict_logits(model, pad_to_stride(images, stride), scale)[:, :height, :width]
 
     def serve(images):
-        logits = model_logits(model, images, scales, flip_tta, logits_fn)
+        logits = tta_logits(logits_fn, model, images, scales, flip_tta)
         every = {"classes": lambda: jnp.argmax(logits, axis=-1).astype(jnp.uint8),
                  "confidence": lambda: jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1),
                  "logits": lambda: logits}

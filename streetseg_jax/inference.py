@@ -30,7 +30,7 @@ from streetseg_jax import sharding, train
 from streetseg_jax.checkpoint import Checkpoints
 from streetseg_jax.evaluate import network_scales, predict_logits, tta_logits
 from streetseg_jax.labels.label_map import LabelMap
-from streetseg_jax.models.unet import build_model, eval_model, preprocess
+from streetseg_jax.models.unet import build_model, eval_model, model_dtype, preprocess
 
 DEFAULT_WINDOW = (512, 512)   # network pixels: what the model sees of one window
 DEFAULT_OVERLAP = 0.25        # of the window, on each side that has a neighbour
@@ -131,7 +131,7 @@ def scaled_logits(model, images, scale: float):
     if scale >= 1.0:
         return predict_logits(model, images, scale)
     b, h, w, _ = images.shape
-    x = preprocess(images, getattr(model, "dtype", jnp.float32))
+    x = preprocess(images, model_dtype(model))
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     x = jax.image.resize(x, (b, *size, 3), "bilinear", antialias=True)
     return upsample_bilinear(model(x).astype(jnp.float32), h, w)
@@ -153,13 +153,6 @@ def _lerp_table(in_size: int, out_size: int):
     high = np.minimum(low + 1, in_size - 1)
     frac = (centres - low).astype(np.float32)
     return low, high, 1.0 - frac, frac
-
-
-def model_logits(model, images, scales, flip_tta: bool = False, logits_fn=scaled_logits):
-    """Logits of uint8 (B, H, W, 3) images at their own size, as evaluation computes them: averaged over `scales`
-    (one float or several, `evaluate.network_scales`) and, with flip_tta, over the images and their mirror images
-    (one model call per scale on a doubled batch)."""
-    return tta_logits(logits_fn, model, images, scales, flip_tta)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -338,11 +331,8 @@ class Predictor:
         self._forward = jax.jit(self._logits, in_shardings=(replicated, batched), out_shardings=batched)
 
     def _logits(self, weights, tiles):
-        return model_logits(eval_model(self.trained.graphdef, *weights), tiles, self.scales, self.flip_tta)
-
-    def run_tiles(self, tiles: np.ndarray) -> np.ndarray:
-        """(N, h, w, K) float32 logits of N uint8 tiles of one shape."""
-        return np.asarray(self._dispatch(tiles))[:len(tiles)]
+        model = eval_model(self.trained.graphdef, *weights)
+        return tta_logits(scaled_logits, model, tiles, self.scales, self.flip_tta)
 
     def _dispatch(self, tiles: np.ndarray) -> jax.Array:
         """Start the compiled function on the tiles, padded to the next power of two up to batch_size (so at most

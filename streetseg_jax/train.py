@@ -20,7 +20,7 @@ from streetseg_jax import checkpoint, losses, sharding
 from streetseg_jax.data import pipeline
 from streetseg_jax.evaluate import Evaluator
 from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
-from streetseg_jax.models.unet import build_model, preprocess
+from streetseg_jax.models.unet import build_model, model_dtype, preprocess
 from streetseg_jax.run import RunLog, RunSetup, prepare_run, finish_run
 
 
@@ -149,10 +149,6 @@ def make_train_step(graphdef, tx, class_weights, ignore_id: int, mesh, loss: str
     replicated, batched = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     return jax.jit(step, donate_argnums=0, in_shardings=(replicated, batched),
                    out_shardings=(replicated, replicated))
-
-
-def model_dtype(model) -> Any:
-    return getattr(model, "dtype", jnp.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------

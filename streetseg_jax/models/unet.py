@@ -34,6 +34,11 @@ def preprocess(images, dtype=jnp.float32) -> jnp.ndarray:
     return (jnp.asarray(images, jnp.float32) / 127.5 - 1.0).astype(dtype)
 
 
+def model_dtype(model):
+    """The dtype a model computes in (what `preprocess` should give it): its `dtype`, float32 without one."""
+    return getattr(model, "dtype", jnp.float32)
+
+
 class ConvBlock(nnx.Module):
     """(conv3x3 without bias -> BatchNorm -> ReLU) x 2; no bias because BatchNorm's shift replaces it."""
 

@@ -111,7 +111,8 @@ def untrained(upsample: str, num_classes: int):
 
 def ours_call(args, upsample: str):
     """One batch through our compiled function: uint8 images already on the device -> class ids."""
-    from streetseg_jax.inference import model_logits
+    from streetseg_jax.evaluate import tta_logits
+    from streetseg_jax.inference import scaled_logits
     from streetseg_jax.models.unet import eval_model
 
     trained = untrained(upsample, args.num_classes)
@@ -120,7 +121,8 @@ def ours_call(args, upsample: str):
 
     @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh))
     def classes(weights, images):
-        return jnp.argmax(model_logits(eval_model(trained.graphdef, *weights), images, 1.0), axis=-1).astype(jnp.uint8)
+        logits = tta_logits(scaled_logits, eval_model(trained.graphdef, *weights), images, 1.0, flip_tta=False)
+        return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
 
     images = jax.device_put(np.random.default_rng(0).integers(0, 256, (args.batch, args.height, args.width, 3),
                                                               np.uint8), sharding.batch_sharding(mesh))
