@@ -22,7 +22,8 @@ from pathlib import Path
 from streetseg_jax import atomic
 from streetseg_jax.cli import fail, normalise_argv
 from streetseg_jax.page import escape, html_page, png_uri, section
-from streetseg_jax.visualize import figure_png, hms, pyplot, read_metrics, run_history
+from streetseg_jax.visualize import (best_eval, eval_rows, figure_png, flatten, hms, pyplot, read_metrics,
+                                     run_history)
 
 MISSING = "–"   # a config key one run lacks, or a figure it has not logged
 # Keys whose differences make the runs' eval mIoUs incomparable (scored on other images or other labels).
@@ -43,11 +44,11 @@ class Run:
 
     @property
     def evals(self) -> list[dict]:
-        return [row for row in self.history if "eval/miou" in row]
+        return eval_rows(self.history)
 
     @property
     def best(self) -> dict | None:
-        return max(self.evals, key=lambda row: row["eval/miou"], default=None)
+        return best_eval(self.history)
 
     @property
     def final(self) -> dict | None:
@@ -128,16 +129,6 @@ def run_names(paths: list[Path]) -> list[str]:
         if len(set(names)) == len(names):
             return names
     return [str(p) for p in paths]     # only the whole paths differ
-
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def differences(runs: list[Run]) -> dict[str, list[str]]:

@@ -25,7 +25,7 @@ from streetseg_jax.data import augment
 from streetseg_jax.data.source import UnknownSplitError, dataset_dir, load_split
 from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
 from streetseg_jax.labels.label_map import LabelMap
-from streetseg_jax.visualize import hms, plot_curves, read_metrics, run_history
+from streetseg_jax.visualize import best_eval, eval_rows, flatten, hms, plot_curves, read_metrics, run_history
 
 # Config sections that must match for a work directory to be resumed (anything else may change between runs).
 _COMPATIBLE_KEYS = ("model", "dataset")
@@ -146,13 +146,8 @@ def _layout(section):
 def _warn_of_changes(saved: dict, current: dict, step: int, log: "RunLog") -> dict:
     """The config keys that differ from the checkpoint's ({key: [then, now]}), said when the run resumes with
     them; changes to how evaluation scores and to the learning rate get a warning of what they do."""
-    def flat(tree: dict, prefix: str = "") -> dict:  # the checkpoint's config went through JSON: so does this one
-        out = {}
-        for key, value in json.loads(json.dumps(tree, default=str)).items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return out
-
-    then, now = flat(saved), flat(current)
+    # The checkpoint's config went through JSON: so does this one, so that equal settings compare equal.
+    then, now = (flatten(json.loads(json.dumps(config, default=str))) for config in (saved, current))
     changed = {key: [then[key], now[key]] for key in sorted(set(then) & set(now))   # keys of older versions: left
                if then[key] != now[key]}
     if changed:
@@ -497,11 +492,10 @@ def _append_record(path: Path, record: dict) -> None:
 
 def _outcome(history: list[dict], workdir: Path) -> str:
     """What the run reached, and where to look next."""
-    evals = [row for row in history if "eval/miou" in row]
+    evals, best = eval_rows(history), best_eval(history)
     look = f"look at it: python -m streetseg_jax.report --workdir {workdir}"
-    if not evals:
+    if best is None:
         return look
-    best = max(evals, key=lambda row: row["eval/miou"])
     return (f"eval mIoU {evals[-1]['eval/miou']:.4f} at the end, best {best['eval/miou']:.4f} at step {best['step']} "
             f"(the best checkpoint); {hms(history[-1]['elapsed'])} of training; {look}")
 

@@ -115,6 +115,27 @@ def run_history(records: list[dict]) -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
+def eval_rows(history: list[dict]) -> list[dict]:
+    """The rows of run_history with an evaluation, in step order."""
+    return [row for row in history if "eval/miou" in row]
+
+
+def best_eval(history: list[dict]) -> dict | None:
+    """The row of run_history with the highest eval mIoU (the best checkpoint's); None before the first evaluation."""
+    return max(eval_rows(history), key=lambda row: row["eval/miou"], default=None)
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """Nested dicts (config.json) as one, with dotted keys: {"model": {"depth": 4}} -> {"model.depth": 4}."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def hms(seconds: float) -> str:
     """A duration as h:mm:ss (whole seconds); "?" when unknown (not finite)."""
     if not np.isfinite(seconds):
