@@ -57,7 +57,7 @@ def metrics_from_confusion(conf: np.ndarray, class_names: Sequence[str]) -> dict
         result[f"iou/{name}"] = value
     total = conf.sum()
     result["pixel_accuracy"] = float(np.trace(conf) / total) if total else None
-    result["mean_class_accuracy"] = _mean_or_none(_class_recall(conf))
+    result["mean_class_accuracy"] = _mean_or_none(class_recall(conf))
     return result
 
 
@@ -74,7 +74,7 @@ def _class_iou(conf: np.ndarray) -> list[float | None]:
     return [float(tp / u) if u else None for tp, u in zip(true_positive, union)]
 
 
-def _class_recall(conf: np.ndarray) -> list[float | None]:
+def class_recall(conf: np.ndarray) -> list[float | None]:
     """Per-class recall, None for a class with no labelled pixels."""
     labelled = conf.sum(axis=1)
     return [float(tp / n) if n else None for tp, n in zip(np.diag(conf), labelled)]

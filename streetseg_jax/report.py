@@ -25,12 +25,12 @@ from streetseg_jax import atomic
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv
 from streetseg_jax.evaluate import (Evaluation, LoadedRun, as_text, confusion_png, evaluate_split, load_checked_split,
                                     load_run, network_scales, rank_images, score_command, split_file_name)
+from streetseg_jax.metrics import class_recall
 from streetseg_jax.page import escape, html_page, png_uri, section
 from streetseg_jax.visualize import curves_figure, figure_png, pyplot, read_metrics
 
 MAX_PANEL_WIDTH = 480   # pixels of an embedded example panel: enough to see errors, small enough to keep files light
 SHOWN_PANEL_WIDTH = 280  # about how wide a panel shows on the page (a quarter of it): narrower images are enlarged
-SECTIONS = ("summary", "curves", "classes", "confusion", "frequencies", "best", "worst", "provenance")
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def _curves(d: ReportData) -> str:
 
 def _class_table(d: ReportData) -> str:
     s, lm = d.evaluation.scores, d.label_map
-    recall = _recall(d.evaluation.confusion)
+    recall = class_recall(d.evaluation.confusion)
     train_share = d.train_counts / max(d.train_counts.sum(), 1)
     eval_counts = d.evaluation.confusion.sum(axis=1)
     eval_share = eval_counts / max(eval_counts.sum(), 1)
@@ -214,11 +214,6 @@ def _class_table(d: ReportData) -> str:
     return section("classes", "Per-class results",
                    f'<table class="classes"><thead>{head}</thead><tbody>{rows}</tbody>'
                    f"<tfoot>{foot}</tfoot></table>{note}")
-
-
-def _recall(confusion: np.ndarray) -> list:
-    labelled = confusion.sum(axis=1)
-    return [float(confusion[i, i] / n) if n else None for i, n in enumerate(labelled)]
 
 
 def _class_row(c, iou, recall, shares: list) -> str:
