@@ -6,6 +6,8 @@ with weights that fade out towards the window edges; smaller images run whole. W
 fixed-size batches, so one compiled function serves a whole folder of photos of one size (each new window shape,
 e.g. each size of image smaller than the window, compiles once more). The network sees every window at
 `config.eval_scale`, as evaluation does (`scaled_logits`), and its logits come back at the image's own resolution.
+A photo of quite another size than the training images is first resized to their area (`Predictor(resize=...)`),
+and its logits are resized back to it a block of rows at a time (`classes_at`).
 
 Blending runs on the device, one band of window rows at a time: rows no later window touches are finished, turned
 into class ids and confidences and handed to the host, so a 4000x3000 photo needs one band of logits on the
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from PIL import Image
 
 from streetseg_jax import sharding, train
 from streetseg_jax.checkpoint import Checkpoints
@@ -35,6 +38,8 @@ from streetseg_jax.models.unet import build_model, eval_model, model_dtype, prep
 DEFAULT_WINDOW = (512, 512)   # network pixels: what the model sees of one window
 DEFAULT_OVERLAP = 0.25        # of the window, on each side that has a neighbour
 MAX_PARTIAL_BATCHES = 4       # window shapes waiting for a full batch at once
+RESIZE_BEYOND = 1.5           # resize="auto" rescales a photo whose sides are this many times a training image's
+_CALL_BYTES = 512 * 2**20     # window logits of one model call at image resolution, over every TTA variant
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -49,6 +54,7 @@ class TrainedModel:
     config: ml_collections.ConfigDict
     step: int
     source: str                  # which checkpoint: "best", "latest" or "step N"
+    image_size: tuple[int, int] | None = None    # (H, W) of a typical training image; None in older checkpoints
 
     @classmethod
     def untrained(cls, config, label_map: LabelMap) -> "TrainedModel":
@@ -83,8 +89,9 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
     finally:
         checkpoints.close()
     source = which if isinstance(which, str) else f"step {which}"
+    size = tuple(meta["image_size"]) if meta.get("image_size") else None
     return TrainedModel(graphdef, train.eval_params(state, config), state.model_state, label_map, config, int(step),
-                        source)
+                        source, size)
 
 
 def _choose_checkpoint(checkpoints: Checkpoints, wanted: str | int, say) -> str | int:
@@ -292,32 +299,78 @@ class Prediction:
     confidence: np.ndarray       # (H, W) float32, the winning class's softmax probability
 
 
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) resized to `size` (H, W): Pillow's bilinear, which filters over every source pixel it covers
+    when shrinking (no aliasing)."""
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+
+
+def resize_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w, K) logits resized bilinearly to (height, width) (for moderate sizes: the whole array at once)."""
+    (_, block), = logit_rows(logits, height, width, rows=height)
+    return block
+
+
+def logit_rows(logits: np.ndarray, height: int, width: int, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, block of `rows` rows) of (h, w, K) logits resized bilinearly to (height, width), with the
+    half-pixel centres evaluation enlarges the network's logits with (upsample_bilinear)."""
+    cols = _lerp_table(logits.shape[1], width)
+    wide = logits[:, cols[0]] * cols[2][None, :, None] + logits[:, cols[1]] * cols[3][None, :, None]
+    low, high, low_weight, high_weight = _lerp_table(logits.shape[0], height)
+    for start in range(0, height, rows):
+        part = slice(start, start + rows)
+        yield start, (wide[low[part]] * low_weight[part, None, None] + wide[high[part]] * high_weight[part, None, None])
+
+
+def classes_at(logits: np.ndarray, height: int, width: int, rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(class ids, winning class's softmax probability) at (height, width) from logits at another size, resized a
+    block of rows at a time: a 12-megapixel photo's full-size logits never exist at once."""
+    mask, confidence = np.empty((height, width), np.uint8), np.empty((height, width), np.float32)
+    for start, block in logit_rows(logits, height, width, rows):
+        mask[start:start + rows] = block.argmax(-1)
+        confidence[start:start + rows] = 1.0 / np.exp(block - block.max(-1, keepdims=True)).sum(-1)
+    return mask, confidence
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The predictor
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class _Job:
     key: Any
-    image: np.ndarray
+    image: np.ndarray            # as the network's windows are cut from it (resized, where the photo was)
     blender: Blender
     windows: list
+    size: tuple[int, int]        # the photo's own (H, W): what the outputs come back at
+
+    @property
+    def resized(self) -> bool:
+        return self.image.shape[:2] != self.size
 
 
 class Predictor:
     """Tiled, batched, jitted prediction with a trained model.
 
     window: (height, width) in network pixels; overlap: fraction of the window shared with each neighbour;
-    batch_size: windows per call; flip_tta: also predict the mirror image and average the logits.
+    batch_size: windows per call (fewer where their logits would pass _CALL_BYTES); flip_tta: also predict the
+    mirror image and average the logits; resize: "auto" shows the network a photo at the scale of the images it
+    was trained on (resized to their area, where its sides are more than RESIZE_BEYOND times theirs or less than
+    1 / RESIZE_BEYOND: a 12-megapixel photo is 8x a CamVid frame, and a model sees objects 8x larger than any it
+    learned as something else), "none" at the photo's own, a number: the photo resized by that factor. A resized
+    photo's logits are resized back, so masks always come at the photo's size. `resized` counts such photos.
     """
 
     def __init__(self, trained: TrainedModel, window: tuple[int, int] = DEFAULT_WINDOW,
-                 overlap: float = DEFAULT_OVERLAP, batch_size: int = 8, flip_tta: bool = False):
+                 overlap: float = DEFAULT_OVERLAP, batch_size: int = 8, flip_tta: bool = False,
+                 resize: str | float = "auto"):
         if not 0.0 <= overlap < 0.5:
             raise ValueError(f"overlap must be in [0, 0.5), got {overlap}")
         if batch_size < 1 or min(window) < 1:
             raise ValueError(f"batch_size and window must be positive, got {batch_size}, {window}")
+        if resize not in ("auto", "none") and not (isinstance(resize, (int, float)) and resize > 0):
+            raise ValueError(f"resize must be 'auto', 'none' or a positive factor, got {resize!r}")
         self.trained, self.window, self.overlap = trained, tuple(window), overlap
-        self.batch_size, self.flip_tta = batch_size, flip_tta
+        self.batch_size, self.flip_tta, self.resize, self.resized = batch_size, flip_tta, resize, 0
         # Windows are sized for eval_scale (the first); extra scales (multi-scale TTA) see the same windows.
         self.scales = network_scales(trained.config)
         self.scale = self.scales[0]
@@ -334,12 +387,20 @@ class Predictor:
         model = eval_model(self.trained.graphdef, *weights)
         return tta_logits(scaled_logits, model, tiles, self.scales, self.flip_tta)
 
+    def _calls_of(self, tile: tuple[int, int]) -> int:
+        """Windows of this shape per call: batch_size, or fewer where their logits at image resolution (every TTA
+        variant's and their sum) would pass _CALL_BYTES (8 windows of 2048x2048 pixels needed 14 GB)."""
+        variants = len(self.scales) * (2 if self.flip_tta else 1) + 1
+        per_window = tile[0] * tile[1] * self.num_classes * 4 * variants
+        return max(1, min(self.batch_size, _CALL_BYTES // per_window))
+
     def _dispatch(self, tiles: np.ndarray) -> jax.Array:
-        """Start the compiled function on the tiles, padded to the next power of two up to batch_size (so at most
-        log2(batch_size) + 1 batch shapes compile per window shape) and to a multiple of the device count; returns
-        without waiting for the device."""
+        """Start the compiled function on the tiles, padded to the next power of two up to their shape's batch (so
+        at most log2(batch_size) + 1 batch shapes compile per window shape) and to a multiple of the device count;
+        returns without waiting for the device."""
         n = len(tiles)
-        rows = -(-min(self.batch_size, 1 << (n - 1).bit_length()) // self._devices) * self._devices
+        limit = self._calls_of(tiles.shape[1:3])
+        rows = -(-min(limit, 1 << (n - 1).bit_length()) // self._devices) * self._devices
         batch = np.zeros((rows, *tiles.shape[1:]), np.uint8)
         batch[:n] = tiles
         # Gathered on one device: blending there beats running every blend step on all of them.
@@ -349,8 +410,9 @@ class Predictor:
     def logits(self, image: np.ndarray) -> np.ndarray:
         """(H, W, K) float32 blended logits of one uint8 (H, W, 3) image (the whole array on the host: for moderate
         sizes; `predict` keeps one band of logits)."""
-        (_, blender), = self._stream([(None, image)], reduce=band_logits)
-        return blender.outputs()[0]
+        job, = self._stream([(None, image)], reduce=band_logits)
+        logits = job.blender.outputs()[0]
+        return resize_logits(logits, *job.size) if job.resized else logits
 
     def predict_one(self, image: np.ndarray) -> Prediction:
         (_, prediction), = self.predict([(None, image)])
@@ -360,10 +422,11 @@ class Predictor:
     def predict(self, items: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, Prediction]]:
         """(key, Prediction) for each (key, uint8 image) as soon as its last window is blended (not necessarily in
         input order: windows wait in a batch per window shape)."""
-        for key, blender in self._stream(items, reduce=band_classes):
-            yield key, Prediction(*blender.outputs())
+        for job in self._stream(items, reduce=band_classes):
+            outputs = job.blender.outputs()
+            yield job.key, Prediction(*(classes_at(outputs[0], *job.size) if job.resized else outputs))
 
-    def _stream(self, items, reduce) -> Iterator[tuple[Any, Blender]]:
+    def _stream(self, items, reduce) -> Iterator[_Job]:
         waiting: dict[tuple, list] = {}         # window shape -> [(job, (y, x))] not yet run
         running: collections.deque = collections.deque()
         for key, image in items:
@@ -371,7 +434,7 @@ class Predictor:
             for origin in job.windows:
                 batch = waiting.setdefault(job.blender.tile, [])
                 batch.append((job, origin))
-                if len(batch) == self.batch_size:
+                if len(batch) == self._calls_of(job.blender.tile):
                     yield from self._run(waiting.pop(job.blender.tile), running)
             # Images of many different sizes would each wait in a batch of their own until the end (all held in
             # memory); beyond a few partial batches, run the oldest one short.
@@ -384,12 +447,32 @@ class Predictor:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
-        height, width = image.shape[:2]
-        tile = tile_size(height, width, self.window, self.scale)
-        blender = Blender(height, width, tile, self.overlap, self.num_classes, reduce)
-        return _Job(key, image, blender, blender.windows())
+        size = image.shape[:2]
+        target = self.input_size(*size)
+        if target != size:     # its logits come back at the network's size: classes are taken after resizing them
+            image, reduce = resize_image(image, target), band_logits
+            self.resized += 1
+        tile = tile_size(*target, self.window, self.scale)
+        blender = Blender(*target, tile, self.overlap, self.num_classes, reduce)
+        return _Job(key, image, blender, blender.windows(), size)
 
-    def _run(self, batch: list, running: collections.deque) -> Iterator[tuple[Any, Blender]]:
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) a photo of this size is resized to before the network (which then sees it at eval_scale)."""
+        factor = self._factor(height, width)
+        if factor == 1.0:
+            return height, width
+        return max(1, round(height * factor)), max(1, round(width * factor))
+
+    def _factor(self, height: int, width: int) -> float:
+        if self.resize == "none" or (self.resize == "auto" and self.trained.image_size is None):
+            return 1.0
+        if self.resize != "auto":
+            return float(self.resize)
+        trained_height, trained_width = self.trained.image_size
+        factor = math.sqrt(trained_height * trained_width / (height * width))
+        return 1.0 if 1 / RESIZE_BEYOND <= factor <= RESIZE_BEYOND else factor
+
+    def _run(self, batch: list, running: collections.deque) -> Iterator[_Job]:
         """Dispatch a batch and its blending; both run asynchronously, but before going on, wait for the batch
         before it, so at most two batches of window logits are alive on the device."""
         h, w = batch[0][0].blender.tile
@@ -397,7 +480,7 @@ class Predictor:
         for index, (job, _) in enumerate(batch):
             job.blender.add(logits, index)
             if job.blender.done:
-                yield job.key, job.blender
+                yield job
         running.append(logits)
         if len(running) > 1:
             running.popleft().block_until_ready()

@@ -11,6 +11,11 @@ the same file, or an output that would overwrite an input, stop the run before a
 listed at the end and skipped; the exit status is 1 when any failed. --export labelme|coco|cvat also writes the
 masks as editable polygons under OUT/<format>/.
 
+A photo much larger or smaller than the images the model was trained on (sides over 1.5 times theirs, or under
+2/3) is first resized to their area (--resize auto, the default; none keeps every photo's size, a number resizes
+every photo by that factor): a model shows objects 8x larger than any it learned, as a 12-megapixel photo shows them
+to a model of CamVid frames, as something else. The mask still comes at the photo's own size.
+
 Images larger than --window (network pixels, default 512x512) are predicted in overlapping windows whose logits
 are blended (--overlap, default 0.25); flip TTA (averaging with the mirror image) follows the run's eval_flip_tta
 unless --flip_tta or --no_flip_tta says otherwise; the network sees images at the training config's eval_scale, as
@@ -244,6 +249,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "cannot tell them apart)")
     add_flip_tta_flags(parser, "average with the mirror image's prediction")
     add_extra_scales_flag(parser)
+    parser.add_argument("--resize", type=_resize, default="auto",
+                        help="auto (default): a photo whose sides are over 1.5x or under 2/3 of the training images' "
+                             "is resized to their area first; none: every photo at its own size; a number: every "
+                             "photo resized by it. Masks always come at the photo's own size")
     parser.add_argument("--batch_size", type=int, default=8, help="windows per model call (default 8)")
     parser.add_argument("--window", type=_window, default=None,
                         help="window in network pixels, N or HxW (default 512x512)")
@@ -263,6 +272,15 @@ def _window(text: str) -> tuple[int, int]:
     if len(sides) not in (1, 2) or min(sides) < 16:
         raise argparse.ArgumentTypeError(f"window must be N or HxW with sides of at least 16, got {text!r}")
     return (sides[0], sides[-1])
+
+
+def _resize(text: str) -> str | float:
+    if text in ("auto", "none"):
+        return text
+    value = _number(text, "resize")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"resize must be auto, none or a positive factor, got {text!r}")
+    return value
 
 
 def _overlap(text: str) -> float:
@@ -306,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.export and result.masks:
         folder = export_polygons(result, items, predictor.trained.label_map, args.export, out_dir, args.tolerance)
         print(f"polygons for {len(result.masks)} image(s) in {args.export} format: {folder}")
+    if predictor.resized and args.resize == "auto":
+        height, width = predictor.trained.image_size
+        print(f"{predictor.resized} photo(s) were resized to the training images' area (about {width}x{height}) for "
+              "the network; their masks are at their own size (--resize none keeps every photo's size)")
     return _summary(result, out_dir)
 
 
@@ -321,7 +343,7 @@ def _predictor(args):
         flip_tta = apply_tta_flags(trained.config, args.flip_tta, args.extra_scales)
         return inference.Predictor(trained, window=args.window or inference.DEFAULT_WINDOW,
                                    overlap=inference.DEFAULT_OVERLAP if args.overlap is None else args.overlap,
-                                   batch_size=args.batch_size, flip_tta=flip_tta)
+                                   batch_size=args.batch_size, flip_tta=flip_tta, resize=args.resize)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
 
@@ -331,6 +353,9 @@ def _run(predictor, items: list[Item], out_dir: Path, args) -> RunResult:
 
     t = predictor.trained
     print(f"model: {args.workdir} ({t.source} checkpoint, step {t.step}), {len(items)} image(s)", file=sys.stderr)
+    if args.resize == "auto" and t.image_size is None:
+        print("note: this run's checkpoint does not record the size of its training images (it predates that), so "
+              "photos are not resized to it; --resize F resizes them by F", file=sys.stderr)
     with tqdm(total=len(items), unit="image", file=sys.stderr) as progress:
         return predict_all(predictor, items, out_dir, args.save_confidence, bool(args.export), progress)
 

@@ -185,7 +185,7 @@ def prepare_run(config, workdir: str | Path) -> RunSetup:
     What each process checks alone (its data, its view of the work directory), every process agrees on."""
     workdir, mesh, (train_source, label_map, info), eval_source, log, weights = sharding.all_succeed(
         lambda: _open(config, workdir))
-    meta = {"label_map": label_map.to_dict(), "config": config.to_dict()}
+    meta = {"label_map": label_map.to_dict(), "config": config.to_dict(), "image_size": typical_size(train_source)}
     lock = _lock(workdir, log)
     try:
         checkpoints, latest = _checkpoints_to_resume(config, workdir, meta, log)
@@ -351,6 +351,14 @@ def _load(config, key: str):
         return load_split(config.dataset, config[key], config.data_dir)
     except UnknownSplitError as e:
         raise UnknownSplitError(f"{e} (set --config.{key})") from None
+
+
+def typical_size(source, samples: int = 32) -> list[int]:
+    """[height, width]: the median size of up to `samples` images spread over the split. Saved with the checkpoints,
+    it lets predict show the network photos at the scale it learned from."""
+    picks = np.unique(np.linspace(0, len(source) - 1, min(samples, len(source))).round().astype(int))
+    sizes = np.array([source[int(i)]["image"].shape[:2] for i in picks])
+    return [int(v) for v in np.median(sizes, axis=0).round()]
 
 
 def augment_config(config) -> augment.AugmentConfig:

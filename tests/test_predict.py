@@ -23,7 +23,7 @@ from streetseg_jax import predict
 from streetseg_jax.labels.label_map import default_label_map
 
 
-def make_workdir(path: Path, best: bool = True, **config_overrides) -> Path:
+def make_workdir(path: Path, best: bool = True, image_size=None, **config_overrides) -> Path:
     """A work directory holding a latest checkpoint (step 2) and, with `best`, a best one (step 1).
 
     Overrides may change anything but config.model (the state is made once per session: compiling its
@@ -35,6 +35,8 @@ def make_workdir(path: Path, best: bool = True, **config_overrides) -> Path:
         setattr(config, key, value)
     label_map = default_label_map()
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict()}
+    if image_size is not None:      # runs before this session's change did not record it
+        meta["image_size"] = list(image_size)
     checkpoints = Checkpoints(path, async_save=False)
     if best:
         checkpoints.save_best(1, fresh_state(), {"iterator": {}}, meta, miou=0.5)
@@ -170,6 +172,40 @@ def test_multi_scale_tta_averages_the_logits_of_every_scale_in_prediction_and_ev
     # evaluation predicts what prediction does
     evaluator = Evaluator(both.graphdef, sharding.make_mesh(jax.local_devices()[:1]), both.label_map, config)
     np.testing.assert_array_equal(evaluator.predict(both.params, both.model_state, image)[0], want.argmax(-1))
+
+
+def test_photos_far_from_the_training_size_are_seen_at_its_scale_and_answered_at_their_own(trained):
+    """A 4x larger photo showed the network objects 4x larger than any it learned (a 12-megapixel photo and a
+    CamVid model: 8x): it is resized to the training images' area first, its logits resized back to it."""
+    from streetseg_jax.inference import Predictor, resize_image, resize_logits
+
+    model = dataclasses.replace(trained, image_size=(48, 64))
+    photo = random_image(192, 256, seed=3)
+    auto = Predictor(model, window=(256, 256))
+    assert auto.input_size(192, 256) == (48, 64) and auto.input_size(60, 80) == (60, 80)   # 1.25x: within 1.5x
+    assert auto.input_size(20, 30) == (45, 68)                      # small ones grow, to the same area: 3072 px
+    as_trained = Predictor(model, window=(256, 256), resize="none").logits(resize_image(photo, (48, 64)))
+    logits = auto.logits(photo)
+    assert logits.shape == (192, 256, model.label_map.num_classes)
+    np.testing.assert_allclose(logits, resize_logits(as_trained, 192, 256), atol=1e-4)
+    prediction = auto.predict_one(photo)
+    assert prediction.mask.shape == (192, 256) and auto.resized == 2
+    assert (prediction.mask == logits.argmax(-1)).mean() > 0.999
+    softmax = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(prediction.confidence, (softmax / softmax.sum(-1, keepdims=True)).max(-1), atol=1e-4)
+    same = random_image(60, 80, seed=4)
+    np.testing.assert_array_equal(auto.logits(same), Predictor(trained, window=(256, 256)).logits(same))
+    assert Predictor(trained).input_size(192, 256) == (192, 256)      # an older checkpoint: no size recorded
+    assert Predictor(model, resize=0.5).input_size(60, 80) == (30, 40)
+
+
+def test_windows_per_call_are_limited_by_the_memory_of_their_logits(trained):
+    """Eight 2048x2048 windows (a 12-megapixel photo at eval_scale 0.25) with flip and multi-scale TTA took 14 GB."""
+    from streetseg_jax.inference import Predictor
+
+    predictor = Predictor(trained, batch_size=8, flip_tta=True)
+    assert predictor._calls_of((2048, 2048)) == 1
+    assert predictor._calls_of((96, 128)) == 8
 
 
 def test_overlays_keep_the_folders_of_nested_file_names(trained, tmp_path):
@@ -319,6 +355,26 @@ def test_globs_and_duplicate_output_names(workdir, tmp_path, capsys):
     assert (out / "x.png").exists()
     assert run_predict("--workdir", workdir, "--input", tmp_path / "nothing*.jpg", "--output", out) == 2
     assert "no glob match" in capsys.readouterr().err
+
+
+def test_the_command_resizes_photos_far_from_the_training_size_and_says_so(workdir, tmp_path, capsys):
+    sized = make_workdir(tmp_path / "sized", image_size=(24, 32))
+    inputs = tmp_path / "in"
+    save(inputs / "big.jpg", random_image(96, 128))
+    save(inputs / "near.jpg", random_image(30, 40, seed=1))
+    from streetseg_jax.inference import load_model
+    assert load_model(sized).image_size == (24, 32)
+    assert run_predict("--workdir", sized, "--input", inputs, "--output", tmp_path / "a") == 0
+    out = capsys.readouterr().out
+    assert "1 photo(s) were resized to the training images' area (about 32x24)" in out, out
+    with Image.open(tmp_path / "a" / "big.png") as mask:
+        assert mask.size == (128, 96)
+    assert run_predict("--workdir", sized, "--input", inputs, "--output", tmp_path / "b", "--resize", "none") == 0
+    assert "resized" not in capsys.readouterr().out
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", tmp_path / "c") == 0
+    assert "does not record the size of its training images" in capsys.readouterr().err
+    assert run_predict("--workdir", sized, "--input", inputs, "--output", tmp_path / "d", "--resize", "0") == 2
+    assert "resize must be auto, none or a positive factor" in capsys.readouterr().err
 
 
 def test_unreadable_inputs_are_listed_and_the_rest_written(workdir, tmp_path, capsys):

@@ -76,6 +76,8 @@ def test_main_writes_config_metrics_checkpoints_and_pictures(finished_run):
     assert eval_rows[-1]["eval/loss"] > 0 and "eval/iou/road" in eval_rows[-1]
     assert (workdir / "checkpoints" / "latest" / str(STEPS)).is_dir()
     assert any((workdir / "checkpoints" / "best").iterdir())
+    from streetseg_jax.inference import load_model
+    assert load_model(workdir).image_size == (96, 128)      # the tiny dataset's: predict resizes photos to it
     assert (workdir / "curves.png").stat().st_size > 1000
     overlays = sorted((workdir / "overlays").glob("*.png"))
     assert len(overlays) == 2
