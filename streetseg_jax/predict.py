@@ -9,7 +9,8 @@ left out) or a glob. For each image it writes, at the image's own resolution and
 where <name> is the file's stem, or its path relative to the folder it was found in. Two inputs that would write
 the same file, or an output that would overwrite an input, stop the run before any work. Unreadable images are
 listed at the end and skipped; the exit status is 1 when any failed. --export labelme|coco|cvat also writes the
-masks as editable polygons under OUT/<format>/.
+masks as editable polygons under OUT/<format>/ (from the mask files, so that it never holds every mask at once).
+Ctrl-C stops after the files being written are whole; --skip_existing then leaves out the images already done.
 
 A photo much larger or smaller than the images the model was trained on (sides over 1.5 times theirs, or under
 2/3) is first resized to their area (--resize auto, the default; none keeps every photo's size, a number resizes
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import collections.abc
 import dataclasses
 import glob
 import itertools
@@ -166,54 +168,93 @@ def save_atomic(image: Image.Image, path: Path, **params) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class RunResult:
-    written: int
+    written: list[Item]          # items whose files are all written
     seconds: float
     failures: list               # (source, reason)
-    masks: dict                  # name -> mask, kept only for --export
 
 
-def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, keep_masks: bool,
-                progress=None) -> RunResult:
-    """Predict every item and write its files; reading, the model and writing overlap."""
-    failures, masks, written = [], {}, 0
+class Interrupted(Exception):
+    """Ctrl-C during a run; `written` items are complete (the writes under way were finished first)."""
+
+    def __init__(self, written: list[Item]):
+        super().__init__(f"{len(written)} written")
+        self.written = written
+
+
+def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, progress=None) -> RunResult:
+    """Predict every item and write its files; reading, the model and writing overlap. Ctrl-C raises Interrupted
+    once the writes under way are done."""
+    failures, written = [], []
     start = time.perf_counter()
     stream = ((pair, pair[1]) for pair in read_images(items, failures))
     with ThreadPoolExecutor(2) as pool:
         pending = collections.deque()
-        for (item, image), prediction in predictor.predict(stream):
-            if keep_masks:
-                masks[item.name] = prediction.mask
-            pending.append((item, pool.submit(write_outputs, item, image, prediction, out_dir,
-                                              predictor.trained.label_map, confidence)))
-            while len(pending) > _WRITES_PENDING:
-                written += _finish_write(*pending.popleft(), failures, progress)
+        try:
+            for (item, image), prediction in predictor.predict(stream):
+                pending.append((item, pool.submit(write_outputs, item, image, prediction, out_dir,
+                                                  predictor.trained.label_map, confidence)))
+                while len(pending) > _WRITES_PENDING:
+                    _finish_write(*pending.popleft(), written, failures, progress)
+        except KeyboardInterrupt:
+            while pending:
+                _finish_write(*pending.popleft(), written, failures, None)
+            raise Interrupted(written) from None
         while pending:
-            written += _finish_write(*pending.popleft(), failures, progress)
+            _finish_write(*pending.popleft(), written, failures, progress)
     if progress is not None:
         progress.update(len(items) - progress.n)
-    return RunResult(written, time.perf_counter() - start, failures, masks)
+    return RunResult(written, time.perf_counter() - start, failures)
 
 
-def _finish_write(item: Item, future, failures: list, progress) -> int:
+def _finish_write(item: Item, future, written: list, failures: list, progress) -> None:
     try:
         future.result()
-        return 1
+        written.append(item)
     except OSError as e:
         failures.append((item.source, f"could not write outputs: {e}"))
-        return 0
     finally:
         if progress is not None:
             progress.update(1)
 
 
-def export_polygons(result: RunResult, items: list[Item], label_map, fmt: str, out_dir: Path, tolerance) -> Path:
-    """The masks as polygons in OUT/<fmt>/ (a folder of its own: LabelMe lists every image in the folder it opens,
-    and the export copies the images beside their annotations)."""
+def already_predicted(items: list[Item], out_dir: Path, confidence: bool) -> list[Item]:
+    """Items whose files are all in OUT and newer than the image (--skip_existing): every file is written whole
+    (atomic), so one that is there is complete."""
+    def done(item: Item) -> bool:
+        try:
+            made = min((out_dir / name).stat().st_mtime for name in item.outputs(confidence))
+            return made >= item.source.stat().st_mtime
+        except OSError:
+            return False
+    return [item for item in items if done(item)]
+
+
+class WrittenMasks(collections.abc.Mapping):
+    """name -> mask of the items predicted into OUT, read from their mask files when asked for: an export of a
+    thousand 12-megapixel photos does not hold their masks in memory at once."""
+
+    def __init__(self, items: list[Item], out_dir: Path):
+        self._paths = {item.name: out_dir / f"{item.name}.png" for item in items}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        from streetseg_jax.labels.convert import read_mask_png
+        return read_mask_png(self._paths[name])
+
+    def __iter__(self):
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+def export_polygons(items: list[Item], label_map, fmt: str, out_dir: Path, tolerance) -> Path:
+    """The masks of `items` (predicted into OUT) as polygons in OUT/<fmt>/ (a folder of its own: LabelMe lists
+    every image in the folder it opens, and the export copies the images beside their annotations)."""
     from streetseg_jax.labels import polygonize
 
-    info = {i.name: {"path": str(i.source)} for i in items if i.name in result.masks}
+    info = {i.name: {"path": str(i.source)} for i in items}
     kwargs = {} if tolerance is None else {"tolerance": tolerance}
-    polygonize.export_predictions(result.masks, info, label_map, fmt, out_dir / fmt, **kwargs)
+    polygonize.export_predictions(WrittenMasks(items, out_dir), info, label_map, fmt, out_dir / fmt, **kwargs)
     return out_dir / fmt
 
 
@@ -258,6 +299,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="window in network pixels, N or HxW (default 512x512)")
     parser.add_argument("--overlap", type=_overlap, default=None,
                         help="window overlap fraction, at least 0 and below 0.5 (default 0.25)")
+    parser.add_argument("--skip_existing", action="store_true",
+                        help="leave out images whose files are already in --output and newer than the image (to go on "
+                             "after an interrupted run; --export still covers them all)")
     parser.add_argument("--export", choices=EXPORT_FORMATS, help="also write the masks as polygons for this tool")
     parser.add_argument("--tolerance", type=_tolerance, default=None,
                         help="polygon simplification in pixels, 0 or more (--export; default 0.5)")
@@ -315,15 +359,28 @@ def main(argv: list[str] | None = None) -> int:
     check_collisions(items, args.save_confidence, out_dir)
     if args.export:
         _check_export(items, args.export, out_dir)
+    done = already_predicted(items, out_dir, args.save_confidence) if args.skip_existing else []
+    if done:
+        print(f"{len(done)} of {len(items)} image(s) already predicted in {out_dir}: skipped (--skip_existing)",
+              file=sys.stderr)
     predictor = _predictor(args)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         fail(f"cannot create --output {out_dir}: {e.strerror or e}")
-    result = _run(predictor, items, out_dir, args)
-    if args.export and result.masks:
-        folder = export_polygons(result, items, predictor.trained.label_map, args.export, out_dir, args.tolerance)
-        print(f"polygons for {len(result.masks)} image(s) in {args.export} format: {folder}")
+    skipped = frozenset(done)
+    todo = [item for item in items if item not in skipped]
+    try:
+        result = _run(predictor, todo, out_dir, args)
+    except Interrupted as e:
+        print(f"\ninterrupted: {len(e.written)} of {len(todo)} image(s) written, each whole; the same command with "
+              "--skip_existing predicts the rest", file=sys.stderr)
+        return 130
+    finished = frozenset(done + result.written)
+    exported = [item for item in items if item in finished]
+    if args.export and exported:
+        folder = export_polygons(exported, predictor.trained.label_map, args.export, out_dir, args.tolerance)
+        print(f"polygons for {len(exported)} image(s) in {args.export} format: {folder}")
     if predictor.resized and args.resize == "auto":
         height, width = predictor.trained.image_size
         print(f"{predictor.resized} photo(s) were resized to the training images' area (about {width}x{height}) for "
@@ -357,12 +414,12 @@ def _run(predictor, items: list[Item], out_dir: Path, args) -> RunResult:
         print("note: this run's checkpoint does not record the size of its training images (it predates that), so "
               "photos are not resized to it; --resize F resizes them by F", file=sys.stderr)
     with tqdm(total=len(items), unit="image", file=sys.stderr) as progress:
-        return predict_all(predictor, items, out_dir, args.save_confidence, bool(args.export), progress)
+        return predict_all(predictor, items, out_dir, args.save_confidence, progress)
 
 
 def _summary(result: RunResult, out_dir: Path) -> int:
-    rate = result.written / max(result.seconds, 1e-9)
-    print(f"predicted {result.written} image(s) in {result.seconds:.1f} s ({rate:.2f} images/s) into {out_dir}")
+    rate = len(result.written) / max(result.seconds, 1e-9)
+    print(f"predicted {len(result.written)} image(s) in {result.seconds:.1f} s ({rate:.2f} images/s) into {out_dir}")
     if not result.failures:
         return 0
     print(f"{len(result.failures)} input(s) failed and were skipped:", file=sys.stderr)
@@ -373,4 +430,8 @@ def _summary(result: RunResult, out_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:       # before any image was predicted (loading, compiling): nothing is half-written
+        print("\ninterrupted before any image was written", file=sys.stderr)
+        sys.exit(130)

@@ -377,6 +377,37 @@ def test_the_command_resizes_photos_far_from_the_training_size_and_says_so(workd
     assert "resize must be auto, none or a positive factor" in capsys.readouterr().err
 
 
+def test_ctrl_c_keeps_the_images_written_and_skip_existing_goes_on_from_there(workdir, tmp_path, monkeypatch,
+                                                                           capsys):
+    """Ctrl-C printed a 59-line traceback, and a second run predicted everything again."""
+    from streetseg_jax import inference
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    for i in range(6):
+        save(inputs / f"p{i}.jpg", random_image(24, 32, seed=i))
+    predict_all_of = inference.Predictor.predict
+
+    def interrupted_after_three(self, items):
+        for n, pair in enumerate(predict_all_of(self, items)):
+            if n == 3:
+                raise KeyboardInterrupt
+            yield pair
+    monkeypatch.setattr(inference.Predictor, "predict", interrupted_after_three)
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--batch_size", "1") == 130
+    err = capsys.readouterr().err
+    assert "interrupted: 3 of 6 image(s) written, each whole" in err and "Traceback" not in err
+    first = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
+    assert len(first) == 6 and all(name.endswith((".png", "_overlay.jpg")) for name in first)  # no temporary files
+    monkeypatch.undo()
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing",
+                       "--export", "coco") == 0
+    assert "3 of 6 image(s) already predicted" in capsys.readouterr().err
+    assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in first.items())
+    assert len(list(out.glob("p?.png"))) == 6
+    exported = json.loads((out / "coco" / "annotations.json").read_text())
+    assert len(exported["images"]) == 6          # the skipped images' masks are read back for the export
+
+
 def test_unreadable_inputs_are_listed_and_the_rest_written(workdir, tmp_path, capsys):
     inputs = tmp_path / "in"
     save(inputs / "good.jpg", random_image(30, 40))
