@@ -302,6 +302,20 @@ def test_flip_tta_averages_the_mirror(trained):
     assert not np.allclose(tta, plain.logits(image), atol=1e-3)
 
 
+def test_overlays_blend_half_and_half_and_enlarge_thumbnails():
+    from streetseg_jax.visualize import overlay
+
+    label_map = default_label_map()
+    image, mask = random_image(30, 300), np.full((30, 300), 3, np.uint8)
+    mask[:, 150:] = 6
+    wide = np.asarray(overlay(image, mask, label_map))
+    want = (image.astype(int) + label_map.palette()[mask]) / 2
+    assert wide.shape[1] == 300 and np.abs(wide[:30].astype(int) - want).max() <= 1
+    tiny = np.asarray(overlay(image[:16, :16], mask[:16, :16], label_map))     # a 16x16 photo: 15x, 240 px wide
+    assert tiny.shape[1] == 240 and (tiny[:240:15, :240:15] == tiny[14:240:15, 14:240:15]).all()
+    np.testing.assert_allclose(tiny[:240:15, :240:15], want[:16, :16], atol=1)
+
+
 # --- the command --------------------------------------------------------------------------------------------------
 def test_outputs_at_input_resolution_for_odd_sizes_and_exif(workdir, tmp_path):
     inputs = tmp_path / "in"
