@@ -75,17 +75,26 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
     Raises FileNotFoundError with a message fit for the user when there is nothing to load.
     """
     workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"{workdir} " + ("is a file, not a training work directory" if workdir.exists()
+                                                 else "does not exist"))
     if not (workdir / "checkpoints").is_dir():
         raise FileNotFoundError(f"{workdir} holds no checkpoints/ folder; is it a training work directory?")
     checkpoints = Checkpoints(workdir, async_save=False)
     try:
         which = _choose_checkpoint(checkpoints, checkpoint, say)
-        meta = checkpoints.read_meta(which)
-        config = ml_collections.ConfigDict(meta["config"])
-        label_map = LabelMap.from_dict(meta["label_map"], "checkpoint label map")
-        graphdef, template = _abstract_state(config, label_map.num_classes)
-        state, _, _ = checkpoints.restore(which, template)
         step = {"best": checkpoints.best.latest_step(), "latest": checkpoints.latest_step()}.get(which, which)
+        try:
+            meta = checkpoints.read_meta(which)
+            config = ml_collections.ConfigDict(meta["config"])
+            label_map = LabelMap.from_dict(meta["label_map"], "checkpoint label map")
+            graphdef, template = _abstract_state(config, label_map.num_classes)
+            state, _, _ = checkpoints.restore(which, template)
+        except (ValueError, KeyError, TypeError, OSError) as e:     # files missing or cut short, foreign files
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{workdir}: the checkpoint of step {step} ({which}) cannot be read: damaged or "
+                             f"incomplete? ({reason}); --checkpoint latest, best or another step may be whole") \
+                from None
     finally:
         checkpoints.close()
     source = which if isinstance(which, str) else f"step {which}"

@@ -103,19 +103,21 @@ def _folder_items(folder: Path, out_dir: Path) -> list[Item]:
 
 def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None:
     """Refuse, before any work, an output file that is one of the inputs (x.png's mask is OUT/x.png) and two
-    different inputs that would write the same output file."""
+    different inputs that would write the same output file, names that differ only in case included (B.JPG and
+    b.jpg write one file on macOS and Windows)."""
     from streetseg_jax.labels.images import file_ids
 
     sources = file_ids(item.source for item in items)
-    writer: dict[str, Path] = {}
+    writer: dict[str, tuple[str, Path]] = {}
     clashes = []
     for item in items:
         for name in item.outputs(confidence):
             if file_ids([out_dir / name]) & sources:     # by file, not name: IMG.PNG is img.png on some disks
                 fail(f"{out_dir / name} is an input: its prediction would overwrite it; give another --output")
-            first = writer.setdefault(name, item.source)
-            if first != item.source:
-                clashes.append(f"  {name}: {first} and {item.source}")
+            first, source = writer.setdefault(name.casefold(), (name, item.source))
+            if source != item.source:
+                names = name if first == name else f"{first} and {name}, one file where case does not count"
+                clashes.append(f"  {names}: {source} and {item.source}")
     if clashes:
         fail(f"{len(clashes)} output file(s) would be written by two inputs:\n" + "\n".join(clashes[:10]) +
              ("\n  ..." if len(clashes) > 10 else "") + "\nrename the inputs or predict them into separate outputs")

@@ -369,6 +369,10 @@ def test_globs_and_duplicate_output_names(workdir, tmp_path, capsys):
     assert (out / "x.png").exists()
     assert run_predict("--workdir", workdir, "--input", tmp_path / "nothing*.jpg", "--output", out) == 2
     assert "no glob match" in capsys.readouterr().err
+    save(tmp_path / "cases" / "B.JPG", random_image(32, 32))         # one output file on macOS and Windows
+    save(tmp_path / "cases" / "b.jpg", random_image(32, 32))
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "cases", "--output", tmp_path / "o2") == 2
+    assert "B.png and b.png, one file where case does not count" in capsys.readouterr().err
 
 
 def test_the_command_resizes_photos_far_from_the_training_size_and_says_so(workdir, tmp_path, capsys):
@@ -430,13 +434,28 @@ def test_unreadable_inputs_are_listed_and_the_rest_written(workdir, tmp_path, ca
     out = tmp_path / "out"
     assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--batch_size", "2") == 1
     err = capsys.readouterr().err
-    assert "2 input(s) failed" in err and "broken.jpg" in err and "empty.png" in err and "Traceback" not in err
+    assert "2 input(s) failed" in err and "broken.jpg" in err and "Traceback" not in err
+    assert "empty.png: empty file (0 bytes), not an image" in err
     assert (out / "good.png").exists() and not (out / "broken.png").exists()
+
+
+def test_a_damaged_checkpoint_is_named_in_one_line(workdir, tmp_path, capsys):
+    damaged = shutil.copytree(workdir, tmp_path / "run")
+    state = damaged / "checkpoints" / "best" / "1" / "state"
+    for path in [p for p in state.rglob("*") if p.is_file()]:
+        path.unlink()
+    save(tmp_path / "a.jpg", random_image(16, 16))
+    assert run_predict("--workdir", damaged, "--input", tmp_path / "a.jpg", "--output", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "the checkpoint of step 1 (best) cannot be read: damaged or incomplete?" in err, err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_missing_workdir_and_bad_flags_fail_cleanly(tmp_path, capsys):
     save(tmp_path / "a.jpg", random_image(16, 16))
     assert run_predict("--workdir", tmp_path / "nope", "--input", tmp_path / "a.jpg", "--output", tmp_path) == 2
+    assert f"{tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+    assert run_predict("--workdir", tmp_path, "--input", tmp_path / "a.jpg", "--output", tmp_path / "o") == 2
     assert "no checkpoints" in capsys.readouterr().err
     out = tmp_path / "out"
     assert run_predict("--workdir", tmp_path, "--input", tmp_path, "--output", out, "--window", "3") == 2

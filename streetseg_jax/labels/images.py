@@ -140,7 +140,7 @@ def open_rgb(source: Path | bytes, name: str = "") -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise LabelFormatError(f"{label}: image too large (decompression bomb?) {e}; refused") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise LabelFormatError(f"{label}: unreadable image ({e})") from None
+        raise _unreadable(label, source, e) from None
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -180,7 +180,14 @@ def image_size(source, name: str = "") -> tuple[int, int]:
     except FileNotFoundError:
         raise LabelFormatError(f"{label}: image does not exist") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise LabelFormatError(f"{label}: unreadable image ({e})") from None
+        raise _unreadable(label, source, e) from None
+
+
+def _unreadable(label: str, source, error: Exception) -> LabelFormatError:
+    empty = (len(source) == 0 if isinstance(source, bytes)
+             else isinstance(source, (str, Path)) and os.path.isfile(source) and os.path.getsize(source) == 0)
+    return LabelFormatError(f"{label}: " + ("empty file (0 bytes), not an image" if empty
+                                            else f"unreadable image ({error})"))
 
 
 def orientation(image: Image.Image) -> int:
