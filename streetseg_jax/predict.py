@@ -1,7 +1,7 @@
 """Predict masks for your own photos: `python -m streetseg_jax.predict --workdir DIR --input PATH... --output OUT`.
 
-PATH may be an image file, a folder (searched recursively for JPEG, PNG, WebP, TIFF and BMP files; hidden ones
-left out) or a glob. For each image it writes, at the image's own resolution and orientation (EXIF applied):
+PATH may be an image file, a folder (searched recursively for JPEG, PNG, WebP, TIFF and BMP files, into linked
+folders too; hidden ones left out) or a glob. For each image it writes, at the image's own resolution and orientation (EXIF applied):
     OUT/<name>.png             class ids as an 8-bit palette PNG in the label map's colours
     OUT/<name>_overlay.jpg     the image blended with the class colours, with a legend
     OUT/<name>_confidence.png  (--save_confidence) the winning class's softmax probability x 255 (white: sure;
@@ -88,7 +88,7 @@ def _folder_items(folder: Path, out_dir: Path) -> list[Item]:
              "written there; give another --output")
     skipped = out_dir if out_dir.is_relative_to(folder.resolve()) else None
     found, others = [], collections.Counter()
-    for path in files_under(folder):
+    for path in files_under(folder, follow_links=True):   # a linked folder of photos is the user's, as its files
         if skipped and path.resolve().is_relative_to(skipped):   # a previous run's OUT must not become input
             continue
         if path.suffix.lower() in IMAGE_SUFFIXES:

@@ -348,12 +348,15 @@ def test_folders_keep_their_structure_and_outputs_inside_are_skipped(workdir, tm
     (inputs / "._a.jpg").write_bytes(b"\x00\x05\x16\x07Mac OS X")
     (inputs / ".DS_Store").write_bytes(b"Bud1")
     save(inputs / ".ipynb_checkpoints" / "a-checkpoint.png", random_image(32, 48))
+    save(tmp_path / "elsewhere" / "f.jpg", random_image(32, 48))
+    (inputs / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)   # was skipped silently
     out = inputs / "predicted"
     for _ in range(2):                      # the second run must not read the first run's outputs
         assert run_predict("--workdir", workdir, "--input", inputs, "--output", out) == 0
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == ["a.png", "a_overlay.jpg", "d.png", "d_overlay.jpg", "e.png", "e_overlay.jpg", "street/b.png",
-                       "street/b_overlay.jpg", "street/night/c.png", "street/night/c_overlay.jpg"]
+    assert written == ["a.png", "a_overlay.jpg", "d.png", "d_overlay.jpg", "e.png", "e_overlay.jpg", "linked/f.png",
+                       "linked/f_overlay.jpg", "street/b.png", "street/b_overlay.jpg", "street/night/c.png",
+                       "street/night/c_overlay.jpg"]
     assert f"note: {inputs}: 1 file(s) that are not images left out (1 .txt)" in capsys.readouterr().err
 
 
