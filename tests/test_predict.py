@@ -515,6 +515,27 @@ def test_export_flag_writes_an_annotation_file(workdir, tmp_path):
     assert [image["file_name"] for image in coco["images"]] == ["a.jpg"]
 
 
+def test_exports_hold_turned_photos_upright_like_their_annotations(workdir, tmp_path):
+    """A photo stored 64 wide x 48 high and shown turned (EXIF 6) was copied as stored, under annotations of a
+    48-wide, 64-high image: a loader that ignores EXIF laid the polygons over it sideways."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = random_image(48, 64)
+    save(tmp_path / "in" / "p.jpg", stored, exif=exif, quality=95)
+    out = tmp_path / "out"
+    for _ in range(2):              # the second export finds its own upright copy and leaves it
+        assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export",
+                           "coco") == 0
+    image, = json.loads((out / "coco" / "annotations.json").read_text())["images"]
+    with Image.open(out / "coco" / "images" / "p.jpg") as copied:
+        assert copied.size == (image["width"], image["height"]) == (48, 64)
+        assert copied.getexif().get(0x0112, 1) == 1
+        pixels = np.asarray(copied, np.float32)
+    def error(turned):
+        return np.abs(pixels - turned).mean()
+    assert error(np.rot90(stored, -1)) < 5 and error(np.rot90(stored, 1)) > 20    # clockwise, as a viewer shows it
+
+
 @pytest.mark.parametrize("fmt", predict.EXPORT_FORMATS)
 def test_exports_of_one_name_in_two_folders_read_back_as_the_masks(fmt, workdir, tmp_path):
     from streetseg_jax.labels.__main__ import main as labels_main

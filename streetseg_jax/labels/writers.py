@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import filecmp
+import io
 import json
 import os
 import shutil
@@ -32,9 +33,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
 from pycocotools import mask as coco_mask
 
 from streetseg_jax.atomic import atomic_file, write_bytes
+from streetseg_jax.labels.images import is_rotated
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.labels.polygonize import DEFAULT_MIN_AREA, DEFAULT_TOLERANCE, IGNORE_LABEL, mask_to_shapes
 from streetseg_jax.labels.rasterize import rasterize
@@ -252,13 +255,31 @@ def _now() -> str:
 
 def copy_atomic(source: str | Path, target: Path) -> None:
     """Copy an image into the export; a different file already at the target (a predicted mask PNG of the same
-    name, say) is never overwritten."""
+    name, say) is never overwritten. A photo a viewer shows turned (EXIF orientation) is written upright, as the
+    annotations' coordinates are: a tool or loader that ignores EXIF (torchvision's read_image, OpenCV told to)
+    would lay the polygons over the photo turned."""
     source, target = Path(source), Path(target)
     if not source.is_file():
         raise FileNotFoundError(f"image {source} does not exist (needed to copy it into the export)")
+    upright = _upright(source) if is_rotated(source) else None
     if target.exists():
-        if target.resolve() == source.resolve() or filecmp.cmp(source, target, shallow=False):
+        if target.resolve() == source.resolve() or (
+                target.read_bytes() == upright if upright is not None else filecmp.cmp(source, target, shallow=False)):
             return
         raise FileExistsError(f"{target} exists and is not the image {source}; export into another folder")
+    if upright is not None:
+        write_bytes(target, upright)
+        return
     with atomic_file(target) as f, open(source, "rb") as original:
         shutil.copyfileobj(original, f)
+
+
+def _upright(source: Path) -> bytes:
+    """The photo's pixels as a viewer shows them, in its own format, without the orientation tag (JPEG at quality
+    95: turning it costs one re-encoding)."""
+    buffer = io.BytesIO()
+    with Image.open(source) as image:
+        upright = ImageOps.exif_transpose(image)      # drops the orientation tag from the EXIF it keeps
+        upright.save(buffer, format=image.format, **({"quality": 95} if image.format == "JPEG" else {}),
+                     exif=upright.getexif())
+    return buffer.getvalue()
