@@ -107,6 +107,38 @@ def test_a_failed_synthetic_overwrite_keeps_the_build_it_was_to_replace(tmp_path
     assert sorted(p.name for p in (tmp_path / "street_seg" / "synthetic").iterdir()) == ["2.0.0"]
 
 
+def test_a_killed_rebuild_is_put_back_and_what_killed_builds_left_is_swept(tmp_path):
+    """SIGKILL during --overwrite left the dataset in .replaced-*, hidden from every reader, and killed builds left
+    TFDS's incomplete.* and our scratch folders (80 MB and more each) for good."""
+    build("synthetic", tmp_path, num_images=NUM_IMAGES, **SIZE)
+    before = [r["file_name"] for r in records(tmp_path, "train")]
+    config_dir = tmp_path / "street_seg" / "synthetic"
+    (config_dir / "2.0.0").rename(config_dir / ".replaced-2.0.0-99999")      # as a kill mid-rebuild leaves it
+    leftovers = [config_dir / "incomplete.ABC123_2.0.0", tmp_path / "downloads" / "street_seg_synthetic_x1",
+                 tmp_path / "downloads" / "street_seg_masks_x2", tmp_path / ".street_seg_masks_x3"]
+    for folder in leftovers:
+        folder.mkdir(parents=True)
+        (folder / "scene.png").write_bytes(b"left behind")
+    said = []
+    result = build("synthetic", tmp_path, num_images=NUM_IMAGES, log=said.append, **SIZE)
+    assert result.reused and [r["file_name"] for r in records(tmp_path, "train")] == before
+    assert said == [f"put back {config_dir / '2.0.0'}: an interrupted rebuild had moved it aside"]
+    assert not any(folder.exists() for folder in leftovers)
+    assert sorted(p.name for p in config_dir.iterdir()) == ["2.0.0"]
+
+
+def test_two_builds_into_one_fresh_data_dir_take_turns(tmp_path):
+    """Both built the dataset, and the second failed renaming its copy into place (FileExistsError)."""
+    args = ["build", "--config", "synthetic", f"--data_dir={tmp_path}", "--num_images", "4", "--height", "48",
+            "--width", "64"]
+    procs = [subprocess.Popen([sys.executable, "-m", "streetseg_jax.data", *args], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sum("already built" in out for out, _ in outs) == 1, outs
+    assert sum("under way; waiting for it to end" in out for out, _ in outs) == 1, outs
+
+
 # --- voc_polygons ------------------------------------------------------------------------------------------------
 def street_label_map() -> LabelMap:
     return LabelMap.from_dict({"classes": [

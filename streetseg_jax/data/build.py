@@ -2,11 +2,13 @@
 
 `build` checks the options and inputs, reuses a build made from the same ones, and otherwise has the TFDS builder
 (data/builder.py) write the dataset: a failed build leaves what was there before and no empty folders behind.
+Builds into one data dir take turns, and each first clears what builds killed on the way left there.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -55,13 +57,56 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
     data_dir = Path(data_dir or default_data_dir()).expanduser()     # --data_dir=~/x reaches us unexpanded
     if data_dir.exists() and not data_dir.is_dir():
         raise BuildError(f"--data_dir {data_dir} is a file, not a folder")
-    if config_name == "synthetic":
-        return _build_synthetic(data_dir, overwrite, file_format, options)
-    if config_name == "camvid":
-        return _build_camvid(data_dir, manual_dir, overwrite=overwrite, file_format=file_format,
-                             log=log or _to_stderr, options=options)
-    return _build_export(config_name, data_dir, manual_dir, overwrite=overwrite, file_format=file_format, name=name,
-                         log=log or _to_stderr, options=options)
+    log = log or _to_stderr
+    with _one_build_at_a_time(data_dir, log):
+        _clear_interrupted_builds(data_dir, log)
+        if config_name == "synthetic":
+            return _build_synthetic(data_dir, overwrite, file_format, options)
+        if config_name == "camvid":
+            return _build_camvid(data_dir, manual_dir, overwrite=overwrite, file_format=file_format, log=log,
+                                 options=options)
+        return _build_export(config_name, data_dir, manual_dir, overwrite=overwrite, file_format=file_format,
+                             name=name, log=log, options=options)
+
+
+@contextlib.contextmanager
+def _one_build_at_a_time(data_dir: Path, log: Callable[[str], None]):
+    """Builds into one data dir take turns, and the one that waited finds the dataset built (two runs started on a
+    fresh data dir both built it, and the second failed renaming its copy into place). The lock file lives in the
+    temp folder, not in the data dir: a failed build leaves no scaffolding there."""
+    try:
+        import fcntl
+    except ImportError:     # not a POSIX system: builds do not wait for each other
+        yield
+        return
+    key = hashlib.sha256(os.fsencode(data_dir.resolve())).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"streetseg-build-{key}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another build into {data_dir} is under way; waiting for it to end")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+_SCRATCH_PREFIXES = ("street_seg_synthetic_", "street_seg_masks_")     # builder._scratch_folder's, under downloads/
+
+
+def _clear_interrupted_builds(data_dir: Path, log: Callable[[str], None]) -> None:
+    """What builds killed on the way left behind (no other build runs now: they take turns). A dataset an
+    interrupted --overwrite had moved aside is put back where a new one did not take its place; TFDS's incomplete.*
+    folders and our scratch folders (80 MB and more each) are removed."""
+    leftovers = [*(data_dir / "street_seg").glob("*/incomplete.*"), *data_dir.glob(".street_seg_masks_*"),
+                 *(p for prefix in _SCRATCH_PREFIXES for p in (data_dir / "downloads").glob(f"{prefix}*"))]
+    for moved in (data_dir / "street_seg").glob("*/.replaced-*"):
+        original = moved.parent / moved.name[len(".replaced-"):].rsplit("-", 1)[0]
+        if original.exists():
+            leftovers.append(moved)
+        else:
+            moved.rename(original)
+            log(f"put back {original}: an interrupted rebuild had moved it aside")
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options: dict) -> BuildResult:
