@@ -9,6 +9,10 @@ when complete, so a process killed mid-save leaves nothing that restore would pi
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -18,9 +22,13 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 
+class SaveError(OSError):
+    """A checkpoint that could not be written (a full disk, a file size limit, a folder that turned read-only)."""
+
+
 class Checkpoints:
     def __init__(self, workdir: str | Path, keep: int = 3, async_save: bool = True):
-        root = Path(workdir).absolute() / "checkpoints"
+        root = self.root = Path(workdir).absolute() / "checkpoints"
         options = dict(create=True, enable_async_checkpointing=async_save)
         self.latest = ocp.CheckpointManager(
             root / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options),
@@ -42,16 +50,25 @@ class Checkpoints:
         if step in self.latest.all_steps():
             return  # saved already: a stop signal that came right after this step's periodic save
         self._one_save_at_a_time()
-        self.latest.save(step, args=_save_args(state, data_state, meta), force=True)
+        with self._saving():
+            self.latest.save(step, args=_save_args(state, data_state, meta), force=True)
 
     def save_best(self, step: int, state, data_state: dict, meta: dict, miou: float) -> bool:
         """Keep this step as the best one if its mIoU beats the best so far; returns whether it did."""
         if miou <= self._best_miou:
             return False
         self._one_save_at_a_time()
-        self.best.save(step, args=_save_args(state, data_state, meta), metrics={"miou": float(miou)}, force=True)
+        with self._saving():
+            self.best.save(step, args=_save_args(state, data_state, meta), metrics={"miou": float(miou)}, force=True)
         self._best_miou = float(miou)
         return True
+
+    def remove_unfinished(self) -> None:
+        """Remove the folders of saves killed on the way (orbax's *.orbax-checkpoint-tmp*, as large as a checkpoint):
+        only for the run that holds the work directory, since another run's save under way looks the same (orbax's
+        own cleanup would also run in predict and report)."""
+        for folder in self.root.glob("*/*.orbax-checkpoint-tmp*"):     # latest/ and best/
+            shutil.rmtree(folder, ignore_errors=True)
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -96,12 +113,38 @@ class Checkpoints:
         return sorted(set(self.latest.all_steps()) | set(self.best.all_steps()))
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        with self._saving():
+            self.latest.wait_until_finished()
+            self.best.wait_until_finished()
+
+    def check(self) -> None:
+        """SaveError if a save running in the background has failed (training would otherwise go on, unsaved, until
+        the next save: 650 steps later in the default config)."""
+        with self._saving():
+            self.latest.check_for_errors()
+            self.best.check_for_errors()
+
+    @contextlib.contextmanager
+    def _saving(self):
+        try:
+            yield
+        except (OSError, ValueError, RuntimeError) as e:      # orbax reports a failed write as a ValueError
+            last = self.latest.latest_step()
+            raise SaveError(f"could not save a checkpoint in {self.root}: {_why(e)}; " + (
+                f"the last whole one is step {last}" if last is not None else "none is whole yet")) from None
 
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _why(error: Exception) -> str:
+    """The operating system's reason inside orbax's long message ("... File too large [os_error_code='27']")."""
+    code = re.search(r"os_error_code='?(\d+)", str(error))
+    errno = int(code.group(1)) if code else getattr(error, "errno", None)
+    if errno:
+        return os.strerror(errno) + (" (a full disk?)" if errno in (27, 28, 122) else "")
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def _handlers() -> dict:

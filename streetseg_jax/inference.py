@@ -105,6 +105,8 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
 
 def _choose_checkpoint(checkpoints: Checkpoints, wanted: str | int, say) -> str | int:
     if str(wanted).isdigit():
+        if int(wanted) not in checkpoints.all_steps():
+            raise FileNotFoundError(f"no checkpoint for step {int(wanted)}; have {checkpoints.all_steps()}")
         return int(wanted)
     if wanted not in ("best", "latest"):
         raise ValueError(f"checkpoint must be 'best', 'latest' or a step number, got {wanted!r}")

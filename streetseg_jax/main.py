@@ -4,7 +4,9 @@ Multi-host: `--coordinator_address HOST:PORT --num_processes N --process_id I`, 
 detect the cluster (SLURM and friends). Running the same command again resumes from the latest checkpoint.
 """
 import ast
+import logging as pylogging
 import os
+import sys
 import traceback
 from pathlib import Path
 
@@ -32,7 +34,11 @@ _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices per proce
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.ERROR)  # orbax and TFDS log every save and read; we print what matters
+    # orbax and TFDS log every save and read, and orbax each write a failed save cut short (a full disk printed
+    # 2,500 lines, as often as not the same error): we print what matters, and errors reach us as exceptions.
+    logging.set_verbosity(logging.FATAL)
+    pylogging.getLogger("asyncio").setLevel(pylogging.CRITICAL)
+    sys.unraisablehook = _without_closed_loops(sys.unraisablehook)
     try:
         config = _CONFIG.value
         config.keys()                         # a config file that failed to load says so on first use
@@ -57,6 +63,15 @@ def main(argv):
         train.train_and_evaluate(config, _WORKDIR.value)
     except (DatasetNotFoundError, RunError, sharding.OtherProcessFailed, OSError, ValueError) as e:
         fail(_message(e))
+
+
+def _without_closed_loops(hook):
+    """sys.unraisablehook, less the "Event loop is closed" that the writes of a failed orbax save raise when they
+    end after it (978 tracebacks for one full disk)."""
+    def unraisable(info):
+        if not (info.exc_type is RuntimeError and str(info.exc_value) == "Event loop is closed"):
+            hook(info)
+    return unraisable
 
 
 def _check_process_flags() -> None:

@@ -221,6 +221,8 @@ def _open(config, workdir: str | Path):
 def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog"):
     """(the work directory's Checkpoints, its latest step or None); RunError when that cannot be resumed."""
     checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
+    if jax.process_index() == 0:        # it holds the work directory's lock
+        checkpoints.remove_unfinished()
     latest = checkpoints.latest_step()
     if latest is not None:
         saved = checkpoints.read_meta("latest")

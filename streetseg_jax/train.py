@@ -235,6 +235,7 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
                 log.first_step_done(step)
             due = _due(step, config)
             if due:
+                setup.checkpoints.check()
                 row = window.summary(setup.label_map.names, config.batch_size)
                 row["train/learning_rate"] = float(make_schedule(config)(step - 1))
                 log.write(step, row)

@@ -130,14 +130,40 @@ def test_sigkill_during_saves_resumes_from_last_complete_checkpoint(tiny_data_di
     wait_for_step(workdir, 4, proc)
     proc.kill()  # SIGKILL, almost certainly while an asynchronous save is being written
     proc.communicate(timeout=60)
+    unfinished = workdir / "checkpoints" / "best" / "99.orbax-checkpoint-tmp"    # a save killed on the way, as
+    unfinished.mkdir(parents=True, exist_ok=True)                                 # one of a step not saved again
+    (unfinished / "state").write_bytes(b"half of a checkpoint")
     code, out = run_main_to_end(workdir, tiny_data_dir, *overrides)
     assert code == 0, out
     assert "resuming from step" in out
     assert ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step() == STEPS
+    assert not list((workdir / "checkpoints").glob("*/*.orbax-checkpoint-tmp*"))      # they stayed for good
     # The log holds the killed steps and their redone ones; the run's history has each step once, in order.
     history = run_history(read_metrics(workdir / "metrics.jsonl"))
     assert [row["step"] for row in history if "train/loss" in row] == list(range(1, STEPS + 1))
     assert all(a["elapsed"] <= b["elapsed"] for a, b in zip(history, history[1:]))
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_data_dir, tmp_path):
+    """A full disk (here a file size limit) failed the save in the background: training went on unsaved until the
+    next save, and the run printed 2,500 lines of orbax and asyncio tracebacks."""
+    # A write past the limit fails (EFBIG) as on a full disk, once SIGXFSZ is ignored. Parameters of base width 16
+    # (2 MB) do not fit; nothing else the run writes is that large once the compilation cache and the native
+    # kernels' build, which write files of their own, are off.
+    small_files_only = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                        "resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000)); "
+                        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_COMPILATION_CACHE": "false", "STREETSEG_NATIVE": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", small_files_only, "-m", "streetseg_jax.main",
+         f"--config={ROOT / 'tests' / 'configs' / 'tiny.py'}", f"--workdir={tmp_path / 'w'}",
+         f"--config.data_dir={tiny_data_dir}", "--config.num_train_steps=4", "--config.checkpoint_every_steps=2",
+         "--config.model.base_width=16"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    where = tmp_path / "w" / "checkpoints"
+    assert out.returncode == 2 and out.stderr.startswith(
+        f"error: could not save a checkpoint in {where}: File too large (a full disk?)"), lines
+    assert len(lines) < 15 and "Traceback" not in out.stderr, lines
 
 
 def test_incompatible_workdir_is_refused(finished_run, tiny_data_dir):
