@@ -26,18 +26,28 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None):
-    """A file object whose contents replace `path` when the block ends without an exception."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """A file object whose contents replace `path` when the block ends without an exception. An OSError says which
+    file could not be written (a write to a full disk says only "[Errno 28] No space left on device")."""
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not str(e).startswith("cannot write "):
+            raise _cannot_write(path, e) from None
         raise
+
+
+def _cannot_write(path: Path, error: OSError) -> OSError:
+    named = type(error)(f"cannot write {path}: {error.strerror or error}")     # FileNotFoundError stays one
+    named.errno = error.errno
+    return named
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -451,15 +452,19 @@ def split_file_name(split: str) -> str:
 
 def score_command(workdir: str, score):
     """score() as the commands that score a checkpoint (this one, the report) run it: the work directory checked
-    first, orbax's and TFDS's logging quiet, and a missing dataset or split said in a line."""
+    first (its results are written there: a read-only one is refused before the evaluation, not after it), orbax's
+    and TFDS's logging quiet, and a missing dataset or split, or a file that cannot be read or written, said in a
+    line."""
     check_workdir(workdir)
+    if not os.access(workdir, os.W_OK):
+        fail(f"--workdir {workdir} cannot be written to, and the results are written there")
     from absl import logging
     from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError
     logging.set_verbosity(logging.ERROR)    # orbax and TFDS log every read; the command's output says what matters
     sharding.split_cpu_into_cores(8)        # at most 8 devices: evaluation rounds its batch up to a multiple
     try:
         return score()
-    except (DatasetNotFoundError, UnknownSplitError) as e:
+    except (DatasetNotFoundError, UnknownSplitError, OSError) as e:
         fail(str(e))
 
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import collections
 import collections.abc
+import contextlib
+import errno
 import dataclasses
 import glob
 import itertools
@@ -175,17 +177,21 @@ class RunResult:
     failures: list               # (source, reason)
 
 
-class Interrupted(Exception):
-    """Ctrl-C during a run; `written` items are complete (the writes under way were finished first)."""
+class Stopped(Exception):
+    """A run stopped by Ctrl-C (`error` None) or by an output no image can be written to (a full disk, a read-only
+    folder); `written` items are complete (the writes under way were finished first)."""
 
-    def __init__(self, written: list[Item]):
+    def __init__(self, written: list[Item], error: OSError | None = None):
         super().__init__(f"{len(written)} written")
-        self.written = written
+        self.written, self.error = written, error
+
+
+_STOPPING = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}    # no later image would be written either
 
 
 def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, progress=None) -> RunResult:
-    """Predict every item and write its files; reading, the model and writing overlap. Ctrl-C raises Interrupted
-    once the writes under way are done."""
+    """Predict every item and write its files; reading, the model and writing overlap. Ctrl-C, or a full disk,
+    raises Stopped once the writes under way are done."""
     failures, written = [], []
     start = time.perf_counter()
     stream = ((pair, pair[1]) for pair in read_images(items, failures))
@@ -197,12 +203,13 @@ def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, p
                                                   predictor.trained.label_map, confidence)))
                 while len(pending) > _WRITES_PENDING:
                     _finish_write(*pending.popleft(), written, failures, progress)
-        except KeyboardInterrupt:
             while pending:
-                _finish_write(*pending.popleft(), written, failures, None)
-            raise Interrupted(written) from None
-        while pending:
-            _finish_write(*pending.popleft(), written, failures, progress)
+                _finish_write(*pending.popleft(), written, failures, progress)
+        except (KeyboardInterrupt, OSError) as e:
+            while pending:
+                with contextlib.suppress(OSError):
+                    _finish_write(*pending.popleft(), written, failures, None)
+            raise Stopped(written, e if isinstance(e, OSError) else None) from None
     if progress is not None:
         progress.update(len(items) - progress.n)
     return RunResult(written, time.perf_counter() - start, failures)
@@ -213,6 +220,8 @@ def _finish_write(item: Item, future, written: list, failures: list, progress) -
         future.result()
         written.append(item)
     except OSError as e:
+        if e.errno in _STOPPING:
+            raise
         failures.append((item.source, f"could not write outputs: {e}"))
     finally:
         if progress is not None:
@@ -374,10 +383,12 @@ def main(argv: list[str] | None = None) -> int:
     todo = [item for item in items if item not in skipped]
     try:
         result = _run(predictor, todo, out_dir, args)
-    except Interrupted as e:
-        print(f"\ninterrupted: {len(e.written)} of {len(todo)} image(s) written, each whole; the same command with "
-              "--skip_existing predicts the rest", file=sys.stderr)
-        return 130
+    except Stopped as e:
+        what = "interrupted" if e.error is None else f"error: {e.error}"
+        print(f"\n{what}: {len(e.written)} of {len(todo)} image(s) written, each whole; the same command with "
+              "--skip_existing predicts the rest" + (" once there is room" if e.error is not None else ""),
+              file=sys.stderr)
+        return 130 if e.error is None else 2
     finished = frozenset(done + result.written)
     exported = [item for item in items if item in finished]
     if args.export and exported:

@@ -68,7 +68,10 @@ class RunSetup:
         if not self.log.primary:
             return []
         records = read_metrics(self.log.path)
-        plot_curves(records, self.workdir / "curves.png")
+        try:
+            plot_curves(records, self.workdir / "curves.png")
+        except OSError as e:    # a picture is not worth the run, nor the checkpoint saved after it
+            self.log.say(f"warning: {e}; training goes on")
         return run_history(records)
 
     def stop(self, step: int, signal_name: str | None) -> None:

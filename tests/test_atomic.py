@@ -2,6 +2,7 @@
 temporary file: teammates, web servers and containers running as another user must read our outputs)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,12 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
             f.write(b"half")
             raise RuntimeError("disk full")
     assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_a_file_that_cannot_be_written_is_named_in_the_error(tmp_path):
+    """A full disk said only "[Errno 28] No space left on device" (a write() error carries no file name)."""
+    from streetseg_jax.atomic import write_text
+
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(OSError, match=f"^cannot write {re.escape(str(tmp_path / 'a_file' / 'x.json'))}: File exists"):
+        write_text(tmp_path / "a_file" / "x.json", "{}")

@@ -123,6 +123,22 @@ def test_workdir_without_checkpoints_is_refused(tmp_path, capsys):
     assert "no checkpoints/ folder" in capsys.readouterr().err
 
 
+def test_a_workdir_that_cannot_be_written_is_one_line_before_and_during_scoring(tmp_path, monkeypatch, capsys):
+    """A read-only work directory: the whole evaluation ran, then a 20-line traceback."""
+    from streetseg_jax.evaluate import score_command
+
+    def cannot_write():
+        raise OSError(f"cannot write {tmp_path / 'report.html'}: Read-only file system")
+    with pytest.raises(SystemExit) as exit_:
+        score_command(str(tmp_path), cannot_write)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"error: cannot write {tmp_path / 'report.html'}: Read-only file system\n"
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK)   # as a read-only mount answers
+    with pytest.raises(SystemExit):
+        score_command(str(tmp_path), lambda: pytest.fail("evaluated although nothing can be written"))
+    assert "cannot be written to, and the results are written there" in capsys.readouterr().err
+
+
 def test_flip_tta_is_mirror_symmetric_and_written_beside_the_plain_figures(workdir, cli_result, capsys):
     from streetseg_jax import evaluate
     from streetseg_jax.data.source import load_split

@@ -627,3 +627,17 @@ def test_a_run_shorter_than_its_warmup_still_decays(schedule):
     config.num_train_steps = 1950                                                 # a long run: the full warm-up
     assert float(train.make_schedule(config)(50)) == pytest.approx(peak)
     assert float(train.make_schedule(config)(25)) == pytest.approx(peak / 2)
+
+
+def test_curves_that_cannot_be_drawn_are_a_warning_not_the_end_of_the_run(tmp_path, monkeypatch, capsys):
+    """A failed curves.png write ended the run before that step's checkpoints were saved."""
+    from streetseg_jax import run
+
+    def full_disk(records, path):
+        raise OSError(f"cannot write {path}: No space left on device")
+    monkeypatch.setattr(run, "plot_curves", full_disk)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "time": 0.0, "train/loss": 1.0}) + "\n")
+    setup = run.RunSetup(None, tmp_path, None, None, None, None, None, None, None, run.RunLog(tmp_path, 10, 8), {})
+    assert [row["step"] for row in setup.draw_curves()] == [1]
+    assert f"warning: cannot write {tmp_path / 'curves.png'}: No space left on device; training goes on" \
+        in capsys.readouterr().out
