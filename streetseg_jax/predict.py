@@ -1,12 +1,15 @@
 """Predict masks for your own photos: `python -m streetseg_jax.predict --workdir DIR --input PATH... --output OUT`.
 
 PATH may be an image file, a folder (searched recursively for JPEG, PNG, WebP, TIFF and BMP files, into linked
-folders too; hidden ones left out) or a glob. For each image it writes, at the image's own resolution and orientation (EXIF applied):
+folders too; hidden ones left out) or a glob. For each image it writes, at the image's own resolution and
+orientation (EXIF applied):
     OUT/<name>.png             class ids as an 8-bit palette PNG in the label map's colours
-    OUT/<name>_overlay.jpg     the image blended with the class colours, with a legend
+    OUT/<name>_overlay.jpg     the image blended with the class colours, with a legend (a photo narrower than
+                               the legend's 240 px enlarged by a whole factor)
     OUT/<name>_confidence.png  (--save_confidence) the winning class's softmax probability x 255 (white: sure;
                                the floor is 255/K for K classes)
-where <name> is the file's stem, or its path relative to the folder it was found in. Two inputs that would write
+where <name> is the file's stem, or its path relative to the folder it was found in. Fully transparent pixels
+(a cut-out PNG) are no part of the photo: the ignore id in the mask, confidence 0. Two inputs that would write
 the same file, or an output that would overwrite an input, stop the run before any work. Unreadable images are
 listed at the end and skipped; the exit status is 1 when any failed. --export labelme|coco|cvat also writes the
 masks as editable polygons under OUT/<format>/ (from the mask files, so that it never holds every mask at once).
@@ -125,22 +128,23 @@ def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None
              ("\n  ..." if len(clashes) > 10 else "") + "\nrename the inputs or predict them into separate outputs")
 
 
-def read_images(items: list[Item], failures: list) -> Iterator[tuple[Item, np.ndarray]]:
-    """(item, uint8 RGB image) in order, decoded a few images ahead in threads; unreadable ones go to failures."""
-    from streetseg_jax.labels.images import open_rgb
+def read_images(items: list[Item], failures: list) -> Iterator[tuple[Item, np.ndarray, np.ndarray | None]]:
+    """(item, uint8 RGB image, its transparent pixels or None) in order, decoded a few images ahead in threads;
+    unreadable ones go to failures."""
+    from streetseg_jax.labels.images import open_photo
     from streetseg_jax.labels.shapes import LabelFormatError
 
     remaining = iter(items)
     with ThreadPoolExecutor(2) as pool:
         first = itertools.islice(remaining, _READ_AHEAD)
-        queue = collections.deque((i, pool.submit(open_rgb, i.source)) for i in first)
+        queue = collections.deque((i, pool.submit(open_photo, i.source)) for i in first)
         while queue:
             item, future = queue.popleft()
             following = next(remaining, None)
             if following is not None:
-                queue.append((following, pool.submit(open_rgb, following.source)))
+                queue.append((following, pool.submit(open_photo, following.source)))
             try:
-                yield item, future.result()
+                yield item, *future.result()
             except (LabelFormatError, OSError) as e:
                 failures.append((item.source, str(e)))
 
@@ -194,11 +198,14 @@ def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, p
     raises Stopped once the writes under way are done."""
     failures, written = [], []
     start = time.perf_counter()
-    stream = ((pair, pair[1]) for pair in read_images(items, failures))
+    stream = ((read, read[1]) for read in read_images(items, failures))
+    ignore_id = predictor.trained.label_map.ignore_id
     with ThreadPoolExecutor(2) as pool:
         pending = collections.deque()
         try:
-            for (item, image), prediction in predictor.predict(stream):
+            for (item, image, transparent), prediction in predictor.predict(stream):
+                if transparent is not None:     # no part of the photo: no class, no confidence
+                    prediction.mask[transparent], prediction.confidence[transparent] = ignore_id, 0.0
                 pending.append((item, pool.submit(write_outputs, item, image, prediction, out_dir,
                                                   predictor.trained.label_map, confidence)))
                 while len(pending) > _WRITES_PENDING:

@@ -333,8 +333,8 @@ def test_outputs_at_input_resolution_for_odd_sizes_and_exif(workdir, tmp_path):
         assert np.asarray(mask).max() < 8
         np.testing.assert_array_equal(np.asarray(mask.getpalette()[:24]).reshape(8, 3), palette[:8])
         overlay = Image.open(out / f"{name}_overlay.jpg")
-        # The legend below; a narrow image's canvas is widened so that the class names stay whole.
-        assert overlay.format == "JPEG" and overlay.width == max(width, 240) and overlay.height > height
+        # The legend below; a narrow image is enlarged by a whole factor, so that the class names stay whole.
+        assert overlay.format == "JPEG" and overlay.width == width * -(-240 // width) and overlay.height > height
         confidence = Image.open(out / f"{name}_confidence.png")
         assert confidence.mode == "L" and confidence.size == (width, height)
 
@@ -449,6 +449,19 @@ def test_a_full_disk_stops_the_run_at_once_saying_what_is_written(workdir, tmp_p
     assert "No space left on device: 2 of 6 image(s) written, each whole; the same command with --skip_existing " \
            "predicts the rest once there is room" in err, err
     assert "failed and were skipped" not in err and len(list(out.glob("p?.png"))) == 2
+
+
+def test_transparent_pixels_get_no_class(workdir, tmp_path):
+    """A cut-out photo's transparent half was composited on black and labelled tree and road."""
+    rgba = np.dstack([random_image(24, 32), np.full((24, 32), 255, np.uint8)])
+    rgba[:, :16, 3] = 0
+    save(tmp_path / "in" / "cut.png", rgba)
+    out = tmp_path / "out"
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--save_confidence") == 0
+    with Image.open(out / "cut.png") as mask, Image.open(out / "cut_confidence.png") as confidence:
+        mask, confidence = np.asarray(mask), np.asarray(confidence)
+    assert (mask[:, :16] == default_label_map().ignore_id).all() and (confidence[:, :16] == 0).all()
+    assert (mask[:, 16:] != default_label_map().ignore_id).all() and (confidence[:, 16:] > 0).all()
 
 
 def test_unreadable_inputs_are_listed_and_the_rest_written(workdir, tmp_path, capsys):

@@ -128,6 +128,12 @@ def _number(value: int) -> str:
 
 def open_rgb(source: Path | bytes, name: str = "") -> np.ndarray:
     """uint8 (H, W, 3), upright as a viewer shows it (EXIF orientation applied)."""
+    return open_photo(source, name)[0]
+
+
+def open_photo(source: Path | bytes, name: str = "") -> tuple[np.ndarray, np.ndarray | None]:
+    """(open_rgb's image, its fully transparent pixels as an (H, W) bool array, or None for an image without
+    transparency): what the RGB image shows black there is no part of the photo."""
     label = name or str(source)
     try:
         with warnings.catch_warnings():
@@ -136,7 +142,7 @@ def open_rgb(source: Path | bytes, name: str = "") -> np.ndarray:
             if image.width * image.height > MAX_PIXELS:
                 raise Image.DecompressionBombError(f"{image.width}x{image.height}")
             image = ImageOps.exif_transpose(image)
-            return to_rgb(image)
+            return to_rgb(image), _transparent(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise LabelFormatError(f"{label}: image too large (decompression bomb?) {e}; refused") from None
     except (OSError, ValueError, SyntaxError) as e:
@@ -157,6 +163,13 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
     return np.asarray(image.convert("RGB"))
+
+
+def _transparent(image: Image.Image) -> np.ndarray | None:
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return None
+    transparent = np.asarray(image.convert("RGBA"))[..., 3] == 0
+    return transparent if transparent.any() else None
 
 
 def image_size(source, name: str = "") -> tuple[int, int]:
