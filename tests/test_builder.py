@@ -3,9 +3,12 @@ errors, and reading the built dataset from a process that has never heard of str
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,18 +116,25 @@ def test_a_killed_rebuild_is_put_back_and_what_killed_builds_left_is_swept(tmp_p
     build("synthetic", tmp_path, num_images=NUM_IMAGES, **SIZE)
     before = [r["file_name"] for r in records(tmp_path, "train")]
     config_dir = tmp_path / "street_seg" / "synthetic"
-    (config_dir / "2.0.0").rename(config_dir / ".replaced-2.0.0-99999")      # as a kill mid-rebuild leaves it
-    leftovers = [config_dir / "incomplete.ABC123_2.0.0", tmp_path / "downloads" / "street_seg_synthetic_x1",
-                 tmp_path / "downloads" / "street_seg_masks_x2", tmp_path / ".street_seg_masks_x3"]
-    for folder in leftovers:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = f"@{socket.gethostname()}@{int(dead.stdout)}@"                # a process that has ended, on this machine
+    (config_dir / "2.0.0").rename(config_dir / f".replaced-2.0.0{gone}")  # as a kill mid-rebuild leaves it
+    leftovers = [config_dir / "incomplete.ABC123_2.0.0", tmp_path / "downloads" / f"street_seg_synthetic_{gone}x1",
+                 tmp_path / "downloads" / f"street_seg_masks_{gone}x2", tmp_path / f".street_seg_masks_{gone}x3"]
+    alive = f"@{socket.gethostname()}@{os.getpid()}@"                 # a build under way, which takes no lock
+    running = [config_dir / "incomplete.XYZ789_2.0.0", tmp_path / "downloads" / f"street_seg_masks_{alive}x4",
+               tmp_path / "downloads" / "street_seg_masks_x5"]        # no owner: kept, to be safe
+    for folder in leftovers + running:
         folder.mkdir(parents=True)
         (folder / "scene.png").write_bytes(b"left behind")
+    hours_ago = time.time() - 7 * 3600
+    for path in (leftovers[0], leftovers[0] / "scene.png"):
+        os.utime(path, (hours_ago, hours_ago))
     said = []
     result = build("synthetic", tmp_path, num_images=NUM_IMAGES, log=said.append, **SIZE)
     assert result.reused and [r["file_name"] for r in records(tmp_path, "train")] == before
     assert said == [f"put back {config_dir / '2.0.0'}: an interrupted rebuild had moved it aside"]
-    assert not any(folder.exists() for folder in leftovers)
-    assert sorted(p.name for p in config_dir.iterdir()) == ["2.0.0"]
+    assert not any(folder.exists() for folder in leftovers) and all(folder.exists() for folder in running)
 
 
 def test_two_builds_into_one_fresh_data_dir_take_turns(tmp_path):

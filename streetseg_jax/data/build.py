@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from streetseg_jax.data import camvid, inputs
 from streetseg_jax.data.builder import (BuildError, StreetSeg, check_options, check_synthetic_label_map,
-                                        from_annotations_config)
+                                        from_annotations_config, owner_is_gone, owner_tag)
 from streetseg_jax.data.configs import CONFIG_OPTIONS
 from streetseg_jax.data.source import built_versions, default_data_dir, is_built, open_built, parse_name
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
@@ -71,42 +71,62 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
 
 @contextlib.contextmanager
 def _one_build_at_a_time(data_dir: Path, log: Callable[[str], None]):
-    """Builds into one data dir take turns, and the one that waited finds the dataset built (two runs started on a
-    fresh data dir both built it, and the second failed renaming its copy into place). The lock file lives in the
-    temp folder, not in the data dir: a failed build leaves no scaffolding there."""
+    """Builds into one data dir on this machine take turns, and the one that waited finds the dataset built (two
+    runs started on a fresh data dir both built it, and the second failed renaming its copy into place). The lock
+    file lives in the temp folder, not in the data dir (a failed build leaves no scaffolding there), and anyone may
+    open it (a shared data dir is built by several users)."""
     try:
         import fcntl
     except ImportError:     # not a POSIX system: builds do not wait for each other
         yield
         return
     key = hashlib.sha256(os.fsencode(data_dir.resolve())).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"streetseg-build-{key}.lock", "a") as handle:
+    path = Path(tempfile.gettempdir()) / f"streetseg-build-{key}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o666)                       # whatever the umask: the next user opens it too
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY)                 # another user's, not writable by us: flock works on it
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log(f"another build into {data_dir} is under way; waiting for it to end")
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
-_SCRATCH_PREFIXES = ("street_seg_synthetic_", "street_seg_masks_")     # builder._scratch_folder's, under downloads/
+_SCRATCH = ("street_seg_synthetic_", "street_seg_masks_")     # builder.scratch_folder's prefixes, under downloads/
+_STALE_SECONDS = 6 * 3600    # an incomplete.* folder nothing was written to for this long belongs to no build
 
 
 def _clear_interrupted_builds(data_dir: Path, log: Callable[[str], None]) -> None:
-    """What builds killed on the way left behind (no other build runs now: they take turns). A dataset an
-    interrupted --overwrite had moved aside is put back where a new one did not take its place; TFDS's incomplete.*
-    folders and our scratch folders (80 MB and more each) are removed."""
-    leftovers = [*(data_dir / "street_seg").glob("*/incomplete.*"), *data_dir.glob(".street_seg_masks_*"),
-                 *(p for prefix in _SCRATCH_PREFIXES for p in (data_dir / "downloads").glob(f"{prefix}*"))]
-    for moved in (data_dir / "street_seg").glob("*/.replaced-*"):
-        original = moved.parent / moved.name[len(".replaced-"):].rsplit("-", 1)[0]
-        if original.exists():
-            leftovers.append(moved)
-        else:
+    """What builds killed on the way left behind: a dataset an interrupted --overwrite had moved aside is put back
+    where no new one took its place; our scratch folders (80 MB and more each) and TFDS's incomplete.* folders are
+    removed. Only what provably belongs to no running build: ours carry their process (builder.owner_tag), which
+    must have ended on this machine; TFDS's must have seen no write for hours (another machine, or a build that
+    takes no lock, may be writing one right now)."""
+    moved_aside = list((data_dir / "street_seg").glob("*/.replaced-*"))
+    leftovers = [path for path in (*moved_aside, *data_dir.glob(".street_seg_masks_*"),
+                                   *(p for prefix in _SCRATCH for p in (data_dir / "downloads").glob(f"{prefix}*")))
+                 if owner_is_gone(path.name)]
+    for moved in [path for path in leftovers if path in moved_aside]:
+        original = moved.parent / moved.name[len(".replaced-"):].split("@", 1)[0]
+        if not original.exists():
             moved.rename(original)
+            leftovers.remove(moved)
             log(f"put back {original}: an interrupted rebuild had moved it aside")
+    leftovers += [path for path in (data_dir / "street_seg").glob("*/incomplete.*") if _untouched_for_long(path)]
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _untouched_for_long(folder: Path) -> bool:
+    newest = max((p.stat().st_mtime for p in (folder, *folder.rglob("*"))), default=0.0)
+    return time.time() - newest > _STALE_SECONDS
 
 
 def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options: dict) -> BuildResult:
@@ -142,8 +162,8 @@ def _build_export(config_name: str, data_dir: Path, manual_dir, *, overwrite: bo
         return _result(dataset, data_dir, start, reused=True)
     with _no_scaffolding_left(dataset, data_dir):
         data_dir.mkdir(parents=True, exist_ok=True)
-        with inputs.Workers(num_workers) as workers, tempfile.TemporaryDirectory(prefix=".street_seg_masks_",
-                                                                                dir=data_dir) as masks:
+        with inputs.Workers(num_workers) as workers, tempfile.TemporaryDirectory(
+                prefix=f".street_seg_masks_{owner_tag()}", dir=data_dir) as masks:
             plan = _checked_plan(folder, config, label_map, workers, Path(masks), log)
             plan.fingerprint = fingerprint
             with _all_or_nothing(dataset, data_dir, replace=overwrite):
@@ -280,7 +300,7 @@ def _all_or_nothing(dataset: str, data_dir: Path, replace: bool):
     config_dir = data_dir / name / config
     aside = []
     if replace and version in built_versions(config_dir):
-        moved = config_dir / f".replaced-{version}-{os.getpid()}"
+        moved = config_dir / f".replaced-{version}{owner_tag()}"
         (config_dir / version).rename(moved)
         aside.append((config_dir / version, moved))
     try:

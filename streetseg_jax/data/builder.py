@@ -57,8 +57,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -287,11 +289,32 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         return scratch, list(stems)
 
     def _scratch_folder(self, parent: Path, prefix: str) -> Path:
-        """A folder deleted when the build ends (under the download dir: /tmp may be small)."""
+        """A folder deleted when the build ends (under the download dir: /tmp may be small); named with its
+        process, so that a later build can tell one a killed build left (build._clear_interrupted_builds)."""
         parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        scratch = Path(tempfile.mkdtemp(prefix=f"{prefix}{owner_tag()}", dir=parent))
         self._cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
         return scratch
+
+
+def owner_tag() -> str:
+    """"@host@pid@": put in the names of the folders a build writes on the way, for owner_is_gone."""
+    return f"@{socket.gethostname()}@{os.getpid()}@"
+
+
+def owner_is_gone(name: str) -> bool:
+    """Whether the name carries an owner_tag of a process that has ended on this machine (False when unsure: no
+    tag, another machine's, a process of another user)."""
+    tag = re.search(r"@([^@]+)@(\d+)@", name)
+    if tag is None or tag.group(1) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(tag.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 # --- features ----------------------------------------------------------------------------------------------------
