@@ -7,6 +7,7 @@ temporary file's own are owner-only).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -26,8 +27,9 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None):
-    """A file object whose contents replace `path` when the block ends without an exception. An OSError says which
-    file could not be written (a write to a full disk says only "[Errno 28] No space left on device")."""
+    """A file object whose contents replace `path` when the block ends without an exception. A failure to write says
+    which file (a write to a full disk says only "[Errno 28] No space left on device"); other errors in the block
+    (reading what is copied, say) pass as they are."""
     path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,13 +41,20 @@ def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None)
     except BaseException as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and not str(e).startswith("cannot write "):
-            raise _cannot_write(path, e) from None
+        if isinstance(e, OSError) and (tmp is None or e.filename == tmp
+                                       or (e.filename is None and e.errno in _WRITE_ERRORS)):
+            raise _cannot_write(path, e) from e
         raise
 
 
+# Why a write() fails for want of room or permission (its error names no file): an error with one of these and no
+# file name in the block is the writer's; one before it (the folder, the temporary file) or naming the temporary
+# file always is.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
 def _cannot_write(path: Path, error: OSError) -> OSError:
-    named = type(error)(f"cannot write {path}: {error.strerror or error}")     # FileNotFoundError stays one
+    named = OSError(f"cannot write {path}: {error.strerror or error}")
     named.errno = error.errno
     return named
 

@@ -186,12 +186,12 @@ def _optimiser_layout(config: dict) -> dict:
 def prepare_run(config, workdir: str | Path) -> RunSetup:
     """Everything is checked before anything is written: config.json says what the checkpoints beside it hold.
     What each process checks alone (its data, its view of the work directory), every process agrees on."""
-    workdir, mesh, (train_source, label_map, info), eval_source, log, weights = sharding.all_succeed(
+    workdir, mesh, (train_source, label_map, info), eval_source, log, weights, size = sharding.all_succeed(
         lambda: _open(config, workdir))
-    meta = {"label_map": label_map.to_dict(), "config": config.to_dict(), "image_size": typical_size(train_source)}
+    meta = {"label_map": label_map.to_dict(), "config": config.to_dict(), "image_size": size}
     lock = _lock(workdir, log)
     try:
-        checkpoints, latest = _checkpoints_to_resume(config, workdir, meta, log)
+        checkpoints, latest = _checkpoints_to_resume(config, workdir, meta, log, lock is not None)
     except BaseException:
         if lock is not None:
             lock.close()
@@ -203,7 +203,8 @@ def prepare_run(config, workdir: str | Path) -> RunSetup:
 
 
 def _open(config, workdir: str | Path):
-    """(work directory, mesh, (train source, label map, dataset info), eval source, RunLog, class weights)."""
+    """(work directory, mesh, (train source, label map, dataset info), eval source, RunLog, class weights, typical
+    training image size); no collectives in here (sharding.all_succeed)."""
     workdir = check_settings(config, workdir)
     mesh = sharding.make_mesh()
     sharding.check_batch_size(config.batch_size, mesh)
@@ -218,13 +219,13 @@ def _open(config, workdir: str | Path):
     if config.init_from and not (workdir / "checkpoints").is_dir():    # nothing to resume: it will be read
         from streetseg_jax.warm_start import check_init_from
         check_init_from(config.init_from, config.model.to_dict())
-    return workdir, mesh, train, eval_source, log, weights
+    return workdir, mesh, train, eval_source, log, weights, typical_size(train[0])
 
 
-def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog"):
+def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog", holding_the_lock: bool):
     """(the work directory's Checkpoints, its latest step or None); RunError when that cannot be resumed."""
     checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
-    if jax.process_index() == 0:        # it holds the work directory's lock
+    if holding_the_lock:        # no other run saves here (where nothing can be locked, nothing is removed)
         checkpoints.remove_unfinished()
     latest = checkpoints.latest_step()
     if latest is not None:

@@ -72,7 +72,7 @@ def all_succeed(work: Callable[[], T]) -> T:
         return work()
     try:
         result, error = work(), None
-    except Exception as e:  # noqa: BLE001 - every process must reach the gather below
+    except BaseException as e:  # noqa: BLE001 - every process must reach the gather below (Ctrl-C included)
         result, error = None, e
     messages = _gather_text("" if error is None else str(error) or type(error).__name__)
     if error is not None:

@@ -234,8 +234,8 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
                 window.exclude_so_far()
                 log.first_step_done(step)
             due = _due(step, config)
-            if due:
-                setup.checkpoints.check()
+            if due:     # a save failed on one process stops every process (the others would wait for it)
+                sharding.all_succeed(setup.checkpoints.check)
                 row = window.summary(setup.label_map.names, config.batch_size)
                 row["train/learning_rate"] = float(make_schedule(config)(step - 1))
                 log.write(step, row)

@@ -7,6 +7,7 @@ and the step start afresh (a moving average of the weights, when this run keeps 
 """
 from __future__ import annotations
 
+import json
 import dataclasses
 from pathlib import Path
 
@@ -27,13 +28,22 @@ def check_init_from(init_from: str, model: dict) -> None:
     (opening one creates folders), ValueError when its model's parameters have other shapes than `model`'s."""
     if not (Path(init_from) / "checkpoints").is_dir():
         raise FileNotFoundError(f"init_from={init_from}: not a training work directory (it has no checkpoints/)")
-    _, meta, _ = _read_source(init_from, weights=False)
-    saved = meta["config"]["model"]
+    saved = _saved_model(init_from)
     differ = [f"{key} {saved.get(key)!r} there, {model.get(key)!r} here" for key in SHAPING_KEYS
               if saved.get(key) != model.get(key)]
     if differ:
         raise ValueError(f"init_from {init_from}: its model has other layers ({'; '.join(differ)}), so nothing but "
                          "a fresh start would come of it; train with its config.model, or without init_from")
+
+
+def _saved_model(init_from: str) -> dict:
+    """The source run's config.model, from its config.json (the checkpoints' model: a resume cannot change it);
+    opening its checkpoints instead would meet the other processes at orbax's barriers, which a check that
+    every process makes alone (run.prepare_run) must not."""
+    try:
+        return json.loads((Path(init_from) / "config.json").read_text())["model"]
+    except (OSError, ValueError, KeyError, TypeError):     # a run older than its config.json
+        return _read_source(init_from, weights=False)[1]["config"]["model"]
 
 
 def warm_start(state, init_from: str, label_map, say):

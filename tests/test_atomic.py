@@ -2,6 +2,7 @@
 temporary file: teammates, web servers and containers running as another user must read our outputs)."""
 from __future__ import annotations
 
+import errno
 import re
 import subprocess
 import sys
@@ -51,3 +52,10 @@ def test_a_file_that_cannot_be_written_is_named_in_the_error(tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     with pytest.raises(OSError, match=f"^cannot write {re.escape(str(tmp_path / 'a_file' / 'x.json'))}: File exists"):
         write_text(tmp_path / "a_file" / "x.json", "{}")
+    with pytest.raises(OSError, match=f"^cannot write {re.escape(str(tmp_path / 'y.bin'))}: No space left on device$"):
+        with atomic.atomic_file(tmp_path / "y.bin"):
+            raise OSError(errno.ENOSPC, "No space left on device")     # as a write() to a full disk
+    with pytest.raises(OSError, match=r"^\[Errno 5\] Input/output error$"):   # reading what is copied: as it is
+        with atomic.atomic_file(tmp_path / "z.bin"):
+            raise OSError(errno.EIO, "Input/output error")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
