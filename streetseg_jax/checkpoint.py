@@ -128,10 +128,10 @@ class Checkpoints:
     def _saving(self):
         try:
             yield
-        except (OSError, ValueError, RuntimeError) as e:      # orbax reports a failed write as a ValueError
+        except (OSError, ValueError) as e:      # orbax reports a failed write as a ValueError
             last = self.latest.latest_step()
             raise SaveError(f"could not save a checkpoint in {self.root}: {_why(e)}; " + (
-                f"the last whole one is step {last}" if last is not None else "none is whole yet")) from None
+                f"the last whole one is step {last}" if last is not None else "none is whole yet")) from e
 
     def close(self) -> None:
         self.latest.close()

@@ -233,7 +233,7 @@ def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None,
 
     try:
         trained = load_model(workdir, which)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:     # nothing to load; a checkpoint damaged or incomplete
         fail(str(e))
     mesh = sharding.make_mesh()
     # The model comes back on one device; the evaluator's batches span the mesh, so the weights must too.

@@ -16,6 +16,7 @@ device, not the whole (H, W, classes) array, and window logits never travel to t
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import math
@@ -84,23 +85,31 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
     try:
         which = _choose_checkpoint(checkpoints, checkpoint, say)
         step = {"best": checkpoints.best.latest_step(), "latest": checkpoints.latest_step()}.get(which, which)
-        try:
+        damaged = functools.partial(_damaged, workdir, step, which)
+        with damaged():
             meta = checkpoints.read_meta(which)
-            config = ml_collections.ConfigDict(meta["config"])
-            label_map = LabelMap.from_dict(meta["label_map"], "checkpoint label map")
-            graphdef, template = _abstract_state(config, label_map.num_classes)
+        config = ml_collections.ConfigDict(meta["config"])
+        label_map = LabelMap.from_dict(meta["label_map"], "checkpoint label map")
+        graphdef, template = _abstract_state(config, label_map.num_classes)
+        with damaged():
             state, _, _ = checkpoints.restore(which, template)
-        except (ValueError, KeyError, TypeError, OSError) as e:     # files missing or cut short, foreign files
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise ValueError(f"{workdir}: the checkpoint of step {step} ({which}) cannot be read: damaged or "
-                             f"incomplete? ({reason}); --checkpoint latest, best or another step may be whole") \
-                from None
     finally:
         checkpoints.close()
     source = which if isinstance(which, str) else f"step {which}"
     size = tuple(meta["image_size"]) if meta.get("image_size") else None
     return TrainedModel(graphdef, train.eval_params(state, config), state.model_state, label_map, config, int(step),
                         source, size)
+
+
+@contextlib.contextmanager
+def _damaged(workdir: Path, step, which):
+    """A checkpoint's files missing, cut short or foreign: one line naming it (not six of pytree internals)."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{workdir}: the checkpoint of step {step} ({which}) cannot be read: damaged or "
+                         f"incomplete? ({reason}); --checkpoint latest, best or another step may be whole") from e
 
 
 def _choose_checkpoint(checkpoints: Checkpoints, wanted: str | int, say) -> str | int:

@@ -24,7 +24,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, label_map: LabelMap, alpha: flo
     factor (nearest neighbour), so that a thumbnail is not a speck in the corner of its legend."""
     out = Image.blend(Image.fromarray(image), Image.fromarray(colorize(mask, label_map)), alpha)
     factor = -(-_LEGEND_MIN_WIDTH // out.width)
-    if factor > 1:
+    if legend and factor > 1:
         out = out.resize((out.width * factor, out.height * factor), Image.Resampling.NEAREST)
     if legend:
         counts = np.bincount(np.asarray(mask, np.uint8).ravel(), minlength=256)
@@ -196,9 +196,11 @@ def curves_figure(metrics: list[dict]):
 def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
     """curves_figure as one PNG, written atomically."""
     fig = curves_figure(metrics)
-    with atomic_file(out_path) as f:
-        fig.savefig(f, dpi=100, format="png")
-    pyplot().close(fig)
+    try:
+        with atomic_file(out_path) as f:
+            fig.savefig(f, dpi=100, format="png")
+    finally:        # a run goes on when the picture cannot be written: its figures must not pile up
+        pyplot().close(fig)
 
 
 # Error maps: what a reader should see at a glance is where the model is wrong, so everything else recedes.

@@ -130,7 +130,7 @@ def test_bad_arguments_fail_cleanly(workdir, tmp_path, capsys):
     assert run_cli(export, "--workdir", workdir, "--output", tmp_path) == 2
     assert run_cli(export, "--workdir", workdir, "--output", archive, "--platforms", "cpu,gpu") == 2
     err = capsys.readouterr().err
-    assert "both --height and --width" in err and "--outputs" in err and "no checkpoints" in err
+    assert "both --height and --width" in err and "--outputs" in err and f"{tmp_path / 'none'} does not exist" in err
     assert "--platforms: gpu is not one of cpu, cuda, rocm, tpu" in err
     assert "is a folder" in err
     assert not archive.exists()

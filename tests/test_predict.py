@@ -487,6 +487,10 @@ def test_a_damaged_checkpoint_is_named_in_one_line(workdir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the checkpoint of step 1 (best) cannot be read: damaged or incomplete?" in err, err
     assert len(err.strip().splitlines()) == 1
+    from streetseg_jax import evaluate
+    with pytest.raises(SystemExit):                 # evaluate and report: a traceback
+        evaluate.main(["--workdir", str(damaged)])
+    assert "cannot be read: damaged or incomplete?" in capsys.readouterr().err
 
 
 def test_missing_workdir_and_bad_flags_fail_cleanly(tmp_path, capsys):
