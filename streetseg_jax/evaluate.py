@@ -101,6 +101,7 @@ class Evaluator:
 
     def __init__(self, graphdef, mesh, label_map: LabelMap, config):
         self.graphdef, self.mesh, self.label_map = graphdef, mesh, label_map
+        self._splits: dict[int, pipeline.EvalBatches] = {}     # id(source) -> its batches
         self.batch_size, self.scales = config.eval_batch_size, network_scales(config)
         self.flip_tta = flip_tta_setting(config, None)
         sharding.check_batch_size(self.batch_size, mesh, "eval_batch_size")
@@ -112,10 +113,14 @@ class Evaluator:
         return tta_logits(predict_logits, model, images, self.scales, self.flip_tta)
 
     def _batches(self, source):
-        """The split in global batches of eval_batch_size, padded with all-ignore examples (this process's share)."""
-        local = pipeline.eval_batches(source, global_batch=self.batch_size, process_index=jax.process_index(),
-                                      process_count=jax.process_count(), ignore_id=self.label_map.ignore_id)
-        return (sharding.global_batch(batch, self.mesh) for batch in local)
+        """The split in global batches of eval_batch_size, padded with all-ignore examples (this process's share).
+        One EvalBatches per split for the Evaluator's life: with several processes it reads every image's size
+        once (to pad every batch alike), not at every evaluation."""
+        if id(source) not in self._splits:      # the EvalBatches holds the source: its id stays its own
+            self._splits[id(source)] = pipeline.eval_batches(
+                source, global_batch=self.batch_size, process_index=jax.process_index(),
+                process_count=jax.process_count(), ignore_id=self.label_map.ignore_id)
+        return (sharding.global_batch(batch, self.mesh) for batch in self._splits[id(source)])
 
     def _pixel_terms(self, params, model_state, batch):
         """(labels, predictions, per-pixel negative log-likelihood with ignore pixels at 0, valid mask)."""
