@@ -333,7 +333,13 @@ def resize_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def logit_rows(logits: np.ndarray, height: int, width: int, rows: int) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, block of `rows` rows) of (h, w, K) logits resized bilinearly to (height, width), with the
-    half-pixel centres evaluation enlarges the network's logits with (upsample_bilinear)."""
+    half-pixel centres evaluation enlarges the network's logits with (upsample_bilinear). Logits of a photo
+    enlarged for the network come back filtered over every logit a pixel covers (two taps would skip whole rows
+    and columns past 2x, and thin classes with them); such photos are small, so that is done at once."""
+    if height < logits.shape[0]:
+        yield 0, np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(logits[..., k])).resize(
+            (width, height), Image.Resampling.BILINEAR)) for k in range(logits.shape[-1])], axis=-1)
+        return
     cols = _lerp_table(logits.shape[1], width)
     wide = logits[:, cols[0]] * cols[2][None, :, None] + logits[:, cols[1]] * cols[3][None, :, None]
     low, high, low_weight, high_weight = _lerp_table(logits.shape[0], height)
@@ -347,8 +353,8 @@ def classes_at(logits: np.ndarray, height: int, width: int, rows: int = 256) -> 
     block of rows at a time: a 12-megapixel photo's full-size logits never exist at once."""
     mask, confidence = np.empty((height, width), np.uint8), np.empty((height, width), np.float32)
     for start, block in logit_rows(logits, height, width, rows):
-        mask[start:start + rows] = block.argmax(-1)
-        confidence[start:start + rows] = 1.0 / np.exp(block - block.max(-1, keepdims=True)).sum(-1)
+        mask[start:start + len(block)] = block.argmax(-1)
+        confidence[start:start + len(block)] = 1.0 / np.exp(block - block.max(-1, keepdims=True)).sum(-1)
     return mask, confidence
 
 

@@ -195,8 +195,24 @@ def test_photos_far_from_the_training_size_are_seen_at_its_scale_and_answered_at
     np.testing.assert_allclose(prediction.confidence, (softmax / softmax.sum(-1, keepdims=True)).max(-1), atol=1e-4)
     same = random_image(60, 80, seed=4)
     np.testing.assert_array_equal(auto.logits(same), Predictor(trained, window=(256, 256)).logits(same))
+    small = random_image(20, 30, seed=5)                          # enlarged for the network, answered at 20x30
+    small_logits = auto.logits(small)
+    assert small_logits.shape == (20, 30, model.label_map.num_classes)
+    assert (auto.predict_one(small).mask == small_logits.argmax(-1)).mean() > 0.99
     assert Predictor(trained).input_size(192, 256) == (192, 256)      # an older checkpoint: no size recorded
     assert Predictor(model, resize=0.5).input_size(60, 80) == (30, 40)
+
+
+def test_logits_shrunk_to_a_small_photo_keep_thin_classes():
+    """Two taps per pixel skipped whole rows past 2x: a class on every third row vanished from a 3x smaller mask."""
+    from streetseg_jax.inference import classes_at
+
+    logits = np.zeros((60, 80, 2), np.float32)
+    logits[..., 0], logits[::3, :, 1] = 1.0, 5.0        # class 1 on one row in three, far more sure there
+    mask, confidence = classes_at(logits, 20, 27)
+    assert mask.shape == confidence.shape == (20, 27) and (mask == 1).all()
+    grown, _ = classes_at(logits, 120, 160, rows=7)       # enlarging, in blocks of rows: two taps, as evaluation
+    assert grown.shape == (120, 160) and 0 < grown.mean() < 1
 
 
 def test_windows_per_call_are_limited_by_the_memory_of_their_logits(trained):
