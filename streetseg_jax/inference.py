@@ -39,7 +39,8 @@ from streetseg_jax.models.unet import build_model, eval_model, model_dtype, prep
 DEFAULT_WINDOW = (512, 512)   # network pixels: what the model sees of one window
 DEFAULT_OVERLAP = 0.25        # of the window, on each side that has a neighbour
 MAX_PARTIAL_BATCHES = 4       # window shapes waiting for a full batch at once
-RESIZE_BEYOND = 1.5           # resize="auto" rescales a photo whose sides are this many times a training image's
+RESIZE_BEYOND = 1.5           # resize="auto" rescales a photo whose sides are this many times a training image's,
+                              # on average (the square root of the ratio of their pixel counts)
 _CALL_BYTES = 512 * 2**20     # window logits of one model call at image resolution, over every TTA variant
 
 
@@ -380,8 +381,8 @@ class Predictor:
     window: (height, width) in network pixels; overlap: fraction of the window shared with each neighbour;
     batch_size: windows per call (fewer where their logits would pass _CALL_BYTES); flip_tta: also predict the
     mirror image and average the logits; resize: "auto" shows the network a photo at the scale of the images it
-    was trained on (resized to their area, where its sides are more than RESIZE_BEYOND times theirs or less than
-    1 / RESIZE_BEYOND: a 12-megapixel photo is 8x a CamVid frame, and a model sees objects 8x larger than any it
+    was trained on (resized to their area, where its sides are on average more than RESIZE_BEYOND times theirs or
+    less than 1 / RESIZE_BEYOND: a 12-megapixel photo is 8x a CamVid frame, and a model sees objects 8x larger than any it
     learned as something else), "none" at the photo's own, a number: the photo resized by that factor. A resized
     photo's logits are resized back, so masks always come at the photo's size. `resized` counts such photos.
     """

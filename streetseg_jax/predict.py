@@ -15,8 +15,8 @@ listed at the end and skipped; the exit status is 1 when any failed. --export la
 masks as editable polygons under OUT/<format>/ (from the mask files, so that it never holds every mask at once).
 Ctrl-C stops after the files being written are whole; --skip_existing then leaves out the images already done.
 
-A photo much larger or smaller than the images the model was trained on (sides over 1.5 times theirs, or under
-2/3) is first resized to their area (--resize auto, the default; none keeps every photo's size, a number resizes
+A photo much larger or smaller than the images the model was trained on (over 2.25 times their pixels, or under
+1/2.25: sides 1.5 times theirs, on average) is first resized to their area (--resize auto, the default; none keeps every photo's size, a number resizes
 every photo by that factor): a model shows objects 8x larger than any it learned, as a 12-megapixel photo shows them
 to a model of CamVid frames, as something else. The mask still comes at the photo's own size.
 
@@ -309,7 +309,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_flip_tta_flags(parser, "average with the mirror image's prediction")
     add_extra_scales_flag(parser)
     parser.add_argument("--resize", type=_resize, default="auto",
-                        help="auto (default): a photo whose sides are over 1.5x or under 2/3 of the training images' "
+                        help="auto (default): a photo of over 2.25x or under 1/2.25 the training images' pixels "
                              "is resized to their area first; none: every photo at its own size; a number: every "
                              "photo resized by it. Masks always come at the photo's own size")
     parser.add_argument("--batch_size", type=int, default=8, help="windows per model call (default 8)")
