@@ -16,9 +16,10 @@ masks as editable polygons under OUT/<format>/ (from the mask files, so that it 
 Ctrl-C stops after the files being written are whole; --skip_existing then leaves out the images already done.
 
 A photo much larger or smaller than the images the model was trained on (over 2.25 times their pixels, or under
-1/2.25: sides 1.5 times theirs, on average) is first resized to their area (--resize auto, the default; none keeps every photo's size, a number resizes
-every photo by that factor): a model shows objects 8x larger than any it learned, as a 12-megapixel photo shows them
-to a model of CamVid frames, as something else. The mask still comes at the photo's own size.
+1/2.25: sides 1.5 times theirs, on average) is first resized to their area (--resize auto, the default; none keeps
+every photo's size, a number resizes every photo by that factor): a model shows objects 8x larger than any it
+learned, as a 12-megapixel photo shows them to a model of CamVid frames, as something else. The mask still comes at
+the photo's own size.
 
 Images larger than --window (network pixels, default 512x512) are predicted in overlapping windows whose logits
 are blended (--overlap, default 0.25); flip TTA (averaging with the mirror image) follows the run's eval_flip_tta
