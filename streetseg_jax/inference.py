@@ -383,8 +383,9 @@ class Predictor:
     mirror image and average the logits; resize: "auto" shows the network a photo at the scale of the images it
     was trained on (resized to their area, where its sides are on average more than RESIZE_BEYOND times theirs or
     less than 1 / RESIZE_BEYOND: a 12-megapixel photo is 8x a CamVid frame, and a model sees objects 8x larger
-    than any it learned as something else), "none" at the photo's own, a number: the photo resized by that factor. A resized
-    photo's logits are resized back, so masks always come at the photo's size. `resized` counts such photos.
+    than any it learned as something else), "none" at the photo's own, a number: the photo resized by that factor.
+    A resized photo's logits are resized back, so masks always come at the photo's size. `resized` counts such
+    photos.
     """
 
     def __init__(self, trained: TrainedModel, window: tuple[int, int] = DEFAULT_WINDOW,
