@@ -186,9 +186,9 @@ class Stopped(Exception):
     """A run stopped by Ctrl-C (`error` None) or by an output no image can be written to (a full disk, a read-only
     folder); `written` items are complete (the writes under way were finished first)."""
 
-    def __init__(self, written: list[Item], error: OSError | None = None):
+    def __init__(self, written: list[Item], failures: list, error: OSError | None = None):
         super().__init__(f"{len(written)} written")
-        self.written, self.error = written, error
+        self.written, self.failures, self.error = written, failures, error
 
 
 _STOPPING = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}    # no later image would be written either
@@ -217,7 +217,7 @@ def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, p
             while pending:
                 with contextlib.suppress(OSError):
                     _finish_write(*pending.popleft(), written, failures, None)
-            raise Stopped(written, e if isinstance(e, OSError) else None) from None
+            raise Stopped(written, failures, e if isinstance(e, OSError) else None) from None
     if progress is not None:
         progress.update(len(items) - progress.n)
     return RunResult(written, time.perf_counter() - start, failures)
@@ -392,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = _run(predictor, todo, out_dir, args)
     except Stopped as e:
+        _list_failures(e.failures)
         what = "interrupted" if e.error is None else f"error: {e.error}"
         print(f"\n{what}: {len(e.written)} of {len(todo)} image(s) written, each whole; the same command with "
               "--skip_existing predicts the rest" + (" once there is room" if e.error is not None else ""),
@@ -400,7 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     finished = frozenset(done + result.written)
     exported = [item for item in items if item in finished]
     if args.export and exported:
-        folder = export_polygons(exported, predictor.trained.label_map, args.export, out_dir, args.tolerance)
+        try:
+            folder = export_polygons(exported, predictor.trained.label_map, args.export, out_dir, args.tolerance)
+        except KeyboardInterrupt:
+            print("\ninterrupted while writing the polygons; every image's files are written: the same command "
+                  "with --skip_existing writes the polygons", file=sys.stderr)
+            return 130
         print(f"polygons for {len(exported)} image(s) in {args.export} format: {folder}")
     if predictor.resized and args.resize == "auto":
         height, width = predictor.trained.image_size
@@ -441,13 +447,16 @@ def _run(predictor, items: list[Item], out_dir: Path, args) -> RunResult:
 def _summary(result: RunResult, out_dir: Path) -> int:
     rate = len(result.written) / max(result.seconds, 1e-9)
     print(f"predicted {len(result.written)} image(s) in {result.seconds:.1f} s ({rate:.2f} images/s) into {out_dir}")
-    if not result.failures:
-        return 0
-    print(f"{len(result.failures)} input(s) failed and were skipped:", file=sys.stderr)
-    for source, reason in result.failures:
+    _list_failures(result.failures)
+    return 1 if result.failures else 0
+
+
+def _list_failures(failures: list) -> None:
+    if failures:
+        print(f"{len(failures)} input(s) failed and were skipped:", file=sys.stderr)
+    for source, reason in failures:
         shown = reason if reason.startswith(str(source)) else f"{source}: {reason}"
         print(f"  {shown}", file=sys.stderr)
-    return 1
 
 
 if __name__ == "__main__":

@@ -422,6 +422,7 @@ def test_ctrl_c_keeps_the_images_written_and_skip_existing_goes_on_from_there(wo
     inputs, out = tmp_path / "in", tmp_path / "out"
     for i in range(6):
         save(inputs / f"p{i}.jpg", random_image(24, 32, seed=i))
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")      # read first, listed when stopped
     predict_all_of = inference.Predictor.predict
 
     def interrupted_after_three(self, items):
@@ -432,13 +433,14 @@ def test_ctrl_c_keeps_the_images_written_and_skip_existing_goes_on_from_there(wo
     monkeypatch.setattr(inference.Predictor, "predict", interrupted_after_three)
     assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--batch_size", "1") == 130
     err = capsys.readouterr().err
-    assert "interrupted: 3 of 6 image(s) written, each whole" in err and "Traceback" not in err
+    assert "interrupted: 3 of 7 image(s) written, each whole" in err and "Traceback" not in err
+    assert "1 input(s) failed and were skipped" in err and "broken.jpg" in err
     first = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
     assert len(first) == 6 and all(name.endswith((".png", "_overlay.jpg")) for name in first)  # no temporary files
     monkeypatch.undo()
     assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing",
-                       "--export", "coco") == 0
-    assert "3 of 6 image(s) already predicted" in capsys.readouterr().err
+                       "--export", "coco") == 1                      # broken.jpg still fails
+    assert "3 of 7 image(s) already predicted" in capsys.readouterr().err
     assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in first.items())
     assert len(list(out.glob("p?.png"))) == 6
     exported = json.loads((out / "coco" / "annotations.json").read_text())
