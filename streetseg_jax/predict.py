@@ -33,11 +33,13 @@ import argparse
 import collections
 import collections.abc
 import contextlib
-import errno
 import dataclasses
+import errno
 import glob
 import itertools
+import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -115,18 +117,35 @@ def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None
 
     sources = file_ids(item.source for item in items)
     writer: dict[str, tuple[str, Path]] = {}
-    clashes = []
+    clashes, case_only = [], []
     for item in items:
         for name in item.outputs(confidence):
             if file_ids([out_dir / name]) & sources:     # by file, not name: IMG.PNG is img.png on some disks
                 fail(f"{out_dir / name} is an input: its prediction would overwrite it; give another --output")
             first, source = writer.setdefault(name.casefold(), (name, item.source))
             if source != item.source:
-                names = name if first == name else f"{first} and {name}, one file where case does not count"
-                clashes.append(f"  {names}: {source} and {item.source}")
+                clash = f"  {name if first == name else f'{first} and {name}'}: {source} and {item.source}"
+                (clashes if first == name else case_only).append(clash)
+    if case_only and _case_insensitive(out_dir):
+        clashes += [f"{clash} (one file here, where case does not count)" for clash in case_only]
     if clashes:
         fail(f"{len(clashes)} output file(s) would be written by two inputs:\n" + "\n".join(clashes[:10]) +
              ("\n  ..." if len(clashes) > 10 else "") + "\nrename the inputs or predict them into separate outputs")
+
+
+def _case_insensitive(folder: Path) -> bool:
+    """Whether names that differ only in case are one file in `folder` (macOS and Windows disks): a probe file in
+    its nearest existing folder tells; where none can be made, they are taken to be one."""
+    existing = next(parent for parent in (folder, *folder.absolute().parents) if parent.is_dir())
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".case-probe-", dir=existing)
+    except OSError:
+        return True
+    os.close(fd)
+    try:
+        return Path(probe).with_name(Path(probe).name.swapcase()).exists()
+    finally:
+        os.unlink(probe)
 
 
 def read_images(items: list[Item], failures: list) -> Iterator[tuple[Item, np.ndarray, np.ndarray | None]]:

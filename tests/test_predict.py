@@ -376,7 +376,7 @@ def test_folders_keep_their_structure_and_outputs_inside_are_skipped(workdir, tm
     assert f"note: {inputs}: 1 file(s) that are not images left out (1 .txt)" in capsys.readouterr().err
 
 
-def test_globs_and_duplicate_output_names(workdir, tmp_path, capsys):
+def test_globs_and_duplicate_output_names(workdir, tmp_path, capsys, monkeypatch):
     save(tmp_path / "one" / "x.jpg", random_image(32, 32))
     save(tmp_path / "two" / "x.png", random_image(32, 32))
     out = tmp_path / "out"
@@ -388,10 +388,15 @@ def test_globs_and_duplicate_output_names(workdir, tmp_path, capsys):
     assert (out / "x.png").exists()
     assert run_predict("--workdir", workdir, "--input", tmp_path / "nothing*.jpg", "--output", out) == 2
     assert "no glob match" in capsys.readouterr().err
-    save(tmp_path / "cases" / "B.JPG", random_image(32, 32))         # one output file on macOS and Windows
-    save(tmp_path / "cases" / "b.jpg", random_image(32, 32))
-    assert run_predict("--workdir", workdir, "--input", tmp_path / "cases", "--output", tmp_path / "o2") == 2
-    assert "B.png and b.png, one file where case does not count" in capsys.readouterr().err
+    save(tmp_path / "cases" / "B.JPG", random_image(32, 32))         # one output file on macOS and Windows,
+    save(tmp_path / "cases" / "b.jpg", random_image(32, 32))         # two on this disk: written
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "cases", "--output", tmp_path / "o2") == 0
+    assert (tmp_path / "o2" / "B.png").exists() and (tmp_path / "o2" / "b.png").exists()
+    monkeypatch.setattr(predict, "_case_insensitive", lambda folder: True)      # as a macOS disk answers
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "cases", "--output", tmp_path / "o3") == 2
+    assert "B.png and b.png: " in capsys.readouterr().err and not (tmp_path / "o3").exists()
+    monkeypatch.undo()
+    assert not predict._case_insensitive(tmp_path / "new" / "folder") and not list(tmp_path.glob(".case-probe-*"))
 
 
 def test_the_command_resizes_photos_far_from_the_training_size_and_says_so(workdir, tmp_path, capsys):
