@@ -111,8 +111,8 @@ def _folder_items(folder: Path, out_dir: Path) -> list[Item]:
 
 def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None:
     """Refuse, before any work, an output file that is one of the inputs (x.png's mask is OUT/x.png) and two
-    different inputs that would write the same output file, names that differ only in case included (B.JPG and
-    b.jpg write one file on macOS and Windows)."""
+    different inputs that would write the same output file, names that differ only in case included where the
+    output's disk does not tell them apart (B.JPG and b.jpg write one file on macOS and Windows)."""
     from streetseg_jax.labels.images import file_ids
 
     sources = file_ids(item.source for item in items)
