@@ -7,8 +7,8 @@ and the step start afresh (a moving average of the weights, when this run keeps 
 """
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 from pathlib import Path
 
 import jax
