@@ -6,6 +6,7 @@ detect the cluster (SLURM and friends). Running the same command again resumes f
 import ast
 import logging as pylogging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -45,6 +46,24 @@ def main(argv):
     except OSError as e:
         _usage_error(e)
     _check_process_flags()
+    if not (_COORDINATOR.value or _MULTIHOST.value):   # under jax.distributed, JAX's preemption service owns SIGTERM
+        signal.signal(signal.SIGTERM, _sigterm_outside_training)
+    try:
+        _run(config)
+    except KeyboardInterrupt as e:      # outside the training loop, which saves and says so itself
+        name = "SIGTERM" if str(e) == "SIGTERM" else "Ctrl-C"
+        print(f"stopped by {name}; what was saved stays (checkpoints, a finished dataset build), and the same command "
+              "goes on from there", file=sys.stderr)
+        raise SystemExit(143 if name == "SIGTERM" else 130) from None
+
+
+def _sigterm_outside_training(signum, frame):
+    """A spot preemption while the run starts (building its dataset, compiling) or ends (the final evaluation):
+    stopped as a Ctrl-C is, so that what is under way cleans up after itself (the process just died)."""
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def _run(config) -> None:
     if _CPU_DEVICES.value or not (_COORDINATOR.value or _MULTIHOST.value):
         sharding.split_cpu_into_cores(config.batch_size, config.eval_batch_size, requested=_CPU_DEVICES.value)
     try:

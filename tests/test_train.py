@@ -308,6 +308,22 @@ def test_a_run_that_cannot_start_builds_no_dataset_first(tmp_path):
     assert not (tmp_path / "tfds").exists() and not (tmp_path / "w").exists()
 
 
+def test_sigterm_while_the_dataset_is_built_stops_cleanly(tmp_path):
+    """A spot preemption before training (the default dataset's first build) killed the process on the spot: no
+    message, and the build's scratch folders stayed behind."""
+    proc = run_main(tmp_path / "w", tmp_path / "tfds", "--config.dataset=street_seg/synthetic")
+    for line in proc.stdout:
+        if "building it first" in line:
+            break
+    time.sleep(2)                                   # into the scenes' drawing
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    assert "stopped by SIGTERM; what was saved stays" in out and "Traceback" not in out, out
+    downloads = tmp_path / "tfds" / "downloads"
+    assert not (downloads.exists() and any(downloads.iterdir())), list(downloads.iterdir())
+
+
 def test_values_a_run_cannot_use_are_refused_before_anything_is_written(tiny_data_dir, tmp_path):
     code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--config.log_every_steps=0",
                                 "--config.keep_checkpoints=0", "--config.num_train_steps=-5",
