@@ -359,12 +359,12 @@ def _load(config, key: str):
         raise UnknownSplitError(f"{e} (set --config.{key})") from None
 
 
-def typical_size(source, samples: int = 32) -> list[int]:
-    """[height, width]: the median size of up to `samples` images spread over the split. Saved with the checkpoints,
-    it lets predict show the network photos at the scale it learned from."""
+def typical_size(source, samples: int = 32) -> list[int] | None:
+    """[height, width] of the image of median area among up to `samples` spread over the split (None for an empty
+    one). Saved with the checkpoints, it lets predict show the network photos at the scale it learned from."""
     picks = np.unique(np.linspace(0, len(source) - 1, min(samples, len(source))).round().astype(int))
-    sizes = np.array([source[int(i)]["image"].shape[:2] for i in picks])
-    return [int(v) for v in np.median(sizes, axis=0).round()]
+    sizes = sorted((source[int(i)]["image"].shape[:2] for i in picks), key=lambda size: size[0] * size[1])
+    return [int(v) for v in sizes[len(sizes) // 2]] if sizes else None
 
 
 def augment_config(config) -> augment.AugmentConfig:

@@ -657,3 +657,11 @@ def test_curves_that_cannot_be_drawn_are_a_warning_not_the_end_of_the_run(tmp_pa
     assert [row["step"] for row in setup.draw_curves()] == [1]
     assert f"warning: cannot write {tmp_path / 'curves.png'}: No space left on device; training goes on" \
         in capsys.readouterr().out
+
+
+def test_the_typical_training_image_is_the_one_of_median_area():
+    from streetseg_jax.run import typical_size
+
+    sizes = [(360, 480), (480, 360), (360, 480), (100, 100), (720, 960)]
+    height, width = typical_size([{"image": np.zeros((h, w, 3), np.uint8)} for h, w in sizes])
+    assert height * width == 360 * 480 and typical_size([]) is None
