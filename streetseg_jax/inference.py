@@ -417,10 +417,11 @@ class Predictor:
 
     def _calls_of(self, tile: tuple[int, int]) -> int:
         """Windows of this shape per call: batch_size, or fewer where their logits at image resolution (every TTA
-        variant's and their sum) would pass _CALL_BYTES (8 windows of 2048x2048 pixels needed 14 GB)."""
+        variant's and their sum) would pass _CALL_BYTES (8 windows of 2048x2048 pixels needed 14 GB), but one per
+        device at least (a call is padded to a multiple of the devices: fewer would be padding)."""
         variants = len(self.scales) * (2 if self.flip_tta else 1) + 1
         per_window = tile[0] * tile[1] * self.num_classes * 4 * variants
-        return max(1, min(self.batch_size, _CALL_BYTES // per_window))
+        return max(self._devices, min(self.batch_size, _CALL_BYTES // per_window))
 
     def _dispatch(self, tiles: np.ndarray) -> jax.Array:
         """Start the compiled function on the tiles, padded to the next power of two up to their shape's batch (so
