@@ -149,6 +149,22 @@ def test_two_builds_into_one_fresh_data_dir_take_turns(tmp_path):
     assert sum("under way; waiting for it to end" in out for out, _ in outs) == 1, outs
 
 
+def test_a_build_killed_with_its_workers_running_holds_nothing_up(tmp_path):
+    """kill -9 of a build left its forked workers alive for good, holding the build lock: every later build into
+    that data dir waited forever."""
+    args = [sys.executable, "-m", "streetseg_jax.data", "build", "--config", "synthetic", f"--data_dir={tmp_path}",
+            "--num_images", "200", "--height", "240", "--width", "320"]
+    proc = subprocess.Popen(args, cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for line in proc.stderr:
+        if "synthetic scenes" in line:          # the workers are drawing
+            break
+    time.sleep(1)
+    proc.kill()
+    proc.wait(timeout=60)
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0 and "waiting for it to end" not in out.stdout, out.stdout + out.stderr
+
+
 # --- voc_polygons ------------------------------------------------------------------------------------------------
 def street_label_map() -> LabelMap:
     return LabelMap.from_dict({"classes": [

@@ -86,14 +86,17 @@ def _one_build_at_a_time(data_dir: Path, log: Callable[[str], None]):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         with contextlib.suppress(OSError):
             os.chmod(path, 0o666)                       # whatever the umask: the next user opens it too
-    except PermissionError:
-        fd = os.open(path, os.O_RDONLY)                 # another user's, not writable by us: flock works on it
+    except OSError:                                     # another user's from before that: builds do not wait
+        yield
+        return
     try:
+        # A record lock (lockf), not flock: flock's would live on in the forked workers of a killed build and stop
+        # every later build; a record lock belongs to this process alone and ends with it.
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             log(f"another build into {data_dir} is under way; waiting for it to end")
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

@@ -20,6 +20,8 @@ other image has that stem), which keeps consecutive video frames together.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import functools
 import hashlib
@@ -383,6 +385,16 @@ def _ignore_ctrl_c() -> None:
     # Ctrl-C reaches every process of the terminal's group. A worker that died of it while holding the task
     # queue's lock made Pool.terminate wait for that lock forever; the parent alone stops, and terminates them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    end_with_parent()
+
+
+def end_with_parent() -> None:
+    """A worker ends when its parent does, killed or not (Linux): a killed build's workers lived on as orphans,
+    asleep for good."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
+        if os.getppid() == 1:       # the parent ended before the line above: nothing will come
+            os._exit(1)
 
 
 def pool_context():

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from streetseg_jax.data.inputs import pool_context
+from streetseg_jax.data.inputs import end_with_parent, pool_context
 from streetseg_jax.labels.formats.voc import write_voc
 
 Objects = list[tuple[str, list[np.ndarray]]]
@@ -1052,7 +1052,7 @@ def write_synthetic(out_dir, num_images: int = 100, seed: int = 0, height: int =
     # An executor, not multiprocessing.Pool: if workers cannot start it raises BrokenProcessPool instead of hanging.
     context = pool_context()
     try:
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=end_with_parent) as pool:
             return list(pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
     except BrokenProcessPool as e:
         raise RuntimeError(f"write_synthetic: its {context.get_start_method()} worker processes died; with JAX "
