@@ -23,6 +23,29 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+def quiet_libraries() -> None:
+    """orbax and TFDS log every save and read, and a failed orbax save or restore logs each of its writes and reads
+    cut short (a full disk printed 2,500 lines, a damaged checkpoint 400, as often as not one error): the commands
+    print what matters, and errors reach them as exceptions."""
+    import logging
+    import warnings
+
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.FATAL)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+    sys.unraisablehook = _without_closed_loops(sys.unraisablehook)
+
+
+def _without_closed_loops(hook):
+    """sys.unraisablehook, less the "Event loop is closed" that orbax's reads and writes raise when they end after
+    the operation they belonged to failed (978 tracebacks for one full disk)."""
+    def unraisable(info):
+        if not (info.exc_type is RuntimeError and str(info.exc_value) == "Event loop is closed"):
+            hook(info)
+    return unraisable
+
+
 def check_workdir(workdir) -> None:
     """Exit with a message unless `workdir` is a folder (what is in it, the command that reads it checks)."""
     from pathlib import Path

@@ -35,7 +35,7 @@ import optax
 
 from streetseg_jax import atomic, sharding
 from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, check_workdir, checkpoint_arg, fail,
-                               normalise_argv)
+                               normalise_argv, quiet_libraries)
 from streetseg_jax.data import pipeline
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.losses import valid_labels
@@ -462,10 +462,10 @@ def score_command(workdir: str, score):
     line."""
     check_workdir(workdir)
     if not os.access(workdir, os.W_OK):
-        fail(f"--workdir {workdir} cannot be written to, and the results are written there")
-    from absl import logging
+        fail(f"--workdir {workdir} cannot be written to, and the results are written there: copy the run (its "
+             "config.json and checkpoints/) into a folder you can write to, and give that")
     from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError
-    logging.set_verbosity(logging.ERROR)    # orbax and TFDS log every read; the command's output says what matters
+    quiet_libraries()
     sharding.split_cpu_into_cores(8)        # at most 8 devices: evaluation rounds its batch up to a multiple
     try:
         return score()

@@ -39,8 +39,8 @@ from streetseg_jax.models.unet import build_model, eval_model, model_dtype, prep
 DEFAULT_WINDOW = (512, 512)   # network pixels: what the model sees of one window
 DEFAULT_OVERLAP = 0.25        # of the window, on each side that has a neighbour
 MAX_PARTIAL_BATCHES = 4       # window shapes waiting for a full batch at once
-RESIZE_BEYOND = 1.5           # resize="auto" rescales a photo whose sides are this many times a training image's,
-                              # on average (the square root of the ratio of their pixel counts)
+RESIZE_BEYOND = 1.5           # resize="auto" rescales a photo whose shorter side is this many times a training
+                              # image's, or 1 / this
 _CALL_BYTES = 512 * 2**20     # window logits of one model call at image resolution, over every TTA variant
 
 
@@ -107,7 +107,7 @@ def _damaged(workdir: Path, step, which):
     """A checkpoint's files missing, cut short or foreign: one line naming it (not six of pytree internals)."""
     try:
         yield
-    except (ValueError, KeyError, TypeError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - tensorstore raises a bare Exception for an array file cut short
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ValueError(f"{workdir}: the checkpoint of step {step} ({which}) cannot be read: damaged or "
                          f"incomplete? ({reason}); --checkpoint latest, best or another step may be whole") from e
@@ -381,9 +381,10 @@ class Predictor:
     window: (height, width) in network pixels; overlap: fraction of the window shared with each neighbour;
     batch_size: windows per call (fewer where their logits would pass _CALL_BYTES); flip_tta: also predict the
     mirror image and average the logits; resize: "auto" shows the network a photo at the scale of the images it
-    was trained on (resized to their area, where its sides are on average more than RESIZE_BEYOND times theirs or
-    less than 1 / RESIZE_BEYOND: a 12-megapixel photo is 8x a CamVid frame, and a model sees objects 8x larger
-    than any it learned as something else), "none" at the photo's own, a number: the photo resized by that factor.
+    was trained on (its shorter side made theirs, where it is more than RESIZE_BEYOND times theirs or less than
+    1 / RESIZE_BEYOND: a 12-megapixel photo is 8x a CamVid frame, and a model sees objects 8x larger than any it
+    learned as something else; the shorter side, as a camera's portrait and landscape photos, crops and panoramas
+    all show things at the scale of the side they share), "none" at the photo's own, a number: the photo resized by that factor.
     A resized photo's logits are resized back, so masks always come at the photo's size. `resized` counts such
     photos.
     """
@@ -497,8 +498,7 @@ class Predictor:
             return 1.0
         if self.resize != "auto":
             return float(self.resize)
-        trained_height, trained_width = self.trained.image_size
-        factor = math.sqrt(trained_height * trained_width / (height * width))
+        factor = min(self.trained.image_size) / min(height, width)
         return 1.0 if 1 / RESIZE_BEYOND <= factor <= RESIZE_BEYOND else factor
 
     def _run(self, batch: list, running: collections.deque) -> Iterator[_Job]:

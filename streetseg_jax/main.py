@@ -4,7 +4,6 @@ Multi-host: `--coordinator_address HOST:PORT --num_processes N --process_id I`, 
 detect the cluster (SLURM and friends). Running the same command again resumes from the latest checkpoint.
 """
 import ast
-import logging as pylogging
 import os
 import signal
 import sys
@@ -15,11 +14,11 @@ if __name__ == "__main__":     # before JAX loads: the command may run itself ag
     from streetseg_jax import hugepages
     hugepages.reexec_with_huge_pages()
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from streetseg_jax import sharding  # noqa: E402
-from streetseg_jax.cli import fail, normalise_argv  # noqa: E402
+from streetseg_jax.cli import fail, normalise_argv, quiet_libraries  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
@@ -35,11 +34,7 @@ _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices per proce
 
 def main(argv):
     del argv
-    # orbax and TFDS log every save and read, and orbax each write a failed save cut short (a full disk printed
-    # 2,500 lines, as often as not the same error): we print what matters, and errors reach us as exceptions.
-    logging.set_verbosity(logging.FATAL)
-    pylogging.getLogger("asyncio").setLevel(pylogging.CRITICAL)
-    sys.unraisablehook = _without_closed_loops(sys.unraisablehook)
+    quiet_libraries()
     try:
         config = _CONFIG.value
         config.keys()                         # a config file that failed to load says so on first use
@@ -82,15 +77,6 @@ def _run(config) -> None:
         train.train_and_evaluate(config, _WORKDIR.value)
     except (DatasetNotFoundError, RunError, sharding.OtherProcessFailed, OSError, ValueError) as e:
         fail(_message(e))
-
-
-def _without_closed_loops(hook):
-    """sys.unraisablehook, less the "Event loop is closed" that the writes of a failed orbax save raise when they
-    end after it (978 tracebacks for one full disk)."""
-    def unraisable(info):
-        if not (info.exc_type is RuntimeError and str(info.exc_value) == "Event loop is closed"):
-            hook(info)
-    return unraisable
 
 
 def _check_process_flags() -> None:

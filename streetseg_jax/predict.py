@@ -15,9 +15,9 @@ listed at the end and skipped; the exit status is 1 when any failed. --export la
 masks as editable polygons under OUT/<format>/ (from the mask files, so that it never holds every mask at once).
 Ctrl-C stops after the files being written are whole; --skip_existing then leaves out the images already done.
 
-A photo much larger or smaller than the images the model was trained on (over 2.25 times their pixels, or under
-1/2.25: sides 1.5 times theirs, on average) is first resized to their area (--resize auto, the default; none keeps
-every photo's size, a number resizes every photo by that factor): a model shows objects 8x larger than any it
+A photo much larger or smaller than the images the model was trained on (its shorter side over 1.5 times theirs,
+or under 2/3) is first resized so that its shorter side is theirs (--resize auto, the default; none keeps every
+photo's size, a number from 0.05 to 4 resizes every photo by it): a model shows objects 8x larger than any it
 learned, as a 12-megapixel photo shows them to a model of CamVid frames, as something else. The mask still comes at
 the photo's own size.
 
@@ -38,6 +38,7 @@ import errno
 import glob
 import itertools
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -49,7 +50,8 @@ import numpy as np
 from PIL import Image
 
 from streetseg_jax.atomic import atomic_file
-from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv
+from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv,
+                               quiet_libraries)
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
 
 EXPORT_FORMATS = ("labelme", "coco", "cvat")
@@ -329,9 +331,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_flip_tta_flags(parser, "average with the mirror image's prediction")
     add_extra_scales_flag(parser)
     parser.add_argument("--resize", type=_resize, default="auto",
-                        help="auto (default): a photo of over 2.25x or under 1/2.25 the training images' pixels "
-                             "is resized to their area first; none: every photo at its own size; a number: every "
-                             "photo resized by it. Masks always come at the photo's own size")
+                        help="auto (default): a photo whose shorter side is over 1.5x or under 2/3 of the training "
+                             "images' is resized to theirs first; none: every photo at its own size; a number from "
+                             "0.05 to 4: every photo resized by it. Masks always come at the photo's own size")
     parser.add_argument("--batch_size", type=int, default=8, help="windows per model call (default 8)")
     parser.add_argument("--window", type=_window, default=None,
                         help="window in network pixels, N or HxW (default 512x512)")
@@ -360,8 +362,8 @@ def _resize(text: str) -> str | float:
     if text in ("auto", "none"):
         return text
     value = _number(text, "resize")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"resize must be auto, none or a positive factor, got {text!r}")
+    if not 0.05 <= value <= 4:       # inf crashed; 1e-9 drew a 1x1 network input, 4 a 192-megapixel one
+        raise argparse.ArgumentTypeError(f"resize must be auto, none or a factor from 0.05 to 4, got {text!r}")
     return value
 
 
@@ -429,8 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"polygons for {len(exported)} image(s) in {args.export} format: {folder}")
     if predictor.resized and args.resize == "auto":
         height, width = predictor.trained.image_size
-        print(f"{predictor.resized} photo(s) were resized to the training images' area (about {width}x{height}) for "
-              "the network; their masks are at their own size (--resize none keeps every photo's size)")
+        print(f"{predictor.resized} photo(s) were resized for the network so that their shorter side is the training "
+              f"images' ({min(height, width)} px); their masks are at their own size (--resize none keeps every "
+              "photo's size)")
     return _summary(result, out_dir)
 
 
@@ -478,7 +481,13 @@ def _list_failures(failures: list) -> None:
         print(f"  {shown}", file=sys.stderr)
 
 
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt     # stopped as by Ctrl-C: what is being written is finished, and the run says so
+
+
 if __name__ == "__main__":
+    quiet_libraries()
+    signal.signal(signal.SIGTERM, _sigterm)
     try:
         sys.exit(main())
     except KeyboardInterrupt:       # before any image was predicted (loading, compiling): nothing is half-written

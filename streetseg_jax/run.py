@@ -60,7 +60,7 @@ class RunSetup:
 
     def save_best(self, step: int, state, data_iter, miou: float) -> None:
         if self.checkpoints.save_best(step, state, _iter_state(data_iter), self.meta, miou):
-            self.log.say(f"step {step}: new best eval mIoU {miou:.4f}, saved")
+            self.log.say(f"step {step}: new best eval mIoU {miou:.4f}, saving it")
 
     def draw_curves(self) -> list[dict]:
         """curves.png from metrics.jsonl so far (process 0), after every evaluation: a long run can be looked at

@@ -183,7 +183,8 @@ def test_photos_far_from_the_training_size_are_seen_at_its_scale_and_answered_at
     photo = random_image(192, 256, seed=3)
     auto = Predictor(model, window=(256, 256))
     assert auto.input_size(192, 256) == (48, 64) and auto.input_size(60, 80) == (60, 80)   # 1.25x: within 1.5x
-    assert auto.input_size(20, 30) == (45, 68)                      # small ones grow, to the same area: 3072 px
+    assert auto.input_size(20, 30) == (48, 72)                      # small ones grow: the shorter side is 48
+    assert auto.input_size(100, 800) == (48, 384)                   # a panorama: its height, not its pixel count
     as_trained = Predictor(model, window=(256, 256), resize="none").logits(resize_image(photo, (48, 64)))
     logits = auto.logits(photo)
     assert logits.shape == (192, 256, model.label_map.num_classes)
@@ -408,7 +409,8 @@ def test_the_command_resizes_photos_far_from_the_training_size_and_says_so(workd
     assert load_model(sized).image_size == (24, 32)
     assert run_predict("--workdir", sized, "--input", inputs, "--output", tmp_path / "a") == 0
     out = capsys.readouterr().out
-    assert "1 photo(s) were resized to the training images' area (about 32x24)" in out, out
+    assert "1 photo(s) were resized for the network so that their shorter side is the training images' (24 px)" \
+        in out, out
     with Image.open(tmp_path / "a" / "big.png") as mask:
         assert mask.size == (128, 96)
     assert run_predict("--workdir", sized, "--input", inputs, "--output", tmp_path / "b", "--resize", "none") == 0
@@ -416,7 +418,8 @@ def test_the_command_resizes_photos_far_from_the_training_size_and_says_so(workd
     assert run_predict("--workdir", workdir, "--input", inputs, "--output", tmp_path / "c") == 0
     assert "does not record the size of its training images" in capsys.readouterr().err
     assert run_predict("--workdir", sized, "--input", inputs, "--output", tmp_path / "d", "--resize", "0") == 2
-    assert "resize must be auto, none or a positive factor" in capsys.readouterr().err
+    assert "resize must be auto, none or a factor from 0.05 to 4" in capsys.readouterr().err
+    assert run_predict("--workdir", sized, "--input", inputs, "--output", tmp_path / "d", "--resize", "inf") == 2
 
 
 def test_ctrl_c_keeps_the_images_written_and_skip_existing_goes_on_from_there(workdir, tmp_path, monkeypatch,
@@ -514,6 +517,12 @@ def test_a_damaged_checkpoint_is_named_in_one_line(workdir, tmp_path, capsys):
     with pytest.raises(SystemExit):                 # evaluate and report: a traceback
         evaluate.main(["--workdir", str(damaged)])
     assert "cannot be read: damaged or incomplete?" in capsys.readouterr().err
+    cut = shutil.copytree(workdir, tmp_path / "cut")      # the arrays' files cut short: tensorstore's bare Exception
+    for path in [p for p in (cut / "checkpoints" / "best" / "1" / "state").rglob("*") if p.is_file() and
+                 p.parent.name == "d"]:
+        os.truncate(path, 10)
+    assert run_predict("--workdir", cut, "--input", tmp_path / "a.jpg", "--output", tmp_path / "o2") == 2
+    assert "the checkpoint of step 1 (best) cannot be read: damaged or incomplete?" in capsys.readouterr().err
 
 
 def test_missing_workdir_and_bad_flags_fail_cleanly(tmp_path, capsys):

@@ -157,13 +157,17 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_data
     out = subprocess.run(
         [sys.executable, "-c", small_files_only, "-m", "streetseg_jax.main",
          f"--config={ROOT / 'tests' / 'configs' / 'tiny.py'}", f"--workdir={tmp_path / 'w'}",
-         f"--config.data_dir={tiny_data_dir}", "--config.num_train_steps=4", "--config.checkpoint_every_steps=2",
-         "--config.model.base_width=16"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+         f"--config.data_dir={tiny_data_dir}", "--config.num_train_steps=8", "--config.checkpoint_every_steps=4",
+         "--config.log_every_steps=1", "--config.eval_every_steps=0", "--config.model.base_width=16"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     lines = (out.stdout + out.stderr).strip().splitlines()
     where = tmp_path / "w" / "checkpoints"
     assert out.returncode == 2 and out.stderr.startswith(
         f"error: could not save a checkpoint in {where}: File too large (a full disk?)"), lines
     assert len(lines) < 15 and "Traceback" not in out.stderr, lines
+    whole = re.search(r"the last whole one is step (\d+)", out.stderr)
+    failed = int(whole.group(1)) + 4 if whole else 4               # the save that failed (a save every 4 steps)
+    assert f"step {failed}/8" in out.stdout and f"step {failed + 1}/8" not in out.stdout, lines   # the next log line
 
 
 def test_incompatible_workdir_is_refused(finished_run, tiny_data_dir):
