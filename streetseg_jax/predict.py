@@ -362,7 +362,7 @@ def _resize(text: str) -> str | float:
     if text in ("auto", "none"):
         return text
     value = _number(text, "resize")
-    if not 0.05 <= value <= 4:       # inf crashed; 1e-9 drew a 1x1 network input, 4 a 192-megapixel one
+    if not 0.05 <= value <= 4:       # inf crashed, 1e-9 drew a 1x1 network input
         raise argparse.ArgumentTypeError(f"resize must be auto, none or a factor from 0.05 to 4, got {text!r}")
     return value
 
