@@ -6,8 +6,8 @@ with weights that fade out towards the window edges; smaller images run whole. W
 fixed-size batches, so one compiled function serves a whole folder of photos of one size (each new window shape,
 e.g. each size of image smaller than the window, compiles once more). The network sees every window at
 `config.eval_scale`, as evaluation does (`scaled_logits`), and its logits come back at the image's own resolution.
-A photo of quite another size than the training images is first resized to their area (`Predictor(resize=...)`),
-and its logits are resized back to it a block of rows at a time (`classes_at`).
+A photo of quite another size than the training images is first resized so that its shorter side is theirs
+(`Predictor(resize=...)`), and its logits are resized back to it a block of rows at a time (`classes_at`).
 
 Blending runs on the device, one band of window rows at a time: rows no later window touches are finished, turned
 into class ids and confidences and handed to the host, so a 4000x3000 photo needs one band of logits on the
@@ -384,9 +384,9 @@ class Predictor:
     was trained on (its shorter side made theirs, where it is more than RESIZE_BEYOND times theirs or less than
     1 / RESIZE_BEYOND: a 12-megapixel photo is 8x a CamVid frame, and a model sees objects 8x larger than any it
     learned as something else; the shorter side, as a camera's portrait and landscape photos, crops and panoramas
-    all show things at the scale of the side they share), "none" at the photo's own, a number: the photo resized by that factor.
-    A resized photo's logits are resized back, so masks always come at the photo's size. `resized` counts such
-    photos.
+    all show things at the scale of the side they share), "none" at the photo's own, a number: the photo resized
+    by that factor. A resized photo's logits are resized back, so masks always come at the photo's size. `resized`
+    counts such photos.
     """
 
     def __init__(self, trained: TrainedModel, window: tuple[int, int] = DEFAULT_WINDOW,
