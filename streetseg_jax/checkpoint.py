@@ -117,12 +117,6 @@ class Checkpoints:
             self.latest.wait_until_finished()
             self.best.wait_until_finished()
 
-    def check(self) -> None:
-        """SaveError if a save started earlier has failed (training would otherwise go on, unsaved, until the next
-        save: 650 steps later in the default config). It waits for a save still under way: orbax reports only on
-        finished ones, and one started a log interval ago has long finished when all is well."""
-        self.wait()
-
     @contextlib.contextmanager
     def _saving(self):
         try:

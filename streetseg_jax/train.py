@@ -234,8 +234,11 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
                 window.exclude_so_far()
                 log.first_step_done(step)
             due = _due(step, config)
-            if due:     # a save failed on one process stops every process (the others would wait for it)
-                sharding.all_succeed(setup.checkpoints.check)
+            if due:
+                # A failed save is found here, not at the next save (650 steps later in the default config): waiting
+                # for the one under way, since orbax reports only on finished saves (one started a log interval ago
+                # has long finished when all is well); on one process, it stops every process.
+                sharding.all_succeed(setup.checkpoints.wait)
                 row = window.summary(setup.label_map.names, config.batch_size)
                 row["train/learning_rate"] = float(make_schedule(config)(step - 1))
                 log.write(step, row)
