@@ -23,8 +23,8 @@ from absl import logging as absl_logging
 from tqdm import tqdm
 
 from streetseg_jax.data import camvid, inputs
-from streetseg_jax.data.builder import (BuildError, StreetSeg, check_options, check_synthetic_label_map,
-                                        from_annotations_config, owner_is_gone, owner_tag)
+from streetseg_jax.data.builder import (MASKS_SCRATCH, SCENES_SCRATCH, BuildError, StreetSeg, check_options,
+                                        check_synthetic_label_map, from_annotations_config, owner_is_gone, owner_tag)
 from streetseg_jax.data.configs import CONFIG_OPTIONS
 from streetseg_jax.data.source import built_versions, default_data_dir, is_built, open_built, parse_name
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
@@ -102,7 +102,6 @@ def _one_build_at_a_time(data_dir: Path, log: Callable[[str], None]):
         os.close(fd)
 
 
-_SCRATCH = ("street_seg_synthetic_", "street_seg_masks_")     # builder.scratch_folder's prefixes, under downloads/
 _STALE_SECONDS = 6 * 3600    # an incomplete.* folder nothing was written to for this long belongs to no build
 
 
@@ -113,8 +112,9 @@ def _clear_interrupted_builds(data_dir: Path, log: Callable[[str], None]) -> Non
     must have ended on this machine; TFDS's must have seen no write for hours (another machine, or a build that
     takes no lock, may be writing one right now)."""
     moved_aside = list((data_dir / "street_seg").glob("*/.replaced-*"))
-    leftovers = [path for path in (*moved_aside, *data_dir.glob(".street_seg_masks_*"),
-                                   *(p for prefix in _SCRATCH for p in (data_dir / "downloads").glob(f"{prefix}*")))
+    leftovers = [path for path in (*moved_aside, *data_dir.glob(f".{MASKS_SCRATCH}*"),
+                                   *(p for prefix in (MASKS_SCRATCH, SCENES_SCRATCH)
+                                     for p in (data_dir / "downloads").glob(f"{prefix}*")))
                  if owner_is_gone(path.name)]
     for moved in [path for path in leftovers if path in moved_aside]:
         original = moved.parent / moved.name[len(".replaced-"):].split("@", 1)[0]
@@ -166,7 +166,7 @@ def _build_export(config_name: str, data_dir: Path, manual_dir, *, overwrite: bo
     with _no_scaffolding_left(dataset, data_dir):
         data_dir.mkdir(parents=True, exist_ok=True)
         with inputs.Workers(num_workers) as workers, tempfile.TemporaryDirectory(
-                prefix=f".street_seg_masks_{owner_tag()}", dir=data_dir) as masks:
+                prefix=f".{MASKS_SCRATCH}{owner_tag()}", dir=data_dir) as masks:
             plan = _checked_plan(folder, config, label_map, workers, Path(masks), log)
             plan.fingerprint = fingerprint
             with _all_or_nothing(dataset, data_dir, replace=overwrite):

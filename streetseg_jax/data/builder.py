@@ -260,7 +260,7 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
     def _read_inputs(self, dl_manager) -> ExportPlan:
         """Read and check the export (or the synthetic scenes) when no plan was handed in."""
         config = self.builder_config
-        masks = self._scratch_folder(Path(dl_manager.download_dir), "street_seg_masks_")
+        masks = self._scratch_folder(Path(dl_manager.download_dir), MASKS_SCRATCH)
         if config.synthetic:
             check_synthetic_label_map(config.label_map)
             folder, order = self._synthetic_folder(dl_manager)
@@ -281,7 +281,7 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         # Imported here: only this config needs the scene generator.
         from streetseg_jax.data.synthetic import write_synthetic
         config = self.builder_config
-        scratch = self._scratch_folder(Path(dl_manager.download_dir), "street_seg_synthetic_")
+        scratch = self._scratch_folder(Path(dl_manager.download_dir), SCENES_SCRATCH)
         print(f"writing {config.num_images} synthetic scenes ({config.height}x{config.width}) to {scratch}",
               file=sys.stderr)
         stems = write_synthetic(scratch, num_images=config.num_images, seed=config.seed, height=config.height,
@@ -295,6 +295,10 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         scratch = Path(tempfile.mkdtemp(prefix=f"{prefix}{owner_tag()}", dir=parent))
         self._cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
         return scratch
+
+
+# Prefixes of the scratch folders a build writes under DATA_DIR/downloads (build.py clears those killed builds left).
+MASKS_SCRATCH, SCENES_SCRATCH = "street_seg_masks_", "street_seg_synthetic_"
 
 
 def owner_tag() -> str:
