@@ -46,6 +46,17 @@ def _without_closed_loops(hook):
     return unraisable
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (a spot preemption, `kill`) stops a command as Ctrl-C does, KeyboardInterrupt("SIGTERM"): what is
+    under way cleans up after itself and the command says what it leaves (the process just died, and workers it had
+    started lived on as orphans)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def check_workdir(workdir) -> None:
     """Exit with a message unless `workdir` is a folder (what is in it, the command that reads it checks)."""
     from pathlib import Path

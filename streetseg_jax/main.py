@@ -5,7 +5,6 @@ detect the cluster (SLURM and friends). Running the same command again resumes f
 """
 import ast
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -18,7 +17,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from streetseg_jax import sharding  # noqa: E402
-from streetseg_jax.cli import fail, normalise_argv, quiet_libraries  # noqa: E402
+from streetseg_jax.cli import fail, normalise_argv, quiet_libraries, stop_on_sigterm  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
@@ -42,7 +41,7 @@ def main(argv):
         _usage_error(e)
     _check_process_flags()
     if not (_COORDINATOR.value or _MULTIHOST.value):   # under jax.distributed, JAX's preemption service owns SIGTERM
-        signal.signal(signal.SIGTERM, _sigterm_outside_training)
+        stop_on_sigterm()       # outside the training loop, which has its own handler
     try:
         _run(config)
     except KeyboardInterrupt as e:      # outside the training loop, which saves and says so itself
@@ -50,12 +49,6 @@ def main(argv):
         print(f"stopped by {name}; what was saved stays (checkpoints, a finished dataset build), and the same command "
               "goes on from there", file=sys.stderr)
         raise SystemExit(143 if name == "SIGTERM" else 130) from None
-
-
-def _sigterm_outside_training(signum, frame):
-    """A spot preemption while the run starts (building its dataset, compiling) or ends (the final evaluation):
-    stopped as a Ctrl-C is, so that what is under way cleans up after itself (the process just died)."""
-    raise KeyboardInterrupt("SIGTERM")
 
 
 def _run(config) -> None:

@@ -38,7 +38,6 @@ import errno
 import glob
 import itertools
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -51,7 +50,7 @@ from PIL import Image
 
 from streetseg_jax.atomic import atomic_file
 from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv,
-                               quiet_libraries)
+                               quiet_libraries, stop_on_sigterm)
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
 
 EXPORT_FORMATS = ("labelme", "coco", "cvat")
@@ -481,13 +480,9 @@ def _list_failures(failures: list) -> None:
         print(f"  {shown}", file=sys.stderr)
 
 
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt     # stopped as by Ctrl-C: what is being written is finished, and the run says so
-
-
 if __name__ == "__main__":
     quiet_libraries()
-    signal.signal(signal.SIGTERM, _sigterm)
+    stop_on_sigterm()
     try:
         sys.exit(main())
     except KeyboardInterrupt:       # before any image was predicted (loading, compiling): nothing is half-written
