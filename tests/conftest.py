@@ -23,7 +23,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="streetseg-jax-test-cache-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-# The native kernels (streetseg_jax/models/native.py) are compiled once per session too, as on a fresh machine.
+# The native kernels (streetseg_jax/native.py) are compiled once per session too, as on a fresh machine.
 if "STREETSEG_NATIVE_CACHE" not in os.environ:
     os.environ["STREETSEG_NATIVE_CACHE"] = tempfile.mkdtemp(prefix="streetseg-native-test-cache-")
     atexit.register(shutil.rmtree, os.environ["STREETSEG_NATIVE_CACHE"], ignore_errors=True)

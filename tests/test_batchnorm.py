@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from streetseg_jax.models import batchnorm, native
+from streetseg_jax import native
+from streetseg_jax.models import batchnorm
 
 from cpu_devices import run_on_cpu_devices
 
@@ -132,7 +133,8 @@ SHARDED = """
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
 from streetseg_jax import sharding
-from streetseg_jax.models import batchnorm, native
+from streetseg_jax import native
+from streetseg_jax.models import batchnorm
 mesh = sharding.make_mesh()
 x = jax.random.normal(jax.random.key(0), (16, 6, 5, 32)) * 2 + 1
 weights = jax.random.normal(jax.random.key(1), (16, 6, 5, 32))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from streetseg_jax.models import conv, native
+from streetseg_jax import native
+from streetseg_jax.models import conv
 
 from cpu_devices import run_on_cpu_devices
 
@@ -136,7 +137,8 @@ SHARDED = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from streetseg_jax import sharding
-from streetseg_jax.models import conv, native
+from streetseg_jax import native
+from streetseg_jax.models import conv
 targets = native.targets()
 conv_targets = [t for t in targets if 'conv3x3' in t]
 mesh = sharding.make_mesh()

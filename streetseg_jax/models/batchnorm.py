@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from streetseg_jax.models import native
+from streetseg_jax import native
 
 
 def norm_relu(norm: nnx.BatchNorm, x):

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from streetseg_jax.models import native
+from streetseg_jax import native
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 

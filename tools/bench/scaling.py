@@ -104,8 +104,8 @@ def _roofline(args, step_ms: float) -> dict:
     """XLA's FLOP and byte counts for the 1-device step, against the device's peak and memory bandwidth.
 
     Counted on the step as XLA alone would compute it: XLA's cost analysis cannot see into our CPU kernels
-    (models/native.py), and with them it counted a tenth of the FLOPs."""
-    from streetseg_jax.models import native
+    (native.py), and with them it counted a tenth of the FLOPs."""
+    from streetseg_jax import native
 
     kernels = native.cpu_targets
     native.cpu_targets = lambda: None       # asked when the step is traced, below

@@ -1,9 +1,9 @@
 """Our own CPU kernels, compiled on first use for the machine they run on and called through XLA's FFI.
 
-The 3x3 convolution's forward pass, input gradient and weight gradient (`conv3x3.cc`, used by `conv.py`) and
-BatchNorm + ReLU in training (`batchnorm_relu.cc`, used by `batchnorm.py`), in one library. The first process that
-needs it compiles it with the system's C++ compiler (`$CXX`, else `c++`, `g++` or `clang++`), optimised for this
-CPU, into a cache directory (`$STREETSEG_NATIVE_CACHE`, else `$XDG_CACHE_HOME/streetseg_jax` or
+The 3x3 convolution's forward pass, input gradient and weight gradient (`models/conv3x3.cc`, used by
+`models/conv.py`) and BatchNorm + ReLU in training (`models/batchnorm_relu.cc`, used by `models/batchnorm.py`), in
+one library. The first process that needs it compiles it with the system's C++ compiler (`$CXX`, else `c++`, `g++`
+or `clang++`), optimised for this CPU, into a cache directory (`$STREETSEG_NATIVE_CACHE`, else `$XDG_CACHE_HOME/streetseg_jax` or
 `~/.cache/streetseg_jax`); the library's name carries a hash of the sources, the compiler, jaxlib's FFI headers and
 the CPU, so a change to any of them builds a new one and a cache shared between machines never hands one a library
 built for another. About 3 s, once.
@@ -30,7 +30,7 @@ import jax
 import jaxlib
 from jax.sharding import PartitionSpec as P
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("conv3x3.cc", "batchnorm_relu.cc"))
+SOURCES = tuple(Path(__file__).parent / name for name in ("models/conv3x3.cc", "models/batchnorm_relu.cc"))
 
 
 class Targets(NamedTuple):
