@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from streetseg_jax import native
+
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "ignore_id"))
 def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int, ignore_id: int) -> jax.Array:
@@ -21,8 +23,51 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int, igno
     (0..K-1, so never `ignore_id`) and its prediction is one too: an out-of-range prediction has no column,
     and letting it through would add it to a neighbouring cell of the flattened matrix.
 
-    Counts are exact while a cell stays below 2**31 (int32), e.g. any batch of up to 2**31 - 1 pixels.
+    Counts are exact while a cell stays below 2**31 (int32), e.g. any batch of up to 2**31 - 1 pixels. On a CPU
+    our kernel counts (`confusion.cc`), per device where a mesh is set with `jax.sharding.use_abstract_mesh` (as
+    the train and eval steps do), and the devices' counts are summed; elsewhere XLA's bincount.
     """
+    _check_same_shape(labels, preds)
+    if native.cpu_targets() is None or labels.size == 0:
+        return _bincount(labels, preds, num_classes, ignore_id)
+    rows = [x.reshape(x.shape[0] if x.ndim > 1 else 1, -1) for x in (labels, preds)]
+
+    def local(axes, labels, preds):
+        # One row per device: the kernel's cost per row includes its K*K cells.
+        counts = _kernel_counts(labels.reshape(1, -1), preds.reshape(1, -1), num_classes, ignore_id)[0]
+        return native.sum_over_devices(counts, axes)
+
+    return native.per_device(local, rows, batched=(True, True), batched_out=False)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "ignore_id"))
+def image_confusion_matrices(labels: jax.Array, preds: jax.Array, num_classes: int, ignore_id: int) -> jax.Array:
+    """int32 (N, K, K): `confusion_matrix` of each of the N images (the first axis) of `labels` and `preds`."""
+    _check_same_shape(labels, preds)
+    if native.cpu_targets() is None or labels.size == 0:
+        return jax.vmap(functools.partial(_bincount, num_classes=num_classes, ignore_id=ignore_id))(labels, preds)
+    rows = [x.reshape(x.shape[0], -1) for x in (labels, preds)]
+
+    def local(axes, labels, preds):
+        return _kernel_counts(labels, preds, num_classes, ignore_id)
+
+    return native.per_device(local, rows, batched=(True, True), batched_out=True)
+
+
+def _check_same_shape(labels: jax.Array, preds: jax.Array) -> None:
+    if labels.shape != preds.shape:
+        raise ValueError(f"labels {labels.shape} and predictions {preds.shape} must have the same shape")
+
+
+def _kernel_counts(labels, preds, num_classes: int, ignore_id: int) -> jax.Array:
+    """int32 (..., K, K) for int (..., pixels) labels and predictions: one matrix per row, by our CPU kernel."""
+    out = jax.ShapeDtypeStruct((*labels.shape[:-1], num_classes, num_classes), jnp.int32)
+    call = jax.ffi.ffi_call(native.cpu_targets().confusion_counts, out, vmap_method="broadcast_all")
+    return call(labels.astype(jnp.int32), preds.astype(jnp.int32), num_classes=np.int64(num_classes),
+                ignore_id=np.int64(ignore_id))
+
+
+def _bincount(labels: jax.Array, preds: jax.Array, num_classes: int, ignore_id: int) -> jax.Array:
     k = num_classes
     # Widen before multiplying: uint8 masks would wrap in K * y.
     labels = labels.astype(jnp.int32)

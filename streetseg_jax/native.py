@@ -1,9 +1,10 @@
 """Our own CPU kernels, compiled on first use for the machine they run on and called through XLA's FFI.
 
 The 3x3 convolution's forward pass, input gradient and weight gradient (`models/conv3x3.cc`, used by
-`models/conv.py`) and BatchNorm + ReLU in training (`models/batchnorm_relu.cc`, used by `models/batchnorm.py`), in
-one library. The first process that needs it compiles it with the system's C++ compiler (`$CXX`, else `c++`, `g++`
-or `clang++`), optimised for this CPU, into a cache directory (`$STREETSEG_NATIVE_CACHE`, else `$XDG_CACHE_HOME/streetseg_jax` or
+`models/conv.py`), BatchNorm + ReLU in training (`models/batchnorm_relu.cc`, used by `models/batchnorm.py`) and the
+confusion matrix's counts (`confusion.cc`, used by `metrics.py`), in one library. The first process that needs it
+compiles it with the system's C++ compiler (`$CXX`, else `c++`, `g++` or `clang++`), optimised for this CPU, into
+a cache directory (`$STREETSEG_NATIVE_CACHE`, else `$XDG_CACHE_HOME/streetseg_jax` or
 `~/.cache/streetseg_jax`); the library's name carries a hash of the sources, the compiler, jaxlib's FFI headers and
 the CPU, so a change to any of them builds a new one and a cache shared between machines never hands one a library
 built for another. About 3 s, once.
@@ -30,7 +31,8 @@ import jax
 import jaxlib
 from jax.sharding import PartitionSpec as P
 
-SOURCES = tuple(Path(__file__).parent / name for name in ("models/conv3x3.cc", "models/batchnorm_relu.cc"))
+SOURCES = tuple(Path(__file__).parent / name for name in ("models/conv3x3.cc", "models/batchnorm_relu.cc",
+                                                         "confusion.cc"))
 
 
 class Targets(NamedTuple):
@@ -42,6 +44,7 @@ class Targets(NamedTuple):
     batchnorm_relu_apply: str = "streetseg_batchnorm_relu_apply"
     batchnorm_relu_gradient_statistics: str = "streetseg_batchnorm_relu_gradient_statistics"
     batchnorm_relu_gradient: str = "streetseg_batchnorm_relu_gradient"
+    confusion_counts: str = "streetseg_confusion_counts"
 
 
 _FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w"]

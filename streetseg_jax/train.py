@@ -137,13 +137,13 @@ def make_train_step(graphdef, tx, class_weights, ignore_id: int, mesh, loss: str
 
     def step(state: TrainState, batch):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        # The mesh tells our kernels, which see whole arrays, how the batch is split (models/native.py, per_device).
+        # The mesh tells our kernels, which see whole arrays, how the batch is split (native.py, per_device).
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             (loss, (logits, rest)), grads = grad_fn(state.params, state, batch)
+            preds = jnp.argmax(logits, axis=-1)
+            metrics = {"loss": loss, "confusion": confusion_matrix(batch["label"], preds, num_classes, ignore_id)}
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        preds = jnp.argmax(logits, axis=-1)
-        metrics = {"loss": loss, "confusion": confusion_matrix(batch["label"], preds, num_classes, ignore_id)}
         return TrainState(state.step + 1, params, rest, opt_state, state.rng), metrics
 
     replicated, batched = sharding.replicated(mesh), sharding.batch_sharding(mesh)

@@ -1,11 +1,13 @@
 """Tests for streetseg_jax.metrics: the on-device confusion matrix against numpy, and the figures from it."""
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
+from streetseg_jax import metrics, native
+from streetseg_jax.metrics import confusion_matrix, image_confusion_matrices, metrics_from_confusion
 
 from cpu_devices import run_on_cpu_devices
 
@@ -43,6 +45,53 @@ def test_confusion_matrix_matches_numpy(shape, num_classes):
     assert conf.dtype == jnp.int32
     assert conf.shape == (num_classes, num_classes)
     np.testing.assert_array_equal(np.asarray(conf), numpy_confusion(labels, preds, num_classes, 255))
+
+
+@pytest.fixture
+def xla_counts(monkeypatch):
+    """The confusion matrices counted by XLA's bincount, as on a GPU or without a C++ compiler."""
+    monkeypatch.setattr(native, "cpu_targets", lambda: None)
+    jax.clear_caches()   # traces made with the kernel must not be reused
+    yield
+    jax.clear_caches()
+
+
+def test_confusion_matrix_is_counted_by_our_kernel_on_cpu():
+    # Every other test here would pass on the fallback too: make sure the CPU path is the kernel.
+    x = jnp.zeros((2, 8, 8), jnp.int32)
+    hlo = confusion_matrix.lower(x, x, num_classes=3, ignore_id=255).as_text()
+    assert native.targets().confusion_counts in hlo
+
+
+@pytest.mark.parametrize("num_classes, ignore_id", [(8, 255), (12, -1), (5, 3)])
+def test_xla_fallback_counts_as_the_kernel(num_classes, ignore_id):
+    labels, preds = random_case((3, 31, 45), num_classes, ignore_id % 256, seed=7)
+    labels = labels.astype(np.int32)
+    labels[0, 0, 0] = -7                            # negative labels and predictions count nowhere
+    preds[1, 0, :3] = [-1, num_classes, 1000]
+    ours = confusion_matrix(jnp.asarray(labels), jnp.asarray(preds), num_classes=num_classes, ignore_id=ignore_id)
+    xla = metrics._bincount(jnp.asarray(labels), jnp.asarray(preds), num_classes, ignore_id)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(xla))
+    np.testing.assert_array_equal(np.asarray(ours), numpy_confusion(labels, preds, num_classes, ignore_id))
+
+
+@pytest.mark.parametrize("counted_by", ["kernel", "xla"])
+def test_image_confusion_matrices_are_each_images_own(counted_by, request):
+    if counted_by == "xla":
+        request.getfixturevalue("xla_counts")
+    labels, preds = random_case((5, 19, 23), 6, 255, seed=3)
+    per_image = np.asarray(image_confusion_matrices(jnp.asarray(labels), jnp.asarray(preds), 6, 255))
+    assert per_image.shape == (5, 6, 6) and per_image.dtype == np.int32
+    for image in range(5):
+        np.testing.assert_array_equal(per_image[image], numpy_confusion(labels[image], preds[image], 6, 255))
+
+
+def test_confusion_matrix_refuses_different_shapes():
+    # A broadcast would count a (H, W) prediction once for every label image without a word.
+    with pytest.raises(ValueError, match="same shape"):
+        confusion_matrix(jnp.zeros((2, 4, 4), jnp.uint8), jnp.zeros((4, 4), jnp.int32), num_classes=2, ignore_id=255)
+    with pytest.raises(ValueError, match="same shape"):
+        image_confusion_matrices(jnp.zeros((2, 4, 4)), jnp.zeros((2, 4, 5)), num_classes=2, ignore_id=255)
 
 
 def test_confusion_matrix_negative_ignore_is_not_counted_as_background():
@@ -132,18 +181,27 @@ def test_wrong_class_name_count_is_an_error():
 SHARDED_SCRIPT = """
 import numpy as np, jax, jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from streetseg_jax.metrics import confusion_matrix
+from streetseg_jax.metrics import confusion_matrix, image_confusion_matrices
 mesh = Mesh(np.array(jax.devices()), ("data",))
 rng = np.random.default_rng(0)
 labels = rng.integers(0, 6, (16, 24, 20)).astype(np.uint8)
 labels[:, :3] = 255
 preds = rng.integers(0, 5, (16, 24, 20)).astype(np.int32)
 shard = NamedSharding(mesh, P("data"))
-conf = confusion_matrix(jax.device_put(labels, shard), jax.device_put(preds, shard), num_classes=5, ignore_id=255)
+on_devices = jax.device_put(labels, shard), jax.device_put(preds, shard)
 kept = labels < 5
 expected = np.bincount(5 * labels[kept].astype(np.int64) + preds[kept], minlength=25).reshape(5, 5)
 assert len(jax.devices()) == 8
+np.testing.assert_array_equal(np.asarray(confusion_matrix(*on_devices, num_classes=5, ignore_id=255)), expected)
+# With the mesh set, as the train and eval steps set it, each device counts its own images: no gather.
+with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    hlo = confusion_matrix.lower(*on_devices, num_classes=5, ignore_id=255).compile().as_text()
+    conf = confusion_matrix(*on_devices, num_classes=5, ignore_id=255)
+    per_image = image_confusion_matrices(*on_devices, num_classes=5, ignore_id=255)
+assert "all-gather" not in hlo and "streetseg_confusion_counts" in hlo, hlo
 np.testing.assert_array_equal(np.asarray(conf), expected)
+np.testing.assert_array_equal(np.asarray(per_image).sum(0), expected)
+assert per_image.sharding.spec == P("data"), per_image.sharding
 print("ok")
 """
 

@@ -2,7 +2,7 @@
 
 Both sides get the same int32 labels and predictions (default 64 x 360 x 480, 12 classes, as the peer script).
 Ours is timed on arrays already on the device(s), sharded over the images as the eval loop shards its batches (one
-XLA device per core on a CPU); the first call
+XLA device per core on a CPU, each counting its images with our kernel, `confusion.cc`); the first call
 (compilation) is excluded and each figure is the median over --repeats calls. `--with_onehot` also times a
 one-hot matmul formulation, the alternative that lost to bincount on XLA:CPU.
 """
@@ -48,11 +48,14 @@ def run(args: argparse.Namespace) -> dict:
     labels = rng.integers(0, k, shape).astype(np.int32)
     preds = rng.integers(0, k, shape).astype(np.int32)
     # Sharded over the images as the eval loop's batches are: each device counts its share, XLA adds the counts.
-    batched = sharding.batch_sharding(sharding.make_mesh())
+    mesh = sharding.make_mesh()
+    batched = sharding.batch_sharding(mesh)
     labels_on_device, preds_on_device = jax.device_put(labels, batched), jax.device_put(preds, batched)
 
     def ours():
-        return confusion_matrix(labels_on_device, preds_on_device, num_classes=k, ignore_id=255).block_until_ready()
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):   # as the eval step: our CPU kernel per device
+            conf = confusion_matrix(labels_on_device, preds_on_device, num_classes=k, ignore_id=255)
+        return conf.block_until_ready()
 
     # Check both sides count the same thing before timing them.
     np.testing.assert_array_equal(np.asarray(ours()), miou_numpy.confusion(labels, preds, k))
