@@ -13,7 +13,9 @@ where <name> is the file's stem, or its path relative to the folder it was found
 the same file, or an output that would overwrite an input, stop the run before any work. Unreadable images are
 listed at the end and skipped; the exit status is 1 when any failed. --export labelme|coco|cvat also writes the
 masks as editable polygons under OUT/<format>/ (from the mask files, so that it never holds every mask at once).
-Ctrl-C stops after the files being written are whole; --skip_existing then leaves out the images already done.
+Ctrl-C stops after the files being written are whole; --skip_existing then leaves out the images already done
+with the same model and settings: OUT/predict.json records them (the checkpoint, a fingerprint of its weights, the
+TTA, resize and window settings), and files older than the settings in it are predicted again.
 
 A photo much larger or smaller than the images the model was trained on (its shorter side over 1.5 times theirs,
 or under 2/3) is first resized so that its shorter side is theirs (--resize auto, the default; none keeps every
@@ -184,6 +186,8 @@ def write_outputs(item: Item, image: np.ndarray, prediction, out_dir: Path, labe
     if confidence:
         grey = np.round(prediction.confidence * 255).clip(0, 255).astype(np.uint8)
         save_atomic(Image.fromarray(grey), Path(f"{base}_confidence.png"))
+    else:   # an earlier run's map would sit beside a mask it does not describe
+        Path(f"{base}_confidence.png").unlink(missing_ok=True)
 
 
 def save_atomic(image: Image.Image, path: Path, **params) -> None:
@@ -256,16 +260,69 @@ def _finish_write(item: Item, future, written: list, failures: list, progress) -
             progress.update(1)
 
 
-def already_predicted(items: list[Item], out_dir: Path, confidence: bool) -> list[Item]:
-    """Items whose files are all in OUT and newer than the image (--skip_existing): every file is written whole
-    (atomic), so one that is there is complete."""
+def already_predicted(items: list[Item], out_dir: Path, confidence: bool, since: float) -> list[Item]:
+    """Items whose files are all in OUT and newer than the image and than `since`, when OUT's settings were
+    recorded (--skip_existing): every file is written whole (atomic), so one that is there is complete."""
     def done(item: Item) -> bool:
         try:
             made = min((out_dir / name).stat().st_mtime for name in item.outputs(confidence))
-            return made >= item.source.stat().st_mtime
+            return made >= max(item.source.stat().st_mtime, since)
         except OSError:
             return False
     return [item for item in items if done(item)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What made OUT's files
+# ---------------------------------------------------------------------------------------------------------------
+SETTINGS_FILE = "predict.json"
+_COMPARED = ("weights", "flip_tta", "scales", "resize", "window", "overlap")    # what changes a prediction
+
+
+def settings_of(predictor, workdir: str) -> dict:
+    """The model and settings a prediction depends on; `weights` fingerprints the checkpoint itself (a run
+    trained again from scratch reaches the same step with other weights)."""
+    import hashlib
+
+    import jax
+
+    t = predictor.trained
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves((t.params, t.model_state)):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return {"workdir": str(Path(workdir).resolve()), "checkpoint": t.source, "step": t.step,
+            "weights": digest.hexdigest()[:16], "flip_tta": predictor.flip_tta, "scales": list(predictor.scales),
+            "resize": predictor.resize, "window": list(predictor.window), "overlap": predictor.overlap}
+
+
+def record_settings(out_dir: Path, settings: dict) -> tuple[float, dict | None]:
+    """(since, earlier): records `settings` in OUT/predict.json unless the same ones are there already, and
+    returns the time they were first recorded (by OUT's own clock: the file's mtime), and what was recorded
+    before where it differs (None where it is the same, {} where nothing readable was). Files older than `since`
+    were made with other settings, or with unknown ones."""
+    import json
+
+    path = out_dir / SETTINGS_FILE
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    if not isinstance(earlier, dict):
+        earlier = {}
+    if earlier and all(earlier.get(key) == settings[key] for key in _COMPARED):
+        return path.stat().st_mtime, None
+    with atomic_file(path, "w") as f:
+        json.dump(settings, f, indent=1)
+    return path.stat().st_mtime, earlier
+
+
+def _changed(earlier: dict, now: dict) -> str:
+    """What differs, in words: 'step 650 of RUN -> step 1300 of RUN', 'resize auto -> none'."""
+    def model(s):
+        return f"step {s.get('step')} of {s.get('workdir')} (weights {s.get('weights')})"
+    parts = [f"{model(earlier)} -> {model(now)}"] if earlier.get("weights") != now["weights"] else []
+    parts += [f"{key} {earlier.get(key)} -> {now[key]}" for key in _COMPARED[1:] if earlier.get(key) != now[key]]
+    return "; ".join(parts)
 
 
 class WrittenMasks(collections.abc.Mapping):
@@ -398,15 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     check_collisions(items, args.save_confidence, out_dir)
     if args.export:
         _check_export(items, args.export, out_dir)
-    done = already_predicted(items, out_dir, args.save_confidence) if args.skip_existing else []
-    if done:
-        print(f"{len(done)} of {len(items)} image(s) already predicted in {out_dir}: skipped (--skip_existing)",
-              file=sys.stderr)
     predictor = _predictor(args)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        fail(f"cannot create --output {out_dir}: {e.strerror or e}")
+    done = _done_before(items, out_dir, predictor, args)
     skipped = frozenset(done)
     todo = [item for item in items if item not in skipped]
     try:
@@ -434,6 +484,30 @@ def main(argv: list[str] | None = None) -> int:
               f"images' ({min(height, width)} px); their masks are at their own size (--resize none keeps every "
               "photo's size)")
     return _summary(result, out_dir)
+
+
+def _done_before(items: list[Item], out_dir: Path, predictor, args) -> list[Item]:
+    """Records this run's settings in OUT (creating it) and returns the items --skip_existing leaves out: those
+    whose files were made with these settings."""
+    settings = settings_of(predictor, args.workdir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        since, earlier = record_settings(out_dir, settings)
+    except OSError as e:
+        fail(f"cannot write into --output {out_dir}: {e.strerror or e}")
+    if not args.skip_existing:
+        return []
+    made_before = already_predicted(items, out_dir, args.save_confidence, since=0.0) if earlier is not None else []
+    if made_before:
+        how = f"with another model or other settings ({_changed(earlier, settings)})" if earlier else \
+            f"with settings {out_dir / SETTINGS_FILE} does not record"
+        print(f"note: the files of {len(made_before)} image(s) in {out_dir} were made {how}: they are predicted "
+              "again", file=sys.stderr)
+    done = already_predicted(items, out_dir, args.save_confidence, since)
+    if done:
+        print(f"{len(done)} of {len(items)} image(s) already predicted in {out_dir}: skipped (--skip_existing)",
+              file=sys.stderr)
+    return done
 
 
 def _predictor(args):

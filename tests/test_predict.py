@@ -372,7 +372,7 @@ def test_folders_keep_their_structure_and_outputs_inside_are_skipped(workdir, tm
         assert run_predict("--workdir", workdir, "--input", inputs, "--output", out) == 0
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == ["a.png", "a_overlay.jpg", "d.png", "d_overlay.jpg", "e.png", "e_overlay.jpg", "linked/f.png",
-                       "linked/f_overlay.jpg", "street/b.png", "street/b_overlay.jpg", "street/night/c.png",
+                       "linked/f_overlay.jpg", "predict.json", "street/b.png", "street/b_overlay.jpg", "street/night/c.png",
                        "street/night/c_overlay.jpg"]
     assert f"note: {inputs}: 1 file(s) that are not images left out (1 .txt)" in capsys.readouterr().err
 
@@ -443,7 +443,7 @@ def test_ctrl_c_keeps_the_images_written_and_skip_existing_goes_on_from_there(wo
     err = capsys.readouterr().err
     assert "interrupted: 3 of 7 image(s) written, each whole" in err and "Traceback" not in err
     assert "1 input(s) failed and were skipped" in err and "broken.jpg" in err
-    first = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
+    first = {path.name: path.stat().st_mtime_ns for path in out.iterdir() if path.name != predict.SETTINGS_FILE}
     assert len(first) == 6 and all(name.endswith((".png", "_overlay.jpg")) for name in first)  # no temporary files
     monkeypatch.undo()
     assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing",
@@ -453,6 +453,55 @@ def test_ctrl_c_keeps_the_images_written_and_skip_existing_goes_on_from_there(wo
     assert len(list(out.glob("p?.png"))) == 6
     exported = json.loads((out / "coco" / "annotations.json").read_text())
     assert len(exported["images"]) == 6          # the skipped images' masks are read back for the export
+
+
+def test_skip_existing_redoes_what_another_model_or_other_settings_made(workdir, tmp_path, capsys):
+    """--skip_existing kept masks of whichever checkpoint and options had made them, mixing two models in one
+    folder without a word."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    for i in range(3):
+        save(inputs / f"p{i}.jpg", random_image(24, 32, seed=i))
+
+    def mtimes():
+        return {path.name: path.stat().st_mtime_ns for path in out.glob("p*")}
+
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out) == 0
+    recorded = json.loads((out / predict.SETTINGS_FILE).read_text())
+    assert recorded["step"] > 0 and len(recorded["weights"]) == 16 and recorded["resize"] == "auto"
+    first = mtimes()
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing") == 0
+    assert "3 of 3 image(s) already predicted" in capsys.readouterr().err and mtimes() == first
+
+    # Other settings: every image again, saying why; then the new settings are the folder's.
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing",
+                       "--resize", "2") == 0
+    err = capsys.readouterr().err
+    assert "the files of 3 image(s)" in err and "resize auto -> 2.0" in err and "they are predicted again" in err
+    second = mtimes()
+    assert all(second[name] > first[name] for name in first)
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing",
+                       "--resize", "2") == 0
+    assert "3 of 3 image(s) already predicted" in capsys.readouterr().err and mtimes() == second
+
+    # Another model (weights with another fingerprint), and a folder whose record is missing.
+    (out / predict.SETTINGS_FILE).write_text(json.dumps({**recorded, "resize": 2.0, "weights": "0" * 16}))
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing",
+                       "--resize", "2") == 0
+    err = capsys.readouterr().err
+    assert f"(weights {'0' * 16}) -> step {recorded['step']}" in err and "already predicted" not in err
+    (out / predict.SETTINGS_FILE).unlink()
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing",
+                       "--resize", "2") == 0
+    assert "does not record: they are predicted again" in capsys.readouterr().err
+
+
+def test_a_mask_predicted_again_loses_the_confidence_map_of_an_earlier_run(workdir, tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    save(inputs / "p.jpg", random_image(24, 32))
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--save_confidence") == 0
+    assert (out / "p_confidence.png").exists()
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--resize", "2") == 0
+    assert (out / "p.png").exists() and not (out / "p_confidence.png").exists()
 
 
 def test_a_full_disk_stops_the_run_at_once_saying_what_is_written(workdir, tmp_path, monkeypatch, capsys):
