@@ -339,8 +339,9 @@ WORST_SHOWN = 5     # images listed by name as the worst of a split
 
 def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: str | None = None,
                      checkpoint: str | int = "best", flip_tta: bool | None = None,
-                     extra_scales: tuple | None = None) -> tuple[dict, Path, Path]:
-    """Score a run's checkpoint on `split`; (the result as written to JSON, its JSON path, the confusion PNG path).
+                     extra_scales: tuple | None = None, out_dir: str | Path | None = None) -> tuple[dict, Path, Path]:
+    """Score a run's checkpoint on `split`; (the result as written to JSON, its JSON path, the confusion PNG path),
+    written into `out_dir` (default: the run's eval/ folder).
     `flip_tta` and `extra_scales` None score as the run evaluated (its config's eval_flip_tta, eval_extra_scales);
     with flip or multi-scale TTA the files are named <split>_flip_tta, <split>_multiscale or
     <split>_flip_tta_multiscale, so they sit beside the plain figures."""
@@ -353,7 +354,7 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     result = result_dict(run, evaluation, file_names, workdir)
     result["label_sizes"] = sizes
     result["per_image"]["worst"] = _worst(result["per_image"]["images"])
-    out_dir = workdir / "eval"
+    out_dir = Path(out_dir) if out_dir is not None else workdir / "eval"
     stem = (split_file_name(split) + ("_flip_tta" if run.config.eval_flip_tta else "")
             + ("_multiscale" if len(network_scales(run.config)) > 1 else ""))
     json_path = atomic.write_bytes(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
@@ -448,6 +449,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's (written as "
                        "<split>_flip_tta.json; _multiscale is added with extra scales)")
     add_extra_scales_flag(parser)
+    parser.add_argument("--output", help="folder for the results (default: WORKDIR/eval; for a run you cannot write "
+                                         "to)")
     return parser
 
 
@@ -456,15 +459,14 @@ def split_file_name(split: str) -> str:
     return re.sub(r"[^\w.+-]", "_", split)
 
 
-def score_command(workdir: str, score):
+def score_command(workdir: str, out: str | Path, score):
     """score() as the commands that score a checkpoint (this one, the report) run it: the work directory checked
-    first (its results are written there: a read-only one is refused before the evaluation, not after it), orbax's
-    and TFDS's logging quiet, and a missing dataset or split, or a file that cannot be read or written, said in a
-    line."""
+    first, and the folder `out` that the results go to (a read-only one is refused before the evaluation, not
+    after it), orbax's and TFDS's logging quiet, and a missing dataset or split, or a file that cannot be read or
+    written, said in a line."""
     check_workdir(workdir)
-    if not os.access(workdir, os.W_OK):
-        fail(f"--workdir {workdir} cannot be written to, and the results are written there: copy the run (its "
-             "config.json and checkpoints/) into a folder you can write to, and give that")
+    if not _can_write_into(Path(out)):
+        fail(f"{out} cannot be written to, and the results are written there (--output chooses where)")
     from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError
     quiet_libraries()
     sharding.split_cpu_into_cores(8)        # at most 8 devices: evaluation rounds its batch up to a multiple
@@ -474,10 +476,17 @@ def score_command(workdir: str, score):
         fail(str(e))
 
 
+def _can_write_into(folder: Path) -> bool:
+    """Whether `folder`, or the first of its parents that exists (where it would be made), can be written to."""
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    return existing.is_dir() and os.access(existing, os.W_OK)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
-    result, json_path, png_path = score_command(args.workdir, lambda: evaluate_workdir(
-        args.workdir, args.split, args.data_dir, args.checkpoint, args.flip_tta, args.extra_scales))
+    out_dir = args.output or Path(args.workdir) / "eval"
+    result, json_path, png_path = score_command(args.workdir, out_dir, lambda: evaluate_workdir(
+        args.workdir, args.split, args.data_dir, args.checkpoint, args.flip_tta, args.extra_scales, out_dir))
     print(format_result(result))
     print(f"\nwrote {json_path} and {png_path}")
 

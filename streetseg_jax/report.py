@@ -1,7 +1,9 @@
 """Run report: `python -m streetseg_jax.report --workdir DIR [--split S] [--checkpoint best|latest|STEP] [--k 4]
-[--[no_]flip_tta] [--extra_scales S,...|none]` (test-time augmentation as the run evaluated unless told).
+[--[no_]flip_tta] [--extra_scales S,...|none] [--output FILE]` (test-time augmentation as the run evaluated unless
+told).
 
-Writes DIR/report.html (report_<split>.html for a split other than the run's eval split), one self-contained file
+Writes DIR/report.html (report_<split>.html for a split other than the run's eval split; --output FILE elsewhere,
+for a run one cannot write to), one self-contained file
 that opens offline: images are embedded as base64 data URIs, the CSS is inline, and there is no JavaScript and no
 external request. It holds the loss and mIoU curves (from metrics.jsonl), a fresh evaluation of the chosen
 checkpoint on the split (per-class IoU table, confusion-matrix heatmap), the class pixel frequencies of the train
@@ -15,6 +17,7 @@ import base64
 import dataclasses
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -312,9 +315,11 @@ def _provenance(d: ReportData) -> str:
 # Putting it together
 # -------------------------------------------------------------------------------------------------------------------
 def build_report(workdir: str | Path, split: str | None = None, checkpoint: str | int = "best", k: int = 4,
-                 data_dir: str | None = None, flip_tta: bool | None = None, extra_scales: tuple | None = None) -> Path:
-    """Evaluate `checkpoint` of the run in `workdir` on `split` and write workdir/report.html (report_<split>.html
-    for a split other than the run's eval split, so that one report does not replace the other); returns its path.
+                 data_dir: str | None = None, flip_tta: bool | None = None, extra_scales: tuple | None = None,
+                 output: str | Path | None = None) -> Path:
+    """Evaluate `checkpoint` of the run in `workdir` on `split` and write the page to `output`, by default
+    workdir/report.html (report_<split>.html for a split other than the run's eval split, so that one report does
+    not replace the other); returns its path.
     Test-time augmentation as the run evaluated unless `flip_tta` / `extra_scales` say otherwise (see load_run)."""
     workdir = Path(workdir).absolute()
     run = load_run(workdir, checkpoint, flip_tta, extra_scales)
@@ -325,7 +330,7 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     evaluation = evaluate_split(run, eval_source, split)
     data = _report_data(workdir, run, k, evaluation, eval_source, train_source)
     name = "report.html" if split == config.eval_split else f"report_{split_file_name(split)}.html"
-    return atomic.write_text(workdir / name, render_html(data))
+    return atomic.write_text(output or workdir / name, render_html(data))
 
 
 def _report_data(workdir, run, k, evaluation, eval_source, train_source) -> ReportData:
@@ -371,6 +376,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's")
     add_extra_scales_flag(parser)
+    parser.add_argument("--output", help="the page's file (default: WORKDIR/report.html, or report_<split>.html for "
+                                         "another split than the run's eval split)")
     return parser
 
 
@@ -378,8 +385,12 @@ def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
     if args.k < 0:
         fail(f"--k must be 0 or more, got {args.k}")
-    path = score_command(args.workdir, lambda: build_report(
-        args.workdir, args.split, args.checkpoint, args.k, args.data_dir, args.flip_tta, args.extra_scales))
+    if args.output and (Path(args.output).is_dir() or args.output.endswith(os.sep)):
+        fail(f"--output {args.output} is a folder: give the page's file name, e.g. {Path(args.output) / 'report.html'}")
+    folder = Path(args.output).parent if args.output else Path(args.workdir)
+    path = score_command(args.workdir, folder, lambda: build_report(
+        args.workdir, args.split, args.checkpoint, args.k, args.data_dir, args.flip_tta, args.extra_scales,
+        args.output))
     print(f"wrote {path}")
 
 

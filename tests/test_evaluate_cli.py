@@ -96,6 +96,23 @@ def test_split_and_checkpoint_flags(workdir, capsys):
     assert "worst images:" in capsys.readouterr().out
 
 
+def files_of(folder: Path) -> dict:
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*")}
+
+
+def test_output_writes_the_results_elsewhere_and_leaves_the_run_as_it_was(workdir, tmp_path, capsys):
+    """A run on a disk one cannot write to (a colleague's, a read-only mount) had to be copied first."""
+    from streetseg_jax import evaluate
+
+    before = files_of(workdir)
+    out = tmp_path / "scores" / "mine"
+    evaluate.main(["--workdir", str(workdir), "--split", "test[:2]", "--output", str(out)])
+    assert files_of(workdir) == before
+    assert sorted(p.name for p in out.iterdir()) == ["test__2_.json", "test__2__confusion.png"]
+    assert json.loads((out / "test__2_.json").read_text())["num_images"] == 2
+    assert f"wrote {out / 'test__2_.json'}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--workdir", "/nonexistent/run"], "--workdir /nonexistent/run does not exist"),
     (["--workdir", __file__], f"--workdir {__file__} is a file, not a training work directory"),
@@ -130,13 +147,15 @@ def test_a_workdir_that_cannot_be_written_is_one_line_before_and_during_scoring(
     def cannot_write():
         raise OSError(f"cannot write {tmp_path / 'report.html'}: Read-only file system")
     with pytest.raises(SystemExit) as exit_:
-        score_command(str(tmp_path), cannot_write)
+        score_command(str(tmp_path), tmp_path, cannot_write)
     assert exit_.value.code == 2
     assert capsys.readouterr().err == f"error: cannot write {tmp_path / 'report.html'}: Read-only file system\n"
     monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK)   # as a read-only mount answers
     with pytest.raises(SystemExit):
-        score_command(str(tmp_path), lambda: pytest.fail("evaluated although nothing can be written"))
-    assert "cannot be written to, and the results are written there" in capsys.readouterr().err
+        score_command(str(tmp_path), tmp_path / "eval", lambda: pytest.fail("evaluated although nothing can be "
+                                                                            "written"))
+    assert f"{tmp_path / 'eval'} cannot be written to, and the results are written there (--output chooses " \
+        "where)" in capsys.readouterr().err
 
 
 def test_flip_tta_is_mirror_symmetric_and_written_beside_the_plain_figures(workdir, cli_result, capsys):

@@ -238,6 +238,19 @@ def test_test_time_augmentation_as_the_run_evaluated_unless_told(workdir, report
     assert rows == {name: pytest.approx(expected[f"eval/iou/{name}"], abs=1e-12) for name in run.label_map.names}
 
 
+def test_output_writes_the_page_elsewhere_and_leaves_the_run_as_it_was(workdir, tmp_path, capsys):
+    from streetseg_jax import report
+
+    before = {path: path.stat().st_mtime_ns for path in workdir.rglob("*")}
+    page = tmp_path / "pages" / "colleague.html"
+    report.main(["--workdir", str(workdir), "--split", SPLIT, "--k", "1", "--output", str(page)])
+    assert {path: path.stat().st_mtime_ns for path in workdir.rglob("*")} == before
+    assert "<html" in page.read_text(encoding="utf-8") and capsys.readouterr().out == f"wrote {page}\n"
+    with pytest.raises(SystemExit):
+        report.main(["--workdir", str(workdir), "--output", str(tmp_path)])
+    assert "is a folder: give the page's file name" in capsys.readouterr().err
+
+
 def test_error_map_dims_correct_pixels_and_marks_wrong_and_ignored_ones():
     from streetseg_jax.visualize import ERROR_COLOR, IGNORE_GREY, error_map
     image = np.full((2, 2, 3), 200, np.uint8)
