@@ -180,7 +180,10 @@ class StopSignal:
             # A Ctrl-C on one process: agree on it (every few steps, same steps everywhere), so no process
             # waits for the others forever.
             if step % self.AGREE_EVERY == 0:
-                return bool(multihost_utils.process_allgather(int(self.received is not None)).max())
+                if not multihost_utils.process_allgather(int(self.received is not None)).max():
+                    return False
+                self.received = self.received or "SIGINT on another process"    # what this one was told
+                return True
             return False
         return self.received is not None
 

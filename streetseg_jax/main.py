@@ -8,11 +8,13 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 if __name__ == "__main__":     # before JAX loads: the command may run itself again once, see hugepages.py
     from streetseg_jax import hugepages
     hugepages.reexec_with_huge_pages()
 
+import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -46,9 +48,16 @@ def main(argv):
         _run(config)
     except KeyboardInterrupt as e:      # outside the training loop, which saves and says so itself
         name = "SIGTERM" if str(e) == "SIGTERM" else "Ctrl-C"
-        print(f"stopped by {name}; what was saved stays (checkpoints, a finished dataset build), and the same command "
-              "goes on from there", file=sys.stderr)
-        raise SystemExit(143 if name == "SIGTERM" else 130) from None
+        _stop(f"stopped by {name}; what was saved stays (checkpoints, a finished dataset build), and the same "
+              "command goes on from there", 143 if name == "SIGTERM" else 130)
+
+
+def _stop(line: str, code: int) -> NoReturn:
+    """Print `line` and exit; one process of several exits at once, so that the others stop too (stop_alone)."""
+    if sharding.is_multiprocess():
+        sharding.stop_alone(line, code)
+    print(line, file=sys.stderr)
+    raise SystemExit(code)
 
 
 def _run(config) -> None:
@@ -64,12 +73,22 @@ def _run(config) -> None:
     from streetseg_jax.run import RunError, check_settings
 
     config.data_dir = os.path.expanduser(config.data_dir)
+    finished = sharding.watch_other_processes()
     try:      # before a dataset is built for a run that cannot start
         sharding.all_succeed(lambda: check_settings(config, _WORKDIR.value))
         _build_synthetic_if_missing(config.dataset, config.data_dir)
         train.train_and_evaluate(config, _WORKDIR.value)
     except (DatasetNotFoundError, RunError, sharding.OtherProcessFailed, OSError, ValueError) as e:
-        fail(_message(e))
+        _stop(f"error: {_message(e)}", 2)
+    except Exception as e:
+        if not sharding.is_multiprocess():
+            raise
+        if isinstance(e, jax.errors.JaxRuntimeError):     # a collective whose other side is gone
+            _stop(f"error: {sharding.lost_process(e)}", 2)
+        traceback.print_exc()                             # a bug: its traceback, then the others stop too
+        _stop(f"error: {_message(e)}", 1)
+    finally:    # an end every process reaches (the last step, an agreed stop): no alarm for the others
+        finished()
 
 
 def _check_process_flags() -> None:

@@ -74,11 +74,11 @@ class RunSetup:
             self.log.say(f"warning: {e}; training goes on")
         return run_history(records)
 
-    def stop(self, step: int, signal_name: str | None) -> None:
+    def stop(self, step: int, signal_name: str) -> None:
         self.checkpoints.wait()
         self.log.say(f"received {signal_name}: saved step {step} to {self.workdir / 'checkpoints'}; "
                      "run the same command again to resume from it")
-        raise SystemExit(130 if signal_name == "SIGINT" else 143)
+        raise SystemExit(130 if signal_name.startswith("SIGINT") else 143)
 
     def release(self) -> None:
         if self.lock is not None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
-
-from typing import Callable, TypeVar
+import sys
+from typing import Callable, NoReturn, TypeVar
 
 import jax
 import numpy as np
@@ -82,6 +82,98 @@ def all_succeed(work: Callable[[], T]) -> T:
         index, text = failed[0]
         raise OtherProcessFailed(f"process {index} of {len(messages)} stopped: {text}")
     return result
+
+
+def is_multiprocess() -> bool:
+    """Whether this process is one of several under jax.distributed (asked without starting JAX's backends when it
+    is not)."""
+    return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+_STOPPED_KEY = "streetseg_jax/stopped/"
+
+
+def stop_alone(line: str, code: int) -> NoReturn:
+    """End this process of a multi-process run now: print `line`, leave it where the other processes look for it
+    (`lost_process`), and exit without JAX's shutdown barrier. A process that failed alone waited at that barrier
+    for the others, which waited in their next collective for it, until JAX aborted every process 80-300 s later
+    with stack dumps; its closed connections now end the others' collectives at once."""
+    print(line, file=sys.stderr)
+    try:
+        _client().key_value_set(f"{_STOPPED_KEY}{jax.process_index()}", line[:_MESSAGE_BYTES])
+    except Exception:  # noqa: BLE001 - best effort: the others then say that a process stopped without a word
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def lost_process(error: Exception) -> str:
+    """Why a collective with the other processes failed (`error`), in a line: the line a process that stopped left
+    (`stop_alone`), else that one stopped without a word."""
+    try:
+        left = sorted(_client().key_value_dir_get(_STOPPED_KEY))
+    except Exception:  # noqa: BLE001 - the coordinator itself may be gone
+        left = []
+    if left:
+        key, line = left[0]
+        index = key.rsplit("/", 1)[-1]
+        return f"process {index} of {jax.process_count()} stopped: {line.removeprefix('error: ')}"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"the other processes cannot be reached: one stopped without a word (killed, out of memory, or its "
+            f"machine went away) ({first[:300]})")
+
+
+_ALIVE_KEY = "streetseg_jax/alive/"
+SILENCE_S = 30.0        # a process whose heartbeat stops this long is gone (JAX's own heartbeat waits 100 s, then aborts)
+
+
+def watch_other_processes(interval_s: float = 1.0) -> Callable[[], None]:
+    """In a multi-process run, a thread that keeps a heartbeat of this process where the others see it and stops
+    this process (`stop_alone`) once another's has stopped for SILENCE_S, or the coordinator cannot be reached: a
+    process lost while the others set up a collective left them waiting for JAX's heartbeat timeout and its abort.
+    Returns the call that says this process is done (its heartbeat then stops without alarming the others)."""
+    if not is_multiprocess():
+        return lambda: None
+    import threading
+    import time
+
+    client, me, done = _client(), jax.process_index(), threading.Event()
+    heard: dict[str, tuple[str, float]] = {}     # key -> (last value, when it changed)
+
+    def watch():
+        beat = 0
+        while not done.wait(interval_s):
+            beat += 1
+            try:
+                client.key_value_set(f"{_ALIVE_KEY}{me}", str(beat), allow_overwrite=True)
+                beats = dict(client.key_value_dir_get(_ALIVE_KEY))
+            except Exception as e:  # noqa: BLE001 - whatever the client raises, the coordinator is out of reach
+                if not done.is_set():
+                    stop_alone(f"error: the coordinator (process 0) cannot be reached: {e}".splitlines()[0], 2)
+                return
+            now = time.monotonic()
+            for key, value in beats.items():
+                if value != heard.get(key, ("", 0.0))[0]:
+                    heard[key] = (value, now)
+                elif value != "done" and now - heard[key][1] > SILENCE_S and not done.is_set():
+                    stop_alone(f"error: process {key.rsplit('/', 1)[-1]} of {jax.process_count()} stopped answering "
+                               f"{SILENCE_S:.0f} s ago (killed, out of memory, or its machine went away)", 2)
+
+    def finished():
+        done.set()
+        try:
+            client.key_value_set(f"{_ALIVE_KEY}{me}", "done", allow_overwrite=True)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+    threading.Thread(target=watch, name="streetseg-watch", daemon=True).start()
+    return finished
+
+
+def _client():
+    from jax._src import distributed     # JAX's coordination service client: a key-value store every process sees
+    return distributed.global_state.client
 
 
 def _gather_text(text: str) -> list[str]:

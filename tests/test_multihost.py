@@ -28,8 +28,8 @@ def free_port() -> int:
 
 
 def launch(workdir, data_dir, devices: int, steps: int, process_id=None, num_processes=None, port=None,
-           *overrides: str):
-    cmd = [sys.executable, "-m", "streetseg_jax.main", f"--config={TINY_CONFIG}", f"--workdir={workdir}",
+           *overrides: str, python: tuple = ("-m", "streetseg_jax.main")):
+    cmd = [sys.executable, *python, f"--config={TINY_CONFIG}", f"--workdir={workdir}",
            f"--config.data_dir={data_dir}", f"--config.num_train_steps={steps}", "--config.eval_every_steps=2",
            *overrides]
     if num_processes:
@@ -112,3 +112,95 @@ def test_a_process_that_cannot_start_stops_every_process_with_its_reason(tiny_da
     assert f"error: process 1 of 2 stopped: {reason}" in outs[0], outs[0]
     assert not any("Fatal Python error" in out for out in outs), outs
     assert not (workdir / "checkpoints").exists()
+
+
+def lines_of(out: str) -> list[str]:
+    return [line for line in out.splitlines() if not line.startswith("[Gloo]")]
+
+
+def long_run(workdir, data_dir, port, process_id, **kwargs):
+    return launch(workdir, data_dir, 2, 200, process_id, 2, port, "--config.checkpoint_every_steps=1000",
+                  "--config.eval_every_steps=1000", **kwargs)
+
+
+def test_a_process_killed_mid_training_stops_the_others_at_once(tiny_data_dir, tmp_path):
+    """A host lost mid-training (killed, out of memory, its machine gone): the others waited at JAX's shutdown
+    barrier, then aborted 80 s later with 97 lines of traceback and C++ stack dump."""
+    from test_train import wait_for_step
+
+    port, workdir = free_port(), tmp_path / "w"
+    procs = [long_run(workdir, tiny_data_dir, port, i) for i in range(2)]
+    wait_for_step(workdir, 3, procs[0])
+    procs[1].kill()
+    out = procs[0].communicate(timeout=60)[0]
+    assert procs[0].returncode == 2, out
+    # Its closed connections end the collective under way (in 0.1 s), or else its silence (SILENCE_S).
+    assert lines_of(out)[-1].startswith(("error: the other processes cannot be reached: one stopped without a word "
+                                         "(killed, out of memory, or its machine went away)",
+                                         "error: process 1 of 2 stopped answering")), out
+    assert "Traceback" not in out and "Fatal Python error" not in out, out
+
+
+def test_a_process_that_freezes_is_given_up_after_its_heartbeat_stops(tiny_data_dir, tmp_path):
+    """A frozen host (a paused VM, a machine swapping to death) keeps its connections open: nothing fails, and the
+    others waited for JAX's heartbeat timeout (100 s), then aborted with a stack dump."""
+    from streetseg_jax.sharding import SILENCE_S
+    from test_train import wait_for_step
+
+    port, workdir = free_port(), tmp_path / "w"
+    procs = [long_run(workdir, tiny_data_dir, port, i) for i in range(2)]
+    wait_for_step(workdir, 3, procs[0])
+    procs[1].send_signal(signal.SIGSTOP)
+    try:
+        out = procs[0].communicate(timeout=SILENCE_S + 30)[0]
+    finally:
+        procs[1].kill()
+        procs[1].communicate()
+    assert procs[0].returncode == 2, out
+    assert lines_of(out)[-1] == (f"error: process 1 of 2 stopped answering {SILENCE_S:.0f} s ago (killed, out of "
+                                 "memory, or its machine went away)"), out
+    assert "Traceback" not in out and "Fatal Python error" not in out, out
+
+
+FAILING_READS = """
+import runpy, sys
+from streetseg_jax import sharding
+real, calls = sharding.global_batch, []
+def failing(batch, mesh):
+    calls.append(batch)
+    if len(calls) > 5:
+        raise OSError("cannot read train-00000.array_record: Input/output error")
+    return real(batch, mesh)
+sharding.global_batch = failing
+sys.argv[0] = "streetseg_jax.main"
+runpy.run_module("streetseg_jax.main", run_name="__main__")
+"""
+
+
+def test_a_process_that_fails_mid_training_stops_every_process_with_its_reason(tiny_data_dir, tmp_path):
+    """One host cannot read its data at step 5: it stopped alone, and every process waited 5 minutes for JAX to
+    abort it."""
+    port, workdir = free_port(), tmp_path / "w"
+    procs = [long_run(workdir, tiny_data_dir, port, 0),
+             long_run(workdir, tiny_data_dir, port, 1, python=("-c", FAILING_READS))]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outs
+    reason = "cannot read train-00000.array_record: Input/output error"
+    assert lines_of(outs[1])[-1].startswith(f"error: {reason} (OSError in"), outs[1]   # raised outside the package
+    assert lines_of(outs[0])[-1].startswith(f"error: process 1 of 2 stopped: {reason}"), outs[0]
+    assert not any("Fatal Python error" in out or "Traceback" in out for out in outs), outs
+
+
+def test_ctrl_c_on_one_process_stops_every_process_at_the_same_step(tiny_data_dir, tmp_path):
+    """The process that was not told said "received None" and exited as if by SIGTERM."""
+    from test_train import wait_for_step
+
+    port, workdir = free_port(), tmp_path / "w"
+    procs = [long_run(workdir, tiny_data_dir, port, i) for i in range(2)]
+    wait_for_step(workdir, 3, procs[0])
+    procs[1].send_signal(signal.SIGINT)
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [130, 130], outs
+    saved = ocp.CheckpointManager(workdir / "checkpoints" / "latest").all_steps()
+    assert len(saved) == 1 and saved[0] % 10 == 0, (saved, outs)
+    assert f"received SIGINT on another process: saved step {saved[0]}" in outs[0], outs[0]
