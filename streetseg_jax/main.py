@@ -52,10 +52,10 @@ def main(argv):
               "command goes on from there", 143 if name == "SIGTERM" else 130)
 
 
-def _stop(line: str, code: int) -> NoReturn:
+def _stop(line: str, code: int, record: bool = True) -> NoReturn:
     """Print `line` and exit; one process of several exits at once, so that the others stop too (stop_alone)."""
     if sharding.is_multiprocess():
-        sharding.stop_alone(line, code)
+        sharding.stop_alone(line, code, record)
     print(line, file=sys.stderr)
     raise SystemExit(code)
 
@@ -79,13 +79,14 @@ def _run(config) -> None:
         _build_synthetic_if_missing(config.dataset, config.data_dir)
         train.train_and_evaluate(config, _WORKDIR.value)
     except (DatasetNotFoundError, RunError, sharding.OtherProcessFailed, OSError, ValueError) as e:
-        _stop(f"error: {_message(e)}", 2)
+        _stop(f"error: {_message(e)}", 2, record=not isinstance(e, sharding.OtherProcessFailed))
     except Exception as e:
         if not sharding.is_multiprocess():
             raise
-        if isinstance(e, jax.errors.JaxRuntimeError):     # a collective whose other side is gone
-            _stop(f"error: {sharding.lost_process(e)}", 2)
-        traceback.print_exc()                             # a bug: its traceback, then the others stop too
+        lost = sharding.lost_process(e) if isinstance(e, jax.errors.JaxRuntimeError) else None
+        if lost:        # a collective whose other side is gone: another process's failure, not ours to record
+            _stop(f"error: {lost}", 2, record=False)
+        traceback.print_exc()       # this process's own (a bug, out of memory): its traceback, then the others stop
         _stop(f"error: {_message(e)}", 1)
     finally:    # an end every process reaches (the last step, an agreed stop): no alarm for the others
         finished()

@@ -6,6 +6,7 @@ computed over the global batch.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -93,35 +94,48 @@ def is_multiprocess() -> bool:
 _STOPPED_KEY = "streetseg_jax/stopped/"
 
 
-def stop_alone(line: str, code: int) -> NoReturn:
+def stop_alone(line: str, code: int, record: bool = True) -> NoReturn:
     """End this process of a multi-process run now: print `line`, leave it where the other processes look for it
-    (`lost_process`), and exit without JAX's shutdown barrier. A process that failed alone waited at that barrier
-    for the others, which waited in their next collective for it, until JAX aborted every process 80-300 s later
-    with stack dumps; its closed connections now end the others' collectives at once."""
+    (`record`: where it is this process's own failure, not its report of another's), and exit without JAX's
+    shutdown barrier. A process that failed alone waited at that barrier for the others, which waited in their next
+    collective for it, until JAX aborted every process 80-300 s later with stack dumps; its closed connections now
+    end the others' collectives at once."""
     print(line, file=sys.stderr)
-    try:
-        _client().key_value_set(f"{_STOPPED_KEY}{jax.process_index()}", line[:_MESSAGE_BYTES])
-    except Exception:  # noqa: BLE001 - best effort: the others then say that a process stopped without a word
-        pass
+    if record:
+        try:
+            _client().key_value_set(f"{_STOPPED_KEY}{jax.process_index()}", line[:_MESSAGE_BYTES])
+        except Exception:  # noqa: BLE001 - best effort: the others then say that a process stopped without a word
+            pass
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
-def lost_process(error: Exception) -> str:
-    """Why a collective with the other processes failed (`error`), in a line: the line a process that stopped left
-    (`stop_alone`), else that one stopped without a word."""
-    try:
-        left = sorted(_client().key_value_dir_get(_STOPPED_KEY))
-    except Exception:  # noqa: BLE001 - the coordinator itself may be gone
-        left = []
+# How a collective with a process that is gone fails: gloo on CPUs, NCCL on GPUs, the coordination service.
+_PEER_GONE = ("closed by peer", "connection reset", "gloo", "nccl", "unavailable")
+
+
+def lost_process(error: Exception) -> str | None:
+    """Why a collective failed (`error`), in a line, where another process is to blame: the line a process that
+    stopped left (`stop_alone`), or that one stopped without a word; None where the error is this process's own (out
+    of memory, say)."""
+    left = _reasons_left()
     if left:
-        key, line = left[0]
-        index = key.rsplit("/", 1)[-1]
+        index, line = min(left.items())
         return f"process {index} of {jax.process_count()} stopped: {line.removeprefix('error: ')}"
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = str(error).strip()
+    if not any(word in text.lower() for word in _PEER_GONE):
+        return None
     return (f"the other processes cannot be reached: one stopped without a word (killed, out of memory, or its "
-            f"machine went away) ({first[:300]})")
+            f"machine went away) ({text.splitlines()[0][:300]})")
+
+
+def _reasons_left() -> dict[int, str]:
+    """process index -> the line it left when it stopped (stop_alone)."""
+    try:
+        return {int(key.rsplit("/", 1)[-1]): line for key, line in _client().key_value_dir_get(_STOPPED_KEY)}
+    except Exception:  # noqa: BLE001 - the coordinator itself may be gone
+        return {}
 
 
 _ALIVE_KEY = "streetseg_jax/alive/"
@@ -129,43 +143,62 @@ SILENCE_S = 30.0        # a process whose heartbeat stops this long is gone (JAX
 
 
 def watch_other_processes(interval_s: float = 1.0) -> Callable[[], None]:
-    """In a multi-process run, a thread that keeps a heartbeat of this process where the others see it and stops
-    this process (`stop_alone`) once another's has stopped for SILENCE_S: a process that froze, or was lost while
-    the others set up a collective, left them waiting for JAX's heartbeat timeout and its abort. Returns the call
-    that says this process is done (its heartbeat then stops without alarming the others)."""
+    """In a multi-process run, keep a heartbeat of this process where the others see it, and stop this process
+    (`stop_alone`) once another's heartbeat, or the coordination service itself (process 0), has been silent for
+    SILENCE_S: a process that froze, or was lost while the others set up a collective, left them waiting for JAX's
+    heartbeat timeout and its abort. Returns the call that says this process is done (its heartbeat ends without
+    alarming the others)."""
     if not is_multiprocess():
         return lambda: None
     import threading
     import time
 
-    client, me, done = _client(), jax.process_index(), threading.Event()
-    heard: dict[str, tuple[str, float]] = {}     # key -> (last value, when it changed)
+    client, me, done, lock = _client(), jax.process_index(), threading.Event(), threading.Lock()
+    heard: dict[int, tuple[str, float]] = {}     # process index -> (its last beat, when that changed)
+    answered = [time.monotonic()]                # when the coordination service last answered
 
-    def watch():
-        beat = 0
+    def beat():
+        count = 0
         while not done.wait(interval_s):
-            beat += 1
+            count += 1
             try:
-                client.key_value_set(f"{_ALIVE_KEY}{me}", str(beat), allow_overwrite=True)
-                beats = dict(client.key_value_dir_get(_ALIVE_KEY))
+                client.key_value_set(f"{_ALIVE_KEY}{me}", str(count), allow_overwrite=True)
+                beats = client.key_value_dir_get(_ALIVE_KEY)
             except Exception:  # noqa: BLE001 - the coordinator is gone: JAX's client ends this process itself
                 return
+            with lock:
+                answered[0] = now = time.monotonic()
+                for key, value in beats:
+                    index = int(key.rsplit("/", 1)[-1])
+                    if heard.get(index, ("", 0.0))[0] != value:
+                        heard[index] = (value, now)
+        with contextlib.suppress(Exception):    # after the last beat: nothing overwrites it
+            client.key_value_set(f"{_ALIVE_KEY}{me}", "done", allow_overwrite=True)
+
+    def alarm():        # apart from `beat`, whose calls a frozen coordinator leaves waiting for good
+        while not done.wait(interval_s):
             now = time.monotonic()
-            for key, value in beats.items():
-                if value != heard.get(key, ("", 0.0))[0]:
-                    heard[key] = (value, now)
-                elif value != "done" and now - heard[key][1] > SILENCE_S and not done.is_set():
-                    stop_alone(f"error: process {key.rsplit('/', 1)[-1]} of {jax.process_count()} stopped answering "
-                               f"{SILENCE_S:.0f} s ago (killed, out of memory, or its machine went away)", 2)
+            with lock:
+                silent = sorted(i for i, (value, since) in heard.items() if value != "done" and now - since > SILENCE_S)
+                coordinator_silent = now - answered[0] > SILENCE_S
+            if coordinator_silent:
+                stop_alone(f"error: the coordination service (process 0) stopped answering {SILENCE_S:.0f} s ago "
+                           "(frozen, or its machine went away)", 2, record=False)
+            if silent:
+                reason = _reasons_left().get(silent[0])
+                stop_alone(f"error: process {silent[0]} of {jax.process_count()} " + (
+                    f"stopped: {reason.removeprefix('error: ')}" if reason else
+                    f"stopped answering {SILENCE_S:.0f} s ago (killed, out of memory, or its machine went away)"),
+                    2, record=False)
+
+    beating = threading.Thread(target=beat, name="streetseg-heartbeat", daemon=True)
+    beating.start()
+    threading.Thread(target=alarm, name="streetseg-watch", daemon=True).start()
 
     def finished():
         done.set()
-        try:
-            client.key_value_set(f"{_ALIVE_KEY}{me}", "done", allow_overwrite=True)
-        except Exception:  # noqa: BLE001 - best effort
-            pass
+        beating.join(timeout=5)
 
-    threading.Thread(target=watch, name="streetseg-watch", daemon=True).start()
     return finished
 
 

@@ -14,6 +14,7 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from conftest import ROOT, TINY_CONFIG
 from test_train import final_state
@@ -141,24 +142,30 @@ def test_a_process_killed_mid_training_stops_the_others_at_once(tiny_data_dir, t
     assert "Traceback" not in out and "Fatal Python error" not in out, out
 
 
-def test_a_process_that_freezes_is_given_up_after_its_heartbeat_stops(tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("frozen, expected", [
+    (1, "error: process 1 of 2 stopped answering {:.0f} s ago (killed, out of memory, or its machine went away)"),
+    (0, "error: the coordination service (process 0) stopped answering {:.0f} s ago (frozen, or its machine went "
+        "away)"),
+])
+def test_a_process_that_freezes_is_given_up_after_its_heartbeat_stops(frozen, expected, tiny_data_dir, tmp_path):
     """A frozen host (a paused VM, a machine swapping to death) keeps its connections open: nothing fails, and the
-    others waited for JAX's heartbeat timeout (100 s), then aborted with a stack dump."""
+    others waited for JAX's heartbeat timeout (80-100 s), then aborted with a stack dump. Process 0 holds the
+    coordination service: its freeze left the heartbeat's own calls waiting."""
     from streetseg_jax.sharding import SILENCE_S
     from test_train import wait_for_step
 
     port, workdir = free_port(), tmp_path / "w"
     procs = [long_run(workdir, tiny_data_dir, port, i) for i in range(2)]
     wait_for_step(workdir, 3, procs[0])
-    procs[1].send_signal(signal.SIGSTOP)
+    procs[frozen].send_signal(signal.SIGSTOP)
+    other = procs[1 - frozen]
     try:
-        out = procs[0].communicate(timeout=SILENCE_S + 30)[0]
+        out = other.communicate(timeout=SILENCE_S + 30)[0]
     finally:
-        procs[1].kill()
-        procs[1].communicate()
-    assert procs[0].returncode == 2, out
-    assert lines_of(out)[-1] == (f"error: process 1 of 2 stopped answering {SILENCE_S:.0f} s ago (killed, out of "
-                                 "memory, or its machine went away)"), out
+        procs[frozen].kill()
+        procs[frozen].communicate()
+    assert other.returncode == 2, out
+    assert lines_of(out)[-1] == expected.format(SILENCE_S), out
     assert "Traceback" not in out and "Fatal Python error" not in out, out
 
 

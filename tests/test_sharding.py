@@ -90,3 +90,30 @@ def test_a_batch_that_splits_over_fewer_devices_than_cores_says_so(monkeypatch):
     sharding.split_cpu_into_cores(6, 8)
     monkeypatch.setattr(sharding.jax, "default_backend", lambda: "gpu")
     assert sharding.fewer_devices_note() == ""
+
+
+class FakeCoordinationService:
+    """The key-value store of JAX's coordination service, as `sharding` reads it."""
+
+    def __init__(self, stored: dict[str, str]):
+        self.stored = stored
+
+    def key_value_dir_get(self, prefix: str) -> list[tuple[str, str]]:
+        return [(key, value) for key, value in self.stored.items() if key.startswith(prefix)]
+
+
+def test_a_failed_collective_is_blamed_on_the_process_that_left_its_reason_else_on_its_kind(monkeypatch):
+    """Survivors blamed each other (process 0 of 3, a survivor, named as the one that stopped; key "10" sorted
+    before "2"), and this process's own out-of-memory was reported as another process lost."""
+    import jax
+
+    from streetseg_jax import sharding
+
+    monkeypatch.setattr(jax, "process_count", lambda: 12)
+    left = {"streetseg_jax/stopped/10": "error: ten", "streetseg_jax/stopped/2": "error: cannot read the data"}
+    monkeypatch.setattr(sharding, "_client", lambda: FakeCoordinationService(left))
+    gloo = RuntimeError("UNKNOWN: Gloo AllGather failed: [pair.cc:547] Connection closed by peer [127.0.0.1]:27365")
+    assert sharding.lost_process(gloo) == "process 2 of 12 stopped: cannot read the data"
+    monkeypatch.setattr(sharding, "_client", lambda: FakeCoordinationService({}))
+    assert sharding.lost_process(gloo).startswith("the other processes cannot be reached: one stopped without a word")
+    assert sharding.lost_process(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8 GiB")) is None
