@@ -354,13 +354,29 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     result = result_dict(run, evaluation, file_names, workdir)
     result["label_sizes"] = sizes
     result["per_image"]["worst"] = _worst(result["per_image"]["images"])
-    out_dir = Path(out_dir) if out_dir is not None else workdir / "eval"
+    out_dir = results_dir(workdir, out_dir)
     stem = (split_file_name(split) + ("_flip_tta" if run.config.eval_flip_tta else "")
             + ("_multiscale" if len(network_scales(run.config)) > 1 else ""))
+    _say_whose_results_are_replaced(out_dir / f"{stem}.json", workdir)
     json_path = atomic.write_bytes(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
     png_path = atomic.write_bytes(out_dir / f"{stem}_confusion.png",
                                  confusion_png(evaluation.confusion, run.label_map.names))
     return result, json_path, png_path
+
+
+def results_dir(workdir: str | Path, output: str | Path | None = None) -> Path:
+    """Where evaluate writes: `output`, by default the run's eval/ folder."""
+    return Path(output).absolute() if output else Path(workdir).absolute() / "eval"
+
+
+def _say_whose_results_are_replaced(path: Path, workdir: Path) -> None:
+    """An --output folder shared by several runs: the same split's results of another run are replaced, said so."""
+    try:
+        before = json.loads(path.read_text()).get("workdir")
+    except (OSError, ValueError, AttributeError):
+        return
+    if before and before != str(workdir):
+        print(f"note: {path} held the results of {before}; they are replaced by this run's", file=sys.stderr)
 
 
 def result_dict(run, evaluation, file_names: list[str], workdir: Path) -> dict:
@@ -465,8 +481,7 @@ def score_command(workdir: str, out: str | Path, score):
     after it), orbax's and TFDS's logging quiet, and a missing dataset or split, or a file that cannot be read or
     written, said in a line."""
     check_workdir(workdir)
-    if not _can_write_into(Path(out)):
-        fail(f"{out} cannot be written to, and the results are written there (--output chooses where)")
+    _check_writable(Path(out))
     from streetseg_jax.data.source import DatasetNotFoundError, UnknownSplitError
     quiet_libraries()
     sharding.split_cpu_into_cores(8)        # at most 8 devices: evaluation rounds its batch up to a multiple
@@ -476,15 +491,19 @@ def score_command(workdir: str, out: str | Path, score):
         fail(str(e))
 
 
-def _can_write_into(folder: Path) -> bool:
-    """Whether `folder`, or the first of its parents that exists (where it would be made), can be written to."""
+def _check_writable(folder: Path) -> None:
+    """Refuses a results folder that cannot be made or written: `folder`, or the first of its parents that exists
+    (where it would be made)."""
     existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
-    return existing.is_dir() and os.access(existing, os.W_OK)
+    if not existing.is_dir():
+        fail(f"{existing} is a file, not a folder, and the results are written there (--output chooses where)")
+    if not os.access(existing, os.W_OK):
+        fail(f"{folder} cannot be written to, and the results are written there (--output chooses where)")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
-    out_dir = args.output or Path(args.workdir) / "eval"
+    out_dir = results_dir(args.workdir, args.output)
     result, json_path, png_path = score_command(args.workdir, out_dir, lambda: evaluate_workdir(
         args.workdir, args.split, args.data_dir, args.checkpoint, args.flip_tta, args.extra_scales, out_dir))
     print(format_result(result))

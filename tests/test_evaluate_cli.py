@@ -111,6 +111,14 @@ def test_output_writes_the_results_elsewhere_and_leaves_the_run_as_it_was(workdi
     assert sorted(p.name for p in out.iterdir()) == ["test__2_.json", "test__2__confusion.png"]
     assert json.loads((out / "test__2_.json").read_text())["num_images"] == 2
     assert f"wrote {out / 'test__2_.json'}" in capsys.readouterr().out
+    # A folder that several runs are scored into: another run's results of the same split are replaced, said so.
+    (out / "test__2_.json").write_text(json.dumps({"workdir": "/colleague/run"}))
+    evaluate.main(["--workdir", str(workdir), "--split", "test[:2]", "--output", str(out)])
+    assert f"note: {out / 'test__2_.json'} held the results of /colleague/run" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit):
+        evaluate.main(["--workdir", str(workdir), "--output", str(tmp_path / "afile" / "scores")])
+    assert f"error: {tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
