@@ -310,7 +310,12 @@ def record_settings(out_dir: Path, settings: dict) -> tuple[float, dict | None]:
     if not isinstance(earlier, dict):
         earlier = {}
     if earlier and all(earlier.get(key) == settings[key] for key in _COMPARED):
-        return path.stat().st_mtime, None
+        made = path.stat()
+        if earlier != settings:     # the same weights under another name (a copied run, best = step N): keep `since`
+            with atomic_file(path, "w") as f:
+                json.dump(settings, f, indent=1)
+            os.utime(path, ns=(made.st_atime_ns, made.st_mtime_ns))
+        return made.st_mtime, None
     with atomic_file(path, "w") as f:
         json.dump(settings, f, indent=1)
     return path.stat().st_mtime, earlier

@@ -463,7 +463,7 @@ def test_skip_existing_redoes_what_another_model_or_other_settings_made(workdir,
         save(inputs / f"p{i}.jpg", random_image(24, 32, seed=i))
 
     def mtimes():
-        return {path.name: path.stat().st_mtime_ns for path in out.glob("p*")}
+        return {path.name: path.stat().st_mtime_ns for path in out.glob("p[0-9]*")}
 
     assert run_predict("--workdir", workdir, "--input", inputs, "--output", out) == 0
     recorded = json.loads((out / predict.SETTINGS_FILE).read_text())
@@ -482,6 +482,16 @@ def test_skip_existing_redoes_what_another_model_or_other_settings_made(workdir,
     assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing",
                        "--resize", "2") == 0
     assert "3 of 3 image(s) already predicted" in capsys.readouterr().err and mtimes() == second
+
+    # The same weights under another name (a copy of the run): the record names it, the files stay.
+    (out / predict.SETTINGS_FILE).write_text(json.dumps({**json.loads((out / predict.SETTINGS_FILE).read_text()),
+                                                         "workdir": "/old/copy", "checkpoint": "step 3"}))
+    os.utime(out / predict.SETTINGS_FILE, ns=(0, 0))        # recorded before every file in the folder
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing",
+                       "--resize", "2") == 0
+    assert "3 of 3 image(s) already predicted" in capsys.readouterr().err and mtimes() == second
+    assert json.loads((out / predict.SETTINGS_FILE).read_text())["workdir"] == str(Path(workdir).resolve())
+    assert (out / predict.SETTINGS_FILE).stat().st_mtime_ns == 0
 
     # Another model (weights with another fingerprint), and a folder whose record is missing.
     (out / predict.SETTINGS_FILE).write_text(json.dumps({**recorded, "resize": 2.0, "weights": "0" * 16}))
