@@ -309,15 +309,14 @@ def record_settings(out_dir: Path, settings: dict) -> tuple[float, dict | None]:
         earlier = {}
     if not isinstance(earlier, dict):
         earlier = {}
-    if earlier and all(earlier.get(key) == settings[key] for key in _COMPARED):
-        made = path.stat()
-        if earlier != settings:     # the same weights under another name (a copied run, best = step N): keep `since`
-            with atomic_file(path, "w") as f:
-                json.dump(settings, f, indent=1)
-            os.utime(path, ns=(made.st_atime_ns, made.st_mtime_ns))
-        return made.st_mtime, None
-    with atomic_file(path, "w") as f:
-        json.dump(settings, f, indent=1)
+    same = earlier and all(earlier.get(key) == settings[key] for key in _COMPARED)
+    first = path.stat() if same else None
+    if earlier != settings:     # other settings, or the same weights under another name (a copied run, best = step N)
+        with atomic_file(path, "w") as f:
+            json.dump(settings, f, indent=1)
+    if first is not None:       # the same settings: their time is still the first recording's
+        os.utime(path, ns=(first.st_atime_ns, first.st_mtime_ns))
+        return first.st_mtime, None
     return path.stat().st_mtime, earlier
 
 
