@@ -25,10 +25,11 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int, igno
 
     Counts are exact while a cell stays below 2**31 (int32), e.g. any batch of up to 2**31 - 1 pixels. On a CPU
     our kernel counts (`confusion.cc`), per device where a mesh is set with `jax.sharding.use_abstract_mesh` (as
-    the train and eval steps do), and the devices' counts are summed; elsewhere XLA's bincount.
+    the train and eval steps do) and the devices' counts are summed, or on the one device there is; elsewhere
+    XLA's bincount.
     """
     _check_same_shape(labels, preds)
-    if native.cpu_targets() is None or labels.size == 0:
+    if not _kernel_counts_here(labels):
         return _bincount(labels, preds, num_classes, ignore_id)
     rows = [x.reshape(x.shape[0] if x.ndim > 1 else 1, -1) for x in (labels, preds)]
 
@@ -44,7 +45,7 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int, igno
 def image_confusion_matrices(labels: jax.Array, preds: jax.Array, num_classes: int, ignore_id: int) -> jax.Array:
     """int32 (N, K, K): `confusion_matrix` of each of the N images (the first axis) of `labels` and `preds`."""
     _check_same_shape(labels, preds)
-    if native.cpu_targets() is None or labels.size == 0:
+    if not _kernel_counts_here(labels):
         return jax.vmap(functools.partial(_bincount, num_classes=num_classes, ignore_id=ignore_id))(labels, preds)
     rows = [x.reshape(x.shape[0], -1) for x in (labels, preds)]
 
@@ -57,6 +58,14 @@ def image_confusion_matrices(labels: jax.Array, preds: jax.Array, num_classes: i
 def _check_same_shape(labels: jax.Array, preds: jax.Array) -> None:
     if labels.shape != preds.shape:
         raise ValueError(f"labels {labels.shape} and predictions {preds.shape} must have the same shape")
+
+
+def _kernel_counts_here(labels: jax.Array) -> bool:
+    """Whether our kernel counts: on a CPU, and where the batch's split is known (a mesh set) or there is nothing
+    to split (one device). Without a mesh, arrays sharded over several devices would be gathered to each first."""
+    if native.cpu_targets() is None or labels.size == 0:
+        return False
+    return not jax.sharding.get_abstract_mesh().empty or jax.device_count() == 1
 
 
 def _kernel_counts(labels, preds, num_classes: int, ignore_id: int) -> jax.Array:

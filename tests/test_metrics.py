@@ -58,8 +58,11 @@ def xla_counts(monkeypatch):
 
 def test_confusion_matrix_is_counted_by_our_kernel_on_cpu():
     # Every other test here would pass on the fallback too: make sure the CPU path is the kernel.
+    from streetseg_jax import sharding
+
     x = jnp.zeros((2, 8, 8), jnp.int32)
-    hlo = confusion_matrix.lower(x, x, num_classes=3, ignore_id=255).as_text()
+    with jax.sharding.use_abstract_mesh(sharding.make_mesh().abstract_mesh):   # however many devices this worker has
+        hlo = confusion_matrix.lower(x, x, num_classes=3, ignore_id=255).as_text()
     assert native.targets().confusion_counts in hlo
 
 
@@ -192,6 +195,9 @@ on_devices = jax.device_put(labels, shard), jax.device_put(preds, shard)
 kept = labels < 5
 expected = np.bincount(5 * labels[kept].astype(np.int64) + preds[kept], minlength=25).reshape(5, 5)
 assert len(jax.devices()) == 8
+# Without the mesh, the split is unknown: XLA's bincount counts each device's part (the kernel would gather first).
+hlo = confusion_matrix.lower(*on_devices, num_classes=5, ignore_id=255).compile().as_text()
+assert "all-gather" not in hlo and "streetseg_confusion_counts" not in hlo, hlo
 np.testing.assert_array_equal(np.asarray(confusion_matrix(*on_devices, num_classes=5, ignore_id=255)), expected)
 # With the mesh set, as the train and eval steps set it, each device counts its own images: no gather.
 with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
