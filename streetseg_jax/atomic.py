@@ -42,15 +42,16 @@ def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None)
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError) and (tmp is None or e.filename == tmp
-                                       or (e.filename is None and e.errno in _WRITE_ERRORS)):
+                                       or (e.filename is None and e.errno in WRITE_ERRORS)):
             raise _cannot_write(path, e) from e
         raise
 
 
 # Why a write() fails for want of room or permission (its error names no file): an error with one of these and no
 # file name in the block is the writer's; one before it (the folder, the temporary file) or naming the temporary
-# file always is.
-_WRITE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+# file always is. No later write to the same disk would succeed either.
+NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}      # a full disk or quota, a file over the size limit
+WRITE_ERRORS = NO_ROOM | {errno.EROFS}
 
 
 def _cannot_write(path: Path, error: OSError) -> OSError:

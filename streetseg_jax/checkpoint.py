@@ -21,6 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from streetseg_jax import atomic
+
 
 class SaveError(OSError):
     """A checkpoint that could not be written (a full disk, a file size limit, a folder that turned read-only)."""
@@ -136,7 +138,7 @@ def _why(error: Exception) -> str:
     code = re.search(r"os_error_code='?(\d+)", str(error))
     errno = int(code.group(1)) if code else getattr(error, "errno", None)
     if errno:
-        return os.strerror(errno) + (" (a full disk?)" if errno in (27, 28, 122) else "")
+        return os.strerror(errno) + (" (a full disk?)" if errno in atomic.NO_ROOM else "")
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 

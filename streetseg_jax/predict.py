@@ -36,7 +36,6 @@ import collections
 import collections.abc
 import contextlib
 import dataclasses
-import errno
 import glob
 import itertools
 import os
@@ -50,7 +49,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from streetseg_jax.atomic import atomic_file
+from streetseg_jax.atomic import WRITE_ERRORS, atomic_file
 from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv,
                                quiet_libraries, stop_on_sigterm)
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
@@ -215,9 +214,6 @@ class Stopped(Exception):
         self.written, self.failures, self.error = written, failures, error
 
 
-_STOPPING = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}    # no later image would be written either
-
-
 def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, progress=None) -> RunResult:
     """Predict every item and write its files; reading, the model and writing overlap. Ctrl-C, or a full disk,
     raises Stopped once the writes under way are done."""
@@ -252,7 +248,7 @@ def _finish_write(item: Item, future, written: list, failures: list, progress) -
         future.result()
         written.append(item)
     except OSError as e:
-        if e.errno in _STOPPING:
+        if e.errno in WRITE_ERRORS:      # no later image would be written either
             raise
         failures.append((item.source, f"could not write outputs: {e}"))
     finally:
