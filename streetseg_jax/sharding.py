@@ -121,13 +121,17 @@ def lost_process(error: Exception) -> str | None:
     of memory, say)."""
     left = _reasons_left()
     if left:
-        index, line = min(left.items())
-        return f"process {index} of {jax.process_count()} stopped: {line.removeprefix('error: ')}"
+        return _stopped(*min(left.items()))
     text = str(error).strip()
     if not any(word in text.lower() for word in _PEER_GONE):
         return None
     return (f"the other processes cannot be reached: one stopped without a word (killed, out of memory, or its "
             f"machine went away) ({text.splitlines()[0][:300]})")
+
+
+def _stopped(index: int, line: str) -> str:
+    """What the others say of a process that stopped leaving `line` (stop_alone)."""
+    return f"process {index} of {jax.process_count()} stopped: {line.removeprefix('error: ')}"
 
 
 def _reasons_left() -> dict[int, str]:
@@ -186,10 +190,10 @@ def watch_other_processes(interval_s: float = 1.0) -> Callable[[], None]:
                            "(frozen, or its machine went away)", 2, record=False)
             if silent:
                 reason = _reasons_left().get(silent[0])
-                stop_alone(f"error: process {silent[0]} of {jax.process_count()} " + (
-                    f"stopped: {reason.removeprefix('error: ')}" if reason else
-                    f"stopped answering {SILENCE_S:.0f} s ago (killed, out of memory, or its machine went away)"),
-                    2, record=False)
+                stop_alone("error: " + (_stopped(silent[0], reason) if reason else
+                                        f"process {silent[0]} of {jax.process_count()} stopped answering "
+                                        f"{SILENCE_S:.0f} s ago (killed, out of memory, or its machine went away)"),
+                           2, record=False)
 
     beating = threading.Thread(target=beat, name="streetseg-heartbeat", daemon=True)
     beating.start()
