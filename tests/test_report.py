@@ -241,10 +241,12 @@ def test_test_time_augmentation_as_the_run_evaluated_unless_told(workdir, report
 def test_output_writes_the_page_elsewhere_and_leaves_the_run_as_it_was(workdir, tmp_path, capsys):
     from streetseg_jax import report
 
-    before = {path: path.stat().st_mtime_ns for path in workdir.rglob("*")}
+    from test_evaluate_cli import files_of
+
+    before = files_of(workdir)
     page = tmp_path / "pages" / "colleague.html"
     report.main(["--workdir", str(workdir), "--split", SPLIT, "--k", "1", "--output", str(page)])
-    assert {path: path.stat().st_mtime_ns for path in workdir.rglob("*")} == before
+    assert files_of(workdir) == before
     assert "<html" in page.read_text(encoding="utf-8") and capsys.readouterr().out == f"wrote {page}\n"
     with pytest.raises(SystemExit):
         report.main(["--workdir", str(workdir), "--output", str(tmp_path)])
