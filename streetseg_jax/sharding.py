@@ -10,6 +10,8 @@ import contextlib
 import os
 import socket
 import sys
+import threading
+import time
 from typing import Callable, NoReturn, TypeVar
 
 import jax
@@ -92,6 +94,8 @@ def is_multiprocess() -> bool:
 
 
 _STOPPED_KEY = "streetseg_jax/stopped/"
+_LEAVING_KEY = "streetseg_jax/leaving/"
+_ONE_STOP = threading.Lock()    # the main thread and the watcher (watch_other_processes) may both stop the process
 
 
 def stop_alone(line: str, code: int, record: bool = True) -> NoReturn:
@@ -99,16 +103,54 @@ def stop_alone(line: str, code: int, record: bool = True) -> NoReturn:
     (`record`: where it is this process's own failure, not its report of another's), and exit without JAX's
     shutdown barrier. A process that failed alone waited at that barrier for the others, which waited in their next
     collective for it, until JAX aborted every process 80-300 s later with stack dumps; its closed connections now
-    end the others' collectives at once."""
+    end the others' collectives at once, and the others' watchers see its line within a second.
+
+    Process 0 leaves last: it holds JAX's coordination service, and JAX aborts, with a stack dump, every process
+    still running when that goes (one that had not yet said why it stopped, on a loaded machine)."""
+    _ONE_STOP.acquire()         # never released: os._exit below ends a second caller too
     print(line, file=sys.stderr)
-    if record:
-        try:
-            _client().key_value_set(f"{_STOPPED_KEY}{jax.process_index()}", line[:_MESSAGE_BYTES])
-        except Exception:  # noqa: BLE001 - best effort: the others then say that a process stopped without a word
-            pass
+    me = jax.process_index()
+    said = {f"{_STOPPED_KEY}{me}": line[:_MESSAGE_BYTES]} if record else {}
+    _tell({**said, f"{_LEAVING_KEY}{me}": ""} if me else said)
     sys.stdout.flush()
     sys.stderr.flush()
+    if me == 0:
+        _let_the_others_leave()
     os._exit(code)
+
+
+def _tell(values: dict[str, str], timeout_s: float = 2.0) -> None:
+    """Set `values` in the coordination service, giving up after `timeout_s` (a frozen process 0 never answers)."""
+    def put():
+        with contextlib.suppress(Exception):    # best effort: the others then say that one stopped without a word
+            for key, value in values.items():
+                _client().key_value_set(key, value)
+    if values:
+        writer = threading.Thread(target=put, daemon=True)
+        writer.start()
+        writer.join(timeout_s)
+
+
+def _let_the_others_leave(timeout_s: float = 5.0, silent_s: float = 2.0) -> None:
+    """Wait until every other process has left (stop_alone), finished, or its heartbeat has been silent for
+    `silent_s` (killed or frozen), for at most `timeout_s`."""
+    waiting, heard, end = set(range(1, jax.process_count())), {}, time.monotonic() + timeout_s
+    with contextlib.suppress(jax.errors.JaxRuntimeError):     # the service is ours, and answers but for a JAX bug
+        while waiting and time.monotonic() < end:
+            left = {_index(key) for key, _ in _client().key_value_dir_get(_LEAVING_KEY)}
+            beats = {_index(key): value for key, value in _client().key_value_dir_get(_ALIVE_KEY)}
+            now = time.monotonic()
+            for i in sorted(waiting):
+                if i not in heard or heard[i][0] != beats.get(i):
+                    heard[i] = (beats.get(i), now)
+                if i in left or beats.get(i) == "done" or now - heard[i][1] >= silent_s:
+                    waiting.discard(i)
+            time.sleep(0.05)
+
+
+def _index(key: str) -> int:
+    """The process index a key of ours ends with."""
+    return int(key.rsplit("/", 1)[-1])
 
 
 # How a collective with a process that is gone fails: gloo on CPUs, NCCL on GPUs, the coordination service.
@@ -137,7 +179,7 @@ def _stopped(index: int, line: str) -> str:
 def _reasons_left() -> dict[int, str]:
     """process index -> the line it left when it stopped (stop_alone)."""
     try:
-        return {int(key.rsplit("/", 1)[-1]): line for key, line in _client().key_value_dir_get(_STOPPED_KEY)}
+        return {_index(key): line for key, line in _client().key_value_dir_get(_STOPPED_KEY)}
     except Exception:  # noqa: BLE001 - the coordinator itself may be gone
         return {}
 
@@ -150,13 +192,12 @@ def watch_other_processes(interval_s: float = 1.0) -> Callable[[], None]:
     """In a multi-process run, keep a heartbeat of this process where the others see it, and stop this process
     (`stop_alone`) once another's heartbeat, or the coordination service itself (process 0), has been silent for
     SILENCE_S: a process that froze, or was lost while the others set up a collective, left them waiting for JAX's
-    heartbeat timeout and its abort. Returns the call that says this process is done (its heartbeat ends without
-    alarming the others)."""
+    heartbeat timeout and its abort. Once another process has stopped on an error of its own (stop_alone), this one
+    stops too within `interval_s`, with that process's reason, even where it waits in a collective that the other's
+    exit does not end (process 0's: process 0 leaves last). Returns the call that says this process is done (its
+    heartbeat ends without alarming the others)."""
     if not is_multiprocess():
         return lambda: None
-    import threading
-    import time
-
     client, me, done, lock = _client(), jax.process_index(), threading.Event(), threading.Lock()
     heard: dict[int, tuple[str, float]] = {}     # process index -> (its last beat, when that changed)
     answered = [time.monotonic()]                # when the coordination service last answered
@@ -173,9 +214,11 @@ def watch_other_processes(interval_s: float = 1.0) -> Callable[[], None]:
             with lock:
                 answered[0] = now = time.monotonic()
                 for key, value in beats:
-                    index = int(key.rsplit("/", 1)[-1])
-                    if heard.get(index, ("", 0.0))[0] != value:
-                        heard[index] = (value, now)
+                    if heard.get(_index(key), ("", 0.0))[0] != value:
+                        heard[_index(key)] = (value, now)
+            others = {i: line for i, line in _reasons_left().items() if i != me}
+            if others:      # one stopped on an error of its own; this one may be waiting in a collective with it
+                stop_alone("error: " + _stopped(*min(others.items())), 2, record=False)
         with contextlib.suppress(Exception):    # after the last beat: nothing overwrites it
             client.key_value_set(f"{_ALIVE_KEY}{me}", "done", allow_overwrite=True)
 

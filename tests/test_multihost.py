@@ -99,13 +99,29 @@ def test_a_process_left_alone_ends_after_the_startup_timeout(tiny_data_dir, tmp_
     assert "waiting up to 2 s for every process to start" in out
 
 
-def test_a_process_that_cannot_start_stops_every_process_with_its_reason(tiny_data_dir, tmp_path):
+SLOW_TO_STOP = """
+import runpy, sys, time
+from streetseg_jax import sharding
+real = sharding.stop_alone
+def slow(*args, **kwargs):
+    time.sleep(1.0)
+    real(*args, **kwargs)
+sharding.stop_alone = slow
+sys.argv[0] = "streetseg_jax.main"
+runpy.run_module("streetseg_jax.main", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_a_process_that_cannot_start_stops_every_process_with_its_reason(slow, tiny_data_dir, tmp_path):
     """One host lacks the dataset: it says so and every other process says which process stopped and why, within
     seconds (the others waited in their first collective until JAX aborted all of them, 5 minutes later, with a
-    stack dump)."""
+    stack dump). `slow`: on a loaded machine, process 0 had left before process 1 said why it stopped, and JAX
+    aborted process 1 with a stack dump (process 0 held the coordination service)."""
     port, workdir = free_port(), tmp_path / "w"
-    procs = [launch(workdir, data_dir, 2, STEPS, i, 2, port)
-             for i, data_dir in enumerate((tiny_data_dir, tmp_path / "no_data_here"))]
+    procs = [launch(workdir, tiny_data_dir, 2, STEPS, 0, 2, port),
+             launch(workdir, tmp_path / "no_data_here", 2, STEPS, 1, 2, port,
+                    python=("-c", SLOW_TO_STOP) if slow else ("-m", "streetseg_jax.main"))]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [2, 2], outs
     reason = f"dataset street_seg/synthetic is not built in {tmp_path / 'no_data_here'}"
@@ -184,17 +200,19 @@ runpy.run_module("streetseg_jax.main", run_name="__main__")
 """
 
 
-def test_a_process_that_fails_mid_training_stops_every_process_with_its_reason(tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("failing", [1, 0])
+def test_a_process_that_fails_mid_training_stops_every_process_with_its_reason(failing, tiny_data_dir, tmp_path):
     """One host cannot read its data at step 5: it stopped alone, and every process waited 5 minutes for JAX to
-    abort it."""
+    abort it. Where that host was process 0, the others waited in a collective its exit would end, and JAX aborted
+    them with a stack dump as its coordination service went."""
     port, workdir = free_port(), tmp_path / "w"
-    procs = [long_run(workdir, tiny_data_dir, port, 0),
-             long_run(workdir, tiny_data_dir, port, 1, python=("-c", FAILING_READS))]
+    procs = [long_run(workdir, tiny_data_dir, port, i, **({"python": ("-c", FAILING_READS)} if i == failing else {}))
+             for i in range(2)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [2, 2], outs
     reason = "cannot read train-00000.array_record: Input/output error"
-    assert lines_of(outs[1])[-1].startswith(f"error: {reason} (OSError in"), outs[1]   # raised outside the package
-    assert lines_of(outs[0])[-1].startswith(f"error: process 1 of 2 stopped: {reason}"), outs[0]
+    assert lines_of(outs[failing])[-1].startswith(f"error: {reason} (OSError in"), outs   # raised outside the package
+    assert lines_of(outs[1 - failing])[-1].startswith(f"error: process {failing} of 2 stopped: {reason}"), outs
     assert not any("Fatal Python error" in out or "Traceback" in out for out in outs), outs
 
 
