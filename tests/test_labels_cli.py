@@ -241,6 +241,18 @@ def test_to_masks_warns_of_an_annotation_whose_image_shows_another_size(tmp_path
     assert "wrote 1 masks" in out.out
 
 
+def test_a_mask_folder_names_masks_without_photos_and_photos_without_masks(tmp_path, capsys):
+    """A mask without its photo was taken as its own photo, and a photo without its mask was dropped unsaid."""
+    export = sample_exports.write_export("masks", tmp_path / "export")
+    shutil.copy(export / "masks" / f"{sample_exports.STEM}.png", export / "masks" / "no_photo.png")
+    Image.new("RGB", (8, 6)).save(export / "images" / "no_mask.jpg")
+    with pytest.raises(SystemExit, match="1"):
+        main(["check", "--format", "masks", "--input", str(export)])
+    out = capsys.readouterr().out
+    assert f"error: {export / 'masks' / 'no_photo.png'}: no image named no_photo.* under {export}" in out, out
+    assert "note: 1 image(s) with no annotation, left out: images/no_mask.jpg" in out, out
+
+
 def test_images_without_annotations_are_named_in_the_check(tmp_path, capsys):
     export = sample_exports.write_export("labelme", tmp_path / "export")
     for name in ("forgotten.jpg", "later/also.png"):

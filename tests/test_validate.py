@@ -251,6 +251,61 @@ def test_locate_images_by_stem_by_name_and_refusals(tmp_path):
     assert "points outside the export folder" in missing[3] and annotations[3].image_path is None
 
 
+def save_photo(path: Path, width: int = 40, height: int = 30) -> Path:
+    """An RGB image of many colours, as a photo is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def save_mask(path: Path, mode: str = "P", width: int = 16, height: int = 12) -> Path:
+    """A label mask of three class ids (palette or greyscale) or three class colours (RGB)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = np.arange(width * height).reshape(height, width) % 3
+    if mode == "RGB":
+        Image.fromarray(np.asarray([(128, 64, 128), (70, 70, 70), (0, 0, 142)], np.uint8)[ids]).save(path)
+    else:
+        Image.fromarray(ids.astype(np.uint8), "L").convert(mode).save(path)
+    return path
+
+
+def test_the_standard_pascal_voc_layout_finds_its_photos(tmp_path):
+    """Annotations/, JPEGImages/ and SegmentationClass/: the mask shares each photo's stem, and every file was
+    refused as ambiguous."""
+    save_photo(tmp_path / "JPEGImages" / "2007_000032.jpg")
+    save_mask(tmp_path / "SegmentationClass" / "2007_000032.png")
+    save_mask(tmp_path / "SegmentationObject" / "2007_000032.png")
+    found = [annotation(source=str(tmp_path / "Annotations" / "2007_000032.xml"), file_name="2007_000032.jpg")]
+    assert locate_images(found, tmp_path) == {}
+    assert found[0].image_path == tmp_path / "JPEGImages" / "2007_000032.jpg"
+
+
+@pytest.mark.parametrize("mode", ["P", "L", "RGB"])
+def test_a_mask_is_never_taken_for_the_photo(mode, tmp_path):
+    """A mask named like the photo, beside the annotation or in a mask folder, was used as the training image
+    (check found nothing wrong): beside a photo elsewhere it is passed over, and alone it is no image."""
+    save_photo(tmp_path / "images" / "a.png")
+    save_mask(tmp_path / "annotations" / "a.png", mode)       # left beside the XML
+    save_mask(tmp_path / "masks" / "b.png", mode)             # b's photo is missing
+    save_mask(tmp_path / "trainannot" / "c.png", mode)        # so is c's (CamVid's folders)
+    found = [annotation(source=str(tmp_path / "annotations" / f"{stem}.xml"), file_name=f"{stem}.png")
+             for stem in "abc"]
+    missing = locate_images(found, tmp_path)
+    assert found[0].image_path == tmp_path / "images" / "a.png"
+    assert sorted(missing) == [1, 2] and found[1].image_path is None and found[2].image_path is None
+    assert missing[1] == f"no image named b.* or 'b.png' under {tmp_path}"
+
+
+def test_a_greyscale_or_palette_photo_is_still_a_photo(tmp_path):
+    pixels = np.arange(16 * 12, dtype=np.uint8).reshape(12, 16)       # 192 grey levels
+    (tmp_path / "images").mkdir()
+    Image.fromarray(pixels, "L").save(tmp_path / "images" / "grey.png")
+    Image.fromarray(pixels, "L").convert("P").save(tmp_path / "images" / "palette.png")
+    found = [annotation(source=str(tmp_path / f"{stem}.json"), file_name=f"{stem}.png") for stem in ("grey", "palette")]
+    assert locate_images(found, tmp_path) == {}
+
+
 def test_an_image_named_in_another_case_or_unicode_form_is_found(tmp_path):
     # Exports made on Windows name IMG_1.JPG what is img_1.jpg here; macOS zips store café in decomposed form.
     save_png(tmp_path / "img_1.jpg", 4, 4)

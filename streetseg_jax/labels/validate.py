@@ -10,7 +10,8 @@ look but the masks are still made (`check --strict` exits non-zero on them too).
 
 Images are found for each annotation by `locate_images`: the image the export embeds, else the file the reader
 resolved, else a file under the export folder with the annotation file's stem or the file name the annotation
-gives. Each image is known by its key (shapes.image_key): the image's file stem, or the key its reader gave it where
+gives; files in folders of masks (SegmentationClass/, masks/, trainannot/ ...) and masks named like a photo (few
+grey levels, palette indices or, where several files share a stem, colours) are never taken for the photo. Each image is known by its key (shapes.image_key): the image's file stem, or the key its reader gave it where
 stems repeat within an export (a CVAT project's `Train/img0`, a mask folder's `seq1/frame_001`). Masks are named after
 it (`<key>.png`, in subfolders for keys with a `/`), splits hash it.
 """
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+from PIL import Image
+
 from streetseg_jax.atomic import atomic_file
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES, class_ids, mask_png, rasterize_with_unlabelled
 from streetseg_jax.labels.images import (IMAGE_SUFFIXES, MAX_PIXELS, OutsideExportError, files_under, image_size,
@@ -60,8 +63,39 @@ class FileReport:
 
 
 # --- keys and images ---------------------------------------------------------------------------------------------
+# Folders of label masks, never of photos (PASCAL VOC's SegmentationClass/, CamVid's trainannot/, Cityscapes'
+# gtFine/): a mask named like a missing photo was taken for it, and the standard VOC layout was ambiguous.
+LABEL_FOLDERS = frozenset({"masks", "mask", "labels", "label", "segmentationclass", "segmentationclasspng",
+                           "segmentationclassaug", "segmentationclassvisualization", "segmentationobject",
+                           "segmentationobjectpng", "gtfine", "gtcoarse"})
+
+
+def in_label_folder(path: Path, root: Path) -> bool:
+    """Whether `path` lies in a folder of label masks below `root` (LABEL_FOLDERS, or `<name>annot/`)."""
+    folders = path.relative_to(root).parts[:-1]
+    return any(f.lower() in LABEL_FOLDERS or (f.endswith("annot") and len(f) > len("annot")) for f in folders)
+
+
+def looks_like_mask(path: Path, thorough: bool = False) -> bool:
+    """Whether an image file is a label mask rather than a photo: a lossless greyscale or palette image of few
+    values (class ids), or, `thorough`, an RGB one of few colours (class colours; decoding every photo to learn that
+    would double a check's time). JPEGs are photos: no tool writes masks in a lossy format."""
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        return False
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L", "1", "I", "I;16") and not thorough:
+                return False
+            pixels = np.asarray(image.convert("RGB") if image.mode in ("RGB", "RGBA", "CMYK") else image)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False        # unreadable: check_file says so for the image it is given
+    values = pixels.reshape(-1, pixels.shape[-1]) if pixels.ndim == 3 else pixels.reshape(-1, 1)
+    return len(np.unique(values, axis=0)) <= (256 if pixels.ndim == 3 else 64)
+
+
 class ImageIndex:
-    """Every image file under an export folder (hidden folders skipped), by file name and by stem."""
+    """Every image file under an export folder (hidden folders and folders of label masks skipped), by file name
+    and by stem."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -69,7 +103,7 @@ class ImageIndex:
         self.by_stem: dict[str, list[Path]] = {}
         self.by_folded_name: dict[str, list[Path]] = {}     # case and Unicode form aside (Windows, macOS zips)
         for path in files_under(self.root) if self.root.is_dir() else []:
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.suffix.lower() in IMAGE_SUFFIXES and not in_label_folder(path, self.root):
                 self.by_name.setdefault(path.name, []).append(path)
                 self.by_stem.setdefault(path.stem, []).append(path)
                 self.by_folded_name.setdefault(_fold(path.name), []).append(path)
@@ -107,8 +141,12 @@ class ImageIndex:
         return None
 
     def _by_stem(self, stem: str, source: Path) -> Path | str | None:
+        """The image with this stem: a mask beside the annotation (a PNG the tool or the user left there) is no
+        photo; among several, the one in the annotation's own folder."""
         candidates = self.by_stem.get(stem) if stem else None
-        if candidates and len(candidates) > 1:       # prefer the annotation's own folder
+        if candidates:
+            candidates = [p for p in candidates if not looks_like_mask(p, thorough=len(candidates) > 1)]
+        if candidates and len(candidates) > 1:
             near = [p for p in candidates if p.parent == source.parent]
             candidates = near or candidates
         return self._one(candidates, f"several images share the stem {stem!r}")
@@ -495,15 +533,16 @@ def validate(annotations: list[Annotation], label_map: LabelMap, *, fmt: str = "
     return Report(fmt, str(source), label_map, list(map_fn(check_job, jobs)), unannotated)
 
 
-# Formats whose exports hold the photos and the annotations only (others keep masks or renders beside them).
-_IMAGES_BESIDE = ("voc", "labelme", "coco", "cvat")
+# Formats whose exports hold the photos and the annotations only (others keep renders beside them); a mask
+# folder's masks are its annotations.
+_IMAGES_BESIDE = ("voc", "labelme", "coco", "cvat", "masks")
 
 
 def _unannotated(annotations: list[Annotation], index: ImageIndex) -> list[str]:
     """Images in the index that no annotation is of: left out of masks and datasets, so the report names them.
     An annotation that embeds its image (LabelMe's imageData) still names the file it was made from."""
     per_source = collections.Counter(str(a.source) for a in annotations)
-    used = set()
+    used = {Path(a.source).resolve() for a in annotations}      # mask files, where masks are the annotations
     for annotation in annotations:
         path = annotation.image_path
         if path is None and annotation.image_bytes is not None:
@@ -512,7 +551,7 @@ def _unannotated(annotations: list[Annotation], index: ImageIndex) -> list[str]:
         if path is not None:
             used.add(Path(path).resolve())
     return [path.relative_to(index.root).as_posix() for paths in index.by_name.values() for path in paths
-            if path.resolve() not in used]
+            if path.resolve() not in used and not looks_like_mask(path)]
 
 
 def check_job(job) -> FileReport:
