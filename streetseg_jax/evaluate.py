@@ -14,7 +14,8 @@ on a split (default: its config's `eval_split`), prints the per-class IoU table,
 mIoU (summary and worst images), and writes them to DIR/eval/<split>.json with the row-normalised confusion matrix
 as DIR/eval/<split>_confusion.png (<split>_flip_tta.json and <split>_flip_tta_confusion.png with flip TTA, which
 follows the run's eval_flip_tta unless --flip_tta or --no_flip_tta says otherwise; likewise _multiscale with
-multi-scale TTA, which follows the run's eval_extra_scales unless --extra_scales says otherwise).
+multi-scale TTA, which follows the run's eval_extra_scales unless --extra_scales says otherwise; a checkpoint other
+than the best adds _step<N>: <split>_step1300.json).
 """
 from __future__ import annotations
 
@@ -344,7 +345,8 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     written into `out_dir` (default: the run's eval/ folder).
     `flip_tta` and `extra_scales` None score as the run evaluated (its config's eval_flip_tta, eval_extra_scales);
     with flip or multi-scale TTA the files are named <split>_flip_tta, <split>_multiscale or
-    <split>_flip_tta_multiscale, so they sit beside the plain figures."""
+    <split>_flip_tta_multiscale, so they sit beside the plain figures; a checkpoint other than the best adds
+    _step<N> (it replaced the best checkpoint's figures)."""
     workdir = Path(workdir).absolute()
     run = load_run(workdir, checkpoint, flip_tta, extra_scales)
     split = split or run.config.eval_split
@@ -356,7 +358,8 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     result["per_image"]["worst"] = _worst(result["per_image"]["images"])
     out_dir = results_dir(workdir, out_dir)
     stem = (split_file_name(split) + ("_flip_tta" if run.config.eval_flip_tta else "")
-            + ("_multiscale" if len(network_scales(run.config)) > 1 else ""))
+            + ("_multiscale" if len(network_scales(run.config)) > 1 else "")
+            + ("" if run.checkpoint == "best" else f"_step{run.step}"))
     _say_whose_results_are_replaced(out_dir / f"{stem}.json", workdir)
     json_path = atomic.write_bytes(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
     png_path = atomic.write_bytes(out_dir / f"{stem}_confusion.png",
@@ -461,7 +464,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split); TFDS slices work")
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
     parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
-                        help="best (default), latest, or a step number")
+                        help="best (default), latest, or a step number (its files end in _step<N>)")
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's (written as "
                        "<split>_flip_tta.json; _multiscale is added with extra scales)")
     add_extra_scales_flag(parser)

@@ -84,16 +84,21 @@ def test_per_image_figures_and_the_confusion_picture(workdir, cli_result):
 def test_split_and_checkpoint_flags(workdir, capsys):
     from streetseg_jax import evaluate
 
+    steps = tiny_config().num_train_steps
     evaluate.main(["--workdir", str(workdir), "--split", "train", "--checkpoint", "latest"])
-    result = json.loads((workdir / "eval" / "train.json").read_text())
-    assert (result["split"], result["checkpoint"], result["step"]) == ("train", "latest", tiny_config().num_train_steps)
-    assert (workdir / "eval" / "train_confusion.png").is_file()
+    result = json.loads((workdir / "eval" / f"train_step{steps}.json").read_text())
+    assert (result["split"], result["checkpoint"], result["step"]) == ("train", "latest", steps)
+    assert (workdir / "eval" / f"train_step{steps}_confusion.png").is_file()
     scores, _ = expected_scores(workdir, "train", "latest")
     assert result["miou"] == pytest.approx(scores["eval/miou"], abs=1e-12)
     evaluate.main(["--workdir", str(workdir), "--split", "test[:2]", "--checkpoint", "3"])
-    result = json.loads((workdir / "eval" / "test__2_.json").read_text())
+    result = json.loads((workdir / "eval" / "test__2__step3.json").read_text())
     assert (result["step"], result["num_images"]) == (3, 2)
     assert "worst images:" in capsys.readouterr().out
+    # Another checkpoint's figures no longer replace the best checkpoint's (compare showed step 3 as the run's test).
+    evaluate.main(["--workdir", str(workdir), "--split", "test[:2]"])
+    evaluate.main(["--workdir", str(workdir), "--split", "test[:2]", "--checkpoint", "3"])
+    assert json.loads((workdir / "eval" / "test__2_.json").read_text())["checkpoint"] == "best"
 
 
 def files_of(folder: Path) -> dict:
