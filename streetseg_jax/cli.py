@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import NoReturn
 
@@ -21,6 +22,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print a user-facing error (no traceback) and exit."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def disk_refusal(error: OSError) -> str | None:
+    """`path: reason` for a file or folder the disk refused (read-only, no permission, full), which a user
+    fixes by choosing another place; None for any other error (a traceback's errno text and our location in the
+    code help nobody there)."""
+    from streetseg_jax.atomic import WRITE_ERRORS
+
+    if error.filename and error.errno in WRITE_ERRORS | {errno.EACCES, errno.EPERM}:
+        return f"{error.filename}: {error.strerror}"
+    return None
 
 
 def quiet_libraries() -> None:

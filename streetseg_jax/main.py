@@ -19,7 +19,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from streetseg_jax import sharding  # noqa: E402
-from streetseg_jax.cli import fail, normalise_argv, quiet_libraries, stop_on_sigterm  # noqa: E402
+from streetseg_jax.cli import disk_refusal, fail, normalise_argv, quiet_libraries, stop_on_sigterm  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
@@ -137,7 +137,11 @@ def _build_synthetic(dataset: str, data_dir: str) -> None:
 
 def _message(e: Exception) -> str:
     """The error's own words; one raised outside this package (a library's ValueError, a bug of ours it reveals)
-    also says where, so that a report of it can be traced without a traceback."""
+    also says where, so that a report of it can be traced without a traceback. A path the disk refused is said
+    as `path: reason` (cli.disk_refusal)."""
+    refused = disk_refusal(e) if isinstance(e, OSError) else None
+    if refused:
+        return refused
     frames = traceback.extract_tb(e.__traceback__)
     if not frames or _ours(frames[-1]):
         return str(e)

@@ -3,6 +3,7 @@ the input fingerprint (no-op, refusal naming the change, --overwrite), and all-o
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
 import os
@@ -394,6 +395,32 @@ def test_cli_reports_ctrl_c_in_one_line(monkeypatch, tmp_path, capsys):
         main(["build", "--config", "synthetic", "--data_dir", str(tmp_path)])
     assert exit_info.value.code == 130 and capsys.readouterr().err == \
         "error: interrupted: the dataset was not built\n"
+
+
+@pytest.mark.parametrize("code, reason", [(errno.EROFS, "Read-only file system"), (errno.EACCES, "Permission denied"),
+                                          (errno.ENOSPC, "No space left on device")])
+def test_cli_names_the_path_a_disk_refused_in_one_line(code, reason, monkeypatch, tmp_path, capsys):
+    """A read-only --data_dir printed a traceback (a test cannot make a read-only disk as root: the refusal is
+    raised as the OS raises it)."""
+    from streetseg_jax.data.__main__ import main
+
+    def refused(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path / "downloads"))
+    monkeypatch.setattr(data_build, "build", refused)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build", "--config", "synthetic", "--data_dir", str(tmp_path)])
+    assert exit_info.value.code == 2 and capsys.readouterr().err == \
+        f"error: {tmp_path / 'downloads'}: {reason} (the dataset is written into --data_dir {tmp_path})\n"
+
+
+def test_cli_leaves_other_os_errors_to_their_traceback(monkeypatch, tmp_path):
+    from streetseg_jax.data.__main__ import main
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(tmp_path / "x"))
+    monkeypatch.setattr(data_build, "build", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["build", "--config", "synthetic", "--data_dir", str(tmp_path)])
 
 
 # --- the command line --------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 refusals of bad input, the NaN guard, warm starts; and the train step itself on small arrays."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -300,6 +301,13 @@ def test_an_error_from_a_library_says_where_it_came_from():
     with pytest.raises(ValueError) as ours:        # our own messages are said as they are
         sharding._check_port_free("no-port")
     assert main._message(ours.value) == str(ours.value)
+    # A path the disk refused (a read-only --config.data_dir, a run on a read-only disk resumed): where it was
+    # refused is no help, "[Errno 30]" none either.
+    with pytest.raises(OSError) as refused:
+        Path("/proc/streetseg_no_such_dir/.lock").write_text("")      # ENOENT: not a refusal
+    assert "(FileNotFoundError in " in main._message(refused.value)
+    refused.value.errno, refused.value.strerror = errno.EROFS, os.strerror(errno.EROFS)
+    assert main._message(refused.value) == "/proc/streetseg_no_such_dir/.lock: Read-only file system"
 
 
 def test_a_run_that_cannot_start_builds_no_dataset_first(tmp_path):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from streetseg_jax.cli import fail, normalise_argv
+from streetseg_jax.cli import disk_refusal, fail, normalise_argv
 from streetseg_jax.data.configs import CONFIG_OPTIONS, CONFIGS
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES
 from streetseg_jax.labels.formats import AUTO, FORMATS
@@ -96,6 +96,11 @@ def run_build(args: argparse.Namespace) -> None:
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted: the dataset was not built", code=130)
+    except OSError as e:
+        refused = disk_refusal(e)
+        if refused is None:
+            raise
+        fail(f"{refused} (the dataset is written into --data_dir {args.data_dir})")
     print_result(f"street_seg/{args.name or args.config}", result)
 
 
