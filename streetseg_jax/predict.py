@@ -12,7 +12,8 @@ where <name> is the file's stem, or its path relative to the folder it was found
 (a cut-out PNG) are no part of the photo: the ignore id in the mask, confidence 0. Two inputs that would write
 the same file, or an output that would overwrite an input, stop the run before any work. Unreadable images are
 listed at the end and skipped; the exit status is 1 when any failed. --export labelme|coco|cvat also writes the
-masks as editable polygons under OUT/<format>/ (from the mask files, so that it never holds every mask at once).
+masks as editable polygons under OUT/<format>/ (from the mask files, so that it never holds every mask at once);
+an export there that a run did not rewrite is named as older than the masks, and kept (corrections live there).
 Ctrl-C stops after the files being written are whole; --skip_existing then leaves out the images already done
 with the same model and settings: OUT/predict.json records them (the checkpoint, a fingerprint of its weights, the
 TTA, resize and window settings), and files older than the settings in it are predicted again.
@@ -478,12 +479,23 @@ def main(argv: list[str] | None = None) -> int:
                   "with --skip_existing writes the polygons", file=sys.stderr)
             return 130
         print(f"polygons for {len(exported)} image(s) in {args.export} format: {folder}")
+    if result.written:
+        _say_which_exports_are_older(out_dir, args.export)
     if predictor.resized and args.resize == "auto":
         height, width = predictor.trained.image_size
         print(f"{predictor.resized} photo(s) were resized for the network so that their shorter side is the training "
               f"images' ({min(height, width)} px); their masks are at their own size (--resize none keeps every "
               "photo's size)")
     return _summary(result, out_dir)
+
+
+def _say_which_exports_are_older(out_dir: Path, written: str | None) -> None:
+    """An export this run did not write describes masks of an earlier run (another model, perhaps): said, and left
+    alone, since people correct predicted polygons in that very folder."""
+    for fmt in EXPORT_FORMATS:
+        if fmt != written and (out_dir / fmt).is_dir():
+            print(f"note: {out_dir / fmt} holds the polygons of an earlier run's masks, not of the masks just written "
+                  f"(--export {fmt} writes them again; the folder is left as it is)", file=sys.stderr)
 
 
 def _done_before(items: list[Item], out_dir: Path, predictor, args) -> list[Item]:

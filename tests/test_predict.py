@@ -645,6 +645,22 @@ def test_export_flag_writes_an_annotation_file(workdir, tmp_path):
     assert [image["file_name"] for image in coco["images"]] == ["a.jpg"]
 
 
+def test_an_export_older_than_the_masks_is_said_and_kept(workdir, tmp_path, capsys):
+    """Predicting again into the folder without --export left the polygons of the earlier masks beside the new
+    ones without a word (people correct those polygons in place: they are not removed)."""
+    save(tmp_path / "in" / "a.jpg", random_image(48, 64))
+    out = tmp_path / "out"
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "coco") == 0
+    assert "polygons of an earlier run" not in capsys.readouterr().err
+    exported = (out / "coco" / "annotations.json").read_bytes()
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out) == 0
+    assert (f"note: {out / 'coco'} holds the polygons of an earlier run's masks, not of the masks just written "
+            "(--export coco writes them again; the folder is left as it is)") in capsys.readouterr().err
+    assert (out / "coco" / "annotations.json").read_bytes() == exported
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--skip_existing") == 0
+    assert "polygons of an earlier run" not in capsys.readouterr().err    # nothing written: it still matches
+
+
 def test_exports_hold_turned_photos_upright_like_their_annotations(workdir, tmp_path):
     """A photo stored 64 wide x 48 high and shown turned (EXIF 6) was copied as stored, under annotations of a
     48-wide, 64-high image: a loader that ignores EXIF laid the polygons over it sideways."""
