@@ -241,6 +241,24 @@ def test_to_masks_warns_of_an_annotation_whose_image_shows_another_size(tmp_path
     assert "wrote 1 masks" in out.out
 
 
+@pytest.mark.parametrize("fmt", ["voc", "mit_xml", "labelme", "cvat", "cityscapes"])
+def test_every_broken_file_of_an_export_is_named_at_once(fmt, tmp_path, capsys):
+    """Only the first broken file was named: mended, the next stopped the check, one run at a time."""
+    export = sample_exports.write_export(fmt, tmp_path / "export")
+    original, = [p for p in export.rglob("*") if p.suffix in (".xml", ".json")]
+    broken = []
+    for name in ("broken_a", "broken_b"):
+        path = original.with_name(original.name.replace(sample_exports.STEM, name) if sample_exports.STEM in
+                                  original.name else name + original.suffix)     # CVAT's annotations.xml
+        path.write_text(original.read_text()[:len(original.read_text()) // 2])     # cut off mid-file
+        broken.append(path)
+    with pytest.raises(SystemExit):
+        main(["check", "--format", fmt, "--input", str(export)])
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 problems in the annotations:\n"), err
+    assert all(f"\n  {path}: " in err for path in broken), err
+
+
 def test_a_mask_folder_names_masks_without_photos_and_photos_without_masks(tmp_path, capsys):
     """A mask without its photo was taken as its own photo, and a photo without its mask was dropped unsaid."""
     export = sample_exports.write_export("masks", tmp_path / "export")

@@ -42,6 +42,28 @@ class LabelFormatError(ValueError):
     """An annotation file that cannot be read; the message names the file and the problem."""
 
 
+_PROBLEMS_SHOWN = 20
+
+
+def read_each(items, read_one) -> list:
+    """`read_one(item)` for every item (an export's files, its annotations); the LabelFormatError of every item that
+    fails is collected, and raised as one naming them all: an export with two broken files named one, then the next
+    once that was mended."""
+    results, problems = [], []
+    for item in items:
+        try:
+            results.append(read_one(item))
+        except LabelFormatError as e:
+            problems.append(str(e))
+    if len(problems) == 1:
+        raise LabelFormatError(problems[0])
+    if problems:
+        more = len(problems) - _PROBLEMS_SHOWN
+        raise LabelFormatError(f"{len(problems)} problems in the annotations:\n" + "\n".join(
+            f"  {p}" for p in problems[:_PROBLEMS_SHOWN]) + (f"\n  ... and {more} more" if more > 0 else ""))
+    return results
+
+
 _MAX_KEY_PART = 200     # bytes of one folder or file name in a key (file systems allow 255, and ".png" follows)
 
 

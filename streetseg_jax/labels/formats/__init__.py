@@ -3,7 +3,8 @@
     read(path: Path, label_map: LabelMap) -> list[Annotation]   # path: the export folder or one export file
     looks_like(path: Path) -> bool                               # for --format auto
 
-and raises `LabelFormatError` naming the file and the problem for anything it cannot read. The label map is
+and raises `LabelFormatError` naming the file and the problem for anything it cannot read (every file that fails,
+at once: shapes.read_each). The label map is
 passed for formats whose files hold ids or colours rather than names (mask PNGs). `read` below also refuses
 coordinates no tool writes (not finite, or beyond rasterize.coordinate_limit) for every format in one place.
 """
@@ -16,7 +17,7 @@ import numpy as np
 
 from streetseg_jax.labels.images import file_ids
 from streetseg_jax.labels.rasterize import coordinate_limit
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key, make_key
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key, make_key, read_each
 
 FORMATS = ("voc", "mit_xml", "labelme", "coco", "coco_panoptic", "cvat", "labelbox", "cityscapes", "mapillary",
            "masks")
@@ -36,8 +37,7 @@ def read(name: str, path: Path, label_map) -> list:
     annotations = reader(name).read(path, label_map)
     if not annotations:
         raise LabelFormatError(_nothing_read(name, path))
-    for annotation in annotations:
-        check_coordinates(annotation)
+    read_each(annotations, check_coordinates)
     add_folders_to_clashing_keys(annotations, path if path.is_dir() else path.parent)
     return annotations
 

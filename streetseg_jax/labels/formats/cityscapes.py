@@ -26,7 +26,7 @@ import numpy as np
 
 from streetseg_jax.labels.images import check_size, files_under, iter_files, resolve_inside
 from streetseg_jax.labels.jsonio import load_json
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, read_each
 
 _NAME = re.compile(r"^(?P<stem>.+)_(?P<kind>gtFine|gtCoarse)_polygons\.json$")
 _SKIPPED_UNLESS_KNOWN = ("license plate",)
@@ -38,7 +38,7 @@ def read(path: Path, label_map) -> list[Annotation]:
     files = _polygon_files(path) if path.is_dir() else [path]
     if not files:
         raise LabelFormatError(f"{path}: no Cityscapes *_gtFine_polygons.json files in this folder")
-    return [read_cityscapes(f, label_map) for f in files]
+    return read_each(files, lambda f: read_cityscapes(f, label_map))
 
 
 def looks_like(path: Path) -> bool:

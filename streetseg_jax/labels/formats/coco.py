@@ -40,7 +40,7 @@ from pycocotools import mask as coco_mask
 
 from streetseg_jax.labels import jsonio
 from streetseg_jax.labels.images import check_size, is_file, resolve_inside
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, read_each
 
 CROWD_CHOICES = ("ignore", "class")
 IMAGE_DIRS = ("", "images", "JPEGImages")
@@ -60,7 +60,7 @@ def read(path: Path, label_map=None, crowd: str = "ignore") -> list[Annotation]:
     if not files:
         raise LabelFormatError(f"{path}: no COCO instances JSON (with images, annotations and segmentation) found")
     root = export_root(path)
-    return [a for f in files for a in read_coco(f, root, crowd)]
+    return [a for annotations in read_each(files, lambda f: read_coco(f, root, crowd)) for a in annotations]
 
 
 def looks_like(path: Path) -> bool:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from streetseg_jax.labels.formats import coco
 from streetseg_jax.labels.images import open_rgb
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, read_each
 
 MASK_DIRS = ("masks", "panoptic", "")
 
@@ -40,7 +40,7 @@ def read(path: Path, label_map=None, crowd: str = "ignore") -> list[Annotation]:
     if not files:
         raise LabelFormatError(f"{path}: no COCO panoptic JSON (with images, annotations and segments_info) found")
     root = coco.export_root(path)
-    return [a for f in files for a in read_panoptic(f, root, crowd)]
+    return [a for annotations in read_each(files, lambda f: read_panoptic(f, root, crowd)) for a in annotations]
 
 
 def looks_like(path: Path) -> bool:

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from streetseg_jax.labels.images import MAX_PIXELS, check_size, files_under, is_file, resolve_inside
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, ellipse_ring, make_key
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, ellipse_ring, make_key, read_each
 from streetseg_jax.labels.xmlio import parse_xml
 
 _NO_AREA = ("polyline", "points", "skeleton", "tag", "cuboid")
@@ -56,15 +56,13 @@ def read(path: Path, label_map=None) -> list[Annotation]:
         raise LabelFormatError(f"{path}: a zipped CVAT export; extract it and pass the folder")
     if not path.is_dir():
         return read_cvat(path)
-    annotations, found = [], False
-    for file in files_under(path, "*.xml"):
+    def read_one(file: Path) -> list[Annotation] | None:
         root = parse_xml(file)
-        if root.tag == "annotations":
-            found = True
-            annotations.extend(_read_root(root, file))
+        return _read_root(root, file) if root.tag == "annotations" else None
+    found = [annotations for annotations in read_each(files_under(path, "*.xml"), read_one) if annotations is not None]
     if not found:
         raise LabelFormatError(f"{path}: no CVAT XML (an .xml file with an <annotations> root) in this folder")
-    return annotations
+    return [a for annotations in found for a in annotations]
 
 
 def read_cvat(path: str | Path) -> list[Annotation]:

@@ -44,7 +44,7 @@ import numpy as np
 
 from streetseg_jax.labels.images import check_size, image_size, is_file, open_rgb, resolve_inside
 from streetseg_jax.labels.jsonio import load_json, parse_json
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, read_each
 
 IMAGE_DIRS = ("", "images")
 MASK_DIR = "masks"
@@ -60,10 +60,9 @@ def read(path: Path, label_map=None, project: str | None = None) -> list[Annotat
     if not files:
         raise LabelFormatError(f"{path}: {_why_not_export(path)}")
     root = path if path.is_dir() else path.parent
-    out = []
-    for f, kind in files:
-        out.extend(read_v1(f, root) if kind == "v1" else read_v2(f, root, project))
-    return out
+    def read_one(file: tuple[Path, str]) -> list[Annotation]:
+        return read_v1(file[0], root) if file[1] == "v1" else read_v2(file[0], root, project)
+    return [a for annotations in read_each(files, read_one) for a in annotations]
 
 
 def looks_like(path: Path) -> bool:

@@ -42,7 +42,7 @@ from PIL import Image
 
 from streetseg_jax.labels import images
 from streetseg_jax.labels.jsonio import load_json
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, ellipse_ring
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, ellipse_ring, read_each
 
 IGNORE_LABEL = "__ignore__"
 AREA_TYPES = ("polygon", "rectangle", "circle", "mask")
@@ -56,8 +56,10 @@ def read(path: Path, label_map=None) -> list[Annotation]:
     with some of them but not a LabelMe file's shape is an error."""
     path = Path(path)
     if path.is_dir():
-        return [read_file(f, path, data) for f in _json_files(path)
-                if _has_labelme_keys(data := load_json(f))]
+        def read_one(f: Path) -> Annotation | None:
+            data = load_json(f)
+            return read_file(f, path, data) if _has_labelme_keys(data) else None
+        return [a for a in read_each(_json_files(path), read_one) if a is not None]
     return [read_file(path, path.parent)]
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from streetseg_jax.labels.formats.cityscapes import image_size, is_number, load_json_object, point_list
 from streetseg_jax.labels.images import files_under, resolve_inside
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, read_each
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _CONFIG_NAME = "config_v2.0.json"
@@ -35,7 +35,7 @@ def read(path: Path, label_map) -> list[Annotation]:
     if not files:
         raise LabelFormatError(f"{path}: no Mapillary Vistas polygons/*.json files in this folder")
     configs: dict[Path, dict[str, str]] = {}
-    return [read_mapillary(f, label_map, configs) for f in files]
+    return read_each(files, lambda f: read_mapillary(f, label_map, configs))
 
 
 def looks_like(path: Path) -> bool:

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, MAX_PIXELS, files_under, iter_files, resolve_inside
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, make_key
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, make_key, read_each
 
 IMAGE_DIRS = ("images", "JPEGImages")
 MASK_DIRS = ("masks", "labels", "annotations", "SegmentationClassPNG", "SegmentationClass")
@@ -62,12 +62,15 @@ def read(path: Path, label_map) -> list[Annotation]:
     for image_dir, mask_dir in pairs:
         images = _files(image_dir, IMAGE_SUFFIXES) if image_dir else {}
         above = _folders_above(mask_dir, path)
-        for key, mask in sorted(_files(mask_dir, _MASK_SUFFIXES | _LOSSY_SUFFIXES).items()):
+
+        def read_one(key_and_mask: tuple[str, Path]) -> Annotation:
+            key, mask = key_and_mask
             image = _match(key, images, mask, image_dir)
             annotation = read_mask(mask, label_map, image)
             below = image[0].with_suffix("").as_posix() if image else key
             annotation.key = make_key([*above, *below.split("/")], str(mask))
-            annotations.append(annotation)
+            return annotation
+        annotations += read_each(sorted(_files(mask_dir, _MASK_SUFFIXES | _LOSSY_SUFFIXES).items()), read_one)
     if not annotations:
         raise LabelFormatError(f"{path}: the mask folders ({', '.join(str(m) for _, m in pairs)}) hold no masks")
     return annotations

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from streetseg_jax.labels import images
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, read_each
 from streetseg_jax.labels.xmlio import parse_xml
 
 _LOOKS_LIKE_FILES = 3       # how many XML files --format auto opens before deciding
@@ -54,7 +54,7 @@ def read(path: Path, label_map=None) -> list[Annotation]:
     """Every `*.xml` under a folder (recursively, sorted, hidden folders skipped), or one file."""
     path = Path(path)
     if path.is_dir():
-        return [read_file(f, path) for f in _xml_files(path)]
+        return read_each(_xml_files(path), lambda f: read_file(f, path))
     return [read_file(path, path.parent)]
 
 

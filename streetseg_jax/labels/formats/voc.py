@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, check_size, files_under, image_size, is_file
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, read_each
 from streetseg_jax.labels.xmlio import parse_xml
 
 _XY = re.compile(r"^([xy])(\d+)$")
@@ -47,7 +47,7 @@ def read(path: Path, label_map=None) -> list[Annotation]:
     """Every `*.xml` under a folder (sorted), or one file."""
     path = Path(path)
     files = files_under(path, "*.xml") if path.is_dir() else [path]
-    return [read_voc(f) for f in files]
+    return read_each(files, read_voc)
 
 
 def looks_like(path: Path) -> bool:
