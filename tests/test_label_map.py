@@ -41,6 +41,9 @@ def test_aliases_are_case_and_separator_insensitive(name, expected):
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}, {"id": 2, "name": "b", "color": [0, 0, 0]}]},
      "without gaps"),
     ({"classes": [{"id": 0, "name": "Road", "color": [0, 0, 0]}]}, "snake_case"),
+    ({"classes": [{"id": 0, "name": "_background_", "color": [0, 0, 0]}]},    # LabelMe's own: the fix is said
+     r"""name it 'background' and keep the tool's spelling as an alias, \{"name": "background", "aliases": """
+     r"""\["_background_"\], \.\.\.\}"""),
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0]}]}, "three integers"),
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 300]}]}, "three integers"),
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}], "ignore_id": 0}, "ignore_id"),

@@ -271,6 +271,44 @@ def test_a_mask_folder_names_masks_without_photos_and_photos_without_masks(tmp_p
     assert "note: 1 image(s) with no annotation, left out: images/no_mask.jpg" in out, out
 
 
+def test_classes_lists_the_exports_names_and_writes_a_label_map_the_export_checks_against(tmp_path, capsys):
+    """Every real export failed against the 8 street classes, and a label map had to be written by hand."""
+    export = sample_exports.write_export("labelme", tmp_path / "export")
+    document = json.loads((export / "street_1.json").read_text())
+    for shape, label in zip(document["shapes"], ["Sky", "Traffic Light", "_background_"]):
+        shape["label"] = label
+    (export / "street_1.json").write_text(json.dumps(document))
+    with pytest.raises(SystemExit):                   # against the 8 street classes
+        main(["check", "--format", "labelme", "--input", str(export)])
+    capsys.readouterr()
+    label_map = tmp_path / "labels.json"
+    main(["classes", "--format", "labelme", "--input", str(export), "--output", str(label_map)])
+    out = capsys.readouterr().out
+    assert re.search(r"'Traffic Light' +1 image\(s\) +1 shape\(s\)  -> not in the label map", out), out
+    assert re.search(r"'Sky' +1 image\(s\) +1 shape\(s\)  -> class 6 'sky'", out), out
+    written = json.loads(label_map.read_text())
+    assert [(c["name"], c["aliases"]) for c in written["classes"]] == [
+        ("background", ["_background_"]), ("sky", ["Sky"]), ("traffic_light", ["Traffic Light"])]
+    assert written["classes"][1]["color"] == list(default_label_map().classes[6].color)   # the seed's sky
+    main(["check", "--format", "labelme", "--input", str(export), "--label_map", str(label_map)])
+    assert "0 error(s), 0 warning(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):                   # an edited map is never overwritten
+        main(["classes", "--format", "labelme", "--input", str(export), "--output", str(label_map)])
+    assert "exists" in capsys.readouterr().err and json.loads(label_map.read_text()) == written
+
+
+def test_starter_label_maps_fold_spellings_and_keep_names_apart():
+    from streetseg_jax.labels.label_map import snake_case, starter_label_map
+
+    assert [snake_case(n) for n in ("Traffic Light", "_background_", "3d-box", "Café", "!!")] == [
+        "traffic_light", "background", "class_3d_box", "cafe", ""]
+    spellings = starter_label_map(["car", "Road", "road", "traffic-light", "Traffic Light", "car!", "unlabeled", "!!"])
+    assert [(c.id, c.name, c.aliases) for c in spellings.classes] == [
+        (0, "background", ("unlabeled",)), (1, "car", ()), (2, "road", ("Road",)),
+        (3, "traffic_light", ("traffic-light", "Traffic Light")), (4, "car_4", ("car!",)), (5, "class", ("!!",))]
+    assert len({c.color for c in spellings.classes}) == spellings.num_classes
+
+
 def test_images_without_annotations_are_named_in_the_check(tmp_path, capsys):
     export = sample_exports.write_export("labelme", tmp_path / "export")
     for name in ("forgotten.jpg", "later/also.png"):

@@ -4,6 +4,7 @@
                                             [--unknown error|ignore]
     python -m streetseg_jax.labels check --format FORMAT --input PATH [--label_map FILE] [--json OUT.json]
                                          [--strict] [--unknown error|ignore]
+    python -m streetseg_jax.labels classes --format FORMAT --input PATH [--label_map FILE] [--output MAP.json]
 
 FORMAT is one of voc, mit_xml, labelme, coco, coco_panoptic, cvat, labelbox, cityscapes, mapillary, masks, or auto
 (detected from the files, and said). to-masks reads every annotation first and stops on unreadable files, unknown
@@ -11,7 +12,9 @@ class names (unless --unknown ignore) or two annotations of one image key before
 one palette PNG mask per image, named after the image's key: its file stem, or where stems repeat in an export a
 path such as Train/img0 (a CVAT project's subset) or seq1/frame_001 (a mask folder's subfolder), written in
 subfolders of the output. check prints the validation report (labels/validate.py) and exits non-zero when it finds
-errors, or warnings with --strict.
+errors, or warnings with --strict. classes lists the class names the export uses (images and shapes of each) and
+which class of the label map each one becomes; --output writes a label map of the export's own classes to start
+from (labels/label_map.starter_label_map).
 """
 from __future__ import annotations
 
@@ -22,12 +25,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from streetseg_jax import atomic
 from streetseg_jax.cli import fail, normalise_argv
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, annotation_to_mask,
                                           find_unknown_labels, write_mask_png)
 from streetseg_jax.labels.images import file_ids, image_size
-from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map
+from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map, starter_label_map
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key
 from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, locate_images, size_mismatch, size_problem,
                                            validate, write_json)
@@ -45,16 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common_arguments(check)
     check.add_argument("--json", type=Path, help="also write the report as JSON to this file")
     check.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
+    classes = commands.add_parser("classes", help="the class names an export uses, and a label map of them")
+    _common_arguments(classes, unknown=False)
+    classes.add_argument("--output", type=Path, help="write a label map of the export's classes to this new file")
     return parser
 
 
-def _common_arguments(parser: argparse.ArgumentParser) -> None:
+def _common_arguments(parser: argparse.ArgumentParser, unknown: bool = True) -> None:
     parser.add_argument("--format", choices=FORMAT_CHOICES, default="voc",
                         help="the labelling tool's export format, or auto to detect it (default: voc)")
     parser.add_argument("--input", required=True, type=Path, help="the export folder (or one export file)")
     parser.add_argument("--label_map", type=Path, help="label map JSON (default: the built-in 8 street classes)")
-    parser.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
-                        help="class names not in the label map: an error, or painted with the ignore id")
+    if unknown:
+        parser.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
+                            help="class names not in the label map: an error, or painted with the ignore id")
 
 
 # --- reading -----------------------------------------------------------------------------------------------------
@@ -181,9 +189,44 @@ def check(args: argparse.Namespace) -> None:
         fail(f"check failed: {because} in {args.input}", code=1)
 
 
+# --- classes -----------------------------------------------------------------------------------------------------
+def classes(args: argparse.Namespace) -> None:
+    label_map = _label_map(args.label_map)
+    if args.output is not None and args.output.exists():
+        fail(f"--output {args.output} exists (a label map edited by hand, perhaps); give a new file")
+    _, annotations = read_export(args.format, args.input, label_map)
+    images: dict[str, int] = {}
+    shapes: dict[str, int] = {}
+    for annotation in annotations:
+        for name in {shape.label for shape in annotation.shapes if not shape.ignore}:
+            images[name] = images.get(name, 0) + 1
+        for shape in annotation.shapes:
+            if not shape.ignore:
+                shapes[shape.label] = shapes.get(shape.label, 0) + 1
+    if not shapes:
+        fail(f"no labelled shapes in {args.input}")
+    names = sorted(shapes, key=lambda n: (-images[n], -shapes[n], n))
+    print(f"{len(names)} class name(s) in {len(annotations)} image(s):")
+    width = max(len(repr(n)) for n in names)
+    for name in names:
+        known = label_map.id_of(name)
+        becomes = (f"class {known} {label_map.classes[known].name!r}" if known is not None
+                   else "not in the label map")
+        print(f"  {name!r:<{width}}  {images[name]:>6} image(s) {shapes[name]:>7} shape(s)  -> {becomes}")
+    if args.output is not None:
+        starter = starter_label_map(names)
+        try:
+            atomic.write_text(args.output, starter.to_json() + "\n")
+        except OSError as e:
+            fail(str(e))
+        print(f"wrote a label map of {starter.num_classes} classes to {args.output} (background is the fill class; "
+              "merge two classes by moving one's name into the other's aliases, then renumber the ids 0..K-1); "
+              f"use it with --label_map {args.output}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else list(argv)))
-    {"to-masks": to_masks, "check": check}[args.command](args)
+    {"to-masks": to_masks, "check": check, "classes": classes}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +150,10 @@ def _validate(lm: LabelMap) -> None:
         raise LabelMapError(f"fill_id {lm.fill_id} is neither a class id nor the ignore id")
     for c in lm.classes:
         if not _SNAKE.match(c.name):
-            raise LabelMapError(f"class name {c.name!r} must be lowercase snake_case (like 'sign_symbol')")
+            spelt = snake_case(c.name) or "class"
+            raise LabelMapError(f"class name {c.name!r} must be lowercase snake_case (like 'sign_symbol'): name it "
+                                f"{spelt!r} and keep the tool's spelling as an alias, "
+                                f'{{"name": "{spelt}", "aliases": [{json.dumps(c.name)}], ...}}')
     seen: dict[str, ClassInfo] = {}
     for c in lm.classes:
         for key in (c.name, *c.aliases):
@@ -177,3 +181,46 @@ def _seed_classes() -> tuple[ClassInfo, ...]:
 def default_label_map() -> LabelMap:
     """The seed's 8 classes: 0 background, 1 tree, 2 landscaping, 3 road, 4 sidewalk, 5 building, 6 sky, 7 concrete."""
     return LabelMap(_seed_classes())
+
+
+def snake_case(name: str) -> str:
+    """A class name as the label map spells it ('Traffic Light' -> 'traffic_light', '_background_' ->
+    'background'); '' where no letter or digit is left."""
+    ascii_name = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode()
+    snake = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")
+    return f"class_{snake}" if snake[:1].isdigit() else snake
+
+
+def starter_label_map(names: list[str]) -> LabelMap:
+    """A label map of an export's own class names (most used first): class 0 'background' is the fill class (with
+    the tool's spellings of it, such as LabelMe's '_background_', as aliases), then one class per other name,
+    spelt in snake_case with the tool's spelling as an alias where it differs. Colours: the seed's for the seed's
+    class names, else distinct ones from the PASCAL VOC palette."""
+    seed = default_label_map()
+    spellings: dict[str, list[str]] = {}           # names a lookup takes for one ('Road', 'road') are one class
+    for name in names:
+        spellings.setdefault(_normalise(name), []).append(name)
+    groups = list(spellings.values())
+    background = [n for group in groups if seed.id_of(group[0]) == 0 for n in group if n != "background"]
+    classes = [ClassInfo(0, "background", seed.classes[0].color, tuple(background))]
+    taken = {"background"}
+    for group in groups:
+        known = seed.id_of(group[0])
+        if known == 0:
+            continue
+        base = snake_case(group[0]) or "class"
+        spelt = base if base not in taken else f"{base}_{len(classes)}"
+        taken.add(spelt)
+        color = seed.classes[known].color if known else _voc_color(len(classes))
+        classes.append(ClassInfo(len(classes), spelt, color, tuple(n for n in group if n != spelt)))
+    return LabelMap(tuple(classes), ignore_id=255, fill_id=0)
+
+
+def _voc_color(index: int) -> tuple[int, int, int]:
+    """PASCAL VOC's colour for class `index`: its bits spread over the high bits of red, green and blue."""
+    rgb = [0, 0, 0]
+    for shift in range(7, -1, -1):
+        for channel in range(3):
+            rgb[channel] |= ((index >> channel) & 1) << shift
+        index >>= 3
+    return tuple(rgb)

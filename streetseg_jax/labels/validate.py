@@ -11,7 +11,8 @@ look but the masks are still made (`check --strict` exits non-zero on them too).
 Images are found for each annotation by `locate_images`: the image the export embeds, else the file the reader
 resolved, else a file under the export folder with the annotation file's stem or the file name the annotation
 gives; files in folders of masks (SegmentationClass/, masks/, trainannot/ ...) and masks named like a photo (few
-grey levels, palette indices or, where several files share a stem, colours) are never taken for the photo. Each image is known by its key (shapes.image_key): the image's file stem, or the key its reader gave it where
+grey levels, palette indices or, where several files share a stem, colours) are never taken for the photo.
+Each image is known by its key (shapes.image_key): the image's file stem, or the key its reader gave it where
 stems repeat within an export (a CVAT project's `Train/img0`, a mask folder's `seq1/frame_001`). Masks are named after
 it (`<key>.png`, in subfolders for keys with a `/`), splits hash it.
 """
