@@ -369,7 +369,10 @@ def test_report_statistics_text_and_json(tmp_path):
     assert [f["unlabelled_share"] for f in data["files"]] == [pytest.approx(1 / 3), 0.0]
     text = report.text()
     assert "2 image(s) of voc" in text and "0 error(s), 1 warning(s)" in text
-    assert "self-intersecting" in text and "road" in text and "unlabelled pixels" in text
+    assert "self-intersecting" in text and "road" in text
+    assert "unlabelled pixels (no shape; they get the fill class 'background'): 16.67% overall; most: a 33.3%" in text
+    covered = validate(annotations[1:], default_label_map(), fmt="voc", source=tmp_path, root=tmp_path).text()
+    assert "unlabelled pixels: none (the shapes cover every image)" in covered     # not "0.00% overall; most: b 0.0%"
     write_json(report, tmp_path / "report.json")
     assert json.loads((tmp_path / "report.json").read_text())["images"] == 2
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json") == ["report.json"]

@@ -633,7 +633,9 @@ def _unlabelled_lines(data: dict, files: list[FileReport]) -> list[str]:
     measured = sorted((f for f in files if f.unlabelled_share is not None), key=lambda f: -f.unlabelled_share)
     if not measured:
         return []
-    top = ", ".join(f"{f.key} {100 * f.unlabelled_share:.1f}%" for f in measured[:5])
+    if not measured[0].unlabelled_pixels:
+        return ["unlabelled pixels: none (the shapes cover every image)"]
+    top = ", ".join(f"{f.key} {100 * f.unlabelled_share:.1f}%" for f in measured[:5] if f.unlabelled_pixels)
     return [f"unlabelled pixels (no shape; they get the fill class {data['fill_class']!r}): "
             f"{100 * data['unlabelled_pixel_share']:.2f}% overall; most: {top}"]
 
