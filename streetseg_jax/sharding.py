@@ -314,7 +314,7 @@ def check_batch_size(global_batch: int, mesh: Mesh, name: str = "batch_size") ->
     devices, processes = mesh.devices.size, jax.process_count()
     if global_batch % devices:
         raise ValueError(f"{name} {global_batch} must divide by the number of devices ({devices}); "
-                         f"try {max(devices, global_batch // devices * devices)}")
+                         f"try {name} {max(devices, global_batch // devices * devices)}")
     if global_batch % processes:
         raise ValueError(f"{name} {global_batch} must divide by the number of processes ({processes})")
 

@@ -63,7 +63,7 @@ SCRIPT = textwrap.dedent("""
             sharding.check_batch_size(12, sharding.make_mesh(), name)
             raise AssertionError("batch 12 on 8 devices was accepted")
         except ValueError as e:
-            assert str(e).startswith(f"{name} 12 must divide by the number of devices (8); try 8"), e
+            assert str(e).startswith(f"{name} 12 must divide by the number of devices (8); try {name} 8"), e
     print("SHARDING-OK")
 """)
 
