@@ -5,16 +5,23 @@ laid out like the dataset (gtFine/<split>/<city>/..., leftImg8bit/<split>/<city>
 Datumaro's Vistas v2.0 fixture and on hand-made files in the real dataset's spelling.
 """
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ROOT
+from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import annotation_to_mask
 from streetseg_jax.labels.formats import cityscapes, mapillary
-from streetseg_jax.labels.label_map import ClassInfo, LabelMap
+from streetseg_jax.labels.label_map import ClassInfo, LabelMap, default_label_map
 from streetseg_jax.labels.shapes import LabelFormatError
+
+sys.path.insert(0, str(ROOT / "tools"))
+import sample_exports  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VISTAS = DATA / "annotation-samples" / "mapillary_vistas_v2" / "datumaro_fixture"
@@ -235,3 +242,19 @@ def test_vistas_empty_folder(tmp_path):
     with pytest.raises(LabelFormatError, match="no Mapillary"):
         mapillary.read(tmp_path, STREET)
     assert not mapillary.looks_like(tmp_path)
+
+
+@pytest.mark.parametrize("fmt, folder, expected", [
+    ("cityscapes", "train", "train"), ("cityscapes", "val", "validation"), ("cityscapes", "train_extra", None),
+    ("mapillary", "train", "train"), ("mapillary", "validation", "validation"), ("mapillary", "testing", "test"),
+])
+def test_the_split_folder_is_the_images_split(fmt, folder, expected, tmp_path):
+    """A data build keeps an export's own splits (data/inputs.assign_splits): each reader says each image's."""
+    export = sample_exports.write_export(fmt, tmp_path / "export")
+    split_dir = next(p for p in export.rglob("train") if p.is_dir())
+    if folder != "train":
+        shutil.move(split_dir, split_dir.with_name(folder))
+        if fmt == "cityscapes":
+            shutil.move(export / "leftImg8bit" / "train", export / "leftImg8bit" / folder)
+    annotation, = formats.read(fmt, export, default_label_map())
+    assert annotation.split == expected

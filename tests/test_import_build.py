@@ -165,6 +165,47 @@ def test_cvat_project_export_with_repeated_names_builds(tmp_path):
                                                   for i in (0, 1)]
 
 
+@pytest.mark.skipif(not CVAT_PROJECT.is_dir(), reason=f"CVAT sample not found at {CVAT_PROJECT}")
+def test_an_exports_own_splits_are_kept_unless_a_fraction_is_given(tmp_path):
+    """A CVAT project's Train, Validation and Test subsets went into train and validation by a hash, silently."""
+    label_map = LabelMap((ClassInfo(0, "background", (0, 0, 0)), ClassInfo(1, "label1", (255, 0, 0))))
+    (tmp_path / "cvat_labels.json").write_text(label_map.to_json())
+    result, log = build(tmp_path, CVAT_PROJECT, fmt="cvat", label_map=str(tmp_path / "cvat_labels.json"))
+    assert result.splits == {"train": 2, "validation": 2, "test": 2}
+    assert "note: the export's own splits are kept (train 2, validation 2, test 2)" in log
+    for split, subset in (("train", "Train"), ("validation", "Validation"), ("test", "Test")):
+        assert sorted(records(tmp_path, split)) == [f"{subset}/img0.jpg", f"{subset}/img1.jpg"]
+
+
+def mask_export(folder: Path, splits: dict[str, list[str]]) -> Path:
+    """images/ + masks/ in a folder per split (train/, val/ ...), one 8x6 image and mask per stem."""
+    for split, stems in splits.items():
+        for stem in stems:
+            for kind in ("images", "masks"):
+                (folder / split / kind).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 6), (90, 40, 10)).save(folder / split / "images" / f"{stem}.png")
+            Image.new("L", (8, 6), 3).save(folder / split / "masks" / f"{stem}.png")
+    return folder
+
+
+def test_split_folders_of_a_mask_export_are_kept_and_a_fraction_hashes_them(tmp_path):
+    export = mask_export(tmp_path / "export", {"train": ["a", "b", "c"], "val": ["d"], "testing": ["e"]})
+    result, log = build(tmp_path, export, fmt="masks")
+    assert result.splits == {"train": 3, "validation": 1, "test": 1}, log
+    assert sorted(records(tmp_path, "validation")) == ["val/d.png"]
+    result, log = build(tmp_path, export, name="hashed", fmt="masks", val_fraction=0.0)
+    assert result.splits == {"train": 5}
+    assert "note: 5 of 5 image(s) have a split in the export: --val_fraction draws them by a hash" in log
+
+
+def test_an_export_with_splits_for_some_images_only_is_hashed_and_says_so(tmp_path):
+    export = mask_export(tmp_path / "export", {"train": ["a", "b"], "extra": ["c"]})   # extra: no split name
+    result, log = build(tmp_path, export, fmt="masks")
+    assert sum(result.splits.values()) == 3 and set(result.splits) <= {"train", "validation"}
+    assert ("note: 2 of 3 image(s) have a split in the export: not all of them, so every image's split is drawn by "
+            "a hash of its name") in log
+
+
 def test_nested_keys_in_split_files_and_file_names(tmp_path):
     """Keys with a folder (a CVAT project's Train/img0) are named in full in a split file, or by their plain stem
     when no other image has it; the dataset's file names keep the folder, so repeated names stay apart."""
@@ -203,7 +244,7 @@ def test_unchanged_inputs_are_a_no_op_and_changes_are_named(tmp_path):
         assert message in str(caught.value), str(caught.value)
         build(tmp_path, export, overwrite=True)
         assert build(tmp_path, export)[0].reused
-    with pytest.raises(BuildError, match="option val_fraction: 0.2 before, 0.5 now"):
+    with pytest.raises(BuildError, match="option val_fraction: \"the export's own splits, else 0.2\" before, 0.5 now"):
         build(tmp_path, export, val_fraction=0.5)
     other_map = default_label_map().to_dict()
     other_map["classes"][6]["aliases"] = ["heaven"]

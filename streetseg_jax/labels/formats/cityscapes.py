@@ -26,7 +26,7 @@ import numpy as np
 
 from streetseg_jax.labels.images import check_size, files_under, iter_files, resolve_inside
 from streetseg_jax.labels.jsonio import load_json
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, read_each
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, export_split, read_each
 
 _NAME = re.compile(r"^(?P<stem>.+)_(?P<kind>gtFine|gtCoarse)_polygons\.json$")
 _SKIPPED_UNLESS_KNOWN = ("license plate",)
@@ -60,6 +60,8 @@ def read_cityscapes(path: str | Path, label_map=None) -> Annotation:
     stem = _stem(path)
     annotation = Annotation(path, f"{stem}_leftImg8bit.png", width, height, shapes)
     annotation.image_path = _image_path(path, stem)
+    if path.parent.parent.parent.name in ("gtFine", "gtCoarse"):       # gtFine/<split>/<city>/<file>
+        annotation.split = export_split(path.parent.parent.name)
     return annotation
 
 

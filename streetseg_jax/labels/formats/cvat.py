@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from streetseg_jax.labels.images import MAX_PIXELS, check_size, files_under, is_file, resolve_inside
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, ellipse_ring, make_key, read_each
+from streetseg_jax.labels.shapes import (Annotation, LabelFormatError, Shape, ellipse_ring, export_split, make_key,
+                                         read_each)
 from streetseg_jax.labels.xmlio import parse_xml
 
 _NO_AREA = ("polyline", "points", "skeleton", "tag", "cuboid")
@@ -118,6 +119,7 @@ def _read_image(image: ET.Element, path: Path) -> Annotation:
     annotation.image_path = _image_path(path.parent, name, subset, path)
     if subset:
         annotation.key = make_key([subset, Path(name.replace("\\", "/")).stem], f"{where}: subset and name")
+        annotation.split = export_split(subset)
     return annotation
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from streetseg_jax.labels.formats.cityscapes import image_size, is_number, load_json_object, point_list
 from streetseg_jax.labels.images import files_under, resolve_inside
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, read_each
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, export_split, read_each
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _CONFIG_NAME = "config_v2.0.json"
@@ -64,6 +64,7 @@ def read_mapillary(path: str | Path, label_map=None, configs: dict | None = None
     relative, image = _image(path)
     annotation = Annotation(path, relative, width, height, shapes)
     annotation.image_path = image
+    annotation.split = export_split(_split_folder(path).name)
     return annotation
 
 
@@ -101,10 +102,16 @@ def _points(polygon, where: str) -> np.ndarray:
     return point_list([polygon[i:i + 2] for i in range(0, len(polygon), 2)], where)
 
 
+def _split_folder(path: Path) -> Path:
+    """The split folder (training/, validation/) a polygons file is in: <split>/[v2.0/]polygons/<file>."""
+    polygons = next((p for p in path.parents if p.name == "polygons"), path.parent)
+    return polygons.parent.parent if _VERSION_DIR.match(polygons.parent.name) else polygons.parent
+
+
 def _image(path: Path) -> tuple[str, Path | None]:
     """The image's path relative to the split's `images` folder, and the file when it exists."""
     polygons = next((p for p in path.parents if p.name == "polygons"), path.parent)
-    split = polygons.parent.parent if _VERSION_DIR.match(polygons.parent.name) else polygons.parent
+    split = _split_folder(path)
     stem = path.relative_to(polygons).with_suffix("").as_posix()
     for suffix in _IMAGE_SUFFIXES:
         candidate = resolve_inside(split, f"images/{stem}{suffix}", "image", path)

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, MAX_PIXELS, files_under, iter_files, resolve_inside
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, make_key, read_each
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, export_split, make_key, read_each
 
 IMAGE_DIRS = ("images", "JPEGImages")
 MASK_DIRS = ("masks", "labels", "annotations", "SegmentationClassPNG", "SegmentationClass")
@@ -62,6 +62,7 @@ def read(path: Path, label_map) -> list[Annotation]:
     for image_dir, mask_dir in pairs:
         images = _files(image_dir, IMAGE_SUFFIXES) if image_dir else {}
         above = _folders_above(mask_dir, path)
+        split = export_split(above[-1] if above else mask_dir.name.removesuffix("annot"))    # train/masks, valannot
 
         def read_one(key_and_mask: tuple[str, Path]) -> Annotation:
             key, mask = key_and_mask
@@ -69,6 +70,7 @@ def read(path: Path, label_map) -> list[Annotation]:
             annotation = read_mask(mask, label_map, image)
             below = image[0].with_suffix("").as_posix() if image else key
             annotation.key = make_key([*above, *below.split("/")], str(mask))
+            annotation.split = split
             return annotation
         annotations += read_each(sorted(_files(mask_dir, _MASK_SUFFIXES | _LOSSY_SUFFIXES).items()), read_one)
     if not annotations:
