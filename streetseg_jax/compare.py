@@ -90,7 +90,7 @@ def _work_directories(path: Path) -> list[Path]:
         fail(f"{path} is not a directory (expected a training work directory, or a folder of them)")
     if (path / "metrics.jsonl").exists():
         return [path]
-    inside = sorted(p for p in path.iterdir() if (p / "metrics.jsonl").is_file())
+    inside = sorted(p for p in path.iterdir() if (p / "metrics.jsonl").is_file() or (p / "config.json").is_file())
     return inside or [path]
 
 

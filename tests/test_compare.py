@@ -135,11 +135,15 @@ def test_a_folder_of_runs_compares_every_run_in_it(two_runs, tmp_path, capsys):
     started = tmp_path / "runs" / "a" / "started"      # started a moment ago: no step logged yet
     started.mkdir()
     (started / "metrics.jsonl").write_text(json.dumps({"step": 0, "time": 1.0, "run/start": True}) + "\n")
+    crashed = tmp_path / "runs" / "a" / "crashed"      # stopped before its first log: config.json alone
+    crashed.mkdir()
+    (crashed / "config.json").write_text("{}")
     capsys.readouterr()
     compare.main([str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b"), "--output", str(tmp_path / "c.html")])
     out, err = capsys.readouterr()
     assert [line.split()[0] for line in out.splitlines()[1:3]] == ["a/seed0", "b/seed0"] and "started" not in out
-    assert err == f"left out {started}: no logged steps in metrics.jsonl yet\n"
+    assert err == (f"left out {crashed}: no logged steps in metrics.jsonl yet\n"      # it was left out unsaid
+                   f"left out {started}: no logged steps in metrics.jsonl yet\n")
 
 
 def test_runs_of_one_recipe_with_other_seeds_are_summarised_together(tmp_path, capsys):
