@@ -277,6 +277,7 @@ def _file_format_change(info, file_format: str) -> list[str]:
 
 
 def _prepare(builder_kwargs: dict, data_dir: Path, folder: Path, file_format: str, plan, workers) -> None:
+    tfds.display_progress_bar(sys.stderr.isatty())     # a log file got TFDS's bars as lines of cursor escapes
     level = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)      # TFDS warns that a config made at run time is "custom"
     try:

@@ -214,6 +214,14 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         path = self.builder_config.label_map
         return LabelMap.load(path) if path else default_label_map()
 
+    # TFDS's own lines, printed to stdout by download_and_prepare, read "Downloading and preparing dataset Unknown
+    # size (download: Unknown size, ...)" for a build that downloads nothing: said in our words instead.
+    def _log_download_bytes(self) -> None:
+        print(f"writing street_seg/{self.builder_config.name} to {self.data_dir} ...", file=sys.stderr)
+
+    def _log_download_done(self) -> None:
+        pass        # the build command says what it wrote, with its splits
+
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
