@@ -108,8 +108,8 @@ def _load(path: Path, name: str) -> Run | None:
 
 
 def _evaluations(folder: Path) -> dict[str, dict]:
-    """`python -m streetseg_jax.evaluate`'s results, by file name (<split>[_flip_tta][_multiscale]); unreadable ones
-    left out."""
+    """`python -m streetseg_jax.evaluate`'s results, by file name (<split>[_flip_tta][_multiscale][_step<N>]);
+    unreadable ones left out."""
     out = {}
     for path in sorted(folder.glob("*.json")):
         try:
@@ -337,8 +337,9 @@ def _evaluations_section(runs: list[Run]) -> str:
     if len(rows) == 1:
         return ""
     return section("evaluations", "Results of python -m streetseg_jax.evaluate", _table(rows) +
-                   '<p class="note">From each run\'s <code>eval/&lt;split&gt;[_flip_tta][_multiscale].json</code>: '
-                   "mean IoU at the labels' resolution, with the step of the checkpoint scored.</p>")
+                   '<p class="note">From each run\'s <code>eval/&lt;split&gt;[_flip_tta][_multiscale]'
+                   "[_step&lt;N&gt;].json</code>: mean IoU at the labels' resolution, with the step of the checkpoint "
+                   "scored.</p>")
 
 
 def _config_table(runs: list[Run]) -> str:

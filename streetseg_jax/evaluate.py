@@ -359,7 +359,7 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     out_dir = results_dir(workdir, out_dir)
     stem = (split_file_name(split) + ("_flip_tta" if run.config.eval_flip_tta else "")
             + ("_multiscale" if len(network_scales(run.config)) > 1 else "")
-            + ("" if run.checkpoint == "best" else f"_step{run.step}"))
+            + ("" if checkpoint == "best" else f"_step{run.step}"))     # best: also a run's latest, without one
     _say_whose_results_are_replaced(out_dir / f"{stem}.json", workdir)
     json_path = atomic.write_bytes(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
     png_path = atomic.write_bytes(out_dir / f"{stem}_confusion.png",

@@ -108,22 +108,25 @@ def stop_alone(line: str, code: int, record: bool = True) -> NoReturn:
     Process 0 leaves last: it holds JAX's coordination service, and JAX aborts, with a stack dump, every process
     still running when that goes (one that had not yet said why it stopped, on a loaded machine)."""
     _ONE_STOP.acquire()         # never released: os._exit below ends a second caller too
-    print(line, file=sys.stderr)
-    me = jax.process_index()
-    said = {f"{_STOPPED_KEY}{me}": line[:_MESSAGE_BYTES]} if record else {}
-    _tell({**said, f"{_LEAVING_KEY}{me}": ""} if me else said)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if me == 0:
-        _let_the_others_leave()
-    os._exit(code)
+    try:
+        with contextlib.suppress(OSError):      # a closed terminal (an ssh session gone) must not keep us alive
+            print(line, file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        me = jax.process_index()
+        said = {f"{_STOPPED_KEY}{me}": line[:_MESSAGE_BYTES]} if record else {}
+        _tell({**said, f"{_LEAVING_KEY}{me}": ""} if me else said)       # 'leaving' last: then only _exit is left
+        if me == 0:
+            _let_the_others_leave()
+    finally:
+        os._exit(code)
 
 
 def _tell(values: dict[str, str], timeout_s: float = 2.0) -> None:
     """Set `values` in the coordination service, giving up after `timeout_s` (a frozen process 0 never answers)."""
     def put():
-        with contextlib.suppress(Exception):    # best effort: the others then say that one stopped without a word
-            for key, value in values.items():
+        for key, value in values.items():
+            with contextlib.suppress(Exception):    # best effort: the others then say one stopped without a word
                 _client().key_value_set(key, value)
     if values:
         writer = threading.Thread(target=put, daemon=True)
@@ -131,11 +134,11 @@ def _tell(values: dict[str, str], timeout_s: float = 2.0) -> None:
         writer.join(timeout_s)
 
 
-def _let_the_others_leave(timeout_s: float = 5.0, silent_s: float = 2.0) -> None:
+def _let_the_others_leave(timeout_s: float = 6.0, silent_s: float = 3.0, grace_s: float = 0.2) -> None:
     """Wait until every other process has left (stop_alone), finished, or its heartbeat has been silent for
-    `silent_s` (killed or frozen), for at most `timeout_s`."""
+    `silent_s` (killed or frozen), for at most `timeout_s`; then `grace_s` more for the last one's exit itself."""
     waiting, heard, end = set(range(1, jax.process_count())), {}, time.monotonic() + timeout_s
-    with contextlib.suppress(jax.errors.JaxRuntimeError):     # the service is ours, and answers but for a JAX bug
+    with contextlib.suppress(Exception):        # whatever JAX's client raises, process 0 still leaves
         while waiting and time.monotonic() < end:
             left = {_index(key) for key, _ in _client().key_value_dir_get(_LEAVING_KEY)}
             beats = {_index(key): value for key, value in _client().key_value_dir_get(_ALIVE_KEY)}
@@ -146,6 +149,7 @@ def _let_the_others_leave(timeout_s: float = 5.0, silent_s: float = 2.0) -> None
                 if i in left or beats.get(i) == "done" or now - heard[i][1] >= silent_s:
                     waiting.discard(i)
             time.sleep(0.05)
+        time.sleep(grace_s)
 
 
 def _index(key: str) -> int:

@@ -16,7 +16,7 @@ from streetseg_jax.labels.__main__ import main
 from streetseg_jax.labels.convert import (UnknownLabelsError, annotation_to_mask, find_unknown_labels,
                                           read_mask_png, write_mask_png)
 from streetseg_jax.labels.formats.voc import read_voc, write_voc
-from streetseg_jax.labels.label_map import default_label_map
+from streetseg_jax.labels.label_map import LabelMapError, default_label_map
 from streetseg_jax.labels.shapes import LabelFormatError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,11 +302,15 @@ def test_starter_label_maps_fold_spellings_and_keep_names_apart():
 
     assert [snake_case(n) for n in ("Traffic Light", "_background_", "3d-box", "Café", "!!")] == [
         "traffic_light", "background", "class_3d_box", "cafe", ""]
-    spellings = starter_label_map(["car", "Road", "road", "traffic-light", "Traffic Light", "car!", "unlabeled", "!!"])
-    assert [(c.id, c.name, c.aliases) for c in spellings.classes] == [
-        (0, "background", ("unlabeled",)), (1, "car", ()), (2, "road", ("Road",)),
-        (3, "traffic_light", ("traffic-light", "Traffic Light")), (4, "car_4", ("car!",)), (5, "class", ("!!",))]
-    assert len({c.color for c in spellings.classes}) == spellings.num_classes
+    spellings = starter_label_map(["car", "Road", "road", "traffic-light", "Traffic Light", "traffic.light", "car!",
+                                   "unlabeled", "!!", "Vegetation", "tree", "other"])
+    assert [(c.id, c.name, c.aliases) for c in spellings.classes] == [     # names one snake_case spelling are one
+        (0, "background", ("unlabeled",)), (1, "car", ("car!",)), (2, "road", ("Road",)),
+        (3, "traffic_light", ("traffic-light", "Traffic Light", "traffic.light")), (4, "class", ("!!",)),
+        (5, "vegetation", ("Vegetation",)), (6, "tree", ()), (7, "other", ())]      # 'other': no background
+    assert len({c.color for c in spellings.classes}) == spellings.num_classes     # vegetation and tree: the seed's
+    with pytest.raises(LabelMapError, match="300 classes: a mask holds 255 at most"):
+        starter_label_map([f"n{i}" for i in range(299)])
 
 
 def test_images_without_annotations_are_named_in_the_check(tmp_path, capsys):

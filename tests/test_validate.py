@@ -284,9 +284,11 @@ def test_the_standard_pascal_voc_layout_finds_its_photos(tmp_path):
 @pytest.mark.parametrize("mode", ["P", "L", "RGB"])
 def test_a_mask_is_never_taken_for_the_photo(mode, tmp_path):
     """A mask named like the photo, beside the annotation or in a mask folder, was used as the training image
-    (check found nothing wrong): beside a photo elsewhere it is passed over, and alone it is no image."""
+    (check found nothing wrong): beside a photo elsewhere it is passed over, and alone it is no image. (A colour
+    mask is told from a photo by decoding it, done only where several files share a stem and none is beside the
+    annotation.)"""
     save_photo(tmp_path / "images" / "a.png")
-    save_mask(tmp_path / "annotations" / "a.png", mode)       # left beside the XML
+    save_mask(tmp_path / ("annotations" if mode != "RGB" else "renders") / "a.png", mode)   # beside the XML
     save_mask(tmp_path / "masks" / "b.png", mode)             # b's photo is missing
     save_mask(tmp_path / "trainannot" / "c.png", mode)        # so is c's (CamVid's folders)
     found = [annotation(source=str(tmp_path / "annotations" / f"{stem}.xml"), file_name=f"{stem}.png")

@@ -101,7 +101,7 @@ def run_build(args: argparse.Namespace) -> None:
         refused = disk_refusal(e)
         if refused is None:
             raise
-        fail(f"{refused} (the dataset is written into --data_dir {args.data_dir})")
+        fail(refused)
     print_result(f"street_seg/{args.name or args.config}", result)
 
 

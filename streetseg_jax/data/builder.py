@@ -84,7 +84,6 @@ __all__ = ["StreetSeg", "StreetSegConfig", "BuildError", "UnknownLabelsError", "
 OPTION_NAMES = CONFIG_OPTIONS["synthetic"]     # the registered configs' overrides: synthetic takes all of them
 _NAME = re.compile(r"^[A-Za-z0-9][\w-]*$")
 DEFAULT_VAL_FRACTION = 0.2
-FOLLOW_EXPORT = f"the export's own splits, else {DEFAULT_VAL_FRACTION}"     # val_fraction not given, as recorded
 
 
 @dataclasses.dataclass(eq=False)
@@ -124,7 +123,10 @@ class StreetSegConfig(tfds.core.BuilderConfig):
             return {"layout": self.layout}
         if not self.from_annotations:
             return {"test_fraction": self.test_fraction}
-        fraction = self.val_fraction if self.val_fraction is not None else FOLLOW_EXPORT
+        # Recorded as before the export's own splits were followed, so that a build of an export without them is
+        # still reused: a dataset built from an export with splits before then keeps its hashed splits until
+        # rebuilt with --overwrite.
+        fraction = DEFAULT_VAL_FRACTION if self.val_fraction is None else self.val_fraction
         return {"format": self.format, "val_fraction": None if self.split_file else fraction,
                 "split_file": self.split_file, "split_file_sha256": _hash_or_none(self.split_file),
                 "unknown": self.unknown}

@@ -122,7 +122,9 @@ def assign_splits(keys: list[str], rule: SplitRule, hashed: list[str] | None = N
     `hashed`: what each key's split is hashed on (default: the key); `export`: each key's split in the export
     (Annotation.split), followed where the rule says so and every image has one."""
     export = export or []
-    own = rule.follow_export and rule.split_file is None and bool(export) and all(export)
+    counts = ", ".join(f"{name} {export.count(name)}" for name in SPLIT_NAMES if name in export)
+    usable = bool(export) and all(export) and "train" in export and len(set(export)) > 1     # train + held-out
+    own = rule.follow_export and rule.split_file is None and usable
     notes = []
     if rule.split_file is not None:
         chosen = read_split_file(Path(rule.split_file), keys)
@@ -130,18 +132,21 @@ def assign_splits(keys: list[str], rule: SplitRule, hashed: list[str] | None = N
         chosen = _order_split(keys, rule)
     elif own:
         chosen = dict(zip(keys, export))
-        counts = ", ".join(f"{name} {export.count(name)}" for name in SPLIT_NAMES if name in export)
         notes.append(f"note: the export's own splits are kept ({counts}); --val_fraction or --split_file chooses "
                      "others")
     else:
         chosen = {key: rule.holdout if stem_fraction(text) < rule.fraction else "train"
                   for key, text in zip(keys, hashed or keys)}
         some = sum(1 for split in export if split)
-        if some:
-            notes.append(f"note: {some} of {len(keys)} image(s) have a split in the export: "
-                         + ("--val_fraction draws them by a hash of the names instead" if not rule.follow_export
-                            else "not all of them, so every image's split is drawn by a hash of its name (a "
-                                 "--split_file gives each its own)"))
+        if some and not rule.follow_export:
+            notes.append(f"note: {some} of {len(keys)} image(s) have a split in the export: --val_fraction draws "
+                         "them by a hash of the names instead")
+        elif some < len(keys) and some:
+            notes.append(f"note: {some} of {len(keys)} image(s) have a split in the export, not all of them, so "
+                         "every image's split is drawn by a hash of its name (a --split_file gives each its own)")
+        elif some:
+            notes.append(f"note: the export's own splits ({counts}) are not a train split and a held-out one, so "
+                         "every image's split is drawn by a hash of its name")
     splits: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
     for i in sorted(range(len(keys)), key=lambda i: keys[i]):
         splits[chosen[keys[i]]].append(i)

@@ -214,10 +214,10 @@ def classes(args: argparse.Namespace) -> None:
                    else "not in the label map")
         print(f"  {name!r:<{width}}  {images[name]:>6} image(s) {shapes[name]:>7} shape(s)  -> {becomes}")
     if args.output is not None:
-        starter = starter_label_map(names)
         try:
+            starter = starter_label_map(names)
             atomic.write_text(args.output, starter.to_json() + "\n")
-        except OSError as e:
+        except (LabelMapError, OSError) as e:
             fail(str(e))
         print(f"wrote a label map of {starter.num_classes} classes to {args.output} (background is the fill class; "
               "merge two classes by moving one's name into the other's aliases, then renumber the ids 0..K-1); "

@@ -194,25 +194,26 @@ def snake_case(name: str) -> str:
 def starter_label_map(names: list[str]) -> LabelMap:
     """A label map of an export's own class names (most used first): class 0 'background' is the fill class (with
     the tool's spellings of it, such as LabelMe's '_background_', as aliases), then one class per other name,
-    spelt in snake_case with the tool's spelling as an alias where it differs. Colours: the seed's for the seed's
-    class names, else distinct ones from the PASCAL VOC palette."""
+    spelt in snake_case, with the tool's spellings as aliases ('Traffic Light' and 'traffic-light' are one class,
+    traffic_light). Colours: the seed's for the seed's class names, else distinct ones from the PASCAL VOC palette.
+    LabelMapError where the names are more than the 255 classes a mask holds."""
     seed = default_label_map()
-    spellings: dict[str, list[str]] = {}           # names a lookup takes for one ('Road', 'road') are one class
+    groups: dict[str, list[str]] = {}
     for name in names:
-        spellings.setdefault(_normalise(name), []).append(name)
-    groups = list(spellings.values())
-    background = [n for group in groups if seed.id_of(group[0]) == 0 for n in group if n != "background"]
-    classes = [ClassInfo(0, "background", seed.classes[0].color, tuple(background))]
-    taken = {"background"}
-    for group in groups:
-        known = seed.id_of(group[0])
-        if known == 0:
-            continue
-        base = snake_case(group[0]) or "class"
-        spelt = base if base not in taken else f"{base}_{len(classes)}"
-        taken.add(spelt)
+        background = seed.id_of(name) == 0 and snake_case(name) != "other"     # 'other' is a class of its own
+        groups.setdefault("background" if background else snake_case(name) or "class", []).append(name)
+    classes = [ClassInfo(0, "background", seed.classes[0].color,
+                         tuple(n for n in groups.pop("background", []) if n != "background"))]
+    used = {seed.classes[0].color}
+    for spelt, spellings in groups.items():
+        known = seed.id_of(spellings[0])
         color = seed.classes[known].color if known else _voc_color(len(classes))
-        classes.append(ClassInfo(len(classes), spelt, color, tuple(n for n in group if n != spelt)))
+        if color in used:                                       # 'Vegetation' and 'tree' are both the seed's tree
+            color = next(c for c in map(_voc_color, range(len(classes), 1 << 24)) if c not in used)
+        used.add(color)
+        classes.append(ClassInfo(len(classes), spelt, color, tuple(n for n in spellings if n != spelt)))
+    if len(classes) > 255:
+        raise LabelMapError(f"{len(classes)} classes: a mask holds 255 at most (ids 0..254; 255 is the ignore id)")
     return LabelMap(tuple(classes), ignore_id=255, fill_id=0)
 
 

@@ -74,24 +74,24 @@ LABEL_FOLDERS = frozenset({"masks", "mask", "labels", "label", "segmentationclas
 def in_label_folder(path: Path, root: Path) -> bool:
     """Whether `path` lies in a folder of label masks below `root` (LABEL_FOLDERS, or `<name>annot/`)."""
     folders = path.relative_to(root).parts[:-1]
-    return any(f.lower() in LABEL_FOLDERS or (f.endswith("annot") and len(f) > len("annot")) for f in folders)
+    return any(f.lower() in LABEL_FOLDERS or (f.lower().endswith("annot") and len(f) > len("annot")) for f in folders)
 
 
 def looks_like_mask(path: Path, thorough: bool = False) -> bool:
-    """Whether an image file is a label mask rather than a photo: a lossless greyscale or palette image of few
-    values (class ids), or, `thorough`, an RGB one of few colours (class colours; decoding every photo to learn that
-    would double a check's time). JPEGs are photos: no tool writes masks in a lossy format."""
+    """Whether an image file is a label mask rather than a photo: a lossless greyscale or palette image of at most
+    64 values (class ids), or, `thorough`, an RGB one of at most 256 colours (class colours: decoding every photo to
+    learn that would double a check's time). JPEGs are photos: no tool writes masks in a lossy format."""
     if path.suffix.lower() in (".jpg", ".jpeg"):
         return False
     try:
         with Image.open(path) as image:
-            if image.mode not in ("P", "L", "1", "I", "I;16") and not thorough:
+            if image.mode in ("P", "L", "1", "I", "I;16"):
+                return image.getcolors(64) is not None        # None: more values than that
+            if not thorough:
                 return False
-            pixels = np.asarray(image.convert("RGB") if image.mode in ("RGB", "RGBA", "CMYK") else image)
+            return image.convert("RGB").getcolors(256) is not None
     except (OSError, ValueError, Image.DecompressionBombError):
         return False        # unreadable: check_file says so for the image it is given
-    values = pixels.reshape(-1, pixels.shape[-1]) if pixels.ndim == 3 else pixels.reshape(-1, 1)
-    return len(np.unique(values, axis=0)) <= (256 if pixels.ndim == 3 else 64)
 
 
 class ImageIndex:
@@ -103,6 +103,7 @@ class ImageIndex:
         self.by_name: dict[str, list[Path]] = {}
         self.by_stem: dict[str, list[Path]] = {}
         self.by_folded_name: dict[str, list[Path]] = {}     # case and Unicode form aside (Windows, macOS zips)
+        self._masks: dict[tuple[Path, bool], bool] = {}
         for path in files_under(self.root) if self.root.is_dir() else []:
             if path.suffix.lower() in IMAGE_SUFFIXES and not in_label_folder(path, self.root):
                 self.by_name.setdefault(path.name, []).append(path)
@@ -142,15 +143,20 @@ class ImageIndex:
         return None
 
     def _by_stem(self, stem: str, source: Path) -> Path | str | None:
-        """The image with this stem: a mask beside the annotation (a PNG the tool or the user left there) is no
-        photo; among several, the one in the annotation's own folder."""
-        candidates = self.by_stem.get(stem) if stem else None
-        if candidates:
-            candidates = [p for p in candidates if not looks_like_mask(p, thorough=len(candidates) > 1)]
-        if candidates and len(candidates) > 1:
+        """The image with this stem that is no mask (a greyscale or palette PNG the tool or the user left beside the
+        annotation); among several, the one in the annotation's own folder, else the one that is not a colour
+        mask either (decoded only then: every image of a folder of sequences shares its stems)."""
+        candidates = [p for p in self.by_stem.get(stem, ()) if not self.is_mask(p, False)] if stem else []
+        if len(candidates) > 1:
             near = [p for p in candidates if p.parent == source.parent]
-            candidates = near or candidates
+            candidates = near or [p for p in candidates if not self.is_mask(p, True)] or candidates
         return self._one(candidates, f"several images share the stem {stem!r}")
+
+    def is_mask(self, path: Path, thorough: bool) -> bool:
+        """looks_like_mask, each file decoded once at most."""
+        if (path, thorough) not in self._masks:
+            self._masks[path, thorough] = looks_like_mask(path, thorough)
+        return self._masks[path, thorough]
 
     def _unique(self, table: dict[str, list[Path]], name: str) -> Path | str | None:
         return self._one(table.get(name) if name else None, f"several images are named {name!r}")
@@ -552,7 +558,7 @@ def _unannotated(annotations: list[Annotation], index: ImageIndex) -> list[str]:
         if path is not None:
             used.add(Path(path).resolve())
     return [path.relative_to(index.root).as_posix() for paths in index.by_name.values() for path in paths
-            if path.resolve() not in used and not looks_like_mask(path)]
+            if path.resolve() not in used and not index.is_mask(path, False)]
 
 
 def check_job(job) -> FileReport:

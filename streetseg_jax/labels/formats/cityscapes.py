@@ -38,7 +38,12 @@ def read(path: Path, label_map) -> list[Annotation]:
     files = _polygon_files(path) if path.is_dir() else [path]
     if not files:
         raise LabelFormatError(f"{path}: no Cityscapes *_gtFine_polygons.json files in this folder")
-    return read_each(files, lambda f: read_cityscapes(f, label_map))
+    annotations = read_each(files, lambda f: read_cityscapes(f, label_map))
+    root = path if path.is_dir() else path.parent
+    for annotation in annotations:      # a split folder above the export given is not the export's
+        if not annotation.source.parent.parent.is_relative_to(root):
+            annotation.split = None
+    return annotations
 
 
 def looks_like(path: Path) -> bool:

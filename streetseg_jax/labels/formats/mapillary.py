@@ -35,7 +35,12 @@ def read(path: Path, label_map) -> list[Annotation]:
     if not files:
         raise LabelFormatError(f"{path}: no Mapillary Vistas polygons/*.json files in this folder")
     configs: dict[Path, dict[str, str]] = {}
-    return read_each(files, lambda f: read_mapillary(f, label_map, configs))
+    annotations = read_each(files, lambda f: read_mapillary(f, label_map, configs))
+    root = path if path.is_dir() else path.parent
+    for annotation in annotations:      # a split folder above the export given is not the export's
+        if not _folders(annotation.source)[1].is_relative_to(root):
+            annotation.split = None
+    return annotations
 
 
 def looks_like(path: Path) -> bool:
@@ -64,7 +69,7 @@ def read_mapillary(path: str | Path, label_map=None, configs: dict | None = None
     relative, image = _image(path)
     annotation = Annotation(path, relative, width, height, shapes)
     annotation.image_path = image
-    annotation.split = export_split(_split_folder(path).name)
+    annotation.split = export_split(_folders(path)[1].name)
     return annotation
 
 
@@ -102,16 +107,15 @@ def _points(polygon, where: str) -> np.ndarray:
     return point_list([polygon[i:i + 2] for i in range(0, len(polygon), 2)], where)
 
 
-def _split_folder(path: Path) -> Path:
-    """The split folder (training/, validation/) a polygons file is in: <split>/[v2.0/]polygons/<file>."""
+def _folders(path: Path) -> tuple[Path, Path]:
+    """(the polygons folder, the split folder: training/, validation/) of a file <split>/[v2.0/]polygons/<file>."""
     polygons = next((p for p in path.parents if p.name == "polygons"), path.parent)
-    return polygons.parent.parent if _VERSION_DIR.match(polygons.parent.name) else polygons.parent
+    return polygons, polygons.parent.parent if _VERSION_DIR.match(polygons.parent.name) else polygons.parent
 
 
 def _image(path: Path) -> tuple[str, Path | None]:
     """The image's path relative to the split's `images` folder, and the file when it exists."""
-    polygons = next((p for p in path.parents if p.name == "polygons"), path.parent)
-    split = _split_folder(path)
+    polygons, split = _folders(path)
     stem = path.relative_to(polygons).with_suffix("").as_posix()
     for suffix in _IMAGE_SUFFIXES:
         candidate = resolve_inside(split, f"images/{stem}{suffix}", "image", path)
