@@ -6,6 +6,8 @@ import errno
 import sys
 from typing import NoReturn
 
+from streetseg_jax.atomic import WRITE_ERRORS
+
 
 def normalise_argv(argv: list[str]) -> list[str]:
     """`--label-map=x` -> `--label_map=x`; values, sub-commands and `--config.a-b` overrides are left alone."""
@@ -28,8 +30,6 @@ def disk_refusal(error: OSError) -> str | None:
     """`path: reason` for a file or folder the disk refused (read-only, no permission, full), which a user
     fixes by choosing another place; None for any other error (a traceback's errno text and our location in the
     code help nobody there)."""
-    from streetseg_jax.atomic import WRITE_ERRORS
-
     if error.filename and error.errno in WRITE_ERRORS | {errno.EACCES, errno.EPERM}:
         return f"{error.filename}: {error.strerror}"
     return None

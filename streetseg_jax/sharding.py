@@ -137,16 +137,16 @@ def _tell(values: dict[str, str], timeout_s: float = 2.0) -> None:
 def _let_the_others_leave(timeout_s: float = 6.0, silent_s: float = 3.0, grace_s: float = 0.2) -> None:
     """Wait until every other process has left (stop_alone), finished, or its heartbeat has been silent for
     `silent_s` (killed or frozen), for at most `timeout_s`; then `grace_s` more for the last one's exit itself."""
-    waiting, heard, end = set(range(1, jax.process_count())), {}, time.monotonic() + timeout_s
+    start = time.monotonic()
+    waiting = set(range(1, jax.process_count()))
+    heard = {i: (None, start) for i in waiting}      # no beat yet counts as silence from now on
     with contextlib.suppress(Exception):        # whatever JAX's client raises, process 0 still leaves
-        while waiting and time.monotonic() < end:
+        while waiting and time.monotonic() < start + timeout_s:
             left = {_index(key) for key, _ in _client().key_value_dir_get(_LEAVING_KEY)}
-            beats = {_index(key): value for key, value in _client().key_value_dir_get(_ALIVE_KEY)}
             now = time.monotonic()
+            _hear(heard, _client().key_value_dir_get(_ALIVE_KEY), now)
             for i in sorted(waiting):
-                if i not in heard or heard[i][0] != beats.get(i):
-                    heard[i] = (beats.get(i), now)
-                if i in left or beats.get(i) == "done" or now - heard[i][1] >= silent_s:
+                if i in left or heard[i][0] == "done" or now - heard[i][1] >= silent_s:
                     waiting.discard(i)
             time.sleep(0.05)
         time.sleep(grace_s)
@@ -155,6 +155,13 @@ def _let_the_others_leave(timeout_s: float = 6.0, silent_s: float = 3.0, grace_s
 def _index(key: str) -> int:
     """The process index a key of ours ends with."""
     return int(key.rsplit("/", 1)[-1])
+
+
+def _hear(heard: dict[int, tuple], beats: list[tuple[str, str]], now: float) -> None:
+    """Update `heard` (process index -> (its last beat, when that changed)) with the heartbeat keys read now."""
+    for key, value in beats:
+        if heard.get(_index(key), (None,))[0] != value:
+            heard[_index(key)] = (value, now)
 
 
 # How a collective with a process that is gone fails: gloo on CPUs, NCCL on GPUs, the coordination service.
@@ -216,10 +223,8 @@ def watch_other_processes(interval_s: float = 1.0) -> Callable[[], None]:
             except Exception:  # noqa: BLE001 - the coordinator is gone: JAX's client ends this process itself
                 return
             with lock:
-                answered[0] = now = time.monotonic()
-                for key, value in beats:
-                    if heard.get(_index(key), ("", 0.0))[0] != value:
-                        heard[_index(key)] = (value, now)
+                answered[0] = time.monotonic()
+                _hear(heard, beats, answered[0])
             others = {i: line for i, line in _reasons_left().items() if i != me}
             if others:      # one stopped on an error of its own; this one may be waiting in a collective with it
                 stop_alone("error: " + _stopped(*min(others.items())), 2, record=False)
@@ -235,12 +240,9 @@ def watch_other_processes(interval_s: float = 1.0) -> Callable[[], None]:
             if coordinator_silent:
                 stop_alone(f"error: the coordination service (process 0) stopped answering {SILENCE_S:.0f} s ago "
                            "(frozen, or its machine went away)", 2, record=False)
-            if silent:
-                reason = _reasons_left().get(silent[0])
-                stop_alone("error: " + (_stopped(silent[0], reason) if reason else
-                                        f"process {silent[0]} of {jax.process_count()} stopped answering "
-                                        f"{SILENCE_S:.0f} s ago (killed, out of memory, or its machine went away)"),
-                           2, record=False)
+            if silent:      # one that left a reason first was stopped for by `beat`, a second after
+                stop_alone(f"error: process {silent[0]} of {jax.process_count()} stopped answering {SILENCE_S:.0f} s "
+                           "ago (killed, out of memory, or its machine went away)", 2, record=False)
 
     beating = threading.Thread(target=beat, name="streetseg-heartbeat", daemon=True)
     beating.start()

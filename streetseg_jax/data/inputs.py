@@ -124,7 +124,7 @@ def assign_splits(keys: list[str], rule: SplitRule, hashed: list[str] | None = N
     export = export or []
     counts = ", ".join(f"{name} {export.count(name)}" for name in SPLIT_NAMES if name in export)
     usable = bool(export) and all(export) and "train" in export and len(set(export)) > 1     # train + held-out
-    own = rule.follow_export and rule.split_file is None and usable
+    own = rule.follow_export and usable
     notes = []
     if rule.split_file is not None:
         chosen = read_split_file(Path(rule.split_file), keys)

@@ -19,6 +19,7 @@ from (labels/label_map.starter_label_map).
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import sys
 from pathlib import Path
@@ -195,14 +196,9 @@ def classes(args: argparse.Namespace) -> None:
     if args.output is not None and args.output.exists():
         fail(f"--output {args.output} exists (a label map edited by hand, perhaps); give a new file")
     _, annotations = read_export(args.format, args.input, label_map)
-    images: dict[str, int] = {}
-    shapes: dict[str, int] = {}
-    for annotation in annotations:
-        for name in {shape.label for shape in annotation.shapes if not shape.ignore}:
-            images[name] = images.get(name, 0) + 1
-        for shape in annotation.shapes:
-            if not shape.ignore:
-                shapes[shape.label] = shapes.get(shape.label, 0) + 1
+    labels = [[shape.label for shape in annotation.shapes if not shape.ignore] for annotation in annotations]
+    shapes = collections.Counter(name for names in labels for name in names)
+    images = collections.Counter(name for names in labels for name in set(names))
     if not shapes:
         fail(f"no labelled shapes in {args.input}")
     names = sorted(shapes, key=lambda n: (-images[n], -shapes[n], n))

@@ -31,6 +31,7 @@ from PIL import Image
 
 from streetseg_jax.atomic import atomic_file
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES, class_ids, mask_png, rasterize_with_unlabelled
+from streetseg_jax.labels.formats.masks import MASK_DIRS
 from streetseg_jax.labels.images import (IMAGE_SUFFIXES, MAX_PIXELS, OutsideExportError, files_under, image_size,
                                          is_file, is_rotated, open_rgb, resolve_inside)
 from streetseg_jax.labels.label_map import LabelMap
@@ -66,9 +67,10 @@ class FileReport:
 # --- keys and images ---------------------------------------------------------------------------------------------
 # Folders of label masks, never of photos (PASCAL VOC's SegmentationClass/, CamVid's trainannot/, Cityscapes'
 # gtFine/): a mask named like a missing photo was taken for it, and the standard VOC layout was ambiguous.
-LABEL_FOLDERS = frozenset({"masks", "mask", "labels", "label", "segmentationclass", "segmentationclasspng",
-                           "segmentationclassaug", "segmentationclassvisualization", "segmentationobject",
-                           "segmentationobjectpng", "gtfine", "gtcoarse"})
+# The mask reader's own folders are among them, but annotations/, which holds VOC XML beside photos as often.
+LABEL_FOLDERS = frozenset({d.lower() for d in MASK_DIRS if d != "annotations"} | {
+    "mask", "label", "segmentationclassaug", "segmentationclassvisualization", "segmentationobject",
+    "segmentationobjectpng", "gtfine", "gtcoarse"})
 
 
 def in_label_folder(path: Path, root: Path) -> bool:
