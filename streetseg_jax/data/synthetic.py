@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 
 from streetseg_jax.data.inputs import end_with_parent, pool_context
 from streetseg_jax.labels.formats.voc import write_voc
+from streetseg_jax.labels.validate import self_intersection
 
 Objects = list[tuple[str, list[np.ndarray]]]
 
@@ -132,22 +133,28 @@ def _strip(cam: Camera, u0: float, u1: float, z0: float, z1: float, n: int = 12,
 
 
 def _long_box(cam: Camera, u_in: float, u_out: float, z0: float, z1: float, wall: float,
-              ridge_u: float | None = None, ridge_up=None, n: int = 6) -> np.ndarray:
+              ridge_u: float | None = None, ridge_up=None, n: int = 6) -> tuple[np.ndarray, float]:
     """Outline of a box running along the road (building, barrier, hedge): its face toward the camera's line of
     sight at u_in, its near end at z0, and its top (or a roof ridge at ridge_u) where the camera sees it.
 
     Image y does not depend on u here, so higher points always sit higher in the image at the same depth: the
     silhouette is the bottom of the inner face, the far top corner, the top (ridge) line back to the near end, and
-    the near end's outer corners.
+    the near end's outer corners. Where the road bends the far end round until the camera sees the box's other
+    face, that outline crosses itself: the box is then cut short at the last depth where it does not. Returns the
+    outline and the depth where the box ends (paints on the box must stop there too).
     """
-    zs = cam.depths(z0, z1, n)
     if ridge_u is None:   # a flat top shows from above only when it is below the eye
         ridge_u, ridge_up = (u_out if wall < cam.eye else u_in), wall
-    k = len(zs)
-    u = np.concatenate([np.full(k, u_in), [u_in], np.full(k, ridge_u), [u_out, u_out]])
-    z = np.concatenate([zs, [z1], zs[::-1], [z0, z0]])
-    up = np.concatenate([np.zeros(k), [wall], np.full(k, ridge_up), [wall, 0.0]])
-    return _dedupe(cam.project(u, z, up))
+    while True:
+        zs = cam.depths(z0, z1, n)
+        k = len(zs)
+        u = np.concatenate([np.full(k, u_in), [u_in], np.full(k, ridge_u), [u_out, u_out]])
+        z = np.concatenate([zs, [z1], zs[::-1], [z0, z0]])
+        up = np.concatenate([np.zeros(k), [wall], np.full(k, ridge_up), [wall, 0.0]])
+        outline = _dedupe(cam.project(u, z, up))
+        if k < 3 or self_intersection(outline) is None:
+            return outline, z1
+        z1 = float(zs[-2])
 
 
 def _face_quads(cam: Camera, u: float, z0, z1, up0, up1) -> np.ndarray:
@@ -484,11 +491,13 @@ def _add_building(scene: _Scene, side: _Side, face: float, z0: float, z1: float)
     n = max(3, min(8, int((z1 - z0) / 4)))
     if scene.kind == "suburban" and rng.random() < 0.7:      # a house with a gabled roof
         ridge_u, ridge_up = (u_in + u_out) / 2, wall + rng.uniform(1.5, 4.0)
-        item = _Item("building", [(_long_box(cam, u_in, u_out, z0, z1, wall, ridge_u, ridge_up, n), style)])
+        outline, z1 = _long_box(cam, u_in, u_out, z0, z1, wall, ridge_u, ridge_up, n)
+        item = _Item("building", [(outline, style)])
         roof = _strip(cam, u_in, ridge_u, z0, z1, n, wall, ridge_up)
         item.paints.append((roof, scene.style(scene.color("roof"), depth=z0, fine=3, coarse=4)))
     else:
-        item = _Item("building", [(_long_box(cam, u_in, u_out, z0, z1, wall, n=n), style)])
+        outline, z1 = _long_box(cam, u_in, u_out, z0, z1, wall, n=n)
+        item = _Item("building", [(outline, style)])
     item.group, item.depth = BUILDINGS, z0
     item.paints += _windows(scene, u_in, u_out, z0, z1, wall, color)
     scene.standing.append(item)
@@ -697,7 +706,7 @@ def _add_hedge_or_wall(scene: _Scene, side: _Side) -> None:
     color = scene.color("tree" if hedge else "concrete")
     for a, b in _z_ranges(scene, z0, z0 + rng.uniform(10, 60)):
         style = scene.style(color, depth=a, fine=8 if hedge else 4, coarse=12 if hedge else 5, **scene.grad(0.15))
-        outline = _long_box(cam, side.u(d), side.u(anchor[1]), a, b, height, n=8)
+        outline, _ = _long_box(cam, side.u(d), side.u(anchor[1]), a, b, height, n=8)
         scene.standing.append(_Item("landscaping" if hedge else "concrete", [(outline, style)], group=WALLS, depth=a))
 
 
@@ -721,7 +730,8 @@ def _add_long_concrete(scene: _Scene, u_in: float, u_out: float, z0: float, z1: 
     cam, rng = scene.cam, scene.rng
     face = scene.shade(color, 0.6, 0.95)                # vertical faces get less light than the top
     style = scene.style(face, depth=z0, fine=rng.uniform(3, 7), coarse=rng.uniform(2, 8), **scene.grad(0.15))
-    item = _Item("concrete", [(_long_box(cam, u_in, u_out, z0, z1, height, n=10), style)], group=BARRIERS, depth=z0)
+    outline, z1 = _long_box(cam, u_in, u_out, z0, z1, height, n=10)
+    item = _Item("concrete", [(outline, style)], group=BARRIERS, depth=z0)
     if height < cam.eye:                                # a lit top and a seam along the face show the box's form
         top = _strip(cam, u_in, u_out, z0, z1, 10, height)
         item.paints.append((top, scene.style(scene.shade(color, 1.0, 1.25), depth=z0, fine=3)))
