@@ -38,8 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmup_steps = 50
     c.lr_schedule = "cosine"
     c.end_learning_rate_factor = 0.01
-    c.optimizer = "adamw"
+    c.optimizer = "adamw"             # or "adam", "sgd" (with momentum; weight decay as L2)
     c.weight_decay = 1e-4
+    c.momentum = 0.9                  # sgd only
     c.grad_clip_norm = 1.0
     c.class_weights = "none"          # or "median_frequency" (SegNet's)
     c.class_weight_power = 1.0        # median-frequency weights ** power: 0.5 softens them

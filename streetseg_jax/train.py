@@ -63,8 +63,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
         opt = optax.adamw(schedule, weight_decay=config.weight_decay)
     elif config.optimizer == "adam":
         opt = optax.adam(schedule)
+    elif config.optimizer == "sgd":       # with momentum and L2 weight decay: the classic segmentation recipe
+        opt = optax.chain(optax.add_decayed_weights(config.weight_decay),
+                          optax.sgd(schedule, momentum=config.get("momentum", 0.9)))
     else:
-        raise ValueError(f"optimizer must be 'adam' or 'adamw', got {config.optimizer!r}")
+        raise ValueError(f"optimizer must be 'adamw', 'adam' or 'sgd', got {config.optimizer!r}")
     clip = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm > 0 else []
     ema = [track_ema(config.ema_decay)] if config.get("ema_decay", 0.0) else []
     return optax.chain(*clip, opt, *ema)

@@ -1,8 +1,8 @@
 """Several hosts, simulated by local processes under jax.distributed (CPU collectives over gloo).
 
-2 processes x 2 CPU devices train the tiny config and end with the same parameters as 1 process x 4 devices: the
-global sample order depends on (seed, step) only. The checkpoint the 2-process run wrote then resumes in a
-1-process run."""
+2 processes x 2 CPU devices train the tiny config and end with the same parameters as 1 process x 4 devices, up to
+float rounding: the global sample order depends on (seed, step) only. The checkpoint the 2-process run wrote then
+resumes in a 1-process run."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, TINY_CONFIG
+from conftest import ROOT, TINY_CONFIG, tiny_config
+from streetseg_jax import sharding, train
+from streetseg_jax.visualize import read_metrics
 from test_train import final_state
 
 STEPS = 4
@@ -48,18 +50,39 @@ def finish(procs, timeout=400):
 
 
 def test_two_processes_match_one_process_and_resume_on_one(tiny_data_dir, tmp_path):
+    # SGD: Adam moves a parameter whose gradient is zero up to rounding by about the learning rate, one way or the
+    # other as the rounding falls, and the two layouts sum gradients in another order (gloo across processes): with
+    # Adam, a kernel weight ended 0.0097 apart at learning rate 0.01 once the synthetic scenes changed.
+    sgd = "--config.optimizer=sgd"
     port = free_port()
     multi = tmp_path / "two_processes"
-    outs = finish([launch(multi, tiny_data_dir, 2, STEPS, i, 2, port) for i in range(2)])
+    outs = finish([launch(multi, tiny_data_dir, 2, STEPS, i, 2, port, sgd) for i in range(2)])
     assert "training steps 0..4 on 4 device(s), 2 process(es)" in outs[0]
     assert "training steps" not in outs[1]  # only process 0 logs
     single = tmp_path / "one_process"
-    finish([launch(single, tiny_data_dir, 4, STEPS)])
+    finish([launch(single, tiny_data_dir, 4, STEPS, None, None, None, sgd)])
+    # The losses agree to rounding; a pixel whose two best logits are a rounding apart may flip, and move an mIoU.
+    for name, tolerance in (("train/loss", dict(rtol=1e-5)), ("train/miou", dict(atol=1e-3)),
+                            ("eval/miou", dict(atol=1e-3))):
+        logged = [[r[name] for r in read_metrics(run / "metrics.jsonl") if name in r] for run in (multi, single)]
+        assert len(logged[0]) >= 2
+        np.testing.assert_allclose(*logged, **tolerance, err_msg=name)
+    config = tiny_config()
+    config.optimizer = "sgd"
+    _, start = train.init_state(config, 8, train.make_optimizer(config), sharding.make_mesh(jax.devices()[:1]))
     a, b = final_state(multi, STEPS), final_state(single, STEPS)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=1e-4, atol=1e-5)
+    # What training changed agrees leaf by leaf to 10% (L2 norm of the difference over the change's). Measured: 2.5% at
+    # most, in the middle's first kernel (BatchNorm's backward pass subtracts nearly equal sums, and rounding them in
+    # another order grows layer by layer, as in tests/test_sharding.py). A process that trained on its own half of the
+    # batch, or a sample order that depends on the layout, moves a leaf by about as much as it changed.
+    for part in ("params", "model_state"):
+        for path, first, x, y in zip(*zip(*jax.tree_util.tree_flatten_with_path(getattr(start, part))[0]),
+                                     jax.tree.leaves(a[part]), jax.tree.leaves(b[part]), strict=True):
+            change_multi, change_single = (np.asarray(v, np.float64) - first for v in (x, y))
+            gap = np.linalg.norm(change_multi - change_single) / np.linalg.norm(change_single)
+            assert gap < 1e-1, (part, jax.tree_util.keystr(path), gap)
 
-    out, = finish([launch(multi, tiny_data_dir, 4, STEPS + 2)])
+    out, = finish([launch(multi, tiny_data_dir, 4, STEPS + 2, None, None, None, sgd)])
     assert f"resuming from step {STEPS}" in out
     assert int(final_state(multi, STEPS + 2)["step"]) == STEPS + 2
 

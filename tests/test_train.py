@@ -550,6 +550,23 @@ def test_cross_entropy_weights_and_ignore():
     assert total == pytest.approx(1 * ce(logits[0, 0], 1) + 2 * ce(logits[0, 1], 0), rel=1e-6)
 
 
+def test_sgd_uses_momentum_and_weight_decay_as_l2():
+    from streetseg_jax import train
+
+    config = tiny_config()
+    config.optimizer, config.momentum, config.weight_decay, config.grad_clip_norm = "sgd", 0.5, 0.1, 0.0
+    tx, rate = train.make_optimizer(config), train.make_schedule(config)
+    params, grads = {"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([0.5, 0.25])}
+    state, trace, expected = tx.init(params), np.zeros(2), np.array([1.0, -2.0])
+    for step in range(3):
+        updates, state = tx.update(grads, state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+        trace = 0.5 * trace + (np.array([0.5, 0.25]) + 0.1 * expected)
+        expected = expected - float(rate(step)) * trace
+        np.testing.assert_allclose(np.asarray(params["w"]), expected, rtol=1e-6)
+    assert float(rate(1)) > 0                  # the warm-up's first rate is 0: the steps after it moved
+
+
 def test_ema_follows_the_parameters_and_is_what_evaluation_uses():
     from streetseg_jax import sharding, train
 
