@@ -236,6 +236,14 @@ def test_images_without_annotations_and_string_ids(tmp_path):
     assert (a.file_name, len(a.shapes), b.file_name, len(b.shapes)) == ("a.jpg", 0, "b.jpg", 1)
 
 
+def test_coco_json_names_give_their_images_split(tmp_path):
+    """COCO's own instances_train2017.json and instances_val2017.json: the dataset's train and validation."""
+    for name, split in (("instances_train2017", "train"), ("instances_val2017", "validation"),
+                        ("panoptic_test2017", "test"), ("instances_extra2017", None), ("_annotations.coco", None)):
+        path = _write(tmp_path / "annotations" / f"{name}.json", _coco([]))
+        assert [a.split for a in coco.read(path, None)] == [split], name
+
+
 def test_image_files_found_in_coco_layouts_and_escapes_refused(tmp_path):
     Image.new("RGB", (10, 8)).save(tmp_path / "val2017.jpg")
     (tmp_path / "val2017").mkdir()

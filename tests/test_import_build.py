@@ -198,6 +198,37 @@ def test_split_folders_of_a_mask_export_are_kept_and_a_fraction_hashes_them(tmp_
     assert "note: 5 of 5 image(s) have a split in the export: --val_fraction draws them by a hash" in log
 
 
+def split_folder_export(fmt: str, folder: Path, splits=("train", "valid", "test")) -> Path:
+    """Roboflow's layout: the tool's export once per split folder, each image named after its split."""
+    for split in splits:
+        sample_exports.write_export(fmt, folder / split)
+        for path in sorted((folder / split).rglob("*")):
+            if path.is_file() and path.suffix in (".json", ".xml", ".ndjson"):
+                path.write_text(path.read_text().replace(sample_exports.STEM, f"{split}_image"))
+            if path.is_file() and path.stem == sample_exports.STEM:
+                path.rename(path.with_name(f"{split}_image{path.suffix}"))
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["voc", "mit_xml", "labelme", "coco", "coco_panoptic", "cvat"])
+def test_split_folders_give_the_splits_in_every_format(fmt, tmp_path):
+    """Roboflow's train/ valid/ test/ were hashed into train and validation (and a COCO export so laid out was not
+    found at all: its JSONs are in the split folders)."""
+    export = split_folder_export(fmt, tmp_path / "export")
+    assert formats.detect(export) == fmt
+    annotations = formats.read(fmt, export, default_label_map())
+    assert sorted((Path(a.file_name).stem, a.split) for a in annotations) == [
+        ("test_image", "test"), ("train_image", "train"), ("valid_image", "validation")]
+
+
+def test_a_roboflow_coco_export_builds_with_its_splits(tmp_path):
+    export = split_folder_export("coco", tmp_path / "export")
+    result, log = build(tmp_path, export, fmt="auto")
+    assert result.splits == {"train": 1, "validation": 1, "test": 1}, log
+    assert "note: the export's own splits are kept (train 1, validation 1, test 1)" in log
+    assert list(records(tmp_path, "validation")) == ["valid_image.png"]
+
+
 def test_an_export_with_splits_for_some_images_only_is_hashed_and_says_so(tmp_path):
     export = mask_export(tmp_path / "export", {"train": ["a", "b"], "extra": ["c"]})   # extra: no split name
     result, log = build(tmp_path, export, fmt="masks")

@@ -17,7 +17,7 @@ import numpy as np
 
 from streetseg_jax.labels.images import file_ids
 from streetseg_jax.labels.rasterize import coordinate_limit
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key, make_key, read_each
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, export_split, image_key, make_key, read_each
 
 FORMATS = ("voc", "mit_xml", "labelme", "coco", "coco_panoptic", "cvat", "labelbox", "cityscapes", "mapillary",
            "masks")
@@ -38,8 +38,23 @@ def read(name: str, path: Path, label_map) -> list:
     if not annotations:
         raise LabelFormatError(_nothing_read(name, path))
     read_each(annotations, check_coordinates)
-    add_folders_to_clashing_keys(annotations, path if path.is_dir() else path.parent)
+    root = path if path.is_dir() else path.parent
+    add_folders_to_clashing_keys(annotations, root)
+    add_split_folders(annotations, root)
     return annotations
+
+
+def add_split_folders(annotations: list[Annotation], root: Path) -> None:
+    """An annotation file under a split folder of the export (Roboflow's train/ valid/ test/, or train/ and val/
+    made by hand) is in that split, where its reader found none of the tool's own (a CVAT subset)."""
+    for annotation in annotations:
+        if annotation.split is None:
+            try:
+                folders = Path(annotation.source).parent.relative_to(root).parts
+            except ValueError:
+                continue
+            named = {split for folder in folders if (split := export_split(folder))}
+            annotation.split = named.pop() if len(named) == 1 else None
 
 
 def add_folders_to_clashing_keys(annotations: list[Annotation], root: Path) -> None:

@@ -27,6 +27,9 @@ Conventions (see `read`):
   (when the JSON sits in `annotations/`) in the export folder, its `images/` and `JPEGImages/` folders and a folder
   named after the JSON's split (`instances_val2017.json` -> `val2017/`). A name that leads out of the export folder
   is refused; an image found nowhere leaves `image_path` None.
+- A folder given holds its JSONs, those in its `annotations/`, and those in its split folders (Roboflow's `train/`,
+  `valid/`, `test/`, each JSON with its images beside it). An image's split in the export (Annotation.split) is its
+  JSON's: from the JSON's name (`instances_val2017.json`: validation) or its split folder (formats.add_split_folders).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from pycocotools import mask as coco_mask
 
 from streetseg_jax.labels import jsonio
 from streetseg_jax.labels.images import check_size, is_file, resolve_inside
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, read_each
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, export_split, read_each
 
 CROWD_CHOICES = ("ignore", "class")
 IMAGE_DIRS = ("", "images", "JPEGImages")
@@ -108,11 +111,13 @@ def export_root(path: Path) -> Path:
 
 
 def json_files(path: Path, accept, most: int | None = None) -> list[Path]:
-    """`path` itself when it is an accepted file; else the accepted *.json in the folder and its annotations/
-    (none when there are more than `most` to look at: detection must not read every file of a large folder)."""
+    """`path` itself when it is an accepted file; else the accepted *.json in the folder, its annotations/ and its
+    split folders (Roboflow's train/ valid/ test/, each with its own JSON), none when there are more than `most` to
+    look at: detection must not read every file of a large folder."""
     if not path.is_dir():
         return [path] if path.is_file() and accept(path) else []
-    candidates = sorted(path.glob("*.json")) + sorted((path / "annotations").glob("*.json"))
+    splits = sorted(p for p in path.iterdir() if export_split(p.name) and p.is_dir())
+    candidates = [f for folder in (path, path / "annotations", *splits) for f in sorted(folder.glob("*.json"))]
     if most is not None and len(candidates) > most:
         return []
     return [f for f in candidates if f.is_file() and accept(f)]
@@ -165,6 +170,7 @@ def categories_by_id(data: dict, path: Path) -> dict:
 def annotations_by_image(data: dict, path: Path, root: Path) -> dict:
     """An empty Annotation per image id, in file order, with its size and (when found) its image file."""
     out: dict = {}
+    split = json_split(path)
     for index, image in enumerate(json_list(data, "images", path)):
         where = f"{path}: image {index}"
         image_id = entry_id(entry_field(image, "id", path, index, "image"), where, "id")
@@ -175,8 +181,13 @@ def annotations_by_image(data: dict, path: Path, root: Path) -> dict:
             raise LabelFormatError(f"{where}: has no file_name")
         width, height = image_size_of(image, where)
         image_path = find_file(root, path, file_name, "image file_name", IMAGE_DIRS)
-        out[image_id] = Annotation(path, file_name, width, height, [], image_path=image_path)
+        out[image_id] = Annotation(path, file_name, width, height, [], image_path=image_path, split=split)
     return out
+
+
+def json_split(path: Path) -> str | None:
+    """The split a JSON's name gives (COCO's own instances_train2017.json, panoptic_val2017.json), or None."""
+    return export_split(path.stem.rsplit("_", 1)[1].rstrip("0123456789")) if "_" in path.stem else None
 
 
 def image_size_of(entry: dict, where: str) -> tuple[int, int]:
