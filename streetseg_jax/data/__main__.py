@@ -55,7 +55,8 @@ def _export_arguments(build: argparse.ArgumentParser) -> None:
     split = build.add_mutually_exclusive_group()
     split.add_argument("--val_fraction", type=float, help="from_annotations: share of images in the validation "
                        "split, by a hash of the image's file stem (default: the export's own splits where every "
-                       "image has one, such as Cityscapes' train/val folders or CVAT subsets, else 0.2)")
+                       "image has one: split folders such as Roboflow's train/ valid/ test/ or Cityscapes' train/ "
+                       "val/, CVAT subsets; else 0.2)")
     split.add_argument("--split_file", help="from_annotations: `split<TAB>file stem` lines (train, validation, "
                        "test), e.g. to keep a video's frames in one split")
     build.add_argument("--unknown", choices=UNKNOWN_CHOICES, help="from_annotations: class names not in the label "
