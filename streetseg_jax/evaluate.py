@@ -275,6 +275,21 @@ def load_checked_split(run: LoadedRun, split: str, data_dir: str | None):
     return source
 
 
+def say_if_the_dataset_changed(workdir: Path, run: LoadedRun, data_dir: str | None) -> None:
+    """A note when the dataset is not the one the run trained on (the fingerprint config.json recorded: every file
+    of the prepared dataset), such as one rebuilt with corrected labels since: its scores are the dataset's now."""
+    from streetseg_jax.data.source import dataset_dir, dataset_fingerprint
+
+    try:
+        recorded = json.loads((workdir / "config.json").read_text())["provenance"]["dataset"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return                                              # a run from before the record, or without config.json
+    directory = dataset_dir(run.config.dataset, data_dir or run.config.data_dir)
+    if dataset_fingerprint(directory) != recorded:
+        print(f"note: {run.config.dataset} at {directory} has changed since this run trained on it: the scores are "
+              "of the dataset as it is now", file=sys.stderr)
+
+
 def evaluate_split(run: LoadedRun, source, split: str) -> Evaluation:
     """One pass over the split: per-image confusion matrices on the device; every total is their sum."""
     sums = run.evaluator.per_image(run.params, run.model_state, source)
@@ -351,6 +366,7 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     run = load_run(workdir, checkpoint, flip_tta, extra_scales)
     split = split or run.config.eval_split
     source = load_checked_split(run, split, data_dir)
+    say_if_the_dataset_changed(workdir, run, data_dir)
     evaluation = evaluate_split(run, source, split)
     file_names, sizes = _names_and_sizes(source)
     result = result_dict(run, evaluation, file_names, workdir)

@@ -27,7 +27,8 @@ import numpy as np
 from streetseg_jax import atomic
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv
 from streetseg_jax.evaluate import (Evaluation, LoadedRun, as_text, confusion_png, evaluate_split, load_checked_split,
-                                    load_run, network_scales, rank_images, score_command, split_file_name)
+                                    load_run, network_scales, rank_images, say_if_the_dataset_changed, score_command,
+                                    split_file_name)
 from streetseg_jax.metrics import class_recall
 from streetseg_jax.page import escape, html_page, png_uri, section
 from streetseg_jax.visualize import curves_figure, figure_png, pyplot, read_metrics
@@ -327,6 +328,7 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     split = split or config.eval_split
     eval_source = load_checked_split(run, split, data_dir)
     train_source = load_checked_split(run, config.train_split, data_dir)
+    say_if_the_dataset_changed(workdir, run, data_dir)
     evaluation = evaluate_split(run, eval_source, split)
     data = _report_data(workdir, run, k, evaluation, eval_source, train_source)
     name = "report.html" if split == config.eval_split else f"report_{split_file_name(split)}.html"

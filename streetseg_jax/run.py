@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 
 from streetseg_jax import atomic, checkpoint, sharding
 from streetseg_jax.data import augment
-from streetseg_jax.data.source import UnknownSplitError, dataset_dir, load_split
+from streetseg_jax.data.source import UnknownSplitError, dataset_dir, dataset_fingerprint, load_split
 from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.visualize import best_eval, eval_rows, flatten, hms, plot_curves, read_metrics, run_history
@@ -399,18 +399,6 @@ def provenance(config, info) -> dict:
                         "fingerprint": dataset_fingerprint(dataset_dir(config.dataset, config.data_dir))},
             "devices": {"count": jax.device_count(), "kind": jax.devices()[0].device_kind,
                         "processes": jax.process_count()}}
-
-
-def dataset_fingerprint(directory: Path) -> str:
-    """sha256 over the names and bytes of every file of the prepared dataset version."""
-    import hashlib
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(directory)).encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _git_commit() -> str:

@@ -101,6 +101,24 @@ def test_split_and_checkpoint_flags(workdir, capsys):
     assert json.loads((workdir / "eval" / "test__2_.json").read_text())["checkpoint"] == "best"
 
 
+def test_a_dataset_changed_since_training_is_said(workdir, tiny_data_dir, tmp_path, capsys):
+    """A dataset rebuilt since (corrected labels) was scored without a word: the run's config.json records it."""
+    import shutil
+
+    from streetseg_jax import evaluate
+
+    evaluate.main(["--workdir", str(workdir), "--split", "test[:1]", "--output", str(tmp_path / "same")])
+    assert "has changed since" not in capsys.readouterr().err
+    copy = tmp_path / "tfds"
+    shutil.copytree(tiny_data_dir, copy)
+    info, = copy.glob("street_seg/synthetic/*/dataset_info.json")
+    info.write_text(info.read_text() + "\n")
+    evaluate.main(["--workdir", str(workdir), "--split", "test[:1]", "--data_dir", str(copy),
+                   "--output", str(tmp_path / "changed")])
+    assert (f"note: street_seg/synthetic at {info.parent} has changed since this run trained on it: the scores are "
+            "of the dataset as it is now") in capsys.readouterr().err
+
+
 def files_of(folder: Path) -> dict:
     return {path: path.stat().st_mtime_ns for path in folder.rglob("*")}
 

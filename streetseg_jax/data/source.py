@@ -21,6 +21,7 @@ and label map then come from the files on disk alone, as they do for any other p
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -59,6 +60,17 @@ def dataset_dir(dataset: str, data_dir: str | os.PathLike | None) -> Path:
     if version not in built:
         raise DatasetNotFoundError(_not_found_message(dataset, config, data_dir, config_dir, built))
     return config_dir / version
+
+
+def dataset_fingerprint(directory: Path) -> str:
+    """sha256 over the names and bytes of every file of the prepared dataset version."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def is_built(dataset: str, data_dir: str | os.PathLike | None) -> bool:
