@@ -133,7 +133,8 @@ def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None
         clashes += [f"{clash} (one file here, where case does not count)" for clash in case_only]
     if clashes:
         fail(f"{len(clashes)} output file(s) would be written by two inputs:\n" + "\n".join(clashes[:10]) +
-             ("\n  ..." if len(clashes) > 10 else "") + "\nrename the inputs or predict them into separate outputs")
+             ("\n  ..." if len(clashes) > 10 else "") + "\nrename the inputs, give the folder above them (its "
+             "sub-folders are kept in the outputs' names: cam1/0001.png), or predict them into separate outputs")
 
 
 def _case_insensitive(folder: Path) -> bool:
