@@ -299,6 +299,15 @@ def test_a_mask_is_never_taken_for_the_photo(mode, tmp_path):
     assert missing[1] == f"no image named b.* or 'b.png' under {tmp_path}"
 
 
+def test_a_photo_kept_in_a_folder_of_label_masks_is_named_in_the_message(tmp_path):
+    """Folders of masks are not searched for photos; a photo kept in one was missing without a reason."""
+    save_photo(tmp_path / "labels" / "a.jpg")
+    found = [annotation(source=str(tmp_path / "annotations" / "a.xml"), file_name="a.jpg")]
+    assert locate_images(found, tmp_path)[0] == (
+        f"no image named a.* or 'a.jpg' under {tmp_path} ({Path('labels', 'a.jpg')} looks like a photo, but folders "
+        "of label masks are not searched for photos: move the photos to images/)")
+
+
 def test_a_greyscale_or_palette_photo_is_still_a_photo(tmp_path):
     pixels = np.arange(16 * 12, dtype=np.uint8).reshape(12, 16)       # 192 grey levels
     (tmp_path / "images").mkdir()

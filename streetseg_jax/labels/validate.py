@@ -106,11 +106,16 @@ class ImageIndex:
         self.by_stem: dict[str, list[Path]] = {}
         self.by_folded_name: dict[str, list[Path]] = {}     # case and Unicode form aside (Windows, macOS zips)
         self._masks: dict[tuple[Path, bool], bool] = {}
+        self.in_label_folders: dict[str, list[Path]] = {}     # by stem: named in the message when none is found
         for path in files_under(self.root) if self.root.is_dir() else []:
-            if path.suffix.lower() in IMAGE_SUFFIXES and not in_label_folder(path, self.root):
-                self.by_name.setdefault(path.name, []).append(path)
-                self.by_stem.setdefault(path.stem, []).append(path)
-                self.by_folded_name.setdefault(_fold(path.name), []).append(path)
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if in_label_folder(path, self.root):
+                self.in_label_folders.setdefault(path.stem, []).append(path)
+                continue
+            self.by_name.setdefault(path.name, []).append(path)
+            self.by_stem.setdefault(path.stem, []).append(path)
+            self.by_folded_name.setdefault(_fold(path.name), []).append(path)
 
     def find(self, annotation: Annotation, one_per_file: bool) -> Path | str:
         """The image of `annotation`, or a message saying why there is none. For formats with one annotation
@@ -127,7 +132,11 @@ class ImageIndex:
                 return found
         looked_for = " or ".join(filter(None, [f"{source.stem}.*" if one_per_file else "",
                                                 repr(annotation.file_name) if annotation.file_name else ""]))
-        return f"no image named {looked_for or '(no name given)'} under {self.root}"
+        stems = {Path(name).stem, source.stem} if one_per_file else {Path(name).stem}
+        photos = [p for stem in stems for p in self.in_label_folders.get(stem, []) if not self.is_mask(p, True)]
+        aside = (f" ({photos[0].relative_to(self.root)} looks like a photo, but folders of label masks are not "
+                 "searched for photos: move the photos to images/)") if photos else ""
+        return f"no image named {looked_for or '(no name given)'} under {self.root}{aside}"
 
     def _by_path(self, file_name: str | None, source: Path) -> Path | str | None:
         if not file_name or "://" in file_name:
