@@ -216,10 +216,19 @@ def _open(config, workdir: str | Path):
     if note:
         log.say(note)
     weights = class_weights(config, train[0], train[1], log)
+    _check_memory(config, train[1].num_classes, mesh)
     if config.init_from and not (workdir / "checkpoints").is_dir():    # nothing to resume: it will be read
         from streetseg_jax.warm_start import check_init_from
         check_init_from(config.init_from, config.model.to_dict())
     return workdir, mesh, train, eval_source, log, weights, typical_size(train[0])
+
+
+def _check_memory(config, num_classes: int, mesh) -> None:
+    from streetseg_jax.train import memory_problem    # here: train imports this module
+
+    problem = memory_problem(config, num_classes, mesh)
+    if problem:
+        raise RunError(problem)
 
 
 def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog", holding_the_lock: bool):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -111,14 +111,50 @@ def init_state(config, num_classes: int, tx, mesh):
     """(graphdef, TrainState) with parameters created directly in their (replicated) sharding."""
     abstract = nnx.eval_shape(lambda: build_model(config.model, num_classes, seed=config.seed))
     graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
+    state = jax.jit(_initial_state(config, num_classes, tx), out_shardings=sharding.replicated(mesh))()
+    return graphdef, state
 
-    def init():
+
+def _initial_state(config, num_classes: int, tx):
+    def init() -> TrainState:
         _, params, rest = split_model(build_model(config.model, num_classes, seed=config.seed))
         rng = jax.random.key_data(jax.random.PRNGKey(config.seed))
         return TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params), rng)
+    return init
 
-    state = jax.jit(init, out_shardings=sharding.replicated(mesh))()
-    return graphdef, state
+
+def memory_problem(config, num_classes: int, mesh, free: Callable[[Any], int | None] | None = None) -> str | None:
+    """Why the train state cannot fit in this machine's memory, or None. Each device holds the weights, optimiser
+    state and BatchNorm statistics, and a step adds one set of gradients (activations come on top): a lower bound,
+    computed without allocating anything, against the memory free on the host (CPU devices share it) or on a GPU.
+    The process was killed without a word instead (model.depth 9: 24 GB and more)."""
+    abstract = jax.eval_shape(_initial_state(config, num_classes, make_optimizer(config)))
+    count = sum(leaf.size for leaf in jax.tree.leaves(abstract.params))
+    per_device = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(abstract)) + 4 * count
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    on_host = local[0].platform == "cpu"
+    need = per_device * (len(local) if on_host else 1)
+    available = (free or free_memory)(local[0])
+    if available is None or need <= available:
+        return None
+    where = "this machine has" if on_host else f"a {local[0].device_kind} has"
+    return (f"the model does not fit in memory: training needs {need / 2**30:.1f} GiB at least (weights, optimiser "
+            f"state and gradients of {count / 1e6:.0f} M parameters" + (f" on each of {len(local)} devices"
+                                                                       if len(local) > 1 else "") +
+            f") where {where} {available / 2**30:.1f} GiB free; make model.depth ({config.model.depth}) or "
+            f"model.base_width ({config.model.base_width}) smaller")
+
+
+def free_memory(device) -> int | None:
+    """Bytes free for `device`: the host's available memory for a CPU device (Linux), else the device's own."""
+    if device.platform == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            return None
+    stats = device.memory_stats() or {}
+    return stats["bytes_limit"] - stats.get("bytes_in_use", 0) if "bytes_limit" in stats else None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import jax
@@ -284,6 +285,28 @@ def test_multi_host_flags_that_do_not_go_together_are_one_message(tiny_data_dir,
     code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--cpu_devices=2", "--config.eval_batch_size=3")
     assert code == 2 and "eval_batch_size 3 must divide by the number of devices (2)" in out, out
     assert not (tmp_path / "w").exists()
+
+
+def test_a_model_too_large_for_the_memory_is_refused_before_anything_is_written(tiny_data_dir, tmp_path):
+    """model.depth 9 ran the machine out of memory: the kernel killed the run without a word."""
+    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--cpu_devices=2", "--config.model.depth=7",
+                                "--config.model.base_width=1024")      # 77 G parameters: 1.2 TB and more
+    assert code == 2 and out.startswith("error: the model does not fit in memory: training needs ") and \
+        "on each of 2 devices" in out and "make model.depth (7) or model.base_width (1024) smaller" in out, out
+    assert not (tmp_path / "w").exists()
+
+
+def test_the_memory_bound_counts_every_device_on_the_host():
+    from streetseg_jax import sharding, train
+
+    config = tiny_config()
+    config.model.base_width = 256            # 0.5 GiB a device
+    one, two = (types.SimpleNamespace(devices=np.array(jax.devices()[:1] * n)) for n in (1, 2))   # CPU devices
+    assert train.memory_problem(config, 8, two, free=lambda device: None) is None       # unknown: not refused
+    one, two = (train.memory_problem(config, 8, mesh, free=lambda device: 0) for mesh in (one, two))
+    need = [float(re.search(r"needs ([0-9.]+) GiB", text).group(1)) for text in (one, two)]
+    assert "on each of 2 devices" in two and need[0] > 0.3 and need[1] == pytest.approx(2 * need[0], abs=0.1)
+    assert train.memory_problem(config, 8, sharding.make_mesh(), free=lambda device: 2**30) is None
 
 
 def test_an_error_from_a_library_says_where_it_came_from():
