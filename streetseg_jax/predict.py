@@ -54,6 +54,7 @@ from streetseg_jax.atomic import WRITE_ERRORS, atomic_file
 from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv,
                                quiet_libraries, stop_on_sigterm)
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
+from streetseg_jax.labels.shapes import listing
 
 EXPORT_FORMATS = ("labelme", "coco", "cvat")
 _READ_AHEAD = 4        # images decoded ahead of the model
@@ -127,14 +128,14 @@ def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None
                 fail(f"{out_dir / name} is an input: its prediction would overwrite it; give another --output")
             first, source = writer.setdefault(name.casefold(), (name, item.source))
             if source != item.source:
-                clash = f"  {name if first == name else f'{first} and {name}'}: {source} and {item.source}"
+                clash = f"{name if first == name else f'{first} and {name}'}: {source} and {item.source}"
                 (clashes if first == name else case_only).append(clash)
     if case_only and _case_insensitive(out_dir):
         clashes += [f"{clash} (one file here, where case does not count)" for clash in case_only]
     if clashes:
-        fail(f"{len(clashes)} output file(s) would be written by two inputs:\n" + "\n".join(clashes[:10]) +
-             ("\n  ..." if len(clashes) > 10 else "") + "\nrename the inputs, give the folder above them (its "
-             "sub-folders are kept in the outputs' names: cam1/0001.png), or predict them into separate outputs")
+        fail(f"{len(clashes)} output file(s) would be written by two inputs:" + listing(clashes, 10) +
+             "\nrename the inputs, give the folder above them (its sub-folders are kept in the outputs' names: "
+             "cam1/0001.png), or predict them into separate outputs")
 
 
 def _case_insensitive(folder: Path) -> bool:

@@ -387,3 +387,10 @@ def test_report_statistics_text_and_json(tmp_path):
     write_json(report, tmp_path / "report.json")
     assert json.loads((tmp_path / "report.json").read_text())["images"] == 2
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json") == ["report.json"]
+
+
+def test_listings_show_the_first_lines_and_count_the_rest():
+    from streetseg_jax.labels.shapes import listing
+
+    assert listing(["a", "b", "c"], 2) == "\n  a\n  b\n  ... and 1 more"
+    assert listing(["a", "b"], 2) == "\n  a\n  b" and listing([]) == ""

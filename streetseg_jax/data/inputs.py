@@ -38,7 +38,7 @@ from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import UnknownLabelsError, annotation_to_mask, find_unknown_labels, read_mask_png
 from streetseg_jax.labels.images import files_under, open_rgb
 from streetseg_jax.labels.label_map import LabelMap
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, base_name
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, base_name, listing
 from streetseg_jax.labels.validate import EMBEDDED, CheckOptions, Report, error_listing, validate
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -193,7 +193,7 @@ def read_split_file(path: Path, keys: list[str]) -> dict[str, str]:
     if missing:
         problems.append(f"{len(missing)} image(s) are in no split: {_names(missing)}")
     if problems:
-        raise BuildError(f"split file {path}:\n  " + "\n  ".join(problems[:20]))
+        raise BuildError(f"split file {path}:" + listing(problems))
     return chosen
 
 

@@ -33,7 +33,7 @@ from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, a
                                           find_unknown_labels, write_mask_png)
 from streetseg_jax.labels.images import file_ids, image_size
 from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map, starter_label_map
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key, listing
 from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, locate_images, size_mismatch, size_problem,
                                            validate, write_json)
 
@@ -99,17 +99,16 @@ def to_masks(args: argparse.Namespace) -> None:
     fmt, annotations = read_export(args.format, args.input, label_map)
     sizes = [f"{a.source}: {problem}" for a in annotations if (problem := size_problem(a.width, a.height))]
     if sizes:
-        fail("cannot draw masks of these sizes:\n  " + "\n  ".join(sizes[:20]))
+        fail("cannot draw masks of these sizes:" + listing(sizes))
     clashes = duplicate_keys(annotations)
     if clashes:
-        fail("two or more annotations would write the same mask file:\n  " +
-             "\n  ".join(sorted(set(clashes.values()))))
+        fail("two or more annotations would write the same mask file:" + listing(sorted(set(clashes.values()))))
     located = [dataclasses.replace(a) for a in annotations]     # keys are the annotations' as read: copies
     locate_images(located, args.input if args.input.is_dir() else args.input.parent)
     overwritten = images_overwritten(annotations, located, args.output)
     if overwritten:
         fail("these masks would overwrite the export's own images (a PNG photo's mask has its name); give another "
-             "--output:\n  " + "\n  ".join(overwritten[:20]))
+             "--output:" + listing(overwritten))
     if args.unknown == "error":
         unknown = find_unknown_labels(annotations, label_map)
         if unknown:

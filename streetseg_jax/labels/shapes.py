@@ -54,7 +54,10 @@ class LabelFormatError(ValueError):
     """An annotation file that cannot be read; the message names the file and the problem."""
 
 
-_PROBLEMS_SHOWN = 20
+def listing(lines: list[str], limit: int = 20) -> str:
+    """The first `limit` lines, each on an indented line of its own, and how many more there are."""
+    more = f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else ""
+    return "".join(f"\n  {line}" for line in lines[:limit]) + more
 
 
 def read_each(items, read_one) -> list:
@@ -70,9 +73,7 @@ def read_each(items, read_one) -> list:
     if len(problems) == 1:
         raise LabelFormatError(problems[0])
     if problems:
-        more = len(problems) - _PROBLEMS_SHOWN
-        raise LabelFormatError(f"{len(problems)} problems in the annotations:\n" + "\n".join(
-            f"  {p}" for p in problems[:_PROBLEMS_SHOWN]) + (f"\n  ... and {more} more" if more > 0 else ""))
+        raise LabelFormatError(f"{len(problems)} problems in the annotations:" + listing(problems))
     return results
 
 

@@ -36,7 +36,7 @@ from streetseg_jax.labels.images import (IMAGE_SUFFIXES, MAX_PIXELS, OutsideExpo
                                          is_file, is_rotated, open_rgb, resolve_inside)
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.labels.rasterize import coordinate_limit
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, base_name, image_key
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, base_name, image_key, listing
 from streetseg_jax.labels.stats import median_frequency_weights, sum_image_counts
 
 EMBEDDED = "<embedded in the annotation>"
@@ -666,8 +666,6 @@ def write_json(report: Report, path: str | Path) -> None:
 def error_listing(report: Report, limit: int = 20) -> str:
     """The errors as one message (for a build that refuses the export)."""
     errors = report.errors
-    lines = [f"  {file}: {message}" for file, message in errors[:limit]]
-    if len(errors) > limit:
-        lines.append(f"  ... and {len(errors) - limit} more")
-    return "\n".join([f"{len(errors)} problem(s) in the annotations stop the build:", *lines])
+    return (f"{len(errors)} problem(s) in the annotations stop the build:"
+            + listing([f"{file}: {message}" for file, message in errors], limit))
 
