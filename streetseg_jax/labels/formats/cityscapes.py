@@ -26,7 +26,7 @@ import numpy as np
 
 from streetseg_jax.labels.images import check_size, files_under, iter_files, resolve_inside
 from streetseg_jax.labels.jsonio import load_json
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, export_split, read_each
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, read_each
 
 _NAME = re.compile(r"^(?P<stem>.+)_(?P<kind>gtFine|gtCoarse)_polygons\.json$")
 _SKIPPED_UNLESS_KNOWN = ("license plate",)
@@ -38,12 +38,7 @@ def read(path: Path, label_map) -> list[Annotation]:
     files = _polygon_files(path) if path.is_dir() else [path]
     if not files:
         raise LabelFormatError(f"{path}: no Cityscapes *_gtFine_polygons.json files in this folder")
-    annotations = read_each(files, lambda f: read_cityscapes(f, label_map))
-    root = path if path.is_dir() else path.parent
-    for annotation in annotations:      # a split folder above the export given is not the export's
-        if not annotation.source.parent.parent.is_relative_to(root):
-            annotation.split = None
-    return annotations
+    return read_each(files, lambda f: read_cityscapes(f, label_map))
 
 
 def looks_like(path: Path) -> bool:
@@ -65,8 +60,6 @@ def read_cityscapes(path: str | Path, label_map=None) -> Annotation:
     stem = _stem(path)
     annotation = Annotation(path, f"{stem}_leftImg8bit.png", width, height, shapes)
     annotation.image_path = _image_path(path, stem)
-    if path.parent.parent.parent.name in ("gtFine", "gtCoarse"):       # gtFine/<split>/<city>/<file>
-        annotation.split = export_split(path.parent.parent.name)
     return annotation
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from streetseg_jax.labels.formats.cityscapes import image_size, is_number, load_json_object, point_list
 from streetseg_jax.labels.images import files_under, resolve_inside
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, export_split, read_each
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, read_each
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _CONFIG_NAME = "config_v2.0.json"
@@ -35,12 +35,7 @@ def read(path: Path, label_map) -> list[Annotation]:
     if not files:
         raise LabelFormatError(f"{path}: no Mapillary Vistas polygons/*.json files in this folder")
     configs: dict[Path, dict[str, str]] = {}
-    annotations = read_each(files, lambda f: read_mapillary(f, label_map, configs))
-    root = path if path.is_dir() else path.parent
-    for annotation in annotations:      # a split folder above the export given is not the export's
-        if not _folders(annotation.source)[1].is_relative_to(root):
-            annotation.split = None
-    return annotations
+    return read_each(files, lambda f: read_mapillary(f, label_map, configs))
 
 
 def looks_like(path: Path) -> bool:
@@ -69,7 +64,6 @@ def read_mapillary(path: str | Path, label_map=None, configs: dict | None = None
     relative, image = _image(path)
     annotation = Annotation(path, relative, width, height, shapes)
     annotation.image_path = image
-    annotation.split = export_split(_folders(path)[1].name)
     return annotation
 
 
