@@ -229,12 +229,27 @@ def test_a_roboflow_coco_export_builds_with_its_splits(tmp_path):
     assert list(records(tmp_path, "validation")) == ["valid_image.png"]
 
 
-def test_an_export_with_splits_for_some_images_only_is_hashed_and_says_so(tmp_path):
-    export = mask_export(tmp_path / "export", {"train": ["a", "b"], "extra": ["c"]})   # extra: no split name
+def test_images_outside_the_split_folders_are_hashed_and_the_others_keep_their_splits(tmp_path):
+    """One folder beside train/ val/ test/ threw every image's split away: the test split was gone."""
+    export = mask_export(tmp_path / "export", {"train": ["a", "b"], "val": ["d"], "test": ["e"], "extra": ["c", "f"]})
     result, log = build(tmp_path, export, fmt="masks")
-    assert sum(result.splits.values()) == 3 and set(result.splits) <= {"train", "validation"}
-    assert ("note: 2 of 3 image(s) have a split in the export, not all of them, so every image's split is drawn by "
-            "a hash of its name") in log
+    drawn = {stem: "validation" if stem_fraction(f"extra/{stem}") < 0.2 else "train" for stem in "cf"}
+    expected = {"train": ["train/a", "train/b"], "validation": ["val/d"], "test": ["test/e"]}
+    for stem, split in drawn.items():
+        expected[split].append(f"extra/{stem}")
+    assert {split: sorted(Path(name).with_suffix("").as_posix() for name in records(tmp_path, split))
+            for split in result.splits} == {split: sorted(keys) for split, keys in expected.items()}, log
+    assert ("note: the export's own splits are kept (train 2, validation 1, test 1); 2 image(s) in none of its split "
+            "folders (extra/c, extra/f) are drawn by a hash of their name (validation fraction 0.2)") in log
+
+
+def test_a_hash_far_from_the_fraction_asked_for_is_said():
+    keys = ["a", "b", "c", "d", "e"]
+    splits, notes = inputs.assign_splits(keys, inputs.SplitRule(fraction=0.5))
+    held = len(splits.get("validation", []))
+    assert abs(held / 5 - 0.5) > 0.1 and 0 < held < 5, "pick names that the hash spreads unevenly"
+    assert notes == [f"note: the hash of the names put {held} of 5 image(s) in validation for a fraction of 0.5 (it is "
+                     "even only over many images); a --split_file chooses each image's split"]
 
 
 def test_an_export_whose_splits_hold_nothing_out_is_hashed_and_says_so(tmp_path):

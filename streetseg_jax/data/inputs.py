@@ -120,33 +120,23 @@ def assign_splits(keys: list[str], rule: SplitRule, hashed: list[str] | None = N
                   export: list[str | None] | None = None) -> tuple[dict[str, list[int]], list[str]]:
     """(split -> indices in key order, lines to print: the splits chosen, splits left out as no image falls in them);
     `hashed`: what each key's split is hashed on (default: the key); `export`: each key's split in the export
-    (Annotation.split), followed where the rule says so and every image has one."""
-    export = export or []
-    counts = ", ".join(f"{name} {export.count(name)}" for name in SPLIT_NAMES if name in export)
-    usable = bool(export) and all(export) and "train" in export and len(set(export)) > 1     # train + held-out
-    own = rule.follow_export and usable
+    (Annotation.split), followed where the rule says so and the export has a train split and a held-out one; an
+    image without one (a folder beside train/ valid/ test/) is then drawn by the hash."""
+    export = export or [None] * len(keys)
+    given = [split for split in export if split]
+    counts = ", ".join(f"{name} {given.count(name)}" for name in SPLIT_NAMES if name in given)
+    own = rule.follow_export and "train" in given and len(set(given)) > 1        # train + held-out
+    hashed = dict(zip(keys, hashed or keys))
     notes = []
     if rule.split_file is not None:
         chosen = read_split_file(Path(rule.split_file), keys)
     elif rule.by_order is not None:
         chosen = _order_split(keys, rule)
-    elif own:
-        chosen = dict(zip(keys, export))
-        notes.append(f"note: the export's own splits are kept ({counts}); --val_fraction or --split_file chooses "
-                     "others")
     else:
-        chosen = {key: rule.holdout if stem_fraction(text) < rule.fraction else "train"
-                  for key, text in zip(keys, hashed or keys)}
-        some = sum(1 for split in export if split)
-        if some and not rule.follow_export:
-            notes.append(f"note: {some} of {len(keys)} image(s) have a split in the export: --val_fraction draws "
-                         "them by a hash of the names instead")
-        elif some < len(keys) and some:
-            notes.append(f"note: {some} of {len(keys)} image(s) have a split in the export, not all of them, so "
-                         "every image's split is drawn by a hash of its name (a --split_file gives each its own)")
-        elif some:
-            notes.append(f"note: the export's own splits ({counts}) are not a train split and a held-out one, so "
-                         "every image's split is drawn by a hash of its name")
+        drawn = {key: rule.holdout if stem_fraction(hashed[key]) < rule.fraction else "train" for key in keys}
+        chosen = {key: split or drawn[key] for key, split in zip(keys, export)} if own else drawn
+        notes += _split_notes(keys, export, rule, own, counts) + _hash_notes(
+            [chosen[key] for key, split in zip(keys, export) if not (own and split)], rule)
     splits: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
     for i in sorted(range(len(keys)), key=lambda i: keys[i]):
         splits[chosen[keys[i]]].append(i)
@@ -156,6 +146,34 @@ def assign_splits(keys: list[str], rule: SplitRule, hashed: list[str] | None = N
         notes.append(f"warning: no image falls in the {name} split ({len(keys)} images, {rule.holdout} fraction "
                      f"{rule.fraction}); building without it")
     return splits, notes
+
+
+def _split_notes(keys: list[str], export: list[str | None], rule: SplitRule, own: bool, counts: str) -> list[str]:
+    """What became of the export's own splits."""
+    unsplit = [key for key, split in zip(keys, export) if not split]
+    some = len(keys) - len(unsplit)
+    if own:
+        rest = (f"; {len(unsplit)} image(s) in none of its split folders ({_names(unsplit)}) are drawn by a hash of "
+                f"their name ({rule.holdout} fraction {rule.fraction})") if unsplit else ""
+        return [f"note: the export's own splits are kept ({counts}){rest}; --val_fraction or --split_file chooses "
+                "others"]
+    if some and not rule.follow_export:
+        return [f"note: {some} of {len(keys)} image(s) have a split in the export: --val_fraction draws them by a "
+                "hash of the names instead"]
+    if some:
+        return [f"note: the export's own splits ({counts}) are not a train split and a held-out one, so every "
+                "image's split is drawn by a hash of its name"]
+    return []
+
+
+def _hash_notes(drawn: list[str], rule: SplitRule) -> list[str]:
+    """A note where the hash put a share of the images in the held-out split far from the fraction asked for (it
+    spreads evenly only over many images): 4 of 5 for 0.5."""
+    held = drawn.count(rule.holdout)
+    if not 0 < held < len(drawn) or abs(held / len(drawn) - rule.fraction) <= 0.1:
+        return []          # (an empty split has a warning of its own)
+    return [f"note: the hash of the names put {held} of {len(drawn)} image(s) in {rule.holdout} for a fraction of "
+            f"{rule.fraction} (it is even only over many images); a --split_file chooses each image's split"]
 
 
 def _order_split(keys: list[str], rule: SplitRule) -> dict[str, str]:
