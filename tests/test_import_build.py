@@ -243,6 +243,21 @@ def test_images_outside_the_split_folders_are_hashed_and_the_others_keep_their_s
             "folders (extra/c, extra/f) are drawn by a hash of their name (validation fraction 0.2)") in log
 
 
+def test_a_photo_in_two_splits_is_warned_of(tmp_path):
+    """The same frame copied into train/ and test/ was built without a word."""
+    export = tmp_path / "export"
+    labelme_export(export / "train", ["a", "b", "c"])
+    labelme_export(export / "val", ["d"])
+    (export / "test").mkdir()
+    for suffix in (".png", ".json"):
+        shutil.copy(export / "train" / f"a{suffix}", export / "test" / f"a{suffix}")
+    result, log = build(tmp_path, export)
+    assert result.splits == {"train": 3, "validation": 1, "test": 1}, log
+    assert ("warning: 1 photo(s) are in two splits, the same bytes under both names, so the held-out scores would "
+            "flatter the model: train/a (train) and test/a (test)") in log
+    assert "photo(s) are in two splits" not in build(tmp_path, export / "train", name="train_only")[1]
+
+
 def test_a_hash_far_from_the_fraction_asked_for_is_said():
     keys = ["a", "b", "c", "d", "e"]
     splits, notes = inputs.assign_splits(keys, inputs.SplitRule(fraction=0.5))

@@ -167,7 +167,7 @@ def _build_export(config_name: str, data_dir: Path, manual_dir, *, overwrite: bo
         data_dir.mkdir(parents=True, exist_ok=True)
         with inputs.Workers(num_workers) as workers, tempfile.TemporaryDirectory(
                 prefix=f".{MASKS_SCRATCH}{owner_tag()}", dir=data_dir) as masks:
-            plan = _checked_plan(folder, config, label_map, workers, Path(masks), log)
+            plan = _checked_plan(folder, config, label_map, workers, Path(masks), log, fingerprint["files"])
             plan.fingerprint = fingerprint
             with _all_or_nothing(dataset, data_dir, replace=overwrite):
                 _prepare(builder_kwargs, data_dir, folder, file_format, plan, workers)
@@ -216,14 +216,14 @@ def _export_inputs(config_name: str, name: str | None, manual_dir, data_dir: Pat
     return config, builder_kwargs, folder, label_map
 
 
-def _checked_plan(folder: Path, config, label_map: LabelMap, workers, masks: Path, log):
-    """Read and validate the export (workers draw the masks into `masks`); the report is logged, then errors
-    raise."""
+def _checked_plan(folder: Path, config, label_map: LabelMap, workers, masks: Path, log, files: dict):
+    """Read and validate the export (workers draw the masks into `masks`; `files`: the fingerprint's); the report
+    is logged, then errors raise."""
     def checking(fn, jobs):
         return list(tqdm(workers.imap(fn, jobs), total=len(jobs), desc="checking", unit="image", disable=None,
                          leave=False))
     plan = inputs.collect(folder, config.format or "voc", label_map, config.split_rule(), unknown=config.unknown,
-                          map_fn=checking, mask_dir=masks)
+                          map_fn=checking, mask_dir=masks, files=files)
     log(plan.report.text())
     for note in plan.notes:
         log(note)

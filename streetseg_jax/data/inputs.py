@@ -85,10 +85,11 @@ class SplitRule:
 
 # --- collecting --------------------------------------------------------------------------------------------------
 def collect(folder: Path, fmt: str, label_map: LabelMap, rule: SplitRule, *, unknown: str = "error",
-            map_fn: Callable = map, mask_dir: Path | None = None) -> ExportPlan:
+            map_fn: Callable = map, mask_dir: Path | None = None, files: dict | None = None) -> ExportPlan:
     """Read the export in `folder`, validate it and assign splits; errors are left in the report (see
     ExportPlan.raise_for_errors), so the report can be shown first. With `mask_dir`, the masks the validation
-    draws are kept there for the build."""
+    draws are kept there for the build; with `files` (the fingerprint's: path -> [size, hash]), a photo in two
+    splits is warned of."""
     if fmt == formats.AUTO:
         fmt = detect_format(folder)
     annotations = read_export(fmt, Path(folder), label_map)
@@ -98,7 +99,40 @@ def collect(folder: Path, fmt: str, label_map: LabelMap, rule: SplitRule, *, unk
     splits, notes = assign_splits([f.key for f in report.files], rule,
                                   [a.split_key or f.key for a, f in zip(annotations, report.files)],
                                   [a.split for a in annotations])
+    if files is not None:
+        notes += photos_in_two_splits(annotations, [f.key for f in report.files], splits, Path(folder), files)
     return ExportPlan(fmt, Path(folder), annotations, report, splits, notes, mask_dir=mask_dir)
+
+
+def photos_in_two_splits(annotations: list[Annotation], keys: list[str], splits: dict[str, list[int]], folder: Path,
+                         files: dict) -> list[str]:
+    """A warning naming the images whose photo (its bytes, whatever its name) is in another split too: the same
+    frame copied into train/ and test/ was built without a word, and the held-out scores then flatter the model."""
+    first: dict[str, tuple[str, str]] = {}          # photo hash -> (split, key) where it was seen first
+    found = []
+    for split, indices in splits.items():
+        for i in indices:
+            digest = _photo_hash(annotations[i], folder, files)
+            seen = first.setdefault(digest, (split, keys[i])) if digest else (split, keys[i])
+            if seen[0] != split:
+                found.append(f"{seen[1]} ({seen[0]}) and {keys[i]} ({split})")
+    if not found:
+        return []
+    return [f"warning: {len(found)} photo(s) are in two splits, the same bytes under both names, so the held-out "
+            f"scores would flatter the model: {_names(found)}"]
+
+
+def _photo_hash(annotation: Annotation, folder: Path, files: dict) -> str | None:
+    if annotation.image_bytes is not None:
+        return hashlib.sha256(annotation.image_bytes).hexdigest()[:32]
+    if annotation.image_path is None:
+        return None
+    try:
+        relative = Path(annotation.image_path).resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return None
+    entry = files.get(relative)
+    return entry[1] if entry else None
 
 
 def detect_format(path: Path) -> str:
