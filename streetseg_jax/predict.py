@@ -12,8 +12,8 @@ where <name> is the file's stem, or its path relative to the folder it was found
 (a cut-out PNG) are no part of the photo: the ignore id in the mask, confidence 0. Two inputs that would write
 the same file, or an output that would overwrite an input, stop the run before any work. Unreadable images are
 listed at the end and skipped; the exit status is 1 when any failed. --export labelme|coco|cvat also writes the
-masks as editable polygons under OUT/<format>/ (from the mask files, so that it never holds every mask at once);
-an export there that a run did not rewrite is named as older than the masks, and kept (corrections live there).
+masks as editable polygons under OUT/<format>/ (from the mask files, so that it never holds every mask at once),
+with the run's label_map.json, which `labels` and `data build` read there for the way back; an export there that a run did not rewrite is named as older than the masks, and kept (corrections live there).
 Ctrl-C stops after the files being written are whole; --skip_existing then leaves out the images already done
 with the same model and settings: OUT/predict.json records them (the checkpoint, a fingerprint of its weights, the
 TTA, resize and window settings), and files older than the settings in it are predicted again.
@@ -50,10 +50,11 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from streetseg_jax.atomic import WRITE_ERRORS, atomic_file
+from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, write_text
 from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv,
                                quiet_libraries, stop_on_sigterm)
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
+from streetseg_jax.labels.label_map import EXPORT_LABEL_MAP
 from streetseg_jax.labels.shapes import listing
 
 EXPORT_FORMATS = ("labelme", "coco", "cvat")
@@ -354,6 +355,7 @@ def export_polygons(items: list[Item], label_map, fmt: str, out_dir: Path, toler
     info = {i.name: {"path": str(i.source)} for i in items}
     kwargs = {} if tolerance is None else {"tolerance": tolerance}
     polygonize.export_predictions(WrittenMasks(items, out_dir), info, label_map, fmt, out_dir / fmt, **kwargs)
+    write_text(out_dir / fmt / EXPORT_LABEL_MAP, label_map.to_json())     # the classes, for the way back
     return out_dir / fmt
 
 
@@ -480,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\ninterrupted while writing the polygons; every image's files are written: the same command "
                   "with --skip_existing writes the polygons", file=sys.stderr)
             return 130
-        print(f"polygons for {len(exported)} image(s) in {args.export} format: {folder}")
+        print(f"polygons for {len(exported)} image(s) in {args.export} format: {folder} (with the run's "
+              f"{EXPORT_LABEL_MAP}, which labels check and data build read there)")
     if result.written:
         _say_which_exports_are_older(out_dir, args.export)
     if predictor.resized and args.resize == "auto":

@@ -643,6 +643,9 @@ def test_export_flag_writes_an_annotation_file(workdir, tmp_path):
     assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "coco") == 0
     coco = json.loads((out / "coco" / "annotations.json").read_text())
     assert [image["file_name"] for image in coco["images"]] == ["a.jpg"]
+    # The run's classes go with the polygons: a CamVid model's 'pole' came back as an unknown class.
+    from streetseg_jax.inference import load_model
+    assert (out / "coco" / "label_map.json").read_text() == load_model(workdir, "best").label_map.to_json()
 
 
 def test_an_export_older_than_the_masks_is_said_and_kept(workdir, tmp_path, capsys):

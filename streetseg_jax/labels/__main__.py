@@ -32,7 +32,8 @@ from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, annotation_to_mask,
                                           find_unknown_labels, write_mask_png)
 from streetseg_jax.labels.images import file_ids, image_size
-from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map, starter_label_map
+from streetseg_jax.labels.label_map import (LabelMap, LabelMapError, default_label_map, label_map_of_export,
+                                           starter_label_map)
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key, listing
 from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, locate_images, size_mismatch, size_problem,
                                            validate, write_json)
@@ -60,7 +61,8 @@ def _common_arguments(parser: argparse.ArgumentParser, unknown: bool = True) -> 
     parser.add_argument("--format", choices=FORMAT_CHOICES, default="voc",
                         help="the labelling tool's export format, or auto to detect it (default: voc)")
     parser.add_argument("--input", required=True, type=Path, help="the export folder (or one export file)")
-    parser.add_argument("--label_map", type=Path, help="label map JSON (default: the built-in 8 street classes)")
+    parser.add_argument("--label_map", type=Path, help="label map JSON (default: the export's label_map.json where "
+                        "it has one, as predict --export writes it, else the built-in 8 street classes)")
     if unknown:
         parser.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
                             help="class names not in the label map: an error, or painted with the ignore id")
@@ -84,9 +86,13 @@ def read_export(fmt: str, path: Path, label_map: LabelMap) -> tuple[str, list[An
     return fmt, annotations
 
 
-def _label_map(path: Path | None) -> LabelMap:
+def _label_map(path: Path | None, export: Path) -> LabelMap:
+    """--label_map, else the export's own label_map.json (predict --export writes it), else the seed's classes."""
     if path is None:
-        return default_label_map()
+        path = label_map_of_export(export)
+        if path is None:
+            return default_label_map()
+        print(f"note: the label map is the export's {path} (--label_map chooses another)", file=sys.stderr)
     try:
         return LabelMap.load(path)
     except LabelMapError as e:
@@ -95,7 +101,7 @@ def _label_map(path: Path | None) -> LabelMap:
 
 # --- to-masks ----------------------------------------------------------------------------------------------------
 def to_masks(args: argparse.Namespace) -> None:
-    label_map = _label_map(args.label_map)
+    label_map = _label_map(args.label_map, args.input)
     fmt, annotations = read_export(args.format, args.input, label_map)
     sizes = [f"{a.source}: {problem}" for a in annotations if (problem := size_problem(a.width, a.height))]
     if sizes:
@@ -169,7 +175,7 @@ def write_masks(annotations: list[Annotation], label_map: LabelMap, output: Path
 
 # --- check -------------------------------------------------------------------------------------------------------
 def check(args: argparse.Namespace) -> None:
-    label_map = _label_map(args.label_map)
+    label_map = _label_map(args.label_map, args.input)
     fmt, annotations = read_export(args.format, args.input, label_map)
     root = args.input if args.input.is_dir() else args.input.parent
     options = CheckOptions(unknown=args.unknown, check_images=True, decode_images=True)
@@ -191,7 +197,7 @@ def check(args: argparse.Namespace) -> None:
 
 # --- classes -----------------------------------------------------------------------------------------------------
 def classes(args: argparse.Namespace) -> None:
-    label_map = _label_map(args.label_map)
+    label_map = _label_map(args.label_map, args.input)
     if args.output is not None and args.output.exists():
         fail(f"--output {args.output} exists (a label map edited by hand, perhaps); give a new file")
     _, annotations = read_export(args.format, args.input, label_map)

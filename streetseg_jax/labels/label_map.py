@@ -178,6 +178,21 @@ def _seed_classes() -> tuple[ClassInfo, ...]:
     )
 
 
+EXPORT_LABEL_MAP = "label_map.json"     # written into predict's --export folders, read from an export's top
+
+
+def label_map_of_export(export: Path) -> Path | None:
+    """The label map at the top of an export folder (or beside an export file), when one is there and reads:
+    predict --export writes the run's, so that its polygons, corrected in the tool, come back with their classes."""
+    folder = Path(export) if Path(export).is_dir() else Path(export).parent
+    path = folder / EXPORT_LABEL_MAP
+    try:
+        LabelMap.load(path)
+    except LabelMapError:
+        return None
+    return path
+
+
 def default_label_map() -> LabelMap:
     """The seed's 8 classes: 0 background, 1 tree, 2 landscaping, 3 road, 4 sidewalk, 5 building, 6 sky, 7 concrete."""
     return LabelMap(_seed_classes())
