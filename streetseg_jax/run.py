@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from streetseg_jax import atomic, checkpoint, sharding
 from streetseg_jax.data import augment
 from streetseg_jax.data.source import UnknownSplitError, dataset_dir, dataset_fingerprint, load_split
+from streetseg_jax.labels.images import IMAGE_SUFFIXES
 from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.visualize import best_eval, eval_rows, flatten, hms, plot_curves, read_metrics, run_history
@@ -315,6 +316,11 @@ def _check_workdir(workdir: Path) -> None:
     if config_file.exists() and "provenance" not in _read_json_object(config_file):
         raise RunError(f"{workdir} holds a config.json that no training run wrote (it has no provenance); "
                        "give another --workdir rather than overwrite it")
+    photos = [] if config_file.exists() or not workdir.is_dir() else sorted(
+        p.name for p in workdir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name != "curves.png")
+    if photos:        # --workdir photos, typed for --input: checkpoints and overlays went in among them
+        raise RunError(f"--workdir {workdir} holds {len(photos)} image(s) ({', '.join(photos[:3])}"
+                       f"{', ...' if len(photos) > 3 else ''}) and no training run; give a new or empty folder")
 
 
 def _read_json_object(path: Path) -> dict:

@@ -337,6 +337,14 @@ def test_a_run_that_cannot_start_builds_no_dataset_first(tmp_path):
     (tmp_path / "model.zip").write_bytes(b"PK")      # --workdir names a file: refused before the scenes are drawn
     code, out = run_main_to_end(tmp_path / "model.zip", tmp_path / "tfds", "--config.dataset=street_seg/synthetic")
     assert code == 2 and "is a file, not a folder" in out and "building it first" not in out, out
+    photos = tmp_path / "photos"              # --workdir photos, typed for --input: a run went in among them
+    for name in ("a.jpg", "b.png", "c.JPG", "d.webp"):
+        (photos / name).parent.mkdir(exist_ok=True)
+        (photos / name).write_bytes(b"")
+    code, out = run_main_to_end(photos, tmp_path / "tfds", "--config.dataset=street_seg/synthetic")
+    assert code == 2 and f"error: --workdir {photos} holds 4 image(s) (a.jpg, b.png, c.JPG, ...) and no training " \
+        "run; give a new or empty folder" in out, out
+    assert sorted(p.name for p in photos.iterdir()) == ["a.jpg", "b.png", "c.JPG", "d.webp"]
     code, out = run_main_to_end(tmp_path / "w", tmp_path / "tfds", "--config.dataset=street_seg/synthetic",
                                 "--config.loss=focal")
     assert code == 2 and "loss must be one of" in out and "building it first" not in out, out
