@@ -150,12 +150,9 @@ def _layout(section):
 def _warn_of_changes(saved: dict, current: dict, step: int, log: "RunLog") -> dict:
     """The config keys that differ from the checkpoint's ({key: [then, now]}), said when the run resumes with
     them; changes to how evaluation scores and to the learning rate get a warning of what they do."""
-    # The checkpoint's config went through JSON: so does this one, so that equal settings compare equal.
-    then, now = (flatten(json.loads(json.dumps(config, default=str))) for config in (saved, current))
-    changed = {key: [then[key], now[key]] for key in sorted(set(then) & set(now))   # keys of older versions: left
-               if then[key] != now[key]}
+    changed = _changes(saved, current)
     if changed:
-        log.say("resuming with changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+        log.say("resuming with changed settings: " + _listed(changed))
     if set(changed) & set(_EVAL_KEYS):
         log.say("warning: evaluation differs from the checkpoint's: the eval mIoUs logged from now on are not "
                 "scored as the earlier ones, yet the best checkpoint is picked across both")
@@ -163,6 +160,17 @@ def _warn_of_changes(saved: dict, current: dict, step: int, log: "RunLog") -> di
         jump = _rate_jump(saved, current, step)
         log.say(f"warning: the learning-rate schedule is recomputed for the new settings{jump}")
     return changed
+
+
+def _changes(saved: dict, current: dict) -> dict:
+    """{key: [then, now]} for the config keys both have that differ (keys of older versions are left out)."""
+    # The checkpoint's config went through JSON: so does this one, so that equal settings compare equal.
+    then, now = (flatten(json.loads(json.dumps(config, default=str))) for config in (saved, current))
+    return {key: [then[key], now[key]] for key in sorted(set(then) & set(now)) if then[key] != now[key]}
+
+
+def _listed(changed: dict) -> str:
+    return ", ".join(f"{key} {then} -> {now}" for key, (then, now) in changed.items())
 
 
 def _rate_jump(saved: dict, current: dict, step: int) -> str:
@@ -243,6 +251,8 @@ def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog", hol
         _check_compatible(saved, meta, workdir)
         if latest < config.num_train_steps:
             log.changed = _warn_of_changes(saved["config"], meta["config"], latest, log)
+        elif (changed := _changes(saved["config"], meta["config"])):      # nothing to train: said all the same
+            log.say("the settings differ from the checkpoint's: " + _listed(changed))
     return checkpoints, latest
 
 

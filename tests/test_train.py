@@ -189,6 +189,9 @@ def test_a_finished_run_asked_for_fewer_steps_trains_nothing_and_says_so(finishe
                                 "--config.eval_flip_tta=True", "--config.eval_extra_scales=(0.5,)")
     assert code == 0, out
     assert f"already at step {STEPS}, num_train_steps is {STEPS - 2}: nothing to train" in out
+    # Said all the same (a changed crop size went unmentioned): nothing is trained with them.
+    assert "the settings differ from the checkpoint's: eval_extra_scales [] -> [0.5], eval_flip_tta False -> True, " \
+        f"num_train_steps {STEPS} -> {STEPS - 2}" in out, out
     assert "warning: evaluation differs" not in out       # nothing will be evaluated
     assert "training steps" not in out and "best checkpoint" in out
     assert {name: (workdir / name).read_text() for name in before} == before
