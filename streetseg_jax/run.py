@@ -483,15 +483,18 @@ class RunLog:
         self.say(self._progress(step, row))
 
     def _progress(self, step: int, row: dict) -> str:
+        shown = "  ".join(f"{k.split('/', 1)[-1] if k.startswith('train/') else k} {v:.4g}"
+                          for k, v in row.items() if isinstance(v, float) and "/iou/" not in k)
+        head = f"step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%)  {shown}"
+        if self.compiled and step == self.compiled[0]:      # a line for the compiling step alone
+            return f"{head}  ETA from the next line (the steps so far include compiling)"
         now = time.time()
         since_step, since = self.compiled if self.compiled and step > self.compiled[0] else (self.step0, self.t0)
         per_step = max(now - since - self.eval_seconds, 0.0) / max(step - since_step, 1e-9)
         # A train line at an evaluation step comes before that step's evaluation: it is still to run.
         evals = self._evals_after(step - 1) if "eval/miou" not in row else self._evals_after(step)
         eta = (self.num_steps - step) * per_step + evals * self.last_eval
-        shown = "  ".join(f"{k.split('/', 1)[-1] if k.startswith('train/') else k} {v:.4g}"
-                          for k, v in row.items() if isinstance(v, float) and "/iou/" not in k)
-        return f"step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%)  {shown}  ETA {hms(eta)}"
+        return f"{head}  ETA {hms(eta)}"
 
     def _evals_after(self, step: int) -> int:
         """Evaluations still to come after `step`: every eval_every steps, and always at the last one."""

@@ -202,7 +202,7 @@ class TrainMetrics:
 
     def __init__(self, first_step: int):
         self.losses, self.confusion, self.first_step = [], None, first_step
-        self.created = self.clock_start = time.time()
+        self.clock_start = time.time()
         self.untimed = 0        # steps at the start that images/second leaves out
 
     def exclude_so_far(self) -> None:
@@ -219,11 +219,11 @@ class TrainMetrics:
         if bad.size:
             raise NonFiniteLoss(f"loss became {losses[bad[0]]} at step {self.first_step + bad[0] + 1}")
         scores = metrics_from_confusion(np.asarray(jax.device_get(self.confusion)), class_names)
-        timed, since = len(losses) - self.untimed, self.clock_start
-        if timed == 0:      # a window of untimed steps only (log_every_steps 1): timed as it is
-            timed, since = len(losses), self.created
-        return {"train/loss": float(losses.mean()), "train/miou": scores["miou"],
-                "train/images_per_second": timed * batch_size / max(time.time() - since, 1e-9)}
+        row = {"train/loss": float(losses.mean()), "train/miou": scores["miou"]}
+        timed = len(losses) - self.untimed
+        if timed:           # a window of the compiling step alone (a resume logged at once) measures no speed
+            row["train/images_per_second"] = timed * batch_size / max(time.time() - self.clock_start, 1e-9)
+        return row
 
 
 def train_and_evaluate(config, workdir: str | Path) -> dict:

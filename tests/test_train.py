@@ -71,7 +71,9 @@ def test_main_writes_config_metrics_checkpoints_and_pictures(finished_run):
     eval_rows = [r for r in rows if "eval/miou" in r]
     assert [r["step"] for r in train_rows] == list(range(1, STEPS + 1))
     for r in train_rows:
-        assert {"time", "train/loss", "train/miou", "train/learning_rate", "train/images_per_second"} <= set(r)
+        assert {"time", "train/loss", "train/miou", "train/learning_rate"} <= set(r)
+    # Every line but the first, which holds the compiling step alone (log_every_steps 1), has a speed.
+    assert ["train/images_per_second" in r for r in train_rows] == [False] + [True] * (STEPS - 1)
     assert [r["step"] for r in eval_rows] == [3, 6, 8]
     for key in ("eval/miou", "eval/pixel_accuracy", "eval/mean_class_accuracy"):
         assert 0.0 <= eval_rows[-1][key] <= 1.0
@@ -670,6 +672,15 @@ def test_the_eta_counts_steps_and_evaluations_apart_and_leaves_out_the_compilati
     assert [line.split("ETA ")[1] for line in lines] == ["0:01:30", "0:02:15", "0:02:05", "0:02:08"]
     assert [run.RunLog(tmp_path, 95, 8, every)._evals_after(step) for every, step in
             ((10, 0), (10, 90), (10, 95), (0, 50), (5, 95), (5, 94))] == [10, 1, 0, 1, 0, 1]
+    # A resume logged at its first step (preempted at step 79): that step compiled, so no ETA from it (26 minutes
+    # were shown, then 30 s).
+    resumed = run.RunLog(tmp_path, num_steps=400, batch_size=8, eval_every=100)
+    resumed.start(79, 400)
+    now[0] += 40.0
+    resumed.first_step_done(80)
+    resumed.write(80, train)
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        "ETA from the next line (the steps so far include compiling)")
 
 
 def test_images_per_second_leaves_out_the_first_step(monkeypatch):
@@ -686,11 +697,11 @@ def test_images_per_second_leaves_out_the_first_step(monkeypatch):
         window.add(step)
     now[0] = 32.0                   # then 4 steps of 8 images in 2 s
     assert window.summary(["a", "b"], batch_size=8)["train/images_per_second"] == 16.0
-    only_first = train.TrainMetrics(0)  # a window with no step after the first (log_every_steps 1): as it is
+    only_first = train.TrainMetrics(0)  # a window of the compiling step alone (a resume logged at once): no speed
     only_first.add(step)
     now[0] = 62.0
     only_first.exclude_so_far()
-    assert only_first.summary(["a", "b"], batch_size=8)["train/images_per_second"] == 8 / 30.0
+    assert "train/images_per_second" not in only_first.summary(["a", "b"], batch_size=8)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "polynomial"])
