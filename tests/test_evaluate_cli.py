@@ -94,7 +94,8 @@ def test_split_and_checkpoint_flags(workdir, capsys):
     evaluate.main(["--workdir", str(workdir), "--split", "test[:2]", "--checkpoint", "3"])
     result = json.loads((workdir / "eval" / "test__2__step3.json").read_text())
     assert (result["step"], result["num_images"]) == (3, 2)
-    assert "worst images:" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "worst images:" in out.out and "scoring 2 image(s) of test[:2] with the checkpoint of step 3 ..." in out.err
     # Another checkpoint's figures no longer replace the best checkpoint's (compare showed step 3 as the run's test).
     evaluate.main(["--workdir", str(workdir), "--split", "test[:2]"])
     evaluate.main(["--workdir", str(workdir), "--split", "test[:2]", "--checkpoint", "3"])
