@@ -162,6 +162,20 @@ def _warn_of_changes(saved: dict, current: dict, step: int, log: "RunLog") -> di
     return changed
 
 
+def _check_overrides_kept(workdir: Path, saved: dict, current: dict, overrides: list[str]) -> None:
+    """RunError for a resume without a --config.KEY=VALUE the run was started (or last resumed) with, where the
+    config file's value would take its place: one changed setting given alone turned a 400-step run at learning
+    rate 0.001 into a 1,950-step one at 0.003, said in a line of the log."""
+    started = _read_json_object(workdir / "config.json").get("provenance", {}).get("overrides")
+    changed = _changes(saved, current)
+    dropped = [key for key in started or () if key not in overrides and key in changed]
+    if dropped:
+        raise RunError("the run was started with " + " ".join(f"--config.{k}={changed[k][0]}" for k in dropped)
+                       + ", not given now, so the config file's values would take their place ("
+                       + ", ".join(f"{k} {changed[k][1]}" for k in dropped) + "): give them again to go on as "
+                       "started, or give the new values to change them")
+
+
 def _changes(saved: dict, current: dict) -> dict:
     """{key: [then, now]} for the config keys both have that differ (keys of older versions are left out)."""
     # The checkpoint's config went through JSON: so does this one, so that equal settings compare equal.
@@ -192,21 +206,24 @@ def _optimiser_layout(config: dict) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------------------------
-def prepare_run(config, workdir: str | Path) -> RunSetup:
+def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None) -> RunSetup:
     """Everything is checked before anything is written: config.json says what the checkpoints beside it hold.
-    What each process checks alone (its data, its view of the work directory), every process agrees on."""
+    What each process checks alone (its data, its view of the work directory), every process agrees on.
+    `overrides`: the config keys the command line set (main), recorded, so that a resume that leaves one out is
+    refused rather than trained with the config file's value."""
     workdir, mesh, (train_source, label_map, info), eval_source, log, weights, size = sharding.all_succeed(
         lambda: _open(config, workdir))
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict(), "image_size": size}
     lock = _lock(workdir, log)
     try:
-        checkpoints, latest = _checkpoints_to_resume(config, workdir, meta, log, lock is not None)
+        checkpoints, latest = _checkpoints_to_resume(config, workdir, meta, log, lock is not None, overrides)
     except BaseException:
         if lock is not None:
             lock.close()
         raise
     if jax.process_index() == 0 and (latest or 0) < config.num_train_steps:    # else nothing is trained
-        _write_json(workdir / "config.json", {**meta["config"], "provenance": provenance(config, info)})
+        record = {**provenance(config, info), **({} if overrides is None else {"overrides": sorted(overrides)})}
+        _write_json(workdir / "config.json", {**meta["config"], "provenance": record})
     return RunSetup(config, workdir, mesh, label_map, train_source, eval_source, augment_config(config), weights,
                     checkpoints, log, meta, lock)
 
@@ -240,7 +257,8 @@ def _check_memory(config, num_classes: int, mesh) -> None:
         raise RunError(problem)
 
 
-def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog", holding_the_lock: bool):
+def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog", holding_the_lock: bool,
+                           overrides: list[str] | None):
     """(the work directory's Checkpoints, its latest step or None); RunError when that cannot be resumed."""
     checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
     if holding_the_lock:        # no other run saves here (where nothing can be locked, nothing is removed)
@@ -249,6 +267,8 @@ def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog", hol
     if latest is not None:
         saved = checkpoints.read_meta("latest")
         _check_compatible(saved, meta, workdir)
+        if overrides is not None:
+            _check_overrides_kept(workdir, saved["config"], meta["config"], overrides)
         if latest < config.num_train_steps:
             log.changed = _warn_of_changes(saved["config"], meta["config"], latest, log)
         elif (changed := _changes(saved["config"], meta["config"])):      # nothing to train: said all the same

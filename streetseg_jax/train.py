@@ -226,9 +226,10 @@ class TrainMetrics:
         return row
 
 
-def train_and_evaluate(config, workdir: str | Path) -> dict:
-    """Train `config` in `workdir`, resuming from its latest checkpoint; returns the last eval metrics."""
-    setup: RunSetup = prepare_run(config, workdir)
+def train_and_evaluate(config, workdir: str | Path, overrides: list[str] | None = None) -> dict:
+    """Train `config` in `workdir`, resuming from its latest checkpoint; returns the last eval metrics.
+    `overrides`: the config keys a command line set (run.prepare_run)."""
+    setup: RunSetup = prepare_run(config, workdir, overrides)
     try:
         return _run(config, setup)
     finally:        # the work directory is free again (in a notebook the setup outlives a failed run)

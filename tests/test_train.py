@@ -199,6 +199,22 @@ def test_a_finished_run_asked_for_fewer_steps_trains_nothing_and_says_so(finishe
     assert {name: (workdir / name).read_text() for name in before} == before
 
 
+def test_a_resume_without_an_override_the_run_was_started_with_is_refused(tiny_data_dir, tmp_path):
+    """Resumed with one changed setting given alone, a 400-step run at learning rate 0.001 went on as a 1,950-step
+    one at the config file's 0.003: said in one line of the log."""
+    workdir = tmp_path / "w"
+    code, out = run_main_to_end(workdir, tiny_data_dir, "--config.num_train_steps=2", "--config.learning_rate=0.005")
+    assert code == 0, out
+    before = (workdir / "config.json").read_text()
+    code, out = run_main_to_end(workdir, tiny_data_dir, "--config.num_train_steps=4")
+    assert code == 2 and out.startswith("error: the run was started with --config.learning_rate=0.005, not given now, "
+                                        "so the config file's values would take their place (learning_rate 0.01): "
+                                        "give them again to go on as started, or give the new values"), out
+    assert (workdir / "config.json").read_text() == before
+    code, out = run_main_to_end(workdir, tiny_data_dir, "--config.num_train_steps=4", "--config.learning_rate=0.002")
+    assert code == 0 and "learning_rate 0.005 -> 0.002" in out, out
+
+
 def test_a_resume_with_changed_settings_says_what_they_change():
     from streetseg_jax import run
 
