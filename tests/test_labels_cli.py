@@ -532,3 +532,16 @@ def test_an_exports_own_label_map_is_read_where_none_is_given(tmp_path, capsys):
     data_main(["build", "--config", "from_annotations", "--name", "back", "--manual_dir", str(export), "--format",
                "auto", "--data_dir", str(tmp_path / "tfds")])
     assert f"note: the label map is the export's {export / 'label_map.json'}" in capsys.readouterr().err
+
+
+def test_classes_follow_labelme2voc_labels_txt(tmp_path, capsys):
+    """labelme2voc numbers classes as labels.txt lists them; the starter map numbered them by use, so masks people
+    already had disagreed with the ones it made."""
+    from streetseg_jax.labels.label_map import LabelMap
+
+    export = sample_exports.write_export("labelme", tmp_path / "project" / "data_annotated")
+    (tmp_path / "project" / "labels.txt").write_text("__ignore__\n_background_\nroad\nbuilding\nsky\nbicycle\n")
+    main(["classes", "--format", "auto", "--input", str(export), "--output", str(tmp_path / "map.json")])
+    assert f"note: the classes in the order of {tmp_path / 'project' / 'labels.txt'}" in capsys.readouterr().out
+    written = LabelMap.load(tmp_path / "map.json")
+    assert written.names == ["background", "road", "building", "sky", "bicycle"]

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from streetseg_jax import atomic
 from streetseg_jax.cli import fail, normalise_argv
 from streetseg_jax.labels import formats
+from streetseg_jax.labels.formats import labelme
 from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, annotation_to_mask,
                                           find_unknown_labels, write_mask_png)
 from streetseg_jax.labels.images import file_ids, image_size
@@ -200,13 +201,17 @@ def classes(args: argparse.Namespace) -> None:
     label_map = _label_map(args.label_map, args.input)
     if args.output is not None and args.output.exists():
         fail(f"--output {args.output} exists (a label map edited by hand, perhaps); give a new file")
-    _, annotations = read_export(args.format, args.input, label_map)
+    fmt, annotations = read_export(args.format, args.input, label_map)
     labels = [[shape.label for shape in annotation.shapes if not shape.ignore] for annotation in annotations]
     shapes = collections.Counter(name for names in labels for name in names)
     images = collections.Counter(name for names in labels for name in set(names))
     if not shapes:
         fail(f"no labelled shapes in {args.input}")
     names = sorted(shapes, key=lambda n: (-images[n], -shapes[n], n))
+    listed = labelme.class_list(args.input) if fmt == "labelme" else None
+    if listed:              # labelme2voc's ids: masks made with it already agree with the map written here
+        names = listed[1] + [name for name in names if name not in listed[1]]     # its unused classes keep ids
+        print(f"note: the classes in the order of {listed[0]} (labelme2voc's ids)")
     print(f"{len(names)} class name(s) in {len(annotations)} image(s):")
     width = max(len(repr(n)) for n in names)
     for name in names:

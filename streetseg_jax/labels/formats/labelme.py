@@ -63,6 +63,21 @@ def read(path: Path, label_map=None) -> list[Annotation]:
     return [read_file(path, path.parent)]
 
 
+def class_list(export: Path) -> tuple[Path, list[str]] | None:
+    """labelme2voc's labels.txt in the export folder or the one above it (LabelMe's own example keeps it beside
+    data_annotated/): (the file, its class names in order, __ignore__ left out). labelme2voc numbers the classes so,
+    _background_ 0 and the next ones 1, 2 ...; a file without _background_ or __ignore__ is not such a list."""
+    folder = Path(export) if Path(export).is_dir() else Path(export).parent
+    for path in (folder / "labels.txt", folder.parent / "labels.txt"):
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError):
+            continue
+        if "_background_" in names or names[:1] == ["__ignore__"]:
+            return path, [name for name in names if name != "__ignore__"]
+    return None
+
+
 def looks_like(path: Path) -> bool:
     """A JSON file (or one of a folder's first few) holding a `shapes` list and `imagePath` or `imageData`."""
     path = Path(path)
