@@ -545,3 +545,15 @@ def test_classes_follow_labelme2voc_labels_txt(tmp_path, capsys):
     assert f"note: the classes in the order of {tmp_path / 'project' / 'labels.txt'}" in capsys.readouterr().out
     written = LabelMap.load(tmp_path / "map.json")
     assert written.names == ["background", "road", "building", "sky", "bicycle"]
+
+
+def test_to_masks_warns_of_what_check_warns_of(tmp_path, capsys):
+    """A self-intersecting polygon: check warned, to-masks said '0 problems'."""
+    export = sample_exports.write_export("labelme", tmp_path / "export")
+    document = json.loads((export / "street_1.json").read_text())
+    document["shapes"][0]["points"] = [[0, 0], [40, 12], [40, 0], [0, 12]]          # a bow tie
+    (export / "street_1.json").write_text(json.dumps(document))
+    main(["to-masks", "--format", "labelme", "--input", str(export), "--output", str(tmp_path / "masks")])
+    out = capsys.readouterr()
+    assert f"warning: {export / 'street_1.json'}: shape 0 ('sky'): self-intersecting" in out.err
+    assert "(3 shapes, 1 problems)" in out.out
