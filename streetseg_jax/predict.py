@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped = frozenset(done)
     todo = [item for item in items if item not in skipped]
     try:
-        result = _run(predictor, todo, out_dir, args)
+        result = _run(predictor, todo, out_dir, args) if todo else RunResult([], 0.0, [])
     except Stopped as e:
         _list_failures(e.failures)
         what = "interrupted" if e.error is None else f"error: {e.error}"
@@ -558,7 +558,8 @@ def _run(predictor, items: list[Item], out_dir: Path, args) -> RunResult:
 
 def _summary(result: RunResult, out_dir: Path) -> int:
     rate = len(result.written) / max(result.seconds, 1e-9)
-    print(f"predicted {len(result.written)} image(s) in {result.seconds:.1f} s ({rate:.2f} images/s) into {out_dir}")
+    print(f"predicted {len(result.written)} image(s) in {result.seconds:.1f} s ({rate:.2f} images/s) into {out_dir}"
+          if result.seconds else f"nothing left to predict into {out_dir}")
     _list_failures(result.failures)
     return 1 if result.failures else 0
 

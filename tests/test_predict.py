@@ -469,8 +469,11 @@ def test_skip_existing_redoes_what_another_model_or_other_settings_made(workdir,
     recorded = json.loads((out / predict.SETTINGS_FILE).read_text())
     assert recorded["step"] > 0 and len(recorded["weights"]) == 16 and recorded["resize"] == "auto"
     first = mtimes()
+    capsys.readouterr()
     assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing") == 0
-    assert "3 of 3 image(s) already predicted" in capsys.readouterr().err and mtimes() == first
+    said = capsys.readouterr()
+    assert "3 of 3 image(s) already predicted" in said.err and mtimes() == first
+    assert f"nothing left to predict into {out}" in said.out and "model:" not in said.err    # no empty progress bar
 
     # Other settings: every image again, saying why; then the new settings are the folder's.
     assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing",
