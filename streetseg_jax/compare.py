@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     path = atomic.write_text(args.output, render_html(runs))    # first: the page is there even if stdout is cut off
     print(text_report(runs))
-    print(f"wrote {path}")
+    print(f"wrote {Path(path).absolute()}")
 
 
 if __name__ == "__main__":
