@@ -1,7 +1,8 @@
 """Compare training runs side by side: `python -m streetseg_jax.compare RUN RUN... [--output compare.html]`.
 
 A RUN is a work directory, or a folder of them (runs/). Reads only each work directory's metrics.jsonl and config.json
-(no checkpoint, no dataset, no JAX), so it also works while the runs train. Prints a table (steps, training time,
+(no checkpoint, no dataset, no JAX), so it also works while the runs train (a run training on this machine is marked
+so beside its steps). Prints a table (steps, training time,
 images/second, best and final eval mIoU) and the config keys whose values differ, and writes one self-contained HTML
 page (as the run report: images embedded, CSS inline, no JavaScript): every run's eval mIoU against step and against
 training time, its train loss, the per-class IoU at each run's best evaluation, what `python -m
@@ -15,6 +16,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import platform
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -60,12 +64,27 @@ class Run:
 
     @property
     def steps(self) -> str:
-        return f"{self.history[-1]['step']}/{self.config.get('num_train_steps', '?')}"
+        done = f"{self.history[-1]['step']}/{self.config.get('num_train_steps', '?')}"
+        return f"{done} (training)" if training_now(self.path) else done
 
     @property
     def images_per_second(self) -> float | None:
         rates = [row["train/images_per_second"] for row in self.history if "train/images_per_second" in row]
         return statistics.median(rates) if rates else None
+
+
+def training_now(workdir: Path) -> bool:
+    """Whether a run trains in `workdir` now, on this machine: the process its .lock names (run._take_lock) lives
+    and is a streetseg_jax command with this work directory (a process id can be reused). Read, never locked, so
+    that a run starting meanwhile is not refused. Linux only (/proc); elsewhere False."""
+    try:
+        owner = re.fullmatch(r"process (\d+) on (.*)", (workdir / ".lock").read_text().strip())
+        if owner is None or owner[2] != platform.node():
+            return False
+        command = Path(f"/proc/{owner[1]}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"streetseg_jax" in command and os.fsencode(workdir.name) in command
 
 
 def load_runs(paths: list[Path]) -> list[Run]:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import platform
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,6 +175,23 @@ def test_runs_scored_on_other_data_are_flagged(tmp_path, capsys):
     assert 'id="warning"' in page and "their mIoUs do not compare" in page
     assert 'id="evaluations"' not in page and "evaluate result" not in out     # neither run has eval/*.json
     assert 'id="seeds"' not in page     # same seed: not a seed group
+
+
+def test_a_run_training_now_is_marked(two_runs, capsys):
+    """110/400 of a run still training read as a finished short run."""
+    a, b = two_runs
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "streetseg_jax.main",
+                                f"--workdir={a}"])
+    try:
+        (a / ".lock").write_text(f"process {trainer.pid} on {platform.node()}\n")
+        (b / ".lock").write_text(f"process {os.getpid()} on {platform.node()}\n")    # alive, but no run of b's
+        out, _ = run_compare(capsys, a, b)
+    finally:
+        trainer.kill()
+        trainer.wait()
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith(("a/", "b/"))}
+    assert "4/4 (training)" in rows["a/seed0"] and "(training)" not in rows["b/seed0"], out
+    assert "(training)" not in run_compare(capsys, a, b)[0]          # the process has ended
 
 
 def test_a_run_that_has_not_evaluated_yet_still_compares(tmp_path, capsys):
