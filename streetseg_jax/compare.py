@@ -75,16 +75,20 @@ class Run:
 
 def training_now(workdir: Path) -> bool:
     """Whether a run trains in `workdir` now, on this machine: the process its .lock names (run._take_lock) lives
-    and is a streetseg_jax command with this work directory (a process id can be reused). Read, never locked, so
+    and is a streetseg_jax command whose --workdir is this one (a process id can be reused). Read, never locked, so
     that a run starting meanwhile is not refused. Linux only (/proc); elsewhere False."""
     try:
         owner = re.fullmatch(r"process (\d+) on (.*)", (workdir / ".lock").read_text().strip())
         if owner is None or owner[2] != platform.node():
             return False
-        command = Path(f"/proc/{owner[1]}/cmdline").read_bytes()
+        args = [os.fsdecode(a) for a in Path(f"/proc/{owner[1]}/cmdline").read_bytes().split(b"\0")]
+        where = Path(os.readlink(f"/proc/{owner[1]}/cwd"))
     except OSError:
         return False
-    return b"streetseg_jax" in command and os.fsencode(workdir.name) in command
+    given = [text.removeprefix("--workdir=") for text in args if text.startswith("--workdir=")]
+    given += [after for flag, after in zip(args, args[1:]) if flag == "--workdir"]
+    return any("streetseg_jax" in a for a in args) and any(
+        (where / path).resolve() == workdir.resolve() for path in given)
 
 
 def load_runs(paths: list[Path]) -> list[Run]:

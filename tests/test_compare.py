@@ -177,21 +177,25 @@ def test_runs_scored_on_other_data_are_flagged(tmp_path, capsys):
     assert 'id="seeds"' not in page     # same seed: not a seed group
 
 
-def test_a_run_training_now_is_marked(two_runs, capsys):
+def test_a_run_training_now_is_marked(two_runs, tmp_path, capsys, monkeypatch):
     """110/400 of a run still training read as a finished short run."""
     a, b = two_runs
+    page = tmp_path / "compare.html"
+    # a's trainer runs in a's parent folder with a relative --workdir; b's .lock names a live process of a's.
     trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "streetseg_jax.main",
-                                f"--workdir={a}"])
+                                "--workdir", a.name], cwd=a.parent)
     try:
-        (a / ".lock").write_text(f"process {trainer.pid} on {platform.node()}\n")
-        (b / ".lock").write_text(f"process {os.getpid()} on {platform.node()}\n")    # alive, but no run of b's
-        out, _ = run_compare(capsys, a, b)
+        for run in (a, b):
+            (run / ".lock").write_text(f"process {trainer.pid} on {platform.node()}\n")
+        out, _ = run_compare(capsys, a, b, "--output", page)
+        monkeypatch.chdir(a)
+        assert compare.training_now(Path(".")) and not compare.training_now(Path("..") / ".." / "b" / "seed0")
     finally:
         trainer.kill()
         trainer.wait()
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith(("a/", "b/"))}
     assert "4/4 (training)" in rows["a/seed0"] and "(training)" not in rows["b/seed0"], out
-    assert "(training)" not in run_compare(capsys, a, b)[0]          # the process has ended
+    assert "(training)" not in run_compare(capsys, a, b, "--output", page)[0]          # the process has ended
 
 
 def test_a_run_that_has_not_evaluated_yet_still_compares(tmp_path, capsys):
