@@ -373,8 +373,8 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     run = load_run(workdir, checkpoint, flip_tta, extra_scales)
     split = split or run.config.eval_split
     source = load_checked_split(run, split, data_dir)
-    say_if_the_dataset_changed(workdir, run, data_dir)
     evaluation = evaluate_split(run, source, split)
+    say_if_the_dataset_changed(workdir, run, data_dir)        # after the "scoring" line: it reads every file
     file_names, sizes = _names_and_sizes(source)
     result = result_dict(run, evaluation, file_names, workdir)
     result["label_sizes"] = sizes

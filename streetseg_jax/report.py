@@ -328,8 +328,8 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     split = split or config.eval_split
     eval_source = load_checked_split(run, split, data_dir)
     train_source = load_checked_split(run, config.train_split, data_dir)
-    say_if_the_dataset_changed(workdir, run, data_dir)
     evaluation = evaluate_split(run, eval_source, split)
+    say_if_the_dataset_changed(workdir, run, data_dir)
     data = _report_data(workdir, run, k, evaluation, eval_source, train_source)
     name = "report.html" if split == config.eval_split else f"report_{split_file_name(split)}.html"
     return atomic.write_text(output or workdir / name, render_html(data))

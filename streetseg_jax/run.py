@@ -506,8 +506,8 @@ class RunLog:
         shown = "  ".join(f"{k.split('/', 1)[-1] if k.startswith('train/') else k} {v:.4g}"
                           for k, v in row.items() if isinstance(v, float) and "/iou/" not in k)
         head = f"step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%)  {shown}"
-        if self.compiled and step == self.compiled[0]:      # a line for the compiling step alone
-            return f"{head}  ETA from the next line (the steps so far include compiling)"
+        if self.compiled and step == self.compiled[0] < self.num_steps:
+            return f"{head}  ETA from the next line (the steps so far include compiling)"   # compiling step alone
         now = time.time()
         since_step, since = self.compiled if self.compiled and step > self.compiled[0] else (self.step0, self.t0)
         per_step = max(now - since - self.eval_seconds, 0.0) / max(step - since_step, 1e-9)

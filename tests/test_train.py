@@ -697,6 +697,11 @@ def test_the_eta_counts_steps_and_evaluations_apart_and_leaves_out_the_compilati
     resumed.write(80, train)
     assert capsys.readouterr().out.splitlines()[-1].endswith(
         "ETA from the next line (the steps so far include compiling)")
+    resumed.start(399, 400)              # the last step, then its evaluation: no next line to promise
+    resumed.first_step_done(400)
+    resumed.write(400, train)
+    resumed.write(400, evaluation)
+    assert [line.split("  ETA ")[1] for line in capsys.readouterr().out.splitlines()[-2:]] == ["0:00:00"] * 2
 
 
 def test_images_per_second_leaves_out_the_first_step(monkeypatch):

@@ -57,9 +57,10 @@ def _export_arguments(build: argparse.ArgumentParser) -> None:
     build.add_argument("--format", choices=(*FORMATS, AUTO), help="from_annotations: the export's format")
     split = build.add_mutually_exclusive_group()
     split.add_argument("--val_fraction", type=float, help="from_annotations: share of images in the validation "
-                       "split, by a hash of the image's file stem (default: the export's own splits where every "
-                       "image has one: split folders such as Roboflow's train/ valid/ test/ or Cityscapes' train/ "
-                       "val/, CVAT subsets; else 0.2)")
+                       "split, by a hash of the image's file stem (default: the export's own splits where it has a "
+                       "train split and a held-out one: split folders such as Roboflow's train/ valid/ test/ or "
+                       "Cityscapes' train/ val/, CVAT subsets; images in none of them, and any other export, by the "
+                       "hash at 0.2)")
     split.add_argument("--split_file", help="from_annotations: `split<TAB>file stem` lines (train, validation, "
                        "test), e.g. to keep a video's frames in one split")
     build.add_argument("--unknown", choices=UNKNOWN_CHOICES, help="from_annotations: class names not in the label "
@@ -70,7 +71,7 @@ def check_flags(args: argparse.Namespace) -> None:
     """Flags that the chosen config would silently ignore are refused."""
     given = lambda names: [f"--{n}" for n in names if getattr(args, n) is not None]  # noqa: E731
     if args.config == "from_annotations":
-        if args.label_map is None and args.manual_dir and (found := label_map_of_export(Path(args.manual_dir))):
+        if args.label_map is None and args.manual_dir and (found := label_map_of_export(Path(args.manual_dir).expanduser())):
             print(f"note: the label map is the export's {found} (--label_map chooses another)", file=sys.stderr)
             args.label_map = str(found)
         missing = [f"--{n}" for n in ("name", "manual_dir", "format", "label_map") if getattr(args, n) is None]

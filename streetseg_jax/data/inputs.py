@@ -80,7 +80,7 @@ class SplitRule:
     fraction: float = 0.2
     split_file: Path | None = None      # overrides fraction when given
     by_order: list[str] | None = None   # keys in order: hold out the last images (synthetic scenes) not a hash
-    follow_export: bool = False         # the export's own splits (Annotation.split) where every image has one
+    follow_export: bool = False         # the export's own splits (Annotation.split): see assign_splits
 
 
 # --- collecting --------------------------------------------------------------------------------------------------
