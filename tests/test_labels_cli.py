@@ -540,11 +540,12 @@ def test_classes_follow_labelme2voc_labels_txt(tmp_path, capsys):
     from streetseg_jax.labels.label_map import LabelMap
 
     export = sample_exports.write_export("labelme", tmp_path / "project" / "data_annotated")
-    (tmp_path / "project" / "labels.txt").write_text("__ignore__\n_background_\nroad\nbuilding\nsky\nbicycle\n")
+    (tmp_path / "project" / "labels.txt").write_text("__ignore__\n_background_\nroad\nunlabeled\nbuilding\nsky\n"
+                                                     "bicycle\n")
     main(["classes", "--format", "auto", "--input", str(export), "--output", str(tmp_path / "map.json")])
     assert f"note: the classes in the order of {tmp_path / 'project' / 'labels.txt'}" in capsys.readouterr().out
-    written = LabelMap.load(tmp_path / "map.json")
-    assert written.names == ["background", "road", "building", "sky", "bicycle"]
+    written = LabelMap.load(tmp_path / "map.json")     # 'unlabeled' is a class of its own there, not background
+    assert written.names == ["background", "road", "unlabeled", "building", "sky", "bicycle"]
 
 
 def test_to_masks_warns_of_what_check_warns_of(tmp_path, capsys):

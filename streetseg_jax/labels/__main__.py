@@ -222,7 +222,7 @@ def classes(args: argparse.Namespace) -> None:
         print(f"  {name!r:<{width}}  {images[name]:>6} image(s) {shapes[name]:>7} shape(s)  -> {becomes}")
     if args.output is not None:
         try:
-            starter = starter_label_map(names)
+            starter = starter_label_map(names, keep_ids=listed is not None)
             atomic.write_text(args.output, starter.to_json() + "\n")
         except (LabelMapError, OSError) as e:
             fail(str(e))

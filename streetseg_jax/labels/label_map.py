@@ -206,17 +206,23 @@ def snake_case(name: str) -> str:
     return f"class_{snake}" if snake[:1].isdigit() else snake
 
 
-def starter_label_map(names: list[str]) -> LabelMap:
-    """A label map of an export's own class names (most used first): class 0 'background' is the fill class (with
+def starter_label_map(names: list[str], keep_ids: bool = False) -> LabelMap:
+    """A label map of an export's own class names, in the order given: class 0 'background' is the fill class (with
     the tool's spellings of it, such as LabelMe's '_background_', as aliases), then one class per other name,
     spelt in snake_case, with the tool's spellings as aliases ('Traffic Light' and 'traffic-light' are one class,
-    traffic_light). Colours: the seed's for the seed's class names, else distinct ones from the PASCAL VOC palette.
-    LabelMapError where the names are more than the 255 classes a mask holds."""
+    traffic_light). `keep_ids`: each name is a class of its own at its position, the first the background
+    (labelme2voc's labels.txt); LabelMapError where two of them are one snake_case name. Colours: the seed's for the
+    seed's class names, else distinct ones from the PASCAL VOC palette. LabelMapError where the names are more than
+    the 255 classes a mask holds."""
     seed = default_label_map()
     groups: dict[str, list[str]] = {}
-    for name in names:
-        background = seed.id_of(name) == 0 and snake_case(name) != "other"     # 'other' is a class of its own
+    for i, name in enumerate(names):         # 'other' is a class of its own, not the seed's background
+        background = i == 0 if keep_ids else seed.id_of(name) == 0 and snake_case(name) != "other"
         groups.setdefault("background" if background else snake_case(name) or "class", []).append(name)
+    if keep_ids and len(groups) < len(names):
+        twice = [spelt for spelt, spellings in groups.items() if len(spellings) > 1]
+        raise LabelMapError(f"the class list names {', '.join(map(repr, groups[twice[0]]))}, one class "
+                            f"{twice[0]!r} here: merge them in the list, or write the label map by hand")
     classes = [ClassInfo(0, "background", seed.classes[0].color,
                          tuple(n for n in groups.pop("background", []) if n != "background"))]
     used = {seed.classes[0].color}
