@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -168,12 +169,23 @@ def _check_overrides_kept(workdir: Path, saved: dict, current: dict, overrides: 
     rate 0.001 into a 1,950-step one at 0.003, said in a line of the log."""
     started = _read_json_object(workdir / "config.json").get("provenance", {}).get("overrides")
     changed = _changes(saved, current)
-    dropped = [key for key in started or () if key not in overrides and key in changed]
+    dropped = [key for key in started or () if key not in overrides and key in changed and key not in _NOT_TRAINING]
     if dropped:
-        raise RunError("the run was started with " + " ".join(f"--config.{k}={changed[k][0]}" for k in dropped)
+        raise RunError("the run was started with " + " ".join(_flag(k, changed[k][0]) for k in dropped)
                        + ", not given now, so the config file's values would take their place ("
                        + ", ".join(f"{k} {changed[k][1]}" for k in dropped) + "): give them again to go on as "
                        "started, or give the new values to change them")
+
+
+# Keys a resume may leave to the config file: where the data lives, and the weights a fresh run starts from.
+_NOT_TRAINING = ("data_dir", "init_from")
+
+
+def _flag(key: str, value) -> str:
+    """--config.KEY=VALUE as a shell takes it back (JSON's lists are the config's tuples)."""
+    if isinstance(value, list):
+        value = "(" + ", ".join(map(str, value)) + ("," if len(value) == 1 else "") + ")"
+    return shlex.quote(f"--config.{key}={value}")
 
 
 def _changes(saved: dict, current: dict) -> dict:

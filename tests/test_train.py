@@ -215,6 +215,21 @@ def test_a_resume_without_an_override_the_run_was_started_with_is_refused(tiny_d
     assert code == 0 and "learning_rate 0.005 -> 0.002" in out, out
 
 
+def test_the_refusal_names_flags_a_shell_takes_back_and_spares_where_the_data_lives(tmp_path):
+    from streetseg_jax import run
+
+    (tmp_path / "config.json").write_text(json.dumps({"provenance": {"overrides": [
+        "augment.crop_size", "data_dir", "init_from", "learning_rate"]}}))
+    saved = {"augment": {"crop_size": [64, 96]}, "data_dir": "/data", "init_from": "runs/a b", "learning_rate": 0.1}
+    current = {"augment": {"crop_size": [48, 64]}, "data_dir": "~/tfds", "init_from": "", "learning_rate": 0.1}
+    with pytest.raises(run.RunError) as refused:
+        run._check_overrides_kept(tmp_path, saved, current, ["learning_rate"])
+    assert str(refused.value).startswith("the run was started with '--config.augment.crop_size=(64, 96)', not given "
+                                         "now, so the config file's values would take their place "
+                                         "(augment.crop_size [48, 64])")
+    run._check_overrides_kept(tmp_path, saved, {**current, "augment": saved["augment"]}, [])    # data: not refused
+
+
 def test_a_resume_with_changed_settings_says_what_they_change():
     from streetseg_jax import run
 
