@@ -291,3 +291,19 @@ def test_camvid_greyscale_masks(tmp_path):
     for annotation in annotations:
         np.testing.assert_array_equal(annotation_to_mask(annotation, label_map).mask,
                                       np.asarray(Image.open(annotation.source)))
+
+
+def test_masks_beside_their_images_in_split_folders(tmp_path):
+    """Roboflow's semantic-segmentation export: a.jpg beside a_mask.png in train/, valid/ and test/, class names in
+    _classes.csv; it was not recognised ('no mask folder found')."""
+    from streetseg_jax.labels import formats
+
+    for split, stem, value in (("train", "a", 3), ("valid", "a", 6), ("test", "c", 1)):
+        save(tmp_path / split / f"{stem}.jpg", Image.new("RGB", (8, 6), (90, 40, 10)))
+        save(tmp_path / split / f"{stem}_mask.png", Image.new("L", (8, 6), value))
+        (tmp_path / split / "_classes.csv").write_text("Pixel Value, Class\n0, background\n")
+    assert formats.detect(tmp_path) == "masks"
+    read = sorted(formats.read("masks", tmp_path, default_label_map()), key=image_key)
+    assert [(image_key(a), a.split, a.image_path.name) for a in read] == [
+        ("test/c", "test", "c.jpg"), ("train/a", "train", "a.jpg"), ("valid/a", "validation", "a.jpg")]
+    assert [int(annotation_to_mask(a, default_label_map()).mask.max()) for a in read] == [1, 3, 6]

@@ -3,6 +3,7 @@
 Layouts recognised in the export folder (or in each of its direct subfolders, e.g. train/ and val/):
     images/ or JPEGImages/  +  masks/, labels/, annotations/, SegmentationClassPNG/ or SegmentationClass/
     <name>/ + <name>annot/                       (SegNet's CamVid: train/ + trainannot/)
+    a folder of images with `<stem>_mask.png` beside each    (Roboflow's semantic-segmentation export)
 Passing a mask folder itself (or one mask file) works too; its images are then looked for in the sibling folders
 above. Masks and images are matched by their path below their folders without the suffix (`masks/a/b.png` goes with
 `images/a/b.jpg`); a mask named `<stem>_mask`, `_label`, `_labels` or `_L` also matches `<stem>` (CamVid's original
@@ -43,6 +44,7 @@ MASK_DIRS = ("masks", "labels", "annotations", "SegmentationClassPNG", "Segmenta
 _MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".gif"}
 _LOSSY_SUFFIXES = {".jpg", ".jpeg"}
 _MASK_NAME_ENDINGS = ("_mask", "_labels", "_label", "_L")
+_BESIDE_ENDING = "_mask"        # a mask kept beside its image: a.jpg and a_mask.png
 _ID_MODES = ("L", "1", "I", "I;16", "I;16L", "I;16B", "P")
 _IGNORE_LABEL = "__ignore__"
 _WHITE = (255, 255, 255)
@@ -61,7 +63,12 @@ def read(path: Path, label_map) -> list[Annotation]:
     annotations = []
     for image_dir, mask_dir in pairs:
         images = _files(image_dir, IMAGE_SUFFIXES) if image_dir else {}
+        masks = _files(mask_dir, _MASK_SUFFIXES | _LOSSY_SUFFIXES)
         above = _folders_above(mask_dir, path)
+        if image_dir == mask_dir:         # side by side: the masks are the files named <stem>_mask
+            images = {key: p for key, p in images.items() if not key.endswith(_BESIDE_ENDING)}
+            masks = {key: p for key, p in masks.items() if key.endswith(_BESIDE_ENDING)}
+            above = mask_dir.relative_to(path).parts if mask_dir.is_relative_to(path) else ()
         split = export_split(above[-1] if above else mask_dir.name.removesuffix("annot"))    # train/masks, valannot
 
         def read_one(key_and_mask: tuple[str, Path]) -> Annotation:
@@ -72,7 +79,7 @@ def read(path: Path, label_map) -> list[Annotation]:
             annotation.key = make_key([*above, *below.split("/")], str(mask))
             annotation.split = split
             return annotation
-        annotations += read_each(sorted(_files(mask_dir, _MASK_SUFFIXES | _LOSSY_SUFFIXES).items()), read_one)
+        annotations += read_each(sorted(masks.items()), read_one)
     if not annotations:
         raise LabelFormatError(f"{path}: the mask folders ({', '.join(str(m) for _, m in pairs)}) hold no masks")
     return annotations
@@ -140,6 +147,9 @@ def _pairs_in(folder: Path) -> list[tuple[Path | None, Path]]:
     for name in sorted(children):
         if name.endswith("annot") and name[:-len("annot")] in children:
             pairs.append((children[name[:-len("annot")]], children[name]))
+    if not pairs and any(p.stem.endswith(_BESIDE_ENDING) and p.suffix.lower() in _MASK_SUFFIXES
+                         for p in folder.iterdir() if p.is_file()):
+        pairs.append((folder, folder))
     return pairs
 
 
