@@ -235,7 +235,7 @@ def watch_other_processes(interval_s: float = 1.0) -> Callable[[], None]:
         while not done.wait(interval_s):
             now = time.monotonic()
             with lock:
-                silent = sorted(i for i, (value, since) in heard.items() if value != "done" and now - since > SILENCE_S)
+                silent = silent_processes(heard, answered[0])
                 coordinator_silent = now - answered[0] > SILENCE_S
             if coordinator_silent:
                 stop_alone(f"error: the coordination service (process 0) stopped answering {SILENCE_S:.0f} s ago "
@@ -253,6 +253,13 @@ def watch_other_processes(interval_s: float = 1.0) -> Callable[[], None]:
         beating.join(timeout=5)
 
     return finished
+
+
+def silent_processes(heard: dict[int, tuple[str, float]], answered: float) -> list[int]:
+    """The processes whose beat the coordination service, answering, has shown unchanged for SILENCE_S. A frozen
+    process 0 (the service itself) leaves its last beat up to a second older than the last answer: not silent, the
+    service's own alarm is due (it was named as a killed process when its last beat fell a second before)."""
+    return sorted(i for i, (value, since) in heard.items() if value != "done" and answered - since > SILENCE_S)
 
 
 def _client():

@@ -117,3 +117,14 @@ def test_a_failed_collective_is_blamed_on_the_process_that_left_its_reason_else_
     monkeypatch.setattr(sharding, "_client", lambda: FakeCoordinationService({}))
     assert sharding.lost_process(gloo).startswith("the other processes cannot be reached: one stopped without a word")
     assert sharding.lost_process(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8 GiB")) is None
+
+
+def test_a_process_is_silent_only_while_the_service_answers_without_its_beat():
+    """Process 0 frozen (it holds the coordination service): its last beat fell a second before the last answer, and
+    it was named as a killed process instead of the service that stopped answering."""
+    from streetseg_jax.sharding import SILENCE_S, silent_processes
+
+    last_answer = 1000.0
+    heard = {0: ("41", last_answer - 1.0), 1: ("7", last_answer - SILENCE_S - 1.0), 2: ("done", 0.0)}
+    assert silent_processes(heard, last_answer) == [1]          # 0's last beat: a second before the last answer
+    assert silent_processes(heard, last_answer + SILENCE_S) == [0, 1]
