@@ -292,9 +292,8 @@ def say_if_the_dataset_changed(workdir: Path, run: LoadedRun, data_dir: str | No
 
 def evaluate_split(run: LoadedRun, source, split: str) -> Evaluation:
     """One pass over the split: per-image confusion matrices on the device; every total is their sum."""
-    tta = [word for word, used in (("flip", run.config.eval_flip_tta),
-                                   (f"{len(network_scales(run.config))} scales", len(network_scales(run.config)) > 1))
-           if used]
+    scales = len(network_scales(run.config))
+    tta = [word for word, used in (("flip", run.config.eval_flip_tta), (f"{scales} scales", scales > 1)) if used]
     which = (f"the {run.checkpoint} checkpoint (step {run.step})" if run.checkpoint in ("best", "latest")
              else f"the checkpoint of step {run.step}")
     print(f"scoring {len(source)} image(s) of {split} with {which}"

@@ -77,7 +77,7 @@ def _run(config) -> None:
     try:      # before a dataset is built for a run that cannot start
         sharding.all_succeed(lambda: check_settings(config, _WORKDIR.value))
         _build_synthetic_if_missing(config.dataset, config.data_dir)
-        overrides = sorted(config_flags.get_override_values(flags.FLAGS["config"]))      # recorded: see prepare_run
+        overrides = list(config_flags.get_override_values(flags.FLAGS["config"]))      # recorded: see prepare_run
         train.train_and_evaluate(config, _WORKDIR.value, overrides)
     except (DatasetNotFoundError, RunError, sharding.OtherProcessFailed, OSError, ValueError) as e:
         _stop(f"error: {_message(e)}", 2, record=not isinstance(e, sharding.OtherProcessFailed))

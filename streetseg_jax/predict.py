@@ -13,7 +13,8 @@ where <name> is the file's stem, or its path relative to the folder it was found
 the same file, or an output that would overwrite an input, stop the run before any work. Unreadable images are
 listed at the end and skipped; the exit status is 1 when any failed. --export labelme|coco|cvat also writes the
 masks as editable polygons under OUT/<format>/ (from the mask files, so that it never holds every mask at once),
-with the run's label_map.json, which `labels` and `data build` read there for the way back; an export there that a run did not rewrite is named as older than the masks, and kept (corrections live there).
+with the run's label_map.json, which `labels` and `data build` read there for the way back; an export there that
+a run did not rewrite is named as older than the masks, and kept (corrections live there).
 Ctrl-C stops after the files being written are whole; --skip_existing then leaves out the images already done
 with the same model and settings: OUT/predict.json records them (the checkpoint, a fingerprint of its weights, the
 TTA, resize and window settings), and files older than the settings in it are predicted again.

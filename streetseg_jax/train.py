@@ -138,11 +138,10 @@ def memory_problem(config, num_classes: int, mesh, free: Callable[[Any], int | N
     if available is None or need <= available:
         return None
     where = "this machine has" if on_host else f"a {local[0].device_kind} has"
+    each = f" on each of {len(local)} devices" if len(local) > 1 else ""
     return (f"the model does not fit in memory: training needs {need / 2**30:.1f} GiB at least (weights, optimiser "
-            f"state and gradients of {count / 1e6:.0f} M parameters" + (f" on each of {len(local)} devices"
-                                                                       if len(local) > 1 else "") +
-            f") where {where} {available / 2**30:.1f} GiB free; make model.depth ({config.model.depth}) or "
-            f"model.base_width ({config.model.base_width}) smaller")
+            f"state and gradients of {count / 1e6:.0f} M parameters{each}) where {where} {available / 2**30:.1f} GiB "
+            f"free; make model.depth ({config.model.depth}) or model.base_width ({config.model.base_width}) smaller")
 
 
 def free_memory(device) -> int | None:

@@ -35,8 +35,8 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--manual_dir", help="voc_polygons, from_annotations: your export folder; camvid: SegNet's "
                        "CamVid folder")
     build.add_argument("--label_map", help="label map JSON (synthetic and voc_polygons: default the seed's 8 "
-                       "classes; from_annotations: required unless the export has its label_map.json, as predict --export "
-                       "writes it; camvid: its own 11 classes, not read)")
+                       "classes; from_annotations: required unless the export has its label_map.json, as predict "
+                       "--export writes it; camvid: its own 11 classes, not read)")
     _export_arguments(build)
     build.add_argument("--num_images", type=int, help="synthetic: scenes to generate (default 500)")
     build.add_argument("--height", type=int, help="synthetic: image height (default 360)")
@@ -71,7 +71,8 @@ def check_flags(args: argparse.Namespace) -> None:
     """Flags that the chosen config would silently ignore are refused."""
     given = lambda names: [f"--{n}" for n in names if getattr(args, n) is not None]  # noqa: E731
     if args.config == "from_annotations":
-        if args.label_map is None and args.manual_dir and (found := label_map_of_export(Path(args.manual_dir).expanduser())):
+        found = args.label_map is None and args.manual_dir and label_map_of_export(Path(args.manual_dir).expanduser())
+        if found:
             print(f"note: the label map is the export's {found} (--label_map chooses another)", file=sys.stderr)
             args.label_map = str(found)
         missing = [f"--{n}" for n in ("name", "manual_dir", "format", "label_map") if getattr(args, n) is None]
