@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from streetseg_jax.data import source
-from streetseg_jax.data.build import build
+from streetseg_jax.data.build import build, build_lock_path
 from streetseg_jax.data.builder import BuildError, UnknownLabelsError
 from streetseg_jax.data.inputs import stem_fraction as _stem_fraction
 from streetseg_jax.data.synthetic import png_bytes, write_synthetic
@@ -138,15 +138,35 @@ def test_a_killed_rebuild_is_put_back_and_what_killed_builds_left_is_swept(tmp_p
 
 
 def test_two_builds_into_one_fresh_data_dir_take_turns(tmp_path):
-    """Both built the dataset, and the second failed renaming its copy into place (FileExistsError)."""
+    """Both built the dataset, and the second failed renaming its copy into place (FileExistsError). The test holds
+    the build lock until both builds wait for it, so they meet whatever the machine's load (a loaded CI machine
+    once started the second only after the first, of a second, had ended)."""
+    fcntl = pytest.importorskip("fcntl", reason="builds take turns through a POSIX record lock")
     args = ["build", "--config", "synthetic", f"--data_dir={tmp_path}", "--num_images", "4", "--height", "48",
             "--width", "64"]
-    procs = [subprocess.Popen([sys.executable, "-m", "streetseg_jax.data", *args], cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
+    fd = os.open(build_lock_path(tmp_path), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        procs = [subprocess.Popen([sys.executable, "-m", "streetseg_jax.data", *args], cwd=ROOT, text=True,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+        heads = [_lines_until(p.stdout, "under way; waiting for it to end") for p in procs]
+    finally:
+        os.close(fd)                                    # releases the lock: the two now build in turn
+    outs = [(head + out, err) for head, (out, err) in zip(heads, (p.communicate(timeout=300) for p in procs))]
     assert [p.returncode for p in procs] == [0, 0], outs
+    assert all("under way; waiting for it to end" in out for out, _ in outs), outs
     assert sum("already built" in out for out, _ in outs) == 1, outs
-    assert sum("under way; waiting for it to end" in out for out, _ in outs) == 1, outs
+
+
+def _lines_until(stream, text: str) -> str:
+    """What a process printed up to and including the first line holding text (all of it, if it ended first)."""
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if text in line:
+            break
+    return "".join(lines)
 
 
 def test_a_build_killed_with_its_workers_running_holds_nothing_up(tmp_path):

@@ -80,8 +80,7 @@ def _one_build_at_a_time(data_dir: Path, log: Callable[[str], None]):
     except ImportError:     # not a POSIX system: builds do not wait for each other
         yield
         return
-    key = hashlib.sha256(os.fsencode(data_dir.resolve())).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"streetseg-build-{key}.lock"
+    path = build_lock_path(data_dir)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         with contextlib.suppress(OSError):
@@ -100,6 +99,11 @@ def _one_build_at_a_time(data_dir: Path, log: Callable[[str], None]):
         yield
     finally:
         os.close(fd)
+
+
+def build_lock_path(data_dir: Path) -> Path:
+    key = hashlib.sha256(os.fsencode(data_dir.resolve())).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"streetseg-build-{key}.lock"
 
 
 _STALE_SECONDS = 6 * 3600    # an incomplete.* folder nothing was written to for this long belongs to no build
