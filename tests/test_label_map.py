@@ -81,6 +81,23 @@ def test_bad_files_name_the_file(tmp_path):
     assert LabelMap.load(bad) == default_label_map()
 
 
+def test_roboflow_classes_csv_is_a_label_map(tmp_path):
+    """Roboflow's _classes.csv (pixel value -> class name) was not read: users wrote the same map by hand."""
+    path = tmp_path / "_classes.csv"
+    path.write_text("Pixel Value, Class\n0, background\n2, Traffic Light\n1, road\n\n")
+    lm = LabelMap.load(path)
+    assert lm.names == ["background", "road", "traffic_light"] and lm.id_of("Traffic Light") == 2
+    assert (lm.fill_id, lm.ignore_id, lm.classes[1].color) == (0, 255, default_label_map().classes[3].color)
+    for text, message in (("0, background\n", "expected a 'Pixel Value, Class' header"),
+                          ("Pixel Value, Class\n0, background\n2, road\n", "the pixel values must run 0..1 without gaps"),
+                          ("Pixel Value, Class\n0, background\n0, road\n", "the pixel values must run 0..1 without gaps"),
+                          ("Pixel Value, Class\nzero, background\n", "must be 'pixel value, class name'"),
+                          ("Pixel Value, Class\n0, background\n1, Road\n2, road\n", "one class 'road'")):
+        path.write_text(text)
+        with pytest.raises(LabelMapError, match=f"_classes.csv: .*{message}"):
+            LabelMap.load(path)
+
+
 def test_median_frequency_weights_follow_segnet():
     masks = [np.array([[0, 0, 0, 1]]), np.array([[0, 2, 2, 255]])]
     pixels, image_pixels = class_pixel_counts(masks, 4)

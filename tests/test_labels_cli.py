@@ -534,6 +534,37 @@ def test_an_exports_own_label_map_is_read_where_none_is_given(tmp_path, capsys):
     assert f"note: the label map is the export's {export / 'label_map.json'}" in capsys.readouterr().err
 
 
+def test_roboflows_classes_csv_is_the_label_map_where_none_is_given(tmp_path, capsys):
+    """Roboflow's semantic-segmentation export names its masks' pixel values in _classes.csv, one in each split
+    folder; they were read against the seed's 8 classes (a mask's 2 became 'landscaping')."""
+    from PIL import Image
+
+    from streetseg_jax.data.__main__ import main as data_main
+    from streetseg_jax.data.source import label_map_of, open_built
+
+    export = tmp_path / "export"
+    for split, value in (("train", 2), ("valid", 1), ("test", 2)):
+        (export / split).mkdir(parents=True)
+        Image.new("RGB", (8, 6), (90, 40, 10)).save(export / split / f"{split}_1.jpg")
+        Image.new("L", (8, 6), value).save(export / split / f"{split}_1_mask.png")
+        (export / split / "_classes.csv").write_text("Pixel Value, Class\n0, background\n1, road\n2, Car\n")
+    main(["check", "--format", "auto", "--input", str(export)])
+    out = capsys.readouterr()
+    assert f"note: the label map is the export's {export / 'test' / '_classes.csv'}" in out.err
+    assert "0 error(s)" in out.out
+    main(["to-masks", "--format", "auto", "--input", str(export), "--output", str(tmp_path / "masks")])
+    assert np.unique(read_mask_png(tmp_path / "masks" / "train" / "train_1.png")).tolist() == [2]
+    data_main(["build", "--config", "from_annotations", "--name", "robo", "--manual_dir", str(export), "--format",
+               "auto", "--data_dir", str(tmp_path / "tfds")])
+    built = open_built("street_seg/robo", tmp_path / "tfds")
+    assert label_map_of(built.info, tmp_path / "tfds").names == ["background", "road", "car"]
+    assert built.info.splits["test"].num_examples == 1
+    (export / "test" / "_classes.csv").write_text("Pixel Value, Class\n0, background\n2, road\n")
+    with pytest.raises(SystemExit):
+        main(["check", "--format", "auto", "--input", str(export)])
+    assert "_classes.csv: the pixel values must run 0..1" in capsys.readouterr().err
+
+
 def test_classes_follow_labelme2voc_labels_txt(tmp_path, capsys):
     """labelme2voc numbers classes as labels.txt lists them; the starter map numbered them by use, so masks people
     already had disagreed with the ones it made."""

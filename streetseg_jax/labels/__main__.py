@@ -62,8 +62,9 @@ def _common_arguments(parser: argparse.ArgumentParser, unknown: bool = True) -> 
     parser.add_argument("--format", choices=FORMAT_CHOICES, default="voc",
                         help="the labelling tool's export format, or auto to detect it (default: voc)")
     parser.add_argument("--input", required=True, type=Path, help="the export folder (or one export file)")
-    parser.add_argument("--label_map", type=Path, help="label map JSON (default: the export's label_map.json where "
-                        "it has one, as predict --export writes it, else the built-in 8 street classes)")
+    parser.add_argument("--label_map", type=Path, help="label map JSON, or Roboflow's _classes.csv (default: the "
+                        "export's label_map.json where it has one, as predict --export writes it, else its "
+                        "_classes.csv, else the built-in 8 street classes)")
     if unknown:
         parser.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
                             help="class names not in the label map: an error, or painted with the ignore id")
@@ -88,7 +89,7 @@ def read_export(fmt: str, path: Path, label_map: LabelMap) -> tuple[str, list[An
 
 
 def _label_map(path: Path | None, export: Path) -> LabelMap:
-    """--label_map, else the export's own label_map.json (predict --export writes it), else the seed's classes."""
+    """--label_map, else the export's own (label_map_of_export), else the seed's classes."""
     if path is None:
         path = label_map_of_export(export)
         if path is None:

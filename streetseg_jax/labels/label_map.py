@@ -8,8 +8,10 @@ of pixels that no shape covers.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
+import io
 import json
 import re
 import unicodedata
@@ -114,6 +116,8 @@ class LabelMap:
             raise LabelMapError(f"cannot read label map {path}: {e.strerror}") from None
         except UnicodeDecodeError as e:
             raise LabelMapError(f"label map {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        if path.suffix.lower() == ".csv":
+            return from_class_csv(text, str(path))
         return cls.from_json(text, str(path))
 
 
@@ -179,18 +183,46 @@ def _seed_classes() -> tuple[ClassInfo, ...]:
 
 
 EXPORT_LABEL_MAP = "label_map.json"     # written into predict's --export folders, read from an export's top
+ROBOFLOW_CLASSES = "_classes.csv"       # Roboflow's semantic-segmentation export: one in each split folder
 
 
 def label_map_of_export(export: Path) -> Path | None:
-    """The label map at the top of an export folder (or beside an export file), when one is there and reads:
-    predict --export writes the run's, so that its polygons, corrected in the tool, come back with their classes."""
+    """The label map an export brings: label_map.json at its top where it reads (predict --export writes the run's,
+    so that its polygons, corrected in the tool, come back with their classes), else Roboflow's _classes.csv at its
+    top or in its first split folder that has one (the masks' pixel values and their class names; one that does not
+    read is still the export's, and loading it says why). The folder is the export's, or the one of an export
+    file."""
     folder = Path(export) if Path(export).is_dir() else Path(export).parent
-    path = folder / EXPORT_LABEL_MAP
     try:
-        LabelMap.load(path)
+        LabelMap.load(folder / EXPORT_LABEL_MAP)
+        return folder / EXPORT_LABEL_MAP
     except LabelMapError:
-        return None
-    return path
+        pass
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return next((p / ROBOFLOW_CLASSES for p in (folder, *subfolders) if (p / ROBOFLOW_CLASSES).is_file()), None)
+
+
+def from_class_csv(text: str, source: str = "class list") -> LabelMap:
+    """Roboflow's `_classes.csv` (a `Pixel Value, Class` header, then `0, background`, `1, road` ...): each pixel
+    value is the class id of its name, the first the background (the fill class), as in starter_label_map."""
+    rows = [row for row in csv.reader(io.StringIO(text), skipinitialspace=True) if any(cell.strip() for cell in row)]
+    header = [cell.strip().lower() for cell in rows[0]] if rows else []
+    if header != ["pixel value", "class"]:
+        raise LabelMapError(f"{source}: expected a 'Pixel Value, Class' header line (Roboflow's _classes.csv), got "
+                            f"{rows[0] if rows else 'an empty file'}")
+    try:
+        by_value = {int(value): name.strip() for value, name in rows[1:]}
+    except ValueError:
+        raise LabelMapError(f"{source}: each line after the header must be 'pixel value, class name', as "
+                            "'1, road'") from None
+    if sorted(by_value) != list(range(len(rows) - 1)):
+        raise LabelMapError(f"{source}: the pixel values must run 0..{len(rows) - 2} without gaps or repeats, got "
+                            f"{[int(row[0]) for row in rows[1:]]}; write a label map by hand (labels classes "
+                            "--output starts one)")
+    try:
+        return starter_label_map([by_value[v] for v in sorted(by_value)], keep_ids=True)
+    except LabelMapError as e:
+        raise LabelMapError(f"{source}: {e}") from None
 
 
 def default_label_map() -> LabelMap:

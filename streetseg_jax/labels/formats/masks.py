@@ -3,7 +3,8 @@
 Layouts recognised in the export folder (or in each of its direct subfolders, e.g. train/ and val/):
     images/ or JPEGImages/  +  masks/, labels/, annotations/, SegmentationClassPNG/ or SegmentationClass/
     <name>/ + <name>annot/                       (SegNet's CamVid: train/ + trainannot/)
-    a folder of images with `<stem>_mask.png` beside each    (Roboflow's semantic-segmentation export)
+    a folder of images with `<stem>_mask.png` beside each    (Roboflow's semantic-segmentation export; its
+                                                             _classes.csv is a label map: label_map_of_export)
 Passing a mask folder itself (or one mask file) works too; its images are then looked for in the sibling folders
 above. Masks and images are matched by their path below their folders without the suffix (`masks/a/b.png` goes with
 `images/a/b.jpg`); a mask named `<stem>_mask`, `_label`, `_labels` or `_L` also matches `<stem>` (CamVid's original
