@@ -496,7 +496,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def split_file_name(split: str) -> str:
-    """A split as part of a file name ("validation[:10]" makes one too)."""
+    """A split as part of a file name: a TFDS slice says its range ("test[:5]" -> test_0-5, "validation[50%:]" ->
+    validation_50pct-end); any other character a file name should not hold becomes _."""
+    sliced = lambda m: f"{m[1]}_{m[2] or 0}-{m[3] or 'end'}"     # noqa: E731
+    split = re.sub(r"(\w+)\[\s*([-\w%]*)\s*:\s*([-\w%]*)\s*\]", sliced, split).replace("%", "pct")
     return re.sub(r"[^\w.+-]", "_", split)
 
 

@@ -92,14 +92,23 @@ def test_split_and_checkpoint_flags(workdir, capsys):
     scores, _ = expected_scores(workdir, "train", "latest")
     assert result["miou"] == pytest.approx(scores["eval/miou"], abs=1e-12)
     evaluate.main(["--workdir", str(workdir), "--split", "test[:2]", "--checkpoint", "3"])
-    result = json.loads((workdir / "eval" / "test__2__step3.json").read_text())
+    result = json.loads((workdir / "eval" / "test_0-2_step3.json").read_text())
     assert (result["step"], result["num_images"]) == (3, 2)
     out = capsys.readouterr()
     assert "worst images:" in out.out and "scoring 2 image(s) of test[:2] with the checkpoint of step 3 ..." in out.err
     # Another checkpoint's figures no longer replace the best checkpoint's (compare showed step 3 as the run's test).
     evaluate.main(["--workdir", str(workdir), "--split", "test[:2]"])
     evaluate.main(["--workdir", str(workdir), "--split", "test[:2]", "--checkpoint", "3"])
-    assert json.loads((workdir / "eval" / "test__2_.json").read_text())["checkpoint"] == "best"
+    assert json.loads((workdir / "eval" / "test_0-2.json").read_text())["checkpoint"] == "best"
+
+
+def test_a_split_names_its_files_plainly():
+    """A slice's results were named test__5_.json: the brackets and colon each made an underscore."""
+    from streetseg_jax.evaluate import split_file_name
+
+    assert [split_file_name(s) for s in ("test", "test[:5]", "validation[50%:]", "train[10:20]+validation",
+                                         "a/b")] == ["test", "test_0-5", "validation_50pct-end",
+                                                     "train_10-20+validation", "a_b"]
 
 
 def test_a_dataset_changed_since_training_is_said(workdir, tiny_data_dir, tmp_path, capsys):
@@ -132,13 +141,13 @@ def test_output_writes_the_results_elsewhere_and_leaves_the_run_as_it_was(workdi
     out = tmp_path / "scores" / "mine"
     evaluate.main(["--workdir", str(workdir), "--split", "test[:2]", "--output", str(out)])
     assert files_of(workdir) == before
-    assert sorted(p.name for p in out.iterdir()) == ["test__2_.json", "test__2__confusion.png"]
-    assert json.loads((out / "test__2_.json").read_text())["num_images"] == 2
-    assert f"wrote {out / 'test__2_.json'}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["test_0-2.json", "test_0-2_confusion.png"]
+    assert json.loads((out / "test_0-2.json").read_text())["num_images"] == 2
+    assert f"wrote {out / 'test_0-2.json'}" in capsys.readouterr().out
     # A folder that several runs are scored into: another run's results of the same split are replaced, said so.
-    (out / "test__2_.json").write_text(json.dumps({"workdir": "/colleague/run"}))
+    (out / "test_0-2.json").write_text(json.dumps({"workdir": "/colleague/run"}))
     evaluate.main(["--workdir", str(workdir), "--split", "test[:2]", "--output", str(out)])
-    assert f"note: {out / 'test__2_.json'} held the results of /colleague/run" in capsys.readouterr().err
+    assert f"note: {out / 'test_0-2.json'} held the results of /colleague/run" in capsys.readouterr().err
     (tmp_path / "afile").write_text("")
     with pytest.raises(SystemExit):
         evaluate.main(["--workdir", str(workdir), "--output", str(tmp_path / "afile" / "scores")])
