@@ -365,6 +365,27 @@ def test_masks_take_the_image_stem_and_clashes_are_refused(tmp_path, capsys):
     assert not (tmp_path / "masks2").exists()
 
 
+def test_voc_images_of_one_name_in_split_folders_keep_their_folders(tmp_path, capsys):
+    """train/a.xml and valid/a.xml, each beside its own a.jpg, were refused as one mask file: VOC's reader leaves
+    the image to be found, and annotations without their images were never told apart."""
+    from PIL import Image
+
+    export = tmp_path / "export"
+    for split, top in (("train", 10), ("valid", 14)):
+        (export / split).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (10, 20, 30)).save(export / split / "a.jpg")
+        write_voc(export / split / "a.xml", "a.jpg", 40, 30, [("road", [rect(0, top, 40, 30)])])
+    main(["to-masks", "--format", "auto", "--input", str(export), "--output", str(tmp_path / "masks")])
+    for split, top in (("train", 10), ("valid", 14)):
+        assert (read_mask_png(tmp_path / "masks" / split / "a.png") == ROAD).sum() == 40 * (30 - top)
+    backup = export / "train" / "backup" / "a.xml"            # a second annotation of train's image: refused
+    backup.parent.mkdir()
+    write_voc(backup, "../a.jpg", 40, 30, [("road", [rect(0, 0, 40, 30)])])
+    with pytest.raises(SystemExit):
+        main(["to-masks", "--format", "auto", "--input", str(export), "--output", str(tmp_path / "again")])
+    assert "3 annotations are for images with the key 'a'" in capsys.readouterr().err
+
+
 def test_images_of_one_name_in_different_folders_keep_their_folders(tmp_path, capsys):
     export = tmp_path / "export"
     for folder in ("cam1", "cam2", "cam3/day2", "cam4"):

@@ -10,6 +10,7 @@ coordinates no tool writes (not finite, or beyond rasterize.coordinate_limit) fo
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 
@@ -67,10 +68,19 @@ def add_folders_to_clashing_keys(annotations: list[Annotation], root: Path) -> N
     groups: dict[str, list[Annotation]] = {}
     for annotation in annotations:
         groups.setdefault(image_key(annotation), []).append(annotation)
+    index = None
     for stem, group in groups.items():
-        paths = [a.image_path for a in group]
-        if len(group) < 2 or any(a.key for a in group) or None in paths or len(file_ids(paths)) < len(group):
+        if len(group) < 2 or any(a.key for a in group):
             continue                                          # a reader's own keys (CVAT subsets) stay as given
+        paths = [a.image_path for a in group]
+        if None in paths:                                     # readers that leave the image to be found (VOC)
+            from streetseg_jax.labels.validate import ImageIndex, locate_images     # validate imports formats
+            index = index or ImageIndex(root)
+            found = [dataclasses.replace(a) for a in group]
+            locate_images(found, root, index)
+            paths = [a.image_path for a in found]
+        if None in paths or len(file_ids(paths)) < len(group):
+            continue
         own_files = len({str(a.source) for a in group}) == len(group)
         keys = [_key_with_folders(a, root, own_files) for a in group]
         if None not in keys and len(set(keys)) == len(keys):
