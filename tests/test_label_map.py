@@ -98,6 +98,22 @@ def test_roboflow_classes_csv_is_a_label_map(tmp_path):
             LabelMap.load(path)
 
 
+def test_cvat_labelmap_txt_is_a_label_map(tmp_path):
+    """CVAT's Segmentation mask export (and Datumaro's VOC) names its masks' colours in labelmap.txt."""
+    path = tmp_path / "labelmap.txt"
+    path.write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\nRoad:128,64,128::\ncar:::\n\n")
+    lm = LabelMap.load(path)
+    assert [(c.name, c.color) for c in lm.classes] == [
+        ("background", (0, 0, 0)), ("road", (128, 64, 128)), ("car", (0, 128, 0))]    # car: VOC's colour 2
+    assert (lm.fill_id, lm.ignore_id, lm.id_of("Road")) == (0, 255, 1)
+    for text, message in (("# nothing\n", "no classes"), ("background:0,0,0::\nroad:1,2::\n", "'road:1,2::'"),
+                          ("background:0,0,0::\nroad:a,b,c::\n", "three values 0..255"),
+                          ("background:0,0,0::\nroad:0,0,300::\n", "three values 0..255")):
+        path.write_text(text)
+        with pytest.raises(LabelMapError, match=f"labelmap.txt: .*{message}"):
+            LabelMap.load(path)
+
+
 def test_median_frequency_weights_follow_segnet():
     masks = [np.array([[0, 0, 0, 1]]), np.array([[0, 2, 2, 255]])]
     pixels, image_pixels = class_pixel_counts(masks, 4)

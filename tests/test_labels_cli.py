@@ -586,6 +586,25 @@ def test_roboflows_classes_csv_is_the_label_map_where_none_is_given(tmp_path, ca
     assert "_classes.csv: the pixel values must run 0..1" in capsys.readouterr().err
 
 
+def test_cvats_labelmap_txt_is_the_label_map_where_none_is_given(tmp_path, capsys):
+    """CVAT's Segmentation mask export: RGB masks in SegmentationClass/, their colours named in labelmap.txt; the
+    colours were looked up in the seed's 8 classes ('colour (250, 170, 30) is no class's')."""
+    from PIL import Image
+
+    export = tmp_path / "export"
+    (export / "JPEGImages").mkdir(parents=True)
+    (export / "SegmentationClass").mkdir()
+    (export / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\n"
+                                         "traffic light:250,170,30::\nroad:128,64,128::\n")
+    Image.new("RGB", (8, 6), (90, 40, 10)).save(export / "JPEGImages" / "a.jpg")
+    mask = np.zeros((6, 8, 3), np.uint8)
+    mask[:3], mask[3:] = (250, 170, 30), (128, 64, 128)
+    Image.fromarray(mask).save(export / "SegmentationClass" / "a.png")
+    main(["to-masks", "--format", "auto", "--input", str(export), "--output", str(tmp_path / "masks")])
+    assert f"note: the label map is the export's {export / 'labelmap.txt'}" in capsys.readouterr().err
+    np.testing.assert_array_equal(read_mask_png(tmp_path / "masks" / "a.png"), np.repeat([1, 2], 3)[:, None] * [[1] * 8])
+
+
 def test_classes_follow_labelme2voc_labels_txt(tmp_path, capsys):
     """labelme2voc numbers classes as labels.txt lists them; the starter map numbered them by use, so masks people
     already had disagreed with the ones it made."""

@@ -118,6 +118,8 @@ class LabelMap:
             raise LabelMapError(f"label map {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
         if path.suffix.lower() == ".csv":
             return from_class_csv(text, str(path))
+        if path.suffix.lower() == ".txt":
+            return from_voc_labelmap(text, str(path))
         return cls.from_json(text, str(path))
 
 
@@ -184,14 +186,15 @@ def _seed_classes() -> tuple[ClassInfo, ...]:
 
 EXPORT_LABEL_MAP = "label_map.json"     # written into predict's --export folders, read from an export's top
 ROBOFLOW_CLASSES = "_classes.csv"       # Roboflow's semantic-segmentation export: one in each split folder
+VOC_LABELMAP = "labelmap.txt"           # CVAT's Segmentation mask and Datumaro's VOC exports, at their top
 
 
 def label_map_of_export(export: Path) -> Path | None:
     """The label map an export brings: label_map.json at its top where it reads (predict --export writes the run's,
-    so that its polygons, corrected in the tool, come back with their classes), else Roboflow's _classes.csv at its
-    top or in its first split folder that has one (the masks' pixel values and their class names; one that does not
-    read is still the export's, and loading it says why). The folder is the export's, or the one of an export
-    file."""
+    so that its polygons, corrected in the tool, come back with their classes), else the class list of its masks:
+    CVAT's labelmap.txt at its top, or Roboflow's _classes.csv there or in its first split folder that has one (a
+    list that does not read is still the export's, and loading it says why). The folder is the export's, or the one
+    of an export file."""
     folder = Path(export) if Path(export).is_dir() else Path(export).parent
     try:
         LabelMap.load(folder / EXPORT_LABEL_MAP)
@@ -199,7 +202,8 @@ def label_map_of_export(export: Path) -> Path | None:
     except LabelMapError:
         pass
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    return next((p / ROBOFLOW_CLASSES for p in (folder, *subfolders) if (p / ROBOFLOW_CLASSES).is_file()), None)
+    lists = (folder / VOC_LABELMAP, *(p / ROBOFLOW_CLASSES for p in (folder, *subfolders)))
+    return next((path for path in lists if path.is_file()), None)
 
 
 def from_class_csv(text: str, source: str = "class list") -> LabelMap:
@@ -223,6 +227,31 @@ def from_class_csv(text: str, source: str = "class list") -> LabelMap:
         return starter_label_map([by_value[v] for v in sorted(by_value)], keep_ids=True)
     except LabelMapError as e:
         raise LabelMapError(f"{source}: {e}") from None
+
+
+def from_voc_labelmap(text: str, source: str = "labelmap.txt") -> LabelMap:
+    """CVAT's and Datumaro's labelmap.txt (`# label:color_rgb:parts:actions`, then `background:0,0,0::`,
+    `road:128,64,128::` ...): each line's position is the class id (a paletted mask's index), the first the
+    background (the fill class); its colour is the class's (an RGB mask's), or PASCAL VOC's where none is given."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise LabelMapError(f"{source}: no classes (expected lines of 'name:r,g,b::', as CVAT writes them)")
+    colours = []
+    for line in lines:
+        fields = line.split(":")
+        try:
+            colour = tuple(int(v) for v in fields[1].split(",")) if len(fields) > 1 and fields[1].strip() else None
+        except ValueError:
+            colour = ()
+        if colour is not None and (len(colour) != 3 or not all(0 <= v <= 255 for v in colour)):
+            raise LabelMapError(f"{source}: {line!r}: expected 'name:r,g,b::' with three values 0..255")
+        colours.append(colour or _voc_color(len(colours)))
+    try:
+        listed = starter_label_map([line.split(":")[0].strip() for line in lines], keep_ids=True)
+    except LabelMapError as e:
+        raise LabelMapError(f"{source}: {e}") from None
+    return LabelMap(tuple(dataclasses.replace(c, color=colour) for c, colour in zip(listed.classes, colours)),
+                    ignore_id=listed.ignore_id, fill_id=listed.fill_id)
 
 
 def default_label_map() -> LabelMap:

@@ -2,6 +2,7 @@
 
 Layouts recognised in the export folder (or in each of its direct subfolders, e.g. train/ and val/):
     images/ or JPEGImages/  +  masks/, labels/, annotations/, SegmentationClassPNG/ or SegmentationClass/
+                                                 (CVAT's Segmentation mask export: its labelmap.txt is a label map)
     <name>/ + <name>annot/                       (SegNet's CamVid: train/ + trainannot/)
     a folder of images with `<stem>_mask.png` beside each    (Roboflow's semantic-segmentation export; its
                                                              _classes.csv is a label map: label_map_of_export)
