@@ -106,6 +106,11 @@ def test_cvat_labelmap_txt_is_a_label_map(tmp_path):
     assert [(c.name, c.color) for c in lm.classes] == [
         ("background", (0, 0, 0)), ("road", (128, 64, 128)), ("car", (0, 128, 0))]    # car: VOC's colour 2
     assert (lm.fill_id, lm.ignore_id, lm.id_of("Road")) == (0, 255, 1)
+    (tmp_path / "labels.txt").write_text("__ignore__\n_background_\nroad\ncar\n")     # labelme2voc's
+    names = LabelMap.load(tmp_path / "labels.txt")           # labelme2voc paints its masks in VOC's colours
+    assert [(c.name, c.color) for c in names.classes] == [
+        ("background", (0, 0, 0)), ("road", (128, 0, 0)), ("car", (0, 128, 0))]
+    assert names.id_of("_background_") == 0
     for text, message in (("# nothing\n", "no classes"), ("background:0,0,0::\nroad:1,2::\n", "'road:1,2::'"),
                           ("background:0,0,0::\nroad:a,b,c::\n", "three values 0..255"),
                           ("background:0,0,0::\nroad:0,0,300::\n", "three values 0..255")):

@@ -232,8 +232,10 @@ def from_class_csv(text: str, source: str = "class list") -> LabelMap:
 def from_voc_labelmap(text: str, source: str = "labelmap.txt") -> LabelMap:
     """CVAT's and Datumaro's labelmap.txt (`# label:color_rgb:parts:actions`, then `background:0,0,0::`,
     `road:128,64,128::` ...): each line's position is the class id (a paletted mask's index), the first the
-    background (the fill class); its colour is the class's (an RGB mask's), or PASCAL VOC's where none is given."""
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    background (the fill class); its colour is the class's (an RGB mask's), or PASCAL VOC's where none is given.
+    labelme2voc's labels.txt (names alone, `__ignore__` first) reads so too."""
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.lstrip().startswith("#") and line.strip() != "__ignore__"]
     if not lines:
         raise LabelMapError(f"{source}: no classes (expected lines of 'name:r,g,b::', as CVAT writes them)")
     colours = []
