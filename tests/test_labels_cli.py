@@ -602,7 +602,26 @@ def test_cvats_labelmap_txt_is_the_label_map_where_none_is_given(tmp_path, capsy
     Image.fromarray(mask).save(export / "SegmentationClass" / "a.png")
     main(["to-masks", "--format", "auto", "--input", str(export), "--output", str(tmp_path / "masks")])
     assert f"note: the label map is the export's {export / 'labelmap.txt'}" in capsys.readouterr().err
-    np.testing.assert_array_equal(read_mask_png(tmp_path / "masks" / "a.png"), np.repeat([1, 2], 3)[:, None] * [[1] * 8])
+    expected = np.repeat([1, 2], 3)[:, None].repeat(8, 1)
+    np.testing.assert_array_equal(read_mask_png(tmp_path / "masks" / "a.png"), expected)
+
+
+def test_labelme2voc_class_names_txt_is_the_label_map_where_none_is_given(tmp_path, capsys):
+    """labelme2voc's output (paletted masks in SegmentationClassPNG/, names in class_names.txt): a mask's 2 was
+    the seed's 'landscaping'."""
+    from PIL import Image
+
+    export = tmp_path / "voc"
+    (export / "JPEGImages").mkdir(parents=True)
+    (export / "SegmentationClassPNG").mkdir()
+    (export / "class_names.txt").write_text("_background_\nroad\ncar\n")
+    Image.new("RGB", (8, 6), (90, 40, 10)).save(export / "JPEGImages" / "a.jpg")
+    mask = Image.fromarray(np.repeat([0, 2], 3)[:, None].repeat(8, 1).astype(np.uint8), "L").convert("P")
+    mask.save(export / "SegmentationClassPNG" / "a.png")
+    main(["classes", "--format", "auto", "--input", str(export)])
+    out = capsys.readouterr()
+    assert f"note: the label map is the export's {export / 'class_names.txt'}" in out.err
+    assert "'car'" in out.out and "-> class 2 'car'" in out.out
 
 
 def test_classes_follow_labelme2voc_labels_txt(tmp_path, capsys):

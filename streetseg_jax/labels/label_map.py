@@ -187,14 +187,15 @@ def _seed_classes() -> tuple[ClassInfo, ...]:
 EXPORT_LABEL_MAP = "label_map.json"     # written into predict's --export folders, read from an export's top
 ROBOFLOW_CLASSES = "_classes.csv"       # Roboflow's semantic-segmentation export: one in each split folder
 VOC_LABELMAP = "labelmap.txt"           # CVAT's Segmentation mask and Datumaro's VOC exports, at their top
+CLASS_NAMES = "class_names.txt"         # labelme2voc's output folder, at its top
 
 
 def label_map_of_export(export: Path) -> Path | None:
     """The label map an export brings: label_map.json at its top where it reads (predict --export writes the run's,
     so that its polygons, corrected in the tool, come back with their classes), else the class list of its masks:
-    CVAT's labelmap.txt at its top, or Roboflow's _classes.csv there or in its first split folder that has one (a
-    list that does not read is still the export's, and loading it says why). The folder is the export's, or the one
-    of an export file."""
+    CVAT's labelmap.txt or labelme2voc's class_names.txt at its top, or Roboflow's _classes.csv there or in its
+    first split folder that has one (a list that does not read is still the export's, and loading it says why). The
+    folder is the export's, or the one of an export file."""
     folder = Path(export) if Path(export).is_dir() else Path(export).parent
     try:
         LabelMap.load(folder / EXPORT_LABEL_MAP)
@@ -202,7 +203,7 @@ def label_map_of_export(export: Path) -> Path | None:
     except LabelMapError:
         pass
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    lists = (folder / VOC_LABELMAP, *(p / ROBOFLOW_CLASSES for p in (folder, *subfolders)))
+    lists = (folder / VOC_LABELMAP, folder / CLASS_NAMES, *(p / ROBOFLOW_CLASSES for p in (folder, *subfolders)))
     return next((path for path in lists if path.is_file()), None)
 
 
@@ -233,7 +234,7 @@ def from_voc_labelmap(text: str, source: str = "labelmap.txt") -> LabelMap:
     """CVAT's and Datumaro's labelmap.txt (`# label:color_rgb:parts:actions`, then `background:0,0,0::`,
     `road:128,64,128::` ...): each line's position is the class id (a paletted mask's index), the first the
     background (the fill class); its colour is the class's (an RGB mask's), or PASCAL VOC's where none is given.
-    labelme2voc's labels.txt (names alone, `__ignore__` first) reads so too."""
+    labelme2voc's labels.txt and class_names.txt (names alone, `__ignore__` first in the one) read so too."""
     lines = [line.strip() for line in text.splitlines()
              if line.strip() and not line.lstrip().startswith("#") and line.strip() != "__ignore__"]
     if not lines:
