@@ -37,8 +37,7 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--label_map", help="label map JSON (synthetic and voc_polygons: default the seed's 8 "
                        "classes; from_annotations: required unless the export has its label_map.json, as predict "
                        "--export writes it, or a class list (CVAT's labelmap.txt, labelme2voc's class_names.txt, "
-                       "Roboflow's _classes.csv); camvid: "
-                       "its own 11 classes, not read)")
+                       "Roboflow's _classes.csv); camvid: its own 11 classes, not read)")
     _export_arguments(build)
     build.add_argument("--num_images", type=int, help="synthetic: scenes to generate (default 500)")
     build.add_argument("--height", type=int, help="synthetic: image height (default 360)")
