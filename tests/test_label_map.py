@@ -89,7 +89,12 @@ def test_roboflow_classes_csv_is_a_label_map(tmp_path):
     assert lm.names == ["background", "road", "traffic_light"] and lm.id_of("Traffic Light") == 2
     assert (lm.fill_id, lm.ignore_id, lm.classes[1].color) == (0, 255, default_label_map().classes[3].color)
     gaps = "the pixel values must run 0..1 without gaps"
-    for text, message in (("0, background\n", "expected a 'Pixel Value, Class' header"),
+    path.write_text("0, background\n1, road\n")                 # the header left out: the lines say enough
+    assert LabelMap.load(path).names == ["background", "road"]
+    path.write_text("0, Road\n1, Background\n")               # the first is the fill class, not renamed
+    assert [(c.name, c.aliases) for c in LabelMap.load(path).classes] == [("road", ("Road",)),
+                                                                          ("background", ("Background",))]
+    for text, message in (("Value, Name\n0, background\n", "expected a 'Pixel Value, Class' header"),
                           ("Pixel Value, Class\n0, background\n2, road\n", gaps),
                           ("Pixel Value, Class\n0, background\n0, road\n", gaps),
                           ("Pixel Value, Class\nzero, background\n", "must be 'pixel value, class name'"),

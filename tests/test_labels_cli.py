@@ -562,6 +562,7 @@ def test_roboflows_classes_csv_is_the_label_map_where_none_is_given(tmp_path, ca
 
     from streetseg_jax.data.__main__ import main as data_main
     from streetseg_jax.data.source import label_map_of, open_built
+    from streetseg_jax.labels.label_map import LabelMap
 
     export = tmp_path / "export"
     for split, value in (("train", 2), ("valid", 1), ("test", 2)):
@@ -580,10 +581,36 @@ def test_roboflows_classes_csv_is_the_label_map_where_none_is_given(tmp_path, ca
     built = open_built("street_seg/robo", tmp_path / "tfds")
     assert label_map_of(built.info, tmp_path / "tfds").names == ["background", "road", "car"]
     assert built.info.splits["test"].num_examples == 1
+    # labels classes --output wrote the classes renumbered by use (car 1, road 2): the masks hold the list's ids
+    main(["classes", "--format", "auto", "--input", str(export), "--output", str(tmp_path / "map.json")])
+    assert LabelMap.load(tmp_path / "map.json") == LabelMap.load(export / "train" / "_classes.csv")
+    (export / "valid" / "_classes.csv").write_text("Pixel Value, Class\n0, background\n1, car\n2, road\n")
+    with pytest.raises(SystemExit):     # only test/'s list was read: valid's masks would have been scored wrong
+        data_main(["build", "--config", "from_annotations", "--name", "two", "--manual_dir", str(export),
+                   "--format", "auto", "--data_dir", str(tmp_path / "tfds")])
+    assert (f"{export / 'test' / '_classes.csv'} and {export / 'valid' / '_classes.csv'} list different classes "
+            "(background, road, car against background, car, road)") in capsys.readouterr().err
     (export / "test" / "_classes.csv").write_text("Pixel Value, Class\n0, background\n2, road\n")
     with pytest.raises(SystemExit):
         main(["check", "--format", "auto", "--input", str(export)])
     assert "_classes.csv: the pixel values must run 0..1" in capsys.readouterr().err
+
+
+def test_masks_read_as_the_seeds_classes_say_so(tmp_path, capsys):
+    """Id masks with no label map anywhere were read as the seed's classes without a word (a road of 1 became
+    'tree' in the report), where data build refuses them."""
+    from PIL import Image
+
+    export = tmp_path / "export"
+    (export / "images").mkdir(parents=True)
+    (export / "masks").mkdir()
+    Image.new("RGB", (8, 6)).save(export / "images" / "a.jpg")
+    Image.new("L", (8, 6), 1).save(export / "masks" / "a.png")
+    main(["check", "--format", "auto", "--input", str(export)])
+    assert "note: the masks' values are read as the seed's classes (background, tree," in capsys.readouterr().err
+    (tmp_path / "mine.json").write_text(default_label_map().to_json())
+    main(["check", "--format", "auto", "--input", str(export), "--label_map", str(tmp_path / "mine.json")])
+    assert "note:" not in capsys.readouterr().err
 
 
 def test_cvats_labelmap_txt_is_the_label_map_where_none_is_given(tmp_path, capsys):

@@ -89,23 +89,26 @@ def read_export(fmt: str, path: Path, label_map: LabelMap) -> tuple[str, list[An
     return fmt, annotations
 
 
-def _label_map(path: Path | None, export: Path) -> LabelMap:
-    """--label_map, else the export's own (label_map_of_export), else the seed's classes."""
-    if path is None:
-        path = label_map_of_export(export)
-        if path is None:
-            return default_label_map()
-        print(f"note: the label map is the export's {path} (--label_map chooses another)", file=sys.stderr)
+def read_with_label_map(args: argparse.Namespace) -> tuple[LabelMap, str, list[Annotation]]:
+    """The label map (--label_map, else the export's own: label_map_of_export, else the seed's classes), and the
+    export read with it: (label map, format, annotations)."""
+    path = args.label_map
     try:
-        return LabelMap.load(path)
+        if path is None and (path := label_map_of_export(args.input)) is not None:
+            print(f"note: the label map is the export's {path} (--label_map chooses another)", file=sys.stderr)
+        label_map = default_label_map() if path is None else LabelMap.load(path)
     except LabelMapError as e:
         fail(str(e))
+    fmt, annotations = read_export(args.format, args.input, label_map)
+    if fmt == "masks" and path is None:         # ids mean nothing without their names: said, as the export's are
+        print(f"note: the masks' values are read as the seed's classes ({', '.join(default_label_map().names)}), "
+              "no label map being given or found in the export; --label_map names the export's", file=sys.stderr)
+    return label_map, fmt, annotations
 
 
 # --- to-masks ----------------------------------------------------------------------------------------------------
 def to_masks(args: argparse.Namespace) -> None:
-    label_map = _label_map(args.label_map, args.input)
-    fmt, annotations = read_export(args.format, args.input, label_map)
+    label_map, fmt, annotations = read_with_label_map(args)
     sizes = [f"{a.source}: {problem}" for a in annotations if (problem := size_problem(a.width, a.height))]
     if sizes:
         fail("cannot draw masks of these sizes:" + listing(sizes))
@@ -179,8 +182,7 @@ def write_masks(annotations: list[Annotation], label_map: LabelMap, output: Path
 
 # --- check -------------------------------------------------------------------------------------------------------
 def check(args: argparse.Namespace) -> None:
-    label_map = _label_map(args.label_map, args.input)
-    fmt, annotations = read_export(args.format, args.input, label_map)
+    label_map, fmt, annotations = read_with_label_map(args)
     root = args.input if args.input.is_dir() else args.input.parent
     options = CheckOptions(unknown=args.unknown, check_images=True, decode_images=True)
     progress = lambda fn, jobs: tqdm(map(fn, jobs), total=len(jobs), desc="checking", unit="file",  # noqa: E731
@@ -201,10 +203,9 @@ def check(args: argparse.Namespace) -> None:
 
 # --- classes -----------------------------------------------------------------------------------------------------
 def classes(args: argparse.Namespace) -> None:
-    label_map = _label_map(args.label_map, args.input)
     if args.output is not None and args.output.exists():
         fail(f"--output {args.output} exists (a label map edited by hand, perhaps); give a new file")
-    fmt, annotations = read_export(args.format, args.input, label_map)
+    label_map, fmt, annotations = read_with_label_map(args)
     labels = [[shape.label for shape in annotation.shapes if not shape.ignore] for annotation in annotations]
     shapes = collections.Counter(name for names in labels for name in names)
     images = collections.Counter(name for names in labels for name in set(names))
@@ -215,6 +216,8 @@ def classes(args: argparse.Namespace) -> None:
     if listed:              # labelme2voc's ids: masks made with it already agree with the map written here
         names = listed[1] + [name for name in names if name not in listed[1]]     # its unused classes keep ids
         print(f"note: the classes in the order of {listed[0]} (labelme2voc's ids)")
+    if fmt == "masks":      # the masks hold ids: the map they were read with is theirs, renumbered it would lie
+        names = [name for name in label_map.names if name in shapes]
     print(f"{len(names)} class name(s) in {len(annotations)} image(s):")
     width = max(len(repr(n)) for n in names)
     for name in names:
@@ -224,10 +227,15 @@ def classes(args: argparse.Namespace) -> None:
         print(f"  {name!r:<{width}}  {images[name]:>6} image(s) {shapes[name]:>7} shape(s)  -> {becomes}")
     if args.output is not None:
         try:
-            starter = starter_label_map(names, keep_ids=listed is not None)
+            starter = label_map if fmt == "masks" else starter_label_map(names, keep_ids=listed is not None)
             atomic.write_text(args.output, starter.to_json() + "\n")
         except (LabelMapError, OSError) as e:
             fail(str(e))
+        if fmt == "masks":
+            print(f"wrote the label map the masks were read with ({starter.num_classes} classes, their ids kept: the "
+                  f"masks hold them) to {args.output}; rename classes or give them aliases there, and use it with "
+                  f"--label_map {args.output}")
+            return
         print(f"wrote a label map of {starter.num_classes} classes to {args.output} (background is the fill class; "
               "merge two classes by moving one's name into the other's aliases, then renumber the ids 0..K-1); "
               f"use it with --label_map {args.output}")

@@ -193,9 +193,10 @@ CLASS_NAMES = "class_names.txt"         # labelme2voc's output folder, at its to
 def label_map_of_export(export: Path) -> Path | None:
     """The label map an export brings: label_map.json at its top where it reads (predict --export writes the run's,
     so that its polygons, corrected in the tool, come back with their classes), else the class list of its masks:
-    CVAT's labelmap.txt or labelme2voc's class_names.txt at its top, or Roboflow's _classes.csv there or in its
-    first split folder that has one (a list that does not read is still the export's, and loading it says why). The
-    folder is the export's, or the one of an export file."""
+    CVAT's labelmap.txt or labelme2voc's class_names.txt at its top, or Roboflow's _classes.csv there or in its split
+    folders (a list that does not read is still the export's, and loading it says why). LabelMapError where two
+    split folders' lists differ: each folder's masks hold the ids of its own. The folder is the export's, or the one
+    of an export file."""
     folder = Path(export) if Path(export).is_dir() else Path(export).parent
     try:
         LabelMap.load(folder / EXPORT_LABEL_MAP)
@@ -203,16 +204,28 @@ def label_map_of_export(export: Path) -> Path | None:
     except LabelMapError:
         pass
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    lists = (folder / VOC_LABELMAP, folder / CLASS_NAMES, *(p / ROBOFLOW_CLASSES for p in (folder, *subfolders)))
-    return next((path for path in lists if path.is_file()), None)
+    lists = [path for path in (folder / VOC_LABELMAP, folder / CLASS_NAMES,
+                               *(p / ROBOFLOW_CLASSES for p in (folder, *subfolders))) if path.is_file()]
+    csvs = [path for path in lists if path.name == ROBOFLOW_CLASSES]
+    if len(csvs) > 1 and lists[0] in csvs:
+        readings = {path: LabelMap.load(path) for path in csvs}
+        first = readings[csvs[0]]
+        other = next((path for path, read in readings.items() if read != first), None)
+        if other is not None:
+            raise LabelMapError(f"{csvs[0]} and {other} list different classes ({', '.join(first.names)} against "
+                                f"{', '.join(readings[other].names)}), and each folder's masks hold the ids of its "
+                                "own: make the lists one (and the masks with them), or build the folders apart")
+    return lists[0] if lists else None
 
 
 def from_class_csv(text: str, source: str = "class list") -> LabelMap:
     """Roboflow's `_classes.csv` (a `Pixel Value, Class` header, then `0, background`, `1, road` ...): each pixel
-    value is the class id of its name, the first the background (the fill class), as in starter_label_map."""
+    value is the class id of its name, the first the fill class, as in starter_label_map."""
     rows = [row for row in csv.reader(io.StringIO(text), skipinitialspace=True) if any(cell.strip() for cell in row)]
     header = [cell.strip().lower() for cell in rows[0]] if rows else []
-    if header != ["pixel value", "class"]:
+    if rows and header[:1] != ["pixel value"] and header[0].isdigit():
+        rows.insert(0, ["Pixel Value", "Class"])                   # the header left out: the lines say enough
+    elif header != ["pixel value", "class"]:
         raise LabelMapError(f"{source}: expected a 'Pixel Value, Class' header line (Roboflow's _classes.csv), got "
                             f"{rows[0] if rows else 'an empty file'}")
     try:
@@ -232,8 +245,8 @@ def from_class_csv(text: str, source: str = "class list") -> LabelMap:
 
 def from_voc_labelmap(text: str, source: str = "labelmap.txt") -> LabelMap:
     """CVAT's and Datumaro's labelmap.txt (`# label:color_rgb:parts:actions`, then `background:0,0,0::`,
-    `road:128,64,128::` ...): each line's position is the class id (a paletted mask's index), the first the
-    background (the fill class); its colour is the class's (an RGB mask's), or PASCAL VOC's where none is given.
+    `road:128,64,128::` ...): each line's position is the class id (a paletted mask's index), the first the fill
+    class (as in starter_label_map); its colour is the class's (an RGB mask's), or PASCAL VOC's where none is given.
     labelme2voc's labels.txt and class_names.txt (names alone, `__ignore__` first in the one) read so too."""
     lines = [line.strip() for line in text.splitlines()
              if line.strip() and not line.lstrip().startswith("#") and line.strip() != "__ignore__"]
@@ -274,25 +287,27 @@ def starter_label_map(names: list[str], keep_ids: bool = False) -> LabelMap:
     """A label map of an export's own class names, in the order given: class 0 'background' is the fill class (with
     the tool's spellings of it, such as LabelMe's '_background_', as aliases), then one class per other name,
     spelt in snake_case, with the tool's spellings as aliases ('Traffic Light' and 'traffic-light' are one class,
-    traffic_light). `keep_ids`: each name is a class of its own at its position, the first the background
-    (labelme2voc's labels.txt); LabelMapError where two of them are one snake_case name. Colours: the seed's for the
-    seed's class names, else distinct ones from the PASCAL VOC palette. LabelMapError where the names are more than
-    the 255 classes a mask holds."""
+    traffic_light). `keep_ids` (a tool's class list: labelme2voc's labels.txt, Roboflow's _classes.csv): each name
+    is a class of its own at its position, the first the fill class, named 'background' only where it is a spelling
+    of it; LabelMapError where two of them are one snake_case name. Colours: the seed's for the seed's class names,
+    else distinct ones from the PASCAL VOC palette. LabelMapError where the names are more than the 255 classes a
+    mask holds."""
     seed = default_label_map()
     groups: dict[str, list[str]] = {}
     for i, name in enumerate(names):         # 'other' is a class of its own, not the seed's background
-        background = i == 0 if keep_ids else seed.id_of(name) == 0 and snake_case(name) != "other"
+        background = seed.id_of(name) == 0 and snake_case(name) != "other" and (i == 0 or not keep_ids)
         groups.setdefault("background" if background else snake_case(name) or "class", []).append(name)
     if keep_ids and len(groups) < len(names):
         twice = [spelt for spelt, spellings in groups.items() if len(spellings) > 1]
         raise LabelMapError(f"the class list names {', '.join(map(repr, groups[twice[0]]))}, one class "
                             f"{twice[0]!r} here: merge them in the list, or write the label map by hand")
-    classes = [ClassInfo(0, "background", seed.classes[0].color,
-                         tuple(n for n in groups.pop("background", []) if n != "background"))]
-    used = {seed.classes[0].color}
-    for spelt, spellings in groups.items():
-        known = seed.id_of(spellings[0])
-        color = seed.classes[known].color if known else _voc_color(len(classes))
+    order = list(groups) if keep_ids else ["background", *(spelt for spelt in groups if spelt != "background")]
+    classes, used = [], set()
+    for spelt in order:
+        spellings = groups.get(spelt, [])
+        known = 0 if spelt == "background" else seed.id_of(spellings[0])
+        color = seed.classes[known].color if known is not None and (known or spelt == "background") \
+            else _voc_color(len(classes))
         if color in used:                                       # 'Vegetation' and 'tree' are both the seed's tree
             color = next(c for c in map(_voc_color, range(len(classes), 1 << 24)) if c not in used)
         used.add(color)
