@@ -79,6 +79,21 @@ def test_round_trip_is_exact(tmp_path, mode):
     np.testing.assert_array_equal(round_trip(annotation), ids)
 
 
+def test_a_palette_of_the_label_maps_colours_in_its_own_order_is_read_by_colour(tmp_path):
+    """An RGB mask re-saved by an image editor as a palette image keeps its colours, in the editor's order: the
+    indices were taken for class ids and sky became background without a word."""
+    ids = random_ids(2, ignore=False)
+    rgb = encode(ids, "RGB")
+    editor = rgb.quantize(colors=256, method=Image.Quantize.MAXCOVERAGE)     # an order of its own
+    assert not np.array_equal(np.asarray(editor), ids)                         # the indices say nothing
+    export(tmp_path / "a", ids, mode="RGB")
+    save(tmp_path / "a" / "masks" / "frame_001.png", editor)
+    (annotation,) = masks.read(tmp_path / "a", LABEL_MAP)
+    np.testing.assert_array_equal(round_trip(annotation), ids)
+    export(tmp_path / "b", ids, mode="P")       # colours that are no class's: the index is the class id
+    np.testing.assert_array_equal(round_trip(masks.read(tmp_path / "b", LABEL_MAP)[0]), ids)
+
+
 def test_ignore_id_and_255_both_mean_ignore(tmp_path):
     label_map = LabelMap(LABEL_MAP.classes, ignore_id=200)
     ids = random_ids(2, ignore=False)

@@ -18,8 +18,9 @@ apart. A mask at the top of its folder, in an export without split folders, keep
 
 What the pixel values mean, by the mask's PNG mode:
 - greyscale (L, 1, 16-bit I): class ids of the label map;
-- palette (P): the palette INDEX is the class id (as VOC and labelme2voc write them); the palette's colours are
-  not looked at;
+- palette (P): the palette INDEX is the class id (as VOC and labelme2voc write them), unless the colours of the
+  indices the mask uses are all class colours of the label map: then, as for RGB, the colours (an image editor
+  that re-saved an RGB mask with a palette of its own order, where the index says nothing);
 - RGB: colours, mapped to ids through the label map's class colours. White (255, 255, 255) is the ignore colour, as
   the label map's own palette draws it, unless a class has that colour. RGBA: fully transparent pixels are ignore,
   any other alpha but opaque is an error.
@@ -130,7 +131,9 @@ def mask_ids(path: Path, label_map) -> np.ndarray:
     if path.suffix.lower() in _LOSSY_SUFFIXES:
         raise LabelFormatError(f"{path}: JPEG masks are refused: JPEG compression changes pixel values near every "
                                "edge; save masks as PNG")
-    mode, pixels = _pixels(path)
+    mode, pixels, palette = _pixels(path)
+    if mode == "P" and (by_colour := _ids_from_palette(pixels, palette, label_map)) is not None:
+        return by_colour
     if mode in _ID_MODES:
         return _ids_from_values(pixels.astype(np.int64), path, label_map, mode)
     if mode in ("RGB", "RGBA"):
@@ -214,20 +217,33 @@ def _image_for_file(mask: Path) -> tuple[Path, Path] | None:
 
 # --- pixel values ----------------------------------------------------------------------------------------------------
 
-def _pixels(path: Path) -> tuple[str, np.ndarray]:
-    """The mask's mode and pixels, as stored (a palette image gives its indices); too large (Pillow's bomb limit)
-    or unreadable files are LabelFormatErrors."""
+def _pixels(path: Path) -> tuple[str, np.ndarray, list[int] | None]:
+    """The mask's mode, pixels as stored (a palette image gives its indices) and palette (r, g, b, r, ...; None
+    but in mode P); too large (Pillow's bomb limit) or unreadable files are LabelFormatErrors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise Image.DecompressionBombError(f"{image.width}x{image.height}")
-                return image.mode, np.asarray(image)
+                return image.mode, np.asarray(image), image.getpalette() if image.mode == "P" else None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise LabelFormatError(f"{path}: mask too large (decompression bomb?) {e}; refused") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise LabelFormatError(f"{path}: unreadable mask image ({e})") from None
+
+
+def _ids_from_palette(indices: np.ndarray, palette: list[int] | None, label_map) -> np.ndarray | None:
+    """Class ids by the palette's colours, where those of every index used are the label map's class colours (or
+    white, or ignore); None otherwise: the index is the class id."""
+    table = _colour_table(label_map)
+    used = np.unique(indices).tolist()
+    colours = [_pack(palette[3 * i:3 * i + 3]) if palette and len(palette) >= 3 * i + 3 else None for i in used]
+    if any(colour not in table for colour in colours):
+        return None
+    lookup = np.zeros(256, np.uint8)
+    lookup[used] = [table[colour] for colour in colours]
+    return lookup[indices]
 
 
 def _ids_from_values(values: np.ndarray, path: Path, label_map, mode: str) -> np.ndarray:
