@@ -308,6 +308,22 @@ def test_camvid_greyscale_masks(tmp_path):
                                       np.asarray(Image.open(annotation.source)))
 
 
+def test_voc_image_sets_give_the_splits(tmp_path):
+    """CVAT's Segmentation mask export lists its subsets in ImageSets/Segmentation/<subset>.txt: they were not read,
+    and the val images were hashed into train."""
+    for i in range(4):
+        export(tmp_path, random_ids(i), stem=f"frame_{i}", image_dir="JPEGImages", mask_dir="SegmentationClass")
+    sets = tmp_path / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("frame_0\nframe_1\n")
+    (sets / "val.txt").write_text("frame_2\n")
+    (sets / "trainval.txt").write_text("frame_0\nframe_1\nframe_2\n")     # VOC's: no split of its own
+    (sets / "default.txt").write_text("frame_3\n")                          # CVAT's: hashed as before
+    read = masks.read(tmp_path, LABEL_MAP)
+    assert [(a.key, a.split) for a in read] == [("frame_0", "train"), ("frame_1", "train"),
+                                                ("frame_2", "validation"), ("frame_3", None)]
+
+
 def test_masks_beside_their_images_in_split_folders(tmp_path):
     """Roboflow's semantic-segmentation export: a.jpg beside a_mask.png in train/, valid/ and test/, class names in
     _classes.csv; it was not recognised ('no mask folder found')."""

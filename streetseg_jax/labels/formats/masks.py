@@ -73,6 +73,7 @@ def read(path: Path, label_map) -> list[Annotation]:
             masks = {key: p for key, p in masks.items() if key.endswith(_BESIDE_ENDING)}
             above = mask_dir.relative_to(path).parts if mask_dir.is_relative_to(path) else ()
         split = export_split(above[-1] if above else mask_dir.name.removesuffix("annot"))    # train/masks, valannot
+        listed = _image_set_splits(mask_dir.parent) if split is None else {}
 
         def read_one(key_and_mask: tuple[str, Path]) -> Annotation:
             key, mask = key_and_mask
@@ -80,12 +81,29 @@ def read(path: Path, label_map) -> list[Annotation]:
             annotation = read_mask(mask, label_map, image)
             below = image[0].with_suffix("").as_posix() if image else key
             annotation.key = make_key([*above, *below.split("/")], str(mask))
-            annotation.split = split
+            annotation.split = split or listed.get(below) or listed.get(Path(below).name)
             return annotation
         annotations += read_each(sorted(masks.items()), read_one)
     if not annotations:
         raise LabelFormatError(f"{path}: the mask folders ({', '.join(str(m) for _, m in pairs)}) hold no masks")
     return annotations
+
+
+def _image_set_splits(folder: Path) -> dict[str, str]:
+    """{image stem: split} from the subset lists of a VOC layout (ImageSets/Segmentation/train.txt, val.txt ...:
+    CVAT's Segmentation mask export, PASCAL VOC); lists of no split's name (CVAT's default.txt, VOC's trainval.txt)
+    are left out, and so is a stem two splits list."""
+    splits: dict[str, set[str]] = {}
+    for listing_file in sorted((folder / "ImageSets" / "Segmentation").glob("*.txt")):
+        split = export_split(listing_file.stem)
+        try:
+            lines = listing_file.read_text(encoding="utf-8", errors="replace").splitlines() if split else []
+            stems = [line.split()[0] for line in lines if line.strip()]
+        except OSError:
+            continue
+        for stem in stems:
+            splits.setdefault(stem, set()).add(split)
+    return {stem: named.pop() for stem, named in splits.items() if len(named) == 1}
 
 
 def looks_like(path: Path) -> bool:
