@@ -112,7 +112,13 @@ def _folder_items(folder: Path, out_dir: Path) -> list[Item]:
     if others:
         print(f"note: {folder}: {sum(others.values())} file(s) that are not images left out ("
               + ", ".join(f"{n} {suffix}" for suffix, n in others.most_common()) + ")", file=sys.stderr)
-    return found
+    photos = {(item.source.parent, item.source.stem) for item in found}
+    masks = [item for item in found if item.source.stem.endswith("_mask")
+             and (item.source.parent, item.source.stem.removesuffix("_mask")) in photos]
+    if masks:               # Roboflow's export: a_mask.png beside a.jpg, the label of the photo, not a photo
+        names = ", ".join(m.source.name for m in masks[:3]) + (", ..." if len(masks) > 3 else "")
+        print(f"note: {folder}: {len(masks)} label mask(s) beside their photos left out ({names})", file=sys.stderr)
+    return [item for item in found if item not in masks]
 
 
 def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None:

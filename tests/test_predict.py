@@ -367,6 +367,7 @@ def test_folders_keep_their_structure_and_outputs_inside_are_skipped(workdir, tm
     save(inputs / ".ipynb_checkpoints" / "a-checkpoint.png", random_image(32, 48))
     save(tmp_path / "elsewhere" / "f.jpg", random_image(32, 48))
     (inputs / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)   # was skipped silently
+    save(inputs / "street" / "night" / "c_mask.png", random_image(32, 48))      # c's label (Roboflow's): not a photo
     out = inputs / "predicted"
     for _ in range(2):                      # the second run must not read the first run's outputs
         assert run_predict("--workdir", workdir, "--input", inputs, "--output", out) == 0
@@ -374,7 +375,9 @@ def test_folders_keep_their_structure_and_outputs_inside_are_skipped(workdir, tm
     assert written == ["a.png", "a_overlay.jpg", "d.png", "d_overlay.jpg", "e.png", "e_overlay.jpg", "linked/f.png",
                        "linked/f_overlay.jpg", "predict.json", "street/b.png", "street/b_overlay.jpg", "street/night/c.png",
                        "street/night/c_overlay.jpg"]
-    assert f"note: {inputs}: 1 file(s) that are not images left out (1 .txt)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"note: {inputs}: 1 file(s) that are not images left out (1 .txt)" in err
+    assert f"note: {inputs}: 1 label mask(s) beside their photos left out (c_mask.png)" in err
 
 
 def test_globs_and_duplicate_output_names(workdir, tmp_path, capsys, monkeypatch):
