@@ -143,6 +143,18 @@ def test_unmapped_colour_is_named(tmp_path):
     with pytest.raises(LabelFormatError) as error:
         masks.read(tmp_path, LABEL_MAP)
     assert str(path) in str(error.value) and "colour (1, 2, 3)" in str(error.value)
+    assert "blended" not in str(error.value)
+
+
+def test_a_mask_blended_on_the_way_says_so(tmp_path):
+    """A PNG mask that had been through JPEG was named by one odd colour, as if one pixel were wrong."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(LABEL_MAP.palette()[random_ids(6, ignore=False)], "RGB").resize((64, 48)).save(buffer, "JPEG")
+    save(tmp_path / "masks" / "a.png", Image.open(buffer))
+    with pytest.raises(LabelFormatError, match=r"colours of this mask are no class's: its edges were blended"):
+        masks.read(tmp_path, LABEL_MAP)
 
 
 def test_grey_rgb_mask_gets_a_hint(tmp_path):

@@ -285,9 +285,9 @@ def _ids_from_colours(pixels: np.ndarray, path: Path, label_map) -> np.ndarray:
         packed[_transparent(pixels, path)] = _TRANSPARENT
     table = _colour_table(label_map)
     colours, inverse = np.unique(packed, return_inverse=True)
-    for colour in colours.tolist():
-        if colour not in table:
-            _unmapped_colour(colour, packed, pixels, path, label_map)
+    unmapped = [colour for colour in colours.tolist() if colour not in table]
+    if unmapped:
+        _unmapped_colour(unmapped, packed, pixels, path, label_map)
     ids = np.array([table[c] for c in colours.tolist()], np.uint8)
     return ids[inverse.reshape(packed.shape)]
 
@@ -321,7 +321,12 @@ def _colour_table(label_map) -> dict[int, int]:
     return table
 
 
-def _unmapped_colour(colour: int, packed: np.ndarray, pixels: np.ndarray, path: Path, label_map) -> None:
+_SMOOTHED = 8      # more colours than this that are no class's: the mask's edges were blended on the way
+
+
+def _unmapped_colour(unmapped: list[int], packed: np.ndarray, pixels: np.ndarray, path: Path, label_map) -> None:
+    """LabelFormatError naming the first of the colours (packed) that are no class's."""
+    colour = unmapped[0]
     rgb = ((colour >> 16) & 255, (colour >> 8) & 255, colour & 255)
     row, col = (int(v[0]) for v in np.nonzero(packed == colour))
     where = f"{path}: colour {rgb} ({int((packed == colour).sum())} pixels, first at row {row}, column {col})"
@@ -332,6 +337,10 @@ def _unmapped_colour(colour: int, packed: np.ndarray, pixels: np.ndarray, path: 
     grey = bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
     hint = ("; every pixel is grey: if the values are class ids, save the mask as 8-bit greyscale (mode L)"
             if grey else "")
+    if len(unmapped) > _SMOOTHED and not grey:
+        hint = (f"; {len(unmapped)} colours of this mask are no class's: its edges were blended on the way (JPEG "
+                "compression, resizing or smoothing, anti-aliased drawing); export the mask again as PNG, unscaled "
+                "and drawn without anti-aliasing")
     raise LabelFormatError(f"{where} is not the colour of any class in the label map (nor white for ignore){hint}")
 
 
