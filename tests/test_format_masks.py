@@ -146,6 +146,17 @@ def test_unmapped_colour_is_named(tmp_path):
     assert "blended" not in str(error.value)
 
 
+def test_the_problems_of_every_folder_are_told_at_once(tmp_path):
+    """Only the first split folder's bad masks were listed: mended, the next folder's came up."""
+    for split in ("test", "train"):
+        export(tmp_path / split, random_ids(1), mode="RGB")
+        grey = Image.fromarray(random_ids(2, ignore=False), "L").convert("RGB")
+        save(tmp_path / split / "masks" / "frame_001.png", grey)
+    with pytest.raises(LabelFormatError, match="2 problems in the annotations") as error:
+        masks.read(tmp_path, LABEL_MAP)
+    assert all(str(tmp_path / split / "masks" / "frame_001.png") in str(error.value) for split in ("test", "train"))
+
+
 def test_a_mask_blended_on_the_way_says_so(tmp_path):
     """A PNG mask that had been through JPEG was named by one odd colour, as if one pixel were wrong."""
     import io

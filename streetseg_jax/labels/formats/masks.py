@@ -63,7 +63,7 @@ def read(path: Path, label_map) -> list[Annotation]:
     if not pairs:
         raise LabelFormatError(f"{path}: no mask folder found; expected images/ (or JPEGImages/) beside one of "
                                f"{', '.join(d + '/' for d in MASK_DIRS)}, or <name>/ beside <name>annot/")
-    annotations = []
+    jobs = []               # one per mask, of every folder pair: the problems of all of them are told at once
     for image_dir, mask_dir in pairs:
         images = _files(image_dir, IMAGE_SUFFIXES) if image_dir else {}
         masks = _files(mask_dir, _MASK_SUFFIXES | _LOSSY_SUFFIXES)
@@ -74,16 +74,17 @@ def read(path: Path, label_map) -> list[Annotation]:
             above = mask_dir.relative_to(path).parts if mask_dir.is_relative_to(path) else ()
         split = export_split(above[-1] if above else mask_dir.name.removesuffix("annot"))    # train/masks, valannot
         listed = _image_set_splits(mask_dir.parent) if split is None else {}
+        jobs += [(key, mask, images, image_dir, above, split, listed) for key, mask in sorted(masks.items())]
 
-        def read_one(key_and_mask: tuple[str, Path]) -> Annotation:
-            key, mask = key_and_mask
-            image = _match(key, images, mask, image_dir)
-            annotation = read_mask(mask, label_map, image)
-            below = image[0].with_suffix("").as_posix() if image else key
-            annotation.key = make_key([*above, *below.split("/")], str(mask))
-            annotation.split = split or listed.get(below) or listed.get(Path(below).name)
-            return annotation
-        annotations += read_each(sorted(masks.items()), read_one)
+    def read_one(job) -> Annotation:
+        key, mask, images, image_dir, above, split, listed = job
+        image = _match(key, images, mask, image_dir)
+        annotation = read_mask(mask, label_map, image)
+        below = image[0].with_suffix("").as_posix() if image else key
+        annotation.key = make_key([*above, *below.split("/")], str(mask))
+        annotation.split = split or listed.get(below) or listed.get(Path(below).name)
+        return annotation
+    annotations = read_each(jobs, read_one)
     if not annotations:
         raise LabelFormatError(f"{path}: the mask folders ({', '.join(str(m) for _, m in pairs)}) hold no masks")
     return annotations
