@@ -146,6 +146,15 @@ def test_unmapped_colour_is_named(tmp_path):
     assert "blended" not in str(error.value)
 
 
+def test_detection_of_masks_without_images_says_so(tmp_path):
+    """A CVAT export saved without its images: 'cannot tell which labelling tool wrote these files' alone."""
+    from streetseg_jax.labels import formats
+
+    save(tmp_path / "SegmentationClass" / "a.png", encode(random_ids(1), "RGB"))
+    with pytest.raises(LabelFormatError, match="SegmentationClass holds masks but no images/ or JPEGImages/ folder"):
+        formats.detect(tmp_path)
+
+
 def test_the_problems_of_every_folder_are_told_at_once(tmp_path):
     """Only the first split folder's bad masks were listed: mended, the next folder's came up."""
     for split in ("test", "train"):

@@ -137,9 +137,20 @@ def detect(path: Path) -> str:
         return matches[0]
     if not matches:
         raise LabelFormatError(f"{path}: cannot tell which labelling tool wrote these files (none of "
-                               f"{', '.join(available())} recognises them); pass --format explicitly")
+                               f"{', '.join(available())} recognises them){_no_images_hint(path)}; pass --format "
+                               "explicitly")
     raise LabelFormatError(f"{path}: the files look like several formats ({', '.join(matches)}); pass --format "
                            "with the one you exported")
+
+
+def _no_images_hint(path: Path) -> str:
+    """Where `path` holds mask folders without an image folder beside them (an export saved without its images)."""
+    try:
+        lone = [mask_dir for image_dir, mask_dir in reader("masks").find_pairs(path) if image_dir is None]
+    except (OSError, LabelFormatError):
+        return ""
+    return (f"; {lone[0]} holds masks but no images/ or JPEGImages/ folder lies beside it (an export saved without "
+            "its images?)") if lone else ""
 
 
 def _nothing_read(fmt: str, path: Path) -> str:
