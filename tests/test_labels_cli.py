@@ -649,6 +649,11 @@ def test_labelme2voc_class_names_txt_is_the_label_map_where_none_is_given(tmp_pa
     out = capsys.readouterr()
     assert f"note: the label map is the export's {export / 'class_names.txt'}" in out.err
     assert "'car'" in out.out and "-> class 2 'car'" in out.out
+    for drawn in ("SegmentationClassVisualization", "SegmentationObjectVisualization"):    # its pictures of them
+        (export / drawn).mkdir()
+        Image.new("RGB", (8, 6)).save(export / drawn / "a.jpg")
+    main(["check", "--format", "auto", "--input", str(export)])
+    assert "with no annotation" not in "".join(capsys.readouterr())
 
 
 def test_classes_follow_labelme2voc_labels_txt(tmp_path, capsys):

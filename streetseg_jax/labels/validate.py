@@ -70,7 +70,7 @@ class FileReport:
 # The mask reader's own folders are among them, but annotations/, which holds VOC XML beside photos as often.
 LABEL_FOLDERS = frozenset({d.lower() for d in MASK_DIRS if d != "annotations"} | {
     "mask", "label", "segmentationclassaug", "segmentationclassvisualization", "segmentationobject",
-    "segmentationobjectpng", "gtfine", "gtcoarse"})
+    "segmentationobjectpng", "segmentationobjectvisualization", "gtfine", "gtcoarse"})
 
 
 def in_label_folder(path: Path, root: Path) -> bool:
