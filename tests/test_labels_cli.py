@@ -378,6 +378,15 @@ def test_voc_images_of_one_name_in_split_folders_keep_their_folders(tmp_path, ca
     main(["to-masks", "--format", "auto", "--input", str(export), "--output", str(tmp_path / "masks")])
     for split, top in (("train", 10), ("valid", 14)):
         assert (read_mask_png(tmp_path / "masks" / split / "a.png") == ROAD).sum() == 40 * (30 - top)
+    voc = tmp_path / "voc"                                    # VOC's layout in each split folder
+    for split in ("train", "valid"):
+        for folder in ("JPEGImages", "Annotations"):
+            (voc / split / folder).mkdir(parents=True)
+        Image.new("RGB", (40, 30)).save(voc / split / "JPEGImages" / "a.jpg")
+        write_voc(voc / split / "Annotations" / "a.xml", "a.jpg", 40, 30, [("road", [rect(0, 10, 40, 30)])])
+    main(["to-masks", "--format", "voc", "--input", str(voc), "--output", str(tmp_path / "voc_masks")])
+    assert sorted(p.relative_to(tmp_path / "voc_masks").as_posix() for p in (tmp_path / "voc_masks").rglob("*.png")) \
+        == ["train/a.png", "valid/a.png"]
     backup = export / "train" / "backup" / "a.xml"            # a second annotation of train's image: refused
     backup.parent.mkdir()
     write_voc(backup, "../a.jpg", 40, 30, [("road", [rect(0, 0, 40, 30)])])

@@ -123,9 +123,9 @@ class ImageIndex:
         source = Path(annotation.source)
         name = base_name(annotation.file_name)
         tries = [lambda: self._by_stem(source.stem, source)] if one_per_file else []
-        tries += [lambda: self._by_path(annotation.file_name, source), lambda: self._unique(self.by_name, name),
-                  lambda: self._by_stem(Path(name).stem, source),
-                  lambda: self._unique(self.by_folded_name, _fold(name))]
+        tries += [lambda: self._by_path(annotation.file_name, source),
+                  lambda: self._unique(self.by_name, name, source), lambda: self._by_stem(Path(name).stem, source),
+                  lambda: self._unique(self.by_folded_name, _fold(name), source)]
         for attempt in tries:
             found = attempt()
             if found is not None:
@@ -159,8 +159,9 @@ class ImageIndex:
         mask either (decoded only then: every image of a folder of sequences shares its stems)."""
         candidates = [p for p in self.by_stem.get(stem, ()) if not self.is_mask(p, False)] if stem else []
         if len(candidates) > 1:
-            near = [p for p in candidates if p.parent == source.parent]
-            candidates = near or [p for p in candidates if not self.is_mask(p, True)] or candidates
+            candidates = _nearest(candidates, source)
+        if len(candidates) > 1:
+            candidates = [p for p in candidates if not self.is_mask(p, True)] or candidates
         return self._one(candidates, f"several images share the stem {stem!r}")
 
     def is_mask(self, path: Path, thorough: bool) -> bool:
@@ -169,8 +170,10 @@ class ImageIndex:
             self._masks[path, thorough] = looks_like_mask(path, thorough)
         return self._masks[path, thorough]
 
-    def _unique(self, table: dict[str, list[Path]], name: str) -> Path | str | None:
-        return self._one(table.get(name) if name else None, f"several images are named {name!r}")
+    def _unique(self, table: dict[str, list[Path]], name: str, source: Path) -> Path | str | None:
+        """The image of this name; among several, the one nearest the annotation file (_nearest)."""
+        candidates = table.get(name) if name else None
+        return self._one(_nearest(candidates, source) if candidates else None, f"several images are named {name!r}")
 
     def _one(self, candidates: list[Path] | None, why: str) -> Path | str | None:
         if not candidates:
@@ -178,6 +181,14 @@ class ImageIndex:
         if len(candidates) == 1:
             return candidates[0]
         return f"{why}: {', '.join(str(p.relative_to(self.root)) for p in candidates)}"
+
+
+def _nearest(candidates: list[Path], source: Path) -> list[Path]:
+    """The candidates that share the most folders with the annotation file `source` (its own folder first; then
+    train/Annotations/a.xml takes train/JPEGImages/a.jpg, not valid/JPEGImages/a.jpg)."""
+    here = os.path.abspath(source.parent)
+    shared = [len(Path(os.path.commonpath([os.path.abspath(p.parent), here])).parts) for p in candidates]
+    return [p for p, n in zip(candidates, shared) if n == max(shared)]
 
 
 def _fold(name: str) -> str:

@@ -88,6 +88,9 @@ def add_folders_to_clashing_keys(annotations: list[Annotation], root: Path) -> N
                 annotation.key, annotation.split_key = key, stem
 
 
+_LAYOUT_FOLDERS = {"annotations", "jpegimages", "images"}    # VOC's and others' own: they tell no images apart
+
+
 def _key_with_folders(annotation: Annotation, root: Path, from_source: bool) -> str | None:
     if from_source:
         try:
@@ -99,6 +102,7 @@ def _key_with_folders(annotation: Annotation, root: Path, from_source: bool) -> 
         if "://" in name:
             return None
         folders = tuple(part for part in name.split("/")[:-1] if part not in ("", "."))
+    folders = [folder for folder in folders if folder.lower() not in _LAYOUT_FOLDERS]
     try:
         return make_key([*folders, image_key(annotation)], str(annotation.source))
     except LabelFormatError:                                 # ".." or a name no file system takes
