@@ -90,8 +90,22 @@ def test_a_palette_of_the_label_maps_colours_in_its_own_order_is_read_by_colour(
     save(tmp_path / "a" / "masks" / "frame_001.png", editor)
     (annotation,) = masks.read(tmp_path / "a", LABEL_MAP)
     np.testing.assert_array_equal(round_trip(annotation), ids)
-    export(tmp_path / "b", ids, mode="P")       # colours that are no class's: the index is the class id
+    export(tmp_path / "b", ids, mode="P")       # colours that are mostly no class's: the index is the class id
     np.testing.assert_array_equal(round_trip(masks.read(tmp_path / "b", LABEL_MAP)[0]), ids)
+
+
+@pytest.mark.parametrize("palette", [[0, 0, 0, 255, 255, 255], [0] * 768], ids=["black_and_white", "blank"])
+def test_palettes_that_name_no_classes_leave_the_index_the_class_id(tmp_path, palette):
+    """A black-and-white palette (a 1-bit indexed PNG, GIMP's) made every index-1 pixel ignore (white), and a blank
+    one made every pixel background, once palettes were read by colour."""
+    ids = np.where(random_ids(3, ignore=False) > 3, 1, 0).astype(np.uint8)
+    if len(palette) > 6:                    # a 2-colour palette is a 1-bit PNG: indices 0 and 1 only
+        ids[0, :3] = (3, 6, 255)
+    image = Image.fromarray(ids, "L").convert("P")
+    image.putpalette(palette)
+    export(tmp_path, ids, mode="L")
+    save(tmp_path / "masks" / "frame_001.png", image)
+    np.testing.assert_array_equal(round_trip(masks.read(tmp_path, LABEL_MAP)[0]), ids)
 
 
 def test_ignore_id_and_255_both_mean_ignore(tmp_path):

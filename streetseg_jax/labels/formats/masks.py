@@ -253,14 +253,15 @@ def _pixels(path: Path) -> tuple[str, np.ndarray, list[int] | None]:
 
 
 def _ids_from_palette(indices: np.ndarray, palette: list[int] | None, label_map) -> np.ndarray | None:
-    """Class ids by the palette's colours, where those of every index used are the label map's class colours (or
-    white, or ignore); None otherwise: the index is the class id."""
-    table = _colour_table(label_map)
-    used = np.unique(indices).tolist()
+    """Class ids by the palette's colours, where every index used (but the ignore values) has a colour of its own
+    that is a class colour of the label map; None otherwise (a black-and-white or blank palette among them): the
+    index is the class id."""
+    table = {colour: i for colour, i in _colour_table(label_map).items() if i != label_map.ignore_id}
+    used = [i for i in np.unique(indices).tolist() if i not in (255, label_map.ignore_id)]
     colours = [_pack(palette[3 * i:3 * i + 3]) if palette and len(palette) >= 3 * i + 3 else None for i in used]
-    if any(colour not in table for colour in colours):
+    if len(set(colours)) < len(colours) or any(colour not in table for colour in colours):
         return None
-    lookup = np.zeros(256, np.uint8)
+    lookup = np.full(256, label_map.ignore_id, np.uint8)        # 255 and the ignore id stay ignore
     lookup[used] = [table[colour] for colour in colours]
     return lookup[indices]
 
