@@ -189,6 +189,11 @@ def test_a_mask_blended_on_the_way_says_so(tmp_path):
     save(tmp_path / "masks" / "a.png", Image.open(buffer))
     with pytest.raises(LabelFormatError, match=r"colours of this mask are no class's: its edges were blended"):
         masks.read(tmp_path, LABEL_MAP)
+    other = LabelMap(tuple(ClassInfo(i, f"c{i}", (20 * i + 7, 255 - 20 * i, 100)) for i in range(12)))
+    ids = np.random.default_rng(0).integers(0, 12, (12, 16))
+    save(tmp_path / "masks" / "a.png", Image.fromarray(other.palette()[ids], "RGB"))
+    with pytest.raises(LabelFormatError, match=r"far from every class colour: were the masks drawn with another"):
+        masks.read(tmp_path, LABEL_MAP)                # a clean mask of another label map: nothing was blended
 
 
 def test_grey_rgb_mask_gets_a_hint(tmp_path):

@@ -286,8 +286,8 @@ def _ids_from_colours(pixels: np.ndarray, path: Path, label_map) -> np.ndarray:
     if pixels.shape[-1] == 4:
         packed[_transparent(pixels, path)] = _TRANSPARENT
     table = _colour_table(label_map)
-    colours, inverse = np.unique(packed, return_inverse=True)
-    unmapped = [colour for colour in colours.tolist() if colour not in table]
+    colours, inverse, counts = np.unique(packed, return_inverse=True, return_counts=True)
+    unmapped = {colour: count for colour, count in zip(colours.tolist(), counts.tolist()) if colour not in table}
     if unmapped:
         _unmapped_colour(unmapped, packed, pixels, path, label_map)
     ids = np.array([table[c] for c in colours.tolist()], np.uint8)
@@ -323,15 +323,16 @@ def _colour_table(label_map) -> dict[int, int]:
     return table
 
 
-_SMOOTHED = 8      # more colours than this that are no class's: the mask's edges were blended on the way
+_SMOOTHED = 8      # more colours than this that are no class's: blended on the way, or another label map's
+_NEAR = 40         # a colour this close to a class colour (in every channel) is that colour, changed on the way
 
 
-def _unmapped_colour(unmapped: list[int], packed: np.ndarray, pixels: np.ndarray, path: Path, label_map) -> None:
-    """LabelFormatError naming the first of the colours (packed) that are no class's."""
-    colour = unmapped[0]
+def _unmapped_colour(unmapped: dict[int, int], packed: np.ndarray, pixels: np.ndarray, path: Path, label_map) -> None:
+    """LabelFormatError naming the first of the colours that are no class's ({packed colour: pixels})."""
+    colour = next(iter(unmapped))
     rgb = ((colour >> 16) & 255, (colour >> 8) & 255, colour & 255)
     row, col = (int(v[0]) for v in np.nonzero(packed == colour))
-    where = f"{path}: colour {rgb} ({int((packed == colour).sum())} pixels, first at row {row}, column {col})"
+    where = f"{path}: colour {rgb} ({unmapped[colour]} pixels, first at row {row}, column {col})"
     owners = _colour_owners(label_map).get(rgb, [])
     if len(owners) > 1:
         raise LabelFormatError(f"{where} belongs to several classes of the label map ({', '.join(owners)}); give "
@@ -340,10 +341,24 @@ def _unmapped_colour(unmapped: list[int], packed: np.ndarray, pixels: np.ndarray
     hint = ("; every pixel is grey: if the values are class ids, save the mask as 8-bit greyscale (mode L)"
             if grey else "")
     if len(unmapped) > _SMOOTHED and not grey:
-        hint = (f"; {len(unmapped)} colours of this mask are no class's: its edges were blended on the way (JPEG "
-                "compression, resizing or smoothing, anti-aliased drawing); export the mask again as PNG, unscaled "
-                "and drawn without anti-aliasing")
+        hint = f"; {len(unmapped)} colours of this mask are no class's" + (
+            ": its edges were blended on the way (JPEG compression, resizing or smoothing, anti-aliased drawing); "
+            "export the mask again as PNG, unscaled and drawn without anti-aliasing"
+            if _mostly_near(unmapped, label_map) else
+            ", most far from every class colour: were the masks drawn with another label map? (--label_map)")
     raise LabelFormatError(f"{where} is not the colour of any class in the label map (nor white for ignore){hint}")
+
+
+def _mostly_near(unmapped: dict[int, int], label_map) -> bool:
+    """Whether most pixels of the colours that are no class's are near a class colour (JPEG's flat areas, off by
+    a few values): a mask changed on the way, not one of another label map (the 4,096 commonest colours looked at)."""
+    commonest = sorted(unmapped.items(), key=lambda item: -item[1])[:4096]
+    packed = np.array([colour for colour, _ in commonest], np.int64)
+    rgb = np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], axis=-1)
+    classes = np.array([c.color for c in label_map.classes], np.int64)
+    near = (np.abs(rgb[:, None, :] - classes[None, :, :]).max(axis=-1) <= _NEAR).any(axis=-1)
+    counts = np.array([count for _, count in commonest])
+    return counts[near].sum() * 2 > counts.sum()
 
 
 def _pack(colour) -> int:
