@@ -366,7 +366,7 @@ def test_voc_image_sets_give_the_splits(tmp_path):
         export(tmp_path, random_ids(i), stem=f"frame_{i}", image_dir="JPEGImages", mask_dir="SegmentationClass")
     sets = tmp_path / "ImageSets" / "Segmentation"
     sets.mkdir(parents=True)
-    (sets / "train.txt").write_text("frame_0\nframe_1\n")
+    (sets / "train.txt").write_text("\ufeffframe_0\r\nframe_1 \r\n", encoding="utf-8")     # Notepad's BOM and lines
     (sets / "val.txt").write_text("frame_2\n")
     (sets / "trainval.txt").write_text("frame_0\nframe_1\nframe_2\n")     # VOC's: no split of its own
     (sets / "default.txt").write_text("frame_3\n")                          # CVAT's: hashed as before

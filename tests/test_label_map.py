@@ -91,6 +91,8 @@ def test_roboflow_classes_csv_is_a_label_map(tmp_path):
     gaps = "the pixel values must run 0..1 without gaps"
     path.write_text("0, background\n1, road\n")                 # the header left out: the lines say enough
     assert LabelMap.load(path).names == ["background", "road"]
+    path.write_text("Pixel Value, Class,\n0, background,\n1, road, x\n255, ignore\n-1, void\n")
+    assert LabelMap.load(path).names == ["background", "road"]   # a trailing comma, an extra column, ignore values
     path.write_text("0, Road\n1, Background\n")               # the first is the fill class, not renamed
     assert [(c.name, c.aliases) for c in LabelMap.load(path).classes] == [("road", ("Road",)),
                                                                           ("background", ("Background",))]
@@ -113,6 +115,8 @@ def test_cvat_labelmap_txt_is_a_label_map(tmp_path):
         ("background", (0, 0, 0)), ("road", (128, 64, 128)), ("car", (0, 128, 0))]    # car: VOC's colour 2
     assert (lm.fill_id, lm.ignore_id, lm.id_of("Road")) == (0, 255, 1)
     (tmp_path / "labels.txt").write_text("__ignore__\n_background_\nroad\ncar\n")     # labelme2voc's
+    (tmp_path / "map.txt").write_text(default_label_map().to_json())      # a JSON label map named .txt
+    assert LabelMap.load(tmp_path / "map.txt") == default_label_map()
     names = LabelMap.load(tmp_path / "labels.txt")           # labelme2voc paints its masks in VOC's colours
     assert [(c.name, c.color) for c in names.classes] == [
         ("background", (0, 0, 0)), ("road", (128, 0, 0)), ("car", (0, 128, 0))]

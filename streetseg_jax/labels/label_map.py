@@ -118,7 +118,7 @@ class LabelMap:
             raise LabelMapError(f"label map {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
         if path.suffix.lower() == ".csv":
             return from_class_csv(text, str(path))
-        if path.suffix.lower() == ".txt":
+        if path.suffix.lower() == ".txt" and not text.lstrip().startswith("{"):     # a JSON map named .txt reads
             return from_voc_labelmap(text, str(path))
         return cls.from_json(text, str(path))
 
@@ -220,8 +220,11 @@ def label_map_of_export(export: Path) -> Path | None:
 
 def from_class_csv(text: str, source: str = "class list") -> LabelMap:
     """Roboflow's `_classes.csv` (a `Pixel Value, Class` header, then `0, background`, `1, road` ...): each pixel
-    value is the class id of its name, the first the fill class, as in starter_label_map."""
-    rows = [row for row in csv.reader(io.StringIO(text), skipinitialspace=True) if any(cell.strip() for cell in row)]
+    value is the class id of its name, the first the fill class, as in starter_label_map. Columns after the second
+    are left out, and so are lines of 255 or a negative value: the ignore value of the masks, a class of none."""
+    rows = [[cell.strip() for cell in row[:2]] for row in csv.reader(io.StringIO(text), skipinitialspace=True)
+            if any(cell.strip() for cell in row)]
+    rows = [row for row in rows if not re.fullmatch(r"-\d+|255", row[0])]
     header = [cell.strip().lower() for cell in rows[0]] if rows else []
     if rows and header[:1] != ["pixel value"] and header[0].isdigit():
         rows.insert(0, ["Pixel Value", "Class"])                   # the header left out: the lines say enough
@@ -229,7 +232,7 @@ def from_class_csv(text: str, source: str = "class list") -> LabelMap:
         raise LabelMapError(f"{source}: expected a 'Pixel Value, Class' header line (Roboflow's _classes.csv), got "
                             f"{rows[0] if rows else 'an empty file'}")
     try:
-        by_value = {int(value): name.strip() for value, name in rows[1:]}
+        by_value = {int(value): name for value, name in rows[1:]}
     except ValueError:
         raise LabelMapError(f"{source}: each line after the header must be 'pixel value, class name', as "
                             "'1, road'") from None

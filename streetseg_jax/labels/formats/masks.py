@@ -98,8 +98,8 @@ def _image_set_splits(folder: Path) -> dict[str, str]:
     for listing_file in sorted((folder / "ImageSets" / "Segmentation").glob("*.txt")):
         split = export_split(listing_file.stem)
         try:
-            lines = listing_file.read_text(encoding="utf-8", errors="replace").splitlines() if split else []
-            stems = [line.split()[0] for line in lines if line.strip()]
+            lines = listing_file.read_text(encoding="utf-8-sig", errors="replace").splitlines() if split else []
+            stems = [line.strip() for line in lines if line.strip()]       # one per line, spaces and all
         except OSError:
             continue
         for stem in stems:
