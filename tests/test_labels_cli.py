@@ -620,6 +620,10 @@ def test_masks_read_as_the_seeds_classes_say_so(tmp_path, capsys):
     (tmp_path / "mine.json").write_text(default_label_map().to_json())
     main(["check", "--format", "auto", "--input", str(export), "--label_map", str(tmp_path / "mine.json")])
     assert "note:" not in capsys.readouterr().err
+    Image.new("L", (8, 6), 9).save(export / "masks" / "a.png")        # where it matters most: the read fails
+    with pytest.raises(SystemExit):
+        main(["check", "--format", "auto", "--input", str(export)])
+    assert "note: the masks' values are read as the seed's classes" in capsys.readouterr().err
 
 
 def test_cvats_labelmap_txt_is_the_label_map_where_none_is_given(tmp_path, capsys):

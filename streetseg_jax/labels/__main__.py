@@ -72,14 +72,18 @@ def _common_arguments(parser: argparse.ArgumentParser, unknown: bool = True) -> 
 
 
 # --- reading -----------------------------------------------------------------------------------------------------
-def read_export(fmt: str, path: Path, label_map: LabelMap) -> tuple[str, list[Annotation]]:
-    """(the format, every annotation in the export); a clear exit for a missing, unreadable or empty export."""
+def read_export(fmt: str, path: Path, label_map: LabelMap, seed_map: bool = False) -> tuple[str, list[Annotation]]:
+    """(the format, every annotation in the export); a clear exit for a missing, unreadable or empty export.
+    `seed_map`: the label map is the seed's for want of another (said before masks are read with it)."""
     if not path.exists():
         fail(f"input {path} does not exist")
     try:
         if fmt == formats.AUTO:
             fmt = formats.detect(path)
             print(f"detected format: {fmt} ({path})")
+        if fmt == "masks" and seed_map:        # ids mean nothing without their names: said, as the export's are
+            print(f"note: the masks' values are read as the seed's classes ({', '.join(label_map.names)}), no "
+                  "label map being given or found in the export; --label_map names the export's", file=sys.stderr)
         annotations = formats.read(fmt, path, label_map)
     except (LabelFormatError, UnknownLabelsError) as e:
         fail(str(e))
@@ -99,10 +103,7 @@ def read_with_label_map(args: argparse.Namespace) -> tuple[LabelMap, str, list[A
         label_map = default_label_map() if path is None else LabelMap.load(path)
     except LabelMapError as e:
         fail(str(e))
-    fmt, annotations = read_export(args.format, args.input, label_map)
-    if fmt == "masks" and path is None:         # ids mean nothing without their names: said, as the export's are
-        print(f"note: the masks' values are read as the seed's classes ({', '.join(default_label_map().names)}), "
-              "no label map being given or found in the export; --label_map names the export's", file=sys.stderr)
+    fmt, annotations = read_export(args.format, args.input, label_map, seed_map=path is None)
     return label_map, fmt, annotations
 
 
@@ -236,7 +237,7 @@ def classes(args: argparse.Namespace) -> None:
                   f"masks hold them) to {args.output}; rename classes or give them aliases there, and use it with "
                   f"--label_map {args.output}")
             return
-        print(f"wrote a label map of {starter.num_classes} classes to {args.output} (background is the fill class; "
+        print(f"wrote a label map of {starter.num_classes} classes to {args.output} (class 0 is the fill class; "
               "merge two classes by moving one's name into the other's aliases, then renumber the ids 0..K-1); "
               f"use it with --label_map {args.output}")
 
