@@ -118,7 +118,8 @@ def _folder_items(folder: Path, out_dir: Path) -> list[Item]:
     if masks:               # Roboflow's export: a_mask.png beside a.jpg, the label of the photo, not a photo
         names = ", ".join(m.source.name for m in masks[:3]) + (", ..." if len(masks) > 3 else "")
         print(f"note: {folder}: {len(masks)} label mask(s) beside their photos left out ({names})", file=sys.stderr)
-    return [item for item in found if item not in masks]
+    left_out = set(masks)
+    return [item for item in found if item not in left_out]
 
 
 def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None:

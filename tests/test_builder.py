@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -150,7 +151,10 @@ def test_two_builds_into_one_fresh_data_dir_take_turns(tmp_path):
         procs = [subprocess.Popen([sys.executable, "-m", "streetseg_jax.data", *args], cwd=ROOT, text=True,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+        deadline = threading.Timer(240, lambda: [p.kill() for p in procs])     # a build that never says it waits
+        deadline.start()                                                         # fails the test, not hangs it
         heads = [_lines_until(p.stdout, "under way; waiting for it to end") for p in procs]
+        deadline.cancel()
     finally:
         os.close(fd)                                    # releases the lock: the two now build in turn
     outs = [(head + out, err) for head, (out, err) in zip(heads, (p.communicate(timeout=300) for p in procs))]
