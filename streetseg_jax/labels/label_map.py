@@ -308,9 +308,8 @@ def starter_label_map(names: list[str], keep_ids: bool = False) -> LabelMap:
     classes, used = [], set()
     for spelt in order:
         spellings = groups.get(spelt, [])
-        known = 0 if spelt == "background" else seed.id_of(spellings[0])
-        color = seed.classes[known].color if known is not None and (known or spelt == "background") \
-            else _voc_color(len(classes))
+        known = 0 if spelt == "background" else seed.id_of(spellings[0]) or None    # 'other' is not background
+        color = _voc_color(len(classes)) if known is None else seed.classes[known].color
         if color in used:                                       # 'Vegetation' and 'tree' are both the seed's tree
             color = next(c for c in map(_voc_color, range(len(classes), 1 << 24)) if c not in used)
         used.add(color)

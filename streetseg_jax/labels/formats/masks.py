@@ -33,6 +33,7 @@ cover every pixel exactly once, so convert.annotation_to_mask gives back exactly
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -74,20 +75,25 @@ def read(path: Path, label_map) -> list[Annotation]:
             above = mask_dir.relative_to(path).parts if mask_dir.is_relative_to(path) else ()
         split = export_split(above[-1] if above else mask_dir.name.removesuffix("annot"))    # train/masks, valannot
         listed = _image_set_splits(mask_dir.parent) if split is None else {}
-        jobs += [(key, mask, images, image_dir, above, split, listed) for key, mask in sorted(masks.items())]
-
-    def read_one(job) -> Annotation:
-        key, mask, images, image_dir, above, split, listed = job
-        image = _match(key, images, mask, image_dir)
-        annotation = read_mask(mask, label_map, image)
-        below = image[0].with_suffix("").as_posix() if image else key
-        annotation.key = make_key([*above, *below.split("/")], str(mask))
-        annotation.split = split or listed.get(below) or listed.get(Path(below).name)
-        return annotation
-    annotations = read_each(jobs, read_one)
+        pair = functools.partial(_read_pair_mask, label_map=label_map, images=images, image_dir=image_dir,
+                                 above=above, split=split, listed=listed)
+        jobs += [functools.partial(pair, key, mask) for key, mask in sorted(masks.items())]
+    annotations = read_each(jobs, lambda job: job())
     if not annotations:
         raise LabelFormatError(f"{path}: the mask folders ({', '.join(str(m) for _, m in pairs)}) hold no masks")
     return annotations
+
+
+def _read_pair_mask(key: str, mask: Path, *, label_map, images: dict[str, Path], image_dir: Path | None,
+                    above: tuple[str, ...], split: str | None, listed: dict[str, str]) -> Annotation:
+    """One mask of a folder pair, with its image, key (the folders `above` the pair, then its path below them) and
+    split (the pair's folder's, else the subset lists' `listed`)."""
+    image = _match(key, images, mask, image_dir)
+    annotation = read_mask(mask, label_map, image)
+    below = image[0].with_suffix("").as_posix() if image else key
+    annotation.key = make_key([*above, *below.split("/")], str(mask))
+    annotation.split = split or listed.get(below) or listed.get(Path(below).name)
+    return annotation
 
 
 def _image_set_splits(folder: Path) -> dict[str, str]:
