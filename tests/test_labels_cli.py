@@ -642,6 +642,8 @@ def test_cvats_labelmap_txt_is_the_label_map_where_none_is_given(tmp_path, capsy
     Image.fromarray(mask).save(export / "SegmentationClass" / "a.png")
     main(["to-masks", "--format", "auto", "--input", str(export), "--output", str(tmp_path / "masks")])
     assert f"note: the label map is the export's {export / 'labelmap.txt'}" in capsys.readouterr().err
+    main(["check", "--format", "masks", "--input", str(export / "SegmentationClass")])      # the mask folder itself
+    assert f"note: the label map is the export's {export / 'labelmap.txt'}" in capsys.readouterr().err
     expected = np.repeat([1, 2], 3)[:, None].repeat(8, 1)
     np.testing.assert_array_equal(read_mask_png(tmp_path / "masks" / "a.png"), expected)
 

@@ -194,7 +194,8 @@ def label_map_of_export(export: Path) -> Path | None:
     """The label map an export brings: label_map.json at its top where it reads (predict --export writes the run's,
     so that its polygons, corrected in the tool, come back with their classes), else the class list of its masks:
     CVAT's labelmap.txt or labelme2voc's class_names.txt at its top, or Roboflow's _classes.csv there or in its split
-    folders (a list that does not read is still the export's, and loading it says why). LabelMapError where two
+    folders, or above its mask folder where that is `export` (a list that does not read is still the export's, and
+    loading it says why). LabelMapError where two
     split folders' lists differ: each folder's masks hold the ids of its own. The folder is the export's, or the one
     of an export file."""
     folder = Path(export) if Path(export).is_dir() else Path(export).parent
@@ -204,7 +205,9 @@ def label_map_of_export(export: Path) -> Path | None:
     except LabelMapError:
         pass
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    lists = [path for path in (folder / VOC_LABELMAP, folder / CLASS_NAMES,
+    from streetseg_jax.labels.formats.masks import MASK_DIRS      # here: a label map alone needs no image library
+    above = [folder.parent / VOC_LABELMAP, folder.parent / CLASS_NAMES] if folder.name in MASK_DIRS else []
+    lists = [path for path in (folder / VOC_LABELMAP, folder / CLASS_NAMES, *above,        # --input a mask folder
                                *(p / ROBOFLOW_CLASSES for p in (folder, *subfolders))) if path.is_file()]
     csvs = [path for path in lists if path.name == ROBOFLOW_CLASSES]
     if len(csvs) > 1 and lists[0] in csvs:
