@@ -195,9 +195,8 @@ def label_map_of_export(export: Path) -> Path | None:
     so that its polygons, corrected in the tool, come back with their classes), else the class list of its masks:
     CVAT's labelmap.txt or labelme2voc's class_names.txt at its top, or Roboflow's _classes.csv there or in its split
     folders, or above its mask folder where that is `export` (a list that does not read is still the export's, and
-    loading it says why). LabelMapError where two
-    split folders' lists differ: each folder's masks hold the ids of its own. The folder is the export's, or the one
-    of an export file."""
+    loading it says why). LabelMapError where two split folders' lists differ: each folder's masks hold the ids of
+    its own. The folder is the export's, or the one of an export file."""
     folder = Path(export) if Path(export).is_dir() else Path(export).parent
     try:
         LabelMap.load(folder / EXPORT_LABEL_MAP)

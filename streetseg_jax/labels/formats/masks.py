@@ -18,9 +18,9 @@ apart. A mask at the top of its folder, in an export without split folders, keep
 
 What the pixel values mean, by the mask's PNG mode:
 - greyscale (L, 1, 16-bit I): class ids of the label map;
-- palette (P): the palette INDEX is the class id (as VOC and labelme2voc write them), unless the colours of the
-  indices the mask uses are all class colours of the label map: then, as for RGB, the colours (an image editor
-  that re-saved an RGB mask with a palette of its own order, where the index says nothing);
+- palette (P): the palette INDEX is the class id (as VOC and labelme2voc write them), unless each index the mask
+  uses has a colour of its own that is a class colour of the label map: then, as for RGB, the colours (an image
+  editor that re-saved an RGB mask with a palette of its own order, where the index says nothing);
 - RGB: colours, mapped to ids through the label map's class colours. White (255, 255, 255) is the ignore colour, as
   the label map's own palette draws it, unless a class has that colour. RGBA: fully transparent pixels are ignore,
   any other alpha but opaque is an error.
