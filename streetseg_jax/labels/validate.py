@@ -156,12 +156,14 @@ class ImageIndex:
     def _by_stem(self, stem: str, source: Path) -> Path | str | None:
         """The image with this stem that is no mask (a greyscale or palette PNG the tool or the user left beside the
         annotation); among several, the one in the annotation's own folder, else the one that is not a colour
-        mask either (decoded only then: every image of a folder of sequences shares its stems)."""
+        mask either (decoded only then: every image of a folder of sequences shares its stems), else the one
+        nearest the annotation (_nearest)."""
         candidates = [p for p in self.by_stem.get(stem, ()) if not self.is_mask(p, False)] if stem else []
         if len(candidates) > 1:
-            candidates = _nearest(candidates, source)
+            near = [p for p in candidates if p.parent == source.parent]
+            candidates = near or [p for p in candidates if not self.is_mask(p, True)] or candidates
         if len(candidates) > 1:
-            candidates = [p for p in candidates if not self.is_mask(p, True)] or candidates
+            candidates = _nearest(candidates, source)
         return self._one(candidates, f"several images share the stem {stem!r}")
 
     def is_mask(self, path: Path, thorough: bool) -> bool:
