@@ -559,6 +559,15 @@ def test_an_exports_own_label_map_is_read_where_none_is_given(tmp_path, capsys):
     assert f"note: the label map is the export's {export / 'label_map.json'}" in out.err and "0 error(s)" in out.out
     with pytest.raises(SystemExit):
         main(["check", "--format", "auto", "--input", str(export), "--label_map", str(tmp_path / "none.json")])
+    good = (export / "label_map.json").read_text()
+    (export / "label_map.json").write_text(good.replace('"color": [\n    0,', '"color": [\n    300,', 1))
+    with pytest.raises(SystemExit):     # ours, broken by hand: it was passed over for the seed's classes
+        main(["check", "--format", "auto", "--input", str(export)])
+    assert "color must be three integers 0..255" in capsys.readouterr().err
+    (export / "label_map.json").write_text('{"road": 1, "pole": 2}')      # another tool's: not a map of ours
+    main(["check", "--format", "auto", "--input", str(export), "--unknown", "ignore"])
+    assert "note: the label map is the export's" not in capsys.readouterr().err
+    (export / "label_map.json").write_text(good)
     data_main(["build", "--config", "from_annotations", "--name", "back", "--manual_dir", str(export), "--format",
                "auto", "--data_dir", str(tmp_path / "tfds")])
     assert f"note: the label map is the export's {export / 'label_map.json'}" in capsys.readouterr().err

@@ -191,18 +191,15 @@ CLASS_NAMES = "class_names.txt"         # labelme2voc's output folder, at its to
 
 
 def label_map_of_export(export: Path) -> Path | None:
-    """The label map an export brings: label_map.json at its top where it reads (predict --export writes the run's,
+    """The label map an export brings: label_map.json at its top where it is ours (predict --export writes the run's,
     so that its polygons, corrected in the tool, come back with their classes), else the class list of its masks:
     CVAT's labelmap.txt or labelme2voc's class_names.txt at its top, or Roboflow's _classes.csv there or in its split
     folders, or above its mask folder where that is `export` (a list that does not read is still the export's, and
     loading it says why). LabelMapError where two split folders' lists differ: each folder's masks hold the ids of
     its own. The folder is the export's, or the one of an export file."""
     folder = Path(export) if Path(export).is_dir() else Path(export).parent
-    try:
-        LabelMap.load(folder / EXPORT_LABEL_MAP)
+    if _is_our_label_map(folder / EXPORT_LABEL_MAP):
         return folder / EXPORT_LABEL_MAP
-    except LabelMapError:
-        pass
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     from streetseg_jax.labels.formats.masks import MASK_DIRS      # here: a label map alone needs no image library
     above = [folder.parent / VOC_LABELMAP, folder.parent / CLASS_NAMES] if folder.name in MASK_DIRS else []
@@ -218,6 +215,16 @@ def label_map_of_export(export: Path) -> Path | None:
                                 f"{', '.join(readings[other].names)}), and each folder's masks hold the ids of its "
                                 "own: make the lists one (and the masks with them), or build the folders apart")
     return lists[0] if lists else None
+
+
+def _is_our_label_map(path: Path) -> bool:
+    """Whether `path` is a label map of ours: a JSON object with a 'classes' list, loading or not (a broken one is
+    still the export's, and loading it says why); another tool's label_map.json is not."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("classes"), list)
 
 
 def from_class_csv(text: str, source: str = "class list") -> LabelMap:
