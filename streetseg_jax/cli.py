@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 from streetseg_jax.atomic import WRITE_ERRORS
@@ -24,6 +25,19 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print a user-facing error (no traceback) and exit."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def export_label_map(export: Path) -> Path | None:
+    """The label map an export brings (label_map_of_export), said on stderr; a clear exit where it cannot be told
+    (two split folders' class lists that differ)."""
+    from streetseg_jax.labels.label_map import LabelMapError, label_map_of_export
+    try:
+        path = label_map_of_export(export)
+    except LabelMapError as e:
+        fail(str(e))
+    if path is not None:
+        print(f"note: the label map is the export's {path} (--label_map chooses another)", file=sys.stderr)
+    return path
 
 
 def disk_refusal(error: OSError) -> str | None:

@@ -17,11 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from streetseg_jax.cli import disk_refusal, fail, normalise_argv
+from streetseg_jax.cli import disk_refusal, export_label_map, fail, normalise_argv
 from streetseg_jax.data.configs import CONFIG_OPTIONS, CONFIGS
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES
 from streetseg_jax.labels.formats import AUTO, FORMATS
-from streetseg_jax.labels.label_map import LabelMapError, label_map_of_export
 
 _ALL_OPTIONS = tuple(dict.fromkeys(name for names in CONFIG_OPTIONS.values() for name in names))
 
@@ -72,13 +71,8 @@ def check_flags(args: argparse.Namespace) -> None:
     """Flags that the chosen config would silently ignore are refused."""
     given = lambda names: [f"--{n}" for n in names if getattr(args, n) is not None]  # noqa: E731
     if args.config == "from_annotations":
-        try:
-            found = args.label_map is None and args.manual_dir and label_map_of_export(
-                Path(args.manual_dir).expanduser())
-        except LabelMapError as e:
-            fail(str(e))
+        found = args.label_map is None and args.manual_dir and export_label_map(Path(args.manual_dir).expanduser())
         if found:
-            print(f"note: the label map is the export's {found} (--label_map chooses another)", file=sys.stderr)
             args.label_map = str(found)
         missing = [f"--{n}" for n in ("name", "manual_dir", "format", "label_map") if getattr(args, n) is None]
         if missing:

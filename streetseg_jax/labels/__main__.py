@@ -27,14 +27,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import fail, normalise_argv
+from streetseg_jax.cli import export_label_map, fail, normalise_argv
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.formats import labelme
 from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, annotation_to_mask,
                                           find_unknown_labels, write_mask_png)
 from streetseg_jax.labels.images import file_ids, image_size
-from streetseg_jax.labels.label_map import (LabelMap, LabelMapError, default_label_map, label_map_of_export,
-                                           starter_label_map)
+from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map, starter_label_map
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key, listing
 from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, locate_images, shape_warnings, size_mismatch,
                                            size_problem, validate, write_json)
@@ -94,12 +93,10 @@ def read_export(fmt: str, path: Path, label_map: LabelMap, seed_map: bool = Fals
 
 
 def read_with_label_map(args: argparse.Namespace) -> tuple[LabelMap, str, list[Annotation]]:
-    """The label map (--label_map, else the export's own: label_map_of_export, else the seed's classes), and the
+    """The label map (--label_map, else the export's own: cli.export_label_map, else the seed's classes), and the
     export read with it: (label map, format, annotations)."""
-    path = args.label_map
+    path = args.label_map if args.label_map is not None else export_label_map(args.input)
     try:
-        if path is None and (path := label_map_of_export(args.input)) is not None:
-            print(f"note: the label map is the export's {path} (--label_map chooses another)", file=sys.stderr)
         label_map = default_label_map() if path is None else LabelMap.load(path)
     except LabelMapError as e:
         fail(str(e))
