@@ -295,8 +295,10 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
     except NonFiniteLoss as e:
         setup.fail(f"{e}; stopped. The last good checkpoint is kept (step {setup.checkpoints.latest_step()}).")
     finally:
+        setup.checkpoints.wait()    # before the handlers go back: a SIGTERM then abandoned the last step's saves
         stop.restore_handlers()
-        setup.checkpoints.wait()
+    if stop.received and jax.process_count() == 1:    # during the last step's evaluation or saves, which are kept
+        setup.stop(step, stop.received)     # the closing pictures wait for the same command (nothing to train)
     finish_run(config, setup, evaluator, eval_params(state, config), state.model_state, step)
     return last_eval
 

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_main, run_main_to_end, tiny_config
+from conftest import ROOT, TINY_CONFIG, run_main, run_main_to_end, tiny_config
 from streetseg_jax.visualize import read_metrics, run_history
 
 STEPS = tiny_config().num_train_steps  # 8
@@ -110,6 +110,40 @@ def test_resume_after_sigterm_is_bitwise_exact(finished_run, tiny_data_dir, tmp_
     expected, got = final_state(reference, STEPS), final_state(workdir, STEPS)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+_SIGTERM_AT_THE_LAST_WAIT = """
+import os, signal
+from absl import app, flags
+from streetseg_jax import checkpoint, main
+
+save, wait = checkpoint.Checkpoints.save, checkpoint.Checkpoints.wait
+def saving(self, step, *args):          # the last step's save is under way when the run waits for it at the end
+    self.last_saved = step
+    return save(self, step, *args)
+def waiting(self):
+    if getattr(self, "last_saved", None) == int(os.environ["LAST_STEP"]) and not getattr(self, "signalled", 0):
+        self.signalled = True
+        os.kill(os.getpid(), signal.SIGTERM)
+    return wait(self)
+checkpoint.Checkpoints.save, checkpoint.Checkpoints.wait = saving, waiting
+flags.mark_flags_as_required(["config", "workdir"])
+app.run(main.main, flags_parser=main._parse_flags)
+"""
+
+
+def test_a_sigterm_while_the_last_step_is_saved_keeps_the_save(tiny_data_dir, tmp_path):
+    """A SIGTERM in the end's wait for the last step's saves abandoned them (the handlers were put back first):
+    latest/8 and best/8 stayed *.orbax-checkpoint-tmp, while the metrics already held step 8."""
+    workdir = tmp_path / "late"
+    cmd = [sys.executable, "-c", _SIGTERM_AT_THE_LAST_WAIT, f"--config={TINY_CONFIG}", f"--workdir={workdir}",
+           f"--config.data_dir={tiny_data_dir}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "LAST_STEP": str(STEPS)}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 143, out.stdout + out.stderr
+    assert f"received SIGTERM: saved step {STEPS}" in out.stdout + out.stderr
+    assert ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step() == STEPS
+    assert not list((workdir / "checkpoints").rglob("*.orbax-checkpoint-tmp*"))
 
 
 def test_a_stop_right_after_a_periodic_save_saves_nothing_twice(tmp_path):
