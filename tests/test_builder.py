@@ -138,6 +138,20 @@ def test_a_killed_rebuild_is_put_back_and_what_killed_builds_left_is_swept(tmp_p
     assert not any(folder.exists() for folder in leftovers) and all(folder.exists() for folder in running)
 
 
+def test_other_projects_opening_it_by_name_get_what_they_ask_for(synthetic_dir, tmp_path, monkeypatch):
+    """tfds.builder("street_seg/synthetic/num_images=1000") handed back a build of 10 scenes without a word, and
+    data_dir="~/tfds" built the default dataset into a folder named '~' in the current one."""
+    import tensorflow_datasets as tfds
+
+    assert len(tfds.data_source("street_seg/synthetic", split="train", data_dir=str(synthetic_dir))) == 8
+    asked = tfds.builder(f"street_seg/synthetic/num_images=1000,height={SIZE['height']}", data_dir=str(synthetic_dir))
+    with pytest.raises(ValueError, match="was built with num_images=10, not num_images=1000; open it without"):
+        asked.as_data_source(split="train")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert Path(tfds.builder("street_seg/synthetic", data_dir="~/tfds").data_dir).is_relative_to(tmp_path / "tfds")
+
+
 def test_two_builds_into_one_fresh_data_dir_take_turns(tmp_path):
     """Both built the dataset, and the second failed renaming its copy into place (FileExistsError). The test holds
     the build lock until both builds wait for it, so they meet whatever the machine's load (a loaded CI machine

@@ -196,11 +196,35 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         save reading and checking the export twice; without them the builder does both itself."""
         options = {name: kwargs.pop(name, None) for name in OPTION_NAMES}
         self._overrides = {k: v for k, v in options.items() if v is not None}
+        if isinstance(kwargs.get("data_dir"), (str, os.PathLike)):     # TFDS leaves '~' as it is: a folder named
+            kwargs["data_dir"] = os.path.expanduser(kwargs["data_dir"])  # '~' was built in the current one
         self._num_workers = num_workers
         self._plan, self._workers = plan, workers
         super().__init__(file_format=file_format or "array_record", **kwargs)
         # Pickled copies are rebuilt from _original_state: keep the options there too.
         self._original_state.update(self._overrides, file_format=file_format, num_workers=num_workers)
+
+    def as_data_source(self, *args, **kwargs):
+        self._check_built_as_asked()
+        return super().as_data_source(*args, **kwargs)
+
+    def as_dataset(self, *args, **kwargs):
+        self._check_built_as_asked()
+        return super().as_dataset(*args, **kwargs)
+
+    def _check_built_as_asked(self) -> None:
+        """Options asked for (tfds.builder("street_seg/synthetic/num_images=1000")) that the build in data_dir was not
+        made with are an error: the build was handed back as if they held (data build checks its own reuses)."""
+        stored = self.info.metadata.get("options") if self.info.metadata else None
+        if stored is None:
+            return
+        differ = {k: v for k, v in self._overrides.items() if k != "label_map" and k in stored and stored[k] != v}
+        if differ:
+            raise ValueError(f"street_seg/{self.builder_config.name} in {self.data_dir} was built with "
+                             + ", ".join(f"{k}={stored[k]!r}" for k in differ) + ", not "
+                             + ", ".join(f"{k}={v!r}" for k, v in differ.items())
+                             + "; open it without those options, or rebuild it (python -m streetseg_jax.data build "
+                             "--overwrite ...)")
 
     def _create_builder_config(self, builder_config, version):
         config = super()._create_builder_config(builder_config, version)
