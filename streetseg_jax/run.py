@@ -226,15 +226,19 @@ def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None)
     workdir, mesh, (train_source, label_map, info), eval_source, log, weights, size = sharding.all_succeed(
         lambda: _open(config, workdir))
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict(), "image_size": size}
+    fingerprint = dataset_fingerprint(dataset_dir(config.dataset, config.data_dir))
     lock = _lock(workdir, log)
     try:
         checkpoints, latest = _checkpoints_to_resume(config, workdir, meta, log, lock is not None, overrides)
+        if latest is not None and latest < config.num_train_steps:
+            _check_same_data(config, workdir, fingerprint, latest)
     except BaseException:
         if lock is not None:
             lock.close()
         raise
     if jax.process_index() == 0 and (latest or 0) < config.num_train_steps:    # else nothing is trained
-        record = {**provenance(config, info), **({} if overrides is None else {"overrides": sorted(overrides)})}
+        record = {**provenance(config, info, fingerprint),
+                  **({} if overrides is None else {"overrides": sorted(overrides)})}
         _write_json(workdir / "config.json", {**meta["config"], "provenance": record})
     return RunSetup(config, workdir, mesh, label_map, train_source, eval_source, augment_config(config), weights,
                     checkpoints, log, meta, lock)
@@ -286,6 +290,22 @@ def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog", hol
         elif (changed := _changes(saved["config"], meta["config"])):      # nothing to train: said all the same
             log.say("the settings differ from the checkpoint's: " + _listed(changed))
     return checkpoints, latest
+
+
+def _check_same_data(config, workdir: Path, fingerprint: str, latest: int) -> None:
+    """RunError where the dataset's files are not those the run trained on (config.json's fingerprint): another
+    build of the same name under another data_dir, or one rebuilt since, would be trained on from step `latest` as
+    if it were the same, its evaluations compared with the earlier ones to pick the best checkpoint."""
+    try:
+        trained_on = json.loads((workdir / "config.json").read_text())["provenance"]["dataset"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return                          # a run from before fingerprints were recorded
+    if trained_on != fingerprint:
+        raise RunError(f"{config.dataset} in {dataset_dir(config.dataset, config.data_dir)} is not the dataset this "
+                       f"run trained on until step {latest} (its files differ: rebuilt since, or another build under "
+                       "--config.data_dir); resuming would train and pick its best checkpoint on a mix of the two. "
+                       f"Give the data it trained on, or start a new run from its weights: --workdir NEW_RUN "
+                       f"--config.init_from={workdir}")
 
 
 def check_settings(config, workdir: str | Path) -> Path:
@@ -446,7 +466,7 @@ def class_weights(config, source, label_map: LabelMap, log: "RunLog") -> np.ndar
     return weights
 
 
-def provenance(config, info) -> dict:
+def provenance(config, info, fingerprint: str) -> dict:
     packages = {}
     for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "grain", "numpy"):
         try:
@@ -456,7 +476,7 @@ def provenance(config, info) -> dict:
             pass
     return {"packages": packages, "python": sys.version.split()[0], "git_commit": _git_commit(),
             "dataset": {"name": config.dataset, "version": str(info.version),
-                        "fingerprint": dataset_fingerprint(dataset_dir(config.dataset, config.data_dir))},
+                        "fingerprint": fingerprint},
             "devices": {"count": jax.device_count(), "kind": jax.devices()[0].device_kind,
                         "processes": jax.process_count()}}
 

@@ -316,6 +316,22 @@ def test_a_refused_resume_says_what_differs_and_the_dropout_rate_may_change(tmp_
     assert "init_from" not in str(refused.value)
 
 
+def test_a_resume_on_other_data_of_the_same_name_is_refused(finished_run, tiny_data_dir, tmp_path):
+    """A resume under another --config.data_dir holding another street_seg/synthetic trained on from the last step
+    as if it were the same data, its evaluations compared with the earlier ones; said only as a changed data_dir."""
+    workdir, moved, other = tmp_path / "run", tmp_path / "moved", tmp_path / "other"
+    shutil.copytree(finished_run[0], workdir)
+    shutil.copytree(tiny_data_dir, moved)                   # the same files elsewhere: resumed
+    code, out = run_main_to_end(workdir, moved, f"--config.num_train_steps={STEPS + 1}")
+    assert code == 0, out
+    shutil.copytree(tiny_data_dir, other)
+    info, = other.glob("street_seg/synthetic/*/dataset_info.json")
+    info.write_text(info.read_text() + "\n")               # another build: its files differ
+    code, out = run_main_to_end(workdir, other, f"--config.num_train_steps={STEPS + 2}")
+    assert code != 0 and f"is not the dataset this run trained on until step {STEPS + 1}" in out, out
+    assert f"--config.init_from={workdir}" in out and "Traceback" not in out
+
+
 def test_switching_ema_on_when_resuming_is_refused(finished_run, tiny_data_dir):
     workdir, _ = finished_run
     code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS + 2}",
