@@ -129,11 +129,24 @@ def _build_synthetic_if_missing(dataset: str, data_dir: str) -> None:
 
 
 def _build_synthetic(dataset: str, data_dir: str) -> None:
-    from streetseg_jax.data.build import build
+    """Build the synthetic dataset where it is missing; where an older version of it is there, with that one's
+    options (a 1.0.0 build of 24 scenes was said not to be there, and 500 scenes were built instead)."""
+    from streetseg_jax.data import source
+    from streetseg_jax.data.build import build, current_version
 
-    print(f"{dataset} is not in {data_dir}: building it first "
-          f"(python -m streetseg_jax.data build --config synthetic --data_dir {data_dir})", flush=True)
-    build("synthetic", data_dir)
+    options, flags = {}, ""
+    if source.is_built(dataset, data_dir):
+        info = source.open_built(dataset, data_dir).info
+        stored = info.metadata.get("options") or {} if info.metadata else {}
+        options = {k: v for k, v in stored.items() if k != "label_map" and v is not None}
+        flags = "".join(f" --{k} {v}" for k, v in options.items())
+        print(f"{dataset} {info.version} in {data_dir} is of a version this one does not read: building "
+              f"{current_version(dataset).rsplit(':', 1)[-1]} beside it with its options (python -m streetseg_jax.data "
+              f"build --config synthetic --data_dir {data_dir}{flags})", flush=True)
+    else:
+        print(f"{dataset} is not in {data_dir}: building it first "
+              f"(python -m streetseg_jax.data build --config synthetic --data_dir {data_dir})", flush=True)
+    build("synthetic", data_dir, **options)
 
 
 def _message(e: Exception) -> str:

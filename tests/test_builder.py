@@ -368,6 +368,24 @@ def test_a_version_1_png_dataset_still_reads_and_a_build_writes_version_2_beside
     assert build("voc_polygons", data_dir, tmp_path / "export", test_fraction=0.0).reused
 
 
+def test_a_run_beside_a_version_1_synthetic_build_builds_version_2_with_its_options(tmp_path, capsys):
+    """main said a 1.0.0 build of 4 scenes was 'not in' the data dir and built the default 500 scenes at 360x480."""
+    import tensorflow_datasets as tfds
+
+    from streetseg_jax import main
+    from streetseg_jax.data import builder, inputs
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(builder.StreetSeg, "VERSION", tfds.core.Version("1.0.0"))
+        patch.setattr(builder, "_features", legacy_features)
+        patch.setattr(inputs, "encode_example", as_png(inputs.encode_example))
+        build("synthetic", tmp_path, num_images=4, height=48, width=64, num_workers=1)
+    main._build_synthetic("street_seg/synthetic", str(tmp_path))
+    assert "street_seg/synthetic 1.0.0 in" in capsys.readouterr().out
+    info = source.open_built("street_seg/synthetic:2.0.0", tmp_path).info
+    assert sum(split.num_examples for split in info.splits.values()) == 4
+    assert (info.metadata["options"]["height"], info.metadata["options"]["width"]) == (48, 64)
+
+
 # --- without streetseg_jax, without TensorFlow ------------------------------------------------------------------
 def readme_snippet(data_dir: Path) -> str:
     """README's "Using the dataset from another project" code, reading `data_dir` for ~/tensorflow_datasets."""
