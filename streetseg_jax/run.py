@@ -92,13 +92,20 @@ class RunSetup:
         raise RunError(message)
 
     # --- restoring ------------------------------------------------------------------------------------------------
+    def _redone(self, step: int) -> str:
+        """', steps A..B, logged by the run that stopped, are trained again' where a run killed between saves had
+        logged past its last checkpoint (metrics.jsonl then holds those steps twice; its readers keep the later)."""
+        logged = max((r["step"] for r in read_metrics(self.workdir / "metrics.jsonl")), default=0)
+        return (f"; steps {step + 1}..{logged}, logged by the run that stopped, are trained again" if logged > step
+                else "")
+
     def restore_or_init(self, state, data_iter):
         """Resume from the latest checkpoint, else warm-start from `init_from`, else keep the fresh state."""
         step = self.checkpoints.latest_step()
         if step is not None:       # prepare_run checked that it is compatible
             state, data_state, _ = self.checkpoints.restore("latest", state)
             data_iter.set_state(data_state["iterator"])
-            self.log.say(f"resuming from step {step} in {self.workdir / 'checkpoints'}")
+            self.log.say(f"resuming from step {step} in {self.workdir / 'checkpoints'}" + self._redone(step))
             return state
         if self.config.init_from:
             from streetseg_jax.warm_start import warm_start

@@ -182,6 +182,18 @@ def test_sigkill_during_saves_resumes_from_last_complete_checkpoint(tiny_data_di
     assert all(a["elapsed"] <= b["elapsed"] for a, b in zip(history, history[1:]))
 
 
+def test_a_resume_says_which_logged_steps_are_trained_again(finished_run, tiny_data_dir, tmp_path):
+    """After a SIGKILL between saves the resume said only 'resuming from step 10', though the log went to 20."""
+    workdir = tmp_path / "killed_late"
+    shutil.copytree(finished_run[0], workdir)
+    with open(workdir / "metrics.jsonl", "a") as f:          # the killed run had logged on past its last save
+        f.write(json.dumps({"step": STEPS + 2, "time": 0.0, "train/loss": 1.0}) + "\n")
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS + 2}")
+    assert code == 0, out
+    assert (f"resuming from step {STEPS} in {workdir / 'checkpoints'}; steps {STEPS + 1}..{STEPS + 2}, logged by the "
+            "run that stopped, are trained again") in out
+
+
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_data_dir, tmp_path):
     """A full disk (here a file size limit) failed the save in the background: training went on unsaved until the
     next save, and the run printed 2,500 lines of orbax and asyncio tracebacks."""
