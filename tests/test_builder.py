@@ -379,6 +379,9 @@ def test_a_run_beside_a_version_1_synthetic_build_builds_version_2_with_its_opti
         patch.setattr(builder, "_features", legacy_features)
         patch.setattr(inputs, "encode_example", as_png(inputs.encode_example))
         build("synthetic", tmp_path, num_images=4, height=48, width=64, num_workers=1)
+    with pytest.raises(ValueError, match="at version 1.0.0 only, not 2.0.0: open it as street_seg/synthetic:1.0.0"):
+        tfds.data_source("street_seg/synthetic", split="train", data_dir=str(tmp_path), download=False)
+    assert len(tfds.data_source("street_seg/synthetic:1.0.0", split="train", data_dir=str(tmp_path))) > 0
     main._build_synthetic("street_seg/synthetic", str(tmp_path))
     assert "street_seg/synthetic 1.0.0 in" in capsys.readouterr().out
     info = source.open_built("street_seg/synthetic:2.0.0", tmp_path).info

@@ -214,7 +214,17 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
 
     def _check_built_as_asked(self) -> None:
         """Options asked for (tfds.builder("street_seg/synthetic/num_images=1000")) that the build in data_dir was not
-        made with are an error: the build was handed back as if they held (data build checks its own reuses)."""
+        made with are an error: the build was handed back as if they held (data build checks its own reuses). So is
+        a data_dir holding only older versions (TFDS said the splits were empty, 'not generated yet')."""
+        if not self.is_prepared():
+            folder = Path(self.data_dir).parent
+            older = sorted(p.parent.name for p in folder.glob("*/dataset_info.json"))
+            if older:
+                raise ValueError(f"street_seg/{self.builder_config.name} in {folder} is built at version "
+                                 f"{', '.join(older)} only, not {self.version}: open it as "
+                                 f"street_seg/{self.builder_config.name}:{older[-1]} (it reads the same), or build "
+                                 f"{self.version} beside it (python -m streetseg_jax.data build ...)")
+            return
         stored = self.info.metadata.get("options") if self.info.metadata else None
         if stored is None:
             return
