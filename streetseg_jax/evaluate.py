@@ -279,10 +279,10 @@ def say_if_the_dataset_changed(workdir: Path, run: LoadedRun, data_dir: str | No
     """A note when the dataset is not the one the run trained on (the fingerprint config.json recorded: every file
     of the prepared dataset), such as one rebuilt with corrected labels since: its scores are the dataset's now."""
     from streetseg_jax.data.source import dataset_dir, dataset_fingerprint
+    from streetseg_jax.run import recorded_fingerprint
 
-    try:
-        recorded = json.loads((workdir / "config.json").read_text())["provenance"]["dataset"]["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
+    recorded = recorded_fingerprint(workdir)
+    if recorded is None:
         return                                              # a run from before the record, or without config.json
     directory = dataset_dir(run.config.dataset, data_dir or run.config.data_dir)
     if dataset_fingerprint(directory) != recorded:

@@ -303,11 +303,8 @@ def _check_same_data(config, workdir: Path, fingerprint: str, latest: int) -> No
     """RunError where the dataset's files are not those the run trained on (config.json's fingerprint): another
     build of the same name under another data_dir, or one rebuilt since, would be trained on from step `latest` as
     if it were the same, its evaluations compared with the earlier ones to pick the best checkpoint."""
-    try:
-        trained_on = json.loads((workdir / "config.json").read_text())["provenance"]["dataset"]["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return                          # a run from before fingerprints were recorded
-    if trained_on != fingerprint:
+    trained_on = recorded_fingerprint(workdir)
+    if trained_on is not None and trained_on != fingerprint:      # None: a run from before they were recorded
         raise RunError(f"{config.dataset} in {dataset_dir(config.dataset, config.data_dir)} is not the dataset this "
                        f"run trained on until step {latest} (its files differ: rebuilt since, or another build under "
                        "--config.data_dir); resuming would train and pick its best checkpoint on a mix of the two. "
@@ -393,6 +390,15 @@ def _check_workdir(workdir: Path) -> None:
     if photos:        # --workdir photos, typed for --input: checkpoints and overlays went in among them
         raise RunError(f"--workdir {workdir} holds {len(photos)} image(s) ({', '.join(photos[:3])}"
                        f"{', ...' if len(photos) > 3 else ''}) and no training run; give a new or empty folder")
+
+
+def recorded_fingerprint(workdir: Path) -> str | None:
+    """The fingerprint of the dataset the run in `workdir` trained on, as its config.json records it (provenance);
+    None where it records none."""
+    value = _read_json_object(workdir / "config.json")
+    for key in ("provenance", "dataset", "fingerprint"):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _read_json_object(path: Path) -> dict:
