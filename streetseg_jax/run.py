@@ -233,17 +233,20 @@ def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None)
     workdir, mesh, (train_source, label_map, info), eval_source, log, weights, size = sharding.all_succeed(
         lambda: _open(config, workdir))
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict(), "image_size": size}
-    fingerprint = dataset_fingerprint(dataset_dir(config.dataset, config.data_dir))
     lock = _lock(workdir, log)
     try:
         checkpoints, latest = _checkpoints_to_resume(config, workdir, meta, log, lock is not None, overrides)
-        if latest is not None and latest < config.num_train_steps:
+        training = (latest or 0) < config.num_train_steps                   # else nothing is trained
+        # Every file of the dataset is read: only where a resume is checked or process 0 records it.
+        fingerprint = (dataset_fingerprint(dataset_dir(config.dataset, config.data_dir))
+                       if training and (latest is not None or jax.process_index() == 0) else None)
+        if training and latest is not None:
             _check_same_data(config, workdir, fingerprint, latest)
     except BaseException:
         if lock is not None:
             lock.close()
         raise
-    if jax.process_index() == 0 and (latest or 0) < config.num_train_steps:    # else nothing is trained
+    if jax.process_index() == 0 and training:
         record = {**provenance(config, info, fingerprint),
                   **({} if overrides is None else {"overrides": sorted(overrides)})}
         _write_json(workdir / "config.json", {**meta["config"], "provenance": record})
