@@ -137,7 +137,7 @@ def _build_synthetic(dataset: str, data_dir: str) -> None:
     options, flags = {}, ""
     if source.is_built(dataset, data_dir):
         info = source.open_built(dataset, data_dir).info
-        stored = info.metadata.get("options") or {} if info.metadata else {}
+        stored = (info.metadata.get("options") if info.metadata else None) or {}
         options = {k: v for k, v in stored.items() if k != "label_map" and v is not None}
         flags = "".join(f" --{k} {v}" for k, v in options.items())
         print(f"{dataset} {info.version} in {data_dir} is of a version this one does not read: building "

@@ -54,6 +54,7 @@ from PIL import Image
 from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, write_text
 from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv,
                                quiet_libraries, stop_on_sigterm)
+from streetseg_jax.labels.formats.masks import BESIDE_ENDING
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
 from streetseg_jax.labels.label_map import EXPORT_LABEL_MAP
 from streetseg_jax.labels.shapes import listing
@@ -113,8 +114,8 @@ def _folder_items(folder: Path, out_dir: Path) -> list[Item]:
         print(f"note: {folder}: {sum(others.values())} file(s) that are not images left out ("
               + ", ".join(f"{n} {suffix}" for suffix, n in others.most_common()) + ")", file=sys.stderr)
     photos = {(item.source.parent, item.source.stem) for item in found}
-    masks = [item for item in found if item.source.stem.endswith("_mask")
-             and (item.source.parent, item.source.stem.removesuffix("_mask")) in photos]
+    masks = [item for item in found if item.source.stem.endswith(BESIDE_ENDING)
+             and (item.source.parent, item.source.stem.removesuffix(BESIDE_ENDING)) in photos]
     if masks:               # Roboflow's export: a_mask.png beside a.jpg, the label of the photo, not a photo
         names = ", ".join(m.source.name for m in masks[:3]) + (", ..." if len(masks) > 3 else "")
         print(f"note: {folder}: {len(masks)} label mask(s) beside their photos left out ({names})", file=sys.stderr)

@@ -48,7 +48,7 @@ MASK_DIRS = ("masks", "labels", "annotations", "SegmentationClassPNG", "Segmenta
 _MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".gif"}
 _LOSSY_SUFFIXES = {".jpg", ".jpeg"}
 _MASK_NAME_ENDINGS = ("_mask", "_labels", "_label", "_L")
-_BESIDE_ENDING = "_mask"        # a mask kept beside its image: a.jpg and a_mask.png
+BESIDE_ENDING = "_mask"        # a mask kept beside its image: a.jpg and a_mask.png
 _ID_MODES = ("L", "1", "I", "I;16", "I;16L", "I;16B", "P")
 _IGNORE_LABEL = "__ignore__"
 _WHITE = (255, 255, 255)
@@ -70,8 +70,8 @@ def read(path: Path, label_map) -> list[Annotation]:
         masks = _files(mask_dir, _MASK_SUFFIXES | _LOSSY_SUFFIXES)
         above = _folders_above(mask_dir, path)
         if image_dir == mask_dir:         # side by side: the masks are the files named <stem>_mask
-            images = {key: p for key, p in images.items() if not key.endswith(_BESIDE_ENDING)}
-            masks = {key: p for key, p in masks.items() if key.endswith(_BESIDE_ENDING)}
+            images = {key: p for key, p in images.items() if not key.endswith(BESIDE_ENDING)}
+            masks = {key: p for key, p in masks.items() if key.endswith(BESIDE_ENDING)}
             above = mask_dir.relative_to(path).parts if mask_dir.is_relative_to(path) else ()
         split = export_split(above[-1] if above else mask_dir.name.removesuffix("annot"))    # train/masks, valannot
         listed = _image_set_splits(mask_dir.parent) if split is None else {}
@@ -177,7 +177,7 @@ def _pairs_in(folder: Path) -> list[tuple[Path | None, Path]]:
     for name in sorted(children):
         if name.endswith("annot") and name[:-len("annot")] in children:
             pairs.append((children[name[:-len("annot")]], children[name]))
-    if not pairs and any(p.stem.endswith(_BESIDE_ENDING) and p.suffix.lower() in _MASK_SUFFIXES
+    if not pairs and any(p.stem.endswith(BESIDE_ENDING) and p.suffix.lower() in _MASK_SUFFIXES
                          for p in folder.iterdir() if p.is_file()):
         pairs.append((folder, folder))
     return pairs
