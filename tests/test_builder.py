@@ -152,6 +152,23 @@ def test_other_projects_opening_it_by_name_get_what_they_ask_for(synthetic_dir, 
     assert Path(tfds.builder("street_seg/synthetic", data_dir="~/tfds").data_dir).is_relative_to(tmp_path / "tfds")
 
 
+def test_reading_an_unbuilt_dataset_says_how_to_build_it_and_a_fresh_build_warns_of_nothing(tmp_path, caplog):
+    """builder.as_data_source() on a data dir without the build gave {} (no splits, no word); every fresh build
+    logged TFDS's 'Variant folder ... has no dataset_info.json' first."""
+    import tensorflow_datasets as tfds
+
+    from streetseg_jax.data.builder import StreetSeg, from_annotations_config
+    data_dir = tmp_path / "tfds"
+    with pytest.raises(ValueError, match=f"street_seg/synthetic is not built in {data_dir}: call download_and_prepare"
+                                         r"\(\) first, or build it \(python -m streetseg_jax.data build --config synthetic"):
+        tfds.builder("street_seg/synthetic", data_dir=str(data_dir)).as_data_source()
+    with pytest.raises(ValueError, match="--config from_annotations --name mine --manual_dir EXPORT"):
+        StreetSeg(config=from_annotations_config("mine", format="auto"), data_dir=str(data_dir)).as_data_source()
+    caplog.clear()
+    build("synthetic", data_dir, num_images=2, height=32, width=48)
+    assert not [r.getMessage() for r in caplog.records if "Variant folder" in r.getMessage()]
+
+
 def test_two_builds_into_one_fresh_data_dir_take_turns(tmp_path):
     """Both built the dataset, and the second failed renaming its copy into place (FileExistsError). The test holds
     the build lock until both builds wait for it, so they meet whatever the machine's load (a loaded CI machine

@@ -149,7 +149,7 @@ def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options:
     with _no_scaffolding_left(dataset, data_dir), _all_or_nothing(dataset, data_dir, replace=overwrite):
         builder = StreetSeg(config="synthetic", data_dir=os.fspath(data_dir), file_format=file_format,
                             **{k: v for k, v in options.items() if v is not None})
-        reused = builder.is_prepared()
+        reused = is_built(dataset, data_dir)    # not builder.is_prepared(): it warns of the folder not there yet
         if reused:
             _check_reuse(builder)
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))

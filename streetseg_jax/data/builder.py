@@ -215,8 +215,8 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
     def _check_built_as_asked(self) -> None:
         """Options asked for (tfds.builder("street_seg/synthetic/num_images=1000")) that the build in data_dir was not
         made with are an error: the build was handed back as if they held (data build checks its own reuses). So is
-        a data_dir holding only older versions (TFDS said the splits were empty, 'not generated yet')."""
-        if not self.is_prepared():
+        a data_dir holding only older versions, or none (TFDS gave empty splits, or said 'not generated yet')."""
+        if not (Path(self.data_dir) / "dataset_info.json").is_file():    # is_prepared() warns where it is not
             folder = Path(self.data_dir).parent
             older = sorted(p.parent.name for p in folder.glob("*/dataset_info.json"))
             if older:
@@ -224,7 +224,12 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
                                  f"{', '.join(older)} only, not {self.version}: open it as "
                                  f"street_seg/{self.builder_config.name}:{older[-1]} (it reads the same), or build "
                                  f"{self.version} beside it (python -m streetseg_jax.data build ...)")
-            return
+            name = self.builder_config.name
+            how = (f"--config {name}" if name in CONFIGS
+                   else f"--config from_annotations --name {name} --manual_dir EXPORT")
+            raise ValueError(f"street_seg/{name} is not built in {self.data_dir_root}: call download_and_prepare() "
+                             f"first, or build it (python -m streetseg_jax.data build {how} "
+                             f"--data_dir {self.data_dir_root})")
         stored = self.info.metadata.get("options") if self.info.metadata else None
         if stored is None:
             return
