@@ -131,7 +131,7 @@ def _load(path: Path, name: str) -> Run | None:
 
 
 def _evaluations(folder: Path) -> dict[str, dict]:
-    """`python -m streetseg_jax.evaluate`'s results, by file name (<split>[_flip_tta][_multiscale][_step<N>]);
+    """`python -m streetseg_jax.evaluate`'s results, by file name (<split>[_flip_tta][_multiscale][_step<N>][_data-*]);
     unreadable ones left out."""
     out = {}
     for path in sorted(folder.glob("*.json")):
@@ -361,8 +361,9 @@ def _evaluations_section(runs: list[Run]) -> str:
         return ""
     return section("evaluations", "Results of python -m streetseg_jax.evaluate", _table(rows) +
                    '<p class="note">From each run\'s <code>eval/&lt;split&gt;[_flip_tta][_multiscale]'
-                   "[_step&lt;N&gt;].json</code>: mean IoU at the labels' resolution, with the step of the checkpoint "
-                   "scored.</p>")
+                   "[_step&lt;N&gt;][_data-&lt;fingerprint&gt;].json</code>: mean IoU at the labels' resolution, with "
+                   "the step of the checkpoint scored; <code>_data-</code> results are of data other than the run "
+                   "trained on.</p>")
 
 
 def _config_table(runs: list[Run]) -> str:

@@ -275,19 +275,21 @@ def load_checked_split(run: LoadedRun, split: str, data_dir: str | None):
     return source
 
 
-def say_if_the_dataset_changed(workdir: Path, run: LoadedRun, data_dir: str | None) -> None:
-    """A note when the dataset is not the one the run trained on (the fingerprint config.json recorded: every file
-    of the prepared dataset), such as one rebuilt with corrected labels since: its scores are the dataset's now."""
+def scored_data(workdir: Path, run: LoadedRun, data_dir: str | None) -> dict:
+    """Which prepared dataset the scores are of: its folder, its fingerprint (every file) and whether it is the one
+    the run trained on, as config.json's fingerprint records it (None for a run without the record). A note where it
+    is not: rebuilt since (corrected labels, say), or another build of the same name."""
     from streetseg_jax.data.source import dataset_dir, dataset_fingerprint
     from streetseg_jax.run import recorded_fingerprint
 
-    recorded = recorded_fingerprint(workdir)
-    if recorded is None:
-        return                                              # a run from before the record, or without config.json
     directory = dataset_dir(run.config.dataset, data_dir or run.config.data_dir)
-    if dataset_fingerprint(directory) != recorded:
-        print(f"note: {run.config.dataset} at {directory} has changed since this run trained on it: the scores are "
-              "of the dataset as it is now", file=sys.stderr)
+    fingerprint, recorded = dataset_fingerprint(directory), recorded_fingerprint(workdir)
+    trained_on = None if recorded is None else fingerprint == recorded
+    if trained_on is False:
+        print(f"note: {run.config.dataset} at {directory} is not the data this run trained on (its files are not the "
+              "ones config.json's fingerprint records: rebuilt since, or another build): the scores are of this data",
+              file=sys.stderr)
+    return {"directory": str(directory), "fingerprint": fingerprint, "trained_on": trained_on}
 
 
 def evaluate_split(run: LoadedRun, source, split: str) -> Evaluation:
@@ -367,22 +369,25 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     `flip_tta` and `extra_scales` None score as the run evaluated (its config's eval_flip_tta, eval_extra_scales);
     with flip or multi-scale TTA the files are named <split>_flip_tta, <split>_multiscale or
     <split>_flip_tta_multiscale, so they sit beside the plain figures; a checkpoint other than the best adds
-    _step<N> (it replaced the best checkpoint's figures)."""
-    workdir = Path(workdir).absolute()
+    _step<N> (it replaced the best checkpoint's figures), and data other than the run trained on _data-<its
+    fingerprint> (it replaced the run's own figures)."""
+    workdir = Path(workdir).resolve()
     run = load_run(workdir, checkpoint, flip_tta, extra_scales)
     split = split or run.config.eval_split
     source = load_checked_split(run, split, data_dir)
     evaluation = evaluate_split(run, source, split)
-    say_if_the_dataset_changed(workdir, run, data_dir)        # after the "scoring" line: it reads every file
+    data = scored_data(workdir, run, data_dir)        # after the "scoring" line: it reads every file
     file_names, sizes = _names_and_sizes(source)
     result = result_dict(run, evaluation, file_names, workdir)
-    result["label_sizes"] = sizes
+    result["label_sizes"], result["data"] = sizes, data
     result["per_image"]["worst"] = _worst(result["per_image"]["images"])
     out_dir = results_dir(workdir, out_dir)
     stem = (split_file_name(split) + ("_flip_tta" if run.config.eval_flip_tta else "")
             + ("_multiscale" if len(network_scales(run.config)) > 1 else "")
-            + ("" if checkpoint == "best" else f"_step{run.step}"))     # best: also a run's latest, without one
-    _say_whose_results_are_replaced(out_dir / f"{stem}.json", workdir)
+            + ("" if checkpoint == "best" else f"_step{run.step}")     # best: also a run's latest, without one
+            + (f"_data-{data['fingerprint'][:8]}" if data["trained_on"] is False else ""))  # the run's own are kept
+    if out_dir != workdir / "eval":      # the run's own folder holds its own results, wherever the run was then
+        _say_whose_results_are_replaced(out_dir / f"{stem}.json", workdir)
     json_path = atomic.write_bytes(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
     png_path = atomic.write_bytes(out_dir / f"{stem}_confusion.png",
                                  confusion_png(evaluation.confusion, run.label_map.names))
@@ -391,7 +396,7 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
 
 def results_dir(workdir: str | Path, output: str | Path | None = None) -> Path:
     """Where evaluate writes: `output`, by default the run's eval/ folder."""
-    return Path(output).absolute() if output else Path(workdir).absolute() / "eval"
+    return Path(output).resolve() if output else Path(workdir).resolve() / "eval"
 
 
 def _say_whose_results_are_replaced(path: Path, workdir: Path) -> None:
@@ -400,7 +405,7 @@ def _say_whose_results_are_replaced(path: Path, workdir: Path) -> None:
         before = json.loads(path.read_text()).get("workdir")
     except (OSError, ValueError, AttributeError):
         return
-    if before and before != str(workdir):
+    if isinstance(before, str) and Path(before).resolve() != workdir:
         print(f"note: {path} held the results of {before}; they are replaced by this run's", file=sys.stderr)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from streetseg_jax import atomic
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv
 from streetseg_jax.evaluate import (Evaluation, LoadedRun, as_text, confusion_png, evaluate_split, load_checked_split,
-                                    load_run, network_scales, rank_images, say_if_the_dataset_changed, score_command,
+                                    load_run, network_scales, rank_images, scored_data, score_command,
                                     split_file_name)
 from streetseg_jax.metrics import class_recall
 from streetseg_jax.page import escape, html_page, png_uri, section
@@ -154,10 +154,11 @@ class ReportData:
     frequency_png: bytes
     config: dict                # config.json (with its "provenance") or the checkpoint's config
     inference: str              # how the network saw the images: its scales, and whether flip-averaged
+    data: dict                  # the prepared dataset scored (evaluate.scored_data)
 
 
 def render_html(d: ReportData) -> str:
-    parts = [_header(d), _summary(d), _curves(d), _class_table(d), _confusion(d), _frequencies(d),
+    parts = [_header(d), _other_data(d), _summary(d), _curves(d), _class_table(d), _confusion(d), _frequencies(d),
              _examples(d, "best"), _examples(d, "worst"), _provenance(d)]
     return html_page(d.title, parts, "streetseg_jax.report")
 
@@ -172,6 +173,14 @@ def _header(d: ReportData) -> str:
             f"<p class=\"sub\">checkpoint <b>{escape(d.checkpoint)}</b> (step {d.step})"
             f" · evaluated on split <b>{escape(d.evaluation.split)}</b> ({n} image{'s' * (n != 1)})"
             f" · {d.label_map.num_classes} classes · {escape(d.inference)}</p></header>")
+
+
+def _other_data(d: ReportData) -> str:
+    if d.data["trained_on"] is not False:
+        return ""
+    return section("warning", "Warning", f"<p><b>These scores are of {escape(d.data['directory'])}, which is not the "
+                   "data this run trained on</b> (its files are not the ones the run's fingerprint records: rebuilt "
+                   "since, or another build of the same dataset); see Provenance.</p>")
 
 
 def _summary(d: ReportData) -> str:
@@ -296,6 +305,9 @@ def _provenance(d: ReportData) -> str:
     devices = prov.get("devices", {})
     facts = [("dataset", f"{config.get('dataset', '?')} (version {dataset.get('version', '?')})"),
              ("dataset fingerprint", dataset.get("fingerprint", "?")),
+             ("scored data", f"{d.data['directory']} (fingerprint {d.data['fingerprint']}"
+                             + {True: ", the data the run trained on)", False: ", not the data the run trained on)",
+                                None: ")"}[d.data["trained_on"]]),
              ("git commit", prov.get("git_commit", "?")),
              ("python", prov.get("python", "?")),
              ("packages", ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items()) or "?"),
@@ -322,20 +334,20 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     workdir/report.html (report_<split>.html for a split other than the run's eval split, so that one report does
     not replace the other); returns its path.
     Test-time augmentation as the run evaluated unless `flip_tta` / `extra_scales` say otherwise (see load_run)."""
-    workdir = Path(workdir).absolute()
+    workdir = Path(workdir).resolve()
     run = load_run(workdir, checkpoint, flip_tta, extra_scales)
     config = run.config
     split = split or config.eval_split
     eval_source = load_checked_split(run, split, data_dir)
     train_source = load_checked_split(run, config.train_split, data_dir)
     evaluation = evaluate_split(run, eval_source, split)
-    say_if_the_dataset_changed(workdir, run, data_dir)
-    data = _report_data(workdir, run, k, evaluation, eval_source, train_source)
+    scored = scored_data(workdir, run, data_dir)        # after the "scoring" line: it reads every file
+    data = _report_data(workdir, run, k, evaluation, eval_source, train_source, scored)
     name = "report.html" if split == config.eval_split else f"report_{split_file_name(split)}.html"
     return atomic.write_text(output or workdir / name, render_html(data))
 
 
-def _report_data(workdir, run, k, evaluation, eval_source, train_source) -> ReportData:
+def _report_data(workdir, run, k, evaluation, eval_source, train_source, scored: dict) -> ReportData:
     best, worst = rank_images(evaluation.image_miou, k)
     shown = {which: [example(run, eval_source, i, evaluation.image_miou[i], evaluation.per_image[i])
                      for i in indices] for which, indices in (("best", best), ("worst", worst))}
@@ -349,7 +361,7 @@ def _report_data(workdir, run, k, evaluation, eval_source, train_source) -> Repo
         confusion_png=confusion_png(evaluation.confusion, lm.names),
         frequency_png=frequency_png(_frequency_series(config.train_split, train_counts, evaluation), lm),
         config=json.loads(config_json.read_text()) if config_json.exists() else config.to_dict(),
-        inference=_inference_setting(config))
+        inference=_inference_setting(config), data=scored)
 
 
 def _inference_setting(config) -> str:

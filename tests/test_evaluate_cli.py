@@ -18,7 +18,7 @@ from conftest import ROOT, run_main_to_end, tiny_config
 EVAL_SCALE = 0.5
 KEYS = {"workdir", "dataset", "split", "checkpoint", "step", "num_images", "eval_scale", "eval_extra_scales", "flip_tta",
         "label_sizes", "miou", "pixel_accuracy", "mean_class_accuracy", "loss", "iou", "class_pixels", "confusion",
-        "per_image"}
+        "per_image", "data"}
 
 
 @pytest.fixture(scope="module")
@@ -111,22 +111,35 @@ def test_a_split_names_its_files_plainly():
                                                      "train_10-20+validation", "a_b"]
 
 
-def test_a_dataset_changed_since_training_is_said(workdir, tiny_data_dir, tmp_path, capsys):
-    """A dataset rebuilt since (corrected labels) was scored without a word: the run's config.json records it."""
+def test_other_data_than_the_run_trained_on_is_said_and_kept_apart(workdir, tiny_data_dir, tmp_path, capsys):
+    """A dataset rebuilt since (corrected labels), or another build of its name, was scored without a word; then its
+    scores replaced the run's own eval/<split>.json, and compare showed them as the run's."""
     import shutil
 
     from streetseg_jax import evaluate
+    from streetseg_jax.data.source import dataset_fingerprint
 
-    evaluate.main(["--workdir", str(workdir), "--split", "test[:1]", "--output", str(tmp_path / "same")])
-    assert "has changed since" not in capsys.readouterr().err
+    spelt = workdir.parent / ".." / workdir.parent.name / workdir.name       # the same run, another spelling
+    evaluate.main(["--workdir", str(spelt), "--split", "test[:1]"])
+    own = json.loads((workdir / "eval" / "test_0-1.json").read_text())
+    info, = Path(tiny_data_dir).glob("street_seg/synthetic/*/dataset_info.json")
+    assert own["workdir"] == str(workdir.resolve())
+    assert own["data"] == {"directory": str(info.parent), "fingerprint": dataset_fingerprint(info.parent),
+                           "trained_on": True}
+    assert "not the data this run trained on" not in capsys.readouterr().err
     copy = tmp_path / "tfds"
     shutil.copytree(tiny_data_dir, copy)
     info, = copy.glob("street_seg/synthetic/*/dataset_info.json")
     info.write_text(info.read_text() + "\n")
-    evaluate.main(["--workdir", str(workdir), "--split", "test[:1]", "--data_dir", str(copy),
-                   "--output", str(tmp_path / "changed")])
-    assert (f"note: street_seg/synthetic at {info.parent} has changed since this run trained on it: the scores are "
-            "of the dataset as it is now") in capsys.readouterr().err
+    evaluate.main(["--workdir", str(workdir), "--split", "test[:1]", "--data_dir", str(copy)])
+    err = capsys.readouterr().err
+    assert (f"note: street_seg/synthetic at {info.parent} is not the data this run trained on (its files are not the "
+            "ones config.json's fingerprint records: rebuilt since, or another build): the scores are of this data"
+            ) in err and "held the results of" not in err
+    fingerprint = dataset_fingerprint(info.parent)
+    other = json.loads((workdir / "eval" / f"test_0-1_data-{fingerprint[:8]}.json").read_text())
+    assert other["data"] == {"directory": str(info.parent), "fingerprint": fingerprint, "trained_on": False}
+    assert json.loads((workdir / "eval" / "test_0-1.json").read_text()) == own
 
 
 def files_of(folder: Path) -> dict:

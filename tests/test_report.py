@@ -205,7 +205,7 @@ def test_render_html_without_metrics_config_json_or_examples():
     evaluation = Evaluation("test", confusion, confusion[None], scores, [scores["miou"]])
     data = ReportData("Run report: x", "latest", 7, label_map, evaluation, "train", np.ones(k, np.int64), [], [], 0,
                       None, b"png", b"png", {"model": {"depth": 2}, "dataset": "street_seg/synthetic"},
-                      "network at scale 1")
+                      "network at scale 1", {"directory": "d", "fingerprint": "f", "trained_on": None})
     page = Page()
     page.feed(render_html(data))
     rows = {attrs["data-class"]: value(attrs["data-iou"]) for attrs in page.with_attr("data-class")}
@@ -251,6 +251,28 @@ def test_output_writes_the_page_elsewhere_and_leaves_the_run_as_it_was(workdir, 
     with pytest.raises(SystemExit):
         report.main(["--workdir", str(workdir), "--output", str(tmp_path)])
     assert "is a folder: give the page's file name" in capsys.readouterr().err
+
+
+def test_other_data_than_the_run_trained_on_is_said_on_the_page(workdir, report_path, tiny_data_dir, tmp_path):
+    """A report on another build (--data_dir) showed its scores beside the training data's fingerprint, unsaid."""
+    import shutil
+
+    from streetseg_jax import report
+    from streetseg_jax.data.source import dataset_fingerprint
+
+    info, = Path(tiny_data_dir).glob("street_seg/synthetic/*/dataset_info.json")
+    own = report_path.read_text(encoding="utf-8")
+    assert 'id="warning"' not in own
+    assert (f"{info.parent} (fingerprint {dataset_fingerprint(info.parent)}, the data the run trained on)") in own
+    copy = shutil.copytree(tiny_data_dir, tmp_path / "tfds")
+    info, = copy.glob("street_seg/synthetic/*/dataset_info.json")
+    info.write_text(info.read_text() + "\n")
+    page = tmp_path / "other.html"
+    report.main(["--workdir", str(workdir), "--split", SPLIT, "--k", "0", "--data_dir", str(copy),
+                 "--output", str(page)])
+    text = page.read_text(encoding="utf-8")
+    assert f"<b>These scores are of {info.parent}, which is not the data this run trained on</b>" in text
+    assert f"{info.parent} (fingerprint {dataset_fingerprint(info.parent)}, not the data the run trained on)" in text
 
 
 def test_error_map_dims_correct_pixels_and_marks_wrong_and_ignored_ones():
