@@ -321,7 +321,7 @@ def rank_images(image_miou: list, k: int) -> tuple[list[int], list[int]]:
     return best, worst
 
 
-def confusion_png(confusion: np.ndarray, names: list[str]) -> bytes:
+def confusion_png(confusion: np.ndarray, names: list[str], title: str | None = None) -> bytes:
     """Row-normalised heatmap: each row is where that true class's pixels went. Empty rows stay blank."""
     from streetseg_jax.visualize import figure_png, pyplot
     plt = pyplot()
@@ -338,7 +338,22 @@ def confusion_png(confusion: np.ndarray, names: list[str]) -> bytes:
     if k <= ANNOTATE_UP_TO:
         _annotate_cells(ax, share)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="share of the true class's pixels")
+    if title:
+        ax.set_title(title, fontsize=9, loc="left")
     return figure_png(fig)
+
+
+def result_title(result: dict) -> str:
+    """What a result is of, for its picture: a PNG sent on its own says which run, split, checkpoint and TTA."""
+    scales = [result["eval_scale"], *result["eval_extra_scales"]]
+    checkpoint, step = result["checkpoint"], result["step"]
+    which = f"{checkpoint} checkpoint (step {step})" if checkpoint in ("best", "latest") else f"step {step}"
+    lines = [f"{Path(result['workdir']).name}: {result['dataset']} {result['split']}, {which}",
+             f"mIoU {_pct(result['miou'])}, network at scale{'s' * (len(scales) > 1)} "
+             + ", ".join(f"{s:g}" for s in scales) + (", flip-averaged" if result["flip_tta"] else "")]
+    if result["data"]["trained_on"] is False:
+        lines.append(f"data other than the run trained on ({result['data']['fingerprint'][:8]})")
+    return "\n".join(lines)
 
 
 def _annotate_cells(ax, share: np.ndarray) -> None:
@@ -390,7 +405,7 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
         _say_whose_results_are_replaced(out_dir / f"{stem}.json", workdir)
     json_path = atomic.write_bytes(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
     png_path = atomic.write_bytes(out_dir / f"{stem}_confusion.png",
-                                 confusion_png(evaluation.confusion, run.label_map.names))
+                                 confusion_png(evaluation.confusion, run.label_map.names, result_title(result)))
     return result, json_path, png_path
 
 

@@ -268,7 +268,7 @@ def _examples(d: ReportData, which: str) -> str:
     order = "best first" if which == "best" else "worst first"
     fewer = f" ({d.k} asked for; the split has too few images for both lists)" if len(shown) < d.k else ""
     intro = (f'<p class="note">Ranked by the mean IoU of each image alone, {order}{fewer}. Errors panel: wrong '
-             "pixels in red, correct ones dimmed, ignored ones light grey.</p>")
+             "pixels in red, correct ones dimmed; ignored pixels light grey here and in the ground truth.</p>")
     return section(which, title, intro + _legend(d.label_map)
                    + "".join(_example_html(e, rank) for rank, e in enumerate(shown, 1)))
 

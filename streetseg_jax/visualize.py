@@ -1,6 +1,7 @@
 """Pictures people look at: coloured masks, overlays with a legend, loss and mIoU curves."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -12,9 +13,30 @@ from streetseg_jax.atomic import atomic_file
 from streetseg_jax.labels.label_map import LabelMap
 
 
+IGNORE_GREY = (205, 205, 205)   # pixels that count nowhere: not the white around pictures, not a dimmed pixel
+
+
 def colorize(mask: np.ndarray, label_map: LabelMap) -> np.ndarray:
-    """(H, W) class ids -> (H, W, 3) uint8 colours."""
-    return label_map.palette()[mask]
+    """(H, W) class ids -> (H, W, 3) uint8 colours for a picture: the ignore id light grey (the palette's white
+    vanished into the page and the legend's margin: a band of it made a panel look cut short)."""
+    palette = label_map.palette()
+    palette[label_map.ignore_id] = IGNORE_GREY
+    return palette[mask]
+
+
+def _legend_entries(label_map: LabelMap, *masks: np.ndarray) -> list:
+    """The classes present in any of `masks`, then "ignored" where the ignore id is."""
+    counts = sum(np.bincount(np.asarray(m, np.uint8).ravel(), minlength=256) for m in masks)
+    entries = [c for c in label_map.classes if counts[c.id]]
+    if counts[label_map.ignore_id]:
+        entries.append(_Entry("ignored", IGNORE_GREY))
+    return entries
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    name: str
+    color: tuple
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, label_map: LabelMap, alpha: float = 0.5,
@@ -27,8 +49,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, label_map: LabelMap, alpha: flo
     if legend and factor > 1:
         out = out.resize((out.width * factor, out.height * factor), Image.Resampling.NEAREST)
     if legend:
-        counts = np.bincount(np.asarray(mask, np.uint8).ravel(), minlength=256)
-        out = _with_legend(out, [c for c in label_map.classes if counts[c.id]])
+        out = _with_legend(out, _legend_entries(label_map, mask))
     return out
 
 
@@ -65,7 +86,7 @@ def _with_legend(image: Image.Image, classes) -> Image.Image:
 def comparison(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, label_map: LabelMap,
                caption: str) -> Image.Image:
     """image | ground truth | prediction, titled, with a legend of the classes in either; pixels of the ignore id
-    are white in the ground truth."""
+    are light grey in the ground truth, named in the legend."""
     panels = [image, colorize(truth, label_map), colorize(pred, label_map)]
     strip = Image.fromarray(np.concatenate(panels, axis=1))
     font, size = _font(strip.width)
@@ -74,8 +95,7 @@ def comparison(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, label_map
     draw = ImageDraw.Draw(titled)
     for k, title in enumerate(("image", "ground truth", f"prediction, {caption}")):
         draw.text((k * image.shape[1] + size // 2, size // 3), title, fill=(0, 0, 0), font=font, anchor="lt")
-    present = [c for c in label_map.classes if (truth == c.id).any() or (pred == c.id).any()]
-    return _with_legend(titled, present)
+    return _with_legend(titled, _legend_entries(label_map, truth, pred))
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -204,8 +224,7 @@ def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
 
 
 # Error maps: what a reader should see at a glance is where the model is wrong, so everything else recedes.
-ERROR_COLOR = (255, 40, 90)     # wrong pixels
-IGNORE_GREY = (205, 205, 205)   # pixels that count nowhere: lighter than any dimmed pixel, so never mistaken
+ERROR_COLOR = (255, 40, 90)     # wrong pixels; ignored ones IGNORE_GREY: lighter than any dimmed pixel
 _DIM, _LIFT = 0.45, 20          # correct pixels: grey * _DIM + _LIFT, dark enough to recede, light enough to read
 
 

@@ -79,6 +79,12 @@ def test_per_image_figures_and_the_confusion_picture(workdir, cli_result):
     assert images[per_image["worst"][0]["index"]]["file_name"] == per_image["worst"][0]["file_name"]
     png = (workdir / "eval" / "test_confusion.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 2000
+    # a picture sent on its own says what it is of (it was the matrix alone)
+    from streetseg_jax.evaluate import confusion_png, result_title
+    assert result_title(result) == (f"run: street_seg/synthetic test, best checkpoint (step {result['step']})\n"
+                                    f"mIoU {100 * result['miou']:.2f}%, network at scale {EVAL_SCALE:g}")
+    assert png == confusion_png(np.array(result["confusion"]), list(result["iou"]), result_title(result))
+    assert png != confusion_png(np.array(result["confusion"]), list(result["iou"]))
 
 
 def test_split_and_checkpoint_flags(workdir, capsys):

@@ -286,6 +286,25 @@ def test_error_map_dims_correct_pixels_and_marks_wrong_and_ignored_ones():
     np.testing.assert_array_equal(out[0, 0], out[1, 1])
 
 
+def test_ignored_pixels_are_grey_and_named_in_pictures_not_white_on_white():
+    """Ignored pixels were white in the ground-truth panels, as the page and the legend's margin: a band of them made
+    the panel look cut short, and neither the overlays' legend nor the report's colour for them said so."""
+    from streetseg_jax.labels.label_map import default_label_map
+    from streetseg_jax.visualize import IGNORE_GREY, colorize, comparison
+
+    label_map = default_label_map()
+    truth = np.full((40, 60), 3, np.uint8)
+    truth[:10] = label_map.ignore_id
+    pred = np.full((40, 60), 6, np.uint8)
+    assert (colorize(truth, label_map)[:10] == IGNORE_GREY).all()
+    image = np.full((40, 60, 3), 90, np.uint8)
+    grey = lambda picture: int((np.asarray(picture) == IGNORE_GREY).all(axis=-1).sum())     # noqa: E731
+    # the truth panel's band of 10 x 60 pixels and a swatch in the legend ("ignored"); without ignored pixels, a few
+    # edge pixels of the legend's letters at most
+    with_swatch = grey(comparison(image, truth, pred, label_map, "step 1")) - 10 * 60
+    assert with_swatch > 30 > grey(comparison(image, np.full_like(truth, 3), pred, label_map, "step 1"))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--workdir", "/nonexistent/run"], "does not exist"),
     (["--workdir", __file__], "is a file, not a training work directory"),
