@@ -55,6 +55,11 @@ def test_help_shows_whole_summaries_and_counts_below_one_are_refused():
                           (["rasterize", "--masks", "0"], "--masks must be at least 1, got 0")):
         proc = run_benchmark(*args)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    # a global batch the 8 CPU devices cannot split: said before anything is measured (it ended in a traceback after
+    # the first device counts' figures, which were lost)
+    proc = run_benchmark("scaling", "--global_batch", "12", "--height", "16", "--width", "16")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == "error: --global_batch 12 must divide by every device count measured (1, 2, 4, 8): try 8"
 
 
 def test_bfloat16_train_runs_the_torch_peer_under_autocast_and_leaves_keras_out():
