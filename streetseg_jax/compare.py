@@ -78,7 +78,7 @@ def training_now(workdir: Path) -> bool:
     and is a streetseg_jax command whose --workdir is this one (a process id can be reused). Read, never locked, so
     that a run starting meanwhile is not refused. Linux only (/proc); elsewhere False."""
     try:
-        owner = re.fullmatch(r"process (\d+) on (.*)", (workdir / ".lock").read_text().strip())
+        owner = re.fullmatch(r"process (\d+) on (.*?)(?:, run \w+)?", (workdir / ".lock").read_text().strip())
         if owner is None or owner[2] != platform.node():
             return False
         args = [os.fsdecode(a) for a in Path(f"/proc/{owner[1]}/cmdline").read_bytes().split(b"\0")]

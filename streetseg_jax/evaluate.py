@@ -105,7 +105,7 @@ class Evaluator:
         self._splits: dict[int, pipeline.EvalBatches] = {}     # id(source) -> its batches
         self.batch_size, self.scales = config.eval_batch_size, network_scales(config)
         self.flip_tta = flip_tta_setting(config, None)
-        sharding.check_batch_size(self.batch_size, mesh, "eval_batch_size")
+        sharding.check_batch_size(mesh, eval_batch_size=self.batch_size)
         self._step = jax.jit(self._sums, out_shardings=sharding.replicated(mesh))
         self._predict = jax.jit(self._argmax)
 

@@ -70,11 +70,12 @@ def _run(config) -> None:
         fail(str(e))
     from streetseg_jax import train
     from streetseg_jax.data.source import DatasetNotFoundError
-    from streetseg_jax.run import RunError, check_settings
+    from streetseg_jax.run import RunError, check_same_start, check_settings
 
     config.data_dir = os.path.expanduser(config.data_dir)
     finished = sharding.watch_other_processes()
     try:      # before a dataset is built for a run that cannot start
+        check_same_start(config, _NUM_PROCESSES.value)
         sharding.all_succeed(lambda: check_settings(config, _WORKDIR.value))
         _build_synthetic_if_missing(config.dataset, config.data_dir)
         overrides = list(config_flags.get_override_values(flags.FLAGS["config"]))      # recorded: see prepare_run

@@ -14,6 +14,7 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +243,7 @@ def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None)
                        if training and (latest is not None or jax.process_index() == 0) else None)
         if training and latest is not None:
             _check_same_data(config, workdir, fingerprint, latest)
+            _say_if_the_devices_changed(workdir, log)
     except BaseException:
         if lock is not None:
             lock.close()
@@ -259,8 +261,7 @@ def _open(config, workdir: str | Path):
     training image size); no collectives in here (sharding.all_succeed)."""
     workdir = check_settings(config, workdir)
     mesh = sharding.make_mesh()
-    sharding.check_batch_size(config.batch_size, mesh)
-    sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    sharding.check_batch_size(mesh, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
     train = _load(config, "train_split")
     eval_source, _, _ = _load(config, "eval_split")
     log = RunLog(workdir, config.num_train_steps, config.batch_size, config.eval_every_steps)
@@ -313,6 +314,45 @@ def _check_same_data(config, workdir: Path, fingerprint: str, latest: int) -> No
                        "--config.data_dir); resuming would train and pick its best checkpoint on a mix of the two. "
                        f"Give the data it trained on, or start a new run from its weights: --workdir NEW_RUN "
                        f"--config.init_from={workdir}")
+
+
+def check_same_start(config, num_processes: int | None) -> None:
+    """RunError on every process where the processes of a run were started otherwise: another config (a process
+    given another batch size, learning rate or seed trained on without a word, config.json recording process 0's),
+    another number of devices, or another --num_processes. Every process reads every other's start and so comes to
+    the same verdict. The data_dir may differ (a copy of the dataset on each machine)."""
+    if not sharding.is_multiprocess():
+        return
+    mine = {"devices": jax.local_device_count(), "num_processes": num_processes,
+            "config": {k: v for k, v in flatten(json.loads(json.dumps(config.to_dict(), default=str))).items()
+                       if k != "data_dir"}}
+    problem = start_differences([json.loads(text) for text in sharding.exchange("start", json.dumps(mine))])
+    if problem:
+        raise RunError(problem)
+
+
+def start_differences(starts: list[dict]) -> str | None:
+    """What differs between the processes' starts (check_same_start), or None."""
+    problems = []
+    devices = [start["devices"] for start in starts]
+    if len(set(devices)) > 1:
+        problems.append("every process needs as many devices as the others ("
+                        + ", ".join(f"process {i} has {n}" for i, n in enumerate(devices)) + ")")
+    said = [(i, start["num_processes"]) for i, start in enumerate(starts)]
+    if any(n not in (None, len(starts)) for _, n in said):
+        problems.append(f"{len(starts)} processes joined, but --num_processes is "
+                        + ", ".join(f"{n} for process {i}" for i, n in said if n is not None))
+    first = starts[0]["config"]
+    for i, start in enumerate(starts[1:], 1):
+        keys = sorted(k for k in {*first, *start["config"]} if first.get(k) != start["config"].get(k))
+        if keys:
+            problems.append(f"process {i} has another config than process 0: "
+                            + ", ".join(f"{k} {start['config'].get(k)!r} (process 0: {first.get(k)!r})"
+                                        for k in keys))
+    if not problems:
+        return None
+    return ("the processes were not started alike: " + "; ".join(problems)
+            + "; start every process with the same command, but for its --process_id")
 
 
 def check_settings(config, workdir: str | Path) -> Path:
@@ -415,36 +455,71 @@ def _read_json_object(path: Path) -> dict:
 def _lock(workdir: Path, log: "RunLog"):
     """An exclusive lock on WORKDIR/.lock, taken by process 0 and held while the run lives: a second run in the same
     work directory would interleave its log and checkpoints with this one's. Every process learns the outcome (the
-    others would otherwise wait in their first collective for a process 0 that has left). Where the file system
-    or the platform cannot lock (NFS without lockd, Windows), the run says so and goes on without."""
-    return sharding.all_succeed(lambda: _take_lock(workdir, log) if jax.process_index() == 0 else None)
+    others would otherwise wait in their first collective for a process 0 that has left), and finds process 0's
+    mark in the file: a work directory the processes do not share ran to the first save, then hung in orbax's
+    barrier for good. Where the file system or the platform cannot lock (NFS without lockd, Windows), the run says
+    so and goes on without."""
+    mark = f"run {uuid.uuid4().hex}"
+    lock = sharding.all_succeed(lambda: _take_lock(workdir, log, mark) if jax.process_index() == 0 else None)
+    if sharding.is_multiprocess():
+        try:
+            first = json.loads(sharding.exchange("workdir", json.dumps({"mark": mark, "workdir": str(workdir)}))[0])
+            sharding.all_succeed(lambda: _check_shared(workdir, first))
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
+    return lock
 
 
-def _take_lock(workdir: Path, log: "RunLog"):
-    """The open lock file, or None where locks are not available; RunError when another run holds it."""
+def _take_lock(workdir: Path, log: "RunLog", mark: str):
+    """The open lock file, or None where locks are not available; RunError when another run holds it. Either way
+    the file says which process runs here, and `mark`."""
     workdir.mkdir(parents=True, exist_ok=True)
     handle = open(workdir / ".lock", "a+")
     try:
         import fcntl
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked = True
     except BlockingIOError:
         handle.seek(0)
-        owner = handle.read().strip() or "its process unknown"
+        owner = handle.read().strip().partition(", run ")[0] or "its process unknown"
         handle.close()
         raise RunError(f"another run is training in {workdir} ({owner}); wait for it to end or give another "
                        "--workdir") from None
     except (ImportError, OSError) as e:
-        handle.close()
         log.say(f"warning: cannot lock {workdir / '.lock'} ({e}): nothing stops a second run in this work directory")
-        return None
+        locked = False
     try:
         handle.truncate(0)
-        handle.write(f"process {os.getpid()} on {platform.node()}\n")
+        handle.write(f"process {os.getpid()} on {platform.node()}, {mark}\n")
         handle.flush()
+        os.fsync(handle.fileno())       # the other machines read it (_check_shared)
     except OSError:
         handle.close()
         raise
+    if not locked:
+        handle.close()
+        return None
     return handle
+
+
+def _check_shared(workdir: Path, first: dict, wait_s: float = 10.0) -> None:
+    """RunError where this process does not find process 0's mark in WORKDIR/.lock (`first`: process 0's mark and
+    work directory), after up to `wait_s` for a shared file system to show it."""
+    deadline = time.monotonic() + wait_s
+    while jax.process_index() != 0:
+        try:
+            if first["mark"] in (workdir / ".lock").read_text(errors="replace"):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            where = "" if first["workdir"] == str(workdir) else f" (process 0's is {first['workdir']})"
+            raise RunError(f"process {jax.process_index()} does not see the work directory process 0 writes to: "
+                           f"{workdir}{where} lacks its mark in .lock. Every process needs the same work directory, "
+                           "on a file system they all share, at the same path (docs/scaling.md)")
+        time.sleep(0.2)
 
 
 def _load(config, key: str):
@@ -493,8 +568,25 @@ def provenance(config, info, fingerprint: str) -> dict:
     return {"packages": packages, "python": sys.version.split()[0], "git_commit": _git_commit(),
             "dataset": {"name": config.dataset, "version": str(info.version),
                         "fingerprint": fingerprint},
-            "devices": {"count": jax.device_count(), "kind": jax.devices()[0].device_kind,
-                        "processes": jax.process_count()}}
+            "devices": devices()}
+
+
+def devices() -> dict:
+    """What a run trains on, as config.json's provenance and each run/start record keep it."""
+    return {"count": jax.device_count(), "kind": jax.devices()[0].device_kind, "processes": jax.process_count()}
+
+
+def _say_if_the_devices_changed(workdir: Path, log: "RunLog") -> None:
+    """A resume on other devices than the run's last start (config.json's record) says so: the steps from here are
+    an unchanged run's to float rounding only (sums over devices add up in another order)."""
+    then, now = _read_json_object(workdir / "config.json").get("provenance", {}).get("devices"), devices()
+    if isinstance(then, dict) and {key: then.get(key) for key in now} != now:
+        log.say(f"resuming on {_topology(now)}, where the run trained on {_topology(then)} until now: from here on "
+                "its steps equal those of a run that kept its devices to float rounding, not bit for bit")
+
+
+def _topology(d: dict) -> str:
+    return f"{d.get('count', '?')} {d.get('kind', '?')} device(s) in {d.get('processes', '?')} process(es)"
 
 
 def _git_commit() -> str:
@@ -534,7 +626,8 @@ class RunLog:
         self.eval_seconds = self.last_eval = 0.0
         if self.primary:
             changed = {"run/changed": self.changed} if self.changed else {}
-            _append_record(self.path, {"step": step, "time": self.t0, "run/start": True, **changed})
+            _append_record(self.path, {"step": step, "time": self.t0, "run/start": True, "run/devices": devices(),
+                                       **changed})
         self.say(f"training steps {step}..{num_steps} on {jax.device_count()} device(s), "
                  f"{jax.process_count()} process(es)")
 

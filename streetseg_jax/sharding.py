@@ -267,6 +267,16 @@ def _client():
     return distributed.global_state.client
 
 
+def exchange(name: str, text: str, timeout_s: float = 120.0) -> list[str]:
+    """Every process's `text`, in process order, through the coordination service's key-value store: unlike a
+    gather it needs no devices (a process with another number of them failed every gather: 'cannot reshape array')
+    and has no size limit. Each `name` once per run (keys stay for the run's life)."""
+    client, me = _client(), jax.process_index()
+    client.key_value_set(f"streetseg_jax/{name}/{me}", text)
+    return [text if i == me else client.blocking_key_value_get(f"streetseg_jax/{name}/{i}", int(timeout_s * 1000))
+            for i in range(jax.process_count())]
+
+
 def _gather_text(text: str) -> list[str]:
     """Every process's `text` (its first _MESSAGE_BYTES bytes of UTF-8), in process order."""
     data = text.encode()[:_MESSAGE_BYTES]
@@ -322,14 +332,25 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(global_batch: int, mesh: Mesh, name: str = "batch_size") -> None:
-    """Refuse a global batch that does not split evenly; `name` is the config key the user would change."""
+def check_batch_size(mesh: Mesh, **batches: int) -> None:
+    """Refuse global batches that do not split evenly; the keywords are the config keys a user would change. All of
+    them in one message, and the device counts that would take them before other batch sizes: a resume on other
+    machines is better served by another device count than by another recipe."""
     devices, processes = mesh.devices.size, jax.process_count()
-    if global_batch % devices:
-        raise ValueError(f"{name} {global_batch} must divide by the number of devices ({devices}); "
-                         f"try {name} {max(devices, global_batch // devices * devices)}")
-    if global_batch % processes:
-        raise ValueError(f"{name} {global_batch} must divide by the number of processes ({processes})")
+    uneven = {key: batch for key, batch in batches.items() if batch % devices}
+    if uneven:
+        named = " and ".join(f"{key} {batch}" for key, batch in uneven.items())
+        sizes = " ".join(f"--config.{key}={max(devices, batch // devices * devices)}" for key, batch in uneven.items())
+        fits = [n for n in range(1, devices) if all(batch % n == 0 for batch in batches.values())]
+        where = (f"run on {', '.join(map(str, fits[:-1]))}{' or ' * (len(fits) > 1)}{fits[-1]} device(s) "
+                 "(--cpu_devices N on a CPU, CUDA_VISIBLE_DEVICES on GPUs), or " if fits and processes == 1 else "")
+        recipe = "; a resumed run then trains on another recipe" if "batch_size" in uneven else ""
+        raise ValueError(f"{named} must divide by the number of devices ({devices}): {where}give batch sizes that "
+                         f"do ({sizes}{recipe})")
+    uneven = {key: batch for key, batch in batches.items() if batch % processes}
+    if uneven:
+        raise ValueError(" and ".join(f"{key} {batch}" for key, batch in uneven.items())
+                         + f" must divide by the number of processes ({processes})")
 
 
 def global_batch(local: dict, mesh: Mesh) -> dict:

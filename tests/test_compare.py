@@ -184,8 +184,8 @@ def test_a_run_training_now_is_marked(two_runs, tmp_path, capsys, monkeypatch):
     trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "streetseg_jax.main",
                                 "--workdir", a.name], cwd=a.parent)
     try:
-        for run in (a, b):
-            (run / ".lock").write_text(f"process {trainer.pid} on {platform.node()}\n")
+        for run in (a, b):      # as run._take_lock writes it
+            (run / ".lock").write_text(f"process {trainer.pid} on {platform.node()}, run 0123abcd\n")
         out, _ = run_compare(capsys, a, b, "--output", page)
         monkeypatch.chdir(a)
         assert compare.training_now(Path(".")) and not compare.training_now(Path("..") / ".." / "b" / "seed0")

@@ -154,6 +154,41 @@ def test_a_process_that_cannot_start_stops_every_process_with_its_reason(slow, t
     assert not (workdir / "checkpoints").exists()
 
 
+def test_processes_started_otherwise_are_refused_on_every_process(tiny_data_dir, tmp_path):
+    """A process given another learning rate (batch size, seed) trained on without a word, config.json recording
+    process 0's; one with another number of devices failed in a gather ('cannot reshape array of size 8 into shape
+    (2,2)'); a --num_processes other than the run's went unnoticed."""
+    port, workdir = free_port(), tmp_path / "w"
+    procs = [launch(workdir, tiny_data_dir, 2, STEPS, 0, 2, port),
+             launch(workdir, tiny_data_dir, 1, STEPS, 1, 3, port, "--config.learning_rate=0.5")]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outs
+    rate = tiny_config().learning_rate
+    for out in outs:
+        assert ("error: the processes were not started alike: every process needs as many devices as the others "
+                "(process 0 has 2, process 1 has 1); 2 processes joined, but --num_processes is 2 for process 0, 3 "
+                f"for process 1; process 1 has another config than process 0: learning_rate 0.5 (process 0: {rate}); "
+                "start every process with the same command, but for its --process_id") in out, out
+    assert not any("Fatal Python error" in out for out in outs), outs
+    assert not workdir.exists()
+
+
+def test_a_work_directory_the_processes_do_not_share_is_refused(tiny_data_dir, tmp_path):
+    """Each process with a work directory of its own (a local disk on each machine) trained to the first save, then
+    waited in orbax's barrier for good, deaf to SIGTERM."""
+    port = free_port()
+    procs = [launch(tmp_path / "w0", tiny_data_dir, 2, STEPS, 0, 2, port),
+             launch(tmp_path / "w1", tiny_data_dir, 2, STEPS, 1, 2, port)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outs
+    reason = (f"process 1 does not see the work directory process 0 writes to: {tmp_path / 'w1'} (process 0's is "
+              f"{tmp_path / 'w0'}) lacks its mark in .lock. Every process needs the same work directory, on a file "
+              "system they all share, at the same path (docs/scaling.md)")
+    assert f"error: {reason}" in outs[1], outs[1]
+    assert f"error: process 1 of 2 stopped: {reason}" in outs[0], outs[0]
+    assert not (tmp_path / "w0" / "checkpoints").exists() and not (tmp_path / "w0" / "config.json").exists()
+
+
 def lines_of(out: str) -> list[str]:
     return [line for line in out.splitlines() if not line.startswith("[Gloo]")]
 

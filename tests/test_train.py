@@ -182,16 +182,24 @@ def test_sigkill_during_saves_resumes_from_last_complete_checkpoint(tiny_data_di
     assert all(a["elapsed"] <= b["elapsed"] for a, b in zip(history, history[1:]))
 
 
-def test_a_resume_says_which_logged_steps_are_trained_again(finished_run, tiny_data_dir, tmp_path):
-    """After a SIGKILL between saves the resume said only 'resuming from step 10', though the log went to 20."""
+def test_a_resume_says_which_logged_steps_are_trained_again_and_on_which_devices(finished_run, tiny_data_dir,
+                                                                                  tmp_path):
+    """After a SIGKILL between saves the resume said only 'resuming from step 10', though the log went to 20; a
+    resume on other devices said nothing of it (bit-for-bit equality with an unchanged run ends there), and the run's
+    files kept only the last start's devices."""
     workdir = tmp_path / "killed_late"
     shutil.copytree(finished_run[0], workdir)
     with open(workdir / "metrics.jsonl", "a") as f:          # the killed run had logged on past its last save
         f.write(json.dumps({"step": STEPS + 2, "time": 0.0, "train/loss": 1.0}) + "\n")
-    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS + 2}")
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS + 2}", "--cpu_devices=1")
     assert code == 0, out
     assert (f"resuming from step {STEPS} in {workdir / 'checkpoints'}; steps {STEPS + 1}..{STEPS + 2}, logged by the "
             "run that stopped, are trained again") in out
+    assert ("resuming on 1 cpu device(s) in 1 process(es), where the run trained on 2 cpu device(s) in 1 process(es) "
+            "until now: from here on its steps equal those of a run that kept its devices to float rounding, not bit "
+            "for bit") in out
+    starts = [r["run/devices"] for r in read_metrics(workdir / "metrics.jsonl") if r.get("run/start")]
+    assert starts == [{"count": 2, "kind": "cpu", "processes": 1}, {"count": 1, "kind": "cpu", "processes": 1}]
 
 
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_data_dir, tmp_path):
@@ -380,8 +388,11 @@ def test_multi_host_flags_that_do_not_go_together_are_one_message(tiny_data_dir,
                            (["--startup_timeout=0"], "--startup_timeout must be 1 second or more, got 0")):
         code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, *flags)
         assert code == 2 and out.startswith(f"error: {message}") and "Traceback" not in out, out
-    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--cpu_devices=2", "--config.eval_batch_size=3")
-    assert code == 2 and "eval_batch_size 3 must divide by the number of devices (2)" in out, out
+    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--cpu_devices=3")     # both batches at once
+    assert code == 2 and ("error: batch_size 4 and eval_batch_size 4 must divide by the number of devices (3): run on "
+                          "1 or 2 device(s) (--cpu_devices N on a CPU, CUDA_VISIBLE_DEVICES on GPUs), or give batch "
+                          "sizes that do (--config.batch_size=3 --config.eval_batch_size=3; a resumed run then trains "
+                          "on another recipe)") in out, out
     assert not (tmp_path / "w").exists()
 
 
