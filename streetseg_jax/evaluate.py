@@ -277,13 +277,14 @@ def load_checked_split(run: LoadedRun, split: str, data_dir: str | None):
 
 def scored_data(workdir: Path, run: LoadedRun, data_dir: str | None) -> dict:
     """Which prepared dataset the scores are of: its folder, its fingerprint (every file) and whether it is the one
-    the run trained on, as config.json's fingerprint records it (None for a run without the record). A note where it
-    is not: rebuilt since (corrected labels, say), or another build of the same name."""
+    the run trained on, as config.json's fingerprint records it (both None for a run without the record: nothing to
+    compare with). A note where it is not: rebuilt since (corrected labels, say), or another build of the same name."""
     from streetseg_jax.data.source import dataset_dir, dataset_fingerprint
     from streetseg_jax.run import recorded_fingerprint
 
     directory = dataset_dir(run.config.dataset, data_dir or run.config.data_dir)
-    fingerprint, recorded = dataset_fingerprint(directory), recorded_fingerprint(workdir)
+    recorded = recorded_fingerprint(workdir)
+    fingerprint = None if recorded is None else dataset_fingerprint(directory)     # it reads every file
     trained_on = None if recorded is None else fingerprint == recorded
     if trained_on is False:
         print(f"note: {run.config.dataset} at {directory} is not the data this run trained on (its files are not the "

@@ -97,7 +97,8 @@ def metrics_from_confusion(conf: np.ndarray, class_names: Sequence[str]) -> dict
 
     A class absent from both labels and predictions (its row and column are all zero) has no IoU: it is
     reported as None (JSON null) and left out of the mean, as np.nanmean leaves it in the numpy peer
-    (peers/miou_numpy.py); setting such NaN IoUs to 0 would drag mIoU down for every class a split happens to lack. A class that is only predicted (never in the labels) has IoU 0 and does count.
+    (peers/miou_numpy.py); setting such NaN IoUs to 0 would drag mIoU down for every class a split happens to
+    lack. A class that is only predicted (never in the labels) has IoU 0 and does count.
 
     mean_class_accuracy is the mean recall (diagonal / row sum) over classes present in the labels.
     A figure with nothing to average (an empty matrix) is None.

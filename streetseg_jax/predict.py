@@ -194,7 +194,8 @@ def write_outputs(item: Item, image: np.ndarray, prediction, out_dir: Path, labe
     base = out_dir / item.name
     base.parent.mkdir(parents=True, exist_ok=True)
     write_mask_png(f"{base}.png", prediction.mask, label_map)
-    save_atomic(overlay(image, prediction.mask, label_map), Path(f"{base}_overlay.jpg"), quality=90)
+    shown = overlay(image, prediction.mask, label_map, ignored="transparent: no photo")   # the ignore id's pixels
+    save_atomic(shown, Path(f"{base}_overlay.jpg"), quality=90)
     if confidence:
         grey = np.round(prediction.confidence * 255).clip(0, 255).astype(np.uint8)
         save_atomic(Image.fromarray(grey), Path(f"{base}_confidence.png"))

@@ -2,8 +2,9 @@
 [--[no_]flip_tta] [--extra_scales S,...|none] [--output FILE]` (test-time augmentation as the run evaluated unless
 told).
 
-Writes DIR/report.html (report_<split>.html for a split other than the run's eval split; --output FILE elsewhere,
-for a run one cannot write to), one self-contained file
+Writes DIR/report.html (report_<split>.html for a split other than the run's eval split, _data-<8 characters of
+its fingerprint> added for data other than the run trained on; --output FILE elsewhere, for a run one cannot write
+to), one self-contained file
 that opens offline: images are embedded as base64 data URIs, the CSS is inline, and there is no JavaScript and no
 external request. It holds the loss and mIoU curves (from metrics.jsonl), a fresh evaluation of the chosen
 checkpoint on the split (per-class IoU table, confusion-matrix heatmap), the class pixel frequencies of the train
@@ -305,9 +306,10 @@ def _provenance(d: ReportData) -> str:
     devices = prov.get("devices", {})
     facts = [("dataset", f"{config.get('dataset', '?')} (version {dataset.get('version', '?')})"),
              ("dataset fingerprint", dataset.get("fingerprint", "?")),
-             ("scored data", f"{d.data['directory']} (fingerprint {d.data['fingerprint']}"
-                             + {True: ", the data the run trained on)", False: ", not the data the run trained on)",
-                                None: ")"}[d.data["trained_on"]]),
+             ("scored data", d.data["directory"] + {
+                 True: f" (fingerprint {d.data['fingerprint']}, the data the run trained on)",
+                 False: f" (fingerprint {d.data['fingerprint']}, not the data the run trained on)",
+                 None: " (the run recorded no fingerprint to compare with)"}[d.data["trained_on"]]),
              ("git commit", prov.get("git_commit", "?")),
              ("python", prov.get("python", "?")),
              ("packages", ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items()) or "?"),
@@ -332,7 +334,7 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
                  output: str | Path | None = None) -> Path:
     """Evaluate `checkpoint` of the run in `workdir` on `split` and write the page to `output`, by default
     workdir/report.html (report_<split>.html for a split other than the run's eval split, so that one report does
-    not replace the other); returns its path.
+    not replace the other; _data-<fingerprint[:8]> added for data other than the run trained on); returns its path.
     Test-time augmentation as the run evaluated unless `flip_tta` / `extra_scales` say otherwise (see load_run)."""
     workdir = Path(workdir).resolve()
     run = load_run(workdir, checkpoint, flip_tta, extra_scales)
@@ -343,7 +345,8 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     evaluation = evaluate_split(run, eval_source, split)
     scored = scored_data(workdir, run, data_dir)        # after the "scoring" line: it reads every file
     data = _report_data(workdir, run, k, evaluation, eval_source, train_source, scored)
-    name = "report.html" if split == config.eval_split else f"report_{split_file_name(split)}.html"
+    name = ("report" + ("" if split == config.eval_split else f"_{split_file_name(split)}")
+            + (f"_data-{scored['fingerprint'][:8]}" if scored["trained_on"] is False else "") + ".html")
     return atomic.write_text(output or workdir / name, render_html(data))
 
 
@@ -391,7 +394,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's")
     add_extra_scales_flag(parser)
     parser.add_argument("--output", help="the page's file (default: WORKDIR/report.html, or report_<split>.html for "
-                                         "another split than the run's eval split)")
+                                         "another split than the run's eval split; _data-<fingerprint> added for data "
+                                         "other than the run trained on)")
     return parser
 
 

@@ -175,7 +175,7 @@ def _check_overrides_kept(workdir: Path, saved: dict, current: dict, overrides: 
     """RunError for a resume without a --config.KEY=VALUE the run was started (or last resumed) with, where the
     config file's value would take its place: one changed setting given alone turned a 400-step run at learning
     rate 0.001 into a 1,950-step one at 0.003, said in a line of the log."""
-    started = _read_json_object(workdir / "config.json").get("provenance", {}).get("overrides")
+    started = _recorded(workdir, "provenance", "overrides")
     changed = _changes(saved, current)
     dropped = [key for key in started or () if key not in overrides and key in changed and key not in _NOT_TRAINING]
     if dropped:
@@ -326,7 +326,8 @@ def check_same_start(config, num_processes: int | None) -> None:
     mine = {"devices": jax.local_device_count(), "num_processes": num_processes,
             "config": {k: v for k, v in flatten(json.loads(json.dumps(config.to_dict(), default=str))).items()
                        if k != "data_dir"}}
-    problem = start_differences([json.loads(text) for text in sharding.exchange("start", json.dumps(mine))])
+    problem = sharding.decided_by_first("start", json.dumps(mine),
+                                        lambda texts: start_differences(list(map(json.loads, texts))) or "")
     if problem:
         raise RunError(problem)
 
@@ -438,10 +439,16 @@ def _check_workdir(workdir: Path) -> None:
 def recorded_fingerprint(workdir: Path) -> str | None:
     """The fingerprint of the dataset the run in `workdir` trained on, as its config.json records it (provenance);
     None where it records none."""
-    value = _read_json_object(workdir / "config.json")
-    for key in ("provenance", "dataset", "fingerprint"):
-        value = value.get(key) if isinstance(value, dict) else None
+    value = _recorded(workdir, "provenance", "dataset", "fingerprint")
     return value if isinstance(value, str) else None
+
+
+def _recorded(workdir: Path, *keys: str):
+    """config.json's value at `keys` (nested), None where any level is missing or not an object."""
+    value = _read_json_object(workdir / "config.json")
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def _read_json_object(path: Path) -> dict:
@@ -463,7 +470,8 @@ def _lock(workdir: Path, log: "RunLog"):
     lock = sharding.all_succeed(lambda: _take_lock(workdir, log, mark) if jax.process_index() == 0 else None)
     if sharding.is_multiprocess():
         try:
-            first = json.loads(sharding.exchange("workdir", json.dumps({"mark": mark, "workdir": str(workdir)}))[0])
+            first = json.loads(sharding.decided_by_first(
+                "workdir", json.dumps({"mark": mark, "workdir": str(workdir)}), lambda texts: texts[0]))
             sharding.all_succeed(lambda: _check_shared(workdir, first))
         except BaseException:
             if lock is not None:
@@ -494,17 +502,15 @@ def _take_lock(workdir: Path, log: "RunLog", mark: str):
         handle.truncate(0)
         handle.write(f"process {os.getpid()} on {platform.node()}, {mark}\n")
         handle.flush()
-        os.fsync(handle.fileno())       # the other machines read it (_check_shared)
+        if sharding.is_multiprocess():
+            os.fsync(handle.fileno())   # the other machines read it (_check_shared)
     except OSError:
         handle.close()
         raise
-    if not locked:
-        handle.close()
-        return None
-    return handle
+    return handle if locked else handle.close()
 
 
-def _check_shared(workdir: Path, first: dict, wait_s: float = 10.0) -> None:
+def _check_shared(workdir: Path, first: dict, wait_s: float = sharding.SILENCE_S) -> None:
     """RunError where this process does not find process 0's mark in WORKDIR/.lock (`first`: process 0's mark and
     work directory), after up to `wait_s` for a shared file system to show it."""
     deadline = time.monotonic() + wait_s
@@ -579,7 +585,7 @@ def devices() -> dict:
 def _say_if_the_devices_changed(workdir: Path, log: "RunLog") -> None:
     """A resume on other devices than the run's last start (config.json's record) says so: the steps from here are
     an unchanged run's to float rounding only (sums over devices add up in another order)."""
-    then, now = _read_json_object(workdir / "config.json").get("provenance", {}).get("devices"), devices()
+    then, now = _recorded(workdir, "provenance", "devices"), devices()
     if isinstance(then, dict) and {key: then.get(key) for key in now} != now:
         log.say(f"resuming on {_topology(now)}, where the run trained on {_topology(then)} until now: from here on "
                 "its steps equal those of a run that kept its devices to float rounding, not bit for bit")

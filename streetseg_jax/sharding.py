@@ -267,14 +267,23 @@ def _client():
     return distributed.global_state.client
 
 
-def exchange(name: str, text: str, timeout_s: float = 120.0) -> list[str]:
-    """Every process's `text`, in process order, through the coordination service's key-value store: unlike a
-    gather it needs no devices (a process with another number of them failed every gather: 'cannot reshape array')
-    and has no size limit. Each `name` once per run (keys stay for the run's life)."""
-    client, me = _client(), jax.process_index()
-    client.key_value_set(f"streetseg_jax/{name}/{me}", text)
-    return [text if i == me else client.blocking_key_value_get(f"streetseg_jax/{name}/{i}", int(timeout_s * 1000))
-            for i in range(jax.process_count())]
+def decided_by_first(name: str, text: str, decide: Callable[[list[str]], str], timeout_s: float = 120.0) -> str:
+    """Process 0's `decide(every process's text, in process order)`, as every process learns it, through the
+    coordination service's key-value store: unlike a gather it needs no devices (a process with another number of
+    them failed every gather: 'cannot reshape array') and no size limit, in 2 requests per process. Each `name` once
+    per run (keys stay for the run's life)."""
+    client, me, wait_ms = _client(), jax.process_index(), int(timeout_s * 1000)
+    try:
+        if me:
+            client.key_value_set(f"streetseg_jax/{name}/{me}", text)
+            return client.blocking_key_value_get(f"streetseg_jax/{name}/decided", wait_ms)
+        texts = [text] + [client.blocking_key_value_get(f"streetseg_jax/{name}/{i}", wait_ms)
+                          for i in range(1, jax.process_count())]
+    except Exception as e:  # noqa: BLE001 - JAX's timeout (DEADLINE_EXCEEDED), or the coordinator gone
+        raise OtherProcessFailed(f"the processes did not all answer within {timeout_s:.0f} s at start ({e})") from None
+    decided = decide(texts)
+    client.key_value_set(f"streetseg_jax/{name}/decided", decided)
+    return decided
 
 
 def _gather_text(text: str) -> list[str]:
@@ -333,24 +342,22 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(mesh: Mesh, **batches: int) -> None:
-    """Refuse global batches that do not split evenly; the keywords are the config keys a user would change. All of
-    them in one message, and the device counts that would take them before other batch sizes: a resume on other
-    machines is better served by another device count than by another recipe."""
-    devices, processes = mesh.devices.size, jax.process_count()
+    """Refuse global batches that do not split evenly over the devices (processes have as many each: run.
+    check_same_start); the keywords are the config keys a user would change. All of them in one message, and on one
+    process the device counts that would take them first: a resume is better served by those than by a new recipe."""
+    devices = mesh.devices.size
     uneven = {key: batch for key, batch in batches.items() if batch % devices}
-    if uneven:
-        named = " and ".join(f"{key} {batch}" for key, batch in uneven.items())
-        sizes = " ".join(f"--config.{key}={max(devices, batch // devices * devices)}" for key, batch in uneven.items())
-        fits = [n for n in range(1, devices) if all(batch % n == 0 for batch in batches.values())]
-        where = (f"run on {', '.join(map(str, fits[:-1]))}{' or ' * (len(fits) > 1)}{fits[-1]} device(s) "
-                 "(--cpu_devices N on a CPU, CUDA_VISIBLE_DEVICES on GPUs), or " if fits and processes == 1 else "")
-        recipe = "; a resumed run then trains on another recipe" if "batch_size" in uneven else ""
-        raise ValueError(f"{named} must divide by the number of devices ({devices}): {where}give batch sizes that "
-                         f"do ({sizes}{recipe})")
-    uneven = {key: batch for key, batch in batches.items() if batch % processes}
-    if uneven:
-        raise ValueError(" and ".join(f"{key} {batch}" for key, batch in uneven.items())
-                         + f" must divide by the number of processes ({processes})")
+    if not uneven:
+        return
+    named = " and ".join(f"{key} {batch}" for key, batch in uneven.items())
+    sizes = " ".join(f"--config.{key}={max(devices, batch // devices * devices)}" for key, batch in uneven.items())
+    fits = [n for n in range(1, devices) if all(batch % n == 0 for batch in batches.values())]
+    where = "" if not fits or jax.process_count() > 1 else (
+        f"run on {', '.join(map(str, fits[:-1]))}{' or ' * (len(fits) > 1)}{fits[-1]} device(s) "
+        "(--cpu_devices N on a CPU, CUDA_VISIBLE_DEVICES on GPUs), or ")
+    recipe = "; for a run under way, another batch_size is another recipe" if "batch_size" in uneven else ""
+    raise ValueError(f"{named} must divide by the number of devices ({devices}): {where}give batch sizes that do "
+                     f"({sizes}{recipe})")
 
 
 def global_batch(local: dict, mesh: Mesh) -> dict:

@@ -24,12 +24,12 @@ def colorize(mask: np.ndarray, label_map: LabelMap) -> np.ndarray:
     return palette[mask]
 
 
-def _legend_entries(label_map: LabelMap, *masks: np.ndarray) -> list:
-    """The classes present in any of `masks`, then "ignored" where the ignore id is."""
+def _legend_entries(label_map: LabelMap, *masks: np.ndarray, ignored: str = "ignored") -> list:
+    """The classes present in any of `masks`, then the ignore id's entry, named `ignored`, where it is."""
     counts = sum(np.bincount(np.asarray(m, np.uint8).ravel(), minlength=256) for m in masks)
     entries = [c for c in label_map.classes if counts[c.id]]
     if counts[label_map.ignore_id]:
-        entries.append(_Entry("ignored", IGNORE_GREY))
+        entries.append(_Entry(ignored, IGNORE_GREY))
     return entries
 
 
@@ -40,16 +40,17 @@ class _Entry:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, label_map: LabelMap, alpha: float = 0.5,
-            legend: bool = True) -> Image.Image:
+            legend: bool = True, ignored: str = "ignored") -> Image.Image:
     """The image blended with the mask's colours (Pillow's blend: a float32 blend of a 12-megapixel photo took 432
-    MB); a legend of the classes present along the bottom. An image narrower than the legend is enlarged by a whole
-    factor (nearest neighbour), so that a thumbnail is not a speck in the corner of its legend."""
+    MB); a legend of the classes present along the bottom (the ignore id's pixels named `ignored`). An image
+    narrower than the legend is enlarged by a whole factor (nearest neighbour), so that a thumbnail is not a speck in
+    the corner of its legend."""
     out = Image.blend(Image.fromarray(image), Image.fromarray(colorize(mask, label_map)), alpha)
     factor = -(-_LEGEND_MIN_WIDTH // out.width)
     if legend and factor > 1:
         out = out.resize((out.width * factor, out.height * factor), Image.Resampling.NEAREST)
     if legend:
-        out = _with_legend(out, _legend_entries(label_map, mask))
+        out = _with_legend(out, _legend_entries(label_map, mask, ignored=ignored))
     return out
 
 

@@ -59,7 +59,8 @@ def test_help_shows_whole_summaries_and_counts_below_one_are_refused():
     # the first device counts' figures, which were lost)
     proc = run_benchmark("scaling", "--global_batch", "12", "--height", "16", "--width", "16")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip() == "error: --global_batch 12 must divide by every device count measured (1, 2, 4, 8): try 8"
+    assert proc.stderr.strip() == ("error: --global_batch 12 must divide by every device count measured (1, 2, 4, 8): "
+                                   "try 8")
 
 
 def test_bfloat16_train_runs_the_torch_peer_under_autocast_and_leaves_keras_out():

@@ -159,10 +159,11 @@ def test_reading_an_unbuilt_dataset_says_how_to_build_it_and_a_fresh_build_warns
 
     from streetseg_jax.data.builder import StreetSeg, from_annotations_config
     data_dir = tmp_path / "tfds"
-    with pytest.raises(ValueError, match=f"street_seg/synthetic is not built in {data_dir}: call download_and_prepare"
-                                         r"\(\) first, or build it \(python -m streetseg_jax.data build --config synthetic"):
+    with pytest.raises(ValueError, match=f"street_seg/synthetic is not built in {data_dir}: call download_and_"
+                                         r"prepare\(\) first, or build it \(python -m streetseg_jax.data build "
+                                         "--config synthetic"):
         tfds.builder("street_seg/synthetic", data_dir=str(data_dir)).as_data_source()
-    with pytest.raises(ValueError, match="--config from_annotations --name mine --manual_dir EXPORT"):
+    with pytest.raises(ValueError, match="--config from_annotations --name mine --format FORMAT --manual_dir"):
         StreetSeg(config=from_annotations_config("mine", format="auto"), data_dir=str(data_dir)).as_data_source()
     caplog.clear()
     build("synthetic", data_dir, num_images=2, height=32, width=48)

@@ -189,6 +189,8 @@ def test_a_run_training_now_is_marked(two_runs, tmp_path, capsys, monkeypatch):
         out, _ = run_compare(capsys, a, b, "--output", page)
         monkeypatch.chdir(a)
         assert compare.training_now(Path(".")) and not compare.training_now(Path("..") / ".." / "b" / "seed0")
+        (a / ".lock").write_text(f"process {trainer.pid} on {platform.node()}\n")      # as runs wrote it before
+        assert compare.training_now(Path("."))
     finally:
         trainer.kill()
         trainer.wait()

@@ -267,10 +267,9 @@ def test_other_data_than_the_run_trained_on_is_said_on_the_page(workdir, report_
     copy = shutil.copytree(tiny_data_dir, tmp_path / "tfds")
     info, = copy.glob("street_seg/synthetic/*/dataset_info.json")
     info.write_text(info.read_text() + "\n")
-    page = tmp_path / "other.html"
-    report.main(["--workdir", str(workdir), "--split", SPLIT, "--k", "0", "--data_dir", str(copy),
-                 "--output", str(page)])
-    text = page.read_text(encoding="utf-8")
+    report.main(["--workdir", str(workdir), "--split", SPLIT, "--k", "0", "--data_dir", str(copy)])
+    assert report_path.read_text(encoding="utf-8") == own          # the run's own report stays
+    text = (workdir / f"report_{SPLIT}_data-{dataset_fingerprint(info.parent)[:8]}.html").read_text(encoding="utf-8")
     assert f"<b>These scores are of {info.parent}, which is not the data this run trained on</b>" in text
     assert f"{info.parent} (fingerprint {dataset_fingerprint(info.parent)}, not the data the run trained on)" in text
 

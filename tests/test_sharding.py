@@ -64,7 +64,7 @@ SCRIPT = textwrap.dedent("""
     except ValueError as e:     # the device counts that take both batches first: a resume keeps its recipe
         assert str(e) == ("batch_size 12 must divide by the number of devices (8): run on 1, 2 or 4 device(s) "
                           "(--cpu_devices N on a CPU, CUDA_VISIBLE_DEVICES on GPUs), or give batch sizes that do "
-                          "(--config.batch_size=8; a resumed run then trains on another recipe)"), e
+                          "(--config.batch_size=8; for a run under way, another batch_size is another recipe)"), e
     print("SHARDING-OK")
 """)
 

@@ -391,8 +391,8 @@ def test_multi_host_flags_that_do_not_go_together_are_one_message(tiny_data_dir,
     code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--cpu_devices=3")     # both batches at once
     assert code == 2 and ("error: batch_size 4 and eval_batch_size 4 must divide by the number of devices (3): run on "
                           "1 or 2 device(s) (--cpu_devices N on a CPU, CUDA_VISIBLE_DEVICES on GPUs), or give batch "
-                          "sizes that do (--config.batch_size=3 --config.eval_batch_size=3; a resumed run then trains "
-                          "on another recipe)") in out, out
+                          "sizes that do (--config.batch_size=3 --config.eval_batch_size=3; for a run under way, "
+                          "another batch_size is another recipe)") in out, out
     assert not (tmp_path / "w").exists()
 
 

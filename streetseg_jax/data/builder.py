@@ -225,8 +225,9 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
                                  f"street_seg/{self.builder_config.name}:{older[-1]} (it reads the same), or build "
                                  f"{self.version} beside it (python -m streetseg_jax.data build ...)")
             name = self.builder_config.name
-            how = (f"--config {name}" if name in CONFIGS
-                   else f"--config from_annotations --name {name} --manual_dir EXPORT")
+            how = ("--config synthetic" if name == "synthetic"
+                   else f"--config {name} --manual_dir FOLDER" if name in CONFIGS
+                   else f"--config from_annotations --name {name} --format FORMAT --manual_dir EXPORT")
             raise ValueError(f"street_seg/{name} is not built in {self.data_dir_root}: call download_and_prepare() "
                              f"first, or build it (python -m streetseg_jax.data build {how} "
                              f"--data_dir {self.data_dir_root})")

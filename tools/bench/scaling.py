@@ -36,7 +36,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--upsample", default="transpose")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--global_batch", type=int, default=16, help="fixed global batch (divisible by every device count measured: 8 on a CPU)")
+    parser.add_argument("--global_batch", type=int, default=16,
+                        help="fixed global batch (divisible by every device count measured: 8 on a CPU)")
     parser.add_argument("--per_device_batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
@@ -47,9 +48,10 @@ def add_arguments(parser) -> None:
 def run(args) -> dict:
     forced = jax.device_count() == 1 and jax.default_backend() == "cpu" and "XLA_FLAGS" not in os.environ
     counts = [n for n in (1, 2, 4, 8) if n <= (8 if forced else jax.device_count())]
-    if args.global_batch % counts[-1]:      # before anything is measured: it failed after the first counts
+    most = counts[-1]
+    if args.global_batch % most:      # before anything is measured: it failed after the first counts
         sys.exit(f"error: --global_batch {args.global_batch} must divide by every device count measured "
-                 f"({', '.join(map(str, counts))}): try {max(counts[-1], args.global_batch // counts[-1] * counts[-1])}")
+                 f"({', '.join(map(str, counts))}): try {max(most, args.global_batch // most * most)}")
     if forced:
         return _rerun_with_forced_devices()
     result = {"device_kind": jax.devices()[0].device_kind, "devices": {}}
