@@ -134,11 +134,12 @@ def _build_synthetic(dataset: str, data_dir: str) -> None:
     options (a 1.0.0 build of 24 scenes was said not to be there, and 500 scenes were built instead)."""
     from streetseg_jax.data import source
     from streetseg_jax.data.build import build, current_version
+    from streetseg_jax.data.builder import built_options
 
     options, flags = {}, ""
     if source.is_built(dataset, data_dir):
         info = source.open_built(dataset, data_dir).info
-        stored = (info.metadata.get("options") if info.metadata else None) or {}
+        stored = built_options(info) or {}
         options = {k: v for k, v in stored.items() if k != "label_map" and v is not None}
         flags = "".join(f" --{k} {v}" for k, v in options.items())
         print(f"{dataset} {info.version} in {data_dir} is of a version this one does not read: building "

@@ -163,7 +163,8 @@ def test_reading_an_unbuilt_dataset_says_how_to_build_it_and_a_fresh_build_warns
                                          r"prepare\(\) first, or build it \(python -m streetseg_jax.data build "
                                          "--config synthetic"):
         tfds.builder("street_seg/synthetic", data_dir=str(data_dir)).as_data_source()
-    with pytest.raises(ValueError, match="--config from_annotations --name mine --format FORMAT --manual_dir"):
+    with pytest.raises(ValueError, match=f"--config from_annotations --name mine --data_dir {data_dir} --manual_dir "
+                                         r"EXPORT_FOLDER --format FORMAT --label_map LABEL_MAP.json\)$"):
         StreetSeg(config=from_annotations_config("mine", format="auto"), data_dir=str(data_dir)).as_data_source()
     caplog.clear()
     build("synthetic", data_dir, num_images=2, height=32, width=48)

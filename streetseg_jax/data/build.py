@@ -23,8 +23,9 @@ from absl import logging as absl_logging
 from tqdm import tqdm
 
 from streetseg_jax.data import camvid, inputs
-from streetseg_jax.data.builder import (MASKS_SCRATCH, SCENES_SCRATCH, BuildError, StreetSeg, check_options,
-                                        check_synthetic_label_map, from_annotations_config, owner_is_gone, owner_tag)
+from streetseg_jax.data.builder import (MASKS_SCRATCH, SCENES_SCRATCH, BuildError, StreetSeg, built_options,
+                                        check_options, check_synthetic_label_map, from_annotations_config,
+                                        owner_is_gone, owner_tag)
 from streetseg_jax.data.configs import CONFIG_OPTIONS
 from streetseg_jax.data.source import built_versions, default_data_dir, is_built, open_built, parse_name
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
@@ -377,10 +378,9 @@ def _manual_folder(manual_dir, data_dir: Path, config_name: str) -> Path:
 
 def _check_reuse(builder) -> None:
     """Refuse to quietly hand back a build made with other options than the ones asked for."""
-    metadata = builder.info.metadata
-    stored = {key: metadata[key] if key in metadata.keys() else None for key in ("options", "label_map")}
-    if stored["options"] != builder.builder_config.options():
-        raise BuildError(f"{builder.data_dir} was built with {stored['options']}, not "
+    stored = built_options(builder.info)
+    if stored != builder.builder_config.options():
+        raise BuildError(f"{builder.data_dir} was built with {stored}, not "
                          f"{builder.builder_config.options()}; pass --overwrite to rebuild it")
-    if stored["label_map"] != builder.label_map.to_dict():
+    if builder.info.metadata.get("label_map") != builder.label_map.to_dict():
         raise BuildError(f"{builder.data_dir} was built with another label map; pass --overwrite to rebuild it")

@@ -71,7 +71,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from streetseg_jax.data import camvid, inputs
+from streetseg_jax.data import camvid, inputs, source
 from streetseg_jax.data.configs import CONFIG_OPTIONS, CONFIGS, SYNTHETIC_ONLY
 from streetseg_jax.data.inputs import BuildError, ExportPlan, SplitRule
 from streetseg_jax.labels import formats
@@ -216,22 +216,16 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         """Options asked for (tfds.builder("street_seg/synthetic/num_images=1000")) that the build in data_dir was not
         made with are an error: the build was handed back as if they held (data build checks its own reuses). So is
         a data_dir holding only older versions, or none (TFDS gave empty splits, or said 'not generated yet')."""
-        if not (Path(self.data_dir) / "dataset_info.json").is_file():    # is_prepared() warns where it is not
-            folder = Path(self.data_dir).parent
-            older = sorted(p.parent.name for p in folder.glob("*/dataset_info.json"))
-            if older:
-                raise ValueError(f"street_seg/{self.builder_config.name} in {folder} is built at version "
-                                 f"{', '.join(older)} only, not {self.version}: open it as "
-                                 f"street_seg/{self.builder_config.name}:{older[-1]} (it reads the same), or build "
-                                 f"{self.version} beside it (python -m streetseg_jax.data build ...)")
-            name = self.builder_config.name
-            how = ("--config synthetic" if name == "synthetic"
-                   else f"--config {name} --manual_dir FOLDER" if name in CONFIGS
-                   else f"--config from_annotations --name {name} --format FORMAT --manual_dir EXPORT")
+        folder, name = Path(self.data_dir).parent, self.builder_config.name
+        built = sorted(source.built_versions(folder))
+        if str(self.version) not in built:     # asked of our own record: is_prepared() warns where it is not
+            if built:
+                raise ValueError(f"street_seg/{name} in {folder} is built at version {', '.join(built)} only, not "
+                                 f"{self.version}: open it as street_seg/{name}:{built[-1]} (it reads the same), or "
+                                 f"build {self.version} beside it (python -m streetseg_jax.data build ...)")
             raise ValueError(f"street_seg/{name} is not built in {self.data_dir_root}: call download_and_prepare() "
-                             f"first, or build it (python -m streetseg_jax.data build {how} "
-                             f"--data_dir {self.data_dir_root})")
-        stored = self.info.metadata.get("options") if self.info.metadata else None
+                             f"first, or build it ({source.build_command(name, self.data_dir_root)})")
+        stored = built_options(self.info)
         if stored is None:
             return
         differ = {k: v for k, v in self._overrides.items() if k != "label_map" and k in stored and stored[k] != v}
@@ -395,6 +389,11 @@ def _features(label_map: LabelMap) -> tfds.features.FeaturesDict:
 
 
 # --- options -----------------------------------------------------------------------------------------------------
+def built_options(info) -> dict | None:
+    """The options a build recorded in its metadata (dataset_info.json); None for a build from before they were."""
+    return info.metadata.get("options") if info.metadata else None
+
+
 def check_options(config: StreetSegConfig, options: dict) -> None:
     if config.layout and options:
         raise BuildError(f"{', '.join(sorted(options))}: {config.name} takes no options (its classes and splits "

@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 from streetseg_jax.labels.label_map import LabelMap
 
 __all__ = ["DatasetNotFoundError", "UnknownSplitError", "dataset_dir", "is_built", "load_split", "open_built",
-           "default_data_dir", "parse_name", "built_versions"]
+           "default_data_dir", "parse_name", "built_versions", "build_command"]
 
 _NAME = re.compile(r"^(?P<name>[\w-]+)/(?P<config>[\w-]+)(?::(?P<version>\d+\.\d+\.\d+))?$")
 
@@ -136,16 +136,21 @@ def built_versions(config_dir: Path) -> list[str]:
 
 
 def _not_found_message(dataset, config, data_dir, config_dir, built) -> str:
+    found = f" (built versions there: {', '.join(sorted(built))})" if built else ""
+    return (f"dataset {dataset} is not built in {config_dir}{found}. Build it with:\n"
+            f"  {build_command(config, data_dir)}")
+
+
+def build_command(config: str, data_dir) -> str:
+    """The command that builds street_seg/<config> into `data_dir` (None: the default one)."""
     where = f" --data_dir {data_dir}" if data_dir else ""
     manual = {"voc_polygons": " --manual_dir YOUR_IMAGES_AND_XML",
               "camvid": " --manual_dir SEGNET_CAMVID_FOLDER"}.get(config, "")
-    found = f" (built versions there: {', '.join(sorted(built))})" if built else ""
     command = f"--config {config}{where}{manual}"
     if config not in ("synthetic", "voc_polygons", "camvid"):   # a dataset named by its user, from an export
         command = (f"--config from_annotations --name {config}{where} --manual_dir EXPORT_FOLDER --format FORMAT "
                    "--label_map LABEL_MAP.json")
-    return (f"dataset {dataset} is not built in {config_dir}{found}. Build it with:\n"
-            f"  python -m streetseg_jax.data build {command}")
+    return f"python -m streetseg_jax.data build {command}"
 
 
 def _check_split(split: str, available: list[str], dataset: str) -> None:
