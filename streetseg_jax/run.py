@@ -513,8 +513,10 @@ def _take_lock(workdir: Path, log: "RunLog", mark: str):
 def _check_shared(workdir: Path, first: dict, wait_s: float = sharding.SILENCE_S) -> None:
     """RunError where this process does not find process 0's mark in WORKDIR/.lock (`first`: process 0's mark and
     work directory), after up to `wait_s` for a shared file system to show it."""
+    if jax.process_index() == 0:
+        return
     deadline = time.monotonic() + wait_s
-    while jax.process_index() != 0:
+    while True:
         try:
             if first["mark"] in (workdir / ".lock").read_text(errors="replace"):
                 return
