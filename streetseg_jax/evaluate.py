@@ -480,7 +480,11 @@ def format_result(result: dict) -> str:
     per_image = result["per_image"]
     spread = ", ".join(f"{what} {_pct(per_image[f'{what}_miou'])}" for what in ("mean", "median", "min", "max"))
     worst = ", ".join(f"{row['file_name']} {_pct(row['miou'])}" for row in per_image["worst"])
-    return "\n".join(lines + ["", f"per-image mIoU: {spread}", f"worst images: {worst or '-'}"])
+    lines += ["", f"per-image mIoU: {spread}", f"worst images: {worst or '-'}"]
+    if not any(result["class_pixels"].values()):
+        lines.append(f"nothing to score: no pixel of the {result['num_images']} image(s) is labelled (every one is "
+                     "the ignore id)")
+    return "\n".join(lines)
 
 
 def _extra(result: dict) -> str:

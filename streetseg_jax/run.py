@@ -531,11 +531,19 @@ def _check_shared(workdir: Path, first: dict, wait_s: float = sharding.SILENCE_S
 
 
 def _load(config, key: str):
-    """load_split of the split config[key]; a split the dataset lacks names the key to set."""
+    """load_split of the split config[key]; a split the dataset lacks, or one with nothing labelled, names the key to
+    set."""
     try:
-        return load_split(config.dataset, config[key], config.data_dir)
+        loaded = load_split(config.dataset, config[key], config.data_dir)
     except UnknownSplitError as e:
         raise UnknownSplitError(f"{e} (set --config.{key})") from None
+    source, label_map, _ = loaded
+    if not any(np.any(source[i]["segmentation_mask"] < label_map.num_classes) for i in range(len(source))):
+        use = "training has nothing to learn from" if key == "train_split" else "evaluation would score nothing"
+        raise RunError(f"the {config[key]!r} split of {config.dataset} has no labelled pixel: every pixel of its "
+                       f"{len(source)} mask(s) is the ignore id {label_map.ignore_id}, so {use}. Label some, or "
+                       f"choose another split (--config.{key})")
+    return loaded
 
 
 def typical_size(source, samples: int = 32) -> list[int] | None:

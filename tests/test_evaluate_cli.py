@@ -67,6 +67,16 @@ def test_json_holds_the_numbers_of_evaluator_run(workdir, cli_result):
     assert f"{100 * result['miou']:.2f}%" in out and "per-image mIoU" in out and "(96x128)" in out
 
 
+def test_a_split_with_nothing_labelled_says_why_every_figure_is_missing(cli_result):
+    from streetseg_jax.evaluate import format_result
+
+    stdout, result = cli_result
+    assert "nothing to score" not in stdout
+    result = {**result, "class_pixels": dict.fromkeys(result["class_pixels"], 0), "miou": None}
+    assert format_result(result).splitlines()[-1] == (
+        f"nothing to score: no pixel of the {result['num_images']} image(s) is labelled (every one is the ignore id)")
+
+
 def test_per_image_figures_and_the_confusion_picture(workdir, cli_result):
     _, result = cli_result
     per_image = result["per_image"]

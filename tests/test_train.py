@@ -850,3 +850,38 @@ def test_the_typical_training_image_is_the_one_of_median_area():
     sizes = [(360, 480), (480, 360), (360, 480), (100, 100), (720, 960)]
     height, width = typical_size([{"image": np.zeros((h, w, 3), np.uint8)} for h, w in sizes])
     assert height * width == 360 * 480 and typical_size([]) is None
+
+
+def test_a_split_with_nothing_labelled_is_refused_before_training(tmp_path):
+    """An eval split whose masks are all the ignore id trained to the first evaluation, then failed there with a
+    TypeError (no mIoU to compare with the best)."""
+    from streetseg_jax.data.build import build
+    from streetseg_jax.labels.label_map import default_label_map
+    from streetseg_jax.run import RunError, _load
+
+    export = tmp_path / "export"
+    for split, value in (("train", 3), ("val", 255)):
+        for kind in ("images", "masks"):
+            (export / split / kind).mkdir(parents=True)
+        for stem in ("a", "b"):
+            Image.new("RGB", (32, 24), (90, 40, 10)).save(export / split / "images" / f"{stem}.png")
+            Image.new("L", (32, 24), value).save(export / split / "masks" / f"{stem}.png")
+    label_map = tmp_path / "labels.json"
+    label_map.write_text(default_label_map().to_json())
+    build("from_annotations", tmp_path / "tfds", export, name="unlabelled_val", format="masks",
+          label_map=str(label_map), log=lambda line: None)
+    code, out = run_main_to_end(tmp_path / "w", tmp_path / "tfds", "--config.dataset=street_seg/unlabelled_val",
+                                "--config.eval_split=validation", "--config.batch_size=2",
+                                "--config.eval_batch_size=2")
+    assert code == 2 and out.splitlines()[-1] == (
+        "error: the 'validation' split of street_seg/unlabelled_val has no labelled pixel: every pixel of its 2 "
+        "mask(s) is the ignore id 255, so evaluation would score nothing. Label some, or choose another split "
+        "(--config.eval_split)"), out
+    assert not (tmp_path / "w" / "checkpoints").exists() and not (tmp_path / "w" / "config.json").exists()
+    config = tiny_config()
+    config.data_dir, config.dataset, config.train_split = str(tmp_path / "tfds"), "street_seg/unlabelled_val", \
+        "validation"
+    with pytest.raises(RunError, match=r"so training has nothing to learn from\. .*\(--config\.train_split\)$"):
+        _load(config, "train_split")
+    config.train_split = "train"
+    assert len(_load(config, "train_split")[0]) == 2
