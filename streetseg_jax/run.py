@@ -52,7 +52,7 @@ class RunSetup:
     eval_source: Any
     augment_cfg: augment.AugmentConfig
     class_weights: np.ndarray
-    checkpoints: checkpoint.Checkpoints
+    checkpoints: checkpoint.Checkpoints | None
     log: "RunLog"
     meta: dict
     lock: Any = None       # the work directory's lock file, held open while the run lives (process 0)
@@ -84,6 +84,10 @@ class RunSetup:
         raise SystemExit(130 if signal_name.startswith("SIGINT") else 143)
 
     def release(self) -> None:
+        """The checkpoint managers and the work directory's lock go (in a notebook the setup outlives the run)."""
+        if self.checkpoints is not None:
+            self.checkpoints.close()
+            self.checkpoints = None
         if self.lock is not None:
             self.lock.close()
             self.lock = None
@@ -234,9 +238,11 @@ def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None)
     workdir, mesh, (train_source, label_map, info), eval_source, log, weights, size = sharding.all_succeed(
         lambda: _open(config, workdir))
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict(), "image_size": size}
-    lock = _lock(workdir, log)
+    setup = RunSetup(config, workdir, mesh, label_map, train_source, eval_source, augment_config(config), weights,
+                     None, log, meta, _lock(workdir, log))
     try:
-        checkpoints, latest = _checkpoints_to_resume(config, workdir, meta, log, lock is not None, overrides)
+        setup.checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
+        latest = _check_resume(setup, overrides)
         training = (latest or 0) < config.num_train_steps                   # else nothing is trained
         # Every file of the dataset is read: only where a resume is checked or process 0 records it.
         fingerprint = (dataset_fingerprint(dataset_dir(config.dataset, config.data_dir))
@@ -244,16 +250,14 @@ def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None)
         if training and latest is not None:
             _check_same_data(config, workdir, fingerprint, latest)
             _say_if_the_devices_changed(workdir, log)
+        if jax.process_index() == 0 and training:
+            record = {**provenance(config, info, fingerprint),
+                      **({} if overrides is None else {"overrides": sorted(overrides)})}
+            _write_json(workdir / "config.json", {**meta["config"], "provenance": record})
     except BaseException:
-        if lock is not None:
-            lock.close()
+        setup.release()
         raise
-    if jax.process_index() == 0 and training:
-        record = {**provenance(config, info, fingerprint),
-                  **({} if overrides is None else {"overrides": sorted(overrides)})}
-        _write_json(workdir / "config.json", {**meta["config"], "provenance": record})
-    return RunSetup(config, workdir, mesh, label_map, train_source, eval_source, augment_config(config), weights,
-                    checkpoints, log, meta, lock)
+    return setup
 
 
 def _open(config, workdir: str | Path):
@@ -284,11 +288,10 @@ def _check_memory(config, num_classes: int, mesh) -> None:
         raise RunError(problem)
 
 
-def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog", holding_the_lock: bool,
-                           overrides: list[str] | None):
-    """(the work directory's Checkpoints, its latest step or None); RunError when that cannot be resumed."""
-    checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
-    if holding_the_lock:        # no other run saves here (where nothing can be locked, nothing is removed)
+def _check_resume(setup: RunSetup, overrides: list[str] | None) -> int | None:
+    """The work directory's latest step, or None; RunError when that cannot be resumed."""
+    config, workdir, meta, log, checkpoints = setup.config, setup.workdir, setup.meta, setup.log, setup.checkpoints
+    if setup.lock is not None:        # no other run saves here (where nothing can be locked, nothing is removed)
         checkpoints.remove_unfinished()
     latest = checkpoints.latest_step()
     if latest is not None:
@@ -300,7 +303,7 @@ def _checkpoints_to_resume(config, workdir: Path, meta: dict, log: "RunLog", hol
             log.changed = _warn_of_changes(saved["config"], meta["config"], latest, log)
         elif (changed := _changes(saved["config"], meta["config"])):      # nothing to train: said all the same
             log.say("the settings differ from the checkpoint's: " + _listed(changed))
-    return checkpoints, latest
+    return latest
 
 
 def _check_same_data(config, workdir: Path, fingerprint: str, latest: int) -> None:

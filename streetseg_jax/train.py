@@ -293,7 +293,9 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
             if due:     # after evaluating and saving, so train/images_per_second times training alone
                 window = TrainMetrics(step)
     except NonFiniteLoss as e:
-        setup.fail(f"{e}; stopped. The last good checkpoint is kept (step {setup.checkpoints.latest_step()}).")
+        kept = setup.checkpoints.latest_step()
+        setup.fail(f"{e}; stopped. " + (f"The last good checkpoint is kept (step {kept})." if kept is not None else
+                                        "No checkpoint was saved before it."))
     finally:
         setup.checkpoints.wait()    # before the handlers go back: a SIGTERM then abandoned the last step's saves
         stop.restore_handlers()

@@ -581,8 +581,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir, tmp
     bad_step = int(re.search(r"loss became \S+ at step (\d+)", out).group(1))
     latest = ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step()
     assert latest == bad_step - 1
+    assert f"The last good checkpoint is kept (step {latest})." in out, out
     state = final_state(workdir)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+    code, out = run_main_to_end(tmp_path / "nan2", tiny_data_dir, "--config.learning_rate=1e30",
+                                "--config.grad_clip_norm=0", "--config.warmup_steps=0")
+    assert code == 2 and out.splitlines()[-1].endswith("; stopped. No checkpoint was saved before it."), out
 
 
 def flat(tree) -> dict:
@@ -885,3 +889,29 @@ def test_a_split_with_nothing_labelled_is_refused_before_training(tmp_path):
         _load(config, "train_split")
     config.train_split = "train"
     assert len(_load(config, "train_split")[0]) == 2
+
+
+def test_a_run_that_fails_to_start_in_a_notebook_leaves_the_work_directory_free(tiny_data_dir, tmp_path,
+                                                                                monkeypatch):
+    """config.json that could not be written (a full disk) left the lock held and the checkpoint managers open: the
+    next try in the same Python process was refused as "another run is training"."""
+    from streetseg_jax import checkpoint, run
+
+    closed = []
+    close = checkpoint.Checkpoints.close
+    monkeypatch.setattr(checkpoint.Checkpoints, "close", lambda self: (closed.append(self), close(self)))
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    config = tiny_config()
+    config.data_dir = str(tiny_data_dir)
+    with monkeypatch.context() as patched:
+        patched.setattr(run, "_write_json", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            run.prepare_run(config, tmp_path / "w")
+    assert len(closed) == 1
+    setup = run.prepare_run(config, tmp_path / "w")
+    assert (tmp_path / "w" / "config.json").exists()
+    setup.release()
+    assert len(closed) == 2 and setup.checkpoints is None and setup.lock is None
+    run.prepare_run(config, tmp_path / "w").release()
