@@ -2,10 +2,9 @@
 [--[no_]flip_tta] [--extra_scales S,...|none] [--output FILE]` (test-time augmentation as the run evaluated unless
 told).
 
-Writes DIR/report.html (report_<split>.html for a split other than the run's eval split, _data-<8 characters of
-its fingerprint> added for data other than the run trained on; --output FILE elsewhere, for a run one cannot write
-to), one self-contained file
-that opens offline: images are embedded as base64 data URIs, the CSS is inline, and there is no JavaScript and no
+Writes DIR/report.html (named with what differs from the run's own page where a flag chooses another split,
+checkpoint, TTA or data: report_val_step1300.html, see page_name; --output FILE elsewhere, for a run one cannot
+write to), one self-contained file that opens offline: images are embedded as base64 data URIs, the CSS is inline, and there is no JavaScript and no
 external request. It holds the loss and mIoU curves (from metrics.jsonl), a fresh evaluation of the chosen
 checkpoint on the split (per-class IoU table, confusion-matrix heatmap), the class pixel frequencies of the train
 and evaluated splits, the k best and k worst images by per-image mIoU as image / ground truth / prediction / error
@@ -333,8 +332,8 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
                  data_dir: str | None = None, flip_tta: bool | None = None, extra_scales: tuple | None = None,
                  output: str | Path | None = None) -> Path:
     """Evaluate `checkpoint` of the run in `workdir` on `split` and write the page to `output`, by default
-    workdir/report.html (report_<split>.html for a split other than the run's eval split, so that one report does
-    not replace the other; _data-<fingerprint[:8]> added for data other than the run trained on); returns its path.
+    workdir/report.html (page_name: another split, checkpoint, TTA or data named in the file's name, so that one
+    page does not replace the other); returns its path.
     Test-time augmentation as the run evaluated unless `flip_tta` / `extra_scales` say otherwise (see load_run)."""
     workdir = Path(workdir).resolve()
     run = load_run(workdir, checkpoint, flip_tta, extra_scales)
@@ -345,9 +344,23 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     evaluation = evaluate_split(run, eval_source, split)
     scored = scored_data(workdir, run, data_dir)        # after the "scoring" line: it reads every file
     data = _report_data(workdir, run, k, evaluation, eval_source, train_source, scored)
-    name = ("report" + ("" if split == config.eval_split else f"_{split_file_name(split)}")
-            + (f"_data-{scored['fingerprint'][:8]}" if scored["trained_on"] is False else "") + ".html")
+    name = page_name(split if split != config.eval_split else None, run.step if checkpoint != "best" else None,
+                     flip_tta, extra_scales, scored["fingerprint"][:8] if scored["trained_on"] is False else None)
     return atomic.write_text(output or workdir / name, render_html(data))
+
+
+def page_name(split: str | None, step: int | None, flip_tta: bool | None, extra_scales: tuple | None,
+              other_data: str | None) -> str:
+    """report.html, or, so that no page replaces the run's own, with what differs from it: _<split> (not the eval
+    split), _step<N> (not the best checkpoint), _flip_tta / _no_flip_tta and _scales-<S>-... / _no_extra_scales
+    (TTA flags given), _data-<fingerprint[:8]> (data other than the run trained on)."""
+    parts = [f"_{split_file_name(split)}" if split is not None else "",
+             f"_step{step}" if step is not None else "",
+             "" if flip_tta is None else "_flip_tta" if flip_tta else "_no_flip_tta",
+             "" if extra_scales is None else ("_scales-" + "-".join(f"{s:g}" for s in extra_scales) if extra_scales
+                                              else "_no_extra_scales"),
+             f"_data-{other_data}" if other_data else ""]
+    return "report" + "".join(parts) + ".html"
 
 
 def _report_data(workdir, run, k, evaluation, eval_source, train_source, scored: dict) -> ReportData:
@@ -393,9 +406,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's")
     add_extra_scales_flag(parser)
-    parser.add_argument("--output", help="the page's file (default: WORKDIR/report.html, or report_<split>.html for "
-                                         "another split than the run's eval split; _data-<fingerprint> added for data "
-                                         "other than the run trained on)")
+    parser.add_argument("--output", help="the page's file (default: WORKDIR/report.html, named with what differs "
+                                         "from the run's own where a flag chooses another split, checkpoint, TTA or "
+                                         "data: report_val_step1300.html)")
     return parser
 
 

@@ -225,8 +225,10 @@ def test_test_time_augmentation_as_the_run_evaluated_unless_told(workdir, report
 
     assert "· network at scale 1</p>" in report_path.read_text(encoding="utf-8")
     copy = shutil.copytree(workdir, tmp_path / "run")
+    own = (copy / "report_train.html").read_text(encoding="utf-8")
     report.main(["--workdir", str(copy), "--split", SPLIT, "--k", "0", "--flip_tta", "--extra_scales", "0.5"])
-    text = (copy / "report_train.html").read_text(encoding="utf-8")
+    assert (copy / "report_train.html").read_text(encoding="utf-8") == own      # the run's own page stays
+    text = (copy / "report_train_flip_tta_scales-0.5.html").read_text(encoding="utf-8")
     assert "· network at scales 1, 0.5, flip-averaged</p>" in text
     run, source = loaded
     told = evaluate.load_run(copy, "best", flip_tta=True, extra_scales=(0.5,))
@@ -236,6 +238,16 @@ def test_test_time_augmentation_as_the_run_evaluated_unless_told(workdir, report
     page.feed(text)
     rows = {attrs["data-class"]: value(attrs["data-iou"]) for attrs in page.with_attr("data-class")}
     assert rows == {name: pytest.approx(expected[f"eval/iou/{name}"], abs=1e-12) for name in run.label_map.names}
+
+
+def test_a_page_of_another_split_checkpoint_tta_or_data_is_named_so_and_replaces_none():
+    from streetseg_jax.report import page_name
+
+    assert page_name(None, None, None, None, None) == "report.html"
+    assert page_name("val", 1300, None, None, None) == "report_val_step1300.html"
+    assert page_name("train[:5]", None, False, (), "f9a9bd19") == \
+        "report_train_0-5_no_flip_tta_no_extra_scales_data-f9a9bd19.html"
+    assert page_name(None, None, True, (0.5, 0.75), None) == "report_flip_tta_scales-0.5-0.75.html"
 
 
 def test_output_writes_the_page_elsewhere_and_leaves_the_run_as_it_was(workdir, tmp_path, capsys):
