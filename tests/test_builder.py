@@ -518,3 +518,14 @@ def test_the_builder_used_directly_reads_checks_and_fingerprints_the_export(tmp_
     info = source.load_split("street_seg/voc_polygons", "train", tmp_path / "tfds")[2]
     assert info.splits["train"].num_examples == 3
     assert sorted(info.metadata["fingerprint"]["files"]) == ["a.jpg", "a.xml", "b.png", "b.xml", "c.png", "c.xml"]
+
+
+def test_versions_are_ordered_by_number_not_as_text(tmp_path):
+    config_dir = tmp_path / "street_seg" / "synthetic"
+    for version in ("10.0.0", "2.0.0", "2.1.0", "3.0.0"):
+        (config_dir / version).mkdir(parents=True)
+        if version != "3.0.0":        # a build cut short: no dataset_info.json
+            for name in ("dataset_info.json", "features.json"):
+                (config_dir / version / name).write_text("{}")
+    assert source.built_versions(config_dir) == ["2.0.0", "2.1.0", "10.0.0"]
+    assert source.dataset_dir("street_seg/synthetic", tmp_path) == config_dir / "10.0.0"

@@ -217,7 +217,7 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         made with are an error: the build was handed back as if they held (data build checks its own reuses). So is
         a data_dir holding only older versions, or none (TFDS gave empty splits, or said 'not generated yet')."""
         folder, name = Path(self.data_dir).parent, self.builder_config.name
-        built = sorted(source.built_versions(folder))
+        built = source.built_versions(folder)
         if str(self.version) not in built:     # asked of our own record: is_prepared() warns where it is not
             if built:
                 raise ValueError(f"street_seg/{name} in {folder} is built at version {', '.join(built)} only, not "

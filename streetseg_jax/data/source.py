@@ -56,7 +56,7 @@ def dataset_dir(dataset: str, data_dir: str | os.PathLike | None) -> Path:
     config_dir = Path(data_dir or default_data_dir()) / name / config
     built = built_versions(config_dir)
     if version is None and built:
-        version = max(built, key=lambda v: tuple(int(part) for part in v.split(".")))
+        version = built[-1]
     if version not in built:
         raise DatasetNotFoundError(_not_found_message(dataset, config, data_dir, config_dir, built))
     return config_dir / version
@@ -126,17 +126,18 @@ def parse_name(dataset: str) -> tuple[str, str, str | None]:
 
 
 def built_versions(config_dir: Path) -> list[str]:
-    """Version folders holding a finished build: TFDS renames a build's folder into place only once it is done,
-    and, like TFDS, we also ask for dataset_info.json and features.json."""
+    """Version folders holding a finished build, oldest first (by number: 10.0.0 after 2.0.0): TFDS renames a
+    build's folder into place only once it is done, and, like TFDS, we also ask for dataset_info.json and
+    features.json."""
     if not config_dir.is_dir():
         return []
-    return [p.name for p in config_dir.iterdir()
-            if re.fullmatch(r"\d+\.\d+\.\d+", p.name) and (p / "dataset_info.json").is_file()
-            and (p / "features.json").is_file()]
+    return sorted((p.name for p in config_dir.iterdir()
+                   if re.fullmatch(r"\d+\.\d+\.\d+", p.name) and (p / "dataset_info.json").is_file()
+                   and (p / "features.json").is_file()), key=lambda v: tuple(int(part) for part in v.split(".")))
 
 
 def _not_found_message(dataset, config, data_dir, config_dir, built) -> str:
-    found = f" (built versions there: {', '.join(sorted(built))})" if built else ""
+    found = f" (built versions there: {', '.join(built)})" if built else ""
     return (f"dataset {dataset} is not built in {config_dir}{found}. Build it with:\n"
             f"  {build_command(config, data_dir)}")
 
