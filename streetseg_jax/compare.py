@@ -125,9 +125,10 @@ def _load(path: Path, name: str) -> Run | None:
     config_path = path / "config.json"
     try:
         config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    except (OSError, json.JSONDecodeError) as e:
-        fail(f"cannot read {config_path}: {e}")
-    return Run(name, path, flatten(config), history, _evaluations(path / "eval"))
+    except (OSError, ValueError) as e:      # one damaged run does not stop the comparison of the others
+        config = {}
+        print(f"warning: cannot read {config_path} ({e}): its settings are left out", file=sys.stderr)
+    return Run(name, path, flatten(config if isinstance(config, dict) else {}), history, _evaluations(path / "eval"))
 
 
 def _evaluations(folder: Path) -> dict[str, dict]:

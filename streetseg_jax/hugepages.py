@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from pathlib import Path
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 _NAME = TUNABLE.split("=")[0] + "="
@@ -64,7 +65,7 @@ def _glibc_with_hugetlb() -> bool:
 def _thp_mode(path: str) -> str | None:
     """The bracketed choice of the kernel's THP setting, e.g. 'madvise' from 'always [madvise] never'."""
     try:
-        text = open(path).read()
+        text = Path(path).read_text()
     except OSError:
         return None
     start, end = text.find("["), text.find("]")

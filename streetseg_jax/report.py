@@ -155,6 +155,7 @@ class ReportData:
     config: dict                # config.json (with its "provenance") or the checkpoint's config
     inference: str              # how the network saw the images: its scales, and whether flip-averaged
     data: dict                  # the prepared dataset scored (evaluate.scored_data)
+    config_source: str = "config.json"      # where `config` comes from, as the page says it
 
 
 def render_html(d: ReportData) -> str:
@@ -300,7 +301,8 @@ def _panel_class(title: str, enlarged: bool) -> str:
 
 def _provenance(d: ReportData) -> str:
     config = dict(d.config)
-    prov = config.pop("provenance", {}) or {}
+    prov = config.pop("provenance", None)
+    prov = prov if isinstance(prov, dict) else {}
     dataset = prov.get("dataset", {})
     devices = prov.get("devices", {})
     facts = [("dataset", f"{config.get('dataset', '?')} (version {dataset.get('version', '?')})"),
@@ -319,8 +321,8 @@ def _provenance(d: ReportData) -> str:
                           f"{config.get('optimizer', '?')} lr {config.get('learning_rate', '?')} "
                           f"({config.get('lr_schedule', '?')})")]
     rows = "".join(f"<tr><th>{escape(k)}</th><td><code>{escape(v)}</code></td></tr>" for k, v in facts)
-    source = "config.json" if prov else "the checkpoint (no config.json in the work directory)"
-    body = (f'<table class="facts">{rows}</table><details><summary>Full config (from {escape(source)})</summary>'
+    body = (f'<table class="facts">{rows}</table><details><summary>Full config (from {escape(d.config_source)})'
+            '</summary>'
             f"<pre>{escape(json.dumps(config, indent=1, sort_keys=True))}</pre></details>")
     return section("provenance", "Provenance", body)
 
@@ -369,15 +371,28 @@ def _report_data(workdir, run, k, evaluation, eval_source, train_source, scored:
                      for i in indices] for which, indices in (("best", best), ("worst", worst))}
     lm, config = run.label_map, run.config
     train_counts = train_pixel_counts(train_source, lm.num_classes)
-    config_json = workdir / "config.json"
+    recorded, config_source = _recorded_config(workdir, config)
     return ReportData(
         title=f"Run report: {workdir.name}", checkpoint=run.checkpoint, step=run.step, label_map=lm,
         evaluation=evaluation, train_split=config.train_split, train_counts=train_counts,
         best=shown["best"], worst=shown["worst"], k=k, curves=curves_png(workdir / "metrics.jsonl"),
         confusion_png=confusion_png(evaluation.confusion, lm.names),
         frequency_png=frequency_png(_frequency_series(config.train_split, train_counts, evaluation), lm),
-        config=json.loads(config_json.read_text()) if config_json.exists() else config.to_dict(),
-        inference=_inference_setting(config), data=scored)
+        config=recorded, inference=_inference_setting(config), data=scored, config_source=config_source)
+
+
+def _recorded_config(workdir: Path, checkpoint_config) -> tuple[dict, str]:
+    """(config.json with its provenance, or else the checkpoint's config; where it comes from, as the page says)."""
+    try:
+        recorded = json.loads((workdir / "config.json").read_text())
+        if isinstance(recorded, dict):
+            return recorded, "config.json"
+        why = "config.json is not a JSON object"
+    except FileNotFoundError:
+        why = "no config.json in the work directory"
+    except (OSError, ValueError) as e:
+        why = f"config.json cannot be read: {e}"
+    return checkpoint_config.to_dict(), f"the checkpoint ({why})"
 
 
 def _inference_setting(config) -> str:

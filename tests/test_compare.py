@@ -207,6 +207,17 @@ def test_a_run_that_has_not_evaluated_yet_still_compares(tmp_path, capsys):
     assert "<td>road</td><td>–</td><td>50.0</td>" in page
 
 
+def test_a_run_whose_config_json_is_damaged_compares_without_its_settings(tmp_path, capsys):
+    a = make_run(tmp_path / "a", {1: {"road": 0.4}}, rates=[1.0])
+    b = make_run(tmp_path / "b", {1: {"road": 0.5}}, rates=[2.0])
+    (b / "config.json").write_text('{"seed": 1, "learn')
+    capsys.readouterr()
+    compare.main([str(a), str(b), "--output", str(tmp_path / "cmp.html")])
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()[1:3]] == ["a", "b"], out
+    assert f"warning: cannot read {b / 'config.json'} (Unterminated string" in err, err
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "is not a directory"),
     ("empty", "empty: no logged steps in metrics.jsonl: not a training work directory"),

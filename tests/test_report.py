@@ -205,7 +205,8 @@ def test_render_html_without_metrics_config_json_or_examples():
     evaluation = Evaluation("test", confusion, confusion[None], scores, [scores["miou"]])
     data = ReportData("Run report: x", "latest", 7, label_map, evaluation, "train", np.ones(k, np.int64), [], [], 0,
                       None, b"png", b"png", {"model": {"depth": 2}, "dataset": "street_seg/synthetic"},
-                      "network at scale 1", {"directory": "d", "fingerprint": "f", "trained_on": None})
+                      "network at scale 1", {"directory": "d", "fingerprint": "f", "trained_on": None},
+                      "the checkpoint (no config.json in the work directory)")
     page = Page()
     page.feed(render_html(data))
     rows = {attrs["data-class"]: value(attrs["data-iou"]) for attrs in page.with_attr("data-class")}
@@ -248,6 +249,21 @@ def test_a_page_of_another_split_checkpoint_tta_or_data_is_named_so_and_replaces
     assert page_name("train[:5]", None, False, (), "f9a9bd19") == \
         "report_train_0-5_no_flip_tta_no_extra_scales_data-f9a9bd19.html"
     assert page_name(None, None, True, (0.5, 0.75), None) == "report_flip_tta_scales-0.5-0.75.html"
+
+
+def test_a_damaged_config_json_is_said_on_the_page_not_a_traceback(workdir, tmp_path):
+    """A config.json cut short (a disk that filled, a half-copied run) ended the report in a JSONDecodeError."""
+    import shutil
+
+    from streetseg_jax import report
+
+    copy = shutil.copytree(workdir, tmp_path / "run")
+    (copy / "config.json").write_text((workdir / "config.json").read_text()[:100])
+    text = report.build_report(copy, SPLIT, k=0).read_text(encoding="utf-8")
+    assert "Full config (from the checkpoint (config.json cannot be read: Expecting" in text
+    (copy / "config.json").write_text("[]")
+    text = report.build_report(copy, SPLIT, k=0).read_text(encoding="utf-8")
+    assert "Full config (from the checkpoint (config.json is not a JSON object))" in text
 
 
 def test_output_writes_the_page_elsewhere_and_leaves_the_run_as_it_was(workdir, tmp_path, capsys):
