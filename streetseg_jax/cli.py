@@ -85,8 +85,6 @@ def stop_on_sigterm() -> None:
 
 def check_workdir(workdir) -> None:
     """Exit with a message unless `workdir` is a folder (what is in it, the command that reads it checks)."""
-    from pathlib import Path
-
     if not Path(workdir).is_dir():
         fail(f"--workdir {workdir} " + ("is a file, not a training work directory" if Path(workdir).exists()
                                         else "does not exist"))

@@ -15,7 +15,8 @@ mIoU (summary and worst images), and writes them to DIR/eval/<split>.json with t
 as DIR/eval/<split>_confusion.png (<split>_flip_tta.json and <split>_flip_tta_confusion.png with flip TTA, which
 follows the run's eval_flip_tta unless --flip_tta or --no_flip_tta says otherwise; likewise _multiscale with
 multi-scale TTA, which follows the run's eval_extra_scales unless --extra_scales says otherwise; a checkpoint other
-than the best adds _step<N>: <split>_step1300.json).
+than the best adds _step<N>: <split>_step1300.json; data other than the run trained on, --data_dir another build or
+a rebuild, adds _data-<the first 8 characters of its fingerprint>, so that the run's own results stay).
 """
 from __future__ import annotations
 
@@ -188,7 +189,8 @@ class Evaluator:
                 "pixels": np.concatenate([o["pixels"] for o in outs]).astype(np.float64)[:n]}
 
     def predict(self, params, model_state, images: np.ndarray) -> np.ndarray:
-        """uint8 (B, H, W) class ids for uint8 (B, H, W, 3) images of one size, at `eval_scale` like `run`."""
+        """uint8 (B, H, W) class ids for uint8 (B, H, W, 3) images of one size, seen as `run` sees them (eval_scale,
+        extra scales and flips)."""
         return np.asarray(self._predict(params, model_state, images)).astype(np.uint8)
 
     def _per_image_step(self):

@@ -4,8 +4,9 @@
 `Predictor` runs it: an image larger than the window is cut into overlapping windows whose logits are blended
 with weights that fade out towards the window edges; smaller images run whole. Windows of many images share
 fixed-size batches, so one compiled function serves a whole folder of photos of one size (each new window shape,
-e.g. each size of image smaller than the window, compiles once more). The network sees every window at
-`config.eval_scale`, as evaluation does (`scaled_logits`), and its logits come back at the image's own resolution.
+e.g. each size of image smaller than the window, compiles once more). The network sees every window as
+evaluation does, at `config.eval_scale` and its `eval_extra_scales`, flip-averaged with `eval_flip_tta`
+(`tta_logits` of `scaled_logits`), and its logits come back at the image's own resolution.
 A photo of quite another size than the training images is first resized so that its shorter side is theirs
 (`Predictor(resize=...)`), and its logits are resized back to it a block of rows at a time (`classes_at`).
 
@@ -74,7 +75,8 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
                say: Callable[[str], None] = print) -> TrainedModel:
     """The model saved in `workdir`/checkpoints: 'best' (falls back to 'latest', saying so), 'latest' or a step.
 
-    Raises FileNotFoundError with a message fit for the user when there is nothing to load.
+    Raises FileNotFoundError with a message fit for the user when there is nothing to load, ValueError when the
+    checkpoint is damaged or incomplete.
     """
     workdir = Path(workdir)
     if not workdir.is_dir():

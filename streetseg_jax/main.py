@@ -113,7 +113,6 @@ def _check_process_flags() -> None:
 def _build_synthetic_if_missing(dataset: str, data_dir: str) -> None:
     """The embedded default builds itself on first use; any other missing dataset is an error naming its build
     command (raised when it is opened)."""
-    import jax
     import numpy as np
     from jax.experimental import multihost_utils
     from streetseg_jax.data import build, source
@@ -197,7 +196,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         raise
 
 
-def _usage_error(e: Exception) -> None:
+def _usage_error(e: Exception) -> NoReturn:
     e = e.__cause__ or e                  # a config file's own error, under "Configuration is not available"
     text = str(e.args[0]) if isinstance(e, (AttributeError, KeyError)) and e.args else str(e)
     while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":     # a KeyError's repr, perhaps repr'd again

@@ -360,11 +360,11 @@ class WrittenMasks(collections.abc.Mapping):
 def export_polygons(items: list[Item], label_map, fmt: str, out_dir: Path, tolerance) -> Path:
     """The masks of `items` (predicted into OUT) as polygons in OUT/<fmt>/ (a folder of its own: LabelMe lists
     every image in the folder it opens, and the export copies the images beside their annotations)."""
-    from streetseg_jax.labels import polygonize
+    from streetseg_jax.labels import writers
 
     info = {i.name: {"path": str(i.source)} for i in items}
     kwargs = {} if tolerance is None else {"tolerance": tolerance}
-    polygonize.export_predictions(WrittenMasks(items, out_dir), info, label_map, fmt, out_dir / fmt, **kwargs)
+    writers.export_predictions(WrittenMasks(items, out_dir), info, label_map, fmt, out_dir / fmt, **kwargs)
     write_text(out_dir / fmt / EXPORT_LABEL_MAP, label_map.to_json())     # the classes, for the way back
     return out_dir / fmt
 

@@ -30,7 +30,9 @@ from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weig
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.visualize import best_eval, eval_rows, flatten, hms, plot_curves, read_metrics, run_history
 
-# Config sections that must match for a work directory to be resumed (anything else may change between runs).
+# Config sections that must match for a work directory to be resumed. A resume also keeps the optimiser's layout,
+# the overrides the run was started with and its data (_check_compatible, _check_overrides_kept, _check_same_data);
+# anything else may change, said.
 _COMPATIBLE_KEYS = ("model", "dataset")
 # Config keys that decide how evaluation scores: they may change on resume, with a warning.
 _EVAL_KEYS = ("eval_split", "eval_scale", "eval_flip_tta", "eval_extra_scales")

@@ -620,11 +620,11 @@ def test_inputs_are_never_overwritten_and_the_output_must_be_a_folder(workdir, t
     assert "is a file, not a folder" in err and "Traceback" not in err
 
 
-def test_export_flag_hands_the_masks_to_polygonize(workdir, tmp_path, monkeypatch):
-    from streetseg_jax.labels import polygonize
+def test_export_flag_hands_the_masks_to_the_writers(workdir, tmp_path, monkeypatch):
+    from streetseg_jax.labels import writers
 
     calls = []
-    monkeypatch.setattr(polygonize, "export_predictions", lambda masks, info, label_map, fmt, out_dir, **kw:
+    monkeypatch.setattr(writers, "export_predictions", lambda masks, info, label_map, fmt, out_dir, **kw:
                         calls.append((dict(masks), info, label_map, fmt, Path(out_dir), kw)))
     save(tmp_path / "in" / "sub" / "a.jpg", random_image(24, 40))
     out = tmp_path / "out"

@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 from streetseg_jax.labels.label_map import LabelMap
 
 __all__ = ["DatasetNotFoundError", "UnknownSplitError", "dataset_dir", "is_built", "load_split", "open_built",
-           "default_data_dir", "parse_name", "built_versions", "build_command"]
+           "default_data_dir", "parse_name", "built_versions", "build_command", "dataset_fingerprint", "label_map_of"]
 
 _NAME = re.compile(r"^(?P<name>[\w-]+)/(?P<config>[\w-]+)(?::(?P<version>\d+\.\d+\.\d+))?$")
 

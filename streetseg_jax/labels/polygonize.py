@@ -68,13 +68,6 @@ def absorb_small_regions(mask: np.ndarray, min_area: float) -> np.ndarray:
     return regions.values[regions.image].astype(np.uint8)
 
 
-def export_predictions(*args, **kwargs):
-    """`writers.export_predictions`, also reachable from here, where predict looks for it."""
-    from streetseg_jax.labels import writers   # writers imports this module; importing it here avoids a cycle
-
-    return writers.export_predictions(*args, **kwargs)
-
-
 def _checked_mask(mask, label_map: LabelMap, tolerance: float) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.size == 0 or not np.issubdtype(mask.dtype, np.integer):

@@ -124,24 +124,18 @@ def check_coordinates(annotation: Annotation) -> None:
                                        f"{annotation.height} image allows at most +-{limit:g})")
 
 
-def available() -> list[str]:
-    """The formats whose reader module is present (all of them once every reader is written)."""
-    here = Path(__file__).parent
-    return [name for name in FORMATS if (here / f"{name}.py").is_file()]
-
-
 def detect(path: Path) -> str:
     """The one format whose reader says the files at `path` look like its own; LabelFormatError when none or
     several do, so that `--format auto` never guesses."""
     path = Path(path)
     if not path.exists():
         raise LabelFormatError(f"{path}: does not exist")
-    matches = [name for name in available() if _looks_like(name, path)]
+    matches = [name for name in FORMATS if _looks_like(name, path)]
     if len(matches) == 1:
         return matches[0]
     if not matches:
         raise LabelFormatError(f"{path}: cannot tell which labelling tool wrote these files (none of "
-                               f"{', '.join(available())} recognises them){_no_images_hint(path)}; pass --format "
+                               f"{', '.join(FORMATS)} recognises them){_no_images_hint(path)}; pass --format "
                                "explicitly")
     raise LabelFormatError(f"{path}: the files look like several formats ({', '.join(matches)}); pass --format "
                            "with the one you exported")
@@ -159,7 +153,7 @@ def _no_images_hint(path: Path) -> str:
 
 def _nothing_read(fmt: str, path: Path) -> str:
     """The message for a read that found no annotations, naming the format the files look like when another."""
-    others = [name for name in available() if name != fmt and _looks_like(name, Path(path))]
+    others = [name for name in FORMATS if name != fmt and _looks_like(name, Path(path))]
     hint = f"; the files look like {' or '.join(others)} (--format {others[0]})" if others else ""
     return f"no {fmt} annotations found in {path}{hint}"
 
