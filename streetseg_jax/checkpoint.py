@@ -97,6 +97,10 @@ class Checkpoints:
         manager, step = self._resolve(which)
         return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
+    def step_of(self, which: str | int) -> int:
+        """The step of 'best', 'latest' or a step number; FileNotFoundError where there is no such checkpoint."""
+        return self._resolve(which)[1]
+
     def _resolve(self, which: str | int):
         if which == "best":
             manager, step = self.best, self.best.latest_step()

@@ -169,7 +169,7 @@ class Evaluator:
             image, truth = example["image"], example["segmentation_mask"][..., 0]
             pred = self.predict(params, model_state, image[None])[0]
             # The file name's folders are kept: nested keys repeat names (Train/img0.jpg, Test/img0.jpg).
-            path = out_dir / Path(as_text(example.get("file_name", f"example_{i}"))).with_suffix(".png")
+            path = out_dir / Path(example_name(example, i)).with_suffix(".png")
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic.atomic_file(path) as f:
                 comparison(image, truth, pred, self.label_map, caption).save(f, format="PNG")
@@ -373,6 +373,11 @@ def as_text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def example_name(record: dict, index: int) -> str:
+    """The example's file name, or example_<index> in a dataset without file names."""
+    return as_text(record.get("file_name", f"example_{index}"))
+
+
 # -------------------------------------------------------------------------------------------------------------------
 # Command line
 # -------------------------------------------------------------------------------------------------------------------
@@ -465,7 +470,7 @@ def _names_and_sizes(source) -> tuple[list[str], list[str]]:
     names, sizes = [], {}
     for i in range(len(source)):
         record = source[i]
-        names.append(as_text(record.get("file_name", f"example_{i}")))
+        names.append(example_name(record, i))
         height, width = record["segmentation_mask"].shape[:2]
         sizes[f"{height}x{width}"] = None
     return names, list(sizes)

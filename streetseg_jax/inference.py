@@ -87,7 +87,7 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
     checkpoints = Checkpoints(workdir, async_save=False)
     try:
         which = _choose_checkpoint(checkpoints, checkpoint, say)
-        step = {"best": checkpoints.best.latest_step(), "latest": checkpoints.latest_step()}.get(which, which)
+        step = checkpoints.step_of(which)
         damaged = functools.partial(_damaged, workdir, step, which)
         with damaged():
             meta = checkpoints.read_meta(which)
@@ -117,9 +117,7 @@ def _damaged(workdir: Path, step, which):
 
 def _choose_checkpoint(checkpoints: Checkpoints, wanted: str | int, say) -> str | int:
     if str(wanted).isdigit():
-        if int(wanted) not in checkpoints.all_steps():
-            raise FileNotFoundError(f"no checkpoint for step {int(wanted)}; have {checkpoints.all_steps()}")
-        return int(wanted)
+        return checkpoints.step_of(int(wanted))
     if wanted not in ("best", "latest"):
         raise ValueError(f"checkpoint must be 'best', 'latest' or a step number, got {wanted!r}")
     if checkpoints.latest_step() is None and checkpoints.best.latest_step() is None:

@@ -26,9 +26,9 @@ import numpy as np
 
 from streetseg_jax import atomic
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv
-from streetseg_jax.evaluate import (Evaluation, LoadedRun, as_text, confusion_png, evaluate_split, load_checked_split,
-                                    load_run, network_scales, rank_images, scored_data, score_command,
-                                    split_file_name)
+from streetseg_jax.evaluate import (Evaluation, LoadedRun, confusion_png, evaluate_split, example_name,
+                                    load_checked_split, load_run, network_scales, rank_images, scored_data,
+                                    score_command, split_file_name)
 from streetseg_jax.metrics import class_recall
 from streetseg_jax.page import escape, html_page, png_uri, section
 from streetseg_jax.visualize import curves_figure, figure_png, pyplot, read_metrics
@@ -117,7 +117,7 @@ def example(run: LoadedRun, source, index: int, miou: float, confusion: np.ndarr
               "errors": _data_uri(error_map(image, truth, pred, lm.ignore_id), "JPEG")}
     total = confusion.sum()
     accuracy = float(np.trace(confusion) / total) if total else None
-    return Example(index, as_text(record.get("file_name", f"example {index}")), miou, accuracy, panels,
+    return Example(index, example_name(record, index), miou, accuracy, panels,
                    enlarged=image.shape[1] < SHOWN_PANEL_WIDTH)
 
 

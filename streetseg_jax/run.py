@@ -431,9 +431,16 @@ def _check_workdir(workdir: Path) -> None:
     if workdir.exists() and not workdir.is_dir():
         raise RunError(f"--workdir {workdir} is a file, not a folder")
     config_file = workdir / "config.json"
-    if config_file.exists() and "provenance" not in _read_json_object(config_file):
-        raise RunError(f"{workdir} holds a config.json that no training run wrote (it has no provenance); "
-                       "give another --workdir rather than overwrite it")
+    if config_file.exists():
+        try:
+            json.loads(config_file.read_text())
+        except (OSError, ValueError) as e:      # a run's, damaged (a half-copied work directory)?
+            resume = ("remove it to resume from the checkpoints, which hold the config, or "
+                      if (workdir / "checkpoints").is_dir() else "")
+            raise RunError(f"{config_file} cannot be read ({e}): {resume}give another --workdir") from None
+        if "provenance" not in _read_json_object(config_file):
+            raise RunError(f"{workdir} holds a config.json that no training run wrote (it has no provenance); "
+                           "give another --workdir rather than overwrite it")
     photos = [] if config_file.exists() or not workdir.is_dir() else sorted(
         p.name for p in workdir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name != "curves.png")
     if photos:        # --workdir photos, typed for --input: checkpoints and overlays went in among them

@@ -915,3 +915,18 @@ def test_a_run_that_fails_to_start_in_a_notebook_leaves_the_work_directory_free(
     setup.release()
     assert len(closed) == 2 and setup.checkpoints is None and setup.lock is None
     run.prepare_run(config, tmp_path / "w").release()
+
+
+def test_a_damaged_config_json_is_said_and_removing_it_resumes(finished_run, tiny_data_dir, tmp_path):
+    """A run's config.json cut short was refused as one "that no training run wrote"."""
+    source, _ = finished_run
+    workdir = shutil.copytree(source, tmp_path / "run")
+    (workdir / "config.json").write_text((source / "config.json").read_text()[:50])
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS + 2}")
+    assert code == 2 and out.splitlines()[-1].startswith(f"error: {workdir / 'config.json'} cannot be read ("), out
+    assert out.splitlines()[-1].endswith("): remove it to resume from the checkpoints, which hold the config, or give "
+                                         "another --workdir"), out
+    (workdir / "config.json").unlink()
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS + 2}")
+    assert code == 0 and f"resuming from step {STEPS}" in out, out
+    assert json.loads((workdir / "config.json").read_text())["num_train_steps"] == STEPS + 2
