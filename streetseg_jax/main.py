@@ -29,8 +29,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Join jax.distributed with cluster auto-detection.")
 _STARTUP_TIMEOUT = flags.DEFINE_integer("startup_timeout", 300, "Seconds every process waits for all of them to "
                                        "join (multi-host; JAX ends a process that waits longer).")
-_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices per process (0: one per core, for a "
-                                    "single-process run; see sharding.split_cpu_into_cores).")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices per process (0: as many as there are cores "
+                                    "at most, a count that divides both batch sizes, for a single-process run; see "
+                                    "sharding.split_cpu_into_cores).")
 
 
 def main(argv):

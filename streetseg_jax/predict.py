@@ -411,8 +411,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--overlap", type=_overlap, default=None,
                         help="window overlap fraction, at least 0 and below 0.5 (default 0.25)")
     parser.add_argument("--skip_existing", action="store_true",
-                        help="leave out images whose files are already in --output and newer than the image (to go on "
-                             "after an interrupted run; --export still covers them all)")
+                        help="leave out images whose files are already in --output, newer than the image and made by "
+                             "the same model and settings (OUTPUT/predict.json records them), to go on after an "
+                             "interrupted run; --export still covers them all")
     parser.add_argument("--export", choices=EXPORT_FORMATS, help="also write the masks as polygons for this tool")
     parser.add_argument("--tolerance", type=_tolerance, default=None,
                         help="polygon simplification in pixels, 0 or more (--export; default 0.5)")

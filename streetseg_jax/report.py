@@ -1,5 +1,5 @@
-"""Run report: `python -m streetseg_jax.report --workdir DIR [--split S] [--checkpoint best|latest|STEP] [--k 4]
-[--[no_]flip_tta] [--extra_scales S,...|none] [--output FILE]` (test-time augmentation as the run evaluated unless
+"""Run report: `python -m streetseg_jax.report --workdir DIR [--split S] [--data_dir D]
+[--checkpoint best|latest|STEP] [--k 4] [--[no_]flip_tta] [--extra_scales S,...|none] [--output FILE]` (test-time augmentation as the run evaluated unless
 told).
 
 Writes DIR/report.html (named with what differs from the run's own page where a flag chooses another split,

@@ -6,6 +6,7 @@
     python -m streetseg_jax.data build --config from_annotations --name NAME --manual_dir EXPORT_DIR
         --format {voc,mit_xml,labelme,coco,coco_panoptic,cvat,labelbox,cityscapes,mapillary,masks,auto}
         --label_map FILE --data_dir DIR [--val_fraction F | --split_file FILE] [--unknown error|ignore]
+    (every config: [--overwrite] [--num_workers N] [--file_format array_record|tfrecord])
 
 from_annotations builds street_seg/NAME from a labelling tool's export: it prints the validation report first and
 stops on its errors. An existing build is reused when its inputs (files, label map, options) are unchanged, and
