@@ -1,8 +1,8 @@
 """A training run's surroundings: the work directory, its data, its checkpoints, its log and its end products.
 
 `prepare_run` opens everything a run needs and refuses what cannot work (a missing dataset, a work directory
-holding another model or label map); `RunSetup` saves and restores; `RunLog` writes `metrics.jsonl` and the
-progress line; `finish_run` draws the curves (drawn after every evaluation too) and a few prediction overlays.
+holding another model or label map); `RunSetup` saves and restores, and logs through `runlog.RunLog`;
+`finish_run` draws the curves (drawn after every evaluation too) and a few prediction overlays.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from streetseg_jax.data.source import UnknownSplitError, dataset_dir, dataset_fi
 from streetseg_jax.labels.images import IMAGE_SUFFIXES
 from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
 from streetseg_jax.labels.label_map import LabelMap
+from streetseg_jax.runlog import RunLog, devices
 from streetseg_jax.visualize import best_eval, eval_rows, flatten, hms, plot_curves, read_metrics, run_history
 
 # Config sections that must match for a work directory to be resumed. A resume also keeps the optimiser's layout,
@@ -55,7 +56,7 @@ class RunSetup:
     augment_cfg: augment.AugmentConfig
     class_weights: np.ndarray
     checkpoints: checkpoint.Checkpoints | None
-    log: "RunLog"
+    log: RunLog
     meta: dict
     lock: Any = None       # the work directory's lock file, held open while the run lives (process 0)
 
@@ -162,7 +163,7 @@ def _layout(section):
     return section
 
 
-def _warn_of_changes(saved: dict, current: dict, step: int, log: "RunLog") -> dict:
+def _warn_of_changes(saved: dict, current: dict, step: int, log: RunLog) -> dict:
     """The config keys that differ from the checkpoint's ({key: [then, now]}), said when the run resumes with
     them; changes to how evaluation scores and to the learning rate get a warning of what they do."""
     changed = _changes(saved, current)
@@ -471,7 +472,7 @@ def _read_json_object(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _lock(workdir: Path, log: "RunLog"):
+def _lock(workdir: Path, log: RunLog):
     """An exclusive lock on WORKDIR/.lock, taken by process 0 and held while the run lives: a second run in the same
     work directory would interleave its log and checkpoints with this one's. Every process learns the outcome (the
     others would otherwise wait in their first collective for a process 0 that has left), and finds process 0's
@@ -492,7 +493,7 @@ def _lock(workdir: Path, log: "RunLog"):
     return lock
 
 
-def _take_lock(workdir: Path, log: "RunLog", mark: str):
+def _take_lock(workdir: Path, log: RunLog, mark: str):
     """The open lock file, or None where locks are not available; RunError when another run holds it. Either way
     the file says which process runs here, and `mark`."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -573,7 +574,7 @@ def augment_config(config) -> augment.AugmentConfig:
                                  contrast=a.contrast, saturation=a.saturation, hue=a.hue)
 
 
-def class_weights(config, source, label_map: LabelMap, log: "RunLog") -> np.ndarray:
+def class_weights(config, source, label_map: LabelMap, log: RunLog) -> np.ndarray:
     """Per-class loss weights (check_config has checked the settings)."""
     if config.class_weights == "none":
         return np.ones(label_map.num_classes, np.float32)
@@ -599,12 +600,7 @@ def provenance(config, info, fingerprint: str) -> dict:
             "devices": devices()}
 
 
-def devices() -> dict:
-    """What a run trains on, as config.json's provenance and each run/start record keep it."""
-    return {"count": jax.device_count(), "kind": jax.devices()[0].device_kind, "processes": jax.process_count()}
-
-
-def _say_if_the_devices_changed(workdir: Path, log: "RunLog") -> None:
+def _say_if_the_devices_changed(workdir: Path, log: RunLog) -> None:
     """A resume on other devices than the run's last start (config.json's record) says so: the steps from here are
     an unchanged run's to float rounding only (sums over devices add up in another order)."""
     then, now = _recorded(workdir, "provenance", "devices"), devices()
@@ -632,86 +628,6 @@ def _write_json(path: Path, data: dict) -> None:
     atomic.write_text(path, json.dumps(data, indent=1, default=str))
 
 
-# -------------------------------------------------------------------------------------------------------------------
-class RunLog:
-    """metrics.jsonl (one JSON object per line with `step` and `time`) and a progress line with ETA on screen.
-
-    Only process 0 writes or prints.
-    """
-
-    def __init__(self, workdir: Path, num_steps: int, batch_size: int, eval_every: int = 0):
-        self.path = workdir / "metrics.jsonl"
-        self.num_steps, self.batch_size, self.eval_every = num_steps, batch_size, eval_every
-        self.primary = jax.process_index() == 0
-        self.t0, self.step0 = time.time(), 0
-        self.compiled: tuple[int, float] | None = None     # (step, time) when the first step of this start was done
-        self.eval_seconds, self.last_eval = 0.0, 0.0       # evaluations of this start: all of them, the latest
-        self.changed: dict = {}     # config keys a resume changed: kept in its run/start record
-
-    def start(self, step: int, num_steps: int) -> None:
-        """Marks where this (re)start begins in metrics.jsonl, so readers can tell lost steps and downtime."""
-        self.t0, self.step0, self.compiled = time.time(), step, None
-        self.eval_seconds = self.last_eval = 0.0
-        if self.primary:
-            changed = {"run/changed": self.changed} if self.changed else {}
-            _append_record(self.path, {"step": step, "time": self.t0, "run/start": True, "run/devices": devices(),
-                                       **changed})
-        self.say(f"training steps {step}..{num_steps} on {jax.device_count()} device(s), "
-                 f"{jax.process_count()} process(es)")
-
-    def first_step_done(self, step: int) -> None:
-        """The ETA counts from here on: the first step of a start includes compiling it."""
-        self.compiled = (step, time.time())
-
-    def evaluated(self, seconds: float) -> None:
-        """The ETA counts evaluations apart from steps: each one left is taken to last as long as the latest."""
-        self.eval_seconds += seconds
-        self.last_eval = seconds
-
-    def write(self, step: int, row: dict) -> None:
-        if not self.primary:
-            return
-        _append_record(self.path, {"step": step, "time": time.time(), **{k: _plain(v) for k, v in row.items()}})
-        self.say(self._progress(step, row))
-
-    def _progress(self, step: int, row: dict) -> str:
-        shown = "  ".join(f"{k.split('/', 1)[-1] if k.startswith('train/') else k} {v:.4g}"
-                          for k, v in row.items() if isinstance(v, float) and "/iou/" not in k)
-        head = f"step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%)  {shown}"
-        if self.compiled and step == self.compiled[0] < self.num_steps:
-            return f"{head}  ETA from the next line (the steps so far include compiling)"   # compiling step alone
-        now = time.time()
-        since_step, since = self.compiled if self.compiled and step > self.compiled[0] else (self.step0, self.t0)
-        per_step = max(now - since - self.eval_seconds, 0.0) / max(step - since_step, 1e-9)
-        # A train line at an evaluation step comes before that step's evaluation: it is still to run.
-        evals = self._evals_after(step - 1) if "eval/miou" not in row else self._evals_after(step)
-        eta = (self.num_steps - step) * per_step + evals * self.last_eval
-        return f"{head}  ETA {hms(eta)}"
-
-    def _evals_after(self, step: int) -> int:
-        """Evaluations still to come after `step`: every eval_every steps, and always at the last one."""
-        if step >= self.num_steps:
-            return 0
-        every = self.eval_every
-        regular = self.num_steps // every - step // every if every else 0
-        return regular + (0 if every and self.num_steps % every == 0 else 1)
-
-    def say(self, message: str) -> None:
-        if self.primary:
-            print(message, flush=True)
-
-
-def _append_record(path: Path, record: dict) -> None:
-    """One JSON line at the end of `path`; a line that a killed run left unfinished is ended first."""
-    with open(path, "a+b") as f:    # appends go to the end wherever the reads seek
-        end = f.seek(0, os.SEEK_END)
-        if end:
-            f.seek(end - 1)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-        f.write(json.dumps(record).encode() + b"\n")
-
-
 def _outcome(history: list[dict], workdir: Path) -> str:
     """What the run reached, and where to look next."""
     evals, best = eval_rows(history), best_eval(history)
@@ -720,12 +636,6 @@ def _outcome(history: list[dict], workdir: Path) -> str:
         return look
     return (f"eval mIoU {evals[-1]['eval/miou']:.4f} at the end, best {best['eval/miou']:.4f} at step {best['step']} "
             f"(the best checkpoint); {hms(history[-1]['elapsed'])} of training; {look}")
-
-
-def _plain(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    return v
 
 
 # -------------------------------------------------------------------------------------------------------------------

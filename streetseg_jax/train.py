@@ -21,7 +21,8 @@ from streetseg_jax.data import pipeline
 from streetseg_jax.evaluate import Evaluator
 from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
 from streetseg_jax.models.unet import build_model, model_dtype, preprocess
-from streetseg_jax.run import RunLog, RunSetup, prepare_run, finish_run
+from streetseg_jax.run import RunSetup, prepare_run, finish_run
+from streetseg_jax.runlog import RunLog
 
 
 @jax.tree_util.register_dataclass

@@ -16,7 +16,7 @@ from PIL import Image
 
 from streetseg_jax import compare
 from test_report import needs_chromium, render
-from streetseg_jax.run import RunLog
+from streetseg_jax.runlog import RunLog
 from streetseg_jax.visualize import read_metrics, run_history
 
 

@@ -760,11 +760,11 @@ def test_class_weight_power_softens_the_median_frequency_weights():
 
 
 def test_the_eta_counts_steps_and_evaluations_apart_and_leaves_out_the_compilation(tmp_path, monkeypatch, capsys):
-    from streetseg_jax import run
+    from streetseg_jax import runlog
 
     now = [0.0]
-    monkeypatch.setattr(run.time, "time", lambda: now[0])
-    log = run.RunLog(tmp_path, num_steps=100, batch_size=8, eval_every=10)
+    monkeypatch.setattr(runlog.time, "time", lambda: now[0])
+    log = runlog.RunLog(tmp_path, num_steps=100, batch_size=8, eval_every=10)
     log.start(0, 100)
     now[0] = 91.0
     log.first_step_done(1)          # 91 s for step 1: compiling it
@@ -780,11 +780,11 @@ def test_the_eta_counts_steps_and_evaluations_apart_and_leaves_out_the_compilati
     # 80 steps and 9 evaluations of 5 s (step 20's is still to come), then 8 of 6 s (an evaluation line no longer
     # counts as slow steps).
     assert [line.split("ETA ")[1] for line in lines] == ["0:01:30", "0:02:15", "0:02:05", "0:02:08"]
-    assert [run.RunLog(tmp_path, 95, 8, every)._evals_after(step) for every, step in
+    assert [runlog.RunLog(tmp_path, 95, 8, every)._evals_after(step) for every, step in
             ((10, 0), (10, 90), (10, 95), (0, 50), (5, 95), (5, 94))] == [10, 1, 0, 1, 0, 1]
     # A resume logged at its first step (preempted at step 79): that step compiled, so no ETA from it (26 minutes
     # were shown, then 30 s).
-    resumed = run.RunLog(tmp_path, num_steps=400, batch_size=8, eval_every=100)
+    resumed = runlog.RunLog(tmp_path, num_steps=400, batch_size=8, eval_every=100)
     resumed.start(79, 400)
     now[0] += 40.0
     resumed.first_step_done(80)
@@ -836,13 +836,13 @@ def test_a_run_shorter_than_its_warmup_still_decays(schedule):
 
 def test_curves_that_cannot_be_drawn_are_a_warning_not_the_end_of_the_run(tmp_path, monkeypatch, capsys):
     """A failed curves.png write ended the run before that step's checkpoints were saved."""
-    from streetseg_jax import run
+    from streetseg_jax import run, runlog
 
     def full_disk(records, path):
         raise OSError(f"cannot write {path}: No space left on device")
     monkeypatch.setattr(run, "plot_curves", full_disk)
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "time": 0.0, "train/loss": 1.0}) + "\n")
-    setup = run.RunSetup(None, tmp_path, None, None, None, None, None, None, None, run.RunLog(tmp_path, 10, 8), {})
+    setup = run.RunSetup(None, tmp_path, None, None, None, None, None, None, None, runlog.RunLog(tmp_path, 10, 8), {})
     assert [row["step"] for row in setup.draw_curves()] == [1]
     assert f"warning: cannot write {tmp_path / 'curves.png'}: No space left on device; training goes on" \
         in capsys.readouterr().out

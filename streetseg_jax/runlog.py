@@ -1,0 +1,103 @@
+"""A training run's log: metrics.jsonl (one JSON object per line with `step` and `time`, a `run/start` record at each
+start) and the progress line with its ETA; only process 0 writes or prints."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from streetseg_jax.visualize import hms
+
+
+def devices() -> dict:
+    """What a run trains on, as config.json's provenance and each run/start record keep it."""
+    return {"count": jax.device_count(), "kind": jax.devices()[0].device_kind, "processes": jax.process_count()}
+
+
+class RunLog:
+    """metrics.jsonl (one JSON object per line with `step` and `time`) and a progress line with ETA on screen.
+
+    Only process 0 writes or prints.
+    """
+
+    def __init__(self, workdir: Path, num_steps: int, batch_size: int, eval_every: int = 0):
+        self.path = workdir / "metrics.jsonl"
+        self.num_steps, self.batch_size, self.eval_every = num_steps, batch_size, eval_every
+        self.primary = jax.process_index() == 0
+        self.t0, self.step0 = time.time(), 0
+        self.compiled: tuple[int, float] | None = None     # (step, time) when the first step of this start was done
+        self.eval_seconds, self.last_eval = 0.0, 0.0       # evaluations of this start: all of them, the latest
+        self.changed: dict = {}     # config keys a resume changed: kept in its run/start record
+
+    def start(self, step: int, num_steps: int) -> None:
+        """Marks where this (re)start begins in metrics.jsonl, so readers can tell lost steps and downtime."""
+        self.t0, self.step0, self.compiled = time.time(), step, None
+        self.eval_seconds = self.last_eval = 0.0
+        if self.primary:
+            changed = {"run/changed": self.changed} if self.changed else {}
+            append_record(self.path, {"step": step, "time": self.t0, "run/start": True, "run/devices": devices(),
+                                       **changed})
+        self.say(f"training steps {step}..{num_steps} on {jax.device_count()} device(s), "
+                 f"{jax.process_count()} process(es)")
+
+    def first_step_done(self, step: int) -> None:
+        """The ETA counts from here on: the first step of a start includes compiling it."""
+        self.compiled = (step, time.time())
+
+    def evaluated(self, seconds: float) -> None:
+        """The ETA counts evaluations apart from steps: each one left is taken to last as long as the latest."""
+        self.eval_seconds += seconds
+        self.last_eval = seconds
+
+    def write(self, step: int, row: dict) -> None:
+        if not self.primary:
+            return
+        append_record(self.path, {"step": step, "time": time.time(), **{k: _plain(v) for k, v in row.items()}})
+        self.say(self._progress(step, row))
+
+    def _progress(self, step: int, row: dict) -> str:
+        shown = "  ".join(f"{k.split('/', 1)[-1] if k.startswith('train/') else k} {v:.4g}"
+                          for k, v in row.items() if isinstance(v, float) and "/iou/" not in k)
+        head = f"step {step}/{self.num_steps} ({100 * step / self.num_steps:.0f}%)  {shown}"
+        if self.compiled and step == self.compiled[0] < self.num_steps:
+            return f"{head}  ETA from the next line (the steps so far include compiling)"   # compiling step alone
+        now = time.time()
+        since_step, since = self.compiled if self.compiled and step > self.compiled[0] else (self.step0, self.t0)
+        per_step = max(now - since - self.eval_seconds, 0.0) / max(step - since_step, 1e-9)
+        # A train line at an evaluation step comes before that step's evaluation: it is still to run.
+        evals = self._evals_after(step - 1) if "eval/miou" not in row else self._evals_after(step)
+        eta = (self.num_steps - step) * per_step + evals * self.last_eval
+        return f"{head}  ETA {hms(eta)}"
+
+    def _evals_after(self, step: int) -> int:
+        """Evaluations still to come after `step`: every eval_every steps, and always at the last one."""
+        if step >= self.num_steps:
+            return 0
+        every = self.eval_every
+        regular = self.num_steps // every - step // every if every else 0
+        return regular + (0 if every and self.num_steps % every == 0 else 1)
+
+    def say(self, message: str) -> None:
+        if self.primary:
+            print(message, flush=True)
+
+
+def append_record(path: Path, record: dict) -> None:
+    """One JSON line at the end of `path`; a line that a killed run left unfinished is ended first."""
+    with open(path, "a+b") as f:    # appends go to the end wherever the reads seek
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(json.dumps(record).encode() + b"\n")
+
+
+def _plain(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return v
