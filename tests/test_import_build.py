@@ -573,3 +573,28 @@ def test_cli_flag_errors(tmp_path):
     out = run_cli("build", "--config", "synthetic", "--data_dir", str(tmp_path / "tfds"), "--label_map", str(partial))
     assert out.returncode == 2 and f"{partial} lacks tree, landscaping, sidewalk, building, sky, concrete" in out.stderr
     assert not (tmp_path / "tfds").exists()
+
+
+def test_an_export_in_the_default_manual_folder_is_fingerprinted(tmp_path):
+    """An export in DATA_DIR/downloads/manual (TFDS's default) was left out of its own fingerprint with the data dir:
+    a relabelled mask was never noticed, the old build handed back."""
+    data_dir = tmp_path / "tfds"
+    export = mask_export(data_dir / "downloads" / "manual", {"train": ["a", "b"], "val": ["c"]})
+    options = dict(name="manual", format="masks", label_map=label_map_file(tmp_path), log=lambda message: None)
+    assert not data_build.build("from_annotations", data_dir, None, **options).reused
+    Image.new("L", (8, 6), 5).save(export / "train" / "masks" / "a.png")
+    with pytest.raises(BuildError, match="1 file\\(s\\) modified: train/masks/a.png"):
+        data_build.build("from_annotations", data_dir, None, **options)
+
+
+def test_a_val_fraction_given_is_not_answered_with_the_exports_own_splits(tmp_path):
+    """val_fraction=0.2 asked of a build that had followed the export's splits was recorded as the default's 0.2, and
+    the export's splits were handed back as if hashed."""
+    export = mask_export(tmp_path / "export", {"train": list("abcdef"), "val": list("ghi")})
+    result, _ = build(tmp_path, export, fmt="masks")
+    assert result.splits == {"train": 6, "validation": 3}
+    with pytest.raises(BuildError, match="option splits: None before, 'by val_fraction' now"):
+        build(tmp_path, export, fmt="masks", val_fraction=0.2)
+    result, _ = build(tmp_path, export, fmt="masks", val_fraction=0.2, overwrite=True)
+    assert sum(result.splits.values()) == 9 and result.splits != {"train": 6, "validation": 3}
+    assert build(tmp_path, export, fmt="masks", val_fraction=0.2)[0].reused

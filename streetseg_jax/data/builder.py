@@ -125,11 +125,13 @@ class StreetSegConfig(tfds.core.BuilderConfig):
             return {"test_fraction": self.test_fraction}
         # Recorded as before the export's own splits were followed, so that a build of an export without them is
         # still reused: a dataset built from an export with splits before then keeps its hashed splits until
-        # rebuilt with --overwrite.
+        # rebuilt with --overwrite. A val_fraction given says so ("splits"), or a build that followed the export's
+        # splits was reused for --val_fraction 0.2, the default's value.
         fraction = DEFAULT_VAL_FRACTION if self.val_fraction is None else self.val_fraction
+        given = {"splits": "by val_fraction"} if self.val_fraction is not None and not self.split_file else {}
         return {"format": self.format, "val_fraction": None if self.split_file else fraction,
                 "split_file": self.split_file, "split_file_sha256": _hash_or_none(self.split_file),
-                "unknown": self.unknown}
+                "unknown": self.unknown, **given}
 
 
 def _hash_or_none(path: str | None) -> str | None:

@@ -296,9 +296,11 @@ def _names(names: list[str]) -> str:
 
 # --- fingerprints ------------------------------------------------------------------------------------------------
 def fingerprint(folder: Path, label_map: LabelMap, options: dict, exclude: tuple[Path, ...] = ()) -> dict:
-    """{"files": {relative path: [size, sha256 prefix]}, "label_map": ..., "options": ...} (JSON-ready)."""
+    """{"files": {relative path: [size, sha256 prefix]}, "label_map": ..., "options": ...} (JSON-ready). Files
+    under an `exclude` folder inside `folder` are left out (the data dir's own builds, where it lies in the export);
+    one that holds `folder` (an export in TFDS's DATA_DIR/downloads/manual) leaves out nothing."""
     folder = Path(folder)
-    skip = [Path(p).resolve() for p in exclude]
+    skip = [s for s in (Path(p).resolve() for p in exclude) if not folder.resolve().is_relative_to(s)]
     files = {}
     for path in files_under(folder, follow_links=True):   # CamVid copies are often linked folders
         relative = path.relative_to(folder)
