@@ -598,3 +598,13 @@ def test_a_val_fraction_given_is_not_answered_with_the_exports_own_splits(tmp_pa
     result, _ = build(tmp_path, export, fmt="masks", val_fraction=0.2, overwrite=True)
     assert sum(result.splits.values()) == 9 and result.splits != {"train": 6, "validation": 3}
     assert build(tmp_path, export, fmt="masks", val_fraction=0.2)[0].reused
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_by_name(tmp_path):
+    """A Latin-1 file name (an old zip's) ended the build in a UnicodeEncodeError traceback."""
+    export = mask_export(tmp_path / "export", {"train": ["plain"]})
+    latin = os.fsdecode(b"caf\xe9.png")
+    for kind in ("images", "masks"):
+        shutil.copy(export / "train" / kind / "plain.png", export / "train" / kind / latin)
+    with pytest.raises(BuildError, match=r"b'train/caf\\xe9': the file name is not UTF-8 .*: rename it"):
+        build(tmp_path, export, fmt="masks")

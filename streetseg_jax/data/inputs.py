@@ -96,12 +96,24 @@ def collect(folder: Path, fmt: str, label_map: LabelMap, rule: SplitRule, *, unk
     options = CheckOptions(unknown=unknown, mask_dir=None if mask_dir is None else str(mask_dir))
     report = validate(annotations, label_map, fmt=fmt, source=folder, root=Path(folder), options=options,
                       map_fn=map_fn)
+    for file in report.files:
+        if not _is_text(file.key):
+            file.errors.append(f"{file.key.encode('utf-8', 'surrogateescape')!r}: the file name is not UTF-8 (another "
+                               "encoding's bytes, as old zip files keep them); a dataset keeps names as text: rename it")
     splits, notes = assign_splits([f.key for f in report.files], rule,
                                   [a.split_key or f.key for a, f in zip(annotations, report.files)],
                                   [a.split for a in annotations])
     if files is not None:
         notes += photos_in_two_splits(annotations, [f.key for f in report.files], splits, Path(folder), files)
     return ExportPlan(fmt, Path(folder), annotations, report, splits, notes, mask_dir=mask_dir)
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:      # bytes Python kept as lone surrogates
+        return False
 
 
 def photos_in_two_splits(annotations: list[Annotation], keys: list[str], splits: dict[str, list[int]], folder: Path,
@@ -219,7 +231,7 @@ def _order_split(keys: list[str], rule: SplitRule) -> dict[str, str]:
 
 def stem_fraction(stem: str) -> float:
     """A number in [0, 1) fixed by the stem alone (not Python's hash(), which changes per process)."""
-    digest = hashlib.sha256(stem.encode("utf-8")).digest()
+    digest = hashlib.sha256(stem.encode("utf-8", "surrogateescape")).digest()   # a name not UTF-8 is refused later
     return int.from_bytes(digest[:8], "big") / 2 ** 64
 
 
