@@ -205,6 +205,8 @@ def test_unlabelled_pixels_are_those_no_shape_claims():
 def test_image_keys():
     assert image_key(annotation(file_name="https://x.org/a/b/IMG_1.jpg?token=REDACTED")) == "IMG_1"
     assert image_key(annotation(file_name="C:\\labels\\frame_7.png")) == "frame_7"
+    assert image_key(annotation(file_name="frames/frame#001.png")) == "frame#001"     # was "frame", as a URL's
+    assert image_key(annotation(file_name="what?.jpg")) == "what?"
     assert image_key(annotation(file_name="", source="dir/x.json")) == "x"
     assert image_key(annotation(image_path=Path("/e/images/real.png"))) == "real"
 

@@ -131,6 +131,10 @@ def image_key(annotation: Annotation) -> str:
 
 
 def base_name(file_name: str | None) -> str:
-    """The last part of a file name that may be a path (either slash) or a URL with a query."""
-    name = (file_name or "").split("?")[0].split("#")[0].replace("\\", "/")
+    """The last part of a file name that may be a path (either slash) or a URL with a query or fragment (a local
+    name keeps its `?` and `#`: frame#001.png)."""
+    name = file_name or ""
+    if "://" in name:
+        name = name.split("?")[0].split("#")[0]
+    name = name.replace("\\", "/")
     return name.rstrip("/").split("/")[-1]
