@@ -286,6 +286,10 @@ def test_keys_keep_nested_and_split_folders_apart(tmp_path):
     assert [image_key(a) for a in annotations] == ["train/a", "val/a"] and duplicate_keys(annotations) == {}
     (annotation,) = masks.read(tmp_path / "splits" / "val" / "masks", LABEL_MAP)     # the mask folder itself
     assert image_key(annotation) == "a"
+    for split in ("train", "val"):      # SegNet's layout: both were "a", refused as duplicates
+        export(tmp_path / "segnet", random_ids(24), stem="a", image_dir=split, mask_dir=f"{split}annot")
+    annotations = masks.read(tmp_path / "segnet", LABEL_MAP)
+    assert [(image_key(a), a.split) for a in annotations] == [("train/a", "train"), ("val/a", "validation")]
 
 
 def test_mask_without_image_and_duplicate_names(tmp_path):

@@ -69,6 +69,8 @@ def read(path: Path, label_map) -> list[Annotation]:
         images = _files(image_dir, IMAGE_SUFFIXES) if image_dir else {}
         masks = _files(mask_dir, _MASK_SUFFIXES | _LOSSY_SUFFIXES)
         above = _folders_above(mask_dir, path)
+        if image_dir is not None and mask_dir.name == f"{image_dir.name}annot":     # SegNet's train/ + trainannot/
+            above = (*above, image_dir.name)        # its folder in the key, as train/ in train/images + train/masks
         if image_dir == mask_dir:         # side by side: the masks are the files named <stem>_mask
             images = {key: p for key, p in images.items() if not key.endswith(BESIDE_ENDING)}
             masks = {key: p for key, p in masks.items() if key.endswith(BESIDE_ENDING)}
