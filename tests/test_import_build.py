@@ -285,8 +285,15 @@ def test_nested_keys_in_split_files_and_file_names(tmp_path):
     assert inputs.read_split_file(split_file, keys) == {"Train/img0": "train", "Test/img0": "test",
                                                         "Train/img1": "train", "plain": "validation"}
     split_file.write_text("train\timg0\n")                      # two keys end in img0: which one is meant?
-    with pytest.raises(BuildError, match="no image with the stem 'img0'"):
+    with pytest.raises(BuildError, match="'img0' is the stem of 2 images \\(Test/img0, Train/img0\\): name one by "
+                                         "its folder too"):
         inputs.read_split_file(split_file, keys)
+    split_file.write_text("train\timg.001\ntest\tother.png\n")   # a stem with a dot (it was "no image")
+    assert inputs.read_split_file(split_file, ["cam1/img.001", "cam2/other"]) == {"cam1/img.001": "train",
+                                                                                  "cam2/other": "test"}
+    split_file.write_text("train\tnowhere\n")
+    with pytest.raises(BuildError, match="no image with the stem 'nowhere'"):
+        inputs.read_split_file(split_file, ["cam2/other"])
     image = Annotation(Path("a.xml"), "img0.jpg", 4, 4, [], image_path=tmp_path / "images" / "Test" / "img0.jpg")
     assert inputs.example_file_name(image, "Test/img0") == "Test/img0.jpg"
     assert inputs.example_file_name(image, "img0") == "img0.jpg"

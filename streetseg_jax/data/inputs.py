@@ -276,7 +276,9 @@ def _split_entry(line: str, known: set[str], by_stem: dict[str, list[str]]) -> t
     if split not in SPLIT_NAMES:
         return f"split {split!r} is not one of {', '.join(SPLIT_NAMES)}"
     key = _key_for(name, known, by_stem)
-    if key not in known:
+    if isinstance(key, list):
+        return f"{name!r} is the stem of {len(key)} images ({_names(key)}): name one by its folder too"
+    if key is None:
         return f"no image with the stem {name!r} in the export"
     return split, key
 
@@ -290,15 +292,19 @@ def _keys_by_stem(keys: list[str]) -> dict[str, list[str]]:
     return found
 
 
-def _key_for(name: str, known: set[str], by_stem: dict[str, list[str]]) -> str:
+def _key_for(name: str, known: set[str], by_stem: dict[str, list[str]]) -> str | list[str] | None:
     """The key a split file line names: the key itself, or its file name (suffix dropped), or a plain stem when
-    exactly one nested key ends in it."""
+    exactly one nested key ends in it (the nested keys it could be where several do; None where none does)."""
     suffix = Path(name).suffix
-    for candidate in (name, name[:len(name) - len(suffix)], Path(name).stem):
+    candidates = (name, name[:len(name) - len(suffix)], Path(name).stem)
+    for candidate in candidates:
         if candidate in known:
             return candidate
-    nested = by_stem.get(Path(name).stem, [])
-    return nested[0] if len(nested) == 1 else name
+    for candidate in candidates:        # a stem with dots of its own (img.001) is its whole name
+        nested = by_stem.get(candidate, [])
+        if nested:
+            return nested[0] if len(nested) == 1 else sorted(nested)
+    return None
 
 
 def _names(names: list[str]) -> str:
