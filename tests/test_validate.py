@@ -195,6 +195,18 @@ def test_mask_with_unlabelled_is_exactly_annotation_to_mask(fill_id, ignore_id):
         assert 0 <= unlabelled <= int((mask == fill_id).sum())
 
 
+def test_a_shape_marked_ignore_counts_as_the_fill_where_the_fill_is_the_ignore_id():
+    """A COCO crowd region of a known class is drawn with the ignore id; where that is also the fill, the build's mask
+    (this one) took a shortcut that gave the pixel to road, where to-masks gave it the ignore id."""
+    label_map = LabelMap.from_dict({"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]},
+                                                {"id": 1, "name": "road", "color": [1, 1, 1]}],
+                                    "ignore_id": 255, "fill_id": 255})
+    scene = annotation(Shape("background", rect(0, 0, 0.3, 1), ignore=True), Shape("road", rect(0.3, 0, 0.7, 1)),
+                       width=1, height=1)
+    mask, _, _ = rasterize_with_unlabelled(scene, label_map)
+    assert mask.tolist() == annotation_to_mask(scene, label_map, unknown="ignore").mask.tolist() == [[255]]
+
+
 def test_unlabelled_pixels_are_those_no_shape_claims():
     scene = annotation(Shape("background", rect(0, 0, 40, 10)), Shape("road", rect(0, 20, 40, 30)))
     mask, unlabelled, _ = rasterize_with_unlabelled(scene, default_label_map())

@@ -90,7 +90,7 @@ def rasterize_with_unlabelled(annotation: Annotation, label_map: LabelMap) -> tu
     if free is None:
         return result.mask, None, result.problems
     unclaimed = result.mask == free
-    if any(class_id == fill for class_id, _ in items):
+    if any((label_map.ignore_id if shape.ignore else class_id) == fill for class_id, shape in items):  # as drawn
         mask = rasterize(items, height, width, fill, label_map.ignore_id).mask
     else:
         mask = np.where(unclaimed, np.uint8(fill), result.mask)
