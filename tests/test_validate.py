@@ -139,6 +139,28 @@ def test_image_size_must_match_after_exif_orientation(tmp_path):
         assert report.errors == ["turned.jpg is 40x30 (after its EXIF orientation) but t.xml says 30x40"]
 
 
+def test_a_png_whose_exif_comes_after_its_pixels_is_taken_as_stored_everywhere(tmp_path):
+    """Such an eXIf chunk turned the decoded photo (build, predict) but not its size as checked or copied."""
+    import struct
+
+    from streetseg_jax.labels.images import image_size, is_rotated, open_rgb
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20)).save(buffer, "PNG", exif=exif.tobytes())
+    data, chunks, at = buffer.getvalue(), [], 8
+    while at < len(data):
+        length, = struct.unpack(">I", data[at:at + 4])
+        chunks.append(data[at:at + 12 + length])
+        at += 12 + length
+    early = [c for c in chunks if c[4:8] == b"eXIf"]
+    rest = [c for c in chunks if c[4:8] != b"eXIf"]
+    late = data[:8] + b"".join(rest[:-1] + early + rest[-1:])          # before IEND, after IDAT
+    assert (image_size(data), open_rgb(data).shape[:2], is_rotated(data)) == ((20, 40), (40, 20), True)
+    assert (image_size(late), open_rgb(late).shape[:2], is_rotated(late)) == ((40, 20), (20, 40), False)
+
+
 def test_missing_unreadable_and_truncated_images(tmp_path):
     label_map = default_label_map()
     for decode in (False, True):          # said once, also when locate_images has said it (a known problem)

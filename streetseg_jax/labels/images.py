@@ -141,7 +141,8 @@ def open_photo(source: Path | bytes, name: str = "") -> tuple[np.ndarray, np.nda
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             if image.width * image.height > MAX_PIXELS:
                 raise Image.DecompressionBombError(f"{image.width}x{image.height}")
-            image = ImageOps.exif_transpose(image)
+            if orientation(image) != 1:     # read before the pixels, as image_size does: a PNG's eXIf after them
+                image = ImageOps.exif_transpose(image)      # is no part of it there, nor here
             return to_rgb(image), _transparent(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise LabelFormatError(f"{label}: image too large (decompression bomb?) {e}; refused") from None
