@@ -8,15 +8,15 @@ With `config.eval_flip_tta` each image's logits are averaged with those of its m
 augmentation); with `config.eval_extra_scales` the network also sees the image at those scales, and the logits of
 every scale (resized back to the labels) are averaged too (multi-scale test-time augmentation).
 
-Command line: `python -m streetseg_jax.evaluate --workdir DIR [--split S] [--data_dir D]
-[--checkpoint best|latest|STEP] [--[no_]flip_tta] [--extra_scales S,...|none] [--output DIR]` scores a trained run's checkpoint
-on a split (default: its config's `eval_split`), prints the per-class IoU table, mIoU, pixel accuracy and per-image
+Command line: `python -m streetseg_jax.evaluate --workdir DIR [--split S] [--data_dir D] [--checkpoint
+best|latest|STEP] [--[no_]flip_tta] [--extra_scales S,...|none] [--output DIR]` scores a trained run's checkpoint on
+a split (default: its config's `eval_split`), prints the per-class IoU table, mIoU, pixel accuracy and per-image
 mIoU (summary and worst images), and writes them to DIR/eval/<split>.json with the row-normalised confusion matrix
 as DIR/eval/<split>_confusion.png (<split>_flip_tta.json and <split>_flip_tta_confusion.png with flip TTA, which
 follows the run's eval_flip_tta unless --flip_tta or --no_flip_tta says otherwise; likewise _multiscale with
 multi-scale TTA, which follows the run's eval_extra_scales unless --extra_scales says otherwise; --checkpoint latest
-or a step adds _step<N>: <split>_step1300.json; data other than the run trained on, --data_dir another build or
-a rebuild, adds _data-<the first 8 characters of its fingerprint>, so that the run's own results stay).
+or a step adds _step<N>: <split>_step1300.json; data other than the run trained on, --data_dir another build or a
+rebuild, adds _data-<the first 8 characters of its fingerprint>, so that the run's own results stay).
 """
 from __future__ import annotations
 

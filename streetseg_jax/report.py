@@ -1,14 +1,14 @@
 """Run report: `python -m streetseg_jax.report --workdir DIR [--split S] [--data_dir D]
-[--checkpoint best|latest|STEP] [--k 4] [--[no_]flip_tta] [--extra_scales S,...|none] [--output FILE]` (test-time augmentation as the run evaluated unless
-told).
+[--checkpoint best|latest|STEP] [--k 4] [--[no_]flip_tta] [--extra_scales S,...|none] [--output FILE]` (test-time
+augmentation as the run evaluated unless told).
 
 Writes DIR/report.html (named with what differs from the run's own page where a flag chooses another split,
 checkpoint, TTA or data: report_val_step1300.html, see page_name; --output FILE elsewhere, for a run one cannot
-write to), one self-contained file that opens offline: images are embedded as base64 data URIs, the CSS is inline, and there is no JavaScript and no
-external request. It holds the loss and mIoU curves (from metrics.jsonl), a fresh evaluation of the chosen
-checkpoint on the split (per-class IoU table, confusion-matrix heatmap), the class pixel frequencies of the train
-and evaluated splits, the k best and k worst images by per-image mIoU as image / ground truth / prediction / error
-panels, and the run's provenance (config.json).
+write to), one self-contained file that opens offline: images are embedded as base64 data URIs, the CSS is inline,
+and there is no JavaScript and no external request. It holds the loss and mIoU curves (from metrics.jsonl), a fresh
+evaluation of the chosen checkpoint on the split (per-class IoU table, confusion-matrix heatmap), the class pixel
+frequencies of the train and evaluated splits, the k best and k worst images by per-image mIoU as image / ground
+truth / prediction / error panels, and the run's provenance (config.json).
 """
 from __future__ import annotations
 

@@ -98,8 +98,9 @@ def collect(folder: Path, fmt: str, label_map: LabelMap, rule: SplitRule, *, unk
                       map_fn=map_fn)
     for file in report.files:
         if not _is_text(file.key):
-            file.errors.append(f"{file.key.encode('utf-8', 'surrogateescape')!r}: the file name is not UTF-8 (another "
-                               "encoding's bytes, as old zip files keep them); a dataset keeps names as text: rename it")
+            raw = file.key.encode("utf-8", "surrogateescape")
+            file.errors.append(f"{raw!r}: the file name is not UTF-8 (another encoding's bytes, as old zip files keep "
+                               "them); a dataset keeps names as text: rename it")
     splits, notes = assign_splits([f.key for f in report.files], rule,
                                   [a.split_key or f.key for a, f in zip(annotations, report.files)],
                                   [a.split for a in annotations])
