@@ -17,6 +17,7 @@ import numpy as np
 from flax import traverse_util
 
 from streetseg_jax.checkpoint import Checkpoints
+from streetseg_jax.labels.label_map import LabelMap
 
 
 # The model config keys that shape the parameters (dropout and the compute dtype do not).
@@ -48,11 +49,14 @@ def _saved_model(init_from: str) -> dict:
 
 def warm_start(state, init_from: str, label_map, say):
     which, meta, raw = _read_source(init_from, weights=True)
-    if meta["label_map"] != label_map.to_dict():
-        say(f"init_from {init_from}: its label map differs from this run's; the classifier head is "
-            "re-initialised and the rest loaded")
     # A run with an EMA of the weights evaluated (and chose its best checkpoint by) the average: start from that.
     saved_params = raw["opt_state"][-1]["ema"] if meta["config"].get("ema_decay") else raw["params"]
+    if LabelMap.from_dict(meta["label_map"], "its label map").names != label_map.names:
+        # Other classes, or the same ones in another order: a head of the same shape would still be loaded, its
+        # rows the source's classes.
+        say(f"init_from {init_from}: its classes differ from this run's; the classifier head is re-initialised "
+            "and the rest loaded")
+        saved_params = {key: value for key, value in saved_params.items() if key != "head"}
     params, loaded_p, skipped_p = _merge(state.params, saved_params)
     model_state, loaded_s, skipped_s = _merge(state.model_state, raw["model_state"])
     # Parameters only: the model state also holds dropout's random-number state, which a run may add or drop.

@@ -595,32 +595,38 @@ def flat(tree) -> dict:
             for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def test_warm_start_with_other_label_map_reinitialises_the_head(finished_run):
+@pytest.mark.parametrize("classes", ["five others", "the same in another order", "the same in other colours"])
+def test_warm_start_with_other_classes_reinitialises_the_head(finished_run, classes):
+    """The same number of classes in another order loaded the old head (its rows the source's classes) while saying
+    it was re-initialised."""
+
     from streetseg_jax import sharding, train
-    from streetseg_jax.labels.label_map import ClassInfo, LabelMap
+    from streetseg_jax.labels.label_map import ClassInfo, LabelMap, default_label_map
     from streetseg_jax.warm_start import warm_start
 
     workdir, _ = finished_run
+    source = default_label_map()      # the tiny run's
+    names = {"five others": [f"class_{i}" for i in range(5)],
+             "the same in another order": [source.names[1], source.names[0], *source.names[2:]],
+             "the same in other colours": source.names}[classes]
+    label_map = LabelMap(tuple(ClassInfo(i, name, (i, i, i)) for i, name in enumerate(names)),
+                         ignore_id=source.ignore_id)
     config = tiny_config()
     config.model.dropout = 0.1      # the source had none: its random-number state is this run's own (not refused)
-    label_map = LabelMap(tuple(ClassInfo(i, f"class_{i}", (i, i, i)) for i in range(5)))
     mesh = sharding.make_mesh(jax.devices()[:1])
-    _, fresh = train.init_state(config, 5, train.make_optimizer(config), mesh)
+    _, fresh = train.init_state(config, len(names), train.make_optimizer(config), mesh)
     said = []
     state = warm_start(fresh, str(workdir), label_map, said.append)
-    assert any("classifier head is re-initialised" in s for s in said)
+    renamed = classes != "the same in other colours"
+    assert any("classifier head is re-initialised" in s for s in said) == renamed, said
     saved = final_state(workdir, which="best")["params"]  # init_from takes the best checkpoint
     flat_new, flat_fresh, flat_saved = flat(state.params), flat(fresh.params), flat(saved)
-    loaded = kept = 0
-    for path, value in flat_new.items():
-        old = flat_saved[path]
-        if np.shape(old) == np.shape(value):
-            np.testing.assert_array_equal(np.asarray(value), np.asarray(old))
-            loaded += 1
-        else:
-            np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_fresh[path]))
-            kept += 1
-    assert loaded > 10 and kept == 2  # the head's kernel and bias
+    fresh_paths = [path for path, value in flat_new.items()
+                   if not np.array_equal(np.asarray(value), np.asarray(flat_saved[path]))]
+    assert fresh_paths == (["head/bias", "head/kernel"] if renamed else []), fresh_paths
+    for path in fresh_paths:
+        np.testing.assert_array_equal(np.asarray(flat_new[path]), np.asarray(flat_fresh[path]))
+    assert len(flat_new) > 10
 
 
 def test_a_warm_start_that_would_keep_more_than_the_head_fresh_is_refused():
