@@ -199,8 +199,17 @@ def write_outputs(item: Item, image: np.ndarray, prediction, out_dir: Path, labe
     if confidence:
         grey = np.round(prediction.confidence * 255).clip(0, 255).astype(np.uint8)
         save_atomic(Image.fromarray(grey), Path(f"{base}_confidence.png"))
-    else:   # an earlier run's map would sit beside a mask it does not describe
-        Path(f"{base}_confidence.png").unlink(missing_ok=True)
+
+
+def remove_stale_confidence(todo: list[Item], items: list[Item], out_dir: Path) -> None:
+    """Without --save_confidence, an earlier run's OUT/<name>_confidence.png of an image predicted again would sit
+    beside a mask it does not describe: removed, unless another input writes that very file (a photo named
+    b_confidence.png beside b.jpg: its mask was deleted)."""
+    written = {name for item in items for name in item.outputs(False)}
+    for item in todo:
+        stale = f"{item.name}_confidence.png"
+        if stale not in written:
+            (out_dir / stale).unlink(missing_ok=True)
 
 
 def save_atomic(image: Image.Image, path: Path, **params) -> None:
@@ -475,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     done = _done_before(items, out_dir, predictor, args)
     skipped = frozenset(done)
     todo = [item for item in items if item not in skipped]
+    if not args.save_confidence:
+        remove_stale_confidence(todo, items, out_dir)
     try:
         result = _run(predictor, todo, out_dir, args) if todo else RunResult([], 0.0, [])
     except Stopped as e:

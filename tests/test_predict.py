@@ -518,6 +518,10 @@ def test_a_mask_predicted_again_loses_the_confidence_map_of_an_earlier_run(workd
     assert (out / "p_confidence.png").exists()
     assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--resize", "2") == 0
     assert (out / "p.png").exists() and not (out / "p_confidence.png").exists()
+    save(inputs / "p_confidence.png", random_image(24, 32))        # a photo of that name: its mask was deleted
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--export", "labelme") == 0
+    assert (out / "p.png").exists() and (out / "p_confidence.png").exists()
+    assert (out / "labelme" / "p_confidence.json").exists()
 
 
 def test_a_full_disk_stops_the_run_at_once_saying_what_is_written(workdir, tmp_path, monkeypatch, capsys):
