@@ -17,7 +17,8 @@ with the run's label_map.json, which `labels` and `data build` read there for th
 a run did not rewrite is named as older than the masks, and kept (corrections live there).
 Ctrl-C stops after the files being written are whole; --skip_existing then leaves out the images already done
 with the same model and settings: OUT/predict.json records them (the checkpoint, a fingerprint of its weights, the
-TTA, resize and window settings), and files older than the settings in it are predicted again.
+TTA, resize and window settings), and files older than the settings in it are predicted again, as is a mask that
+does not name that very photo (each mask records its photo's path, size and time in a PNG text chunk).
 
 A photo much larger or smaller than the images the model was trained on (its shorter side over 1.5 times theirs,
 or under 2/3) is first resized so that its shorter side is theirs (--resize auto, the default; none keeps every
@@ -193,7 +194,7 @@ def write_outputs(item: Item, image: np.ndarray, prediction, out_dir: Path, labe
 
     base = out_dir / item.name
     base.parent.mkdir(parents=True, exist_ok=True)
-    write_mask_png(f"{base}.png", prediction.mask, label_map)
+    write_mask_png(f"{base}.png", prediction.mask, label_map, {SOURCE_KEY: source_mark(item.source)})
     shown = overlay(image, prediction.mask, label_map, ignored="transparent: no photo")   # the ignore id's pixels
     save_atomic(shown, Path(f"{base}_overlay.jpg"), quality=90)
     if confidence:
@@ -280,15 +281,27 @@ def _finish_write(item: Item, future, written: list, failures: list, progress) -
 
 
 def already_predicted(items: list[Item], out_dir: Path, confidence: bool, since: float) -> list[Item]:
-    """Items whose files are all in OUT and newer than the image and than `since`, when OUT's settings were
-    recorded (--skip_existing): every file is written whole (atomic), so one that is there is complete."""
+    """Items whose files are all in OUT, newer than the image and than `since`, and whose mask records that very
+    image (--skip_existing): every file is written whole (atomic), so one that is there is complete. Another photo
+    of the same name (another folder predicted into OUT, its files' times kept by a copy) is predicted again."""
     def done(item: Item) -> bool:
         try:
             made = min((out_dir / name).stat().st_mtime for name in item.outputs(confidence))
-            return made >= max(item.source.stat().st_mtime, since)
-        except OSError:
+            with Image.open(out_dir / f"{item.name}.png") as mask:
+                recorded = mask.text.get(SOURCE_KEY)
+            return made >= max(item.source.stat().st_mtime, since) and recorded == source_mark(item.source)
+        except (OSError, ValueError, SyntaxError):      # missing, or unreadable: predicted again
             return False
     return [item for item in items if done(item)]
+
+
+SOURCE_KEY = "streetseg_jax source"     # the tEXt chunk of a predicted mask that names its photo
+
+
+def source_mark(photo: Path) -> str:
+    """The photo a mask is predicted from: its path, size and modification time."""
+    stat = photo.stat()
+    return f"{photo.resolve()} {stat.st_size} {stat.st_mtime_ns}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -420,9 +433,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--overlap", type=_overlap, default=None,
                         help="window overlap fraction, at least 0 and below 0.5 (default 0.25)")
     parser.add_argument("--skip_existing", action="store_true",
-                        help="leave out images whose files are already in --output, newer than the image and made by "
-                             "the same model and settings (OUTPUT/predict.json records them), to go on after an "
-                             "interrupted run; --export still covers them all")
+                        help="leave out images whose files are already in --output, newer than the image and made "
+                             "from it by the same model and settings (OUTPUT/predict.json records them), to go on "
+                             "after an interrupted run; --export still covers them all")
     parser.add_argument("--export", choices=EXPORT_FORMATS, help="also write the masks as polygons for this tool")
     parser.add_argument("--tolerance", type=_tolerance, default=None,
                         help="polygon simplification in pixels, 0 or more (--export; default 0.5)")

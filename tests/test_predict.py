@@ -458,6 +458,23 @@ def test_ctrl_c_keeps_the_images_written_and_skip_existing_goes_on_from_there(wo
     assert len(exported["images"]) == 6          # the skipped images' masks are read back for the export
 
 
+def test_skip_existing_redoes_a_mask_of_another_photo_of_the_same_name(workdir, tmp_path, capsys):
+    """day2/IMG_0001.jpg predicted into the OUT of day1/IMG_0001.jpg, its time kept older by a copy, was skipped:
+    OUT kept day1's mask."""
+    out = tmp_path / "out"
+    save(tmp_path / "day1" / "IMG_0001.jpg", random_image(24, 32, seed=1))
+    save(tmp_path / "day2" / "IMG_0001.jpg", random_image(24, 32, seed=2))
+    os.utime(tmp_path / "day2" / "IMG_0001.jpg", ns=(0, 0))
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "day1", "--output", out) == 0
+    with Image.open(out / "IMG_0001.png") as mask:
+        assert mask.text[predict.SOURCE_KEY].startswith(f"{(tmp_path / 'day1' / 'IMG_0001.jpg').resolve()} ")
+    capsys.readouterr()
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "day2", "--output", out, "--skip_existing") == 0
+    assert "already predicted" not in capsys.readouterr().err
+    with Image.open(out / "IMG_0001.png") as mask:
+        assert mask.text[predict.SOURCE_KEY].startswith(f"{(tmp_path / 'day2' / 'IMG_0001.jpg').resolve()} ")
+
+
 def test_skip_existing_redoes_what_another_model_or_other_settings_made(workdir, tmp_path, capsys):
     """--skip_existing kept masks of whichever checkpoint and options had made them, mixing two models in one
     folder without a word."""

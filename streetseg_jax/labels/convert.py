@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from streetseg_jax.atomic import atomic_file
 from streetseg_jax.labels.label_map import LabelMap
@@ -109,15 +109,19 @@ def class_ids(annotation: Annotation, label_map: LabelMap) -> dict[str, int | No
     return {label: label_map.id_of(label) for label in {shape.label for shape in annotation.shapes}}
 
 
-def write_mask_png(path: str | Path, mask: np.ndarray, label_map: LabelMap) -> None:
-    """8-bit palette PNG in the label map's colours, written atomically (streetseg_jax.atomic)."""
+def write_mask_png(path: str | Path, mask: np.ndarray, label_map: LabelMap, text: dict[str, str] | None = None) -> None:
+    """8-bit palette PNG in the label map's colours, written atomically (streetseg_jax.atomic); `text` goes into
+    its tEXt chunks."""
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise ValueError(f"mask must be a 2-D uint8 array, got {mask.dtype} {mask.shape}")
     image = Image.fromarray(mask)                          # mode "L"; putpalette turns it into "P", same values
     image.putpalette(label_map.palette().reshape(-1).tolist())
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     with atomic_file(path) as f:
-        image.save(f, format="PNG")
+        image.save(f, format="PNG", pnginfo=info)
 
 
 def read_mask_png(path: str | Path) -> np.ndarray:
