@@ -1,8 +1,9 @@
 """Evaluation: a jitted step that returns sums (confusion matrix, loss), accumulated on the device over a split.
 
 Scored at the labels' native resolution: when `config.eval_scale` is not 1 the network sees the image resized by
-that factor and its logits are resized back (bilinear) before the argmax. The last partial batch is padded with
-all-ignore examples, so every real pixel counts exactly once and padding counts nowhere.
+that factor and its logits are resized back (bilinear) before the argmax. A batch holds images of one size (an
+image's score does not depend on its neighbours in the split), filled up with all-ignore examples, so every real
+pixel counts exactly once and padding counts nowhere.
 
 With `config.eval_flip_tta` each image's logits are averaged with those of its mirror image (flip test-time
 augmentation); with `config.eval_extra_scales` the network also sees the image at those scales, and the logits of
@@ -114,15 +115,19 @@ class Evaluator:
         model = eval_model(self.graphdef, params, model_state)
         return tta_logits(predict_logits, model, images, self.scales, self.flip_tta)
 
-    def _batches(self, source):
-        """The split in global batches of eval_batch_size, padded with all-ignore examples (this process's share).
-        One EvalBatches per split for the Evaluator's life: with several processes it reads every image's size
-        once (to pad every batch alike), not at every evaluation."""
+    def _eval_batches(self, source) -> pipeline.EvalBatches:
+        """The split in global batches of eval_batch_size, each of one image size, filled up with all-ignore rows.
+        One EvalBatches per split for the Evaluator's life: it reads every image's size once, to plan the batches,
+        not at every evaluation."""
         if id(source) not in self._splits:      # the EvalBatches holds the source: its id stays its own
             self._splits[id(source)] = pipeline.eval_batches(
                 source, global_batch=self.batch_size, process_index=jax.process_index(),
                 process_count=jax.process_count(), ignore_id=self.label_map.ignore_id)
-        return (sharding.global_batch(batch, self.mesh) for batch in self._splits[id(source)])
+        return self._splits[id(source)]
+
+    def _batches(self, source):
+        """The split's global batches (this process's share of each on its devices)."""
+        return (sharding.global_batch(batch, self.mesh) for batch in self._eval_batches(source))
 
     def _pixel_terms(self, params, model_state, batch):
         """(labels, predictions, per-pixel negative log-likelihood with ignore pixels at 0, valid mask)."""
@@ -183,10 +188,10 @@ class Evaluator:
         """
         step = self._per_image_step()
         outs = jax.device_get([step(params, model_state, batch) for batch in self._batches(source)])
-        n = len(source)
-        return {"confusion": np.concatenate([o["confusion"] for o in outs]).astype(np.int64)[:n],
-                "loss_sum": np.concatenate([o["loss_sum"] for o in outs]).astype(np.float64)[:n],
-                "pixels": np.concatenate([o["pixels"] for o in outs]).astype(np.float64)[:n]}
+        rows = self._eval_batches(source).real_rows
+        return {"confusion": np.concatenate([o["confusion"] for o in outs]).astype(np.int64)[rows],
+                "loss_sum": np.concatenate([o["loss_sum"] for o in outs]).astype(np.float64)[rows],
+                "pixels": np.concatenate([o["pixels"] for o in outs]).astype(np.float64)[rows]}
 
     def predict(self, params, model_state, images: np.ndarray) -> np.ndarray:
         """uint8 (B, H, W) class ids for uint8 (B, H, W, 3) images of one size, seen as `run` sees them (eval_scale,

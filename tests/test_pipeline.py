@@ -229,22 +229,29 @@ def test_eval_covers_every_example_once_and_pads_with_ignore():
     assert batches.num_examples == 9 and batches.num_batches == len(batches) == 3
 
 
-def test_eval_pads_mixed_sizes_to_the_batch_maximum_with_ignore():
-    source = constant_source(2, 20, 30) + constant_source(1, 24, 26)
-    batch = next(iter(eval_batches(source, global_batch=3, ignore_id=IGNORE)))
-    assert batch["image"].shape == (3, 24, 30, 3) and batch["label"].shape == (3, 24, 30)
-    assert (batch["label"][0, 20:] == IGNORE).all() and (batch["label"][0, :20] == 0).all()
-    assert (batch["label"][2, :, 26:] == IGNORE).all() and (batch["image"][2, :, 26:] == 0).all()
+def test_eval_batches_hold_one_size_each_and_keep_the_order():
+    """Images were padded to the largest in their batch: what the network saw near an image's edges, and so its
+    score, depended on its neighbours, the batch size and the split's order."""
+    source = constant_source(2, 20, 30) + constant_source(1, 24, 26) + constant_source(2, 20, 30)
+    batches = eval_batches(source, global_batch=2, ignore_id=IGNORE)
+    out = list(batches)
+    assert [b["image"].shape for b in out] == [(2, 20, 30, 3), (2, 24, 26, 3), (2, 20, 30, 3)] == \
+        [(2, *b["label"].shape[1:], 3) for b in out]
+    assert len(batches) == 3 and batches.num_examples == 5 and batches.real_rows.tolist() == [0, 1, 2, 4, 5]
+    padding = out[1]
+    assert (padding["label"][1] == IGNORE).all() and (padding["image"][1] == 0).all()
+    firsts = np.concatenate([b["image"][:, 0, 0, 0] for b in out])[batches.real_rows]    # a row's record
+    assert firsts.tolist() == [int(record["image"][0, 0, 0]) for record in source]
 
 
-def test_eval_with_several_processes_pads_every_batch_to_the_largest_size_in_the_split():
+def test_eval_with_several_processes_agrees_on_every_batch_shape():
     """Processes cannot see each other's rows: each padded its batch to its own rows' size (or raised, asking for
     an option no command could pass), and a process whose batch had another shape left the others waiting."""
     source = constant_source(2, 20, 30) + constant_source(2, 24, 26)
     batches = {p: list(eval_batches(source, global_batch=2, ignore_id=IGNORE, process_index=p, process_count=2))
                for p in range(2)}
-    assert {b["image"].shape for p in range(2) for b in batches[p]} == {(1, 24, 30, 3)}
-    first = batches[0][0]
-    assert (first["label"][0, :20, :30] == 0).all() and (first["label"][0, 20:] == IGNORE).all()
-    single = list(eval_batches(source, global_batch=2, ignore_id=IGNORE))    # one process: each batch its own size
+    assert [b["image"].shape for b in batches[0]] == [b["image"].shape for b in batches[1]] == \
+        [(1, 20, 30, 3), (1, 24, 26, 3)]
+    np.testing.assert_array_equal(batches[1][1]["image"][0], source[3]["image"])
+    single = list(eval_batches(source, global_batch=2, ignore_id=IGNORE))
     assert [b["image"].shape for b in single] == [(2, 20, 30, 3), (2, 24, 26, 3)]
