@@ -299,9 +299,11 @@ SOURCE_KEY = "streetseg_jax source"     # the tEXt chunk of a predicted mask tha
 
 
 def source_mark(photo: Path) -> str:
-    """The photo a mask is predicted from: its path, size and modification time."""
+    """The photo a mask is predicted from: its path (bytes that are not UTF-8 escaped: a PNG's text holds only
+    UTF-8), size and modification time."""
     stat = photo.stat()
-    return f"{photo.resolve()} {stat.st_size} {stat.st_mtime_ns}"
+    path = os.fsencode(photo.resolve()).decode("utf-8", "backslashreplace")
+    return f"{path} {stat.st_size} {stat.st_mtime_ns}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
