@@ -111,7 +111,7 @@ def class_ids(annotation: Annotation, label_map: LabelMap) -> dict[str, int | No
 
 def write_mask_png(path: str | Path, mask: np.ndarray, label_map: LabelMap, text: dict[str, str] | None = None) -> None:
     """8-bit palette PNG in the label map's colours, written atomically (streetseg_jax.atomic); `text` goes into
-    its tEXt chunks."""
+    its text chunks."""
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise ValueError(f"mask must be a 2-D uint8 array, got {mask.dtype} {mask.shape}")
