@@ -615,3 +615,14 @@ def test_a_file_name_that_is_not_utf8_is_refused_by_name(tmp_path):
         shutil.copy(export / "train" / kind / "plain.png", export / "train" / kind / latin)
     with pytest.raises(BuildError, match=r"b'train/caf\\xe9': the file name is not UTF-8 .*: rename it"):
         build(tmp_path, export, fmt="masks")
+
+
+def test_a_split_with_no_labelled_pixel_is_warned_of_at_build_time(tmp_path):
+    """Such a split built without a word; a run then refuses it (run._load) only when it starts."""
+    export = mask_export(tmp_path / "export", {"train": ["a", "b"], "val": ["c"]})
+    Image.new("L", (8, 6), 255).save(export / "val" / "masks" / "c.png")
+    result, log = build(tmp_path, export, fmt="masks")
+    assert result.splits == {"train": 2, "validation": 1}
+    assert ("warning: no pixel of the validation split's 1 image(s) is labelled (every one is the ignore id 255): a run "
+            "refuses to train or evaluate on it; label some, or choose other splits") in log.splitlines(), log
+    assert "no pixel of the train split" not in log

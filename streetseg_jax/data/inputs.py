@@ -106,7 +106,17 @@ def collect(folder: Path, fmt: str, label_map: LabelMap, rule: SplitRule, *, unk
                                   [a.split for a in annotations])
     if files is not None:
         notes += photos_in_two_splits(annotations, [f.key for f in report.files], splits, Path(folder), files)
+    notes += unlabelled_splits(splits, report)
     return ExportPlan(fmt, Path(folder), annotations, report, splits, notes, mask_dir=mask_dir)
+
+
+def unlabelled_splits(splits: dict[str, list[int]], report) -> list[str]:
+    """A warning for each split that has no labelled pixel (every one the ignore id): a run refuses to train or
+    evaluate on it."""
+    return [f"warning: no pixel of the {split} split's {len(rows)} image(s) is labelled (every one is the ignore id "
+            f"{report.label_map.ignore_id}): a run refuses to train or evaluate on it; label some, or choose other "
+            "splits" for split, rows in splits.items()
+            if rows and not any(sum(report.files[i].class_pixels) for i in rows)]
 
 
 def _is_text(name: str) -> bool:
