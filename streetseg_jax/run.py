@@ -434,12 +434,12 @@ def _check_workdir(workdir: Path) -> None:
     config_file = workdir / "config.json"
     if config_file.exists():
         try:
-            json.loads(config_file.read_text())
+            recorded = json.loads(config_file.read_text())
         except (OSError, ValueError) as e:      # a run's, damaged (a half-copied work directory)?
             resume = ("remove it to resume from the checkpoints, which hold the config, or "
                       if (workdir / "checkpoints").is_dir() else "")
             raise RunError(f"{config_file} cannot be read ({e}): {resume}give another --workdir") from None
-        if "provenance" not in _read_json_object(config_file):
+        if not isinstance(recorded, dict) or "provenance" not in recorded:
             raise RunError(f"{workdir} holds a config.json that no training run wrote (it has no provenance); "
                            "give another --workdir rather than overwrite it")
     photos = [] if config_file.exists() or not workdir.is_dir() else sorted(
