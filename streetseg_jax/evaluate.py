@@ -300,6 +300,12 @@ def scored_data(workdir: Path, run: LoadedRun, data_dir: str | None) -> dict:
     return {"directory": str(directory), "fingerprint": fingerprint, "trained_on": trained_on}
 
 
+def other_data(data: dict) -> str | None:
+    """The first 8 characters of the fingerprint of data (scored_data) other than the run trained on, which name
+    its results apart from the run's own; None for the run's own data, or where that cannot be told."""
+    return data["fingerprint"][:8] if data["trained_on"] is False else None
+
+
 def evaluate_split(run: LoadedRun, source, split: str) -> Evaluation:
     """One pass over the split: per-image confusion matrices on the device; every total is their sum."""
     scales = len(network_scales(run.config))
@@ -359,8 +365,8 @@ def result_title(result: dict) -> str:
     lines = [f"{Path(result['workdir']).name}: {result['dataset']} {result['split']}, {which}",
              f"mIoU {_pct(result['miou'])}, network at scale{'s' * (len(scales) > 1)} "
              + ", ".join(f"{s:g}" for s in scales) + (", flip-averaged" if result["flip_tta"] else "")]
-    if result["data"]["trained_on"] is False:
-        lines.append(f"data other than the run trained on ({result['data']['fingerprint'][:8]})")
+    if other_data(result["data"]):
+        lines.append(f"data other than the run trained on ({other_data(result['data'])})")
     return "\n".join(lines)
 
 
@@ -396,7 +402,7 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     written into `out_dir` (default: the run's eval/ folder).
     `flip_tta` and `extra_scales` None score as the run evaluated (its config's eval_flip_tta, eval_extra_scales);
     with flip or multi-scale TTA the files are named <split>_flip_tta, <split>_multiscale or
-    <split>_flip_tta_multiscale, so they sit beside the plain figures; a checkpoint other than the best adds
+    <split>_flip_tta_multiscale, so they sit beside the plain figures; --checkpoint latest or a step adds
     _step<N> (it replaced the best checkpoint's figures), and data other than the run trained on _data-<its
     fingerprint> (it replaced the run's own figures)."""
     workdir = Path(workdir).resolve()
@@ -413,7 +419,7 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     stem = (split_file_name(split) + ("_flip_tta" if run.config.eval_flip_tta else "")
             + ("_multiscale" if len(network_scales(run.config)) > 1 else "")
             + ("" if checkpoint == "best" else f"_step{run.step}")     # best: also a run's latest, without one
-            + (f"_data-{data['fingerprint'][:8]}" if data["trained_on"] is False else ""))  # the run's own are kept
+            + (f"_data-{other_data(data)}" if other_data(data) else ""))  # the run's own results are kept
     if out_dir != workdir / "eval":      # the run's own folder holds its own results, wherever the run was then
         _say_whose_results_are_replaced(out_dir / f"{stem}.json", workdir)
     json_path = atomic.write_bytes(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())

@@ -27,8 +27,8 @@ import numpy as np
 from streetseg_jax import atomic
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv
 from streetseg_jax.evaluate import (Evaluation, LoadedRun, confusion_png, evaluate_split, example_name,
-                                    load_checked_split, load_run, network_scales, rank_images, scored_data,
-                                    score_command, split_file_name)
+                                    load_checked_split, load_run, network_scales, other_data, rank_images,
+                                    scored_data, score_command, split_file_name)
 from streetseg_jax.metrics import class_recall
 from streetseg_jax.page import escape, html_page, png_uri, section
 from streetseg_jax.visualize import curves_figure, figure_png, pyplot, read_metrics
@@ -347,7 +347,7 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     scored = scored_data(workdir, run, data_dir)        # after the "scoring" line: it reads every file
     data = _report_data(workdir, run, k, evaluation, eval_source, train_source, scored)
     name = page_name(split if split != config.eval_split else None, run.step if checkpoint != "best" else None,
-                     flip_tta, extra_scales, scored["fingerprint"][:8] if scored["trained_on"] is False else None)
+                     flip_tta, extra_scales, other_data(scored))
     return atomic.write_text(output or workdir / name, render_html(data))
 
 
