@@ -1,13 +1,5 @@
-"""Evaluation: a jitted step that returns sums (confusion matrix, loss), accumulated on the device over a split.
-
-Scored at the labels' native resolution: when `config.eval_scale` is not 1 the network sees the image resized by
-that factor and its logits are resized back (bilinear) before the argmax. A batch holds images of one size (an
-image's score does not depend on its neighbours in the split), filled up with all-ignore examples, so every real
-pixel counts exactly once and padding counts nowhere.
-
-With `config.eval_flip_tta` each image's logits are averaged with those of its mirror image (flip test-time
-augmentation); with `config.eval_extra_scales` the network also sees the image at those scales, and the logits of
-every scale (resized back to the labels) are averaged too (multi-scale test-time augmentation).
+"""The evaluate command: a trained run's checkpoint scored on a split (the scoring itself: `evaluator`), its results
+written and printed; also what the report reads (`load_run`, `evaluate_split`, `confusion_png`).
 
 Command line: `python -m streetseg_jax.evaluate --workdir DIR [--split S] [--data_dir D] [--checkpoint
 best|latest|STEP] [--[no_]flip_tta] [--extra_scales S,...|none] [--output DIR]` scores a trained run's checkpoint on
@@ -32,196 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from streetseg_jax import atomic, sharding
 from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, check_workdir, checkpoint_arg, fail,
                                normalise_argv, quiet_libraries)
-from streetseg_jax.data import pipeline
-from streetseg_jax.labels.label_map import LabelMap
-from streetseg_jax.losses import valid_labels
-from streetseg_jax.metrics import confusion_matrix, image_confusion_matrices, metrics_from_confusion
-from streetseg_jax.models.unet import eval_model, model_dtype, preprocess
+from streetseg_jax.evaluator import Evaluator, apply_tta_flags, example_name, network_scales
+from streetseg_jax.metrics import metrics_from_confusion
 
-# 64 batches of 8 full-HD images stay far below 2**31 pixels per confusion cell.
-FLUSH_EVERY = 64
 ANNOTATE_UP_TO = 24     # classes; beyond this the confusion-matrix cells are too small to carry numbers
-
-
-def predict_logits(model, images, scale: float = 1.0):
-    """Logits at the images' own size for uint8 (B, H, W, 3) images, the network running at `scale` x size."""
-    b, h, w, _ = images.shape
-    x = preprocess(images, model_dtype(model))
-    if scale != 1.0:
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x = jax.image.resize(x, (b, *size, 3), "bilinear", antialias=scale < 1)
-    logits = model(x).astype(jnp.float32)
-    if scale != 1.0:
-        logits = jax.image.resize(logits, (b, h, w, logits.shape[-1]), "bilinear")
-    return logits
-
-
-def network_scales(config) -> tuple[float, ...]:
-    """The scales the network sees evaluation images at: `eval_scale`, then any `eval_extra_scales` (multi-scale
-    test-time augmentation: the logits of every scale, each resized to the image, are averaged)."""
-    return (float(config.get("eval_scale", 1.0)), *(float(s) for s in config.get("eval_extra_scales", ())))
-
-
-def tta_logits(logits_fn, model, images, scales, flip_tta: bool):
-    """The mean over `scales` (one float or several) of `logits_fn(model, images, scale)`; with flip_tta
-    (test-time augmentation) each is the mean of it on the images and, mirrored back, on their mirror images (one
-    call per scale on a doubled batch)."""
-    scales = (scales,) if isinstance(scales, (int, float)) else tuple(scales)
-    n = images.shape[0]
-    batch = jnp.concatenate([images, images[:, :, ::-1]]) if flip_tta else images
-    total = None
-    for scale in scales:
-        logits = logits_fn(model, batch, scale)
-        if flip_tta:
-            logits = (logits[:n] + logits[n:, :, ::-1]) / 2
-        total = logits if total is None else total + logits
-    return total if len(scales) == 1 else total / len(scales)
-
-
-def flip_tta_setting(config, requested: bool | None) -> bool:
-    """Whether to flip-average: as `requested`, or when None as the run evaluated (its config's eval_flip_tta)."""
-    return bool(config.get("eval_flip_tta", False) if requested is None else requested)
-
-
-def apply_tta_flags(config, flip_tta: bool | None, extra_scales: tuple | None) -> bool:
-    """Set a loaded run's config to the test-time augmentation the command line asked for (`--[no_]flip_tta`,
-    `--extra_scales`; None: as the run evaluated); returns whether to flip-average."""
-    config.eval_flip_tta = flip_tta_setting(config, flip_tta)
-    if extra_scales is not None:
-        config.eval_extra_scales = tuple(extra_scales)
-    return config.eval_flip_tta
-
-
-class Evaluator:
-    """One cached jitted function over (params, model_state, batch) returning sums; metrics only at the end."""
-
-    def __init__(self, graphdef, mesh, label_map: LabelMap, config):
-        self.graphdef, self.mesh, self.label_map = graphdef, mesh, label_map
-        self._splits: dict[int, pipeline.EvalBatches] = {}     # id(source) -> its batches
-        self.batch_size, self.scales = config.eval_batch_size, network_scales(config)
-        self.flip_tta = flip_tta_setting(config, None)
-        sharding.check_batch_size(mesh, eval_batch_size=self.batch_size)
-        self._step = jax.jit(self._sums, out_shardings=sharding.replicated(mesh))
-        self._predict = jax.jit(self._argmax)
-
-    def _logits(self, params, model_state, images):
-        model = eval_model(self.graphdef, params, model_state)
-        return tta_logits(predict_logits, model, images, self.scales, self.flip_tta)
-
-    def _eval_batches(self, source) -> pipeline.EvalBatches:
-        """The split in global batches of eval_batch_size, each of one image size, filled up with all-ignore rows.
-        One EvalBatches per split for the Evaluator's life: it reads every image's size once, to plan the batches,
-        not at every evaluation."""
-        if id(source) not in self._splits:      # the EvalBatches holds the source: its id stays its own
-            self._splits[id(source)] = pipeline.eval_batches(
-                source, global_batch=self.batch_size, process_index=jax.process_index(),
-                process_count=jax.process_count(), ignore_id=self.label_map.ignore_id)
-        return self._splits[id(source)]
-
-    def _batches(self, source):
-        """The split's global batches (this process's share of each on its devices)."""
-        return (sharding.global_batch(batch, self.mesh) for batch in self._eval_batches(source))
-
-    def _pixel_terms(self, params, model_state, batch):
-        """(labels, predictions, per-pixel negative log-likelihood with ignore pixels at 0, valid mask)."""
-        logits = self._logits(params, model_state, batch["image"])
-        labels = batch["label"].astype(jnp.int32)
-        safe, valid = valid_labels(labels, self.label_map.num_classes, self.label_map.ignore_id)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
-        return labels, jnp.argmax(logits, -1), jnp.where(valid, nll, 0.0), valid.astype(jnp.float32)
-
-    def _sums(self, params, model_state, batch):
-        labels, preds, nll, valid = self._pixel_terms(params, model_state, batch)
-        with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):   # our CPU kernel counts per device
-            conf = confusion_matrix(labels, preds, self.label_map.num_classes, self.label_map.ignore_id)
-        return {"confusion": conf, "loss_sum": jnp.sum(nll), "pixels": jnp.sum(valid)}
-
-    def _argmax(self, params, model_state, images):
-        return jnp.argmax(self._logits(params, model_state, images), -1)
-
-    def sums(self, params, model_state, source) -> dict:
-        """Confusion matrix (int64), loss sum and valid-pixel count over the split. Sums stay on the device and
-        move to the host only every FLUSH_EVERY batches, before an int32 count could overflow."""
-        host, device = _zero_sums(self.label_map.num_classes), None
-        for i, batch in enumerate(self._batches(source)):
-            out = self._step(params, model_state, batch)
-            device = out if device is None else jax.tree.map(jnp.add, device, out)
-            if (i + 1) % FLUSH_EVERY == 0:
-                host, device = _add_to_host(host, device), None
-        return _add_to_host(host, device)
-
-    def run(self, params, model_state, source) -> dict:
-        """`eval/miou`, `eval/iou/<class>`, `eval/pixel_accuracy`, `eval/mean_class_accuracy`, `eval/loss`."""
-        sums = self.sums(params, model_state, source)
-        scores = metrics_from_confusion(np.asarray(sums["confusion"]), self.label_map.names)
-        scores["loss"] = float(sums["loss_sum"] / max(float(sums["pixels"]), 1.0))
-        return {f"eval/{k}": v for k, v in scores.items()}
-
-    def write_overlays(self, params, model_state, source, out_dir: Path, count: int, caption: str) -> None:
-        """image | ground truth | prediction (visualize.comparison), PNG, for the first `count` examples (one
-        process), as out_dir/<file name without its suffix>.png, under the file name's folders."""
-        from streetseg_jax.visualize import comparison
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(min(count, len(source))):
-            example = source[i]
-            image, truth = example["image"], example["segmentation_mask"][..., 0]
-            pred = self.predict(params, model_state, image[None])[0]
-            # The file name's folders are kept: nested keys repeat names (Train/img0.jpg, Test/img0.jpg).
-            path = out_dir / Path(example_name(example, i)).with_suffix(".png")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic.atomic_file(path) as f:
-                comparison(image, truth, pred, self.label_map, caption).save(f, format="PNG")
-
-    # --- per-image figures, for reports that rank images -----------------------------------------------------------
-    def per_image(self, params, model_state, source) -> dict:
-        """Sums of every example, in source order: `confusion` int64 (N, K, K), `loss_sum` and `pixels` float64 (N,).
-
-        Summed over N they are `sums`. Each batch's rows stay on the device until the pass ends (they are small:
-        K*K counts per image), so the loop never waits for a host round trip; padding rows are dropped at the end.
-        """
-        step = self._per_image_step()
-        outs = jax.device_get([step(params, model_state, batch) for batch in self._batches(source)])
-        rows = self._eval_batches(source).real_rows
-        return {"confusion": np.concatenate([o["confusion"] for o in outs]).astype(np.int64)[rows],
-                "loss_sum": np.concatenate([o["loss_sum"] for o in outs]).astype(np.float64)[rows],
-                "pixels": np.concatenate([o["pixels"] for o in outs]).astype(np.float64)[rows]}
-
-    def predict(self, params, model_state, images: np.ndarray) -> np.ndarray:
-        """uint8 (B, H, W) class ids for uint8 (B, H, W, 3) images of one size, seen as `run` sees them (eval_scale,
-        extra scales and flips)."""
-        return np.asarray(self._predict(params, model_state, images)).astype(np.uint8)
-
-    def _per_image_step(self):
-        # Built on first use (and cached), so evaluators that never rank images compile nothing extra.
-        if getattr(self, "_per_image_jit", None) is None:
-            self._per_image_jit = jax.jit(self._per_image_sums, out_shardings=sharding.replicated(self.mesh))
-        return self._per_image_jit
-
-    def _per_image_sums(self, params, model_state, batch):
-        labels, preds, nll, valid = self._pixel_terms(params, model_state, batch)
-        with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
-            conf = image_confusion_matrices(labels, preds, self.label_map.num_classes, self.label_map.ignore_id)
-        return {"confusion": conf, "loss_sum": jnp.sum(nll, axis=(1, 2)),
-                "pixels": jnp.sum(valid, axis=(1, 2))}
-
-
-def _zero_sums(num_classes: int) -> dict:
-    return {"confusion": np.zeros((num_classes, num_classes), np.int64), "loss_sum": 0.0, "pixels": 0.0}
-
-
-def _add_to_host(host: dict, device: dict | None) -> dict:
-    if device is None:
-        return host
-    got = jax.device_get(device)
-    return {"confusion": host["confusion"] + np.asarray(got["confusion"], np.int64),
-            "loss_sum": host["loss_sum"] + float(got["loss_sum"]), "pixels": host["pixels"] + float(got["pixels"])}
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -377,16 +188,6 @@ def _annotate_cells(ax, share: np.ndarray) -> None:
         elif value >= 0.005:  # a wall of 0.00 hides the cells that matter
             ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8,
                     color="white" if value > 0.55 else "#222")
-
-
-def as_text(value) -> str:
-    """A dataset string (TFDS Text comes as bytes without TensorFlow) as str."""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def example_name(record: dict, index: int) -> str:
-    """The example's file name, or example_<index> in a dataset without file names."""
-    return as_text(record.get("file_name", f"example_{index}"))
 
 
 # -------------------------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from jax import export as jax_export
 from streetseg_jax import atomic
 from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv,
                                quiet_libraries)
-from streetseg_jax.evaluate import apply_tta_flags, network_scales, predict_logits, tta_logits
+from streetseg_jax.evaluator import apply_tta_flags, network_scales, predict_logits, tta_logits
 from streetseg_jax.inference import TrainedModel, load_model, scaled_logits
 
 OUTPUTS = ("classes", "confidence", "logits")

@@ -33,7 +33,7 @@ from PIL import Image
 
 from streetseg_jax import sharding, train
 from streetseg_jax.checkpoint import Checkpoints
-from streetseg_jax.evaluate import network_scales, predict_logits, tta_logits
+from streetseg_jax.evaluator import network_scales, predict_logits, tta_logits
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.models.unet import build_model, eval_model, model_dtype, preprocess
 
@@ -150,7 +150,7 @@ def _abstract_state(config, num_classes: int):
 # Network logits
 # ---------------------------------------------------------------------------------------------------------------
 def scaled_logits(model, images, scale: float):
-    """`evaluate.predict_logits`: logits at the images' own size, the network seeing them resized by `scale`.
+    """`evaluator.predict_logits`: logits at the images' own size, the network seeing them resized by `scale`.
 
     When the network runs smaller than the image (scale < 1), its logits are enlarged by `upsample_bilinear`,
     which gives jax.image.resize's values (within float rounding) at a tenth of its cost on CPU: jax.image.resize

@@ -566,7 +566,7 @@ def _done_before(items: list[Item], out_dir: Path, predictor, args) -> list[Item
 
 def _predictor(args):
     from streetseg_jax import inference, sharding
-    from streetseg_jax.evaluate import apply_tta_flags
+    from streetseg_jax.evaluator import apply_tta_flags
 
     if args.batch_size < 1:
         fail(f"--batch_size must be at least 1, got {args.batch_size}")

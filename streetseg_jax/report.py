@@ -26,9 +26,9 @@ import numpy as np
 
 from streetseg_jax import atomic
 from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv
-from streetseg_jax.evaluate import (Evaluation, LoadedRun, confusion_png, evaluate_split, example_name,
-                                    load_checked_split, load_run, network_scales, other_data, rank_images,
-                                    scored_data, score_command, split_file_name)
+from streetseg_jax.evaluate import (Evaluation, LoadedRun, confusion_png, evaluate_split, load_checked_split,
+                                    load_run, other_data, rank_images, scored_data, score_command, split_file_name)
+from streetseg_jax.evaluator import example_name, network_scales
 from streetseg_jax.metrics import class_recall
 from streetseg_jax.page import escape, html_page, png_uri, section
 from streetseg_jax.visualize import curves_figure, figure_png, pyplot, read_metrics

@@ -1,6 +1,6 @@
 """Training: the train state, the loss, the jitted data-parallel train step, and the loop around them.
 
-The loop owns no cleverness of its own: data comes from `data.pipeline`, evaluation from `evaluate.Evaluator`,
+The loop owns no cleverness of its own: data comes from `data.pipeline`, evaluation from `evaluator.Evaluator`,
 saving and the stop signal from `checkpoint`, and everything it reports goes to `metrics.jsonl` through `RunLog`.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from flax import nnx
 
 from streetseg_jax import checkpoint, losses, sharding
 from streetseg_jax.data import pipeline
-from streetseg_jax.evaluate import Evaluator
+from streetseg_jax.evaluator import Evaluator
 from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
 from streetseg_jax.models.unet import build_model, model_dtype, preprocess
 from streetseg_jax.run import RunSetup, prepare_run, finish_run

@@ -277,6 +277,7 @@ def test_flip_tta_flags(argv, expected):
 
 def test_multi_scale_tta_on_request_is_written_beside_the_plain_figures(workdir, cli_result, capsys):
     from streetseg_jax import evaluate
+    from streetseg_jax.evaluator import network_scales
     from streetseg_jax.data.source import load_split
 
     evaluate.main(["--workdir", str(workdir), "--extra_scales", "1.0"])
@@ -287,7 +288,7 @@ def test_multi_scale_tta_on_request_is_written_beside_the_plain_figures(workdir,
     source, _, _ = load_split(run.config.dataset, "test", run.config.data_dir)
     assert result["miou"] == pytest.approx(run.evaluator.run(run.params, run.model_state, source)["eval/miou"])
     assert np.asarray(result["confusion"]).sum() == np.asarray(cli_result[1]["confusion"]).sum()
-    assert evaluate.network_scales(evaluate.load_run(workdir, "best").config) == (EVAL_SCALE,)   # as trained
+    assert network_scales(evaluate.load_run(workdir, "best").config) == (EVAL_SCALE,)   # as trained
 
 
 @pytest.mark.parametrize("argv, expected", [([], None), (["--extra_scales", "0.25,0.5"], (0.25, 0.5)),

@@ -127,7 +127,7 @@ def test_windows_cover_the_image_and_weights_cross_fade():
 
 
 def test_one_window_equals_whole_image_prediction(trained):
-    from streetseg_jax.evaluate import predict_logits
+    from streetseg_jax.evaluator import predict_logits
     from streetseg_jax.inference import Predictor
 
     image = random_image(97, 131)
@@ -139,7 +139,7 @@ def test_one_window_equals_whole_image_prediction(trained):
 
 @pytest.mark.parametrize("size", [(40, 56), (37, 53)])
 def test_prediction_at_eval_scale_matches_evaluation(trained, size):
-    from streetseg_jax.evaluate import predict_logits
+    from streetseg_jax.evaluator import predict_logits
     from streetseg_jax.inference import Predictor, upsample_bilinear
 
     config = trained.config.copy_and_resolve_references()
@@ -156,7 +156,7 @@ def test_prediction_at_eval_scale_matches_evaluation(trained, size):
 
 def test_multi_scale_tta_averages_the_logits_of_every_scale_in_prediction_and_evaluation(trained):
     from streetseg_jax import sharding
-    from streetseg_jax.evaluate import Evaluator, predict_logits
+    from streetseg_jax.evaluator import Evaluator, predict_logits
     from streetseg_jax.inference import Predictor
 
     config = trained.config.copy_and_resolve_references()
@@ -228,7 +228,7 @@ def test_windows_per_call_are_limited_by_the_memory_of_their_logits(trained):
 def test_overlays_keep_the_folders_of_nested_file_names(trained, tmp_path):
     """Images of one name in two folders (Train/img0.jpg, Test/img0.jpg: nested keys) get an overlay each."""
     from streetseg_jax import sharding
-    from streetseg_jax.evaluate import Evaluator
+    from streetseg_jax.evaluator import Evaluator
 
     config = trained.config.copy_and_resolve_references()
     config.eval_batch_size = 1
@@ -244,7 +244,7 @@ def test_overlays_keep_the_folders_of_nested_file_names(trained, tmp_path):
 
 
 def test_large_image_runs_in_tiles_and_window_interiors_equal_the_whole_image(trained):
-    from streetseg_jax.evaluate import predict_logits
+    from streetseg_jax.evaluator import predict_logits
     from streetseg_jax.inference import Blender, Predictor
 
     image = random_image(1100, 1500, seed=1)

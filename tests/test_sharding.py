@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent("""
     from conftest import tiny_config
     from test_train import tiny_batch
     from streetseg_jax import sharding, train
-    from streetseg_jax.evaluate import Evaluator
+    from streetseg_jax.evaluator import Evaluator
     from streetseg_jax.labels.label_map import default_label_map
 
     assert jax.device_count() == 8, jax.devices()

@@ -111,7 +111,7 @@ def untrained(upsample: str, num_classes: int):
 
 def ours_call(args, upsample: str):
     """One batch through our compiled function: uint8 images already on the device -> class ids."""
-    from streetseg_jax.evaluate import tta_logits
+    from streetseg_jax.evaluator import tta_logits
     from streetseg_jax.inference import scaled_logits
     from streetseg_jax.models.unet import eval_model
 
