@@ -33,7 +33,7 @@ from PIL import Image
 
 from streetseg_jax import sharding, train
 from streetseg_jax.checkpoint import Checkpoints
-from streetseg_jax.evaluator import network_scales, predict_logits, tta_logits
+from streetseg_jax.evaluator import flip_tta_setting, network_scales, predict_logits, tta_logits
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.models.unet import build_model, eval_model, model_dtype, preprocess
 
@@ -380,7 +380,8 @@ class Predictor:
 
     window: (height, width) in network pixels; overlap: fraction of the window shared with each neighbour;
     batch_size: windows per call (fewer where their logits would pass _CALL_BYTES); flip_tta: also predict the
-    mirror image and average the logits; resize: "auto" shows the network a photo at the scale of the images it
+    mirror image and average the logits (None: as the run evaluated, its config's eval_flip_tta, as the predict
+    command does); resize: "auto" shows the network a photo at the scale of the images it
     was trained on (its shorter side made theirs, where it is more than RESIZE_BEYOND times theirs or less than
     1 / RESIZE_BEYOND: a 12-megapixel photo is 8x a CamVid frame, and a model sees objects 8x larger than any it
     learned as something else; the shorter side, as a camera's portrait and landscape photos, crops and panoramas
@@ -390,7 +391,7 @@ class Predictor:
     """
 
     def __init__(self, trained: TrainedModel, window: tuple[int, int] = DEFAULT_WINDOW,
-                 overlap: float = DEFAULT_OVERLAP, batch_size: int = 8, flip_tta: bool = False,
+                 overlap: float = DEFAULT_OVERLAP, batch_size: int = 8, flip_tta: bool | None = None,
                  resize: str | float = "auto"):
         if not 0.0 <= overlap < 0.5:
             raise ValueError(f"overlap must be in [0, 0.5), got {overlap}")
@@ -399,7 +400,8 @@ class Predictor:
         if resize not in ("auto", "none") and not (isinstance(resize, (int, float)) and resize > 0):
             raise ValueError(f"resize must be 'auto', 'none' or a positive factor, got {resize!r}")
         self.trained, self.window, self.overlap = trained, tuple(window), overlap
-        self.batch_size, self.flip_tta, self.resize, self.resized = batch_size, flip_tta, resize, 0
+        self.flip_tta = flip_tta_setting(trained.config, flip_tta)
+        self.batch_size, self.resize, self.resized = batch_size, resize, 0
         # Windows are sized for eval_scale (the first); extra scales (multi-scale TTA) see the same windows.
         self.scales = network_scales(trained.config)
         self.scale = self.scales[0]

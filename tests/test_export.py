@@ -113,6 +113,7 @@ def test_test_time_augmentation_follows_the_run_unless_told(tmp_path):
     image = random_image(32, 48, seed=8)
     masks = {flip: Predictor(load_model(workdir), flip_tta=flip).predict_one(image).mask for flip in (True, False)}
     assert (masks[True] != masks[False]).any()      # else the test could not tell whether the flip went in
+    assert (Predictor(load_model(workdir)).predict_one(image).mask == masks[True]).all()    # from Python too
     for flags, flip in (((), True), (("--no_flip_tta",), False)):
         archive = tmp_path / f"flip{flip}.zip"
         assert run_cli(export, "--workdir", workdir, "--output", archive, "--platforms", "cpu", *flags) == 0
