@@ -26,7 +26,7 @@ from pathlib import Path
 from streetseg_jax import atomic
 from streetseg_jax.cli import fail, normalise_argv
 from streetseg_jax.page import escape, html_page, png_uri, section
-from streetseg_jax.visualize import (best_eval, eval_rows, figure_png, flatten, hms, pyplot, read_metrics,
+from streetseg_jax.visualize import (best_eval, eval_rows, figure_png, flatten, hms, new_figure, read_metrics,
                                      run_history)
 
 MISSING = "–"   # a config key one run lacks, or a figure it has not logged
@@ -268,13 +268,14 @@ def _columns(rows: list[list[str]]) -> list[str]:
 def curves_png(runs: list[Run]) -> bytes:
     """Eval mIoU against step and against training time, and train loss against step; one colour and line style
     per run (ten colours, then dashed, then dotted), the legend beside the plots."""
-    plt = pyplot()
-    fig, (by_step, by_time, loss) = plt.subplots(1, 3, figsize=(17, 4.2), layout="constrained")
+    from matplotlib import colormaps
+    fig = new_figure(figsize=(17, 4.2), layout="constrained")
+    by_step, by_time, loss = fig.subplots(1, 3)
     hours = max((r["elapsed"] for run in runs for r in run.evals), default=0) >= 2 * 3600
     unit, seconds = ("hours", 3600) if hours else ("minutes", 60)
     losses = {run.config.get("loss", "cross_entropy") for run in runs}
     for i, run in enumerate(runs):
-        style = {"color": plt.get_cmap("tab10")(i % 10), "linestyle": ("-", "--", ":")[i // 10 % 3]}
+        style = {"color": colormaps["tab10"](i % 10), "linestyle": ("-", "--", ":")[i // 10 % 3]}
         label = run.name + (f" ({run.config.get('loss', 'cross_entropy')})" if len(losses) > 1 else "")
         evals = run.evals
         by_step.plot([r["step"] for r in evals], [r["eval/miou"] for r in evals], marker="o", markersize=3,

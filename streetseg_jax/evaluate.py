@@ -148,13 +148,13 @@ def rank_images(image_miou: list, k: int) -> tuple[list[int], list[int]]:
 
 def confusion_png(confusion: np.ndarray, names: list[str], title: str | None = None) -> bytes:
     """Row-normalised heatmap: each row is where that true class's pixels went. Empty rows stay blank."""
-    from streetseg_jax.visualize import figure_png, pyplot
-    plt = pyplot()
+    from streetseg_jax.visualize import figure_png, new_figure
     rows = confusion.sum(axis=1, keepdims=True)
     share = np.where(rows > 0, confusion / np.maximum(rows, 1), np.nan)
     k = len(names)
     side = max(4.0, 0.55 * k + 1.5)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    fig = new_figure(figsize=(side + 1.2, side))
+    ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(share), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), names, rotation=40, ha="right")
     ax.set_yticks(range(k), names)

@@ -31,7 +31,7 @@ from streetseg_jax.evaluate import (Evaluation, LoadedRun, confusion_png, evalua
 from streetseg_jax.evaluator import example_name, network_scales
 from streetseg_jax.metrics import class_recall
 from streetseg_jax.page import escape, html_page, png_uri, section
-from streetseg_jax.visualize import curves_figure, figure_png, pyplot, read_metrics
+from streetseg_jax.visualize import curves_figure, figure_png, new_figure, read_metrics
 
 MAX_PANEL_WIDTH = 480   # pixels of an embedded example panel: enough to see errors, small enough to keep files light
 SHOWN_PANEL_WIDTH = 280  # about how wide a panel shows on the page (a quarter of it): narrower images are enlarged
@@ -70,11 +70,11 @@ def curves_png(metrics_path: Path) -> bytes | None:
 def frequency_png(series: list[tuple[str, np.ndarray]], label_map) -> bytes:
     """Each class's share of the labelled pixels, one bar per (split name, pixel counts): solid, then hatched."""
     from matplotlib.patches import Patch
-    plt = pyplot()
     k = label_map.num_classes
     colors = [np.array(c.color) / 255 for c in label_map.classes]
     styles = ({}, {"alpha": 0.55, "hatch": "///"})
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.21 * len(series) * k + 1)))
+    fig = new_figure(figsize=(8, max(2.5, 0.21 * len(series) * k + 1)))
+    ax = fig.subplots()
     y, h = np.arange(k), 0.8 / len(series)
     for j, ((_, counts), style) in enumerate(zip(series, styles)):
         share = 100 * counts / max(counts.sum(), 1)

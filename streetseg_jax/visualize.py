@@ -171,28 +171,27 @@ def hms(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
-def pyplot():
-    """matplotlib.pyplot drawing off-screen (Agg): training machines and report runs have no display."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def new_figure(**kwargs):
+    """A matplotlib Figure outside pyplot: it draws off-screen (training machines have no display) and touches no
+    global state (a notebook's backend and figures stay as they were; nothing to close)."""
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
 
 
 def figure_png(fig) -> bytes:
-    """The figure as PNG bytes, trimmed to what is drawn; the figure is closed."""
+    """The figure as PNG bytes, trimmed to what is drawn."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    pyplot().close(fig)
     return buffer.getvalue()
 
 
 def curves_figure(metrics: list[dict]):
     """Loss and mIoU against step, train and eval, from metrics.jsonl's records, whose restarts (resumes) are
-    marked by dashed lines; the caller saves and closes the figure."""
+    marked by dashed lines."""
     resumes = sorted({r["step"] for r in metrics if r.get("run/start") and r["step"] > 0})
     metrics = run_history(metrics)
-    fig, (ax_loss, ax_miou) = pyplot().subplots(1, 2, figsize=(10, 3.6))
+    fig = new_figure(figsize=(10, 3.6))
+    ax_loss, ax_miou = fig.subplots(1, 2)
     # The two losses are not one quantity: training's is the configured objective (class weights, Dice or Lovasz
     # terms), evaluation's the plain cross-entropy of the (test-time augmented) logits.
     for key, label, ax, style in (("train/loss", "train/loss (objective)", ax_loss, "-"),
@@ -216,12 +215,8 @@ def curves_figure(metrics: list[dict]):
 
 def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
     """curves_figure as one PNG, written atomically."""
-    fig = curves_figure(metrics)
-    try:
-        with atomic_file(out_path) as f:
-            fig.savefig(f, dpi=100, format="png")
-    finally:        # a run goes on when the picture cannot be written: its figures must not pile up
-        pyplot().close(fig)
+    with atomic_file(out_path) as f:
+        curves_figure(metrics).savefig(f, dpi=100, format="png")
 
 
 # Error maps: what a reader should see at a glance is where the model is wrong, so everything else recedes.

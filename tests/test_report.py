@@ -414,3 +414,30 @@ def test_report_renders_in_chromium_without_console_errors(report_path, page, tm
     shot = Image.open(result["screenshot"])
     assert shot.size == (1280, 2400)
     assert np.asarray(shot.convert("L")).std() > 10  # not a blank page
+
+
+DRAW_EVERY_PICTURE = """
+import matplotlib
+matplotlib.use("svg")                       # a notebook's own backend, and a figure of its own
+import matplotlib.pyplot as plt
+plt.figure()
+import numpy as np
+from pathlib import Path
+from streetseg_jax import compare, evaluate, report, visualize
+from streetseg_jax.labels.label_map import default_label_map
+records = [{"step": 1, "time": 0.0, "train/loss": 1.0}, {"step": 2, "time": 1.0, "eval/miou": 0.5, "eval/loss": 1.0}]
+pictures = [visualize.figure_png(visualize.curves_figure(records)),
+            evaluate.confusion_png(np.eye(3, dtype=np.int64), ["a", "b", "c"], "title"),
+            report.frequency_png([("train", np.ones(8))], default_label_map()),
+            compare.curves_png([compare.Run("r", Path("r"), {}, visualize.run_history(records), {})])]
+assert all(png.startswith(bytes([137]) + b"PNG") for png in pictures)
+print(matplotlib.get_backend(), plt.get_fignums())
+"""
+
+
+def test_pictures_leave_a_notebooks_matplotlib_as_it_was():
+    """Every picture is drawn outside pyplot: drawing one in a notebook switched its backend to Agg for good (its
+    later plots showed nothing) and registered figures it never showed."""
+    out = subprocess.run([sys.executable, "-c", DRAW_EVERY_PICTURE], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["svg", "[1]"]
