@@ -78,7 +78,7 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
     Raises FileNotFoundError with a message fit for the user when there is nothing to load, ValueError when the
     checkpoint is damaged or incomplete.
     """
-    workdir = Path(workdir)
+    workdir = Path(workdir).expanduser()
     if not workdir.is_dir():
         raise FileNotFoundError(f"{workdir} " + ("is a file, not a training work directory" if workdir.exists()
                                                  else "does not exist"))

@@ -325,3 +325,16 @@ def test_checkpoint_flag_is_one_type_for_every_command(value, expected, capsys):
             assert "argument --checkpoint: must be best, latest or a step number" in capsys.readouterr().err
         else:
             assert parse(["--workdir", "w", "--checkpoint", value]).checkpoint == expected
+
+
+def test_a_tilde_after_the_equals_sign_is_the_home_folder_for_every_command(tmp_path, monkeypatch, capsys):
+    """The shell expands `--workdir ~/runs/a` but not `--workdir=~/runs/a`: main made a folder named `~`."""
+    from streetseg_jax import evaluate
+    from streetseg_jax.cli import normalise_argv
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert normalise_argv(["--work-dir=~/runs/a", "--config.init_from=~", "--output", "~/b", "--x=a~"]) == \
+        ["--work_dir=" + str(tmp_path / "runs/a"), "--config.init_from=" + str(tmp_path), "--output", "~/b", "--x=a~"]
+    with pytest.raises(SystemExit):
+        evaluate.main(["--workdir=~/runs/missing"])
+    assert f"--workdir {tmp_path / 'runs/missing'} does not exist" in capsys.readouterr().err
