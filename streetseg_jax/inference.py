@@ -50,6 +50,7 @@ _CALL_BYTES = 512 * 2**20     # window logits of one model call at image resolut
 # ---------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TrainedModel:
+    """A checkpoint's model (`load_model`): its weights, label map and the config it was trained with."""
     graphdef: Any
     params: Any                  # pure dict
     model_state: Any             # pure dict (BatchNorm statistics)
@@ -316,6 +317,7 @@ class Blender:
 
 @dataclasses.dataclass
 class Prediction:
+    """What the model says of one image, at the image's size."""
     mask: np.ndarray             # (H, W) uint8 class ids
     confidence: np.ndarray       # (H, W) float32, the winning class's softmax probability
 
@@ -378,7 +380,7 @@ class _Job:
 class Predictor:
     """Tiled, batched, jitted prediction with a trained model.
 
-    window: (height, width) in network pixels; overlap: fraction of the window shared with each neighbour;
+    window: (height, width) in network pixels (one number: a square); overlap: fraction of the window shared with each neighbour;
     batch_size: windows per call (fewer where their logits would pass _CALL_BYTES); flip_tta: also predict the
     mirror image and average the logits (None: as the run evaluated, its config's eval_flip_tta, as the predict
     command does); resize: "auto" shows the network a photo at the scale of the images it
@@ -393,13 +395,19 @@ class Predictor:
     def __init__(self, trained: TrainedModel, window: tuple[int, int] = DEFAULT_WINDOW,
                  overlap: float = DEFAULT_OVERLAP, batch_size: int = 8, flip_tta: bool | None = None,
                  resize: str | float = "auto"):
+        if not isinstance(trained, TrainedModel):
+            raise TypeError(f"Predictor takes a TrainedModel (inference.load_model(workdir)), got "
+                            f"{type(trained).__name__}")
+        if flip_tta not in (None, True, False):
+            raise TypeError(f"flip_tta must be True, False or None (as the run evaluated), got {flip_tta!r}")
+        window = (window, window) if isinstance(window, int) else tuple(window)
         if not 0.0 <= overlap < 0.5:
             raise ValueError(f"overlap must be in [0, 0.5), got {overlap}")
         if batch_size < 1 or min(window) < 1:
             raise ValueError(f"batch_size and window must be positive, got {batch_size}, {window}")
         if resize not in ("auto", "none") and not (isinstance(resize, (int, float)) and resize > 0):
             raise ValueError(f"resize must be 'auto', 'none' or a positive factor, got {resize!r}")
-        self.trained, self.window, self.overlap = trained, tuple(window), overlap
+        self.trained, self.window, self.overlap = trained, window, overlap
         self.flip_tta = flip_tta_setting(trained.config, flip_tta)
         self.batch_size, self.resize, self.resized = batch_size, resize, 0
         # Windows are sized for eval_scale (the first); extra scales (multi-scale TTA) see the same windows.
@@ -447,6 +455,7 @@ class Predictor:
         return resize_logits(logits, *job.size) if job.resized else logits
 
     def predict_one(self, image: np.ndarray) -> Prediction:
+        """The mask and confidence of one uint8 (H, W, 3) image, at its own size."""
         (_, prediction), = self.predict([(None, image)])
         return prediction
 
@@ -477,8 +486,10 @@ class Predictor:
 
     def _job(self, key, image: np.ndarray, reduce) -> _Job:
         image = np.asarray(image)
-        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8 or not image.size:
+            raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}: "
+                             "labels.images.open_photo(path) reads a photo as predict does (RGB, turned upright "
+                             "as its EXIF says, and which pixels are transparent)")
         size = image.shape[:2]
         target = self.input_size(*size)
         if target != size:     # its logits come back at the network's size: classes are taken after resizing them

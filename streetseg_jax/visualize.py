@@ -44,7 +44,8 @@ def overlay(image: np.ndarray, mask: np.ndarray, label_map: LabelMap, alpha: flo
     """The image blended with the mask's colours (Pillow's blend: a float32 blend of a 12-megapixel photo took 432
     MB); a legend of the classes present along the bottom (the ignore id's pixels named `ignored`). An image
     narrower than the legend is enlarged by a whole factor (nearest neighbour), so that a thumbnail is not a speck in
-    the corner of its legend."""
+    the corner of its legend. A dataset's (H, W, 1) mask is taken as its (H, W)."""
+    image, mask = _checked(image, mask, label_map)
     out = Image.blend(Image.fromarray(image), Image.fromarray(colorize(mask, label_map)), alpha)
     factor = -(-_LEGEND_MIN_WIDTH // out.width)
     if legend and factor > 1:
@@ -52,6 +53,22 @@ def overlay(image: np.ndarray, mask: np.ndarray, label_map: LabelMap, alpha: flo
     if legend:
         out = _with_legend(out, _legend_entries(label_map, mask, ignored=ignored))
     return out
+
+
+def _checked(image, mask, label_map) -> tuple[np.ndarray, np.ndarray]:
+    """overlay's inputs as arrays, or a ValueError or TypeError that says what to pass (not PIL's 'Cannot handle
+    this data type: (1, 1, 1, 3)')."""
+    image, mask = np.asarray(image), np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}")
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"the mask is {mask.shape}, the image {image.shape[:2]}: they must be of one size")
+    if not isinstance(label_map, LabelMap):
+        raise TypeError(f"expected a LabelMap, got {type(label_map).__name__} (a dataset's "
+                        "info.metadata['label_map'] is one through LabelMap.from_dict)")
+    return image, mask
 
 
 _LEGEND_MIN_WIDTH = 240     # px: a narrower image gets a wider canvas, so the class names stay whole

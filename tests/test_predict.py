@@ -333,6 +333,31 @@ def test_overlays_blend_half_and_half_and_enlarge_thumbnails():
     np.testing.assert_allclose(tiny[:240:15, :240:15], want[:16, :16], atol=1)
 
 
+def test_library_calls_with_the_wrong_things_say_what_to_pass(trained):
+    """From a notebook: what a user passes by mistake is named with what to pass instead (a path for the model, a
+    string for flip_tta, an empty or grey image, a dataset's (H, W, 1) mask, a dataset's label map as a dict)."""
+    from streetseg_jax.inference import Predictor
+    from streetseg_jax.visualize import overlay
+
+    with pytest.raises(TypeError, match=r"TrainedModel \(inference.load_model\(workdir\)\), got str"):
+        Predictor("runs/default")
+    with pytest.raises(TypeError, match="flip_tta must be True, False or None"):
+        Predictor(trained, flip_tta="no")
+    predictor = Predictor(trained, window=64)
+    assert predictor.window == (64, 64)
+    for bad in (np.zeros((0, 10, 3), np.uint8), np.zeros((20, 30), np.uint8), np.zeros((20, 30, 3), np.float32)):
+        with pytest.raises(ValueError, match=r"expected a uint8 \(H, W, 3\) RGB image.*open_photo\(path\)"):
+            predictor.predict_one(bad)
+    label_map, image = default_label_map(), random_image(20, 30)
+    mask = np.full((20, 30, 1), 3, np.uint8)
+    np.testing.assert_array_equal(np.asarray(overlay(image, mask, label_map)),
+                                  np.asarray(overlay(image, mask[..., 0], label_map)))
+    with pytest.raises(ValueError, match=r"the mask is \(20, 29\), the image \(20, 30\)"):
+        overlay(image, mask[:, :29], label_map)
+    with pytest.raises(TypeError, match="LabelMap.from_dict"):
+        overlay(image, mask, label_map.to_dict())
+
+
 # --- the command --------------------------------------------------------------------------------------------------
 def test_outputs_at_input_resolution_for_odd_sizes_and_exif(workdir, tmp_path):
     inputs = tmp_path / "in"
