@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 from streetseg_jax import predict
 from streetseg_jax.labels.label_map import default_label_map
@@ -599,6 +599,35 @@ def test_transparent_pixels_get_no_class(workdir, tmp_path):
         mask, confidence = np.asarray(mask), np.asarray(confidence)
     assert (mask[:, :16] == default_label_map().ignore_id).all() and (confidence[:, :16] == 0).all()
     assert (mask[:, 16:] != default_label_map().ignore_id).all() and (confidence[:, 16:] > 0).all()
+
+
+def test_the_readmes_python_gives_what_predict_writes(tmp_path, monkeypatch, capsys):
+    """README's "From Python" code, run as written on a run that evaluated with flip TTA, a cut-out photo turned
+    by its EXIF: the mask it paints is the one predict writes, and it scores it."""
+    readme = (ROOT / "README.md").read_text().split("## From Python", 1)[1]
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    run = make_workdir(tmp_path / "runs" / "default", eval_flip_tta=True)
+    rgba = np.dstack([random_image(24, 32, seed=5), np.full((24, 32), 255, np.uint8)])
+    rgba[:, :10, 3] = 0
+    exif = Image.Exif()
+    exif[0x0112] = 6                        # shown turned: 32 high, 24 wide
+    save(tmp_path / "photo.png", rgba, exif=exif)
+    truth = np.full((32, 24), 3, np.uint8)
+    save(tmp_path / "photo_mask.png", truth)
+    assert run_predict("--workdir", run, "--input", tmp_path / "photo.png", "--output", tmp_path / "out") == 0
+    with Image.open(tmp_path / "out" / "photo.png") as written:
+        written = np.asarray(written)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    namespace = {}
+    exec(code.replace('"photo.jpg"', '"photo.png"'), namespace)
+    np.testing.assert_array_equal(namespace["mask"], written)
+    assert written.shape == (32, 24) and (written == default_label_map().ignore_id).any()
+    scored = written != default_label_map().ignore_id
+    counts = np.bincount(truth[scored].astype(int) * 8 + written[scored], minlength=64).reshape(8, 8)
+    assert float(capsys.readouterr().out) == pytest.approx(
+        namespace["metrics"].metrics_from_confusion(counts, default_label_map().names)["miou"])
+    assert (tmp_path / "overlay.png").is_file()
 
 
 def test_unreadable_inputs_are_listed_and_the_rest_written(workdir, tmp_path, capsys):
