@@ -465,9 +465,14 @@ def class_weights(config, source, label_map: LabelMap, log: RunLog) -> np.ndarra
         return np.ones(label_map.num_classes, np.float32)
     power = float(config.get("class_weight_power", 1.0))
     masks = (source[i]["segmentation_mask"] for i in range(len(source)))
-    weights = median_frequency_weights(*class_pixel_counts(masks, label_map.num_classes)) ** power
+    counts = class_pixel_counts(masks, label_map.num_classes)
+    weights = median_frequency_weights(*counts) ** power
     log.say(f"median-frequency class weights{f' to the power {power:g}' if power != 1 else ''}: " + ", ".join(
         f"{n} {w:.3f}" for n, w in zip(label_map.names, weights)))
+    absent = [name for name, pixels in zip(label_map.names, counts[0]) if not pixels]
+    if absent:
+        log.say(f"warning: no training image has a pixel of {', '.join(map(repr, absent))}: the model cannot learn "
+                "them")
     return weights
 
 

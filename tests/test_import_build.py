@@ -626,3 +626,57 @@ def test_a_split_with_no_labelled_pixel_is_warned_of_at_build_time(tmp_path):
     assert ("warning: no pixel of the validation split's 1 image(s) is labelled (every one is the ignore id 255): a run "
             "refuses to train or evaluate on it; label some, or choose other splits") in log.splitlines(), log
     assert "no pixel of the train split" not in log
+
+
+def binary_export(folder: Path, stems: list[str], foreground: int) -> Path:
+    """images/ + masks/ of a crack (a band of `foreground`) on background 0."""
+    for i, stem in enumerate(stems):
+        mask = np.zeros((H, W), np.uint8)
+        mask[5 + i % 3:9 + i % 3] = foreground
+        for sub, array in (("images", np.dstack([mask] * 3)), ("masks", mask)):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(folder / sub / f"{stem}.png")
+    return folder
+
+
+def test_a_class_no_image_has_is_said_and_binary_masks_of_0_and_255_are_named(tmp_path, capsys):
+    """Masks of 0 and 255, as many tools save a binary mask, trained to mIoU 1.0 on the 0s alone: 255 is the ignore
+    id, and nothing said that no pixel was a crack."""
+    from streetseg_jax.labels.__main__ import main as labels_main
+
+    labels = tmp_path / "crack.json"
+    labels.write_text(json.dumps({"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]},
+                                              {"id": 1, "name": "crack", "color": [255, 0, 0]}]}))
+    check = ["check", "--format", "masks", "--label_map", str(labels), "--strict", "--input"]
+    with pytest.raises(SystemExit) as refused:
+        labels_main([*check, str(binary_export(tmp_path / "saved_255", ["a", "b"], 255))])
+    out = capsys.readouterr().out
+    assert refused.value.code == 1 and "0 error(s), 1 warning(s)" in out
+    assert re.search(r"no image has a pixel of class\(es\) 'crack' \(id 1\): a model trained on this export cannot "
+                     r"learn them; the masks' pixels of value 255 \(the ignore id, \d+\.\d% of them\) are no class: a "
+                     r"binary mask saved as 0 and 255 loses its second class \(save it as 0 and 1\)", out)
+    labels_main([*check, str(binary_export(tmp_path / "saved_1", ["a", "b"], 1))])
+    out = capsys.readouterr().out
+    assert "0 error(s), 0 warning(s)" in out and "no image has a pixel" not in out
+    labels.write_text(json.dumps({"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]},
+                                              {"id": 1, "name": "crack", "color": [255, 0, 0]},
+                                              {"id": 2, "name": "pothole", "color": [0, 0, 255]}]}))
+    labels_main([*check, str(tmp_path / "saved_1")])        # a class of the taxonomy unused here: a note
+    out = capsys.readouterr().out
+    assert "0 error(s), 0 warning(s)" in out
+    assert "note: no image has a pixel of class(es) 'pothole' (id 2): a model trained on this export cannot learn " \
+           "them" in out
+
+
+def test_a_class_of_a_held_out_split_that_train_lacks_is_warned_of(tmp_path):
+    export = binary_export(tmp_path / "export", ["a", "b", "c"], 1)
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(export / "masks" / "a.png")    # train: background alone
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(export / "masks" / "b.png")
+    split_file = tmp_path / "splits.txt"
+    split_file.write_text("train\ta\ntrain\tb\nvalidation\tc\n")
+    labels = tmp_path / "crack.json"
+    labels.write_text(json.dumps({"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]},
+                                              {"id": 1, "name": "crack", "color": [255, 0, 0]}]}))
+    _, logged = build(tmp_path, export, fmt="masks", label_map=str(labels), split_file=str(split_file))
+    assert "warning: the validation split has pixels of 'crack', which no image of the train split has: the model " \
+           "cannot learn them, and they score 0 there; move some of their images to train (--split_file)" in logged

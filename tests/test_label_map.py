@@ -58,6 +58,10 @@ def test_aliases_are_case_and_separator_insensitive(name, expected):
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0.5, 0]}]}, "color must be a whole number, got 0.5"),
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}], "ignore_id": True}, "ignore_id must be a whole"),
     ({"classes": []}, "no classes"),
+    ({"classes": [{"id": 0, "name": "crack", "color": [0, 0, 0]}]},      # trained to loss 0 and mIoU 1, said nowhere
+     r"one class \('crack'\): a label map needs 2 at least.*add a 'background' class"),
+    ({"classes": [{"id": i, "name": f"c{i}", "color": [0, 0, i % 256]} for i in range(256)]},
+     r"256 classes: a mask holds 255 at most \(ids 0..254, and 255 for the ignore id\)"),
     ({"klasses": []}, "malformed"),
 ])
 def test_bad_label_maps_say_what_is_wrong(data, message):
@@ -76,7 +80,8 @@ def test_bad_files_name_the_file(tmp_path):
     bad.write_bytes(text.encode("latin-1"))
     with pytest.raises(LabelMapError, match="bad.json is not UTF-8 text"):
         LabelMap.load(bad)
-    assert LabelMap.from_dict({"classes": [{"id": 0.0, "name": "a", "color": [0, 0, 0]}]}).classes[0].id == 0
+    assert LabelMap.from_dict({"classes": [{"id": 0.0, "name": "a", "color": [0, 0, 0]},
+                                           {"id": 1, "name": "b", "color": [1, 1, 1]}]}).classes[0].id == 0
     bad.write_text("\ufeff" + default_label_map().to_json(), encoding="utf-8")   # a BOM, as Notepad saves it
     assert LabelMap.load(bad) == default_label_map()
 

@@ -755,6 +755,11 @@ def test_class_weight_power_softens_the_median_frequency_weights():
     assert full[0] < 1 < full.max() and soft.dtype == np.float32
     np.testing.assert_allclose(soft, np.sqrt(full), rtol=1e-6)
     assert "to the power 0.5" in said[-1] and "power" not in said[0]
+    assert not any(line.startswith("warning") for line in said)
+    source[0]["segmentation_mask"] = np.where(masks[0] == 7, 0, masks[0])
+    source[1:] = []                                 # no pixel of concrete left: said, and weighted 0
+    assert run.class_weights(config, source, label_map, log)[7] == 0
+    assert said[-1] == "warning: no training image has a pixel of 'concrete': the model cannot learn them"
     config.class_weight_power = -1.0
     with pytest.raises(run.RunError, match="class_weight_power must be >= 0, got -1.0"):
         run.check_config(config)

@@ -106,7 +106,7 @@ def collect(folder: Path, fmt: str, label_map: LabelMap, rule: SplitRule, *, unk
                                   [a.split for a in annotations])
     if files is not None:
         notes += photos_in_two_splits(annotations, [f.key for f in report.files], splits, Path(folder), files)
-    notes += unlabelled_splits(splits, report)
+    notes += unlabelled_splits(splits, report) + unlearnt_classes(splits, report)
     return ExportPlan(fmt, Path(folder), annotations, report, splits, notes, mask_dir=mask_dir)
 
 
@@ -117,6 +117,27 @@ def unlabelled_splits(splits: dict[str, list[int]], report) -> list[str]:
             f"{report.label_map.ignore_id}): a run refuses to train or evaluate on it; label some, or choose other "
             "splits" for split, rows in splits.items()
             if rows and not any(sum(report.files[i].class_pixels) for i in rows)]
+
+
+def unlearnt_classes(splits: dict[str, list[int]], report) -> list[str]:
+    """A warning for each held-out split with pixels of a class the train split has none of: the model cannot learn
+    it, and its IoU there is 0 (or nothing where it is never predicted) whatever the training."""
+    def pixels(rows):
+        return sum((np.asarray(report.files[i].class_pixels, np.int64) for i in rows
+                    if report.files[i].class_pixels), np.zeros(report.label_map.num_classes, np.int64))
+
+    if not splits.get("train"):
+        return []
+    in_train = pixels(splits["train"])
+    found = []
+    for split, rows in splits.items():
+        held_out = pixels(rows) if split != "train" else in_train
+        missing = [c.name for c in report.label_map.classes if held_out[c.id] and not in_train[c.id]]
+        if missing:
+            found.append(f"warning: the {split} split has pixels of {', '.join(map(repr, missing))}, which no image of "
+                         "the train split has: the model cannot learn them, and they score 0 there; move some of "
+                         "their images to train (--split_file)")
+    return found
 
 
 def _is_text(name: str) -> bool:

@@ -147,6 +147,9 @@ def _class_from_dict(c: dict) -> ClassInfo:
 def _validate(lm: LabelMap) -> None:
     if not lm.classes:
         raise LabelMapError("no classes")
+    if len(lm.classes) > 255:
+        raise LabelMapError(f"{len(lm.classes)} classes: a mask holds 255 at most (ids 0..254, and 255 for the ignore "
+                            "id)")
     ids = sorted(c.id for c in lm.classes)
     if ids != list(range(len(ids))):
         raise LabelMapError(f"class ids must run 0..{len(ids) - 1} without gaps or repeats, got {ids}")
@@ -167,6 +170,10 @@ def _validate(lm: LabelMap) -> None:
             if owner.id != c.id:
                 raise LabelMapError(f"name or alias {key!r} is used by both class {owner.id} ({owner.name!r}) and "
                                     f"class {c.id} ({c.name!r})")
+    if len(lm.classes) < 2:
+        raise LabelMapError(f"one class ({lm.classes[0].name!r}): a label map needs 2 at least, since a model that can "
+                            "answer only one class learns nothing (its loss is 0, its mIoU 1); add a 'background' "
+                            "class for what is not it, and make it the fill_id")
     if lm.classes != tuple(sorted(lm.classes, key=lambda c: c.id)):
         object.__setattr__(lm, "classes", tuple(sorted(lm.classes, key=lambda c: c.id)))
 
@@ -323,8 +330,6 @@ def starter_label_map(names: list[str], keep_ids: bool = False) -> LabelMap:
             color = next(c for c in map(_voc_color, range(len(classes), 1 << 24)) if c not in used)
         used.add(color)
         classes.append(ClassInfo(len(classes), spelt, color, tuple(n for n in spellings if n != spelt)))
-    if len(classes) > 255:
-        raise LabelMapError(f"{len(classes)} classes: a mask holds 255 at most (ids 0..254; 255 is the ignore id)")
     return LabelMap(tuple(classes), ignore_id=255, fill_id=0)
 
 

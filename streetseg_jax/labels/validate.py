@@ -514,7 +514,33 @@ class Report:
 
     @property
     def warnings(self) -> list[tuple[str, str]]:
-        return [(f.annotation, w) for f in self.files for w in f.warnings]
+        """Each file's, then the export's as a whole (`export_warnings`), named by the export's folder."""
+        return [(f.annotation, w) for f in self.files for w in f.warnings] + [
+            (self.source, w) for w in self.export_warnings()]
+
+    def absent_classes(self) -> list:
+        """The label map's classes that no image has a pixel of (none before the masks were measured)."""
+        if not any(f.class_pixels for f in self.files):
+            return []
+        pixels = self.class_pixels()
+        return [c for c in self.label_map.classes if not pixels[c.id]]
+
+    def export_warnings(self) -> list[str]:
+        """Where the absent classes look like a mistake: fewer than 2 classes with pixels (a model learns nothing),
+        or masks whose ignore id stands where a class should be (a mask of 0 and 255, a binary mask as many tools
+        save it, trained to mIoU 1.0 on its 0s alone)."""
+        absent = self.absent_classes()
+        measured = [f for f in self.files if f.class_pixels]
+        ignored = sum(f.ignore_pixels for f in measured)
+        binary = self.format == "masks" and ignored
+        if not absent or (len(absent) < self.label_map.num_classes - 1 and not binary):
+            return []
+        found = f"{_no_pixel_of(absent)}: a model trained on this export cannot learn them"
+        if binary:
+            found += (f"; the masks' pixels of value {self.label_map.ignore_id} (the ignore id, "
+                      f"{100 * ignored / sum(f.width * f.height for f in measured):.1f}% of them) are no class: a "
+                      "binary mask saved as 0 and 255 loses its second class (save it as 0 and 1)")
+        return [found]
 
     def class_pixels(self) -> np.ndarray:
         totals = np.zeros(self.label_map.num_classes, np.int64)
@@ -600,7 +626,9 @@ def _report_dict(report: Report) -> dict:
         "errors": len(report.errors), "warnings": len(report.warnings),
         "problems": [{"file": f.annotation, "key": f.key, "severity": severity, "message": m}
                      for f in report.files for severity, messages in (("error", f.errors), ("warning", f.warnings))
-                     for m in messages],
+                     for m in messages]
+        + [{"file": report.source, "key": None, "severity": "warning", "message": m}
+           for m in report.export_warnings()],
         "classes": [{"id": c.id, "name": c.name, "pixel_share": float(pixels[c.id] / all_pixels),
                      "images": int(images[c.id]), "weight": float(weights[c.id])}
                     for c in report.label_map.classes],
@@ -637,8 +665,15 @@ def _report_text(report: Report, shown: int) -> str:
         lines.append(f"note: {len(names)} image(s) with no annotation, left out: {', '.join(names[:shown])}"
                      + (f" and {len(names) - shown} more" if len(names) > shown else ""))
     lines += _class_table(data)
+    absent = report.absent_classes()
+    if absent and not report.export_warnings():
+        lines.append(f"note: {_no_pixel_of(absent)}: a model trained on this export cannot learn them")
     lines += _unlabelled_lines(data, report.files)
     return "\n".join(lines)
+
+
+def _no_pixel_of(classes) -> str:
+    return f"no image has a pixel of class(es) {', '.join(f'{c.name!r} (id {c.id})' for c in classes)}"
 
 
 def _shared_sources(files: list[FileReport]) -> set[str]:
