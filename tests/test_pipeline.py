@@ -231,13 +231,16 @@ def test_eval_covers_every_example_once_and_pads_with_ignore():
 
 def test_eval_batches_hold_one_size_each_and_keep_the_order():
     """Images were padded to the largest in their batch: what the network saw near an image's edges, and so its
-    score, depended on its neighbours, the batch size and the split's order."""
-    source = constant_source(2, 20, 30) + constant_source(1, 24, 26) + constant_source(2, 20, 30)
+    score, depended on its neighbours, the batch size and the split's order. Then a batch ended at every change of
+    size: portrait and landscape photos in turn made batches of one image and padding."""
+    landscape = constant_source(3, 20, 30)
+    portrait = [{**record, "image": record["image"] + 10} for record in constant_source(2, 30, 20)]
+    source = [landscape[0], portrait[0], landscape[1], portrait[1], landscape[2]]
     batches = eval_batches(source, global_batch=2, ignore_id=IGNORE)
     out = list(batches)
-    assert [b["image"].shape for b in out] == [(2, 20, 30, 3), (2, 24, 26, 3), (2, 20, 30, 3)] == \
+    assert [b["image"].shape for b in out] == [(2, 20, 30, 3), (2, 20, 30, 3), (2, 30, 20, 3)] == \
         [(2, *b["label"].shape[1:], 3) for b in out]
-    assert len(batches) == 3 and batches.num_examples == 5 and batches.real_rows.tolist() == [0, 1, 2, 4, 5]
+    assert len(batches) == 3 and batches.num_examples == 5 and batches.real_rows.tolist() == [0, 4, 1, 5, 2]
     padding = out[1]
     assert (padding["label"][1] == IGNORE).all() and (padding["image"][1] == 0).all()
     firsts = np.concatenate([b["image"][:, 0, 0, 0] for b in out])[batches.real_rows]    # a row's record

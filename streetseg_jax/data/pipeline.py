@@ -88,11 +88,13 @@ class EvalBatches:
 
     Every global batch holds images of one size: padding an image to a larger neighbour's size changed what the
     network saw near its edges, and so its score (12 of 5,490 pixels of a 61x90 image), which then depended on
-    the batch size and the split's order, and differed from predict's. A batch ends where the size changes or it is
-    full, and is filled up with padding rows (zero image, label all `ignore_id`) that count nowhere; the split's
-    order is kept (`real_rows`). Each distinct size compiles once. The sizes are read once, when the first pass
-    starts; every process plans the same batches, so they agree on each batch's shape without reading each
-    other's rows. Iterate as often as you like; each iteration is a fresh pass.
+    the batch size and the split's order, and differed from predict's. The split's images are grouped by size (the
+    sizes in the order they first appear, each size's images in split order), so that portrait and landscape photos
+    in turn fill whole batches rather than one each; a size's last batch is filled up with padding rows (zero
+    image, label all `ignore_id`) that count nowhere, and `real_rows` gives each example's row in split order. Each
+    distinct size compiles once. The sizes are read once, when the first pass starts; every process plans the same
+    batches, so they agree on each batch's shape without reading each other's rows. Iterate as often as you like;
+    each iteration is a fresh pass.
     """
     source: Sequence[dict]
     global_batch: int
@@ -111,8 +113,12 @@ class EvalBatches:
 
     @property
     def real_rows(self) -> np.ndarray:
-        """The rows of the pass's outputs, concatenated batch after batch, that are examples, in source order."""
-        return np.array([row for row, position in enumerate(self._plan[0]) if position is not None])
+        """For each example, in source order, its row in the pass's outputs concatenated batch after batch."""
+        rows = np.empty(self.num_examples, np.int64)
+        for row, position in enumerate(self._plan[0]):
+            if position is not None:
+                rows[position] = row
+        return rows
 
     def __len__(self) -> int:
         return self.num_batches
@@ -140,16 +146,16 @@ class EvalBatches:
     @functools.cached_property  # planned once, not per pass
     def _plan(self) -> tuple[list[int | None], list[tuple[int, int]]]:
         """(every global batch's positions, one after another, None for a padding row; each batch's (H, W))."""
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for position in range(self.num_examples):
+            by_size.setdefault(tuple(self.source[position]["segmentation_mask"].shape[:2]), []).append(position)
         slots: list[int | None] = []
         sizes: list[tuple[int, int]] = []
-        for position in range(self.num_examples):
-            size = tuple(self.source[position]["segmentation_mask"].shape[:2])
-            if len(slots) % self.global_batch and size != sizes[-1]:       # another size: this batch ends here
-                slots += [None] * (-len(slots) % self.global_batch)
-            if len(slots) % self.global_batch == 0:
+        for size, positions in by_size.items():
+            for start in range(0, len(positions), self.global_batch):
+                batch = positions[start:start + self.global_batch]
+                slots += batch + [None] * (self.global_batch - len(batch))
                 sizes.append(size)
-            slots.append(position)
-        slots += [None] * (-len(slots) % self.global_batch)
         return slots, sizes
 
 
