@@ -169,6 +169,28 @@ def test_detection_of_masks_without_images_says_so(tmp_path):
         formats.detect(tmp_path)
 
 
+def test_a_mask_folder_of_no_mask_images_says_what_it_holds(tmp_path):
+    """masks/ of .npy arrays beside images/: 'no mask folder found', with masks/ right there."""
+    save(tmp_path / "images" / "a.jpg", Image.new("RGB", (4, 4)))
+    (tmp_path / "masks").mkdir()
+    for stem in "ab":
+        np.save(tmp_path / "masks" / f"{stem}.npy", np.zeros((4, 4), np.uint8))
+    with pytest.raises(LabelFormatError, match=r"no mask folder found; .*; masks/ holds no mask image "
+                                               r"\(BMP/GIF/PNG/TIF/TIFF\): it holds 2 \.npy$"):
+        masks.read(tmp_path, LABEL_MAP)
+
+
+def test_a_mask_of_another_size_than_its_photo_names_both_folders(tmp_path, capsys):
+    """'transposed.png is 80x64 but transposed.png says 64x80': the photo and its mask share their name."""
+    from streetseg_jax.labels.__main__ import main
+
+    save(tmp_path / "images" / "transposed.png", Image.new("RGB", (80, 64)))
+    save(tmp_path / "masks" / "transposed.png", encode(random_ids(3, height=80, width=64), "L"))
+    with pytest.raises(SystemExit):
+        main(["check", "--format", "masks", "--input", str(tmp_path)])
+    assert "images/transposed.png is 80x64 but its mask masks/transposed.png is 64x80" in capsys.readouterr().out
+
+
 def test_the_problems_of_every_folder_are_told_at_once(tmp_path):
     """Only the first split folder's bad masks were listed: mended, the next folder's came up."""
     for split in ("test", "train"):

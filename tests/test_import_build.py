@@ -680,3 +680,14 @@ def test_a_class_of_a_held_out_split_that_train_lacks_is_warned_of(tmp_path):
     _, logged = build(tmp_path, export, fmt="masks", label_map=str(labels), split_file=str(split_file))
     assert "warning: the validation split has pixels of 'crack', which no image of the train split has: the model " \
            "cannot learn them, and they score 0 there; move some of their images to train (--split_file)" in logged
+
+
+def test_a_hash_that_leaves_train_empty_is_refused(tmp_path):
+    """Three images, all hashed into validation: a dataset of nothing to train on was built with a warning, and the
+    run then pointed at training on the validation images."""
+    stems = [s for s in (f"img{i}" for i in range(200)) if stem_fraction(s) < 0.5][:3]
+    export = labelme_export(tmp_path / "export", stems)
+    with pytest.raises(BuildError, match=r"the hash of the names put all 3 image\(s\) in validation for a fraction "
+                                         r"of 0.5, none in train .*smaller --val_fraction, or a --split_file"):
+        build(tmp_path, export, val_fraction=0.5)
+    assert not (tmp_path / "tfds" / "street_seg" / "streets").exists()

@@ -220,6 +220,10 @@ def assign_splits(keys: list[str], rule: SplitRule, hashed: list[str] | None = N
         splits[chosen[keys[i]]].append(i)
     splits = {name: indices for name, indices in splits.items() if indices}
     expected = {"train", rule.holdout} if rule.split_file is None and not own and rule.fraction > 0 else set()
+    if "train" in expected and "train" not in splits and rule.by_order is None:
+        raise BuildError(f"the hash of the names put all {len(keys)} image(s) in {rule.holdout} for a fraction of "
+                         f"{rule.fraction}, none in train (it is even only over many images): give a smaller "
+                         "--val_fraction, or a --split_file that chooses each image's split")
     for name in sorted(expected - set(splits)):
         notes.append(f"warning: no image falls in the {name} split ({len(keys)} images, {rule.holdout} fraction "
                      f"{rule.fraction}); building without it")

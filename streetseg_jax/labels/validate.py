@@ -323,8 +323,12 @@ def size_mismatch(annotation: Annotation, image, name: str, size: tuple[int, int
     if size == (annotation.width, annotation.height):
         return None
     oriented = " (after its EXIF orientation)" if is_rotated(image) else ""
-    return (f"{name} is {size[0]}x{size[1]}{oriented} but {Path(annotation.source).name} says "
-            f"{annotation.width}x{annotation.height}")
+    source = Path(annotation.source)
+    if source.name == name and isinstance(image, Path):      # a mask of the photo's name: their folders tell them apart
+        name, source = f"{image.parent.name}/{name}", Path(source.parent.name, source.name)
+    says = ("its mask " + source.as_posix() + " is" if annotation.shapes and
+            all(shape.raster is not None for shape in annotation.shapes) else source.name + " says")
+    return f"{name} is {size[0]}x{size[1]}{oriented} but {says} {annotation.width}x{annotation.height}"
 
 
 def _decoded_size(source: Path | bytes, name: str) -> tuple[int, int]:

@@ -33,6 +33,7 @@ cover every pixel exactly once, so convert.annotation_to_mask gives back exactly
 """
 from __future__ import annotations
 
+import collections
 import functools
 import warnings
 from pathlib import Path
@@ -63,7 +64,8 @@ def read(path: Path, label_map) -> list[Annotation]:
     pairs = find_pairs(path)
     if not pairs:
         raise LabelFormatError(f"{path}: no mask folder found; expected images/ (or JPEGImages/) beside one of "
-                               f"{', '.join(d + '/' for d in MASK_DIRS)}, or <name>/ beside <name>annot/")
+                               f"{', '.join(d + '/' for d in MASK_DIRS)}, or <name>/ beside <name>annot/"
+                               + _empty_mask_dirs(path))
     jobs = []               # one per mask, of every folder pair: the problems of all of them are told at once
     for image_dir, mask_dir in pairs:
         images = _files(image_dir, IMAGE_SUFFIXES) if image_dir else {}
@@ -189,6 +191,20 @@ def _folders_above(mask_dir: Path, export: Path) -> tuple[str, ...]:
     """The folders between the export and the mask folder's parent (a split folder such as train/), if any."""
     parent = mask_dir.parent
     return parent.relative_to(export).parts if parent.is_relative_to(export) else ()
+
+
+def _empty_mask_dirs(path: Path) -> str:
+    """"; masks/ holds no mask image (...)" for the mask folders in `path` or its subfolders that hold none: the
+    message said none was found, beside a masks/ of .npy files."""
+    parents = [path, *(p for p in path.iterdir() if p.is_dir())]
+    folders = [d for parent in parents for d in parent.iterdir() if d.is_dir() and _is_mask_dir(d)]
+    said = []
+    for folder in (f for f in folders if not _has_masks(f)):
+        suffixes = collections.Counter(p.suffix.lower() or "(none)" for p in iter_files(folder))
+        found = ", ".join(f"{n} {suffix}" for suffix, n in suffixes.most_common(3)) or "nothing"
+        said.append(f"{folder.relative_to(path).as_posix()}/ holds no mask image "
+                    f"({'/'.join(s[1:].upper() for s in sorted(_MASK_SUFFIXES))}): it holds {found}")
+    return "; " + "; ".join(said) if said else ""
 
 
 def _is_mask_dir(path: Path) -> bool:
