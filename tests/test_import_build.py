@@ -133,7 +133,7 @@ def test_split_file_assigns_splits_and_is_checked(tmp_path):
     export = labelme_export(tmp_path / "export", stems)
     split_file = tmp_path / "splits.tsv"
     split_file.write_text("\ufefftrain\tvideo_00\ntrain\tvideo_01\ntrain\tvideo_02\n"    # a BOM, as Notepad saves it
-                          "validation\tvideo_03.png\nvalidation\tvideo_04\ntest\tvideo_05\n", encoding="utf-8")
+                          "val\tvideo_03.png\nValidation\tvideo_04\ntest\tvideo_05\n", encoding="utf-8")
     result, _ = build(tmp_path, export, split_file=str(split_file))
     assert result.splits == {"train": 3, "validation": 2, "test": 1}
     assert sorted(records(tmp_path, "test")) == ["video_05.png"]

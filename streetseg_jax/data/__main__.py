@@ -62,8 +62,8 @@ def _export_arguments(build: argparse.ArgumentParser) -> None:
                        "train split and a held-out one: split folders such as Roboflow's train/ valid/ test/ or "
                        "Cityscapes' train/ val/, CVAT subsets; images in none of them, and any other export, by the "
                        "hash at 0.2)")
-    split.add_argument("--split_file", help="from_annotations: `split<TAB>file stem` lines (train, validation, "
-                       "test), e.g. to keep a video's frames in one split")
+    split.add_argument("--split_file", help="from_annotations: `split<TAB>file stem` lines (train, validation "
+                       "or val, test), e.g. to keep a video's frames in one split")
     build.add_argument("--unknown", choices=UNKNOWN_CHOICES, help="from_annotations: class names not in the label "
                        "map are an error (default) or painted with the ignore id")
 

@@ -38,7 +38,7 @@ from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import UnknownLabelsError, annotation_to_mask, find_unknown_labels, read_mask_png
 from streetseg_jax.labels.images import files_under, open_rgb
 from streetseg_jax.labels.label_map import LabelMap
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, base_name, listing
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, base_name, export_split, listing
 from streetseg_jax.labels.validate import EMBEDDED, CheckOptions, Report, error_listing, validate
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -308,9 +308,9 @@ def _split_entry(line: str, known: set[str], by_stem: dict[str, list[str]]) -> t
     parts = line.rstrip("\r\n").split("\t")
     if len(parts) != 2:
         return f"expected 'split<TAB>file stem', got {line.strip()!r}"
-    split, name = parts[0].strip(), parts[1].strip()
-    if split not in SPLIT_NAMES:
-        return f"split {split!r} is not one of {', '.join(SPLIT_NAMES)}"
+    split, name = export_split(parts[0]), parts[1].strip()      # val, valid, Validation: as the split folders
+    if split is None:
+        return f"split {parts[0].strip()!r} is not one of {', '.join(SPLIT_NAMES)} (or val, valid, testing, ...)"
     key = _key_for(name, known, by_stem)
     if isinstance(key, list):
         return f"{name!r} is the stem of {len(key)} images ({_names(key)}): name one by its folder too"
