@@ -4,6 +4,7 @@ The round trip mask file -> Annotation -> convert.annotation_to_mask must give b
 values as the label map's ignore id). Real samples: labelme2voc's palette masks (VOC class indices, 255 = ignore) and
 SegNet's CamVid greyscale masks (11 = void).
 """
+import json
 import os
 import shutil
 from pathlib import Path
@@ -189,6 +190,50 @@ def test_a_mask_of_another_size_than_its_photo_names_both_folders(tmp_path, caps
     with pytest.raises(SystemExit):
         main(["check", "--format", "masks", "--input", str(tmp_path)])
     assert "images/transposed.png is 80x64 but its mask masks/transposed.png is 64x80" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "I;16"])
+def test_values_in_the_label_map_say_what_an_exports_mask_values_stand_for(tmp_path, mode):
+    """A binary mask of 0 and 255, ids 0, 3 and 7, 0 for void: the label map's values and ignore_values read them
+    (they stood for ignore, or were refused, and the only way round was dummy classes)."""
+    stored = np.array([[0, 3, 7, 255], [7, 3, 0, 0]], np.uint16 if mode == "I;16" else np.uint8)
+    label_map = LabelMap.from_dict({"classes": [
+        {"id": 0, "name": "background", "color": [0, 0, 0], "values": [3]},
+        {"id": 1, "name": "crack", "color": [255, 0, 0], "values": [7, 255]}], "ignore_values": [0]})
+    save(tmp_path / "images" / "a.jpg", Image.new("RGB", (4, 2)))
+    image = Image.fromarray(stored) if mode != "P" else Image.fromarray(stored).convert("P")
+    if mode == "P":         # class colours in the palette: the values, not the colours, decide
+        image.putpalette([0, 0, 0] * 3 + [255, 0, 0] + [0, 0, 0] * 252)
+    save(tmp_path / "masks" / "a.png", image)
+    (annotation,) = masks.read(tmp_path, label_map)
+    np.testing.assert_array_equal(annotation_to_mask(annotation, label_map).mask, [[255, 0, 1, 1], [1, 0, 255, 255]])
+    assert LabelMap.from_dict(label_map.to_dict()) == label_map
+    assert "values" not in json.dumps(LABEL_MAP.to_dict())          # label maps without them read and write as before
+    stored[1, 1] = 1                                # its id, but no value of it
+    save(tmp_path / "masks" / "a.png", Image.fromarray(stored))
+    with pytest.raises(LabelFormatError, match=r"pixel value 1 .* stands for no class of the label map "
+                                               r"\(background 3, crack 7/255\) nor for none \(0\); a class's "
+                                               r'"values" in the label map say'):
+        masks.read(tmp_path, label_map)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0], "values": [5]},
+                  {"id": 1, "name": "b", "color": [1, 1, 1], "values": [5]}]}, "mask value 5 stands for both 'a' and 'b'"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]},
+                  {"id": 1, "name": "b", "color": [1, 1, 1], "values": [0]}]}, "mask value 0 stands for both 'a' and 'b'"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}, {"id": 1, "name": "b", "color": [1, 1, 1]}],
+      "ignore_values": [1]}, "mask value 1 stands for 'b' and is in ignore_values too"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0], "values": 5},
+                  {"id": 1, "name": "b", "color": [1, 1, 1]}]}, "values must be a list of pixel values"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0], "values": [70000]},
+                  {"id": 1, "name": "b", "color": [1, 1, 1]}]}, "values must be pixel values 0..65535"),
+])
+def test_values_that_stand_for_two_things_are_refused(data, message):
+    from streetseg_jax.labels.label_map import LabelMapError
+
+    with pytest.raises(LabelMapError, match=message):
+        LabelMap.from_dict(data)
 
 
 def test_the_problems_of_every_folder_are_told_at_once(tmp_path):

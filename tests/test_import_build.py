@@ -654,7 +654,13 @@ def test_a_class_no_image_has_is_said_and_binary_masks_of_0_and_255_are_named(tm
     assert refused.value.code == 1 and "0 error(s), 1 warning(s)" in out
     assert re.search(r"no image has a pixel of class\(es\) 'crack' \(id 1\): a model trained on this export cannot "
                      r"learn them; the masks' pixels of value 255 \(the ignore id, \d+\.\d% of them\) are no class: a "
-                     r"binary mask saved as 0 and 255 loses its second class \(save it as 0 and 1\)", out)
+                     r"binary mask saved as 0 and 255 loses its second class \(save it as 0 and 1, or list the "
+                     r"class's \"values\": \[255\] in the label map\)", out)
+    crack = json.loads(labels.read_text())
+    crack["classes"][1]["values"] = [255]           # what the export's 255s stand for
+    (tmp_path / "crack_255.json").write_text(json.dumps(crack))
+    labels_main([*check[:4], str(tmp_path / "crack_255.json"), *check[5:], str(tmp_path / "saved_255")])
+    assert "0 error(s), 0 warning(s)" in capsys.readouterr().out
     labels_main([*check, str(binary_export(tmp_path / "saved_1", ["a", "b"], 1))])
     out = capsys.readouterr().out
     assert "0 error(s), 0 warning(s)" in out and "no image has a pixel" not in out

@@ -4,7 +4,10 @@ JSON shape (written by us, read from users):
     {"classes": [{"id": 3, "name": "road", "color": [128, 64, 128], "aliases": ["street"]}, ...],
      "ignore_id": 255, "fill_id": 0}
 Ids run 0..K-1 without gaps and stay below the ignore id; names are lowercase snake_case; `fill_id` is the class
-of pixels that no shape covers.
+of pixels that no shape covers. For an export's masks whose pixel values are not the class ids (a binary mask of 0
+and 255, ids 0, 3 and 7, 0 for void), a class may list the `"values"` that stand for it, and `"ignore_values"` the
+values that stand for no class (default: 255 and the ignore id, but for a value a class lists); only mask readers
+look at them (`value_table`), since the masks this package writes hold the ids.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ class ClassInfo:
     name: str
     color: tuple[int, int, int]
     aliases: tuple[str, ...] = ()
+    values: tuple[int, ...] = ()     # the pixel values an export's masks use for it; () for its id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +43,7 @@ class LabelMap:
     classes: tuple[ClassInfo, ...]
     ignore_id: int = 255
     fill_id: int = 0
+    ignore_values: tuple[int, ...] | None = None     # mask values that stand for no class; None: 255, the ignore id
 
     def __post_init__(self):
         _validate(self)
@@ -64,6 +69,21 @@ class LabelMap:
         pal[self.ignore_id] = (255, 255, 255)
         return pal
 
+    def value_table(self) -> np.ndarray:
+        """(65536,) int32: the class id (or the ignore id) each pixel value of an export's mask stands for, -1 for
+        a value that stands for nothing (`values`, `ignore_values`)."""
+        table = np.full(1 << 16, -1, np.int32)
+        table[list(self.mask_ignore_values())] = self.ignore_id
+        for c in self.classes:
+            table[list(c.values or (c.id,))] = c.id
+        return table
+
+    def mask_ignore_values(self) -> tuple[int, ...]:
+        if self.ignore_values is not None:
+            return self.ignore_values
+        claimed = {v for c in self.classes for v in c.values}
+        return tuple(sorted({255, self.ignore_id} - claimed))
+
     @functools.cached_property
     def _lookup(self) -> dict[str, int]:
         table = {}
@@ -74,12 +94,16 @@ class LabelMap:
 
     # --- (de)serialisation --------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {
-            "classes": [{"id": c.id, "name": c.name, "color": list(c.color), "aliases": list(c.aliases)}
-                        for c in self.classes],
+        """The JSON shape; `values` and `ignore_values` only where given (label maps without them read as before)."""
+        data = {
+            "classes": [{"id": c.id, "name": c.name, "color": list(c.color), "aliases": list(c.aliases),
+                         **({"values": list(c.values)} if c.values else {})} for c in self.classes],
             "ignore_id": self.ignore_id,
             "fill_id": self.fill_id,
         }
+        if self.ignore_values is not None:
+            data["ignore_values"] = list(self.ignore_values)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -88,8 +112,10 @@ class LabelMap:
     def from_dict(cls, data: dict, source: str = "label map") -> "LabelMap":
         try:
             classes = tuple(_class_from_dict(c) for c in data["classes"])
+            ignore_values = data.get("ignore_values")
             return cls(classes, _integer(data.get("ignore_id", 255), "ignore_id"),
-                       _integer(data.get("fill_id", 0), "fill_id"))
+                       _integer(data.get("fill_id", 0), "fill_id"),
+                       None if ignore_values is None else _values(ignore_values, "ignore_values"))
         except LabelMapError as e:
             raise LabelMapError(f"{source}: {e}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -141,7 +167,31 @@ def _class_from_dict(c: dict) -> ClassInfo:
     aliases = c.get("aliases", [])
     if isinstance(aliases, str) or not all(isinstance(a, str) for a in aliases):
         raise LabelMapError(f"class {c.get('name')!r}: aliases must be a list of strings")
-    return ClassInfo(_integer(c["id"], f"class {c.get('name')!r}: id"), str(c["name"]), color, tuple(aliases))
+    return ClassInfo(_integer(c["id"], f"class {c.get('name')!r}: id"), str(c["name"]), color, tuple(aliases),
+                     _values(c.get("values", []), f"class {c.get('name')!r}: values"))
+
+
+def _values(values, what: str) -> tuple[int, ...]:
+    """Mask pixel values: a list of whole numbers 0..65535 (16-bit masks)."""
+    if not isinstance(values, list):
+        raise LabelMapError(f"{what} must be a list of pixel values, got {values!r}")
+    values = tuple(_integer(v, what) for v in values)
+    if not all(0 <= v < 1 << 16 for v in values):
+        raise LabelMapError(f"{what} must be pixel values 0..65535, got {list(values)}")
+    return values
+
+
+def _validate_values(lm: LabelMap) -> None:
+    """No mask value stands for two classes, or for a class and for none."""
+    owner: dict[int, str] = {}
+    for c in lm.classes:
+        for v in c.values or (c.id,):
+            if owner.setdefault(v, c.name) != c.name:
+                raise LabelMapError(f"mask value {v} stands for both {owner[v]!r} and {c.name!r} (a class without "
+                                    "values stands for its id)")
+    both = sorted(set(owner) & set(lm.ignore_values or ()))
+    if both:
+        raise LabelMapError(f"mask value {both[0]} stands for {owner[both[0]]!r} and is in ignore_values too")
 
 
 def _validate(lm: LabelMap) -> None:
@@ -170,6 +220,7 @@ def _validate(lm: LabelMap) -> None:
             if owner.id != c.id:
                 raise LabelMapError(f"name or alias {key!r} is used by both class {owner.id} ({owner.name!r}) and "
                                     f"class {c.id} ({c.name!r})")
+    _validate_values(lm)
     if len(lm.classes) < 2:
         raise LabelMapError(f"one class ({lm.classes[0].name!r}): a label map needs 2 at least, since a model that can "
                             "answer only one class learns nothing (its loss is 0, its mIoU 1); add a 'background' "

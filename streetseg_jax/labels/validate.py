@@ -543,7 +543,8 @@ class Report:
         if binary:
             found += (f"; the masks' pixels of value {self.label_map.ignore_id} (the ignore id, "
                       f"{100 * ignored / sum(f.width * f.height for f in measured):.1f}% of them) are no class: a "
-                      "binary mask saved as 0 and 255 loses its second class (save it as 0 and 1)")
+                      "binary mask saved as 0 and 255 loses its second class (save it as 0 and 1, or list the class's "
+                      '"values": [255] in the label map)')
         return [found]
 
     def class_pixels(self) -> np.ndarray:

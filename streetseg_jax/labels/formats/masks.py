@@ -24,8 +24,10 @@ What the pixel values mean, by the mask's PNG mode:
 - RGB: colours, mapped to ids through the label map's class colours. White (255, 255, 255) is the ignore colour, as
   the label map's own palette draws it, unless a class has that colour. RGBA: fully transparent pixels are ignore,
   any other alpha but opaque is an error.
-In id masks, 255 and the label map's ignore id mean ignore; any other value outside the label map is an error that
-names the value and the file, and so is an unmapped colour. JPEG masks are refused: compression changes the values.
+In id masks, 255 and the label map's ignore id mean ignore; where the export's values are not the class ids (a binary
+mask of 0 and 255, ids 0, 3 and 7, 0 for void), the label map's `values` and `ignore_values` say what each stands for
+(and the palette's colours are then not looked at). Any other value is an error that names the value and the file,
+and so is an unmapped colour. JPEG masks are refused: compression changes the values.
 Masks are taken as stored (no EXIF rotation): labelling tools write mask pixels upright.
 
 Each mask becomes one raster Shape per class present (label = the class name) and one `ignore` raster Shape; they
@@ -280,6 +282,8 @@ def _ids_from_palette(indices: np.ndarray, palette: list[int] | None, label_map)
     """Class ids by the palette's colours, where every index used (but the ignore values) has a colour of its own
     that is a class colour of the label map; None otherwise (a black-and-white or blank palette among them): the
     index is the class id."""
+    if label_map.ignore_values is not None or any(c.values for c in label_map.classes):
+        return None         # the label map says what each value stands for
     table = {colour: i for colour, i in _colour_table(label_map).items() if i != label_map.ignore_id}
     used = [i for i in np.unique(indices).tolist() if i not in (255, label_map.ignore_id)]
     colours = [_pack(palette[3 * i:3 * i + 3]) if palette and len(palette) >= 3 * i + 3 else None for i in used]
@@ -291,17 +295,27 @@ def _ids_from_palette(indices: np.ndarray, palette: list[int] | None, label_map)
 
 
 def _ids_from_values(values: np.ndarray, path: Path, label_map, mode: str) -> np.ndarray:
-    ignore = (values == 255) | (values == label_map.ignore_id)
-    bad = ~ignore & ((values < 0) | (values >= label_map.num_classes))
+    """Class ids (or the ignore id) of the label map's `value_table`: a class's values, else its id; 255 and the
+    ignore id, or its ignore_values, for no class."""
+    inside = (values >= 0) & (values < 1 << 16)
+    ids = np.where(inside, label_map.value_table()[np.where(inside, values, 0)], -1)
+    bad = ids < 0
     if bad.any():
         value = int(values[bad].min())
         count = int((values == value).sum())
         row, col = (int(v[0]) for v in np.nonzero(values == value))
         raise LabelFormatError(
-            f"{path}: pixel value {value} (mode {mode} mask, {count} pixels, first at row {row}, column {col}) is "
-            f"neither a class id of the label map (0..{label_map.num_classes - 1}) nor an ignore value "
-            f"({', '.join(str(v) for v in sorted({label_map.ignore_id, 255}))})")
-    return np.where(ignore, label_map.ignore_id, values).astype(np.uint8)
+            f"{path}: pixel value {value} (mode {mode} mask, {count} pixels, first at row {row}, column {col}) stands "
+            f"for no class of the label map ({_value_ranges(label_map)}) nor for none "
+            f"({', '.join(map(str, label_map.mask_ignore_values())) or 'no value'}); a class's \"values\" in the "
+            "label map say which values stand for it, e.g. {\"id\": 1, \"name\": \"crack\", \"values\": [255]}")
+    return ids.astype(np.uint8)
+
+
+def _value_ranges(label_map) -> str:
+    if not any(c.values for c in label_map.classes):
+        return f"0..{label_map.num_classes - 1}"
+    return ", ".join(f"{c.name} {'/'.join(map(str, c.values or (c.id,)))}" for c in label_map.classes)
 
 
 def _ids_from_colours(pixels: np.ndarray, path: Path, label_map) -> np.ndarray:
