@@ -380,16 +380,15 @@ class _Job:
 class Predictor:
     """Tiled, batched, jitted prediction with a trained model.
 
-    window: (height, width) in network pixels (one number: a square); overlap: fraction of the window shared with each neighbour;
-    batch_size: windows per call (fewer where their logits would pass _CALL_BYTES); flip_tta: also predict the
-    mirror image and average the logits (None: as the run evaluated, its config's eval_flip_tta, as the predict
-    command does); resize: "auto" shows the network a photo at the scale of the images it
-    was trained on (its shorter side made theirs, where it is more than RESIZE_BEYOND times theirs or less than
-    1 / RESIZE_BEYOND: a 12-megapixel photo is 8x a CamVid frame, and a model sees objects 8x larger than any it
-    learned as something else; the shorter side, as a camera's portrait and landscape photos, crops and panoramas
-    all show things at the scale of the side they share), "none" at the photo's own, a number: the photo resized
-    by that factor. A resized photo's logits are resized back, so masks always come at the photo's size. `resized`
-    counts such photos.
+    window: (height, width) in network pixels (one number: a square); overlap: fraction of the window shared with
+    each neighbour; batch_size: windows per call (fewer where their logits would pass _CALL_BYTES); flip_tta: also
+    predict the mirror image and average the logits (None: as the run evaluated, its config's eval_flip_tta, as the
+    predict command does); resize: "auto" shows the network a photo at the scale of the images it was trained on
+    (its shorter side made theirs, where it is more than RESIZE_BEYOND times theirs or less than 1 / RESIZE_BEYOND:
+    a 12-megapixel photo is 8x a CamVid frame, and a model sees objects 8x larger than any it learned as something
+    else; the shorter side, as a camera's portrait and landscape photos, crops and panoramas all show things at the
+    scale of the side they share), "none" at the photo's own, a number: the photo resized by that factor. A resized
+    photo's logits are resized back, so masks always come at the photo's size. `resized` counts such photos.
     """
 
     def __init__(self, trained: TrainedModel, window: tuple[int, int] = DEFAULT_WINDOW,
@@ -400,7 +399,7 @@ class Predictor:
                             f"{type(trained).__name__}")
         if flip_tta not in (None, True, False):
             raise TypeError(f"flip_tta must be True, False or None (as the run evaluated), got {flip_tta!r}")
-        window = (window, window) if isinstance(window, int) else tuple(window)
+        window = (int(window),) * 2 if np.ndim(window) == 0 else tuple(window)
         if not 0.0 <= overlap < 0.5:
             raise ValueError(f"overlap must be in [0, 0.5), got {overlap}")
         if batch_size < 1 or min(window) < 1:

@@ -1,7 +1,7 @@
 """Whether a work directory's run may resume with this config, and what the resume changes.
 
 Each check compares the checkpoint's config (`saved`, as its JSON gives it back) with this run's (`current`) and
-returns why the run cannot go on, or None; `run.prepare_run` refuses with that message.
+returns why the run cannot go on, or None; `run._check_resume` refuses with that message.
 """
 from __future__ import annotations
 

@@ -98,3 +98,15 @@ def test_the_roofline_counts_the_flops_our_cpu_kernels_compute():
         assert proc.returncode == 0, proc.stderr[-3000:]
         counts.append(json.loads(proc.stdout.strip().splitlines()[-1])["flops_per_step"])
     assert counts[0] == pytest.approx(counts[1], rel=1e-6) and counts[0] > 0
+
+
+def test_the_predict_benchmark_times_the_network_once_per_window(monkeypatch):
+    """Predictor follows the run's flip TTA, and the default config's is on: the photo's time would have counted
+    the network twice per window, unlike ours_call and the PyTorch peer."""
+    from streetseg_jax.inference import Predictor
+
+    monkeypatch.syspath_prepend(str(TOOLS))
+    from bench import predict
+
+    predictor = Predictor(predict.untrained("transpose", 8))
+    assert predictor.flip_tta is False and len(predictor.scales) == 1

@@ -190,9 +190,19 @@ def test_a_mask_of_another_size_than_its_photo_names_both_folders(tmp_path, caps
     with pytest.raises(SystemExit):
         main(["check", "--format", "masks", "--input", str(tmp_path)])
     assert "images/transposed.png is 80x64 but its mask masks/transposed.png is 64x80" in capsys.readouterr().out
+    from streetseg_jax.labels.shapes import Annotation, Shape
+    from streetseg_jax.labels.validate import size_mismatch
+
+    raster = [Shape("road", np.zeros((0, 2)), raster=np.ones((80, 64), bool))]
+    coco = Annotation(tmp_path / "instances_default.json", "a.jpg", 64, 80, raster)     # RLE masks in a JSON file
+    assert size_mismatch(coco, tmp_path / "a.jpg", "a.jpg", (80, 64)) == \
+        "a.jpg is 80x64 but instances_default.json says 64x80"
+    mask = Annotation(tmp_path / "masks" / "a.png", "a.jpg", 64, 80, raster)
+    assert size_mismatch(mask, tmp_path / "a.jpg", "a.jpg", (80, 64)) == \
+        "a.jpg is 80x64 but its mask masks/a.png is 64x80"
 
 
-@pytest.mark.parametrize("mode", ["L", "P", "I;16"])
+@pytest.mark.parametrize("mode", ["L", "I;16"])
 def test_values_in_the_label_map_say_what_an_exports_mask_values_stand_for(tmp_path, mode):
     """A binary mask of 0 and 255, ids 0, 3 and 7, 0 for void: the label map's values and ignore_values read them
     (they stood for ignore, or were refused, and the only way round was dummy classes)."""
@@ -201,10 +211,7 @@ def test_values_in_the_label_map_say_what_an_exports_mask_values_stand_for(tmp_p
         {"id": 0, "name": "background", "color": [0, 0, 0], "values": [3]},
         {"id": 1, "name": "crack", "color": [255, 0, 0], "values": [7, 255]}], "ignore_values": [0]})
     save(tmp_path / "images" / "a.jpg", Image.new("RGB", (4, 2)))
-    image = Image.fromarray(stored) if mode != "P" else Image.fromarray(stored).convert("P")
-    if mode == "P":         # class colours in the palette: the values, not the colours, decide
-        image.putpalette([0, 0, 0] * 3 + [255, 0, 0] + [0, 0, 0] * 252)
-    save(tmp_path / "masks" / "a.png", image)
+    save(tmp_path / "masks" / "a.png", Image.fromarray(stored))
     (annotation,) = masks.read(tmp_path, label_map)
     np.testing.assert_array_equal(annotation_to_mask(annotation, label_map).mask, [[255, 0, 1, 1], [1, 0, 255, 255]])
     assert LabelMap.from_dict(label_map.to_dict()) == label_map
@@ -215,6 +222,23 @@ def test_values_in_the_label_map_say_what_an_exports_mask_values_stand_for(tmp_p
                                                r"\(background 3, crack 7/255\) nor for none \(0\); a class's "
                                                r'"values" in the label map say'):
         masks.read(tmp_path, label_map)
+
+
+def test_values_decide_over_a_palettes_colours(tmp_path):
+    """A palette mask whose indices have class colours is read by colour, unless the label map gives values."""
+    colours = {"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]},
+                           {"id": 1, "name": "crack", "color": [255, 0, 0]}]}
+    image = Image.fromarray(np.array([[3, 3, 7, 255]], np.uint8), "P")
+    image.putpalette([0, 0, 0] * 3 + [255, 0, 0] + [0, 0, 0] * 252)      # 3 red (crack), 7 black (background)
+    save(tmp_path / "images" / "a.jpg", Image.new("RGB", (4, 1)))
+    save(tmp_path / "masks" / "a.png", image)
+    by_colour = LabelMap.from_dict(colours)
+    (annotation,) = masks.read(tmp_path, by_colour)
+    assert annotation_to_mask(annotation, by_colour).mask.tolist() == [[1, 1, 0, 255]]
+    colours["classes"][0]["values"], colours["classes"][1]["values"] = [3], [7]
+    by_value = LabelMap.from_dict(colours)
+    (annotation,) = masks.read(tmp_path, by_value)
+    assert annotation_to_mask(annotation, by_value).mask.tolist() == [[0, 0, 1, 255]]
 
 
 @pytest.mark.parametrize("data, message", [

@@ -653,9 +653,9 @@ def test_a_class_no_image_has_is_said_and_binary_masks_of_0_and_255_are_named(tm
     out = capsys.readouterr().out
     assert refused.value.code == 1 and "0 error(s), 1 warning(s)" in out
     assert re.search(r"no image has a pixel of class\(es\) 'crack' \(id 1\): a model trained on this export cannot "
-                     r"learn them; the masks' pixels of value 255 \(the ignore id, \d+\.\d% of them\) are no class: a "
-                     r"binary mask saved as 0 and 255 loses its second class \(save it as 0 and 1, or list the "
-                     r"class's \"values\": \[255\] in the label map\)", out)
+                     r"learn them; \d+\.\d% of the pixels are the ignore value \(255\), no class: a binary mask saved "
+                     r"as 0 and 255 loses its second class \(save it as 0 and 1, or list the class's \"values\": \[255\] "
+                     r"in the label map\)", out)
     crack = json.loads(labels.read_text())
     crack["classes"][1]["values"] = [255]           # what the export's 255s stand for
     (tmp_path / "crack_255.json").write_text(json.dumps(crack))
@@ -667,6 +667,8 @@ def test_a_class_no_image_has_is_said_and_binary_masks_of_0_and_255_are_named(tm
     labels.write_text(json.dumps({"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]},
                                               {"id": 1, "name": "crack", "color": [255, 0, 0]},
                                               {"id": 2, "name": "pothole", "color": [0, 0, 255]}]}))
+    Image.fromarray(np.full((H, W), 255, np.uint8)).save(tmp_path / "saved_1" / "masks" / "c.png")   # ignore too
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "saved_1" / "images" / "c.png")
     labels_main([*check, str(tmp_path / "saved_1")])        # a class of the taxonomy unused here: a note
     out = capsys.readouterr().out
     assert "0 error(s), 0 warning(s)" in out
@@ -697,3 +699,24 @@ def test_a_hash_that_leaves_train_empty_is_refused(tmp_path):
                                          r"of 0.5, none in train .*smaller --val_fraction, or a --split_file"):
         build(tmp_path, export, val_fraction=0.5)
     assert not (tmp_path / "tfds" / "street_seg" / "streets").exists()
+
+
+def test_a_dataset_carries_the_label_map_of_its_ids_however_the_export_stored_them(tmp_path):
+    """Masks of 0 and 255 read with a class's values [255], and masks of 0 and 1: the same ids, and one label map (a
+    run on the one refused to resume on the other, evaluate to score it, as 'another label map')."""
+    crack = {"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]},
+                         {"id": 1, "name": "crack", "color": [255, 0, 0]}]}
+    (tmp_path / "ids.json").write_text(json.dumps(crack))
+    crack["classes"][1]["values"] = [255]
+    (tmp_path / "values.json").write_text(json.dumps(crack))
+    built = {}
+    for name, foreground, labels in (("ids", 1, "ids.json"), ("values", 255, "values.json")):
+        export = binary_export(tmp_path / name, ["a", "b"], foreground)
+        build(tmp_path, export, name=name, fmt="masks", label_map=str(tmp_path / labels), val_fraction=0.0)
+        split, label_map, _ = source.load_split(f"street_seg/{name}", "train", tmp_path / "tfds")
+        built[name] = (label_map, [split[i]["segmentation_mask"].max() for i in range(len(split))])
+    assert built["ids"] == built["values"] and built["ids"][1] == [1, 1]
+    assert "values" not in json.dumps(built["values"][0].to_dict())
+    again, _ = build(tmp_path, tmp_path / "values", name="values", fmt="masks", label_map=str(tmp_path / "values.json"),
+                     val_fraction=0.0)
+    assert again.reused

@@ -93,17 +93,22 @@ def test_roboflow_classes_csv_is_a_label_map(tmp_path):
     lm = LabelMap.load(path)
     assert lm.names == ["background", "road", "traffic_light"] and lm.id_of("Traffic Light") == 2
     assert (lm.fill_id, lm.ignore_id, lm.classes[1].color) == (0, 255, default_label_map().classes[3].color)
-    gaps = "the pixel values must run 0..1 without gaps"
+    twice = "a pixel value is named twice"
     path.write_text("0, background\n1, road\n")                 # the header left out: the lines say enough
     assert LabelMap.load(path).names == ["background", "road"]
     path.write_text("Pixel Value, Class,\n0, background,\n1, road, x\n255, ignore\n-1, void\n")
     assert LabelMap.load(path).names == ["background", "road"]   # a trailing comma, an extra column, ignore values
+    path.write_text("0, background\n255, crack\n")             # a binary mask's: 255 is the crack, not ignore
+    crack = LabelMap.load(path)
+    assert crack.names == ["background", "crack"] and crack.classes[1].values == (255,)
+    assert crack.value_table()[[0, 1, 255]].tolist() == [0, -1, 1]
+    path.write_text("0, background\n2, road\n7, car\n")       # values with gaps: each class lists its own
+    assert [(c.id, c.values) for c in LabelMap.load(path).classes] == [(0, ()), (1, (2,)), (2, (7,))]
     path.write_text("0, Road\n1, Background\n")               # the first is the fill class, not renamed
     assert [(c.name, c.aliases) for c in LabelMap.load(path).classes] == [("road", ("Road",)),
                                                                           ("background", ("Background",))]
     for text, message in (("Value, Name\n0, background\n", "expected a 'Pixel Value, Class' header"),
-                          ("Pixel Value, Class\n0, background\n2, road\n", gaps),
-                          ("Pixel Value, Class\n0, background\n0, road\n", gaps),
+                          ("Pixel Value, Class\n0, background\n0, road\n", twice),
                           ("Pixel Value, Class\nzero, background\n", "must be 'pixel value, class name'"),
                           ("Pixel Value, Class\n0, background\n1, Road\n2, road\n", "one class 'road'")):
         path.write_text(text)

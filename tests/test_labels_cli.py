@@ -608,10 +608,10 @@ def test_roboflows_classes_csv_is_the_label_map_where_none_is_given(tmp_path, ca
                    "--format", "auto", "--data_dir", str(tmp_path / "tfds")])
     assert (f"{export / 'test' / '_classes.csv'} and {export / 'valid' / '_classes.csv'} list different classes "
             "(background, road, car against background, car, road)") in capsys.readouterr().err
-    (export / "test" / "_classes.csv").write_text("Pixel Value, Class\n0, background\n2, road\n")
+    (export / "test" / "_classes.csv").write_text("Pixel Value, Class\n0, background\n0, road\n")
     with pytest.raises(SystemExit):
         main(["check", "--format", "auto", "--input", str(export)])
-    assert "_classes.csv: the pixel values must run 0..1" in capsys.readouterr().err
+    assert "_classes.csv: a pixel value is named twice in [0, 0]" in capsys.readouterr().err
 
 
 def test_masks_read_as_the_seeds_classes_say_so(tmp_path, capsys):

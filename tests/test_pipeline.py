@@ -229,7 +229,7 @@ def test_eval_covers_every_example_once_and_pads_with_ignore():
     assert batches.num_examples == 9 and batches.num_batches == len(batches) == 3
 
 
-def test_eval_batches_hold_one_size_each_and_keep_the_order():
+def test_eval_batches_hold_one_size_each_and_map_back_to_the_order():
     """Images were padded to the largest in their batch: what the network saw near an image's edges, and so its
     score, depended on its neighbours, the batch size and the split's order. Then a batch ended at every change of
     size: portrait and landscape photos in turn made batches of one image and padding."""

@@ -382,5 +382,5 @@ def _check_reuse(builder) -> None:
     if stored != builder.builder_config.options():
         raise BuildError(f"{builder.data_dir} was built with {stored}, not "
                          f"{builder.builder_config.options()}; pass --overwrite to rebuild it")
-    if builder.info.metadata.get("label_map") != builder.label_map.to_dict():
+    if builder.info.metadata.get("label_map") != builder.label_map.of_ids().to_dict():
         raise BuildError(f"{builder.data_dir} was built with another label map; pass --overwrite to rebuild it")

@@ -268,7 +268,7 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
             supervised_keys=("image", "segmentation_mask"),
             # CamVid's frames are video sequences in the order its lists give: keep that order on disk.
             disable_shuffling=bool(self.builder_config.layout),
-            metadata=tfds.core.MetadataDict(label_map=self.label_map.to_dict(),
+            metadata=tfds.core.MetadataDict(label_map=self.label_map.of_ids().to_dict(),    # what the masks hold
                                             options=self.builder_config.options()),
         )
 

@@ -84,7 +84,8 @@ def _local_batch_size(global_batch: int, process_count: int, process_index: int)
 
 @dataclasses.dataclass(frozen=True)
 class EvalBatches:
-    """One pass over a split in order, as local batches `{"image": uint8 (b, H, W, 3), "label": uint8 (b, H, W)}`.
+    """One pass over a split, batched by image size, as local batches `{"image": uint8 (b, H, W, 3), "label":
+    uint8 (b, H, W)}`.
 
     Every global batch holds images of one size: padding an image to a larger neighbour's size changed what the
     network saw near its edges, and so its score (12 of 5,490 pixels of a 61x90 image), which then depended on

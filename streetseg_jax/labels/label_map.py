@@ -78,6 +78,13 @@ class LabelMap:
             table[list(c.values or (c.id,))] = c.id
         return table
 
+    def of_ids(self) -> "LabelMap":
+        """This label map for masks that hold the class ids (a dataset's, a model's, the masks we write): without
+        the `values` and `ignore_values` of an export's masks, so that one taxonomy is one label map however its
+        exports stored it."""
+        return dataclasses.replace(self, classes=tuple(dataclasses.replace(c, values=()) for c in self.classes),
+                                   ignore_values=None)
+
     def mask_ignore_values(self) -> tuple[int, ...]:
         if self.ignore_values is not None:
             return self.ignore_values
@@ -285,13 +292,18 @@ def _is_our_label_map(path: Path) -> bool:
     return isinstance(data, dict) and isinstance(data.get("classes"), list)
 
 
+_IGNORE_NAMES = {"ignore", "ignored", "__ignore__", "void", "unlabeled", "unlabelled", "none"}
+
+
 def from_class_csv(text: str, source: str = "class list") -> LabelMap:
-    """Roboflow's `_classes.csv` (a `Pixel Value, Class` header, then `0, background`, `1, road` ...): each pixel
-    value is the class id of its name, the first the fill class, as in starter_label_map. Columns after the second
-    are left out, and so are lines of 255 or a negative value: the ignore value of the masks, a class of none."""
+    """Roboflow's `_classes.csv` (a `Pixel Value, Class` header, then `0, background`, `1, road` ...): a class per
+    line in the order of the pixel values, the first the fill class, as in starter_label_map; a class whose pixel
+    value is not its id (values with gaps, `255, crack`) lists it in its `values`. Columns after the second are left
+    out, and so are lines of a negative value, or of 255 named as no class (ignore, void, unlabeled ...)."""
     rows = [[cell.strip() for cell in row[:2]] for row in csv.reader(io.StringIO(text), skipinitialspace=True)
             if any(cell.strip() for cell in row)]
-    rows = [row for row in rows if not re.fullmatch(r"-\d+|255", row[0])]
+    rows = [row for row in rows if not re.fullmatch(r"-\d+", row[0])
+            and not (row[0] == "255" and len(row) > 1 and _normalise(row[1]) in _IGNORE_NAMES)]
     header = [cell.strip().lower() for cell in rows[0]] if rows else []
     if rows and header[:1] != ["pixel value"] and header[0].isdigit():
         rows.insert(0, ["Pixel Value", "Class"])                   # the header left out: the lines say enough
@@ -303,12 +315,15 @@ def from_class_csv(text: str, source: str = "class list") -> LabelMap:
     except ValueError:
         raise LabelMapError(f"{source}: each line after the header must be 'pixel value, class name', as "
                             "'1, road'") from None
-    if sorted(by_value) != list(range(len(rows) - 1)):
-        raise LabelMapError(f"{source}: the pixel values must run 0..{len(rows) - 2} without gaps or repeats, got "
-                            f"{[int(row[0]) for row in rows[1:]]}; write a label map by hand (labels classes "
-                            "--output starts one)")
+    if len(by_value) < len(rows) - 1:
+        raise LabelMapError(f"{source}: a pixel value is named twice in {[int(row[0]) for row in rows[1:]]}; write a "
+                            "label map by hand (labels classes --output starts one)")
+    values = sorted(by_value)
     try:
-        return starter_label_map([by_value[v] for v in sorted(by_value)], keep_ids=True)
+        starter = starter_label_map([by_value[v] for v in values], keep_ids=True)
+        classes = tuple(dataclasses.replace(c, values=() if v == c.id else (v,))
+                        for c, v in zip(starter.classes, values))
+        return dataclasses.replace(starter, classes=classes)
     except LabelMapError as e:
         raise LabelMapError(f"{source}: {e}") from None
 

@@ -324,11 +324,12 @@ def size_mismatch(annotation: Annotation, image, name: str, size: tuple[int, int
         return None
     oriented = " (after its EXIF orientation)" if is_rotated(image) else ""
     source = Path(annotation.source)
+    if source.suffix.lower() not in IMAGE_SUFFIXES:        # a file of shapes (JSON, XML)
+        return f"{name} is {size[0]}x{size[1]}{oriented} but {source.name} says {annotation.width}x{annotation.height}"
     if source.name == name and isinstance(image, Path):      # a mask of the photo's name: their folders tell them apart
-        name, source = f"{image.parent.name}/{name}", Path(source.parent.name, source.name)
-    says = ("its mask " + source.as_posix() + " is" if annotation.shapes and
-            all(shape.raster is not None for shape in annotation.shapes) else source.name + " says")
-    return f"{name} is {size[0]}x{size[1]}{oriented} but {says} {annotation.width}x{annotation.height}"
+        name = f"{image.parent.name}/{name}"
+    return (f"{name} is {size[0]}x{size[1]}{oriented} but its mask {source.parent.name}/{source.name} is "
+            f"{annotation.width}x{annotation.height}")
 
 
 def _decoded_size(source: Path | bytes, name: str) -> tuple[int, int]:
@@ -530,21 +531,21 @@ class Report:
         return [c for c in self.label_map.classes if not pixels[c.id]]
 
     def export_warnings(self) -> list[str]:
-        """Where the absent classes look like a mistake: fewer than 2 classes with pixels (a model learns nothing),
-        or masks whose ignore id stands where a class should be (a mask of 0 and 255, a binary mask as many tools
-        save it, trained to mIoU 1.0 on its 0s alone)."""
+        """Where at most one class has pixels: a model trained on the export learns nothing (a mask of 0 and 255, a
+        binary mask as many tools save it, trained to mIoU 1.0 on its 0s alone, its 255s being the ignore id)."""
         absent = self.absent_classes()
-        measured = [f for f in self.files if f.class_pixels]
-        ignored = sum(f.ignore_pixels for f in measured)
-        binary = self.format == "masks" and ignored
-        if not absent or (len(absent) < self.label_map.num_classes - 1 and not binary):
+        if not absent or len(absent) < self.label_map.num_classes - 1:
             return []
         found = f"{_no_pixel_of(absent)}: a model trained on this export cannot learn them"
-        if binary:
-            found += (f"; the masks' pixels of value {self.label_map.ignore_id} (the ignore id, "
-                      f"{100 * ignored / sum(f.width * f.height for f in measured):.1f}% of them) are no class: a "
-                      "binary mask saved as 0 and 255 loses its second class (save it as 0 and 1, or list the class's "
-                      '"values": [255] in the label map)')
+        measured = [f for f in self.files if f.class_pixels]
+        ignored = sum(f.ignore_pixels for f in measured)
+        told = self.label_map.ignore_values is not None or any(c.values for c in self.label_map.classes)
+        if self.format == "masks" and ignored and not told:
+            share = 100 * ignored / sum(f.width * f.height for f in measured)
+            values = " or ".join(map(str, self.label_map.mask_ignore_values()))
+            found += (f"; {share:.1f}% of the pixels are the ignore value ({values}), no class: a binary mask "
+                      "saved as 0 and 255 loses its second class (save it as 0 and 1, or list the class's "
+                      "\"values\": [255] in the label map)")
         return [found]
 
     def class_pixels(self) -> np.ndarray:
@@ -629,11 +630,11 @@ def _report_dict(report: Report) -> dict:
     return {
         "format": report.format, "source": report.source, "images": len(report.files),
         "errors": len(report.errors), "warnings": len(report.warnings),
-        "problems": [{"file": f.annotation, "key": f.key, "severity": severity, "message": m}
-                     for f in report.files for severity, messages in (("error", f.errors), ("warning", f.warnings))
-                     for m in messages]
-        + [{"file": report.source, "key": None, "severity": "warning", "message": m}
-           for m in report.export_warnings()],
+        "problems": [{"file": report.source, "key": None, "severity": "warning", "message": m}
+                     for m in report.export_warnings()]      # first: a long list of the files' is cut short
+        + [{"file": f.annotation, "key": f.key, "severity": severity, "message": m}
+           for f in report.files for severity, messages in (("error", f.errors), ("warning", f.warnings))
+           for m in messages],
         "classes": [{"id": c.id, "name": c.name, "pixel_share": float(pixels[c.id] / all_pixels),
                      "images": int(images[c.id]), "weight": float(weights[c.id])}
                     for c in report.label_map.classes],

@@ -97,7 +97,8 @@ def default_config(upsample: str):
     spec.loader.exec_module(module)
     config = module.get_config()
     config.model.upsample = upsample
-    config.eval_extra_scales = ()   # the network at one scale: the default's multi-scale TTA is not what is timed
+    config.eval_extra_scales = ()   # the network once, at one scale: the default's TTA is not what is timed
+    config.eval_flip_tta = False
     return config
 
 
