@@ -720,3 +720,17 @@ def test_a_dataset_carries_the_label_map_of_its_ids_however_the_export_stored_th
     again, _ = build(tmp_path, tmp_path / "values", name="values", fmt="masks", label_map=str(tmp_path / "values.json"),
                      val_fraction=0.0)
     assert again.reused
+
+
+def test_a_cut_out_photos_transparent_pixels_are_ignored_in_the_dataset(tmp_path):
+    """predict marks a cut-out's transparent pixels as no photo; the build kept them black with the class drawn
+    over them, teaching a model that black is that class."""
+    export = labelme_export(tmp_path / "export", ["cut"])
+    rgba = np.dstack([np.asarray(Image.open(export / "cut.png")), np.full((H, W), 255, np.uint8)])
+    rgba[20:, :10, 3] = 0                                   # a transparent corner of the road
+    Image.fromarray(rgba).save(export / "cut.png")
+    build(tmp_path, export, val_fraction=0.0)
+    record = records(tmp_path, "train")["cut.png"]
+    mask, image = record["segmentation_mask"][..., 0], record["image"]
+    assert (mask[20:, :10] == default_label_map().ignore_id).all() and (image[20:, :10] == 0).all()
+    assert (mask[20:, 10:] == default_label_map().id_of("road")).all()

@@ -36,7 +36,7 @@ import numpy as np
 
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import UnknownLabelsError, annotation_to_mask, find_unknown_labels, read_mask_png
-from streetseg_jax.labels.images import files_under, open_rgb
+from streetseg_jax.labels.images import files_under, open_photo, open_rgb
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, base_name, export_split, listing
 from streetseg_jax.labels.validate import EMBEDDED, CheckOptions, Report, error_listing, validate
@@ -402,17 +402,20 @@ def _label_map_change(old: dict | None, new: dict | None) -> str:
 def encode_example(job: tuple[Annotation, str, LabelMap, str, str | None]) -> tuple[str, dict]:
     """(key, TFDS example) for one annotation: the image as uint8 (H, W, 3) RGB pixels and the mask as uint8
     (H, W, 1) class ids, as builder._features stores them; the mask is the one the validation drew into `mask_dir`
-    when given."""
+    when given. A cut-out photo's fully transparent pixels are no part of it: black in the image, the ignore id in
+    the mask, as predict marks them (a model taught that black is the class drawn there)."""
     annotation, key, label_map, unknown, mask_dir = job
     if mask_dir is not None:
         mask = read_mask_png(Path(mask_dir) / f"{key}.png")
     else:
         mask = annotation_to_mask(annotation, label_map, unknown=unknown).mask
-    image = image_pixels(annotation)
+    image, transparent = image_pixels(annotation)
     height, width = image.shape[:2]
     if (width, height) != (annotation.width, annotation.height):
         raise BuildError(f"{annotation.source}: its image is {width}x{height} once decoded (EXIF orientation "
                          f"applied) but the annotation says {annotation.width}x{annotation.height}")
+    if transparent is not None:
+        mask = np.where(transparent, label_map.ignore_id, mask).astype(np.uint8)
     return key, {"image": image, "segmentation_mask": mask[..., None],
                  "file_name": example_file_name(annotation, key)}
 
@@ -427,8 +430,9 @@ def example_file_name(annotation: Annotation, key: str) -> str:
     return f"{key.rsplit('/', 1)[0]}/{name}" if "/" in key else name
 
 
-def image_pixels(annotation: Annotation) -> np.ndarray:
-    """The annotation's image (its file, or the bytes embedded in the annotation) as uint8 (H, W, 3) RGB."""
+def image_pixels(annotation: Annotation) -> tuple[np.ndarray, np.ndarray | None]:
+    """The annotation's image (its file, or the bytes embedded in the annotation) as uint8 (H, W, 3) RGB, and its
+    fully transparent pixels (rgb_pixels)."""
     name = EMBEDDED if annotation.image_bytes is not None else str(annotation.image_path)
     try:
         data = annotation.image_bytes if annotation.image_bytes is not None else \
@@ -436,14 +440,15 @@ def image_pixels(annotation: Annotation) -> np.ndarray:
     except (OSError, TypeError) as e:
         raise BuildError(f"{annotation.source}: cannot read the image {name} "
                          f"({getattr(e, 'strerror', None) or e})") from None
-    return rgb_pixels(data, f"{annotation.source}: image {name}")
+    return rgb_pixels(data, f"{annotation.source}: image {name}", transparent=True)
 
 
-def rgb_pixels(data: bytes, name: str) -> np.ndarray:
+def rgb_pixels(data: bytes, name: str, transparent: bool = False):
     """Image file bytes decoded fully (so a truncated or damaged file is refused now, not in training) as uint8
-    (H, W, 3) RGB, upright by its EXIF orientation (labels/images.open_rgb). `name` says which file in errors."""
+    (H, W, 3) RGB, upright by its EXIF orientation (labels/images.open_rgb); with `transparent`, also its fully
+    transparent pixels, (H, W) bool or None (open_photo). `name` says which file in errors."""
     try:
-        return open_rgb(data, name)
+        return open_photo(data, name) if transparent else open_rgb(data, name)
     except LabelFormatError as e:
         raise BuildError(str(e)) from None
 
