@@ -131,9 +131,9 @@ def unlearnt_classes(splits: dict[str, list[int]], report) -> list[str]:
     in_train = pixels(splits["train"])
     found = []
     for split, rows in splits.items():
-        held_out = pixels(rows) if split != "train" else in_train
+        held_out = pixels(rows)
         missing = [c.name for c in report.label_map.classes if held_out[c.id] and not in_train[c.id]]
-        if missing:
+        if split != "train" and missing:
             found.append(f"warning: the {split} split has pixels of {', '.join(map(repr, missing))}, which no image of "
                          "the train split has: the model cannot learn them, and they score 0 there; move some of "
                          "their images to train (--split_file)")
@@ -403,7 +403,7 @@ def encode_example(job: tuple[Annotation, str, LabelMap, str, str | None]) -> tu
     """(key, TFDS example) for one annotation: the image as uint8 (H, W, 3) RGB pixels and the mask as uint8
     (H, W, 1) class ids, as builder._features stores them; the mask is the one the validation drew into `mask_dir`
     when given. A cut-out photo's fully transparent pixels are no part of it: black in the image, the ignore id in
-    the mask, as predict marks them (a model taught that black is the class drawn there)."""
+    the mask, as predict marks them (else a model learns that black is the class drawn there)."""
     annotation, key, label_map, unknown, mask_dir = job
     if mask_dir is not None:
         mask = read_mask_png(Path(mask_dir) / f"{key}.png")

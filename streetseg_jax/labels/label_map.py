@@ -86,6 +86,8 @@ class LabelMap:
                                    ignore_values=None)
 
     def mask_ignore_values(self) -> tuple[int, ...]:
+        """The values of an export's masks that stand for no class: `ignore_values`, else 255 and the ignore id
+        (those no class lists)."""
         if self.ignore_values is not None:
             return self.ignore_values
         claimed = {v for c in self.classes for v in c.values}
