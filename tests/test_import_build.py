@@ -734,3 +734,16 @@ def test_a_cut_out_photos_transparent_pixels_are_ignored_in_the_dataset(tmp_path
     mask, image = record["segmentation_mask"][..., 0], record["image"]
     assert (mask[20:, :10] == default_label_map().ignore_id).all() and (image[20:, :10] == 0).all()
     assert (mask[20:, 10:] == default_label_map().id_of("road")).all()
+
+
+def test_two_builds_of_the_same_export_are_the_same_files(tmp_path):
+    """Each build serialized its examples' features in another order (a protobuf map): the same data had other
+    bytes, so its fingerprint called a rebuild other data, refusing a resume and naming evaluate's results apart."""
+    export = labelme_export(tmp_path / "export", [f"frame_{i}" for i in range(6)])
+    folders = []
+    for name in ("one", "two"):             # two processes: the order was fixed within one
+        out = run_cli("build", "--config", "from_annotations", "--name", "streets", "--manual_dir", str(export),
+                      "--format", "labelme", "--label_map", label_map_file(tmp_path), "--data_dir", str(tmp_path / name))
+        assert out.returncode == 0, out.stderr
+        folders.append(source.dataset_dir("street_seg/streets", tmp_path / name))
+    assert source.dataset_fingerprint(folders[0]) == source.dataset_fingerprint(folders[1])

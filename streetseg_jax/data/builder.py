@@ -277,6 +277,7 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
             with contextlib.ExitStack() as self._cleanup:
                 if self._workers is None:
                     self._workers = self._cleanup.enter_context(inputs.Workers(self._num_workers))
+                self._cleanup.enter_context(_records_in_one_order())
                 return super()._download_and_prepare(dl_manager, download_config)
         finally:
             self._cleanup = None
@@ -421,6 +422,26 @@ def check_synthetic_label_map(path: str | None) -> None:
             raise BuildError(f"{path} lacks {', '.join(missing)}: the synthetic scenes are drawn in the seed's "
                              f"classes ({', '.join(default_label_map().names)}), so its label map must have each, "
                              "as a class or as an alias of one")
+
+
+@contextlib.contextmanager
+def _records_in_one_order():
+    """TFDS writes each example as a tf.train.Example, whose features are a protobuf map: serialized in an order that
+    changes from process to process, so two builds of the same data had other bytes, and the dataset's fingerprint
+    (source.dataset_fingerprint) called a rebuild other data (a resume refused, evaluate's results named apart).
+    While the build runs, examples are serialized deterministically (sorted map keys); where TFDS has no such
+    serializer (another version), as before."""
+    serializer = getattr(tfds.core.example_serializer, "ExampleSerializer", None)
+    original = getattr(serializer, "serialize_example", None)
+    if original is None or not hasattr(serializer, "get_tf_example"):
+        yield
+        return
+    serializer.serialize_example = lambda self, example: self.get_tf_example(example).SerializeToString(
+        deterministic=True)
+    try:
+        yield
+    finally:
+        serializer.serialize_example = original
 
 
 def _manual_folder(dl_manager, config_name: str) -> Path:
