@@ -10,7 +10,8 @@ the CPU, so a change to any of them builds a new one and a cache shared between 
 built for another. About 3 s, once.
 
 Where no compiler is found, or it fails, `targets()` warns once and returns None and the callers fall back to XLA's
-own computation: slower on CPU, the same result. `STREETSEG_NATIVE=0` turns the kernels off.
+own computation: slower on CPU, the same result to float rounding (the sums add up in another order, so a run's
+numbers differ from the first step and drift apart as training goes on). `STREETSEG_NATIVE=0` turns the kernels off.
 """
 from __future__ import annotations
 

@@ -494,13 +494,15 @@ def _say_if_the_devices_changed(workdir: Path, log: RunLog) -> None:
     """A resume on other devices than the run's last start (config.json's record) says so: the steps from here are
     an unchanged run's to float rounding only (sums over devices add up in another order)."""
     then, now = _recorded(workdir, "provenance", "devices"), devices()
-    if isinstance(then, dict) and {key: then.get(key) for key in now} != now:
+    if isinstance(then, dict) and any(then[key] != now[key] for key in now if key in then):    # older records lack some
         log.say(f"resuming on {_topology(now)}, where the run trained on {_topology(then)} until now: from here on "
                 "its steps equal those of a run that kept its devices to float rounding, not bit for bit")
 
 
 def _topology(d: dict) -> str:
-    return f"{d.get('count', '?')} {d.get('kind', '?')} device(s) in {d.get('processes', '?')} process(es)"
+    cpu = (f" ({d['cores']} core(s), {'our' if d.get('native_kernels') else 'no'} C++ kernels)"
+           if "cores" in d else "")
+    return f"{d.get('count', '?')} {d.get('kind', '?')} device(s) in {d.get('processes', '?')} process(es){cpu}"
 
 
 def _git_commit() -> str:

@@ -14,8 +14,14 @@ from streetseg_jax.visualize import hms
 
 
 def devices() -> dict:
-    """What a run trains on, as config.json's provenance and each run/start record keep it."""
-    return {"count": jax.device_count(), "kind": jax.devices()[0].device_kind, "processes": jax.process_count()}
+    """What a run trains on, as config.json's provenance and each run/start record keep it. On a CPU also the cores
+    it may use and whether our C++ kernels run (native.py): XLA:CPU's threads and the kernels each sum in their own
+    order, so runs that differ in them differ from the first step, in float rounding."""
+    record = {"count": jax.device_count(), "kind": jax.devices()[0].device_kind, "processes": jax.process_count()}
+    if jax.default_backend() == "cpu":
+        from streetseg_jax import native, sharding
+        record.update(cores=sharding.usable_cores(), native_kernels=native.cpu_targets() is not None)
+    return record
 
 
 class RunLog:

@@ -303,6 +303,11 @@ def fewer_devices_note() -> str:
     return _FEWER_DEVICES if _FEWER_DEVICES and jax.default_backend() == "cpu" else ""
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def split_cpu_into_cores(*batch_sizes: int, requested: int = 0) -> None:
     """Give XLA one CPU device per core (or `requested` devices).
 
@@ -314,7 +319,7 @@ def split_cpu_into_cores(*batch_sizes: int, requested: int = 0) -> None:
     """
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     count = requested or max(n for n in range(1, cores + 1) if all(size % n == 0 for size in batch_sizes))
     global _FEWER_DEVICES
     _FEWER_DEVICES = ""

@@ -195,11 +195,16 @@ def test_a_resume_says_which_logged_steps_are_trained_again_and_on_which_devices
     assert code == 0, out
     assert (f"resuming from step {STEPS} in {workdir / 'checkpoints'}; steps {STEPS + 1}..{STEPS + 2}, logged by the "
             "run that stopped, are trained again") in out
-    assert ("resuming on 1 cpu device(s) in 1 process(es), where the run trained on 2 cpu device(s) in 1 process(es) "
-            "until now: from here on its steps equal those of a run that kept its devices to float rounding, not bit "
-            "for bit") in out
+    from streetseg_jax import native, sharding
+
+    cores, kernels = sharding.usable_cores(), native.cpu_targets() is not None      # as the run's process found them
+    cpu = f" ({cores} core(s), {'our' if kernels else 'no'} C++ kernels)"
+    assert (f"resuming on 1 cpu device(s) in 1 process(es){cpu}, where the run trained on 2 cpu device(s) in 1 "
+            f"process(es){cpu} until now: from here on its steps equal those of a run that kept its devices to float "
+            "rounding, not bit for bit") in out
     starts = [r["run/devices"] for r in read_metrics(workdir / "metrics.jsonl") if r.get("run/start")]
-    assert starts == [{"count": 2, "kind": "cpu", "processes": 1}, {"count": 1, "kind": "cpu", "processes": 1}]
+    assert starts == [{"count": n, "kind": "cpu", "processes": 1, "cores": cores, "native_kernels": kernels}
+                      for n in (2, 1)]
 
 
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tiny_data_dir, tmp_path):
