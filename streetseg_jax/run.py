@@ -321,9 +321,9 @@ def _check_workdir(workdir: Path) -> None:
         try:
             recorded = json.loads(config_file.read_text())
         except (OSError, ValueError) as e:      # a run's, damaged (a half-copied work directory)?
-            resume = ("remove it to resume from the checkpoints, which hold the config, or "
+            way_on = ("remove it to resume from the checkpoints, which hold the config, or "
                       if (workdir / "checkpoints").is_dir() else "")
-            raise RunError(f"{config_file} cannot be read ({e}): {resume}give another --workdir") from None
+            raise RunError(f"{config_file} cannot be read ({e}): {way_on}give another --workdir") from None
         if not isinstance(recorded, dict) or "provenance" not in recorded:
             raise RunError(f"{workdir} holds a config.json that no training run wrote (it has no provenance); "
                            "give another --workdir rather than overwrite it")
