@@ -34,6 +34,7 @@ from PIL import Image
 from streetseg_jax import sharding, train
 from streetseg_jax.checkpoint import Checkpoints
 from streetseg_jax.evaluator import flip_tta_setting, network_scales, predict_logits, tta_logits
+from streetseg_jax.labels.images import rgb_array
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.models.unet import build_model, eval_model, model_dtype, preprocess
 
@@ -484,11 +485,7 @@ class Predictor:
             yield from self._run(batch, running)
 
     def _job(self, key, image: np.ndarray, reduce) -> _Job:
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8 or not image.size:
-            raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}: "
-                             "labels.images.open_photo(path) reads a photo as predict does (RGB, turned upright "
-                             "as its EXIF says, and which pixels are transparent)")
+        image = rgb_array(image)
         size = image.shape[:2]
         target = self.input_size(*size)
         if target != size:     # its logits come back at the network's size: classes are taken after resizing them

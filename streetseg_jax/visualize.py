@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from streetseg_jax.atomic import atomic_file
+from streetseg_jax.labels.images import rgb_array
 from streetseg_jax.labels.label_map import LabelMap
 
 
@@ -58,11 +59,9 @@ def overlay(image: np.ndarray, mask: np.ndarray, label_map: LabelMap, alpha: flo
 def _checked(image, mask, label_map) -> tuple[np.ndarray, np.ndarray]:
     """overlay's inputs as arrays, or a ValueError or TypeError that says what to pass (not PIL's 'Cannot handle
     this data type: (1, 1, 1, 3)')."""
-    image, mask = np.asarray(image), np.asarray(mask)
+    image, mask = rgb_array(image), np.asarray(mask)
     if mask.ndim == 3 and mask.shape[-1] == 1:
         mask = mask[..., 0]
-    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}")
     if mask.shape != image.shape[:2]:
         raise ValueError(f"the mask is {mask.shape}, the image {image.shape[:2]}: they must be of one size")
     if not isinstance(label_map, LabelMap):

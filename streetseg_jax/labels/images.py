@@ -150,6 +150,17 @@ def open_photo(source: Path | bytes, name: str = "") -> tuple[np.ndarray, np.nda
         raise _unreadable(label, source, e) from None
 
 
+def rgb_array(image) -> np.ndarray:
+    """`image` (an array, or a PIL RGB image) as a uint8 (H, W, 3) array; a ValueError that says what to pass for
+    anything else (a grey, float, RGBA or empty array)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8 or not image.size:
+        raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}: "
+                         "labels.images.open_photo(path) reads a photo as predict does (RGB, turned upright as its "
+                         "EXIF says, and which pixels are transparent)")
+    return image
+
+
 def to_rgb(image: Image.Image) -> np.ndarray:
     """Explicit conversions: 16-bit and 32-bit grayscale are scaled to 8 bits, RGBA is composited on black,
     palette and grayscale are expanded."""
