@@ -122,16 +122,12 @@ def unlabelled_splits(splits: dict[str, list[int]], report) -> list[str]:
 def unlearnt_classes(splits: dict[str, list[int]], report) -> list[str]:
     """A warning for each held-out split with pixels of a class the train split has none of: the model cannot learn
     it, and its IoU there is 0 (or nothing where it is never predicted) whatever the training."""
-    def pixels(rows):
-        return sum((np.asarray(report.files[i].class_pixels, np.int64) for i in rows
-                    if report.files[i].class_pixels), np.zeros(report.label_map.num_classes, np.int64))
-
     if not splits.get("train"):
         return []
-    in_train = pixels(splits["train"])
+    in_train = report.class_pixels(splits["train"])
     found = []
     for split, rows in splits.items():
-        held_out = pixels(rows)
+        held_out = report.class_pixels(rows)
         missing = [c.name for c in report.label_map.classes if held_out[c.id] and not in_train[c.id]]
         if split != "train" and missing:
             found.append(f"warning: the {split} split has pixels of {', '.join(map(repr, missing))}, which no image of "

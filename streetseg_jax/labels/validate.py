@@ -548,9 +548,10 @@ class Report:
                       "\"values\": [255] in the label map)")
         return [found]
 
-    def class_pixels(self) -> np.ndarray:
+    def class_pixels(self, rows=None) -> np.ndarray:
+        """Pixels of each class, over every file or the files at `rows` (a split's)."""
         totals = np.zeros(self.label_map.num_classes, np.int64)
-        for f in self.files:
+        for f in self.files if rows is None else (self.files[i] for i in rows):
             if f.class_pixels:
                 totals += np.asarray(f.class_pixels, np.int64)
         return totals
