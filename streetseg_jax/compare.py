@@ -178,26 +178,41 @@ def data_warning(runs: list[Run]) -> str | None:
             "their mIoUs do not compare")
 
 
-def seed_groups(runs: list[Run]) -> list[list[Run]]:
+def seed_groups(runs: list[Run]) -> list[tuple[list[Run], list[Run]]]:
     """Runs of one recipe with different seeds: equal configs but for the seed, data_dir and provenance (the dataset's
-    fingerprint excepted), in groups of two or more."""
+    fingerprint excepted), in groups of two or more seeds. Each group is its first run of each seed, and the reruns
+    of a seed it already has, which are left out of its figures (one seed counted twice would narrow the spread)."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         recipe = {k: v for k, v in run.config.items() if not k.startswith(NOT_THE_RECIPE)
                   or k == "provenance.dataset.fingerprint"}
         groups.setdefault(json.dumps(recipe, sort_keys=True), []).append(run)
-    return [g for g in groups.values() if len(g) > 1 and len({_value(r.config.get("seed")) for r in g}) == len(g)]
+    found = []
+    for group in groups.values():
+        by_seed: dict[str, Run] = {}
+        reruns = []
+        for run in group:
+            seed = _value(run.config.get("seed"))
+            if seed in by_seed:
+                reruns.append(run)
+            else:
+                by_seed[seed] = run
+        if len(by_seed) > 1:
+            found.append((list(by_seed.values()), reruns))
+    return found
 
 
 def seed_rows(runs: list[Run]) -> list[list[str]]:
     """Per seed group, the final and the best eval mIoU of its finished runs (a run still training would pull the
     mean down): mean, sample standard deviation, lowest..highest."""
     rows = [["runs (one recipe, other seeds)", "seeds", "final eval mIoU", "best eval mIoU"]]
-    for group in seed_groups(runs):
+    for group, reruns in seed_groups(runs):
         done = [run for run in group if run.finished and run.final]
         count = str(len(group)) if len(done) == len(group) else f"{len(group)} ({len(done)} finished)"
-        rows.append([", ".join(run.name for run in group), count,
-                     _spread([run.final["eval/miou"] for run in done]),
+        names = ", ".join(run.name for run in group)
+        if reruns:
+            names += f" (left out, a seed again: {', '.join(run.name for run in reruns)})"
+        rows.append([names, count, _spread([run.final["eval/miou"] for run in done]),
                      _spread([run.best["eval/miou"] for run in done])])
     return rows
 
