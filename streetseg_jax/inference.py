@@ -378,6 +378,17 @@ class _Job:
         return self.image.shape[:2] != self.size
 
 
+@functools.lru_cache(maxsize=8)
+def _window_logits(graphdef, scales: tuple[float, ...], flip_tta: bool, mesh):
+    """The jitted logits of a batch of windows: one per model, TTA and mesh, so that a second Predictor of a model
+    (another batch size, overlap or window; a notebook's cell run again) reuses what the first one compiled."""
+    def logits(weights, tiles):
+        return tta_logits(scaled_logits, eval_model(graphdef, *weights), tiles, scales, flip_tta)
+
+    replicated, batched = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    return jax.jit(logits, in_shardings=(replicated, batched), out_shardings=batched)
+
+
 class Predictor:
     """Tiled, batched, jitted prediction with a trained model.
 
@@ -419,12 +430,7 @@ class Predictor:
         mesh = sharding.make_mesh(jax.local_devices())
         self._devices = mesh.devices.size
         self._weights = jax.device_put((trained.params, trained.model_state), sharding.replicated(mesh))
-        replicated, batched = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-        self._forward = jax.jit(self._logits, in_shardings=(replicated, batched), out_shardings=batched)
-
-    def _logits(self, weights, tiles):
-        model = eval_model(self.trained.graphdef, *weights)
-        return tta_logits(scaled_logits, model, tiles, self.scales, self.flip_tta)
+        self._forward = _window_logits(trained.graphdef, self.scales, self.flip_tta, mesh)
 
     def _calls_of(self, tile: tuple[int, int]) -> int:
         """Windows of this shape per call: batch_size, or fewer where their logits at image resolution (every TTA

@@ -319,6 +319,16 @@ def test_flip_tta_averages_the_mirror(trained):
     assert not np.allclose(tta, plain.logits(image), atol=1e-3)
 
 
+
+def test_predictors_of_one_model_share_what_they_compiled(workdir, trained):
+    """Each Predictor once compiled the network anew (3-7 s on a CPU), a notebook cell run again included."""
+    from streetseg_jax.inference import Predictor, load_model
+
+    first = Predictor(trained, batch_size=4)
+    assert Predictor(trained, window=64, overlap=0.25)._forward is first._forward
+    assert Predictor(load_model(workdir, "best"))._forward is first._forward
+    assert Predictor(trained, flip_tta=not first.flip_tta)._forward is not first._forward
+
 def test_overlays_blend_half_and_half_and_enlarge_thumbnails():
     from streetseg_jax.visualize import overlay
 
