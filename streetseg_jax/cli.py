@@ -88,6 +88,25 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def run_command(main, leaves: str) -> NoReturn:
+    """Run a command's `main()` as its `__main__`: Ctrl-C and SIGTERM stop it with a line saying what it `leaves`
+    (exit 130 and 143, as `main` and `predict` do; a traceback of JAX's internals was 40-170 lines), and a reader
+    that stops reading (`| head`) ends it quietly."""
+    stop_on_sigterm()
+    try:
+        code = main()
+    except KeyboardInterrupt as e:
+        by_sigterm = str(e) == "SIGTERM"
+        print(f"\nstopped by {'SIGTERM' if by_sigterm else 'Ctrl-C'}: {leaves}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143 if by_sigterm else 130)      # the interpreter's exit crashed (SIGSEGV) in JAX's threads cut short
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # or exit's flush fails once more
+        code = 1
+    sys.exit(code)
+
+
 def check_workdir(workdir) -> None:
     """Exit with a message unless `workdir` is a folder (what is in it, the command that reads it checks)."""
     if not Path(workdir).is_dir():

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import fail, normalise_argv
+from streetseg_jax.cli import fail, normalise_argv, run_command
 from streetseg_jax.page import escape, html_page, png_uri, section
 from streetseg_jax.visualize import (best_eval, eval_rows, figure_png, flatten, hms, new_figure, read_metrics,
                                      run_history)
@@ -412,4 +412,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "no page was written")

@@ -28,7 +28,7 @@ import numpy as np
 
 from streetseg_jax import atomic, sharding
 from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, check_workdir, checkpoint_arg, fail,
-                               normalise_argv, quiet_libraries)
+                               normalise_argv, quiet_libraries, run_command)
 from streetseg_jax.evaluator import Evaluator, apply_tta_flags, example_name, network_scales
 from streetseg_jax.metrics import metrics_from_confusion
 
@@ -383,4 +383,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "no result was written")

@@ -37,7 +37,7 @@ from jax import export as jax_export
 
 from streetseg_jax import atomic
 from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv,
-                               quiet_libraries)
+                               quiet_libraries, run_command)
 from streetseg_jax.evaluator import apply_tta_flags, network_scales, predict_logits, tta_logits
 from streetseg_jax.inference import TrainedModel, load_model, scaled_logits
 
@@ -185,4 +185,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     quiet_libraries()
-    sys.exit(main())
+    run_command(main, "no model was written")

@@ -54,7 +54,7 @@ from PIL import Image
 
 from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, write_text
 from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv,
-                               quiet_libraries, stop_on_sigterm)
+                               quiet_libraries, run_command)
 from streetseg_jax.labels.formats.masks import BESIDE_ENDING
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
 from streetseg_jax.labels.label_map import EXPORT_LABEL_MAP
@@ -611,9 +611,4 @@ def _list_failures(failures: list) -> None:
 
 if __name__ == "__main__":
     quiet_libraries()
-    stop_on_sigterm()
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:       # before any image was predicted (loading, compiling): nothing is half-written
-        print("\ninterrupted before any image was written", file=sys.stderr)
-        sys.exit(130)
+    run_command(main, "no image was written")     # stopped while loading or compiling: predicting says itself

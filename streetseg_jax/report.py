@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv
+from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv,
+                               run_command)
 from streetseg_jax.evaluate import (Evaluation, LoadedRun, confusion_png, evaluate_split, load_checked_split,
                                     load_run, other_data, rank_images, scored_data, score_command, split_file_name)
 from streetseg_jax.evaluator import example_name, network_scales
@@ -441,4 +442,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "no page was written")

@@ -503,16 +503,17 @@ def test_ctrl_c_stops_the_worker_processes_promptly():
         assert process.returncode != 0 and err.rstrip().endswith("KeyboardInterrupt")
 
 
-def test_cli_reports_ctrl_c_in_one_line(monkeypatch, tmp_path, capsys):
-    from streetseg_jax.data.__main__ import main
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(data_build, "build", interrupted)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["build", "--config", "synthetic", "--data_dir", str(tmp_path)])
-    assert exit_info.value.code == 130 and capsys.readouterr().err == \
-        "error: interrupted: the dataset was not built\n"
+def test_cli_reports_ctrl_c_and_sigterm_in_one_line(tmp_path):
+    """A SIGTERM ended the build without a word (Ctrl-C said so)."""
+    for raised, code, by in [("KeyboardInterrupt", 130, "Ctrl-C"), ("KeyboardInterrupt('SIGTERM')", 143, "SIGTERM")]:
+        script = ("import runpy, sys\nfrom streetseg_jax.data import build\n"
+                  f"def interrupted(*args, **kwargs):\n    raise {raised}\n"
+                  "build.build = interrupted\n"
+                  f"sys.argv = ['data', 'build', '--config', 'synthetic', '--data_dir', {str(tmp_path)!r}]\n"
+                  "runpy.run_module('streetseg_jax.data', run_name='__main__')\n")
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == code and done.stderr.strip() == \
+            f"stopped by {by}: the dataset was not built (a build is written whole or not at all)"
 
 
 @pytest.mark.parametrize("code, reason", [(errno.EROFS, "Read-only file system"), (errno.EACCES, "Permission denied"),

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streetseg_jax.cli import disk_refusal, export_label_map, fail, normalise_argv
+from streetseg_jax.cli import disk_refusal, export_label_map, fail, normalise_argv, run_command
 from streetseg_jax.data.configs import CONFIG_OPTIONS, CONFIGS
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES
 from streetseg_jax.labels.formats import AUTO, FORMATS
@@ -104,8 +104,6 @@ def run_build(args: argparse.Namespace) -> None:
                              file_format=args.file_format, name=args.name, log=print, **options)
     except (builder.BuildError, builder.UnknownLabelsError, LabelMapError, source.DatasetNotFoundError) as e:
         fail(str(e))
-    except KeyboardInterrupt:
-        fail("interrupted: the dataset was not built", code=130)
     except OSError as e:
         refused = disk_refusal(e)
         if refused is None:
@@ -130,4 +128,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "the dataset was not built (a build is written whole or not at all)")

@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import export_label_map, fail, normalise_argv
+from streetseg_jax.cli import export_label_map, fail, normalise_argv, run_command
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.formats import labelme
 from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, annotation_to_mask,
@@ -245,4 +245,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "each file it wrote is whole (to-masks: the masks so far); run it again to finish")

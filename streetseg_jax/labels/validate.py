@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from streetseg_jax.atomic import atomic_file
+from streetseg_jax.atomic import atomic_file, write_bytes
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES, class_ids, mask_png, rasterize_with_unlabelled
 from streetseg_jax.labels.formats.masks import MASK_DIRS
 from streetseg_jax.labels.images import (IMAGE_SUFFIXES, MAX_PIXELS, OutsideExportError, files_under, image_size,
@@ -497,7 +497,7 @@ def _keep_mask(mask: np.ndarray, mask_dir: Path, report: FileReport) -> bool:
     path = mask_dir / f"{report.key}.png"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(mask_png(mask))
+        write_bytes(path, mask_png(mask))
     except (OSError, ValueError) as e:
         report.errors.append(f"cannot keep the mask as {path} ({getattr(e, 'strerror', None) or e})")
         return False
