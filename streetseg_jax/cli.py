@@ -12,16 +12,16 @@ from streetseg_jax.atomic import WRITE_ERRORS
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
-    """`--label-map=x` -> `--label_map=x` (`--config.a-b` overrides keep their names); `--workdir=~/runs/a` ->
-    `--workdir=/home/me/runs/a`, as the shell expands `--workdir ~/runs/a` but leaves `~` after `=` as it is (a run
-    made a folder named `~`). Other values and sub-commands are left alone."""
+    """`--label-map=x` -> `--label_map=x`, `--config.num-train-steps=9` -> `--config.num_train_steps=9` (no config
+    key has a hyphen); `--workdir=~/runs/a` -> `--workdir=/home/me/runs/a`, as the shell expands `--workdir ~/runs/a`
+    but leaves `~` after `=` as it is (a run made a folder named `~`). Other values and sub-commands are left
+    alone."""
     out = []
     for arg in argv:
         if arg.startswith("--"):
             name, eq, value = arg.partition("=")
-            if not name.startswith("--config."):
-                name = "--" + name[2:].replace("-", "_")
-            arg = name + eq + (os.path.expanduser(value) if value.startswith("~") else value)
+            arg = "--" + name[2:].replace("-", "_") + eq + (os.path.expanduser(value) if value.startswith("~")
+                                                            else value)
         out.append(arg)
     return out
 

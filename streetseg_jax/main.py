@@ -5,7 +5,9 @@ detect the cluster (SLURM and friends). Running the same command again resumes f
 """
 import ast
 import os
+import re
 import sys
+import sysconfig
 import traceback
 from pathlib import Path
 from typing import NoReturn
@@ -47,10 +49,25 @@ def main(argv):
         stop_on_sigterm()       # outside the training loop, which has its own handler
     try:
         _run(config)
+    except (AttributeError, KeyError) as e:
+        key = _missing_config_key(e)
+        if key is None:
+            raise
+        _stop(f"error: the config has no key {key!r}, which a run reads: a config file starts from "
+              "configs/default.py's get_config() and changes what differs (as configs/camvid.py does)", 2)
     except KeyboardInterrupt as e:      # outside the training loop, which saves and says so itself
         name = "SIGTERM" if str(e) == "SIGTERM" else "Ctrl-C"
         _stop(f"stopped by {name}; what was saved stays (checkpoints, a finished dataset build), and the same "
               "command goes on from there", 143 if name == "SIGTERM" else 130)
+
+
+def _missing_config_key(e: Exception) -> str | None:
+    """The key a ConfigDict lookup did not find (ml_collections' AttributeError or KeyError), or None."""
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames or "ml_collections" not in Path(frames[-1].filename).parts:
+        return None
+    found = re.match(r"""['"\\]*(\w+)""", str(e.args[0]) if e.args else "")
+    return found[1] if found else None
 
 
 def _stop(line: str, code: int, record: bool = True) -> NoReturn:
@@ -186,15 +203,63 @@ def _where(frame: traceback.FrameSummary) -> str:
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's parse, with a message instead of a traceback for a mistyped flag, config key or value (ml_collections
     raises AttributeError, KeyError or ValueError for those, not flags.Error, and OSError for a config file given
-    twice whose second does not load; a single one is loaded on first use, in main)."""
+    twice whose second does not load; a single one is loaded on first use, in main), and for a config file whose
+    own code fails."""
+    argv = normalise_argv(argv)
+    if "-h" in argv[1:]:            # absl knows -? and --help, and refused -h as an unknown flag
+        argv = [arg for arg in argv if arg != "-h"] + ["--help"]
+    sys.argv[:] = argv              # ml_collections reads its overrides from sys.argv
+    _check_config_file(argv)
     try:
-        return flags.FLAGS(normalise_argv(argv))
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-        _usage_error(e)
+        return flags.FLAGS(argv)
     except SystemExit as e:     # absl exits 1 after printing the help it was asked for
-        if e.code == 1 and {"--help", "-h", "--helpshort", "--helpfull", "-?"} & set(argv[1:]):
+        if e.code == 1 and {"--help", "--helpshort", "--helpfull", "-?"} & set(argv[1:]):
             raise SystemExit(0) from None
         raise
+    except BrokenPipeError:     # the help, read by `| head`
+        raise
+    except Exception as e:
+        failed = _config_file_failure(e)
+        if failed:
+            fail(failed)
+        if isinstance(e, (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError)):
+            _usage_error(e)
+        raise
+
+
+def _check_config_file(argv: list[str]) -> None:
+    """A --config file that is not there, named as given (ml_collections names a module of its own)."""
+    for i, arg in enumerate(argv):
+        value = arg.partition("=")[2] if arg.startswith("--config=") else (
+            argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
+        path = None if value is None else Path(os.path.expanduser(value.partition(":")[0]))
+        if path is not None and not path.is_file():
+            fail(f"--config {value}: " + ("no such file" if not path.exists() else "not a file"))
+
+
+def _config_file_failure(e: Exception) -> str | None:
+    """Where the config file's own code failed (a syntax error, its get_config raising, no get_config), without the
+    50 lines of absl and ml_collections around it; None for an error of a flag or an override."""
+    if "has no attribute 'get_config'" in str(e):
+        return "the config file has no get_config() (it returns the run's ml_collections.ConfigDict: see " \
+               "configs/default.py)"
+    if isinstance(e, SyntaxError) and e.filename and not _library(e.filename):
+        return (f"the config file does not parse: {e.filename}:{e.lineno}: {e.msg}"
+                + (f"\n    {e.text.strip()}" if e.text else ""))
+    while e.__cause__ or e.__context__:     # what ml_collections wrapped
+        e = e.__cause__ or e.__context__
+    frames = [frame for frame in traceback.extract_tb(e.__traceback__) if not _library(frame.filename)]
+    if not frames:
+        return None
+    return f"the config file failed: {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}: " \
+           f"{type(e).__name__}: {e}"
+
+
+def _library(filename: str) -> bool:
+    """A frame of Python's, of an installed package or of ours: not a config file's."""
+    path = Path(filename).resolve()
+    return (filename.startswith("<") or "site-packages" in path.parts or path.is_relative_to(_PACKAGE)
+            or path.is_relative_to(sysconfig.get_paths()["stdlib"]))
 
 
 def _usage_error(e: Exception) -> NoReturn:
@@ -205,11 +270,20 @@ def _usage_error(e: Exception) -> NoReturn:
             text = str(ast.literal_eval(text))
         except (SyntaxError, ValueError):
             break
-    if text.isidentifier():               # all that is left of a key ml_collections does not know
-        text = f"unknown config key {text!r}: see the config file for the keys there are"
+    first, _, rest = text.partition("\n")
+    key = first.strip("'\"")
+    if key.isidentifier():               # all that is left of a key ml_collections does not know
+        guess = re.search(r'Did you mean "(\w+)"', rest)
+        text = f"unknown config key {key!r}: " + (f"did you mean {guess[1]!r}?" if guess else
+                                                   "see the config file for the keys there are")
+    text = re.sub(r"\('Non-boolean argument to boolean flag', (.*)\)", r"takes true or false, got \1", text)
     fail(f"{text}\n(python -m streetseg_jax.main --help lists the flags)")
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main, flags_parser=_parse_flags)
+    try:
+        app.run(main, flags_parser=_parse_flags)
+    except BrokenPipeError:     # its reader stopped reading (`| head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -283,7 +283,8 @@ def _range_problems(config) -> list[str]:
     rules = (("learning_rate", lambda v: v > 0, "> 0"), ("warmup_steps", lambda v: v >= 0, ">= 0"),
              ("weight_decay", lambda v: v >= 0, ">= 0"), ("grad_clip_norm", lambda v: v >= 0, ">= 0 (0: off)"),
              ("end_learning_rate_factor", lambda v: 0 <= v <= 1, "in [0, 1]"), ("eval_scale", lambda v: v > 0, "> 0"),
-             ("eval_extra_scales", lambda v: all(s > 0 for s in v), "a tuple of numbers > 0"),
+             ("eval_extra_scales", lambda v: all(s > 0 for s in v),
+              "a tuple of numbers > 0 ('--config.eval_extra_scales=()': none)"),
              ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"))
     problems = []
     for key, ok, wanted in rules:

@@ -360,21 +360,45 @@ def test_switching_ema_on_when_resuming_is_refused(finished_run, tiny_data_dir):
     assert "EMA of the weights" in out and "Traceback" not in out
 
 
-def test_help_exits_with_zero():
-    out = subprocess.run([sys.executable, "-m", "streetseg_jax.main", "--help"], cwd=ROOT, capture_output=True,
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_exits_with_zero(flag):
+    out = subprocess.run([sys.executable, "-m", "streetseg_jax.main", flag], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "--workdir" in out.stdout + out.stderr
 
 
 def test_mistyped_flags_keys_and_values_are_one_message(tiny_data_dir, tmp_path):
-    for flag, message in (("--config.num_train_step=1", 'Did you mean "num_train_steps"'),
+    for flag, message in (("--config.num_train_step=1", "unknown config key 'num_train_step': did you mean "
+                           "'num_train_steps'?"),
                           ("--config.num_train_steps=abc", "flag --config.num_train_steps=abc: invalid literal"),
+                          ("--config.num-train-steps=abc", "flag --config.num_train_steps=abc: invalid literal"),
+                          ("--config.eval_flip_tta=no", "flag --config.eval_flip_tta=no: takes true or false, got "
+                           "'no'"),
                           ("--no_such_flag", "Unknown command line flag 'no_such_flag'"),
-                          ("--config=configs/nope.py", "No such file or directory: 'configs/nope.py'"),
+                          ("--config=configs/nope.py", "--config configs/nope.py: no such file"),
                           ("--config.nonexistent=3", "unknown config key 'nonexistent'")):
         code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, flag)
         assert code == 2 and out.startswith("error: ") and message in out and "Traceback" not in out, out
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def get_config(:\n", "the config file does not parse: {path}:1: invalid syntax\n    def get_config(:"),
+    ("def get_config():\n    raise ValueError('no data here')\n",
+     "the config file failed: {path}:2 in get_config: ValueError: no data here"),
+    ("CONFIG = 1\n", "the config file has no get_config()"),
+    ("import ml_collections\ndef get_config():\n    return ml_collections.ConfigDict({'batch_size': 4})\n",
+     "the config has no key 'eval_batch_size', which a run reads: a config file starts from configs/default.py's"),
+])
+def test_a_config_file_that_fails_is_one_message_naming_where(source, message, tmp_path):
+    """Each was a 50-line traceback of absl and ml_collections (the missing key's ending "Did you mean
+    'batch_size' instead of 'eval_batch_size'?")."""
+    path = tmp_path / "mine.py"
+    path.write_text(source)
+    out = subprocess.run([sys.executable, "-m", "streetseg_jax.main", f"--config={path}",
+                          f"--workdir={tmp_path / 'w'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("error: " + message.format(path=path)), out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "w").exists()
 
 
 def test_multi_host_flags_that_do_not_go_together_are_one_message(tiny_data_dir, tmp_path):
