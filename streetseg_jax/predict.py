@@ -589,7 +589,7 @@ def _run(predictor, items: list[Item], out_dir: Path, args) -> RunResult:
     if args.resize == "auto" and t.image_size is None:
         print("note: this run's checkpoint does not record the size of its training images (it predates that), so "
               "photos are not resized to it; --resize F resizes them by F", file=sys.stderr)
-    with tqdm(total=len(items), unit="image", file=sys.stderr) as progress:
+    with tqdm(total=len(items), unit="image", file=sys.stderr, disable=None) as progress:
         return predict_all(predictor, items, out_dir, args.save_confidence, progress)
 
 

@@ -561,6 +561,17 @@ def test_cli_prints_the_report_then_builds_then_reuses(tmp_path):
     changed = run_cli(*args)
     assert changed.returncode == 2 and "1 file(s) modified: a.json" in changed.stderr
     assert "Traceback" not in changed.stderr
+    for out in (out, changed):      # stderr is a pipe here, as a log file: no bars of cursor escapes
+        assert "\r" not in out.stderr and "\x1b[" not in out.stderr
+
+
+def test_cli_builds_the_synthetic_data_without_progress_bars_into_a_log(tmp_path):
+    """Its TFDS bars (and "Shuffling .../incomplete..." lines) reached a log file as lines of cursor escapes; so
+    did main's build of the default dataset on first use, the README's first command."""
+    out = run_cli("build", "--config", "synthetic", "--num_images", "4", "--height", "32", "--width", "48",
+                  "--data_dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "\r" not in out.stderr and "\x1b[" not in out.stderr and "Shuffling" not in out.stderr, out.stderr
 
 
 def test_cli_flag_errors(tmp_path):

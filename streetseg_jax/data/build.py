@@ -59,6 +59,7 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
     if data_dir.exists() and not data_dir.is_dir():
         raise BuildError(f"--data_dir {data_dir} is a file, not a folder")
     log = log or _to_stderr
+    tfds.display_progress_bar(sys.stderr.isatty())     # a log file got TFDS's bars as lines of cursor escapes
     with _one_build_at_a_time(data_dir, log):
         _clear_interrupted_builds(data_dir, log)
         if config_name == "synthetic":
@@ -282,7 +283,6 @@ def _file_format_change(info, file_format: str) -> list[str]:
 
 
 def _prepare(builder_kwargs: dict, data_dir: Path, folder: Path, file_format: str, plan, workers) -> None:
-    tfds.display_progress_bar(sys.stderr.isatty())     # a log file got TFDS's bars as lines of cursor escapes
     level = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)      # TFDS warns that a config made at run time is "custom"
     try:

@@ -10,7 +10,7 @@ def class_pixel_counts(masks, num_classes: int, progress: bool = False) -> tuple
 
     Values outside 0..num_classes-1 (the ignore id) are not counted.
     """
-    masks = tqdm(masks, desc="class statistics", disable=not progress, leave=False)
+    masks = tqdm(masks, desc="class statistics", disable=None if progress else True, leave=False)
     return sum_image_counts((np.bincount(np.asarray(m).ravel(), minlength=256)[:num_classes] for m in masks),
                             num_classes)
 
