@@ -15,8 +15,9 @@ Load and run it:
     classes = exported.call(images)["classes"]        # images: uint8 numpy array (B, H, W, 3)
 
 Batch, height and width are symbolic, so one file serves any image size, when the model runs at the images' own
-scale (config.eval_scale == 1). A model trained to see images resized by eval_scale needs --height and --width:
-the resized size cannot be written symbolically (jax.export shape polymorphism has no rounding of a product).
+scale (config.eval_scale == 1). A model that sees images resized (eval_scale, eval_extra_scales) is exported for
+fixed images, by default its training images' size (--height and --width choose another): the resized size cannot
+be written symbolically (jax.export shape polymorphism has no rounding of a product).
 Test-time augmentation follows the run, as in `predict`: the network also at its eval_extra_scales and, with its
 eval_flip_tta, on the mirror images, unless --extra_scales or --[no_]flip_tta say otherwise (info.json records
 what went in). The function runs an image whole, without tiling: for very large photos give fixed, moderate shapes
@@ -135,8 +136,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="archive to write (a zip; see the module docstring)")
     parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
                         help="best (default; latest if none), latest or a step")
-    parser.add_argument("--height", type=int, help="fixed image height (default: symbolic)")
-    parser.add_argument("--width", type=int, help="fixed image width (default: symbolic)")
+    parser.add_argument("--height", type=int, help="fixed image height (default: symbolic; for a model that sees "
+                        "images resized, its training images')")
+    parser.add_argument("--width", type=int, help="fixed image width (default: as --height)")
     parser.add_argument("--batch_size", type=int, help="fixed batch size (default: symbolic)")
     parser.add_argument("--outputs", default="classes,confidence",
                         help=f"comma-separated, from {','.join(OUTPUTS)} (default classes,confidence)")
@@ -170,7 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trained = load_model(args.workdir, args.checkpoint, say=lambda m: print(m, file=sys.stderr))
         flip_tta = apply_tta_flags(trained.config, args.flip_tta, args.extra_scales)
-        info = export_model(trained, args.output, batch=args.batch_size, height=args.height, width=args.width,
+        height, width = args.height, args.width
+        if height is None and network_scales(trained.config) != (1.0,) and trained.image_size:
+            height, width = trained.image_size
+            print(f"note: this model sees images resized, which a symbolic size cannot say: exported for "
+                  f"{height}x{width} images, its training images' size (--height and --width choose another)",
+                  file=sys.stderr)
+        info = export_model(trained, args.output, batch=args.batch_size, height=height, width=width,
                             outputs=outputs, flip_tta=flip_tta, platforms=args.platforms.split(","))
     except (OSError, ValueError) as e:
         fail(str(e))

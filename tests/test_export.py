@@ -82,14 +82,20 @@ def test_exported_function_matches_predict_without_the_package(workdir, tmp_path
 
 
 def test_a_model_evaluated_at_another_scale_needs_fixed_shapes(tmp_path, capsys):
+    """By default its training images' size (the default of both shipped configs failed without --height)."""
     import jax
 
     from streetseg_jax.inference import Predictor, load_model
 
-    workdir = make_workdir(tmp_path / "half", eval_scale=0.5)
+    workdir = make_workdir(tmp_path / "half", eval_scale=0.5)      # a checkpoint without its images' size
     archive = tmp_path / "half.zip"
     assert run_cli(export, "--workdir", workdir, "--output", archive) == 2
     assert "--height and --width" in capsys.readouterr().err
+    sized = make_workdir(tmp_path / "sized", image_size=(36, 52), eval_scale=0.5)
+    assert run_cli(export, "--workdir", sized, "--output", archive, "--platforms", "cpu") == 0
+    assert "exported for 36x52 images, its training images' size" in capsys.readouterr().err
+    with zipfile.ZipFile(archive) as z:
+        assert json.loads(z.read("info.json"))["input"]["shape"] == ["batch", 36, 52, 3]
     assert run_cli(export, "--workdir", workdir, "--output", archive, "--height", 40, "--width", 56,
                    "--outputs", "classes,logits", "--platforms", "cpu") == 0
     with zipfile.ZipFile(archive) as z:
