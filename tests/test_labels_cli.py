@@ -286,6 +286,9 @@ def test_classes_lists_the_exports_names_and_writes_a_label_map_the_export_check
     out = capsys.readouterr().out
     assert re.search(r"'Traffic Light' +1 image\(s\) +1 shape\(s\)  -> not in the label map", out), out
     assert re.search(r"'Sky' +1 image\(s\) +1 shape\(s\)  -> class 6 'sky'", out), out
+    # The arrows are the label map in use, whose sky is 6; the file written has ids of its own (sky 1): said so.
+    assert "each -> the class it becomes with the label map in use" in out
+    assert "with ids of its own in that order, not those after the arrows" in out
     written = json.loads(label_map.read_text())
     assert [(c["name"], c["aliases"]) for c in written["classes"]] == [
         ("background", ["_background_"]), ("sky", ["Sky"]), ("traffic_light", ["Traffic Light"])]

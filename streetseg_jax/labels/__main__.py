@@ -216,7 +216,8 @@ def classes(args: argparse.Namespace) -> None:
         print(f"note: the classes in the order of {listed[0]} (labelme2voc's ids)")
     if fmt == "masks":      # the masks hold ids: the map they were read with is theirs, renumbered it would lie
         names = [name for name in label_map.names if name in shapes]
-    print(f"{len(names)} class name(s) in {len(annotations)} image(s):")
+    print(f"{len(names)} class name(s) in {len(annotations)} image(s), each -> the class it becomes with the label "
+          "map in use:")
     width = max(len(repr(n)) for n in names)
     for name in names:
         known = label_map.id_of(name)
@@ -234,7 +235,8 @@ def classes(args: argparse.Namespace) -> None:
                   f"masks hold them) to {args.output}; rename classes or give them aliases there, and use it with "
                   f"--label_map {args.output}")
             return
-        print(f"wrote a label map of {starter.num_classes} classes to {args.output} (class 0 is the fill class; "
+        print(f"wrote a label map of {starter.num_classes} classes to {args.output} (the names above, with ids of its "
+              "own in that order, not those after the arrows; class 0 is the fill class; "
               "merge two classes by moving one's name into the other's aliases, then renumber the ids 0..K-1); "
               f"use it with --label_map {args.output}")
 
