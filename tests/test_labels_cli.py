@@ -576,6 +576,21 @@ def test_an_exports_own_label_map_is_read_where_none_is_given(tmp_path, capsys):
     assert f"note: the label map is the export's {export / 'label_map.json'}" in capsys.readouterr().err
 
 
+
+def test_check_never_writes_its_json_over_the_export_or_the_label_map(tmp_path, capsys):
+    """`--json` over a label map (or a COCO export's own JSON) overwrote it without a word."""
+    export = sample_exports.write_export("labelme", tmp_path / "export")
+    label_map = tmp_path / "labels.json"
+    label_map.write_text(default_label_map().to_json())
+    for target in (label_map, export / "street_1.json"):
+        before = target.read_text()
+        with pytest.raises(SystemExit):
+            main(["check", "--format", "labelme", "--input", str(export), "--label_map", str(label_map),
+                  "--json", str(target)])
+        assert "it would be overwritten" in capsys.readouterr().err and target.read_text() == before
+    main(["check", "--format", "labelme", "--input", str(export), "--json", str(export / "report.json")])
+    assert json.loads((export / "report.json").read_text())["format"] == "labelme"      # a new file there: written
+
 def test_roboflows_classes_csv_is_the_label_map_where_none_is_given(tmp_path, capsys):
     """Roboflow's semantic-segmentation export names its masks' pixel values in _classes.csv, one in each split
     folder; they were read against the seed's 8 classes (a mask's 2 became 'landscaping')."""

@@ -179,7 +179,16 @@ def write_masks(annotations: list[Annotation], label_map: LabelMap, output: Path
 
 
 # --- check -------------------------------------------------------------------------------------------------------
+def _an_input(path: Path, args: argparse.Namespace) -> bool:
+    """Whether `path` is the export (a file, or one in its folder) or the label map given."""
+    path, export = path.resolve(), args.input.resolve()
+    in_export = path.is_relative_to(export) if export.is_dir() else path == export
+    return in_export or (args.label_map is not None and path == args.label_map.resolve())
+
+
 def check(args: argparse.Namespace) -> None:
+    if args.json is not None and args.json.exists() and _an_input(args.json, args):
+        fail(f"--json {args.json} is the export or its label map (it would be overwritten); give another file")
     label_map, fmt, annotations = read_with_label_map(args)
     root = args.input if args.input.is_dir() else args.input.parent
     options = CheckOptions(unknown=args.unknown, check_images=True, decode_images=True)
