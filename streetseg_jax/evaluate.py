@@ -330,7 +330,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split); TFDS slices work")
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
     parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
-                        help="best (default), latest, or a step number (its files end in _step<N>)")
+                        help="best (default; latest if none), latest or a step (its files end in _step<N>)")
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's (written as "
                        "<split>_flip_tta.json; _multiscale is added with extra scales)")
     add_extra_scales_flag(parser)

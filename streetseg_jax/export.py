@@ -37,8 +37,8 @@ import jax.numpy as jnp
 from jax import export as jax_export
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv,
-                               quiet_libraries, run_command)
+from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, check_workdir, checkpoint_arg, fail,
+                               normalise_argv, quiet_libraries, run_command)
 from streetseg_jax.evaluator import apply_tta_flags, network_scales, predict_logits, tta_logits
 from streetseg_jax.inference import TrainedModel, load_model, scaled_logits
 
@@ -169,6 +169,7 @@ def _check_args(args) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
     outputs = _check_args(args)
+    check_workdir(args.workdir)
     try:
         trained = load_model(args.workdir, args.checkpoint, say=lambda m: print(m, file=sys.stderr))
         flip_tta = apply_tta_flags(trained.config, args.flip_tta, args.extra_scales)

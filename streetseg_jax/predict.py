@@ -53,8 +53,8 @@ import numpy as np
 from PIL import Image
 
 from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, write_text
-from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv,
-                               quiet_libraries, run_command)
+from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, check_workdir, checkpoint_arg, fail,
+                               normalise_argv, quiet_libraries, run_command)
 from streetseg_jax.labels.formats.masks import BESIDE_ENDING
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
 from streetseg_jax.labels.label_map import EXPORT_LABEL_MAP
@@ -457,7 +457,10 @@ def _window(text: str) -> tuple[int, int]:
 def _resize(text: str) -> str | float:
     if text in ("auto", "none"):
         return text
-    value = _number(text, "resize")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
     if not 0.05 <= value <= 4:       # inf crashed, 1e-9 drew a 1x1 network input
         raise argparse.ArgumentTypeError(f"resize must be auto, none or a factor from 0.05 to 4, got {text!r}")
     return value
@@ -488,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
     if args.tolerance is not None and not args.export:
         fail("--tolerance simplifies the polygons of --export; give --export labelme|coco|cvat too")
+    check_workdir(args.workdir)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--output {out_dir} is a file, not a folder")

@@ -417,7 +417,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split)")
     parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
-                        help="best (default), latest, or a step number")
+                        help="best (default; latest if none), latest or a step")
     parser.add_argument("--k", type=int, default=4, help="how many best and worst images to show (default 4)")
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's")

@@ -48,3 +48,28 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly():
     process.stdout.close()          # as `head -1` does once it has its line
     assert process.wait(timeout=30) == 1
     assert process.stderr.read() == ""
+
+
+def test_the_package_lists_its_commands():
+    """`python -m streetseg_jax` said "No module named streetseg_jax.__main__"."""
+    listed = subprocess.run([sys.executable, "-m", "streetseg_jax"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert listed.returncode == 0 and "python -m streetseg_jax.predict " in listed.stdout
+    wrong = subprocess.run([sys.executable, "-m", "streetseg_jax", "predict", "--input", "a"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2
+    assert wrong.stderr.endswith("the command is python -m streetseg_jax.predict --input a\n")
+    for name in ("labels", "data", "main", "evaluate", "report", "compare", "predict", "export"):
+        assert (ROOT / "streetseg_jax" / f"{name}.py").exists() or (ROOT / "streetseg_jax" / name / "__main__.py")\
+            .exists(), name
+
+
+def test_underscored_spellings_and_choices_are_taken_and_said(capsys):
+    from streetseg_jax.labels.__main__ import build_parser
+    from streetseg_jax.predict import parse_args
+
+    args = build_parser().parse_args(["to_masks", "--format", "voc", "--input", "x", "--output", "y"])
+    assert args.command == "to_masks"       # as flags take either spelling; refused before
+    with pytest.raises(SystemExit):
+        parse_args(["--workdir", "w", "--input", "i", "--resize", "foo"])
+    assert "resize must be auto, none or a factor from 0.05 to 4, got 'foo'" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--num_workers", type=int, help="processes for the per-image work, 1 or more (default: one "
                        "per core)")
     build.add_argument("--file_format", choices=("array_record", "tfrecord"), default="array_record",
-                       help="tfrecord needs TensorFlow installed")
+                       help="array_record (default) or tfrecord, which needs TensorFlow installed")
     build.add_argument("--overwrite", action="store_true", help="delete an existing build and build again")
     return parser
 

@@ -44,7 +44,7 @@ FORMAT_CHOICES = (*formats.FORMATS, formats.AUTO)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m streetseg_jax.labels", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    to_masks = commands.add_parser("to-masks", help="rasterize annotations into palette PNG class-id masks")
+    to_masks = commands.add_parser("to-masks", aliases=["to_masks"], help="rasterize annotations into palette PNG class-id masks")
     _common_arguments(to_masks)
     to_masks.add_argument("--output", required=True, type=Path, help="folder for the masks (<image key>.png)")
     check = commands.add_parser("check", help="validation report: problems per file, class shares, weights")
@@ -67,7 +67,7 @@ def _common_arguments(parser: argparse.ArgumentParser, unknown: bool = True) -> 
                         "the built-in 8 street classes)")
     if unknown:
         parser.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
-                            help="class names not in the label map: an error, or painted with the ignore id")
+                            help="class names not in the label map: an error (default), or painted with the ignore id")
 
 
 # --- reading -----------------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def classes(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else list(argv)))
-    {"to-masks": to_masks, "check": check, "classes": classes}[args.command](args)
+    {"to-masks": to_masks, "to_masks": to_masks, "check": check, "classes": classes}[args.command](args)
 
 
 if __name__ == "__main__":
