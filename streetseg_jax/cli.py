@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import os
 import sys
@@ -24,6 +25,28 @@ def normalise_argv(argv: list[str]) -> list[str]:
                                                             else value)
         out.append(arg)
     return out
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, naming the flag a mistyped one was meant to be (Python 3.11's argparse said only "unrecognized
+    arguments: --chekpoint", or for `--work_dir X` that --workdir is required, without a word of --work_dir)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        parsers = [self, *(sub for action in self._actions if isinstance(action, argparse._SubParsersAction)
+                           for sub in action.choices.values())]
+        known = sorted({option for parser in parsers for action in parser._actions
+                        for option in action.option_strings if option.startswith("--")})
+        guesses = []
+        for arg in getattr(self, "_given", []):
+            name = arg.partition("=")[0]
+            if name.startswith("--") and name not in known:
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                guesses += [f"{name}: did you mean {close[0]}?"] if close else []
+        super().error("; ".join([message, *guesses]))
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

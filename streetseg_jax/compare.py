@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import fail, normalise_argv, run_command
+from streetseg_jax.cli import ArgumentParser, fail, normalise_argv, run_command
 from streetseg_jax.page import escape, html_page, png_uri, section
 from streetseg_jax.visualize import (best_eval, eval_rows, figure_png, flatten, hms, new_figure, read_metrics,
                                      run_history)
@@ -392,7 +392,7 @@ def _config_table(runs: list[Run]) -> str:
 
 # -------------------------------------------------------------------------------------------------------------------
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.compare", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m streetseg_jax.compare", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
                         help="training work directories, or folders of them (runs/ compares every run in it)")
     parser.add_argument("--output", type=Path, default=Path("compare.html"),

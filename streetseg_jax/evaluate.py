@@ -27,8 +27,8 @@ import jax
 import numpy as np
 
 from streetseg_jax import atomic, sharding
-from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, check_workdir, checkpoint_arg, fail,
-                               normalise_argv, quiet_libraries, run_command)
+from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_workdir,
+                               checkpoint_arg, fail, normalise_argv, quiet_libraries, run_command)
 from streetseg_jax.evaluator import Evaluator, apply_tta_flags, example_name, network_scales
 from streetseg_jax.metrics import metrics_from_confusion
 
@@ -324,7 +324,7 @@ def _pct(value: float | None) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.evaluate",
+    parser = ArgumentParser(prog="python -m streetseg_jax.evaluate",
                                      description="Score a trained run on a split at the labels' native resolution.")
     parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split); TFDS slices work")

@@ -37,8 +37,8 @@ import jax.numpy as jnp
 from jax import export as jax_export
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, check_workdir, checkpoint_arg, fail,
-                               normalise_argv, quiet_libraries, run_command)
+from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_workdir,
+                               checkpoint_arg, fail, normalise_argv, quiet_libraries, run_command)
 from streetseg_jax.evaluator import apply_tta_flags, network_scales, predict_logits, tta_logits
 from streetseg_jax.inference import TrainedModel, load_model, scaled_logits
 
@@ -131,7 +131,7 @@ def _write_archive(path: Path, model_bytes: bytes, label_map_json: str, info_jso
 
 # ---------------------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m streetseg_jax.export", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
     parser.add_argument("--output", required=True, help="archive to write (a zip; see the module docstring)")
     parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,

@@ -53,8 +53,8 @@ import numpy as np
 from PIL import Image
 
 from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, write_text
-from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, check_workdir, checkpoint_arg, fail,
-                               normalise_argv, quiet_libraries, run_command)
+from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_workdir,
+                               checkpoint_arg, fail, normalise_argv, quiet_libraries, run_command)
 from streetseg_jax.labels.formats.masks import BESIDE_ENDING
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
 from streetseg_jax.labels.label_map import EXPORT_LABEL_MAP
@@ -413,7 +413,7 @@ def _check_export(items: list[Item], fmt: str, out_dir: Path) -> None:
 # Command line
 # ---------------------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.predict", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m streetseg_jax.predict", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
     parser.add_argument("--input", required=True, nargs="+", help="image files, folders or globs")
     parser.add_argument("--output", required=True, help="folder for masks, overlays and confidence maps")

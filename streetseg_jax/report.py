@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import (add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail, normalise_argv,
-                               run_command)
+from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail,
+                               normalise_argv, run_command)
 from streetseg_jax.evaluate import (Evaluation, LoadedRun, confusion_png, evaluate_split, load_checked_split,
                                     load_run, other_data, rank_images, scored_data, score_command, split_file_name)
 from streetseg_jax.evaluator import example_name, network_scales
@@ -412,7 +412,7 @@ def _frequency_series(train_split: str, train_counts: np.ndarray, evaluation: Ev
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.report",
+    parser = ArgumentParser(prog="python -m streetseg_jax.report",
                                      description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split)")

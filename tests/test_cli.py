@@ -73,3 +73,25 @@ def test_underscored_spellings_and_choices_are_taken_and_said(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--workdir", "w", "--input", "i", "--resize", "foo"])
     assert "resize must be auto, none or a factor from 0.05 to 4, got 'foo'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--work_dir", "runs/a"], "required: --workdir; --work_dir: did you mean --workdir?"),
+    (["--workdir", "runs/a", "--chekpoint", "best"], "unrecognized arguments: --chekpoint best; --chekpoint: did you "
+                                                       "mean --checkpoint?"),
+])
+def test_a_mistyped_flag_is_named_with_the_flag_it_was_meant_to_be(argv, said, capsys):
+    """Python 3.11's argparse said only that --workdir was required, without a word of --work_dir."""
+    from streetseg_jax.evaluate import make_parser
+
+    with pytest.raises(SystemExit) as stopped:
+        make_parser().parse_args(argv)
+    assert stopped.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_sub_commands_mistyped_flag_is_named_too(capsys):
+    from streetseg_jax.labels.__main__ import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["check", "--input", "x", "--fromat", "voc"])
+    assert "--fromat: did you mean --format?" in capsys.readouterr().err

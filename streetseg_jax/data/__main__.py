@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streetseg_jax.cli import disk_refusal, export_label_map, fail, normalise_argv, run_command
+from streetseg_jax.cli import ArgumentParser, disk_refusal, export_label_map, fail, normalise_argv, run_command
 from streetseg_jax.data.configs import CONFIG_OPTIONS, CONFIGS
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES
 from streetseg_jax.labels.formats import AUTO, FORMATS
@@ -27,7 +27,7 @@ _ALL_OPTIONS = tuple(dict.fromkeys(name for names in CONFIG_OPTIONS.values() for
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.data", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m streetseg_jax.data", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build street_seg/<config> as array_record (no TensorFlow)")
     build.add_argument("--config", choices=CONFIGS, required=True, help="which street_seg config to build")

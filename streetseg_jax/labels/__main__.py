@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import export_label_map, fail, normalise_argv, run_command
+from streetseg_jax.cli import ArgumentParser, export_label_map, fail, normalise_argv, run_command
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.formats import labelme
 from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, annotation_to_mask,
@@ -42,9 +42,10 @@ FORMAT_CHOICES = (*formats.FORMATS, formats.AUTO)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m streetseg_jax.labels", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m streetseg_jax.labels", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    to_masks = commands.add_parser("to-masks", aliases=["to_masks"], help="rasterize annotations into palette PNG class-id masks")
+    to_masks = commands.add_parser("to-masks", aliases=["to_masks"],
+                                   help="rasterize annotations into palette PNG class-id masks")
     _common_arguments(to_masks)
     to_masks.add_argument("--output", required=True, type=Path, help="folder for the masks (<image key>.png)")
     check = commands.add_parser("check", help="validation report: problems per file, class shares, weights")
