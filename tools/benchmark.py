@@ -41,6 +41,10 @@ def print_figures(result: dict, units: dict, prefix: str = "", default_unit: str
         print(f"{prefix}{key}: {shown} {unit}".rstrip())
 
 
+def _shown(default) -> str:
+    return " ".join(map(str, default)) if isinstance(default, (tuple, list)) else str(default)
+
+
 def first_paragraph(doc: str | None) -> str:
     return " ".join((doc or "").split("\n\n")[0].split())
 
@@ -57,6 +61,9 @@ def main(argv: list[str]) -> None:
         sub = subs.add_parser(name, help=first_paragraph(modules[name].__doc__))
         sub.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
         modules[name].add_arguments(sub)
+        for action in sub._actions:      # every flag's default, said
+            if action.default not in (None, False, argparse.SUPPRESS) and "default" not in (action.help or ""):
+                action.help = f"{action.help + ' ' if action.help else ''}(default: {_shown(action.default)})"
     args = parser.parse_args(normalise_argv(argv))
     for name in POSITIVE:
         value = getattr(args, name, None)

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num_images", type=int, default=64)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--width", type=int, default=480)
-    parser.add_argument("--num_classes", type=int, default=12)
+    parser.add_argument("--classes", "--num_classes", dest="num_classes", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per method (median reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--with_onehot", action="store_true", help="also time the one-hot matmul formulation")

@@ -8,6 +8,7 @@ timed passes over all masks. `cpu_masks_per_second` divides by this process's CP
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from streetseg_jax.labels.convert import read_mask_png
@@ -29,7 +30,8 @@ def add_arguments(parser) -> None:
 def run(args) -> dict:
     paths = sorted(args.masks.glob("*.png"))
     if not paths:
-        raise SystemExit(f"no mask PNGs in {args.masks}")
+        print(f"error: no mask PNGs in {args.masks}", file=sys.stderr)
+        raise SystemExit(2)
     masks, label_map = [read_mask_png(p) for p in paths], default_label_map()
     seconds, cpu_seconds, shapes = median_wall_and_cpu_seconds(
         lambda: sum(len(mask_to_shapes(mask, label_map)) for mask in masks), args.repeats)

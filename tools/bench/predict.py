@@ -1,6 +1,6 @@
 """predict: inference images/second of the U-Net beside the PyTorch peer, and the time to predict a 4000x3000 photo.
 
-    python tools/benchmark.py predict [--batch 8 --height 368 --width 480 --num_classes 11] [--upsample transpose]
+    python tools/benchmark.py predict [--batch 8 --height 368 --width 480 --classes 11] [--upsample transpose]
 
 images_per_second: our compiled function (uint8 images on the device -> class ids) on a batch of --batch images
 of --height x --width at full resolution, the default config's network (base width 16, depth 4) with
@@ -46,12 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--height", type=int, default=368)
     parser.add_argument("--width", type=int, default=480)
-    parser.add_argument("--num_classes", type=int, default=11)
+    parser.add_argument("--classes", "--num_classes", dest="num_classes", type=int, default=11)
     parser.add_argument("--upsample", default="transpose", help="our upsampling layer (the peer's: transpose)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
     parser.add_argument("--photo_repeats", type=int, default=3, help="timed 4000x3000 predictions")
     parser.add_argument("--skip_photo", action="store_true", help="leave out the 4000x3000 timing")
-    parser.add_argument("--skip_peer", action="store_true", help="leave out the PyTorch peer")
+    parser.add_argument("--no_peers", "--skip_peer", dest="skip_peer", action="store_true",
+                        help="leave out the PyTorch peer")
 
 
 def run(args: argparse.Namespace) -> dict:
