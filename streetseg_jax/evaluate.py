@@ -174,7 +174,7 @@ def result_title(result: dict) -> str:
     checkpoint, step = result["checkpoint"], result["step"]
     which = f"{checkpoint} checkpoint (step {step})" if checkpoint in ("best", "latest") else f"step {step}"
     lines = [f"{Path(result['workdir']).name}: {result['dataset']} {result['split']}, {which}",
-             f"mIoU {_pct(result['miou'])}, network at scale{'s' * (len(scales) > 1)} "
+             f"mIoU {_fraction(result['miou'])}, network at scale{'s' * (len(scales) > 1)} "
              + ", ".join(f"{s:g}" for s in scales) + (", flip-averaged" if result["flip_tta"] else "")]
     if other_data(result["data"]):
         lines.append(f"data other than the run trained on ({other_data(result['data'])})")
@@ -291,14 +291,14 @@ def _names_and_sizes(source) -> tuple[list[str], list[str]]:
 def format_result(result: dict) -> str:
     """The table a person reads: per-class IoU, the overall figures, per-image mIoU."""
     lines = [_heading(result), "", f"{'class':<20} {'IoU':>7}"]
-    lines += [f"{name:<20} {_pct(iou):>7}" for name, iou in result["iou"].items()]
+    lines += [f"{name:<20} {_fraction(iou):>7}" for name, iou in result["iou"].items()]
     lines.append("")
     for label, key in (("mIoU", "miou"), ("pixel accuracy", "pixel_accuracy"),
                        ("mean class accuracy", "mean_class_accuracy")):
-        lines.append(f"{label:<20} {_pct(result[key]):>7}")
+        lines.append(f"{label:<20} {_fraction(result[key]):>7}")
     per_image = result["per_image"]
-    spread = ", ".join(f"{what} {_pct(per_image[f'{what}_miou'])}" for what in ("mean", "median", "min", "max"))
-    worst = ", ".join(f"{row['file_name']} {_pct(row['miou'])}" for row in per_image["worst"])
+    spread = ", ".join(f"{what} {_fraction(per_image[f'{what}_miou'])}" for what in ("mean", "median", "min", "max"))
+    worst = ", ".join(f"{row['file_name']} {_fraction(row['miou'])}" for row in per_image["worst"])
     lines += ["", f"per-image mIoU: {spread}", f"worst images: {worst or '-'}"]
     if not any(result["class_pixels"].values()):
         lines.append(f"nothing to score: no pixel of the {result['num_images']} image(s) is labelled (every one is "
@@ -319,8 +319,9 @@ def _heading(result: dict) -> str:
             "ignore pixels count nowhere")
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
+def _fraction(value: float | None) -> str:
+    """A fraction as training, `compare` and metrics.jsonl print it (0.1710, not 17.10%)."""
+    return "-" if value is None else f"{value:.4f}"
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -64,7 +64,7 @@ def test_json_holds_the_numbers_of_evaluator_run(workdir, cli_result):
         assert iou == pytest.approx(scores[f"eval/iou/{name}"], abs=1e-12), name
     np.testing.assert_array_equal(np.array(result["confusion"]), sums["confusion"])
     assert sum(result["class_pixels"].values()) == sums["pixels"]
-    assert f"{100 * result['miou']:.2f}%" in out and "per-image mIoU" in out and "(96x128)" in out
+    assert f"mIoU                  {result['miou']:.4f}" in out      # as training prints it (was a percent) and "per-image mIoU" in out and "(96x128)" in out
 
 
 def test_a_split_with_nothing_labelled_says_why_every_figure_is_missing(cli_result):
@@ -92,7 +92,7 @@ def test_per_image_figures_and_the_confusion_picture(workdir, cli_result):
     # a picture sent on its own says what it is of (it was the matrix alone)
     from streetseg_jax.evaluate import confusion_png, result_title
     assert result_title(result) == (f"run: street_seg/synthetic test, best checkpoint (step {result['step']})\n"
-                                    f"mIoU {100 * result['miou']:.2f}%, network at scale {EVAL_SCALE:g}")
+                                    f"mIoU {result['miou']:.4f}, network at scale {EVAL_SCALE:g}")
     assert png == confusion_png(np.array(result["confusion"]), list(result["iou"]), result_title(result))
     assert png != confusion_png(np.array(result["confusion"]), list(result["iou"]))
 
