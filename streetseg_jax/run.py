@@ -317,6 +317,14 @@ def _builder_problems(config) -> list[str]:
 def _check_workdir(workdir: Path) -> None:
     if workdir.exists() and not workdir.is_dir():
         raise RunError(f"--workdir {workdir} is a file, not a folder")
+    blocked = next((parent for parent in workdir.parents if parent.exists() and not parent.is_dir()), None)
+    if blocked:
+        raise RunError(f"--workdir {workdir} lies under {blocked}, which is a file, not a folder")
+    pattern = sorted(set("[]?*") & set(str(workdir)))
+    if pattern:     # orbax finds each save's parts with glob() in the path: none found, none merged, a log line
+        raise RunError(f"--workdir {workdir} has {' '.join(pattern)} in its path, which the checkpoint writer "
+                       "(orbax) reads as a pattern: every checkpoint would lack its weights, unreadable for good; "
+                       "give a path without [ ] ? *")
     config_file = workdir / "config.json"
     if config_file.exists():
         try:
