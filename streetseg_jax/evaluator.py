@@ -12,7 +12,7 @@ every scale (resized back to the labels) are averaged too (multi-scale test-time
 """
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +86,21 @@ def example_name(record: dict, index: int) -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
+def overlay_name(name: str, index: int, used: set) -> PurePosixPath:
+    """Where an example's overlay goes under the overlays folder: its file name as a .png, with the name's folders,
+    which keep nested keys apart (Train/img0.jpg, Test/img0.jpg); only the last part of a name that would leave the
+    folder (absolute, or with ..: a dataset built elsewhere wrote over files outside the run), and _<index> after a
+    name given twice. `used` collects the names given out."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or path.name in ("", ".."):
+        path = PurePosixPath(path.name if path.name not in ("", "..") else f"example_{index}")
+    path = path.with_suffix(".png")
+    if path in used:
+        path = path.with_name(f"{path.stem}_{index}.png")
+    used.add(path)
+    return path
+
+
 class Evaluator:
     """One cached jitted function over (params, model_state, batch) returning sums; metrics only at the end."""
 
@@ -156,12 +171,12 @@ class Evaluator:
         process), as out_dir/<file name without its suffix>.png, under the file name's folders."""
         from streetseg_jax.visualize import comparison
         out_dir.mkdir(parents=True, exist_ok=True)
+        used = set()
         for i in range(min(count, len(source))):
             example = source[i]
             image, truth = example["image"], example["segmentation_mask"][..., 0]
             pred = self.predict(params, model_state, image[None])[0]
-            # The file name's folders are kept: nested keys repeat names (Train/img0.jpg, Test/img0.jpg).
-            path = out_dir / Path(example_name(example, i)).with_suffix(".png")
+            path = out_dir / overlay_name(example_name(example, i), i, used)
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic.atomic_file(path) as f:
                 comparison(image, truth, pred, self.label_map, caption).save(f, format="PNG")

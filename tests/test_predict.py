@@ -226,7 +226,9 @@ def test_windows_per_call_are_limited_by_the_memory_of_their_logits(trained):
 
 
 def test_overlays_keep_the_folders_of_nested_file_names(trained, tmp_path):
-    """Images of one name in two folders (Train/img0.jpg, Test/img0.jpg: nested keys) get an overlay each."""
+    """Images of one name in two folders (Train/img0.jpg, Test/img0.jpg: nested keys) get an overlay each; names of
+    a dataset built elsewhere that lead out of the folder stay in it (an overlay replaced a file outside the run),
+    and a name given twice does not overwrite the first."""
     from streetseg_jax import sharding
     from streetseg_jax.evaluator import Evaluator
 
@@ -235,11 +237,13 @@ def test_overlays_keep_the_folders_of_nested_file_names(trained, tmp_path):
     evaluator = Evaluator(trained.graphdef, sharding.make_mesh(jax.local_devices()[:1]), trained.label_map, config)
     mask = np.zeros((32, 48, 1), np.uint8)
     source = [{"image": random_image(32, 48, seed=i), "segmentation_mask": mask, "file_name": name.encode()}
-              for i, name in enumerate(["Train/img0.jpg", "Test/img0.jpg", "plain.png"])]
-    out = tmp_path / "overlays"
-    evaluator.write_overlays(trained.params, trained.model_state, source, out, 3, "step 2")
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
-        "Test/img0.png", "Train/img0.png", "plain.png"]
+              for i, name in enumerate(["Train/img0.jpg", "Test/img0.jpg", "plain.png", str(tmp_path / "keep.jpg"),
+                                        "../../escaped.jpg", "plain.png"])]
+    out = tmp_path / "run" / "overlays"
+    evaluator.write_overlays(trained.params, trained.model_state, source, out, 6, "step 2")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == [
+        "run/overlays/Test/img0.png", "run/overlays/Train/img0.png", "run/overlays/escaped.png",
+        "run/overlays/keep.png", "run/overlays/plain.png", "run/overlays/plain_5.png"]
 
 
 
