@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -70,3 +72,25 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_file(path, "w", encoding="utf-8") as f:
         f.write(text)
     return Path(path)
+
+
+def machine_lock(kind: str, path: Path) -> int | None:
+    """An open file descriptor on this machine's lock file for `kind` of work on `path` (lock it with fcntl.lockf:
+    a record lock belongs to this process alone and ends with it, where flock's would live on in the forked workers
+    of a killed process). The file lives in the temp folder, not at `path` (a command that fails leaves nothing
+    there), and anyone may open it (a shared folder is written by several users). None where there is no such lock
+    (not POSIX, or another user's file from before that)."""
+    if importlib.util.find_spec("fcntl") is None:
+        return None
+    lock = Path(tempfile.gettempdir()) / f"streetseg-{kind}-{lock_key(path)}.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):
+        os.chmod(lock, 0o666)                       # whatever the umask: the next user opens it too
+    return fd
+
+
+def lock_key(path: Path) -> str:
+    return hashlib.sha256(os.fsencode(Path(path).resolve())).hexdigest()[:16]

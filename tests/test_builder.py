@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from streetseg_jax.atomic import machine_lock
 from streetseg_jax.data import source
-from streetseg_jax.data.build import build, build_lock_path
+from streetseg_jax.data.build import build
 from streetseg_jax.data.builder import BuildError, UnknownLabelsError
 from streetseg_jax.data.inputs import stem_fraction as _stem_fraction
 from streetseg_jax.data.synthetic import png_bytes, write_synthetic
@@ -178,7 +179,7 @@ def test_two_builds_into_one_fresh_data_dir_take_turns(tmp_path):
     fcntl = pytest.importorskip("fcntl", reason="builds take turns through a POSIX record lock")
     args = ["build", "--config", "synthetic", f"--data_dir={tmp_path}", "--num_images", "4", "--height", "48",
             "--width", "64"]
-    fd = os.open(build_lock_path(tmp_path), os.O_RDWR | os.O_CREAT, 0o666)
+    fd = machine_lock("build", tmp_path)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX)
         procs = [subprocess.Popen([sys.executable, "-m", "streetseg_jax.data", *args], cwd=ROOT, text=True,

@@ -812,3 +812,34 @@ def test_cvat_export_refuses_file_names_that_are_not_utf8_before_predicting(work
     assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "cvat") == 2
     assert "CVAT's XML cannot hold file names that are not UTF-8" in capsys.readouterr().err and not out.exists()
     assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "labelme") == 0
+
+
+def test_a_second_predict_into_a_folder_in_use_is_refused(workdir, tmp_path):
+    """A second predict (other settings) into one folder left the first's masks under the second's settings
+    record, and --skip_existing then kept them as the second's."""
+    import subprocess
+    import sys
+
+    fcntl = pytest.importorskip("fcntl", reason="predicts take turns through a POSIX record lock")
+    from streetseg_jax.atomic import machine_lock
+
+    save(tmp_path / "in" / "a.png", random_image(32, 48))
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               "from streetseg_jax.atomic import machine_lock\n"
+                               f"fcntl.lockf(machine_lock('predict', {str(out)!r}), fcntl.LOCK_EX)\n"
+                               "print('held', flush=True)\ntime.sleep(60)\n"], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        second = subprocess.run([sys.executable, "-m", "streetseg_jax.predict", "--workdir", str(workdir), "--input",
+                                 str(tmp_path / "in"), "--output", str(out)], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120)
+    finally:
+        holder.kill()
+    assert second.returncode == 2 and second.stderr.strip() == \
+        f"error: another predict is writing into {out}; wait for it to end, or give another --output"
+    assert not out.exists()
+    fd = machine_lock("predict", out)
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)      # free once the first has ended
+    os.close(fd)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -22,6 +21,7 @@ import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 from tqdm import tqdm
 
+from streetseg_jax.atomic import machine_lock
 from streetseg_jax.data import camvid, inputs
 from streetseg_jax.data.builder import (MASKS_SCRATCH, SCENES_SCRATCH, BuildError, StreetSeg, built_options,
                                         check_options, check_synthetic_label_map, from_annotations_config,
@@ -74,25 +74,14 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
 @contextlib.contextmanager
 def _one_build_at_a_time(data_dir: Path, log: Callable[[str], None]):
     """Builds into one data dir on this machine take turns, and the one that waited finds the dataset built (two
-    runs started on a fresh data dir both built it, and the second failed renaming its copy into place). The lock
-    file lives in the temp folder, not in the data dir (a failed build leaves no scaffolding there), and anyone may
-    open it (a shared data dir is built by several users)."""
-    try:
-        import fcntl
-    except ImportError:     # not a POSIX system: builds do not wait for each other
+    runs started on a fresh data dir both built it, and the second failed renaming its copy into place; the lock:
+    atomic.machine_lock)."""
+    fd = machine_lock("build", data_dir)
+    if fd is None:          # not a POSIX system, or another user's lock file: builds do not wait for each other
         yield
         return
-    path = build_lock_path(data_dir)
+    import fcntl
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o666)                       # whatever the umask: the next user opens it too
-    except OSError:                                     # another user's from before that: builds do not wait
-        yield
-        return
-    try:
-        # A record lock (lockf), not flock: flock's would live on in the forked workers of a killed build and stop
-        # every later build; a record lock belongs to this process alone and ends with it.
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -101,11 +90,6 @@ def _one_build_at_a_time(data_dir: Path, log: Callable[[str], None]):
         yield
     finally:
         os.close(fd)
-
-
-def build_lock_path(data_dir: Path) -> Path:
-    key = hashlib.sha256(os.fsencode(data_dir.resolve())).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"streetseg-build-{key}.lock"
 
 
 _STALE_SECONDS = 6 * 3600    # an incomplete.* folder nothing was written to for this long belongs to no build
