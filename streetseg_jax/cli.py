@@ -130,6 +130,15 @@ def run_command(main, leaves: str) -> NoReturn:
     sys.exit(code)
 
 
+def check_output_file(path, *suffixes: str) -> None:
+    """Exit with a message where --output names an existing file of another kind than the command writes (a run's
+    metrics.jsonl, an export's annotations: a mistyped flag replaced them)."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() not in suffixes:
+        fail(f"--output {path} exists and is not a {' or '.join(suffixes)} file; give a new file (it would be "
+             "replaced)")
+
+
 def check_workdir(workdir) -> None:
     """Exit with a message unless `workdir` is a folder (what is in it, the command that reads it checks)."""
     if not Path(workdir).is_dir():

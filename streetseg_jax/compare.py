@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import ArgumentParser, fail, normalise_argv, run_command
+from streetseg_jax.cli import ArgumentParser, check_output_file, fail, normalise_argv, run_command
 from streetseg_jax.page import escape, html_page, png_uri, section
 from streetseg_jax.visualize import (best_eval, eval_rows, figure_png, flatten, hms, new_figure, read_metrics,
                                      run_history)
@@ -404,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
     if args.output.is_dir():
         fail(f"--output {args.output} is a folder; give a file name such as {args.output / 'compare.html'}")
+    check_output_file(args.output, ".html", ".htm")
     runs = load_runs(args.runs)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     path = atomic.write_text(args.output, render_html(runs))    # first: the page is there even if stdout is cut off

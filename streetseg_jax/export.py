@@ -37,8 +37,8 @@ import jax.numpy as jnp
 from jax import export as jax_export
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_workdir,
-                               checkpoint_arg, fail, normalise_argv, quiet_libraries, run_command)
+from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_output_file,
+                               check_workdir, checkpoint_arg, fail, normalise_argv, quiet_libraries, run_command)
 from streetseg_jax.evaluator import apply_tta_flags, network_scales, predict_logits, tta_logits
 from streetseg_jax.inference import TrainedModel, load_model, scaled_logits
 
@@ -154,6 +154,7 @@ def _check_args(args) -> tuple[str, ...]:
         fail(f"--outputs must name some of {', '.join(OUTPUTS)}, got {args.outputs!r}")
     if Path(args.output).is_dir():
         fail(f"--output {args.output} is a folder: name the archive to write, e.g. {Path(args.output) / 'model.zip'}")
+    check_output_file(args.output, ".zip")
     if (args.height is None) != (args.width is None):
         fail("give both --height and --width, or neither (symbolic sizes)")
     unknown = set(args.platforms.split(",")) - set(PLATFORMS)

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, checkpoint_arg, fail,
-                               normalise_argv, run_command)
+from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_output_file,
+                               checkpoint_arg, fail, normalise_argv, run_command)
 from streetseg_jax.evaluate import (Evaluation, LoadedRun, confusion_png, evaluate_split, load_checked_split,
                                     load_run, other_data, rank_images, scored_data, score_command, split_file_name)
 from streetseg_jax.evaluator import example_name, network_scales
@@ -434,6 +434,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"--k must be 0 or more, got {args.k}")
     if args.output and (Path(args.output).is_dir() or args.output.endswith(os.sep)):
         fail(f"--output {args.output} is a folder: give the page's file name, e.g. {Path(args.output) / 'report.html'}")
+    if args.output:
+        check_output_file(args.output, ".html", ".htm")
     folder = Path(args.output).parent if args.output else Path(args.workdir)
     path = score_command(args.workdir, folder, lambda: build_report(
         args.workdir, args.split, args.checkpoint, args.k, args.data_dir, args.flip_tta, args.extra_scales,

@@ -95,3 +95,18 @@ def test_a_sub_commands_mistyped_flag_is_named_too(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["check", "--input", "x", "--fromat", "voc"])
     assert "--fromat: did you mean --format?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, suffix", [("report", ".html"), ("export", ".zip"), ("compare", ".html")])
+def test_output_never_replaces_a_file_of_another_kind(command, suffix, tmp_path, capsys):
+    """`report --output runs/a/metrics.jsonl` (and export's) replaced the run's metrics with the page."""
+    import importlib
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1}\n')
+    argv = [str(tmp_path), "--output", str(metrics)] if command == "compare" else [
+        "--workdir", str(tmp_path), "--output", str(metrics)]
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(f"streetseg_jax.{command}").main(argv)
+    assert stopped.value.code == 2 and metrics.read_text() == '{"step": 1}\n'
+    assert f"--output {metrics} exists and is not a {suffix}" in capsys.readouterr().err
