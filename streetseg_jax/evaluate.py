@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from streetseg_jax import atomic, sharding
 from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_workdir,
@@ -125,7 +126,9 @@ def evaluate_split(run: LoadedRun, source, split: str) -> Evaluation:
              else f"the checkpoint of step {run.step}")
     print(f"scoring {len(source)} image(s) of {split} with {which}"
           + (f", {' and '.join(tta)} test-time augmentation" if tta else "") + " ...", file=sys.stderr, flush=True)
-    sums = run.evaluator.per_image(run.params, run.model_state, source)
+    with tqdm(total=len(source), unit="image", file=sys.stderr, disable=None, leave=False) as bar:
+        shown = None if bar.disable else bar.update     # no terminal: no bar, and no wait for each batch
+        sums = run.evaluator.per_image(run.params, run.model_state, source, progress=shown)
     names = run.label_map.names
     confusion = sums["confusion"].sum(axis=0)
     scores = metrics_from_confusion(confusion, names)

@@ -13,6 +13,7 @@ every scale (resized back to the labels) are averaged too (multi-scale test-time
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +87,11 @@ def example_name(record: dict, index: int) -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
+# Logits a batch of evaluation images may hold at their labels' resolution (8 12-megapixel photos with 4 TTA
+# variants took 23 GB, and the kernel killed the run): fewer images of such a size go in a batch.
+EVAL_BATCH_BYTES = 2 << 30
+
+
 def overlay_name(name: str, index: int, used: set) -> PurePosixPath:
     """Where an example's overlay goes under the overlays folder: its file name as a .png, with the name's folders,
     which keep nested keys apart (Train/img0.jpg, Test/img0.jpg); only the last part of a name that would leave the
@@ -118,13 +124,17 @@ class Evaluator:
         return tta_logits(predict_logits, model, images, self.scales, self.flip_tta)
 
     def _eval_batches(self, source) -> pipeline.EvalBatches:
-        """The split in global batches of eval_batch_size, each of one image size, filled up with all-ignore rows.
-        One EvalBatches per split for the Evaluator's life: it reads every image's size once, to plan the batches,
-        not at every evaluation."""
+        """The split in global batches of eval_batch_size (fewer rows of large images: within EVAL_BATCH_BYTES of
+        logits), each of one image size, filled up with all-ignore rows. One EvalBatches per split for the
+        Evaluator's life: it reads every image's size once, to plan the batches, not at every evaluation."""
         if id(source) not in self._splits:      # the EvalBatches holds the source: its id stays its own
+            variants = len(self.scales) * (2 if self.flip_tta else 1)
+            # Per label pixel: each variant's float32 logits at label resolution, their sum, the softmax's terms.
+            pixel_bytes = 4 * self.label_map.num_classes * (variants + 3)
             self._splits[id(source)] = pipeline.eval_batches(
                 source, global_batch=self.batch_size, process_index=jax.process_index(),
-                process_count=jax.process_count(), ignore_id=self.label_map.ignore_id)
+                process_count=jax.process_count(), ignore_id=self.label_map.ignore_id,
+                max_pixels=EVAL_BATCH_BYTES // pixel_bytes, unit=self.mesh.devices.size)
         return self._splits[id(source)]
 
     def _batches(self, source):
@@ -182,14 +192,21 @@ class Evaluator:
                 comparison(image, truth, pred, self.label_map, caption).save(f, format="PNG")
 
     # --- per-image figures, for reports that rank images -----------------------------------------------------------
-    def per_image(self, params, model_state, source) -> dict:
+    def per_image(self, params, model_state, source, progress: Callable[[int], None] | None = None) -> dict:
         """Sums of every example, in source order: `confusion` int64 (N, K, K), `loss_sum` and `pixels` float64 (N,).
 
         Summed over N they are `sums`. Each batch's rows stay on the device until the pass ends (they are small:
         K*K counts per image), so the loop never waits for a host round trip; padding rows are dropped at the end.
+        With `progress`, it waits for each batch instead and calls progress(its real images), for a progress bar.
         """
-        step = self._per_image_step()
-        outs = jax.device_get([step(params, model_state, batch) for batch in self._batches(source)])
+        step, outs = self._per_image_step(), []
+        batches = self._eval_batches(source)
+        for batch, positions in zip(self._batches(source), batches.batch_positions()):
+            outs.append(step(params, model_state, batch))
+            if progress is not None:
+                jax.block_until_ready(outs[-1])
+                progress(sum(position is not None for position in positions))
+        outs = jax.device_get(outs)
         rows = self._eval_batches(source).real_rows
         return {"confusion": np.concatenate([o["confusion"] for o in outs]).astype(np.int64)[rows],
                 "loss_sum": np.concatenate([o["loss_sum"] for o in outs]).astype(np.float64)[rows],

@@ -432,13 +432,27 @@ class Predictor:
         self._weights = jax.device_put((trained.params, trained.model_state), sharding.replicated(mesh))
         self._forward = _window_logits(trained.graphdef, self.scales, self.flip_tta, mesh)
 
+    @property
+    def _pixel_bytes(self) -> int:
+        """A window pixel's logits at image resolution: every TTA variant's and their sum, float32."""
+        return self.num_classes * 4 * (len(self.scales) * (2 if self.flip_tta else 1) + 1)
+
     def _calls_of(self, tile: tuple[int, int]) -> int:
-        """Windows of this shape per call: batch_size, or fewer where their logits at image resolution (every TTA
-        variant's and their sum) would pass _CALL_BYTES (8 windows of 2048x2048 pixels needed 14 GB), but one per
-        device at least (a call is padded to a multiple of the devices: fewer would be padding)."""
-        variants = len(self.scales) * (2 if self.flip_tta else 1) + 1
-        per_window = tile[0] * tile[1] * self.num_classes * 4 * variants
-        return max(self._devices, min(self.batch_size, _CALL_BYTES // per_window))
+        """Windows of this shape per call: batch_size, or fewer where their logits would pass _CALL_BYTES (8
+        windows of 2048x2048 pixels needed 14 GB), but one per device at least (a call is padded to a multiple of
+        the devices: fewer would be padding)."""
+        return max(self._devices, min(self.batch_size, _CALL_BYTES // (tile[0] * tile[1] * self._pixel_bytes)))
+
+    def tile_for(self, height: int, width: int) -> tuple[int, int]:
+        """The window in image pixels (tile_size), made smaller where one per device would pass _CALL_BYTES: at
+        eval_scale 0.06 a 512-pixel window is 8534 image pixels, a 48-megapixel photo one window, and its call
+        (with a window of padding for the second device) took the machine's 24 GB."""
+        tile = tile_size(height, width, self.window, self.scale)
+        most = _CALL_BYTES // (self._devices * self._pixel_bytes)
+        if tile[0] * tile[1] <= most:
+            return tile
+        shrink = math.sqrt(most / (tile[0] * tile[1]))
+        return max(1, int(tile[0] * shrink)), max(1, int(tile[1] * shrink))
 
     def _dispatch(self, tiles: np.ndarray) -> jax.Array:
         """Start the compiled function on the tiles, padded to the next power of two up to their shape's batch (so
@@ -497,7 +511,7 @@ class Predictor:
         if target != size:     # its logits come back at the network's size: classes are taken after resizing them
             image, reduce = resize_image(image, target), band_logits
             self.resized += 1
-        tile = tile_size(*target, self.window, self.scale)
+        tile = self.tile_for(*target)
         blender = Blender(*target, tile, self.overlap, self.num_classes, reduce)
         return _Job(key, image, blender, blender.windows(), size)
 

@@ -282,6 +282,8 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
                 row = window.summary(setup.label_map.names, config.batch_size)
                 row["train/learning_rate"] = float(make_schedule(config)(step - 1))
                 log.write(step, row)
+            if "checkpoint" in due:     # first: an evaluation that fails (out of memory) loses no training
+                setup.save(step, state, train_iter)
             if "eval" in due:
                 started = time.time()
                 last_eval = evaluator.run(eval_params(state, config), state.model_state, setup.eval_source)
@@ -289,8 +291,6 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
                 log.write(step, last_eval)
                 setup.draw_curves()
                 setup.save_best(step, state, train_iter, last_eval["eval/miou"])
-            if "checkpoint" in due:
-                setup.save(step, state, train_iter)
             if due:     # after evaluating and saving, so train/images_per_second times training alone
                 window = TrainMetrics(step)
     except NonFiniteLoss as e:

@@ -258,3 +258,18 @@ def test_eval_with_several_processes_agrees_on_every_batch_shape():
     np.testing.assert_array_equal(batches[1][1]["image"][0], source[3]["image"])
     single = list(eval_batches(source, global_batch=2, ignore_id=IGNORE))
     assert [b["image"].shape for b in single] == [(2, 20, 30, 3), (2, 24, 26, 3)]
+
+
+def test_eval_batches_of_large_images_hold_fewer_rows_in_multiples_of_the_devices():
+    """8 12-megapixel photos to a batch took 23 GB to score: the kernel killed the run, and its training with it."""
+    source = constant_source(3, 20, 30) + constant_source(5, 8, 10)
+    batches = eval_batches(source, global_batch=8, ignore_id=IGNORE, max_pixels=4 * 20 * 30, unit=2)
+    shapes = [b["image"].shape[:3] for b in batches]
+    assert shapes == [(4, 20, 30), (8, 8, 10)]     # 4 rows of the large size fit; all 8 of the small one
+    assert sorted(batches.real_rows.tolist()) == [0, 1, 2, 4, 5, 6, 7, 8]
+    tight = eval_batches(source, global_batch=8, ignore_id=IGNORE, max_pixels=100, unit=2)
+    assert [b["image"].shape[0] for b in tight] == [2, 2, 2, 2, 2]     # never fewer than one row per device
+    firsts = np.concatenate([b["image"][:, 0, 0, 0] for b in tight])[tight.real_rows]
+    assert firsts.tolist() == [int(record["image"][0, 0, 0]) for record in source]
+    with pytest.raises(ValueError, match="unit 3 must divide the global batch 8"):
+        eval_batches(source, global_batch=8, ignore_id=IGNORE, unit=3)

@@ -223,6 +223,15 @@ def test_windows_per_call_are_limited_by_the_memory_of_their_logits(trained):
     predictor = Predictor(trained, batch_size=8, flip_tta=True)
     assert predictor._calls_of((2048, 2048)) == predictor._devices    # one per device: fewer would be padding
     assert predictor._calls_of((96, 128)) == 8
+    # At eval_scale 0.06 a window was 8534 image pixels: a 48-megapixel photo one window, 24 GB. It is made smaller
+    # until one per device fits.
+    small_scale = dataclasses.replace(trained, config=trained.config.copy_and_resolve_references())
+    small_scale.config.eval_scale = 0.06
+    tiny = Predictor(small_scale, flip_tta=True)
+    height, width = tiny.tile_for(6000, 8000)
+    assert height * width * tiny._pixel_bytes * tiny._devices <= 512 * 2**20 < height * width * tiny._pixel_bytes * \
+        tiny._devices * 1.01 and abs(height / width - 6000 / 8000) < 0.01
+    assert tiny.tile_for(300, 400) == (300, 400) == Predictor(trained).tile_for(300, 400)
 
 
 def test_overlays_keep_the_folders_of_nested_file_names(trained, tmp_path):

@@ -174,6 +174,10 @@ def test_per_image_sums_add_up_to_the_split_sums(loaded):
     np.testing.assert_array_equal(per_image["confusion"].sum(axis=0), total["confusion"])
     assert per_image["pixels"].sum() == total["pixels"]
     assert per_image["loss_sum"].sum() == pytest.approx(total["loss_sum"], rel=1e-5)
+    shown = []      # a progress bar's updates: each batch's real images, as it ends
+    watched = run.evaluator.per_image(run.params, run.model_state, source, progress=shown.append)
+    assert sum(shown) == len(source) and len(shown) == run.evaluator._eval_batches(source).num_batches
+    np.testing.assert_array_equal(watched["confusion"], per_image["confusion"])
 
 
 def test_an_images_score_does_not_depend_on_the_other_images_of_its_split(loaded):

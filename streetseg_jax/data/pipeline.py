@@ -92,10 +92,12 @@ class EvalBatches:
     the batch size and the split's order, and differed from predict's. The split's images are grouped by size (the
     sizes in the order they first appear, each size's images in split order), so that portrait and landscape photos
     in turn fill whole batches rather than one each; a size's last batch is filled up with padding rows (zero
-    image, label all `ignore_id`) that count nowhere, and `real_rows` gives each example's row in split order. Each
-    distinct size compiles once. The sizes are read once, when the first pass starts; every process plans the same
-    batches, so they agree on each batch's shape without reading each other's rows. Iterate as often as you like;
-    each iteration is a fresh pass.
+    image, label all `ignore_id`) that count nowhere, and `real_rows` gives each example's row in split order. A
+    batch holds `global_batch` images, or fewer of a size whose batch would pass `max_pixels` (8 12-megapixel
+    photos took 23 GB to score), in multiples of `unit` (the devices a batch is split over). Each batch shape
+    compiles once. The sizes are read once, when the first pass starts; every process plans the same batches, so
+    they agree on each batch's shape without reading each other's rows. Iterate as often as you like; each
+    iteration is a fresh pass.
     """
     source: Sequence[dict]
     global_batch: int
@@ -103,6 +105,8 @@ class EvalBatches:
     process_index: int = 0
     process_count: int = 1
     num_threads: int = 4
+    max_pixels: int | None = None
+    unit: int = 1
 
     @property
     def num_examples(self) -> int:
@@ -110,13 +114,14 @@ class EvalBatches:
 
     @property
     def num_batches(self) -> int:
-        return len(self._plan[0]) // self.global_batch
+        return len(self._plan)
 
     @property
     def real_rows(self) -> np.ndarray:
         """For each example, in source order, its row in the pass's outputs concatenated batch after batch."""
         rows = np.empty(self.num_examples, np.int64)
-        for row, position in enumerate(self._plan[0]):
+        flat = (position for _, positions in self._plan for position in positions)
+        for row, position in enumerate(flat):
             if position is not None:
                 rows[position] = row
         return rows
@@ -124,12 +129,15 @@ class EvalBatches:
     def __len__(self) -> int:
         return self.num_batches
 
+    def batch_positions(self) -> list[tuple[int | None, ...]]:
+        """Each global batch's rows: their positions in the source, None for a padding row."""
+        return [positions for _, positions in self._plan]
+
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        local = _local_batch_size(self.global_batch, self.process_count, self.process_index)
-        slots, sizes = self._plan
-        first = self.process_index * local
-        chunks = [(sizes[k], tuple(slots[k * self.global_batch + first:k * self.global_batch + first + local]))
-                  for k in range(self.num_batches)]
+        chunks = []
+        for size, positions in self._plan:
+            local = _local_batch_size(len(positions), self.process_count, self.process_index)
+            chunks.append((size, positions[self.process_index * local:(self.process_index + 1) * local]))
         options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.num_threads + 2)
         return iter(grain.MapDataset.source(chunks).map(self._load_batch).to_iter_dataset(options))
 
@@ -145,25 +153,36 @@ class EvalBatches:
         return {"image": images, "label": labels}
 
     @functools.cached_property  # planned once, not per pass
-    def _plan(self) -> tuple[list[int | None], list[tuple[int, int]]]:
-        """(every global batch's positions, one after another, None for a padding row; each batch's (H, W))."""
+    def _plan(self) -> list[tuple[tuple[int, int], tuple[int | None, ...]]]:
+        """Every global batch: its (H, W) and its rows' positions in the source, None for a padding row."""
         by_size: dict[tuple[int, int], list[int]] = {}
         for position in range(self.num_examples):
             by_size.setdefault(tuple(self.source[position]["segmentation_mask"].shape[:2]), []).append(position)
-        slots: list[int | None] = []
-        sizes: list[tuple[int, int]] = []
+        plan = []
         for size, positions in by_size.items():
-            for start in range(0, len(positions), self.global_batch):
-                batch = positions[start:start + self.global_batch]
-                slots += batch + [None] * (self.global_batch - len(batch))
-                sizes.append(size)
-        return slots, sizes
+            rows = self._rows(size[0] * size[1])
+            for start in range(0, len(positions), rows):
+                batch = positions[start:start + rows]
+                plan.append((size, tuple(batch + [None] * (rows - len(batch)))))
+        return plan
+
+    def _rows(self, pixels: int) -> int:
+        """global_batch, or the most multiples of `unit` within max_pixels (one unit at least)."""
+        if self.max_pixels is None or pixels * self.global_batch <= self.max_pixels:
+            return self.global_batch
+        return min(self.global_batch, max(1, self.max_pixels // pixels // self.unit) * self.unit)
 
 
 def eval_batches(source: Sequence[dict], *, global_batch: int, ignore_id: int, process_index: int = 0,
-                 process_count: int = 1, num_threads: int = 4) -> EvalBatches:
-    """One deterministic pass over `source`; see `EvalBatches` (it carries `num_examples`, `num_batches`)."""
+                 process_count: int = 1, num_threads: int = 4, max_pixels: int | None = None,
+                 unit: int | None = None) -> EvalBatches:
+    """One deterministic pass over `source`; see `EvalBatches` (it carries `num_examples`, `num_batches`). `unit`:
+    the devices a batch is split over (default: one per process)."""
     _local_batch_size(global_batch, process_count, process_index)  # fail now, not at the first batch
+    unit = unit or process_count
+    if unit < 1 or unit % process_count or global_batch % unit:
+        raise ValueError(f"unit {unit} must divide the global batch {global_batch} and be a multiple of the process "
+                         f"count {process_count}")
     if len(source) == 0:
         raise ValueError("the evaluation split is empty")
-    return EvalBatches(source, global_batch, ignore_id, process_index, process_count, num_threads)
+    return EvalBatches(source, global_batch, ignore_id, process_index, process_count, num_threads, max_pixels, unit)

@@ -142,13 +142,13 @@ def torch_call(args):
 
 
 def photo_seconds(args) -> tuple[float, int]:
-    from streetseg_jax.inference import Blender, Predictor, tile_size
+    from streetseg_jax.inference import Blender, Predictor
 
     trained = untrained(args.upsample, args.num_classes)
     predictor = Predictor(trained, batch_size=args.batch)
     photo = smooth_photo(3000, 4000)
     seconds = median_seconds(lambda: predictor.predict_one(photo), args.photo_repeats)
-    tile = tile_size(3000, 4000, predictor.window, predictor.scale)
+    tile = predictor.tile_for(3000, 4000)
     return seconds, len(Blender(3000, 4000, tile, predictor.overlap, 1).windows())
 
 
