@@ -35,7 +35,7 @@ def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None)
     path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_shortened(path.name)}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
         os.chmod(tmp, 0o666 & ~_umask())
@@ -47,6 +47,12 @@ def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None)
                                        or (e.filename is None and e.errno in WRITE_ERRORS)):
             raise _cannot_write(path, e) from e
         raise
+
+
+def _shortened(name: str, most: int = 255 - 14) -> str:
+    """`name` cut to `most` bytes of UTF-8 (on a character's edge): the temporary file's name is 14 bytes longer
+    than the target's, and a legal name of 242-255 bytes could not be written ("File name too long")."""
+    return name.encode()[:most].decode(errors="ignore")
 
 
 # Why a write() fails for want of room or permission (its error names no file): an error with one of these and no
