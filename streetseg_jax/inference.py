@@ -86,24 +86,39 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
                                                  else "does not exist"))
     if not (workdir / "checkpoints").is_dir():
         raise FileNotFoundError(f"{workdir} holds no checkpoints/ folder; is it a training work directory?")
-    checkpoints = Checkpoints(workdir, async_save=False)
-    try:
-        which = _choose_checkpoint(checkpoints, checkpoint, say)
-        step = checkpoints.step_of(which)
-        damaged = functools.partial(_damaged, workdir, step, which)
-        with damaged():
-            meta = checkpoints.read_meta(which)
-        config = ml_collections.ConfigDict(meta["config"])
-        label_map = LabelMap.from_dict(meta["label_map"], "checkpoint label map")
-        graphdef, template = _abstract_state(config, label_map.num_classes)
-        with damaged():
-            state, _, _ = checkpoints.restore(which, template)
-    finally:
-        checkpoints.close()
+    for attempt in range(3):
+        checkpoints, step = Checkpoints(workdir, async_save=False), None
+        try:
+            which = _choose_checkpoint(checkpoints, checkpoint, say)
+            step = checkpoints.step_of(which)
+            damaged = functools.partial(_damaged, workdir, step, which)
+            with damaged():
+                meta = checkpoints.read_meta(which)
+            config = ml_collections.ConfigDict(meta["config"])
+            label_map = LabelMap.from_dict(meta["label_map"], "checkpoint label map")
+            graphdef, template = _abstract_state(config, label_map.num_classes)
+            with damaged():
+                state, _, _ = checkpoints.restore(which, template)
+            break
+        except ValueError:
+            # A run saving there removed it while it was read (keep_checkpoints): not damaged; read the new one.
+            if attempt == 2 or step is None or step in _steps(workdir):
+                raise
+        finally:
+            checkpoints.close()
     source = which if isinstance(which, str) else f"step {which}"
     size = tuple(meta["image_size"]) if meta.get("image_size") else None
     return TrainedModel(graphdef, train.eval_params(state, config), state.model_state, label_map, config, int(step),
                         source, size)
+
+
+def _steps(workdir: Path) -> set[int]:
+    """The steps of the checkpoints in `workdir` now."""
+    checkpoints = Checkpoints(workdir, async_save=False)
+    try:
+        return {*checkpoints.latest.all_steps(), *checkpoints.best.all_steps()}
+    finally:
+        checkpoints.close()
 
 
 @contextlib.contextmanager

@@ -852,3 +852,26 @@ def test_a_second_predict_into_a_folder_in_use_is_refused(workdir, tmp_path):
     fd = machine_lock("predict", out)
     fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)      # free once the first has ended
     os.close(fd)
+
+
+def test_a_checkpoint_a_running_save_removes_while_it_is_read_is_not_called_damaged(workdir, tmp_path, monkeypatch):
+    """`--checkpoint latest` read while the run saved (keep_checkpoints=1) said "damaged or incomplete?" of a
+    checkpoint that had only been rotated away; read again, the new latest loads."""
+    from streetseg_jax.checkpoint import Checkpoints
+    from streetseg_jax.inference import load_model
+
+    run = shutil.copytree(workdir, tmp_path / "run")
+    restore = Checkpoints.restore
+
+    def rotated_away(self, which, template):
+        latest = run / "checkpoints" / "latest"
+        if (latest / "2").exists():     # the run's next save comes, and rotates this one away
+            (latest / "2").rename(latest / "3")
+            raise Exception("NOT_FOUND: Error opening \"zarr\" driver: .zarray")    # tensorstore's own kind
+        return restore(self, which, template)
+    monkeypatch.setattr(Checkpoints, "restore", rotated_away)
+    assert load_model(run, "latest").step == 3
+    monkeypatch.setattr(Checkpoints, "restore", lambda self, which, template: (_ for _ in ()).throw(
+        Exception("NOT_FOUND: .zarray")))
+    with pytest.raises(ValueError, match="the checkpoint of step 1 .* cannot be read: damaged or incomplete"):
+        load_model(run, "best")     # still there: damaged indeed
