@@ -305,6 +305,15 @@ def test_decompression_bomb_mask_is_refused_before_decoding(tmp_path):
         labelme.read(path)
 
 
+
+def test_a_photo_of_100_megapixels_is_taken_and_one_beyond_pillows_refusal_is_not():
+    """A 99-megapixel photo was refused as a decompression bomb (at Pillow's warning level, 89.5 megapixels)."""
+    from streetseg_jax.labels.images import image_size
+
+    assert image_size(png_header_only(10_000, 10_000)) == (10_000, 10_000)
+    with pytest.raises(LabelFormatError, match="image too large"):
+        image_size(png_header_only(14_000, 14_000))
+
 # --- folders and detection -------------------------------------------------------------------------------------------
 
 def test_folder_is_read_recursively_in_sorted_order_skipping_hidden_folders(tmp_path):
