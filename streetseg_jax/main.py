@@ -6,6 +6,7 @@ detect the cluster (SLURM and friends). Running the same command again resumes f
 import ast
 import os
 import re
+import shlex
 import sys
 import sysconfig
 import traceback
@@ -161,10 +162,10 @@ def _build_synthetic(dataset: str, data_dir: str) -> None:
         flags = "".join(f" --{k} {v}" for k, v in options.items())
         print(f"{dataset} {info.version} in {data_dir} is of a version this one does not read: building "
               f"{current_version(dataset).rsplit(':', 1)[-1]} beside it with its options (python -m streetseg_jax.data "
-              f"build --config synthetic --data_dir {data_dir}{flags})", flush=True)
+              f"build --config synthetic --data_dir {shlex.quote(data_dir)}{flags})", flush=True)
     else:
         print(f"{dataset} is not in {data_dir}: building it first "
-              f"(python -m streetseg_jax.data build --config synthetic --data_dir {data_dir})", flush=True)
+              f"(python -m streetseg_jax.data build --config synthetic --data_dir {shlex.quote(data_dir)})", flush=True)
     build("synthetic", data_dir, **options)
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -532,7 +533,7 @@ def _write_json(path: Path, data: dict) -> None:
 def _outcome(history: list[dict], workdir: Path) -> str:
     """What the run reached, and where to look next."""
     evals, best = eval_rows(history), best_eval(history)
-    look = f"look at it: python -m streetseg_jax.report --workdir {workdir}"
+    look = f"look at it: python -m streetseg_jax.report --workdir {shlex.quote(str(workdir))}"
     if best is None:
         return look
     return (f"eval mIoU {evals[-1]['eval/miou']:.4f} at the end, best {best['eval/miou']:.4f} at step {best['step']} "

@@ -110,3 +110,15 @@ def test_output_never_replaces_a_file_of_another_kind(command, suffix, tmp_path,
         importlib.import_module(f"streetseg_jax.{command}").main(argv)
     assert stopped.value.code == 2 and metrics.read_text() == '{"step": 1}\n'
     assert f"--output {metrics} exists and is not a {suffix}" in capsys.readouterr().err
+
+
+def test_commands_we_print_for_pasting_quote_their_paths():
+    """`look at it: python -m streetseg_jax.report --workdir /tmp/runs/wd é 日本` broke when pasted."""
+    from pathlib import Path
+
+    from streetseg_jax.data.source import build_command
+    from streetseg_jax.run import _outcome
+
+    assert build_command("synthetic", "/data/my sets") == \
+        "python -m streetseg_jax.data build --config synthetic --data_dir '/data/my sets'"
+    assert _outcome([], Path("/runs/wd é")) == "look at it: python -m streetseg_jax.report --workdir '/runs/wd é'"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,7 @@ def _not_found_message(dataset, config, data_dir, config_dir, built) -> str:
 
 def build_command(config: str, data_dir) -> str:
     """The command that builds street_seg/<config> into `data_dir` (None: the default one)."""
-    where = f" --data_dir {data_dir}" if data_dir else ""
+    where = f" --data_dir {shlex.quote(str(data_dir))}" if data_dir else ""
     manual = {"voc_polygons": " --manual_dir YOUR_IMAGES_AND_XML",
               "camvid": " --manual_dir SEGNET_CAMVID_FOLDER"}.get(config, "")
     command = f"--config {config}{where}{manual}"
