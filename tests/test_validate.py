@@ -139,6 +139,19 @@ def test_image_size_must_match_after_exif_orientation(tmp_path):
         assert report.errors == ["turned.jpg is 40x30 (after its EXIF orientation) but t.xml says 30x40"]
 
 
+
+def test_shapes_outside_a_turned_photo_say_it_may_have_been_drawn_as_stored(tmp_path):
+    """Shapes drawn on the stored photo of one shown turned gave only "points outside ... (clipped)" warnings."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = save_png(tmp_path / "turned.jpg", 30, 40, exif=exif.tobytes())     # shown 40x30
+    stored = Shape("road", rect(2, 2, 28, 38))      # in the stored 30x40 frame: runs out of the 40x30 one
+    report = check_file(annotation(stored, image_path=turned), default_label_map(), CheckOptions())
+    assert report.warnings[-1].startswith("the photo is stored turned (EXIF orientation) and shapes run outside it")
+    plain = save_png(tmp_path / "plain.jpg", 40, 30)
+    report = check_file(annotation(stored, image_path=plain), default_label_map(), CheckOptions())
+    assert "points outside" in report.warnings[0] and not any("turned" in w for w in report.warnings)
+
 def test_a_png_whose_exif_comes_after_its_pixels_is_taken_as_stored_everywhere(tmp_path):
     """Such an eXIf chunk turned the decoded photo (build, predict) but not its size as checked or copied."""
     import struct

@@ -261,8 +261,21 @@ def check_file(annotation: Annotation, label_map: LabelMap, options: CheckOption
             _check_image(annotation, options.decode_images, report)
     if not _size_problem(report):
         report.warnings.extend(shape_warnings(annotation))
+        report.warnings.extend(_turned_photo_hint(annotation, report))
         _measure(annotation, label_map, report, options.mask_dir)
     return report
+
+
+def _turned_photo_hint(annotation: Annotation, report: FileReport) -> list[str]:
+    """Shapes running outside a photo a viewer shows turned (EXIF): drawn on the photo as stored, perhaps, whose
+    mask would not fit the photo as shown (the points-outside warnings alone did not say why)."""
+    if report.image is None or not any(OUTSIDE in warning for warning in report.warnings):
+        return []
+    source = annotation.image_bytes if annotation.image_bytes is not None else Path(annotation.image_path)
+    if not is_rotated(source):
+        return []
+    return ["the photo is stored turned (EXIF orientation) and shapes run outside it as a viewer shows it: were "
+            "they drawn on the photo as stored? Their mask would not fit the photo as shown"]
 
 
 def _image_label(annotation: Annotation) -> str | None:
@@ -374,6 +387,9 @@ def _usable_ring(points, limit: float) -> np.ndarray | None:
     return ring
 
 
+OUTSIDE = "points outside the"
+
+
 def _outside(ring: np.ndarray, width: int, height: int, name: str) -> list[str]:
     low, high = ring.min(axis=0), ring.max(axis=0)
     if high[0] <= 0 or high[1] <= 0 or low[0] >= width or low[1] >= height:
@@ -381,7 +397,7 @@ def _outside(ring: np.ndarray, width: int, height: int, name: str) -> list[str]:
     out = (ring[:, 0] < 0) | (ring[:, 1] < 0) | (ring[:, 0] > width) | (ring[:, 1] > height)
     if not out.any():
         return []
-    return [f"{name}: {int(out.sum())} of {len(ring)} points outside the {width}x{height} image (clipped)"]
+    return [f"{name}: {int(out.sum())} of {len(ring)} {OUTSIDE} {width}x{height} image (clipped)"]
 
 
 def self_intersection(ring: np.ndarray) -> tuple[int, int, tuple[float, float]] | None:
