@@ -43,7 +43,6 @@ import glob
 import itertools
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -128,7 +127,7 @@ def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None
     """Refuse, before any work, an output file that is one of the inputs (x.png's mask is OUT/x.png) and two
     different inputs that would write the same output file, names that differ only in case included where the
     output's disk does not tell them apart (B.JPG and b.jpg write one file on macOS and Windows)."""
-    from streetseg_jax.labels.images import file_ids
+    from streetseg_jax.labels.images import case_insensitive, file_ids
 
     sources = file_ids(item.source for item in items)
     writer: dict[str, tuple[str, Path]] = {}
@@ -141,27 +140,12 @@ def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None
             if source != item.source:
                 clash = f"{name if first == name else f'{first} and {name}'}: {source} and {item.source}"
                 (clashes if first == name else case_only).append(clash)
-    if case_only and _case_insensitive(out_dir):
+    if case_only and case_insensitive(out_dir):
         clashes += [f"{clash} (one file here, where case does not count)" for clash in case_only]
     if clashes:
         fail(f"{len(clashes)} output file(s) would be written by two inputs:" + listing(clashes, 10) +
              "\nrename the inputs, give the folder above them (its sub-folders are kept in the outputs' names: "
              "cam1/0001.png), or predict them into separate outputs")
-
-
-def _case_insensitive(folder: Path) -> bool:
-    """Whether names that differ only in case are one file in `folder` (macOS and Windows disks): a probe file in
-    its nearest existing folder tells; where none can be made, they are taken to be one."""
-    existing = next(parent for parent in (folder, *folder.absolute().parents) if parent.is_dir())
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".case-probe-", dir=existing)
-    except OSError:
-        return True
-    os.close(fd)
-    try:
-        return Path(probe).with_name(Path(probe).name.swapcase()).exists()
-    finally:
-        os.unlink(probe)
 
 
 def read_images(items: list[Item], failures: list) -> Iterator[tuple[Item, np.ndarray, np.ndarray | None]]:

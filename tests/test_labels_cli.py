@@ -241,6 +241,24 @@ def test_to_masks_warns_of_an_annotation_whose_image_shows_another_size(tmp_path
     assert "wrote 1 masks" in out.out
 
 
+def test_to_masks_refuses_masks_that_differ_only_in_case_on_a_disk_where_case_does_not_count(tmp_path, capsys,
+                                                                                               monkeypatch):
+    """Frame.jpg's and frame.jpg's masks became one file on macOS and Windows."""
+    from streetseg_jax.labels import __main__ as labels_main
+
+    export = sample_exports.write_export("labelme", tmp_path / "export")
+    for name in ("Frame", "frame"):
+        shutil.copy(export / "street_1.png", export / f"{name}.png")
+        document = json.loads((export / "street_1.json").read_text())
+        (export / f"{name}.json").write_text(json.dumps({**document, "imagePath": f"{name}.png"}))
+    argv = ["to-masks", "--format", "labelme", "--input", str(export), "--output", str(tmp_path / "masks")]
+    main(argv)                                      # this disk tells them apart: written
+    assert (tmp_path / "masks" / "Frame.png").exists() and (tmp_path / "masks" / "frame.png").exists()
+    monkeypatch.setattr(labels_main, "case_insensitive", lambda folder: True)      # as a macOS disk answers
+    with pytest.raises(SystemExit):
+        main([*argv[:-1], str(tmp_path / "masks2")])
+    assert "Frame.png and frame.png" in capsys.readouterr().err and not (tmp_path / "masks2").exists()
+
 @pytest.mark.parametrize("fmt", ["voc", "mit_xml", "labelme", "cvat", "cityscapes"])
 def test_every_broken_file_of_an_export_is_named_at_once(fmt, tmp_path, capsys):
     """Only the first broken file was named: mended, the next stopped the check, one run at a time."""

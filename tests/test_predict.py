@@ -20,6 +20,7 @@ from PIL import Image
 from conftest import ROOT, tiny_config
 
 from streetseg_jax import predict
+from streetseg_jax.labels import images as label_images
 from streetseg_jax.labels.label_map import default_label_map
 
 
@@ -444,11 +445,11 @@ def test_globs_and_duplicate_output_names(workdir, tmp_path, capsys, monkeypatch
     save(tmp_path / "cases" / "b.jpg", random_image(32, 32))         # two on this disk: written
     assert run_predict("--workdir", workdir, "--input", tmp_path / "cases", "--output", tmp_path / "o2") == 0
     assert (tmp_path / "o2" / "B.png").exists() and (tmp_path / "o2" / "b.png").exists()
-    monkeypatch.setattr(predict, "_case_insensitive", lambda folder: True)      # as a macOS disk answers
+    monkeypatch.setattr(label_images, "case_insensitive", lambda folder: True)      # as a macOS disk answers
     assert run_predict("--workdir", workdir, "--input", tmp_path / "cases", "--output", tmp_path / "o3") == 2
     assert "B.png and b.png: " in capsys.readouterr().err and not (tmp_path / "o3").exists()
     monkeypatch.undo()
-    assert not predict._case_insensitive(tmp_path / "new" / "folder") and not list(tmp_path.glob(".case-probe-*"))
+    assert not label_images.case_insensitive(tmp_path / "new" / "folder") and not list(tmp_path.glob(".case-probe-*"))
 
 
 def test_the_command_resizes_photos_far_from_the_training_size_and_says_so(workdir, tmp_path, capsys):

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
-from streetseg_jax.labels.convert import annotation_to_mask, rasterize_with_unlabelled
+from streetseg_jax.labels.convert import annotation_to_mask, rasterize_with_unlabelled, read_mask_png
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
 from streetseg_jax.labels.shapes import Annotation, Shape, image_key
-from streetseg_jax.labels.validate import (CheckOptions, check_file, duplicate_keys, locate_images,
+from streetseg_jax.labels.validate import (CheckOptions, check_file, duplicate_keys, kept_mask_path, locate_images,
                                            self_intersection, self_intersections, validate, write_json)
 
 ROAD, SKY, BUILDING = 3, 6, 5
@@ -260,7 +260,7 @@ def test_image_keys():
 
 def test_reader_keys_win_and_masks_are_kept_in_their_folders(tmp_path):
     """A reader that knows stems repeat (CVAT subsets, mask subfolders) sets Annotation.key; the key names the
-    kept mask, in subfolders, and two images of one stem in different subsets no longer clash."""
+    kept mask, and two images of one stem in different subsets no longer clash."""
     train = annotation(Shape("road", rect(0, 0, 40, 30)), file_name="img0.jpg", key="Train/img0")
     test = annotation(Shape("sky", rect(0, 0, 40, 30)), file_name="img0.jpg", key="Test/img0")
     assert [image_key(a) for a in (train, test)] == ["Train/img0", "Test/img0"]
@@ -269,8 +269,9 @@ def test_reader_keys_win_and_masks_are_kept_in_their_folders(tmp_path):
     options = CheckOptions(check_images=False, mask_dir=str(tmp_path / "masks"))
     report = validate([train, test], default_label_map(), options=options)
     assert [f.key for f in report.files] == ["Train/img0", "Test/img0"] and report.errors == []
-    assert sorted(p.relative_to(tmp_path / "masks").as_posix() for p in (tmp_path / "masks").rglob("*.png")) == \
-        ["Test/img0.png", "Train/img0.png"]
+    kept = {key: read_mask_png(kept_mask_path(tmp_path / "masks", key)) for key in ("Train/img0", "Test/img0")}
+    assert (kept["Train/img0"] == 3).all() and (kept["Test/img0"] == 6).all()      # road, sky
+    assert len(list((tmp_path / "masks").iterdir())) == 2
 
 
 def test_absurd_coordinates_are_left_to_the_rasterizer(tmp_path):
@@ -443,3 +444,25 @@ def test_listings_show_the_first_lines_and_count_the_rest():
 
     assert listing(["a", "b", "c"], 2) == "\n  a\n  b\n  ... and 1 more"
     assert listing(["a", "b"], 2) == "\n  a\n  b" and listing([]) == ""
+
+
+def test_kept_masks_of_keys_that_differ_in_case_or_are_long_are_files_of_their_own(tmp_path):
+    """On a case-insensitive disk (macOS, Windows) the build kept Frame's and frame's masks as one file, and one
+    image got the other's mask."""
+    keys = ["Frame", "frame", "CAM/0001", "cam/0001", "日" * 90]
+    names = [kept_mask_path(tmp_path, key).name for key in keys]
+    assert len({name.lower() for name in names}) == len(keys)
+    assert all(kept_mask_path(tmp_path, key).parent == tmp_path and len(name) < 64 for key, name in zip(keys, names))
+
+
+def test_an_image_whose_file_name_is_not_utf8_is_an_error_not_a_crash_of_the_build(tmp_path):
+    """TFDS stores the file name as text: a build raised UnicodeEncodeError mid-way."""
+    import os
+
+    folder = os.fsencode(tmp_path)
+    Image.new("RGB", (40, 30)).save(os.fsdecode(folder + b"/caf\xe9.png"))
+    photo = Path(os.fsdecode(folder + b"/caf\xe9.png"))
+    report = check_file(annotation(Shape("road", rect(0, 0, 9, 9)), image_path=photo), default_label_map(),
+                        CheckOptions())
+    assert report.errors == ["the file name 'caf\ufffd.png' is not UTF-8 text, which a dataset stores; rename the "
+                             "file"]

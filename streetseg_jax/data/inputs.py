@@ -39,7 +39,7 @@ from streetseg_jax.labels.convert import UnknownLabelsError, annotation_to_mask,
 from streetseg_jax.labels.images import files_under, open_photo, open_rgb
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, base_name, export_split, listing
-from streetseg_jax.labels.validate import EMBEDDED, CheckOptions, Report, error_listing, validate
+from streetseg_jax.labels.validate import EMBEDDED, CheckOptions, Report, error_listing, kept_mask_path, validate
 
 SPLIT_NAMES = ("train", "validation", "test")
 _POOL_MIN_ITEMS = 32        # below this, starting worker processes costs more than it saves
@@ -60,7 +60,7 @@ class ExportPlan:
     splits: dict[str, list[int]]        # split name -> indices into annotations, by key order
     notes: list[str] = dataclasses.field(default_factory=list)   # e.g. a split left out
     fingerprint: dict | None = None     # of the inputs, when the caller made one already
-    mask_dir: Path | None = None        # the masks the validation drew, `<key>.png`
+    mask_dir: Path | None = None        # the masks the validation drew (validate.kept_mask_path)
 
     def split_items(self, split: str) -> list[tuple[Annotation, str]]:
         return [(self.annotations[i], self.report.files[i].key) for i in self.splits[split]]
@@ -402,7 +402,7 @@ def encode_example(job: tuple[Annotation, str, LabelMap, str, str | None]) -> tu
     the mask, as predict marks them (else a model learns that black is the class drawn there)."""
     annotation, key, label_map, unknown, mask_dir = job
     if mask_dir is not None:
-        mask = read_mask_png(Path(mask_dir) / f"{key}.png")
+        mask = read_mask_png(kept_mask_path(mask_dir, key))
     else:
         mask = annotation_to_mask(annotation, label_map, unknown=unknown).mask
     image, transparent = image_pixels(annotation)

@@ -32,7 +32,7 @@ from streetseg_jax.labels import formats
 from streetseg_jax.labels.formats import labelme
 from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, annotation_to_mask,
                                           find_unknown_labels, write_mask_png)
-from streetseg_jax.labels.images import file_ids, image_size
+from streetseg_jax.labels.images import case_insensitive, file_ids, image_size
 from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map, starter_label_map
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key, listing
 from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, locate_images, shape_warnings, size_mismatch,
@@ -114,6 +114,10 @@ def to_masks(args: argparse.Namespace) -> None:
     clashes = duplicate_keys(annotations)
     if clashes:
         fail("two or more annotations would write the same mask file:" + listing(sorted(set(clashes.values()))))
+    folded = _case_clashes([image_key(a) for a in annotations])
+    if folded and case_insensitive(args.output):
+        fail("these masks would be one file on this disk, where case does not count (macOS, Windows): "
+             + listing(folded) + "\nrename the images, or write the masks to a disk that tells them apart")
     located = [dataclasses.replace(a) for a in annotations]     # keys are the annotations' as read: copies
     locate_images(located, args.input if args.input.is_dir() else args.input.parent)
     overwritten = images_overwritten(annotations, located, args.output)
@@ -135,6 +139,13 @@ def to_masks(args: argparse.Namespace) -> None:
         print(f"warning: {problem}", file=sys.stderr)
     shapes = sum(len(a.shapes) for a in annotations)
     print(f"wrote {len(annotations)} masks to {args.output} ({shapes} shapes, {len(problems)} problems)")
+
+
+def _case_clashes(keys: list[str]) -> list[str]:
+    """Keys whose masks differ only in case (Frame and frame), as 'Frame.png and frame.png'."""
+    first: dict[str, str] = {}
+    return [f"{first[key.casefold()]}.png and {key}.png" for key in keys
+            if first.setdefault(key.casefold(), key) != key]
 
 
 def images_overwritten(annotations: list[Annotation], located: list[Annotation], output: Path) -> list[str]:

@@ -7,6 +7,7 @@ import errno
 import fnmatch
 import io
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -67,6 +68,21 @@ def iter_files(folder: Path, pattern: str = "*", follow_links: bool = False) -> 
             yield from (path for path in (Path(root) / name for name in names
                                           if not name.startswith(".") and fnmatch.fnmatchcase(name, pattern))
                         if path.is_file())
+
+
+def case_insensitive(folder: Path) -> bool:
+    """Whether names that differ only in case are one file in `folder` (macOS and Windows disks): a probe file in
+    its nearest existing folder tells; where none can be made, they are taken to be one."""
+    existing = next(parent for parent in (folder, *folder.absolute().parents) if parent.is_dir())
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".case-probe-", dir=existing)
+    except OSError:
+        return True
+    os.close(fd)
+    try:
+        return Path(probe).with_name(Path(probe).name.swapcase()).exists()
+    finally:
+        os.unlink(probe)
 
 
 def is_file(path: Path) -> bool:

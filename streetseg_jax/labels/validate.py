@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import json
 import os
 import unicodedata
@@ -243,7 +244,7 @@ class CheckOptions:
     unknown: str = "error"                # "error": unknown class names are errors; "ignore": warnings
     check_images: bool = True             # look at the image (size, readable)
     decode_images: bool = False           # decode it fully (catches truncated files; slower)
-    mask_dir: str | None = None           # keep each mask there as `<key>.png` (a build then need not draw again)
+    mask_dir: str | None = None           # keep each mask there (kept_mask_path: a build then need not draw again)
 
 
 def check_file(annotation: Annotation, label_map: LabelMap, options: CheckOptions,
@@ -253,6 +254,8 @@ def check_file(annotation: Annotation, label_map: LabelMap, options: CheckOption
     report = FileReport(str(annotation.source), key, _image_label(annotation),
                         int(annotation.width), int(annotation.height), errors=list(known_problems))
     _check_labels(annotation, label_map, options.unknown, report)
+    image_name = None if annotation.image_path is None else Path(annotation.image_path).name
+    report.errors.extend(_not_text(image_name, annotation.file_name, key))
     if options.check_images and report.image is not None:
         if annotation.image_bytes is None and not is_file(Path(annotation.image_path)):
             missing = _missing_image(annotation)              # said once, also when locate_images has said it
@@ -276,6 +279,18 @@ def _turned_photo_hint(annotation: Annotation, report: FileReport) -> list[str]:
         return []
     return ["the photo is stored turned (EXIF orientation) and shapes run outside it as a viewer shows it: were "
             "they drawn on the photo as stored? Their mask would not fit the photo as shown"]
+
+
+def _not_text(*names: str | None) -> list[str]:
+    """A file name that is no UTF-8 text (bytes a file system took, read back as surrogates), which a dataset cannot
+    store (TFDS raised a UnicodeEncodeError mid-build)."""
+    for name in names:
+        try:
+            (name or "").encode("utf-8")
+        except UnicodeEncodeError:
+            shown = (name or "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            return [f"the file name {shown!r} is not UTF-8 text, which a dataset stores; rename the file"]
+    return []
 
 
 def _image_label(annotation: Annotation) -> str | None:
@@ -508,11 +523,17 @@ def _measure(annotation: Annotation, label_map: LabelMap, report: FileReport, ma
     report.unlabelled_pixels = unlabelled
 
 
+def kept_mask_path(mask_dir: Path, key: str) -> Path:
+    """Where the mask of the image `key` is kept under mask_dir: a file named by the key's hash, so that keys that
+    differ only in case (Frame, frame), which a case-insensitive disk (macOS, Windows) took for one file, or that
+    are long, nested or odd, each get a file of their own."""
+    return Path(mask_dir) / f"{hashlib.sha256(key.encode('utf-8', 'surrogateescape')).hexdigest()[:32]}.png"
+
+
 def _keep_mask(mask: np.ndarray, mask_dir: Path, report: FileReport) -> bool:
-    """Write the mask as `<key>.png` under mask_dir; False (and an error) when the key is no usable file name."""
-    path = mask_dir / f"{report.key}.png"
+    """Write the mask at kept_mask_path; False (and an error) where the disk refuses it."""
+    path = kept_mask_path(mask_dir, report.key)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes(path, mask_png(mask))
     except (OSError, ValueError) as e:
         report.errors.append(f"cannot keep the mask as {path} ({getattr(e, 'strerror', None) or e})")
