@@ -23,15 +23,36 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
-from tqdm import tqdm
-
-from streetseg_jax import atomic, sharding
 from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_workdir,
                                checkpoint_arg, fail, normalise_argv, quiet_libraries, run_command)
-from streetseg_jax.evaluator import Evaluator, apply_tta_flags, example_name, network_scales
-from streetseg_jax.metrics import metrics_from_confusion
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m streetseg_jax.evaluate",
+                                     description="Score a trained run on a split at the labels' native resolution.")
+    parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
+    parser.add_argument("--split", help="split to evaluate (default: the config's eval_split); TFDS slices work")
+    parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
+    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
+                        help="best (default; latest if none), latest or a step (its files end in _step<N>)")
+    add_flip_tta_flags(parser, "average each image's logits with its mirror image's (written as "
+                       "<split>_flip_tta.json; _multiscale is added with extra scales)")
+    add_extra_scales_flag(parser)
+    parser.add_argument("--output", help="folder for the results (default: WORKDIR/eval; for a run you cannot write "
+                                         "to)")
+    return parser
+
+
+if __name__ == "__main__":      # --help and a mistyped flag answer before JAX loads (3 s)
+    make_parser().parse_args(normalise_argv(sys.argv[1:]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from streetseg_jax import atomic, sharding  # noqa: E402
+from streetseg_jax.evaluator import Evaluator, apply_tta_flags, example_name, network_scales  # noqa: E402
+from streetseg_jax.metrics import metrics_from_confusion  # noqa: E402
 
 ANNOTATE_UP_TO = 24     # classes; beyond this the confusion-matrix cells are too small to carry numbers
 
@@ -325,22 +346,6 @@ def _heading(result: dict) -> str:
 def _fraction(value: float | None) -> str:
     """A fraction as training, `compare` and metrics.jsonl print it (0.1710, not 17.10%)."""
     return "-" if value is None else f"{value:.4f}"
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m streetseg_jax.evaluate",
-                                     description="Score a trained run on a split at the labels' native resolution.")
-    parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
-    parser.add_argument("--split", help="split to evaluate (default: the config's eval_split); TFDS slices work")
-    parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
-    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
-                        help="best (default; latest if none), latest or a step (its files end in _step<N>)")
-    add_flip_tta_flags(parser, "average each image's logits with its mirror image's (written as "
-                       "<split>_flip_tta.json; _multiscale is added with extra scales)")
-    add_extra_scales_flag(parser)
-    parser.add_argument("--output", help="folder for the results (default: WORKDIR/eval; for a run you cannot write "
-                                         "to)")
-    return parser
 
 
 def split_file_name(split: str) -> str:

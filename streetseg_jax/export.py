@@ -32,19 +32,42 @@ import sys
 import zipfile
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-from jax import export as jax_export
-
-from streetseg_jax import atomic
 from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_output_file,
                                check_workdir, checkpoint_arg, fail, normalise_argv, quiet_libraries, run_command)
-from streetseg_jax.evaluator import apply_tta_flags, network_scales, predict_logits, tta_logits
-from streetseg_jax.inference import TrainedModel, load_model, scaled_logits
 
 OUTPUTS = ("classes", "confidence", "logits")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")       # what jax.export lowers for
 ARCHIVE_MODEL, ARCHIVE_LABELS, ARCHIVE_INFO = "model.jaxexport", "label_map.json", "info.json"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = ArgumentParser(prog="python -m streetseg_jax.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
+    parser.add_argument("--output", required=True, help="archive to write (a zip; see the module docstring)")
+    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
+                        help="best (default; latest if none), latest or a step")
+    parser.add_argument("--height", type=int, help="fixed image height (default: symbolic; for a model that sees "
+                        "images resized, its training images')")
+    parser.add_argument("--width", type=int, help="fixed image width (default: as --height)")
+    parser.add_argument("--batch_size", type=int, help="fixed batch size (default: symbolic)")
+    parser.add_argument("--outputs", default="classes,confidence",
+                        help=f"comma-separated, from {','.join(OUTPUTS)} (default classes,confidence)")
+    add_flip_tta_flags(parser, "average with the mirror image's logits")
+    add_extra_scales_flag(parser)
+    parser.add_argument("--platforms", default="cpu,cuda", help="platforms to lower for (default cpu,cuda)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":      # --help and a mistyped flag answer before JAX loads (3 s)
+    parse_args(normalise_argv(sys.argv[1:]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax import export as jax_export  # noqa: E402
+
+from streetseg_jax import atomic  # noqa: E402
+from streetseg_jax.evaluator import apply_tta_flags, network_scales, predict_logits, tta_logits  # noqa: E402
+from streetseg_jax.inference import TrainedModel, load_model, scaled_logits  # noqa: E402
 
 
 def serving_function(trained: TrainedModel, outputs=("classes", "confidence"), flip_tta: bool = False):
@@ -130,24 +153,6 @@ def _write_archive(path: Path, model_bytes: bytes, label_map_json: str, info_jso
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m streetseg_jax.export", description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
-    parser.add_argument("--output", required=True, help="archive to write (a zip; see the module docstring)")
-    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
-                        help="best (default; latest if none), latest or a step")
-    parser.add_argument("--height", type=int, help="fixed image height (default: symbolic; for a model that sees "
-                        "images resized, its training images')")
-    parser.add_argument("--width", type=int, help="fixed image width (default: as --height)")
-    parser.add_argument("--batch_size", type=int, help="fixed batch size (default: symbolic)")
-    parser.add_argument("--outputs", default="classes,confidence",
-                        help=f"comma-separated, from {','.join(OUTPUTS)} (default classes,confidence)")
-    add_flip_tta_flags(parser, "average with the mirror image's logits")
-    add_extra_scales_flag(parser)
-    parser.add_argument("--platforms", default="cpu,cuda", help="platforms to lower for (default cpu,cuda)")
-    return parser.parse_args(argv)
-
-
 def _check_args(args) -> tuple[str, ...]:
     outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
     if not outputs or set(outputs) - set(OUTPUTS):

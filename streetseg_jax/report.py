@@ -22,17 +22,40 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from streetseg_jax import atomic
 from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_output_file,
                                checkpoint_arg, fail, normalise_argv, run_command)
-from streetseg_jax.evaluate import (Evaluation, LoadedRun, confusion_png, evaluate_split, load_checked_split,
-                                    load_run, other_data, rank_images, scored_data, score_command, split_file_name)
-from streetseg_jax.evaluator import example_name, network_scales
-from streetseg_jax.metrics import class_recall
-from streetseg_jax.page import escape, html_page, png_uri, section
-from streetseg_jax.visualize import curves_figure, figure_png, new_figure, read_metrics
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m streetseg_jax.report",
+                                     description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
+    parser.add_argument("--split", help="split to evaluate (default: the config's eval_split)")
+    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
+                        help="best (default; latest if none), latest or a step")
+    parser.add_argument("--k", type=int, default=4, help="how many best and worst images to show (default 4)")
+    parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
+    add_flip_tta_flags(parser, "average each image's logits with its mirror image's")
+    add_extra_scales_flag(parser)
+    parser.add_argument("--output", help="the page's file (default: WORKDIR/report.html, named with what differs "
+                                         "from the run's own where a flag chooses another split, checkpoint, TTA or "
+                                         "data: report_val_step1300.html)")
+    return parser
+
+
+if __name__ == "__main__":      # --help and a mistyped flag answer before JAX loads (3 s)
+    make_parser().parse_args(normalise_argv(sys.argv[1:]))
+
+import numpy as np  # noqa: E402
+
+from streetseg_jax import atomic  # noqa: E402
+from streetseg_jax.evaluate import (Evaluation, LoadedRun, confusion_png, evaluate_split,  # noqa: E402
+                                    load_checked_split, load_run, other_data, rank_images, scored_data, score_command,
+                                    split_file_name)
+from streetseg_jax.evaluator import example_name, network_scales  # noqa: E402
+from streetseg_jax.metrics import class_recall  # noqa: E402
+from streetseg_jax.page import escape, html_page, png_uri, section  # noqa: E402
+from streetseg_jax.visualize import curves_figure, figure_png, new_figure, read_metrics  # noqa: E402
 
 MAX_PANEL_WIDTH = 480   # pixels of an embedded example panel: enough to see errors, small enough to keep files light
 SHOWN_PANEL_WIDTH = 280  # about how wide a panel shows on the page (a quarter of it): narrower images are enlarged
@@ -409,23 +432,6 @@ def _frequency_series(train_split: str, train_counts: np.ndarray, evaluation: Ev
     if evaluation.split != train_split:
         series.append((evaluation.split, evaluation.confusion.sum(axis=1)))
     return series
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m streetseg_jax.report",
-                                     description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
-    parser.add_argument("--split", help="split to evaluate (default: the config's eval_split)")
-    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
-                        help="best (default; latest if none), latest or a step")
-    parser.add_argument("--k", type=int, default=4, help="how many best and worst images to show (default 4)")
-    parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
-    add_flip_tta_flags(parser, "average each image's logits with its mirror image's")
-    add_extra_scales_flag(parser)
-    parser.add_argument("--output", help="the page's file (default: WORKDIR/report.html, named with what differs "
-                                         "from the run's own where a flag chooses another split, checkpoint, TTA or "
-                                         "data: report_val_step1300.html)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:

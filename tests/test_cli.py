@@ -122,3 +122,13 @@ def test_commands_we_print_for_pasting_quote_their_paths():
     assert build_command("synthetic", "/data/my sets") == \
         "python -m streetseg_jax.data build --config synthetic --data_dir '/data/my sets'"
     assert _outcome([], Path("/runs/wd é")) == "look at it: python -m streetseg_jax.report --workdir '/runs/wd é'"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report", "export", "predict", "compare", "labels", "data"])
+def test_help_and_usage_errors_answer_before_jax_loads(command):
+    """evaluate, report and export took 3 s (5-6 s on a busy machine) to print --help or name a mistyped flag."""
+    probe = ("import runpy, sys\nsys.argv = ['x', '--help']\ntry:\n"
+             f"    runpy.run_module('streetseg_jax.{command}', run_name='__main__')\n"
+             "except SystemExit:\n    pass\nprint('jax' in sys.modules, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "usage:" in done.stdout and done.stderr.strip().splitlines()[-1] == "False", done.stderr
