@@ -180,8 +180,9 @@ def data_warning(runs: list[Run]) -> str | None:
 
 def seed_groups(runs: list[Run]) -> list[tuple[list[Run], list[Run]]]:
     """Runs of one recipe with different seeds: equal configs but for the seed, data_dir and provenance (the dataset's
-    fingerprint excepted), in groups of two or more seeds. Each group is its first run of each seed, and the reruns
-    of a seed it already has, which are left out of its figures (one seed counted twice would narrow the spread)."""
+    fingerprint excepted), in groups of two or more seeds. Each group is one run of each seed (the first finished
+    one, else the first), and the reruns of a seed it already has, which are left out of its figures (one seed
+    counted twice would narrow the spread)."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         recipe = {k: v for k, v in run.config.items() if not k.startswith(NOT_THE_RECIPE)
@@ -191,7 +192,7 @@ def seed_groups(runs: list[Run]) -> list[tuple[list[Run], list[Run]]]:
     for group in groups.values():
         by_seed: dict[str, Run] = {}
         reruns = []
-        for run in group:
+        for run in sorted(group, key=lambda run: not run.finished):     # a seed's finished run counts first
             seed = _value(run.config.get("seed"))
             if seed in by_seed:
                 reruns.append(run)

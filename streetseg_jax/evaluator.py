@@ -100,9 +100,10 @@ def overlay_name(name: str, index: int, used: set) -> PurePosixPath:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or path.name in ("", ".."):
         path = PurePosixPath(path.name if path.name not in ("", "..") else f"example_{index}")
-    path = path.with_suffix(".png")
-    if path in used:
-        path = path.with_name(f"{path.stem}_{index}.png")
+    path, stem = path.with_suffix(".png"), path.stem
+    while path in used:
+        path = path.with_name(f"{stem}_{index}.png")
+        stem = path.stem
     used.add(path)
     return path
 

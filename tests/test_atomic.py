@@ -63,7 +63,11 @@ def test_a_file_that_cannot_be_written_is_named_in_the_error(tmp_path):
 
 def test_a_name_of_the_longest_length_the_disk_takes_is_written(tmp_path):
     """Names of 242-255 bytes failed with "File name too long": the temporary file's name is 14 bytes longer."""
-    for name in ("日" * 83 + "a.png", "a" * 251 + ".png"):     # 254 and 255 bytes of UTF-8
+    import os
+
+    # 254 and 255 bytes of UTF-8, and a name that is no UTF-8 at all (a surrogate in Python: its encode() failed)
+    names = ("日" * 83 + "a.png", "a" * 251 + ".png", os.fsdecode(b"caf\xe9" * 60 + b".png"))
+    for name in names:
         atomic.write_bytes(tmp_path / name, b"whole")
         assert (tmp_path / name).read_bytes() == b"whole"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(("日" * 83 + "a.png", "a" * 251 + ".png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)

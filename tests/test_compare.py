@@ -177,6 +177,10 @@ def test_a_rerun_of_a_seed_is_named_and_left_out_of_the_seed_summary(tmp_path, c
     assert "(left out, a seed again: s0again)" in line
     assert line.split("s0again)")[1].split()[:4] == ["2", "0.6500", "±", "0.0707"]
     assert 'id="seeds"' in page and "a seed again: s0again" in page
+    unfinished = make_run(tmp_path / "s0first", {1: {"road": 0.1}}, rates=[1.0], seed=0, num_train_steps=2)
+    out, _ = run_compare(capsys, unfinished, a, b, "--output", tmp_path / "cmp.html")     # a seed's finished run
+    line = next(line for line in out.splitlines() if line.startswith("s0, s1"))          # counts, not the first
+    assert "(left out, a seed again: s0first)" in line and line.split("s0first)")[1].split()[:2] == ["2", "0.6500"]
 
 def test_runs_scored_on_other_data_are_flagged(tmp_path, capsys):
     a = make_run(tmp_path / "a", {1: {"road": 0.5}}, rates=[1.0])

@@ -606,8 +606,9 @@ def test_check_never_writes_its_json_over_the_export_or_the_label_map(tmp_path, 
             main(["check", "--format", "labelme", "--input", str(export), "--label_map", str(label_map),
                   "--json", str(target)])
         assert "it would be overwritten" in capsys.readouterr().err and target.read_text() == before
-    main(["check", "--format", "labelme", "--input", str(export), "--json", str(export / "report.json")])
-    assert json.loads((export / "report.json").read_text())["format"] == "labelme"      # a new file there: written
+    for _ in range(2):      # a new file there (the second time, its own report of before): written
+        main(["check", "--format", "labelme", "--input", str(export), "--json", str(export / "report.json")])
+        assert json.loads((export / "report.json").read_text())["format"] == "labelme"
 
 def test_roboflows_classes_csv_is_the_label_map_where_none_is_given(tmp_path, capsys):
     """Roboflow's semantic-segmentation export names its masks' pixel values in _classes.csv, one in each split

@@ -876,3 +876,13 @@ def test_a_checkpoint_a_running_save_removes_while_it_is_read_is_not_called_dama
         Exception("NOT_FOUND: .zarray")))
     with pytest.raises(ValueError, match="the checkpoint of step 1 .* cannot be read: damaged or incomplete"):
         load_model(run, "best")     # still there: damaged indeed
+
+
+def test_overlay_names_never_repeat_or_leave_the_folder():
+    from streetseg_jax.evaluator import overlay_name
+
+    used = set()
+    names = [overlay_name(name, i, used).as_posix() for i, name in enumerate(
+        ["a_2.jpg", "a.jpg", "a.png", "/etc/a.jpg", "../../x.jpg", "..", "", "sub/b.jpg"])]
+    assert len(set(names)) == len(names) and not any(n.startswith(("/", "..")) for n in names), names
+    assert names[:2] == ["a_2.png", "a.png"] and names[-1] == "sub/b.png"

@@ -95,8 +95,10 @@ def read_export(fmt: str, path: Path, label_map: LabelMap, seed_map: bool = Fals
 
 def read_with_label_map(args: argparse.Namespace) -> tuple[LabelMap, str, list[Annotation]]:
     """The label map (--label_map, else the export's own: cli.export_label_map, else the seed's classes), and the
-    export read with it: (label map, format, annotations)."""
+    export read with it: (label map, format, annotations); `args.label_map_read` is the label map's file (None: the
+    seed's)."""
     path = args.label_map if args.label_map is not None else export_label_map(args.input)
+    args.label_map_read = path
     try:
         label_map = default_label_map() if path is None else LabelMap.load(path)
     except LabelMapError as e:
@@ -191,29 +193,25 @@ def write_masks(annotations: list[Annotation], label_map: LabelMap, output: Path
 
 
 # --- check -------------------------------------------------------------------------------------------------------
-def _an_input(path: Path, args: argparse.Namespace) -> bool:
-    """Whether `path` is the export (a file, or one in its folder) or the label map given."""
-    path, export = path.resolve(), args.input.resolve()
-    in_export = path.is_relative_to(export) if export.is_dir() else path == export
-    return in_export or (args.label_map is not None and path == args.label_map.resolve())
-
-
 def check(args: argparse.Namespace) -> None:
-    if args.json is not None and args.json.exists() and _an_input(args.json, args):
-        fail(f"--json {args.json} is the export or its label map (it would be overwritten); give another file")
     label_map, fmt, annotations = read_with_label_map(args)
+    read = {Path(a.source).resolve() for a in annotations} | {args.input.resolve()} | (
+        set() if args.label_map_read is None else {Path(args.label_map_read).resolve()})
+    if args.json is not None and args.json.resolve() in read:
+        fail(f"--json {args.json} is a file of the export or its label map (it would be overwritten); give another "
+             "file")
     root = args.input if args.input.is_dir() else args.input.parent
     options = CheckOptions(unknown=args.unknown, check_images=True, decode_images=True)
     progress = lambda fn, jobs: tqdm(map(fn, jobs), total=len(jobs), desc="checking", unit="file",  # noqa: E731
                                      disable=None, leave=False)
     report = validate(annotations, label_map, fmt=fmt, source=args.input, root=root, options=options,
                       map_fn=progress)
-    print(report.text())
-    if args.json:
+    if args.json:       # first: a reader of the printout that stops (| head) ends the command
         try:
             write_json(report, args.json)
         except OSError as e:
             fail(f"cannot write {args.json}: {e.strerror or e}")
+    print(report.text())
     errors, warnings = len(report.errors), len(report.warnings)
     if errors or (args.strict and warnings):
         because = f"{errors} error(s)" if errors else f"{warnings} warning(s) (--strict)"
