@@ -86,18 +86,23 @@ def machine_lock(kind: str, path: Path) -> int | None:
     a record lock belongs to this process alone and ends with it, where flock's would live on in the forked workers
     of a killed process). The file lives in the temp folder, not at `path` (a command that fails leaves nothing
     there), and anyone may open it (a shared folder is written by several users). None where there is no such lock
-    (not POSIX, or another user's file from before that)."""
+    (not POSIX, or a file this user may not open)."""
     if importlib.util.find_spec("fcntl") is None:
         return None
-    lock = Path(tempfile.gettempdir()) / f"streetseg-{kind}-{lock_key(path)}.lock"
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
-        return None
-    with contextlib.suppress(OSError):
-        os.chmod(lock, 0o666)                       # whatever the umask: the next user opens it too
-    return fd
+    lock = Path(tempfile.gettempdir()) / f"streetseg-{kind}-{_lock_key(path)}.lock"
+    for flags in (os.O_RDWR, os.O_RDWR | os.O_CREAT | os.O_EXCL, os.O_RDWR):
+        try:        # another user's file is opened without O_CREAT, which a sticky /tmp refuses (protected_regular)
+            fd = os.open(lock, flags, 0o666)
+        except (FileNotFoundError, FileExistsError):    # not there yet; made by another meanwhile
+            continue
+        except OSError:
+            return None
+        if flags & os.O_CREAT:
+            with contextlib.suppress(OSError):
+                os.chmod(lock, 0o666)               # whatever the umask: the next user opens it too
+        return fd
+    return None
 
 
-def lock_key(path: Path) -> str:
+def _lock_key(path: Path) -> str:
     return hashlib.sha256(os.fsencode(Path(path).resolve())).hexdigest()[:16]

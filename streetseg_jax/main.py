@@ -185,6 +185,7 @@ def _message(e: Exception) -> str:
 
 
 _PACKAGE = Path(__file__).resolve().parent
+_INSTALLED = {"site-packages", "dist-packages"}     # where pip puts packages (dist-: Debian's and NVIDIA's Pythons)
 
 
 def _ours(frame: traceback.FrameSummary) -> bool:
@@ -197,7 +198,7 @@ def _where(frame: traceback.FrameSummary) -> str:
     if _ours(frame):
         return f"streetseg_jax/{path.relative_to(_PACKAGE).as_posix()}:{frame.lineno}"
     parts = path.parts
-    below = max((i for i, part in enumerate(parts) if part == "site-packages"), default=len(parts) - 3)
+    below = max((i for i, part in enumerate(parts) if part in _INSTALLED), default=len(parts) - 3)
     return f"{'/'.join(parts[below + 1:])}:{frame.lineno}"
 
 
@@ -259,7 +260,7 @@ def _config_file_failure(e: Exception) -> str | None:
 def _library(filename: str) -> bool:
     """A frame of Python's, of an installed package or of ours: not a config file's."""
     path = Path(filename).resolve()
-    return (filename.startswith("<") or "site-packages" in path.parts or path.is_relative_to(_PACKAGE)
+    return (filename.startswith("<") or bool(_INSTALLED & set(path.parts)) or path.is_relative_to(_PACKAGE)
             or path.is_relative_to(sysconfig.get_paths()["stdlib"]))
 
 

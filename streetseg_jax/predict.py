@@ -214,12 +214,12 @@ class RunResult:
 
 
 class Stopped(Exception):
-    """A run stopped by Ctrl-C (`error` None) or by an output no image can be written to (a full disk, a read-only
-    folder); `written` items are complete (the writes under way were finished first)."""
+    """A run stopped by Ctrl-C or SIGTERM (`error` None; `by_sigterm` which) or by an output no image can be written
+    to (a full disk, a read-only folder); `written` items are complete (the writes under way were finished first)."""
 
-    def __init__(self, written: list[Item], failures: list, error: OSError | None = None):
+    def __init__(self, written: list[Item], failures: list, error: OSError | None = None, by_sigterm: bool = False):
         super().__init__(f"{len(written)} written")
-        self.written, self.failures, self.error = written, failures, error
+        self.written, self.failures, self.error, self.by_sigterm = written, failures, error, by_sigterm
 
 
 def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, progress=None) -> RunResult:
@@ -245,7 +245,7 @@ def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, p
             while pending:
                 with contextlib.suppress(OSError):
                     _finish_write(*pending.popleft(), written, failures, None)
-            raise Stopped(written, failures, e if isinstance(e, OSError) else None) from None
+            raise Stopped(written, failures, e if isinstance(e, OSError) else None, str(e) == "SIGTERM") from None
     if progress is not None:
         progress.update(len(items) - progress.n)
     return RunResult(written, time.perf_counter() - start, failures)
@@ -517,11 +517,11 @@ def _predict(args: argparse.Namespace, items: list[Item], out_dir: Path) -> int:
         result = _run(predictor, todo, out_dir, args) if todo else RunResult([], 0.0, [])
     except Stopped as e:
         _list_failures(e.failures)
-        what = "interrupted" if e.error is None else f"error: {e.error}"
+        what = f"error: {e.error}" if e.error else f"stopped by {'SIGTERM' if e.by_sigterm else 'Ctrl-C'}"
         print(f"\n{what}: {len(e.written)} of {len(todo)} image(s) written, each whole; the same command with "
               "--skip_existing predicts the rest" + (" once there is room" if e.error is not None else ""),
               file=sys.stderr)
-        return 130 if e.error is None else 2
+        return 2 if e.error else 143 if e.by_sigterm else 130
     finished = frozenset(done + result.written)
     exported = [item for item in items if item in finished]
     if args.export and exported:

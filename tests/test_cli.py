@@ -132,3 +132,13 @@ def test_help_and_usage_errors_answer_before_jax_loads(command):
              "except SystemExit:\n    pass\nprint('jax' in sys.modules, file=sys.stderr)\n")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "usage:" in done.stdout and done.stderr.strip().splitlines()[-1] == "False", done.stderr
+
+
+def test_a_library_frame_is_told_from_a_config_files_in_debians_dist_packages_too():
+    """With absl in dist-packages (Debian's pip, NVIDIA's containers), `--no_such_flag` was "the config file
+    failed: .../dist-packages/absl/flags/_flagvalues.py"."""
+    from streetseg_jax.main import _library
+
+    assert _library("/usr/lib/python3/dist-packages/absl/flags/_flagvalues.py")
+    assert _library("/venv/lib/python3.11/site-packages/ml_collections/config_flags/config_flags.py")
+    assert not _library("/home/me/project/configs/mine.py")

@@ -485,15 +485,19 @@ def test_ctrl_c_keeps_the_images_written_and_skip_existing_goes_on_from_there(wo
     (inputs / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")      # read first, listed when stopped
     predict_all_of = inference.Predictor.predict
 
-    def interrupted_after_three(self, items):
+    def interrupted_after_three(self, items, why=None):
         for n, pair in enumerate(predict_all_of(self, items)):
             if n == 3:
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt(*([why] if why else []))
             yield pair
+    monkeypatch.setattr(inference.Predictor, "predict", functools.partialmethod(interrupted_after_three,
+                                                                                 why="SIGTERM"))
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", tmp_path / "o", "--batch_size", "1") == 143
+    assert "stopped by SIGTERM: 3 of 7 image(s) written, each whole" in capsys.readouterr().err    # as main says
     monkeypatch.setattr(inference.Predictor, "predict", interrupted_after_three)
     assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--batch_size", "1") == 130
     err = capsys.readouterr().err
-    assert "interrupted: 3 of 7 image(s) written, each whole" in err and "Traceback" not in err
+    assert "stopped by Ctrl-C: 3 of 7 image(s) written, each whole" in err and "Traceback" not in err
     assert "1 input(s) failed and were skipped" in err and "broken.jpg" in err
     first = {path.name: path.stat().st_mtime_ns for path in out.iterdir() if path.name != predict.SETTINGS_FILE}
     assert len(first) == 6 and all(name.endswith((".png", "_overlay.jpg")) for name in first)  # no temporary files
@@ -847,6 +851,7 @@ def test_a_second_predict_into_a_folder_in_use_is_refused(workdir, tmp_path):
                                 text=True, timeout=120)
     finally:
         holder.kill()
+        holder.wait()
     assert second.returncode == 2 and second.stderr.strip() == \
         f"error: another predict is writing into {out}; wait for it to end, or give another --output"
     assert not out.exists()

@@ -487,19 +487,21 @@ def _apply_to_each(fn: Callable, chunk: list) -> list:
 
 
 def _interrupted_between_results(results):
-    """The pool's results, with Ctrl-C raised between them rather than inside the pool's own code: a
-    KeyboardInterrupt raised while the main thread held one of the pool's locks (its condition in IMapIterator.next)
-    left the result thread waiting for it, and Pool.terminate then waited forever (3 Ctrl-Cs in 50 measured)."""
+    """The pool's results, with Ctrl-C (and SIGTERM, which the commands turn into one: cli.stop_on_sigterm) raised
+    between them rather than inside the pool's own code: a KeyboardInterrupt raised while the main thread held one
+    of the pool's locks (its condition in IMapIterator.next) left the result thread waiting for it, and
+    Pool.terminate then waited forever (3 Ctrl-Cs in 50 measured)."""
+    received = []
     try:
-        received = []
-        previous = signal.signal(signal.SIGINT, lambda *args: received.append(True))
+        previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                    for signum in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:          # not the main thread: signals are not ours to handle here
         yield from results
         return
     try:
         while True:
             if received:
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt(*(["SIGTERM"] if received[0] == signal.SIGTERM else []))
             try:
                 chunk = results.next(timeout=0.1)
             except multiprocessing.TimeoutError:
@@ -508,7 +510,8 @@ def _interrupted_between_results(results):
                 return
             yield from chunk
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _ignore_ctrl_c() -> None:

@@ -267,7 +267,7 @@ def _pixels(path: Path) -> tuple[str, np.ndarray, list[int] | None]:
     but in mode P); too large (Pillow's bomb limit) or unreadable files are LabelFormatErrors."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)     # MAX_PIXELS decides
             with Image.open(path) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise Image.DecompressionBombError(f"{image.width}x{image.height}")
