@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from streetseg_jax import checkpoint, losses, sharding
 from streetseg_jax.data import pipeline
@@ -23,6 +24,7 @@ from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
 from streetseg_jax.models.unet import build_model, model_dtype, preprocess
 from streetseg_jax.run import RunSetup, prepare_run, finish_run
 from streetseg_jax.runlog import RunLog
+from streetseg_jax.visualize import eval_rows, read_metrics, run_history
 
 
 @jax.tree_util.register_dataclass
@@ -261,6 +263,9 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
     else:
         log.say(f"already at step {step}, num_train_steps is {config.num_train_steps}: nothing to train")
     try:
+        if _evaluation_missing(config, setup, step):   # saved, then its evaluation cut short (out of memory, killed)
+            log.say(f"step {step}: its evaluation did not finish before the run stopped; evaluating it now")
+            last_eval = _evaluate(config, setup, state, train_iter, evaluator, step)
         while step < config.num_train_steps:
             if stop.should_stop(step):
                 setup.save(step, state, train_iter)
@@ -285,12 +290,7 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
             if "checkpoint" in due:     # first: an evaluation that fails (out of memory) loses no training
                 setup.save(step, state, train_iter)
             if "eval" in due:
-                started = time.time()
-                last_eval = evaluator.run(eval_params(state, config), state.model_state, setup.eval_source)
-                log.evaluated(time.time() - started)
-                log.write(step, last_eval)
-                setup.draw_curves()
-                setup.save_best(step, state, train_iter, last_eval["eval/miou"])
+                last_eval = _evaluate(config, setup, state, train_iter, evaluator, step)
             if due:     # after evaluating and saving, so train/images_per_second times training alone
                 window = TrainMetrics(step)
     except NonFiniteLoss as e:
@@ -304,6 +304,28 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
         setup.stop(step, stop.received)     # the closing pictures wait for the same command (nothing to train)
     finish_run(config, setup, evaluator, eval_params(state, config), state.model_state, step)
     return last_eval
+
+
+def _evaluate(config, setup: RunSetup, state, train_iter, evaluator, step: int) -> dict:
+    """Evaluate the state of `step`, log it, redraw the curves, keep it as the best checkpoint if it is."""
+    started = time.time()
+    scores = evaluator.run(eval_params(state, config), state.model_state, setup.eval_source)
+    setup.log.evaluated(time.time() - started)
+    setup.log.write(step, scores)
+    setup.draw_curves()
+    setup.save_best(step, state, train_iter, scores["eval/miou"])
+    return scores
+
+
+def _evaluation_missing(config, setup: RunSetup, step: int) -> bool:
+    """Whether the run resumes from a checkpoint whose step was due an evaluation that metrics.jsonl lacks: the
+    checkpoint is saved first, so an evaluation that fails (out of memory, a kill) loses no training, and is run
+    again here (else the last step's never was: the run's final score was an older one). Process 0 decides."""
+    missing = step > 0 and "eval" in _due(step, config) and setup.log.primary and not any(
+        row["step"] == step for row in eval_rows(run_history(read_metrics(setup.log.path))))
+    if jax.process_count() > 1:
+        missing = bool(multihost_utils.broadcast_one_to_all(np.int32(missing)))
+    return missing
 
 
 def _due(step: int, config) -> set[str]:

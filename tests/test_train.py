@@ -146,6 +146,49 @@ def test_a_sigterm_while_the_last_step_is_saved_keeps_the_save(tiny_data_dir, tm
     assert not list((workdir / "checkpoints").rglob("*.orbax-checkpoint-tmp*"))
 
 
+
+_KILLED_IN_THE_LAST_EVALUATION = """
+import os, time
+from pathlib import Path
+from absl import app, flags
+from streetseg_jax import evaluator, main
+
+run = evaluator.Evaluator.run
+def dying(self, *args):
+    self.calls = getattr(self, "calls", 0) + 1
+    if self.calls == 2:                 # the last step's evaluation, once its checkpoint is saved
+        saved = Path(flags.FLAGS.workdir) / "checkpoints" / "latest" / os.environ["LAST_STEP"]
+        deadline = time.time() + 120
+        while not saved.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        os._exit(137)                   # as the kernel's out-of-memory killer ends a run
+    return run(self, *args)
+evaluator.Evaluator.run = dying
+flags.mark_flags_as_required(["config", "workdir"])
+app.run(main.main, flags_parser=main._parse_flags)
+"""
+
+
+def test_a_last_evaluation_killed_after_its_checkpoint_is_run_when_the_run_is_resumed(tiny_data_dir, tmp_path):
+    """The checkpoint is saved before the evaluation due with it (an evaluation killed for want of memory lost
+    every step since the last save); so a killed last evaluation was never run: "nothing to train", and the run's
+    final score was an older evaluation's."""
+    from streetseg_jax.visualize import eval_rows, read_metrics, run_history
+
+    workdir, every = tmp_path / "run", "--config.eval_every_steps=4"
+    cmd = [sys.executable, "-c", _KILLED_IN_THE_LAST_EVALUATION, f"--config={TINY_CONFIG}", f"--workdir={workdir}",
+           f"--config.data_dir={tiny_data_dir}", every]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "LAST_STEP": str(STEPS)}
+    killed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 137, killed.stdout + killed.stderr
+    assert [row["step"] for row in eval_rows(run_history(read_metrics(workdir / "metrics.jsonl")))] == [4]
+    code, out = run_main_to_end(workdir, tiny_data_dir, every)
+    assert code == 0 and f"step {STEPS}: its evaluation did not finish before the run stopped; evaluating it " \
+        "now" in out and "nothing to train" in out, out
+    assert [row["step"] for row in eval_rows(run_history(read_metrics(workdir / "metrics.jsonl")))] == [4, STEPS]
+    code, out = run_main_to_end(workdir, tiny_data_dir, every)     # once: evaluated now
+    assert code == 0 and "did not finish" not in out, out
+
 def test_a_stop_right_after_a_periodic_save_saves_nothing_twice(tmp_path):
     # SIGTERM arriving just after step N's periodic save makes the loop save step N again (seen in CI once steps
     # got faster): orbax refuses a step it has, so the second save must be skipped, not fail the run.
