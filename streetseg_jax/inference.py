@@ -44,6 +44,7 @@ MAX_PARTIAL_BATCHES = 4       # window shapes waiting for a full batch at once
 RESIZE_BEYOND = 1.5           # resize="auto" rescales a photo whose shorter side is this many times a training
                               # image's, or 1 / this
 _CALL_BYTES = 512 * 2**20     # window logits of one model call at image resolution, over every TTA variant
+_WINDOW_BYTES = _CALL_BYTES // 2    # one window's: a larger window is made smaller (Predictor.tile_for)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -407,10 +408,11 @@ def _window_logits(graphdef, scales: tuple[float, ...], flip_tta: bool, mesh):
 class Predictor:
     """Tiled, batched, jitted prediction with a trained model.
 
-    window: (height, width) in network pixels (one number: a square); overlap: fraction of the window shared with
-    each neighbour; batch_size: windows per call (fewer where their logits would pass _CALL_BYTES); flip_tta: also
-    predict the mirror image and average the logits (None: as the run evaluated, its config's eval_flip_tta, as the
-    predict command does); resize: "auto" shows the network a photo at the scale of the images it was trained on
+    window: (height, width) in network pixels (one number: a square; smaller where its logits at image resolution
+    would pass _WINDOW_BYTES: tile_for); overlap: fraction of the window shared with each neighbour; batch_size:
+    windows per call (fewer where their logits would pass _CALL_BYTES); flip_tta: also predict the mirror image and
+    average the logits (None: as the run evaluated, its config's eval_flip_tta, as the predict command does);
+    resize: "auto" shows the network a photo at the scale of the images it was trained on
     (its shorter side made theirs, where it is more than RESIZE_BEYOND times theirs or less than 1 / RESIZE_BEYOND:
     a 12-megapixel photo is 8x a CamVid frame, and a model sees objects 8x larger than any it learned as something
     else; the shorter side, as a camera's portrait and landscape photos, crops and panoramas all show things at the
@@ -459,11 +461,12 @@ class Predictor:
         return max(self._devices, min(self.batch_size, _CALL_BYTES // (tile[0] * tile[1] * self._pixel_bytes)))
 
     def tile_for(self, height: int, width: int) -> tuple[int, int]:
-        """The window in image pixels (tile_size), made smaller where one per device would pass _CALL_BYTES: at
+        """The window in image pixels (tile_size), made smaller where its logits would pass _WINDOW_BYTES: at
         eval_scale 0.06 a 512-pixel window is 8534 image pixels, a 48-megapixel photo one window, and its call
-        (with a window of padding for the second device) took the machine's 24 GB."""
+        (with a window of padding for the second device) took the machine's 24 GB. The budget is the same
+        whatever the device count, so the masks are too."""
         tile = tile_size(height, width, self.window, self.scale)
-        most = _CALL_BYTES // (self._devices * self._pixel_bytes)
+        most = _WINDOW_BYTES // self._pixel_bytes
         if tile[0] * tile[1] <= most:
             return tile
         shrink = math.sqrt(most / (tile[0] * tile[1]))

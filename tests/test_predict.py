@@ -230,8 +230,10 @@ def test_windows_per_call_are_limited_by_the_memory_of_their_logits(trained):
     small_scale.config.eval_scale = 0.06
     tiny = Predictor(small_scale, flip_tta=True)
     height, width = tiny.tile_for(6000, 8000)
-    assert height * width * tiny._pixel_bytes * tiny._devices <= 512 * 2**20 < height * width * tiny._pixel_bytes * \
-        tiny._devices * 1.01 and abs(height / width - 6000 / 8000) < 0.01
+    assert height * width * tiny._pixel_bytes <= 256 * 2**20 < height * width * tiny._pixel_bytes * 1.01 and \
+        abs(height / width - 6000 / 8000) < 0.01
+    tiny._devices = 8       # the window, and so the masks, do not depend on the machine's cores
+    assert tiny.tile_for(6000, 8000) == (height, width)
     assert tiny.tile_for(300, 400) == (300, 400) == Predictor(trained).tile_for(300, 400)
 
 
