@@ -12,6 +12,7 @@ every scale (resized back to the labels) are averaged too (multi-scale test-time
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -117,7 +118,11 @@ class Evaluator:
         self.batch_size, self.scales = config.eval_batch_size, network_scales(config)
         self.flip_tta = flip_tta_setting(config, None)
         sharding.check_batch_size(mesh, eval_batch_size=self.batch_size)
-        self._step = jax.jit(self._sums, out_shardings=sharding.replicated(mesh))
+        # A CPU's devices share the host's memory: a batch of large images may have fewer rows than devices, and
+        # run on as many of them as it has rows (in one process). A GPU's memory is its own: one row each.
+        self._shared_memory = jax.process_count() == 1 and mesh.devices.flat[0].platform == "cpu"
+        self._meshes = {mesh.devices.size: mesh}    # devices -> the mesh of the first that many
+        self._jits: dict[tuple[str, int], Callable] = {}
         self._predict = jax.jit(self._argmax)
 
     def _logits(self, params, model_state, images):
@@ -132,15 +137,42 @@ class Evaluator:
             variants = len(self.scales) * (2 if self.flip_tta else 1)
             # Per label pixel: each variant's float32 logits at label resolution, their sum, the softmax's terms.
             pixel_bytes = 4 * self.label_map.num_classes * (variants + 3)
+            devices = self.mesh.devices.size
             self._splits[id(source)] = pipeline.eval_batches(
                 source, global_batch=self.batch_size, process_index=jax.process_index(),
                 process_count=jax.process_count(), ignore_id=self.label_map.ignore_id,
-                max_pixels=EVAL_BATCH_BYTES // pixel_bytes, unit=self.mesh.devices.size)
+                max_pixels=EVAL_BATCH_BYTES * (1 if self._shared_memory else devices) // pixel_bytes,
+                unit=devices, least=1 if self._shared_memory else devices)
         return self._splits[id(source)]
 
     def _batches(self, source):
-        """The split's global batches (this process's share of each on its devices)."""
-        return (sharding.global_batch(batch, self.mesh) for batch in self._eval_batches(source))
+        """The split's global batches (this process's share of each on its devices), each with its mesh: the
+        evaluator's, or for a batch with fewer rows than devices (large images) that of as many devices."""
+        for batch in self._eval_batches(source):
+            mesh = self._mesh_of(len(batch["label"]) * jax.process_count())
+            yield mesh, sharding.global_batch(batch, mesh)
+
+    def _mesh_of(self, rows: int):
+        devices = min(rows, self.mesh.devices.size)
+        if devices not in self._meshes:
+            self._meshes[devices] = sharding.make_mesh(list(self.mesh.devices.flat[:devices]))
+        return self._meshes[devices]
+
+    def _jitted(self, fn: Callable, mesh) -> Callable:
+        """fn(params, model_state, batch, mesh=mesh), jitted with replicated outputs, once per function and mesh
+        (so evaluators that never rank images compile nothing extra)."""
+        key = (fn.__name__, mesh.devices.size)
+        if key not in self._jits:
+            self._jits[key] = jax.jit(functools.partial(fn, mesh=mesh), out_shardings=sharding.replicated(mesh))
+        return self._jits[key]
+
+    def _on(self, mesh, params, model_state, placed: dict):
+        """The weights on `mesh`'s devices (those of a smaller mesh copied there once per pass, into `placed`)."""
+        if mesh is self.mesh:
+            return params, model_state
+        if mesh.devices.size not in placed:
+            placed[mesh.devices.size] = jax.device_put((params, model_state), sharding.replicated(mesh))
+        return placed[mesh.devices.size]
 
     def _pixel_terms(self, params, model_state, batch):
         """(labels, predictions, per-pixel negative log-likelihood with ignore pixels at 0, valid mask)."""
@@ -150,9 +182,9 @@ class Evaluator:
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
         return labels, jnp.argmax(logits, -1), jnp.where(valid, nll, 0.0), valid.astype(jnp.float32)
 
-    def _sums(self, params, model_state, batch):
+    def _sums(self, params, model_state, batch, mesh):
         labels, preds, nll, valid = self._pixel_terms(params, model_state, batch)
-        with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):   # our CPU kernel counts per device
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):   # our CPU kernel counts per device
             conf = confusion_matrix(labels, preds, self.label_map.num_classes, self.label_map.ignore_id)
         return {"confusion": conf, "loss_sum": jnp.sum(nll), "pixels": jnp.sum(valid)}
 
@@ -162,12 +194,13 @@ class Evaluator:
     def sums(self, params, model_state, source) -> dict:
         """Confusion matrix (int64), loss sum and valid-pixel count over the split. Sums stay on the device and
         move to the host only every FLUSH_EVERY batches, before an int32 count could overflow."""
-        host, device = _zero_sums(self.label_map.num_classes), None
-        for i, batch in enumerate(self._batches(source)):
-            out = self._step(params, model_state, batch)
-            device = out if device is None else jax.tree.map(jnp.add, device, out)
+        host, device, placed = _zero_sums(self.label_map.num_classes), {}, {}
+        for i, (mesh, batch) in enumerate(self._batches(source)):
+            out = self._jitted(self._sums, mesh)(*self._on(mesh, params, model_state, placed), batch)
+            key = mesh.devices.size         # sums on one mesh's devices add up there
+            device[key] = jax.tree.map(jnp.add, device[key], out) if key in device else out
             if (i + 1) % FLUSH_EVERY == 0:
-                host, device = _add_to_host(host, device), None
+                host, device = _add_to_host(host, device), {}
         return _add_to_host(host, device)
 
     def run(self, params, model_state, source) -> dict:
@@ -200,10 +233,10 @@ class Evaluator:
         K*K counts per image), so the loop never waits for a host round trip; padding rows are dropped at the end.
         With `progress`, it waits for each batch instead and calls progress(its real images), for a progress bar.
         """
-        step, outs = self._per_image_step(), []
+        outs, placed = [], {}
         batches = self._eval_batches(source)
-        for batch, positions in zip(self._batches(source), batches.batch_positions()):
-            outs.append(step(params, model_state, batch))
+        for (mesh, batch), positions in zip(self._batches(source), batches.batch_positions()):
+            outs.append(self._jitted(self._per_image_sums, mesh)(*self._on(mesh, params, model_state, placed), batch))
             if progress is not None:
                 jax.block_until_ready(outs[-1])
                 progress(sum(position is not None for position in positions))
@@ -218,15 +251,9 @@ class Evaluator:
         extra scales and flips)."""
         return np.asarray(self._predict(params, model_state, images)).astype(np.uint8)
 
-    def _per_image_step(self):
-        # Built on first use (and cached), so evaluators that never rank images compile nothing extra.
-        if getattr(self, "_per_image_jit", None) is None:
-            self._per_image_jit = jax.jit(self._per_image_sums, out_shardings=sharding.replicated(self.mesh))
-        return self._per_image_jit
-
-    def _per_image_sums(self, params, model_state, batch):
+    def _per_image_sums(self, params, model_state, batch, mesh):
         labels, preds, nll, valid = self._pixel_terms(params, model_state, batch)
-        with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             conf = image_confusion_matrices(labels, preds, self.label_map.num_classes, self.label_map.ignore_id)
         return {"confusion": conf, "loss_sum": jnp.sum(nll, axis=(1, 2)),
                 "pixels": jnp.sum(valid, axis=(1, 2))}
@@ -236,9 +263,9 @@ def _zero_sums(num_classes: int) -> dict:
     return {"confusion": np.zeros((num_classes, num_classes), np.int64), "loss_sum": 0.0, "pixels": 0.0}
 
 
-def _add_to_host(host: dict, device: dict | None) -> dict:
-    if device is None:
-        return host
-    got = jax.device_get(device)
-    return {"confusion": host["confusion"] + np.asarray(got["confusion"], np.int64),
-            "loss_sum": host["loss_sum"] + float(got["loss_sum"]), "pixels": host["pixels"] + float(got["pixels"])}
+def _add_to_host(host: dict, device: dict) -> dict:
+    """host's sums plus those on the devices (one per mesh)."""
+    for got in jax.device_get(list(device.values())):
+        host = {"confusion": host["confusion"] + np.asarray(got["confusion"], np.int64),
+                "loss_sum": host["loss_sum"] + float(got["loss_sum"]), "pixels": host["pixels"] + float(got["pixels"])}
+    return host

@@ -273,3 +273,8 @@ def test_eval_batches_of_large_images_hold_fewer_rows_in_multiples_of_the_device
     assert firsts.tolist() == [int(record["image"][0, 0, 0]) for record in source]
     with pytest.raises(ValueError, match="unit 3 must divide the global batch 8"):
         eval_batches(source, global_batch=8, ignore_id=IGNORE, unit=3)
+    # A CPU's 8 devices share its memory: where 3 large images fit, 2 (a divisor of 8) run on 2 of them.
+    shared = eval_batches(source, global_batch=8, ignore_id=IGNORE, max_pixels=3 * 20 * 30, unit=8, least=1)
+    assert [b["image"].shape[0] for b in shared] == [2, 2, 8]
+    with pytest.raises(ValueError, match="least 1 must divide unit 8, and be it with 2 processes"):
+        eval_batches(source, global_batch=8, ignore_id=IGNORE, process_count=2, unit=8, least=1)

@@ -58,6 +58,18 @@ SCRIPT = textwrap.dedent("""
     np.testing.assert_array_equal(one[2]["confusion"], eight[2]["confusion"])
     np.testing.assert_array_equal(one[3]["confusion"], eight[3]["confusion"])
     assert one[3]["confusion"].sum() == 5 * 40 * 56 - 56 * 2  # rows 0-1 of example 0 are ignore
+    # Images too large for one per device (a CPU's devices share its memory): batches of one image, each on one
+    # device; the same counts.
+    from streetseg_jax import evaluator as evaluator_module
+    mesh = sharding.make_mesh()
+    graphdef = train.init_state(config, 8, optax.sgd(0.01), mesh)[0]
+    weights = jax.device_put((one[1].params, one[1].model_state), sharding.replicated(mesh))
+    whole = Evaluator(graphdef, mesh, default_label_map(), config).per_image(*weights, source)
+    evaluator_module.EVAL_BATCH_BYTES = 1
+    small = Evaluator(graphdef, mesh, default_label_map(), config)
+    assert [len(rows) for rows in small._eval_batches(source).batch_positions()] == [1] * 5
+    np.testing.assert_array_equal(small.sums(*weights, source)["confusion"], one[3]["confusion"])
+    np.testing.assert_array_equal(small.per_image(*weights, source)["confusion"], whole["confusion"])
     try:
         sharding.check_batch_size(sharding.make_mesh(), batch_size=12, eval_batch_size=8)
         raise AssertionError("batch 12 on 8 devices was accepted")

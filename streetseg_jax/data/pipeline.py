@@ -94,8 +94,9 @@ class EvalBatches:
     in turn fill whole batches rather than one each; a size's last batch is filled up with padding rows (zero
     image, label all `ignore_id`) that count nowhere, and `real_rows` gives each example's row in split order. A
     batch holds `global_batch` images, or fewer of a size whose batch would pass `max_pixels` (8 12-megapixel
-    photos took 23 GB to score), in multiples of `unit` (the devices a batch is split over). Each batch shape
-    compiles once. The sizes are read once, when the first pass starts; every process plans the same batches, so
+    photos took 23 GB to score), in multiples of `unit` (the devices a batch is split over), or where one each
+    would pass it, a divisor of `unit` down to `least` (a batch then runs on as many devices as it has rows). Each
+    batch shape compiles once. The sizes are read once, when the first pass starts; every process plans the same batches, so
     they agree on each batch's shape without reading each other's rows. Iterate as often as you like; each
     iteration is a fresh pass.
     """
@@ -107,6 +108,7 @@ class EvalBatches:
     num_threads: int = 4
     max_pixels: int | None = None
     unit: int = 1
+    least: int = 1
 
     @property
     def num_examples(self) -> int:
@@ -167,22 +169,31 @@ class EvalBatches:
         return plan
 
     def _rows(self, pixels: int) -> int:
-        """global_batch, or the most multiples of `unit` within max_pixels (one unit at least)."""
-        if self.max_pixels is None or pixels * self.global_batch <= self.max_pixels:
+        """global_batch, or the most multiples of `unit` within max_pixels, or the largest divisor of `unit` within
+        it (`least` at the fewest)."""
+        fit = self.max_pixels // pixels if self.max_pixels is not None else self.global_batch
+        if fit >= self.global_batch:
             return self.global_batch
-        return min(self.global_batch, max(1, self.max_pixels // pixels // self.unit) * self.unit)
+        if fit >= self.unit:
+            return fit // self.unit * self.unit
+        return max(d for d in range(self.least, self.unit + 1) if self.unit % d == 0 and (d <= fit or d == self.least))
 
 
 def eval_batches(source: Sequence[dict], *, global_batch: int, ignore_id: int, process_index: int = 0,
                  process_count: int = 1, num_threads: int = 4, max_pixels: int | None = None,
-                 unit: int | None = None) -> EvalBatches:
+                 unit: int | None = None, least: int | None = None) -> EvalBatches:
     """One deterministic pass over `source`; see `EvalBatches` (it carries `num_examples`, `num_batches`). `unit`:
-    the devices a batch is split over (default: one per process)."""
+    the devices a batch is split over (default: one per process); `least`: the fewest rows of a batch (default:
+    `unit`; fewer only in one process)."""
     _local_batch_size(global_batch, process_count, process_index)  # fail now, not at the first batch
     unit = unit or process_count
+    least = least or unit
     if unit < 1 or unit % process_count or global_batch % unit:
         raise ValueError(f"unit {unit} must divide the global batch {global_batch} and be a multiple of the process "
                          f"count {process_count}")
+    if unit % least or (least < unit and process_count > 1):
+        raise ValueError(f"least {least} must divide unit {unit}, and be it with {process_count} processes")
     if len(source) == 0:
         raise ValueError("the evaluation split is empty")
-    return EvalBatches(source, global_batch, ignore_id, process_index, process_count, num_threads, max_pixels, unit)
+    return EvalBatches(source, global_batch, ignore_id, process_index, process_count, num_threads, max_pixels, unit,
+                       least)
