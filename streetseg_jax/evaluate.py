@@ -29,7 +29,7 @@ from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_t
 
 def make_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m streetseg_jax.evaluate",
-                                     description="Score a trained run on a split at the labels' native resolution.")
+                            description="Score a trained run on a split at the labels' native resolution.")
     parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split); TFDS slices work")
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")

@@ -28,7 +28,7 @@ from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_t
 
 def make_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m streetseg_jax.report",
-                                     description=" ".join(__doc__.split("\n\n")[0].split()))
+                            description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split)")
     parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,

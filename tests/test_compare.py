@@ -166,7 +166,6 @@ def test_runs_of_one_recipe_with_other_seeds_are_summarised_together(tmp_path, c
     assert line.split()[3:8] == ["3", "(2", "finished)", "0.6500", "±"]
 
 
-
 def test_a_rerun_of_a_seed_is_named_and_left_out_of_the_seed_summary(tmp_path, capsys):
     """A same-seed rerun (a reproducibility check) once dropped the whole summary without a word."""
     a = make_run(tmp_path / "s0", {2: {"road": 0.6}}, rates=[1.0, 1.0], seed=0)
@@ -181,6 +180,7 @@ def test_a_rerun_of_a_seed_is_named_and_left_out_of_the_seed_summary(tmp_path, c
     out, _ = run_compare(capsys, unfinished, a, b, "--output", tmp_path / "cmp.html")     # a seed's finished run
     line = next(line for line in out.splitlines() if line.startswith("s0, s1"))          # counts, not the first
     assert "(left out, a seed again: s0first)" in line and line.split("s0first)")[1].split()[:2] == ["2", "0.6500"]
+
 
 def test_runs_scored_on_other_data_are_flagged(tmp_path, capsys):
     a = make_run(tmp_path / "a", {1: {"road": 0.5}}, rates=[1.0])

@@ -305,7 +305,6 @@ def test_decompression_bomb_mask_is_refused_before_decoding(tmp_path):
         labelme.read(path)
 
 
-
 def test_a_photo_of_100_megapixels_is_taken_and_one_beyond_pillows_refusal_is_not():
     """A 99-megapixel photo was refused as a decompression bomb (at Pillow's warning level, 89.5 megapixels)."""
     from streetseg_jax.labels.images import image_size

@@ -259,6 +259,7 @@ def test_to_masks_refuses_masks_that_differ_only_in_case_on_a_disk_where_case_do
         main([*argv[:-1], str(tmp_path / "masks2")])
     assert "Frame.png and frame.png" in capsys.readouterr().err and not (tmp_path / "masks2").exists()
 
+
 @pytest.mark.parametrize("fmt", ["voc", "mit_xml", "labelme", "cvat", "cityscapes"])
 def test_every_broken_file_of_an_export_is_named_at_once(fmt, tmp_path, capsys):
     """Only the first broken file was named: mended, the next stopped the check, one run at a time."""
@@ -594,7 +595,6 @@ def test_an_exports_own_label_map_is_read_where_none_is_given(tmp_path, capsys):
     assert f"note: the label map is the export's {export / 'label_map.json'}" in capsys.readouterr().err
 
 
-
 def test_check_never_writes_its_json_over_the_export_or_the_label_map(tmp_path, capsys):
     """`--json` over a label map (or a COCO export's own JSON) overwrote it without a word."""
     export = sample_exports.write_export("labelme", tmp_path / "export")
@@ -609,6 +609,7 @@ def test_check_never_writes_its_json_over_the_export_or_the_label_map(tmp_path, 
     for _ in range(2):      # a new file there (the second time, its own report of before): written
         main(["check", "--format", "labelme", "--input", str(export), "--json", str(export / "report.json")])
         assert json.loads((export / "report.json").read_text())["format"] == "labelme"
+
 
 def test_roboflows_classes_csv_is_the_label_map_where_none_is_given(tmp_path, capsys):
     """Roboflow's semantic-segmentation export names its masks' pixel values in _classes.csv, one in each split

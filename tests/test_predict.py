@@ -258,7 +258,6 @@ def test_overlays_keep_the_folders_of_nested_file_names(trained, tmp_path):
         "run/overlays/keep.png", "run/overlays/plain.png", "run/overlays/plain_5.png"]
 
 
-
 def test_large_image_runs_in_tiles_and_window_interiors_equal_the_whole_image(trained):
     from streetseg_jax.evaluator import predict_logits
     from streetseg_jax.inference import Blender, Predictor
@@ -335,7 +334,6 @@ def test_flip_tta_averages_the_mirror(trained):
     assert not np.allclose(tta, plain.logits(image), atol=1e-3)
 
 
-
 def test_predictors_of_one_model_share_what_they_compiled(workdir, trained):
     """Each Predictor once compiled the network anew (3-7 s on a CPU), a notebook cell run again included."""
     from streetseg_jax.inference import Predictor, load_model
@@ -344,6 +342,7 @@ def test_predictors_of_one_model_share_what_they_compiled(workdir, trained):
     assert Predictor(trained, window=64, overlap=0.25)._forward is first._forward
     assert Predictor(load_model(workdir, "best"))._forward is first._forward
     assert Predictor(trained, flip_tta=not first.flip_tta)._forward is not first._forward
+
 
 def test_overlays_blend_half_and_half_and_enlarge_thumbnails():
     from streetseg_jax.visualize import overlay

@@ -509,7 +509,6 @@ def test_an_error_from_a_library_says_where_it_came_from():
     assert main._message(refused.value) == "/proc/streetseg_no_such_dir/.lock: Read-only file system"
 
 
-
 @pytest.mark.parametrize("name, said", [("exp[1]", "has [ ] in its path, which the checkpoint writer (orbax) reads "
                                                   "as a pattern"),
                                         ("what?", "has ? in its path"), ("a*", "has * in its path"),
@@ -521,6 +520,7 @@ def test_a_workdir_whose_checkpoints_could_not_be_written_is_refused(name, said,
     (tmp_path / "file").write_text("")
     with pytest.raises(RunError, match=re.escape(said.format(tmp=tmp_path))):
         _check_workdir(tmp_path / name)
+
 
 def test_a_run_that_cannot_start_builds_no_dataset_first(tmp_path):
     (tmp_path / "model.zip").write_bytes(b"PK")      # --workdir names a file: refused before the scenes are drawn

@@ -139,7 +139,6 @@ def test_image_size_must_match_after_exif_orientation(tmp_path):
         assert report.errors == ["turned.jpg is 40x30 (after its EXIF orientation) but t.xml says 30x40"]
 
 
-
 def test_shapes_outside_a_turned_photo_say_it_may_have_been_drawn_as_stored(tmp_path):
     """Shapes drawn on the stored photo of one shown turned gave only "points outside ... (clipped)" warnings."""
     exif = Image.Exif()
@@ -151,6 +150,7 @@ def test_shapes_outside_a_turned_photo_say_it_may_have_been_drawn_as_stored(tmp_
     plain = save_png(tmp_path / "plain.jpg", 40, 30)
     report = check_file(annotation(stored, image_path=plain), default_label_map(), CheckOptions())
     assert "points outside" in report.warnings[0] and not any("turned" in w for w in report.warnings)
+
 
 def test_a_png_whose_exif_comes_after_its_pixels_is_taken_as_stored_everywhere(tmp_path):
     """Such an eXIf chunk turned the decoded photo (build, predict) but not its size as checked or copied."""
@@ -258,7 +258,7 @@ def test_image_keys():
     assert image_key(annotation(image_path=Path("/e/images/real.png"))) == "real"
 
 
-def test_reader_keys_win_and_masks_are_kept_in_their_folders(tmp_path):
+def test_reader_keys_win_and_each_keys_mask_is_kept(tmp_path):
     """A reader that knows stems repeat (CVAT subsets, mask subfolders) sets Annotation.key; the key names the
     kept mask, and two images of one stem in different subsets no longer clash."""
     train = annotation(Shape("road", rect(0, 0, 40, 30)), file_name="img0.jpg", key="Train/img0")
