@@ -79,9 +79,19 @@ def warn_of_changes(saved: dict, current: dict, step: int, log) -> dict:
 def dropped_overrides(started: list[str] | None, saved: dict, current: dict, overrides: list[str]) -> str | None:
     """Why a resume is refused where it leaves out a --config.KEY=VALUE the run was `started` (or last resumed) with
     and the config file's value would take its place, or None: one changed setting given alone turned a 400-step run
-    at learning rate 0.001 into a 1,950-step one at 0.003, said in a line of the log."""
+    at learning rate 0.001 into a 1,950-step one at 0.003, said in a line of the log. `started` None (a run of a
+    version that did not record them): every setting that differs and is not given now (an upgrade's new defaults
+    turned such a run's loss, class weights and evaluation into others)."""
     changed = changes(saved, current)
-    dropped = [key for key in started or () if key not in overrides and key in changed and key not in _NOT_TRAINING]
+    if started is None:     # a version before they were recorded: any change may be an override left out
+        unsaid = {k: changed[k] for k in changed if k not in overrides and k not in _NOT_TRAINING}
+        if not unsaid:
+            return None
+        keep = " ".join(_flag(k, then) for k, (then, _) in unsaid.items())
+        return ("the run was started by an earlier version, which did not record its --config overrides, and these "
+                f"settings differ from the run's without being given now ({listed(unsaid)}): give {keep} to go on "
+                "as started, or give the new values to change them")
+    dropped = [key for key in started if key not in overrides and key in changed and key not in _NOT_TRAINING]
     if not dropped:
         return None
     return ("the run was started with " + " ".join(_flag(k, changed[k][0]) for k in dropped)

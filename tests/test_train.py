@@ -329,6 +329,22 @@ def test_the_refusal_names_flags_a_shell_takes_back_and_spares_where_the_data_li
     assert resume.dropped_overrides(started, saved, {**current, "augment": saved["augment"]}, []) is None   # data
 
 
+def test_a_run_of_a_version_that_did_not_record_its_overrides_resumes_only_as_it_was_or_as_told():
+    """Resumed with the same command after an upgrade, such a run took the new default recipe (another loss,
+    class weights, evaluation and length), said in one line."""
+    from streetseg_jax import resume
+
+    saved = {"loss": "cross_entropy", "num_train_steps": 300, "data_dir": "/data", "eval_scale": 0.375}
+    current = {"loss": "cross_entropy+lovasz", "num_train_steps": 1950, "data_dir": "~/tfds", "eval_scale": 0.375}
+    refused = resume.dropped_overrides(None, saved, current, ["num_train_steps"])
+    assert refused == ("the run was started by an earlier version, which did not record its --config overrides, and "
+                       "these settings differ from the run's without being given now (loss cross_entropy -> "
+                       "cross_entropy+lovasz): give --config.loss=cross_entropy to go on as started, or give the new "
+                       "values to change them")
+    assert resume.dropped_overrides(None, saved, current, ["num_train_steps", "loss"]) is None     # told
+    assert resume.dropped_overrides([], saved, current, []) is None      # recorded: none were given at its start
+
+
 def test_a_resume_with_changed_settings_says_what_they_change():
     from streetseg_jax import resume
 
