@@ -140,6 +140,7 @@ def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None)
             record = {**provenance(config, info, fingerprint),
                       **({} if overrides is None else {"overrides": sorted(overrides)})}
             _write_json(workdir / "config.json", {**meta["config"], "provenance": record})
+            log.commit = record["git_commit"]       # each start's: config.json keeps the latest alone
     except BaseException:
         setup.release()
         raise

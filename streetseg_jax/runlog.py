@@ -38,15 +38,17 @@ class RunLog:
         self.compiled: tuple[int, float] | None = None     # (step, time) when the first step of this start was done
         self.eval_seconds, self.last_eval = 0.0, 0.0       # evaluations of this start: all of them, the latest
         self.changed: dict = {}     # config keys a resume changed: kept in its run/start record
+        self.commit: str | None = None      # the code's git commit: kept in each start's record (run.prepare_run)
 
     def start(self, step: int, num_steps: int) -> None:
         """Marks where this (re)start begins in metrics.jsonl, so readers can tell lost steps and downtime."""
         self.t0, self.step0, self.compiled = time.time(), step, None
         self.eval_seconds = self.last_eval = 0.0
         if self.primary:
-            changed = {"run/changed": self.changed} if self.changed else {}
+            extra = {**({"run/changed": self.changed} if self.changed else {}),
+                     **({"run/commit": self.commit} if self.commit else {})}
             append_record(self.path, {"step": step, "time": self.t0, "run/start": True, "run/devices": devices(),
-                                       **changed})
+                                       **extra})
         self.say(f"training steps {step}..{num_steps} on {jax.device_count()} device(s), "
                  f"{jax.process_count()} process(es)")
 

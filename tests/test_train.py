@@ -377,6 +377,10 @@ def test_a_resume_with_more_steps_records_what_changed(finished_run, tiny_data_d
     assert "the learning-rate schedule is recomputed" in out
     starts = [r for r in read_metrics(workdir / "metrics.jsonl") if r.get("run/start")]
     assert starts[-1]["step"] == STEPS and starts[-1]["run/changed"] == {"num_train_steps": [STEPS, STEPS + 1]}
+    # Each start says which code ran it (config.json keeps the latest's alone: a resume by a newer version hid which
+    # version trained the steps before it).
+    commit = json.loads((workdir / "config.json").read_text())["provenance"]["git_commit"]
+    assert starts[-1]["run/commit"] == commit and all("run/commit" in start for start in starts)
 
 
 def test_a_refused_resume_says_what_differs_and_the_dropout_rate_may_change(tmp_path):
