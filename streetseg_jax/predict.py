@@ -574,7 +574,20 @@ def _done_before(items: list[Item], out_dir: Path, predictor, args) -> list[Item
     if done:
         print(f"{len(done)} of {len(items)} image(s) already predicted in {out_dir}: skipped (--skip_existing)",
               file=sys.stderr)
+    unmarked = [item for item in items if item not in done and _unmarked(out_dir / f"{item.name}.png")]
+    if unmarked:
+        print(f"note: {len(unmarked)} mask(s) in {out_dir} do not record which photo they were predicted from "
+              "(written by a version before 2026-12-07): they are predicted again", file=sys.stderr)
     return done
+
+
+def _unmarked(mask: Path) -> bool:
+    """Whether `mask` is a PNG without the mark of its photo (SOURCE_KEY)."""
+    try:
+        with Image.open(mask) as image:
+            return SOURCE_KEY not in image.text
+    except (OSError, ValueError, SyntaxError):
+        return False
 
 
 def _predictor(args):

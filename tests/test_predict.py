@@ -527,6 +527,12 @@ def test_skip_existing_redoes_a_mask_of_another_photo_of_the_same_name(workdir, 
     assert "already predicted" not in capsys.readouterr().err
     with Image.open(out / "IMG_0001.png") as mask:
         assert mask.text[predict.SOURCE_KEY].startswith(f"{(tmp_path / 'day2' / 'IMG_0001.jpg').resolve()} ")
+    # A mask of a version that did not mark its photo is predicted again, and said so (it was done without a word).
+    with Image.open(out / "IMG_0001.png") as mask:
+        mask.load()
+        Image.fromarray(np.asarray(mask)).save(out / "IMG_0001.png")        # as before: no text chunk
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "day2", "--output", out, "--skip_existing") == 0
+    assert "note: 1 mask(s) in" in capsys.readouterr().err
 
 
 def test_skip_existing_redoes_what_another_model_or_other_settings_made(workdir, tmp_path, capsys):
