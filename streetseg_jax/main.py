@@ -160,9 +160,10 @@ def _build_synthetic(dataset: str, data_dir: str) -> None:
         stored = built_options(info) or {}
         options = {k: v for k, v in stored.items() if k != "label_map" and v is not None}
         flags = "".join(f" --{k} {v}" for k, v in options.items())
-        print(f"{dataset} {info.version} in {data_dir} is of a version this one does not read: building "
+        print(f"{dataset} {info.version} in {data_dir} is an older version: building "
               f"{current_version(dataset).rsplit(':', 1)[-1]} beside it with its options (python -m streetseg_jax.data "
-              f"build --config synthetic --data_dir {shlex.quote(data_dir)}{flags})", flush=True)
+              f"build --config synthetic --data_dir {shlex.quote(data_dir)}{flags}); a run that trained on "
+              f"{info.version} goes on with --config.dataset={dataset}:{info.version}", flush=True)
     else:
         print(f"{dataset} is not in {data_dir}: building it first "
               f"(python -m streetseg_jax.data build --config synthetic --data_dir {shlex.quote(data_dir)})", flush=True)

@@ -25,7 +25,7 @@ def incompatibility(saved: dict, current: dict, workdir: Path) -> str | None:
     """Why the checkpoint's run (`saved`: its config and label map) cannot go on with `current`'s, or None."""
     problems = []
     for key in _COMPATIBLE_KEYS:
-        then, now = _layout(saved["config"].get(key)), _layout(current["config"].get(key))
+        then, now = _layout(key, saved["config"].get(key)), _layout(key, current["config"].get(key))
         if then != now:
             problems.append(f"config.{key} differs: {_difference(then, now)}")
     saved_opt, current_opt = _optimiser_layout(saved["config"]), _optimiser_layout(current["config"])
@@ -53,11 +53,14 @@ def _difference(then, now) -> str:
                      if then.get(k) != now.get(k))
 
 
-def _layout(section):
+def _layout(key: str, section):
     """A config section as far as the checkpoint's arrays depend on it: the dropout rate may change on resume, but
-    not whether there is dropout (its random-number state is saved with the model)."""
+    not whether there is dropout (its random-number state is saved with the model); the dataset by its name, a
+    version pinned or not (whether it is the data the run trained on, the fingerprint tells: run._check_same_data)."""
     if isinstance(section, dict) and "dropout" in section:
         return {**section, "dropout": "on" if section["dropout"] > 0 else "off"}
+    if key == "dataset" and isinstance(section, str):
+        return section.split(":")[0]
     return section
 
 

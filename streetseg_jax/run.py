@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from streetseg_jax import atomic, checkpoint, resume, sharding
 from streetseg_jax.data import augment
-from streetseg_jax.data.source import UnknownSplitError, dataset_dir, dataset_fingerprint, load_split
+from streetseg_jax.data.source import UnknownSplitError, dataset_dir, dataset_fingerprint, is_built, load_split
 from streetseg_jax.labels.images import IMAGE_SUFFIXES
 from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
 from streetseg_jax.labels.label_map import LabelMap
@@ -202,11 +202,22 @@ def _check_same_data(config, workdir: Path, fingerprint: str, latest: int) -> No
     if it were the same, its evaluations compared with the earlier ones to pick the best checkpoint."""
     trained_on = recorded_fingerprint(workdir)
     if trained_on is not None and trained_on != fingerprint:      # None: a run from before they were recorded
-        raise RunError(f"{config.dataset} in {dataset_dir(config.dataset, config.data_dir)} is not the dataset this "
-                       f"run trained on until step {latest} (its files differ: rebuilt since, or another build under "
-                       "--config.data_dir); resuming would train and pick its best checkpoint on a mix of the two. "
-                       f"Give the data it trained on, or start a new run from its weights: --workdir NEW_RUN "
-                       f"--config.init_from={workdir}")
+        found = dataset_dir(config.dataset, config.data_dir)
+        raise RunError(f"{config.dataset} in {found} is not the dataset this run trained on until step {latest} (its "
+                       "files differ: rebuilt since, or another build under --config.data_dir); resuming would train "
+                       "and pick its best checkpoint on a mix of the two. Give the data it trained on"
+                       f"{_its_version_there(config, workdir, found)}, or start a new run from its weights: --workdir "
+                       f"NEW_RUN --config.init_from={workdir}")
+
+
+def _its_version_there(config, workdir: Path, found: Path) -> str:
+    """' (VERSION, which it trained on, is there too: --config.dataset=NAME:VERSION)' where the run trained on
+    another version of the dataset than the newest, which is still in the data_dir (it was built beside it)."""
+    version = _recorded(workdir, "provenance", "dataset", "version")
+    pinned = f"{config.dataset.split(':')[0]}:{version}"
+    if not isinstance(version, str) or version == found.name or not is_built(pinned, config.data_dir):
+        return ""
+    return f" (version {version}, which it trained on, is there too: --config.dataset={pinned})"
 
 
 def check_same_start(config, num_processes: int | None) -> None:

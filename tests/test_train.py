@@ -345,6 +345,30 @@ def test_a_run_of_a_version_that_did_not_record_its_overrides_resumes_only_as_it
     assert resume.dropped_overrides([], saved, current, []) is None      # recorded: none were given at its start
 
 
+def test_a_run_of_an_older_dataset_version_built_beside_the_newer_is_told_how_to_go_on(tiny_data_dir, tmp_path):
+    """A run trained on street_seg/synthetic 1.0.0, resumed where 2.0.0 had been built beside it, was refused with
+    "give the data it trained on", and pinning the version was refused as another config.dataset."""
+    from streetseg_jax import resume
+    from streetseg_jax.run import RunError, _check_same_data
+
+    data_dir = shutil.copytree(tiny_data_dir, tmp_path / "tfds")
+    shutil.copytree(data_dir / "street_seg" / "synthetic" / "2.0.0", data_dir / "street_seg" / "synthetic" / "1.0.0")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"provenance": {"dataset": {"version": "1.0.0",
+                                                                                "fingerprint": "0" * 64}}}))
+    config = tiny_config()
+    config.data_dir = str(data_dir)
+    with pytest.raises(RunError, match=re.escape("(version 1.0.0, which it trained on, is there too: "
+                                                 "--config.dataset=street_seg/synthetic:1.0.0)")):
+        _check_same_data(config, workdir, "f" * 64, 10)
+    saved = {"config": {"dataset": "street_seg/synthetic", "model": {}}, "label_map": {}}
+    pinned = {"config": {"dataset": "street_seg/synthetic:1.0.0", "model": {}}, "label_map": {}}
+    assert resume.incompatibility(saved, pinned, workdir) is None
+    assert "config.dataset differs" in resume.incompatibility(
+        saved, {**pinned, "config": {"dataset": "street_seg/voc_polygons", "model": {}}}, workdir)
+
+
 def test_a_resume_with_changed_settings_says_what_they_change():
     from streetseg_jax import resume
 
