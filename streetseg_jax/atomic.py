@@ -13,6 +13,7 @@ import importlib.util
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 
 def _umask() -> int:
@@ -81,12 +82,32 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def machine_lock(kind: str, path: Path) -> int | None:
-    """An open file descriptor on this machine's lock file for `kind` of work on `path` (lock it with fcntl.lockf:
-    a record lock belongs to this process alone and ends with it, where flock's would live on in the forked workers
-    of a killed process). The file lives in the temp folder, not at `path` (a command that fails leaves nothing
-    there), and anyone may open it (a shared folder is written by several users). None where there is no such lock
-    (not POSIX, or a file this user may not open)."""
+@contextlib.contextmanager
+def machine_lock(kind: str, path: Path, when_busy: Callable[[], None]):
+    """Hold this machine's lock for `kind` of work on `path` while the block runs; where another process holds it,
+    `when_busy()` is called (it may raise, to give up) and the block then waits for it. A record lock (lockf), not
+    flock: flock's would live on in the forked workers of a killed process; a record lock belongs to this process
+    alone and ends with it. The file lives in the temp folder, not at `path` (a command that fails leaves nothing
+    there), and anyone may open it (a shared folder is written by several users). Where there is no such lock (not
+    POSIX, a file this user may not open) the block runs without."""
+    fd = _lock_file(kind, path)
+    if fd is None:
+        yield
+        return
+    import fcntl
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            when_busy()
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock_file(kind: str, path: Path) -> int | None:
+    """An open file descriptor on the lock file, or None (machine_lock)."""
     if importlib.util.find_spec("fcntl") is None:
         return None
     lock = Path(tempfile.gettempdir()) / f"streetseg-{kind}-{_lock_key(path)}.lock"

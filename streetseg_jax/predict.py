@@ -484,27 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     check_collisions(items, args.save_confidence, out_dir)
     if args.export:
         _check_export(items, args.export, out_dir)
-    with _only_predict_into(out_dir):
+    # One predict at a time writes into a folder on this machine: a second one, with other settings, left masks of
+    # the first under the second's settings record, and --skip_existing then kept them as the second's.
+    with machine_lock("predict", out_dir, lambda: fail(f"another predict is writing into {out_dir}; wait for it to "
+                                                       "end, or give another --output")):
         return _predict(args, items, out_dir)
-
-
-@contextlib.contextmanager
-def _only_predict_into(out_dir: Path):
-    """One predict at a time writes into a folder on this machine: a second one, with other settings, left masks of
-    the first under the second's settings record, and --skip_existing then kept them as the second's."""
-    fd = machine_lock("predict", out_dir)
-    if fd is None:
-        yield
-        return
-    import fcntl
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fail(f"another predict is writing into {out_dir}; wait for it to end, or give another --output")
-        yield
-    finally:
-        os.close(fd)
 
 
 def _predict(args: argparse.Namespace, items: list[Item], out_dir: Path) -> int:

@@ -176,12 +176,10 @@ def test_two_builds_into_one_fresh_data_dir_take_turns(tmp_path):
     """Both built the dataset, and the second failed renaming its copy into place (FileExistsError). The test holds
     the build lock until both builds wait for it, so they meet whatever the machine's load (a loaded CI machine
     once started the second only after the first, of a second, had ended)."""
-    fcntl = pytest.importorskip("fcntl", reason="builds take turns through a POSIX record lock")
+    pytest.importorskip("fcntl", reason="builds take turns through a POSIX record lock")
     args = ["build", "--config", "synthetic", f"--data_dir={tmp_path}", "--num_images", "4", "--height", "48",
             "--width", "64"]
-    fd = machine_lock("build", tmp_path)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
+    with machine_lock("build", tmp_path, when_busy=lambda: None):      # released at its end: the two build in turn
         procs = [subprocess.Popen([sys.executable, "-m", "streetseg_jax.data", *args], cwd=ROOT, text=True,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
@@ -189,8 +187,6 @@ def test_two_builds_into_one_fresh_data_dir_take_turns(tmp_path):
         deadline.start()                                                         # fails the test, not hangs it
         heads = [_lines_until(p.stdout, "under way; waiting for it to end") for p in procs]
         deadline.cancel()
-    finally:
-        os.close(fd)                                    # releases the lock: the two now build in turn
     outs = [(head + out, err) for head, (out, err) in zip(heads, (p.communicate(timeout=300) for p in procs))]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert all("under way; waiting for it to end" in out for out, _ in outs), outs

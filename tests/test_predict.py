@@ -841,16 +841,16 @@ def test_a_second_predict_into_a_folder_in_use_is_refused(workdir, tmp_path):
     import subprocess
     import sys
 
-    fcntl = pytest.importorskip("fcntl", reason="predicts take turns through a POSIX record lock")
+    pytest.importorskip("fcntl", reason="predicts take turns through a POSIX record lock")
     from streetseg_jax.atomic import machine_lock
 
     save(tmp_path / "in" / "a.png", random_image(32, 48))
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import time\n"
                                "from streetseg_jax.atomic import machine_lock\n"
-                               f"fcntl.lockf(machine_lock('predict', {str(out)!r}), fcntl.LOCK_EX)\n"
-                               "print('held', flush=True)\ntime.sleep(60)\n"], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True)
+                               f"with machine_lock('predict', {str(out)!r}, lambda: None):\n"
+                               "    print('held', flush=True)\n    time.sleep(60)\n"], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
         second = subprocess.run([sys.executable, "-m", "streetseg_jax.predict", "--workdir", str(workdir), "--input",
@@ -862,9 +862,8 @@ def test_a_second_predict_into_a_folder_in_use_is_refused(workdir, tmp_path):
     assert second.returncode == 2 and second.stderr.strip() == \
         f"error: another predict is writing into {out}; wait for it to end, or give another --output"
     assert not out.exists()
-    fd = machine_lock("predict", out)
-    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)      # free once the first has ended
-    os.close(fd)
+    with machine_lock("predict", out, when_busy=pytest.fail):     # free once the first has ended
+        pass
 
 
 def test_a_checkpoint_a_running_save_removes_while_it_is_read_is_not_called_damaged(workdir, tmp_path, monkeypatch):

@@ -71,25 +71,11 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
                              name=name, log=log, options=options)
 
 
-@contextlib.contextmanager
 def _one_build_at_a_time(data_dir: Path, log: Callable[[str], None]):
     """Builds into one data dir on this machine take turns, and the one that waited finds the dataset built (two
-    runs started on a fresh data dir both built it, and the second failed renaming its copy into place; the lock:
-    atomic.machine_lock)."""
-    fd = machine_lock("build", data_dir)
-    if fd is None:          # not a POSIX system, or another user's lock file: builds do not wait for each other
-        yield
-        return
-    import fcntl
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            log(f"another build into {data_dir} is under way; waiting for it to end")
-            fcntl.lockf(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    runs started on a fresh data dir both built it, and the second failed renaming its copy into place)."""
+    return machine_lock("build", data_dir, lambda: log(f"another build into {data_dir} is under way; waiting for it "
+                                                       "to end"))
 
 
 _STALE_SECONDS = 6 * 3600    # an incomplete.* folder nothing was written to for this long belongs to no build
