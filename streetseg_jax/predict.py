@@ -28,10 +28,10 @@ the photo's own size.
 
 Images larger than --window (network pixels, default 512x512; smaller where its logits at the photo's resolution
 would pass 256 MiB, as a model that sees photos much reduced would have them) are predicted in overlapping windows
-whose logits are blended (--overlap, default 0.25); flip TTA (averaging with the mirror image) follows the run's eval_flip_tta
-unless --flip_tta or --no_flip_tta says otherwise; the network sees images at the training config's eval_scale, as
-evaluation does, and at its eval_extra_scales too (multi-scale TTA) unless --extra_scales says otherwise. See
-streetseg_jax.inference.
+whose logits are blended (--overlap, default 0.25); flip TTA (averaging with the mirror image) follows the run's
+eval_flip_tta unless --flip_tta or --no_flip_tta says otherwise; the network sees images at the training config's
+eval_scale, as evaluation does, and at its eval_extra_scales too (multi-scale TTA) unless --extra_scales says
+otherwise. See streetseg_jax.inference.
 """
 from __future__ import annotations
 
@@ -416,7 +416,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "0.05 to 4: every photo resized by it. Masks always come at the photo's own size")
     parser.add_argument("--batch_size", type=int, default=8, help="windows per model call (default 8)")
     parser.add_argument("--window", type=_window, default=None,
-                        help="window in network pixels, N or HxW (default 512x512; smaller where its logits would pass 256 MiB)")
+                        help="window in network pixels, N or HxW (default 512x512; smaller where its logits would "
+                             "pass 256 MiB)")
     parser.add_argument("--overlap", type=_overlap, default=None,
                         help="window overlap fraction, at least 0 and below 0.5 (default 0.25)")
     parser.add_argument("--skip_existing", action="store_true",

@@ -96,9 +96,9 @@ class EvalBatches:
     batch holds `global_batch` images, or fewer of a size whose batch would pass `max_pixels` (8 12-megapixel
     photos took 23 GB to score), in multiples of `unit` (the devices a batch is split over), or where one each
     would pass it, a divisor of `unit` down to `least` (a batch then runs on as many devices as it has rows). Each
-    batch shape compiles once. The sizes are read once, when the first pass starts; every process plans the same batches, so
-    they agree on each batch's shape without reading each other's rows. Iterate as often as you like; each
-    iteration is a fresh pass.
+    batch shape compiles once. The sizes are read once, when the first pass starts; every process plans the same
+    batches, so they agree on each batch's shape without reading each other's rows. Iterate as often as you like;
+    each iteration is a fresh pass.
     """
     source: Sequence[dict]
     global_batch: int
