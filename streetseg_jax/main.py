@@ -32,6 +32,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Join jax.distributed with cluster auto-detection.")
 _STARTUP_TIMEOUT = flags.DEFINE_integer("startup_timeout", 300, "Seconds every process waits for all of them to "
                                        "join (multi-host; JAX ends a process that waits longer).")
+_SAME_DATA = flags.DEFINE_bool("same_data", False, "Resume on a dataset whose files differ from those the run trained "
+                               "on, which you know is a rebuild of the same inputs (one built by a version before "
+                               "2026-12-07 and rebuilt has other bytes).")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "XLA CPU devices per process (0: as many as there are cores "
                                     "at most, a count that divides both batch sizes, for a single-process run; see "
                                     "sharding.split_cpu_into_cores).")
@@ -98,7 +101,7 @@ def _run(config) -> None:
         sharding.all_succeed(lambda: check_settings(config, _WORKDIR.value))
         _build_synthetic_if_missing(config.dataset, config.data_dir)
         overrides = list(config_flags.get_override_values(flags.FLAGS["config"]))      # recorded: see prepare_run
-        train.train_and_evaluate(config, _WORKDIR.value, overrides)
+        train.train_and_evaluate(config, _WORKDIR.value, overrides, _SAME_DATA.value)
     except (DatasetNotFoundError, RunError, sharding.OtherProcessFailed, OSError, ValueError) as e:
         _stop(f"error: {_message(e)}", 2, record=not isinstance(e, sharding.OtherProcessFailed))
     except Exception as e:

@@ -116,11 +116,13 @@ def _iter_state(data_iter) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------------------------
-def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None) -> RunSetup:
+def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None, same_data: bool = False) -> RunSetup:
     """Everything is checked before anything is written: config.json says what the checkpoints beside it hold.
     What each process checks alone (its data, its view of the work directory), every process agrees on.
     `overrides`: the config keys the command line set (main), recorded, so that a resume that leaves one out is
-    refused rather than trained with the config file's value."""
+    refused rather than trained with the config file's value. `same_data`: the user says that the dataset, whose
+    files differ from those the run trained on, is a rebuild of the same inputs (a build by a version before
+    2026-12-07, rebuilt): the run resumes on it, said, and records its fingerprint."""
     workdir, mesh, (train_source, label_map, info), eval_source, log, weights, size = sharding.all_succeed(
         lambda: _open(config, workdir))
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict(), "image_size": size}
@@ -134,7 +136,7 @@ def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None)
         fingerprint = (dataset_fingerprint(dataset_dir(config.dataset, config.data_dir))
                        if training and (latest is not None or jax.process_index() == 0) else None)
         if training and latest is not None:
-            _check_same_data(config, workdir, fingerprint, latest)
+            _check_same_data(config, workdir, fingerprint, latest, same_data, log)
             _say_if_the_devices_changed(workdir, log)
         if jax.process_index() == 0 and training:
             record = {**provenance(config, info, fingerprint),
@@ -196,18 +198,24 @@ def _check_resume(setup: RunSetup, overrides: list[str] | None) -> int | None:
     return latest
 
 
-def _check_same_data(config, workdir: Path, fingerprint: str, latest: int) -> None:
+def _check_same_data(config, workdir: Path, fingerprint: str, latest: int, same_data: bool, log: RunLog) -> None:
     """RunError where the dataset's files are not those the run trained on (config.json's fingerprint): another
     build of the same name under another data_dir, or one rebuilt since, would be trained on from step `latest` as
-    if it were the same, its evaluations compared with the earlier ones to pick the best checkpoint."""
+    if it were the same, its evaluations compared with the earlier ones to pick the best checkpoint; unless the
+    user says it is the same data rebuilt (`same_data`)."""
     trained_on = recorded_fingerprint(workdir)
     if trained_on is not None and trained_on != fingerprint:      # None: a run from before they were recorded
+        if same_data:
+            log.say(f"the dataset's files differ from those the run trained on until step {latest}; resuming on it "
+                    "all the same (--same_data: a rebuild of the same inputs)")
+            return
         found = dataset_dir(config.dataset, config.data_dir)
         raise RunError(f"{config.dataset} in {found} is not the dataset this run trained on until step {latest} (its "
                        "files differ: rebuilt since, or another build under --config.data_dir); resuming would train "
                        "and pick its best checkpoint on a mix of the two. Give the data it trained on"
-                       f"{_its_version_there(config, workdir, found)}, or start a new run from its weights: --workdir "
-                       f"NEW_RUN --config.init_from={workdir}")
+                       f"{_its_version_there(config, workdir, found)}; or, if it is a rebuild of the same inputs (a "
+                       "build by a version before 2026-12-07, rebuilt, has other bytes), --same_data resumes on it; or "
+                       f"start a new run from its weights: --workdir NEW_RUN --config.init_from={workdir}")
 
 
 def _its_version_there(config, workdir: Path, found: Path) -> str:

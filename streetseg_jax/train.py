@@ -228,10 +228,12 @@ class TrainMetrics:
         return row
 
 
-def train_and_evaluate(config, workdir: str | Path, overrides: list[str] | None = None) -> dict:
+def train_and_evaluate(config, workdir: str | Path, overrides: list[str] | None = None,
+                       same_data: bool = False) -> dict:
     """Train `config` in `workdir`, resuming from its latest checkpoint; returns the last eval metrics.
-    `overrides`: the config keys a command line set (run.prepare_run)."""
-    setup: RunSetup = prepare_run(config, workdir, overrides)
+    `overrides`: the config keys a command line set; `same_data`: resume on a rebuild of the data the run trained
+    on, whose files differ (run.prepare_run)."""
+    setup: RunSetup = prepare_run(config, workdir, overrides, same_data)
     try:
         return _run(config, setup)
     finally:        # the work directory is free again (in a notebook the setup outlives a failed run)

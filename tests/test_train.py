@@ -436,7 +436,13 @@ def test_a_resume_on_other_data_of_the_same_name_is_refused(finished_run, tiny_d
     info.write_text(info.read_text() + "\n")               # another build: its files differ
     code, out = run_main_to_end(workdir, other, f"--config.num_train_steps={STEPS + 2}")
     assert code != 0 and f"is not the dataset this run trained on until step {STEPS + 1}" in out, out
-    assert f"--config.init_from={workdir}" in out and "Traceback" not in out
+    assert f"--config.init_from={workdir}" in out and "--same_data resumes on it" in out and "Traceback" not in out
+    # A rebuild of the same inputs by another version has other bytes: the user says so, and the run goes on, with
+    # the new fingerprint recorded (the old build, which --overwrite deleted, left no other way but a new run).
+    code, out = run_main_to_end(workdir, other, f"--config.num_train_steps={STEPS + 2}", "--same_data")
+    assert code == 0 and "resuming on it all the same (--same_data" in out, out
+    code, out = run_main_to_end(workdir, other, f"--config.num_train_steps={STEPS + 3}")
+    assert code == 0 and "--same_data" not in out, out
 
 
 def test_switching_ema_on_when_resuming_is_refused(finished_run, tiny_data_dir):
