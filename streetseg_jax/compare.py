@@ -38,6 +38,12 @@ NOT_THE_RECIPE = ("seed", "data_dir", "provenance.")
 EXTRA_CSS = ".wide { overflow-x:auto; }\n.wide td { white-space:nowrap; }\n"
 
 
+def _saved_step(workdir: Path) -> int:
+    """The step of the latest whole checkpoint in `workdir` (orbax names it by its step once it is complete), or 0."""
+    latest = workdir / "checkpoints" / "latest"
+    return max((int(p.name) for p in latest.iterdir() if p.name.isdigit()), default=0) if latest.is_dir() else 0
+
+
 @dataclasses.dataclass
 class Run:
     name: str
@@ -64,7 +70,9 @@ class Run:
 
     @property
     def steps(self) -> str:
-        done = f"{self.history[-1]['step']}/{self.config.get('num_train_steps', '?')}"
+        """Steps done: the last logged, or the latest checkpoint's where a stop saved a later one (25/300 was shown
+        of a run stopped and saved at step 29)."""
+        done = f"{max(self.history[-1]['step'], _saved_step(self.path))}/{self.config.get('num_train_steps', '?')}"
         return f"{done} (training)" if training_now(self.path) else done
 
     @property

@@ -213,6 +213,11 @@ def test_a_run_training_now_is_marked(two_runs, tmp_path, capsys, monkeypatch):
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith(("a/", "b/"))}
     assert "4/4 (training)" in rows["a/seed0"] and "(training)" not in rows["b/seed0"], out
     assert "(training)" not in run_compare(capsys, a, b, "--output", page)[0]          # the process has ended
+    (b / "checkpoints" / "latest" / "6").mkdir(parents=True)     # a stop saved step 6, after the last log (4)
+    (b / "checkpoints" / "latest" / "7.orbax-checkpoint-tmp-1").mkdir()     # a save cut short: not a step
+    rows = {line.split()[0]: line for line in run_compare(capsys, a, b, "--output", page)[0].splitlines()
+            if line.startswith(("a/", "b/"))}
+    assert rows["b/seed0"].split()[1] == "6/4" and rows["a/seed0"].split()[1] == "4/4"
 
 
 def test_a_run_that_has_not_evaluated_yet_still_compares(tmp_path, capsys):
