@@ -52,9 +52,13 @@ def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None)
 
 def _shortened(name: str, most: int = 255 - 14) -> str:
     """`name` cut to `most` bytes as the file system stores it: the temporary file's name is 14 bytes longer than
-    the target's, and a legal name of 242-255 bytes could not be written ("File name too long"). A character cut
-    in two is no harm in a temporary name (and a name that is not UTF-8 is bytes already)."""
-    return os.fsdecode(os.fsencode(name)[:most])
+    the target's, and a legal name of 242-255 bytes could not be written ("File name too long"). A UTF-8 name is cut
+    on a character's edge (macOS and Windows refuse a name that is not UTF-8); one that is not UTF-8 already (a
+    Linux disk's bytes) is cut as bytes."""
+    try:
+        return name.encode("utf-8")[:most].decode("utf-8", "ignore")
+    except UnicodeEncodeError:
+        return os.fsdecode(os.fsencode(name)[:most])
 
 
 # Why a write() fails for want of room or permission (its error names no file): an error with one of these and no

@@ -88,8 +88,9 @@ def example_name(record: dict, index: int) -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-# Logits a batch of evaluation images may hold at their labels' resolution (8 12-megapixel photos with 4 TTA
-# variants took 23 GB, and the kernel killed the run): fewer images of such a size go in a batch.
+# Logits a batch of evaluation images may hold at their labels' resolution on a CPU, or each GPU's share (8
+# 12-megapixel photos with 4 TTA variants took 23 GB, and the kernel killed the run): fewer images of such a size go
+# in a batch.
 EVAL_BATCH_BYTES = 2 << 30
 
 
@@ -118,9 +119,10 @@ class Evaluator:
         self.batch_size, self.scales = config.eval_batch_size, network_scales(config)
         self.flip_tta = flip_tta_setting(config, None)
         sharding.check_batch_size(mesh, eval_batch_size=self.batch_size)
-        # A CPU's devices share the host's memory: a batch of large images may have fewer rows than devices, and
-        # run on as many of them as it has rows (in one process). A GPU's memory is its own: one row each.
-        self._shared_memory = jax.process_count() == 1 and mesh.devices.flat[0].platform == "cpu"
+        # A CPU's devices share the host's memory: EVAL_BATCH_BYTES is a batch's, and a batch of large images may
+        # have fewer rows than devices and run on as many of them as it has rows (in one process; in several, one
+        # row each). A GPU's memory is its own: EVAL_BATCH_BYTES is each device's, one row each at least.
+        self._on_cpu = mesh.devices.flat[0].platform == "cpu"
         self._meshes = {mesh.devices.size: mesh}    # devices -> the mesh of the first that many
         self._jits: dict[tuple[str, int], Callable] = {}
         self._predict = jax.jit(self._argmax)
@@ -131,7 +133,7 @@ class Evaluator:
 
     def _eval_batches(self, source) -> pipeline.EvalBatches:
         """The split in global batches of eval_batch_size (fewer rows of large images: within EVAL_BATCH_BYTES of
-        logits), each of one image size, filled up with all-ignore rows. One EvalBatches per split for the
+        logits, see __init__), each of one image size, filled up with all-ignore rows. One EvalBatches per split for the
         Evaluator's life: it reads every image's size once, to plan the batches, not at every evaluation."""
         if id(source) not in self._splits:      # the EvalBatches holds the source: its id stays its own
             variants = len(self.scales) * (2 if self.flip_tta else 1)
@@ -141,8 +143,8 @@ class Evaluator:
             self._splits[id(source)] = pipeline.eval_batches(
                 source, global_batch=self.batch_size, process_index=jax.process_index(),
                 process_count=jax.process_count(), ignore_id=self.label_map.ignore_id,
-                max_pixels=EVAL_BATCH_BYTES * (1 if self._shared_memory else devices) // pixel_bytes,
-                unit=devices, least=1 if self._shared_memory else devices)
+                max_pixels=EVAL_BATCH_BYTES * (1 if self._on_cpu else devices) // pixel_bytes,
+                unit=devices, least=1 if self._on_cpu and jax.process_count() == 1 else devices)
         return self._splits[id(source)]
 
     def _batches(self, source):

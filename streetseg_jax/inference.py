@@ -444,10 +444,8 @@ class Predictor:
         self.num_classes = trained.label_map.num_classes
         # Windows are split over every local device (XLA:CPU runs a convolution on one core, so a CPU split into
         # one device per core predicts about 1.5x as fast on 2 cores); the weights are copied to each.
-        mesh = sharding.make_mesh(jax.local_devices())
-        self._devices = mesh.devices.size
-        self._weights = jax.device_put((trained.params, trained.model_state), sharding.replicated(mesh))
-        self._forward = _window_logits(trained.graphdef, self.scales, self.flip_tta, mesh)
+        self._devices = jax.local_device_count()
+        self._on: dict[int, tuple] = {}     # devices used -> (the compiled function, the weights on them)
 
     @property
     def _pixel_bytes(self) -> int:
@@ -456,15 +454,15 @@ class Predictor:
 
     def _calls_of(self, tile: tuple[int, int]) -> int:
         """Windows of this shape per call: batch_size, or fewer where their logits would pass _CALL_BYTES (8
-        windows of 2048x2048 pixels needed 14 GB), but one per device at least (a call is padded to a multiple of
-        the devices: fewer would be padding)."""
-        return max(self._devices, min(self.batch_size, _CALL_BYTES // (tile[0] * tile[1] * self._pixel_bytes)))
+        windows of 2048x2048 pixels needed 14 GB), one at least; a call of fewer windows than devices runs on as
+        many devices as it has windows (`_dispatch`), so the budget holds whatever the device count."""
+        return max(1, min(self.batch_size, _CALL_BYTES // (tile[0] * tile[1] * self._pixel_bytes)))
 
     def tile_for(self, height: int, width: int) -> tuple[int, int]:
         """The window in image pixels (tile_size), made smaller where its logits would pass _WINDOW_BYTES: at
         eval_scale 0.06 a 512-pixel window is 8534 image pixels, a 48-megapixel photo one window, and its call
         (with a window of padding for the second device) took the machine's 24 GB. The budget is the same
-        whatever the device count, so the masks are too."""
+        whatever the device count, so the masks are too (a call of few windows runs on few devices: _dispatch)."""
         tile = tile_size(height, width, self.window, self.scale)
         most = _WINDOW_BYTES // self._pixel_bytes
         if tile[0] * tile[1] <= most:
@@ -474,15 +472,25 @@ class Predictor:
 
     def _dispatch(self, tiles: np.ndarray) -> jax.Array:
         """Start the compiled function on the tiles, padded to the next power of two up to their shape's batch (so
-        at most log2(batch_size) + 1 batch shapes compile per window shape) and to a multiple of the device count;
-        returns without waiting for the device."""
+        at most log2(batch_size) + 1 batch shapes compile per window shape) and to a multiple of the devices it runs
+        on: all of them, or as many as a call of fewer windows has (a divisor of the count); returns without
+        waiting for the device."""
         n = len(tiles)
-        limit = self._calls_of(tiles.shape[1:3])
-        rows = -(-min(limit, 1 << (n - 1).bit_length()) // self._devices) * self._devices
-        batch = np.zeros((rows, *tiles.shape[1:]), np.uint8)
+        wanted = min(self._calls_of(tiles.shape[1:3]), 1 << (n - 1).bit_length())
+        used = max(d for d in range(1, self._devices + 1) if self._devices % d == 0 and d <= wanted)
+        batch = np.zeros((-(-wanted // used) * used, *tiles.shape[1:]), np.uint8)
         batch[:n] = tiles
+        forward, weights = self._on_devices(used)
         # Gathered on one device: blending there beats running every blend step on all of them.
-        return jax.device_put(self._forward(self._weights, batch), jax.local_devices()[0])
+        return jax.device_put(forward(weights, batch), jax.local_devices()[0])
+
+    def _on_devices(self, count: int) -> tuple:
+        """The compiled window function on the first `count` local devices, and the weights copied there (once)."""
+        if count not in self._on:
+            mesh = sharding.make_mesh(jax.local_devices()[:count])
+            weights = jax.device_put((self.trained.params, self.trained.model_state), sharding.replicated(mesh))
+            self._on[count] = (_window_logits(self.trained.graphdef, self.scales, self.flip_tta, mesh), weights)
+        return self._on[count]
 
     # --- one image ---------------------------------------------------------------------------------------------
     def logits(self, image: np.ndarray) -> np.ndarray:

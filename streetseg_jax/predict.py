@@ -513,10 +513,11 @@ def _predict(args: argparse.Namespace, items: list[Item], out_dir: Path) -> int:
     if args.export and exported:
         try:
             folder = export_polygons(exported, predictor.trained.label_map, args.export, out_dir, args.tolerance)
-        except KeyboardInterrupt:
-            print("\ninterrupted while writing the polygons; every image's files are written: the same command "
-                  "with --skip_existing writes the polygons", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as e:
+            by_sigterm = str(e) == "SIGTERM"
+            print(f"\nstopped by {'SIGTERM' if by_sigterm else 'Ctrl-C'} while writing the polygons; every image's "
+                  "files are written: the same command with --skip_existing writes the polygons", file=sys.stderr)
+            return 143 if by_sigterm else 130
         print(f"polygons for {len(exported)} image(s) in {args.export} format: {folder} (with the run's "
               f"{EXPORT_LABEL_MAP}, which labels check and data build read there)")
     if result.written:

@@ -198,7 +198,8 @@ def _check_resume(setup: RunSetup, overrides: list[str] | None) -> int | None:
     return latest
 
 
-def _check_same_data(config, workdir: Path, fingerprint: str, latest: int, same_data: bool, log: RunLog) -> None:
+def _check_same_data(config, workdir: Path, fingerprint: str, latest: int, same_data: bool = False,
+                     log: RunLog | None = None) -> None:
     """RunError where the dataset's files are not those the run trained on (config.json's fingerprint): another
     build of the same name under another data_dir, or one rebuilt since, would be trained on from step `latest` as
     if it were the same, its evaluations compared with the earlier ones to pick the best checkpoint; unless the

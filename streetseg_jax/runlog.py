@@ -53,8 +53,10 @@ class RunLog:
                  f"{jax.process_count()} process(es)")
 
     def first_step_done(self, step: int) -> None:
-        """The ETA counts from here on: the first step of a start includes compiling it."""
+        """The ETA counts from here on: the first step of a start includes compiling it (and an evaluation before
+        it, of a step whose evaluation a stop cut short, lies outside the span the ETA measures)."""
         self.compiled = (step, time.time())
+        self.eval_seconds = 0.0
 
     def evaluated(self, seconds: float) -> None:
         """The ETA counts evaluations apart from steps: each one left is taken to last as long as the latest."""

@@ -266,7 +266,8 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
         log.say(f"already at step {step}, num_train_steps is {config.num_train_steps}: nothing to train")
     try:
         if _evaluation_missing(config, setup, step):   # saved, then its evaluation cut short (out of memory, killed)
-            log.say(f"step {step}: its evaluation did not finish before the run stopped; evaluating it now")
+            log.say(f"step {step}: metrics.jsonl holds no evaluation of it (cut short when the run stopped?); "
+                    "evaluating it now")
             last_eval = _evaluate(config, setup, state, train_iter, evaluator, step)
         while step < config.num_train_steps:
             if stop.should_stop(step):
@@ -313,9 +314,9 @@ def _evaluate(config, setup: RunSetup, state, train_iter, evaluator, step: int) 
     started = time.time()
     scores = evaluator.run(eval_params(state, config), state.model_state, setup.eval_source)
     setup.log.evaluated(time.time() - started)
+    setup.save_best(step, state, train_iter, scores["eval/miou"])  # first: a stop before the row is written redoes both
     setup.log.write(step, scores)
     setup.draw_curves()
-    setup.save_best(step, state, train_iter, scores["eval/miou"])
     return scores
 
 

@@ -759,3 +759,30 @@ def test_two_builds_of_the_same_export_are_the_same_files(tmp_path):
         assert out.returncode == 0, out.stderr
         folders.append(source.dataset_dir("street_seg/streets", tmp_path / name))
     assert source.dataset_fingerprint(folders[0]) == source.dataset_fingerprint(folders[1])
+
+
+def test_the_pool_takes_sigterm_only_where_python_handles_it():
+    """Under jax.distributed JAX's preemption service handles SIGTERM in C (SIG_DFL to Python): the pool put SIG_DFL
+    "back" after a build, removing JAX's handler, so a preemption killed process 0 outright."""
+    import signal
+
+    from streetseg_jax.data import inputs
+
+    class Results:          # the pool's results, looking at the SIGTERM handler while they are read
+        seen = []
+
+        def next(self, timeout):
+            self.seen.append(signal.getsignal(signal.SIGTERM))
+            raise StopIteration
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        list(inputs._interrupted_between_results(Results()))
+        assert Results.seen[-1] == signal.SIG_DFL == signal.getsignal(signal.SIGTERM)      # left alone
+        def mine(signum, frame):        # as cli.stop_on_sigterm's
+            pass
+        signal.signal(signal.SIGTERM, mine)
+        list(inputs._interrupted_between_results(Results()))
+        assert Results.seen[-1] not in (mine, signal.SIG_DFL) and signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -600,12 +600,12 @@ def test_check_never_writes_its_json_over_the_export_or_the_label_map(tmp_path, 
     export = sample_exports.write_export("labelme", tmp_path / "export")
     label_map = tmp_path / "labels.json"
     label_map.write_text(default_label_map().to_json())
-    for target in (label_map, export / "street_1.json"):
-        before = target.read_text()
+    for target in (label_map, export / "street_1.json", export / "street_1.png"):       # a photo too
+        before = target.read_bytes()
         with pytest.raises(SystemExit):
             main(["check", "--format", "labelme", "--input", str(export), "--label_map", str(label_map),
                   "--json", str(target)])
-        assert "it would be overwritten" in capsys.readouterr().err and target.read_text() == before
+        assert "it would be overwritten" in capsys.readouterr().err and target.read_bytes() == before
     for _ in range(2):      # a new file there (the second time, its own report of before): written
         main(["check", "--format", "labelme", "--input", str(export), "--json", str(export / "report.json")])
         assert json.loads((export / "report.json").read_text())["format"] == "labelme"

@@ -222,10 +222,12 @@ def test_windows_per_call_are_limited_by_the_memory_of_their_logits(trained):
     from streetseg_jax.inference import Predictor
 
     predictor = Predictor(trained, batch_size=8, flip_tta=True)
-    assert predictor._calls_of((2048, 2048)) == predictor._devices    # one per device: fewer would be padding
+    assert predictor._calls_of((2048, 2048)) == 1     # on one device: one each on 8 was 8 times the budget
     assert predictor._calls_of((96, 128)) == 8
+    predictor._dispatch(random_image(96, 128)[None]).block_until_ready()
+    assert list(predictor._on) == [1]                 # a window alone: no window of padding on another device
     # At eval_scale 0.06 a window was 8534 image pixels: a 48-megapixel photo one window, 24 GB. It is made smaller
-    # until one per device fits.
+    # until its logits fit.
     small_scale = dataclasses.replace(trained, config=trained.config.copy_and_resolve_references())
     small_scale.config.eval_scale = 0.06
     tiny = Predictor(small_scale, flip_tta=True)
@@ -338,10 +340,10 @@ def test_predictors_of_one_model_share_what_they_compiled(workdir, trained):
     """Each Predictor once compiled the network anew (3-7 s on a CPU), a notebook cell run again included."""
     from streetseg_jax.inference import Predictor, load_model
 
-    first = Predictor(trained, batch_size=4)
-    assert Predictor(trained, window=64, overlap=0.25)._forward is first._forward
-    assert Predictor(load_model(workdir, "best"))._forward is first._forward
-    assert Predictor(trained, flip_tta=not first.flip_tta)._forward is not first._forward
+    first = Predictor(trained, batch_size=4)._on_devices(1)[0]
+    assert Predictor(trained, window=64, overlap=0.25)._on_devices(1)[0] is first
+    assert Predictor(load_model(workdir, "best"))._on_devices(1)[0] is first
+    assert Predictor(trained, flip_tta=not Predictor(trained).flip_tta)._on_devices(1)[0] is not first
 
 
 def test_overlays_blend_half_and_half_and_enlarge_thumbnails():

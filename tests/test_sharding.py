@@ -70,6 +70,17 @@ SCRIPT = textwrap.dedent("""
     assert [len(rows) for rows in small._eval_batches(source).batch_positions()] == [1] * 5
     np.testing.assert_array_equal(small.sums(*weights, source)["confusion"], one[3]["confusion"])
     np.testing.assert_array_equal(small.per_image(*weights, source)["confusion"], whole["confusion"])
+    # Predicting on 8 devices: a call of fewer windows runs on as many devices (no windows of padding), and every
+    # mask equals that of one device.
+    from streetseg_jax.inference import Predictor, TrainedModel
+    trained = TrainedModel(graphdef, one[1].params, one[1].model_state, default_label_map(), config, 2, "best")
+    on_eight, on_one = Predictor(trained, window=64, batch_size=8), Predictor(trained, window=64, batch_size=8)
+    on_one._devices = 1
+    rng = np.random.default_rng(0)
+    for height, width in ((40, 56), (150, 200)):    # one window; 12 windows, in calls of 8 and of 4
+        image = (rng.random((height, width, 3)) * 255).astype(np.uint8)
+        np.testing.assert_array_equal(on_eight.predict_one(image).mask, on_one.predict_one(image).mask)
+    assert sorted(on_eight._on) == [1, 4, 8] and list(on_one._on) == [1], (on_eight._on, on_one._on)
     try:
         sharding.check_batch_size(sharding.make_mesh(), batch_size=12, eval_batch_size=8)
         raise AssertionError("batch 12 on 8 devices was accepted")

@@ -146,7 +146,6 @@ def test_a_sigterm_while_the_last_step_is_saved_keeps_the_save(tiny_data_dir, tm
     assert not list((workdir / "checkpoints").rglob("*.orbax-checkpoint-tmp*"))
 
 
-
 _KILLED_IN_THE_LAST_EVALUATION = """
 import os, time
 from pathlib import Path
@@ -183,11 +182,12 @@ def test_a_last_evaluation_killed_after_its_checkpoint_is_run_when_the_run_is_re
     assert killed.returncode == 137, killed.stdout + killed.stderr
     assert [row["step"] for row in eval_rows(run_history(read_metrics(workdir / "metrics.jsonl")))] == [4]
     code, out = run_main_to_end(workdir, tiny_data_dir, every)
-    assert code == 0 and f"step {STEPS}: its evaluation did not finish before the run stopped; evaluating it " \
-        "now" in out and "nothing to train" in out, out
+    assert code == 0 and f"step {STEPS}: metrics.jsonl holds no evaluation of it (cut short when the run " \
+        "stopped?); evaluating it now" in out and "nothing to train" in out, out
     assert [row["step"] for row in eval_rows(run_history(read_metrics(workdir / "metrics.jsonl")))] == [4, STEPS]
     code, out = run_main_to_end(workdir, tiny_data_dir, every)     # once: evaluated now
-    assert code == 0 and "did not finish" not in out, out
+    assert code == 0 and "holds no evaluation" not in out, out
+
 
 def test_a_stop_right_after_a_periodic_save_saves_nothing_twice(tmp_path):
     # SIGTERM arriving just after step N's periodic save makes the loop save step N again (seen in CI once steps
@@ -337,10 +337,10 @@ def test_a_run_of_a_version_that_did_not_record_its_overrides_resumes_only_as_it
     saved = {"loss": "cross_entropy", "num_train_steps": 300, "data_dir": "/data", "eval_scale": 0.375}
     current = {"loss": "cross_entropy+lovasz", "num_train_steps": 1950, "data_dir": "~/tfds", "eval_scale": 0.375}
     refused = resume.dropped_overrides(None, saved, current, ["num_train_steps"])
-    assert refused == ("the run was started by an earlier version, which did not record its --config overrides, and "
-                       "these settings differ from the run's without being given now (loss cross_entropy -> "
-                       "cross_entropy+lovasz): give --config.loss=cross_entropy to go on as started, or give the new "
-                       "values to change them")
+    assert refused == ("the run's config.json records no --config overrides (an earlier version's run, or one "
+                       "started from Python), and these settings differ from the run's without being given now (loss "
+                       "cross_entropy -> cross_entropy+lovasz): give --config.loss=cross_entropy to go on as started, "
+                       "or give the new values to change them")
     assert resume.dropped_overrides(None, saved, current, ["num_train_steps", "loss"]) is None     # told
     assert resume.dropped_overrides([], saved, current, []) is None      # recorded: none were given at its start
 

@@ -492,9 +492,11 @@ def _interrupted_between_results(results):
     of the pool's locks (its condition in IMapIterator.next) left the result thread waiting for it, and
     Pool.terminate then waited forever (3 Ctrl-Cs in 50 measured)."""
     received = []
+    # SIGTERM only where Python handles it (cli.stop_on_sigterm): JAX's preemption service handles it in C under
+    # jax.distributed, which Python sees as SIG_DFL, and putting that "back" removed JAX's handler.
+    taken = [signal.SIGINT] + ([signal.SIGTERM] if callable(signal.getsignal(signal.SIGTERM)) else [])
     try:
-        previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
-                    for signum in (signal.SIGINT, signal.SIGTERM)}
+        previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in taken}
     except ValueError:          # not the main thread: signals are not ours to handle here
         yield from results
         return

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -193,11 +194,28 @@ def write_masks(annotations: list[Annotation], label_map: LabelMap, output: Path
 
 
 # --- check -------------------------------------------------------------------------------------------------------
+def _part_of_the_export(path: Path, args: argparse.Namespace, annotations: list[Annotation]) -> bool:
+    """Whether `path` is a file the check reads: the export (its files, its photos: any file in its folder but an
+    earlier check report) or the label map."""
+    if not path.is_file():
+        return False
+    path, export = path.resolve(), args.input.resolve()
+    read = {Path(a.source).resolve() for a in annotations} | {export} | (
+        set() if args.label_map_read is None else {Path(args.label_map_read).resolve()})
+    return path in read or (export.is_dir() and path.is_relative_to(export) and not _a_check_report(path))
+
+
+def _a_check_report(path: Path) -> bool:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(report, dict) and {"format", "files", "problems"} <= set(report)
+
+
 def check(args: argparse.Namespace) -> None:
     label_map, fmt, annotations = read_with_label_map(args)
-    read = {Path(a.source).resolve() for a in annotations} | {args.input.resolve()} | (
-        set() if args.label_map_read is None else {Path(args.label_map_read).resolve()})
-    if args.json is not None and args.json.resolve() in read:
+    if args.json is not None and _part_of_the_export(args.json, args, annotations):
         fail(f"--json {args.json} is a file of the export or its label map (it would be overwritten); give another "
              "file")
     root = args.input if args.input.is_dir() else args.input.parent

@@ -272,7 +272,7 @@ def _pixels(path: Path) -> tuple[str, np.ndarray, list[int] | None]:
                 if image.width * image.height > MAX_PIXELS:
                     raise Image.DecompressionBombError(f"{image.width}x{image.height}")
                 return image.mode, np.asarray(image), image.getpalette() if image.mode == "P" else None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise LabelFormatError(f"{path}: mask too large (decompression bomb?) {e}; refused") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise LabelFormatError(f"{path}: unreadable mask image ({e})") from None
