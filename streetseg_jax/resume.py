@@ -92,8 +92,8 @@ def dropped_overrides(started: list[str] | None, saved: dict, current: dict, ove
             return None
         keep = " ".join(_flag(k, then) for k, (then, _) in unsaid.items())
         return ("the run's config.json records no --config overrides (an earlier version's run, or one started from "
-                f"Python), and these settings differ from the run's without being given now ({listed(unsaid)}): give {keep} to go on "
-                "as started, or give the new values to change them")
+                f"Python), and these settings differ from the run's without being given now ({listed(unsaid)}): give "
+                f"{keep} to go on as started, or give the new values to change them")
     dropped = [key for key in started if key not in overrides and key in changed and key not in _NOT_TRAINING]
     if not dropped:
         return None
