@@ -111,6 +111,12 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def stopped_by(interrupt: KeyboardInterrupt) -> tuple[str, int]:
+    """What stopped a command, and its exit code: ("SIGTERM", 143) for stop_on_sigterm's KeyboardInterrupt,
+    ("Ctrl-C", 130) for any other."""
+    return ("SIGTERM", 143) if str(interrupt) == "SIGTERM" else ("Ctrl-C", 130)
+
+
 def run_command(main, leaves: str) -> NoReturn:
     """Run a command's `main()` as its `__main__`: Ctrl-C and SIGTERM stop it with a line saying what it `leaves`
     (exit 130 and 143, as `main` and `predict` do; a traceback of JAX's internals was 40-170 lines), and a reader
@@ -119,11 +125,11 @@ def run_command(main, leaves: str) -> NoReturn:
     try:
         code = main()
     except KeyboardInterrupt as e:
-        by_sigterm = str(e) == "SIGTERM"
-        print(f"\nstopped by {'SIGTERM' if by_sigterm else 'Ctrl-C'}: {leaves}", file=sys.stderr)
+        by, code = stopped_by(e)
+        print(f"\nstopped by {by}: {leaves}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(143 if by_sigterm else 130)      # the interpreter's exit crashed (SIGSEGV) in JAX's threads cut short
+        os._exit(code)      # the interpreter's exit crashed (SIGSEGV) in JAX's threads cut short
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # or exit's flush fails once more
         code = 1

@@ -22,7 +22,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from streetseg_jax import sharding  # noqa: E402
-from streetseg_jax.cli import disk_refusal, fail, normalise_argv, quiet_libraries, stop_on_sigterm  # noqa: E402
+from streetseg_jax.cli import (disk_refusal, fail, normalise_argv, quiet_libraries, stop_on_sigterm,  # noqa: E402
+                               stopped_by)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
@@ -60,9 +61,9 @@ def main(argv):
         _stop(f"error: the config has no key {key!r}, which a run reads: a config file starts from "
               "configs/default.py's get_config() and changes what differs (as configs/camvid.py does)", 2)
     except KeyboardInterrupt as e:      # outside the training loop, which saves and says so itself
-        name = "SIGTERM" if str(e) == "SIGTERM" else "Ctrl-C"
-        _stop(f"stopped by {name}; what was saved stays (checkpoints, a finished dataset build), and the same "
-              "command goes on from there", 143 if name == "SIGTERM" else 130)
+        by, code = stopped_by(e)
+        _stop(f"stopped by {by}; what was saved stays (checkpoints, a finished dataset build), and the same "
+              "command goes on from there", code)
 
 
 def _missing_config_key(e: Exception) -> str | None:

@@ -54,7 +54,7 @@ from PIL import Image
 
 from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, machine_lock, write_text
 from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_workdir,
-                               checkpoint_arg, fail, normalise_argv, quiet_libraries, run_command)
+                               checkpoint_arg, fail, normalise_argv, quiet_libraries, run_command, stopped_by)
 from streetseg_jax.labels.formats.masks import BESIDE_ENDING
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
 from streetseg_jax.labels.label_map import EXPORT_LABEL_MAP
@@ -215,12 +215,13 @@ class RunResult:
 
 
 class Stopped(Exception):
-    """A run stopped by Ctrl-C or SIGTERM (`error` None; `by_sigterm` which) or by an output no image can be written
-    to (a full disk, a read-only folder); `written` items are complete (the writes under way were finished first)."""
+    """A run stopped by Ctrl-C or SIGTERM (`interrupt`) or by an output no image can be written to (`error`: a full
+    disk, a read-only folder); `written` items are complete (the writes under way were finished first)."""
 
-    def __init__(self, written: list[Item], failures: list, error: OSError | None = None, by_sigterm: bool = False):
+    def __init__(self, written: list[Item], failures: list, error: OSError | None = None,
+                 interrupt: KeyboardInterrupt | None = None):
         super().__init__(f"{len(written)} written")
-        self.written, self.failures, self.error, self.by_sigterm = written, failures, error, by_sigterm
+        self.written, self.failures, self.error, self.interrupt = written, failures, error, interrupt
 
 
 def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, progress=None) -> RunResult:
@@ -246,7 +247,9 @@ def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, p
             while pending:
                 with contextlib.suppress(OSError):
                     _finish_write(*pending.popleft(), written, failures, None)
-            raise Stopped(written, failures, e if isinstance(e, OSError) else None, str(e) == "SIGTERM") from None
+            if isinstance(e, OSError):
+                raise Stopped(written, failures, error=e) from None
+            raise Stopped(written, failures, interrupt=e) from None
     if progress is not None:
         progress.update(len(items) - progress.n)
     return RunResult(written, time.perf_counter() - start, failures)
@@ -503,21 +506,25 @@ def _predict(args: argparse.Namespace, items: list[Item], out_dir: Path) -> int:
         result = _run(predictor, todo, out_dir, args) if todo else RunResult([], 0.0, [])
     except Stopped as e:
         _list_failures(e.failures)
-        what = f"error: {e.error}" if e.error else f"stopped by {'SIGTERM' if e.by_sigterm else 'Ctrl-C'}"
+        if e.error:
+            what, code = f"error: {e.error}", 2
+        else:
+            by, code = stopped_by(e.interrupt)
+            what = f"stopped by {by}"
         print(f"\n{what}: {len(e.written)} of {len(todo)} image(s) written, each whole; the same command with "
               "--skip_existing predicts the rest" + (" once there is room" if e.error is not None else ""),
               file=sys.stderr)
-        return 2 if e.error else 143 if e.by_sigterm else 130
+        return code
     finished = frozenset(done + result.written)
     exported = [item for item in items if item in finished]
     if args.export and exported:
         try:
             folder = export_polygons(exported, predictor.trained.label_map, args.export, out_dir, args.tolerance)
         except KeyboardInterrupt as e:
-            by_sigterm = str(e) == "SIGTERM"
-            print(f"\nstopped by {'SIGTERM' if by_sigterm else 'Ctrl-C'} while writing the polygons; every image's "
-                  "files are written: the same command with --skip_existing writes the polygons", file=sys.stderr)
-            return 143 if by_sigterm else 130
+            by, code = stopped_by(e)
+            print(f"\nstopped by {by} while writing the polygons; every image's files are written: the same command "
+                  "with --skip_existing writes the polygons", file=sys.stderr)
+            return code
         print(f"polygons for {len(exported)} image(s) in {args.export} format: {folder} (with the run's "
               f"{EXPORT_LABEL_MAP}, which labels check and data build read there)")
     if result.written:
