@@ -243,7 +243,7 @@ class Evaluator:
                 jax.block_until_ready(outs[-1])
                 progress(sum(position is not None for position in positions))
         outs = jax.device_get(outs)
-        rows = self._eval_batches(source).real_rows
+        rows = batches.real_rows
         return {"confusion": np.concatenate([o["confusion"] for o in outs]).astype(np.int64)[rows],
                 "loss_sum": np.concatenate([o["loss_sum"] for o in outs]).astype(np.float64)[rows],
                 "pixels": np.concatenate([o["pixels"] for o in outs]).astype(np.float64)[rows]}

@@ -33,6 +33,7 @@ from PIL import Image
 
 from streetseg_jax import sharding, train
 from streetseg_jax.checkpoint import Checkpoints
+from streetseg_jax.data import pipeline
 from streetseg_jax.evaluator import flip_tta_setting, network_scales, predict_logits, tta_logits
 from streetseg_jax.labels.images import rgb_array
 from streetseg_jax.labels.label_map import LabelMap
@@ -477,7 +478,7 @@ class Predictor:
         waiting for the device."""
         n = len(tiles)
         wanted = min(self._calls_of(tiles.shape[1:3]), 1 << (n - 1).bit_length())
-        used = max(d for d in range(1, self._devices + 1) if self._devices % d == 0 and d <= wanted)
+        used = pipeline.devices_for(wanted, self._devices)
         batch = np.zeros((-(-wanted // used) * used, *tiles.shape[1:]), np.uint8)
         batch[:n] = tiles
         forward, weights = self._on_devices(used)

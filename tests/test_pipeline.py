@@ -278,3 +278,10 @@ def test_eval_batches_of_large_images_hold_fewer_rows_in_multiples_of_the_device
     assert [b["image"].shape[0] for b in shared] == [2, 2, 8]
     with pytest.raises(ValueError, match="least 1 must divide unit 8, and be it with 2 processes"):
         eval_batches(source, global_batch=8, ignore_id=IGNORE, process_count=2, unit=8, least=1)
+
+
+def test_a_batch_of_fewer_rows_than_devices_runs_on_the_most_that_split_it_evenly():
+    from streetseg_jax.data.pipeline import devices_for
+
+    assert [devices_for(rows, 8) for rows in (0, 1, 2, 3, 5, 7, 8)] == [1, 1, 2, 2, 4, 4, 8]
+    assert [devices_for(rows, 6) for rows in (1, 4, 5, 6)] == [1, 3, 3, 6]

@@ -80,6 +80,12 @@ def _local_batch_size(global_batch: int, process_count: int, process_index: int)
     return global_batch // process_count
 
 
+def devices_for(rows: int, devices: int) -> int:
+    """The most of `devices` a batch of `rows` rows splits over evenly when it has fewer rows than them: the largest
+    divisor of `devices` not above `rows` (1 at least)."""
+    return max(d for d in range(1, devices + 1) if devices % d == 0 and d <= max(rows, 1))
+
+
 # --- eval ----------------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +182,7 @@ class EvalBatches:
             return self.global_batch
         if fit >= self.unit:
             return fit // self.unit * self.unit
-        return max(d for d in range(self.least, self.unit + 1) if self.unit % d == 0 and (d <= fit or d == self.least))
+        return max(self.least, devices_for(fit, self.unit))
 
 
 def eval_batches(source: Sequence[dict], *, global_batch: int, ignore_id: int, process_index: int = 0,
