@@ -161,6 +161,13 @@ def checkpoint_arg(text: str) -> str | int:
     return int(text)
 
 
+def add_checkpoint_flag(parser, more: str = "") -> None:
+    """--checkpoint best|latest|STEP (dest checkpoint; checkpoint_arg), best by default, as every command that
+    loads a run's model takes it; `more` is said after its help."""
+    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
+                        help="best (default; latest if none), latest or a step" + more)
+
+
 def add_flip_tta_flags(parser, help_text: str) -> None:
     """--flip_tta / --no_flip_tta (dest flip_tta); neither leaves None: as the run evaluated (its eval_flip_tta)."""
     group = parser.add_mutually_exclusive_group()

@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_workdir,
-                               checkpoint_arg, fail, normalise_argv, quiet_libraries, run_command)
+from streetseg_jax.cli import (ArgumentParser, add_checkpoint_flag, add_extra_scales_flag, add_flip_tta_flags,
+                               check_workdir, fail, normalise_argv, quiet_libraries, run_command)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -33,8 +33,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split); TFDS slices work")
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
-    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
-                        help="best (default; latest if none), latest or a step (its files end in _step<N>)")
+    add_checkpoint_flag(parser, " (its files end in _step<N>)")
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's (written as "
                        "<split>_flip_tta.json; _multiscale is added with extra scales)")
     add_extra_scales_flag(parser)

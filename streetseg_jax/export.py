@@ -32,8 +32,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_output_file,
-                               check_workdir, checkpoint_arg, fail, normalise_argv, quiet_libraries, run_command)
+from streetseg_jax.cli import (ArgumentParser, add_checkpoint_flag, add_extra_scales_flag, add_flip_tta_flags,
+                               check_output_file, check_workdir, fail, normalise_argv, quiet_libraries, run_command)
 
 OUTPUTS = ("classes", "confidence", "logits")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")       # what jax.export lowers for
@@ -44,8 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog="python -m streetseg_jax.export", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
     parser.add_argument("--output", required=True, help="archive to write (a zip; see the module docstring)")
-    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
-                        help="best (default; latest if none), latest or a step")
+    add_checkpoint_flag(parser)
     parser.add_argument("--height", type=int, help="fixed image height (default: symbolic; for a model that sees "
                         "images resized, its training images')")
     parser.add_argument("--width", type=int, help="fixed image width (default: as --height)")

@@ -53,8 +53,8 @@ import numpy as np
 from PIL import Image
 
 from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, machine_lock, write_text
-from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_workdir,
-                               checkpoint_arg, fail, normalise_argv, quiet_libraries, run_command, stopped_by)
+from streetseg_jax.cli import (ArgumentParser, add_checkpoint_flag, add_extra_scales_flag, add_flip_tta_flags,
+                               check_workdir, fail, normalise_argv, quiet_libraries, run_command, stopped_by)
 from streetseg_jax.labels.formats.masks import BESIDE_ENDING
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
 from streetseg_jax.labels.label_map import EXPORT_LABEL_MAP
@@ -405,8 +405,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
     parser.add_argument("--input", required=True, nargs="+", help="image files, folders or globs")
     parser.add_argument("--output", required=True, help="folder for masks, overlays and confidence maps")
-    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
-                        help="best (default; latest if none), latest or a step")
+    add_checkpoint_flag(parser)
     parser.add_argument("--save_confidence", action="store_true",
                         help="also write <name>_confidence.png: greyscale, the predicted class's softmax probability "
                              "times 255 (white: certain; never darker than 255/K for K classes, where the model "

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streetseg_jax.cli import (ArgumentParser, add_extra_scales_flag, add_flip_tta_flags, check_output_file,
-                               checkpoint_arg, fail, normalise_argv, run_command)
+from streetseg_jax.cli import (ArgumentParser, add_checkpoint_flag, add_extra_scales_flag, add_flip_tta_flags,
+                               check_output_file, fail, normalise_argv, run_command)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -31,8 +31,7 @@ def make_parser() -> argparse.ArgumentParser:
                             description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--workdir", required=True, help="a training work directory (with checkpoints/)")
     parser.add_argument("--split", help="split to evaluate (default: the config's eval_split)")
-    parser.add_argument("--checkpoint", default="best", type=checkpoint_arg,
-                        help="best (default; latest if none), latest or a step")
+    add_checkpoint_flag(parser)
     parser.add_argument("--k", type=int, default=4, help="how many best and worst images to show (default 4)")
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's")
