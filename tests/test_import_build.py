@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 
@@ -786,3 +787,29 @@ def test_the_pool_takes_sigterm_only_where_python_handles_it():
         assert Results.seen[-1] not in (mine, signal.SIG_DFL) and signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_worker_ends_on_sigterm_whatever_handler_its_parent_had():
+    """The commands turn SIGTERM into a KeyboardInterrupt (cli.stop_on_sigterm), and forked workers inherited that
+    handler: the SIGTERM their killed parent's death sends them (and the one Pool.terminate sends) was caught, and
+    a killed build's workers lived on, the next build hanging in CI."""
+    script = textwrap.dedent("""
+        import os, signal, time
+        from concurrent.futures import ProcessPoolExecutor
+        from streetseg_jax.cli import stop_on_sigterm
+        from streetseg_jax.data.inputs import end_with_parent, pool_context
+
+        stop_on_sigterm()
+        with ProcessPoolExecutor(1, mp_context=pool_context(), initializer=end_with_parent) as pool:
+            worker = pool.submit(os.getpid).result()
+            os.kill(worker, signal.SIGTERM)
+            time.sleep(2)
+            try:
+                os.kill(worker, 0)
+                print("alive")
+            except ProcessLookupError:
+                print("ended")
+            os._exit(0)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ended", done.stdout + done.stderr

@@ -525,7 +525,9 @@ def _ignore_ctrl_c() -> None:
 
 def end_with_parent() -> None:
     """A worker ends when its parent does, killed or not (Linux): a killed build's workers lived on as orphans,
-    asleep for good."""
+    asleep for good. It ends on SIGTERM whatever its parent does with one: a forked worker inherited the commands'
+    handler (cli.stop_on_sigterm), and caught the SIGTERM of its parent's death and of Pool.terminate."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
         if os.getppid() == 1:       # the parent ended before the line above: nothing will come
