@@ -78,12 +78,14 @@ class RunSetup:
 
     def release(self) -> None:
         """The checkpoint managers and the work directory's lock go (in a notebook the setup outlives the run)."""
-        if self.checkpoints is not None:
-            self.checkpoints.close()
-            self.checkpoints = None
-        if self.lock is not None:
-            self.lock.close()
-            self.lock = None
+        try:
+            if self.checkpoints is not None:
+                checkpoints, self.checkpoints = self.checkpoints, None
+                checkpoints.close()
+        finally:        # a save that fails at the close still frees the work directory
+            if self.lock is not None:
+                self.lock.close()
+                self.lock = None
 
     def fail(self, message: str) -> None:
         self.checkpoints.wait()
