@@ -91,10 +91,15 @@ def collect_inputs(paths: Iterable[str], out_dir: Path) -> list[Item]:
             items.extend(_folder_items(match, out_dir) if match.is_dir() else [Item(match, match.stem)])
     if missing:
         fail("no such file or folder, and no glob match: " + ", ".join(missing))
-    unique = list(dict.fromkeys(Item(i.source.resolve(), i.name) for i in items))
+    unique = list(dict.fromkeys(Item(_real(i.source), i.name) for i in items))
     if not unique:
         fail(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(paths)}")
     return unique
+
+
+def _real(path: Path) -> Path:
+    """The file `path` names, links resolved; a link to nothing stays itself, for its failure to name it."""
+    return path.absolute() if path.is_symlink() and not path.exists() else path.resolve()
 
 
 def _folder_items(folder: Path, out_dir: Path) -> list[Item]:

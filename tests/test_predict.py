@@ -432,6 +432,17 @@ def test_folders_keep_their_structure_and_outputs_inside_are_skipped(workdir, tm
     assert f"note: {inputs}: 1 label mask(s) beside their photos left out (c_mask.png)" in err
 
 
+def test_a_link_to_a_photo_that_is_gone_is_a_failure_that_says_so(workdir, tmp_path, capsys):
+    inputs = tmp_path / "photos"
+    save(inputs / "a.jpg", random_image(32, 48))
+    (inputs / "b.jpg").symlink_to(tmp_path / "unmounted" / "b.jpg")        # was left out silently
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "1 input(s) failed" in err
+    assert f"{inputs / 'b.jpg'}: a link to {tmp_path / 'unmounted' / 'b.jpg'}, which does not exist" in err
+    assert (tmp_path / "out" / "a.png").exists()
+
+
 def test_globs_and_duplicate_output_names(workdir, tmp_path, capsys, monkeypatch):
     save(tmp_path / "one" / "x.jpg", random_image(32, 32))
     save(tmp_path / "two" / "x.png", random_image(32, 32))

@@ -53,7 +53,8 @@ def resolve_inside(root: Path, relative: str, what: str, source: Path | str) -> 
 def files_under(folder: Path, pattern: str = "*", follow_links: bool = False) -> list[Path]:
     """The files below `folder` whose names match `pattern` (case-sensitive, like Path.rglob), sorted. Hidden
     files and folders are left out: macOS's ._IMG.jpg companions and .DS_Store, editors' .ipynb_checkpoints,
-    version control. With `follow_links`, folders that are links are followed too, each real folder once."""
+    version control. With `follow_links`, folders that are links are followed too, each real folder once. A link
+    to a file that is gone is listed as the file it was: reading it says so, rather than its leaving silently."""
     return sorted(iter_files(folder, pattern, follow_links))
 
 
@@ -67,7 +68,7 @@ def iter_files(folder: Path, pattern: str = "*", follow_links: bool = False) -> 
             seen.add(real)
             yield from (path for path in (Path(root) / name for name in names
                                           if not name.startswith(".") and fnmatch.fnmatchcase(name, pattern))
-                        if path.is_file())
+                        if path.is_file() or path.is_symlink() and not path.exists())
 
 
 def case_insensitive(folder: Path) -> bool:
@@ -218,15 +219,18 @@ def image_size(source, name: str = "") -> tuple[int, int]:
         return (height, width) if turned else (width, height)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise LabelFormatError(f"{label}: image too large (decompression bomb?) {e}; refused") from None
-    except FileNotFoundError:
-        raise LabelFormatError(f"{label}: image does not exist") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise _unreadable(label, source, e) from None
 
 
 def _unreadable(label: str, source, error: Exception) -> LabelFormatError:
-    empty = (len(source) == 0 if isinstance(source, bytes)
-             else isinstance(source, (str, Path)) and os.path.isfile(source) and os.path.getsize(source) == 0)
+    path = Path(source) if isinstance(source, (str, Path)) else None
+    if path is not None and path.is_symlink() and not path.exists():
+        return LabelFormatError(f"{label}: a link to {os.readlink(path)}, which does not exist")
+    if isinstance(error, FileNotFoundError):
+        return LabelFormatError(f"{label}: image does not exist")
+    empty = len(source) == 0 if isinstance(source, bytes) else path is not None and path.is_file() and \
+        path.stat().st_size == 0
     return LabelFormatError(f"{label}: " + ("empty file (0 bytes), not an image" if empty
                                             else f"unreadable image ({error})"))
 
