@@ -258,8 +258,8 @@ def test_image_files_found_in_coco_layouts_and_escapes_refused(tmp_path):
     for bad in ("../val2017.jpg", "/etc/passwd"):
         escape = _write(tmp_path / "e" / "c.json", _coco([], images=[{"id": 1, "file_name": bad,
                                                                       "width": 4, "height": 4}]))
-        with pytest.raises(LabelFormatError, match="outside the export folder"):
-            coco.read(escape, None)
+        with pytest.raises(LabelFormatError, match=f"file_name '{bad}' points outside the export folder"):
+            coco.read(escape, None)                             # as written ('./../val2017.jpg' was quoted)
 
 
 def test_panoptic_hand_written(tmp_path):

@@ -28,25 +28,27 @@ class OutsideExportError(LabelFormatError):
     """A file name from an export that leads out of the export folder."""
 
 
-def resolve_inside(root: Path, relative: str, what: str, source: Path | str) -> Path:
+def resolve_inside(root: Path, relative: str, what: str, source: Path | str, written: str | None = None) -> Path:
     """`root / relative`, refusing a path that escapes `root` (absolute paths, `..`, symlinks out) with
     OutsideExportError, and a name no file can have (a NUL byte, a part too long for the file system) with
-    LabelFormatError: both come from files other people wrote, and must not reach the user as an OSError."""
+    LabelFormatError: both come from files other people wrote, and must not reach the user as an OSError. The
+    errors quote `written`, the name as the export has it, where `relative` is made of more."""
+    shown = _short(relative if written is None else written)
     try:
         root = Path(root).resolve()
         candidate = (root / relative).resolve()
     except (OSError, ValueError) as e:
-        raise LabelFormatError(f"{source}: {what} {_short(relative)} is not a usable file name ({_reason(e)})") \
+        raise LabelFormatError(f"{source}: {what} {shown} is not a usable file name ({_reason(e)})") \
             from None
     if not candidate.is_relative_to(root):
         through_link = Path(os.path.normpath(root / relative)).is_relative_to(root)
         why = (f" through a link (to {candidate}): links out of an export are not followed, so that an export made "
                "elsewhere cannot pull other files of this machine into a dataset; copy the files into the export"
                if through_link else "")
-        raise OutsideExportError(f"{source}: {what} {_short(relative)} points outside the export folder {root}"
+        raise OutsideExportError(f"{source}: {what} {shown} points outside the export folder {root}"
                                  f"{why}; refused")
     if _too_long(candidate):
-        raise LabelFormatError(f"{source}: {what} {_short(relative)} is not a usable file name (too long)")
+        raise LabelFormatError(f"{source}: {what} {shown} is not a usable file name (too long)")
     return candidate
 
 

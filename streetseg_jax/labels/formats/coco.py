@@ -210,7 +210,7 @@ def find_file(root: Path, json_path: Path, name: str, what: str, folders: tuple[
     root_resolved = Path(root).resolve()
     for folder in candidates:
         relative = os.path.relpath(folder.resolve(), root_resolved)
-        candidate = resolve_inside(root, os.path.join(relative, name), what, json_path)
+        candidate = resolve_inside(root, os.path.join(relative, name), what, json_path, name)
         if is_file(candidate):
             return candidate
     return None
