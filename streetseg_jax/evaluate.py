@@ -97,9 +97,9 @@ def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None,
 class Evaluation:
     split: str
     confusion: np.ndarray       # int64 (K, K), rows true, columns predicted
-    per_image: np.ndarray       # int64 (N, K, K)
     scores: dict                # metrics.metrics_from_confusion of `confusion`, plus "loss"
     image_miou: list            # per image: mIoU, or None for an image with no labelled pixel
+    image_accuracy: list        # per image: pixel accuracy, or None for an image with no labelled pixel
 
 
 def load_checked_split(run: LoadedRun, split: str, data_dir: str | None):
@@ -153,8 +153,9 @@ def evaluate_split(run: LoadedRun, source, split: str) -> Evaluation:
     confusion = sums["confusion"].sum(axis=0)
     scores = metrics_from_confusion(confusion, names)
     scores["loss"] = float(sums["loss_sum"].sum() / max(sums["pixels"].sum(), 1.0))
-    image_miou = [metrics_from_confusion(c, names)["miou"] for c in sums["confusion"]]
-    return Evaluation(split, confusion, sums["confusion"], scores, image_miou)
+    per_image = [metrics_from_confusion(c, names) for c in sums["confusion"]]
+    return Evaluation(split, confusion, scores, [s["miou"] for s in per_image],
+                      [s["pixel_accuracy"] for s in per_image])
 
 
 def rank_images(image_miou: list, k: int) -> tuple[list[int], list[int]]:
@@ -240,16 +241,55 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     result["label_sizes"], result["data"] = sizes, data
     result["per_image"]["worst"] = _worst(result["per_image"]["images"])
     out_dir = results_dir(workdir, out_dir)
-    stem = (split_file_name(split) + ("_flip_tta" if run.config.eval_flip_tta else "")
-            + ("_multiscale" if len(network_scales(run.config)) > 1 else "")
-            + ("" if checkpoint == "best" else f"_step{run.step}")     # best: also a run's latest, without one
-            + (f"_data-{other_data(data)}" if other_data(data) else ""))  # the run's own results are kept
+    stem = result_stem(run, split, checkpoint, data)
     if out_dir != workdir / "eval":      # the run's own folder holds its own results, wherever the run was then
         _say_whose_results_are_replaced(out_dir / f"{stem}.json", workdir)
     json_path = atomic.write_bytes(out_dir / f"{stem}.json", json.dumps(result, indent=1).encode())
     png_path = atomic.write_bytes(out_dir / f"{stem}_confusion.png",
                                  confusion_png(evaluation.confusion, run.label_map.names, result_title(result)))
     return result, json_path, png_path
+
+
+def result_stem(run: LoadedRun, split: str, checkpoint: str | int, data: dict) -> str:
+    """The name evaluate gives the files of a result: the split, the TTA, the checkpoint unless the best (also a
+    run's latest, where it has no best) and data other than the run trained on, so none replaces another."""
+    return (split_file_name(split) + ("_flip_tta" if run.config.eval_flip_tta else "")
+            + ("_multiscale" if len(network_scales(run.config)) > 1 else "")
+            + ("" if checkpoint == "best" else f"_step{run.step}")
+            + (f"_data-{other_data(data)}" if other_data(data) else ""))
+
+
+def recorded_evaluation(workdir: Path, run: LoadedRun, split: str, checkpoint: str | int, data: dict,
+                        num_images: int) -> tuple[Evaluation, Path] | None:
+    """The Evaluation evaluate wrote into the run's eval/ folder for this checkpoint, TTA and data (scored_data's
+    fingerprint), written after the checkpoint was; None where there is none such, or it cannot be told."""
+    path = results_dir(workdir) / f"{result_stem(run, split, checkpoint, data)}.json"
+    try:
+        result = json.loads(path.read_text())
+        written = path.stat().st_mtime
+        scales = network_scales(run.config)
+        same = (result["workdir"] == str(workdir) and result["split"] == split and result["step"] == run.step
+                and result["data"]["fingerprint"] == data["fingerprint"] is not None
+                and result["num_images"] == num_images == len(result["per_image"]["images"])
+                and result["flip_tta"] == bool(run.config.eval_flip_tta)
+                and [result["eval_scale"], *result["eval_extra_scales"]] == list(scales)
+                and list(result["iou"]) == run.label_map.names
+                and written >= _saved_at(workdir, run.step))
+        if not same:
+            return None
+        confusion = np.array(result["confusion"], np.int64)
+        images = result["per_image"]["images"]
+        scores = {**metrics_from_confusion(confusion, run.label_map.names), "loss": result["loss"]}
+        return Evaluation(split, confusion, scores, [row["miou"] for row in images],
+                          [row["pixel_accuracy"] for row in images]), path
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _saved_at(workdir: Path, step: int) -> float:
+    """When the checkpoint of `step` was last written (latest/ or best/); infinity where neither is there."""
+    times = [folder.stat().st_mtime for folder in (workdir / "checkpoints").glob(f"*/{step}") if folder.is_dir()]
+    return max(times, default=math.inf)
 
 
 def results_dir(workdir: str | Path, output: str | Path | None = None) -> Path:
@@ -279,16 +319,14 @@ def result_dict(run, evaluation, file_names: list[str], workdir: Path) -> dict:
         "iou": {name: scores[f"iou/{name}"] for name in names},
         "class_pixels": dict(zip(names, evaluation.confusion.sum(axis=1).tolist())),
         "confusion": evaluation.confusion.tolist(),
-        "per_image": per_image_summary(evaluation.per_image, names, file_names),
+        "per_image": per_image_summary(evaluation, file_names),
     }
 
 
-def per_image_summary(confusions: np.ndarray, names: list[str], file_names: list[str]) -> dict:
+def per_image_summary(evaluation: Evaluation, file_names: list[str]) -> dict:
     """Per image: mIoU over the classes in its labels or its prediction, and pixel accuracy; their spread."""
-    images = []
-    for file_name, confusion in zip(file_names, confusions):
-        scores = metrics_from_confusion(confusion, names)
-        images.append({"file_name": file_name, "miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"]})
+    images = [{"file_name": name, "miou": miou, "pixel_accuracy": accuracy}
+              for name, miou, accuracy in zip(file_names, evaluation.image_miou, evaluation.image_accuracy)]
     values = np.array([row["miou"] for row in images if row["miou"] is not None])
     spread = {f"{what}_miou": float(fn(values)) if values.size else None
               for what, fn in (("mean", np.mean), ("median", np.median), ("min", np.min), ("max", np.max))}

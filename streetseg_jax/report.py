@@ -49,8 +49,8 @@ import numpy as np  # noqa: E402
 
 from streetseg_jax import atomic  # noqa: E402
 from streetseg_jax.evaluate import (Evaluation, LoadedRun, confusion_png, evaluate_split,  # noqa: E402
-                                    load_checked_split, load_run, other_data, rank_images, scored_data, score_command,
-                                    split_file_name)
+                                    load_checked_split, load_run, other_data, rank_images, recorded_evaluation,
+                                    scored_data, score_command, split_file_name)
 from streetseg_jax.evaluator import example_name, network_scales  # noqa: E402
 from streetseg_jax.metrics import class_recall  # noqa: E402
 from streetseg_jax.page import escape, html_page, png_uri, section  # noqa: E402
@@ -126,7 +126,7 @@ class Example:
     enlarged: bool              # shown larger than it is: masks then keep square pixels instead of blurring
 
 
-def example(run: LoadedRun, source, index: int, miou: float, confusion: np.ndarray) -> Example:
+def example(run: LoadedRun, source, index: int, miou: float, accuracy: float | None) -> Example:
     """Image, ground truth, prediction and error map of one example, ready to embed."""
     from streetseg_jax.visualize import colorize, error_map
 
@@ -138,8 +138,6 @@ def example(run: LoadedRun, source, index: int, miou: float, confusion: np.ndarr
     panels = {"image": _data_uri(image, "JPEG"), "ground truth": _data_uri(colorize(truth, lm), "PNG"),
               "prediction": _data_uri(colorize(pred, lm), "PNG"),
               "errors": _data_uri(error_map(image, truth, pred, lm.ignore_id), "JPEG")}
-    total = confusion.sum()
-    accuracy = float(np.trace(confusion) / total) if total else None
     return Example(index, example_name(record, index), miou, accuracy, panels,
                    enlarged=image.shape[1] < SHOWN_PANEL_WIDTH)
 
@@ -359,15 +357,22 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     """Evaluate `checkpoint` of the run in `workdir` on `split` and write the page to `output`, by default
     workdir/report.html (page_name: another split, checkpoint, TTA or data named in the file's name, so that one
     page does not replace the other); returns its path.
-    Test-time augmentation as the run evaluated unless `flip_tta` / `extra_scales` say otherwise (see load_run)."""
+    Test-time augmentation as the run evaluated unless `flip_tta` / `extra_scales` say otherwise (see load_run).
+    Scores evaluate wrote for the same checkpoint, TTA and data are read rather than computed again."""
     workdir = Path(workdir).resolve()
     run = load_run(workdir, checkpoint, flip_tta, extra_scales)
     config = run.config
     split = split or config.eval_split
     eval_source = load_checked_split(run, split, data_dir)
     train_source = load_checked_split(run, config.train_split, data_dir)
-    evaluation = evaluate_split(run, eval_source, split)
-    scored = scored_data(workdir, run, data_dir)        # after the "scoring" line: it reads every file
+    scored = scored_data(workdir, run, data_dir)
+    recorded = recorded_evaluation(workdir, run, split, checkpoint, scored, len(eval_source))
+    if recorded:
+        evaluation, path = recorded
+        print(f"scores of step {run.step} on {split} from {path}, which evaluate wrote for this checkpoint, "
+              "test-time augmentation and data (remove it to score again)", file=sys.stderr)
+    else:
+        evaluation = evaluate_split(run, eval_source, split)
     data = _report_data(workdir, run, k, evaluation, eval_source, train_source, scored)
     name = page_name(split if split != config.eval_split else None, run.step if checkpoint != "best" else None,
                      flip_tta, extra_scales, other_data(scored))
@@ -390,7 +395,7 @@ def page_name(split: str | None, step: int | None, flip_tta: bool | None, extra_
 
 def _report_data(workdir, run, k, evaluation, eval_source, train_source, scored: dict) -> ReportData:
     best, worst = rank_images(evaluation.image_miou, k)
-    shown = {which: [example(run, eval_source, i, evaluation.image_miou[i], evaluation.per_image[i])
+    shown = {which: [example(run, eval_source, i, evaluation.image_miou[i], evaluation.image_accuracy[i])
                      for i in indices] for which, indices in (("best", best), ("worst", worst))}
     lm, config = run.label_map, run.config
     train_counts = train_pixel_counts(train_source, lm.num_classes)

@@ -13,6 +13,7 @@ the test instead of passing it silently. --screenshot in the same run gives the 
 from __future__ import annotations
 
 import html.parser
+import json
 import os
 import re
 import shutil
@@ -222,7 +223,7 @@ def test_render_html_without_metrics_config_json_or_examples():
     confusion = np.diag(np.arange(k, dtype=np.int64) * 10) + 1
     confusion[0], confusion[:, 0] = 0, 0   # class 0: neither labelled nor predicted
     scores = {**metrics_from_confusion(confusion, label_map.names), "loss": 0.5}
-    evaluation = Evaluation("test", confusion, confusion[None], scores, [scores["miou"]])
+    evaluation = Evaluation("test", confusion, scores, [scores["miou"]], [scores["pixel_accuracy"]])
     data = ReportData("Run report: x", "latest", 7, label_map, evaluation, "train", np.ones(k, np.int64), [], [], 0,
                       None, b"png", b"png", {"model": {"depth": 2}, "dataset": "street_seg/synthetic"},
                       "network at scale 1", {"directory": "d", "fingerprint": "f", "trained_on": None},
@@ -259,6 +260,33 @@ def test_test_time_augmentation_as_the_run_evaluated_unless_told(workdir, report
     page.feed(text)
     rows = {attrs["data-class"]: value(attrs["data-iou"]) for attrs in page.with_attr("data-class")}
     assert rows == {name: pytest.approx(expected[f"eval/iou/{name}"], abs=1e-12) for name in run.label_map.names}
+
+
+def test_scores_evaluate_wrote_are_read_not_computed_again(workdir, tmp_path, capsys, monkeypatch):
+    """A report after evaluate scored the split a second time; it now reads what evaluate wrote for the same
+    checkpoint, TTA and data, and scores again where that is older than the checkpoint or of other settings."""
+    import shutil
+
+    from streetseg_jax import evaluate, report
+
+    copy = shutil.copytree(workdir, tmp_path / "run")
+    scored = []
+    monkeypatch.setattr(report, "evaluate_split", lambda *a: scored.append(a) or evaluate.evaluate_split(*a))
+    report.main(["--workdir", str(copy), "--split", SPLIT, "--k", str(K)])
+    fresh = (copy / "report_train.html").read_text(encoding="utf-8")
+    evaluate.main(["--workdir", str(copy), "--split", SPLIT])
+    capsys.readouterr()
+    report.main(["--workdir", str(copy), "--split", SPLIT, "--k", str(K)])
+    assert len(scored) == 1 and f"from {copy / 'eval' / 'train.json'}, which evaluate wrote" in capsys.readouterr().err
+    assert (copy / "report_train.html").read_text(encoding="utf-8") == fresh
+    report.main(["--workdir", str(copy), "--split", SPLIT, "--k", "0", "--flip_tta"])      # other TTA
+    assert len(scored) == 2
+    step = json.loads((copy / "eval" / "train.json").read_text())["step"]
+    later = (copy / "eval" / "train.json").stat().st_mtime + 10
+    os.utime(next((copy / "checkpoints").glob(f"*/{step}")), (later, later))   # saved again since: a run trained
+                                                                                # on from an earlier checkpoint
+    report.main(["--workdir", str(copy), "--split", SPLIT, "--k", "0"])
+    assert len(scored) == 3 and "which evaluate wrote" not in capsys.readouterr().err
 
 
 def test_a_page_of_another_split_checkpoint_tta_or_data_is_named_so_and_replaces_none():
