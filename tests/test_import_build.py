@@ -129,7 +129,7 @@ def test_embedded_images_and_image_conversions(tmp_path):
 
 
 # --- splits ------------------------------------------------------------------------------------------------------
-def test_split_file_assigns_splits_and_is_checked(tmp_path):
+def test_split_file_assigns_splits_and_is_checked(tmp_path, monkeypatch):
     stems = [f"video_{i:02d}" for i in range(6)]
     export = labelme_export(tmp_path / "export", stems)
     split_file = tmp_path / "splits.tsv"
@@ -138,6 +138,16 @@ def test_split_file_assigns_splits_and_is_checked(tmp_path):
     result, _ = build(tmp_path, export, split_file=str(split_file))
     assert result.splits == {"train": 3, "validation": 2, "test": 1}
     assert sorted(records(tmp_path, "test")) == ["video_05.png"]
+    # The same file named otherwise is the same build (its path was recorded, and the rebuild refused).
+    monkeypatch.chdir(tmp_path)
+    again, _ = build(tmp_path, export, split_file="splits.tsv")
+    assert again.path == result.path and again.reused
+    metadata = result.path / "metadata.json"           # a build before then: the path recorded
+    recorded = json.loads(metadata.read_text())
+    for options in (recorded["options"], recorded["fingerprint"]["options"]):
+        options["split_file"] = "elsewhere/splits.tsv"
+    metadata.write_text(json.dumps(recorded))
+    assert build(tmp_path, export, split_file=str(split_file))[0].reused
     for text, message in [("train\tvideo_00\n", "5 image(s) are in no split: video_01, video_02"),
                           ("train video_00\n", "line 1: expected 'split<TAB>file stem'"),
                           ("holdout\tvideo_00\n", "line 1: split 'holdout' is not one of"),

@@ -129,9 +129,9 @@ class StreetSegConfig(tfds.core.BuilderConfig):
         # splits was reused for --val_fraction 0.2, the default's value.
         fraction = DEFAULT_VAL_FRACTION if self.val_fraction is None else self.val_fraction
         given = {"splits": "by val_fraction"} if self.val_fraction is not None and not self.split_file else {}
+        # The split file by its contents alone: the same file named another way is the same build.
         return {"format": self.format, "val_fraction": None if self.split_file else fraction,
-                "split_file": self.split_file, "split_file_sha256": _hash_or_none(self.split_file),
-                "unknown": self.unknown, **given}
+                "split_file_sha256": _hash_or_none(self.split_file), "unknown": self.unknown, **given}
 
 
 def _hash_or_none(path: str | None) -> str | None:
@@ -394,7 +394,8 @@ def _features(label_map: LabelMap) -> tfds.features.FeaturesDict:
 # --- options -----------------------------------------------------------------------------------------------------
 def built_options(info) -> dict | None:
     """The options a build recorded in its metadata (dataset_info.json); None for a build from before they were."""
-    return info.metadata.get("options") if info.metadata else None
+    options = info.metadata.get("options") if info.metadata else None
+    return inputs.options_without_paths(options) if isinstance(options, dict) else options
 
 
 def check_options(config: StreetSegConfig, options: dict) -> None:

@@ -370,11 +370,16 @@ def changes(old: dict, new: dict) -> list[str]:
     found = _file_changes(old.get("files", {}), new.get("files", {}))
     if old.get("label_map") != new.get("label_map"):
         found.append("the label map changed" + _label_map_change(old.get("label_map"), new.get("label_map")))
-    old_options, new_options = old.get("options", {}), new.get("options", {})
+    old_options, new_options = (options_without_paths(f.get("options", {})) for f in (old, new))
     for key in sorted(set(old_options) | set(new_options)):
         if old_options.get(key) != new_options.get(key):
             found.append(f"option {key}: {old_options.get(key)!r} before, {new_options.get(key)!r} now")
     return found
+
+
+def options_without_paths(options: dict) -> dict:
+    """Options as compared: without the split file's path builds before 2026-12-07 recorded (its hash counts)."""
+    return {k: v for k, v in options.items() if k != "split_file"}
 
 
 def _file_changes(old: dict, new: dict) -> list[str]:
