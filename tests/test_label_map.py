@@ -62,7 +62,14 @@ def test_aliases_are_case_and_separator_insensitive(name, expected):
      r"one class \('crack'\): a label map needs 2 at least.*add a 'background' class"),
     ({"classes": [{"id": i, "name": f"c{i}", "color": [0, 0, i % 256]} for i in range(256)]},
      r"256 classes: a mask holds 255 at most \(ids 0..254, and 255 for the ignore id\)"),
-    ({"klasses": []}, "malformed"),
+    ({"klasses": []}, r"unknown key 'klasses' \(did you mean 'classes'\?\); a label map's keys are classes, "),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}], "ignore_ids": 3},  # the default ignore id was used
+     r"labels.json: unknown key 'ignore_ids' \(did you mean 'ignore_id'\?\)"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0], "alias": ["car"]}]},     # car was left unknown
+     r"class 'a': unknown key 'alias' \(did you mean 'aliases'\?\); a class's keys are id, name, color, aliases"),
+    ({"classes": [{"id": 0, "name": "a", "color": "#ff0000"}]},      # "color must be a whole number, got '#'"
+     r"class 'a': color must be a list of three integers 0..255, \[r, g, b\], got '#ff0000'"),
+    ({"classes": "a"}, "malformed"),
 ])
 def test_bad_label_maps_say_what_is_wrong(data, message):
     with pytest.raises(LabelMapError, match=message):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import functools
 import io
 import json
@@ -120,6 +121,7 @@ class LabelMap:
     @classmethod
     def from_dict(cls, data: dict, source: str = "label map") -> "LabelMap":
         try:
+            _known_keys(data, MAP_KEYS, "a label map's", "")       # a misspelt key would be left out silently
             classes = tuple(_class_from_dict(c) for c in data["classes"])
             ignore_values = data.get("ignore_values")
             return cls(classes, _integer(data.get("ignore_id", 255), "ignore_id"),
@@ -169,7 +171,23 @@ def _integer(value, what: str) -> int:
     return int(value)
 
 
+MAP_KEYS = ("classes", "ignore_id", "fill_id", "ignore_values")
+CLASS_KEYS = ("id", "name", "color", "aliases", "values")
+
+
+def _known_keys(data: dict, known: tuple[str, ...], whose: str, where: str) -> None:
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise LabelMapError(f"{where}unknown key {key!r}{hint}; {whose} keys are {', '.join(known)}")
+
+
 def _class_from_dict(c: dict) -> ClassInfo:
+    _known_keys(c, CLASS_KEYS, "a class's", f"class {c.get('name')!r}: ")
+    if not isinstance(c["color"], (list, tuple)):
+        raise LabelMapError(f"class {c.get('name')!r}: color must be a list of three integers 0..255, [r, g, b], "
+                            f"got {c['color']!r}")
     color = tuple(_integer(v, f"class {c.get('name')!r}: color") for v in c["color"])
     if len(color) != 3 or not all(0 <= v <= 255 for v in color):
         raise LabelMapError(f"class {c.get('name')!r}: color must be three integers 0..255, got {c['color']}")
