@@ -439,6 +439,24 @@ def test_other_projects_read_it_without_streetseg_jax_or_tensorflow(synthetic_di
     assert seen["file_name"].startswith("street_") and seen["modules"] == []
 
 
+def test_a_script_without_a_main_guard_that_imported_jax_builds_by_name_once(tmp_path):
+    """Its build's workers were spawned (JAX loaded: no fork), and each ran the whole script again."""
+    script = tmp_path / "mine.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        import jax
+        import tensorflow_datasets as tfds
+        import streetseg_jax.data.builder
+        print("the script runs", file=sys.stderr)
+        print(len(tfds.data_source("street_seg/synthetic/num_images=6,height=40,width=48", split="train",
+                                   data_dir={str(tmp_path / "tfds")!r})))
+    """))
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0 and out.stdout.split() == ["5"], out.stderr
+    assert out.stderr.count("the script runs") == 1
+
+
 CLI = textwrap.dedent("""
     import runpy, sys
     sys.argv = ["streetseg_jax.data", *sys.argv[1:]]

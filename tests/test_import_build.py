@@ -94,6 +94,28 @@ def test_labelme_export_to_dataset_with_validation_split(tmp_path):
     assert sorted(info.metadata["fingerprint"]["files"]) == sorted(p.name for p in export.iterdir())
 
 
+def test_another_project_opens_a_dataset_of_an_export_by_name(tmp_path, monkeypatch):
+    """tfds.builder("street_seg/NAME") fell back to TFDS's read-only builder: '~' in data_dir found nothing ('config
+    NAME not found', with an empty list of close names), and options in the name raised a TypeError."""
+    import tensorflow_datasets as tfds
+
+    build(tmp_path, labelme_export(tmp_path / "export", [f"frame_{i:03d}" for i in range(6)]), val_fraction=0.3)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    by_name = tfds.builder("street_seg/streets", data_dir="~/tfds")
+    assert Path(by_name.data_dir) == tmp_path / "tfds" / "street_seg" / "streets" / "2.0.0"
+    assert len(by_name.as_data_source(split="train")) == len(records(tmp_path, "train"))
+    assert len(tfds.data_source("street_seg/streets/format=labelme,val_fraction=0.3", split="validation",
+                                data_dir="~/tfds")) == len(records(tmp_path, "validation"))
+    with pytest.raises(ValueError, match="was built with format='labelme', not format='coco'"):
+        tfds.data_source("street_seg/streets/format=coco", split="train", data_dir="~/tfds")
+    with pytest.raises(ValueError, match=f"street_seg/others is not built in {tmp_path / 'tfds'}: build it from its "
+                                         "export .python -m streetseg_jax.data build --config from_annotations "
+                                         "--name others"):
+        tfds.builder("street_seg/others", data_dir="~/tfds")
+    with pytest.raises(ValueError, match="format: only a dataset built from an export takes this, not synthetic"):
+        tfds.builder("street_seg/synthetic/format=coco", data_dir="~/tfds")
+
+
 @pytest.mark.parametrize("fmt", sample_exports.FORMATS)
 def test_every_format_builds(fmt, tmp_path):
     export = sample_exports.write_export(fmt, tmp_path / "export")

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import tensorflow_datasets as tfds
-from absl import logging as absl_logging
 from tqdm import tqdm
 
 from streetseg_jax.atomic import machine_lock
@@ -253,13 +252,8 @@ def _file_format_change(info, file_format: str) -> list[str]:
 
 
 def _prepare(builder_kwargs: dict, data_dir: Path, folder: Path, file_format: str, plan, workers) -> None:
-    level = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)      # TFDS warns that a config made at run time is "custom"
-    try:
-        builder = StreetSeg(data_dir=os.fspath(data_dir), file_format=file_format, plan=plan, workers=workers,
-                            **builder_kwargs)
-    finally:
-        absl_logging.set_verbosity(level)
+    builder = StreetSeg(data_dir=os.fspath(data_dir), file_format=file_format, plan=plan, workers=workers,
+                        **builder_kwargs)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=os.fspath(folder), try_download_gcs=False))
 

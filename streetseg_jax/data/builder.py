@@ -60,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import re
 import shutil
@@ -70,9 +71,10 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 from streetseg_jax.data import camvid, inputs, source
-from streetseg_jax.data.configs import CONFIG_OPTIONS, CONFIGS, SYNTHETIC_ONLY
+from streetseg_jax.data.configs import CONFIG_OPTIONS, CONFIGS, EXPORT_NAME_OPTIONS, SYNTHETIC_ONLY
 from streetseg_jax.data.inputs import BuildError, ExportPlan, SplitRule
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES, UnknownLabelsError
@@ -81,7 +83,7 @@ from streetseg_jax.labels.label_map import LabelMap, default_label_map
 __all__ = ["StreetSeg", "StreetSegConfig", "BuildError", "UnknownLabelsError", "OPTION_NAMES",
            "from_annotations_config"]
 
-OPTION_NAMES = CONFIG_OPTIONS["synthetic"]     # the registered configs' overrides: synthetic takes all of them
+OPTION_NAMES = CONFIG_OPTIONS["synthetic"] + EXPORT_NAME_OPTIONS    # what a name may set (street_seg/x/seed=1)
 _NAME = re.compile(r"^[A-Za-z0-9][\w-]*$")
 DEFAULT_VAL_FRACTION = 0.2
 
@@ -118,7 +120,7 @@ class StreetSegConfig(tfds.core.BuilderConfig):
         """What the built examples depend on (stored in the metadata so a reuse can be checked)."""
         if self.synthetic:
             # The label map is stored whole beside the options (metadata["label_map"]), not as its path.
-            return {name: getattr(self, name) for name in OPTION_NAMES if name != "label_map"}
+            return {name: getattr(self, name) for name in CONFIG_OPTIONS["synthetic"] if name != "label_map"}
         if self.layout:
             return {"layout": self.layout}
         if not self.from_annotations:
@@ -200,6 +202,7 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         self._overrides = {k: v for k, v in options.items() if v is not None}
         if isinstance(kwargs.get("data_dir"), (str, os.PathLike)):     # TFDS leaves '~' as it is: a folder named
             kwargs["data_dir"] = os.path.expanduser(kwargs["data_dir"])  # '~' was built in the current one
+        self._asked_root = Path(kwargs.get("data_dir") or source.default_data_dir())
         self._num_workers = num_workers
         self._plan, self._workers = plan, workers
         super().__init__(file_format=file_format or "array_record", **kwargs)
@@ -239,11 +242,34 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
                              "--overwrite ...)")
 
     def _create_builder_config(self, builder_config, version):
-        config = super()._create_builder_config(builder_config, version)
+        if isinstance(builder_config, str) and builder_config.split(":")[0] not in self.builder_configs:
+            builder_config = self._config_of_a_build(builder_config.split(":")[0])
+        level = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.ERROR)      # TFDS warns that a config made at run time is "custom"
+        try:
+            config = super()._create_builder_config(builder_config, version)
+        finally:
+            absl_logging.set_verbosity(level)
         if self._overrides:
             check_options(config, self._overrides)
             config = dataclasses.replace(config, **self._overrides)
         return config
+
+    def _config_of_a_build(self, name: str) -> StreetSegConfig:
+        """The config of street_seg/<name>, a dataset built from an export (data build --config from_annotations
+        --name NAME), as its build recorded it: tfds.builder("street_seg/NAME") then reads it as this builder,
+        '~' and options in the name included, not as TFDS's read-only builder of the files."""
+        root = self._asked_root
+        built = source.built_versions(root / "street_seg" / name)
+        if not built:
+            raise ValueError(f"street_seg/{name} is not built in {root}: build it from its export "
+                             f"({source.build_command(name, root)})")
+        try:
+            options = json.loads((root / "street_seg" / name / built[-1] / "metadata.json").read_text())["options"]
+            return from_annotations_config(name, options["format"], unknown=options["unknown"])
+        except (OSError, ValueError, KeyError, TypeError, BuildError) as e:
+            raise ValueError(f"street_seg/{name} in {root} is not a dataset built from an export "
+                             f"({type(e).__name__}: {e}); open it with tfds.builder_from_directory") from None
 
     @functools.cached_property
     def label_map(self) -> LabelMap:
@@ -406,6 +432,10 @@ def check_options(config: StreetSegConfig, options: dict) -> None:
         wrong = sorted(set(options) & set(SYNTHETIC_ONLY))
         if wrong:
             raise BuildError(f"{', '.join(wrong)}: only the synthetic config takes this, not {config.name}")
+    if not config.from_annotations:
+        wrong = sorted(set(options) & set(EXPORT_NAME_OPTIONS))
+        if wrong:
+            raise BuildError(f"{', '.join(wrong)}: only a dataset built from an export takes this, not {config.name}")
     for name, least in (("num_images", 1), ("height", 8), ("width", 8), ("seed", 0)):
         value = options.get(name, least)
         if not isinstance(value, int) or value < least:

@@ -459,7 +459,7 @@ class Workers:
     """A process pool, started on the first map over enough items and closed on exit (a context manager)."""
 
     def __init__(self, num_workers: int | None = None):
-        self.num_workers = num_workers or os.cpu_count() or 1
+        self.num_workers = num_workers or default_workers()
         self._pool = None
 
     def imap(self, fn: Callable, jobs: list, chunksize: int = 4):
@@ -537,6 +537,19 @@ def end_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
         if os.getppid() == 1:       # the parent ended before the line above: nothing will come
             os._exit(1)
+
+
+def default_workers() -> int:
+    """One worker process per CPU, or none but this process where they would be spawned for a script of the user's
+    (tfds.data_source building a dataset in a script that imported JAX): spawn runs the main script again in each
+    worker, and without an `if __name__ == "__main__":` guard that is the script's whole work again. Our commands
+    have the guard; num_workers says otherwise."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    ours = spec is not None and spec.name.startswith("streetseg_jax")
+    if pool_context().get_start_method() == "spawn" and getattr(main, "__file__", None) and not ours:
+        return 1
+    return os.cpu_count() or 1
 
 
 def pool_context():

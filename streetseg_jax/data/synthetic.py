@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from streetseg_jax.data.inputs import end_with_parent, pool_context
+from streetseg_jax.data.inputs import default_workers, end_with_parent, pool_context
 from streetseg_jax.labels.formats.voc import write_voc
 from streetseg_jax.labels.validate import self_intersection
 
@@ -1056,7 +1056,7 @@ def write_synthetic(out_dir, num_images: int = 100, seed: int = 0, height: int =
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     jobs = [(str(out), seed, i, height, width) for i in range(1, num_images + 1)]
-    workers = min(num_workers or os.cpu_count() or 1, max(1, num_images))
+    workers = min(num_workers or default_workers(), max(1, num_images))
     if workers <= 1:
         return [_write_one(job) for job in jobs]
     # An executor, not multiprocessing.Pool: if workers cannot start it raises BrokenProcessPool instead of hanging.
