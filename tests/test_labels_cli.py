@@ -319,17 +319,33 @@ def test_classes_lists_the_exports_names_and_writes_a_label_map_the_export_check
     assert "exists" in capsys.readouterr().err and json.loads(label_map.read_text()) == written
 
 
+def test_shapes_without_a_class_name_get_no_class_of_their_own(tmp_path, capsys):
+    """A CVAT shape with an empty label became a class named 'class', and check then passed it as one."""
+    export = sample_exports.write_export("cvat", tmp_path / "export")
+    xml = export / "annotations.xml"
+    xml.write_text(xml.read_text().replace('label="building"', 'label=""'))
+    label_map = tmp_path / "labels.json"
+    main(["classes", "--format", "cvat", "--input", str(export), "--output", str(label_map)])
+    assert "note: 1 shape(s) in 1 image(s) have no class name" in capsys.readouterr().out
+    written = json.loads(label_map.read_text())
+    assert sorted(c["name"] for c in written["classes"]) == ["background", "road", "sky"]
+    with pytest.raises(SystemExit):
+        main(["check", "--format", "cvat", "--input", str(export), "--label_map", str(label_map)])
+    assert "unknown class name(s) '': not in the label map" in capsys.readouterr().out
+
+
 def test_starter_label_maps_fold_spellings_and_keep_names_apart():
     from streetseg_jax.labels.label_map import snake_case, starter_label_map
 
-    assert [snake_case(n) for n in ("Traffic Light", "_background_", "3d-box", "Café", "!!")] == [
-        "traffic_light", "background", "class_3d_box", "cafe", ""]
+    assert [snake_case(n) for n in ("Traffic Light", "_background_", "3d-box", "Café", "!!", "Straße")] == [
+        "traffic_light", "background", "class_3d_box", "cafe", "", "strasse"]      # ß was dropped: 'strae'
     spellings = starter_label_map(["car", "Road", "road", "traffic-light", "Traffic Light", "traffic.light", "car!",
-                                   "unlabeled", "!!", "Vegetation", "tree", "other"])
+                                   "unlabeled", "!!", "Vegetation", "tree", "other", "道路", "建物"])
     assert [(c.id, c.name, c.aliases) for c in spellings.classes] == [     # names one snake_case spelling are one
         (0, "background", ("unlabeled",)), (1, "car", ("car!",)), (2, "road", ("Road",)),
-        (3, "traffic_light", ("traffic-light", "Traffic Light", "traffic.light")), (4, "class", ("!!",)),
-        (5, "vegetation", ("Vegetation",)), (6, "tree", ()), (7, "other", ())]      # 'other': no background
+        (3, "traffic_light", ("traffic-light", "Traffic Light", "traffic.light")), (4, "class_8", ("!!",)),
+        (5, "vegetation", ("Vegetation",)), (6, "tree", ()), (7, "other", ()),      # 'other': no background
+        (8, "class_12", ("道路",)), (9, "class_13", ("建物",))]     # one class 'class' of all three, merged
     assert len({c.color for c in spellings.classes}) == spellings.num_classes     # vegetation and tree: the seed's
     with pytest.raises(LabelMapError, match="300 classes: a mask holds 255 at most"):
         starter_label_map([f"n{i}" for i in range(299)])

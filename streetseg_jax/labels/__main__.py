@@ -261,9 +261,15 @@ def classes(args: argparse.Namespace) -> None:
         becomes = (f"class {known} {label_map.classes[known].name!r}" if known is not None
                    else "not in the label map")
         print(f"  {name!r:<{width}}  {images[name]:>6} image(s) {shapes[name]:>7} shape(s)  -> {becomes}")
+    blank = [name for name in names if not name.strip()]
+    if blank:           # a CVAT shape without a label: it became a class named 'class'
+        print(f"note: {sum(shapes[n] for n in blank)} shape(s) in {sum(images[n] for n in blank)} image(s) have no "
+              "class name: no class of the label map written stands for them, so check and build refuse them "
+              "unless --unknown ignore paints them with the ignore id")
     if args.output is not None:
         try:
-            starter = label_map if fmt == "masks" else starter_label_map(names, keep_ids=listed is not None)
+            named = [name for name in names if name not in blank]
+            starter = label_map if fmt == "masks" else starter_label_map(named, keep_ids=listed is not None)
             atomic.write_text(args.output, starter.to_json() + "\n")
         except (LabelMapError, OSError) as e:
             fail(str(e))

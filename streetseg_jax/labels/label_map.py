@@ -236,10 +236,10 @@ def _validate(lm: LabelMap) -> None:
         raise LabelMapError(f"fill_id {lm.fill_id} is neither a class id nor the ignore id")
     for c in lm.classes:
         if not _SNAKE.match(c.name):
-            spelt = snake_case(c.name) or "class"
+            spelt = snake_case(c.name) or "class_name_in_ascii"         # none for a name of no Latin letter
             raise LabelMapError(f"class name {c.name!r} must be lowercase snake_case (like 'sign_symbol'): name it "
                                 f"{spelt!r} and keep the tool's spelling as an alias, "
-                                f'{{"name": "{spelt}", "aliases": [{json.dumps(c.name)}], ...}}')
+                                f'{{"name": "{spelt}", "aliases": [{json.dumps(c.name, ensure_ascii=False)}], ...}}')
     seen: dict[str, ClassInfo] = {}
     for c in lm.classes:
         for key in (c.name, *c.aliases):
@@ -383,7 +383,7 @@ def default_label_map() -> LabelMap:
 def snake_case(name: str) -> str:
     """A class name as the label map spells it ('Traffic Light' -> 'traffic_light', '_background_' ->
     'background'); '' where no letter or digit is left."""
-    ascii_name = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode()
+    ascii_name = unicodedata.normalize("NFKD", str(name).casefold()).encode("ascii", "ignore").decode()  # ß: ss
     snake = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")
     return f"class_{snake}" if snake[:1].isdigit() else snake
 
@@ -401,7 +401,7 @@ def starter_label_map(names: list[str], keep_ids: bool = False) -> LabelMap:
     groups: dict[str, list[str]] = {}
     for i, name in enumerate(names):         # 'other' is a class of its own, not the seed's background
         background = seed.id_of(name) == 0 and snake_case(name) != "other" and (i == 0 or not keep_ids)
-        groups.setdefault("background" if background else snake_case(name) or "class", []).append(name)
+        groups.setdefault("background" if background else snake_case(name) or f"class_{i}", []).append(name)
     if keep_ids and len(groups) < len(names):
         twice = [spelt for spelt, spellings in groups.items() if len(spellings) > 1]
         raise LabelMapError(f"the class list names {', '.join(map(repr, groups[twice[0]]))}, one class "
