@@ -330,7 +330,7 @@ def render_html(runs: list[Run]) -> str:
              section("summary", "Summary", _summary_table(runs)),
              _seeds_section(runs),
              section("curves", "Curves", f'<img class="figure" src="{png_uri(curves_png(runs))}" alt="eval mean '
-                     'IoU against step and hours of training, train loss against step, one colour per run">'
+                     'IoU against step and training time, train loss against step, one colour per run">'
                      '<p class="note">Training time includes start-up and evaluation; the time between a stop and '
                      "its resume, and steps redone after one, are left out.</p>"),
              section("classes", "IoU per class at each run's best evaluation", _class_table(runs)),
@@ -357,7 +357,7 @@ def _top(rows: list[list[str]], cells: list[tuple[int, int]]) -> set:
 
 def _summary_table(runs: list[Run]) -> str:
     rows = summary_rows(runs)
-    return _table(rows, _top(rows, [(i, 4) for i in range(1, len(rows))]))
+    return _table(rows, set() if data_warning(runs) else _top(rows, [(i, 4) for i in range(1, len(rows))]))
 
 
 def _class_table(runs: list[Run]) -> str:
@@ -367,6 +367,9 @@ def _class_table(runs: list[Run]) -> str:
     rows = [["class"] + [run.name for run in runs]]
     rows += [[name] + [MISSING if v is None else f"{100 * v:.1f}" for v in values] for name, values in ious.items()]
     rows.append(["mean IoU"] + [MISSING if run.best is None else f"{100 * run.best['eval/miou']:.1f}" for run in runs])
+    if data_warning(runs):      # a road of 81.7 on one dataset is no better than 55.5 on another
+        return _table(rows) + ('<p class="note">IoU in percent at the step of each run\'s best eval mIoU; none is '
+                               "marked best, the runs being of different data.</p>")
     bold = set().union(*(_top(rows, [(i, j) for j in range(1, len(runs) + 1)]) for i in range(1, len(rows))))
     return (_table(rows, bold) + '<p class="note">IoU in percent at the step of each run\'s best eval mIoU; the '
             "best of each row is bold.</p>")

@@ -351,12 +351,13 @@ def _names_and_sizes(source) -> tuple[list[str], list[str]]:
 
 def format_result(result: dict) -> str:
     """The table a person reads: per-class IoU, the overall figures, per-image mIoU."""
-    lines = [_heading(result), "", f"{'class':<20} {'IoU':>7}"]
-    lines += [f"{name:<20} {_fraction(iou):>7}" for name, iou in result["iou"].items()]
+    width = max(20, *map(len, result["iou"]))          # traffic_sign_back_side pushed its IoU out of line
+    lines = [_heading(result), "", f"{'class':<{width}} {'IoU':>7}"]
+    lines += [f"{name:<{width}} {_fraction(iou):>7}" for name, iou in result["iou"].items()]
     lines.append("")
     for label, key in (("mIoU", "miou"), ("pixel accuracy", "pixel_accuracy"),
                        ("mean class accuracy", "mean_class_accuracy")):
-        lines.append(f"{label:<20} {_fraction(result[key]):>7}")
+        lines.append(f"{label:<{width}} {_fraction(result[key]):>7}")
     per_image = result["per_image"]
     spread = ", ".join(f"{what} {_fraction(per_image[f'{what}_miou'])}" for what in ("mean", "median", "min", "max"))
     worst = ", ".join(f"{row['file_name']} {_fraction(row['miou'])}" for row in per_image["worst"])

@@ -43,12 +43,19 @@ class _Entry:
 def overlay(image: np.ndarray, mask: np.ndarray, label_map: LabelMap, alpha: float = 0.5,
             legend: bool = True, ignored: str = "ignored") -> Image.Image:
     """The image blended with the mask's colours (Pillow's blend: a float32 blend of a 12-megapixel photo took 432
-    MB); a legend of the classes present along the bottom (the ignore id's pixels named `ignored`). An image
+    MB); a legend of the classes present along the bottom (the ignore id's pixels named `ignored`, and light grey as
+    its swatch, not blended: a cut-out's transparent black blended to a darker grey than the legend said). An image
     narrower than the legend is enlarged by a whole factor (nearest neighbour), so that a thumbnail is not a speck in
-    the corner of its legend. A dataset's (H, W, 1) mask is taken as its (H, W)."""
+    the corner of its legend, as far as it stays under 2,000 pixels tall. A dataset's (H, W, 1) mask is taken as its
+    (H, W)."""
     image, mask = _checked(image, mask, label_map)
     out = Image.blend(Image.fromarray(image), Image.fromarray(colorize(mask, label_map)), alpha)
-    factor = -(-_LEGEND_MIN_WIDTH // out.width)
+    ignored_pixels = mask == label_map.ignore_id
+    if ignored_pixels.any():
+        pixels = np.array(out)
+        pixels[ignored_pixels] = IGNORE_GREY
+        out = Image.fromarray(pixels)
+    factor = min(-(-_LEGEND_MIN_WIDTH // out.width), max(1, _MAX_ENLARGED_HEIGHT // out.height))
     if legend and factor > 1:
         out = out.resize((out.width * factor, out.height * factor), Image.Resampling.NEAREST)
     if legend:
@@ -71,6 +78,8 @@ def _checked(image, mask, label_map) -> tuple[np.ndarray, np.ndarray]:
 
 
 _LEGEND_MIN_WIDTH = 240     # px: a narrower image gets a wider canvas, so the class names stay whole
+_MAX_ENLARGED_HEIGHT = 2000  # px: a strip of 60x1800 was enlarged to 240x7200, its legend a line at the foot
+_PANEL_MIN_WIDTH = 160      # px: comparison's narrower panels are enlarged, so that their titles fit above them
 
 
 def _font(width: int):
@@ -96,22 +105,28 @@ def _with_legend(image: Image.Image, classes) -> Image.Image:
     for i, c in enumerate(classes):
         x, y = pad + (i % per_line) * slot, image.height + pad + (i // per_line) * row
         draw.rectangle([x, y, x + size * 0.8, y + size * 0.8], fill=tuple(c.color), outline=(0, 0, 0))
-        draw.text((x + size, y), c.name, fill=(0, 0, 0), font=font, anchor="lt")
+        # On the swatch's middle line: "lt" put each word's own tallest letter at the top ("tree" above "road").
+        draw.text((x + size, y + size * 0.4), c.name, fill=(0, 0, 0), font=font, anchor="lm")
     return canvas
 
 
 def comparison(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, label_map: LabelMap,
                caption: str) -> Image.Image:
     """image | ground truth | prediction, titled, with a legend of the classes in either; pixels of the ignore id
-    are light grey in the ground truth, named in the legend."""
+    are light grey in the ground truth, named in the legend. Panels narrower than 160 pixels are enlarged by a
+    whole factor (nearest neighbour): at 64 pixels the titles ran into each other and the caption was cut off."""
     panels = [image, colorize(truth, label_map), colorize(pred, label_map)]
     strip = Image.fromarray(np.concatenate(panels, axis=1))
+    factor = -(-_PANEL_MIN_WIDTH // image.shape[1])
+    if factor > 1:
+        strip = strip.resize((strip.width * factor, strip.height * factor), Image.Resampling.NEAREST)
     font, size = _font(strip.width)
     titled = Image.new("RGB", (strip.width, strip.height + int(size * 1.6)), (255, 255, 255))
     titled.paste(strip, (0, int(size * 1.6)))
     draw = ImageDraw.Draw(titled)
     for k, title in enumerate(("image", "ground truth", f"prediction, {caption}")):
-        draw.text((k * image.shape[1] + size // 2, size // 3), title, fill=(0, 0, 0), font=font, anchor="lt")
+        draw.text((k * strip.width // 3 + size // 2, int(size * 0.8)), title, fill=(0, 0, 0), font=font,
+                  anchor="lm")
     return _with_legend(titled, _legend_entries(label_map, truth, pred))
 
 

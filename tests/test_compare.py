@@ -188,6 +188,7 @@ def test_runs_scored_on_other_data_are_flagged(tmp_path, capsys):
     out, page = run_compare(capsys, a, b, "--output", tmp_path / "cmp.html")
     assert "warning: these runs were evaluated on different data (provenance.dataset.fingerprint differs)" in out
     assert 'id="warning"' in page and "their mIoUs do not compare" in page
+    assert "<b>" not in page.split('id="summary"')[1] and "none is marked best" in page     # 60.0 was bold
     assert 'id="evaluations"' not in page and "evaluate result" not in out     # neither run has eval/*.json
     assert 'id="seeds"' not in page     # same seed: not a seed group
 

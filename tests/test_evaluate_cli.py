@@ -76,6 +76,9 @@ def test_a_split_with_nothing_labelled_says_why_every_figure_is_missing(cli_resu
     result = {**result, "class_pixels": dict.fromkeys(result["class_pixels"], 0), "miou": None}
     assert format_result(result).splitlines()[-1] == (
         f"nothing to score: no pixel of the {result['num_images']} image(s) is labelled (every one is the ignore id)")
+    long = {**result, "iou": {"traffic_sign_back_side": 0.5, "road": 0.75}}    # its IoU went out of line
+    rows = [line for line in format_result(long).splitlines() if line.startswith(("traffic", "road", "mIoU"))]
+    assert len({len(row) for row in rows}) == 1 and rows[0].endswith(" 0.5000")
 
 
 def test_per_image_figures_and_the_confusion_picture(workdir, cli_result):

@@ -358,6 +358,19 @@ def test_overlays_blend_half_and_half_and_enlarge_thumbnails():
     tiny = np.asarray(overlay(image[:16, :16], mask[:16, :16], label_map))     # a 16x16 photo: 15x, 240 px wide
     assert tiny.shape[1] == 240 and (tiny[:240:15, :240:15] == tiny[14:240:15, 14:240:15]).all()
     np.testing.assert_allclose(tiny[:240:15, :240:15], want[:16, :16], atol=1)
+    tall = overlay(np.zeros((1800, 60, 3), np.uint8), np.full((1800, 60), 3, np.uint8), label_map)
+    assert tall.width == 240 and tall.height < 1900         # a 60x1800 strip was enlarged 4x, to 240x7200
+
+
+def test_overlays_show_ignored_pixels_in_the_legends_grey():
+    """A cut-out photo's transparent pixels (black, the ignore id) blended to a darker grey than the legend's."""
+    from streetseg_jax.visualize import IGNORE_GREY, overlay
+
+    label_map = default_label_map()
+    mask = np.full((300, 300), 3, np.uint8)
+    mask[:100] = label_map.ignore_id
+    out = np.asarray(overlay(np.zeros((300, 300, 3), np.uint8), mask, label_map))
+    assert (out[:100] == IGNORE_GREY).all() and (out[100:300] != IGNORE_GREY).any(axis=-1).all()
 
 
 def test_library_calls_with_the_wrong_things_say_what_to_pass(trained):

@@ -368,16 +368,33 @@ def test_ignored_pixels_are_grey_and_named_in_pictures_not_white_on_white():
     from streetseg_jax.visualize import IGNORE_GREY, colorize, comparison
 
     label_map = default_label_map()
-    truth = np.full((40, 60), 3, np.uint8)
+    truth = np.full((40, 160), 3, np.uint8)
     truth[:10] = label_map.ignore_id
-    pred = np.full((40, 60), 6, np.uint8)
+    pred = np.full((40, 160), 6, np.uint8)
     assert (colorize(truth, label_map)[:10] == IGNORE_GREY).all()
-    image = np.full((40, 60, 3), 90, np.uint8)
+    image = np.full((40, 160, 3), 90, np.uint8)
     grey = lambda picture: int((np.asarray(picture) == IGNORE_GREY).all(axis=-1).sum())     # noqa: E731
     # the truth panel's band of 10 x 60 pixels and a swatch in the legend ("ignored"); without ignored pixels, a few
     # edge pixels of the legend's letters at most
-    with_swatch = grey(comparison(image, truth, pred, label_map, "step 1")) - 10 * 60
+    with_swatch = grey(comparison(image, truth, pred, label_map, "step 1")) - 10 * 160
     assert with_swatch > 30 > grey(comparison(image, np.full_like(truth, 3), pred, label_map, "step 1"))
+
+
+def test_small_panels_are_enlarged_so_that_their_titles_fit():
+    """At 64 pixels a panel, 'ground truth' ran into the next title and 'prediction, step 12345' was cut off."""
+    from streetseg_jax.labels.label_map import default_label_map
+    from streetseg_jax.visualize import comparison
+
+    label_map, rng = default_label_map(), np.random.default_rng(0)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    truth, pred = np.full((48, 64), 3, np.uint8), np.full((48, 64), 6, np.uint8)
+    picture = np.asarray(comparison(image, truth, pred, label_map, "step 12345"))
+    assert picture.shape[1] == 3 * 64 * 3                                   # each panel 3x: 192 pixels
+    title_band = picture[:15].min(axis=-1) < 128                            # dark: the titles' letters
+    assert title_band[:, 0:192].any() and title_band[:, 192:384].any() and title_band[:, 384:].any()
+    for edge in (192, 384):                                                 # no title runs into the next panel
+        assert not title_band[:, edge - 3:edge + 3].any()
+    assert not title_band[:, -4:].any()                                     # the caption ends inside the picture
 
 
 @pytest.mark.parametrize("argv, message", [
