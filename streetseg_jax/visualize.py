@@ -11,10 +11,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from streetseg_jax.atomic import atomic_file
 from streetseg_jax.labels.images import rgb_array
-from streetseg_jax.labels.label_map import LabelMap
+from streetseg_jax.labels.label_map import ERROR_COLOR, IGNORE_GREY, LabelMap
 
 
-IGNORE_GREY = (205, 205, 205)   # pixels that count nowhere: not the white around pictures, not a dimmed pixel
 
 
 def colorize(mask: np.ndarray, label_map: LabelMap) -> np.ndarray:
@@ -251,7 +250,6 @@ def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
 
 
 # Error maps: what a reader should see at a glance is where the model is wrong, so everything else recedes.
-ERROR_COLOR = (255, 40, 90)     # wrong pixels; ignored ones IGNORE_GREY: lighter than any dimmed pixel
 _DIM, _LIFT = 0.45, 20          # correct pixels: grey * _DIM + _LIFT, dark enough to recede, light enough to read
 
 

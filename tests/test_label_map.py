@@ -155,3 +155,21 @@ def test_median_frequency_weights_follow_segnet():
     freq = np.array([4 / 7, 1 / 4, 2 / 3])
     np.testing.assert_allclose(weights[:3], np.median(freq) / freq, rtol=1e-6)
     assert weights[3] == 0.0
+
+
+def test_colours_pictures_cannot_tell_apart_are_named():
+    """Two yellows 5 apart, or a class in the grey of ignored pixels, passed without a word; each class colour of a
+    starter map stays clear of those the pictures keep."""
+    from streetseg_jax.labels.label_map import IGNORE_GREY, starter_label_map
+
+    classes = [{"id": 0, "name": "background", "color": [0, 0, 0]},
+               {"id": 1, "name": "sign_back", "color": [220, 220, 0]},
+               {"id": 2, "name": "sign_front", "color": [220, 220, 5]},
+               {"id": 3, "name": "cone", "color": list(IGNORE_GREY)}]
+    assert LabelMap.from_dict({"classes": classes}).colour_clashes() == [
+        "class 'sign_back' [220, 220, 0] and class 'sign_front' [220, 220, 5] look alike in pictures: give one "
+        "another colour in the label map",
+        "class 'cone' [205, 205, 205] and the grey of ignored pixels [205, 205, 205] look alike in pictures: give one "
+        "another colour in the label map"]
+    assert default_label_map().colour_clashes() == []
+    assert starter_label_map([f"n{i}" for i in range(250)]).colour_clashes() == []     # VOC's 63rd is (192,192,192)

@@ -24,6 +24,11 @@ from pathlib import Path
 import numpy as np
 
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+# Colours the pictures (visualize.py) keep for themselves, which a class's colour should not look like.
+IGNORE_GREY = (205, 205, 205)   # pixels that count nowhere: not the white around pictures, not a dimmed pixel
+ERROR_COLOR = (255, 40, 90)     # wrong pixels in error maps; ignored ones IGNORE_GREY: lighter than any dimmed pixel
+_RESERVED = (("the grey of ignored pixels", IGNORE_GREY), ("the red of wrong pixels in error maps", ERROR_COLOR))
+_ALIKE = 30                     # RGB distance under which two swatches read as one colour
 
 
 class LabelMapError(ValueError):
@@ -61,6 +66,14 @@ class LabelMap:
     def id_of(self, source_name: str) -> int | None:
         """Class id for a name as a labelling tool wrote it (name or alias, any case); None when unknown."""
         return self._lookup.get(_normalise(source_name))
+
+    def colour_clashes(self) -> list[str]:
+        """Classes whose colours the pictures (overlays, legends, reports) cannot tell apart: one another's, or the
+        grey of ignored pixels and the red of wrong ones."""
+        named = [(f"class {c.name!r}", c.color) for c in self.classes] + list(_RESERVED)
+        return [f"{first} {list(a)} and {second} {list(b)} look alike in pictures: give one another colour in the "
+                "label map" for i, (first, a) in enumerate(named[:self.num_classes])
+                for second, b in named[i + 1:] if _alike(a, b)]
 
     def palette(self) -> np.ndarray:
         """(256, 3) uint8 colours indexed by class id; the ignore id is white, unused entries black."""
@@ -412,11 +425,16 @@ def starter_label_map(names: list[str], keep_ids: bool = False) -> LabelMap:
         spellings = groups.get(spelt, [])
         known = 0 if spelt == "background" else seed.id_of(spellings[0]) or None    # 'other' is not background
         color = _voc_color(len(classes)) if known is None else seed.classes[known].color
-        if color in used:                                       # 'Vegetation' and 'tree' are both the seed's tree
-            color = next(c for c in map(_voc_color, range(len(classes), 1 << 24)) if c not in used)
+        taken = lambda c: any(_alike(c, other) for other in (*used, *(rgb for _, rgb in _RESERVED)))  # noqa: E731
+        if taken(color):                                        # 'Vegetation' and 'tree' are both the seed's tree
+            color = next(c for c in map(_voc_color, range(len(classes), 1 << 24)) if not taken(c))
         used.add(color)
         classes.append(ClassInfo(len(classes), spelt, color, tuple(n for n in spellings if n != spelt)))
     return LabelMap(tuple(classes), ignore_id=255, fill_id=0)
+
+
+def _alike(a, b) -> bool:
+    return float(np.linalg.norm(np.subtract(a, b, dtype=float))) < _ALIKE
 
 
 def _voc_color(index: int) -> tuple[int, int, int]:

@@ -568,8 +568,12 @@ class Report:
         return [c for c in self.label_map.classes if not pixels[c.id]]
 
     def export_warnings(self) -> list[str]:
-        """Where at most one class has pixels: a model trained on the export learns nothing (a mask of 0 and 255, a
-        binary mask as many tools save it, trained to mIoU 1.0 on its 0s alone, its 255s being the ignore id)."""
+        """Colours of the label map that pictures cannot tell apart (colour_clashes), and where at most one class has
+        pixels: a model trained on the export learns nothing (a mask of 0 and 255, a binary mask as many tools save
+        it, trained to mIoU 1.0 on its 0s alone, its 255s being the ignore id)."""
+        return self.label_map.colour_clashes() + self._one_class_warnings()
+
+    def _one_class_warnings(self) -> list[str]:
         absent = self.absent_classes()
         if not absent or len(absent) < self.label_map.num_classes - 1:
             return []
