@@ -110,6 +110,7 @@ def test_z_order_overrides_document_order(tmp_path):
   </image>''')
     (annotation,) = cvat.read(path, None)
     assert [s.label for s in annotation.shapes] == ["building", "road", "sidewalk", "tree"]   # document order
+    assert annotation.no_area == ["polyline", "points"]          # said by check (test_format_labelme)
     expected = np.full((6, 8), ROAD, np.uint8)
     expected[2:, 2:] = SIDEWALK
     expected[0:3, 0:4] = BUILDING           # first in the file, but the highest z_order

@@ -119,6 +119,7 @@ def test_v1_polygons_boxes_and_local_masks(tmp_path):
     assert (first.file_name, first.width, first.height) == ("street_001.jpg", W, H)
     assert first.image_path == (tmp_path / "images" / "street_001.jpg").resolve()
     assert [s.label for s in first.shapes] == ["Road", "Car", "Tree"]      # line and point cover nothing
+    assert first.no_area == ["line", "point"]                               # said by check
     assert np.array_equal(_mask(first), _expected_mask())
     assert third.image_path == (tmp_path / "street_003.png").resolve() and third.shapes == []
     assert labelbox.read(tmp_path, LABEL_MAP)[0].shapes[0].label == "Road"   # a folder works too
@@ -171,7 +172,7 @@ def test_v2_polygons_boxes_and_masks(tmp_path):
     assert annotation.image_path == (tmp_path / "street_001.jpg").resolve()
     expected = _expected_mask()
     expected[0:2, 0:3] = 3                                     # the composite mask's pixels of this colour only
-    assert np.array_equal(_mask(annotation), expected)
+    assert np.array_equal(_mask(annotation), expected) and annotation.no_area == ["point"]
 
 
 def test_v2_projects_and_first_label(tmp_path):

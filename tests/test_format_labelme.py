@@ -20,6 +20,7 @@ from streetseg_jax.labels.label_map import ClassInfo, LabelMap, default_label_ma
 from streetseg_jax.labels.rasterize import coverage
 from streetseg_jax.labels import shapes
 from streetseg_jax.labels.shapes import LabelFormatError
+from streetseg_jax.labels.validate import CheckOptions, check_file
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "annotation-samples" / "labelme"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"LabelMe samples not found at {SAMPLES} "
@@ -219,6 +220,9 @@ def test_shapes_without_area_are_skipped(tmp_path):
               shape("road", [[0, 0], [3, 3], [6, 0]], "linestrip"), shape("car", [[0, 0], [4, 0], [4, 4]])]
     annotation = read_one(write_json(tmp_path, labelme_file(shapes)))
     assert [s.label for s in annotation.shapes] == ["car"]
+    report = check_file(annotation, default_label_map(), CheckOptions(unknown="ignore", check_images=False))
+    assert "3 shape(s) without an area left out (1 line, 1 point, 1 linestrip): only shapes that enclose an area " \
+           "paint pixels" in report.warnings                # was left out without a word
 
 
 def test_ignore_label_marks_the_region_ignore(tmp_path):

@@ -37,6 +37,8 @@ class Annotation:
                                               # "seq1/frame_001"): see image_key and make_key
     split_key: str | None = None              # what its split is hashed on, when not its key (formats.read)
     split: str | None = None                  # the export's own split of the image (export_split), when it has one
+    no_area: list[str] = dataclasses.field(default_factory=list)    # kinds of the shapes left out for having no
+                                              # area (LabelMe's line, CVAT's polyline, Labelbox's point), one each
 
 
 # Split folder and subset names the tools write -> the dataset's split names.

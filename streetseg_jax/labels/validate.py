@@ -262,6 +262,11 @@ def check_file(annotation: Annotation, label_map: LabelMap, options: CheckOption
             report.errors.extend([] if missing in report.errors else [missing])
         else:
             _check_image(annotation, options.decode_images, report)
+    if annotation.no_area:          # a lane drawn as a line was left out, said nowhere
+        kinds = collections.Counter(annotation.no_area)
+        report.warnings.append(f"{len(annotation.no_area)} shape(s) without an area left out ("
+                               + ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+                               + "): only shapes that enclose an area paint pixels")
     if not _size_problem(report):
         report.warnings.extend(shape_warnings(annotation))
         report.warnings.extend(_turned_photo_hint(annotation, report))

@@ -107,14 +107,15 @@ def _read_image(image: ET.Element, path: Path) -> Annotation:
     if not name:
         raise LabelFormatError(f"{where}: has no name")
     width, height = check_size(_int(image, "width", where), _int(image, "height", where), where)
-    shapes = []
+    shapes, no_area = [], []
     for k, element in enumerate(image):
         if element.tag in _NO_AREA:
+            no_area += [element.tag] if element.tag != "tag" else []      # a tag labels the image, draws nothing
             continue
         shape = _shape(element, f"{where}: shape {k} <{element.tag}>", width, height)
         if shape is not None:
             shapes.append(shape)
-    annotation = Annotation(path, name, width, height, shapes)
+    annotation = Annotation(path, name, width, height, shapes, no_area=no_area)
     subset = image.get("subset")
     annotation.image_path = _image_path(path.parent, name, subset, path)
     if subset:

@@ -195,6 +195,7 @@ def _v1_shapes(obj, where: str, annotation: Annotation, root: Path) -> list[Shap
     if "bbox" in obj:
         return [Shape(label, _box(obj["bbox"], where))]
     if any(key in obj for key in _NO_AREA):
+        annotation.no_area.append(next(key for key in _NO_AREA if key in obj))
         return []
     if isinstance(obj.get("instanceURI"), str):
         raster = _mask(root, annotation, [obj.get("featureId"), _url_name(obj["instanceURI"])], None, where)
@@ -259,6 +260,7 @@ def _v2_shapes(obj, where: str, annotation: Annotation, root: Path) -> list[Shap
     if "bounding_box" in obj:
         return [Shape(label, _box(obj["bounding_box"], where))]
     if any(key in obj for key in _NO_AREA):
+        annotation.no_area.append(next(key for key in _NO_AREA if key in obj))
         return []
     for key, colour_key in (("mask", None), ("composite_mask", "color_rgb")):
         if isinstance(obj.get(key), dict):

@@ -103,7 +103,10 @@ def read_file(path: Path, export_root: Path | None = None, data=None) -> Annotat
         shape = _shape(raw, index, path, height, width)
         if shape is not None:
             shapes.append(shape)
-    return Annotation(path, file_name, width, height, shapes, image_path=image_path, image_bytes=image_bytes)
+    no_area = [raw["shape_type"] for raw in data["shapes"]
+               if isinstance(raw, dict) and raw.get("shape_type") in NO_AREA_TYPES]
+    return Annotation(path, file_name, width, height, shapes, image_path=image_path, image_bytes=image_bytes,
+                      no_area=no_area)
 
 
 # --- files -------------------------------------------------------------------------------------------------------
