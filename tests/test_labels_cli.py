@@ -758,3 +758,12 @@ def test_to_masks_warns_of_what_check_warns_of(tmp_path, capsys):
     out = capsys.readouterr()
     assert f"warning: {export / 'street_1.json'}: shape 0 ('sky'): self-intersecting" in out.err
     assert "(3 shapes, 1 problems)" in out.out
+    # A class the label map lacks, painted ignore, and a line: check warned of both, to-masks of neither.
+    document["shapes"][1]["label"] = "track"
+    document["shapes"].append({"label": "road", "points": [[0, 0], [5, 5]], "shape_type": "line"})
+    (export / "street_1.json").write_text(json.dumps(document))
+    main(["to-masks", "--format", "labelme", "--input", str(export), "--output", str(tmp_path / "again"),
+          "--unknown", "ignore"])
+    out = capsys.readouterr()
+    assert "unknown class name(s) 'track' painted with the ignore id" in out.err
+    assert "1 shape(s) without an area left out (1 line)" in out.err and "(3 shapes, 3 problems)" in out.out

@@ -36,8 +36,8 @@ from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, a
 from streetseg_jax.labels.images import case_insensitive, file_ids, image_size
 from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map, starter_label_map
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key, listing
-from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, locate_images, shape_warnings, size_mismatch,
-                                           size_problem, validate, write_json)
+from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, label_problems, locate_images, shape_warnings,
+                                           size_mismatch, size_problem, validate, write_json)
 
 FORMAT_CHOICES = (*formats.FORMATS, formats.AUTO)
 
@@ -137,7 +137,8 @@ def to_masks(args: argparse.Namespace) -> None:
         problems = write_masks(annotations, label_map, args.output)
     except (OSError, ValueError) as e:     # ValueError: a key no file system takes (a NUL byte in a stem)
         fail(f"cannot write masks to {args.output}: {getattr(e, 'strerror', None) or e}")
-    problems += [f"{a.source}: {warning}" for a in annotations for warning in shape_warnings(a)]   # as check says
+    problems += [f"{a.source}: {warning}" for a in annotations       # as check says them
+                 for warning in label_problems(a, label_map, args.unknown)[1] + shape_warnings(a)]
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     shapes = sum(len(a.shapes) for a in annotations)

@@ -262,11 +262,6 @@ def check_file(annotation: Annotation, label_map: LabelMap, options: CheckOption
             report.errors.extend([] if missing in report.errors else [missing])
         else:
             _check_image(annotation, options.decode_images, report)
-    if annotation.no_area:          # a lane drawn as a line was left out, said nowhere
-        kinds = collections.Counter(annotation.no_area)
-        report.warnings.append(f"{len(annotation.no_area)} shape(s) without an area left out ("
-                               + ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
-                               + "): only shapes that enclose an area paint pixels")
     if not _size_problem(report):
         report.warnings.extend(shape_warnings(annotation))
         report.warnings.extend(_turned_photo_hint(annotation, report))
@@ -305,17 +300,32 @@ def _image_label(annotation: Annotation) -> str | None:
 
 
 def _check_labels(annotation: Annotation, label_map: LabelMap, unknown: str, report: FileReport) -> None:
+    errors, warnings = label_problems(annotation, label_map, unknown)
+    report.errors.extend(errors)
+    report.warnings.extend(warnings)
+
+
+def label_problems(annotation: Annotation, label_map: LabelMap, unknown: str) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of what an annotation's shapes become: class names not in the label map (errors, or
+    painted with the ignore id), shapes left out for having no area, no shape at all."""
     if unknown not in UNKNOWN_CHOICES:
         raise ValueError(f"unknown must be one of {UNKNOWN_CHOICES}, got {unknown!r}")
+    errors, warnings = [], []
     ids = class_ids(annotation, label_map)
     names = sorted({s.label for s in annotation.shapes if not s.ignore and ids[s.label] is None})
     if names and unknown == "error":
-        report.errors.append(f"unknown class name(s) {', '.join(map(repr, names))}: not in the label map "
-                             "(add them as classes or aliases, or use --unknown ignore)")
+        errors.append(f"unknown class name(s) {', '.join(map(repr, names))}: not in the label map "
+                      "(add them as classes or aliases, or use --unknown ignore)")
     elif names:
-        report.warnings.append(f"unknown class name(s) {', '.join(map(repr, names))} painted with the ignore id")
+        warnings.append(f"unknown class name(s) {', '.join(map(repr, names))} painted with the ignore id")
+    if annotation.no_area:          # a lane drawn as a line was left out, said nowhere
+        kinds = collections.Counter(annotation.no_area)
+        warnings.append(f"{len(annotation.no_area)} shape(s) without an area left out ("
+                        + ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+                        + "): only shapes that enclose an area paint pixels")
     if not annotation.shapes:
-        report.warnings.append("no shapes: the whole image gets the fill class")
+        warnings.append("no shapes: the whole image gets the fill class")
+    return errors, warnings
 
 
 def _size_problem(report: FileReport) -> bool:
