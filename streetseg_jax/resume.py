@@ -9,6 +9,7 @@ import json
 import shlex
 from pathlib import Path
 
+from streetseg_jax.labels.label_map import label_map_change
 from streetseg_jax.visualize import flatten
 
 # Config sections that must match for a work directory to be resumed. A resume also keeps the optimiser's layout,
@@ -34,7 +35,8 @@ def incompatibility(saved: dict, current: dict, workdir: Path) -> str | None:
             problems.append(f"{key} differs (the optimiser state has another layout): checkpoint has "
                             f"{saved_opt[key]!r}, this run has {current_opt[key]!r}")
     if saved["label_map"] != current["label_map"]:
-        problems.append("the label map differs from the one the checkpoint was trained with")
+        problems.append("the label map differs from the one the checkpoint was trained with ("
+                        f"{label_map_change(saved['label_map'], current['label_map'])})")
     if problems:
         from streetseg_jax.warm_start import SHAPING_KEYS
         then, now = saved["config"].get("model", {}), current["config"].get("model", {})

@@ -342,3 +342,27 @@ def test_a_tilde_after_the_equals_sign_is_the_home_folder_for_every_command(tmp_
     with pytest.raises(SystemExit):
         evaluate.main(["--workdir=~/runs/missing"])
     assert f"--workdir {tmp_path / 'runs/missing'} does not exist" in capsys.readouterr().err
+
+
+def test_data_whose_classes_differ_is_refused_naming_them_and_recoloured_data_is_scored(workdir, tiny_data_dir,
+                                                                                       tmp_path, capsys):
+    """A recoloured class (a rebuild with another label map's colours) changes no score but was refused; a renamed
+    one was refused without saying which."""
+    import json
+    import shutil
+
+    from streetseg_jax import evaluate
+
+    copy = shutil.copytree(tiny_data_dir, tmp_path / "tfds")
+    metadata, = copy.glob("street_seg/synthetic/*/metadata.json")
+    recorded = json.loads(metadata.read_text())
+    recorded["label_map"]["classes"][1]["color"] = [1, 2, 3]
+    metadata.write_text(json.dumps(recorded))
+    evaluate.main(["--workdir", str(workdir), "--data_dir", str(copy), "--output", str(tmp_path / "out")])
+    assert "mIoU" in capsys.readouterr().out
+    recorded["label_map"]["classes"][1]["name"] = "vegetation"
+    metadata.write_text(json.dumps(recorded))
+    with pytest.raises(SystemExit):
+        evaluate.main(["--workdir", str(workdir), "--data_dir", str(copy), "--output", str(tmp_path / "out")])
+    assert ("differs from the one the checkpoint was trained with (classes background, tree, landscaping, road, "
+            "sidewalk, building, sky, concrete before, background, vegetation, landscaping") in capsys.readouterr().err

@@ -37,7 +37,7 @@ import numpy as np
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import UnknownLabelsError, annotation_to_mask, find_unknown_labels, read_mask_png
 from streetseg_jax.labels.images import files_under, open_photo, open_rgb
-from streetseg_jax.labels.label_map import LabelMap
+from streetseg_jax.labels.label_map import LabelMap, label_map_change
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, base_name, export_split, listing
 from streetseg_jax.labels.validate import EMBEDDED, CheckOptions, Report, error_listing, kept_mask_path, validate
 
@@ -391,12 +391,7 @@ def _file_changes(old: dict, new: dict) -> list[str]:
 
 
 def _label_map_change(old: dict | None, new: dict | None) -> str:
-    if not old or not new:
-        return ""
-    names = lambda lm: [c.get("name") for c in lm.get("classes", [])]  # noqa: E731
-    if names(old) != names(new):
-        return f" (classes {', '.join(names(old))} before, {', '.join(names(new))} now)"
-    return " (colours, aliases, ignore or fill id)"
+    return f" ({label_map_change(old, new)})" if old and new else ""
 
 
 # --- per-example work (runs in worker processes) -----------------------------------------------------------------

@@ -433,6 +433,17 @@ def starter_label_map(names: list[str], keep_ids: bool = False) -> LabelMap:
     return LabelMap(tuple(classes), ignore_id=255, fill_id=0)
 
 
+def label_map_change(old: dict, new: dict) -> str:
+    """What differs between two label maps (to_dict's shape), in words: the classes by name, else the ignore id,
+    else what pictures and exports alone see (colours, aliases, fill id, mask values)."""
+    names = lambda lm: [c.get("name") for c in lm.get("classes", [])]  # noqa: E731
+    if names(old) != names(new):
+        return f"classes {', '.join(names(old))} before, {', '.join(names(new))} now"
+    if old.get("ignore_id") != new.get("ignore_id"):
+        return f"ignore id {old.get('ignore_id')} before, {new.get('ignore_id')} now"
+    return "colours, aliases, fill id or mask values"
+
+
 def _alike(a, b) -> bool:
     return float(np.linalg.norm(np.subtract(a, b, dtype=float))) < _ALIKE
 
