@@ -65,7 +65,7 @@ class RunSetup:
             return []
         records = read_metrics(self.log.path)
         try:
-            plot_curves(records, self.workdir / "curves.png")
+            plot_curves(records, self.workdir / "curves.png", f"run {self.workdir.name}")
         except OSError as e:    # a picture is not worth the run, nor the checkpoint saved after it
             self.log.say(f"warning: {e}; training goes on")
         return run_history(records)
@@ -568,8 +568,9 @@ def finish_run(config, setup: RunSetup, evaluator, params, model_state, step: in
     """Curves and a few predictions of eval images (process 0); the other processes wait for it."""
     if jax.process_index() == 0:
         history = setup.draw_curves()
-        evaluator.write_overlays(params, model_state, setup.eval_source,
-                                 setup.workdir / "overlays", config.num_overlays, f"step {step}")
+        evaluator.write_overlays(params, model_state, setup.eval_source, setup.workdir / "overlays",
+                                 config.num_overlays, f"run {setup.workdir.name}, {config.eval_split} split, "
+                                 f"the last weights (step {step})")
         setup.log.say(f"done: {setup.workdir} (metrics.jsonl, curves.png, overlays/, checkpoints/)")
         setup.log.say(_outcome(history, setup.workdir))
     if jax.process_count() > 1:

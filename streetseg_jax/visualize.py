@@ -111,20 +111,23 @@ def _with_legend(image: Image.Image, classes) -> Image.Image:
 
 def comparison(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, label_map: LabelMap,
                caption: str) -> Image.Image:
-    """image | ground truth | prediction, titled, with a legend of the classes in either; pixels of the ignore id
-    are light grey in the ground truth, named in the legend. Panels narrower than 160 pixels are enlarged by a
-    whole factor (nearest neighbour): at 64 pixels the titles ran into each other and the caption was cut off."""
+    """`caption` (what the picture is of: the run, split and weights) above image | ground truth | prediction,
+    titled, with a legend of the classes in either; pixels of the ignore id are light grey in the ground truth,
+    named in the legend. Panels narrower than 160 pixels are enlarged by a whole factor (nearest neighbour): at 64
+    pixels the titles ran into each other."""
     panels = [image, colorize(truth, label_map), colorize(pred, label_map)]
     strip = Image.fromarray(np.concatenate(panels, axis=1))
     factor = -(-_PANEL_MIN_WIDTH // image.shape[1])
     if factor > 1:
         strip = strip.resize((strip.width * factor, strip.height * factor), Image.Resampling.NEAREST)
     font, size = _font(strip.width)
-    titled = Image.new("RGB", (strip.width, strip.height + int(size * 1.6)), (255, 255, 255))
-    titled.paste(strip, (0, int(size * 1.6)))
+    line = int(size * 1.6)
+    titled = Image.new("RGB", (strip.width, strip.height + 2 * line), (255, 255, 255))
+    titled.paste(strip, (0, 2 * line))
     draw = ImageDraw.Draw(titled)
-    for k, title in enumerate(("image", "ground truth", f"prediction, {caption}")):
-        draw.text((k * strip.width // 3 + size // 2, int(size * 0.8)), title, fill=(0, 0, 0), font=font,
+    draw.text((size // 2, line // 2), caption, fill=(0, 0, 0), font=font, anchor="lm")
+    for k, title in enumerate(("image", "ground truth", "prediction")):
+        draw.text((k * strip.width // 3 + size // 2, line + line // 2), title, fill=(0, 0, 0), font=font,
                   anchor="lm")
     return _with_legend(titled, _legend_entries(label_map, truth, pred))
 
@@ -215,9 +218,9 @@ def figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def curves_figure(metrics: list[dict]):
+def curves_figure(metrics: list[dict], title: str | None = None):
     """Loss and mIoU against step, train and eval, from metrics.jsonl's records, whose restarts (resumes) are
-    marked by dashed lines."""
+    marked by dashed lines; `title` above them (the run's name)."""
     resumes = sorted({r["step"] for r in metrics if r.get("run/start") and r["step"] > 0})
     metrics = run_history(metrics)
     fig = new_figure(figsize=(10, 3.6))
@@ -239,14 +242,16 @@ def curves_figure(metrics: list[dict]):
         ax.grid(alpha=0.3)
         ax.legend()
     ax_miou.set_ylim(0, 1)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def plot_curves(metrics: list[dict], out_path: str | Path) -> None:
+def plot_curves(metrics: list[dict], out_path: str | Path, title: str | None = None) -> None:
     """curves_figure as one PNG, written atomically."""
     with atomic_file(out_path) as f:
-        curves_figure(metrics).savefig(f, dpi=100, format="png")
+        curves_figure(metrics, title).savefig(f, dpi=100, format="png")
 
 
 # Error maps: what a reader should see at a glance is where the model is wrong, so everything else recedes.
