@@ -979,7 +979,7 @@ def test_curves_that_cannot_be_drawn_are_a_warning_not_the_end_of_the_run(tmp_pa
     """A failed curves.png write ended the run before that step's checkpoints were saved."""
     from streetseg_jax import run, runlog
 
-    def full_disk(records, path):
+    def full_disk(records, path, title):
         raise OSError(f"cannot write {path}: No space left on device")
     monkeypatch.setattr(run, "plot_curves", full_disk)
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "time": 0.0, "train/loss": 1.0}) + "\n")
