@@ -112,6 +112,8 @@ def test_another_project_opens_a_dataset_of_an_export_by_name(tmp_path, monkeypa
                                          "export .python -m streetseg_jax.data build --config from_annotations "
                                          "--name others"):
         tfds.builder("street_seg/others", data_dir="~/tfds")
+    with pytest.raises(ValueError, match="street_seg/street is not built .*: did you mean street_seg/streets\\? Else"):
+        tfds.builder("street_seg/street", data_dir="~/tfds")
     with pytest.raises(ValueError, match="format: only a dataset built from an export takes this, not synthetic"):
         tfds.builder("street_seg/synthetic/format=coco", data_dir="~/tfds")
 

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import functools
 import json
 import os
@@ -262,8 +263,11 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         root = self._asked_root
         built = source.built_versions(root / "street_seg" / name)
         if not built:
-            raise ValueError(f"street_seg/{name} is not built in {root}: build it from its export "
-                             f"({source.build_command(name, root)})")
+            there = [p.name for p in (root / "street_seg").glob("*") if source.built_versions(p)]
+            close = difflib.get_close_matches(name, [*self.builder_configs, *there], n=1)
+            raise ValueError(f"street_seg/{name} is not built in {root}: "
+                             + (f"did you mean street_seg/{close[0]}? Else build it from its export " if close
+                                else "build it from its export ") + f"({source.build_command(name, root)})")
         try:
             options = json.loads((root / "street_seg" / name / built[-1] / "metadata.json").read_text())["options"]
             return from_annotations_config(name, options["format"], unknown=options["unknown"])
