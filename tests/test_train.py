@@ -85,8 +85,8 @@ def test_main_writes_config_metrics_checkpoints_and_pictures(finished_run):
     assert (workdir / "curves.png").stat().st_size > 1000
     overlays = sorted((workdir / "overlays").glob("*.png"))
     assert len(overlays) == 2
-    with Image.open(overlays[0]) as strip:      # three panels side by side, titles above and a legend below
-        assert strip.width == 3 * 128 and strip.height > 96 + 20
+    with Image.open(overlays[0]) as strip:      # three panels side by side (128 wide: enlarged 2x, to 160 at least),
+        assert strip.width == 3 * 2 * 128 and strip.height > 2 * 96 + 20    # titles above and a legend below
     assert "ETA" in out
     best = max(eval_rows, key=lambda r: r["eval/miou"])
     assert f"eval mIoU {eval_rows[-1]['eval/miou']:.4f} at the end, best {best['eval/miou']:.4f} at step " \
