@@ -24,21 +24,36 @@ from jax.experimental import multihost_utils
 from streetseg_jax import atomic
 
 
+@contextlib.contextmanager
+def _orbax_quiet():
+    from absl import logging as absl_logging
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(level)
+
+
 class SaveError(OSError):
     """A checkpoint that could not be written (a full disk, a file size limit, a folder that turned read-only)."""
 
 
 class Checkpoints:
-    def __init__(self, workdir: str | Path, keep: int = 3, async_save: bool = True):
+    def __init__(self, workdir: str | Path, keep: int = 3, async_save: bool = True, read_only: bool = False):
+        """`read_only`: to restore, never to save: nothing is created or written in the work directory (load_model
+        made checkpoints/best and latest in a folder that was no run, and failed on a run it could not write to)."""
         root = self.root = Path(workdir).absolute() / "checkpoints"
-        options = dict(create=True, enable_async_checkpointing=async_save)
-        self.latest = ocp.CheckpointManager(
-            root / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options),
-            item_handlers=_handlers())
-        self.best = ocp.CheckpointManager(
-            root / "best", options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m["miou"], best_mode="max", **options),
-            item_handlers=_handlers())
+        options = dict(create=not read_only, enable_async_checkpointing=async_save, read_only=read_only,
+                       **({"save_interval_steps": 0} if read_only else {}))
+        with _orbax_quiet():        # read_only: a warning that the folder is read-only, each time
+            self.latest = ocp.CheckpointManager(
+                root / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options),
+                item_handlers=_handlers())
+            self.best = ocp.CheckpointManager(
+                root / "best", options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1, best_fn=lambda m: m["miou"], best_mode="max", **options),
+                item_handlers=_handlers())
         self._best_miou = max((m["miou"] for m in map(self.best.metrics, self.best.all_steps()) if m),
                               default=float("-inf"))
 

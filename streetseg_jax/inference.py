@@ -89,7 +89,7 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
     if not (workdir / "checkpoints").is_dir():
         raise FileNotFoundError(f"{workdir} holds no checkpoints/ folder; is it a training work directory?")
     for attempt in range(3):
-        checkpoints, step = Checkpoints(workdir, async_save=False), None
+        checkpoints, step = Checkpoints(workdir, async_save=False, read_only=True), None
         try:
             which = _choose_checkpoint(checkpoints, checkpoint, say)
             step = checkpoints.step_of(which)
@@ -116,7 +116,7 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
 
 def _steps(workdir: Path) -> set[int]:
     """The steps of the checkpoints in `workdir` now."""
-    checkpoints = Checkpoints(workdir, async_save=False)
+    checkpoints = Checkpoints(workdir, async_save=False, read_only=True)
     try:
         return {*checkpoints.latest.all_steps(), *checkpoints.best.all_steps()}
     finally:

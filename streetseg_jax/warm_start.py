@@ -80,7 +80,7 @@ def _check_only_the_head_differs(skipped: list[str], loaded: int, init_from: str
 
 def _read_source(init_from: str, weights: bool):
     """(which checkpoint: its best, else its latest; its meta; its arrays as saved, when `weights`)."""
-    source = Checkpoints(init_from, async_save=False)
+    source = Checkpoints(init_from, async_save=False, read_only=True)
     try:
         which = "best" if source.best.latest_step() is not None else "latest"
         return which, source.read_meta(which), source.restore_as_saved(which) if weights else None

@@ -366,3 +366,17 @@ def test_data_whose_classes_differ_is_refused_naming_them_and_recoloured_data_is
         evaluate.main(["--workdir", str(workdir), "--data_dir", str(copy), "--output", str(tmp_path / "out")])
     assert ("differs from the one the checkpoint was trained with (classes background, tree, landscaping, road, "
             "sidewalk, building, sky, concrete before, background, vegetation, landscaping") in capsys.readouterr().err
+
+
+def test_loading_a_model_writes_nothing_in_the_run(workdir, tmp_path):
+    """load_model made checkpoints/best where a run had none yet (stopped before its first evaluation), so on a run
+    it could not write to (another user's, a read-only mount) evaluate --output and predict failed with an OSError."""
+    import shutil
+
+    from streetseg_jax.inference import load_model
+
+    copy = shutil.copytree(workdir, tmp_path / "run")
+    shutil.rmtree(copy / "checkpoints" / "best")
+    before = sorted((p.relative_to(copy), p.stat().st_mtime_ns) for p in copy.rglob("*"))
+    assert load_model(copy, "best").source == "latest"              # no best yet: the latest, said so
+    assert sorted((p.relative_to(copy), p.stat().st_mtime_ns) for p in copy.rglob("*")) == before
