@@ -151,6 +151,8 @@ def test_other_projects_opening_it_by_name_get_what_they_ask_for(synthetic_dir, 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     assert Path(tfds.builder("street_seg/synthetic", data_dir="~/tfds").data_dir).is_relative_to(tmp_path / "tfds")
+    (tmp_path / "built").symlink_to(synthetic_dir, target_is_directory=True)
+    assert len(source.load_split("street_seg/synthetic", "train", "~/built")[0]) == 8     # "not built in ~/built"
 
 
 def test_reading_an_unbuilt_dataset_says_how_to_build_it_and_a_fresh_build_warns_of_nothing(tmp_path, caplog):

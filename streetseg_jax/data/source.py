@@ -54,7 +54,7 @@ def default_data_dir() -> Path:
 def dataset_dir(dataset: str, data_dir: str | os.PathLike | None) -> Path:
     """DATA_DIR/<name>/<config>/<version> of a prepared dataset; DatasetNotFoundError when there is none."""
     name, config, version = parse_name(dataset)
-    config_dir = Path(data_dir or default_data_dir()) / name / config
+    config_dir = Path(data_dir or default_data_dir()).expanduser() / name / config      # the configs' ~/...
     built = built_versions(config_dir)
     if version is None and built:
         version = built[-1]
