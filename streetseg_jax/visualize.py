@@ -70,6 +70,10 @@ def _checked(image, mask, label_map) -> tuple[np.ndarray, np.ndarray]:
         mask = mask[..., 0]
     if mask.shape != image.shape[:2]:
         raise ValueError(f"the mask is {mask.shape}, the image {image.shape[:2]}: they must be of one size")
+    if mask.dtype.kind not in "ui" or mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(f"the mask must hold class ids, whole numbers 0..255, got {mask.dtype} values"
+                         + (f" {mask.min()}..{mask.max()}" if mask.size and mask.dtype.kind in "uif" else ""))
+    mask = mask.astype(np.uint8, copy=False)
     if not isinstance(label_map, LabelMap):
         raise TypeError(f"expected a LabelMap, got {type(label_map).__name__} (a dataset's "
                         "info.metadata['label_map'] is one through LabelMap.from_dict)")
@@ -114,7 +118,9 @@ def comparison(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, label_map
     """`caption` (what the picture is of: the run, split and weights) above image | ground truth | prediction,
     titled, with a legend of the classes in either; pixels of the ignore id are light grey in the ground truth,
     named in the legend. Panels narrower than 160 pixels are enlarged by a whole factor (nearest neighbour): at 64
-    pixels the titles ran into each other."""
+    pixels the titles ran into each other. Takes what overlay takes."""
+    image, truth = _checked(image, truth, label_map)
+    image, pred = _checked(image, pred, label_map)
     panels = [image, colorize(truth, label_map), colorize(pred, label_map)]
     strip = Image.fromarray(np.concatenate(panels, axis=1))
     factor = -(-_PANEL_MIN_WIDTH // image.shape[1])

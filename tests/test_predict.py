@@ -377,7 +377,7 @@ def test_library_calls_with_the_wrong_things_say_what_to_pass(trained):
     """From a notebook: what a user passes by mistake is named with what to pass instead (a path for the model, a
     string for flip_tta, an empty or grey image, a dataset's (H, W, 1) mask, a dataset's label map as a dict)."""
     from streetseg_jax.inference import Predictor
-    from streetseg_jax.visualize import overlay
+    from streetseg_jax.visualize import comparison, overlay
 
     with pytest.raises(TypeError, match=r"TrainedModel \(inference.load_model\(workdir\)\), got str"):
         Predictor("runs/default")
@@ -396,6 +396,14 @@ def test_library_calls_with_the_wrong_things_say_what_to_pass(trained):
         overlay(image, mask[:, :29], label_map)
     with pytest.raises(TypeError, match="LabelMap.from_dict"):
         overlay(image, mask, label_map.to_dict())
+    for bad in (np.full((20, 30), 300), np.full((20, 30), -1), np.full((20, 30), 0.5)):   # an IndexError; drawn
+        with pytest.raises(ValueError, match="the mask must hold class ids, whole numbers 0..255"):  # as ignored
+            overlay(image, bad, label_map)
+    # comparison takes what overlay takes (a dataset's mask, a PIL image): numpy's concatenate errors before
+    np.testing.assert_array_equal(np.asarray(comparison(Image.fromarray(image), mask, mask[..., 0], label_map, "x")),
+                                  np.asarray(comparison(image, mask[..., 0], mask[..., 0], label_map, "x")))
+    with pytest.raises(ValueError, match=r"the mask is \(20, 29\), the image \(20, 30\)"):
+        comparison(image, mask, mask[:, :29], label_map, "x")
 
 
 # --- the command --------------------------------------------------------------------------------------------------
