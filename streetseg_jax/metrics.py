@@ -101,9 +101,14 @@ def metrics_from_confusion(conf: np.ndarray, class_names: Sequence[str]) -> dict
     lack. A class that is only predicted (never in the labels) has IoU 0 and does count.
 
     mean_class_accuracy is the mean recall (diagonal / row sum) over classes present in the labels.
-    A figure with nothing to average (an empty matrix) is None.
+    A figure with nothing to average (an empty matrix) is None. A matrix of counts or of weights (normalised or
+    averaged, float) alike: the figures are ratios.
     """
-    conf = np.asarray(conf, dtype=np.int64)
+    conf = np.asarray(conf)
+    if conf.dtype.kind not in "uif" or conf.size and conf.min() < 0:
+        raise ValueError(f"a confusion matrix holds counts or weights, numbers >= 0; got {conf.dtype}"
+                         + (f" down to {conf.min()}" if conf.size and conf.dtype.kind in "uif" else ""))
+    conf = conf.astype(np.float64 if conf.dtype.kind == "f" else np.int64)    # a float one was cut to whole numbers
     _check_shape(conf, class_names)
     iou = _class_iou(conf)
     result = {"miou": _mean_or_none(iou)}

@@ -146,6 +146,15 @@ def test_metrics_hand_computed():
     assert set(m) == {"miou", "iou/road", "iou/car", "iou/bike", "pixel_accuracy", "mean_class_accuracy"}
 
 
+def test_a_matrix_of_weights_gives_the_figures_of_its_counts():
+    """A normalised (float) matrix was cut to whole numbers: [[0.5, 0.5], [0, 1]] gave IoU None for a, mIoU 1."""
+    counts = np.array([[3, 1, 0], [2, 4, 0], [0, 0, 0]])
+    names = ["road", "car", "bike"]
+    assert metrics_from_confusion(counts / counts.sum(), names) == pytest.approx(metrics_from_confusion(counts, names))
+    with pytest.raises(ValueError, match="numbers >= 0; got int64 down to -1"):
+        metrics_from_confusion(np.array([[1, -1], [0, 1]]), ["a", "b"])
+
+
 def test_predicted_only_class_counts_as_zero_iou():
     conf = np.array([[2, 2],
                      [0, 0]])  # class 1 never labelled but predicted twice
