@@ -406,6 +406,16 @@ def _window_logits(graphdef, scales: tuple[float, ...], flip_tta: bool, mesh):
     return jax.jit(logits, in_shardings=(replicated, batched), out_shardings=batched)
 
 
+def _positive_scales(scales) -> tuple[float, ...]:
+    try:
+        values = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        values = None
+    if isinstance(scales, str) or values is None or any(not 0 < v < math.inf for v in values):
+        raise ValueError(f"extra_scales must be positive numbers, e.g. (0.5, 0.75), or () for none; got {scales!r}")
+    return values
+
+
 class Predictor:
     """Tiled, batched, jitted prediction with a trained model.
 
@@ -413,7 +423,8 @@ class Predictor:
     would pass _WINDOW_BYTES: tile_for); overlap: fraction of the window shared with each neighbour; batch_size:
     windows per call (fewer where their logits would pass _CALL_BYTES); flip_tta: also predict the mirror image and
     average the logits (None: as the run evaluated, its config's eval_flip_tta, as the predict command does);
-    resize: "auto" shows the network a photo at the scale of the images it was trained on
+    extra_scales: multi-scale TTA, the scales besides eval_scale the network also sees each photo at (None: as the
+    run evaluated, its eval_extra_scales; (): none); resize: "auto" shows the network a photo at the scale of the images it was trained on
     (its shorter side made theirs, where it is more than RESIZE_BEYOND times theirs or less than 1 / RESIZE_BEYOND:
     a 12-megapixel photo is 8x a CamVid frame, and a model sees objects 8x larger than any it learned as something
     else; the shorter side, as a camera's portrait and landscape photos, crops and panoramas all show things at the
@@ -423,7 +434,7 @@ class Predictor:
 
     def __init__(self, trained: TrainedModel, window: tuple[int, int] = DEFAULT_WINDOW,
                  overlap: float = DEFAULT_OVERLAP, batch_size: int = 8, flip_tta: bool | None = None,
-                 resize: str | float = "auto"):
+                 resize: str | float = "auto", extra_scales: tuple | None = None):
         if not isinstance(trained, TrainedModel):
             raise TypeError(f"Predictor takes a TrainedModel (inference.load_model(workdir)), got "
                             f"{type(trained).__name__}")
@@ -441,6 +452,8 @@ class Predictor:
         self.batch_size, self.resize, self.resized = batch_size, resize, 0
         # Windows are sized for eval_scale (the first); extra scales (multi-scale TTA) see the same windows.
         self.scales = network_scales(trained.config)
+        if extra_scales is not None:
+            self.scales = (self.scales[0], *_positive_scales(extra_scales))
         self.scale = self.scales[0]
         self.num_classes = trained.label_map.num_classes
         # Windows are split over every local device (XLA:CPU runs a convolution on one core, so a CPU split into

@@ -170,6 +170,14 @@ def test_multi_scale_tta_averages_the_logits_of_every_scale_in_prediction_and_ev
     np.testing.assert_allclose(Predictor(both).logits(image[0]), want, atol=1e-4)
     np.testing.assert_allclose(Predictor(both, flip_tta=True).logits(image[0]),
                                sum(logits.values()) / 4 + sum(mirrored.values()) / 4, atol=1e-4)
+    # From Python as with --extra_scales (a TypeError before): none, or others than the run's
+    np.testing.assert_allclose(Predictor(both, extra_scales=()).logits(image[0]), logits[0.5], atol=1e-4)
+    only_half = dataclasses.replace(trained, config=config.copy_and_resolve_references())
+    only_half.config.eval_extra_scales = ()
+    np.testing.assert_allclose(Predictor(only_half, extra_scales=[1]).logits(image[0]), want, atol=1e-4)
+    for bad in ("0.5", 0.5, (0,), ("x",)):
+        with pytest.raises(ValueError, match="extra_scales must be positive numbers"):
+            Predictor(both, extra_scales=bad)
     # evaluation predicts what prediction does
     evaluator = Evaluator(both.graphdef, sharding.make_mesh(jax.local_devices()[:1]), both.label_map, config)
     np.testing.assert_array_equal(evaluator.predict(both.params, both.model_state, image)[0], want.argmax(-1))
