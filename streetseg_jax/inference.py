@@ -568,6 +568,9 @@ class Predictor:
         if self.resize != "auto":
             return float(self.resize)
         factor = min(self.trained.image_size) / min(height, width)
+        if factor > 1:      # to RESIZE_BEYOND² times the training images' area at most: a 1x3000 strip was
+            most = RESIZE_BEYOND ** 2 * math.prod(self.trained.image_size)      # enlarged to 96x288000
+            factor = min(factor, max(1.0, math.sqrt(most / (height * width))))
         return 1.0 if 1 / RESIZE_BEYOND <= factor <= RESIZE_BEYOND else factor
 
     def _run(self, batch: list, running: collections.deque) -> Iterator[_Job]:

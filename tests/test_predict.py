@@ -194,6 +194,7 @@ def test_photos_far_from_the_training_size_are_seen_at_its_scale_and_answered_at
     assert auto.input_size(192, 256) == (48, 64) and auto.input_size(60, 80) == (60, 80)   # 1.25x: within 1.5x
     assert auto.input_size(20, 30) == (48, 72)                      # small ones grow: the shorter side is 48
     assert auto.input_size(100, 800) == (48, 384)                   # a panorama: its height, not its pixel count
+    assert auto.input_size(1, 3000) == (2, 4554)                    # a strip: to 1.5² x their area (48x144000)
     as_trained = Predictor(model, window=(256, 256), resize="none").logits(resize_image(photo, (48, 64)))
     logits = auto.logits(photo)
     assert logits.shape == (192, 256, model.label_map.num_classes)
