@@ -406,6 +406,14 @@ def _window_logits(graphdef, scales: tuple[float, ...], flip_tta: bool, mesh):
     return jax.jit(logits, in_shardings=(replicated, batched), out_shardings=batched)
 
 
+def _pair(item) -> tuple:
+    if not (isinstance(item, tuple | list) and len(item) == 2):
+        raise TypeError(f"Predictor.predict takes (key, image) pairs, got {type(item).__name__}"
+                        + (f" {np.shape(item)}" if isinstance(item, np.ndarray) else "")
+                        + "; for one image, predict_one(image)")
+    return item
+
+
 def _positive_scales(scales) -> tuple[float, ...]:
     try:
         values = tuple(float(s) for s in scales)
@@ -522,7 +530,8 @@ class Predictor:
     # --- many images -------------------------------------------------------------------------------------------
     def predict(self, items: Iterable[tuple[Any, np.ndarray]]) -> Iterator[tuple[Any, Prediction]]:
         """(key, Prediction) for each (key, uint8 image) as soon as its last window is blended (not necessarily in
-        input order: windows wait in a batch per window shape)."""
+        input order: windows wait in a batch per window shape). An item that fails (a bad image, an input that
+        raises) raises its error after the images taken before it are answered."""
         for job in self._stream(items, reduce=band_classes):
             outputs = job.blender.outputs()
             yield job.key, Prediction(*(classes_at(outputs[0], *job.size) if job.resized else outputs))
@@ -530,8 +539,16 @@ class Predictor:
     def _stream(self, items, reduce) -> Iterator[_Job]:
         waiting: dict[tuple, list] = {}         # window shape -> [(job, (y, x))] not yet run
         running: collections.deque = collections.deque()
-        for key, image in items:
-            job = self._job(key, image, reduce)
+        jobs = (self._job(*_pair(item), reduce) for item in items)
+        while True:
+            try:
+                job = next(jobs)
+            except StopIteration:
+                break
+            except Exception:       # up to MAX_PARTIAL_BATCHES batches of images were lost with it
+                for batch in waiting.values():
+                    yield from self._run(batch, running)
+                raise
             for origin in job.windows:
                 batch = waiting.setdefault(job.blender.tile, [])
                 batch.append((job, origin))

@@ -316,6 +316,25 @@ def test_batches_across_images_match_one_by_one(trained):
         np.testing.assert_allclose(together[key].confidence, alone.confidence, atol=1e-5)
 
 
+def test_an_input_that_fails_comes_after_the_answers_to_the_images_before_it(trained):
+    """5 good images and then an error in the input gave no answer at all: they waited in a partial batch."""
+    from streetseg_jax.inference import Predictor
+
+    def photos():
+        for i in range(5):
+            yield f"im{i}", random_image(40, 64, seed=i)
+        raise OSError("the network drive went away")
+
+    predictor, answered = Predictor(trained, window=(256, 256), batch_size=8), []
+    with pytest.raises(OSError, match="network drive"):
+        for key, _ in predictor.predict(photos()):
+            answered.append(key)
+    assert sorted(answered) == [f"im{i}" for i in range(5)]
+    with pytest.raises(TypeError, match=r"takes \(key, image\) pairs, got ndarray \(40, 64, 3\); for one image, "
+                                        r"predict_one\(image\)"):
+        list(predictor.predict([random_image(40, 64)]))      # "too many values to unpack"
+
+
 def test_images_of_many_sizes_do_not_all_wait_for_the_end(trained):
     from streetseg_jax.inference import MAX_PARTIAL_BATCHES, Predictor
 
