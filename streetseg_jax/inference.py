@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import numbers
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -406,6 +407,15 @@ def _window_logits(graphdef, scales: tuple[float, ...], flip_tta: bool, mesh):
     return jax.jit(logits, in_shardings=(replicated, batched), out_shardings=batched)
 
 
+def _number(value) -> bool:
+    """A real number (numpy's too), not a bool or a string."""
+    return isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
+
+
+def _whole(value) -> bool:
+    return _number(value) and math.isfinite(value) and float(value) == int(value)
+
+
 def _pair(item) -> tuple:
     if not (isinstance(item, tuple | list) and len(item) == 2):
         raise TypeError(f"Predictor.predict takes (key, image) pairs, got {type(item).__name__}"
@@ -448,13 +458,16 @@ class Predictor:
                             f"{type(trained).__name__}")
         if flip_tta not in (None, True, False):
             raise TypeError(f"flip_tta must be True, False or None (as the run evaluated), got {flip_tta!r}")
-        window = (int(window),) * 2 if np.ndim(window) == 0 else tuple(window)
-        if not 0.0 <= overlap < 0.5:
-            raise ValueError(f"overlap must be in [0, 0.5), got {overlap}")
-        if batch_size < 1 or min(window) < 1:
-            raise ValueError(f"batch_size and window must be positive, got {batch_size}, {window}")
-        if resize not in ("auto", "none") and not (isinstance(resize, (int, float)) and resize > 0):
+        window = (window,) * 2 if np.ndim(window) == 0 else tuple(window)
+        if len(window) != 2 or not all(_whole(n) and n >= 1 for n in window):
+            raise ValueError(f"window must be a positive whole number or (height, width) of them, got {window!r}")
+        if not (_number(overlap) and 0.0 <= overlap < 0.5):
+            raise ValueError(f"overlap must be a number in [0, 0.5), got {overlap!r}")
+        if not (_whole(batch_size) and batch_size >= 1):
+            raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
+        if resize not in ("auto", "none") and not (_number(resize) and 0 < resize < math.inf):
             raise ValueError(f"resize must be 'auto', 'none' or a positive factor, got {resize!r}")
+        window, batch_size = (int(window[0]), int(window[1])), int(batch_size)
         self.trained, self.window, self.overlap = trained, window, overlap
         self.flip_tta = flip_tta_setting(trained.config, flip_tta)
         self.batch_size, self.resize, self.resized = batch_size, resize, 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -413,6 +414,11 @@ def test_library_calls_with_the_wrong_things_say_what_to_pass(trained):
         Predictor(trained, flip_tta="no")
     predictor = Predictor(trained, window=64)
     assert predictor.window == (64, 64)
+    for bad in (dict(window=(512,)), dict(window=(1, 2, 3)), dict(window=math.inf), dict(batch_size=2.5),
+                dict(batch_size="8"), dict(resize=True), dict(resize=math.inf), dict(overlap="0.2")):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be"):        # IndexError, TypeError or
+            Predictor(trained, **bad)                                               # taken before
+    assert Predictor(trained, resize=np.float32(2), batch_size=np.int64(4)).resize == 2     # refused before
     for bad in (np.zeros((0, 10, 3), np.uint8), np.zeros((20, 30), np.uint8), np.zeros((20, 30, 3), np.float32)):
         with pytest.raises(ValueError, match=r"expected a uint8 \(H, W, 3\) RGB image.*open_photo\(path\)"):
             predictor.predict_one(bad)
