@@ -442,12 +442,13 @@ class Predictor:
     windows per call (fewer where their logits would pass _CALL_BYTES); flip_tta: also predict the mirror image and
     average the logits (None: as the run evaluated, its config's eval_flip_tta, as the predict command does);
     extra_scales: multi-scale TTA, the scales besides eval_scale the network also sees each photo at (None: as the
-    run evaluated, its eval_extra_scales; (): none); resize: "auto" shows the network a photo at the scale of the images it was trained on
-    (its shorter side made theirs, where it is more than RESIZE_BEYOND times theirs or less than 1 / RESIZE_BEYOND:
-    a 12-megapixel photo is 8x a CamVid frame, and a model sees objects 8x larger than any it learned as something
-    else; the shorter side, as a camera's portrait and landscape photos, crops and panoramas all show things at the
-    scale of the side they share), "none" at the photo's own, a number: the photo resized by that factor. A resized
-    photo's logits are resized back, so masks always come at the photo's size. `resized` counts such photos.
+    run evaluated, its eval_extra_scales; (): none); resize: "auto" shows the network a photo at the scale of the
+    images it was trained on (its shorter side made theirs, where it is more than RESIZE_BEYOND times theirs or less
+    than 1 / RESIZE_BEYOND, a small one to RESIZE_BEYOND² times their area at most: a 12-megapixel photo is 8x a
+    CamVid frame, and a model sees objects 8x larger than any it learned as something else; the shorter side, as a
+    camera's portrait and landscape photos, crops and panoramas all show things at the scale of the side they share),
+    "none" at the photo's own, a number: the photo resized by that factor. A resized photo's logits are resized back,
+    so masks always come at the photo's size. `resized` counts such photos.
     """
 
     def __init__(self, trained: TrainedModel, window: tuple[int, int] = DEFAULT_WINDOW,

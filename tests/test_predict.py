@@ -480,8 +480,8 @@ def test_folders_keep_their_structure_and_outputs_inside_are_skipped(workdir, tm
         assert run_predict("--workdir", workdir, "--input", inputs, "--output", out) == 0
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == ["a.png", "a_overlay.jpg", "d.png", "d_overlay.jpg", "e.png", "e_overlay.jpg", "linked/f.png",
-                       "linked/f_overlay.jpg", "predict.json", "street/b.png", "street/b_overlay.jpg", "street/night/c.png",
-                       "street/night/c_overlay.jpg"]
+                       "linked/f_overlay.jpg", "predict.json", "street/b.png", "street/b_overlay.jpg",
+                       "street/night/c.png", "street/night/c_overlay.jpg"]
     err = capsys.readouterr().err
     assert f"note: {inputs}: 1 file(s) that are not images left out (1 .txt)" in err
     assert f"note: {inputs}: 1 label mask(s) beside their photos left out (c_mask.png)" in err
