@@ -309,18 +309,37 @@ def _range_problems(config) -> list[str]:
              ("end_learning_rate_factor", lambda v: 0 <= v <= 1, "in [0, 1]"), ("eval_scale", lambda v: v > 0, "> 0"),
              ("eval_extra_scales", lambda v: all(s > 0 for s in v),
               "a tuple of numbers > 0 ('--config.eval_extra_scales=()': none)"),
-             ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"))
+             ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+             # Refused once the work directory was written (a negative seed), or taken without a word: a scale
+             # of 0 trained on images of 1 pixel; jitter factors come from [1 - s, 1 + s], beyond 1 negative.
+             ("seed", lambda v: v >= 0, ">= 0"), ("augment.base_scale", lambda v: v > 0, "> 0"),
+             *((f"augment.{key}", lambda v: 0 <= v <= 1, "in [0, 1] (0: off)")
+               for key in ("brightness", "contrast", "saturation")),
+             ("augment.hue", lambda v: 0 <= v <= 0.5, "in [0, 0.5] (0: off)"))
     problems = []
     for key, ok, wanted in rules:
-        if key not in config:       # a config file of its own, written before the key was
+        value = _lookup(config, key)
+        if value is _MISSING:       # a config file of its own, written before the key was
             continue
         try:
-            fine = ok(config[key])
+            fine = ok(value)
         except TypeError:
             fine = False
         if not fine:
-            problems.append(f"{key} must be {wanted}, got {config[key]!r}")
+            problems.append(f"{key} must be {wanted}, got {value!r}")
     return problems
+
+
+_MISSING = object()
+
+
+def _lookup(config, key: str):
+    """config["a.b"] as config.a.b; _MISSING where a part is not there."""
+    for part in key.split("."):
+        if part not in config:
+            return _MISSING
+        config = config[part]
+    return config
 
 
 def _builder_problems(config) -> list[str]:

@@ -612,15 +612,18 @@ def test_values_a_run_cannot_use_are_refused_before_anything_is_written(tiny_dat
                                 "--config.augment.crop_size=5", "--config.class_weights=inverse",
                                 "--config.learning_rate=-1", "--config.eval_scale=0", "--config.loss=focal",
                                 "--config.model.upsample=bilinear", "--config.augment.scale_range=(1.25,0.8)",
-                                "--config.momentum=1.5")
+                                "--config.momentum=1.5", "--config.seed=-1", "--config.augment.base_scale=0",
+                                "--config.augment.brightness=-1", "--config.augment.hue=2")
     assert code == 2 and "Traceback" not in out, out
     for message in ("log_every_steps must be at least 1, got 0", "keep_checkpoints must be at least 1, got 0",
                     "num_train_steps must be at least 1, got -5", "augment.crop_size must be two positive whole numbers",
                     "class_weights must be 'none' or 'median_frequency', got 'inverse'",
                     "learning_rate must be > 0, got -1", "eval_scale must be > 0, got 0",
                     "loss must be one of cross_entropy, cross_entropy+dice, cross_entropy+lovasz, got 'focal'",
-                    "upsample must be one of", "augment.scale_range must be (low, high), got (1.25, 0.8)",
-                    "momentum must be in [0, 1), got 1.5"):
+                    "model.upsample must be one of transpose, ", "momentum must be in [0, 1), got 1.5",
+                    "augment.scale_range must be (low, high), got (1.25, 0.8)", "seed must be >= 0, got -1",
+                    "augment.base_scale must be > 0, got 0", "augment.brightness must be in [0, 1] (0: off), got -1",
+                    "augment.hue must be in [0, 0.5] (0: off), got 2"):
         assert message in out, out
     assert not (tmp_path / "w").exists()
 

@@ -241,7 +241,7 @@ def check_model_config(config_model: Mapping) -> None:
     if dtype_name not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
     _check_arguments(1, config_model.get("base_width", 16), config_model.get("depth", 4),
-                     config_model.get("upsample", "transpose"), config_model.get("dropout", 0.0), "edge")
+                     config_model.get("upsample", "transpose"), config_model.get("dropout", 0.0), "edge", "model.")
 
 
 def _conv(in_width, out_width, size, *, use_bias, dtype, rngs, **kwargs):
@@ -257,12 +257,14 @@ def _batch_norm(width, dtype, rngs):
                          param_dtype=jnp.float32, rngs=rngs)
 
 
-def _check_arguments(num_classes, base_width, depth, upsample, dropout, pad_mode):
-    if num_classes < 1 or base_width < 1 or depth < 1:
-        raise ValueError(f"num_classes, base_width and depth must be >= 1, got {num_classes}, {base_width}, {depth}")
+def _check_arguments(num_classes, base_width, depth, upsample, dropout, pad_mode, prefix: str = ""):
+    """ValueError naming the argument (the config key: `prefix` "model.") whose value the model cannot take."""
+    for name, value in (("num_classes", num_classes), (f"{prefix}base_width", base_width), (f"{prefix}depth", depth)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     if upsample not in UPSAMPLE_MODES:
-        raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+        raise ValueError(f"{prefix}upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        raise ValueError(f"{prefix}dropout must be in [0, 1), got {dropout}")
     if pad_mode not in ("edge", "reflect", "constant"):
         raise ValueError(f"pad_mode must be 'edge', 'reflect' or 'constant', got {pad_mode!r}")
