@@ -217,6 +217,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         argv = [arg for arg in argv if arg != "-h"] + ["--help"]
     sys.argv[:] = argv              # ml_collections reads its overrides from sys.argv
     _check_config_file(argv)
+    _check_each_key_once(argv)
     try:
         return flags.FLAGS(argv)
     except SystemExit as e:     # absl exits 1 after printing the help it was asked for
@@ -242,6 +243,20 @@ def _check_config_file(argv: list[str]) -> None:
         path = None if value is None else Path(os.path.expanduser(value.partition(":")[0]))
         if path is not None and not path.is_file():
             fail(f"--config {value}: " + ("no such file" if not path.exists() else "not a file"))
+
+
+def _check_each_key_once(argv: list[str]) -> None:
+    """An override given twice: ml_collections joins a tuple's values ('--config.eval_extra_scales=(0.5,)' then
+    '(0.75,)' evaluated at both scales), where a number's last value wins; refused either way."""
+    given: dict[str, list[str]] = {}
+    for arg in argv[1:]:
+        if arg.startswith("--config."):
+            given.setdefault(arg[len("--config."):].partition("=")[0], []).append(arg)
+    twice = {key: args for key, args in given.items() if len(args) > 1}
+    if twice:
+        key, args = next(iter(twice.items()))
+        fail(f"--config.{key} is given {len(args)} times ({' '.join(map(shlex.quote, args))}): give each key once "
+             "(a tuple's values would be joined, not replaced)")
 
 
 def _config_file_failure(e: Exception) -> str | None:

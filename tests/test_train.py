@@ -472,6 +472,10 @@ def test_mistyped_flags_keys_and_values_are_one_message(tiny_data_dir, tmp_path)
                           ("--config.nonexistent=3", "unknown config key 'nonexistent'")):
         code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, flag)
         assert code == 2 and out.startswith("error: ") and message in out and "Traceback" not in out, out
+    # given twice, a tuple's values were joined: evaluated at both scales, or refused as (0.5, -1.0)
+    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--config.eval_extra_scales=(0.5,)",
+                                "--config.eval_extra_scales=(0.75,)")
+    assert code == 2 and out.startswith("error: --config.eval_extra_scales is given 2 times ("), out
     assert not (tmp_path / "w").exists()
 
 
