@@ -28,6 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
         base_scale=0.25, scale_range=(0.8, 1.25), crop_size=(80, 112), flip=True,
         brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03))
     # --- model
+    # upsample: "transpose" (the peers'), "resize" or "depth_to_space"; dtype: "float32" or "bfloat16" (compute;
+    # the weights stay float32)
     c.model = ml_collections.ConfigDict(dict(
         base_width=16, depth=4, upsample="transpose", dropout=0.0, dtype="float32"))
     # --- optimisation
@@ -35,11 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch_size = 8
     c.num_train_steps = 1950
     c.learning_rate = 3e-3
-    c.warmup_steps = 50
-    c.lr_schedule = "cosine"
+    c.warmup_steps = 50               # at most half the run (a longer one is cut, said)
+    c.lr_schedule = "cosine"          # or "polynomial" (power 0.9), both down to end_learning_rate_factor
     c.end_learning_rate_factor = 0.01
     c.optimizer = "adamw"             # or "adam", "sgd" (with momentum; weight decay as L2)
-    c.weight_decay = 1e-4
+    c.weight_decay = 1e-4             # adamw's decoupled decay, sgd's L2; adam takes none
     c.momentum = 0.9                  # sgd only
     c.grad_clip_norm = 1.0
     c.class_weights = "none"          # or "median_frequency" (SegNet's)
@@ -51,9 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_scale = 0.25
     c.eval_flip_tta = True            # average each eval image's logits with its mirror image's
     c.eval_extra_scales = (0.3125,)   # multi-scale TTA: also run the network at these scales, average the logits
-    c.eval_every_steps = 650
+    c.eval_every_steps = 650          # 0: at the last step only
     c.log_every_steps = 50
-    c.checkpoint_every_steps = 650
+    c.checkpoint_every_steps = 650    # 0: at the last step only (and at a stop: Ctrl-C, SIGTERM)
     c.keep_checkpoints = 3
     c.num_overlays = 4
     c.init_from = ""

@@ -160,9 +160,9 @@ def _open(config, workdir: str | Path):
     train = _load(config, "train_split")
     eval_source, _, _ = _load(config, "eval_split")
     log = RunLog(workdir, config.num_train_steps, config.batch_size, config.eval_every_steps)
-    note = sharding.fewer_devices_note()
-    if note:
-        log.say(note)
+    for note in [sharding.fewer_devices_note(), *settings_notes(config)]:
+        if note:
+            log.say(note)
     weights = class_weights(config, train[0], train[1], log)
     _check_memory(config, train[1].num_classes, mesh)
     if config.init_from and not (workdir / "checkpoints").is_dir():    # nothing to resume: it will be read
@@ -301,6 +301,21 @@ def check_config(config) -> None:
     problems += _range_problems(config) + _builder_problems(config)
     if problems:
         raise RunError("the config cannot be trained:\n  - " + "\n  - ".join(problems))
+
+
+def settings_notes(config) -> list[str]:
+    """Settings a run takes otherwise than given, or not at all (they trained without a word)."""
+    notes = []
+    if config.warmup_steps > config.num_train_steps // 2:
+        notes.append(f"note: warmup_steps {config.warmup_steps} is more than half of the run's "
+                     f"{config.num_train_steps} steps: the warm-up takes {config.num_train_steps // 2}, so that the "
+                     "learning rate still comes down")
+    if config.optimizer == "adam" and config.weight_decay:
+        notes.append(f"note: weight_decay {config.weight_decay:g} is not used by optimizer 'adam' (adamw decays "
+                     "the weights)")
+    if config.class_weights == "none" and config.get("class_weight_power", 1.0) != 1.0:
+        notes.append("note: class_weight_power is not used without class_weights=median_frequency")
+    return notes
 
 
 def _range_problems(config) -> list[str]:

@@ -878,6 +878,21 @@ def test_ema_follows_the_parameters_and_is_what_evaluation_uses():
     assert train.eval_params(state, config) is state.params
 
 
+def test_settings_a_run_takes_otherwise_or_not_at_all_are_said():
+    """A warm-up longer than half the run was cut to half, adam's weight decay and the class weights' power without
+    class weights did nothing: all without a word."""
+    from streetseg_jax.run import settings_notes
+
+    config = tiny_config()
+    assert settings_notes(config) == []
+    config.num_train_steps, config.warmup_steps, config.optimizer, config.class_weight_power = 20, 100, "adam", 0.5
+    assert settings_notes(config) == [
+        "note: warmup_steps 100 is more than half of the run's 20 steps: the warm-up takes 10, so that the learning "
+        "rate still comes down",
+        f"note: weight_decay {config.weight_decay:g} is not used by optimizer 'adam' (adamw decays the weights)",
+        "note: class_weight_power is not used without class_weights=median_frequency"]
+
+
 def test_class_weight_power_softens_the_median_frequency_weights():
     from streetseg_jax import run
     from streetseg_jax.labels.label_map import default_label_map
