@@ -216,6 +216,8 @@ class Evaluator:
         """image | ground truth | prediction (visualize.comparison), PNG, for the first `count` examples (one
         process), as out_dir/<file name without its suffix>.png, under the file name's folders."""
         from streetseg_jax.visualize import comparison
+        if count < 1:
+            return
         out_dir.mkdir(parents=True, exist_ok=True)
         used = set()
         for i in range(min(count, len(source))):

@@ -322,8 +322,8 @@ def _range_problems(config) -> list[str]:
     rules = (("learning_rate", lambda v: v > 0, "> 0"), ("warmup_steps", lambda v: v >= 0, ">= 0"),
              ("weight_decay", lambda v: v >= 0, ">= 0"), ("grad_clip_norm", lambda v: v >= 0, ">= 0 (0: off)"),
              ("end_learning_rate_factor", lambda v: 0 <= v <= 1, "in [0, 1]"), ("eval_scale", lambda v: v > 0, "> 0"),
-             ("eval_extra_scales", lambda v: all(s > 0 for s in v),
-              "a tuple of numbers > 0 ('--config.eval_extra_scales=()': none)"),
+             ("eval_extra_scales", lambda v: all(0 < s <= 8 for s in v),       # as --extra_scales takes them
+              "a tuple of numbers in (0, 8] ('--config.eval_extra_scales=()': none)"),
              ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
              # Refused once the work directory was written (a negative seed), or taken without a word: a scale
              # of 0 trained on images of 1 pixel; jitter factors come from [1 - s, 1 + s], beyond 1 negative.
@@ -605,7 +605,8 @@ def finish_run(config, setup: RunSetup, evaluator, params, model_state, step: in
         evaluator.write_overlays(params, model_state, setup.eval_source, setup.workdir / "overlays",
                                  config.num_overlays, f"run {setup.workdir.name}, {config.eval_split} split, "
                                  f"the last weights (step {step})")
-        setup.log.say(f"done: {setup.workdir} (metrics.jsonl, curves.png, overlays/, checkpoints/)")
+        setup.log.say(f"done: {setup.workdir} (metrics.jsonl, curves.png, {'overlays/, ' * (config.num_overlays > 0)}"
+                      "checkpoints/)")
         setup.log.say(_outcome(history, setup.workdir))
     if jax.process_count() > 1:
         # A process that reaches JAX's shutdown barrier long before process 0 times out there and kills the job.

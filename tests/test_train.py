@@ -617,7 +617,8 @@ def test_values_a_run_cannot_use_are_refused_before_anything_is_written(tiny_dat
                                 "--config.learning_rate=-1", "--config.eval_scale=0", "--config.loss=focal",
                                 "--config.model.upsample=bilinear", "--config.augment.scale_range=(1.25,0.8)",
                                 "--config.momentum=1.5", "--config.seed=-1", "--config.augment.base_scale=0",
-                                "--config.augment.brightness=-1", "--config.augment.hue=2")
+                                "--config.augment.brightness=-1", "--config.augment.hue=2",
+                                "--config.eval_extra_scales=(50,)")
     assert code == 2 and "Traceback" not in out, out
     for message in ("log_every_steps must be at least 1, got 0", "keep_checkpoints must be at least 1, got 0",
                     "num_train_steps must be at least 1, got -5", "augment.crop_size must be two positive whole numbers",
@@ -627,9 +628,12 @@ def test_values_a_run_cannot_use_are_refused_before_anything_is_written(tiny_dat
                     "model.upsample must be one of transpose, ", "momentum must be in [0, 1), got 1.5",
                     "augment.scale_range must be (low, high), got (1.25, 0.8)", "seed must be >= 0, got -1",
                     "augment.base_scale must be > 0, got 0", "augment.brightness must be in [0, 1] (0: off), got -1",
-                    "augment.hue must be in [0, 0.5] (0: off), got 2"):
+                    "augment.hue must be in [0, 0.5] (0: off), got 2",
+                    "eval_extra_scales must be a tuple of numbers in (0, 8]"):
         assert message in out, out
     assert not (tmp_path / "w").exists()
+    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--config.dataset=street_seg/synthetic/num_images=40")
+    assert code == 2 and "a run names a dataset without the options it was built with (num_images=...)" in out, out
 
 
 def test_a_folder_that_is_not_a_run_keeps_its_config_json(tiny_data_dir, tmp_path):
@@ -1093,3 +1097,11 @@ def test_a_damaged_config_json_is_said_and_removing_it_resumes(finished_run, tin
     code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS + 2}")
     assert code == 0 and f"resuming from step {STEPS}" in out, out
     assert json.loads((workdir / "config.json").read_text())["num_train_steps"] == STEPS + 2
+
+
+def test_no_overlays_asked_for_makes_no_overlays_folder(tmp_path):
+    """num_overlays=0 made an empty overlays/, which the closing line listed."""
+    from streetseg_jax.evaluator import Evaluator
+
+    Evaluator.write_overlays(None, None, None, [], tmp_path / "overlays", 0, "run x")
+    assert not (tmp_path / "overlays").exists()

@@ -121,8 +121,11 @@ def label_map_of(info, path: str | os.PathLike) -> LabelMap:
 def parse_name(dataset: str) -> tuple[str, str, str | None]:
     match = _NAME.match(dataset)
     if not match:
+        options = ("; a run names a dataset without the options it was built with (num_images=...): "
+                   "street_seg/synthetic is the build of that name in data_dir, and another build goes in another "
+                   "data_dir" if dataset.count("/") > 1 or "=" in dataset else "")
         raise DatasetNotFoundError(f"dataset name {dataset!r} should look like 'street_seg/synthetic' "
-                                   "or 'street_seg/voc_polygons:2.0.0'")
+                                   f"or 'street_seg/voc_polygons:2.0.0'{options}")
     return match["name"], match["config"], match["version"]
 
 
