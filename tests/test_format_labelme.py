@@ -333,8 +333,15 @@ def test_other_json_in_the_folder_is_left_out_but_a_broken_labelme_file_is_not(t
     write_json(tmp_path, [1, 2], "list.json")
     write_json(tmp_path, {"name": "street_seg", "splits": []}, "tfds/street_seg/x/2.0.0/dataset_info.json")
     assert [a.source.name for a in labelme.read(tmp_path)] == ["a.json"]
+    Image.new("RGB", (4, 3)).save(tmp_path / "label_map.png")      # a picture of the label map: not its annotation
+    assert [a.source.name for a in labelme.read(tmp_path)] == ["a.json"]
     write_json(tmp_path, {"imagePath": "b.jpg"}, "b.json")       # a LabelMe key, but no shapes: an error
     with pytest.raises(LabelFormatError, match=r"b\.json: not a LabelMe file"):
+        labelme.read(tmp_path)
+    (tmp_path / "b.json").unlink()
+    write_json(tmp_path, {}, "c.json")                           # emptied beside its image: it was said only that
+    Image.new("RGB", (4, 3)).save(tmp_path / "c.JPG")            # c.JPG had no annotation
+    with pytest.raises(LabelFormatError, match=r"c\.json: beside c\.JPG, but not a LabelMe file"):
         labelme.read(tmp_path)
 
 

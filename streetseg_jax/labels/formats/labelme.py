@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import glob
 import io
 import math
 import os
@@ -52,13 +53,21 @@ _LOOKS_LIKE_FILES = 3       # how many JSON files --format auto opens before dec
 
 def read(path: Path, label_map=None) -> list[Annotation]:
     """Every `*.json` under a folder (recursively, sorted, hidden folders skipped), or one file. In a folder, JSON
-    with none of LabelMe's keys (a label map, a check report, a dataset built inside the export) is left out; a file
-    with some of them but not a LabelMe file's shape is an error."""
+    with none of LabelMe's keys (a label map, a check report, a dataset built inside the export) is left out, but an
+    empty one beside an image of its name (its annotation, emptied) and a file with some of them but not a LabelMe
+    file's shape are errors."""
     path = Path(path)
     if path.is_dir():
         def read_one(f: Path) -> Annotation | None:
             data = load_json(f)
-            return read_file(f, path, data) if _has_labelme_keys(data) else None
+            if _has_labelme_keys(data):
+                return read_file(f, path, data)
+            image = None if data else next((p for p in f.parent.glob(glob.escape(f.stem) + ".*")
+                                            if p.suffix.lower() in images.IMAGE_SUFFIXES), None)
+            if image is not None:       # '{}' there read as an image without annotation, the file unnamed
+                raise LabelFormatError(f"{f}: beside {image.name}, but not a LabelMe file (none of its keys "
+                                       "shapes, imagePath, imageData)")
+            return None
         return [a for a in read_each(_json_files(path), read_one) if a is not None]
     return [read_file(path, path.parent)]
 
