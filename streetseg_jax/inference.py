@@ -429,8 +429,8 @@ def _positive_scales(scales) -> tuple[float, ...]:
         values = tuple(float(s) for s in scales)
     except (TypeError, ValueError):
         values = None
-    if isinstance(scales, str) or values is None or any(not 0 < v < math.inf for v in values):
-        raise ValueError(f"extra_scales must be positive numbers, e.g. (0.5, 0.75), or () for none; got {scales!r}")
+    if isinstance(scales, str) or values is None or any(not 0 < v <= 8 for v in values):
+        raise ValueError(f"extra_scales must be numbers in (0, 8], e.g. (0.5, 0.75), or () for none; got {scales!r}")
     return values
 
 
@@ -559,9 +559,12 @@ class Predictor:
                 job = next(jobs)
             except StopIteration:
                 break
-            except Exception:       # up to MAX_PARTIAL_BATCHES batches of images were lost with it
-                for batch in waiting.values():
-                    yield from self._run(batch, running)
+            except Exception as failed:     # up to MAX_PARTIAL_BATCHES batches of images were lost with it
+                try:
+                    for batch in waiting.values():
+                        yield from self._run(batch, running)
+                except Exception:
+                    raise failed        # the input's error, the flush's as its context
                 raise
             for origin in job.windows:
                 batch = waiting.setdefault(job.blender.tile, [])

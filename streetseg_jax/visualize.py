@@ -123,7 +123,7 @@ def comparison(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, label_map
     image, pred = _checked(image, pred, label_map)
     panels = [image, colorize(truth, label_map), colorize(pred, label_map)]
     strip = Image.fromarray(np.concatenate(panels, axis=1))
-    factor = -(-_PANEL_MIN_WIDTH // image.shape[1])
+    factor = min(-(-_PANEL_MIN_WIDTH // image.shape[1]), max(1, _MAX_ENLARGED_HEIGHT // image.shape[0]))
     if factor > 1:
         strip = strip.resize((strip.width * factor, strip.height * factor), Image.Resampling.NEAREST)
     font, size = _font(strip.width)

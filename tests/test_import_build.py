@@ -104,8 +104,12 @@ def test_another_project_opens_a_dataset_of_an_export_by_name(tmp_path, monkeypa
     by_name = tfds.builder("street_seg/streets", data_dir="~/tfds")
     assert Path(by_name.data_dir) == tmp_path / "tfds" / "street_seg" / "streets" / "2.0.0"
     assert len(by_name.as_data_source(split="train")) == len(records(tmp_path, "train"))
-    assert len(tfds.data_source("street_seg/streets/format=labelme,val_fraction=0.3", split="validation",
+    assert len(tfds.data_source("street_seg/streets/format=labelme", split="validation",
                                 data_dir="~/tfds")) == len(records(tmp_path, "validation"))
+    with pytest.raises(ValueError, match="val_fraction: a dataset's splits are chosen when it is built"):
+        tfds.data_source("street_seg/streets/val_fraction=0.3", split="validation", data_dir="~/tfds")
+    plain = tfds.builder("street_seg/streets", data_dir=str(tmp_path / "tfds"))     # TFDS's read-only builder
+    assert len(plain.as_data_source(split="train")) == len(records(tmp_path, "train"))
     with pytest.raises(ValueError, match="was built with format='labelme', not format='coco'"):
         tfds.data_source("street_seg/streets/format=coco", split="train", data_dir="~/tfds")
     with pytest.raises(ValueError, match=f"street_seg/others is not built in {tmp_path / 'tfds'}: build it from its "

@@ -63,6 +63,7 @@ def test_aliases_are_case_and_separator_insensitive(name, expected):
     ({"classes": [{"id": i, "name": f"c{i}", "color": [0, 0, i % 256]} for i in range(256)]},
      r"256 classes: a mask holds 255 at most \(ids 0..254, and 255 for the ignore id\)"),
     ({"klasses": []}, r"unknown key 'klasses' \(did you mean 'classes'\?\); a label map's keys are classes, "),
+    ({"classes": "a", "_comment": "mine"}, "malformed"),       # a comment key is left alone, not refused
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}], "ignore_ids": 3},  # the default ignore id was used
      r"labels.json: unknown key 'ignore_ids' \(did you mean 'ignore_id'\?\)"),
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0], "alias": ["car"]}]},     # car was left unknown
@@ -173,3 +174,11 @@ def test_colours_pictures_cannot_tell_apart_are_named():
         "another colour in the label map"]
     assert default_label_map().colour_clashes() == []
     assert starter_label_map([f"n{i}" for i in range(250)]).colour_clashes() == []     # VOC's 63rd is (192,192,192)
+
+
+def test_keys_of_other_uses_are_left_alone():
+    """A comment, or another tool's class fields, in a label map that loaded before typos were refused."""
+    data = default_label_map().to_dict()
+    data["_comment"] = "ours, from the seed"
+    data["classes"][1]["supercategory"] = "nature"
+    assert LabelMap.from_dict(data) == default_label_map()

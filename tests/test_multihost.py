@@ -32,9 +32,10 @@ def free_port() -> int:
 
 def launch(workdir, data_dir, devices: int, steps: int, process_id=None, num_processes=None, port=None,
            *overrides: str, python: tuple = ("-m", "streetseg_jax.main")):
+    every = [] if any(o.startswith("--config.eval_every_steps=") for o in overrides) else \
+        ["--config.eval_every_steps=2"]                 # main refuses a key given twice
     cmd = [sys.executable, *python, f"--config={TINY_CONFIG}", f"--workdir={workdir}",
-           f"--config.data_dir={data_dir}", f"--config.num_train_steps={steps}", "--config.eval_every_steps=2",
-           *overrides]
+           f"--config.data_dir={data_dir}", f"--config.num_train_steps={steps}", *every, *overrides]
     if num_processes:
         cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
                 f"--process_id={process_id}"]

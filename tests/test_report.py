@@ -397,6 +397,8 @@ def test_small_panels_are_enlarged_so_that_their_titles_fit():
     assert titles[:, 0:192].any() and titles[:, 192:384].any() and titles[:, 384:].any()
     for edge in (192, 384):                                                 # no title runs into the next panel
         assert not titles[:, edge - 3:edge + 3].any()
+    tall = np.full((3000, 100), 3, np.uint8)                                # not enlarged past 2,000 px tall
+    assert comparison(np.zeros((3000, 100, 3), np.uint8), tall, tall, label_map, "x").width == 300
 
 
 @pytest.mark.parametrize("argv, message", [

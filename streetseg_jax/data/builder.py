@@ -51,9 +51,10 @@ reader gets the same numpy arrays from either (data/source.py).
 
 Options are builder kwargs, e.g. `StreetSeg(config="synthetic", num_images=1000)` or
 `tfds.builder("street_seg/synthetic/num_images=1000")`: num_images, height, width, seed (synthetic only),
-test_fraction, label_map (path to a label map JSON; default: the seed's 8 classes), num_workers (processes for the
-per-image work; default: all cores). data/build.py's `build` checks a dataset already built against the options
-and inputs asked for.
+test_fraction, label_map (path to a label map JSON; default: the seed's 8 classes), format and unknown (a dataset
+built from an export, street_seg/NAME: checked against its build), num_workers (processes for the per-image work;
+default: all cores, but this process alone in a user's script that imported JAX: inputs.default_workers).
+data/build.py's `build` checks a dataset already built against the options and inputs asked for.
 """
 from __future__ import annotations
 
@@ -199,6 +200,10 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
                  workers: inputs.Workers | None = None, **kwargs):
         """`plan` (an export already read and validated, data/build.py) and `workers` (a process pool to share)
         save reading and checking the export twice; without them the builder does both itself."""
+        splits = sorted({"val_fraction", "split_file"} & set(kwargs))
+        if splits:      # a TypeError of DatasetBuilder before
+            raise ValueError(f"{', '.join(splits)}: a dataset's splits are chosen when it is built (python -m "
+                             "streetseg_jax.data build --val_fraction F | --split_file FILE), not in its name")
         options = {name: kwargs.pop(name, None) for name in OPTION_NAMES}
         self._overrides = {k: v for k, v in options.items() if v is not None}
         if isinstance(kwargs.get("data_dir"), (str, os.PathLike)):     # TFDS leaves '~' as it is: a folder named
@@ -258,8 +263,10 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
 
     def _config_of_a_build(self, name: str) -> StreetSegConfig:
         """The config of street_seg/<name>, a dataset built from an export (data build --config from_annotations
-        --name NAME), as its build recorded it: tfds.builder("street_seg/NAME") then reads it as this builder,
-        '~' and options in the name included, not as TFDS's read-only builder of the files."""
+        --name NAME), as its build recorded it. tfds.builder("street_seg/NAME") opens such a dataset with TFDS's
+        read-only builder of its files where it can; where it cannot (a '~' in data_dir, options in the name:
+        a TypeError, 'config not found'), it comes here and reads it as this builder, which expands '~' and checks
+        the options against the build."""
         root = self._asked_root
         built = source.built_versions(root / "street_seg" / name)
         if not built:

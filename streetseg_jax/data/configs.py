@@ -11,6 +11,6 @@ CONFIG_OPTIONS = {
 # Every config also takes num_workers, and from_annotations a name: it builds street_seg/<name>.
 CONFIGS = tuple(CONFIG_OPTIONS)
 SYNTHETIC_ONLY = tuple(name for name in CONFIG_OPTIONS["synthetic"] if name not in CONFIG_OPTIONS["voc_polygons"])
-# Options a dataset built from an export takes in its name (street_seg/NAME/format=coco): those a build records
-# as they were given (not a split file's path, recorded by its contents).
-EXPORT_NAME_OPTIONS = ("format", "val_fraction", "unknown")
+# Options a dataset built from an export takes in its name (street_seg/NAME/format=coco): those its build records
+# as they were given (not the splits: a build that followed the export's own records the default val_fraction).
+EXPORT_NAME_OPTIONS = ("format", "unknown")

@@ -541,7 +541,7 @@ def default_workers() -> int:
     have the guard; num_workers says otherwise."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
-    ours = spec is not None and spec.name.startswith("streetseg_jax")
+    ours = spec is not None and spec.name.split(".")[0] == "streetseg_jax"
     if pool_context().get_start_method() == "spawn" and getattr(main, "__file__", None) and not ours:
         return 1
     return os.cpu_count() or 1

@@ -134,7 +134,7 @@ class LabelMap:
     @classmethod
     def from_dict(cls, data: dict, source: str = "label map") -> "LabelMap":
         try:
-            _known_keys(data, MAP_KEYS, "a label map's", "")       # a misspelt key would be left out silently
+            _known_keys(data, MAP_KEYS, "a label map's", "")       # a misspelt key was left out silently
             classes = tuple(_class_from_dict(c) for c in data["classes"])
             ignore_values = data.get("ignore_values")
             return cls(classes, _integer(data.get("ignore_id", 255), "ignore_id"),
@@ -189,11 +189,13 @@ CLASS_KEYS = ("id", "name", "color", "aliases", "values")
 
 
 def _known_keys(data: dict, known: tuple[str, ...], whose: str, where: str) -> None:
+    """A LabelMapError for a key that is a misspelling of a known one; keys of other uses (a "_comment", another
+    tool's "supercategory") are left alone."""
     for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise LabelMapError(f"{where}unknown key {key!r}{hint}; {whose} keys are {', '.join(known)}")
+        close = [] if key in known else difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        if close:
+            raise LabelMapError(f"{where}unknown key {key!r} (did you mean {close[0]!r}?); {whose} keys are "
+                                f"{', '.join(known)}")
 
 
 def _class_from_dict(c: dict) -> ClassInfo:
