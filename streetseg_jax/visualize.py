@@ -240,10 +240,10 @@ def curves_figure(metrics: list[dict], title: str | None = None):
         points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
         if points:
             ax.plot(*zip(*points), style, label=label, markersize=3)
-    for ax, title in ((ax_loss, "loss"), (ax_miou, "mean IoU")):
+    for ax, heading in ((ax_loss, "loss"), (ax_miou, "mean IoU")):
         for k, step in enumerate(resumes):
             ax.axvline(step, color="grey", linestyle="--", linewidth=0.8, label="resumed" if k == 0 else None)
-        ax.set_title(title)
+        ax.set_title(heading)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend()

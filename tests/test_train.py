@@ -1105,3 +1105,13 @@ def test_no_overlays_asked_for_makes_no_overlays_folder(tmp_path):
 
     Evaluator.write_overlays(None, None, None, [], tmp_path / "overlays", 0, "run x")
     assert not (tmp_path / "overlays").exists()
+
+
+def test_curves_are_titled_with_their_run():
+    """The run's name was replaced by the last panel's title ('mean IoU'): one name served both."""
+    from streetseg_jax.visualize import curves_figure
+
+    records = [{"step": 1, "time": 0.0, "train/loss": 1.0, "train/miou": 0.5}]
+    figure = curves_figure(records, "run default")
+    assert figure._suptitle.get_text() == "run default"
+    assert [ax.get_title() for ax in figure.axes] == ["loss", "mean IoU"]
