@@ -120,7 +120,13 @@ def stopped_by(interrupt: KeyboardInterrupt) -> tuple[str, int]:
 def run_command(main, leaves: str) -> NoReturn:
     """Run a command's `main()` as its `__main__`: Ctrl-C and SIGTERM stop it with a line saying what it `leaves`
     (exit 130 and 143, as `main` and `predict` do; a traceback of JAX's internals was 40-170 lines), and a reader
-    that stops reading (`| head`) ends it quietly."""
+    that stops reading (`| head`) ends it quietly. Pillow's warning of a possible decompression bomb is not printed:
+    our readers take images up to labels.images.MAX_PIXELS, twice its limit, where Pillow refuses them (a line for
+    each 90-179-megapixel image otherwise, from the readers that do not silence it themselves)."""
+    import warnings
+
+    from PIL import Image
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     stop_on_sigterm()
     try:
         code = main()

@@ -23,7 +23,14 @@ COMMAND = textwrap.dedent("""
         for _ in range(100_000):
             print("a line of output, more than a pipe holds")
 
-    run_command({"wait": wait, "talk": talk}[sys.argv[1]], "nothing was written")
+    def large():                        # 144 pixels where Pillow warns beyond 100 and refuses beyond 200
+        import io
+        from PIL import Image
+        Image.MAX_IMAGE_PIXELS, png = 100, io.BytesIO()
+        Image.new("L", (12, 12)).save(png, format="PNG")
+        Image.open(png).load()
+
+    run_command({"wait": wait, "talk": talk, "large": large}[sys.argv[1]], "nothing was written")
 """)
 
 
@@ -48,6 +55,13 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly():
     process.stdout.close()          # as `head -1` does once it has its line
     assert process.wait(timeout=30) == 1
     assert process.stderr.read() == ""
+
+
+def test_images_our_readers_take_are_read_without_pillows_bomb_warning():
+    """A 100-megapixel mask printed Pillow's 'could be decompression bomb DOS attack' in some readers."""
+    done = subprocess.run([sys.executable, "-c", COMMAND, "large"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stderr == ""
 
 
 def test_the_package_lists_its_commands():
