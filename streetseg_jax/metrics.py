@@ -28,7 +28,7 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int, igno
     the train and eval steps do) and the devices' counts are summed, or on the one device there is; elsewhere
     XLA's bincount.
     """
-    _check_same_shape(labels, preds)
+    labels, preds = _checked(labels, preds, num_classes)
     if not _kernel_counts_here(labels):
         return _bincount(labels, preds, num_classes, ignore_id)
     rows = [x.reshape(x.shape[0] if x.ndim > 1 else 1, -1) for x in (labels, preds)]
@@ -44,7 +44,7 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int, igno
 @functools.partial(jax.jit, static_argnames=("num_classes", "ignore_id"))
 def image_confusion_matrices(labels: jax.Array, preds: jax.Array, num_classes: int, ignore_id: int) -> jax.Array:
     """int32 (N, K, K): `confusion_matrix` of each of the N images (the first axis) of `labels` and `preds`."""
-    _check_same_shape(labels, preds)
+    labels, preds = _checked(labels, preds, num_classes)
     if not _kernel_counts_here(labels):
         return jax.vmap(functools.partial(_bincount, num_classes=num_classes, ignore_id=ignore_id))(labels, preds)
     rows = [x.reshape(x.shape[0], -1) for x in (labels, preds)]
@@ -55,9 +55,15 @@ def image_confusion_matrices(labels: jax.Array, preds: jax.Array, num_classes: i
     return native.per_device(local, rows, batched=(True, True), batched_out=True)
 
 
-def _check_same_shape(labels: jax.Array, preds: jax.Array) -> None:
+def _checked(labels, preds, num_classes) -> tuple[jax.Array, jax.Array]:
+    """The labels and predictions as arrays (a list had no .shape), or a ValueError that says what is wrong (a
+    float or None num_classes failed deep in JAX)."""
+    if not (isinstance(num_classes, int | np.integer) and not isinstance(num_classes, bool) and num_classes >= 1):
+        raise ValueError(f"num_classes must be a whole number >= 1 (label_map.num_classes), got {num_classes!r}")
+    labels, preds = jnp.asarray(labels), jnp.asarray(preds)
     if labels.shape != preds.shape:
         raise ValueError(f"labels {labels.shape} and predictions {preds.shape} must have the same shape")
+    return labels, preds
 
 
 def _kernel_counts_here(labels: jax.Array) -> bool:

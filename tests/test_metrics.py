@@ -95,6 +95,11 @@ def test_confusion_matrix_refuses_different_shapes():
         confusion_matrix(jnp.zeros((2, 4, 4), jnp.uint8), jnp.zeros((4, 4), jnp.int32), num_classes=2, ignore_id=255)
     with pytest.raises(ValueError, match="same shape"):
         image_confusion_matrices(jnp.zeros((2, 4, 4)), jnp.zeros((2, 4, 5)), num_classes=2, ignore_id=255)
+    for wrong in (8.0, None, "8", True, 0):          # failed deep in JAX's shape code
+        with pytest.raises(ValueError, match=r"num_classes must be a whole number >= 1 \(label_map.num_classes\)"):
+            confusion_matrix(jnp.zeros((4, 4), jnp.uint8), jnp.zeros((4, 4), jnp.uint8), wrong, 255)
+    # Python lists, as a notebook has them ('list' object has no attribute 'shape')
+    assert np.asarray(confusion_matrix([[0, 1]], [[0, 0]], 2, 255)).tolist() == [[1, 0], [1, 0]]
 
 
 def test_confusion_matrix_negative_ignore_is_not_counted_as_background():

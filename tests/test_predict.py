@@ -430,6 +430,9 @@ def test_library_calls_with_the_wrong_things_say_what_to_pass(trained):
         overlay(image, mask[:, :29], label_map)
     with pytest.raises(TypeError, match="LabelMap.from_dict"):
         overlay(image, mask, label_map.to_dict())
+    from streetseg_jax.labels.images import open_photo
+    with pytest.raises(TypeError, match="open_photo reads a file .*, not a PIL image"):     # no attribute 'read'
+        open_photo(Image.fromarray(image))
     for bad in (np.full((20, 30), 300), np.full((20, 30), -1), np.full((20, 30), 0.5)):   # an IndexError; drawn
         with pytest.raises(ValueError, match="the mask must hold class ids, whole numbers 0..255"):  # as ignored
             overlay(image, bad, label_map)

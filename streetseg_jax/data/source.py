@@ -5,7 +5,7 @@ on disk when none is given); it lives in DATA_DIR/street_seg/<config>/<version>/
 version (data/builder.py); a build of an older version left beside it is still read when asked for by version.
 
 What a split's source gives (tfds 4.9.10 `as_data_source`, array_record, no TensorFlow): `len(source)` and
-`source[i]` (also `source[[i, j]]`) -> a dict
+`source[i]` (several at once: `source.__getitems__([i, j])`, a list) -> a dict
     image              numpy uint8 (H, W, 3)
     segmentation_mask  numpy uint8 (H, W, 1): class ids and the label map's ignore id
     file_name          bytes (UTF-8): tfds.features.Text decodes to bytes without TensorFlow; `.decode()` it

@@ -152,7 +152,11 @@ def open_rgb(source: Path | bytes, name: str = "") -> np.ndarray:
 
 def open_photo(source: Path | bytes, name: str = "") -> tuple[np.ndarray, np.ndarray | None]:
     """(open_rgb's image, its fully transparent pixels as an (H, W) bool array, or None for an image without
-    transparency): what the RGB image shows black there is no part of the photo."""
+    transparency): what the RGB image shows black there is no part of the photo. `source`: a path, bytes or a
+    binary file; LabelFormatError for a file that is no image, or too large."""
+    if isinstance(source, Image.Image):     # "'JpegImageFile' object has no attribute 'read'"
+        raise TypeError("open_photo reads a file (a path, bytes or a binary file), not a PIL image: "
+                        "ImageOps.exif_transpose(image).convert('RGB') and np.asarray it")
     label = name or str(source)
     try:
         with warnings.catch_warnings():
