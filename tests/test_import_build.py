@@ -651,7 +651,7 @@ def test_a_val_fraction_given_is_not_answered_with_the_exports_own_splits(tmp_pa
     export = mask_export(tmp_path / "export", {"train": list("abcdef"), "val": list("ghi")})
     result, _ = build(tmp_path, export, fmt="masks")
     assert result.splits == {"train": 6, "validation": 3}
-    with pytest.raises(BuildError, match="option splits: None before, 'by val_fraction' now"):
+    with pytest.raises(BuildError, match="option splits: not given before, 'by val_fraction' now"):
         build(tmp_path, export, fmt="masks", val_fraction=0.2)
     result, _ = build(tmp_path, export, fmt="masks", val_fraction=0.2, overwrite=True)
     assert sum(result.splits.values()) == 9 and result.splits != {"train": 6, "validation": 3}

@@ -373,8 +373,12 @@ def changes(old: dict, new: dict) -> list[str]:
     old_options, new_options = (options_without_paths(f.get("options", {})) for f in (old, new))
     for key in sorted(set(old_options) | set(new_options)):
         if old_options.get(key) != new_options.get(key):
-            found.append(f"option {key}: {old_options.get(key)!r} before, {new_options.get(key)!r} now")
+            found.append(f"option {key}: {_given(old_options.get(key))} before, {_given(new_options.get(key))} now")
     return found
+
+
+def _given(value) -> str:
+    return "not given" if value is None else repr(value)      # "'by val_fraction' before, None now"
 
 
 def options_without_paths(options: dict) -> dict:
