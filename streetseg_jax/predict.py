@@ -273,17 +273,32 @@ def _finish_write(item: Item, future, written: list, failures: list, progress) -
             progress.update(1)
 
 
-def already_predicted(items: list[Item], out_dir: Path, confidence: bool, since: float) -> list[Item]:
+def mask_marks(items: list[Item], out_dir: Path) -> dict[Item, str | None]:
+    """The photo each item's mask in OUT records (SOURCE_KEY; None: it records none, written by a version before
+    2026-12-07); items without a readable mask are left out. Each mask is opened once."""
+    marks = {}
+    for item in items:
+        try:
+            with Image.open(out_dir / f"{item.name}.png") as mask:
+                marks[item] = mask.text.get(SOURCE_KEY)
+        except (OSError, ValueError, SyntaxError):      # missing, or unreadable: predicted again
+            pass
+    return marks
+
+
+def already_predicted(items: list[Item], out_dir: Path, confidence: bool, since: float,
+                      marks: dict[Item, str | None]) -> list[Item]:
     """Items whose files are all in OUT, newer than the image and than `since`, and whose mask records that very
-    image (--skip_existing): every file is written whole (atomic), so one that is there is complete. Another photo
-    of the same name (another folder predicted into OUT, its files' times kept by a copy) is predicted again."""
+    image (`marks`: mask_marks) (--skip_existing): every file is written whole (atomic), so one that is there is
+    complete. Another photo of the same name (another folder predicted into OUT, its files' times kept by a copy) is
+    predicted again."""
     def done(item: Item) -> bool:
+        if marks.get(item) is None:
+            return False
         try:
             made = min((out_dir / name).stat().st_mtime for name in item.outputs(confidence))
-            with Image.open(out_dir / f"{item.name}.png") as mask:
-                recorded = mask.text.get(SOURCE_KEY)
-            return made >= max(item.source.stat().st_mtime, since) and recorded == source_mark(item.source)
-        except (OSError, ValueError, SyntaxError):      # missing, or unreadable: predicted again
+            return made >= max(item.source.stat().st_mtime, since) and marks[item] == source_mark(item.source)
+        except OSError:                                 # a file missing: predicted again
             return False
     return [item for item in items if done(item)]
 
@@ -561,30 +576,22 @@ def _done_before(items: list[Item], out_dir: Path, predictor, args) -> list[Item
         fail(f"cannot write into --output {out_dir}: {e.strerror or e}")
     if not args.skip_existing:
         return []
-    made_before = already_predicted(items, out_dir, args.save_confidence, since=0.0) if earlier is not None else []
+    marks = mask_marks(items, out_dir)
+    made_before = already_predicted(items, out_dir, args.save_confidence, 0.0, marks) if earlier is not None else []
     if made_before:
         how = f"with another model or other settings ({_changed(earlier, settings)})" if earlier else \
             f"with settings {out_dir / SETTINGS_FILE} does not record"
         print(f"note: the files of {len(made_before)} image(s) in {out_dir} were made {how}: they are predicted "
               "again", file=sys.stderr)
-    done = already_predicted(items, out_dir, args.save_confidence, since)
+    done = already_predicted(items, out_dir, args.save_confidence, since, marks)
     if done:
         print(f"{len(done)} of {len(items)} image(s) already predicted in {out_dir}: skipped (--skip_existing)",
               file=sys.stderr)
-    unmarked = [item for item in items if item not in done and _unmarked(out_dir / f"{item.name}.png")]
+    unmarked = [item for item in items if item in marks and marks[item] is None]
     if unmarked:
         print(f"note: {len(unmarked)} mask(s) in {out_dir} do not record which photo they were predicted from "
               "(written by a version before 2026-12-07): they are predicted again", file=sys.stderr)
     return done
-
-
-def _unmarked(mask: Path) -> bool:
-    """Whether `mask` is a PNG without the mark of its photo (SOURCE_KEY)."""
-    try:
-        with Image.open(mask) as image:
-            return SOURCE_KEY not in image.text
-    except (OSError, ValueError, SyntaxError):
-        return False
 
 
 def _predictor(args):
