@@ -22,17 +22,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from streetseg_jax import atomic
-
-
-@contextlib.contextmanager
-def _orbax_quiet():
-    from absl import logging as absl_logging
-    level = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    try:
-        yield
-    finally:
-        absl_logging.set_verbosity(level)
+from streetseg_jax.cli import absl_warnings_off
 
 
 class SaveError(OSError):
@@ -46,7 +36,7 @@ class Checkpoints:
         root = self.root = Path(workdir).absolute() / "checkpoints"
         options = dict(create=not read_only, enable_async_checkpointing=async_save, read_only=read_only,
                        **({"save_interval_steps": 0} if read_only else {}))
-        with _orbax_quiet():        # read_only: a warning that the folder is read-only, each time
+        with absl_warnings_off():       # read_only: a warning that the folder is read-only, each time
             self.latest = ocp.CheckpointManager(
                 root / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options),
                 item_handlers=_handlers())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import errno
 import os
@@ -89,6 +90,19 @@ def quiet_libraries() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
     sys.unraisablehook = _without_closed_loops(sys.unraisablehook)
+
+
+@contextlib.contextmanager
+def absl_warnings_off():
+    """absl's (orbax's and TFDS's) warnings not logged while the block runs: orbax's that a read-only checkpoint
+    folder is read-only, TFDS's that a config made at run time is "custom"."""
+    from absl import logging as absl_logging
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(level)
 
 
 def _without_closed_loops(hook):

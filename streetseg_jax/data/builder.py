@@ -73,8 +73,8 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging as absl_logging
 
+from streetseg_jax.cli import absl_warnings_off
 from streetseg_jax.data import camvid, inputs, source
 from streetseg_jax.data.configs import CONFIG_OPTIONS, CONFIGS, EXPORT_NAME_OPTIONS, SYNTHETIC_ONLY
 from streetseg_jax.data.inputs import BuildError, ExportPlan, SplitRule
@@ -250,12 +250,8 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
     def _create_builder_config(self, builder_config, version):
         if isinstance(builder_config, str) and builder_config.split(":")[0] not in self.builder_configs:
             builder_config = self._config_of_a_build(builder_config.split(":")[0])
-        level = absl_logging.get_verbosity()
-        absl_logging.set_verbosity(absl_logging.ERROR)      # TFDS warns that a config made at run time is "custom"
-        try:
+        with absl_warnings_off():       # TFDS warns that a config made at run time is "custom"
             config = super()._create_builder_config(builder_config, version)
-        finally:
-            absl_logging.set_verbosity(level)
         if self._overrides:
             check_options(config, self._overrides)
             config = dataclasses.replace(config, **self._overrides)
