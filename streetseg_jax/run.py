@@ -305,10 +305,12 @@ def check_config(config) -> None:
 
 def settings_notes(config) -> list[str]:
     """Settings a run takes otherwise than given, or not at all (they trained without a word)."""
+    from streetseg_jax.train import warmup_length
+
     notes = []
-    if config.warmup_steps > config.num_train_steps // 2:
+    if warmup_length(config) < config.warmup_steps:
         notes.append(f"note: warmup_steps {config.warmup_steps} is more than half of the run's "
-                     f"{config.num_train_steps} steps: the warm-up takes {config.num_train_steps // 2}, so that the "
+                     f"{config.num_train_steps} steps: the warm-up takes {warmup_length(config)}, so that the "
                      "learning rate still comes down")
     if config.optimizer == "adam" and config.weight_decay:
         notes.append(f"note: weight_decay {config.weight_decay:g} is not used by optimizer 'adam' (adamw decays "

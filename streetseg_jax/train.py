@@ -45,10 +45,14 @@ def split_model(model: nnx.Module):
     return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
 
+def warmup_length(config) -> int:
+    """The warm-up's steps: warmup_steps, at most half the run, so that a short run's rate still comes down."""
+    return min(config.warmup_steps, config.num_train_steps // 2)
+
+
 def make_schedule(config) -> optax.Schedule:
-    """Linear warm-up, then cosine or polynomial decay to the end factor; the warm-up takes at most half a short
-    run, so that its rate still comes down."""
-    steps, warmup = config.num_train_steps, min(config.warmup_steps, config.num_train_steps // 2)
+    """Linear warm-up (warmup_length), then cosine or polynomial decay to the end factor."""
+    steps, warmup = config.num_train_steps, warmup_length(config)
     peak, end = config.learning_rate, config.learning_rate * config.end_learning_rate_factor
     if config.lr_schedule == "cosine":
         decay = optax.cosine_decay_schedule(peak, max(steps - warmup, 1), alpha=config.end_learning_rate_factor)
