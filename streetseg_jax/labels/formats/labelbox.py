@@ -194,8 +194,7 @@ def _v1_shapes(obj, where: str, annotation: Annotation, root: Path) -> list[Shap
         return [Shape(label, _points(obj["polygon"], where))]
     if "bbox" in obj:
         return [Shape(label, _box(obj["bbox"], where))]
-    if any(key in obj for key in _NO_AREA):
-        annotation.no_area.append(next(key for key in _NO_AREA if key in obj))
+    if _no_area(obj, annotation):
         return []
     if isinstance(obj.get("instanceURI"), str):
         raster = _mask(root, annotation, [obj.get("featureId"), _url_name(obj["instanceURI"])], None, where)
@@ -259,8 +258,7 @@ def _v2_shapes(obj, where: str, annotation: Annotation, root: Path) -> list[Shap
         return [Shape(label, _points(obj["polygon"], where))]
     if "bounding_box" in obj:
         return [Shape(label, _box(obj["bounding_box"], where))]
-    if any(key in obj for key in _NO_AREA):
-        annotation.no_area.append(next(key for key in _NO_AREA if key in obj))
+    if _no_area(obj, annotation):
         return []
     for key, colour_key in (("mask", None), ("composite_mask", "color_rgb")):
         if isinstance(obj.get(key), dict):
@@ -283,6 +281,14 @@ def _v2_mask(obj: dict, key: str, colour_key: str | None, annotation: Annotation
 
 
 # --- shared pieces --------------------------------------------------------------------------------------------------
+
+def _no_area(obj: dict, annotation: Annotation) -> bool:
+    """Whether `obj` is a geometry that outlines nothing (_NO_AREA), which `annotation` then records."""
+    kind = next((key for key in _NO_AREA if key in obj), None)
+    if kind is not None:
+        annotation.no_area.append(kind)
+    return kind is not None
+
 
 def _class_name(obj: dict, keys: tuple[str, ...], where: str) -> str:
     for key in keys:

@@ -107,13 +107,13 @@ def read_file(path: Path, export_root: Path | None = None, data=None) -> Annotat
                                "'imagePath' or 'imageData')")
     file_name, image_path, image_bytes = _image_source(data, path, Path(export_root or path.parent))
     width, height = _image_size(data, path, image_path, image_bytes)
-    shapes = []
+    shapes, no_area = [], []
     for index, raw in enumerate(data["shapes"]):
         shape = _shape(raw, index, path, height, width)
         if shape is not None:
             shapes.append(shape)
-    no_area = [raw["shape_type"] for raw in data["shapes"]
-               if isinstance(raw, dict) and raw.get("shape_type") in NO_AREA_TYPES]
+        else:                   # _shape's None: a kind of NO_AREA_TYPES
+            no_area.append(raw["shape_type"])
     return Annotation(path, file_name, width, height, shapes, image_path=image_path, image_bytes=image_bytes,
                       no_area=no_area)
 
