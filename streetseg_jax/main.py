@@ -252,11 +252,10 @@ def _check_each_key_once(argv: list[str]) -> None:
     for arg in argv[1:]:
         if arg.startswith("--config."):
             given.setdefault(arg[len("--config."):].partition("=")[0], []).append(arg)
-    twice = {key: args for key, args in given.items() if len(args) > 1}
-    if twice:
-        key, args = next(iter(twice.items()))
-        fail(f"--config.{key} is given {len(args)} times ({' '.join(map(shlex.quote, args))}): give each key once "
-             "(a tuple's values would be joined, not replaced)")
+    for key, args in given.items():
+        if len(args) > 1:
+            fail(f"--config.{key} is given {len(args)} times ({' '.join(map(shlex.quote, args))}): give each key "
+                 "once (a tuple's values would be joined, not replaced)")
 
 
 def _config_file_failure(e: Exception) -> str | None:
