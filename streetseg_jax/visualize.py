@@ -14,8 +14,6 @@ from streetseg_jax.labels.images import rgb_array
 from streetseg_jax.labels.label_map import ERROR_COLOR, IGNORE_GREY, LabelMap
 
 
-
-
 def colorize(mask: np.ndarray, label_map: LabelMap) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) uint8 colours for a picture: the ignore id light grey (the palette's white
     vanished into the page and the legend's margin: a band of it made a panel look cut short)."""
@@ -54,10 +52,8 @@ def overlay(image: np.ndarray, mask: np.ndarray, label_map: LabelMap, alpha: flo
         pixels = np.array(out)
         pixels[ignored_pixels] = IGNORE_GREY
         out = Image.fromarray(pixels)
-    factor = min(-(-_LEGEND_MIN_WIDTH // out.width), max(1, _MAX_ENLARGED_HEIGHT // out.height))
-    if legend and factor > 1:
-        out = out.resize((out.width * factor, out.height * factor), Image.Resampling.NEAREST)
     if legend:
+        out = _enlarged(out, _LEGEND_MIN_WIDTH, out.width)
         out = _with_legend(out, _legend_entries(label_map, mask, ignored=ignored))
     return out
 
@@ -83,6 +79,15 @@ def _checked(image, mask, label_map) -> tuple[np.ndarray, np.ndarray]:
 _LEGEND_MIN_WIDTH = 240     # px: a narrower image gets a wider canvas, so the class names stay whole
 _MAX_ENLARGED_HEIGHT = 2000  # px: a strip of 60x1800 was enlarged to 240x7200, its legend a line at the foot
 _PANEL_MIN_WIDTH = 160      # px: comparison's narrower panels are enlarged, so that their titles fit above them
+
+
+def _enlarged(picture: Image.Image, least: int, width: int) -> Image.Image:
+    """`picture` enlarged by the whole factor (nearest neighbour) that makes `width` (its own, or a panel's in it)
+    `least` pixels at least, as far as it stays under _MAX_ENLARGED_HEIGHT pixels tall."""
+    factor = min(-(-least // width), max(1, _MAX_ENLARGED_HEIGHT // picture.height))
+    if factor <= 1:
+        return picture
+    return picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
 
 
 def _font(width: int):
@@ -123,9 +128,7 @@ def comparison(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, label_map
     image, pred = _checked(image, pred, label_map)
     panels = [image, colorize(truth, label_map), colorize(pred, label_map)]
     strip = Image.fromarray(np.concatenate(panels, axis=1))
-    factor = min(-(-_PANEL_MIN_WIDTH // image.shape[1]), max(1, _MAX_ENLARGED_HEIGHT // image.shape[0]))
-    if factor > 1:
-        strip = strip.resize((strip.width * factor, strip.height * factor), Image.Resampling.NEAREST)
+    strip = _enlarged(strip, _PANEL_MIN_WIDTH, image.shape[1])
     font, size = _font(strip.width)
     line = int(size * 1.6)
     titled = Image.new("RGB", (strip.width, strip.height + 2 * line), (255, 255, 255))
