@@ -197,6 +197,9 @@ def add_flip_tta_flags(parser, help_text: str) -> None:
     parser.set_defaults(flip_tta=None)
 
 
+MAX_EXTRA_SCALE = 8    # multi-scale TTA's scales lie in (0, 8]: --extra_scales, eval_extra_scales, Predictor
+
+
 def add_extra_scales_flag(parser) -> None:
     """--extra_scales S[,S...] (dest extra_scales, a tuple; `none` gives ()); absent leaves None: as the run
     evaluated (its config's eval_extra_scales)."""
@@ -212,6 +215,6 @@ def _scales(text: str) -> tuple[float, ...]:
         scales = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected scales like 0.3125,0.5 or none, got {text!r}") from None
-    if not all(0 < s <= 8 for s in scales):
-        raise argparse.ArgumentTypeError(f"scales must be in (0, 8], got {text!r}")
+    if not all(0 < s <= MAX_EXTRA_SCALE for s in scales):
+        raise argparse.ArgumentTypeError(f"scales must be in (0, {MAX_EXTRA_SCALE}], got {text!r}")
     return scales

@@ -34,6 +34,7 @@ from PIL import Image
 
 from streetseg_jax import sharding, train
 from streetseg_jax.checkpoint import Checkpoints
+from streetseg_jax.cli import MAX_EXTRA_SCALE
 from streetseg_jax.data import pipeline
 from streetseg_jax.evaluator import flip_tta_setting, network_scales, predict_logits, tta_logits
 from streetseg_jax.labels.images import rgb_array
@@ -429,8 +430,9 @@ def _positive_scales(scales) -> tuple[float, ...]:
         values = tuple(float(s) for s in scales)
     except (TypeError, ValueError):
         values = None
-    if isinstance(scales, str) or values is None or any(not 0 < v <= 8 for v in values):
-        raise ValueError(f"extra_scales must be numbers in (0, 8], e.g. (0.5, 0.75), or () for none; got {scales!r}")
+    if isinstance(scales, str) or values is None or any(not 0 < v <= MAX_EXTRA_SCALE for v in values):
+        raise ValueError(f"extra_scales must be numbers in (0, {MAX_EXTRA_SCALE}], e.g. (0.5, 0.75), or () for none; "
+                         f"got {scales!r}")
     return values
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from streetseg_jax import atomic, checkpoint, resume, sharding
+from streetseg_jax.cli import MAX_EXTRA_SCALE
 from streetseg_jax.data import augment
 from streetseg_jax.data.source import UnknownSplitError, dataset_dir, dataset_fingerprint, is_built, load_split
 from streetseg_jax.labels.images import IMAGE_SUFFIXES
@@ -324,8 +325,8 @@ def _range_problems(config) -> list[str]:
     rules = (("learning_rate", lambda v: v > 0, "> 0"), ("warmup_steps", lambda v: v >= 0, ">= 0"),
              ("weight_decay", lambda v: v >= 0, ">= 0"), ("grad_clip_norm", lambda v: v >= 0, ">= 0 (0: off)"),
              ("end_learning_rate_factor", lambda v: 0 <= v <= 1, "in [0, 1]"), ("eval_scale", lambda v: v > 0, "> 0"),
-             ("eval_extra_scales", lambda v: all(0 < s <= 8 for s in v),       # as --extra_scales takes them
-              "a tuple of numbers in (0, 8] ('--config.eval_extra_scales=()': none)"),
+             ("eval_extra_scales", lambda v: all(0 < s <= MAX_EXTRA_SCALE for s in v),
+              f"a tuple of numbers in (0, {MAX_EXTRA_SCALE}] ('--config.eval_extra_scales=()': none)"),
              ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
              # Refused once the work directory was written (a negative seed), or taken without a word: a scale
              # of 0 trained on images of 1 pixel; jitter factors come from [1 - s, 1 + s], beyond 1 negative.
