@@ -133,7 +133,7 @@ def test_every_format_builds(fmt, tmp_path):
 
 
 def test_embedded_images_and_image_conversions(tmp_path):
-    export = labelme_export(tmp_path / "export", ["a", "b", "c", "d", "e"], embed=True)
+    export = labelme_export(tmp_path / "export", ["a", "b", "c", "d", "e", "f", "g"], embed=True)
     exif = Image.Exif()
     exif[0x0112] = 6                                  # stored 30 wide, 40 high; shown turned by 90 degrees
     rotated = np.random.default_rng(1).integers(0, 256, (W, H, 3), dtype=np.uint8)
@@ -141,19 +141,24 @@ def test_embedded_images_and_image_conversions(tmp_path):
     Image.fromarray(np.arange(H * W, dtype=np.uint16).reshape(H, W) * 50).save(export / "c.png")   # 16-bit grey
     Image.new("RGBA", (W, H), (200, 100, 50, 255)).save(export / "d.png")
     Image.new("P", (W, H), 3).save(export / "e.png")
-    for stem, image in (("b", "b.jpg"), ("c", "c.png"), ("d", "d.png"), ("e", "e.png")):
+    Image.fromarray(rotated).save(export / "f.tif", tiffinfo={0x0112: 6})   # Pillow turns TIFFs itself: not twice
+    Image.fromarray(np.linspace(0, 1, H * W, dtype=np.float32).reshape(H, W), "F").save(export / "g.tif")
+    for stem, image in (("b", "b.jpg"), ("c", "c.png"), ("d", "d.png"), ("e", "e.png"), ("f", "f.tif"),
+                        ("g", "g.tif")):
         document = json.loads((export / f"{stem}.json").read_text())
         document.update(imagePath=image, imageData=None)
         (export / f"{stem}.json").write_text(json.dumps(document))
     build(tmp_path, export, val_fraction=0.0)
     stored = records(tmp_path, "train")
-    assert sorted(stored) == ["a.png", "b.jpg", "c.png", "d.png", "e.png"]
+    assert sorted(stored) == ["a.png", "b.jpg", "c.png", "d.png", "e.png", "f.tif", "g.tif"]
     for record in stored.values():
         assert record["image"].dtype == np.uint8 and record["image"].shape == (H, W, 3)
     upright = np.asarray(Image.open(export / "b.jpg").transpose(Image.Transpose.ROTATE_270))
     assert np.abs(stored["b.jpg"]["image"].astype(int) - upright).max() <= 0   # decoded once, stored losslessly
     assert (stored["d.png"]["image"] == (200, 100, 50)).all()
     assert stored["c.png"]["image"][..., 0].max() > 0
+    np.testing.assert_array_equal(stored["f.tif"]["image"], np.rot90(rotated, -1))
+    assert stored["g.tif"]["image"].min() == 0 and stored["g.tif"]["image"].max() == 255   # 0..1 was black
 
 
 # --- splits ------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from streetseg_jax.labels.shapes import LabelFormatError
 # its refusal (a 100-megapixel medium-format photo is a photo; at 89.5 one was refused) and refuse beyond.
 MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 # Photo files we look for in folders (an image named explicitly may be any format Pillow reads).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 class OutsideExportError(LabelFormatError):
@@ -185,12 +185,12 @@ def rgb_array(image) -> np.ndarray:
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
-    """Explicit conversions: 16-bit and 32-bit grayscale are scaled to 8 bits, RGBA is composited on black,
+    """Explicit conversions: 16-bit, 32-bit and float grayscale are scaled to 8 bits, RGBA is composited on black,
     palette and grayscale are expanded."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        return np.repeat((array / peak * 255).round().clip(0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.nan_to_num(np.asarray(image, np.float64))
+        return np.repeat((array / _peak(image.mode, array) * 255).round().clip(0, 255).astype(np.uint8)[..., None],
+                         3, axis=-1)
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -198,6 +198,16 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
     return np.asarray(image.convert("RGB"))
+
+
+def _peak(mode: str, array: np.ndarray) -> float:
+    """The value white has in a grey image of `mode`: 65535 for 16 bits; for 32-bit and float ones (which say no
+    range) the least of 1 (a float image of 0..1), 255, 65535 that holds every value, else the image's largest
+    (Pillow's own conversion clips: 0..1 became black, 32-bit values beyond 255 white)."""
+    if mode.startswith("I;16"):
+        return 65535.0
+    largest = float(array.max(initial=0))
+    return next((peak for peak in ((1.0,) if mode == "F" else ()) + (255.0, 65535.0) if largest <= peak), largest)
 
 
 def _transparent(image: Image.Image) -> np.ndarray | None:
@@ -218,7 +228,7 @@ def image_size(source, name: str = "") -> tuple[int, int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)     # MAX_PIXELS decides
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-                width, height = image.size
+                width, height = _stored_size(image)
                 if width * height > MAX_PIXELS:
                     raise Image.DecompressionBombError(f"{width}x{height}")
                 turned = orientation(image) in (5, 6, 7, 8)     # rotated by 90 or 270 degrees
@@ -227,6 +237,17 @@ def image_size(source, name: str = "") -> tuple[int, int]:
         raise LabelFormatError(f"{label}: image too large (decompression bomb?) {e}; refused") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise _unreadable(label, source, e) from None
+
+
+def _stored_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the pixels as the file stores them: a TIFF's from its tags, since Pillow turns TIFFs
+    upright itself and from Pillow 11 says their upright size before the pixels are read (turned twice, a TIFF of
+    orientation 6 was taken as 96x128 where it shows 128x96)."""
+    if image.format == "TIFF":
+        width, height = image.tag_v2.get(256), image.tag_v2.get(257)
+        if isinstance(width, int) and isinstance(height, int):
+            return width, height
+    return image.size
 
 
 def _unreadable(label: str, source, error: Exception) -> LabelFormatError:
