@@ -109,6 +109,66 @@ def test_palettes_that_name_no_classes_leave_the_index_the_class_id(tmp_path, pa
     np.testing.assert_array_equal(round_trip(masks.read(tmp_path, LABEL_MAP)[0]), ids)
 
 
+def test_a_palette_of_class_colours_but_one_stray_colour_is_an_error_naming_it(tmp_path):
+    """An editor's palette of sky, road and building colours at indices 0, 1, 2 and a blended grey at 3 was read by
+    index (sky became background, road tree, building landscaping) without a word."""
+    colour = {c.name: tuple(c.color) for c in LABEL_MAP.classes}
+    indices = np.zeros((12, 16), np.uint8)
+    indices[6:], indices[:3, :4], indices[5, 2:6] = 1, 2, 3
+    export(tmp_path, indices)
+    image = Image.fromarray(indices, "P")
+    image.putpalette([*colour["sky"], *colour["road"], *colour["building"], 100, 100, 100])
+    save(tmp_path / "masks" / "frame_001.png", image)
+    with pytest.raises(LabelFormatError, match=r"colour \(100, 100, 100\) \(4 pixels.*its indices do not look "
+                                               r"like class ids"):
+        masks.read(tmp_path, LABEL_MAP)
+
+
+def test_a_palettes_transparent_colour_is_ignore_as_in_rgba(tmp_path):
+    """Pixels a viewer shows transparent (PNG's tRNS) were read as class 0 (background)."""
+    ids = np.where(random_ids(4, ignore=False) > 3, 2, 1).astype(np.uint8)
+    ids[:4, :5] = 0
+    export(tmp_path, ids)
+    image = Image.fromarray(ids, "P")
+    image.putpalette([v for i in range(256) for v in (i, i, i)])
+    image.save(tmp_path / "masks" / "frame_001.png", transparency=0)
+    np.testing.assert_array_equal(round_trip(masks.read(tmp_path, LABEL_MAP)[0]), np.where(ids == 0, 255, ids))
+
+
+def test_a_one_bit_masks_white_is_255_where_the_label_map_has_that_value(tmp_path):
+    """A black-and-white 1-bit mask of a binary label map ("crack": values [255]) was read as 0 and 1, and the
+    error suggested the label map it had; with plain ids it stays 0 and 1."""
+    binary = LabelMap((ClassInfo(0, "background", (0, 0, 0)), ClassInfo(1, "crack", (255, 0, 0), values=(255,))),
+                      ignore_values=())
+    crack = random_ids(5, ignore=False) > 5
+    export(tmp_path, crack.astype(np.uint8))
+    save(tmp_path / "masks" / "frame_001.png", Image.fromarray(crack))
+    assert Image.open(tmp_path / "masks" / "frame_001.png").mode == "1"
+    for label_map in (binary, LABEL_MAP):
+        np.testing.assert_array_equal(annotation_to_mask(masks.read(tmp_path, label_map)[0], label_map).mask,
+                                      crack.astype(np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["gif", "pages", "empty"])
+def test_gif_many_paged_and_empty_masks_are_refused_in_words(tmp_path, kind):
+    """A GIF's encoder renumbers the palette (ids 3, 5, 6 came back 0, 1, 2: road became background); a TIFF's
+    pages after the first were dropped; an empty mask was 'cannot identify image file'."""
+    ids = np.where(random_ids(6, ignore=False) > 3, 5, 3).astype(np.uint8)
+    export(tmp_path, ids)
+    (tmp_path / "masks" / "frame_001.png").unlink()
+    if kind == "gif":
+        Image.fromarray(ids, "L").save(tmp_path / "masks" / "frame_001.gif")
+    elif kind == "pages":
+        Image.fromarray(ids).save(tmp_path / "masks" / "frame_001.tif", save_all=True,
+                                  append_images=[Image.fromarray(ids)])
+    else:
+        (tmp_path / "masks" / "frame_001.png").touch()
+    said = {"gif": "GIF masks are refused: GIF encoders renumber the palette", "pages": "the mask has 2 pages",
+            "empty": r"frame_001.png: empty file \(0 bytes\), not a mask image"}[kind]
+    with pytest.raises(LabelFormatError, match=said):
+        masks.read(tmp_path / "masks", LABEL_MAP)
+
+
 def test_ignore_id_and_255_both_mean_ignore(tmp_path):
     label_map = LabelMap(LABEL_MAP.classes, ignore_id=200)
     ids = random_ids(2, ignore=False)
@@ -177,7 +237,7 @@ def test_a_mask_folder_of_no_mask_images_says_what_it_holds(tmp_path):
     for stem in "ab":
         np.save(tmp_path / "masks" / f"{stem}.npy", np.zeros((4, 4), np.uint8))
     with pytest.raises(LabelFormatError, match=r"no mask folder found; .*; masks/ holds no mask image "
-                                               r"\(BMP/GIF/PNG/TIF/TIFF\): it holds 2 \.npy$"):
+                                               r"\(BMP/PNG/TIF/TIFF\): it holds 2 \.npy$"):
         masks.read(tmp_path, LABEL_MAP)
 
 

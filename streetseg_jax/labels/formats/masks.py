@@ -17,17 +17,22 @@ the folders above the pair inside the export: `masks/seq1/frame_001.png` -> `seq
 apart. A mask at the top of its folder, in an export without split folders, keeps its plain stem.
 
 What the pixel values mean, by the mask's PNG mode:
-- greyscale (L, 1, 16-bit I): class ids of the label map;
+- greyscale (L, 16-bit I): class ids of the label map; 1-bit: 0 and 1, or 0 and 255 where a class of the label map
+  has the value 255 (a black-and-white mask of a binary label map);
 - palette (P): the palette INDEX is the class id (as VOC and labelme2voc write them), unless each index the mask
   uses has a colour of its own that is a class colour of the label map: then, as for RGB, the colours (an image
-  editor that re-saved an RGB mask with a palette of its own order, where the index says nothing);
+  editor that re-saved an RGB mask with a palette of its own order, where the index says nothing). Where two or
+  more indices have the colour of another class than their own and fewer have their own, the colours are read too,
+  and a colour that is no class's is an error (an editor's palette with a stray, blended colour). A palette's
+  transparent colour is ignore, as in RGBA;
 - RGB: colours, mapped to ids through the label map's class colours. White (255, 255, 255) is the ignore colour, as
   the label map's own palette draws it, unless a class has that colour. RGBA: fully transparent pixels are ignore,
   any other alpha but opaque is an error.
 In id masks, 255 and the label map's ignore id mean ignore; where the export's values are not the class ids (a binary
 mask of 0 and 255, ids 0, 3 and 7, 0 for void), the label map's `values` and `ignore_values` say what each stands for
 (and the palette's colours are then not looked at). Any other value is an error that names the value and the file,
-and so is an unmapped colour. JPEG masks are refused: compression changes the values.
+and so is an unmapped colour. JPEG masks are refused: compression changes the values; GIF masks too (encoders
+renumber the palette), and masks of several pages or frames.
 Masks are taken as stored (no EXIF rotation): labelling tools write mask pixels upright.
 
 Each mask becomes one raster Shape per class present (label = the class name) and one `ignore` raster Shape; they
@@ -48,8 +53,8 @@ from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, exp
 
 IMAGE_DIRS = ("images", "JPEGImages")
 MASK_DIRS = ("masks", "labels", "annotations", "SegmentationClassPNG", "SegmentationClass")
-_MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".gif"}
-_LOSSY_SUFFIXES = {".jpg", ".jpeg"}
+_MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff"}
+_LOSSY_SUFFIXES = {".jpg", ".jpeg", ".gif"}        # refused, with a reason: found to say so
 _MASK_NAME_ENDINGS = ("_mask", "_labels", "_label", "_L")
 BESIDE_ENDING = "_mask"        # a mask kept beside its image: a.jpg and a_mask.png
 _ID_MODES = ("L", "1", "I", "I;16", "I;16L", "I;16B", "P")
@@ -159,12 +164,21 @@ def read_mask(path: str | Path, label_map, image: tuple[Path, Path] | None = Non
 
 def mask_ids(path: Path, label_map) -> np.ndarray:
     """(H, W) uint8 class ids of a mask file, ignore pixels set to the label map's ignore id."""
+    if path.suffix.lower() == ".gif":
+        raise LabelFormatError(f"{path}: GIF masks are refused: GIF encoders renumber the palette, so its indices "
+                               "are not the class ids; save masks as PNG")
     if path.suffix.lower() in _LOSSY_SUFFIXES:
         raise LabelFormatError(f"{path}: JPEG masks are refused: JPEG compression changes pixel values near every "
                                "edge; save masks as PNG")
-    mode, pixels, palette = _pixels(path)
-    if mode == "P" and (by_colour := _ids_from_palette(pixels, palette, label_map)) is not None:
-        return by_colour
+    mode, pixels, palette, transparent = _pixels(path)
+    if transparent is not None:             # a palette's transparent colour: ignore, as RGBA's alpha 0
+        shown = pixels[~transparent][:1].max(initial=0)        # any index the mask shows stands in for them
+        ids = _palette_ids(np.where(transparent, shown, pixels), palette, path, label_map)
+        return np.where(transparent, label_map.ignore_id, ids).astype(np.uint8)
+    if mode == "P":
+        return _palette_ids(pixels, palette, path, label_map)
+    if mode == "1":
+        return _ids_from_values(np.where(pixels, _white_value(label_map), 0), path, label_map, mode)
     if mode in _ID_MODES:
         return _ids_from_values(pixels.astype(np.int64), path, label_map, mode)
     if mode in ("RGB", "RGBA"):
@@ -262,20 +276,59 @@ def _image_for_file(mask: Path) -> tuple[Path, Path] | None:
 
 # --- pixel values ----------------------------------------------------------------------------------------------------
 
-def _pixels(path: Path) -> tuple[str, np.ndarray, list[int] | None]:
-    """The mask's mode, pixels as stored (a palette image gives its indices) and palette (r, g, b, r, ...; None
-    but in mode P); too large (Pillow's bomb limit) or unreadable files are LabelFormatErrors."""
+def _pixels(path: Path) -> tuple[str, np.ndarray, list[int] | None, np.ndarray | None]:
+    """The mask's mode, pixels as stored (a palette image gives its indices), palette (r, g, b, r, ...; None but in
+    mode P) and a palette's fully transparent pixels (None where it has none); too large (Pillow's bomb limit),
+    unreadable or many-paged files are LabelFormatErrors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)     # MAX_PIXELS decides
             with Image.open(path) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise Image.DecompressionBombError(f"{image.width}x{image.height}")
-                return image.mode, np.asarray(image), image.getpalette() if image.mode == "P" else None
+                if getattr(image, "n_frames", 1) > 1:
+                    raise LabelFormatError(f"{path}: the mask has {image.n_frames} pages (frames); a mask is one "
+                                           "image of class ids or colours: save each as a PNG of its own")
+                palette = image.getpalette() if image.mode == "P" else None
+                transparent = (np.asarray(image.convert("RGBA"))[..., 3] == 0
+                               if image.mode == "P" and "transparency" in image.info else None)
+                return image.mode, np.asarray(image), palette, \
+                    transparent if transparent is not None and transparent.any() else None
     except Image.DecompressionBombError as e:
         raise LabelFormatError(f"{path}: mask too large (decompression bomb?) {e}; refused") from None
+    except LabelFormatError:
+        raise
     except (OSError, ValueError, SyntaxError) as e:
-        raise LabelFormatError(f"{path}: unreadable mask image ({e})") from None
+        raise LabelFormatError(f"{path}: " + ("empty file (0 bytes), not a mask image" if _is_empty(path)
+                                             else f"unreadable mask image ({e})")) from None
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def _white_value(label_map) -> int:
+    """The value a 1-bit mask's set pixels stand for: 255 where a class of the label map has that value (white, as
+    viewers and Pillow's own conversion read them: a binary mask of 0 and 255), else 1 (ids 0 and 1)."""
+    return 255 if 0 <= label_map.value_table()[255] != label_map.ignore_id else 1
+
+
+def _palette_ids(indices: np.ndarray, palette: list[int] | None, path: Path, label_map) -> np.ndarray:
+    """A palette mask's class ids: by its colours or by its indices (the module's docstring says when which)."""
+    if (by_colour := _ids_from_palette(indices, palette, label_map)) is not None:
+        return by_colour
+    if _colours_disagree(indices, palette, label_map):
+        colours = np.array(((palette or []) + [0] * 768)[:768], np.uint8).reshape(256, 3)
+        try:
+            return _ids_from_colours(colours[indices], path, label_map)
+        except LabelFormatError as e:
+            raise LabelFormatError(f"{e} (a palette mask whose colours are class colours of classes other than "
+                                   "their indices: its indices do not look like class ids, so its colours were "
+                                   "read)") from None
+    return _ids_from_values(indices.astype(np.int64), path, label_map, "P")
 
 
 def _ids_from_palette(indices: np.ndarray, palette: list[int] | None, label_map) -> np.ndarray | None:
@@ -292,6 +345,19 @@ def _ids_from_palette(indices: np.ndarray, palette: list[int] | None, label_map)
     lookup = np.full(256, label_map.ignore_id, np.uint8)        # 255 and the ignore id stay ignore
     lookup[used] = [table[colour] for colour in colours]
     return lookup[indices]
+
+
+def _colours_disagree(indices: np.ndarray, palette: list[int] | None, label_map) -> bool:
+    """Whether the indices the mask uses have the colours of two or more classes other than their own, and fewer
+    have their own class's colour (one such is a coincidence of palettes; a blank palette's black, one class)."""
+    if label_map.ignore_values is not None or any(c.values for c in label_map.classes) or not palette:
+        return False
+    table = _colour_table(label_map)
+    used = [i for i in np.unique(indices).tolist() if 3 * i + 3 <= len(palette)]
+    owners = [table.get(_pack(palette[3 * i:3 * i + 3])) for i in used]
+    other = {o for i, o in zip(used, owners) if o not in (None, i, label_map.ignore_id)}
+    own = sum(o == i for i, o in zip(used, owners))
+    return len(other) >= 2 and len(other) > own
 
 
 def _ids_from_values(values: np.ndarray, path: Path, label_map, mode: str) -> np.ndarray:
