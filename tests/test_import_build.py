@@ -161,6 +161,18 @@ def test_embedded_images_and_image_conversions(tmp_path):
     assert stored["g.tif"]["image"].min() == 0 and stored["g.tif"]["image"].max() == 255   # 0..1 was black
 
 
+def test_a_truncated_image_fails_the_build_saying_what_finds_every_such_file(tmp_path):
+    """The report said 0 errors (it reads headers), then the write failed on the first truncated photo: which
+    command finds them all?"""
+    export = labelme_export(tmp_path / "export", ["a", "b"])
+    data = (export / "b.png").read_bytes()
+    (export / "b.png").write_bytes(data[:len(data) // 2])
+    with pytest.raises(BuildError, match=r"b\.png.*reads images' headers only: `python -m streetseg_jax\.labels "
+                                         r"check` decodes every image"):
+        build(tmp_path, export, val_fraction=0.0)
+    assert not (tmp_path / "tfds" / "street_seg" / "streets").exists()
+
+
 # --- splits ------------------------------------------------------------------------------------------------------
 def test_split_file_assigns_splits_and_is_checked(tmp_path, monkeypatch):
     stems = [f"video_{i:02d}" for i in range(6)]

@@ -440,7 +440,11 @@ def image_pixels(annotation: Annotation) -> tuple[np.ndarray, np.ndarray | None]
     except (OSError, TypeError) as e:
         raise BuildError(f"{annotation.source}: cannot read the image {name} "
                          f"({getattr(e, 'strerror', None) or e})") from None
-    return rgb_pixels(data, f"{annotation.source}: image {name}", transparent=True)
+    try:
+        return rgb_pixels(data, f"{annotation.source}: image {name}", transparent=True)
+    except BuildError as e:     # the validation report before said 0 errors: it read the image's header only
+        raise BuildError(f"{e}; the build's check reads images' headers only: `python -m streetseg_jax.labels "
+                         "check` decodes every image and names each that fails") from None
 
 
 def rgb_pixels(data: bytes, name: str, transparent: bool = False):
