@@ -389,6 +389,18 @@ class WrittenMasks(collections.abc.Mapping):
         return len(self._paths)
 
 
+def _exportable(items: list[Item], out_dir: Path) -> list[Item]:
+    """The items whose masks a dataset can hold (2x2 pixels at least: `labels check` refuses smaller), the others
+    said and left out of --export, whose polygons are meant to come back as a dataset."""
+    from streetseg_jax.labels.images import image_size
+
+    small = [item for item in items if min(image_size(out_dir / f"{item.name}.png")) < 2]
+    if small:
+        print(f"note: {len(small)} image(s) smaller than 2x2 pixels, which no dataset holds, left out of --export: "
+              f"{', '.join(item.name for item in small[:5])}{' ...' if len(small) > 5 else ''}", file=sys.stderr)
+    return [item for item in items if item not in small]
+
+
 def export_polygons(items: list[Item], label_map, fmt: str, out_dir: Path, tolerance) -> Path:
     """The masks of `items` (predicted into OUT) as polygons in OUT/<fmt>/ (a folder of its own: LabelMe lists
     every image in the folder it opens, and the export copies the images beside their annotations)."""
@@ -535,8 +547,8 @@ def _predict(args: argparse.Namespace, items: list[Item], out_dir: Path) -> int:
               file=sys.stderr)
         return code
     finished = frozenset(done + result.written)
-    exported = [item for item in items if item in finished]
-    if args.export and exported:
+    exported = _exportable([item for item in items if item in finished], out_dir) if args.export else []
+    if exported:
         try:
             folder = export_polygons(exported, predictor.trained.label_map, args.export, out_dir, args.tolerance)
         except KeyboardInterrupt as e:

@@ -801,19 +801,23 @@ def test_inputs_are_never_overwritten_and_the_output_must_be_a_folder(workdir, t
     assert "is a file, not a folder" in err and "Traceback" not in err
 
 
-def test_export_flag_hands_the_masks_to_the_writers(workdir, tmp_path, monkeypatch):
+def test_export_flag_hands_the_masks_to_the_writers(workdir, tmp_path, monkeypatch, capsys):
+    """... all but a 1x1 photo's, which `labels check` refuses on the way back (too small for a dataset)."""
     from streetseg_jax.labels import writers
 
     calls = []
     monkeypatch.setattr(writers, "export_predictions", lambda masks, info, label_map, fmt, out_dir, **kw:
                         calls.append((dict(masks), info, label_map, fmt, Path(out_dir), kw)))
     save(tmp_path / "in" / "sub" / "a.jpg", random_image(24, 40))
+    save(tmp_path / "in" / "dot.png", random_image(1, 1))
     out = tmp_path / "out"
     assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "labelme") == 0
     (masks, info, label_map, fmt, out_dir, kwargs), = calls
     assert list(masks) == ["sub/a"] and masks["sub/a"].shape == (24, 40) and masks["sub/a"].dtype == np.uint8
     assert info["sub/a"]["path"].endswith("a.jpg") and fmt == "labelme" and out_dir == out / "labelme"
-    assert kwargs == {}
+    assert kwargs == {} and (out / "dot.png").is_file()
+    assert "1 image(s) smaller than 2x2 pixels, which no dataset holds, left out of --export: dot" in \
+        capsys.readouterr().err
 
 
 def test_tolerance_without_export_is_refused(workdir, tmp_path, capsys):
