@@ -80,6 +80,19 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
+def save_image(image, path: str | Path, format: str | None = None, **params) -> Path:
+    """A PIL image saved whole or not at all, in `format` (default: by the suffix). Encoded in memory first: given
+    a file, Pillow's JPEG encoder writes to its descriptor itself and takes a short write for a whole one (a full
+    disk left overlays cut at a 4 KiB boundary, renamed into place as finished)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=format or Image.registered_extensions()[Path(path).suffix.lower()], **params)
+    return write_bytes(path, buffer.getvalue())
+
+
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_file(path, "w", encoding="utf-8") as f:
         f.write(text)

@@ -226,8 +226,7 @@ class Evaluator:
             pred = self.predict(params, model_state, image[None])[0]
             path = out_dir / overlay_name(example_name(example, i), i, used)
             path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic.atomic_file(path) as f:
-                comparison(image, truth, pred, self.label_map, caption).save(f, format="PNG")
+            atomic.save_image(comparison(image, truth, pred, self.label_map, caption), path, format="PNG")
 
     # --- per-image figures, for reports that rank images -----------------------------------------------------------
     def per_image(self, params, model_state, source, progress: Callable[[int], None] | None = None) -> dict:

@@ -52,7 +52,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, machine_lock, write_text
+from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, machine_lock, save_image, write_text
 from streetseg_jax.cli import (ArgumentParser, add_checkpoint_flag, add_extra_scales_flag, add_flip_tta_flags,
                                check_workdir, fail, normalise_argv, quiet_libraries, run_command, stopped_by)
 from streetseg_jax.labels.formats.masks import BESIDE_ENDING
@@ -186,10 +186,10 @@ def write_outputs(item: Item, image: np.ndarray, prediction, out_dir: Path, labe
     base.parent.mkdir(parents=True, exist_ok=True)
     write_mask_png(f"{base}.png", prediction.mask, label_map, {SOURCE_KEY: source_mark(item.source)})
     shown = overlay(image, prediction.mask, label_map, ignored="transparent: no photo")   # the ignore id's pixels
-    save_atomic(shown, Path(f"{base}_overlay.jpg"), quality=90)
+    save_image(shown, f"{base}_overlay.jpg", quality=90)
     if confidence:
         grey = np.round(prediction.confidence * 255).clip(0, 255).astype(np.uint8)
-        save_atomic(Image.fromarray(grey), Path(f"{base}_confidence.png"))
+        save_image(Image.fromarray(grey), f"{base}_confidence.png")
 
 
 def remove_stale_confidence(todo: list[Item], items: list[Item], out_dir: Path) -> None:
@@ -201,12 +201,6 @@ def remove_stale_confidence(todo: list[Item], items: list[Item], out_dir: Path) 
         stale = f"{item.name}_confidence.png"
         if stale not in written:
             (out_dir / stale).unlink(missing_ok=True)
-
-
-def save_atomic(image: Image.Image, path: Path, **params) -> None:
-    """Save atomically (streetseg_jax.atomic), so a reader never sees a half-written image."""
-    with atomic_file(path) as f:
-        image.save(f, format=Image.registered_extensions()[path.suffix.lower()], **params)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -71,3 +71,32 @@ def test_a_name_of_the_longest_length_the_disk_takes_is_written(tmp_path):
         atomic.write_bytes(tmp_path / name, b"whole")
         assert (tmp_path / name).read_bytes() == b"whole"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+
+
+SHORT_WRITE = """
+import io, resource, signal, sys
+import numpy as np
+from PIL import Image
+from streetseg_jax import atomic
+image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8))
+whole = io.BytesIO()
+image.save(whole, format="JPEG", quality=90)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)       # a write past the limit fails (EFBIG) rather than killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (len(whole.getvalue()) - 100, resource.RLIM_INFINITY))
+try:
+    atomic.save_image(image, sys.argv[1], quality=90)
+except OSError as e:
+    print(e)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE's short writes are Linux's")
+def test_an_image_that_does_not_fit_fails_rather_than_being_written_cut(tmp_path):
+    """A full disk left predict's overlay JPEGs cut at a 4 KiB boundary and renamed into place as whole: Pillow's
+    encoder writes to the file's descriptor itself and takes a short write for a whole one. A file-size limit just
+    under the JPEG's size gives the same short write."""
+    out = subprocess.run([sys.executable, "-c", SHORT_WRITE, str(tmp_path / "a_overlay.jpg")], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"cannot write {tmp_path / 'a_overlay.jpg'}: File too large")
+    assert list(tmp_path.iterdir()) == []

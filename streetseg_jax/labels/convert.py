@@ -12,7 +12,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from streetseg_jax.atomic import atomic_file
+from streetseg_jax.atomic import save_image
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.labels.rasterize import RasterResult, rasterize
 from streetseg_jax.labels.shapes import Annotation
@@ -120,8 +120,7 @@ def write_mask_png(path: str | Path, mask: np.ndarray, label_map: LabelMap, text
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
-    with atomic_file(path) as f:
-        image.save(f, format="PNG", pnginfo=info)
+    save_image(image, path, format="PNG", pnginfo=info)
 
 
 def read_mask_png(path: str | Path) -> np.ndarray:
