@@ -42,6 +42,13 @@ class RunLog:
 
     def start(self, step: int, num_steps: int) -> None:
         """Marks where this (re)start begins in metrics.jsonl, so readers can tell lost steps and downtime."""
+        self.restarted(step)
+        self.say(f"training steps {step}..{num_steps} on {jax.device_count()} device(s), "
+                 f"{jax.process_count()} process(es)")
+
+    def restarted(self, step: int) -> None:
+        """start's record alone: for a start with nothing to train that still logs (an evaluation a stop cut short),
+        whose row's time counted the hours the run lay stopped as training."""
         self.t0, self.step0, self.compiled = time.time(), step, None
         self.eval_seconds = self.last_eval = 0.0
         if self.primary:
@@ -49,8 +56,6 @@ class RunLog:
                      **({"run/commit": self.commit} if self.commit else {})}
             append_record(self.path, {"step": step, "time": self.t0, "run/start": True, "run/devices": devices(),
                                        **extra})
-        self.say(f"training steps {step}..{num_steps} on {jax.device_count()} device(s), "
-                 f"{jax.process_count()} process(es)")
 
     def first_step_done(self, step: int) -> None:
         """The ETA counts from here on: the first step of a start includes compiling it (and an evaluation before

@@ -272,7 +272,11 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
         if _evaluation_missing(config, setup, step):   # saved, then its evaluation cut short (out of memory, killed)
             log.say(f"step {step}: metrics.jsonl holds no evaluation of it (cut short when the run stopped?); "
                     "evaluating it now")
+            if step >= config.num_train_steps:
+                log.restarted(step)
             last_eval = _evaluate(config, setup, state, train_iter, evaluator, step)
+        elif (logged := _logged_miou(setup, step)) is not None:
+            setup.save_best(step, state, train_iter, logged)    # where the run stopped before it was whole
         while step < config.num_train_steps:
             if stop.should_stop(step):
                 setup.save(step, state, train_iter)
@@ -333,6 +337,18 @@ def _evaluation_missing(config, setup: RunSetup, step: int) -> bool:
     if jax.process_count() > 1:
         missing = bool(multihost_utils.broadcast_one_to_all(np.int32(missing)))
     return missing
+
+
+def _logged_miou(setup: RunSetup, step: int) -> float | None:
+    """The eval mIoU metrics.jsonl holds for `step`, or None: a run that stopped after logging it and before its best
+    checkpoint was whole (a full disk) kept an older, worse best checkpoint, which evaluate and predict then took
+    while the run's summary and compare named this step. Process 0 reads it."""
+    rows = [row for row in eval_rows(run_history(read_metrics(setup.log.path))) if row["step"] == step] \
+        if step > 0 and setup.log.primary else []
+    miou = float(rows[-1]["eval/miou"]) if rows else float("nan")
+    if jax.process_count() > 1:
+        miou = float(multihost_utils.broadcast_one_to_all(np.float32(miou)))
+    return None if np.isnan(miou) else miou
 
 
 def _due(step: int, config) -> set[str]:

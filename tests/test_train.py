@@ -185,8 +185,27 @@ def test_a_last_evaluation_killed_after_its_checkpoint_is_run_when_the_run_is_re
     assert code == 0 and f"step {STEPS}: metrics.jsonl holds no evaluation of it (cut short when the run " \
         "stopped?); evaluating it now" in out and "nothing to train" in out, out
     assert [row["step"] for row in eval_rows(run_history(read_metrics(workdir / "metrics.jsonl")))] == [4, STEPS]
+    # the evaluation's row counts from a start of its own, not from the killed one's (the hours between as training)
+    starts = [row for row in read_metrics(workdir / "metrics.jsonl") if row.get("run/start")]
+    assert [row["step"] for row in starts] == [0, STEPS]
     code, out = run_main_to_end(workdir, tiny_data_dir, every)     # once: evaluated now
     assert code == 0 and "holds no evaluation" not in out, out
+
+
+def test_a_best_checkpoint_lost_when_the_run_stopped_is_saved_when_it_resumes(finished_run, tiny_data_dir, tmp_path):
+    """A full disk stopped the run while the last step's best checkpoint was saved, after its evaluation was logged:
+    the resume kept the older best checkpoint, which evaluate and predict then took, while the run's summary and
+    compare named the logged step."""
+    from streetseg_jax.checkpoint import Checkpoints
+
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run[0], workdir)
+    shutil.rmtree(workdir / "checkpoints" / "best")
+    code, out = run_main_to_end(workdir, tiny_data_dir)
+    assert code == 0 and f"step {STEPS}: new best eval mIoU" in out, out
+    checkpoints = Checkpoints(workdir, read_only=True)
+    assert checkpoints.best.all_steps() == [STEPS]
+    checkpoints.close()
 
 
 def test_a_stop_right_after_a_periodic_save_saves_nothing_twice(tmp_path):
