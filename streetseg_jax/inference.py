@@ -105,8 +105,9 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
                 state, _, _ = checkpoints.restore(which, template)
             break
         except ValueError:
-            # A run saving there removed it while it was read (keep_checkpoints): not damaged; read the new one.
-            if attempt == 2 or step is None or step in _steps(workdir):
+            # A run saving there removed it while it was read (keep_checkpoints, or a new best): not damaged; read
+            # the new one. Orbax removes a step's items one by one, so one half removed is still there.
+            if attempt == 2 or step is None or not _replaced(workdir, which, step):
                 raise
         finally:
             checkpoints.close()
@@ -116,11 +117,15 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
                         source, size)
 
 
-def _steps(workdir: Path) -> set[int]:
-    """The steps of the checkpoints in `workdir` now."""
+def _replaced(workdir: Path, which, step: int) -> bool:
+    """Whether `step`, read as `which`, is gone from `workdir` now, or no longer the checkpoint `which` names."""
     checkpoints = Checkpoints(workdir, async_save=False, read_only=True)
     try:
-        return {*checkpoints.latest.all_steps(), *checkpoints.best.all_steps()}
+        if step not in checkpoints.all_steps():
+            return True
+        return which in ("best", "latest") and checkpoints.step_of(which) != step
+    except FileNotFoundError:
+        return True
     finally:
         checkpoints.close()
 

@@ -112,6 +112,32 @@ def test_load_model_best_latest_step_and_fallback(tmp_path, workdir, capsys):
     assert said == []
 
 
+def test_a_checkpoint_a_training_run_replaces_while_it_is_read_is_read_again(tmp_path, workdir, monkeypatch):
+    """evaluate, report and predict --checkpoint latest on a run that trains failed about 1 time in 5 with "damaged
+    or incomplete? (Item 'data' was not found)": orbax removes the replaced step's items one by one, and the half
+    removed step was still there, so it was not read again."""
+    from streetseg_jax import checkpoint
+    from streetseg_jax.inference import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    restore, calls = checkpoint.Checkpoints.restore, []
+
+    def replaced_while_read(self, which, template):
+        calls.append(which)
+        if len(calls) == 1:     # the run saves step 3 and removes step 2's items: 'data' first
+            shutil.copytree(run / "checkpoints" / "latest" / "2", run / "checkpoints" / "latest" / "3")
+            shutil.rmtree(run / "checkpoints" / "latest" / "2" / "data")
+            raise ValueError("Item \"data\" was not found in the checkpoint. Available items: ['state']")
+        return restore(self, which, template)
+
+    monkeypatch.setattr(checkpoint.Checkpoints, "restore", replaced_while_read)
+    assert load_model(run, "latest").step == 3 and calls == ["latest", "latest"]
+    calls.clear()
+    with pytest.raises(ValueError, match="damaged or incomplete"):     # a step asked for by number: no other
+        load_model(run, 2)
+
+
 # --- windows and blending -----------------------------------------------------------------------------------------
 def test_windows_cover_the_image_and_weights_cross_fade():
     from streetseg_jax.inference import edge_weights, window_origins
