@@ -97,6 +97,24 @@ def test_a_synthetic_build_in_another_file_format_is_a_message(synthetic_dir, mo
         build("synthetic", synthetic_dir, num_images=NUM_IMAGES, file_format="tfrecord", **SIZE)
 
 
+def test_a_tfrecord_build_opens_by_name_and_training_says_it_reads_array_record(synthetic_dir, tmp_path):
+    """tfds.load of a --file_format tfrecord build failed ("File format is already set to FileFormat.TFRECORD. Got
+    FileFormat.ARRAY_RECORD"), and main, evaluate and report on it printed TFDS's NotImplementedError traceback.
+    (A tfrecord build's record, made from ours: writing one needs TensorFlow.)"""
+    import shutil
+
+    import tensorflow_datasets as tfds
+
+    shutil.copytree(synthetic_dir / "street_seg", tmp_path / "street_seg")
+    (info,) = (tmp_path / "street_seg" / "synthetic").glob("*/dataset_info.json")
+    info.write_text(info.read_text().replace('"array_record"', '"tfrecord"'))
+    assert tfds.builder("street_seg/synthetic", data_dir=tmp_path).info.file_format.value == "tfrecord"
+    with pytest.raises(source.DatasetNotFoundError, match=r"is a tfrecord build, which tf\.data reads \(tfds\.load\); "
+                                                          r"training, evaluate.*--file_format array_record"):
+        source.load_split("street_seg/synthetic", "train", tmp_path)
+    assert tfds.builder("street_seg/synthetic", data_dir=tmp_path / "none").info.file_format.value == "array_record"
+
+
 def test_a_failed_synthetic_overwrite_keeps_the_build_it_was_to_replace(tmp_path, monkeypatch):
     from streetseg_jax.data.builder import StreetSeg
 

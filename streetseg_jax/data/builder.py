@@ -211,7 +211,9 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         self._asked_root = Path(kwargs.get("data_dir") or source.default_data_dir())
         self._num_workers = num_workers
         self._plan, self._workers = plan, workers
-        super().__init__(file_format=file_format or "array_record", **kwargs)
+        super().__init__(file_format=file_format, **kwargs)     # a build's own format, read from its dataset_info
+        if file_format is None and not Path(self.data_dir, "dataset_info.json").is_file():
+            self.info.set_file_format("array_record", override=True)     # ours, where TFDS's default is tfrecord
         # Pickled copies are rebuilt from _original_state: keep the options there too.
         self._original_state.update(self._overrides, file_format=file_format, num_workers=num_workers)
 

@@ -89,6 +89,11 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None) -> 
     """
     builder = open_built(dataset, data_dir)
     _check_split(split, list(builder.info.splits.keys()), dataset)
+    if str(builder.info.file_format.value) != "array_record":       # TFDS: NotImplementedError, a traceback
+        raise DatasetNotFoundError(
+            f"{dataset} in {builder.data_dir} is a {builder.info.file_format.value} build, which tf.data reads "
+            "(tfds.load); training, evaluate, report and data sources read array_record builds: build it again "
+            "with the command that built it and --file_format array_record --overwrite")
     try:
         source = builder.as_data_source(split=split)
         len(source)             # TFDS finds a reversed slice ("train[5:2]") only here
