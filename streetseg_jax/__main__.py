@@ -14,6 +14,8 @@ COMMANDS = (
 
 
 def main(argv: list[str]) -> int:
+    if argv in (["--help"], ["-h"]):        # asking for this list is no error
+        argv = []
     width = max(len(name) for name, _ in COMMANDS)
     lines = [f"  python -m streetseg_jax.{name:<{width}}  {what}" for name, what in COMMANDS]
     print("\n".join(["streetseg_jax commands (each takes --help):", *lines]), file=sys.stderr if argv else sys.stdout)

@@ -3,7 +3,7 @@
 augmentation as the run evaluated unless told).
 
 Writes DIR/report.html (named with what differs from the run's own page where a flag chooses another split,
-checkpoint, TTA or data: report_val_step1300.html, see page_name; --output FILE elsewhere, for a run one cannot
+checkpoint or data, and with the TTA flags given: report_val_step1300.html, see page_name; --output FILE elsewhere, for a run one cannot
 write to), one self-contained file that opens offline: images are embedded as base64 data URIs, the CSS is inline,
 and there is no JavaScript and no external request. It holds the loss and mIoU curves (from metrics.jsonl), a fresh
 evaluation of the chosen checkpoint on the split (per-class IoU table, confusion-matrix heatmap), the class pixel
@@ -37,8 +37,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's")
     add_extra_scales_flag(parser)
     parser.add_argument("--output", help="the page's file (default: WORKDIR/report.html, named with what differs "
-                                         "from the run's own where a flag chooses another split, checkpoint, TTA or "
-                                         "data: report_val_step1300.html)")
+                                         "from the run's own where a flag chooses another split, checkpoint or "
+                                         "data, and with the TTA flags given: report_val_step1300.html)")
     return parser
 
 

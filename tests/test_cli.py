@@ -66,9 +66,10 @@ def test_images_our_readers_take_are_read_without_pillows_bomb_warning():
 
 def test_the_package_lists_its_commands():
     """`python -m streetseg_jax` said "No module named streetseg_jax.__main__"."""
-    listed = subprocess.run([sys.executable, "-m", "streetseg_jax"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60)
-    assert listed.returncode == 0 and "python -m streetseg_jax.predict " in listed.stdout
+    for asked in ([], ["--help"]):     # --help exited 2, "takes no arguments"
+        listed = subprocess.run([sys.executable, "-m", "streetseg_jax", *asked], cwd=ROOT, capture_output=True,
+                                text=True, timeout=60)
+        assert listed.returncode == 0 and "python -m streetseg_jax.predict " in listed.stdout, asked
     wrong = subprocess.run([sys.executable, "-m", "streetseg_jax", "predict", "--input", "a"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 2
