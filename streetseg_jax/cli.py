@@ -15,17 +15,20 @@ from streetseg_jax.atomic import WRITE_ERRORS
 
 def normalise_argv(argv: list[str]) -> list[str]:
     """`--label-map=x` -> `--label_map=x`, `--config.num-train-steps=9` -> `--config.num_train_steps=9` (no config
-    key has a hyphen); `--workdir=~/runs/a` -> `--workdir=/home/me/runs/a`, as the shell expands `--workdir ~/runs/a`
-    but leaves `~` after `=` as it is (a run made a folder named `~`). Other values and sub-commands are left
-    alone."""
+    key has a hyphen); `--workdir=~/runs/a` and `~/runs/a` -> `/home/me/runs/a`, as the shell expands a `~` that
+    starts a word but not one after `=`, nor one quoted or in a script's argument list (a run made a folder named
+    `~`, and evaluate found `'~/runs/a'` where report did not). Other values and sub-commands are left alone."""
     out = []
     for arg in argv:
         if arg.startswith("--"):
             name, eq, value = arg.partition("=")
-            arg = "--" + name[2:].replace("-", "_") + eq + (os.path.expanduser(value) if value.startswith("~")
-                                                            else value)
-        out.append(arg)
+            arg = "--" + name[2:].replace("-", "_") + eq + _home(value)
+        out.append(_home(arg))
     return out
+
+
+def _home(value: str) -> str:
+    return os.path.expanduser(value) if value.startswith("~") else value
 
 
 class ArgumentParser(argparse.ArgumentParser):

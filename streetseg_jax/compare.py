@@ -95,8 +95,8 @@ def training_now(workdir: Path) -> bool:
         return False
     given = [text.removeprefix("--workdir=") for text in args if text.startswith("--workdir=")]
     given += [after for flag, after in zip(args, args[1:]) if flag == "--workdir"]
-    return any("streetseg_jax" in a for a in args) and any(
-        (where / path).resolve() == workdir.resolve() for path in given)
+    return any("streetseg_jax" in a for a in args) and any(      # `~` as normalise_argv expanded it there
+        (where / os.path.expanduser(path)).resolve() == workdir.resolve() for path in given)
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
