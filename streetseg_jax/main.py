@@ -95,7 +95,8 @@ def _run(config) -> None:
     from streetseg_jax.data.source import DatasetNotFoundError
     from streetseg_jax.run import RunError, check_same_start, check_settings
 
-    config.data_dir = os.path.expanduser(config.data_dir)
+    if config.data_dir:     # absolute, as config.json records it: evaluate and report from another folder find it
+        config.data_dir = os.path.abspath(os.path.expanduser(config.data_dir))
     finished = sharding.watch_other_processes()
     try:      # before a dataset is built for a run that cannot start
         check_same_start(config, _NUM_PROCESSES.value)

@@ -54,15 +54,16 @@ def wait_for_step(workdir: Path, step: int, proc, timeout: float = 240) -> None:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_data_dir):
     workdir = tmp_path_factory.mktemp("run") / "reference"
-    code, out = run_main_to_end(workdir, tiny_data_dir)
+    code, out = run_main_to_end(workdir, Path(os.path.relpath(tiny_data_dir, ROOT)))    # from main's folder, ROOT
     assert code == 0, out
     return workdir, out
 
 
-def test_main_writes_config_metrics_checkpoints_and_pictures(finished_run):
+def test_main_writes_config_metrics_checkpoints_and_pictures(finished_run, tiny_data_dir):
     workdir, out = finished_run
     config = json.loads((workdir / "config.json").read_text())
     assert config["num_train_steps"] == STEPS and config["dataset"] == "street_seg/synthetic"
+    assert config["data_dir"] == str(tiny_data_dir)    # given relative: evaluate elsewhere looked for it there
     provenance = config["provenance"]
     assert {"jax", "flax", "optax"} <= set(provenance["packages"])
     assert provenance["dataset"]["version"] and len(provenance["dataset"]["fingerprint"]) == 64
