@@ -46,7 +46,7 @@ def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None)
             Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError) and (tmp is None or e.filename == tmp
                                        or (e.filename is None and e.errno in WRITE_ERRORS)):
-            raise _cannot_write(path, e) from e
+            raise cannot_write(path, e) from e
         raise
 
 
@@ -68,7 +68,8 @@ NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}      # a full disk or quota,
 WRITE_ERRORS = NO_ROOM | {errno.EROFS}
 
 
-def _cannot_write(path: Path, error: OSError) -> OSError:
+def cannot_write(path: Path, error: OSError) -> OSError:
+    """`error` of a write to `path` as "cannot write PATH: reason", its errno kept (a write() names no file)."""
     named = OSError(f"cannot write {path}: {error.strerror or error}")
     named.errno = error.errno
     return named

@@ -73,9 +73,13 @@ def export_label_map(export: Path) -> Path | None:
 
 
 def disk_refusal(error: OSError) -> str | None:
-    """`path: reason` for a file or folder the disk refused (read-only, no permission, full), which a user
-    fixes by choosing another place; None for any other error (a traceback's errno text and our location in the
-    code help nobody there)."""
+    """`path: reason` for a file or folder the disk refused (read-only, no permission, full, a file where a folder
+    is needed), which a user fixes by choosing another place, or atomic.cannot_write's "cannot write PATH: reason";
+    None for any other error (a traceback's errno text and our location in the code help nobody there)."""
+    if str(error).startswith("cannot write "):
+        return str(error)
+    if error.filename and error.errno in (errno.EEXIST, errno.ENOTDIR):
+        return f"{error.filename}: {error.strerror} (a file where a folder is needed?)"
     if error.filename and error.errno in WRITE_ERRORS | {errno.EACCES, errno.EPERM}:
         return f"{error.filename}: {error.strerror}"
     return None
@@ -156,6 +160,12 @@ def run_command(main, leaves: str) -> NoReturn:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # or exit's flush fails once more
         code = 1
+    except OSError as e:    # an output the disk refused, said in a line (compare --output on a full disk: 27)
+        refused = disk_refusal(e)
+        if refused is None:
+            raise
+        print(f"error: {refused}", file=sys.stderr)
+        code = 2
     sys.exit(code)
 
 

@@ -472,9 +472,9 @@ def _take_lock(workdir: Path, log: RunLog, mark: str):
         handle.flush()
         if sharding.is_multiprocess():
             os.fsync(handle.fileno())   # the other machines read it (_check_shared)
-    except OSError:
+    except OSError as e:
         handle.close()
-        raise
+        raise atomic.cannot_write(workdir / ".lock", e) from e
     return handle if locked else handle.close()
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from streetseg_jax.atomic import cannot_write
 from streetseg_jax.visualize import hms
 
 
@@ -102,14 +103,18 @@ class RunLog:
 
 
 def append_record(path: Path, record: dict) -> None:
-    """One JSON line at the end of `path`; a line that a killed run left unfinished is ended first."""
-    with open(path, "a+b") as f:    # appends go to the end wherever the reads seek
-        end = f.seek(0, os.SEEK_END)
-        if end:
-            f.seek(end - 1)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-        f.write(json.dumps(record).encode() + b"\n")
+    """One JSON line at the end of `path`; a line that a killed run left unfinished is ended first. A write the disk
+    refuses is an OSError naming `path` (a full disk said only "No space left on device")."""
+    try:
+        with open(path, "a+b") as f:    # appends go to the end wherever the reads seek
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+            f.write(json.dumps(record).encode() + b"\n")
+    except OSError as e:
+        raise (cannot_write(path, e) if e.filename is None else e) from e
 
 
 def _plain(v):

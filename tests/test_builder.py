@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -113,6 +114,28 @@ def test_a_tfrecord_build_opens_by_name_and_training_says_it_reads_array_record(
                                                           r"training, evaluate.*--file_format array_record"):
         source.load_split("street_seg/synthetic", "train", tmp_path)
     assert tfds.builder("street_seg/synthetic", data_dir=tmp_path / "none").info.file_format.value == "array_record"
+
+
+def test_a_full_disk_is_said_in_a_line_naming_the_data_dir(tmp_path, monkeypatch):
+    """A full disk while the masks were kept made "16 problem(s) in the annotations" (one per image); while the
+    scenes or records were written, a nameless "[Errno 28]" or the record writer's 50-line RuntimeError."""
+    import errno
+
+    from streetseg_jax.data.build import _writes_named
+    from streetseg_jax.labels import validate
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(validate, "write_bytes", full)
+    with pytest.raises(OSError, match=f"^cannot write {re.escape(str(tmp_path))}: No space left on device$"):
+        build("synthetic", tmp_path, num_images=4, height=32, width=48, num_workers=1)
+    assert not (tmp_path / "street_seg" / "synthetic").exists()
+    for error in (OSError(errno.ENOSPC, "No space left on device"),
+                  RuntimeError('Failed to finalize writing of split "train": write() failed: No space left on device')):
+        with pytest.raises(OSError, match=f"^cannot write {re.escape(str(tmp_path))}: No space left on device$"):
+            with _writes_named(tmp_path):
+                raise error
 
 
 def test_a_failed_synthetic_overwrite_keeps_the_build_it_was_to_replace(tmp_path, monkeypatch):

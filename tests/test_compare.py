@@ -59,6 +59,16 @@ def test_history_of_an_older_log_without_start_records_sees_the_restart_where_st
     assert rows[1]["train/loss"] == 0.2
 
 
+def test_an_output_the_disk_refuses_is_a_line_not_a_traceback(two_runs, tmp_path):
+    """--output under a file, on a full disk or in a read-only folder printed a 27-33 line traceback."""
+    (tmp_path / "afile").write_text("")
+    out = subprocess.run([sys.executable, "-m", "streetseg_jax.compare", *map(str, two_runs), "--output",
+                          str(tmp_path / "afile" / "c.html")], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 2
+    assert out.stderr == f"error: {tmp_path / 'afile'}: File exists (a file where a folder is needed?)\n"
+
+
 def test_a_line_a_killed_run_left_unfinished_is_skipped_and_ended_before_the_next_record(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text(json.dumps(train(1, 1.0)) + "\n" + '{"step": 2, "time": 2.0, "train/lo')

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import importlib.util
 import os
 import shutil
@@ -20,7 +21,7 @@ from typing import Callable
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from streetseg_jax.atomic import machine_lock
+from streetseg_jax.atomic import WRITE_ERRORS, cannot_write, machine_lock
 from streetseg_jax.data import camvid, inputs
 from streetseg_jax.data.builder import (MASKS_SCRATCH, SCENES_SCRATCH, BuildError, StreetSeg, built_options,
                                         check_options, check_synthetic_label_map, from_annotations_config,
@@ -59,7 +60,7 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
         raise BuildError(f"--data_dir {data_dir} is a file, not a folder")
     log = log or _to_stderr
     tfds.display_progress_bar(sys.stderr.isatty())     # a log file got TFDS's bars as lines of cursor escapes
-    with _one_build_at_a_time(data_dir, log):
+    with _one_build_at_a_time(data_dir, log), _writes_named(data_dir):
         _clear_interrupted_builds(data_dir, log)
         if config_name == "synthetic":
             return _build_synthetic(data_dir, overwrite, file_format, options)
@@ -68,6 +69,23 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
                                  options=options)
         return _build_export(config_name, data_dir, manual_dir, overwrite=overwrite, file_format=file_format,
                              name=name, log=log, options=options)
+
+
+@contextlib.contextmanager
+def _writes_named(data_dir: Path):
+    """A write the disk refuses that names no file (a full disk: "[Errno 28] No space left on device", or the
+    record writer's RuntimeError "write() failed" and 50 lines of traceback) as "cannot write DATA_DIR: reason"."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno in WRITE_ERRORS and not str(e).startswith("cannot write "):
+            raise cannot_write(data_dir, e) from e
+        raise
+    except RuntimeError as e:
+        if "write() failed" not in str(e):
+            raise
+        refused = OSError(errno.EIO, str(e).rpartition("write() failed: ")[2] or str(e))
+        raise cannot_write(data_dir, refused) from e
 
 
 def _one_build_at_a_time(data_dir: Path, log: Callable[[str], None]):

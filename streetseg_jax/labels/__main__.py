@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from streetseg_jax import atomic
-from streetseg_jax.cli import ArgumentParser, export_label_map, fail, normalise_argv, run_command
+from streetseg_jax.cli import ArgumentParser, disk_refusal, export_label_map, fail, normalise_argv, run_command
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.formats import labelme
 from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, annotation_to_mask,
@@ -229,7 +229,7 @@ def check(args: argparse.Namespace) -> None:
         try:
             write_json(report, args.json)
         except OSError as e:
-            fail(f"cannot write {args.json}: {e.strerror or e}")
+            fail(disk_refusal(e) or f"cannot write {args.json}: {e.strerror or e}")
     print(report.text())
     errors, warnings = len(report.errors), len(report.warnings)
     if errors or (args.strict and warnings):

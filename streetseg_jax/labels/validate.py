@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from streetseg_jax.atomic import atomic_file, write_bytes
+from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, write_bytes
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES, class_ids, mask_png, rasterize_with_unlabelled
 from streetseg_jax.labels.formats.masks import MASK_DIRS
 from streetseg_jax.labels.images import (IMAGE_SUFFIXES, MAX_PIXELS, OutsideExportError, files_under, image_size,
@@ -546,11 +546,14 @@ def kept_mask_path(mask_dir: Path, key: str) -> Path:
 
 
 def _keep_mask(mask: np.ndarray, mask_dir: Path, report: FileReport) -> bool:
-    """Write the mask at kept_mask_path; False (and an error) where the disk refuses it."""
+    """Write the mask at kept_mask_path; False (and an error) where it cannot be, but a full or read-only disk,
+    which raises: no fault of the annotation's (a full disk made "16 problem(s) in the annotations")."""
     path = kept_mask_path(mask_dir, report.key)
     try:
         write_bytes(path, mask_png(mask))
     except (OSError, ValueError) as e:
+        if getattr(e, "errno", None) in WRITE_ERRORS:
+            raise
         report.errors.append(f"cannot keep the mask as {path} ({getattr(e, 'strerror', None) or e})")
         return False
     return True
