@@ -128,7 +128,7 @@ def _lock_file(kind: str, path: Path) -> int | None:
     """An open file descriptor on the lock file, or None (machine_lock)."""
     if importlib.util.find_spec("fcntl") is None:
         return None
-    lock = Path(tempfile.gettempdir()) / f"streetseg-{kind}-{_lock_key(path)}.lock"
+    lock = _lock_folder() / f"streetseg-{kind}-{_lock_key(path)}.lock"
     for flags in (os.O_RDWR, os.O_RDWR | os.O_CREAT | os.O_EXCL, os.O_RDWR):
         try:        # another user's file is opened without O_CREAT, which a sticky /tmp refuses (protected_regular)
             fd = os.open(lock, flags, 0o666)
@@ -141,6 +141,13 @@ def _lock_file(kind: str, path: Path) -> int | None:
                 os.chmod(lock, 0o666)               # whatever the umask: the next user opens it too
         return fd
     return None
+
+
+def _lock_folder() -> Path:
+    """/tmp, which every user of the machine shares, whatever their TMPDIR (two users of other TMPDIRs each took the
+    lock, and their predictions mixed in one folder); the temp folder where there is no /tmp."""
+    shared = Path("/tmp")
+    return shared if os.name == "posix" and shared.is_dir() else Path(tempfile.gettempdir())
 
 
 def _lock_key(path: Path) -> str:

@@ -112,32 +112,6 @@ def test_load_model_best_latest_step_and_fallback(tmp_path, workdir, capsys):
     assert said == []
 
 
-def test_a_checkpoint_a_training_run_replaces_while_it_is_read_is_read_again(tmp_path, workdir, monkeypatch):
-    """evaluate, report and predict --checkpoint latest on a run that trains failed about 1 time in 5 with "damaged
-    or incomplete? (Item 'data' was not found)": orbax removes the replaced step's items one by one, and the half
-    removed step was still there, so it was not read again."""
-    from streetseg_jax import checkpoint
-    from streetseg_jax.inference import load_model
-
-    run = tmp_path / "run"
-    shutil.copytree(workdir, run)
-    restore, calls = checkpoint.Checkpoints.restore, []
-
-    def replaced_while_read(self, which, template):
-        calls.append(which)
-        if len(calls) == 1:     # the run saves step 3 and removes step 2's items: 'data' first
-            shutil.copytree(run / "checkpoints" / "latest" / "2", run / "checkpoints" / "latest" / "3")
-            shutil.rmtree(run / "checkpoints" / "latest" / "2" / "data")
-            raise ValueError("Item \"data\" was not found in the checkpoint. Available items: ['state']")
-        return restore(self, which, template)
-
-    monkeypatch.setattr(checkpoint.Checkpoints, "restore", replaced_while_read)
-    assert load_model(run, "latest").step == 3 and calls == ["latest", "latest"]
-    calls.clear()
-    with pytest.raises(ValueError, match="damaged or incomplete"):     # a step asked for by number: no other
-        load_model(run, 2)
-
-
 # --- windows and blending -----------------------------------------------------------------------------------------
 def test_windows_cover_the_image_and_weights_cross_fade():
     from streetseg_jax.inference import edge_weights, window_origins
@@ -947,11 +921,12 @@ def test_a_second_predict_into_a_folder_in_use_is_refused(workdir, tmp_path):
 
     save(tmp_path / "in" / "a.png", random_image(32, 48))
     out = tmp_path / "out"
+    (tmp_path / "tmp_a").mkdir()    # two users of other TMPDIRs each took the lock, and their masks mixed
     holder = subprocess.Popen([sys.executable, "-c", "import time\n"
                                "from streetseg_jax.atomic import machine_lock\n"
                                f"with machine_lock('predict', {str(out)!r}, lambda: None):\n"
                                "    print('held', flush=True)\n    time.sleep(60)\n"], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp_path / "tmp_a")})
     try:
         assert holder.stdout.readline() == "held\n"
         second = subprocess.run([sys.executable, "-m", "streetseg_jax.predict", "--workdir", str(workdir), "--input",
@@ -984,6 +959,20 @@ def test_a_checkpoint_a_running_save_removes_while_it_is_read_is_not_called_dama
         return restore(self, which, template)
     monkeypatch.setattr(Checkpoints, "restore", rotated_away)
     assert load_model(run, "latest").step == 3
+    # orbax removes a replaced step's items one by one: half removed, the step is still there (1 call in 5 failed)
+    half = shutil.copytree(workdir, tmp_path / "half")
+
+    def half_removed(self, which, template):
+        latest = half / "checkpoints" / "latest"
+        if not (latest / "3").exists():
+            shutil.copytree(latest / "2", latest / "3")
+            shutil.rmtree(latest / "2" / "data")
+            raise ValueError("Item \"data\" was not found in the checkpoint. Available items: ['state']")
+        return restore(self, which, template)
+    monkeypatch.setattr(Checkpoints, "restore", half_removed)
+    assert load_model(half, "latest").step == 3
+    with pytest.raises(ValueError, match="the checkpoint of step 2 .* damaged or incomplete"):
+        load_model(half, 2)     # asked for by number: no other to read
     monkeypatch.setattr(Checkpoints, "restore", lambda self, which, template: (_ for _ in ()).throw(
         Exception("NOT_FOUND: .zarray")))
     with pytest.raises(ValueError, match="the checkpoint of step 1 .* cannot be read: damaged or incomplete"):
