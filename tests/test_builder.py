@@ -116,12 +116,12 @@ def test_a_tfrecord_build_opens_by_name_and_training_says_it_reads_array_record(
     assert tfds.builder("street_seg/synthetic", data_dir=tmp_path / "none").info.file_format.value == "array_record"
 
 
-def test_a_full_disk_is_said_in_a_line_naming_the_data_dir(tmp_path, monkeypatch):
+def test_a_full_disk_or_another_machines_build_is_said_in_a_line(tmp_path, monkeypatch):
     """A full disk while the masks were kept made "16 problem(s) in the annotations" (one per image); while the
     scenes or records were written, a nameless "[Errno 28]" or the record writer's 50-line RuntimeError."""
     import errno
 
-    from streetseg_jax.data.build import _writes_named
+    from streetseg_jax.data.build import _failures_said
     from streetseg_jax.labels import validate
 
     def full(*args):
@@ -131,10 +131,13 @@ def test_a_full_disk_is_said_in_a_line_naming_the_data_dir(tmp_path, monkeypatch
     with pytest.raises(OSError, match=f"^cannot write {re.escape(str(tmp_path))}: No space left on device$"):
         build("synthetic", tmp_path, num_images=4, height=32, width=48, num_workers=1)
     assert not (tmp_path / "street_seg" / "synthetic").exists()
+    with pytest.raises(BuildError, match="another build of this dataset into .* finished first"):
+        with _failures_said(tmp_path):       # TFDS's, renaming its build into a place another machine's took
+            raise FileExistsError("Cannot rename a/incomplete.X_2.0.0. Destination a/2.0.0 already exists.")
     for error in (OSError(errno.ENOSPC, "No space left on device"),
                   RuntimeError('Failed to finalize writing of split "train": write() failed: No space left on device')):
         with pytest.raises(OSError, match=f"^cannot write {re.escape(str(tmp_path))}: No space left on device$"):
-            with _writes_named(tmp_path):
+            with _failures_said(tmp_path):
                 raise error
 
 

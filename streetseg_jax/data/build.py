@@ -60,7 +60,7 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
         raise BuildError(f"--data_dir {data_dir} is a file, not a folder")
     log = log or _to_stderr
     tfds.display_progress_bar(sys.stderr.isatty())     # a log file got TFDS's bars as lines of cursor escapes
-    with _one_build_at_a_time(data_dir, log), _writes_named(data_dir):
+    with _one_build_at_a_time(data_dir, log), _failures_said(data_dir):
         _clear_interrupted_builds(data_dir, log)
         if config_name == "synthetic":
             return _build_synthetic(data_dir, overwrite, file_format, options)
@@ -72,11 +72,18 @@ def build(config_name: str, data_dir: str | os.PathLike | None, manual_dir: str 
 
 
 @contextlib.contextmanager
-def _writes_named(data_dir: Path):
+def _failures_said(data_dir: Path):
     """A write the disk refuses that names no file (a full disk: "[Errno 28] No space left on device", or the
-    record writer's RuntimeError "write() failed" and 50 lines of traceback) as "cannot write DATA_DIR: reason"."""
+    record writer's RuntimeError "write() failed" and 50 lines of traceback) as "cannot write DATA_DIR: reason";
+    TFDS's FileExistsError where another machine's build took the place first as a BuildError."""
     try:
         yield
+    except FileExistsError as e:
+        if "Cannot rename" not in str(e):
+            raise
+        raise BuildError(f"another build of this dataset into {data_dir} finished first (on another machine, which "
+                         "takes its turn apart): it is there now; the same command uses it, --overwrite replaces "
+                         f"it (TFDS: {e})") from None
     except OSError as e:
         if e.filename is None and e.errno in WRITE_ERRORS and not str(e).startswith("cannot write "):
             raise cannot_write(data_dir, e) from e
