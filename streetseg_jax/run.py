@@ -13,6 +13,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -402,6 +403,23 @@ def _check_workdir(workdir: Path) -> None:
     if photos:        # --workdir photos, typed for --input: checkpoints and overlays went in among them
         raise RunError(f"--workdir {workdir} holds {len(photos)} image(s) ({', '.join(photos[:3])}"
                        f"{', ...' if len(photos) > 3 else ''}) and no training run; give a new or empty folder")
+    _check_writable(workdir)
+
+
+def _check_writable(workdir: Path) -> None:
+    """RunError where the run's folders that exist cannot be written: a read-only checkpoints/ (a mount) was found
+    at the first save, after the steps up to it were trained, and those steps were lost."""
+    checkpoints = workdir / "checkpoints"
+    for folder in (workdir, checkpoints, checkpoints / "latest", checkpoints / "best"):
+        if not folder.is_dir():
+            continue
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        except OSError as e:
+            raise RunError(f"{folder} cannot be written ({e.strerror or e}): the run saves its checkpoints and log "
+                           "there; make it writable or give another --workdir") from None
+        os.close(fd)
+        os.unlink(probe)
 
 
 def recorded_fingerprint(workdir: Path) -> str | None:

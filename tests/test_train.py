@@ -596,6 +596,28 @@ def test_a_workdir_whose_checkpoints_could_not_be_written_is_refused(name, said,
         _check_workdir(tmp_path / name)
 
 
+def test_a_run_whose_checkpoints_folder_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    """A read-only checkpoints/ (a mount) was found at the first save: the steps trained up to it were lost."""
+    import errno
+    import tempfile
+
+    from streetseg_jax.run import RunError, _check_workdir
+
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    latest.mkdir(parents=True)
+    mkstemp = tempfile.mkstemp
+
+    def read_only_latest(*args, dir=None, **kwargs):
+        if Path(dir) == latest:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return mkstemp(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(tempfile, "mkstemp", read_only_latest)
+    with pytest.raises(RunError, match=f"^{re.escape(str(latest))} cannot be written \\(Read-only file system\\): "
+                                       "the run saves its checkpoints and log there"):
+        _check_workdir(tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == ["checkpoints", "latest"]     # probes gone
+
+
 def test_a_run_that_cannot_start_builds_no_dataset_first(tmp_path):
     (tmp_path / "model.zip").write_bytes(b"PK")      # --workdir names a file: refused before the scenes are drawn
     code, out = run_main_to_end(tmp_path / "model.zip", tmp_path / "tfds", "--config.dataset=street_seg/synthetic")
