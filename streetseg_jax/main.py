@@ -216,8 +216,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
     argv = normalise_argv(argv)
     if "-h" in argv[1:]:            # absl knows -? and --help, and refused -h as an unknown flag
         argv = [arg for arg in argv if arg != "-h"] + ["--help"]
-    sys.argv[:] = argv              # ml_collections reads its overrides from sys.argv
     _check_config_file(argv)
+    argv = _recorded_config(argv)
+    sys.argv[:] = argv              # ml_collections reads its overrides from sys.argv
     _check_each_key_once(argv)
     try:
         return flags.FLAGS(argv)
@@ -244,6 +245,18 @@ def _check_config_file(argv: list[str]) -> None:
         path = None if value is None else Path(os.path.expanduser(value.partition(":")[0]))
         if path is not None and not path.is_file():
             fail(f"--config {value}: " + ("no such file" if not path.exists() else "not a file"))
+
+
+def _recorded_config(argv: list[str]) -> list[str]:
+    """`--config RUN/config.json` as recorded_config.py:RUN/config.json, which reads a run's recorded settings."""
+    out = list(argv)
+    for i, arg in enumerate(argv):
+        at, value = (i, arg.partition("=")[2]) if arg.startswith("--config=") else (
+            (i + 1, argv[i + 1]) if arg == "--config" and i + 1 < len(argv) else (None, ""))
+        if at is not None and value.lower().endswith(".json"):
+            loader = f"{Path(__file__).with_name('recorded_config.py')}:{Path(value).expanduser().absolute()}"
+            out[at] = f"--config={loader}" if at == i else loader
+    return out
 
 
 def _check_each_key_once(argv: list[str]) -> None:

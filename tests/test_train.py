@@ -193,6 +193,23 @@ def test_a_last_evaluation_killed_after_its_checkpoint_is_run_when_the_run_is_re
     assert code == 0 and "holds no evaluation" not in out, out
 
 
+def test_a_run_resumes_from_its_own_config_json_when_its_config_file_is_gone(finished_run, tiny_data_dir, tmp_path):
+    """`--config RUN/config.json` was "NameError: name 'true' is not defined": a run whose config file was deleted
+    could not be resumed."""
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run[0], workdir)
+    cmd = [sys.executable, "-m", "streetseg_jax.main", "--config", str(workdir / "config.json"),
+           f"--workdir={workdir}"]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and f"already at step {STEPS}" in done.stdout and "resuming with changed" not in \
+        done.stdout, done.stdout + done.stderr
+    (tmp_path / "other.json").write_text('{"learning_rate": 1}')
+    cmd[4] = str(tmp_path / "other.json")
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "other.json is no training run's config.json" in done.stderr, done.stderr
+
+
 def test_a_best_checkpoint_lost_when_the_run_stopped_is_saved_when_it_resumes(finished_run, tiny_data_dir, tmp_path):
     """A full disk stopped the run while the last step's best checkpoint was saved, after its evaluation was logged:
     the resume kept the older best checkpoint, which evaluate and predict then took, while the run's summary and
