@@ -34,6 +34,7 @@ class Checkpoints:
         """`read_only`: to restore, never to save: nothing is created or written in the work directory (load_model
         made checkpoints/best and latest in a folder that was no run, and failed on a run it could not write to)."""
         root = self.root = Path(workdir).absolute() / "checkpoints"
+        self._workdir_id = _file_id(root.parent)
         options = dict(create=not read_only, enable_async_checkpointing=async_save, read_only=read_only,
                        **({"save_interval_steps": 0} if read_only else {}))
         with absl_warnings_off():       # read_only: a warning that the folder is read-only, each time
@@ -130,7 +131,12 @@ class Checkpoints:
 
     @contextlib.contextmanager
     def _saving(self):
+        """Saves and waits, their failures a SaveError; none into a work directory moved or removed since the run
+        started (orbax made the old path again, and the run went on into a new folder there)."""
         try:
+            if self._workdir_id is not None and _file_id(self.root.parent) != self._workdir_id:
+                raise OSError("the work directory was moved or removed while the run trained (its path is no longer "
+                              "the folder the run started in: resume the run where it is now)")
             yield
         except (OSError, ValueError) as e:      # orbax reports a failed write as a ValueError
             last = self.latest.latest_step()
@@ -146,6 +152,14 @@ class Checkpoints:
         finally:
             with self._saving():
                 self.best.close()
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _why(error: Exception) -> str:

@@ -226,6 +226,21 @@ def test_a_best_checkpoint_lost_when_the_run_stopped_is_saved_when_it_resumes(fi
     checkpoints.close()
 
 
+def test_no_checkpoint_is_saved_into_a_work_directory_moved_while_the_run_trains(tmp_path):
+    """Moved while it trained, the run said "No ArrayMetadata found ..." of a save cut short, or orbax made the old
+    path again and the run went on into a new folder there."""
+    from streetseg_jax.checkpoint import Checkpoints, SaveError
+
+    (tmp_path / "run").mkdir()      # a run's, which holds its lock before its checkpoints are opened
+    checkpoints = Checkpoints(tmp_path / "run")
+    checkpoints.save(1, {"w": np.ones(3, np.float32)}, {"iterator": {}}, {"run": "x"})
+    checkpoints.wait()
+    (tmp_path / "run").rename(tmp_path / "moved")
+    with pytest.raises(SaveError, match="the work directory was moved or removed while the run trained"):
+        checkpoints.save(2, {"w": np.ones(3, np.float32)}, {"iterator": {}}, {"run": "x"})
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_stop_right_after_a_periodic_save_saves_nothing_twice(tmp_path):
     # SIGTERM arriving just after step N's periodic save makes the loop save step N again (seen in CI once steps
     # got faster): orbax refuses a step it has, so the second save must be skipped, not fail the run.
