@@ -98,6 +98,14 @@ def test_a_synthetic_build_in_another_file_format_is_a_message(synthetic_dir, mo
         build("synthetic", synthetic_dir, num_images=NUM_IMAGES, file_format="tfrecord", **SIZE)
 
 
+def test_a_dataset_not_where_the_run_says_names_the_flags_that_find_it_elsewhere(tmp_path):
+    """A data folder moved after training: evaluate offered only to build a new 500-scene dataset there."""
+    with pytest.raises(source.DatasetNotFoundError, match=r"(?s)Build it with:\n  python -m streetseg_jax\.data build "
+                                                          r"--config synthetic.*--data_dir WHERE \(evaluate, report\), "
+                                                          r"--config\.data_dir=WHERE \(main\)"):
+        source.load_split("street_seg/synthetic", "train", tmp_path / "moved_away")
+
+
 def test_a_tfrecord_build_opens_by_name_and_training_says_it_reads_array_record(synthetic_dir, tmp_path):
     """tfds.load of a --file_format tfrecord build failed ("File format is already set to FileFormat.TFRECORD. Got
     FileFormat.ARRAY_RECORD"), and main, evaluate and report on it printed TFDS's NotImplementedError traceback.

@@ -148,7 +148,9 @@ def built_versions(config_dir: Path) -> list[str]:
 def _not_found_message(dataset, config, data_dir, config_dir, built) -> str:
     found = f" (built versions there: {', '.join(built)})" if built else ""
     return (f"dataset {dataset} is not built in {config_dir}{found}. Build it with:\n"
-            f"  {build_command(config, data_dir)}")
+            f"  {build_command(config, data_dir)}\n"
+            "or, where it is built in another folder (moved since the run), name that folder: --data_dir WHERE "
+            "(evaluate, report), --config.data_dir=WHERE (main)")
 
 
 def build_command(config: str, data_dir) -> str:
