@@ -54,7 +54,7 @@ from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, exp
 IMAGE_DIRS = ("images", "JPEGImages")
 MASK_DIRS = ("masks", "labels", "annotations", "SegmentationClassPNG", "SegmentationClass")
 _MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff"}
-_LOSSY_SUFFIXES = {".jpg", ".jpeg", ".gif"}        # refused, with a reason: found to say so
+_REFUSED_SUFFIXES = {".jpg", ".jpeg", ".gif"}      # found, to be refused with the reason
 _MASK_NAME_ENDINGS = ("_mask", "_labels", "_label", "_L")
 BESIDE_ENDING = "_mask"        # a mask kept beside its image: a.jpg and a_mask.png
 _ID_MODES = ("L", "1", "I", "I;16", "I;16L", "I;16B", "P")
@@ -76,7 +76,7 @@ def read(path: Path, label_map) -> list[Annotation]:
     jobs = []               # one per mask, of every folder pair: the problems of all of them are told at once
     for image_dir, mask_dir in pairs:
         images = _files(image_dir, IMAGE_SUFFIXES) if image_dir else {}
-        masks = _files(mask_dir, _MASK_SUFFIXES | _LOSSY_SUFFIXES)
+        masks = _files(mask_dir, _MASK_SUFFIXES | _REFUSED_SUFFIXES)
         above = _folders_above(mask_dir, path)
         if image_dir is not None and mask_dir.name == f"{image_dir.name}annot":     # SegNet's train/ + trainannot/
             above = (*above, image_dir.name)        # its folder in the key, as train/ in train/images + train/masks
@@ -167,7 +167,7 @@ def mask_ids(path: Path, label_map) -> np.ndarray:
     if path.suffix.lower() == ".gif":
         raise LabelFormatError(f"{path}: GIF masks are refused: GIF encoders renumber the palette, so its indices "
                                "are not the class ids; save masks as PNG")
-    if path.suffix.lower() in _LOSSY_SUFFIXES:
+    if path.suffix.lower() in _REFUSED_SUFFIXES:
         raise LabelFormatError(f"{path}: JPEG masks are refused: JPEG compression changes pixel values near every "
                                "edge; save masks as PNG")
     mode, pixels, palette, transparent = _pixels(path)
@@ -232,7 +232,7 @@ def _sibling_images(mask_dir: Path) -> Path | None:
     return next((mask_dir.parent / n for n in names if (mask_dir.parent / n).is_dir()), None)
 
 
-def _has_masks(folder: Path, suffixes: set[str] = _MASK_SUFFIXES | _LOSSY_SUFFIXES) -> bool:
+def _has_masks(folder: Path, suffixes: set[str] = _MASK_SUFFIXES | _REFUSED_SUFFIXES) -> bool:
     return any(p.suffix.lower() in suffixes for p in iter_files(folder))
 
 
