@@ -45,8 +45,21 @@ class Checkpoints:
                 root / "best", options=ocp.CheckpointManagerOptions(
                     max_to_keep=1, best_fn=lambda m: m["miou"], best_mode="max", **options),
                 item_handlers=_handlers())
-        self._best_miou = max((m["miou"] for m in map(self.best.metrics, self.best.all_steps()) if m),
-                              default=float("-inf"))
+        self._best_miou = self._saved_best_miou()
+
+    def _saved_best_miou(self) -> float:
+        return max((m["miou"] for m in map(self.best.metrics, self.best.all_steps()) if m), default=float("-inf"))
+
+    def drop_best_after(self, step: int) -> list[int]:
+        """Remove the best checkpoints of steps after `step`, and the mIoU they set to beat; returns their steps. A
+        resume from `step` trains those steps again, so such weights are of training that is thrown away (killed
+        after a new best and before the next save): evaluate and predict took them, while the run's history and
+        compare named another best."""
+        dropped = [s for s in self.best.all_steps() if s > step]
+        for s in dropped:
+            self.best.delete(s)
+        self._best_miou = self._saved_best_miou()
+        return dropped
 
     def _one_save_at_a_time(self) -> None:
         # Across processes, orbax's background commits meet at barriers; two managers committing at once let the

@@ -108,6 +108,9 @@ class RunSetup:
             state, data_state, _ = self.checkpoints.restore("latest", state)
             data_iter.set_state(data_state["iterator"])
             self.log.say(f"resuming from step {step} in {self.workdir / 'checkpoints'}" + self._redone(step))
+            for dropped in self.checkpoints.drop_best_after(step):
+                self.log.say(f"removed the best checkpoint of step {dropped}: it is of steps this resume trains "
+                             "again (the next evaluation saves the best anew)")
             return state
         if self.config.init_from:
             from streetseg_jax.warm_start import warm_start

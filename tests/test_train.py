@@ -226,6 +226,39 @@ def test_a_best_checkpoint_lost_when_the_run_stopped_is_saved_when_it_resumes(fi
     checkpoints.close()
 
 
+def test_a_best_checkpoint_of_steps_a_resume_trains_again_is_removed(tmp_path):
+    """Killed after step 16's new best and before the next save (step 12's), a resume with another learning rate
+    kept best/16 of the thrown-away training: evaluate and predict took it, and a redone step that scored less
+    than it was never saved as best, while the run's history and compare named step 20."""
+    from streetseg_jax.checkpoint import Checkpoints
+
+    weights = {"w": np.ones(3, np.float32)}
+    checkpoints = Checkpoints(tmp_path / "run")
+    checkpoints.save(12, weights, {"iterator": {}}, {"run": "x"})
+    checkpoints.save_best(16, weights, {"iterator": {}}, {"run": "x"}, miou=0.32)
+    checkpoints.wait()
+    assert checkpoints.drop_best_after(12) == [16] and checkpoints.best.all_steps() == []
+    assert checkpoints.save_best(20, weights, {"iterator": {}}, {"run": "x"}, miou=0.31)
+    checkpoints.close()
+
+
+def test_after_a_resume_from_an_earlier_step_the_best_checkpoint_is_the_historys_best(finished_run, tiny_data_dir,
+                                                                                       tmp_path):
+    from streetseg_jax.checkpoint import Checkpoints
+    from streetseg_jax.visualize import best_eval
+
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run[0], workdir)
+    for step in (6, STEPS):       # as a kill after step 8's best and before its save would have left them
+        shutil.rmtree(workdir / "checkpoints" / "latest" / str(step))
+    best_before = Checkpoints(workdir, read_only=True).best.all_steps()
+    code, out = run_main_to_end(workdir, tiny_data_dir, "--config.learning_rate=0.002")   # trains 4..8 otherwise
+    assert code == 0, out
+    assert ("removed the best checkpoint of step" in out) == (best_before[0] > 3), out
+    checkpoints = Checkpoints(workdir, read_only=True)
+    assert checkpoints.best.all_steps() == [best_eval(run_history(read_metrics(workdir / "metrics.jsonl")))["step"]]
+
+
 def test_no_checkpoint_is_saved_into_a_work_directory_moved_while_the_run_trains(tmp_path):
     """Moved while it trained, the run said "No ArrayMetadata found ..." of a save cut short, or orbax made the old
     path again and the run went on into a new folder there."""
