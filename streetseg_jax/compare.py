@@ -140,8 +140,8 @@ def _load(path: Path, name: str) -> Run | None:
 
 
 def _evaluations(folder: Path) -> dict[str, dict]:
-    """`python -m streetseg_jax.evaluate`'s results, by file name (<split>[_flip_tta][_multiscale][_step<N>][_data-*]);
-    unreadable ones left out."""
+    """`python -m streetseg_jax.evaluate`'s results, by file name
+    (<split>[_flip_tta][_multiscale|_scales-S-...][_step<N>][_data-*]); unreadable ones left out."""
     out = {}
     for path in sorted(folder.glob("*.json")):
         try:
@@ -389,7 +389,7 @@ def _evaluations_section(runs: list[Run]) -> str:
     if len(rows) == 1:
         return ""
     return section("evaluations", "Results of python -m streetseg_jax.evaluate", _table(rows) +
-                   '<p class="note">From each run\'s <code>eval/&lt;split&gt;[_flip_tta][_multiscale]'
+                   '<p class="note">From each run\'s <code>eval/&lt;split&gt;[_flip_tta][_multiscale|_scales-S-...]'
                    "[_step&lt;N&gt;][_data-&lt;fingerprint&gt;].json</code>: mean IoU at the labels' resolution, with "
                    "the step of the checkpoint scored; <code>_data-</code> results are of data other than the run "
                    "trained on.</p>")

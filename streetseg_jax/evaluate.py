@@ -7,7 +7,7 @@ a split (default: its config's `eval_split`), prints the per-class IoU table, mI
 mIoU (summary and worst images), and writes them to DIR/eval/<split>.json with the row-normalised confusion matrix
 as DIR/eval/<split>_confusion.png (<split>_flip_tta.json and <split>_flip_tta_confusion.png with flip TTA, which
 follows the run's eval_flip_tta unless --flip_tta or --no_flip_tta says otherwise; likewise _multiscale with
-multi-scale TTA, which follows the run's eval_extra_scales unless --extra_scales says otherwise; --checkpoint latest
+the run's own multi-scale TTA, its eval_extra_scales, and _scales-0.5-1 with other --extra_scales; --checkpoint latest
 or a step adds _step<N>: <split>_step1300.json; data other than the run trained on, --data_dir another build or a
 rebuild, adds _data-<the first 8 characters of its fingerprint>, so that the run's own results stay).
 """
@@ -35,7 +35,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", help="where the dataset lives (default: the run's config.data_dir)")
     add_checkpoint_flag(parser, " (its files are named with _step<N>)")
     add_flip_tta_flags(parser, "average each image's logits with its mirror image's (written as "
-                       "<split>_flip_tta.json; _multiscale is added with extra scales)")
+                       "<split>_flip_tta.json; _multiscale is added with the run's extra scales, _scales-S-... with others)")
     add_extra_scales_flag(parser)
     parser.add_argument("--output", help="folder for the results (default: WORKDIR/eval; for a run you cannot write "
                                          "to)")
@@ -68,6 +68,7 @@ class LoadedRun:
     model_state: Any
     step: int
     checkpoint: str             # which one was loaded: "best", "latest" or "step N"
+    own_extra_scales: tuple = ()    # the run's eval_extra_scales, before --extra_scales (result_stem)
 
 
 def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None,
@@ -85,12 +86,14 @@ def load_run(workdir: Path, which: str | int, flip_tta: bool | None = None,
     # The model comes back on one device; the evaluator's batches span the mesh, so the weights must too.
     params, model_state = jax.device_put((trained.params, trained.model_state), sharding.replicated(mesh))
     config = trained.config
+    own_extra_scales = tuple(config.get("eval_extra_scales", ()))
     # The split is scored exactly whatever the batch, so fit the batch to the devices of this machine.
     devices = mesh.devices.size
     config.eval_batch_size = -(-config.eval_batch_size // devices) * devices
     apply_tta_flags(config, flip_tta, extra_scales)
     evaluator = Evaluator(trained.graphdef, mesh, trained.label_map, config)
-    return LoadedRun(config, trained.label_map, evaluator, params, model_state, trained.step, trained.source)
+    return LoadedRun(config, trained.label_map, evaluator, params, model_state, trained.step, trained.source,
+                     own_extra_scales)
 
 
 @dataclasses.dataclass
@@ -230,7 +233,8 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
     written into `out_dir` (default: the run's eval/ folder).
     `flip_tta` and `extra_scales` None score as the run evaluated (its config's eval_flip_tta, eval_extra_scales);
     with flip or multi-scale TTA the files are named <split>_flip_tta, <split>_multiscale or
-    <split>_flip_tta_multiscale, so they sit beside the plain figures; --checkpoint latest or a step adds
+    <split>_flip_tta_multiscale, so they sit beside the plain figures (_scales-0.5-1 for extra scales other than the
+    run's, which replaced its own figures); --checkpoint latest or a step adds
     _step<N> (it replaced the best checkpoint's figures), and data other than the run trained on _data-<its
     fingerprint> (it replaced the run's own figures)."""
     workdir = Path(workdir).resolve()
@@ -254,10 +258,13 @@ def evaluate_workdir(workdir: str | Path, split: str | None = None, data_dir: st
 
 
 def result_stem(run: LoadedRun, split: str, checkpoint: str | int, data: dict) -> str:
-    """The name evaluate gives the files of a result: the split, the TTA, the checkpoint unless the best (also a
+    """The name evaluate gives the files of a result: the split, the TTA (_multiscale for the run's own extra
+    scales, _scales-0.5-1 for others: they replaced the run's own figures), the checkpoint unless the best (also a
     run's latest, where it has no best) and data other than the run trained on, so none replaces another."""
-    return (split_file_name(split) + ("_flip_tta" if run.config.eval_flip_tta else "")
-            + ("_multiscale" if len(network_scales(run.config)) > 1 else "")
+    extra = tuple(run.config.get("eval_extra_scales", ()))
+    scales = "" if not extra else "_multiscale" if extra == run.own_extra_scales else \
+        "_scales-" + "-".join(f"{s:g}" for s in extra)
+    return (split_file_name(split) + ("_flip_tta" if run.config.eval_flip_tta else "") + scales
             + ("" if checkpoint == "best" else f"_step{run.step}")
             + (f"_data-{other_data(data)}" if other_data(data) else ""))
 

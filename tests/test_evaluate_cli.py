@@ -286,7 +286,7 @@ def test_multi_scale_tta_on_request_is_written_beside_the_plain_figures(workdir,
 
     evaluate.main(["--workdir", str(workdir), "--extra_scales", "1.0"])
     assert f"eval_scale {EVAL_SCALE:g} (and 1, logits averaged)" in capsys.readouterr().out
-    result = json.loads((workdir / "eval" / "test_multiscale.json").read_text())
+    result = json.loads((workdir / "eval" / "test_scales-1.json").read_text())     # not the run's own scales
     assert result["eval_extra_scales"] == [1.0] and result["flip_tta"] is False
     run = evaluate.load_run(workdir, "best", extra_scales=(1.0,))
     source, _, _ = load_split(run.config.dataset, "test", run.config.data_dir)
