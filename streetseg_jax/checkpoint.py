@@ -75,8 +75,10 @@ class Checkpoints:
             self.latest.save(step, args=_save_args(state, data_state, meta), force=True)
 
     def save_best(self, step: int, state, data_state: dict, meta: dict, miou: float) -> bool:
-        """Keep this step as the best one if its mIoU beats the best so far; returns whether it did."""
-        if miou <= self._best_miou:
+        """Keep this step as the best one if its mIoU beats the best so far; returns whether it did. A step kept
+        already is not saved again: its mIoU, logged and sent to every process as a float32, came back above
+        itself, and orbax refused the save ("already exists"), every time the run was resumed."""
+        if miou <= self._best_miou or step in self.best.all_steps():
             return False
         self._one_save_at_a_time()
         with self._saving():

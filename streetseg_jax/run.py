@@ -139,12 +139,16 @@ def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None,
         setup.checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
         latest = _check_resume(setup, overrides)
         training = (latest or 0) < config.num_train_steps                   # else nothing is trained
-        # Every file of the dataset is read: only where a resume is checked or process 0 records it.
+        # Every file of the dataset is read: only where a resume is checked, process 0 records it or the processes
+        # of a fresh start compare theirs.
         fingerprint = (dataset_fingerprint(dataset_dir(config.dataset, config.data_dir))
-                       if training and (latest is not None or jax.process_index() == 0) else None)
+                       if training and (latest is not None or jax.process_index() == 0 or sharding.is_multiprocess())
+                       else None)
         if training and latest is not None:
             _check_same_data(config, workdir, fingerprint, latest, same_data, log)
             _say_if_the_devices_changed(workdir, log)
+        elif training:
+            _check_processes_share_data(fingerprint)
         if jax.process_index() == 0 and training:
             record = {**provenance(config, info, fingerprint),
                       **({} if overrides is None else {"overrides": sorted(overrides)})}
@@ -224,6 +228,20 @@ def _check_same_data(config, workdir: Path, fingerprint: str, latest: int, same_
                        f"{_its_version_there(config, workdir, found)}; or, if it is a rebuild of the same inputs (a "
                        "build by a version before 2026-12-07, rebuilt, has other bytes), --same_data resumes on it; or "
                        f"start a new run from its weights: --workdir NEW_RUN --config.init_from={workdir}")
+
+
+def _check_processes_share_data(fingerprint: str) -> None:
+    """RunError on every process of a fresh start where their datasets differ: a copy of one build on each machine
+    is fine, other data is not (each process trained on half its batches from its own, and the run's resume then
+    refused the mix)."""
+    if not sharding.is_multiprocess():
+        return
+    problem = sharding.decided_by_first("data", fingerprint, lambda prints: "" if len(set(prints)) == 1 else (
+        "the processes' datasets differ (fingerprints " + ", ".join(f"{p[:8]} on process {i}" for i, p in
+                                                                    enumerate(prints))
+        + "): every process needs a copy of the same build in its --config.data_dir"))
+    if problem:
+        raise RunError(problem)
 
 
 def _its_version_there(config, workdir: Path, found: Path) -> str:

@@ -83,6 +83,8 @@ class RunLog:
             return f"{head}  ETA from the next line (the steps so far include compiling)"   # compiling step alone
         now = time.time()
         since_step, since = self.compiled if self.compiled and step > self.compiled[0] else (self.step0, self.t0)
+        if step <= since_step:      # no step trained yet in this start (a resume's redone evaluation): 13174 hours
+            return head if step >= self.num_steps else f"{head}  ETA once steps are trained"
         per_step = max(now - since - self.eval_seconds, 0.0) / max(step - since_step, 1e-9)
         # A train line at an evaluation step comes before that step's evaluation: it is still to run.
         evals = self._evals_after(step - 1) if "eval/miou" not in row else self._evals_after(step)

@@ -6,6 +6,7 @@ resumes in a 1-process run."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -188,6 +189,24 @@ def test_a_work_directory_the_processes_do_not_share_is_refused(tiny_data_dir, t
     assert f"error: {reason}" in outs[1], outs[1]
     assert f"error: process 1 of 2 stopped: {reason}" in outs[0], outs[0]
     assert not (tmp_path / "w0" / "checkpoints").exists() and not (tmp_path / "w0" / "config.json").exists()
+
+
+def test_processes_of_a_fresh_start_on_other_datasets_are_refused(tiny_data_dir, tmp_path):
+    """A process given another build (its data_dir) trained on without a word, half of each batch from each dataset,
+    config.json recording process 0's fingerprint; the run's resume then refused the mix."""
+    from conftest import TINY_IMAGES
+    from streetseg_jax.data.build import build
+
+    build("synthetic", tmp_path / "other", num_images=TINY_IMAGES, height=96, width=128, seed=7)
+    port, workdir = free_port(), tmp_path / "w"
+    procs = [launch(workdir, tiny_data_dir, 2, STEPS, 0, 2, port),
+             launch(workdir, tmp_path / "other", 2, STEPS, 1, 2, port)]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], outs
+    for out in outs:
+        assert re.search(r"error: the processes' datasets differ \(fingerprints \w{8} on process 0, \w{8} on process "
+                         r"1\): every process needs a copy of the same build in its --config.data_dir", out), out
+    assert not (workdir / "config.json").exists() and not list((workdir / "checkpoints").glob("*/*"))
 
 
 def lines_of(out: str) -> list[str]:

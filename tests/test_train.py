@@ -237,6 +237,9 @@ def test_a_best_checkpoint_of_steps_a_resume_trains_again_is_removed(tmp_path):
     checkpoints.save(12, weights, {"iterator": {}}, {"run": "x"})
     checkpoints.save_best(16, weights, {"iterator": {}}, {"run": "x"}, miou=0.32)
     checkpoints.wait()
+    # a step kept already, its mIoU sent to every process as a float32 and come back above itself: no second save
+    # (orbax: "Checkpoint for step 16 already exists", at every resume of a run of several processes)
+    assert not checkpoints.save_best(16, weights, {"iterator": {}}, {"run": "x"}, miou=0.3200001)
     assert checkpoints.drop_best_after(12) == [16] and checkpoints.best.all_steps() == []
     assert checkpoints.save_best(20, weights, {"iterator": {}}, {"run": "x"}, miou=0.31)
     checkpoints.close()
@@ -1070,6 +1073,10 @@ def test_the_eta_counts_steps_and_evaluations_apart_and_leaves_out_the_compilati
     resumed.write(400, train)
     resumed.write(400, evaluation)
     assert [line.split("  ETA ")[1] for line in capsys.readouterr().out.splitlines()[-2:]] == ["0:00:00"] * 2
+    resumed.start(3, 400)               # a resume's evaluation of its step that a stop cut short: no step trained yet
+    now[0] += 30.0
+    resumed.write(3, evaluation)
+    assert capsys.readouterr().out.splitlines()[-1].endswith("eval/miou 0.5  ETA once steps are trained")  # 13174 h
 
 
 def test_images_per_second_leaves_out_the_first_step(monkeypatch):
