@@ -124,12 +124,30 @@ def _without_closed_loops(hook):
 def stop_on_sigterm() -> None:
     """SIGTERM (a spot preemption, `kill`) stops a command as Ctrl-C does, KeyboardInterrupt("SIGTERM"): what is
     under way cleans up after itself and the command says what it leaves (the process just died, and workers it had
-    started lived on as orphans)."""
+    started lived on as orphans). Ctrl-C's KeyboardInterrupt too is raised by `_interrupt` (unless SIGINT is
+    ignored, as in a background job), which never raises where the exception would be dropped."""
     import signal
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
+
+
+def _interrupt(signum, frame) -> None:
+    """KeyboardInterrupt ("SIGTERM" for SIGTERM); where the signal came while a garbage-collector callback or a
+    __del__ ran, which print an exception and go on (JAX's _xla_gc_callback took a SIGTERM so, and the command ran
+    to its end, exit 0), the signal is sent again a moment later."""
+    import gc
+    import signal
+    import threading
+
+    inside = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in inside or frame.f_code.co_name == "__del__":
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else "")
 
 
 def stopped_by(interrupt: KeyboardInterrupt) -> tuple[str, int]:

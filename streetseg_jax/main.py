@@ -63,7 +63,7 @@ def main(argv):
     except KeyboardInterrupt as e:      # outside the training loop, which saves and says so itself
         by, code = stopped_by(e)
         _stop(f"stopped by {by}; what was saved stays (checkpoints, a finished dataset build), and the same "
-              "command goes on from there", code)
+              "command goes on from there", code, at_once=True)
 
 
 def _missing_config_key(e: Exception) -> str | None:
@@ -75,11 +75,16 @@ def _missing_config_key(e: Exception) -> str | None:
     return found[1] if found else None
 
 
-def _stop(line: str, code: int, record: bool = True) -> NoReturn:
-    """Print `line` and exit; one process of several exits at once, so that the others stop too (stop_alone)."""
+def _stop(line: str, code: int, record: bool = True, at_once: bool = False) -> NoReturn:
+    """Print `line` and exit; one process of several exits at once, so that the others stop too (stop_alone), and
+    so does one `at_once` (stopped while JAX's and orbax's threads work: the interpreter's exit crashed, exit 139)."""
     if sharding.is_multiprocess():
         sharding.stop_alone(line, code, record)
     print(line, file=sys.stderr)
+    if at_once:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     raise SystemExit(code)
 
 
