@@ -1063,7 +1063,11 @@ def write_synthetic(out_dir, num_images: int = 100, seed: int = 0, height: int =
     context = pool_context()
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=end_with_parent) as pool:
-            return list(pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+            try:
+                return list(pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+            except KeyboardInterrupt:   # Ctrl-C, SIGTERM: the scenes queued are not drawn (15 s of them waited)
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     except BrokenProcessPool as e:
         raise RuntimeError(f"write_synthetic: its {context.get_start_method()} worker processes died; with JAX "
                            "loaded they are spawned, which needs the calling script's code under "
