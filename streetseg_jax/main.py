@@ -131,9 +131,12 @@ def _check_process_flags() -> None:
     if _CPU_DEVICES.value < 0:
         _usage_error(ValueError(f"--cpu_devices must be 0 (one per core) or more, got {_CPU_DEVICES.value}"))
     if given and not (_COORDINATOR.value or _MULTIHOST.value):
-        _usage_error(ValueError(f"{' and '.join(given)} need --coordinator_address HOST:PORT (or --multihost)"))
+        _usage_error(ValueError(f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} "
+                                "--coordinator_address HOST:PORT (or --multihost)"))
     if _COORDINATOR.value and len(given) < 2:
         _usage_error(ValueError("--coordinator_address needs --num_processes N and --process_id I"))
+    if _COORDINATOR.value and _NUM_PROCESSES.value < 1:
+        _usage_error(ValueError(f"--num_processes must be 1 or more, got {_NUM_PROCESSES.value}"))
     if _COORDINATOR.value and not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
         _usage_error(ValueError(f"--process_id must be 0..{_NUM_PROCESSES.value - 1} with --num_processes "
                                 f"{_NUM_PROCESSES.value}, got {_PROCESS_ID.value}"))

@@ -32,6 +32,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     """
     if not (multihost or coordinator_address):
         return
+    if coordinator_address:
+        _check_address(coordinator_address)     # on every process: JAX raised an IndexError on the others
     if coordinator_address and process_id == 0:
         _check_port_free(coordinator_address)
     if coordinator_address:
@@ -44,10 +46,14 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
                                process_id=process_id, initialization_timeout=timeout_s)
 
 
-def _check_port_free(coordinator_address: str) -> None:
+def _check_address(coordinator_address: str) -> None:
     host, _, port = coordinator_address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"--coordinator_address {coordinator_address!r}: expected HOST:PORT, e.g. 10.0.0.1:12345")
+
+
+def _check_port_free(coordinator_address: str) -> None:
+    port = coordinator_address.rpartition(":")[2]
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         # As a server binds: a port left in TIME_WAIT by an earlier run is free, one something listens on is not.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

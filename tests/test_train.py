@@ -593,6 +593,9 @@ def test_multi_host_flags_that_do_not_go_together_are_one_message(tiny_data_dir,
                            ([address, "--num_processes=2"], "--coordinator_address needs --num_processes N and "
                             "--process_id I"),
                            ([address, "--num_processes=2", "--process_id=2"], "--process_id must be 0..1"),
+                           ([address, "--num_processes=0", "--process_id=0"], "--num_processes must be 1 or more, "
+                            "got 0"),   # it said "--process_id must be 0..-1"
+                           (["--process_id=1"], "--process_id needs --coordinator_address"),
                            (["--cpu_devices=-1"], "--cpu_devices must be 0 (one per core) or more, got -1"),
                            (["--startup_timeout=0"], "--startup_timeout must be 1 second or more, got 0")):
         code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, *flags)
@@ -640,8 +643,10 @@ def test_an_error_from_a_library_says_where_it_came_from():
     assert re.fullmatch(r"Expecting property name .* \(JSONDecodeError in json/decoder\.py:\d+\)",
                         main._message(library.value))
     with pytest.raises(ValueError) as ours:        # our own messages are said as they are
-        sharding._check_port_free("no-port")
+        sharding._check_address("no-port")
     assert main._message(ours.value) == str(ours.value)
+    with pytest.raises(ValueError, match="expected HOST:PORT"):      # every process checks it: JAX's IndexError
+        sharding.initialize_distributed("127.0.0.1", num_processes=2, process_id=1)
     # A path the disk refused (a read-only --config.data_dir, a run on a read-only disk resumed): where it was
     # refused is no help, "[Errno 30]" none either.
     with pytest.raises(OSError) as refused:
