@@ -305,7 +305,8 @@ _FEWER_DEVICES = ""     # split_cpu_into_cores' note, said by a run once it know
 
 
 def fewer_devices_note() -> str:
-    """Why the CPU has fewer devices than cores ("" when it has not, or the run is on a GPU)."""
+    """Why the CPU has fewer devices than cores, or other than --cpu_devices asked ("" when it has not, or the run is
+    on a GPU)."""
     return _FEWER_DEVICES if _FEWER_DEVICES and jax.default_backend() == "cpu" else ""
 
 
@@ -323,12 +324,15 @@ def split_cpu_into_cores(*batch_sizes: int, requested: int = 0) -> None:
     is unchanged), and an explicit `--xla_force_host_platform_device_count` in XLA_FLAGS wins. Once JAX has started
     its backends (a program that used JAX already) the devices stay as they are.
     """
+    global _FEWER_DEVICES
+    _FEWER_DEVICES = ""
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        if requested:       # taken without a word
+            _FEWER_DEVICES = (f"note: --cpu_devices {requested} is not taken: XLA_FLAGS's "
+                              "--xla_force_host_platform_device_count decides the CPU devices")
         return
     cores = usable_cores()
     count = requested or max(n for n in range(1, cores + 1) if all(size % n == 0 for size in batch_sizes))
-    global _FEWER_DEVICES
-    _FEWER_DEVICES = ""
     if count < cores and not requested:
         sizes = " and ".join(str(size) for size in batch_sizes)
         _FEWER_DEVICES = (f"note: {count} CPU device(s) for {cores} cores: the batch sizes ({sizes}) do not divide "

@@ -111,6 +111,12 @@ def test_a_batch_that_splits_over_fewer_devices_than_cores_says_so(monkeypatch):
     assert note.startswith("note: 2 CPU device(s) for 4 cores: the batch sizes (6 and 8) do not divide by more")
     sharding.split_cpu_into_cores(8, 8)
     assert updates == {"jax_num_cpu_devices": 4} and sharding.fewer_devices_note() == ""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")      # theirs decides
+    updates.clear()
+    sharding.split_cpu_into_cores(8, 8, requested=4)
+    assert updates == {} and sharding.fewer_devices_note() == ("note: --cpu_devices 4 is not taken: XLA_FLAGS's "
+                                                               "--xla_force_host_platform_device_count decides the "
+                                                               "CPU devices")       # it was taken without a word
     sharding.split_cpu_into_cores(6, 8)
     monkeypatch.setattr(sharding.jax, "default_backend", lambda: "gpu")
     assert sharding.fewer_devices_note() == ""
