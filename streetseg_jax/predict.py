@@ -631,8 +631,9 @@ def _run(predictor, items: list[Item], out_dir: Path, args) -> RunResult:
 
 def _summary(result: RunResult, out_dir: Path) -> int:
     rate = len(result.written) / max(result.seconds, 1e-9)
-    print(f"predicted {len(result.written)} image(s) in {result.seconds:.1f} s ({rate:.2f} images/s) into {out_dir}"
-          if result.seconds else f"nothing left to predict into {out_dir}")
+    print(f"predicted {len(result.written)} image(s) in {result.seconds:.1f} s ({rate:.2f} images/s, compiling for "
+          f"each image size and writing the files included; tools/benchmark.py predict times the network) into "
+          f"{out_dir}" if result.seconds else f"nothing left to predict into {out_dir}")
     _list_failures(result.failures)
     return 1 if result.failures else 0
 
