@@ -105,9 +105,9 @@ def machine_lock(kind: str, path: Path, when_busy: Callable[[], None]):
     """Hold this machine's lock for `kind` of work on `path` while the block runs; where another process holds it,
     `when_busy()` is called (it may raise, to give up) and the block then waits for it. A record lock (lockf), not
     flock: flock's would live on in the forked workers of a killed process; a record lock belongs to this process
-    alone and ends with it. The file lives in the temp folder, not at `path` (a command that fails leaves nothing
-    there), and anyone may open it (a shared folder is written by several users). Where there is no such lock (not
-    POSIX, a file this user may not open) the block runs without."""
+    alone and ends with it. The file lives in /tmp (_lock_folder), not at `path` (a command that fails leaves
+    nothing there), and anyone may open it (a shared folder is written by several users). Where there is no such
+    lock (not POSIX, a file this user may not open) the block runs without."""
     fd = _lock_file(kind, path)
     if fd is None:
         yield

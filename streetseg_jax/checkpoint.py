@@ -34,7 +34,8 @@ class Checkpoints:
         """`read_only`: to restore, never to save: nothing is created or written in the work directory (load_model
         made checkpoints/best and latest in a folder that was no run, and failed on a run it could not write to)."""
         root = self.root = Path(workdir).absolute() / "checkpoints"
-        self._workdir_id = _file_id(root.parent)
+        # A training run's lock file (run._take_lock): gone from the path, the work directory moved or was removed.
+        self._run_lock = root.parent / ".lock" if not read_only and (root.parent / ".lock").exists() else None
         options = dict(create=not read_only, enable_async_checkpointing=async_save, read_only=read_only,
                        **({"save_interval_steps": 0} if read_only else {}))
         with absl_warnings_off():       # read_only: a warning that the folder is read-only, each time
@@ -72,6 +73,7 @@ class Checkpoints:
             return  # saved already: a stop signal that came right after this step's periodic save
         self._one_save_at_a_time()
         with self._saving():
+            self._check_not_moved()
             self.latest.save(step, args=_save_args(state, data_state, meta), force=True)
 
     def save_best(self, step: int, state, data_state: dict, meta: dict, miou: float) -> bool:
@@ -82,6 +84,7 @@ class Checkpoints:
             return False
         self._one_save_at_a_time()
         with self._saving():
+            self._check_not_moved()
             self.best.save(step, args=_save_args(state, data_state, meta), metrics={"miou": float(miou)}, force=True)
         self._best_miou = float(miou)
         return True
@@ -144,14 +147,16 @@ class Checkpoints:
             self.latest.wait_until_finished()
             self.best.wait_until_finished()
 
+    def _check_not_moved(self) -> None:
+        """No save into a work directory moved or removed since the run started: orbax made the old path again,
+        and the run went on into a new folder there."""
+        if self._run_lock is not None and not self._run_lock.exists():
+            raise OSError("the work directory was moved or removed while the run trained (its .lock is no longer "
+                          "there): resume the run where it is now")
+
     @contextlib.contextmanager
     def _saving(self):
-        """Saves and waits, their failures a SaveError; none into a work directory moved or removed since the run
-        started (orbax made the old path again, and the run went on into a new folder there)."""
         try:
-            if self._workdir_id is not None and _file_id(self.root.parent) != self._workdir_id:
-                raise OSError("the work directory was moved or removed while the run trained (its path is no longer "
-                              "the folder the run started in: resume the run where it is now)")
             yield
         except (OSError, ValueError) as e:      # orbax reports a failed write as a ValueError
             last = self.latest.latest_step()
@@ -167,14 +172,6 @@ class Checkpoints:
         finally:
             with self._saving():
                 self.best.close()
-
-
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return status.st_dev, status.st_ino
 
 
 def _why(error: Exception) -> str:

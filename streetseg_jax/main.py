@@ -4,6 +4,7 @@ Multi-host: `--coordinator_address HOST:PORT --num_processes N --process_id I`, 
 detect the cluster (SLURM and friends). Running the same command again resumes from the latest checkpoint.
 """
 import ast
+import json
 import os
 import re
 import shlex
@@ -25,7 +26,8 @@ from streetseg_jax import sharding  # noqa: E402
 from streetseg_jax.cli import (disk_refusal, fail, normalise_argv, quiet_libraries, stop_on_sigterm,  # noqa: E402
                                stopped_by)
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config(), or a run's "
+                                          "config.json (its recorded settings)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
@@ -253,6 +255,16 @@ def _check_config_file(argv: list[str]) -> None:
         path = None if value is None else Path(os.path.expanduser(value.partition(":")[0]))
         if path is not None and not path.is_file():
             fail(f"--config {value}: " + ("no such file" if not path.exists() else "not a file"))
+        if path is not None and path.suffix.lower() == ".json" and not _recorded_run(path):
+            fail(f"--config {value}: a .json config is a run's config.json (it has a provenance block); this one "
+                 "is not: give a config file (.py with get_config()) or a run's config.json")
+
+
+def _recorded_run(path: Path) -> bool:
+    try:
+        return "provenance" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _recorded_config(argv: list[str]) -> list[str]:

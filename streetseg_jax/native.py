@@ -114,21 +114,15 @@ def build() -> Path:
                  _compiler_version(compiler).encode(), jaxlib.__version__.encode(), _cpu_signature().encode()):
         key.update(part)
     name = f"streetseg_kernels-{key.hexdigest()[:16]}.so"
-    found = next((folder / name for folder in _cache_dirs() if (folder / name).exists()), None)
-    if found is not None:
-        return found
-    for folder in _cache_dirs():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            # Compiled under a temporary name and renamed: processes compiling at once never load a half-written one.
-            fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=folder)
-            break
-        except OSError as error:     # a read-only home (a container's): the next folder
-            refused = error
-    else:
-        raise refused
-    os.close(fd)
+    if (cache_dir() / name).exists():      # a cache one may only read (shared) serves too
+        return cache_dir() / name
+    folder = _writable_cache()
     path = folder / name
+    if path.exists():
+        return path
+    # Compiled under a temporary name and renamed: processes compiling at once never load a half-written file.
+    fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=folder)
+    os.close(fd)
     command = [compiler, *_FLAGS, f"-I{include}", *map(str, SOURCES), "-o", partial]
     try:
         try:
@@ -152,11 +146,27 @@ def cache_dir() -> Path:
     return Path(base) / "streetseg_jax"
 
 
-def _cache_dirs() -> list[Path]:
-    """cache_dir(), then this user's folder in the temp folder: where the first cannot be written (a read-only home),
-    the kernels are compiled there rather than left out (training 1.7x slower, its losses not bit-equal)."""
-    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
-    return [cache_dir(), Path(tempfile.gettempdir()) / f"streetseg_jax-{user}"]
+def _writable_cache() -> Path:
+    """cache_dir(), or where it cannot be written (a read-only home) this user's own folder in the temp folder, so
+    that the kernels are compiled rather than left out (training 1.7x slower, its losses not bit-equal). That one
+    is made private and refused unless this user alone may write it: a library found there is loaded."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+        return folder
+    except OSError:
+        pass
+    if not hasattr(os, "getuid"):
+        raise OSError(f"{folder} cannot be written")
+    private = Path(tempfile.gettempdir()) / f"streetseg_jax-{os.getuid()}"
+    private.mkdir(mode=0o700, exist_ok=True)
+    status = private.stat()
+    if status.st_uid != os.getuid() or status.st_mode & 0o022:
+        raise OSError(f"{folder} cannot be written, and {private} belongs to another user or others may write it")
+    return private
 
 
 def _compiler() -> str:

@@ -104,13 +104,13 @@ class RunSetup:
     def restore_or_init(self, state, data_iter):
         """Resume from the latest checkpoint, else warm-start from `init_from`, else keep the fresh state."""
         step = self.checkpoints.latest_step()
+        for dropped in self.checkpoints.drop_best_after(step or 0):    # killed after a new best, before a save
+            self.log.say(f"removed the best checkpoint of step {dropped}: it is of steps this start trains again "
+                         "(the next evaluation saves the best anew)")
         if step is not None:       # prepare_run checked that it is compatible
             state, data_state, _ = self.checkpoints.restore("latest", state)
             data_iter.set_state(data_state["iterator"])
             self.log.say(f"resuming from step {step} in {self.workdir / 'checkpoints'}" + self._redone(step))
-            for dropped in self.checkpoints.drop_best_after(step):
-                self.log.say(f"removed the best checkpoint of step {dropped}: it is of steps this resume trains "
-                             "again (the next evaluation saves the best anew)")
             return state
         if self.config.init_from:
             from streetseg_jax.warm_start import warm_start
@@ -236,10 +236,14 @@ def _check_processes_share_data(fingerprint: str) -> None:
     refused the mix)."""
     if not sharding.is_multiprocess():
         return
-    problem = sharding.decided_by_first("data", fingerprint, lambda prints: "" if len(set(prints)) == 1 else (
-        "the processes' datasets differ (fingerprints " + ", ".join(f"{p[:8]} on process {i}" for i, p in
-                                                                    enumerate(prints))
-        + "): every process needs a copy of the same build in its --config.data_dir"))
+    def differ(prints: list[str]) -> str:
+        if len(set(prints)) == 1:
+            return ""
+        each = ", ".join(f"{theirs[:8]} on process {i}" for i, theirs in enumerate(prints))
+        return f"the processes' datasets differ (fingerprints {each}): every process needs a copy of the same " \
+               "build in its --config.data_dir"
+    # Each process read its whole dataset first: a slow disk's may answer long after the others.
+    problem = sharding.decided_by_first("data", fingerprint, differ, timeout_s=3600)
     if problem:
         raise RunError(problem)
 

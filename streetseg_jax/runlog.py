@@ -116,7 +116,9 @@ def append_record(path: Path, record: dict) -> None:
                     f.write(b"\n")
             f.write(json.dumps(record).encode() + b"\n")
     except OSError as e:
-        raise (cannot_write(path, e) if e.filename is None else e) from e
+        if e.filename is None:
+            raise cannot_write(path, e) from e
+        raise
 
 
 def _plain(v):

@@ -145,6 +145,9 @@ def test_a_cache_that_cannot_be_written_builds_in_the_temp_folder(monkeypatch, t
     path = native.build()
     assert path.parent.parent == tmp_path / "tmp" and path.parent.name.startswith("streetseg_jax-")
     assert native.build() == path
+    path.parent.chmod(0o777)        # a folder others may write: a library put there would be loaded
+    with pytest.raises(OSError, match="belongs to another user or others may write it"):
+        native.build()
 
 
 SHARDED = """

@@ -1,6 +1,5 @@
-"""scaling: images/second and step time on 1, 2, 4, 8 devices up to as many as there are, and on all of them (3 on a
-3-device machine), global batch fixed and per-device batch fixed, plus model FLOPs utilisation and the memory-bound
-floor of the step.
+"""scaling: images/second and step time on 1, 2, 4, 8 devices (as many as there are), global batch fixed and
+per-device batch fixed, plus model FLOPs utilisation and the memory-bound floor of the step.
 
 On a CPU-only machine it re-runs itself with 8 forced host devices (`--xla_force_host_platform_device_count`):
 that checks the plumbing, not real scaling (the forced devices share the same cores).
@@ -12,7 +11,6 @@ memory bandwidth, where known or given).
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -50,12 +48,11 @@ def add_arguments(parser) -> None:
 def run(args) -> dict:
     forced = (jax.device_count() == 1 and jax.default_backend() == "cpu"
               and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""))
-    most = 8 if forced else jax.device_count()
-    counts = sorted({n for n in (1, 2, 4, 8) if n <= most} | {most})      # 3 devices: 1, 2 and 3 (3 was left out)
-    every = math.lcm(*counts)
-    if args.global_batch % every:      # before anything is measured: it failed after the first counts
+    counts = [n for n in (1, 2, 4, 8) if n <= (8 if forced else jax.device_count())]
+    most = counts[-1]
+    if args.global_batch % most:      # before anything is measured: it failed after the first counts
         sys.exit(f"error: --global_batch {args.global_batch} must divide by every device count measured "
-                 f"({', '.join(map(str, counts))}): try {max(every, args.global_batch // every * every)}")
+                 f"({', '.join(map(str, counts))}): try {max(most, args.global_batch // most * most)}")
     if forced:
         return _rerun_with_forced_devices()
     result = {"device_kind": jax.devices()[0].device_kind, "devices": {}}
