@@ -269,13 +269,17 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
     else:
         log.say(f"already at step {step}, num_train_steps is {config.num_train_steps}: nothing to train")
     try:
-        if _evaluation_missing(config, setup, step):   # saved, then its evaluation cut short (out of memory, killed)
+        # A checkpoint is saved before the evaluation due with it, so an evaluation that fails (out of memory, a
+        # kill) loses no training: one metrics.jsonl lacks is run again here (else the last step's never was, and
+        # the run's final score was an older one).
+        logged = _logged_miou(setup, step)
+        if logged is None and step > 0 and "eval" in _due(step, config):
             log.say(f"step {step}: metrics.jsonl holds no evaluation of it (cut short when the run stopped?); "
                     "evaluating it now")
             if step >= config.num_train_steps:
                 log.restarted(step)
             last_eval = _evaluate(config, setup, state, train_iter, evaluator, step)
-        elif (logged := _logged_miou(setup, step)) is not None:
+        elif logged is not None:
             setup.save_best(step, state, train_iter, logged)    # where the run stopped before it was whole
         while step < config.num_train_steps:
             if stop.should_stop(step):
@@ -328,21 +332,11 @@ def _evaluate(config, setup: RunSetup, state, train_iter, evaluator, step: int) 
     return scores
 
 
-def _evaluation_missing(config, setup: RunSetup, step: int) -> bool:
-    """Whether the run resumes from a checkpoint whose step was due an evaluation that metrics.jsonl lacks: the
-    checkpoint is saved first, so an evaluation that fails (out of memory, a kill) loses no training, and is run
-    again here (else the last step's never was: the run's final score was an older one). Process 0 decides."""
-    missing = step > 0 and "eval" in _due(step, config) and setup.log.primary and not any(
-        row["step"] == step for row in eval_rows(run_history(read_metrics(setup.log.path))))
-    if jax.process_count() > 1:
-        missing = bool(multihost_utils.broadcast_one_to_all(np.int32(missing)))
-    return missing
-
-
 def _logged_miou(setup: RunSetup, step: int) -> float | None:
-    """The eval mIoU metrics.jsonl holds for `step`, or None: a run that stopped after logging it and before its best
-    checkpoint was whole (a full disk) kept an older, worse best checkpoint, which evaluate and predict then took
-    while the run's summary and compare named this step. Process 0 reads it."""
+    """The eval mIoU metrics.jsonl holds for `step`, or None (none: a due evaluation cut short, _loop runs it). A
+    run that stopped after logging it and before its best checkpoint was whole (a full disk) kept an older, worse
+    best checkpoint, which evaluate and predict then took while the run's summary and compare named this step.
+    Process 0 reads it, and every process gets its answer."""
     rows = [row for row in eval_rows(run_history(read_metrics(setup.log.path))) if row["step"] == step] \
         if step > 0 and setup.log.primary else []
     miou = float(rows[-1]["eval/miou"]) if rows else float("nan")
