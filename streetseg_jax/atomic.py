@@ -94,6 +94,14 @@ def save_image(image, path: str | Path, format: str | None = None, **params) -> 
     return write_bytes(path, buffer.getvalue())
 
 
+def check_writable(folder: str | Path) -> None:
+    """OSError unless a file can be made in `folder`: a probe file, made and removed (a read-only mount or a full
+    quota says so here, not at the first real write)."""
+    fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_file(path, "w", encoding="utf-8") as f:
         f.write(text)

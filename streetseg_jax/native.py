@@ -32,6 +32,8 @@ import jax
 import jaxlib
 from jax.sharding import PartitionSpec as P
 
+from streetseg_jax.atomic import check_writable
+
 SOURCES = tuple(Path(__file__).parent / name for name in ("models/conv3x3.cc", "models/batchnorm_relu.cc",
                                                          "confusion.cc"))
 
@@ -153,9 +155,7 @@ def _writable_cache() -> Path:
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        check_writable(folder)
         return folder
     except OSError:
         pass

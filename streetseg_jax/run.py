@@ -13,7 +13,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -439,12 +438,10 @@ def _check_writable(workdir: Path) -> None:
         if not folder.is_dir():
             continue
         try:
-            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+            atomic.check_writable(folder)
         except OSError as e:
             raise RunError(f"{folder} cannot be written ({e.strerror or e}): the run saves its checkpoints and log "
                            "there; make it writable or give another --workdir") from None
-        os.close(fd)
-        os.unlink(probe)
 
 
 def recorded_fingerprint(workdir: Path) -> str | None:
