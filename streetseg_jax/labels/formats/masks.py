@@ -317,29 +317,30 @@ def _white_value(label_map) -> int:
 
 
 def _palette_ids(indices: np.ndarray, palette: list[int] | None, path: Path, label_map) -> np.ndarray:
-    """A palette mask's class ids: by its colours or by its indices (the module's docstring says when which)."""
-    if (by_colour := _ids_from_palette(indices, palette, label_map)) is not None:
-        return by_colour
-    if _colours_disagree(indices, palette, label_map):
-        colours = np.array(((palette or []) + [0] * 768)[:768], np.uint8).reshape(256, 3)
-        try:
-            return _ids_from_colours(colours[indices], path, label_map)
-        except LabelFormatError as e:
-            raise LabelFormatError(f"{e} (a palette mask whose colours are class colours of classes other than "
-                                   "their indices: its indices do not look like class ids, so its colours were "
-                                   "read)") from None
+    """A palette mask's class ids: by its colours or by its indices (the module's docstring says when which). Where
+    the label map's `values` or `ignore_values` say what each value stands for, the colours are not looked at."""
+    if palette and label_map.ignore_values is None and not any(c.values for c in label_map.classes):
+        used = np.unique(indices).tolist()
+        if (by_colour := _ids_from_palette(indices, used, palette, label_map)) is not None:
+            return by_colour
+        if _colours_disagree(used, palette, label_map):
+            colours = np.array((palette + [0] * 768)[:768], np.uint8).reshape(256, 3)
+            try:
+                return _ids_from_colours(colours[indices], path, label_map)
+            except LabelFormatError as e:
+                raise LabelFormatError(f"{e} (a palette mask whose colours are class colours of classes other than "
+                                       "their indices: its indices do not look like class ids, so its colours were "
+                                       "read)") from None
     return _ids_from_values(indices.astype(np.int64), path, label_map, "P")
 
 
-def _ids_from_palette(indices: np.ndarray, palette: list[int] | None, label_map) -> np.ndarray | None:
-    """Class ids by the palette's colours, where every index used (but the ignore values) has a colour of its own
+def _ids_from_palette(indices: np.ndarray, used: list[int], palette: list[int], label_map) -> np.ndarray | None:
+    """Class ids by the palette's colours, where every index `used` (but the ignore values) has a colour of its own
     that is a class colour of the label map; None otherwise (a black-and-white or blank palette among them): the
     index is the class id."""
-    if label_map.ignore_values is not None or any(c.values for c in label_map.classes):
-        return None         # the label map says what each value stands for
     table = {colour: i for colour, i in _colour_table(label_map).items() if i != label_map.ignore_id}
-    used = [i for i in np.unique(indices).tolist() if i not in (255, label_map.ignore_id)]
-    colours = [_pack(palette[3 * i:3 * i + 3]) if palette and len(palette) >= 3 * i + 3 else None for i in used]
+    used = [i for i in used if i not in (255, label_map.ignore_id)]
+    colours = [_pack(palette[3 * i:3 * i + 3]) if len(palette) >= 3 * i + 3 else None for i in used]
     if len(set(colours)) < len(colours) or any(colour not in table for colour in colours):
         return None
     lookup = np.full(256, label_map.ignore_id, np.uint8)        # 255 and the ignore id stay ignore
@@ -347,13 +348,11 @@ def _ids_from_palette(indices: np.ndarray, palette: list[int] | None, label_map)
     return lookup[indices]
 
 
-def _colours_disagree(indices: np.ndarray, palette: list[int] | None, label_map) -> bool:
-    """Whether the indices the mask uses have the colours of two or more classes other than their own, and fewer
-    have their own class's colour (one such is a coincidence of palettes; a blank palette's black, one class)."""
-    if label_map.ignore_values is not None or any(c.values for c in label_map.classes) or not palette:
-        return False
+def _colours_disagree(used: list[int], palette: list[int], label_map) -> bool:
+    """Whether the indices `used` have the colours of two or more classes other than their own, and fewer have
+    their own class's colour (one such is a coincidence of palettes; a blank palette's black, one class)."""
     table = _colour_table(label_map)
-    used = [i for i in np.unique(indices).tolist() if 3 * i + 3 <= len(palette)]
+    used = [i for i in used if 3 * i + 3 <= len(palette)]
     owners = [table.get(_pack(palette[3 * i:3 * i + 3])) for i in used]
     other = {o for i, o in zip(used, owners) if o not in (None, i, label_map.ignore_id)}
     own = sum(o == i for i, o in zip(used, owners))
