@@ -577,13 +577,15 @@ def test_cli_reports_ctrl_c_and_sigterm_in_one_line(tmp_path):
 def test_cli_names_the_path_a_disk_refused_in_one_line(code, reason, monkeypatch, tmp_path, capsys):
     """A read-only --data_dir printed a traceback (a test cannot make a read-only disk as root: the refusal is
     raised as the OS raises it)."""
+    from streetseg_jax import cli
     from streetseg_jax.data.__main__ import main
 
     def refused(*args, **kwargs):
         raise OSError(code, os.strerror(code), str(tmp_path / "downloads"))
     monkeypatch.setattr(data_build, "build", refused)
+    monkeypatch.setattr(cli, "stop_on_sigterm", lambda: None)      # pytest's own signal handlers stay
     with pytest.raises(SystemExit) as exit_info:
-        main(["build", "--config", "synthetic", "--data_dir", str(tmp_path)])
+        cli.run_command(lambda: main(["build", "--config", "synthetic", "--data_dir", str(tmp_path)]), "")
     assert exit_info.value.code == 2 and capsys.readouterr().err == f"error: {tmp_path / 'downloads'}: {reason}\n"
 
 

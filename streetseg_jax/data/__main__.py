@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from streetseg_jax.cli import ArgumentParser, disk_refusal, export_label_map, fail, normalise_argv, run_command
+from streetseg_jax.cli import ArgumentParser, export_label_map, fail, normalise_argv, run_command
 from streetseg_jax.data.configs import CONFIG_OPTIONS, CONFIGS
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES
 from streetseg_jax.labels.formats import AUTO, FORMATS
@@ -103,12 +103,7 @@ def run_build(args: argparse.Namespace) -> None:
         result = build.build(args.config, args.data_dir, args.manual_dir, overwrite=args.overwrite,
                              file_format=args.file_format, name=args.name, log=print, **options)
     except (builder.BuildError, builder.UnknownLabelsError, LabelMapError, source.DatasetNotFoundError) as e:
-        fail(str(e))
-    except OSError as e:
-        refused = disk_refusal(e)
-        if refused is None:
-            raise
-        fail(refused)
+        fail(str(e))        # a write the disk refused: run_command says it in a line
     print_result(f"street_seg/{args.name or args.config}", result)
 
 
