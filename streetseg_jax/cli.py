@@ -129,8 +129,37 @@ def stop_on_sigterm() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _interrupt)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    stop_on_ctrl_c()
+
+
+def stop_on_ctrl_c() -> None:
+    """Ctrl-C raises `_interrupt`'s KeyboardInterrupt; one held while the command loaded is raised now."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _hold):
         signal.signal(signal.SIGINT, _interrupt)
+    if _held:
+        raise KeyboardInterrupt("SIGTERM" if _held[0] == signal.SIGTERM else "")
+
+
+_held: list[int] = []       # the signals that came while the command loaded
+
+
+def hold_while_loading(sigterm: bool = True) -> None:
+    """For a command's `__main__` before it imports JAX (seconds): Ctrl-C (and SIGTERM unless `sigterm` is False)
+    are held until stop_on_sigterm or stop_on_ctrl_c raise them. Raised where they came, in the imports, Python's
+    KeyboardInterrupt was printed and dropped in JAX's garbage-collector callback (the command ran to its end, exit
+    0), aborted the process in a C++ extension's loading, or printed 20-50 lines of traceback."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _hold)
+    if sigterm:
+        signal.signal(signal.SIGTERM, _hold)
+
+
+def _hold(signum, frame) -> None:
+    _held.append(signum)
 
 
 def _interrupt(signum, frame) -> None:
@@ -166,8 +195,8 @@ def run_command(main, leaves: str) -> NoReturn:
 
     from PIL import Image
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    stop_on_sigterm()
     try:
+        stop_on_sigterm()
         code = main()
     except KeyboardInterrupt as e:
         by, code = stopped_by(e)

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from streetseg_jax.cli import (ArgumentParser, add_checkpoint_flag, add_extra_scales_flag, add_flip_tta_flags,
-                               check_workdir, fail, normalise_argv, quiet_libraries, run_command)
+                               check_workdir, fail, hold_while_loading, normalise_argv, quiet_libraries,
+                               run_command)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":      # --help and a mistyped flag answer before JAX loads (3 s)
+    hold_while_loading()
     make_parser().parse_args(normalise_argv(sys.argv[1:]))
 
 import jax  # noqa: E402

@@ -33,7 +33,8 @@ import zipfile
 from pathlib import Path
 
 from streetseg_jax.cli import (ArgumentParser, add_checkpoint_flag, add_extra_scales_flag, add_flip_tta_flags,
-                               check_output_file, check_workdir, fail, normalise_argv, quiet_libraries, run_command)
+                               check_output_file, check_workdir, fail, hold_while_loading, normalise_argv,
+                               quiet_libraries, run_command)
 
 OUTPUTS = ("classes", "confidence", "logits")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")       # what jax.export lowers for
@@ -58,6 +59,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":      # --help and a mistyped flag answer before JAX loads (3 s)
+    hold_while_loading()
     parse_args(normalise_argv(sys.argv[1:]))
 
 import jax  # noqa: E402

@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import NoReturn
 
 if __name__ == "__main__":     # before JAX loads: the command may run itself again once, see hugepages.py
-    from streetseg_jax import hugepages
+    from streetseg_jax import cli, hugepages
     hugepages.reexec_with_huge_pages()
+    cli.hold_while_loading(sigterm=False)      # main() leaves SIGTERM to JAX's preemption service or stop_on_sigterm
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from streetseg_jax import sharding  # noqa: E402
-from streetseg_jax.cli import (disk_refusal, fail, normalise_argv, quiet_libraries, stop_on_sigterm,  # noqa: E402
-                               stopped_by)
+from streetseg_jax.cli import (disk_refusal, fail, normalise_argv, quiet_libraries, stop_on_ctrl_c,  # noqa: E402
+                               stop_on_sigterm, stopped_by)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config(), or a run's "
                                           "config.json (its recorded settings)", lock_config=True)
@@ -52,9 +53,11 @@ def main(argv):
     except OSError as e:
         _usage_error(e)
     _check_process_flags()
-    if not (_COORDINATOR.value or _MULTIHOST.value):   # under jax.distributed, JAX's preemption service owns SIGTERM
-        stop_on_sigterm()       # outside the training loop, which has its own handler
     try:
+        if _COORDINATOR.value or _MULTIHOST.value:      # under jax.distributed, JAX's preemption service owns SIGTERM
+            stop_on_ctrl_c()
+        else:
+            stop_on_sigterm()   # outside the training loop, which has its own handler
         _run(config)
     except (AttributeError, KeyError) as e:
         key = _missing_config_key(e)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from streetseg_jax.cli import (ArgumentParser, add_checkpoint_flag, add_extra_scales_flag, add_flip_tta_flags,
-                               check_output_file, fail, normalise_argv, run_command)
+                               check_output_file, fail, hold_while_loading, normalise_argv, run_command)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":      # --help and a mistyped flag answer before JAX loads (3 s)
+    hold_while_loading()
     make_parser().parse_args(normalise_argv(sys.argv[1:]))
 
 import numpy as np  # noqa: E402

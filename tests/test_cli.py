@@ -1,6 +1,7 @@
 """Command-line conventions every entry point shares (streetseg_jax/cli.py)."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -74,6 +75,43 @@ def test_a_sigterm_that_comes_in_a_garbage_collector_callback_still_stops_the_co
     done = subprocess.run([sys.executable, "-c", IN_A_GC_CALLBACK], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert done.stdout == "stopped by SIGTERM\n" and "Exception ignored" not in done.stderr, done.stderr
+
+
+# A command run as `python -m`, with the signal sent as it starts to import JAX (a Ctrl-C in its first seconds).
+WHILE_LOADING = textwrap.dedent("""
+    import os, runpy, signal, sys
+
+    signum = getattr(signal, sys.argv[1])
+
+    class SignalAtJax:
+        def find_spec(self, name, path=None, target=None):
+            if name == "jax":
+                sys.meta_path.remove(self)
+                os.kill(os.getpid(), signum)
+                for _ in range(10000):      # bytecodes at which Python's handler would raise
+                    pass
+    sys.meta_path.insert(0, SignalAtJax())
+    module, sys.argv = sys.argv[2], [sys.argv[2], *sys.argv[3:]]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+""")
+
+
+@pytest.mark.parametrize("command, signum, code, line", [
+    (["streetseg_jax.export", "--workdir", ".", "--output", "w"], "SIGINT", 130,
+     "stopped by Ctrl-C: no model was written"),
+    (["streetseg_jax.evaluate", "--workdir", ".", "--output", "w"], "SIGTERM", 143,
+     "stopped by SIGTERM: no result was written"),
+    (["streetseg_jax.main", "--config", "configs/default.py", "--workdir", "w"], "SIGINT", 130,
+     "stopped by Ctrl-C; what was saved stays (checkpoints, a finished dataset build), and the same command goes on "
+     "from there")])
+def test_a_signal_while_a_command_loads_stops_it_once_loaded(command, signum, code, line, tmp_path):
+    """Raised where it came, in the imports, a Ctrl-C was printed and dropped in JAX's garbage-collector callback
+    (the command ran to its end, exit 0), aborted the process in a C++ extension's loading, or printed 20-50
+    lines."""
+    done = subprocess.run([sys.executable, "-c", WHILE_LOADING, signum, *command], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})
+    assert (done.returncode, done.stderr.strip()) == (code, line)
+    assert not (ROOT / "w").exists()
 
 
 def test_a_reader_that_stops_reading_ends_the_command_quietly():
