@@ -13,8 +13,10 @@ where <name> is the file's stem, or its path relative to the folder it was found
 the same file, or an output that would overwrite an input, stop the run before any work. Unreadable images are
 listed at the end and skipped; the exit status is 1 when any failed. --export labelme|coco|cvat also writes the
 masks as editable polygons under OUT/<format>/ (from the mask files, so that it never holds every mask at once),
-with the run's label_map.json, which `labels` and `data build` read there for the way back; an export there that
-a run did not rewrite is named as older than the masks, and kept (corrections live there).
+with the run's label_map.json, which `labels` and `data build` read there for the way back. Corrections live there:
+an annotation file changed since an export wrote it is never written over (OUT/exported.json records what each
+export wrote; see streetseg_jax.predict_export), and an export a run did not rewrite is named as older than the
+masks.
 Ctrl-C stops after the files being written are whole; --skip_existing then leaves out the images already done
 with the same model and settings: OUT/predict.json records them (the checkpoint, a fingerprint of its weights, the
 TTA, resize and window settings), and files older than the settings in it are predicted again, as is a mask that
@@ -37,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import collections.abc
 import contextlib
 import dataclasses
 import glob
@@ -52,15 +53,16 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, machine_lock, save_image, write_text
+from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, machine_lock, save_image
 from streetseg_jax.cli import (ArgumentParser, add_checkpoint_flag, add_extra_scales_flag, add_flip_tta_flags,
                                check_workdir, fail, normalise_argv, quiet_libraries, run_command, stopped_by)
 from streetseg_jax.labels.formats.masks import BESIDE_ENDING
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
 from streetseg_jax.labels.label_map import EXPORT_LABEL_MAP
 from streetseg_jax.labels.shapes import listing
+from streetseg_jax.labels.writers import EXPORT_FORMATS
+from streetseg_jax.predict_export import check_export, export_polygons, exportable, say_which_exports_are_older
 
-EXPORT_FORMATS = ("labelme", "coco", "cvat")
 _READ_AHEAD = 4        # images decoded ahead of the model
 _WRITES_PENDING = 4    # images being encoded and written behind it
 
@@ -365,64 +367,6 @@ def _changed(earlier: dict, now: dict) -> str:
     return "; ".join(parts)
 
 
-class WrittenMasks(collections.abc.Mapping):
-    """name -> mask of the items predicted into OUT, read from their mask files when asked for: an export of a
-    thousand 12-megapixel photos does not hold their masks in memory at once."""
-
-    def __init__(self, items: list[Item], out_dir: Path):
-        self._paths = {item.name: out_dir / f"{item.name}.png" for item in items}
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        from streetseg_jax.labels.convert import read_mask_png
-        return read_mask_png(self._paths[name])
-
-    def __iter__(self):
-        return iter(self._paths)
-
-    def __len__(self) -> int:
-        return len(self._paths)
-
-
-def _exportable(items: list[Item], out_dir: Path) -> list[Item]:
-    """The items whose masks a dataset can hold (2x2 pixels at least: `labels check` refuses smaller), the others
-    said and left out of --export, whose polygons are meant to come back as a dataset."""
-    from streetseg_jax.labels.images import image_size
-
-    small = [item for item in items if min(image_size(out_dir / f"{item.name}.png")) < 2]
-    if small:
-        print(f"note: {len(small)} image(s) smaller than 2x2 pixels, which no dataset holds, left out of --export: "
-              f"{', '.join(item.name for item in small[:5])}{' ...' if len(small) > 5 else ''}", file=sys.stderr)
-    return [item for item in items if item not in small]
-
-
-def export_polygons(items: list[Item], label_map, fmt: str, out_dir: Path, tolerance) -> Path:
-    """The masks of `items` (predicted into OUT) as polygons in OUT/<fmt>/ (a folder of its own: LabelMe lists
-    every image in the folder it opens, and the export copies the images beside their annotations)."""
-    from streetseg_jax.labels import writers
-
-    info = {i.name: {"path": str(i.source)} for i in items}
-    kwargs = {} if tolerance is None else {"tolerance": tolerance}
-    writers.export_predictions(WrittenMasks(items, out_dir), info, label_map, fmt, out_dir / fmt, **kwargs)
-    write_text(out_dir / fmt / EXPORT_LABEL_MAP, label_map.to_json())     # the classes, for the way back
-    return out_dir / fmt
-
-
-def _check_export(items: list[Item], fmt: str, out_dir: Path) -> None:
-    """Refuse inputs in the folder the export rewrites, and names CVAT's XML cannot hold."""
-    from streetseg_jax.labels.writers import check_cvat_names
-
-    folder = (out_dir / fmt).resolve()
-    inside = [str(item.source) for item in items if item.source.is_relative_to(folder)]
-    if inside:
-        fail(f"{inside[0]} is in {out_dir / fmt}, which --export {fmt} rewrites; copy the images elsewhere to "
-             "predict them, or give another --output")
-    if fmt == "cvat":
-        try:
-            check_cvat_names([item.name + item.source.suffix for item in items])
-        except ValueError as e:
-            fail(f"--export cvat: {e}")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------
@@ -512,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     items = collect_inputs(args.input, out_dir)
     check_collisions(items, args.save_confidence, out_dir)
     if args.export:
-        _check_export(items, args.export, out_dir)
+        check_export(items, args.export, out_dir)
     # One predict at a time writes into a folder on this machine: a second one, with other settings, left masks of
     # the first under the second's settings record, and --skip_existing then kept them as the second's.
     with machine_lock("predict", out_dir, lambda: fail(f"another predict is writing into {out_dir}; wait for it to "
@@ -541,34 +485,26 @@ def _predict(args: argparse.Namespace, items: list[Item], out_dir: Path) -> int:
               file=sys.stderr)
         return code
     finished = frozenset(done + result.written)
-    exported = _exportable([item for item in items if item in finished], out_dir) if args.export else []
+    exported = exportable([item for item in items if item in finished], out_dir) if args.export else []
     if exported:
         try:
-            folder = export_polygons(exported, predictor.trained.label_map, args.export, out_dir, args.tolerance)
+            count = export_polygons(exported, predictor.trained.label_map, args.export, out_dir, args.tolerance)
         except KeyboardInterrupt as e:
             by, code = stopped_by(e)
             print(f"\nstopped by {by} while writing the polygons; every image's files are written: the same command "
                   "with --skip_existing writes the polygons", file=sys.stderr)
             return code
-        print(f"polygons for {len(exported)} image(s) in {args.export} format: {folder} (with the run's "
-              f"{EXPORT_LABEL_MAP}, which labels check and data build read there)")
+        if count:
+            print(f"polygons for {count} image(s) in {args.export} format: {out_dir / args.export} (with the run's "
+                  f"{EXPORT_LABEL_MAP}, which labels check and data build read there)")
     if result.written:
-        _say_which_exports_are_older(out_dir, args.export)
+        say_which_exports_are_older(out_dir, args.export)
     if predictor.resized and args.resize == "auto":
         height, width = predictor.trained.image_size
         print(f"{predictor.resized} photo(s) were resized for the network so that their shorter side is the training "
               f"images' ({min(height, width)} px); their masks are at their own size (--resize none keeps every "
               "photo's size)")
     return _summary(result, out_dir)
-
-
-def _say_which_exports_are_older(out_dir: Path, written: str | None) -> None:
-    """An export this run did not write describes masks of an earlier run (another model, perhaps): said, and left
-    alone, since people correct predicted polygons in that very folder."""
-    for fmt in EXPORT_FORMATS:
-        if fmt != written and (out_dir / fmt).is_dir():
-            print(f"note: {out_dir / fmt} holds the polygons of an earlier run's masks, not of the masks just written "
-                  f"(--export {fmt} writes them again; the folder is left as it is)", file=sys.stderr)
 
 
 def _done_before(items: list[Item], out_dir: Path, predictor, args) -> list[Item]:

@@ -855,6 +855,70 @@ def test_an_export_older_than_the_masks_is_said_and_kept(workdir, tmp_path, caps
     assert "polygons of an earlier run" not in capsys.readouterr().err    # nothing written: it still matches
 
 
+def test_an_annotation_corrected_since_the_export_is_never_written_over(workdir, tmp_path, capsys):
+    """Predicting a new photo into the folder again (--skip_existing --export) wrote every annotation file again
+    from the masks: the corrections made in LabelMe were lost without a word."""
+    for name, seed in (("a", 1), ("b", 2)):
+        save(tmp_path / "in" / f"{name}.jpg", random_image(24, 32, seed))
+    out, command = tmp_path / "out", ["--workdir", workdir, "--input", tmp_path / "in", "--output", tmp_path / "out",
+                                      "--skip_existing", "--export", "labelme"]
+    assert run_predict(*command) == 0
+    corrected = json.loads((out / "labelme" / "a.json").read_text())
+    corrected["shapes"] = corrected["shapes"][:1]
+    (out / "labelme" / "a.json").write_text(json.dumps(corrected))
+    b_before = (out / "labelme" / "b.json").read_bytes()
+    save(tmp_path / "in" / "c.jpg", random_image(24, 32, 3))
+    capsys.readouterr()
+    assert run_predict(*command) == 0
+    out_text, err = capsys.readouterr()
+    assert json.loads((out / "labelme" / "a.json").read_text()) == corrected
+    assert (out / "labelme" / "b.json").read_bytes() == b_before and (out / "labelme" / "c.json").is_file()
+    assert f"1 annotation file(s) in {out / 'labelme'} changed since --export wrote them" in err and "a.json" in err
+    assert "polygons for 2 image(s) in labelme format" in out_text
+    (out / "labelme" / "a.json").unlink()           # removed: written again from the mask
+    assert run_predict(*command) == 0 and json.loads((out / "labelme" / "a.json").read_text()) != corrected
+    assert "changed since --export wrote them" not in capsys.readouterr().err
+
+
+def test_a_corrected_coco_file_is_kept_whole(workdir, tmp_path, capsys):
+    save(tmp_path / "in" / "a.jpg", random_image(24, 32))
+    out, command = tmp_path / "out", ["--workdir", workdir, "--input", tmp_path / "in", "--output", tmp_path / "out",
+                                      "--skip_existing", "--export", "coco"]
+    assert run_predict(*command) == 0
+    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    coco["annotations"] = coco["annotations"][:1]
+    (out / "coco" / "annotations.json").write_text(json.dumps(coco))
+    save(tmp_path / "in" / "b.jpg", random_image(24, 32, 2))
+    assert run_predict(*command) == 0
+    assert json.loads((out / "coco" / "annotations.json").read_text()) == coco
+    assert "annotations.json" in capsys.readouterr().err and not (out / "coco" / "images" / "b.jpg").exists()
+
+
+def test_a_photo_replaced_under_its_name_is_exported_again(workdir, tmp_path, capsys):
+    """The export's copy of the earlier photo stopped the command after all the predicting, with a traceback,
+    the export half written, and so again on every run."""
+    photo = save(tmp_path / "in" / "a.png", random_image(24, 32, 1))
+    command = ["--workdir", workdir, "--input", photo, "--output", tmp_path / "out", "--skip_existing", "--export",
+               "labelme"]
+    assert run_predict(*command) == 0
+    save(photo, random_image(40, 56, 2))
+    assert run_predict(*command) == 0
+    written = json.loads((tmp_path / "out" / "labelme" / "a.json").read_text())
+    assert (written["imageHeight"], written["imageWidth"]) == (40, 56)
+    assert (tmp_path / "out" / "labelme" / "a.png").read_bytes() == photo.read_bytes()
+
+
+def test_a_file_the_export_did_not_write_at_an_image_copys_place_is_refused_before_predicting(workdir, tmp_path,
+                                                                                          capsys):
+    photo = save(tmp_path / "in" / "a.png", random_image(24, 32, 1))
+    other = save(tmp_path / "out" / "labelme" / "a.png", random_image(24, 32, 2))
+    assert run_predict("--workdir", workdir, "--input", photo, "--output", tmp_path / "out", "--export",
+                       "labelme") == 2
+    err = capsys.readouterr().err
+    assert f"{other} is not the image {photo}, nor a copy --export made" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "a.png").exists()
+
+
 def test_exports_hold_turned_photos_upright_like_their_annotations(workdir, tmp_path):
     """A photo stored 64 wide x 48 high and shown turned (EXIF 6) was copied as stored, under annotations of a
     48-wide, 64-high image: a loader that ignores EXIF laid the polygons over it sideways."""

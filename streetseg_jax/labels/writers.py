@@ -207,19 +207,18 @@ def export_predictions(masks: dict[str, np.ndarray], image_names: dict[str, str]
                 for key in masks]
     images = []
     for key, mask in masks.items():
-        name = _export_name(key, sources[key])
         if copy_images:
-            copy_atomic(sources[key], out_dir / "images" / name)
-        images.append((name, mask.shape[0], mask.shape[1], polygons[key]))
+            copy_atomic(sources[key], out_dir / image_copy_name(fmt, key, sources[key]))
+        images.append((_export_name(key, sources[key]), mask.shape[0], mask.shape[1], polygons[key]))
     path = out_dir / ("annotations.json" if fmt == "coco" else "annotations.xml")
     (write_coco if fmt == "coco" else write_cvat)(path, images, label_map)
     return [path]
 
 
 def _export_labelme(out_dir: Path, key: str, image: str, shape: tuple, shapes: list[Shape], copy: bool) -> Path:
-    json_path = out_dir / f"{key}.json"
+    json_path = out_dir / annotation_file_name("labelme", key)
     if copy:
-        target = out_dir / _export_name(key, image)
+        target = out_dir / image_copy_name("labelme", key, image)
         copy_atomic(image, target)
         relative = target.name
     else:
@@ -234,6 +233,16 @@ def _source_path(entry) -> str:
 
 def _export_name(key: str, image: str) -> str:
     return f"{key}{Path(image).suffix}"            # the source's own suffix: CVAT and COCO match images by name
+
+
+def annotation_file_name(fmt: str, key: str) -> str:
+    """The file of an export in `fmt` that holds the polygons of `key`, relative to the export's folder."""
+    return {"labelme": f"{key}.json", "coco": "annotations.json", "cvat": "annotations.xml"}[fmt]
+
+
+def image_copy_name(fmt: str, key: str, image: str | Path) -> str:
+    """Where an export in `fmt` copies the image of `key`, relative to the export's folder."""
+    return _export_name(key, str(image)) if fmt == "labelme" else f"images/{_export_name(key, str(image))}"
 
 
 # --- small helpers --------------------------------------------------------------------------------------------------
@@ -263,8 +272,7 @@ def copy_atomic(source: str | Path, target: Path) -> None:
         raise FileNotFoundError(f"image {source} does not exist (needed to copy it into the export)")
     upright = _upright(source) if is_rotated(source) else None
     if target.exists():
-        if target.resolve() == source.resolve() or (
-                target.read_bytes() == upright if upright is not None else filecmp.cmp(source, target, shallow=False)):
+        if is_copy_of(source, target, upright):
             return
         raise FileExistsError(f"{target} exists and is not the image {source}; export into another folder")
     if upright is not None:
@@ -272,6 +280,17 @@ def copy_atomic(source: str | Path, target: Path) -> None:
         return
     with atomic_file(target) as f, open(source, "rb") as original:
         shutil.copyfileobj(original, f)
+
+
+def is_copy_of(source: str | Path, target: str | Path, upright: bytes | None = None) -> bool:
+    """Whether `target` is the export's copy of the image `source` (or `source` itself): its bytes, or those of
+    the photo turned upright (`upright`, where the caller has them already)."""
+    source, target = Path(source), Path(target)
+    if target.resolve() == source.resolve():
+        return True
+    if upright is None and is_rotated(source):
+        upright = _upright(source)
+    return target.read_bytes() == upright if upright is not None else filecmp.cmp(source, target, shallow=False)
 
 
 def _upright(source: Path) -> bytes:

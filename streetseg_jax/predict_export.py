@@ -1,0 +1,153 @@
+"""predict --export: the masks predicted into OUT written as polygons under OUT/<format>/, where people open them in
+the labelling tool and correct them, so that a later export never writes over a correction.
+
+OUT/exported.json records the files each export wrote (by their SHA-256): an annotation file that differs from it
+(edited in the tool since, or written by something else) is kept, and so are the polygons of its photos; an image
+copy the export made of an earlier photo of the same name is replaced with the new photo's, while a file there that
+the export did not write stops the command before any work.
+"""
+from __future__ import annotations
+
+import collections.abc
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from streetseg_jax.atomic import write_text
+from streetseg_jax.cli import fail
+from streetseg_jax.labels import writers
+from streetseg_jax.labels.label_map import EXPORT_LABEL_MAP
+
+RECORD_FILE = "exported.json"
+
+
+class WrittenMasks(collections.abc.Mapping):
+    """name -> mask of the items predicted into OUT, read from their mask files when asked for: an export of a
+    thousand 12-megapixel photos does not hold their masks in memory at once."""
+
+    def __init__(self, items: list, out_dir: Path):
+        self._paths = {item.name: out_dir / f"{item.name}.png" for item in items}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        from streetseg_jax.labels.convert import read_mask_png
+        return read_mask_png(self._paths[name])
+
+    def __iter__(self):
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+def exportable(items: list, out_dir: Path) -> list:
+    """The items whose masks a dataset can hold (2x2 pixels at least: `labels check` refuses smaller), the others
+    said and left out of --export, whose polygons are meant to come back as a dataset."""
+    from streetseg_jax.labels.images import image_size
+
+    small = [item for item in items if min(image_size(out_dir / f"{item.name}.png")) < 2]
+    if small:
+        print(f"note: {len(small)} image(s) smaller than 2x2 pixels, which no dataset holds, left out of --export: "
+              f"{', '.join(item.name for item in small[:5])}{' ...' if len(small) > 5 else ''}", file=sys.stderr)
+    return [item for item in items if item not in small]
+
+
+def check_export(items: list, fmt: str, out_dir: Path) -> None:
+    """Before any work: refuse inputs in the folder the export rewrites, names CVAT's XML cannot hold, and files at
+    the places of the image copies that the export did not write (the polygons of another photo of that name)."""
+    folder = (out_dir / fmt).resolve()
+    inside = [str(item.source) for item in items if item.source.is_relative_to(folder)]
+    if inside:
+        fail(f"{inside[0]} is in {out_dir / fmt}, which --export {fmt} rewrites; copy the images elsewhere to "
+             "predict them, or give another --output")
+    if fmt == "cvat":
+        try:
+            writers.check_cvat_names([item.name + item.source.suffix for item in items])
+        except ValueError as e:
+            fail(f"--export cvat: {e}")
+    record, kept = _record(out_dir, fmt), _kept(items, fmt, out_dir)
+    for item in items:
+        copy = writers.image_copy_name(fmt, item.name, item.source)
+        if writers.annotation_file_name(fmt, item.name) not in kept and (out_dir / fmt / copy).is_file() and \
+                not _ours(out_dir / fmt, copy, record) and not writers.is_copy_of(item.source, out_dir / fmt / copy):
+            fail(f"{out_dir / fmt / copy} is not the image {item.source}, nor a copy --export made: the export "
+                 f"there holds another photo of that name; give another --output, or move {out_dir / fmt} away")
+
+
+def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance) -> int:
+    """The masks of `items` (predicted into OUT) as polygons in OUT/<fmt>/ (a folder of its own: LabelMe lists
+    every image in the folder it opens, and the export copies the images beside their annotations), but for the
+    annotation files changed since an export wrote them, which are kept as they are (said); returns how many
+    images' polygons it wrote."""
+    folder, record = out_dir / fmt, _record(out_dir, fmt)
+    kept = _kept(items, fmt, out_dir)
+    if kept:
+        names = sorted(kept)
+        print(f"note: {len(names)} annotation file(s) in {folder} changed since --export wrote them (corrected?), "
+              f"kept as they are, without the new polygons of their photos: {', '.join(names[:5])}"
+              f"{' ...' if len(names) > 5 else ''} (remove a file to have it written from the masks)", file=sys.stderr)
+    items = [item for item in items if writers.annotation_file_name(fmt, item.name) not in kept]
+    if not items:
+        return 0
+    copies = {item.name: writers.image_copy_name(fmt, item.name, item.source) for item in items}
+    for item in items:      # a copy of an earlier photo of this name: the new photo's is copied in its place
+        copy = folder / copies[item.name]
+        if copy.is_file() and _ours(folder, copies[item.name], record) and not writers.is_copy_of(item.source, copy):
+            copy.unlink()
+    info = {item.name: {"path": str(item.source)} for item in items}
+    kwargs = {} if tolerance is None else {"tolerance": tolerance}
+    writers.export_predictions(WrittenMasks(items, out_dir), info, label_map, fmt, folder, **kwargs)
+    write_text(folder / EXPORT_LABEL_MAP, label_map.to_json())     # the classes, for the way back
+    written = {writers.annotation_file_name(fmt, item.name) for item in items} | set(copies.values())
+    _remember(out_dir, fmt, {name: _sha256(folder / name) for name in written if (folder / name).is_file()})
+    return len(items)
+
+
+def say_which_exports_are_older(out_dir: Path, written: str | None) -> None:
+    """An export this run did not write describes masks of an earlier run (another model, perhaps): said, and left
+    alone, since people correct predicted polygons in that very folder."""
+    for fmt in writers.EXPORT_FORMATS:
+        if fmt != written and (out_dir / fmt).is_dir():
+            print(f"note: {out_dir / fmt} holds the polygons of an earlier run's masks, not of the masks just written "
+                  f"(--export {fmt} writes them again; the folder is left as it is)", file=sys.stderr)
+
+
+def _kept(items: list, fmt: str, out_dir: Path) -> set[str]:
+    """The annotation files of `items` in OUT/<fmt> that are not as an export wrote them."""
+    folder, record = out_dir / fmt, _record(out_dir, fmt)
+    names = {writers.annotation_file_name(fmt, item.name) for item in items}
+    return {name for name in names if (folder / name).is_file() and not _ours(folder, name, record)}
+
+
+def _ours(folder: Path, name: str, record: dict) -> bool:
+    return name in record and record[name] == _sha256(folder / name)
+
+
+def _record(out_dir: Path, fmt: str) -> dict[str, str]:
+    """file (relative to OUT/<fmt>) -> SHA-256 of what an export wrote there; {} where nothing readable is."""
+    try:
+        record = json.loads((out_dir / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    files = record.get(fmt) if isinstance(record, dict) else None
+    return files if isinstance(files, dict) else {}
+
+
+def _remember(out_dir: Path, fmt: str, files: dict[str, str]) -> None:
+    try:
+        record = json.loads((out_dir / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        record = {}
+    record = record if isinstance(record, dict) else {}
+    record[fmt] = {**_record(out_dir, fmt), **files}
+    write_text(out_dir / RECORD_FILE, json.dumps(record, indent=1, sort_keys=True))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
