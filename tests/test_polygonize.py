@@ -310,6 +310,24 @@ def test_coco_ignore_regions_are_crowds(tmp_path):
     assert (annotation_to_mask(annotation, LM).mask == mask).all()
 
 
+@pytest.mark.parametrize("fmt", ["cvat", "coco"])
+def test_ignore_regions_an_export_wrote_read_back_as_ignore(tmp_path, fmt):
+    """Our CVAT export's __ignore__ polygons failed `labels check` and `data build` ("not in the label map"), as
+    did the COCO export's __ignore__ category once a tool had dropped its iscrowd."""
+    from streetseg_jax.labels import formats
+
+    mask = np.full((20, 20), ROAD, np.uint8)
+    mask[4:10, 4:16] = LM.ignore_id
+    path = tmp_path / ("annotations.xml" if fmt == "cvat" else "annotations.json")
+    (writers.write_cvat if fmt == "cvat" else writers.write_coco)(
+        path, [("a.jpg", 20, 20, mask_to_shapes(mask, LM, min_area=0))], LM)
+    if fmt == "coco":
+        doc = json.loads(path.read_text())
+        path.write_text(json.dumps({**doc, "annotations": [{**a, "iscrowd": 0} for a in doc["annotations"]]}))
+    (annotation,) = formats.read(fmt, tmp_path, LM)
+    assert (annotation_to_mask(annotation, LM).mask == mask).all()
+
+
 def test_cvat_document_and_round_trip(tmp_path):
     from streetseg_jax.labels.formats import cvat
 

@@ -39,11 +39,10 @@ from __future__ import annotations
 import numpy as np
 
 from streetseg_jax.labels.label_map import LabelMap
-from streetseg_jax.labels.shapes import Shape
+from streetseg_jax.labels.shapes import IGNORE_LABEL, Shape
 
 DEFAULT_TOLERANCE = 0.5     # px from the exact pixel outline; see "Defaults" above
 DEFAULT_MIN_AREA = 4.0      # px
-IGNORE_LABEL = "__ignore__"  # the label of ignore-id shapes, as LabelMe users write it
 _MAX_ABSORB_ROUNDS = 64
 _SQUARE_RUN = 2             # a corner between two runs of at least this many pixel edges may be a vertex
 

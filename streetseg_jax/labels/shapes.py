@@ -11,16 +11,22 @@ from pathlib import Path
 
 import numpy as np
 
+IGNORE_LABEL = "__ignore__"     # a region that counts nowhere, as LabelMe users label it and our exports write it
+
 
 @dataclasses.dataclass
 class Shape:
-    """One labelled region: an outer ring, optional holes, and its place in the drawing order."""
+    """One labelled region: an outer ring, optional holes, and its place in the drawing order. A shape labelled
+    IGNORE_LABEL is an ignore region in every format (our CVAT and COCO exports write it so too)."""
     label: str                                # the class name as the tool wrote it
     exterior: np.ndarray                      # (N, 2) float64 x, y
     holes: tuple[np.ndarray, ...] = ()        # each (M, 2) float64 x, y
     z_order: int = 0                          # higher is drawn later (on top); ties keep drawing order
     ignore: bool = False                      # the tool marks this region "ignore" (e.g. LabelMe __ignore__)
     raster: np.ndarray | None = None          # (H, W) bool, for shapes a tool gives as a mask instead of rings
+
+    def __post_init__(self):
+        self.ignore = self.ignore or self.label.strip() == IGNORE_LABEL
 
 
 @dataclasses.dataclass

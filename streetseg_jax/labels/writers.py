@@ -17,7 +17,7 @@ readable by our own reader for that format (`python -m streetseg_jax.labels to-m
   an extra `__ignore__` category: crowd regions are what COCO tools leave out of training and scoring.
 - CVAT for images 1.1 (`write_cvat`): one XML for all images, polygons with `z_order` (the nesting depth) and
   document order for stacking, holes left out as for LabelMe; `source="auto"` marks them as machine-made.
-  Ignore regions are polygons labelled `__ignore__`; our CVAT reader needs `--unknown ignore` to read that label.
+  Ignore regions are polygons labelled `__ignore__`, which every reader here takes as ignore (shapes.IGNORE_LABEL).
 
 Files are written atomically (streetseg_jax.atomic).
 """
@@ -39,9 +39,9 @@ from pycocotools import mask as coco_mask
 from streetseg_jax.atomic import atomic_file, write_bytes
 from streetseg_jax.labels.images import is_rotated
 from streetseg_jax.labels.label_map import LabelMap
-from streetseg_jax.labels.polygonize import DEFAULT_MIN_AREA, DEFAULT_TOLERANCE, IGNORE_LABEL, mask_to_shapes
+from streetseg_jax.labels.polygonize import DEFAULT_MIN_AREA, DEFAULT_TOLERANCE, mask_to_shapes
 from streetseg_jax.labels.rasterize import rasterize
-from streetseg_jax.labels.shapes import Shape
+from streetseg_jax.labels.shapes import IGNORE_LABEL, Shape
 
 EXPORT_FORMATS = ("labelme", "coco", "cvat")
 LABELME_VERSION = "5.5.0"          # a LabelMe release whose files hold every key written here

@@ -244,7 +244,7 @@ def annotation_shapes(ann: dict, image: Annotation, names: dict, where: str, cro
     is_crowd = ann.get("iscrowd", 0) in (1, "1")      # True == 1 as well
     shapes = _segmentation_shapes(ann, names[category_id], image, where)
     for shape in shapes:
-        shape.ignore = is_crowd and crowd == "ignore"
+        shape.ignore = shape.ignore or is_crowd and crowd == "ignore"
         shape.z_order = -1 if is_crowd else 0
     return shapes
 

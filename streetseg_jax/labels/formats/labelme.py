@@ -45,7 +45,6 @@ from streetseg_jax.labels import images
 from streetseg_jax.labels.jsonio import load_json
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, ellipse_ring, read_each
 
-IGNORE_LABEL = "__ignore__"
 AREA_TYPES = ("polygon", "rectangle", "circle", "mask")
 NO_AREA_TYPES = ("line", "linestrip", "point", "points")
 _LOOKS_LIKE_FILES = 3       # how many JSON files --format auto opens before deciding
@@ -209,15 +208,13 @@ def _shape(raw, index: int, path: Path, height: int, width: int) -> Shape | None
         raise LabelFormatError(f"{where}: unknown shape_type {_preview(kind)}; expected one of "
                                f"{', '.join(AREA_TYPES + NO_AREA_TYPES)}")
     points = _points(raw.get("points"), where)
-    ignore = label.strip() == IGNORE_LABEL
     if kind == "mask":
-        return Shape(label, np.zeros((0, 2)), ignore=ignore, raster=_mask(raw.get("mask"), points, where,
-                                                                          height, width))
+        return Shape(label, np.zeros((0, 2)), raster=_mask(raw.get("mask"), points, where, height, width))
     if kind == "rectangle":
         points = _rectangle(points, where)
     elif kind == "circle":
         points = _circle(points, where)
-    return Shape(label, points, ignore=ignore)
+    return Shape(label, points)
 
 
 def _points(raw, where: str) -> np.ndarray:

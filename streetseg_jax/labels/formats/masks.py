@@ -49,7 +49,8 @@ import numpy as np
 from PIL import Image
 
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, MAX_PIXELS, files_under, iter_files, resolve_inside
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, export_split, make_key, read_each
+from streetseg_jax.labels.shapes import (IGNORE_LABEL, Annotation, LabelFormatError, Shape, export_split, make_key,
+                                         read_each)
 
 IMAGE_DIRS = ("images", "JPEGImages")
 MASK_DIRS = ("masks", "labels", "annotations", "SegmentationClassPNG", "SegmentationClass")
@@ -58,7 +59,6 @@ _REFUSED_SUFFIXES = {".jpg", ".jpeg", ".gif"}      # found, to be refused with t
 _MASK_NAME_ENDINGS = ("_mask", "_labels", "_label", "_L")
 BESIDE_ENDING = "_mask"        # a mask kept beside its image: a.jpg and a_mask.png
 _ID_MODES = ("L", "1", "I", "I;16", "I;16L", "I;16B", "P")
-_IGNORE_LABEL = "__ignore__"
 _WHITE = (255, 255, 255)
 _TRANSPARENT = 1 << 24          # no packed RGB colour reaches this: marks fully transparent pixels
 
@@ -155,7 +155,7 @@ def read_mask(path: str | Path, label_map, image: tuple[Path, Path] | None = Non
     shapes = []
     for value in np.unique(ids).tolist():
         ignore = value == label_map.ignore_id
-        name = _IGNORE_LABEL if ignore else label_map.classes[value].name
+        name = IGNORE_LABEL if ignore else label_map.classes[value].name
         shapes.append(Shape(name, np.zeros((0, 2)), ignore=ignore, raster=ids == value))
     annotation = Annotation(path, image[0].as_posix() if image else "", width, height, shapes)
     annotation.image_path = image[1] if image else None
