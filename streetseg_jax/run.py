@@ -594,6 +594,8 @@ def provenance(config, info, fingerprint: str) -> dict:
             packages[name] = version(name)
         except Exception:  # noqa: BLE001 - a missing package is simply not listed
             pass
+    from streetseg_jax import __version__
+    packages["streetseg_jax"] = __version__
     return {"packages": packages, "python": sys.version.split()[0], "git_commit": _git_commit(),
             "dataset": {"name": config.dataset, "version": str(info.version),
                         "fingerprint": fingerprint},
@@ -616,12 +618,19 @@ def _topology(d: dict) -> str:
 
 
 def _git_commit() -> str:
+    """The commit of the checkout this package runs from ("-dirty" with changes to its files), or "unknown" where
+    it runs from no checkout of its own: installed into a virtual environment inside another project's repository,
+    git found that one and its commit was recorded."""
+    package = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=package, capture_output=True,
                              text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+        top, _, commit = out.stdout.strip().partition("\n")
+        if out.returncode != 0 or Path(top).resolve() != package.parent:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=package,
+                               capture_output=True, text=True, timeout=5)
+        return commit + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -497,6 +497,26 @@ def test_a_resume_with_more_steps_records_what_changed(finished_run, tiny_data_d
     assert starts[-1]["run/commit"] == commit and all("run/commit" in start for start in starts)
 
 
+def test_the_commit_recorded_is_this_checkouts_and_unknown_for_a_package_installed_in_another_repository(tmp_path):
+    """Installed into a virtual environment inside another project's repository, the package recorded that
+    project's commit as the one that trained the run."""
+    def commit(pythonpath):
+        return subprocess.run([sys.executable, "-c", "from streetseg_jax import run; print(run._git_commit())"],
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(pythonpath)}, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs git and this package's own checkout")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert commit(ROOT).removesuffix("-dirty") == head
+    other = tmp_path / "other"
+    shutil.copytree(ROOT / "streetseg_jax", other / "venv" / "site-packages" / "streetseg_jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for command in (["init", "-q"], ["-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "--allow-empty",
+                                     "-m", "another project"]):
+        subprocess.run(["git", *command], cwd=other, check=True)
+    assert commit(other / "venv" / "site-packages") == "unknown"
+
+
 def test_a_refused_resume_says_what_differs_and_the_dropout_rate_may_change(tmp_path):
     from streetseg_jax import resume
 
