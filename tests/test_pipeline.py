@@ -205,6 +205,22 @@ def test_processes_read_disjoint_records_that_cover_the_global_batch():
     assert sorted(first + second) == sorted(whole)
 
 
+def test_a_batch_of_one_row_per_process_is_the_rows_of_the_larger_batch():
+    """A global batch of 1 (or of 1 per process) raised OverflowError: the endless sequence of single examples had a
+    length Python's len() could not take."""
+    source = constant_source(10)
+    fours = take(make_train(source), 3)
+    ones = take(train_batches(source, global_batch=1, seed=3, augment_cfg=TRAIN_CFG, ignore_id=IGNORE,
+                              num_threads=2), 12)
+    per_process = [take(train_batches(source, global_batch=2, seed=3, process_index=p, process_count=2,
+                                      augment_cfg=TRAIN_CFG, ignore_id=IGNORE, num_threads=2), 6) for p in range(2)]
+    for step, batch in enumerate(fours):        # positions 4s .. 4s+3, one at a time
+        np.testing.assert_array_equal(np.concatenate([b["image"] for b in ones[4 * step:4 * step + 4]]),
+                                      batch["image"])
+    assert [record_ids(b) for b in per_process[0]] == [record_ids(b) for b in ones[0::2]]
+    assert [record_ids(b) for b in per_process[1]] == [record_ids(b) for b in ones[1::2]]
+
+
 def test_train_rejects_a_batch_that_does_not_split():
     with pytest.raises(ValueError, match="multiple"):
         train_batches(constant_source(4), global_batch=5, seed=0, process_count=2,

@@ -42,7 +42,9 @@ def train_batches(source: Sequence[dict], *, global_batch: int, seed: int, proce
         raise ValueError("the training split is empty")
     examples = (grain.MapDataset.source(source)
                 .shuffle(seed=_shuffle_seed(seed))
-                .repeat()  # grain reshuffles every epoch with a seed derived from `seed` and the epoch
+                # grain reshuffles every epoch with a seed derived from `seed` and the epoch; endless in effect,
+                # counted so that a batch of 1 has a length Python's len() takes (repeat()'s sys.maxsize had not)
+                .repeat(2**62 // len(source))
                 .map_with_index(_TrainExample(seed, augment_cfg, ignore_id)))
     # Cut the endless sequence into blocks of b; global batch s is blocks s*P .. s*P + P-1.
     local = examples.batch(local_batch)[process_index::process_count]
