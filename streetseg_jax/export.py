@@ -1,18 +1,13 @@
 """Serve the model elsewhere: `python -m streetseg_jax.export --workdir DIR --output FILE`.
 
-Serialises the inference function with `jax.export` (StableHLO with the weights inside) so it runs with nothing but
-jax installed: no model code, no checkpoint, no flax. FILE is a zip archive holding
+Serialises the inference function with `jax.export` (StableHLO with the weights inside) so it runs without this
+package: no model code, no checkpoint, no flax. FILE is a zip archive holding
     model.jaxexport   the serialised function: uint8 RGB images (batch, height, width, 3) -> a dict of
                       "classes" uint8 (batch, height, width), "confidence" float32 (batch, height, width),
                       "logits" float32 (batch, height, width, classes), as chosen with --outputs
     label_map.json    class ids, names and colours
-    info.json         input and output shapes, the checkpoint it came from, the training config
-Load and run it:
-    import json, zipfile, jax
-    with zipfile.ZipFile(FILE) as archive:
-        exported = jax.export.deserialize(archive.read("model.jaxexport"))
-        label_map = json.loads(archive.read("label_map.json"))
-    classes = exported.call(images)["classes"]        # images: uint8 numpy array (B, H, W, 3)
+    info.json         input and output shapes, the checkpoint it came from, the training images' size, the config
+    README.txt        how to load and run it: USAGE below
 
 Batch, height and width are symbolic, so one file serves any image size, when the model runs at the images' own
 scale (config.eval_scale == 1). A model that sees images resized (eval_scale, eval_extra_scales) is exported for
@@ -20,8 +15,7 @@ fixed images, by default its training images' size (--height and --width choose 
 be written symbolically (jax.export shape polymorphism has no rounding of a product).
 Test-time augmentation follows the run, as in `predict`: the network also at its eval_extra_scales and, with its
 eval_flip_tta, on the mirror images, unless --extra_scales or --[no_]flip_tta say otherwise (info.json records
-what went in). The function runs an image whole, without tiling: for very large photos give fixed, moderate shapes
-or tile them before the call (as `python -m streetseg_jax.predict` does).
+what went in).
 """
 from __future__ import annotations
 
@@ -36,19 +30,35 @@ from streetseg_jax.cli import (ArgumentParser, add_checkpoint_flag, add_extra_sc
                                check_output_file, check_workdir, fail, hold_while_loading, normalise_argv,
                                quiet_libraries, run_command)
 
+USAGE = """Load and run it with jax and flatbuffers alone (pip install jax flatbuffers; jax as new as the
+one that wrote it, info.json's jax_version, or newer: an older one fails with "exported for 0 devices"):
+
+    import json, zipfile, jax
+    with zipfile.ZipFile(FILE) as archive:
+        exported = jax.export.deserialize(archive.read("model.jaxexport"))
+        label_map = json.loads(archive.read("label_map.json"))
+    classes = exported.call(images)["classes"]        # images: uint8 numpy array (B, H, W, 3)
+
+It runs each image as it is given, where `python -m streetseg_jax.predict` first turns a photo upright as its EXIF
+says (PIL.ImageOps.exif_transpose does), resizes one far from the training images' size (its shorter side over 1.5
+times theirs or under 2/3: info.json's train_image_size) and tiles a large one. On upright photos that need none of
+these its classes equal predict's masks byte for byte.
+"""
 OUTPUTS = ("classes", "confidence", "logits")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")       # what jax.export lowers for
-ARCHIVE_MODEL, ARCHIVE_LABELS, ARCHIVE_INFO = "model.jaxexport", "label_map.json", "info.json"
+ARCHIVE_MODEL, ARCHIVE_LABELS, ARCHIVE_INFO, ARCHIVE_README = ("model.jaxexport", "label_map.json", "info.json",
+                                                               "README.txt")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = ArgumentParser(prog="python -m streetseg_jax.export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m streetseg_jax.export", description=__doc__, epilog=USAGE,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
-    parser.add_argument("--output", required=True, help="archive to write (a zip; see the module docstring)")
+    parser.add_argument("--output", required=True, help="archive to write (a zip)")
     add_checkpoint_flag(parser)
-    parser.add_argument("--height", type=int, help="fixed image height (default: symbolic; for a model that sees "
-                        "images resized, its training images')")
-    parser.add_argument("--width", type=int, help="fixed image width (default: as --height)")
+    parser.add_argument("--height", type=int, help="fixed image height, with --width (default: symbolic; for a "
+                        "model that sees images resized, its training images')")
+    parser.add_argument("--width", type=int, help="fixed image width, with --height")
     parser.add_argument("--batch_size", type=int, help="fixed batch size (default: symbolic)")
     parser.add_argument("--outputs", default="classes,confidence",
                         help=f"comma-separated, from {','.join(OUTPUTS)} (default classes,confidence)")
@@ -138,6 +148,7 @@ def _info(trained: TrainedModel, spec, outputs, flip_tta: bool, platforms) -> di
         "input": {"dtype": "uint8", "shape": shape, "channels": "RGB, 0-255"},
         "outputs": {name: {"dtype": described[name][0], "shape": described[name][1]} for name in outputs},
         "checkpoint": {"source": trained.source, "step": trained.step},
+        "train_image_size": list(trained.image_size) if trained.image_size else None,
         "eval_scale": scales[0], "eval_extra_scales": list(scales[1:]), "flip_tta": flip_tta,
         "platforms": list(platforms), "jax_version": jax.__version__, "config": trained.config.to_dict(),
     }
@@ -150,6 +161,7 @@ def _write_archive(path: Path, model_bytes: bytes, label_map_json: str, info_jso
         archive.writestr(ARCHIVE_MODEL, model_bytes)
         archive.writestr(ARCHIVE_LABELS, label_map_json)
         archive.writestr(ARCHIVE_INFO, info_json)
+        archive.writestr(ARCHIVE_README, USAGE.replace("FILE", path.name, 1))
     atomic.write_bytes(path, buffer.getvalue())
 
 
@@ -161,15 +173,21 @@ def _check_args(args) -> tuple[str, ...]:
     if Path(args.output).is_dir():
         fail(f"--output {args.output} is a folder: name the archive to write, e.g. {Path(args.output) / 'model.zip'}")
     check_output_file(args.output, ".zip")
+    existing = next(p for p in (Path(args.output).absolute().parent, *Path(args.output).absolute().parents)
+                    if p.exists())
+    if not existing.is_dir():
+        fail(f"--output {args.output}: {existing} is a file, not a folder")
     if (args.height is None) != (args.width is None):
         fail("give both --height and --width, or neither (symbolic sizes)")
-    unknown = set(args.platforms.split(",")) - set(PLATFORMS)
-    if unknown:
-        fail(f"--platforms: {', '.join(sorted(unknown))} is not one of {', '.join(PLATFORMS)}")
+    platforms = list(dict.fromkeys(p.strip() for p in args.platforms.split(",")))
+    unknown = set(platforms) - set(PLATFORMS)
+    if unknown or not platforms:
+        fail(f"--platforms {args.platforms!r}: name some of {', '.join(PLATFORMS)}")
     for name in ("height", "width", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f"--{name} must be positive, got {value}")
+    args.platforms = ",".join(platforms)
     return outputs
 
 

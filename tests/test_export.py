@@ -17,6 +17,7 @@ from PIL import Image
 from test_predict import make_workdir, random_image, save
 
 from streetseg_jax import export, predict
+from streetseg_jax.inference import load_model
 
 LOADER = textwrap.dedent("""
     import sys
@@ -61,9 +62,15 @@ def test_exported_function_matches_predict_without_the_package(workdir, tmp_path
     archive = tmp_path / "model.zip"
     assert run_cli(export, "--workdir", workdir, "--output", archive) == 0
     with zipfile.ZipFile(archive) as z:
-        assert sorted(z.namelist()) == ["info.json", "label_map.json", "model.jaxexport"]
+        assert sorted(z.namelist()) == ["README.txt", "info.json", "label_map.json", "model.jaxexport"]
         info = json.loads(z.read("info.json"))
+        readme = z.read("README.txt").decode()
     assert info["input"]["shape"] == ["batch", "height", "width", 3] and info["checkpoint"]["step"] == 1
+    # A consumer handed the zip alone learns how to load it, and what predict does that it does not.
+    assert "zipfile.ZipFile(model.zip)" in readme and "pip install jax flatbuffers" in readme
+    assert "exif_transpose" in readme and "train_image_size" in readme
+    size = load_model(workdir, "best").image_size      # None for images of several sizes
+    assert info["train_image_size"] == (list(size) if size else None)
 
     results_path = tmp_path / "results.json"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -95,7 +102,8 @@ def test_a_model_evaluated_at_another_scale_needs_fixed_shapes(tmp_path, capsys)
     assert run_cli(export, "--workdir", sized, "--output", archive, "--platforms", "cpu") == 0
     assert "exported for 36x52 images, its training images' size" in capsys.readouterr().err
     with zipfile.ZipFile(archive) as z:
-        assert json.loads(z.read("info.json"))["input"]["shape"] == ["batch", 36, 52, 3]
+        info = json.loads(z.read("info.json"))
+    assert info["input"]["shape"] == ["batch", 36, 52, 3] and info["train_image_size"] == [36, 52]
     assert run_cli(export, "--workdir", workdir, "--output", archive, "--height", 40, "--width", 56,
                    "--outputs", "classes,logits", "--platforms", "cpu") == 0
     with zipfile.ZipFile(archive) as z:
@@ -136,8 +144,12 @@ def test_bad_arguments_fail_cleanly(workdir, tmp_path, capsys):
     assert run_cli(export, "--workdir", tmp_path / "none", "--output", archive) == 2
     assert run_cli(export, "--workdir", workdir, "--output", tmp_path) == 2
     assert run_cli(export, "--workdir", workdir, "--output", archive, "--platforms", "cpu,gpu") == 2
+    assert run_cli(export, "--workdir", workdir, "--output", archive, "--platforms", "") == 2
+    (tmp_path / "file.zip").write_bytes(b"")
+    assert run_cli(export, "--workdir", workdir, "--output", tmp_path / "file.zip" / "x.zip") == 2   # before loading
     err = capsys.readouterr().err
     assert "both --height and --width" in err and "--outputs" in err and f"{tmp_path / 'none'} does not exist" in err
-    assert "--platforms: gpu is not one of cpu, cuda, rocm, tpu" in err
+    assert "--platforms 'cpu,gpu': name some of cpu, cuda, rocm, tpu" in err and "--platforms '': name some" in err
+    assert f"{tmp_path / 'file.zip'} is a file, not a folder" in err
     assert "is a folder" in err
     assert not archive.exists()
