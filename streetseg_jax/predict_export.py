@@ -12,6 +12,7 @@ import collections.abc
 import hashlib
 import json
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,8 @@ def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance) 
     items = [item for item in items if writers.annotation_file_name(fmt, item.name) not in kept]
     if not items:
         return 0
+    if fmt != "labelme":    # one file for all images: those an earlier export holds stay in it
+        items = sorted(items + _exported_before(items, fmt, out_dir, record), key=lambda item: item.name)
     copies = {item.name: writers.image_copy_name(fmt, item.name, item.source) for item in items}
     for item in items:      # a copy of an earlier photo of this name: the new photo's is copied in its place
         copy = folder / copies[item.name]
@@ -112,6 +115,24 @@ def say_which_exports_are_older(out_dir: Path, written: str | None) -> None:
         if fmt != written and (out_dir / fmt).is_dir():
             print(f"note: {out_dir / fmt} holds the polygons of an earlier run's masks, not of the masks just written "
                   f"(--export {fmt} writes them again; the folder is left as it is)", file=sys.stderr)
+
+
+class _Exported(typing.NamedTuple):
+    source: Path        # the export's copy of the photo
+    name: str
+
+
+def _exported_before(items: list, fmt: str, out_dir: Path, record: dict) -> list[_Exported]:
+    """The images an earlier export into OUT/<fmt> copied (and so holds), other than `items`, whose masks are
+    still in OUT: predicting more photos into OUT and exporting them dropped the earlier ones from COCO's and
+    CVAT's single annotation file."""
+    names = {item.name for item in items}
+    earlier = []
+    for copy in record:
+        name = Path(copy.removeprefix("images/")).with_suffix("").as_posix() if copy.startswith("images/") else None
+        if name and name not in names and (out_dir / f"{name}.png").is_file() and (out_dir / fmt / copy).is_file():
+            earlier.append(_Exported(out_dir / fmt / copy, name))
+    return earlier
 
 
 def _kept(items: list, fmt: str, out_dir: Path) -> set[str]:

@@ -894,6 +894,21 @@ def test_a_corrected_coco_file_is_kept_whole(workdir, tmp_path, capsys):
     assert "annotations.json" in capsys.readouterr().err and not (out / "coco" / "images" / "b.jpg").exists()
 
 
+@pytest.mark.parametrize("fmt", ["coco", "cvat"])
+def test_photos_predicted_into_the_folder_later_join_the_earlier_ones_in_the_export(fmt, workdir, tmp_path):
+    """COCO's and CVAT's one annotation file held the last command's photos alone: the earlier photos' copies
+    stayed beside it without annotations, and a dataset built from the folder lost them."""
+    from streetseg_jax.labels import formats
+
+    for name, seed in (("a", 1), ("b", 2)):
+        photo = save(tmp_path / name / f"{name}.jpg", random_image(24, 32, seed))
+        assert run_predict("--workdir", workdir, "--input", photo, "--output", tmp_path / "out", "--export",
+                           fmt) == 0
+    from streetseg_jax.inference import load_model
+    annotations = formats.read(fmt, tmp_path / "out" / fmt, load_model(workdir, "best").label_map)
+    assert sorted(Path(a.file_name).name for a in annotations) == ["a.jpg", "b.jpg"]
+
+
 def test_a_photo_replaced_under_its_name_is_exported_again(workdir, tmp_path, capsys):
     """The export's copy of the earlier photo stopped the command after all the predicting, with a traceback,
     the export half written, and so again on every run."""
