@@ -28,7 +28,11 @@ from pathlib import Path
 
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location("default_config", Path(__file__).with_name("default.py"))
+_base = Path(__file__).with_name("default.py")
+if not _base.is_file():     # a copy of this file in a folder of its own
+    raise FileNotFoundError(f"{Path(__file__).name} starts from default.py beside it, which {_base.parent} lacks: copy "
+                            "configs/default.py there too")
+_spec = importlib.util.spec_from_file_location("default_config", _base)
 _default = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_default)
 

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location("camvid_config", Path(__file__).with_name("camvid.py"))
+_base = Path(__file__).with_name("camvid.py")
+if not _base.is_file():     # a copy of this file in a folder of its own
+    raise FileNotFoundError(f"{Path(__file__).name} starts from camvid.py beside it, which {_base.parent} lacks: copy "
+                            "configs/camvid.py and configs/default.py there too")
+_spec = importlib.util.spec_from_file_location("camvid_config", _base)
 _camvid = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_camvid)
 

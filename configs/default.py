@@ -21,9 +21,11 @@ def get_config() -> ml_collections.ConfigDict:
     # --- data
     c.dataset = "street_seg/synthetic"
     c.data_dir = os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"   # where `data build` puts it too
-    c.train_split = "train"
+    c.train_split = "train"         # TFDS split names; slices work ("train[:80%]")
     c.eval_split = "test"
-    c.input_threads = 2
+    c.input_threads = 2               # threads reading and augmenting training batches (0: in the training thread)
+    # augment (streetseg_jax/data/augment.py, AugmentConfig): images resized by base_scale, then randomly by a factor
+    # in scale_range, cropped to crop_size (height, width; padded with ignore where smaller), flipped, colours jittered
     c.augment = ml_collections.ConfigDict(dict(
         base_scale=0.25, scale_range=(0.8, 1.25), crop_size=(80, 112), flip=True,
         brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03))
@@ -56,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 650          # 0: at the last step only
     c.log_every_steps = 50
     c.checkpoint_every_steps = 650    # 0: at the last step only (and at a stop: Ctrl-C, SIGTERM)
-    c.keep_checkpoints = 3
-    c.num_overlays = 4
-    c.init_from = ""
+    c.keep_checkpoints = 3            # the latest N (the best by eval mIoU is kept beside them)
+    c.num_overlays = 4                # eval images drawn with their predictions into overlays/ at each evaluation
+    c.init_from = ""                  # another run's work directory: start from its best weights (warm_start.py)
     return c

@@ -7,6 +7,7 @@ holding another model or label map); `RunSetup` saves and restores, and logs thr
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import platform
@@ -308,9 +309,7 @@ def check_settings(config, workdir: str | Path) -> Path:
 
 def check_config(config) -> None:
     """RunError for values a run cannot use, before it starts (they would fail later, or silently do nothing)."""
-    problems = [f"{key} must be at least {least}, got {config[key]!r}" for key, least in (
-        ("num_train_steps", 1), ("log_every_steps", 1), ("eval_every_steps", 0), ("checkpoint_every_steps", 0),
-        ("keep_checkpoints", 1), ("batch_size", 1), ("eval_batch_size", 1)) if not config[key] >= least]
+    problems = _unknown_keys(config)
     if config.class_weights not in ("none", "median_frequency"):
         problems.append(f"class_weights must be 'none' or 'median_frequency', got {config.class_weights!r}")
     if not config.get("class_weight_power", 1.0) >= 0:
@@ -346,12 +345,23 @@ def settings_notes(config) -> list[str]:
     return notes
 
 
+def _whole(least: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
 def _range_problems(config) -> list[str]:
-    rules = (("learning_rate", lambda v: v > 0, "> 0"), ("warmup_steps", lambda v: v >= 0, ">= 0"),
+    rules = (*((key, _whole(least), f"at least {least}") for key, least in (
+                 ("num_train_steps", 1), ("log_every_steps", 1), ("eval_every_steps", 0),
+                 ("checkpoint_every_steps", 0), ("keep_checkpoints", 1), ("batch_size", 1), ("eval_batch_size", 1),
+                 ("input_threads", 0), ("num_overlays", 0))),
+             *((key, lambda v: isinstance(v, bool), "true or false") for key in ("eval_flip_tta", "augment.flip")),
+             ("learning_rate", lambda v: v > 0, "> 0"), ("warmup_steps", lambda v: v >= 0, ">= 0"),
              ("weight_decay", lambda v: v >= 0, ">= 0"), ("grad_clip_norm", lambda v: v >= 0, ">= 0 (0: off)"),
              ("end_learning_rate_factor", lambda v: 0 <= v <= 1, "in [0, 1]"), ("eval_scale", lambda v: v > 0, "> 0"),
-             ("eval_extra_scales", lambda v: all(0 < s <= MAX_EXTRA_SCALE for s in v),
-              f"a tuple of numbers in (0, {MAX_EXTRA_SCALE}] ('--config.eval_extra_scales=()': none)"),
+             ("eval_extra_scales", lambda v: all(0 < s <= MAX_EXTRA_SCALE for s in v)
+              and len({*v, config.get("eval_scale", 1.0)}) == len(v) + 1,
+              f"a tuple of numbers in (0, {MAX_EXTRA_SCALE}], none twice nor eval_scale "
+              "('--config.eval_extra_scales=()': none)"),
              ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
              # Refused once the work directory was written (a negative seed), or taken without a word: a scale
              # of 0 trained on images of 1 pixel; jitter factors come from [1 - s, 1 + s], beyond 1 negative.
@@ -374,6 +384,28 @@ def _range_problems(config) -> list[str]:
 
 
 _MISSING = object()
+
+
+def _unknown_keys(config) -> list[str]:
+    """The keys no run reads, those configs/default.py has not, named (a misspelt key in a config file did nothing,
+    and compare listed it as what differed from the run without it); where the package is installed without its
+    configs/, no key is refused."""
+    import difflib
+
+    from streetseg_jax.visualize import flatten
+    default = Path(__file__).resolve().parents[1] / "configs" / "default.py"
+    if not default.is_file():
+        return []
+    spec = importlib.util.spec_from_file_location("_streetseg_default_config", default)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    known = set(flatten(module.get_config().to_dict()))
+    problems = []
+    for key in sorted(set(flatten(config.to_dict())) - known):
+        guess = difflib.get_close_matches(key, known, 1, 0.6) or [k for k in known if k.endswith("." + key)][:1]
+        problems.append(f"{key} is no key a run reads" + (f": did you mean {guess[0]}?" if guess else
+                                                           " (configs/default.py has every key)"))
+    return problems
 
 
 def _lookup(config, key: str):

@@ -1063,6 +1063,33 @@ def test_class_weight_power_softens_the_median_frequency_weights():
         run.check_config(config)
 
 
+def test_keys_no_run_reads_and_values_of_the_wrong_kind_are_refused_before_the_run():
+    """A misspelt key in a config file did nothing (compare then listed it as what differed); None for a count
+    was a TypeError traceback, for num_overlays only once the run had trained; a negative input_threads was grain's
+    error once the work directory was written; a scale twice ran the network twice and weighted it double."""
+    from streetseg_jax import run
+
+    config = tiny_config()
+    config.learning_rat = 0.1
+    config.model.widht = 64
+    config.crop_size = (8, 8)
+    config.eval_every_steps = None
+    config.num_overlays = None
+    config.input_threads = -1
+    config.augment.flip = None
+    config.eval_extra_scales = (config.eval_scale, 0.5)
+    with pytest.raises(run.RunError) as refused:
+        run.check_config(config)
+    for line in ("learning_rat is no key a run reads: did you mean learning_rate?",
+                 "model.widht is no key a run reads: did you mean model.base_width?",
+                 "crop_size is no key a run reads: did you mean augment.crop_size?",
+                 "eval_every_steps must be at least 0, got None", "num_overlays must be at least 0, got None",
+                 "input_threads must be at least 0, got -1", "augment.flip must be true or false, got None",
+                 "eval_extra_scales must be a tuple of numbers in (0, 8], none twice nor eval_scale"):
+        assert line in str(refused.value), str(refused.value)
+    run.check_config(tiny_config())
+
+
 def test_the_eta_counts_steps_and_evaluations_apart_and_leaves_out_the_compilation(tmp_path, monkeypatch, capsys):
     from streetseg_jax import runlog
 
