@@ -342,6 +342,13 @@ def settings_notes(config) -> list[str]:
                      "the weights)")
     if config.class_weights == "none" and config.get("class_weight_power", 1.0) != 1.0:
         notes.append("note: class_weight_power is not used without class_weights=median_frequency")
+    if config.optimizer in ("adam", "adamw") and config.get("momentum", 0.9) != 0.9:
+        notes.append(f"note: momentum is used by optimizer 'sgd' only, not by {config.optimizer!r}")
+    low, high = (config.augment.base_scale * factor for factor in config.augment.scale_range)
+    if not low <= config.get("eval_scale", 1.0) <= high:
+        notes.append(f"note: eval_scale {config.get('eval_scale', 1.0):g} lies outside the scales the network trains "
+                     f"at ({low:g} to {high:g}: augment.base_scale x scale_range), so evaluation and prediction show "
+                     "it objects at sizes it did not learn; change them together")
     return notes
 
 

@@ -1032,6 +1032,14 @@ def test_settings_a_run_takes_otherwise_or_not_at_all_are_said():
         "rate still comes down",
         f"note: weight_decay {config.weight_decay:g} is not used by optimizer 'adam' (adamw decays the weights)",
         "note: class_weight_power is not used without class_weights=median_frequency"]
+    config = tiny_config()
+    config.optimizer, config.momentum, config.augment.base_scale = "adamw", 0.5, 2 * config.eval_scale
+    low, high = (2 * config.eval_scale * f for f in config.augment.scale_range)
+    assert settings_notes(config) == [
+        "note: momentum is used by optimizer 'sgd' only, not by 'adamw'",
+        f"note: eval_scale {config.eval_scale:g} lies outside the scales the network trains at ({low:g} to {high:g}: "
+        "augment.base_scale x scale_range), so evaluation and prediction show it objects at sizes it did not learn; "
+        "change them together"]
 
 
 def test_class_weight_power_softens_the_median_frequency_weights():
