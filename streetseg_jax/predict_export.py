@@ -1,7 +1,8 @@
 """predict --export: the masks predicted into OUT written as polygons under OUT/<format>/, where people open them in
 the labelling tool and correct them, so that a later export never writes over a correction.
 
-OUT/exported.json records the files each export wrote (by their SHA-256): an annotation file that differs from it
+OUT/exported.json records the files each export wrote (by their SHA-256; before it writes them, that they are being
+written, so that an export stopped halfway counts them as its own): an annotation file that differs from it
 (edited in the tool since, or written by something else) is kept, and so are the polygons of its photos; an image
 copy the export made of an earlier photo of the same name is replaced with the new photo's, while a file there that
 the export did not write stops the command before any work.
@@ -71,8 +72,9 @@ def check_export(items: list, fmt: str, out_dir: Path) -> None:
     record, kept = _record(out_dir, fmt), _kept(items, fmt, out_dir)
     for item in items:
         copy = writers.image_copy_name(fmt, item.name, item.source)
-        if writers.annotation_file_name(fmt, item.name) not in kept and (out_dir / fmt / copy).is_file() and \
-                not _ours(out_dir / fmt, copy, record) and not writers.is_copy_of(item.source, out_dir / fmt / copy):
+        if writers.annotation_file_name(fmt, item.name) not in kept and item.source.is_file() and \
+                (out_dir / fmt / copy).is_file() and not writers.is_copy_of(item.source, out_dir / fmt / copy) and \
+                not _ours(out_dir / fmt, copy, record):
             fail(f"{out_dir / fmt / copy} is not the image {item.source}, nor a copy --export made: the export "
                  f"there holds another photo of that name; give another --output, or move {out_dir / fmt} away")
 
@@ -80,30 +82,29 @@ def check_export(items: list, fmt: str, out_dir: Path) -> None:
 def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance) -> int:
     """The masks of `items` (predicted into OUT) as polygons in OUT/<fmt>/ (a folder of its own: LabelMe lists
     every image in the folder it opens, and the export copies the images beside their annotations), but for the
-    annotation files changed since an export wrote them, which are kept as they are (said); returns how many
-    images' polygons it wrote."""
+    annotation files not as an export wrote them, which are kept as they are (said); returns how many images'
+    polygons it wrote."""
     folder, record = out_dir / fmt, _record(out_dir, fmt)
     kept = _kept(items, fmt, out_dir)
     if kept:
-        names = sorted(kept)
-        print(f"note: {len(names)} annotation file(s) in {folder} changed since --export wrote them (corrected?), "
-              f"kept as they are, without the new polygons of their photos: {', '.join(names[:5])}"
-              f"{' ...' if len(names) > 5 else ''} (remove a file to have it written from the masks)", file=sys.stderr)
+        _say_kept(sorted(kept), fmt, folder)
     items = [item for item in items if writers.annotation_file_name(fmt, item.name) not in kept]
     if not items:
         return 0
     if fmt != "labelme":    # one file for all images: those an earlier export holds stay in it
         items = sorted(items + _exported_before(items, fmt, out_dir, record), key=lambda item: item.name)
     copies = {item.name: writers.image_copy_name(fmt, item.name, item.source) for item in items}
-    for item in items:      # a copy of an earlier photo of this name: the new photo's is copied in its place
-        copy = folder / copies[item.name]
-        if copy.is_file() and _ours(folder, copies[item.name], record) and not writers.is_copy_of(item.source, copy):
-            copy.unlink()
+    written = {writers.annotation_file_name(fmt, item.name) for item in items} | set(copies.values())
+    _remember(out_dir, fmt, dict.fromkeys(written))     # None: being written, ours whatever the bytes say
+    for item in items:      # copies of an earlier photo of this name: the new photo's takes their place
+        for name in _copies_of(item.name, fmt, record):
+            if (folder / name).is_file() and _ours(folder, name, record) and (
+                    name != copies[item.name] or not writers.is_copy_of(item.source, folder / name)):
+                (folder / name).unlink()
     info = {item.name: {"path": str(item.source)} for item in items}
     kwargs = {} if tolerance is None else {"tolerance": tolerance}
     writers.export_predictions(WrittenMasks(items, out_dir), info, label_map, fmt, folder, **kwargs)
     write_text(folder / EXPORT_LABEL_MAP, label_map.to_json())     # the classes, for the way back
-    written = {writers.annotation_file_name(fmt, item.name) for item in items} | set(copies.values())
     _remember(out_dir, fmt, {name: _sha256(folder / name) for name in written if (folder / name).is_file()})
     return len(items)
 
@@ -124,15 +125,48 @@ class _Exported(typing.NamedTuple):
 
 def _exported_before(items: list, fmt: str, out_dir: Path, record: dict) -> list[_Exported]:
     """The images an earlier export into OUT/<fmt> copied (and so holds), other than `items`, whose masks are
-    still in OUT: predicting more photos into OUT and exporting them dropped the earlier ones from COCO's and
-    CVAT's single annotation file."""
-    names = {item.name for item in items}
-    earlier = []
+    still in OUT at the copy's size: predicting more photos into OUT and exporting them dropped the earlier ones
+    from COCO's and CVAT's single annotation file. Those that cannot stay are named."""
+    from streetseg_jax.labels.images import image_size
+
+    names, earlier, dropped = {item.name for item in items}, [], []
     for copy in record:
-        name = Path(copy.removeprefix("images/")).with_suffix("").as_posix() if copy.startswith("images/") else None
-        if name and name not in names and (out_dir / f"{name}.png").is_file() and (out_dir / fmt / copy).is_file():
+        name = _key(copy, fmt)
+        if name is None or name in names or not (out_dir / fmt / copy).is_file():
+            continue
+        mask = out_dir / f"{name}.png"
+        if mask.is_file() and image_size(mask) == image_size(out_dir / fmt / copy):
             earlier.append(_Exported(out_dir / fmt / copy, name))
+        else:
+            dropped.append(name)
+    if dropped:
+        print(f"note: {len(dropped)} photo(s) the earlier export in {out_dir / fmt} held are left out of it, their "
+              f"masks no longer in {out_dir} (or of another photo's size): {', '.join(sorted(dropped)[:5])}"
+              f"{' ...' if len(dropped) > 5 else ''}", file=sys.stderr)
     return earlier
+
+
+def _key(copy: str, fmt: str) -> str | None:
+    """The output name whose photo an export's file `copy` is; None for an annotation file."""
+    if fmt == "labelme":
+        return None if copy.endswith(".json") else Path(copy).with_suffix("").as_posix()
+    return Path(copy.removeprefix("images/")).with_suffix("").as_posix() if copy.startswith("images/") else None
+
+
+def _copies_of(name: str, fmt: str, record: dict) -> list[str]:
+    return [copy for copy in record if _key(copy, fmt) == name]
+
+
+def _say_kept(names: list[str], fmt: str, folder: Path) -> None:
+    listed = f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+    if fmt == "labelme":
+        print(f"note: {len(names)} annotation file(s) in {folder} are not as --export wrote them (corrected since, "
+              f"or written by something else), kept as they are, without the new polygons of their photos: {listed} "
+              "(remove a file to have it written from the masks)", file=sys.stderr)
+    else:
+        print(f"note: {folder / names[0]} is not as --export wrote it (corrected since, or written by something "
+              f"else): kept as it is, without the polygons of these photos; --output another folder exports them",
+              file=sys.stderr)
 
 
 def _kept(items: list, fmt: str, out_dir: Path) -> set[str]:
@@ -143,11 +177,14 @@ def _kept(items: list, fmt: str, out_dir: Path) -> set[str]:
 
 
 def _ours(folder: Path, name: str, record: dict) -> bool:
-    return name in record and record[name] == _sha256(folder / name)
+    """Whether OUT/<fmt>/name is as an export wrote it: recorded with its bytes' SHA-256, or as being written (an
+    export stopped before it recorded what it wrote)."""
+    return name in record and (record[name] is None or record[name] == _sha256(folder / name))
 
 
-def _record(out_dir: Path, fmt: str) -> dict[str, str]:
-    """file (relative to OUT/<fmt>) -> SHA-256 of what an export wrote there; {} where nothing readable is."""
+def _record(out_dir: Path, fmt: str) -> dict[str, str | None]:
+    """file (relative to OUT/<fmt>) -> SHA-256 of what an export wrote there (None: being written); {} where
+    nothing readable is."""
     try:
         record = json.loads((out_dir / RECORD_FILE).read_text())
     except (OSError, ValueError):
@@ -156,13 +193,15 @@ def _record(out_dir: Path, fmt: str) -> dict[str, str]:
     return files if isinstance(files, dict) else {}
 
 
-def _remember(out_dir: Path, fmt: str, files: dict[str, str]) -> None:
+def _remember(out_dir: Path, fmt: str, files: dict[str, str | None]) -> None:
+    """Record `files` for OUT/<fmt>, forgetting the files no longer there."""
     try:
         record = json.loads((out_dir / RECORD_FILE).read_text())
     except (OSError, ValueError):
         record = {}
     record = record if isinstance(record, dict) else {}
-    record[fmt] = {**_record(out_dir, fmt), **files}
+    merged = {**_record(out_dir, fmt), **files}
+    record[fmt] = {name: digest for name, digest in merged.items() if name in files or (out_dir / fmt / name).exists()}
     write_text(out_dir / RECORD_FILE, json.dumps(record, indent=1, sort_keys=True))
 
 

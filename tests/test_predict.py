@@ -873,11 +873,35 @@ def test_an_annotation_corrected_since_the_export_is_never_written_over(workdir,
     out_text, err = capsys.readouterr()
     assert json.loads((out / "labelme" / "a.json").read_text()) == corrected
     assert (out / "labelme" / "b.json").read_bytes() == b_before and (out / "labelme" / "c.json").is_file()
-    assert f"1 annotation file(s) in {out / 'labelme'} changed since --export wrote them" in err and "a.json" in err
+    assert f"1 annotation file(s) in {out / 'labelme'} are not as --export wrote them" in err and "a.json" in err
     assert "polygons for 2 image(s) in labelme format" in out_text
     (out / "labelme" / "a.json").unlink()           # removed: written again from the mask
     assert run_predict(*command) == 0 and json.loads((out / "labelme" / "a.json").read_text()) != corrected
-    assert "changed since --export wrote them" not in capsys.readouterr().err
+    assert "not as --export wrote" not in capsys.readouterr().err
+
+
+def test_an_export_stopped_before_it_recorded_its_files_writes_them_again(workdir, tmp_path, monkeypatch, capsys):
+    """Files an export wrote but had not recorded yet (stopped by Ctrl-C) were taken as corrected, and never
+    written again."""
+    from streetseg_jax import predict_export
+
+    save(tmp_path / "in" / "a.jpg", random_image(24, 32, 1))
+    command = ["--workdir", workdir, "--input", tmp_path / "in", "--output", tmp_path / "out", "--skip_existing",
+               "--export", "labelme"]
+    remember, calls = predict_export._remember, []
+
+    def stopped(*args):
+        calls.append(args)
+        if len(calls) == 2:         # the files are written, their hashes not yet recorded
+            raise KeyboardInterrupt
+        remember(*args)
+    monkeypatch.setattr(predict_export, "_remember", stopped)
+    assert run_predict(*command) == 130 and (tmp_path / "out" / "labelme" / "a.json").is_file()
+    monkeypatch.setattr(predict_export, "_remember", remember)
+    capsys.readouterr()
+    assert run_predict(*command) == 0
+    out, err = capsys.readouterr()
+    assert "not as --export wrote" not in err and "polygons for 1 image(s)" in out
 
 
 def test_a_corrected_coco_file_is_kept_whole(workdir, tmp_path, capsys):
@@ -895,7 +919,7 @@ def test_a_corrected_coco_file_is_kept_whole(workdir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("fmt", ["coco", "cvat"])
-def test_photos_predicted_into_the_folder_later_join_the_earlier_ones_in_the_export(fmt, workdir, tmp_path):
+def test_photos_predicted_into_the_folder_later_join_the_earlier_ones_in_the_export(fmt, workdir, tmp_path, capsys):
     """COCO's and CVAT's one annotation file held the last command's photos alone: the earlier photos' copies
     stayed beside it without annotations, and a dataset built from the folder lost them."""
     from streetseg_jax.labels import formats
@@ -907,6 +931,15 @@ def test_photos_predicted_into_the_folder_later_join_the_earlier_ones_in_the_exp
     from streetseg_jax.inference import load_model
     annotations = formats.read(fmt, tmp_path / "out" / fmt, load_model(workdir, "best").label_map)
     assert sorted(Path(a.file_name).name for a in annotations) == ["a.jpg", "b.jpg"]
+    # a's mask now of another photo (predicted without --export): its copy no longer matches it, and it is named
+    save(tmp_path / "a" / "a.jpg", random_image(40, 56, 3))
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "a" / "a.jpg", "--output", tmp_path / "out") == 0
+    capsys.readouterr()
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "b" / "b.jpg", "--output", tmp_path / "out",
+                       "--export", fmt) == 0
+    assert "1 photo(s) the earlier export" in capsys.readouterr().err
+    annotations = formats.read(fmt, tmp_path / "out" / fmt, load_model(workdir, "best").label_map)
+    assert [Path(a.file_name).name for a in annotations] == ["b.jpg"]
 
 
 def test_a_photo_replaced_under_its_name_is_exported_again(workdir, tmp_path, capsys):
@@ -921,6 +954,11 @@ def test_a_photo_replaced_under_its_name_is_exported_again(workdir, tmp_path, ca
     written = json.loads((tmp_path / "out" / "labelme" / "a.json").read_text())
     assert (written["imageHeight"], written["imageWidth"]) == (40, 56)
     assert (tmp_path / "out" / "labelme" / "a.png").read_bytes() == photo.read_bytes()
+    photo.unlink()                  # now a JPEG of that name: the export's PNG copy goes (LabelMe lists every image)
+    save(photo.with_suffix(".jpg"), random_image(40, 56, 3))
+    command[command.index(photo)] = photo.with_suffix(".jpg")
+    assert run_predict(*command) == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "labelme").iterdir()) == ["a.jpg", "a.json", "label_map.json"]
 
 
 def test_a_file_the_export_did_not_write_at_an_image_copys_place_is_refused_before_predicting(workdir, tmp_path,
