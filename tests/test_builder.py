@@ -207,6 +207,35 @@ def test_other_projects_opening_it_by_name_get_what_they_ask_for(synthetic_dir, 
     assert len(source.load_split("street_seg/synthetic", "train", "~/built")[0]) == 8     # "not built in ~/built"
 
 
+def swapped_label_map(path: Path, recolour: bool = False) -> str:
+    """The seed's classes with road (id 3) and sky (id 6) swapped; or, recoloured, the seed's own ids."""
+    data = default_label_map().to_dict()
+    for c in data["classes"]:
+        if recolour:
+            c["color"] = [255 - v for v in c["color"]]
+        elif c["name"] in ("road", "sky"):
+            c["id"] = 9 - c["id"]
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_a_label_map_option_that_is_not_the_builds_is_refused(synthetic_dir, tmp_path):
+    """label_map= was ignored against a build: the data read as ever while the builder's label map and the mask's
+    doc named sky where the masks hold road."""
+    import tensorflow_datasets as tfds
+
+    swapped = tfds.builder("street_seg/synthetic", data_dir=str(synthetic_dir),
+                           label_map=swapped_label_map(tmp_path / "swapped.json"))
+    for read in (lambda: swapped.as_data_source(split="train"),):
+        with pytest.raises(ValueError, match=r"was built with another label map: ids 0\.\. are background, tree, "
+                                             r"landscaping, road, .* there, background, tree, landscaping, sky, .* in "
+                                             r".*swapped\.json; open it without label_map"):
+            read()
+    recoloured = tfds.builder("street_seg/synthetic", data_dir=str(synthetic_dir),       # the same ids and names
+                              label_map=swapped_label_map(tmp_path / "recoloured.json", recolour=True))
+    assert len(recoloured.as_data_source(split="train")) == 8
+
+
 def test_reading_an_unbuilt_dataset_says_how_to_build_it_and_a_fresh_build_warns_of_nothing(tmp_path, caplog):
     """builder.as_data_source() on a data dir without the build gave {} (no splits, no word); every fresh build
     logged TFDS's 'Variant folder ... has no dataset_info.json' first."""

@@ -238,6 +238,7 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
                                  f"build {self.version} beside it (python -m streetseg_jax.data build ...)")
             raise ValueError(f"street_seg/{name} is not built in {self.data_dir_root}: call download_and_prepare() "
                              f"first, or build it ({source.build_command(name, self.data_dir_root)})")
+        self._check_label_map_as_asked()
         stored = built_options(self.info)
         if stored is None:
             return
@@ -248,6 +249,21 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
                              + ", ".join(f"{k}={v!r}" for k, v in differ.items())
                              + "; open it without those options, or rebuild it (python -m streetseg_jax.data build "
                              "--overwrite ...)")
+
+    def _check_label_map_as_asked(self) -> None:
+        """A label_map option must give the build's classes their ids (their colours and aliases change no mask):
+        the builder's label map and feature doc named the given one's classes over masks of the build's."""
+        path = self._overrides.get("label_map")
+        if path is None:
+            return
+        stored = source.label_map_of(self.info, self.data_dir)
+        asked = LabelMap.load(path)
+        if (asked.names, asked.ignore_id) != (stored.names, stored.ignore_id):
+            raise ValueError(f"street_seg/{self.builder_config.name} in {self.data_dir} was built with another label "
+                             f"map: ids 0.. are {', '.join(stored.names)} (ignore id {stored.ignore_id}) there, "
+                             f"{', '.join(asked.names)} (ignore id {asked.ignore_id}) in {path}; open it without "
+                             "label_map (its own is in info.metadata['label_map']), or rebuild it (python -m "
+                             "streetseg_jax.data build --overwrite ...)")
 
     def _create_builder_config(self, builder_config, version):
         if isinstance(builder_config, str) and builder_config.split(":")[0] not in self.builder_configs:
