@@ -236,6 +236,32 @@ def test_a_label_map_option_that_is_not_the_builds_is_refused(synthetic_dir, tmp
     assert len(recoloured.as_data_source(split="train")) == 8
 
 
+def test_a_build_opened_by_name_names_its_own_classes(tmp_path, monkeypatch):
+    """Opened by our builder ('~' in data_dir, options in the name), a build of other classes than the seed's said
+    the seed's 8 in builder.label_map and the mask feature's doc, where its metadata and features.json said its own."""
+    import tensorflow_datasets as tfds
+
+    make_voc_folder(tmp_path / "export", ["a", "b", "c"], subfolders=False)
+    (tmp_path / "labels.json").write_text(street_label_map().to_json())
+    for config, name in (("from_annotations", "mine"), ("voc_polygons", None)):
+        build(config, tmp_path / "tfds", tmp_path / "export", name=name, label_map=str(tmp_path / "labels.json"),
+              **({"format": "voc"} if name else {}))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for dataset, data_dir in (("street_seg/mine", "~/tfds"), ("street_seg/mine/format=voc", str(tmp_path / "tfds")),
+                              ("street_seg/voc_polygons", str(tmp_path / "tfds")),
+                              ("street_seg/voc_polygons/test_fraction=0.2", "~/tfds")):
+        builder = tfds.builder(dataset, data_dir=data_dir)
+        assert builder.label_map == street_label_map(), dataset
+        doc = builder.info.features["segmentation_mask"].doc.desc
+        assert doc.startswith("class ids 0..2 (void, road, sky); 255 = ignore"), (dataset, doc)
+        assert len(builder.as_data_source(split="train")) > 0
+    swapped = swapped_label_map(tmp_path / "swapped.json")      # to build, no label map is still the seed's
+    build("synthetic", tmp_path / "synthetic", num_images=2, label_map=swapped, **SIZE)
+    assert tfds.builder("street_seg/synthetic", data_dir=str(tmp_path / "synthetic")).label_map.names[3] == "sky"
+    with pytest.raises(BuildError, match="was built with another label map; pass --overwrite to rebuild it"):
+        build("synthetic", tmp_path / "synthetic", num_images=2, **SIZE)
+
+
 def test_reading_an_unbuilt_dataset_says_how_to_build_it_and_a_fresh_build_warns_of_nothing(tmp_path, caplog):
     """builder.as_data_source() on a data dir without the build gave {} (no splits, no word); every fresh build
     logged TFDS's 'Variant folder ... has no dataset_info.json' first."""

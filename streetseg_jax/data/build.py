@@ -147,7 +147,7 @@ def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options:
                             **{k: v for k, v in options.items() if v is not None})
         reused = is_built(dataset, data_dir)    # not builder.is_prepared(): it warns of the folder not there yet
         if reused:
-            _check_reuse(builder)
+            _check_reuse(builder, _load_label_map(options.get("label_map")))
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return _result(dataset, data_dir, start, reused)
 
@@ -365,11 +365,12 @@ def _manual_folder(manual_dir, data_dir: Path, config_name: str) -> Path:
                      "--manual_dir EXPORT_FOLDER")
 
 
-def _check_reuse(builder) -> None:
-    """Refuse to quietly hand back a build made with other options than the ones asked for."""
+def _check_reuse(builder, label_map: LabelMap) -> None:
+    """Refuse to quietly hand back a build made with other options or another label map than the ones asked for
+    (`label_map`: the builder's own is the build's when none was given)."""
     stored = built_options(builder.info)
     if stored != builder.builder_config.options():
         raise BuildError(f"{builder.data_dir} was built with {stored}, not "
                          f"{builder.builder_config.options()}; pass --overwrite to rebuild it")
-    if builder.info.metadata.get("label_map") != builder.label_map.of_ids().to_dict():
+    if builder.info.metadata.get("label_map") != label_map.of_ids().to_dict():
         raise BuildError(f"{builder.data_dir} was built with another label map; pass --overwrite to rebuild it")

@@ -298,10 +298,19 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
 
     @functools.cached_property
     def label_map(self) -> LabelMap:
+        """The label map asked for; else that of the build in data_dir (a dataset opened by name, whose features
+        and label map named the seed's classes where it was built with others); else the seed's."""
         if self.builder_config.layout:
             return camvid.label_map()
         path = self.builder_config.label_map
-        return LabelMap.load(path) if path else default_label_map()
+        if path:
+            return LabelMap.load(path)
+        built = Path(self.data_dir, "metadata.json")      # read here: self.info is being made of this
+        if Path(self.data_dir, "dataset_info.json").is_file() and built.is_file():
+            stored = json.loads(built.read_text()).get("label_map")
+            if stored is not None:
+                return LabelMap.from_dict(stored, source=str(built))
+        return default_label_map()
 
     # TFDS's own lines, printed to stdout by download_and_prepare, read "Downloading and preparing dataset Unknown
     # size (download: Unknown size, ...)" for a build that downloads nothing: said in our words instead.
