@@ -226,7 +226,7 @@ def test_a_label_map_option_that_is_not_the_builds_is_refused(synthetic_dir, tmp
 
     swapped = tfds.builder("street_seg/synthetic", data_dir=str(synthetic_dir),
                            label_map=swapped_label_map(tmp_path / "swapped.json"))
-    for read in (lambda: swapped.as_data_source(split="train"),):
+    for read in (lambda: swapped.as_data_source(split="train"), swapped.download_and_prepare):
         with pytest.raises(ValueError, match=r"was built with another label map: ids 0\.\. are background, tree, "
                                              r"landscaping, road, .* there, background, tree, landscaping, sky, .* in "
                                              r".*swapped\.json; open it without label_map"):
@@ -260,6 +260,21 @@ def test_a_build_opened_by_name_names_its_own_classes(tmp_path, monkeypatch):
     assert tfds.builder("street_seg/synthetic", data_dir=str(tmp_path / "synthetic")).label_map.names[3] == "sky"
     with pytest.raises(BuildError, match="was built with another label map; pass --overwrite to rebuild it"):
         build("synthetic", tmp_path / "synthetic", num_images=2, **SIZE)
+
+
+def test_a_read_builds_nothing_beside_another_build(synthetic_dir, tmp_path):
+    """download_and_prepare (which tfds.data_source calls) with options other than the build's did nothing, and read
+    later; a failed one left empty folders in the data dir."""
+    import tensorflow_datasets as tfds
+
+    from streetseg_jax.data.builder import BuildError
+    asked = tfds.builder(f"street_seg/synthetic/num_images={NUM_IMAGES + 1}", data_dir=str(synthetic_dir))
+    with pytest.raises(ValueError, match=f"was built with num_images={NUM_IMAGES}, not num_images={NUM_IMAGES + 1}"):
+        asked.download_and_prepare()
+    tfds.builder("street_seg/synthetic", data_dir=str(synthetic_dir)).download_and_prepare()   # the build: reused
+    with pytest.raises(BuildError, match="voc_polygons needs your images and annotations"):
+        tfds.data_source("street_seg/voc_polygons", split="train", data_dir=str(tmp_path / "tfds"))
+    assert not (tmp_path / "tfds").exists()
 
 
 def test_reading_an_unbuilt_dataset_says_how_to_build_it_and_a_fresh_build_warns_of_nothing(tmp_path, caplog):
@@ -496,7 +511,8 @@ def test_a_version_1_png_dataset_still_reads_and_a_build_writes_version_2_beside
 
 
 def test_a_run_beside_a_version_1_synthetic_build_builds_version_2_with_its_options(tmp_path, capsys):
-    """main said a 1.0.0 build of 4 scenes was 'not in' the data dir and built the default 500 scenes at 360x480."""
+    """main said a 1.0.0 build of 4 scenes was 'not in' the data dir and built the default 500 scenes at 360x480;
+    tfds.data_source (which downloads and prepares first) quietly built those 500 scenes and read them."""
     import tensorflow_datasets as tfds
 
     from streetseg_jax import main
@@ -506,8 +522,10 @@ def test_a_run_beside_a_version_1_synthetic_build_builds_version_2_with_its_opti
         patch.setattr(builder, "_features", legacy_features)
         patch.setattr(inputs, "encode_example", as_png(inputs.encode_example))
         build("synthetic", tmp_path, num_images=4, height=48, width=64, num_workers=1)
-    with pytest.raises(ValueError, match="at version 1.0.0 only, not 2.0.0: open it as street_seg/synthetic:1.0.0"):
-        tfds.data_source("street_seg/synthetic", split="train", data_dir=str(tmp_path), download=False)
+    for download in (False, True):
+        with pytest.raises(ValueError, match="at version 1.0.0 only, not 2.0.0: open it as street_seg/synthetic:1.0.0"):
+            tfds.data_source("street_seg/synthetic", split="train", data_dir=str(tmp_path), download=download)
+    assert source.built_versions(tmp_path / "street_seg" / "synthetic") == ["1.0.0"]
     assert len(tfds.data_source("street_seg/synthetic:1.0.0", split="train", data_dir=str(tmp_path))) > 0
     main._build_synthetic("street_seg/synthetic", str(tmp_path))
     assert "street_seg/synthetic 1.0.0 in" in capsys.readouterr().out

@@ -25,7 +25,7 @@ from streetseg_jax.atomic import WRITE_ERRORS, cannot_write, machine_lock
 from streetseg_jax.data import camvid, inputs
 from streetseg_jax.data.builder import (MASKS_SCRATCH, SCENES_SCRATCH, BuildError, StreetSeg, built_options,
                                         check_options, check_synthetic_label_map, from_annotations_config,
-                                        owner_is_gone, owner_tag)
+                                        no_scaffolding_left, owner_is_gone, owner_tag)
 from streetseg_jax.data.configs import CONFIG_OPTIONS
 from streetseg_jax.data.source import built_versions, default_data_dir, is_built, open_built, parse_name
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
@@ -142,9 +142,9 @@ def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options:
             raise BuildError(f"{dataset} in {data_dir}: {change[0]}; pass --overwrite to rebuild it")
     # The build being replaced is moved aside before the builder is made (a builder opened on old files would
     # carry their class names forward), and put back if the new one fails.
-    with _no_scaffolding_left(dataset, data_dir), _all_or_nothing(dataset, data_dir, replace=overwrite):
+    with no_scaffolding_left(dataset, data_dir), _all_or_nothing(dataset, data_dir, replace=overwrite):
         builder = StreetSeg(config="synthetic", data_dir=os.fspath(data_dir), file_format=file_format,
-                            **{k: v for k, v in options.items() if v is not None})
+                            beside_older=True, **{k: v for k, v in options.items() if v is not None})
         reused = is_built(dataset, data_dir)    # not builder.is_prepared(): it warns of the folder not there yet
         if reused:
             _check_reuse(builder, _load_label_map(options.get("label_map")))
@@ -163,7 +163,7 @@ def _build_export(config_name: str, data_dir: Path, manual_dir, *, overwrite: bo
     if is_built(dataset, data_dir) and not overwrite:
         _check_unchanged(dataset, data_dir, fingerprint, file_format)
         return _result(dataset, data_dir, start, reused=True)
-    with _no_scaffolding_left(dataset, data_dir):
+    with no_scaffolding_left(dataset, data_dir):
         data_dir.mkdir(parents=True, exist_ok=True)
         with inputs.Workers(num_workers) as workers, tempfile.TemporaryDirectory(
                 prefix=f".{MASKS_SCRATCH}{owner_tag()}", dir=data_dir) as masks:
@@ -192,7 +192,7 @@ def _build_camvid(data_dir: Path, manual_dir, *, overwrite: bool, file_format: s
     log(f"camvid in {folder}: {layout.summary()} images")
     for note in layout.notes:
         log(f"warning: {note}")
-    with _no_scaffolding_left(dataset, data_dir), inputs.Workers(num_workers) as workers, \
+    with no_scaffolding_left(dataset, data_dir), inputs.Workers(num_workers) as workers, \
             _all_or_nothing(dataset, data_dir, replace=overwrite):
         _prepare({"config": "camvid"}, data_dir, folder, file_format, layout, workers)
     return _result(dataset, data_dir, start, reused=False)
@@ -278,7 +278,7 @@ def _file_format_change(info, file_format: str) -> list[str]:
 
 def _prepare(builder_kwargs: dict, data_dir: Path, folder: Path, file_format: str, plan, workers) -> None:
     builder = StreetSeg(data_dir=os.fspath(data_dir), file_format=file_format, plan=plan, workers=workers,
-                        **builder_kwargs)
+                        beside_older=True, **builder_kwargs)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=os.fspath(folder), try_download_gcs=False))
 
@@ -310,31 +310,6 @@ def _all_or_nothing(dataset: str, data_dir: Path, replace: bool):
         raise
     for _, moved in aside:
         shutil.rmtree(moved, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _no_scaffolding_left(dataset: str, data_dir: Path):
-    """The folders a failed build made on the way (the data dir, downloads/, TFDS's .config/, the config folder)
-    are removed again when the failure left them empty."""
-    name, config, _ = parse_name(dataset)
-    # Parents before children: removed in reverse.
-    made = [data_dir, data_dir / "downloads", data_dir / "downloads" / "extracted", data_dir / name,
-            data_dir / name / ".config", data_dir / name / config]
-    new = [path for path in made if not path.exists()]
-    try:
-        yield
-    except BaseException:
-        _remove_if_empty(new[::-1])
-        raise
-
-
-def _remove_if_empty(folders: list[Path]) -> None:
-    """Each folder in turn, when empty (a .config/ holding only TFDS's metadata.json counts as empty)."""
-    for folder in folders:
-        if folder.name == ".config" and folder.is_dir() and {f.name for f in folder.iterdir()} <= {"metadata.json"}:
-            shutil.rmtree(folder, ignore_errors=True)
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
 
 
 def _to_stderr(text: str) -> None:

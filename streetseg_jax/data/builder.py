@@ -197,9 +197,11 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
 
     def __init__(self, *, file_format=None, num_workers: int | None = None,
                  plan: ExportPlan | camvid.Layout | None = None,
-                 workers: inputs.Workers | None = None, **kwargs):
+                 workers: inputs.Workers | None = None, beside_older: bool = False, **kwargs):
         """`plan` (an export already read and validated, data/build.py) and `workers` (a process pool to share)
-        save reading and checking the export twice; without them the builder does both itself."""
+        save reading and checking the export twice; without them the builder does both itself. `beside_older`
+        (data/build.py): download_and_prepare writes this version where only older ones are built, which it
+        otherwise refuses, as reading does."""
         splits = sorted({"val_fraction", "split_file"} & set(kwargs))
         if splits:      # a TypeError of DatasetBuilder before
             raise ValueError(f"{', '.join(splits)}: a dataset's splits are chosen when it is built (python -m "
@@ -211,11 +213,22 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         self._asked_root = Path(kwargs.get("data_dir") or source.default_data_dir())
         self._num_workers = num_workers
         self._plan, self._workers = plan, workers
+        self._beside_older = beside_older
         super().__init__(file_format=file_format, **kwargs)     # a build's own format, read from its dataset_info
         if file_format is None and not Path(self.data_dir, "dataset_info.json").is_file():
             self.info.set_file_format("array_record", override=True)     # ours, where TFDS's default is tfrecord
         # Pickled copies are rebuilt from _original_state: keep the options there too.
         self._original_state.update(self._overrides, file_format=file_format, num_workers=num_workers)
+
+    def download_and_prepare(self, *args, **kwargs):
+        """tfds.data_source and tfds.load call this before they read: a build there of other options, or of older
+        versions only, is refused as reading it is (a read built 500 new scenes beside a 1.0.0 build, and options
+        asked for against a build of others did nothing), and a failed build leaves no empty folders behind."""
+        built = source.built_versions(Path(self.data_dir).parent)
+        if str(self.version) in built or (built and not self._beside_older):
+            self._check_built_as_asked()
+        with no_scaffolding_left(f"street_seg/{self.builder_config.name}", Path(self.data_dir_root)):
+            return super().download_and_prepare(*args, **kwargs)
 
     def as_data_source(self, *args, **kwargs):
         self._check_built_as_asked()
@@ -433,6 +446,31 @@ def owner_is_gone(name: str) -> bool:
     except OSError:
         return False
     return False
+
+
+@contextlib.contextmanager
+def no_scaffolding_left(dataset: str, data_dir: Path):
+    """The folders a failed build made on the way (the data dir, downloads/, TFDS's .config/, the config folder)
+    are removed again when the failure left them empty."""
+    name, config, _ = source.parse_name(dataset)
+    # Parents before children: removed in reverse.
+    made = [data_dir, data_dir / "downloads", data_dir / "downloads" / "extracted", data_dir / name,
+            data_dir / name / ".config", data_dir / name / config]
+    new = [path for path in made if not path.exists()]
+    try:
+        yield
+    except BaseException:
+        _remove_if_empty(new[::-1])
+        raise
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Each folder in turn, when empty (a .config/ holding only TFDS's metadata.json counts as empty)."""
+    for folder in folders:
+        if folder.name == ".config" and folder.is_dir() and {f.name for f in folder.iterdir()} <= {"metadata.json"}:
+            shutil.rmtree(folder, ignore_errors=True)
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 # --- features ----------------------------------------------------------------------------------------------------
