@@ -277,6 +277,25 @@ def test_a_read_builds_nothing_beside_another_build(synthetic_dir, tmp_path):
     assert not (tmp_path / "tfds").exists()
 
 
+def test_a_build_by_an_older_generator_is_named_and_rebuilt_only_with_overwrite(tmp_path):
+    """2.0.0 as an older commit built it differs in ~0.3% of its pixels, and data build reused it as unchanged."""
+    make_voc_folder(tmp_path / "export", ["a", "b"], subfolders=False)
+    builds = {"synthetic": dict(num_images=2, **SIZE), "voc_polygons": dict(manual_dir=tmp_path / "export")}
+    for config, options in builds.items():
+        build(config, tmp_path, **options)
+        metadata = source.dataset_dir(f"street_seg/{config}", tmp_path) / "metadata.json"
+        recorded = json.loads(metadata.read_text())
+        assert recorded.pop("pixels_revision") == 1
+        metadata.write_text(json.dumps(recorded))       # as builds before the revision was recorded
+        with pytest.raises(BuildError, match=r"built by an older scene generator or rasterizer \(pixels revision "
+                                             r"none recorded, now 1\)") as caught:
+            build(config, tmp_path, **options)
+        assert "pass --overwrite to rebuild it" in str(caught.value)
+        assert not build(config, tmp_path, overwrite=True, **options).reused
+        assert build(config, tmp_path, **options).reused
+        assert json.loads(metadata.read_text())["pixels_revision"] == 1
+
+
 def test_reading_an_unbuilt_dataset_says_how_to_build_it_and_a_fresh_build_warns_of_nothing(tmp_path, caplog):
     """builder.as_data_source() on a data dir without the build gave {} (no splits, no word); every fresh build
     logged TFDS's 'Variant folder ... has no dataset_info.json' first."""
