@@ -573,9 +573,10 @@ def readme_snippet(data_dir: Path) -> str:
 CHECKS = textwrap.dedent("""
     import json, sys
     other = tfds.data_source("street_seg/synthetic:2.0.0", split="train", data_dir=sys.argv[1])   # README's "or"
+    plain = tfds.data_source("street_seg/synthetic", split="train", data_dir=sys.argv[1])   # TFDS's read-only builder
     print(json.dumps({
         "label_map": label_map, "names": [c["name"] for c in label_map["classes"]], "train": len(train),
-        "other": len(other), "image": [example["image"].dtype.name, *example["image"].shape],
+        "other": len(other), "plain": len(plain), "image": [example["image"].dtype.name, *example["image"].shape],
         "mask": [example["segmentation_mask"].dtype.name, *example["segmentation_mask"].shape],
         "file_name": example["file_name"].decode(),
         "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "streetseg_jax")),
@@ -589,7 +590,7 @@ def test_other_projects_read_it_without_streetseg_jax_or_tensorflow(synthetic_di
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["label_map"] == default_label_map().to_dict() and seen["names"] == default_label_map().names
-    assert seen["train"] == seen["other"] == 8
+    assert seen["train"] == seen["other"] == seen["plain"] == 8
     assert seen["image"] == ["uint8", 96, 128, 3] and seen["mask"] == ["uint8", 96, 128, 1]
     assert seen["file_name"].startswith("street_") and seen["modules"] == []
 

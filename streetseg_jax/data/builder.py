@@ -51,10 +51,13 @@ reader gets the same numpy arrays from either (data/source.py).
 
 Options are builder kwargs, e.g. `StreetSeg(config="synthetic", num_images=1000)` or
 `tfds.builder("street_seg/synthetic/num_images=1000")`: num_images, height, width, seed (synthetic only),
-test_fraction, label_map (path to a label map JSON; default: the seed's 8 classes), format and unknown (a dataset
-built from an export, street_seg/NAME: checked against its build), num_workers (processes for the per-image work;
-default: all cores, but this process alone in a user's script that imported JAX: inputs.default_workers).
-data/build.py's `build` checks a dataset already built against the options and inputs asked for.
+test_fraction, label_map (path to a label map JSON; default: the seed's 8 classes to build, the build's own to
+read), format and unknown (a dataset built from an export, street_seg/NAME), num_workers (processes for the
+per-image work; default: all cores, but this process alone in a user's script that imported JAX:
+inputs.default_workers). Against a build in data_dir, the options given are checked (the label map by its classes'
+ids and names) when it is read or download_and_prepare is called, which also refuses to build beside older versions
+only; data/build.py's `build` checks a dataset already built against the options, inputs and pixels revision asked
+for, and builds a new version beside older ones.
 """
 from __future__ import annotations
 
