@@ -14,7 +14,7 @@ from pycocotools import mask as coco_mask
 
 from streetseg_jax.labels.convert import annotation_to_mask
 from streetseg_jax.labels.formats import coco, coco_panoptic
-from streetseg_jax.labels.label_map import ClassInfo, LabelMap
+from streetseg_jax.labels.label_map import ClassInfo, LabelMap, starter_label_map
 from streetseg_jax.labels.rasterize import coverage, rasterize
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape
 
@@ -117,6 +117,24 @@ def test_polygons_agree_with_pycocotools_rasterisation():
         object_pixels += int(theirs.sum())
     assert (ours_only + theirs_only) / object_pixels < 0.002   # measured: 1347 of 1,464,655 (0.09%)
     assert abs(ours_only - theirs_only) < 0.1 * (ours_only + theirs_only)   # measured: 675 vs 672
+
+
+@needs_samples
+def test_the_samples_shapes_painted_over_by_later_annotations_are_named():
+    """COCO draws in file order: in the real sample a fork and a bowl lie wholly under the dining table listed
+    after them, and 8 broccoli under their bowl; each image gets one message naming them."""
+    found = {}
+    for name in ("instances.json", "rle.json"):
+        for annotation in coco.read(COCO / "coco2017_subset" / name, None):
+            label_map = starter_label_map(sorted({s.label for s in annotation.shapes}))
+            problems = annotation_to_mask(annotation, label_map, unknown="ignore").problems
+            covered = [p for p in problems if "entirely covered" in p]
+            if covered:
+                found[Path(annotation.file_name).stem] = covered
+    assert sorted(found) == ["000000141328", "000000385029"] and all(len(v) == 1 for v in found.values())
+    assert "shape 0 ('fork') under 'dining table'" in found["000000385029"][0]
+    assert "8 of 16 shapes are entirely covered" in found["000000141328"][0]
+    assert "shapes 0, 2, 4, 5, 6, 7, 10, 11 ('broccoli') under 'bowl'" in found["000000141328"][0]
 
 
 @needs_samples

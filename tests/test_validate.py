@@ -106,6 +106,30 @@ def test_geometry_warnings(tmp_path):
     assert report.errors == []
 
 
+def test_shapes_that_later_shapes_cover_entirely_are_named_once_per_image():
+    # A fork and two broccoli under a table drawn after them (COCO draws in file order); a car half under the
+    # table and a sky square whose edge pixels the table does not take are visible.
+    shapes = [Shape("fork", rect(2, 2, 6, 6)), Shape("broccoli", rect(3, 8, 7.5, 12)), Shape("car", rect(0, 0, 40, 4)),
+              Shape("broccoli", rect(10, 10, 12, 12)), Shape("sky", rect(25, 5, 35, 15)),
+              Shape("table", rect(1.5, 1, 30.5, 20)), Shape("road", rect(0, 20, 40, 30))]
+    label_map = LabelMap.from_dict({"classes": [{"id": i, "name": n, "color": [i, i, i]} for i, n in enumerate(
+        ["background", "fork", "broccoli", "car", "sky", "table", "road"])]})
+    report = check_file(annotation(*shapes), label_map, CheckOptions(check_images=False))
+    assert [w for w in report.warnings if "covered" in w] == [
+        "3 of 7 shapes are entirely covered by shapes drawn after them and have no pixel in the mask: shape 0 "
+        "('fork') under 'table'; shapes 1, 3 ('broccoli') under 'table' (a shape drawn later lies on top: draw the "
+        "covered ones later, or cut them out of the shape that covers them)"]
+    assert report.class_pixels[1] == report.class_pixels[2] == 0 < report.class_pixels[3]
+    alone = check_file(annotation(*shapes[:1], shapes[5]), label_map, CheckOptions(check_images=False))
+    assert alone.warnings == ["shape 0 ('fork') is entirely covered by shapes drawn after it ('table'): it has no "
+                              "pixel in the mask (a shape drawn later lies on top: draw the covered ones later, or "
+                              "cut them out of the shape that covers them)"]
+    on_top = check_file(annotation(shapes[5], shapes[0]), label_map, CheckOptions(check_images=False))
+    same_class = check_file(annotation(Shape("table", rect(2, 2, 6, 6)), shapes[5]), label_map,
+                            CheckOptions(check_images=False))          # the mask loses nothing
+    assert on_top.warnings == [] and same_class.warnings == []
+
+
 def test_unknown_labels_are_errors_or_warnings():
     shapes = [Shape("car", rect(0, 0, 5, 5)), Shape("road", rect(0, 5, 40, 30)), Shape("truck", rect(5, 5, 9, 9))]
     options = CheckOptions(check_images=False)
@@ -428,7 +452,7 @@ def test_report_statistics_text_and_json(tmp_path):
                    source=str(tmp_path / "b.xml"), file_name="b.png"),
     ]
     report = validate(annotations, default_label_map(), fmt="voc", source=tmp_path, root=tmp_path)
-    assert report.errors == [] and len(report.warnings) == 1
+    assert report.errors == [] and len(report.warnings) == 2
     pixels = report.class_pixels()
     assert pixels[SKY] == 400 and pixels[BUILDING] == 600 and pixels.sum() == 2400
     assert report.class_images()[ROAD] == 2 and report.class_images()[SKY] == 1
@@ -439,8 +463,9 @@ def test_report_statistics_text_and_json(tmp_path):
     assert road["pixel_share"] == pytest.approx((400 + 600) / 2400) and road["images"] == 2
     assert [f["unlabelled_share"] for f in data["files"]] == [pytest.approx(1 / 3), 0.0]
     text = report.text()
-    assert "2 image(s) of voc" in text and "0 error(s), 1 warning(s)" in text
+    assert "2 image(s) of voc" in text and "0 error(s), 2 warning(s)" in text
     assert "self-intersecting" in text and "road" in text
+    assert "shapes 1, 2 ('road') under 'Buildings'" in text
     assert "unlabelled pixels (no shape; they get the fill class 'background'): 16.67% overall; most: a 33.3%" in text
     covered = validate(annotations[1:], default_label_map(), fmt="voc", source=tmp_path, root=tmp_path).text()
     assert "unlabelled pixels: none (the shapes cover every image)" in covered     # not "0.00% overall; most: b 0.0%"

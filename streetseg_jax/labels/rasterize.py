@@ -46,7 +46,8 @@ _ONE = 2 ** 40
 @dataclasses.dataclass
 class RasterResult:
     mask: np.ndarray          # (H, W) uint8 class ids
-    problems: list[str]       # shapes that were skipped or are suspicious, one message each
+    problems: list[str]       # shapes that were skipped or are suspicious (one message each), shapes that later
+                              # ones cover entirely (one message for them all)
 
 
 @dataclasses.dataclass
@@ -54,6 +55,7 @@ class _Drawable:
     """One shape on its way to the mask."""
     class_id: int
     name: str                                   # "shape 3 ('road')", for messages
+    index: int = 0                              # position in the items given
     exterior: np.ndarray | None = None          # (N, 2) float64
     holes: list = dataclasses.field(default_factory=list)
     raster: np.ndarray | None = None            # (h, w) bool over `box`, for mask-given shapes
@@ -73,7 +75,9 @@ def rasterize(items: Sequence[tuple[int, Shape]], height: int, width: int,
     problems: list[str] = []
     drawables = _drawables(items, height, width, ignore_id, problems)
     flat = _coverage_buffer(drawables)
-    return RasterResult(_composite(drawables, flat, height, width, fill_id), problems)
+    mask, owner = _composite(drawables, flat, height, width, fill_id)
+    problems.extend(_covered_problem(drawables, flat, owner, [shape for _, shape in items]))
+    return RasterResult(mask, problems)
 
 
 def coverage(shape: Shape, height: int, width: int) -> np.ndarray:
@@ -106,7 +110,7 @@ def _drawables(items, height: int, width: int, ignore_id: int, problems: list[st
     candidates = []
     for i in sorted(range(len(items)), key=lambda i: items[i][1].z_order):   # sorted() is stable
         class_id, shape = items[i]
-        d = _Drawable(ignore_id if shape.ignore else int(class_id), f"shape {i} ({shape.label!r})")
+        d = _Drawable(ignore_id if shape.ignore else int(class_id), f"shape {i} ({shape.label!r})", i)
         if shape.raster is not None:
             if _set_raster(d, shape.raster, height, width, problems):
                 candidates.append(d)
@@ -350,13 +354,15 @@ def _join(v0, cut, v1, first_piece, count, ending_at_cut):
 
 # --- stacking -------------------------------------------------------------------------------------------------------
 
-def _composite(drawables: list[_Drawable], flat: np.ndarray, height: int, width: int, fill_id: int) -> np.ndarray:
+def _composite(drawables: list[_Drawable], flat: np.ndarray, height: int, width: int,
+               fill_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mask, and per pixel the level of the shape whose class it took (0: the fill)."""
     top = _paint_full(drawables, flat, height, width)
     classes = np.array([fill_id] + [d.class_id for d in drawables], np.uint8)   # by level; 0 is the fill
     mask = np.take(classes, top)
     pixel, level, cover = _partial_pixels(drawables, flat, top, width)
     _settle(mask.reshape(-1), top.reshape(-1), classes, pixel, level, cover)
-    return mask
+    return mask, top
 
 
 def _paint_full(drawables: list[_Drawable], flat: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -387,18 +393,19 @@ def _partial_pixels(drawables, flat, top, width):
 
 
 def _settle(mask, top, classes, pixel, level, cover) -> None:
-    """Give partly covered pixels the class that claims most of them (see the module docstring).
-
-    `top` (flat) is used as scratch space once the base shapes under the partial ones are read from it.
+    """Give partly covered pixels the class that claims most of them (see the module docstring), and set `top`
+    (flat) there to the level of the shape that won (its pixel's owner; used as scratch space meanwhile).
     """
     if len(pixel) == 0:
         return
     base = top[pixel]
     alone = _alone(top, pixel)                         # one partial shape over the base: the usual case at an edge
+    top[pixel] = base
     wins = alone & (cover >= 0.5)
     mask[pixel[wins]] = classes[level[wins]]
+    top[pixel[wins]] = level[wins]
     if not alone.all():
-        _settle_stacks(mask, base[~alone], classes, pixel[~alone], level[~alone], cover[~alone])
+        _settle_stacks(mask, top, base[~alone], classes, pixel[~alone], level[~alone], cover[~alone])
 
 
 def _alone(scratch: np.ndarray, pixel: np.ndarray) -> np.ndarray:
@@ -410,7 +417,7 @@ def _alone(scratch: np.ndarray, pixel: np.ndarray) -> np.ndarray:
     return (last == entry) & (scratch[pixel] == entry)
 
 
-def _settle_stacks(mask, base, classes, pixel, level, cover) -> None:
+def _settle_stacks(mask, top, base, classes, pixel, level, cover) -> None:
     """Pixels with several partial shapes: claim from the top down, sum per class, take the largest."""
     order = np.lexsort((-level, pixel))
     pixel, level, cover, base = pixel[order], level[order], cover[order], base[order]
@@ -425,12 +432,12 @@ def _settle_stacks(mask, base, classes, pixel, level, cover) -> None:
     group = np.concatenate([group, np.arange(len(first))])
     level = np.concatenate([level, base])
     share = np.concatenate([share, np.clip(1.0 - covered[last], 0, 1)])
-    winner = _largest_claim(group, classes[level], share, level)
-    mask[pixel[first]] = winner
+    mask[pixel[first]], top[pixel[first]] = _largest_claim(group, classes[level], share, level)
 
 
-def _largest_claim(group, class_id, share, level) -> np.ndarray:
-    """Per group, the class with the largest summed share; ties go to the class with the higher drawing level."""
+def _largest_claim(group, class_id, share, level) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, the class with the largest summed share (ties go to the class with the higher drawing level), and
+    the highest level of that class in the group."""
     key = group * 256 + class_id
     order = np.lexsort((-level, key))                  # within one (group, class), the highest level first
     key, share, level = key[order], share[order], level[order]
@@ -438,4 +445,46 @@ def _largest_claim(group, class_id, share, level) -> np.ndarray:
     total, top_level, owner = np.add.reduceat(share, first), level[first], key[first] // 256
     best = np.lexsort((top_level, total, owner))       # per group ascending; its last entry wins
     best = best[np.append(owner[best][1:] != owner[best][:-1], True)]
-    return (key[first][best] % 256).astype(np.uint8)
+    return (key[first][best] % 256).astype(np.uint8), top_level[best]
+
+
+# --- hidden shapes --------------------------------------------------------------------------------------------------
+_HIDDEN_LISTED = 5      # groups of hidden shapes named in one message
+
+
+def _covered_problem(drawables: list[_Drawable], flat: np.ndarray, owner: np.ndarray, shapes) -> list[str]:
+    """One message naming the shapes that own no pixel of the mask because shapes of other classes drawn after them
+    took their pixels (a fork under the dining table drawn after it), grouped by class and by what covers them; a
+    shape under others of its own class loses the mask nothing. Costs one count over the owner map, and a look at
+    the pixels of the hidden shapes alone."""
+    owned = np.bincount(owner.ravel(), minlength=len(drawables) + 1) > 0
+    groups: dict[tuple, list[int]] = {}
+    for level in (np.flatnonzero(~owned[1:]) + 1).tolist():
+        d = drawables[level - 1]
+        x0, y0, x1, y1 = d.box
+        footprint = d.raster if d.raster is not None else _view(flat, d) > 0
+        over = np.unique(owner[y0:y1, x0:x1][footprint])
+        later = [drawables[o - 1].index for o in over.tolist() if o > level and drawables[o - 1].class_id != d.class_id]
+        if later:
+            covers = tuple(dict.fromkeys(shapes[i].label for i in later))
+            groups.setdefault((shapes[d.index].label, covers), []).append(d.index)
+    if not groups:
+        return []
+    total = sum(len(indices) for indices in groups.values())
+    if total == 1:
+        (label, covers), (index,) = next(iter(groups.items()))
+        found = (f"shape {index} ({label!r}) is entirely covered by shapes drawn after it "
+                 f"({', '.join(map(repr, covers))}): it has no pixel in the mask")
+    else:
+        parts = [f"{'shape' if len(indices) == 1 else 'shapes'} {_numbers(indices)} ({label!r}) under "
+                 f"{', '.join(map(repr, covers))}" for (label, covers), indices in groups.items()][:_HIDDEN_LISTED]
+        more = f"; and {len(groups) - _HIDDEN_LISTED} more group(s)" if len(groups) > _HIDDEN_LISTED else ""
+        found = (f"{total} of {len(shapes)} shapes are entirely covered by shapes drawn after them and have no pixel "
+                 f"in the mask: {'; '.join(parts)}{more}")
+    return [found + " (a shape drawn later lies on top: draw the covered ones later, or cut them out of the shape "
+            "that covers them)"]
+
+
+def _numbers(indices: list[int], shown: int = 10) -> str:
+    listed = ", ".join(map(str, indices[:shown]))
+    return listed + (f" and {len(indices) - shown} more" if len(indices) > shown else "")

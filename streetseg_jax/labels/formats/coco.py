@@ -18,6 +18,9 @@ Conventions (see `read`):
   writes past its buffer when the runs add up to more than height * width.
 - COCO has no z-order. Annotations are drawn in file order, later ones on top, except crowd regions, which are
   drawn under every single-object annotation of their image (a person outlined on their own beats the crowd blob).
+  That is how converters built on pycocotools paint them, and masks made before stay the same; a small object
+  listed before a large one around it (a fork before the dining table) is then painted over, which `labels check`
+  reports (the rasterizer names every shape that later ones cover entirely).
 - `iscrowd: 1` regions are painted with the ignore id by default: their masks are coarse blobs that also cover the
   gaps between the people or cars in them, so their pixels are neither trained on nor scored, as instance and
   semantic segmentation toolboxes commonly do. `crowd="class"` paints them with their category instead.
