@@ -128,6 +128,31 @@ def test_fill_class_is_not_exported_outside_holes():
     shapes = mask_to_shapes(mask, LM, min_area=0)
     assert [s.label for s in shapes] == ["road"]
     assert mask_to_shapes(np.zeros((8, 8), np.uint8), LM) == []
+    void = LabelMap((ClassInfo(0, "void", (0, 0, 0)), ClassInfo(1, "road", (1, 1, 1))), fill_id=0)
+    assert [s.label for s in mask_to_shapes(mask // ROAD, void, min_area=0)] == ["road"]      # background by name
+
+
+@pytest.mark.parametrize("fmt", writers.EXPORT_FORMATS)
+def test_a_fill_that_is_a_real_class_gets_shapes_in_every_export(tmp_path, fmt):
+    """CamVid's label map fills with sky: a sky with no shapes was invisible in LabelMe and CVAT, and background to
+    any importer without our label map. Read back with another fill, the export still gives the mask."""
+    from streetseg_jax.labels import formats
+
+    sky_fill = LabelMap(CAMVID_MAP.classes, ignore_id=255, fill_id=0)
+    mask = np.zeros((30, 40), np.uint8)                       # sky
+    mask[15:, :] = CAMVID_NAMES.index("road")
+    mask[5:10, 10:20] = CAMVID_NAMES.index("building")       # a hole in the sky
+    mask[20:25, 5:12] = 0                                     # sky inside the road
+    assert [s.label for s in mask_to_shapes(mask, sky_fill, tolerance=0, min_area=0)].count("sky") == 2
+    photo = tmp_path / "street.png"
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(photo)
+    writers.export_predictions({"street": mask}, {"street": str(photo)}, sky_fill, fmt, tmp_path / "out",
+                               tolerance=0, min_area=0)
+    (annotation,) = formats.read(fmt, tmp_path / "out", sky_fill)
+    assert {s.label for s in annotation.shapes} == {"sky", "road", "building"}
+    other_fill = LabelMap(CAMVID_MAP.classes, ignore_id=255, fill_id=255)
+    assert (annotation_to_mask(annotation, other_fill).mask == mask).all()
+    assert (annotation_to_mask(annotation, sky_fill).mask == mask).all()
 
 
 def test_simplified_neighbours_share_their_boundary():

@@ -18,9 +18,11 @@ What comes out, and why:
   least two pixel edges (a rectangle keeps its corners), junctions and corners on the image border: a line
   through the midpoints of a pixel staircase cuts each step pixel 7/8 to 1/8, so every pixel keeps its class,
   where a line through the staircase's corners would split pixels half and half.
-- Which classes become shapes: every class except the fill class (`label_map.fill_id`: pixels no shape covers
-  rasterize to it, so it needs no shapes), and the ignore id as shapes marked `ignore` with label "__ignore__"
-  (when the ignore id is the fill, it is treated as the fill). A region of the fill class that sits inside a
+- Which classes become shapes: every class, and the ignore id as shapes marked `ignore` with label "__ignore__";
+  but a background fill class (`label_map.fill_id` named background, unlabeled, void ...: `fill_is_background`),
+  or the ignore id as the fill, gets none: pixels no shape covers rasterize to it, and nobody corrects background
+  in a tool. A fill that is a real class (CamVid's sky) gets its shapes: a tool shows only what has shapes, and an
+  importer without our label map would make background of it. A region of a background fill that sits inside a
   hole of another shape is returned too (`fill_shapes=True`): tools without holes (LabelMe, CVAT polygons) can
   then leave every hole out, because each hole is covered exactly by shapes drawn after its owner.
 - Order: by nesting depth (a shape lying in a hole of another comes after it; `Shape.z_order` is that depth),
@@ -466,7 +468,7 @@ def _shapes(edges: _Edges, rings, points, regions: _Regions, label_map: LabelMap
     owner = np.array([edges.left[ring[0]] for ring in rings], np.int64)
     is_hole = np.array([_signed_area(edges, ring) > 0 for ring in rings], bool)
     values, fill = regions.values, label_map.fill_id
-    exported = values != fill
+    exported = values != fill if fill_is_background(label_map) else np.ones(len(values), bool)
     exported[0] = False
     depth_all = _hole_depth(edges, rings, is_hole, regions)
     if fill_shapes:
@@ -480,6 +482,19 @@ def _shapes(edges: _Edges, rings, points, regions: _Regions, label_map: LabelMap
     levels = {d: z for z, d in enumerate(sorted({int(depth_all[r]) for r in chosen}))}
     return [_shape(int(values[r]), points[outer[r]], holes.get(r, []), levels[int(depth_all[r])], label_map)
             for r in chosen]
+
+
+BACKGROUND_NAMES = frozenset({"background", "_background_", "bg", "unlabeled", "unlabelled", "void", "other",
+                              "none", "nothing"})
+
+
+def fill_is_background(label_map: LabelMap) -> bool:
+    """Whether the fill is no class a labeller outlines: the ignore id, or a class named (or aliased) background,
+    unlabeled, void ... Where it is a real class (CamVid's sky), its regions are exported like any other's."""
+    if label_map.fill_id == label_map.ignore_id:
+        return True
+    fill = label_map.classes[label_map.fill_id]
+    return any(name.casefold() in BACKGROUND_NAMES for name in (fill.name, *fill.aliases))
 
 
 def _shape(value: int, exterior, holes, z_order: int, label_map: LabelMap) -> Shape:

@@ -19,6 +19,9 @@ readable by our own reader for that format (`python -m streetseg_jax.labels to-m
   document order for stacking, holes left out as for LabelMe; `source="auto"` marks them as machine-made.
   Ignore regions are polygons labelled `__ignore__`, which every reader here takes as ignore (shapes.IGNORE_LABEL).
 
+A fill class that is a real class (CamVid's sky) gets shapes in every format, as any other class does
+(polygonize.fill_is_background).
+
 Files are written atomically (streetseg_jax.atomic).
 """
 from __future__ import annotations
@@ -191,7 +194,8 @@ def export_predictions(masks: dict[str, np.ndarray], image_names: dict[str, str]
       coco:    OUT/annotations.json, images in OUT/images/<key><suffix>
       cvat:    OUT/annotations.xml, images in OUT/images/<key><suffix> (CVAT's task-export layout: create a task
                from the images, then upload the XML as its annotations in "CVAT for images 1.1")
-    COCO gets shapes with real holes (RLE), so no fill-class shapes; LabelMe and CVAT get the covering shapes.
+    COCO gets shapes with real holes (RLE), so no shapes of a background fill; LabelMe and CVAT get the covering
+    shapes. A fill that is a real class (polygonize.fill_is_background) gets its shapes everywhere.
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
