@@ -467,6 +467,29 @@ def test_images_of_one_name_in_different_folders_keep_their_folders(tmp_path, ca
                                   sample_exports.expected_mask())
 
 
+def test_an_absolute_coco_file_name_inside_the_export_keys_the_mask_by_its_folders_there(tmp_path, capsys):
+    """Some tools write the image's whole path as file_name: its folders from / on became the mask's path
+    (OUT/tmp/.../cam1/street_1.png); now only those below the export count, and a path outside it is refused."""
+    export = tmp_path / "coco"
+    coco = json.loads((sample_exports.write_export("coco", export) / "annotations.json").read_text())
+    for folder in ("cam1", "cam2"):
+        (export / "images" / folder).mkdir()
+        shutil.copy(export / "images" / "street_1.png", export / "images" / folder)
+    second = {**coco["images"][0], "file_name": "cam2/street_1.png", "id": 2}
+    coco["images"][0]["file_name"] = str(export / "images" / "cam1" / "street_1.png")
+    coco["images"].append(second)
+    coco["annotations"] += [{**a, "id": a["id"] + 100, "image_id": 2} for a in coco["annotations"]]
+    (export / "annotations.json").write_text(json.dumps(coco))
+    main(["to-masks", "--format", "coco", "--input", str(export), "--output", str(tmp_path / "m")])
+    assert sorted(p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("*.png")) == \
+        ["cam1/street_1.png", "cam2/street_1.png"]
+    coco["images"][0]["file_name"] = str(tmp_path / "elsewhere" / "cam1" / "street_1.png")
+    (export / "annotations.json").write_text(json.dumps(coco))
+    with pytest.raises(SystemExit):
+        main(["to-masks", "--format", "coco", "--input", str(export), "--output", str(tmp_path / "m2")])
+    assert "' points outside the export folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("fmt", ["labelme", "coco"])
 def test_masks_never_overwrite_the_exports_png_photos(fmt, tmp_path, capsys):
     export = sample_exports.write_export(fmt, tmp_path / "export")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -98,14 +99,28 @@ def _key_with_folders(annotation: Annotation, root: Path, from_source: bool) -> 
         except ValueError:
             return None
     else:
-        name = (annotation.file_name or "").replace("\\", "/")
-        if "://" in name:
+        name = _inside_root((annotation.file_name or "").replace("\\", "/"), root)
+        if name is None:
             return None
         folders = tuple(part for part in name.split("/")[:-1] if part not in ("", "."))
     folders = [folder for folder in folders if folder.lower() not in _LAYOUT_FOLDERS]
     try:
         return make_key([*folders, image_key(annotation)], str(annotation.source))
     except LabelFormatError:                                 # ".." or a name no file system takes
+        return None
+
+
+def _inside_root(name: str, root: Path) -> str | None:
+    """An image's file name as a path relative to the export folder: an absolute one (some tools write the whole
+    path) taken relative to the folder, whose own path must not name the mask; None for a URL, a Windows path on
+    another system, or an absolute path outside the export (which the reader has refused already)."""
+    if "://" in name or re.match(r"[A-Za-z]:/", name):
+        return None
+    if not name.startswith("/"):
+        return name
+    try:
+        return Path(name).resolve().relative_to(Path(root).resolve()).as_posix()
+    except (OSError, ValueError):
         return None
 
 
