@@ -771,6 +771,51 @@ def test_classes_follow_labelme2voc_labels_txt(tmp_path, capsys):
     assert written.names == ["background", "road", "unlabeled", "building", "sky", "bicycle"]
 
 
+def test_check_to_masks_and_build_take_labelme2voc_labels_txt_as_the_label_map(tmp_path, capsys):
+    """labels classes numbered the classes by labels.txt, but check, to-masks and data build ignored it (the seed's
+    classes: unknown names, or "needs --label_map"): all of them read it now, and say so."""
+    from streetseg_jax.cli import export_label_map
+
+    export = sample_exports.write_export("labelme", tmp_path / "project" / "data_annotated")
+    labels = tmp_path / "project" / "labels.txt"
+    labels.write_text("__ignore__\n_background_\nroad\ntrack\nbuilding\nsky\n")
+    main(["check", "--format", "auto", "--input", str(tmp_path / "project")])
+    out = capsys.readouterr()
+    assert f"note: the label map is the export's {labels}" in out.err and "0 error(s)" in out.out
+    main(["to-masks", "--format", "labelme", "--input", str(export), "--output", str(tmp_path / "masks")])
+    assert f"note: the label map is the export's {labels}" in capsys.readouterr().err
+    renumbered = np.arange(256, dtype=np.uint8)
+    renumbered[[3, 5, 6]] = [1, 3, 4]            # the seed's road, building and sky are labels.txt's 1, 3 and 4
+    np.testing.assert_array_equal(read_mask_png(tmp_path / "masks" / "street_1.png"),
+                                  renumbered[sample_exports.expected_mask()])
+    assert export_label_map(export) == export_label_map(tmp_path / "project") == labels     # what data build asks
+
+
+def test_check_of_predicts_output_folder_reads_the_label_map_of_its_export(tmp_path, capsys):
+    """predict --export labelme writes OUT/labelme/ with the run's label_map.json; check --input OUT detected the
+    LabelMe files there but read them with the seed's classes ("unknown class name(s) 'track'" for every file)."""
+    from streetseg_jax.labels import writers
+    from streetseg_jax.labels.label_map import LabelMap
+
+    track = LabelMap.from_dict({"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]},
+                                            {"id": 1, "name": "track", "color": [200, 0, 0]}]})
+    mask = np.zeros((12, 16), np.uint8)
+    mask[4:10, 2:12] = 1
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(tmp_path / "a.jpg")
+    out = tmp_path / "out"
+    writers.export_predictions({"a": mask}, {"a": str(tmp_path / "a.jpg")}, track, "labelme", out / "labelme")
+    (out / "labelme" / "label_map.json").write_text(track.to_json())        # as predict writes it
+    main(["check", "--format", "auto", "--input", str(out)])
+    captured = capsys.readouterr()
+    assert f"note: the label map is the export's {out / 'labelme' / 'label_map.json'}" in captured.err
+    assert "0 error(s)" in captured.out and "track" in captured.out
+    (out / "coco").mkdir()                          # another run's export beside it, of other classes: refused
+    (out / "coco" / "label_map.json").write_text(default_label_map().to_json())
+    with pytest.raises(SystemExit):
+        main(["check", "--format", "labelme", "--input", str(out)])
+    assert "differ: give --input the one export folder, or --label_map" in capsys.readouterr().err
+
+
 def test_to_masks_warns_of_what_check_warns_of(tmp_path, capsys):
     """A self-intersecting polygon: check warned, to-masks said '0 problems'."""
     export = sample_exports.write_export("labelme", tmp_path / "export")

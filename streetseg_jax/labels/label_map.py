@@ -288,6 +288,7 @@ EXPORT_LABEL_MAP = "label_map.json"     # written into predict's --export folder
 ROBOFLOW_CLASSES = "_classes.csv"       # Roboflow's semantic-segmentation export: one in each split folder
 VOC_LABELMAP = "labelmap.txt"           # CVAT's Segmentation mask and Datumaro's VOC exports, at their top
 CLASS_NAMES = "class_names.txt"         # labelme2voc's output folder, at its top
+LABELME_LABELS = "labels.txt"           # labelme2voc's input class list: beside the LabelMe files, or above them
 
 
 def label_map_of_export(export: Path) -> Path | None:
@@ -295,8 +296,10 @@ def label_map_of_export(export: Path) -> Path | None:
     so that its polygons, corrected in the tool, come back with their classes), else the class list of its masks:
     CVAT's labelmap.txt or labelme2voc's class_names.txt at its top, or Roboflow's _classes.csv there or in its split
     folders, or above its mask folder where that is `export` (a list that does not read is still the export's, and
-    loading it says why). LabelMapError where two split folders' lists differ: each folder's masks hold the ids of
-    its own. The folder is the export's, or the one of an export file."""
+    loading it says why), else labelme2voc's labels.txt (labelme_labels: `labels classes` numbers the classes by it
+    too), else the label_map.json of a folder in it (predict's OUT holds its export in OUT/labelme/). LabelMapError
+    where two split folders' lists differ (each folder's masks hold the ids of its own), or two folders' label maps.
+    The folder is the export's, or the one of an export file."""
     folder = Path(export) if Path(export).is_dir() else Path(export).parent
     if _is_our_label_map(folder / EXPORT_LABEL_MAP):
         return folder / EXPORT_LABEL_MAP
@@ -314,7 +317,31 @@ def label_map_of_export(export: Path) -> Path | None:
             raise LabelMapError(f"{csvs[0]} and {other} list different classes ({', '.join(first.names)} against "
                                 f"{', '.join(readings[other].names)}), and each folder's masks hold the ids of its "
                                 "own: make the lists one (and the masks with them), or build the folders apart")
-    return lists[0] if lists else None
+    return lists[0] if lists else labelme_labels(folder) or _label_map_below(subfolders)
+
+
+def labelme_labels(folder: Path) -> Path | None:
+    """labelme2voc's labels.txt in `folder` or the one above it (LabelMe's own example keeps it beside
+    data_annotated/). labelme2voc numbers the classes by it, _background_ 0 and the next ones 1, 2 ...; a file
+    without _background_, or __ignore__ first, is no such list."""
+    for path in (folder / LABELME_LABELS, folder.parent / LABELME_LABELS):
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError):
+            continue
+        if "_background_" in names or names[:1] == ["__ignore__"]:
+            return path
+    return None
+
+
+def _label_map_below(subfolders: list[Path]) -> Path | None:
+    """The label map of ours in the folders given (predict's OUT/labelme/label_map.json), where they hold one or
+    several alike; LabelMapError where they differ."""
+    found = [path for path in (p / EXPORT_LABEL_MAP for p in subfolders) if _is_our_label_map(path)]
+    differ = [path for path in found[1:] if path.read_bytes() != found[0].read_bytes()]
+    if differ:
+        raise LabelMapError(f"{found[0]} and {differ[0]} differ: give --input the one export folder, or --label_map")
+    return found[0] if found else None
 
 
 def _is_our_label_map(path: Path) -> bool:

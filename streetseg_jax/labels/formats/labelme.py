@@ -43,6 +43,7 @@ from PIL import Image
 
 from streetseg_jax.labels import images
 from streetseg_jax.labels.jsonio import load_json
+from streetseg_jax.labels.label_map import labelme_labels
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, ellipse_ring, read_each
 
 AREA_TYPES = ("polygon", "rectangle", "circle", "mask")
@@ -72,18 +73,13 @@ def read(path: Path, label_map=None) -> list[Annotation]:
 
 
 def class_list(export: Path) -> tuple[Path, list[str]] | None:
-    """labelme2voc's labels.txt in the export folder or the one above it (LabelMe's own example keeps it beside
-    data_annotated/): (the file, its class names in order, __ignore__ left out). labelme2voc numbers the classes so,
-    _background_ 0 and the next ones 1, 2 ...; a file without _background_ or __ignore__ is not such a list."""
-    folder = Path(export) if Path(export).is_dir() else Path(export).parent
-    for path in (folder / "labels.txt", folder.parent / "labels.txt"):
-        try:
-            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError):
-            continue
-        if "_background_" in names or names[:1] == ["__ignore__"]:
-            return path, [name for name in names if name != "__ignore__"]
-    return None
+    """labelme2voc's labels.txt for the export (label_map.labelme_labels): (the file, its class names in order,
+    __ignore__ left out), or None."""
+    path = labelme_labels(Path(export) if Path(export).is_dir() else Path(export).parent)
+    if path is None:
+        return None
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return path, [name for name in names if name != "__ignore__"]
 
 
 def looks_like(path: Path) -> bool:
