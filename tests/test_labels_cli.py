@@ -319,6 +319,25 @@ def test_classes_lists_the_exports_names_and_writes_a_label_map_the_export_check
     assert "exists" in capsys.readouterr().err and json.loads(label_map.read_text()) == written
 
 
+def test_classes_says_which_names_it_merged_and_numbers_unspellable_ones_by_id(tmp_path, capsys):
+    """9 names printed, 7 classes written, nothing said; and 木, class 6 here, was named class_8."""
+    export = sample_exports.write_export("labelme", tmp_path / "export")
+    document = json.loads((export / "street_1.json").read_text())
+    shape = document["shapes"][0]
+    names = ["Straße", "strasse", "traffic light", "Traffic Light", "road", "car", "木", "tree", "Tree"]
+    document["shapes"] = [{**shape, "label": name} for name in names]
+    (export / "street_1.json").write_text(json.dumps(document))
+    main(["classes", "--format", "labelme", "--input", str(export), "--output", str(tmp_path / "map.json")])
+    out = capsys.readouterr().out
+    assert ("note: names merged into one class, being one name in snake_case (each kept as an alias; give one a "
+            "class of its own in the label map where they differ): 'Straße', 'strasse' -> 'strasse'; 'Traffic "
+            "Light', 'traffic light' -> 'traffic_light'; 'Tree', 'tree' -> 'tree'") in out
+    written = json.loads((tmp_path / "map.json").read_text())
+    assert [c["name"] for c in written["classes"]] == ["background", "strasse", "traffic_light", "tree", "car", "road",
+                                                       "class_6"]
+    assert written["classes"][6]["aliases"] == ["木"]
+
+
 def test_shapes_without_a_class_name_get_no_class_of_their_own(tmp_path, capsys):
     """A CVAT shape with an empty label became a class named 'class', and check then passed it as one."""
     export = sample_exports.write_export("cvat", tmp_path / "export")
@@ -343,9 +362,9 @@ def test_starter_label_maps_fold_spellings_and_keep_names_apart():
                                    "unlabeled", "!!", "Vegetation", "tree", "other", "道路", "建物"])
     assert [(c.id, c.name, c.aliases) for c in spellings.classes] == [     # names one snake_case spelling are one
         (0, "background", ("unlabeled",)), (1, "car", ("car!",)), (2, "road", ("Road",)),
-        (3, "traffic_light", ("traffic-light", "Traffic Light", "traffic.light")), (4, "class_8", ("!!",)),
+        (3, "traffic_light", ("traffic-light", "Traffic Light", "traffic.light")), (4, "class_4", ("!!",)),
         (5, "vegetation", ("Vegetation",)), (6, "tree", ()), (7, "other", ()),      # 'other': no background
-        (8, "class_12", ("道路",)), (9, "class_13", ("建物",))]     # one class 'class' of all three, merged
+        (8, "class_8", ("道路",)), (9, "class_9", ("建物",))]      # each named by its id, not merged
     assert len({c.color for c in spellings.classes}) == spellings.num_classes     # vegetation and tree: the seed's
     with pytest.raises(LabelMapError, match="300 classes: a mask holds 255 at most"):
         starter_label_map([f"n{i}" for i in range(299)])

@@ -279,10 +279,22 @@ def classes(args: argparse.Namespace) -> None:
                   f"masks hold them) to {args.output}; rename classes or give them aliases there, and use it with "
                   f"--label_map {args.output}")
             return
+        _say_merged(starter, named)
         print(f"wrote a label map of {starter.num_classes} classes to {args.output} (the names above, with ids of its "
               "own in that order, not those after the arrows; class 0 is the fill class; "
               "merge two classes by moving one's name into the other's aliases, then renumber the ids 0..K-1); "
               f"use it with --label_map {args.output}")
+
+
+def _say_merged(label_map: LabelMap, names: list[str]) -> None:
+    """Name the classes that took several of the names listed (one snake_case spelling, or background's), so that
+    fewer classes than names are no surprise."""
+    merged = [(c.name, spellings) for c in label_map.classes
+              if len(spellings := [n for n in names if n == c.name or n in c.aliases]) > 1]
+    if merged:
+        print("note: names merged into one class, being one name in snake_case (each kept as an alias; give one a "
+              "class of its own in the label map where they differ): "
+              + "; ".join(f"{', '.join(map(repr, spellings))} -> {name!r}" for name, spellings in merged))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -436,14 +436,15 @@ def starter_label_map(names: list[str], keep_ids: bool = False) -> LabelMap:
     spelt in snake_case, with the tool's spellings as aliases ('Traffic Light' and 'traffic-light' are one class,
     traffic_light). `keep_ids` (a tool's class list: labelme2voc's labels.txt, Roboflow's _classes.csv): each name
     is a class of its own at its position, the first the fill class, named 'background' only where it is a spelling
-    of it; LabelMapError where two of them are one snake_case name. Colours: the seed's for the seed's class names,
+    of it; LabelMapError where two of them are one snake_case name. A name of no Latin letter or digit (木) becomes
+    class_<its id>, the tool's spelling its alias. Colours: the seed's for the seed's class names,
     else distinct ones from the PASCAL VOC palette. LabelMapError where the names are more than the 255 classes a
     mask holds."""
     seed = default_label_map()
     groups: dict[str, list[str]] = {}
     for i, name in enumerate(names):         # 'other' is a class of its own, not the seed's background
         background = seed.id_of(name) == 0 and snake_case(name) != "other" and (i == 0 or not keep_ids)
-        groups.setdefault("background" if background else snake_case(name) or f"class_{i}", []).append(name)
+        groups.setdefault("background" if background else snake_case(name) or f"\0{i}", []).append(name)
     if keep_ids and len(groups) < len(names):
         twice = [spelt for spelt, spellings in groups.items() if len(spellings) > 1]
         raise LabelMapError(f"the class list names {', '.join(map(repr, groups[twice[0]]))}, one class "
@@ -452,6 +453,8 @@ def starter_label_map(names: list[str], keep_ids: bool = False) -> LabelMap:
     classes, used = [], set()
     for spelt in order:
         spellings = groups.get(spelt, [])
+        if spelt.startswith("\0"):                 # no Latin letter or digit (木, !!): named by its class id
+            spelt = f"class_{len(classes)}" if f"class_{len(classes)}" not in groups else f"unnamed_{len(classes)}"
         known = 0 if spelt == "background" else seed.id_of(spellings[0]) or None    # 'other' is not background
         color = _voc_color(len(classes)) if known is None else seed.classes[known].color
         taken = lambda c: any(_alike(c, other) for other in (*used, *(rgb for _, rgb in _RESERVED)))  # noqa: E731
