@@ -277,4 +277,6 @@ def _scales(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected scales like 0.3125,0.5 or none, got {text!r}") from None
     if not all(0 < s <= MAX_EXTRA_SCALE for s in scales):
         raise argparse.ArgumentTypeError(f"scales must be in (0, {MAX_EXTRA_SCALE}], got {text!r}")
+    if len(set(scales)) < len(scales):      # the network run twice at one scale, weighted double
+        raise argparse.ArgumentTypeError(f"each scale once, got {text!r}")
     return scales

@@ -39,10 +39,11 @@ one that wrote it, info.json's jax_version, or newer: an older one fails with "e
         label_map = json.loads(archive.read("label_map.json"))
     classes = exported.call(images)["classes"]        # images: uint8 numpy array (B, H, W, 3)
 
-It runs each image as it is given, where `python -m streetseg_jax.predict` first turns a photo upright as its EXIF
-says (PIL.ImageOps.exif_transpose does), resizes one far from the training images' size (its shorter side over 1.5
-times theirs or under 2/3: info.json's train_image_size) and tiles a large one. On upright photos that need none of
-these its classes equal predict's masks byte for byte.
+It takes images of info.json's input shape (a fixed height and width where it names numbers: resize to them) and
+runs each as it is given, where `python -m streetseg_jax.predict` first turns a photo upright as its EXIF says
+(PIL.ImageOps.exif_transpose does), resizes one far from the training images' size (its shorter side over 1.5 times
+theirs or under 2/3: info.json's train_image_size) and tiles a large one. On upright photos that need none of these
+its classes equal predict's masks byte for byte.
 """
 OUTPUTS = ("classes", "confidence", "logits")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")       # what jax.export lowers for
@@ -161,7 +162,7 @@ def _write_archive(path: Path, model_bytes: bytes, label_map_json: str, info_jso
         archive.writestr(ARCHIVE_MODEL, model_bytes)
         archive.writestr(ARCHIVE_LABELS, label_map_json)
         archive.writestr(ARCHIVE_INFO, info_json)
-        archive.writestr(ARCHIVE_README, USAGE.replace("FILE", path.name, 1))
+        archive.writestr(ARCHIVE_README, USAGE.replace("FILE", repr(path.name), 1))
     atomic.write_bytes(path, buffer.getvalue())
 
 
@@ -173,15 +174,14 @@ def _check_args(args) -> tuple[str, ...]:
     if Path(args.output).is_dir():
         fail(f"--output {args.output} is a folder: name the archive to write, e.g. {Path(args.output) / 'model.zip'}")
     check_output_file(args.output, ".zip")
-    existing = next(p for p in (Path(args.output).absolute().parent, *Path(args.output).absolute().parents)
-                    if p.exists())
+    existing = next(p for p in Path(args.output).absolute().parents if p.exists())
     if not existing.is_dir():
         fail(f"--output {args.output}: {existing} is a file, not a folder")
     if (args.height is None) != (args.width is None):
         fail("give both --height and --width, or neither (symbolic sizes)")
     platforms = list(dict.fromkeys(p.strip() for p in args.platforms.split(",")))
     unknown = set(platforms) - set(PLATFORMS)
-    if unknown or not platforms:
+    if unknown:
         fail(f"--platforms {args.platforms!r}: name some of {', '.join(PLATFORMS)}")
     for name in ("height", "width", "batch_size"):
         value = getattr(args, name)

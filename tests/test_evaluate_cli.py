@@ -306,7 +306,7 @@ def test_extra_scales_flag(argv, expected):
     assert predict.parse_args([*args, "--input", "x", "--output", "y"]).extra_scales == expected
 
 
-@pytest.mark.parametrize("bad", ["0.5,x", "0", "-1"])
+@pytest.mark.parametrize("bad", ["0.5,x", "0", "-1", "0.5,0.5"])
 def test_extra_scales_flag_rejects_what_is_not_a_scale(bad, capsys):
     from streetseg_jax import evaluate
 

@@ -67,7 +67,7 @@ def test_exported_function_matches_predict_without_the_package(workdir, tmp_path
         readme = z.read("README.txt").decode()
     assert info["input"]["shape"] == ["batch", "height", "width", 3] and info["checkpoint"]["step"] == 1
     # A consumer handed the zip alone learns how to load it, and what predict does that it does not.
-    assert "zipfile.ZipFile(model.zip)" in readme and "pip install jax flatbuffers" in readme
+    assert "zipfile.ZipFile('model.zip')" in readme and "pip install jax flatbuffers" in readme
     assert "exif_transpose" in readme and "train_image_size" in readme
     size = load_model(workdir, "best").image_size      # None for images of several sizes
     assert info["train_image_size"] == (list(size) if size else None)

@@ -99,11 +99,11 @@ def run_build(args: argparse.Namespace) -> None:
 
     check_flags(args)
     options = {name: getattr(args, name) for name in (*CONFIG_OPTIONS[args.config], "num_workers")}
-    try:
+    try:        # a write the disk refused (an OSError) passes on to run_command, which says it in a line
         result = build.build(args.config, args.data_dir, args.manual_dir, overwrite=args.overwrite,
                              file_format=args.file_format, name=args.name, log=print, **options)
     except (builder.BuildError, builder.UnknownLabelsError, LabelMapError, source.DatasetNotFoundError) as e:
-        fail(str(e))        # a write the disk refused: run_command says it in a line
+        fail(str(e))
     print_result(f"street_seg/{args.name or args.config}", result)
 
 
