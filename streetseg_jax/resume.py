@@ -9,6 +9,7 @@ import json
 import shlex
 from pathlib import Path
 
+from streetseg_jax import config_keys
 from streetseg_jax.labels.label_map import label_map_change
 from streetseg_jax.visualize import flatten
 
@@ -58,7 +59,11 @@ def _difference(then, now) -> str:
 def _layout(key: str, section):
     """A config section as far as the checkpoint's arrays depend on it: the dropout rate may change on resume, but
     not whether there is dropout (its random-number state is saved with the model); the dataset by its name, a
-    version pinned or not (whether it is the data the run trained on, the fingerprint tells: run._check_same_data)."""
+    version pinned or not (whether it is the data the run trained on, the fingerprint tells: run._check_same_data);
+    keys no run reads (a misspelt one a run recorded before keys were checked) are no part of it."""
+    known = config_keys.known()
+    if isinstance(section, dict) and known is not None:
+        section = {k: v for k, v in section.items() if f"{key}.{k}" in known}
     if isinstance(section, dict) and "dropout" in section:
         return {**section, "dropout": "on" if section["dropout"] > 0 else "off"}
     if key == "dataset" and isinstance(section, str):

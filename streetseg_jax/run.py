@@ -7,7 +7,6 @@ holding another model or label map); `RunSetup` saves and restores, and logs thr
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import platform
@@ -23,7 +22,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from streetseg_jax import atomic, checkpoint, resume, sharding
+from streetseg_jax import atomic, checkpoint, config_keys, resume, sharding
 from streetseg_jax.cli import MAX_EXTRA_SCALE
 from streetseg_jax.data import augment
 from streetseg_jax.data.source import UnknownSplitError, dataset_dir, dataset_fingerprint, is_built, load_split
@@ -301,15 +300,17 @@ def start_differences(starts: list[dict]) -> str | None:
 def check_settings(config, workdir: str | Path) -> Path:
     """RunError for a config or work directory no run can use (main asks before it builds a missing dataset);
     returns the work directory as an absolute path."""
-    check_config(config)
     workdir = Path(workdir).absolute()
+    recorded = {key: value for key, value in _read_json_object(workdir / "config.json").items() if key != "provenance"}
+    check_config(config, set(config_keys.unknown(recorded)))
     _check_workdir(workdir)
     return workdir
 
 
-def check_config(config) -> None:
-    """RunError for values a run cannot use, before it starts (they would fail later, or silently do nothing)."""
-    problems = _unknown_keys(config)
+def check_config(config, recorded: set[str] = frozenset()) -> None:
+    """RunError for values a run cannot use, before it starts (they would fail later, or silently do nothing);
+    `recorded`: keys no run reads that the run resumed has in its config.json, let be."""
+    problems = _unknown_keys(config, recorded)
     if config.class_weights not in ("none", "median_frequency"):
         problems.append(f"class_weights must be 'none' or 'median_frequency', got {config.class_weights!r}")
     if not config.get("class_weight_power", 1.0) >= 0:
@@ -393,25 +394,16 @@ def _range_problems(config) -> list[str]:
 _MISSING = object()
 
 
-def _unknown_keys(config) -> list[str]:
-    """The keys no run reads, those configs/default.py has not, named (a misspelt key in a config file did nothing,
-    and compare listed it as what differed from the run without it); where the package is installed without its
-    configs/, no key is refused."""
-    import difflib
-
-    from streetseg_jax.visualize import flatten
-    default = Path(__file__).resolve().parents[1] / "configs" / "default.py"
-    if not default.is_file():
-        return []
-    spec = importlib.util.spec_from_file_location("_streetseg_default_config", default)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    known = set(flatten(module.get_config().to_dict()))
+def _unknown_keys(config, recorded: set[str]) -> list[str]:
+    """The keys no run reads, named with the key meant (a misspelt key in a config file did nothing, and compare
+    listed it as what differed from the run without it); those the run resumed recorded itself are let be (a run
+    started before keys were checked)."""
     problems = []
-    for key in sorted(set(flatten(config.to_dict())) - known):
-        guess = difflib.get_close_matches(key, known, 1, 0.6) or [k for k in known if k.endswith("." + key)][:1]
-        problems.append(f"{key} is no key a run reads" + (f": did you mean {guess[0]}?" if guess else
-                                                           " (configs/default.py has every key)"))
+    for key in config_keys.unknown(config.to_dict()):
+        if key not in recorded:
+            guess = config_keys.meant(key)
+            problems.append(f"{key} is no key a run reads" + (f": did you mean {guess}?" if guess else
+                                                               " (configs/default.py has every key)"))
     return problems
 
 

@@ -212,6 +212,26 @@ def test_a_run_resumes_from_its_own_config_json_when_its_config_file_is_gone(fin
         "block); this one is not: give a config file (.py with get_config()) or a run's config.json\n"), done.stderr
 
 
+def test_a_run_that_recorded_a_key_no_run_reads_still_resumes(finished_run, tiny_data_dir, tmp_path):
+    """A run started before keys were checked, whose config had a misspelt key, could not resume: its config.json
+    was refused for the key, and a config without it 'differed' from its checkpoints' in the model section."""
+    def old_run(name):
+        workdir = tmp_path / name
+        shutil.copytree(finished_run[0], workdir)
+        for recorded in [workdir / "config.json", *workdir.glob("checkpoints/*/*/meta/metadata")]:
+            data = json.loads(recorded.read_text())
+            (data.get("config") or data)["model"]["widht"] = 64
+            recorded.write_text(json.dumps(data))
+        return workdir
+    code, out = run_main_to_end(old_run("a"), tiny_data_dir, f"--config.num_train_steps={STEPS + 1}")
+    assert code == 0 and f"step {STEPS + 1}/{STEPS + 1}" in out, out
+    workdir = old_run("b")
+    done = subprocess.run([sys.executable, "-m", "streetseg_jax.main", "--config", str(workdir / "config.json"),
+                           f"--workdir={workdir}", f"--config.num_train_steps={STEPS + 1}"], cwd=ROOT,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and f"step {STEPS + 1}/{STEPS + 1}" in done.stdout, done.stdout + done.stderr
+
+
 def test_a_best_checkpoint_lost_when_the_run_stopped_is_saved_when_it_resumes(finished_run, tiny_data_dir, tmp_path):
     """A full disk stopped the run while the last step's best checkpoint was saved, after its evaluation was logged:
     the resume kept the older best checkpoint, which evaluate and predict then took, while the run's summary and
