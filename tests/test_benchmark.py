@@ -117,3 +117,76 @@ def test_the_predict_benchmark_times_the_network_once_per_window(monkeypatch):
 
     predictor = Predictor(predict.untrained("transpose", 8))
     assert predictor.flip_tta is False and len(predictor.scales) == 1
+
+
+def _tools_module(monkeypatch, name: str):
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import importlib
+
+    return importlib.import_module(name)
+
+
+def test_input_data_dir_defaults_to_tfds_data_dir(monkeypatch, tmp_path):
+    import argparse
+
+    input_bench = _tools_module(monkeypatch, "bench.input")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    parser = argparse.ArgumentParser()
+    input_bench.add_arguments(parser)
+    assert parser.parse_args([]).data_dir == str(tmp_path)
+
+
+def test_the_png_copy_for_the_tf_data_peer_is_whole_and_of_the_dataset_as_built(monkeypatch, tmp_path,
+                                                                                  tiny_data_dir):
+    import shutil
+
+    from streetseg_jax.data import source
+
+    input_bench = _tools_module(monkeypatch, "bench.input")
+    data_dir = tmp_path / "tfds"
+    shutil.copytree(tiny_data_dir / "street_seg", data_dir / "street_seg")
+    train_size = len(source.load_split("street_seg/synthetic", "train", data_dir)[0])
+    copies = data_dir / "downloads" / "bench_input_pngs" / "street_seg" / "synthetic"
+    write = input_bench._write_pngs
+
+    def stopped_half_way(train, out):     # a run stopped while writing: nothing is left to be taken as the copy
+        write(train, out)
+        (out / "images" / "00001.png").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(input_bench, "_write_pngs", stopped_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        input_bench.png_folders("street_seg/synthetic", data_dir)
+    assert list(copies.iterdir()) == []
+    monkeypatch.setattr(input_bench, "_write_pngs", write)
+    (copies / ".partial-999999999-abc").mkdir()     # a half copy of a killed run: deleted
+    images, masks = map(Path, input_bench.png_folders("street_seg/synthetic", data_dir))
+    assert len(list(images.glob("*.png"))) == len(list(masks.glob("*.png"))) == train_size
+    assert [p.name for p in copies.iterdir()] == [images.parent.name] and images.parent.name.startswith("2.0.0-")
+    (images / "00000.png").unlink()                 # not whole: written again
+    assert len(list(Path(input_bench.png_folders("street_seg/synthetic", data_dir)[0]).glob("*.png"))) == train_size
+
+    built = source.dataset_dir("street_seg/synthetic", data_dir)
+    with open(built / "features.json", "a") as f:   # the dataset rebuilt: a new copy, the old one deleted
+        f.write("\n")
+    rebuilt = Path(input_bench.png_folders("street_seg/synthetic", data_dir)[0]).parent
+    assert rebuilt != images.parent and [p.name for p in copies.iterdir()] == [rebuilt.name]
+
+    # The peer runs on the copy and deletes its TFRecord copy of the data afterwards.
+    pytest.importorskip("tensorflow", reason="the tf.data peer needs TensorFlow")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    peer = subprocess.run([sys.executable, "peers/input_tfdata.py", str(rebuilt / "images"), str(rebuilt / "masks"),
+                           "32", "32", "2"], cwd=TOOLS, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(temporary)})
+    assert peer.returncode == 0, peer.stderr[-3000:]
+    assert json.loads(peer.stdout.splitlines()[-1])["images_per_second"] > 0 and list(temporary.iterdir()) == []
+
+
+def test_a_peer_that_fails_is_said_in_the_result(monkeypatch, capsys):
+    common = _tools_module(monkeypatch, "bench.common")
+    result = {"peers": {}}
+    assert common.add_peer(result, "ghost", "no_such_peer.py") is None
+    assert result["peers"] == {} and "no_such_peer.py exited with status 2" in result["peer_errors"]["ghost"]
+    assert "peer ghost gave no figure, so there is no ratio_ghost" in result["warnings"][0]
+    assert "warning: peer ghost gave no figure" in capsys.readouterr().err
