@@ -37,6 +37,10 @@ def test_sub_command_prints_its_figures_as_json(command):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result[key] > 0
+    # every benchmark says how loaded the machine was, at its start and its end
+    assert result["load_average_1min_start"] >= 0 and result["load_average_1min"] >= 0
+    if command in ("train", "predict"):     # long runs say on stderr where they are, with the figures so far
+        assert "] ours: " in proc.stderr or "] timing ours" in proc.stderr, proc.stderr
 
 
 def test_plain_output_is_name_value_unit_lines():
@@ -126,6 +130,27 @@ def _tools_module(monkeypatch, name: str):
     return importlib.import_module(name)
 
 
+def test_bad_flags_and_sizes_the_peers_cannot_take_are_refused_before_any_work(monkeypatch, capsys):
+    benchmark = _tools_module(monkeypatch, "benchmark")
+    for args, message in ((["train", "--upsample", "foo"], "argument --upsample: invalid choice: 'foo'"),
+                          (["train", "--dtype", "foo"], "argument --dtype: invalid choice: 'foo'"),
+                          (["scaling", "--dtype", "foo"], "argument --dtype: invalid choice: 'foo'"),
+                          (["eval", "--classes", "300"], "--num_classes must be at most 255"),
+                          (["scaling", "--classes", "256"], "--classes must be at most 255"),
+                          (["input", "--threads", "-1"], "--threads must be 0 or more, got -1"),
+                          (["build", "--num_workers", "-1"], "--num_workers must be at least 1, got -1"),
+                          (["rasterize", "--min_size", "-50"], "--min_size must be above 0, got -50.0")):
+        with pytest.raises(SystemExit) as stopped:
+            benchmark.main(args)
+        assert stopped.value.code == 2 and message in capsys.readouterr().err, args
+    pytest.importorskip("torch", reason="the size check applies where the torch peer runs")
+    for args, message in ((["train", "--height", "40", "--width", "48"], "--height 40: the peers take only multiples "
+                           "of 16 (2**depth, they do not pad): try --height 48, or --no_peers to time ours alone")):
+        with pytest.raises(SystemExit) as stopped:
+            benchmark.main(args)
+        assert message in str(stopped.value.code), args
+
+
 def test_input_data_dir_defaults_to_tfds_data_dir(monkeypatch, tmp_path):
     import argparse
 
@@ -190,3 +215,21 @@ def test_a_peer_that_fails_is_said_in_the_result(monkeypatch, capsys):
     assert result["peers"] == {} and "no_such_peer.py exited with status 2" in result["peer_errors"]["ghost"]
     assert "peer ghost gave no figure, so there is no ratio_ghost" in result["warnings"][0]
     assert "warning: peer ghost gave no figure" in capsys.readouterr().err
+
+
+def test_the_load_and_a_drifting_machine_are_warned_of(monkeypatch, capsys):
+    common = _tools_module(monkeypatch, "bench.common")
+    train = _tools_module(monkeypatch, "bench.train")
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 1.0, 1.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    result = {}
+    common.record_load(result, 0.5)
+    assert result["load_average_1min_start"] == 0.5 and result["load_average_1min"] == 64.0
+    assert result["warnings"] == ["load average 64.0 exceeds the 2 cores: other jobs were running, so these figures "
+                                  "are lower than a quiet machine's"]
+    quiet = {}
+    train.warn_of_drift(quiet, 10.0, 8.5)
+    assert quiet == {}
+    train.warn_of_drift(quiet, 10.0, 7.5)
+    assert "ours ran at 10 img/s before the peers and 7.5 after" in quiet["warnings"][0]
+    assert capsys.readouterr().err.count("warning: ") == 2

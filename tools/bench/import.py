@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict:
             "cpu_bound_images_per_second": images / max((main + workers) / cpus, main),
             "height": args.height, "width": args.width, "polygons_per_image": args.polygons,
             "image_format": args.image_format, "embedded": args.embed, "export_megabytes": size / 1e6,
-            "cpus": cpus, "load_average_1min": os.getloadavg()[0]}
+            "cpus": cpus}
 
 
 def _cpu_seconds() -> tuple[float, float]:

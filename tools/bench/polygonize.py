@@ -7,7 +7,6 @@ timed passes over all masks. `cpu_masks_per_second` divides by this process's CP
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -42,5 +41,4 @@ def run(args) -> dict:
         "ms_per_mask": 1000 * seconds / len(masks),
         "shapes_per_mask": shapes / len(masks),
         "masks": len(masks), "height": height, "width": width, "repeats": args.repeats,
-        "load_average_1min": os.getloadavg()[0],
     }

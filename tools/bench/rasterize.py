@@ -9,8 +9,6 @@ instead of wall time: on a machine shared with other work it shows the rasterize
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from streetseg_jax.labels.rasterize import rasterize
@@ -63,5 +61,4 @@ def run(args) -> dict:
         "vertices_per_polygon": float(vertices),
         "masks_per_repeat": args.masks, "repeats": args.repeats, "seed": args.seed,
         "anti_aliasing": "exact area coverage",
-        "load_average_1min": os.getloadavg()[0],
     }

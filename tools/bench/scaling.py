@@ -2,7 +2,8 @@
 per-device batch fixed, plus model FLOPs utilisation and the memory-bound floor of the step.
 
 On a CPU-only machine it re-runs itself with 8 forced host devices (`--xla_force_host_platform_device_count`):
-that checks the plumbing, not real scaling (the forced devices share the same cores).
+that checks the plumbing, not real scaling (the forced devices share the same cores); the re-run's progress lines
+(stderr, one per device count measured, with its figures) show as they come.
 Keys: devices.<n>.{global_batch_fixed,per_device_batch_fixed}.{images_per_second,step_ms};
 flops_per_step (XLA's count for the 1-device step at the fixed global batch), bytes_accessed_per_step,
 peak_tflops and mfu (only where the device's peak is known or given), memory_floor_ms (bytes accessed over the
@@ -18,7 +19,8 @@ import sys
 import jax
 import numpy as np
 
-from bench.common import median_rate
+from bench.common import median_rate, progress
+from streetseg_jax.models.unet import DTYPES, UPSAMPLE_MODES
 
 UNITS = {"images_per_second": "img/s", "step_ms": "ms", "flops_per_step": "FLOP", "bytes_accessed_per_step": "B",
          "peak_tflops": "TFLOP/s", "memory_floor_ms": "ms", "mfu": "", "measured_step_ms": "ms"}
@@ -34,8 +36,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--base_width", type=int, default=16)
     parser.add_argument("--classes", type=int, default=8)
-    parser.add_argument("--upsample", default="transpose")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--upsample", default="transpose", choices=UPSAMPLE_MODES)
+    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     parser.add_argument("--global_batch", type=int, default=16,
                         help="fixed global batch (divisible by every device count measured: 8 on a CPU)")
     parser.add_argument("--per_device_batch", type=int, default=2)
@@ -57,9 +59,13 @@ def run(args) -> dict:
         return _rerun_with_forced_devices()
     result = {"device_kind": jax.devices()[0].device_kind, "devices": {}}
     for n in counts:
-        result["devices"][str(n)] = {
+        progress(f"{n} device(s): timing")
+        figures = result["devices"][str(n)] = {
             "global_batch_fixed": _measure(args, n, args.global_batch),
             "per_device_batch_fixed": _measure(args, n, args.per_device_batch * n)}
+        progress(f"{n} device(s): " + ", ".join(f"batch {f['global_batch']}: {f['images_per_second']:.4g} img/s "
+                                                f"({f['step_ms']:.4g} ms)" for f in figures.values()))
+    progress("counting FLOPs and bytes of the 1-device step")
     result.update(_roofline(args, result["devices"]["1"]["global_batch_fixed"]["step_ms"]))
     return result
 
@@ -68,9 +74,11 @@ def _rerun_with_forced_devices() -> dict:
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()    # theirs kept
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     argv = [a for a in sys.argv[1:] if a != "--json"] + ["--json"]
-    proc = subprocess.run([sys.executable, sys.argv[0], *argv], env=env, capture_output=True, text=True)
+    progress("re-running with 8 forced CPU devices")
+    # Its stderr (progress lines, warnings, errors) goes straight through: a run cut off still shows what it had.
+    proc = subprocess.run([sys.executable, sys.argv[0], *argv], env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode:
-        raise RuntimeError(proc.stderr[-3000:])
+        sys.exit(proc.returncode)       # the re-run said why on stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["note"] = "8 forced CPU devices sharing the same cores: plumbing check, not real scaling"
     return result
