@@ -43,6 +43,20 @@ def median_wall_and_cpu_seconds(run_once, repeats: int):
     return statistics.median(walls), statistics.median(cpus), result
 
 
+def interleaved_medians(calls: dict, repeats: int) -> dict:
+    """Median seconds per call, the calls taking turns (after one untimed warm-up each), so that a machine whose
+    load changes during the run slows every contender alike."""
+    times = {name: [] for name in calls}
+    for call in calls.values():
+        call()
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 

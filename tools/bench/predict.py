@@ -4,9 +4,10 @@
 
 images_per_second: our compiled function (uint8 images on the device -> class ids) on a batch of --batch images
 of --height x --width at full resolution, the default config's network (base width 16, depth 4) with
---upsample (default transpose, the peer's architecture; the default config trains depth_to_space, timed as
-alternatives.depth_to_space). peers.torch: tools/peers/unet_torch.py, the same architecture, eval mode,
-inference_mode, channels_last, same shape, forward and argmax; skipped when torch is not importable.
+--upsample (default transpose: the default config's and the peer's architecture; `--with_depth_to_space` also
+times the depth_to_space upsampling as alternatives.depth_to_space). peers.torch: tools/peers/unet_torch.py, the
+same architecture, eval mode, inference_mode, channels_last, same shape, forward and argmax; skipped when torch is
+not importable. When it runs, --height and --width must be multiples of 16: the peer does not pad.
 ratio_torch = images_per_second / peers.torch. seconds_4000x3000: `Predictor.predict_one` on a 4000x3000
 photo with the default config's eval_scale and window: tiling, logits to the host, blending, argmax, confidence.
 Each figure is the median over --repeats timed runs after one untimed warm-up run (compilation); ours and the
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import os
 import statistics
 import sys
 import time
@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench.common import interleaved_medians, progress, refuse_sizes_peers_cannot_take
 from streetseg_jax import sharding
+from streetseg_jax.models.unet import UPSAMPLE_MODES
 
 UNITS = {
     "images_per_second": "images/s",
@@ -37,7 +39,6 @@ UNITS = {
     "alternatives.depth_to_space": "images/s",
     "seconds_4000x3000": "s",
     "windows_4000x3000": "windows",
-    "load_average_1min": "",
 }
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=368)
     parser.add_argument("--width", type=int, default=480)
     parser.add_argument("--classes", "--num_classes", dest="num_classes", type=int, default=11)
-    parser.add_argument("--upsample", default="transpose", help="our upsampling layer (the peer's: transpose)")
+    parser.add_argument("--upsample", default="transpose", choices=UPSAMPLE_MODES,
+                        help="our upsampling layer (the peer's: transpose)")
+    parser.add_argument("--with_depth_to_space", action="store_true",
+                        help="also time our network with depth_to_space upsampling (alternatives.depth_to_space)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
     parser.add_argument("--photo_repeats", type=int, default=3, help="timed 4000x3000 predictions")
     parser.add_argument("--skip_photo", action="store_true", help="leave out the 4000x3000 timing")
@@ -56,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    if not args.skip_peer and importlib.util.find_spec("torch") is not None:
+        refuse_sizes_peers_cannot_take(args.height, args.width, "--no_peers")
     sharding.split_cpu_into_cores(args.batch)
     result = {"device": jax.devices()[0].device_kind, "devices": jax.device_count(),
               "shape": f"{args.batch}x{args.height}x{args.width}", "upsample": args.upsample}
@@ -63,9 +69,11 @@ def run(args: argparse.Namespace) -> dict:
     peer = None if args.skip_peer else torch_call(args)
     if peer is not None:
         calls["torch"] = peer
-    if args.upsample != "depth_to_space":
+    if args.with_depth_to_space and args.upsample != "depth_to_space":
         calls["depth_to_space"] = ours_call(args, "depth_to_space")
+    progress(f"timing {', '.join(calls)} in turn, {args.repeats} runs each after a warm-up (compilation)")
     rates = {name: args.batch / seconds for name, seconds in interleaved_medians(calls, args.repeats).items()}
+    progress(", ".join(f"{name}: {rate:.4g} images/s" for name, rate in rates.items()))
     result["images_per_second"] = rates["ours"]
     if "torch" in rates:
         result["peers"] = {"torch": rates["torch"]}
@@ -73,23 +81,9 @@ def run(args: argparse.Namespace) -> dict:
     if "depth_to_space" in rates:
         result["alternatives"] = {"depth_to_space": rates["depth_to_space"]}
     if not args.skip_photo:
+        progress("timing a 4000x3000 photo")
         result["seconds_4000x3000"], result["windows_4000x3000"] = photo_seconds(args)
-    result["load_average_1min"] = os.getloadavg()[0]
     return result
-
-
-def interleaved_medians(calls: dict, repeats: int) -> dict:
-    """Median seconds per call, the calls taking turns (after one untimed warm-up each), so that a machine whose
-    load changes during the run slows every contender alike."""
-    times = {name: [] for name in calls}
-    for call in calls.values():
-        call()
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def default_config(upsample: str):
