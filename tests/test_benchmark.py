@@ -239,3 +239,25 @@ def test_the_load_and_a_drifting_machine_are_warned_of(monkeypatch, capsys):
     train.warn_of_drift(quiet, 10.0, 7.5)
     assert "ours ran at 10 img/s before the peers and 7.5 after" in quiet["warnings"][0]
     assert capsys.readouterr().err.count("warning: ") == 2
+
+
+EVAL_SAME_WORK = """
+import sys
+sys.path.insert(0, ".")
+from peers import miou_numpy
+def timed(*args):
+    raise AssertionError("the peer's IoU was timed: ours times the confusion matrix alone")
+miou_numpy.miou = timed
+import benchmark
+benchmark.main(["eval", "--json", "--num_images", "2", "--height", "8", "--width", "8", "--repeats", "1"])
+"""
+
+
+def test_the_eval_benchmark_times_the_same_work_on_both_sides():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-c", EVAL_SAME_WORK], cwd=TOOLS, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["peers"]["numpy"] > 0 and result["peer_threads"] == 1 and result["devices"] >= 1

@@ -1,10 +1,15 @@
-"""eval: our jitted confusion matrix on device vs the seed's numpy bincount mIoU, on the same random labels.
+"""eval: our jitted confusion matrix on device vs the seed's numpy bincount confusion matrix, on the same random
+labels.
 
-Both sides get the same int32 labels and predictions (default 64 x 360 x 480, 12 classes, as the peer script).
-Ours is timed on arrays already on the device(s), sharded over the images as the eval loop shards its batches (one
-XLA device per core on a CPU, each counting its images with our kernel, `confusion.cc`); the first call
-(compilation) is excluded and each figure is the median over --repeats calls. `--with_onehot` also times a
-one-hot matmul formulation, the alternative that lost to bincount on XLA:CPU.
+Both sides get the same int32 labels and predictions (default 64 x 360 x 480, 12 classes, as the peer script) and do
+the same work: the (K, K) confusion matrix (the seed's IoU from it, a dozen operations on K*K numbers, is left out of
+both). Ours is timed on arrays already on the device(s), sharded over the images as the eval loop shards its batches
+(one XLA device per core on a CPU, each counting its images with our kernel, `confusion.cc`); the peer is numpy as
+the seed runs it, on one thread: on a CPU the ratio is that of our evaluation as it runs against the seed's, not of
+one core against one core (`devices` says how many ours used). The two take turns, call by call, so a change in the
+machine's load slows both alike; the first call of each (compilation) is excluded and each figure is the median
+over --repeats calls. `--with_onehot` also times a one-hot matmul formulation, the alternative that lost to bincount
+on XLA:CPU.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench.common import interleaved_medians
 from peers import miou_numpy
 from streetseg_jax.metrics import confusion_matrix
 
@@ -60,12 +66,15 @@ def run(args: argparse.Namespace) -> dict:
     # Check both sides count the same thing before timing them.
     np.testing.assert_array_equal(np.asarray(ours()), miou_numpy.confusion(labels, preds, k))
     pixels = labels.size
+    seconds = interleaved_medians({"ours": ours, "numpy": lambda: miou_numpy.confusion(labels, preds, k)},
+                                  args.repeats)
     result = {
         "device": str(jax.devices()[0].platform),
         "devices": jax.device_count(),
+        "peer_threads": 1,
         "pixels": pixels,
-        "pixels_per_second": pixels / median_seconds(ours, args.repeats),
-        "peers": {"numpy": pixels / median_seconds(lambda: miou_numpy.miou(labels, preds, k), args.repeats)},
+        "pixels_per_second": pixels / seconds["ours"],
+        "peers": {"numpy": pixels / seconds["numpy"]},
     }
     result["ratio_numpy"] = result["pixels_per_second"] / result["peers"]["numpy"]
     if args.with_onehot:

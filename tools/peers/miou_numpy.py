@@ -1,7 +1,7 @@
 """Peer: the seed's host-side mIoU, a numpy bincount confusion matrix (reimplemented here for benchmarks).
 
 The seed flattens `pred + K * label` and counts it with np.bincount; it has no ignore handling (its labels
-never hold an ignore id) and averages IoU with nanmean. tools/bench/eval.py times it against ours.
+never hold an ignore id) and averages IoU with nanmean. tools/bench/eval.py times its confusion matrix against ours.
 
 usage: python tools/peers/miou_numpy.py [NUM_IMAGES H W CLASSES]
 """
