@@ -17,7 +17,9 @@ from typing import NoReturn
 if __name__ == "__main__":     # before JAX loads: the command may run itself again once, see hugepages.py
     from streetseg_jax import cli, hugepages
     hugepages.reexec_with_huge_pages()
-    cli.hold_while_loading(sigterm=False)      # main() leaves SIGTERM to JAX's preemption service or stop_on_sigterm
+    # SIGTERM too, but under jax.distributed, where JAX's preemption service takes it (main())
+    cli.hold_while_loading(sigterm=not any(arg.lstrip("-").split("=")[0] in ("coordinator_address", "multihost")
+                                           for arg in sys.argv[1:]))
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402

@@ -103,6 +103,9 @@ WHILE_LOADING = textwrap.dedent("""
      "stopped by SIGTERM: no result was written"),
     (["streetseg_jax.main", "--config", "configs/default.py", "--workdir", "w"], "SIGINT", 130,
      "stopped by Ctrl-C; what was saved stays (checkpoints, a finished dataset build), and the same command goes on "
+     "from there"),
+    (["streetseg_jax.main", "--config", "configs/default.py", "--workdir", "w"], "SIGTERM", 143,
+     "stopped by SIGTERM; what was saved stays (checkpoints, a finished dataset build), and the same command goes on "
      "from there")])
 def test_a_signal_while_a_command_loads_stops_it_once_loaded(command, signum, code, line, tmp_path):
     """Raised where it came, in the imports, a Ctrl-C was printed and dropped in JAX's garbage-collector callback
