@@ -25,7 +25,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from streetseg_jax import sharding  # noqa: E402
+from streetseg_jax import config_keys, sharding  # noqa: E402
 from streetseg_jax.cli import (disk_refusal, fail, normalise_argv, quiet_libraries, stop_on_ctrl_c,  # noqa: E402
                                stop_on_sigterm, stopped_by)
 
@@ -259,7 +259,10 @@ def _check_config_file(argv: list[str]) -> None:
             argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
         path = None if value is None else Path(os.path.expanduser(value.partition(":")[0]))
         if path is not None and not path.is_file():
-            fail(f"--config {value}: " + ("no such file" if not path.exists() else "not a file"))
+            packaged = config_keys.known() is None and path.parent.name == "configs"    # pip installed, no checkout
+            fail(f"--config {value}: " + ("no such file" if not path.exists() else "not a file") + (
+                 " (configs/ comes with streetseg_jax's source checkout, not with the installed package: copy it "
+                 "from there, or give a run's config.json)" if packaged else ""))
         if path is not None and path.suffix.lower() == ".json" and not _recorded_run(path):
             fail(f"--config {value}: a .json config is a run's config.json (it has a provenance block); this one "
                  "is not: give a config file (.py with get_config()) or a run's config.json")
@@ -333,9 +336,12 @@ def _usage_error(e: Exception) -> NoReturn:
     first, _, rest = text.partition("\n")
     key = first.strip("'\"")
     if key.isidentifier():               # all that is left of a key ml_collections does not know
+        given = next((arg[len("--config."):].partition("=")[0] for arg in sys.argv[1:]
+                      if arg.startswith("--config.") and arg.partition("=")[0].endswith(f".{key}")), key)
         guess = re.search(r'Did you mean "(\w+)"', rest)
-        text = f"unknown config key {key!r}: " + (f"did you mean {guess[1]!r}?" if guess else
-                                                   "see the config file for the keys there are")
+        guess = guess[1] if guess else config_keys.meant(given)
+        text = f"unknown config key {given!r}: " + (f"did you mean {guess!r}?" if guess else
+                                                     "see the config file for the keys there are")
     text = re.sub(r"\('Non-boolean argument to boolean flag', (.*)\)", r"takes true or false, got \1", text)
     fail(f"{text}\n(python -m streetseg_jax.main --help lists the flags)")
 

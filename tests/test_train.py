@@ -599,7 +599,10 @@ def test_mistyped_flags_keys_and_values_are_one_message(tiny_data_dir, tmp_path)
                            "'no'"),
                           ("--no_such_flag", "Unknown command line flag 'no_such_flag'"),
                           ("--config=configs/nope.py", "--config configs/nope.py: no such file"),
-                          ("--config.nonexistent=3", "unknown config key 'nonexistent'")):
+                          ("--config.nonexistent=3", "unknown config key 'nonexistent'"),
+                          ("--config.crop_size=3", "unknown config key 'crop_size': did you mean 'augment.crop_size'?"),
+                          ("--config.model.widht=3", "unknown config key 'model.widht': did you mean "
+                           "'model.base_width'?")):
         code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, flag)
         assert code == 2 and out.startswith("error: ") and message in out and "Traceback" not in out, out
     # given twice, a tuple's values were joined: evaluated at both scales, or refused as (0.5, -1.0)
@@ -607,6 +610,16 @@ def test_mistyped_flags_keys_and_values_are_one_message(tiny_data_dir, tmp_path)
                                 "--config.eval_extra_scales=(0.75,)")
     assert code == 2 and out.startswith("error: --config.eval_extra_scales is given 2 times ("), out
     assert not (tmp_path / "w").exists()
+
+
+def test_an_installed_package_without_configs_says_where_they_are(tmp_path):
+    """Installed with pip, `--config configs/default.py` as the README has it said only "no such file"."""
+    shutil.copytree(ROOT / "streetseg_jax", tmp_path / "site" / "streetseg_jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "streetseg_jax.main", "--config", "configs/default.py",
+                           "--workdir", "w"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert done.returncode == 2 and "configs/ comes with streetseg_jax's source checkout" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("source, message", [
