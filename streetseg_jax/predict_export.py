@@ -98,8 +98,8 @@ def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance) 
     _remember(out_dir, fmt, dict.fromkeys(written))     # None: being written, ours whatever the bytes say
     for item in items:      # copies of an earlier photo of this name: the new photo's takes their place
         for name in _copies_of(item.name, fmt, record):
-            if (folder / name).is_file() and _ours(folder, name, record) and (
-                    name != copies[item.name] or not writers.is_copy_of(item.source, folder / name)):
+            if (folder / name).is_file() and (name != copies[item.name] or not writers.is_copy_of(
+                    item.source, folder / name)) and _ours(folder, name, record):
                 (folder / name).unlink()
     info = {item.name: {"path": str(item.source)} for item in items}
     kwargs = {} if tolerance is None else {"tolerance": tolerance}
