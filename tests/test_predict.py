@@ -855,13 +855,18 @@ def test_an_export_older_than_the_masks_is_said_and_kept(workdir, tmp_path, caps
     assert "polygons of an earlier run" not in capsys.readouterr().err    # nothing written: it still matches
 
 
+def export_again(workdir, tmp_path, fmt) -> list:
+    """predict's arguments for TMP/in into TMP/out with --export fmt, to run again and again."""
+    return ["--workdir", workdir, "--input", tmp_path / "in", "--output", tmp_path / "out", "--skip_existing",
+            "--export", fmt]
+
+
 def test_an_annotation_corrected_since_the_export_is_never_written_over(workdir, tmp_path, capsys):
     """Predicting a new photo into the folder again (--skip_existing --export) wrote every annotation file again
     from the masks: the corrections made in LabelMe were lost without a word."""
     for name, seed in (("a", 1), ("b", 2)):
         save(tmp_path / "in" / f"{name}.jpg", random_image(24, 32, seed))
-    out, command = tmp_path / "out", ["--workdir", workdir, "--input", tmp_path / "in", "--output", tmp_path / "out",
-                                      "--skip_existing", "--export", "labelme"]
+    out, command = tmp_path / "out", export_again(workdir, tmp_path, "labelme")
     assert run_predict(*command) == 0
     corrected = json.loads((out / "labelme" / "a.json").read_text())
     corrected["shapes"] = corrected["shapes"][:1]
@@ -886,8 +891,7 @@ def test_an_export_stopped_before_it_recorded_its_files_writes_them_again(workdi
     from streetseg_jax import predict_export
 
     save(tmp_path / "in" / "a.jpg", random_image(24, 32, 1))
-    command = ["--workdir", workdir, "--input", tmp_path / "in", "--output", tmp_path / "out", "--skip_existing",
-               "--export", "labelme"]
+    command = export_again(workdir, tmp_path, "labelme")
     remember, calls = predict_export._remember, []
 
     def stopped(*args):
@@ -906,8 +910,7 @@ def test_an_export_stopped_before_it_recorded_its_files_writes_them_again(workdi
 
 def test_a_corrected_coco_file_is_kept_whole(workdir, tmp_path, capsys):
     save(tmp_path / "in" / "a.jpg", random_image(24, 32))
-    out, command = tmp_path / "out", ["--workdir", workdir, "--input", tmp_path / "in", "--output", tmp_path / "out",
-                                      "--skip_existing", "--export", "coco"]
+    out, command = tmp_path / "out", export_again(workdir, tmp_path, "coco")
     assert run_predict(*command) == 0
     coco = json.loads((out / "coco" / "annotations.json").read_text())
     coco["annotations"] = coco["annotations"][:1]
