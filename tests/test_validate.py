@@ -127,7 +127,11 @@ def test_shapes_that_later_shapes_cover_entirely_are_named_once_per_image():
     on_top = check_file(annotation(shapes[5], shapes[0]), label_map, CheckOptions(check_images=False))
     same_class = check_file(annotation(Shape("table", rect(2, 2, 6, 6)), shapes[5]), label_map,
                             CheckOptions(check_images=False))          # the mask loses nothing
-    assert on_top.warnings == [] and same_class.warnings == []
+    # a car owning no pixel, under a car and a table drawn after it: its class is still there (33 of 40 synthetic
+    # scenes were said to hide such shapes)
+    still_seen = check_file(annotation(Shape("car", rect(2, 2, 6, 6)), Shape("car", rect(2, 2, 6, 5)),
+                                       Shape("table", rect(2, 5, 6, 6))), label_map, CheckOptions(check_images=False))
+    assert on_top.warnings == [] and same_class.warnings == [] and still_seen.warnings == []
 
 
 def test_unknown_labels_are_errors_or_warnings():

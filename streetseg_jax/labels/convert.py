@@ -78,7 +78,8 @@ def drawing_items(annotation: Annotation, label_map: LabelMap) -> list[tuple[int
 
 
 def rasterize_with_unlabelled(annotation: Annotation, label_map: LabelMap) -> tuple[np.ndarray, int | None, list]:
-    """(the mask annotation_to_mask(unknown="ignore") makes, pixels no shape claims, the rasterizer's problems).
+    """(the mask annotation_to_mask(unknown="ignore") makes, pixels no shape claims, the rasterizer's problems,
+    shapes left with no pixel of their class included: labels check's).
 
     The pixels nobody claims are found by drawing with a free id as the fill. When no shape has the fill's own
     class, that drawing is the mask itself with the free id standing for the fill (the fill's claim on a pixel
@@ -86,7 +87,7 @@ def rasterize_with_unlabelled(annotation: Annotation, label_map: LabelMap) -> tu
     items = drawing_items(annotation, label_map)
     height, width, fill = annotation.height, annotation.width, label_map.fill_id
     free = next((v for v in range(255, label_map.num_classes - 1, -1) if v != label_map.ignore_id), None)
-    result = rasterize(items, height, width, fill if free is None else free, label_map.ignore_id)
+    result = rasterize(items, height, width, fill if free is None else free, label_map.ignore_id, report_covered=True)
     if free is None:
         return result.mask, None, result.problems
     unclaimed = result.mask == free

@@ -64,19 +64,21 @@ class _Drawable:
 
 
 def rasterize(items: Sequence[tuple[int, Shape]], height: int, width: int,
-              fill_id: int = 0, ignore_id: int = 255) -> RasterResult:
+              fill_id: int = 0, ignore_id: int = 255, report_covered: bool = False) -> RasterResult:
     """Draw (class_id, Shape) items into an (height, width) uint8 mask; shapes marked `ignore` get ignore_id.
 
     Degenerate shapes (fewer than 3 distinct points, zero area, non-finite coordinates), shapes with coordinates
     beyond coordinate_limit and shapes wholly outside the image are skipped and reported in `problems`; nothing
-    here raises for bad geometry.
+    here raises for bad geometry. With `report_covered` (labels check), so are shapes whose class has no pixel left
+    where they lie, covered by shapes drawn after them.
     """
     _check_ids(height, width, fill_id, ignore_id, items)
     problems: list[str] = []
     drawables = _drawables(items, height, width, ignore_id, problems)
     flat = _coverage_buffer(drawables)
     mask, owner = _composite(drawables, flat, height, width, fill_id)
-    problems.extend(_covered_problem(drawables, flat, owner, [shape for _, shape in items]))
+    if report_covered:
+        problems.extend(_covered_problem(drawables, flat, mask, owner, [shape for _, shape in items]))
     return RasterResult(mask, problems)
 
 
@@ -452,17 +454,20 @@ def _largest_claim(group, class_id, share, level) -> tuple[np.ndarray, np.ndarra
 _HIDDEN_LISTED = 5      # groups of hidden shapes named in one message
 
 
-def _covered_problem(drawables: list[_Drawable], flat: np.ndarray, owner: np.ndarray, shapes) -> list[str]:
-    """One message naming the shapes that own no pixel of the mask because shapes of other classes drawn after them
-    took their pixels (a fork under the dining table drawn after it), grouped by class and by what covers them; a
-    shape under others of its own class loses the mask nothing. Costs one count over the owner map, and a look at
-    the pixels of the hidden shapes alone."""
+def _covered_problem(drawables: list[_Drawable], flat: np.ndarray, mask: np.ndarray, owner: np.ndarray,
+                     shapes) -> list[str]:
+    """One message naming the shapes whose class has no pixel of the mask where they lie because shapes of other
+    classes drawn after them took them all (a fork under the dining table drawn after it), grouped by class and by
+    what covers them; a shape under others of its own class loses the mask nothing. Costs one count over the owner
+    map, and a look at the pixels of the shapes that own none."""
     owned = np.bincount(owner.ravel(), minlength=len(drawables) + 1) > 0
     groups: dict[tuple, list[int]] = {}
     for level in (np.flatnonzero(~owned[1:]) + 1).tolist():
         d = drawables[level - 1]
         x0, y0, x1, y1 = d.box
         footprint = d.raster if d.raster is not None else _view(flat, d) > 0
+        if (mask[y0:y1, x0:x1][footprint] == d.class_id).any():
+            continue
         over = np.unique(owner[y0:y1, x0:x1][footprint])
         later = [drawables[o - 1].index for o in over.tolist() if o > level and drawables[o - 1].class_id != d.class_id]
         if later:
