@@ -296,8 +296,8 @@ def test_a_build_by_an_older_generator_is_named_and_rebuilt_only_with_overwrite(
         recorded = json.loads(metadata.read_text())
         assert recorded.pop("pixels_revision") == 1
         metadata.write_text(json.dumps(recorded))       # as builds before the revision was recorded
-        with pytest.raises(BuildError, match=r"built by an older scene generator or rasterizer \(pixels revision "
-                                             r"none recorded, now 1\)") as caught:
+        with pytest.raises(BuildError, match=r"built before pixels revisions were recorded \(now 1\): builds drawn "
+                                             r"before 2026-12-07 may hold other") as caught:
             build(config, tmp_path, **options)
         assert "pass --overwrite to rebuild it" in str(caught.value)
         assert not build(config, tmp_path, overwrite=True, **options).reused

@@ -278,8 +278,11 @@ def _pixels_change(info, revision: int | None) -> list[str]:
     stored = metadata["pixels_revision"] if metadata is not None and "pixels_revision" in metadata.keys() else None
     if revision is None or stored == revision:
         return []
-    return [f"built by an older scene generator or rasterizer (pixels revision {stored or 'none recorded'}, "
-            f"now {revision}): the same inputs give other images or masks now"]
+    if stored is None:
+        return [f"built before pixels revisions were recorded (now {revision}): builds drawn before 2026-12-07 may "
+                "hold other images or masks than the same inputs give now (training reads it as it is)"]
+    return [f"built by an older scene generator or rasterizer (pixels revision {stored}, now {revision}): the same "
+            "inputs give other images or masks now"]
 
 
 def _file_format_change(info, file_format: str) -> list[str]:

@@ -296,8 +296,9 @@ def label_map_of_export(export: Path) -> Path | None:
     so that its polygons, corrected in the tool, come back with their classes), else the class list of its masks:
     CVAT's labelmap.txt or labelme2voc's class_names.txt at its top, or Roboflow's _classes.csv there or in its split
     folders, or above its mask folder where that is `export` (a list that does not read is still the export's, and
-    loading it says why), else labelme2voc's labels.txt (labelme_labels: `labels classes` numbers the classes by it
-    too), else the label_map.json of a folder in it (predict's OUT holds its export in OUT/labelme/). LabelMapError
+    loading it says why), else the label_map.json of a folder in it (predict's OUT holds its export in OUT/labelme/),
+    else labelme2voc's labels.txt beside it or one folder up (labelme_labels: `labels classes` numbers the classes by
+    it too; one folder up, it is farther than a label map of ours below). LabelMapError
     where two split folders' lists differ (each folder's masks hold the ids of its own), or two folders' label maps.
     The folder is the export's, or the one of an export file."""
     folder = Path(export) if Path(export).is_dir() else Path(export).parent
@@ -317,13 +318,13 @@ def label_map_of_export(export: Path) -> Path | None:
             raise LabelMapError(f"{csvs[0]} and {other} list different classes ({', '.join(first.names)} against "
                                 f"{', '.join(readings[other].names)}), and each folder's masks hold the ids of its "
                                 "own: make the lists one (and the masks with them), or build the folders apart")
-    return lists[0] if lists else labelme_labels(folder) or _label_map_below(subfolders)
+    return lists[0] if lists else _label_map_below(subfolders) or labelme_labels(folder)
 
 
 def labelme_labels(folder: Path) -> Path | None:
     """labelme2voc's labels.txt in `folder` or the one above it (LabelMe's own example keeps it beside
-    data_annotated/). labelme2voc numbers the classes by it, _background_ 0 and the next ones 1, 2 ...; a file
-    without _background_, or __ignore__ first, is no such list."""
+    data_annotated/). labelme2voc numbers the classes by it, _background_ 0 and the next ones 1, 2 ...; a file is
+    such a list where it names _background_ or starts with __ignore__."""
     for path in (folder / LABELME_LABELS, folder.parent / LABELME_LABELS):
         try:
             names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

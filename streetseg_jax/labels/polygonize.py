@@ -484,8 +484,8 @@ def _shapes(edges: _Edges, rings, points, regions: _Regions, label_map: LabelMap
             for r in chosen]
 
 
-BACKGROUND_NAMES = frozenset({"background", "_background_", "bg", "unlabeled", "unlabelled", "void", "other",
-                              "none", "nothing"})
+# 'other' is none of them: a class of its own (label_map.starter_label_map)
+BACKGROUND_NAMES = frozenset({"background", "_background_", "bg", "unlabeled", "unlabelled", "void", "none", "nothing"})
 
 
 def fill_is_background(label_map: LabelMap) -> bool:
