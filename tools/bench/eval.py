@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.common import interleaved_medians
+from bench.common import interleaved_medians, median_wall_and_cpu_seconds
 from peers import miou_numpy
 from streetseg_jax.metrics import confusion_matrix
 
@@ -80,19 +79,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.with_onehot:
         onehot = lambda: onehot_confusion(labels_on_device, preds_on_device, k).block_until_ready()  # noqa: E731
         np.testing.assert_array_equal(np.asarray(onehot()), miou_numpy.confusion(labels, preds, k))
-        result["alternatives"] = {"onehot_matmul": pixels / median_seconds(onehot, args.repeats)}
+        result["alternatives"] = {"onehot_matmul": pixels / median_wall_and_cpu_seconds(onehot, args.repeats)[0]}
     return result
-
-
-def median_seconds(call, repeats: int) -> float:
-    """Median wall time of `repeats` calls after one untimed warm-up call (compilation, caches)."""
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "chunk"))

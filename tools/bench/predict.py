@@ -19,16 +19,15 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.common import interleaved_medians, progress, refuse_sizes_peers_cannot_take
+from bench.common import (interleaved_medians, median_wall_and_cpu_seconds, progress,
+                          refuse_sizes_peers_cannot_take)
 from streetseg_jax import sharding
 from streetseg_jax.models.unet import UPSAMPLE_MODES
 
@@ -141,7 +140,7 @@ def photo_seconds(args) -> tuple[float, int]:
     trained = untrained(args.upsample, args.num_classes)
     predictor = Predictor(trained, batch_size=args.batch)
     photo = smooth_photo(3000, 4000)
-    seconds = median_seconds(lambda: predictor.predict_one(photo), args.photo_repeats)
+    seconds = median_wall_and_cpu_seconds(lambda: predictor.predict_one(photo), args.photo_repeats)[0]
     tile = predictor.tile_for(3000, 4000)
     return seconds, len(Blender(3000, 4000, tile, predictor.overlap, 1).windows())
 
@@ -152,13 +151,3 @@ def smooth_photo(height: int, width: int) -> np.ndarray:
     coarse = np.random.default_rng(1).integers(0, 256, (height // 16, width // 16, 3), np.uint8)
     return np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR))
 
-
-def median_seconds(call, repeats: int) -> float:
-    """Median wall time of `repeats` calls after one untimed warm-up call (compilation, caches)."""
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
