@@ -39,5 +39,5 @@ def unknown(config: dict) -> list[str]:
 def meant(key: str) -> str | None:
     """The known key a misspelt or misplaced `key` most likely means (learning_rat, crop_size), or None."""
     keys = known() or frozenset()
-    close = difflib.get_close_matches(key, keys, 1, 0.6) or sorted(k for k in keys if k.endswith("." + key))
+    close = difflib.get_close_matches(key, keys, 1, 0.7) or sorted(k for k in keys if k.endswith("." + key))
     return close[0] if close else None

@@ -402,8 +402,8 @@ def _unknown_keys(config, recorded: set[str]) -> list[str]:
     for key in config_keys.unknown(config.to_dict()):
         if key not in recorded:
             guess = config_keys.meant(key)
-            problems.append(f"{key} is no key a run reads" + (f": did you mean {guess}?" if guess else
-                                                               " (configs/default.py has every key)"))
+            problems.append(f"{key} is no key a run reads: " + (f"did you mean {guess}?" if guess else
+                                                                 "remove it (configs/default.py has every key)"))
     return problems
 
 

@@ -1114,6 +1114,7 @@ def test_keys_no_run_reads_and_values_of_the_wrong_kind_are_refused_before_the_r
     config.learning_rat = 0.1
     config.model.widht = 64
     config.crop_size = (8, 8)
+    config.comment = "a note of one's own"      # like no key: not 'momentum'
     config.eval_every_steps = None
     config.num_overlays = None
     config.input_threads = -1
@@ -1124,6 +1125,7 @@ def test_keys_no_run_reads_and_values_of_the_wrong_kind_are_refused_before_the_r
     for line in ("learning_rat is no key a run reads: did you mean learning_rate?",
                  "model.widht is no key a run reads: did you mean model.base_width?",
                  "crop_size is no key a run reads: did you mean augment.crop_size?",
+                 "comment is no key a run reads: remove it (configs/default.py has every key)",
                  "eval_every_steps must be at least 0, got None", "num_overlays must be at least 0, got None",
                  "input_threads must be at least 0, got -1", "augment.flip must be true or false, got None",
                  "eval_extra_scales must be a tuple of numbers in (0, 8], none twice nor eval_scale"):
