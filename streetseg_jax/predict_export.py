@@ -87,7 +87,7 @@ def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance) 
     folder, record = out_dir / fmt, _record(out_dir, fmt)
     kept = _kept(items, fmt, out_dir)
     if kept:
-        _say_kept(sorted(kept), fmt, folder)
+        _say_kept(sorted(kept), fmt, folder, record)
     items = [item for item in items if writers.annotation_file_name(fmt, item.name) not in kept]
     if not items:
         return 0
@@ -95,6 +95,8 @@ def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance) 
         items = sorted(items + _exported_before(items, fmt, out_dir, record), key=lambda item: item.name)
     copies = {item.name: writers.image_copy_name(fmt, item.name, item.source) for item in items}
     written = {writers.annotation_file_name(fmt, item.name) for item in items} | set(copies.values())
+    if _keeps_label_map(folder, label_map, record):
+        written.add(EXPORT_LABEL_MAP)
     _remember(out_dir, fmt, dict.fromkeys(written))     # None: being written, ours whatever the bytes say
     for item in items:      # copies of an earlier photo of this name: the new photo's takes their place
         for name in _copies_of(item.name, fmt, record):
@@ -104,7 +106,8 @@ def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance) 
     info = {item.name: {"path": str(item.source)} for item in items}
     kwargs = {} if tolerance is None else {"tolerance": tolerance}
     writers.export_predictions(WrittenMasks(items, out_dir), info, label_map, fmt, folder, **kwargs)
-    write_text(folder / EXPORT_LABEL_MAP, label_map.to_json())     # the classes, for the way back
+    if EXPORT_LABEL_MAP in written:
+        write_text(folder / EXPORT_LABEL_MAP, label_map.to_json())     # the classes, for the way back
     _remember(out_dir, fmt, {name: _sha256(folder / name) for name in written if (folder / name).is_file()})
     return len(items)
 
@@ -115,7 +118,8 @@ def say_which_exports_are_older(out_dir: Path, written: str | None) -> None:
     for fmt in writers.EXPORT_FORMATS:
         if fmt != written and (out_dir / fmt).is_dir():
             print(f"note: {out_dir / fmt} holds the polygons of an earlier run's masks, not of the masks just written "
-                  f"(--export {fmt} writes them again; the folder is left as it is)", file=sys.stderr)
+                  f"(--export {fmt} writes them again, but for files changed since it wrote them; the folder is left "
+                  "as it is)", file=sys.stderr)
 
 
 class _Exported(typing.NamedTuple):
@@ -157,16 +161,32 @@ def _copies_of(name: str, fmt: str, record: dict) -> list[str]:
     return [copy for copy in record if _key(copy, fmt) == name]
 
 
-def _say_kept(names: list[str], fmt: str, folder: Path) -> None:
-    listed = f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
-    if fmt == "labelme":
-        print(f"note: {len(names)} annotation file(s) in {folder} are not as --export wrote them (corrected since, "
-              f"or written by something else), kept as they are, without the new polygons of their photos: {listed} "
-              "(remove a file to have it written from the masks)", file=sys.stderr)
-    else:
-        print(f"note: {folder / names[0]} is not as --export wrote it (corrected since, or written by something "
-              f"else): kept as it is, without the polygons of these photos; --output another folder exports them",
-              file=sys.stderr)
+def _keeps_label_map(folder: Path, label_map, record: dict) -> bool:
+    """Whether the export writes its label_map.json: not over one changed since an export wrote it (a class a
+    labeller added) or one no export recorded (an older export's, which its kept files need), said."""
+    path = folder / EXPORT_LABEL_MAP
+    if not path.is_file() or _ours(folder, EXPORT_LABEL_MAP, record) or path.read_text() == label_map.to_json():
+        return True
+    print(f"note: {path} is not as --export wrote it (changed since, or an earlier export's): kept as it is, though "
+          f"this model's classes are {', '.join(label_map.names)} (remove it to have this model's written)",
+          file=sys.stderr)
+    return False
+
+
+def _say_kept(names: list[str], fmt: str, folder: Path, record: dict) -> None:
+    """Say which annotation files are kept: changed since an export wrote them, or with no record that one did."""
+    for kept, why in (([n for n in names if n in record], "changed since --export wrote them (corrected?)"),
+                      ([n for n in names if n not in record], "with no record that --export wrote them (written by "
+                                                             "a version before exported.json, or by another tool)")):
+        listed = f"{', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}"
+        if kept and fmt == "labelme":
+            print(f"note: {len(kept)} annotation file(s) in {folder} {why}, kept as they are, without the new "
+                  f"polygons of their photos: {listed} (remove a file to have it written from the masks)",
+                  file=sys.stderr)
+        elif kept:
+            print(f"note: {folder / kept[0]}, {why.replace('them', 'it')}, is kept as it is, without the polygons of "
+                  "these photos: --output another folder exports them (or remove it to have it written from the "
+                  "masks, losing what was corrected in it)", file=sys.stderr)
 
 
 def _kept(items: list, fmt: str, out_dir: Path) -> set[str]:

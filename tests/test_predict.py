@@ -849,7 +849,8 @@ def test_an_export_older_than_the_masks_is_said_and_kept(workdir, tmp_path, caps
     exported = (out / "coco" / "annotations.json").read_bytes()
     assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out) == 0
     assert (f"note: {out / 'coco'} holds the polygons of an earlier run's masks, not of the masks just written "
-            "(--export coco writes them again; the folder is left as it is)") in capsys.readouterr().err
+            "(--export coco writes them again, but for files changed since it wrote them; the folder is left as it "
+            "is)") in capsys.readouterr().err
     assert (out / "coco" / "annotations.json").read_bytes() == exported
     assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--skip_existing") == 0
     assert "polygons of an earlier run" not in capsys.readouterr().err    # nothing written: it still matches
@@ -878,7 +879,7 @@ def test_an_annotation_corrected_since_the_export_is_never_written_over(workdir,
     out_text, err = capsys.readouterr()
     assert json.loads((out / "labelme" / "a.json").read_text()) == corrected
     assert (out / "labelme" / "b.json").read_bytes() == b_before and (out / "labelme" / "c.json").is_file()
-    assert f"1 annotation file(s) in {out / 'labelme'} are not as --export wrote them" in err and "a.json" in err
+    assert f"1 annotation file(s) in {out / 'labelme'} changed since --export wrote them" in err and "a.json" in err
     assert "polygons for 2 image(s) in labelme format" in out_text
     (out / "labelme" / "a.json").unlink()           # removed: written again from the mask
     assert run_predict(*command) == 0 and json.loads((out / "labelme" / "a.json").read_text()) != corrected
@@ -906,6 +907,26 @@ def test_an_export_stopped_before_it_recorded_its_files_writes_them_again(workdi
     assert run_predict(*command) == 0
     out, err = capsys.readouterr()
     assert "not as --export wrote" not in err and "polygons for 1 image(s)" in out
+
+
+def test_an_export_with_no_record_and_a_label_map_a_labeller_changed_are_kept(workdir, tmp_path, capsys):
+    """A label_map.json with a class a labeller added was replaced by the model's (labels check then refused the
+    class); files no record says an export wrote (an export by an earlier version) are kept and said so."""
+    save(tmp_path / "in" / "a.jpg", random_image(24, 32, 1))
+    out, command = tmp_path / "out", export_again(workdir, tmp_path, "labelme")
+    assert run_predict(*command) == 0
+    label_map = json.loads((out / "labelme" / "label_map.json").read_text())
+    label_map["classes"].append({"id": len(label_map["classes"]), "name": "person", "color": [200, 0, 0]})
+    (out / "labelme" / "label_map.json").write_text(json.dumps(label_map))
+    (out / "exported.json").unlink()        # as an export before the record was kept
+    save(tmp_path / "in" / "b.jpg", random_image(24, 32, 2))
+    capsys.readouterr()
+    assert run_predict(*command) == 0
+    err = capsys.readouterr().err
+    assert json.loads((out / "labelme" / "label_map.json").read_text()) == label_map
+    assert f"{out / 'labelme' / 'label_map.json'} is not as --export wrote it" in err
+    assert "1 annotation file(s) in" in err and "with no record that --export wrote them" in err
+    assert (out / "labelme" / "b.json").is_file()
 
 
 def test_a_corrected_coco_file_is_kept_whole(workdir, tmp_path, capsys):
