@@ -69,7 +69,8 @@ def check_export(items: list, fmt: str, out_dir: Path) -> None:
             writers.check_cvat_names([item.name + item.source.suffix for item in items])
         except ValueError as e:
             fail(f"--export cvat: {e}")
-    record, kept = _record(out_dir, fmt), _kept(items, fmt, out_dir)
+    record = _record(out_dir, fmt)
+    kept = _kept(items, fmt, out_dir / fmt, record)
     for item in items:
         copy = writers.image_copy_name(fmt, item.name, item.source)
         if writers.annotation_file_name(fmt, item.name) not in kept and item.source.is_file() and \
@@ -85,7 +86,7 @@ def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance) 
     annotation files not as an export wrote them, which are kept as they are (said); returns how many images'
     polygons it wrote."""
     folder, record = out_dir / fmt, _record(out_dir, fmt)
-    kept = _kept(items, fmt, out_dir)
+    kept = _kept(items, fmt, folder, record)
     if kept:
         _say_kept(sorted(kept), fmt, folder, record)
     items = [item for item in items if writers.annotation_file_name(fmt, item.name) not in kept]
@@ -189,9 +190,8 @@ def _say_kept(names: list[str], fmt: str, folder: Path, record: dict) -> None:
                   "masks, losing what was corrected in it)", file=sys.stderr)
 
 
-def _kept(items: list, fmt: str, out_dir: Path) -> set[str]:
-    """The annotation files of `items` in OUT/<fmt> that are not as an export wrote them."""
-    folder, record = out_dir / fmt, _record(out_dir, fmt)
+def _kept(items: list, fmt: str, folder: Path, record: dict) -> set[str]:
+    """The annotation files of `items` in OUT/<fmt> (`folder`) that are not as an export wrote them (`record`)."""
     names = {writers.annotation_file_name(fmt, item.name) for item in items}
     return {name for name in names if (folder / name).is_file() and not _ours(folder, name, record)}
 
