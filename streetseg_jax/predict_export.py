@@ -128,6 +128,30 @@ class _Exported(typing.NamedTuple):
     name: str
 
 
+def export_in_output(path: Path, fmt: str | None, flag: str = "--input") -> tuple[Path, str | None]:
+    """(folder, format) of the export to read where `path` is predict's OUT (it holds exported.json): OUT/<fmt>
+    when --export wrote that format there, said on stderr, the format taken from it when `fmt` is None or auto;
+    a clear exit when OUT holds several exports or none of `fmt`. Any other path comes back as it is."""
+    if not (Path(path) / RECORD_FILE).is_file():
+        return path, fmt
+    try:
+        record = json.loads((Path(path) / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        record = {}
+    exported = sorted(name for name in (record if isinstance(record, dict) else {}) if (Path(path) / name).is_dir())
+    if not exported:
+        return path, fmt
+    if fmt in (None, "auto") and len(exported) == 1:
+        fmt = exported[0]
+    if fmt not in exported:
+        given = "" if fmt in (None, "auto") else f"; it holds no {fmt} export"
+        fail(f"{path} is predict's output: its polygons are in "
+             f"{' and '.join(str(Path(path) / name) for name in exported)}{given}; give {flag} "
+             f"{Path(path) / exported[0]} --format {exported[0]}")
+    print(f"note: {path} is predict's output: reading the {fmt} export in {Path(path) / fmt}", file=sys.stderr)
+    return Path(path) / fmt, fmt
+
+
 def _exported_before(items: list, fmt: str, out_dir: Path, record: dict) -> list[_Exported]:
     """The images an earlier export into OUT/<fmt> copied (and so holds), other than `items`, whose masks are
     still in OUT at the copy's size: predicting more photos into OUT and exporting them dropped the earlier ones

@@ -839,6 +839,33 @@ def test_export_flag_writes_an_annotation_file(workdir, tmp_path):
     assert (out / "coco" / "label_map.json").read_text() == load_model(workdir, "best").label_map.to_json()
 
 
+def test_labels_check_and_data_build_read_the_export_in_predicts_output(workdir, tmp_path, capsys):
+    """`labels check --format auto --input OUT` could not tell the format of predict's OUT holding OUT/coco, and
+    without --format it read OUT as VOC: "no voc annotations found"."""
+    from streetseg_jax.data.__main__ import check_flags, make_parser as data_parser
+    from streetseg_jax.labels.__main__ import main as labels_main
+    save(tmp_path / "in" / "a.jpg", random_image(48, 64))
+    out = tmp_path / "out"
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "coco") == 0
+    capsys.readouterr()
+    for fmt in ([], ["--format", "auto"], ["--format", "coco"]):
+        labels_main(["check", "--input", str(out), *fmt])
+        captured = capsys.readouterr()
+        assert f"note: {out} is predict's output: reading the coco export in {out / 'coco'}" in captured.err
+        assert f"1 image(s) of coco from {out / 'coco'}: 0 error(s)" in captured.out
+    with pytest.raises(SystemExit):
+        labels_main(["check", "--input", str(out), "--format", "labelme"])
+    assert (f"its polygons are in {out / 'coco'}; it holds no labelme export; give --input {out / 'coco'} "
+            "--format coco") in capsys.readouterr().err
+    args = data_parser().parse_args(["build", "--config", "from_annotations", "--name", "x", "--manual_dir", str(out)])
+    check_flags(args)
+    assert (args.manual_dir, args.format) == (str(out / "coco"), "coco")
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "labelme") == 0
+    with pytest.raises(SystemExit):
+        labels_main(["check", "--input", str(out)])
+    assert f"its polygons are in {out / 'coco'} and {out / 'labelme'}; give --input" in capsys.readouterr().err
+
+
 def test_an_export_older_than_the_masks_is_said_and_kept(workdir, tmp_path, capsys):
     """Predicting again into the folder without --export left the polygons of the earlier masks beside the new
     ones without a word (people correct those polygons in place: they are not removed)."""

@@ -72,6 +72,10 @@ def check_flags(args: argparse.Namespace) -> None:
     """Flags that the chosen config would silently ignore are refused."""
     given = lambda names: [f"--{n}" for n in names if getattr(args, n) is not None]  # noqa: E731
     if args.config == "from_annotations":
+        if args.manual_dir:
+            from streetseg_jax.predict_export import export_in_output
+            folder, args.format = export_in_output(Path(args.manual_dir).expanduser(), args.format, "--manual_dir")
+            args.manual_dir = str(folder)
         found = args.label_map is None and args.manual_dir and export_label_map(Path(args.manual_dir).expanduser())
         if found:
             args.label_map = str(found)

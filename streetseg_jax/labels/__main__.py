@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _common_arguments(parser: argparse.ArgumentParser, unknown: bool = True) -> None:
-    parser.add_argument("--format", choices=FORMAT_CHOICES, default="voc",
-                        help="the labelling tool's export format, or auto to detect it (default: voc)")
+    parser.add_argument("--format", choices=FORMAT_CHOICES,
+                        help="the labelling tool's export format, or auto to detect it (default: voc; for predict's "
+                        "--output, the export it wrote there)")
     parser.add_argument("--input", required=True, type=Path, help="the export folder (or one export file)")
     parser.add_argument("--label_map", type=Path, help="label map JSON, or a tool's class list (CVAT's labelmap.txt, "
                         "labelme2voc's class_names.txt, Roboflow's _classes.csv) (default: the export's "
@@ -98,13 +99,15 @@ def read_with_label_map(args: argparse.Namespace) -> tuple[LabelMap, str, list[A
     """The label map (--label_map, else the export's own: cli.export_label_map, else the seed's classes), and the
     export read with it: (label map, format, annotations); `args.label_map_read` is the label map's file (None: the
     seed's)."""
+    from streetseg_jax.predict_export import export_in_output
+    args.input, args.format = export_in_output(args.input, args.format)
     path = args.label_map if args.label_map is not None else export_label_map(args.input)
     args.label_map_read = path
     try:
         label_map = default_label_map() if path is None else LabelMap.load(path)
     except LabelMapError as e:
         fail(str(e))
-    fmt, annotations = read_export(args.format, args.input, label_map, seed_map=path is None)
+    fmt, annotations = read_export(args.format or "voc", args.input, label_map, seed_map=path is None)
     return label_map, fmt, annotations
 
 
