@@ -43,6 +43,7 @@ import contextlib
 import dataclasses
 import glob
 import itertools
+import math
 import os
 import sys
 import time
@@ -399,6 +400,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--export", choices=EXPORT_FORMATS, help="also write the masks as polygons for this tool")
     parser.add_argument("--tolerance", type=_tolerance, default=None,
                         help="polygon simplification in pixels, 0 or more (--export; default 0.5)")
+    parser.add_argument("--min_area", type=_min_area, default=None,
+                        help="regions of fewer pixels are painted over by their neighbours' class before tracing, "
+                             "no shape of their own (--export; default 4; 16-64 for a noisy model's specks; "
+                             "--tolerance 0 --min_area 0 gives every pixel back exactly)")
     return parser.parse_args(argv)
 
 
@@ -438,6 +443,13 @@ def _tolerance(text: str) -> float:
     return value
 
 
+def _min_area(text: str) -> float:
+    value = _number(text, "min_area")
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"min_area must be 0 or more pixels, got {text!r}")
+    return value
+
+
 def _number(text: str, name: str) -> float:
     try:
         return float(text)
@@ -447,8 +459,9 @@ def _number(text: str, name: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
-    if args.tolerance is not None and not args.export:
-        fail("--tolerance simplifies the polygons of --export; give --export labelme|coco|cvat too")
+    for flag in ("tolerance", "min_area"):
+        if getattr(args, flag) is not None and not args.export:
+            fail(f"--{flag} shapes the polygons of --export; give --export labelme|coco|cvat too")
     check_workdir(args.workdir)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
@@ -488,7 +501,8 @@ def _predict(args: argparse.Namespace, items: list[Item], out_dir: Path) -> int:
     exported = exportable([item for item in items if item in finished], out_dir) if args.export else []
     if exported:
         try:
-            count = export_polygons(exported, predictor.trained.label_map, args.export, out_dir, args.tolerance)
+            count = export_polygons(exported, predictor.trained.label_map, args.export, out_dir, args.tolerance,
+                                      args.min_area)
         except KeyboardInterrupt as e:
             by, code = stopped_by(e)
             print(f"\nstopped by {by} while writing the polygons; every image's files are written: the same command "

@@ -80,7 +80,7 @@ def check_export(items: list, fmt: str, out_dir: Path) -> None:
                  f"there holds another photo of that name; give another --output, or move {out_dir / fmt} away")
 
 
-def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance) -> int:
+def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance=None, min_area=None) -> int:
     """The masks of `items` (predicted into OUT) as polygons in OUT/<fmt>/ (a folder of its own: LabelMe lists
     every image in the folder it opens, and the export copies the images beside their annotations), but for the
     annotation files not as an export wrote them, which are kept as they are (said); returns how many images'
@@ -105,7 +105,7 @@ def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance) 
                     item.source, folder / name)) and _ours(folder, name, record):
                 (folder / name).unlink()
     info = {item.name: {"path": str(item.source)} for item in items}
-    kwargs = {} if tolerance is None else {"tolerance": tolerance}
+    kwargs = {name: value for name, value in (("tolerance", tolerance), ("min_area", min_area)) if value is not None}
     writers.export_predictions(WrittenMasks(items, out_dir), info, label_map, fmt, folder, **kwargs)
     if EXPORT_LABEL_MAP in written:
         write_text(folder / EXPORT_LABEL_MAP, label_map.to_json())     # the classes, for the way back
