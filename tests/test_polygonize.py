@@ -399,6 +399,31 @@ def test_export_predictions_reads_back(tmp_path, fmt):
     assert formats.detect(out) == fmt
 
 
+@pytest.mark.parametrize("fmt", writers.EXPORT_FORMATS)
+def test_exports_name_classes_as_the_tool_spelt_them(tmp_path, fmt):
+    """A label map made by `labels classes` names a CVAT label 'Road Surface' road_surface (the spelling an alias):
+    the exports wrote road_surface, a label the CVAT task it goes back to does not have."""
+    from streetseg_jax.labels import formats
+    from streetseg_jax.labels.label_map import starter_label_map
+
+    label_map = starter_label_map(["_background_", "Road Surface", "trees", "木"])
+    assert [label_map.tool_name(i) for i in range(4)] == ["background", "Road Surface", "trees", "木"]
+    assert [default_label_map().tool_name(i) for i in range(8)] == default_label_map().names   # street of road
+    mask = np.zeros((40, 60), np.uint8)
+    mask[5:20, 5:30], mask[22:38, 10:50], mask[8:30, 40:55] = 1, 2, 3
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "a.png")
+    writers.export_predictions({"a": mask}, {"a": str(tmp_path / "a.png")}, label_map, fmt, tmp_path / "out")
+    text = (tmp_path / "out" / writers.annotation_file_name(fmt, "a")).read_text(encoding="utf-8")
+    written = {"labelme": lambda: {s["label"] for s in json.loads(text)["shapes"]},
+               "coco": lambda: {c["name"] for c in json.loads(text)["categories"]} - {"background"},
+               "cvat": lambda: {e.get("label") for e in ET.fromstring(text).iter("polygon")}}[fmt]()
+    assert written == {"Road Surface", "trees", "木"}
+    if fmt == "cvat":      # the task's labels, which CVAT matches the polygons' labels against
+        assert [e.text for e in ET.fromstring(text).iter("name")][1:] == ["background", "Road Surface", "trees", "木"]
+    annotation, = formats.read(fmt, tmp_path / "out", label_map)
+    np.testing.assert_array_equal(annotation_to_mask(annotation, label_map).mask, mask)
+
+
 def test_export_never_overwrites_another_file(tmp_path):
     photo = tmp_path / "street.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)

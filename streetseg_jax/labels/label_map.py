@@ -67,6 +67,18 @@ class LabelMap:
         """Class id for a name as a labelling tool wrote it (name or alias, any case); None when unknown."""
         return self._lookup.get(_normalise(source_name))
 
+    def tool_name(self, class_id: int) -> str:
+        """The class's name as the labelling tool spelt it, for the polygons written back to it: the first alias
+        that spells the name's words otherwise ('Road Surface' of road_surface, as `labels classes` keeps it; a
+        CVAT task refuses labels it does not have) or stands for a name of no Latin letter (木 of class_3), else
+        the name. Synonyms (street of road) and markers (LabelMe's _background_) are no spellings of it."""
+        c = self.classes[class_id]
+        for alias in c.aliases:
+            if alias[:1] != "_" and alias[-1:] != "_" and (snake_case(alias) == c.name or
+                                                           (not snake_case(alias) and c.name == f"class_{c.id}")):
+                return alias
+        return c.name
+
     def colour_clashes(self) -> list[str]:
         """Classes whose colours the pictures (overlays, legends, reports) cannot tell apart: one another's, or the
         grey of ignored pixels and the red of wrong ones."""

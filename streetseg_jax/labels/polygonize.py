@@ -500,7 +500,7 @@ def fill_is_background(label_map: LabelMap) -> bool:
 def _shape(value: int, exterior, holes, z_order: int, label_map: LabelMap) -> Shape:
     if value == label_map.ignore_id:
         return Shape(IGNORE_LABEL, exterior, tuple(holes), z_order=z_order, ignore=True)
-    return Shape(label_map.classes[value].name, exterior, tuple(holes), z_order=z_order)
+    return Shape(label_map.tool_name(value), exterior, tuple(holes), z_order=z_order)
 
 
 def _signed_area(edges: _Edges, ring: np.ndarray) -> float:

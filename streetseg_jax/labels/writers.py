@@ -20,7 +20,8 @@ readable by our own reader for that format (`python -m streetseg_jax.labels to-m
   Ignore regions are polygons labelled `__ignore__`, which every reader here takes as ignore (shapes.IGNORE_LABEL).
 
 A fill class that is a real class (CamVid's sky) gets shapes in every format, as any other class does
-(polygonize.fill_is_background).
+(polygonize.fill_is_background). Classes are named as the tool spelt them (LabelMap.tool_name: 'Road Surface',
+where the label map `labels classes` made calls it road_surface), so the polygons go back into the tool's task.
 
 Files are written atomically (streetseg_jax.atomic).
 """
@@ -87,7 +88,7 @@ def write_coco(path: str | Path, images: list[ImageShapes], label_map: LabelMap)
             annotation = _coco_annotation(shape, int(height), int(width))
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category,
                                 **annotation})
-    categories = [{"id": c.id + 1, "name": c.name, "supercategory": ""} for c in label_map.classes]
+    categories = [{"id": c.id + 1, "name": label_map.tool_name(c.id), "supercategory": ""} for c in label_map.classes]
     if any(a["category_id"] == ignore_category for a in annotations):
         categories.append({"id": ignore_category, "name": IGNORE_LABEL, "supercategory": ""})
     document = {
@@ -158,7 +159,7 @@ def _cvat_meta(root: ET.Element, label_map: LabelMap, size: int, has_ignore: boo
                       ("overlap", "0")):
         ET.SubElement(task, tag).text = text
     labels = ET.SubElement(task, "labels")
-    colours = [(c.name, "#%02x%02x%02x" % c.color) for c in label_map.classes]
+    colours = [(label_map.tool_name(c.id), "#%02x%02x%02x" % c.color) for c in label_map.classes]
     for name, colour in colours + ([(IGNORE_LABEL, "#ffffff")] if has_ignore else []):
         label = ET.SubElement(labels, "label")
         ET.SubElement(label, "name").text = name
