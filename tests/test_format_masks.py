@@ -544,3 +544,23 @@ def test_masks_beside_their_images_in_split_folders(tmp_path):
     assert [(image_key(a), a.split, a.image_path.name) for a in read] == [
         ("test/c", "test", "c.jpg"), ("train/a", "train", "a.jpg"), ("valid/a", "validation", "a.jpg")]
     assert [int(annotation_to_mask(a, default_label_map()).mask.max()) for a in read] == [1, 3, 6]
+
+
+def test_to_masks_never_writes_over_or_beside_the_masks_it_reads(tmp_path, capsys):
+    """`to-masks --output` the export's mask folder replaced the user's RGB masks with palette PNGs, and wrote
+    x.png beside the mask x.tif, after which the export could not be read ("share a name; which one is meant?")."""
+    from streetseg_jax.labels.__main__ import main
+
+    rgb = export(tmp_path, random_ids(1), "rgb", mode="RGB")
+    tif = save(tmp_path / "masks" / "tif.tif", encode(random_ids(2), "L"))
+    save(tmp_path / "images" / "tif.jpg", Image.new("RGB", (16, 12)))
+    before = {path: path.read_bytes() for path in (rgb, tif)}
+    with pytest.raises(SystemExit):
+        main(["to-masks", "--format", "masks", "--input", str(tmp_path), "--output", str(tmp_path / "masks")])
+    err = capsys.readouterr().err
+    assert "would overwrite the export's own files" in err and f"{rgb}\n" in err
+    assert str(tmp_path / "masks" / "tif.png") in err
+    assert sorted((tmp_path / "masks").iterdir()) == sorted(before)
+    assert all(path.read_bytes() == data for path, data in before.items())
+    main(["to-masks", "--format", "masks", "--input", str(tmp_path), "--output", str(tmp_path / "ids")])
+    assert sorted(p.name for p in (tmp_path / "ids").iterdir()) == ["rgb.png", "tif.png"]

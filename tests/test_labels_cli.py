@@ -516,7 +516,7 @@ def test_masks_never_overwrite_the_exports_png_photos(fmt, tmp_path, capsys):
     before = photo.read_bytes()
     with pytest.raises(SystemExit):
         main(["to-masks", "--format", fmt, "--input", str(export), "--output", str(photo.parent)])
-    assert "would overwrite the export's own images" in capsys.readouterr().err and photo.read_bytes() == before
+    assert "would overwrite the export's own files" in capsys.readouterr().err and photo.read_bytes() == before
     for _ in range(2):                       # masks beside the export, written again over themselves
         main(["to-masks", "--format", fmt, "--input", str(export), "--output", str(export / "masks")])
     np.testing.assert_array_equal(read_mask_png(export / "masks" / "street_1.png"), sample_exports.expected_mask())

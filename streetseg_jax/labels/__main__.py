@@ -33,7 +33,7 @@ from streetseg_jax.labels import formats
 from streetseg_jax.labels.formats import labelme
 from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, annotation_to_mask,
                                           find_unknown_labels, write_mask_png)
-from streetseg_jax.labels.images import case_insensitive, file_ids, image_size
+from streetseg_jax.labels.images import IMAGE_SUFFIXES, case_insensitive, file_ids, image_size
 from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map, starter_label_map
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key, listing
 from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, label_problems, locate_images, shape_warnings,
@@ -126,10 +126,11 @@ def to_masks(args: argparse.Namespace) -> None:
              + listing(folded) + "\nrename the images, or write the masks to a disk that tells them apart")
     located = [dataclasses.replace(a) for a in annotations]     # keys are the annotations' as read: copies
     locate_images(located, args.input if args.input.is_dir() else args.input.parent)
-    overwritten = images_overwritten(annotations, located, args.output)
+    overwritten = inputs_overwritten(annotations, located, args.output)
     if overwritten:
-        fail("these masks would overwrite the export's own images (a PNG photo's mask has its name); give another "
-             "--output:" + listing(overwritten))
+        fail("these masks would overwrite the export's own files (a PNG photo's or mask's mask has its name) or lie "
+             "beside its mask of that name, which the next read could not tell from it; give another --output:"
+             + listing(overwritten))
     if args.unknown == "error":
         unknown = find_unknown_labels(annotations, label_map)
         if unknown:
@@ -155,14 +156,16 @@ def _case_clashes(keys: list[str]) -> list[str]:
             if first.setdefault(key.casefold(), key) != key]
 
 
-def images_overwritten(annotations: list[Annotation], located: list[Annotation], output: Path) -> list[str]:
+def inputs_overwritten(annotations: list[Annotation], located: list[Annotation], output: Path) -> list[str]:
     """The mask paths (from `annotations` as read) that are an image of one of them (`located`: with their images
-    found, locate_images)."""
+    found, locate_images) or a file read as annotations (a masks export's own mask: `--output` its mask folder),
+    or that have a mask's name with another suffix beside it (x.png beside the mask x.tif)."""
     targets = [output / f"{image_key(a)}.png" for a in annotations]
-    if not file_ids(targets):
-        return []
-    images = file_ids(a.image_path for a in located if a.image_path is not None)
-    return sorted(str(path) for path in targets if file_ids([path]) & images)
+    sources = [Path(a.source) for a in annotations]
+    named = {(source.resolve().parent, source.stem) for source in sources if source.suffix.lower() in IMAGE_SUFFIXES}
+    inputs = file_ids(a.image_path for a in located if a.image_path is not None) | file_ids(sources)
+    return sorted(str(path) for path in targets
+                  if file_ids([path]) & inputs or (path.resolve().parent, path.stem) in named)
 
 
 def sizes_unlike_the_images(located: list[Annotation]) -> list[str]:
