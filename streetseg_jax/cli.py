@@ -213,7 +213,26 @@ def run_command(main, leaves: str) -> NoReturn:
             raise
         print(f"error: {refused}", file=sys.stderr)
         code = 2
+    else:
+        exit_on_late_signals(code)
     sys.exit(code)
+
+
+def exit_on_late_signals(code) -> None:
+    """From here on (the command's work done and said, the interpreter shutting down) Ctrl-C and SIGTERM end the
+    process at once with a line saying so, where they exited 130 without a word or as a signal's victim."""
+    import signal
+
+    def finished(signum, frame):
+        by, _ = stopped_by(KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else ""))
+        print(f"\nstopped by {by} as the command ended: what it said it wrote is whole", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) and code else 0)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, finished)
 
 
 def check_output_file(path, *suffixes: str) -> None:

@@ -26,8 +26,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from streetseg_jax import config_keys, sharding  # noqa: E402
-from streetseg_jax.cli import (disk_refusal, fail, normalise_argv, quiet_libraries, stop_on_ctrl_c,  # noqa: E402
-                               stop_on_sigterm, stopped_by)
+from streetseg_jax.cli import (disk_refusal, exit_on_late_signals, fail, normalise_argv, quiet_libraries,  # noqa: E402
+                               stop_on_ctrl_c, stop_on_sigterm, stopped_by)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config(), or a run's "
                                           "config.json (its recorded settings)", lock_config=True)
@@ -61,6 +61,8 @@ def main(argv):
         else:
             stop_on_sigterm()   # outside the training loop, which has its own handler
         _run(config)
+        if not (_COORDINATOR.value or _MULTIHOST.value):
+            exit_on_late_signals(0)     # "done:" is said: a signal now says so, not a silent 130 or -15
     except (AttributeError, KeyError) as e:
         key = _missing_config_key(e)
         if key is None:

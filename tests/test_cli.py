@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -24,6 +25,11 @@ COMMAND = textwrap.dedent("""
         for _ in range(100_000):
             print("a line of output, more than a pipe holds")
 
+    def ending():                       # its work done and said, a slow shutdown (JAX's, a pool's) follows
+        import atexit
+        atexit.register(time.sleep, 60)
+        print("wrote everything", flush=True)
+
     def large():                        # 144 pixels where Pillow warns beyond 100 and refuses beyond 200
         import io
         from PIL import Image
@@ -31,7 +37,7 @@ COMMAND = textwrap.dedent("""
         Image.new("L", (12, 12)).save(png, format="PNG")
         Image.open(png).load()
 
-    run_command({"wait": wait, "talk": talk, "large": large}[sys.argv[1]], "nothing was written")
+    run_command({"wait": wait, "talk": talk, "ending": ending, "large": large}[sys.argv[1]], "nothing was written")
 """)
 
 
@@ -46,6 +52,19 @@ def test_a_stopped_command_says_what_it_leaves_without_a_traceback(signum, code,
     _, err = process.communicate(timeout=30)
     assert process.returncode == code
     assert err.strip() == f"stopped by {by}: nothing was written"
+
+
+@pytest.mark.parametrize("signum, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_a_signal_after_the_work_is_done_ends_the_command_with_a_line(signum, by):
+    """Ctrl-C just after a command's "wrote ..." line exited 130 without a word (SIGTERM: killed by the signal)."""
+    process = subprocess.Popen([sys.executable, "-c", COMMAND, "ending"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "wrote everything\n"
+    time.sleep(0.5)                     # main has returned: the interpreter is shutting down
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=30)
+    assert (process.returncode, err.strip()) == (0, f"stopped by {by} as the command ended: what it said it wrote "
+                                                    "is whole")
 
 
 IN_A_GC_CALLBACK = textwrap.dedent("""
