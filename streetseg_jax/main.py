@@ -116,8 +116,7 @@ def _run(config) -> None:
         check_same_start(config, _NUM_PROCESSES.value)
         sharding.all_succeed(lambda: check_settings(config, _WORKDIR.value))
         _build_synthetic_if_missing(config.dataset, config.data_dir)
-        overrides = list(config_flags.get_override_values(flags.FLAGS["config"]))      # recorded: see prepare_run
-        train.train_and_evaluate(config, _WORKDIR.value, overrides, _SAME_DATA.value)
+        train.train_and_evaluate(config, _WORKDIR.value, _overrides(), _SAME_DATA.value)
     except (DatasetNotFoundError, RunError, sharding.OtherProcessFailed, OSError, ValueError) as e:
         _stop(f"error: {_message(e)}", 2, record=not isinstance(e, sharding.OtherProcessFailed))
     except Exception as e:
@@ -275,6 +274,18 @@ def _recorded_run(path: Path) -> bool:
         return "provenance" in json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError):
         return False
+
+
+def _overrides() -> list[str]:
+    """The --config overrides to record (see prepare_run): those given, and where the config is a run's config.json,
+    those it records, whose values its settings hold (a later resume from the config file was not refused where it
+    left them out)."""
+    given = list(config_flags.get_override_values(flags.FLAGS["config"]))
+    spec, loader = flags.FLAGS["config"].config_filename, f"{Path(__file__).with_name('recorded_config.py')}:"
+    if not spec.startswith(loader):
+        return given
+    from streetseg_jax.recorded_config import recorded_overrides
+    return sorted(set(given) | set(recorded_overrides(spec[len(loader):])))
 
 
 def _recorded_config(argv: list[str]) -> list[str]:

@@ -17,6 +17,13 @@ def get_config(path: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_tuples(recorded))
 
 
+def recorded_overrides(path: str) -> list[str]:
+    """The --config overrides the run's config.json records ([] where none are): its settings hold them, so a run
+    started or resumed from it records them as its own, and a later resume from the config file must give them."""
+    overrides = json.loads(Path(path).read_text(encoding="utf-8"))["provenance"].get("overrides")
+    return list(overrides) if isinstance(overrides, list) else []
+
+
 def _tuples(value):
     """JSON's lists as the config's tuples (eval_extra_scales), so that overrides and resume checks see their type."""
     if isinstance(value, dict):

@@ -204,6 +204,14 @@ def test_a_run_resumes_from_its_own_config_json_when_its_config_file_is_gone(fin
                           text=True, timeout=300)
     assert done.returncode == 0 and f"already at step {STEPS}" in done.stdout and "resuming with changed" not in \
         done.stdout, done.stdout + done.stderr
+    # The overrides it records are its own and the config.json's: recording only those given now (here one), a
+    # later resume from the config file that left the others out was no longer refused.
+    started = json.loads((workdir / "config.json").read_text())["provenance"]["overrides"]
+    done = subprocess.run([*cmd, f"--config.num_train_steps={STEPS + 1}"], cwd=ROOT,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    recorded = json.loads((workdir / "config.json").read_text())["provenance"]["overrides"]
+    assert (started, recorded) == (["data_dir"], ["data_dir", "num_train_steps"])
     (tmp_path / "other.json").write_text('{"learning_rate": 1}')
     cmd[4] = str(tmp_path / "other.json")
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
