@@ -387,7 +387,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="auto (default): a photo whose shorter side is over 1.5x or under 2/3 of the training "
                              "images' is resized to theirs first; none: every photo at its own size; a number from "
                              "0.05 to 4: every photo resized by it. Masks always come at the photo's own size")
-    parser.add_argument("--batch_size", type=int, default=8, help="windows per model call (default 8)")
+    parser.add_argument("--batch_size", type=int, default=8,
+                        help="windows per model call, at most (default 8; fewer where their logits would pass 256 "
+                             "MiB); on a CPU the calls are split over one XLA device per core, as many as divide it")
     parser.add_argument("--window", type=_window, default=None,
                         help="window in network pixels, N or HxW (default 512x512; smaller where its logits would "
                              "pass 256 MiB)")

@@ -321,6 +321,9 @@ def test_a_hash_far_from_the_fraction_asked_for_is_said():
     assert abs(held / 5 - 0.5) > 0.1 and 0 < held < 5, "pick names that the hash spreads unevenly"
     assert notes == [f"note: the hash of the names put {held} of 5 image(s) in validation for a fraction of 0.5 (it is "
                      "even only over many images); a --split_file chooses each image's split"]
+    _, notes = inputs.assign_splits(keys, inputs.SplitRule("test", fraction=0.5))     # voc_polygons takes no file
+    assert notes[0].endswith("images); --config from_annotations --name NAME --format voc --split_file FILE "
+                             "chooses each image's split")
 
 
 def test_an_export_whose_splits_hold_nothing_out_is_hashed_and_says_so(tmp_path):

@@ -29,7 +29,8 @@ _ALL_OPTIONS = tuple(dict.fromkeys(name for names in CONFIG_OPTIONS.values() for
 def make_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m streetseg_jax.data", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build", help="build street_seg/<config> as array_record (no TensorFlow)")
+    build = commands.add_parser("build", help="build street_seg/<config> (from_annotations: street_seg/<name>) as "
+                                "array_record, without TensorFlow (or as tfrecord, which needs it)")
     build.add_argument("--config", choices=CONFIGS, required=True, help="which street_seg config to build")
     build.add_argument("--data_dir", help="where datasets live (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     build.add_argument("--manual_dir", help="voc_polygons, from_annotations: your export folder; camvid: SegNet's "
@@ -37,7 +38,8 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--label_map", help="label map JSON (synthetic and voc_polygons: default the seed's 8 "
                        "classes; from_annotations: required unless the export has its label_map.json, as predict "
                        "--export writes it, or a class list (CVAT's labelmap.txt, labelme2voc's class_names.txt, "
-                       "Roboflow's _classes.csv); camvid: its own 11 classes, not read)")
+                       "Roboflow's _classes.csv), or a label_map.json in a folder inside it (predict's OUT/labelme/), "
+                       "or labelme2voc's labels.txt beside it or one folder up; camvid: its own 11 classes, not read)")
     _export_arguments(build)
     build.add_argument("--num_images", type=int, help="synthetic: scenes to generate (default 500)")
     build.add_argument("--height", type=int, help="synthetic: image height (default 360)")

@@ -250,8 +250,10 @@ def _hash_notes(drawn: list[str], rule: SplitRule) -> list[str]:
     held = drawn.count(rule.holdout)
     if not 0 < held < len(drawn) or abs(held / len(drawn) - rule.fraction) <= 0.1:
         return []          # (an empty split has a warning of its own)
+    choose = ("a --split_file chooses each image's split" if rule.holdout == "validation" else  # from_annotations
+              "--config from_annotations --name NAME --format voc --split_file FILE chooses each image's split")
     return [f"note: the hash of the names put {held} of {len(drawn)} image(s) in {rule.holdout} for a fraction of "
-            f"{rule.fraction} (it is even only over many images); a --split_file chooses each image's split"]
+            f"{rule.fraction} (it is even only over many images); {choose}"]
 
 
 def _order_split(keys: list[str], rule: SplitRule) -> dict[str, str]:

@@ -66,8 +66,9 @@ def _common_arguments(parser: argparse.ArgumentParser, unknown: bool = True) -> 
     parser.add_argument("--input", required=True, type=Path, help="the export folder (or one export file)")
     parser.add_argument("--label_map", type=Path, help="label map JSON, or a tool's class list (CVAT's labelmap.txt, "
                         "labelme2voc's class_names.txt, Roboflow's _classes.csv) (default: the export's "
-                        "label_map.json where it has one, as predict --export writes it, else its class list, else "
-                        "the built-in 8 street classes)")
+                        "label_map.json where it has one, as predict --export writes it, else its class list, else a "
+                        "label_map.json in a folder inside it (predict's OUT/labelme/), else labelme2voc's labels.txt "
+                        "beside it or one folder up, else the built-in 8 street classes)")
     if unknown:
         parser.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error",
                             help="class names not in the label map: an error (default), or painted with the ignore id")
