@@ -120,8 +120,54 @@ def test_a_palette_of_class_colours_but_one_stray_colour_is_an_error_naming_it(t
     image.putpalette([*colour["sky"], *colour["road"], *colour["building"], 100, 100, 100])
     save(tmp_path / "masks" / "frame_001.png", image)
     with pytest.raises(LabelFormatError, match=r"colour \(100, 100, 100\) \(4 pixels.*its indices do not look "
-                                               r"like class ids"):
+                                               r"like class ids.*\"ignore_values\""):
         masks.read(tmp_path, LABEL_MAP)
+
+
+CAMVID_COLOURS = {"sky": (128, 128, 128), "building": (128, 0, 0), "pole": (192, 192, 128), "road": (128, 64, 128),
+                  "pavement": (60, 40, 222), "tree": (128, 128, 0), "sign_symbol": (192, 128, 128),
+                  "fence": (64, 64, 128), "car": (64, 0, 128), "pedestrian": (64, 64, 0), "bicyclist": (0, 128, 192)}
+
+
+def camvid_label_map() -> LabelMap:
+    """CamVid's 11 classes in their own colours: sky's and tree's are PASCAL VOC's colours 7 and 3."""
+    return LabelMap(tuple(ClassInfo(i, n, c) for i, (n, c) in enumerate(CAMVID_COLOURS.items())))
+
+
+def voc_colour_map() -> list[int]:
+    """PASCAL VOC's 256-colour palette, as labelme2voc and VOC's own masks carry it."""
+    def bits(i, channel):
+        return sum(((i >> (3 * j + channel)) & 1) << (7 - j) for j in range(8))
+    return [bits(i, channel) for i in range(256) for channel in range(3)]
+
+
+def test_a_voc_palette_mask_is_read_by_index_whatever_the_label_maps_colours(tmp_path):
+    """labelme2voc's masks (index = class id, VOC's colour map) read with CamVid's label map: indices 3 and 7 have
+    the colours of tree and sky, so the colours were read, and black (index 0) was refused as no class's."""
+    ids = np.random.default_rng(7).integers(0, 11, (12, 16)).astype(np.uint8)
+    ids[0, :3] = 255
+    export(tmp_path, ids)
+    image = Image.fromarray(ids, "P")
+    image.putpalette(voc_colour_map())
+    save(tmp_path / "masks" / "frame_001.png", image)
+    label_map = camvid_label_map()
+    (annotation,) = masks.read(tmp_path, label_map)
+    np.testing.assert_array_equal(annotation_to_mask(annotation, label_map).mask, ids)
+
+
+def test_a_palette_that_shares_a_few_class_colours_is_read_by_index(tmp_path):
+    """A tool's palette of its own (not VOC's) where 2 of 11 indices happen to have other classes' colours: the
+    colours were read and the other 9 refused."""
+    ids = np.random.default_rng(8).integers(0, 11, (12, 16)).astype(np.uint8)
+    export(tmp_path, ids)
+    palette = [v for i in range(256) for v in (i, 255 - i, (i * 7) % 256)]
+    palette[3 * 3:3 * 3 + 3], palette[3 * 7:3 * 7 + 3] = CAMVID_COLOURS["tree"], CAMVID_COLOURS["sky"]
+    image = Image.fromarray(ids, "P")
+    image.putpalette(palette)
+    save(tmp_path / "masks" / "frame_001.png", image)
+    label_map = camvid_label_map()
+    (annotation,) = masks.read(tmp_path, label_map)
+    np.testing.assert_array_equal(annotation_to_mask(annotation, label_map).mask, ids)
 
 
 def test_a_palettes_transparent_colour_is_ignore_as_in_rgba(tmp_path):

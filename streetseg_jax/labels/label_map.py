@@ -421,7 +421,7 @@ def from_voc_labelmap(text: str, source: str = "labelmap.txt") -> LabelMap:
             colour = ()
         if colour is not None and (len(colour) != 3 or not all(0 <= v <= 255 for v in colour)):
             raise LabelMapError(f"{source}: {line!r}: expected 'name:r,g,b::' with three values 0..255")
-        colours.append(colour or _voc_color(len(colours)))
+        colours.append(colour or voc_color(len(colours)))
     try:
         listed = starter_label_map([line.split(":")[0].strip() for line in lines], keep_ids=True)
     except LabelMapError as e:
@@ -469,10 +469,10 @@ def starter_label_map(names: list[str], keep_ids: bool = False) -> LabelMap:
         if spelt.startswith("\0"):                 # no Latin letter or digit (木, !!): named by its class id
             spelt = f"class_{len(classes)}" if f"class_{len(classes)}" not in groups else f"unnamed_{len(classes)}"
         known = 0 if spelt == "background" else seed.id_of(spellings[0]) or None    # 'other' is not background
-        color = _voc_color(len(classes)) if known is None else seed.classes[known].color
+        color = voc_color(len(classes)) if known is None else seed.classes[known].color
         taken = lambda c: any(_alike(c, other) for other in (*used, *(rgb for _, rgb in _RESERVED)))  # noqa: E731
         if taken(color):                                        # 'Vegetation' and 'tree' are both the seed's tree
-            color = next(c for c in map(_voc_color, range(len(classes), 1 << 24)) if not taken(c))
+            color = next(c for c in map(voc_color, range(len(classes), 1 << 24)) if not taken(c))
         used.add(color)
         classes.append(ClassInfo(len(classes), spelt, color, tuple(n for n in spellings if n != spelt)))
     return LabelMap(tuple(classes), ignore_id=255, fill_id=0)
@@ -493,7 +493,7 @@ def _alike(a, b) -> bool:
     return float(np.linalg.norm(np.subtract(a, b, dtype=float))) < _ALIKE
 
 
-def _voc_color(index: int) -> tuple[int, int, int]:
+def voc_color(index: int) -> tuple[int, int, int]:
     """PASCAL VOC's colour for class `index`: its bits spread over the high bits of red, green and blue."""
     rgb = [0, 0, 0]
     for shift in range(7, -1, -1):

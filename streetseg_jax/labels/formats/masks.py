@@ -21,10 +21,11 @@ What the pixel values mean, by the mask's PNG mode:
   has the value 255 (a black-and-white mask of a binary label map);
 - palette (P): the palette INDEX is the class id (as VOC and labelme2voc write them), unless each index the mask
   uses has a colour of its own that is a class colour of the label map: then, as for RGB, the colours (an image
-  editor that re-saved an RGB mask with a palette of its own order, where the index says nothing). Where two or
-  more indices have the colour of another class than their own and fewer have their own, the colours are read too,
-  and a colour that is no class's is an error (an editor's palette with a stray, blended colour). A palette's
-  transparent colour is ignore, as in RGBA;
+  editor that re-saved an RGB mask with a palette of its own order, where the index says nothing). Where most
+  indices have class colours, two or more of them another class's than their own and fewer their own, the colours
+  are read too, and a colour that is no class's is an error (an editor's palette with a stray, blended colour).
+  PASCAL VOC's colour map is always read by index, whatever colours the label map's classes share with it (CamVid's
+  sky and tree are VOC's colours 7 and 3). A palette's transparent colour is ignore, as in RGBA;
 - RGB: colours, mapped to ids through the label map's class colours. White (255, 255, 255) is the ignore colour, as
   the label map's own palette draws it, unless a class has that colour. RGBA: fully transparent pixels are ignore,
   any other alpha but opaque is an error.
@@ -49,6 +50,7 @@ import numpy as np
 from PIL import Image
 
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, MAX_PIXELS, files_under, iter_files, resolve_inside
+from streetseg_jax.labels.label_map import voc_color
 from streetseg_jax.labels.shapes import (IGNORE_LABEL, Annotation, LabelFormatError, Shape, export_split, make_key,
                                          read_each)
 
@@ -61,6 +63,7 @@ BESIDE_ENDING = "_mask"        # a mask kept beside its image: a.jpg and a_mask.
 _ID_MODES = ("L", "1", "I", "I;16", "I;16L", "I;16B", "P")
 _WHITE = (255, 255, 255)
 _TRANSPARENT = 1 << 24          # no packed RGB colour reaches this: marks fully transparent pixels
+_VOC_COLOUR_MAP = [voc_color(i) for i in range(255)]
 
 
 def read(path: Path, label_map) -> list[Annotation]:
@@ -317,10 +320,9 @@ def _white_value(label_map) -> int:
 
 
 def _palette_ids(indices: np.ndarray, palette: list[int] | None, path: Path, label_map) -> np.ndarray:
-    """A palette mask's class ids: by its colours or by its indices (the module's docstring says when which). Where
-    the label map's `values` or `ignore_values` say what each value stands for, the colours are not looked at."""
-    if palette and label_map.ignore_values is None and not any(c.values for c in label_map.classes):
-        used = np.unique(indices).tolist()
+    """A palette mask's class ids: by its colours or by its indices (the module's docstring says when which)."""
+    used = np.unique(indices).tolist()
+    if palette and not _indices_are_ids(palette, label_map):
         if (by_colour := _ids_from_palette(indices, used, palette, label_map)) is not None:
             return by_colour
         if _colours_disagree(used, palette, label_map):
@@ -330,8 +332,26 @@ def _palette_ids(indices: np.ndarray, palette: list[int] | None, path: Path, lab
             except LabelFormatError as e:
                 raise LabelFormatError(f"{e} (a palette mask whose colours are class colours of classes other than "
                                        "their indices: its indices do not look like class ids, so its colours were "
-                                       "read)") from None
+                                       "read; if they are class ids, give the label map \"ignore_values\" (e.g. "
+                                       "[255]), and a palette's colours are not looked at)") from None
     return _ids_from_values(indices.astype(np.int64), path, label_map, "P")
+
+
+def _indices_are_ids(palette: list[int], label_map) -> bool:
+    """Whether a palette mask's indices are the class ids whatever its colours: the label map's `values` or
+    `ignore_values` say what each value stands for, or the palette is PASCAL VOC's colour map (labelme2voc's and
+    VOC's own masks: index = class id; CamVid's sky and tree are VOC's colours 7 and 3, so the colours were read)."""
+    return label_map.ignore_values is not None or any(c.values for c in label_map.classes) or _is_voc(palette)
+
+
+_VOC_CLASSES = 21       # VOC's colour map is known by its first 21 colours (its classes) at least
+
+
+def _is_voc(palette: list[int]) -> bool:
+    """Whether the palette is PASCAL VOC's colour map: every colour it has is VOC's at its index (but 255, which
+    tools paint white as often as VOC's cream), and it has VOC's 21 class colours at least."""
+    colours = [tuple(palette[3 * i:3 * i + 3]) for i in range(min(len(palette) // 3, 255))]
+    return len(colours) >= _VOC_CLASSES and colours == _VOC_COLOUR_MAP[:len(colours)]
 
 
 def _ids_from_palette(indices: np.ndarray, used: list[int], palette: list[int], label_map) -> np.ndarray | None:
@@ -349,14 +369,17 @@ def _ids_from_palette(indices: np.ndarray, used: list[int], palette: list[int], 
 
 
 def _colours_disagree(used: list[int], palette: list[int], label_map) -> bool:
-    """Whether the indices `used` have the colours of two or more classes other than their own, and fewer have
-    their own class's colour (one such is a coincidence of palettes; a blank palette's black, one class)."""
+    """Whether most indices `used` have class colours (the label map's palette in an editor's order, with a stray
+    colour or two), two or more of them the colours of classes other than their own, and fewer their own class's
+    (one such is a coincidence of palettes; a blank palette's black, one class; a few among a tool's own colours
+    too)."""
     table = _colour_table(label_map)
-    used = [i for i in used if 3 * i + 3 <= len(palette)]
+    used = [i for i in used if 3 * i + 3 <= len(palette) and i not in (255, label_map.ignore_id)]
     owners = [table.get(_pack(palette[3 * i:3 * i + 3])) for i in used]
     other = {o for i, o in zip(used, owners) if o not in (None, i, label_map.ignore_id)}
     own = sum(o == i for i, o in zip(used, owners))
-    return len(other) >= 2 and len(other) > own
+    coloured = sum(o is not None for o in owners)
+    return len(other) >= 2 and len(other) > own and 2 * coloured > len(used)
 
 
 def _ids_from_values(values: np.ndarray, path: Path, label_map, mode: str) -> np.ndarray:
