@@ -182,3 +182,19 @@ def test_keys_of_other_uses_are_left_alone():
     data["_comment"] = "ours, from the seed"
     data["classes"][1]["supercategory"] = "nature"
     assert LabelMap.from_dict(data) == default_label_map()
+
+
+def test_starters_of_a_binary_masks_values_and_colours_keep_both_classes():
+    """A binary mask of 0 and 255 (or black and white) is two classes, not one class and ignore (a label map of
+    one class is refused)."""
+    from streetseg_jax.labels.label_map import starter_of_colours, starter_of_values
+
+    binary = starter_of_values([0, 255])
+    assert [(c.name, c.values) for c in binary.classes] == [("class_0", ()), ("class_255", (255,))]
+    assert binary.ignore_values == () and binary.value_table()[[0, 255]].tolist() == [0, 1]
+    ids = starter_of_values([0, 3, 7, 255])
+    assert [(c.name, c.values) for c in ids.classes] == [("class_0", ()), ("class_3", (3,)), ("class_7", (7,))]
+    assert ids.value_table()[[0, 3, 7, 255]].tolist() == [0, 1, 2, 255]
+    assert [c.color for c in starter_of_colours([(0, 0, 0), (255, 255, 255)]).classes] == [(0, 0, 0), (255, 255, 255)]
+    assert [c.color for c in starter_of_colours([(9, 9, 9), (255, 255, 255), (0, 0, 0)]).classes] == [
+        (9, 9, 9), (0, 0, 0)]

@@ -731,6 +731,67 @@ def test_masks_read_as_the_seeds_classes_say_so(tmp_path, capsys):
     assert "note: the masks' values are read as the seed's classes" in capsys.readouterr().err
 
 
+def mask_export(root: Path, masks_by_stem: dict) -> Path:
+    """root/images/<stem>.jpg and root/masks/<stem>.png of each mask image given."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for stem, mask in masks_by_stem.items():
+        Image.new("RGB", mask.size).save(root / "images" / f"{stem}.jpg")
+        mask.save(root / "masks" / f"{stem}.png")
+    return root
+
+
+def test_classes_of_rgb_masks_without_a_label_map_lists_their_colours_and_writes_a_map_of_them(tmp_path, capsys):
+    """labels classes read RGB masks with the seed's classes and failed: 'colour (60, 40, 222) ... is not the colour
+    of any class in the label map', where it promises a label map to start from."""
+    from streetseg_jax.labels.formats import masks
+    from streetseg_jax.labels.label_map import LabelMap
+
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[:] = (60, 40, 222)
+    rgb[:2] = (10, 200, 30)
+    rgb[5, :2] = (255, 255, 255)                # white: ignore, as the reader takes it
+    export = mask_export(tmp_path / "export", {"a": Image.fromarray(rgb, "RGB"),
+                                               "b": Image.new("RGB", (8, 6), (10, 200, 30))})
+    main(["classes", "--format", "masks", "--input", str(export), "--output", str(tmp_path / "c.json")])
+    out = capsys.readouterr().out
+    assert re.search(r"colour \(10, 200, 30\)\s+2 mask\(s\)\s+66\.7% of the pixels\s+-> class 0 'class_0'", out)
+    assert re.search(r"colour \(60, 40, 222\)\s+1 mask\(s\)\s+31\.2% of the pixels\s+-> class 1 'class_1'", out)
+    assert re.search(r"colour \(255, 255, 255\)\s+1 mask\(s\)\s+2\.1% of the pixels\s+-> ignore", out)
+    written = json.loads((tmp_path / "c.json").read_text())
+    assert [(c["name"], c["color"]) for c in written["classes"]] == [("class_0", [10, 200, 30]),
+                                                                    ("class_1", [60, 40, 222])]
+    label_map = LabelMap.load(tmp_path / "c.json")
+    main(["check", "--format", "masks", "--input", str(export), "--label_map", str(tmp_path / "c.json")])
+    ids = masks.mask_ids(export / "masks" / "a.png", label_map)
+    assert ids[0, 0] == 0 and ids[3, 3] == 1 and ids[5, 0] == 255
+
+
+@pytest.mark.parametrize("values", [(0, 1, 2), (0, 3, 7)])
+def test_classes_of_id_masks_without_a_label_map_lists_their_values_and_writes_a_map_of_them(tmp_path, capsys,
+                                                                                             values):
+    """labels classes named an id mask's values with the seed's 8 class names (3 'road', 7 'concrete'), as if the
+    export had used them."""
+    from streetseg_jax.labels.formats import masks
+    from streetseg_jax.labels.label_map import LabelMap
+
+    stored = np.full((6, 8), values[0], np.uint8)
+    stored[:3], stored[5, :4], stored[0, 0] = values[1], values[2], 255
+    export = mask_export(tmp_path / "export", {"a": Image.fromarray(stored, "L")})
+    main(["classes", "--format", "auto", "--input", str(export), "--output", str(tmp_path / "c.json")])
+    out = capsys.readouterr().out
+    assert "seed" not in out and "road" not in out
+    assert re.search(rf"value {values[1]}\s+1 mask\(s\)\s+47\.9% of the pixels\s+-> class 1 'class_{values[1]}'", out)
+    assert re.search(r"value 255\s+1 mask\(s\)\s+2\.1% of the pixels\s+-> ignore", out)
+    written = json.loads((tmp_path / "c.json").read_text())
+    assert [c["name"] for c in written["classes"]] == [f"class_{v}" for v in values]
+    assert [c.get("values") for c in written["classes"]] == (
+        [None] * 3 if values == (0, 1, 2) else [None, [3], [7]])
+    main(["check", "--format", "masks", "--input", str(export), "--label_map", str(tmp_path / "c.json")])
+    ids = masks.mask_ids(export / "masks" / "a.png", LabelMap.load(tmp_path / "c.json"))
+    assert ids.tolist() == np.select([stored == v for v in (*values, 255)], [0, 1, 2, 255]).tolist()
+
+
 def test_cvats_labelmap_txt_is_the_label_map_where_none_is_given(tmp_path, capsys):
     """CVAT's Segmentation mask export: RGB masks in SegmentationClass/, their colours named in labelmap.txt; the
     colours were looked up in the seed's 8 classes ('colour (250, 170, 30) is no class's')."""

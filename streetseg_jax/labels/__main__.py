@@ -14,7 +14,9 @@ path such as Train/img0 (a CVAT project's subset) or seq1/frame_001 (a mask fold
 subfolders of the output. check prints the validation report (labels/validate.py) and exits non-zero when it finds
 errors, or warnings with --strict. classes lists the class names the export uses (images and shapes of each) and
 which class of the label map each one becomes; --output writes a label map of the export's own classes to start
-from (labels/label_map.starter_label_map).
+from (labels/label_map.starter_label_map). Masks with no label map (none given or in the export) name no classes:
+classes lists the pixel values (greyscale and palette masks) or colours (RGB masks) they hold, with their share of
+the pixels, and --output writes a label map of them that reads the export (starter_of_values, starter_of_colours).
 """
 from __future__ import annotations
 
@@ -30,11 +32,12 @@ from tqdm import tqdm
 from streetseg_jax import atomic
 from streetseg_jax.cli import ArgumentParser, disk_refusal, export_label_map, fail, normalise_argv, run_command
 from streetseg_jax.labels import formats
-from streetseg_jax.labels.formats import labelme
+from streetseg_jax.labels.formats import labelme, masks
 from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, annotation_to_mask,
                                           find_unknown_labels, write_mask_png)
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, case_insensitive, file_ids, image_size
-from streetseg_jax.labels.label_map import LabelMap, LabelMapError, default_label_map, starter_label_map
+from streetseg_jax.labels.label_map import (LabelMap, LabelMapError, default_label_map, label_map_of_export,
+                                           starter_label_map, starter_of_colours, starter_of_values)
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key, listing
 from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, label_problems, locate_images, shape_warnings,
                                            size_mismatch, size_problem, validate, write_json)
@@ -248,6 +251,8 @@ def check(args: argparse.Namespace) -> None:
 def classes(args: argparse.Namespace) -> None:
     if args.output is not None and args.output.exists():
         fail(f"--output {args.output} exists (a label map edited by hand, perhaps); give a new file")
+    if _masks_without_label_map(args):
+        return mask_classes(args)
     label_map, fmt, annotations = read_with_label_map(args)
     labels = [[shape.label for shape in annotation.shapes if not shape.ignore] for annotation in annotations]
     shapes = collections.Counter(name for names in labels for name in names)
@@ -291,6 +296,68 @@ def classes(args: argparse.Namespace) -> None:
               "own in that order, not those after the arrows; class 0 is the fill class; "
               "merge two classes by moving one's name into the other's aliases, then renumber the ids 0..K-1); "
               f"use it with --label_map {args.output}")
+
+
+def _masks_without_label_map(args: argparse.Namespace) -> bool:
+    """Whether `classes` is to read masks that have no label map (no --label_map, none in the export): their values
+    name no class yet, and read as the seed's they named classes the export never had. Where the format or the
+    export's label map cannot be told, the reading that follows says why."""
+    from streetseg_jax.predict_export import export_in_output
+    if args.label_map is not None:
+        return False
+    args.input, args.format = export_in_output(args.input, args.format)
+    try:
+        fmt = formats.detect(args.input) if args.format == formats.AUTO else args.format or "voc"
+        if fmt != "masks" or label_map_of_export(args.input) is not None:
+            return False
+    except (LabelFormatError, LabelMapError, OSError):
+        return False
+    if args.format == formats.AUTO:
+        print(f"detected format: {fmt} ({args.input})")
+    args.format = fmt
+    return True
+
+
+def mask_classes(args: argparse.Namespace) -> None:
+    """`classes` of masks with no label map: the pixel values (greyscale and palette masks) or colours (RGB masks)
+    they hold, with their share of the pixels, and a label map of them to start from, which reads the export."""
+    try:
+        kind, pixels, held = masks.survey(args.input)
+        found = sorted(pixels) if kind == "values" else sorted(pixels, key=lambda c: (-pixels[c], c))
+        starter = starter_of_values(found) if kind == "values" else starter_of_colours(map(masks.unpack, found))
+    except (LabelFormatError, LabelMapError) as e:
+        fail(str(e))
+    print(f"{len(found)} {'pixel value' if kind == 'values' else 'colour'}(s) in the masks (no label map given or "
+          "found in the export), each -> the class of the label map --output writes:")
+    names = [_found_name(kind, value) for value in found]
+    total = sum(pixels.values())
+    for name, value in zip(names, found):
+        class_id = _class_of(kind, value, starter)
+        becomes = "ignore" if class_id is None else f"class {class_id} {starter.classes[class_id].name!r}"
+        print(f"  {name:<{max(map(len, names))}}  {held[value]:>6} mask(s) {100 * pixels[value] / total:>6.1f}% of "
+              f"the pixels  -> {becomes}")
+    if args.output is None:
+        print("note: --output writes that label map; rename its classes there, and use it with --label_map")
+        return
+    try:
+        atomic.write_text(args.output, starter.to_json() + "\n")
+    except OSError as e:
+        fail(str(e))
+    print(f"wrote a label map of {starter.num_classes} classes to {args.output} (named by the "
+          f"{'value' if kind == 'values' else 'id'} each stands for; class 0 is the fill class): rename them there "
+          f"and use it with --label_map {args.output}")
+
+
+def _found_name(kind: str, value: int) -> str:
+    return f"value {value}" if kind == "values" else f"colour {masks.unpack(value)}"
+
+
+def _class_of(kind: str, value: int, label_map: LabelMap) -> int | None:
+    """The class id a pixel value or packed colour of the masks stands for in `label_map`; None for ignore."""
+    if kind == "values":
+        class_id = int(label_map.value_table()[value])
+        return None if class_id == label_map.ignore_id else class_id
+    return next((c.id for c in label_map.classes if c.color == masks.unpack(value)), None)
 
 
 def _say_merged(label_map: LabelMap, names: list[str]) -> None:

@@ -478,6 +478,28 @@ def starter_label_map(names: list[str], keep_ids: bool = False) -> LabelMap:
     return LabelMap(tuple(classes), ignore_id=255, fill_id=0)
 
 
+def starter_of_values(values: list[int]) -> LabelMap:
+    """A label map to start from for masks that hold the pixel `values` (greyscale or palette masks that came with
+    no label map): class_<value> for each, ids 0..N-1 in their order, the first the fill class; a class whose value
+    is not its id lists it in its `values`. 255 stands for no class, as masks are read without a label map's word,
+    unless fewer than 2 other values are found (a binary mask of 0 and 255). `ignore_values` is written, so that a
+    palette mask is read by its indices, the values listed, and not by its colours."""
+    named = [v for v in values if v != 255]
+    named = named if len(named) >= 2 else list(values)
+    starter = starter_label_map([f"class_{v}" for v in named], keep_ids=True)
+    classes = tuple(dataclasses.replace(c, values=() if v == c.id else (v,)) for c, v in zip(starter.classes, named))
+    return dataclasses.replace(starter, classes=classes, ignore_values=() if 255 in named else (255,))
+
+
+def starter_of_colours(colours: list[tuple[int, int, int]]) -> LabelMap:
+    """A label map to start from for RGB masks that hold `colours` (with no label map): class_<id> for each, ids
+    0..N-1 in the order given, the first the fill class, each in its colour. White stands for no class, as masks
+    are read, unless fewer than 2 other colours are found (a black-and-white mask)."""
+    named = [tuple(c) for c in colours if tuple(c) != (255, 255, 255)]
+    named = named if len(named) >= 2 else [tuple(c) for c in colours]
+    return LabelMap(tuple(ClassInfo(i, f"class_{i}", colour) for i, colour in enumerate(named)))
+
+
 def label_map_change(old: dict, new: dict) -> str:
     """What differs between two label maps (to_dict's shape), in words: the classes by name, else the ignore id,
     else what pictures and exports alone see (colours, aliases, fill id, mask values)."""

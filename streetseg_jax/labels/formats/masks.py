@@ -167,12 +167,6 @@ def read_mask(path: str | Path, label_map, image: tuple[Path, Path] | None = Non
 
 def mask_ids(path: Path, label_map) -> np.ndarray:
     """(H, W) uint8 class ids of a mask file, ignore pixels set to the label map's ignore id."""
-    if path.suffix.lower() == ".gif":
-        raise LabelFormatError(f"{path}: GIF masks are refused: GIF encoders renumber the palette, so its indices "
-                               "are not the class ids; save masks as PNG")
-    if path.suffix.lower() in _REFUSED_SUFFIXES:
-        raise LabelFormatError(f"{path}: JPEG masks are refused: JPEG compression changes pixel values near every "
-                               "edge; save masks as PNG")
     mode, pixels, palette, transparent = _pixels(path)
     if transparent is not None:             # a palette's transparent colour: ignore, as RGBA's alpha 0
         shown = pixels[~transparent][:1].max(initial=0)        # any index the mask shows stands in for them
@@ -188,6 +182,66 @@ def mask_ids(path: Path, label_map) -> np.ndarray:
         return _ids_from_colours(pixels, path, label_map)
     raise LabelFormatError(f"{path}: mask mode {mode} is not supported; use 8-bit greyscale or palette PNGs (class "
                            "ids) or RGB PNGs (class colours)")
+
+
+# --- what masks hold, for a label map of them ------------------------------------------------------------------------
+
+def survey(path: Path) -> tuple[str, collections.Counter, collections.Counter]:
+    """What the masks read() would read hold, with no label map to read them by (`labels classes` makes one of it):
+    (kind, {value: pixels}, {value: masks holding it}); kind "values" where they are greyscale or palette masks
+    (their pixel values, a palette's indices), "colours" where RGB(A) (packed colours; transparent pixels left out).
+    LabelFormatError for masks that cannot be read, and for an export of both kinds."""
+    found = read_each(_mask_files(Path(path)), lambda mask: (mask, *_pixel_counts(mask)))
+    kinds = collections.Counter(kind for _, kind, _ in found)
+    if len(kinds) > 1:
+        first = {kind: mask for mask, kind, _ in reversed(found)}
+        raise LabelFormatError(f"{path}: {kinds['values']} mask(s) hold pixel values (greyscale or palette, such as "
+                               f"{first['values']}) and {kinds['colours']} hold colours (RGB, such as {first['colours']}): "
+                               "no label map can be made of both: give --label_map one written by hand (class "
+                               "colours for the RGB masks, ids or \"values\" for the others), or save the masks alike")
+    pixels, masks = collections.Counter(), collections.Counter()
+    for _, _, counts in found:
+        pixels.update(counts)
+        masks.update(counts.keys())
+    return found[0][1], pixels, masks
+
+
+def _mask_files(path: Path) -> list[Path]:
+    """The mask files read() reads at `path` (a mask file itself, or an export of folder pairs)."""
+    if path.is_file():
+        return [path]
+    files = []
+    for image_dir, mask_dir in find_pairs(path):
+        masks = _files(mask_dir, _MASK_SUFFIXES | _REFUSED_SUFFIXES)
+        files += [mask for key, mask in sorted(masks.items())
+                  if image_dir != mask_dir or key.endswith(BESIDE_ENDING)]       # side by side: <stem>_mask only
+    if not files:
+        raise LabelFormatError(f"{path}: no masks found; expected images/ (or JPEGImages/) beside one of "
+                               f"{', '.join(d + '/' for d in MASK_DIRS)}, or <name>/ beside <name>annot/")
+    return files
+
+
+def _pixel_counts(path: Path) -> tuple[str, dict[int, int]]:
+    """("values", {pixel value: pixels}) of a greyscale or palette mask, ("colours", {packed colour: pixels}) of
+    an RGB(A) one; a palette's transparent pixels and RGBA's are left out (ignore, as read() takes them)."""
+    mode, pixels, _, transparent = _pixels(path)
+    if mode in ("RGB", "RGBA"):
+        rgb = pixels[..., :3].astype(np.uint32)
+        kind, found = "colours", (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        shown = ~_transparent(pixels, path) if mode == "RGBA" else np.ones(found.shape, bool)
+    elif mode in _ID_MODES:
+        kind, found = "values", pixels.astype(np.int64)
+        shown = ~transparent if transparent is not None else np.ones(found.shape, bool)
+    else:
+        raise LabelFormatError(f"{path}: mask mode {mode} is not supported; use 8-bit greyscale or palette PNGs "
+                               "(class ids) or RGB PNGs (class colours)")
+    values, counts = np.unique(found[shown], return_counts=True)
+    return kind, dict(zip(values.tolist(), counts.tolist()))
+
+
+def unpack(colour: int) -> tuple[int, int, int]:
+    """(r, g, b) of a packed colour (survey's)."""
+    return (colour >> 16) & 255, (colour >> 8) & 255, colour & 255
 
 
 # --- folders ---------------------------------------------------------------------------------------------------------
@@ -282,7 +336,13 @@ def _image_for_file(mask: Path) -> tuple[Path, Path] | None:
 def _pixels(path: Path) -> tuple[str, np.ndarray, list[int] | None, np.ndarray | None]:
     """The mask's mode, pixels as stored (a palette image gives its indices), palette (r, g, b, r, ...; None but in
     mode P) and a palette's fully transparent pixels (None where it has none); too large (Pillow's bomb limit),
-    unreadable or many-paged files are LabelFormatErrors."""
+    unreadable or many-paged files are LabelFormatErrors, and so are GIF and JPEG masks."""
+    if path.suffix.lower() == ".gif":
+        raise LabelFormatError(f"{path}: GIF masks are refused: GIF encoders renumber the palette, so its indices "
+                               "are not the class ids; save masks as PNG")
+    if path.suffix.lower() in _REFUSED_SUFFIXES:
+        raise LabelFormatError(f"{path}: JPEG masks are refused: JPEG compression changes pixel values near every "
+                               "edge; save masks as PNG")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)     # MAX_PIXELS decides
