@@ -257,6 +257,20 @@ def test_value_outside_the_label_map_is_named(tmp_path):
     assert str(path) in message and "pixel value 9" in message and "row 3, column 4" in message
 
 
+def test_every_value_outside_the_label_map_is_named_with_both_hints(tmp_path):
+    """A mask holding 11 and 20 named 11 alone (the least); mended, 20 came up on the next run. The hint named a
+    class's "values" but not "ignore_values", which says a value stands for no class (CamVid's void 11)."""
+    ids = random_ids(5)
+    ids[:2, :2], ids[5, 6], ids[7, 8:10], ids[9, 9], ids[10, 10] = 11, 20, 30, 40, 50
+    export(tmp_path, ids)
+    with pytest.raises(LabelFormatError) as error:
+        masks.read(tmp_path, LABEL_MAP)
+    message = str(error.value)
+    assert ("pixel values 11 (4 pixels, first at row 0, column 0), 20 (1 pixels, first at row 5, column 6), 30 (2 "
+            "pixels, first at row 7, column 8) and 2 more (40, 50) (mode L mask) stand for no class") in message
+    assert '"ignore_values": [11, 255]' in message and '"values"' in message
+
+
 def test_unmapped_colour_is_named(tmp_path):
     rgb = LABEL_MAP.palette()[random_ids(6)]
     rgb[2, 7] = (1, 2, 3)

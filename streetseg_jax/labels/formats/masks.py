@@ -449,15 +449,32 @@ def _ids_from_values(values: np.ndarray, path: Path, label_map, mode: str) -> np
     ids = np.where(inside, label_map.value_table()[np.where(inside, values, 0)], -1)
     bad = ids < 0
     if bad.any():
-        value = int(values[bad].min())
-        count = int((values == value).sum())
-        row, col = (int(v[0]) for v in np.nonzero(values == value))
+        unknown = np.unique(values[bad]).tolist()
         raise LabelFormatError(
-            f"{path}: pixel value {value} (mode {mode} mask, {count} pixels, first at row {row}, column {col}) stands "
+            f"{path}: {_values_named(values, unknown)} (mode {mode} mask) {'stand' if len(unknown) > 1 else 'stands'} "
             f"for no class of the label map ({_value_ranges(label_map)}) nor for none "
             f"({', '.join(map(str, label_map.mask_ignore_values())) or 'no value'}); a class's \"values\" in the "
-            "label map say which values stand for it, e.g. {\"id\": 1, \"name\": \"crack\", \"values\": [255]}")
+            "label map say which values stand for it, e.g. {\"id\": 1, \"name\": \"crack\", \"values\": [255]}, and "
+            f"\"ignore_values\" those that stand for none (void), e.g. \"ignore_values\": {sorted({*label_map.mask_ignore_values(), unknown[0]})}")
     return ids.astype(np.uint8)
+
+
+_NAMED = 3        # values outside the label map named with where they are; the rest are listed
+_LISTED = 10
+
+
+def _values_named(values: np.ndarray, bad: list[int]) -> str:
+    """"pixel value 9 (2 pixels, first at row 3, column 4)", or several so, then the rest by value alone."""
+    said = []
+    for value in bad[:_NAMED]:
+        row, col = (int(v[0]) for v in np.nonzero(values == value))
+        said.append(f"{value} ({int((values == value).sum())} pixels, first at row {row}, column {col})")
+    rest = bad[_NAMED:]
+    if rest:
+        listed = ", ".join(map(str, rest[:_LISTED])) + (", ..." if len(rest) > _LISTED else "")
+        said.append(f"{len(rest)} more ({listed})")
+    return f"pixel value{'s' if len(bad) > 1 else ''} " + (", ".join(said[:-1]) + " and " + said[-1]
+                                                            if len(said) > 1 else said[0])
 
 
 def _value_ranges(label_map) -> str:
