@@ -281,6 +281,25 @@ def test_unmapped_colour_is_named(tmp_path):
     assert "blended" not in str(error.value)
 
 
+def test_ignore_colors_name_the_colours_of_no_class_in_rgb_masks(tmp_path):
+    """CamVid's own colour masks draw void black: only white could mean ignore, "ignore_values": [0] was refused
+    ('mask value 0 stands for sky'), and the message pointed nowhere."""
+    data = {"classes": [{"id": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(CAMVID_COLOURS.items())]}
+    rgb = np.array(list(CAMVID_COLOURS.values()), np.uint8)[random_ids(9, ignore=False)]
+    rgb[0, :3] = (0, 0, 0)
+    path = save(tmp_path / "masks" / "a.png", Image.fromarray(rgb, "RGB"))
+    with pytest.raises(LabelFormatError, match=r'colour \(0, 0, 0\) .* \(nor of ignore: \(255, 255, 255\)\); a label '
+                                               r'map\'s "ignore_colors" names .*"ignore_colors": \[\[0, 0, 0\]\]'):
+        masks.read(path, camvid_label_map())
+    label_map = LabelMap.from_dict({**data, "ignore_colors": [[0, 0, 0]]})
+    ids = masks.mask_ids(path, label_map)
+    assert ids[0, :3].tolist() == [255] * 3 and (ids[1:] < 11).all()
+    rgb[0, 3] = (255, 255, 255)                 # white is a colour of no class's now: its listing replaces white
+    save(path, Image.fromarray(rgb, "RGB"))
+    with pytest.raises(LabelFormatError, match=r"colour \(255, 255, 255\) .* \(nor of ignore: \(0, 0, 0\)\)"):
+        masks.mask_ids(path, label_map)
+
+
 def test_detection_of_masks_without_images_says_so(tmp_path):
     """A CVAT export saved without its images: 'cannot tell which labelling tool wrote these files' alone."""
     from streetseg_jax.labels import formats
@@ -367,7 +386,13 @@ def test_values_decide_over_a_palettes_colours(tmp_path):
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]},
                   {"id": 1, "name": "b", "color": [1, 1, 1], "values": [0]}]}, "mask value 0 stands for both 'a' and 'b'"),
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}, {"id": 1, "name": "b", "color": [1, 1, 1]}],
-      "ignore_values": [1]}, "mask value 1 stands for 'b' and is in ignore_values too"),
+      "ignore_values": [1]}, "mask value 1 stands for 'b' and is in ignore_values too .*\"ignore_colors\""),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}, {"id": 1, "name": "b", "color": [1, 1, 1]}],
+      "ignore_colors": [[1, 1, 1]]}, r"colour \[1, 1, 1\] is the colour of class 'b' and in ignore_colors too"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}, {"id": 1, "name": "b", "color": [1, 1, 1]}],
+      "ignore_colors": [0, 0, 0]}, r"ignore_colors: 0 must be a list of three integers"),
+    ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0]}, {"id": 1, "name": "b", "color": [1, 1, 1]}],
+      "ignore_colors": [[0, 0, 256]]}, r"ignore_colors: \[0, 0, 256\] must be three integers 0..255"),
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0], "values": 5},
                   {"id": 1, "name": "b", "color": [1, 1, 1]}]}, "values must be a list of pixel values"),
     ({"classes": [{"id": 0, "name": "a", "color": [0, 0, 0], "values": [70000]},

@@ -198,3 +198,14 @@ def test_starters_of_a_binary_masks_values_and_colours_keep_both_classes():
     assert [c.color for c in starter_of_colours([(0, 0, 0), (255, 255, 255)]).classes] == [(0, 0, 0), (255, 255, 255)]
     assert [c.color for c in starter_of_colours([(9, 9, 9), (255, 255, 255), (0, 0, 0)]).classes] == [
         (9, 9, 9), (0, 0, 0)]
+
+
+def test_ignore_colors_are_written_only_where_given():
+    """A label map without ignore_colors writes what it wrote before (a build's fingerprint hashes it); one with
+    them keeps them, and of_ids (a dataset's, a model's) leaves them out with the export's values."""
+    assert "ignore_colors" not in default_label_map().to_json()
+    data = {**default_label_map().to_dict(), "ignore_colors": [[1, 2, 3], [0, 0, 1]]}
+    label_map = LabelMap.from_dict(data)
+    assert label_map.ignore_colors == ((1, 2, 3), (0, 0, 1)) and label_map.to_dict() == data
+    assert label_map.of_ids() == default_label_map()
+    assert default_label_map().mask_ignore_colors() == ((255, 255, 255),)

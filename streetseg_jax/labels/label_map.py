@@ -7,7 +7,9 @@ Ids run 0..K-1 without gaps and stay below the ignore id; names are lowercase sn
 of pixels that no shape covers. For an export's masks whose pixel values are not the class ids (a binary mask of 0
 and 255, ids 0, 3 and 7, 0 for void), a class may list the `"values"` that stand for it, and `"ignore_values"` the
 values that stand for no class (default: 255 and the ignore id, but for a value a class lists); only mask readers
-look at them (`value_table`), since the masks this package writes hold the ids.
+look at them (`value_table`), since the masks this package writes hold the ids. Likewise `"ignore_colors"`, a list
+of [r, g, b], names the colours of an export's RGB masks that stand for no class (default: white, unless a class
+has it), such as CamVid's black void in its own colour masks: "ignore_colors": [[0, 0, 0]].
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class LabelMap:
     ignore_id: int = 255
     fill_id: int = 0
     ignore_values: tuple[int, ...] | None = None     # mask values that stand for no class; None: 255, the ignore id
+    ignore_colors: tuple[tuple[int, int, int], ...] | None = None    # RGB masks' colours of no class; None: white
 
     def __post_init__(self):
         _validate(self)
@@ -109,7 +112,7 @@ class LabelMap:
         the `values` and `ignore_values` of an export's masks, so that one taxonomy is one label map however its
         exports stored it."""
         return dataclasses.replace(self, classes=tuple(dataclasses.replace(c, values=()) for c in self.classes),
-                                   ignore_values=None)
+                                   ignore_values=None, ignore_colors=None)
 
     def mask_ignore_values(self) -> tuple[int, ...]:
         """The values of an export's masks that stand for no class: `ignore_values`, else 255 and the ignore id
@@ -118,6 +121,13 @@ class LabelMap:
             return self.ignore_values
         claimed = {v for c in self.classes for v in c.values}
         return tuple(sorted({255, self.ignore_id} - claimed))
+
+    def mask_ignore_colors(self) -> tuple[tuple[int, int, int], ...]:
+        """The colours of an export's RGB masks that stand for no class: `ignore_colors`, else white where no class
+        has it."""
+        if self.ignore_colors is not None:
+            return self.ignore_colors
+        return () if any(c.color == (255, 255, 255) for c in self.classes) else ((255, 255, 255),)
 
     @functools.cached_property
     def _lookup(self) -> dict[str, int]:
@@ -129,7 +139,8 @@ class LabelMap:
 
     # --- (de)serialisation --------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        """The JSON shape; `values` and `ignore_values` only where given (label maps without them read as before)."""
+        """The JSON shape; `values`, `ignore_values` and `ignore_colors` only where given (label maps without them
+        read, and fingerprint a build, as before)."""
         data = {
             "classes": [{"id": c.id, "name": c.name, "color": list(c.color), "aliases": list(c.aliases),
                          **({"values": list(c.values)} if c.values else {})} for c in self.classes],
@@ -138,6 +149,8 @@ class LabelMap:
         }
         if self.ignore_values is not None:
             data["ignore_values"] = list(self.ignore_values)
+        if self.ignore_colors is not None:
+            data["ignore_colors"] = [list(colour) for colour in self.ignore_colors]
         return data
 
     def to_json(self) -> str:
@@ -148,10 +161,11 @@ class LabelMap:
         try:
             _known_keys(data, MAP_KEYS, "a label map's", "")       # a misspelt key was left out silently
             classes = tuple(_class_from_dict(c) for c in data["classes"])
-            ignore_values = data.get("ignore_values")
+            ignore_values, ignore_colors = data.get("ignore_values"), data.get("ignore_colors")
             return cls(classes, _integer(data.get("ignore_id", 255), "ignore_id"),
                        _integer(data.get("fill_id", 0), "fill_id"),
-                       None if ignore_values is None else _values(ignore_values, "ignore_values"))
+                       None if ignore_values is None else _values(ignore_values, "ignore_values"),
+                       None if ignore_colors is None else _colours(ignore_colors, "ignore_colors"))
         except LabelMapError as e:
             raise LabelMapError(f"{source}: {e}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -196,7 +210,7 @@ def _integer(value, what: str) -> int:
     return int(value)
 
 
-MAP_KEYS = ("classes", "ignore_id", "fill_id", "ignore_values")
+MAP_KEYS = ("classes", "ignore_id", "fill_id", "ignore_values", "ignore_colors")
 CLASS_KEYS = ("id", "name", "color", "aliases", "values")
 
 
@@ -212,17 +226,29 @@ def _known_keys(data: dict, known: tuple[str, ...], whose: str, where: str) -> N
 
 def _class_from_dict(c: dict) -> ClassInfo:
     _known_keys(c, CLASS_KEYS, "a class's", f"class {c.get('name')!r}: ")
-    if not isinstance(c["color"], (list, tuple)):
-        raise LabelMapError(f"class {c.get('name')!r}: color must be a list of three integers 0..255, [r, g, b], "
-                            f"got {c['color']!r}")
-    color = tuple(_integer(v, f"class {c.get('name')!r}: color") for v in c["color"])
-    if len(color) != 3 or not all(0 <= v <= 255 for v in color):
-        raise LabelMapError(f"class {c.get('name')!r}: color must be three integers 0..255, got {c['color']}")
+    color = _colour(c["color"], f"class {c.get('name')!r}: color")
     aliases = c.get("aliases", [])
     if isinstance(aliases, str) or not all(isinstance(a, str) for a in aliases):
         raise LabelMapError(f"class {c.get('name')!r}: aliases must be a list of strings")
     return ClassInfo(_integer(c["id"], f"class {c.get('name')!r}: id"), str(c["name"]), color, tuple(aliases),
                      _values(c.get("values", []), f"class {c.get('name')!r}: values"))
+
+
+def _colour(colour, what: str) -> tuple[int, int, int]:
+    """[r, g, b]: three whole numbers 0..255."""
+    if not isinstance(colour, (list, tuple)):
+        raise LabelMapError(f"{what} must be a list of three integers 0..255, [r, g, b], got {colour!r}")
+    rgb = tuple(_integer(v, what) for v in colour)
+    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        raise LabelMapError(f"{what} must be three integers 0..255, got {list(colour)}")
+    return rgb
+
+
+def _colours(colours, what: str) -> tuple[tuple[int, int, int], ...]:
+    """A list of [r, g, b] colours."""
+    if not isinstance(colours, list):
+        raise LabelMapError(f"{what} must be a list of [r, g, b] colours, e.g. [[0, 0, 0]], got {colours!r}")
+    return tuple(_colour(colour, f"{what}: {colour!r}") for colour in colours)
 
 
 def _values(values, what: str) -> tuple[int, ...]:
@@ -245,7 +271,14 @@ def _validate_values(lm: LabelMap) -> None:
                                     "values stands for its id)")
     both = sorted(set(owner) & set(lm.ignore_values or ()))
     if both:
-        raise LabelMapError(f"mask value {both[0]} stands for {owner[both[0]]!r} and is in ignore_values too")
+        raise LabelMapError(f"mask value {both[0]} stands for {owner[both[0]]!r} and is in ignore_values too "
+                            "(ignore_values are values of greyscale and palette masks; the colours of RGB masks "
+                            "that stand for no class are \"ignore_colors\", e.g. [[0, 0, 0]])")
+    coloured = {c.color: c.name for c in lm.classes}
+    both = [colour for colour in lm.ignore_colors or () if colour in coloured]
+    if both:
+        raise LabelMapError(f"colour {list(both[0])} is the colour of class {coloured[both[0]]!r} and in "
+                            "ignore_colors too: give the class another colour, or leave the colour out")
 
 
 def _validate(lm: LabelMap) -> None:

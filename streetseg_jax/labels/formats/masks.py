@@ -27,7 +27,8 @@ What the pixel values mean, by the mask's PNG mode:
   PASCAL VOC's colour map is always read by index, whatever colours the label map's classes share with it (CamVid's
   sky and tree are VOC's colours 7 and 3). A palette's transparent colour is ignore, as in RGBA;
 - RGB: colours, mapped to ids through the label map's class colours. White (255, 255, 255) is the ignore colour, as
-  the label map's own palette draws it, unless a class has that colour. RGBA: fully transparent pixels are ignore,
+  the label map's own palette draws it, unless a class has that colour; the label map's `ignore_colors` name others
+  instead (CamVid's own colour masks draw void black: "ignore_colors": [[0, 0, 0]]). RGBA: fully transparent pixels are ignore,
   any other alpha but opaque is an error.
 In id masks, 255 and the label map's ignore id mean ignore; where the export's values are not the class ids (a binary
 mask of 0 and 255, ids 0, 3 and 7, 0 for void), the label map's `values` and `ignore_values` say what each stands for
@@ -61,7 +62,6 @@ _REFUSED_SUFFIXES = {".jpg", ".jpeg", ".gif"}      # found, to be refused with t
 _MASK_NAME_ENDINGS = ("_mask", "_labels", "_label", "_L")
 BESIDE_ENDING = "_mask"        # a mask kept beside its image: a.jpg and a_mask.png
 _ID_MODES = ("L", "1", "I", "I;16", "I;16L", "I;16B", "P")
-_WHITE = (255, 255, 255)
 _TRANSPARENT = 1 << 24          # no packed RGB colour reaches this: marks fully transparent pixels
 _VOC_COLOUR_MAP = [voc_color(i) for i in range(255)]
 
@@ -516,13 +516,12 @@ def _colour_owners(label_map) -> dict[tuple[int, ...], list[str]]:
 
 
 def _colour_table(label_map) -> dict[int, int]:
-    """Packed colour -> class id. Colours two classes share are left out (an error when a mask uses them); white
-    and transparency mean ignore."""
+    """Packed colour -> class id. Colours two classes share are left out (an error when a mask uses them); the
+    ignore colours (white, or the label map's ignore_colors) and transparency mean ignore."""
     owners = _colour_owners(label_map)
     table = {_pack(c.color): c.id for c in label_map.classes if len(owners[tuple(c.color)]) == 1}
-    if _WHITE not in owners:
-        table[_pack(_WHITE)] = label_map.ignore_id
-    table[_TRANSPARENT] = label_map.ignore_id
+    for colour in (*label_map.mask_ignore_colors(), _TRANSPARENT):
+        table[colour if colour == _TRANSPARENT else _pack(colour)] = label_map.ignore_id
     return table
 
 
@@ -549,7 +548,11 @@ def _unmapped_colour(unmapped: dict[int, int], packed: np.ndarray, pixels: np.nd
             "export the mask again as PNG, unscaled and drawn without anti-aliasing"
             if _mostly_near(unmapped, label_map) else
             ", most far from every class colour: were the masks drawn with another label map? (--label_map)")
-    raise LabelFormatError(f"{where} is not the colour of any class in the label map (nor white for ignore){hint}")
+    if not hint:
+        hint = (f"; a label map's \"ignore_colors\" names the colours that stand for no class, e.g. "
+                f"\"ignore_colors\": [{list(rgb)}]")
+    ignore = " or ".join(str(colour) for colour in label_map.mask_ignore_colors()) or "no colour"
+    raise LabelFormatError(f"{where} is not the colour of any class in the label map (nor of ignore: {ignore}){hint}")
 
 
 def _mostly_near(unmapped: dict[int, int], label_map) -> bool:
