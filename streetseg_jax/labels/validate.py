@@ -6,7 +6,8 @@ export: each class's share of the pixels and the number of images it appears in,
 (pixels no shape claims, which get the label map's fill class), and suggested median-frequency class weights.
 
 Errors make an export unusable as it stands (a build refuses it, `check` exits non-zero); warnings are worth a
-look but the masks are still made (`check --strict` exits non-zero on them too).
+look but the masks are still made (`check --strict` exits non-zero on them too). Notes are about the label map
+alone and change no mask, training or score (class colours that pictures cannot tell apart): no reason to stop.
 
 Images are found for each annotation by `locate_images`: the image the export embeds, else the file the reader
 resolved, else a file under the export folder with the annotation file's stem or the file name the annotation
@@ -586,10 +587,15 @@ class Report:
         return [c for c in self.label_map.classes if not pixels[c.id]]
 
     def export_warnings(self) -> list[str]:
-        """Colours of the label map that pictures cannot tell apart (colour_clashes), and where at most one class has
-        pixels: a model trained on the export learns nothing (a mask of 0 and 255, a binary mask as many tools save
-        it, trained to mIoU 1.0 on its 0s alone, its 255s being the ignore id)."""
-        return self.label_map.colour_clashes() + self._one_class_warnings()
+        """Where at most one class has pixels: a model trained on the export learns nothing (a mask of 0 and 255, a
+        binary mask as many tools save it, trained to mIoU 1.0 on its 0s alone, its 255s being the ignore id)."""
+        return self._one_class_warnings()
+
+    def notes(self) -> list[str]:
+        """Colours of the label map that pictures cannot tell apart (colour_clashes): a note, not a warning, since
+        masks, training and scores are the same whatever the colours, and an official palette (Cityscapes' bus and
+        train) is not the user's to change: its colour masks would no longer read."""
+        return self.label_map.colour_clashes()
 
     def _one_class_warnings(self) -> list[str]:
         absent = self.absent_classes()
@@ -707,6 +713,7 @@ def _report_dict(report: Report) -> dict:
                    "warnings": f.warnings} for f in report.files],
         "label_map": report.label_map.to_dict(),
         "unannotated_images": report.unannotated,
+        "notes": report.notes(),
     }
 
 
@@ -726,6 +733,7 @@ def _report_text(report: Report, shown: int) -> str:
               f": {p['message']}" for p in problems[:shown]]
     if len(problems) > shown:
         lines.append(f"... and {len(problems) - shown} more problem(s) (all of them are in the --json report)")
+    lines += [f"note: {report.source}: {note}" for note in data["notes"]]
     if report.unannotated:
         names = report.unannotated
         lines.append(f"note: {len(names)} image(s) with no annotation, left out: {', '.join(names[:shown])}"
