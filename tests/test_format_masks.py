@@ -300,6 +300,28 @@ def test_ignore_colors_name_the_colours_of_no_class_in_rgb_masks(tmp_path):
         masks.mask_ids(path, label_map)
 
 
+def test_mapillary_label_masks_find_their_photos_one_folder_up(tmp_path):
+    """Mapillary Vistas keeps <split>/v2.0/labels/0.png and <split>/images/0.jpg: 'no image named 0.*' without
+    saying where it had looked."""
+    export(tmp_path / "val", random_ids(1), stem="0", mask_dir="v2.0/labels")
+    (annotation,) = masks.read(tmp_path / "val" / "v2.0" / "labels", LABEL_MAP)
+    assert annotation.image_path == (tmp_path / "val" / "images" / "0.jpg").resolve()
+    np.testing.assert_array_equal(round_trip(annotation), random_ids(1))
+
+
+@pytest.mark.parametrize("fmt", ["masks", "cityscapes", "auto"])
+def test_cityscapes_label_id_masks_are_said_to_be_unread(tmp_path, fmt):
+    """gtFine/*_gtFine_labelIds.png with leftImg8bit/ photos: 'no mask folder found', 'no *_gtFine_polygons.json
+    files', 'cannot tell', none saying what is read and what to do."""
+    from streetseg_jax.labels import formats
+
+    save(tmp_path / "gtFine" / "val" / "ulm" / "ulm_000001_000019_gtFine_labelIds.png", encode(random_ids(1), "L"))
+    save(tmp_path / "leftImg8bit" / "val" / "ulm" / "ulm_000001_000019_leftImg8bit.png", Image.new("RGB", (16, 12)))
+    with pytest.raises(LabelFormatError, match=r"holds 1 \*_gtFine_labelIds.png mask\(s\), which are not read: read "
+                                               r"the \*_gtFine_polygons.json files"):
+        formats.detect(tmp_path) if fmt == "auto" else formats.read(fmt, tmp_path, LABEL_MAP)
+
+
 def test_detection_of_masks_without_images_says_so(tmp_path):
     """A CVAT export saved without its images: 'cannot tell which labelling tool wrote these files' alone."""
     from streetseg_jax.labels import formats

@@ -37,8 +37,21 @@ def read(path: Path, label_map) -> list[Annotation]:
     path = Path(path)
     files = _polygon_files(path) if path.is_dir() else [path]
     if not files:
-        raise LabelFormatError(f"{path}: no Cityscapes *_gtFine_polygons.json files in this folder")
+        raise LabelFormatError(f"{path}: no Cityscapes *_gtFine_polygons.json files in this folder (this reader "
+                               f"reads the polygon JSON files){label_id_masks_hint(path)}")
     return read_each(files, lambda f: read_cityscapes(f, label_map))
+
+
+def label_id_masks_hint(path: Path) -> str:
+    """"; it holds N *_gtFine_labelIds.png masks ..." where `path` holds Cityscapes' label-id masks but no
+    polygons: no reader pairs them with their leftImg8bit photos, and the polygons they were drawn from come
+    beside them in gtFine."""
+    found = sum(1 for _ in iter_files(Path(path), "*_gt*_labelIds.png")) if Path(path).is_dir() else 0
+    if not found:
+        return ""
+    return (f"; it holds {found} *_gtFine_labelIds.png mask(s), which are not read: read the *_gtFine_polygons.json "
+            "files that Cityscapes' gtFine package keeps beside them (--format cityscapes), as they were drawn from "
+            "them")
 
 
 def looks_like(path: Path) -> bool:

@@ -7,7 +7,9 @@ Layouts recognised in the export folder (or in each of its direct subfolders, e.
     a folder of images with `<stem>_mask.png` beside each    (Roboflow's semantic-segmentation export; its
                                                              _classes.csv is a label map: label_map_of_export)
 Passing a mask folder itself (or one mask file) works too; its images are then looked for in the sibling folders
-above. Masks and images are matched by their path below their folders without the suffix (`masks/a/b.png` goes with
+above, or beside the folder above (Mapillary Vistas' <split>/v2.0/labels/ with <split>/images/). Cityscapes'
+*_gtFine_labelIds.png masks are not read (their names do not match their photos'): the messages say to read the
+*_gtFine_polygons.json files beside them. Masks and images are matched by their path below their folders without the suffix (`masks/a/b.png` goes with
 `images/a/b.jpg`); a mask named `<stem>_mask`, `_label`, `_labels` or `_L` also matches `<stem>` (CamVid's original
 masks are `<stem>_L.png`).
 
@@ -50,6 +52,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from streetseg_jax.labels.formats import cityscapes
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, MAX_PIXELS, files_under, iter_files, resolve_inside
 from streetseg_jax.labels.label_map import voc_color
 from streetseg_jax.labels.shapes import (IGNORE_LABEL, Annotation, LabelFormatError, Shape, export_split, make_key,
@@ -75,7 +78,7 @@ def read(path: Path, label_map) -> list[Annotation]:
     if not pairs:
         raise LabelFormatError(f"{path}: no mask folder found; expected images/ (or JPEGImages/) beside one of "
                                f"{', '.join(d + '/' for d in MASK_DIRS)}, or <name>/ beside <name>annot/"
-                               + _empty_mask_dirs(path))
+                               + _empty_mask_dirs(path) + cityscapes.label_id_masks_hint(path))
     jobs = []               # one per mask, of every folder pair: the problems of all of them are told at once
     for image_dir, mask_dir in pairs:
         images = _files(image_dir, IMAGE_SUFFIXES) if image_dir else {}
@@ -285,8 +288,11 @@ def _is_mask_dir(path: Path) -> bool:
 
 
 def _sibling_images(mask_dir: Path) -> Path | None:
+    """The image folder beside a mask folder, else beside the folder above it (Mapillary Vistas' <split>/images/
+    and <split>/v2.0/labels/)."""
     names = IMAGE_DIRS + ((mask_dir.name[:-len("annot")],) if mask_dir.name.endswith("annot") else ())
-    return next((mask_dir.parent / n for n in names if (mask_dir.parent / n).is_dir()), None)
+    near = [mask_dir.parent / n for n in names] + [mask_dir.parent.parent / n for n in IMAGE_DIRS]
+    return next((folder for folder in near if folder.is_dir()), None)
 
 
 def _has_masks(folder: Path, suffixes: set[str] = _MASK_SUFFIXES | _REFUSED_SUFFIXES) -> bool:
