@@ -621,6 +621,18 @@ def test_camvid_greyscale_masks(tmp_path):
                                       np.asarray(Image.open(annotation.source)))
 
 
+def test_a_picture_beside_the_image_folders_is_no_unannotated_photo(tmp_path):
+    """CamVid's camvid11_palette.png at the export's top was listed as an image with no annotation."""
+    from streetseg_jax.labels.validate import CheckOptions, validate
+
+    export(tmp_path, random_ids(1))
+    save(tmp_path / "palette.png", Image.new("RGB", (16, 12)))
+    save(tmp_path / "images" / "unlabelled.jpg", Image.new("RGB", (16, 12)))
+    report = validate(masks.read(tmp_path, LABEL_MAP), LABEL_MAP, fmt="masks", source=tmp_path, root=tmp_path,
+                      options=CheckOptions())
+    assert report.unannotated == ["images/unlabelled.jpg"]
+
+
 def test_voc_image_sets_give_the_splits(tmp_path):
     """CVAT's Segmentation mask export lists its subsets in ImageSets/Segmentation/<subset>.txt: they were not read,
     and the val images were hashed into train."""

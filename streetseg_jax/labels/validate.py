@@ -33,7 +33,7 @@ from PIL import Image
 
 from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, write_bytes
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES, class_ids, mask_png, rasterize_with_unlabelled
-from streetseg_jax.labels.formats.masks import MASK_DIRS
+from streetseg_jax.labels.formats.masks import MASK_DIRS, find_pairs
 from streetseg_jax.labels.images import (IMAGE_SUFFIXES, MAX_PIXELS, OutsideExportError, files_under, image_size,
                                          is_file, is_rotated, open_rgb, resolve_inside)
 from streetseg_jax.labels.label_map import LabelMap
@@ -657,7 +657,7 @@ def validate(annotations: list[Annotation], label_map: LabelMap, *, fmt: str = "
         for i, message in locate_images(annotations, Path(root), index).items():
             known.setdefault(i, []).append(message)
         if fmt in _IMAGES_BESIDE:
-            unannotated = _unannotated(annotations, index)
+            unannotated = _unannotated(annotations, index, _photo_folders(fmt, Path(root)))
     jobs = [(a, label_map, options, known.get(i, []), keys[i]) for i, a in enumerate(annotations)]
     return Report(fmt, str(source), label_map, list(map_fn(check_job, jobs)), unannotated)
 
@@ -667,9 +667,21 @@ def validate(annotations: list[Annotation], label_map: LabelMap, *, fmt: str = "
 _IMAGES_BESIDE = ("voc", "labelme", "coco", "cvat", "masks")
 
 
-def _unannotated(annotations: list[Annotation], index: ImageIndex) -> list[str]:
-    """Images in the index that no annotation is of: left out of masks and datasets, so the report names them.
-    An annotation that embeds its image (LabelMe's imageData) still names the file it was made from."""
+def _photo_folders(fmt: str, root: Path) -> list[Path] | None:
+    """Where a masks export keeps its photos: the image folders of its folder pairs (CamVid's palette look-up
+    camvid11_palette.png at its top is no photo of it); None for other formats: anywhere under the export."""
+    if fmt != "masks":
+        return None
+    try:
+        return [image_dir.resolve() for image_dir, _ in find_pairs(root) if image_dir is not None]
+    except (OSError, LabelFormatError):
+        return None
+
+
+def _unannotated(annotations: list[Annotation], index: ImageIndex, folders: list[Path] | None = None) -> list[str]:
+    """Images in the index (in `folders` where given) that no annotation is of: left out of masks and datasets, so
+    the report names them. An annotation that embeds its image (LabelMe's imageData) still names the file it was
+    made from."""
     per_source = collections.Counter(str(a.source) for a in annotations)
     used = {Path(a.source).resolve() for a in annotations}      # mask files, where masks are the annotations
     for annotation in annotations:
@@ -680,7 +692,8 @@ def _unannotated(annotations: list[Annotation], index: ImageIndex) -> list[str]:
         if path is not None:
             used.add(Path(path).resolve())
     return [path.relative_to(index.root).as_posix() for paths in index.by_name.values() for path in paths
-            if path.resolve() not in used and not index.is_mask(path, False)]
+            if path.resolve() not in used and not index.is_mask(path, False)
+            and (folders is None or any(path.resolve().is_relative_to(folder) for folder in folders))]
 
 
 def check_job(job) -> FileReport:
