@@ -9,9 +9,9 @@ Layouts recognised in the export folder (or in each of its direct subfolders, e.
 Passing a mask folder itself (or one mask file) works too; its images are then looked for in the sibling folders
 above, or beside the folder above (Mapillary Vistas' <split>/v2.0/labels/ with <split>/images/). Cityscapes'
 *_gtFine_labelIds.png masks are not read (their names do not match their photos'): the messages say to read the
-*_gtFine_polygons.json files beside them. Masks and images are matched by their path below their folders without the suffix (`masks/a/b.png` goes with
-`images/a/b.jpg`); a mask named `<stem>_mask`, `_label`, `_labels` or `_L` also matches `<stem>` (CamVid's original
-masks are `<stem>_L.png`).
+*_gtFine_polygons.json files beside them. Masks and images are matched by their path below their folders without
+the suffix (`masks/a/b.png` goes with `images/a/b.jpg`); a mask named `<stem>_mask`, `_label`, `_labels` or `_L`
+also matches `<stem>` (CamVid's original masks are `<stem>_L.png`).
 
 Each image's key (Annotation.key: its mask's name, its split hash) is that path below the folders, prefixed with
 the folders above the pair inside the export: `masks/seq1/frame_001.png` -> `seq1/frame_001`, and with split folders
@@ -30,8 +30,8 @@ What the pixel values mean, by the mask's PNG mode:
   sky and tree are VOC's colours 7 and 3). A palette's transparent colour is ignore, as in RGBA;
 - RGB: colours, mapped to ids through the label map's class colours. White (255, 255, 255) is the ignore colour, as
   the label map's own palette draws it, unless a class has that colour; the label map's `ignore_colors` name others
-  instead (CamVid's own colour masks draw void black: "ignore_colors": [[0, 0, 0]]). RGBA: fully transparent pixels are ignore,
-  any other alpha but opaque is an error.
+  instead (CamVid's own colour masks draw void black: "ignore_colors": [[0, 0, 0]]). RGBA: fully transparent pixels
+  are ignore, any other alpha but opaque is an error.
 In id masks, 255 and the label map's ignore id mean ignore; where the export's values are not the class ids (a binary
 mask of 0 and 255, ids 0, 3 and 7, 0 for void), the label map's `values` and `ignore_values` say what each stands for
 (and the palette's colours are then not looked at). Any other value is an error that names the value and the file,
@@ -199,7 +199,8 @@ def survey(path: Path) -> tuple[str, collections.Counter, collections.Counter]:
     if len(kinds) > 1:
         first = {kind: mask for mask, kind, _ in reversed(found)}
         raise LabelFormatError(f"{path}: {kinds['values']} mask(s) hold pixel values (greyscale or palette, such as "
-                               f"{first['values']}) and {kinds['colours']} hold colours (RGB, such as {first['colours']}): "
+                               f"{first['values']}) and {kinds['colours']} hold colours (RGB, such as "
+                               f"{first['colours']}): "
                                "no label map can be made of both: give --label_map one written by hand (class "
                                "colours for the RGB masks, ids or \"values\" for the others), or save the masks alike")
     pixels, masks = collections.Counter(), collections.Counter()
@@ -461,7 +462,8 @@ def _ids_from_values(values: np.ndarray, path: Path, label_map, mode: str) -> np
             f"for no class of the label map ({_value_ranges(label_map)}) nor for none "
             f"({', '.join(map(str, label_map.mask_ignore_values())) or 'no value'}); a class's \"values\" in the "
             "label map say which values stand for it, e.g. {\"id\": 1, \"name\": \"crack\", \"values\": [255]}, and "
-            f"\"ignore_values\" those that stand for none (void), e.g. \"ignore_values\": {sorted({*label_map.mask_ignore_values(), unknown[0]})}")
+            f"\"ignore_values\" those that stand for none (void), e.g. \"ignore_values\": "
+            f"{sorted({*label_map.mask_ignore_values(), unknown[0]})}")
     return ids.astype(np.uint8)
 
 
