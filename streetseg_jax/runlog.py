@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -101,7 +102,21 @@ class RunLog:
 
     def say(self, message: str) -> None:
         if self.primary:
-            print(message, flush=True)
+            try:
+                print(message, flush=True)
+            except BrokenPipeError:
+                reader_gone()
+
+
+def reader_gone() -> None:
+    """Where stdout's reader is gone (`| head` done, a dead `tee`, a closed terminal), the run goes on and is said to
+    on stderr where it can be: a broken pipe stopped it with an error, unsaved, the steps since its checkpoint lost."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # Python's own flush at exit fails no more
+    try:
+        print("note: the reader of the run's output is gone (stdout closed): training goes on, metrics.jsonl keeps "
+              "its log", file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def append_record(path: Path, record: dict) -> None:

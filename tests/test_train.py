@@ -113,6 +113,22 @@ def test_resume_after_sigterm_is_bitwise_exact(finished_run, tiny_data_dir, tmp_
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_run_whose_output_reader_is_gone_trains_on_to_the_end(tiny_data_dir, tmp_path):
+    """`main ... | head -2` stopped the run at its next line with "error: [Errno 32] Broken pipe", unsaved: the steps
+    since its last checkpoint were lost (none saved yet, here)."""
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "streetseg_jax.main", f"--config={TINY_CONFIG}",
+                             f"--workdir={workdir}", f"--config.data_dir={tiny_data_dir}"], cwd=ROOT,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline()
+    proc.stdout.close()                 # as `| head -1` does
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "note: the reader of the run's output is gone (stdout closed): training goes on" in err
+    assert ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step() == STEPS
+
+
 _SIGTERM_AT_THE_LAST_WAIT = """
 import os, signal
 from absl import app, flags
