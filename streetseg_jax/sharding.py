@@ -367,9 +367,11 @@ def check_batch_size(mesh: Mesh, **batches: int) -> None:
     named = " and ".join(f"{key} {batch}" for key, batch in uneven.items())
     sizes = " ".join(f"--config.{key}={max(devices, batch // devices * devices)}" for key, batch in uneven.items())
     fits = [n for n in range(1, devices) if all(batch % n == 0 for batch in batches.values())]
+    forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    how = ("XLA_FLAGS's --xla_force_host_platform_device_count=N, which decides the CPU devices here" if forced else
+           "--cpu_devices N on a CPU, CUDA_VISIBLE_DEVICES on GPUs")
     where = "" if not fits or jax.process_count() > 1 else (
-        f"run on {', '.join(map(str, fits[:-1]))}{' or ' * (len(fits) > 1)}{fits[-1]} device(s) "
-        "(--cpu_devices N on a CPU, CUDA_VISIBLE_DEVICES on GPUs), or ")
+        f"run on {', '.join(map(str, fits[:-1]))}{' or ' * (len(fits) > 1)}{fits[-1]} device(s) ({how}), or ")
     recipe = "; for a run under way, another batch_size is another recipe" if "batch_size" in uneven else ""
     raise ValueError(f"{named} must divide by the number of devices ({devices}): {where}give batch sizes that do "
                      f"({sizes}{recipe})")

@@ -86,7 +86,8 @@ SCRIPT = textwrap.dedent("""
         raise AssertionError("batch 12 on 8 devices was accepted")
     except ValueError as e:     # the device counts that take both batches first: a resume keeps its recipe
         assert str(e) == ("batch_size 12 must divide by the number of devices (8): run on 1, 2 or 4 device(s) "
-                          "(--cpu_devices N on a CPU, CUDA_VISIBLE_DEVICES on GPUs), or give batch sizes that do "
+                          "(XLA_FLAGS's --xla_force_host_platform_device_count=N, which decides the CPU devices "
+                          "here), or give batch sizes that do "
                           "(--config.batch_size=8; for a run under way, another batch_size is another recipe)"), e
     print("SHARDING-OK")
 """)
