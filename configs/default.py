@@ -59,6 +59,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.checkpoint_every_steps = 650    # 0: at the last step only (and at a stop: Ctrl-C, SIGTERM)
     c.keep_checkpoints = 3            # the latest N (the best by eval mIoU is kept beside them)
-    c.num_overlays = 4                # eval images drawn with their predictions into overlays/ at each evaluation
+    c.num_overlays = 4                # eval images drawn with their predictions into overlays/ when the run ends
     c.init_from = ""                  # another run's work directory: start from its best weights (warm_start.py)
     return c

@@ -36,14 +36,21 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         _check_address(coordinator_address)     # on every process: JAX raised an IndexError on the others
     if coordinator_address and process_id == 0:
         _check_port_free(coordinator_address)
-    if coordinator_address:
-        print(f"process {process_id} of {num_processes}: joining through {coordinator_address}, waiting up to "
-              f"{timeout_s} s for every process to start", flush=True)
+    joining = (f"process {process_id} of {num_processes}: joining through {coordinator_address}" if coordinator_address
+               else "joining the cluster JAX detects (--multihost)")
+    print(f"{joining}, waiting up to {timeout_s} s for every process to start", flush=True)
     # CPU devices need a collectives implementation to reduce across processes; the setting only touches the CPU
     # backend, and asking which backend is in use would start it too early.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id, initialization_timeout=timeout_s)
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id, initialization_timeout=timeout_s)
+    except ValueError as e:     # "coordinator_address should be defined.", JAX's words for "no cluster found"
+        if coordinator_address:
+            raise
+        raise ValueError(f"--multihost: {e} (JAX takes the coordinator, the number of processes and each one's id "
+                         "from a cluster's environment: SLURM, Open MPI, a TPU pod; elsewhere give "
+                         "--coordinator_address, --num_processes and --process_id)") from None
 
 
 def _check_address(coordinator_address: str) -> None:

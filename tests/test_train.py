@@ -679,6 +679,9 @@ def test_multi_host_flags_that_do_not_go_together_are_one_message(tiny_data_dir,
                            (["--startup_timeout=0"], "--startup_timeout must be 1 second or more, got 0")):
         code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, *flags)
         assert code == 2 and out.startswith(f"error: {message}") and "Traceback" not in out, out
+    code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--multihost")     # no cluster here to detect
+    assert code == 2 and "joining the cluster JAX detects (--multihost)" in out and "\nerror: --multihost: " in out
+    assert "elsewhere give --coordinator_address, --num_processes and --process_id)" in out, out
     code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, "--cpu_devices=3")     # both batches at once
     assert code == 2 and ("error: batch_size 4 and eval_batch_size 4 must divide by the number of devices (3): run on "
                           "1 or 2 device(s) (--cpu_devices N on a CPU, CUDA_VISIBLE_DEVICES on GPUs), or give batch "
