@@ -129,6 +129,7 @@ def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None,
     refused rather than trained with the config file's value. `same_data`: the user says that the dataset, whose
     files differ from those the run trained on, is a rebuild of the same inputs (a build by a version before
     2026-12-07, rebuilt): the run resumes on it, said, and records its fingerprint."""
+    made = [path for path in _made_by_a_start(Path(workdir).absolute()) if not path.exists()]
     workdir, mesh, (train_source, label_map, info), eval_source, log, weights, size = sharding.all_succeed(
         lambda: _open(config, workdir))
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict(), "image_size": size}
@@ -155,8 +156,25 @@ def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None,
             log.commit = record["git_commit"]       # each start's: config.json keeps the latest alone
     except BaseException:
         setup.release()
+        _remove_empty(made)
         raise
     return setup
+
+
+def _made_by_a_start(workdir: Path) -> list[Path]:
+    """What a start makes before its last checks (the processes' data compared, the resume checked)."""
+    checkpoints = workdir / "checkpoints"
+    return [workdir, checkpoints, checkpoints / "latest", checkpoints / "best", workdir / ".lock"]
+
+
+def _remove_empty(paths: list[Path]) -> None:
+    """Remove `paths` (those a refused start made) where empty, deepest first: a fresh start refused by a late check
+    left .lock and empty checkpoint folders in a work directory that nothing was written to."""
+    for path in reversed(paths):
+        try:
+            path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _open(config, workdir: str | Path):

@@ -1315,6 +1315,7 @@ def test_a_run_that_fails_to_start_in_a_notebook_leaves_the_work_directory_free(
         with pytest.raises(OSError, match="No space left"):
             run.prepare_run(config, tmp_path / "w")
     assert len(closed) == 1
+    assert not (tmp_path / "w").exists()    # a fresh start refused late left .lock and empty checkpoint folders
     setup = run.prepare_run(config, tmp_path / "w")
     assert (tmp_path / "w" / "config.json").exists()
     setup.release()
