@@ -23,7 +23,7 @@ from streetseg_jax.evaluator import Evaluator
 from streetseg_jax.metrics import confusion_matrix, metrics_from_confusion
 from streetseg_jax.models.unet import build_model, model_dtype, preprocess
 from streetseg_jax.run import RunSetup, prepare_run, finish_run
-from streetseg_jax.runlog import RunLog
+from streetseg_jax.runlog import RunLog, compile_seconds
 from streetseg_jax.visualize import eval_rows, read_metrics, run_history
 
 
@@ -323,9 +323,9 @@ def _loop(config, setup: RunSetup, state, train_iter, train_step, evaluator) -> 
 
 def _evaluate(config, setup: RunSetup, state, train_iter, evaluator, step: int) -> dict:
     """Evaluate the state of `step`, log it, redraw the curves, keep it as the best checkpoint if it is."""
-    started = time.time()
+    started, compiled = time.time(), compile_seconds()
     scores = evaluator.run(eval_params(state, config), state.model_state, setup.eval_source)
-    setup.log.evaluated(time.time() - started)
+    setup.log.evaluated(time.time() - started, compile_seconds() - compiled)
     setup.save_best(step, state, train_iter, scores["eval/miou"])  # first: a stop before the row is written redoes both
     setup.log.write(step, scores)
     setup.draw_curves()

@@ -1160,6 +1160,26 @@ def test_keys_no_run_reads_and_values_of_the_wrong_kind_are_refused_before_the_r
     run.check_config(tiny_config())
 
 
+def test_the_eta_takes_evaluations_to_last_as_the_latest_did_without_compiling(tmp_path, monkeypatch, capsys):
+    """A start's first evaluation compiled for 28 of its 29 s, and the ETA it gave was 3x the time left."""
+    from streetseg_jax import runlog
+
+    before = runlog.compile_seconds()
+    jax.jit(lambda x: x * 3 + 1)(jnp.arange(7.0)).block_until_ready()      # a function never compiled before
+    assert runlog.compile_seconds() > before
+    now = [0.0]
+    monkeypatch.setattr(runlog.time, "time", lambda: now[0])
+    log = runlog.RunLog(tmp_path, num_steps=100, batch_size=8, eval_every=10)
+    log.start(0, 100)
+    now[0] = 91.0
+    log.first_step_done(1)
+    now[0] = 130.0
+    log.evaluated(30.0, compiling=25.0)
+    log.write(10, {"eval/miou": 0.5})
+    # a second a step (39 s from step 1 to 10, 30 of them evaluating), 90 steps and 9 evaluations of 5 s left
+    assert capsys.readouterr().out.splitlines()[-1].endswith("ETA 0:02:15")
+
+
 def test_the_eta_counts_steps_and_evaluations_apart_and_leaves_out_the_compilation(tmp_path, monkeypatch, capsys):
     from streetseg_jax import runlog
 
