@@ -227,34 +227,113 @@ def figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def run_starts(records: list[dict]) -> list[dict]:
+    """Each (re)start of the run, in file order, from its `run/start` record: {"step": N, "changed": {key: [then,
+    now]}} ({} where the start changed no setting). Older logs without these records give []."""
+    return [{"step": r["step"], "changed": r.get("run/changed") or {}} for r in records if r.get("run/start")]
+
+
+def changes_text(changed: dict, arrow: str = "->") -> str:
+    """A resume's changed settings, as the run said them: "loss cross_entropy -> cross_entropy+lovasz"."""
+    return ", ".join(f"{key} {_setting(then)} {arrow} {_setting(now)}" for key, (then, now) in changed.items())
+
+
+def _setting(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def history_lines(starts: list[dict]) -> list[str]:
+    """run_starts as a reader follows them: "started at step 0 with loss cross_entropy" (the first values of the
+    settings a resume changed later), then "resumed at step 60, changing loss cross_entropy -> ...". [] for a run
+    that never resumed, or an older log."""
+    if len(starts) < 2:
+        return []
+    first = {}
+    for start in starts:
+        for key, (then, _) in start["changed"].items():
+            first.setdefault(key, then)
+    began = ", ".join(f"{key} {_setting(value)}" for key, value in first.items())
+    lines = [f"started at step {starts[0]['step']}" + (f" with {began}" if began else "")]
+    for start in starts[1:]:
+        changed = changes_text(start["changed"])
+        lines.append(f"resumed at step {start['step']}" + (f", changing {changed}" if changed else ""))
+    return lines
+
+
+# Settings whose change at a resume makes a curve measure something else after it: the curve is not drawn across.
+# Evaluation's scoring (resume.py warns of the same keys), and the objective that train/loss is.
+SCORING_KEYS = ("eval_split", "eval_scale", "eval_flip_tta", "eval_extra_scales", "dataset")
+OBJECTIVE_KEYS = ("loss", "class_weights", "class_weight_power")
+
+
+def breaks(starts: list[dict], keys: tuple) -> list[int]:
+    """The steps of the resumes that changed any of `keys`."""
+    return [s["step"] for s in starts[1:] if set(s["changed"]) & set(keys)]
+
+
+def broken_at(points: list[tuple], steps: list[int]) -> tuple[list, list]:
+    """(steps, values) of `points` with a gap (NaN) after each of `steps`, so that matplotlib does not join the
+    values of two settings by one line. Points at a break's step belong before it (the step trained before)."""
+    xs, ys = [], []
+    for k, (x, y) in enumerate(points):
+        if k and any(points[k - 1][0] <= b < x for b in steps):
+            xs.append(np.nan)
+            ys.append(np.nan)
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
 def curves_figure(metrics: list[dict], title: str | None = None):
-    """Loss and mIoU against step, train and eval, from metrics.jsonl's records, whose restarts (resumes) are
-    marked by dashed lines; `title` above them (the run's name)."""
-    resumes = sorted({r["step"] for r in metrics if r.get("run/start") and r["step"] > 0})
+    """Loss and mIoU against step, train and eval, from metrics.jsonl's records; `title` above them (the run's
+    name). Each resume is a dashed line, listed below the plots with the settings it changed; a curve whose meaning a
+    resume changed (the loss's objective, evaluation's scoring) is not joined across it."""
+    starts = run_starts(metrics)
+    resumes = [s for s in starts[1:] if s["step"] > 0]
     metrics = run_history(metrics)
-    fig = new_figure(figsize=(10, 3.6))
+    fig = new_figure(figsize=(10, 3.6 + 0.2 * len(resumes)))
     ax_loss, ax_miou = fig.subplots(1, 2)
     # The two losses are not one quantity: training's is the configured objective (class weights, Dice or Lovasz
     # terms), evaluation's the plain cross-entropy of the (test-time augmented) logits.
-    for key, label, ax, style in (("train/loss", "train/loss (objective)", ax_loss, "-"),
-                                  ("eval/loss", "eval/loss (cross-entropy)", ax_loss, "o-"),
-                                  ("train/miou", "train/miou", ax_miou, "-"),
-                                  ("eval/miou", "eval/miou", ax_miou, "o-")):
+    for key, label, ax, style, keys in (("train/loss", "train/loss (objective)", ax_loss, "-", OBJECTIVE_KEYS),
+                                        ("eval/loss", "eval/loss (cross-entropy)", ax_loss, "o-", SCORING_KEYS),
+                                        ("train/miou", "train/miou", ax_miou, "-", ()),
+                                        ("eval/miou", "eval/miou", ax_miou, "o-", SCORING_KEYS)):
         points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
         if points:
-            ax.plot(*zip(*points), style, label=label, markersize=3)
+            ax.plot(*broken_at(points, breaks(starts, keys)), style, label=label, markersize=3)
     for ax, heading in ((ax_loss, "loss"), (ax_miou, "mean IoU")):
-        for k, step in enumerate(resumes):
-            ax.axvline(step, color="grey", linestyle="--", linewidth=0.8, label="resumed" if k == 0 else None)
+        _mark_resumes(ax, resumes)
         ax.set_title(heading)
         ax.set_xlabel("step")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend()
     ax_miou.set_ylim(0, 1)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    _list_resumes(fig, resumes)
     return fig
+
+
+def _mark_resumes(ax, resumes: list[dict]) -> None:
+    """A dashed line at each resume; what it changed is listed below the plots (_list_resumes): along the line, the
+    names ran into the legend and the curves."""
+    for k, resume in enumerate(resumes):
+        ax.axvline(resume["step"], color="grey", linestyle="--", linewidth=0.8,
+                   label="resumed (listed below)" if k == 0 else None)
+
+
+def _list_resumes(fig, resumes: list[dict]) -> None:
+    """The resumes' changes, one line each, below the plots (in room made for them under tight_layout's)."""
+    if not resumes:
+        return
+    lines = [f"resumed at step {r['step']}" + (f": {changes_text(r['changed'], '→')}" if r["changed"] else
+                                               ", no setting changed") for r in resumes]
+    height = fig.get_figheight()
+    fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.2 * len(resumes) / height)
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=8, color="dimgrey", va="bottom", wrap=True)
 
 
 def plot_curves(metrics: list[dict], out_path: str | Path, title: str | None = None) -> None:

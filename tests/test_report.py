@@ -494,3 +494,37 @@ def test_pictures_leave_a_notebooks_matplotlib_as_it_was():
     out = subprocess.run([sys.executable, "-c", DRAW_EVERY_PICTURE], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["svg", "[1]"]
+
+
+def resumed_run_records() -> list[dict]:
+    """A run started with cross-entropy, resumed at step 20 as it was, at step 40 with another loss, at step 60 with
+    evaluation changed."""
+    def start(step, changed=None):
+        return {"step": step, "time": float(step), "run/start": True, **({"run/changed": changed} if changed else {})}
+
+    records = []
+    for first, changed in ((0, None), (20, None), (40, {"loss": ["cross_entropy", "cross_entropy+lovasz"]}),
+                           (60, {"eval_flip_tta": [True, False]})):
+        records.append(start(first, changed))
+        for step in (first + 10, first + 20):
+            records.append({"step": step, "time": step + 0.5, "train/loss": 1.0, "train/miou": 0.5})
+        records.append({"step": first + 20, "time": first + 20.7, "eval/miou": 0.4, "eval/loss": 1.0})
+    return records
+
+
+def test_curves_say_what_each_resume_changed_and_join_no_curve_across_a_change_of_its_meaning():
+    """A loss changed at a resume showed as one train/loss line jumping at an unlabelled dashed line, and the eval
+    mIoU ran on across a change of how evaluation scores."""
+    from streetseg_jax.visualize import curves_figure
+
+    figure = curves_figure(resumed_run_records())
+    below = "\n".join(text.get_text() for text in figure.texts)
+    assert below.splitlines() == ["resumed at step 20, no setting changed",
+                                  "resumed at step 40: loss cross_entropy → cross_entropy+lovasz",
+                                  "resumed at step 60: eval_flip_tta true → false"]
+    lines = {line.get_label(): list(line.get_xdata()) for ax in figure.axes for line in ax.get_lines()
+             if not line.get_label().startswith("_")}
+    gaps = {label: [xs[k - 1] for k, x in enumerate(xs) if np.isnan(x)] for label, xs in lines.items()}
+    assert gaps == {"train/loss (objective)": [40], "eval/loss (cross-entropy)": [60], "train/miou": [],
+                    "eval/miou": [60], "resumed (listed below)": []}
+    assert all(tick == int(tick) for ax in figure.axes for tick in ax.get_xticks())
