@@ -26,16 +26,21 @@ from pathlib import Path
 from streetseg_jax import atomic
 from streetseg_jax.cli import ArgumentParser, check_output_file, fail, normalise_argv, run_command
 from streetseg_jax.page import escape, html_page, png_uri, section
-from streetseg_jax.visualize import (best_eval, eval_rows, figure_png, flatten, hms, new_figure, read_metrics,
-                                     run_history)
+from streetseg_jax.visualize import (OBJECTIVE_KEYS, SCORING_KEYS, best_eval, breaks, broken_at, eval_rows,
+                                     figure_png, flatten, history_lines, hms, new_figure, read_metrics, run_history,
+                                     run_starts)
 
 MISSING = "–"   # a config key one run lacks, or a figure it has not logged
 # Keys whose differences make the runs' eval mIoUs incomparable (scored on other images or other labels).
 SAME_DATA_KEYS = ("dataset", "provenance.dataset.fingerprint", "eval_split")
 # Keys that may differ between runs of one recipe with different seeds (where the data lives, which code and machine).
 NOT_THE_RECIPE = ("seed", "data_dir", "provenance.")
-# Tables wider than the page (many runs, long paths) scroll sideways; no value is broken mid-word.
-EXTRA_CSS = ".wide { overflow-x:auto; }\n.wide td { white-space:nowrap; }\n"
+# Provenance that is no setting of the run: which keys its command line gave (their values are compared as keys).
+NOT_A_SETTING = ("provenance.overrides",)
+# Tables wider than the page (many runs, long paths) scroll sideways; long values wrap at their spaces, and a
+# table's first column (names, keys) is never broken.
+EXTRA_CSS = (".wide { overflow-x:auto; }\n.wide td { overflow-wrap:break-word; }\n"
+             ".wide td:first-child { white-space:nowrap; }\n")
 
 
 def _saved_step(workdir: Path) -> int:
@@ -51,6 +56,7 @@ class Run:
     config: dict            # config.json flattened to dotted keys ({} without one)
     history: list[dict]     # visualize.run_history: one row per step
     evaluations: dict       # eval/<name>.json written by `evaluate` -> its mIoU, step and checkpoint
+    starts: list = dataclasses.field(default_factory=list)     # visualize.run_starts: each start, its changes
 
     @property
     def evals(self) -> list[dict]:
@@ -127,7 +133,8 @@ def _work_directories(path: Path) -> list[Path]:
 
 def _load(path: Path, name: str) -> Run | None:
     """The run in `path`; None when it has logged no step."""
-    history = run_history(read_metrics(path / "metrics.jsonl"))
+    records = read_metrics(path / "metrics.jsonl")
+    history = run_history(records)
     if not history:
         return None
     config_path = path / "config.json"
@@ -136,7 +143,8 @@ def _load(path: Path, name: str) -> Run | None:
     except (OSError, ValueError) as e:      # one damaged run does not stop the comparison of the others
         config = {}
         print(f"warning: cannot read {config_path} ({e}): its settings are left out", file=sys.stderr)
-    return Run(name, path, flatten(config if isinstance(config, dict) else {}), history, _evaluations(path / "eval"))
+    return Run(name, path, flatten(config if isinstance(config, dict) else {}), history, _evaluations(path / "eval"),
+               run_starts(records))
 
 
 def _evaluations(folder: Path) -> dict[str, dict]:
@@ -164,14 +172,27 @@ def run_names(paths: list[Path]) -> list[str]:
 
 
 def differences(runs: list[Run]) -> dict[str, list[str]]:
-    """Config keys (nested ones dotted, provenance's among them) whose values differ, each with every run's value."""
-    keys = list(dict.fromkeys(key for run in runs for key in run.config))
+    """Config keys (nested ones dotted, provenance's among them, NOT_A_SETTING left out) whose values differ, each
+    with every run's value; a setting a resume changed is given with the step it changed at (setting_text)."""
+    keys = list(dict.fromkeys(key for run in runs for key in run.config if key not in NOT_A_SETTING))
     out = {}
     for key in keys:
-        values = [_value(run.config.get(key, MISSING)) for run in runs]
+        values = [setting_text(run, key) for run in runs]
         if len(set(values)) > 1:
             out[key] = values
     return out
+
+
+def setting_text(run: Run, key: str) -> str:
+    """The run's value of `key`, and where a resume changed it, each value with the step it began at:
+    "cross_entropy, cross_entropy+lovasz from step 60" (the run's 80 steps were not all trained with its last)."""
+    texts = []
+    for start in run.starts[1:]:
+        if key in start["changed"]:
+            then, now = start["changed"][key]
+            texts += [] if texts else [_value(then)]
+            texts.append(f"{_value(now)} from step {start['step']}")
+    return ", ".join(texts) if texts else _value(run.config.get(key, MISSING))
 
 
 def _value(value) -> str:
@@ -276,12 +297,29 @@ def text_report(runs: list[Run]) -> str:
     evaluations = evaluation_rows(runs)
     if len(evaluations) > 1:
         lines += [""] + _columns(evaluations)
-    diff = differences(runs)
-    if diff:
-        lines += ["", "config keys that differ:"] + _columns([["key"] + [run.name for run in runs]]
-                                                               + [[key] + values for key, values in diff.items()])
+    resumes = resume_rows(runs)
+    if len(resumes) > 1:
+        lines += ["", "resumes:"] + [f"  {name}: {history}" for name, history in resumes[1:]]
+    settings, provenance = _split_differences(runs)
+    for heading, rows in (("config keys that differ:", settings), ("provenance that differs:", provenance)):
+        if len(rows) > 1:
+            lines += ["", heading] + _columns(rows)
     warning = data_warning(runs)
     return "\n".join(lines + ([f"\nwarning: {warning}"] if warning else []))
+
+
+def resume_rows(runs: list[Run]) -> list[list[str]]:
+    """One row per run that was resumed: its name and visualize.history_lines joined."""
+    rows = [["run", "started and resumed"]]
+    return rows + [[run.name, "; ".join(lines)] for run in runs if (lines := history_lines(run.starts))]
+
+
+def _split_differences(runs: list[Run]) -> tuple[list[list[str]], list[list[str]]]:
+    """differences as two tables, header first: the settings, then provenance (code, packages, devices, data)."""
+    head = ["key"] + [run.name for run in runs]
+    diff = differences(runs).items()
+    return ([head] + [[key] + values for key, values in diff if not key.startswith("provenance.")],
+            [head] + [[key] + values for key, values in diff if key.startswith("provenance.")])
 
 
 def _columns(rows: list[list[str]]) -> list[str]:
@@ -289,33 +327,78 @@ def _columns(rows: list[list[str]]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
+# Per run: a colour, and a line style and marker of its own, so that runs with one history still show each.
+_LINES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
 def curves_png(runs: list[Run]) -> bytes:
-    """Eval mIoU against step and against training time, and train loss against step; one colour and line style
-    per run (ten colours, then dashed, then dotted), the legend beside the plots."""
-    from matplotlib import colormaps
-    fig = new_figure(figsize=(17, 4.2), layout="constrained")
-    by_step, by_time, loss = fig.subplots(1, 3)
+    return figure_png(curves_figure(runs))
+
+
+def curves_figure(runs: list[Run]):
+    """Eval mIoU against step and against training time, and train loss against step, in two rows that fit the page
+    (one row was 2051 pixels wide, its text 6 pixels on screen), the legend in the fourth place. Each run has its
+    own colour, line style and marker; its resumes are dotted lines in its colour, and a curve is not joined across
+    a resume that changed what it measures (visualize.breaks)."""
+    from matplotlib.lines import Line2D
+    fig = new_figure(figsize=(9.4, 7), layout="constrained")
+    (by_step, by_time), (loss, legend) = fig.subplots(2, 2)
     hours = max((r["elapsed"] for run in runs for r in run.evals), default=0) >= 2 * 3600
     unit, seconds = ("hours", 3600) if hours else ("minutes", 60)
-    losses = {run.config.get("loss", "cross_entropy") for run in runs}
+    losses = {text for run in runs for text in _losses(run)}
     for i, run in enumerate(runs):
-        style = {"color": colormaps["tab10"](i % 10), "linestyle": ("-", "--", ":")[i // 10 % 3]}
-        label = run.name + (f" ({run.config.get('loss', 'cross_entropy')})" if len(losses) > 1 else "")
-        evals = run.evals
-        by_step.plot([r["step"] for r in evals], [r["eval/miou"] for r in evals], marker="o", markersize=3,
-                     label=label, **style)
-        by_time.plot([r["elapsed"] / seconds for r in evals], [r["eval/miou"] for r in evals], marker="o",
-                     markersize=3, **style)
-        train = [r for r in run.history if "train/loss" in r]
-        loss.plot([r["step"] for r in train], [r["train/loss"] for r in train], lw=1, **style)
+        # Earlier runs drawn wider, under later ones: a run with another's history shows around it.
+        wider = (len(runs) - 1 - i) / max(len(runs) - 1, 1)
+        style = {"color": colormaps_tab10(i), "linestyle": _LINES[i % 4], "marker": _MARKERS[i % 7],
+                 "markersize": 3 + 4 * wider, "linewidth": 1 + 2 * wider}
+        evals = [(r["step"], r["elapsed"] / seconds, r["eval/miou"]) for r in run.evals]
+        eval_breaks = breaks(run.starts, SCORING_KEYS)
+        label = run.name + (f" ({', '.join(_losses(run))})" if len(losses) > 1 else "")
+        by_step.plot(*broken_at([(s, m) for s, _, m in evals], eval_breaks), label=label, **style)
+        by_time.plot(*broken_at([(t, m) for _, t, m in evals], _elapsed_at(run, eval_breaks, seconds)), **style)
+        train = [(r["step"], r["train/loss"]) for r in run.history if "train/loss" in r]
+        loss.plot(*broken_at(train, breaks(run.starts, OBJECTIVE_KEYS)), **style)
+        _mark_resumes(run, style["color"], (by_step, loss), by_time, seconds)
     loss_title = "train loss (objectives differ: not comparable)" if len(losses) > 1 else f"train loss ({losses.pop()})"
     for ax, title, xlabel in ((by_step, "eval mean IoU", "step"), (by_time, "eval mean IoU", f"{unit} of training"),
                               (loss, loss_title, "step")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    fig.legend(loc="outside right upper", fontsize=9)
-    return figure_png(fig)
+    for ax in (by_step, loss):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    legend.axis("off")
+    handles, labels = by_step.get_legend_handles_labels()
+    if any(run.starts[1:] for run in runs):
+        handles.append(Line2D([], [], color="grey", linestyle=":", lw=1))
+        labels.append("resumed (dotted, in the run's colour)")
+    legend.legend(handles, labels, loc="upper left", fontsize=9, frameon=False)
+    return fig
+
+
+def colormaps_tab10(i: int):
+    from matplotlib import colormaps
+    return colormaps["tab10"](i % 10)
+
+
+def _losses(run: Run) -> list[str]:
+    """The run's training objectives in the order it used them: one, or more where a resume changed its loss."""
+    return setting_text(run, "loss").split(", ") if run.config or run.starts else ["cross_entropy"]
+
+
+def _elapsed_at(run: Run, steps: list[int], seconds: float) -> list[float]:
+    """The training time (in `seconds` units) when each of `steps` was reached."""
+    return [max((r["elapsed"] for r in run.history if r["step"] <= step), default=0.0) / seconds for step in steps]
+
+
+def _mark_resumes(run: Run, color, step_axes, time_axis, seconds: float) -> None:
+    resumes = [s["step"] for s in run.starts[1:] if s["step"] > 0]
+    for ax in step_axes:
+        for step in resumes:
+            ax.axvline(step, color=color, linestyle=":", lw=1, alpha=0.8)
+    for when in _elapsed_at(run, resumes, seconds):
+        time_axis.axvline(when, color=color, linestyle=":", lw=1, alpha=0.8)
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -332,7 +415,10 @@ def render_html(runs: list[Run]) -> str:
              section("curves", "Curves", f'<img class="figure" src="{png_uri(curves_png(runs))}" alt="eval mean '
                      'IoU against step and training time, train loss against step, one colour per run">'
                      '<p class="note">Training time includes start-up and evaluation; the time between a stop and '
-                     "its resume, and steps redone after one, are left out.</p>"),
+                     "its resume, and steps redone after one, are left out. Dotted lines mark each run's resumes; "
+                     "a curve is broken where a resume changed what it measures (the loss, or how evaluation "
+                     "scores).</p>"),
+             _resumes_section(runs),
              section("classes", "IoU per class at each run's best evaluation", _class_table(runs)),
              _evaluations_section(runs),
              section("config", "Config keys that differ", _config_table(runs))]
@@ -396,10 +482,23 @@ def _evaluations_section(runs: list[Run]) -> str:
 
 
 def _config_table(runs: list[Run]) -> str:
-    diff = differences(runs)
-    if not diff:
+    settings, provenance = _split_differences(runs)
+    if len(settings) == 1 and len(provenance) == 1:
         return '<p class="note">The runs share every config key.</p>'
-    return _table([["key"] + [run.name for run in runs]] + [[key] + values for key, values in diff.items()])
+    body = _table(settings) if len(settings) > 1 else '<p class="note">The runs share every setting.</p>'
+    if len(provenance) > 1:
+        body += '<h3>Provenance that differs</h3>' + _table(provenance)
+    return body + ('<p class="note">A setting a resume changed is given with the step each value began at (see '
+                   "Resumes).</p>" if len(resume_rows(runs)) > 1 else "")
+
+
+def _resumes_section(runs: list[Run]) -> str:
+    rows = resume_rows(runs)
+    if len(rows) == 1:
+        return ""
+    return section("resumes", "Resumes", _table(rows) + '<p class="note">From each run\'s <code>run/start</code> '
+                   "records in metrics.jsonl: where it resumed, and the settings each resume changed (a run's "
+                   "config.json holds its last ones).</p>")
 
 
 # -------------------------------------------------------------------------------------------------------------------

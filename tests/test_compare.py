@@ -271,3 +271,70 @@ def test_the_page_renders_in_chromium_with_its_figure_and_no_console_errors(two_
     _, page = run_compare(capsys, *two_runs, "--output", tmp_path / "cmp.html")
     result = render(page, tmp_path / "render", height=1400)
     assert result["console"] == [] and result["images"] == 1 and result["broken"] == 0
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Resumes, settings and the figure
+# -------------------------------------------------------------------------------------------------------------------
+def resumed(workdir: Path, at: int, steps: int, changed: dict) -> Path:
+    """The run in `workdir` resumed at step `at` with `changed` settings ({key: [then, now]}), trained to `steps`."""
+    config = json.loads((workdir / "config.json").read_text())
+    config.update({key: now for key, (_, now) in changed.items()})
+    (workdir / "config.json").write_text(json.dumps(config))
+    log = RunLog(workdir, num_steps=steps, batch_size=8)
+    log.changed = changed
+    log.start(at, steps)
+    for step in range(at + 1, steps + 1):
+        log.write(step, {"train/loss": 3.0 / step, "train/images_per_second": 9.0})
+    log.write(steps, {"eval/miou": 0.9, "eval/iou/road": 0.9, "eval/iou/sky": 0.9})
+    return workdir
+
+
+def test_resumes_and_the_settings_they_changed_are_said_in_the_text_the_page_and_the_figure(two_runs, tmp_path,
+                                                                                            capsys):
+    """A run resumed with another loss was listed with its last loss alone, though most of its steps trained with
+    the first, and compare's curves did not mark resumes."""
+    a, b = two_runs
+    resumed(b, 4, 6, {"loss": ["cross_entropy", "cross_entropy+lovasz"], "num_train_steps": [4, 6]})
+    out, page = run_compare(capsys, a, b, "--output", tmp_path / "cmp.html")
+    assert ("  b/seed0: started at step 0 with loss cross_entropy, num_train_steps 4; resumed at step 4, changing "
+            "loss cross_entropy -> cross_entropy+lovasz, num_train_steps 4 -> 6") in out.splitlines()
+    assert not any(line.startswith("  a/seed0:") for line in out.splitlines())     # a never resumed
+    table = {line.split()[0]: line for line in out.splitlines() if line}
+    assert table["loss"].split(None, 2)[2] == "cross_entropy, cross_entropy+lovasz from step 4"
+    assert '<section id="resumes">' in page and "resumed at step 4, changing loss cross_entropy -&gt; " in page
+    figure = compare.curves_figure(compare.load_runs([a, b]))
+    by_step, _, loss, _ = figure.axes
+    marks = [line for line in loss.get_lines() if list(line.get_xdata()) == [4, 4]]
+    assert len(marks) == 1 and marks[0].get_color() == loss.get_lines()[1].get_color()    # b's colour, at step 4
+    b_loss = list(loss.get_lines()[1].get_xdata())
+    assert b_loss[:4] == [1, 2, 3, 4] and b_loss[5:] == [5, 6] and b_loss[4] != b_loss[4]  # not joined at the change
+    assert all(tick == int(tick) for ax in (by_step, loss) for tick in ax.get_xticks())
+
+
+def test_runs_with_one_history_stay_distinguishable_and_the_figure_fits_the_page(tmp_path):
+    """Runs that logged the same numbers hid each other's lines; the figure was 2051 pixels wide for a page about
+    1130 wide, its text 6 pixels tall on screen."""
+    runs = [make_run(tmp_path / name, {2: {"road": 0.5, "sky": 0.5}}, rates=[1.0, 1.0]) for name in "abcd"]
+    figure = compare.curves_figure(compare.load_runs(runs))
+    lines = figure.axes[0].get_lines()
+    assert len({(line.get_linestyle(), line.get_marker()) for line in lines}) == 4
+    assert sorted((line.get_linewidth() for line in lines), reverse=True) == [line.get_linewidth() for line in lines]
+    assert len(lines) == 4 and lines[0].get_linewidth() > lines[-1].get_linewidth()   # the first shows around the rest
+    width = Image.open(io.BytesIO(compare.curves_png(compare.load_runs(runs)))).size[0]
+    assert 900 <= width <= 1180
+
+
+def test_provenance_metadata_is_no_config_key_that_differs_and_long_values_wrap(two_runs, tmp_path, capsys):
+    """provenance.overrides (which keys the command line gave) was listed as a differing config key: one long list
+    pushed the page's third column off the screen and made the printed table 300 characters wide."""
+    a, b = two_runs
+    for run, overrides in ((a, ["learning_rate"]), (b, ["learning_rate", "model.base_width", "num_train_steps"])):
+        config = json.loads((run / "config.json").read_text())
+        config["provenance"].update(overrides=overrides, git_commit=run.parent.name * 8)
+        (run / "config.json").write_text(json.dumps(config))
+    out, page = run_compare(capsys, a, b, "--output", tmp_path / "cmp.html")
+    assert "overrides" not in out and "overrides" not in page
+    assert "provenance that differs:" in out and "<h3>Provenance that differs</h3>" in page
+    assert re.search(r"provenance.git_commit\s+aaaaaaaa\s+bbbbbbbb", out)
+    assert "white-space:nowrap; }" not in compare.EXTRA_CSS.replace("td:first-child { white-space:nowrap; }", "")
