@@ -7,7 +7,7 @@ orientation (EXIF applied):
     OUT/<name>_overlay.jpg     the image blended with the class colours, with a legend (a photo narrower than
                                the legend's 240 px enlarged by a whole factor)
     OUT/<name>_confidence.png  (--save_confidence) the winning class's softmax probability x 255 (white: sure;
-                               the floor is 255/K for K classes)
+                               the floor is 255/K for K classes; black, 0, at transparent pixels: no photo)
 where <name> is the file's stem, or its path relative to the folder it was found in. Fully transparent pixels
 (a cut-out PNG) are no part of the photo: the ignore id in the mask, confidence 0. Two inputs that would write
 the same file, or an output that would overwrite an input, stop the run before any work. Unreadable images are
@@ -380,7 +380,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--save_confidence", action="store_true",
                         help="also write <name>_confidence.png: greyscale, the predicted class's softmax probability "
                              "times 255 (white: certain; never darker than 255/K for K classes, where the model "
-                             "cannot tell them apart)")
+                             "cannot tell them apart, but black, 0, where a cut-out's pixels are transparent: no "
+                             "part of the photo)")
     add_flip_tta_flags(parser, "average with the mirror image's prediction")
     add_extra_scales_flag(parser)
     parser.add_argument("--resize", type=_resize, default="auto",

@@ -1174,3 +1174,16 @@ def test_overlay_names_never_repeat_or_leave_the_folder():
         ["a_2.jpg", "a.jpg", "a.png", "/etc/a.jpg", "../../x.jpg", "..", "", "sub/b.jpg"])]
     assert len(set(names)) == len(names) and not any(n.startswith(("/", "..")) for n in names), names
     assert names[:2] == ["a_2.png", "a.png"] and names[-1] == "sub/b.png"
+
+
+def test_the_confidence_help_says_transparent_pixels_are_black(capsys):
+    """The help said a confidence map is never darker than 255/K, yet a cut-out's transparent pixels are 0 in it."""
+    from streetseg_jax.predict import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "never darker than 255/K for K classes" in help_text
+    assert "but black, 0, where a cut-out's pixels are transparent" in help_text
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().replace("#", " ").split())
+    assert "never darker than 255/K for K classes, but black at a cut-out's transparent pixels" in readme
