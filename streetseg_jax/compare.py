@@ -28,7 +28,7 @@ from streetseg_jax.cli import ArgumentParser, check_output_file, fail, normalise
 from streetseg_jax.page import escape, html_page, png_uri, section
 from streetseg_jax.visualize import (OBJECTIVE_KEYS, SCORING_KEYS, best_eval, breaks, broken_at, eval_rows,
                                      figure_png, flatten, history_lines, hms, new_figure, read_metrics, run_history,
-                                     run_starts)
+                                     run_starts, setting_history)
 
 MISSING = "–"   # a config key one run lacks, or a figure it has not logged
 # Keys whose differences make the runs' eval mIoUs incomparable (scored on other images or other labels).
@@ -184,15 +184,8 @@ def differences(runs: list[Run]) -> dict[str, list[str]]:
 
 
 def setting_text(run: Run, key: str) -> str:
-    """The run's value of `key`, and where a resume changed it, each value with the step it began at:
-    "cross_entropy, cross_entropy+lovasz from step 60" (the run's 80 steps were not all trained with its last)."""
-    texts = []
-    for start in run.starts[1:]:
-        if key in start["changed"]:
-            then, now = start["changed"][key]
-            texts += [] if texts else [_value(then)]
-            texts.append(f"{_value(now)} from step {start['step']}")
-    return ", ".join(texts) if texts else _value(run.config.get(key, MISSING))
+    """The run's value of `key`, with the step each value began at where a resume changed it."""
+    return setting_history(run.starts, key, run.config.get(key, MISSING))
 
 
 def _value(value) -> str:

@@ -55,7 +55,8 @@ from streetseg_jax.evaluate import (Evaluation, LoadedRun, confusion_png, evalua
 from streetseg_jax.evaluator import example_name, network_scales  # noqa: E402
 from streetseg_jax.metrics import class_recall  # noqa: E402
 from streetseg_jax.page import escape, html_page, png_uri, section  # noqa: E402
-from streetseg_jax.visualize import curves_figure, figure_png, new_figure, read_metrics  # noqa: E402
+from streetseg_jax.visualize import (curves_figure, figure_png, history_lines, hms, new_figure,  # noqa: E402
+                                     read_metrics, run_history, run_starts, setting_history)
 
 MAX_PANEL_WIDTH = 480   # pixels of an embedded example panel: enough to see errors, small enough to keep files light
 SHOWN_PANEL_WIDTH = 280  # about how wide a panel shows on the page (a quarter of it): narrower images are enlarged
@@ -85,9 +86,8 @@ class _Masks:
 # -------------------------------------------------------------------------------------------------------------------
 # Pictures
 # -------------------------------------------------------------------------------------------------------------------
-def curves_png(metrics_path: Path) -> bytes | None:
-    """visualize.curves_figure's loss and mIoU figure as PNG bytes; None without metrics."""
-    metrics = read_metrics(metrics_path)
+def curves_png(metrics: list[dict]) -> bytes | None:
+    """visualize.curves_figure's loss and mIoU figure of metrics.jsonl's records as PNG bytes; None without any."""
     return figure_png(curves_figure(metrics)) if metrics else None
 
 
@@ -178,12 +178,15 @@ class ReportData:
     inference: str              # how the network saw the images: its scales, and whether flip-averaged
     data: dict                  # the prepared dataset scored (evaluate.scored_data)
     config_source: str = "config.json"      # where `config` comes from, as the page says it
+    metrics: list = dataclasses.field(default_factory=list)    # metrics.jsonl's records: training time, resumes
+    variant: str = ""           # what differs from the run's own page (page_name's parts, in words), or ""
 
 
 def render_html(d: ReportData) -> str:
     parts = [_header(d), _other_data(d), _summary(d), _curves(d), _class_table(d), _confusion(d), _frequencies(d),
              _examples(d, "best"), _examples(d, "worst"), _provenance(d)]
-    return html_page(d.title, parts, "streetseg_jax.report")
+    tab = f"{d.title} ({d.variant})" if d.variant else d.title     # two pages of a run open side by side differ
+    return html_page(tab, parts, "streetseg_jax.report")
 
 
 def _pct(value: float | None) -> str:
@@ -192,10 +195,12 @@ def _pct(value: float | None) -> str:
 
 def _header(d: ReportData) -> str:
     n = len(d.evaluation.image_miou)
+    step = "" if d.checkpoint == f"step {d.step}" else f" (step {d.step})"     # "step 40 (step 40)" said it twice
+    variant = f'<br><b>{escape(d.variant)}</b>' if d.variant else ""
     return (f"<header><h1>{escape(d.title)}</h1>"
-            f"<p class=\"sub\">checkpoint <b>{escape(d.checkpoint)}</b> (step {d.step})"
+            f"<p class=\"sub\">checkpoint <b>{escape(d.checkpoint)}</b>{step}"
             f" · evaluated on split <b>{escape(d.evaluation.split)}</b> ({n} image{'s' * (n != 1)})"
-            f" · {d.label_map.num_classes} classes · {escape(d.inference)}</p></header>")
+            f" · {d.label_map.num_classes} classes · {escape(d.inference)}{variant}</p></header>")
 
 
 def _other_data(d: ReportData) -> str:
@@ -226,7 +231,9 @@ def _curves(d: ReportData) -> str:
         body = (f'<img class="figure" src="{png_uri(d.curves)}" alt="loss and mean IoU against training step">'
                 '<p class="note">Lines: training (mean over each logging window); dots: evaluation. The training '
                 'loss is the configured objective (class weights, Dice or Lovasz terms), the evaluation loss plain '
-                'cross-entropy: the two do not compare.</p>')
+                'cross-entropy: the two do not compare. Dashed lines: resumes, listed below the plots with the '
+                'settings they changed (also under Provenance); a curve is not joined across a change of what it '
+                'measures.</p>')
     return section("curves", "Training curves", body)
 
 
@@ -339,14 +346,30 @@ def _provenance(d: ReportData) -> str:
              ("devices", f"{devices.get('count', '?')} × {devices.get('kind', '?')}, "
                          f"{devices.get('processes', '?')} process(es)" if devices else "?"),
              ("model", ", ".join(f"{k}={v}" for k, v in config.get("model", {}).items())),
-             ("training", f"{config.get('num_train_steps', '?')} steps, batch {config.get('batch_size', '?')}, "
-                          f"{config.get('optimizer', '?')} lr {config.get('learning_rate', '?')} "
-                          f"({config.get('lr_schedule', '?')})")]
+             ("training", _training(config, run_starts(d.metrics))), *_training_time(d.metrics)]
     rows = "".join(f"<tr><th>{escape(k)}</th><td><code>{escape(v)}</code></td></tr>" for k, v in facts)
     body = (f'<table class="facts">{rows}</table><details><summary>Full config (from {escape(d.config_source)})'
             '</summary>'
             f"<pre>{escape(json.dumps(config, indent=1, sort_keys=True))}</pre></details>")
     return section("provenance", "Provenance", body)
+
+
+def _training(config: dict, starts: list[dict]) -> str:
+    """Steps, batch, optimiser and loss, each with the step a resume changed it at (visualize.setting_history)."""
+    def setting(key):
+        return setting_history(starts, key, config.get(key, "?"))
+    return (f"{setting('num_train_steps')} steps, batch {setting('batch_size')}, {setting('optimizer')} lr "
+            f"{setting('learning_rate')} ({setting('lr_schedule')}), loss {setting('loss')}")
+
+
+def _training_time(metrics: list[dict]) -> list[tuple[str, str]]:
+    """The "training time" and "history" rows of the provenance table, from metrics.jsonl; none without it."""
+    history = run_history(metrics)
+    if not history:
+        return []
+    rows = [("training time", f"{hms(history[-1]['elapsed'])} to step {history[-1]['step']} (start-up and "
+                              "evaluation included; the time between a stop and its resume left out)")]
+    return rows + [("history", "; ".join(history_lines(run_starts(metrics))) or "never resumed")]
 
 
 # -------------------------------------------------------------------------------------------------------------------
@@ -375,9 +398,10 @@ def build_report(workdir: str | Path, split: str | None = None, checkpoint: str 
     else:
         evaluation = evaluate_split(run, eval_source, split)
     data = _report_data(workdir, run, k, evaluation, eval_source, train_source, scored)
-    name = page_name(split if split != config.eval_split else None, run.step if checkpoint != "best" else None,
-                     flip_tta, extra_scales, other_data(scored))
-    return atomic.write_text(output or workdir / name, render_html(data))
+    differs = (split if split != config.eval_split else None, run.step if checkpoint != "best" else None,
+               flip_tta, extra_scales, other_data(scored))
+    data.variant = variant_text(*differs)
+    return atomic.write_text(output or workdir / page_name(*differs), render_html(data))
 
 
 def page_name(split: str | None, step: int | None, flip_tta: bool | None, extra_scales: tuple | None,
@@ -394,6 +418,17 @@ def page_name(split: str | None, step: int | None, flip_tta: bool | None, extra_
     return "report" + "".join(parts) + ".html"
 
 
+def variant_text(split: str | None, step: int | None, flip_tta: bool | None, extra_scales: tuple | None,
+                 other_data: str | None) -> str:
+    """page_name's parts in words, for the page's title: "split train[0:16], step 40, no flip TTA"."""
+    parts = [f"split {split}" if split is not None else "", f"step {step}" if step is not None else "",
+             "" if flip_tta is None else "flip TTA" if flip_tta else "no flip TTA",
+             "" if extra_scales is None else ("scales " + ", ".join(f"{s:g}" for s in extra_scales) if extra_scales
+                                              else "no extra scales"),
+             f"data {other_data}" if other_data else ""]
+    return ", ".join(part for part in parts if part)
+
+
 def _report_data(workdir, run, k, evaluation, eval_source, train_source, scored: dict) -> ReportData:
     best, worst = rank_images(evaluation.image_miou, k)
     shown = {which: [example(run, eval_source, i, evaluation.image_miou[i], evaluation.image_accuracy[i])
@@ -401,13 +436,15 @@ def _report_data(workdir, run, k, evaluation, eval_source, train_source, scored:
     lm, config = run.label_map, run.config
     train_counts = train_pixel_counts(train_source, lm.num_classes)
     recorded, config_source = _recorded_config(workdir, config)
+    metrics = read_metrics(workdir / "metrics.jsonl")
     return ReportData(
         title=f"Run report: {workdir.name}", checkpoint=run.checkpoint, step=run.step, label_map=lm,
         evaluation=evaluation, train_split=config.train_split, train_counts=train_counts,
-        best=shown["best"], worst=shown["worst"], k=k, curves=curves_png(workdir / "metrics.jsonl"),
+        best=shown["best"], worst=shown["worst"], k=k, curves=curves_png(metrics),
         confusion_png=confusion_png(evaluation.confusion, lm.names),
         frequency_png=frequency_png(_frequency_series(config.train_split, train_counts, evaluation), lm),
-        config=recorded, inference=_inference_setting(config), data=scored, config_source=config_source)
+        config=recorded, inference=_inference_setting(config), data=scored, config_source=config_source,
+        metrics=metrics)
 
 
 def _recorded_config(workdir: Path, checkpoint_config) -> tuple[dict, str]:

@@ -260,6 +260,18 @@ def history_lines(starts: list[dict]) -> list[str]:
     return lines
 
 
+def setting_history(starts: list[dict], key: str, last) -> str:
+    """A setting's value, and where a resume changed it, each value with the step it began at: "cross_entropy,
+    cross_entropy+lovasz from step 60" (the run's steps were not all trained with its last)."""
+    texts = []
+    for start in starts[1:]:
+        if key in start["changed"]:
+            then, now = start["changed"][key]
+            texts += [] if texts else [_setting(then)]
+            texts.append(f"{_setting(now)} from step {start['step']}")
+    return ", ".join(texts) if texts else _setting(last)
+
+
 # Settings whose change at a resume makes a curve measure something else after it: the curve is not drawn across.
 # Evaluation's scoring (resume.py warns of the same keys), and the objective that train/loss is.
 SCORING_KEYS = ("eval_split", "eval_scale", "eval_flip_tta", "eval_extra_scales", "dataset")

@@ -12,6 +12,7 @@ the test instead of passing it silently. --screenshot in the same run gives the 
 """
 from __future__ import annotations
 
+import html
 import html.parser
 import json
 import os
@@ -528,3 +529,61 @@ def test_curves_say_what_each_resume_changed_and_join_no_curve_across_a_change_o
     assert gaps == {"train/loss (objective)": [40], "eval/loss (cross-entropy)": [60], "train/miou": [],
                     "eval/miou": [60], "resumed (listed below)": []}
     assert all(tick == int(tick) for ax in figure.axes for tick in ax.get_xticks())
+
+
+def small_report(**changes):
+    """ReportData of a made-up evaluation, as test_render_html_without_metrics_config_json_or_examples builds it."""
+    import dataclasses
+    from streetseg_jax.labels.label_map import default_label_map
+    from streetseg_jax.metrics import metrics_from_confusion
+    from streetseg_jax.evaluate import Evaluation
+    from streetseg_jax.report import ReportData
+
+    label_map = default_label_map()
+    confusion = np.eye(label_map.num_classes, dtype=np.int64) * 10
+    scores = {**metrics_from_confusion(confusion, label_map.names), "loss": 0.5}
+    evaluation = Evaluation("test", confusion, scores, [scores["miou"]], [scores["pixel_accuracy"]])
+    data = ReportData("Run report: b60ce", "best", 80, label_map, evaluation, "train",
+                      np.ones(label_map.num_classes, np.int64), [], [], 0, None, b"png", b"png",
+                      {"dataset": "street_seg/synthetic", "num_train_steps": 80, "batch_size": 8,
+                       "optimizer": "adamw", "learning_rate": 0.003, "lr_schedule": "cosine",
+                       "loss": "cross_entropy+lovasz"},
+                      "network at scale 1", {"directory": "d", "fingerprint": "f", "trained_on": None})
+    return dataclasses.replace(data, **changes)
+
+
+def facts(page_html: str) -> dict:
+    return {key: html.unescape(value) for key, value in
+            re.findall(r"<tr><th>([^<]*)</th><td><code>([^<]*)</code></td></tr>", page_html)}
+
+
+def test_provenance_says_the_loss_the_training_time_and_each_resume_with_what_it_changed():
+    """The training row gave steps, batch and optimiser but no loss; the page had no training time and said nothing
+    of the resumes, its config the last settings alone."""
+    from streetseg_jax.report import render_html
+
+    rows = facts(render_html(small_report(metrics=resumed_run_records())))
+    assert rows["training"] == ("80 steps, batch 8, adamw lr 0.003 (cosine), loss cross_entropy, "
+                                "cross_entropy+lovasz from step 40")
+    # 20.5 s to step 20, then each start's own 20.7 s: the time from a stop to its resume left out.
+    assert rows["training time"].startswith("0:01:22 to step 80 (")
+    assert rows["history"] == ("started at step 0 with loss cross_entropy, eval_flip_tta true; resumed at step 20; "
+                               "resumed at step 40, changing loss cross_entropy -> cross_entropy+lovasz; "
+                               "resumed at step 60, changing eval_flip_tta true -> false")
+    assert "training time" not in facts(render_html(small_report()))     # no metrics.jsonl: no time to say
+
+
+def test_a_pages_title_names_what_differs_from_the_runs_own_and_its_header_says_the_step_once():
+    """report.html and report_train_0-16_step40_no_flip_tta.html had one title (their tabs read the same), and the
+    header said "checkpoint step 40 (step 40)"."""
+    from streetseg_jax.report import render_html, variant_text
+
+    variant = variant_text("train[0:16]", 40, False, None, None)
+    assert variant == "split train[0:16], step 40, no flip TTA"
+    own, other = (render_html(small_report(**changes)) for changes in
+                  ({}, {"checkpoint": "step 40", "step": 40, "variant": variant}))
+    titles = [re.search(r"<title>(.*)</title>", page).group(1) for page in (own, other)]
+    assert titles == ["Run report: b60ce", "Run report: b60ce (split train[0:16], step 40, no flip TTA)"]
+    assert "checkpoint <b>best</b> (step 80)" in own
+    assert "checkpoint <b>step 40</b> ·" in other and "(step 40)" not in other
+
