@@ -181,14 +181,16 @@ def read_images(items: list[Item], failures: list) -> Iterator[tuple[Item, np.nd
 # ---------------------------------------------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------------------------------------------
-def write_outputs(item: Item, image: np.ndarray, prediction, out_dir: Path, label_map, confidence: bool) -> None:
+def write_outputs(item: Item, image: np.ndarray, prediction, out_dir: Path, label_map, confidence: bool,
+                  title: str | None = None) -> None:
     from streetseg_jax.labels.convert import write_mask_png
     from streetseg_jax.visualize import overlay
 
     base = out_dir / item.name
     base.parent.mkdir(parents=True, exist_ok=True)
     write_mask_png(f"{base}.png", prediction.mask, label_map, {SOURCE_KEY: source_mark(item.source)})
-    shown = overlay(image, prediction.mask, label_map, ignored="transparent: no photo")   # the ignore id's pixels
+    shown = overlay(image, prediction.mask, label_map, ignored="transparent: no photo",   # the ignore id's pixels
+                    title=title)
     save_image(shown, f"{base}_overlay.jpg", quality=90)
     if confidence:
         grey = np.round(prediction.confidence * 255).clip(0, 255).astype(np.uint8)
@@ -226,9 +228,10 @@ class Stopped(Exception):
         self.written, self.failures, self.error, self.interrupt = written, failures, error, interrupt
 
 
-def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, progress=None) -> RunResult:
-    """Predict every item and write its files; reading, the model and writing overlap. Ctrl-C, or a full disk,
-    raises Stopped once the writes under way are done."""
+def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, progress=None,
+                title: str | None = None) -> RunResult:
+    """Predict every item and write its files; reading, the model and writing overlap; `title` above each overlay
+    (overlay_title). Ctrl-C, or a full disk, raises Stopped once the writes under way are done."""
     failures, written = [], []
     start = time.perf_counter()
     stream = ((read, read[1]) for read in read_images(items, failures))
@@ -240,7 +243,7 @@ def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, p
                 if transparent is not None:     # no part of the photo: no class, no confidence
                     prediction.mask[transparent], prediction.confidence[transparent] = ignore_id, 0.0
                 pending.append((item, pool.submit(write_outputs, item, image, prediction, out_dir,
-                                                  predictor.trained.label_map, confidence)))
+                                                  predictor.trained.label_map, confidence, title)))
                 while len(pending) > _WRITES_PENDING:
                     _finish_write(*pending.popleft(), written, failures, progress)
             while pending:
@@ -579,7 +582,15 @@ def _run(predictor, items: list[Item], out_dir: Path, args) -> RunResult:
         print("note: this run's checkpoint does not record the size of its training images (it predates that), so "
               "photos are not resized to it; --resize F resizes them by F", file=sys.stderr)
     with tqdm(total=len(items), unit="image", file=sys.stderr, disable=None) as progress:
-        return predict_all(predictor, items, out_dir, args.save_confidence, progress)
+        return predict_all(predictor, items, out_dir, args.save_confidence, progress,
+                           overlay_title(args.workdir, t))
+
+
+def overlay_title(workdir, trained) -> str:
+    """What an overlay is of, as training's overlays say it: "run b60ce, best checkpoint (step 60)"."""
+    source, step = trained.source, trained.step
+    which = f"checkpoint {source}" if source == f"step {step}" else f"{source} checkpoint (step {step})"
+    return f"run {Path(workdir).resolve().name}, {which}"
 
 
 def _summary(result: RunResult, out_dir: Path) -> int:

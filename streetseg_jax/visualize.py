@@ -38,24 +38,61 @@ class _Entry:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, label_map: LabelMap, alpha: float = 0.5,
-            legend: bool = True, ignored: str = "ignored") -> Image.Image:
+            legend: bool = True, ignored: str = "ignored", title: str | None = None) -> Image.Image:
     """The image blended with the mask's colours (Pillow's blend: a float32 blend of a 12-megapixel photo took 432
     MB); a legend of the classes present along the bottom (the ignore id's pixels named `ignored`, and light grey as
     its swatch, not blended: a cut-out's transparent black blended to a darker grey than the legend said). An image
     narrower than the legend is enlarged by a whole factor (nearest neighbour), so that a thumbnail is not a speck in
     the corner of its legend, as far as it stays under 2,000 pixels tall. A dataset's (H, W, 1) mask is taken as its
-    (H, W)."""
+    (H, W). The class regions are outlined in white (class_edges): a dark class (building's (70, 70, 70), black)
+    blended at half strength looked like the photo untinted. `title` (what the picture is of: run, checkpoint,
+    step) goes above the picture, in the legend's size."""
     image, mask = _checked(image, mask, label_map)
-    out = Image.blend(Image.fromarray(image), Image.fromarray(colorize(mask, label_map)), alpha)
-    ignored_pixels = mask == label_map.ignore_id
-    if ignored_pixels.any():
-        pixels = np.array(out)
-        pixels[ignored_pixels] = IGNORE_GREY
-        out = Image.fromarray(pixels)
-    if legend:
+    pixels = np.array(Image.blend(Image.fromarray(image), Image.fromarray(colorize(mask, label_map)), alpha))
+    pixels[mask == label_map.ignore_id] = IGNORE_GREY
+    pixels[class_edges(mask, _edge_width(mask.shape))] = EDGE_COLOR
+    out = Image.fromarray(pixels)
+    if legend or title:
         out = _enlarged(out, _LEGEND_MIN_WIDTH, out.width)
+    if legend:
         out = _with_legend(out, _legend_entries(label_map, mask, ignored=ignored))
-    return out
+    return _titled(out, title) if title else out
+
+
+EDGE_COLOR = (255, 255, 255)
+
+
+def _edge_width(shape: tuple) -> int:
+    """Outlines about 1/600 of the picture's longer side, 1 pixel at least: seen on a screen the picture fits."""
+    return max(1, round(max(shape) / 600))
+
+
+def class_edges(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """(H, W) bool: the pixels beside a pixel of another class (4-neighbours), the line grown to `width` pixels."""
+    edges = np.zeros(mask.shape, bool)
+    edges[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+    edges[1:, :] |= mask[1:, :] != mask[:-1, :]
+    for _ in range(width - 1):
+        grown = edges.copy()
+        grown[:, 1:] |= edges[:, :-1]
+        grown[1:, :] |= edges[:-1, :]
+        edges = grown
+    return edges
+
+
+def _titled(picture: Image.Image, title: str) -> Image.Image:
+    """`picture` below a line of `title`, in the size of its legend's text."""
+    font, size = _font(_text_scale(picture))
+    line = int(size * 1.6)
+    canvas = Image.new("RGB", (picture.width, picture.height + line), (255, 255, 255))
+    canvas.paste(picture, (0, line))
+    ImageDraw.Draw(canvas).text((size // 2, line // 2), title, fill=(0, 0, 0), font=font, anchor="lm")
+    return canvas
+
+
+def _text_scale(picture: Image.Image) -> int:
+    """The side text is sized by: the longer one, so that a portrait photo fitted to a screen's height reads too."""
+    return max(picture.width, picture.height)
 
 
 def _checked(image, mask, label_map) -> tuple[np.ndarray, np.ndarray]:
@@ -91,8 +128,9 @@ def _enlarged(picture: Image.Image, least: int, width: int) -> Image.Image:
 
 
 def _font(width: int):
-    """Text that reads at the picture's own scale: about 1/60 of its width, 11 to 48 px."""
-    size = int(min(48, max(11, width / 60)))
+    """Text that reads at the picture's own scale, whatever it is: about 1/60 of `width`, 11 px at least (capped at
+    48 px, a 4000x3000 photo's legend was 88 of 3088 pixels, its text 9 px once the picture fitted a screen)."""
+    size = int(max(11, width / 60))
     try:
         return ImageFont.load_default(size=size), size
     except (TypeError, OSError):    # Pillow without FreeType: its fixed bitmap font
@@ -102,7 +140,7 @@ def _font(width: int):
 def _with_legend(image: Image.Image, classes) -> Image.Image:
     """The image above a legend of `classes` (swatch and name), sized to the image."""
     width = max(image.width, _LEGEND_MIN_WIDTH)
-    font, size = _font(width)
+    font, size = _font(max(width, _text_scale(image)))
     pad, row = size // 3, int(size * 1.5)
     slot = max((ImageDraw.Draw(image).textlength(c.name, font=font) for c in classes), default=0) + 2 * size
     per_line = max(1, int((width - pad) // slot))

@@ -1187,3 +1187,19 @@ def test_the_confidence_help_says_transparent_pixels_are_black(capsys):
     assert "but black, 0, where a cut-out's pixels are transparent" in help_text
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().replace("#", " ").split())
     assert "never darker than 255/K for K classes, but black at a cut-out's transparent pixels" in readme
+
+
+def test_overlays_are_titled_with_the_run_checkpoint_and_step(workdir, tmp_path, monkeypatch):
+    """Training's overlays say their run, split and step; predict's said nothing of the model that drew them."""
+    from streetseg_jax import visualize
+
+    titles, draw = [], visualize.overlay
+    monkeypatch.setattr(visualize, "overlay", lambda *args, **kwargs: titles.append(kwargs["title"]) or draw(
+        *args, **kwargs))
+    save(tmp_path / "in" / "p.jpg", random_image(24, 32))
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", tmp_path / "out") == 0
+    step = json.loads((tmp_path / "out" / predict.SETTINGS_FILE).read_text())["step"]
+    assert titles == [f"run {workdir.name}, best checkpoint (step {step})"]
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", tmp_path / "out2",
+                       "--checkpoint", str(step)) == 0
+    assert titles[1] == f"run {workdir.name}, checkpoint step {step}"

@@ -587,3 +587,24 @@ def test_a_pages_title_names_what_differs_from_the_runs_own_and_its_header_says_
     assert "checkpoint <b>best</b> (step 80)" in own
     assert "checkpoint <b>step 40</b> ·" in other and "(step 40)" not in other
 
+
+def test_overlays_outline_every_class_and_scale_their_title_and_legend_with_the_picture():
+    """Dark classes (building (70, 70, 70), black background) blended at half strength looked like the photo
+    untinted; a 4000x3000 overlay's legend was 88 pixels, its text 9 pixels once the picture fitted a screen."""
+    from streetseg_jax.labels.label_map import default_label_map
+    from streetseg_jax.visualize import EDGE_COLOR, overlay
+
+    label_map = default_label_map()
+    building, sky = (label_map.names.index(name) for name in ("building", "sky"))
+    photo = np.full((3000, 4000, 3), 128, np.uint8)
+    mask = np.full((3000, 4000), sky, np.uint8)
+    mask[1000:2000, 1000:3000] = building
+    plain, titled = (np.asarray(overlay(photo, mask, label_map, title=title)) for title in (None, "run b60ce, best"))
+    assert (plain[1000, 1500] == EDGE_COLOR).all() and (plain[1500, 1000] == EDGE_COLOR).all()   # top, left
+    assert (plain[1000:1007, 1500] == EDGE_COLOR).all()        # 7 pixels wide at 4000: about 2 on a screen
+    assert not (plain[1500, 2000] == EDGE_COLOR).all() and not (plain[500, 500] == EDGE_COLOR).all()  # inside: tinted
+    legend = plain.shape[0] - 3000
+    assert legend >= 3000 / 30                                 # was 88 pixels: 1/35 of the picture
+    title_band = titled.shape[0] - plain.shape[0]
+    assert title_band > 60 and (titled[:title_band] < 100).any()    # dark text on white above the picture
+    assert (titled[title_band:] == plain).all()
