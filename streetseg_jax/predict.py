@@ -4,7 +4,8 @@ PATH may be an image file, a folder (searched recursively for JPEG, PNG, WebP, T
 folders too; hidden ones left out) or a glob. For each image it writes, at the image's own resolution and
 orientation (EXIF applied):
     OUT/<name>.png             class ids as an 8-bit palette PNG in the label map's colours
-    OUT/<name>_overlay.jpg     the image blended with the class colours, with a legend (a photo narrower than
+    OUT/<name>_overlay.jpg     the image blended with the class colours, each class region outlined in white,
+                               titled with the run, checkpoint and step, with a legend (a photo narrower than
                                the legend's 240 px enlarged by a whole factor)
     OUT/<name>_confidence.png  (--save_confidence) the winning class's softmax probability x 255 (white: sure;
                                the floor is 255/K for K classes; black, 0, at transparent pixels: no photo)
