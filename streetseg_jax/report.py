@@ -355,10 +355,11 @@ def _provenance(d: ReportData) -> str:
 
 
 def _training(config: dict, starts: list[dict]) -> str:
-    """Steps, batch, optimiser and loss, each with the step a resume changed it at (visualize.setting_history)."""
+    """Steps (the last number: the history says a resume's extension), batch, optimiser and loss, these each with
+    the step a resume changed it at (visualize.setting_history)."""
     def setting(key):
         return setting_history(starts, key, config.get(key, "?"))
-    return (f"{setting('num_train_steps')} steps, batch {setting('batch_size')}, {setting('optimizer')} lr "
+    return (f"{config.get('num_train_steps', '?')} steps, batch {setting('batch_size')}, {setting('optimizer')} lr "
             f"{setting('learning_rate')} ({setting('lr_schedule')}), loss {setting('loss')}")
 
 

@@ -571,6 +571,9 @@ def test_provenance_says_the_loss_the_training_time_and_each_resume_with_what_it
                                "resumed at step 40, changing loss cross_entropy -> cross_entropy+lovasz; "
                                "resumed at step 60, changing eval_flip_tta true -> false")
     assert "training time" not in facts(render_html(small_report()))     # no metrics.jsonl: no time to say
+    extended = resumed_run_records()
+    extended[-4]["run/changed"]["num_train_steps"] = [60, 80]      # the start at step 60 extends the run
+    assert facts(render_html(small_report(metrics=extended)))["training"].startswith("80 steps, batch 8")
 
 
 def test_a_pages_title_names_what_differs_from_the_runs_own_and_its_header_says_the_step_once():
