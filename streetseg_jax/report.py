@@ -196,11 +196,10 @@ def _pct(value: float | None) -> str:
 def _header(d: ReportData) -> str:
     n = len(d.evaluation.image_miou)
     step = "" if d.checkpoint == f"step {d.step}" else f" (step {d.step})"     # "step 40 (step 40)" said it twice
-    variant = f'<br><b>{escape(d.variant)}</b>' if d.variant else ""
     return (f"<header><h1>{escape(d.title)}</h1>"
             f"<p class=\"sub\">checkpoint <b>{escape(d.checkpoint)}</b>{step}"
             f" · evaluated on split <b>{escape(d.evaluation.split)}</b> ({n} image{'s' * (n != 1)})"
-            f" · {d.label_map.num_classes} classes · {escape(d.inference)}{variant}</p></header>")
+            f" · {d.label_map.num_classes} classes · {escape(d.inference)}</p></header>")
 
 
 def _other_data(d: ReportData) -> str:

@@ -588,7 +588,7 @@ def test_a_pages_title_names_what_differs_from_the_runs_own_and_its_header_says_
     titles = [re.search(r"<title>(.*)</title>", page).group(1) for page in (own, other)]
     assert titles == ["Run report: b60ce", "Run report: b60ce (split train[0:16], step 40, no flip TTA)"]
     assert "checkpoint <b>best</b> (step 80)" in own
-    assert "checkpoint <b>step 40</b> ·" in other and "(step 40)" not in other
+    assert "checkpoint <b>step 40</b> ·" in other and "(step 40)" not in other and "no flip TTA</b>" not in other
 
 
 def test_overlays_outline_every_class_and_scale_their_title_and_legend_with_the_picture():
