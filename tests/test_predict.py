@@ -376,14 +376,16 @@ def test_predictors_of_one_model_share_what_they_compiled(workdir, trained):
 
 
 def test_overlays_blend_half_and_half_and_enlarge_thumbnails():
-    from streetseg_jax.visualize import overlay
+    from streetseg_jax.visualize import EDGE_COLOR, class_edges, overlay
 
     label_map = default_label_map()
     image, mask = random_image(30, 300), np.full((30, 300), 3, np.uint8)
     mask[:, 150:] = 6
     wide = np.asarray(overlay(image, mask, label_map))
     want = (image.astype(int) + label_map.palette()[mask]) / 2
-    assert wide.shape[1] == 300 and np.abs(wide[:30].astype(int) - want).max() <= 1
+    edges = class_edges(mask)                       # the outline between the classes: column 150
+    assert edges[:, 150].all() and edges.sum() == 30 and (wide[:30][edges] == EDGE_COLOR).all()
+    assert wide.shape[1] == 300 and np.abs(wide[:30][~edges].astype(int) - want[~edges]).max() <= 1
     tiny = np.asarray(overlay(image[:16, :16], mask[:16, :16], label_map))     # a 16x16 photo: 15x, 240 px wide
     assert tiny.shape[1] == 240 and (tiny[:240:15, :240:15] == tiny[14:240:15, 14:240:15]).all()
     np.testing.assert_allclose(tiny[:240:15, :240:15], want[:16, :16], atol=1)
