@@ -845,7 +845,8 @@ def test_min_area_chooses_which_specks_get_shapes_and_zero_gives_every_pixel_bac
                            "--tolerance", "0", "--min_area", min_area) == 0
         shapes[min_area] = len(json.loads((out / "labelme" / "a.json").read_text())["shapes"])
     labels_main(["to-masks", "--input", str(tmp_path / "out0"), "--output", str(tmp_path / "back")])
-    np.testing.assert_array_equal(read_mask_png(tmp_path / "back" / "a.png"), read_mask_png(tmp_path / "out0" / "a.png"))
+    np.testing.assert_array_equal(read_mask_png(tmp_path / "back" / "a.png"),
+                                  read_mask_png(tmp_path / "out0" / "a.png"))
     assert shapes["64"] < shapes["0"]
 
 
