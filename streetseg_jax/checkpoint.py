@@ -89,12 +89,23 @@ class Checkpoints:
         self._best_miou = float(miou)
         return True
 
-    def remove_unfinished(self) -> None:
-        """Remove the folders of saves killed on the way (orbax's *.orbax-checkpoint-tmp*, as large as a checkpoint):
-        only for the run that holds the work directory, since another run's save under way looks the same (orbax's
-        own cleanup would also run in predict and report)."""
+    def remove_unfinished(self) -> list[str]:
+        """Remove the folders of saves killed on the way (orbax's *.orbax-checkpoint-tmp*, as large as a checkpoint)
+        and of steps a deletion killed on the way left without some of their items (best/3 holding state alone,
+        listed by every command and loadable by none); returns the latter, as latest/N and best/N. Only for the run
+        that holds the work directory, since another run's save under way looks the same (orbax's own cleanup
+        would also run in predict and report)."""
         for folder in self.root.glob("*/*.orbax-checkpoint-tmp*"):     # latest/ and best/
             shutil.rmtree(folder, ignore_errors=True)
+        cut = [folder for folder in self.root.glob("*/*") if folder.name.isdigit() and folder.is_dir()
+               and not all((folder / item).exists() for item in _ITEMS)]
+        for folder in cut:
+            shutil.rmtree(folder, ignore_errors=True)
+        if cut:
+            self.latest.reload()
+            self.best.reload()
+            self._best_miou = self._saved_best_miou()
+        return [f"{folder.parent.name}/{folder.name}" for folder in cut]
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -181,6 +192,9 @@ def _why(error: Exception) -> str:
     if errno:
         return os.strerror(errno) + (" (a full disk?)" if errno in atomic.NO_ROOM else "")
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+_ITEMS = ("state", "data", "meta")      # what every save holds (_save_args)
 
 
 def _handlers() -> dict:

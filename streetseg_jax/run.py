@@ -209,7 +209,9 @@ def _check_resume(setup: RunSetup, overrides: list[str] | None) -> int | None:
     """The work directory's latest step, or None; RunError when that cannot be resumed."""
     config, workdir, meta, log, checkpoints = setup.config, setup.workdir, setup.meta, setup.log, setup.checkpoints
     if setup.lock is not None:        # no other run saves here (where nothing can be locked, nothing is removed)
-        checkpoints.remove_unfinished()
+        for cut in checkpoints.remove_unfinished():
+            log.say(f"removed checkpoints/{cut}: a save or deletion cut short (a kill) left it without some of its "
+                    "items, which no command could load")
     latest = checkpoints.latest_step()
     if latest is not None:
         saved = checkpoints.read_meta("latest")

@@ -348,9 +348,12 @@ def test_sigkill_during_saves_resumes_from_last_complete_checkpoint(tiny_data_di
     unfinished = workdir / "checkpoints" / "best" / "99.orbax-checkpoint-tmp"    # a save killed on the way, as
     unfinished.mkdir(parents=True, exist_ok=True)                                 # one of a step not saved again
     (unfinished / "state").write_bytes(b"half of a checkpoint")
+    cut = workdir / "checkpoints" / "best" / "0"       # a deletion killed on the way left a step holding state alone,
+    (cut / "state").mkdir(parents=True)                # listed by every command and loadable by none, for good
     code, out = run_main_to_end(workdir, tiny_data_dir, *overrides)
     assert code == 0, out
-    assert "resuming from step" in out
+    assert "resuming from step" in out and not cut.exists()
+    assert "removed checkpoints/best/0: a save or deletion cut short (a kill) left it without some of its items" in out
     assert ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step() == STEPS
     assert not list((workdir / "checkpoints").glob("*/*.orbax-checkpoint-tmp*"))      # they stayed for good
     # The log holds the killed steps and their redone ones; the run's history has each step once, in order.
