@@ -92,11 +92,13 @@ class Checkpoints:
     def remove_unfinished(self) -> list[str]:
         """Remove the folders of saves killed on the way (orbax's *.orbax-checkpoint-tmp*, as large as a checkpoint)
         and of steps a deletion killed on the way left without some of their items (best/3 holding state alone,
-        listed by every command and loadable by none); returns the latter, as latest/N and best/N. Only for the run
-        that holds the work directory, since another run's save under way looks the same (orbax's own cleanup
-        would also run in predict and report)."""
+        listed by every command and loadable by none; in a run of one process); returns the latter, as latest/N and
+        best/N. Only for the run that holds the work directory, since another run's save under way looks the same
+        (orbax's own cleanup would also run in predict and report)."""
         for folder in self.root.glob("*/*.orbax-checkpoint-tmp*"):     # latest/ and best/
             shutil.rmtree(folder, ignore_errors=True)
+        if jax.process_count() > 1:     # the other processes' managers would still list them: left as they are
+            return []
         cut = [folder for folder in self.root.glob("*/*") if folder.name.isdigit() and folder.is_dir()
                and not all((folder / item).exists() for item in _ITEMS)]
         for folder in cut:
