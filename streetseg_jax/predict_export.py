@@ -13,6 +13,7 @@ import collections.abc
 import hashlib
 import json
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -106,11 +107,30 @@ def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance=N
                 (folder / name).unlink()
     info = {item.name: {"path": str(item.source)} for item in items}
     kwargs = {name: value for name, value in (("tolerance", tolerance), ("min_area", min_area)) if value is not None}
-    writers.export_predictions(WrittenMasks(items, out_dir), info, label_map, fmt, folder, **kwargs)
+    recorder = _Recorder(out_dir, fmt)
+    writers.export_predictions(WrittenMasks(items, out_dir), info, label_map, fmt, folder, on_written=recorder,
+                               **kwargs)
     if EXPORT_LABEL_MAP in written:
         write_text(folder / EXPORT_LABEL_MAP, label_map.to_json())     # the classes, for the way back
     _remember(out_dir, fmt, {name: _sha256(folder / name) for name in written if (folder / name).is_file()})
     return len(items)
+
+
+class _Recorder:
+    """Records each file an export has written whole by its SHA-256, every second or so: recorded as being written
+    (None) until the export's end, the files of an export killed on the way counted as its own, and a correction
+    made to one of them afterwards was written over by the next export without a word."""
+
+    def __init__(self, out_dir: Path, fmt: str, every_s: float = 1.0):
+        self.out_dir, self.fmt, self.every_s = out_dir, fmt, every_s
+        self.files: dict[str, str] = {}
+        self.last = time.monotonic()
+
+    def __call__(self, path: Path) -> None:
+        self.files[path.relative_to(self.out_dir / self.fmt).as_posix()] = _sha256(path)
+        if time.monotonic() - self.last >= self.every_s:
+            _remember(self.out_dir, self.fmt, self.files, forget=False)
+            self.files, self.last = {}, time.monotonic()
 
 
 def say_which_exports_are_older(out_dir: Path, written: str | None) -> None:
@@ -237,15 +257,16 @@ def _record(out_dir: Path, fmt: str) -> dict[str, str | None]:
     return files if isinstance(files, dict) else {}
 
 
-def _remember(out_dir: Path, fmt: str, files: dict[str, str | None]) -> None:
-    """Record `files` for OUT/<fmt>, forgetting the files no longer there."""
+def _remember(out_dir: Path, fmt: str, files: dict[str, str | None], forget: bool = True) -> None:
+    """Record `files` for OUT/<fmt>, forgetting the files no longer there (where `forget`)."""
     try:
         record = json.loads((out_dir / RECORD_FILE).read_text())
     except (OSError, ValueError):
         record = {}
     record = record if isinstance(record, dict) else {}
     merged = {**_record(out_dir, fmt), **files}
-    record[fmt] = {name: digest for name, digest in merged.items() if name in files or (out_dir / fmt / name).exists()}
+    record[fmt] = {name: digest for name, digest in merged.items()
+                   if not forget or name in files or (out_dir / fmt / name).exists()}
     write_text(out_dir / RECORD_FILE, json.dumps(record, indent=1, sort_keys=True))
 
 

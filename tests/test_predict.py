@@ -944,18 +944,46 @@ def test_an_export_stopped_before_it_recorded_its_files_writes_them_again(workdi
     command = export_again(workdir, tmp_path, "labelme")
     remember, calls = predict_export._remember, []
 
-    def stopped(*args):
+    def stopped(*args, forget=True):
         calls.append(args)
         if len(calls) == 2:         # the files are written, their hashes not yet recorded
             raise KeyboardInterrupt
-        remember(*args)
+        remember(*args, forget=forget)
+    monkeypatch.setattr(predict_export, "_Recorder", lambda *args: lambda path: None)      # records nothing on the way
     monkeypatch.setattr(predict_export, "_remember", stopped)
     assert run_predict(*command) == 130 and (tmp_path / "out" / "labelme" / "a.json").is_file()
-    monkeypatch.setattr(predict_export, "_remember", remember)
+    monkeypatch.undo()
     capsys.readouterr()
     assert run_predict(*command) == 0
     out, err = capsys.readouterr()
     assert "not as --export wrote" not in err and "polygons for 1 image(s)" in out
+
+
+def test_a_file_an_export_stopped_later_had_written_and_a_labeller_corrected_is_kept(workdir, tmp_path, monkeypatch,
+                                                                                       capsys):
+    """An export killed after writing some files recorded them as being written, its own whatever their bytes: a
+    correction made to one of them afterwards was written over by the next export without a word."""
+    from streetseg_jax import predict_export
+
+    for name, seed in (("a", 1), ("b", 2)):
+        save(tmp_path / "in" / f"{name}.jpg", random_image(24, 32, seed))
+    command = export_again(workdir, tmp_path, "labelme")
+    remember = predict_export._remember
+
+    def killed_at_the_end(*args, forget=True):
+        if forget and args[2] and all(digest is not None for digest in args[2].values()):   # the final record
+            raise KeyboardInterrupt
+        remember(*args, forget=forget)
+    monkeypatch.setattr(predict_export._Recorder.__init__, "__defaults__", (0.0,))    # records each file at once
+    monkeypatch.setattr(predict_export, "_remember", killed_at_the_end)
+    assert run_predict(*command) == 130
+    monkeypatch.undo()
+    corrected = tmp_path / "out" / "labelme" / "a.json"
+    corrected.write_text(corrected.read_text().replace('"label": "', '"label": "corrected_', 1))
+    capsys.readouterr()
+    assert run_predict(*command) == 0
+    assert '"label": "corrected_' in corrected.read_text()
+    assert "changed since --export wrote them (corrected?), kept as they are" in capsys.readouterr().err
 
 
 def test_an_export_with_no_record_and_a_label_map_a_labeller_changed_are_kept(workdir, tmp_path, capsys):

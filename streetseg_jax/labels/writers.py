@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -182,8 +183,10 @@ def _number(v: float) -> str:
 
 def export_predictions(masks: dict[str, np.ndarray], image_names: dict[str, str], label_map: LabelMap, fmt: str,
                        out_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE,
-                       min_area: float = DEFAULT_MIN_AREA, copy_images: bool = True) -> list[Path]:
-    """Write every mask's polygons into out_dir in format `fmt`; returns the annotation files written.
+                       min_area: float = DEFAULT_MIN_AREA, copy_images: bool = True,
+                       on_written: Callable[[Path], None] | None = None) -> list[Path]:
+    """Write every mask's polygons into out_dir in format `fmt`; returns the annotation files written;
+    `on_written(path)` is called as each file (annotation or image copy) is whole.
 
     masks: key -> (H, W) uint8 class-id mask, the key being the output name without suffix ("street_001", or
     "folder/street_001" for inputs from subfolders). image_names: key -> the source image's path (or a dict with
@@ -207,28 +210,34 @@ def export_predictions(masks: dict[str, np.ndarray], image_names: dict[str, str]
     sources = {key: _source_path(image_names[key]) for key in masks}
     polygons = {key: mask_to_shapes(mask, label_map, tolerance, min_area, fill_shapes=fmt != "coco")
                 for key, mask in masks.items()}
+    written = on_written or (lambda path: None)
     if fmt == "labelme":
-        return [_export_labelme(out_dir, key, sources[key], masks[key].shape, polygons[key], copy_images)
+        return [_export_labelme(out_dir, key, sources[key], masks[key].shape, polygons[key], copy_images, written)
                 for key in masks]
     images = []
     for key, mask in masks.items():
         if copy_images:
             copy_atomic(sources[key], out_dir / image_copy_name(fmt, key, sources[key]))
+            written(out_dir / image_copy_name(fmt, key, sources[key]))
         images.append((_export_name(key, sources[key]), mask.shape[0], mask.shape[1], polygons[key]))
     path = out_dir / ("annotations.json" if fmt == "coco" else "annotations.xml")
     (write_coco if fmt == "coco" else write_cvat)(path, images, label_map)
+    written(path)
     return [path]
 
 
-def _export_labelme(out_dir: Path, key: str, image: str, shape: tuple, shapes: list[Shape], copy: bool) -> Path:
+def _export_labelme(out_dir: Path, key: str, image: str, shape: tuple, shapes: list[Shape], copy: bool,
+                    written: Callable[[Path], None]) -> Path:
     json_path = out_dir / annotation_file_name("labelme", key)
     if copy:
         target = out_dir / image_copy_name("labelme", key, image)
         copy_atomic(image, target)
+        written(target)
         relative = target.name
     else:
         relative = Path(os.path.relpath(Path(image).resolve(), json_path.parent.resolve())).as_posix()
     write_labelme(json_path, relative, shape[0], shape[1], shapes)
+    written(json_path)
     return json_path
 
 
