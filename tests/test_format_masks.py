@@ -155,6 +155,24 @@ def test_a_voc_palette_mask_is_read_by_index_whatever_the_label_maps_colours(tmp
     np.testing.assert_array_equal(annotation_to_mask(annotation, label_map).mask, ids)
 
 
+def test_a_label_map_of_a_few_voc_classes_in_their_voc_colours_reads_voc_masks_by_colour(tmp_path):
+    """A label map keeping VOC's colours for a subset of its classes (person and car as classes 1 and 2) read VOC
+    masks by their colours; reading every VOC palette by index refused indices 7 and 15 as no class's."""
+    voc = voc_colour_map()
+    colour = lambda index: tuple(voc[3 * index:3 * index + 3])    # noqa: E731
+    label_map = LabelMap((ClassInfo(0, "background", colour(0)), ClassInfo(1, "person", colour(15)),
+                          ClassInfo(2, "car", colour(7))))
+    indices = np.zeros((12, 16), np.uint8)
+    indices[2:6, 2:6], indices[7:10, 8:14] = 15, 7
+    export(tmp_path, indices)
+    image = Image.fromarray(indices, "P")
+    image.putpalette(voc)
+    save(tmp_path / "masks" / "frame_001.png", image)
+    (annotation,) = masks.read(tmp_path, label_map)
+    np.testing.assert_array_equal(annotation_to_mask(annotation, label_map).mask,
+                                  np.select([indices == 15, indices == 7], [1, 2], 0))
+
+
 def test_a_palette_that_shares_a_few_class_colours_is_read_by_index(tmp_path):
     """A tool's palette of its own (not VOC's) where 2 of 11 indices happen to have other classes' colours: the
     colours were read and the other 9 refused."""
@@ -683,3 +701,19 @@ def test_to_masks_never_writes_over_or_beside_the_masks_it_reads(tmp_path, capsy
     assert all(path.read_bytes() == data for path, data in before.items())
     main(["to-masks", "--format", "masks", "--input", str(tmp_path), "--output", str(tmp_path / "ids")])
     assert sorted(p.name for p in (tmp_path / "ids").iterdir()) == ["rgb.png", "tif.png"]
+    with pytest.raises(SystemExit):             # beside the photos rgb.jpg and tif.jpg: "share a name" next time
+        main(["to-masks", "--format", "masks", "--input", str(tmp_path), "--output", str(tmp_path / "images")])
+    assert str(tmp_path / "images" / "rgb.png") in capsys.readouterr().err
+    assert sorted(p.suffix for p in (tmp_path / "images").iterdir()) == [".jpg", ".jpg"]
+
+
+def test_only_mapillarys_versioned_label_folder_finds_photos_one_folder_up(tmp_path):
+    """Any mask folder given as --input had its masks paired with an unrelated images/ two folders up."""
+    save(tmp_path / "images" / "x.jpg", Image.new("RGB", (16, 12)))
+    save(tmp_path / "sub" / "work" / "x.png", encode(random_ids(1), "L"))
+    (alone,) = masks.read(tmp_path / "sub" / "work" / "x.png", LABEL_MAP)
+    assert alone.image_path is None
+    save(tmp_path / "val" / "images" / "y.jpg", Image.new("RGB", (16, 12)))
+    save(tmp_path / "val" / "v2.0" / "labels" / "y.png", encode(random_ids(2), "L"))
+    (annotation,) = masks.read(tmp_path / "val" / "v2.0" / "labels", LABEL_MAP)
+    assert annotation.image_path == tmp_path / "val" / "images" / "y.jpg"

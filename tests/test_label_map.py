@@ -195,7 +195,8 @@ def test_starters_of_a_binary_masks_values_and_colours_keep_both_classes():
     ids = starter_of_values([0, 3, 7, 255])
     assert [(c.name, c.values) for c in ids.classes] == [("class_0", ()), ("class_3", (3,)), ("class_7", (7,))]
     assert ids.value_table()[[0, 3, 7, 255]].tolist() == [0, 1, 2, 255]
-    assert [c.color for c in starter_of_colours([(0, 0, 0), (255, 255, 255)]).classes] == [(0, 0, 0), (255, 255, 255)]
+    black_and_white = iter([(0, 0, 0), (255, 255, 255)])        # labels classes passes the colours as an iterator
+    assert [c.color for c in starter_of_colours(black_and_white).classes] == [(0, 0, 0), (255, 255, 255)]
     assert [c.color for c in starter_of_colours([(9, 9, 9), (255, 255, 255), (0, 0, 0)]).classes] == [
         (9, 9, 9), (0, 0, 0)]
 

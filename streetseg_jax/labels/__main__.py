@@ -133,7 +133,7 @@ def to_masks(args: argparse.Namespace) -> None:
     overwritten = inputs_overwritten(annotations, located, args.output)
     if overwritten:
         fail("these masks would overwrite the export's own files (a PNG photo's or mask's mask has its name) or lie "
-             "beside its mask of that name, which the next read could not tell from it; give another --output:"
+             "beside its mask or photo of that name, which the next read could not tell from it; give another --output:"
              + listing(overwritten))
     if args.unknown == "error":
         unknown = find_unknown_labels(annotations, label_map)
@@ -163,10 +163,12 @@ def _case_clashes(keys: list[str]) -> list[str]:
 def inputs_overwritten(annotations: list[Annotation], located: list[Annotation], output: Path) -> list[str]:
     """The mask paths (from `annotations` as read) that are an image of one of them (`located`: with their images
     found, locate_images) or a file read as annotations (a masks export's own mask: `--output` its mask folder),
-    or that have a mask's name with another suffix beside it (x.png beside the mask x.tif)."""
+    or that have a mask's or photo's name with another suffix beside it (x.png beside the mask x.tif or the photo
+    x.jpg: the next read could not tell which is meant)."""
     targets = [output / f"{image_key(a)}.png" for a in annotations]
     sources = [Path(a.source) for a in annotations]
-    named = {(source.resolve().parent, source.stem) for source in sources if source.suffix.lower() in IMAGE_SUFFIXES}
+    pictures = [*sources, *(Path(a.image_path) for a in located if a.image_path is not None)]
+    named = {(path.resolve().parent, path.stem) for path in pictures if path.suffix.lower() in IMAGE_SUFFIXES}
     inputs = file_ids(a.image_path for a in located if a.image_path is not None) | file_ids(sources)
     return sorted(str(path) for path in targets
                   if file_ids([path]) & inputs or (path.resolve().parent, path.stem) in named)

@@ -77,8 +77,9 @@ class LabelMap:
         the name. Synonyms (street of road) and markers (LabelMe's _background_) are no spellings of it."""
         c = self.classes[class_id]
         for alias in c.aliases:
-            if alias[:1] != "_" and alias[-1:] != "_" and (snake_case(alias) == c.name or
-                                                           (not snake_case(alias) and c.name == f"class_{c.id}")):
+            if alias[:1] != "_" and alias[-1:] != "_" and (
+                    snake_case(alias) == c.name or
+                    (not snake_case(alias) and c.name in (f"class_{c.id}", f"unnamed_{c.id}"))):
                 return alias
         return c.name
 
@@ -528,8 +529,9 @@ def starter_of_colours(colours: list[tuple[int, int, int]]) -> LabelMap:
     """A label map to start from for RGB masks that hold `colours` (with no label map): class_<id> for each, ids
     0..N-1 in the order given, the first the fill class, each in its colour. White stands for no class, as masks
     are read, unless fewer than 2 other colours are found (a black-and-white mask)."""
-    named = [tuple(c) for c in colours if tuple(c) != (255, 255, 255)]
-    named = named if len(named) >= 2 else [tuple(c) for c in colours]
+    colours = [tuple(c) for c in colours]
+    named = [c for c in colours if c != (255, 255, 255)]
+    named = named if len(named) >= 2 else colours
     return LabelMap(tuple(ClassInfo(i, f"class_{i}", colour) for i, colour in enumerate(named)))
 
 

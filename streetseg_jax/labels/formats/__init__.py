@@ -162,9 +162,10 @@ def _no_images_hint(path: Path) -> str:
         lone = [mask_dir for image_dir, mask_dir in reader("masks").find_pairs(path) if image_dir is None]
     except (OSError, LabelFormatError):
         return ""
-    hint = reader("cityscapes").label_id_masks_hint(path)
+    if not lone:
+        return reader("cityscapes").label_id_masks_hint(path)
     return (f"; {lone[0]} holds masks but no images/ or JPEGImages/ folder lies beside it (an export saved without "
-            "its images?)") if lone else hint
+            "its images?)")
 
 
 def _nothing_read(fmt: str, path: Path) -> str:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import re
 import warnings
 from pathlib import Path
 
@@ -289,10 +290,11 @@ def _is_mask_dir(path: Path) -> bool:
 
 
 def _sibling_images(mask_dir: Path) -> Path | None:
-    """The image folder beside a mask folder, else beside the folder above it (Mapillary Vistas' <split>/images/
-    and <split>/v2.0/labels/)."""
+    """The image folder beside a mask folder, else, for Mapillary Vistas' <split>/v2.0/labels/, its <split>/images/
+    (only there: an unrelated images/ two folders up was paired with a mask folder's masks)."""
     names = IMAGE_DIRS + ((mask_dir.name[:-len("annot")],) if mask_dir.name.endswith("annot") else ())
-    near = [mask_dir.parent / n for n in names] + [mask_dir.parent.parent / n for n in IMAGE_DIRS]
+    versioned = re.fullmatch(r"v\d+(\.\d+)*", mask_dir.parent.name)
+    near = [mask_dir.parent / n for n in names] + [mask_dir.parent.parent / n for n in IMAGE_DIRS if versioned]
     return next((folder for folder in near if folder.is_dir()), None)
 
 
@@ -388,8 +390,8 @@ def _white_value(label_map) -> int:
 
 def _palette_ids(indices: np.ndarray, palette: list[int] | None, path: Path, label_map) -> np.ndarray:
     """A palette mask's class ids: by its colours or by its indices (the module's docstring says when which)."""
-    used = np.unique(indices).tolist()
-    if palette and not _indices_are_ids(palette, label_map):
+    used = np.unique(indices).tolist() if palette else []
+    if palette and not _indices_are_ids(palette, used, label_map):
         if (by_colour := _ids_from_palette(indices, used, palette, label_map)) is not None:
             return by_colour
         if _colours_disagree(used, palette, label_map):
@@ -404,11 +406,16 @@ def _palette_ids(indices: np.ndarray, palette: list[int] | None, path: Path, lab
     return _ids_from_values(indices.astype(np.int64), path, label_map, "P")
 
 
-def _indices_are_ids(palette: list[int], label_map) -> bool:
+def _indices_are_ids(palette: list[int], used: list[int], label_map) -> bool:
     """Whether a palette mask's indices are the class ids whatever its colours: the label map's `values` or
     `ignore_values` say what each value stands for, or the palette is PASCAL VOC's colour map (labelme2voc's and
-    VOC's own masks: index = class id; CamVid's sky and tree are VOC's colours 7 and 3, so the colours were read)."""
-    return label_map.ignore_values is not None or any(c.values for c in label_map.classes) or _is_voc(palette)
+    VOC's own masks: index = class id; CamVid's sky and tree are VOC's colours 7 and 3, so the colours were read)
+    and every index `used` is a class id or ignore (a label map of a few VOC classes in their VOC colours, person
+    and car as classes 1 and 2, reads VOC's indices 15 and 7 by their colours, as before)."""
+    if label_map.ignore_values is not None or any(c.values for c in label_map.classes):
+        return True
+    ids = set(range(label_map.num_classes)) | {255, label_map.ignore_id}
+    return _is_voc(palette) and set(used) <= ids
 
 
 _VOC_CLASSES = 21       # VOC's colour map is known by its first 21 colours (its classes) at least
