@@ -168,8 +168,9 @@ def _made_by_a_start(workdir: Path) -> list[Path]:
 
 
 def _remove_empty(paths: list[Path]) -> None:
-    """Remove `paths` (those a refused start made) where empty, deepest first: a fresh start refused by a late check
-    left .lock and empty checkpoint folders in a work directory that nothing was written to."""
+    """Remove `paths` (those a refused start made), folders where empty, deepest first: a fresh start refused by a
+    late check left .lock and empty checkpoint folders in a work directory that nothing was written to. (A start
+    that opened the .lock meanwhile takes its lock on the file there afterwards: _still_at.)"""
     for path in reversed(paths):
         try:
             path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
@@ -543,20 +544,25 @@ def _take_lock(workdir: Path, log: RunLog, mark: str):
     """The open lock file, or None where locks are not available; RunError when another run holds it. Either way
     the file says which process runs here, and `mark`."""
     workdir.mkdir(parents=True, exist_ok=True)
-    handle = open(workdir / ".lock", "a+")
-    try:
-        import fcntl
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        locked = True
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip().partition(", run ")[0] or "its process unknown"
-        handle.close()
-        raise RunError(f"another run is training in {workdir} ({owner}); wait for it to end or give another "
-                       "--workdir") from None
-    except (ImportError, OSError) as e:
-        log.say(f"warning: cannot lock {workdir / '.lock'} ({e}): nothing stops a second run in this work directory")
-        locked = False
+    while True:
+        handle = open(workdir / ".lock", "a+")
+        try:
+            import fcntl
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip().partition(", run ")[0] or "its process unknown"
+            handle.close()
+            raise RunError(f"another run is training in {workdir} ({owner}); wait for it to end or give another "
+                           "--workdir") from None
+        except (ImportError, OSError) as e:
+            log.say(f"warning: cannot lock {workdir / '.lock'} ({e}): nothing stops a second run in this work "
+                    "directory")
+            locked = False
+        if not locked or _still_at(handle, workdir / ".lock"):
+            break
+        handle.close()          # a refused start removed the file it had locked: lock the one there now
     try:
         handle.truncate(0)
         handle.write(f"process {os.getpid()} on {platform.node()}, {mark}\n")
@@ -567,6 +573,15 @@ def _take_lock(workdir: Path, log: RunLog, mark: str):
         handle.close()
         raise atomic.cannot_write(workdir / ".lock", e) from e
     return handle if locked else handle.close()
+
+
+def _still_at(handle, path: Path) -> bool:
+    """Whether the open file is the one at `path` (not one removed since it was opened): two runs locking two files
+    of one name would both train."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _check_shared(workdir: Path, first: dict, wait_s: float = sharding.SILENCE_S) -> None:

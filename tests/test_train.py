@@ -1339,6 +1339,14 @@ def test_a_run_that_fails_to_start_in_a_notebook_leaves_the_work_directory_free(
             run.prepare_run(config, tmp_path / "w")
     assert len(closed) == 1
     assert not (tmp_path / "w").exists()    # a fresh start refused late left .lock and empty checkpoint folders
+    lock = tmp_path / ".lock"               # a start that opened the .lock a refused start then removed locks anew
+    lock.touch()
+    with open(lock, "a+") as opened:
+        assert run._still_at(opened, lock)
+        lock.unlink()
+        assert not run._still_at(opened, lock)
+        lock.touch()
+        assert not run._still_at(opened, lock)
     setup = run.prepare_run(config, tmp_path / "w")
     assert (tmp_path / "w" / "config.json").exists()
     setup.release()
