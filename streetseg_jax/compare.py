@@ -339,7 +339,7 @@ def curves_figure(runs: list[Run]):
     (by_step, by_time), (loss, legend) = fig.subplots(2, 2)
     hours = max((r["elapsed"] for run in runs for r in run.evals), default=0) >= 2 * 3600
     unit, seconds = ("hours", 3600) if hours else ("minutes", 60)
-    losses = {text for run in runs for text in _losses(run)}
+    losses = {text for run in runs for text in _losses(run)} - {MISSING}     # a run whose config.json is gone
     for i, run in enumerate(runs):
         # Earlier runs drawn wider, under later ones: a run with another's history shows around it.
         wider = (len(runs) - 1 - i) / max(len(runs) - 1, 1)
@@ -353,7 +353,8 @@ def curves_figure(runs: list[Run]):
         train = [(r["step"], r["train/loss"]) for r in run.history if "train/loss" in r]
         loss.plot(*broken_at(train, breaks(run.starts, OBJECTIVE_KEYS)), **style)
         _mark_resumes(run, style["color"], (by_step, loss), by_time, seconds)
-    loss_title = "train loss (objectives differ: not comparable)" if len(losses) > 1 else f"train loss ({losses.pop()})"
+    loss_title = ("train loss (objectives differ: not comparable)" if len(losses) > 1 else
+                  f"train loss ({losses.pop()})" if losses else "train loss")
     for ax, title, xlabel in ((by_step, "eval mean IoU", "step"), (by_time, "eval mean IoU", f"{unit} of training"),
                               (loss, loss_title, "step")):
         ax.set_title(title, fontsize=10)
@@ -376,8 +377,9 @@ def colormaps_tab10(i: int):
 
 
 def _losses(run: Run) -> list[str]:
-    """The run's training objectives in the order it used them: one, or more where a resume changed its loss."""
-    return setting_text(run, "loss").split(", ") if run.config or run.starts else ["cross_entropy"]
+    """The run's training objectives in the order it used them: one, or more where a resume changed its loss;
+    [MISSING] where its config.json is gone."""
+    return setting_text(run, "loss").split(", ")
 
 
 def _elapsed_at(run: Run, steps: list[int], seconds: float) -> list[float]:

@@ -240,7 +240,7 @@ def test_a_run_that_has_not_evaluated_yet_still_compares(tmp_path, capsys):
 
 
 def test_a_run_whose_config_json_is_damaged_compares_without_its_settings(tmp_path, capsys):
-    a = make_run(tmp_path / "a", {1: {"road": 0.4}}, rates=[1.0])
+    a = make_run(tmp_path / "a", {1: {"road": 0.4}}, rates=[1.0], loss="cross_entropy")
     b = make_run(tmp_path / "b", {1: {"road": 0.5}}, rates=[2.0])
     (b / "config.json").write_text('{"seed": 1, "learn')
     capsys.readouterr()
@@ -248,6 +248,11 @@ def test_a_run_whose_config_json_is_damaged_compares_without_its_settings(tmp_pa
     out, err = capsys.readouterr()
     assert [line.split()[0] for line in out.splitlines()[1:3]] == ["a", "b"], out
     assert f"warning: cannot read {b / 'config.json'} (Unterminated string" in err, err
+    # An unknown loss is no other objective: the loss panel still names a's (it said "objectives differ"), and
+    # with every config gone the figure still draws.
+    assert compare.curves_figure(compare.load_runs([a, b])).axes[2].get_title() == "train loss (cross_entropy)"
+    (a / "config.json").unlink()
+    assert compare.curves_figure(compare.load_runs([a, b])).axes[2].get_title() == "train loss"
 
 
 @pytest.mark.parametrize("case, message", [
