@@ -127,8 +127,8 @@ def compile_seconds() -> float:
 
 
 def reader_gone() -> None:
-    """Where stdout's reader is gone (`| head` done, a dead `tee`, a closed terminal), the run goes on and is said to
-    on stderr where it can be: a broken pipe stopped it with an error, unsaved, the steps since its checkpoint lost."""
+    """Where stdout's reader is gone (`| head` done, a dead `tee`), the run goes on and says so on stderr where it
+    can: a broken pipe stopped it with an error, unsaved, the steps since its checkpoint lost."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # Python's own flush at exit fails no more
     try:
         print("note: the reader of the run's output is gone (stdout closed): training goes on, metrics.jsonl keeps "

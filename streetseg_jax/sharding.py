@@ -374,7 +374,8 @@ def check_batch_size(mesh: Mesh, **batches: int) -> None:
     named = " and ".join(f"{key} {batch}" for key, batch in uneven.items())
     sizes = " ".join(f"--config.{key}={max(devices, batch // devices * devices)}" for key, batch in uneven.items())
     fits = [n for n in range(1, devices) if all(batch % n == 0 for batch in batches.values())]
-    forced = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    forced = (mesh.devices.flat[0].platform == "cpu"
+              and "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
     how = ("XLA_FLAGS's --xla_force_host_platform_device_count=N, which decides the CPU devices here" if forced else
            "--cpu_devices N on a CPU, CUDA_VISIBLE_DEVICES on GPUs")
     where = "" if not fits or jax.process_count() > 1 else (
