@@ -81,13 +81,28 @@ def class_edges(mask: np.ndarray, width: int = 1) -> np.ndarray:
 
 
 def _titled(picture: Image.Image, title: str) -> Image.Image:
-    """`picture` below a line of `title`, in the size of its legend's text."""
+    """`picture` below `title`, in the size of its legend's text, wrapped at spaces to the picture's width (a long
+    run name ran off a small photo's overlay)."""
     font, size = _font(_text_scale(picture))
+    lines = _wrapped(title, font, picture.width - size)
     line = int(size * 1.6)
-    canvas = Image.new("RGB", (picture.width, picture.height + line), (255, 255, 255))
-    canvas.paste(picture, (0, line))
-    ImageDraw.Draw(canvas).text((size // 2, line // 2), title, fill=(0, 0, 0), font=font, anchor="lm")
+    canvas = Image.new("RGB", (picture.width, picture.height + line * len(lines)), (255, 255, 255))
+    canvas.paste(picture, (0, line * len(lines)))
+    draw = ImageDraw.Draw(canvas)
+    for i, text in enumerate(lines):
+        draw.text((size // 2, line * i + line // 2), text, fill=(0, 0, 0), font=font, anchor="lm")
     return canvas
+
+
+def _wrapped(text: str, font, width: float) -> list[str]:
+    """`text` in lines of whole words no longer than `width` pixels where words allow."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and ImageDraw.Draw(Image.new("L", (1, 1))).textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def _text_scale(picture: Image.Image) -> int:

@@ -1234,3 +1234,8 @@ def test_overlays_are_titled_with_the_run_checkpoint_and_step(workdir, tmp_path,
     assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", tmp_path / "out2",
                        "--checkpoint", str(step)) == 0
     assert titles[1] == f"run {workdir.name}, checkpoint step {step}"
+    # A long run name on a small photo is wrapped onto more lines, not cut off at the picture's edge.
+    image, mask = np.zeros((48, 64, 3), np.uint8), np.zeros((48, 64), np.uint8)
+    one, long = (visualize.overlay(image, mask, default_label_map(), title=title) for title in
+                 ("run a", "run 2025-01-17_camvid_unet_lovasz, best checkpoint (step 12000)"))
+    assert long.width == one.width and long.height > one.height
