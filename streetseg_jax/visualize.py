@@ -356,7 +356,7 @@ def curves_figure(metrics: list[dict], title: str | None = None):
     starts = run_starts(metrics)
     resumes = [s for s in starts[1:] if s["step"] > 0]
     metrics = run_history(metrics)
-    fig = new_figure(figsize=(10, 3.6 + 0.2 * len(resumes)))
+    fig = new_figure(figsize=(10, 3.6 + 0.2 * len(_resume_lines(resumes))))
     ax_loss, ax_miou = fig.subplots(1, 2)
     # The two losses are not one quantity: training's is the configured objective (class weights, Dice or Lovasz
     # terms), evaluation's the plain cross-entropy of the (test-time augmented) logits.
@@ -391,14 +391,23 @@ def _mark_resumes(ax, resumes: list[dict]) -> None:
 
 
 def _list_resumes(fig, resumes: list[dict]) -> None:
-    """The resumes' changes, one line each, below the plots (in room made for them under tight_layout's)."""
-    if not resumes:
+    """The resumes that changed settings, one line each, and those that changed none in one line, below the plots
+    (in room made for them under tight_layout's): a run preempted 80 times drew a figure 20 inches tall."""
+    lines = _resume_lines(resumes)
+    if not lines:
         return
-    lines = [f"resumed at step {r['step']}" + (f": {changes_text(r['changed'], '→')}" if r["changed"] else
-                                               ", no setting changed") for r in resumes]
     height = fig.get_figheight()
-    fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.2 * len(resumes) / height)
+    fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.2 * len(lines) / height)
     fig.text(0.01, 0.01, "\n".join(lines), fontsize=8, color="dimgrey", va="bottom", wrap=True)
+
+
+def _resume_lines(resumes: list[dict], shown: int = 8) -> list[str]:
+    lines = [f"resumed at step {r['step']}: {changes_text(r['changed'], '→')}" for r in resumes if r["changed"]]
+    same = [str(r["step"]) for r in resumes if not r["changed"]]
+    if same:
+        more = f" and {len(same) - shown} more" if len(same) > shown else ""
+        lines.append(f"resumed at step{'s' * (len(same) > 1)} {', '.join(same[:shown])}{more}, no setting changed")
+    return lines
 
 
 def plot_curves(metrics: list[dict], out_path: str | Path, title: str | None = None) -> None:
