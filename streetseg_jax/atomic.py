@@ -43,7 +43,8 @@ def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None)
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):      # a disk turned read-only: the write's own error is the one to say
+                Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError) and (tmp is None or e.filename == tmp
                                        or (e.filename is None and e.errno in WRITE_ERRORS)):
             raise cannot_write(path, e) from e

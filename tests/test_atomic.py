@@ -61,6 +61,17 @@ def test_a_file_that_cannot_be_written_is_named_in_the_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
+def test_a_disk_that_turned_read_only_is_said_for_the_file_written_not_its_temporary_one(tmp_path, monkeypatch):
+    """The temporary file could not be removed either, and its error took the write's place: "[Errno 30] Read-only
+    file system: '.../.curves.png.nx6z7l8r.tmp'"."""
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(args[0]))
+    monkeypatch.setattr(atomic.os, "replace", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(OSError, match=f"^cannot write {re.escape(str(tmp_path / 'c.png'))}: Read-only file system$"):
+        atomic.write_bytes(tmp_path / "c.png", b"png")
+
+
 def test_a_name_of_the_longest_length_the_disk_takes_is_written(tmp_path):
     """Names of 242-255 bytes failed with "File name too long": the temporary file's name is 14 bytes longer."""
     import os
