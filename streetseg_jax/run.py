@@ -213,6 +213,7 @@ def _check_resume(setup: RunSetup, overrides: list[str] | None) -> int | None:
         for cut in checkpoints.remove_unfinished():
             log.say(f"removed checkpoints/{cut}: a save or deletion cut short (a kill) left it without some of its "
                     "items, which no command could load")
+        _remove_killed_writes(workdir)
     latest = checkpoints.latest_step()
     if latest is not None:
         saved = checkpoints.read_meta("latest")
@@ -227,6 +228,15 @@ def _check_resume(setup: RunSetup, overrides: list[str] | None) -> int | None:
         elif (changed := resume.changes(saved["config"], meta["config"])):      # nothing to train: said all the same
             log.say("the settings differ from the checkpoint's: " + resume.listed(changed))
     return latest
+
+
+def _remove_killed_writes(workdir: Path) -> None:
+    """The temporary files of the run's own pictures and config.json that a kill left (atomic.atomic_file's
+    .<name>.<random>.tmp, never removed), for the run that holds the work directory; another command's writes
+    there (report's page, evaluate's scores) are no concern of it."""
+    for pattern in (".curves.png.*.tmp", ".config.json.*.tmp", "overlays/**/.*.png.*.tmp"):
+        for path in workdir.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def _check_same_data(config, workdir: Path, fingerprint: str, latest: int, same_data: bool = False,

@@ -350,9 +350,15 @@ def test_sigkill_during_saves_resumes_from_last_complete_checkpoint(tiny_data_di
     (unfinished / "state").write_bytes(b"half of a checkpoint")
     cut = workdir / "checkpoints" / "best" / "0"       # a deletion killed on the way left a step holding state alone,
     (cut / "state").mkdir(parents=True)                # listed by every command and loadable by none, for good
+    killed_writes = [workdir / ".curves.png.ho57qqu5.tmp", workdir / "overlays" / "a" / ".b.png.x1y2z3.tmp"]
+    for path in killed_writes:                         # an atomic write a kill cut short leaves its temporary file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    (workdir / ".report.html.abcdefgh.tmp").write_bytes(b"")      # report's write under way: not the run's
     code, out = run_main_to_end(workdir, tiny_data_dir, *overrides)
     assert code == 0, out
     assert "resuming from step" in out and not cut.exists()
+    assert not any(path.exists() for path in killed_writes) and (workdir / ".report.html.abcdefgh.tmp").exists()
     assert "removed checkpoints/best/0: a save or deletion cut short (a kill) left it without some of its items" in out
     assert ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step() == STEPS
     assert not list((workdir / "checkpoints").glob("*/*.orbax-checkpoint-tmp*"))      # they stayed for good
