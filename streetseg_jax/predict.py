@@ -57,7 +57,8 @@ from PIL import Image
 
 from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, machine_lock, save_image
 from streetseg_jax.cli import (ArgumentParser, add_checkpoint_flag, add_extra_scales_flag, add_flip_tta_flags,
-                               check_workdir, fail, normalise_argv, quiet_libraries, run_command, stopped_by)
+                               check_workdir, disk_refusal, fail, normalise_argv, quiet_libraries, run_command,
+                               stopped_by)
 from streetseg_jax.labels.formats.masks import BESIDE_ENDING
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
 from streetseg_jax.labels.label_map import EXPORT_LABEL_MAP
@@ -515,6 +516,13 @@ def _predict(args: argparse.Namespace, items: list[Item], out_dir: Path) -> int:
             print(f"\nstopped by {by} while writing the polygons; every image's files are written: the same command "
                   "with --skip_existing writes the polygons", file=sys.stderr)
             return code
+        except OSError as e:    # a full disk: the masks are whole, the polygons are not all written
+            refused = disk_refusal(e)
+            if refused is None:
+                raise
+            print(f"error: {refused}: every image's masks and overlays are written, the polygons not all: the same "
+                  "command with --skip_existing writes them once there is room", file=sys.stderr)
+            return 2
         if count:
             print(f"polygons for {count} image(s) in {args.export} format: {out_dir / args.export} (with the run's "
                   f"{EXPORT_LABEL_MAP}, which labels check and data build read there)")

@@ -694,6 +694,16 @@ def test_a_full_disk_stops_the_run_at_once_saying_what_is_written(workdir, tmp_p
     assert "No space left on device: 2 of 6 image(s) written, each whole; the same command with --skip_existing " \
            "predicts the rest once there is room" in err, err
     assert "failed and were skipped" not in err and len(list(out.glob("p?.png"))) == 2
+    from streetseg_jax.labels import writers                  # the disk fills up while the polygons are written
+
+    def full(path, *args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(writers, "write_labelme", full)
+    monkeypatch.setattr(predict, "write_outputs", write)
+    assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing", "--export",
+                       "labelme") == 2
+    assert f"No space left on device: every image's masks and overlays are written, the polygons not all: the same " \
+           "command with --skip_existing writes them once there is room" in capsys.readouterr().err
 
 
 def test_transparent_pixels_get_no_class(workdir, tmp_path):
