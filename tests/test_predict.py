@@ -702,7 +702,7 @@ def test_a_full_disk_stops_the_run_at_once_saying_what_is_written(workdir, tmp_p
     monkeypatch.setattr(predict, "write_outputs", write)
     assert run_predict("--workdir", workdir, "--input", inputs, "--output", out, "--skip_existing", "--export",
                        "labelme") == 2
-    assert f"No space left on device: every image's masks and overlays are written, the polygons not all: the same " \
+    assert "No space left on device: every image's masks and overlays are written, the polygons not all: the same " \
            "command with --skip_existing writes them once there is room" in capsys.readouterr().err
 
 
