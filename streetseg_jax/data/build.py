@@ -122,9 +122,15 @@ def _clear_interrupted_builds(data_dir: Path, log: Callable[[str], None]) -> Non
             moved.rename(original)
             leftovers.remove(moved)
             log(f"put back {original}: an interrupted rebuild had moved it aside")
-    leftovers += [path for path in (data_dir / "street_seg").glob("*/incomplete.*") if _untouched_for_long(path)]
+    incomplete = list((data_dir / "street_seg").glob("*/incomplete.*"))
+    leftovers += [path for path in incomplete if _untouched_for_long(path)]
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
+    for path in (path for path in incomplete if path.exists()):
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        log(f"note: {path} ({size / 1e6:.0f} MB) is a build TFDS has not finished: a build killed on the way, or one "
+            f"under way on another machine; it is removed once untouched for {_STALE_SECONDS // 3600} hours, or "
+            "remove it yourself where no other build writes here")
 
 
 def _untouched_for_long(folder: Path) -> bool:
