@@ -34,10 +34,13 @@ class Checkpoints:
         """`read_only`: to restore, never to save: nothing is created or written in the work directory (load_model
         made checkpoints/best and latest in a folder that was no run, and failed on a run it could not write to)."""
         root = self.root = Path(workdir).absolute() / "checkpoints"
+        self._read_only = read_only
         # A training run's lock file (run._take_lock): gone from the path, the work directory moved or was removed.
         self._run_lock = root.parent / ".lock" if not read_only and (root.parent / ".lock").exists() else None
+        # A step to delete is renamed into TRASH first (one rename, whole or not at all), then removed by us: a kill
+        # during orbax's own deletion (parallel, file by file) left a step listed by every command, loadable by none.
         options = dict(create=not read_only, enable_async_checkpointing=async_save, read_only=read_only,
-                       **({"save_interval_steps": 0} if read_only else {}))
+                       todelete_subdir=TRASH, **({"save_interval_steps": 0} if read_only else {}))
         with absl_warnings_off():       # read_only: a warning that the folder is read-only, each time
             self.latest = ocp.CheckpointManager(
                 root / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options),
@@ -90,19 +93,22 @@ class Checkpoints:
         return True
 
     def remove_unfinished(self) -> list[str]:
-        """Remove the folders of saves killed on the way (orbax's *.orbax-checkpoint-tmp*, as large as a checkpoint)
-        and of steps a deletion killed on the way left without some of their items (best/3 holding state alone,
-        listed by every command and loadable by none; in a run of one process); returns the latter, as latest/N and
-        best/N. Only for the run that holds the work directory, since another run's save under way looks the same
-        (orbax's own cleanup would also run in predict and report)."""
+        """Remove the folders of saves killed on the way (orbax's *.orbax-checkpoint-tmp*, as large as a checkpoint),
+        the steps renamed to be deleted (TRASH), and steps that lack one of their items (best/3 holding state alone,
+        as a deletion killed on the way left it before deletions were renames; in a run of one process), listed by
+        every command and loadable by none; returns the last, as latest/N and best/N. Only for the run that holds
+        the work directory, since another run's save under way looks the same (orbax's own cleanup would also run
+        in predict and report)."""
         for folder in self.root.glob("*/*.orbax-checkpoint-tmp*"):     # latest/ and best/
             shutil.rmtree(folder, ignore_errors=True)
+        self._empty_trash()
         if jax.process_count() > 1:     # the other processes' managers would still list them: left as they are
             return []
         cut = [folder for folder in self.root.glob("*/*") if folder.name.isdigit() and folder.is_dir()
                and not all((folder / item).exists() for item in _ITEMS)]
         for folder in cut:
             shutil.rmtree(folder, ignore_errors=True)
+        cut = [folder for folder in cut if not folder.exists()]
         if cut:
             self.latest.reload()
             self.best.reload()
@@ -159,6 +165,14 @@ class Checkpoints:
         with self._saving():
             self.latest.wait_until_finished()
             self.best.wait_until_finished()
+        if jax.process_index() == 0 and not self._read_only:
+            self._empty_trash()
+
+    def _empty_trash(self) -> None:
+        """Remove the steps orbax renamed into TRASH to delete them (a kill here leaves them there, listed by no
+        command, for the next run to remove)."""
+        for folder in self.root.glob(f"*/{TRASH}"):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _check_not_moved(self) -> None:
         """No save into a work directory moved or removed since the run started: orbax made the old path again,
@@ -197,6 +211,7 @@ def _why(error: Exception) -> str:
 
 
 _ITEMS = ("state", "data", "meta")      # what every save holds (_save_args)
+TRASH = ".deleting"     # latest/ and best/ steps to delete are renamed into LATEST_OR_BEST/.deleting/ first
 
 
 def _handlers() -> dict:

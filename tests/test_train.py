@@ -348,6 +348,7 @@ def test_sigkill_during_saves_resumes_from_last_complete_checkpoint(tiny_data_di
     unfinished = workdir / "checkpoints" / "best" / "99.orbax-checkpoint-tmp"    # a save killed on the way, as
     unfinished.mkdir(parents=True, exist_ok=True)                                 # one of a step not saved again
     (unfinished / "state").write_bytes(b"half of a checkpoint")
+    (workdir / "checkpoints" / "latest" / ".deleting" / "1" / "state").mkdir(parents=True, exist_ok=True)
     cut = workdir / "checkpoints" / "best" / "0"       # a deletion killed on the way left a step holding state alone,
     (cut / "state").mkdir(parents=True)                # listed by every command and loadable by none, for good
     killed_writes = [workdir / ".curves.png.ho57qqu5.tmp", workdir / "overlays" / "a" / ".b.png.x1y2z3.tmp"]
@@ -359,7 +360,11 @@ def test_sigkill_during_saves_resumes_from_last_complete_checkpoint(tiny_data_di
     assert code == 0, out
     assert "resuming from step" in out and not cut.exists()
     assert not any(path.exists() for path in killed_writes) and (workdir / ".report.html.abcdefgh.tmp").exists()
-    assert "removed checkpoints/best/0: a save or deletion cut short (a kill) left it without some of its items" in out
+    # Steps to delete are renamed into .deleting/ first (one rename: a kill during orbax's file-by-file deletion
+    # left a step listed and unloadable), then removed: none stays, and latest/ keeps its 3.
+    assert not list((workdir / "checkpoints").glob("*/.deleting"))
+    assert len(ocp.CheckpointManager(workdir / "checkpoints" / "latest").all_steps()) == 3
+    assert "removed checkpoints/best/0: a deletion cut short (a kill) left it without some of its items" in out
     assert ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step() == STEPS
     assert not list((workdir / "checkpoints").glob("*/*.orbax-checkpoint-tmp*"))      # they stayed for good
     # The log holds the killed steps and their redone ones; the run's history has each step once, in order.
