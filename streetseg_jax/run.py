@@ -6,7 +6,9 @@ holding another model or label map); `RunSetup` saves and restores, and logs thr
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -155,8 +157,11 @@ def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None,
             _write_json(workdir / "config.json", {**meta["config"], "provenance": record})
             log.commit = record["git_commit"]       # each start's: config.json keeps the latest alone
     except BaseException:
+        lock = workdir / ".lock"
+        if lock in made and setup.lock is not None:     # unlinked while locked: a start that opens it now sees so
+            lock.unlink(missing_ok=True)
         setup.release()
-        _remove_empty(made)
+        _remove_empty([path for path in made if path != lock])
         raise
     return setup
 
@@ -167,15 +172,13 @@ def _made_by_a_start(workdir: Path) -> list[Path]:
     return [workdir, checkpoints, checkpoints / "latest", checkpoints / "best", workdir / ".lock"]
 
 
-def _remove_empty(paths: list[Path]) -> None:
-    """Remove `paths` (those a refused start made), folders where empty, deepest first: a fresh start refused by a
-    late check left .lock and empty checkpoint folders in a work directory that nothing was written to. (A start
-    that opened the .lock meanwhile takes its lock on the file there afterwards: _still_at.)"""
-    for path in reversed(paths):
-        try:
-            path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
-        except OSError:
-            pass
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (those a refused start made) where empty, deepest first: a fresh start refused by a late
+    check left .lock (removed by its holder, while it holds it: _still_at) and empty checkpoint folders in a work
+    directory that nothing was written to."""
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _open(config, workdir: str | Path):
@@ -211,8 +214,8 @@ def _check_resume(setup: RunSetup, overrides: list[str] | None) -> int | None:
     config, workdir, meta, log, checkpoints = setup.config, setup.workdir, setup.meta, setup.log, setup.checkpoints
     if setup.lock is not None:        # no other run saves here (where nothing can be locked, nothing is removed)
         for cut in checkpoints.remove_unfinished():
-            log.say(f"removed checkpoints/{cut}: a save or deletion cut short (a kill) left it without some of its "
-                    "items, which no command could load")
+            log.say(f"removed checkpoints/{cut}: a deletion cut short (a kill) left it without some of its items, "
+                    "which no command could load")
         _remove_killed_writes(workdir)
     latest = checkpoints.latest_step()
     if latest is not None:
@@ -236,7 +239,8 @@ def _remove_killed_writes(workdir: Path) -> None:
     there (report's page, evaluate's scores) are no concern of it."""
     for pattern in (".curves.png.*.tmp", ".config.json.*.tmp", "overlays/**/.*.png.*.tmp"):
         for path in workdir.glob(pattern):
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _check_same_data(config, workdir: Path, fingerprint: str, latest: int, same_data: bool = False,
@@ -554,7 +558,9 @@ def _take_lock(workdir: Path, log: RunLog, mark: str):
     """The open lock file, or None where locks are not available; RunError when another run holds it. Either way
     the file says which process runs here, and `mark`."""
     workdir.mkdir(parents=True, exist_ok=True)
-    while True:
+    for attempt in itertools.count():
+        if attempt == 10:
+            raise RunError(f"cannot lock {workdir / '.lock'}: it was replaced 10 times while this run locked it")
         handle = open(workdir / ".lock", "a+")
         try:
             import fcntl
@@ -589,8 +595,8 @@ def _still_at(handle, path: Path) -> bool:
     """Whether the open file is the one at `path` (not one removed since it was opened): two runs locking two files
     of one name would both train."""
     try:
-        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
-    except FileNotFoundError:
+        return os.path.samestat(os.stat(path), os.fstat(handle.fileno()))
+    except OSError:
         return False
 
 
