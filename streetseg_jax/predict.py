@@ -55,7 +55,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from streetseg_jax.atomic import WRITE_ERRORS, atomic_file, machine_lock, save_image
+from streetseg_jax.atomic import NO_ROOM, WRITE_ERRORS, atomic_file, machine_lock, save_image
 from streetseg_jax.cli import (ArgumentParser, add_checkpoint_flag, add_extra_scales_flag, add_flip_tta_flags,
                                check_workdir, disk_refusal, fail, normalise_argv, quiet_libraries, run_command,
                                stopped_by)
@@ -520,8 +520,9 @@ def _predict(args: argparse.Namespace, items: list[Item], out_dir: Path) -> int:
             refused = disk_refusal(e)
             if refused is None:
                 raise
+            once = "once there is room" if e.errno in NO_ROOM else "once it can write there"
             print(f"error: {refused}: every image's masks and overlays are written, the polygons not all: the same "
-                  "command with --skip_existing writes them once there is room", file=sys.stderr)
+                  f"command with --skip_existing writes them {once}", file=sys.stderr)
             return 2
         if count:
             print(f"polygons for {count} image(s) in {args.export} format: {out_dir / args.export} (with the run's "

@@ -1,8 +1,9 @@
 """predict --export: the masks predicted into OUT written as polygons under OUT/<format>/, where people open them in
 the labelling tool and correct them, so that a later export never writes over a correction.
 
-OUT/exported.json records the files each export wrote (by their SHA-256; before it writes them, that they are being
-written, so that an export stopped halfway counts them as its own): an annotation file that differs from it
+OUT/exported.json records the files each export wrote (by their SHA-256, as it writes them; before, the files not
+there yet as being written, so that an export stopped halfway counts them as its own): an annotation file that
+differs from it
 (edited in the tool since, or written by something else) is kept, and so are the polygons of its photos; an image
 copy the export made of an earlier photo of the same name is replaced with the new photo's, while a file there that
 the export did not write stops the command before any work.
@@ -99,7 +100,9 @@ def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance=N
     written = {writers.annotation_file_name(fmt, item.name) for item in items} | set(copies.values())
     if _keeps_label_map(folder, label_map, record):
         written.add(EXPORT_LABEL_MAP)
-    _remember(out_dir, fmt, dict.fromkeys(written))     # None: being written, ours whatever the bytes say
+    # None: being written, ours whatever the bytes say; a file there keeps its record until it is written again
+    # (a correction made to it after an export stopped halfway is then seen, not written over).
+    _remember(out_dir, fmt, {name: record.get(name) if (folder / name).is_file() else None for name in written})
     for item in items:      # copies of an earlier photo of this name: the new photo's takes their place
         for name in _copies_of(item.name, fmt, record):
             if (folder / name).is_file() and (name != copies[item.name] or not writers.is_copy_of(
@@ -108,29 +111,39 @@ def export_polygons(items: list, label_map, fmt: str, out_dir: Path, tolerance=N
     info = {item.name: {"path": str(item.source)} for item in items}
     kwargs = {name: value for name, value in (("tolerance", tolerance), ("min_area", min_area)) if value is not None}
     recorder = _Recorder(out_dir, fmt)
-    writers.export_predictions(WrittenMasks(items, out_dir), info, label_map, fmt, folder, on_written=recorder,
-                               **kwargs)
+    try:
+        writers.export_predictions(WrittenMasks(items, out_dir), info, label_map, fmt, folder, on_written=recorder,
+                                   **kwargs)
+    finally:            # stopped or failed on the way: what was written whole is recorded as such
+        recorder.flush()
     if EXPORT_LABEL_MAP in written:
         write_text(folder / EXPORT_LABEL_MAP, label_map.to_json())     # the classes, for the way back
-    _remember(out_dir, fmt, {name: _sha256(folder / name) for name in written if (folder / name).is_file()})
+    _remember(out_dir, fmt, {name: recorder.hashes.get(name) or _sha256(folder / name)
+                             for name in written if (folder / name).is_file()})
     return len(items)
 
 
 class _Recorder:
-    """Records each file an export has written whole by its SHA-256, every second or so: recorded as being written
-    (None) until the export's end, the files of an export killed on the way counted as its own, and a correction
-    made to one of them afterwards was written over by the next export without a word."""
+    """Records each file an export has written whole by its SHA-256, every second or so (`hashes` keeps them all):
+    files recorded as being written until the export's end counted as the export's whatever their bytes, and a
+    correction made to one after an export killed on the way was written over by the next export without a word."""
 
     def __init__(self, out_dir: Path, fmt: str, every_s: float = 1.0):
         self.out_dir, self.fmt, self.every_s = out_dir, fmt, every_s
-        self.files: dict[str, str] = {}
+        self.hashes: dict[str, str] = {}
+        self.pending: dict[str, str] = {}
         self.last = time.monotonic()
 
     def __call__(self, path: Path) -> None:
-        self.files[path.relative_to(self.out_dir / self.fmt).as_posix()] = _sha256(path)
+        name = path.relative_to(self.out_dir / self.fmt).as_posix()
+        self.hashes[name] = self.pending[name] = _sha256(path)
         if time.monotonic() - self.last >= self.every_s:
-            _remember(self.out_dir, self.fmt, self.files, forget=False)
-            self.files, self.last = {}, time.monotonic()
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            _remember(self.out_dir, self.fmt, self.pending, forget=False)
+        self.pending, self.last = {}, time.monotonic()
 
 
 def say_which_exports_are_older(out_dir: Path, written: str | None) -> None:

@@ -828,7 +828,7 @@ def test_export_flag_hands_the_masks_to_the_writers(workdir, tmp_path, monkeypat
     (masks, info, label_map, fmt, out_dir, kwargs), = calls
     assert list(masks) == ["sub/a"] and masks["sub/a"].shape == (24, 40) and masks["sub/a"].dtype == np.uint8
     assert info["sub/a"]["path"].endswith("a.jpg") and fmt == "labelme" and out_dir == out / "labelme"
-    assert kwargs == {} and (out / "dot.png").is_file()
+    assert list(kwargs) == ["on_written"] and (out / "dot.png").is_file()     # the defaults: no tolerance given
     assert "1 image(s) smaller than 2x2 pixels, which no dataset holds, left out of --export: dot" in \
         capsys.readouterr().err
 
@@ -959,7 +959,7 @@ def test_an_export_stopped_before_it_recorded_its_files_writes_them_again(workdi
         if len(calls) == 2:         # the files are written, their hashes not yet recorded
             raise KeyboardInterrupt
         remember(*args, forget=forget)
-    monkeypatch.setattr(predict_export, "_Recorder", lambda *args: lambda path: None)      # records nothing on the way
+    monkeypatch.setattr(predict_export._Recorder, "flush", lambda self: None)      # records nothing on the way
     monkeypatch.setattr(predict_export, "_remember", stopped)
     assert run_predict(*command) == 130 and (tmp_path / "out" / "labelme" / "a.json").is_file()
     monkeypatch.undo()
