@@ -80,10 +80,10 @@ def class_edges(mask: np.ndarray, width: int = 1) -> np.ndarray:
     return edges
 
 
-def _titled(picture: Image.Image, title: str) -> Image.Image:
-    """`picture` below `title`, in the size of its legend's text, wrapped at spaces to the picture's width (a long
-    run name ran off a small photo's overlay)."""
-    font, size = _font(_text_scale(picture))
+def _titled(picture: Image.Image, title: str, font=None) -> Image.Image:
+    """`picture` below `title`, in the size of its legend's text (or `font`: (font, size)), wrapped at spaces to the
+    picture's width (a long run name ran off a small photo's overlay)."""
+    font, size = font or _font(_text_scale(picture))
     lines = _wrapped(title, font, picture.width - size)
     line = int(size * 1.6)
     canvas = Image.new("RGB", (picture.width, picture.height + line * len(lines)), (255, 255, 255))
@@ -97,8 +97,9 @@ def _titled(picture: Image.Image, title: str) -> Image.Image:
 def _wrapped(text: str, font, width: float) -> list[str]:
     """`text` in lines of whole words no longer than `width` pixels where words allow."""
     lines: list[str] = []
+    draw = ImageDraw.Draw(Image.new("L", (1, 1)))
     for word in text.split(" "):
-        if lines and ImageDraw.Draw(Image.new("L", (1, 1))).textlength(f"{lines[-1]} {word}", font=font) <= width:
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
             lines[-1] = f"{lines[-1]} {word}"
         else:
             lines.append(word)
@@ -184,13 +185,12 @@ def comparison(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, label_map
     strip = _enlarged(strip, _PANEL_MIN_WIDTH, image.shape[1])
     font, size = _font(strip.width)
     line = int(size * 1.6)
-    titled = Image.new("RGB", (strip.width, strip.height + 2 * line), (255, 255, 255))
-    titled.paste(strip, (0, 2 * line))
-    draw = ImageDraw.Draw(titled)
-    draw.text((size // 2, line // 2), caption, fill=(0, 0, 0), font=font, anchor="lm")
+    headings = Image.new("RGB", (strip.width, strip.height + line), (255, 255, 255))
+    headings.paste(strip, (0, line))
+    draw = ImageDraw.Draw(headings)
     for k, title in enumerate(("image", "ground truth", "prediction")):
-        draw.text((k * strip.width // 3 + size // 2, line + line // 2), title, fill=(0, 0, 0), font=font,
-                  anchor="lm")
+        draw.text((k * strip.width // 3 + size // 2, line // 2), title, fill=(0, 0, 0), font=font, anchor="lm")
+    titled = _titled(headings, caption, _font(strip.width))     # a long run name wrapped, not cut off
     return _with_legend(titled, _legend_entries(label_map, truth, pred))
 
 
@@ -391,8 +391,8 @@ def _mark_resumes(ax, resumes: list[dict]) -> None:
 
 
 def _list_resumes(fig, resumes: list[dict]) -> None:
-    """The resumes that changed settings, one line each, and those that changed none in one line, below the plots
-    (in room made for them under tight_layout's): a run preempted 80 times drew a figure 20 inches tall."""
+    """The resumes' lines (_resume_lines) below the plots, in room made for them under tight_layout's: a line for
+    each resume, as before, drew a figure 20 inches tall for a run preempted 80 times."""
     lines = _resume_lines(resumes)
     if not lines:
         return
@@ -402,11 +402,19 @@ def _list_resumes(fig, resumes: list[dict]) -> None:
 
 
 def _resume_lines(resumes: list[dict], shown: int = 8) -> list[str]:
-    lines = [f"resumed at step {r['step']}: {changes_text(r['changed'], '→')}" for r in resumes if r["changed"]]
-    same = [str(r["step"]) for r in resumes if not r["changed"]]
-    if same:
-        more = f" and {len(same) - shown} more" if len(same) > shown else ""
-        lines.append(f"resumed at step{'s' * (len(same) > 1)} {', '.join(same[:shown])}{more}, no setting changed")
+    """A line for each resume that changed settings, in step order, and one for each stretch of resumes between
+    them that changed none (its first `shown` steps, then a count)."""
+    lines, same = [], []
+    for resume in [*resumes, None]:
+        if (resume is None or resume["changed"]) and same:
+            more = f" and {len(same) - shown} more" if len(same) > shown else ""
+            lines.append(f"resumed at step{'s' * (len(same) > 1)} {', '.join(same[:shown])}{more}, no setting "
+                         "changed")
+            same = []
+        if resume is not None and resume["changed"]:
+            lines.append(f"resumed at step {resume['step']}: {changes_text(resume['changed'], '→')}")
+        elif resume is not None:
+            same.append(str(resume["step"]))
     return lines
 
 

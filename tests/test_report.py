@@ -520,9 +520,9 @@ def test_curves_say_what_each_resume_changed_and_join_no_curve_across_a_change_o
 
     figure = curves_figure(resumed_run_records())
     below = "\n".join(text.get_text() for text in figure.texts)
-    assert below.splitlines() == ["resumed at step 40: loss cross_entropy → cross_entropy+lovasz",
-                                  "resumed at step 60: eval_flip_tta true → false",
-                                  "resumed at step 20, no setting changed"]
+    assert below.splitlines() == ["resumed at step 20, no setting changed",
+                                  "resumed at step 40: loss cross_entropy → cross_entropy+lovasz",
+                                  "resumed at step 60: eval_flip_tta true → false"]
     # Resumes that changed nothing share a line: a run preempted 80 times drew a figure 20 inches tall.
     records = [{"step": step, "time": float(step), "run/start": True} for step in range(0, 400, 5)]
     records += [{"step": step + 1, "time": step + 1.5, "train/loss": 1.0, "train/miou": 0.5}
