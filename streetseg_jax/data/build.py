@@ -126,15 +126,27 @@ def _clear_interrupted_builds(data_dir: Path, log: Callable[[str], None]) -> Non
     leftovers += [path for path in incomplete if _untouched_for_long(path)]
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
-    for path in (path for path in incomplete if path.exists()):
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        log(f"note: {path} ({size / 1e6:.0f} MB) is a build TFDS has not finished: a build killed on the way, or one "
-            f"under way on another machine; it is removed once untouched for {_STALE_SECONDS // 3600} hours, or "
-            "remove it yourself where no other build writes here")
+    for path in (path for path in incomplete if path.exists() and path not in leftovers):
+        log(f"note: {path} ({_megabytes(path):.0f} MB) is a build TFDS has not finished: a build killed on the way, "
+            f"or one under way on another machine; it is removed once untouched for {_STALE_SECONDS // 3600} hours, "
+            "or remove it yourself where no other build writes here")
+
+
+def _megabytes(folder: Path) -> float:
+    """The size of the files in `folder`, those a build renames or removes meanwhile left out."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(root, name)).st_size
+    return total / 1e6
 
 
 def _untouched_for_long(folder: Path) -> bool:
-    newest = max((p.stat().st_mtime for p in (folder, *folder.rglob("*"))), default=0.0)
+    try:        # a build under way elsewhere renames its files as it goes: not untouched
+        newest = max((p.stat().st_mtime for p in (folder, *folder.rglob("*"))), default=0.0)
+    except OSError:
+        return False
     return time.time() - newest > _STALE_SECONDS
 
 

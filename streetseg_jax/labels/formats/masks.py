@@ -7,7 +7,7 @@ Layouts recognised in the export folder (or in each of its direct subfolders, e.
     a folder of images with `<stem>_mask.png` beside each    (Roboflow's semantic-segmentation export; its
                                                              _classes.csv is a label map: label_map_of_export)
 Passing a mask folder itself (or one mask file) works too; its images are then looked for in the sibling folders
-above, or beside the folder above (Mapillary Vistas' <split>/v2.0/labels/ with <split>/images/). Cityscapes'
+above, or, for Mapillary Vistas' <split>/v2.0/labels/ (a folder in a vN folder), in <split>/images/. Cityscapes'
 *_gtFine_labelIds.png masks are not read (their names do not match their photos'): the messages say to read the
 *_gtFine_polygons.json files beside them. Masks and images are matched by their path below their folders without
 the suffix (`masks/a/b.png` goes with `images/a/b.jpg`); a mask named `<stem>_mask`, `_label`, `_labels` or `_L`
@@ -26,8 +26,9 @@ What the pixel values mean, by the mask's PNG mode:
   editor that re-saved an RGB mask with a palette of its own order, where the index says nothing). Where most
   indices have class colours, two or more of them another class's than their own and fewer their own, the colours
   are read too, and a colour that is no class's is an error (an editor's palette with a stray, blended colour).
-  PASCAL VOC's colour map is always read by index, whatever colours the label map's classes share with it (CamVid's
-  sky and tree are VOC's colours 7 and 3). A palette's transparent colour is ignore, as in RGBA;
+  PASCAL VOC's colour map is read by index where every index is a class id (or ignore), whatever colours the label
+  map's classes share with it (CamVid's sky and tree are VOC's colours 7 and 3). A palette's transparent colour is
+  ignore, as in RGBA;
 - RGB: colours, mapped to ids through the label map's class colours. White (255, 255, 255) is the ignore colour, as
   the label map's own palette draws it, unless a class has that colour; the label map's `ignore_colors` name others
   instead (CamVid's own colour masks draw void black: "ignore_colors": [[0, 0, 0]]). RGBA: fully transparent pixels
