@@ -456,24 +456,23 @@ def _class_table(runs: list[Run]) -> str:
             "best of each row is bold.</p>")
 
 
+def _rows_section(name: str, title: str, rows: list[list[str]], note: str) -> str:
+    """A section of the table `rows` (header first) and its note; none where no run has a row."""
+    return "" if len(rows) == 1 else section(name, title, _table(rows) + f'<p class="note">{note}</p>')
+
+
 def _seeds_section(runs: list[Run]) -> str:
-    rows = seed_rows(runs)
-    if len(rows) == 1:
-        return ""
-    return section("seeds", "Seeds", _table(rows) + '<p class="note">Runs whose configs differ only in the seed '
-                   "(and where the data lives, and provenance): the mean ± standard deviation of the finished runs' "
-                   "eval mIoU, and its range. The spread is how far apart two runs of one recipe can land.</p>")
+    return _rows_section("seeds", "Seeds", seed_rows(runs), "Runs whose configs differ only in the seed (and where "
+                         "the data lives, and provenance): the mean ± standard deviation of the finished runs' eval "
+                         "mIoU, and its range. The spread is how far apart two runs of one recipe can land.")
 
 
 def _evaluations_section(runs: list[Run]) -> str:
-    rows = evaluation_rows(runs)
-    if len(rows) == 1:
-        return ""
-    return section("evaluations", "Results of python -m streetseg_jax.evaluate", _table(rows) +
-                   '<p class="note">From each run\'s <code>eval/&lt;split&gt;[_flip_tta][_multiscale|_scales-S-...]'
-                   "[_step&lt;N&gt;][_data-&lt;fingerprint&gt;].json</code>: mean IoU at the labels' resolution, with "
-                   "the step of the checkpoint scored; <code>_data-</code> results are of data other than the run "
-                   "trained on.</p>")
+    return _rows_section("evaluations", "Results of python -m streetseg_jax.evaluate", evaluation_rows(runs),
+                         "From each run's <code>eval/&lt;split&gt;[_flip_tta][_multiscale|_scales-S-...]"
+                         "[_step&lt;N&gt;][_data-&lt;fingerprint&gt;].json</code>: mean IoU at the labels' resolution, "
+                         "with the step of the checkpoint scored; <code>_data-</code> results are of data other than "
+                         "the run trained on.")
 
 
 def _config_table(runs: list[Run]) -> str:
@@ -488,12 +487,9 @@ def _config_table(runs: list[Run]) -> str:
 
 
 def _resumes_section(runs: list[Run]) -> str:
-    rows = resume_rows(runs)
-    if len(rows) == 1:
-        return ""
-    return section("resumes", "Resumes", _table(rows) + '<p class="note">From each run\'s <code>run/start</code> '
-                   "records in metrics.jsonl: where it resumed, and the settings each resume changed (a run's "
-                   "config.json holds its last ones).</p>")
+    return _rows_section("resumes", "Resumes", resume_rows(runs), "From each run's <code>run/start</code> records in "
+                         "metrics.jsonl: where it resumed, and the settings each resume changed (a run's config.json "
+                         "holds its last ones).")
 
 
 # -------------------------------------------------------------------------------------------------------------------
