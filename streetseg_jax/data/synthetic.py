@@ -1064,9 +1064,12 @@ def write_synthetic(out_dir, num_images: int = 100, seed: int = 0, height: int =
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=end_with_parent) as pool:
             try:
-                return list(pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
-            except KeyboardInterrupt:   # Ctrl-C, SIGTERM: the scenes queued are not drawn (15 s of them waited)
-                pool.shutdown(wait=False, cancel_futures=True)
+                return list(pool.map(_write_one, jobs))
+            except KeyboardInterrupt:
+                # Ctrl-C, SIGTERM: the scenes queued are not drawn, and the one each worker draws is waited for
+                # (a scene, not a chunk of 31: 15 s), so that no worker writes into the folder once the build has
+                # removed it (shutdown without waiting, the scratch folder came back with a scene in it).
+                pool.shutdown(wait=True, cancel_futures=True)
                 raise
     except BrokenProcessPool as e:
         raise RuntimeError(f"write_synthetic: its {context.get_start_method()} worker processes died; with JAX "
