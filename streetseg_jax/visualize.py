@@ -144,8 +144,8 @@ def _enlarged(picture: Image.Image, least: int, width: int) -> Image.Image:
 
 
 def _font(width: int):
-    """Text that reads at the picture's own scale, whatever it is: about 1/60 of `width`, 11 px at least (capped at
-    48 px, a 4000x3000 photo's legend was 88 of 3088 pixels, its text 9 px once the picture fitted a screen)."""
+    """Text that reads at the picture's own scale, whatever it is: about 1/60 of `width`, 11 px at least, and no
+    more cap (at 48 px, a 4000x3000 photo's legend was 88 of 3088 pixels, its text 9 px once it fitted a screen)."""
     size = int(max(11, width / 60))
     try:
         return ImageFont.load_default(size=size), size
