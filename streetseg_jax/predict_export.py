@@ -3,10 +3,9 @@ the labelling tool and correct them, so that a later export never writes over a 
 
 OUT/exported.json records the files each export wrote (by their SHA-256, as it writes them; before, the files not
 there yet as being written, so that an export stopped halfway counts them as its own): an annotation file that
-differs from it
-(edited in the tool since, or written by something else) is kept, and so are the polygons of its photos; an image
-copy the export made of an earlier photo of the same name is replaced with the new photo's, while a file there that
-the export did not write stops the command before any work.
+differs from it (edited in the tool since, or written by something else) is kept, and so are the polygons of its
+photos; an image copy the export made of an earlier photo of the same name is replaced with the new photo's, while a
+file there that the export did not write stops the command before any work.
 """
 from __future__ import annotations
 
@@ -165,13 +164,7 @@ def export_in_output(path: Path, fmt: str | None, flag: str = "--input") -> tupl
     """(folder, format) of the export to read where `path` is predict's OUT (it holds exported.json): OUT/<fmt>
     when --export wrote that format there, said on stderr, the format taken from it when `fmt` is None or auto;
     a clear exit when OUT holds several exports or none of `fmt`. Any other path comes back as it is."""
-    if not (Path(path) / RECORD_FILE).is_file():
-        return path, fmt
-    try:
-        record = json.loads((Path(path) / RECORD_FILE).read_text())
-    except (OSError, ValueError):
-        record = {}
-    exported = sorted(name for name in (record if isinstance(record, dict) else {}) if (Path(path) / name).is_dir())
+    exported = sorted(name for name in _records(path) if (Path(path) / name).is_dir())
     if not exported:
         return path, fmt
     if fmt in (None, "auto") and len(exported) == 1:
@@ -262,22 +255,24 @@ def _ours(folder: Path, name: str, record: dict) -> bool:
 def _record(out_dir: Path, fmt: str) -> dict[str, str | None]:
     """file (relative to OUT/<fmt>) -> SHA-256 of what an export wrote there (None: being written); {} where
     nothing readable is."""
+    files = _records(out_dir).get(fmt)
+    return files if isinstance(files, dict) else {}
+
+
+def _records(out_dir: Path) -> dict:
+    """OUT/exported.json: format -> its export's record; {} where there is none, or none readable."""
     try:
-        record = json.loads((out_dir / RECORD_FILE).read_text())
+        records = json.loads((Path(out_dir) / RECORD_FILE).read_text())
     except (OSError, ValueError):
         return {}
-    files = record.get(fmt) if isinstance(record, dict) else None
-    return files if isinstance(files, dict) else {}
+    return records if isinstance(records, dict) else {}
 
 
 def _remember(out_dir: Path, fmt: str, files: dict[str, str | None], forget: bool = True) -> None:
     """Record `files` for OUT/<fmt>, forgetting the files no longer there (where `forget`)."""
-    try:
-        record = json.loads((out_dir / RECORD_FILE).read_text())
-    except (OSError, ValueError):
-        record = {}
-    record = record if isinstance(record, dict) else {}
-    merged = {**_record(out_dir, fmt), **files}
+    record = _records(out_dir)
+    before = record.get(fmt)
+    merged = {**(before if isinstance(before, dict) else {}), **files}
     record[fmt] = {name: digest for name, digest in merged.items()
                    if not forget or name in files or (out_dir / fmt / name).exists()}
     write_text(out_dir / RECORD_FILE, json.dumps(record, indent=1, sort_keys=True))
