@@ -232,8 +232,7 @@ def _pixel_counts(path: Path) -> tuple[str, dict[int, int]]:
     an RGB(A) one; a palette's transparent pixels and RGBA's are left out (ignore, as read() takes them)."""
     mode, pixels, _, transparent = _pixels(path)
     if mode in ("RGB", "RGBA"):
-        rgb = pixels[..., :3].astype(np.uint32)
-        kind, found = "colours", (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        kind, found = "colours", _packed(pixels)
         shown = ~_transparent(pixels, path) if mode == "RGBA" else np.ones(found.shape, bool)
     elif mode in _ID_MODES:
         kind, found = "values", pixels.astype(np.int64)
@@ -243,11 +242,6 @@ def _pixel_counts(path: Path) -> tuple[str, dict[int, int]]:
                                "(class ids) or RGB PNGs (class colours)")
     values, counts = np.unique(found[shown], return_counts=True)
     return kind, dict(zip(values.tolist(), counts.tolist()))
-
-
-def unpack(colour: int) -> tuple[int, int, int]:
-    """(r, g, b) of a packed colour (survey's)."""
-    return (colour >> 16) & 255, (colour >> 8) & 255, colour & 255
 
 
 # --- folders ---------------------------------------------------------------------------------------------------------
@@ -500,8 +494,7 @@ def _value_ranges(label_map) -> str:
 
 
 def _ids_from_colours(pixels: np.ndarray, path: Path, label_map) -> np.ndarray:
-    rgb = pixels[..., :3].astype(np.uint32)
-    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    packed = _packed(pixels)
     if pixels.shape[-1] == 4:
         packed[_transparent(pixels, path)] = _TRANSPARENT
     table = _colour_table(label_map)
@@ -536,8 +529,9 @@ def _colour_table(label_map) -> dict[int, int]:
     ignore colours (white, or the label map's ignore_colors) and transparency mean ignore."""
     owners = _colour_owners(label_map)
     table = {_pack(c.color): c.id for c in label_map.classes if len(owners[tuple(c.color)]) == 1}
-    for colour in (*label_map.mask_ignore_colors(), _TRANSPARENT):
-        table[colour if colour == _TRANSPARENT else _pack(colour)] = label_map.ignore_id
+    for colour in label_map.mask_ignore_colors():
+        table[_pack(colour)] = label_map.ignore_id
+    table[_TRANSPARENT] = label_map.ignore_id
     return table
 
 
@@ -548,7 +542,7 @@ _NEAR = 40         # a colour this close to a class colour (in every channel) is
 def _unmapped_colour(unmapped: dict[int, int], packed: np.ndarray, pixels: np.ndarray, path: Path, label_map) -> None:
     """LabelFormatError naming the first of the colours that are no class's ({packed colour: pixels})."""
     colour = next(iter(unmapped))
-    rgb = ((colour >> 16) & 255, (colour >> 8) & 255, colour & 255)
+    rgb = unpack(colour)
     row, col = (int(v[0]) for v in np.nonzero(packed == colour))
     where = f"{path}: colour {rgb} ({unmapped[colour]} pixels, first at row {row}, column {col})"
     owners = _colour_owners(label_map).get(rgb, [])
@@ -576,13 +570,24 @@ def _mostly_near(unmapped: dict[int, int], label_map) -> bool:
     a few values): a mask changed on the way, not one of another label map (the 4,096 commonest colours looked at)."""
     commonest = sorted(unmapped.items(), key=lambda item: -item[1])[:4096]
     packed = np.array([colour for colour, _ in commonest], np.int64)
-    rgb = np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], axis=-1)
+    rgb = np.stack(unpack(packed), axis=-1)
     classes = np.array([c.color for c in label_map.classes], np.int64)
     near = (np.abs(rgb[:, None, :] - classes[None, :, :]).max(axis=-1) <= _NEAR).any(axis=-1)
     counts = np.array([count for _, count in commonest])
     return counts[near].sum() * 2 > counts.sum()
 
 
+def _packed(pixels: np.ndarray) -> np.ndarray:
+    """An RGB(A) image's colours as one integer each, as _pack packs one."""
+    rgb = pixels[..., :3].astype(np.uint32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
 def _pack(colour) -> int:
     r, g, b = (int(v) for v in colour)
     return (r << 16) | (g << 8) | b
+
+
+def unpack(colour):
+    """(r, g, b) of a packed colour (survey's, _pack's), or three arrays of an array of them."""
+    return (colour >> 16) & 255, (colour >> 8) & 255, colour & 255
