@@ -217,8 +217,9 @@ def export_predictions(masks: dict[str, np.ndarray], image_names: dict[str, str]
     images = []
     for key, mask in masks.items():
         if copy_images:
-            copy_atomic(sources[key], out_dir / image_copy_name(fmt, key, sources[key]))
-            written(out_dir / image_copy_name(fmt, key, sources[key]))
+            copy = out_dir / image_copy_name(fmt, key, sources[key])
+            copy_atomic(sources[key], copy)
+            written(copy)
         images.append((_export_name(key, sources[key]), mask.shape[0], mask.shape[1], polygons[key]))
     path = out_dir / ("annotations.json" if fmt == "coco" else "annotations.xml")
     (write_coco if fmt == "coco" else write_cvat)(path, images, label_map)
