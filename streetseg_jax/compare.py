@@ -28,7 +28,7 @@ from streetseg_jax.cli import ArgumentParser, check_output_file, fail, normalise
 from streetseg_jax.page import escape, html_page, png_uri, section
 from streetseg_jax.visualize import (OBJECTIVE_KEYS, SCORING_KEYS, best_eval, breaks, broken_at, eval_rows,
                                      figure_png, flatten, history_lines, hms, new_figure, read_metrics, run_history,
-                                     run_starts, setting_history)
+                                     run_starts, setting_history, value_text)
 
 MISSING = "–"   # a config key one run lacks, or a figure it has not logged
 # Keys whose differences make the runs' eval mIoUs incomparable (scored on other images or other labels).
@@ -188,10 +188,6 @@ def setting_text(run: Run, key: str) -> str:
     return setting_history(run.starts, key, run.config.get(key, MISSING))
 
 
-def _value(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
 def data_warning(runs: list[Run]) -> str | None:
     differ = [key for key in SAME_DATA_KEYS if key in differences(runs)]
     if not differ:
@@ -215,7 +211,7 @@ def seed_groups(runs: list[Run]) -> list[tuple[list[Run], list[Run]]]:
         by_seed: dict[str, Run] = {}
         reruns = []
         for run in sorted(group, key=lambda run: not run.finished):     # a seed's finished run counts first
-            seed = _value(run.config.get("seed"))
+            seed = value_text(run.config.get("seed"))
             if seed in by_seed:
                 reruns.append(run)
             else:
@@ -343,7 +339,7 @@ def curves_figure(runs: list[Run]):
     for i, run in enumerate(runs):
         # Earlier runs drawn wider, under later ones: a run with another's history shows around it.
         wider = (len(runs) - 1 - i) / max(len(runs) - 1, 1)
-        style = {"color": colormaps_tab10(i), "linestyle": _LINES[i % 4], "marker": _MARKERS[i % 7],
+        style = {"color": _colour(i), "linestyle": _LINES[i % 4], "marker": _MARKERS[i % 7],
                  "markersize": 3 + 4 * wider, "linewidth": 1 + 2 * wider}
         evals = [(r["step"], r["elapsed"] / seconds, r["eval/miou"]) for r in run.evals]
         eval_breaks = breaks(run.starts, SCORING_KEYS)
@@ -371,7 +367,8 @@ def curves_figure(runs: list[Run]):
     return fig
 
 
-def colormaps_tab10(i: int):
+def _colour(i: int):
+    """The i-th run's colour: matplotlib's ten, in turn."""
     from matplotlib import colormaps
     return colormaps["tab10"](i % 10)
 

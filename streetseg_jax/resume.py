@@ -11,14 +11,13 @@ from pathlib import Path
 
 from streetseg_jax import config_keys
 from streetseg_jax.labels.label_map import label_map_change
-from streetseg_jax.visualize import flatten
+from streetseg_jax.visualize import SCORING_KEYS, flatten
 
 # Config sections that must match for a work directory to be resumed. A resume also keeps the optimiser's layout,
 # the overrides the run was started with (incompatibility, dropped_overrides) and its data (run._check_same_data);
 # anything else may change, said.
 _COMPATIBLE_KEYS = ("model", "dataset")
-# Config keys that decide how evaluation scores: they may change on resume, with a warning.
-_EVAL_KEYS = ("eval_split", "eval_scale", "eval_flip_tta", "eval_extra_scales")
+# Config keys that decide how evaluation scores (visualize.SCORING_KEYS) may change on resume, with a warning.
 # Config keys the learning-rate schedule is computed from (train.make_schedule).
 _SCHEDULE_KEYS = {"num_train_steps", "learning_rate", "warmup_steps", "lr_schedule", "end_learning_rate_factor"}
 
@@ -77,7 +76,7 @@ def warn_of_changes(saved: dict, current: dict, step: int, log) -> dict:
     changed = changes(saved, current)
     if changed:
         log.say("resuming with changed settings: " + listed(changed))
-    if set(changed) & set(_EVAL_KEYS):
+    if set(changed) & set(SCORING_KEYS):
         log.say("warning: evaluation differs from the checkpoint's: the eval mIoUs logged from now on are not "
                 "scored as the earlier ones, yet the best checkpoint is picked across both")
     if set(changed) & _SCHEDULE_KEYS:

@@ -288,10 +288,11 @@ def run_starts(records: list[dict]) -> list[dict]:
 
 def changes_text(changed: dict, arrow: str = "->") -> str:
     """A resume's changed settings, as the run said them: "loss cross_entropy -> cross_entropy+lovasz"."""
-    return ", ".join(f"{key} {_setting(then)} {arrow} {_setting(now)}" for key, (then, now) in changed.items())
+    return ", ".join(f"{key} {value_text(then)} {arrow} {value_text(now)}" for key, (then, now) in changed.items())
 
 
-def _setting(value) -> str:
+def value_text(value) -> str:
+    """A config value as the pages and logs show it: a string as it is, anything else as JSON."""
     return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -305,7 +306,7 @@ def history_lines(starts: list[dict]) -> list[str]:
     for start in starts:
         for key, (then, _) in start["changed"].items():
             first.setdefault(key, then)
-    began = ", ".join(f"{key} {_setting(value)}" for key, value in first.items())
+    began = ", ".join(f"{key} {value_text(value)}" for key, value in first.items())
     lines = [f"started at step {starts[0]['step']}" + (f" with {began}" if began else "")]
     for start in starts[1:]:
         changed = changes_text(start["changed"])
@@ -320,14 +321,15 @@ def setting_history(starts: list[dict], key: str, last) -> str:
     for start in starts[1:]:
         if key in start["changed"]:
             then, now = start["changed"][key]
-            texts += [] if texts else [_setting(then)]
-            texts.append(f"{_setting(now)} from step {start['step']}")
-    return ", ".join(texts) if texts else _setting(last)
+            texts += [] if texts else [value_text(then)]
+            texts.append(f"{value_text(now)} from step {start['step']}")
+    return ", ".join(texts) if texts else value_text(last)
 
 
 # Settings whose change at a resume makes a curve measure something else after it: the curve is not drawn across.
-# Evaluation's scoring (resume.py warns of the same keys), and the objective that train/loss is.
-SCORING_KEYS = ("eval_split", "eval_scale", "eval_flip_tta", "eval_extra_scales", "dataset")
+# Evaluation's scoring (resume.py warns of a change of them; a resume on another dataset is refused), and the
+# objective that train/loss is.
+SCORING_KEYS = ("eval_split", "eval_scale", "eval_flip_tta", "eval_extra_scales")
 OBJECTIVE_KEYS = ("loss", "class_weights", "class_weight_power")
 
 
