@@ -205,7 +205,7 @@ def run_command(main, leaves: str) -> NoReturn:
         sys.stderr.flush()
         os._exit(code)      # the interpreter's exit crashed (SIGSEGV) in JAX's threads cut short
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # or exit's flush fails once more
+        stdout_to_devnull()
         code = 1
     except OSError as e:    # an output the disk refused, said in a line (compare --output on a full disk: 27)
         refused = disk_refusal(e)
@@ -216,6 +216,12 @@ def run_command(main, leaves: str) -> NoReturn:
     else:
         exit_on_late_signals(code)
     sys.exit(code)
+
+
+def stdout_to_devnull() -> None:
+    """Where stdout's reader is gone (`| head` done): what is printed from here on goes nowhere, and Python's own
+    flush at exit no longer fails once more."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def exit_on_late_signals(code) -> None:

@@ -27,7 +27,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from streetseg_jax import config_keys, sharding  # noqa: E402
 from streetseg_jax.cli import (disk_refusal, exit_on_late_signals, fail, normalise_argv, quiet_libraries,  # noqa: E402
-                               stop_on_ctrl_c, stop_on_sigterm, stopped_by)
+                               stdout_to_devnull, stop_on_ctrl_c, stop_on_sigterm, stopped_by)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config(), or a run's "
                                           "config.json (its recorded settings)", lock_config=True)
@@ -364,5 +364,5 @@ if __name__ == "__main__":
     try:
         app.run(main, flags_parser=_parse_flags)
     except BrokenPipeError:     # its reader stopped reading (`| head`)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        stdout_to_devnull()
         sys.exit(1)

@@ -4,11 +4,11 @@ augmentation as the run evaluated unless told).
 
 Writes DIR/report.html (named with what differs from the run's own page where a flag chooses another split,
 checkpoint or data, and with the TTA flags given: report_val_step1300.html, see page_name; --output FILE elsewhere,
-for a run one cannot write to), one self-contained file that opens offline: images are embedded as base64 data URIs, the CSS is inline,
-and there is no JavaScript and no external request. It holds the loss and mIoU curves (from metrics.jsonl), a fresh
-evaluation of the chosen checkpoint on the split (per-class IoU table, confusion-matrix heatmap), the class pixel
-frequencies of the train and evaluated splits, the k best and k worst images by per-image mIoU as image / ground
-truth / prediction / error panels, and the run's provenance (config.json).
+for a run one cannot write to), one self-contained file that opens offline: images are embedded as base64 data URIs,
+the CSS is inline, and there is no JavaScript and no external request. It holds the loss and mIoU curves (from
+metrics.jsonl), a fresh evaluation of the chosen checkpoint on the split (per-class IoU table, confusion-matrix
+heatmap), the class pixel frequencies of the train and evaluated splits, the k best and k worst images by per-image
+mIoU as image / ground truth / prediction / error panels, and the run's provenance (config.json).
 """
 from __future__ import annotations
 

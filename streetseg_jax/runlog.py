@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from streetseg_jax.atomic import cannot_write
+from streetseg_jax.cli import stdout_to_devnull
 from streetseg_jax.visualize import hms
 
 
@@ -129,7 +130,7 @@ def compile_seconds() -> float:
 def reader_gone() -> None:
     """Where stdout's reader is gone (`| head` done, a dead `tee`), the run goes on and says so on stderr where it
     can: a broken pipe stopped it with an error, unsaved, the steps since its checkpoint lost."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # Python's own flush at exit fails no more
+    stdout_to_devnull()
     try:
         print("note: the reader of the run's output is gone (stdout closed): training goes on, metrics.jsonl keeps "
               "its log", file=sys.stderr, flush=True)

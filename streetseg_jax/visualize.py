@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 from pathlib import Path
 
@@ -406,17 +407,14 @@ def _list_resumes(fig, resumes: list[dict]) -> None:
 def _resume_lines(resumes: list[dict], shown: int = 8) -> list[str]:
     """A line for each resume that changed settings, in step order, and one for each stretch of resumes between
     them that changed none (its first `shown` steps, then a count)."""
-    lines, same = [], []
-    for resume in [*resumes, None]:
-        if (resume is None or resume["changed"]) and same:
-            more = f" and {len(same) - shown} more" if len(same) > shown else ""
-            lines.append(f"resumed at step{'s' * (len(same) > 1)} {', '.join(same[:shown])}{more}, no setting "
-                         "changed")
-            same = []
-        if resume is not None and resume["changed"]:
-            lines.append(f"resumed at step {resume['step']}: {changes_text(resume['changed'], '→')}")
-        elif resume is not None:
-            same.append(str(resume["step"]))
+    lines = []
+    for changed, stretch in itertools.groupby(resumes, key=lambda resume: bool(resume["changed"])):
+        if changed:
+            lines += [f"resumed at step {r['step']}: {changes_text(r['changed'], '→')}" for r in stretch]
+            continue
+        same = [str(r["step"]) for r in stretch]
+        more = f" and {len(same) - shown} more" if len(same) > shown else ""
+        lines.append(f"resumed at step{'s' * (len(same) > 1)} {', '.join(same[:shown])}{more}, no setting changed")
     return lines
 
 
