@@ -36,7 +36,7 @@ def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None)
     path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{_shortened(path.name)}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_shortened(path.name)}.", suffix=_TMP, dir=path.parent)
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
         os.chmod(tmp, 0o666 & ~_umask())
@@ -49,6 +49,15 @@ def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None)
                                        or (e.filename is None and e.errno in WRITE_ERRORS)):
             raise cannot_write(path, e) from e
         raise
+
+
+_TMP = ".tmp"
+
+
+def temporary_files(name: str) -> str:
+    """The glob of the temporary files atomic_file writes `name` through (.<name>.<random>.tmp), which a process
+    killed in the write leaves behind; `name` may be a glob itself (*.png)."""
+    return f".{name}.*{_TMP}"
 
 
 def _shortened(name: str, most: int = 255 - 14) -> str:

@@ -237,7 +237,8 @@ def _remove_killed_writes(workdir: Path) -> None:
     """The temporary files of the run's own pictures and config.json that a kill left (atomic.atomic_file's
     .<name>.<random>.tmp, never removed), for the run that holds the work directory; another command's writes
     there (report's page, evaluate's scores) are no concern of it."""
-    for pattern in (".curves.png.*.tmp", ".config.json.*.tmp", "overlays/**/.*.png.*.tmp"):
+    for pattern in (atomic.temporary_files("curves.png"), atomic.temporary_files("config.json"),
+                    f"overlays/**/{atomic.temporary_files('*.png')}"):
         for path in workdir.glob(pattern):
             with contextlib.suppress(OSError):
                 path.unlink()
