@@ -76,7 +76,7 @@ class RunSetup:
     def stop(self, step: int, signal_name: str) -> None:
         self.checkpoints.wait()
         self.log.say(f"received {signal_name}: saved step {step} to {self.workdir / 'checkpoints'}; "
-                     "run the same command again to resume from it")
+                     "run the same command again to resume from it", every_process=True)
         raise SystemExit(130 if signal_name.startswith("SIGINT") else 143)
 
     def release(self) -> None:
@@ -743,6 +743,9 @@ def finish_run(config, setup: RunSetup, evaluator, params, model_state, step: in
         setup.log.say(f"done: {setup.workdir} (metrics.jsonl, curves.png, {'overlays/, ' * (config.num_overlays > 0)}"
                       "checkpoints/)")
         setup.log.say(_outcome(history, setup.workdir))
+    else:
+        setup.log.say(f"done at step {step}: process 0 writes the run's curves and overlays in {setup.workdir}",
+                      every_process=True)
     if jax.process_count() > 1:
         # A process that reaches JAX's shutdown barrier long before process 0 times out there and kills the job.
         multihost_utils.sync_global_devices("run finished")

@@ -1,5 +1,5 @@
 """A training run's log: metrics.jsonl (one JSON object per line with `step` and `time`, a `run/start` record at each
-start) and the progress line with its ETA; only process 0 writes or prints."""
+start) and the progress line with its ETA; only process 0 writes, and prints but how the run ends."""
 from __future__ import annotations
 
 import json
@@ -30,7 +30,7 @@ def devices() -> dict:
 class RunLog:
     """metrics.jsonl (one JSON object per line with `step` and `time`) and a progress line with ETA on screen.
 
-    Only process 0 writes or prints.
+    Only process 0 writes, and prints but the lines that say how the run ends.
     """
 
     def __init__(self, workdir: Path, num_steps: int, batch_size: int, eval_every: int = 0):
@@ -103,12 +103,17 @@ class RunLog:
         regular = self.num_steps // every - step // every if every else 0
         return regular + (0 if every and self.num_steps % every == 0 else 1)
 
-    def say(self, message: str) -> None:
-        if self.primary:
-            try:
-                print(message, flush=True)
-            except BrokenPipeError:
-                reader_gone()
+    def say(self, message: str, every_process: bool = False) -> None:
+        """Prints on process 0; `every_process` also on the others, as "process i of n: message", so each host's own
+        output says how its part of the run ended."""
+        if not (self.primary or every_process):
+            return
+        if not self.primary:
+            message = f"process {jax.process_index()} of {jax.process_count()}: {message}"
+        try:
+            print(message, flush=True)
+        except BrokenPipeError:
+            reader_gone()
 
 
 _compiled = [0.0]      # seconds JAX spent tracing, lowering and compiling in this process so far

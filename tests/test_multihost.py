@@ -60,7 +60,9 @@ def test_two_processes_match_one_process_and_resume_on_one(tiny_data_dir, tmp_pa
     multi = tmp_path / "two_processes"
     outs = finish([launch(multi, tiny_data_dir, 2, STEPS, i, 2, port, sgd) for i in range(2)])
     assert "training steps 0..4 on 4 device(s), 2 process(es)" in outs[0]
-    assert "training steps" not in outs[1]  # only process 0 logs
+    assert "training steps" not in outs[1]  # only process 0 logs, but says how its part ended
+    assert outs[1].rstrip().splitlines()[-1] == (f"process 1 of 2: done at step {STEPS}: process 0 writes the run's "
+                                                 f"curves and overlays in {multi}"), outs[1]
     single = tmp_path / "one_process"
     finish([launch(single, tiny_data_dir, 4, STEPS, None, None, None, sgd)])
     # The losses agree to rounding; a pixel whose two best logits are a rounding apart may flip, and move an mIoU.
@@ -105,6 +107,7 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere(tiny_data_dir, tm
     saved = ocp.CheckpointManager(workdir / "checkpoints" / "latest").all_steps()
     assert len(saved) == 1 and 3 <= saved[0] < 200, (saved, outs)
     assert f"saved step {saved[0]}" in outs[0]
+    assert f"process 1 of 2: received SIGTERM: saved step {saved[0]}" in outs[1], outs[1]
 
 
 def test_a_coordinator_port_in_use_is_refused(tiny_data_dir, tmp_path):
