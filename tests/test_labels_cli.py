@@ -272,10 +272,15 @@ def test_every_broken_file_of_an_export_is_named_at_once(fmt, tmp_path, capsys):
         path.write_text(original.read_text()[:len(original.read_text()) // 2])     # cut off mid-file
         broken.append(path)
     with pytest.raises(SystemExit):
-        main(["check", "--format", fmt, "--input", str(export)])
+        main(["to-masks", "--format", fmt, "--input", str(export), "--output", str(tmp_path / "masks")])
     err = capsys.readouterr().err
     assert err.startswith("error: 2 problems in the annotations:\n"), err
     assert all(f"\n  {path}: " in err for path in broken), err
+    with pytest.raises(SystemExit, match="1"):
+        main(["check", "--format", fmt, "--input", str(export)])
+    captured = capsys.readouterr()
+    assert all(f"\nerror: {path}: " in captured.out for path in broken), captured.out
+    assert "check failed: 2 error(s)" in captured.err, captured.err
 
 
 def test_a_mask_folder_names_masks_without_photos_and_photos_without_masks(tmp_path, capsys):
@@ -288,6 +293,49 @@ def test_a_mask_folder_names_masks_without_photos_and_photos_without_masks(tmp_p
     out = capsys.readouterr().out
     assert f"error: {export / 'masks' / 'no_photo.png'}: no image named no_photo.* under {export}" in out, out
     assert "note: 1 image(s) with no annotation, left out: images/no_mask.jpg" in out, out
+
+
+def mask_export_with_every_kind_of_problem(export: Path) -> dict[str, str]:
+    """A mask folder with two masks that cannot be read and three problems validation finds; {what: its words}."""
+    (export / "images").mkdir(parents=True)
+    (export / "masks").mkdir()
+    for stem, size in (("good", (8, 6)), ("bad_value", (8, 6)), ("jpeg", (8, 6)), ("sized", (10, 6)),
+                       ("no_mask", (8, 6))):
+        Image.new("RGB", size).save(export / "images" / f"{stem}.jpg")
+    for stem in ("good", "sized", "no_photo"):
+        Image.fromarray(np.full((6, 8), ROAD, np.uint8), "L").save(export / "masks" / f"{stem}.png")
+    Image.fromarray(np.full((6, 8), 9, np.uint8), "L").save(export / "masks" / "bad_value.png")
+    Image.new("L", (8, 6)).save(export / "masks" / "jpeg.jpg")
+    return {"value": f"{export / 'masks' / 'bad_value.png'}: pixel value 9",
+            "jpeg": f"{export / 'masks' / 'jpeg.jpg'}: JPEG masks are refused",
+            "size": f"{export / 'masks' / 'sized.png'}: ", "no photo": f"{export / 'masks' / 'no_photo.png'}: no image",
+            "no mask": "images/no_mask.jpg"}
+
+
+def test_reading_errors_and_validations_problems_come_in_one_run(tmp_path, capsys):
+    """A mask that could not be read stopped every command before validation looked at the masks that read: their
+    problems (a mask sized unlike its photo, a mask without its photo) came up only in the run after the mend."""
+    from streetseg_jax.data.build import build
+    from streetseg_jax.data.inputs import BuildError
+
+    said = mask_export_with_every_kind_of_problem(tmp_path / "export")
+    with pytest.raises(SystemExit, match="1"):
+        main(["check", "--format", "masks", "--input", str(tmp_path / "export")])
+    captured = capsys.readouterr()
+    assert "error: check failed: 4 error(s)" in captured.err, captured.err
+    assert all(f"error: {words}" in captured.out for what, words in said.items() if what != "no mask"), captured.out
+    assert "10x6" in captured.out and f"left out: {said['no mask']}" in captured.out, captured.out
+    with pytest.raises(SystemExit):
+        main(["to-masks", "--format", "masks", "--input", str(tmp_path / "export"), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1 and "2 problems in the annotations" in err, err
+    assert said["value"] in err and said["jpeg"] in err and f"warning: {said['size']}" in err, err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(BuildError) as error:
+        build("from_annotations", tmp_path / "tfds", tmp_path / "export", name="mine", format="masks",
+              log=lambda line: None)
+    assert all(said[what] in str(error.value) for what in ("value", "jpeg", "size", "no photo")), error.value
+    assert not (tmp_path / "tfds" / "street_seg" / "mine").exists()
 
 
 def test_classes_lists_the_exports_names_and_writes_a_label_map_the_export_checks_against(tmp_path, capsys):

@@ -66,8 +66,9 @@ class ExportPlan:
         return [(self.annotations[i], self.report.files[i].key) for i in self.splits[split]]
 
     def raise_for_errors(self) -> None:
-        """Unknown class names first (one message naming every file), then every other error."""
-        if any("unknown class name" in e for _, e in self.report.errors):
+        """Unknown class names first (one message naming every file), then every other error; where files could
+        not be read, every error at once, theirs first."""
+        if not self.report.unreadable and any("unknown class name" in e for _, e in self.report.errors):
             unknown = find_unknown_labels(self.annotations, self.report.label_map)
             raise UnknownLabelsError(unknown, self.report.label_map)
         if self.report.errors:
@@ -92,10 +93,10 @@ def collect(folder: Path, fmt: str, label_map: LabelMap, rule: SplitRule, *, unk
     splits is warned of."""
     if fmt == formats.AUTO:
         fmt = detect_format(folder)
-    annotations = read_export(fmt, Path(folder), label_map)
+    annotations, unreadable = read_export(fmt, Path(folder), label_map)
     options = CheckOptions(unknown=unknown, mask_dir=None if mask_dir is None else str(mask_dir))
     report = validate(annotations, label_map, fmt=fmt, source=folder, root=Path(folder), options=options,
-                      map_fn=map_fn)
+                      map_fn=map_fn, unreadable=unreadable)
     for file in report.files:
         if not _is_text(file.key):
             raw = file.key.encode("utf-8", "surrogateescape")
@@ -182,9 +183,10 @@ def detect_format(path: Path) -> str:
         raise BuildError(str(e)) from None
 
 
-def read_export(fmt: str, path: Path, label_map: LabelMap) -> list[Annotation]:
+def read_export(fmt: str, path: Path, label_map: LabelMap) -> tuple[list[Annotation], list[str]]:
+    """(the annotations that could be read, the problems of the files that could not): formats.read_readable."""
     try:
-        return formats.read(fmt, path, label_map)
+        return formats.read_readable(fmt, path, label_map)
     except LabelFormatError as e:
         raise BuildError(str(e)) from None
 

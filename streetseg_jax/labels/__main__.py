@@ -8,7 +8,9 @@
 
 FORMAT is one of voc, mit_xml, labelme, coco, coco_panoptic, cvat, labelbox, cityscapes, mapillary, masks, or auto
 (detected from the files, and said). to-masks reads every annotation first and stops on unreadable files, unknown
-class names (unless --unknown ignore) or two annotations of one image key before writing anything; it then writes
+class names (unless --unknown ignore) or two annotations of one image key before writing anything, naming every
+such problem in one message (check's report, too, lists the files that could not be read with the problems of
+those that could, and a build refuses the export with all of them); it then writes
 one palette PNG mask per image, named after the image's key: its file stem, or where stems repeat in an export a
 path such as Train/img0 (a CVAT project's subset) or seq1/frame_001 (a mask folder's subfolder), written in
 subfolders of the output. check prints the validation report (labels/validate.py) and exits non-zero when it finds
@@ -38,7 +40,7 @@ from streetseg_jax.labels.convert import (UNKNOWN_CHOICES, UnknownLabelsError, a
 from streetseg_jax.labels.images import IMAGE_SUFFIXES, case_insensitive, file_ids, image_size
 from streetseg_jax.labels.label_map import (LabelMap, LabelMapError, default_label_map, label_map_of_export,
                                            starter_label_map, starter_of_colours, starter_of_values)
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key, listing
+from streetseg_jax.labels.shapes import Annotation, LabelFormatError, image_key, listing, problems_error
 from streetseg_jax.labels.validate import (CheckOptions, duplicate_keys, label_problems, locate_images, shape_warnings,
                                            size_mismatch, size_problem, validate, write_json)
 
@@ -78,8 +80,10 @@ def _common_arguments(parser: argparse.ArgumentParser, unknown: bool = True) -> 
 
 
 # --- reading -----------------------------------------------------------------------------------------------------
-def read_export(fmt: str, path: Path, label_map: LabelMap, seed_map: bool = False) -> tuple[str, list[Annotation]]:
-    """(the format, every annotation in the export); a clear exit for a missing, unreadable or empty export.
+def read_export(fmt: str, path: Path, label_map: LabelMap,
+                seed_map: bool = False) -> tuple[str, list[Annotation], list[str]]:
+    """(the format, the annotations of the export that could be read, a line for each file that could not:
+    formats.read_readable); a clear exit for a missing or empty export, or one that cannot be read as a whole.
     `seed_map`: the label map is the seed's for want of another (said before masks are read with it)."""
     if not path.exists():
         fail(f"input {path} does not exist")
@@ -90,19 +94,19 @@ def read_export(fmt: str, path: Path, label_map: LabelMap, seed_map: bool = Fals
         if fmt == "masks" and seed_map:        # ids mean nothing without their names: said, as the export's are
             print(f"note: the masks' values are read as the seed's classes ({', '.join(label_map.names)}), no "
                   "label map being given or found in the export; --label_map names the export's", file=sys.stderr)
-        annotations = formats.read(fmt, path, label_map)
+        annotations, problems = formats.read_readable(fmt, path, label_map)
     except (LabelFormatError, UnknownLabelsError) as e:
         fail(str(e))
     except Exception as e:  # noqa: BLE001 - a reader bug still reaches the user as a message, not a traceback
         fail(f"the {fmt} reader failed on {path} ({type(e).__name__}: {e}); this is a bug in streetseg_jax, "
              "please report it with the file")
-    return fmt, annotations
+    return fmt, annotations, problems
 
 
-def read_with_label_map(args: argparse.Namespace) -> tuple[LabelMap, str, list[Annotation]]:
+def read_with_label_map(args: argparse.Namespace) -> tuple[LabelMap, str, list[Annotation], list[str]]:
     """The label map (--label_map, else the export's own: cli.export_label_map, else the seed's classes), and the
-    export read with it: (label map, format, annotations); `args.label_map_read` is the label map's file (None: the
-    seed's)."""
+    export read with it: (label map, format, annotations, problems of the files that could not be read: read_export);
+    `args.label_map_read` is the label map's file (None: the seed's)."""
     from streetseg_jax.predict_export import export_in_output
     args.input, args.format = export_in_output(args.input, args.format)
     path = args.label_map if args.label_map is not None else export_label_map(args.input)
@@ -111,36 +115,20 @@ def read_with_label_map(args: argparse.Namespace) -> tuple[LabelMap, str, list[A
         label_map = default_label_map() if path is None else LabelMap.load(path)
     except LabelMapError as e:
         fail(str(e))
-    fmt, annotations = read_export(args.format or "voc", args.input, label_map, seed_map=path is None)
-    return label_map, fmt, annotations
+    return label_map, *read_export(args.format or "voc", args.input, label_map, seed_map=path is None)
 
 
 # --- to-masks ----------------------------------------------------------------------------------------------------
 def to_masks(args: argparse.Namespace) -> None:
-    label_map, fmt, annotations = read_with_label_map(args)
-    sizes = [f"{a.source}: {problem}" for a in annotations if (problem := size_problem(a.width, a.height))]
-    if sizes:
-        fail("cannot draw masks of these sizes:" + listing(sizes))
-    clashes = duplicate_keys(annotations)
-    if clashes:
-        fail("two or more annotations would write the same mask file:" + listing(sorted(set(clashes.values()))))
-    folded = _case_clashes([image_key(a) for a in annotations])
-    if folded and case_insensitive(args.output):
-        fail("these masks would be one file on this disk, where case does not count (macOS, Windows): "
-             + listing(folded) + "\nrename the images, or write the masks to a disk that tells them apart")
+    label_map, fmt, annotations, unreadable = read_with_label_map(args)
     located = [dataclasses.replace(a) for a in annotations]     # keys are the annotations' as read: copies
     locate_images(located, args.input if args.input.is_dir() else args.input.parent)
-    overwritten = inputs_overwritten(annotations, located, args.output)
-    if overwritten:
-        fail("these masks would overwrite the export's own files (a PNG photo's or mask's mask has its name) or lie "
-             "beside its mask or photo of that name, which the next read could not tell from it; give another --output:"
-             + listing(overwritten))
-    if args.unknown == "error":
-        unknown = find_unknown_labels(annotations, label_map)
-        if unknown:
-            fail(str(UnknownLabelsError(unknown, label_map)))
     for mismatch in sizes_unlike_the_images(located):
         print(f"warning: {mismatch}", file=sys.stderr)
+    unread = [str(problems_error(unreadable))] if unreadable else []
+    refusals = unread + refusals_of(args, annotations, located, label_map)
+    if refusals:
+        fail("\n".join(refusals))
     try:
         problems = write_masks(annotations, label_map, args.output)
     except (OSError, ValueError) as e:     # ValueError: a key no file system takes (a NUL byte in a stem)
@@ -151,6 +139,33 @@ def to_masks(args: argparse.Namespace) -> None:
         print(f"warning: {problem}", file=sys.stderr)
     shapes = sum(len(a.shapes) for a in annotations)
     print(f"wrote {len(annotations)} masks to {args.output} ({shapes} shapes, {len(problems)} problems)")
+
+
+def refusals_of(args: argparse.Namespace, annotations: list[Annotation], located: list[Annotation],
+                label_map: LabelMap) -> list[str]:
+    """Why to-masks cannot write the masks of the annotations that read (`located`: copies with their images found),
+    a message for each check that fails: all of them at once, with the files that did not read."""
+    refusals = []
+    sizes = [f"{a.source}: {problem}" for a in annotations if (problem := size_problem(a.width, a.height))]
+    if sizes:
+        refusals.append("cannot draw masks of these sizes:" + listing(sizes))
+    clashes = duplicate_keys(annotations)
+    if clashes:
+        refusals.append("two or more annotations would write the same mask file:"
+                        + listing(sorted(set(clashes.values()))))
+    folded = _case_clashes([image_key(a) for a in annotations])
+    if folded and case_insensitive(args.output):
+        refusals.append("these masks would be one file on this disk, where case does not count (macOS, Windows): "
+                        + listing(folded) + "\nrename the images, or write the masks to a disk that tells them apart")
+    overwritten = inputs_overwritten(annotations, located, args.output)
+    if overwritten:
+        refusals.append("these masks would overwrite the export's own files (a PNG photo's or mask's mask has its "
+                        "name) or lie beside its mask or photo of that name, which the next read could not tell from "
+                        "it; give another --output:" + listing(overwritten))
+    unknown = find_unknown_labels(annotations, label_map) if args.unknown == "error" else {}
+    if unknown:
+        refusals.append(str(UnknownLabelsError(unknown, label_map)))
+    return refusals
 
 
 def _case_clashes(keys: list[str]) -> list[str]:
@@ -227,7 +242,7 @@ def _a_check_report(path: Path) -> bool:
 
 
 def check(args: argparse.Namespace) -> None:
-    label_map, fmt, annotations = read_with_label_map(args)
+    label_map, fmt, annotations, unreadable = read_with_label_map(args)
     if args.json is not None and _part_of_the_export(args.json, args, annotations):
         fail(f"--json {args.json} is a file of the export or its label map (it would be overwritten); give another "
              "file")
@@ -236,7 +251,7 @@ def check(args: argparse.Namespace) -> None:
     progress = lambda fn, jobs: tqdm(map(fn, jobs), total=len(jobs), desc="checking", unit="file",  # noqa: E731
                                      disable=None, leave=False)
     report = validate(annotations, label_map, fmt=fmt, source=args.input, root=root, options=options,
-                      map_fn=progress)
+                      map_fn=progress, unreadable=unreadable)
     if args.json:       # first: a reader of the printout that stops (| head) ends the command
         try:
             write_json(report, args.json)
@@ -255,7 +270,9 @@ def classes(args: argparse.Namespace) -> None:
         fail(f"--output {args.output} exists (a label map edited by hand, perhaps); give a new file")
     if _masks_without_label_map(args):
         return mask_classes(args)
-    label_map, fmt, annotations = read_with_label_map(args)
+    label_map, fmt, annotations, unreadable = read_with_label_map(args)
+    if unreadable:
+        fail(str(problems_error(unreadable)))
     labels = [[shape.label for shape in annotation.shapes if not shape.ignore] for annotation in annotations]
     shapes = collections.Counter(name for names in labels for name in names)
     images = collections.Counter(name for names in labels for name in set(names))

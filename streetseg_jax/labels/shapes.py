@@ -5,6 +5,8 @@ so pixel (row r, column c) is the unit square [c, c+1) x [r, r+1) and its centre
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from pathlib import Path
@@ -70,19 +72,43 @@ def listing(lines: list[str], limit: int = 20) -> str:
 
 def read_each(items, read_one) -> list:
     """`read_one(item)` for every item (an export's files, its annotations); the LabelFormatError of every item that
-    fails is collected, and raised as one naming them all: an export with two broken files named one, then the next
-    once that was mended."""
+    fails is collected, and raised as one naming them all (problems_error): an export with two broken files named
+    one, then the next once that was mended. Within `collecting_problems()` nothing is raised: the problems go to
+    its list and the results of the items that did read come back, for the caller to validate and report with them."""
     results, problems = [], []
     for item in items:
         try:
             results.append(read_one(item))
         except LabelFormatError as e:
             problems.append(str(e))
-    if len(problems) == 1:
-        raise LabelFormatError(problems[0])
-    if problems:
-        raise LabelFormatError(f"{len(problems)} problems in the annotations:" + listing(problems))
+    collected = _collected.get()
+    if collected is not None:
+        collected.extend(problems)
+    elif problems:
+        raise problems_error(problems)
     return results
+
+
+_collected: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("collected", default=None)
+
+
+@contextlib.contextmanager
+def collecting_problems():
+    """A list that read_each appends the problems of the items it cannot read to, instead of raising them: a run
+    then reports them with validation's problems of the annotations that did read, not one round after another."""
+    problems: list[str] = []
+    token = _collected.set(problems)
+    try:
+        yield problems
+    finally:
+        _collected.reset(token)
+
+
+def problems_error(problems: list[str]) -> LabelFormatError:
+    """One LabelFormatError of the reading problems: the one, or "N problems in the annotations:" and each."""
+    if len(problems) == 1:
+        return LabelFormatError(problems[0])
+    return LabelFormatError(f"{len(problems)} problems in the annotations:" + listing(problems))
 
 
 _MAX_KEY_PART = 200     # bytes of one folder or file name in a key (file systems allow 255, and ".png" follows)

@@ -568,10 +568,14 @@ class Report:
     label_map: LabelMap
     files: list[FileReport]
     unannotated: list[str] = dataclasses.field(default_factory=list)    # images under the export no file labels
+    unreadable: list[str] = dataclasses.field(default_factory=list)     # "file: problem" of each file that could
+                                                                        # not be read (formats.read_readable)
 
     @property
     def errors(self) -> list[tuple[str, str]]:
-        return [(f.annotation, e) for f in self.files for e in f.errors]
+        """(file, problem): the files that could not be read first, then the problems of those that could."""
+        return [_file_and_problem(line) for line in self.unreadable] + [
+            (f.annotation, e) for f in self.files for e in f.errors]
 
     @property
     def warnings(self) -> list[tuple[str, str]]:
@@ -643,9 +647,10 @@ class Report:
 
 def validate(annotations: list[Annotation], label_map: LabelMap, *, fmt: str = "", source: str | Path = "",
              root: Path | None = None, options: CheckOptions | None = None,
-             map_fn: Callable = map) -> Report:
+             map_fn: Callable = map, unreadable: list[str] = ()) -> Report:
     """Check every annotation (`map_fn` may be a process pool's imap over `check_job`); when `root` is given, the
-    images are looked for under it first (locate_images)."""
+    images are looked for under it first (locate_images). `unreadable`: the lines of the export's files that could
+    not be read (formats.read_readable), errors of the report with the others'."""
     options = options or CheckOptions()
     keys = [image_key(a) for a in annotations]      # before images are located: a key must not depend on them
     known: dict[int, list[str]] = {}
@@ -657,9 +662,17 @@ def validate(annotations: list[Annotation], label_map: LabelMap, *, fmt: str = "
         for i, message in locate_images(annotations, Path(root), index).items():
             known.setdefault(i, []).append(message)
         if fmt in _IMAGES_BESIDE:
-            unannotated = _unannotated(annotations, index, _photo_folders(fmt, Path(root)))
+            unread = {Path(_file_and_problem(line)[0]).stem for line in unreadable}     # their photos: not said
+            unannotated = [name for name in _unannotated(annotations, index, _photo_folders(fmt, Path(root)))
+                           if Path(name).stem not in unread]
     jobs = [(a, label_map, options, known.get(i, []), keys[i]) for i, a in enumerate(annotations)]
-    return Report(fmt, str(source), label_map, list(map_fn(check_job, jobs)), unannotated)
+    return Report(fmt, str(source), label_map, list(map_fn(check_job, jobs)), unannotated, list(unreadable))
+
+
+def _file_and_problem(line: str) -> tuple[str, str]:
+    """A reader's problem line, "file: problem", as that pair (("", line) where it names no file first)."""
+    file, _, problem = line.partition(": ")
+    return (file, problem) if problem else ("", line)
 
 
 # Formats whose exports hold the photos and the annotations only (others keep renders beside them); a mask
@@ -711,6 +724,8 @@ def _report_dict(report: Report) -> dict:
         "errors": len(report.errors), "warnings": len(report.warnings),
         "problems": [{"file": report.source, "key": None, "severity": "warning", "message": m}
                      for m in report.export_warnings()]      # first: a long list of the files' is cut short
+        + [{"file": file, "key": None, "severity": "error", "message": m}
+           for file, m in map(_file_and_problem, report.unreadable)]
         + [{"file": f.annotation, "key": f.key, "severity": severity, "message": m}
            for f in report.files for severity, messages in (("error", f.errors), ("warning", f.warnings))
            for m in messages],

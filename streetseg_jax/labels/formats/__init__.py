@@ -4,7 +4,8 @@
     looks_like(path: Path) -> bool                               # for --format auto
 
 and raises `LabelFormatError` naming the file and the problem for anything it cannot read (every file that fails,
-at once: shapes.read_each). The label map is
+at once: shapes.read_each; `read_readable` below gives them as lines beside the annotations that did read, for the
+CLI and the builder to report with validation's problems in one run). The label map is
 passed for formats whose files hold ids or colours rather than names (mask PNGs). `read` below also refuses
 coordinates no tool writes (not finite, or beyond rasterize.coordinate_limit) for every format in one place.
 """
@@ -19,7 +20,8 @@ import numpy as np
 
 from streetseg_jax.labels.images import file_ids
 from streetseg_jax.labels.rasterize import coordinate_limit
-from streetseg_jax.labels.shapes import Annotation, LabelFormatError, export_split, image_key, make_key, read_each
+from streetseg_jax.labels.shapes import (Annotation, LabelFormatError, collecting_problems, export_split, image_key,
+                                         make_key, problems_error, read_each)
 
 FORMATS = ("voc", "mit_xml", "labelme", "coco", "coco_panoptic", "cvat", "labelbox", "cityscapes", "mapillary",
            "masks")
@@ -34,16 +36,31 @@ def reader(name: str):
 
 
 def read(name: str, path: Path, label_map) -> list:
-    """Every annotation of the export at `path`, in format `name`; LabelFormatError when there is none."""
+    """Every annotation of the export at `path`, in format `name`; LabelFormatError when there is none, or naming
+    every file that cannot be read."""
+    annotations, problems = read_readable(name, path, label_map)
+    if problems:
+        raise problems_error(problems)
+    return annotations
+
+
+def read_readable(name: str, path: Path, label_map) -> tuple[list, list[str]]:
+    """(the annotations of the export at `path` that could be read, a line naming each file that could not and
+    why): a caller validates the first and reports both at once. LabelFormatError where the export as a whole cannot
+    be read or holds no annotation."""
     path = Path(path)
-    annotations = reader(name).read(path, label_map)
-    if not annotations:
-        raise LabelFormatError(_nothing_read(name, path))
-    read_each(annotations, check_coordinates)
+    with collecting_problems() as problems:
+        try:
+            annotations = reader(name).read(path, label_map)
+        except LabelFormatError as e:               # the export as a whole, after some files' problems
+            raise problems_error([*problems, str(e)]) from None
+        if not annotations and not problems:
+            raise LabelFormatError(_nothing_read(name, path))
+        annotations = read_each(annotations, check_coordinates)
     root = path if path.is_dir() else path.parent
     add_folders_to_clashing_keys(annotations, root)
     add_split_folders(annotations, root)
-    return annotations
+    return annotations, problems
 
 
 def add_split_folders(annotations: list[Annotation], root: Path) -> None:
@@ -124,8 +141,8 @@ def _inside_root(name: str, root: Path) -> str | None:
         return None
 
 
-def check_coordinates(annotation: Annotation) -> None:
-    """LabelFormatError for a ring with a coordinate that is not finite or lies beyond coordinate_limit: such a
+def check_coordinates(annotation: Annotation) -> Annotation:
+    """The annotation; LabelFormatError for a ring with a coordinate that is not finite or lies beyond coordinate_limit: such a
     shape cannot be drawn, and leaving it out would change the mask without anyone being told."""
     limit = coordinate_limit(annotation.height, annotation.width)
     for i, shape in enumerate(annotation.shapes):
@@ -137,6 +154,7 @@ def check_coordinates(annotation: Annotation) -> None:
                 raise LabelFormatError(f"{annotation.source}{image}: shape {i} ({shape.label!r}): coordinate "
                                        f"{points[bad][0]:g} is out of range (a {annotation.width}x"
                                        f"{annotation.height} image allows at most +-{limit:g})")
+    return annotation
 
 
 def detect(path: Path) -> str:

@@ -97,10 +97,9 @@ def read(path: Path, label_map) -> list[Annotation]:
         pair = functools.partial(_read_pair_mask, label_map=label_map, images=images, image_dir=image_dir,
                                  above=above, split=split, listed=listed)
         jobs += [functools.partial(pair, key, mask) for key, mask in sorted(masks.items())]
-    annotations = read_each(jobs, lambda job: job())
-    if not annotations:
+    if not jobs:
         raise LabelFormatError(f"{path}: the mask folders ({', '.join(str(m) for _, m in pairs)}) hold no masks")
-    return annotations
+    return read_each(jobs, lambda job: job())
 
 
 def _read_pair_mask(key: str, mask: Path, *, label_map, images: dict[str, Path], image_dir: Path | None,
