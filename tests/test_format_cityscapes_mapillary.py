@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import ROOT
 from streetseg_jax.labels import formats
-from streetseg_jax.labels.convert import annotation_to_mask
+from streetseg_jax.labels.convert import UnknownLabelsError, annotation_to_mask
 from streetseg_jax.labels.formats import cityscapes, mapillary
 from streetseg_jax.labels.label_map import ClassInfo, LabelMap, default_label_map
 from streetseg_jax.labels.shapes import LabelFormatError
@@ -153,6 +153,62 @@ def test_cityscapes_bad_files_name_the_file(tmp_path, content, problem):
 def test_cityscapes_empty_folder(tmp_path):
     with pytest.raises(LabelFormatError, match="no Cityscapes"):
         cityscapes.read(tmp_path, STREET)
+
+
+def label_ids_export(root: Path, ids: np.ndarray, kind: str = "labelIds") -> Path:
+    """root/gtFine/train/aachen/<stem>_gtFine_<kind>.png holding `ids`, and its leftImg8bit photo."""
+    write_image(root / "leftImg8bit" / "train" / "aachen" / f"{STEM}_leftImg8bit.png", ids.shape[1], ids.shape[0])
+    path = root / "gtFine" / "train" / "aachen" / f"{STEM}_gtFine_{kind}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(ids.astype(np.uint8), "L").save(path)
+    return path
+
+
+def street_label_ids() -> np.ndarray:
+    """An 8 x 16 labelIds mask: unlabeled (0) above, road (7) below, sidewalk (8) and a polegroup (18) on it."""
+    ids = np.zeros((8, 16), np.uint8)
+    ids[4:] = 7
+    ids[4:, 12:] = 8
+    ids[5:7, 2:6] = 18
+    return ids
+
+
+def test_cityscapes_label_id_masks_are_read_by_their_names(tmp_path):
+    """A Cityscapes package with the *_gtFine_labelIds.png masks alone was refused (read the polygons beside them,
+    which it did not have)."""
+    path = label_ids_export(tmp_path, street_label_ids())
+    poles = LabelMap((*STREET.classes, ClassInfo(6, "pole", (153, 153, 153))))
+    assert formats.detect(tmp_path) == "cityscapes"
+    (annotation,) = formats.read("cityscapes", tmp_path, poles)
+    assert annotation.source == path and annotation.split == "train"
+    assert annotation.image_path == (tmp_path / "leftImg8bit" / "train" / "aachen" / f"{STEM}_leftImg8bit.png").resolve()
+    assert [s.label for s in annotation.shapes] == ["unlabeled", "road", "sidewalk", "pole"]    # polegroup: its base
+    expected = np.full((8, 16), UNLABELED, np.uint8)
+    expected[4:], expected[4:, 12:], expected[5:7, 2:6] = ROAD, SIDEWALK, 6
+    np.testing.assert_array_equal(annotation_to_mask(annotation, poles).mask, expected)
+    with pytest.raises(UnknownLabelsError, match="'pole'"):         # as a polygon of a class the map does not know
+        annotation_to_mask(cityscapes.read(path, STREET)[0], STREET)
+    mask = annotation_to_mask(cityscapes.read(path, STREET)[0], STREET, unknown="ignore").mask
+    assert (mask[5:7, 2:6] == STREET.ignore_id).all() and (mask[4, :12] == ROAD).all()
+
+
+def test_cityscapes_polygons_are_read_before_their_label_id_masks_and_train_ids_never(tmp_path):
+    label_ids_export(tmp_path / "trainIds", street_label_ids(), kind="trainIds")
+    with pytest.raises(LabelFormatError, match=r"no Cityscapes .* not \*_trainIds.png"):
+        cityscapes.read(tmp_path / "trainIds", STREET)
+    label_ids_export(tmp_path, np.full((8, 16), 26, np.uint8))
+    json_path = cityscapes_export(tmp_path)
+    (annotation,) = cityscapes.read(tmp_path, STREET)
+    assert annotation.source == json_path and [s.label for s in annotation.shapes] == ["road", "sidewalk", "car"]
+
+
+def test_cityscapes_label_id_mask_of_no_label_id_names_the_file(tmp_path):
+    ids = street_label_ids()
+    ids[0, 0] = 40
+    path = label_ids_export(tmp_path, ids)
+    with pytest.raises(LabelFormatError, match=r"pixel value\(s\) 40 are no Cityscapes label id") as error:
+        cityscapes.read(tmp_path, STREET)
+    assert str(path) in str(error.value)
 
 
 # --- Mapillary Vistas ------------------------------------------------------------------------------------------------

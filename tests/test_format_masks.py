@@ -327,17 +327,14 @@ def test_mapillary_label_masks_find_their_photos_one_folder_up(tmp_path):
     np.testing.assert_array_equal(round_trip(annotation), random_ids(1))
 
 
-@pytest.mark.parametrize("fmt", ["masks", "cityscapes", "auto"])
-def test_cityscapes_label_id_masks_are_said_to_be_unread(tmp_path, fmt):
-    """gtFine/*_gtFine_labelIds.png with leftImg8bit/ photos: 'no mask folder found', 'no *_gtFine_polygons.json
-    files', 'cannot tell', none saying what is read and what to do."""
-    from streetseg_jax.labels import formats
-
+def test_cityscapes_label_id_masks_are_sent_to_the_cityscapes_reader(tmp_path):
+    """gtFine/*_gtFine_labelIds.png with leftImg8bit/ photos: 'no mask folder found', not saying what reads them
+    (the Cityscapes reader's tests read them)."""
     save(tmp_path / "gtFine" / "val" / "ulm" / "ulm_000001_000019_gtFine_labelIds.png", encode(random_ids(1), "L"))
     save(tmp_path / "leftImg8bit" / "val" / "ulm" / "ulm_000001_000019_leftImg8bit.png", Image.new("RGB", (16, 12)))
-    with pytest.raises(LabelFormatError, match=r"holds 1 \*_gtFine_labelIds.png mask\(s\), which are not read: read "
-                                               r"the \*_gtFine_polygons.json files"):
-        formats.detect(tmp_path) if fmt == "auto" else formats.read(fmt, tmp_path, LABEL_MAP)
+    with pytest.raises(LabelFormatError, match=r"holds 1 Cityscapes \*_gtFine_labelIds.png mask\(s\): read them with "
+                                               "--format cityscapes"):
+        masks.read(tmp_path, LABEL_MAP)
 
 
 def test_detection_of_masks_without_images_says_so(tmp_path):

@@ -1,4 +1,4 @@
-"""Cityscapes polygon annotations: `gtFine/<split>/<city>/<stem>_gtFine_polygons.json`.
+"""Cityscapes annotations: `gtFine/<split>/<city>/<stem>_gtFine_polygons.json`, else its label-id masks.
 
     {"imgHeight": 1024, "imgWidth": 2048,
      "objects": [{"label": "road", "polygon": [[0, 769], [290, 574], ...], "deleted": 0, ...}, ...]}
@@ -14,8 +14,17 @@ json2labelImg fills with PIL, which puts integer vertices at pixel centres and f
 differ from ours along polygon edges by up to a pixel; the interiors agree.
 
 A folder holding gtFine files is read without its gtCoarse files (Cityscapes ships coarse polygons for images that
-also have fine ones); a folder with only gtCoarse files is read as such. Images are looked up in
-`leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png` next to the gtFine folder, or beside the JSON file.
+also have fine ones); a folder with only gtCoarse files is read as such.
+
+A folder with no polygon file (some packages derived from Cityscapes ship the masks alone) is read from its
+`<stem>_gtFine_labelIds.png` masks (else gtCoarse's): 8-bit grey, each pixel one of Cityscapes' 34 label ids
+(LABEL_IDS), which becomes its Cityscapes class name (`7` -> `road`), then a class of the label map by name or
+alias, as a polygon's label does (`polegroup` -> `pole` as above; names the label map does not know, such as
+`unlabeled` or `ego vehicle`, are unknown class names). The `*_trainIds.png` masks are not read (their 19 ids leave
+the other classes out), nor are labelIds masks beside polygon files, which they were drawn from.
+
+Images are looked up in `leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png` next to the gtFine folder, or beside
+the JSON or mask file.
 """
 from __future__ import annotations
 
@@ -28,38 +37,54 @@ from streetseg_jax.labels.images import check_size, files_under, iter_files, res
 from streetseg_jax.labels.jsonio import load_json
 from streetseg_jax.labels.shapes import Annotation, LabelFormatError, Shape, read_each
 
-_NAME = re.compile(r"^(?P<stem>.+)_(?P<kind>gtFine|gtCoarse)_polygons\.json$")
+_NAME = re.compile(r"^(?P<stem>.+)_(?P<kind>gtFine|gtCoarse)_(polygons\.json|labelIds\.png)$")
 _SKIPPED_UNLESS_KNOWN = ("license plate",)
+_PATTERNS = ("*_gtFine_polygons.json", "*_gtCoarse_polygons.json", "*_gtFine_labelIds.png", "*_gtCoarse_labelIds.png")
+
+# Cityscapes' label ids and names, as its labels.py defines them; license plate's -1 is no pixel value of a mask
+LABEL_IDS = {
+    0: "unlabeled", 1: "ego vehicle", 2: "rectification border", 3: "out of roi", 4: "static", 5: "dynamic",
+    6: "ground", 7: "road", 8: "sidewalk", 9: "parking", 10: "rail track", 11: "building", 12: "wall", 13: "fence",
+    14: "guard rail", 15: "bridge", 16: "tunnel", 17: "pole", 18: "polegroup", 19: "traffic light",
+    20: "traffic sign", 21: "vegetation", 22: "terrain", 23: "sky", 24: "person", 25: "rider", 26: "car",
+    27: "truck", 28: "bus", 29: "caravan", 30: "trailer", 31: "train", 32: "motorcycle", 33: "bicycle",
+    -1: "license plate",
+}
 
 
 def read(path: Path, label_map) -> list[Annotation]:
-    """Every `*_gtFine_polygons.json` under a folder (sorted), or one file."""
+    """Every `*_gtFine_polygons.json` under a folder (sorted), else every `*_gtFine_labelIds.png`; or one file."""
     path = Path(path)
-    files = _polygon_files(path) if path.is_dir() else [path]
+    files = _annotation_files(path) if path.is_dir() else [path]
     if not files:
-        raise LabelFormatError(f"{path}: no Cityscapes *_gtFine_polygons.json files in this folder (this reader "
-                               f"reads the polygon JSON files){label_id_masks_hint(path)}")
-    return read_each(files, lambda f: read_cityscapes(f, label_map))
+        raise LabelFormatError(f"{path}: no Cityscapes *_gtFine_polygons.json files nor *_gtFine_labelIds.png masks "
+                               "in this folder (this reader reads the polygon JSON files, else the labelIds masks; "
+                               "not *_trainIds.png)")
+    return read_each(files, lambda f: read_file(f, label_map))
 
 
 def label_id_masks_hint(path: Path) -> str:
-    """"; it holds N *_gtFine_labelIds.png masks ..." where `path` holds Cityscapes' label-id masks but no
-    polygons: no reader pairs them with their leftImg8bit photos, and the polygons they were drawn from come
-    beside them in gtFine."""
+    """"; it holds N *_gtFine_labelIds.png masks ..." where `path` holds Cityscapes' label-id masks, which the
+    Cityscapes reader reads (their names do not pair them with their leftImg8bit photos as a mask folder's)."""
     found = sum(1 for _ in iter_files(Path(path), "*_gt*_labelIds.png")) if Path(path).is_dir() else 0
     if not found:
         return ""
-    return (f"; it holds {found} *_gtFine_labelIds.png mask(s), which are not read: read the *_gtFine_polygons.json "
-            "files that Cityscapes' gtFine package keeps beside them (--format cityscapes), as they were drawn from "
-            "them")
+    return f"; it holds {found} Cityscapes *_gtFine_labelIds.png mask(s): read them with --format cityscapes"
 
 
 def looks_like(path: Path) -> bool:
-    """A `*_gtFine_polygons.json` (or gtCoarse) file, or a folder holding one: Cityscapes' own file naming."""
+    """A `*_gtFine_polygons.json` or `*_gtFine_labelIds.png` (or gtCoarse) file, or a folder holding one:
+    Cityscapes' own file naming."""
     path = Path(path)
     if path.is_dir():
-        return next(iter_files(path, "*_gt*_polygons.json"), None) is not None
+        return any(next(iter_files(path, pattern), None) is not None
+                   for pattern in ("*_gt*_polygons.json", "*_gt*_labelIds.png"))
     return _NAME.match(path.name) is not None
+
+
+def read_file(path: Path, label_map=None) -> Annotation:
+    """One polygon file, or one label-id mask."""
+    return read_label_ids(path, label_map) if Path(path).suffix.lower() == ".png" else read_cityscapes(path, label_map)
 
 
 def read_cityscapes(path: str | Path, label_map=None) -> Annotation:
@@ -70,15 +95,37 @@ def read_cityscapes(path: str | Path, label_map=None) -> Annotation:
     if not isinstance(objects, list):
         raise LabelFormatError(f"{path}: 'objects' must be a list")
     shapes = [s for i, obj in enumerate(objects) if (s := _shape(obj, f"{path}: object {i}", label_map))]
+    return _annotation(path, width, height, shapes)
+
+
+def read_label_ids(path: str | Path, label_map=None) -> Annotation:
+    """One `*_gtFine_labelIds.png`: a raster shape per label id it holds, named by LABEL_IDS (see the docstring)."""
+    from streetseg_jax.labels.formats.masks import stored_pixels       # masks imports this module
+    path = Path(path)
+    ids = stored_pixels(path)[1]
+    if ids.ndim != 2:
+        raise LabelFormatError(f"{path}: a labelIds mask holds one Cityscapes label id per pixel (8-bit grey), not "
+                               "colours (the *_gtFine_color.png masks are not read)")
+    values = np.unique(ids).tolist()
+    strange = [v for v in values if v not in LABEL_IDS or v < 0]
+    if strange:
+        raise LabelFormatError(f"{path}: pixel value(s) {', '.join(map(str, strange[:10]))} are no Cityscapes label "
+                               "id (0..33)")
+    shapes = [Shape(label, np.zeros((0, 2)), raster=ids == value)
+              for value in values if (label := _base_label(LABEL_IDS[value], label_map))]
+    return _annotation(path, ids.shape[1], ids.shape[0], shapes)
+
+
+def _annotation(path: Path, width: int, height: int, shapes: list[Shape]) -> Annotation:
     stem = _stem(path)
     annotation = Annotation(path, f"{stem}_leftImg8bit.png", width, height, shapes)
     annotation.image_path = _image_path(path, stem)
     return annotation
 
 
-def _polygon_files(folder: Path) -> list[Path]:
-    fine = files_under(folder, "*_gtFine_polygons.json")
-    return fine or files_under(folder, "*_gtCoarse_polygons.json")
+def _annotation_files(folder: Path) -> list[Path]:
+    """The polygon files (fine before coarse), else the label-id masks (fine before coarse)."""
+    return next((files for pattern in _PATTERNS if (files := files_under(folder, pattern))), [])
 
 
 def _shape(obj, where: str, label_map) -> Shape | None:

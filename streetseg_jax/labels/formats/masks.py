@@ -8,8 +8,8 @@ Layouts recognised in the export folder (or in each of its direct subfolders, e.
                                                              _classes.csv is a label map: label_map_of_export)
 Passing a mask folder itself (or one mask file) works too; its images are then looked for in the sibling folders
 above, or, for Mapillary Vistas' <split>/v2.0/labels/ (a folder in a vN folder), in <split>/images/. Cityscapes'
-*_gtFine_labelIds.png masks are not read (their names do not match their photos'): the messages say to read the
-*_gtFine_polygons.json files beside them. Masks and images are matched by their path below their folders without
+*_gtFine_labelIds.png masks are not read here (their names do not match their photos', nor their values the label
+map's ids): the messages say to read them with --format cityscapes (formats/cityscapes.py). Masks and images are matched by their path below their folders without
 the suffix (`masks/a/b.png` goes with `images/a/b.jpg`); a mask named `<stem>_mask`, `_label`, `_labels` or `_L`
 also matches `<stem>` (CamVid's original masks are `<stem>_L.png`).
 
@@ -171,7 +171,7 @@ def read_mask(path: str | Path, label_map, image: tuple[Path, Path] | None = Non
 
 def mask_ids(path: Path, label_map) -> np.ndarray:
     """(H, W) uint8 class ids of a mask file, ignore pixels set to the label map's ignore id."""
-    mode, pixels, palette, transparent = _pixels(path)
+    mode, pixels, palette, transparent = stored_pixels(path)
     if transparent is not None:             # a palette's transparent colour: ignore, as RGBA's alpha 0
         shown = pixels[~transparent][:1].max(initial=0)        # any index the mask shows stands in for them
         ids = _palette_ids(np.where(transparent, shown, pixels), palette, path, label_map)
@@ -229,7 +229,7 @@ def _mask_files(path: Path) -> list[Path]:
 def _pixel_counts(path: Path) -> tuple[str, dict[int, int]]:
     """("values", {pixel value: pixels}) of a greyscale or palette mask, ("colours", {packed colour: pixels}) of
     an RGB(A) one; a palette's transparent pixels and RGBA's are left out (ignore, as read() takes them)."""
-    mode, pixels, _, transparent = _pixels(path)
+    mode, pixels, _, transparent = stored_pixels(path)
     if mode in ("RGB", "RGBA"):
         kind, found = "colours", _packed(pixels)
         shown = ~_transparent(pixels, path) if mode == "RGBA" else np.ones(found.shape, bool)
@@ -336,7 +336,7 @@ def _image_for_file(mask: Path) -> tuple[Path, Path] | None:
 
 # --- pixel values ----------------------------------------------------------------------------------------------------
 
-def _pixels(path: Path) -> tuple[str, np.ndarray, list[int] | None, np.ndarray | None]:
+def stored_pixels(path: Path) -> tuple[str, np.ndarray, list[int] | None, np.ndarray | None]:
     """The mask's mode, pixels as stored (a palette image gives its indices), palette (r, g, b, r, ...; None but in
     mode P) and a palette's fully transparent pixels (None where it has none); too large (Pillow's bomb limit),
     unreadable or many-paged files are LabelFormatErrors, and so are GIF and JPEG masks."""
