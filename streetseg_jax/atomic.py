@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import importlib.util
 import os
+import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -104,6 +108,41 @@ def save_image(image, path: str | Path, format: str | None = None, **params) -> 
     return write_bytes(path, buffer.getvalue())
 
 
+@contextlib.contextmanager
+def folder_filled_whole(path: str | Path):
+    """A hidden folder beside `path` (.<name>.incomplete@host@pid@...) for the block to fill, whose files become
+    `path`'s when the block ends without an exception: the folder is renamed to `path` where there is none, else its
+    files are renamed into it one by one (milliseconds, after all of them were written). An exception removes it; a
+    process killed in the block leaves `path` as it was, and the hidden folder, which the next call for `path`
+    removes (its process gone: owner_is_gone)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{_shortened(path.name, 200)}{_INCOMPLETE}"
+    for left in path.parent.glob(f"{glob.escape(prefix)}@*"):
+        if owner_is_gone(left.name):
+            shutil.rmtree(left, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{prefix}{owner_tag()}", dir=path.parent))
+    try:
+        os.chmod(scratch, 0o777 & ~_umask())       # as a folder made with mkdir, once renamed into place
+        yield scratch
+        _move_into(scratch, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+_INCOMPLETE = ".incomplete"
+
+
+def _move_into(scratch: Path, path: Path) -> None:
+    if not path.exists():
+        os.rename(scratch, path)
+        return
+    for file in sorted(p for p in scratch.rglob("*") if not p.is_dir()):
+        target = path / file.relative_to(scratch)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(file, target)
+
+
 def check_writable(folder: str | Path) -> None:
     """OSError unless a file can be made in `folder`: a probe file, made and removed (a read-only mount or a full
     quota says so here, not at the first real write)."""
@@ -170,3 +209,23 @@ def _lock_folder() -> Path:
 
 def _lock_key(path: Path) -> str:
     return hashlib.sha256(os.fsencode(Path(path).resolve())).hexdigest()[:16]
+
+
+def owner_tag() -> str:
+    """"@host@pid@": put in the names of the folders a build or to-masks writes on the way, for owner_is_gone."""
+    return f"@{socket.gethostname()}@{os.getpid()}@"
+
+
+def owner_is_gone(name: str) -> bool:
+    """Whether the name carries an owner_tag of a process that has ended on this machine (False when unsure: no
+    tag, another machine's, a process of another user)."""
+    tag = re.search(r"@([^@]+)@(\d+)@", name)
+    if tag is None or tag.group(1) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(tag.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False

@@ -155,6 +155,54 @@ def test_module_entry_point_runs(xml_dir, tmp_path):
 
 # --- convert.py directly -------------------------------------------------------------------------------------------
 
+KILL_AT_THIRD_MASK = """
+import os, signal, sys
+from streetseg_jax.labels import __main__ as labels
+original, written = labels.write_mask_png, []
+def write_then_die(*args, **kwargs):
+    original(*args, **kwargs)
+    written.append(args[0])
+    if len(written) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+labels.write_mask_png = write_then_die
+labels.main(sys.argv[1:])
+"""
+
+
+def test_a_to_masks_killed_on_the_way_leaves_no_output_that_looks_whole(xml_dir, tmp_path, monkeypatch):
+    """Killed part way, to-masks left a folder of some of the masks, unmarked, which looked like the whole output."""
+    from streetseg_jax.labels import __main__ as labels_main
+
+    for i in range(3, 8):
+        write_scene(xml_dir / f"street_{i}.xml", ("road", rect(0, 0, 40, 30)))
+    output = tmp_path / "out" / "masks"
+    argv = ["to-masks", "--input", str(xml_dir), "--output", str(output)]
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_THIRD_MASK, *argv], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert not output.exists()
+    left, = output.parent.iterdir()                 # hidden: no reader of the folder takes it for masks
+    assert left.name.startswith(".masks.incomplete@") and len(list(left.glob("*.png"))) == 3
+    main(argv)                                      # the rerun writes them all, and clears what the killed one left
+    assert sorted(p.name for p in output.parent.iterdir()) == ["masks"] and len(list(output.glob("*.png"))) == 7
+    (output / "notes.txt").write_text("mine")
+    calls = []
+    def fail_at_third(path, *args):                 # an error on the way into an existing output: it stays as it was
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        write_mask_png(path, *args)
+    monkeypatch.setattr(labels_main, "write_mask_png", fail_at_third)
+    before = {p.name: p.stat().st_mtime_ns for p in output.iterdir()}
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert {p.name: p.stat().st_mtime_ns for p in output.iterdir()} == before
+    assert sorted(p.name for p in output.parent.iterdir()) == ["masks"]
+    monkeypatch.undo()
+    main(argv)                                      # into an existing folder: its other files stay
+    assert (output / "notes.txt").read_text() == "mine" and len(list(output.glob("*.png"))) == 7
+
+
 def test_find_unknown_labels_and_annotation_to_mask(xml_dir):
     write_scene(xml_dir / "street_3.xml", ("road", rect(0, 0, 40, 30)), ("car", rect(4, 4, 8, 8)))
     annotations = [read_voc(p) for p in sorted(xml_dir.glob("*.xml"))]
@@ -245,7 +293,6 @@ def test_to_masks_refuses_masks_that_differ_only_in_case_on_a_disk_where_case_do
                                                                                                monkeypatch):
     """Frame.jpg's and frame.jpg's masks became one file on macOS and Windows."""
     from streetseg_jax.labels import __main__ as labels_main
-
     export = sample_exports.write_export("labelme", tmp_path / "export")
     for name in ("Frame", "frame"):
         shutil.copy(export / "street_1.png", export / f"{name}.png")

@@ -21,11 +21,11 @@ from typing import Callable
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from streetseg_jax.atomic import WRITE_ERRORS, cannot_write, machine_lock
+from streetseg_jax.atomic import WRITE_ERRORS, cannot_write, machine_lock, owner_is_gone, owner_tag
 from streetseg_jax.data import camvid, inputs
 from streetseg_jax.data.builder import (MASKS_SCRATCH, SCENES_SCRATCH, BuildError, StreetSeg, built_options,
                                         check_options, check_synthetic_label_map, from_annotations_config,
-                                        no_scaffolding_left, owner_is_gone, owner_tag)
+                                        no_scaffolding_left)
 from streetseg_jax.data.configs import CONFIG_OPTIONS
 from streetseg_jax.data.source import built_versions, default_data_dir, is_built, open_built, parse_name
 from streetseg_jax.labels.label_map import LabelMap, default_label_map
@@ -108,7 +108,7 @@ _STALE_SECONDS = 6 * 3600    # an incomplete.* folder nothing was written to for
 def _clear_interrupted_builds(data_dir: Path, log: Callable[[str], None]) -> None:
     """What builds killed on the way left behind: a dataset an interrupted --overwrite had moved aside is put back
     where no new one took its place; our scratch folders (80 MB and more each) and TFDS's incomplete.* folders are
-    removed. Only what provably belongs to no running build: ours carry their process (builder.owner_tag), which
+    removed. Only what provably belongs to no running build: ours carry their process (atomic.owner_tag), which
     must have ended on this machine; TFDS's must have seen no write for hours (another machine, or a build that
     takes no lock, may be writing one right now)."""
     moved_aside = list((data_dir / "street_seg").glob("*/.replaced-*"))

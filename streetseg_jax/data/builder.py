@@ -69,7 +69,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -77,6 +76,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from streetseg_jax.atomic import owner_tag
 from streetseg_jax.cli import absl_warnings_off
 from streetseg_jax.data import camvid, inputs, source
 from streetseg_jax.data.configs import CONFIG_OPTIONS, CONFIGS, EXPORT_NAME_OPTIONS, SYNTHETIC_ONLY
@@ -441,26 +441,6 @@ class _Info(tfds.core.DatasetInfo):
 
 # Prefixes of the scratch folders a build writes under DATA_DIR/downloads (build.py clears those killed builds left).
 MASKS_SCRATCH, SCENES_SCRATCH = "street_seg_masks_", "street_seg_synthetic_"
-
-
-def owner_tag() -> str:
-    """"@host@pid@": put in the names of the folders a build writes on the way, for owner_is_gone."""
-    return f"@{socket.gethostname()}@{os.getpid()}@"
-
-
-def owner_is_gone(name: str) -> bool:
-    """Whether the name carries an owner_tag of a process that has ended on this machine (False when unsure: no
-    tag, another machine's, a process of another user)."""
-    tag = re.search(r"@([^@]+)@(\d+)@", name)
-    if tag is None or tag.group(1) != socket.gethostname():
-        return False
-    try:
-        os.kill(int(tag.group(2)), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
 
 
 @contextlib.contextmanager
