@@ -32,7 +32,8 @@ from streetseg_jax.labels.images import IMAGE_SUFFIXES
 from streetseg_jax.labels.stats import class_pixel_counts, median_frequency_weights
 from streetseg_jax.labels.label_map import LabelMap
 from streetseg_jax.runlog import RunLog, devices
-from streetseg_jax.visualize import best_eval, eval_rows, flatten, hms, plot_curves, read_metrics, run_history
+from streetseg_jax.visualize import (best_eval, devices_differ, eval_rows, flatten, hms, plot_curves, read_metrics,
+                                     run_history, topology_text)
 
 class RunError(RuntimeError):
     """A run that cannot start or continue; the message says why and what to do."""
@@ -689,15 +690,9 @@ def _say_if_the_devices_changed(workdir: Path, log: RunLog) -> None:
     """A resume on other devices than the run's last start (config.json's record) says so: the steps from here are
     an unchanged run's to float rounding only (sums over devices add up in another order)."""
     then, now = _recorded(workdir, "provenance", "devices"), devices()
-    if isinstance(then, dict) and any(then[key] != now[key] for key in now if key in then):    # older records lack some
-        log.say(f"resuming on {_topology(now)}, where the run trained on {_topology(then)} until now: from here on "
-                "its steps equal those of a run that kept its devices to float rounding, not bit for bit")
-
-
-def _topology(d: dict) -> str:
-    cpu = (f" ({d['cores']} core(s), {'our' if d.get('native_kernels') else 'no'} C++ kernels)"
-           if "cores" in d else "")
-    return f"{d.get('count', '?')} {d.get('kind', '?')} device(s) in {d.get('processes', '?')} process(es){cpu}"
+    if devices_differ(then, now):
+        log.say(f"resuming on {topology_text(now)}, where the run trained on {topology_text(then)} until now: from "
+                "here on its steps equal those of a run that kept its devices to float rounding, not bit for bit")
 
 
 def _git_commit() -> str:

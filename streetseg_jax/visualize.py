@@ -283,8 +283,10 @@ def figure_png(fig) -> bytes:
 
 def run_starts(records: list[dict]) -> list[dict]:
     """Each (re)start of the run, in file order, from its `run/start` record: {"step": N, "changed": {key: [then,
-    now]}} ({} where the start changed no setting). Older logs without these records give []."""
-    return [{"step": r["step"], "changed": r.get("run/changed") or {}} for r in records if r.get("run/start")]
+    now]}} ({} where the start changed no setting), "devices": runlog.devices() (None in older logs)}. Older logs
+    without these records give []."""
+    return [{"step": r["step"], "changed": r.get("run/changed") or {}, "devices": r.get("run/devices")}
+            for r in records if r.get("run/start")]
 
 
 def changes_text(changed: dict, arrow: str = "->") -> str:
@@ -299,8 +301,9 @@ def value_text(value) -> str:
 
 def history_lines(starts: list[dict]) -> list[str]:
     """run_starts as a reader follows them: "started at step 0 with loss cross_entropy" (the first values of the
-    settings a resume changed later), then "resumed at step 60, changing loss cross_entropy -> ...". [] for a run
-    that never resumed, or an older log."""
+    settings a resume changed later), then "resumed at step 60, changing loss cross_entropy -> ..."; each start's
+    devices where a resume changed them (config.json keeps the last start's). [] for a run that never resumed, or
+    an older log."""
     if len(starts) < 2:
         return []
     first = {}
@@ -308,11 +311,27 @@ def history_lines(starts: list[dict]) -> list[str]:
         for key, (then, _) in start["changed"].items():
             first.setdefault(key, then)
     began = ", ".join(f"{key} {value_text(value)}" for key, value in first.items())
-    lines = [f"started at step {starts[0]['step']}" + (f" with {began}" if began else "")]
-    for start in starts[1:]:
+    moved = [i for i in range(1, len(starts)) if devices_differ(starts[i - 1]["devices"], starts[i]["devices"])]
+    lines = [f"started at step {starts[0]['step']}" + (f" on {topology_text(starts[0]['devices'])}" if moved else "")
+             + (f" with {began}" if began else "")]
+    for i, start in enumerate(starts[1:], 1):
         changed = changes_text(start["changed"])
-        lines.append(f"resumed at step {start['step']}" + (f", changing {changed}" if changed else ""))
+        lines.append(f"resumed at step {start['step']}" + (f" on {topology_text(start['devices'])}" if i in moved
+                                                           else "") + (f", changing {changed}" if changed else ""))
     return lines
+
+
+def devices_differ(then, now) -> bool:
+    """Whether two records of runlog.devices() differ (in the keys both have: older records lack some; None, an
+    older log's, differs from nothing)."""
+    return isinstance(then, dict) and isinstance(now, dict) and any(then[k] != now[k] for k in now if k in then)
+
+
+def topology_text(d: dict) -> str:
+    """runlog.devices() as a reader says it: "2 cpu device(s) in 1 process(es) (2 core(s), our C++ kernels)"."""
+    cpu = (f" ({d['cores']} core(s), {'our' if d.get('native_kernels') else 'no'} C++ kernels)"
+           if "cores" in d else "")
+    return f"{d.get('count', '?')} {d.get('kind', '?')} device(s) in {d.get('processes', '?')} process(es){cpu}"
 
 
 def setting_history(starts: list[dict], key: str, last) -> str:

@@ -582,6 +582,26 @@ def test_provenance_says_the_loss_the_training_time_and_each_resume_with_what_it
     assert facts(render_html(small_report(metrics=extended)))["training"].startswith("80 steps, batch 8")
 
 
+def test_the_history_says_the_devices_of_each_start_where_a_resume_changed_them():
+    """config.json keeps the last start's devices only: a run trained on 2 devices, then resumed on 1, showed 1 as
+    the devices it trained on, and nothing told the pages' reader of the change."""
+    from streetseg_jax.report import render_html
+
+    two = {"count": 2, "kind": "cpu", "processes": 1, "cores": 2, "native_kernels": True}
+    records = resumed_run_records()
+    starts = [r for r in records if r.get("run/start")]
+    for start, devices in zip(starts, (two, two, {**two, "count": 1}, {**two, "count": 1})):
+        start["run/devices"] = devices
+    history = facts(render_html(small_report(metrics=records)))["history"]
+    assert history == ("started at step 0 on 2 cpu device(s) in 1 process(es) (2 core(s), our C++ kernels) with loss "
+                       "cross_entropy, eval_flip_tta true; resumed at step 20; resumed at step 40 on 1 cpu device(s) "
+                       "in 1 process(es) (2 core(s), our C++ kernels), changing loss cross_entropy -> "
+                       "cross_entropy+lovasz; resumed at step 60, changing eval_flip_tta true -> false")
+    for start in starts:
+        start["run/devices"] = two
+    assert "device" not in facts(render_html(small_report(metrics=records)))["history"]
+
+
 def test_a_pages_title_names_what_differs_from_the_runs_own_and_its_header_says_the_step_once():
     """report.html and report_train_0-16_step40_no_flip_tta.html had one title (their tabs read the same), and the
     header said "checkpoint step 40 (step 40)"."""
