@@ -378,6 +378,8 @@ def test_unchanged_inputs_are_a_no_op_and_changes_are_named(tmp_path):
         with pytest.raises(BuildError, match="--overwrite") as caught:
             build(tmp_path, export)
         assert message in str(caught.value), str(caught.value)
+        # A rebuild in place leaves the runs trained on the old build nothing to be evaluated or resumed on.
+        assert "or build it under another --data_dir to keep this build" in str(caught.value)
         build(tmp_path, export, overwrite=True)
         assert build(tmp_path, export)[0].reused
     with pytest.raises(BuildError, match="option val_fraction: 0.2 before, 0.5 now"):

@@ -157,7 +157,7 @@ def _build_synthetic(data_dir: Path, overwrite: bool, file_format: str, options:
     if is_built(dataset, data_dir) and not overwrite:
         change = _file_format_change(open_built(dataset, data_dir).info, file_format)
         if change:     # TFDS would refuse to open the builder with a ValueError
-            raise BuildError(f"{dataset} in {data_dir}: {change[0]}; pass --overwrite to rebuild it")
+            raise BuildError(f"{dataset} in {data_dir}: {change[0]}; {REBUILD}")
     # The build being replaced is moved aside before the builder is made (a builder opened on old files would
     # carry their class names forward), and put back if the new one fails.
     with no_scaffolding_left(dataset, data_dir), _all_or_nothing(dataset, data_dir, replace=overwrite):
@@ -275,6 +275,12 @@ def _load_label_map(path: str | None) -> LabelMap:
     return LabelMap.load(path) if path else default_label_map()
 
 
+# How to go on where a build on disk is not what is asked for: --overwrite, or another data dir, which keeps the
+# build that runs trained on (a run is evaluated, reported and resumed on the data it trained on, not on a rebuild).
+REBUILD = ("pass --overwrite to rebuild it, or build it under another --data_dir to keep this build for the runs "
+           "trained on it")
+
+
 def _check_unchanged(dataset: str, data_dir: Path, fingerprint: dict, file_format: str) -> None:
     """Nothing to do when the inputs and the file format are those of the build on disk; otherwise say what
     changed."""
@@ -284,8 +290,8 @@ def _check_unchanged(dataset: str, data_dir: Path, fingerprint: dict, file_forma
     what = inputs.changes(stored, fingerprint) if stored else ["it was built without a record of its inputs"]
     what += _file_format_change(info, file_format)
     if what:
-        raise BuildError(f"{dataset} in {data_dir} is not what these inputs build now; pass --overwrite to rebuild "
-                         "it. What changed:\n  " + "\n  ".join(what))
+        raise BuildError(f"{dataset} in {data_dir} is not what these inputs build now; {REBUILD}. What changed:\n  "
+                         + "\n  ".join(what))
 
 
 def _file_format_change(info, file_format: str) -> list[str]:
@@ -364,6 +370,6 @@ def _check_reuse(builder, label_map: LabelMap) -> None:
     stored = built_options(builder.info)
     if stored != builder.builder_config.options():
         raise BuildError(f"{builder.data_dir} was built with {stored}, not "
-                         f"{builder.builder_config.options()}; pass --overwrite to rebuild it")
+                         f"{builder.builder_config.options()}; {REBUILD}")
     if builder.info.metadata.get("label_map") != label_map.of_ids().to_dict():
-        raise BuildError(f"{builder.data_dir} was built with another label map; pass --overwrite to rebuild it")
+        raise BuildError(f"{builder.data_dir} was built with another label map; {REBUILD}")
