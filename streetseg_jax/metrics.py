@@ -13,22 +13,33 @@ import jax.numpy as jnp
 import numpy as np
 
 from streetseg_jax import native
+from streetseg_jax.labels.label_map import class_id_array
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "ignore_id"))
-def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int, ignore_id: int) -> jax.Array:
+def confusion_matrix(labels, preds, num_classes: int, ignore_id: int) -> jax.Array:
     """int32 (K, K) pixel counts: rows are the true class, columns the predicted class.
 
     `labels` and `preds` have the same shape (any rank). A pixel counts only when its label is a class
     (0..K-1, so never `ignore_id`) and its prediction is one too: an out-of-range prediction has no column,
     and letting it through would add it to a neighbouring cell of the flattened matrix.
 
+    Host inputs (numpy arrays, lists) must hold whole numbers, each a class id or `ignore_id`: anything else
+    (a float mask, a value of no class, which would count nowhere and raise the score) is a ValueError that
+    names it. Device arrays (jax.Array, as in the jitted train and eval steps, whose predictions are an argmax
+    and whose labels were checked when the dataset was built) are counted as they are, without a look on the
+    host; their values of no class count nowhere.
+
     Counts are exact while a cell stays below 2**31 (int32), e.g. any batch of up to 2**31 - 1 pixels. On a CPU
     our kernel counts (`confusion.cc`), per device where a mesh is set with `jax.sharding.use_abstract_mesh` (as
     the train and eval steps do) and the devices' counts are summed, or on the one device there is; elsewhere
     XLA's bincount.
     """
-    labels, preds = _checked(labels, preds, num_classes)
+    return _confusion_matrix(*_checked(labels, preds, num_classes, ignore_id), num_classes, ignore_id)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "ignore_id"))
+def _confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int, ignore_id: int) -> jax.Array:
+    """confusion_matrix without the look at host inputs' values."""
     if not _kernel_counts_here(labels):
         return _bincount(labels, preds, num_classes, ignore_id)
     rows = [x.reshape(x.shape[0] if x.ndim > 1 else 1, -1) for x in (labels, preds)]
@@ -41,10 +52,14 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int, igno
     return native.per_device(local, rows, batched=(True, True), batched_out=False)
 
 
+def image_confusion_matrices(labels, preds, num_classes: int, ignore_id: int) -> jax.Array:
+    """int32 (N, K, K): `confusion_matrix` of each of the N images (the first axis) of `labels` and `preds`; host
+    inputs are checked as there."""
+    return _image_confusion_matrices(*_checked(labels, preds, num_classes, ignore_id), num_classes, ignore_id)
+
+
 @functools.partial(jax.jit, static_argnames=("num_classes", "ignore_id"))
-def image_confusion_matrices(labels: jax.Array, preds: jax.Array, num_classes: int, ignore_id: int) -> jax.Array:
-    """int32 (N, K, K): `confusion_matrix` of each of the N images (the first axis) of `labels` and `preds`."""
-    labels, preds = _checked(labels, preds, num_classes)
+def _image_confusion_matrices(labels: jax.Array, preds: jax.Array, num_classes: int, ignore_id: int) -> jax.Array:
     if not _kernel_counts_here(labels):
         return jax.vmap(functools.partial(_bincount, num_classes=num_classes, ignore_id=ignore_id))(labels, preds)
     rows = [x.reshape(x.shape[0], -1) for x in (labels, preds)]
@@ -55,15 +70,17 @@ def image_confusion_matrices(labels: jax.Array, preds: jax.Array, num_classes: i
     return native.per_device(local, rows, batched=(True, True), batched_out=True)
 
 
-def _checked(labels, preds, num_classes) -> tuple[jax.Array, jax.Array]:
-    """The labels and predictions as arrays (a list had no .shape), or a ValueError that says what is wrong (a
-    float or None num_classes failed deep in JAX)."""
+def _checked(labels, preds, num_classes, ignore_id) -> tuple:
+    """The labels and predictions for the jitted counts, or a ValueError that says what is wrong: a float or None
+    num_classes (failed deep in JAX), shapes that differ (a broadcast), and host inputs (not a jax.Array: numpy
+    arrays, lists) whose values are no class ids (label_map.class_id_array). Device arrays and tracers go as they
+    are, with no round trip to the host."""
     if not (isinstance(num_classes, int | np.integer) and not isinstance(num_classes, bool) and num_classes >= 1):
         raise ValueError(f"num_classes must be a whole number >= 1 (label_map.num_classes), got {num_classes!r}")
-    labels, preds = jnp.asarray(labels), jnp.asarray(preds)
-    if labels.shape != preds.shape:
-        raise ValueError(f"labels {labels.shape} and predictions {preds.shape} must have the same shape")
-    return labels, preds
+    if np.shape(labels) != np.shape(preds):
+        raise ValueError(f"labels {np.shape(labels)} and predictions {np.shape(preds)} must have the same shape")
+    return tuple(x if isinstance(x, jax.Array) else class_id_array(x, num_classes, ignore_id, what)
+                 for x, what in ((labels, "labels"), (preds, "predictions")))
 
 
 def _kernel_counts_here(labels: jax.Array) -> bool:

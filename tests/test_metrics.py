@@ -62,7 +62,7 @@ def test_confusion_matrix_is_counted_by_our_kernel_on_cpu():
 
     x = jnp.zeros((2, 8, 8), jnp.int32)
     with jax.sharding.use_abstract_mesh(sharding.make_mesh().abstract_mesh):   # however many devices this worker has
-        hlo = confusion_matrix.lower(x, x, num_classes=3, ignore_id=255).as_text()
+        hlo = metrics._confusion_matrix.lower(x, x, num_classes=3, ignore_id=255).as_text()
     assert native.targets().confusion_counts in hlo
 
 
@@ -124,6 +124,33 @@ def test_confusion_matrix_drops_out_of_range_predictions():
     preds = np.array([0, 2, -1], dtype=np.int32)  # 2 would otherwise land in row 2 = (2, 0) of a 2x2 matrix
     conf = np.asarray(confusion_matrix(jnp.asarray(labels), jnp.asarray(preds), num_classes=2, ignore_id=255))
     np.testing.assert_array_equal(conf, [[1, 0], [0, 0]])
+
+
+def test_host_inputs_of_no_class_are_refused_not_dropped():
+    """A prediction of 9 (no class, not ignore) counted nowhere: mIoU 1.0 instead of 0.75, without a word."""
+    labels, preds = np.array([[0, 1], [2, 3]], np.uint8), np.array([[0, 9], [2, 3]], np.uint8)
+    for count in (confusion_matrix, image_confusion_matrices):
+        with pytest.raises(ValueError, match=r"values 9 in predictions are no class id \(0..3\) nor the ignore id 255: "
+                                             r"map an export's values .*LabelMap.value_table\(\)"):
+            count(labels, preds, 4, 255)
+        with pytest.raises(ValueError, match=r"values -3, 4 in labels are no class id \(0..3\) nor the ignore id 255"):
+            count([[0, -3, 4, 255]], [[0, 1, 2, 3]], 4, 255)
+    ok = np.array([[0, 1], [255, 3]], np.int32)          # the ignore id, in labels and predictions alike
+    assert np.asarray(confusion_matrix(ok, ok, 4, 255)).trace() == 3
+    assert np.asarray(confusion_matrix(labels == 1, labels == 1, 2, 255)).tolist() == [[3, 0], [0, 1]]   # bool
+    # Device arrays (as the jitted steps pass them) are counted as they are: no look on the host.
+    conf = np.asarray(confusion_matrix(jnp.asarray(labels), jnp.asarray(preds), 4, 255))
+    assert conf.trace() == 3 and conf.sum() == 3
+
+
+def test_float_host_masks_are_refused_not_truncated():
+    """[[0.2, 1.7], [2.5, 3.9]] was cut to [[0, 1], [2, 3]]: a perfect diagonal."""
+    floats = np.array([[0.2, 1.7], [2.5, 3.9]])
+    with pytest.raises(ValueError, match=r"labels must hold class ids, whole numbers, got float64 values 0.2..3.9 "
+                                         r"\(a float mask would be cut"):
+        confusion_matrix(floats, np.array([[0, 1], [2, 3]], np.uint8), 4, 255)
+    with pytest.raises(ValueError, match="predictions must hold class ids, whole numbers, got float32"):
+        image_confusion_matrices(np.zeros((1, 2), np.uint8), np.zeros((1, 2), np.float32), 4, 255)
 
 
 def test_confusion_matrix_exact_beyond_float32_precision():
@@ -198,7 +225,7 @@ def test_wrong_class_name_count_is_an_error():
 SHARDED_SCRIPT = """
 import numpy as np, jax, jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from streetseg_jax.metrics import confusion_matrix, image_confusion_matrices
+from streetseg_jax.metrics import _confusion_matrix, confusion_matrix, image_confusion_matrices
 mesh = Mesh(np.array(jax.devices()), ("data",))
 rng = np.random.default_rng(0)
 labels = rng.integers(0, 6, (16, 24, 20)).astype(np.uint8)
@@ -210,12 +237,12 @@ kept = labels < 5
 expected = np.bincount(5 * labels[kept].astype(np.int64) + preds[kept], minlength=25).reshape(5, 5)
 assert len(jax.devices()) == 8
 # Without the mesh, the split is unknown: XLA's bincount counts each device's part (the kernel would gather first).
-hlo = confusion_matrix.lower(*on_devices, num_classes=5, ignore_id=255).compile().as_text()
+hlo = _confusion_matrix.lower(*on_devices, num_classes=5, ignore_id=255).compile().as_text()
 assert "all-gather" not in hlo and "streetseg_confusion_counts" not in hlo, hlo
 np.testing.assert_array_equal(np.asarray(confusion_matrix(*on_devices, num_classes=5, ignore_id=255)), expected)
 # With the mesh set, as the train and eval steps set it, each device counts its own images: no gather.
 with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-    hlo = confusion_matrix.lower(*on_devices, num_classes=5, ignore_id=255).compile().as_text()
+    hlo = _confusion_matrix.lower(*on_devices, num_classes=5, ignore_id=255).compile().as_text()
     conf = confusion_matrix(*on_devices, num_classes=5, ignore_id=255)
     per_image = image_confusion_matrices(*on_devices, num_classes=5, ignore_id=255)
 assert "all-gather" not in hlo and "streetseg_confusion_counts" in hlo, hlo

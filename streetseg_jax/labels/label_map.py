@@ -558,3 +558,21 @@ def voc_color(index: int) -> tuple[int, int, int]:
             rgb[channel] |= ((index >> channel) & 1) << shift
         index >>= 3
     return tuple(rgb)
+
+
+def class_id_array(mask, num_classes: int, ignore_id: int, what: str = "the mask") -> np.ndarray:
+    """`mask` as a numpy array of class ids (0..num_classes-1) and `ignore_id`, of whole numbers (an integer or bool
+    dtype); else a ValueError that names the dtype or the stray values. A float mask was cut to whole numbers, and a
+    value of no class counted nowhere (a score too high) or drawn untinted, without a word."""
+    mask = np.asarray(mask)
+    if mask.dtype.kind not in "biu":
+        raise ValueError(f"{what} must hold class ids, whole numbers, got {mask.dtype} values"
+                         + (f" {mask.min()}..{mask.max()}" if mask.size and mask.dtype.kind == "f" else "")
+                         + " (a float mask would be cut to whole numbers: pass the ids, e.g. an argmax)")
+    strays = np.unique(mask[((mask < 0) | (mask >= num_classes)) & (mask != ignore_id)])
+    if strays.size:
+        shown = ", ".join(map(str, strays[:8].tolist())) + (", ..." if strays.size > 8 else "")
+        raise ValueError(f"values {shown} in {what} are no class id (0..{num_classes - 1}) nor the ignore id "
+                         f"{ignore_id}: map an export's values to class ids with LabelMap.value_table() "
+                         "(streetseg_jax.labels.label_map), or pass the ignore id the mask uses")
+    return mask
