@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from streetseg_jax.atomic import atomic_file
 from streetseg_jax.labels.images import rgb_array
-from streetseg_jax.labels.label_map import ERROR_COLOR, IGNORE_GREY, LabelMap
+from streetseg_jax.labels.label_map import ERROR_COLOR, IGNORE_GREY, LabelMap, class_id_array
 
 
 def colorize(mask: np.ndarray, label_map: LabelMap) -> np.ndarray:
@@ -120,14 +120,11 @@ def _checked(image, mask, label_map) -> tuple[np.ndarray, np.ndarray]:
         mask = mask[..., 0]
     if mask.shape != image.shape[:2]:
         raise ValueError(f"the mask is {mask.shape}, the image {image.shape[:2]}: they must be of one size")
-    if mask.dtype.kind not in "ui" or mask.size and (mask.min() < 0 or mask.max() > 255):
-        raise ValueError(f"the mask must hold class ids, whole numbers 0..255, got {mask.dtype} values"
-                         + (f" {mask.min()}..{mask.max()}" if mask.size and mask.dtype.kind in "uif" else ""))
-    mask = mask.astype(np.uint8, copy=False)
     if not isinstance(label_map, LabelMap):
-        raise TypeError(f"expected a LabelMap, got {type(label_map).__name__} (a dataset's "
-                        "info.metadata['label_map'] is one through LabelMap.from_dict)")
-    return image, mask
+        raise TypeError(f"expected a LabelMap, got {type(label_map).__name__} (a dataset's info.metadata["
+                        "'label_map'] is one through streetseg_jax.labels.label_map.LabelMap.from_dict)")
+    mask = class_id_array(mask, label_map.num_classes, label_map.ignore_id)   # a value of no class: drawn untinted
+    return image, mask.astype(np.uint8, copy=False)
 
 
 _LEGEND_MIN_WIDTH = 240     # px: a narrower image gets a wider canvas, so the class names stay whole
