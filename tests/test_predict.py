@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -404,6 +405,26 @@ def test_overlays_show_ignored_pixels_in_the_legends_grey():
     assert (out[:100] == IGNORE_GREY).all() and (out[100:300] != IGNORE_GREY).any(axis=-1).all()
 
 
+@pytest.mark.parametrize("image, said", [
+    (np.zeros((0, 10, 3), np.uint8), "uint8 (0, 10, 3): an empty image"),
+    (np.zeros((20, 30), np.uint8), "a grey image: np.repeat(image[..., None], 3, axis=-1), or streetseg_jax.labels."
+                                   "images.to_rgb(PIL.Image.fromarray(image))"),
+    (np.zeros((20, 30, 1), np.uint8), "a grey image: np.repeat(image, 3, axis=-1)"),
+    (np.zeros((20, 30, 4), np.uint8), "an RGBA image: streetseg_jax.labels.images.to_rgb"),
+    (np.zeros((3, 20, 30), np.uint8), "channels first (C, H, W): image.transpose(1, 2, 0)"),
+    (np.full((20, 30, 3), 0.5), "float64 values 0.5..0.5: scale them to 0..255 and make them uint8"),
+    (np.full((20, 30, 3), 4000, np.uint16), "uint16 values 4000..4000: scale them to 0..255"),
+    (np.ones((20, 30, 3), bool), "a bool array: image.astype(np.uint8) * 255"),
+    (np.zeros(5, np.uint8), "uint8 (5,): streetseg_jax.labels.images.open_photo(path) reads a photo"),
+])
+def test_images_of_the_wrong_kind_are_told_what_to_do_by_case(image, said):
+    """Every one of them was told that open_photo(path) reads a photo."""
+    from streetseg_jax.visualize import overlay
+
+    with pytest.raises(ValueError, match=re.escape(said)):
+        overlay(image, np.zeros(image.shape[:2], np.uint8), default_label_map())
+
+
 def test_overlays_refuse_masks_of_no_class():
     """A mask of 9s with 8 classes came back as the photo untinted, with an empty legend; 300 was an IndexError."""
     from streetseg_jax.visualize import overlay
@@ -438,7 +459,7 @@ def test_library_calls_with_the_wrong_things_say_what_to_pass(trained):
             Predictor(trained, **bad)                                               # taken before
     assert Predictor(trained, resize=np.float32(2), batch_size=np.int64(4)).resize == 2     # refused before
     for bad in (np.zeros((0, 10, 3), np.uint8), np.zeros((20, 30), np.uint8), np.zeros((20, 30, 3), np.float32)):
-        with pytest.raises(ValueError, match=r"expected a uint8 \(H, W, 3\) RGB image.*open_photo\(path\)"):
+        with pytest.raises(ValueError, match=r"uint8 \(H, W, 3\) RGB image, got .*: (an empty|a grey|float)"):
             predictor.predict_one(bad)
     label_map, image = default_label_map(), random_image(20, 30)
     mask = np.full((20, 30, 1), 3, np.uint8)

@@ -175,13 +175,34 @@ def open_photo(source: Path | bytes, name: str = "") -> tuple[np.ndarray, np.nda
 
 def rgb_array(image) -> np.ndarray:
     """`image` (an array, or a PIL RGB image) as a uint8 (H, W, 3) array; a ValueError that says what to pass for
-    anything else (a grey, float, RGBA or empty array)."""
+    anything else, by its case (an empty, grey, RGBA, channels-first, float, 16-bit or bool array)."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8 or not image.size:
-        raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}: "
-                         "labels.images.open_photo(path) reads a photo as predict does (RGB, turned upright as its "
-                         "EXIF says, and which pixels are transparent)")
+        raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}: {_rgb_advice(image)}")
     return image
+
+
+def _rgb_advice(image: np.ndarray) -> str:
+    """What to do with an array rgb_array refuses, by its case."""
+    converts = "streetseg_jax.labels.images.to_rgb(PIL.Image.fromarray(image)) converts it as predict reads a photo"
+    if not image.size:
+        return "an empty image, with no pixels to predict or draw"
+    if image.ndim == 3 and image.shape[-1] == 1:
+        return "a grey image: np.repeat(image, 3, axis=-1)"
+    if image.ndim == 2:
+        return f"a grey image: np.repeat(image[..., None], 3, axis=-1), or {converts} (16-bit and float too)"
+    if image.ndim == 3 and image.shape[-1] == 4:
+        return f"an RGBA image: {converts} (composited on black), or image[..., :3] drops the alpha"
+    if image.ndim == 3 and image.shape[0] in (1, 3, 4):
+        return "channels first (C, H, W): image.transpose(1, 2, 0) puts them last"
+    if image.ndim == 3 and image.dtype == bool:
+        return "a bool array: image.astype(np.uint8) * 255"
+    if image.ndim == 3 and image.dtype.kind in "iuf":
+        return (f"{image.dtype} values {np.nanmin(image):g}..{np.nanmax(image):g}: scale them to 0..255 and make "
+                "them uint8, e.g. (image * 255).round().astype(np.uint8) for floats 0..1, (image >> 8).astype("
+                "np.uint8) for 16-bit ones")
+    return ("streetseg_jax.labels.images.open_photo(path) reads a photo as predict does (RGB, turned upright as its "
+            "EXIF says, and which pixels are transparent)")
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
