@@ -34,7 +34,7 @@ from PIL import Image
 
 from streetseg_jax import sharding, train
 from streetseg_jax.checkpoint import Checkpoints
-from streetseg_jax.cli import MAX_EXTRA_SCALE
+from streetseg_jax.cli import MAX_EXTRA_SCALE, closed_loops_unsaid
 from streetseg_jax.data import pipeline
 from streetseg_jax.evaluator import flip_tta_setting, network_scales, predict_logits, tta_logits
 from streetseg_jax.labels.images import rgb_array
@@ -132,9 +132,11 @@ def _replaced(workdir: Path, which, step: int) -> bool:
 
 @contextlib.contextmanager
 def _damaged(workdir: Path, step, which):
-    """A checkpoint's files missing, cut short or foreign: one line naming it (not six of pytree internals)."""
+    """A checkpoint's files missing, cut short or foreign: one line naming it (not six of pytree internals, nor
+    orbax's "Event loop is closed" tracebacks after it: `cli.closed_loops_unsaid`)."""
     try:
-        yield
+        with closed_loops_unsaid():
+            yield
     except Exception as e:  # noqa: BLE001 - tensorstore raises a bare Exception for an array file cut short
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ValueError(f"{workdir}: the checkpoint of step {step} ({which}) cannot be read: damaged or "

@@ -12,6 +12,8 @@ import math
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -815,6 +817,22 @@ def test_a_damaged_checkpoint_is_named_in_one_line(workdir, tmp_path, capsys):
         os.truncate(path, 10)
     assert run_predict("--workdir", cut, "--input", tmp_path / "a.jpg", "--output", tmp_path / "o2") == 2
     assert "the checkpoint of step 1 (best) cannot be read: damaged or incomplete?" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_loaded_from_python_says_one_error_not_hundreds(workdir, tmp_path):
+    """From a notebook, orbax's reads cut short printed 150 to 450 "Event loop is closed" tracebacks, after the
+    ValueError too; the commands' quiet_libraries hid them."""
+    damaged = shutil.copytree(workdir, tmp_path / "run")
+    shutil.rmtree(damaged / "checkpoints" / "latest" / "2" / "state" / "d")
+    script = (f"import time\nfrom streetseg_jax import inference\ntry:\n    inference.load_model({str(damaged)!r}, "
+              "'latest')\nexcept ValueError as e:\n    print(e)\ntime.sleep(1)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert "the checkpoint of step 2 (latest) cannot be read" in done.stdout, done.stderr
+    assert "Event loop is closed" not in done.stderr and done.returncode == 0, done.stderr
+    from streetseg_jax.inference import load_model
+    hook = sys.unraisablehook
+    load_model(workdir, "latest")
+    assert sys.unraisablehook is hook           # a notebook's hook as it was, where nothing failed
 
 
 def test_missing_workdir_and_bad_flags_fail_cleanly(tmp_path, capsys):
