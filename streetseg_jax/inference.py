@@ -81,15 +81,16 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
                say: Callable[[str], None] = print) -> TrainedModel:
     """The model saved in `workdir`/checkpoints: 'best' (falls back to 'latest', saying so), 'latest' or a step.
 
-    Raises FileNotFoundError with a message fit for the user when there is nothing to load, ValueError when the
-    checkpoint is damaged or incomplete.
+    Raises FileNotFoundError with a message fit for the user when there is nothing to load (a folder inside a
+    run's checkpoints/ is told the run's work directory), ValueError when the checkpoint is damaged or incomplete
+    (with the first line of the cause, whole).
     """
     workdir = Path(workdir).expanduser()
     if not workdir.is_dir():
         raise FileNotFoundError(f"{workdir} " + ("is a file, not a training work directory" if workdir.exists()
                                                  else "does not exist"))
     if not (workdir / "checkpoints").is_dir():
-        raise FileNotFoundError(f"{workdir} holds no checkpoints/ folder; is it a training work directory?")
+        raise FileNotFoundError(f"{workdir} holds no checkpoints/ folder; {_workdir_hint(workdir)}")
     for attempt in range(3):
         checkpoints, step = Checkpoints(workdir, async_save=False, read_only=True), None
         try:
@@ -117,6 +118,15 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
                         source, size)
 
 
+def _workdir_hint(path: Path) -> str:
+    """What to pass instead of `path`, which holds no checkpoints/: the run it lies in, where it is inside one's."""
+    inside = next((p for p in (path, *path.parents) if p.name == "checkpoints"), None)
+    if inside is None:
+        return "is it a training work directory?"
+    return (f"it lies in the checkpoints of a run: pass the run's work directory {inside.parent} (and checkpoint="
+            "'best', 'latest' or a step)")
+
+
 def _replaced(workdir: Path, which, step: int) -> bool:
     """Whether `step`, read as `which`, is gone from `workdir` now, or no longer the checkpoint `which` names."""
     checkpoints = Checkpoints(workdir, async_save=False, read_only=True)
@@ -138,9 +148,9 @@ def _damaged(workdir: Path, step, which):
         with closed_loops_unsaid():
             yield
     except Exception as e:  # noqa: BLE001 - tensorstore raises a bare Exception for an array file cut short
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{workdir}: the checkpoint of step {step} ({which}) cannot be read: damaged or "
-                         f"incomplete? ({reason}); --checkpoint latest, best or another step may be whole") from e
+                         f"incomplete? ({reason}); another checkpoint ('best', 'latest' or a step) may be whole") from e
 
 
 def _choose_checkpoint(checkpoints: Checkpoints, wanted: str | int, say) -> str | int:

@@ -835,6 +835,21 @@ def test_a_damaged_checkpoint_loaded_from_python_says_one_error_not_hundreds(wor
     assert sys.unraisablehook is hook           # a notebook's hook as it was, where nothing failed
 
 
+def test_load_model_errors_fit_python_and_point_at_the_work_directory(workdir, tmp_path):
+    """The cause was cut at 200 characters in the middle of a path, the way out was a flag ('--checkpoint latest'),
+    and a checkpoint's own folder was asked whether it is a training work directory."""
+    from streetseg_jax.inference import load_model
+
+    damaged = shutil.copytree(workdir, tmp_path / ("a_long_folder_name_" * 6) / "run")
+    shutil.rmtree(damaged / "checkpoints" / "best" / "1" / "state" / "d")
+    with pytest.raises(ValueError, match=r"another checkpoint \('best', 'latest' or a step\) may be whole$") as e:
+        load_model(damaged)
+    assert f"{damaged / 'checkpoints' / 'best' / '1' / 'state'}/\"" in str(e.value)      # the path whole
+    for inside in (workdir / "checkpoints" / "best" / "1", workdir / "checkpoints"):
+        with pytest.raises(FileNotFoundError, match=f"pass the run's work directory {re.escape(str(workdir))} "):
+            load_model(inside)
+
+
 def test_missing_workdir_and_bad_flags_fail_cleanly(tmp_path, capsys):
     save(tmp_path / "a.jpg", random_image(16, 16))
     assert run_predict("--workdir", tmp_path / "nope", "--input", tmp_path / "a.jpg", "--output", tmp_path) == 2
