@@ -270,14 +270,27 @@ def test_a_read_builds_nothing_beside_another_build(synthetic_dir, tmp_path):
     later; a failed one left empty folders in the data dir."""
     import tensorflow_datasets as tfds
 
-    from streetseg_jax.data.builder import BuildError
     asked = tfds.builder(f"street_seg/synthetic/num_images={NUM_IMAGES + 1}", data_dir=str(synthetic_dir))
     with pytest.raises(ValueError, match=f"was built with num_images={NUM_IMAGES}, not num_images={NUM_IMAGES + 1}"):
         asked.download_and_prepare()
     tfds.builder("street_seg/synthetic", data_dir=str(synthetic_dir)).download_and_prepare()   # the build: reused
-    with pytest.raises(BuildError, match="voc_polygons needs your images and annotations"):
+    with pytest.raises(ValueError, match="street_seg/voc_polygons is not built in "):
         tfds.data_source("street_seg/voc_polygons", split="train", data_dir=str(tmp_path / "tfds"))
     assert not (tmp_path / "tfds").exists()
+
+
+def test_an_unbuilt_dataset_of_a_manual_dir_says_how_to_build_it(tmp_path, capsys):
+    """tfds.data_source('street_seg/camvid') printed 'writing street_seg/camvid ...', then TFDS's 'Manual directory
+    ... does not exist or is empty' and every config's instructions."""
+    import tensorflow_datasets as tfds
+
+    data_dir = tmp_path / "tfds"
+    with pytest.raises(ValueError, match=re.escape(
+            f"street_seg/camvid is not built in {data_dir}: build it (python -m streetseg_jax.data build --config "
+            f"camvid --data_dir {data_dir} --manual_dir SEGNET_CAMVID_FOLDER), or pass its folder as download_config="
+            "tfds.download.DownloadConfig(manual_dir=DIR)") + "$"):
+        tfds.data_source("street_seg/camvid", split="train", data_dir=str(data_dir))
+    assert "writing" not in capsys.readouterr().err and not data_dir.exists()
 
 
 def test_the_info_names_no_page_that_does_not_exist(synthetic_dir, tmp_path):

@@ -230,8 +230,23 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
         built = source.built_versions(Path(self.data_dir).parent)
         if str(self.version) in built or (built and not self._beside_older):
             self._check_built_as_asked()
+        if str(self.version) not in built:
+            self._check_inputs_given(kwargs.get("download_dir"), kwargs.get("download_config"))
         with no_scaffolding_left(f"street_seg/{self.builder_config.name}", Path(self.data_dir_root)):
             return super().download_and_prepare(*args, **kwargs)
+
+    def _check_inputs_given(self, download_dir, download_config) -> None:
+        """A build of an export or of CamVid reads the manual dir (TFDS's: download_config.manual_dir, else
+        <download_dir>/manual): without one, say how to build the dataset, not 'writing street_seg/camvid ...' and
+        then TFDS's 'Manual directory ... does not exist or is empty' with every config's instructions."""
+        if self.builder_config.synthetic or self._plan is not None:
+            return
+        manual = getattr(download_config, "manual_dir", None) or Path(
+            download_dir or Path(self.data_dir_root) / "downloads") / "manual"
+        if not Path(manual).is_dir() or not any(Path(manual).iterdir()):
+            name, root = self.builder_config.name, self.data_dir_root
+            raise ValueError(f"street_seg/{name} is not built in {root}: build it ({source.build_command(name, root)})"
+                             ", or pass its folder as download_config=tfds.download.DownloadConfig(manual_dir=DIR)")
 
     def as_data_source(self, *args, **kwargs):
         self._check_built_as_asked()
