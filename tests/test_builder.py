@@ -293,6 +293,19 @@ def test_an_unbuilt_dataset_of_a_manual_dir_says_how_to_build_it(tmp_path, capsy
     assert "writing" not in capsys.readouterr().err and not data_dir.exists()
 
 
+def test_a_misspelt_option_in_a_name_is_named_with_the_options_there_are(tmp_path):
+    """TFDS's TypeError 'DatasetBuilder.__init__() got an unexpected keyword argument 'num_image'' before."""
+    import tensorflow_datasets as tfds
+
+    with pytest.raises(ValueError, match=r"num_image: no option of street_seg; did you mean num_images\? \(its "
+                                         r"options: num_images, height, width, seed, test_fraction, label_map, "
+                                         r"format, unknown\)"):
+        tfds.data_source("street_seg/synthetic/num_image=40", split="train", data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"zzz: no option of street_seg \(its options: num_images, "):
+        tfds.builder("street_seg/synthetic/zzz=1", data_dir=str(tmp_path))
+    assert not list(tmp_path.iterdir())
+
+
 def test_the_info_names_no_page_that_does_not_exist(synthetic_dir, tmp_path):
     import tensorflow_datasets as tfds
 

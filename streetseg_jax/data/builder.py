@@ -65,6 +65,7 @@ import contextlib
 import dataclasses
 import difflib
 import functools
+import inspect
 import json
 import os
 import re
@@ -210,6 +211,7 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
             raise ValueError(f"{', '.join(splits)}: a dataset's splits are chosen when it is built (python -m "
                              "streetseg_jax.data build --val_fraction F | --split_file FILE), not in its name")
         options = {name: kwargs.pop(name, None) for name in OPTION_NAMES}
+        _check_no_stray_options(kwargs)
         self._overrides = {k: v for k, v in options.items() if v is not None}
         if isinstance(kwargs.get("data_dir"), (str, os.PathLike)):     # TFDS leaves '~' as it is: a folder named
             kwargs["data_dir"] = os.path.expanduser(kwargs["data_dir"])  # '~' was built in the current one
@@ -504,6 +506,18 @@ def built_options(info) -> dict | None:
     """The options a build recorded in its metadata (dataset_info.json); None for a build from before they were."""
     options = info.metadata.get("options") if info.metadata else None
     return inputs.options_without_paths(options) if isinstance(options, dict) else options
+
+
+def _check_no_stray_options(kwargs: dict) -> None:
+    """Keywords that are no option of ours nor TFDS's own (data_dir, config, version), as a name's misspelt option
+    (street_seg/synthetic/num_image=40) comes: TFDS's 'DatasetBuilder.__init__() got an unexpected keyword
+    argument' before."""
+    stray = sorted(set(kwargs) - set(inspect.signature(tfds.core.DatasetBuilder.__init__).parameters))
+    if stray:
+        close = difflib.get_close_matches(stray[0], OPTION_NAMES, n=1)
+        raise ValueError(f"{', '.join(stray)}: no option of street_seg" + (f"; did you mean {close[0]}?" if close
+                                                                            else "")
+                         + f" (its options: {', '.join(OPTION_NAMES)})")
 
 
 def check_options(config: StreetSegConfig, options: dict) -> None:
