@@ -193,9 +193,9 @@ def comparison(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, label_map
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """metrics.jsonl's records in file order; [] without the file. A line a killed run left half-written is
-    skipped."""
-    path = Path(path)
+    """metrics.jsonl's records in file order; [] without the file. `path`: the file, or a run's work directory (an
+    IsADirectoryError before). A line a killed run left half-written is skipped."""
+    path = Path(path) / "metrics.jsonl" if Path(path).is_dir() else Path(path)
     if not path.exists():
         return []
     records = []

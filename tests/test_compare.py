@@ -80,6 +80,13 @@ def test_a_line_a_killed_run_left_unfinished_is_skipped_and_ended_before_the_nex
     assert records[1]["run/start"] is True and records[2]["train/loss"] == 0.5
 
 
+def test_metrics_are_read_from_a_work_directory_too(tmp_path):
+    """read_metrics(workdir), the obvious call, raised IsADirectoryError."""
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(train(1, 1.0)) + "\n")
+    assert read_metrics(tmp_path) == read_metrics(tmp_path / "metrics.jsonl") and len(read_metrics(tmp_path)) == 1
+    assert read_metrics(tmp_path / "empty") == []
+
+
 # -------------------------------------------------------------------------------------------------------------------
 # The command
 # -------------------------------------------------------------------------------------------------------------------
