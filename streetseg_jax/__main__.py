@@ -1,5 +1,8 @@
-"""`python -m streetseg_jax`: the commands there are (each is `python -m streetseg_jax.<name>`; --help on each)."""
+"""`python -m streetseg_jax`: the commands there are (each is `python -m streetseg_jax.<name>`; --help on each),
+and where the Python API is."""
 import sys
+
+import streetseg_jax
 
 COMMANDS = (
     ("labels", "check a labelling tool's export, list its classes, or draw its masks"),
@@ -11,6 +14,7 @@ COMMANDS = (
     ("predict", "masks, overlays and polygons for new photos"),
     ("export", "the inference function as StableHLO, loadable without this package"),
 )
+ALIASES = {"train": "main", "eval": "evaluate", "build": "data build"}     # what people type for the commands
 
 
 def main(argv: list[str]) -> int:
@@ -18,9 +22,12 @@ def main(argv: list[str]) -> int:
         argv = []
     width = max(len(name) for name, _ in COMMANDS)
     lines = [f"  python -m streetseg_jax.{name:<{width}}  {what}" for name, what in COMMANDS]
-    print("\n".join(["streetseg_jax commands (each takes --help):", *lines]), file=sys.stderr if argv else sys.stdout)
+    python_api = streetseg_jax.__doc__[streetseg_jax.__doc__.index("From Python"):].rstrip()
+    print("\n".join(["streetseg_jax commands (each takes --help):", *lines, "", python_api]),
+          file=sys.stderr if argv else sys.stdout)
     if argv:
-        name, rest = (argv[0], argv[1:]) if argv[0] in dict(COMMANDS) else ("<name>", argv)
+        known = {**{name: name for name, _ in COMMANDS}, **ALIASES}
+        name, rest = (known[argv[0]], argv[1:]) if argv[0] in known else ("<name>", argv)
         print(f"error: python -m streetseg_jax takes no arguments; the command is "
               f"python -m streetseg_jax.{' '.join([name, *rest])}", file=sys.stderr)
         return 2

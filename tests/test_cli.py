@@ -168,6 +168,26 @@ def test_the_package_lists_its_commands():
             .exists(), name
 
 
+def test_the_package_points_to_its_python_api():
+    """help(streetseg_jax) was one line, labels' and data's __doc__ None, and the command list never named the API;
+    `python -m streetseg_jax train` suggested streetseg_jax.<name>, not .main."""
+    import streetseg_jax
+    import streetseg_jax.data
+    import streetseg_jax.labels
+
+    for module in ("inference", "metrics", "visualize", "data.builder", 'README.md, section "From Python"'):
+        assert module in streetseg_jax.__doc__, module
+    assert "label_map" in streetseg_jax.labels.__doc__ and "import streetseg_jax.data.builder" in \
+        streetseg_jax.data.__doc__
+    listed = subprocess.run([sys.executable, "-m", "streetseg_jax", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert "From Python" in listed.stdout and "streetseg_jax.inference   load_model(workdir)" in listed.stdout
+    for typed, meant in (("train", "main"), ("eval", "evaluate"), ("build", "data build")):
+        wrong = subprocess.run([sys.executable, "-m", "streetseg_jax", typed, "--workdir", "w"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+        assert wrong.stderr.endswith(f"the command is python -m streetseg_jax.{meant} --workdir w\n"), wrong.stderr
+
+
 def test_underscored_spellings_and_choices_are_taken_and_said(capsys):
     from streetseg_jax.labels.__main__ import build_parser
     from streetseg_jax.predict import parse_args
