@@ -110,22 +110,30 @@ def save_image(image, path: str | Path, format: str | None = None, **params) -> 
 
 @contextlib.contextmanager
 def folder_filled_whole(path: str | Path):
-    """A hidden folder beside `path` (.<name>.incomplete@host@pid@...) for the block to fill, whose files become
-    `path`'s when the block ends without an exception: the folder is renamed to `path` where there is none, else its
-    files are renamed into it one by one (milliseconds, after all of them were written). An exception removes it; a
-    process killed in the block leaves `path` as it was, and the hidden folder, which the next call for `path`
-    removes (its process gone: owner_is_gone)."""
+    """A hidden folder for the block to fill, whose files become `path`'s when the block ends without an exception.
+    Where `path` is no folder yet, the hidden folder lies beside it (.<name>.incomplete@host@pid@...) and is renamed
+    to `path`; where it is one, it lies inside it (.incomplete@host@pid@...: on its disk, a mount or a link's
+    target, and where its parent may not be written) and its files are renamed into `path` one by one
+    (milliseconds, after all of them were written). An exception removes it; a process killed in the block leaves
+    `path` as it was, and the hidden folder, which the next call for `path` removes (its process gone:
+    owner_is_gone)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{_shortened(path.name, 200)}{_INCOMPLETE}"
-    for left in path.parent.glob(f"{glob.escape(prefix)}@*"):
-        if owner_is_gone(left.name):
-            shutil.rmtree(left, ignore_errors=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{prefix}{owner_tag()}", dir=path.parent))
+    beside = (path.parent, f".{_shortened(path.name, 200)}{_INCOMPLETE}")
+    inside = (path, _INCOMPLETE)
+    for folder, prefix in (beside, inside):
+        for left in folder.glob(f"{glob.escape(prefix)}@*") if folder.is_dir() else ():
+            if owner_is_gone(left.name):
+                shutil.rmtree(left, ignore_errors=True)
+    folder, prefix = inside if path.is_dir() else beside
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{prefix}{owner_tag()}", dir=folder))
     try:
         os.chmod(scratch, 0o777 & ~_umask())       # as a folder made with mkdir, once renamed into place
         yield scratch
-        _move_into(scratch, path)
+        if folder == path:
+            _move_files(scratch, path)
+        else:
+            os.rename(scratch, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -133,10 +141,7 @@ def folder_filled_whole(path: str | Path):
 _INCOMPLETE = ".incomplete"
 
 
-def _move_into(scratch: Path, path: Path) -> None:
-    if not path.exists():
-        os.rename(scratch, path)
-        return
+def _move_files(scratch: Path, path: Path) -> None:
     for file in sorted(p for p in scratch.rglob("*") if not p.is_dir()):
         target = path / file.relative_to(scratch)
         target.parent.mkdir(parents=True, exist_ok=True)

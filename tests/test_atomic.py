@@ -111,3 +111,22 @@ def test_an_image_that_does_not_fit_fails_rather_than_being_written_cut(tmp_path
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"cannot write {tmp_path / 'a_overlay.jpg'}: File too large")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_filled_whole_into_an_existing_folder_on_another_disk_lands_there(tmp_path):
+    """An existing output that links to another disk (or is a mount point) was filled from a hidden folder beside
+    its link, and the renames into it failed: Invalid cross-device link, an empty folder left in the output."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no /dev/shm on another file system than the temporary folder's")
+    import tempfile
+    with tempfile.TemporaryDirectory(dir=shm) as elsewhere:
+        (Path(elsewhere) / "old.png").write_bytes(b"old")
+        output = tmp_path / "masks"
+        output.symlink_to(elsewhere)
+        with atomic.folder_filled_whole(output) as folder:
+            (folder / "a" / "b").mkdir(parents=True)
+            (folder / "a" / "b" / "m.png").write_bytes(b"new")
+        assert sorted(str(p.relative_to(output)) for p in output.rglob("*")) == ["a", "a/b", "a/b/m.png", "old.png"]
+        assert [p.name for p in tmp_path.iterdir()] == ["masks"]
+        assert folder.parent == output      # it was hidden inside: written on the output's own disk

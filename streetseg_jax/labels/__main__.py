@@ -10,8 +10,8 @@ FORMAT is one of voc, mit_xml, labelme, coco, coco_panoptic, cvat, labelbox, cit
 (detected from the files, and said). to-masks reads every annotation first and stops on unreadable files, unknown
 class names (unless --unknown ignore) or two annotations of one image key before writing anything, naming every
 such problem in one message (check's report, too, lists the files that could not be read with the problems of
-those that could, and a build refuses the export with all of them); it then writes, into a hidden folder beside
---output that becomes it once every mask is written (a run killed on the way leaves no folder of some of them),
+those that could, and a build refuses the export with all of them); it then writes, into a hidden folder that
+becomes --output (or whose masks move into it) once every mask is written (a run killed on the way leaves none),
 one palette PNG mask per image, named after the image's key: its file stem, or where stems repeat in an export a
 path such as Train/img0 (a CVAT project's subset) or seq1/frame_001 (a mask folder's subfolder), written in
 subfolders of the output. check prints the validation report (labels/validate.py) and exits non-zero when it finds
@@ -211,8 +211,8 @@ def sizes_unlike_the_images(located: list[Annotation]) -> list[str]:
 
 def write_masks(annotations: list[Annotation], label_map: LabelMap, output: Path) -> list[str]:
     """One `<image key>.png` per annotation (unknown names get the ignore id); the rasterizer's problems. They are
-    written into a hidden folder beside `output`, which becomes it (or whose masks move into it) once all are
-    written (atomic.folder_filled_whole): a to-masks killed on the way leaves no folder of some of the masks."""
+    written into a hidden folder, which becomes `output` (or whose masks move into it) once all are written
+    (atomic.folder_filled_whole): a to-masks killed on the way leaves no folder of some of the masks."""
     problems = []
     with atomic.folder_filled_whole(output) as folder:
         for annotation in tqdm(annotations, desc="writing masks", unit="mask", disable=None):
