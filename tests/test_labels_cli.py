@@ -330,6 +330,19 @@ def test_every_broken_file_of_an_export_is_named_at_once(fmt, tmp_path, capsys):
     assert "check failed: 2 error(s)" in captured.err, captured.err
 
 
+def test_an_export_whose_every_file_is_broken_names_those_files_alone(tmp_path, capsys):
+    """With every CVAT XML broken, the reader's "no CVAT XML in this folder", which follows from them, was said as a
+    third problem, and it was not true."""
+    export = tmp_path / "cv"
+    export.mkdir()
+    for name in ("a.xml", "b.xml"):
+        (export / name).write_text("<annotations><image")
+    with pytest.raises(SystemExit):
+        main(["to-masks", "--format", "cvat", "--input", str(export), "--output", str(tmp_path / "masks")])
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 problems in the annotations:\n") and "no CVAT XML" not in err, err
+
+
 def test_a_mask_folder_names_masks_without_photos_and_photos_without_masks(tmp_path, capsys):
     """A mask without its photo was taken as its own photo, and a photo without its mask was dropped unsaid."""
     export = sample_exports.write_export("masks", tmp_path / "export")

@@ -52,8 +52,8 @@ def read_readable(name: str, path: Path, label_map) -> tuple[list, list[str]]:
     with collecting_problems() as problems:
         try:
             annotations = reader(name).read(path, label_map)
-        except LabelFormatError as e:               # the export as a whole, after some files' problems
-            raise problems_error([*problems, str(e)]) from None
+        except LabelFormatError as e:   # the export as a whole: "no CVAT XML here" where every file failed
+            raise problems_error(problems or [str(e)]) from None
         if not annotations and not problems:
             raise LabelFormatError(_nothing_read(name, path))
         annotations = read_each(annotations, check_coordinates)
