@@ -421,7 +421,7 @@ def test_coordinates_out_of_range_are_refused_for_every_format(tmp_path):
     path = write_json(tmp_path, labelme_file([shape("road", [[0, 0], [4, 0], [4, 4]]),
                                               shape("car", [[-1e308, 0], [far, 0], [1e308, 1e308]])]))
     assert len(labelme.read(path)[0].shapes) == 2            # the reader itself only checks that they are numbers
-    with pytest.raises(LabelFormatError, match=re.escape(str(path)) + r" \(a.jpg\): shape 1 \('car'\): "
+    with pytest.raises(LabelFormatError, match=re.escape(str(path)) + r": image a.jpg, shape 1 \('car'\): "
                                                r"coordinate -1e\+308 is out of range"):
         formats.read("labelme", path, default_label_map())
     within = write_json(tmp_path / "ok", labelme_file([shape("road", [[-1e6, 0], [30, 0], [30, 20]])]))

@@ -721,8 +721,17 @@ def test_coordinates_out_of_range_are_an_error_not_a_wrong_mask(tmp_path, capsys
     with pytest.raises(SystemExit):
         main(["to-masks", "--input", str(folder), "--output", str(tmp_path / "masks")])
     err = capsys.readouterr().err
-    assert "far.xml (far.jpg): shape 0 ('road'): coordinate -1e+308 is out of range" in err
+    assert "far.xml: image far.jpg, shape 0 ('road'): coordinate -1e+308 is out of range" in err
     assert "Traceback" not in err and not (tmp_path / "masks").exists()
+    export = sample_exports.write_export("labelme", tmp_path / "labelme")     # its photos beside the JSON files
+    annotation, = export.glob("*.json")
+    data = json.loads(annotation.read_text())
+    data["shapes"][0]["points"][0] = [1e308, 0]
+    annotation.write_text(json.dumps(data))
+    with pytest.raises(SystemExit):
+        main(["check", "--format", "labelme", "--input", str(export)])
+    out = capsys.readouterr().out          # the photo of a file that could not be read is no photo left unlabelled
+    assert f"error: {annotation}: image " in out and "with no annotation" not in out, out
     with warnings.catch_warnings():
         warnings.simplefilter("error")                      # no overflow on the way
         result = annotation_to_mask(read_voc(folder / "far.xml"), default_label_map())

@@ -142,16 +142,17 @@ def _inside_root(name: str, root: Path) -> str | None:
 
 
 def check_coordinates(annotation: Annotation) -> Annotation:
-    """The annotation; LabelFormatError for a ring with a coordinate that is not finite or lies beyond coordinate_limit: such a
-    shape cannot be drawn, and leaving it out would change the mask without anyone being told."""
+    """The annotation; LabelFormatError ("file: image a.jpg, shape 0 ...") for a ring with a coordinate that is not
+    finite or lies beyond coordinate_limit: such a shape cannot be drawn, and leaving it out would change the mask
+    without anyone being told."""
     limit = coordinate_limit(annotation.height, annotation.width)
     for i, shape in enumerate(annotation.shapes):
         for ring in () if shape.raster is not None else (shape.exterior, *shape.holes):
             points = np.asarray(ring, np.float64)
             bad = ~(np.abs(points) <= limit)                    # NaN compares False: caught as well
             if bad.any():
-                image = f" ({annotation.file_name})" if annotation.file_name else ""
-                raise LabelFormatError(f"{annotation.source}{image}: shape {i} ({shape.label!r}): coordinate "
+                image = f"image {annotation.file_name}, " if annotation.file_name else ""
+                raise LabelFormatError(f"{annotation.source}: {image}shape {i} ({shape.label!r}): coordinate "
                                        f"{points[bad][0]:g} is out of range (a {annotation.width}x"
                                        f"{annotation.height} image allows at most +-{limit:g})")
     return annotation
