@@ -418,6 +418,11 @@ def test_overlays_show_ignored_pixels_in_the_legends_grey():
     (np.full((20, 30, 3), 4000, np.uint16), "uint16 values 4000..4000: scale them to 0..255"),
     (np.ones((20, 30, 3), bool), "a bool array: image.astype(np.uint8) * 255"),
     (np.zeros(5, np.uint8), "uint8 (5,): streetseg_jax.labels.images.open_photo(path) reads a photo"),
+    # PIL.Image.fromarray takes neither: their values first, then the shape (a TypeError when followed before)
+    (np.zeros((20, 30, 4), np.float32), "float32 values 0..0: scale them to 0..255 and make them uint8, e.g. (image "
+                                        "* 255).round().astype(np.uint8) for floats 0..1, (image >> 8).astype(np.uint8)"
+                                        " for 16-bit ones; then, an RGBA image: "),
+    (np.zeros((20, 30), np.int64), "int64 values 0..0: scale them to 0..255 and make them uint8"),
 ])
 def test_images_of_the_wrong_kind_are_told_what_to_do_by_case(image, said):
     """Every one of them was told that open_photo(path) reads a photo."""

@@ -183,26 +183,34 @@ def rgb_array(image) -> np.ndarray:
 
 
 def _rgb_advice(image: np.ndarray) -> str:
-    """What to do with an array rgb_array refuses, by its case."""
-    converts = "streetseg_jax.labels.images.to_rgb(PIL.Image.fromarray(image)) converts it as predict reads a photo"
+    """What to do with an array rgb_array refuses, by its case: its values first (to uint8), then its shape."""
     if not image.size:
         return "an empty image, with no pixels to predict or draw"
+    shape = _shape_advice(image)
+    if image.dtype == np.uint8:
+        return shape or ("streetseg_jax.labels.images.open_photo(path) reads a photo as predict does (RGB, turned "
+                         "upright as its EXIF says, and which pixels are transparent)")
+    if image.dtype == bool:
+        values = "a bool array: image.astype(np.uint8) * 255"
+    else:
+        values = (f"{image.dtype} values {np.nanmin(image):g}..{np.nanmax(image):g}: scale them to 0..255 and make "
+                  "them uint8, e.g. (image * 255).round().astype(np.uint8) for floats 0..1, (image >> 8).astype("
+                  "np.uint8) for 16-bit ones")
+    return values + (f"; then, {shape}" if shape else "")
+
+
+def _shape_advice(image: np.ndarray) -> str | None:
+    """How to make a uint8 array of this shape (H, W, 3); None where it is that already, or nothing tells."""
+    converts = "streetseg_jax.labels.images.to_rgb(PIL.Image.fromarray(image)) converts it as predict reads a photo"
     if image.ndim == 3 and image.shape[-1] == 1:
         return "a grey image: np.repeat(image, 3, axis=-1)"
     if image.ndim == 2:
-        return f"a grey image: np.repeat(image[..., None], 3, axis=-1), or {converts} (16-bit and float too)"
+        return f"a grey image: np.repeat(image[..., None], 3, axis=-1), or {converts}"
     if image.ndim == 3 and image.shape[-1] == 4:
         return f"an RGBA image: {converts} (composited on black), or image[..., :3] drops the alpha"
-    if image.ndim == 3 and image.shape[0] in (1, 3, 4):
+    if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] != 3:
         return "channels first (C, H, W): image.transpose(1, 2, 0) puts them last"
-    if image.ndim == 3 and image.dtype == bool:
-        return "a bool array: image.astype(np.uint8) * 255"
-    if image.ndim == 3 and image.dtype.kind in "iuf":
-        return (f"{image.dtype} values {np.nanmin(image):g}..{np.nanmax(image):g}: scale them to 0..255 and make "
-                "them uint8, e.g. (image * 255).round().astype(np.uint8) for floats 0..1, (image >> 8).astype("
-                "np.uint8) for 16-bit ones")
-    return ("streetseg_jax.labels.images.open_photo(path) reads a photo as predict does (RGB, turned upright as its "
-            "EXIF says, and which pixels are transparent)")
+    return None
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
