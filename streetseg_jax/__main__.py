@@ -22,7 +22,8 @@ def main(argv: list[str]) -> int:
         argv = []
     width = max(len(name) for name, _ in COMMANDS)
     lines = [f"  python -m streetseg_jax.{name:<{width}}  {what}" for name, what in COMMANDS]
-    python_api = streetseg_jax.__doc__[streetseg_jax.__doc__.index("From Python"):].rstrip()
+    doc = streetseg_jax.__doc__ or ""       # none under python -OO
+    python_api = doc[doc.find("From Python"):].rstrip() if "From Python" in doc else ""
     print("\n".join(["streetseg_jax commands (each takes --help):", *lines, "", python_api]),
           file=sys.stderr if argv else sys.stdout)
     if argv:

@@ -121,7 +121,7 @@ def load_model(workdir: str | Path, checkpoint: str | int = "best",
 def _workdir_hint(path: Path) -> str:
     """What to pass instead of `path`, which holds no checkpoints/: the run it lies in, where it is inside one's."""
     inside = next((p for p in (path, *path.parents) if p.name == "checkpoints"), None)
-    if inside is None:
+    if inside is None or not any((inside / which).is_dir() for which in ("latest", "best")):   # ~/checkpoints/run1
         return "is it a training work directory?"
     return (f"it lies in the checkpoints of a run: pass the run's work directory {inside.parent} (and checkpoint="
             "'best', 'latest' or a step)")

@@ -182,6 +182,9 @@ def test_the_package_points_to_its_python_api():
     listed = subprocess.run([sys.executable, "-m", "streetseg_jax", "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert "From Python" in listed.stdout and "streetseg_jax.inference   load_model(workdir)" in listed.stdout
+    stripped = subprocess.run([sys.executable, "-OO", "-m", "streetseg_jax"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)       # no docstrings: the commands all the same
+    assert stripped.returncode == 0 and "python -m streetseg_jax.main" in stripped.stdout, stripped.stderr
     for typed, meant in (("train", "main"), ("eval", "evaluate"), ("build", "data build")):
         wrong = subprocess.run([sys.executable, "-m", "streetseg_jax", typed, "--workdir", "w"], cwd=ROOT,
                                capture_output=True, text=True, timeout=60)

@@ -853,6 +853,10 @@ def test_load_model_errors_fit_python_and_point_at_the_work_directory(workdir, t
     for inside in (workdir / "checkpoints" / "best" / "1", workdir / "checkpoints"):
         with pytest.raises(FileNotFoundError, match=f"pass the run's work directory {re.escape(str(workdir))} "):
             load_model(inside)
+    runs = tmp_path / "checkpoints" / "run1"            # a folder of runs named checkpoints: no run's own
+    runs.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="holds no checkpoints/ folder; is it a training work directory"):
+        load_model(runs)
 
 
 def test_missing_workdir_and_bad_flags_fail_cleanly(tmp_path, capsys):

@@ -567,7 +567,8 @@ def class_id_array(mask, num_classes: int, ignore_id: int, what: str = "the mask
     mask = np.asarray(mask)
     if mask.dtype.kind not in "biu":
         raise ValueError(f"{what} must hold class ids, whole numbers, got {mask.dtype} values"
-                         + (f" {mask.min()}..{mask.max()}" if mask.size and mask.dtype.kind == "f" else "")
+                         + (f" {np.nanmin(mask)}..{np.nanmax(mask)}" if mask.dtype.kind == "f" and
+                            np.isfinite(mask).any() else "")
                          + " (a float mask would be cut to whole numbers: pass the ids, e.g. an argmax)")
     strays = np.unique(mask[((mask < 0) | (mask >= num_classes)) & (mask != ignore_id)])
     if strays.size:

@@ -182,7 +182,7 @@ def _no_images_hint(path: Path) -> str:
     except (OSError, LabelFormatError):
         return ""
     if not lone:
-        return reader("cityscapes").label_id_masks_hint(path)
+        return ""
     return (f"; {lone[0]} holds masks but no images/ or JPEGImages/ folder lies beside it (an export saved without "
             "its images?)")
 
