@@ -11,7 +11,9 @@ orientation (EXIF applied):
                                the floor is 255/K for K classes; black, 0, at transparent pixels: no photo)
 where <name> is the file's stem, or its path relative to the folder it was found in. Fully transparent pixels
 (a cut-out PNG) are no part of the photo: the ignore id in the mask, confidence 0. Two inputs that would write
-the same file, or an output that would overwrite an input, stop the run before any work. Unreadable images are
+the same file, an output that would overwrite an input, or an OUT holding photos, masks or annotation files that
+predict did not write (a labelling tool's export: predict's files would join them, and `labels` and `data build`
+would then read only predict's export there), stop the run before any work. Unreadable images are
 listed at the end and skipped; the exit status is 1 when any failed. --export labelme|coco|cvat also writes the
 masks as editable polygons under OUT/<format>/ (from the mask files, so that it never holds every mask at once),
 with the run's label_map.json, which `labels` and `data build` read there for the way back. Corrections live there:
@@ -64,7 +66,8 @@ from streetseg_jax.labels.images import IMAGE_SUFFIXES, files_under
 from streetseg_jax.labels.label_map import EXPORT_LABEL_MAP
 from streetseg_jax.labels.shapes import listing
 from streetseg_jax.labels.writers import EXPORT_FORMATS
-from streetseg_jax.predict_export import check_export, export_polygons, exportable, say_which_exports_are_older
+from streetseg_jax.predict_export import (SETTINGS_FILE, SOURCE_KEY, check_export, export_polygons, exportable,
+                                         names, not_predicts, say_which_exports_are_older)
 
 _READ_AHEAD = 4        # images decoded ahead of the model
 _WRITES_PENDING = 4    # images being encoded and written behind it
@@ -157,6 +160,21 @@ def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None
         fail(f"{len(clashes)} output file(s) would be written by two inputs:" + listing(clashes, 10) +
              "\nrename the inputs, give the folder above them (its sub-folders are kept in the outputs' names: "
              "cam1/0001.png), or predict them into separate outputs")
+
+
+def check_output(items: list[Item], out_dir: Path) -> None:
+    """Refuse, before any work, an OUT whose folders that predict writes into hold files it did not write that look
+    like a labeller's (photos, masks, annotation files: predict_export.not_predicts), but for the inputs: its files
+    joined a labelling tool's export (and a hand-made mask of a photo's name was written over), and `labels` and
+    `data build` then read the folder as predict's output, leaving out the labeller's files."""
+    sources = {item.source for item in items}
+    folders = sorted({out_dir, *((out_dir / item.name).parent for item in items)})
+    found = [path for folder in folders for path in not_predicts(folder, out_dir) if _real(path) not in sources]
+    if found:
+        fail(f"--output {out_dir} holds {len(found)} file(s) that predict did not write, photos, masks or annotation "
+             f"files (a labelling tool's export?): {names([path.relative_to(out_dir) for path in found], 3)}; "
+             "predict's files would join them (or write over them), and labels and data build would then read the "
+             "folder as predict's output; give another --output")
 
 
 def read_images(items: list[Item], failures: list) -> Iterator[tuple[Item, np.ndarray, np.ndarray | None]]:
@@ -305,9 +323,6 @@ def already_predicted(items: list[Item], out_dir: Path, confidence: bool, since:
     return [item for item in items if done(item)]
 
 
-SOURCE_KEY = "streetseg_jax source"     # the tEXt chunk of a predicted mask that names its photo
-
-
 def source_mark(photo: Path) -> str:
     """The photo a mask is predicted from: its path (bytes that are not UTF-8 escaped: a PNG's text holds only
     UTF-8), size and modification time."""
@@ -319,7 +334,6 @@ def source_mark(photo: Path) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # What made OUT's files
 # ---------------------------------------------------------------------------------------------------------------
-SETTINGS_FILE = "predict.json"
 _COMPARED = ("weights", "flip_tta", "scales", "resize", "window", "overlap")    # what changes a prediction
 
 
@@ -476,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--output {out_dir} is a file, not a folder")
     items = collect_inputs(args.input, out_dir)
     check_collisions(items, args.save_confidence, out_dir)
+    check_output(items, out_dir)
     if args.export:
         check_export(items, args.export, out_dir)
     # One predict at a time writes into a folder on this machine: a second one, with other settings, left masks of

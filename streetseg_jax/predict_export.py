@@ -22,9 +22,13 @@ import numpy as np
 from streetseg_jax.atomic import write_text
 from streetseg_jax.cli import fail
 from streetseg_jax.labels import writers
+from streetseg_jax.labels.images import IMAGE_SUFFIXES
 from streetseg_jax.labels.label_map import EXPORT_LABEL_MAP
 
 RECORD_FILE = "exported.json"
+SETTINGS_FILE = "predict.json"          # predict's record of the model and settings its files in OUT come from
+SOURCE_KEY = "streetseg_jax source"     # the tEXt chunk of a predicted mask that names its photo
+_LABELLERS = (*IMAGE_SUFFIXES, ".json", ".ndjson", ".xml")     # photos, masks and annotation files
 
 
 class WrittenMasks(collections.abc.Mapping):
@@ -153,6 +157,47 @@ def say_which_exports_are_older(out_dir: Path, written: str | None) -> None:
             print(f"note: {out_dir / fmt} holds the polygons of an earlier run's masks, not of the masks just written "
                   f"(--export {fmt} writes them again, but for files changed since it wrote them; the folder is left "
                   "as it is)", file=sys.stderr)
+
+
+def not_predicts(folder: Path, out_dir: Path) -> list[Path]:
+    """The files directly in `folder` (OUT, or a folder in it that predict writes into) that look like a
+    labeller's (photos, masks, annotation files) and that predict did not write: all but OUT's records
+    (predict.json, exported.json), its masks (they name their photo in a text chunk; one written before they did
+    has its overlay beside it in an OUT with predict.json) and the overlays and confidence maps beside them."""
+    folder, out_dir = Path(folder), Path(out_dir)
+    if not folder.is_dir():
+        return []
+    settled = (out_dir / SETTINGS_FILE).is_file()
+    top = folder.resolve() == out_dir.resolve()
+    return sorted(path for path in folder.iterdir() if path.suffix.lower() in _LABELLERS and
+                  not path.name.startswith(".") and path.is_file() and not _predicts(path, top, settled))
+
+
+def _predicts(path: Path, top: bool, settled: bool) -> bool:
+    """Whether predict wrote `path` (not_predicts); `settled`: OUT holds predict.json."""
+    if top and path.name in (SETTINGS_FILE, RECORD_FILE):
+        return True
+    for ending in ("_overlay.jpg", "_confidence.png"):
+        if path.name.endswith(ending) and (settled or _marked(path.with_name(path.name.removesuffix(ending) +
+                                                                              ".png"))):
+            return True
+    return path.suffix == ".png" and (_marked(path) or settled and
+                                      path.with_name(f"{path.stem}_overlay.jpg").is_file())
+
+
+def _marked(path: Path) -> bool:
+    """Whether `path` is a PNG whose text names the photo predict made it from (only its header is read)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            return SOURCE_KEY in image.info
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def names(paths: list, limit: int = 5) -> str:
+    """The first `limit` of `paths` (file names, or paths as they are given), then ' ...' where there are more."""
+    return ", ".join(str(path) for path in paths[:limit]) + (" ..." if len(paths) > limit else "")
 
 
 class _Exported(typing.NamedTuple):

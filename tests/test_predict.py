@@ -890,6 +890,43 @@ def test_inputs_are_never_overwritten_and_the_output_must_be_a_folder(workdir, t
     assert "is a file, not a folder" in err and "Traceback" not in err
 
 
+def test_a_labellers_export_or_hand_mask_in_the_output_is_refused_and_predicts_own_files_are_not(workdir, tmp_path,
+                                                                                                   capsys):
+    """predict --output a labeller's LabelMe export wrote its files beside the hand-labelled ones (labels and data
+    build then read only predict's export there), and a hand-made mask of a photo's name was written over."""
+    photo = save(tmp_path / "in" / "a.jpg", random_image(24, 32))
+    export = tmp_path / "export"
+    save(export / "b.jpg", random_image(24, 32, 2))
+    (export / "b.json").write_text("{}")
+    before = sorted(export.iterdir())
+    assert run_predict("--workdir", workdir, "--input", photo, "--output", export, "--export", "labelme") == 2
+    assert (f"--output {export} holds 2 file(s) that predict did not write, photos, masks or annotation files (a "
+            "labelling tool's export?): b.jpg, b.json; ") in capsys.readouterr().err
+    assert sorted(export.iterdir()) == before
+    hand = save(tmp_path / "masks" / "a.png", np.zeros((24, 32), np.uint8))
+    assert run_predict("--workdir", workdir, "--input", photo, "--output", hand.parent) == 2
+    assert "holds 1 file(s) that predict did not write" in capsys.readouterr().err
+    assert np.asarray(Image.open(hand)).max() == 0 and sorted(hand.parent.iterdir()) == [hand]
+    # Its own files from an earlier run (an older version's unmarked mask too), an export with a correction,
+    # notes and hidden files are no labeller's: predicting again goes on.
+    out = tmp_path / "out"
+    save(tmp_path / "in" / "sub" / "c.png", random_image(24, 32, 3))
+    command = ["--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "labelme",
+               "--save_confidence"]
+    assert run_predict(*command) == 0
+    (out / "labelme" / "a.json").write_text((out / "labelme" / "a.json").read_text().replace('"label"', '"label" ', 1))
+    with Image.open(out / "sub" / "c.png") as mask:
+        Image.fromarray(np.asarray(mask)).save(out / "sub" / "c.png")       # as before masks named their photo
+    (out / "notes.txt").write_text("checked a")
+    (out / ".DS_Store").write_bytes(b"Bud1")
+    assert run_predict(*command) == 0
+    save(out / "sub" / "d.png", random_image(24, 32, 4))        # a photo where predict writes c's files: refused
+    assert run_predict(*command) == 2 and "holds 1 file(s)" in capsys.readouterr().err
+    (out / "sub" / "d.png").unlink()        # ... but not an input's: the photos it predicts are no labeller's files
+    assert run_predict("--workdir", workdir, "--input", save(out / "d.jpg", random_image(24, 32, 4)), "--output",
+                       out) == 0
+
+
 def test_export_flag_hands_the_masks_to_the_writers(workdir, tmp_path, monkeypatch, capsys):
     """... all but a 1x1 photo's, which `labels check` refuses on the way back (too small for a dataset)."""
     from streetseg_jax.labels import writers
