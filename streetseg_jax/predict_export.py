@@ -208,10 +208,20 @@ class _Exported(typing.NamedTuple):
 def export_in_output(path: Path, fmt: str | None, flag: str = "--input") -> tuple[Path, str | None]:
     """(folder, format) of the export to read where `path` is predict's OUT (it holds exported.json): OUT/<fmt>
     when --export wrote that format there, said on stderr, the format taken from it when `fmt` is None or auto;
-    a clear exit when OUT holds several exports or none of `fmt`. Any other path comes back as it is."""
+    a clear exit when OUT holds several exports or none of `fmt`, or files predict did not write at its top level
+    (a labeller's export that predict wrote into: reading predict's export alone left them out without a word).
+    Any other path comes back as it is."""
     exported = sorted(name for name in _records(path) if (Path(path) / name).is_dir())
     if not exported:
         return path, fmt
+    own = not_predicts(Path(path), Path(path))
+    if own:
+        fail(f"{path} is predict's output, its polygons in {' and '.join(str(Path(path) / n) for n in exported)}, "
+             f"but its top level also holds {len(own)} file(s) that predict did not write (an export of their "
+             f"own?): {names([p.name for p in own], 3)}; give {flag} "
+             f"{Path(path) / exported[0]} --format {exported[0]} for predict's polygons, or move predict's files "
+             f"out of {path} ({RECORD_FILE}, {SETTINGS_FILE}, {', '.join(f'{name}/' for name in exported)}, its "
+             "masks and overlays) to read the others")
     if fmt in (None, "auto") and len(exported) == 1:
         fmt = exported[0]
     if fmt not in exported:

@@ -1011,6 +1011,31 @@ def test_labels_check_and_data_build_read_the_export_in_predicts_output(workdir,
     assert f"its polygons are in {out / 'coco'} and {out / 'labelme'}; give --input" in capsys.readouterr().err
 
 
+def test_a_labellers_files_beside_predicts_export_are_named_not_left_out(workdir, tmp_path, capsys):
+    """A labeller's export that predict (before it refused) wrote into was read as predict's output: labels and
+    data build read predict's uncorrected polygons alone, leaving out the hand-labelled files, --format or not."""
+    from streetseg_jax.data.__main__ import check_flags, make_parser as data_parser
+    from streetseg_jax.labels.__main__ import main as labels_main
+    save(tmp_path / "in" / "a.jpg", random_image(48, 64))
+    out = tmp_path / "out"
+    assert run_predict("--workdir", workdir, "--input", tmp_path / "in", "--output", out, "--export", "labelme") == 0
+    save(out / "b.jpg", random_image(48, 64, 2))
+    (out / "b.json").write_text("{}")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        labels_main(["check", "--input", str(out), "--format", "labelme"])
+    assert (f"error: {out} is predict's output, its polygons in {out / 'labelme'}, but its top level also holds 2 "
+            "file(s) that predict did not write (an export of their own?): b.jpg, b.json; give --input "
+            f"{out / 'labelme'} --format labelme for predict's polygons, or move predict's files out of {out} "
+            "(exported.json, predict.json, labelme/, its masks and overlays) to read the others") in \
+        capsys.readouterr().err
+    args = data_parser().parse_args(["build", "--config", "from_annotations", "--name", "x", "--manual_dir", str(out),
+                                     "--format", "labelme"])
+    with pytest.raises(SystemExit):
+        check_flags(args)
+    assert f"give --manual_dir {out / 'labelme'} --format labelme" in capsys.readouterr().err
+
+
 def test_an_export_older_than_the_masks_is_said_and_kept(workdir, tmp_path, capsys):
     """Predicting again into the folder without --export left the polygons of the earlier masks beside the new
     ones without a word (people correct those polygons in place: they are not removed)."""
