@@ -207,7 +207,8 @@ class _Exported(typing.NamedTuple):
 
 def export_in_output(path: Path, fmt: str | None, flag: str = "--input") -> tuple[Path, str | None]:
     """(folder, format) of the export to read where `path` is predict's OUT (it holds exported.json): OUT/<fmt>
-    when --export wrote that format there, said on stderr, the format taken from it when `fmt` is None or auto;
+    when --export wrote that format there, said on stderr with how many of its annotation files are still as the
+    export wrote them (unreviewed), the format taken from it when `fmt` is None or auto;
     a clear exit when OUT holds several exports or none of `fmt`, or files predict did not write at its top level
     (a labeller's export that predict wrote into: reading predict's export alone left them out without a word).
     Any other path comes back as it is."""
@@ -230,7 +231,20 @@ def export_in_output(path: Path, fmt: str | None, flag: str = "--input") -> tupl
              f"{' and '.join(str(Path(path) / name) for name in exported)}{given}; give {flag} "
              f"{Path(path) / exported[0]} --format {exported[0]}")
     print(f"note: {path} is predict's output: reading the {fmt} export in {Path(path) / fmt}", file=sys.stderr)
+    _say_unreviewed(Path(path), fmt)
     return Path(path) / fmt, fmt
+
+
+def _say_unreviewed(out_dir: Path, fmt: str) -> None:
+    """Say how many of the annotation files an export wrote into OUT/<fmt> are still as it wrote them (by the
+    record's SHA-256): a dataset built from them learns the model's own predictions, not corrections."""
+    folder, record = out_dir / fmt, _record(out_dir, fmt)
+    exported = sorted(name for name in record if _key(name, fmt) is None and name != EXPORT_LABEL_MAP and
+                      (folder / name).is_file())
+    unreviewed = [name for name in exported if _ours(folder, name, record)]
+    if unreviewed:
+        print(f"note: {len(unreviewed)} of {len(exported)} annotation file(s) in {folder} are as predict exported "
+              f"them, unreviewed: {names(unreviewed)}", file=sys.stderr)
 
 
 def _exported_before(items: list, fmt: str, out_dir: Path, record: dict) -> list[_Exported]:

@@ -1036,6 +1036,21 @@ def test_a_labellers_files_beside_predicts_export_are_named_not_left_out(workdir
     assert f"give --manual_dir {out / 'labelme'} --format labelme" in capsys.readouterr().err
 
 
+def test_reading_predicts_export_says_which_files_are_still_unreviewed(workdir, tmp_path, capsys):
+    """A dataset built from predict's output learnt its uncorrected predictions without a word."""
+    from streetseg_jax.labels.__main__ import main as labels_main
+    for name, seed in (("a", 1), ("b", 2), ("c", 3)):
+        save(tmp_path / "in" / f"{name}.jpg", random_image(24, 32, seed))
+    out = tmp_path / "out"
+    assert run_predict(*export_again(workdir, tmp_path, "labelme")) == 0
+    corrected = json.loads((out / "labelme" / "a.json").read_text())
+    (out / "labelme" / "a.json").write_text(json.dumps({**corrected, "shapes": corrected["shapes"][:1]}))
+    capsys.readouterr()
+    labels_main(["check", "--input", str(out)])
+    assert (f"note: 2 of 3 annotation file(s) in {out / 'labelme'} are as predict exported them, unreviewed: b.json, "
+            "c.json\n") in capsys.readouterr().err
+
+
 def test_an_export_older_than_the_masks_is_said_and_kept(workdir, tmp_path, capsys):
     """Predicting again into the folder without --export left the polygons of the earlier masks beside the new
     ones without a word (people correct those polygons in place: they are not removed)."""
