@@ -236,6 +236,7 @@ class RunResult:
     written: list[Item]          # items whose files are all written
     seconds: float
     failures: list               # (source, reason)
+    resized: list[str] = dataclasses.field(default_factory=list)   # the names of the photos the network saw resized
 
 
 class Stopped(Exception):
@@ -252,7 +253,7 @@ def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, p
                 title: str | None = None) -> RunResult:
     """Predict every item and write its files; reading, the model and writing overlap; `title` above each overlay
     (overlay_title). Ctrl-C, or a full disk, raises Stopped once the writes under way are done."""
-    failures, written = [], []
+    failures, written, resized = [], [], []
     start = time.perf_counter()
     stream = ((read, read[1]) for read in read_images(items, failures))
     ignore_id = predictor.trained.label_map.ignore_id
@@ -260,6 +261,8 @@ def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, p
         pending = collections.deque()
         try:
             for (item, image, transparent), prediction in predictor.predict(stream):
+                if predictor.input_size(*image.shape[:2]) != image.shape[:2]:
+                    resized.append(item.name)
                 if transparent is not None:     # no part of the photo: no class, no confidence
                     prediction.mask[transparent], prediction.confidence[transparent] = ignore_id, 0.0
                 pending.append((item, pool.submit(write_outputs, item, image, prediction, out_dir,
@@ -277,7 +280,7 @@ def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, p
             raise Stopped(written, failures, interrupt=e) from None
     if progress is not None:
         progress.update(len(items) - progress.n)
-    return RunResult(written, time.perf_counter() - start, failures)
+    return RunResult(written, time.perf_counter() - start, failures, resized)
 
 
 def _finish_write(item: Item, future, written: list, failures: list, progress) -> None:
@@ -544,11 +547,11 @@ def _predict(args: argparse.Namespace, items: list[Item], out_dir: Path) -> int:
                   f"{EXPORT_LABEL_MAP}, which labels check and data build read there)")
     if result.written:
         say_which_exports_are_older(out_dir, args.export)
-    if predictor.resized and args.resize == "auto":
+    if result.resized and args.resize == "auto":
         height, width = predictor.trained.image_size
-        print(f"{predictor.resized} photo(s) were resized for the network so that their shorter side is the training "
-              f"images' ({min(height, width)} px); their masks are at their own size (--resize none keeps every "
-              "photo's size)")
+        print(f"{len(result.resized)} photo(s) were resized for the network so that their shorter side is the "
+              f"training images' ({min(height, width)} px): {names(result.resized)}; their masks are at their own "
+              "size (--resize none keeps every photo's size)")
     return _summary(result, out_dir)
 
 

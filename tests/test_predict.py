@@ -576,8 +576,8 @@ def test_the_command_resizes_photos_far_from_the_training_size_and_says_so(workd
     assert load_model(sized).image_size == (24, 32)
     assert run_predict("--workdir", sized, "--input", inputs, "--output", tmp_path / "a") == 0
     out = capsys.readouterr().out
-    assert "1 photo(s) were resized for the network so that their shorter side is the training images' (24 px)" \
-        in out, out
+    assert "1 photo(s) were resized for the network so that their shorter side is the training images' (24 px): " \
+        "big; their masks" in out, out
     with Image.open(tmp_path / "a" / "big.png") as mask:
         assert mask.size == (128, 96)
     assert run_predict("--workdir", sized, "--input", inputs, "--output", tmp_path / "b", "--resize", "none") == 0
