@@ -125,7 +125,7 @@ def test_degenerate_shapes_are_warnings_not_errors(xml_dir, tmp_path, capsys):
     main(["to-masks", "--input", str(xml_dir), "--output", str(tmp_path / "masks")])
     captured = capsys.readouterr()
     assert "warning:" in captured.err and "street_3.xml" in captured.err and "zero area" in captured.err
-    assert "1 problems" in captured.out
+    assert " 1 warning(s))" in captured.out and "problems" not in captured.out
     assert (read_mask_png(tmp_path / "masks" / "street_3.png") == ROAD).all()
 
 
@@ -1022,7 +1022,7 @@ def test_to_masks_warns_of_what_check_warns_of(tmp_path, capsys):
     main(["to-masks", "--format", "labelme", "--input", str(export), "--output", str(tmp_path / "masks")])
     out = capsys.readouterr()
     assert f"warning: {export / 'street_1.json'}: shape 0 ('sky'): self-intersecting" in out.err
-    assert "(3 shapes, 1 problems)" in out.out
+    assert "(3 shapes, 1 warning(s))" in out.out
     # A class the label map lacks, painted ignore, and a line: check warned of both, to-masks of neither.
     document["shapes"][1]["label"] = "track"
     document["shapes"].append({"label": "road", "points": [[0, 0], [5, 5]], "shape_type": "line"})
@@ -1031,4 +1031,4 @@ def test_to_masks_warns_of_what_check_warns_of(tmp_path, capsys):
           "--unknown", "ignore"])
     out = capsys.readouterr()
     assert "unknown class name(s) 'track' painted with the ignore id" in out.err
-    assert "1 shape(s) without an area left out (1 line)" in out.err and "(3 shapes, 3 problems)" in out.out
+    assert "1 shape(s) without an area left out (1 line)" in out.err and "(3 shapes, 3 warning(s))" in out.out

@@ -139,7 +139,7 @@ def to_masks(args: argparse.Namespace) -> None:
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     shapes = sum(len(a.shapes) for a in annotations)
-    print(f"wrote {len(annotations)} masks to {args.output} ({shapes} shapes, {len(problems)} problems)")
+    print(f"wrote {len(annotations)} masks to {args.output} ({shapes} shapes, {len(problems)} warning(s))")
 
 
 def refusals_of(args: argparse.Namespace, annotations: list[Annotation], located: list[Annotation],
