@@ -67,7 +67,7 @@ from streetseg_jax.labels.label_map import EXPORT_LABEL_MAP
 from streetseg_jax.labels.shapes import listing
 from streetseg_jax.labels.writers import EXPORT_FORMATS
 from streetseg_jax.predict_export import (SETTINGS_FILE, SOURCE_KEY, check_export, export_polygons, exportable,
-                                         names, not_predicts, say_which_exports_are_older)
+                                         first_few, not_predicts, say_which_exports_are_older)
 
 _READ_AHEAD = 4        # images decoded ahead of the model
 _WRITES_PENDING = 4    # images being encoded and written behind it
@@ -172,7 +172,7 @@ def check_output(items: list[Item], out_dir: Path) -> None:
     found = [path for folder in folders for path in not_predicts(folder, out_dir) if _real(path) not in sources]
     if found:
         fail(f"--output {out_dir} holds {len(found)} file(s) that predict did not write, photos, masks or annotation "
-             f"files (a labelling tool's export?): {names([path.relative_to(out_dir) for path in found], 3)}; "
+             f"files (a labelling tool's export?): {first_few([path.relative_to(out_dir) for path in found], 3)}; "
              "predict's files would join them (or write over them), and labels and data build would then read the "
              "folder as predict's output; give another --output")
 
@@ -550,7 +550,7 @@ def _predict(args: argparse.Namespace, items: list[Item], out_dir: Path) -> int:
     if result.resized and args.resize == "auto":
         height, width = predictor.trained.image_size
         print(f"{len(result.resized)} photo(s) were resized for the network so that their shorter side is the "
-              f"training images' ({min(height, width)} px): {names(result.resized)}; their masks are at their own "
+              f"training images' ({min(height, width)} px): {first_few(result.resized)}; their masks are at their own "
               "size (--resize none keeps every photo's size)")
     return _summary(result, out_dir)
 

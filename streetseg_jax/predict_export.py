@@ -57,7 +57,7 @@ def exportable(items: list, out_dir: Path) -> list:
     small = [item for item in items if min(image_size(out_dir / f"{item.name}.png")) < 2]
     if small:
         print(f"note: {len(small)} image(s) smaller than 2x2 pixels, which no dataset holds, left out of --export: "
-              f"{', '.join(item.name for item in small[:5])}{' ...' if len(small) > 5 else ''}", file=sys.stderr)
+              f"{first_few([item.name for item in small])}", file=sys.stderr)
     return [item for item in items if item not in small]
 
 
@@ -195,7 +195,7 @@ def _marked(path: Path) -> bool:
         return False
 
 
-def names(paths: list, limit: int = 5) -> str:
+def first_few(paths: list, limit: int = 5) -> str:
     """The first `limit` of `paths` (file names, or paths as they are given), then ' ...' where there are more."""
     return ", ".join(str(path) for path in paths[:limit]) + (" ..." if len(paths) > limit else "")
 
@@ -219,7 +219,7 @@ def export_in_output(path: Path, fmt: str | None, flag: str = "--input") -> tupl
     if own:
         fail(f"{path} is predict's output, its polygons in {' and '.join(str(Path(path) / n) for n in exported)}, "
              f"but its top level also holds {len(own)} file(s) that predict did not write (an export of their "
-             f"own?): {names([p.name for p in own], 3)}; give {flag} "
+             f"own?): {first_few([p.name for p in own], 3)}; give {flag} "
              f"{Path(path) / exported[0]} --format {exported[0]} for predict's polygons, or move predict's files "
              f"out of {path} ({RECORD_FILE}, {SETTINGS_FILE}, {', '.join(f'{name}/' for name in exported)}, its "
              "masks and overlays) to read the others")
@@ -244,7 +244,7 @@ def _say_unreviewed(out_dir: Path, fmt: str) -> None:
     unreviewed = [name for name in exported if _ours(folder, name, record)]
     if unreviewed:
         print(f"note: {len(unreviewed)} of {len(exported)} annotation file(s) in {folder} are as predict exported "
-              f"them, unreviewed: {names(unreviewed)}", file=sys.stderr)
+              f"them, unreviewed: {first_few(unreviewed)}", file=sys.stderr)
 
 
 def _exported_before(items: list, fmt: str, out_dir: Path, record: dict) -> list[_Exported]:
@@ -265,8 +265,8 @@ def _exported_before(items: list, fmt: str, out_dir: Path, record: dict) -> list
             dropped.append(name)
     if dropped:
         print(f"note: {len(dropped)} photo(s) the earlier export in {out_dir / fmt} held are left out of it, their "
-              f"masks no longer in {out_dir} (or of another photo's size): {', '.join(sorted(dropped)[:5])}"
-              f"{' ...' if len(dropped) > 5 else ''}", file=sys.stderr)
+              f"masks no longer in {out_dir} (or of another photo's size): {first_few(sorted(dropped))}",
+              file=sys.stderr)
     return earlier
 
 
@@ -293,12 +293,12 @@ def _keeps_label_map(folder: Path, label_map, record: dict) -> bool:
     return False
 
 
-def _say_kept(names: list[str], fmt: str, folder: Path, record: dict) -> None:
+def _say_kept(files: list[str], fmt: str, folder: Path, record: dict) -> None:
     """Say which annotation files are kept: changed since an export wrote them, or with no record that one did."""
-    for kept, why in (([n for n in names if n in record], "changed since --export wrote them (corrected?)"),
-                      ([n for n in names if n not in record], "with no record that --export wrote them (written by "
+    for kept, why in (([n for n in files if n in record], "changed since --export wrote them (corrected?)"),
+                      ([n for n in files if n not in record], "with no record that --export wrote them (written by "
                                                              "a version before exported.json, or by another tool)")):
-        listed = f"{', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}"
+        listed = first_few(kept)
         if kept and fmt == "labelme":
             print(f"note: {len(kept)} annotation file(s) in {folder} {why}, kept as they are, without the new "
                   f"polygons of their photos: {listed} (remove a file to have it written from the masks)",
