@@ -2,7 +2,9 @@
 moving average of the weights when it kept one (`ema_decay`).
 
 Every parameter and BatchNorm statistic whose path and shape match is loaded. With a different label map the
-classifier head cannot carry over: it keeps its fresh initialisation, and the run says so. The optimiser state
+classifier head carries over class by class, matched by name: each output channel (the kernel's last axis, the
+bias) of a class the source run also had is the source's channel for that name, whatever its id there; a class it
+lacked keeps its fresh initialisation. The run says which classes were carried and which start afresh. The optimiser state
 and the step start afresh (a moving average of the weights, when this run keeps one, starts at the loaded weights).
 """
 from __future__ import annotations
@@ -51,12 +53,12 @@ def warm_start(state, init_from: str, label_map, say):
     which, meta, raw = _read_source(init_from, weights=True)
     # A run with an EMA of the weights evaluated (and chose its best checkpoint by) the average: start from that.
     saved_params = raw["opt_state"][-1]["ema"] if meta["config"].get("ema_decay") else raw["params"]
-    if LabelMap.from_dict(meta["label_map"], "its label map").names != label_map.names:
-        # Other classes, or the same ones in another order: a head of the same shape would still be loaded, its
-        # rows the source's classes.
-        say(f"init_from {init_from}: its classes differ from this run's; the classifier head is re-initialised "
-            "and the rest loaded")
-        saved_params = {key: value for key, value in saved_params.items() if key != "head"}
+    source_names = LabelMap.from_dict(meta["label_map"], "its label map").names
+    if source_names != label_map.names:
+        saved_params = dict(saved_params, head=_carry_head(state.params["head"], saved_params["head"], source_names,
+                                                           label_map.names))
+        say(f"init_from {init_from}: its classes differ from this run's; "
+            + _head_note(source_names, label_map.names))
     params, loaded_p, skipped_p = _merge(state.params, saved_params)
     model_state, loaded_s, skipped_s = _merge(state.model_state, raw["model_state"])
     # Parameters only: the model state also holds dropout's random-number state, which a run may add or drop.
@@ -65,6 +67,35 @@ def warm_start(state, init_from: str, label_map, say):
         + (f", kept fresh: {', '.join(skipped_p + skipped_s)}" if skipped_p + skipped_s else ""))
     return dataclasses.replace(state, params=params, model_state=model_state,
                                opt_state=_restart_ema(state.opt_state, params))
+
+
+def _carry_head(fresh: dict, saved: dict, source_names: list[str], names: list[str]) -> dict:
+    """The head in this run's shape: for each class the source also had (by name), the source's output channel
+    (the kernel's last axis, the bias); for the others, this run's fresh one. A head of other input width is
+    returned as saved (`_merge` keeps it fresh, `_check_only_the_head_differs` tells why)."""
+    out = {}
+    for key, value in fresh.items():
+        old = np.asarray(saved[key])
+        if old.shape[:-1] != value.shape[:-1]:
+            return saved
+        new = np.array(value.addressable_data(0))        # parameters are replicated: any local copy is the whole
+        for index, name in enumerate(names):
+            if name in source_names:
+                new[..., index] = old[..., source_names.index(name)]
+        out[key] = new
+    return out
+
+
+def _head_note(source_names: list[str], names: list[str]) -> str:
+    """Which classes' head outputs were carried over (and from which id, when it changed) and which start afresh."""
+    carried = [f"{name!r}" + (f" (id {source_names.index(name)} there, {index} here)"
+                              if source_names.index(name) != index else "")
+               for index, name in enumerate(names) if name in source_names]
+    new = [repr(name) for name in names if name not in source_names]
+    if not carried:
+        return "no class is in both, so the classifier head is re-initialised and the rest loaded"
+    return (f"the classifier head keeps its outputs for {', '.join(carried)} (matched by name)"
+            + (f" and starts those for {', '.join(new)} afresh" if new else ""))
 
 
 def _check_only_the_head_differs(skipped: list[str], loaded: int, init_from: str, saved_model: dict) -> None:
