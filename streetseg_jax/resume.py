@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 
 from streetseg_jax import config_keys
-from streetseg_jax.labels.label_map import label_map_change
+from streetseg_jax.labels.label_map import label_map_change, same_classes
 from streetseg_jax.visualize import SCORING_KEYS, flatten
 
 # Config sections that must match for a work directory to be resumed. A resume also keeps the optimiser's layout,
@@ -23,7 +23,8 @@ _SCHEDULE_KEYS = {"num_train_steps", "learning_rate", "warmup_steps", "lr_schedu
 
 
 def incompatibility(saved: dict, current: dict, workdir: Path) -> str | None:
-    """Why the checkpoint's run (`saved`: its config and label map) cannot go on with `current`'s, or None."""
+    """Why the checkpoint's run (`saved`: its config and label map) cannot go on with `current`'s, or None. A label
+    map whose classes and ignore id are the same is no reason (label_map_note says what changed)."""
     problems = []
     for key in _COMPATIBLE_KEYS:
         then, now = _layout(key, saved["config"].get(key)), _layout(key, current["config"].get(key))
@@ -34,18 +35,38 @@ def incompatibility(saved: dict, current: dict, workdir: Path) -> str | None:
         if saved_opt[key] != current_opt[key]:
             problems.append(f"{key} differs (the optimiser state has another layout): checkpoint has "
                             f"{saved_opt[key]!r}, this run has {current_opt[key]!r}")
-    if saved["label_map"] != current["label_map"]:
-        problems.append("the label map differs from the one the checkpoint was trained with ("
-                        f"{label_map_change(saved['label_map'], current['label_map'])})")
-    if problems:
-        from streetseg_jax.warm_start import SHAPING_KEYS
-        then, now = saved["config"].get("model", {}), current["config"].get("model", {})
-        warm = ("" if any(then.get(k) != now.get(k) for k in SHAPING_KEYS)
-                else f" (--config.init_from={workdir} warm-starts from it)")
-        return (f"{workdir} holds a run with an incompatible config, refusing to resume:\n  - "
-                + "\n  - ".join(problems) + "\nResume with the run's own settings (its config.json has the "
-                f"overrides it was started with), or use another --workdir{warm}.")
+    classes = not same_classes(saved["label_map"], current["label_map"])
+    if problems or classes:
+        return _refusal(saved, current, workdir, problems, classes)
     return None
+
+
+def _refusal(saved: dict, current: dict, workdir: Path, problems: list[str], classes: bool) -> str:
+    """The settings that differ, and the dataset's other classes (which no setting changes), with what to do."""
+    from streetseg_jax.warm_start import SHAPING_KEYS
+    then, now = saved["config"].get("model", {}), current["config"].get("model", {})
+    warm = ("" if any(then.get(k) != now.get(k) for k in SHAPING_KEYS)
+            else f" (--config.init_from={workdir} warm-starts from it)")
+    lines = list(problems)
+    if classes:
+        change = label_map_change(saved["label_map"], current["label_map"])
+        lines.append(f"the dataset's label map has other classes than the checkpoint's ({change})")
+    if problems:
+        what = "an incompatible config"
+        fix = ("Resume with the run's own settings (its config.json has the overrides it was started with)"
+               + (" on the data it trained on" if classes else ""))
+    else:
+        what, fix = "a run trained on other classes", "Resume on the data it trained on (its config.json names it)"
+    return (f"{workdir} holds {what}, refusing to resume:\n  - " + "\n  - ".join(lines)
+            + f"\n{fix}, or use another --workdir{warm}.")
+
+
+def label_map_note(saved: dict, current: dict) -> str | None:
+    """What changed in a label map that keeps the classes and their ids (resumable), or None where nothing did."""
+    if saved["label_map"] == current["label_map"]:
+        return None
+    change = label_map_change(saved["label_map"], current["label_map"])
+    return f"the dataset's label map changed since the checkpoint ({change}); its classes and ids are the same"
 
 
 def _difference(then, now) -> str:

@@ -227,6 +227,8 @@ def _check_resume(setup: RunSetup, overrides: list[str] | None) -> int | None:
             problem = resume.dropped_overrides(started, saved["config"], meta["config"], overrides)
         if problem:
             raise RunError(problem)
+        if (note := resume.label_map_note(saved, meta)):
+            log.say(note)
         if latest < config.num_train_steps:
             log.changed = resume.warn_of_changes(saved["config"], meta["config"], latest, log)
         elif (changed := resume.changes(saved["config"], meta["config"])):      # nothing to train: said all the same

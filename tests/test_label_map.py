@@ -210,3 +210,20 @@ def test_ignore_colors_are_written_only_where_given():
     assert label_map.ignore_colors == ((1, 2, 3), (0, 0, 1)) and label_map.to_dict() == data
     assert label_map.of_ids() == default_label_map()
     assert default_label_map().mask_ignore_colors() == ((255, 255, 255),)
+
+
+def test_a_label_map_change_names_each_detail():
+    """A rebuild whose map only gained an alias was said as "colours, aliases, fill id or mask values"."""
+    from streetseg_jax.labels.label_map import label_map_change
+
+    old = default_label_map().to_dict()
+    new = json.loads(json.dumps(old))
+    new["classes"][3]["aliases"].append("track")
+    new["classes"][5]["aliases"].remove("house")
+    new["classes"][6]["color"] = [1, 2, 3]
+    new["fill_id"] = 255
+    assert label_map_change(old, new) == ("class 'road' gained alias 'track'; class 'building' lost alias 'house'; "
+                                          "class 'sky': colour [70, 130, 180] before, [1, 2, 3] now; "
+                                          "fill_id 0 before, 255 now")
+    new["ignore_values"] = [0]
+    assert label_map_change(old, new).endswith("; ignore_values not given before, [0] now")

@@ -591,6 +591,41 @@ def test_a_refused_resume_says_what_differs_and_the_dropout_rate_may_change(tmp_
     assert re.search(r"(?s)base_width 4 there, 8 here.*another --workdir\.$", refused) and "init_from" not in refused
 
 
+def test_a_resume_on_a_label_map_that_only_gained_an_alias_goes_on_and_says_so(finished_run, tiny_data_dir,
+                                                                              tmp_path):
+    """A rebuilt dataset whose label map only gained an alias was refused as "the label map differs ... (colours,
+    aliases, fill id or mask values)", then told to resume "with the run's own settings", which has none of it; the
+    data's own check never spoke. Ids are what a checkpoint depends on: the run says what changed and goes on."""
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run[0], workdir)
+    meta_file = workdir / "checkpoints" / "latest" / str(STEPS) / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    tree, = (c for c in meta["label_map"]["classes"] if c["name"] == "tree")
+    tree["aliases"].remove("trees")                          # the checkpoint's map lacks an alias the data's has
+    meta_file.write_text(json.dumps(meta))
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.num_train_steps={STEPS + 1}")
+    assert code == 0, out
+    assert "the dataset's label map changed since the checkpoint (class 'tree' gained alias 'trees'); its classes " \
+           "and ids are the same" in out, out
+
+
+def test_a_resume_on_other_classes_is_refused_without_blaming_a_setting(tmp_path):
+    from streetseg_jax import resume
+    from streetseg_jax.labels.label_map import default_label_map
+
+    labels = default_label_map().to_dict()
+    saved = {"config": {"model": {"base_width": 4}, "dataset": "a"}, "label_map": labels}
+    current = json.loads(json.dumps(saved))
+    current["label_map"]["classes"][1]["color"] = [1, 2, 3]
+    assert resume.incompatibility(saved, current, tmp_path) is None
+    assert "class 'tree': colour [34, 139, 34] before, [1, 2, 3] now" in resume.label_map_note(saved, current)
+    current["label_map"]["classes"][1]["name"] = "bush"
+    refused = resume.incompatibility(saved, current, tmp_path)
+    assert refused.startswith(f"{tmp_path} holds a run trained on other classes, refusing to resume:"), refused
+    assert "other classes than the checkpoint's (classes background, tree," in refused
+    assert "Resume on the data it trained on" in refused and "settings" not in refused, refused
+
+
 def test_a_resume_on_other_data_of_the_same_name_is_refused(finished_run, tiny_data_dir, tmp_path):
     """A resume under another --config.data_dir holding another street_seg/synthetic trained on from the last step
     as if it were the same data, its evaluations compared with the earlier ones; said only as a changed data_dir."""

@@ -535,15 +535,44 @@ def starter_of_colours(colours: list[tuple[int, int, int]]) -> LabelMap:
     return LabelMap(tuple(ClassInfo(i, f"class_{i}", colour) for i, colour in enumerate(named)))
 
 
+def same_classes(old: dict, new: dict) -> bool:
+    """Whether two label maps (to_dict's shape) give every id the same class and ignore the same id: what a model's
+    outputs and its scores mean. Their colours, aliases, fill id and mask values only say how exports are read
+    into masks (the data, which its fingerprint covers) and how pictures are drawn."""
+    return _names(old) == _names(new) and old.get("ignore_id") == new.get("ignore_id")
+
+
 def label_map_change(old: dict, new: dict) -> str:
     """What differs between two label maps (to_dict's shape), in words: the classes by name, else the ignore id,
-    else what pictures and exports alone see (colours, aliases, fill id, mask values)."""
-    names = lambda lm: [c.get("name") for c in lm.get("classes", [])]  # noqa: E731
-    if names(old) != names(new):
-        return f"classes {', '.join(names(old))} before, {', '.join(names(new))} now"
+    else each detail that only reading exports and drawing pictures use ("class 'track' gained alias 'truck'")."""
+    if _names(old) != _names(new):
+        return f"classes {', '.join(_names(old))} before, {', '.join(_names(new))} now"
     if old.get("ignore_id") != new.get("ignore_id"):
         return f"ignore id {old.get('ignore_id')} before, {new.get('ignore_id')} now"
-    return "colours, aliases, fill id or mask values"
+    return "; ".join(_class_changes(old, new) + _map_changes(old, new)) or "no difference"
+
+
+def _names(label_map: dict) -> list:
+    return [c.get("name") for c in label_map.get("classes", [])]
+
+
+def _class_changes(old: dict, new: dict) -> list[str]:
+    """Each class's gained and lost aliases and mask values, and its colour change (the same classes in both)."""
+    found = []
+    for then, now in zip(old.get("classes", []), new.get("classes", [])):
+        name = now.get("name")
+        for key, what in (("aliases", "alias"), ("values", "mask value")):
+            before, after = then.get(key, []), now.get(key, [])
+            found += [f"class {name!r} gained {what} {x!r}" for x in after if x not in before]
+            found += [f"class {name!r} lost {what} {x!r}" for x in before if x not in after]
+        if then.get("color") != now.get("color"):
+            found.append(f"class {name!r}: colour {then.get('color')} before, {now.get('color')} now")
+    return found
+
+
+def _map_changes(old: dict, new: dict) -> list[str]:
+    return [f"{key} {old.get(key, 'not given')} before, {new.get(key, 'not given')} now"
+            for key in ("fill_id", "ignore_values", "ignore_colors") if old.get(key) != new.get(key)]
 
 
 def _alike(a, b) -> bool:
