@@ -76,6 +76,7 @@ class RunSetup:
 
     def stop(self, step: int, signal_name: str) -> None:
         self.checkpoints.wait()
+        self.log.stopped(step)
         self.log.say(f"received {signal_name}: saved step {step} to {self.workdir / 'checkpoints'}; "
                      "run the same command again to resume from it", every_process=True)
         raise SystemExit(130 if signal_name.startswith("SIGINT") else 143)

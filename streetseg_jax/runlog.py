@@ -1,5 +1,6 @@
 """A training run's log: metrics.jsonl (one JSON object per line with `step` and `time`, a `run/start` record at each
-start) and the progress line with its ETA; only process 0 writes, and prints but how the run ends."""
+start, a `run/stop` one where a signal's stop saved) and the progress line with its ETA; only process 0 writes,
+and prints but how the run ends."""
 from __future__ import annotations
 
 import json
@@ -59,6 +60,12 @@ class RunLog:
                      **({"run/commit": self.commit} if self.commit else {})}
             append_record(self.path, {"step": step, "time": self.t0, "run/start": True, "run/devices": devices(),
                                        **extra})
+
+    def stopped(self, step: int) -> None:
+        """A `run/stop` record at the step a signal's stop saved: the time since the last log is training that
+        the resume keeps (visualize.run_history counts it); it makes no row."""
+        if self.primary:
+            append_record(self.path, {"step": step, "time": time.time(), "run/stop": True})
 
     def first_step_done(self, step: int) -> None:
         """The ETA counts from here on: the first step of a start includes compiling it (and an evaluation before

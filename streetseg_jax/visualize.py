@@ -215,21 +215,28 @@ def run_history(records: list[dict]) -> list[dict]:
     A run killed without saving resumes from an earlier checkpoint and redoes steps: their new records replace the
     lost ones. Each row gets `elapsed`, the seconds of training up to it, start-up and evaluation included, the
     time between a stop and its resume and the lost steps' time left out. Runs log a `run/start` record when they
-    (re)start; in older logs a step that goes back marks the restart, and its record adds no time.
+    (re)start, and a `run/stop` record (no row of its own) when a signal stops them after saving, so that the
+    time from the last log to the stop counts; in older logs a step that goes back marks the restart, and its
+    record adds no time.
     """
     rows: dict[int, dict] = {}
+    stops: dict[int, float] = {}        # the elapsed time at each saved stop, by its step
     elapsed, last_time, last_step = 0.0, None, -1
     for record in records:
-        step, now = record["step"], record.get("time")
-        if record.get("run/start") or step < last_step:
-            rows = {s: row for s, row in rows.items() if s < step or (s == step and record.get("run/start"))}
-            elapsed = max((row["elapsed"] for row in rows.values()), default=0.0)
-            last_time = now if record.get("run/start") else None
-        if not record.get("run/start"):
+        step, now, start = record["step"], record.get("time"), record.get("run/start")
+        if start or step < last_step:
+            rows = {s: row for s, row in rows.items() if s < step or (s == step and start)}
+            stops = {s: t for s, t in stops.items() if s < step or (s == step and start)}
+            elapsed = max([row["elapsed"] for row in rows.values()] + list(stops.values()), default=0.0)
+            last_time = now if start else None
+        if not start:
             if last_time is not None and now is not None:
                 elapsed += now - last_time
             last_time = now
-            rows.setdefault(step, {}).update(record, elapsed=elapsed)
+            if record.get("run/stop"):
+                stops[step] = elapsed
+            else:
+                rows.setdefault(step, {}).update(record, elapsed=elapsed)
         last_step = step
     return [rows[s] for s in sorted(rows)]
 

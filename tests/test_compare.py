@@ -51,6 +51,16 @@ def test_history_of_a_stop_that_saved_keeps_every_step_and_leaves_out_the_pause(
     assert rows[0]["eval/miou"] == 0.3 and rows[0]["train/loss"] == 1.0    # train and eval of a step merged
 
 
+def test_history_counts_the_time_from_the_last_log_to_a_saved_stop():
+    """A Ctrl-C at step 114, logged to 100, left ~33 s of kept training out of report's and compare's time: the
+    stop's run/stop record counts it, and makes no row; a stop whose steps a resume from earlier redoes adds none."""
+    stop = {"step": 3, "time": 45, "run/stop": True}
+    rows = run_history([start(0, 0), train(2, 20), stop, start(3, 5000), train(4, 5010)])
+    assert [(r["step"], r["elapsed"]) for r in rows] == [(2, 20), (4, 55)]
+    rows = run_history([start(0, 0), train(2, 20), stop, start(2, 5000), train(4, 5010)])
+    assert [(r["step"], r["elapsed"]) for r in rows] == [(2, 20), (4, 30)]
+
+
 def test_history_of_an_older_log_without_start_records_sees_the_restart_where_steps_go_back():
     records = [train(1, 10), train(2, 20), train(3, 30), train(2, 900, loss=0.2), train(3, 910)]
     rows = run_history(records)

@@ -106,6 +106,9 @@ def test_resume_after_sigterm_is_bitwise_exact(finished_run, tiny_data_dir, tmp_
     assert (workdir / "curves.png").stat().st_size > 1000     # drawn at step 3's evaluation, not only at the end
     stopped_at = ocp.CheckpointManager(workdir / "checkpoints" / "latest").latest_step()
     assert 4 <= stopped_at < STEPS, out
+    records = read_metrics(workdir / "metrics.jsonl")
+    stop, = [r for r in records if r.get("run/stop")]          # the time from the last log to it counts
+    assert stop["step"] == stopped_at and stop["time"] >= run_history(records)[-1]["time"]
     code, out = run_main_to_end(workdir, tiny_data_dir)
     assert code == 0 and f"resuming from step {stopped_at}" in out, out
     expected, got = final_state(reference, STEPS), final_state(workdir, STEPS)
