@@ -335,7 +335,7 @@ def curves_figure(runs: list[Run]):
     (by_step, by_time), (loss, legend) = fig.subplots(2, 2)
     hours = max((r["elapsed"] for run in runs for r in run.evals), default=0) >= 2 * 3600
     unit, seconds = ("hours", 3600) if hours else ("minutes", 60)
-    losses = {text for run in runs for text in _losses(run)} - {MISSING}     # a run whose config.json is gone
+    differ = _objective_differences(runs)
     for i, run in enumerate(runs):
         # Earlier runs drawn wider, under later ones: a run with another's history shows around it.
         wider = (len(runs) - 1 - i) / max(len(runs) - 1, 1)
@@ -343,13 +343,14 @@ def curves_figure(runs: list[Run]):
                  "markersize": 3 + 4 * wider, "linewidth": 1 + 2 * wider}
         evals = [(r["step"], r["elapsed"] / seconds, r["eval/miou"]) for r in run.evals]
         eval_breaks = breaks(run.starts, SCORING_KEYS)
-        label = run.name + (f" ({', '.join(_losses(run))})" if len(losses) > 1 else "")
+        label = run.name + (f" ({_objective_text(run, differ)})" if differ else "")
         by_step.plot(*broken_at([(s, m) for s, _, m in evals], eval_breaks), label=label, **style)
         by_time.plot(*broken_at([(t, m) for _, t, m in evals], _elapsed_at(run, eval_breaks, seconds)), **style)
         train = [(r["step"], r["train/loss"]) for r in run.history if "train/loss" in r]
         loss.plot(*broken_at(train, breaks(run.starts, OBJECTIVE_KEYS)), **style)
         _mark_resumes(run, style["color"], (by_step, loss), by_time, seconds)
-    loss_title = ("train loss (objectives differ: not comparable)" if len(losses) > 1 else
+    losses = {setting_text(run, "loss") for run in runs} - {MISSING}     # a run whose config.json is gone
+    loss_title = ("train loss (objectives differ: not comparable)" if differ else
                   f"train loss ({losses.pop()})" if losses else "train loss")
     for ax, title, xlabel in ((by_step, "eval mean IoU", "step"), (by_time, "eval mean IoU", f"{unit} of training"),
                               (loss, loss_title, "step")):
@@ -373,10 +374,16 @@ def _colour(i: int):
     return colormaps["tab10"](i % 10)
 
 
-def _losses(run: Run) -> list[str]:
-    """The run's training objectives in the order it used them: one, or more where a resume changed its loss;
-    [MISSING] where its config.json is gone."""
-    return setting_text(run, "loss").split(", ")
+def _objective_differences(runs: list[Run]) -> list[str]:
+    """The settings that define the training objective (OBJECTIVE_KEYS: the loss, its class weights) whose values
+    differ between the runs, or within one where a resume changed them; a run whose config.json is gone has none."""
+    return [key for key in OBJECTIVE_KEYS
+            if len({text for run in runs for text in setting_text(run, key).split(", ")} - {MISSING}) > 1]
+
+
+def _objective_text(run: Run, keys: list[str]) -> str:
+    """The run's values of `keys` (_objective_differences): "cross_entropy+lovasz, class_weights none"."""
+    return ", ".join(setting_text(run, key) if key == "loss" else f"{key} {setting_text(run, key)}" for key in keys)
 
 
 def _elapsed_at(run: Run, steps: list[int], seconds: float) -> list[float]:

@@ -272,6 +272,20 @@ def test_a_run_whose_config_json_is_damaged_compares_without_its_settings(tmp_pa
     assert compare.curves_figure(compare.load_runs([a, b])).axes[2].get_title() == "train loss"
 
 
+def test_runs_of_other_class_weights_are_not_one_objective(tmp_path):
+    """Runs differing only in class_weights shared one axis titled "train loss (cross_entropy+lovasz)"."""
+    a = make_run(tmp_path / "a", {}, rates=[1.0], loss="cross_entropy+lovasz", class_weights="median_frequency")
+    b = make_run(tmp_path / "b", {}, rates=[1.0], loss="cross_entropy+lovasz", class_weights="none")
+    figure = compare.curves_figure(compare.load_runs([a, b]))
+    assert figure.axes[2].get_title() == "train loss (objectives differ: not comparable)"
+    assert [text.get_text() for text in figure.axes[3].get_legend().get_texts()] == [
+        "a (class_weights median_frequency)", "b (class_weights none)"]
+    c = make_run(tmp_path / "c", {}, rates=[1.0], loss="cross_entropy", class_weights="none")
+    labels = [text.get_text() for text in
+              compare.curves_figure(compare.load_runs([b, c])).axes[3].get_legend().get_texts()]
+    assert labels == ["b (cross_entropy+lovasz)", "c (cross_entropy)"]
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "is not a directory"),
     ("empty", "empty: no logged steps in metrics.jsonl: not a training work directory"),
