@@ -265,13 +265,45 @@ def class_ious(runs: list[Run]) -> dict[str, list[float | None]]:
 
 
 def evaluation_rows(runs: list[Run]) -> list[list[str]]:
-    """One row per evaluate result any run has (e.g. test_flip_tta), its mIoU in each run with the step scored."""
-    names = list(dict.fromkeys(name for run in runs for name in run.evaluations))
+    """One row per scoring any run's evaluate results hold (_scoring: split, scales and flip, the best checkpoint or
+    a step, the data), in that order, its mIoU in each run with the step scored: equal scorings share a row
+    whatever their files are named, and results of other data never do."""
+    keyed = {run.name: {_scoring(run, stem, result): result for stem, result in run.evaluations.items()}
+             for run in runs}
+    keys = sorted({key for scorings in keyed.values() for key in scorings})
+    several_data = len({key[1] for key in keys}) > 1
     rows = [["evaluate result"] + [run.name for run in runs]]
-    for name in names:
-        rows.append([name] + [f"{run.evaluations[name]['miou']:.4f} (step {run.evaluations[name].get('step', '?')})"
-                              if name in run.evaluations else MISSING for run in runs])
+    for key in keys:
+        cells = [keyed[run.name].get(key) for run in runs]
+        rows.append([_scoring_text(key, several_data)] + [MISSING if r is None else
+                                                          f"{r['miou']:.4f} (step {r.get('step', '?')})"
+                                                          for r in cells])
     return rows
+
+
+def _scoring(run: Run, stem: str, result: dict) -> tuple:
+    """What an evaluate result scored, as a sortable key: (split, data fingerprint, not the best checkpoint, step
+    unless the best, eval scale, extra scales, flip). A step that is the run's best evaluation's is the best
+    checkpoint (a --checkpoint latest or N of it scored the same weights). A result of a version that recorded less
+    is keyed by its file name."""
+    try:
+        best = result["checkpoint"] == "best" or result["step"] == (run.best or {}).get("step")
+        return (str(result["split"]), str(result["data"]["fingerprint"] or ""), not best,
+                0 if best else int(result["step"]), float(result["eval_scale"]),
+                tuple(float(s) for s in result["eval_extra_scales"]), bool(result["flip_tta"]))
+    except (KeyError, TypeError, ValueError):
+        return (stem, "", False, 0, -1.0, (), False)
+
+
+def _scoring_text(key: tuple, several_data: bool) -> str:
+    """A row's name: "validation, scales 0.5+0.375+0.625, flip, best checkpoint[, data 9e8ea63c]"; the file name of
+    a result that recorded less."""
+    split, data, not_best, step, scale, extra, flip = key
+    if scale < 0:
+        return split
+    scales = f"scales {'+'.join(f'{s:g}' for s in (scale, *extra))}" if extra else f"scale {scale:g}"
+    return ", ".join([split, scales, *(["flip"] if flip else []), f"step {step}" if not_best else "best checkpoint",
+                      *([f"data {data[:8]}"] if several_data and data else [])])
 
 
 def _miou(row: dict | None) -> str:
@@ -473,10 +505,10 @@ def _seeds_section(runs: list[Run]) -> str:
 
 def _evaluations_section(runs: list[Run]) -> str:
     return _rows_section("evaluations", "Results of python -m streetseg_jax.evaluate", evaluation_rows(runs),
-                         "From each run's <code>eval/&lt;split&gt;[_flip_tta][_multiscale|_scales-S-...]"
-                         "[_step&lt;N&gt;][_data-&lt;fingerprint&gt;].json</code>: mean IoU at the labels' resolution, "
-                         "with the step of the checkpoint scored; <code>_data-</code> results are of data other than "
-                         "the run trained on.")
+                         "From each run's <code>eval/*.json</code>: mean IoU at the labels' resolution, with the "
+                         "step of the checkpoint scored. A row is one scoring: the split, the scales and flip of the "
+                         "TTA, the checkpoint (each run's best, or a step), and the data by its fingerprint where "
+                         "the results are of more than one.")
 
 
 def _config_table(runs: list[Run]) -> str:

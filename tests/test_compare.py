@@ -160,6 +160,36 @@ def test_compare_prints_and_pages_the_runs_figures_and_only_the_config_keys_that
     assert Image.open(io.BytesIO(png)).size[0] > 1000
 
 
+def result(step: int, miou: float, checkpoint: str = "best", fingerprint: str = "f" * 64, flip: bool = True,
+           split: str = "test") -> str:
+    """An evaluate result as its eval/*.json holds it (the fields compare reads)."""
+    return json.dumps({"split": split, "checkpoint": checkpoint, "step": step, "eval_scale": 0.5,
+                       "eval_extra_scales": [0.375], "flip_tta": flip, "miou": miou,
+                       "data": {"fingerprint": fingerprint, "trained_on": fingerprint == "f" * 64}})
+
+
+def test_evaluate_results_share_a_row_where_they_scored_alike_and_never_across_data(two_runs, capsys, tmp_path):
+    """The best checkpoint of one run (test_flip_tta_multiscale) and the latest of another, also its best
+    (test_flip_tta_multiscale_step4), sat in two rows, each "-" for the other; a result on other data shared a row
+    with results on the runs' own, the rows unsorted."""
+    a, b = two_runs                                   # a's best evaluation is at step 2, b's at step 4
+    for run, files in ((a, {"test_flip_tta_multiscale": result(2, 0.61), "test_step4": result(4, 0.5, "4", flip=False),
+                            "test_flip_tta_multiscale_data-0123abcd": result(2, 0.3, fingerprint="0123abcd" * 8)}),
+                       (b, {"test_flip_tta_multiscale_step4": result(4, 0.62, "latest"),
+                            "validation": result(4, 0.7, split="validation", flip=False)})):
+        (run / "eval").mkdir()
+        for stem, text in files.items():
+            (run / "eval" / f"{stem}.json").write_text(text)
+    out, page = run_compare(capsys, a, b, "--output", tmp_path / "cmp.html")
+    rows = [line.split("  ")[0] for line in out.split("evaluate result")[1].split("\n\n")[0].splitlines()[1:]]
+    assert rows == ["test, scales 0.5+0.375, flip, best checkpoint, data 0123abcd",
+                    "test, scales 0.5+0.375, flip, best checkpoint, data ffffffff",
+                    "test, scales 0.5+0.375, step 4, data ffffffff",
+                    "validation, scales 0.5+0.375, best checkpoint, data ffffffff"], out
+    assert ("<td>test, scales 0.5+0.375, flip, best checkpoint, data ffffffff</td><td>0.6100 (step 2)</td>"
+            "<td>0.6200 (step 4)</td>") in page
+
+
 def test_a_folder_of_runs_compares_every_run_in_it(two_runs, tmp_path, capsys):
     (tmp_path / "runs" / "a" / "notes").mkdir()       # not a work directory: left out
     started = tmp_path / "runs" / "a" / "started"      # started a moment ago: no step logged yet
