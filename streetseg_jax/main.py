@@ -351,8 +351,9 @@ def _usage_error(e: Exception) -> NoReturn:
     if key.isidentifier():               # all that is left of a key ml_collections does not know
         given = next((arg[len("--config."):].partition("=")[0] for arg in sys.argv[1:]
                       if arg.startswith("--config.") and arg.partition("=")[0].endswith(f".{key}")), key)
-        guess = re.search(r'Did you mean "(\w+)"', rest)
-        guess = guess[1] if guess else config_keys.meant(given)
+        guess = re.search(r'Did you mean "(\w+)"', rest)      # a key of the same section: the full key is needed
+        section = given.rpartition(".")[0]
+        guess = (f"{section}." * bool(section) + guess[1]) if guess else config_keys.meant(given)
         text = f"unknown config key {given!r}: " + (f"did you mean {guess!r}?" if guess else
                                                      "see the config file for the keys there are")
     text = re.sub(r"\('Non-boolean argument to boolean flag', (.*)\)", r"takes true or false, got \1", text)

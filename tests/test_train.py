@@ -678,7 +678,10 @@ def test_mistyped_flags_keys_and_values_are_one_message(tiny_data_dir, tmp_path)
                           ("--config.nonexistent=3", "unknown config key 'nonexistent'"),
                           ("--config.crop_size=3", "unknown config key 'crop_size': did you mean 'augment.crop_size'?"),
                           ("--config.model.widht=3", "unknown config key 'model.widht': did you mean "
-                           "'model.base_width'?")):
+                           "'model.base_width'?"),
+                          # ml_collections' guess is the section's key alone, which the flag cannot take
+                          ("--config.augment.base_scal=0.4", "unknown config key 'augment.base_scal': did you mean "
+                           "'augment.base_scale'?")):
         code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, flag)
         assert code == 2 and out.startswith("error: ") and message in out and "Traceback" not in out, out
     # given twice, a tuple's values were joined: evaluated at both scales, or refused as (0.5, -1.0)
