@@ -109,8 +109,11 @@ def _run(config) -> None:
     from streetseg_jax.data.source import DatasetNotFoundError
     from streetseg_jax.run import RunError, check_same_start, check_settings
 
-    if config.data_dir:     # absolute, as config.json records it: evaluate and report from another folder find it
-        config.data_dir = os.path.abspath(os.path.expanduser(config.data_dir))
+    # Absolute, as config.json records them: evaluate and report from another folder find the data, and a run
+    # started from the config.json elsewhere (--config runs/x/config.json) finds the run it warm-started from.
+    for key in ("data_dir", "init_from"):
+        if config[key]:
+            config[key] = os.path.abspath(os.path.expanduser(config[key]))
     finished = sharding.watch_other_processes()
     try:      # before a dataset is built for a run that cannot start
         check_same_start(config, _NUM_PROCESSES.value)

@@ -133,7 +133,7 @@ def prepare_run(config, workdir: str | Path, overrides: list[str] | None = None,
     refused rather than trained with the config file's value. `same_data`: the user says that the dataset, whose
     files differ from those the run trained on, is a rebuild of the same inputs (a build by a version before
     2026-12-07, rebuilt): the run resumes on it, said, and records its fingerprint."""
-    made = [path for path in _made_by_a_start(Path(workdir).absolute()) if not path.exists()]
+    made = [path for path in _made_by_a_start(absolute(workdir)) if not path.exists()]
     workdir, mesh, (train_source, label_map, info), eval_source, log, weights, size = sharding.all_succeed(
         lambda: _open(config, workdir))
     meta = {"label_map": label_map.to_dict(), "config": config.to_dict(), "image_size": size}
@@ -340,11 +340,17 @@ def start_differences(starts: list[dict]) -> str | None:
 def check_settings(config, workdir: str | Path) -> Path:
     """RunError for a config or work directory no run can use (main asks before it builds a missing dataset);
     returns the work directory as an absolute path."""
-    workdir = Path(workdir).absolute()
+    workdir = absolute(workdir)
     recorded = {key: value for key, value in _read_json_object(workdir / "config.json").items() if key != "provenance"}
     check_config(config, set(config_keys.unknown(recorded)))
     _check_workdir(workdir)
     return workdir
+
+
+def absolute(path: str | Path) -> Path:
+    """`path` absolute and without its "..": the work directory as the run prints it (runs/../runs/a was printed
+    as /home/x/runs/../runs/a/checkpoints)."""
+    return Path(os.path.abspath(path))
 
 
 def check_config(config, recorded: set[str] = frozenset()) -> None:

@@ -896,6 +896,19 @@ def test_a_folder_that_is_not_a_run_keeps_its_config_json(tiny_data_dir, tmp_pat
     assert (tmp_path / "project" / "config.json").read_text() == '{"mine": true}'
 
 
+def test_a_warm_start_records_its_source_absolute_and_the_workdir_is_printed_without_dots(finished_run,
+                                                                                         tiny_data_dir, tmp_path):
+    """config.json kept init_from as given (../runs/c2), so `--config runs/c3/config.json` from another folder failed
+    ("not a training work directory"); and paths were printed as /tmp/x/repo/../runs/a/checkpoints."""
+    source = os.path.relpath(finished_run[0], ROOT)             # relative to where the run starts (ROOT)
+    workdir = tmp_path / "other" / ".." / "warm"
+    code, out = run_main_to_end(workdir, tiny_data_dir, f"--config.init_from={source}", "--config.num_train_steps=1")
+    assert code == 0, out
+    config = json.loads((tmp_path / "warm" / "config.json").read_text())
+    assert config["init_from"] == str(finished_run[0]) and "/../" not in out, out
+    assert f"done: {tmp_path / 'warm'} (metrics.jsonl" in out, out
+
+
 def test_a_mistyped_init_from_creates_nothing_there(tiny_data_dir, tmp_path):
     code, out = run_main_to_end(tmp_path / "w", tiny_data_dir, f"--config.init_from={tmp_path / 'typo'}")
     assert code == 2 and "not a training work directory" in out and "Traceback" not in out, out
