@@ -345,7 +345,8 @@ def _provenance(d: ReportData) -> str:
              ("devices", f"{devices.get('count', '?')} × {devices.get('kind', '?')}, "
                          f"{devices.get('processes', '?')} process(es)" if devices else "?"),
              ("model", ", ".join(f"{k}={v}" for k, v in config.get("model", {}).items())),
-             ("training", _training(config, run_starts(d.metrics))), *_training_time(d.metrics)]
+             ("training", _training(config, run_starts(d.metrics))), *_warm_start(config, run_starts(d.metrics)),
+             *_training_time(d.metrics)]
     rows = "".join(f"<tr><th>{escape(k)}</th><td><code>{escape(v)}</code></td></tr>" for k, v in facts)
     body = (f'<table class="facts">{rows}</table><details><summary>Full config (from {escape(d.config_source)})'
             '</summary>'
@@ -360,6 +361,18 @@ def _training(config: dict, starts: list[dict]) -> str:
         return setting_history(starts, key, config.get(key, "?"))
     return (f"{config.get('num_train_steps', '?')} steps, batch {setting('batch_size')}, {setting('optimizer')} lr "
             f"{setting('learning_rate')} ({setting('lr_schedule')}), loss {setting('loss')}")
+
+
+def _warm_start(config: dict, starts: list[dict]) -> list[tuple[str, str]]:
+    """The "warm start" row: the run whose weights the training started from, its checkpoint and what became of
+    the classifier head (the first start's record); none for a run that started afresh."""
+    took = (starts[0].get("init_from") if starts else None) or {}
+    source = took.get("from") or config.get("init_from")
+    if not source:
+        return []
+    head = took.get("head", "what became of the classifier head is not recorded (a run before 2026-12-08)")
+    return [("warm start", f"from {source}" + (f" ({took['checkpoint']} checkpoint)" if "checkpoint" in took else "")
+             + f"; {head}")]
 
 
 def _training_time(metrics: list[dict]) -> list[tuple[str, str]]:

@@ -117,7 +117,7 @@ class RunSetup:
             return state
         if self.config.init_from:
             from streetseg_jax.warm_start import warm_start
-            return warm_start(state, self.config.init_from, self.label_map, self.log.say)
+            return warm_start(state, self.config.init_from, self.label_map, self.log.say, self.log.init_from)
         return state
 
 

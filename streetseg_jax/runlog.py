@@ -43,6 +43,7 @@ class RunLog:
         self.eval_seconds, self.last_eval = 0.0, 0.0       # evaluations of this start: all of them, the latest
         self.changed: dict = {}     # config keys a resume changed: kept in its run/start record
         self.commit: str | None = None      # the code's git commit: kept in each start's record (run.prepare_run)
+        self.init_from: dict = {}   # what a warm start took (warm_start's record): kept in its run/start record
 
     def start(self, step: int, num_steps: int) -> None:
         """Marks where this (re)start begins in metrics.jsonl, so readers can tell lost steps and downtime."""
@@ -57,7 +58,8 @@ class RunLog:
         self.eval_seconds = self.last_eval = 0.0
         if self.primary:
             extra = {**({"run/changed": self.changed} if self.changed else {}),
-                     **({"run/commit": self.commit} if self.commit else {})}
+                     **({"run/commit": self.commit} if self.commit else {}),
+                     **({"run/init_from": self.init_from} if self.init_from else {})}
             append_record(self.path, {"step": step, "time": self.t0, "run/start": True, "run/devices": devices(),
                                        **extra})
 

@@ -287,10 +287,11 @@ def figure_png(fig) -> bytes:
 
 def run_starts(records: list[dict]) -> list[dict]:
     """Each (re)start of the run, in file order, from its `run/start` record: {"step": N, "changed": {key: [then,
-    now]}} ({} where the start changed no setting), "devices": runlog.devices() (None in older logs)}. Older logs
-    without these records give []."""
-    return [{"step": r["step"], "changed": r.get("run/changed") or {}, "devices": r.get("run/devices")}
-            for r in records if r.get("run/start")]
+    now]}} ({} where the start changed no setting), "devices": runlog.devices() (None in older logs), "init_from":
+    what a warm start took, {"from", "checkpoint", "head"} (None for any other start)}. Older logs without these
+    records give []."""
+    return [{"step": r["step"], "changed": r.get("run/changed") or {}, "devices": r.get("run/devices"),
+             "init_from": r.get("run/init_from")} for r in records if r.get("run/start")]
 
 
 def changes_text(changed: dict, arrow: str = "->") -> str:

@@ -49,22 +49,26 @@ def _saved_model(init_from: str) -> dict:
         return _read_source(init_from, weights=False)[1]["config"]["model"]
 
 
-def warm_start(state, init_from: str, label_map, say):
+def warm_start(state, init_from: str, label_map, say, record: dict | None = None):
+    """`state` with the source run's weights (module docstring), each step said; `record`, where given, is filled
+    with what was taken (source, checkpoint, head) for the run's first run/start record, which report shows."""
     which, meta, raw = _read_source(init_from, weights=True)
     # A run with an EMA of the weights evaluated (and chose its best checkpoint by) the average: start from that.
     saved_params = raw["opt_state"][-1]["ema"] if meta["config"].get("ema_decay") else raw["params"]
     source_names = LabelMap.from_dict(meta["label_map"], "its label map").names
+    head = _head_note(source_names, label_map.names)
     if source_names != label_map.names:
         saved_params = dict(saved_params, head=_carry_head(state.params["head"], saved_params["head"], source_names,
                                                            label_map.names))
-        say(f"init_from {init_from}: its classes differ from this run's; "
-            + _head_note(source_names, label_map.names))
+        say(f"init_from {init_from}: its classes differ from this run's; {head}")
     params, loaded_p, skipped_p = _merge(state.params, saved_params)
     model_state, loaded_s, skipped_s = _merge(state.model_state, raw["model_state"])
     # Parameters only: the model state also holds dropout's random-number state, which a run may add or drop.
     _check_only_the_head_differs(skipped_p, loaded_p, init_from, meta["config"]["model"])
     say(f"init_from {init_from} ({which} checkpoint): loaded {loaded_p + loaded_s} arrays"
         + (f", kept fresh: {', '.join(skipped_p + skipped_s)}" if skipped_p + skipped_s else ""))
+    if record is not None:
+        record.update({"from": init_from, "checkpoint": which, "head": head})
     return dataclasses.replace(state, params=params, model_state=model_state,
                                opt_state=_restart_ema(state.opt_state, params))
 
@@ -87,11 +91,14 @@ def _carry_head(fresh: dict, saved: dict, source_names: list[str], names: list[s
 
 
 def _head_note(source_names: list[str], names: list[str]) -> str:
-    """Which classes' head outputs were carried over (and from which id, when it changed) and which start afresh."""
+    """Which classes' head outputs were carried over (and from which id, when it changed) and which start afresh;
+    all of it, where the classes are the same."""
     carried = [f"{name!r}" + (f" (id {source_names.index(name)} there, {index} here)"
                               if source_names.index(name) != index else "")
                for index, name in enumerate(names) if name in source_names]
     new = [repr(name) for name in names if name not in source_names]
+    if source_names == names:
+        return "the classifier head is loaded whole (the same classes)"
     if not carried:
         return "no class is in both, so the classifier head is re-initialised and the rest loaded"
     return (f"the classifier head keeps its outputs for {', '.join(carried)} (matched by name)"

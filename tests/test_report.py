@@ -582,6 +582,24 @@ def test_provenance_says_the_loss_the_training_time_and_each_resume_with_what_it
     assert facts(render_html(small_report(metrics=extended)))["training"].startswith("80 steps, batch 8")
 
 
+def test_provenance_says_where_a_warm_start_came_from_and_what_became_of_the_head():
+    """A run fine-tuned with init_from showed nothing of it: neither its source nor whether the head was carried."""
+    from streetseg_jax.report import render_html
+
+    records = resumed_run_records()
+    records[0]["run/init_from"] = {"from": "/runs/c2", "checkpoint": "best",
+                                   "head": "the classifier head keeps its outputs for 'road' (matched by name) and "
+                                           "starts those for 'car' afresh"}
+    config = {**small_report().config, "init_from": "/runs/c2"}
+    rows = facts(render_html(small_report(metrics=records, config=config)))
+    assert rows["warm start"] == ("from /runs/c2 (best checkpoint); the classifier head keeps its outputs for 'road' "
+                                  "(matched by name) and starts those for 'car' afresh")
+    del records[0]["run/init_from"]                          # a run of a version that did not record it
+    assert facts(render_html(small_report(metrics=records, config=config)))["warm start"].startswith(
+        "from /runs/c2; what became of the classifier head is not recorded")
+    assert "warm start" not in facts(render_html(small_report(metrics=records)))
+
+
 def test_the_history_says_the_devices_of_each_start_where_a_resume_changed_them():
     """config.json keeps the last start's devices only: a run trained on 2 devices, then resumed on 1, showed 1 as
     the devices it trained on, and nothing told the pages' reader of the change."""

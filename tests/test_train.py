@@ -907,6 +907,9 @@ def test_a_warm_start_records_its_source_absolute_and_the_workdir_is_printed_wit
     config = json.loads((tmp_path / "warm" / "config.json").read_text())
     assert config["init_from"] == str(finished_run[0]) and "/../" not in out, out
     assert f"done: {tmp_path / 'warm'} (metrics.jsonl" in out, out
+    start, = [r for r in read_metrics(tmp_path / "warm" / "metrics.jsonl") if r.get("run/start")]    # for report
+    assert start["run/init_from"] == {"from": str(finished_run[0]), "checkpoint": "best",
+                                      "head": "the classifier head is loaded whole (the same classes)"}
 
 
 def test_a_mistyped_init_from_creates_nothing_there(tiny_data_dir, tmp_path):
