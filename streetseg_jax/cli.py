@@ -195,7 +195,24 @@ def _interrupt(signum, frame) -> None:
             threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
             return
         frame = frame.f_back
-    raise KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else "")
+    _interrupts.append("SIGTERM" if signum == signal.SIGTERM else "")
+    raise KeyboardInterrupt(_interrupts[-1])
+
+
+_interrupts: list[str] = []     # the KeyboardInterrupt of each Ctrl-C and SIGTERM `_interrupt` raised, in order
+
+
+def interrupts() -> int:
+    """How many Ctrl-Cs and SIGTERMs have interrupted this process so far (for `reraise_interrupt_since`)."""
+    return len(_interrupts)
+
+
+def reraise_interrupt_since(count: int, error: Exception) -> None:
+    """Raise the KeyboardInterrupt of a Ctrl-C or SIGTERM that came since `count` (interrupts()), from `error`: a
+    library that caught it on the way (orbax reading a checkpoint) raised `error` in its place, and the command
+    said the checkpoint was damaged rather than that it was stopped. Nothing where none came."""
+    if len(_interrupts) > count:
+        raise KeyboardInterrupt(_interrupts[-1]) from error
 
 
 def stopped_by(interrupt: KeyboardInterrupt) -> tuple[str, int]:

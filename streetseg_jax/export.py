@@ -27,7 +27,7 @@ import zipfile
 from pathlib import Path
 
 from streetseg_jax.cli import (ArgumentParser, add_checkpoint_flag, add_extra_scales_flag, add_flip_tta_flags,
-                               check_output_file, check_workdir, fail, hold_while_loading, normalise_argv,
+                               check_workdir, fail, hold_while_loading, normalise_argv,
                                quiet_libraries, run_command)
 
 USAGE = """Load and run it with jax and flatbuffers alone (pip install jax flatbuffers; jax as new as the
@@ -39,11 +39,19 @@ one that wrote it, info.json's jax_version, or newer: an older one fails with "e
         label_map = json.loads(archive.read("label_map.json"))
     classes = exported.call(images)["classes"]        # images: uint8 numpy array (B, H, W, 3)
 
-It takes images of info.json's input shape (a fixed height and width where it names numbers: resize to them) and
-runs each as it is given, where `python -m streetseg_jax.predict` first turns a photo upright as its EXIF says
-(PIL.ImageOps.exif_transpose does), resizes one far from the training images' size (its shorter side over 1.5 times
-theirs or under 2/3: info.json's train_image_size) and tiles a large one. On upright photos that need none of these
-its classes equal predict's masks byte for byte.
+It takes images of info.json's input shape and runs each as it is given. Where that shape names a fixed height
+and width (a model that sees images resized), export one for the size of your photos (--height, --width): squeezing
+a photo of another aspect ratio into it gives other masks than predict's (1-7% of the pixels of a 1920x1080 photo
+resized to 360x480 differed). `python -m streetseg_jax.predict` also
+- reads a photo as labels.images.open_photo does: turned upright as its EXIF says (PIL.ImageOps.exif_transpose),
+  RGBA composited on black with its fully transparent pixels set to the ignore id in the mask afterwards, 16-bit or
+  float grey scaled to 0-255 by its peak (labels.images.to_rgb; PIL's convert("RGB") turns a 16-bit PNG white);
+- runs one far from the training images' size (its shorter side over 1.5 times theirs or under 2/3: info.json's
+  train_image_size) resized so that its shorter side is theirs, then resizes the logits back bilinearly: export for
+  that size with --outputs logits and do the same (jax.image.resize(logits, (H, W, K), "bilinear"), then argmax;
+  2 of the 2 million pixels of a 1920x1080 photo differed from predict's mask);
+- tiles a large one.
+On upright RGB photos that need none of these its classes equal predict's masks byte for byte.
 """
 OUTPUTS = ("classes", "confidence", "logits")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")       # what jax.export lowers for
@@ -124,8 +132,9 @@ def input_spec(batch: int | None, height: int | None, width: int | None) -> jax.
 
 def export_model(trained: TrainedModel, path: str | Path, *, batch: int | None = None, height: int | None = None,
                  width: int | None = None, outputs=("classes", "confidence"), flip_tta: bool = False,
-                 platforms=("cpu", "cuda")) -> dict:
-    """Write the archive at `path` (atomically); returns its info.json contents."""
+                 platforms=("cpu", "cuda"), workdir: str | Path | None = None) -> dict:
+    """Write the archive at `path` (atomically); returns its info.json contents. `workdir`: the run the model
+    comes from, which info.json names with its code's commit and dataset (run_of)."""
     scales = network_scales(trained.config)
     if scales != (1.0,) and not (height and width):
         raise ValueError(f"this model sees images at scales {', '.join(f'{s:g}' for s in scales)} (eval_scale, "
@@ -135,6 +144,7 @@ def export_model(trained: TrainedModel, path: str | Path, *, batch: int | None =
     exported = jax_export.export(jax.jit(serving_function(trained, outputs, flip_tta)),
                                  platforms=tuple(platforms))(spec)
     info = _info(trained, spec, outputs, flip_tta, exported.platforms)
+    info["run"] = run_of(trained, workdir)
     _write_archive(Path(path), exported.serialize(), trained.label_map.to_json(), json.dumps(info, indent=1))
     return info
 
@@ -155,25 +165,57 @@ def _info(trained: TrainedModel, spec, outputs, flip_tta: bool, platforms) -> di
     }
 
 
+def run_of(trained: TrainedModel, workdir: str | Path | None) -> dict:
+    """Where the exported model comes from, for a deployer to trace it: the run's work directory, a fingerprint of
+    the weights (as predict.json records it), and the git commit and dataset its config.json recorded."""
+    run = {"workdir": str(Path(workdir).resolve()) if workdir else None, "weights": trained.weights_fingerprint()}
+    try:
+        provenance = json.loads((Path(workdir) / "config.json").read_text()).get("provenance", {})
+    except (TypeError, OSError, ValueError, AttributeError):       # no workdir, no config.json, not a JSON object
+        provenance = {}
+    return {**run, **{key: provenance[key] for key in ("git_commit", "dataset") if key in provenance}}
+
+
 def _write_archive(path: Path, model_bytes: bytes, label_map_json: str, info_json: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(ARCHIVE_MODEL, model_bytes)
-        archive.writestr(ARCHIVE_LABELS, label_map_json)
-        archive.writestr(ARCHIVE_INFO, info_json)
-        archive.writestr(ARCHIVE_README, USAGE.replace("FILE", repr(path.name), 1))
+        for name, data in ((ARCHIVE_MODEL, model_bytes), (ARCHIVE_LABELS, label_map_json),
+                           (ARCHIVE_INFO, info_json), (ARCHIVE_README, USAGE.replace("FILE", repr(path.name), 1))):
+            archive.writestr(_entry(name), data)
     atomic.write_bytes(path, buffer.getvalue())
 
 
+def _entry(name: str) -> zipfile.ZipInfo:
+    """An archive entry readable by everyone (rw-r--r--; writestr's own was rw------- for the service account
+    that unzips it) and dated 1980-01-01, so that the same model exports to the same bytes."""
+    entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    entry.compress_type, entry.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+    return entry
+
+
 # ---------------------------------------------------------------------------------------------------------------
+def _is_export(path: Path) -> bool:
+    """Whether `path` is an archive this command wrote (its info.json says the format): one to replace."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read(ARCHIVE_INFO)).get("format", "").startswith("streetseg_jax export")
+    except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
+        return False
+
+
 def _check_args(args) -> tuple[str, ...]:
     outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
     if not outputs or set(outputs) - set(OUTPUTS):
         fail(f"--outputs must name some of {', '.join(OUTPUTS)}, got {args.outputs!r}")
     if Path(args.output).is_dir():
         fail(f"--output {args.output} is a folder: name the archive to write, e.g. {Path(args.output) / 'model.zip'}")
-    check_output_file(args.output, ".zip")
+    if Path(args.output).suffix.lower() != ".zip":
+        fail(f"--output {args.output}: the export is a zip archive; name it so, e.g. "
+             f"{Path(args.output).with_suffix('.zip')}")
+    if Path(args.output).is_file() and not _is_export(Path(args.output)):
+        fail(f"--output {args.output} exists and is no export of this package (it holds no {ARCHIVE_INFO} of one); "
+             "give a new file (it would be replaced)")
     existing = next(p for p in Path(args.output).absolute().parents if p.exists())
     if not existing.is_dir():
         fail(f"--output {args.output}: {existing} is a file, not a folder")
@@ -205,13 +247,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{height}x{width} images, its training images' size (--height and --width choose another)",
                   file=sys.stderr)
         info = export_model(trained, args.output, batch=args.batch_size, height=height, width=width,
-                            outputs=outputs, flip_tta=flip_tta, platforms=args.platforms.split(","))
+                            outputs=outputs, flip_tta=flip_tta, platforms=args.platforms.split(","),
+                            workdir=args.workdir)
     except (OSError, ValueError) as e:
         fail(str(e))
     except ImportError as e:      # jax serialises through flatbuffers, an optional dependency of jax
         fail(f"cannot serialise: {e}")
     size = Path(args.output).stat().st_size / 2**20
-    print(f"wrote {args.output} ({size:.1f} MiB): {trained.source} checkpoint, step {trained.step}; "
+    which = trained.source if trained.source.startswith("step") else f"{trained.source} checkpoint, step {trained.step}"
+    print(f"wrote {args.output} ({size:.1f} MiB): {which}; "
           f"input {info['input']['shape']} uint8, outputs {', '.join(outputs)}; "
           f"platforms {', '.join(info['platforms'])}")
     return 0

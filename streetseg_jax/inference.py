@@ -20,6 +20,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import math
 import numbers
 from pathlib import Path
@@ -34,7 +35,7 @@ from PIL import Image
 
 from streetseg_jax import sharding, train
 from streetseg_jax.checkpoint import Checkpoints
-from streetseg_jax.cli import MAX_EXTRA_SCALE, closed_loops_unsaid
+from streetseg_jax.cli import MAX_EXTRA_SCALE, closed_loops_unsaid, interrupts, reraise_interrupt_since
 from streetseg_jax.data import pipeline
 from streetseg_jax.evaluator import flip_tta_setting, network_scales, predict_logits, tta_logits
 from streetseg_jax.labels.images import rgb_array
@@ -75,6 +76,14 @@ class TrainedModel:
     def model(self) -> nnx.Module:
         """The nnx model in eval mode (running BatchNorm statistics, no dropout)."""
         return eval_model(self.graphdef, self.params, self.model_state)
+
+    def weights_fingerprint(self) -> str:
+        """16 hex digits of a SHA-256 of the weights and BatchNorm statistics: tells apart checkpoints of one name
+        (a run trained again from scratch reaches the same step with other weights)."""
+        digest = hashlib.sha256()
+        for leaf in jax.tree.leaves((self.params, self.model_state)):
+            digest.update(np.ascontiguousarray(leaf).tobytes())
+        return digest.hexdigest()[:16]
 
 
 def load_model(workdir: str | Path, checkpoint: str | int = "best",
@@ -143,12 +152,16 @@ def _replaced(workdir: Path, which, step: int) -> bool:
 @contextlib.contextmanager
 def _damaged(workdir: Path, step, which):
     """A checkpoint's files missing, cut short or foreign: one line naming it (not six of pytree internals, nor
-    orbax's "Event loop is closed" tracebacks after it: `cli.closed_loops_unsaid`)."""
+    orbax's "Event loop is closed" tracebacks after it: `cli.closed_loops_unsaid`); a Ctrl-C or SIGTERM that cut
+    the read short stays what it is (`cli.reraise_interrupt_since`)."""
+    before = interrupts()
     try:
         with closed_loops_unsaid():
             yield
     except Exception as e:  # noqa: BLE001 - tensorstore raises a bare Exception for an array file cut short
+        reraise_interrupt_since(before, e)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = reason.split(" See full TensorStore details")[0]      # then "<bound method pybind11_...>"
         raise ValueError(f"{workdir}: the checkpoint of step {step} ({which}) cannot be read: damaged or "
                          f"incomplete? ({reason}); another checkpoint ('best', 'latest' or a step) may be whole") from e
 

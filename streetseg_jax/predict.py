@@ -343,16 +343,9 @@ _COMPARED = ("weights", "flip_tta", "scales", "resize", "window", "overlap")    
 def settings_of(predictor, workdir: str) -> dict:
     """The model and settings a prediction depends on; `weights` fingerprints the checkpoint itself (a run
     trained again from scratch reaches the same step with other weights)."""
-    import hashlib
-
-    import jax
-
     t = predictor.trained
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves((t.params, t.model_state)):
-        digest.update(np.ascontiguousarray(leaf).tobytes())
     return {"workdir": str(Path(workdir).resolve()), "checkpoint": t.source, "step": t.step,
-            "weights": digest.hexdigest()[:16], "flip_tta": predictor.flip_tta, "scales": list(predictor.scales),
+            "weights": t.weights_fingerprint(), "flip_tta": predictor.flip_tta, "scales": list(predictor.scales),
             "resize": predictor.resize, "window": list(predictor.window), "overlap": predictor.overlap}
 
 

@@ -137,6 +137,39 @@ def test_test_time_augmentation_follows_the_run_unless_told(tmp_path):
         np.testing.assert_array_equal(np.asarray(exported.call(image[None])["classes"][0]), masks[flip])
 
 
+def test_an_export_names_its_run_reads_for_everyone_and_is_the_same_bytes_twice(workdir, tmp_path, capsys):
+    """info.json named no run (predict.json records the work directory and the weights' fingerprint); the entries
+    were rw------- for the account that unzips them; each export of one model gave other bytes (the entries'
+    times); an --output that was a zip of photos was replaced, and one named model.onnx written, without a word."""
+    import shutil
+    run = shutil.copytree(workdir, tmp_path / "run")
+    dataset = {"name": "street_seg/synthetic", "version": "2.0.0", "fingerprint": "f00d"}
+    (run / "config.json").write_text(json.dumps({"provenance": {"git_commit": "abc123", "dataset": dataset}}))
+    first = tmp_path / "a.zip"
+    exported = []
+    for _ in range(2):
+        assert run_cli(export, "--workdir", run, "--output", first, "--checkpoint", "1") == 0
+        exported.append(first.read_bytes())
+    assert exported[0] == exported[1]
+    assert "): step 1; input" in capsys.readouterr().out         # not "step 1 checkpoint, step 1"
+    with zipfile.ZipFile(first) as z:
+        assert {(entry.external_attr >> 16) & 0o777 for entry in z.infolist()} == {0o644}
+        source = json.loads(z.read("info.json"))["run"]
+    assert source == {"workdir": str(run.resolve()), "weights": load_model(run, 1).weights_fingerprint(),
+                      "git_commit": "abc123", "dataset": dataset}
+    photos = tmp_path / "photos.zip"
+    with zipfile.ZipFile(photos, "w") as z:
+        z.writestr("a.jpg", b"not an export")
+    before = photos.read_bytes()
+    assert run_cli(export, "--workdir", run, "--output", photos) == 2
+    assert run_cli(export, "--workdir", run, "--output", tmp_path / "model.onnx") == 2
+    err = capsys.readouterr().err
+    assert f"--output {photos} exists and is no export of this package" in err
+    assert f"the export is a zip archive; name it so, e.g. {tmp_path / 'model.zip'}" in err
+    assert photos.read_bytes() == before and not (tmp_path / "model.onnx").exists()
+    assert run_cli(export, "--workdir", run, "--output", first) == 0         # an earlier export is replaced
+
+
 def test_bad_arguments_fail_cleanly(workdir, tmp_path, capsys):
     archive = tmp_path / "x.zip"
     assert run_cli(export, "--workdir", workdir, "--output", archive, "--height", 64) == 2

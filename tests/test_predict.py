@@ -859,6 +859,28 @@ def test_load_model_errors_fit_python_and_point_at_the_work_directory(workdir, t
         load_model(runs)
 
 
+def test_a_stop_while_a_checkpoint_is_read_is_a_stop_and_a_damaged_ones_reason_is_plain():
+    """A SIGTERM while export read the checkpoint, which orbax's reads ended with another error, was said as a
+    damaged checkpoint (exit 2, not 143); a file cut short ended its reason with 'See full TensorStore details:
+    <bound method pybind11_...>'."""
+    import signal
+
+    from streetseg_jax import cli
+    from streetseg_jax.inference import _damaged
+
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with _damaged(Path("run"), 4, "best"):
+            try:
+                cli._interrupt(signal.SIGTERM, None)
+            except KeyboardInterrupt:
+                raise RuntimeError("Event loop is closed") from None     # as orbax's cancelled reads end
+    with pytest.raises(ValueError, match=r"\(DATA_LOSS: cut short \[source locations='x'\]\); another") as e:
+        with _damaged(Path("run"), 4, "best"):
+            raise Exception("DATA_LOSS: cut short [source locations='x'] See full TensorStore details: <bound method "
+                            "pybind11_detail_function_record.spec of TensorStore({)")
+    assert "pybind11" not in str(e.value)
+
+
 def test_missing_workdir_and_bad_flags_fail_cleanly(tmp_path, capsys):
     save(tmp_path / "a.jpg", random_image(16, 16))
     assert run_predict("--workdir", tmp_path / "nope", "--input", tmp_path / "a.jpg", "--output", tmp_path) == 2
