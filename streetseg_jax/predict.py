@@ -162,12 +162,18 @@ def check_collisions(items: list[Item], confidence: bool, out_dir: Path) -> None
              "cam1/0001.png), or predict them into separate outputs")
 
 
-def check_output(items: list[Item], out_dir: Path) -> None:
+def check_output(items: list[Item], out_dir: Path, export: bool = False) -> None:
     """Refuse, before any work, an OUT whose folders that predict writes into hold files it did not write that look
     like a labeller's (photos, masks, annotation files: predict_export.not_predicts), but for the inputs: its files
     joined a labelling tool's export (and a hand-made mask of a photo's name was written over), and `labels` and
-    `data build` then read the folder as predict's output, leaving out the labeller's files."""
+    `data build` then read the folder as predict's output, leaving out the labeller's files. With `export`, inputs
+    at OUT's top level are refused too: `labels` and `data build` could not tell them from a labeller's files."""
     sources = {item.source for item in items}
+    inside = sorted(source for source in sources if source.parent == _real(out_dir))
+    if export and inside:
+        fail(f"--input photos lie in --output {out_dir}: {first_few([path.name for path in inside], 3)}; with "
+             "--export, labels and data build reading it could not tell them from a labelling tool's files: move "
+             "them, or give another --output")
     folders = sorted({out_dir, *((out_dir / item.name).parent for item in items)})
     found = [path for folder in folders for path in not_predicts(folder, out_dir) if _real(path) not in sources]
     if found:
@@ -486,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--output {out_dir} is a file, not a folder")
     items = collect_inputs(args.input, out_dir)
     check_collisions(items, args.save_confidence, out_dir)
-    check_output(items, out_dir)
+    check_output(items, out_dir, export=bool(args.export))
     if args.export:
         check_export(items, args.export, out_dir)
     # One predict at a time writes into a folder on this machine: a second one, with other settings, left masks of

@@ -162,8 +162,8 @@ def say_which_exports_are_older(out_dir: Path, written: str | None) -> None:
 def not_predicts(folder: Path, out_dir: Path) -> list[Path]:
     """The files directly in `folder` (OUT, or a folder in it that predict writes into) that look like a
     labeller's (photos, masks, annotation files) and that predict did not write: all but OUT's records
-    (predict.json, exported.json), its masks (they name their photo in a text chunk; one written before they did
-    has its overlay beside it in an OUT with predict.json) and the overlays and confidence maps beside them."""
+    (predict.json, exported.json), its masks (with their overlays beside them, or naming their photo in a text
+    chunk) and the overlays and confidence maps beside them."""
     folder, out_dir = Path(folder), Path(out_dir)
     if not folder.is_dir():
         return []
@@ -178,11 +178,16 @@ def _predicts(path: Path, top: bool, settled: bool) -> bool:
     if top and path.name in (SETTINGS_FILE, RECORD_FILE):
         return True
     for ending in ("_overlay.jpg", "_confidence.png"):
-        if path.name.endswith(ending) and (settled or _marked(path.with_name(path.name.removesuffix(ending) +
-                                                                              ".png"))):
-            return True
-    return path.suffix == ".png" and (_marked(path) or settled and
-                                      path.with_name(f"{path.stem}_overlay.jpg").is_file())
+        if path.name.endswith(ending):
+            return settled or _predicted_mask(path.with_name(path.name.removesuffix(ending) + ".png"))
+    return path.suffix == ".png" and _predicted_mask(path)
+
+
+def _predicted_mask(path: Path) -> bool:
+    """Whether `path` is a mask predict wrote: its overlay lies beside it (a look-up: an OUT of 100,000 masks is not
+    opened mask by mask), or its text names the photo it was made from (masks written before 2026-12-06 have none,
+    in an OUT with no predict.json)."""
+    return path.with_name(f"{path.stem}_overlay.jpg").is_file() or _marked(path)
 
 
 def _marked(path: Path) -> bool:

@@ -947,6 +947,16 @@ def test_a_labellers_export_or_hand_mask_in_the_output_is_refused_and_predicts_o
     (out / "sub" / "d.png").unlink()        # ... but not an input's: the photos it predicts are no labeller's files
     assert run_predict("--workdir", workdir, "--input", save(out / "d.jpg", random_image(24, 32, 4)), "--output",
                        out) == 0
+    # ... unless exported: labels and data build would take it for a labeller's file beside predict's export
+    assert run_predict("--workdir", workdir, "--input", out / "d.jpg", "--output", out, "--export", "labelme") == 2
+    assert f"--input photos lie in --output {out}: d.jpg; with --export" in capsys.readouterr().err
+    older = tmp_path / "older"         # an OUT written before predict.json and masks that name their photo
+    older.mkdir()
+    for name in ("a.png", "a_overlay.jpg"):
+        shutil.copy(out / name, older / name)
+    with Image.open(older / "a.png") as mask:
+        Image.fromarray(np.asarray(mask)).save(older / "a.png")
+    assert run_predict("--workdir", workdir, "--input", photo, "--output", older) == 0
 
 
 def test_export_flag_hands_the_masks_to_the_writers(workdir, tmp_path, monkeypatch, capsys):
