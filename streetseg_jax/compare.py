@@ -283,11 +283,13 @@ def evaluation_rows(runs: list[Run]) -> list[list[str]]:
 
 def _scoring(run: Run, stem: str, result: dict) -> tuple:
     """What an evaluate result scored, as a sortable key: (split, data fingerprint, not the best checkpoint, step
-    unless the best, eval scale, extra scales, flip). A step that is the run's best evaluation's is the best
-    checkpoint (a --checkpoint latest or N of it scored the same weights). A result of a version that recorded less
-    is keyed by its file name."""
+    unless the best, eval scale, extra scales, flip). The best checkpoint is the step of the run's best evaluation
+    (a --checkpoint latest or N of it scored the same weights; a result of "best" taken before a later best is of
+    its own step), or where the run logged none, a result of --checkpoint best. A result of a version that recorded
+    less is keyed by its file name."""
     try:
-        best = result["checkpoint"] == "best" or result["step"] == (run.best or {}).get("step")
+        best_step = (run.best or {}).get("step")
+        best = result["step"] == best_step if best_step is not None else result["checkpoint"] == "best"
         return (str(result["split"]), str(result["data"]["fingerprint"] or ""), not best,
                 0 if best else int(result["step"]), float(result["eval_scale"]),
                 tuple(float(s) for s in result["eval_extra_scales"]), bool(result["flip_tta"]))

@@ -367,7 +367,8 @@ def _warm_start(config: dict, starts: list[dict]) -> list[tuple[str, str]]:
     """The "warm start" row: the run whose weights the training started from, its checkpoint and what became of
     the classifier head (the first start's record); none for a run that started afresh."""
     took = (starts[0].get("init_from") if starts else None) or {}
-    source = took.get("from") or config.get("init_from")
+    given = [s["changed"]["init_from"][0] for s in starts if "init_from" in s.get("changed", {})]
+    source = took.get("from") or (given[0] if given else config.get("init_from"))  # as the run began, not resumed
     if not source:
         return []
     head = took.get("head", "what became of the classifier head is not recorded (a run before 2026-12-08)")

@@ -173,7 +173,9 @@ def test_evaluate_results_share_a_row_where_they_scored_alike_and_never_across_d
     (test_flip_tta_multiscale_step4), sat in two rows, each "-" for the other; a result on other data shared a row
     with results on the runs' own, the rows unsorted."""
     a, b = two_runs                                   # a's best evaluation is at step 2, b's at step 4
+    # a's "test" of an earlier best, at step 1: no row of the best checkpoint, where it hid a's later result
     for run, files in ((a, {"test_flip_tta_multiscale": result(2, 0.61), "test_step4": result(4, 0.5, "4", flip=False),
+                            "test": result(1, 0.41),
                             "test_flip_tta_multiscale_data-0123abcd": result(2, 0.3, fingerprint="0123abcd" * 8)}),
                        (b, {"test_flip_tta_multiscale_step4": result(4, 0.62, "latest"),
                             "validation": result(4, 0.7, split="validation", flip=False)})):
@@ -184,6 +186,7 @@ def test_evaluate_results_share_a_row_where_they_scored_alike_and_never_across_d
     rows = [line.split("  ")[0] for line in out.split("evaluate result")[1].split("\n\n")[0].splitlines()[1:]]
     assert rows == ["test, scales 0.5+0.375, flip, best checkpoint, data 0123abcd",
                     "test, scales 0.5+0.375, flip, best checkpoint, data ffffffff",
+                    "test, scales 0.5+0.375, flip, step 1, data ffffffff",
                     "test, scales 0.5+0.375, step 4, data ffffffff",
                     "validation, scales 0.5+0.375, best checkpoint, data ffffffff"], out
     assert ("<td>test, scales 0.5+0.375, flip, best checkpoint, data ffffffff</td><td>0.6100 (step 2)</td>"

@@ -598,6 +598,9 @@ def test_provenance_says_where_a_warm_start_came_from_and_what_became_of_the_hea
     assert facts(render_html(small_report(metrics=records, config=config)))["warm start"].startswith(
         "from /runs/c2; what became of the classifier head is not recorded")
     assert "warm start" not in facts(render_html(small_report(metrics=records)))
+    resume = [r for r in records if r.get("run/start")][1]
+    resume["run/changed"] = {"init_from": ["", "/runs/c2"]}        # given at a resume, which reads it not
+    assert "warm start" not in facts(render_html(small_report(metrics=records, config=config)))
 
 
 def test_the_history_says_the_devices_of_each_start_where_a_resume_changed_them():
