@@ -301,12 +301,13 @@ def check_same_start(config, num_processes: int | None) -> None:
     """RunError on every process where the processes of a run were started otherwise: another config (a process
     given another batch size, learning rate or seed trained on without a word, config.json recording process 0's),
     another number of devices, or another --num_processes. Every process reads every other's start and so comes to
-    the same verdict. The data_dir may differ (a copy of the dataset on each machine)."""
+    the same verdict. The data_dir and init_from may differ (a copy of the dataset, or of the run warm-started from,
+    on each machine; made absolute from each process's own folder)."""
     if not sharding.is_multiprocess():
         return
     mine = {"devices": jax.local_device_count(), "num_processes": num_processes,
             "config": {k: v for k, v in flatten(json.loads(json.dumps(config.to_dict(), default=str))).items()
-                       if k != "data_dir"}}
+                       if k not in ("data_dir", "init_from")}}
     problem = sharding.decided_by_first("start", json.dumps(mine),
                                         lambda texts: start_differences(list(map(json.loads, texts))) or "")
     if problem:

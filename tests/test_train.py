@@ -480,6 +480,19 @@ def test_the_refusal_names_flags_a_shell_takes_back_and_spares_where_the_data_li
     assert resume.dropped_overrides(started, saved, {**current, "augment": saved["augment"]}, []) is None   # data
 
 
+def test_a_relative_init_from_an_older_run_recorded_is_no_change_when_it_resumes_from_its_folder(tmp_path,
+                                                                                                   monkeypatch):
+    """main makes init_from absolute now: an older run's config.json, which kept it relative, resumed from the folder
+    it started in with 'resuming with changed settings: init_from runs/a -> /home/u/runs/a', kept in run/changed."""
+    from streetseg_jax import resume
+
+    monkeypatch.chdir(tmp_path)
+    assert resume.changes({"init_from": "runs/a", "seed": 0}, {"init_from": str(tmp_path / "runs" / "a"),
+                                                               "seed": 0}) == {}
+    assert resume.changes({"init_from": "runs/a"}, {"init_from": "/elsewhere/a"}) == {
+        "init_from": [str(tmp_path / "runs" / "a"), "/elsewhere/a"]}
+
+
 def test_a_run_of_a_version_that_did_not_record_its_overrides_resumes_only_as_it_was_or_as_told():
     """Resumed with the same command after an upgrade, such a run took the new default recipe (another loss,
     class weights, evaluation and length), said in one line."""
