@@ -49,15 +49,16 @@ def _refusal(saved: dict, current: dict, workdir: Path, problems: list[str], cla
     warm = ("" if any(then.get(k) != now.get(k) for k in SHAPING_KEYS)
             else f" (--config.init_from={workdir} warm-starts from it)")
     lines = list(problems)
+    change = label_map_change(saved["label_map"], current["label_map"])
+    other = "other classes" if change.startswith("classes") else "another ignore id"
     if classes:
-        change = label_map_change(saved["label_map"], current["label_map"])
-        lines.append(f"the dataset's label map has other classes than the checkpoint's ({change})")
+        lines.append(f"the dataset's label map has {other} than the checkpoint's ({change})")
     if problems:
         what = "an incompatible config"
         fix = ("Resume with the run's own settings (its config.json has the overrides it was started with)"
                + (" on the data it trained on" if classes else ""))
     else:
-        what, fix = "a run trained on other classes", "Resume on the data it trained on (its config.json names it)"
+        what, fix = f"a run trained on {other}", "Resume on the data it trained on (its config.json names it)"
     return (f"{workdir} holds {what}, refusing to resume:\n  - " + "\n  - ".join(lines)
             + f"\n{fix}, or use another --workdir{warm}.")
 

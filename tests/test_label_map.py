@@ -227,3 +227,6 @@ def test_a_label_map_change_names_each_detail():
                                           "fill_id 0 before, 255 now")
     new["ignore_values"] = [0]
     assert label_map_change(old, new).endswith("; ignore_values not given before, [0] now")
+    reordered = json.loads(json.dumps(old))          # was "no difference", in "changed since the checkpoint (...)"
+    reordered["classes"][5]["aliases"].reverse()
+    assert label_map_change(old, reordered) == "the order of a class's aliases or values"

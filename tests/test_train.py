@@ -640,6 +640,11 @@ def test_a_resume_on_other_classes_is_refused_without_blaming_a_setting(tmp_path
     assert refused.startswith(f"{tmp_path} holds a run trained on other classes, refusing to resume:"), refused
     assert "other classes than the checkpoint's (classes background, tree," in refused
     assert "Resume on the data it trained on" in refused and "settings" not in refused, refused
+    current = json.loads(json.dumps(saved))
+    current["label_map"]["ignore_id"] = 254          # was "trained on other classes" too
+    refused = resume.incompatibility(saved, current, tmp_path)
+    assert refused.startswith(f"{tmp_path} holds a run trained on another ignore id, refusing"), refused
+    assert "has another ignore id than the checkpoint's (ignore id 255 before, 254 now)" in refused
 
 
 def test_a_resume_on_other_data_of_the_same_name_is_refused(finished_run, tiny_data_dir, tmp_path):

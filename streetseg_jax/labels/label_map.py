@@ -549,7 +549,7 @@ def label_map_change(old: dict, new: dict) -> str:
         return f"classes {', '.join(_names(old))} before, {', '.join(_names(new))} now"
     if old.get("ignore_id") != new.get("ignore_id"):
         return f"ignore id {old.get('ignore_id')} before, {new.get('ignore_id')} now"
-    return "; ".join(_class_changes(old, new) + _map_changes(old, new)) or "no difference"
+    return "; ".join(_class_changes(old, new) + _map_changes(old, new)) or "the order of a class's aliases or values"
 
 
 def _names(label_map: dict) -> list:
