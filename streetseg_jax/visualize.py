@@ -123,7 +123,7 @@ def _checked(image, mask, label_map) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(label_map, LabelMap):
         raise TypeError(f"expected a LabelMap, got {type(label_map).__name__} (a dataset's info.metadata["
                         "'label_map'] is one through streetseg_jax.labels.label_map.LabelMap.from_dict)")
-    mask = class_id_array(mask, label_map.num_classes, label_map.ignore_id)   # a value of no class is refused, not drawn untinted
+    mask = class_id_array(mask, label_map.num_classes, label_map.ignore_id)    # a value of no class: refused
     return image, mask.astype(np.uint8, copy=False)
 
 

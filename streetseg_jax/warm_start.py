@@ -4,8 +4,8 @@ moving average of the weights when it kept one (`ema_decay`).
 Every parameter and BatchNorm statistic whose path and shape match is loaded. With a different label map the
 classifier head carries over class by class, matched by name: each output channel (the kernel's last axis, the
 bias) of a class the source run also had is the source's channel for that name, whatever its id there; a class it
-lacked keeps its fresh initialisation. The run says which classes were carried and which start afresh. The optimiser state
-and the step start afresh (a moving average of the weights, when this run keeps one, starts at the loaded weights).
+lacked keeps its fresh initialisation. The run says which classes were carried and which start afresh. The
+optimiser state and the step start afresh (a moving average of the weights, when this run keeps one, starts at the loaded weights).
 """
 from __future__ import annotations
 

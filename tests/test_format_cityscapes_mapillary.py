@@ -181,7 +181,8 @@ def test_cityscapes_label_id_masks_are_read_by_their_names(tmp_path):
     assert formats.detect(tmp_path) == "cityscapes"
     (annotation,) = formats.read("cityscapes", tmp_path, poles)
     assert annotation.source == path and annotation.split == "train"
-    assert annotation.image_path == (tmp_path / "leftImg8bit" / "train" / "aachen" / f"{STEM}_leftImg8bit.png").resolve()
+    photo = tmp_path / "leftImg8bit" / "train" / "aachen" / f"{STEM}_leftImg8bit.png"
+    assert annotation.image_path == photo.resolve()
     assert [s.label for s in annotation.shapes] == ["unlabeled", "road", "sidewalk", "pole"]    # polegroup: its base
     expected = np.full((8, 16), UNLABELED, np.uint8)
     expected[4:], expected[4:, 12:], expected[5:7, 2:6] = ROAD, SIDEWALK, 6

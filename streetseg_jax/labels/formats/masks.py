@@ -9,9 +9,9 @@ Layouts recognised in the export folder (or in each of its direct subfolders, e.
 Passing a mask folder itself (or one mask file) works too; its images are then looked for in the sibling folders
 above, or, for Mapillary Vistas' <split>/v2.0/labels/ (a folder in a vN folder), in <split>/images/. Cityscapes'
 *_gtFine_labelIds.png masks are not read here (their names do not match their photos', nor their values the label
-map's ids): the messages say to read them with --format cityscapes (formats/cityscapes.py). Masks and images are matched by their path below their folders without
-the suffix (`masks/a/b.png` goes with `images/a/b.jpg`); a mask named `<stem>_mask`, `_label`, `_labels` or `_L`
-also matches `<stem>` (CamVid's original masks are `<stem>_L.png`).
+map's ids): the messages say to read them with --format cityscapes (formats/cityscapes.py). Masks and images are
+matched by their path below their folders without the suffix (`masks/a/b.png` goes with `images/a/b.jpg`); a mask
+named `<stem>_mask`, `_label`, `_labels` or `_L` also matches `<stem>` (CamVid's original masks are `<stem>_L.png`).
 
 Each image's key (Annotation.key: its mask's name, its split hash) is that path below the folders, prefixed with
 the folders above the pair inside the export: `masks/seq1/frame_001.png` -> `seq1/frame_001`, and with split folders
