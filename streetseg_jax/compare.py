@@ -448,7 +448,7 @@ def render_html(runs: list[Run]) -> str:
              section("curves", "Curves", f'<img class="figure" src="{png_uri(curves_png(runs))}" alt="eval mean '
                      'IoU against step and training time, train loss against step, one colour per run">'
                      '<p class="note">Training time includes start-up and evaluation; the time between a stop and '
-                     "its resume, and steps redone after one, are left out. Dotted lines mark each run's resumes; "
+                     "its resume, and the time of steps a kill lost, are left out. Dotted lines mark each run's resumes; "
                      "a curve is broken where a resume changed what it measures (the loss, or how evaluation "
                      "scores).</p>"),
              _resumes_section(runs),

@@ -6,7 +6,8 @@ package: no model code, no checkpoint, no flax. FILE is a zip archive holding
                       "classes" uint8 (batch, height, width), "confidence" float32 (batch, height, width),
                       "logits" float32 (batch, height, width, classes), as chosen with --outputs
     label_map.json    class ids, names and colours
-    info.json         input and output shapes, the checkpoint it came from, the training images' size, the config
+    info.json         input and output shapes, the checkpoint and run it came from (work directory, weights
+                      fingerprint, git commit, dataset), the training images' size, the config
     README.txt        how to load and run it: USAGE below
 
 Batch, height and width are symbolic, so one file serves any image size, when the model runs at the images' own
@@ -40,12 +41,14 @@ one that wrote it, info.json's jax_version, or newer: an older one fails with "e
     classes = exported.call(images)["classes"]        # images: uint8 numpy array (B, H, W, 3)
 
 It takes images of info.json's input shape and runs each as it is given. Where that shape names a fixed height
-and width (a model that sees images resized), export one for the size of your photos (--height, --width): squeezing
-a photo of another aspect ratio into it gives other masks than predict's (1-7% of the pixels of a 1920x1080 photo
-resized to 360x480 differed). `python -m streetseg_jax.predict` also
+and width (a model that sees images resized), export one (--height, --width) for the size predict gives the
+network: the photo's own, or for one far from the training size that of the second point below; squeezing a photo
+of another aspect ratio into the export's size gives other masks than predict's (1-7% of the pixels of a 1920x1080
+photo resized to 360x480 differed). `python -m streetseg_jax.predict` also
 - reads a photo as labels.images.open_photo does: turned upright as its EXIF says (PIL.ImageOps.exif_transpose),
-  RGBA composited on black with its fully transparent pixels set to the ignore id in the mask afterwards, 16-bit or
-  float grey scaled to 0-255 by its peak (labels.images.to_rgb; PIL's convert("RGB") turns a 16-bit PNG white);
+  RGBA composited on black with its fully transparent pixels set to the ignore id in the mask afterwards, 16-bit
+  grey divided by 65535, 32-bit and float grey by the first of 1 (float only), 255 or 65535 that holds every value
+  (else by its largest), times 255 (labels.images.to_rgb; PIL's convert("RGB") turns a 16-bit PNG white);
 - runs one far from the training images' size (its shorter side over 1.5 times theirs or under 2/3: info.json's
   train_image_size) resized so that its shorter side is theirs, then resizes the logits back bilinearly: export for
   that size with --outputs logits and do the same (jax.image.resize(logits, (H, W, K), "bilinear"), then argmax;
@@ -63,7 +66,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog="python -m streetseg_jax.export", description=__doc__, epilog=USAGE,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
-    parser.add_argument("--output", required=True, help="archive to write (a zip)")
+    parser.add_argument("--output", required=True, help="archive to write: a new .zip file, or an earlier export "
+                        "to replace")
     add_checkpoint_flag(parser)
     parser.add_argument("--height", type=int, help="fixed image height, with --width (default: symbolic; for a "
                         "model that sees images resized, its training images')")

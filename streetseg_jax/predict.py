@@ -13,7 +13,7 @@ where <name> is the file's stem, or its path relative to the folder it was found
 (a cut-out PNG) are no part of the photo: the ignore id in the mask, confidence 0. Two inputs that would write
 the same file, an output that would overwrite an input, or an OUT holding photos, masks or annotation files that
 predict did not write (a labelling tool's export: predict's files would join them, and `labels` and `data build`
-would then read only predict's export there), stop the run before any work. Unreadable images are
+would then take the folder for predict's output), stop the run before any work. Unreadable images are
 listed at the end and skipped; the exit status is 1 when any failed. --export labelme|coco|cvat also writes the
 masks as editable polygons under OUT/<format>/ (from the mask files, so that it never holds every mask at once),
 with the run's label_map.json, which `labels` and `data build` read there for the way back. Corrections live there:

@@ -1,6 +1,6 @@
 """A training run's log: metrics.jsonl (one JSON object per line with `step` and `time`, a `run/start` record at each
-start, a `run/stop` one where a signal's stop saved) and the progress line with its ETA; only process 0 writes,
-and prints but how the run ends."""
+start, a `run/stop` one where a signal's stop saved) and the progress line with its ETA; only process 0 writes
+and prints, but for the lines on how the run ended, which every process prints."""
 from __future__ import annotations
 
 import json
@@ -31,7 +31,7 @@ def devices() -> dict:
 class RunLog:
     """metrics.jsonl (one JSON object per line with `step` and `time`) and a progress line with ETA on screen.
 
-    Only process 0 writes, and prints but the lines that say how the run ends.
+    Only process 0 writes and prints, but for the lines on how the run ended, which every process prints.
     """
 
     def __init__(self, workdir: Path, num_steps: int, batch_size: int, eval_every: int = 0):
