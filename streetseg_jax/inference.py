@@ -370,6 +370,7 @@ class Prediction:
     """What the model says of one image, at the image's size."""
     mask: np.ndarray             # (H, W) uint8 class ids
     confidence: np.ndarray       # (H, W) float32, the winning class's softmax probability
+    resized: bool = False        # the network saw the image resized (Predictor's `resize`), its answer resized back
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -580,7 +581,7 @@ class Predictor:
         raises) raises its error after the images taken before it are answered."""
         for job in self._stream(items, reduce=band_classes):
             outputs = job.blender.outputs()
-            yield job.key, Prediction(*(classes_at(outputs[0], *job.size) if job.resized else outputs))
+            yield job.key, Prediction(*(classes_at(outputs[0], *job.size) if job.resized else outputs), job.resized)
 
     def _stream(self, items, reduce) -> Iterator[_Job]:
         waiting: dict[tuple, list] = {}         # window shape -> [(job, (y, x))] not yet run

@@ -267,7 +267,7 @@ def predict_all(predictor, items: list[Item], out_dir: Path, confidence: bool, p
         pending = collections.deque()
         try:
             for (item, image, transparent), prediction in predictor.predict(stream):
-                if predictor.input_size(*image.shape[:2]) != image.shape[:2]:
+                if prediction.resized:
                     resized.append(item.name)
                 if transparent is not None:     # no part of the photo: no class, no confidence
                     prediction.mask[transparent], prediction.confidence[transparent] = ignore_id, 0.0

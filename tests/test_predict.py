@@ -204,7 +204,8 @@ def test_photos_far_from_the_training_size_are_seen_at_its_scale_and_answered_at
     assert logits.shape == (192, 256, model.label_map.num_classes)
     np.testing.assert_allclose(logits, resize_logits(as_trained, 192, 256), atol=1e-4)
     prediction = auto.predict_one(photo)
-    assert prediction.mask.shape == (192, 256) and auto.resized == 2
+    assert prediction.mask.shape == (192, 256) and auto.resized == 2 and prediction.resized
+    assert not Predictor(model, window=(256, 256), resize="none").predict_one(photo).resized
     assert (prediction.mask == logits.argmax(-1)).mean() > 0.999
     softmax = np.exp(logits - logits.max(-1, keepdims=True))
     np.testing.assert_allclose(prediction.confidence, (softmax / softmax.sum(-1, keepdims=True)).max(-1), atol=1e-4)
