@@ -111,12 +111,13 @@ def load_checked_split(run: LoadedRun, split: str, data_dir: str | None):
     """The split of the run's dataset, from `data_dir` (None: the run's config.data_dir); exits when the dataset's
     label map is not the one the checkpoint was trained with."""
     from streetseg_jax.data.source import load_split
-    from streetseg_jax.labels.label_map import label_map_change
+    from streetseg_jax.labels.label_map import label_map_change, same_classes
 
     source, label_map, _ = load_split(run.config.dataset, split, data_dir or run.config.data_dir)
     # Only what scores count: colours and aliases (a rebuild that recoloured a class) change no figure.
-    if (label_map.names, label_map.ignore_id) != (run.label_map.names, run.label_map.ignore_id):
-        change = label_map_change(run.label_map.to_dict(), label_map.to_dict())
+    trained, now = run.label_map.to_dict(), label_map.to_dict()
+    if not same_classes(trained, now):
+        change = label_map_change(trained, now)
         fail(f"the label map of {run.config.dataset} in {data_dir or run.config.data_dir} differs from the one the "
              f"checkpoint was trained with ({change}), so its scores would be meaningless")
     return source

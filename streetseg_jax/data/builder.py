@@ -84,7 +84,7 @@ from streetseg_jax.data.configs import CONFIG_OPTIONS, CONFIGS, EXPORT_NAME_OPTI
 from streetseg_jax.data.inputs import BuildError, ExportPlan, SplitRule
 from streetseg_jax.labels import formats
 from streetseg_jax.labels.convert import UNKNOWN_CHOICES, UnknownLabelsError
-from streetseg_jax.labels.label_map import LabelMap, default_label_map
+from streetseg_jax.labels.label_map import LabelMap, default_label_map, same_classes
 
 __all__ = ["StreetSeg", "StreetSegConfig", "BuildError", "UnknownLabelsError", "OPTION_NAMES",
            "from_annotations_config"]
@@ -291,7 +291,7 @@ class StreetSeg(tfds.core.GeneratorBasedBuilder):
             return
         stored = source.label_map_of(self.info, self.data_dir)
         asked = LabelMap.load(path)
-        if (asked.names, asked.ignore_id) != (stored.names, stored.ignore_id):
+        if not same_classes(asked.to_dict(), stored.to_dict()):
             raise ValueError(f"street_seg/{self.builder_config.name} in {self.data_dir} was built with another label "
                              f"map: ids 0.. are {', '.join(stored.names)} (ignore id {stored.ignore_id}) there, "
                              f"{', '.join(asked.names)} (ignore id {asked.ignore_id}) in {path}; open it without "
