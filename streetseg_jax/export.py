@@ -92,6 +92,7 @@ from jax import export as jax_export  # noqa: E402
 from streetseg_jax import atomic  # noqa: E402
 from streetseg_jax.evaluator import apply_tta_flags, network_scales, predict_logits, tta_logits  # noqa: E402
 from streetseg_jax.inference import TrainedModel, load_model, scaled_logits  # noqa: E402
+from streetseg_jax.run import recorded  # noqa: E402
 
 
 def serving_function(trained: TrainedModel, outputs=("classes", "confidence"), flip_tta: bool = False):
@@ -173,11 +174,10 @@ def run_of(trained: TrainedModel, workdir: str | Path | None) -> dict:
     """Where the exported model comes from, for a deployer to trace it: the run's work directory, a fingerprint of
     the weights (as predict.json records it), and the git commit and dataset its config.json recorded."""
     run = {"workdir": str(Path(workdir).resolve()) if workdir else None, "weights": trained.weights_fingerprint()}
-    try:
-        provenance = json.loads((Path(workdir) / "config.json").read_text()).get("provenance", {})
-    except (TypeError, OSError, ValueError, AttributeError):       # no workdir, no config.json, not a JSON object
-        provenance = {}
-    return {**run, **{key: provenance[key] for key in ("git_commit", "dataset") if key in provenance}}
+    if workdir is None:
+        return run
+    return {**run, **{key: value for key in ("git_commit", "dataset")
+                      if (value := recorded(Path(workdir), "provenance", key)) is not None}}
 
 
 def _write_archive(path: Path, model_bytes: bytes, label_map_json: str, info_json: str) -> None:

@@ -224,7 +224,7 @@ def _check_resume(setup: RunSetup, overrides: list[str] | None) -> int | None:
         saved = checkpoints.read_meta("latest")
         problem = resume.incompatibility(saved, meta, workdir)
         if problem is None and overrides is not None:
-            started = _recorded(workdir, "provenance", "overrides")
+            started = recorded(workdir, "provenance", "overrides")
             problem = resume.dropped_overrides(started, saved["config"], meta["config"], overrides)
         if problem:
             raise RunError(problem)
@@ -290,7 +290,7 @@ def _check_processes_share_data(fingerprint: str) -> None:
 def _its_version_there(config, workdir: Path, found: Path) -> str:
     """' (VERSION, which it trained on, is there too: --config.dataset=NAME:VERSION)' where the run trained on
     another version of the dataset than the newest, which is still in the data_dir (it was built beside it)."""
-    version = _recorded(workdir, "provenance", "dataset", "version")
+    version = recorded(workdir, "provenance", "dataset", "version")
     pinned = f"{config.dataset.split(':')[0]}:{version}"
     if not isinstance(version, str) or version == found.name or not is_built(pinned, config.data_dir):
         return ""
@@ -525,11 +525,11 @@ def _check_writable(workdir: Path) -> None:
 def recorded_fingerprint(workdir: Path) -> str | None:
     """The fingerprint of the dataset the run in `workdir` trained on, as its config.json records it (provenance);
     None where it records none."""
-    value = _recorded(workdir, "provenance", "dataset", "fingerprint")
+    value = recorded(workdir, "provenance", "dataset", "fingerprint")
     return value if isinstance(value, str) else None
 
 
-def _recorded(workdir: Path, *keys: str):
+def recorded(workdir: Path, *keys: str):
     """config.json's value at `keys` (nested), None where any level is missing or not an object."""
     value = _read_json_object(workdir / "config.json")
     for key in keys:
@@ -699,7 +699,7 @@ def provenance(config, info, fingerprint: str) -> dict:
 def _say_if_the_devices_changed(workdir: Path, log: RunLog) -> None:
     """A resume on other devices than the run's last start (config.json's record) says so: the steps from here are
     an unchanged run's to float rounding only (sums over devices add up in another order)."""
-    then, now = _recorded(workdir, "provenance", "devices"), devices()
+    then, now = recorded(workdir, "provenance", "devices"), devices()
     if devices_differ(then, now):
         log.say(f"resuming on {topology_text(now)}, where the run trained on {topology_text(then)} until now: from "
                 "here on its steps equal those of a run that kept its devices to float rounding, not bit for bit")
