@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.util
+import os
 from pathlib import Path
 
 
@@ -41,3 +42,15 @@ def meant(key: str) -> str | None:
     keys = known() or frozenset()
     close = difflib.get_close_matches(key, keys, 1, 0.7) or sorted(k for k in keys if k.endswith("." + key))
     return close[0] if close else None
+
+
+PATH_KEYS = ("data_dir", "init_from")     # folders a run names: made absolute where given (absolute_paths)
+
+
+def absolute_paths(config: dict) -> dict:
+    """`config` (flat: dotted keys, or a ConfigDict's top level) with its PATH_KEYS absolute and `~` expanded, as
+    config.json records them: evaluate and report from another folder find the data, a run started from the
+    config.json elsewhere finds the run it warm-started from, and a relative one an older version recorded compares
+    equal at a resume from the folder it started in."""
+    return {**config, **{key: os.path.abspath(os.path.expanduser(config[key])) for key in PATH_KEYS
+                         if isinstance(config.get(key), str) and config[key]}}

@@ -109,11 +109,7 @@ def _run(config) -> None:
     from streetseg_jax.data.source import DatasetNotFoundError
     from streetseg_jax.run import RunError, check_same_start, check_settings
 
-    # Absolute, as config.json records them: evaluate and report from another folder find the data, and a run
-    # started from the config.json elsewhere (--config runs/x/config.json) finds the run it warm-started from.
-    for key in ("data_dir", "init_from"):
-        if config[key]:
-            config[key] = os.path.abspath(os.path.expanduser(config[key]))
+    config.update(config_keys.absolute_paths({key: config[key] for key in config_keys.PATH_KEYS}))
     finished = sharding.watch_other_processes()
     try:      # before a dataset is built for a run that cannot start
         check_same_start(config, _NUM_PROCESSES.value)

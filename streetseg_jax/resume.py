@@ -6,7 +6,6 @@ returns why the run cannot go on, or None; `run._check_resume` refuses with that
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from pathlib import Path
 
@@ -146,15 +145,9 @@ def _flag(key: str, value) -> str:
 def changes(saved: dict, current: dict) -> dict:
     """{key: [then, now]} for the config keys both have that differ (keys of older versions are left out)."""
     # The checkpoint's config went through JSON: so does this one, so that equal settings compare equal.
-    then, now = (_absolute_paths(flatten(json.loads(json.dumps(config, default=str)))) for config in (saved, current))
+    then, now = (config_keys.absolute_paths(flatten(json.loads(json.dumps(config, default=str))))
+                 for config in (saved, current))
     return {key: [then[key], now[key]] for key in sorted(set(then) & set(now)) if then[key] != now[key]}
-
-
-def _absolute_paths(flat: dict) -> dict:
-    """The path keys made absolute, as main makes them (a run of a version before 2026-12-08 recorded init_from as
-    given, relative to the folder it started in: resumed from there, it changed nothing)."""
-    return {**flat, **{key: os.path.abspath(os.path.expanduser(flat[key])) for key in _NOT_TRAINING
-                       if isinstance(flat.get(key), str) and flat[key]}}
 
 
 def listed(changed: dict) -> str:
